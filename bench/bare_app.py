@@ -1,0 +1,16 @@
+"""The baseline: a bare FastAPI POST that accepts the same JSON body and answers 202."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+app = FastAPI()
+
+
+@app.post("/bare", status_code=202)
+async def bare(request: Request) -> JSONResponse:
+    body: Any = await request.json()
+    return JSONResponse({"MaHoSo": body["MaHoSo"]}, status_code=202)

@@ -1,0 +1,142 @@
+"""Shared set-up for the benchmarks: processes on loopback, a private Redis, a fresh PostgreSQL database."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+PG_ADMIN = os.environ.get("HUB_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        with log.open("ab") as out:
+            self.p = subprocess.Popen(
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+            )
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            os.kill(self.p.pid, signal.SIGTERM)  # the main process shuts its children down itself
+            try:
+                self.p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    name = f"hub_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + name
+    try:
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    port = free_port()
+    p = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def hub_env(tmp: Path, **values: str) -> tuple[dict[str, str], str]:
+    api_key = secrets.token_urlsafe(24)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update(
+        {
+            "HUB_VAR_DIR": str(tmp),
+            "HUB_SECRET_KEY": secrets.token_urlsafe(32),
+            "HUB_CLIENTS": json.dumps([{"name": "bench", "api_key": api_key, "agencies": ["*"]}]),
+            "HUB_NATIONAL_PORTAL_PASSWORD": secrets.token_urlsafe(16),
+        }
+    )
+    env.update(values)
+    return env, api_key
+
+
+def loadgen(port: int, mode: str, api_key: str, **opts: Any) -> dict[str, Any]:
+    args = [
+        str(BIN / "python"),
+        str(ROOT / "bench" / "loadgen.py"),
+        "--port",
+        str(port),
+        "--mode",
+        mode,
+        "--api-key",
+        api_key,
+    ]
+    for k, v in opts.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result

@@ -1,0 +1,1 @@
+"""One client per external system. Nothing above an adapter sees an httpx, zeep or lxml exception."""

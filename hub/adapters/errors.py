@@ -1,0 +1,56 @@
+"""Errors raised at the adapter boundary: a stable `code` and whether a retry may succeed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PeerError(Exception):
+    """A retryable failure the peer reported for this message (HTTP 500, `error_code` 99, a malformed reply):
+    it counts against the message's attempt budget."""
+
+    code = "peer_error"
+    retryable = True
+    # The peer itself is down or refuses us (unreachable, 502/503/504/429, timeout, credentials refused): not the
+    # message's fault. The relay pauses the peer and such failures never use up a message's attempts.
+    peer_down = False
+
+    def __init__(self, peer: str, detail: str, *, code: str | None = None, reply: Any = None) -> None:
+        super().__init__(f"{peer}: {detail}")
+        self.peer = peer
+        self.detail = detail
+        self.reply = reply
+        if code is not None:
+            self.code = code
+
+
+class PeerUnavailable(PeerError):
+    """Connection refused, 502/503/504, 429, outage: try again later."""
+
+    code = "peer_unavailable"
+    peer_down = True
+
+
+class PeerTimeout(PeerError):
+    code = "peer_timeout"
+    peer_down = True
+
+
+class PeerProtocolError(PeerError):
+    """The peer answered something that is not its contract (not JSON, missing fields)."""
+
+    code = "peer_malformed_reply"
+
+
+class PeerAuthFailed(PeerError):
+    """Our credentials were refused: a configuration problem, so messages wait rather than die."""
+
+    code = "peer_auth_failed"
+    peer_down = True
+
+
+class PeerRejected(PeerError):
+    """The peer refused the message itself (contract or business rule): retrying cannot help."""
+
+    code = "peer_rejected"
+    retryable = False

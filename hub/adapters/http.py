@@ -1,0 +1,89 @@
+"""One JSON-over-HTTP exchange with a peer, the way every adapter needs it: the POST with explicit headers,
+transport and HTTP errors translated into PeerErrors, the reply required to be an object with an integer
+`error_code`, and the exchange reported once its outcome is known (the caller interprets `error_code`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from hub.adapters.errors import PeerError, PeerProtocolError, PeerRejected, PeerTimeout, PeerUnavailable
+from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
+
+
+@dataclass(frozen=True, slots=True)
+class JsonExchange:
+    reply: dict[str, Any]
+    report: Callable[[str, str | None], None]  # (outcome, error code): record the exchange
+
+    def fail(self, error: PeerError) -> PeerError:
+        """Record the exchange as failed with `error` and return it, for `raise exchange.fail(...)`."""
+        self.report("retryable" if error.retryable else "permanent", error.code)
+        return error
+
+
+def post_json(
+    http: httpx.Client,
+    url: str,
+    body: dict[str, Any],
+    *,
+    peer: str,
+    operation: str,
+    correlation_id: str,
+    headers: dict[str, str] | None = None,
+    on_exchange: ExchangeHook | None = None,
+) -> JsonExchange:
+    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    started = time.perf_counter()
+    response_bytes: bytes | None = None
+
+    def report(outcome: str, code: str | None) -> None:
+        if on_exchange is not None:
+            on_exchange(
+                ExchangeRecord(
+                    peer,
+                    operation,
+                    correlation_id,
+                    digest(raw) or "",
+                    digest(response_bytes),
+                    (time.perf_counter() - started) * 1000,
+                    outcome,
+                    code,
+                )
+            )
+
+    try:
+        try:
+            response = http.post(
+                url,
+                content=raw,
+                headers={"Content-Type": "application/json", "X-Correlation-ID": correlation_id, **(headers or {})},
+            )
+            response_bytes = response.content
+        except httpx.TimeoutException as exc:
+            raise PeerTimeout(peer, f"{operation} timed out: {exc.__class__.__name__}") from None
+        except httpx.TransportError as exc:
+            raise PeerUnavailable(peer, f"{operation}: {exc.__class__.__name__}: {exc}") from None
+        if response.status_code in (408, 429, 502, 503, 504):
+            raise PeerUnavailable(peer, f"{operation}: HTTP {response.status_code}", code="peer_http_unavailable")
+        if response.status_code >= 500:
+            raise PeerError(peer, f"{operation}: HTTP {response.status_code}", code="peer_http_5xx")
+        if response.status_code >= 400:
+            raise PeerRejected(
+                peer, f"{operation}: HTTP {response.status_code}", code="peer_http_4xx", reply=response.text[:2000]
+            )
+        try:
+            reply = response.json()
+        except ValueError:
+            raise PeerProtocolError(peer, f"{operation}: reply is not JSON") from None
+        if not isinstance(reply, dict) or not isinstance(reply.get("error_code"), int):
+            raise PeerProtocolError(peer, f"{operation}: reply has no integer error_code", reply=reply)
+    except PeerError as exc:
+        report("retryable" if exc.retryable else "permanent", exc.code)
+        raise
+    return JsonExchange(reply, report)

@@ -1,0 +1,170 @@
+"""The FastAPI application: /v1 (client systems), health, OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from hub import __version__
+from hub.api import problems
+from hub.api.middleware import BodyLimitAndCorrelation, correlation_id
+from hub.domain.errors import DomainError
+from hub.runtime import Runtime
+from hub.services.schemas import DossierIn, ProgressIn
+from hub.settings import ClientSystem, Settings
+
+IDEMPOTENCY_KEY_MAX = 200
+API_KEY_HELP = "the client system's API key"
+
+
+class Unauthenticated(DomainError):
+    code = "unauthenticated"
+    status = 401
+
+
+def _client(
+    request: Request,
+    x_api_key: Annotated[str | None, Header(description=API_KEY_HELP)] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> ClientSystem:
+    key = x_api_key
+    if key is None and authorization and authorization.lower().startswith("bearer "):
+        key = authorization[7:].strip()
+    if not key:
+        raise Unauthenticated("send the client system's API key in X-API-Key", code="unauthenticated")
+    settings: Settings = request.app.state.settings
+    found = settings.client_for_key(key)
+    if found is None:
+        raise Unauthenticated("unknown API key", code="invalid_api_key")
+    return found
+
+
+def _idempotency_key(
+    idempotency_key: Annotated[
+        str | None, Header(max_length=IDEMPOTENCY_KEY_MAX, description="repeat it to repeat a request safely")
+    ] = None,
+) -> str | None:
+    return idempotency_key
+
+
+Client = Annotated[ClientSystem, Depends(_client)]
+IdemKey = Annotated[str | None, Depends(_idempotency_key)]
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. `runtime` may be given (tests, the demo); otherwise it is made at start-up."""
+    holder: dict[str, Runtime] = {}
+    if runtime is not None:
+        holder["rt"] = runtime
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        owned = "rt" not in holder
+        if owned:
+            holder["rt"] = Runtime(settings, role="api")
+        try:
+            yield
+        finally:
+            if owned:
+                holder.pop("rt").close()
+
+    app = FastAPI(
+        title="hub — integration hub for Vietnamese e-government",
+        version=__version__,
+        description="Relays dossiers and their status (TrangThaiHoSo) between provincial one-stop systems and the "
+        "national public-service portal (DVCQG). Errors are application/problem+json with a stable `code`.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    problems.install(app)
+
+    def rt() -> Runtime:
+        return holder["rt"]
+
+    def observe(method: str, route: str, status: int, seconds: float) -> None:
+        if "rt" in holder:
+            holder["rt"].request_seconds.labels(method, route, str(status)).observe(seconds)
+
+    app.add_middleware(BodyLimitAndCorrelation, max_body=settings.max_body_bytes, observe=observe)
+
+    def answer(a: Any) -> JSONResponse:
+        headers = {"Idempotent-Replayed": "true"} if a.replayed else {}
+        return JSONResponse(a.body, status_code=a.status_code, headers=headers)
+
+    @app.post(
+        "/v1/dossiers",
+        status_code=202,
+        tags=["dossiers"],
+        summary="Create or update a dossier (DongBoHoSoMC shape); relayed to the national portal",
+    )
+    def sync_dossier(body: DossierIn, who: Client, key: IdemKey) -> JSONResponse:
+        return answer(rt().dossiers.sync_dossier(who, body, idempotency_key=key, correlation_id=correlation_id.get()))
+
+    @app.post(
+        "/v1/national/dossiers",
+        status_code=202,
+        tags=["down-flow"],
+        summary="The national portal pushes a dossier filed there; relayed to the province's one-stop system",
+    )
+    def push_dossier(body: DossierIn, who: Client, key: IdemKey) -> JSONResponse:
+        return answer(
+            rt().dossiers.push_from_portal(who, body, idempotency_key=key, correlation_id=correlation_id.get())
+        )
+
+    @app.post(
+        "/v1/dossiers/{code}/progress",
+        status_code=202,
+        tags=["dossiers"],
+        summary="Add a processing step (CapNhatTienDoHoSoMC shape); relayed to the national portal",
+    )
+    def add_progress(code: str, body: ProgressIn, who: Client, key: IdemKey) -> JSONResponse:
+        return answer(
+            rt().dossiers.add_progress(who, code, body, idempotency_key=key, correlation_id=correlation_id.get())
+        )
+
+    @app.get("/v1/dossiers", tags=["dossiers"], summary="Dossiers past their appointment date (NgayHenTra)")
+    def list_dossiers(
+        who: Client,
+        overdue: Annotated[bool, Query(description="only dossiers past NgayHenTra whose result is not ready")],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        if not overdue:
+            raise DomainError(
+                "only overdue=true listings are offered; look a dossier up by its MaHoSo", code="unsupported_query"
+            )
+        return rt().dossiers.overdue(who, limit=limit, offset=offset)
+
+    @app.get(
+        "/v1/dossiers/{code}",
+        tags=["dossiers"],
+        summary="A dossier with its status history and the delivery state of each event",
+    )
+    def get_dossier(code: str, who: Client) -> dict[str, Any]:
+        return rt().dossiers.get(who, code)
+
+    @app.get("/healthz", tags=["health"], summary="Alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["health"], summary="Ready: database and broker answer; each peer's last contact")
+    def readyz(response: Response) -> dict[str, Any]:
+        readiness = rt().readiness()
+        response.status_code = 200 if readiness["status"] == "ok" else 503
+        return readiness
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(rt().registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def root(request: Request) -> dict[str, str]:
+        return {"service": "hub", "docs": str(request.url_for("swagger_ui_html"))}
+
+    return app

@@ -1,0 +1,101 @@
+"""ASGI middleware: a body-size limit (413 before the body is read into memory) and the correlation id."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="-")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _problem_bytes(status: int, code: str, detail: str) -> bytes:
+    return json.dumps(
+        {
+            "type": f"https://hub.example/problems/{code}",
+            "title": detail,
+            "status": status,
+            "code": code,
+            "detail": detail,
+        }
+    ).encode()
+
+
+class BodyLimitAndCorrelation:
+    def __init__(
+        self, app: ASGIApp, max_body: int, observe: Callable[[str, str, int, float], None] | None = None
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        offered = headers.get(b"x-correlation-id", b"").decode("latin-1")
+        cid = offered if _SAFE_ID.match(offered) else uuid.uuid4().hex
+        token = correlation_id.set(cid)
+        try:
+            length = headers.get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                await self._reject(send, cid)
+                return
+            # Read the body up to the limit before the app sees it (requests here are small JSON documents).
+            chunks: list[bytes] = []
+            seen = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                seen += len(chunk)
+                if seen > self.max_body:
+                    await self._reject(send, cid)
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return await receive()
+
+            status = 500
+
+            async def send_with_id(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message["headers"] = [*message.get("headers", []), (b"x-correlation-id", cid.encode())]
+                await send(message)
+
+            started = time.perf_counter()
+            await self.app(scope, replay, send_with_id)
+            if self.observe is not None:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.observe(scope["method"], route, status, time.perf_counter() - started)
+        finally:
+            correlation_id.reset(token)
+
+    async def _reject(self, send: Send, cid: str) -> None:
+        body = _problem_bytes(413, "body_too_large", f"request body larger than {self.max_body} bytes")
+        headers: list[Any] = [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-correlation-id", cid.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

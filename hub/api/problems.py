@@ -1,0 +1,99 @@
+"""RFC 9457 problem+json for every error, each with a stable `code`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hub.domain.errors import DomainError
+
+log = logging.getLogger("hub.api")
+PROBLEM = "application/problem+json"
+
+# The field an invalid value sits in decides the stable code (a bad MaHoSo is not just "validation").
+FIELD_CODES = {
+    "MaHoSo": "invalid_dossier_code",
+    "MaTTHC": "invalid_procedure_code",
+    "madonvi": "invalid_agency_code",
+    "TrangThaiHoSo": "invalid_status",
+    "TrangThai": "invalid_status",
+    "NgayTiepNhan": "invalid_date",
+    "NgayHenTra": "invalid_date",
+    "NgayTra": "invalid_date",
+    "NgayKetThucXuLy": "invalid_date",
+    "ThoiDiemXuLy": "invalid_date",
+    "NgayBatDau": "invalid_date",
+    "NgayKetThucTheoQuyDinh": "invalid_date",
+}
+STATUS_CODES = {
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+
+def problem(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://hub.example/problems/{code}",
+        "title": title,
+        "status": status,
+        "code": code,
+    }
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _clean(err: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "loc": [str(p) for p in err.get("loc", ())],
+        "msg": str(err.get("msg", "")),
+        "type": err.get("type"),
+    }
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool | None)}
+        return problem(exc.status, exc.code, exc.__class__.__name__, exc.detail, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_clean(e) for e in exc.errors()]
+        if any(e["type"] == "json_invalid" for e in errors):
+            return problem(400, "malformed_json", "Malformed JSON", "the request body is not valid JSON")
+        code = "validation_error"
+        for e in errors:
+            field = next((p for p in reversed(e["loc"]) if p in FIELD_CODES), None)
+            if field is not None:
+                code = FIELD_CODES[field]
+                break
+        if all(e["type"] == "missing" for e in errors) and code == "validation_error":
+            code = "missing_field"
+        return problem(422, code, "Invalid request", f"{len(errors)} problem(s) in the request", errors=errors[:20])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers 400 only when it cannot parse the body (too deep, too large a number...)
+        code = (
+            "malformed_json" if exc.status_code == 400 else STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        )
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return problem(exc.status_code, code, detail or code.replace("_", " "), detail)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "internal_error", "Internal error", "an unexpected error occurred; it has been logged")

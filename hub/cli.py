@@ -1,0 +1,433 @@
+"""The `hub` command: serve, worker, sandbox, demo, db, jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hub.settings import Settings, load_settings
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help="hub: integration hub for Vietnamese e-government")
+db_cli = typer.Typer(no_args_is_help=True, help="Database schema")
+catalogue_cli = typer.Typer(no_args_is_help=True, help="Procedure catalogue (thủ tục hành chính)")
+jobs_cli = typer.Typer(no_args_is_help=True, help="Outbox deliveries (sync jobs): list, show, replay")
+cli.add_typer(db_cli, name="db")
+cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(catalogue_cli, name="catalogue")
+out = Console() if sys.stdout.isatty() else Console(width=140)  # pipes and CI logs get full tables
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except Exception as exc:  # noqa: BLE001 - a configuration error is the operator's to fix: say it plainly
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _sandbox_credentials(settings: Settings) -> dict[str, str]:
+    password = settings.national_portal_password
+    return {settings.national_portal_username: password.get_secret_value() if password else ""}
+
+
+@cli.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    sandbox: Annotated[bool, typer.Option(help="start the sandbox peers when no portal URL is configured")] = True,
+) -> None:
+    """Run the API (and, with no broker configured, the embedded worker)."""
+    import uvicorn
+
+    from hub import logs
+
+    logs.configure()
+    settings = _settings()
+    peers = None
+    if sandbox and not settings.national_portal_url and settings.mode == "dev":
+        from hub.sandbox import run
+
+        peers = run.start(
+            settings.sandbox_host,
+            settings.sandbox_national_port,
+            settings.sandbox_onestop_port,
+            _sandbox_credentials(settings),
+        )
+        err.print(f"sandbox peers: national portal {peers.national.url}, one-stop {peers.one_stop.url}")
+    if settings.effective_database_url.startswith("sqlite"):
+        from hub.store import db
+
+        db.upgrade(settings.effective_database_url)
+    err.print(
+        f"hub on http://{host}:{port}  (API docs: http://{host}:{port}/docs)  "
+        f"mode={'embedded' if settings.embedded else 'distributed'}"
+    )
+    try:
+        uvicorn.run(
+            "hub.api.asgi:app_factory",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            http="httptools",
+            loop="uvloop",
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        if peers is not None:
+            peers.stop()
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+    pool: Annotated[str, typer.Option(help="prefork | threads | solo")] = "prefork",
+) -> None:
+    """Run a Celery worker (distributed mode; needs HUB_BROKER_URL)."""
+    from hub import logs
+
+    settings = _settings()
+    if settings.embedded:
+        err.print("[red]HUB_BROKER_URL is not set:[/red] in the embedded default `hub serve` delivers by itself")
+        raise typer.Exit(2)
+    logs.configure()
+    from hub.sync.celery_app import app
+
+    app.worker_main(
+        [
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            f"--pool={pool}",
+            "-Q",
+            "hub",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@cli.command()
+def sandbox(
+    national_port: Annotated[int | None, typer.Option(help="default: HUB_SANDBOX_NATIONAL_PORT (8701)")] = None,
+    one_stop_port: Annotated[int | None, typer.Option(help="default: HUB_SANDBOX_ONESTOP_PORT (8702)")] = None,
+) -> None:
+    """Run the sandbox peers (national portal, provincial one-stop) on loopback until interrupted."""
+    from hub.sandbox import run
+
+    settings = _settings()
+    peers = run.start(
+        settings.sandbox_host,
+        national_port or settings.sandbox_national_port,
+        one_stop_port or settings.sandbox_onestop_port,
+        _sandbox_credentials(settings),
+    )
+    out.print(f"national portal sandbox: {peers.national.url}  (control: {peers.national.url}/_sandbox/docs)")
+    out.print(f"one-stop sandbox:        {peers.one_stop.url}  (control: {peers.one_stop.url}/_sandbox/docs)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        peers.stop()
+
+
+@cli.command()
+def demo(dossiers: Annotated[int, typer.Option(help="dossiers to file")] = 6) -> None:
+    """Start the sandboxes and hub (embedded), walk dossiers through their statuses, and show what arrived."""
+    from hub.demo import run_demo
+
+    sys.exit(run_demo(dossiers, out))
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the schema migrations."""
+    from hub.store import db
+
+    settings = _settings()
+    db.upgrade(settings.effective_database_url, revision)
+    out.print(f"database at {revision}")
+
+
+def _jobs_runtime() -> Any:
+    from hub.runtime import Runtime
+
+    return Runtime(_settings(), role="cli", start_worker=False)
+
+
+@jobs_cli.command("list")
+def jobs_list(
+    state: Annotated[str | None, typer.Option(help="pending | in_flight | delivered | dead")] = None,
+    dossier: Annotated[str | None, typer.Option(help="MaHoSo")] = None,
+    limit: int = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
+) -> None:
+    """List outbox deliveries, newest first."""
+    from hub.sync import jobs
+
+    rt = _jobs_runtime()
+    try:
+        with rt.sessions() as session:
+            rows = jobs.list_jobs(session, state=state, dossier=dossier, limit=limit)
+            totals = jobs.totals(session)
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps({"totals": totals, "items": rows}))
+        return
+    table = Table(title=f"outbox — {', '.join(f'{k}: {v}' for k, v in sorted(totals.items())) or 'empty'}")
+    for col in ("id", "MaHoSo", "seq", "destination", "operation", "state", "attempts", "last error"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["MaHoSo"],
+            str(r["seq"]),
+            r["destination"],
+            r["operation"],
+            r["state"],
+            str(r["attempts"]),
+            (r["last_error_code"] or "") + (": " + r["last_error"][:60] if r["last_error"] else ""),
+        )
+    out.print(table)
+
+
+@jobs_cli.command("show")
+def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one delivery with its message and the peer's last answer."""
+    from hub.sync import jobs
+
+    rt = _jobs_runtime()
+    try:
+        with rt.sessions() as session:
+            row = jobs.show_job(session, job_id)
+    finally:
+        rt.close()
+    if row is None:
+        err.print(f"[red]no outbox row {job_id}[/red]")
+        raise typer.Exit(1)
+    out.print_json(json.dumps(row, ensure_ascii=False, default=str))
+
+
+@jobs_cli.command("replay")
+def jobs_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="dead-letter ids")] = None,
+    all_dead: Annotated[bool, typer.Option("--all-dead", help="every dead letter")] = False,
+    dossier: Annotated[str | None, typer.Option(help="the dead letters of one MaHoSo")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Put dead letters back in line; per-dossier order is kept."""
+    from hub.sync import jobs
+
+    if not ids and not all_dead and not dossier:
+        err.print("[red]name dead-letter ids, or --dossier MaHoSo, or --all-dead[/red]")
+        raise typer.Exit(2)
+    rt = _jobs_runtime()
+    try:
+        with rt.sessions.begin() as session:
+            result = jobs.replay(session, ids=ids or None, dossier=dossier, all_dead=all_dead)
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        out.print(
+            f"replayed {result['replayed']} dead letter(s)"
+            + (f"; not dead letters: {result['not_dead']}" if result["not_dead"] else "")
+        )
+    if result["not_dead"] and not result["replayed"]:
+        raise typer.Exit(1)
+
+
+@jobs_cli.command("purge")
+def jobs_purge(
+    older_than_days: Annotated[float, typer.Option(help="only rows older than this many days")] = 30.0,
+    yes: Annotated[bool, typer.Option("--yes", help="confirm: without it nothing is deleted")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Delete old delivered outbox rows (status history and exchange record are kept; dead letters never)."""
+    from hub.sync import jobs
+
+    if not yes:
+        err.print("[red]purge deletes outbox rows: repeat with --yes to confirm[/red]")
+        raise typer.Exit(2)
+    if older_than_days < 0:
+        err.print("[red]--older-than-days must be >= 0[/red]")
+        raise typer.Exit(2)
+    rt = _jobs_runtime()
+    try:
+        with rt.sessions.begin() as session:
+            result = jobs.purge(session, older_than_days=older_than_days)
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        out.print(f"purged {result['purged']} outbox row(s)")
+
+
+peers_cli = typer.Typer(no_args_is_help=True, help="External systems hub talks to")
+cli.add_typer(peers_cli, name="peers")
+
+
+@peers_cli.command("status")
+def peers_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Per peer: backlog, dead letters, oldest undelivered message, last success and failure."""
+    from hub.sync import jobs
+
+    rt = _jobs_runtime()
+    try:
+        with rt.sessions() as session:
+            rows = jobs.peers_status(session)
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="peers")
+    for col in (
+        "peer",
+        "pending",
+        "in flight",
+        "dead",
+        "delivered",
+        "oldest undelivered (s)",
+        "last ok",
+        "last failure",
+        "last error",
+    ):
+        table.add_column(col)
+    for p in rows:
+        table.add_row(
+            p["peer"],
+            str(p["pending"]),
+            str(p["in_flight"]),
+            str(p["dead"]),
+            str(p["delivered"]),
+            str(p["oldest_undelivered_s"] or "—"),
+            p["last_ok"] or "—",
+            p["last_failure"] or "—",
+            p["last_error_code"] or "—",
+        )
+    out.print(table)
+
+
+routes_cli = typer.Typer(no_args_is_help=True, help="Down-flow routing: agency code -> provincial one-stop system")
+cli.add_typer(routes_cli, name="routes")
+
+
+@cli.command()
+def poll(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Ask the national portal once for dossiers filed for the routed agencies (the fallback for lost pushes)."""
+    rt = _jobs_runtime()
+    try:
+        counts = rt.poll_portal()
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps(counts))
+    else:
+        out.print(", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+@routes_cli.command("add")
+def routes_add(pattern: str, endpoint: str) -> None:
+    """Route an agency code (or a prefix ending in '*') to a one-stop system's base URL."""
+    from hub.domain.errors import DomainError
+
+    rt = _jobs_runtime()
+    try:
+        route = rt.routes.add(pattern, endpoint)
+    except DomainError as exc:
+        err.print(f"[red]{exc.code}:[/red] {exc.detail}")
+        raise typer.Exit(2) from None
+    finally:
+        rt.close()
+    out.print(f"route {route['agency_pattern']} -> {route['endpoint']}")
+
+
+@routes_cli.command("list")
+def routes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The routing table."""
+    rt = _jobs_runtime()
+    try:
+        rows = rt.routes.all()
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="routes")
+    table.add_column("agency")
+    table.add_column("one-stop endpoint")
+    for r in rows:
+        table.add_row(r["agency_pattern"], r["endpoint"])
+    out.print(table)
+
+
+@routes_cli.command("remove")
+def routes_remove(pattern: str) -> None:
+    """Remove a route (dossiers for that agency then dead-letter as unroutable until a route exists)."""
+    rt = _jobs_runtime()
+    try:
+        removed = rt.routes.remove(pattern)
+    finally:
+        rt.close()
+    if not removed:
+        err.print(f"[red]no route {pattern}[/red]")
+        raise typer.Exit(1)
+    out.print(f"removed route {pattern}")
+
+
+@catalogue_cli.command("sync")
+def catalogue_sync(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Fetch the procedure catalogue from the national portal (LayDanhSachTTHC) into the store."""
+    from hub.adapters.errors import PeerError
+
+    rt = _jobs_runtime()
+    try:
+        result = rt.catalogue.sync(rt.portal, correlation_id="cli-catalogue-sync")
+    except PeerError as exc:
+        err.print(f"[red]the portal did not answer the catalogue request:[/red] {exc.code}: {exc.detail}")
+        raise typer.Exit(1) from None
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        out.print(f"catalogue: {result['stored']} procedure(s) stored, {result['skipped']} skipped")
+
+
+@catalogue_cli.command("list")
+def catalogue_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The procedures hub knows, with their time limits and fees."""
+    rt = _jobs_runtime()
+    try:
+        items = rt.catalogue.all()
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps(items, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(items)} procedure(s)")
+    for col in ("MaTTHC", "TenTTHC", "limit (working days)", "fees (đồng)"):
+        table.add_column(col)
+    for p in items:
+        fees = ", ".join(f"{f['Gia']:,}".replace(",", ".") for f in p["PhiLePhi"]) or "—"
+        table.add_row(p["MaTTHC"], p["TenTTHC"], str(p["ThoiHanGiaiQuyet"]), fees)
+    out.print(table)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
+    cli()

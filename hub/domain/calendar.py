@@ -1,0 +1,56 @@
+"""Working days in Vietnam: weekends and public holidays, the lunar ones included (Tết, Giỗ Tổ Hùng Vương),
+from the maintained `holidays` package (see docs/adr/0004). Due dates (NgayHenTra) count working days."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
+
+import holidays
+
+from hub.domain.dates import VN_TZ
+
+
+class WorkingCalendar:
+    """Vietnam's official calendar, with a deployment's own extra days off and make-up working days."""
+
+    def __init__(self, extra_days_off: Iterable[date] = (), extra_working_days: Iterable[date] = ()) -> None:
+        self._holidays = holidays.country_holidays("VN")
+        self._extra_off = set(extra_days_off)
+        self._extra_working = set(extra_working_days)
+
+    def is_working_day(self, day: date) -> bool:
+        if day in self._extra_working:
+            return True
+        if day in self._extra_off or day.weekday() >= 5:
+            return False
+        return day not in self._holidays
+
+    def holiday_name(self, day: date) -> str | None:
+        name = self._holidays.get(day)
+        return str(name) if name else None
+
+    def add_working_days(self, start: datetime, days: int) -> datetime:
+        """The moment `days` working days after `start` (Vietnam local time, same time of day)."""
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware")
+        if days < 0:
+            raise ValueError("days must be >= 0")
+        local = start.astimezone(VN_TZ)
+        day = local.date()
+        left = days
+        while left > 0:
+            day += timedelta(days=1)
+            if self.is_working_day(day):
+                left -= 1
+        return local.replace(year=day.year, month=day.month, day=day.day)
+
+    def working_days_between(self, start: date, end: date) -> int:
+        """Working days after `start` up to and including `end` (negative when end is before start)."""
+        if end < start:
+            return -self.working_days_between(end, start)
+        n, day = 0, start
+        while day < end:
+            day += timedelta(days=1)
+            n += self.is_working_day(day)
+        return n

@@ -1,0 +1,78 @@
+"""Prometheus metrics. Delivery state is read from the database at scrape time (the outbox and the exchange
+record are shared by every process, so one API process reports the whole cluster); request latency is
+measured in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.domain.dates import utcnow
+from hub.store.models import Exchange, OutboxMessage
+
+
+class StoreCollector(Collector):
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Any]:
+        depth = GaugeMetricFamily(
+            "hub_outbox_messages", "Outbox rows by state and destination", labels=["state", "destination"]
+        )
+        oldest = GaugeMetricFamily(
+            "hub_outbox_oldest_pending_age_seconds",
+            "Age of the oldest undelivered (pending or in flight) row",
+            labels=["destination"],
+        )
+        exchanges = CounterMetricFamily(
+            "hub_exchanges",
+            "Outbound exchanges by peer, operation and outcome",
+            labels=["peer", "operation", "outcome"],
+        )
+        latency = GaugeMetricFamily(
+            "hub_exchange_duration_ms_avg", "Average outbound exchange duration", labels=["peer", "operation"]
+        )
+        now = utcnow()
+        with self.sessions() as s:
+            for state, dest, n in s.execute(
+                select(OutboxMessage.state, OutboxMessage.destination, func.count()).group_by(
+                    OutboxMessage.state, OutboxMessage.destination
+                )
+            ):
+                depth.add_metric([state, dest], float(n))
+            for dest, first in s.execute(
+                select(OutboxMessage.destination, func.min(OutboxMessage.created_at))
+                .where(OutboxMessage.state.in_(("pending", "in_flight")))
+                .group_by(OutboxMessage.destination)
+            ):
+                if first is not None:
+                    created = first if first.tzinfo else first.replace(tzinfo=now.tzinfo)
+                    oldest.add_metric([dest], max(0.0, (now - created).total_seconds()))
+            for peer, op, outcome, n, avg in s.execute(
+                select(
+                    Exchange.peer, Exchange.operation, Exchange.outcome, func.count(), func.avg(Exchange.duration_ms)
+                ).group_by(Exchange.peer, Exchange.operation, Exchange.outcome)
+            ):
+                exchanges.add_metric([peer, op, outcome], float(n))
+                if outcome == "ok":
+                    latency.add_metric([peer, op], float(avg or 0.0))
+        yield from (depth, oldest, exchanges, latency)
+
+
+def make_registry(sessions: sessionmaker[Session]) -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(sessions))
+    requests = Histogram(
+        "hub_http_request_duration_seconds",
+        "API request duration",
+        ["method", "route", "status"],
+        registry=registry,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
+    return registry, requests

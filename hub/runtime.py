@@ -1,0 +1,180 @@
+"""Wiring: from Settings build the engine, adapters, relay and dispatcher for one process.
+
+Roles: "api" (hub serve: ingest, and the embedded worker when no broker is configured), "worker" (Celery),
+"cli" (one-shot commands)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import Engine
+
+from hub.adapters.errors import PeerRejected
+from hub.adapters.exchange import ExchangeHook
+from hub.adapters.national_portal import NationalPortalClient
+from hub.adapters.one_stop import OneStopClient
+from hub.domain.identifiers import dossier_code
+from hub.services import routes
+from hub.services.dossiers import NATIONAL_PORTAL, ONE_STOP, DossierService
+from hub.settings import Settings
+from hub.store import db
+from hub.sync.embedded import EmbeddedWorker
+from hub.sync.outbox import Claimed
+from hub.sync.relay import Relay
+from hub.sync.retry import RetryPolicy
+
+log = logging.getLogger("hub.runtime")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, role: str = "api", start_worker: bool | None = None) -> None:
+        self.settings = settings
+        self.role = role
+        url = settings.effective_database_url
+        self.engine: Engine = db.make_engine(url)
+        if url.startswith("sqlite") and role != "worker":
+            db.upgrade(url)  # embedded mode: the file is ours, keep it at head
+        self.sessions = db.make_sessionmaker(self.engine)
+        password = settings.national_portal_password
+        self.portal = NationalPortalClient(
+            settings.effective_national_portal_url,
+            username=settings.national_portal_username,
+            password=password.get_secret_value() if password else "",
+            dstcode=settings.national_portal_dstcode,
+            auth_path=settings.national_portal_auth_path,
+            service_path=settings.national_portal_service_path,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_connections=max(settings.relay_concurrency, 4),
+        )
+        self.one_stop = OneStopClient(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_connections=max(settings.relay_concurrency, 4),
+        )
+        self.relay = Relay(
+            self.sessions,
+            {NATIONAL_PORTAL: self._deliver_to_portal, ONE_STOP: self._deliver_to_one_stop},
+            policy=RetryPolicy(
+                settings.relay_backoff_base,
+                settings.relay_backoff_cap,
+                settings.relay_max_attempts,
+                settings.relay_give_up_after_hours * 3600,
+            ),
+            batch_size=settings.relay_batch_size,
+            concurrency=settings.relay_concurrency,
+            lease_seconds=settings.relay_lease_seconds,
+        )
+        self.worker: EmbeddedWorker | None = None
+        self._waker: Any = None
+        if settings.embedded:
+            run = settings.worker_enabled if start_worker is None else start_worker
+            if run and role == "api":
+                self.worker = EmbeddedWorker(
+                    self.relay, settings.relay_poll_interval, [(settings.portal_poll_interval, self.poll_portal)]
+                )
+        elif role == "api":
+            from hub.sync.wakeup import CoalescingWaker
+
+            celery = _celery_for(settings)
+            self._waker = CoalescingWaker(lambda: celery.send_task("hub.drain"))
+        secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+        self.dossiers = DossierService(self.sessions, secret_key=secret, on_commit=self.wake)
+        from hub.metrics import make_registry
+        from hub.services.catalogue import Catalogue
+
+        self.catalogue = Catalogue(self.sessions)
+        self.routes = routes.Routes(self.sessions)
+        if self.worker is not None:
+            self.worker.start()  # after every service it may call exists
+
+        self.registry, self.request_seconds = make_registry(self.sessions)
+
+    def readiness(self) -> dict[str, Any]:
+        """Database and broker reachable (they decide readiness); each peer's last exchange (informative)."""
+        from sqlalchemy import func, select, text
+
+        from hub.store.models import Exchange
+
+        checks: dict[str, str] = {}
+        peers: dict[str, Any] = {}
+        try:
+            with self.sessions() as s:
+                s.execute(text("SELECT 1"))
+                for peer, outcome, at in s.execute(
+                    select(Exchange.peer, Exchange.outcome, func.max(Exchange.at)).group_by(
+                        Exchange.peer, Exchange.outcome
+                    )
+                ):
+                    peers.setdefault(peer, {})[f"last_{outcome}"] = at.isoformat() if at else None
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; report its kind
+            checks["database"] = f"error: {exc.__class__.__name__}"
+        if not self.settings.embedded:
+            try:
+                import redis
+
+                redis.Redis.from_url(self.settings.broker_url, socket_timeout=1, socket_connect_timeout=1).ping()
+                checks["broker"] = "ok"
+            except Exception as exc:  # noqa: BLE001 - as above
+                checks["broker"] = f"error: {exc.__class__.__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return {"status": "ok" if ok else "unavailable", "checks": checks, "peers": peers}
+
+    def _deliver_to_portal(self, c: Claimed, hook: ExchangeHook) -> Any:
+        return self.portal.call(
+            c.operation,
+            c.payload,
+            idempotency_key=c.idempotency_key,
+            correlation_id=c.correlation_id,
+            on_exchange=hook,
+        )
+
+    def _deliver_to_one_stop(self, c: Claimed, hook: ExchangeHook) -> Any:
+        body = c.payload["body"]
+        endpoint = c.payload.get("endpoint")
+        if endpoint is None:  # unroutable when filed: a route may have been added since (replay)
+            code = body.get("MaHoSo") or body["data"]["MaHoSo"]
+            with self.sessions() as s:
+                endpoint = routes.resolve(s, dossier_code(code).agency)
+            if endpoint is None:
+                raise PeerRejected(ONE_STOP, f"no route for the agency of {code}", code="unroutable_agency")
+        return self.one_stop.deliver(
+            endpoint,
+            c.operation,
+            body,
+            idempotency_key=c.idempotency_key,
+            correlation_id=c.correlation_id,
+            on_exchange=hook,
+        )
+
+    def poll_portal(self) -> dict[str, int]:
+        from hub.sync.polling import poll_portal
+
+        counts = poll_portal(self)
+        if counts["new_events"]:
+            self.wake()
+        return counts
+
+    def wake(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+        elif self._waker is not None:
+            self._waker.wake()
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        if self._waker is not None:
+            self._waker.stop()
+        self.relay.close()
+        self.portal.close()
+        self.one_stop.close()
+        self.engine.dispose()
+
+
+def _celery_for(settings: Settings) -> Any:
+    from hub.sync.celery_app import make_celery
+
+    return make_celery(settings)

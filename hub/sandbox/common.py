@@ -1,0 +1,143 @@
+"""What every sandbox peer shares: runtime fault knobs, an idempotency store, a record of what was received,
+and running a server on loopback in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+
+@dataclass
+class Faults:
+    """Fault-injection knobs, changed at runtime with POST /_sandbox/faults."""
+
+    latency_ms: float = 0.0  # added to every call
+    error_rate: float = 0.0  # fraction of calls answered 503
+    storm_5xx: int = 0  # the next N calls are answered 500
+    outage_seconds: float = 0.0  # set: every call is answered 503 for this long from now
+    outage_until: float = 0.0
+    timeout_rate: float = 0.0  # fraction of calls that hang for hang_seconds (past the client's timeout)
+    hang_seconds: float = 30.0
+    fail_after_apply_rate: float = 0.0  # fraction of calls applied but answered 500 (tests exactly-once)
+    malformed_rate: float = 0.0  # fraction of replies that are not JSON
+    session_ttl: float = 3600.0  # national portal: lifetime of a session
+
+    def update(self, changes: dict[str, Any]) -> None:
+        for key, value in changes.items():
+            if key == "outage_seconds":
+                self.outage_until = time.time() + float(value)
+            if hasattr(self, key):
+                setattr(self, key, type(getattr(self, key))(value))
+
+
+@dataclass
+class Received:
+    at: float
+    operation: str
+    idempotency_key: str | None
+    body: Any
+    outcome: str  # applied | duplicate | rejected | fault
+    reply: Any
+
+
+@dataclass
+class PeerState:
+    faults: Faults = field(default_factory=Faults)
+    received: list[Received] = field(default_factory=list)
+    replies_by_key: dict[str, tuple[str, Any]] = field(default_factory=dict)  # key -> (body digest, reply)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, operation: str, key: str | None, body: Any, outcome: str, reply: Any) -> None:
+        self.received.append(Received(time.time(), operation, key, body, outcome, reply))
+
+
+async def apply_faults(state: PeerState) -> Response | None:
+    """Sleep or fail as the knobs say; None means go on and handle the call."""
+    f = state.faults
+    if f.latency_ms:
+        await asyncio.sleep(f.latency_ms / 1000)
+    if f.outage_until > time.time():
+        return JSONResponse({"error_code": 99, "message": "sandbox outage"}, status_code=503)
+    with state.lock:
+        if f.storm_5xx > 0:
+            f.storm_5xx -= 1
+            return JSONResponse({"error_code": 99, "message": "sandbox 5xx storm"}, status_code=500)
+    if f.error_rate and random.random() < f.error_rate:
+        return JSONResponse({"error_code": 99, "message": "sandbox injected error"}, status_code=503)
+    if f.timeout_rate and random.random() < f.timeout_rate:
+        await asyncio.sleep(f.hang_seconds)
+    if f.malformed_rate and random.random() < f.malformed_rate:
+        return Response(b"<html>502 Bad Gateway</html>", status_code=200, media_type="application/json")
+    return None
+
+
+def add_control_routes(app: FastAPI, state: PeerState, extra_reset: Any = None) -> None:
+    """GET /_sandbox/received, POST /_sandbox/faults, POST /_sandbox/reset."""
+
+    @app.get("/_sandbox/received")
+    def received(operation: str | None = None, outcome: str | None = None, since: int = 0) -> dict[str, Any]:
+        rows = [
+            {"index": i, **asdict(r)}
+            for i, r in enumerate(state.received[since:], start=since)
+            if (operation is None or r.operation == operation) and (outcome is None or r.outcome == outcome)
+        ]
+        return {"count": len(rows), "items": rows}
+
+    @app.get("/_sandbox/faults")
+    def get_faults() -> dict[str, Any]:
+        return asdict(state.faults)
+
+    @app.post("/_sandbox/faults")
+    async def set_faults(request: Request) -> dict[str, Any]:
+        state.faults.update(await request.json())
+        return asdict(state.faults)
+
+    @app.post("/_sandbox/reset")
+    def reset() -> dict[str, str]:
+        with state.lock:
+            state.faults = Faults()
+            state.received.clear()
+            state.replies_by_key.clear()
+            if extra_reset is not None:
+                extra_reset()
+        return {"status": "reset"}
+
+
+class ServerThread:
+    """A uvicorn server on loopback in a daemon thread (for `hub sandbox`, the demo and tests)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"sandbox-{port}")
+        self.host = host
+
+    def start(self, timeout: float = 10.0) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("sandbox server did not start")
+            time.sleep(0.01)
+        return self
+
+    @property
+    def port(self) -> int:
+        sock = self.server.servers[0].sockets[0]
+        return int(sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,51 @@
+"""Load the JSON Schemas of contracts/ (from the source tree, or from the installed package's copy)."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+
+def contracts_dir() -> Path:
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[1] / "_contracts", here.parents[2] / "contracts"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("contracts/ not found beside the hub package")
+
+
+@cache
+def _registry() -> tuple[Registry, dict[str, str]]:
+    registry: Registry = Registry()
+    by_path: dict[str, str] = {}
+    root = contracts_dir()
+    for path in sorted(root.glob("*/*.schema.json")):
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        uri = schema["$id"]
+        registry = registry.with_resource(uri, Resource.from_contents(schema))
+        by_path[path.relative_to(root).as_posix()] = uri
+    return registry, by_path
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    """A validator for `contracts/<name>` (e.g. "national_portal/service.request.schema.json")."""
+    registry, by_path = _registry()
+    schema = registry.contents(by_path[name])
+    return Draft202012Validator(schema, registry=registry)
+
+
+def errors(name: str, instance: Any) -> list[str]:
+    """Human-readable contract violations of `instance` (empty when it conforms)."""
+    found = sorted(validator(name).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    return [f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in found[:10]]
+
+
+@cache
+def load_json(name: str) -> Any:
+    return json.loads((contracts_dir() / name).read_text(encoding="utf-8"))

@@ -1,0 +1,1 @@
+"""Use cases that tie domain, store and relay together."""

@@ -1,0 +1,71 @@
+"""The procedure catalogue: synced from the national portal (LayDanhSachTTHC) into the store; gives each
+procedure's time limit in working days (for NgayHenTra) and its fees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.adapters.national_portal import NationalPortal
+from hub.domain.dates import utcnow
+from hub.domain.errors import DomainError
+from hub.domain.identifiers import procedure_code
+from hub.store.models import Procedure
+
+
+class Catalogue:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def sync(self, portal: NationalPortal, *, correlation_id: str) -> dict[str, int]:
+        """Fetch the portal's catalogue and upsert it. Entries that break the contract are counted, not stored."""
+        reply = portal.call("LayDanhSachTTHC", {}, idempotency_key=None, correlation_id=correlation_id)
+        items = reply.get("data")
+        if not isinstance(items, list):
+            items = []
+        stored = skipped = 0
+        now = utcnow()
+        with self.sessions.begin() as s:
+            for item in items:
+                try:
+                    code = procedure_code(item["MaTTHC"])
+                    limit = int(item["ThoiHanGiaiQuyet"])
+                    fees = [
+                        {"TenPhiLePhi": str(f["TenPhiLePhi"]), "Gia": int(f["Gia"])} for f in item.get("PhiLePhi", [])
+                    ]
+                    name = str(item["TenTTHC"])[:500]
+                except (KeyError, TypeError, ValueError, DomainError):  # a bad entry is skipped, not stored
+                    skipped += 1
+                    continue
+                row = s.get(Procedure, code)
+                if row is None:
+                    s.add(
+                        Procedure(code=code, name=name, limit_working_days=limit, fees=fees, data=item, synced_at=now)
+                    )
+                else:
+                    row.name, row.limit_working_days, row.fees, row.data, row.synced_at = name, limit, fees, item, now
+                stored += 1
+        return {"stored": stored, "skipped": skipped}
+
+    def get(self, code: str) -> dict[str, Any] | None:
+        with self.sessions() as s:
+            row = s.get(Procedure, code)
+            if row is None:
+                return None
+            return {
+                "MaTTHC": row.code,
+                "TenTTHC": row.name,
+                "ThoiHanGiaiQuyet": row.limit_working_days,
+                "PhiLePhi": row.fees,
+                "synced_at": row.synced_at.isoformat(),
+            }
+
+    def all(self) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            codes = list(s.scalars(select(Procedure.code).order_by(Procedure.code)))
+        return [p for c in codes if (p := self.get(c)) is not None]
+
+    def limit_days(self, session: Session, code: str) -> int | None:
+        return session.scalar(select(Procedure.limit_working_days).where(Procedure.code == code))

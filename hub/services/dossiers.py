@@ -1,0 +1,462 @@
+"""Ingest of dossiers and progress from client systems: validate, authorize, and write state + event + outbox
+in one transaction; replay the stored answer for a repeated Idempotency-Key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.domain.calendar import WorkingCalendar
+from hub.domain.dates import VN_TZ, format_national, parse_national, utcnow
+from hub.domain.errors import Conflict, Forbidden, NotFound
+from hub.domain.identifiers import dossier_code
+from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus, check_transition, parse_status
+from hub.services import routes
+from hub.services.schemas import DossierIn, ProgressIn
+from hub.settings import ClientSystem
+from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, Procedure, StatusEvent
+from hub.sync.outbox import DEAD, PENDING
+
+NATIONAL_PORTAL = "national_portal"
+ONE_STOP = "one_stop"
+SYNC, PROGRESS, DOWNFLOW = "dossier.sync", "dossier.progress", "dossier.downflow"
+DOSSIERS: Table = Dossier.__table__  # type: ignore[assignment]
+EVENTS: Table = StatusEvent.__table__  # type: ignore[assignment]
+OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+KEYS: Table = IdempotencyRecord.__table__  # type: ignore[assignment]
+
+# Statements built once: executing a prebuilt construct with parameters skips SQLAlchemy's construction and
+# cache-key work on every request (the hot path of ingest).
+SELECT_KEY = select(KEYS.c.request_hash, KEYS.c.status_code, KEYS.c.response).where(
+    KEYS.c.client == bindparam("client"), KEYS.c.key == bindparam("key")
+)
+SELECT_DOSSIER = (
+    select(DOSSIERS.c.id, DOSSIERS.c.status, DOSSIERS.c.last_seq, DOSSIERS.c.procedure_code, DOSSIERS.c.data)
+    .where(DOSSIERS.c.code == bindparam("code"))
+    .with_for_update()
+)
+INSERT_DOSSIER = insert(DOSSIERS).returning(DOSSIERS.c.id)
+UPDATE_DOSSIER = update(DOSSIERS).where(DOSSIERS.c.id == bindparam("dossier_id"))
+INSERT_EVENT = insert(EVENTS)
+INSERT_OUTBOX = insert(OUTBOX)
+INSERT_KEY = insert(KEYS)
+SELECT_LIMIT = select(Procedure.limit_working_days).where(Procedure.code == bindparam("code"))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def _outbox_row(
+    event_id: str,
+    dossier_id: int,
+    seq: int,
+    destination: str,
+    operation: str,
+    payload: dict[str, Any],
+    correlation_id: str,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "dossier_id": dossier_id,
+        "seq": seq,
+        "destination": destination,
+        "operation": operation,
+        "payload": payload,
+        "idempotency_key": f"{event_id}:{destination}",
+        "correlation_id": correlation_id,
+        "state": PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "last_error_code": None,
+        "last_error": None,
+    }
+
+
+def _due_at(data: dict[str, Any]) -> datetime | None:
+    value = data.get("NgayHenTra")
+    return parse_national(value) if value else None
+
+
+def mask_id(value: str | None) -> str | None:
+    if not value:
+        return value
+    return "*" * max(0, len(value) - 3) + value[-3:]
+
+
+class DossierService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        secret_key: bytes,
+        destinations: Sequence[str] = (NATIONAL_PORTAL,),
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.sessions = sessions
+        self._secret = secret_key
+        self.destinations = tuple(destinations)
+        self._on_commit = on_commit
+        self.calendar = WorkingCalendar()
+
+    def subject_hmac(self, personal_id: str) -> str:
+        return hmac.new(self._secret, personal_id.encode(), hashlib.sha256).hexdigest()
+
+    # -- commands --------------------------------------------------------------------------------------------
+
+    def sync_dossier(
+        self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
+    ) -> Answer:
+        data = dossier.national()
+        return self._idempotent(
+            client,
+            "sync",
+            data,
+            idempotency_key,
+            lambda s: self._apply(s, client, data["MaHoSo"], "dossier.sync", data, correlation_id),
+        )
+
+    def push_from_portal(
+        self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
+    ) -> Answer:
+        """A dossier filed (or changed) on the national portal, pushed to hub for the provincial one-stop system."""
+        if "national_portal" not in client.roles:
+            raise Forbidden(
+                f"client {client.name!r} may not push dossiers from the national portal", code="role_not_allowed"
+            )
+        data = dossier.national()
+        return self._idempotent(
+            client,
+            "downflow",
+            data,
+            idempotency_key,
+            lambda s: self._apply(s, client, data["MaHoSo"], DOWNFLOW, data, correlation_id),
+        )
+
+    def add_progress(
+        self,
+        client: ClientSystem,
+        code: str,
+        step: ProgressIn,
+        *,
+        idempotency_key: str | None,
+        correlation_id: str,
+    ) -> Answer:
+        data = step.national()
+        if data["MaHoSo"] != code:
+            raise Conflict("MaHoSo in the body differs from the dossier in the path", code="dossier_code_mismatch")
+        return self._idempotent(
+            client,
+            "progress",
+            data,
+            idempotency_key,
+            lambda s: self._apply(s, client, code, "dossier.progress", data, correlation_id),
+        )
+
+    def _idempotent(
+        self,
+        client: ClientSystem,
+        op: str,
+        data: dict[str, Any],
+        key: str | None,
+        work: Callable[[Session], dict[str, Any]],
+    ) -> Answer:
+        request_hash = hashlib.sha256(json.dumps([op, data], sort_keys=True).encode()).hexdigest()
+        for attempt in (1, 2):
+            try:
+                with self.sessions.begin() as session:
+                    if key is not None:
+                        seen = session.execute(SELECT_KEY, {"client": client.name, "key": key}).first()
+                        if seen is not None:
+                            if seen.request_hash != request_hash:
+                                raise Conflict(
+                                    "this Idempotency-Key was used for a different request",
+                                    code="idempotency_key_reused",
+                                )
+                            return Answer(seen.status_code, seen.response, replayed=True)
+                    body = work(session)
+                    if key is not None:
+                        session.execute(
+                            INSERT_KEY,
+                            {
+                                "client": client.name,
+                                "key": key,
+                                "request_hash": request_hash,
+                                "status_code": 202,
+                                "response": body,
+                                "created_at": utcnow(),
+                            },
+                        )
+            except IntegrityError as exc:
+                # A concurrent request with the same key, or creating the same dossier: the second pass sees it.
+                if attempt == 2:
+                    raise Conflict(
+                        "a concurrent request changed this dossier; retry", code="concurrent_update"
+                    ) from exc
+                continue
+            self._on_commit()
+            return Answer(202, body)
+        raise AssertionError("unreachable")
+
+    def _apply(
+        self,
+        session: Session,
+        client: ClientSystem,
+        code: str,
+        kind: str,
+        data: dict[str, Any],
+        correlation_id: str,
+    ) -> dict[str, Any]:
+        """The write path, in SQLAlchemy Core: one locked read, then plain INSERT/UPDATEs (the hot path of ingest)."""
+        parsed = dossier_code(code)
+        if not client.may_act_for(parsed.agency):
+            raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+        whole = kind in (SYNC, DOWNFLOW)  # a whole dossier (DongBoHoSoMC shape), not a progress step
+        new_status = parse_status(data["TrangThaiHoSo"] if whole else data["TrangThai"])
+        current = session.execute(SELECT_DOSSIER, {"code": code}).first()
+        if whole and not data.get("NgayHenTra"):
+            # No appointment date given: derive it from the procedure's limit in working days, when known.
+            limit = session.execute(SELECT_LIMIT, {"code": data["MaTTHC"]}).scalar()
+            if limit is not None:
+                due = self.calendar.add_working_days(parse_national(data["NgayTiepNhan"]), int(limit))
+                data = {**data, "NgayHenTra": format_national(due)}
+        now = utcnow()
+        if current is None:
+            if not whole:
+                raise NotFound(f"dossier {code} is unknown to hub: sync it first", code="dossier_not_found")
+            check_transition(None, new_status)
+            owner_id = data.get("SoGiayToChuHoSo")
+            seq = 1
+            dossier_id = session.execute(
+                INSERT_DOSSIER,
+                {
+                    "code": code,
+                    "agency": parsed.agency,
+                    "procedure_code": data["MaTTHC"],
+                    "status": int(new_status),
+                    "last_seq": seq,
+                    "subject_hmac": self.subject_hmac(owner_id) if owner_id else None,
+                    "data": data,
+                    "due_at": _due_at(data),
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            ).scalar_one()
+            previous = None
+        else:
+            dossier_id = current.id
+            previous = DossierStatus(current.status)
+            if kind == DOWNFLOW and previous == new_status and current.data == data:
+                # The portal told us nothing new (a poll that found what a push already brought): no event.
+                return {
+                    "event_id": None,
+                    "MaHoSo": code,
+                    "seq": current.last_seq,
+                    "TrangThaiHoSo": int(new_status),
+                    "previous_status": int(previous),
+                    "unchanged": True,
+                }
+            check_transition(previous, new_status)
+            if whole:
+                if data["MaTTHC"] != current.procedure_code:
+                    raise Conflict("a dossier's procedure (MaTTHC) cannot change", code="procedure_changed")
+                stored = data
+            else:
+                stored = {**current.data, "TrangThaiHoSo": int(new_status)}
+            due_at = _due_at(stored)
+            seq = current.last_seq + 1
+            session.execute(
+                UPDATE_DOSSIER,
+                {
+                    "dossier_id": dossier_id,
+                    "status": int(new_status),
+                    "data": stored,
+                    "last_seq": seq,
+                    "due_at": due_at,
+                    "updated_at": now,
+                },
+            )
+        event_id = str(uuid.uuid4())
+        session.execute(
+            INSERT_EVENT,
+            {
+                "event_id": event_id,
+                "dossier_id": dossier_id,
+                "seq": seq,
+                "kind": kind,
+                "status": int(new_status),
+                "previous_status": None if previous is None else int(previous),
+                "payload": data,
+                "client": client.name,
+                "correlation_id": correlation_id,
+                "created_at": now,
+            },
+        )
+        rows = []
+        if kind == DOWNFLOW:
+            # Filed on the national portal: deliver to the province's one-stop system found by agency code. An
+            # unroutable agency becomes a dead letter with its reason (never dropped); `hub routes add` + replay.
+            endpoint = routes.resolve(session, parsed.agency)
+            if previous is None:
+                body: dict[str, Any] = {"data": data}
+                operation = "createdossierfromdvcqg"
+            else:
+                body = {
+                    "MaHoSo": code,
+                    "TrangThaiHoSo": int(new_status),
+                    "ThoiDiem": format_national(now),
+                    "NoiDung": data.get("GhiChu") or VIETNAMESE_NAMES[new_status],
+                }
+                operation = "status"
+            row = _outbox_row(
+                event_id,
+                dossier_id,
+                seq,
+                ONE_STOP,
+                operation,
+                {"endpoint": endpoint, "body": body},
+                correlation_id,
+                now,
+            )
+            if endpoint is None:
+                row |= {
+                    "state": DEAD,
+                    "last_error_code": "unroutable_agency",
+                    "last_error": f"no route for agency {parsed.agency}: add one with `hub routes add`",
+                }
+            rows.append(row)
+        else:
+            if kind == SYNC:
+                operation, payload = "DongBoHoSoMC", {"isUpdating": previous is not None, "data": [data]}
+            else:
+                operation, payload = "CapNhatTienDoHoSoMC", {"data": [data]}
+            rows = [
+                _outbox_row(event_id, dossier_id, seq, d, operation, payload, correlation_id, now)
+                for d in self.destinations
+            ]
+        session.execute(INSERT_OUTBOX, rows)
+        return {
+            "event_id": event_id,
+            "MaHoSo": code,
+            "seq": seq,
+            "TrangThaiHoSo": int(new_status),
+            "previous_status": None if previous is None else int(previous),
+        }
+
+    # -- queries ---------------------------------------------------------------------------------------------
+
+    def overdue(self, client: ClientSystem, *, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        """Dossiers past their appointment date (NgayHenTra) whose result is not ready, for the client's agencies."""
+        now = utcnow()
+        cond = [
+            Dossier.due_at < now,
+            Dossier.status.notin_([int(s) for s in (*TERMINAL, DossierStatus.PROCESSED)]),
+        ]
+        patterns: list[Any] = []
+        for p in client.agencies:
+            if p == "*":
+                patterns = []
+                break
+            patterns.append(Dossier.agency.startswith(p[:-1]) if p.endswith("*") else Dossier.agency == p)
+        if patterns:
+            cond.append(or_(*patterns))
+        with self.sessions() as session:
+            total = session.scalar(select(func.count()).select_from(Dossier).where(*cond)) or 0
+            rows = session.execute(
+                select(Dossier.code, Dossier.status, Dossier.due_at, Dossier.procedure_code)
+                .where(*cond)
+                .order_by(Dossier.due_at, Dossier.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        today = now.astimezone(VN_TZ).date()
+        items = [
+            {
+                "MaHoSo": code,
+                "MaTTHC": procedure,
+                "TrangThaiHoSo": status,
+                "NgayHenTra": format_national(due),
+                "overdue_working_days": self.calendar.working_days_between(due.astimezone(VN_TZ).date(), today),
+            }
+            for code, status, due, procedure in rows
+            if due is not None
+        ]
+        return {"total": int(total), "limit": limit, "offset": offset, "items": items}
+
+    def get(self, client: ClientSystem, code: str) -> dict[str, Any]:
+        parsed = dossier_code(code)
+        if not client.may_act_for(parsed.agency):
+            raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+        with self.sessions() as session:
+            dossier = session.scalar(select(Dossier).where(Dossier.code == code))
+            if dossier is None:
+                raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
+            return describe(session, dossier)
+
+
+def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
+    """A dossier with its status history and the delivery state of each event (personal ID masked)."""
+    events = session.scalars(
+        select(StatusEvent).where(StatusEvent.dossier_id == dossier.id).order_by(StatusEvent.seq)
+    ).all()
+    deliveries: dict[str, list[dict[str, Any]]] = {}
+    for m in session.scalars(
+        select(OutboxMessage)
+        .where(OutboxMessage.dossier_id == dossier.id)
+        .order_by(OutboxMessage.seq, OutboxMessage.destination)
+    ):
+        deliveries.setdefault(m.event_id, []).append(
+            {
+                "outbox_id": m.id,
+                "destination": m.destination,
+                "operation": m.operation,
+                "state": m.state,
+                "attempts": m.attempts,
+                "next_attempt_at": m.next_attempt_at.isoformat() if m.state == PENDING else None,
+                "delivered_at": m.delivered_at.isoformat() if m.delivered_at else None,
+                "last_error_code": m.last_error_code,
+                "last_error": m.last_error,
+            }
+        )
+    data = dict(dossier.data)
+    if "SoGiayToChuHoSo" in data:
+        data["SoGiayToChuHoSo"] = mask_id(data["SoGiayToChuHoSo"])
+    status = DossierStatus(dossier.status)
+    return {
+        "MaHoSo": dossier.code,
+        "agency": dossier.agency,
+        "MaTTHC": dossier.procedure_code,
+        "TrangThaiHoSo": int(status),
+        "status_name": VIETNAMESE_NAMES[status],
+        "updated_at": dossier.updated_at.isoformat(),
+        "dossier": data,
+        "events": [
+            {
+                "event_id": e.event_id,
+                "seq": e.seq,
+                "kind": e.kind,
+                "TrangThaiHoSo": e.status,
+                "previous_status": e.previous_status,
+                "at": e.created_at.isoformat(),
+                "client": e.client,
+                "correlation_id": e.correlation_id,
+                "deliveries": deliveries.get(e.event_id, []),
+            }
+            for e in events
+        ],
+    }

@@ -1,0 +1,114 @@
+"""The inbound message shapes (DongBoHoSoMC dossier, CapNhatTienDoHoSoMC step), mirroring contracts/national_portal."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from hub.domain import identifiers
+from hub.domain.dates import parse_national
+
+
+def _reject_nul(value: Any) -> Any:
+    """PostgreSQL text and JSONB cannot hold U+0000; no legitimate field carries it: refuse it anywhere."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("strings must not contain the NUL character")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+def _national_date(value: str) -> str:
+    parse_national(value)  # raises InvalidDate (a ValueError subclass is not needed: pydantic wraps it)
+    return value
+
+
+def _dossier_code(value: str) -> str:
+    return identifiers.dossier_code(value).value
+
+
+NationalDate = Annotated[
+    str, Field(pattern=r"^[0-9]{14}$", examples=["20241015083000"]), AfterValidator(_national_date)
+]
+DossierCodeStr = Annotated[
+    str, Field(max_length=64, examples=["000.00.17.H56-241015-0007"]), AfterValidator(_dossier_code)
+]
+ProcedureCodeStr = Annotated[str, Field(pattern=r"^[0-9]\.[0-9]{6}$", examples=["1.001193"])]
+
+
+class Fee(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    TenPhiLePhi: str = Field(max_length=500)
+    MaPhiLePhi: str | None = Field(default=None, max_length=50)
+    HinhThucThu: int | None = None
+    Gia: int = Field(ge=0, le=10_000_000_000, description="amount in whole đồng (VND has no minor unit)")
+    LoaiPhiLePhi: int | None = None
+
+
+class DossierIn(BaseModel):
+    """A dossier in the national portal's DongBoHoSoMC shape. Unknown fields are dropped, never forwarded."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)  # strict: `true` is not status 1, "2" is not 2
+
+    _no_nul = model_validator(mode="before")(_reject_nul)
+
+    MaHoSo: DossierCodeStr
+    MaTTHC: ProcedureCodeStr
+    TenTTHC: str = Field(min_length=1, max_length=500)
+    MaLinhVuc: str | None = Field(default=None, max_length=50)
+    TenLinhVuc: str | None = Field(default=None, max_length=500)
+    KenhThucHien: int = Field(ge=1, le=3, description="1 in person, 2 online, 3 postal")
+    ChuHoSo: str = Field(min_length=1, max_length=200)
+    SoGiayToChuHoSo: str | None = Field(default=None, max_length=20)
+    LoaiDoiTuong: int = Field(ge=1, le=4, description="1 citizen, 2 business, 3 agency, 4 other")
+    MaDoiTuong: str | None = Field(default=None, max_length=50)
+    Email: str | None = Field(default=None, max_length=200)
+    SoDienThoai: str | None = Field(default=None, max_length=20)
+    TrichYeuHoSo: str | None = Field(default=None, max_length=2000)
+    NgayTiepNhan: NationalDate
+    NgayHenTra: NationalDate | None = None
+    TrangThaiHoSo: int = Field(ge=1, le=10)
+    NgayTra: NationalDate | None = None
+    ThongTinTra: str | None = Field(default=None, max_length=2000)
+    HinhThuc: int | None = Field(default=None, ge=0, le=3)
+    NgayKetThucXuLy: NationalDate | None = None
+    DonViXuLy: str | None = Field(default=None, max_length=500)
+    GhiChu: str | None = Field(default=None, max_length=2000)
+    TaiLieuNop: list[dict[str, Any]] | None = Field(default=None, max_length=200)
+    DanhSachLePhi: list[Fee] | None = Field(default=None, max_length=50)
+    DanhSachHoSoBoSung: list[dict[str, Any]] | None = Field(default=None, max_length=200)
+    DanhSachGiayToKetQua: list[dict[str, Any]] | None = Field(default=None, max_length=200)
+    DinhDanhCHS: list[dict[str, Any]] | None = Field(default=None, max_length=20)
+    DuocThanhToanTrucTuyen: int | None = Field(default=None, ge=0, le=2)
+
+    def national(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class ProgressIn(BaseModel):
+    """One processing step in the CapNhatTienDoHoSoMC shape."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    _no_nul = model_validator(mode="before")(_reject_nul)
+
+    MaHoSo: DossierCodeStr
+    NguoiXuLy: str = Field(min_length=1, max_length=200)
+    ChucDanh: str | None = Field(default=None, max_length=200)
+    ThoiDiemXuLy: NationalDate
+    PhongBanXuLy: str | None = Field(default=None, max_length=500)
+    NoiDungXuLy: str = Field(min_length=1, max_length=2000)
+    TrangThai: int = Field(ge=1, le=10)
+    NgayBatDau: NationalDate | None = None
+    NgayKetThucTheoQuyDinh: NationalDate | None = None
+
+    def national(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,170 @@
+"""The one Settings object (env prefix HUB_, optional .env). Built once at start-up and passed in."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRETS_FILE = "dev-secrets.json"
+
+
+class ClientSystem(BaseModel):
+    """A system allowed to call /v1 (a provincial one-stop system, a portal), and the agencies it acts for."""
+
+    name: str
+    api_key: SecretStr
+    agencies: list[str] = Field(description="agency codes it may act for; a trailing '*' matches a prefix")
+    roles: list[str] = Field(
+        default_factory=lambda: ["onestop"],
+        description="onestop: files dossiers and progress; national_portal: pushes dossiers filed on the portal",
+    )
+
+    def may_act_for(self, agency: str) -> bool:
+        for pattern in self.agencies:
+            if pattern in ("*", agency) or (pattern.endswith("*") and agency.startswith(pattern[:-1])):
+                return True
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore", env_nested_delimiter="__")
+
+    mode: Literal["dev", "production"] = "dev"
+    var_dir: Path = Path("var")
+    database_url: str = ""  # empty -> SQLite file under var_dir
+    broker_url: str = ""  # empty -> embedded in-process worker (no Redis needed)
+    # Secrets: required in production; in dev mode generated once into var/dev-secrets.json (see load_settings).
+    secret_key: SecretStr | None = None
+    clients: list[ClientSystem] = Field(default_factory=list)
+    max_body_bytes: int = 1_048_576
+
+    # National portal (DVCQG) adapter.
+    national_portal_url: str = ""  # empty -> the sandbox on loopback (dev only)
+    national_portal_auth_path: str = "/api/auth"
+    national_portal_service_path: str = "/api/service"
+    national_portal_username: str = "hub-sandbox"
+    national_portal_password: SecretStr | None = None
+    national_portal_dstcode: str = "000.00.17.H56"
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+
+    # Sandbox peers (embedded default).
+    sandbox_host: str = "127.0.0.1"
+    sandbox_national_port: int = 8701
+    sandbox_onestop_port: int = 8702
+
+    # Relay.
+    relay_batch_size: int = 64
+    relay_concurrency: int = 16
+    relay_lease_seconds: float = 60.0
+    relay_max_attempts: int = 25  # failures the peer reports for a message (500, error_code 99) before it is dead
+    relay_give_up_after_hours: float = 72.0  # a peer that is down: messages wait this long before they are dead
+    relay_backoff_base: float = 1.0
+    relay_backoff_cap: float = 300.0
+    relay_poll_interval: float = 1.0
+    portal_poll_interval: float = 300.0  # seconds between polls of the portal for missed pushes; 0 disables
+    worker_enabled: bool = True  # `hub serve` in embedded mode runs the in-process worker
+
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _clients_from_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_in_production(self) -> Settings:
+        if self.mode != "production":
+            return self
+        problems = []
+        if self.secret_key is None or len(self.secret_key.get_secret_value()) < 32:
+            problems.append("HUB_SECRET_KEY must be set to a random value of at least 32 characters")
+        if not self.clients:
+            problems.append("HUB_CLIENTS must list the client systems, each with its own API key")
+        if any(len(c.api_key.get_secret_value()) < 24 for c in self.clients):
+            problems.append("client API keys must be at least 24 characters")
+        if self.national_portal_password is None or not self.national_portal_password.get_secret_value():
+            problems.append("HUB_NATIONAL_PORTAL_PASSWORD must be set")
+        if not self.national_portal_url:
+            problems.append("HUB_NATIONAL_PORTAL_URL must point at the real portal in production")
+        if not self.database_url or self.database_url.startswith("sqlite"):
+            problems.append("HUB_DATABASE_URL must point at PostgreSQL in production")
+        if problems:
+            raise ValueError("refusing to start in production mode: " + "; ".join(problems))
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'hub.db').as_posix()}"
+
+    @property
+    def embedded(self) -> bool:
+        """No broker configured: the in-process worker delivers (same task functions)."""
+        return not self.broker_url
+
+    @property
+    def effective_national_portal_url(self) -> str:
+        return self.national_portal_url or f"http://{self.sandbox_host}:{self.sandbox_national_port}"
+
+    def client_for_key(self, api_key: str) -> ClientSystem | None:
+        """Look a client up by API key, comparing digests in constant time."""
+        offered = hashlib.sha256(api_key.encode()).digest()
+        found = None
+        for client in self.clients:
+            if hmac.compare_digest(offered, hashlib.sha256(client.api_key.get_secret_value().encode()).digest()):
+                found = client
+        return found
+
+
+def _dev_secrets(var_dir: Path) -> dict[str, str]:
+    """Random secrets for a developer's machine, made once and kept in var/ (never in the code)."""
+    path = var_dir / DEV_SECRETS_FILE
+    if path.exists():
+        data: dict[str, str] = json.loads(path.read_text())
+        return data
+    var_dir.mkdir(parents=True, exist_ok=True)
+    data = {
+        "secret_key": secrets.token_urlsafe(32),
+        "client_api_key": secrets.token_urlsafe(24),
+        "national_portal_password": secrets.token_urlsafe(16),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    return data
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the Settings once at start-up. In dev mode, fill unset secrets from var/dev-secrets.json."""
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.mode == "production":
+        return settings
+    missing = settings.secret_key is None or not settings.clients or settings.national_portal_password is None
+    if not missing:
+        return settings
+    dev = _dev_secrets(settings.var_dir)
+    update: dict[str, object] = {}
+    if settings.secret_key is None:
+        update["secret_key"] = SecretStr(dev["secret_key"])
+    if not settings.clients:
+        update["clients"] = [
+            ClientSystem(
+                name="sandbox-onestop",
+                api_key=SecretStr(dev["client_api_key"]),
+                agencies=["*"],
+                roles=["onestop", "national_portal"],
+            )
+        ]
+    if settings.national_portal_password is None:
+        update["national_portal_password"] = SecretStr(dev["national_portal_password"])
+    return settings.model_copy(update=update)

@@ -1,0 +1,186 @@
+"""Tables: dossiers (current state), status events (append-only), outbox, outbound exchanges (append-only),
+idempotency keys of client requests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite stores them naive, in UTC, so they still sort)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Dossier(Base):
+    """The current state of a dossier (hồ sơ) as hub knows it."""
+
+    __tablename__ = "dossiers"
+    __table_args__ = (Index("ix_dossiers_status_due_at", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)  # MaHoSo
+    agency: Mapped[str] = mapped_column(String(32), index=True)
+    procedure_code: Mapped[str] = mapped_column(String(16))  # MaTTHC
+    status: Mapped[int] = mapped_column(SmallInteger)  # TrangThaiHoSo
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    subject_hmac: Mapped[str | None] = mapped_column(String(64), index=True)  # HMAC of the owner's ID number
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the dossier in the national (DongBoHoSoMC) shape
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # NgayHenTra (appointment for the result)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StatusEvent(Base):
+    """Append-only: one row per accepted change of a dossier, numbered per dossier (seq 1, 2, ...)."""
+
+    __tablename__ = "status_events"
+    __table_args__ = (UniqueConstraint("dossier_id", "seq", name="uq_status_events_dossier_seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    dossier_id: Mapped[int] = mapped_column(ForeignKey("dossiers.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))  # dossier.sync | dossier.progress
+    status: Mapped[int] = mapped_column(SmallInteger)
+    previous_status: Mapped[int | None] = mapped_column(SmallInteger)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    client: Mapped[str] = mapped_column(String(64))
+    correlation_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OutboxMessage(Base):
+    """One message to deliver to one destination. The database is the source of truth for delivery."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("dossier_id", "destination", "seq", name="uq_outbox_dossier_destination_seq"),
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), index=True)
+    dossier_id: Mapped[int] = mapped_column(ForeignKey("dossiers.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    destination: Mapped[str] = mapped_column(String(64))
+    operation: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    idempotency_key: Mapped[str] = mapped_column(String(80))
+    correlation_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # pending | in_flight | delivered | dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    last_error_code: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    peer_reply: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Exchange(Base):
+    """Append-only record of every outbound exchange with a peer."""
+
+    __tablename__ = "exchanges"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    peer: Mapped[str] = mapped_column(String(64))
+    operation: Mapped[str] = mapped_column(String(64))
+    correlation_id: Mapped[str] = mapped_column(String(64), index=True)
+    outbox_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    request_digest: Mapped[str] = mapped_column(String(64))
+    response_digest: Mapped[str | None] = mapped_column(String(64))
+    duration_ms: Mapped[float] = mapped_column()
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | retryable | permanent
+    error_code: Mapped[str | None] = mapped_column(String(64))
+
+
+class IdempotencyRecord(Base):
+    """The answer given to a client's request with an Idempotency-Key, replayed for repeats."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("client", "key", name="uq_idempotency_keys_client_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    client: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(200))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(SmallInteger)
+    response: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Procedure(Base):
+    """A procedure (thủ tục hành chính) of the national catalogue, synced from the portal (LayDanhSachTTHC)."""
+
+    __tablename__ = "procedures"
+
+    code: Mapped[str] = mapped_column(String(16), primary_key=True)  # MaTTHC
+    name: Mapped[str] = mapped_column(String(500))
+    limit_working_days: Mapped[int] = mapped_column(Integer)  # ThoiHanGiaiQuyet
+    fees: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)  # PhiLePhi: [{TenPhiLePhi, Gia}]
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Route(Base):
+    """Down-flow routing: which provincial one-stop system serves an agency code (exact, or a prefix with '*')."""
+
+    __tablename__ = "routes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    agency_pattern: Mapped[str] = mapped_column(String(32), unique=True)
+    endpoint: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,1 @@
+"""The relay: outbox claiming and delivery, retry policy, per-dossier order, dead letters, replay, workers."""

@@ -1,0 +1,110 @@
+"""Celery application for distributed mode: `celery -A hub.sync.celery_app worker` (what `hub worker` runs).
+
+Tasks carry no data: the outbox in the database is the source of truth, a task only says "drain now"."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+
+from hub.settings import Settings, load_settings
+
+log = logging.getLogger("hub.celery")
+DRAIN = "hub.drain"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("hub", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        broker_transport_options={
+            "visibility_timeout": 3600,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 3,
+        },
+        task_default_queue="hub",
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    app.conf.hub_settings = settings
+    return app
+
+
+settings = load_settings()
+app = make_celery(settings)
+_runtime: Any = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Any:
+    """The worker process's runtime (engine, adapters, relay), made once after fork."""
+    global _runtime  # noqa: PLW0603 - one per worker process, made lazily after fork
+    with _runtime_lock:
+        if _runtime is None:
+            from hub.runtime import Runtime
+
+            _runtime = Runtime(settings, role="worker")
+        return _runtime
+
+
+@app.task(name=DRAIN, bind=True, acks_late=True)
+def drain(self: Any) -> int:
+    rt = runtime()
+    claimed: int = rt.relay.drain_once()
+    if claimed >= rt.relay.batch_size:
+        self.app.send_task(DRAIN)  # more is due: keep going, and let other workers share it
+    return claimed
+
+
+@app.task(name="hub.poll_portal", acks_late=True)
+def poll_portal_task() -> dict[str, int]:
+    """The polling fallback of the down-flow (idempotent: a dossier known unchanged creates nothing)."""
+    counts: dict[str, int] = runtime().poll_portal()
+    return counts
+
+
+@app.task(name="hub.noop", acks_late=True)
+def noop() -> None:
+    """Used by the benchmark as the broker's baseline."""
+
+
+_ticker_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_ticker(sender: Any = None, **_: Any) -> None:
+    """Every poll interval, ask for a drain: retries come due and wake-ups may be lost with Redis."""
+
+    def tick() -> None:
+        next_poll = time.monotonic() + settings.portal_poll_interval
+        while not _ticker_stop.wait(settings.relay_poll_interval):
+            try:
+                app.send_task(DRAIN)
+                if settings.portal_poll_interval > 0 and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + settings.portal_poll_interval
+                    app.send_task("hub.poll_portal")
+            except Exception as exc:  # noqa: BLE001 - broker down: try again on the next tick
+                log.warning("ticker: broker unavailable: %s", exc)
+
+    threading.Thread(target=tick, name="hub-ticker", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_ticker(**_: Any) -> None:
+    _ticker_stop.set()
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.close()

@@ -1,0 +1,160 @@
+"""Operator queries and repairs of outbox deliveries (used by the CLI and, later, the console)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hub.store.models import Dossier, OutboxMessage
+from hub.sync import outbox
+
+
+def _row(m: OutboxMessage, code: str) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "MaHoSo": code,
+        "seq": m.seq,
+        "event_id": m.event_id,
+        "destination": m.destination,
+        "operation": m.operation,
+        "state": m.state,
+        "attempts": m.attempts,
+        "next_attempt_at": m.next_attempt_at.isoformat(),
+        "created_at": m.created_at.isoformat(),
+        "delivered_at": m.delivered_at.isoformat() if m.delivered_at else None,
+        "last_error_code": m.last_error_code,
+        "last_error": m.last_error,
+        "correlation_id": m.correlation_id,
+    }
+
+
+def list_jobs(
+    session: Session, *, state: str | None = None, dossier: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    q = select(OutboxMessage, Dossier.code).join(Dossier, Dossier.id == OutboxMessage.dossier_id)
+    if state:
+        q = q.where(OutboxMessage.state == state)
+    if dossier:
+        q = q.where(Dossier.code == dossier)
+    q = q.order_by(OutboxMessage.id.desc()).limit(limit)
+    return [_row(m, code) for m, code in session.execute(q).all()]
+
+
+def totals(session: Session) -> dict[str, int]:
+    return outbox.counts(session)
+
+
+def show_job(session: Session, job_id: int) -> dict[str, Any] | None:
+    found = session.execute(
+        select(OutboxMessage, Dossier.code)
+        .join(Dossier, Dossier.id == OutboxMessage.dossier_id)
+        .where(OutboxMessage.id == job_id)
+    ).first()
+    if found is None:
+        return None
+    m, code = found
+    return {
+        **_row(m, code),
+        "payload": m.payload,
+        "peer_reply": m.peer_reply,
+        "idempotency_key": m.idempotency_key,
+    }
+
+
+def replay(
+    session: Session, *, ids: Sequence[int] | None = None, dossier: str | None = None, all_dead: bool = False
+) -> dict[str, Any]:
+    """Replay dead letters. Ids that are not dead letters are reported, not touched."""
+    not_dead: list[int] = []
+    if ids:
+        found = dict(
+            session.execute(select(OutboxMessage.id, OutboxMessage.state).where(OutboxMessage.id.in_(ids))).all()
+        )
+        not_dead = [i for i in ids if found.get(i) != outbox.DEAD]
+    dossier_ids = None
+    if dossier:
+        dossier_ids = list(session.scalars(select(Dossier.id).where(Dossier.code == dossier)))
+    if not (ids or dossier_ids or all_dead):
+        return {"replayed": 0, "not_dead": not_dead}
+    n = outbox.replay(session, ids=list(ids) if ids else None, dossier_ids=dossier_ids)
+    return {"replayed": n, "not_dead": not_dead}
+
+
+def purge(session: Session, *, older_than_days: float) -> dict[str, int]:
+    """Delete delivered outbox rows older than the given age. Status events and the exchange record are kept:
+    they are the history. Dead letters are never purged: removing one would let the events behind it overtake
+    it; they are replayed instead."""
+    from datetime import timedelta
+
+    from sqlalchemy import delete
+
+    from hub.domain.dates import utcnow
+
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    result = session.execute(
+        delete(OutboxMessage)
+        .where(OutboxMessage.state == outbox.DELIVERED, OutboxMessage.created_at < cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    return {"purged": int(result.rowcount)}  # type: ignore[attr-defined]
+
+
+def peers_status(session: Session) -> list[dict[str, Any]]:
+    """Per peer: backlog, dead letters, oldest undelivered age, last success and last failure."""
+    from sqlalchemy import func
+
+    from hub.domain.dates import utcnow
+    from hub.store.models import Exchange
+
+    now = utcnow()
+    peers: dict[str, dict[str, Any]] = {}
+
+    def peer(name: str) -> dict[str, Any]:
+        return peers.setdefault(
+            name,
+            {
+                "peer": name,
+                "pending": 0,
+                "in_flight": 0,
+                "dead": 0,
+                "delivered": 0,
+                "oldest_undelivered_s": None,
+                "last_ok": None,
+                "last_failure": None,
+                "last_error_code": None,
+            },
+        )
+
+    for state, dest, n in session.execute(
+        select(OutboxMessage.state, OutboxMessage.destination, func.count()).group_by(
+            OutboxMessage.state, OutboxMessage.destination
+        )
+    ):
+        peer(dest)[state] = int(n)
+    for dest, first in session.execute(
+        select(OutboxMessage.destination, func.min(OutboxMessage.created_at))
+        .where(OutboxMessage.state.in_((outbox.PENDING, outbox.IN_FLIGHT)))
+        .group_by(OutboxMessage.destination)
+    ):
+        if first is not None:
+            peer(dest)["oldest_undelivered_s"] = round((now - first).total_seconds(), 1)
+    for name, outcome, at in session.execute(
+        select(Exchange.peer, Exchange.outcome, func.max(Exchange.at)).group_by(Exchange.peer, Exchange.outcome)
+    ):
+        p = peer(name)
+        key = "last_ok" if outcome == "ok" else "last_failure"
+        stamp = at.isoformat() if at else None
+        if key == "last_ok" or p[key] is None or (stamp and stamp > p[key]):
+            p[key] = stamp
+    for name, p in peers.items():
+        if p["last_failure"]:
+            p["last_error_code"] = session.scalar(
+                select(Exchange.error_code)
+                .where(Exchange.peer == name, Exchange.outcome != "ok")
+                .order_by(Exchange.at.desc())
+                .limit(1)
+            )
+    return sorted(peers.values(), key=lambda p: p["peer"])

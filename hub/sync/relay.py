@@ -1,0 +1,162 @@
+"""Deliver claimed outbox rows to their destination's adapter and record what happened.
+
+The same `Relay.drain_once` runs in the embedded worker thread and in the Celery task."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.adapters.errors import PeerError
+from hub.adapters.exchange import ExchangeHook, ExchangeRecord
+from hub.domain.dates import utcnow
+from hub.store.models import Exchange
+from hub.sync import outbox
+from hub.sync.outbox import Claimed, Outcome
+from hub.sync.retry import RetryPolicy
+
+log = logging.getLogger("hub.relay")
+
+# A deliverer sends one message to its destination: (claimed row, exchange hook) -> the peer's reply.
+Deliverer = Callable[[Claimed, ExchangeHook], Any]
+
+PEER_DOWN_PAUSE_CAP = 30.0  # seconds: a peer that was down is probed again at least this often
+
+
+class Relay:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        deliverers: Mapping[str, Deliverer],
+        *,
+        policy: RetryPolicy,
+        batch_size: int = 64,
+        concurrency: int = 16,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self.sessions = sessions
+        self.deliverers = dict(deliverers)
+        self.policy = policy
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
+        self._down_until: dict[str, float] = {}  # destination -> monotonic time until which it is not tried
+        self._streak: dict[str, int] = {}  # destination -> consecutive batches that found it down
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def drain_once(self) -> int:
+        """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed."""
+        now = time.monotonic()
+        destinations = [d for d in self.deliverers if self._down_until.get(d, 0.0) <= now]
+        if not destinations:
+            return 0
+        with self.sessions.begin() as session:
+            batch = outbox.claim(session, self.batch_size, self.lease_seconds, destinations)
+        if not batch:
+            return 0
+        down: dict[str, PeerError] = {}
+        lock = threading.Lock()
+        exchanges: list[Exchange] = []
+
+        def hook(rec: ExchangeRecord, outbox_id: int) -> None:
+            with lock:
+                exchanges.append(
+                    Exchange(
+                        at=utcnow(),
+                        peer=rec.peer,
+                        operation=rec.operation,
+                        correlation_id=rec.correlation_id,
+                        outbox_id=outbox_id,
+                        request_digest=rec.request_digest,
+                        response_digest=rec.response_digest,
+                        duration_ms=rec.duration_ms,
+                        outcome=rec.outcome,
+                        error_code=rec.error_code,
+                    )
+                )
+
+        def deliver(c: Claimed) -> Outcome:
+            if c.destination in down:  # the peer is down: do not hammer it, release untried
+                return Outcome(c, "released", retry_at=utcnow() + self._pause(c.destination))
+            try:
+                reply = self.deliverers[c.destination](c, lambda rec: hook(rec, c.id))
+            except PeerError as exc:
+                if exc.peer_down:
+                    with lock:
+                        down.setdefault(c.destination, exc)
+                return self._failed(c, exc)
+            except Exception as exc:  # a bug must not lose the message: retry it and say so loudly
+                log.exception("unexpected error delivering outbox %s", c.id)
+                return self._failed(
+                    c, PeerError(c.destination, f"{exc.__class__.__name__}: {exc}", code="internal_error")
+                )
+            return Outcome(c, "delivered", reply=reply)
+
+        by_destination: dict[str, list[Claimed]] = {}
+        for c in batch:
+            by_destination.setdefault(c.destination, []).append(c)
+        outcomes: list[Outcome] = []
+        for destination, rows in by_destination.items():
+            # The first message probes the peer; only if it is up do the others go, concurrently. A peer that is
+            # down costs one attempt of one message per pause, not one attempt of every message.
+            outcomes.append(deliver(rows[0]))
+            if destination in down:
+                self._streak[destination] = self._streak.get(destination, 0) + 1
+                pause = self._pause(destination)
+                self._down_until[destination] = time.monotonic() + pause.total_seconds()
+                log.warning(
+                    "peer down, pausing deliveries", extra={"peer": destination, "pause_s": pause.total_seconds()}
+                )
+            else:
+                self._streak.pop(destination, None)
+            outcomes.extend(self._pool.map(deliver, rows[1:]))
+        with self.sessions.begin() as session:
+            outbox.record(session, outcomes, exchanges)
+        for o in outcomes:
+            if o.kind == "dead":
+                log.warning(
+                    "dead letter",
+                    extra={
+                        "outbox_id": o.claimed.id,
+                        "error_code": o.error_code,
+                        "correlation_id": o.claimed.correlation_id,
+                    },
+                )
+        return len(batch)
+
+    def _pause(self, destination: str) -> timedelta:
+        streak = max(1, self._streak.get(destination, 1))
+        cap = min(self.policy.cap_seconds, PEER_DOWN_PAUSE_CAP)
+        return timedelta(seconds=min(cap, self.policy.base_seconds * 2.0 ** (streak - 1)))
+
+    def _failed(self, c: Claimed, exc: PeerError) -> Outcome:
+        attempts = c.attempts + 1
+        reply = exc.reply if isinstance(exc.reply, dict | list | str | None) else str(exc.reply)
+        if exc.peer_down:  # not the message's fault: only its age ends it, however many probes it took
+            give_up = self.policy.too_old((utcnow() - c.created_at).total_seconds())
+        else:
+            give_up = not exc.retryable or self.policy.exhausted(attempts)
+        if give_up:
+            return Outcome(c, "dead", error_code=exc.code, error=exc.detail[:2000], reply=reply)
+        retry_at = utcnow() + timedelta(seconds=self.policy.delay(attempts))
+        return Outcome(c, "retry", error_code=exc.code, error=exc.detail[:2000], reply=reply, retry_at=retry_at)
+
+    def drain(self, max_batches: int | None = None) -> int:
+        """Drain until nothing is due (or `max_batches`). Returns rows claimed."""
+        total, batches = 0, 0
+        while max_batches is None or batches < max_batches:
+            n = self.drain_once()
+            total += n
+            batches += 1
+            if n < self.batch_size:
+                break
+        return total

@@ -1,0 +1,16 @@
+"""Assertions shared by API tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = r.json()
+    assert body["status"] == status and body["code"] == code, body
+    assert body["title"] and body["type"].endswith(code)
+    return body

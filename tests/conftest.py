@@ -1,0 +1,187 @@
+"""Shared fixtures: real PostgreSQL databases, real sandbox servers on loopback, hub served by real uvicorn."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from hub.api.app import create_app
+from hub.runtime import Runtime
+from hub.sandbox import national_portal, one_stop
+from hub.sandbox.common import ServerThread
+from hub.settings import ClientSystem, Settings
+from hub.store import db
+
+PG_ADMIN = os.environ.get("HUB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_BASE = PG_ADMIN.rsplit("/", 1)[0]
+PORTAL_USER = "hub-test"
+AGENCY = "000.00.17.H56"
+OTHER_AGENCY = "000.00.12.H29"
+
+
+def create_pg_database() -> str:
+    name = f"hub_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{PG_BASE.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    db.upgrade(url)
+    return url
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+def truncate_all(url: str) -> None:
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "TRUNCATE exchanges, outbox, status_events, idempotency_keys, dossiers, routes, procedures RESTART IDENTITY"
+        )
+    engine.dispose()
+
+
+@dataclass
+class Creds:
+    portal_password: str
+    api_key: str
+    other_key: str  # a client allowed only OTHER_AGENCY
+    secret_key: str
+    portal_key: str  # the national portal pushing dossiers down
+
+
+@pytest.fixture(scope="session")
+def creds() -> Creds:
+    return Creds(
+        secrets.token_urlsafe(16),
+        secrets.token_urlsafe(24),
+        secrets.token_urlsafe(24),
+        secrets.token_urlsafe(32),
+        secrets.token_urlsafe(24),
+    )
+
+
+@pytest.fixture(scope="session")
+def portal_server(creds: Creds) -> Iterator[ServerThread]:
+    server = ServerThread(national_portal.create_app({PORTAL_USER: creds.portal_password})).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def portal(portal_server: ServerThread) -> Iterator[httpx.Client]:
+    """Control client of the national portal sandbox, reset before each test."""
+    with httpx.Client(base_url=portal_server.url, timeout=10) as c:
+        c.post("/_sandbox/reset").raise_for_status()
+        yield c
+
+
+@pytest.fixture(scope="session")
+def onestop_server() -> Iterator[ServerThread]:
+    server = ServerThread(one_stop.create_app()).start()
+    yield server
+    server.stop()
+
+
+def make_settings(tmp: Path, creds: Creds, portal_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "var_dir": tmp,
+        "secret_key": SecretStr(creds.secret_key),
+        "clients": [
+            ClientSystem(name="onestop-hcm", api_key=SecretStr(creds.api_key), agencies=["000.00.17.*"]),
+            ClientSystem(name="onestop-other", api_key=SecretStr(creds.other_key), agencies=[OTHER_AGENCY]),
+            ClientSystem(name="dvcqg", api_key=SecretStr(creds.portal_key), agencies=["*"], roles=["national_portal"]),
+        ],
+        "national_portal_url": portal_url,
+        "national_portal_username": PORTAL_USER,
+        "national_portal_password": SecretStr(creds.portal_password),
+        "relay_backoff_base": 0.05,
+        "relay_backoff_cap": 0.2,
+        "relay_poll_interval": 0.05,
+        "read_timeout": 2.0,
+        "connect_timeout": 1.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    runtime: Runtime
+    server: ServerThread
+    http: httpx.Client
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def wait_idle(self, timeout: float = 30.0) -> dict[str, int]:
+        """Wait until no outbox row is pending or in flight; return the state counts."""
+        from hub.sync.outbox import counts
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.runtime.sessions() as s:
+                c = counts(s)
+            if not c.get("pending") and not c.get("in_flight"):
+                return c
+            if time.monotonic() > deadline:
+                raise AssertionError(f"outbox not drained in {timeout}s: {c}")
+            time.sleep(0.05)
+
+
+HubFactory = Callable[..., Hub]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def hub_factory(
+    tmp_path: Path, creds: Creds, portal_server: ServerThread, backend: str, request: pytest.FixtureRequest
+) -> Iterator[HubFactory]:
+    """Start hub (embedded worker unless start_worker=False) on the chosen backend, served by uvicorn."""
+    made: list[Hub] = []
+
+    def make(**overrides: Any) -> Hub:
+        if backend == "postgresql":
+            url = request.getfixturevalue("pg_url")
+            truncate_all(url)
+            overrides.setdefault("database_url", url)
+        start_worker = overrides.pop("start_worker", True)
+        settings = make_settings(tmp_path, creds, portal_server.url, **overrides)
+        runtime = Runtime(settings, role="api", start_worker=start_worker)
+        server = ServerThread(create_app(settings, runtime)).start()
+        http = httpx.Client(base_url=server.url, headers={"X-API-Key": creds.api_key}, timeout=10)
+        hub = Hub(settings, runtime, server, http)
+        made.append(hub)
+        return hub
+
+    yield make
+    for hub in made:
+        hub.http.close()
+        hub.server.stop()
+        hub.runtime.close()

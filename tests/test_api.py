@@ -1,0 +1,215 @@
+"""The ingest API as a provincial one-stop system uses it: 202 + event id, idempotent repeats, the dossier's
+history with delivery state, and problem+json for every kind of bad input (never a 500)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, StatusEvent
+from tests.api_helpers import assert_problem
+from tests.conftest import OTHER_AGENCY, Creds, Hub, HubFactory
+from tests.helpers import dossier, step
+
+
+def rows(hub: Hub) -> dict[str, int]:
+    with hub.runtime.sessions() as s:
+        return {
+            name: int(s.scalar(select(func.count()).select_from(model)) or 0)
+            for name, model in [
+                ("dossiers", Dossier),
+                ("events", StatusEvent),
+                ("outbox", OutboxMessage),
+                ("keys", IdempotencyRecord),
+            ]
+        }
+
+
+@pytest.fixture
+def hub(hub_factory: HubFactory) -> Hub:
+    return hub_factory(start_worker=False)
+
+
+def test_create_answers_202_with_event_id_and_writes_state_event_outbox(hub: Hub) -> None:
+    d = dossier(1)
+    r = hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": "k1"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["MaHoSo"] == d["MaHoSo"] and body["seq"] == 1 and body["TrangThaiHoSo"] == 2
+    assert len(body["event_id"]) == 36
+    assert rows(hub) == {"dossiers": 1, "events": 1, "outbox": 1, "keys": 1}
+    got = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()
+    assert got["TrangThaiHoSo"] == 2 and got["status_name"] == "Được tiếp nhận"
+    assert [e["event_id"] for e in got["events"]] == [body["event_id"]]
+    delivery = got["events"][0]["deliveries"][0]
+    assert delivery["destination"] == "national_portal" and delivery["operation"] == "DongBoHoSoMC"
+    assert delivery["state"] == "pending"
+    # the owner's ID number is never shown back in full
+    assert got["dossier"]["SoGiayToChuHoSo"].endswith(d["SoGiayToChuHoSo"][-3:])
+    assert d["SoGiayToChuHoSo"] not in r.text + json.dumps(got)
+
+
+def test_repeated_idempotency_key_returns_same_answer_and_creates_nothing(hub: Hub) -> None:
+    d = dossier(2)
+    first = hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": "same"})
+    before = rows(hub)
+    again = hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": "same"})
+    assert again.status_code == 202 and again.json() == first.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert rows(hub) == before
+    s = step(d["MaHoSo"], 4)
+    p1 = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=s, headers={"Idempotency-Key": "p"})
+    p2 = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=s, headers={"Idempotency-Key": "p"})
+    assert p1.status_code == p2.status_code == 202 and p1.json() == p2.json()
+    assert rows(hub)["events"] == 2
+
+
+def test_idempotency_key_reused_for_another_request_is_refused(hub: Hub) -> None:
+    hub.http.post("/v1/dossiers", json=dossier(3), headers={"Idempotency-Key": "k"})
+    before = rows(hub)
+    r = hub.http.post("/v1/dossiers", json=dossier(4), headers={"Idempotency-Key": "k"})
+    assert_problem(r, 409, "idempotency_key_reused")
+    assert rows(hub) == before
+
+
+def test_status_history_in_order(hub: Hub) -> None:
+    d = dossier(5)
+    hub.http.post("/v1/dossiers", json=d)
+    code = d["MaHoSo"]
+    for status in (4, 5, 4, 9, 10):
+        assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status)).status_code == 202
+    got = hub.http.get(f"/v1/dossiers/{code}").json()
+    assert [e["TrangThaiHoSo"] for e in got["events"]] == [2, 4, 5, 4, 9, 10]
+    assert [e["seq"] for e in got["events"]] == [1, 2, 3, 4, 5, 6]
+    assert [e["previous_status"] for e in got["events"]] == [None, 2, 4, 5, 4, 9]
+    assert got["TrangThaiHoSo"] == 10
+
+
+def test_invalid_transition_is_409_and_nothing_half_written(hub: Hub) -> None:
+    d = dossier(6, status=1)
+    hub.http.post("/v1/dossiers", json=d)
+    code = d["MaHoSo"]
+    refused = hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 3))  # refused: terminal
+    assert refused.status_code == 202
+    before = rows(hub)
+    r = hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 4), headers={"Idempotency-Key": "x"})
+    body = assert_problem(r, 409, "invalid_transition")
+    assert body["current"] == 3 and body["requested"] == 4
+    assert rows(hub) == before
+    assert hub.http.get(f"/v1/dossiers/{code}").json()["TrangThaiHoSo"] == 3
+    # the same via a dossier sync
+    r = hub.http.post("/v1/dossiers", json={**d, "TrangThaiHoSo": 10})
+    assert_problem(r, 409, "invalid_transition")
+    assert rows(hub) == before
+
+
+def test_new_dossier_must_start_as_new_or_accepted(hub: Hub) -> None:
+    assert_problem(hub.http.post("/v1/dossiers", json=dossier(7, status=9)), 409, "invalid_initial_status")
+    assert rows(hub)["dossiers"] == 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda d: d.update(MaHoSo="000.00.17.H56-241399-0001"), "invalid_dossier_code"),
+        (lambda d: d.update(MaHoSo="H56-241015-1"), "invalid_dossier_code"),
+        (lambda d: d.update(MaTTHC="1001193"), "invalid_procedure_code"),
+        (lambda d: d.update(NgayTiepNhan="2024-10-15"), "invalid_date"),
+        (lambda d: d.update(NgayTiepNhan="20241399083000"), "invalid_date"),
+        (lambda d: d.update(TrangThaiHoSo=11), "invalid_status"),
+        (lambda d: d.pop("ChuHoSo"), "missing_field"),
+        (lambda d: d.update(KenhThucHien="online"), "validation_error"),
+        (lambda d: d.update(DanhSachLePhi=[{"TenPhiLePhi": "x", "Gia": 1.5}]), "validation_error"),
+        (lambda d: d.update(ChuHoSo="Nguyễn\x00Văn A"), "validation_error"),  # PostgreSQL cannot store NUL
+        (lambda d: d.update(TaiLieuNop=[{"TenTepDinhKem": "a\x00.pdf"}]), "validation_error"),
+        (lambda d: d.update(TrangThaiHoSo=True), "invalid_status"),
+        (lambda d: d.update(TrangThaiHoSo="2"), "invalid_status"),
+    ],
+)
+def test_bad_dossier_fields_are_422_with_stable_code(hub: Hub, mutate: Any, code: str) -> None:
+    d = dossier(8)
+    mutate(d)
+    assert_problem(hub.http.post("/v1/dossiers", json=d), 422, code)
+    assert rows(hub)["dossiers"] == 0
+
+
+def test_malformed_json_and_wrong_shapes(hub: Hub) -> None:
+    headers = {"Content-Type": "application/json"}
+    assert_problem(hub.http.post("/v1/dossiers", content=b'{"MaHoSo": ', headers=headers), 400, "malformed_json")
+    assert_problem(hub.http.post("/v1/dossiers", content=b"\xff\xfe", headers=headers), 400, "malformed_json")
+    assert_problem(hub.http.post("/v1/dossiers", json=[1, 2]), 422, "validation_error")
+    assert_problem(hub.http.post("/v1/dossiers", content=b"null", headers=headers), 422, "validation_error")
+    too_deep = b"[" * 100_000 + b"]" * 100_000
+    assert_problem(hub.http.post("/v1/dossiers", content=too_deep, headers=headers), 400, "malformed_json")
+    huge_number = b'{"TrangThaiHoSo": ' + b"9" * 5000 + b"}"
+    assert_problem(hub.http.post("/v1/dossiers", content=huge_number, headers=headers), 400, "malformed_json")
+
+
+def test_oversized_body_is_413(hub: Hub) -> None:
+    d = dossier(9, GhiChu="x" * (hub.settings.max_body_bytes + 10))
+    assert_problem(hub.http.post("/v1/dossiers", json=d), 413, "body_too_large")
+    # also when the client streams without Content-Length
+    big = json.dumps(d).encode()
+    r = hub.http.post(
+        "/v1/dossiers",
+        content=iter([big[i : i + 65536] for i in range(0, len(big), 65536)]),
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(r, 413, "body_too_large")
+    assert rows(hub)["dossiers"] == 0
+
+
+def test_authentication_and_agency_authorization(hub: Hub, creds: Creds) -> None:
+    d = dossier(10)
+    anon = httpx.post(f"{hub.url}/v1/dossiers", json=d)
+    assert_problem(anon, 401, "unauthenticated")
+    wrong = httpx.post(f"{hub.url}/v1/dossiers", json=d, headers={"X-API-Key": "nope"})
+    assert_problem(wrong, 401, "invalid_api_key")
+    bearer = httpx.post(f"{hub.url}/v1/dossiers", json=d, headers={"Authorization": f"Bearer {creds.api_key}"})
+    assert bearer.status_code == 202
+    other = httpx.Client(base_url=hub.url, headers={"X-API-Key": creds.other_key})
+    assert_problem(other.post("/v1/dossiers", json=dossier(11)), 403, "agency_not_allowed")
+    assert_problem(other.get(f"/v1/dossiers/{d['MaHoSo']}"), 403, "agency_not_allowed")
+    code = d["MaHoSo"]
+    assert_problem(other.post(f"/v1/dossiers/{code}/progress", json=step(code, 4)), 403, "agency_not_allowed")
+    ok_other = other.post("/v1/dossiers", json=dossier(12, agency=OTHER_AGENCY))
+    assert ok_other.status_code == 202
+    assert rows(hub)["dossiers"] == 2
+
+
+def test_unknown_dossier_is_404(hub: Hub) -> None:
+    code = "000.00.17.H56-241015-9999"
+    assert_problem(hub.http.get(f"/v1/dossiers/{code}"), 404, "dossier_not_found")
+    assert_problem(hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 4)), 404, "dossier_not_found")
+    assert_problem(hub.http.get("/v1/dossiers/not-a-code"), 422, "invalid_dossier_code")
+    assert_problem(hub.http.get("/v1/nothing-here"), 404, "not_found")
+
+
+def test_progress_for_another_dossier_in_body_is_refused(hub: Hub) -> None:
+    d = dossier(13)
+    hub.http.post("/v1/dossiers", json=d)
+    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step("000.00.17.H56-241015-0001", 4))
+    assert_problem(r, 409, "dossier_code_mismatch")
+
+
+def test_openapi_and_health(hub: Hub) -> None:
+    spec = hub.http.get("/openapi.json").json()
+    assert "/v1/dossiers" in spec["paths"] and "/v1/dossiers/{code}/progress" in spec["paths"]
+    assert hub.http.get("/healthz").json()["status"] == "ok"
+    ready = hub.http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    assert hub.http.get("/healthz").headers["x-correlation-id"]
+
+
+def test_metrics_report_outbox_exchanges_and_requests(hub: Hub) -> None:
+    hub.http.post("/v1/dossiers", json=dossier(20))
+    text = hub.http.get("/metrics").text
+    assert 'hub_outbox_messages{destination="national_portal",state="pending"} 1.0' in text
+    assert 'hub_outbox_oldest_pending_age_seconds{destination="national_portal"}' in text
+    assert 'hub_http_request_duration_seconds_count{method="POST",route="/v1/dossiers",status="202"} 1.0' in text
+    for line in text.splitlines():
+        assert "SoGiayTo" not in line and "MaHoSo" not in line

@@ -1,0 +1,70 @@
+"""Working days and due dates: weekends, Vietnamese public holidays including the lunar ones; overdue listing."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from hub.domain.calendar import WorkingCalendar
+from hub.domain.dates import VN_TZ, format_national, parse_national
+from tests.api_helpers import assert_problem
+from tests.conftest import OTHER_AGENCY, Creds, Hub, HubFactory
+from tests.helpers import dossier, step
+
+CAL = WorkingCalendar()
+
+
+def test_weekends_and_fixed_holidays_are_not_working_days() -> None:
+    assert CAL.is_working_day(date(2026, 11, 23))  # a Monday
+    assert not CAL.is_working_day(date(2026, 11, 28))  # Saturday
+    assert not CAL.is_working_day(date(2026, 11, 29))  # Sunday
+    for fixed in (date(2026, 1, 1), date(2026, 4, 30), date(2026, 5, 1), date(2026, 9, 2)):
+        assert not CAL.is_working_day(fixed), fixed
+
+
+def test_lunar_holidays_tet_and_hung_kings() -> None:
+    # Tết Bính Ngọ: lunar new year's day is 17 Feb 2026; Giỗ Tổ Hùng Vương (10/3 lunar) is 26 Apr 2026.
+    for day in range(16, 21):
+        assert not CAL.is_working_day(date(2026, 2, day)), day
+    assert not CAL.is_working_day(date(2026, 4, 27))  # observed: the 26th is a Sunday
+    assert CAL.holiday_name(date(2026, 2, 17)) is not None
+    # 2025: Tết on 29 Jan, Hùng Kings on 7 Apr
+    assert not CAL.is_working_day(date(2025, 1, 29)) and not CAL.is_working_day(date(2025, 4, 7))
+
+
+def test_due_date_spanning_tet() -> None:
+    received = datetime(2026, 2, 13, 9, 30, tzinfo=VN_TZ)  # Friday before Tết
+    due = CAL.add_working_days(received, 3)
+    # 14-15 weekend, 16-20 Tết, 21-22 weekend: the three working days are 23, 24, 25 Feb
+    assert due == datetime(2026, 2, 25, 9, 30, tzinfo=VN_TZ)
+    assert CAL.working_days_between(received.date(), due.date()) == 3
+    assert CAL.add_working_days(received, 0) == received
+
+
+def test_deployment_can_add_days_off_and_make_up_days() -> None:
+    cal = WorkingCalendar(extra_days_off=[date(2026, 11, 23)], extra_working_days=[date(2026, 11, 28)])
+    assert not cal.is_working_day(date(2026, 11, 23))
+    assert cal.is_working_day(date(2026, 11, 28))
+
+
+def test_overdue_dossiers_are_listed_for_the_clients_agencies(hub_factory: HubFactory, creds: Creds) -> None:
+    hub: Hub = hub_factory(start_worker=False)
+    now = datetime.now(UTC)
+    late = dossier(1, NgayHenTra=format_national(now - timedelta(days=10)))
+    on_time = dossier(2, NgayHenTra=format_national(now + timedelta(days=10)))
+    done = dossier(3, NgayHenTra=format_national(now - timedelta(days=10)))
+    for d in (late, on_time, done):
+        assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    for s in (4, 9):
+        hub.http.post(f"/v1/dossiers/{done['MaHoSo']}/progress", json=step(done["MaHoSo"], s))
+    other = dossier(4, agency=OTHER_AGENCY, NgayHenTra=format_national(now - timedelta(days=3)))
+    other_client = {"X-API-Key": creds.other_key}
+    assert hub.http.post("/v1/dossiers", json=other, headers=other_client).status_code == 202
+    got = hub.http.get("/v1/dossiers", params={"overdue": "true"}).json()
+    assert got["total"] == 1 and [i["MaHoSo"] for i in got["items"]] == [late["MaHoSo"]]
+    item = got["items"][0]
+    assert item["overdue_working_days"] >= 5
+    assert parse_national(item["NgayHenTra"]) <= now
+    theirs = hub.http.get("/v1/dossiers", params={"overdue": "true"}, headers=other_client).json()
+    assert [i["MaHoSo"] for i in theirs["items"]] == [other["MaHoSo"]]
+    assert_problem(hub.http.get("/v1/dossiers", params={"overdue": "false"}), 422, "unsupported_query")
+    assert_problem(hub.http.get("/v1/dossiers", params={"overdue": "true", "limit": 0}), 422, "validation_error")

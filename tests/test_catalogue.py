@@ -1,0 +1,59 @@
+"""The procedure catalogue synced from the portal, and NgayHenTra derived from it in working days."""
+
+from __future__ import annotations
+
+import httpx
+
+from hub.sandbox import contracts
+from tests.conftest import Hub, HubFactory
+from tests.helpers import dossier
+
+CIVIL_STATUS = {"1.001193", "1.000656", "1.000894", "2.000635", "1.004873", "2.000815", "1.004837", "1.004845"}
+
+
+def test_catalogue_data_satisfies_its_schema() -> None:
+    items = contracts.load_json("national_portal/data/procedures.json")["data"]
+    assert len(items) == 16
+    for item in items:
+        assert contracts.errors("national_portal/procedure.schema.json", item) == []
+    names = " ".join(i["TenTTHC"] for i in items)
+    assert names.count("khai sinh") >= 4 and names.count("khai tử") >= 3 and names.count("kết hôn") >= 3
+
+
+def test_sync_stores_the_portals_catalogue(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    hub: Hub = hub_factory(start_worker=False)
+    assert hub.runtime.catalogue.sync(hub.runtime.portal, correlation_id="t") == {"stored": 16, "skipped": 0}
+    assert hub.runtime.catalogue.sync(hub.runtime.portal, correlation_id="t") == {"stored": 16, "skipped": 0}
+    known = {p["MaTTHC"]: p for p in hub.runtime.catalogue.all()}
+    assert set(known) >= CIVIL_STATUS
+    assert known["1.004873"]["ThoiHanGiaiQuyet"] == 3
+    assert all(isinstance(f["Gia"], int) for p in known.values() for f in p["PhiLePhi"])
+
+
+def test_appointment_date_is_derived_in_working_days_across_tet(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    hub: Hub = hub_factory(start_worker=False)
+    hub.runtime.catalogue.sync(hub.runtime.portal, correlation_id="t")
+    d = dossier(
+        1, MaTTHC="1.004873", TenTTHC="Cấp Giấy xác nhận tình trạng hôn nhân", NgayTiepNhan="20260213093000"
+    )  # Friday before Tết Bính Ngọ
+    d.pop("NgayHenTra")
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    got = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()
+    # three working days: 14-15 weekend, 16-20 Tết, 21-22 weekend -> 23, 24, 25 February
+    assert got["dossier"]["NgayHenTra"] == "20260225093000"
+    # the derived date is what the portal will receive
+    with hub.runtime.sessions() as s:
+        from sqlalchemy import select
+
+        from hub.store.models import OutboxMessage
+
+        payload = s.scalars(select(OutboxMessage.payload)).one()
+    assert payload["data"][0]["NgayHenTra"] == "20260225093000"
+    # a given NgayHenTra is kept; an unknown procedure gets none
+    given = dossier(2, NgayHenTra="20260301080000")
+    hub.http.post("/v1/dossiers", json=given)
+    assert hub.http.get(f"/v1/dossiers/{given['MaHoSo']}").json()["dossier"]["NgayHenTra"] == "20260301080000"
+    unknown = dossier(3, MaTTHC="9.999999")
+    unknown.pop("NgayHenTra")
+    hub.http.post("/v1/dossiers", json=unknown)
+    assert "NgayHenTra" not in hub.http.get(f"/v1/dossiers/{unknown['MaHoSo']}").json()["dossier"]

@@ -1,0 +1,130 @@
+"""The `hub` command as a newcomer and an operator use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Creds, HubFactory
+from tests.helpers import dossier, step
+
+HUB = str(Path(sys.executable).with_name("hub"))
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    return subprocess.run(
+        [HUB, *args],
+        cwd=cwd,
+        env={**base, "COLUMNS": "160", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_demo_runs_end_to_end_on_a_fresh_directory(tmp_path: Path) -> None:
+    result = run(["demo"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "What arrived where" in out and "outage" in out
+    assert "Không được tiếp nhận" in out and "Yêu cầu bổ sung" in out  # a refusal and a supplement request
+    assert "/docs" in out
+    assert (tmp_path / "var" / "demo" / "hub.db").exists()
+
+
+def test_jobs_list_show_and_replay(
+    hub_factory: HubFactory, portal: httpx.Client, creds: Creds, tmp_path: Path, backend: str
+) -> None:
+    hub = hub_factory()
+    d = dossier(1)
+    hub.http.post("/v1/dossiers", json=d)
+    hub.wait_idle()
+    portal.post("/_sandbox/reset")  # the portal forgets the dossier: the next progress is refused (unknown)
+    hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4))
+    hub.wait_idle()
+    env = {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+    listed = run(["jobs", "list", "--state", "dead", "--json"], tmp_path, env)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    assert data["totals"] == {"delivered": 1, "dead": 1}
+    [dead] = data["items"]
+    assert dead["MaHoSo"] == d["MaHoSo"] and dead["last_error_code"] == "portal_unknown_dossier"
+    shown = run(["jobs", "show", str(dead["id"]), "--json"], tmp_path, env)
+    assert json.loads(shown.stdout)["peer_reply"]["error_code"] == 5
+    table = run(["jobs", "list"], tmp_path, env)
+    assert "portal_unknown_dossier" in table.stdout
+    # refusals: nothing named, an id that is not a dead letter, an unknown id
+    assert run(["jobs", "replay"], tmp_path, env).returncode == 2
+    refused = run(["jobs", "replay", "999999", "--json"], tmp_path, env)
+    assert refused.returncode == 1 and json.loads(refused.stdout) == {"replayed": 0, "not_dead": [999999]}
+    assert run(["jobs", "show", "999999"], tmp_path, env).returncode == 1
+    # the operator re-files the dossier at the portal, then replays: delivered
+    hub.runtime.portal.call(
+        "DongBoHoSoMC", {"isUpdating": False, "data": [d]}, idempotency_key=None, correlation_id="operator"
+    )
+    replayed = run(["jobs", "replay", str(dead["id"]), "--json"], tmp_path, env)
+    assert json.loads(replayed.stdout) == {"replayed": 1, "not_dead": []}
+    hub.runtime.wake()
+    assert hub.wait_idle() == {"delivered": 2}
+
+
+def test_db_upgrade_and_configuration_errors(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    ok = run(["db", "upgrade"], tmp_path, {"HUB_DATABASE_URL": url})
+    assert ok.returncode == 0 and (tmp_path / "x.db").exists()
+    bad = run(["jobs", "list"], tmp_path, {"HUB_MODE": "production"})
+    assert bad.returncode == 2 and "configuration error" in bad.stderr and "Traceback" not in bad.stderr
+    no_broker = run(["worker"], tmp_path)
+    assert no_broker.returncode == 2 and "HUB_BROKER_URL" in no_broker.stderr
+
+
+def test_catalogue_sync_and_list(hub_factory: HubFactory, portal: httpx.Client, creds: Creds, tmp_path: Path) -> None:
+    hub = hub_factory(start_worker=False)
+    env = {
+        "HUB_DATABASE_URL": hub.settings.effective_database_url,
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_NATIONAL_PORTAL_URL": hub.settings.effective_national_portal_url,
+        "HUB_NATIONAL_PORTAL_USERNAME": hub.settings.national_portal_username,
+        "HUB_NATIONAL_PORTAL_PASSWORD": creds.portal_password,
+    }
+    synced = run(["catalogue", "sync", "--json"], tmp_path, env)
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout) == {"stored": 16, "skipped": 0}
+    listed = json.loads(run(["catalogue", "list", "--json"], tmp_path, env).stdout)
+    assert {p["MaTTHC"] for p in listed} >= {"1.001193", "1.000894"}
+    table = run(["catalogue", "list"], tmp_path, env).stdout
+    assert "Đăng ký khai sinh" in table
+    down = run(["catalogue", "sync"], tmp_path, {**env, "HUB_NATIONAL_PORTAL_URL": "http://127.0.0.1:9"})
+    assert down.returncode == 1 and "peer_unavailable" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_peers_status_and_purge(hub_factory: HubFactory, portal: httpx.Client, tmp_path: Path) -> None:
+    hub = hub_factory()
+    d = dossier(1)
+    hub.http.post("/v1/dossiers", json=d)
+    hub.wait_idle()
+    portal.post("/_sandbox/reset")
+    hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4))  # refused: unknown there
+    hub.wait_idle()
+    env = {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+    [peer] = json.loads(run(["peers", "status", "--json"], tmp_path, env).stdout)
+    assert peer["peer"] == "national_portal" and peer["delivered"] == 1 and peer["dead"] == 1
+    assert peer["last_ok"] and peer["last_failure"] and peer["last_error_code"] == "portal_unknown_dossier"
+    assert "national_portal" in run(["peers", "status"], tmp_path, env).stdout
+    unconfirmed = run(["jobs", "purge", "--older-than-days", "0"], tmp_path, env)
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    assert json.loads(run(["jobs", "list", "--json"], tmp_path, env).stdout)["totals"] == {"delivered": 1, "dead": 1}
+    purged = run(["jobs", "purge", "--older-than-days", "0", "--yes", "--json"], tmp_path, env)
+    assert json.loads(purged.stdout) == {"purged": 1}
+    # the dead letter stays (it holds its dossier's order); the history stays
+    assert json.loads(run(["jobs", "list", "--json"], tmp_path, env).stdout)["totals"] == {"dead": 1}
+    assert len(hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["events"]) == 2

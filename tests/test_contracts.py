@@ -1,0 +1,178 @@
+"""contracts/: golden messages, hub's models and the sandboxes agree with the schemas; the adapter classifies
+every kind of answer at its boundary."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import httpx
+import pytest
+
+from hub.adapters.errors import PeerAuthFailed, PeerError, PeerProtocolError, PeerRejected, PeerTimeout, PeerUnavailable
+from hub.adapters.national_portal import NationalPortalClient, codes
+from hub.sandbox import contracts
+from hub.sandbox.common import ServerThread
+from hub.services.schemas import DossierIn, ProgressIn
+from tests.conftest import PORTAL_USER, Creds
+from tests.helpers import dossier, step
+
+ROOT = contracts.contracts_dir()
+
+
+def example(name: str) -> Any:
+    return json.loads((ROOT / "national_portal" / "examples" / name).read_text(encoding="utf-8"))
+
+
+def test_golden_messages_satisfy_the_schemas() -> None:
+    for name in ("DongBoHoSoMC.request.json", "CapNhatTienDoHoSoMC.request.json"):
+        assert contracts.errors("national_portal/service.request.schema.json", example(name)) == []
+    assert contracts.errors("national_portal/dossier.schema.json", example("dossier.json")) == []
+    assert contracts.errors("national_portal/progress.schema.json", example("progress.json")) == []
+    assert contracts.errors("national_portal/auth.request.schema.json", example("auth.request.json")) == []
+    for name in ("reply.ok.json", "reply.invalid_transition.json"):
+        assert contracts.errors("national_portal/reply.schema.json", example(name)) == []
+
+
+def test_hub_models_accept_golden_messages_and_emit_contract_shapes() -> None:
+    d = DossierIn.model_validate(example("dossier.json")).national()
+    assert d == example("dossier.json")
+    assert contracts.errors("national_portal/dossier.schema.json", d) == []
+    p = ProgressIn.model_validate(example("progress.json")).national()
+    assert contracts.errors("national_portal/progress.schema.json", p) == []
+    generated = DossierIn.model_validate(dossier(1)).national()
+    assert contracts.errors("national_portal/dossier.schema.json", generated) == []
+
+
+def test_error_code_table_matches_contract() -> None:
+    published = contracts.load_json("national_portal/error_codes.json")["codes"]
+    assert {int(k) for k in published} == {codes.OK, *codes.MEANING}
+    for code, (_, retryable) in codes.MEANING.items():
+        assert published[str(code)]["retryable"] is retryable
+
+
+def _client(url: str, password: str, **kw: Any) -> NationalPortalClient:
+    return NationalPortalClient(url, username=PORTAL_USER, password=password, dstcode="000.00.17.H56", **kw)
+
+
+def test_sandbox_answers_with_the_portal_error_codes(
+    portal: httpx.Client, portal_server: ServerThread, creds: Creds
+) -> None:
+    bad_login = portal.post(
+        "/api/auth", json={"username": PORTAL_USER, "password": "wrong"}, headers={"dstcode": "000.00.17.H56"}
+    ).json()
+    assert bad_login["error_code"] == 1
+    no_session = portal.post(
+        "/api/service", json={"session": "nope", "madonvi": "000.00.17.H56", "service": "TraCuuHoSo", "MaHoSo": "x"}
+    ).json()
+    assert no_session["error_code"] == 2
+    client = _client(portal_server.url, creds.portal_password)
+    with pytest.raises(PeerRejected) as invalid:
+        client.call(
+            "DongBoHoSoMC", {"isUpdating": False, "data": [{"MaHoSo": "bad"}]}, idempotency_key="a", correlation_id="t"
+        )
+    assert invalid.value.code == "portal_invalid_data" and invalid.value.reply["error_code"] == 3
+    d = dossier(1)
+    client.call("DongBoHoSoMC", {"isUpdating": False, "data": [d]}, idempotency_key="b", correlation_id="t")
+    with pytest.raises(PeerRejected) as transition:
+        client.call("CapNhatTienDoHoSoMC", {"data": [step(d["MaHoSo"], 10)]}, idempotency_key="c", correlation_id="t")
+    assert transition.value.code == "portal_invalid_transition"
+    with pytest.raises(PeerRejected) as reused:
+        client.call("CapNhatTienDoHoSoMC", {"data": [step(d["MaHoSo"], 4)]}, idempotency_key="b", correlation_id="t")
+    assert reused.value.code == "portal_idempotency_key_reused"
+    with pytest.raises(PeerRejected) as exists:
+        client.call("DongBoHoSoMC", {"isUpdating": False, "data": [d]}, idempotency_key="d", correlation_id="t")
+    assert exists.value.code == "portal_dossier_exists"
+    seen = client.look_up(d["MaHoSo"], correlation_id="t")
+    assert seen is not None and seen["TrangThaiHoSo"] == 2
+    assert client.look_up("000.00.17.H56-241015-9999", correlation_id="t") is None
+    # everything the adapter sent that the portal accepted satisfies the contract
+    for item in portal.get("/_sandbox/received", params={"outcome": "applied"}).json()["items"]:
+        assert contracts.errors("national_portal/service.request.schema.json", item["body"]) == []
+    client.close()
+
+
+def test_wrong_credentials_are_retryable_auth_failures(portal_server: ServerThread, portal: httpx.Client) -> None:
+    client = _client(portal_server.url, "not-the-password")
+    with pytest.raises(PeerAuthFailed) as exc:
+        client.call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key=None, correlation_id="t")
+    assert exc.value.retryable
+    client.close()
+
+
+def _mock(handler: Any) -> NationalPortalClient:
+    def route(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/auth":
+            return httpx.Response(200, json={"error_code": 0, "message": "ok", "session": "s"})
+        result: httpx.Response = handler(request)
+        return result
+
+    return _client("http://portal.test", "pw", transport=httpx.MockTransport(route))
+
+
+@pytest.mark.parametrize(
+    ("handler", "error", "code", "retryable"),
+    [
+        (lambda r: httpx.Response(503, text="busy"), PeerUnavailable, "peer_http_unavailable", True),
+        (lambda r: httpx.Response(429, text="slow down"), PeerUnavailable, "peer_http_unavailable", True),
+        (lambda r: httpx.Response(500, text="oops"), PeerError, "peer_http_5xx", True),
+        (lambda r: httpx.Response(404, text="no such path"), PeerRejected, "peer_http_4xx", False),
+        (
+            lambda r: httpx.Response(200, text="<html>proxy error</html>"),
+            PeerProtocolError,
+            "peer_malformed_reply",
+            True,
+        ),
+        (lambda r: httpx.Response(200, json={"message": "no code"}), PeerProtocolError, "peer_malformed_reply", True),
+        (
+            lambda r: httpx.Response(200, json={"error_code": 99, "message": "x"}),
+            PeerError,
+            "portal_internal_error",
+            True,
+        ),
+        (
+            lambda r: httpx.Response(200, json={"error_code": 3, "message": "x"}),
+            PeerRejected,
+            "portal_invalid_data",
+            False,
+        ),
+        (
+            lambda r: httpx.Response(200, json={"error_code": 2, "message": "x"}),
+            PeerError,
+            "portal_session_invalid",
+            True,
+        ),
+    ],
+)
+def test_answers_are_classified_at_the_boundary(handler: Any, error: type, code: str, retryable: bool) -> None:
+    client = _mock(handler)
+    with pytest.raises(error) as exc:
+        client.call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key=None, correlation_id="t")
+    assert type(exc.value) is error
+    assert exc.value.code == code and exc.value.retryable is retryable
+
+
+def test_transport_failures_are_retryable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = _client(f"http://127.0.0.1:{port}", "pw", connect_timeout=0.5)
+    with pytest.raises(PeerUnavailable):
+        client.call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key=None, correlation_id="t")
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    with pytest.raises(PeerTimeout) as exc:
+        _mock(slow).call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key=None, correlation_id="t")
+    assert exc.value.retryable
+
+
+def test_every_exchange_is_reported_with_digests() -> None:
+    seen: list[Any] = []
+    client = _mock(lambda r: httpx.Response(200, json={"error_code": 0, "message": "ok"}))
+    client.call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key="k", correlation_id="corr-1", on_exchange=seen.append)
+    ops = [(r.operation, r.outcome, r.correlation_id) for r in seen]
+    assert ops == [("auth", "ok", "corr-1"), ("TraCuuHoSo", "ok", "corr-1")]
+    assert all(len(r.request_digest) == 64 and r.response_digest for r in seen)

@@ -1,0 +1,281 @@
+"""Distributed mode for real: PostgreSQL + Redis + Celery worker processes. A worker killed with SIGKILL in the
+middle of a batch, a 30 s portal outage, and Redis restarted mid-run: every event reaches the portal exactly
+once in effect and in order per dossier."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import select
+
+from hub.api.app import create_app
+from hub.runtime import Runtime
+from hub.sandbox.common import ServerThread
+from hub.store.models import OutboxMessage
+from hub.sync.outbox import counts
+from tests.conftest import PORTAL_USER, Creds, create_pg_database, drop_pg_database, make_settings
+from tests.helpers import dossier, step
+
+pytestmark = pytest.mark.slow
+WALK = [4, 4, 5, 4, 6, 4, 4, 9, 10]  # after filing in status 2: ten events per dossier
+HUB_BIN = str(Path(sys.executable).with_name("hub"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server for this test, so it can be killed and restarted without touching others."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [HUB_BIN, "worker", "--concurrency", "2"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)  # the main process and its pool children, mid-batch
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class Cluster:
+    def __init__(self, tmp: Path, creds: Creds, portal_url: str) -> None:
+        self.tmp = tmp
+        self.redis = RedisServer(tmp)
+        self.redis.start()
+        self.db_url = create_pg_database()
+        overrides: dict[str, Any] = {
+            "database_url": self.db_url,
+            "broker_url": self.redis.url,
+            "relay_lease_seconds": 3.0,
+            "relay_batch_size": 25,
+            "relay_backoff_base": 0.1,
+            "relay_backoff_cap": 1.0,
+            "relay_poll_interval": 0.2,
+        }
+        self.settings = make_settings(tmp, creds, portal_url, **overrides)
+        self.runtime = Runtime(self.settings, role="api")
+        self.api = ServerThread(create_app(self.settings, self.runtime)).start()
+        self.http = httpx.Client(base_url=self.api.url, headers={"X-API-Key": creds.api_key}, timeout=10)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("HUB_")},
+            "HUB_VAR_DIR": str(tmp),
+            "HUB_DATABASE_URL": self.db_url,
+            "HUB_BROKER_URL": self.redis.url,
+            "HUB_NATIONAL_PORTAL_URL": portal_url,
+            "HUB_NATIONAL_PORTAL_USERNAME": PORTAL_USER,
+            "HUB_NATIONAL_PORTAL_PASSWORD": creds.portal_password,
+            "HUB_SECRET_KEY": creds.secret_key,
+            "HUB_CLIENTS": json.dumps([{"name": "w", "api_key": creds.api_key, "agencies": ["*"]}]),
+            "HUB_RELAY_LEASE_SECONDS": "3",
+            "HUB_RELAY_BATCH_SIZE": "25",
+            "HUB_RELAY_BACKOFF_BASE": "0.1",
+            "HUB_RELAY_BACKOFF_CAP": "1",
+            "HUB_RELAY_POLL_INTERVAL": "0.2",
+            "HUB_READ_TIMEOUT": "2",
+        }
+        self.workers: list[Worker] = []
+
+    def worker(self) -> Worker:
+        w = Worker(self.env, self.tmp / f"worker-{len(self.workers)}.log").start()
+        self.workers.append(w)
+        return w
+
+    def post(self, n_dossiers: int, first: int = 1, walk: list[int] = WALK) -> list[str]:
+        codes = []
+        for i in range(first, first + n_dossiers):
+            d = dossier(i)
+            r = self.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": f"f-{i}"})
+            assert r.status_code == 202, r.text
+            codes.append(d["MaHoSo"])
+        for k, status in enumerate(walk):
+            for code in codes:
+                r = self.http.post(
+                    f"/v1/dossiers/{code}/progress", json=step(code, status), headers={"Idempotency-Key": f"{code}-{k}"}
+                )
+                assert r.status_code == 202, r.text
+        return codes
+
+    def states(self) -> dict[str, int]:
+        with self.runtime.sessions() as s:
+            return counts(s)
+
+    def wait_delivered(self, total: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.states() != {"delivered": total}:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not delivered in {timeout}s: {self.states()}\n{self.trouble()}")
+            time.sleep(0.2)
+
+    def trouble(self) -> str:
+        """What a failure message needs: the rows that are not delivered and the workers' last words."""
+        with self.runtime.sessions() as s:
+            rows = s.scalars(select(OutboxMessage).where(OutboxMessage.state != "delivered").limit(20)).all()
+            lines = [
+                f"#{r.id} {r.operation} dossier={r.dossier_id} seq={r.seq} {r.state} attempts={r.attempts} "
+                f"{r.last_error_code}: {r.last_error} reply={r.peer_reply}"
+                for r in rows
+            ]
+        logs = "\n".join(w.log.read_text(errors="replace")[-2000:] for w in self.workers)
+        return "\n".join(lines) + "\n" + logs
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.http.close()
+        self.api.stop()
+        self.runtime.close()
+        self.redis.kill()
+        drop_pg_database(self.db_url)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, creds: Creds, portal_server: ServerThread, portal: httpx.Client) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, creds, portal_server.url)
+    yield c
+    c.close()
+
+
+def applied(portal: httpx.Client) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = portal.get("/_sandbox/received", params={"outcome": "applied"}).json()["items"]
+    return items
+
+
+def assert_exactly_once_in_order(portal: httpx.Client, codes: list[str], walk: list[int] = WALK) -> None:
+    keys = Counter(i["idempotency_key"] for i in applied(portal))
+    assert len(keys) == len(codes) * (len(walk) + 1)
+    assert set(keys.values()) == {1}, "some event took effect twice"
+    for code in codes:
+        history = portal.get(f"/_sandbox/dossiers/{code}").json()["history"]
+        assert [h["status"] for h in history] == [2, *walk], code
+
+
+def wait_until(cond: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_worker_killed_mid_batch_loses_and_doubles_nothing(cluster: Cluster, portal: httpx.Client) -> None:
+    codes = cluster.post(100)  # 1,000 events
+    portal.post("/_sandbox/faults", json={"latency_ms": 15})
+    victim = cluster.worker()
+    wait_until(lambda: len(applied(portal)) >= 250, timeout=120)
+    in_flight_before = cluster.states().get("in_flight", 0)
+    victim.kill9()
+    assert len(applied(portal)) < 1000
+    cluster.worker()
+    cluster.wait_delivered(1000, timeout=180)
+    assert_exactly_once_in_order(portal, codes)
+    assert in_flight_before >= 0  # recorded for the failure message above
+
+
+def test_portal_outage_of_30_seconds(cluster: Cluster, portal: httpx.Client) -> None:
+    cluster.worker()
+    portal.post("/_sandbox/faults", json={"outage_seconds": 30})
+    started = time.monotonic()
+    codes = cluster.post(20)  # 200 events
+    time.sleep(max(0.0, 25 - (time.monotonic() - started)))
+    assert applied(portal) == []
+    assert cluster.states().get("delivered", 0) == 0 and cluster.states().get("dead", 0) == 0
+    cluster.wait_delivered(200, timeout=90)
+    assert time.monotonic() - started >= 30
+    assert_exactly_once_in_order(portal, codes)
+
+
+def test_redis_restarted_mid_run_loses_nothing(cluster: Cluster, portal: httpx.Client) -> None:
+    codes = cluster.post(30)  # 300 events
+    portal.post("/_sandbox/faults", json={"latency_ms": 10})
+    cluster.worker()
+    wait_until(lambda: len(applied(portal)) >= 50, timeout=60)
+    cluster.redis.kill()
+    down = cluster.http.get("/readyz")
+    assert down.status_code == 503 and down.json()["checks"]["broker"].startswith("error")
+    more = cluster.post(10, first=31)  # ingest goes on without Redis
+    time.sleep(2)
+    cluster.redis.start()
+    cluster.wait_delivered(400, timeout=180)
+    assert_exactly_once_in_order(portal, codes + more)
+    ready = cluster.http.get("/readyz").json()
+    assert ready["status"] == "ok" and ready["peers"]["national_portal"]["last_ok"]

@@ -1,0 +1,164 @@
+"""Down-flow: a dossier filed on the national portal is pushed to hub, routed by agency code to the province's
+one-stop system through the outbox; the statuses the province then sets flow back up to the portal."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from hub.sandbox.common import ServerThread
+from hub.sync import jobs
+from tests.api_helpers import assert_problem
+from tests.conftest import AGENCY, Creds, Hub, HubFactory
+from tests.helpers import dossier, step
+
+
+@pytest.fixture
+def onestop(onestop_server: ServerThread) -> httpx.Client:
+    c = httpx.Client(base_url=onestop_server.url, timeout=10)
+    c.post("/_sandbox/reset").raise_for_status()
+    return c
+
+
+def push(portal: httpx.Client, hub: Hub, creds: Creds, d: dict[str, Any]) -> dict[str, Any]:
+    r = portal.post("/_sandbox/push", json={"hub_url": hub.url, "api_key": creds.portal_key, "dossier": d})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def received(onestop: httpx.Client, outcome: str = "applied") -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = onestop.get("/_sandbox/received", params={"outcome": outcome}).json()["items"]
+    return items
+
+
+def test_pushed_dossier_reaches_the_province_and_its_statuses_flow_back(
+    hub_factory: HubFactory, portal: httpx.Client, onestop: httpx.Client, onestop_server: ServerThread, creds: Creds
+) -> None:
+    hub = hub_factory()
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    d = dossier(1, status=1, KenhThucHien=2)
+    answer = push(portal, hub, creds, d)
+    assert answer["hub_status"] == 202 and answer["hub_reply"]["seq"] == 1
+    assert push(portal, hub, creds, d)["hub_reply"] == answer["hub_reply"]  # a repeated push: same answer
+    hub.wait_idle()
+    [created] = received(onestop)
+    assert created["operation"] == "createdossierfromdvcqg" and created["body"]["data"]["MaHoSo"] == d["MaHoSo"]
+    # the province works on it and reports through hub, which relays to the portal
+    code = d["MaHoSo"]
+    for status in (2, 4, 9, 10):
+        assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status)).status_code == 202
+    hub.wait_idle()
+    history = [h["status"] for h in portal.get(f"/_sandbox/dossiers/{code}").json()["history"]]
+    assert history == [1, 2, 4, 9, 10]
+    assert len(received(onestop)) == 1  # nothing echoed back down
+
+
+def test_unroutable_agency_is_a_dead_letter_with_its_reason(
+    hub_factory: HubFactory, portal: httpx.Client, onestop: httpx.Client, onestop_server: ServerThread, creds: Creds
+) -> None:
+    hub = hub_factory()
+    d = dossier(2, status=1)
+    assert push(portal, hub, creds, d)["hub_status"] == 202
+    with hub.runtime.sessions() as s:
+        [dead] = jobs.list_jobs(s, state="dead")
+    assert dead["last_error_code"] == "unroutable_agency" and AGENCY in dead["last_error"]
+    assert received(onestop) == []
+    hub.runtime.routes.add(AGENCY, onestop_server.url)
+    with hub.runtime.sessions.begin() as s:
+        assert jobs.replay(s, dossier=d["MaHoSo"])["replayed"] == 1
+    hub.runtime.wake()
+    assert hub.wait_idle() == {"delivered": 1}
+    assert [r["body"]["data"]["MaHoSo"] for r in received(onestop)] == [d["MaHoSo"]]
+
+
+def test_portal_pushes_while_the_province_is_down_arrive_in_order(
+    hub_factory: HubFactory, portal: httpx.Client, onestop: httpx.Client, onestop_server: ServerThread, creds: Creds
+) -> None:
+    hub = hub_factory()
+    hub.runtime.routes.add("000.00.*", onestop_server.url)
+    onestop.post("/_sandbox/faults", json={"outage_seconds": 2})
+    d = dossier(3, status=1)
+    push(portal, hub, creds, d)
+    push(portal, hub, creds, {**d, "TrangThaiHoSo": 7, "GhiChu": "Công dân rút hồ sơ"})  # withdrawn on the portal
+    time.sleep(0.5)
+    assert received(onestop) == []
+    assert hub.wait_idle(timeout=30) == {"delivered": 2}
+    ops = [(r["operation"], r["body"].get("TrangThaiHoSo")) for r in received(onestop)]
+    assert ops == [("createdossierfromdvcqg", None), ("status", 7)]
+
+
+def test_only_the_portal_may_push_and_routes_are_validated(hub_factory: HubFactory, creds: Creds) -> None:
+    hub = hub_factory(start_worker=False)
+    assert_problem(hub.http.post("/v1/national/dossiers", json=dossier(4, status=1)), 403, "role_not_allowed")
+    from hub.domain.errors import DomainError
+
+    for pattern, endpoint in [("H56", "http://x"), ("000.00.17.H56", "ftp://x"), ("000.00.17.H56", "not a url")]:
+        with pytest.raises(DomainError):
+            hub.runtime.routes.add(pattern, endpoint)
+    hub.runtime.routes.add("000.00.17.H56", "http://127.0.0.1:1/")
+    hub.runtime.routes.add("000.00.*", "http://127.0.0.1:2")
+    from hub.services.routes import resolve
+
+    with hub.runtime.sessions() as s:
+        assert resolve(s, "000.00.17.H56") == "http://127.0.0.1:1"  # exact beats prefix
+        assert resolve(s, "000.00.12.H29") == "http://127.0.0.1:2"
+        assert resolve(s, "001.00.12.H29") is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "code", "retryable"),
+    [
+        (httpx.Response(503), "peer_http_unavailable", True),
+        (httpx.Response(500), "peer_http_5xx", True),
+        (httpx.Response(200, json={"error_code": 3, "message": "x"}), "onestop_invalid_data", False),
+        (httpx.Response(200, json={"error_code": 99, "message": "x"}), "onestop_error", True),
+        (httpx.Response(200, text="<html/>"), "peer_malformed_reply", True),
+        (httpx.Response(400, text="bad"), "peer_http_4xx", False),
+    ],
+)
+def test_one_stop_answers_are_classified(reply: httpx.Response, code: str, retryable: bool) -> None:
+    from hub.adapters.errors import PeerError
+    from hub.adapters.one_stop import OneStopClient
+
+    client = OneStopClient(transport=httpx.MockTransport(lambda request: reply))
+    seen: list[Any] = []
+    with pytest.raises(PeerError) as exc:
+        client.deliver(
+            "http://onestop.test",
+            "status",
+            {"MaHoSo": "x"},
+            idempotency_key="k",
+            correlation_id="c",
+            on_exchange=seen.append,
+        )
+    assert exc.value.code == code and exc.value.retryable is retryable
+    assert [r.outcome for r in seen] == ["retryable" if retryable else "permanent"]
+
+
+def test_polling_picks_up_a_lost_push_and_never_delivers_twice(
+    hub_factory: HubFactory, portal: httpx.Client, onestop: httpx.Client, onestop_server: ServerThread, creds: Creds
+) -> None:
+    hub = hub_factory()
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    lost = dossier(5, status=1)
+    portal.post("/_sandbox/file", json={"dossier": lost}).raise_for_status()  # filed there, push never arrived
+    pushed = dossier(6, status=1)
+    push(portal, hub, creds, pushed)  # this one did arrive
+    counts = hub.runtime.poll_portal()
+    assert counts == {"seen": 2, "new_events": 1, "unchanged": 1, "invalid": 0, "errors": 0}
+    hub.wait_idle()
+    assert sorted(r["body"]["data"]["MaHoSo"] for r in received(onestop)) == sorted([lost["MaHoSo"], pushed["MaHoSo"]])
+    # polling again, and pushing again, change nothing
+    assert hub.runtime.poll_portal()["unchanged"] == 2
+    push(portal, hub, creds, pushed)
+    hub.wait_idle()
+    assert len(received(onestop)) == 2
+    # a change at the portal that was not pushed (the citizen withdrew) is caught by the next poll
+    portal.post("/_sandbox/file", json={"dossier": {**lost, "TrangThaiHoSo": 7}}).raise_for_status()
+    assert hub.runtime.poll_portal()["new_events"] == 1
+    hub.wait_idle()
+    assert [(r["operation"], r["body"].get("TrangThaiHoSo")) for r in received(onestop)][-1] == ("status", 7)

@@ -1,0 +1,209 @@
+"""The relay against the national-portal sandbox: order per dossier, exactly-once effect, retry vs dead letter,
+session renewal, replay — on SQLite (embedded) and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+from hub.sync import jobs
+from tests.conftest import PORTAL_USER, Creds, Hub, HubFactory
+from tests.helpers import dossier, step
+
+
+def file_and_walk(hub: Hub, n: int, walk: list[int], *, start: int = 2, first_seq: int = 1) -> list[str]:
+    codes = []
+    for i in range(first_seq, first_seq + n):
+        d = dossier(i, status=start)
+        assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+        codes.append(d["MaHoSo"])
+    for status in walk:
+        for code in codes:
+            r = hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status))
+            assert r.status_code == 202, r.text
+    return codes
+
+
+def portal_history(portal: httpx.Client, code: str) -> list[int]:
+    r = portal.get(f"/_sandbox/dossiers/{code}")
+    return [h["status"] for h in r.json()["history"]] if r.status_code == 200 else []
+
+
+def applied_keys(portal: httpx.Client) -> Counter[str]:
+    items = portal.get("/_sandbox/received", params={"outcome": "applied"}).json()["items"]
+    return Counter(i["idempotency_key"] for i in items)
+
+
+def test_events_reach_the_portal_in_order(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    hub = hub_factory()
+    walk = [4, 5, 4, 6, 4, 9, 10]
+    codes = file_and_walk(hub, 8, walk)
+    assert hub.wait_idle() == {"delivered": 8 * 8}
+    for code in codes:
+        assert portal_history(portal, code) == [2, *walk]
+    keys = applied_keys(portal)
+    assert len(keys) == 64 and set(keys.values()) == {1}
+    # what the portal received satisfies the contract (the sandbox validates; nothing was rejected)
+    assert portal.get("/_sandbox/received", params={"outcome": "rejected"}).json()["count"] == 0
+    got = hub.http.get(f"/v1/dossiers/{codes[0]}").json()
+    assert all(d["state"] == "delivered" for e in got["events"] for d in e["deliveries"])
+    # every outbound exchange is on record, tied to the request that caused it
+    from sqlalchemy import select
+
+    from hub.store.models import Exchange
+
+    with hub.runtime.sessions() as s:
+        records = s.scalars(select(Exchange).where(Exchange.operation != "auth")).all()
+    assert len(records) == 64 and {r.outcome for r in records} == {"ok"}
+    assert {r.correlation_id for r in records} == {
+        e["correlation_id"] for c in codes for e in hub.http.get(f"/v1/dossiers/{c}").json()["events"]
+    }
+    assert all(len(r.request_digest) == 64 and r.duration_ms > 0 for r in records)
+
+
+def test_apply_then_fail_gives_exactly_once_effect(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    """The portal applies a message but answers 500: hub retries with the same key; the effect stays single."""
+    portal.post("/_sandbox/faults", json={"fail_after_apply_rate": 0.5})
+    hub = hub_factory()
+    codes = file_and_walk(hub, 10, [4, 9, 10])
+    assert hub.wait_idle() == {"delivered": 40}
+    for code in codes:
+        assert portal_history(portal, code) == [2, 4, 9, 10]
+    assert set(applied_keys(portal).values()) == {1}
+    duplicates = portal.get("/_sandbox/received", params={"outcome": "duplicate"}).json()["count"]
+    assert duplicates > 0  # hub did resend after the lost answers, and the portal recognised them
+
+
+def test_5xx_storm_and_timeouts_are_retried(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    portal.post("/_sandbox/faults", json={"storm_5xx": 15, "timeout_rate": 0.1, "hang_seconds": 3})
+    hub = hub_factory(read_timeout=0.5)
+    codes = file_and_walk(hub, 6, [4, 9])
+    assert hub.wait_idle(timeout=60) == {"delivered": 18}
+    for code in codes:
+        assert portal_history(portal, code) == [2, 4, 9]
+    with hub.runtime.sessions() as s:
+        rows = jobs.list_jobs(s, limit=100)
+    assert sum(r["attempts"] for r in rows) > 18  # some were retried
+
+
+def test_session_expiry_is_renewed_transparently(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    portal.post("/_sandbox/faults", json={"session_ttl": 0.2})
+    hub = hub_factory()
+    codes = file_and_walk(hub, 2, [])
+    hub.wait_idle()
+    time.sleep(0.3)  # the session the adapter holds has now expired at the portal
+    for code in codes:
+        hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 4))
+    assert hub.wait_idle() == {"delivered": 4}
+    with hub.runtime.sessions() as s:
+        assert all(r["attempts"] == 1 for r in jobs.list_jobs(s))  # renewal is not a failed attempt
+    assert portal.get("/_sandbox/received", params={"outcome": "rejected"}).json()["count"] >= 1
+
+
+def test_permanent_rejection_is_a_dead_letter_that_holds_back_only_its_dossier(
+    hub_factory: HubFactory, portal: httpx.Client, officer: PortalOfficer
+) -> None:
+    hub = hub_factory()
+    [blocked, free] = file_and_walk(hub, 2, [])
+    hub.wait_idle()
+    # The portal's copy of `blocked` moves to a terminal status behind hub's back (e.g. an officer there).
+    officer.call("CapNhatTienDoHoSoMC", {"data": [step(blocked, 8)]})
+    for code in (blocked, free):
+        hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 4))
+        hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 9))
+    _wait_for(lambda: _states(hub).get("dead") == 1 and _states(hub).get("delivered") == 4)
+    time.sleep(0.3)
+    assert _states(hub) == {"delivered": 4, "dead": 1, "pending": 1}
+    got = hub.http.get(f"/v1/dossiers/{blocked}").json()
+    [first, second] = [e["deliveries"][0] for e in got["events"][1:]]
+    assert first["state"] == "dead" and first["last_error_code"] == "portal_invalid_transition"
+    assert second["state"] == "pending"  # order: never delivered before the dead letter ahead of it
+    assert portal_history(portal, free) == [2, 4, 9]
+    with hub.runtime.sessions() as s:
+        dead = jobs.list_jobs(s, state="dead")
+        shown = jobs.show_job(s, dead[0]["id"])
+    assert shown is not None and shown["peer_reply"]["error_code"] == 4
+    # The operator fixes the portal side and replays: the dossier's events now flow, in order.
+    portal.post("/_sandbox/reset")
+    officer.call("DongBoHoSoMC", {"isUpdating": False, "data": [{**dossier(1), "MaHoSo": blocked}]})
+    with hub.runtime.sessions.begin() as s:
+        assert jobs.replay(s, dossier=blocked) == {"replayed": 1, "not_dead": []}
+    hub.runtime.wake()
+    assert hub.wait_idle() == {"delivered": 6}
+    assert portal_history(portal, blocked) == [2, 4, 9]
+
+
+def test_retryable_failures_dead_letter_after_max_attempts(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    portal.post("/_sandbox/faults", json={"storm_5xx": 1000})  # the portal answers, with HTTP 500, every time
+    hub = hub_factory(relay_max_attempts=3)
+    file_and_walk(hub, 1, [4])
+    _wait_for(lambda: _states(hub).get("dead") == 1, timeout=30)
+    assert _states(hub) == {"dead": 1, "pending": 1}  # the second event waits behind the dead letter
+    with hub.runtime.sessions() as s:
+        [dead] = jobs.list_jobs(s, state="dead")
+    assert dead["attempts"] == 3 and dead["last_error_code"] == "peer_http_5xx"
+
+
+def test_an_outage_longer_than_the_attempt_budget_kills_nothing(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    """A portal that is down (503) is not the messages' fault: however many probes it takes, nothing dies, and
+    everything goes through, in order, once the portal is back."""
+    portal.post("/_sandbox/faults", json={"outage_seconds": 3})
+    hub = hub_factory(relay_max_attempts=2)
+    codes = file_and_walk(hub, 3, [4, 9])
+
+    def most_attempts() -> int:
+        with hub.runtime.sessions() as s:
+            return max(r["attempts"] for r in jobs.list_jobs(s, limit=100))
+
+    _wait_for(lambda: most_attempts() > 2, timeout=3)  # probed more often than the budget for message failures
+    assert _states(hub).get("dead", 0) == 0
+    assert hub.wait_idle(timeout=30) == {"delivered": 9}
+    for code in codes:
+        assert portal_history(portal, code) == [2, 4, 9]
+
+
+def test_unknown_ids_are_reported_not_replayed(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    hub = hub_factory()
+    file_and_walk(hub, 1, [])
+    hub.wait_idle()
+    with hub.runtime.sessions.begin() as s:
+        assert jobs.replay(s, ids=[1, 424242]) == {"replayed": 0, "not_dead": [1, 424242]}
+
+
+class PortalOfficer:
+    """Acts directly at the national portal (as its own users would), to create drift behind hub's back."""
+
+    def __init__(self, portal: httpx.Client, password: str) -> None:
+        self.portal = portal
+        self.password = password
+
+    def call(self, service: str, payload: dict[str, Any]) -> None:
+        auth = self.portal.post(
+            "/api/auth", json={"username": PORTAL_USER, "password": self.password}, headers={"dstcode": "000.00.00.G22"}
+        ).json()
+        assert auth["error_code"] == 0, auth
+        r = self.portal.post(
+            "/api/service", json={"session": auth["session"], "madonvi": "000.00.00.G22", "service": service, **payload}
+        )
+        assert r.json()["error_code"] == 0, r.text
+
+
+@pytest.fixture
+def officer(portal: httpx.Client, creds: Creds) -> PortalOfficer:
+    return PortalOfficer(portal, creds.portal_password)
+
+
+def _states(hub: Hub) -> dict[str, int]:
+    with hub.runtime.sessions() as s:
+        return jobs.totals(s)
+
+
+def _wait_for(cond: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
