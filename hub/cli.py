@@ -61,8 +61,12 @@ def serve(
             settings.sandbox_national_port,
             settings.sandbox_onestop_port,
             _sandbox_credentials(settings),
+            settings.sandbox_population_port if not settings.population_url else 0,
         )
-        err.print(f"sandbox peers: national portal {peers.national.url}, one-stop {peers.one_stop.url}")
+        err.print(
+            f"sandbox peers: national portal {peers.national.url}, one-stop {peers.one_stop.url}, "
+            f"population database {peers.population.url}/ws/congdan"
+        )
     if settings.effective_database_url.startswith("sqlite"):
         from hub.store import db
 
@@ -121,8 +125,9 @@ def worker(
 def sandbox(
     national_port: Annotated[int | None, typer.Option(help="default: HUB_SANDBOX_NATIONAL_PORT (8701)")] = None,
     one_stop_port: Annotated[int | None, typer.Option(help="default: HUB_SANDBOX_ONESTOP_PORT (8702)")] = None,
+    population_port: Annotated[int | None, typer.Option(help="default: HUB_SANDBOX_POPULATION_PORT (8703)")] = None,
 ) -> None:
-    """Run the sandbox peers (national portal, provincial one-stop) on loopback until interrupted."""
+    """Run the sandbox peers (national portal, provincial one-stop, population database) on loopback."""
     from hub.sandbox import run
 
     settings = _settings()
@@ -131,9 +136,11 @@ def sandbox(
         national_port or settings.sandbox_national_port,
         one_stop_port or settings.sandbox_onestop_port,
         _sandbox_credentials(settings),
+        population_port or settings.sandbox_population_port,
     )
     out.print(f"national portal sandbox: {peers.national.url}  (control: {peers.national.url}/_sandbox/docs)")
     out.print(f"one-stop sandbox:        {peers.one_stop.url}  (control: {peers.one_stop.url}/_sandbox/docs)")
+    out.print(f"population sandbox:      {peers.population.url}/ws/congdan?wsdl  (SOAP)")
     try:
         while True:
             time.sleep(3600)
@@ -425,6 +432,86 @@ def catalogue_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     for p in items:
         fees = ", ".join(f"{f['Gia']:,}".replace(",", ".") for f in p["PhiLePhi"]) or "—"
         table.add_row(p["MaTTHC"], p["TenTTHC"], str(p["ThoiHanGiaiQuyet"]), fees)
+    out.print(table)
+
+
+audit_cli = typer.Typer(no_args_is_help=True, help="Access log of personal data (append-only, hash-chained)")
+cli.add_typer(audit_cli, name="audit")
+
+
+def _audit_runtime() -> tuple[Any, Any]:
+    from hub.services.audit import AccessLog
+    from hub.store import db
+
+    settings = _settings()
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        db.upgrade(url)
+    engine = db.make_engine(url)
+    secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+    return engine, AccessLog(secret)
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    anchor: Annotated[
+        list[str] | None, typer.Option(help="a head printed by an earlier run; must still be there")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check the whole access log: any edited, inserted or removed entry breaks the chain. Exit 1 if broken."""
+    from hub.store import db
+
+    engine, log = _audit_runtime()
+    try:
+        with db.make_sessionmaker(engine)() as session:
+            result = log.verify(session, anchors=frozenset(anchor or []))
+    finally:
+        engine.dispose()
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+    elif result.intact:
+        out.print(f"[green]intact[/green]: {result.checked} entries; head {result.head}")
+    else:
+        out.print(f"[red]BROKEN[/red] at entry {result.broken_at}: {result.problem} ({result.checked} good before it)")
+    raise typer.Exit(0 if result.intact else 1)
+
+
+@audit_cli.command("usage")
+def audit_usage(
+    subject_id: Annotated[str, typer.Argument(help="the citizen's 12-digit personal ID (not stored; matched by HMAC)")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Who used a citizen's data: every access, allowed or refused, newest first (an operator's export)."""
+    from hub.domain import identifiers
+    from hub.domain.errors import DomainError
+    from hub.domain.privacy import subject_hmac
+    from hub.store import db
+
+    try:
+        identifiers.personal_id(subject_id)
+    except DomainError as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(2) from None
+    settings = _settings()
+    secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+    engine, log = _audit_runtime()
+    try:
+        with db.make_sessionmaker(engine)() as session:
+            items = list(log.usage(session, subject_hmac(secret, subject_id)))
+    finally:
+        engine.dispose()
+    if as_json:
+        out.print_json(json.dumps(items, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(items)} access(es) to this citizen's data")
+    for col in ("at", "client", "agency", "officer", "as", "procedure", "purpose", "outcome", "fields"):
+        table.add_column(col)
+    for i in items:
+        table.add_row(
+            i["at"], i["client"], i["agency"], i["officer"], i["as"], i["procedure"], i["purpose"],
+            i["outcome"] + (f" ({i['reason']})" if i["reason"] else ""), ", ".join(i["fields"]) or "—",
+        )  # fmt: skip
     out.print(table)
 
 

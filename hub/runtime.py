@@ -6,12 +6,14 @@ Roles: "api" (hub serve: ingest, and the embedded worker when no broker is confi
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from hub.adapters.errors import PeerRejected
-from hub.adapters.exchange import ExchangeHook
+from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.adapters.national_portal import NationalPortalClient
 from hub.adapters.one_stop import OneStopClient
 from hub.domain.identifiers import dossier_code
@@ -86,6 +88,25 @@ class Runtime:
 
         self.catalogue = Catalogue(self.sessions)
         self.routes = routes.Routes(self.sessions)
+        from datetime import timedelta
+
+        from hub.adapters.population import PopulationClient
+        from hub.sandbox.population import wsdl_path
+        from hub.services.prefill import PrefillService
+
+        self.population = PopulationClient(
+            settings.effective_population_url,
+            wsdl=settings.population_wsdl or wsdl_path(),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+        self.prefill = PrefillService(
+            self.sessions,
+            self.population,
+            secret_key=secret,
+            validity=timedelta(hours=settings.prefill_validity_hours),
+            record_exchanges=self._record_exchanges,
+        )
         if self.worker is not None:
             self.worker.start()  # after every service it may call exists
 
@@ -121,6 +142,29 @@ class Runtime:
                 checks["broker"] = f"error: {exc.__class__.__name__}"
         ok = all(v == "ok" for v in checks.values())
         return {"status": "ok" if ok else "unavailable", "checks": checks, "peers": peers}
+
+    @staticmethod
+    def _record_exchanges(session: Session, records: Sequence[ExchangeRecord]) -> None:
+        """Exchanges made outside the relay (pre-fill look-ups) go to the same append-only record."""
+        from hub.domain.dates import utcnow
+        from hub.store.models import Exchange
+
+        now = utcnow()
+        session.add_all(
+            Exchange(
+                at=now,
+                peer=rec.peer,
+                operation=rec.operation,
+                correlation_id=rec.correlation_id,
+                outbox_id=None,
+                request_digest=rec.request_digest,
+                response_digest=rec.response_digest,
+                duration_ms=rec.duration_ms,
+                outcome=rec.outcome,
+                error_code=rec.error_code,
+            )
+            for rec in records
+        )
 
     def _deliver_to_portal(self, c: Claimed, hook: ExchangeHook) -> Any:
         return self.portal.call(
@@ -171,6 +215,7 @@ class Runtime:
         self.relay.close()
         self.portal.close()
         self.one_stop.close()
+        self.population.close()
         self.engine.dispose()
 
 

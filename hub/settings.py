@@ -24,8 +24,17 @@ class ClientSystem(BaseModel):
     agencies: list[str] = Field(description="agency codes it may act for; a trailing '*' matches a prefix")
     roles: list[str] = Field(
         default_factory=lambda: ["onestop"],
-        description="onestop: files dossiers and progress; national_portal: pushes dossiers filed on the portal",
+        description="onestop: files dossiers and progress; national_portal: pushes dossiers filed on the portal; "
+        "auditor: reads the access log of personal data",
     )
+    prefill_procedures: list[str] = Field(
+        default_factory=list, description="procedure codes (MaTTHC) it may pre-fill forms for; '*' for all"
+    )
+    prefill_purposes: list[str] = Field(default_factory=list, description="purposes it may read personal data for")
+
+    def may_prefill(self, procedure: str, purpose: str) -> bool:
+        procedures_ok = "*" in self.prefill_procedures or procedure in self.prefill_procedures
+        return procedures_ok and purpose in self.prefill_purposes
 
     def may_act_for(self, agency: str) -> bool:
         for pattern in self.agencies:
@@ -56,10 +65,16 @@ class Settings(BaseSettings):
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
 
+    # Population database (SOAP) adapter, for pre-filling forms.
+    population_url: str = ""  # empty -> the sandbox on loopback (dev only)
+    population_wsdl: Path | None = None  # empty -> contracts/population/population.wsdl shipped with hub
+    prefill_validity_hours: float = 24.0  # how long a pre-filled value from the population database is valid
+
     # Sandbox peers (embedded default).
     sandbox_host: str = "127.0.0.1"
     sandbox_national_port: int = 8701
     sandbox_onestop_port: int = 8702
+    sandbox_population_port: int = 8703
 
     # Relay.
     relay_batch_size: int = 64
@@ -95,6 +110,8 @@ class Settings(BaseSettings):
             problems.append("HUB_NATIONAL_PORTAL_PASSWORD must be set")
         if not self.national_portal_url:
             problems.append("HUB_NATIONAL_PORTAL_URL must point at the real portal in production")
+        if not self.population_url:
+            problems.append("HUB_POPULATION_URL must point at the population database in production")
         if not self.database_url or self.database_url.startswith("sqlite"):
             problems.append("HUB_DATABASE_URL must point at PostgreSQL in production")
         if problems:
@@ -115,6 +132,10 @@ class Settings(BaseSettings):
     @property
     def effective_national_portal_url(self) -> str:
         return self.national_portal_url or f"http://{self.sandbox_host}:{self.sandbox_national_port}"
+
+    @property
+    def effective_population_url(self) -> str:
+        return self.population_url or f"http://{self.sandbox_host}:{self.sandbox_population_port}/ws/congdan"
 
     def client_for_key(self, api_key: str) -> ClientSystem | None:
         """Look a client up by API key, comparing digests in constant time."""
@@ -162,7 +183,9 @@ def load_settings(**overrides: object) -> Settings:
                 name="sandbox-onestop",
                 api_key=SecretStr(dev["client_api_key"]),
                 agencies=["*"],
-                roles=["onestop", "national_portal"],
+                roles=["onestop", "national_portal", "auditor"],
+                prefill_procedures=["*"],
+                prefill_purposes=["civil_status_registration"],
             )
         ]
     if settings.national_portal_password is None:

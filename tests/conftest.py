@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from hub.api.app import create_app
 from hub.runtime import Runtime
-from hub.sandbox import national_portal, one_stop
+from hub.sandbox import national_portal, one_stop, population
 from hub.sandbox.common import ServerThread
 from hub.settings import ClientSystem, Settings
 from hub.store import db
@@ -28,6 +28,7 @@ PG_BASE = PG_ADMIN.rsplit("/", 1)[0]
 PORTAL_USER = "hub-test"
 AGENCY = "000.00.17.H56"
 OTHER_AGENCY = "000.00.12.H29"
+PURPOSE = "civil_status_registration"
 
 
 def create_pg_database() -> str:
@@ -56,7 +57,8 @@ def truncate_all(url: str) -> None:
     engine = db.make_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE exchanges, outbox, status_events, idempotency_keys, dossiers, routes, procedures RESTART IDENTITY"
+            "TRUNCATE exchanges, outbox, status_events, idempotency_keys, dossiers, routes, procedures, access_log, "
+            "consents, documents RESTART IDENTITY"
         )
     engine.dispose()
 
@@ -97,6 +99,21 @@ def portal(portal_server: ServerThread) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session")
+def population_server() -> Iterator[ServerThread]:
+    server = ServerThread(population.create_app()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def people(population_server: ServerThread) -> Iterator[httpx.Client]:
+    """Control client of the population-database sandbox, reset before each test."""
+    with httpx.Client(base_url=population_server.url, timeout=10) as c:
+        c.post("/_sandbox/reset").raise_for_status()
+        yield c
+
+
+@pytest.fixture(scope="session")
 def onestop_server() -> Iterator[ServerThread]:
     server = ServerThread(one_stop.create_app()).start()
     yield server
@@ -108,9 +125,26 @@ def make_settings(tmp: Path, creds: Creds, portal_url: str, **overrides: Any) ->
         "var_dir": tmp,
         "secret_key": SecretStr(creds.secret_key),
         "clients": [
-            ClientSystem(name="onestop-hcm", api_key=SecretStr(creds.api_key), agencies=["000.00.17.*"]),
-            ClientSystem(name="onestop-other", api_key=SecretStr(creds.other_key), agencies=[OTHER_AGENCY]),
-            ClientSystem(name="dvcqg", api_key=SecretStr(creds.portal_key), agencies=["*"], roles=["national_portal"]),
+            ClientSystem(
+                name="onestop-hcm",
+                api_key=SecretStr(creds.api_key),
+                agencies=["000.00.17.*"],
+                prefill_procedures=["*"],
+                prefill_purposes=[PURPOSE],
+            ),
+            ClientSystem(
+                name="onestop-other",
+                api_key=SecretStr(creds.other_key),
+                agencies=[OTHER_AGENCY],
+                prefill_procedures=["1.004873"],
+                prefill_purposes=["marriage_registration"],
+            ),
+            ClientSystem(
+                name="dvcqg",
+                api_key=SecretStr(creds.portal_key),
+                agencies=["*"],
+                roles=["national_portal", "auditor"],
+            ),
         ],
         "national_portal_url": portal_url,
         "national_portal_username": PORTAL_USER,

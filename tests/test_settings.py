@@ -56,6 +56,7 @@ def test_production_accepts_real_configuration(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("HUB_CLIENTS", json.dumps([{"name": "a", "api_key": "k" * 30, "agencies": ["*"]}]))
     monkeypatch.setenv("HUB_NATIONAL_PORTAL_PASSWORD", "p" * 20)
     monkeypatch.setenv("HUB_NATIONAL_PORTAL_URL", "https://portal.example")
+    monkeypatch.setenv("HUB_POPULATION_URL", "https://dancu.example/ws/congdan")
     monkeypatch.setenv("HUB_DATABASE_URL", "postgresql+psycopg://h@db/hub")
     s = load_settings()
     assert s.mode == "production"

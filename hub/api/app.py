@@ -12,8 +12,10 @@ from fastapi.responses import JSONResponse
 from hub import __version__
 from hub.api import problems
 from hub.api.middleware import BodyLimitAndCorrelation, correlation_id
-from hub.domain.errors import DomainError
+from hub.domain import identifiers
+from hub.domain.errors import DomainError, Forbidden
 from hub.runtime import Runtime
+from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, SubjectIn
 from hub.services.schemas import DossierIn, ProgressIn
 from hub.settings import ClientSystem, Settings
 
@@ -146,6 +148,45 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     def get_dossier(code: str, who: Client) -> dict[str, Any]:
         return rt().dossiers.get(who, code)
+
+    @app.post(
+        "/v1/prefill",
+        tags=["prefill"],
+        summary="Pre-fill a procedure's e-form from the population database (once-only principle)",
+        description="Each field carries `value`, `source` (system, record, request id), `fetched_at` and "
+        "`valid_until`; `missing_required` lists required fields still empty. With a valid `consent_ref`, "
+        "documents issued earlier and still valid are offered for reuse. Every access is written to the "
+        "hash-chained access log.",
+    )
+    def prefill(body: PrefillIn, who: Client) -> dict[str, Any]:
+        return rt().prefill.prefill(who, body, correlation_id=correlation_id.get())
+
+    @app.post("/v1/consents", status_code=201, tags=["prefill"], summary="Record a citizen's consent to reuse data")
+    def grant_consent(body: ConsentIn, who: Client) -> dict[str, Any]:
+        return rt().prefill.grant_consent(who, body)
+
+    @app.post("/v1/consents/{ref}/revoke", tags=["prefill"], summary="The citizen withdraws a consent")
+    def revoke_consent(ref: str, who: Client) -> dict[str, Any]:
+        return rt().prefill.revoke_consent(who, ref)
+
+    @app.post("/v1/documents", tags=["prefill"], summary="Index a document issued with a dossier, for reuse")
+    def register_document(body: DocumentIn, who: Client, response: Response) -> dict[str, Any]:
+        result = rt().prefill.register_document(who, body)
+        response.status_code = 201 if result["created"] else 200
+        return result
+
+    @app.post(
+        "/v1/citizens/data-usage",
+        tags=["prefill"],
+        summary="Who used a citizen's data (auditor role: the citizen's portal account page, an inspector)",
+    )
+    def data_usage(body: SubjectIn, who: Client) -> dict[str, Any]:
+        if "auditor" not in who.roles:
+            raise Forbidden("this client may not read the access log", code="forbidden_role")
+        identifiers.personal_id(body.subject_id)
+        with rt().sessions() as s:
+            items = list(rt().prefill.access_log.usage(s, rt().prefill.subject_hmac(body.subject_id)))
+        return {"count": len(items), "items": items}
 
     @app.get("/healthz", tags=["health"], summary="Alive")
     def healthz() -> dict[str, str]:

@@ -103,7 +103,7 @@ def add_control_routes(app: FastAPI, state: PeerState, extra_reset: Any = None) 
     @app.post("/_sandbox/reset")
     def reset() -> dict[str, str]:
         with state.lock:
-            state.faults = Faults()
+            state.faults = type(state.faults)()
             state.received.clear()
             state.replies_by_key.clear()
             if extra_reset is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hub.sandbox import national_portal, one_stop
+from hub.sandbox import national_portal, one_stop, population
 from hub.sandbox.common import ServerThread
 
 
@@ -12,13 +12,18 @@ from hub.sandbox.common import ServerThread
 class Sandboxes:
     national: ServerThread
     one_stop: ServerThread
+    population: ServerThread
 
     def stop(self) -> None:
         self.national.stop()
         self.one_stop.stop()
+        self.population.stop()
 
 
-def start(host: str, national_port: int, one_stop_port: int, credentials: dict[str, str]) -> Sandboxes:
+def start(
+    host: str, national_port: int, one_stop_port: int, credentials: dict[str, str], population_port: int = 0
+) -> Sandboxes:
     national = ServerThread(national_portal.create_app(credentials), host, national_port).start()
     onestop = ServerThread(one_stop.create_app(), host, one_stop_port).start()
-    return Sandboxes(national, onestop)
+    people = ServerThread(population.create_app(), host, population_port).start()
+    return Sandboxes(national, onestop, people)

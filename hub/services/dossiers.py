@@ -4,7 +4,6 @@ in one transaction; replay the stored answer for a repeated Idempotency-Key."""
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from hub.domain.calendar import WorkingCalendar
 from hub.domain.dates import VN_TZ, format_national, parse_national, utcnow
 from hub.domain.errors import Conflict, Forbidden, NotFound
 from hub.domain.identifiers import dossier_code
+from hub.domain.privacy import subject_hmac
 from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus, check_transition, parse_status
 from hub.services import routes
 from hub.services.schemas import DossierIn, ProgressIn
@@ -115,7 +115,7 @@ class DossierService:
         self.calendar = WorkingCalendar()
 
     def subject_hmac(self, personal_id: str) -> str:
-        return hmac.new(self._secret, personal_id.encode(), hashlib.sha256).hexdigest()
+        return subject_hmac(self._secret, personal_id)
 
     # -- commands --------------------------------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ def _reject_nul(value: Any) -> Any:
     return value
 
 
+reject_nul = _reject_nul
+
+
 def _national_date(value: str) -> str:
     parse_national(value)  # raises InvalidDate (a ValueError subclass is not needed: pydantic wraps it)
     return value

@@ -184,3 +184,71 @@ class Route(Base):
     agency_pattern: Mapped[str] = mapped_column(String(32), unique=True)
     endpoint: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AccessLogEntry(Base):
+    """Append-only, hash-chained record of every access to a citizen's personal data (allowed or refused).
+    `subject` is an HMAC of the personal ID, never the ID. `chain_hash` = HMAC(audit key, prev_hash + entry):
+    editing or deleting any entry breaks the chain from there on (`hub audit verify`). Triggers refuse UPDATE
+    and DELETE on both backends."""
+
+    __tablename__ = "access_log"
+    __table_args__ = (Index("ix_access_log_subject_at", "subject", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    client: Mapped[str] = mapped_column(String(64))  # the client system that asked
+    agency: Mapped[str] = mapped_column(String(32))  # the agency it asked for
+    officer: Mapped[str] = mapped_column(String(100))  # the officer (MaCanBo) or end user behind the request
+    subject: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256 of the personal ID
+    subject_role: Mapped[str] = mapped_column(String(32))  # subject | spouse | father | mother
+    procedure: Mapped[str] = mapped_column(String(16))
+    purpose: Mapped[str] = mapped_column(String(100))
+    legal_basis: Mapped[str] = mapped_column(String(200))
+    consent_ref: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64))  # MaYeuCau sent to the population database
+    correlation_id: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(32))  # allowed | refused | not_found | failed
+    reason: Mapped[str | None] = mapped_column(String(500))
+    fields: Mapped[list[str]] = mapped_column(JSONType)  # names of the fields that left hub
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    chain_hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Consent(Base):
+    """A citizen's consent, recorded by the client system that collected it: to reuse documents they submitted
+    before, for a purpose, until it expires or is revoked. Checked at the moment of use."""
+
+    __tablename__ = "consents"
+    __table_args__ = (Index("ix_consents_subject", "subject"),)
+
+    ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64))  # HMAC of the personal ID
+    client: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(100))
+    scope: Mapped[list[str]] = mapped_column(JSONType)  # e.g. ["documents"]
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Document(Base):
+    """A document issued to a citizen with a dossier (a result: extract, certificate), indexed for reuse."""
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        Index("ix_documents_subject_kind", "subject", "kind"),
+        UniqueConstraint("issuer", "number", name="uq_documents_issuer_number"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(64))  # HMAC of the holder's personal ID
+    kind: Mapped[str] = mapped_column(String(64))  # e.g. giay_chung_nhan_ket_hon
+    title: Mapped[str] = mapped_column(String(300))
+    number: Mapped[str] = mapped_column(String(100))  # số hiệu of the document
+    issuer: Mapped[str] = mapped_column(String(32))  # agency code
+    dossier_code: Mapped[str | None] = mapped_column(String(40))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: does not expire
+    reference: Mapped[str] = mapped_column(String(500))  # where the document can be fetched
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,189 @@
+"""Sandbox of the population database's citizen look-up: a real SOAP 1.1 service over HTTP, built with lxml on a
+small ASGI app and driven by contracts/population/population.wsdl (ADR 0005). Every request is parsed with
+entity resolution, DTDs and network access off, size-limited, and validated against the WSDL's schema. Fault
+knobs: latency, SOAP Faults, outages, hangs past the client's timeout, malformed XML, partial records."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from lxml import etree
+
+from hub.sandbox import contracts
+from hub.sandbox.common import Faults, PeerState, add_control_routes
+from hub.sandbox.population_data import Population
+
+TNS = "urn:vn:csdlqg:dancu:congdan:v1"
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
+XS = "http://www.w3.org/2001/XMLSchema"
+MAX_REQUEST_BYTES = 64 * 1024
+OPTIONAL_FIELDS = ["SoCMND", "DanToc", "TonGiao", "NhomMau", "NoiDangKyKhaiSinh", "QueQuan", "NoiOHienTai",
+                   "ChuHo", "SoSoHoKhau", "Cha", "Me", "VoChong"]  # fmt: skip
+
+
+@dataclass
+class PopulationFaults(Faults):
+    fault_rate: float = 0.0  # fraction of calls answered with a SOAP Server fault (HTTP 500)
+    partial_rate: float = 0.0  # fraction of records returned with optional fields left out
+
+
+@dataclass
+class PopulationState(PeerState):
+    faults: PopulationFaults = field(default_factory=PopulationFaults)
+    population: Population = field(default_factory=Population)
+
+
+def wsdl_path() -> str:
+    return str(contracts.contracts_dir() / "population" / "population.wsdl")
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False
+    )
+
+
+@cache
+def _schema() -> etree.XMLSchema:
+    wsdl = etree.parse(wsdl_path(), _parser())
+    schema_el = wsdl.find(f"{{{WSDL_NS}}}types/{{{XS}}}schema")
+    if schema_el is None:
+        raise RuntimeError("the population WSDL has no schema")
+    standalone = etree.Element(schema_el.tag, dict(schema_el.attrib), nsmap=schema_el.nsmap)  # keeps tns: in scope
+    standalone.extend(copy.deepcopy(child) for child in schema_el)
+    return etree.XMLSchema(standalone)
+
+
+def _fold(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
+def _envelope(body: etree._Element) -> bytes:
+    env = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soap": SOAP_ENV, "cd": TNS})
+    etree.SubElement(env, f"{{{SOAP_ENV}}}Body").append(body)
+    return bytes(etree.tostring(env, xml_declaration=True, encoding="utf-8"))
+
+
+def soap_fault(code: str, message: str, error_code: str, status: int) -> Response:
+    fault = etree.Element(f"{{{SOAP_ENV}}}Fault")
+    etree.SubElement(fault, "faultcode").text = f"soap:{code}"
+    etree.SubElement(fault, "faultstring").text = message
+    detail = etree.SubElement(fault, "detail")
+    err = etree.SubElement(detail, f"{{{TNS}}}LoiXuLy")
+    etree.SubElement(err, f"{{{TNS}}}MaLoi").text = error_code
+    etree.SubElement(err, f"{{{TNS}}}MoTa").text = message
+    return Response(_envelope(fault), status_code=status, media_type="text/xml; charset=utf-8")
+
+
+def _append(parent: etree._Element, name: str, value: Any) -> None:
+    if value is None:
+        return
+    el = etree.SubElement(parent, f"{{{TNS}}}{name}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _append(el, k, v)
+    else:
+        el.text = str(value)
+
+
+def create_app(state: PopulationState | None = None) -> FastAPI:
+    st = state or PopulationState()
+    app = FastAPI(title="Sandbox: population database (SOAP)", docs_url="/_sandbox/docs")
+    app.state.peer = st
+    add_control_routes(app, st)
+    wsdl_template = open(wsdl_path(), encoding="utf-8").read()  # noqa: SIM115 - read once at start
+
+    @app.get("/ws/congdan")
+    def wsdl(request: Request) -> Response:
+        here = str(request.url.replace(query=""))
+        text = wsdl_template.replace("http://127.0.0.1:8083/ws/congdan", here)
+        return Response(text, media_type="text/xml; charset=utf-8")
+
+    @app.get("/_sandbox/people")
+    def people(limit: int = 20, married: bool | None = None, with_parents: bool | None = None) -> dict[str, Any]:
+        """Records to try the service with (tests, the demo): filter by marriage and known parents."""
+        conditions: dict[str, Any] = {}
+        if married is not None:
+            conditions["has_VoChong"] = married
+        if with_parents is not None:
+            conditions["has_Cha"] = with_parents
+            conditions["has_Me"] = with_parents
+        found = st.population.find(**conditions)
+        return {"count": len(found), "items": found[:limit]}
+
+    @app.post("/ws/congdan")
+    async def call(request: Request) -> Response:
+        f = st.faults
+        if f.latency_ms:
+            await asyncio.sleep(f.latency_ms / 1000)
+        if f.outage_until > time.time():
+            return Response(b"<html><body>503 Service Unavailable</body></html>", status_code=503)
+        if f.timeout_rate and random.random() < f.timeout_rate:
+            await asyncio.sleep(f.hang_seconds)
+        raw = await request.body()
+        if len(raw) > MAX_REQUEST_BYTES:
+            return soap_fault("Client", "Yêu cầu quá lớn", "01", 413)
+        try:
+            doc = etree.fromstring(raw, _parser())
+        except etree.XMLSyntaxError as exc:
+            return soap_fault("Client", f"XML không hợp lệ: {exc}", "01", 400)
+        if doc.getroottree().docinfo.doctype:
+            return soap_fault("Client", "Không chấp nhận DTD", "01", 400)
+        body = doc.find(f"{{{SOAP_ENV}}}Body")
+        op = body[0] if body is not None and len(body) else None
+        if op is None or op.tag != f"{{{TNS}}}TraCuuThongTinCongDan":
+            return soap_fault("Client", "Thao tác không được hỗ trợ", "01", 500)
+        schema = _schema()
+        if not schema.validate(op):
+            return soap_fault("Client", f"Yêu cầu sai cấu trúc: {schema.error_log.last_error}", "01", 500)
+        req = {child.tag.split("}")[1]: (child.text or "") for child in op}
+        if f.fault_rate and random.random() < f.fault_rate:
+            st.record("TraCuuThongTinCongDan", req["MaYeuCau"], _summary(req), "fault", None)
+            return soap_fault("Server", "Lỗi hệ thống (sandbox)", "99", 500)
+        with st.lock:
+            if f.storm_5xx > 0:
+                f.storm_5xx -= 1
+                return soap_fault("Server", "Lỗi hệ thống (sandbox storm)", "99", 500)
+        if f.malformed_rate and random.random() < f.malformed_rate:
+            return Response(b"<soap:Envelope><unclosed>", media_type="text/xml")
+        record = st.population.records.get(req["SoDinhDanh"])
+        if record is not None and req.get("HoVaTen"):
+            name = record["HoVaTen"]
+            full = " ".join(p for p in (name["Ho"], name["ChuDem"], name["Ten"]) if p)
+            if _fold(full) != _fold(req["HoVaTen"]):
+                record = None  # a partial match is no match: the three keys must agree
+        if record is not None and req.get("NgayThangNam") and req["NgayThangNam"] != record["NgayThangNamSinh"]:
+            record = None
+        reply = etree.Element(f"{{{TNS}}}TraCuuThongTinCongDanResponse")
+        etree.SubElement(reply, f"{{{TNS}}}MaYeuCau").text = req["MaYeuCau"]
+        collection = etree.SubElement(reply, f"{{{TNS}}}CongdanCollection")
+        if record is not None:
+            if f.partial_rate and random.random() < f.partial_rate:
+                dropped = set(random.sample(OPTIONAL_FIELDS, k=4))
+                record = {k: v for k, v in record.items() if k not in dropped}
+            _append(collection, "CongDan", record)
+        st.record(
+            "TraCuuThongTinCongDan",
+            req["MaYeuCau"],
+            _summary(req),
+            "found" if record is not None else "not_found",
+            None,
+        )
+        return Response(_envelope(reply), media_type="text/xml; charset=utf-8")
+
+    return app
+
+
+def _summary(req: dict[str, str]) -> dict[str, str]:
+    """What the sandbox keeps of a request: who asked, for which service (never the ID itself)."""
+    return {"MaCanBo": req.get("MaCanBo", ""), "MaDVC": req.get("MaDVC", "")}

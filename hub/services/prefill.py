@@ -1,0 +1,534 @@
+"""Pre-fill e-forms from the population database (the once-only principle, Decree 42/2022).
+
+Given a personal ID, a procedure and a purpose, read the citizen's record (and, where the form needs them, the
+records of the spouse or parents the record links to), fill the procedure's form template, and say where every
+value came from. Only the fields the form needs leave hub. Every read — allowed, refused, not found or failed —
+is appended to the hash-chained access log, one entry per person whose data was read."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.adapters.errors import PeerError
+from hub.adapters.exchange import ExchangeRecord
+from hub.adapters.population import CitizenLookup, PopulationDatabase
+from hub.domain import identifiers
+from hub.domain.dates import utcnow
+from hub.domain.errors import DomainError, Forbidden, NotFound
+from hub.domain.privacy import subject_hmac
+from hub.services.audit import Access, AccessLog
+from hub.services.schemas import reject_nul
+from hub.settings import ClientSystem
+from hub.store.models import Consent, Document
+
+SOURCE_SYSTEM = "csdlqg_dan_cu"  # the population database, as named in provenance
+RELATIVES = {"spouse": "VoChong", "father": "Cha", "mother": "Me"}
+SEX = {"1": "Nam", "2": "Nữ"}
+MARITAL = {"1": "Chưa kết hôn", "2": "Đã kết hôn", "3": "Đã ly hôn", "4": "Góa"}
+NATIONALITY = {"VN": "Việt Nam"}
+
+
+class PeerFailed(DomainError):
+    """The population database is down or failing: try again later."""
+
+    code = "population_unavailable"
+    status = 503
+
+
+class PeerRefused(DomainError):
+    """The population database refused hub's request (a contract or authorization problem on our side)."""
+
+    code = "population_refused"
+    status = 502
+
+
+# -- form templates ------------------------------------------------------------------------------------------
+
+
+class SourceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: str = Field(pattern=r"^(subject|spouse|father|mother)(\.[A-Za-z]+)+$")
+    if_: dict[str, str] = Field(default_factory=dict, alias="if")
+
+    @property
+    def person(self) -> str:
+        return self.path.split(".", 1)[0]
+
+
+class FieldSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    label: str
+    type: Literal["text", "name", "date", "address", "sex", "marital_status", "nationality", "personal_id"]
+    required: bool
+    source: list[SourceSpec] = Field(default_factory=list)
+
+
+class DocumentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: str
+    label: str
+
+
+class FormTemplate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    form: str
+    procedures: list[str]
+    title: str
+    legal_basis: str
+    subject: str
+    fields: list[FieldSpec]
+    documents: list[DocumentSpec]
+
+
+@cache
+def templates() -> dict[str, FormTemplate]:
+    """procedure code (MaTTHC) -> its form template, from the JSON files in hub/services/forms/."""
+    found: dict[str, FormTemplate] = {}
+    for entry in sorted(resources.files("hub.services").joinpath("forms").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            template = FormTemplate.model_validate(json.loads(entry.read_text(encoding="utf-8")))
+            for code in template.procedures:
+                found[identifiers.procedure_code(code)] = template
+    return found
+
+
+# -- requests ------------------------------------------------------------------------------------------------
+
+
+class RequestedBy(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    officer: str = Field(min_length=1, max_length=100, description="officer or end user (MaCanBo) behind the call")
+    agency: str = Field(description="agency code the request is made for", examples=["000.00.17.H56"])
+
+    @field_validator("agency")
+    @classmethod
+    def _agency(cls, value: str) -> str:
+        return identifiers.agency_code(value)
+
+
+class PrefillIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    procedure: str = Field(description="MaTTHC", examples=["1.001193"])
+    subject_id: str = Field(description="the citizen's 12-digit personal ID", examples=["001090012345"])
+    purpose: str = Field(min_length=1, max_length=100, examples=["civil_status_registration"])
+    consent_ref: str | None = Field(default=None, max_length=64, description="consent to reuse earlier documents")
+    requested_by: RequestedBy
+    subject_name: str | None = Field(default=None, max_length=100, description="HoVaTen, matched if given")
+    subject_birth_date: date | None = Field(default=None, description="matched if given")
+
+    @field_validator("procedure")
+    @classmethod
+    def _procedure(cls, value: str) -> str:
+        return identifiers.procedure_code(value)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return reject_nul(value)
+
+
+class SubjectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    subject_id: str = Field(description="the citizen's 12-digit personal ID (in the body, never in a URL)")
+
+
+class ConsentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    subject_id: str = Field(description="the citizen's 12-digit personal ID")
+    purpose: str = Field(min_length=1, max_length=100)
+    scope: list[Literal["documents"]] = Field(min_length=1)
+    expires_at: datetime | None = None
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return reject_nul(value)
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    holder_id: str = Field(description="personal ID of the citizen the document was issued to")
+    kind: str = Field(pattern=r"^[a-z_]{3,64}$", examples=["giay_chung_nhan_ket_hon"])
+    title: str = Field(min_length=1, max_length=300)
+    number: str = Field(min_length=1, max_length=100, description="số hiệu")
+    issuer: str = Field(description="agency code of the issuer")
+    dossier_code: str | None = Field(default=None, description="MaHoSo of the dossier it was the result of")
+    issued_at: datetime
+    valid_until: datetime | None = None
+    reference: str = Field(min_length=1, max_length=500, description="where the document can be fetched")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        return identifiers.agency_code(value)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return reject_nul(value)
+
+
+# -- the service ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Journal:
+    """What one pre-fill request must leave on record: access-log entries and exchange records."""
+
+    accesses: list[Access]
+    exchanges: list[ExchangeRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    role: str
+    record: dict[str, Any]
+    request_id: str
+    subject: str  # HMAC
+
+
+def _get(record: dict[str, Any] | None, path: list[str]) -> Any:
+    value: Any = record
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _format(kind: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if kind == "name":
+        if isinstance(value, dict):
+            joined = " ".join(str(value[k]) for k in ("Ho", "ChuDem", "Ten") if value.get(k))
+            return joined or None
+        return str(value)
+    if kind == "date":
+        text = str(value)
+        return f"{text[0:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else None
+    if kind == "address":
+        return str(value.get("ChiTiet")) if isinstance(value, dict) and value.get("ChiTiet") else None
+    if kind == "sex":
+        return SEX.get(str(value))
+    if kind == "marital_status":
+        return MARITAL.get(str(value))
+    if kind == "nationality":
+        return NATIONALITY.get(str(value), str(value))
+    return str(value)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise DomainError("datetimes must carry a time zone offset", code="invalid_date")
+    return value
+
+
+class PrefillService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        population: PopulationDatabase,
+        *,
+        secret_key: bytes,
+        validity: timedelta,
+        record_exchanges: Callable[[Session, Sequence[ExchangeRecord]], None] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.population = population
+        self._secret = secret_key
+        self.validity = validity
+        self.access_log = AccessLog(secret_key)
+        self._record_exchanges = record_exchanges
+
+    def subject_hmac(self, personal_id: str) -> str:
+        return subject_hmac(self._secret, personal_id)
+
+    # -- consents and documents -------------------------------------------------------------------------------
+
+    def grant_consent(self, client: ClientSystem, body: ConsentIn) -> dict[str, Any]:
+        identifiers.personal_id(body.subject_id)
+        expires = _aware(body.expires_at)
+        ref = f"cs-{uuid.uuid4().hex}"
+        with self.sessions.begin() as s:
+            s.add(
+                Consent(
+                    ref=ref,
+                    subject=self.subject_hmac(body.subject_id),
+                    client=client.name,
+                    purpose=body.purpose,
+                    scope=list(body.scope),
+                    granted_at=utcnow(),
+                    expires_at=expires,
+                    revoked_at=None,
+                )
+            )
+        return {"consent_ref": ref, "purpose": body.purpose, "scope": list(body.scope), "expires_at": expires}
+
+    def revoke_consent(self, client: ClientSystem, ref: str) -> dict[str, Any]:
+        with self.sessions.begin() as s:
+            consent = s.get(Consent, ref)
+            if consent is None or consent.client != client.name:
+                raise NotFound(f"no consent {ref!r} recorded by this client", code="unknown_consent")
+            if consent.revoked_at is None:
+                consent.revoked_at = utcnow()
+            return {"consent_ref": ref, "revoked_at": consent.revoked_at.isoformat()}
+
+    def register_document(self, client: ClientSystem, body: DocumentIn) -> dict[str, Any]:
+        identifiers.personal_id(body.holder_id)
+        if not client.may_act_for(body.issuer):
+            raise Forbidden(f"client may not act for issuer {body.issuer}", code="agency_not_allowed")
+        if body.dossier_code is not None:
+            identifiers.dossier_code(body.dossier_code)
+        issued, valid_until = _aware(body.issued_at) or body.issued_at, _aware(body.valid_until)
+        with self.sessions.begin() as s:
+            existing = s.scalar(select(Document).where(Document.issuer == body.issuer, Document.number == body.number))
+            if existing is not None:
+                return {"document_id": existing.id, "created": False}
+            doc = Document(
+                subject=self.subject_hmac(body.holder_id),
+                kind=body.kind,
+                title=body.title,
+                number=body.number,
+                issuer=body.issuer,
+                dossier_code=body.dossier_code,
+                issued_at=issued,
+                valid_until=valid_until,
+                reference=body.reference,
+                created_at=utcnow(),
+            )
+            s.add(doc)
+            s.flush()
+            return {"document_id": doc.id, "created": True}
+
+    # -- pre-fill ---------------------------------------------------------------------------------------------
+
+    def prefill(self, client: ClientSystem, body: PrefillIn, *, correlation_id: str) -> dict[str, Any]:
+        """Fill the form. The access-log entries and exchange records of the request are written in one
+        transaction at the end, whatever the outcome; if that write fails, nothing is returned."""
+        journal = _Journal([], [])
+        try:
+            return self._prefill(client, body, correlation_id, journal)
+        finally:
+            if journal.accesses or journal.exchanges:
+                with self.sessions.begin() as s:
+                    for entry in journal.accesses:
+                        self.access_log.append(s, entry)
+                    if self._record_exchanges is not None and journal.exchanges:
+                        self._record_exchanges(s, journal.exchanges)
+
+    def _prefill(self, client: ClientSystem, body: PrefillIn, correlation_id: str, journal: _Journal) -> dict[str, Any]:
+        identifiers.personal_id(body.subject_id)
+        template = templates().get(body.procedure)
+        if template is None:
+            raise NotFound(f"no e-form template for procedure {body.procedure}", code="unknown_form")
+        subject = self.subject_hmac(body.subject_id)
+
+        def access(role: str, who: str, request_id: str, outcome: str, reason: str | None, fields: list[str]) -> Access:
+            return Access(
+                client=client.name,
+                agency=body.requested_by.agency,
+                officer=body.requested_by.officer,
+                subject=who,
+                subject_role=role,
+                procedure=body.procedure,
+                purpose=body.purpose,
+                legal_basis=template.legal_basis[:200],
+                consent_ref=body.consent_ref,
+                request_id=request_id,
+                correlation_id=correlation_id,
+                outcome=outcome,
+                reason=reason,
+                fields=fields,
+            )
+
+        def refuse(error: DomainError) -> DomainError:
+            journal.accesses.append(access("subject", subject, "-", "refused", error.detail[:500], []))
+            return error
+
+        if not client.may_act_for(body.requested_by.agency):
+            raise refuse(
+                Forbidden(f"client may not act for agency {body.requested_by.agency}", code="agency_not_allowed")
+            )
+        if not client.may_prefill(body.procedure, body.purpose):
+            raise refuse(
+                Forbidden(
+                    f"client may not read personal data for procedure {body.procedure} and purpose {body.purpose!r}",
+                    code="prefill_not_allowed",
+                )
+            )
+        documents_allowed = False
+        if body.consent_ref is not None:
+            problem = self._check_consent(body.consent_ref, subject, body.purpose)
+            if problem is not None:
+                raise refuse(problem)
+            documents_allowed = True
+
+        reads: dict[str, _Read] = {}
+        fetched_at = utcnow()
+        first = self._read(body, "subject", body.subject_id, subject, correlation_id, access, journal)
+        reads["subject"] = first
+        wanted = {src.person for f in template.fields for src in f.source if src.person != "subject"}
+        for role in sorted(wanted):
+            if not any(
+                self._condition_holds(src, reads) for f in template.fields for src in f.source if src.person == role
+            ):
+                continue
+            link = first.record.get(RELATIVES[role]) or {}
+            relative_id = link.get("SoDinhDanh")
+            if not relative_id:
+                continue
+            try:
+                identifiers.personal_id(relative_id)
+            except DomainError:
+                continue  # a malformed link in the register: leave the relative's fields for the citizen
+            rel = self._read(
+                body, role, relative_id, self.subject_hmac(relative_id), correlation_id, access, journal, optional=True
+            )
+            if rel is not None:
+                reads[role] = rel
+
+        valid_until = fetched_at + self.validity
+        out_fields: list[dict[str, Any]] = []
+        used: dict[str, list[str]] = {role: [] for role in reads}
+        for spec in template.fields:
+            item: dict[str, Any] = {
+                "name": spec.name,
+                "label": spec.label,
+                "type": spec.type,
+                "required": spec.required,
+                "value": None,
+            }
+            for src in spec.source:
+                read = reads.get(src.person)
+                if read is None or not self._condition_holds(src, reads):
+                    continue
+                value = _format(spec.type, _get(read.record, src.path.split(".")[1:]))
+                if value is None:
+                    continue
+                item["value"] = value
+                item["source"] = {"system": SOURCE_SYSTEM, "record": src.person, "request_id": read.request_id}
+                item["fetched_at"] = fetched_at.isoformat()
+                item["valid_until"] = valid_until.isoformat()
+                used[src.person].append(spec.name)
+                break
+            out_fields.append(item)
+
+        documents: list[dict[str, Any]] = []
+        if documents_allowed and template.documents:
+            with self.sessions() as s:
+                documents = self._documents(s, subject, [d.kind for d in template.documents])
+        for role, read in reads.items():
+            offered = [f"documents:{d['kind']}" for d in documents] if role == "subject" else []
+            journal.accesses.append(access(role, read.subject, read.request_id, "allowed", None, used[role] + offered))
+        missing = [f["name"] for f in out_fields if f["required"] and f["value"] is None]
+        return {
+            "procedure": body.procedure,
+            "form": template.form,
+            "title": template.title,
+            "subject": template.subject,
+            "fields": out_fields,
+            "missing_required": missing,
+            "documents": documents,
+            "documents_offered": documents_allowed,
+        }
+
+    @staticmethod
+    def _condition_holds(src: SourceSpec, reads: dict[str, _Read]) -> bool:
+        for path, want in src.if_.items():
+            person, *rest = path.split(".")
+            read = reads.get(person)
+            if read is None or str(_get(read.record, rest)) != want:
+                return False
+        return True
+
+    def _read(
+        self,
+        body: PrefillIn,
+        role: str,
+        personal_id: str,
+        who: str,
+        correlation_id: str,
+        access: Any,
+        journal: _Journal,
+        *,
+        optional: bool = False,
+    ) -> Any:
+        request_id = uuid.uuid4().hex
+        query = CitizenLookup(
+            personal_id=personal_id,
+            request_id=request_id,
+            officer=body.requested_by.officer,
+            service=body.procedure,
+            full_name=body.subject_name if role == "subject" else None,
+            birth_date=body.subject_birth_date.strftime("%Y%m%d")
+            if role == "subject" and body.subject_birth_date
+            else None,
+        )
+        try:
+            record = self.population.look_up(query, correlation_id=correlation_id, on_exchange=journal.exchanges.append)
+        except PeerError as exc:
+            journal.accesses.append(access(role, who, request_id, "failed", exc.code, []))
+            if optional:
+                return None
+            if exc.retryable:
+                raise PeerFailed(
+                    "the population database did not answer; try again later", peer_error=exc.code
+                ) from None
+            raise PeerRefused("the population database refused the request", peer_error=exc.code) from None
+        if record is None:
+            journal.accesses.append(access(role, who, request_id, "not_found", None, []))
+            if optional:
+                return None
+            raise NotFound(
+                "no citizen matches this personal ID (and name/birth date, if given)", code="subject_not_found"
+            )
+        return _Read(role, record, request_id, who)
+
+    def _check_consent(self, ref: str, subject: str, purpose: str) -> DomainError | None:
+        with self.sessions() as s:
+            consent = s.get(Consent, ref)
+        if consent is None or consent.subject != subject:
+            return Forbidden("the consent reference is unknown for this citizen", code="consent_unknown")
+        if consent.revoked_at is not None:
+            return Forbidden("the citizen revoked this consent", code="consent_revoked")
+        if consent.expires_at is not None and consent.expires_at <= utcnow():
+            return Forbidden("this consent has expired", code="consent_expired")
+        if consent.purpose != purpose or "documents" not in consent.scope:
+            return Forbidden("this consent does not cover this purpose", code="consent_out_of_scope")
+        return None
+
+    @staticmethod
+    def _documents(s: Session, subject: str, kinds: list[str]) -> list[dict[str, Any]]:
+        now = utcnow()
+        rows = s.scalars(
+            select(Document)
+            .where(Document.subject == subject, Document.kind.in_(kinds))
+            .order_by(Document.issued_at.desc())
+        ).all()
+        return [
+            {
+                "kind": d.kind,
+                "title": d.title,
+                "number": d.number,
+                "issuer": d.issuer,
+                "dossier_code": d.dossier_code,
+                "issued_at": d.issued_at.isoformat(),
+                "valid_until": d.valid_until.isoformat() if d.valid_until else None,
+                "reference": d.reference,
+            }
+            for d in rows
+            if d.valid_until is None or d.valid_until > now
+        ]

@@ -1,0 +1,405 @@
+"""Pre-filling e-forms from the population database (SOAP sandbox, through zeep): what is filled and from where,
+data minimisation, authorization, consent, reuse of documents, the hash-chained access log, and peer failures —
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+
+from hub.sandbox.common import ServerThread
+from hub.store.models import AccessLogEntry, Exchange
+from tests.conftest import OTHER_AGENCY, PURPOSE, Creds, Hub, HubFactory
+
+AGENCY = "000.00.17.H56"
+HUB_BIN = str(Path(sys.executable).with_name("hub"))
+KHAI_SINH = "1.001193"
+
+
+@pytest.fixture
+def hub(hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client) -> Hub:
+    return hub_factory(population_url=f"{population_server.url}/ws/congdan", read_timeout=1.0)
+
+
+def person(people: httpx.Client, **filters: Any) -> dict[str, Any]:
+    items: list[dict[str, Any]] = people.get("/_sandbox/people", params={"limit": 50, **filters}).json()["items"]
+    return items[0]
+
+
+def married(people: httpx.Client, sex: str) -> dict[str, Any]:
+    items = people.get("/_sandbox/people", params={"limit": 400, "married": True}).json()["items"]
+    return next(p for p in items if p["GioiTinh"] == sex)
+
+
+def full_name(rec: dict[str, Any]) -> str:
+    n = rec["HoVaTen"]
+    return " ".join(x for x in (n["Ho"], n.get("ChuDem"), n["Ten"]) if x)
+
+
+def ask(hub: Hub, subject_id: str, procedure: str = KHAI_SINH, **extra: Any) -> httpx.Response:
+    body = {
+        "procedure": procedure,
+        "subject_id": subject_id,
+        "purpose": PURPOSE,
+        "requested_by": {"officer": "cb-0042", "agency": AGENCY},
+        **extra,
+    }
+    return hub.http.post("/v1/prefill", json=body)
+
+
+def fields(reply: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["name"]: f for f in reply["fields"]}
+
+
+def log_entries(hub: Hub) -> list[AccessLogEntry]:
+    with hub.runtime.sessions() as s:
+        return list(s.scalars(select(AccessLogEntry).order_by(AccessLogEntry.id)).all())
+
+
+def test_birth_registration_by_the_father_fills_the_mother_from_his_spouse(hub: Hub, people: httpx.Client) -> None:
+    father = married(people, "1")
+    wife = people.get("/_sandbox/people", params={"limit": 5000}).json()["items"]
+    mother = next(p for p in wife if p["SoDinhDanh"] == father["VoChong"]["SoDinhDanh"])
+    r = ask(hub, father["SoDinhDanh"])
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    got = fields(reply)
+    assert reply["title"] == "Tờ khai đăng ký khai sinh"
+    assert got["nguoi_yeu_cau.ho_ten"]["value"] == full_name(father)
+    born = father["NgayThangNamSinh"]
+    assert got["nguoi_yeu_cau.ngay_sinh"]["value"] == f"{born[:4]}-{born[4:6]}-{born[6:]}"
+    assert got["nguoi_yeu_cau.noi_cu_tru"]["value"] == father["NoiOHienTai"]["ChiTiet"]
+    assert got["cha.ho_ten"]["value"] == full_name(father)
+    assert got["me.ho_ten"]["value"] == full_name(mother)
+    assert got["me.so_dinh_danh"]["value"] == mother["SoDinhDanh"]
+    assert got["me.quoc_tich"]["value"] == "Việt Nam"
+    # provenance: every value says where it came from, when, and until when it is good
+    assert got["me.ho_ten"]["source"]["system"] == "csdlqg_dan_cu" and got["me.ho_ten"]["source"]["record"] == "spouse"
+    assert got["cha.ho_ten"]["source"]["record"] == "subject"
+    fetched = datetime.fromisoformat(got["me.ho_ten"]["fetched_at"])
+    assert datetime.fromisoformat(got["me.ho_ten"]["valid_until"]) - fetched == timedelta(hours=24)
+    # what the population database cannot know stays empty and is listed
+    assert {"tre.ho_ten", "tre.ngay_sinh", "nguoi_yeu_cau.quan_he"} <= set(reply["missing_required"])
+    assert got["tre.ho_ten"]["value"] is None and "source" not in got["tre.ho_ten"]
+    # data minimisation: nothing the form does not ask for leaves hub
+    raw = r.text
+    for unasked in ("NhomMau", "TonGiao", "SoSoHoKhau", "ChuHo", "SoCMND"):
+        assert unasked not in raw
+    if father.get("NhomMau"):
+        assert f'"{father["NhomMau"]}"' not in raw
+    # one access-log entry per person read, allowed, with the fields that left hub
+    entries = log_entries(hub)
+    assert [(e.subject_role, e.outcome) for e in entries] == [("subject", "allowed"), ("spouse", "allowed")]
+    by_role = {e.subject_role: e for e in entries}
+    assert "me.ho_ten" in by_role["spouse"].fields and "cha.ho_ten" in by_role["subject"].fields
+    assert all(father["SoDinhDanh"] not in json.dumps([e.subject, e.fields]) for e in entries)
+    assert by_role["subject"].client == "onestop-hcm" and by_role["subject"].officer == "cb-0042"
+    assert by_role["subject"].agency == AGENCY and by_role["subject"].purpose == PURPOSE
+
+
+def test_birth_registration_by_the_mother_fills_her_own_side(hub: Hub, people: httpx.Client) -> None:
+    mother = married(people, "2")
+    reply = ask(hub, mother["SoDinhDanh"]).json()
+    got = fields(reply)
+    assert got["me.ho_ten"]["value"] == full_name(mother) and got["me.ho_ten"]["source"]["record"] == "subject"
+    assert got["cha.ho_ten"]["value"] == mother["VoChong"]["HoVaTen"]
+    assert got["cha.ho_ten"]["source"]["record"] == "spouse"
+
+
+def test_every_form_template_maps_only_fields_of_the_contract(hub: Hub) -> None:
+    from lxml import etree
+
+    from hub.sandbox.population import _schema
+    from hub.services.prefill import templates
+
+    schema_doc = _schema()
+    assert schema_doc is not None
+    wsdl = etree.parse(str(Path("contracts/population/population.wsdl")))
+    names = {el.get("name") for el in wsdl.iter("{http://www.w3.org/2001/XMLSchema}element")}
+    forms = templates()
+    # the seeds' civil-status procedures each have a form
+    for code in ("1.001193", "1.000656", "1.000894", "2.000635", "1.004873", "1.004837"):
+        assert code in forms
+    for template in forms.values():
+        assert any(f.required for f in template.fields)
+        for f in template.fields:
+            for src in f.source:
+                for part in src.path.split(".")[1:]:
+                    assert part in names, (template.form, src.path)
+
+
+def test_not_found_and_name_mismatch_are_404_and_logged(hub: Hub, people: httpx.Client) -> None:
+    r = ask(hub, "001099000001")
+    assert r.status_code == 404 and r.json()["code"] == "subject_not_found"
+    assert r.headers["content-type"].startswith("application/problem+json")
+    someone = person(people)
+    r = ask(hub, someone["SoDinhDanh"], subject_name="Nguyễn Văn Không Khớp")
+    assert r.status_code == 404 and r.json()["code"] == "subject_not_found"
+    assert ask(hub, someone["SoDinhDanh"], subject_name=full_name(someone).upper()).status_code == 200
+    outcomes = [e.outcome for e in log_entries(hub)]
+    assert outcomes[:2] == ["not_found", "not_found"] and "allowed" in outcomes
+
+
+@pytest.mark.parametrize(
+    ("who", "procedure", "purpose", "agency", "code"),
+    [
+        ("hcm", KHAI_SINH, "marketing", AGENCY, "prefill_not_allowed"),
+        ("hcm", KHAI_SINH, PURPOSE, OTHER_AGENCY, "agency_not_allowed"),
+        ("other", KHAI_SINH, "marriage_registration", OTHER_AGENCY, "prefill_not_allowed"),
+    ],
+)
+def test_unauthorized_reads_are_refused_logged_and_never_reach_the_register(
+    hub: Hub, people: httpx.Client, creds: Creds, who: str, procedure: str, purpose: str, agency: str, code: str
+) -> None:
+    someone = person(people)
+    key = creds.api_key if who == "hcm" else creds.other_key
+    r = hub.http.post(
+        "/v1/prefill",
+        headers={"X-API-Key": key},
+        json={
+            "procedure": procedure,
+            "subject_id": someone["SoDinhDanh"],
+            "purpose": purpose,
+            "requested_by": {"officer": "cb-1", "agency": agency},
+        },
+    )
+    assert r.status_code == 403 and r.json()["code"] == code
+    assert people.get("/_sandbox/received").json()["count"] == 0
+    [entry] = log_entries(hub)
+    assert entry.outcome == "refused" and entry.fields == [] and entry.purpose == purpose
+
+
+def test_bad_input_is_a_clear_problem(hub: Hub) -> None:
+    assert ask(hub, "12345").json()["code"] == "invalid_personal_id"
+    assert ask(hub, "001099000001", procedure="9.999999").json()["code"] == "unknown_form"
+    assert ask(hub, "001099000001", procedure="khai-sinh").status_code == 422
+    r = ask(hub, "001099000001", extra_field=1)
+    assert r.status_code == 422 and r.json()["code"] == "validation_error"
+    r = hub.http.post("/v1/prefill", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "malformed_json"
+    assert hub.http.post("/v1/prefill", json={}, headers={"X-API-Key": "nope"}).status_code == 401
+
+
+def test_documents_are_offered_only_with_a_live_consent(hub: Hub, people: httpx.Client, creds: Creds) -> None:
+    father = married(people, "1")
+    now = datetime.now(UTC)
+
+    def document(number: str, valid_until: datetime | None) -> None:
+        r = hub.http.post(
+            "/v1/documents",
+            json={
+                "holder_id": father["SoDinhDanh"],
+                "kind": "giay_chung_nhan_ket_hon",
+                "title": "Giấy chứng nhận kết hôn",
+                "number": number,
+                "issuer": AGENCY,
+                "issued_at": (now - timedelta(days=400)).isoformat(),
+                "valid_until": valid_until.isoformat() if valid_until else None,
+                "reference": f"https://onestop.example/docs/{number}",
+            },
+        )
+        assert r.status_code == 201, r.text
+
+    document("12/2024/KH", None)
+    document("13/2020/KH", now - timedelta(days=1))  # no longer valid: never offered
+    assert ask(hub, father["SoDinhDanh"]).json()["documents"] == []  # no consent, no documents
+    granted = hub.http.post(
+        "/v1/consents", json={"subject_id": father["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"]}
+    )
+    assert granted.status_code == 201
+    ref = granted.json()["consent_ref"]
+    reply = ask(hub, father["SoDinhDanh"], consent_ref=ref).json()
+    assert [d["number"] for d in reply["documents"]] == ["12/2024/KH"] and reply["documents_offered"]
+    subject_entries = [e for e in log_entries(hub) if e.subject_role == "subject"]
+    assert "documents:giay_chung_nhan_ket_hon" in subject_entries[-1].fields
+    # another citizen cannot use this consent
+    other = married(people, "2")
+    r = ask(hub, other["SoDinhDanh"], consent_ref=ref)
+    assert r.status_code == 403 and r.json()["code"] == "consent_unknown"
+    # revoked: refused at once, and logged
+    assert hub.http.post(f"/v1/consents/{ref}/revoke").status_code == 200
+    r = ask(hub, father["SoDinhDanh"], consent_ref=ref)
+    assert r.status_code == 403 and r.json()["code"] == "consent_revoked"
+    assert log_entries(hub)[-1].outcome == "refused"
+    # only the client that recorded a consent may revoke it
+    other_client = {"X-API-Key": creds.other_key}
+    assert hub.http.post(f"/v1/consents/{ref}/revoke", headers=other_client).json()["code"] == "unknown_consent"
+
+
+@pytest.mark.parametrize(
+    ("faults", "code"),
+    [
+        ({"fault_rate": 1.0}, "population_unavailable"),
+        ({"outage_seconds": 30}, "population_unavailable"),
+        ({"malformed_rate": 1.0}, "population_unavailable"),
+        ({"timeout_rate": 1.0, "hang_seconds": 3}, "population_unavailable"),
+    ],
+)
+def test_register_failures_are_503_problems_and_logged(
+    hub: Hub, people: httpx.Client, faults: dict[str, Any], code: str
+) -> None:
+    someone = person(people)
+    people.post("/_sandbox/faults", json=faults)
+    r = ask(hub, someone["SoDinhDanh"])
+    assert r.status_code == 503 and r.json()["code"] == code
+    [entry] = log_entries(hub)
+    assert entry.outcome == "failed" and entry.reason
+    with hub.runtime.sessions() as s:
+        [exchange] = s.scalars(select(Exchange).where(Exchange.peer == "population")).all()
+    assert exchange.outcome == "retryable" and exchange.correlation_id == entry.correlation_id
+
+
+def test_partial_records_leave_fields_for_the_citizen(hub: Hub, people: httpx.Client) -> None:
+    father = married(people, "1")
+    complete = ask(hub, father["SoDinhDanh"]).json()
+    people.post("/_sandbox/faults", json={"partial_rate": 1.0})
+    partial = ask(hub, father["SoDinhDanh"]).json()
+    assert len(partial["missing_required"]) >= len(complete["missing_required"])
+    assert fields(partial)["nguoi_yeu_cau.ho_ten"]["value"] == full_name(father)
+
+
+def test_every_lookup_is_an_exchange_record_without_personal_data(hub: Hub, people: httpx.Client) -> None:
+    father = married(people, "1")
+    r = ask(hub, father["SoDinhDanh"])
+    with hub.runtime.sessions() as s:
+        rows = s.scalars(select(Exchange).where(Exchange.peer == "population")).all()
+    assert len(rows) == 2 and {x.outcome for x in rows} == {"ok"}  # the father and his wife
+    assert all(len(x.request_digest) == 64 and len(x.response_digest or "") == 64 for x in rows)
+    assert {x.correlation_id for x in rows} == {r.headers["X-Correlation-ID"]}
+
+
+def test_access_log_is_append_only_and_tampering_is_detected(hub: Hub, people: httpx.Client, backend: str) -> None:
+    for p in people.get("/_sandbox/people", params={"limit": 3}).json()["items"]:
+        assert ask(hub, p["SoDinhDanh"]).status_code == 200
+    entries = log_entries(hub)
+    assert len(entries) >= 3
+    log = hub.runtime.prefill.access_log
+    with hub.runtime.sessions() as s:
+        good = log.verify(s)
+    assert good.intact and good.checked == len(entries)
+    # the database itself refuses edits and deletions
+    for statement in ("UPDATE access_log SET purpose = 'x'", "DELETE FROM access_log"):
+        with pytest.raises(Exception, match="append-only"), hub.runtime.engine.begin() as conn:
+            conn.execute(text(statement))
+    # someone with DDL rights drops the guard and edits an entry: verify names it
+    drop = (
+        ["DROP TRIGGER access_log_append_only ON access_log"]
+        if backend == "postgresql"
+        else ["DROP TRIGGER access_log_no_update", "DROP TRIGGER access_log_no_delete"]
+    )
+    with hub.runtime.engine.begin() as conn:
+        for statement in drop:
+            conn.execute(text(statement))
+        conn.execute(text("UPDATE access_log SET purpose = 'other' WHERE id = :id"), {"id": entries[1].id})
+    with hub.runtime.sessions() as s:
+        bad = log.verify(s)
+    assert not bad.intact and bad.broken_at == entries[1].id
+    with hub.runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE access_log SET purpose = :p WHERE id = :id"), {"p": PURPOSE, "id": entries[1].id})
+        conn.execute(text("DELETE FROM access_log WHERE id = :id"), {"id": entries[0].id})
+    with hub.runtime.sessions() as s:
+        cut = log.verify(s)
+    assert not cut.intact and cut.broken_at == entries[1].id
+    # cutting the tail is caught with a head noted earlier
+    with hub.runtime.engine.begin() as conn:
+        conn.execute(text("DELETE FROM access_log"))
+    with hub.runtime.sessions() as s:
+        assert not log.verify(s, anchors=frozenset({good.head})).intact
+
+
+def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, creds: Creds, tmp_path: Path) -> None:
+    someone = person(people)
+    assert ask(hub, someone["SoDinhDanh"]).status_code == 200
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_DATABASE_URL": hub.settings.effective_database_url,
+        "HUB_SECRET_KEY": creds.secret_key,
+    }
+    ok = subprocess.run(
+        [HUB_BIN, "audit", "verify", "--json"], check=False, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["intact"] is True
+    usage = subprocess.run(
+        [HUB_BIN, "audit", "usage", someone["SoDinhDanh"], "--json"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert usage.returncode == 0, usage.stderr
+    [item] = json.loads(usage.stdout)
+    assert item["client"] == "onestop-hcm" and item["outcome"] == "allowed" and item["purpose"] == PURPOSE
+    # with another key the chain does not verify: the key, not the database, vouches for the log
+    forged = subprocess.run(
+        [HUB_BIN, "audit", "verify"],
+        check=False,
+        env={**env, "HUB_SECRET_KEY": "x" * 40},
+        capture_output=True,
+        timeout=60,
+    )
+    assert forged.returncode == 1
+
+
+def test_citizens_data_usage_is_for_auditors_only(hub: Hub, people: httpx.Client, creds: Creds) -> None:
+    someone = person(people)
+    ask(hub, someone["SoDinhDanh"], purpose="marketing")
+    ask(hub, someone["SoDinhDanh"])
+    r = hub.http.post("/v1/citizens/data-usage", json={"subject_id": someone["SoDinhDanh"]})
+    assert r.status_code == 403 and r.json()["code"] == "forbidden_role"
+    auditor = {"X-API-Key": creds.portal_key}
+    got = hub.http.post("/v1/citizens/data-usage", json={"subject_id": someone["SoDinhDanh"]}, headers=auditor).json()
+    assert [i["outcome"] for i in got["items"]] == ["allowed", "refused"]
+    assert someone["SoDinhDanh"] not in json.dumps(got)
+
+
+BOMB = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>&lol3;</soap:Body></soap:Envelope>"""
+XXE = b"""<?xml version="1.0"?>
+<!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>&xxe;</soap:Body></soap:Envelope>"""
+
+
+@pytest.mark.parametrize("payload", [BOMB, XXE])
+def test_hostile_replies_are_refused_at_the_boundary(payload: bytes) -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    from hub.adapters.errors import PeerProtocolError
+    from hub.adapters.population import CitizenLookup, PopulationClient
+    from hub.sandbox.population import wsdl_path
+
+    app = FastAPI()
+
+    @app.post("/ws")
+    def hostile() -> Response:
+        return Response(payload, media_type="text/xml")
+
+    server = ServerThread(app).start()
+    client = PopulationClient(f"{server.url}/ws", wsdl=wsdl_path(), read_timeout=2)
+    try:
+        with pytest.raises(PeerProtocolError) as exc:
+            client.look_up(CitizenLookup("001090000001", "r1", "cb", KHAI_SINH), correlation_id="c", on_exchange=None)
+        assert "passwd" not in str(exc.value) and "root:" not in str(exc.value)
+    finally:
+        client.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("payload", [BOMB, XXE, b"<unclosed", b"x" * 70_000])
+def test_the_sandbox_refuses_hostile_requests_with_a_fault(people: httpx.Client, payload: bytes) -> None:
+    r = people.post("/ws/congdan", content=payload, headers={"Content-Type": "text/xml"})
+    assert r.status_code in (400, 413)
+    assert b"Fault" in r.content and b"root:" not in r.content
