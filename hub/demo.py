@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
-from hub.sandbox import national_portal, one_stop
+from hub.sandbox import national_portal, one_stop, population
 from hub.sandbox.common import ServerThread
 from hub.settings import load_settings
 
@@ -45,7 +45,10 @@ def run_demo(count: int, out: Console) -> int:
     password = settings.national_portal_password.get_secret_value() if settings.national_portal_password else ""
     portal = ServerThread(national_portal.create_app({settings.national_portal_username: password})).start()
     onestop = ServerThread(one_stop.create_app()).start()
-    settings = settings.model_copy(update={"national_portal_url": portal.url})
+    people = ServerThread(population.create_app()).start()
+    settings = settings.model_copy(
+        update={"national_portal_url": portal.url, "population_url": f"{people.url}/ws/congdan"}
+    )
     from hub.api.app import create_app
     from hub.runtime import Runtime
 
@@ -80,6 +83,7 @@ def run_demo(count: int, out: Console) -> int:
         _summary(out, client, control, codes)
         retried = control.get("/_sandbox/received", params={"outcome": "applied"}).json()["count"]
         out.print(f"portal applied {retried} messages; during the outage hub kept them and retried with backoff.")
+        _prefill(out, client, people.url)
         out.print(
             "Explore: [bold]hub serve[/bold] then open http://127.0.0.1:8000/docs (API) — "
             "[bold]hub jobs list[/bold] shows the outbox."
@@ -92,6 +96,36 @@ def run_demo(count: int, out: Console) -> int:
         runtime.close()
         portal.stop()
         onestop.stop()
+        people.stop()
+
+
+def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) -> None:
+    """Once-only: a father asks to register his child's birth; hub fills the form from the population database."""
+    father = next(
+        p
+        for p in httpx.get(f"{population_url}/_sandbox/people", params={"limit": 400, "married": True}).json()["items"]
+        if p["GioiTinh"] == "1"
+    )
+    r = client.http.post(
+        "/v1/prefill",
+        json={
+            "procedure": "1.001193",
+            "subject_id": father["SoDinhDanh"],
+            "purpose": "civil_status_registration",
+            "requested_by": {"officer": "demo-officer", "agency": AGENCY},
+        },
+    )
+    r.raise_for_status()
+    form = r.json()
+    table = Table(title=f"Pre-filled: {form['title']} (population database sandbox, SOAP via zeep)")
+    for col in ("field", "value", "from"):
+        table.add_column(col)
+    for f in form["fields"]:
+        if f["value"] is not None:
+            table.add_row(f["label"], str(f["value"]), f["source"]["record"])
+    out.print(table)
+    out.print(f"left for the citizen (required): {', '.join(form['missing_required'])}")
+    out.print("every read is in the hash-chained access log: [bold]hub audit usage <ID>[/bold], hub audit verify")
 
 
 def _step_all(
