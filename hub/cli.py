@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -62,6 +63,8 @@ def serve(
             settings.sandbox_onestop_port,
             _sandbox_credentials(settings),
             settings.sandbox_population_port if not settings.population_url else 0,
+            pki_port=settings.sandbox_pki_port,
+            pki_dir=settings.var_dir / "sandbox-pki",
         )
         err.print(
             f"sandbox peers: national portal {peers.national.url}, one-stop {peers.one_stop.url}, "
@@ -137,10 +140,14 @@ def sandbox(
         one_stop_port or settings.sandbox_onestop_port,
         _sandbox_credentials(settings),
         population_port or settings.sandbox_population_port,
+        pki_port=settings.sandbox_pki_port,
+        pki_dir=settings.var_dir / "sandbox-pki",
     )
     out.print(f"national portal sandbox: {peers.national.url}  (control: {peers.national.url}/_sandbox/docs)")
     out.print(f"one-stop sandbox:        {peers.one_stop.url}  (control: {peers.one_stop.url}/_sandbox/docs)")
     out.print(f"population sandbox:      {peers.population.url}/ws/congdan?wsdl  (SOAP)")
+    if peers.pki is not None:
+        out.print(f"test PKI (CRL, OCSP):    {peers.pki.url}  keys and certificates in {peers.pki_dir}")
     try:
         while True:
             time.sleep(3600)
@@ -513,6 +520,98 @@ def audit_usage(
             i["outcome"] + (f" ({i['reason']})" if i["reason"] else ""), ", ".join(i["fields"]) or "—",
         )  # fmt: skip
     out.print(table)
+
+
+sign_cli = typer.Typer(no_args_is_help=True, help="XML signatures: verify (ETSI report) and sign")
+cli.add_typer(sign_cli, name="sign")
+
+
+@sign_cli.command("verify")
+def sign_verify(
+    path: Annotated[Path, typer.Argument(help="the signed XML document")],
+    trust: Annotated[list[Path] | None, typer.Option(help="trust anchor (PEM); repeat for several")] = None,
+    intermediate: Annotated[list[Path] | None, typer.Option(help="extra intermediate certificates (PEM)")] = None,
+    crl: Annotated[list[Path] | None, typer.Option(help="a CRL file (DER or PEM) to use as evidence")] = None,
+    at: Annotated[str | None, typer.Option(help="validate as of this time, ISO 8601 with offset")] = None,
+    fetch: Annotated[bool, typer.Option(help="fetch CRL/OCSP from the certificates' URLs")] = True,
+    output: Annotated[str, typer.Option("--format", help="json | text")] = "text",
+) -> None:
+    """Exit 0 for TOTAL-PASSED, 1 for TOTAL-FAILED, 3 for INDETERMINATE, 2 for usage errors."""
+    from datetime import datetime
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import serialization
+
+    from hub.signing.revocation import RevocationSource
+    from hub.signing.verify import Verifier, load_certificates
+
+    if output not in ("json", "text"):
+        err.print("[red]--format must be json or text[/red]")
+        raise typer.Exit(2)
+    if not trust:
+        err.print("[red]give at least one --trust PEM (trust anchors are never taken from the system)[/red]")
+        raise typer.Exit(2)
+    try:
+        data = path.read_bytes()
+        anchors = [c for p in trust for c in load_certificates(p.read_bytes())]
+        extra = [c for p in intermediate or [] for c in load_certificates(p.read_bytes())]
+        crls = []
+        for p in crl or []:
+            raw = p.read_bytes()
+            loaded = cx509.load_pem_x509_crl(raw) if b"-----BEGIN" in raw else cx509.load_der_x509_crl(raw)
+            crls.append(loaded.public_bytes(serialization.Encoding.DER))
+        when = datetime.fromisoformat(at) if at else None
+        if when is not None and when.tzinfo is None:
+            raise ValueError("--at needs a time zone offset, e.g. 2026-11-24T09:00:00+07:00")
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    source = RevocationSource() if fetch else None
+    try:
+        report = Verifier(anchors, intermediates=extra, revocation=source, extra_crls=crls).verify(data, at=when)
+    finally:
+        if source is not None:
+            source.close()
+    if output == "json":
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(report.as_text())
+    raise typer.Exit(report.exit_code)
+
+
+@sign_cli.command("sign")
+def sign_sign(
+    path: Annotated[Path, typer.Argument(help="the XML document to sign (enveloped)")],
+    key: Annotated[Path | None, typer.Option(help="private key (PEM)")] = None,
+    cert: Annotated[Path | None, typer.Option(help="certificate (PEM), the chain may follow it in the file")] = None,
+    pkcs12: Annotated[Path | None, typer.Option(help="key and certificate in a PKCS#12 file")] = None,
+    password_env: Annotated[
+        str | None, typer.Option(help="name of the environment variable holding the key's password")
+    ] = None,
+    xades: Annotated[bool, typer.Option(help="XAdES-B-B (signing time, signing certificate)")] = False,
+    out_path: Annotated[Path | None, typer.Option("--out", help="where to write; default: stdout")] = None,
+) -> None:
+    """Sign a document with exclusive C14N and RSA-SHA256 / ECDSA-SHA256 (XAdES: C14N 1.1)."""
+    from hub.signing.sign import FileSigner, SigningError, sign_document
+    from hub.signing.xml import UnsafeXml
+
+    password = os.environ.get(password_env, "").encode() or None if password_env else None
+    try:
+        if pkcs12 is not None:
+            signer = FileSigner.from_pkcs12(pkcs12, password)
+        elif key is not None and cert is not None:
+            signer = FileSigner.from_pem(key, cert, password)
+        else:
+            err.print("[red]give --key and --cert, or --pkcs12[/red]")
+            raise typer.Exit(2)
+        signed = sign_document(path.read_bytes(), signer, xades=xades)
+    except (OSError, ValueError, TypeError, SigningError, UnsafeXml) as exc:
+        err.print(f"[red]{exc.__class__.__name__}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if out_path is None:
+        sys.stdout.buffer.write(signed)
+    else:
+        out_path.write_bytes(signed)
 
 
 def main() -> None:

@@ -100,6 +100,9 @@ class Runtime:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         )
+        from hub.signing.service import SignatureService
+
+        self.signatures = SignatureService(settings)
         self.prefill = PrefillService(
             self.sessions,
             self.population,
@@ -216,6 +219,7 @@ class Runtime:
         self.portal.close()
         self.one_stop.close()
         self.population.close()
+        self.signatures.close()
         self.engine.dispose()
 
 

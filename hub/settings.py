@@ -70,11 +70,21 @@ class Settings(BaseSettings):
     population_wsdl: Path | None = None  # empty -> contracts/population/population.wsdl shipped with hub
     prefill_validity_hours: float = 24.0  # how long a pre-filled value from the population database is valid
 
+    # Signatures: trust anchors only from here (never the OS bundle); hub's own signing key.
+    signing_trust_anchors: list[Path] = Field(default_factory=list)  # PEM files; dev: the sandbox PKI's roots
+    signing_intermediates: list[Path] = Field(default_factory=list)
+    signing_key: Path | None = None  # PEM private key ...
+    signing_cert: Path | None = None  # ... and its certificate (with the chain after it)
+    signing_pkcs12: Path | None = None  # or both in a PKCS#12 file
+    signing_key_password: SecretStr | None = None
+    revocation_cache_seconds: float = 3600.0  # CRL/OCSP evidence is reused until nextUpdate, at most this long
+
     # Sandbox peers (embedded default).
     sandbox_host: str = "127.0.0.1"
     sandbox_national_port: int = 8701
     sandbox_onestop_port: int = 8702
     sandbox_population_port: int = 8703
+    sandbox_pki_port: int = 8704
 
     # Relay.
     relay_batch_size: int = 64

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from hub import __version__
@@ -187,6 +189,28 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         with rt().sessions() as s:
             items = list(rt().prefill.access_log.usage(s, rt().prefill.subject_hmac(body.subject_id)))
         return {"count": len(items), "items": items}
+
+    @app.post(
+        "/v1/signatures/verify",
+        tags=["signatures"],
+        summary="Verify the XML signature of a document (XMLDSig, XAdES): an ETSI EN 319 102-1 validation report",
+        description="Send the signed XML as the body (Content-Type application/xml). The answer is 200 with a "
+        "report whatever the verdict: `indication` TOTAL-PASSED, TOTAL-FAILED or INDETERMINATE, `sub_indication`, "
+        "signer, chain, revocation evidence used, and `signed_references` — use only their content.",
+        openapi_extra={"requestBody": {"content": {"application/xml": {"schema": {"type": "string"}}}}},
+    )
+    async def verify_signature(
+        request: Request,
+        who: Client,
+        at: Annotated[
+            datetime | None, Query(description="validate as of this time (ISO 8601 with offset), e.g. signing time")
+        ] = None,
+    ) -> dict[str, Any]:
+        if at is not None and at.tzinfo is None:
+            raise DomainError("`at` must carry a time zone offset", code="invalid_date")
+        data = await request.body()
+        report = await run_in_threadpool(rt().signatures.verify, data, at=at)
+        return report.as_dict()
 
     @app.get("/healthz", tags=["health"], summary="Alive")
     def healthz() -> dict[str, str]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from hub.sandbox import national_portal, one_stop, population
+from hub.sandbox import national_portal, one_stop, pki, population
 from hub.sandbox.common import ServerThread
 
 
@@ -13,17 +14,36 @@ class Sandboxes:
     national: ServerThread
     one_stop: ServerThread
     population: ServerThread
+    pki: ServerThread | None = None
+    pki_dir: Path | None = None
 
     def stop(self) -> None:
         self.national.stop()
         self.one_stop.stop()
         self.population.stop()
+        if self.pki is not None:
+            self.pki.stop()
 
 
 def start(
-    host: str, national_port: int, one_stop_port: int, credentials: dict[str, str], population_port: int = 0
+    host: str,
+    national_port: int,
+    one_stop_port: int,
+    credentials: dict[str, str],
+    population_port: int = 0,
+    *,
+    pki_port: int = 0,
+    pki_dir: Path | None = None,
 ) -> Sandboxes:
+    """Start the peers. With `pki_dir`, also the test PKI (fresh keys) with its CRL/OCSP endpoints; its roots,
+    intermediates, leaf certificates and keys are written there as PEM files."""
     national = ServerThread(national_portal.create_app(credentials), host, national_port).start()
     onestop = ServerThread(one_stop.create_app(), host, one_stop_port).start()
     people = ServerThread(population.create_app(), host, population_port).start()
-    return Sandboxes(national, onestop, people)
+    trust = None
+    if pki_dir is not None:
+        state = pki.PkiState()
+        trust = ServerThread(pki.create_app(state), host, pki_port).start()
+        state.pki = pki.TestPki(trust.url)
+        state.pki.write(pki_dir)
+    return Sandboxes(national, onestop, people, trust, pki_dir)

@@ -1,0 +1,123 @@
+"""Signature benchmark: hub's verify (signxml + certificate path to a configured anchor + cached OCSP evidence)
+and sign, for 5 KB and 200 KB documents, beside python-xmlsec (libxmlsec1) verifying (with the chain, through
+its key manager) and signing the same documents in the same run.
+
+    .venv/bin/python bench/signing.py [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import xmlsec
+from lxml import etree
+
+from hub.sandbox import pki
+from hub.sandbox.common import ServerThread
+from hub.signing.revocation import RevocationSource
+from hub.signing.sign import FileSigner, sign_document
+from hub.signing.verify import Verifier
+
+DS = "http://www.w3.org/2000/09/xmldsig#"
+
+
+def document(size: int) -> bytes:
+    rows, i, length = [], 0, 60
+    while length < size:
+        row = f"<GiayTo><Ten>Bản sao giấy tờ số {i}</Ten><Trang>{i % 7}</Trang></GiayTo>"
+        rows.append(row)
+        length += len(row.encode())
+        i += 1
+    body = "".join(rows)
+    return f'<HoSo xmlns="urn:vn:hub:bench"><DanhSach>{body}</DanhSach></HoSo>'.encode()
+
+
+def rate(fn: Callable[[], Any], seconds: float) -> float:
+    fn()  # warm up (and fill caches)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        fn()
+        n += 1
+    return n / (time.perf_counter() - started)
+
+
+def xmlsec_template(data: bytes) -> Any:
+    root = etree.fromstring(data)
+    sig = xmlsec.template.create(root, xmlsec.constants.TransformExclC14N, xmlsec.constants.TransformRsaSha256)
+    root.append(sig)
+    ref = xmlsec.template.add_reference(sig, xmlsec.constants.TransformSha256, uri="")
+    xmlsec.template.add_transform(ref, xmlsec.constants.TransformEnveloped)
+    xmlsec.template.add_transform(ref, xmlsec.constants.TransformExclC14N)
+    ki = xmlsec.template.ensure_key_info(sig)
+    xmlsec.template.add_x509_data(ki)
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+
+    state = pki.PkiState()
+    server = ServerThread(pki.create_app(state)).start()
+    state.pki = the_pki = pki.TestPki(server.url)
+    tmp = Path(tempfile.mkdtemp())
+    d = the_pki.write(tmp)
+    citizen, ca, root = the_pki.issued["citizen"], the_pki.issued["public_ca"], the_pki.issued["national_root"]
+    signer = FileSigner(citizen.key, citizen.cert, [ca.cert])
+    source = RevocationSource()
+    cached_paths = Verifier([root.cert], revocation=source)
+    every_path = Verifier([root.cert], revocation=source, path_cache_seconds=0)
+
+    manager = xmlsec.KeysManager()
+    manager.load_cert(
+        str(d / "national_root.pem"), xmlsec.constants.KeyDataFormatPem, xmlsec.constants.KeyDataTypeTrusted
+    )
+    key = xmlsec.Key.from_file(str(d / "citizen.key"), xmlsec.constants.KeyDataFormatPem)
+    key.load_cert_from_file(str(d / "citizen.pem"), xmlsec.constants.KeyDataFormatPem)
+
+    rows = []
+    for label, size in (("5 KB", 5 * 1024), ("200 KB", 200 * 1024)):
+        data = document(size)
+        signed = sign_document(data, signer)
+        assert cached_paths.verify(signed).indication == "TOTAL-PASSED"
+
+        def xs_verify(signed: bytes = signed) -> None:
+            tree = etree.fromstring(signed)
+            ctx = xmlsec.SignatureContext(manager)
+            ctx.verify(tree.find(f".//{{{DS}}}Signature"))
+
+        def xs_sign(data: bytes = data) -> None:
+            tree = xmlsec_template(data)
+            ctx = xmlsec.SignatureContext()
+            ctx.key = key
+            ctx.sign(tree.find(f".//{{{DS}}}Signature"))
+
+        xs_verify()
+        hub_v = rate(lambda signed=signed: cached_paths.verify(signed), args.seconds)
+        hub_v_full = rate(lambda signed=signed: every_path.verify(signed), args.seconds)
+        xs_v = rate(xs_verify, args.seconds)
+        hub_s = rate(lambda data=data: sign_document(data, signer), args.seconds)
+        xs_s = rate(xs_sign, args.seconds)
+        rows.append((label, len(data), hub_v, hub_v_full, xs_v, hub_s, xs_s))
+    server.stop()
+    source.close()
+
+    print(f"{'document':8} {'bytes':>8} | {'verify/s hub':>12} {'(path each time)':>16} {'xmlsec':>8} {'ratio':>6} "
+          f"| {'sign/s hub':>10} {'xmlsec':>8} {'ratio':>6}")  # fmt: skip
+    for label, n, hv, hvf, xv, hs, xs in rows:
+        print(f"{label:8} {n:>8} | {hv:>12.0f} {hvf:>16.0f} {xv:>8.0f} {hv / xv:>6.2f} | {hs:>10.0f} {xs:>8.0f} "
+              f"{hs / xs:>6.2f}")  # fmt: skip
+    print(f"revocation fetches over the whole run: {source.fetches} (evidence cached until nextUpdate)")
+
+
+if __name__ == "__main__":
+    main()

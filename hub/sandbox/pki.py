@@ -1,0 +1,313 @@
+"""Sandbox trust services: a test PKI made fresh (new keys) each time it starts — a national root CA with a
+licensed public CA for citizens, a government specialized root with its CA for officials — leaf certificates
+for the cases a verifier must tell apart, and on loopback a CRL endpoint and an OCSP responder per CA. Built
+with `cryptography` only.
+
+Leaves: citizen (RSA-2048, public CA), official (EC P-256, government CA), hub (RSA-2048, government CA, the
+hub's own signing key), and the bad ones: expired, not yet valid, revoked (listed in the CRL and answered
+"revoked" by OCSP), revoked_ocsp_only (only OCSP knows), wrong_usage (no digitalSignature/nonRepudiation),
+weak_rsa (RSA-1024), untrusted (a self-made CA nobody configured)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from hub.sandbox.common import PeerState, add_control_routes
+
+Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+@dataclass
+class Issued:
+    name: str
+    key: Key
+    cert: x509.Certificate
+    issuer: str | None  # name of the issuing CA (None for a root)
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(cn: str, org: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _rsa(bits: int = 2048) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+@dataclass
+class TestPki:
+    """The whole hierarchy; `base_url` is where the CRL and OCSP endpoints are served (put in the certificates)."""
+
+    base_url: str
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    issued: dict[str, Issued] = field(default_factory=dict)
+    revoked: dict[str, dict[int, datetime]] = field(default_factory=dict)  # CA -> serial -> revocation time
+    ocsp_only_revoked: dict[str, dict[int, datetime]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.now
+        self._ca("national_root", "Root CA Quốc gia (sandbox)", "Bộ Khoa học và Công nghệ (sandbox)", None)
+        self._ca("public_ca", "CA công cộng (sandbox)", "Nhà cung cấp dịch vụ chứng thực (sandbox)", "national_root")
+        self._ca("gov_root", "Root CA chuyên dùng Chính phủ (sandbox)", "Ban Cơ yếu Chính phủ (sandbox)", None)
+        self._ca("gov_ca", "CA chuyên dùng Chính phủ (sandbox)", "Ban Cơ yếu Chính phủ (sandbox)", "gov_root")
+        self._ca("untrusted_root", "Self-made CA (sandbox)", "Nobody (sandbox)", None)
+        self._leaf("citizen", "Nguyễn Văn An", "public_ca", _rsa())
+        self._leaf(
+            "official", "Trần Thị Bình - UBND Phường Bến Thành", "gov_ca", ec.generate_private_key(ec.SECP256R1())
+        )
+        self._leaf("hub", "hub — Trung tâm tích hợp dữ liệu (sandbox)", "gov_ca", _rsa())
+        self._leaf("expired", "Lê Văn Hết Hạn", "public_ca", _rsa(), not_before=n - timedelta(days=400),
+                   not_after=n - timedelta(days=30))  # fmt: skip
+        self._leaf("not_yet_valid", "Phạm Văn Chưa", "public_ca", _rsa(), not_before=n + timedelta(days=30),
+                   not_after=n + timedelta(days=400))  # fmt: skip
+        self._leaf("revoked", "Hoàng Văn Thu Hồi", "public_ca", _rsa())
+        self._leaf("revoked_ocsp_only", "Đỗ Thị Thu Hồi", "public_ca", _rsa())
+        self._leaf("wrong_usage", "Vũ Văn Mã Hóa", "public_ca", _rsa(), usage="encipherment")
+        self._leaf("weak_rsa", "Bùi Văn Yếu", "public_ca", _rsa(1024))
+        self._leaf("untrusted", "Ngô Văn Lạ", "untrusted_root", _rsa())
+        self.revoked = {"public_ca": {self.issued["revoked"].cert.serial_number: n - timedelta(days=1)}}
+        ocsp_only = self.issued["revoked_ocsp_only"].cert.serial_number
+        self.ocsp_only_revoked = {"public_ca": {ocsp_only: n - timedelta(hours=1)}}
+
+    # -- issuing ---------------------------------------------------------------------------------------------
+
+    def _ca(self, name: str, cn: str, org: str, issuer: str | None) -> None:
+        key = _rsa(3072 if issuer is None else 2048)
+        subject = _name(cn, org)
+        parent = self.issued[issuer] if issuer else None
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(parent.cert.subject if parent else subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self.now - timedelta(days=3650))
+            .not_valid_after(self.now + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        )
+        if parent is not None:
+            builder = self._pointers(builder, issuer or "", parent)
+        signer: CertificateIssuerPrivateKeyTypes = parent.key if parent else key
+        self.issued[name] = Issued(name, key, builder.sign(signer, hashes.SHA256()), issuer)
+
+    def _pointers(self, builder: x509.CertificateBuilder, issuer: str, parent: Issued) -> x509.CertificateBuilder:
+        return (
+            builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(parent.key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.CRLDistributionPoints(
+                    [
+                        x509.DistributionPoint(
+                            [x509.UniformResourceIdentifier(f"{self.base_url}/pki/crl/{issuer}.crl")],
+                            None,
+                            None,
+                            None,
+                        )
+                    ]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityInformationAccess(
+                    [
+                        x509.AccessDescription(
+                            AuthorityInformationAccessOID.OCSP,
+                            x509.UniformResourceIdentifier(f"{self.base_url}/pki/ocsp/{issuer}"),
+                        )
+                    ]
+                ),
+                critical=False,
+            )
+        )
+
+    def _leaf(
+        self,
+        name: str,
+        cn: str,
+        issuer: str,
+        key: Key,
+        *,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        usage: str = "signature",
+    ) -> None:
+        parent = self.issued[issuer]
+        signing = usage == "signature"
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn, "Công dân" if issuer == "public_ca" else "Cơ quan nhà nước"))
+            .issuer_name(parent.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or self.now - timedelta(days=1))
+            .not_valid_after(not_after or self.now + timedelta(days=730))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(signing, signing, not signing, False, False, False, False, False, False), critical=True
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        )
+        builder = self._pointers(builder, issuer, parent)
+        self.issued[name] = Issued(name, key, builder.sign(parent.key, hashes.SHA256()), issuer)
+
+    # -- what the endpoints answer ---------------------------------------------------------------------------
+
+    def crl(self, ca: str) -> bytes:
+        issuer = self.issued[ca]
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(issuer.cert.subject)
+            .last_update(now - timedelta(minutes=1))
+            .next_update(now + timedelta(hours=12))
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+            .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
+        )
+        for serial, when in self.revoked.get(ca, {}).items():
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
+        return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    def ocsp(self, ca: str, request_der: bytes) -> bytes:
+        from cryptography.x509 import ocsp
+
+        issuer = self.issued[ca]
+        try:
+            req = ocsp.load_der_ocsp_request(request_der)
+        except ValueError:
+            return ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST).public_bytes(
+                serialization.Encoding.DER
+            )
+        cert = next(
+            (i.cert for i in self.issued.values() if i.issuer == ca and i.cert.serial_number == req.serial_number), None
+        )
+        if cert is None:
+            return ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED).public_bytes(
+                serialization.Encoding.DER
+            )
+        revoked_at = {**self.revoked.get(ca, {}), **self.ocsp_only_revoked.get(ca, {})}.get(req.serial_number)
+        now = datetime.now(UTC)
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            cert=cert,
+            issuer=issuer.cert,
+            # the CertID hash the client chose (SHA-1 is what RFC 6960 clients send; it only names the certificate)
+            algorithm=hashes.SHA1() if isinstance(req.hash_algorithm, hashes.SHA1) else hashes.SHA256(),  # noqa: S303
+            cert_status=ocsp.OCSPCertStatus.REVOKED if revoked_at else ocsp.OCSPCertStatus.GOOD,
+            this_update=now - timedelta(minutes=1),
+            next_update=now + timedelta(hours=1),
+            revocation_time=revoked_at,
+            revocation_reason=x509.ReasonFlags.key_compromise if revoked_at else None,
+        )
+        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.cert)
+        nonce = next((e.value for e in req.extensions if isinstance(e.value, x509.OCSPNonce)), None)
+        if nonce is not None:
+            builder = builder.add_extension(nonce, critical=False)
+        return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    def write(self, directory: Path) -> Path:
+        """Keys and certificates as PEM files (for `hub sign` and xmlsec1), plus trust-anchor bundles."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for item in self.issued.values():
+            (directory / f"{item.name}.pem").write_bytes(item.cert_pem())
+            key = directory / f"{item.name}.key"
+            key.touch(mode=0o600)
+            key.write_bytes(item.key_pem())
+            if item.issuer is not None and self.issued[item.issuer].issuer is not None:
+                chain = item.cert_pem() + self.issued[item.issuer].cert_pem()
+                (directory / f"{item.name}-chain.pem").write_bytes(chain)
+        return directory
+
+
+@dataclass
+class PkiState(PeerState):
+    pki: TestPki | None = None
+    lock_: threading.Lock = field(default_factory=threading.Lock)
+    crl_requests: int = 0
+    ocsp_requests: int = 0
+
+
+def create_app(state: PkiState | None = None) -> FastAPI:
+    """The CRL and OCSP endpoints. The PKI is attached to the state after the server knows its URL."""
+    st = state or PkiState()
+    app = FastAPI(title="Sandbox: trust services (CRL, OCSP)", docs_url="/_sandbox/docs")
+    app.state.peer = st
+    add_control_routes(app, st)
+
+    def pki() -> TestPki:
+        if st.pki is None:
+            raise RuntimeError("the sandbox PKI is not set up yet")
+        return st.pki
+
+    def unavailable() -> Response | None:
+        import time
+
+        if st.faults.outage_until > time.time():
+            return Response(b"down", status_code=503)
+        return None
+
+    @app.get("/pki/crl/{ca}.crl")
+    def crl(ca: str) -> Response:
+        down = unavailable()
+        if down is not None:
+            return down
+        if ca not in pki().issued:
+            return Response(b"unknown CA", status_code=404)
+        st.crl_requests += 1
+        return Response(pki().crl(ca), media_type="application/pkix-crl")
+
+    @app.post("/pki/ocsp/{ca}")
+    async def ocsp(ca: str, request: Request) -> Response:
+        down = unavailable()
+        if down is not None:
+            return down
+        if ca not in pki().issued:
+            return Response(b"unknown CA", status_code=404)
+        st.ocsp_requests += 1
+        body = await request.body()
+        return Response(pki().ocsp(ca, body[:65536]), media_type="application/ocsp-response")
+
+    @app.get("/pki/certs/{name}.pem")
+    def cert(name: str) -> Response:
+        item = pki().issued.get(name)
+        if item is None:
+            return Response(b"unknown certificate", status_code=404)
+        return Response(item.cert_pem(), media_type="application/x-pem-file")
+
+    @app.get("/_sandbox/pki/stats")
+    def stats() -> dict[str, Any]:
+        return {"crl_requests": st.crl_requests, "ocsp_requests": st.ocsp_requests}
+
+    return app

@@ -1,0 +1,1 @@
+"""XML signatures: the only package that parses untrusted XML for signatures or touches keys."""

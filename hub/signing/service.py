@@ -1,0 +1,87 @@
+"""Signature verification and signing as hub's services use them: trust anchors, intermediates, the signing
+key and the revocation source come from Settings (in dev mode, the sandbox PKI's roots and hub's sandbox key
+when nothing is configured)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from hub.domain.errors import DomainError
+from hub.settings import Settings
+from hub.signing.report import Report
+from hub.signing.revocation import RevocationSource
+from hub.signing.sign import FileSigner, Signer, sign_document
+from hub.signing.verify import Verifier, load_certificates
+
+SANDBOX_PKI_DIR = "sandbox-pki"
+SANDBOX_ANCHORS = ("national_root.pem", "gov_root.pem")
+
+
+class NotConfigured(DomainError):
+    code = "signing_not_configured"
+    status = 503
+
+
+def _load(paths: list[Path]) -> list[x509.Certificate]:
+    return [cert for p in paths for cert in load_certificates(p.read_bytes())]
+
+
+class SignatureService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.revocation = RevocationSource(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_cache_seconds=settings.revocation_cache_seconds,
+        )
+        self._verifier: Verifier | None = None
+        self._signer: Signer | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.revocation.close()
+
+    def _sandbox_dir(self) -> Path | None:
+        directory = self.settings.var_dir / SANDBOX_PKI_DIR
+        if self.settings.mode == "dev" and all((directory / a).exists() for a in SANDBOX_ANCHORS):
+            return directory
+        return None
+
+    def verifier(self) -> Verifier:
+        with self._lock:
+            if self._verifier is None:
+                anchors = _load(self.settings.signing_trust_anchors)
+                intermediates = _load(self.settings.signing_intermediates)
+                sandbox = self._sandbox_dir()
+                if not anchors and sandbox is not None:
+                    anchors = _load([sandbox / a for a in SANDBOX_ANCHORS])
+                    intermediates = _load([sandbox / "public_ca.pem", sandbox / "gov_ca.pem"])
+                if not anchors:
+                    raise NotConfigured("no trust anchors are configured (HUB_SIGNING_TRUST_ANCHORS)")
+                self._verifier = Verifier(anchors, intermediates=intermediates, revocation=self.revocation)
+            return self._verifier
+
+    def verify(self, data: bytes, *, at: datetime | None = None) -> Report:
+        return self.verifier().verify(data, at=at)
+
+    def signer(self) -> Signer:
+        with self._lock:
+            if self._signer is None:
+                s = self.settings
+                password = s.signing_key_password.get_secret_value().encode() if s.signing_key_password else None
+                if s.signing_pkcs12 is not None:
+                    self._signer = FileSigner.from_pkcs12(s.signing_pkcs12, password)
+                elif s.signing_key is not None and s.signing_cert is not None:
+                    self._signer = FileSigner.from_pem(s.signing_key, s.signing_cert, password)
+                elif (sandbox := self._sandbox_dir()) is not None:
+                    self._signer = FileSigner.from_pem(sandbox / "hub.key", sandbox / "hub-chain.pem")
+                else:
+                    raise NotConfigured("no signing key is configured (HUB_SIGNING_KEY/_CERT or HUB_SIGNING_PKCS12)")
+            return self._signer
+
+    def sign(self, data: bytes, *, xades: bool = True) -> bytes:
+        return sign_document(data, self.signer(), xades=xades)

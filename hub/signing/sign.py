@@ -1,0 +1,118 @@
+"""Signing: keys come through one `Signer` protocol (PEM or PKCS#12 files now; a PKCS#11 token would implement the
+same three members), and documents are signed enveloped with exclusive C14N and RSA-SHA256 or ECDSA-SHA256,
+as plain XMLDSig or XAdES-B-B (signing time and signing certificate as signed properties)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from lxml import etree
+from signxml import methods
+from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
+from signxml.signer import XMLSigner
+from signxml.xades.xades import XAdESSigner
+
+from hub.signing.xml import parse_untrusted
+
+XADES_NS = "http://uri.etsi.org/01903/v1.3.2#"
+
+
+class SigningError(ValueError):
+    """The key or certificate cannot be used to sign (wrong type, weak, mismatched)."""
+
+
+class Signer(Protocol):
+    @property
+    def key(self) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey: ...
+
+    @property
+    def certificate(self) -> x509.Certificate: ...
+
+    @property
+    def chain(self) -> list[x509.Certificate]:
+        """Intermediate certificates to include after the signing certificate."""
+        ...
+
+
+class FileSigner:
+    """A key and certificate from PEM files, or both from a PKCS#12 file (password from configuration)."""
+
+    def __init__(self, key: Any, certificate: x509.Certificate, chain: list[x509.Certificate] | None = None) -> None:
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise SigningError("only RSA and EC keys can sign")
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
+            raise SigningError("RSA keys under 2048 bits are refused")
+        if key.public_key() != certificate.public_key():
+            raise SigningError("the key does not belong to the certificate")
+        self._key = key
+        self._cert = certificate
+        self._chain = chain or []
+
+    @property
+    def key(self) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+        return self._key
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._cert
+
+    @property
+    def chain(self) -> list[x509.Certificate]:
+        return self._chain
+
+    @classmethod
+    def from_pem(cls, key_path: Path, cert_path: Path, password: bytes | None = None) -> FileSigner:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=password)
+        certs = x509.load_pem_x509_certificates(cert_path.read_bytes())
+        return cls(key, certs[0], certs[1:])
+
+    @classmethod
+    def from_pkcs12(cls, path: Path, password: bytes | None) -> FileSigner:
+        key, cert, extra = pkcs12.load_key_and_certificates(path.read_bytes(), password)
+        if key is None or cert is None:
+            raise SigningError("the PKCS#12 file holds no key and certificate")
+        return cls(key, cert, list(extra))
+
+
+def sign_document(data: bytes, signer: Signer, *, xades: bool = False, signing_time: datetime | None = None) -> bytes:
+    """Sign `data` (an XML document) enveloped; returns the signed document's bytes."""
+    root = parse_untrusted(data)
+    method = (
+        SignatureMethod.ECDSA_SHA256
+        if isinstance(signer.key, ec.EllipticCurvePrivateKey)
+        else SignatureMethod.RSA_SHA256
+    )
+    common: dict[str, Any] = {
+        "method": methods.enveloped,
+        "signature_algorithm": method,
+        "digest_algorithm": DigestAlgorithm.SHA256,
+        "c14n_algorithm": CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
+    }
+    certs = [signer.certificate, *signer.chain]
+    if xades:
+        # signxml 5.2 computes the SignedProperties digest inconsistently under exclusive C14N (its own verifier
+        # then reports a digest mismatch), so XAdES signatures use its default, inclusive C14N 1.1
+        common["c14n_algorithm"] = CanonicalizationMethod.CANONICAL_XML_1_1
+        xs = _XAdES(signing_time=signing_time or datetime.now(UTC), **common)
+        signed = xs.sign(root, key=signer.key, cert=certs, always_add_key_value=False)
+    else:
+        signed = XMLSigner(**common).sign(root, key=signer.key, cert=certs, always_add_key_value=False)
+    return bytes(etree.tostring(signed, xml_declaration=True, encoding="UTF-8"))
+
+
+class _XAdES(XAdESSigner):
+    """XAdESSigner with the signing time chosen by the caller (signxml always uses "now")."""
+
+    def __init__(self, *, signing_time: datetime, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._signing_time = signing_time.astimezone(UTC)
+
+    def add_signing_time(self, signed_signature_properties: Any, sig_root: Any, signing_settings: Any) -> None:
+        el = etree.SubElement(signed_signature_properties, f"{{{XADES_NS}}}SigningTime", nsmap=self.namespaces)
+        el.text = self._signing_time.isoformat(timespec="seconds")

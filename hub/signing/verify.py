@@ -1,0 +1,383 @@
+"""Verify an XML signature (enveloped or enveloping XMLDSig, XAdES B-B) and answer an ETSI-style report.
+
+Order, failed before indeterminate: parse with the hardened parser (FORMAT_FAILURE) → find the one signature and
+its signing certificate → cryptographic constraints of the policy (no SHA-1, RSA ≥ 2048, EC ≥ 256) → the
+signature itself with signxml, pinned to that certificate (HASH_FAILURE / SIG_CRYPTO_FAILURE) → the certificate
+path to a **configured** trust anchor with key usage and revocation (pyhanko-certvalidator, with CRL/OCSP
+evidence hub fetched and cached: NO_CERTIFICATE_CHAIN_FOUND, REVOKED, EXPIRED, NOT_YET_VALID, TRY_LATER).
+Callers receive only what the signature's references cover (signed_references), which defeats wrapping."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from lxml import etree
+from pyhanko_certvalidator import CertificateValidator, ValidationContext
+from pyhanko_certvalidator import errors as pv_errors
+from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, InvalidSignature, SignXMLException
+from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
+from signxml.xades.xades import XAdESSignatureConfiguration, XAdESVerifier
+
+from hub.signing.report import Report
+from hub.signing.revocation import RevocationSource
+from hub.signing.xml import UnsafeXml, parse_untrusted
+
+DS = "http://www.w3.org/2000/09/xmldsig#"
+XADES = "http://uri.etsi.org/01903/v1.3.2#"
+NS = {"ds": DS, "xades": XADES}
+WEAK = ("sha1", "md5", "sha224")
+MIN_RSA, MIN_EC = 2048, 256
+MAX_SIGNED_CONTENT = 256 * 1024  # bytes of signed content returned in a report
+
+
+def load_certificates(pem_or_der: bytes) -> list[x509.Certificate]:
+    if b"-----BEGIN" in pem_or_der:
+        return x509.load_pem_x509_certificates(pem_or_der)
+    return [x509.load_der_x509_certificate(pem_or_der)]
+
+
+_DESCRIPTIONS: dict[bytes, dict[str, Any]] = {}
+
+
+def _describe(cert: x509.Certificate) -> dict[str, Any]:
+    """What a report says of a certificate (memoized: names are slow to render and certificates repeat)."""
+    fingerprint = cert.fingerprint(hashes.SHA256())
+    found = _DESCRIPTIONS.get(fingerprint)
+    if found is None:
+        if len(_DESCRIPTIONS) > 10_000:
+            _DESCRIPTIONS.clear()
+        found = _DESCRIPTIONS[fingerprint] = _render(cert)
+    return dict(found)
+
+
+def _render(cert: x509.Certificate) -> dict[str, Any]:
+    key = cert.public_key()
+    kind = (
+        f"RSA-{key.key_size}"
+        if isinstance(key, rsa.RSAPublicKey)
+        else f"EC-{key.curve.name}"
+        if isinstance(key, ec.EllipticCurvePublicKey)
+        else type(key).__name__
+    )
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "key": kind,
+        "sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+    }
+
+
+def _weak_key(cert: x509.Certificate) -> str | None:
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA:
+        return f"RSA key of {key.key_size} bits (policy: at least {MIN_RSA})"
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < MIN_EC:
+        return f"EC key of {key.curve.key_size} bits (policy: at least {MIN_EC})"
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        return f"key type {type(key).__name__} is not allowed by the policy"
+    return None
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, Exception):  # noqa: BLE001 - any failure means "not its issuer"
+        return False
+    return True
+
+
+class _StandaloneC14n:
+    """lxml's C14N of a non-root element emits a spurious `xmlns=""` where the default namespace is declared
+    higher up, so signxml fails inclusive-C14N signatures whose `<Signature xmlns="…xmldsig#">` uses a default
+    namespace — the form xmlsec1, Java and .NET produce. Canonicalise a standalone copy instead: serializing an
+    element carries the namespace declarations in scope onto it, which is what inclusive C14N renders."""
+
+    def _c14n(self, nodes: Any, algorithm: Any, inclusive_ns_prefixes: Any = None) -> bytes:
+        items = nodes if isinstance(nodes, list) else [nodes]
+        copies = [
+            etree.fromstring(etree.tostring(n), parser=_REPARSE)
+            if isinstance(n, etree._Element) and n.getparent() is not None
+            else n
+            for n in items
+        ]
+        return super()._c14n(copies, algorithm, inclusive_ns_prefixes)  # type: ignore[misc,no-any-return]
+
+
+_REPARSE = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+
+
+class _Verifier(_StandaloneC14n, XMLVerifier):
+    pass
+
+
+class _XAdESVerifier(_StandaloneC14n, XAdESVerifier):
+    pass
+
+
+class Verifier:
+    """Verification against configured trust anchors only (never the OS or certifi bundle)."""
+
+    def __init__(
+        self,
+        anchors: Sequence[x509.Certificate],
+        *,
+        intermediates: Sequence[x509.Certificate] = (),
+        revocation: RevocationSource | None = None,
+        extra_crls: Iterable[bytes] = (),
+        path_cache_seconds: float = 60.0,
+    ) -> None:
+        if not anchors:
+            raise ValueError("at least one trust anchor is required")
+        self.anchors = list(anchors)
+        self.intermediates = list(intermediates)
+        self.revocation = revocation
+        self.extra_crls = list(extra_crls)
+        self.path_cache_seconds = path_cache_seconds
+        self._anchors_asn1 = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in anchors]
+        self._path_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._paths: dict[bytes, list[x509.Certificate] | None] = {}  # built paths (pure function of the certs)
+        self._lock = threading.Lock()
+
+    # -- the pipeline ----------------------------------------------------------------------------------------
+
+    def verify(self, data: bytes, *, at: datetime | None = None) -> Report:
+        validation_time = at or datetime.now(UTC)
+        vt = validation_time.isoformat()
+        try:
+            root = parse_untrusted(data)
+        except UnsafeXml as exc:
+            return Report.failed("FORMAT_FAILURE", str(exc), validation_time=vt)
+        signatures = root.findall(".//ds:Signature", NS) + ([root] if root.tag == f"{{{DS}}}Signature" else [])
+        if not signatures:
+            return Report.failed("FORMAT_FAILURE", "the document carries no XML signature", validation_time=vt)
+        if len(signatures) > 1:
+            return Report.failed(
+                "FORMAT_FAILURE", f"{len(signatures)} signatures found; exactly one is accepted", validation_time=vt
+            )
+        signature = signatures[0]
+        xades = signature.find(".//xades:QualifyingProperties", NS) is not None
+        fmt = "XAdES-B-B" if xades else "XMLDSig"
+        if xades and signature.find(".//xades:SignatureTimeStamp", NS) is not None:
+            fmt = "XAdES-B-T"
+        report = Report(indication="", signature_format=fmt, validation_time=vt)
+        signing_time = signature.findtext(".//xades:SigningTime", namespaces=NS)
+        report.signing_time = signing_time
+
+        # algorithms, before any cryptography
+        method = signature.find("ds:SignedInfo/ds:SignatureMethod", NS)
+        digests = [d.get("Algorithm", "") for d in signature.findall("ds:SignedInfo/ds:Reference/ds:DigestMethod", NS)]
+        algorithm = method.get("Algorithm", "") if method is not None else ""
+        report.algorithms = {"signature": algorithm, "digests": digests}
+        if not algorithm or not digests:
+            return self._fail(report, "FORMAT_FAILURE", "SignedInfo lacks a SignatureMethod or a Reference")
+        weak = [a for a in [algorithm, *digests] if any(w in a.lower().rsplit("#", 1)[-1] for w in WEAK)]
+        if weak:
+            return self._fail(report, "CRYPTO_CONSTRAINTS_FAILURE", f"weak algorithm refused by policy: {weak[0]}")
+
+        # the signing certificate and whatever else the signature carries
+        carried: list[x509.Certificate] = []
+        for el in signature.findall("ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS):
+            try:
+                carried.append(x509.load_der_x509_certificate(base64.b64decode("".join((el.text or "").split()))))
+            except ValueError:
+                return self._fail(report, "FORMAT_FAILURE", "an X509Certificate element is not a certificate")
+        leaf = self._leaf(carried)
+        if leaf is None:
+            return self._fail(report, "NO_SIGNING_CERTIFICATE_FOUND", "no X.509 certificate in the signature")
+        report.signer = _describe(leaf)
+        weak_key = _weak_key(leaf)
+        if weak_key:
+            return self._fail(report, "CRYPTO_CONSTRAINTS_FAILURE", weak_key)
+
+        # the signature value and the references, pinned to that certificate (validity is judged below)
+        inside = leaf.not_valid_before_utc + (leaf.not_valid_after_utc - leaf.not_valid_before_utc) / 2
+        results: VerifyResult | list[VerifyResult]
+        try:
+            if xades:
+                results = _XAdESVerifier().verify(
+                    data,  # bytes: signxml parses them once (and refuses DTDs too); our tree stays ours
+                    x509_cert=leaf,
+                    expect_config=XAdESSignatureConfiguration(expect_references=True, verification_time=inside),
+                )
+            else:
+                results = _Verifier().verify(
+                    data,
+                    x509_cert=leaf,
+                    expect_config=SignatureConfiguration(expect_references=True, verification_time=inside),
+                )
+        except InvalidDigest as exc:
+            return self._fail(report, "HASH_FAILURE", f"a signed reference does not match its digest: {exc}")
+        except InvalidCertificate as exc:
+            return self._fail(report, "SIG_CONSTRAINTS_FAILURE", str(exc))
+        except InvalidSignature as exc:
+            return self._fail(report, "SIG_CRYPTO_FAILURE", f"the signature value does not verify: {exc}")
+        except (InvalidInput, SignXMLException, etree.LxmlError, ValueError) as exc:
+            return self._fail(report, "FORMAT_FAILURE", f"{exc.__class__.__name__}: {exc}")
+        uris = [r.get("URI") for r in signature.findall("ds:SignedInfo/ds:Reference", NS)]
+        report.signed_references = self._references(results if isinstance(results, list) else [results], uris)
+        if not report.signed_references:
+            return self._fail(report, "FORMAT_FAILURE", "the signature covers no content, only its own properties")
+
+        # the certificate path, key usage and revocation
+        chain_problem = self._path(leaf, carried, at, report)
+        if chain_problem is not None:
+            return self._fail(report, *chain_problem)
+        report.indication = "TOTAL-PASSED"
+        return report
+
+    @staticmethod
+    def _fail(report: Report, sub: str, detail: str) -> Report:
+        failed = Report.failed(sub, detail)
+        report.indication, report.sub_indication, report.detail = failed.indication, sub, detail
+        return report
+
+    @staticmethod
+    def _leaf(carried: list[x509.Certificate]) -> x509.Certificate | None:
+        """The end-entity certificate: the one that issued none of the others."""
+        if not carried:
+            return None
+        for cert in carried:
+            if not any(other is not cert and other.issuer == cert.subject for other in carried):
+                return cert
+        return carried[0]
+
+    @staticmethod
+    def _references(results: list[Any], uris: list[str | None]) -> list[dict[str, Any]]:
+        """What the signature covers, reference by reference (signxml answers them in SignedInfo order)."""
+        out = []
+        for i, r in enumerate(results):
+            ref = getattr(r, "signed_xml", None)
+            data: bytes = r.signed_data
+            tag = ref.tag if ref is not None else None
+            if tag in (f"{{{XADES}}}SignedProperties", f"{{{DS}}}KeyInfo"):
+                continue  # signature metadata, not the signed content
+            uri = uris[i] if len(uris) == len(results) else None
+            kind = "object" if tag == f"{{{DS}}}Object" else "document" if uri == "" else "element"
+            out.append(
+                {
+                    "uri": uri,
+                    "kind": kind,
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "content": data.decode("utf-8", "replace") if len(data) <= MAX_SIGNED_CONTENT else None,
+                }
+            )
+        return out
+
+    def _build_path(self, leaf: x509.Certificate, carried: list[x509.Certificate]) -> list[x509.Certificate] | None:
+        key = b"".join(c.fingerprint(hashes.SHA256()) for c in carried) + leaf.fingerprint(hashes.SHA256())
+        with self._lock:
+            if key in self._paths:
+                return self._paths[key]
+        path = self._search_path(leaf, carried)
+        with self._lock:
+            if len(self._paths) > 10_000:
+                self._paths.clear()
+            self._paths[key] = path
+        return path
+
+    def _search_path(self, leaf: x509.Certificate, carried: list[x509.Certificate]) -> list[x509.Certificate] | None:
+        pool = [c for c in carried if c is not leaf] + self.intermediates
+        path = [leaf]
+        while len(path) < 10:
+            current = path[-1]
+            anchor = next((a for a in self.anchors if _issued_by(current, a)), None)
+            if anchor is not None:
+                return path + ([anchor] if anchor != current else [])
+            if any(current == a for a in self.anchors):
+                return path
+            nxt = next((c for c in pool if c not in path and _issued_by(current, c)), None)
+            if nxt is None:
+                return None
+            path.append(nxt)
+        return None
+
+    def _path(
+        self, leaf: x509.Certificate, carried: list[x509.Certificate], at: datetime | None, report: Report
+    ) -> tuple[str, str] | None:
+        path = self._build_path(leaf, carried)
+        if path is None:
+            return ("NO_CERTIFICATE_CHAIN_FOUND", "no path from the signing certificate to a configured trust anchor")
+        report.chain = [_describe(c) for c in path]
+        for cert in path[1:]:
+            weak = _weak_key(cert)
+            if weak:
+                return ("CRYPTO_CONSTRAINTS_FAILURE", f"{cert.subject.rfc4514_string()}: {weak}")
+        cache_key = hashlib.sha256(b"".join(c.fingerprint(hashes.SHA256()) for c in path)).hexdigest()
+        if at is None:
+            with self._lock:
+                hit = self._path_cache.get(cache_key)
+            if hit is not None and hit[0] > time.monotonic():
+                report.revocation = [dict(r, cached=True) for r in hit[1]["revocation"]]
+                return hit[1]["problem"]  # type: ignore[no-any-return]
+        collected = self.revocation.collect(path) if self.revocation is not None else None
+        crls = (collected.crls if collected else []) + self.extra_crls
+        ocsps = collected.ocsps if collected else []
+        report.revocation = collected.used if collected else []
+        problem = self._validate(path, crls, ocsps, at, collected.problems if collected else [])
+        if at is None and (problem is None or problem[0] in ("REVOKED", "EXPIRED", "NOT_YET_VALID")):
+            with self._lock:
+                self._path_cache[cache_key] = (
+                    time.monotonic() + self.path_cache_seconds,
+                    {"problem": problem, "revocation": report.revocation},
+                )
+        return problem
+
+    def _validate(
+        self,
+        path: list[x509.Certificate],
+        crls: list[bytes],
+        ocsps: list[bytes],
+        at: datetime | None,
+        fetch_problems: list[str],
+    ) -> tuple[str, str] | None:
+        der = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in path]
+        context = ValidationContext(
+            trust_roots=self._anchors_asn1,
+            other_certs=der[1:],
+            moment=at,
+            crls=crls,
+            ocsps=ocsps,
+            revocation_mode="hard-fail",
+            # validating as of a past time with evidence fetched later: a later CRL/OCSP answer that does not list
+            # the certificate also speaks for the past (revocation is permanent; holds are not used by these CAs)
+            retroactive_revinfo=at is not None,
+            time_tolerance=timedelta(seconds=1),
+        )
+        validator = CertificateValidator(der[0], der[1:-1], validation_context=context)
+        try:
+            asyncio.run(validator.async_validate_usage({"digital_signature"}))
+        except pv_errors.RevokedError as exc:
+            return ("REVOKED", str(exc))
+        except pv_errors.ExpiredError as exc:
+            return ("EXPIRED", str(exc))
+        except pv_errors.NotYetValidError as exc:
+            return ("NOT_YET_VALID", str(exc))
+        except pv_errors.InsufficientRevinfoError as exc:
+            extra = f" ({'; '.join(fetch_problems)})" if fetch_problems else ""
+            return ("TRY_LATER", f"revocation status could not be established: {exc}{extra}")
+        except pv_errors.InvalidCertificateError as exc:
+            return ("CHAIN_CONSTRAINTS_FAILURE", str(exc))
+        except pv_errors.PathBuildingError as exc:
+            return ("NO_CERTIFICATE_CHAIN_FOUND", str(exc))
+        except pv_errors.PathValidationError as exc:
+            return ("CHAIN_CONSTRAINTS_FAILURE", str(exc))
+        except pv_errors.ValidationError as exc:
+            return ("CHAIN_CONSTRAINTS_FAILURE", str(exc))
+        return None

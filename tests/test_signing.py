@@ -1,0 +1,384 @@
+"""XML signatures against a PKI generated for this run (fresh keys), with its CRL and OCSP endpoints on loopback:
+good RSA and EC signatures, every way a signature must fail, hostile documents, interoperability with the
+xmlsec1 command-line tool both ways, the CLI's exit codes and the API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from lxml import etree
+
+from hub.sandbox import pki
+from hub.sandbox.common import ServerThread
+from hub.signing.report import Report
+from hub.signing.revocation import RevocationSource
+from hub.signing.sign import FileSigner, SigningError, sign_document
+from hub.signing.verify import Verifier
+from tests.conftest import Hub, HubFactory
+
+HUB_BIN = str(Path(sys.executable).with_name("hub"))
+XMLSEC1 = shutil.which("xmlsec1")
+DOC = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<HoSo xmlns="urn:vn:hub:test"><MaHoSo>000.00.17.H56-241015-0007</MaHoSo>'
+    "<ChuHoSo>Nguyễn Văn An</ChuHoSo><TrichYeu>Đăng ký khai sinh cho Nguyễn Thị Bình</TrichYeu></HoSo>"
+).encode()
+
+
+class Trust:
+    def __init__(self, server: ServerThread, state: pki.PkiState, p: pki.TestPki, directory: Path) -> None:
+        self.server, self.state, self.pki, self.dir = server, state, p, directory
+
+    def signer(self, name: str) -> FileSigner:
+        item = self.pki.issued[name]
+        issuer = self.pki.issued[item.issuer or name]
+        return FileSigner(item.key, item.cert, [issuer.cert] if issuer.issuer else [])
+
+    def verifier(self, **kwargs: Any) -> Verifier:
+        anchors = [self.pki.issued["national_root"].cert, self.pki.issued["gov_root"].cert]
+        return Verifier(anchors, revocation=RevocationSource(read_timeout=2), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def trust(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust]:
+    state = pki.PkiState()
+    server = ServerThread(pki.create_app(state)).start()
+    state.pki = pki.TestPki(server.url)
+    directory = state.pki.write(tmp_path_factory.mktemp("pki"))
+    yield Trust(server, state, state.pki, directory)
+    server.stop()
+
+
+@pytest.fixture
+def verifier(trust: Trust) -> Iterator[Verifier]:
+    v = trust.verifier()
+    yield v
+    if v.revocation is not None:
+        v.revocation.close()
+
+
+def verdict(report: Report) -> tuple[str, str | None]:
+    return report.indication, report.sub_indication
+
+
+# -- good signatures ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("who", "xades"), [("citizen", False), ("official", False), ("citizen", True), ("hub", True)])
+def test_good_signatures_pass_with_chain_and_revocation(
+    trust: Trust, verifier: Verifier, who: str, xades: bool
+) -> None:
+    signed = sign_document(DOC, trust.signer(who), xades=xades)
+    report = verifier.verify(signed)
+    assert verdict(report) == ("TOTAL-PASSED", None), report.detail
+    assert report.signature_format == ("XAdES-B-B" if xades else "XMLDSig")
+    assert report.signer is not None and report.signer["subject"] == trust.pki.issued[who].cert.subject.rfc4514_string()
+    assert len(report.chain) == 3  # leaf, CA, root
+    assert {r["source"] for r in report.revocation} == {"ocsp"} and {r["status"] for r in report.revocation} == {"good"}
+    assert report.algorithms["signature"].endswith("rsa-sha256" if who != "official" else "ecdsa-sha256")
+    if xades:
+        assert report.signing_time is not None
+    [ref] = report.signed_references
+    assert "Nguyễn Văn An" in ref["content"] and "<ds:Signature" not in ref["content"]
+
+
+def test_revocation_evidence_is_cached(trust: Trust, verifier: Verifier) -> None:
+    signed = sign_document(DOC, trust.signer("citizen"))
+    assert verifier.verify(signed).indication == "TOTAL-PASSED"
+    assert verifier.revocation is not None
+    fetched = verifier.revocation.fetches
+    second = Verifier(verifier.anchors, revocation=verifier.revocation).verify(signed)  # a new path cache
+    assert second.indication == "TOTAL-PASSED" and verifier.revocation.fetches == fetched
+    assert all(r["cached"] for r in second.revocation)
+
+
+# -- signatures that must fail -----------------------------------------------------------------------------------
+
+
+def test_tampered_content_is_a_hash_failure(trust: Trust, verifier: Verifier) -> None:
+    signed = sign_document(DOC, trust.signer("citizen"))
+    tampered = signed.replace("Nguyễn Thị Bình".encode(), "Trần Văn Cường".encode())
+    assert verdict(verifier.verify(tampered)) == ("TOTAL-FAILED", "HASH_FAILURE")
+
+
+def test_tampered_signature_value_is_a_crypto_failure(trust: Trust, verifier: Verifier) -> None:
+    root = etree.fromstring(sign_document(DOC, trust.signer("citizen")))
+    value = root.find(".//{http://www.w3.org/2000/09/xmldsig#}SignatureValue")
+    raw = bytearray(base64.b64decode(value.text))
+    raw[10] ^= 0xFF
+    value.text = base64.b64encode(bytes(raw)).decode()
+    assert verdict(verifier.verify(etree.tostring(root))) == ("TOTAL-FAILED", "SIG_CRYPTO_FAILURE")
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [
+        ("expired", ("TOTAL-FAILED", "EXPIRED")),
+        ("not_yet_valid", ("TOTAL-FAILED", "NOT_YET_VALID")),
+        ("revoked", ("TOTAL-FAILED", "REVOKED")),
+        ("revoked_ocsp_only", ("TOTAL-FAILED", "REVOKED")),
+        ("wrong_usage", ("INDETERMINATE", "CHAIN_CONSTRAINTS_FAILURE")),
+        ("untrusted", ("INDETERMINATE", "NO_CERTIFICATE_CHAIN_FOUND")),
+    ],
+)
+def test_bad_signers(trust: Trust, verifier: Verifier, who: str, expected: tuple[str, str]) -> None:
+    signed = sign_document(DOC, trust.signer(who))
+    assert verdict(verifier.verify(signed)) == expected
+
+
+def test_revoked_by_crl_alone(trust: Trust) -> None:
+    """No fetching: the CRL given by the caller is the only evidence, and it lists the signer."""
+    signed = sign_document(DOC, trust.signer("revoked"))
+    anchors = [trust.pki.issued["national_root"].cert]
+    crl = trust.pki.crl("public_ca")
+    ca_crl = trust.pki.crl("national_root")
+    report = Verifier(anchors, extra_crls=[crl, ca_crl]).verify(signed)
+    assert verdict(report) == ("TOTAL-FAILED", "REVOKED")
+    good = Verifier(anchors, extra_crls=[crl, ca_crl]).verify(sign_document(DOC, trust.signer("citizen")))
+    assert verdict(good) == ("TOTAL-PASSED", None)
+
+
+def test_unreachable_revocation_is_indeterminate_try_later(trust: Trust) -> None:
+    trust.state.faults.update({"outage_seconds": 30})
+    try:
+        report = trust.verifier().verify(sign_document(DOC, trust.signer("citizen")))
+    finally:
+        trust.state.faults.update({"outage_seconds": 0})
+    assert verdict(report) == ("INDETERMINATE", "TRY_LATER")
+
+
+def test_weak_keys_are_refused_by_policy(trust: Trust, verifier: Verifier) -> None:
+    from signxml import methods
+    from signxml.algorithms import SignatureMethod
+    from signxml.signer import XMLSigner
+
+    item = trust.pki.issued["weak_rsa"]
+    with pytest.raises(SigningError):
+        FileSigner(item.key, item.cert)  # hub will not sign with it either
+    signed = XMLSigner(method=methods.enveloped, signature_algorithm=SignatureMethod.RSA_SHA256).sign(
+        etree.fromstring(DOC), key=item.key, cert=[item.cert, trust.pki.issued["public_ca"].cert]
+    )
+    assert verdict(verifier.verify(etree.tostring(signed))) == ("INDETERMINATE", "CRYPTO_CONSTRAINTS_FAILURE")
+
+
+# -- hostile and malformed documents -----------------------------------------------------------------------------
+
+BOMB = b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">
+<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
+<HoSo>&lol3;</HoSo>"""
+XXE = b"""<?xml version="1.0"?><!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><HoSo>&xxe;</HoSo>"""
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [BOMB, XXE, b"not xml at all", b"", DOC, b"<a>" * 300 + b"</a>" * 300, b"<HoSo>" + b"x" * (11 * 1024 * 1024)],
+)
+def test_hostile_or_unsigned_documents_fail_with_format_failure(verifier: Verifier, payload: bytes) -> None:
+    report = verifier.verify(payload)
+    assert verdict(report) == ("TOTAL-FAILED", "FORMAT_FAILURE")
+    assert "root:" not in (report.detail or "")
+
+
+def test_signature_wrapping_is_defeated(trust: Trust, verifier: Verifier) -> None:
+    signed = sign_document(DOC, trust.signer("citizen"))
+    signed_root = etree.fromstring(signed)
+    # 1. the signed document wrapped inside an evil one: the signature covers the document it sits in
+    evil = etree.Element("{urn:vn:hub:test}HoSo")
+    etree.SubElement(evil, "{urn:vn:hub:test}ChuHoSo").text = "Kẻ Mạo Danh"
+    evil.append(signed_root)
+    assert verdict(verifier.verify(etree.tostring(evil))) == ("TOTAL-FAILED", "HASH_FAILURE")
+    # 2. unsigned content slipped in beside the signature
+    slipped = etree.fromstring(signed)
+    etree.SubElement(slipped, "{urn:vn:hub:test}SoTien").text = "999999999"
+    assert verdict(verifier.verify(etree.tostring(slipped))) == ("TOTAL-FAILED", "HASH_FAILURE")
+    # 3. a second signature (copied) to confuse which one is checked
+    doubled = etree.fromstring(signed)
+    doubled.append(etree.fromstring(etree.tostring(doubled.find("{http://www.w3.org/2000/09/xmldsig#}Signature"))))
+    assert verdict(verifier.verify(etree.tostring(doubled))) == ("TOTAL-FAILED", "FORMAT_FAILURE")
+    # 4. a reference to an element by Id, with a decoy element carrying the same Id
+    from signxml import methods
+    from signxml.signer import XMLSigner
+
+    item = trust.pki.issued["citizen"]
+    doc = etree.fromstring(b'<Goi xmlns="urn:vn:hub:test"><HoSo Id="hs1"><SoTien>100000</SoTien></HoSo></Goi>')
+    by_id = XMLSigner(method=methods.enveloped).sign(
+        doc, key=item.key, cert=[item.cert, trust.pki.issued["public_ca"].cert], reference_uri="#hs1"
+    )
+    report = verifier.verify(etree.tostring(by_id))
+    assert verdict(report) == ("TOTAL-PASSED", None)
+    [ref] = report.signed_references  # only the referenced element is handed out, not the envelope around it
+    assert ref["uri"] == "#hs1" and ref["kind"] == "element" and "100000" in ref["content"]
+    assert "<Goi" not in ref["content"]
+    decoy = etree.fromstring(etree.tostring(by_id))
+    fake = etree.SubElement(decoy, "{urn:vn:hub:test}HoSo", Id="hs1")
+    etree.SubElement(fake, "{urn:vn:hub:test}SoTien").text = "999999999"
+    report = verifier.verify(etree.tostring(decoy))
+    assert report.indication != "TOTAL-PASSED"
+    assert all("999999999" not in (r.get("content") or "") for r in report.signed_references)
+
+
+def test_large_documents_sign_and_verify(trust: Trust, verifier: Verifier) -> None:
+    rows = "".join(f"<GiayTo><Ten>Bản sao giấy tờ số {i}</Ten><Trang>{i % 7}</Trang></GiayTo>" for i in range(4000))
+    big = f'<HoSo xmlns="urn:vn:hub:test"><DanhSach>{rows}</DanhSach></HoSo>'.encode()
+    assert len(big) >= 200 * 1024
+    report = verifier.verify(sign_document(big, trust.signer("official"), xades=True))
+    assert verdict(report) == ("TOTAL-PASSED", None)
+    assert report.signed_references[0]["bytes"] >= 200 * 1024
+
+
+# -- interoperability with xmlsec1 -------------------------------------------------------------------------------
+
+TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
+<HoSo xmlns="urn:vn:hub:test"><MaHoSo>000.00.17.H56-241015-0008</MaHoSo><ChuHoSo>Lê Thị Cúc</ChuHoSo>
+<Signature xmlns="http://www.w3.org/2000/09/xmldsig#"><SignedInfo>
+<CanonicalizationMethod Algorithm="{c14n}"/><SignatureMethod Algorithm="{sig}"/>
+<Reference URI=""><Transforms><Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/>
+<Transform Algorithm="{c14n}"/></Transforms><DigestMethod Algorithm="{digest}"/><DigestValue/></Reference>
+</SignedInfo><SignatureValue/><KeyInfo><X509Data/></KeyInfo></Signature></HoSo>"""
+EXC = "http://www.w3.org/2001/10/xml-exc-c14n#"
+INCL = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
+RSA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
+
+
+def _xmlsec1() -> str:
+    assert XMLSEC1 is not None, "xmlsec1 must be installed (.ci/run installs the Debian package)"
+    return XMLSEC1
+
+
+@pytest.mark.parametrize("c14n", [EXC, INCL])
+def test_documents_signed_by_xmlsec1_verify_in_hub(trust: Trust, verifier: Verifier, tmp_path: Path, c14n: str) -> None:
+    template = tmp_path / "template.xml"
+    template.write_text(TEMPLATE.format(c14n=c14n, sig=RSA256, digest=SHA256), encoding="utf-8")
+    out = tmp_path / "signed.xml"
+    d = trust.dir
+    subprocess.run(
+        [_xmlsec1(), "--sign", "--privkey-pem", f"{d / 'citizen.key'},{d / 'citizen.pem'},{d / 'public_ca.pem'}",
+         "--output", str(out), str(template)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    report = verifier.verify(out.read_bytes())
+    assert verdict(report) == ("TOTAL-PASSED", None), report.detail
+    assert "Lê Thị Cúc" in report.signed_references[0]["content"]
+
+
+def test_sha1_signatures_from_xmlsec1_are_refused(trust: Trust, verifier: Verifier, tmp_path: Path) -> None:
+    template = tmp_path / "template.xml"
+    template.write_text(
+        TEMPLATE.format(
+            c14n=EXC, sig="http://www.w3.org/2000/09/xmldsig#rsa-sha1", digest="http://www.w3.org/2000/09/xmldsig#sha1"
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "signed.xml"
+    d = trust.dir
+    subprocess.run(
+        [_xmlsec1(), "--sign", "--privkey-pem", f"{d / 'citizen.key'},{d / 'citizen.pem'}", "--output", str(out),
+         str(template)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert verdict(verifier.verify(out.read_bytes())) == ("INDETERMINATE", "CRYPTO_CONSTRAINTS_FAILURE")
+
+
+@pytest.mark.parametrize(("who", "xades"), [("citizen", False), ("official", False), ("hub", True)])
+def test_documents_hub_signs_verify_in_xmlsec1(trust: Trust, tmp_path: Path, who: str, xades: bool) -> None:
+    signed = tmp_path / "signed.xml"
+    signed.write_bytes(sign_document(DOC, trust.signer(who), xades=xades))
+    d = trust.dir
+    ca = "public_ca" if trust.pki.issued[who].issuer == "public_ca" else "gov_ca"
+    root = trust.pki.issued[ca].issuer
+    args = [_xmlsec1(), "--verify", "--trusted-pem", str(d / f"{root}.pem"), "--untrusted-pem", str(d / f"{ca}.pem")]
+    if xades:
+        args += ["--id-attr:Id", "http://uri.etsi.org/01903/v1.3.2#:SignedProperties"]
+    result = subprocess.run([*args, str(signed)], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stderr + result.stdout
+
+
+# -- CLI and API -------------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HUB_BIN, "sign", *args], check=False, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_sign_and_verify_exit_codes(trust: Trust, tmp_path: Path) -> None:
+    d = trust.dir
+    doc = tmp_path / "doc.xml"
+    doc.write_bytes(DOC)
+    signed = tmp_path / "signed.xml"
+    made = _cli("sign", str(doc), "--key", str(d / "official.key"), "--cert", str(d / "official-chain.pem"),
+                "--xades", "--out", str(signed))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    trust_args = ["--trust", str(d / "national_root.pem"), "--trust", str(d / "gov_root.pem")]
+    ok = _cli("verify", str(signed), *trust_args, "--format", "json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["indication"] == "TOTAL-PASSED"
+    tampered = tmp_path / "tampered.xml"
+    tampered.write_bytes(signed.read_bytes().replace("Nguyễn Văn An".encode(), "Nguyễn Văn Ba".encode()))
+    failed = _cli("verify", str(tampered), *trust_args)
+    assert failed.returncode == 1 and "HASH_FAILURE" in failed.stdout
+    untrusted = _cli("verify", str(signed), "--trust", str(d / "untrusted_root.pem"))
+    assert untrusted.returncode == 3 and "NO_CERTIFICATE_CHAIN_FOUND" in untrusted.stdout
+    hostile = tmp_path / "bomb.xml"
+    hostile.write_bytes(BOMB)
+    bomb = _cli("verify", str(hostile), *trust_args, "--format", "json")
+    assert bomb.returncode == 1 and json.loads(bomb.stdout)["sub_indication"] == "FORMAT_FAILURE"
+    assert "Traceback" not in bomb.stderr
+    assert _cli("verify", str(signed)).returncode == 2  # no trust anchor given
+    assert _cli("verify", str(tmp_path / "missing.xml"), *trust_args).returncode == 2
+    assert _cli("verify", str(signed), *trust_args, "--at", "yesterday").returncode == 2
+    assert _cli("verify", str(signed), *trust_args, "--format", "yaml").returncode == 2
+
+
+def test_cli_verify_at_a_past_time(trust: Trust, tmp_path: Path) -> None:
+    """An expired certificate's signature, validated as of a time the certificate was valid, with a CRL given."""
+    d = trust.dir
+    signed = tmp_path / "signed.xml"
+    signed.write_bytes(sign_document(DOC, trust.signer("expired")))
+    crl = tmp_path / "public_ca.crl"
+    crl.write_bytes(trust.pki.crl("public_ca"))
+    root_crl = tmp_path / "root.crl"
+    root_crl.write_bytes(trust.pki.crl("national_root"))
+    when = trust.pki.issued["expired"].cert.not_valid_after_utc.replace(microsecond=0)
+    args = ["--trust", str(d / "national_root.pem"), "--crl", str(crl), "--crl", str(root_crl), "--no-fetch"]
+    now = _cli("verify", str(signed), *args)
+    assert now.returncode == 1 and "EXPIRED" in now.stdout
+    then = _cli("verify", str(signed), *args, "--at", (when - timedelta(days=2)).isoformat(), "--format", "json")
+    assert then.returncode == 0, then.stdout
+    assert json.loads(then.stdout)["validation_time"].startswith(str((when - timedelta(days=2)).date()))
+    revoked = tmp_path / "revoked.xml"
+    revoked.write_bytes(sign_document(DOC, trust.signer("revoked")))
+    # revoked (key compromise) after that time: without proof of when it signed, still not accepted
+    before = trust.pki.revoked["public_ca"][trust.pki.issued["revoked"].cert.serial_number] - timedelta(hours=1)
+    assert _cli("verify", str(revoked), *args, "--at", before.isoformat()).returncode != 0
+    assert _cli("verify", str(revoked), *args).returncode == 1
+
+
+@pytest.fixture
+def signing_hub(hub_factory: HubFactory, trust: Trust, tmp_path: Path) -> Hub:
+    shutil.copytree(trust.dir, tmp_path / "sandbox-pki", dirs_exist_ok=True)  # the dev default: the sandbox PKI
+    return hub_factory()
+
+
+def test_api_verifies_and_reports(signing_hub: Hub, trust: Trust) -> None:
+    signed = sign_document(DOC, trust.signer("official"), xades=True)
+    r = signing_hub.http.post("/v1/signatures/verify", content=signed, headers={"Content-Type": "application/xml"})
+    assert r.status_code == 200 and r.json()["indication"] == "TOTAL-PASSED"
+    assert r.json()["signed_references"][0]["content"].count("Nguyễn Văn An") == 1
+    bad = signing_hub.http.post("/v1/signatures/verify", content=XXE, headers={"Content-Type": "application/xml"})
+    assert bad.status_code == 200 and bad.json()["sub_indication"] == "FORMAT_FAILURE"
+    naive = signing_hub.http.post("/v1/signatures/verify?at=2026-01-01T00:00:00", content=signed)
+    assert naive.status_code == 422 and naive.json()["code"] == "invalid_date"
+    assert httpx.post(f"{signing_hub.server.url}/v1/signatures/verify", content=signed).status_code == 401
