@@ -14,3 +14,10 @@ app = FastAPI()
 async def bare(request: Request) -> JSONResponse:
     body: Any = await request.json()
     return JSONResponse({"MaHoSo": body["MaHoSo"]}, status_code=202)
+
+
+@app.post("/bare-callback")
+async def bare_callback(request: Request) -> JSONResponse:
+    """The baseline of bench/payments.py: parse the callback's JSON and answer the platform's "00"."""
+    body: Any = await request.json()
+    return JSONResponse({"MaLoi": "00", "MoTaLoi": body["MaThamChieu"]})

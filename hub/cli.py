@@ -34,6 +34,11 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _payment_partners(settings: Settings) -> dict[str, str]:
+    secret = settings.payment_dvc_secret
+    return {settings.payment_dvc_partner: secret.get_secret_value()} if secret else {}
+
+
 def _sandbox_credentials(settings: Settings) -> dict[str, str]:
     password = settings.national_portal_password
     return {settings.national_portal_username: password.get_secret_value() if password else ""}
@@ -65,6 +70,8 @@ def serve(
             settings.sandbox_population_port if not settings.population_url else 0,
             pki_port=settings.sandbox_pki_port,
             pki_dir=settings.var_dir / "sandbox-pki",
+            payment_port=settings.sandbox_payment_port,
+            payment_partners=_payment_partners(settings) if not settings.payment_dvc_url else None,
         )
         err.print(
             f"sandbox peers: national portal {peers.national.url}, one-stop {peers.one_stop.url}, "
@@ -142,12 +149,16 @@ def sandbox(
         population_port or settings.sandbox_population_port,
         pki_port=settings.sandbox_pki_port,
         pki_dir=settings.var_dir / "sandbox-pki",
+        payment_port=settings.sandbox_payment_port,
+        payment_partners=_payment_partners(settings),
     )
     out.print(f"national portal sandbox: {peers.national.url}  (control: {peers.national.url}/_sandbox/docs)")
     out.print(f"one-stop sandbox:        {peers.one_stop.url}  (control: {peers.one_stop.url}/_sandbox/docs)")
     out.print(f"population sandbox:      {peers.population.url}/ws/congdan?wsdl  (SOAP)")
     if peers.pki is not None:
         out.print(f"test PKI (CRL, OCSP):    {peers.pki.url}  keys and certificates in {peers.pki_dir}")
+    if peers.payment is not None:
+        out.print(f"DVC payment platform:    {peers.payment.url}  (pay pages under /pay/)")
     try:
         while True:
             time.sleep(3600)
@@ -612,6 +623,83 @@ def sign_sign(
         sys.stdout.buffer.write(signed)
     else:
         out_path.write_bytes(signed)
+
+
+payments_cli = typer.Typer(no_args_is_help=True, help="Fee payments: reconcile, settle late callbacks")
+cli.add_typer(payments_cli, name="payments")
+
+
+@payments_cli.command("reconcile")
+def payments_reconcile(
+    day: Annotated[str, typer.Option("--date", help="the day to reconcile, YYYY-MM-DD (Vietnam time)")],
+    platform: str = "dvc",
+    output: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+) -> None:
+    """hub's ledger against the platform's daily statement: matched, missing at hub, missing at the platform,
+    amount mismatch. Exit 1 when anything does not match."""
+    import csv
+    from datetime import date as date_
+
+    if output not in ("table", "json", "csv"):
+        err.print("[red]--format must be table, json or csv[/red]")
+        raise typer.Exit(2)
+    try:
+        when = date_.fromisoformat(day)
+    except ValueError:
+        err.print("[red]--date must be YYYY-MM-DD[/red]")
+        raise typer.Exit(2) from None
+    rt = _jobs_runtime()
+    try:
+        if platform not in rt.payment_platforms:
+            err.print(f"[red]payment platform {platform!r} is not configured[/red]")
+            raise typer.Exit(2)
+        from hub.domain.errors import DomainError
+
+        try:
+            result = rt.payments.reconcile(platform, when, correlation_id=f"reconcile-{day}")
+        except DomainError as exc:
+            err.print(f"[red]{exc.detail}[/red]")
+            raise typer.Exit(3) from None
+    finally:
+        rt.close()
+    if output == "json":
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    elif output == "csv":
+        writer = csv.DictWriter(
+            sys.stdout,
+            fieldnames=["result", "reference", "transaction_id", "hub_amount", "platform_amount", "note"],
+            lineterminator="\n",
+        )
+        writer.writeheader()
+        writer.writerows(result["rows"])
+    else:
+        table = Table(
+            title=f"{platform} {result['date']}: " + ", ".join(f"{k} {v}" for k, v in result["summary"].items())
+        )
+        for col in ("result", "reference", "transaction", "hub (đồng)", "platform (đồng)", "note"):
+            table.add_column(col)
+        for r in result["rows"]:
+            table.add_row(
+                r["result"], r["reference"], r["transaction_id"], str(r["hub_amount"] or "—"),
+                str(r["platform_amount"] or "—"), r["note"] or "",
+            )  # fmt: skip
+        out.print(table)
+    clean = result["summary"]["matched"] == len(result["rows"])
+    raise typer.Exit(0 if clean else 1)
+
+
+@payments_cli.command("check")
+def payments_check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Ask the platform about pending payments whose callback is late, and settle what it reports."""
+    rt = _jobs_runtime()
+    try:
+        counts = rt.check_payments()
+    finally:
+        rt.close()
+    if as_json:
+        print(json.dumps(counts))
+    else:
+        out.print(counts or "nothing pending")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Roles: "api" (hub serve: ingest, and the embedded worker when no broker is confi
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,7 +75,12 @@ class Runtime:
             run = settings.worker_enabled if start_worker is None else start_worker
             if run and role == "api":
                 self.worker = EmbeddedWorker(
-                    self.relay, settings.relay_poll_interval, [(settings.portal_poll_interval, self.poll_portal)]
+                    self.relay,
+                    settings.relay_poll_interval,
+                    [
+                        (settings.portal_poll_interval, self.poll_portal),
+                        (settings.payment_check_interval, self.check_payments),
+                    ],
                 )
         elif role == "api":
             from hub.sync.wakeup import CoalescingWaker
@@ -100,7 +106,30 @@ class Runtime:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         )
+        from hub.adapters.payment import DvcPaymentClient
+        from hub.services.payments import PaymentService
         from hub.signing.service import SignatureService
+
+        payment_secret = settings.payment_dvc_secret.get_secret_value() if settings.payment_dvc_secret else ""
+        self.payment_platforms: dict[str, Any] = {}
+        if payment_secret and (settings.payment_dvc_url or settings.mode == "dev"):
+            self.payment_platforms["dvc"] = DvcPaymentClient(
+                settings.effective_payment_dvc_url,
+                partner=settings.payment_dvc_partner,
+                secret=payment_secret,
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+            )
+        self.payments = PaymentService(
+            self.sessions,
+            self.payment_platforms,
+            self.dossiers,
+            platform_for=settings.payment_platform_for,
+            callback_url=lambda name: f"{settings.effective_public_url}/v1/payments/callbacks/{name}",
+            callback_max_age=timedelta(hours=settings.payment_callback_max_age_hours),
+            query_after=timedelta(seconds=settings.payment_query_after_seconds),
+            on_commit=self.wake,
+        )
 
         self.signatures = SignatureService(settings)
         self.prefill = PrefillService(
@@ -196,6 +225,9 @@ class Runtime:
             on_exchange=hook,
         )
 
+    def check_payments(self) -> dict[str, int]:
+        return self.payments.check_pending(correlation_id=f"payments-check-{uuid.uuid4().hex[:12]}")
+
     def poll_portal(self) -> dict[str, int]:
         from hub.sync.polling import poll_portal
 
@@ -220,6 +252,8 @@ class Runtime:
         self.one_stop.close()
         self.population.close()
         self.signatures.close()
+        for platform in self.payment_platforms.values():
+            platform.close()
         self.engine.dispose()
 
 

@@ -79,12 +79,25 @@ class Settings(BaseSettings):
     signing_key_password: SecretStr | None = None
     revocation_cache_seconds: float = 3600.0  # CRL/OCSP evidence is reused until nextUpdate, at most this long
 
+    # Fee payments.
+    public_url: str = ""  # hub's base URL as peers reach it (payment callbacks); empty -> http://127.0.0.1:8000
+    payment_dvc_url: str = ""  # the DVC payment platform; empty -> the sandbox on loopback (dev only)
+    payment_dvc_partner: str = "HUB-SANDBOX"  # MaDoiTac
+    payment_dvc_secret: SecretStr | None = None  # the partner secret in every MaXacThuc
+    payment_platforms: dict[str, str] = Field(
+        default_factory=dict, description="agency code pattern ('*' suffix) -> platform name; default: dvc"
+    )
+    payment_query_after_seconds: float = 900.0  # a pending payment without callback is queried after this
+    payment_callback_max_age_hours: float = 48.0  # callbacks about older transactions are refused (replay)
+    payment_check_interval: float = 60.0  # seconds between checks of pending payments; 0 disables
+
     # Sandbox peers (embedded default).
     sandbox_host: str = "127.0.0.1"
     sandbox_national_port: int = 8701
     sandbox_onestop_port: int = 8702
     sandbox_population_port: int = 8703
     sandbox_pki_port: int = 8704
+    sandbox_payment_port: int = 8705
 
     # Relay.
     relay_batch_size: int = 64
@@ -122,6 +135,8 @@ class Settings(BaseSettings):
             problems.append("HUB_NATIONAL_PORTAL_URL must point at the real portal in production")
         if not self.population_url:
             problems.append("HUB_POPULATION_URL must point at the population database in production")
+        if self.payment_dvc_url and (self.payment_dvc_secret is None or len(self.payment_dvc_secret) < 16):
+            problems.append("HUB_PAYMENT_DVC_SECRET must be set (16+ characters) with HUB_PAYMENT_DVC_URL")
         if not self.database_url or self.database_url.startswith("sqlite"):
             problems.append("HUB_DATABASE_URL must point at PostgreSQL in production")
         if problems:
@@ -144,6 +159,20 @@ class Settings(BaseSettings):
         return self.national_portal_url or f"http://{self.sandbox_host}:{self.sandbox_national_port}"
 
     @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or "http://127.0.0.1:8000").rstrip("/")
+
+    @property
+    def effective_payment_dvc_url(self) -> str:
+        return self.payment_dvc_url or f"http://{self.sandbox_host}:{self.sandbox_payment_port}"
+
+    def payment_platform_for(self, agency: str) -> str:
+        for pattern, platform in self.payment_platforms.items():
+            if pattern in ("*", agency) or (pattern.endswith("*") and agency.startswith(pattern[:-1])):
+                return platform
+        return "dvc"
+
+    @property
     def effective_population_url(self) -> str:
         return self.population_url or f"http://{self.sandbox_host}:{self.sandbox_population_port}/ws/congdan"
 
@@ -162,12 +191,16 @@ def _dev_secrets(var_dir: Path) -> dict[str, str]:
     path = var_dir / DEV_SECRETS_FILE
     if path.exists():
         data: dict[str, str] = json.loads(path.read_text())
+        if "payment_dvc_secret" not in data:  # a file made by an earlier version: add what is new
+            data["payment_dvc_secret"] = secrets.token_urlsafe(32)
+            path.write_text(json.dumps(data))
         return data
     var_dir.mkdir(parents=True, exist_ok=True)
     data = {
         "secret_key": secrets.token_urlsafe(32),
         "client_api_key": secrets.token_urlsafe(24),
         "national_portal_password": secrets.token_urlsafe(16),
+        "payment_dvc_secret": secrets.token_urlsafe(32),
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -180,7 +213,12 @@ def load_settings(**overrides: object) -> Settings:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     if settings.mode == "production":
         return settings
-    missing = settings.secret_key is None or not settings.clients or settings.national_portal_password is None
+    missing = (
+        settings.secret_key is None
+        or not settings.clients
+        or settings.national_portal_password is None
+        or settings.payment_dvc_secret is None
+    )
     if not missing:
         return settings
     dev = _dev_secrets(settings.var_dir)
@@ -200,4 +238,6 @@ def load_settings(**overrides: object) -> Settings:
         ]
     if settings.national_portal_password is None:
         update["national_portal_password"] = SecretStr(dev["national_portal_password"])
+    if settings.payment_dvc_secret is None:
+        update["payment_dvc_secret"] = SecretStr(dev["payment_dvc_secret"])
     return settings.model_copy(update=update)

@@ -17,6 +17,7 @@ from hub.api.middleware import BodyLimitAndCorrelation, correlation_id
 from hub.domain import identifiers
 from hub.domain.errors import DomainError, Forbidden
 from hub.runtime import Runtime
+from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, SubjectIn
 from hub.services.schemas import DossierIn, ProgressIn
 from hub.settings import ClientSystem, Settings
@@ -211,6 +212,54 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         data = await request.body()
         report = await run_in_threadpool(rt().signatures.verify, data, at=at)
         return report.as_dict()
+
+    @app.post(
+        "/v1/payments",
+        tags=["payments"],
+        status_code=201,
+        summary="Create the fee payment of a dossier in status 6 at its payment platform; answers the pay URL",
+        description="Idempotent per dossier and amount: asking again returns the same payment (200). Amounts are "
+        "integer đồng, taken from the dossier's DanhSachLePhi and checked against the procedure's fees.",
+    )
+    def create_payment(body: PaymentIn, who: Client, request: Request, response: Response) -> dict[str, Any]:
+        ip = request.client.host if request.client else "127.0.0.1"
+        status, payment = rt().payments.create(who, body, client_ip=ip, correlation_id=correlation_id.get())
+        response.status_code = status
+        return payment
+
+    @app.get("/v1/payments/{reference}", tags=["payments"], summary="A payment and its state")
+    def get_payment(reference: str, who: Client) -> dict[str, Any]:
+        return rt().payments.get(who, reference)
+
+    @app.get(
+        "/v1/payments/{reference}/receipt",
+        tags=["payments"],
+        summary="The receipt (biên lai) of a paid payment, as the platform issued it (PDF)",
+        response_class=Response,
+    )
+    def payment_receipt(reference: str, who: Client) -> Response:
+        pdf = rt().payments.receipt(who, reference, correlation_id=correlation_id.get())
+        return Response(pdf, media_type="application/pdf")
+
+    @app.post(
+        "/v1/payments/callbacks/{platform}",
+        tags=["payments"],
+        summary="The payment platform's confirmation (CONFIRM / IPN); authenticated by its signature",
+        description="No API key: the message's own hash (MaXacThuc) is verified before anything else. The answer "
+        "is the platform's own format and code (00 confirmed, 01 unknown reference, 02 already confirmed, 04 "
+        "amount mismatch, 07 replay, 97 bad signature, 99 other).",
+    )
+    async def payment_callback(platform: str, request: Request) -> JSONResponse:
+        body = await request.body()
+        status, answer = await run_in_threadpool(
+            rt().payments.callback,
+            platform,
+            body,
+            request.headers.get("content-type"),
+            dict(request.query_params),
+            correlation_id=correlation_id.get(),
+        )
+        return JSONResponse(answer, status_code=status)
 
     @app.get("/healthz", tags=["health"], summary="Alive")
     def healthz() -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.sandbox import national_portal, one_stop, pki, population
+from hub.sandbox import national_portal, one_stop, payment_dvc, pki, population
 from hub.sandbox.common import ServerThread
 
 
@@ -16,6 +16,7 @@ class Sandboxes:
     population: ServerThread
     pki: ServerThread | None = None
     pki_dir: Path | None = None
+    payment: ServerThread | None = None
 
     def stop(self) -> None:
         self.national.stop()
@@ -23,6 +24,8 @@ class Sandboxes:
         self.population.stop()
         if self.pki is not None:
             self.pki.stop()
+        if self.payment is not None:
+            self.payment.stop()
 
 
 def start(
@@ -34,6 +37,8 @@ def start(
     *,
     pki_port: int = 0,
     pki_dir: Path | None = None,
+    payment_port: int = 0,
+    payment_partners: dict[str, str] | None = None,
 ) -> Sandboxes:
     """Start the peers. With `pki_dir`, also the test PKI (fresh keys) with its CRL/OCSP endpoints; its roots,
     intermediates, leaf certificates and keys are written there as PEM files."""
@@ -46,4 +51,7 @@ def start(
         trust = ServerThread(pki.create_app(state), host, pki_port).start()
         state.pki = pki.TestPki(trust.url)
         state.pki.write(pki_dir)
-    return Sandboxes(national, onestop, people, trust, pki_dir)
+    pay = None
+    if payment_partners:
+        pay = ServerThread(payment_dvc.create_app(payment_partners), host, payment_port).start()
+    return Sandboxes(national, onestop, people, trust, pki_dir, pay)

@@ -128,7 +128,7 @@ class DossierService:
             "sync",
             data,
             idempotency_key,
-            lambda s: self._apply(s, client, data["MaHoSo"], "dossier.sync", data, correlation_id),
+            lambda s: self.apply(s, client, data["MaHoSo"], "dossier.sync", data, correlation_id),
         )
 
     def push_from_portal(
@@ -145,7 +145,7 @@ class DossierService:
             "downflow",
             data,
             idempotency_key,
-            lambda s: self._apply(s, client, data["MaHoSo"], DOWNFLOW, data, correlation_id),
+            lambda s: self.apply(s, client, data["MaHoSo"], DOWNFLOW, data, correlation_id),
         )
 
     def add_progress(
@@ -165,7 +165,7 @@ class DossierService:
             "progress",
             data,
             idempotency_key,
-            lambda s: self._apply(s, client, code, "dossier.progress", data, correlation_id),
+            lambda s: self.apply(s, client, code, "dossier.progress", data, correlation_id),
         )
 
     def _idempotent(
@@ -213,7 +213,7 @@ class DossierService:
             return Answer(202, body)
         raise AssertionError("unreachable")
 
-    def _apply(
+    def apply(
         self,
         session: Session,
         client: ClientSystem,

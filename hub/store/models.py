@@ -252,3 +252,49 @@ class Document(Base):
     valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: does not expire
     reference: Mapped[str] = mapped_column(String(500))  # where the document can be fetched
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Payment(Base):
+    """A fee payment for a dossier at a payment platform. Amounts are integer đồng. `transaction_id` (the
+    platform's MaGiaoDich) is unique: a transaction is credited once, however often it is reported."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        Index("ix_payments_dossier", "dossier_code"),
+        Index("ix_payments_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    reference: Mapped[str] = mapped_column(String(50), unique=True)  # MaThamChieu: ours
+    dossier_code: Mapped[str] = mapped_column(String(40))
+    agency: Mapped[str] = mapped_column(String(32))
+    client: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    fees: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16))  # pending | paid | failed
+    pay_url: Mapped[str | None] = mapped_column(String(500))
+    transaction_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    bank: Mapped[str | None] = mapped_column(String(20))
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    settled_by: Mapped[str | None] = mapped_column(String(16))  # callback | query
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PaymentCallback(Base):
+    """Append-only record of every callback a payment platform sent, and what hub answered."""
+
+    __tablename__ = "payment_callbacks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    platform: Mapped[str] = mapped_column(String(16))
+    reference: Mapped[str | None] = mapped_column(String(50), index=True)
+    transaction_id: Mapped[str | None] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(16))  # applied | duplicate | declined | rejected
+    answer_code: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    body_digest: Mapped[str] = mapped_column(String(64))

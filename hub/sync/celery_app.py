@@ -73,6 +73,13 @@ def poll_portal_task() -> dict[str, int]:
     return counts
 
 
+@app.task(name="hub.check_payments", acks_late=True)
+def check_payments_task() -> dict[str, int]:
+    """Settle pending payments whose callback is late or lost, by asking the platform (idempotent)."""
+    counts: dict[str, int] = runtime().check_payments()
+    return counts
+
+
 @app.task(name="hub.noop", acks_late=True)
 def noop() -> None:
     """Used by the benchmark as the broker's baseline."""
@@ -87,12 +94,16 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
 
     def tick() -> None:
         next_poll = time.monotonic() + settings.portal_poll_interval
+        next_check = time.monotonic() + settings.payment_check_interval
         while not _ticker_stop.wait(settings.relay_poll_interval):
             try:
                 app.send_task(DRAIN)
                 if settings.portal_poll_interval > 0 and time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + settings.portal_poll_interval
                     app.send_task("hub.poll_portal")
+                if settings.payment_check_interval > 0 and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + settings.payment_check_interval
+                    app.send_task("hub.check_payments")
             except Exception as exc:  # noqa: BLE001 - broker down: try again on the next tick
                 log.warning("ticker: broker unavailable: %s", exc)
 

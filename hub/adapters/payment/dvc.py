@@ -1,0 +1,237 @@
+"""Client of the national portal's DVC payment platform (v1.0.6-era messages: INIT, CONFIRM, QUERY, GET_BILL).
+`MaXacThuc` = SHA-256 hex over the message's fields joined with `|`, followed by the partner secret; the field
+lists are the contracts' `x-hash-fields` (contracts/payment_dvc/). Replies are verified like callbacks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import date, datetime
+from typing import Any
+
+import httpx
+
+from hub.adapters.errors import PeerError, PeerProtocolError, PeerRejected, PeerTimeout, PeerUnavailable
+from hub.adapters.payment.base import (
+    Callback,
+    CallbackRejected,
+    Created,
+    PaymentOrder,
+    QueryResult,
+    StatementLine,
+)
+from hub.domain.dates import format_national, parse_national, utcnow
+
+PEER = "payment_dvc"
+VERSION = "1.0.6"
+INIT_FIELDS = ["LoaiBanTin", "PhienBan", "MaDoiTac", "MaThamChieu", "SoTien", "LoaiHinhThanhToan", "MaKenhThanhToan",
+               "MaThietBi", "NgonNgu", "MaTienTe", "MaNganHang", "ThongTinGiaoDich", "ThoiGianGD", "Ip"]  # fmt: skip
+INIT_REPLY_FIELDS = ["MaLoi", "MaDoiTac", "MaThamChieu", "UrlThanhToan"]
+CONFIRM_FIELDS = ["LoaiBanTin", "MaLoi", "MaDoiTac", "MaThamChieu", "SoTien", "MaTienTe", "MaGiaoDich", "MaNganHang",
+                  "ThoiGianGD", "ThongTinGiaoDich"]  # fmt: skip
+QUERY_FIELDS = ["LoaiBanTin", "PhienBan", "MaDoiTac", "MaThamChieu", "ThoiGianGD"]
+QUERY_REPLY_FIELDS = ["MaLoi", "MaDoiTac", "MaThamChieu", "TrangThaiGD", "SoTien", "MaGiaoDich"]
+MAX_CALLBACK_BYTES = 16 * 1024
+
+
+def mac(message: dict[str, Any], fields: list[str], secret: str) -> str:
+    """SHA-256 hex of the fields' values joined with '|', then '|' and the partner secret."""
+    parts = ["" if message.get(f) is None else str(message.get(f)) for f in fields]
+    return hashlib.sha256("|".join([*parts, secret]).encode()).hexdigest()
+
+
+class DvcPaymentClient:
+    name = "dvc"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        partner: str,
+        secret: str,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.partner = partner
+        self._secret = secret
+        self._http = httpx.Client(
+            base_url=base_url,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            transport=transport,
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- outbound --------------------------------------------------------------------------------------------
+
+    def _post(self, path: str, body: dict[str, Any], correlation_id: str) -> httpx.Response:
+        try:
+            r = self._http.post(path, json=body, headers={"X-Correlation-ID": correlation_id})
+        except httpx.TimeoutException:
+            raise PeerTimeout(PEER, f"{path} timed out") from None
+        except httpx.TransportError as exc:
+            raise PeerUnavailable(PEER, f"{path}: {exc.__class__.__name__}") from None
+        if r.status_code in (408, 429, 502, 503, 504):
+            raise PeerUnavailable(PEER, f"{path}: HTTP {r.status_code}", code="peer_http_unavailable")
+        if r.status_code >= 500:
+            raise PeerError(PEER, f"{path}: HTTP {r.status_code}", code="peer_http_5xx")
+        if r.status_code >= 400:
+            raise PeerRejected(PEER, f"{path}: HTTP {r.status_code}", code="peer_http_4xx", reply=r.text[:500])
+        return r
+
+    def _json(self, r: httpx.Response, path: str) -> dict[str, Any]:
+        try:
+            reply = r.json()
+        except ValueError:
+            raise PeerProtocolError(PEER, f"{path}: reply is not JSON") from None
+        if not isinstance(reply, dict):
+            raise PeerProtocolError(PEER, f"{path}: reply is not an object")
+        return reply
+
+    def _verified(self, reply: dict[str, Any], fields: list[str], path: str) -> dict[str, Any]:
+        given = reply.get("MaXacThuc")
+        if not isinstance(given, str) or not hmac.compare_digest(given, mac(reply, fields, self._secret)):
+            raise PeerProtocolError(PEER, f"{path}: reply's MaXacThuc does not verify", code="payment_reply_forged")
+        return reply
+
+    def create(self, order: PaymentOrder, *, correlation_id: str) -> Created:
+        body: dict[str, Any] = {
+            "LoaiBanTin": "INIT",
+            "PhienBan": VERSION,
+            "MaDoiTac": self.partner,
+            "MaThamChieu": order.reference,
+            "SoTien": order.amount,
+            "LoaiHinhThanhToan": "PAY",
+            "MaKenhThanhToan": "1",
+            "MaThietBi": "1",
+            "NgonNgu": "vi-VN",
+            "MaTienTe": "VND",
+            "MaNganHang": "",
+            "ThongTinGiaoDich": order.description[:255],
+            "ThoiGianGD": format_national(utcnow()),
+            "Ip": order.client_ip,
+            "UrlThongBao": order.callback_url,
+            "ThongTinBienLai": {
+                "MaDVC": f"{order.procedure_code}.01",
+                "MaHoSo": order.dossier_code,
+                "TenNguoiNop": order.payer_name or "",
+                "PhiLePhi": order.fees,
+            },
+        }
+        body["MaXacThuc"] = mac(body, INIT_FIELDS, self._secret)
+        reply = self._verified(
+            self._json(self._post("/api/payment", body, correlation_id), "INIT"), INIT_REPLY_FIELDS, "INIT"
+        )
+        if reply.get("MaLoi") != "00" or not isinstance(reply.get("UrlThanhToan"), str):
+            raise PeerRejected(
+                PEER,
+                f"INIT refused: {reply.get('MaLoi')} {reply.get('MoTaLoi')}",
+                code="payment_init_refused",
+                reply=reply,
+            )
+        return Created(pay_url=reply["UrlThanhToan"])
+
+    def _query_body(self, kind: str, reference: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "LoaiBanTin": kind,
+            "PhienBan": VERSION,
+            "MaDoiTac": self.partner,
+            "MaThamChieu": reference,
+            "ThoiGianGD": format_national(utcnow()),
+        }
+        body["MaXacThuc"] = mac(body, QUERY_FIELDS, self._secret)
+        return body
+
+    def query(self, reference: str, *, correlation_id: str) -> QueryResult:
+        reply = self._json(self._post("/api/payment", self._query_body("QUERY", reference), correlation_id), "QUERY")
+        if reply.get("MaLoi") == "01":
+            return QueryResult("unknown", None, None, None)
+        self._verified(reply, QUERY_REPLY_FIELDS, "QUERY")
+        status = {"0": "pending", "1": "paid", "2": "failed"}.get(str(reply.get("TrangThaiGD")), "unknown")
+        at = reply.get("ThoiGianGD")
+        return QueryResult(
+            status,
+            int(reply["SoTien"]) if isinstance(reply.get("SoTien"), int) else None,
+            reply.get("MaGiaoDich") or None,
+            parse_national(at) if isinstance(at, str) and at else None,
+        )
+
+    def receipt(self, reference: str, *, correlation_id: str) -> bytes:
+        r = self._post("/api/payment", self._query_body("GET_BILL", reference), correlation_id)
+        if not r.headers.get("content-type", "").startswith("application/pdf") or not r.content.startswith(b"%PDF"):
+            raise PeerProtocolError(PEER, "GET_BILL: reply is not a PDF")
+        return r.content
+
+    def statement(self, day: date, *, correlation_id: str) -> list[StatementLine]:
+        try:
+            r = self._http.get("/api/statement", params={"MaDoiTac": self.partner, "Ngay": day.strftime("%Y%m%d")})
+        except httpx.HTTPError as exc:
+            raise PeerUnavailable(PEER, f"statement: {exc.__class__.__name__}") from None
+        if r.status_code != 200:
+            raise PeerUnavailable(PEER, f"statement: HTTP {r.status_code}")
+        data = self._json(r, "statement")
+        lines = data.get("GiaoDich")
+        if not isinstance(lines, list):
+            raise PeerProtocolError(PEER, "statement: no GiaoDich list")
+        total = sum(int(x.get("SoTien", 0)) for x in lines)
+        expected = hashlib.sha256(
+            f"{data.get('MaDoiTac')}|{data.get('Ngay')}|{len(lines)}|{total}|{self._secret}".encode()
+        ).hexdigest()
+        if not hmac.compare_digest(str(data.get("MaXacThuc", "")), expected):
+            raise PeerProtocolError(PEER, "statement: MaXacThuc does not verify", code="payment_reply_forged")
+        return [
+            StatementLine(
+                str(x["MaGiaoDich"]),
+                str(x["MaThamChieu"]),
+                int(x["SoTien"]),
+                str(x["MaTienTe"]),
+                parse_national(x["ThoiGianGD"]),
+            )
+            for x in lines
+        ]
+
+    # -- inbound ---------------------------------------------------------------------------------------------
+
+    def parse_callback(self, body: bytes, content_type: str | None, query: dict[str, str]) -> Callback:
+        if len(body) > MAX_CALLBACK_BYTES:
+            raise CallbackRejected("99", "callback too large")
+        try:
+            msg = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise CallbackRejected("99", "callback is not JSON") from None
+        if not isinstance(msg, dict):
+            raise CallbackRejected("99", "callback is not an object")
+        given = msg.get("MaXacThuc")
+        if not isinstance(given, str) or not hmac.compare_digest(given, mac(msg, CONFIRM_FIELDS, self._secret)):
+            raise CallbackRejected("97", "MaXacThuc does not verify")
+        # only now is anything in it trusted
+        if msg.get("LoaiBanTin") != "CONFIRM" or msg.get("MaDoiTac") != self.partner:
+            raise CallbackRejected("99", "not a CONFIRM for this partner")
+        try:
+            amount = msg["SoTien"]
+            if not isinstance(amount, int) or isinstance(amount, bool):
+                raise ValueError("SoTien must be an integer number of đồng")
+            at = parse_national(str(msg["ThoiGianGD"]))
+            return Callback(
+                reference=str(msg["MaThamChieu"]),
+                success=msg["MaLoi"] == "00",
+                amount=amount,
+                currency=str(msg["MaTienTe"]),
+                transaction_id=str(msg["MaGiaoDich"]),
+                bank=str(msg.get("MaNganHang") or "") or None,
+                at=at,
+                error_code=str(msg["MaLoi"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CallbackRejected("99", f"malformed CONFIRM: {exc}") from None
+
+    def answer(self, code: str, message: str) -> tuple[int, dict[str, Any]]:
+        return 200, {"MaLoi": code, "MoTaLoi": message}
+
+
+def parse_day(value: str) -> date:
+    return datetime.strptime(value, "%Y-%m-%d").date()  # noqa: DTZ007 - a calendar day, not an instant

@@ -1,0 +1,454 @@
+"""Fee payments: create at the platform (idempotent per dossier and amount), verify and apply callbacks exactly
+once, settle late or lost callbacks by querying, reconcile against the platform's daily statement, and move the
+dossier out of status 6 (payment requested) through the relay so the national portal learns it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.adapters.errors import PeerError
+from hub.adapters.payment.base import Callback, CallbackRejected, PaymentOrder, PaymentPlatform
+from hub.domain import identifiers
+from hub.domain.dates import format_national, utcnow
+from hub.domain.errors import Conflict, DomainError, Forbidden, NotFound
+from hub.domain.status import DossierStatus
+from hub.services.dossiers import DossierService
+from hub.services.schemas import reject_nul
+from hub.settings import ClientSystem
+from hub.store.models import Dossier, Payment, PaymentCallback, Procedure
+
+log = logging.getLogger("hub.payments")
+VN_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+MAX_FEE = 1_000_000_000  # đồng: a sanity bound, far above any administrative fee
+SYSTEM = ClientSystem(name="hub-payments", api_key=SecretStr(secrets.token_urlsafe(24)), agencies=["*"])
+
+
+class PlatformUnavailable(DomainError):
+    code = "payment_platform_unavailable"
+    status = 503
+
+
+class FeeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    TenPhiLePhi: str = Field(min_length=1, max_length=300)
+    MaPhiLePhi: str | None = Field(default=None, max_length=50)
+    SoTien: int = Field(ge=0, le=MAX_FEE, description="whole đồng")
+
+
+class PaymentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    MaHoSo: str
+    fees: list[FeeIn] | None = Field(default=None, description="must equal the dossier's DanhSachLePhi if given")
+    payer_name: str | None = Field(default=None, max_length=200)
+
+    @field_validator("MaHoSo")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        return identifiers.dossier_code(value).value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return reject_nul(value)
+
+
+def new_reference(now: datetime) -> str:
+    return f"HUB{now.strftime('%y%m%d')}{secrets.token_hex(6).upper()}"
+
+
+def view(p: Payment) -> dict[str, Any]:
+    return {
+        "reference": p.reference,
+        "MaHoSo": p.dossier_code,
+        "platform": p.platform,
+        "amount": p.amount,
+        "currency": p.currency,
+        "fees": p.fees,
+        "status": p.status,
+        "pay_url": p.pay_url,
+        "transaction_id": p.transaction_id,
+        "paid_at": p.paid_at.isoformat() if p.paid_at else None,
+        "settled_by": p.settled_by,
+        "created_at": p.created_at.isoformat(),
+    }
+
+
+class PaymentService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        platforms: Mapping[str, PaymentPlatform],
+        dossiers: DossierService,
+        *,
+        platform_for: Callable[[str], str],
+        callback_url: Callable[[str], str],
+        callback_max_age: timedelta,
+        query_after: timedelta,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.sessions = sessions
+        self.platforms = dict(platforms)
+        self.dossiers = dossiers
+        self.platform_for = platform_for
+        self.callback_url = callback_url
+        self.callback_max_age = callback_max_age
+        self.query_after = query_after
+        self._on_commit = on_commit
+
+    # -- create ----------------------------------------------------------------------------------------------
+
+    def create(
+        self, client: ClientSystem, body: PaymentIn, *, client_ip: str, correlation_id: str
+    ) -> tuple[int, dict[str, Any]]:
+        code = body.MaHoSo
+        agency = identifiers.dossier_code(code).agency
+        if not client.may_act_for(agency):
+            raise Forbidden(f"client {client.name!r} may not act for agency {agency}", code="agency_not_allowed")
+        platform_name = self.platform_for(agency)
+        platform = self.platforms.get(platform_name)
+        if platform is None:
+            raise PlatformUnavailable(f"payment platform {platform_name!r} is not configured")
+        with self.sessions.begin() as s:
+            dossier = s.scalar(select(Dossier).where(Dossier.code == code).with_for_update())
+            if dossier is None:
+                raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
+            fees = [
+                {"TenPhiLePhi": str(f.get("TenPhiLePhi")), "MaPhiLePhi": f.get("MaPhiLePhi"), "SoTien": f.get("Gia")}
+                for f in dossier.data.get("DanhSachLePhi") or []
+            ]
+            if any(
+                not isinstance(f["SoTien"], int) or isinstance(f["SoTien"], bool) or not 0 <= f["SoTien"] <= MAX_FEE
+                for f in fees
+            ):
+                raise DomainError(
+                    "the dossier's DanhSachLePhi holds an amount that is not whole đồng", code="invalid_amount"
+                )
+            amount = sum(int(f["SoTien"]) for f in fees)
+            if body.fees is not None:
+                asked = Counter((f.TenPhiLePhi, f.SoTien) for f in body.fees)
+                if asked != Counter((f["TenPhiLePhi"], f["SoTien"]) for f in fees):
+                    raise DomainError("the fees differ from the dossier's DanhSachLePhi", code="fees_mismatch")
+            existing = s.scalars(
+                select(Payment).where(Payment.dossier_code == code, Payment.status.in_(("pending", "paid")))
+            ).first()
+            if existing is not None and existing.amount == amount:
+                if existing.pay_url is not None or existing.status == "paid":
+                    return 200, view(existing)
+                payment = existing  # INIT failed before: try again with the same reference
+            elif existing is not None:
+                raise Conflict(
+                    f"payment {existing.reference} for another amount is {existing.status}", code="payment_exists"
+                )
+            else:
+                if dossier.status != DossierStatus.PAYMENT_REQUESTED:
+                    raise Conflict(
+                        f"dossier {code} is in status {dossier.status}, not 6 (payment requested)",
+                        code="payment_not_requested",
+                    )
+                if amount <= 0:
+                    raise DomainError("the dossier has no fee to pay", code="nothing_to_pay")
+                procedure = s.get(Procedure, dossier.procedure_code)
+                if procedure is not None:
+                    allowed = {int(f.get("Gia", -1)) for f in procedure.fees}
+                    stray = [f for f in fees if f["SoTien"] and f["SoTien"] not in allowed]
+                    if stray:
+                        raise DomainError(
+                            f"fee {stray[0]['SoTien']} đồng is not among the catalogue's fees for {procedure.code}",
+                            code="fee_not_in_catalogue",
+                        )
+                now = utcnow()
+                payment = Payment(
+                    reference=new_reference(now),
+                    dossier_code=code,
+                    agency=agency,
+                    client=client.name,
+                    platform=platform_name,
+                    amount=amount,
+                    currency="VND",
+                    fees=fees,
+                    status="pending",
+                    created_at=now,
+                    updated_at=now,
+                )
+                s.add(payment)
+                s.flush()
+            order = PaymentOrder(
+                reference=payment.reference,
+                amount=payment.amount,
+                dossier_code=code,
+                procedure_code=dossier.procedure_code,
+                fees=[{k: v for k, v in f.items() if v is not None} for f in fees],
+                payer_name=body.payer_name or dossier.data.get("ChuHoSo"),
+                description=f"Nộp phí, lệ phí hồ sơ {code}",
+                callback_url=self.callback_url(platform_name),
+                client_ip=client_ip,
+            )
+            reference = payment.reference
+        try:
+            created = platform.create(order, correlation_id=correlation_id)
+        except PeerError as exc:
+            raise PlatformUnavailable(
+                "the payment platform did not create the payment; retry the same request", peer_error=exc.code
+            ) from None
+        with self.sessions.begin() as s:
+            payment = s.scalars(select(Payment).where(Payment.reference == reference)).one()
+            payment.pay_url = created.pay_url
+            payment.updated_at = utcnow()
+            return 201, view(payment)
+
+    def get(self, client: ClientSystem, reference: str) -> dict[str, Any]:
+        with self.sessions() as s:
+            p = s.scalars(select(Payment).where(Payment.reference == reference)).first()
+            if p is None or not client.may_act_for(p.agency):
+                raise NotFound(f"no payment {reference!r}", code="payment_not_found")
+            return view(p)
+
+    def receipt(self, client: ClientSystem, reference: str, *, correlation_id: str) -> bytes:
+        payment = self.get(client, reference)
+        if payment["status"] != "paid":
+            raise Conflict("a receipt exists only for a paid payment", code="payment_not_paid")
+        try:
+            return self.platforms[payment["platform"]].receipt(reference, correlation_id=correlation_id)
+        except PeerError as exc:
+            raise PlatformUnavailable("the payment platform did not give the receipt", peer_error=exc.code) from None
+
+    # -- callbacks -------------------------------------------------------------------------------------------
+
+    def callback(
+        self, platform_name: str, body: bytes, content_type: str | None, query: dict[str, str], *, correlation_id: str
+    ) -> tuple[int, dict[str, Any]]:
+        """Verify first; then apply once. Returns the HTTP status and body the platform expects."""
+        platform = self.platforms.get(platform_name)
+        if platform is None:
+            raise NotFound(f"no payment platform {platform_name!r}", code="unknown_platform")
+        digest = hashlib.sha256(body).hexdigest()
+        try:
+            cb = platform.parse_callback(body, content_type, query)
+        except CallbackRejected as exc:
+            self._record(platform_name, None, None, "rejected", exc.answer_code, exc.reason, digest)
+            log.warning("payment callback rejected", extra={"platform": platform_name, "reason": exc.reason})
+            return platform.answer(exc.answer_code, exc.reason)
+        now = utcnow()
+        if cb.at < now - self.callback_max_age or cb.at > now + timedelta(minutes=5):
+            reason = f"transaction time {cb.at.isoformat()} is outside the accepted window (replay?)"
+            self._record(platform_name, cb.reference, cb.transaction_id, "rejected", "07", reason, digest)
+            return platform.answer("07", reason)
+        verdict, code, why = self._apply(platform_name, cb, "callback", correlation_id, digest)
+        return platform.answer(code, why or verdict)
+
+    def _record(
+        self,
+        platform: str,
+        reference: str | None,
+        transaction: str | None,
+        verdict: str,
+        code: str,
+        reason: str | None,
+        digest: str,
+        session: Session | None = None,
+    ) -> None:
+        row = PaymentCallback(
+            at=utcnow(),
+            platform=platform,
+            reference=reference[:50] if reference else None,
+            transaction_id=transaction[:64] if transaction else None,
+            verdict=verdict,
+            answer_code=code,
+            reason=reason[:500] if reason else None,
+            body_digest=digest,
+        )
+        if session is not None:
+            session.add(row)
+            return
+        with self.sessions.begin() as s:
+            s.add(row)
+
+    def _apply(
+        self, platform: str, cb: Callback, source: str, correlation_id: str, digest: str
+    ) -> tuple[str, str, str | None]:
+        for attempt in (1, 2):
+            try:
+                with self.sessions.begin() as s:
+                    result = self._apply_in(s, platform, cb, source, correlation_id, digest)
+                if result[0] == "applied":
+                    self._on_commit()
+                return result
+            except IntegrityError:
+                if attempt == 2:  # the same transaction id credited to another payment: refuse it
+                    reason = f"transaction {cb.transaction_id} is already credited to another payment"
+                    self._record(platform, cb.reference, cb.transaction_id, "rejected", "02", reason, digest)
+                    return "rejected", "02", reason
+        raise AssertionError("unreachable")
+
+    def _apply_in(
+        self, s: Session, platform: str, cb: Callback, source: str, correlation_id: str, digest: str
+    ) -> tuple[str, str, str | None]:
+        payment = s.scalar(
+            select(Payment).where(Payment.reference == cb.reference, Payment.platform == platform).with_for_update()
+        )
+
+        def done(verdict: str, code: str, reason: str | None) -> tuple[str, str, str | None]:
+            self._record(platform, cb.reference, cb.transaction_id, verdict, code, reason, digest, session=s)
+            return verdict, code, reason
+
+        if payment is None:
+            return done("rejected", "01", f"unknown reference {cb.reference}")
+        if payment.status == "paid":
+            if payment.transaction_id == cb.transaction_id:
+                return done("duplicate", "00", "already applied")
+            return done("rejected", "02", f"already paid by transaction {payment.transaction_id}")
+        if cb.currency != payment.currency or cb.amount != payment.amount:
+            reason = f"amount {cb.amount} {cb.currency} differs from {payment.amount} {payment.currency}"
+            return done("rejected", "04", reason)
+        now = utcnow()
+        if not cb.success:
+            payment.status = "failed"
+            payment.updated_at = now
+            return done("declined", "00", f"the platform reports failure {cb.error_code}")
+        payment.status = "paid"
+        payment.transaction_id = cb.transaction_id
+        payment.bank = cb.bank
+        payment.paid_at = cb.at
+        payment.settled_by = source
+        payment.updated_at = now
+        s.flush()  # the unique transaction id is checked here, inside the transaction
+        dossier = s.scalar(select(Dossier).where(Dossier.code == payment.dossier_code).with_for_update())
+        if dossier is not None and dossier.status == DossierStatus.PAYMENT_REQUESTED:
+            step = {
+                "MaHoSo": payment.dossier_code,
+                "NguoiXuLy": "Hệ thống thanh toán",
+                "ThoiDiemXuLy": format_national(now),
+                "NoiDungXuLy": f"Đã thanh toán {payment.amount:,} đồng (mã giao dịch {cb.transaction_id})".replace(
+                    ",", "."
+                ),
+                "TrangThai": int(DossierStatus.PROCESSING),
+            }
+            self.dossiers.apply(s, SYSTEM, payment.dossier_code, "dossier.progress", step, correlation_id)
+        return done("applied", "00", None)
+
+    # -- late or lost callbacks ------------------------------------------------------------------------------
+
+    def check_pending(self, *, correlation_id: str, limit: int = 200) -> dict[str, int]:
+        """Query the platform for pending payments older than `query_after` (not checked in the last minute)."""
+        now = utcnow()
+        with self.sessions() as s:
+            due = s.execute(
+                select(Payment.reference, Payment.platform)
+                .where(
+                    Payment.status == "pending",
+                    Payment.pay_url.is_not(None),
+                    Payment.created_at <= now - self.query_after,
+                    or_(Payment.last_checked_at.is_(None), Payment.last_checked_at <= now - timedelta(minutes=1)),
+                )
+                .order_by(Payment.created_at)
+                .limit(limit)
+            ).all()
+        counts = Counter[str]()
+        for reference, platform_name in due:
+            platform = self.platforms.get(platform_name)
+            if platform is None:
+                continue
+            try:
+                result = platform.query(reference, correlation_id=correlation_id)
+            except PeerError:
+                counts["errors"] += 1
+                continue
+            if result.status in ("paid", "failed") and result.transaction_id and result.amount is not None:
+                cb = Callback(
+                    reference=reference,
+                    success=result.status == "paid",
+                    amount=result.amount,
+                    currency="VND",
+                    transaction_id=result.transaction_id,
+                    bank=None,
+                    at=result.at or now,
+                    error_code="00" if result.status == "paid" else "51",
+                )
+                verdict, _, _ = self._apply(platform_name, cb, "query", correlation_id, "query:" + reference)
+                counts[verdict] += 1
+            else:
+                counts["still_pending"] += 1
+            with self.sessions.begin() as s:
+                p = s.scalars(select(Payment).where(Payment.reference == reference)).one()
+                p.last_checked_at = utcnow()
+        return dict(counts)
+
+    # -- reconciliation --------------------------------------------------------------------------------------
+
+    def reconcile(self, platform_name: str, day: date, *, correlation_id: str) -> dict[str, Any]:
+        """Hub's ledger of payments paid on `day` (Vietnam time) against the platform's statement."""
+        platform = self.platforms[platform_name]
+        try:
+            lines = platform.statement(day, correlation_id=correlation_id)
+        except PeerError as exc:
+            raise PlatformUnavailable("the payment platform did not give its statement", peer_error=exc.code) from None
+        start = datetime(day.year, day.month, day.day, tzinfo=VN_TZ)
+        with self.sessions() as s:
+            ours = s.scalars(
+                select(Payment).where(
+                    Payment.platform == platform_name,
+                    Payment.status == "paid",
+                    and_(Payment.paid_at >= start, Payment.paid_at < start + timedelta(days=1)),
+                )
+            ).all()
+            by_txn = {p.transaction_id: p for p in ours}
+            theirs = {line.transaction_id: line for line in lines}
+            known_refs = {
+                p.reference: p
+                for p in s.scalars(
+                    select(Payment).where(Payment.reference.in_([line.reference for line in lines]))
+                ).all()
+            }
+        rows: list[dict[str, Any]] = []
+        for txn, line in sorted(theirs.items()):
+            mine = by_txn.get(txn)
+            if mine is None:
+                other = known_refs.get(line.reference)
+                kind = "missing_at_hub"
+                note = f"hub has {line.reference} as {other.status}" if other is not None else "reference unknown"
+                rows.append(_row(kind, line.reference, txn, None, line.amount, note))
+            elif mine.amount != line.amount:
+                rows.append(_row("amount_mismatch", mine.reference, txn, mine.amount, line.amount, None))
+            else:
+                rows.append(_row("matched", mine.reference, txn, mine.amount, line.amount, None))
+        for paid in sorted(ours, key=lambda p: p.reference):
+            if paid.transaction_id not in theirs:
+                rows.append(
+                    _row("missing_at_platform", paid.reference, paid.transaction_id or "", paid.amount, None, None)
+                )
+        summary = Counter(r["result"] for r in rows)
+        return {
+            "platform": platform_name,
+            "date": day.isoformat(),
+            "summary": {
+                k: summary.get(k, 0) for k in ("matched", "missing_at_hub", "missing_at_platform", "amount_mismatch")
+            },
+            "hub_total": sum(p.amount for p in ours),
+            "platform_total": sum(line.amount for line in lines),
+            "rows": rows,
+        }
+
+
+def _row(
+    result: str, reference: str, txn: str, hub: int | None, platform: int | None, note: str | None
+) -> dict[str, Any]:
+    return {
+        "result": result,
+        "reference": reference,
+        "transaction_id": txn,
+        "hub_amount": hub,
+        "platform_amount": platform,
+        "note": note,
+    }
