@@ -34,6 +34,29 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _dev_console_admin(settings: Settings) -> None:
+    """Dev mode with no console account yet: make `admin` (operator) with a generated password, and say it."""
+    import secrets as secrets_
+
+    from hub.console.auth import Operators
+    from hub.store import db
+
+    engine = db.make_engine(settings.effective_database_url)
+    try:
+        operators = Operators(db.make_sessionmaker(engine))
+        try:
+            existing = operators.count()
+        except Exception:  # noqa: BLE001 - a schema not yet upgraded: `hub db upgrade` comes first
+            err.print("console: no accounts table yet; run `hub db upgrade`, then `hub operators add`")
+            return
+        if existing == 0:
+            password = secrets_.token_urlsafe(12)
+            operators.add("admin", password, "operator")
+            err.print(f"console: http://127.0.0.1:8000/ops  user admin, password {password} (dev mode; shown once)")
+    finally:
+        engine.dispose()
+
+
 def _payment_partners(settings: Settings) -> dict[str, str]:
     secret = settings.payment_dvc_secret
     return {settings.payment_dvc_partner: secret.get_secret_value()} if secret else {}
@@ -81,6 +104,8 @@ def serve(
         from hub.store import db
 
         db.upgrade(settings.effective_database_url)
+    if settings.mode == "dev":
+        _dev_console_admin(settings)
     err.print(
         f"hub on http://{host}:{port}  (API docs: http://{host}:{port}/docs)  "
         f"mode={'embedded' if settings.embedded else 'distributed'}"
@@ -700,6 +725,58 @@ def payments_check(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
         print(json.dumps(counts))
     else:
         out.print(counts or "nothing pending")
+
+
+operators_cli = typer.Typer(no_args_is_help=True, help="Accounts of the operator console (/ops)")
+cli.add_typer(operators_cli, name="operators")
+
+
+@operators_cli.command("add")
+def operators_add(
+    username: str,
+    role: Annotated[str, typer.Option(help="viewer | operator")] = "viewer",
+    password_env: Annotated[
+        str | None, typer.Option(help="read the password from this environment variable instead of a prompt")
+    ] = None,
+) -> None:
+    """Create a console account (the password is stored as an argon2 hash)."""
+    from hub.console.auth import Operators
+    from hub.domain.errors import DomainError
+
+    password = (
+        os.environ.get(password_env, "")
+        if password_env
+        else typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    )
+    rt = _jobs_runtime()
+    try:
+        Operators(rt.sessions).add(username, password, role)
+    except DomainError as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        rt.close()
+    out.print(f"operator {username} ({role}) created")
+
+
+@operators_cli.command("list")
+def operators_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    from hub.console.auth import Operators
+
+    rt = _jobs_runtime()
+    try:
+        items = Operators(rt.sessions).list()
+    finally:
+        rt.close()
+    if as_json:
+        print(json.dumps(items))
+        return
+    table = Table(title="console operators")
+    for col in ("username", "role", "disabled", "created_at"):
+        table.add_column(col)
+    for i in items:
+        table.add_row(str(i["username"]), str(i["role"]), str(i["disabled"]), str(i["created_at"]))
+    out.print(table)
 
 
 def main() -> None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
-from hub.store.models import Exchange, OutboxMessage
+from hub.store.models import AccessLogEntry, Exchange, OutboxMessage, Payment, PaymentCallback
 
 
 class StoreCollector(Collector):
@@ -62,10 +62,39 @@ class StoreCollector(Collector):
                 exchanges.add_metric([peer, op, outcome], float(n))
                 if outcome == "ok":
                     latency.add_metric([peer, op], float(avg or 0.0))
-        yield from (depth, oldest, exchanges, latency)
+            reads = CounterMetricFamily(
+                "hub_personal_data_reads",
+                "Reads of personal data (pre-fill) by outcome, from the access log",
+                labels=["outcome", "procedure"],
+            )
+            for outcome, procedure, n in s.execute(
+                select(AccessLogEntry.outcome, AccessLogEntry.procedure, func.count()).group_by(
+                    AccessLogEntry.outcome, AccessLogEntry.procedure
+                )
+            ):
+                reads.add_metric([outcome, procedure], float(n))
+            payments = GaugeMetricFamily(
+                "hub_payments", "Payments by platform and status", labels=["platform", "status"]
+            )
+            for platform, status, n in s.execute(
+                select(Payment.platform, Payment.status, func.count()).group_by(Payment.platform, Payment.status)
+            ):
+                payments.add_metric([platform, status], float(n))
+            callbacks = CounterMetricFamily(
+                "hub_payment_callbacks",
+                "Payment platform callbacks by verdict and answer code",
+                labels=["platform", "verdict", "code"],
+            )
+            for platform, verdict, code, n in s.execute(
+                select(
+                    PaymentCallback.platform, PaymentCallback.verdict, PaymentCallback.answer_code, func.count()
+                ).group_by(PaymentCallback.platform, PaymentCallback.verdict, PaymentCallback.answer_code)
+            ):
+                callbacks.add_metric([platform, verdict, code], float(n))
+        yield from (depth, oldest, exchanges, latency, reads, payments, callbacks)
 
 
-def make_registry(sessions: sessionmaker[Session]) -> tuple[CollectorRegistry, Histogram]:
+def make_registry(sessions: sessionmaker[Session]) -> tuple[CollectorRegistry, Histogram, Counter, Histogram]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))
     requests = Histogram(
@@ -75,4 +104,12 @@ def make_registry(sessions: sessionmaker[Session]) -> tuple[CollectorRegistry, H
         registry=registry,
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
-    return registry, requests
+    verifications = Counter(
+        "hub_signature_verifications", "XML signature verifications by indication", ["indication", "sub_indication"],
+        registry=registry,
+    )  # fmt: skip
+    verify_seconds = Histogram(
+        "hub_signature_verification_seconds", "XML signature verification duration", registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    )  # fmt: skip
+    return registry, requests, verifications, verify_seconds

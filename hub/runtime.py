@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -142,7 +142,9 @@ class Runtime:
         if self.worker is not None:
             self.worker.start()  # after every service it may call exists
 
-        self.registry, self.request_seconds = make_registry(self.sessions)
+        self.registry, self.request_seconds, self.signature_verifications, self.signature_seconds = make_registry(
+            self.sessions
+        )
 
     def readiness(self) -> dict[str, Any]:
         """Database and broker reachable (they decide readiness); each peer's last exchange (informative)."""
@@ -225,16 +227,44 @@ class Runtime:
             on_exchange=hook,
         )
 
+    def _job(self, name: str, work: Callable[[], dict[str, int]]) -> dict[str, int]:
+        """Run a scheduled job and record its run (the console's sync-jobs page shows the last one)."""
+        from hub.domain.dates import utcnow
+        from hub.store.models import JobRun
+
+        started = utcnow()
+        try:
+            result = work()
+        except Exception as exc:
+            self._record_run(JobRun(name=name, started_at=started, finished_at=utcnow(), outcome="error",
+                                    detail={"error": f"{exc.__class__.__name__}: {exc}"[:500]}))  # fmt: skip
+            raise
+        self._record_run(JobRun(name=name, started_at=started, finished_at=utcnow(), outcome="ok", detail=result))
+        return result
+
+    def _record_run(self, run: Any) -> None:
+        try:
+            with self.sessions.begin() as s:
+                s.add(run)
+        except Exception:
+            log.warning("could not record a job run", exc_info=True)
+
     def check_payments(self) -> dict[str, int]:
-        return self.payments.check_pending(correlation_id=f"payments-check-{uuid.uuid4().hex[:12]}")
+        return self._job(
+            "check_payments",
+            lambda: self.payments.check_pending(correlation_id=f"payments-check-{uuid.uuid4().hex[:12]}"),
+        )
 
     def poll_portal(self) -> dict[str, int]:
         from hub.sync.polling import poll_portal
 
-        counts = poll_portal(self)
-        if counts["new_events"]:
-            self.wake()
-        return counts
+        def work() -> dict[str, int]:
+            counts = poll_portal(self)
+            if counts["new_events"]:
+                self.wake()
+            return counts
+
+        return self._job("poll_portal", work)
 
     def wake(self) -> None:
         if self.worker is not None:

@@ -120,6 +120,9 @@ def test_pay_and_the_dossier_moves_on_once(hub: Hub, platform: httpx.Client, por
     assert receipt.status_code == 200 and receipt.content.startswith(b"%PDF")
     assert receipt.headers["content-type"] == "application/pdf"
     assert verdicts(hub) == [("applied", "00")]
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_payment_callbacks_total{code="00",platform="dvc",verdict="applied"} 1.0' in metrics
+    assert 'hub_payments{platform="dvc",status="paid"} 1.0' in metrics
     answers = platform.get("/_sandbox/payments").json()["answers"]
     assert [a["body"]["MaLoi"] for a in answers] == ["00"]
 

@@ -379,6 +379,9 @@ def test_api_verifies_and_reports(signing_hub: Hub, trust: Trust) -> None:
     assert r.json()["signed_references"][0]["content"].count("Nguyễn Văn An") == 1
     bad = signing_hub.http.post("/v1/signatures/verify", content=XXE, headers={"Content-Type": "application/xml"})
     assert bad.status_code == 200 and bad.json()["sub_indication"] == "FORMAT_FAILURE"
+    metrics = signing_hub.http.get("/metrics").text
+    assert 'hub_signature_verifications_total{indication="TOTAL-PASSED",sub_indication=""} 1.0' in metrics
+    assert 'hub_signature_verifications_total{indication="TOTAL-FAILED",sub_indication="FORMAT_FAILURE"} 1.0' in metrics
     naive = signing_hub.http.post("/v1/signatures/verify?at=2026-01-01T00:00:00", content=signed)
     assert naive.status_code == 422 and naive.json()["code"] == "invalid_date"
     assert httpx.post(f"{signing_hub.server.url}/v1/signatures/verify", content=signed).status_code == 401

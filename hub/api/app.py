@@ -95,6 +95,21 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             holder["rt"].request_seconds.labels(method, route, str(status)).observe(seconds)
 
     app.add_middleware(BodyLimitAndCorrelation, max_body=settings.max_body_bytes, observe=observe)
+    from starlette.middleware.sessions import SessionMiddleware
+
+    from hub.console.views import router as console_router
+    from hub.domain.privacy import derive_key
+
+    secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=derive_key(secret, "console-session").hex(),
+        session_cookie="hub_console",
+        max_age=8 * 3600,
+        same_site="strict",
+        https_only=settings.mode == "production",
+    )
+    app.include_router(console_router(rt))
 
     def answer(a: Any) -> JSONResponse:
         headers = {"Idempotent-Replayed": "true"} if a.replayed else {}
@@ -210,7 +225,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if at is not None and at.tzinfo is None:
             raise DomainError("`at` must carry a time zone offset", code="invalid_date")
         data = await request.body()
-        report = await run_in_threadpool(rt().signatures.verify, data, at=at)
+        with rt().signature_seconds.time():
+            report = await run_in_threadpool(rt().signatures.verify, data, at=at)
+        rt().signature_verifications.labels(report.indication, report.sub_indication or "").inc()
         return report.as_dict()
 
     @app.post(

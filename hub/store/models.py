@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     ForeignKey,
@@ -106,6 +107,7 @@ class OutboxMessage(Base):
     __table_args__ = (
         UniqueConstraint("dossier_id", "destination", "seq", name="uq_outbox_dossier_destination_seq"),
         Index("ix_outbox_due", "state", "next_attempt_at"),
+        Index("ix_outbox_state_destination", "state", "destination"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -298,3 +300,30 @@ class PaymentCallback(Base):
     answer_code: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str | None] = mapped_column(String(500))
     body_digest: Mapped[str] = mapped_column(String(64))
+
+
+class Operator(Base):
+    """A person who uses the operator console. Passwords are argon2 hashes; roles: viewer, operator."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobRun(Base):
+    """One run of a scheduled job (portal polling, payment checks), whoever ran it: the console shows the last."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (Index("ix_job_runs_name_started", "name", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | error
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType)

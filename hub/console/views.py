@@ -1,0 +1,398 @@
+"""The console's pages. Server-rendered (Jinja2, autoescaped), a signed session cookie, a CSRF token per session
+checked on every POST, roles checked on every action."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+
+from hub.console.auth import Operators
+from hub.console.i18n import words
+from hub.domain.dates import utcnow
+from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
+from hub.services.dossiers import mask_id
+from hub.store.models import Dossier, Exchange, JobRun, OutboxMessage, Payment, StatusEvent
+from hub.sync import jobs, outbox
+
+templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+JOBS = ("poll_portal", "check_payments")
+ID_RE = re.compile(r"^[0-9]{12}$")
+
+
+class LoginLimiter:
+    """At most 5 failed logins per user name per minute."""
+
+    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
+        self.limit, self.window = limit, window
+        self._fails: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def blocked(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            q = self._fails.get(key)
+            while q and q[0] < now - self.window:
+                q.popleft()
+            return q is not None and len(q) >= self.limit
+
+    def failed(self, key: str) -> None:
+        with self._lock:
+            self._fails.setdefault(key, deque()).append(time.monotonic())
+
+
+def router(runtime: Any) -> APIRouter:
+    r = APIRouter(prefix="/ops", include_in_schema=False)
+    limiter = LoginLimiter()
+    cache: dict[str, Operators] = {}
+
+    def rt() -> Any:
+        return runtime()
+
+    def ops() -> Operators:
+        if "ops" not in cache:
+            cache["ops"] = Operators(rt().sessions)
+        return cache["ops"]
+
+    def lang_of(request: Request) -> str:
+        wanted = request.query_params.get("lang")
+        if wanted in ("vi", "en"):
+            request.session["lang"] = wanted
+        return str(request.session.get("lang", "vi"))
+
+    def csrf_of(request: Request) -> str:
+        token = request.session.get("csrf")
+        if not token:
+            token = request.session["csrf"] = secrets.token_urlsafe(32)
+        return str(token)
+
+    def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        lang = lang_of(request)
+        flash = request.session.pop("flash", None)
+        base = {
+            "lang": lang,
+            "t": words(lang),
+            "user": request.session.get("user"),
+            "role": request.session.get("role"),
+            "csrf": csrf_of(request),
+            "flash": flash,
+            "error": None,
+        }
+        response = templates.TemplateResponse(request, name, base | context, status_code=status)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'unsafe-inline'; img-src 'self'"
+        return response
+
+    def user_or_login(request: Request) -> Response | None:
+        if not request.session.get("user"):
+            return RedirectResponse("/ops/login", status_code=303)
+        return None
+
+    async def checked_form(request: Request, *, role: str | None = None) -> tuple[dict[str, Any], Response | None]:
+        form = await request.form()
+        data: dict[str, Any] = {k: form.getlist(k) if k == "ids" else form.get(k) for k in form}
+        token = request.session.get("csrf")
+        given = str(data.get("csrf") or "")
+        t = words(lang_of(request))
+        if not token or not secrets.compare_digest(given, str(token)):
+            return data, render(request, "message.html", status=403, heading=t["csrf"])
+        if role is not None and request.session.get("role") != role:
+            return data, render(request, "message.html", status=403, heading=t["forbidden"])
+        return data, None
+
+    # -- login -----------------------------------------------------------------------------------------------
+
+    @r.get("/login")
+    def login_page(request: Request) -> Response:
+        return render(request, "login.html")
+
+    @r.post("/login")
+    async def login(request: Request) -> Response:
+        data, refused = await checked_form(request)
+        if refused is not None:
+            return refused
+        username, password = str(data.get("username") or "")[:64], str(data.get("password") or "")[:200]
+        t = words(lang_of(request))
+        if limiter.blocked(username):
+            return _with_error(render(request, "login.html", status=429), t["too_many"])
+        role = ops().authenticate(username, password)
+        if role is None:
+            limiter.failed(username)
+            return _with_error(render(request, "login.html", status=401), t["bad_login"])
+        lang = request.session.get("lang", "vi")
+        request.session.clear()  # a fresh session (and CSRF token) after login
+        request.session.update({"user": username, "role": role, "lang": lang, "csrf": secrets.token_urlsafe(32)})
+        return RedirectResponse("/ops", status_code=303)
+
+    @r.post("/logout")
+    async def logout(request: Request) -> Response:
+        _, refused = await checked_form(request)
+        if refused is not None:
+            return refused
+        request.session.clear()
+        return RedirectResponse("/ops/login", status_code=303)
+
+    # -- pages -----------------------------------------------------------------------------------------------
+
+    @r.get("")
+    def overview(request: Request) -> Response:
+        if (go := user_or_login(request)) is not None:
+            return go
+        now = utcnow()
+        with rt().sessions() as s:
+            totals = outbox.counts(s)
+            peers = jobs.peers_status(s)
+            hours = []
+            for h in range(5, -1, -1):
+                start, end = now - timedelta(hours=h + 1), now - timedelta(hours=h)
+                rows = dict(
+                    s.execute(
+                        select(Exchange.outcome, func.count())
+                        .where(Exchange.at >= start, Exchange.at < end)
+                        .group_by(Exchange.outcome)
+                    ).all()
+                )
+                ok = int(rows.pop("ok", 0))
+                hours.append((end, ok, int(sum(rows.values()))))
+            payments_pending = s.scalar(select(func.count()).select_from(Payment).where(Payment.status == "pending"))
+        ok_total = sum(h[1] for h in hours)
+        bad_total = sum(h[2] for h in hours)
+        error_rate = 100.0 * bad_total / (ok_total + bad_total) if ok_total + bad_total else 0.0
+        return render(
+            request,
+            "overview.html",
+            page="overview",
+            totals=totals,
+            peers=peers,
+            chart=_chart(hours),
+            error_rate=error_rate,
+            payments_pending=payments_pending or 0,
+        )
+
+    @r.get("/dossiers")
+    def dossiers(request: Request, q: str = "") -> Response:
+        if (go := user_or_login(request)) is not None:
+            return go
+        q = q.strip()[:64]
+        results = []
+        if q:
+            with rt().sessions() as s:
+                query = select(Dossier).order_by(Dossier.updated_at.desc()).limit(50)
+                if ID_RE.match(q):
+                    query = query.where(Dossier.subject_hmac == rt().dossiers.subject_hmac(q))
+                else:
+                    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                    query = query.where(Dossier.code.like(f"{escaped}%", escape="\\"))
+                results = [_dossier_row(d) for d in s.scalars(query)]
+        return render(request, "dossiers.html", page="dossiers", q=q, results=results)
+
+    @r.get("/dossiers/{code}")
+    def dossier(request: Request, code: str) -> Response:
+        if (go := user_or_login(request)) is not None:
+            return go
+        with rt().sessions() as s:
+            d = s.scalar(select(Dossier).where(Dossier.code == code))
+            if d is None:
+                return render(
+                    request, "message.html", status=404, page="dossiers", heading=words(lang_of(request))["no_results"]
+                )
+            events = s.scalars(
+                select(StatusEvent).where(StatusEvent.dossier_id == d.id).order_by(StatusEvent.seq)
+            ).all()
+            rows = s.scalars(select(OutboxMessage).where(OutboxMessage.dossier_id == d.id)).all()
+            by_event: dict[str, list[OutboxMessage]] = {}
+            for o in rows:
+                by_event.setdefault(o.event_id, []).append(o)
+            ids = [o.id for o in rows]
+            exchanges: dict[int, list[Exchange]] = {}
+            if ids:
+                for x in s.scalars(select(Exchange).where(Exchange.outbox_id.in_(ids)).order_by(Exchange.at)):
+                    exchanges.setdefault(int(x.outbox_id or 0), []).append(x)
+            timeline = [
+                {
+                    "seq": e.seq,
+                    "kind": e.kind,
+                    "at": e.created_at.isoformat(timespec="seconds"),
+                    "status": e.status,
+                    "status_name": VIETNAMESE_NAMES[DossierStatus(e.status)],
+                    "deliveries": [
+                        {
+                            "destination": o.destination,
+                            "operation": o.operation,
+                            "state": o.state,
+                            "attempts": o.attempts,
+                            "last_error_code": o.last_error_code,
+                            "last_error": o.last_error,
+                            "peer_reply": o.peer_reply,
+                            "exchanges": [
+                                {
+                                    "at": x.at.isoformat(timespec="seconds"),
+                                    "operation": x.operation,
+                                    "outcome": x.outcome,
+                                    "error_code": x.error_code,
+                                    "duration_ms": round(x.duration_ms),
+                                }
+                                for x in exchanges.get(o.id, [])
+                            ],
+                        }
+                        for o in by_event.get(e.event_id, [])
+                    ],
+                }
+                for e in events
+            ]
+            row = _dossier_row(d)
+        return render(request, "dossier.html", page="dossiers", d=row, events=timeline)
+
+    def dead_rows(destination: str, code: str, limit: int | None = 200) -> tuple[list[dict[str, Any]], int]:
+        with rt().sessions() as s:
+            cond = [OutboxMessage.state == outbox.DEAD]
+            if destination:
+                cond.append(OutboxMessage.destination == destination)
+            if code:
+                cond.append(OutboxMessage.last_error_code == code)
+            total = int(s.scalar(select(func.count()).select_from(OutboxMessage).where(*cond)) or 0)
+            q = (
+                select(OutboxMessage, Dossier.code)
+                .join(Dossier, Dossier.id == OutboxMessage.dossier_id)
+                .where(*cond)
+                .order_by(OutboxMessage.id)
+            )
+            if limit is not None:
+                q = q.limit(limit)
+            rows = [
+                {
+                    "id": m.id,
+                    "MaHoSo": c,
+                    "seq": m.seq,
+                    "destination": m.destination,
+                    "last_error_code": m.last_error_code,
+                    "last_error": (m.last_error or "")[:300],
+                    "attempts": m.attempts,
+                }
+                for m, c in s.execute(q).all()
+            ]
+        return rows, total
+
+    @r.get("/dead")
+    def dead(request: Request, destination: str = "", code: str = "") -> Response:
+        if (go := user_or_login(request)) is not None:
+            return go
+        rows, total = dead_rows(destination, code)
+        with rt().sessions() as s:
+            dead_only = OutboxMessage.state == outbox.DEAD
+            destinations = sorted(
+                x for (x,) in s.execute(select(OutboxMessage.destination).where(dead_only).distinct())
+            )
+            codes = sorted(
+                x for (x,) in s.execute(select(OutboxMessage.last_error_code).where(dead_only).distinct()) if x
+            )
+        return render(
+            request, "dead.html", page="dead", rows=rows, total=total, destination=destination, code=code,
+            destinations=destinations, codes=codes,
+        )  # fmt: skip
+
+    @r.post("/dead/replay")
+    async def replay(request: Request) -> Response:
+        if (go := user_or_login(request)) is not None:
+            return go
+        data, refused = await checked_form(request, role="operator")
+        if refused is not None:
+            return refused
+        t = words(lang_of(request))
+        scope = str(data.get("scope") or "selected")
+        destination, code = str(data.get("destination") or ""), str(data.get("code") or "")
+        if scope == "filtered":
+            ids = [row["id"] for row in dead_rows(destination, code, limit=None)[0]]
+        else:
+            ids = [int(i) for i in data.get("ids") or [] if str(i).isdigit()]
+        if not ids:
+            request.session["flash"] = t["nothing_selected"]
+            return RedirectResponse("/ops/dead", status_code=303)
+        if data.get("confirmed") != "yes":
+            return render(
+                request, "confirm.html", page="dead", question=t["confirm_replay"].format(n=len(ids)),
+                scope="selected", ids=ids, destination=destination, code=code,
+            )  # fmt: skip
+        with rt().sessions.begin() as s:
+            result = jobs.replay(s, ids=ids)
+        rt().wake()
+        request.session["flash"] = t["replayed"].format(n=result["replayed"])
+        return RedirectResponse("/ops/dead", status_code=303)
+
+    @r.get("/jobs")
+    def sync_jobs(request: Request) -> Response:
+        if (go := user_or_login(request)) is not None:
+            return go
+        found = []
+        with rt().sessions() as s:
+            for name in JOBS:
+                run = s.scalars(
+                    select(JobRun).where(JobRun.name == name).order_by(JobRun.started_at.desc()).limit(1)
+                ).first()
+                found.append(
+                    {
+                        "name": name,
+                        "at": run.finished_at.isoformat(timespec="seconds") if run else None,
+                        "outcome": run.outcome if run else None,
+                        "detail": run.detail if run else None,
+                    }
+                )
+        return render(request, "jobs.html", page="jobs", jobs=found)
+
+    return r
+
+
+def _with_error(page: HTMLResponse, message: str) -> HTMLResponse:
+    from html import escape
+
+    page.body = bytes(page.body).replace(
+        b"<main>", f'<main><div class="error" id="error">{escape(message)}</div>'.encode()
+    )
+    page.headers["content-length"] = str(len(page.body))
+    return page
+
+
+def _dossier_row(d: Dossier) -> dict[str, Any]:
+    return {
+        "code": d.code,
+        "status": d.status,
+        "status_name": VIETNAMESE_NAMES[DossierStatus(d.status)],
+        "procedure": d.procedure_code,
+        "owner": mask_id(d.data.get("SoGiayToChuHoSo")) or "—",
+        "updated": d.updated_at.isoformat(timespec="seconds"),
+    }
+
+
+def _chart(hours: list[tuple[Any, int, int]]) -> dict[str, Any]:
+    width, height, gap = 420, 120, 10
+    bar_w = (width - gap * (len(hours) + 1)) / max(1, len(hours))
+    top = max([ok + bad for _, ok, bad in hours] + [1])
+    bars = []
+    for i, (end, ok, bad) in enumerate(hours):
+        h_ok, h_bad = height * ok / top, height * bad / top
+        x = gap + i * (bar_w + gap)
+        bars.append(
+            {
+                "x": round(x, 1),
+                "w": round(bar_w, 1),
+                "ok": ok,
+                "bad": bad,
+                "h_ok": round(h_ok, 1),
+                "h_bad": round(h_bad, 1),
+                "y_ok": round(height - h_ok, 1),
+                "y_bad": round(height - h_ok - h_bad, 1),
+                "label": (end + timedelta(hours=7)).strftime("%H:%M"),
+            }
+        )
+    return {"width": width, "height": height, "bars": bars}

@@ -1,0 +1,165 @@
+"""The operator console in a real browser (Debian's chromium, driven by Playwright): log in, find a dossier, read
+its timeline, replay a dead letter with a confirmation, switch language — and the refusals: a viewer cannot
+replay, a forged form (no CSRF token) changes nothing, a wrong password is refused. Screenshots are kept in
+test-artifacts/."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hub.console.auth import Operators
+from hub.sandbox.common import ServerThread
+from tests.conftest import Creds, Hub, HubFactory
+from tests.helpers import dossier
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+PASSWORD = "mật-khẩu-rất-dài-123"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium must be installed (.ci/run installs it)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def console_hub(hub_factory: HubFactory, creds: Creds, onestop_server: ServerThread) -> Hub:
+    hub = hub_factory()
+    ops = Operators(hub.runtime.sessions)
+    ops.add("tran.van.an", PASSWORD, "operator")
+    ops.add("le.thi.xem", PASSWORD, "viewer")
+    return hub
+
+
+def dead_letter(hub: Hub, creds: Creds) -> str:
+    """The portal pushes a dossier for an agency nobody routed: a dead letter `unroutable_agency`."""
+    d = dossier(5, status=1)
+    r = hub.http.post("/v1/national/dossiers", json=d, headers={"X-API-Key": creds.portal_key})
+    assert r.status_code == 202, r.text
+    hub.wait_idle()
+    return str(d["MaHoSo"])
+
+
+def shot(page: object, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"console-{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def login(page: object, base: str, user: str, password: str = PASSWORD) -> None:
+    page.goto(f"{base}/ops")  # type: ignore[attr-defined]
+    page.fill("input[name=username]", user)  # type: ignore[attr-defined]
+    page.fill("input[name=password]", password)  # type: ignore[attr-defined]
+    page.click("#login")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_operator_finds_a_dossier_and_replays_its_dead_letter(
+    console_hub: Hub, creds: Creds, browser: object, onestop_server: ServerThread, backend: str
+) -> None:
+    hub = console_hub
+    code = dead_letter(hub, creds)
+    base = hub.server.url
+    context = browser.new_context(locale="vi-VN")  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(f"{base}/ops")
+    assert page.url.endswith("/ops/login") and page.locator("#login").inner_text() == "Đăng nhập"  # Vietnamese
+    login(page, base, "tran.van.an", "sai-mat-khau-0000")
+    assert "Sai tên đăng nhập hoặc mật khẩu" in page.locator("#error").inner_text()
+    login(page, base, "tran.van.an")
+    assert page.locator("h1").inner_text() == "Tổng quan"
+    assert "one_stop" in page.locator("#peers").inner_text()
+    shot(page, "overview")
+    # find the dossier and read its timeline
+    page.click("text=Hồ sơ")
+    page.fill("#q", code)
+    page.click("#search")
+    page.click(f"text={code}")
+    timeline = page.locator("#timeline").inner_text()
+    assert "dead" in timeline and "unroutable_agency" in timeline
+    shot(page, "timeline-dead")
+    # the route is added, then the operator replays the dead letter, with a confirmation
+    hub.runtime.routes.add(code.split("-")[0], onestop_server.url)
+    page.click("text=Thư chết (giao không được)")
+    assert code in page.locator("#dead").inner_text()
+    page.check("input[name=ids]")
+    page.click("#replay-selected")
+    assert page.locator("h1").inner_text() == "Phát lại 1 thư chết?"
+    shot(page, "confirm-replay")
+    page.click("#confirm")
+    assert page.locator("#flash").inner_text() == "Đã phát lại 1 thư chết"
+    assert hub.wait_idle() == {"delivered": 1}
+    page.goto(f"{base}/ops/dossiers/{code}")
+    assert "delivered" in page.locator("#timeline").inner_text()
+    # English on request
+    page.click("#lang")
+    assert page.locator("header").inner_text().count("Dead letters") == 1
+    shot(page, "timeline-delivered-en")
+    context.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_viewer_sees_but_cannot_replay(console_hub: Hub, creds: Creds, browser: object, backend: str) -> None:
+    hub = console_hub
+    dead_letter(hub, creds)
+    base = hub.server.url
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    login(page, base, "le.thi.xem")
+    page.goto(f"{base}/ops/dead")
+    assert page.locator("#dead input[name=ids]").count() == 1
+    assert page.locator("#replay-selected").count() == 0  # no action offered to a viewer
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    answer = page.request.post(
+        f"{base}/ops/dead/replay", form={"csrf": csrf or "", "ids": "1", "scope": "selected", "confirmed": "yes"}
+    )
+    assert answer.status == 403  # even with a valid token, the role decides
+    shot(page, "viewer")
+    context.close()
+    assert hub.wait_idle().get("dead") == 1
+
+
+def _logged_in(base: str, user: str) -> httpx.Client:
+    c = httpx.Client(base_url=base, follow_redirects=False)
+    token = re.search(r'name="csrf" value="([^"]+)"', c.get("/ops/login").text)
+    assert token is not None
+    r = c.post("/ops/login", data={"csrf": token.group(1), "username": user, "password": PASSWORD})
+    assert r.status_code == 303, r.text
+    return c
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_forged_forms_and_strangers_change_nothing(console_hub: Hub, creds: Creds, backend: str) -> None:
+    hub = console_hub
+    dead_letter(hub, creds)
+    base = hub.server.url
+    stranger = httpx.Client(base_url=base, follow_redirects=False)
+    assert stranger.get("/ops/dead").status_code == 303  # to the login page
+    assert stranger.post("/ops/dead/replay", data={"ids": "1", "confirmed": "yes"}).status_code in (303, 403)
+    operator = _logged_in(base, "tran.van.an")
+    forged = operator.post("/ops/dead/replay", data={"ids": "1", "scope": "selected", "confirmed": "yes"})
+    assert forged.status_code == 403  # no CSRF token
+    wrong = operator.post("/ops/dead/replay", data={"csrf": "x" * 43, "ids": "1", "confirmed": "yes"})
+    assert wrong.status_code == 403
+    assert hub.wait_idle().get("dead") == 1
+    # the page is not framable and not cached
+    page = operator.get("/ops/dead")
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
+    # repeated wrong passwords are slowed down
+    attacker = httpx.Client(base_url=base)
+    for _ in range(6):
+        token = re.search(r'name="csrf" value="([^"]+)"', attacker.get("/ops/login").text)
+        assert token is not None
+        last = attacker.post("/ops/login", data={"csrf": token.group(1), "username": "tran.van.an", "password": "no"})
+    assert last.status_code == 429
