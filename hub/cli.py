@@ -779,6 +779,31 @@ def operators_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     out.print(table)
 
 
+@cli.command()
+def maintenance(
+    action: Annotated[str, typer.Argument(help="on | off | status")] = "status",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Maintenance mode: `on` stops every worker from dispatching (ingest goes on, the outbox fills); `off` resumes."""
+    if action not in ("on", "off", "status"):
+        err.print("[red]say on, off or status[/red]")
+        raise typer.Exit(2)
+    rt = _jobs_runtime()
+    try:
+        if action != "status":
+            rt.maintenance.set(action == "on", by=f"cli:{os.environ.get('USER', 'unknown')}")
+        status = rt.maintenance.status()
+    finally:
+        rt.close()
+    if as_json:
+        print(json.dumps(status))
+    else:
+        out.print(
+            ("[yellow]maintenance ON[/yellow]" if status["maintenance"] else "maintenance off")
+            + f"  ({status['by']}, {status['since']})"
+        )
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
     cli()

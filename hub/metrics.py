@@ -8,13 +8,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
 from hub.store.models import AccessLogEntry, Exchange, OutboxMessage, Payment, PaymentCallback
+
+DURATION_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 class StoreCollector(Collector):
@@ -91,10 +93,32 @@ class StoreCollector(Collector):
                 ).group_by(PaymentCallback.platform, PaymentCallback.verdict, PaymentCallback.answer_code)
             ):
                 callbacks.add_metric([platform, verdict, code], float(n))
-        yield from (depth, oldest, exchanges, latency, reads, payments, callbacks)
+            attempts = GaugeMetricFamily(
+                "hub_outbox_attempts",
+                "Delivery attempts spent by outbox rows, by state and destination (retries show in pending/dead)",
+                labels=["state", "destination"],
+            )
+            for state, dest, total in s.execute(
+                select(OutboxMessage.state, OutboxMessage.destination, func.sum(OutboxMessage.attempts)).group_by(
+                    OutboxMessage.state, OutboxMessage.destination
+                )
+            ):
+                attempts.add_metric([state, dest], float(total or 0))
+            durations = HistogramMetricFamily(
+                "hub_exchange_duration_ms", "Outbound exchange duration (ms) by peer", labels=["peer"]
+            )
+            columns = [func.sum(case((Exchange.duration_ms <= b, 1), else_=0)) for b in DURATION_BUCKETS_MS]
+            for peer, n, total, *cumulative in s.execute(
+                select(Exchange.peer, func.count(), func.sum(Exchange.duration_ms), *columns).group_by(Exchange.peer)
+            ):
+                buckets = [(str(b), float(c or 0)) for b, c in zip(DURATION_BUCKETS_MS, cumulative, strict=True)]
+                durations.add_metric([peer], [*buckets, ("+Inf", float(n))], float(total or 0.0))
+        yield from (depth, oldest, exchanges, latency, reads, payments, callbacks, attempts, durations)
 
 
-def make_registry(sessions: sessionmaker[Session]) -> tuple[CollectorRegistry, Histogram, Counter, Histogram]:
+def make_registry(
+    sessions: sessionmaker[Session],
+) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))
     requests = Histogram(
@@ -112,4 +136,8 @@ def make_registry(sessions: sessionmaker[Session]) -> tuple[CollectorRegistry, H
         "hub_signature_verification_seconds", "XML signature verification duration", registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
     )  # fmt: skip
-    return registry, requests, verifications, verify_seconds
+    prefill_seconds = Histogram(
+        "hub_prefill_seconds", "Pre-fill request duration (population look-ups included)", ["outcome"],
+        registry=registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )  # fmt: skip
+    return registry, requests, verifications, verify_seconds, prefill_seconds

@@ -56,6 +56,9 @@ class Runtime:
             read_timeout=settings.read_timeout,
             max_connections=max(settings.relay_concurrency, 4),
         )
+        from hub.sync.maintenance import Maintenance
+
+        self.maintenance = Maintenance(self.sessions)
         self.relay = Relay(
             self.sessions,
             {NATIONAL_PORTAL: self._deliver_to_portal, ONE_STOP: self._deliver_to_one_stop},
@@ -68,6 +71,7 @@ class Runtime:
             batch_size=settings.relay_batch_size,
             concurrency=settings.relay_concurrency,
             lease_seconds=settings.relay_lease_seconds,
+            paused=self.maintenance.on,
         )
         self.worker: EmbeddedWorker | None = None
         self._waker: Any = None
@@ -120,6 +124,18 @@ class Runtime:
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
             )
+        if settings.payment_vnpay_pay_url and settings.payment_vnpay_secret is not None:
+            from hub.adapters.payment.vnpay import VnpayClient
+
+            self.payment_platforms["vnpay"] = VnpayClient(
+                settings.payment_vnpay_pay_url,
+                settings.payment_vnpay_api_url or settings.payment_vnpay_pay_url,
+                merchant=settings.payment_vnpay_merchant,
+                secret=settings.payment_vnpay_secret.get_secret_value(),
+                return_url=f"{settings.effective_public_url}/v1/payments/return/vnpay",
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+            )
         self.payments = PaymentService(
             self.sessions,
             self.payment_platforms,
@@ -142,9 +158,13 @@ class Runtime:
         if self.worker is not None:
             self.worker.start()  # after every service it may call exists
 
-        self.registry, self.request_seconds, self.signature_verifications, self.signature_seconds = make_registry(
-            self.sessions
-        )
+        (
+            self.registry,
+            self.request_seconds,
+            self.signature_verifications,
+            self.signature_seconds,
+            self.prefill_seconds,
+        ) = make_registry(self.sessions)
 
     def readiness(self) -> dict[str, Any]:
         """Database and broker reachable (they decide readiness); each peer's last exchange (informative)."""
@@ -175,7 +195,8 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - as above
                 checks["broker"] = f"error: {exc.__class__.__name__}"
         ok = all(v == "ok" for v in checks.values())
-        return {"status": "ok" if ok else "unavailable", "checks": checks, "peers": peers}
+        maintenance = self.maintenance.on() if checks.get("database") == "ok" else None
+        return {"status": "ok" if ok else "unavailable", "checks": checks, "peers": peers, "maintenance": maintenance}
 
     @staticmethod
     def _record_exchanges(session: Session, records: Sequence[ExchangeRecord]) -> None:
@@ -231,6 +252,9 @@ class Runtime:
         """Run a scheduled job and record its run (the console's sync-jobs page shows the last one)."""
         from hub.domain.dates import utcnow
         from hub.store.models import JobRun
+
+        if self.maintenance.on():
+            return {"skipped_maintenance": 1}
 
         started = utcnow()
         try:

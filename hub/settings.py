@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     payment_dvc_url: str = ""  # the DVC payment platform; empty -> the sandbox on loopback (dev only)
     payment_dvc_partner: str = "HUB-SANDBOX"  # MaDoiTac
     payment_dvc_secret: SecretStr | None = None  # the partner secret in every MaXacThuc
+    payment_vnpay_pay_url: str = ""  # the gateway's pay page (e.g. https://.../paymentv2/vpcpay.html); empty: off
+    payment_vnpay_api_url: str = ""  # its merchant API (querydr, statement)
+    payment_vnpay_merchant: str = ""  # vnp_TmnCode
+    payment_vnpay_secret: SecretStr | None = None  # the HMAC-SHA512 key
     payment_platforms: dict[str, str] = Field(
         default_factory=dict, description="agency code pattern ('*' suffix) -> platform name; default: dvc"
     )

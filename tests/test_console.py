@@ -153,6 +153,16 @@ def test_forged_forms_and_strangers_change_nothing(console_hub: Hub, creds: Cred
     wrong = operator.post("/ops/dead/replay", data={"csrf": "x" * 43, "ids": "1", "confirmed": "yes"})
     assert wrong.status_code == 403
     assert hub.wait_idle().get("dead") == 1
+    # an operator switches maintenance mode on and off from the console (with the form's token)
+    page = operator.get("/ops/jobs").text
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None and 'id="maintenance-toggle"' in page
+    assert operator.post("/ops/maintenance", data={"csrf": token.group(1), "state": "on"}).status_code == 303
+    assert hub.runtime.maintenance.status()["maintenance"] is True
+    assert 'id="maintenance"' in operator.get("/ops").text
+    assert operator.post("/ops/maintenance", data={"state": "off"}).status_code == 403  # no token
+    assert operator.post("/ops/maintenance", data={"csrf": token.group(1), "state": "off"}).status_code == 303
+    assert hub.runtime.maintenance.status()["maintenance"] is False
     # the page is not framable and not cached
     page = operator.get("/ops/dead")
     assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"

@@ -103,7 +103,10 @@ def test_birth_registration_by_the_father_fills_the_mother_from_his_spouse(hub: 
     assert all(father["SoDinhDanh"] not in json.dumps([e.subject, e.fields]) for e in entries)
     assert by_role["subject"].client == "onestop-hcm" and by_role["subject"].officer == "cb-0042"
     assert by_role["subject"].agency == AGENCY and by_role["subject"].purpose == PURPOSE
-    assert 'hub_personal_data_reads_total{outcome="allowed",procedure="1.001193"} 2.0' in hub.http.get("/metrics").text
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_personal_data_reads_total{outcome="allowed",procedure="1.001193"} 2.0' in metrics
+    assert 'hub_prefill_seconds_count{outcome="ok"} 1.0' in metrics
+    assert 'hub_exchange_duration_ms_count{peer="population"} 2.0' in metrics
 
 
 def test_birth_registration_by_the_mother_fills_her_own_side(hub: Hub, people: httpx.Client) -> None:

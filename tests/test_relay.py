@@ -207,3 +207,18 @@ def _wait_for(cond: Any, timeout: float = 20.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
+
+
+def test_maintenance_mode_stops_dispatch_and_keeps_ingest(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    hub = hub_factory()
+    hub.runtime.maintenance.set(True, by="test")
+    codes = file_and_walk(hub, 3, [4])  # ingest goes on: every request answered 202
+    time.sleep(1.5)  # several poll intervals of the embedded worker
+    assert _states(hub) == {"pending": 6}
+    assert portal.get("/_sandbox/received").json()["count"] == 0
+    assert hub.http.get("/readyz").json()["maintenance"] is True
+    hub.runtime.maintenance.set(False, by="test")
+    hub.runtime.wake()
+    assert hub.wait_idle() == {"delivered": 6}
+    for code in codes:
+        assert portal_history(portal, code) == [2, 4]

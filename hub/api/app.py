@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -177,7 +178,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "hash-chained access log.",
     )
     def prefill(body: PrefillIn, who: Client) -> dict[str, Any]:
-        return rt().prefill.prefill(who, body, correlation_id=correlation_id.get())
+        started, outcome = time.perf_counter(), "error"
+        try:
+            result = rt().prefill.prefill(who, body, correlation_id=correlation_id.get())
+            outcome = "ok"
+            return result
+        except DomainError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            rt().prefill_seconds.labels(outcome).observe(time.perf_counter() - started)
 
     @app.post("/v1/consents", status_code=201, tags=["prefill"], summary="Record a citizen's consent to reuse data")
     def grant_consent(body: ConsentIn, who: Client) -> dict[str, Any]:
@@ -258,8 +268,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         pdf = rt().payments.receipt(who, reference, correlation_id=correlation_id.get())
         return Response(pdf, media_type="application/pdf")
 
-    @app.post(
+    @app.api_route(
         "/v1/payments/callbacks/{platform}",
+        methods=["GET", "POST"],
         tags=["payments"],
         summary="The payment platform's confirmation (CONFIRM / IPN); authenticated by its signature",
         description="No API key: the message's own hash (MaXacThuc) is verified before anything else. The answer "

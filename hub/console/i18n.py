@@ -63,6 +63,9 @@ TEXT: dict[str, dict[str, str]] = {
         "none": "Không có",
         "payments_pending": "Thanh toán đang chờ",
         "role": "Vai trò",
+        "maintenance_on": "Đang bảo trì: tạm dừng gửi đi, vẫn tiếp nhận dữ liệu",
+        "start_maintenance": "Bắt đầu bảo trì",
+        "stop_maintenance": "Kết thúc bảo trì",
     },
     "en": {
         "title": "Operator console",
@@ -124,6 +127,9 @@ TEXT: dict[str, dict[str, str]] = {
         "none": "None",
         "payments_pending": "Payments pending",
         "role": "Role",
+        "maintenance_on": "Maintenance: dispatching is paused, ingest goes on",
+        "start_maintenance": "Start maintenance",
+        "stop_maintenance": "End maintenance",
     },
 }
 

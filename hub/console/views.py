@@ -87,6 +87,7 @@ def router(runtime: Any) -> APIRouter:
             "csrf": csrf_of(request),
             "flash": flash,
             "error": None,
+            "maintenance": rt().maintenance.on() if request.session.get("user") else False,
         }
         response = templates.TemplateResponse(request, name, base | context, status_code=status)
         response.headers["Cache-Control"] = "no-store"
@@ -151,8 +152,10 @@ def router(runtime: Any) -> APIRouter:
             return go
         now = utcnow()
         with rt().sessions() as s:
-            totals = outbox.counts(s)
             peers = jobs.peers_status(s)
+            totals = {
+                state: sum(int(p[state]) for p in peers) for state in ("pending", "in_flight", "dead", "delivered")
+            }
             hours = []
             for h in range(5, -1, -1):
                 start, end = now - timedelta(hours=h + 1), now - timedelta(hours=h)
@@ -329,6 +332,19 @@ def router(runtime: Any) -> APIRouter:
         rt().wake()
         request.session["flash"] = t["replayed"].format(n=result["replayed"])
         return RedirectResponse("/ops/dead", status_code=303)
+
+    @r.post("/maintenance")
+    async def maintenance(request: Request) -> Response:
+        if (go := user_or_login(request)) is not None:
+            return go
+        data, refused = await checked_form(request, role="operator")
+        if refused is not None:
+            return refused
+        on = data.get("state") == "on"
+        rt().maintenance.set(on, by=f"console:{request.session.get('user')}")
+        if not on:
+            rt().wake()
+        return RedirectResponse("/ops/jobs", status_code=303)
 
     @r.get("/jobs")
     def sync_jobs(request: Request) -> Response:

@@ -222,6 +222,8 @@ class PaymentService:
         try:
             return self.platforms[payment["platform"]].receipt(reference, correlation_id=correlation_id)
         except PeerError as exc:
+            if exc.code == "receipt_not_offered":
+                raise Conflict("this payment platform issues no receipt document", code="receipt_not_offered") from None
             raise PlatformUnavailable("the payment platform did not give the receipt", peer_error=exc.code) from None
 
     # -- callbacks -------------------------------------------------------------------------------------------
@@ -307,7 +309,8 @@ class PaymentService:
             return done("rejected", "01", f"unknown reference {cb.reference}")
         if payment.status == "paid":
             if payment.transaction_id == cb.transaction_id:
-                return done("duplicate", "00", "already applied")
+                repeat = getattr(self.platforms.get(platform), "duplicate_code", "00")
+                return done("duplicate", repeat, "already applied")
             return done("rejected", "02", f"already paid by transaction {payment.transaction_id}")
         if cb.currency != payment.currency or cb.amount != payment.amount:
             reason = f"amount {cb.amount} {cb.currency} differs from {payment.amount} {payment.currency}"

@@ -135,6 +135,7 @@ class Exchange(Base):
     """Append-only record of every outbound exchange with a peer."""
 
     __tablename__ = "exchanges"
+    __table_args__ = (Index("ix_exchanges_peer_outcome_at", "peer", "outcome", "at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -276,7 +277,7 @@ class Payment(Base):
     currency: Mapped[str] = mapped_column(String(3))
     fees: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16))  # pending | paid | failed
-    pay_url: Mapped[str | None] = mapped_column(String(500))
+    pay_url: Mapped[str | None] = mapped_column(Text)
     transaction_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     bank: Mapped[str | None] = mapped_column(String(20))
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -327,3 +328,14 @@ class JobRun(Base):
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
     outcome: Mapped[str] = mapped_column(String(16))  # ok | error
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+
+class Flag(Base):
+    """Cluster-wide switches set by operators (e.g. maintenance: stop dispatching, keep accepting)."""
+
+    __tablename__ = "flags"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -102,6 +102,9 @@ def purge(session: Session, *, older_than_days: float) -> dict[str, int]:
     return {"purged": int(result.rowcount)}  # type: ignore[attr-defined]
 
 
+KNOWN_PEERS = ("national_portal", "one_stop", "population", "payment_dvc")
+
+
 def peers_status(session: Session) -> list[dict[str, Any]]:
     """Per peer: backlog, dead letters, oldest undelivered age, last success and last failure."""
     from sqlalchemy import func
@@ -128,12 +131,14 @@ def peers_status(session: Session) -> list[dict[str, Any]]:
             },
         )
 
-    for state, dest, n in session.execute(
-        select(OutboxMessage.state, OutboxMessage.destination, func.count()).group_by(
-            OutboxMessage.state, OutboxMessage.destination
-        )
-    ):
-        peer(dest)[state] = int(n)
+    # one index-only scan per state on ix_outbox_state_destination (a GROUP BY over all states reads the table)
+    for state in (outbox.PENDING, outbox.IN_FLIGHT, outbox.DEAD, outbox.DELIVERED):
+        for dest, n in session.execute(
+            select(OutboxMessage.destination, func.count())
+            .where(OutboxMessage.state == state)
+            .group_by(OutboxMessage.destination)
+        ):
+            peer(dest)[state] = int(n)
     for dest, first in session.execute(
         select(OutboxMessage.destination, func.min(OutboxMessage.created_at))
         .where(OutboxMessage.state.in_((outbox.PENDING, outbox.IN_FLIGHT)))
@@ -141,20 +146,25 @@ def peers_status(session: Session) -> list[dict[str, Any]]:
     ):
         if first is not None:
             peer(dest)["oldest_undelivered_s"] = round((now - first).total_seconds(), 1)
-    for name, outcome, at in session.execute(
-        select(Exchange.peer, Exchange.outcome, func.max(Exchange.at)).group_by(Exchange.peer, Exchange.outcome)
-    ):
-        p = peer(name)
-        key = "last_ok" if outcome == "ok" else "last_failure"
-        stamp = at.isoformat() if at else None
-        if key == "last_ok" or p[key] is None or (stamp and stamp > p[key]):
-            p[key] = stamp
-    for name, p in peers.items():
-        if p["last_failure"]:
-            p["last_error_code"] = session.scalar(
-                select(Exchange.error_code)
-                .where(Exchange.peer == name, Exchange.outcome != "ok")
+    # the latest exchange per peer and outcome: one short backward scan of ix_exchanges_peer_outcome_at each
+    for name in sorted(set(KNOWN_PEERS) | set(peers)):
+        latest: dict[str, tuple[Any, str | None]] = {}
+        for outcome in ("ok", "retryable", "permanent"):
+            row = session.execute(
+                select(Exchange.at, Exchange.error_code)
+                .where(Exchange.peer == name, Exchange.outcome == outcome)
                 .order_by(Exchange.at.desc())
                 .limit(1)
-            )
+            ).first()
+            if row is not None:
+                latest[outcome] = (row[0], row[1])
+        if not latest and name not in peers:
+            continue
+        p = peer(name)
+        if "ok" in latest:
+            p["last_ok"] = latest["ok"][0].isoformat()
+        failures = [v for k, v in latest.items() if k != "ok"]
+        if failures:
+            at, code = max(failures, key=lambda v: v[0])
+            p["last_failure"], p["last_error_code"] = at.isoformat(), code
     return sorted(peers.values(), key=lambda p: p["peer"])

@@ -40,12 +40,14 @@ class Relay:
         batch_size: int = 64,
         concurrency: int = 16,
         lease_seconds: float = 60.0,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.sessions = sessions
         self.deliverers = dict(deliverers)
         self.policy = policy
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
+        self.paused = paused  # maintenance mode: claim nothing while it says so
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
         self._down_until: dict[str, float] = {}  # destination -> monotonic time until which it is not tried
         self._streak: dict[str, int] = {}  # destination -> consecutive batches that found it down
@@ -55,6 +57,8 @@ class Relay:
 
     def drain_once(self) -> int:
         """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed."""
+        if self.paused():
+            return 0
         now = time.monotonic()
         destinations = [d for d in self.deliverers if self._down_until.get(d, 0.0) <= now]
         if not destinations:

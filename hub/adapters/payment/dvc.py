@@ -43,6 +43,7 @@ def mac(message: dict[str, Any], fields: list[str], secret: str) -> str:
 
 class DvcPaymentClient:
     name = "dvc"
+    duplicate_code = "00"  # the DVC platform retries until it hears 00
 
     def __init__(
         self,

@@ -1,0 +1,153 @@
+"""The VNPay-style gateway behind the same PaymentPlatform protocol: a locally signed pay URL (sorted parameters,
+HMAC-SHA512, amount × 100), IPN as a signed GET answered with RspCode, 50 concurrent repeats → one credit (and
+"02 already confirmed"), forged / amount-changed IPNs refused, a lost IPN settled by querydr, reconciliation."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from hub.sandbox import payment_vnpay
+from hub.sandbox.common import ServerThread
+from hub.store.models import PaymentCallback
+from tests.conftest import Hub, HubFactory
+from tests.helpers import dossier, step
+
+TMN = "HUBTEST1"
+SECRET = secrets.token_hex(16)
+FEES = [{"TenPhiLePhi": "Lệ phí chứng thực", "Gia": 2000}]
+
+
+@pytest.fixture(scope="session")
+def vnpay_server() -> Iterator[ServerThread]:
+    server = ServerThread(payment_vnpay.create_app({})).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway(vnpay_server: ServerThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=vnpay_server.url, timeout=30) as c:
+        c.post("/_sandbox/reset").raise_for_status()
+        yield c
+
+
+@pytest.fixture
+def hub(hub_factory: HubFactory, vnpay_server: ServerThread, gateway: httpx.Client) -> Hub:
+    h = hub_factory(
+        payment_vnpay_pay_url=f"{vnpay_server.url}/paymentv2/vpcpay.html",
+        payment_vnpay_api_url=vnpay_server.url,
+        payment_vnpay_merchant=TMN,
+        payment_vnpay_secret=SECRET,
+        payment_platforms={"000.00.17.*": "vnpay"},
+        payment_query_after_seconds=0,
+        payment_check_interval=0,
+    )
+    # the merchant registers its IPN URL in the gateway's portal
+    gateway.post(
+        "/_sandbox/merchants",
+        json={"tmn": TMN, "secret": SECRET, "ipn_url": f"{h.server.url}/v1/payments/callbacks/vnpay"},
+    )
+    return h
+
+
+def awaiting_payment(hub: Hub, n: int = 1) -> str:
+    d = dossier(n, MaTTHC="2.000815", TenTTHC="Chứng thực bản sao từ bản chính", DanhSachLePhi=FEES)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    for status in (4, 6):
+        assert hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], status)).status_code == 202
+    return str(d["MaHoSo"])
+
+
+def pay(hub: Hub, code: str) -> dict[str, Any]:
+    r = hub.http.post("/v1/payments", json={"MaHoSo": code})
+    assert r.status_code == 201, r.text
+    payment: dict[str, Any] = r.json()
+    return payment
+
+
+def pay_at_gateway(gateway: httpx.Client, payment: dict[str, Any]) -> None:
+    """What the citizen does: open the pay URL, then press the button."""
+    assert httpx.get(payment["pay_url"]).status_code == 200
+    assert httpx.post(f"{gateway.base_url}/paymentv2/pay/{payment['reference']}").status_code == 200
+
+
+def status_of(hub: Hub, reference: str) -> str:
+    status: str = hub.http.get(f"/v1/payments/{reference}").json()["status"]
+    return status
+
+
+def wait_for(cond: Any, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_signed_pay_url_ipn_and_the_dossier_moves_on(hub: Hub, gateway: httpx.Client) -> None:
+    code = awaiting_payment(hub)
+    payment = pay(hub, code)
+    assert payment["platform"] == "vnpay" and payment["amount"] == 2000
+    query = parse_qs(urlsplit(payment["pay_url"]).query)
+    assert query["vnp_Amount"] == ["200000"] and query["vnp_TmnCode"] == [TMN]  # amount × 100
+    assert len(query["vnp_SecureHash"][0]) == 128  # HMAC-SHA512
+    tampered = payment["pay_url"].replace("vnp_Amount=200000", "vnp_Amount=100")
+    assert httpx.get(tampered).status_code == 400  # the gateway checks our signature
+    page = httpx.get(payment["pay_url"])
+    assert page.status_code == 200 and "2,000" in page.text
+    reference = payment["reference"]
+    httpx.post(f"{gateway.base_url}/paymentv2/pay/{reference}")
+    wait_for(lambda: status_of(hub, reference) == "paid")
+    assert hub.http.get(f"/v1/dossiers/{code}").json()["TrangThaiHoSo"] == 4
+    answers = gateway.get("/_sandbox/transactions").json()["answers"]
+    assert [a["body"]["RspCode"] for a in answers] == ["00"]
+    receipt = hub.http.get(f"/v1/payments/{reference}/receipt")
+    assert receipt.status_code == 409 and receipt.json()["code"] == "receipt_not_offered"
+
+
+def test_fifty_concurrent_ipn_repeats_credit_once(hub: Hub, gateway: httpx.Client) -> None:
+    payment = pay(hub, awaiting_payment(hub))
+    gateway.post("/_sandbox/faults", json={"drop_callback": True})
+    pay_at_gateway(gateway, payment)
+    r = gateway.post(f"/_sandbox/ipn/{payment['reference']}", json={"copies": 50, "concurrent": True})
+    assert r.status_code == 200, r.text
+    codes = sorted(a["body"]["RspCode"] for a in r.json()["answers"])
+    assert codes == ["00"] + ["02"] * 49  # the rest: "already confirmed", as VNPay expects
+    with hub.runtime.sessions() as s:
+        applied = s.scalars(select(PaymentCallback).where(PaymentCallback.verdict == "applied")).all()
+    assert len(applied) == 1
+
+
+@pytest.mark.parametrize(("order", "code"), [({"kind": "forged"}, "97"), ({"amount_delta": 1000}, "04")])
+def test_forged_or_changed_ipn_changes_nothing(
+    hub: Hub, gateway: httpx.Client, order: dict[str, Any], code: str
+) -> None:
+    dossier_code = awaiting_payment(hub)
+    payment = pay(hub, dossier_code)
+    gateway.post("/_sandbox/faults", json={"drop_callback": True})
+    pay_at_gateway(gateway, payment)
+    [answer] = gateway.post(f"/_sandbox/ipn/{payment['reference']}", json=order).json()["answers"]
+    assert answer["body"]["RspCode"] == code
+    assert status_of(hub, payment["reference"]) == "pending"
+    assert hub.http.get(f"/v1/dossiers/{dossier_code}").json()["TrangThaiHoSo"] == 6
+
+
+def test_lost_ipn_is_settled_by_querydr_and_reconciled(hub: Hub, gateway: httpx.Client) -> None:
+    payment = pay(hub, awaiting_payment(hub))
+    gateway.post("/_sandbox/faults", json={"drop_callback": True})
+    pay_at_gateway(gateway, payment)
+    assert hub.runtime.check_payments() == {"applied": 1}
+    assert status_of(hub, payment["reference"]) == "paid"
+    today = (datetime.now(UTC) + timedelta(hours=7)).date()
+    result = hub.runtime.payments.reconcile("vnpay", today, correlation_id="t")
+    assert result["summary"]["matched"] == 1 and result["hub_total"] == result["platform_total"] == 2000
+    unknown = hub.http.get("/v1/payments/callbacks/vnpay", params={"vnp_TxnRef": "X", "vnp_SecureHash": "0" * 128})
+    assert unknown.json()["RspCode"] == "97"
