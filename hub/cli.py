@@ -209,6 +209,16 @@ def db_upgrade(revision: str = "head") -> None:
     out.print(f"database at {revision}")
 
 
+def _progress(*, disable: bool) -> Any:
+    """A progress bar on stderr for long operations (hidden with --json, and when stderr is not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, disable=disable, transient=False,
+    )  # fmt: skip
+
+
 def _jobs_runtime() -> Any:
     from hub.runtime import Runtime
 
@@ -284,8 +294,20 @@ def jobs_replay(
         raise typer.Exit(2)
     rt = _jobs_runtime()
     try:
-        with rt.sessions.begin() as session:
-            result = jobs.replay(session, ids=ids or None, dossier=dossier, all_dead=all_dead)
+        if all_dead and not ids and not dossier:
+            result = {"replayed": 0, "not_dead": []}
+            with rt.sessions() as session:
+                dead = [row["id"] for row in jobs.list_jobs(session, state="dead", limit=1_000_000)]
+            with _progress(disable=as_json) as progress:
+                task = progress.add_task("replaying dead letters", total=len(dead))
+                for start in range(0, len(dead), 1000):
+                    chunk = dead[start : start + 1000]
+                    with rt.sessions.begin() as session:
+                        result["replayed"] += jobs.replay(session, ids=chunk)["replayed"]
+                    progress.update(task, advance=len(chunk))
+        else:
+            with rt.sessions.begin() as session:
+                result = jobs.replay(session, ids=ids or None, dossier=dossier, all_dead=all_dead)
     finally:
         rt.close()
     if as_json:
@@ -315,15 +337,25 @@ def jobs_purge(
         err.print("[red]--older-than-days must be >= 0[/red]")
         raise typer.Exit(2)
     rt = _jobs_runtime()
+    purged = 0
     try:
-        with rt.sessions.begin() as session:
-            result = jobs.purge(session, older_than_days=older_than_days)
+        with rt.sessions() as session:
+            total = jobs.purgeable(session, older_than_days=older_than_days)
+        with _progress(disable=as_json) as progress:
+            task = progress.add_task("purging delivered outbox rows", total=total)
+            while True:  # short transactions of 5,000 rows, so deliveries are not held up
+                with rt.sessions.begin() as session:
+                    n = jobs.purge(session, older_than_days=older_than_days, batch=5000)["purged"]
+                purged += n
+                progress.update(task, advance=n)
+                if n == 0:
+                    break
     finally:
         rt.close()
     if as_json:
-        out.print_json(json.dumps(result))
+        out.print_json(json.dumps({"purged": purged}))
     else:
-        out.print(f"purged {result['purged']} outbox row(s)")
+        out.print(f"purged {purged} outbox row(s)")
 
 
 peers_cli = typer.Typer(no_args_is_help=True, help="External systems hub talks to")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -9,12 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# The id of the request (or of the message being delivered) that the current code works for.
+correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="-")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        from hub.api.middleware import correlation_id
-
         out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),

@@ -128,3 +128,7 @@ def test_peers_status_and_purge(hub_factory: HubFactory, portal: httpx.Client, t
     # the dead letter stays (it holds its dossier's order); the history stays
     assert json.loads(run(["jobs", "list", "--json"], tmp_path, env).stdout)["totals"] == {"dead": 1}
     assert len(hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["events"]) == 2
+    # replaying every dead letter, with a progress bar for a person (text) and none for a script (--json)
+    shown = run(["jobs", "replay", "--all-dead"], tmp_path, env)
+    assert shown.returncode == 0 and "replaying dead letters" in shown.stderr and "replayed 1" in shown.stdout
+    assert json.loads(run(["jobs", "replay", "--all-dead", "--json"], tmp_path, env).stdout)["replayed"] in (0, 1)

@@ -222,3 +222,28 @@ def test_maintenance_mode_stops_dispatch_and_keeps_ingest(hub_factory: HubFactor
     assert hub.wait_idle() == {"delivered": 6}
     for code in codes:
         assert portal_history(portal, code) == [2, 4]
+
+
+def test_the_correlation_id_follows_a_message_to_the_peer(
+    hub_factory: HubFactory, portal: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One id from the client's request, through the worker's log lines and the exchange record, to the peer."""
+    import logging
+
+    from sqlalchemy import select
+
+    from hub.store.models import Exchange
+
+    hub = hub_factory()
+    caplog.set_level(logging.INFO, logger="hub.relay")
+    d = dossier(1)
+    r = hub.http.post("/v1/dossiers", json=d, headers={"X-Correlation-ID": "trail-0001"})
+    assert r.status_code == 202 and r.headers["X-Correlation-ID"] == "trail-0001"
+    assert hub.wait_idle() == {"delivered": 1}
+    delivered = [rec for rec in caplog.records if rec.getMessage() == "delivered"]
+    assert [getattr(rec, "correlation_id", None) for rec in delivered] == ["trail-0001"]
+    with hub.runtime.sessions() as s:
+        sent = s.scalars(select(Exchange).where(Exchange.operation == "DongBoHoSoMC")).all()
+    assert [x.correlation_id for x in sent] == ["trail-0001"]
+    owner = str(d["SoGiayToChuHoSo"])
+    assert all(owner not in f"{rec.getMessage()} {vars(rec)}" for rec in caplog.records)  # no personal ID logged

@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse
 
 from hub import __version__
 from hub.api import problems
-from hub.api.middleware import BodyLimitAndCorrelation, correlation_id
+from hub.api.middleware import BodyLimitAndCorrelation
 from hub.domain import identifiers
 from hub.domain.errors import DomainError, Forbidden
+from hub.logs import correlation_id
 from hub.runtime import Runtime
 from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, SubjectIn

@@ -83,22 +83,32 @@ def replay(
     return {"replayed": n, "not_dead": not_dead}
 
 
-def purge(session: Session, *, older_than_days: float) -> dict[str, int]:
-    """Delete delivered outbox rows older than the given age. Status events and the exchange record are kept:
-    they are the history. Dead letters are never purged: removing one would let the events behind it overtake
-    it; they are replayed instead."""
+def _purgeable(older_than_days: float) -> Any:
     from datetime import timedelta
-
-    from sqlalchemy import delete
 
     from hub.domain.dates import utcnow
 
     cutoff = utcnow() - timedelta(days=older_than_days)
-    result = session.execute(
-        delete(OutboxMessage)
-        .where(OutboxMessage.state == outbox.DELIVERED, OutboxMessage.created_at < cutoff)
-        .execution_options(synchronize_session=False)
-    )
+    return (OutboxMessage.state == outbox.DELIVERED) & (OutboxMessage.created_at < cutoff)
+
+
+def purgeable(session: Session, *, older_than_days: float) -> int:
+    from sqlalchemy import func
+
+    return int(session.scalar(select(func.count()).select_from(OutboxMessage).where(_purgeable(older_than_days))) or 0)
+
+
+def purge(session: Session, *, older_than_days: float, batch: int | None = None) -> dict[str, int]:
+    """Delete delivered outbox rows older than the given age (at most `batch` per call: short transactions on a
+    busy table). Status events and the exchange record are kept: they are the history. Dead letters are never
+    purged: removing one would let the events behind it overtake it; they are replayed instead."""
+    from sqlalchemy import delete
+
+    cond = _purgeable(older_than_days)
+    if batch is not None:
+        ids = select(OutboxMessage.id).where(cond).order_by(OutboxMessage.id).limit(batch).scalar_subquery()
+        cond = OutboxMessage.id.in_(ids)
+    result = session.execute(delete(OutboxMessage).where(cond).execution_options(synchronize_session=False))
     return {"purged": int(result.rowcount)}  # type: ignore[attr-defined]
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hub.adapters.errors import PeerError
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.domain.dates import utcnow
+from hub.logs import correlation_id
 from hub.store.models import Exchange
 from hub.sync import outbox
 from hub.sync.outbox import Claimed, Outcome
@@ -91,19 +92,32 @@ class Relay:
         def deliver(c: Claimed) -> Outcome:
             if c.destination in down:  # the peer is down: do not hammer it, release untried
                 return Outcome(c, "released", retry_at=utcnow() + self._pause(c.destination))
+            token = correlation_id.set(c.correlation_id)  # the request's id follows the message into the logs
+            where = {
+                "outbox_id": c.id,
+                "destination": c.destination,
+                "operation": c.operation,
+                "attempt": c.attempts + 1,
+                "correlation_id": c.correlation_id,
+            }
             try:
-                reply = self.deliverers[c.destination](c, lambda rec: hook(rec, c.id))
-            except PeerError as exc:
-                if exc.peer_down:
-                    with lock:
-                        down.setdefault(c.destination, exc)
-                return self._failed(c, exc)
-            except Exception as exc:  # a bug must not lose the message: retry it and say so loudly
-                log.exception("unexpected error delivering outbox %s", c.id)
-                return self._failed(
-                    c, PeerError(c.destination, f"{exc.__class__.__name__}: {exc}", code="internal_error")
-                )
-            return Outcome(c, "delivered", reply=reply)
+                try:
+                    reply = self.deliverers[c.destination](c, lambda rec: hook(rec, c.id))
+                except PeerError as exc:
+                    if exc.peer_down:
+                        with lock:
+                            down.setdefault(c.destination, exc)
+                    log.warning("delivery failed", extra=where | {"error_code": exc.code})
+                    return self._failed(c, exc)
+                except Exception as exc:  # a bug must not lose the message: retry it and say so loudly
+                    log.exception("unexpected error delivering outbox %s", c.id)
+                    return self._failed(
+                        c, PeerError(c.destination, f"{exc.__class__.__name__}: {exc}", code="internal_error")
+                    )
+                log.info("delivered", extra=where)
+                return Outcome(c, "delivered", reply=reply)
+            finally:
+                correlation_id.reset(token)
 
         by_destination: dict[str, list[Claimed]] = {}
         for c in batch:
