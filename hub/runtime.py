@@ -102,6 +102,7 @@ class Runtime:
 
         from hub.adapters.population import PopulationClient
         from hub.sandbox.population import wsdl_path
+        from hub.services.population_cache import PopulationCache
         from hub.services.prefill import PrefillService
 
         self.population = PopulationClient(
@@ -154,6 +155,7 @@ class Runtime:
             secret_key=secret,
             validity=timedelta(hours=settings.prefill_validity_hours),
             record_exchanges=self._record_exchanges,
+            cache=PopulationCache(self.sessions, secret, timedelta(seconds=settings.population_cache_seconds)),
         )
         if self.worker is not None:
             self.worker.start()  # after every service it may call exists

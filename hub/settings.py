@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     population_url: str = ""  # empty -> the sandbox on loopback (dev only)
     population_wsdl: Path | None = None  # empty -> contracts/population/population.wsdl shipped with hub
     prefill_validity_hours: float = 24.0  # how long a pre-filled value from the population database is valid
+    population_cache_seconds: float = 300.0  # replies are reused (encrypted, keyed by HMAC) this long; 0: off
 
     # Signatures: trust anchors only from here (never the OS bundle); hub's own signing key.
     signing_trust_anchors: list[Path] = Field(default_factory=list)  # PEM files; dev: the sandbox PKI's roots

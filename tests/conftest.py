@@ -58,7 +58,8 @@ def truncate_all(url: str) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "TRUNCATE exchanges, outbox, status_events, idempotency_keys, dossiers, routes, procedures, access_log, "
-            "consents, documents, payments, payment_callbacks, operators, job_runs, flags RESTART IDENTITY"
+            "consents, documents, payments, payment_callbacks, operators, job_runs, flags, population_cache "
+            "RESTART IDENTITY"
         )
     engine.dispose()
 

@@ -261,7 +261,10 @@ def test_register_failures_are_503_problems_and_logged(
     assert exchange.outcome == "retryable" and exchange.correlation_id == entry.correlation_id
 
 
-def test_partial_records_leave_fields_for_the_citizen(hub: Hub, people: httpx.Client) -> None:
+def test_partial_records_leave_fields_for_the_citizen(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client
+) -> None:
+    hub = hub_factory(population_url=f"{population_server.url}/ws/congdan", population_cache_seconds=0)
     father = married(people, "1")
     complete = ask(hub, father["SoDinhDanh"]).json()
     people.post("/_sandbox/faults", json={"partial_rate": 1.0})
@@ -407,3 +410,31 @@ def test_the_sandbox_refuses_hostile_requests_with_a_fault(people: httpx.Client,
     r = people.post("/ws/congdan", content=payload, headers={"Content-Type": "text/xml"})
     assert r.status_code in (400, 413)
     assert b"Fault" in r.content and b"root:" not in r.content
+
+
+def test_replies_are_cached_encrypted_and_still_logged(hub: Hub, people: httpx.Client) -> None:
+    from hub.store.models import PopulationCacheEntry
+
+    father = married(people, "1")
+    first = ask(hub, father["SoDinhDanh"]).json()
+    asked = people.get("/_sandbox/received").json()["count"]
+    second = ask(hub, father["SoDinhDanh"]).json()
+    assert people.get("/_sandbox/received").json()["count"] == asked  # the register was not asked again
+    one, two = fields(first)["me.ho_ten"], fields(second)["me.ho_ten"]
+    assert one["value"] == two["value"] and one["fetched_at"] == two["fetched_at"]  # provenance stays true
+    assert two["source"]["cached"] is True and one["source"]["cached"] is False
+    entries = log_entries(hub)
+    assert [e.outcome for e in entries] == ["allowed"] * 4  # every access is logged, cached or not
+    assert entries[-1].reason == "served from the cache"
+    with hub.runtime.sessions() as s:
+        rows = s.scalars(select(PopulationCacheEntry)).all()
+    assert len(rows) == 2
+    for row in rows:  # encrypted, keyed by an HMAC: neither the ID nor the name is readable
+        assert father["SoDinhDanh"].encode() not in row.ciphertext and father["SoDinhDanh"] not in row.key
+        assert father["HoVaTen"]["Ten"].encode() not in row.ciphertext
+    with hub.runtime.sessions.begin() as s:  # a tampered entry is a miss, never a wrong answer
+        for row in s.scalars(select(PopulationCacheEntry)):
+            row.ciphertext = row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1])
+    third = ask(hub, father["SoDinhDanh"]).json()
+    assert fields(third)["me.ho_ten"]["source"]["cached"] is False
+    assert people.get("/_sandbox/received").json()["count"] > asked

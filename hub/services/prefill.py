@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import cache
 from importlib import resources
@@ -28,6 +28,7 @@ from hub.domain.dates import utcnow
 from hub.domain.errors import DomainError, Forbidden, NotFound
 from hub.domain.privacy import subject_hmac
 from hub.services.audit import Access, AccessLog
+from hub.services.population_cache import PopulationCache
 from hub.services.schemas import reject_nul
 from hub.settings import ClientSystem
 from hub.store.models import Consent, Document
@@ -189,6 +190,7 @@ class _Journal:
 
     accesses: list[Access]
     exchanges: list[ExchangeRecord]
+    cache: list[tuple[str, dict[str, Any], datetime]] = field(default_factory=list)  # replies to keep
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +199,8 @@ class _Read:
     record: dict[str, Any]
     request_id: str
     subject: str  # HMAC
+    fetched_at: datetime
+    cached: bool = False
 
 
 def _get(record: dict[str, Any] | None, path: list[str]) -> Any:
@@ -245,6 +249,7 @@ class PrefillService:
         secret_key: bytes,
         validity: timedelta,
         record_exchanges: Callable[[Session, Sequence[ExchangeRecord]], None] | None = None,
+        cache: PopulationCache | None = None,
     ) -> None:
         self.sessions = sessions
         self.population = population
@@ -252,6 +257,7 @@ class PrefillService:
         self.validity = validity
         self.access_log = AccessLog(secret_key)
         self._record_exchanges = record_exchanges
+        self.cache = cache
 
     def subject_hmac(self, personal_id: str) -> str:
         return subject_hmac(self._secret, personal_id)
@@ -322,12 +328,15 @@ class PrefillService:
         try:
             return self._prefill(client, body, correlation_id, journal)
         finally:
-            if journal.accesses or journal.exchanges:
-                with self.sessions.begin() as s:
+            if journal.accesses or journal.exchanges or journal.cache:
+                with self.sessions.begin() as s:  # one write transaction per request
                     for entry in journal.accesses:
                         self.access_log.append(s, entry)
                     if self._record_exchanges is not None and journal.exchanges:
                         self._record_exchanges(s, journal.exchanges)
+                    if self.cache is not None:
+                        for key, payload, fetched in journal.cache:
+                            self.cache.put(key, payload, fetched, session=s)
 
     def _prefill(self, client: ClientSystem, body: PrefillIn, correlation_id: str, journal: _Journal) -> dict[str, Any]:
         identifiers.personal_id(body.subject_id)
@@ -377,7 +386,6 @@ class PrefillService:
             documents_allowed = True
 
         reads: dict[str, _Read] = {}
-        fetched_at = utcnow()
         first = self._read(body, "subject", body.subject_id, subject, correlation_id, access, journal)
         reads["subject"] = first
         wanted = {src.person for f in template.fields for src in f.source if src.person != "subject"}
@@ -400,7 +408,6 @@ class PrefillService:
             if rel is not None:
                 reads[role] = rel
 
-        valid_until = fetched_at + self.validity
         out_fields: list[dict[str, Any]] = []
         used: dict[str, list[str]] = {role: [] for role in reads}
         for spec in template.fields:
@@ -419,9 +426,14 @@ class PrefillService:
                 if value is None:
                     continue
                 item["value"] = value
-                item["source"] = {"system": SOURCE_SYSTEM, "record": src.person, "request_id": read.request_id}
-                item["fetched_at"] = fetched_at.isoformat()
-                item["valid_until"] = valid_until.isoformat()
+                item["source"] = {
+                    "system": SOURCE_SYSTEM,
+                    "record": src.person,
+                    "request_id": read.request_id,
+                    "cached": read.cached,
+                }
+                item["fetched_at"] = read.fetched_at.isoformat()
+                item["valid_until"] = (read.fetched_at + self.validity).isoformat()
                 used[src.person].append(spec.name)
                 break
             out_fields.append(item)
@@ -432,7 +444,16 @@ class PrefillService:
                 documents = self._documents(s, subject, [d.kind for d in template.documents])
         for role, read in reads.items():
             offered = [f"documents:{d['kind']}" for d in documents] if role == "subject" else []
-            journal.accesses.append(access(role, read.subject, read.request_id, "allowed", None, used[role] + offered))
+            journal.accesses.append(
+                access(
+                    role,
+                    read.subject,
+                    read.request_id,
+                    "allowed",
+                    "served from the cache" if read.cached else None,
+                    used[role] + offered,
+                )
+            )
         missing = [f["name"] for f in out_fields if f["required"] and f["value"] is None]
         return {
             "procedure": body.procedure,
@@ -466,6 +487,14 @@ class PrefillService:
         *,
         optional: bool = False,
     ) -> Any:
+        name = body.subject_name if role == "subject" else None
+        birth = body.subject_birth_date.strftime("%Y%m%d") if role == "subject" and body.subject_birth_date else None
+        cache_key = self.cache.key(personal_id, name, birth) if self.cache is not None else None
+        if self.cache is not None and cache_key is not None:
+            hit = self.cache.get(cache_key)
+            cached = hit[0] if hit is not None else None
+            if hit is not None and cached is not None:
+                return _Read(role, cached["record"], str(cached["request_id"]), who, hit[1], cached=True)
         request_id = uuid.uuid4().hex
         query = CitizenLookup(
             personal_id=personal_id,
@@ -495,7 +524,10 @@ class PrefillService:
             raise NotFound(
                 "no citizen matches this personal ID (and name/birth date, if given)", code="subject_not_found"
             )
-        return _Read(role, record, request_id, who)
+        fetched_at = utcnow()
+        if self.cache is not None and cache_key is not None:
+            journal.cache.append((cache_key, {"record": record, "request_id": request_id}, fetched_at))
+        return _Read(role, record, request_id, who, fetched_at)
 
     def _check_consent(self, ref: str, subject: str, purpose: str) -> DomainError | None:
         with self.sessions() as s:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -339,3 +340,14 @@ class Flag(Base):
     value: Mapped[str] = mapped_column(String(200))
     updated_by: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PopulationCacheEntry(Base):
+    """A population-database reply kept for a few minutes, encrypted (AES-GCM), keyed by an HMAC of the ID."""
+
+    __tablename__ = "population_cache"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # HMAC of (personal ID, name, birth date)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -1,0 +1,72 @@
+"""A short-lived cache of population-database replies, shared by every process through the database: encrypted
+with AES-GCM under a key derived from hub's secret (the row key, an HMAC of the query, is the associated data,
+so a ciphertext cannot be moved to another citizen's row), keyed by an HMAC — never the personal ID in clear."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.domain.dates import utcnow
+from hub.domain.privacy import derive_key
+from hub.store.models import PopulationCacheEntry
+
+
+class PopulationCache:
+    def __init__(self, sessions: sessionmaker[Session], secret_key: bytes, ttl: timedelta) -> None:
+        self.sessions = sessions
+        self.ttl = ttl
+        self._aead = AESGCM(derive_key(secret_key, "population-cache"))
+        self._index_key = derive_key(secret_key, "population-cache-index")
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl.total_seconds() > 0
+
+    def key(self, personal_id: str, name: str | None, birth_date: str | None) -> str:
+        material = json.dumps([personal_id, (name or "").casefold(), birth_date or ""]).encode()
+        return hmac.new(self._index_key, material, hashlib.sha256).hexdigest()
+
+    def get(self, key: str) -> tuple[dict[str, Any] | None, datetime] | None:
+        """(record or None for a cached 'not found', when it was fetched), or None on a miss."""
+        if not self.enabled:
+            return None
+        with self.sessions() as s:
+            row = s.get(PopulationCacheEntry, key)
+        if row is None or row.expires_at <= utcnow():
+            return None
+        try:
+            plain = self._aead.decrypt(row.ciphertext[:12], row.ciphertext[12:], key.encode())
+        except InvalidTag:
+            return None  # tampered with, or written under another key: a miss, never a wrong answer
+        record: dict[str, Any] | None = json.loads(plain)
+        return record, row.fetched_at
+
+    def put(
+        self, key: str, record: dict[str, Any] | None, fetched_at: datetime, *, session: Session | None = None
+    ) -> None:
+        """Keep a reply (inside the caller's transaction when `session` is given)."""
+        if not self.enabled:
+            return
+        nonce = os.urandom(12)
+        blob = nonce + self._aead.encrypt(nonce, json.dumps(record, ensure_ascii=False).encode(), key.encode())
+        entry = PopulationCacheEntry(key=key, ciphertext=blob, fetched_at=fetched_at, expires_at=fetched_at + self.ttl)
+        if session is not None:
+            session.merge(entry)
+            return
+        with self.sessions.begin() as s:
+            s.merge(entry)
+
+    def sweep(self) -> int:
+        with self.sessions.begin() as s:
+            result = s.execute(delete(PopulationCacheEntry).where(PopulationCacheEntry.expires_at <= utcnow()))
+        return int(result.rowcount)  # type: ignore[attr-defined]
