@@ -438,3 +438,25 @@ def test_replies_are_cached_encrypted_and_still_logged(hub: Hub, people: httpx.C
     third = ask(hub, father["SoDinhDanh"]).json()
     assert fields(third)["me.ho_ten"]["source"]["cached"] is False
     assert people.get("/_sandbox/received").json()["count"] > asked
+
+
+def test_results_issued_with_dossiers_are_offered_for_reuse(hub: Hub, people: httpx.Client) -> None:
+    from tests.helpers import dossier as make
+
+    father = married(people, "1")
+    issued = {
+        "LoaiGiayTo": "giay_chung_nhan_ket_hon",
+        "TenGiayTo": "Giấy chứng nhận kết hôn",
+        "SoHieu": "05/2020/KH",
+        "NgayCap": "20200105090000",
+        "DuongDanTaiLieu": "https://motcua.example/ket-qua/05-2020-KH.pdf",
+    }
+    d = make(31, status=2, SoGiayToChuHoSo=father["SoDinhDanh"], DanhSachGiayToKetQua=[issued, {"GhiChu": "x"}])
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    assert hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": "again"}).status_code in (202, 409)
+    ref = hub.http.post(
+        "/v1/consents", json={"subject_id": father["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"]}
+    ).json()["consent_ref"]
+    offered = ask(hub, father["SoDinhDanh"], consent_ref=ref).json()["documents"]
+    assert [(o["number"], o["dossier_code"]) for o in offered] == [("05/2020/KH", d["MaHoSo"])]
+    assert offered[0]["reference"].endswith("05-2020-KH.pdf")

@@ -269,14 +269,20 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         pdf = rt().payments.receipt(who, reference, correlation_id=correlation_id.get())
         return Response(pdf, media_type="application/pdf")
 
-    @app.api_route(
+    @app.get(
         "/v1/payments/callbacks/{platform}",
-        methods=["GET", "POST"],
         tags=["payments"],
-        summary="The payment platform's confirmation (CONFIRM / IPN); authenticated by its signature",
-        description="No API key: the message's own hash (MaXacThuc) is verified before anything else. The answer "
-        "is the platform's own format and code (00 confirmed, 01 unknown reference, 02 already confirmed, 04 "
-        "amount mismatch, 07 replay, 97 bad signature, 99 other).",
+        operation_id="payment_callback_get",
+        summary="A payment gateway's IPN sent as a GET (VNPay style); authenticated by its signature",
+    )
+    @app.post(
+        "/v1/payments/callbacks/{platform}",
+        tags=["payments"],
+        operation_id="payment_callback_post",
+        summary="The payment platform's confirmation (CONFIRM); authenticated by its signature",
+        description="No API key: the message's own hash (MaXacThuc / vnp_SecureHash) is verified before anything "
+        "else. The answer is the platform's own format and code (DVC: 00 confirmed, 01 unknown reference, 02 already "
+        "confirmed, 04 amount mismatch, 07 replay, 97 bad signature, 99 other; VNPay: RspCode).",
     )
     async def payment_callback(platform: str, request: Request) -> JSONResponse:
         body = await request.body()

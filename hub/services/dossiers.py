@@ -350,6 +350,8 @@ class DossierService:
                 for d in self.destinations
             ]
         session.execute(INSERT_OUTBOX, rows)
+        if whole and data.get("DanhSachGiayToKetQua"):
+            self._index_documents(session, code, parsed.agency, data, now)
         return {
             "event_id": event_id,
             "MaHoSo": code,
@@ -357,6 +359,45 @@ class DossierService:
             "TrangThaiHoSo": int(new_status),
             "previous_status": None if previous is None else int(previous),
         }
+
+    def _index_documents(self, session: Session, code: str, agency: str, data: dict[str, Any], now: datetime) -> None:
+        """Result documents issued with the dossier, indexed for reuse under the owner's ID (as an HMAC). Items
+        without kind, number or issue date, or a dossier without a valid owner ID, are left out."""
+        from sqlalchemy import select
+
+        from hub.domain.errors import DomainError
+        from hub.domain.identifiers import personal_id
+        from hub.store.models import Document
+
+        owner = data.get("SoGiayToChuHoSo")
+        try:
+            personal_id(str(owner))
+        except DomainError:
+            return
+        subject = self.subject_hmac(str(owner))
+        for item in data["DanhSachGiayToKetQua"]:
+            kind, number, issued = item.get("LoaiGiayTo"), item.get("SoHieu"), item.get("NgayCap")
+            if not (isinstance(kind, str) and isinstance(number, str) and isinstance(issued, str)):
+                continue
+            issuer = str(item.get("CoQuanCap") or agency)[:32]
+            try:
+                issued_at = parse_national(issued)
+                until = parse_national(item["HieuLucDen"]) if item.get("HieuLucDen") else None
+            except (DomainError, ValueError):
+                continue
+            exists = session.scalar(
+                select(Document.id).where(Document.issuer == issuer, Document.number == number[:100])
+            )
+            if exists is None:
+                session.add(
+                    Document(
+                        subject=subject, kind=kind[:64], title=str(item.get("TenGiayTo") or kind)[:300],
+                        number=number[:100], issuer=issuer, dossier_code=code, issued_at=issued_at,
+                        valid_until=until, reference=str(item.get("DuongDanTaiLieu") or f"dossier:{code}")[:500],
+                        created_at=now,
+                    )
+                )  # fmt: skip
+        session.flush()
 
     # -- queries ---------------------------------------------------------------------------------------------
 
