@@ -836,6 +836,42 @@ def maintenance(
         )
 
 
+@cli.command("reconcile")
+def reconcile_cmd(
+    repair: Annotated[bool, typer.Option(help="re-enqueue missing events (safe: idempotent, in order)")] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Compare hub's view of every open dossier with the national portal's; report drift per dossier (missing at
+    the portal, status behind, status ahead, unknown to hub) and repair what is safe. Exit 1 when drift remains
+    that needs a person (status ahead, unknown to hub) or the portal could not be asked."""
+    rt = _jobs_runtime()
+    try:
+        with _progress(disable=as_json) as progress:
+            task = progress.add_task("comparing with the national portal", total=None)
+
+            def step(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            result = rt.reconcile(repair=repair, on_progress=step)
+    finally:
+        rt.close()
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        table = Table(
+            title=f"checked {result['checked']}: in sync {result['in_sync']}, in progress {result['in_progress']}, "
+            f"errors {result['errors']}, repaired events {result['repaired_events']}"
+        )
+        for col in ("MaHoSo", "drift", "hub", "portal", "repaired", "note"):
+            table.add_column(col)
+        for d in result["drift"]:
+            table.add_row(d["code"], d["kind"], str(d["hub_status"] or "—"), str(d["portal_status"] or "—"),
+                          str(d["repaired"]), d["note"])  # fmt: skip
+        out.print(table)
+    needs_person = any(d["kind"] in ("status_ahead", "unknown_to_hub") for d in result["drift"])
+    raise typer.Exit(1 if needs_person or result["errors"] else 0)
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
     cli()

@@ -84,6 +84,7 @@ class Runtime:
                     [
                         (settings.portal_poll_interval, self.poll_portal),
                         (settings.payment_check_interval, self.check_payments),
+                        (settings.reconcile_interval, self.reconcile),
                     ],
                 )
         elif role == "api":
@@ -274,6 +275,19 @@ class Runtime:
                 s.add(run)
         except Exception:
             log.warning("could not record a job run", exc_info=True)
+
+    def reconcile(self, *, repair: bool = True, on_progress: Any = None) -> dict[str, Any]:
+        """Compare open dossiers with the portal and repair what is safe (also a scheduled job)."""
+        from hub.sync.reconcile import reconcile, unknown_to_hub
+
+        def work() -> dict[str, Any]:
+            result = reconcile(self.sessions, self.portal, repair=repair, on_progress=on_progress)
+            result.drift += unknown_to_hub(self.sessions, self.portal, [r["agency_pattern"] for r in self.routes.all()])
+            if result.as_dict()["repaired_events"]:
+                self.wake()
+            return result.as_dict()
+
+        return self._job("reconcile", work)
 
     def check_payments(self) -> dict[str, int]:
         return self._job(

@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     relay_backoff_base: float = 1.0
     relay_backoff_cap: float = 300.0
     relay_poll_interval: float = 1.0
+    reconcile_interval: float = 3600.0  # seconds between reconciliations with the portal; 0 disables
     portal_poll_interval: float = 300.0  # seconds between polls of the portal for missed pushes; 0 disables
     worker_enabled: bool = True  # `hub serve` in embedded mode runs the in-process worker
 

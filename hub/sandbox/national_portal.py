@@ -235,6 +235,33 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
             )
         return JSONResponse({"hub_status": r.status_code, "hub_reply": r.json()})
 
+    @app.post("/_sandbox/dossiers/{code}/restore")
+    async def restore(code: str, request: Request) -> Response:
+        """Simulate a restore from an older backup: the dossier goes back to its last step in `status`, and the
+        portal forgets the messages of the steps after it (their idempotency keys too): {status}."""
+        want = int((await request.json())["status"])
+        with st.apply_lock:
+            known = st.dossiers.get(code)
+            steps = [h["status"] for h in known["history"]] if known else []
+            if want not in steps:
+                return JSONResponse({"detail": "no such step"}, status_code=404)
+            cut = max(i for i, x in enumerate(steps) if x == want) + 1
+            for h in known["history"][cut:]:  # type: ignore[index]
+                st.replies_by_key.pop(h.get("key") or "", None)
+            known["history"] = known["history"][:cut]  # type: ignore[index]
+            known["status"] = want  # type: ignore[index]
+            known["data"]["TrangThaiHoSo"] = want  # type: ignore[index]
+        return JSONResponse({"MaHoSo": code, "status": want})
+
+    @app.post("/_sandbox/dossiers/{code}/forget")
+    def forget(code: str) -> Response:
+        """Simulate a dossier lost at the portal (and the keys of its messages)."""
+        with st.apply_lock:
+            known = st.dossiers.pop(code, None)
+            for h in known["history"] if known else []:
+                st.replies_by_key.pop(h.get("key") or "", None)
+        return JSONResponse({"forgotten": known is not None})
+
     @app.get("/_sandbox/dossiers/{code}")
     def dossier(code: str) -> Response:
         known = st.dossiers.get(code)

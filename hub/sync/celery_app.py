@@ -80,6 +80,13 @@ def check_payments_task() -> dict[str, int]:
     return counts
 
 
+@app.task(name="hub.reconcile", acks_late=True)
+def reconcile_task() -> dict[str, Any]:
+    """Compare open dossiers with the portal and repair what is safe (re-enqueues are idempotent)."""
+    result: dict[str, Any] = runtime().reconcile()
+    return result
+
+
 @app.task(name="hub.noop", acks_late=True)
 def noop() -> None:
     """Used by the benchmark as the broker's baseline."""
@@ -95,6 +102,7 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
     def tick() -> None:
         next_poll = time.monotonic() + settings.portal_poll_interval
         next_check = time.monotonic() + settings.payment_check_interval
+        next_reconcile = time.monotonic() + settings.reconcile_interval
         while not _ticker_stop.wait(settings.relay_poll_interval):
             try:
                 app.send_task(DRAIN)
@@ -104,6 +112,9 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
                 if settings.payment_check_interval > 0 and time.monotonic() >= next_check:
                     next_check = time.monotonic() + settings.payment_check_interval
                     app.send_task("hub.check_payments")
+                if settings.reconcile_interval > 0 and time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + settings.reconcile_interval
+                    app.send_task("hub.reconcile")
             except Exception as exc:  # noqa: BLE001 - broker down: try again on the next tick
                 log.warning("ticker: broker unavailable: %s", exc)
 

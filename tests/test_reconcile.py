@@ -1,0 +1,90 @@
+"""Reconciliation with the national portal, with deliberate drift of each kind seeded in the portal sandbox:
+a dossier the portal lost, one restored from an older backup (status behind), one changed at the portal (status
+ahead), one filed at the portal that hub never heard of — reported per dossier, the safe ones repaired in order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hub.sandbox.common import ServerThread
+from tests.conftest import Creds, Hub, HubFactory
+from tests.helpers import dossier
+from tests.test_cli import run
+from tests.test_relay import PortalOfficer, file_and_walk, portal_history
+
+
+@pytest.fixture
+def drifted(
+    hub_factory: HubFactory, portal: httpx.Client, creds: Creds, onestop_server: ServerThread
+) -> tuple[Hub, list[str]]:
+    hub = hub_factory()
+    codes = file_and_walk(hub, 4, [4])  # 1 in sync, 2 lost, 3 behind (walked further below), 4 ahead
+    for status in (9,):
+        hub.http.post(f"/v1/dossiers/{codes[2]}/progress", json=_step(codes[2], status))
+    assert hub.wait_idle() == {"delivered": 9}
+    portal.post(f"/_sandbox/dossiers/{codes[1]}/forget")
+    portal.post(f"/_sandbox/dossiers/{codes[2]}/restore", json={"status": 4})
+    PortalOfficer(portal, creds.portal_password).call(
+        "CapNhatTienDoHoSoMC", {"data": [_step(codes[3], 9)]}
+    )  # someone at the portal moved dossier 4 on
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    filed_there = dossier(77, status=2)
+    assert portal.post("/_sandbox/file", json={"dossier": filed_there}).status_code == 200
+    return hub, [*codes, filed_there["MaHoSo"]]
+
+
+def _step(code: str, status: int) -> dict[str, object]:
+    from tests.helpers import step
+
+    return step(code, status)
+
+
+def test_each_kind_of_drift_is_reported_and_the_safe_ones_repaired(
+    drifted: tuple[Hub, list[str]], portal: httpx.Client
+) -> None:
+    hub, (_, lost, behind, ahead, unknown) = drifted
+    result = hub.runtime.reconcile()
+    kinds = {d["code"]: d["kind"] for d in result["drift"]}
+    assert kinds == {
+        lost: "missing_at_portal",
+        behind: "status_behind",
+        ahead: "status_ahead",
+        unknown: "unknown_to_hub",
+    }
+    assert result["in_sync"] == 1 and result["checked"] == 4
+    repaired = {d["code"]: d["repaired"] for d in result["drift"]}
+    assert repaired[lost] == 2 and repaired[behind] == 1 and repaired[ahead] == 0
+    assert hub.wait_idle() == {"delivered": 9}
+    assert portal_history(portal, lost) == [2, 4]  # refiled, in order
+    assert portal_history(portal, behind) == [2, 4, 9]
+    again = hub.runtime.reconcile(repair=False)
+    assert {d["code"]: d["kind"] for d in again["drift"]} == {ahead: "status_ahead", unknown: "unknown_to_hub"}
+    assert again["in_sync"] == 3
+
+
+def test_reconcile_from_the_command_line(drifted: tuple[Hub, list[str]], tmp_path: Path) -> None:
+    settings = drifted[0].settings
+    password = settings.national_portal_password.get_secret_value() if settings.national_portal_password else ""
+    env = {
+        "HUB_DATABASE_URL": settings.effective_database_url,
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_NATIONAL_PORTAL_URL": settings.national_portal_url,
+        "HUB_NATIONAL_PORTAL_USERNAME": settings.national_portal_username,
+        "HUB_NATIONAL_PORTAL_PASSWORD": password,
+    }
+    dry = run(["reconcile", "--no-repair", "--json"], tmp_path, env)
+    assert dry.returncode == 1, dry.stderr  # drift that needs a person remains
+    report = json.loads(dry.stdout)
+    assert report["drift_by_kind"] == {
+        "missing_at_portal": 1,
+        "status_behind": 1,
+        "status_ahead": 1,
+        "unknown_to_hub": 1,
+    }
+    assert report["repaired_events"] == 0
+    table = run(["reconcile", "--no-repair"], tmp_path, env)
+    assert "status_ahead" in table.stdout and "comparing with the national portal" in table.stderr
