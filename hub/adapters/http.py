@@ -87,3 +87,35 @@ def post_json(
         report("retryable" if exc.retryable else "permanent", exc.code)
         raise
     return JsonExchange(reply, report)
+
+
+def post_checked(
+    http: httpx.Client, path: str, body: dict[str, Any], *, peer: str, correlation_id: str
+) -> httpx.Response:
+    """POST JSON and translate what went wrong at the transport or HTTP level into PeerErrors (the caller reads
+    and verifies the body): timeouts, refused connections, 502/503/504/408/429 → peer down; other 5xx → a
+    retryable failure; 4xx → refused."""
+    try:
+        r = http.post(path, json=body, headers={"X-Correlation-ID": correlation_id})
+    except httpx.TimeoutException:
+        raise PeerTimeout(peer, f"{path} timed out") from None
+    except httpx.TransportError as exc:
+        raise PeerUnavailable(peer, f"{path}: {exc.__class__.__name__}") from None
+    if r.status_code in (408, 429, 502, 503, 504):
+        raise PeerUnavailable(peer, f"{path}: HTTP {r.status_code}", code="peer_http_unavailable")
+    if r.status_code >= 500:
+        raise PeerError(peer, f"{path}: HTTP {r.status_code}", code="peer_http_5xx")
+    if r.status_code >= 400:
+        raise PeerRejected(peer, f"{path}: HTTP {r.status_code}", code="peer_http_4xx", reply=r.text[:500])
+    return r
+
+
+def json_object(r: httpx.Response, *, peer: str, what: str) -> dict[str, Any]:
+    """The reply's body as a JSON object, or PeerProtocolError."""
+    try:
+        reply = r.json()
+    except ValueError:
+        raise PeerProtocolError(peer, f"{what}: reply is not JSON") from None
+    if not isinstance(reply, dict):
+        raise PeerProtocolError(peer, f"{what}: reply is not an object")
+    return reply

@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from hub.adapters.errors import PeerError, PeerProtocolError, PeerRejected, PeerTimeout, PeerUnavailable
+from hub.adapters.errors import PeerProtocolError, PeerRejected, PeerUnavailable
+from hub.adapters.http import json_object, post_checked
 from hub.adapters.payment.base import (
     Callback,
     CallbackRejected,
@@ -70,28 +71,10 @@ class DvcPaymentClient:
     # -- outbound --------------------------------------------------------------------------------------------
 
     def _post(self, path: str, body: dict[str, Any], correlation_id: str) -> httpx.Response:
-        try:
-            r = self._http.post(path, json=body, headers={"X-Correlation-ID": correlation_id})
-        except httpx.TimeoutException:
-            raise PeerTimeout(PEER, f"{path} timed out") from None
-        except httpx.TransportError as exc:
-            raise PeerUnavailable(PEER, f"{path}: {exc.__class__.__name__}") from None
-        if r.status_code in (408, 429, 502, 503, 504):
-            raise PeerUnavailable(PEER, f"{path}: HTTP {r.status_code}", code="peer_http_unavailable")
-        if r.status_code >= 500:
-            raise PeerError(PEER, f"{path}: HTTP {r.status_code}", code="peer_http_5xx")
-        if r.status_code >= 400:
-            raise PeerRejected(PEER, f"{path}: HTTP {r.status_code}", code="peer_http_4xx", reply=r.text[:500])
-        return r
+        return post_checked(self._http, path, body, peer=PEER, correlation_id=correlation_id)
 
     def _json(self, r: httpx.Response, path: str) -> dict[str, Any]:
-        try:
-            reply = r.json()
-        except ValueError:
-            raise PeerProtocolError(PEER, f"{path}: reply is not JSON") from None
-        if not isinstance(reply, dict):
-            raise PeerProtocolError(PEER, f"{path}: reply is not an object")
-        return reply
+        return json_object(r, peer=PEER, what=path)
 
     def _verified(self, reply: dict[str, Any], fields: list[str], path: str) -> dict[str, Any]:
         given = reply.get("MaXacThuc")
