@@ -173,3 +173,33 @@ def test_forged_forms_and_strangers_change_nothing(console_hub: Hub, creds: Cred
         assert token is not None
         last = attacker.post("/ops/login", data={"csrf": token.group(1), "username": "tran.van.an", "password": "no"})
     assert last.status_code == 429
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_search_by_personal_id_and_replay_by_filter(console_hub: Hub, creds: Creds, backend: str) -> None:
+    hub = console_hub
+    d = dossier(9, status=2)
+    hub.http.post("/v1/dossiers", json=d)
+    operator = _logged_in(hub.server.url, "tran.van.an")
+    owner = str(d["SoGiayToChuHoSo"])
+    page = operator.get("/ops/dossiers", params={"q": owner}).text
+    assert d["MaHoSo"] in page and owner not in page  # matched by HMAC, shown masked, never echoed
+    for n in (5, 6):  # two dead letters to the one-stop system (no route)
+        pushed = dossier(n, status=1)
+        assert (
+            hub.http.post("/v1/national/dossiers", json=pushed, headers={"X-API-Key": creds.portal_key}).status_code
+            == 202
+        )
+    hub.wait_idle()
+    token = re.search(r'name="csrf" value="([^"]+)"', operator.get("/ops/dead").text)
+    assert token is not None
+    form = {"csrf": token.group(1), "scope": "filtered", "destination": "one_stop", "code": "unroutable_agency"}
+    confirm = operator.post("/ops/dead/replay", data=form)
+    assert confirm.status_code == 200 and "Phát lại 2 thư chết?" in confirm.text
+    ids = re.findall(r'name="ids" value="(\d+)"', confirm.text)
+    done = operator.post(
+        "/ops/dead/replay",
+        data={"csrf": token.group(1), "scope": "selected", "ids": ids, "confirmed": "yes"},
+    )
+    assert done.status_code == 303
+    assert "Đã phát lại 2 thư chết" in operator.get("/ops/dead").text

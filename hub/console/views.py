@@ -198,7 +198,8 @@ def router(runtime: Any) -> APIRouter:
                     escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                     query = query.where(Dossier.code.like(f"{escaped}%", escape="\\"))
                 results = [_dossier_row(d) for d in s.scalars(query)]
-        return render(request, "dossiers.html", page="dossiers", q=q, results=results)
+        shown = mask_id(q) if ID_RE.match(q) else q  # a personal ID is never echoed back in full
+        return render(request, "dossiers.html", page="dossiers", q=shown, results=results)
 
     @r.get("/dossiers/{code}")
     def dossier(request: Request, code: str) -> Response:
