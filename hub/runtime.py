@@ -61,7 +61,12 @@ class Runtime:
         self.maintenance = Maintenance(self.sessions)
         self.relay = Relay(
             self.sessions,
-            {NATIONAL_PORTAL: self._deliver_to_portal, ONE_STOP: self._deliver_to_one_stop},
+            {
+                NATIONAL_PORTAL: self._deliver_to_portal,
+                ONE_STOP: self._deliver_to_one_stop,
+                "email": self._deliver_email,
+                "sms": self._deliver_sms,
+            },
             policy=RetryPolicy(
                 settings.relay_backoff_base,
                 settings.relay_backoff_cap,
@@ -93,7 +98,34 @@ class Runtime:
             celery = _celery_for(settings)
             self._waker = CoalescingWaker(lambda: celery.send_task("hub.drain"))
         secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
-        self.dossiers = DossierService(self.sessions, secret_key=secret, on_commit=self.wake)
+        from hub.adapters.notify import EmailSender, SmsClient
+
+        self.email = (
+            EmailSender(
+                settings.smtp_host,
+                settings.smtp_port,
+                sender=settings.smtp_sender,
+                timeout=settings.read_timeout,
+                starttls=settings.smtp_starttls,
+                username=settings.smtp_username or None,
+                password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            )
+            if settings.smtp_host
+            else None
+        )
+        self.sms = (
+            SmsClient(
+                settings.sms_gateway_url,
+                api_key=settings.sms_api_key.get_secret_value() if settings.sms_api_key else "",
+                brandname=settings.sms_brandname,
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+            )
+            if settings.sms_gateway_url
+            else None
+        )
+        channels = tuple(name for name, on in (("email", self.email), ("sms", self.sms)) if on is not None)
+        self.dossiers = DossierService(self.sessions, secret_key=secret, on_commit=self.wake, notify_channels=channels)
         from hub.metrics import make_registry
         from hub.services.catalogue import Catalogue
 
@@ -224,6 +256,50 @@ class Runtime:
             for rec in records
         )
 
+    def _deliver_email(self, c: Claimed, hook: ExchangeHook) -> Any:
+        from hub.adapters.errors import PeerRejected as Refused
+
+        if self.email is None:
+            raise Refused("email", "email is not configured (HUB_SMTP_HOST)", code="channel_not_configured")
+        return self._timed(
+            "email", c, hook,
+            lambda: self.email.send(c.payload["to"], c.payload["subject"], c.payload["body"],  # type: ignore[union-attr]
+                                    message_key=c.idempotency_key),
+        )  # fmt: skip
+
+    def _deliver_sms(self, c: Claimed, hook: ExchangeHook) -> Any:
+        from hub.adapters.errors import PeerRejected as Refused
+
+        if self.sms is None:
+            raise Refused("sms", "SMS is not configured (HUB_SMS_GATEWAY_URL)", code="channel_not_configured")
+        return self._timed(
+            "sms", c, hook,
+            lambda: self.sms.send(c.payload["to"], c.payload["message"], message_key=c.idempotency_key,  # type: ignore[union-attr]
+                                  correlation_id=c.correlation_id),
+        )  # fmt: skip
+
+    @staticmethod
+    def _timed(peer: str, c: Claimed, hook: ExchangeHook, send: Callable[[], Any]) -> Any:
+        """Run a send and report it as an exchange (digests only: the citizen's contact never leaves the outbox)."""
+        import hashlib
+        import json
+        import time
+
+        from hub.adapters.errors import PeerError
+
+        started = time.perf_counter()
+        request_digest = hashlib.sha256(json.dumps(c.payload, sort_keys=True).encode()).hexdigest()
+        try:
+            reply = send()
+        except PeerError as exc:
+            hook(ExchangeRecord(peer, c.operation, c.correlation_id, request_digest, None,
+                                (time.perf_counter() - started) * 1000,
+                                "retryable" if exc.retryable else "permanent", exc.code))  # fmt: skip
+            raise
+        hook(ExchangeRecord(peer, c.operation, c.correlation_id, request_digest, None,
+                            (time.perf_counter() - started) * 1000, "ok", None))  # fmt: skip
+        return reply if isinstance(reply, dict) else {"message_id": str(reply)}
+
     def _deliver_to_portal(self, c: Claimed, hook: ExchangeHook) -> Any:
         return self.portal.call(
             c.operation,
@@ -321,6 +397,8 @@ class Runtime:
         self.portal.close()
         self.one_stop.close()
         self.population.close()
+        if self.sms is not None:
+            self.sms.close()
         self.signatures.close()
         for platform in self.payment_platforms.values():
             platform.close()

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     signing_key_password: SecretStr | None = None
     revocation_cache_seconds: float = 3600.0  # CRL/OCSP evidence is reused until nextUpdate, at most this long
 
+    # Citizen notifications (off until configured): email through SMTP, SMS through a gateway.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_sender: str = "hub@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: SecretStr | None = None
+    sms_gateway_url: str = ""
+    sms_api_key: SecretStr | None = None
+    sms_brandname: str = "DVCQG"
+
     # Fee payments.
     public_url: str = ""  # hub's base URL as peers reach it (payment callbacks); empty -> http://127.0.0.1:8000
     payment_dvc_url: str = ""  # the DVC payment platform; empty -> the sandbox on loopback (dev only)

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from hub.api.app import create_app
 from hub.runtime import Runtime
-from hub.sandbox import national_portal, one_stop, population
+from hub.sandbox import national_portal, one_stop, payment_dvc, population
 from hub.sandbox.common import ServerThread
 from hub.settings import ClientSystem, Settings
 from hub.store import db
@@ -95,6 +95,26 @@ def portal_server(creds: Creds) -> Iterator[ServerThread]:
 def portal(portal_server: ServerThread) -> Iterator[httpx.Client]:
     """Control client of the national portal sandbox, reset before each test."""
     with httpx.Client(base_url=portal_server.url, timeout=10) as c:
+        c.post("/_sandbox/reset").raise_for_status()
+        yield c
+
+
+PAY_PARTNER = "HUB-TEST"
+PAY_SECRET = secrets.token_urlsafe(24)
+
+
+@pytest.fixture(scope="session")
+def pay_server() -> Iterator[ServerThread]:
+    """The DVC payment-platform sandbox, with our partner code and secret."""
+    server = ServerThread(payment_dvc.create_app({PAY_PARTNER: PAY_SECRET})).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def platform(pay_server: ServerThread) -> Iterator[httpx.Client]:
+    """Control client of the payment-platform sandbox, reset before each test."""
+    with httpx.Client(base_url=pay_server.url, timeout=30) as c:
         c.post("/_sandbox/reset").raise_for_status()
         yield c
 

@@ -6,11 +6,9 @@ receipts, and reconciliation against the daily statement — on SQLite and Postg
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,30 +18,14 @@ import pytest
 from sqlalchemy import func, select
 
 from hub.adapters.payment.dvc import CONFIRM_FIELDS, mac
-from hub.sandbox import payment_dvc
 from hub.sandbox.common import ServerThread
 from hub.store.models import Payment, PaymentCallback, StatusEvent
-from tests.conftest import Creds, Hub, HubFactory
+from tests.conftest import PAY_PARTNER, PAY_SECRET, Creds, Hub, HubFactory
 from tests.helpers import dossier, step
 
-PARTNER = "HUB-TEST"
-SECRET = secrets.token_urlsafe(24)
+PARTNER, SECRET = PAY_PARTNER, PAY_SECRET
 HUB_BIN = str(Path(sys.executable).with_name("hub"))
 FEES = [{"TenPhiLePhi": "Lệ phí cấp bản sao trích lục", "MaPhiLePhi": "LPTL", "HinhThucThu": 1, "Gia": 8000}]
-
-
-@pytest.fixture(scope="session")
-def pay_server() -> Iterator[ServerThread]:
-    server = ServerThread(payment_dvc.create_app({PARTNER: SECRET})).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def platform(pay_server: ServerThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=pay_server.url, timeout=30) as c:
-        c.post("/_sandbox/reset").raise_for_status()
-        yield c
 
 
 @pytest.fixture

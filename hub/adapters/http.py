@@ -90,13 +90,19 @@ def post_json(
 
 
 def post_checked(
-    http: httpx.Client, path: str, body: dict[str, Any], *, peer: str, correlation_id: str
+    http: httpx.Client,
+    path: str,
+    body: dict[str, Any],
+    *,
+    peer: str,
+    correlation_id: str,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     """POST JSON and translate what went wrong at the transport or HTTP level into PeerErrors (the caller reads
     and verifies the body): timeouts, refused connections, 502/503/504/408/429 → peer down; other 5xx → a
     retryable failure; 4xx → refused."""
     try:
-        r = http.post(path, json=body, headers={"X-Correlation-ID": correlation_id})
+        r = http.post(path, json=body, headers={"X-Correlation-ID": correlation_id, **(headers or {})})
     except httpx.TimeoutException:
         raise PeerTimeout(peer, f"{path} timed out") from None
     except httpx.TransportError as exc:

@@ -107,11 +107,13 @@ class DossierService:
         secret_key: bytes,
         destinations: Sequence[str] = (NATIONAL_PORTAL,),
         on_commit: Callable[[], None] = lambda: None,
+        notify_channels: Sequence[str] = (),
     ) -> None:
         self.sessions = sessions
         self._secret = secret_key
         self.destinations = tuple(destinations)
         self._on_commit = on_commit
+        self.notify_channels = tuple(notify_channels)  # email, sms: the citizen is told of status changes
         self.calendar = WorkingCalendar()
 
     def subject_hmac(self, personal_id: str) -> str:
@@ -221,6 +223,7 @@ class DossierService:
         kind: str,
         data: dict[str, Any],
         correlation_id: str,
+        notify: str | None = None,
     ) -> dict[str, Any]:
         """The write path, in SQLAlchemy Core: one locked read, then plain INSERT/UPDATEs (the hot path of ingest)."""
         parsed = dossier_code(code)
@@ -349,6 +352,17 @@ class DossierService:
                 _outbox_row(event_id, dossier_id, seq, d, operation, payload, correlation_id, now)
                 for d in self.destinations
             ]
+        if self.notify_channels:
+            from hub.services.notifications import kind_for, outbox_payloads
+
+            what = kind_for(None if previous is None else int(previous), int(new_status), notify)
+            if what is not None:
+                full = data if whole else stored
+                note = None if whole else data.get("NoiDungXuLy")
+                for destination, operation, payload in outbox_payloads(what, full, self.notify_channels, note):
+                    rows.append(
+                        _outbox_row(event_id, dossier_id, seq, destination, operation, payload, correlation_id, now)
+                    )
         session.execute(INSERT_OUTBOX, rows)
         if whole and data.get("DanhSachGiayToKetQua"):
             self._index_documents(session, code, parsed.agency, data, now)

@@ -338,7 +338,9 @@ class PaymentService:
                 ),
                 "TrangThai": int(DossierStatus.PROCESSING),
             }
-            self.dossiers.apply(s, SYSTEM, payment.dossier_code, "dossier.progress", step, correlation_id)
+            self.dossiers.apply(
+                s, SYSTEM, payment.dossier_code, "dossier.progress", step, correlation_id, notify="paid"
+            )
         return done("applied", "00", None)
 
     # -- late or lost callbacks ------------------------------------------------------------------------------

@@ -1,0 +1,49 @@
+"""Email through real SMTP (smtplib): explicit timeout, STARTTLS when asked, the event id as Message-ID (so a
+resend after a crash can be recognised), errors translated at the boundary."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from hub.adapters.errors import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
+
+PEER = "email"
+
+
+class EmailSender:
+    def __init__(
+        self, host: str, port: int, *, sender: str, timeout: float = 10.0, starttls: bool = False,
+        username: str | None = None, password: str | None = None,
+    ) -> None:  # fmt: skip
+        self.host, self.port, self.sender = host, port, sender
+        self.timeout, self.starttls = timeout, starttls
+        self._username, self._password = username, password
+
+    def send(self, to: str, subject: str, body: str, *, message_key: str) -> str:
+        msg = EmailMessage()
+        msg["From"] = self.sender
+        msg["To"] = to
+        msg["Subject"] = subject
+        msg["Date"] = formatdate(localtime=False)
+        msg["Message-ID"] = make_msgid(idstring=message_key.replace(":", "."), domain="hub.local")
+        msg.set_content(body, charset="utf-8")
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                if self.starttls:
+                    smtp.starttls()
+                if self._username:
+                    smtp.login(self._username, self._password or "")
+                smtp.send_message(msg)
+        except TimeoutError:
+            raise PeerTimeout(PEER, "SMTP timed out") from None
+        except smtplib.SMTPRecipientsRefused:
+            raise PeerRejected(PEER, "the recipient address was refused", code="email_recipient_refused") from None
+        except smtplib.SMTPResponseException as exc:
+            if 500 <= exc.smtp_code < 600:
+                raise PeerRejected(PEER, f"SMTP {exc.smtp_code}", code="email_rejected") from None
+            raise PeerError(PEER, f"SMTP {exc.smtp_code}", code="email_failed") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise PeerUnavailable(PEER, f"SMTP: {exc.__class__.__name__}") from None
+        return str(msg["Message-ID"])

@@ -1,0 +1,83 @@
+"""Citizen notifications: which status changes notify, and the Vietnamese texts. Rendered when the status event
+is written (so a resend after a crash sends the same words) and delivered through the outbox like every other
+message: once per event and channel, however often other deliveries of that event are replayed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from hub.domain.dates import VN_TZ, parse_national
+
+EMAIL, SMS = "email", "sms"
+BY_STATUS = {2: "received", 3: "refused", 5: "supplement", 6: "payment", 9: "result", 10: "result"}
+
+
+def _day(value: Any) -> str:
+    try:
+        moment: datetime = parse_national(str(value))
+    except Exception:  # noqa: BLE001 - a missing or odd date: say nothing rather than something wrong
+        return "—"
+    return moment.astimezone(VN_TZ).strftime("%d/%m/%Y")
+
+
+def kind_for(previous: int | None, new: int, override: str | None = None) -> str | None:
+    """The notification a status change calls for, if any (results notify once: 9, or 10 without 9 before)."""
+    if override is not None:
+        return override
+    if previous == new:
+        return None
+    if new == 10 and previous == 9:
+        return None
+    return BY_STATUS.get(new)
+
+
+def render(kind: str, data: dict[str, Any], note: str | None = None) -> tuple[str, str, str]:
+    """(email subject, email body, SMS text) in Vietnamese."""
+    code = data.get("MaHoSo", "")
+    name = data.get("ChuHoSo") or "Ông/Bà"
+    procedure = data.get("TenTTHC") or data.get("MaTTHC") or ""
+    fees = sum(int(f.get("Gia", 0)) for f in data.get("DanhSachLePhi") or [] if isinstance(f.get("Gia"), int))
+    amount = f"{fees:,}".replace(",", ".")
+    lines = {
+        "received": (
+            f"Hồ sơ {code} đã được tiếp nhận",
+            f"Hồ sơ {code} ({procedure}) đã được tiếp nhận. Ngày hẹn trả kết quả: {_day(data.get('NgayHenTra'))}.",
+        ),
+        "refused": (
+            f"Hồ sơ {code} không được tiếp nhận",
+            f"Hồ sơ {code} ({procedure}) không được tiếp nhận. Lý do: {note or 'xem chi tiết trên Cổng Dịch vụ công'}.",
+        ),
+        "supplement": (
+            f"Hồ sơ {code} cần bổ sung giấy tờ",
+            f"Hồ sơ {code} cần bổ sung, hoàn thiện: {note or 'xem chi tiết trên Cổng Dịch vụ công'}.",
+        ),
+        "payment": (
+            f"Hồ sơ {code}: đề nghị nộp phí, lệ phí",
+            f"Hồ sơ {code} cần nộp phí, lệ phí {amount} đồng. Vui lòng thanh toán trực tuyến trên Cổng Dịch vụ công.",
+        ),
+        "paid": (
+            f"Hồ sơ {code}: đã nhận thanh toán",
+            f"Đã nhận thanh toán phí, lệ phí của hồ sơ {code}. Hồ sơ tiếp tục được xử lý.",
+        ),
+        "result": (
+            f"Hồ sơ {code} đã có kết quả",
+            f"Hồ sơ {code} ({procedure}) đã có kết quả. Ngày hẹn trả: {_day(data.get('NgayHenTra'))}.",
+        ),
+    }
+    subject, text = lines[kind]
+    body = f"Kính gửi {name},\n\n{text}\n\nTra cứu hồ sơ bằng mã {code} trên Cổng Dịch vụ công quốc gia.\n"
+    return subject, body, text[:612]
+
+
+def outbox_payloads(
+    kind: str, data: dict[str, Any], channels: tuple[str, ...], note: str | None = None
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(destination, operation, payload) for each channel the citizen can be reached on."""
+    subject, body, sms = render(kind, data, note)
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    if EMAIL in channels and data.get("Email"):
+        out.append((EMAIL, f"notify.{kind}", {"to": data["Email"], "subject": subject, "body": body}))
+    if SMS in channels and data.get("SoDienThoai"):
+        out.append((SMS, f"notify.{kind}", {"to": data["SoDienThoai"], "message": sms}))
+    return out

@@ -1,0 +1,142 @@
+"""Citizen notifications through a real SMTP server (aiosmtpd on loopback) and the SMS-gateway sandbox: the right
+status changes notify, in Vietnamese with correct diacritics, once per event and channel — a repeated request or
+a replayed delivery to the portal sends nothing again — and the citizen's contact never reaches the logs."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from hub.sandbox.common import ServerThread
+from hub.sandbox.notify import SmtpSink, create_sms_app
+from hub.sync import jobs
+from tests.conftest import Hub, HubFactory
+from tests.helpers import dossier, step
+
+SMS_KEY = secrets.token_urlsafe(16)
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def sms_server() -> Iterator[ServerThread]:
+    server = ServerThread(create_sms_app({SMS_KEY})).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hub(hub_factory: HubFactory, smtp: SmtpSink, sms_server: ServerThread, portal: httpx.Client) -> Hub:
+    smtp.clear()
+    httpx.post(f"{sms_server.url}/_sandbox/reset")
+    return hub_factory(
+        smtp_host=smtp.host, smtp_port=smtp.port, smtp_sender="motcua@hub.local",
+        sms_gateway_url=sms_server.url, sms_api_key=SMS_KEY,
+    )  # fmt: skip
+
+
+def sent_sms(server: ServerThread) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = httpx.get(f"{server.url}/_sandbox/sms").json()["items"]
+    return items
+
+
+def test_status_changes_notify_once_in_vietnamese(
+    hub: Hub, smtp: SmtpSink, sms_server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    d = dossier(1, status=2, Email="nguyen.van.an@example.vn", ChuHoSo="Nguyễn Văn An")
+    code = d["MaHoSo"]
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    walk = [(5, "Bổ sung bản sao giấy chứng sinh"), (4, "Tiếp tục xử lý"), (6, "Nộp lệ phí"), (4, "Đã nộp"),
+            (9, "Đã ký"), (10, "Đã trả")]  # fmt: skip
+    for k, (status, note) in enumerate(walk):
+        r = hub.http.post(
+            f"/v1/dossiers/{code}/progress", json=step(code, status, note), headers={"Idempotency-Key": f"s{k}"}
+        )
+        assert r.status_code == 202
+    # the same request again (a client retry) creates nothing, so notifies nothing
+    again = hub.http.post(
+        f"/v1/dossiers/{code}/progress", json=step(code, 10, "Đã trả"), headers={"Idempotency-Key": "s5"}
+    )
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    hub.wait_idle()
+    subjects = [m["subject"] for m in smtp.messages]
+    assert subjects == [
+        f"Hồ sơ {code} đã được tiếp nhận",
+        f"Hồ sơ {code} cần bổ sung giấy tờ",
+        f"Hồ sơ {code}: đề nghị nộp phí, lệ phí",
+        f"Hồ sơ {code} đã có kết quả",
+    ]  # 9 and 10 are one "result ready"
+    received = smtp.messages[0]
+    assert received["to"] == ["nguyen.van.an@example.vn"] and "Kính gửi Nguyễn Văn An" in received["body"]
+    due = d["NgayHenTra"]
+    assert f"{due[6:8]}/{due[4:6]}/{due[0:4]}" in received["body"]  # NgayHenTra as dd/mm/yyyy
+    assert "Bổ sung bản sao giấy chứng sinh" in smtp.messages[1]["body"]
+    texts = [m["message"] for m in sent_sms(sms_server)]
+    assert (
+        len(texts) == 4
+        and texts[0].startswith(f"Hồ sơ {code}")
+        and all(m["phone"] == d["SoDienThoai"] for m in sent_sms(sms_server))
+    )
+    # replaying every delivery of the dossier's events to the portal sends no notification again
+    with hub.runtime.sessions.begin() as s:
+        from sqlalchemy import update
+
+        from hub.store.models import OutboxMessage
+
+        s.execute(update(OutboxMessage).where(OutboxMessage.destination == "national_portal").values(state="dead"))
+    with hub.runtime.sessions.begin() as s:
+        assert jobs.replay(s, all_dead=True)["replayed"] == 7
+    hub.runtime.wake()
+    hub.wait_idle()
+    time.sleep(0.2)
+    assert len(smtp.messages) == 4 and len(sent_sms(sms_server)) == 4
+    # the citizen's contact never reaches the logs
+    for rec in (r for r in caplog.records if r.name.startswith("hub")):
+        text = f"{rec.getMessage()} {vars(rec)}"
+        assert "nguyen.van.an@example.vn" not in text and d["SoDienThoai"] not in text
+
+
+def test_refusal_and_channels_the_citizen_has(hub: Hub, smtp: SmtpSink, sms_server: ServerThread) -> None:
+    d = dossier(2, status=1)
+    d.pop("Email", None)  # no email address: SMS only
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 3, "Không thuộc thẩm quyền"))
+    assert r.status_code == 202
+    hub.wait_idle()
+    assert smtp.messages == []
+    [sms] = sent_sms(sms_server)
+    assert "không được tiếp nhận" in sms["message"] and "Không thuộc thẩm quyền" in sms["message"]
+
+
+def test_a_payment_credited_notifies_the_citizen(
+    hub_factory: HubFactory, smtp: SmtpSink, sms_server: ServerThread, pay_server: ServerThread, platform: httpx.Client
+) -> None:
+    from tests.conftest import PAY_PARTNER as PARTNER
+    from tests.conftest import PAY_SECRET as SECRET
+    from tests.test_payments import awaiting_payment, create, payment_of, wait_for
+
+    httpx.post(f"{sms_server.url}/_sandbox/reset")
+    hub = hub_factory(
+        sms_gateway_url=sms_server.url, sms_api_key=SMS_KEY, payment_dvc_url=pay_server.url,
+        payment_dvc_partner=PARTNER, payment_dvc_secret=SECRET, payment_check_interval=0,
+    )  # fmt: skip
+    hub.runtime.payments.callback_url = lambda name: f"{hub.server.url}/v1/payments/callbacks/{name}"
+    payment = create(hub, awaiting_payment(hub, 41))
+    httpx.post(payment["pay_url"])
+    wait_for(lambda: payment_of(hub, payment["reference"])["status"] == "paid")
+    wait_for(lambda: any(m["message"].startswith("Đã nhận") for m in sent_sms(sms_server)))
+    texts = [m["message"] for m in sent_sms(sms_server)]
+    assert texts[-1].startswith("Đã nhận thanh toán phí, lệ phí của hồ sơ")
+    assert sum("cần nộp phí, lệ phí 8.000 đồng" in t for t in texts) == 1  # status 6 was notified, once
