@@ -4,6 +4,7 @@ one-stop sandbox walked through their statuses, a short portal outage, and a sum
 from __future__ import annotations
 
 import random
+import secrets
 import shutil
 import time
 from datetime import UTC, datetime
@@ -46,8 +47,22 @@ def run_demo(count: int, out: Console) -> int:
     portal = ServerThread(national_portal.create_app({settings.national_portal_username: password})).start()
     onestop = ServerThread(one_stop.create_app()).start()
     people = ServerThread(population.create_app()).start()
+    from pydantic import SecretStr
+
+    from hub.sandbox.notify import SmtpSink, create_sms_app
+
+    sms_key = secrets.token_urlsafe(16)
+    smtp = SmtpSink().start()
+    sms = ServerThread(create_sms_app({sms_key})).start()
     settings = settings.model_copy(
-        update={"national_portal_url": portal.url, "population_url": f"{people.url}/ws/congdan"}
+        update={
+            "national_portal_url": portal.url,
+            "population_url": f"{people.url}/ws/congdan",
+            "smtp_host": smtp.host,
+            "smtp_port": smtp.port,
+            "sms_gateway_url": sms.url,
+            "sms_api_key": SecretStr(sms_key),
+        }
     )
     from hub.api.app import create_app
     from hub.runtime import Runtime
@@ -83,6 +98,7 @@ def run_demo(count: int, out: Console) -> int:
         _summary(out, client, control, codes)
         retried = control.get("/_sandbox/received", params={"outcome": "applied"}).json()["count"]
         out.print(f"portal applied {retried} messages; during the outage hub kept them and retried with backoff.")
+        _notifications(out, sms.url)
         _prefill(out, client, people.url)
         out.print(
             "Explore: [bold]hub serve[/bold] then open http://127.0.0.1:8000/docs (API) — "
@@ -97,6 +113,25 @@ def run_demo(count: int, out: Console) -> int:
         portal.stop()
         onestop.stop()
         people.stop()
+        sms.stop()
+        smtp.stop()
+
+
+def _notifications(out: Console, sms_url: str) -> None:
+    """What the citizens were told (the SMS gateway sandbox kept every message)."""
+    deadline = time.monotonic() + 10
+    items: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        items = httpx.get(f"{sms_url}/_sandbox/sms").json()["items"]
+        if len(items) >= 8:
+            break
+        time.sleep(0.2)
+    table = Table(title=f"Tin nhắn SMS gửi công dân (SMS sent to citizens): {len(items)}")
+    table.add_column("phone")
+    table.add_column("message")
+    for m in items[:8]:
+        table.add_row("*" * 7 + m["phone"][-3:], m["message"])
+    out.print(table)
 
 
 def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) -> None:
