@@ -236,25 +236,9 @@ class Runtime:
     @staticmethod
     def _record_exchanges(session: Session, records: Sequence[ExchangeRecord]) -> None:
         """Exchanges made outside the relay (pre-fill look-ups) go to the same append-only record."""
-        from hub.domain.dates import utcnow
-        from hub.store.models import Exchange
+        from hub.sync.relay import exchange_row
 
-        now = utcnow()
-        session.add_all(
-            Exchange(
-                at=now,
-                peer=rec.peer,
-                operation=rec.operation,
-                correlation_id=rec.correlation_id,
-                outbox_id=None,
-                request_digest=rec.request_digest,
-                response_digest=rec.response_digest,
-                duration_ms=rec.duration_ms,
-                outcome=rec.outcome,
-                error_code=rec.error_code,
-            )
-            for rec in records
-        )
+        session.add_all(exchange_row(rec) for rec in records)
 
     def _deliver_email(self, c: Claimed, hook: ExchangeHook) -> Any:
         from hub.adapters.errors import PeerRejected as Refused

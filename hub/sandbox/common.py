@@ -7,6 +7,7 @@ import asyncio
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -141,3 +142,26 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def send_copies(send: Callable[[], Any], copies: int, *, concurrent: bool) -> list[Any]:
+    """Call `send` `copies` times, one after another or all at once (threads released together by a barrier),
+    and return what each call answered: how the payment sandboxes replay a callback on demand."""
+    if not concurrent:
+        return [send() for _ in range(copies)]
+    results: list[Any] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(copies)
+
+    def one() -> None:
+        barrier.wait()
+        answer = send()
+        with lock:
+            results.append(answer)
+
+    threads = [threading.Thread(target=one) for _ in range(copies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from hub.sandbox import contracts
-from hub.sandbox.common import Faults, PeerState, add_control_routes
+from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
 
 VN = timedelta(hours=7)
 
@@ -282,21 +282,7 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
             msg["MaGiaoDich"] = str(order["transaction"])
             msg["MaXacThuc"] = _mac(msg, confirm_fields, st.partners[p["partner"]])
         copies = int(order.get("copies", 1))
-        if order.get("concurrent"):
-            results: list[dict[str, Any]] = []
-            barrier = threading.Barrier(copies)
-
-            def one() -> None:
-                barrier.wait()
-                results.append(post_confirm(p, msg))
-
-            threads = [threading.Thread(target=one) for _ in range(copies)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        else:
-            results = [post_confirm(p, msg) for _ in range(copies)]
+        results = send_copies(lambda: post_confirm(p, msg), copies, concurrent=bool(order.get("concurrent")))
         return JSONResponse({"answers": results})
 
     @app.get("/_sandbox/payments")

@@ -18,7 +18,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from hub.sandbox.common import Faults, PeerState, add_control_routes
+from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
 
 QUERY_FIELDS = ["vnp_RequestId", "vnp_Version", "vnp_Command", "vnp_TmnCode", "vnp_TxnRef", "vnp_TransactionDate",
                 "vnp_CreateDate", "vnp_IpAddr", "vnp_OrderInfo"]  # fmt: skip
@@ -167,21 +167,7 @@ def create_app(merchants: dict[str, dict[str, str]], state: VnpayState | None = 
             params["vnp_Amount"] = str(int(params["vnp_Amount"]) + int(order["amount_delta"]) * 100)
             params["vnp_SecureHash"] = _sign(params, st.merchants[txn["tmn"]]["secret"])
         copies = int(order.get("copies", 1))
-        results: list[dict[str, Any]] = []
-        if order.get("concurrent"):
-            barrier = threading.Barrier(copies)
-
-            def one() -> None:
-                barrier.wait()
-                results.append(call_ipn(txn, params))
-
-            threads = [threading.Thread(target=one) for _ in range(copies)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        else:
-            results = [call_ipn(txn, params) for _ in range(copies)]
+        results = send_copies(lambda: call_ipn(txn, params), copies, concurrent=bool(order.get("concurrent")))
         return JSONResponse({"answers": results})
 
     @app.post("/merchant_webapi/api/transaction")

@@ -25,7 +25,7 @@ from hub.domain.dates import format_national, utcnow
 from hub.domain.errors import Conflict, DomainError, Forbidden, NotFound
 from hub.domain.status import DossierStatus
 from hub.services.dossiers import DossierService
-from hub.services.schemas import reject_nul
+from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
 from hub.store.models import Dossier, Payment, PaymentCallback, Procedure
 
@@ -47,7 +47,7 @@ class FeeIn(BaseModel):
     SoTien: int = Field(ge=0, le=MAX_FEE, description="whole đồng")
 
 
-class PaymentIn(BaseModel):
+class PaymentIn(NulFree):
     model_config = ConfigDict(extra="forbid")
     MaHoSo: str
     fees: list[FeeIn] | None = Field(default=None, description="must equal the dossier's DanhSachLePhi if given")
@@ -57,11 +57,6 @@ class PaymentIn(BaseModel):
     @classmethod
     def _code(cls, value: str) -> str:
         return identifiers.dossier_code(value).value
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
 
 
 def new_reference(now: datetime) -> str:

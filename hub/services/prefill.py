@@ -29,7 +29,7 @@ from hub.domain.errors import DomainError, Forbidden, NotFound
 from hub.domain.privacy import subject_hmac
 from hub.services.audit import Access, AccessLog
 from hub.services.population_cache import PopulationCache
-from hub.services.schemas import reject_nul
+from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
 from hub.store.models import Consent, Document
 
@@ -119,7 +119,7 @@ class RequestedBy(BaseModel):
         return identifiers.agency_code(value)
 
 
-class PrefillIn(BaseModel):
+class PrefillIn(NulFree):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     procedure: str = Field(description="MaTTHC", examples=["1.001193"])
     subject_id: str = Field(description="the citizen's 12-digit personal ID", examples=["001090012345"])
@@ -134,31 +134,21 @@ class PrefillIn(BaseModel):
     def _procedure(cls, value: str) -> str:
         return identifiers.procedure_code(value)
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
-
 
 class SubjectIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     subject_id: str = Field(description="the citizen's 12-digit personal ID (in the body, never in a URL)")
 
 
-class ConsentIn(BaseModel):
+class ConsentIn(NulFree):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     subject_id: str = Field(description="the citizen's 12-digit personal ID")
     purpose: str = Field(min_length=1, max_length=100)
     scope: list[Literal["documents"]] = Field(min_length=1)
     expires_at: datetime | None = None
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
 
-
-class DocumentIn(BaseModel):
+class DocumentIn(NulFree):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     holder_id: str = Field(description="personal ID of the citizen the document was issued to")
     kind: str = Field(pattern=r"^[a-z_]{3,64}$", examples=["giay_chung_nhan_ket_hon"])
@@ -174,11 +164,6 @@ class DocumentIn(BaseModel):
     @classmethod
     def _issuer(cls, value: str) -> str:
         return identifiers.agency_code(value)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
 
 
 # -- the service ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hub.domain import identifiers
 from hub.domain.dates import parse_national
@@ -26,7 +26,13 @@ def _reject_nul(value: Any) -> Any:
     return value
 
 
-reject_nul = _reject_nul
+class NulFree(BaseModel):
+    """Base of request models: every field, once validated, is refused if it holds the NUL character."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return _reject_nul(value)
 
 
 def _national_date(value: str) -> str:

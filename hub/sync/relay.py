@@ -31,6 +31,22 @@ Deliverer = Callable[[Claimed, ExchangeHook], Any]
 PEER_DOWN_PAUSE_CAP = 30.0  # seconds: a peer that was down is probed again at least this often
 
 
+def exchange_row(rec: ExchangeRecord, outbox_id: int | None = None) -> Exchange:
+    """The append-only record of one outbound exchange, as an adapter reported it."""
+    return Exchange(
+        at=utcnow(),
+        peer=rec.peer,
+        operation=rec.operation,
+        correlation_id=rec.correlation_id,
+        outbox_id=outbox_id,
+        request_digest=rec.request_digest,
+        response_digest=rec.response_digest,
+        duration_ms=rec.duration_ms,
+        outcome=rec.outcome,
+        error_code=rec.error_code,
+    )
+
+
 class Relay:
     def __init__(
         self,
@@ -74,20 +90,7 @@ class Relay:
 
         def hook(rec: ExchangeRecord, outbox_id: int) -> None:
             with lock:
-                exchanges.append(
-                    Exchange(
-                        at=utcnow(),
-                        peer=rec.peer,
-                        operation=rec.operation,
-                        correlation_id=rec.correlation_id,
-                        outbox_id=outbox_id,
-                        request_digest=rec.request_digest,
-                        response_digest=rec.response_digest,
-                        duration_ms=rec.duration_ms,
-                        outcome=rec.outcome,
-                        error_code=rec.error_code,
-                    )
-                )
+                exchanges.append(exchange_row(rec, outbox_id))
 
         def deliver(c: Claimed) -> Outcome:
             if c.destination in down:  # the peer is down: do not hammer it, release untried
