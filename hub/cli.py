@@ -67,6 +67,13 @@ def _sandbox_credentials(settings: Settings) -> dict[str, str]:
     return {settings.national_portal_username: password.get_secret_value() if password else ""}
 
 
+def _notify_ports(settings: Settings) -> tuple[int, int] | None:
+    """The SMTP and SMS sandboxes are started with the others unless real ones are configured."""
+    if settings.smtp_host or settings.sms_gateway_url:
+        return None
+    return settings.sandbox_smtp_port, settings.sandbox_sms_port
+
+
 @cli.command()
 def serve(
     host: str = "127.0.0.1",
@@ -95,11 +102,21 @@ def serve(
             pki_dir=settings.var_dir / "sandbox-pki",
             payment_port=settings.sandbox_payment_port,
             payment_partners=_payment_partners(settings) if not settings.payment_dvc_url else None,
+            notify_ports=_notify_ports(settings),
         )
         err.print(
             f"sandbox peers: national portal {peers.national.url}, one-stop {peers.one_stop.url}, "
             f"population database {peers.population.url}/ws/congdan"
         )
+        if peers.smtp is not None and peers.sms is not None and peers.sms_key is not None:
+            # the app (and each uvicorn worker process) reads its settings from the environment
+            os.environ.update(
+                HUB_SMTP_HOST=peers.smtp.host,
+                HUB_SMTP_PORT=str(peers.smtp.port),
+                HUB_SMS_GATEWAY_URL=peers.sms.url,
+                HUB_SMS_API_KEY=peers.sms_key,
+            )
+            err.print(f"notifications: SMTP and SMS sandboxes, sent messages at {peers.sms.url}/_sandbox/sms|mail")
     if settings.effective_database_url.startswith("sqlite"):
         from hub.store import db
 
@@ -176,6 +193,8 @@ def sandbox(
         pki_dir=settings.var_dir / "sandbox-pki",
         payment_port=settings.sandbox_payment_port,
         payment_partners=_payment_partners(settings),
+        notify_ports=(settings.sandbox_smtp_port, settings.sandbox_sms_port),
+        sms_key=settings.sms_api_key.get_secret_value() if settings.sms_api_key else None,
     )
     out.print(f"national portal sandbox: {peers.national.url}  (control: {peers.national.url}/_sandbox/docs)")
     out.print(f"one-stop sandbox:        {peers.one_stop.url}  (control: {peers.one_stop.url}/_sandbox/docs)")
@@ -184,6 +203,12 @@ def sandbox(
         out.print(f"test PKI (CRL, OCSP):    {peers.pki.url}  keys and certificates in {peers.pki_dir}")
     if peers.payment is not None:
         out.print(f"DVC payment platform:    {peers.payment.url}  (pay pages under /pay/)")
+    if peers.smtp is not None and peers.sms is not None:
+        smtp = f"{peers.smtp.host}:{peers.smtp.port}"
+        out.print(f"SMTP sandbox:            {smtp}  (received: {peers.sms.url}/_sandbox/mail)")
+        out.print(f"SMS gateway sandbox:     {peers.sms.url}/api/sms  (sent: {peers.sms.url}/_sandbox/sms)")
+        if not settings.sms_api_key:
+            out.print(f"  SMS API key for hub:   HUB_SMS_API_KEY={peers.sms_key}")
     try:
         while True:
             time.sleep(3600)

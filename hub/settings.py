@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     sandbox_population_port: int = 8703
     sandbox_pki_port: int = 8704
     sandbox_payment_port: int = 8705
+    sandbox_smtp_port: int = 8706
+    sandbox_sms_port: int = 8707
 
     # Relay.
     relay_batch_size: int = 64

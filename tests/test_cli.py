@@ -133,3 +133,64 @@ def test_peers_status_and_purge(hub_factory: HubFactory, portal: httpx.Client, t
     shown = run(["jobs", "replay", "--all-dead"], tmp_path, env)
     assert shown.returncode == 0 and "replaying dead letters" in shown.stderr and "replayed 1" in shown.stdout
     assert json.loads(run(["jobs", "replay", "--all-dead", "--json"], tmp_path, env).stdout)["replayed"] in (0, 1)
+
+
+def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(tmp_path: Path) -> None:
+    """`hub serve` on a fresh directory: the sandboxes start with it (notifications included), a dossier posted
+    reaches the national-portal sandbox and the citizen's SMS and email reach theirs."""
+    import socket
+    import time
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    names = ("NATIONAL", "ONESTOP", "POPULATION", "PKI", "PAYMENT", "SMTP", "SMS")
+    ports = {f"HUB_SANDBOX_{n}_PORT": str(free_port()) for n in names}
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    proc = subprocess.Popen(
+        [HUB, "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env={**base, **ports},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        api = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{api}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "hub serve did not come up"
+            time.sleep(0.2)
+        key = json.loads((tmp_path / "var" / "dev-secrets.json").read_text())["client_api_key"]
+        d = dossier(41, status=2, Email="cong.dan@example.vn")
+        r = httpx.post(f"{api}/v1/dossiers", json=d, headers={"X-API-Key": key, "Idempotency-Key": "serve-1"})
+        assert r.status_code == 202, r.text
+        portal = f"http://127.0.0.1:{ports['HUB_SANDBOX_NATIONAL_PORT']}"
+        sms = f"http://127.0.0.1:{ports['HUB_SANDBOX_SMS_PORT']}"
+        deadline = time.monotonic() + 30
+        while True:
+            at_portal = httpx.get(f"{portal}/_sandbox/dossiers/{d['MaHoSo']}")
+            texts = httpx.get(f"{sms}/_sandbox/sms").json()["items"]
+            mails = httpx.get(f"{sms}/_sandbox/mail").json()["items"]
+            if at_portal.status_code == 200 and texts and mails:
+                break
+            assert time.monotonic() < deadline, (at_portal.text, texts, mails)
+            time.sleep(0.2)
+        assert [h["status"] for h in at_portal.json()["history"]] == [2]
+        [text] = texts
+        assert d["MaHoSo"] in text["message"] and "tiếp nhận" in text["message"]
+        assert d["MaHoSo"] in mails[0]["body"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

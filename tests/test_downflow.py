@@ -162,3 +162,84 @@ def test_polling_picks_up_a_lost_push_and_never_delivers_twice(
     assert hub.runtime.poll_portal()["new_events"] == 1
     hub.wait_idle()
     assert [(r["operation"], r["body"].get("TrangThaiHoSo")) for r in received(onestop)][-1] == ("status", 7)
+
+
+def inbound_records(hub: Hub) -> list[tuple[str, str | None]]:
+    from sqlalchemy import select
+
+    from hub.store.models import Exchange
+
+    with hub.runtime.sessions() as s:
+        rows = s.execute(
+            select(Exchange.outcome, Exchange.error_code)
+            .where(Exchange.operation == "inbound.push_dossier")
+            .order_by(Exchange.id)
+        ).all()
+    return [(r.outcome, r.error_code) for r in rows]
+
+
+def stored_for(hub: Hub, code: str) -> dict[str, int]:
+    from sqlalchemy import text
+
+    with hub.runtime.sessions() as s:
+        return {
+            "dossiers": s.execute(text("SELECT count(*) FROM dossiers WHERE code = :c"), {"c": code}).scalar_one(),
+            "outbox": s.execute(text("SELECT count(*) FROM outbox")).scalar_one(),
+            "events": s.execute(text("SELECT count(*) FROM status_events")).scalar_one(),
+            "keys": s.execute(text("SELECT count(*) FROM idempotency_keys")).scalar_one(),
+        }
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "status", "code"),
+    [
+        ({"MaTTHC": "9.999999"}, None, 422, "unknown_procedure"),
+        ({"MaHoSo": "H56-261201-0001"}, None, 422, "invalid_dossier_code"),
+        ({"NgayTiepNhan": "20261345250000"}, None, 422, "invalid_date"),
+        ({}, "not-the-portal-key", 401, "invalid_api_key"),
+        ({"TrangThaiHoSo": 11}, None, 422, "invalid_status"),
+    ],
+)
+def test_a_bad_push_is_refused_recorded_and_leaves_nothing(
+    hub_factory: HubFactory,
+    portal: httpx.Client,
+    onestop: httpx.Client,
+    onestop_server: ServerThread,
+    creds: Creds,
+    change: dict[str, Any],
+    key: str | None,
+    status: int,
+    code: str,
+) -> None:
+    hub = hub_factory()
+    hub.runtime.routes.add("000.00.*", onestop_server.url)
+    d = {**dossier(5, status=1), **change}
+    r = portal.post(
+        "/_sandbox/push",
+        json={"hub_url": hub.url, "api_key": key or creds.portal_key, "dossier": d, "unchecked": True},
+    )
+    answer = r.json()
+    assert answer["hub_status"] == status and answer["hub_reply"]["code"] == code, answer
+    assert stored_for(hub, d["MaHoSo"]) == {"dossiers": 0, "outbox": 0, "events": 0, "keys": 0}
+    assert inbound_records(hub) == [("rejected", code)]
+    # the same dossier, put right, goes through and is recorded as accepted
+    good = dossier(6, status=1)
+    assert push(portal, hub, creds, good)["hub_status"] == 202
+    assert inbound_records(hub) == [("rejected", code), ("accepted", None)]
+    hub.wait_idle()
+    assert [r["body"]["data"]["MaHoSo"] for r in received(onestop)] == [good["MaHoSo"]]
+
+
+def test_the_synced_catalogue_decides_which_procedures_are_known(
+    hub_factory: HubFactory, portal: httpx.Client, creds: Creds
+) -> None:
+    hub = hub_factory(start_worker=False)
+    d = dossier(7, status=1)
+    assert push(portal, hub, creds, d)["hub_status"] == 202  # the shipped catalogue knows it
+    from hub.domain.dates import utcnow
+    from hub.store.models import Procedure
+
+    with hub.runtime.sessions.begin() as s:  # a synced catalogue without that procedure
+        s.add(Procedure(code="2.000001", name="Other", limit_working_days=5, fees=[], data={}, synced_at=utcnow()))
+    answer = push(portal, hub, creds, {**dossier(8, status=1), "MaTTHC": d["MaTTHC"]})
+    assert answer["hub_status"] == 422 and answer["hub_reply"]["code"] == "unknown_procedure"

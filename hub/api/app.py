@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from hub import __version__
 from hub.api import problems
-from hub.api.middleware import BodyLimitAndCorrelation
+from hub.api.middleware import BodyLimitAndCorrelation, Inbound
 from hub.domain import identifiers
 from hub.domain.errors import DomainError, Forbidden
 from hub.logs import correlation_id
@@ -25,6 +28,9 @@ from hub.services.schemas import DossierIn, ProgressIn
 from hub.settings import ClientSystem, Settings
 
 IDEMPOTENCY_KEY_MAX = 200
+# What peers push to hub is recorded beside hub's own calls (exchanges): peer and operation by path.
+INBOUND = {"/v1/national/": ("national_portal", "inbound.push_dossier")}
+log = logging.getLogger("hub.api")
 API_KEY_HELP = "the client system's API key"
 
 
@@ -96,7 +102,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if "rt" in holder:
             holder["rt"].request_seconds.labels(method, route, str(status)).observe(seconds)
 
-    app.add_middleware(BodyLimitAndCorrelation, max_body=settings.max_body_bytes, observe=observe)
+    async def inbound(req: Inbound) -> None:
+        if "rt" in holder:
+            await run_in_threadpool(record_inbound, holder["rt"], req)
+
+    app.add_middleware(
+        BodyLimitAndCorrelation,
+        max_body=settings.max_body_bytes,
+        observe=observe,
+        inbound=inbound,
+        inbound_prefixes=tuple(INBOUND),
+    )
     from starlette.middleware.sessions import SessionMiddleware
 
     from hub.console.views import router as console_router
@@ -317,3 +333,39 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return {"service": "hub", "docs": str(request.url_for("swagger_ui_html"))}
 
     return app
+
+
+def record_inbound(rt: Runtime, req: Inbound) -> None:
+    """Append what a peer pushed, and hub's answer (accepted, or rejected with the problem's code), to the
+    exchange record; a rejection is also logged. Never raises: the answer has already gone."""
+    from hub.domain.dates import utcnow
+    from hub.store.models import Exchange
+
+    peer, operation = next(v for prefix, v in INBOUND.items() if req.path.startswith(prefix))
+    error_code: str | None = None
+    if req.status >= 400:
+        try:
+            error_code = str(json.loads(req.reply)["code"])[:64]
+        except (ValueError, KeyError, TypeError):
+            error_code = f"http_{req.status}"
+        log.warning(
+            "inbound push rejected",
+            extra={"peer": peer, "status": req.status, "error_code": error_code, "correlation_id": req.correlation_id},
+        )
+    row = Exchange(
+        at=utcnow(),
+        peer=peer,
+        operation=operation,
+        correlation_id=req.correlation_id,
+        outbox_id=None,
+        request_digest=hashlib.sha256(req.body).hexdigest(),
+        response_digest=hashlib.sha256(req.reply).hexdigest(),
+        duration_ms=req.seconds * 1000,
+        outcome="accepted" if req.status < 400 else "rejected",
+        error_code=error_code,
+    )
+    try:
+        with rt.sessions.begin() as s:
+            s.add(row)
+    except Exception:  # the record must not turn an answered request into an error
+        log.exception("could not record an inbound push", extra={"correlation_id": req.correlation_id})

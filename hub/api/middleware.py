@@ -1,4 +1,5 @@
-"""ASGI middleware: a body-size limit (413 before the body is read into memory) and the correlation id."""
+"""ASGI middleware: a body-size limit (413 before the body is read into memory), the correlation id, and the
+record of what peers push to hub (accepted or rejected, with the problem code)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,13 +30,32 @@ def _problem_bytes(status: int, code: str, detail: str) -> bytes:
     ).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One request a peer pushed to hub, as answered."""
+
+    path: str
+    correlation_id: str
+    body: bytes
+    status: int
+    reply: bytes
+    seconds: float
+
+
 class BodyLimitAndCorrelation:
     def __init__(
-        self, app: ASGIApp, max_body: int, observe: Callable[[str, str, int, float], None] | None = None
+        self,
+        app: ASGIApp,
+        max_body: int,
+        observe: Callable[[str, str, int, float], None] | None = None,
+        inbound: Callable[[Inbound], Awaitable[None]] | None = None,
+        inbound_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.observe = observe
+        self.inbound = inbound
+        self.inbound_prefixes = inbound_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,9 +65,13 @@ class BodyLimitAndCorrelation:
         offered = headers.get(b"x-correlation-id", b"").decode("latin-1")
         cid = offered if _SAFE_ID.match(offered) else uuid.uuid4().hex
         token = correlation_id.set(cid)
+        record = self.inbound is not None and scope["path"].startswith(self.inbound_prefixes)
+        started = time.perf_counter()
         try:
             length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                if record:
+                    await self._inbound(scope, cid, b"", 413, _problem_bytes(413, "body_too_large", ""), started)
                 await self._reject(send, cid)
                 return
             # Read the body up to the limit before the app sees it (requests here are small JSON documents).
@@ -59,6 +84,8 @@ class BodyLimitAndCorrelation:
                 chunk = message.get("body", b"")
                 seen += len(chunk)
                 if seen > self.max_body:
+                    if record:
+                        await self._inbound(scope, cid, b"", 413, _problem_bytes(413, "body_too_large", ""), started)
                     await self._reject(send, cid)
                     return
                 chunks.append(chunk)
@@ -74,21 +101,37 @@ class BodyLimitAndCorrelation:
                 return await receive()
 
             status = 500
+            reply: list[bytes] = []
+
+            held: list[Message] = []
 
             async def send_with_id(message: Message) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
                     message["headers"] = [*message.get("headers", []), (b"x-correlation-id", cid.encode())]
+                if record:  # a pushed request is recorded before its answer leaves (the answer is small)
+                    held.append(message)
+                    if message["type"] == "http.response.body":
+                        reply.append(message.get("body", b""))
+                        if not message.get("more_body", False):
+                            await self._inbound(scope, cid, b"".join(chunks), status, b"".join(reply), started)
+                            for m in held:
+                                await send(m)
+                            held.clear()
+                    return
                 await send(message)
 
-            started = time.perf_counter()
             await self.app(scope, replay, send_with_id)
             if self.observe is not None:
                 route = getattr(scope.get("route"), "path", "unmatched")
                 self.observe(scope["method"], route, status, time.perf_counter() - started)
         finally:
             correlation_id.reset(token)
+
+    async def _inbound(self, scope: Scope, cid: str, body: bytes, status: int, reply: bytes, started: float) -> None:
+        if self.inbound is not None:
+            await self.inbound(Inbound(scope["path"], cid, body, status, reply, time.perf_counter() - started))
 
     async def _reject(self, send: Send, cid: str) -> None:
         body = _problem_bytes(413, "body_too_large", f"request body larger than {self.max_body} bytes")

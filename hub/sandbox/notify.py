@@ -77,7 +77,8 @@ class SmsState(PeerState):
     sent: list[dict[str, Any]] = field(default_factory=list)
 
 
-def create_sms_app(api_keys: set[str], state: SmsState | None = None) -> FastAPI:
+def create_sms_app(api_keys: set[str], state: SmsState | None = None, mail: SmtpSink | None = None) -> FastAPI:
+    """The SMS gateway; with `mail`, it also shows what the SMTP sandbox received (`GET /_sandbox/mail`)."""
     st = state or SmsState()
     st.api_keys.update(api_keys)
     app = FastAPI(title="Sandbox: SMS gateway", docs_url="/_sandbox/docs")
@@ -114,5 +115,12 @@ def create_sms_app(api_keys: set[str], state: SmsState | None = None) -> FastAPI
     @app.get("/_sandbox/sms")
     def sms() -> dict[str, Any]:
         return {"count": len(st.sent), "items": st.sent}
+
+    if mail is not None:
+
+        @app.get("/_sandbox/mail")
+        def mails() -> dict[str, Any]:
+            items = mail.messages
+            return {"count": len(items), "items": items}
 
     return app

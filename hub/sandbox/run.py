@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hub.sandbox import national_portal, one_stop, payment_dvc, pki, population
 from hub.sandbox.common import ServerThread
+from hub.sandbox.notify import SmtpSink, create_sms_app
 
 
 @dataclass
@@ -17,6 +18,9 @@ class Sandboxes:
     pki: ServerThread | None = None
     pki_dir: Path | None = None
     payment: ServerThread | None = None
+    smtp: SmtpSink | None = None
+    sms: ServerThread | None = None  # the SMS gateway; GET /_sandbox/mail shows what the SMTP sandbox received
+    sms_key: str | None = None
 
     def stop(self) -> None:
         self.national.stop()
@@ -26,6 +30,10 @@ class Sandboxes:
             self.pki.stop()
         if self.payment is not None:
             self.payment.stop()
+        if self.sms is not None:
+            self.sms.stop()
+        if self.smtp is not None:
+            self.smtp.stop()
 
 
 def start(
@@ -39,9 +47,12 @@ def start(
     pki_dir: Path | None = None,
     payment_port: int = 0,
     payment_partners: dict[str, str] | None = None,
+    notify_ports: tuple[int, int] | None = None,
+    sms_key: str | None = None,
 ) -> Sandboxes:
     """Start the peers. With `pki_dir`, also the test PKI (fresh keys) with its CRL/OCSP endpoints; its roots,
-    intermediates, leaf certificates and keys are written there as PEM files."""
+    intermediates, leaf certificates and keys are written there as PEM files. With `notify_ports` (SMTP, SMS),
+    also the SMTP sandbox and the SMS gateway (API key `sms_key`, or a fresh one)."""
     national = ServerThread(national_portal.create_app(credentials), host, national_port).start()
     onestop = ServerThread(one_stop.create_app(), host, one_stop_port).start()
     people = ServerThread(population.create_app(), host, population_port).start()
@@ -54,4 +65,11 @@ def start(
     pay = None
     if payment_partners:
         pay = ServerThread(payment_dvc.create_app(payment_partners), host, payment_port).start()
-    return Sandboxes(national, onestop, people, trust, pki_dir, pay)
+    smtp = sms = None
+    if notify_ports is not None:
+        import secrets
+
+        sms_key = sms_key or secrets.token_urlsafe(16)
+        smtp = SmtpSink(host, notify_ports[0]).start()
+        sms = ServerThread(create_sms_app({sms_key}, mail=smtp), host, notify_ports[1]).start()
+    return Sandboxes(national, onestop, people, trust, pki_dir, pay, smtp, sms, sms_key)

@@ -3,6 +3,7 @@ procedure's time limit in working days (for NgayHenTra) and its fees."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from sqlalchemy import select
@@ -13,6 +14,23 @@ from hub.domain.dates import utcnow
 from hub.domain.errors import DomainError
 from hub.domain.identifiers import procedure_code
 from hub.store.models import Procedure
+
+
+@cache
+def shipped_codes() -> frozenset[str]:
+    from hub.sandbox.contracts import load_json
+
+    return frozenset(str(p["MaTTHC"]) for p in load_json("national_portal/data/procedures.json")["data"])
+
+
+def known_procedure(session: Session, code: str) -> bool:
+    """Whether `code` is a procedure of the catalogue: the synced one once there is one, before that the
+    catalogue hub ships (contracts/national_portal/data/procedures.json)."""
+    if session.scalar(select(Procedure.code).where(Procedure.code == code)) is not None:
+        return True
+    if session.scalar(select(Procedure.code).limit(1)) is not None:
+        return False
+    return code in shipped_codes()
 
 
 class Catalogue:

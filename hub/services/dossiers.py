@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.calendar import WorkingCalendar
 from hub.domain.dates import VN_TZ, format_national, parse_national, utcnow
-from hub.domain.errors import Conflict, Forbidden, NotFound
+from hub.domain.errors import Conflict, DomainError, Forbidden, NotFound
 from hub.domain.identifiers import dossier_code
 from hub.domain.privacy import subject_hmac
 from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus, check_transition, parse_status
 from hub.services import routes
+from hub.services.catalogue import known_procedure
 from hub.services.schemas import DossierIn, ProgressIn
 from hub.settings import ClientSystem
 from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, Procedure, StatusEvent
@@ -142,13 +143,16 @@ class DossierService:
                 f"client {client.name!r} may not push dossiers from the national portal", code="role_not_allowed"
             )
         data = dossier.national()
-        return self._idempotent(
-            client,
-            "downflow",
-            data,
-            idempotency_key,
-            lambda s: self.apply(s, client, data["MaHoSo"], DOWNFLOW, data, correlation_id),
-        )
+
+        def work(s: Session) -> dict[str, Any]:
+            if not known_procedure(s, data["MaTTHC"]):
+                raise DomainError(
+                    f"procedure {data['MaTTHC']} is not in hub's catalogue (hub catalogue sync refreshes it)",
+                    code="unknown_procedure",
+                )
+            return self.apply(s, client, data["MaHoSo"], DOWNFLOW, data, correlation_id)
+
+        return self._idempotent(client, "downflow", data, idempotency_key, work)
 
     def add_progress(
         self,

@@ -133,7 +133,7 @@ class OutboxMessage(Base):
 
 
 class Exchange(Base):
-    """Append-only record of every outbound exchange with a peer."""
+    """Append-only record of every exchange with a peer: hub's calls out, and what peers push in (`inbound.*`)."""
 
     __tablename__ = "exchanges"
     __table_args__ = (Index("ix_exchanges_peer_outcome_at", "peer", "outcome", "at"),)
