@@ -3,6 +3,7 @@ a GIL with the server it measures. Prints one JSON line: requests, seconds, rps,
 
 Modes:
   ingest  every request files a new dossier (POST /v1/dossiers)
+  push    every request pushes a new portal-filed dossier down (POST /v1/national/dossiers, status 1)
   bare    the same bodies to a bare FastAPI POST endpoint
   walk    dossiers filed and walked through 10 events each, in order per dossier
 """
@@ -91,12 +92,13 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     host, port = args.host, args.port
     plans: list[list[bytes]] = [[] for _ in range(args.connections)]
-    if args.mode in ("ingest", "bare"):
-        path = "/v1/dossiers" if args.mode == "ingest" else "/bare"
+    if args.mode in ("ingest", "bare", "push"):
+        path = {"ingest": "/v1/dossiers", "bare": "/bare", "push": "/v1/national/dossiers"}[args.mode]
         for i in range(args.requests):
-            plans[i % args.connections].append(
-                request_bytes(host, path, dossier(i, prefix=args.prefix), f"b{args.prefix}-{i}", args.api_key)
-            )
+            body = dossier(i, prefix=args.prefix)
+            if args.mode == "push":
+                body["TrangThaiHoSo"] = 1  # filed on the portal, not yet received by the province
+            plans[i % args.connections].append(request_bytes(host, path, body, f"b{args.prefix}-{i}", args.api_key))
     else:
         for n in range(args.dossiers):
             d = dossier(n, prefix=args.prefix)
@@ -144,7 +146,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--mode", choices=["ingest", "bare", "walk"], required=True)
+    p.add_argument("--mode", choices=["ingest", "bare", "walk", "push"], required=True)
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--dossiers", type=int, default=500)
     p.add_argument("--connections", type=int, default=32)

@@ -341,7 +341,13 @@ class Runtime:
         from hub.sync.reconcile import reconcile, unknown_to_hub
 
         def work() -> dict[str, Any]:
-            result = reconcile(self.sessions, self.portal, repair=repair, on_progress=on_progress)
+            result = reconcile(
+                self.sessions,
+                self.portal,
+                repair=repair,
+                on_progress=on_progress,
+                concurrency=self.settings.reconcile_concurrency,
+            )
             result.drift += unknown_to_hub(self.sessions, self.portal, [r["agency_pattern"] for r in self.routes.all()])
             if result.as_dict()["repaired_events"]:
                 self.wake()

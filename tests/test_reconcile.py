@@ -88,3 +88,28 @@ def test_reconcile_from_the_command_line(drifted: tuple[Hub, list[str]], tmp_pat
     assert report["repaired_events"] == 0
     table = run(["reconcile", "--no-repair"], tmp_path, env)
     assert "status_ahead" in table.stdout and "comparing with the national portal" in table.stderr
+
+
+@pytest.mark.parametrize(("batch", "concurrency"), [(1, 1), (3, 4)])
+def test_batches_and_concurrent_look_ups_give_the_same_verdicts_in_order(
+    drifted: tuple[Hub, list[str]], batch: int, concurrency: int
+) -> None:
+    from hub.sync.reconcile import reconcile
+
+    hub, (_, lost, behind, ahead, _) = drifted
+    seen: list[tuple[int, int]] = []
+    result = reconcile(
+        hub.runtime.sessions,
+        hub.runtime.portal,
+        repair=False,
+        batch=batch,
+        concurrency=concurrency,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    assert [(d.code, d.kind) for d in result.drift] == [
+        (lost, "missing_at_portal"),
+        (behind, "status_behind"),
+        (ahead, "status_ahead"),
+    ]
+    assert (result.checked, result.in_sync, result.errors) == (4, 1, 0)
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][0] == seen[-1][1] >= 4

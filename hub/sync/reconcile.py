@@ -14,6 +14,7 @@ Events still pending or in flight are not drift: the relay is on its way."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,58 +73,89 @@ def reconcile(
     agencies: list[str] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     batch: int = 500,
+    concurrency: int = 8,
 ) -> ReconcileResult:
+    """Dossiers are read `batch` at a time (one query for their outbox rows) and looked up at the portal
+    `concurrency` at a time; verdicts and repairs are made in dossier order."""
     result = ReconcileResult()
     with sessions() as s:
         q = select(Dossier.id, Dossier.code, Dossier.status).where(Dossier.status.not_in(TERMINAL)).order_by(Dossier.id)
         open_dossiers = s.execute(q).all()
     total = len(open_dossiers)
-    for i, (dossier_id, code, status) in enumerate(open_dossiers, start=1):
-        if on_progress is not None:
-            on_progress(i, total)
-        with sessions() as s:
-            rows = s.execute(
-                select(OutboxMessage.seq, OutboxMessage.state, StatusEvent.status)
-                .join(StatusEvent, StatusEvent.event_id == OutboxMessage.event_id)
-                .where(OutboxMessage.dossier_id == dossier_id, OutboxMessage.destination == NATIONAL_PORTAL)
-                .order_by(OutboxMessage.seq)
-            ).all()
-        if not rows:
-            continue  # a down-flow dossier: the portal is its source, not its destination
-        result.checked += 1
-        if any(r.state != outbox.DELIVERED for r in rows):
-            result.in_progress += 1
-            continue
+    done = 0
+
+    def look_up(code: str) -> dict[str, Any] | PeerError | None:
         try:
-            seen = portal.look_up(code, correlation_id=f"reconcile-{code}")
-        except PeerError:
-            result.errors += 1
-            continue
-        if seen is None:
-            drift = Drift(code, "missing_at_portal", status, None, note="the portal does not know the dossier")
-            if repair:
-                drift.repaired = _requeue(sessions, dossier_id, after_seq=0)
-            result.drift.append(drift)
-            continue
-        portal_status = int(seen.get("TrangThaiHoSo", 0))
-        if portal_status == status:
-            result.in_sync += 1
-            continue
-        history = [int(r.status) for r in rows]
-        if portal_status in history[:-1]:
-            # the portal stopped at an earlier step: everything after its last occurrence goes again
-            last = max(i for i, st in enumerate(history[:-1]) if st == portal_status)
-            drift = Drift(
-                code, "status_behind", status, portal_status, note=f"portal at step {last + 1} of {len(history)}"
-            )
-            if repair:
-                drift.repaired = _requeue(sessions, dossier_id, after_seq=int(rows[last].seq))
-            result.drift.append(drift)
-        else:
-            result.drift.append(
-                Drift(code, "status_ahead", status, portal_status, note="changed at the portal: check by hand")
-            )
+            return portal.look_up(code, correlation_id=f"reconcile-{code}")
+        except PeerError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile") as pool:
+        for start in range(0, total, batch):
+            chunk = open_dossiers[start : start + batch]
+            rows_of: dict[int, list[Any]] = {d.id: [] for d in chunk}
+            with sessions() as s:
+                for r in s.execute(
+                    select(OutboxMessage.dossier_id, OutboxMessage.seq, OutboxMessage.state, StatusEvent.status)
+                    .join(StatusEvent, StatusEvent.event_id == OutboxMessage.event_id)
+                    .where(OutboxMessage.dossier_id.in_(list(rows_of)), OutboxMessage.destination == NATIONAL_PORTAL)
+                    .order_by(OutboxMessage.dossier_id, OutboxMessage.seq)
+                ):
+                    rows_of[r.dossier_id].append(r)
+            settled = [d for d in chunk if rows_of[d.id] and all(r.state == outbox.DELIVERED for r in rows_of[d.id])]
+            seen_of = dict(zip((d.id for d in settled), pool.map(look_up, [d.code for d in settled]), strict=True))
+            for dossier_id, code, status in chunk:
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, total)
+                rows = rows_of[dossier_id]
+                if not rows:
+                    continue  # a down-flow dossier: the portal is its source, not its destination
+                result.checked += 1
+                if dossier_id not in seen_of:
+                    result.in_progress += 1  # events still pending or in flight: the relay is on its way
+                    continue
+                seen = seen_of[dossier_id]
+                if isinstance(seen, PeerError):
+                    result.errors += 1
+                    continue
+                _judge(sessions, result, dossier_id, code, status, rows, seen, repair)
     return result
+
+
+def _judge(
+    sessions: sessionmaker[Session],
+    result: ReconcileResult,
+    dossier_id: int,
+    code: str,
+    status: int,
+    rows: list[Any],
+    seen: dict[str, Any] | None,
+    repair: bool,
+) -> None:
+    """Compare one settled dossier with the portal's view of it; record (and repair) its drift."""
+    if seen is None:
+        drift = Drift(code, "missing_at_portal", status, None, note="the portal does not know the dossier")
+        if repair:
+            drift.repaired = _requeue(sessions, dossier_id, after_seq=0)
+        result.drift.append(drift)
+        return
+    portal_status = int(seen.get("TrangThaiHoSo", 0))
+    if portal_status == status:
+        result.in_sync += 1
+        return
+    history = [int(r.status) for r in rows]
+    if portal_status in history[:-1]:
+        # the portal stopped at an earlier step: everything after its last occurrence goes again
+        last = max(i for i, st in enumerate(history[:-1]) if st == portal_status)
+        drift = Drift(code, "status_behind", status, portal_status, note=f"portal at step {last + 1} of {len(history)}")
+        if repair:
+            drift.repaired = _requeue(sessions, dossier_id, after_seq=int(rows[last].seq))
+        result.drift.append(drift)
+    else:
+        result.drift.append(
+            Drift(code, "status_ahead", status, portal_status, note="changed at the portal: check by hand")
+        )
 
 
 def unknown_to_hub(sessions: sessionmaker[Session], portal: NationalPortal, agency_patterns: list[str]) -> list[Drift]:
