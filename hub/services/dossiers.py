@@ -228,14 +228,16 @@ class DossierService:
         data: dict[str, Any],
         correlation_id: str,
         notify: str | None = None,
+        locked: Any = None,
     ) -> dict[str, Any]:
-        """The write path, in SQLAlchemy Core: one locked read, then plain INSERT/UPDATEs (the hot path of ingest)."""
+        """The write path, in SQLAlchemy Core: one locked read, then plain INSERT/UPDATEs (the hot path of ingest).
+        `locked`: the dossier's row as SELECT_DOSSIER read it in this transaction, when the caller already did."""
         parsed = dossier_code(code)
         if not client.may_act_for(parsed.agency):
             raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
         whole = kind in (SYNC, DOWNFLOW)  # a whole dossier (DongBoHoSoMC shape), not a progress step
         new_status = parse_status(data["TrangThaiHoSo"] if whole else data["TrangThai"])
-        current = session.execute(SELECT_DOSSIER, {"code": code}).first()
+        current = locked if locked is not None else session.execute(SELECT_DOSSIER, {"code": code}).first()
         if whole and not data.get("NgayHenTra"):
             # No appointment date given: derive it from the procedure's limit in working days, when known.
             limit = session.execute(SELECT_LIMIT, {"code": data["MaTTHC"]}).scalar()

@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +24,7 @@ from hub.domain import identifiers
 from hub.domain.dates import format_national, utcnow
 from hub.domain.errors import Conflict, DomainError, Forbidden, NotFound
 from hub.domain.status import DossierStatus
-from hub.services.dossiers import DossierService
+from hub.services.dossiers import SELECT_DOSSIER, DossierService
 from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
 from hub.store.models import Dossier, Payment, PaymentCallback, Procedure
@@ -32,6 +32,32 @@ from hub.store.models import Dossier, Payment, PaymentCallback, Procedure
 log = logging.getLogger("hub.payments")
 VN_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 MAX_FEE = 1_000_000_000  # đồng: a sanity bound, far above any administrative fee
+PAYMENTS: Table = Payment.__table__  # type: ignore[assignment]
+CALLBACKS: Table = PaymentCallback.__table__  # type: ignore[assignment]
+DOSSIERS: Table = Dossier.__table__  # type: ignore[assignment]
+# The callback path in prebuilt Core statements (as ingest): no ORM identity map or flush on the hot path.
+LOCK_PAYMENT = (
+    select(
+        PAYMENTS.c.id, PAYMENTS.c.status, PAYMENTS.c.transaction_id, PAYMENTS.c.amount, PAYMENTS.c.currency,
+        PAYMENTS.c.dossier_code,
+    )
+    .where(PAYMENTS.c.reference == bindparam("reference"), PAYMENTS.c.platform == bindparam("platform"))
+    .with_for_update()
+)  # fmt: skip
+SETTLE_PAYMENT = update(PAYMENTS).where(PAYMENTS.c.id == bindparam("payment_id"))
+# The common case in one statement: a pending payment of exactly this amount is credited (None: see why, slowly).
+CREDIT_PAYMENT = (
+    update(PAYMENTS)
+    .where(
+        PAYMENTS.c.reference == bindparam("ref"),
+        PAYMENTS.c.platform == bindparam("plat"),
+        PAYMENTS.c.status != "paid",
+        PAYMENTS.c.amount == bindparam("want_amount"),
+        PAYMENTS.c.currency == bindparam("want_currency"),
+    )
+    .returning(PAYMENTS.c.amount, PAYMENTS.c.dossier_code)
+)
+INSERT_CALLBACK = insert(CALLBACKS)
 SYSTEM = ClientSystem(name="hub-payments", api_key=SecretStr(secrets.token_urlsafe(24)), agencies=["*"])
 
 
@@ -256,21 +282,21 @@ class PaymentService:
         digest: str,
         session: Session | None = None,
     ) -> None:
-        row = PaymentCallback(
-            at=utcnow(),
-            platform=platform,
-            reference=reference[:50] if reference else None,
-            transaction_id=transaction[:64] if transaction else None,
-            verdict=verdict,
-            answer_code=code,
-            reason=reason[:500] if reason else None,
-            body_digest=digest,
-        )
+        row = {
+            "at": utcnow(),
+            "platform": platform,
+            "reference": reference[:50] if reference else None,
+            "transaction_id": transaction[:64] if transaction else None,
+            "verdict": verdict,
+            "answer_code": code,
+            "reason": reason[:500] if reason else None,
+            "body_digest": digest,
+        }
         if session is not None:
-            session.add(row)
+            session.execute(INSERT_CALLBACK, row)
             return
         with self.sessions.begin() as s:
-            s.add(row)
+            s.execute(INSERT_CALLBACK, row)
 
     def _apply(
         self, platform: str, cb: Callback, source: str, correlation_id: str, digest: str
@@ -292,14 +318,33 @@ class PaymentService:
     def _apply_in(
         self, s: Session, platform: str, cb: Callback, source: str, correlation_id: str, digest: str
     ) -> tuple[str, str, str | None]:
-        payment = s.scalar(
-            select(Payment).where(Payment.reference == cb.reference, Payment.platform == platform).with_for_update()
-        )
-
         def done(verdict: str, code: str, reason: str | None) -> tuple[str, str, str | None]:
             self._record(platform, cb.reference, cb.transaction_id, verdict, code, reason, digest, session=s)
             return verdict, code, reason
 
+        now = utcnow()
+        if cb.success:
+            # the unique transaction id is checked here, inside the transaction (IntegrityError: credited elsewhere)
+            credited = s.execute(
+                CREDIT_PAYMENT,
+                {
+                    "ref": cb.reference,
+                    "plat": platform,
+                    "want_amount": cb.amount,
+                    "want_currency": cb.currency,
+                    "status": "paid",
+                    "transaction_id": cb.transaction_id,
+                    "bank": cb.bank,
+                    "paid_at": cb.at,
+                    "settled_by": source,
+                    "updated_at": now,
+                },
+            ).first()
+            if credited is not None:
+                self._move_on(s, credited.dossier_code, credited.amount, cb.transaction_id, now, correlation_id)
+                return done("applied", "00", None)
+        # not credited: say why (unknown, already paid, other amount) or record the failure
+        payment = s.execute(LOCK_PAYMENT, {"reference": cb.reference, "platform": platform}).first()
         if payment is None:
             return done("rejected", "01", f"unknown reference {cb.reference}")
         if payment.status == "paid":
@@ -310,33 +355,24 @@ class PaymentService:
         if cb.currency != payment.currency or cb.amount != payment.amount:
             reason = f"amount {cb.amount} {cb.currency} differs from {payment.amount} {payment.currency}"
             return done("rejected", "04", reason)
-        now = utcnow()
-        if not cb.success:
-            payment.status = "failed"
-            payment.updated_at = now
-            return done("declined", "00", f"the platform reports failure {cb.error_code}")
-        payment.status = "paid"
-        payment.transaction_id = cb.transaction_id
-        payment.bank = cb.bank
-        payment.paid_at = cb.at
-        payment.settled_by = source
-        payment.updated_at = now
-        s.flush()  # the unique transaction id is checked here, inside the transaction
-        dossier = s.scalar(select(Dossier).where(Dossier.code == payment.dossier_code).with_for_update())
-        if dossier is not None and dossier.status == DossierStatus.PAYMENT_REQUESTED:
-            step = {
-                "MaHoSo": payment.dossier_code,
-                "NguoiXuLy": "Hệ thống thanh toán",
-                "ThoiDiemXuLy": format_national(now),
-                "NoiDungXuLy": f"Đã thanh toán {payment.amount:,} đồng (mã giao dịch {cb.transaction_id})".replace(
-                    ",", "."
-                ),
-                "TrangThai": int(DossierStatus.PROCESSING),
-            }
-            self.dossiers.apply(
-                s, SYSTEM, payment.dossier_code, "dossier.progress", step, correlation_id, notify="paid"
-            )
-        return done("applied", "00", None)
+        s.execute(SETTLE_PAYMENT, {"payment_id": payment.id, "status": "failed", "updated_at": now})
+        return done("declined", "00", f"the platform reports failure {cb.error_code}")
+
+    def _move_on(
+        self, s: Session, code: str, amount: int, transaction_id: str, now: datetime, correlation_id: str
+    ) -> None:
+        """A credited dossier waiting for payment (6) goes back to processing (4), through the relay."""
+        dossier = s.execute(SELECT_DOSSIER, {"code": code}).first()  # locked: no one moves it meanwhile
+        if dossier is None or dossier.status != DossierStatus.PAYMENT_REQUESTED:
+            return
+        step = {
+            "MaHoSo": code,
+            "NguoiXuLy": "Hệ thống thanh toán",
+            "ThoiDiemXuLy": format_national(now),
+            "NoiDungXuLy": f"Đã thanh toán {amount:,} đồng (mã giao dịch {transaction_id})".replace(",", "."),
+            "TrangThai": int(DossierStatus.PROCESSING),
+        }
+        self.dossiers.apply(s, SYSTEM, code, "dossier.progress", step, correlation_id, notify="paid", locked=dossier)
 
     # -- late or lost callbacks ------------------------------------------------------------------------------
 
