@@ -682,9 +682,13 @@ def sign_sign(
         str | None, typer.Option(help="name of the environment variable holding the key's password")
     ] = None,
     xades: Annotated[bool, typer.Option(help="XAdES-B-B (signing time, signing certificate)")] = False,
+    tsa: Annotated[
+        str | None, typer.Option(help="RFC 3161 time-stamping authority URL: XAdES-B-T (implies --xades)")
+    ] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="where to write; default: stdout")] = None,
 ) -> None:
-    """Sign a document with exclusive C14N and RSA-SHA256 / ECDSA-SHA256 (XAdES: C14N 1.1)."""
+    """Sign a document with exclusive C14N and RSA-SHA256 / ECDSA-SHA256 (XAdES: C14N 1.1). Exit 2 on a usage
+    error or a key that cannot sign, 4 when the time-stamping authority cannot be reached or refuses."""
     from hub.signing.sign import FileSigner, SigningError, sign_document
     from hub.signing.xml import UnsafeXml
 
@@ -697,8 +701,11 @@ def sign_sign(
         else:
             err.print("[red]give --key and --cert, or --pkcs12[/red]")
             raise typer.Exit(2)
-        signed = sign_document(path.read_bytes(), signer, xades=xades)
-    except (OSError, ValueError, TypeError, SigningError, UnsafeXml) as exc:
+        signed = sign_document(path.read_bytes(), signer, xades=xades or tsa is not None, tsa_url=tsa)
+    except SigningError as exc:
+        err.print(f"[red]{exc.__class__.__name__}: {exc}[/red]")
+        raise typer.Exit(4 if exc.code.startswith("tsa_") else 2) from None
+    except (OSError, ValueError, TypeError, UnsafeXml) as exc:
         err.print(f"[red]{exc.__class__.__name__}: {exc}[/red]")
         raise typer.Exit(2) from None
     if out_path is None:

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     signing_cert: Path | None = None  # ... and its certificate (with the chain after it)
     signing_pkcs12: Path | None = None  # or both in a PKCS#12 file
     signing_key_password: SecretStr | None = None
+    signing_tsa_url: str = ""  # RFC 3161 TSA for XAdES-B-T; dev: the sandbox PKI's TSA when it is in use
     revocation_cache_seconds: float = 3600.0  # CRL/OCSP evidence is reused until nextUpdate, at most this long
 
     # Citizen notifications (off until configured): email through SMTP, SMS through a gateway.

@@ -9,8 +9,9 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,87 @@ def test_large_documents_sign_and_verify(trust: Trust, verifier: Verifier) -> No
     assert report.signed_references[0]["bytes"] >= 200 * 1024
 
 
+# -- XAdES-T: RFC 3161 signature time-stamps --------------------------------------------------------------------
+
+XADES_NS = {"xades": "http://uri.etsi.org/01903/v1.3.2#", "ds": "http://www.w3.org/2000/09/xmldsig#"}
+
+
+def tsa_url(trust: Trust) -> str:
+    return f"{trust.server.url}/pki/tsa"
+
+
+def _token(signed: bytes) -> str:
+    found = etree.fromstring(signed).findtext(".//xades:EncapsulatedTimeStamp", namespaces=XADES_NS)
+    assert found
+    return found
+
+
+@pytest.mark.parametrize("who", ["citizen", "official"])
+def test_time_stamped_signatures_pass_and_say_when(trust: Trust, verifier: Verifier, who: str) -> None:
+    signed = sign_document(DOC, trust.signer(who), xades=True, tsa_url=tsa_url(trust))
+    report = verifier.verify(signed)
+    assert verdict(report) == ("TOTAL-PASSED", None), report.detail
+    assert report.signature_format == "XAdES-B-T"
+    ts = report.timestamp
+    assert ts is not None and ts["status"] == "valid"
+    assert "dấu thời gian" in ts["tsa"]["subject"] and len(ts["chain"]) == 3  # TSA, government CA, its root
+    stamped = datetime.fromisoformat(ts["time"])
+    assert abs((datetime.now(UTC) - stamped).total_seconds()) < 60
+
+
+def test_a_time_stamp_from_another_signature_is_a_hash_failure(trust: Trust, verifier: Verifier) -> None:
+    one = sign_document(DOC, trust.signer("citizen"), xades=True, tsa_url=tsa_url(trust))
+    other = sign_document(DOC, trust.signer("citizen"), xades=True, tsa_url=tsa_url(trust))
+    swapped = one.replace(_token(one).encode(), _token(other).encode())
+    report = verifier.verify(swapped)
+    assert verdict(report) == ("TOTAL-FAILED", "HASH_FAILURE") and "time-stamp" in (report.detail or "")
+    garbage = one.replace(_token(one).encode(), base64.b64encode(b"not a token"))
+    assert verdict(verifier.verify(garbage)) == ("TOTAL-FAILED", "FORMAT_FAILURE")
+
+
+def test_a_time_stamp_from_an_untrusted_tsa_is_indeterminate(trust: Trust) -> None:
+    signed = sign_document(DOC, trust.signer("citizen"), xades=True, tsa_url=tsa_url(trust))
+    # the citizen chains to the national root; the sandbox TSA only to the government root, not configured here
+    only_national = Verifier([trust.pki.issued["national_root"].cert], revocation=RevocationSource(read_timeout=2))
+    report = only_national.verify(signed)
+    assert verdict(report) == ("INDETERMINATE", "NO_CERTIFICATE_CHAIN_FOUND") and "TSA" in (report.detail or "")
+
+
+def test_the_time_stamp_proves_the_signature_predates_a_later_revocation(trust: Trust) -> None:
+    """Key compromise reported after signing: a time-stamped signature still passes, an unstamped one does not."""
+    p = trust.pki
+    p._leaf("later_revoked", "Trịnh Văn Sau", "public_ca", pki._rsa())
+    stamped = sign_document(DOC, trust.signer("later_revoked"), xades=True, tsa_url=tsa_url(trust))
+    plain = sign_document(DOC, trust.signer("later_revoked"), xades=True)
+    time.sleep(2.5)  # revocation times have whole seconds and validation a 1 s tolerance: revoke clearly later
+    p.revoked.setdefault("public_ca", {})[p.issued["later_revoked"].cert.serial_number] = datetime.now(UTC)
+    fresh = trust.verifier()
+    assert verdict(fresh.verify(plain)) == ("TOTAL-FAILED", "REVOKED")
+    report = fresh.verify(stamped)
+    assert verdict(report) == ("TOTAL-PASSED", None), report.detail
+    assert "valid at the time-stamp" in (report.detail or "")
+    # revoked before the time-stamp (in the CRL; or known to OCSP alone): the time-stamp does not help
+    for who in ("revoked", "revoked_ocsp_only"):
+        late = sign_document(DOC, trust.signer(who), xades=True, tsa_url=tsa_url(trust))
+        assert verdict(fresh.verify(late)) == ("TOTAL-FAILED", "REVOKED"), who
+
+
+def test_signing_says_when_the_tsa_is_down(trust: Trust) -> None:
+    httpx.post(f"{trust.server.url}/_sandbox/faults", json={"outage_seconds": 5}).raise_for_status()
+    try:
+        with pytest.raises(SigningError) as exc:
+            sign_document(DOC, trust.signer("citizen"), xades=True, tsa_url=tsa_url(trust), tsa_timeout=3)
+        assert exc.value.code == "tsa_unavailable"
+    finally:
+        httpx.post(f"{trust.server.url}/_sandbox/faults", json={"outage_seconds": 0}).raise_for_status()
+    with pytest.raises(SigningError):
+        sign_document(DOC, trust.signer("citizen"), xades=False, tsa_url=tsa_url(trust))  # B-T needs XAdES
+    refused = httpx.post(tsa_url(trust), content=b"garbage", headers={"Content-Type": "application/timestamp-query"})
+    from asn1crypto import tsp
+
+    assert tsp.PKIStatusInfo.load(refused.content[2:])["status"].native == "rejection"  # the reply's one field
+
+
 # -- interoperability with xmlsec1 -------------------------------------------------------------------------------
 
 TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
@@ -291,10 +373,15 @@ def test_sha1_signatures_from_xmlsec1_are_refused(trust: Trust, verifier: Verifi
     assert verdict(verifier.verify(out.read_bytes())) == ("INDETERMINATE", "CRYPTO_CONSTRAINTS_FAILURE")
 
 
-@pytest.mark.parametrize(("who", "xades"), [("citizen", False), ("official", False), ("hub", True)])
-def test_documents_hub_signs_verify_in_xmlsec1(trust: Trust, tmp_path: Path, who: str, xades: bool) -> None:
+@pytest.mark.parametrize(
+    ("who", "xades", "stamped"), [("citizen", False, False), ("official", False, False), ("hub", True, False),
+                                  ("hub", True, True)]
+)  # fmt: skip
+def test_documents_hub_signs_verify_in_xmlsec1(
+    trust: Trust, tmp_path: Path, who: str, xades: bool, stamped: bool
+) -> None:
     signed = tmp_path / "signed.xml"
-    signed.write_bytes(sign_document(DOC, trust.signer(who), xades=xades))
+    signed.write_bytes(sign_document(DOC, trust.signer(who), xades=xades, tsa_url=tsa_url(trust) if stamped else None))
     d = trust.dir
     ca = "public_ca" if trust.pki.issued[who].issuer == "public_ca" else "gov_ca"
     root = trust.pki.issued[ca].issuer
@@ -385,3 +472,19 @@ def test_api_verifies_and_reports(signing_hub: Hub, trust: Trust) -> None:
     naive = signing_hub.http.post("/v1/signatures/verify?at=2026-01-01T00:00:00", content=signed)
     assert naive.status_code == 422 and naive.json()["code"] == "invalid_date"
     assert httpx.post(f"{signing_hub.server.url}/v1/signatures/verify", content=signed).status_code == 401
+
+
+def test_cli_signs_with_a_time_stamp(trust: Trust, tmp_path: Path) -> None:
+    d = trust.dir
+    doc = tmp_path / "doc.xml"
+    doc.write_bytes(DOC)
+    signed = tmp_path / "signed.xml"
+    key_args = ["--key", str(d / "official.key"), "--cert", str(d / "official-chain.pem")]
+    made = _cli("sign", str(doc), *key_args, "--tsa", tsa_url(trust), "--out", str(signed))
+    assert made.returncode == 0, made.stderr
+    trust_args = ["--trust", str(d / "national_root.pem"), "--trust", str(d / "gov_root.pem")]
+    ok = _cli("verify", str(signed), *trust_args, "--format", "json")
+    report = json.loads(ok.stdout)
+    assert ok.returncode == 0 and report["signature_format"] == "XAdES-B-T" and report["timestamp"]["time"]
+    down = _cli("sign", str(doc), *key_args, "--tsa", "http://127.0.0.1:9/pki/tsa", "--out", str(tmp_path / "x"))
+    assert down.returncode == 4 and "time-stamping authority" in down.stderr

@@ -1,12 +1,14 @@
 """Sandbox trust services: a test PKI made fresh (new keys) each time it starts — a national root CA with a
 licensed public CA for citizens, a government specialized root with its CA for officials — leaf certificates
-for the cases a verifier must tell apart, and on loopback a CRL endpoint and an OCSP responder per CA. Built
-with `cryptography` only.
+for the cases a verifier must tell apart, and on loopback a CRL endpoint and an OCSP responder per CA and an
+RFC 3161 time-stamping authority (POST /pki/tsa). Keys and certificates are built with `cryptography`; the
+time-stamp tokens by pyHanko's test TSA (a CMS SignedData over a TSTInfo, signed with the TSA's key).
 
 Leaves: citizen (RSA-2048, public CA), official (EC P-256, government CA), hub (RSA-2048, government CA, the
 hub's own signing key), and the bad ones: expired, not yet valid, revoked (listed in the CRL and answered
 "revoked" by OCSP), revoked_ocsp_only (only OCSP knows), wrong_usage (no digitalSignature/nonRepudiation),
-weak_rsa (RSA-1024), untrusted (a self-made CA nobody configured)."""
+weak_rsa (RSA-1024), untrusted (a self-made CA nobody configured); and tsa (RSA-2048, government CA, extended
+key usage timeStamping only, critical)."""
 
 from __future__ import annotations
 
@@ -81,6 +83,7 @@ class TestPki:
             "official", "Trần Thị Bình - UBND Phường Bến Thành", "gov_ca", ec.generate_private_key(ec.SECP256R1())
         )
         self._leaf("hub", "hub — Trung tâm tích hợp dữ liệu (sandbox)", "gov_ca", _rsa())
+        self._leaf("tsa", "Dịch vụ cấp dấu thời gian (sandbox)", "gov_ca", _rsa(), usage="timestamping")
         self._leaf("expired", "Lê Văn Hết Hạn", "public_ca", _rsa(), not_before=n - timedelta(days=400),
                    not_after=n - timedelta(days=30))  # fmt: skip
         self._leaf("not_yet_valid", "Phạm Văn Chưa", "public_ca", _rsa(), not_before=n + timedelta(days=30),
@@ -160,7 +163,12 @@ class TestPki:
         usage: str = "signature",
     ) -> None:
         parent = self.issued[issuer]
-        signing = usage == "signature"
+        signing = usage in ("signature", "timestamping")
+        purposes = (
+            [ExtendedKeyUsageOID.TIME_STAMPING]
+            if usage == "timestamping"
+            else [ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.CLIENT_AUTH]
+        )
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn, "Công dân" if issuer == "public_ca" else "Cơ quan nhà nước"))
@@ -173,10 +181,7 @@ class TestPki:
             .add_extension(
                 x509.KeyUsage(signing, signing, not signing, False, False, False, False, False, False), critical=True
             )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(purposes), critical=usage == "timestamping")  # RFC 3161 2.3
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         )
         builder = self._pointers(builder, issuer, parent)
@@ -237,6 +242,36 @@ class TestPki:
             builder = builder.add_extension(nonce, critical=False)
         return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
+    def timestamp(self, request_der: bytes) -> bytes:
+        """An RFC 3161 TimeStampResp for a TimeStampReq: granted with a token, or rejected (badRequest)."""
+        from asn1crypto import keys, tsp
+        from asn1crypto import x509 as asn1_x509
+        from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
+
+        try:
+            req = tsp.TimeStampReq.load(request_der)
+            req.native  # noqa: B018 - parse it all now: a malformed request is refused, not half-read
+        except (ValueError, TypeError):
+            from asn1crypto import core
+
+            class Refusal(core.Sequence):  # TimeStampResp without its (absent) token: asn1crypto requires one
+                _fields = [("status", tsp.PKIStatusInfo)]
+
+            refused = tsp.PKIStatusInfo({"status": "rejection", "fail_info": tsp.PKIFailureInfo({"bad_request"})})
+            return bytes(Refusal({"status": refused}).dump())
+        tsa, ca = self.issued["tsa"], self.issued["gov_ca"]
+        stamper = DummyTimeStamper(
+            tsa_cert=asn1_x509.Certificate.load(tsa.cert.public_bytes(serialization.Encoding.DER)),
+            tsa_key=keys.PrivateKeyInfo.load(
+                tsa.key.private_bytes(
+                    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            ),
+            certs_to_embed=[asn1_x509.Certificate.load(ca.cert.public_bytes(serialization.Encoding.DER))],  # type: ignore[arg-type]
+            fixed_dt=datetime.now(UTC),
+        )
+        return bytes(stamper.request_tsa_response(req).dump())
+
     def write(self, directory: Path) -> Path:
         """Keys and certificates as PEM files (for `hub sign` and xmlsec1), plus trust-anchor bundles."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -257,12 +292,13 @@ class PkiState(PeerState):
     lock_: threading.Lock = field(default_factory=threading.Lock)
     crl_requests: int = 0
     ocsp_requests: int = 0
+    tsa_requests: int = 0
 
 
 def create_app(state: PkiState | None = None) -> FastAPI:
     """The CRL and OCSP endpoints. The PKI is attached to the state after the server knows its URL."""
     st = state or PkiState()
-    app = FastAPI(title="Sandbox: trust services (CRL, OCSP)", docs_url="/_sandbox/docs")
+    app = FastAPI(title="Sandbox: trust services (CRL, OCSP, time-stamping)", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st)
 
@@ -299,6 +335,18 @@ def create_app(state: PkiState | None = None) -> FastAPI:
         body = await request.body()
         return Response(pki().ocsp(ca, body[:65536]), media_type="application/ocsp-response")
 
+    @app.post("/pki/tsa")
+    async def tsa(request: Request) -> Response:
+        """RFC 3161 over HTTP: application/timestamp-query in, application/timestamp-reply out."""
+        down = unavailable()
+        if down is not None:
+            return down
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/timestamp-query":
+            return Response(b"expected application/timestamp-query", status_code=415)
+        body = await request.body()
+        st.tsa_requests += 1
+        return Response(pki().timestamp(body[:65536]), media_type="application/timestamp-reply")
+
     @app.get("/pki/certs/{name}.pem")
     def cert(name: str) -> Response:
         item = pki().issued.get(name)
@@ -308,6 +356,6 @@ def create_app(state: PkiState | None = None) -> FastAPI:
 
     @app.get("/_sandbox/pki/stats")
     def stats() -> dict[str, Any]:
-        return {"crl_requests": st.crl_requests, "ocsp_requests": st.ocsp_requests}
+        return {"crl_requests": st.crl_requests, "ocsp_requests": st.ocsp_requests, "tsa_requests": st.tsa_requests}
 
     return app

@@ -65,6 +65,9 @@ class Report:
             lines.append(f"  chain[{i}]:        {c.get('subject')}")
         if self.signing_time:
             lines.append(f"  signing time:    {self.signing_time} (claimed)")
+        if self.timestamp and self.timestamp.get("time"):
+            tsa = (self.timestamp.get("tsa") or {}).get("subject")
+            lines.append(f"  time-stamp:      {self.timestamp['time']} by {tsa} ({self.timestamp.get('status', 'failed')})")
         if self.validation_time:
             lines.append(f"  validated at:    {self.validation_time}")
         for r in self.revocation:

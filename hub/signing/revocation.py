@@ -86,11 +86,12 @@ class RevocationSource:
     def close(self) -> None:
         self._http.close()
 
-    def collect(self, path: list[x509.Certificate]) -> Collected:
-        """Evidence for every certificate of `path` (leaf first, anchor last) except the anchor."""
+    def collect(self, path: list[x509.Certificate], *, crl_only: bool = False) -> Collected:
+        """Evidence for every certificate of `path` (leaf first, anchor last) except the anchor. `crl_only`: the
+        CRLs alone, which date each revocation (an OCSP "revoked" answer says nothing of an earlier time)."""
         out = Collected()
         for cert, issuer in itertools.pairwise(path):
-            found = self._for(cert, issuer, out)
+            found = self._for(cert, issuer, out, crl_only=crl_only)
             if found is None:
                 continue
             ev, cached = found
@@ -108,9 +109,11 @@ class RevocationSource:
             )
         return out
 
-    def _for(self, cert: x509.Certificate, issuer: x509.Certificate, out: Collected) -> tuple[Evidence, bool] | None:
+    def _for(
+        self, cert: x509.Certificate, issuer: x509.Certificate, out: Collected, *, crl_only: bool = False
+    ) -> tuple[Evidence, bool] | None:
         """(evidence, whether it came from the cache) for one certificate: OCSP first, then the CRL."""
-        for url in _urls(cert, ExtensionOID.AUTHORITY_INFORMATION_ACCESS):
+        for url in [] if crl_only else _urls(cert, ExtensionOID.AUTHORITY_INFORMATION_ACCESS):
             key = f"ocsp|{url}|{_fingerprint(issuer)}|{cert.serial_number}"
             ev = self._cached(key)
             if ev is not None:

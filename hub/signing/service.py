@@ -83,5 +83,19 @@ class SignatureService:
                     raise NotConfigured("no signing key is configured (HUB_SIGNING_KEY/_CERT or HUB_SIGNING_PKCS12)")
             return self._signer
 
-    def sign(self, data: bytes, *, xades: bool = True) -> bytes:
-        return sign_document(data, self.signer(), xades=xades)
+    def tsa_url(self) -> str | None:
+        """The configured TSA; in dev mode with the sandbox PKI, the sandbox's."""
+        if self.settings.signing_tsa_url:
+            return self.settings.signing_tsa_url
+        if (
+            self._sandbox_dir() is not None
+            and self.settings.signing_key is None
+            and self.settings.signing_pkcs12 is None
+        ):
+            return f"http://{self.settings.sandbox_host}:{self.settings.sandbox_pki_port}/pki/tsa"
+        return None
+
+    def sign(self, data: bytes, *, xades: bool = True, timestamp: bool = True) -> bytes:
+        """Sign as the agency: XAdES-B-T when a TSA is configured (and `timestamp`), else XAdES-B-B / XMLDSig."""
+        tsa = self.tsa_url() if xades and timestamp else None
+        return sign_document(data, self.signer(), xades=xades, tsa_url=tsa, tsa_timeout=self.settings.read_timeout)

@@ -1,6 +1,7 @@
 """Signing: keys come through one `Signer` protocol (PEM or PKCS#12 files now; a PKCS#11 token would implement the
 same three members), and documents are signed enveloped with exclusive C14N and RSA-SHA256 or ECDSA-SHA256,
-as plain XMLDSig or XAdES-B-B (signing time and signing certificate as signed properties)."""
+as plain XMLDSig, XAdES-B-B (signing time and signing certificate as signed properties) or XAdES-B-T (with an
+RFC 3161 signature time-stamp from a TSA)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,20 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.signer import XMLSigner
 from signxml.xades.xades import XAdESSigner
 
+from hub.signing.timestamp import TimestampError, add_signature_timestamp
 from hub.signing.xml import parse_untrusted
 
 XADES_NS = "http://uri.etsi.org/01903/v1.3.2#"
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 
 
 class SigningError(ValueError):
-    """The key or certificate cannot be used to sign (wrong type, weak, mismatched)."""
+    """The key or certificate cannot be used to sign (wrong type, weak, mismatched), or the time-stamping
+    authority could not be asked (code tsa_unavailable / tsa_refused)."""
+
+    def __init__(self, detail: str, code: str = "signing_failed") -> None:
+        super().__init__(detail)
+        self.code = code
 
 
 class Signer(Protocol):
@@ -80,8 +88,19 @@ class FileSigner:
         return cls(key, cert, list(extra))
 
 
-def sign_document(data: bytes, signer: Signer, *, xades: bool = False, signing_time: datetime | None = None) -> bytes:
-    """Sign `data` (an XML document) enveloped; returns the signed document's bytes."""
+def sign_document(
+    data: bytes,
+    signer: Signer,
+    *,
+    xades: bool = False,
+    signing_time: datetime | None = None,
+    tsa_url: str | None = None,
+    tsa_timeout: float = 10.0,
+) -> bytes:
+    """Sign `data` (an XML document) enveloped; returns the signed document's bytes. With `tsa_url` (XAdES only),
+    the signature is time-stamped by that RFC 3161 authority: XAdES-B-T."""
+    if tsa_url and not xades:
+        raise SigningError("a signature time-stamp (XAdES-B-T) needs a XAdES signature")
     root = parse_untrusted(data)
     method = (
         SignatureMethod.ECDSA_SHA256
@@ -101,6 +120,12 @@ def sign_document(data: bytes, signer: Signer, *, xades: bool = False, signing_t
         common["c14n_algorithm"] = CanonicalizationMethod.CANONICAL_XML_1_1
         xs = _XAdES(signing_time=signing_time or datetime.now(UTC), **common)
         signed = xs.sign(root, key=signer.key, cert=certs, always_add_key_value=False)
+        if tsa_url:
+            signature = signed if signed.tag == f"{{{DS_NS}}}Signature" else signed.find(f".//{{{DS_NS}}}Signature")
+            try:
+                add_signature_timestamp(signature, tsa_url, timeout=tsa_timeout)
+            except TimestampError as exc:
+                raise SigningError(str(exc), code=exc.code) from None
     else:
         signed = XMLSigner(**common).sign(root, key=signer.key, cert=certs, always_add_key_value=False)
     return bytes(etree.tostring(signed, xml_declaration=True, encoding="UTF-8"))

@@ -1,10 +1,12 @@
-"""Verify an XML signature (enveloped or enveloping XMLDSig, XAdES B-B) and answer an ETSI-style report.
+"""Verify an XML signature (enveloped or enveloping XMLDSig, XAdES B-B and B-T) and answer an ETSI-style report.
 
 Order, failed before indeterminate: parse with the hardened parser (FORMAT_FAILURE) → find the one signature and
 its signing certificate → cryptographic constraints of the policy (no SHA-1, RSA ≥ 2048, EC ≥ 256) → the
 signature itself with signxml, pinned to that certificate (HASH_FAILURE / SIG_CRYPTO_FAILURE) → the certificate
 path to a **configured** trust anchor with key usage and revocation (pyhanko-certvalidator, with CRL/OCSP
-evidence hub fetched and cached: NO_CERTIFICATE_CHAIN_FOUND, REVOKED, EXPIRED, NOT_YET_VALID, TRY_LATER).
+evidence hub fetched and cached: NO_CERTIFICATE_CHAIN_FOUND, REVOKED, EXPIRED, NOT_YET_VALID, TRY_LATER). A XAdES-T
+signature time-stamp (RFC 3161) must cover the signature value and come from a trusted TSA; it is then the proof
+that the signature existed at that time, so a signer certificate that expired or was revoked later still passes.
 Callers receive only what the signature's references cover (signed_references), which defeats wrapping."""
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, 
 from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 from signxml.xades.xades import XAdESSignatureConfiguration, XAdESVerifier
 
-from hub.signing.report import Report
+from hub.signing.report import INDETERMINATE, SUB_INDICATIONS, Report
 from hub.signing.revocation import RevocationSource
+from hub.signing.timestamp import C14N_10, canonical
 from hub.signing.xml import UnsafeXml, parse_untrusted
 
 DS = "http://www.w3.org/2000/09/xmldsig#"
@@ -234,12 +237,142 @@ class Verifier:
         if not report.signed_references:
             return self._fail(report, "FORMAT_FAILURE", "the signature covers no content, only its own properties")
 
+        # the signature time-stamp (XAdES-B-T): over exactly this signature value, by a trusted TSA
+        stamped_at: datetime | None = None
+        if fmt == "XAdES-B-T":
+            ts_problem, stamped_at = self._timestamp(signature, at, report)
+            if ts_problem is not None:
+                return self._fail(report, *ts_problem)
+
         # the certificate path, key usage and revocation
         chain_problem = self._path(leaf, carried, at, report)
+        if chain_problem is not None and chain_problem[0] in ("EXPIRED", "REVOKED") and stamped_at is not None:
+            # the time-stamp proves the signature existed at `stamped_at`: judge the signer as of then (a
+            # certificate that expired, or was revoked, after that time does not undo the signature)
+            evidence = list(report.revocation)
+            if (
+                not self._ocsp_revoked_by(leaf, carried, stamped_at)
+                and self._path(leaf, carried, stamped_at, report, crl_only=True) is None
+            ):
+                report.detail = (
+                    f"{chain_problem[0].lower()} at validation time, valid at the time-stamp {stamped_at.isoformat()}"
+                )
+                chain_problem = None
+            report.revocation = evidence + [r for r in report.revocation if r not in evidence]
         if chain_problem is not None:
             return self._fail(report, *chain_problem)
         report.indication = "TOTAL-PASSED"
         return report
+
+    def _ocsp_revoked_by(self, leaf: x509.Certificate, carried: list[x509.Certificate], when: datetime) -> bool:
+        """Whether an OCSP answer (cached from this validation) dates a revocation of the path at or before
+        `when`: the CRL-only judgment at the time-stamp must not overrule what OCSP alone knows."""
+        from cryptography.x509 import ocsp
+
+        path = self._build_path(leaf, carried)
+        if path is None or self.revocation is None:
+            return False
+        for der in self.revocation.collect(path).ocsps:
+            try:
+                resp = ocsp.load_der_ocsp_response(der)
+                revoked = resp.certificate_status == ocsp.OCSPCertStatus.REVOKED
+                at = resp.revocation_time_utc if revoked else None
+            except ValueError:
+                continue
+            if at is not None and at <= when:
+                return True
+        return False
+
+    def _timestamp(
+        self, signature: Any, at: datetime | None, report: Report
+    ) -> tuple[tuple[str, str] | None, datetime | None]:
+        """Validate the (first) SignatureTimeStamp: the token's imprint is the digest of the canonicalized
+        SignatureValue, its CMS signature verifies, and the TSA's certificate (extended key usage timeStamping)
+        chains to a configured anchor and is not revoked. Returns (problem, time stamped)."""
+        from asn1crypto import cms
+        from pyhanko.sign.validation.generic_cms import validate_tst_signed_data
+
+        stamp = signature.find(".//xades:SignatureTimeStamp", NS)
+        value = signature.find("ds:SignatureValue", NS)
+        method = stamp.find("ds:CanonicalizationMethod", NS)
+        algorithm = method.get("Algorithm", C14N_10) if method is not None else C14N_10
+        try:
+            signed_value = canonical(value, algorithm)
+            der = base64.b64decode(
+                "".join((stamp.findtext("xades:EncapsulatedTimeStamp", "", NS)).split()), validate=True
+            )
+            info = cms.ContentInfo.load(der)
+            if info["content_type"].native != "signed_data":
+                raise ValueError("the time-stamp token is not a CMS SignedData")
+            signed_data = info["content"]
+            embedded = [
+                x509.load_der_x509_certificate(c.chosen.dump())
+                for c in (signed_data["certificates"] or [])
+                if c.name == "certificate"
+            ]
+            signer_info = signed_data["signer_infos"][0]
+            sid = signer_info["sid"]
+            serial = sid.chosen["serial_number"].native if sid.name == "issuer_and_serial_number" else None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            return ("FORMAT_FAILURE", f"signature time-stamp: not a readable RFC 3161 token ({exc})"), None
+        tsa = next((c for c in embedded if c.serial_number == serial), None) or self._leaf(embedded)
+        if tsa is None:
+            return ("NO_CERTIFICATE_CHAIN_FOUND", "signature time-stamp: the token carries no TSA certificate"), None
+        digest_name = signer_info["digest_algorithm"]["algorithm"].native
+        if any(w == digest_name for w in WEAK):
+            return ("CRYPTO_CONSTRAINTS_FAILURE", f"signature time-stamp: weak digest {digest_name}"), None
+        path = self._build_path(tsa, embedded)
+        report.timestamp = {"tsa": _describe(tsa), "canonicalization": algorithm}
+        if path is None:
+            return (
+                "NO_CERTIFICATE_CHAIN_FOUND",
+                "signature time-stamp: the TSA's certificate does not chain to a configured trust anchor",
+            ), None
+        collected = self.revocation.collect(path) if self.revocation is not None else None
+        der_path = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in path]
+        context = ValidationContext(
+            trust_roots=self._anchors_asn1,
+            other_certs=der_path[1:],
+            moment=at,
+            crls=(collected.crls if collected else []) + self.extra_crls,
+            ocsps=collected.ocsps if collected else [],
+            revocation_mode="hard-fail",
+            retroactive_revinfo=at is not None,
+            time_tolerance=timedelta(seconds=1),
+        )
+
+        def imprint(name: str) -> bytes:
+            if name in WEAK:
+                raise ValueError(f"weak imprint digest {name}")
+            return hashlib.new(name, signed_value).digest()
+
+        try:
+            status = asyncio.run(validate_tst_signed_data(signed_data, context, imprint))
+        except ValueError as exc:
+            return ("CRYPTO_CONSTRAINTS_FAILURE", f"signature time-stamp: {exc}"), None
+        except Exception as exc:  # noqa: BLE001 - pyHanko's validation errors: a token we cannot accept
+            return ("FORMAT_FAILURE", f"signature time-stamp: {exc.__class__.__name__}: {exc}"), None
+        when: datetime = status["timestamp"]
+        report.timestamp.update(
+            time=when.astimezone(UTC).isoformat(),
+            chain=[_describe(c) for c in path],
+            revocation=collected.used if collected else [],
+        )
+        if not status.get("intact", False):
+            return ("HASH_FAILURE", "signature time-stamp: the token does not cover this signature value"), None
+        if not status.get("valid", False):
+            return ("SIG_CRYPTO_FAILURE", "signature time-stamp: the TSA's signature does not verify"), None
+        trouble = status.get("trust_problem_indic")
+        if trouble is not None:
+            name = getattr(trouble, "name", str(trouble))
+            sub = (
+                name
+                if name in SUB_INDICATIONS and SUB_INDICATIONS[name] == INDETERMINATE
+                else "CHAIN_CONSTRAINTS_FAILURE"
+            )
+            return (sub, f"signature time-stamp: the TSA's certificate is not acceptable ({name})"), None
+        report.timestamp["status"] = "valid"
+        return None, when
 
     @staticmethod
     def _fail(report: Report, sub: str, detail: str) -> Report:
@@ -309,7 +442,13 @@ class Verifier:
         return None
 
     def _path(
-        self, leaf: x509.Certificate, carried: list[x509.Certificate], at: datetime | None, report: Report
+        self,
+        leaf: x509.Certificate,
+        carried: list[x509.Certificate],
+        at: datetime | None,
+        report: Report,
+        *,
+        crl_only: bool = False,
     ) -> tuple[str, str] | None:
         path = self._build_path(leaf, carried)
         if path is None:
@@ -326,7 +465,7 @@ class Verifier:
             if hit is not None and hit[0] > time.monotonic():
                 report.revocation = [dict(r, cached=True) for r in hit[1]["revocation"]]
                 return hit[1]["problem"]  # type: ignore[no-any-return]
-        collected = self.revocation.collect(path) if self.revocation is not None else None
+        collected = self.revocation.collect(path, crl_only=crl_only) if self.revocation is not None else None
         crls = (collected.crls if collected else []) + self.extra_crls
         ocsps = collected.ocsps if collected else []
         report.revocation = collected.used if collected else []
