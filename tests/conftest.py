@@ -18,10 +18,11 @@ from pydantic import SecretStr
 
 from hub.api.app import create_app
 from hub.runtime import Runtime
-from hub.sandbox import national_portal, one_stop, payment_dvc, population
+from hub.sandbox import national_portal, one_stop, payment_dvc, pki, population
 from hub.sandbox.common import ServerThread
 from hub.settings import ClientSystem, Settings
 from hub.store import db
+from tests.pki_helpers import Trust
 
 PG_ADMIN = os.environ.get("HUB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_BASE = PG_ADMIN.rsplit("/", 1)[0]
@@ -240,3 +241,13 @@ def hub_factory(
         hub.http.close()
         hub.server.stop()
         hub.runtime.close()
+
+
+@pytest.fixture(scope="session")
+def trust(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust]:
+    state = pki.PkiState()
+    server = ServerThread(pki.create_app(state)).start()
+    state.pki = pki.TestPki(server.url)
+    directory = state.pki.write(tmp_path_factory.mktemp("pki"))
+    yield Trust(server, state, state.pki, directory)
+    server.stop()

@@ -13,19 +13,18 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from lxml import etree
 
 from hub.sandbox import pki
-from hub.sandbox.common import ServerThread
 from hub.signing.report import Report
 from hub.signing.revocation import RevocationSource
 from hub.signing.sign import FileSigner, SigningError, sign_document
 from hub.signing.verify import Verifier
 from tests.conftest import Hub, HubFactory
+from tests.pki_helpers import Trust
 
 HUB_BIN = str(Path(sys.executable).with_name("hub"))
 XMLSEC1 = shutil.which("xmlsec1")
@@ -34,30 +33,6 @@ DOC = (
     '<HoSo xmlns="urn:vn:hub:test"><MaHoSo>000.00.17.H56-241015-0007</MaHoSo>'
     "<ChuHoSo>Nguyễn Văn An</ChuHoSo><TrichYeu>Đăng ký khai sinh cho Nguyễn Thị Bình</TrichYeu></HoSo>"
 ).encode()
-
-
-class Trust:
-    def __init__(self, server: ServerThread, state: pki.PkiState, p: pki.TestPki, directory: Path) -> None:
-        self.server, self.state, self.pki, self.dir = server, state, p, directory
-
-    def signer(self, name: str) -> FileSigner:
-        item = self.pki.issued[name]
-        issuer = self.pki.issued[item.issuer or name]
-        return FileSigner(item.key, item.cert, [issuer.cert] if issuer.issuer else [])
-
-    def verifier(self, **kwargs: Any) -> Verifier:
-        anchors = [self.pki.issued["national_root"].cert, self.pki.issued["gov_root"].cert]
-        return Verifier(anchors, revocation=RevocationSource(read_timeout=2), **kwargs)
-
-
-@pytest.fixture(scope="session")
-def trust(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust]:
-    state = pki.PkiState()
-    server = ServerThread(pki.create_app(state)).start()
-    state.pki = pki.TestPki(server.url)
-    directory = state.pki.write(tmp_path_factory.mktemp("pki"))
-    yield Trust(server, state, state.pki, directory)
-    server.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -254,8 +254,10 @@ class TestPki:
         except (ValueError, TypeError):
             from asn1crypto import core
 
-            class Refusal(core.Sequence):  # TimeStampResp without its (absent) token: asn1crypto requires one
-                _fields = [("status", tsp.PKIStatusInfo)]
+            class Refusal(core.Sequence):  # type: ignore[misc]
+                """TimeStampResp without its (absent) token, which asn1crypto's TimeStampResp requires."""
+
+                _fields: ClassVar[list[tuple[str, Any]]] = [("status", tsp.PKIStatusInfo)]
 
             refused = tsp.PKIStatusInfo({"status": "rejection", "fail_info": tsp.PKIFailureInfo({"bad_request"})})
             return bytes(Refusal({"status": refused}).dump())

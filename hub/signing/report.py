@@ -67,7 +67,9 @@ class Report:
             lines.append(f"  signing time:    {self.signing_time} (claimed)")
         if self.timestamp and self.timestamp.get("time"):
             tsa = (self.timestamp.get("tsa") or {}).get("subject")
-            lines.append(f"  time-stamp:      {self.timestamp['time']} by {tsa} ({self.timestamp.get('status', 'failed')})")
+            lines.append(
+                f"  time-stamp:      {self.timestamp['time']} by {tsa} ({self.timestamp.get('status', 'failed')})"
+            )
         if self.validation_time:
             lines.append(f"  validated at:    {self.validation_time}")
         for r in self.revocation:
