@@ -35,7 +35,7 @@ class Runtime:
         self.settings = settings
         self.role = role
         url = settings.effective_database_url
-        self.engine: Engine = db.make_engine(url)
+        self.engine: Engine = db.make_engine(url, pool_size=settings.db_pool_size)
         if url.startswith("sqlite") and role != "worker":
             db.upgrade(url)  # embedded mode: the file is ours, keep it at head
         self.sessions = db.make_sessionmaker(self.engine)

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     clients: list[ClientSystem] = Field(default_factory=list)
     max_body_bytes: int = 1_048_576
+    db_pool_size: int = Field(default=20, ge=1, le=500)  # PostgreSQL connections kept open per process
 
     # National portal (DVCQG) adapter.
     national_portal_url: str = ""  # empty -> the sandbox on loopback (dev only)

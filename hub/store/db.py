@@ -11,7 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 20) -> Engine:
+    """`pool_size` connections stay open: at least the requests and deliveries a process runs at once (the API's
+    threadpool, the relay's concurrency), or the overflow is opened and closed on every use — a new PostgreSQL
+    backend per request."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
