@@ -35,7 +35,10 @@ class Runtime:
         self.settings = settings
         self.role = role
         url = settings.effective_database_url
-        self.engine: Engine = db.make_engine(url, pool_size=settings.db_pool_size)
+        # one connection per request the API runs at once (its threadpool is limited to db_pool_size), plus the
+        # relay's deliveries and the scheduled jobs when the worker runs in this process
+        pool = settings.db_pool_size + (settings.relay_concurrency + 4 if role in ("api", "worker") else 0)
+        self.engine: Engine = db.make_engine(url, pool_size=pool)
         if url.startswith("sqlite") and role != "worker":
             db.upgrade(url)  # embedded mode: the file is ours, keep it at head
         self.sessions = db.make_sessionmaker(self.engine)

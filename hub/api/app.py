@@ -76,6 +76,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        # sync endpoints run in anyio's threadpool: no more at once than database connections kept open, so a
+        # burst queues in the event loop instead of opening (and closing) a PostgreSQL backend per request
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         owned = "rt" not in holder
         if owned:
             holder["rt"] = Runtime(settings, role="api")
