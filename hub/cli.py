@@ -67,6 +67,16 @@ def _sandbox_credentials(settings: Settings) -> dict[str, str]:
     return {settings.national_portal_username: password.get_secret_value() if password else ""}
 
 
+def _edoc_key(settings: Settings) -> str:
+    key = settings.document_exchange_api_key
+    return key.get_secret_value() if key else ""
+
+
+def _edoc_sandbox(settings: Settings) -> tuple[int, str] | None:
+    """The document exchange sandbox is started with the others unless a real platform is configured."""
+    return None if settings.document_exchange_url else (settings.sandbox_edoc_port, _edoc_key(settings))
+
+
 def _notify_ports(settings: Settings) -> tuple[int, int] | None:
     """The SMTP and SMS sandboxes are started with the others unless real ones are configured."""
     if settings.smtp_host or settings.sms_gateway_url:
@@ -103,6 +113,7 @@ def serve(
             payment_port=settings.sandbox_payment_port,
             payment_partners=_payment_partners(settings) if not settings.payment_dvc_url else None,
             notify_ports=_notify_ports(settings),
+            edoc=_edoc_sandbox(settings),
         )
         err.print(
             f"sandbox peers: national portal {peers.national.url}, one-stop {peers.one_stop.url}, "
@@ -195,6 +206,7 @@ def sandbox(
         payment_partners=_payment_partners(settings),
         notify_ports=(settings.sandbox_smtp_port, settings.sandbox_sms_port),
         sms_key=settings.sms_api_key.get_secret_value() if settings.sms_api_key else None,
+        edoc=(settings.sandbox_edoc_port, _edoc_key(settings)),
     )
     out.print(f"national portal sandbox: {peers.national.url}  (control: {peers.national.url}/_sandbox/docs)")
     out.print(f"one-stop sandbox:        {peers.one_stop.url}  (control: {peers.one_stop.url}/_sandbox/docs)")
@@ -203,6 +215,8 @@ def sandbox(
         out.print(f"test PKI (CRL, OCSP):    {peers.pki.url}  keys and certificates in {peers.pki_dir}")
     if peers.payment is not None:
         out.print(f"DVC payment platform:    {peers.payment.url}  (pay pages under /pay/)")
+    if peers.document_exchange is not None:
+        out.print(f"document exchange:       {peers.document_exchange.url}/api/edoc/send  (signed edXML only)")
     if peers.smtp is not None and peers.sms is not None:
         smtp = f"{peers.smtp.host}:{peers.smtp.port}"
         out.print(f"SMTP sandbox:            {smtp}  (received: {peers.sms.url}/_sandbox/mail)")

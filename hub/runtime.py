@@ -19,7 +19,7 @@ from hub.adapters.national_portal import NationalPortalClient
 from hub.adapters.one_stop import OneStopClient
 from hub.domain.identifiers import dossier_code
 from hub.services import routes
-from hub.services.dossiers import NATIONAL_PORTAL, ONE_STOP, DossierService
+from hub.services.dossiers import DOCUMENT_EXCHANGE, NATIONAL_PORTAL, ONE_STOP, DossierService
 from hub.settings import Settings
 from hub.store import db
 from hub.sync.embedded import EmbeddedWorker
@@ -59,6 +59,15 @@ class Runtime:
             read_timeout=settings.read_timeout,
             max_connections=max(settings.relay_concurrency, 4),
         )
+        from hub.adapters.document_exchange import DocumentExchangeClient
+
+        exchange_key = settings.document_exchange_api_key
+        self.document_exchange = DocumentExchangeClient(
+            settings.effective_document_exchange_url,
+            api_key=exchange_key.get_secret_value() if exchange_key else "",
+            connect_timeout=settings.connect_timeout,
+            read_timeout=max(settings.read_timeout, 30.0),  # envelopes carry attachments
+        )
         from hub.sync.maintenance import Maintenance
 
         self.maintenance = Maintenance(self.sessions)
@@ -69,6 +78,7 @@ class Runtime:
                 ONE_STOP: self._deliver_to_one_stop,
                 "email": self._deliver_email,
                 "sms": self._deliver_sms,
+                DOCUMENT_EXCHANGE: self._deliver_document,
             },
             policy=RetryPolicy(
                 settings.relay_backoff_base,
@@ -287,6 +297,15 @@ class Runtime:
                             (time.perf_counter() - started) * 1000, "ok", None))  # fmt: skip
         return reply if isinstance(reply, dict) else {"message_id": str(reply)}
 
+    def _deliver_document(self, c: Claimed, hook: ExchangeHook) -> Any:
+        """A signed edXML envelope, sent as it was signed when it was filed (retries send the same bytes)."""
+        return self.document_exchange.send(
+            c.payload["envelope"].encode(),
+            idempotency_key=c.idempotency_key,
+            correlation_id=c.correlation_id,
+            on_exchange=hook,
+        )
+
     def _deliver_to_portal(self, c: Claimed, hook: ExchangeHook) -> Any:
         return self.portal.call(
             c.operation,
@@ -389,6 +408,7 @@ class Runtime:
         self.relay.close()
         self.portal.close()
         self.one_stop.close()
+        self.document_exchange.close()
         self.population.close()
         if self.sms is not None:
             self.sms.close()

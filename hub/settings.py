@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     signing_cert: Path | None = None  # ... and its certificate (with the chain after it)
     signing_pkcs12: Path | None = None  # or both in a PKCS#12 file
     signing_key_password: SecretStr | None = None
+    document_exchange_url: str = ""  # the inter-agency document exchange platform; dev: the sandbox on loopback
+    document_exchange_api_key: SecretStr | None = None  # hub's key there (dev: generated into var/dev-secrets.json)
     signing_tsa_url: str = ""  # RFC 3161 TSA for XAdES-B-T; dev: the sandbox PKI's TSA when it is in use
     revocation_cache_seconds: float = 3600.0  # CRL/OCSP evidence is reused until nextUpdate, at most this long
 
@@ -118,6 +120,7 @@ class Settings(BaseSettings):
     sandbox_payment_port: int = 8705
     sandbox_smtp_port: int = 8706
     sandbox_sms_port: int = 8707
+    sandbox_edoc_port: int = 8708
 
     # Relay.
     relay_batch_size: int = 64
@@ -195,6 +198,10 @@ class Settings(BaseSettings):
         return "dvc"
 
     @property
+    def effective_document_exchange_url(self) -> str:
+        return self.document_exchange_url or f"http://{self.sandbox_host}:{self.sandbox_edoc_port}"
+
+    @property
     def effective_population_url(self) -> str:
         return self.population_url or f"http://{self.sandbox_host}:{self.sandbox_population_port}/ws/congdan"
 
@@ -213,8 +220,9 @@ def _dev_secrets(var_dir: Path) -> dict[str, str]:
     path = var_dir / DEV_SECRETS_FILE
     if path.exists():
         data: dict[str, str] = json.loads(path.read_text())
-        if "payment_dvc_secret" not in data:  # a file made by an earlier version: add what is new
-            data["payment_dvc_secret"] = secrets.token_urlsafe(32)
+        added = {k: secrets.token_urlsafe(32) for k in ("payment_dvc_secret", "document_exchange_key") if k not in data}
+        if added:  # a file made by an earlier version: add what is new
+            data.update(added)
             path.write_text(json.dumps(data))
         return data
     var_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +231,7 @@ def _dev_secrets(var_dir: Path) -> dict[str, str]:
         "client_api_key": secrets.token_urlsafe(24),
         "national_portal_password": secrets.token_urlsafe(16),
         "payment_dvc_secret": secrets.token_urlsafe(32),
+        "document_exchange_key": secrets.token_urlsafe(32),
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -240,6 +249,7 @@ def load_settings(**overrides: object) -> Settings:
         or not settings.clients
         or settings.national_portal_password is None
         or settings.payment_dvc_secret is None
+        or settings.document_exchange_api_key is None
     )
     if not missing:
         return settings
@@ -262,4 +272,6 @@ def load_settings(**overrides: object) -> Settings:
         update["national_portal_password"] = SecretStr(dev["national_portal_password"])
     if settings.payment_dvc_secret is None:
         update["payment_dvc_secret"] = SecretStr(dev["payment_dvc_secret"])
+    if settings.document_exchange_api_key is None:
+        update["document_exchange_api_key"] = SecretStr(dev["document_exchange_key"])
     return settings.model_copy(update=update)

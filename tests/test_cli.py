@@ -146,7 +146,7 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
 
-    names = ("NATIONAL", "ONESTOP", "POPULATION", "PKI", "PAYMENT", "SMTP", "SMS")
+    names = ("NATIONAL", "ONESTOP", "POPULATION", "PKI", "PAYMENT", "SMTP", "SMS", "EDOC")
     ports = {f"HUB_SANDBOX_{n}_PORT": str(free_port()) for n in names}
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
@@ -188,6 +188,20 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
         [text] = texts
         assert d["MaHoSo"] in text["message"] and "tiếp nhận" in text["message"]
         assert d["MaHoSo"] in mails[0]["body"]
+        # a document for another agency: signed with the sandbox key, time-stamped, taken by the exchange sandbox
+        edoc = {
+            "sender_name": "UBND phường Bến Nghé", "to": [{"id": "000.00.17.H29", "name": "Công an phường"}],
+            "code_number": "12", "code_notation": "CV-UBND", "place": "TP. Hồ Chí Minh", "type": 2,
+            "type_name": "Công văn", "subject": "Đề nghị phối hợp",
+        }  # fmt: skip
+        r = httpx.post(f"{api}/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc, headers={"X-API-Key": key})
+        assert r.status_code == 202, r.text
+        exchange = f"http://127.0.0.1:{ports['HUB_SANDBOX_EDOC_PORT']}"
+        deadline = time.monotonic() + 30
+        while not (docs := httpx.get(f"{exchange}/_sandbox/documents").json()["items"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert docs[0]["signature_format"] == "XAdES-B-T" and docs[0]["header"]["code"] == "12/CV-UBND"
     finally:
         proc.terminate()
         try:

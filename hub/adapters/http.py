@@ -39,6 +39,25 @@ def post_json(
     on_exchange: ExchangeHook | None = None,
 ) -> JsonExchange:
     raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return post_bytes(
+        http, url, raw, content_type="application/json", peer=peer, operation=operation,
+        correlation_id=correlation_id, headers=headers, on_exchange=on_exchange,
+    )  # fmt: skip
+
+
+def post_bytes(
+    http: httpx.Client,
+    url: str,
+    raw: bytes,
+    *,
+    content_type: str,
+    peer: str,
+    operation: str,
+    correlation_id: str,
+    headers: dict[str, str] | None = None,
+    on_exchange: ExchangeHook | None = None,
+) -> JsonExchange:
+    """POST `raw` (a JSON body, an XML document…) and read a JSON reply with an integer `error_code`."""
     started = time.perf_counter()
     response_bytes: bytes | None = None
 
@@ -62,7 +81,7 @@ def post_json(
             response = http.post(
                 url,
                 content=raw,
-                headers={"Content-Type": "application/json", "X-Correlation-ID": correlation_id, **(headers or {})},
+                headers={"Content-Type": content_type, "X-Correlation-ID": correlation_id, **(headers or {})},
             )
             response_bytes = response.content
         except httpx.TimeoutException as exc:

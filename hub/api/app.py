@@ -24,7 +24,7 @@ from hub.logs import correlation_id
 from hub.runtime import Runtime
 from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, SubjectIn
-from hub.services.schemas import DossierIn, ProgressIn
+from hub.services.schemas import DossierIn, EdocIn, ProgressIn
 from hub.settings import ClientSystem, Settings
 
 IDEMPOTENCY_KEY_MAX = 200
@@ -32,6 +32,11 @@ IDEMPOTENCY_KEY_MAX = 200
 INBOUND = {"/v1/national/": ("national_portal", "inbound.push_dossier")}
 log = logging.getLogger("hub.api")
 API_KEY_HELP = "the client system's API key"
+
+
+class SigningUnavailable(DomainError):
+    code = "signing_unavailable"
+    status = 503
 
 
 class Unauthenticated(DomainError):
@@ -167,6 +172,59 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     def add_progress(code: str, body: ProgressIn, who: Client, key: IdemKey) -> JSONResponse:
         return answer(
             rt().dossiers.add_progress(who, code, body, idempotency_key=key, correlation_id=correlation_id.get())
+        )
+
+    @app.post(
+        "/v1/dossiers/{code}/edocs",
+        status_code=202,
+        tags=["dossiers"],
+        summary="Send a document of the dossier to other agencies: a signed edXML envelope (QCVN 102:2016)",
+        description="hub builds the envelope (contracts/edxml/edxml.xsd) with the dossier's agency as sender, signs it "
+        "with the agency's key (XAdES; time-stamped when a TSA is configured) and delivers it to the document exchange "
+        "platform through the outbox (order per dossier, retries, dead letters). 503 `signing_not_configured` or "
+        "`tsa_unavailable` when it cannot sign now.",
+    )
+    def send_edoc(code: str, body: EdocIn, who: Client, key: IdemKey) -> JSONResponse:
+        import base64
+
+        from hub.domain.dates import VN_TZ, utcnow
+        from hub.signing import edxml
+        from hub.signing.sign import SigningError
+
+        def sign(agency: str) -> tuple[str, bytes]:
+            now = utcnow()
+            header = edxml.Header(
+                sender=edxml.Organ(agency, body.sender_name),
+                receivers=[edxml.Organ(t.id, t.name) for t in body.to],
+                code_number=body.code_number,
+                code_notation=body.code_notation,
+                place=body.place,
+                promulgation_date=now.astimezone(VN_TZ).date(),
+                type=body.type,
+                type_name=body.type_name,
+                subject=body.subject,
+                content=body.content,
+                signer_name=body.signer_name,
+                signer_position=body.signer_position,
+            )
+            files = [
+                edxml.Attachment(a.name, a.content_type, base64.b64decode(a.data), a.description)
+                for a in body.attachments
+            ]
+            try:
+                return header.document_id, rt().signatures.sign_edxml(header, files, sent_at=now)
+            except edxml.EdxmlError as exc:
+                raise DomainError(str(exc), code="invalid_edxml") from None
+            except SigningError as exc:
+                if exc.code.startswith("tsa_"):
+                    raise SigningUnavailable(str(exc), code=exc.code) from None
+                raise SigningUnavailable(str(exc), code="signing_key_unusable") from None
+
+        request = body.model_dump(mode="json")
+        return answer(
+            rt().dossiers.send_document(
+                who, code, request, sign, idempotency_key=key, correlation_id=correlation_id.get()
+            )
         )
 
     @app.get("/v1/dossiers", tags=["dossiers"], summary="Dossiers past their appointment date (NgayHenTra)")

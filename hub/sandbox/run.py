@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.sandbox import national_portal, one_stop, payment_dvc, pki, population
+from hub.sandbox import document_exchange, national_portal, one_stop, payment_dvc, pki, population
 from hub.sandbox.common import ServerThread
 from hub.sandbox.notify import SmtpSink, create_sms_app
 
@@ -21,6 +21,7 @@ class Sandboxes:
     smtp: SmtpSink | None = None
     sms: ServerThread | None = None  # the SMS gateway; GET /_sandbox/mail shows what the SMTP sandbox received
     sms_key: str | None = None
+    document_exchange: ServerThread | None = None
 
     def stop(self) -> None:
         self.national.stop()
@@ -32,6 +33,8 @@ class Sandboxes:
             self.payment.stop()
         if self.sms is not None:
             self.sms.stop()
+        if self.document_exchange is not None:
+            self.document_exchange.stop()
         if self.smtp is not None:
             self.smtp.stop()
 
@@ -49,19 +52,23 @@ def start(
     payment_partners: dict[str, str] | None = None,
     notify_ports: tuple[int, int] | None = None,
     sms_key: str | None = None,
+    edoc: tuple[int, str] | None = None,
 ) -> Sandboxes:
     """Start the peers. With `pki_dir`, also the test PKI (fresh keys) with its CRL/OCSP endpoints; its roots,
     intermediates, leaf certificates and keys are written there as PEM files. With `notify_ports` (SMTP, SMS),
-    also the SMTP sandbox and the SMS gateway (API key `sms_key`, or a fresh one)."""
+    also the SMTP sandbox and the SMS gateway (API key `sms_key`, or a fresh one). With `edoc` (port, API key) and
+    the test PKI, the document exchange platform, which trusts the PKI's roots."""
     national = ServerThread(national_portal.create_app(credentials), host, national_port).start()
     onestop = ServerThread(one_stop.create_app(), host, one_stop_port).start()
     people = ServerThread(population.create_app(), host, population_port).start()
     trust = None
+    made: pki.TestPki | None = None
     if pki_dir is not None:
         state = pki.PkiState()
         trust = ServerThread(pki.create_app(state), host, pki_port).start()
         state.pki = pki.TestPki(trust.url)
         state.pki.write(pki_dir)
+        made = state.pki
     pay = None
     if payment_partners:
         pay = ServerThread(payment_dvc.create_app(payment_partners), host, payment_port).start()
@@ -72,4 +79,9 @@ def start(
         sms_key = sms_key or secrets.token_urlsafe(16)
         smtp = SmtpSink(host, notify_ports[0]).start()
         sms = ServerThread(create_sms_app({sms_key}, mail=smtp), host, notify_ports[1]).start()
-    return Sandboxes(national, onestop, people, trust, pki_dir, pay, smtp, sms, sms_key)
+    exchange = None
+    if edoc is not None and made is not None:
+        roots = [made.issued[r].cert for r in ("national_root", "gov_root")]
+        app = document_exchange.create_app(roots, {edoc[1]})
+        exchange = ServerThread(app, host, edoc[0]).start()
+    return Sandboxes(national, onestop, people, trust, pki_dir, pay, smtp, sms, sms_key, exchange)

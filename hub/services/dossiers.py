@@ -30,6 +30,7 @@ from hub.sync.outbox import DEAD, PENDING
 
 NATIONAL_PORTAL = "national_portal"
 ONE_STOP = "one_stop"
+DOCUMENT_EXCHANGE = "document_exchange"  # signed edXML envelopes to other agencies
 SYNC, PROGRESS, DOWNFLOW = "dossier.sync", "dossier.progress", "dossier.downflow"
 DOSSIERS: Table = Dossier.__table__  # type: ignore[assignment]
 EVENTS: Table = StatusEvent.__table__  # type: ignore[assignment]
@@ -153,6 +154,58 @@ class DossierService:
             return self.apply(s, client, data["MaHoSo"], DOWNFLOW, data, correlation_id)
 
         return self._idempotent(client, "downflow", data, idempotency_key, work)
+
+    def send_document(
+        self,
+        client: ClientSystem,
+        code: str,
+        request: dict[str, Any],
+        sign: Callable[[str], tuple[str, bytes]],
+        *,
+        idempotency_key: str | None,
+        correlation_id: str,
+    ) -> Answer:
+        """File a document of dossier `code` for other agencies: `sign(agency)` builds and signs the edXML
+        envelope as that agency (done before the transaction: it may ask a time-stamping authority), and the
+        signed bytes go into the outbox to the document exchange, after the dossier's earlier documents."""
+        parsed = dossier_code(code)
+        if not client.may_act_for(parsed.agency):
+            raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+        with self.sessions() as s:
+            if s.execute(select(DOSSIERS.c.id).where(DOSSIERS.c.code == code)).first() is None:
+                raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
+        if idempotency_key is not None:  # a repeat is answered without signing (or time-stamping) again
+            with self.sessions() as s:
+                seen = s.execute(SELECT_KEY, {"client": client.name, "key": idempotency_key}).first()
+            if seen is not None:
+                return self._idempotent(client, "edoc", request, idempotency_key, lambda _: {})
+        document_id, envelope = sign(parsed.agency)
+
+        def work(session: Session) -> dict[str, Any]:
+            current = session.execute(SELECT_DOSSIER, {"code": code}).first()  # locked: documents keep their order
+            if current is None:
+                raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
+            last = session.execute(
+                select(func.max(OUTBOX.c.seq)).where(
+                    OUTBOX.c.dossier_id == current.id, OUTBOX.c.destination == DOCUMENT_EXCHANGE
+                )
+            ).scalar()
+            seq = int(last or 0) + 1
+            event_id = str(uuid.uuid4())
+            row = _outbox_row(
+                event_id,
+                current.id,
+                seq,
+                DOCUMENT_EXCHANGE,
+                "send_edoc",
+                {"document_id": document_id, "to": request["to"], "envelope": envelope.decode()},
+                correlation_id,
+                utcnow(),
+            )
+            session.execute(INSERT_OUTBOX, [row])
+            return {"event_id": event_id, "MaHoSo": code, "document_id": document_id, "seq": seq}
+
+        return self._idempotent(client, "edoc", request, idempotency_key, work)
 
     def add_progress(
         self,

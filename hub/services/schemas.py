@@ -121,3 +121,58 @@ class ProgressIn(BaseModel):
 
     def national(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def _agency(value: str) -> str:
+    return identifiers.agency_code(value)
+
+
+class OrganIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: Annotated[str, AfterValidator(_agency)] = Field(description="agency code, e.g. 000.00.00.G22")
+    name: str = Field(min_length=1, max_length=500)
+
+
+class AttachmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=255)
+    content_type: str = Field(default="application/pdf", pattern=r"^[\w.+-]+/[\w.+-]+$", max_length=100)
+    data: str = Field(min_length=1, description="the file, base64")
+    description: str = Field(default="", max_length=500)
+
+    @field_validator("data")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        import base64
+        import binascii
+
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("data must be base64") from None
+        return value
+
+
+class EdocIn(BaseModel):
+    """A document of a dossier for other agencies, sent as a signed edXML envelope (QCVN 102:2016)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    _no_nul = model_validator(mode="before")(_reject_nul)
+
+    sender_name: str = Field(
+        min_length=1, max_length=500, description="the sending agency's name (its code is the dossier's)"
+    )
+    to: list[OrganIn] = Field(min_length=1, max_length=50)
+    code_number: str = Field(min_length=1, max_length=50, description="số văn bản")
+    code_notation: str = Field(min_length=1, max_length=100, description="ký hiệu, e.g. QĐ-UBND")
+    place: str = Field(min_length=1, max_length=200)
+    type: int = Field(ge=1, le=99)
+    type_name: str = Field(min_length=1, max_length=200, description="e.g. Quyết định, Công văn")
+    subject: str = Field(min_length=1, max_length=500)
+    content: str = Field(default="", max_length=10_000)
+    signer_name: str = Field(default="", max_length=200)
+    signer_position: str = Field(default="", max_length=200)
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=20)

@@ -87,8 +87,9 @@ def _organ(parent: Any, name: str, organ: Organ) -> None:
     _el(el, "OrganName", organ.name)
 
 
-def build(header: Header, attachments: list[Attachment], *, sent_at: datetime) -> bytes:
-    """The unsigned envelope (with the signature's place held in edXMLHeader), checked against the contract."""
+def build(header: Header, attachments: list[Attachment], *, sent_at: datetime, signature_place: bool = False) -> bytes:
+    """The unsigned envelope, checked against the contract; with `signature_place`, the place of the signature to
+    come is held in edXMLHeader (signxml's placeholder)."""
     root = etree.Element(f"{{{EDXML}}}edXML", nsmap={"edXML": EDXML})
     envelope = _el(root, "edXMLEnvelope")
     head = _el(envelope, "edXMLHeader")
@@ -119,7 +120,8 @@ def build(header: Header, attachments: list[Attachment], *, sent_at: datetime) -
     trace = _el(_el(head, "TraceHeaderList"), "TraceHeader")
     _el(trace, "OrganId", header.sender.id)
     _el(trace, "Timestamp", sent_at.isoformat(timespec="seconds"))
-    etree.SubElement(head, f"{{{DS}}}Signature", Id="placeholder", nsmap={"ds": DS})
+    if signature_place:
+        etree.SubElement(head, f"{{{DS}}}Signature", Id="placeholder", nsmap={"ds": DS})
     manifest = _el(_el(envelope, "edXMLBody"), "edXMLManifest")
     encoded = etree.SubElement(root, "AttachmentEncoded") if attachments else None
     for i, a in enumerate(attachments, start=1):
@@ -159,7 +161,8 @@ def sign(
     tsa_url: str | None = None,
 ) -> bytes:
     """Build and sign an envelope as the sending agency (XAdES-B-B, or B-T with a TSA)."""
-    return sign_document(build(header, attachments, sent_at=sent_at), signer, xades=xades, tsa_url=tsa_url)
+    envelope = build(header, attachments, sent_at=sent_at, signature_place=True)
+    return sign_document(envelope, signer, xades=xades, tsa_url=tsa_url)
 
 
 @dataclass

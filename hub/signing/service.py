@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -82,6 +83,12 @@ class SignatureService:
                 else:
                     raise NotConfigured("no signing key is configured (HUB_SIGNING_KEY/_CERT or HUB_SIGNING_PKCS12)")
             return self._signer
+
+    def sign_edxml(self, header: Any, attachments: list[Any], *, sent_at: datetime) -> bytes:
+        """An edXML envelope signed as the agency (XAdES, B-T when a TSA is configured)."""
+        from hub.signing import edxml
+
+        return edxml.sign(header, attachments, self.signer(), sent_at=sent_at, tsa_url=self.tsa_url())
 
     def tsa_url(self) -> str | None:
         """The configured TSA; in dev mode with the sandbox PKI, the sandbox's."""

@@ -1,0 +1,169 @@
+"""Documents of a dossier for other agencies: hub signs them as the agency (edXML, XAdES time-stamped) and relays
+them to the document exchange platform, which takes signed envelopes only."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from hub.adapters.document_exchange import DocumentExchangeClient
+from hub.adapters.errors import PeerError
+from hub.sandbox import document_exchange
+from hub.sandbox.common import ServerThread
+from hub.sync import jobs
+from tests.api_helpers import assert_problem
+from tests.conftest import Hub, HubFactory
+from tests.helpers import dossier
+from tests.pki_helpers import Trust
+
+EDOC_KEY = "edoc-sandbox-key-0123456789"
+PDF = b"%PDF-1.4\n% Trich luc khai sinh\n" + bytes(range(256)) * 8
+
+
+@pytest.fixture(scope="module")
+def exchange_server(trust: Trust) -> Iterator[ServerThread]:
+    roots = [trust.pki.issued["national_root"].cert, trust.pki.issued["gov_root"].cert]
+    server = ServerThread(document_exchange.create_app(roots, {EDOC_KEY})).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def exchange(exchange_server: ServerThread) -> Iterator[httpx.Client]:
+    c = httpx.Client(base_url=exchange_server.url, timeout=10)
+    c.post("/_sandbox/reset").raise_for_status()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def signing_hub(hub_factory: HubFactory, trust: Trust, exchange_server: ServerThread) -> Hub:
+    return hub_factory(
+        signing_key=trust.dir / "official.key",
+        signing_cert=trust.dir / "official-chain.pem",
+        signing_tsa_url=f"{trust.server.url}/pki/tsa",
+        document_exchange_url=exchange_server.url,
+        document_exchange_api_key=SecretStr(EDOC_KEY),
+    )
+
+
+def edoc(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "sender_name": "UBND phường Bến Nghé",
+        "to": [{"id": "000.00.17.H29", "name": "Công an phường Bến Nghé"}],
+        "code_number": "57",
+        "code_notation": "TLKS-UBND",
+        "place": "Thành phố Hồ Chí Minh",
+        "type": 3,
+        "type_name": "Trích lục",
+        "subject": "Trích lục khai sinh để đăng ký thường trú cho trẻ",
+        "signer_name": "Trần Thị Bình",
+        "signer_position": "Phó Chủ tịch",
+        "attachments": [{"name": "trich-luc-khai-sinh.pdf", "data": base64.b64encode(PDF).decode()}],
+    }
+    body.update(changes)
+    return body
+
+
+def test_a_document_is_signed_time_stamped_and_delivered(signing_hub: Hub, exchange: httpx.Client) -> None:
+    hub = signing_hub
+    d = dossier(31, status=2)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc(), headers={"Idempotency-Key": "doc-1"})
+    assert r.status_code == 202, r.text
+    again = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc(), headers={"Idempotency-Key": "doc-1"})
+    assert again.json() == r.json() and again.headers.get("Idempotent-Replayed") == "true"
+    hub.wait_idle()
+    [doc] = exchange.get("/_sandbox/documents").json()["items"]
+    assert doc["header"]["document_id"] == r.json()["document_id"]
+    assert doc["header"]["from"] == {"id": "000.00.17.H56", "name": "UBND phường Bến Nghé"}
+    assert doc["signature_format"] == "XAdES-B-T" and doc["timestamp"] and "Trần Thị Bình" in doc["signer"]
+    assert doc["header"]["attachments"][0]["name"] == "trich-luc-khai-sinh.pdf"
+    from sqlalchemy import select
+
+    from hub.store.models import OutboxMessage
+
+    with hub.runtime.sessions() as s:
+        [reply] = s.scalars(
+            select(OutboxMessage.peer_reply).where(OutboxMessage.destination == "document_exchange")
+        ).all()
+    assert reply is not None and reply["status"] == "01"
+
+
+def test_documents_wait_out_an_outage_and_go_in_order(signing_hub: Hub, exchange: httpx.Client) -> None:
+    hub = signing_hub
+    d = dossier(32, status=2)
+    hub.http.post("/v1/dossiers", json=d)
+    exchange.post("/_sandbox/faults", json={"outage_seconds": 1.5})
+    for n in ("58", "59"):
+        assert hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc(code_number=n)).status_code == 202
+    hub.wait_idle(timeout=30)
+    numbers = [x["header"]["code"] for x in exchange.get("/_sandbox/documents").json()["items"]]
+    assert numbers == ["58/TLKS-UBND", "59/TLKS-UBND"]
+
+
+def test_bad_requests_are_refused_and_nothing_is_queued(signing_hub: Hub, creds: Any) -> None:
+    hub = signing_hub
+    d = dossier(33, status=2)
+    hub.http.post("/v1/dossiers", json=d)
+    url = f"/v1/dossiers/{d['MaHoSo']}/edocs"
+    assert_problem(hub.http.post("/v1/dossiers/000.00.17.H56-261201-9999/edocs", json=edoc()), 404, "dossier_not_found")
+    bad_attachment = edoc(attachments=[{"name": "x.pdf", "data": "not base64!"}])
+    assert hub.http.post(url, json=bad_attachment).status_code == 422
+    assert_problem(hub.http.post(url, json=edoc(to=[{"id": "H29", "name": "x"}])), 422, "invalid_agency_code")
+    other = httpx.post(f"{hub.url}{url}", json=edoc(), headers={"X-API-Key": creds.other_key})
+    assert_problem(other, 403, "agency_not_allowed")
+    with hub.runtime.sessions() as s:
+        assert [j for j in jobs.list_jobs(s) if j["destination"] == "document_exchange"] == []
+
+
+def test_no_key_to_sign_with_is_a_503(hub_factory: HubFactory) -> None:
+    hub = hub_factory(start_worker=False)
+    d = dossier(34, status=2)
+    hub.http.post("/v1/dossiers", json=d)
+    assert_problem(hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc()), 503, "signing_not_configured")
+
+
+def test_the_platform_takes_signed_envelopes_only(trust: Trust, exchange: httpx.Client) -> None:
+    from datetime import UTC, date, datetime
+
+    from hub.signing import edxml
+
+    header = edxml.Header(
+        sender=edxml.Organ("000.00.17.H56", "UBND"), receivers=[edxml.Organ("000.00.17.H29", "Công an")],
+        code_number="1", code_notation="CV", place="HCM", promulgation_date=date(2026, 12, 1), type=2,
+        type_name="Công văn", subject="Thử",
+    )  # fmt: skip
+    unsigned = edxml.build(header, [], sent_at=datetime.now(UTC))
+    signed = edxml.sign(header, [], trust.signer("official"), sent_at=datetime.now(UTC))
+    forged = signed.replace(b"<edXML:Subject>Th", b"<edXML:Subject>Gi")
+    untrusted = edxml.sign(header, [], trust.signer("untrusted"), sent_at=datetime.now(UTC))
+
+    def send(body: bytes, key: str = EDOC_KEY) -> dict[str, Any]:
+        reply: dict[str, Any] = exchange.post(
+            "/api/edoc/send", content=body, headers={"X-API-Key": key, "Content-Type": "application/xml"}
+        ).json()
+        return reply
+
+    assert send(unsigned)["error_code"] == 1
+    assert send(forged)["error_code"] == 2 and "HASH_FAILURE" in send(forged)["message"]
+    assert send(untrusted)["error_code"] == 2
+    assert send(b"<not xml")["error_code"] == 3
+    assert send(signed, key="wrong")["error_code"] == 5
+    assert send(signed)["error_code"] == 0
+    # the adapter: a refusal is permanent, a platform error retryable, a refused key waits (peer down)
+    client = DocumentExchangeClient(exchange.base_url.__str__(), api_key=EDOC_KEY)
+    with pytest.raises(PeerError) as exc:
+        client.send(forged, idempotency_key="k1", correlation_id="c")
+    assert (exc.value.code, exc.value.retryable) == ("edoc_signature_invalid", False)
+    wrong = DocumentExchangeClient(exchange.base_url.__str__(), api_key="wrong")
+    with pytest.raises(PeerError) as exc:
+        wrong.send(signed, idempotency_key="k2", correlation_id="c")
+    assert exc.value.peer_down and exc.value.code == "edoc_auth_failed"
+    client.close()
+    wrong.close()
