@@ -20,8 +20,6 @@ C14N_10 = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"  # the default when 
 C14N_10_COMMENTS = C14N_10 + "#WithComments"
 EXC_C14N_COMMENTS = EXC_C14N + "WithComments"
 
-_REPARSE = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
-
 
 class TimestampError(ValueError):
     """The TSA could not be asked, or refused (code: tsa_unavailable | tsa_refused)."""
@@ -39,7 +37,8 @@ def canonical(el: Any, algorithm: str) -> bytes:
     if algorithm in (C14N_10, C14N_10_COMMENTS):
         # inclusive C14N renders the namespaces in scope; a standalone copy carries them (and avoids lxml's
         # spurious xmlns="" on a subtree under a default namespace)
-        copy = etree.fromstring(etree.tostring(el), parser=_REPARSE)
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+        copy = etree.fromstring(etree.tostring(el), parser=parser)
         return bytes(etree.tostring(copy, method="c14n", exclusive=False, with_comments=comments))
     raise ValueError(f"canonicalization {algorithm!r} is not supported for time-stamps")
 

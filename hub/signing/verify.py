@@ -51,11 +51,34 @@ def load_certificates(pem_or_der: bytes) -> list[x509.Certificate]:
 
 
 _DESCRIPTIONS: dict[bytes, dict[str, Any]] = {}
+_FINGERPRINTS: dict[x509.Certificate, bytes] = {}
+_LOADED: dict[str, x509.Certificate] = {}  # X509Certificate element text -> certificate (signers repeat)
+_CACHE_MAX = 10_000
+
+
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    """SHA-256 of the certificate (memoized: the same signers and CAs come back in every document)."""
+    found = _FINGERPRINTS.get(cert)
+    if found is None:
+        if len(_FINGERPRINTS) > _CACHE_MAX:
+            _FINGERPRINTS.clear()
+        found = _FINGERPRINTS[cert] = cert.fingerprint(hashes.SHA256())
+    return found
+
+
+def _load_carried(text: str) -> x509.Certificate:
+    """An X509Certificate element's content as a certificate (ValueError if it is not one)."""
+    found = _LOADED.get(text)
+    if found is None:
+        if len(_LOADED) > _CACHE_MAX:
+            _LOADED.clear()
+        found = _LOADED[text] = x509.load_der_x509_certificate(base64.b64decode("".join(text.split())))
+    return found
 
 
 def _describe(cert: x509.Certificate) -> dict[str, Any]:
     """What a report says of a certificate (memoized: names are slow to render and certificates repeat)."""
-    fingerprint = cert.fingerprint(hashes.SHA256())
+    fingerprint = _fingerprint(cert)
     found = _DESCRIPTIONS.get(fingerprint)
     if found is None:
         if len(_DESCRIPTIONS) > 10_000:
@@ -111,10 +134,16 @@ class _StandaloneC14n:
     namespace — the form xmlsec1, Java and .NET produce. Canonicalise a standalone copy instead: serializing an
     element carries the namespace declarations in scope onto it, which is what inclusive C14N renders."""
 
+    def _fromstring(self, xml_string: Any, **kwargs: Any) -> Any:
+        """signxml re-parses its own serializations several times per signature and walks each tree for entity
+        nodes; the document itself went through parse_untrusted first (no DTD, no entity declarations), so the
+        re-parses use the same hardened parser without the walk."""
+        return etree.fromstring(xml_string, parser=_reparser(), **kwargs)
+
     def _c14n(self, nodes: Any, algorithm: Any, inclusive_ns_prefixes: Any = None) -> bytes:
         items = nodes if isinstance(nodes, list) else [nodes]
         copies = [
-            etree.fromstring(etree.tostring(n), parser=_REPARSE)
+            etree.fromstring(etree.tostring(n), parser=_reparser())
             if isinstance(n, etree._Element) and n.getparent() is not None
             else n
             for n in items
@@ -122,7 +151,17 @@ class _StandaloneC14n:
         return super()._c14n(copies, algorithm, inclusive_ns_prefixes)  # type: ignore[misc,no-any-return]
 
 
-_REPARSE = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+_PARSERS = threading.local()
+
+
+def _reparser() -> Any:
+    """This thread's parser for re-parsing (lxml parsers must not be shared between threads)."""
+    parser = getattr(_PARSERS, "parser", None)
+    if parser is None:
+        parser = _PARSERS.parser = etree.XMLParser(
+            resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
+        )
+    return parser
 
 
 class _Verifier(_StandaloneC14n, XMLVerifier):
@@ -197,7 +236,7 @@ class Verifier:
         carried: list[x509.Certificate] = []
         for el in signature.findall("ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS):
             try:
-                carried.append(x509.load_der_x509_certificate(base64.b64decode("".join((el.text or "").split()))))
+                carried.append(_load_carried(el.text or ""))
             except ValueError:
                 return self._fail(report, "FORMAT_FAILURE", "an X509Certificate element is not a certificate")
         leaf = self._leaf(carried)
@@ -414,7 +453,7 @@ class Verifier:
         return out
 
     def _build_path(self, leaf: x509.Certificate, carried: list[x509.Certificate]) -> list[x509.Certificate] | None:
-        key = b"".join(c.fingerprint(hashes.SHA256()) for c in carried) + leaf.fingerprint(hashes.SHA256())
+        key = b"".join(_fingerprint(c) for c in carried) + _fingerprint(leaf)
         with self._lock:
             if key in self._paths:
                 return self._paths[key]
@@ -458,7 +497,7 @@ class Verifier:
             weak = _weak_key(cert)
             if weak:
                 return ("CRYPTO_CONSTRAINTS_FAILURE", f"{cert.subject.rfc4514_string()}: {weak}")
-        cache_key = hashlib.sha256(b"".join(c.fingerprint(hashes.SHA256()) for c in path)).hexdigest()
+        cache_key = hashlib.sha256(b"".join(_fingerprint(c) for c in path)).hexdigest()
         if at is None:
             with self._lock:
                 hit = self._path_cache.get(cache_key)
