@@ -17,6 +17,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml import etree
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator import errors as pv_errors
+from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm
 from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, InvalidSignature, SignXMLException
+from signxml.util import _remove_sig
 from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 from signxml.xades.xades import XAdESSignatureConfiguration, XAdESVerifier
 
@@ -140,6 +143,80 @@ class _StandaloneC14n:
         re-parses use the same hardened parser without the walk."""
         return etree.fromstring(xml_string, parser=_reparser(), **kwargs)
 
+    def get_root(self, data: Any) -> Any:
+        """Our own tree from parse_untrusted, used as it is (signxml reads it and copies before changing it)."""
+        if isinstance(data, _OwnTree):
+            return data.root
+        return super().get_root(data)  # type: ignore[misc]
+
+    def _apply_transforms(self, payload: Any, *, transforms_node: Any, signature: Any) -> Any:
+        """signxml copies the payload (serialize + parse) before each C14N so that namespaces of its parents do
+        not leak in; a root element has no parents, so the copy is skipped for it (the whole-document reference,
+        URI="", of every document hub signs). Other payloads take signxml's path unchanged."""
+        if not isinstance(payload, etree._Element) or payload.getparent() is not None:
+            return super()._apply_transforms(  # type: ignore[misc]
+                payload, transforms_node=transforms_node, signature=signature
+            )
+        transforms = self._findall(transforms_node, "Transform") if transforms_node is not None else []  # type: ignore[attr-defined]
+        algorithms = [t.get("Algorithm") for t in transforms]
+        if "http://www.w3.org/2000/09/xmldsig#base64" in algorithms:
+            return super()._apply_transforms(  # type: ignore[misc]
+                payload, transforms_node=transforms_node, signature=signature
+            )
+        if "http://www.w3.org/2000/09/xmldsig#enveloped-signature" in algorithms:
+            _remove_sig(signature, idempotent=True)
+        result: Any = payload
+        applied = False
+        for transform in transforms:
+            try:
+                method = CanonicalizationMethod(transform.get("Algorithm"))
+            except ValueError:
+                continue
+            prefixes = self._get_inclusive_ns_prefixes(transform)  # type: ignore[attr-defined]
+            result = self._c14n(result if applied is False else self._fromstring(result), method, prefixes)
+            applied = True
+        if not applied:
+            result = self._c14n(result, self.config.default_reference_c14n_method)  # type: ignore[attr-defined]
+        return result
+
+    def _verify_reference(
+        self,
+        reference: Any,
+        index: int,
+        root: Any,
+        uri_resolver: Any,
+        c14n_algorithm: Any,
+        signature: Any,
+        signature_key_used: Any,
+    ) -> VerifyResult:
+        """signxml's reference check, without parsing the canonical payload back into a tree for every reference:
+        only XAdES SignedProperties need that tree (the XAdES checks read it); for the others the result carries
+        an empty element of the payload's tag (hub reports the canonical bytes, never the tree)."""
+        copied_root = self._fromstring(self._tostring(root))  # type: ignore[attr-defined]
+        copied_signature = self._get_signature(copied_root)  # type: ignore[attr-defined]
+        transforms = self._find(reference, "Transforms", require=False)  # type: ignore[attr-defined]
+        digest_method = self._find(reference, "DigestMethod").get("Algorithm")  # type: ignore[attr-defined]
+        digest_value = self._find(reference, "DigestValue")  # type: ignore[attr-defined]
+        payload = self._resolve_reference(copied_root, reference, uri_resolver=uri_resolver)  # type: ignore[attr-defined]
+        tag = payload.tag if isinstance(payload, etree._Element) else None
+        payload_c14n = self._apply_transforms(payload, transforms_node=transforms, signature=copied_signature)
+        digest_alg = DigestAlgorithm(digest_method)
+        self.check_digest_alg_expected(digest_alg)  # type: ignore[attr-defined]
+        if base64.b64decode(digest_value.text) != self._get_digest(payload_c14n, digest_alg):  # type: ignore[attr-defined]
+            raise InvalidDigest(f"Digest mismatch for reference {index} ({reference.get('URI')})")
+        signed_xml: Any
+        if tag == f"{{{XADES}}}SignedProperties":
+            try:
+                signed_xml = self._fromstring(payload_c14n)
+            except etree.XMLSyntaxError:
+                signed_xml = None
+        else:
+            signed_xml = etree.Element(tag) if isinstance(tag, str) else None
+        key = signature_key_used
+        if not isinstance(key, bytes):
+            key = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return VerifyResult(payload_c14n, signed_xml, signature, signature_key=key)
+
     def _c14n(self, nodes: Any, algorithm: Any, inclusive_ns_prefixes: Any = None) -> bytes:
         items = nodes if isinstance(nodes, list) else [nodes]
         copies = [
@@ -162,6 +239,13 @@ def _reparser() -> Any:
             resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
         )
     return parser
+
+
+@dataclass(frozen=True)
+class _OwnTree:
+    """A document already parsed by parse_untrusted, handed to signxml as it is."""
+
+    root: Any
 
 
 class _Verifier(_StandaloneC14n, XMLVerifier):
@@ -253,13 +337,13 @@ class Verifier:
         try:
             if xades:
                 results = _XAdESVerifier().verify(
-                    data,  # bytes: signxml parses them once (and refuses DTDs too); our tree stays ours
+                    _OwnTree(root),  # parsed once, by the hardened parser; signxml copies before it changes anything
                     x509_cert=leaf,
                     expect_config=XAdESSignatureConfiguration(expect_references=True, verification_time=inside),
                 )
             else:
                 results = _Verifier().verify(
-                    data,
+                    _OwnTree(root),
                     x509_cert=leaf,
                     expect_config=SignatureConfiguration(expect_references=True, verification_time=inside),
                 )
