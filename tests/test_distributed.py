@@ -279,3 +279,22 @@ def test_redis_restarted_mid_run_loses_nothing(cluster: Cluster, portal: httpx.C
     assert_exactly_once_in_order(portal, codes + more)
     ready = cluster.http.get("/readyz").json()
     assert ready["status"] == "ok" and ready["peers"]["national_portal"]["last_ok"]
+
+
+def test_scheduled_jobs_run_once_per_interval_across_workers() -> None:
+    """Every worker's ticker asks; one claim per interval wins (real Redis), and the slot comes back after it."""
+    import uuid
+
+    import redis
+
+    from hub.sync import schedule
+
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    job = f"test-job-{uuid.uuid4().hex}"
+    try:
+        wins = [schedule.claim(client, job, 0.5) for _ in range(5)]  # five workers' tickers in the same round
+        assert wins == [True, False, False, False, False]
+        time.sleep(0.5)
+        assert schedule.claim(client, job, 0.5) is True  # the next round
+    finally:
+        client.delete(schedule.PREFIX + job)

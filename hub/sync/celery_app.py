@@ -99,22 +99,27 @@ _ticker_stop = threading.Event()
 def _start_ticker(sender: Any = None, **_: Any) -> None:
     """Every poll interval, ask for a drain: retries come due and wake-ups may be lost with Redis."""
 
+    import redis
+
+    from hub.sync import schedule
+
+    jobs = [
+        ("hub.poll_portal", settings.portal_poll_interval),
+        ("hub.check_payments", settings.payment_check_interval),
+        ("hub.reconcile", settings.reconcile_interval),
+    ]
+
     def tick() -> None:
-        next_poll = time.monotonic() + settings.portal_poll_interval
-        next_check = time.monotonic() + settings.payment_check_interval
-        next_reconcile = time.monotonic() + settings.reconcile_interval
+        client = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+        due = {name: time.monotonic() + every for name, every in jobs}
         while not _ticker_stop.wait(settings.relay_poll_interval):
             try:
                 app.send_task(DRAIN)
-                if settings.portal_poll_interval > 0 and time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + settings.portal_poll_interval
-                    app.send_task("hub.poll_portal")
-                if settings.payment_check_interval > 0 and time.monotonic() >= next_check:
-                    next_check = time.monotonic() + settings.payment_check_interval
-                    app.send_task("hub.check_payments")
-                if settings.reconcile_interval > 0 and time.monotonic() >= next_reconcile:
-                    next_reconcile = time.monotonic() + settings.reconcile_interval
-                    app.send_task("hub.reconcile")
+                for name, every in jobs:
+                    if every > 0 and time.monotonic() >= due[name]:
+                        due[name] = time.monotonic() + every
+                        if schedule.claim(client, name, every):  # one worker of the cluster per interval
+                            app.send_task(name)
             except Exception as exc:  # noqa: BLE001 - broker down: try again on the next tick
                 log.warning("ticker: broker unavailable: %s", exc)
 

@@ -112,7 +112,7 @@ def purge(session: Session, *, older_than_days: float, batch: int | None = None)
     return {"purged": int(result.rowcount)}  # type: ignore[attr-defined]
 
 
-KNOWN_PEERS = ("national_portal", "one_stop", "population", "payment_dvc")
+KNOWN_PEERS = ("national_portal", "one_stop", "population", "payment_dvc", "document_exchange")
 
 
 def peers_status(session: Session) -> list[dict[str, Any]]:
