@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -715,16 +716,27 @@ def sign_sign(
 ) -> None:
     """Sign a document with exclusive C14N and RSA-SHA256 / ECDSA-SHA256 (XAdES: C14N 1.1). Exit 2 on a usage
     error or a key that cannot sign, 4 when the time-stamping authority cannot be reached or refuses."""
-    from hub.signing.sign import SigningError, sign_document
+    from hub.signing.sign import sign_document
+
+    def make() -> bytes:
+        signer = _load_signer(key, cert, pkcs12, password_env)
+        return sign_document(path.read_bytes(), signer, xades=xades or tsa is not None, tsa_url=tsa)
+
+    _sign_and_write(make, out_path)
+
+
+def _sign_and_write(make: Callable[[], bytes], out_path: Path | None) -> None:
+    """Run a signing step and write what it signed (to stdout without --out): exit 2 on a usage error or a key
+    that cannot sign, 4 when the time-stamping authority cannot be reached or refuses."""
+    from hub.signing.sign import SigningError
     from hub.signing.xml import UnsafeXml
 
     try:
-        signer = _load_signer(key, cert, pkcs12, password_env)
-        signed = sign_document(path.read_bytes(), signer, xades=xades or tsa is not None, tsa_url=tsa)
+        signed: bytes = make()
     except SigningError as exc:
         err.print(f"[red]{exc.__class__.__name__}: {exc}[/red]")
         raise typer.Exit(4 if exc.code.startswith("tsa_") else 2) from None
-    except (OSError, ValueError, TypeError, UnsafeXml) as exc:
+    except (OSError, ValueError, KeyError, TypeError, UnsafeXml) as exc:
         err.print(f"[red]{exc.__class__.__name__}: {exc}[/red]")
         raise typer.Exit(2) from None
     if out_path is None:
@@ -752,9 +764,8 @@ def sign_edxml(
     from datetime import UTC, date, datetime
 
     from hub.signing import edxml
-    from hub.signing.sign import SigningError
 
-    try:
+    def make() -> bytes:
         raw = json.loads(header_path.read_text(encoding="utf-8"))
         header = edxml.Header(
             sender=edxml.Organ(raw["from"]["id"], raw["from"]["name"]),
@@ -776,17 +787,9 @@ def sign_edxml(
             for p in attach or []
         ]
         signer = _load_signer(key, cert, pkcs12, password_env)
-        signed = edxml.sign(header, files, signer, sent_at=datetime.now(UTC), tsa_url=tsa)
-    except SigningError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(4 if exc.code.startswith("tsa_") else 2) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        err.print(f"[red]{exc.__class__.__name__}: {exc}[/red]")
-        raise typer.Exit(2) from None
-    if out_path is None:
-        sys.stdout.buffer.write(signed)
-    else:
-        out_path.write_bytes(signed)
+        return edxml.sign(header, files, signer, sent_at=datetime.now(UTC), tsa_url=tsa)
+
+    _sign_and_write(make, out_path)
 
 
 @sign_cli.command("edxml-read")
