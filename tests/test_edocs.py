@@ -167,3 +167,20 @@ def test_the_platform_takes_signed_envelopes_only(trust: Trust, exchange: httpx.
     assert exc.value.peer_down and exc.value.code == "edoc_auth_failed"
     client.close()
     wrong.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_in_production_no_exchange_platform_means_nothing_is_queued(hub_factory: HubFactory, trust: Trust) -> None:
+    hub = hub_factory(
+        mode="production",
+        population_url="http://127.0.0.1:9/ws/congdan",  # never asked here
+        signing_key=trust.dir / "official.key",
+        signing_cert=trust.dir / "official-chain.pem",
+        start_worker=False,
+    )
+    d = dossier(35, status=2)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc())
+    assert_problem(r, 503, "document_exchange_not_configured")
+    with hub.runtime.sessions() as s:
+        assert [j for j in jobs.list_jobs(s) if j["destination"] == "document_exchange"] == []

@@ -35,6 +35,8 @@ API_KEY_HELP = "the client system's API key"
 
 
 class SigningUnavailable(DomainError):
+    """hub cannot sign or send a document now (no key, no time-stamping authority, no exchange platform)."""
+
     code = "signing_unavailable"
     status = 503
 
@@ -190,6 +192,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         from hub.domain.dates import VN_TZ, utcnow
         from hub.signing import edxml
         from hub.signing.sign import SigningError
+
+        if settings.mode == "production" and not settings.document_exchange_url:
+            raise SigningUnavailable(
+                "no document exchange platform is configured (HUB_DOCUMENT_EXCHANGE_URL)",
+                code="document_exchange_not_configured",
+            )
 
         def sign(agency: str) -> tuple[str, bytes]:
             now = utcnow()
