@@ -440,6 +440,27 @@ def test_replies_are_cached_encrypted_and_still_logged(hub: Hub, people: httpx.C
     assert people.get("/_sandbox/received").json()["count"] > asked
 
 
+def test_concurrent_requests_for_the_same_citizen_all_succeed_and_chain(hub: Hub, people: httpx.Client) -> None:
+    """Officers ask for the same couple at once, some as the husband and some as the wife (the two cache rows
+    are written crosswise): every answer is 200 — no duplicate key, no deadlock — and the access log stays one
+    unbroken chain."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hub.services.audit import AccessLog
+
+    father = married(people, "1")
+    couple = [father["SoDinhDanh"], father["VoChong"]["SoDinhDanh"]]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: ask(hub, couple[i % 2]), range(8)))
+    assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies if r.status_code != 200]
+    assert len({fields(r.json())["me.ho_ten"]["value"] for r in replies}) == 1
+    entries = log_entries(hub)
+    assert len(entries) == 16 and all(e.outcome == "allowed" for e in entries)  # applicant + spouse, 8 times
+    secret = hub.settings.secret_key.get_secret_value().encode() if hub.settings.secret_key else b""
+    with hub.runtime.sessions() as s:
+        assert AccessLog(secret).verify(s).intact
+
+
 def test_results_issued_with_dossiers_are_offered_for_reuse(hub: Hub, people: httpx.Client) -> None:
     from tests.helpers import dossier as make
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from hub.domain.dates import utcnow
@@ -60,23 +60,32 @@ def _link(key: bytes, prev_hash: str, values: dict[str, Any]) -> str:
     return hmac.new(key, prev_hash.encode() + b"|" + _canonical(values), hashlib.sha256).hexdigest()
 
 
+HEAD = select(AccessLogEntry.chain_hash).order_by(AccessLogEntry.id.desc()).limit(1)
+
+
 class AccessLog:
     def __init__(self, secret_key: bytes) -> None:
         self._key = derive_key(secret_key, "audit-chain")
 
-    def append(self, session: Session, access: Access) -> AccessLogEntry:
-        """Add an entry inside the caller's transaction (commit it promptly: appends are serialized)."""
+    def append(self, session: Session, *accesses: Access) -> list[str]:
+        """Add entries, in order, inside the caller's transaction; returns their chain hashes. On PostgreSQL the
+        chain is serialized by a transaction-scoped advisory lock, taken here: append last in the transaction and
+        commit promptly (the lock is held until then). One read of the head and one multi-row insert per call."""
+        if not accesses:
+            return []
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
-        prev = session.scalar(select(AccessLogEntry.chain_hash).order_by(AccessLogEntry.id.desc()).limit(1))
-        values: dict[str, Any] = {name: getattr(access, name) for name in CHAINED if name != "at"}
-        values["at"] = utcnow()
-        values["fields"] = sorted(access.fields)
-        prev_hash = prev or GENESIS
-        entry = AccessLogEntry(**values, prev_hash=prev_hash, chain_hash=_link(self._key, prev_hash, values))
-        session.add(entry)
-        session.flush()
-        return entry
+        prev_hash = session.scalar(HEAD) or GENESIS
+        rows: list[dict[str, Any]] = []
+        for access in accesses:
+            values: dict[str, Any] = {name: getattr(access, name) for name in CHAINED if name != "at"}
+            values["at"] = utcnow()
+            values["fields"] = sorted(access.fields)
+            chain_hash = _link(self._key, prev_hash, values)
+            rows.append({**values, "prev_hash": prev_hash, "chain_hash": chain_hash})
+            prev_hash = chain_hash
+        session.execute(insert(AccessLogEntry), rows)
+        return [r["chain_hash"] for r in rows]
 
     def verify(self, session: Session, *, anchors: frozenset[str] = frozenset(), batch: int = 5000) -> VerifyResult:
         """Walk the whole chain in id order; report the first entry where it breaks (edited, deleted, inserted).

@@ -13,12 +13,16 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
 from hub.domain.privacy import derive_key
 from hub.store.models import PopulationCacheEntry
+
+READ = select(PopulationCacheEntry.ciphertext, PopulationCacheEntry.fetched_at, PopulationCacheEntry.expires_at).where(
+    PopulationCacheEntry.key == bindparam("key")
+)
 
 
 class PopulationCache:
@@ -41,7 +45,7 @@ class PopulationCache:
         if not self.enabled:
             return None
         with self.sessions() as s:
-            row = s.get(PopulationCacheEntry, key)
+            row = s.execute(READ, {"key": key}).first()
         if row is None or row.expires_at <= utcnow():
             return None
         try:
@@ -54,17 +58,28 @@ class PopulationCache:
     def put(
         self, key: str, record: dict[str, Any] | None, fetched_at: datetime, *, session: Session | None = None
     ) -> None:
-        """Keep a reply (inside the caller's transaction when `session` is given)."""
+        """Keep a reply (inside the caller's transaction when `session` is given). An upsert: two requests that
+        fetched the same citizen at once both succeed, the later reply wins."""
         if not self.enabled:
             return
         nonce = os.urandom(12)
         blob = nonce + self._aead.encrypt(nonce, json.dumps(record, ensure_ascii=False).encode(), key.encode())
-        entry = PopulationCacheEntry(key=key, ciphertext=blob, fetched_at=fetched_at, expires_at=fetched_at + self.ttl)
+        values = {"key": key, "ciphertext": blob, "fetched_at": fetched_at, "expires_at": fetched_at + self.ttl}
         if session is not None:
-            session.merge(entry)
+            self._upsert(session, values)
             return
         with self.sessions.begin() as s:
-            s.merge(entry)
+            self._upsert(s, values)
+
+    @staticmethod
+    def _upsert(session: Session, values: dict[str, Any]) -> None:
+        if session.get_bind().dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+        stmt = upsert(PopulationCacheEntry).values(**values)
+        changed = {name: stmt.excluded[name] for name in ("ciphertext", "fetched_at", "expires_at")}
+        session.execute(stmt.on_conflict_do_update(index_elements=["key"], set_=changed))
 
     def sweep(self) -> int:
         with self.sessions.begin() as s:

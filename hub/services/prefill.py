@@ -315,13 +315,13 @@ class PrefillService:
         finally:
             if journal.accesses or journal.exchanges or journal.cache:
                 with self.sessions.begin() as s:  # one write transaction per request
-                    for entry in journal.accesses:
-                        self.access_log.append(s, entry)
                     if self._record_exchanges is not None and journal.exchanges:
                         self._record_exchanges(s, journal.exchanges)
-                    if self.cache is not None:
-                        for key, payload, fetched in journal.cache:
+                    if self.cache is not None:  # in key order: two requests never lock rows crosswise
+                        for key, payload, fetched in sorted(journal.cache, key=lambda c: c[0]):
                             self.cache.put(key, payload, fetched, session=s)
+                    # last: the chain's lock is held from here to the commit, so appends queue as briefly as can be
+                    self.access_log.append(s, *journal.accesses)
 
     def _prefill(self, client: ClientSystem, body: PrefillIn, correlation_id: str, journal: _Journal) -> dict[str, Any]:
         identifiers.personal_id(body.subject_id)
