@@ -93,6 +93,9 @@ def test_a_document_is_signed_time_stamped_and_delivered(signing_hub: Hub, excha
             select(OutboxMessage.peer_reply).where(OutboxMessage.destination == "document_exchange")
         ).all()
     assert reply is not None and reply["status"] == "01"
+    [listed] = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["documents"]
+    assert listed["document_id"] == r.json()["document_id"] and listed["state"] == "delivered"
+    assert listed["platform_status"] == "01" and listed["to"][0]["id"] == "000.00.17.H29"
 
 
 def test_documents_wait_out_an_outage_and_go_in_order(signing_hub: Hub, exchange: httpx.Client) -> None:

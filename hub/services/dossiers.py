@@ -529,11 +529,27 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
         select(StatusEvent).where(StatusEvent.dossier_id == dossier.id).order_by(StatusEvent.seq)
     ).all()
     deliveries: dict[str, list[dict[str, Any]]] = {}
+    documents: list[dict[str, Any]] = []
     for m in session.scalars(
         select(OutboxMessage)
         .where(OutboxMessage.dossier_id == dossier.id)
         .order_by(OutboxMessage.seq, OutboxMessage.destination)
     ):
+        if m.destination == DOCUMENT_EXCHANGE:  # documents sent to other agencies (signed edXML)
+            documents.append(
+                {
+                    "document_id": m.payload.get("document_id"),
+                    "to": m.payload.get("to"),
+                    "seq": m.seq,
+                    "outbox_id": m.id,
+                    "state": m.state,
+                    "attempts": m.attempts,
+                    "delivered_at": m.delivered_at.isoformat() if m.delivered_at else None,
+                    "platform_status": (m.peer_reply or {}).get("status"),
+                    "last_error_code": m.last_error_code,
+                }
+            )
+            continue
         deliveries.setdefault(m.event_id, []).append(
             {
                 "outbox_id": m.id,
@@ -573,4 +589,5 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
             }
             for e in events
         ],
+        "documents": documents,
     }
