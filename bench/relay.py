@@ -57,10 +57,11 @@ def delivered(url: str) -> int:
 
 
 def end_to_end(
-    env: dict[str, str], api_key: str, db_url: str, dossiers: int, tmp: Path, workers: int
+    env: dict[str, str], api_key: str, db_url: str, dossiers: int, tmp: Path, workers: int, api_workers: int = 1
 ) -> dict[str, Any]:
     port = free_port()
-    procs = [Proc([str(BIN / "hub"), "serve", "--no-sandbox", "--port", str(port)], env, tmp / "serve.log")]
+    serve = [str(BIN / "hub"), "serve", "--no-sandbox", "--port", str(port), "--workers", str(api_workers)]
+    procs = [Proc(serve, env, tmp / "serve.log")]
     procs += [
         Proc([str(BIN / "hub"), "worker", "--concurrency", "2"], env, tmp / f"worker{i}.log") for i in range(workers)
     ]
@@ -126,6 +127,7 @@ def ingest_vs_bare(env: dict[str, str], api_key: str, n: int, tmp: Path) -> tupl
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=5000)
+    ap.add_argument("--api-workers", type=int, default=1, help="uvicorn workers of `hub serve` in the distributed run")
     args = ap.parse_args()
     dossiers = max(1, args.events // 10)
     rows: list[tuple[str, float, str, float, str]] = []
@@ -156,10 +158,10 @@ def main() -> None:
                 subprocess.run([str(BIN / "hub"), "db", "upgrade"], env=env, check=True, capture_output=True)
                 noop = noop_drain_rate(env, broker, args.events, tmp)
                 print(f"no-op Celery drain: {noop:.0f} tasks/s", flush=True)
-                dist = end_to_end(env, api_key, db_url, dossiers, tmp, workers=1)
+                dist = end_to_end(env, api_key, db_url, dossiers, tmp, workers=1, api_workers=args.api_workers)
                 rows.append(
                     (
-                        "distributed relay (PostgreSQL + Celery/Redis, 1 worker × 2 procs)",
+                        f"distributed relay (PostgreSQL + Celery/Redis, 1 worker × 2 procs, API × {args.api_workers})",
                         dist["events_per_s"],
                         "no-op Celery task drain",
                         noop,
