@@ -365,9 +365,14 @@ def jobs_replay(
 def jobs_purge(
     older_than_days: Annotated[float, typer.Option(help="only rows older than this many days")] = 30.0,
     yes: Annotated[bool, typer.Option("--yes", help="confirm: without it nothing is deleted")] = False,
+    history: Annotated[
+        bool, typer.Option("--history", help="also the exchange records and job runs older than that")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Delete old delivered outbox rows (status history and exchange record are kept; dead letters never)."""
+    """Delete old delivered outbox rows (dead letters never; status history kept). With --history, also the
+    exchange records (except those about messages still waiting or dead) and scheduled-job runs. The access log
+    of personal data and the payment callbacks are never purged: they are legal records."""
     from hub.sync import jobs
 
     if not yes:
@@ -390,12 +395,24 @@ def jobs_purge(
                 progress.update(task, advance=n)
                 if n == 0:
                     break
+            removed = {"exchanges": 0, "job_runs": 0}
+            if history:
+                task = progress.add_task("purging exchange records", total=None)
+                while True:
+                    with rt.sessions.begin() as session:
+                        step = jobs.purge_history(session, older_than_days=older_than_days)
+                    removed = {k: removed[k] + step[k] for k in removed}
+                    progress.update(task, advance=step["exchanges"])
+                    if step["exchanges"] == 0:
+                        break
     finally:
         rt.close()
+    result: dict[str, int] = {"purged": purged, **(removed if history else {})}
     if as_json:
-        out.print_json(json.dumps({"purged": purged}))
+        out.print_json(json.dumps(result))
     else:
-        out.print(f"purged {purged} outbox row(s)")
+        extra = f"; {removed['exchanges']} exchange record(s), {removed['job_runs']} job run(s)" if history else ""
+        out.print(f"purged {purged} outbox row(s){extra}")
 
 
 peers_cli = typer.Typer(no_args_is_help=True, help="External systems hub talks to")

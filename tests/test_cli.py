@@ -129,6 +129,19 @@ def test_peers_status_and_purge(hub_factory: HubFactory, portal: httpx.Client, t
     # the dead letter stays (it holds its dossier's order); the history stays
     assert json.loads(run(["jobs", "list", "--json"], tmp_path, env).stdout)["totals"] == {"dead": 1}
     assert len(hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["events"]) == 2
+    # --history: old exchange records go too, except those about the dead letter (an operator needs them)
+    history = json.loads(run(["jobs", "purge", "--older-than-days", "0", "--yes", "--history", "--json"], tmp_path,
+                             env).stdout)  # fmt: skip
+    assert history["purged"] == 0 and history["exchanges"] >= 1
+    from sqlalchemy import select
+
+    from hub.store.models import Exchange, OutboxMessage
+
+    with hub.runtime.sessions() as s:
+        left = s.execute(select(Exchange.outbox_id, Exchange.error_code)).all()
+        [dead_id] = s.scalars(select(OutboxMessage.id).where(OutboxMessage.state == "dead")).all()
+    assert left and {outbox_id for outbox_id, _ in left} == {dead_id}
+    assert "portal_unknown_dossier" in {code for _, code in left}
     # replaying every dead letter, with a progress bar for a person (text) and none for a script (--json)
     shown = run(["jobs", "replay", "--all-dead"], tmp_path, env)
     assert shown.returncode == 0 and "replaying dead letters" in shown.stderr and "replayed 1" in shown.stdout

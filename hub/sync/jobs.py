@@ -112,6 +112,35 @@ def purge(session: Session, *, older_than_days: float, batch: int | None = None)
     return {"purged": int(result.rowcount)}  # type: ignore[attr-defined]
 
 
+def purge_history(session: Session, *, older_than_days: float, batch: int = 5000) -> dict[str, int]:
+    """Delete exchange records and scheduled-job runs older than the given age (at most `batch` exchanges per
+    call). Records of exchanges about messages still waiting or dead are kept: an operator needs them. The access
+    log of personal data and the payment callbacks are never purged here: they are legal records."""
+    from datetime import timedelta
+
+    from sqlalchemy import delete
+
+    from hub.domain.dates import utcnow
+    from hub.store.models import Exchange, JobRun
+
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    waiting = select(OutboxMessage.id).where(OutboxMessage.state != outbox.DELIVERED)
+    old = select(Exchange.id).where(
+        Exchange.at < cutoff, (Exchange.outbox_id.is_(None)) | (Exchange.outbox_id.not_in(waiting))
+    )
+    ids = [int(i) for i in session.scalars(old.order_by(Exchange.id).limit(batch))]
+    exchanges = 0
+    if ids:
+        result = session.execute(
+            delete(Exchange).where(Exchange.id.in_(ids)).execution_options(synchronize_session=False)
+        )
+        exchanges = int(result.rowcount)  # type: ignore[attr-defined]
+    runs = session.execute(
+        delete(JobRun).where(JobRun.finished_at < cutoff).execution_options(synchronize_session=False)
+    )
+    return {"exchanges": exchanges, "job_runs": int(runs.rowcount)}  # type: ignore[attr-defined]
+
+
 KNOWN_PEERS = ("national_portal", "one_stop", "population", "payment_dvc", "document_exchange")
 
 
