@@ -54,6 +54,17 @@ def run_demo(count: int, out: Console) -> int:
     sms_key = secrets.token_urlsafe(16)
     smtp = SmtpSink().start()
     sms = ServerThread(create_sms_app({sms_key})).start()
+    # trust services (a fresh test PKI with its TSA) and the inter-agency document exchange, which takes signed
+    # documents only; hub signs with the sandbox key it finds in var/demo/sandbox-pki (the dev default)
+    from hub.sandbox import document_exchange, pki
+
+    trust_state = pki.PkiState()
+    trust = ServerThread(pki.create_app(trust_state)).start()
+    trust_state.pki = pki.TestPki(trust.url)
+    trust_state.pki.write(var / "sandbox-pki")
+    exchange_key = secrets.token_urlsafe(16)
+    roots = [trust_state.pki.issued[r].cert for r in ("national_root", "gov_root")]
+    exchange = ServerThread(document_exchange.create_app(roots, {exchange_key})).start()
     settings = settings.model_copy(
         update={
             "national_portal_url": portal.url,
@@ -62,6 +73,9 @@ def run_demo(count: int, out: Console) -> int:
             "smtp_port": smtp.port,
             "sms_gateway_url": sms.url,
             "sms_api_key": SecretStr(sms_key),
+            "signing_tsa_url": f"{trust.url}/pki/tsa",
+            "document_exchange_url": exchange.url,
+            "document_exchange_api_key": SecretStr(exchange_key),
         }
     )
     from hub.api.app import create_app
@@ -100,6 +114,7 @@ def run_demo(count: int, out: Console) -> int:
         out.print(f"portal applied {retried} messages; during the outage hub kept them and retried with backoff.")
         _notifications(out, sms.url)
         _prefill(out, client, people.url)
+        _signed_document(out, client, codes[0], exchange.url)
         out.print(
             "Explore: [bold]hub serve[/bold] then open http://127.0.0.1:8000/docs (API) — "
             "[bold]hub jobs list[/bold] shows the outbox."
@@ -115,6 +130,8 @@ def run_demo(count: int, out: Console) -> int:
         people.stop()
         sms.stop()
         smtp.stop()
+        exchange.stop()
+        trust.stop()
 
 
 def _notifications(out: Console, sms_url: str) -> None:
@@ -161,6 +178,35 @@ def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) 
     out.print(table)
     out.print(f"left for the citizen (required): {', '.join(form['missing_required'])}")
     out.print("every read is in the hash-chained access log: [bold]hub audit usage <ID>[/bold], hub audit verify")
+
+
+def _signed_document(out: Console, client: one_stop.OneStopClient, code: str, exchange_url: str) -> None:
+    """A document of the dossier for another agency: signed by hub as the agency, time-stamped, relayed."""
+    r = client.http.post(
+        f"/v1/dossiers/{code}/edocs",
+        json={
+            "sender_name": "UBND phường Bến Nghé",
+            "to": [{"id": "000.00.17.H29", "name": "Công an phường Bến Nghé"}],
+            "code_number": "57", "code_notation": "TLKS-UBND", "place": "Thành phố Hồ Chí Minh", "type": 3,
+            "type_name": "Trích lục", "subject": "Trích lục khai sinh để đăng ký thường trú cho trẻ",
+        },
+        headers={"Idempotency-Key": f"demo-edoc-{code}"},
+    )  # fmt: skip
+    r.raise_for_status()
+    deadline = time.monotonic() + 20
+    docs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not docs:
+        docs = httpx.get(f"{exchange_url}/_sandbox/documents").json()["items"]
+        time.sleep(0.2)
+    if not docs:
+        out.print("[red]the signed document did not reach the document exchange sandbox[/red]")
+        return
+    doc = docs[0]
+    out.print(
+        f"signed document {doc['header']['code']} ({doc['header']['type']}) sent to "
+        f"{doc['header']['to'][0]['name']}: edXML, {doc['signature_format']}, time-stamped {doc['timestamp']}, "
+        "verified and accepted by the document exchange sandbox (it takes signed documents only)"
+    )
 
 
 def _step_all(
