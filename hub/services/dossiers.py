@@ -174,11 +174,13 @@ class DossierService:
         with self.sessions() as s:
             if s.execute(select(DOSSIERS.c.id).where(DOSSIERS.c.code == code)).first() is None:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
-        if idempotency_key is not None:  # a repeat is answered without signing (or time-stamping) again
-            with self.sessions() as s:
-                seen = s.execute(SELECT_KEY, {"client": client.name, "key": idempotency_key}).first()
-            if seen is not None:
-                return self._idempotent(client, "edoc", request, idempotency_key, lambda _: {})
+            seen = (
+                s.execute(SELECT_KEY, {"client": client.name, "key": idempotency_key}).first()
+                if idempotency_key is not None
+                else None
+            )
+        if seen is not None:  # a repeat is answered without signing (or time-stamping) again
+            return self._idempotent(client, "edoc", request, idempotency_key, lambda _: {})
         document_id, envelope = sign(parsed.agency)
 
         def work(session: Session) -> dict[str, Any]:
