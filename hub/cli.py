@@ -214,6 +214,7 @@ def sandbox(
     out.print(f"population sandbox:      {peers.population.url}/ws/congdan?wsdl  (SOAP)")
     if peers.pki is not None:
         out.print(f"test PKI (CRL, OCSP):    {peers.pki.url}  keys and certificates in {peers.pki_dir}")
+        out.print(f"time-stamping (RFC 3161): {peers.pki.url}/pki/tsa")
     if peers.payment is not None:
         out.print(f"DVC payment platform:    {peers.payment.url}  (pay pages under /pay/)")
     if peers.document_exchange is not None:
