@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from hub.domain.calendar import WorkingCalendar
 from hub.domain.dates import VN_TZ, format_national, parse_national, utcnow
@@ -536,12 +536,18 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
         select(OutboxMessage)
         .where(OutboxMessage.dossier_id == dossier.id)
         .order_by(OutboxMessage.seq, OutboxMessage.destination)
+        .options(defer(OutboxMessage.payload))  # a document's payload holds its whole signed envelope
     ):
         if m.destination == DOCUMENT_EXCHANGE:  # documents sent to other agencies (signed edXML)
+            head = session.execute(
+                select(OutboxMessage.payload["document_id"].as_string(), OutboxMessage.payload["to"]).where(
+                    OutboxMessage.id == m.id
+                )
+            ).one()
             documents.append(
                 {
-                    "document_id": m.payload.get("document_id"),
-                    "to": m.payload.get("to"),
+                    "document_id": head[0],
+                    "to": head[1],
                     "seq": m.seq,
                     "outbox_id": m.id,
                     "state": m.state,
