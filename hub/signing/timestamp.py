@@ -12,6 +12,8 @@ from typing import Any
 
 from lxml import etree
 
+from hub.signing.xml import reparse
+
 DS = "http://www.w3.org/2000/09/xmldsig#"
 XADES = "http://uri.etsi.org/01903/v1.3.2#"
 NS = {"ds": DS, "xades": XADES}
@@ -37,8 +39,7 @@ def canonical(el: Any, algorithm: str) -> bytes:
     if algorithm in (C14N_10, C14N_10_COMMENTS):
         # inclusive C14N renders the namespaces in scope; a standalone copy carries them (and avoids lxml's
         # spurious xmlns="" on a subtree under a default namespace)
-        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
-        copy = etree.fromstring(etree.tostring(el), parser=parser)
+        copy = reparse(etree.tostring(el))
         return bytes(etree.tostring(copy, method="c14n", exclusive=False, with_comments=comments))
     raise ValueError(f"canonicalization {algorithm!r} is not supported for time-stamps")
 

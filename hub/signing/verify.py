@@ -37,7 +37,7 @@ from signxml.xades.xades import XAdESSignatureConfiguration, XAdESVerifier
 from hub.signing.report import INDETERMINATE, SUB_INDICATIONS, Report
 from hub.signing.revocation import RevocationSource
 from hub.signing.timestamp import C14N_10, canonical
-from hub.signing.xml import UnsafeXml, parse_untrusted
+from hub.signing.xml import UnsafeXml, parse_untrusted, reparse
 
 DS = "http://www.w3.org/2000/09/xmldsig#"
 XADES = "http://uri.etsi.org/01903/v1.3.2#"
@@ -137,11 +137,11 @@ class _StandaloneC14n:
     namespace — the form xmlsec1, Java and .NET produce. Canonicalise a standalone copy instead: serializing an
     element carries the namespace declarations in scope onto it, which is what inclusive C14N renders."""
 
-    def _fromstring(self, xml_string: Any, **kwargs: Any) -> Any:
+    def _fromstring(self, xml_string: Any, **_: Any) -> Any:
         """signxml re-parses its own serializations several times per signature and walks each tree for entity
         nodes; the document itself went through parse_untrusted first (no DTD, no entity declarations), so the
         re-parses use the same hardened parser without the walk."""
-        return etree.fromstring(xml_string, parser=_reparser(), **kwargs)
+        return reparse(xml_string)
 
     def get_root(self, data: Any) -> Any:
         """Our own tree from parse_untrusted, used as it is (signxml reads it and copies before changing it)."""
@@ -173,7 +173,7 @@ class _StandaloneC14n:
             except ValueError:
                 continue
             prefixes = self._get_inclusive_ns_prefixes(transform)  # type: ignore[attr-defined]
-            result = self._c14n(result if applied is False else self._fromstring(result), method, prefixes)
+            result = self._c14n(self._fromstring(result) if applied else result, method, prefixes)
             applied = True
         if not applied:
             result = self._c14n(result, self.config.default_reference_c14n_method)  # type: ignore[attr-defined]
@@ -220,25 +220,10 @@ class _StandaloneC14n:
     def _c14n(self, nodes: Any, algorithm: Any, inclusive_ns_prefixes: Any = None) -> bytes:
         items = nodes if isinstance(nodes, list) else [nodes]
         copies = [
-            etree.fromstring(etree.tostring(n), parser=_reparser())
-            if isinstance(n, etree._Element) and n.getparent() is not None
-            else n
+            reparse(etree.tostring(n)) if isinstance(n, etree._Element) and n.getparent() is not None else n
             for n in items
         ]
         return super()._c14n(copies, algorithm, inclusive_ns_prefixes)  # type: ignore[misc,no-any-return]
-
-
-_PARSERS = threading.local()
-
-
-def _reparser() -> Any:
-    """This thread's parser for re-parsing (lxml parsers must not be shared between threads)."""
-    parser = getattr(_PARSERS, "parser", None)
-    if parser is None:
-        parser = _PARSERS.parser = etree.XMLParser(
-            resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
-        )
-    return parser
 
 
 @dataclass(frozen=True)
