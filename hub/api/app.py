@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -409,8 +408,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 def record_inbound(rt: Runtime, req: Inbound) -> None:
     """Append what a peer pushed, and hub's answer (accepted, or rejected with the problem's code), to the
     exchange record; a rejection is also logged. Never raises: the answer has already gone."""
-    from hub.domain.dates import utcnow
-    from hub.store.models import Exchange
+    from hub.adapters.exchange import ExchangeRecord, digest
+    from hub.sync.relay import exchange_row
 
     peer, operation = next(v for prefix, v in INBOUND.items() if req.path.startswith(prefix))
     error_code: str | None = None
@@ -423,20 +422,18 @@ def record_inbound(rt: Runtime, req: Inbound) -> None:
             "inbound push rejected",
             extra={"peer": peer, "status": req.status, "error_code": error_code, "correlation_id": req.correlation_id},
         )
-    row = Exchange(
-        at=utcnow(),
-        peer=peer,
-        operation=operation,
-        correlation_id=req.correlation_id,
-        outbox_id=None,
-        request_digest=hashlib.sha256(req.body).hexdigest(),
-        response_digest=hashlib.sha256(req.reply).hexdigest(),
-        duration_ms=req.seconds * 1000,
-        outcome="accepted" if req.status < 400 else "rejected",
-        error_code=error_code,
+    record = ExchangeRecord(
+        peer,
+        operation,
+        req.correlation_id,
+        digest(req.body) or "",
+        digest(req.reply),
+        req.seconds * 1000,
+        "accepted" if req.status < 400 else "rejected",
+        error_code,
     )
     try:
         with rt.sessions.begin() as s:
-            s.add(row)
+            s.add(exchange_row(record))
     except Exception:  # the record must not turn an answered request into an error
         log.exception("could not record an inbound push", extra={"correlation_id": req.correlation_id})

@@ -70,9 +70,7 @@ class BodyLimitAndCorrelation:
         try:
             length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                if record:
-                    await self._inbound(scope, cid, b"", 413, _problem_bytes(413, "body_too_large", ""), started)
-                await self._reject(send, cid)
+                await self._reject(scope, send, cid, record, started)
                 return
             # Read the body up to the limit before the app sees it (requests here are small JSON documents).
             chunks: list[bytes] = []
@@ -84,9 +82,7 @@ class BodyLimitAndCorrelation:
                 chunk = message.get("body", b"")
                 seen += len(chunk)
                 if seen > self.max_body:
-                    if record:
-                        await self._inbound(scope, cid, b"", 413, _problem_bytes(413, "body_too_large", ""), started)
-                    await self._reject(send, cid)
+                    await self._reject(scope, send, cid, record, started)
                     return
                 chunks.append(chunk)
                 if not message.get("more_body", False):
@@ -133,8 +129,11 @@ class BodyLimitAndCorrelation:
         if self.inbound is not None:
             await self.inbound(Inbound(scope["path"], cid, body, status, reply, time.perf_counter() - started))
 
-    async def _reject(self, send: Send, cid: str) -> None:
+    async def _reject(self, scope: Scope, send: Send, cid: str, record: bool, started: float) -> None:
+        """413 before the body is read; a peer's push is recorded with the very answer it gets."""
         body = _problem_bytes(413, "body_too_large", f"request body larger than {self.max_body} bytes")
+        if record:
+            await self._inbound(scope, cid, b"", 413, body, started)
         headers: list[Any] = [
             (b"content-type", b"application/problem+json"),
             (b"content-length", str(len(body)).encode()),

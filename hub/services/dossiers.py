@@ -532,6 +532,14 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
     ).all()
     deliveries: dict[str, list[dict[str, Any]]] = {}
     documents: list[dict[str, Any]] = []
+    heads = {  # a document's id and receivers, without its payload's signed envelope
+        row[0]: (row[1], row[2])
+        for row in session.execute(
+            select(
+                OutboxMessage.id, OutboxMessage.payload["document_id"].as_string(), OutboxMessage.payload["to"]
+            ).where(OutboxMessage.dossier_id == dossier.id, OutboxMessage.destination == DOCUMENT_EXCHANGE)
+        )
+    }
     for m in session.scalars(
         select(OutboxMessage)
         .where(OutboxMessage.dossier_id == dossier.id)
@@ -539,11 +547,7 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
         .options(defer(OutboxMessage.payload))  # a document's payload holds its whole signed envelope
     ):
         if m.destination == DOCUMENT_EXCHANGE:  # documents sent to other agencies (signed edXML)
-            head = session.execute(
-                select(OutboxMessage.payload["document_id"].as_string(), OutboxMessage.payload["to"]).where(
-                    OutboxMessage.id == m.id
-                )
-            ).one()
+            head = heads[m.id]
             documents.append(
                 {
                     "document_id": head[0],

@@ -34,7 +34,6 @@ VN_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 MAX_FEE = 1_000_000_000  # đồng: a sanity bound, far above any administrative fee
 PAYMENTS: Table = Payment.__table__  # type: ignore[assignment]
 CALLBACKS: Table = PaymentCallback.__table__  # type: ignore[assignment]
-DOSSIERS: Table = Dossier.__table__  # type: ignore[assignment]
 # The callback path in prebuilt Core statements (as ingest): no ORM identity map or flush on the hot path.
 LOCK_PAYMENT = (
     select(
