@@ -120,7 +120,7 @@ def hub_env(tmp: Path, **values: str) -> tuple[dict[str, str], str]:
             "HUB_NATIONAL_PORTAL_PASSWORD": secrets.token_urlsafe(16),
         }
     )
-    for peer in ("NATIONAL", "ONESTOP", "POPULATION", "PKI", "PAYMENT", "SMTP", "SMS"):
+    for peer in ("NATIONAL", "ONESTOP", "POPULATION", "PKI", "PAYMENT", "SMTP", "SMS", "EDOC"):
         env[f"HUB_SANDBOX_{peer}_PORT"] = str(free_port())  # never the fixed defaults a running hub may hold
     env.update(values)
     return env, api_key

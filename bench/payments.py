@@ -1,8 +1,9 @@
 """Payment-callback benchmark: verified CONFIRM callbacks applied per second by hub (hash checked, payment row
 locked, credited once, dossier moved out of status 6 with its outbox event, callback recorded) beside a bare
-FastAPI POST of the same bodies, both served by uvicorn in their own process, in the same run.
+FastAPI POST of the same bodies, both served by uvicorn with the same number of worker processes (default 2: one
+per core here, as a deployment runs them), in the same run.
 
-    .venv/bin/python bench/payments.py [--callbacks 1000] [--threads 16] [--database sqlite|postgresql]
+    .venv/bin/python bench/payments.py [--callbacks 1000] [--threads 16] [--workers 2] [--database sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def main() -> None:
     parser.add_argument("--callbacks", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="uvicorn worker processes of both servers (a deployment: one per core)"
+    )
     args = parser.parse_args()
     n = args.callbacks
 
@@ -126,11 +130,12 @@ def main() -> None:
         bare_port, hub_port = free_port(), free_port()
         bare = Proc(
             [str(BIN / "uvicorn"), "bench.bare_app:app", "--port", str(bare_port), "--http", "httptools",
-             "--loop", "uvloop", "--log-level", "warning", "--no-access-log"],
+             "--loop", "uvloop", "--log-level", "warning", "--no-access-log", "--workers", str(args.workers)],
             env, tmp / "bare.log",
         )  # fmt: skip
         stack.callback(bare.stop)
-        api = Proc([str(BIN / "hub"), "serve", "--port", str(hub_port), "--no-sandbox"], env, tmp / "hub.log")
+        serve = [str(BIN / "hub"), "serve", "--port", str(hub_port), "--no-sandbox", "--workers", str(args.workers)]
+        api = Proc(serve, env, tmp / "hub.log")
         stack.callback(api.stop)
         wait_http(f"http://127.0.0.1:{bare_port}/docs")
         wait_http(f"http://127.0.0.1:{hub_port}/healthz")
@@ -147,6 +152,7 @@ def main() -> None:
         "database": args.database,
         "callbacks": n,
         "threads": args.threads,
+        "uvicorn workers (hub and bare alike)": args.workers,
         "bare FastAPI POST of the same bodies (req/s)": round(base_rate),
         "bare p50/p99 (ms)": (round(statistics.median(base_lat) * 1000, 1), ms(base_lat, 0.99)),
         "verified callbacks applied (req/s)": round(rate),

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from hub import __version__
 from hub.api import problems
-from hub.api.middleware import BodyLimitAndCorrelation, Inbound
+from hub.api.middleware import BodyLimitAndCorrelation, ConsoleSessions, Inbound
 from hub.domain import identifiers
 from hub.domain.errors import DomainError, Forbidden
 from hub.logs import correlation_id
@@ -124,14 +124,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         inbound=inbound,
         inbound_prefixes=tuple(INBOUND),
     )
-    from starlette.middleware.sessions import SessionMiddleware
-
     from hub.console.views import router as console_router
     from hub.domain.privacy import derive_key
 
     secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
     app.add_middleware(
-        SessionMiddleware,
+        ConsoleSessions,
+        prefix="/ops",
         secret_key=derive_key(secret, "console-session").hex(),
         session_cookie="hub_console",
         max_age=8 * 3600,
@@ -264,12 +263,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "documents issued earlier and still valid are offered for reuse. Every access is written to the "
         "hash-chained access log.",
     )
-    def prefill(body: PrefillIn, who: Client) -> dict[str, Any]:
+    def prefill(body: PrefillIn, who: Client) -> JSONResponse:
         started, outcome = time.perf_counter(), "error"
         try:
             result = rt().prefill.prefill(who, body, correlation_id=correlation_id.get())
             outcome = "ok"
-            return result
+            return JSONResponse(result)
         except DomainError as exc:
             outcome = exc.code
             raise

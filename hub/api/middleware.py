@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -141,3 +141,38 @@ class BodyLimitAndCorrelation:
         ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class ConsoleSessions:
+    """Starlette's signed-cookie sessions, for the operator console's paths only: API clients send no cookie and
+    need none, so their requests skip the cookie parsing and the wrapped `send`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        prefix: str,
+        secret_key: str,
+        session_cookie: str,
+        max_age: int,
+        same_site: Literal["lax", "strict", "none"],
+        https_only: bool,
+    ) -> None:
+        from starlette.middleware.sessions import SessionMiddleware
+
+        self.app = app
+        self.prefix = prefix
+        self.sessions = SessionMiddleware(
+            app,
+            secret_key=secret_key,
+            session_cookie=session_cookie,
+            max_age=max_age,
+            same_site=same_site,
+            https_only=https_only,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == self.prefix or path.startswith(self.prefix + "/")):
+            await self.sessions(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

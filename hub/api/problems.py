@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.domain.errors import DomainError
@@ -92,6 +93,17 @@ def install(app: FastAPI) -> None:
         )
         detail = exc.detail if isinstance(exc.detail, str) else None
         return problem(exc.status_code, code, detail or code.replace("_", " "), detail)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            # the database went away (restart, network) or refuses connections: the client retries
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+            detail = "hub's database did not answer; the request may not have been recorded: retry it (same key)"
+            response = problem(503, "database_unavailable", "Database unavailable", detail)
+            response.headers["Retry-After"] = "2"
+            return response
+        return await unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

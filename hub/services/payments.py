@@ -8,7 +8,8 @@ import hashlib
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,6 +28,7 @@ from hub.domain.status import DossierStatus
 from hub.services.dossiers import SELECT_DOSSIER, DossierService
 from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
+from hub.store.group_commit import GroupCommit
 from hub.store.models import Dossier, Payment, PaymentCallback, Procedure
 
 log = logging.getLogger("hub.payments")
@@ -105,6 +107,15 @@ def view(p: Payment) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Apply:
+    platform: str
+    cb: Callback
+    source: str
+    correlation_id: str
+    digest: str
+
+
 class PaymentService:
     def __init__(
         self,
@@ -126,6 +137,8 @@ class PaymentService:
         self.callback_max_age = callback_max_age
         self.query_after = query_after
         self._on_commit = on_commit
+        # confirmations arriving together are applied in one transaction (each still exactly once)
+        self._applies: GroupCommit[_Apply, tuple[str, str, str | None]] = GroupCommit(sessions, self._apply_batch)
 
     # -- create ----------------------------------------------------------------------------------------------
 
@@ -302,8 +315,7 @@ class PaymentService:
     ) -> tuple[str, str, str | None]:
         for attempt in (1, 2):
             try:
-                with self.sessions.begin() as s:
-                    result = self._apply_in(s, platform, cb, source, correlation_id, digest)
+                result = self._applies.submit(_Apply(platform, cb, source, correlation_id, digest))
                 if result[0] == "applied":
                     self._on_commit()
                 return result
@@ -313,6 +325,15 @@ class PaymentService:
                     self._record(platform, cb.reference, cb.transaction_id, "rejected", "02", reason, digest)
                     return "rejected", "02", reason
         raise AssertionError("unreachable")
+
+    def _apply_batch(self, s: Session, batch: Sequence[_Apply]) -> list[tuple[str, str, str | None]]:
+        """Callbacks in one transaction, in order of their payment reference (two batches never take row locks
+        crosswise); a later callback for the same payment sees what an earlier one did, as if they came apart."""
+        results: dict[int, tuple[str, str, str | None]] = {}
+        for i in sorted(range(len(batch)), key=lambda i: batch[i].cb.reference):
+            a = batch[i]
+            results[i] = self._apply_in(s, a.platform, a.cb, a.source, a.correlation_id, a.digest)
+        return [results[i] for i in range(len(batch))]
 
     def _apply_in(
         self, s: Session, platform: str, cb: Callback, source: str, correlation_id: str, digest: str

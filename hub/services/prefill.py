@@ -31,6 +31,7 @@ from hub.services.audit import Access, AccessLog
 from hub.services.population_cache import PopulationCache
 from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
+from hub.store.group_commit import GroupCommit
 from hub.store.models import Consent, Document
 
 SOURCE_SYSTEM = "csdlqg_dan_cu"  # the population database, as named in provenance
@@ -243,6 +244,7 @@ class PrefillService:
         self.access_log = AccessLog(secret_key)
         self._record_exchanges = record_exchanges
         self.cache = cache
+        self._journals: GroupCommit[_Journal, None] = GroupCommit(sessions, self._write_journals)
 
     def subject_hmac(self, personal_id: str) -> str:
         return subject_hmac(self._secret, personal_id)
@@ -307,21 +309,30 @@ class PrefillService:
     # -- pre-fill ---------------------------------------------------------------------------------------------
 
     def prefill(self, client: ClientSystem, body: PrefillIn, *, correlation_id: str) -> dict[str, Any]:
-        """Fill the form. The access-log entries and exchange records of the request are written in one
-        transaction at the end, whatever the outcome; if that write fails, nothing is returned."""
+        """Fill the form. The access-log entries, exchange records and cached replies of the request are
+        committed at the end, whatever the outcome, before anything is returned; if that write fails, nothing
+        is. Concurrent requests share that commit (group commit: one chain lock and one flush per batch)."""
         journal = _Journal([], [])
         try:
             return self._prefill(client, body, correlation_id, journal)
         finally:
             if journal.accesses or journal.exchanges or journal.cache:
-                with self.sessions.begin() as s:  # one write transaction per request
-                    if self._record_exchanges is not None and journal.exchanges:
-                        self._record_exchanges(s, journal.exchanges)
-                    if self.cache is not None:  # in key order: two requests never lock rows crosswise
-                        for key, payload, fetched in sorted(journal.cache, key=lambda c: c[0]):
-                            self.cache.put(key, payload, fetched, session=s)
-                    # last: the chain's lock is held from here to the commit, so appends queue as briefly as can be
-                    self.access_log.append(s, *journal.accesses)
+                self._journals.submit(journal)
+
+    def _write_journals(self, s: Session, journals: Sequence[_Journal]) -> list[None]:
+        exchanges = [record for j in journals for record in j.exchanges]
+        if self._record_exchanges is not None and exchanges:
+            self._record_exchanges(s, exchanges)
+        if self.cache is not None:
+            latest: dict[str, tuple[dict[str, Any], datetime]] = {}
+            for key, payload, fetched in (entry for j in journals for entry in j.cache):
+                if key not in latest or fetched >= latest[key][1]:
+                    latest[key] = (payload, fetched)
+            for key in sorted(latest):  # in key order: two batches never lock rows crosswise
+                self.cache.put(key, *latest[key], session=s)
+        # last: the chain's lock is held from here to the commit, so batches queue on it as briefly as can be
+        self.access_log.append(s, *(access for j in journals for access in j.accesses))
+        return [None] * len(journals)
 
     def _prefill(self, client: ClientSystem, body: PrefillIn, correlation_id: str, journal: _Journal) -> dict[str, Any]:
         identifiers.personal_id(body.subject_id)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 20) -> Engine:
+IDLE_PING_SECONDS = 5.0
+
+
+def make_engine(url: str, *, pool_size: int = 20, idle_ping_seconds: float = IDLE_PING_SECONDS) -> Engine:
     """`pool_size` connections stay open: at least the requests and deliveries a process runs at once (the API's
     threadpool, the relay's concurrency), or the overflow is opened and closed on every use — a new PostgreSQL
-    backend per request."""
+    backend per request. A PostgreSQL connection idle longer than `idle_ping_seconds` is pinged before use."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -22,7 +27,33 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _sqlite_serialized_writes(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=10)
+    _ping_when_idle(engine, idle_ping_seconds)
+    return engine
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """SQLAlchemy's `pool_pre_ping` costs a round trip on every checkout — one more per transaction, under load
+    the dearest part of a short one. A connection back in the pool within the last few seconds was working then;
+    only one idle longer (where a database restart or a firewall's idle cut hides) is pinged, and replaced if
+    dead. A connection that dies while in use fails its statement; the pool then drops every connection opened
+    before (SQLAlchemy invalidates the pool on a disconnect), and the API answers 503 `database_unavailable`."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # new, or used a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("connection failed its ping") from exc
+        if not alive:
+            raise DisconnectionError("connection failed its ping")  # the pool opens another
 
 
 def _sqlite_serialized_writes(engine: Engine) -> None:

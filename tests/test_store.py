@@ -1,0 +1,113 @@
+"""The store's connections to PostgreSQL: what happens when the database drops them, and group commit."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from hub.domain.dates import utcnow
+from hub.store import db
+from hub.store.group_commit import GroupCommit
+from hub.store.models import Flag
+from tests.api_helpers import assert_problem
+from tests.conftest import PG_ADMIN, HubFactory
+
+
+def kill_connections(url: str) -> int:
+    """What a PostgreSQL restart (or a fail-over, or a firewall's idle cut) does to hub's open connections."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+    return len(rows)
+
+
+def backend_pid(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(text("SELECT pg_backend_pid()")))
+
+
+def test_an_idle_connection_the_database_dropped_is_replaced_unseen(pg_url: str) -> None:
+    engine = db.make_engine(pg_url, pool_size=1, idle_ping_seconds=0.2)
+    try:
+        first = backend_pid(engine)
+        assert kill_connections(pg_url) >= 1
+        time.sleep(0.3)  # idle longer than the ping threshold: pinged at checkout, found dead, replaced
+        assert backend_pid(engine) != first
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_used_a_moment_ago_is_not_pinged(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = db.make_engine(pg_url, pool_size=1, idle_ping_seconds=60)
+    pings: list[Any] = []
+    ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda c: pings.append(c) or ping(c))
+    try:
+        for _ in range(5):
+            backend_pid(engine)
+        assert pings == []  # one round trip per transaction saved
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_the_api_answers_503_when_the_database_drops_it_then_recovers(hub_factory: HubFactory, backend: str) -> None:
+    hub = hub_factory(start_worker=False)
+    unknown = "/v1/dossiers/000.00.17.H56-250101-0001"
+    assert_problem(hub.http.get(unknown), 404, "dossier_not_found")
+    assert kill_connections(hub.settings.database_url) >= 1
+    r = hub.http.get(unknown)  # the pooled connection was in use a moment ago: not pinged, its statement fails
+    body = assert_problem(r, 503, "database_unavailable")
+    assert r.headers["Retry-After"] and "retry" in body["detail"]
+    assert_problem(hub.http.get(unknown), 404, "dossier_not_found")  # the pool dropped the dead connections
+
+
+def test_group_commit_writes_concurrent_items_each_once_and_isolates_a_bad_one(pg_url: str) -> None:
+    engine = db.make_engine(pg_url)
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as s:
+        s.execute(text("DELETE FROM flags WHERE name LIKE 'gc-%'"))
+    batches: list[int] = []
+    started = threading.Barrier(16)
+
+    def write(s: Session, items: Any) -> list[str]:
+        batches.append(len(items))
+        for name in items:
+            if name == "gc-bad":
+                raise ValueError("a write that cannot be done")
+            s.add(Flag(name=name, value="x", updated_by="test", updated_at=utcnow()))
+        time.sleep(0.01)  # a commit that takes a while, as a WAL flush does: others queue meanwhile
+        return [f"wrote {name}" for name in items]
+
+    group: GroupCommit[str, str] = GroupCommit(sessions, write)
+
+    def submit(i: int) -> str:
+        started.wait()
+        name = "gc-bad" if i == 7 else f"gc-{i:03d}"
+        try:
+            result = group.submit(name)
+        except ValueError:
+            return "failed"
+        assert result == f"wrote {name}"  # each submitter gets its own item's result
+        return "ok"
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(submit, range(16)))
+        with sessions() as s:
+            names = sorted(s.scalars(text("SELECT name FROM flags WHERE name LIKE 'gc-%'")).all())
+    finally:
+        engine.dispose()
+    assert outcomes.count("failed") == 1 and outcomes[7] == "failed"
+    assert names == sorted(f"gc-{i:03d}" for i in range(16) if i != 7)  # every good write once, the bad one not
+    assert max(batches) > 1  # writes shared a transaction
