@@ -213,3 +213,43 @@ def test_metrics_report_outbox_exchanges_and_requests(hub: Hub) -> None:
     assert 'hub_http_request_duration_seconds_count{method="POST",route="/v1/dossiers",status="202"} 1.0' in text
     for line in text.splitlines():
         assert "SoGiayTo" not in line and "MaHoSo" not in line
+
+
+def test_concurrent_requests_share_commits_but_each_is_judged_alone(hub: Hub) -> None:
+    """A burst from many connections: requests are committed together (group commit), yet a refused one leaves
+    nothing behind, the accepted ones all land, each dossier's events keep their order, and the same key sent
+    on several connections at once is done once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    codes = [dossier(100 + i)["MaHoSo"] for i in range(8)]
+    for i in range(8):
+        assert hub.http.post("/v1/dossiers", json=dossier(100 + i)).status_code == 202
+    key = hub.http.headers["X-API-Key"]
+    requests: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+    for code in codes:
+        requests.append((f"/v1/dossiers/{code}/progress", step(code, 4), {}))
+        requests.append((f"/v1/dossiers/{code}/progress", step(code, 10), {}))  # 2 → 10: refused (409)
+    for _ in range(6):  # one step sent six times at once under one key
+        requests.append((f"/v1/dossiers/{codes[0]}/progress", step(codes[0], 5), {"Idempotency-Key": "burst"}))
+    before = rows(hub)
+
+    def post(req: tuple[str, dict[str, Any], dict[str, str]]) -> tuple[int, dict[str, Any]]:
+        with httpx.Client(base_url=str(hub.http.base_url), headers={"X-API-Key": key, **req[2]}) as c:
+            r = c.post(req[0], json=req[1])
+            return r.status_code, r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post, requests))
+    statuses = [a[0] for a in answers]
+    # a refused 2 → 10 is 409 unless the dossier's 2 → 4 committed first (then 4 → 10 is refused too): never 202
+    assert all(answers[2 * i][0] == 202 for i in range(8))
+    assert all(answers[2 * i + 1][0] == 409 for i in range(8)), statuses
+    burst = answers[16:]
+    assert {a[0] for a in burst} <= {202, 409} and len({a[1].get("event_id") for a in burst if a[0] == 202}) <= 1
+    after = rows(hub)
+    accepted = 8 + (1 if any(a[0] == 202 for a in burst) else 0)
+    assert after["events"] - before["events"] == accepted  # nothing of a refused request was written
+    assert after["outbox"] - before["outbox"] == accepted
+    for code in codes:
+        got = hub.http.get(f"/v1/dossiers/{code}").json()
+        assert [e["seq"] for e in got["events"]] == list(range(1, len(got["events"]) + 1))

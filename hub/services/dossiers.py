@@ -25,6 +25,7 @@ from hub.services import routes
 from hub.services.catalogue import known_procedure
 from hub.services.schemas import DossierIn, ProgressIn
 from hub.settings import ClientSystem
+from hub.store.group_commit import GroupCommit
 from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, Procedure, StatusEvent
 from hub.sync.outbox import DEAD, PENDING
 
@@ -101,6 +102,17 @@ def mask_id(value: str | None) -> str | None:
     return "*" * max(0, len(value) - 3) + value[-3:]
 
 
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """One idempotent write request: its client and key, the hash of what it asks, its dossier, its work."""
+
+    client: ClientSystem
+    key: str | None
+    request_hash: str
+    code: str
+    work: Callable[[Session], dict[str, Any]]
+
+
 class DossierService:
     def __init__(
         self,
@@ -117,6 +129,7 @@ class DossierService:
         self._on_commit = on_commit
         self.notify_channels = tuple(notify_channels)  # email, sms: the citizen is told of status changes
         self.calendar = WorkingCalendar()
+        self._commands: GroupCommit[_Command, Answer] = GroupCommit(sessions, self._run_commands)
 
     def subject_hmac(self, personal_id: str) -> str:
         return subject_hmac(self._secret, personal_id)
@@ -132,6 +145,7 @@ class DossierService:
             "sync",
             data,
             idempotency_key,
+            data["MaHoSo"],
             lambda s: self.apply(s, client, data["MaHoSo"], "dossier.sync", data, correlation_id),
         )
 
@@ -153,7 +167,7 @@ class DossierService:
                 )
             return self.apply(s, client, data["MaHoSo"], DOWNFLOW, data, correlation_id)
 
-        return self._idempotent(client, "downflow", data, idempotency_key, work)
+        return self._idempotent(client, "downflow", data, idempotency_key, data["MaHoSo"], work)
 
     def send_document(
         self,
@@ -180,7 +194,7 @@ class DossierService:
                 else None
             )
         if seen is not None:  # a repeat is answered without signing (or time-stamping) again
-            return self._idempotent(client, "edoc", request, idempotency_key, lambda _: {})
+            return self._idempotent(client, "edoc", request, idempotency_key, code, lambda _: {})
         document_id, envelope = sign(parsed.agency)
 
         def work(session: Session) -> dict[str, Any]:
@@ -207,7 +221,7 @@ class DossierService:
             session.execute(INSERT_OUTBOX, [row])
             return {"event_id": event_id, "MaHoSo": code, "document_id": document_id, "seq": seq}
 
-        return self._idempotent(client, "edoc", request, idempotency_key, work)
+        return self._idempotent(client, "edoc", request, idempotency_key, code, work)
 
     def add_progress(
         self,
@@ -226,6 +240,7 @@ class DossierService:
             "progress",
             data,
             idempotency_key,
+            code,
             lambda s: self.apply(s, client, code, "dossier.progress", data, correlation_id),
         )
 
@@ -235,34 +250,15 @@ class DossierService:
         op: str,
         data: dict[str, Any],
         key: str | None,
+        code: str,
         work: Callable[[Session], dict[str, Any]],
     ) -> Answer:
+        """Do `work` once per Idempotency-Key. Requests arriving together share one transaction (group commit,
+        ADR 0010); each is answered once its own rows are committed."""
         request_hash = hashlib.sha256(json.dumps([op, data], sort_keys=True).encode()).hexdigest()
         for attempt in (1, 2):
             try:
-                with self.sessions.begin() as session:
-                    if key is not None:
-                        seen = session.execute(SELECT_KEY, {"client": client.name, "key": key}).first()
-                        if seen is not None:
-                            if seen.request_hash != request_hash:
-                                raise Conflict(
-                                    "this Idempotency-Key was used for a different request",
-                                    code="idempotency_key_reused",
-                                )
-                            return Answer(seen.status_code, seen.response, replayed=True)
-                    body = work(session)
-                    if key is not None:
-                        session.execute(
-                            INSERT_KEY,
-                            {
-                                "client": client.name,
-                                "key": key,
-                                "request_hash": request_hash,
-                                "status_code": 202,
-                                "response": body,
-                                "created_at": utcnow(),
-                            },
-                        )
+                answer = self._commands.submit(_Command(client, key, request_hash, code, work))
             except IntegrityError as exc:
                 # A concurrent request with the same key, or creating the same dossier: the second pass sees it.
                 if attempt == 2:
@@ -270,9 +266,45 @@ class DossierService:
                         "a concurrent request changed this dossier; retry", code="concurrent_update"
                     ) from exc
                 continue
-            self._on_commit()
-            return Answer(202, body)
+            if not answer.replayed:
+                self._on_commit()
+            return answer
         raise AssertionError("unreachable")
+
+    def _run_commands(self, session: Session, commands: Sequence[_Command]) -> list[Answer]:
+        """Commands in one transaction, in the order of their dossier (stable: a dossier's own commands keep their
+        order), so two processes' batches never lock dossiers crosswise. A command that fails (a refused
+        transition, an unknown dossier…) aborts the batch; its commands are then done one per transaction, so
+        nothing of a refused command is ever committed and the others are unaffected."""
+        answers: dict[int, Answer] = {}
+        for i in sorted(range(len(commands)), key=lambda i: commands[i].code):
+            answers[i] = self._run_command(session, commands[i])
+        return [answers[i] for i in range(len(commands))]
+
+    @staticmethod
+    def _run_command(session: Session, c: _Command) -> Answer:
+        if c.key is not None:
+            seen = session.execute(SELECT_KEY, {"client": c.client.name, "key": c.key}).first()
+            if seen is not None:
+                if seen.request_hash != c.request_hash:
+                    raise Conflict(
+                        "this Idempotency-Key was used for a different request", code="idempotency_key_reused"
+                    )
+                return Answer(seen.status_code, seen.response, replayed=True)
+        body = c.work(session)
+        if c.key is not None:
+            session.execute(
+                INSERT_KEY,
+                {
+                    "client": c.client.name,
+                    "key": c.key,
+                    "request_hash": c.request_hash,
+                    "status_code": 202,
+                    "response": body,
+                    "created_at": utcnow(),
+                },
+            )
+        return Answer(202, body)
 
     def apply(
         self,
