@@ -111,3 +111,35 @@ def test_group_commit_writes_concurrent_items_each_once_and_isolates_a_bad_one(p
     assert outcomes.count("failed") == 1 and outcomes[7] == "failed"
     assert names == sorted(f"gc-{i:03d}" for i in range(16) if i != 7)  # every good write once, the bad one not
     assert max(batches) > 1  # writes shared a transaction
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_database_restart_mid_relay_loses_nothing(hub_factory: HubFactory, portal: Any, backend: str) -> None:
+    """PostgreSQL drops every connection while the embedded worker relays and clients keep posting: a request that
+    fails says 503 and is retried with its key; every event still reaches the portal once, in order."""
+    from tests.helpers import dossier, step
+    from tests.test_relay import applied_keys, portal_history
+
+    hub = hub_factory()
+    codes = [dossier(200 + i)["MaHoSo"] for i in range(5)]
+
+    def post(path: str, body: dict[str, Any], key: str) -> None:
+        for _ in range(5):  # a client's retry loop, as the 503's Retry-After asks
+            r = hub.http.post(path, json=body, headers={"Idempotency-Key": key})
+            if r.status_code != 503:
+                assert r.status_code == 202, r.text
+                return
+            assert r.json()["code"] == "database_unavailable"
+        raise AssertionError("still 503 after retries")
+
+    for i, code in enumerate(codes):
+        post("/v1/dossiers", dossier(200 + i), f"create-{code}")
+    for n, status in enumerate([4, 5, 4, 9, 10]):
+        if n in (1, 3):
+            assert kill_connections(hub.settings.database_url) >= 1
+        for code in codes:
+            post(f"/v1/dossiers/{code}/progress", step(code, status), f"{code}-{n}")
+    assert hub.wait_idle() == {"delivered": 5 * 6}
+    for code in codes:
+        assert portal_history(portal, code) == [2, 4, 5, 4, 9, 10]
+    assert set(applied_keys(portal).values()) == {1}

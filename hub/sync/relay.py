@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.adapters.errors import PeerError
@@ -140,8 +141,7 @@ class Relay:
             else:
                 self._streak.pop(destination, None)
             outcomes.extend(self._pool.map(deliver, rows[1:]))
-        with self.sessions.begin() as session:
-            outbox.record(session, outcomes, exchanges)
+        self._record(outcomes, exchanges)
         for o in outcomes:
             if o.kind == "dead":
                 log.warning(
@@ -153,6 +153,21 @@ class Relay:
                     },
                 )
         return len(batch)
+
+    def _record(self, outcomes: list[Outcome], exchanges: list[Exchange]) -> None:
+        """Write the batch's outcomes. The database dropping the connection meanwhile (a restart, a fail-over)
+        does not send the batch round again after its lease: the pool has replaced its connections, so the
+        write is tried again at once (compare-and-set on the claim token: a repeat changes nothing)."""
+        for attempt in range(1, 4):
+            try:
+                with self.sessions.begin() as session:
+                    outbox.record(session, outcomes, exchanges)
+                return
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or attempt == 3:
+                    raise
+                log.warning("recording deliveries: database connection lost, trying again", extra={"attempt": attempt})
+                time.sleep(0.1 * attempt)
 
     def _pause(self, destination: str) -> timedelta:
         streak = max(1, self._streak.get(destination, 1))
