@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -572,17 +573,18 @@ audit_cli = typer.Typer(no_args_is_help=True, help="Access log of personal data 
 cli.add_typer(audit_cli, name="audit")
 
 
-def _audit_runtime() -> tuple[Any, Any]:
+def _audit_runtime(*, database: bool = True) -> tuple[Any, Any]:
     from hub.services.audit import AccessLog
     from hub.store import db
 
     settings = _settings()
+    secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+    if not database:
+        return None, AccessLog(secret)
     url = settings.effective_database_url
     if url.startswith("sqlite"):
         db.upgrade(url)
-    engine = db.make_engine(url)
-    secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
-    return engine, AccessLog(secret)
+    return db.make_engine(url), AccessLog(secret)
 
 
 @audit_cli.command("verify")
@@ -590,17 +592,29 @@ def audit_verify(
     anchor: Annotated[
         list[str] | None, typer.Option(help="a head printed by an earlier run; must still be there")
     ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="check an export (`hub audit export`) instead of the database")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check the whole access log: any edited, inserted or removed entry breaks the chain. Exit 1 if broken."""
+    """Check the whole access log: any edited, inserted or removed entry breaks the chain. Exit 1 if broken.
+    With --file, check an exported file entry by entry (needs the same HUB_SECRET_KEY, not the database)."""
     from hub.store import db
 
-    engine, log = _audit_runtime()
-    try:
-        with db.make_sessionmaker(engine)() as session:
-            result = log.verify(session, anchors=frozenset(anchor or []))
-    finally:
-        engine.dispose()
+    engine, log = _audit_runtime(database=file is None)
+    if file is not None:
+        try:
+            with file.open(encoding="utf-8") as lines:
+                result = log.check_export(json.loads(line) for line in lines if line.strip())
+        except (OSError, json.JSONDecodeError) as exc:
+            err.print(f"[red]cannot read {file}: {exc}[/red]")
+            raise typer.Exit(2) from None
+    else:
+        try:
+            with db.make_sessionmaker(engine)() as session:
+                result = log.verify(session, anchors=frozenset(anchor or []))
+        finally:
+            engine.dispose()
     if as_json:
         out.print_json(json.dumps(result.as_dict()))
     elif result.intact:
@@ -608,6 +622,68 @@ def audit_verify(
     else:
         out.print(f"[red]BROKEN[/red] at entry {result.broken_at}: {result.problem} ({result.checked} good before it)")
     raise typer.Exit(0 if result.intact else 1)
+
+
+@audit_cli.command("export")
+def audit_export(
+    output: Annotated[Path, typer.Option("--out", help="the file to write (JSON lines, or CSV with --csv)")],
+    since: Annotated[str | None, typer.Option(help="from this date or time (ISO 8601, Vietnam time)")] = None,
+    until: Annotated[str | None, typer.Option(help="before this date or time (ISO 8601)")] = None,
+    agency: Annotated[str | None, typer.Option(help="only reads made for this agency code")] = None,
+    client: Annotated[str | None, typer.Option(help="only reads by this client system")] = None,
+    csv_format: Annotated[bool, typer.Option("--csv", help="CSV for a spreadsheet (not re-checkable)")] = False,
+) -> None:
+    """Export access-log entries (an inspection, a period's archive): who read whose data (as an HMAC), why,
+    under which consent, which fields — with the chain hashes, so `hub audit verify --file` can check the file
+    later. The log is verified first: a broken chain is reported, not exported (exit 1)."""
+    import csv
+
+    from hub.services.audit import CHAINED
+    from hub.store import db
+
+    try:
+        start, end = _when(since), _when(until)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    engine, log = _audit_runtime()
+    written = 0
+    try:
+        with db.make_sessionmaker(engine)() as session:
+            result = log.verify(session)
+            if not result.intact:
+                err.print(f"[red]the access log is BROKEN at entry {result.broken_at}: {result.problem}[/red]")
+                raise typer.Exit(1)
+            entries = log.export(session, since=start, until=end, agency=agency, client=client)
+            with output.open("w", encoding="utf-8", newline="") as f:
+                if csv_format:
+                    writer = csv.DictWriter(f, fieldnames=["id", *CHAINED, "prev_hash", "chain_hash"])
+                    writer.writeheader()
+                    for item in entries:
+                        writer.writerow({**item, "fields": " ".join(item["fields"])})
+                        written += 1
+                else:
+                    for item in entries:
+                        f.write(json.dumps(item, ensure_ascii=False) + "\n")
+                        written += 1
+    finally:
+        engine.dispose()
+    err.print(
+        f"{written} entries written to {output}; the chain was intact ({result.checked} entries, head {result.head})"
+    )
+
+
+def _when(value: str | None) -> datetime | None:
+    """An ISO 8601 date (midnight in Vietnam) or date-time (with an offset; without one, Vietnam's)."""
+    if value is None:
+        return None
+    from hub.domain.dates import VN_TZ
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 date or time: {value!r}") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=VN_TZ)
 
 
 @audit_cli.command("usage")

@@ -4,6 +4,7 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -481,3 +482,64 @@ def test_results_issued_with_dossiers_are_offered_for_reuse(hub: Hub, people: ht
     offered = ask(hub, father["SoDinhDanh"], consent_ref=ref).json()["documents"]
     assert [(o["number"], o["dossier_code"]) for o in offered] == [("05/2020/KH", d["MaHoSo"])]
     assert offered[0]["reference"].endswith("05-2020-KH.pdf")
+
+
+def test_audit_export_for_an_inspection_is_checkable_later(
+    hub: Hub, people: httpx.Client, creds: Creds, tmp_path: Path
+) -> None:
+    """An inspector asks for one agency's reads: the export holds them, with no personal ID in clear, and the
+    file can be checked later without the database — an edited line is caught."""
+    items = people.get("/_sandbox/people", params={"limit": 3}).json()["items"]
+    for p in items:
+        assert ask(hub, p["SoDinhDanh"], "1.004873").status_code == 200
+    refused = {"X-API-Key": creds.other_key}  # may not pre-fill for AGENCY: a refused read, logged too
+    assert ask_with(hub, items[0]["SoDinhDanh"], refused).status_code == 403
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_DATABASE_URL": hub.settings.effective_database_url,
+        "HUB_SECRET_KEY": creds.secret_key,
+    }
+
+    def hub_cli(*args: str, key: str = creds.secret_key) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [HUB_BIN, "audit", *args], check=False, env={**env, "HUB_SECRET_KEY": key}, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+
+    whole, mine = tmp_path / "all.jsonl", tmp_path / "agency.jsonl"
+    assert hub_cli("export", "--out", str(whole)).returncode == 0
+    done = hub_cli("export", "--out", str(mine), "--agency", AGENCY, "--client", "onestop-hcm", "--since", "2020-01-01")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in mine.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 3 and {e["client"] for e in lines} == {"onestop-hcm"}
+    assert {e["outcome"] for e in lines} == {"allowed"} and all(e["fields"] for e in lines)
+    text_out = mine.read_text(encoding="utf-8") + whole.read_text(encoding="utf-8")
+    assert not any(p["SoDinhDanh"] in text_out for p in items)  # subjects as HMACs only
+    assert len(whole.read_text(encoding="utf-8").splitlines()) == 4  # the refused read is in the whole log
+    for f in (whole, mine):
+        checked = hub_cli("verify", "--file", str(f), "--json")
+        assert checked.returncode == 0 and json.loads(checked.stdout)["intact"], checked.stdout + checked.stderr
+    # someone edits the purpose of one read in the archived file: caught, and so is a file checked with another key
+    edited = [json.loads(line) for line in whole.read_text(encoding="utf-8").splitlines()]
+    edited[1]["purpose"] = "something else"
+    forged = tmp_path / "edited.jsonl"
+    forged.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in edited), encoding="utf-8")
+    caught = hub_cli("verify", "--file", str(forged), "--json")
+    assert caught.returncode == 1 and json.loads(caught.stdout)["broken_at"] == edited[1]["id"]
+    assert hub_cli("verify", "--file", str(whole), key="y" * 40).returncode == 1
+    assert hub_cli("export", "--out", str(tmp_path / "x.jsonl"), "--since", "yesterday").returncode == 2
+    sheet = tmp_path / "agency.csv"
+    assert hub_cli("export", "--out", str(sheet), "--agency", AGENCY, "--csv").returncode == 0
+    rows = list(csv.DictReader(sheet.open(encoding="utf-8")))
+    assert len(rows) == 4 and rows[0]["chain_hash"] == edited[0]["chain_hash"] and rows[0]["officer"] == "cb-0042"
+
+
+def ask_with(hub: Hub, subject_id: str, headers: dict[str, str]) -> httpx.Response:
+    body = {
+        "procedure": "1.004873",
+        "subject_id": subject_id,
+        "purpose": PURPOSE,
+        "requested_by": {"officer": "cb-0042", "agency": AGENCY},
+    }
+    return hub.http.post("/v1/prefill", json=body, headers=headers)

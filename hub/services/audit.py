@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -111,6 +111,62 @@ class AccessLog:
                 prev_hash, last_id = row.chain_hash, row.id
                 missing.discard(prev_hash)
                 checked += 1
+
+    def export(
+        self,
+        session: Session,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        agency: str | None = None,
+        client: str | None = None,
+        batch: int = 5000,
+    ) -> Iterator[dict[str, Any]]:
+        """Entries in chain order, as exported for an inspection or an archive: every chained field, the subject
+        as its HMAC (never the ID), and both hashes, so each entry can be checked on its own (`check_export`)."""
+        last_id = 0
+        while True:
+            query = select(AccessLogEntry).where(AccessLogEntry.id > last_id)
+            if since is not None:
+                query = query.where(AccessLogEntry.at >= since)
+            if until is not None:
+                query = query.where(AccessLogEntry.at < until)
+            if agency is not None:
+                query = query.where(AccessLogEntry.agency == agency)
+            if client is not None:
+                query = query.where(AccessLogEntry.client == client)
+            rows = session.scalars(query.order_by(AccessLogEntry.id).limit(batch)).all()
+            if not rows:
+                return
+            for row in rows:
+                item: dict[str, Any] = {"id": row.id}
+                for name in CHAINED:
+                    value = getattr(row, name)
+                    item[name] = value.isoformat(timespec="microseconds") if isinstance(value, datetime) else value
+                item["prev_hash"], item["chain_hash"] = row.prev_hash, row.chain_hash
+                yield item
+            last_id = rows[-1].id
+
+    def check_export(self, items: Iterable[dict[str, Any]]) -> VerifyResult:
+        """Check exported entries without the database: each entry's hash against its content and its
+        predecessor's hash, and, where two entries are consecutive in the chain, that they link. A filtered
+        export (one agency, one period) is checked entry by entry; a whole one, link by link from the first."""
+        checked, previous = 0, None
+        for item in items:
+            try:
+                values = {name: item[name] for name in CHAINED}
+                entry_id, prev_hash, chain_hash = int(item["id"]), str(item["prev_hash"]), str(item["chain_hash"])
+            except (KeyError, TypeError, ValueError):
+                return VerifyResult(False, checked, None, "an exported entry lacks a chained field", "")
+            if previous is not None and entry_id == previous[0] + 1 and prev_hash != previous[1]:
+                return VerifyResult(False, checked, entry_id, "an entry before this one was altered", previous[1])
+            if previous is None and entry_id == 1 and prev_hash != GENESIS:
+                return VerifyResult(False, checked, entry_id, "the first entry does not start the chain", GENESIS)
+            if not hmac.compare_digest(chain_hash, _link(self._key, prev_hash, values)):
+                return VerifyResult(False, checked, entry_id, "this entry was altered", prev_hash)
+            previous = (entry_id, chain_hash)
+            checked += 1
+        return VerifyResult(True, checked, None, None, previous[1] if previous else GENESIS)
 
     def usage(self, session: Session, subject: str) -> Iterator[dict[str, Any]]:
         """Who used this citizen's data, newest first (what a citizen or an auditor is shown)."""
