@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from hub.domain.dates import utcnow
@@ -100,14 +100,19 @@ class Outcome:
     retry_at: datetime | None = None
 
 
+RECORD_OUTCOME = update(OutboxMessage.__table__).where(  # type: ignore[arg-type]
+    OutboxMessage.__table__.c.id == bindparam("b_id"), OutboxMessage.__table__.c.claim_token == bindparam("b_token")
+)
+
+
 def record(session: Session, outcomes: Sequence[Outcome], exchanges: Sequence[Exchange]) -> int:
-    """Write the outcomes of a batch (compare-and-set on the claim token) and the exchange records.
-    Returns how many rows were still ours."""
+    """Write the outcomes of a batch (compare-and-set on the claim token) and the exchange records: one
+    executemany per kind of outcome, not one round trip per row. Returns how many rows were still ours."""
     now = utcnow()
-    mine = 0
+    by_kind: dict[str, list[dict[str, Any]]] = {}
     for o in outcomes:
         c = o.claimed
-        values: dict[str, Any] = {"claim_token": None, "lease_until": None}
+        values: dict[str, Any] = {"b_id": c.id, "b_token": c.claim_token, "claim_token": None, "lease_until": None}
         if o.kind == "delivered":
             values |= {
                 "state": DELIVERED,
@@ -136,13 +141,11 @@ def record(session: Session, outcomes: Sequence[Outcome], exchanges: Sequence[Ex
             }
         else:  # released untried: the peer is down, keep the attempt count
             values |= {"state": PENDING, "next_attempt_at": o.retry_at}
-        result = session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == c.id, OutboxMessage.claim_token == c.claim_token)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        mine += result.rowcount  # type: ignore[attr-defined]
+        by_kind.setdefault(o.kind, []).append(values)
+    mine = 0
+    for rows in by_kind.values():
+        result = session.connection().execute(RECORD_OUTCOME, rows)
+        mine += result.rowcount
     session.add_all(exchanges)
     return mine
 
