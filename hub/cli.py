@@ -606,7 +606,7 @@ def audit_verify(
         try:
             with file.open(encoding="utf-8") as lines:
                 result = log.check_export(json.loads(line) for line in lines if line.strip())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
             err.print(f"[red]cannot read {file}: {exc}[/red]")
             raise typer.Exit(2) from None
     else:

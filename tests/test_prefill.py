@@ -528,6 +528,11 @@ def test_audit_export_for_an_inspection_is_checkable_later(
     caught = hub_cli("verify", "--file", str(forged), "--json")
     assert caught.returncode == 1 and json.loads(caught.stdout)["broken_at"] == edited[1]["id"]
     assert hub_cli("verify", "--file", str(whole), key="y" * 40).returncode == 1
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_bytes(b"\xff\xfe not json\n")
+    assert hub_cli("verify", "--file", str(garbage)).returncode == 2  # unreadable: said so, no traceback
+    garbage.write_text("[1, 2]\n", encoding="utf-8")
+    assert hub_cli("verify", "--file", str(garbage)).returncode == 1  # not an exported entry: not intact
     assert hub_cli("export", "--out", str(tmp_path / "x.jsonl"), "--since", "yesterday").returncode == 2
     sheet = tmp_path / "agency.csv"
     assert hub_cli("export", "--out", str(sheet), "--agency", AGENCY, "--csv").returncode == 0
