@@ -739,8 +739,6 @@ def sign_verify(
     output: Annotated[str, typer.Option("--format", help="json | text")] = "text",
 ) -> None:
     """Exit 0 for TOTAL-PASSED, 1 for TOTAL-FAILED, 3 for INDETERMINATE, 2 for usage errors."""
-    from datetime import datetime
-
     from cryptography import x509 as cx509
     from cryptography.hazmat.primitives import serialization
 

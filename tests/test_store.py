@@ -78,10 +78,13 @@ def test_group_commit_writes_concurrent_items_each_once_and_isolates_a_bad_one(p
     with sessions.begin() as s:
         s.execute(text("DELETE FROM flags WHERE name LIKE 'gc-%'"))
     batches: list[int] = []
+    unordered: list[list[str]] = []
     started = threading.Barrier(16)
 
     def write(s: Session, items: Any) -> list[str]:
         batches.append(len(items))
+        if list(items) != sorted(items):
+            unordered.append(list(items))
         for name in items:
             if name == "gc-bad":
                 raise ValueError("a write that cannot be done")
@@ -89,7 +92,7 @@ def test_group_commit_writes_concurrent_items_each_once_and_isolates_a_bad_one(p
         time.sleep(0.01)  # a commit that takes a while, as a WAL flush does: others queue meanwhile
         return [f"wrote {name}" for name in items]
 
-    group: GroupCommit[str, str] = GroupCommit(sessions, write)
+    group: GroupCommit[str, str] = GroupCommit(sessions, write, order=lambda name: name)
 
     def submit(i: int) -> str:
         started.wait()
@@ -111,6 +114,7 @@ def test_group_commit_writes_concurrent_items_each_once_and_isolates_a_bad_one(p
     assert outcomes.count("failed") == 1 and outcomes[7] == "failed"
     assert names == sorted(f"gc-{i:03d}" for i in range(16) if i != 7)  # every good write once, the bad one not
     assert max(batches) > 1  # writes shared a transaction
+    assert unordered == []  # each batch in `order`, whatever order its writes came in
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])

@@ -129,7 +129,9 @@ class DossierService:
         self._on_commit = on_commit
         self.notify_channels = tuple(notify_channels)  # email, sms: the citizen is told of status changes
         self.calendar = WorkingCalendar()
-        self._commands: GroupCommit[_Command, Answer] = GroupCommit(sessions, self._run_commands)
+        self._commands: GroupCommit[_Command, Answer] = GroupCommit(
+            sessions, self._run_commands, order=lambda c: c.code
+        )
 
     def subject_hmac(self, personal_id: str) -> str:
         return subject_hmac(self._secret, personal_id)
@@ -272,14 +274,10 @@ class DossierService:
         raise AssertionError("unreachable")
 
     def _run_commands(self, session: Session, commands: Sequence[_Command]) -> list[Answer]:
-        """Commands in one transaction, in the order of their dossier (stable: a dossier's own commands keep their
-        order), so two processes' batches never lock dossiers crosswise. A command that fails (a refused
-        transition, an unknown dossier…) aborts the batch; its commands are then done one per transaction, so
-        nothing of a refused command is ever committed and the others are unaffected."""
-        answers: dict[int, Answer] = {}
-        for i in sorted(range(len(commands)), key=lambda i: commands[i].code):
-            answers[i] = self._run_command(session, commands[i])
-        return [answers[i] for i in range(len(commands))]
+        """Commands in one transaction, in the order of their dossier (GroupCommit's `order`). A command that fails
+        (a refused transition, an unknown dossier…) aborts the batch; its commands are then done one per
+        transaction, so nothing of a refused command is ever committed and the others are unaffected."""
+        return [self._run_command(session, c) for c in commands]
 
     @staticmethod
     def _run_command(session: Session, c: _Command) -> Answer:

@@ -138,7 +138,9 @@ class PaymentService:
         self.query_after = query_after
         self._on_commit = on_commit
         # confirmations arriving together are applied in one transaction (each still exactly once)
-        self._applies: GroupCommit[_Apply, tuple[str, str, str | None]] = GroupCommit(sessions, self._apply_batch)
+        self._applies: GroupCommit[_Apply, tuple[str, str, str | None]] = GroupCommit(
+            sessions, self._apply_batch, order=lambda a: a.cb.reference
+        )
 
     # -- create ----------------------------------------------------------------------------------------------
 
@@ -327,13 +329,9 @@ class PaymentService:
         raise AssertionError("unreachable")
 
     def _apply_batch(self, s: Session, batch: Sequence[_Apply]) -> list[tuple[str, str, str | None]]:
-        """Callbacks in one transaction, in order of their payment reference (two batches never take row locks
-        crosswise); a later callback for the same payment sees what an earlier one did, as if they came apart."""
-        results: dict[int, tuple[str, str, str | None]] = {}
-        for i in sorted(range(len(batch)), key=lambda i: batch[i].cb.reference):
-            a = batch[i]
-            results[i] = self._apply_in(s, a.platform, a.cb, a.source, a.correlation_id, a.digest)
-        return [results[i] for i in range(len(batch))]
+        """Callbacks in one transaction, in order of their payment reference (GroupCommit's `order`); a later
+        callback for the same payment sees what an earlier one did, as if they came apart."""
+        return [self._apply_in(s, a.platform, a.cb, a.source, a.correlation_id, a.digest) for a in batch]
 
     def _apply_in(
         self, s: Session, platform: str, cb: Callback, source: str, correlation_id: str, digest: str

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,12 +32,16 @@ class GroupCommit(Generic[T, R]):
         sessions: sessionmaker[Session],
         write: Callable[[Session, Sequence[T]], Sequence[R]],
         *,
+        order: Callable[[T], Any] | None = None,
         max_batch: int = 200,
     ) -> None:
         """`write(session, items)` does the items' work, in order, inside the given transaction (it must not
-        commit) and returns one result per item."""
+        commit) and returns one result per item. `order`: a batch is sorted by this key first (stable: items
+        with the same key keep the order they came in), so that two batches — in two processes — take row locks
+        in the same order and never wait on each other crosswise."""
         self._sessions = sessions
         self._write = write
+        self._order = order
         self._max_batch = max_batch
         self._queue: list[tuple[T, Future[R]]] = []
         self._queue_lock = threading.Lock()
@@ -58,6 +62,9 @@ class GroupCommit(Generic[T, R]):
         return done.result()
 
     def _commit(self, batch: list[tuple[T, Future[R]]]) -> None:
+        if self._order is not None and len(batch) > 1:
+            order = self._order
+            batch = sorted(batch, key=lambda entry: order(entry[0]))
         try:
             with self._sessions.begin() as s:
                 results = self._write(s, [item for item, _ in batch])
