@@ -249,9 +249,10 @@ class Runtime:
     @staticmethod
     def _record_exchanges(session: Session, records: Sequence[ExchangeRecord]) -> None:
         """Exchanges made outside the relay (pre-fill look-ups) go to the same append-only record."""
+        from hub.sync.outbox import write_exchanges
         from hub.sync.relay import exchange_row
 
-        session.add_all(exchange_row(rec) for rec in records)
+        write_exchanges(session, [exchange_row(rec) for rec in records])
 
     def _deliver_email(self, c: Claimed, hook: ExchangeHook) -> Any:
         from hub.adapters.errors import PeerRejected as Refused

@@ -379,8 +379,14 @@ XXE = b"""<?xml version="1.0"?>
 <!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>&xxe;</soap:Body></soap:Envelope>"""
 
+HUGE = (  # well-formed, but far larger than any citizen's record: refused before it is parsed
+    b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>'
+    + b"<!-- padding -->" * 200_000
+    + b"</soap:Body></soap:Envelope>"
+)
 
-@pytest.mark.parametrize("payload", [BOMB, XXE])
+
+@pytest.mark.parametrize("payload", [BOMB, XXE, HUGE], ids=["entity-bomb", "xxe", "huge"])
 def test_hostile_replies_are_refused_at_the_boundary(payload: bytes) -> None:
     from fastapi import FastAPI
     from fastapi.responses import Response
@@ -401,6 +407,8 @@ def test_hostile_replies_are_refused_at_the_boundary(payload: bytes) -> None:
         with pytest.raises(PeerProtocolError) as exc:
             client.look_up(CitizenLookup("001090000001", "r1", "cb", KHAI_SINH), correlation_id="c", on_exchange=None)
         assert "passwd" not in str(exc.value) and "root:" not in str(exc.value)
+        if payload is HUGE:
+            assert "larger than" in str(exc.value)
     finally:
         client.close()
         server.stop()

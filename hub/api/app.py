@@ -45,7 +45,7 @@ class Unauthenticated(DomainError):
     status = 401
 
 
-def _client(
+async def _client(  # async: no I/O here, so FastAPI runs it on the event loop, not through the threadpool
     request: Request,
     x_api_key: Annotated[str | None, Header(description=API_KEY_HELP)] = None,
     authorization: Annotated[str | None, Header()] = None,
@@ -62,7 +62,7 @@ def _client(
     return found
 
 
-def _idempotency_key(
+async def _idempotency_key(
     idempotency_key: Annotated[
         str | None, Header(max_length=IDEMPOTENCY_KEY_MAX, description="repeat it to repeat a request safely")
     ] = None,
@@ -408,6 +408,7 @@ def record_inbound(rt: Runtime, req: Inbound) -> None:
     """Append what a peer pushed, and hub's answer (accepted, or rejected with the problem's code), to the
     exchange record; a rejection is also logged. Never raises: the answer has already gone."""
     from hub.adapters.exchange import ExchangeRecord, digest
+    from hub.sync.outbox import write_exchanges
     from hub.sync.relay import exchange_row
 
     peer, operation = next(v for prefix, v in INBOUND.items() if req.path.startswith(prefix))
@@ -433,6 +434,6 @@ def record_inbound(rt: Runtime, req: Inbound) -> None:
     )
     try:
         with rt.sessions.begin() as s:
-            s.add(exchange_row(record))
+            write_exchanges(s, [exchange_row(record)])
     except Exception:  # the record must not turn an answered request into an error
         log.exception("could not record an inbound push", extra={"correlation_id": req.correlation_id})

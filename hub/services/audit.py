@@ -61,6 +61,8 @@ def _link(key: bytes, prev_hash: str, values: dict[str, Any]) -> str:
 
 
 HEAD = select(AccessLogEntry.chain_hash).order_by(AccessLogEntry.id.desc()).limit(1)
+LOCK = text("SELECT pg_advisory_xact_lock(:id)")
+INSERT = insert(AccessLogEntry.metadata.tables[AccessLogEntry.__tablename__])
 
 
 class AccessLog:
@@ -73,9 +75,10 @@ class AccessLog:
         commit promptly (the lock is held until then). One read of the head and one multi-row insert per call."""
         if not accesses:
             return []
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
-        prev_hash = session.scalar(HEAD) or GENESIS
+        conn = session.connection()  # Core statements on the session's connection: no ORM machinery per call
+        if conn.dialect.name == "postgresql":
+            conn.execute(LOCK, {"id": ADVISORY_LOCK_ID})
+        prev_hash = conn.execute(HEAD).scalar() or GENESIS
         rows: list[dict[str, Any]] = []
         for access in accesses:
             values: dict[str, Any] = {name: getattr(access, name) for name in CHAINED if name != "at"}
@@ -84,7 +87,7 @@ class AccessLog:
             chain_hash = _link(self._key, prev_hash, values)
             rows.append({**values, "prev_hash": prev_hash, "chain_hash": chain_hash})
             prev_hash = chain_hash
-        session.execute(insert(AccessLogEntry), rows)
+        conn.execute(INSERT, rows)
         return [r["chain_hash"] for r in rows]
 
     def verify(self, session: Session, *, anchors: frozenset[str] = frozenset(), batch: int = 5000) -> VerifyResult:

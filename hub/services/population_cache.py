@@ -8,7 +8,9 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -20,6 +22,7 @@ from hub.domain.dates import utcnow
 from hub.domain.privacy import derive_key
 from hub.store.models import PopulationCacheEntry
 
+TABLE = PopulationCacheEntry.metadata.tables[PopulationCacheEntry.__tablename__]
 READ = select(PopulationCacheEntry.ciphertext, PopulationCacheEntry.fetched_at, PopulationCacheEntry.expires_at).where(
     PopulationCacheEntry.key == bindparam("key")
 )
@@ -55,31 +58,41 @@ class PopulationCache:
         record: dict[str, Any] | None = json.loads(plain)
         return record, row.fetched_at
 
+    def seal(self, key: str, record: dict[str, Any] | None, fetched_at: datetime) -> dict[str, Any]:
+        """The row that keeps a reply: encrypted under a fresh nonce, bound to its key."""
+        nonce = os.urandom(12)
+        blob = nonce + self._aead.encrypt(nonce, json.dumps(record, ensure_ascii=False).encode(), key.encode())
+        return {"key": key, "ciphertext": blob, "fetched_at": fetched_at, "expires_at": fetched_at + self.ttl}
+
     def put(
         self, key: str, record: dict[str, Any] | None, fetched_at: datetime, *, session: Session | None = None
     ) -> None:
-        """Keep a reply (inside the caller's transaction when `session` is given). An upsert: two requests that
-        fetched the same citizen at once both succeed, the later reply wins."""
-        if not self.enabled:
-            return
-        nonce = os.urandom(12)
-        blob = nonce + self._aead.encrypt(nonce, json.dumps(record, ensure_ascii=False).encode(), key.encode())
-        values = {"key": key, "ciphertext": blob, "fetched_at": fetched_at, "expires_at": fetched_at + self.ttl}
+        """Keep a reply (inside the caller's transaction when `session` is given)."""
         if session is not None:
-            self._upsert(session, values)
+            self.put_many(session, [(key, record, fetched_at)])
             return
         with self.sessions.begin() as s:
-            self._upsert(s, values)
+            self.put_many(s, [(key, record, fetched_at)])
+
+    def put_many(self, session: Session, entries: Sequence[tuple[str, dict[str, Any] | None, datetime]]) -> None:
+        """Keep replies inside the caller's transaction, in the order given (give them in key order, so that two
+        transactions never lock rows crosswise). An upsert: two requests that fetched the same citizen at once
+        both succeed, the later reply wins. One executemany."""
+        if not self.enabled or not entries:
+            return
+        rows = [self.seal(key, record, fetched_at) for key, record, fetched_at in entries]
+        session.connection().execute(self._upsert(session.get_bind().dialect.name), rows)
 
     @staticmethod
-    def _upsert(session: Session, values: dict[str, Any]) -> None:
-        if session.get_bind().dialect.name == "postgresql":
+    @cache
+    def _upsert(dialect: str) -> Any:
+        if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as upsert
         else:
             from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
-        stmt = upsert(PopulationCacheEntry).values(**values)
+        stmt = upsert(TABLE)
         changed = {name: stmt.excluded[name] for name in ("ciphertext", "fetched_at", "expires_at")}
-        session.execute(stmt.on_conflict_do_update(index_elements=["key"], set_=changed))
+        return stmt.on_conflict_do_update(index_elements=["key"], set_=changed)
 
     def sweep(self) -> int:
         with self.sessions.begin() as s:

@@ -328,8 +328,8 @@ class PrefillService:
             for key, payload, fetched in (entry for j in journals for entry in j.cache):
                 if key not in latest or fetched >= latest[key][1]:
                     latest[key] = (payload, fetched)
-            for key in sorted(latest):  # in key order: two batches never lock rows crosswise
-                self.cache.put(key, *latest[key], session=s)
+            # in key order: two batches never lock rows crosswise
+            self.cache.put_many(s, [(key, *latest[key]) for key in sorted(latest)])
         # last: the chain's lock is held from here to the commit, so batches queue on it as briefly as can be
         self.access_log.append(s, *(access for j in journals for access in j.accesses))
         return [None] * len(journals)

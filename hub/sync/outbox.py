@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from hub.domain.dates import utcnow
@@ -105,7 +105,16 @@ RECORD_OUTCOME = update(OutboxMessage.__table__).where(  # type: ignore[arg-type
 )
 
 
-def record(session: Session, outcomes: Sequence[Outcome], exchanges: Sequence[Exchange]) -> int:
+INSERT_EXCHANGE = insert(Exchange.metadata.tables[Exchange.__tablename__])  # Core: no ORM bulk-insert machinery
+
+
+def write_exchanges(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Append exchange records inside the caller's transaction: one executemany, no ORM unit of work."""
+    if rows:
+        session.connection().execute(INSERT_EXCHANGE, list(rows))
+
+
+def record(session: Session, outcomes: Sequence[Outcome], exchanges: Sequence[dict[str, Any]]) -> int:
     """Write the outcomes of a batch (compare-and-set on the claim token) and the exchange records: one
     executemany per kind of outcome, not one round trip per row. Returns how many rows were still ours."""
     now = utcnow()
@@ -146,7 +155,7 @@ def record(session: Session, outcomes: Sequence[Outcome], exchanges: Sequence[Ex
     for rows in by_kind.values():
         result = session.connection().execute(RECORD_OUTCOME, rows)
         mine += result.rowcount
-    session.add_all(exchanges)
+    write_exchanges(session, exchanges)
     return mine
 
 

@@ -19,7 +19,6 @@ from hub.adapters.errors import PeerError
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.domain.dates import utcnow
 from hub.logs import correlation_id
-from hub.store.models import Exchange
 from hub.sync import outbox
 from hub.sync.outbox import Claimed, Outcome
 from hub.sync.retry import RetryPolicy
@@ -32,20 +31,21 @@ Deliverer = Callable[[Claimed, ExchangeHook], Any]
 PEER_DOWN_PAUSE_CAP = 30.0  # seconds: a peer that was down is probed again at least this often
 
 
-def exchange_row(rec: ExchangeRecord, outbox_id: int | None = None) -> Exchange:
-    """The append-only record of one outbound exchange, as an adapter reported it."""
-    return Exchange(
-        at=utcnow(),
-        peer=rec.peer,
-        operation=rec.operation,
-        correlation_id=rec.correlation_id,
-        outbox_id=outbox_id,
-        request_digest=rec.request_digest,
-        response_digest=rec.response_digest,
-        duration_ms=rec.duration_ms,
-        outcome=rec.outcome,
-        error_code=rec.error_code,
-    )
+def exchange_row(rec: ExchangeRecord, outbox_id: int | None = None) -> dict[str, Any]:
+    """The append-only record of one exchange, as an adapter reported it (a row for `write_exchanges`)."""
+    return {
+        "at": utcnow(),
+        "peer": rec.peer,
+        "operation": rec.operation,
+        "correlation_id": rec.correlation_id,
+        "outbox_id": outbox_id,
+        "request_digest": rec.request_digest,
+        "response_digest": rec.response_digest,
+        "duration_ms": rec.duration_ms,
+        "outcome": rec.outcome,
+        "error_code": rec.error_code,
+    }
+
 
 
 class Relay:
@@ -87,7 +87,7 @@ class Relay:
             return 0
         down: dict[str, PeerError] = {}
         lock = threading.Lock()
-        exchanges: list[Exchange] = []
+        exchanges: list[dict[str, Any]] = []
 
         def hook(rec: ExchangeRecord, outbox_id: int) -> None:
             with lock:
@@ -154,7 +154,7 @@ class Relay:
                 )
         return len(batch)
 
-    def _record(self, outcomes: list[Outcome], exchanges: list[Exchange]) -> None:
+    def _record(self, outcomes: list[Outcome], exchanges: list[dict[str, Any]]) -> None:
         """Write the batch's outcomes. The database dropping the connection meanwhile (a restart, a fail-over)
         does not send the batch round again after its lease: the pool has replaced its connections, so the
         write is tried again at once (compare-and-set on the claim token: a repeat changes nothing)."""
