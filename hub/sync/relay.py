@@ -47,7 +47,6 @@ def exchange_row(rec: ExchangeRecord, outbox_id: int | None = None) -> dict[str,
     }
 
 
-
 class Relay:
     def __init__(
         self,
