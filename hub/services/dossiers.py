@@ -50,9 +50,9 @@ SELECT_DOSSIER = (
 )
 INSERT_DOSSIER = insert(DOSSIERS).returning(DOSSIERS.c.id)
 UPDATE_DOSSIER = update(DOSSIERS).where(DOSSIERS.c.id == bindparam("dossier_id"))
-INSERT_EVENT = insert(EVENTS)
+INSERT_EVENT = insert(EVENTS).inline()  # inline: no RETURNING of the new id, nobody reads it
 INSERT_OUTBOX = insert(OUTBOX)
-INSERT_KEY = insert(KEYS)
+INSERT_KEY = insert(KEYS).inline()
 SELECT_LIMIT = select(Procedure.limit_working_days).where(Procedure.code == bindparam("code"))
 
 
@@ -281,8 +281,9 @@ class DossierService:
 
     @staticmethod
     def _run_command(session: Session, c: _Command) -> Answer:
+        conn = session.connection()  # Core statements on the connection: no ORM execution machinery per statement
         if c.key is not None:
-            seen = session.execute(SELECT_KEY, {"client": c.client.name, "key": c.key}).first()
+            seen = conn.execute(SELECT_KEY, {"client": c.client.name, "key": c.key}).first()
             if seen is not None:
                 if seen.request_hash != c.request_hash:
                     raise Conflict(
@@ -291,7 +292,7 @@ class DossierService:
                 return Answer(seen.status_code, seen.response, replayed=True)
         body = c.work(session)
         if c.key is not None:
-            session.execute(
+            conn.execute(
                 INSERT_KEY,
                 {
                     "client": c.client.name,
@@ -322,10 +323,11 @@ class DossierService:
             raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
         whole = kind in (SYNC, DOWNFLOW)  # a whole dossier (DongBoHoSoMC shape), not a progress step
         new_status = parse_status(data["TrangThaiHoSo"] if whole else data["TrangThai"])
-        current = locked if locked is not None else session.execute(SELECT_DOSSIER, {"code": code}).first()
+        conn = session.connection()  # Core statements on the connection: no ORM execution machinery per statement
+        current = locked if locked is not None else conn.execute(SELECT_DOSSIER, {"code": code}).first()
         if whole and not data.get("NgayHenTra"):
             # No appointment date given: derive it from the procedure's limit in working days, when known.
-            limit = session.execute(SELECT_LIMIT, {"code": data["MaTTHC"]}).scalar()
+            limit = conn.execute(SELECT_LIMIT, {"code": data["MaTTHC"]}).scalar()
             if limit is not None:
                 due = self.calendar.add_working_days(parse_national(data["NgayTiepNhan"]), int(limit))
                 data = {**data, "NgayHenTra": format_national(due)}
@@ -336,7 +338,7 @@ class DossierService:
             check_transition(None, new_status)
             owner_id = data.get("SoGiayToChuHoSo")
             seq = 1
-            dossier_id = session.execute(
+            dossier_id = conn.execute(
                 INSERT_DOSSIER,
                 {
                     "code": code,
@@ -374,7 +376,7 @@ class DossierService:
                 stored = {**current.data, "TrangThaiHoSo": int(new_status)}
             due_at = _due_at(stored)
             seq = current.last_seq + 1
-            session.execute(
+            conn.execute(
                 UPDATE_DOSSIER,
                 {
                     "dossier_id": dossier_id,
@@ -386,7 +388,7 @@ class DossierService:
                 },
             )
         event_id = str(uuid.uuid4())
-        session.execute(
+        conn.execute(
             INSERT_EVENT,
             {
                 "event_id": event_id,
@@ -454,7 +456,7 @@ class DossierService:
                     rows.append(
                         _outbox_row(event_id, dossier_id, seq, destination, operation, payload, correlation_id, now)
                     )
-        session.execute(INSERT_OUTBOX, rows)
+        conn.execute(INSERT_OUTBOX, rows)
         if whole and data.get("DanhSachGiayToKetQua"):
             self._index_documents(session, code, parsed.agency, data, now)
         return {
