@@ -421,6 +421,29 @@ def test_the_sandbox_refuses_hostile_requests_with_a_fault(people: httpx.Client,
     assert b"Fault" in r.content and b"root:" not in r.content
 
 
+def test_cached_replies_are_shared_through_the_database_and_expire_everywhere(hub: Hub) -> None:
+    """Two processes' caches over one database: what one keeps, the other reads; each keeps its own copy in
+    memory, which expires with the shared row."""
+    import time
+
+    from sqlalchemy import delete
+
+    from hub.domain.dates import utcnow
+    from hub.services.population_cache import PopulationCache
+    from hub.store.models import PopulationCacheEntry
+
+    secret = hub.settings.secret_key.get_secret_value().encode() if hub.settings.secret_key else b""
+    one, other = (PopulationCache(hub.runtime.sessions, secret, timedelta(seconds=1)) for _ in range(2))
+    key = one.key("001090000001", None, None)
+    one.put(key, {"SoDinhDanh": "001090000001"}, utcnow())
+    assert (other.get(key) or ({}, None))[0] == {"SoDinhDanh": "001090000001"}  # read from the shared row
+    with hub.runtime.sessions.begin() as s:
+        s.execute(delete(PopulationCacheEntry))
+    assert (other.get(key) or ({}, None))[0] == {"SoDinhDanh": "001090000001"}  # its own copy, no round trip
+    time.sleep(1.1)
+    assert one.get(key) is None and other.get(key) is None  # expired in memory as in the database
+
+
 def test_replies_are_cached_encrypted_and_still_logged(hub: Hub, people: httpx.Client) -> None:
     from hub.store.models import PopulationCacheEntry
 
@@ -444,6 +467,10 @@ def test_replies_are_cached_encrypted_and_still_logged(hub: Hub, people: httpx.C
     with hub.runtime.sessions.begin() as s:  # a tampered entry is a miss, never a wrong answer
         for row in s.scalars(select(PopulationCacheEntry)):
             row.ciphertext = row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1])
+    # this process still holds its own untouched copies in memory; another process (or this one restarted)
+    # reads the shared rows
+    assert fields(ask(hub, father["SoDinhDanh"]).json())["me.ho_ten"]["source"]["cached"] is True
+    hub.runtime.prefill.cache.forget_local()  # type: ignore[union-attr]
     third = ask(hub, father["SoDinhDanh"]).json()
     assert fields(third)["me.ho_ten"]["source"]["cached"] is False
     assert people.get("/_sandbox/received").json()["count"] > asked

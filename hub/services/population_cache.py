@@ -1,6 +1,9 @@
 """A short-lived cache of population-database replies, shared by every process through the database: encrypted
 with AES-GCM under a key derived from hub's secret (the row key, an HMAC of the query, is the associated data,
-so a ciphertext cannot be moved to another citizen's row), keyed by an HMAC — never the personal ID in clear."""
+so a ciphertext cannot be moved to another citizen's row), keyed by an HMAC — never the personal ID in clear.
+
+Each process also keeps the ciphertexts it read or wrote in memory (bounded, same expiry), so a repeated read
+costs no database round trip; the database stays the cache every process shares."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import hashlib
 import hmac
 import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import cache
@@ -28,12 +33,32 @@ READ = select(PopulationCacheEntry.ciphertext, PopulationCacheEntry.fetched_at, 
 )
 
 
+LOCAL_ENTRIES = 20_000  # ciphertexts kept in each process's memory (a few kB each)
+
+
 class PopulationCache:
-    def __init__(self, sessions: sessionmaker[Session], secret_key: bytes, ttl: timedelta) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], secret_key: bytes, ttl: timedelta, *, local_entries: int = LOCAL_ENTRIES
+    ) -> None:
         self.sessions = sessions
         self.ttl = ttl
         self._aead = AESGCM(derive_key(secret_key, "population-cache"))
         self._index_key = derive_key(secret_key, "population-cache-index")
+        self._local: OrderedDict[str, tuple[bytes, datetime, datetime]] = OrderedDict()
+        self._local_lock = threading.Lock()
+        self._local_entries = local_entries
+
+    def _remember(self, key: str, ciphertext: bytes, fetched_at: datetime, expires_at: datetime) -> None:
+        with self._local_lock:
+            self._local[key] = (ciphertext, fetched_at, expires_at)
+            self._local.move_to_end(key)
+            while len(self._local) > self._local_entries:
+                self._local.popitem(last=False)
+
+    def forget_local(self) -> None:
+        """Drop this process's in-memory copies (the database keeps the shared cache)."""
+        with self._local_lock:
+            self._local.clear()
 
     @property
     def enabled(self) -> bool:
@@ -47,16 +72,25 @@ class PopulationCache:
         """(record or None for a cached 'not found', when it was fetched), or None on a miss."""
         if not self.enabled:
             return None
-        with self.sessions() as s:
-            row = s.execute(READ, {"key": key}).first()
-        if row is None or row.expires_at <= utcnow():
-            return None
+        now = utcnow()
+        with self._local_lock:
+            held = self._local.get(key)
+        if held is not None and held[2] > now:
+            ciphertext, fetched_at, expires_at = held
+        else:
+            with self.sessions() as s:
+                row = s.connection().execute(READ, {"key": key}).first()
+            if row is None or row.expires_at <= now:
+                return None
+            ciphertext, fetched_at, expires_at = row.ciphertext, row.fetched_at, row.expires_at
         try:
-            plain = self._aead.decrypt(row.ciphertext[:12], row.ciphertext[12:], key.encode())
+            plain = self._aead.decrypt(ciphertext[:12], ciphertext[12:], key.encode())
         except InvalidTag:
             return None  # tampered with, or written under another key: a miss, never a wrong answer
+        if held is None or held[0] is not ciphertext:
+            self._remember(key, ciphertext, fetched_at, expires_at)
         record: dict[str, Any] | None = json.loads(plain)
-        return record, row.fetched_at
+        return record, fetched_at
 
     def seal(self, key: str, record: dict[str, Any] | None, fetched_at: datetime) -> dict[str, Any]:
         """The row that keeps a reply: encrypted under a fresh nonce, bound to its key."""
@@ -82,6 +116,8 @@ class PopulationCache:
             return
         rows = [self.seal(key, record, fetched_at) for key, record, fetched_at in entries]
         session.connection().execute(self._upsert(session.get_bind().dialect.name), rows)
+        for row in rows:  # if this transaction rolls back, the copy is still a reply the register gave
+            self._remember(row["key"], row["ciphertext"], row["fetched_at"], row["expires_at"])
 
     @staticmethod
     @cache
