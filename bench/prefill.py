@@ -7,8 +7,12 @@ parent, then the spouse the record links to) beside the same two chained bare lo
 pre-fill stands on: one bare INSERT + COMMIT on the same database (the access log is durable before the answer).
 Throughput is measured under --threads concurrent clients (birth registrations).
 
+On loopback the sandbox answers in about a millisecond, so every ratio above is hub's own CPU against zeep's; a
+real register is a remote service. The cold latencies are measured again with --register-latency-ms added to
+every answer of the sandbox (its latency knob), for the bare look-ups and for hub alike.
+
     .venv/bin/python bench/prefill.py [--requests 600] [--threads 8] [--latency-requests 300]
-                                      [--database sqlite|postgresql]
+                                      [--register-latency-ms 20] [--database sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -87,13 +91,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--register-latency-ms", type=float, default=20.0)
     args = parser.parse_args()
+    remote_n = max(20, args.latency_requests // 3)
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         # the sandbox and hub each in their own process, as in a deployment (no shared GIL with the load)
         ports = {name: free_port() for name in ("national", "onestop", "population", "hub")}
-        sandbox_env, _ = hub_env(tmp / "sandbox")
+        sandbox_env, _ = hub_env(tmp / "sandbox", HUB_SANDBOX_POPULATION_SIZE="12000")
         sandbox = Proc(
             [str(BIN / "hub"), "sandbox", "--national-port", str(ports["national"]), "--one-stop-port",
              str(ports["onestop"]), "--population-port", str(ports["population"])],
@@ -104,15 +110,26 @@ def main() -> None:
         address = f"http://127.0.0.1:{ports['population']}/ws/congdan"
         wait_http(address)
         people = httpx.get(
-            f"http://127.0.0.1:{ports['population']}/_sandbox/people",
-            params={"limit": 3 * args.requests + 2 * args.latency_requests, "married": True},
+            f"http://127.0.0.1:{ports['population']}/_sandbox/people", params={"limit": 100_000, "married": True}
         ).json()["items"]
-        ids = [p["SoDinhDanh"] for p in people]
-        # disjoint sets of citizens, so that every "cold" pre-fill really is a citizen's first
-        lat_one, lat_two, rest = (
+        # one applicant per couple: a spouse looked up for one request is never an applicant (or spouse) in
+        # another, so that every "cold" pre-fill really asks the register for both people
+        ids: list[str] = []
+        taken: set[str] = set()
+        for p in people:
+            spouse = p["VoChong"]["SoDinhDanh"]
+            if p["SoDinhDanh"] not in taken and spouse not in taken:
+                ids.append(p["SoDinhDanh"])
+                taken.update((p["SoDinhDanh"], spouse))
+        needed = 2 * args.latency_requests + 2 * remote_n + args.requests + 20
+        if len(ids) < needed:
+            raise SystemExit(f"the sandbox has {len(ids)} couples, {needed} needed: raise HUB_SANDBOX_POPULATION_SIZE")
+        lat_one, lat_two, remote_one, remote_two, rest = (
             ids[: args.latency_requests],
             ids[args.latency_requests : 2 * args.latency_requests],
-            ids[2 * args.latency_requests :],
+            ids[2 * args.latency_requests : 2 * args.latency_requests + remote_n],
+            ids[2 * args.latency_requests + remote_n : 2 * args.latency_requests + 2 * remote_n],
+            ids[2 * args.latency_requests + 2 * remote_n :],
         )
         subjects = rest[: args.requests]
 
@@ -127,9 +144,14 @@ def main() -> None:
         def lookup(i: int) -> None:
             raw(ids[i % len(ids)])
 
-        def chained(i: int) -> None:  # what a birth registration needs: the parent, then the spouse it links to
-            record = raw(lat_two[i])
-            raw(record["VoChong"]["SoDinhDanh"])
+        def chained_over(people: list[str]) -> Callable[[int], None]:  # a birth registration: parent, then spouse
+            def run(i: int) -> None:
+                record = raw(people[i])
+                raw(record["VoChong"]["SoDinhDanh"])
+
+            return run
+
+        chained = chained_over(lat_two)
 
         timed(50, args.threads, lookup)  # warm up
         base_one = timed(args.latency_requests, 1, lookup)[1]
@@ -194,6 +216,15 @@ def main() -> None:
         warm_one = timed(args.latency_requests, 1, one(lat_one))[1]
         cold_two = timed(args.latency_requests, 1, two(lat_two))[1]
         warm_two = timed(args.latency_requests, 1, two(lat_two))[1]
+        # the register as a remote service: the same measures with latency added to each of its answers
+        httpx.post(
+            f"http://127.0.0.1:{ports['population']}/_sandbox/faults", json={"latency_ms": args.register_latency_ms}
+        ).raise_for_status()
+        remote_base_one = timed(remote_n, 1, lambda i: raw(remote_one[i]))[1]
+        remote_base_two = timed(remote_n, 1, chained_over(remote_two))[1]
+        remote_cold_one = timed(remote_n, 1, one(list(reversed(remote_one))))[1]
+        remote_cold_two = timed(remote_n, 1, two(list(reversed(remote_two))))[1]
+        httpx.post(f"http://127.0.0.1:{ports['population']}/_sandbox/reset").raise_for_status()
         floor = commit_floor(db_url or f"sqlite:///{(tmp / 'hub.db').as_posix()}", args.latency_requests)
         n = len(subjects)
         rate, lat = timed(n, args.threads, two(subjects))  # cold: every citizen for the first time
@@ -221,6 +252,15 @@ def main() -> None:
         "  cold p50 / bare chained p50": round(statistics.median(cold_two) / statistics.median(base_two), 2),
         "  prefill 2 look-ups warm": ms(warm_two),
         "  floor: bare INSERT + COMMIT, same database": ms(floor),
+        f"register {args.register_latency_ms:g} ms away (p50/p99 ms)": f"{remote_n} requests each, cold",
+        "  bare zeep look-up ": ms(remote_base_one),
+        "  prefill 1 look-up cold": ms(remote_cold_one),
+        "  cold p50 / bare p50 ": round(statistics.median(remote_cold_one) / statistics.median(remote_base_one), 2),
+        "  bare zeep chained parent + spouse ": ms(remote_base_two),
+        "  prefill 2 look-ups cold": ms(remote_cold_two),
+        "  cold p50 / bare chained p50 ": round(
+            statistics.median(remote_cold_two) / statistics.median(remote_base_two), 2
+        ),
         f"throughput, {args.threads} threads": f"{n} requests, birth registration (2 look-ups)",
         "  bare zeep look-up (req/s)": round(base_rate, 1),
         "  bare p50/p99 (ms)": ms(base_lat),

@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     sandbox_national_port: int = 8701
     sandbox_onestop_port: int = 8702
     sandbox_population_port: int = 8703
+    sandbox_population_size: int = Field(default=3000, ge=10, le=200_000)  # people the population sandbox makes
     sandbox_pki_port: int = 8704
     sandbox_payment_port: int = 8705
     sandbox_smtp_port: int = 8706

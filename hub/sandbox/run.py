@@ -8,6 +8,7 @@ from pathlib import Path
 from hub.sandbox import document_exchange, national_portal, one_stop, payment_dvc, pki, population
 from hub.sandbox.common import ServerThread
 from hub.sandbox.notify import SmtpSink, create_sms_app
+from hub.sandbox.population_data import Population
 
 
 @dataclass
@@ -53,6 +54,7 @@ def start(
     notify_ports: tuple[int, int] | None = None,
     sms_key: str | None = None,
     edoc: tuple[int, str] | None = None,
+    population_size: int = 3000,
 ) -> Sandboxes:
     """Start the peers. With `pki_dir`, also the test PKI (fresh keys) with its CRL/OCSP endpoints; its roots,
     intermediates, leaf certificates and keys are written there as PEM files. With `notify_ports` (SMTP, SMS),
@@ -60,7 +62,11 @@ def start(
     the test PKI, the document exchange platform, which trusts the PKI's roots."""
     national = ServerThread(national_portal.create_app(credentials), host, national_port).start()
     onestop = ServerThread(one_stop.create_app(), host, one_stop_port).start()
-    people = ServerThread(population.create_app(), host, population_port).start()
+    people = ServerThread(
+        population.create_app(population.PopulationState(population=Population(population_size))),
+        host,
+        population_port,
+    ).start()
     trust = None
     made: pki.TestPki | None = None
     if pki_dir is not None:
