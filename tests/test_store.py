@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -70,6 +71,30 @@ def test_the_api_answers_503_when_the_database_drops_it_then_recovers(hub_factor
     body = assert_problem(r, 503, "database_unavailable")
     assert r.headers["Retry-After"] and "retry" in body["detail"]
     assert_problem(hub.http.get(unknown), 404, "dossier_not_found")  # the pool dropped the dead connections
+
+
+def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """Embedded mode serializes writers (BEGIN IMMEDIATE); a cache look-up or consent check (`db.reading`) takes
+    no write lock, so it answers while a writer holds one."""
+    import threading
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (v INTEGER)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    seen: list[int] = []
+    with engine.begin() as writer:  # holds the write lock until the block ends
+        writer.exec_driver_sql("INSERT INTO t VALUES (2)")
+
+        def read() -> None:
+            with db.reading(engine) as conn:
+                seen.append(int(conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one()))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=5)
+        assert not reader.is_alive() and seen == [1]  # answered at once, from the last committed state
+    engine.dispose()
 
 
 def test_group_commit_writes_concurrent_items_each_once_and_isolates_a_bad_one(pg_url: str) -> None:

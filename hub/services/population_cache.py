@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
 from hub.domain.privacy import derive_key
+from hub.store.db import reading
 from hub.store.models import PopulationCacheEntry
 
 TABLE = PopulationCacheEntry.metadata.tables[PopulationCacheEntry.__tablename__]
@@ -78,8 +79,8 @@ class PopulationCache:
         if held is not None and held[2] > now:
             ciphertext, fetched_at, expires_at = held
         else:
-            with self.sessions() as s:
-                row = s.connection().execute(READ, {"key": key}).first()
+            with reading(self.sessions.kw["bind"]) as conn:
+                row = conn.execute(READ, {"key": key}).first()
             if row is None or row.expires_at <= now:
                 return None
             ciphertext, fetched_at, expires_at = row.ciphertext, row.fetched_at, row.expires_at

@@ -31,6 +31,7 @@ from hub.services.audit import Access, AccessLog
 from hub.services.population_cache import PopulationCache
 from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
+from hub.store.db import reading
 from hub.store.group_commit import GroupCommit
 from hub.store.models import Consent, Document
 
@@ -526,8 +527,8 @@ class PrefillService:
         return _Read(role, record, request_id, who, fetched_at)
 
     def _check_consent(self, ref: str, subject: str, purpose: str) -> DomainError | None:
-        with self.sessions() as s:
-            consent = s.get(Consent, ref)
+        with reading(self.sessions.kw["bind"]) as conn:
+            consent = conn.execute(select(Consent).where(Consent.ref == ref)).first()
         if consent is None or consent.subject != subject:
             return Forbidden("the consent reference is unknown for this citizen", code="consent_unknown")
         if consent.revoked_at is not None:
