@@ -51,7 +51,7 @@ SELECT_DOSSIER = (
 INSERT_DOSSIER = insert(DOSSIERS).returning(DOSSIERS.c.id)
 UPDATE_DOSSIER = update(DOSSIERS).where(DOSSIERS.c.id == bindparam("dossier_id"))
 INSERT_EVENT = insert(EVENTS).inline()  # inline: no RETURNING of the new id, nobody reads it
-INSERT_OUTBOX = insert(OUTBOX)
+INSERT_OUTBOX = insert(OUTBOX).inline()
 INSERT_KEY = insert(KEYS).inline()
 SELECT_LIMIT = select(Procedure.limit_working_days).where(Procedure.code == bindparam("code"))
 
@@ -456,7 +456,7 @@ class DossierService:
                     rows.append(
                         _outbox_row(event_id, dossier_id, seq, destination, operation, payload, correlation_id, now)
                     )
-        conn.execute(INSERT_OUTBOX, rows)
+        conn.execute(INSERT_OUTBOX, rows[0] if len(rows) == 1 else rows)  # one row: execute, not executemany
         if whole and data.get("DanhSachGiayToKetQua"):
             self._index_documents(session, code, parsed.agency, data, now)
         return {

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from hub.domain.dates import utcnow
 from hub.store.models import Exchange, OutboxMessage
@@ -36,56 +36,86 @@ class Claimed:
     created_at: datetime
 
 
-def _deliverable(now: datetime) -> Any:
-    earlier = aliased(OutboxMessage)
-    blocked = exists().where(
-        earlier.dossier_id == OutboxMessage.dossier_id,
-        earlier.destination == OutboxMessage.destination,
-        earlier.seq < OutboxMessage.seq,
-        earlier.state != DELIVERED,
+_OUTBOX: Any = OutboxMessage.__table__
+_EARLIER = _OUTBOX.alias("earlier")
+# The rows a worker may take: due (pending and due, or in flight with an expired lease), in a destination it is
+# delivering to, and first in line for their dossier and destination (event n+1 never before n is acknowledged).
+_CLAIMABLE = (
+    select(_OUTBOX.c.id)
+    .where(
+        or_(
+            and_(_OUTBOX.c.state == PENDING, _OUTBOX.c.next_attempt_at <= bindparam("now")),
+            and_(_OUTBOX.c.state == IN_FLIGHT, _OUTBOX.c.lease_until < bindparam("now")),
+        ),
+        _OUTBOX.c.destination.in_(bindparam("destinations", expanding=True)),
+        ~exists().where(
+            _EARLIER.c.dossier_id == _OUTBOX.c.dossier_id,
+            _EARLIER.c.destination == _OUTBOX.c.destination,
+            _EARLIER.c.seq < _OUTBOX.c.seq,
+            _EARLIER.c.state != DELIVERED,
+        ),
     )
-    due = or_(
-        and_(OutboxMessage.state == PENDING, OutboxMessage.next_attempt_at <= now),
-        and_(OutboxMessage.state == IN_FLIGHT, OutboxMessage.lease_until < now),
+    .order_by(_OUTBOX.c.next_attempt_at, _OUTBOX.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True, of=_OUTBOX)
+)
+# One statement, built once: take the rows (SKIP LOCKED on PostgreSQL, so workers never wait on each other's
+# claims; SQLite serializes writers), lease them, and return what delivering them needs.
+CLAIM = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(_CLAIMABLE.scalar_subquery()))
+    .values(state=IN_FLIGHT, lease_until=bindparam("lease_until"), claim_token=bindparam("token"))
+    .returning(
+        _OUTBOX.c.id,
+        _OUTBOX.c.destination,
+        _OUTBOX.c.operation,
+        _OUTBOX.c.payload,
+        _OUTBOX.c.idempotency_key,
+        _OUTBOX.c.correlation_id,
+        _OUTBOX.c.attempts,
+        _OUTBOX.c.created_at,
+        _OUTBOX.c.next_attempt_at,
     )
-    return and_(due, ~blocked)
+)
 
 
-def claim(
-    session: Session, limit: int, lease_seconds: float, destinations: Sequence[str] | None = None
-) -> list[Claimed]:
-    """Lease up to `limit` deliverable rows (SKIP LOCKED on PostgreSQL; SQLite serializes writers)."""
+def claim(session: Session, limit: int, lease_seconds: float, destinations: Sequence[str]) -> list[Claimed]:
+    """Lease up to `limit` deliverable rows for `destinations`, oldest due first, in one round trip. The batch
+    shares one claim token: recording an outcome is a compare-and-set on it, so a worker whose lease expired
+    (and whose rows another worker took) changes nothing."""
+    if not destinations or limit <= 0:
+        return []
     now = utcnow()
-    cond = _deliverable(now)
-    if destinations:
-        cond = and_(cond, OutboxMessage.destination.in_(destinations))
-    rows = session.scalars(
-        select(OutboxMessage)
-        .where(cond)
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=OutboxMessage)
-    ).all()
-    claimed = []
-    lease_until = now + timedelta(seconds=lease_seconds)
-    for row in rows:
-        row.state = IN_FLIGHT
-        row.lease_until = lease_until
-        row.claim_token = str(uuid.uuid4())
-        claimed.append(
-            Claimed(
-                row.id,
-                row.claim_token,
-                row.destination,
-                row.operation,
-                row.payload,
-                row.idempotency_key,
-                row.correlation_id,
-                row.attempts,
-                row.created_at,
-            )
+    token = str(uuid.uuid4())
+    returned = (
+        session.connection()
+        .execute(
+            CLAIM,
+            {
+                "now": now,
+                "destinations": list(destinations),
+                "limit": limit,
+                "lease_until": now + timedelta(seconds=lease_seconds),
+                "token": token,
+            },
         )
-    return claimed
+        .all()
+    )
+    rows = sorted(returned, key=lambda r: (r.next_attempt_at, r.id))
+    return [
+        Claimed(
+            r.id,
+            token,
+            r.destination,
+            r.operation,
+            r.payload,
+            r.idempotency_key,
+            r.correlation_id,
+            r.attempts,
+            r.created_at,
+        )
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)
