@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy import inspect as sqlalchemy_inspect
 from sqlalchemy.orm import Session
 
 from hub.domain.dates import utcnow
@@ -172,3 +173,28 @@ def test_a_database_restart_mid_relay_loses_nothing(hub_factory: HubFactory, por
     for code in codes:
         assert portal_history(portal, code) == [2, 4, 5, 4, 9, 10]
     assert set(applied_keys(portal).values()) == {1}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_migrations_build_exactly_the_schema_the_code_declares(kind: str, tmp_path: Path) -> None:
+    """`hub db upgrade` on an empty database gives the tables, columns and indexes of hub/store/models.py (the
+    relay's partial indexes included): an operator's upgraded database is the one the code was written for."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from hub.store.models import Base
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    url = create_pg_database() if kind == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
+    try:
+        db.upgrade(url)
+        engine = db.make_engine(url)
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            indexes = {ix["name"] for ix in sqlalchemy_inspect(conn).get_indexes("outbox")}
+        engine.dispose()
+        assert diff == []
+        assert {"ix_outbox_pending_due", "ix_outbox_undelivered"} <= indexes
+    finally:
+        if kind == "postgresql":
+            drop_pg_database(url)

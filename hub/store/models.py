@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -109,6 +110,23 @@ class OutboxMessage(Base):
         UniqueConstraint("dossier_id", "destination", "seq", name="uq_outbox_dossier_destination_seq"),
         Index("ix_outbox_due", "state", "next_attempt_at"),
         Index("ix_outbox_state_destination", "state", "destination"),
+        # what the relay's claim walks, so it costs the batch and not the backlog: pending rows in due order,
+        # and the rows not yet delivered of a dossier (is an earlier event still in line?)
+        Index(
+            "ix_outbox_pending_due",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
+        Index(
+            "ix_outbox_undelivered",
+            "dossier_id",
+            "destination",
+            "seq",
+            postgresql_where=text("state <> 'delivered'"),
+            sqlite_where=text("state <> 'delivered'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

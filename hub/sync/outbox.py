@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import bindparam, exists, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from hub.domain.dates import utcnow
@@ -38,21 +38,24 @@ class Claimed:
 
 _OUTBOX: Any = OutboxMessage.__table__
 _EARLIER = _OUTBOX.alias("earlier")
-# The rows a worker may take: due (pending and due, or in flight with an expired lease), in a destination it is
-# delivering to, and first in line for their dossier and destination (event n+1 never before n is acknowledged).
+# Literal states (not bound parameters): the planner matches them to the partial indexes' predicates.
+_PENDING: Any = literal_column(f"'{PENDING}'")
+_IN_FLIGHT: Any = literal_column(f"'{IN_FLIGHT}'")
+_DELIVERED: Any = literal_column(f"'{DELIVERED}'")
+# The rows a worker may take: pending and due, in a destination it is delivering to, and first in line for their
+# dossier and destination (event n+1 never before n is acknowledged). Walked in due order on ix_outbox_pending_due,
+# each candidate's line probed on ix_outbox_undelivered: the cost is the batch's, not the backlog's.
 _CLAIMABLE = (
     select(_OUTBOX.c.id)
     .where(
-        or_(
-            and_(_OUTBOX.c.state == PENDING, _OUTBOX.c.next_attempt_at <= bindparam("now")),
-            and_(_OUTBOX.c.state == IN_FLIGHT, _OUTBOX.c.lease_until < bindparam("now")),
-        ),
+        _OUTBOX.c.state == _PENDING,
+        _OUTBOX.c.next_attempt_at <= bindparam("now"),
         _OUTBOX.c.destination.in_(bindparam("destinations", expanding=True)),
         ~exists().where(
             _EARLIER.c.dossier_id == _OUTBOX.c.dossier_id,
             _EARLIER.c.destination == _OUTBOX.c.destination,
             _EARLIER.c.seq < _OUTBOX.c.seq,
-            _EARLIER.c.state != DELIVERED,
+            _EARLIER.c.state != _DELIVERED,
         ),
     )
     .order_by(_OUTBOX.c.next_attempt_at, _OUTBOX.c.id)
@@ -77,6 +80,18 @@ CLAIM = (
         _OUTBOX.c.next_attempt_at,
     )
 )
+# Rows whose worker died (or stalled past its lease) go back in line. Their old claim token is cleared, so that
+# worker, if it comes back, records nothing (compare-and-set on the token).
+RELEASE_EXPIRED = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.state == _IN_FLIGHT, _OUTBOX.c.lease_until < bindparam("now"))
+    .values(state=PENDING, claim_token=None, lease_until=None)
+)
+
+
+def release_expired(session: Session) -> int:
+    """Put rows whose lease expired back in line; returns how many."""
+    return int(session.connection().execute(RELEASE_EXPIRED, {"now": utcnow()}).rowcount)
 
 
 def claim(session: Session, limit: int, lease_seconds: float, destinations: Sequence[str]) -> list[Claimed]:

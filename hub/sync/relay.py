@@ -68,6 +68,7 @@ class Relay:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
         self._down_until: dict[str, float] = {}  # destination -> monotonic time until which it is not tried
         self._streak: dict[str, int] = {}  # destination -> consecutive batches that found it down
+        self._swept = float("-inf")  # monotonic time expired leases were last released
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -81,6 +82,10 @@ class Relay:
         if not destinations:
             return 0
         with self.sessions.begin() as session:
+            if now - self._swept >= min(self.lease_seconds / 4, 5.0):  # now and then, not on every claim
+                self._swept = now
+                if released := outbox.release_expired(session):
+                    log.warning("leases expired, rows back in line", extra={"rows": released})
             batch = outbox.claim(session, self.batch_size, self.lease_seconds, destinations)
         if not batch:
             return 0
