@@ -171,6 +171,12 @@ def test_authentication_and_agency_authorization(hub: Hub, creds: Creds) -> None
     assert_problem(wrong, 401, "invalid_api_key")
     bearer = httpx.post(f"{hub.url}/v1/dossiers", json=d, headers={"Authorization": f"Bearer {creds.api_key}"})
     assert bearer.status_code == 202
+    basic = httpx.post(f"{hub.url}/v1/dossiers", json=dossier(13), headers={"Authorization": "Basic eDp5"})
+    assert_problem(basic, 401, "unauthenticated")  # not a scheme hub knows: no key sent
+    # the docs (and generated clients) know both ways in: either scheme, not both
+    spec = httpx.get(f"{hub.url}/openapi.json").json()
+    assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
+    assert spec["paths"]["/v1/dossiers"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
     other = httpx.Client(base_url=hub.url, headers={"X-API-Key": creds.other_key})
     assert_problem(other.post("/v1/dossiers", json=dossier(11)), 403, "agency_not_allowed")
     assert_problem(other.get(f"/v1/dossiers/{d['MaHoSo']}"), 403, "agency_not_allowed")

@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from hub import __version__
 from hub.api import problems
@@ -31,7 +32,12 @@ IDEMPOTENCY_KEY_MAX = 200
 # What peers push to hub is recorded beside hub's own calls (exchanges): peer and operation by path.
 INBOUND = {"/v1/national/": ("national_portal", "inbound.push_dossier")}
 log = logging.getLogger("hub.api")
-API_KEY_HELP = "the client system's API key"
+# How a client system authenticates, as OpenAPI security schemes (either one): the docs' "Authorize" button, and
+# generated clients, then know it. auto_error=False: a missing or malformed key is hub's own 401 problem.
+API_KEY = APIKeyHeader(
+    name="X-API-Key", scheme_name="ApiKey", description="the client system's API key", auto_error=False
+)
+BEARER = HTTPBearer(scheme_name="Bearer", description="the same API key, as a bearer token", auto_error=False)
 
 
 class SigningUnavailable(DomainError):
@@ -48,12 +54,10 @@ class Unauthenticated(DomainError):
 
 async def _client(  # async: no I/O here, so FastAPI runs it on the event loop, not through the threadpool
     request: Request,
-    x_api_key: Annotated[str | None, Header(description=API_KEY_HELP)] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Security(API_KEY)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> ClientSystem:
-    key = x_api_key
-    if key is None and authorization and authorization.lower().startswith("bearer "):
-        key = authorization[7:].strip()
+    key = x_api_key or (bearer.credentials.strip() if bearer is not None else None)
     if not key:
         raise Unauthenticated("send the client system's API key in X-API-Key", code="unauthenticated")
     settings: Settings = request.app.state.settings
