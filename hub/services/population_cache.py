@@ -34,7 +34,7 @@ READ = select(PopulationCacheEntry.ciphertext, PopulationCacheEntry.fetched_at, 
 )
 
 
-LOCAL_ENTRIES = 20_000  # ciphertexts kept in each process's memory (a few kB each)
+LOCAL_ENTRIES = 5_000  # ciphertexts kept in each process's memory at most (1-2 kB each)
 
 
 class PopulationCache:
@@ -50,10 +50,15 @@ class PopulationCache:
         self._local_entries = local_entries
 
     def _remember(self, key: str, ciphertext: bytes, fetched_at: datetime, expires_at: datetime) -> None:
+        """Keep a copy; the oldest go first — when over the bound, and when expired (copies are added in about
+        the order they expire, so the expired ones are at the front)."""
+        now = utcnow()
         with self._local_lock:
             self._local[key] = (ciphertext, fetched_at, expires_at)
             self._local.move_to_end(key)
-            while len(self._local) > self._local_entries:
+            while self._local and (
+                len(self._local) > self._local_entries or next(iter(self._local.values()))[2] <= now
+            ):
                 self._local.popitem(last=False)
 
     def forget_local(self) -> None:
