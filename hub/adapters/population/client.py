@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import certifi
 import requests
 import urllib3
 import zeep
@@ -53,7 +54,10 @@ class PooledTransport(Transport):
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
         super().__init__(timeout=connect_timeout)
         self.session.trust_env = False  # no proxies or .netrc picked up from the environment
-        self._pool = urllib3.PoolManager(num_pools=4, maxsize=max_connections, block=False)
+        # HTTPS verified against the same CA bundle requests and httpx use (certifi), as the other adapters
+        self._pool = urllib3.PoolManager(
+            num_pools=4, maxsize=max_connections, block=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
+        )
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._local = threading.local()
 
