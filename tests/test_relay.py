@@ -247,3 +247,32 @@ def test_the_correlation_id_follows_a_message_to_the_peer(
     assert [x.correlation_id for x in sent] == ["trail-0001"]
     owner = str(d["SoGiayToChuHoSo"])
     assert all(owner not in f"{rec.getMessage()} {vars(rec)}" for rec in caplog.records)  # no personal ID logged
+
+
+def test_rows_of_a_worker_that_died_after_claiming_are_delivered_once_after_its_lease(
+    hub_factory: HubFactory, portal: httpx.Client
+) -> None:
+    """A worker claims a batch and dies before delivering it (kill -9 between claim and HTTP). Once the lease has
+    expired the rows are back in line and delivered, in order; if the worker comes back and records what it
+    thought happened, nothing changes (its claim token was cleared)."""
+    from hub.services.dossiers import NATIONAL_PORTAL
+    from hub.sync import outbox
+
+    hub = hub_factory(start_worker=False, relay_lease_seconds=0.4)
+    codes = file_and_walk(hub, 3, [4, 9])
+    with hub.runtime.sessions.begin() as s:  # the doomed worker's claim: the first event of each dossier
+        doomed = outbox.claim(s, 50, 0.4, [NATIONAL_PORTAL])
+    assert len(doomed) == 3
+    relay = hub.runtime.relay
+    assert relay.drain() == 0  # leased to the dead worker: nothing to take yet, nothing behind them either
+    time.sleep(0.5)  # the lease, and the relay's interval between releases of expired leases (lease / 4)
+    assert relay.drain() == 3  # the expired heads
+    while relay.drain():
+        pass
+    for code in codes:
+        assert portal_history(portal, code) == [2, 4, 9]
+    assert set(applied_keys(portal).values()) == {1}
+    with hub.runtime.sessions.begin() as s:  # the worker comes back and records an outcome for its old batch
+        late = [outbox.Outcome(c, "retry", error_code="x", error="x", retry_at=c.created_at) for c in doomed]
+        assert outbox.record(s, late, []) == 0
+    assert hub.wait_idle() == {"delivered": 9}
