@@ -25,6 +25,7 @@ from hub.services import routes
 from hub.services.catalogue import known_procedure
 from hub.services.schemas import DossierIn, ProgressIn
 from hub.settings import ClientSystem
+from hub.store.db import reading_session
 from hub.store.group_commit import GroupCommit
 from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, Procedure, StatusEvent
 from hub.sync.outbox import DEAD, PENDING
@@ -523,7 +524,7 @@ class DossierService:
             patterns.append(Dossier.agency.startswith(p[:-1]) if p.endswith("*") else Dossier.agency == p)
         if patterns:
             cond.append(or_(*patterns))
-        with self.sessions() as session:
+        with reading_session(self.sessions) as session:
             total = session.scalar(select(func.count()).select_from(Dossier).where(*cond)) or 0
             rows = session.execute(
                 select(Dossier.code, Dossier.status, Dossier.due_at, Dossier.procedure_code)
@@ -550,7 +551,7 @@ class DossierService:
         parsed = dossier_code(code)
         if not client.may_act_for(parsed.agency):
             raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
-        with self.sessions() as session:
+        with reading_session(self.sessions) as session:
             dossier = session.scalar(select(Dossier).where(Dossier.code == code))
             if dossier is None:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")

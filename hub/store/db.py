@@ -90,6 +90,13 @@ def reading(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def reading_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """An ORM session over `reading`'s connection: for views that only read (a dossier with its history)."""
+    with reading(sessions.kw["bind"]) as conn, Session(bind=conn) as session:
+        yield session
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
