@@ -249,8 +249,7 @@ class Runtime:
     @staticmethod
     def _record_exchanges(session: Session, records: Sequence[ExchangeRecord]) -> None:
         """Exchanges made outside the relay (pre-fill look-ups) go to the same append-only record."""
-        from hub.sync.outbox import write_exchanges
-        from hub.sync.relay import exchange_row
+        from hub.sync.outbox import exchange_row, write_exchanges
 
         write_exchanges(session, [exchange_row(rec) for rec in records])
 

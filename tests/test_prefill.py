@@ -435,7 +435,8 @@ def test_cached_replies_are_shared_through_the_database_and_expire_everywhere(hu
     secret = hub.settings.secret_key.get_secret_value().encode() if hub.settings.secret_key else b""
     one, other = (PopulationCache(hub.runtime.sessions, secret, timedelta(seconds=1)) for _ in range(2))
     key = one.key("001090000001", None, None)
-    one.put(key, {"SoDinhDanh": "001090000001"}, utcnow())
+    with hub.runtime.sessions.begin() as s:
+        one.put_many(s, [(key, {"SoDinhDanh": "001090000001"}, utcnow())])
     assert (other.get(key) or ({}, None))[0] == {"SoDinhDanh": "001090000001"}  # read from the shared row
     with hub.runtime.sessions.begin() as s:
         s.execute(delete(PopulationCacheEntry))

@@ -417,8 +417,7 @@ def record_inbound(rt: Runtime, req: Inbound) -> None:
     """Append what a peer pushed, and hub's answer (accepted, or rejected with the problem's code), to the
     exchange record; a rejection is also logged. Never raises: the answer has already gone."""
     from hub.adapters.exchange import ExchangeRecord, digest
-    from hub.sync.outbox import write_exchanges
-    from hub.sync.relay import exchange_row
+    from hub.sync.outbox import exchange_row, write_exchanges
 
     peer, operation = next(v for prefix, v in INBOUND.items() if req.path.startswith(prefix))
     error_code: str | None = None

@@ -104,16 +104,6 @@ class PopulationCache:
         blob = nonce + self._aead.encrypt(nonce, json.dumps(record, ensure_ascii=False).encode(), key.encode())
         return {"key": key, "ciphertext": blob, "fetched_at": fetched_at, "expires_at": fetched_at + self.ttl}
 
-    def put(
-        self, key: str, record: dict[str, Any] | None, fetched_at: datetime, *, session: Session | None = None
-    ) -> None:
-        """Keep a reply (inside the caller's transaction when `session` is given)."""
-        if session is not None:
-            self.put_many(session, [(key, record, fetched_at)])
-            return
-        with self.sessions.begin() as s:
-            self.put_many(s, [(key, record, fetched_at)])
-
     def put_many(self, session: Session, entries: Sequence[tuple[str, dict[str, Any] | None, datetime]]) -> None:
         """Keep replies inside the caller's transaction, in the order given (give them in key order, so that two
         transactions never lock rows crosswise). An upsert: two requests that fetched the same citizen at once

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
+from hub.adapters.exchange import ExchangeRecord
 from hub.domain.dates import utcnow
 from hub.store.models import Exchange, OutboxMessage
 
@@ -145,9 +146,23 @@ class Outcome:
     retry_at: datetime | None = None
 
 
-RECORD_OUTCOME = update(OutboxMessage.__table__).where(  # type: ignore[arg-type]
-    OutboxMessage.__table__.c.id == bindparam("b_id"), OutboxMessage.__table__.c.claim_token == bindparam("b_token")
-)
+RECORD_OUTCOME = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.claim_token == bindparam("b_token"))
+
+
+def exchange_row(rec: ExchangeRecord, outbox_id: int | None = None) -> dict[str, Any]:
+    """The append-only record of one exchange, as an adapter reported it (a row for `write_exchanges`)."""
+    return {
+        "at": utcnow(),
+        "peer": rec.peer,
+        "operation": rec.operation,
+        "correlation_id": rec.correlation_id,
+        "outbox_id": outbox_id,
+        "request_digest": rec.request_digest,
+        "response_digest": rec.response_digest,
+        "duration_ms": rec.duration_ms,
+        "outcome": rec.outcome,
+        "error_code": rec.error_code,
+    }
 
 
 INSERT_EXCHANGE = insert(Exchange.metadata.tables[Exchange.__tablename__])  # Core: no ORM bulk-insert machinery

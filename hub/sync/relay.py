@@ -20,7 +20,7 @@ from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.domain.dates import utcnow
 from hub.logs import correlation_id
 from hub.sync import outbox
-from hub.sync.outbox import Claimed, Outcome
+from hub.sync.outbox import Claimed, Outcome, exchange_row
 from hub.sync.retry import RetryPolicy
 
 log = logging.getLogger("hub.relay")
@@ -29,22 +29,6 @@ log = logging.getLogger("hub.relay")
 Deliverer = Callable[[Claimed, ExchangeHook], Any]
 
 PEER_DOWN_PAUSE_CAP = 30.0  # seconds: a peer that was down is probed again at least this often
-
-
-def exchange_row(rec: ExchangeRecord, outbox_id: int | None = None) -> dict[str, Any]:
-    """The append-only record of one exchange, as an adapter reported it (a row for `write_exchanges`)."""
-    return {
-        "at": utcnow(),
-        "peer": rec.peer,
-        "operation": rec.operation,
-        "correlation_id": rec.correlation_id,
-        "outbox_id": outbox_id,
-        "request_digest": rec.request_digest,
-        "response_digest": rec.response_digest,
-        "duration_ms": rec.duration_ms,
-        "outcome": rec.outcome,
-        "error_code": rec.error_code,
-    }
 
 
 class Relay:
