@@ -93,6 +93,7 @@ class Runtime:
         )
         self.worker: EmbeddedWorker | None = None
         self._waker: Any = None
+        self.doorbell: Any = None  # distributed mode: one drain request waiting at a time
         if settings.embedded:
             run = settings.worker_enabled if start_worker is None else start_worker
             if run and role == "api":
@@ -105,11 +106,24 @@ class Runtime:
                         (settings.reconcile_interval, self.reconcile),
                     ],
                 )
-        elif role == "api":
-            from hub.sync.wakeup import CoalescingWaker
+        else:
+            import redis
+
+            from hub.sync.wakeup import Doorbell
 
             celery = _celery_for(settings)
-            self._waker = CoalescingWaker(lambda: celery.send_task("hub.drain"))
+            self.doorbell = Doorbell(
+                redis.Redis.from_url(
+                    settings.broker_url,
+                    socket_timeout=settings.read_timeout,
+                    socket_connect_timeout=settings.connect_timeout,
+                ),
+                lambda: celery.send_task("hub.drain"),
+            )
+            if role == "api":
+                from hub.sync.wakeup import CoalescingWaker
+
+                self._waker = CoalescingWaker(self.doorbell.ring)
         secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
         from hub.adapters.notify import EmailSender, SmsClient
 

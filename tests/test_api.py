@@ -221,6 +221,61 @@ def test_metrics_report_outbox_exchanges_and_requests(hub: Hub) -> None:
         assert "SoGiayTo" not in line and "MaHoSo" not in line
 
 
+def test_one_batch_files_walks_and_repeats_in_order(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+    """Requests committed in one transaction (group commit) see each other as if they came one by one: a dossier
+    filed and moved twice in the same batch ends in the last state with its events in order, each of its outbox
+    rows points at it, a key repeated in the batch is answered from its first use, and a dossier filed earlier
+    moves too. (The batch is made by holding the commit leader while the requests queue, in a known order.)"""
+    import threading
+    import time
+
+    from hub.services.schemas import DossierIn, ProgressIn
+
+    service = hub.runtime.dossiers
+    client = hub.settings.clients[0]
+    assert hub.http.post("/v1/dossiers", json=dossier(300)).status_code == 202
+    old, new = dossier(300)["MaHoSo"], dossier(301)["MaHoSo"]
+    calls: list[tuple[str, Any, str]] = [
+        ("sync", DossierIn.model_validate(dossier(301)), "b-1"),
+        ("progress", ProgressIn.model_validate(step(new, 4)), "b-2"),
+        ("progress", ProgressIn.model_validate(step(new, 5)), "b-3"),
+        ("progress", ProgressIn.model_validate(step(new, 5)), "b-3"),  # a repeat of the one before
+        ("progress", ProgressIn.model_validate(step(old, 4)), "b-4"),
+    ]
+    answers: list[Any] = [None] * len(calls)
+    caplog.set_level("INFO", logger="hub.store.group_commit")
+    group = service._commands
+    threads = []
+    with group._leader:  # no batch is written until every request has queued
+        for i, (kind, body, key) in enumerate(calls):
+
+            def run(i: int = i, kind: str = kind, body: Any = body, key: str = key) -> None:
+                if kind == "sync":
+                    answers[i] = service.sync_dossier(client, body, idempotency_key=key, correlation_id="t")
+                else:
+                    answers[i] = service.add_progress(
+                        client, body.MaHoSo, body, idempotency_key=key, correlation_id="t"
+                    )
+
+            threads.append(threading.Thread(target=run))
+            threads[-1].start()
+            while len(group._queue) < i + 1:  # queued in this order
+                time.sleep(0.001)
+    for t in threads:
+        t.join(10)
+    assert "writing them one by one" not in caplog.text  # the batch was not refused and redone alone
+    assert [a.status_code for a in answers] == [202] * 5
+    assert [a.body["seq"] for a in answers] == [1, 2, 3, 3, 2]
+    assert answers[3].replayed and answers[3].body == answers[2].body
+    got = hub.http.get(f"/v1/dossiers/{new}").json()
+    assert got["TrangThaiHoSo"] == 5
+    assert [(e["seq"], e["TrangThaiHoSo"]) for e in got["events"]] == [(1, 2), (2, 4), (3, 5)]
+    assert all(len(e["deliveries"]) == 1 for e in got["events"])  # each outbox row found by its dossier's id
+    assert hub.http.get(f"/v1/dossiers/{old}").json()["TrangThaiHoSo"] == 4
+    replay = hub.http.post(f"/v1/dossiers/{new}/progress", json=step(new, 5), headers={"Idempotency-Key": "b-3"})
+    assert replay.json()["event_id"] == answers[2].body["event_id"]  # the key was stored with the batch
+
+
 def test_concurrent_requests_share_commits_but_each_is_judged_alone(hub: Hub) -> None:
     """A burst from many connections: requests are committed together (group commit), yet a refused one leaves
     nothing behind, the accepted ones all land, each dossier's events keep their order, and the same key sent

@@ -237,6 +237,25 @@ def wait_until(cond: Any, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def test_a_burst_of_commits_asks_for_one_drain_at_a_time(cluster: Cluster, portal: httpx.Client) -> None:
+    """Sixty commits while no worker runs leave one drain request in the broker, not one per commit; a commit
+    made after a worker's drain has begun asks again; a worker then delivers everything."""
+    queue = redis.Redis.from_url(cluster.redis.url)
+    codes = cluster.post(6)  # 6 dossiers × 10 events
+    wait_until(lambda: queue.llen("hub") >= 1, 5)
+    time.sleep(0.3)  # longer than the wake-ups' coalescing: any further request would be there by now
+    assert queue.llen("hub") == 1
+    cluster.runtime.doorbell.answer()  # what a worker's drain task does before it claims
+    codes += cluster.post(1, first=50, walk=[])
+    wait_until(lambda: queue.llen("hub") == 2, 5)
+    cluster.worker()
+    cluster.wait_delivered(61, timeout=60)
+    keys = Counter(i["idempotency_key"] for i in applied(portal))
+    assert len(keys) == 61 and set(keys.values()) == {1}
+    for code in codes[:6]:
+        assert [h["status"] for h in portal.get(f"/_sandbox/dossiers/{code}").json()["history"]] == [2, *WALK]
+
+
 def test_worker_killed_mid_batch_loses_and_doubles_nothing(cluster: Cluster, portal: httpx.Client) -> None:
     codes = cluster.post(100)  # 1,000 events
     portal.post("/_sandbox/faults", json={"latency_ms": 15})

@@ -60,6 +60,10 @@ def runtime() -> Any:
 @app.task(name=DRAIN, bind=True, acks_late=True)
 def drain(self: Any) -> int:
     rt = runtime()
+    try:
+        rt.doorbell.answer()  # before the claim: what is committed from now on rings again
+    except Exception as exc:  # noqa: BLE001 - Redis unreachable: the mark expires, the drain goes on
+        log.warning("drain request mark not cleared: %s", exc)
     claimed: int = rt.relay.drain_once()
     if claimed >= rt.relay.batch_size:
         self.app.send_task(DRAIN)  # more is due: keep going, and let other workers share it
