@@ -143,6 +143,66 @@ def test_group_commit_writes_concurrent_items_each_once_and_isolates_a_bad_one(p
     assert unordered == []  # each batch in `order`, whatever order its writes came in
 
 
+def test_group_commit_from_coroutines_and_threads_at_once(pg_url: str) -> None:
+    """The API's coroutines (submit_async) and threads (submit) share batches: every write is committed once,
+    each caller gets its own result, a bad write fails only its own caller, and the event loop is never held."""
+    import asyncio
+
+    engine = db.make_engine(pg_url)
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as s:
+        s.execute(text("DELETE FROM flags WHERE name LIKE 'gca-%'"))
+    batches: list[int] = []
+
+    def write(s: Session, items: Any) -> list[str]:
+        batches.append(len(items))
+        for name in items:
+            if name == "gca-bad":
+                raise ValueError("a write that cannot be done")
+            s.add(Flag(name=name, value="x", updated_by="test", updated_at=utcnow()))
+        time.sleep(0.01)
+        return [f"wrote {name}" for name in items]
+
+    group: GroupCommit[str, str] = GroupCommit(sessions, write, order=lambda name: name)
+
+    async def one(name: str) -> str:
+        try:
+            result = await group.submit_async(name)
+        except ValueError:
+            return "failed"
+        assert result == f"wrote {name}"
+        return "ok"
+
+    async def main() -> tuple[list[str], list[str], int]:
+        ticks = 0
+
+        async def ticker() -> None:  # counts while the writes are pending: the loop is free meanwhile
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        threaded = [asyncio.to_thread(group.submit, f"gca-t{i:02d}") for i in range(4)]
+        names = [f"gca-{i:03d}" for i in range(30)] + ["gca-bad"]
+        outcomes, thread_results = await asyncio.gather(
+            asyncio.gather(*(one(n) for n in names)), asyncio.gather(*threaded)
+        )
+        tick.cancel()
+        return list(outcomes), list(thread_results), ticks
+
+    try:
+        outcomes, thread_results, ticks = asyncio.run(main())
+        with sessions() as s:
+            stored = sorted(s.scalars(text("SELECT name FROM flags WHERE name LIKE 'gca-%'")).all())
+    finally:
+        engine.dispose()
+    assert outcomes == ["ok"] * 30 + ["failed"]
+    assert thread_results == [f"wrote gca-t{i:02d}" for i in range(4)]
+    assert stored == sorted([f"gca-{i:03d}" for i in range(30)] + [f"gca-t{i:02d}" for i in range(4)])
+    assert max(batches) > 1 and ticks > 5
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_database_restart_mid_relay_loses_nothing(hub_factory: HubFactory, portal: Any, backend: str) -> None:
     """PostgreSQL drops every connection while the embedded worker relays and clients keep posting: a request that

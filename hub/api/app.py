@@ -158,8 +158,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["dossiers"],
         summary="Create or update a dossier (DongBoHoSoMC shape); relayed to the national portal",
     )
-    def sync_dossier(body: DossierIn, who: Client, key: IdemKey) -> JSONResponse:
-        return answer(rt().dossiers.sync_dossier(who, body, idempotency_key=key, correlation_id=correlation_id.get()))
+    async def sync_dossier(body: DossierIn, who: Client, key: IdemKey) -> JSONResponse:
+        # async: validation is CPU work and the commit is waited for without a thread (GroupCommit.submit_async)
+        service = rt().dossiers
+        command = service.sync_command(who, body, idempotency_key=key, correlation_id=correlation_id.get())
+        return answer(await service.run_async(command))
 
     @app.post(
         "/v1/national/dossiers",
@@ -167,10 +170,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["down-flow"],
         summary="The national portal pushes a dossier filed there; relayed to the province's one-stop system",
     )
-    def push_dossier(body: DossierIn, who: Client, key: IdemKey) -> JSONResponse:
-        return answer(
-            rt().dossiers.push_from_portal(who, body, idempotency_key=key, correlation_id=correlation_id.get())
-        )
+    async def push_dossier(body: DossierIn, who: Client, key: IdemKey) -> JSONResponse:
+        service = rt().dossiers
+        command = service.push_command(who, body, idempotency_key=key, correlation_id=correlation_id.get())
+        return answer(await service.run_async(command))
 
     @app.post(
         "/v1/dossiers/{code}/progress",
@@ -178,10 +181,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["dossiers"],
         summary="Add a processing step (CapNhatTienDoHoSoMC shape); relayed to the national portal",
     )
-    def add_progress(code: str, body: ProgressIn, who: Client, key: IdemKey) -> JSONResponse:
-        return answer(
-            rt().dossiers.add_progress(who, code, body, idempotency_key=key, correlation_id=correlation_id.get())
-        )
+    async def add_progress(code: str, body: ProgressIn, who: Client, key: IdemKey) -> JSONResponse:
+        service = rt().dossiers
+        command = service.progress_command(who, code, body, idempotency_key=key, correlation_id=correlation_id.get())
+        return answer(await service.run_async(command))
 
     @app.post(
         "/v1/dossiers/{code}/edocs",

@@ -263,8 +263,15 @@ class DossierService:
     def sync_dossier(
         self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
     ) -> Answer:
+        return self.run(
+            self.sync_command(client, dossier, idempotency_key=idempotency_key, correlation_id=correlation_id)
+        )
+
+    def sync_command(
+        self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
+    ) -> _Command:
         data = dossier.national()
-        return self._idempotent(
+        return self._command(
             client,
             "sync",
             data,
@@ -276,6 +283,13 @@ class DossierService:
     def push_from_portal(
         self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
     ) -> Answer:
+        return self.run(
+            self.push_command(client, dossier, idempotency_key=idempotency_key, correlation_id=correlation_id)
+        )
+
+    def push_command(
+        self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
+    ) -> _Command:
         """A dossier filed (or changed) on the national portal, pushed to hub for the provincial one-stop system."""
         if "national_portal" not in client.roles:
             raise Forbidden(
@@ -291,7 +305,7 @@ class DossierService:
                 )
             return self.apply(s, client, data["MaHoSo"], DOWNFLOW, data, correlation_id, writes=writes)
 
-        return self._idempotent(client, "downflow", data, idempotency_key, data["MaHoSo"], work)
+        return self._command(client, "downflow", data, idempotency_key, data["MaHoSo"], work)
 
     def send_document(
         self,
@@ -318,7 +332,7 @@ class DossierService:
                 else None
             )
         if seen is not None:  # a repeat is answered without signing (or time-stamping) again
-            return self._idempotent(client, "edoc", request, idempotency_key, code, lambda _s, _w: {})
+            return self.run(self._command(client, "edoc", request, idempotency_key, code, lambda _s, _w: {}))
         document_id, envelope = sign(parsed.agency)
 
         def work(session: Session, _writes: _Writes) -> dict[str, Any]:
@@ -345,7 +359,7 @@ class DossierService:
             session.execute(INSERT_OUTBOX, [row])
             return {"event_id": event_id, "MaHoSo": code, "document_id": document_id, "seq": seq}
 
-        return self._idempotent(client, "edoc", request, idempotency_key, code, work)
+        return self.run(self._command(client, "edoc", request, idempotency_key, code, work))
 
     def add_progress(
         self,
@@ -356,10 +370,23 @@ class DossierService:
         idempotency_key: str | None,
         correlation_id: str,
     ) -> Answer:
+        return self.run(
+            self.progress_command(client, code, step, idempotency_key=idempotency_key, correlation_id=correlation_id)
+        )
+
+    def progress_command(
+        self,
+        client: ClientSystem,
+        code: str,
+        step: ProgressIn,
+        *,
+        idempotency_key: str | None,
+        correlation_id: str,
+    ) -> _Command:
         data = step.national()
         if data["MaHoSo"] != code:
             raise Conflict("MaHoSo in the body differs from the dossier in the path", code="dossier_code_mismatch")
-        return self._idempotent(
+        return self._command(
             client,
             "progress",
             data,
@@ -368,32 +395,51 @@ class DossierService:
             lambda s, w: self.apply(s, client, code, "dossier.progress", data, correlation_id, writes=w),
         )
 
-    def _idempotent(
-        self,
+    @staticmethod
+    def _command(
         client: ClientSystem,
         op: str,
         data: dict[str, Any],
         key: str | None,
         code: str,
         work: Callable[[Session, _Writes], dict[str, Any]],
-    ) -> Answer:
-        """Do `work` once per Idempotency-Key. Requests arriving together share one transaction (group commit,
-        ADR 0010); each is answered once its own rows are committed."""
+    ) -> _Command:
         request_hash = hashlib.sha256(json.dumps([op, data], sort_keys=True).encode()).hexdigest()
+        return _Command(client, key, request_hash, code, work)
+
+    def run(self, command: _Command) -> Answer:
+        """Do a command once per Idempotency-Key. Requests arriving together share one transaction (group commit,
+        ADR 0010); each is answered once its own rows are committed."""
         for attempt in (1, 2):
             try:
-                answer = self._commands.submit(_Command(client, key, request_hash, code, work))
+                answer = self._commands.submit(command)
             except IntegrityError as exc:
-                # A concurrent request with the same key, or creating the same dossier: the second pass sees it.
-                if attempt == 2:
-                    raise Conflict(
-                        "a concurrent request changed this dossier; retry", code="concurrent_update"
-                    ) from exc
+                self._concurrent(attempt, exc)
                 continue
-            if not answer.replayed:
-                self._on_commit()
-            return answer
+            return self._answered(answer)
         raise AssertionError("unreachable")
+
+    async def run_async(self, command: _Command) -> Answer:
+        """`run` for the API's event loop: the request waits for its commit without holding a thread."""
+        for attempt in (1, 2):
+            try:
+                answer = await self._commands.submit_async(command)
+            except IntegrityError as exc:
+                self._concurrent(attempt, exc)
+                continue
+            return self._answered(answer)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _concurrent(attempt: int, exc: IntegrityError) -> None:
+        """A concurrent request with the same key, or creating the same dossier: the second pass sees it."""
+        if attempt == 2:
+            raise Conflict("a concurrent request changed this dossier; retry", code="concurrent_update") from exc
+
+    def _answered(self, answer: Answer) -> Answer:
+        if not answer.replayed:
+            self._on_commit()
+        return answer
 
     def _run_commands(self, session: Session, commands: Sequence[_Command]) -> list[Answer]:
         """Commands in one transaction, in the order of their dossier (GroupCommit's `order`): their reads in bulk,

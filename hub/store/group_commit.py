@@ -9,10 +9,15 @@ queued meanwhile (its own included), writes them in one transaction and wakes th
 queued while it wrote form the next batch. With one request at a time a batch is that one write (no added
 latency, no extra thread); under load a batch grows with the load.
 
-A batch that fails is retried one write per transaction, so a bad write fails its own request only."""
+A batch that fails is retried one write per transaction, so a bad write fails its own request only.
+
+Coroutines submit with `submit_async`: their writes are taken by whichever leader comes next — a thread's, or a
+committer thread of the group's own that wakes when a coroutine queues — and the event loop waits for the result
+without lending a thread to each request (no threadpool hop, no thread per waiting request)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -46,6 +51,9 @@ class GroupCommit(Generic[T, R]):
         self._queue: list[tuple[T, Future[R]]] = []
         self._queue_lock = threading.Lock()
         self._leader = threading.Lock()  # held by the thread writing a batch
+        self._queued = threading.Event()  # wakes the committer thread
+        self._committer: threading.Thread | None = None
+        self._committer_lock = threading.Lock()
 
     def submit(self, item: T) -> R:
         """Return `item`'s result once it is committed; raise what writing it raised."""
@@ -60,6 +68,37 @@ class GroupCommit(Generic[T, R]):
                     batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
                 self._commit(batch)
         return done.result()
+
+    async def submit_async(self, item: T) -> R:
+        """`submit` for a coroutine: wait, without holding a thread, until `item` is committed."""
+        done: Future[R] = Future()
+        with self._queue_lock:
+            self._queue.append((item, done))
+        if self._committer is None:
+            self._start_committer()
+        self._queued.set()
+        return await asyncio.wrap_future(done)
+
+    def _start_committer(self) -> None:
+        with self._committer_lock:
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_queued, name="hub-group-commit", daemon=True)
+                self._committer.start()
+
+    def _commit_queued(self) -> None:
+        while True:
+            self._queued.wait()
+            self._queued.clear()  # what is queued from now on sets it again
+            while True:
+                with self._leader:
+                    with self._queue_lock:
+                        batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+                    if not batch:
+                        break
+                    try:
+                        self._commit(batch)
+                    except BaseException:  # the batch's futures hold it; this thread goes on
+                        log.exception("group commit failed")
 
     def _commit(self, batch: list[tuple[T, Future[R]]]) -> None:
         if self._order is not None and len(batch) > 1:
