@@ -209,6 +209,9 @@ def test_openapi_and_health(hub: Hub) -> None:
     ready = hub.http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
     assert hub.http.get("/healthz").headers["x-correlation-id"]
+    # how long hub itself took, for browsers' developer tools and for clients telling hub's time from the network's
+    took = hub.http.post("/v1/dossiers", json=dossier(77)).headers["server-timing"]
+    assert took.startswith("app;dur=") and float(took.split("=")[1]) > 0
 
 
 def test_metrics_report_outbox_exchanges_and_requests(hub: Hub) -> None:

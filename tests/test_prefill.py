@@ -477,6 +477,29 @@ def test_replies_are_cached_encrypted_and_still_logged(hub: Hub, people: httpx.C
     assert people.get("/_sandbox/received").json()["count"] > asked
 
 
+def test_a_request_half_in_the_cache_asks_the_register_once_and_logs_each_read_once(
+    hub: Hub, people: httpx.Client
+) -> None:
+    """The applicant is in hub's cache from an earlier form, her husband is not: the birth registration takes her
+    record from the cache and asks the register for him only, and the access log holds one entry per read — no
+    trace of the first, non-blocking attempt that stopped at the missing husband."""
+    mother = married(people, "2")
+    assert ask(hub, mother["SoDinhDanh"], "1.004873").status_code == 200  # her marital status: her record only
+    asked = people.get("/_sandbox/received").json()["count"]
+    reply = ask(hub, mother["SoDinhDanh"])
+    assert reply.status_code == 200, reply.text
+    assert people.get("/_sandbox/received").json()["count"] == asked + 1  # the husband, once
+    cached = {f["source"]["record"]: f["source"]["cached"] for f in reply.json()["fields"] if f.get("source")}
+    assert cached == {"subject": True, "spouse": False}
+    entries = log_entries(hub)
+    assert [(e.procedure, e.subject_role, e.outcome) for e in entries] == [
+        ("1.004873", "subject", "allowed"),
+        (KHAI_SINH, "subject", "allowed"),
+        (KHAI_SINH, "spouse", "allowed"),
+    ]
+    assert entries[1].reason == "served from the cache" and entries[2].reason is None
+
+
 def test_concurrent_requests_for_the_same_citizen_all_succeed_and_chain(hub: Hub, people: httpx.Client) -> None:
     """Officers ask for the same couple at once, some as the husband and some as the wife (the two cache rows
     are written crosswise): every answer is 200 — no duplicate key, no deadlock — and the access log stays one

@@ -275,10 +275,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "documents issued earlier and still valid are offered for reuse. Every access is written to the "
         "hash-chained access log.",
     )
-    def prefill(body: PrefillIn, who: Client) -> JSONResponse:
+    async def prefill(body: PrefillIn, who: Client) -> JSONResponse:
+        # async: a request served from this process's cache is answered on the event loop (see prefill_async)
         started, outcome = time.perf_counter(), "error"
         try:
-            result = rt().prefill.prefill(who, body, correlation_id=correlation_id.get())
+            result = await rt().prefill.prefill_async(who, body, correlation_id=correlation_id.get())
             outcome = "ok"
             return JSONResponse(result)
         except DomainError as exc:

@@ -105,7 +105,12 @@ class BodyLimitAndCorrelation:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                    message["headers"] = [*message.get("headers", []), (b"x-correlation-id", cid.encode())]
+                    took = f"app;dur={(time.perf_counter() - started) * 1000:.2f}".encode()  # W3C Server-Timing
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"x-correlation-id", cid.encode()),
+                        (b"server-timing", took),
+                    ]
                 if record:  # a pushed request is recorded before its answer leaves (the answer is small)
                     held.append(message)
                     if message["type"] == "http.response.body":

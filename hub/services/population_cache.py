@@ -74,8 +74,9 @@ class PopulationCache:
         material = json.dumps([personal_id, (name or "").casefold(), birth_date or ""]).encode()
         return hmac.new(self._index_key, material, hashlib.sha256).hexdigest()
 
-    def get(self, key: str) -> tuple[dict[str, Any] | None, datetime] | None:
-        """(record or None for a cached 'not found', when it was fetched), or None on a miss."""
+    def get(self, key: str, *, local_only: bool = False) -> tuple[dict[str, Any] | None, datetime] | None:
+        """(record or None for a cached 'not found', when it was fetched), or None on a miss. `local_only`: look
+        at this process's copies only (no I/O: safe on an event loop); None then means "ask the database"."""
         if not self.enabled:
             return None
         now = utcnow()
@@ -83,6 +84,8 @@ class PopulationCache:
             held = self._local.get(key)
         if held is not None and held[2] > now:
             ciphertext, fetched_at, expires_at = held
+        elif local_only:
+            return None
         else:
             with reading(self.sessions.kw["bind"]) as conn:
                 row = conn.execute(READ, {"key": key}).first()

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal
 
@@ -64,9 +64,14 @@ class SourceSpec(BaseModel):
     path: str = Field(pattern=r"^(subject|spouse|father|mother)(\.[A-Za-z]+)+$")
     if_: dict[str, str] = Field(default_factory=dict, alias="if")
 
-    @property
+    @cached_property
     def person(self) -> str:
         return self.path.split(".", 1)[0]
+
+    @cached_property
+    def steps(self) -> list[str]:
+        """The path inside the person's record."""
+        return self.path.split(".")[1:]
 
 
 class FieldSpec(BaseModel):
@@ -169,6 +174,10 @@ class DocumentIn(NulFree):
 
 
 # -- the service ---------------------------------------------------------------------------------------------
+
+
+class _WouldBlock(Exception):
+    """Raised by a non-blocking attempt at the first step that needs I/O."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +329,24 @@ class PrefillService:
             if journal.accesses or journal.exchanges or journal.cache:
                 self._journals.submit(journal)
 
+    async def prefill_async(self, client: ClientSystem, body: PrefillIn, *, correlation_id: str) -> dict[str, Any]:
+        """`prefill` for the API's event loop. A request that needs no I/O but its commit — every person in this
+        process's cache, no consent to check — is answered on the loop, and waits for its commit without a
+        thread; any other is done again from the start in a worker thread (the register, the database), its
+        first attempt leaving nothing behind."""
+        import anyio.to_thread
+
+        journal = _Journal([], [])
+        try:
+            try:
+                return self._prefill(client, body, correlation_id, journal, blocking=False)
+            except _WouldBlock:
+                journal = _Journal([], [])
+                return await anyio.to_thread.run_sync(self._prefill, client, body, correlation_id, journal)
+        finally:
+            if journal.accesses or journal.exchanges or journal.cache:
+                await self._journals.submit_async(journal)
+
     def _write_journals(self, s: Session, journals: Sequence[_Journal]) -> list[None]:
         exchanges = [record for j in journals for record in j.exchanges]
         if self._record_exchanges is not None and exchanges:
@@ -335,7 +362,10 @@ class PrefillService:
         self.access_log.append(s, *(access for j in journals for access in j.accesses))
         return [None] * len(journals)
 
-    def _prefill(self, client: ClientSystem, body: PrefillIn, correlation_id: str, journal: _Journal) -> dict[str, Any]:
+    def _prefill(
+        self, client: ClientSystem, body: PrefillIn, correlation_id: str, journal: _Journal, blocking: bool = True
+    ) -> dict[str, Any]:
+        """`blocking=False`: raise _WouldBlock instead of doing I/O (a database read, a register look-up)."""
         identifiers.personal_id(body.subject_id)
         template = templates().get(body.procedure)
         if template is None:
@@ -377,13 +407,17 @@ class PrefillService:
             )
         documents_allowed = False
         if body.consent_ref is not None:
+            if not blocking:
+                raise _WouldBlock
             problem = self._check_consent(body.consent_ref, subject, body.purpose)
             if problem is not None:
                 raise refuse(problem)
             documents_allowed = True
 
         reads: dict[str, _Read] = {}
-        first = self._read(body, "subject", body.subject_id, subject, correlation_id, access, journal)
+        first = self._read(
+            body, "subject", body.subject_id, subject, correlation_id, access, journal, blocking=blocking
+        )
         reads["subject"] = first
         wanted = {src.person for f in template.fields for src in f.source if src.person != "subject"}
         for role in sorted(wanted):
@@ -400,13 +434,25 @@ class PrefillService:
             except DomainError:
                 continue  # a malformed link in the register: leave the relative's fields for the citizen
             rel = self._read(
-                body, role, relative_id, self.subject_hmac(relative_id), correlation_id, access, journal, optional=True
+                body,
+                role,
+                relative_id,
+                self.subject_hmac(relative_id),
+                correlation_id,
+                access,
+                journal,
+                optional=True,
+                blocking=blocking,
             )
             if rel is not None:
                 reads[role] = rel
 
         out_fields: list[dict[str, Any]] = []
         used: dict[str, list[str]] = {role: [] for role in reads}
+        stamps = {
+            role: (read.fetched_at.isoformat(), (read.fetched_at + self.validity).isoformat())
+            for role, read in reads.items()
+        }
         for spec in template.fields:
             item: dict[str, Any] = {
                 "name": spec.name,
@@ -419,7 +465,7 @@ class PrefillService:
                 read = reads.get(src.person)
                 if read is None or not self._condition_holds(src, reads):
                     continue
-                value = _format(spec.type, _get(read.record, src.path.split(".")[1:]))
+                value = _format(spec.type, _get(read.record, src.steps))
                 if value is None:
                     continue
                 item["value"] = value
@@ -429,8 +475,7 @@ class PrefillService:
                     "request_id": read.request_id,
                     "cached": read.cached,
                 }
-                item["fetched_at"] = read.fetched_at.isoformat()
-                item["valid_until"] = (read.fetched_at + self.validity).isoformat()
+                item["fetched_at"], item["valid_until"] = stamps[src.person]
                 used[src.person].append(spec.name)
                 break
             out_fields.append(item)
@@ -483,15 +528,18 @@ class PrefillService:
         journal: _Journal,
         *,
         optional: bool = False,
+        blocking: bool = True,
     ) -> Any:
         name = body.subject_name if role == "subject" else None
         birth = body.subject_birth_date.strftime("%Y%m%d") if role == "subject" and body.subject_birth_date else None
         cache_key = self.cache.key(personal_id, name, birth) if self.cache is not None else None
         if self.cache is not None and cache_key is not None:
-            hit = self.cache.get(cache_key)
+            hit = self.cache.get(cache_key, local_only=not blocking)
             cached = hit[0] if hit is not None else None
             if hit is not None and cached is not None:
                 return _Read(role, cached["record"], str(cached["request_id"]), who, hit[1], cached=True)
+        if not blocking:
+            raise _WouldBlock
         request_id = uuid.uuid4().hex
         query = CitizenLookup(
             personal_id=personal_id,
