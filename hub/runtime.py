@@ -111,14 +111,16 @@ class Runtime:
 
             from hub.sync.wakeup import Doorbell
 
-            celery = _celery_for(settings)
+            # the API rings (sends drain requests through its own Celery app); a worker only answers, inside the
+            # worker's Celery app — a second app made there would become Celery's "current" one
+            celery = _celery_for(settings) if role == "api" else None
             self.doorbell = Doorbell(
                 redis.Redis.from_url(
                     settings.broker_url,
                     socket_timeout=settings.read_timeout,
                     socket_connect_timeout=settings.connect_timeout,
                 ),
-                lambda: celery.send_task("hub.drain"),
+                (lambda: celery.send_task("hub.drain")) if celery is not None else None,
             )
             if role == "api":
                 from hub.sync.wakeup import CoalescingWaker

@@ -203,6 +203,49 @@ def test_group_commit_from_coroutines_and_threads_at_once(pg_url: str) -> None:
     assert max(batches) > 1 and ticks > 5
 
 
+def test_a_request_that_hangs_up_while_its_batch_waits_does_not_stall_the_others(pg_url: str) -> None:
+    """A client that disconnects cancels its request's coroutine while the write waits in the queue: the rest of
+    the batch is still answered, and the hung-up write is committed all the same (its retry, with the same
+    Idempotency-Key, gets the stored answer)."""
+    import asyncio
+
+    engine = db.make_engine(pg_url)
+    sessions = db.make_sessionmaker(engine)
+    with sessions.begin() as s:
+        s.execute(text("DELETE FROM flags WHERE name LIKE 'gcc-%'"))
+    first_started, release = threading.Event(), threading.Event()
+
+    def write(s: Session, items: Any) -> list[str]:
+        if "gcc-first" in items:
+            first_started.set()
+            release.wait(5)  # a slow first batch: the next requests queue behind it
+        for name in items:
+            s.add(Flag(name=name, value="x", updated_by="test", updated_at=utcnow()))
+        return [f"wrote {name}" for name in items]
+
+    group: GroupCommit[str, str] = GroupCommit(sessions, write)
+
+    async def main() -> list[str]:
+        first = asyncio.create_task(group.submit_async("gcc-first"))
+        await asyncio.to_thread(first_started.wait, 5)
+        gone = asyncio.create_task(group.submit_async("gcc-gone"))
+        stays = asyncio.create_task(group.submit_async("gcc-stays"))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # the client hung up
+        await asyncio.sleep(0.05)
+        release.set()
+        return list(await asyncio.wait_for(asyncio.gather(first, stays), 5))
+
+    try:
+        answers = asyncio.run(main())
+        with sessions() as s:
+            stored = sorted(s.scalars(text("SELECT name FROM flags WHERE name LIKE 'gcc-%'")).all())
+    finally:
+        engine.dispose()
+    assert answers == ["wrote gcc-first", "wrote gcc-stays"]
+    assert stored == ["gcc-first", "gcc-gone", "gcc-stays"]
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_database_restart_mid_relay_loses_nothing(hub_factory: HubFactory, portal: Any, backend: str) -> None:
     """PostgreSQL drops every connection while the embedded worker relays and clients keep posting: a request that

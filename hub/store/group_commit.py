@@ -21,7 +21,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -111,14 +111,27 @@ class GroupCommit(Generic[T, R]):
             if not isinstance(exc, Exception):  # interrupted: no waiting thread may wait for ever
                 for _, done in batch:
                     if not done.done():
-                        done.set_exception(exc)
+                        _settle(done, exc=exc)
                 raise
             if len(batch) == 1:
-                batch[0][1].set_exception(exc)
+                _settle(batch[0][1], exc=exc)
                 return
             log.info("group commit of %d writes failed (%s); writing them one by one", len(batch), exc)
             for entry in batch:
                 self._commit([entry])
             return
         for (_, done), result in zip(batch, results, strict=True):
-            done.set_result(result)
+            _settle(done, result)
+
+
+def _settle(done: Future[R], result: R | None = None, *, exc: BaseException | None = None) -> None:
+    """Hand a write's outcome to its waiter — unless the waiter went away: a coroutine cancelled while it waited
+    (its client hung up) cancels its future. Its write is committed all the same (a retry with the same
+    Idempotency-Key gets the stored answer); the rest of the batch must still get theirs."""
+    try:
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass

@@ -58,12 +58,15 @@ class Doorbell:
     committed row waits for the ticker, yet one request at a time sits in the queue. The mark expires after `ttl`
     seconds, so a request lost with the broker only delays the next one."""
 
-    def __init__(self, redis: Any, send: Callable[[], None], *, ttl: float = 10.0) -> None:
+    def __init__(self, redis: Any, send: Callable[[], None] | None, *, ttl: float = 10.0) -> None:
+        """`send`: how to request a drain (None where this process only answers: a worker)."""
         self._redis = redis
         self._send = send
         self._ttl_ms = int(ttl * 1000)
 
     def ring(self) -> None:
+        if self._send is None:
+            raise RuntimeError("this doorbell only answers")
         if self._redis.set(DRAIN_REQUESTED, b"1", nx=True, px=self._ttl_ms):
             try:
                 self._send()
