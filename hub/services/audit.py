@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from hub.domain.dates import utcnow
 from hub.domain.privacy import derive_key
-from hub.store.models import AccessLogEntry
+from hub.store.models import AccessLogEntry, table
 
 GENESIS = "0" * 64
 ADVISORY_LOCK_ID = 0x4855_4241_5544  # "HUBAUD": serializes appends to the chain on PostgreSQL
@@ -62,7 +62,7 @@ def _link(key: bytes, prev_hash: str, values: dict[str, Any]) -> str:
 
 HEAD = select(AccessLogEntry.chain_hash).order_by(AccessLogEntry.id.desc()).limit(1)
 LOCK = text("SELECT pg_advisory_xact_lock(:id)")
-INSERT = insert(AccessLogEntry.metadata.tables[AccessLogEntry.__tablename__])
+INSERT = insert(table(AccessLogEntry))
 
 
 class AccessLog:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -27,17 +27,17 @@ from hub.services.schemas import DossierIn, ProgressIn
 from hub.settings import ClientSystem
 from hub.store.db import reading_session
 from hub.store.group_commit import GroupCommit
-from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, Procedure, StatusEvent
+from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, Procedure, StatusEvent, table
 from hub.sync.outbox import DEAD, PENDING
 
 NATIONAL_PORTAL = "national_portal"
 ONE_STOP = "one_stop"
 DOCUMENT_EXCHANGE = "document_exchange"  # signed edXML envelopes to other agencies
 SYNC, PROGRESS, DOWNFLOW = "dossier.sync", "dossier.progress", "dossier.downflow"
-DOSSIERS: Table = Dossier.__table__  # type: ignore[assignment]
-EVENTS: Table = StatusEvent.__table__  # type: ignore[assignment]
-OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
-KEYS: Table = IdempotencyRecord.__table__  # type: ignore[assignment]
+DOSSIERS = table(Dossier)
+EVENTS = table(StatusEvent)
+OUTBOX = table(OutboxMessage)
+KEYS = table(IdempotencyRecord)
 
 # Statements built once: executing a prebuilt construct with parameters skips SQLAlchemy's construction and
 # cache-key work on every request (the hot path of ingest).

@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,13 +29,13 @@ from hub.services.dossiers import SELECT_DOSSIER, DossierService
 from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
 from hub.store.group_commit import GroupCommit
-from hub.store.models import Dossier, Payment, PaymentCallback, Procedure
+from hub.store.models import Dossier, Payment, PaymentCallback, Procedure, table
 
 log = logging.getLogger("hub.payments")
 VN_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 MAX_FEE = 1_000_000_000  # đồng: a sanity bound, far above any administrative fee
-PAYMENTS: Table = Payment.__table__  # type: ignore[assignment]
-CALLBACKS: Table = PaymentCallback.__table__  # type: ignore[assignment]
+PAYMENTS = table(Payment)
+CALLBACKS = table(PaymentCallback)
 # The callback path in prebuilt Core statements (as ingest): no ORM identity map or flush on the hot path.
 LOCK_PAYMENT = (
     select(

@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from hub.domain.dates import utcnow
 from hub.domain.privacy import derive_key
 from hub.store.db import reading
-from hub.store.models import PopulationCacheEntry
+from hub.store.models import PopulationCacheEntry, table
 
-TABLE = PopulationCacheEntry.metadata.tables[PopulationCacheEntry.__tablename__]
+TABLE = table(PopulationCacheEntry)
 READ = select(PopulationCacheEntry.ciphertext, PopulationCacheEntry.fetched_at, PopulationCacheEntry.expires_at).where(
     PopulationCacheEntry.key == bindparam("key")
 )

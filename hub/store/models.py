@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -62,6 +63,12 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+def table(model: type[Base]) -> Table:
+    """A model's Core table, for the prebuilt statements of hot paths (typed: `Model.__table__` is a FromClause
+    to type checkers)."""
+    return Base.metadata.tables[model.__tablename__]
 
 
 class Dossier(Base):

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from hub.adapters.exchange import ExchangeRecord
 from hub.domain.dates import utcnow
-from hub.store.models import Exchange, OutboxMessage
+from hub.store.models import Exchange, OutboxMessage, table
 
 PENDING, IN_FLIGHT, DELIVERED, DEAD = "pending", "in_flight", "delivered", "dead"
 
@@ -37,7 +37,7 @@ class Claimed:
     created_at: datetime
 
 
-_OUTBOX: Any = OutboxMessage.__table__
+_OUTBOX = table(OutboxMessage)
 _EARLIER = _OUTBOX.alias("earlier")
 # Literal states (not bound parameters): the planner matches them to the partial indexes' predicates.
 _PENDING: Any = literal_column(f"'{PENDING}'")
@@ -165,7 +165,7 @@ def exchange_row(rec: ExchangeRecord, outbox_id: int | None = None) -> dict[str,
     }
 
 
-INSERT_EXCHANGE = insert(Exchange.metadata.tables[Exchange.__tablename__])  # Core: no ORM bulk-insert machinery
+INSERT_EXCHANGE = insert(table(Exchange))  # Core: no ORM bulk-insert machinery
 
 
 def write_exchanges(session: Session, rows: Sequence[dict[str, Any]]) -> None:
