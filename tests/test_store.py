@@ -246,6 +246,30 @@ def test_a_request_that_hangs_up_while_its_batch_waits_does_not_stall_the_others
     assert stored == ["gcc-first", "gcc-gone", "gcc-stays"]
 
 
+def test_a_broken_batch_write_fails_its_waiters_instead_of_hanging_them(pg_url: str) -> None:
+    """A `write` that does not return one result per item (a bug) rolls back and fails every waiter, sync or
+    async — none of them waits for ever, and nothing half-answered is committed."""
+    import asyncio
+
+    engine = db.make_engine(pg_url)
+    sessions = db.make_sessionmaker(engine)
+
+    def write(s: Session, items: Any) -> list[str]:
+        s.add(Flag(name="gcb-x", value="x", updated_by="test", updated_at=utcnow()))
+        return []
+
+    group: GroupCommit[str, str] = GroupCommit(sessions, write)
+    try:
+        with pytest.raises(RuntimeError, match="0 results for 1 writes"):
+            group.submit("a")
+        with pytest.raises(RuntimeError, match="0 results"):
+            asyncio.run(asyncio.wait_for(group.submit_async("b"), 5))
+        with sessions() as s:
+            assert s.scalar(text("SELECT count(*) FROM flags WHERE name = 'gcb-x'")) == 0
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_database_restart_mid_relay_loses_nothing(hub_factory: HubFactory, portal: Any, backend: str) -> None:
     """PostgreSQL drops every connection while the embedded worker relays and clients keep posting: a request that

@@ -97,8 +97,11 @@ class GroupCommit(Generic[T, R]):
                         break
                     try:
                         self._commit(batch)
-                    except BaseException:  # the batch's futures hold it; this thread goes on
+                    except BaseException as exc:  # this thread goes on; no waiter may wait for ever
                         log.exception("group commit failed")
+                        for _, done in batch:
+                            if not done.done():
+                                _settle(done, exc=exc)
 
     def _commit(self, batch: list[tuple[T, Future[R]]]) -> None:
         if self._order is not None and len(batch) > 1:
@@ -107,6 +110,8 @@ class GroupCommit(Generic[T, R]):
         try:
             with self._sessions.begin() as s:
                 results = self._write(s, [item for item, _ in batch])
+                if len(results) != len(batch):  # a bug in `write`: roll back rather than answer anyone wrongly
+                    raise RuntimeError(f"group commit: {len(results)} results for {len(batch)} writes")
         except BaseException as exc:
             if not isinstance(exc, Exception):  # interrupted: no waiting thread may wait for ever
                 for _, done in batch:
