@@ -3,8 +3,11 @@ every kind of answer at its boundary."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -101,14 +104,38 @@ def test_wrong_credentials_are_retryable_auth_failures(portal_server: ServerThre
     client.close()
 
 
-def _mock(handler: Any) -> NationalPortalClient:
-    def route(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/api/auth":
-            return httpx.Response(200, json={"error_code": 0, "message": "ok", "session": "s"})
-        result: httpx.Response = handler(request)
-        return result
+@pytest.fixture
+def mock_portal() -> Iterator[Callable[..., NationalPortalClient]]:
+    """A portal on loopback answering each service call with what the test's handler returns (an
+    `httpx.Response` as a description of the answer; an async handler may take its time): the adapter is
+    exercised over real HTTP, as in production."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
 
-    return _client("http://portal.test", "pw", transport=httpx.MockTransport(route))
+    handlers: list[Any] = []
+
+    async def route(request: Request) -> Response:
+        if request.url.path == "/api/auth":
+            return Response(b'{"error_code":0,"message":"ok","session":"s"}', media_type="application/json")
+        answer = handlers[-1](request)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return Response(answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
+
+    server = ServerThread(Starlette(routes=[Route("/{path:path}", route, methods=["POST"])])).start()
+    made: list[NationalPortalClient] = []
+
+    def make(handler: Any, **kw: Any) -> NationalPortalClient:
+        handlers.append(handler)
+        made.append(_client(server.url, "pw", **kw))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+    server.stop()
 
 
 @pytest.mark.parametrize(
@@ -125,6 +152,12 @@ def _mock(handler: Any) -> NationalPortalClient:
             True,
         ),
         (lambda r: httpx.Response(200, json={"message": "no code"}), PeerProtocolError, "peer_malformed_reply", True),
+        (  # a reply far larger than any answer: refused before it is parsed
+            lambda r: httpx.Response(200, content=b'{"error_code": 0, "pad": "' + b"x" * (5 << 20) + b'"}'),
+            PeerProtocolError,
+            "peer_malformed_reply",
+            True,
+        ),
         (
             lambda r: httpx.Response(200, json={"error_code": 99, "message": "x"}),
             PeerError,
@@ -145,15 +178,17 @@ def _mock(handler: Any) -> NationalPortalClient:
         ),
     ],
 )
-def test_answers_are_classified_at_the_boundary(handler: Any, error: type, code: str, retryable: bool) -> None:
-    client = _mock(handler)
+def test_answers_are_classified_at_the_boundary(
+    mock_portal: Callable[..., NationalPortalClient], handler: Any, error: type, code: str, retryable: bool
+) -> None:
+    client = mock_portal(handler)
     with pytest.raises(error) as exc:
         client.call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key=None, correlation_id="t")
     assert type(exc.value) is error
     assert exc.value.code == code and exc.value.retryable is retryable
 
 
-def test_transport_failures_are_retryable() -> None:
+def test_transport_failures_are_retryable(mock_portal: Callable[..., NationalPortalClient]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -161,17 +196,19 @@ def test_transport_failures_are_retryable() -> None:
     with pytest.raises(PeerUnavailable):
         client.call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key=None, correlation_id="t")
 
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("slow", request=request)
+    async def slow(request: Any) -> httpx.Response:
+        await asyncio.sleep(2)
+        return httpx.Response(200, json={"error_code": 0, "message": "late"})
 
+    late = mock_portal(slow, read_timeout=0.3)
     with pytest.raises(PeerTimeout) as exc:
-        _mock(slow).call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key=None, correlation_id="t")
+        late.call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key=None, correlation_id="t")
     assert exc.value.retryable
 
 
-def test_every_exchange_is_reported_with_digests() -> None:
+def test_every_exchange_is_reported_with_digests(mock_portal: Callable[..., NationalPortalClient]) -> None:
     seen: list[Any] = []
-    client = _mock(lambda r: httpx.Response(200, json={"error_code": 0, "message": "ok"}))
+    client = mock_portal(lambda r: httpx.Response(200, json={"error_code": 0, "message": "ok"}))
     client.call("TraCuuHoSo", {"MaHoSo": "x"}, idempotency_key="k", correlation_id="corr-1", on_exchange=seen.append)
     ops = [(r.operation, r.outcome, r.correlation_id) for r in seen]
     assert ops == [("auth", "ok", "corr-1"), ("TraCuuHoSo", "ok", "corr-1")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -260,6 +261,19 @@ def test_register_failures_are_503_problems_and_logged(
     with hub.runtime.sessions() as s:
         [exchange] = s.scalars(select(Exchange).where(Exchange.peer == "population")).all()
     assert exchange.outcome == "retryable" and exchange.correlation_id == entry.correlation_id
+
+
+def test_a_register_that_refuses_connections_is_unavailable_not_slow(hub_factory: HubFactory) -> None:
+    """Nothing listens where the register should be: 503, logged as `peer_unavailable` — not as a timeout
+    (urllib3 makes a refused connection a subclass of its connect timeout; operators read the difference)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hub = hub_factory(population_url=f"http://127.0.0.1:{port}/ws/congdan", connect_timeout=0.5)
+    r = ask(hub, "079195001234")
+    assert r.status_code == 503
+    [entry] = log_entries(hub)
+    assert entry.outcome == "failed" and entry.reason == "peer_unavailable"
 
 
 def test_partial_records_leave_fields_for_the_citizen(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import httpx
-
 from hub.adapters.errors import (
     PeerAuthFailed,
     PeerError,
@@ -15,7 +13,7 @@ from hub.adapters.errors import (
     PeerRejected,
 )
 from hub.adapters.exchange import ExchangeHook
-from hub.adapters.http import post_json
+from hub.adapters.http import PeerPool, post_json
 from hub.adapters.national_portal import codes
 from hub.adapters.national_portal.base import PEER
 
@@ -33,18 +31,18 @@ class NationalPortalClient:
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         max_connections: int = 32,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._username = username
         self._password = password
         self.dstcode = dstcode
         self._auth_path = auth_path
         self._service_path = service_path
-        self._http = httpx.Client(
-            base_url=base_url,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
+        # the relay's hot path: every delivery is one POST here (urllib3 pool: PeerPool)
+        self._http = PeerPool(
+            base_url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_connections=max_connections,
             headers={"dstcode": dstcode},
         )
         self._session: str | None = None

@@ -204,9 +204,11 @@ class PopulationClient:
                 MaCanBo=query.officer,
                 MaDVC=query.service,
             )
+        except urllib3.exceptions.NewConnectionError as exc:  # refused: a subclass of ConnectTimeoutError in urllib3
+            raise PeerUnavailable(PEER, f"{OPERATION}: {exc.__class__.__name__}") from None
         except urllib3.exceptions.TimeoutError:
             raise PeerTimeout(PEER, f"{OPERATION} timed out") from None
-        except urllib3.exceptions.HTTPError as exc:  # refused, reset, closed mid-reply, bad status line
+        except urllib3.exceptions.HTTPError as exc:  # reset, closed mid-reply, bad status line
             raise PeerUnavailable(PEER, f"{OPERATION}: {exc.__class__.__name__}") from None
         except ReplyTooLarge as exc:
             raise PeerProtocolError(PEER, f"{OPERATION}: {exc}") from None
