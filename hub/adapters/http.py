@@ -59,24 +59,30 @@ class PeerPool:
             redirect=False,
             preload_content=False,
         )
-        try:
-            content = reply.read(MAX_REPLY_BYTES + 1)
-            too_large = len(content) > MAX_REPLY_BYTES
-            if too_large:
-                reply.close()  # the rest is never read: this connection is not reused
-            else:
-                reply.read()  # at the end of the body already; lets urllib3 see it finished
-        except BaseException:
-            reply.close()
-            raise
-        finally:
-            reply.release_conn()
-        if too_large:
-            raise ReplyTooLarge(f"reply larger than {MAX_REPLY_BYTES} bytes")
-        return reply.status, content
+        return reply.status, read_capped(reply, MAX_REPLY_BYTES)
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def read_capped(reply: urllib3.BaseHTTPResponse, limit: int) -> bytes:
+    """The body of a reply requested with `preload_content=False`, if it is at most `limit` bytes; a longer one
+    is cut off (its connection not reused) and ReplyTooLarge raised. The connection goes back to the pool."""
+    try:
+        content = reply.read(limit + 1)
+        too_large = len(content) > limit
+        if too_large:
+            reply.close()  # the rest is never read: this connection is not reused
+        else:
+            reply.read()  # at the end of the body already; lets urllib3 see it finished
+    except BaseException:
+        reply.close()
+        raise
+    finally:
+        reply.release_conn()
+    if too_large:
+        raise ReplyTooLarge(f"reply larger than {limit} bytes")
+    return content
 
 
 @dataclass(frozen=True, slots=True)

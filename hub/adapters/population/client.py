@@ -34,16 +34,13 @@ from hub.adapters.errors import (
     PeerUnavailable,
 )
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
+from hub.adapters.http import ReplyTooLarge, read_capped
 from hub.adapters.population.base import PEER, CitizenLookup
 
 TNS = "urn:vn:csdlqg:dancu:congdan:v1"
 BINDING = f"{{{TNS}}}CongDanBinding"
 OPERATION = "TraCuuThongTinCongDan"
 MAX_REPLY_BYTES = 2 * 1024 * 1024  # a citizen's record is a few kB; anything this big is not a reply
-
-
-class ReplyTooLarge(Exception):
-    pass
 
 
 class PooledTransport(Transport):
@@ -80,20 +77,7 @@ class PooledTransport(Transport):
             preload_content=False,
         )
         self._local.status = reply.status
-        try:
-            content = reply.read(MAX_REPLY_BYTES + 1)
-            too_large = len(content) > MAX_REPLY_BYTES
-            if too_large:
-                reply.close()  # the rest is never read: this connection is not reused
-            else:
-                reply.read()  # at the end of the body already; lets urllib3 see it finished
-        except BaseException:
-            reply.close()
-            raise
-        finally:
-            reply.release_conn()
-        if too_large:
-            raise ReplyTooLarge(f"reply larger than {MAX_REPLY_BYTES} bytes")
+        content = read_capped(reply, MAX_REPLY_BYTES)
         response = requests.Response()  # the shape zeep reads a reply from
         response.status_code = reply.status
         response._content = content
