@@ -41,9 +41,7 @@ class PeerPool:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers or {})
-        self._pool = urllib3.PoolManager(
-            num_pools=2, maxsize=max_connections, block=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
-        )
+        self._pool = verified_pool(max_connections, num_pools=2)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
 
     def post(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -63,6 +61,14 @@ class PeerPool:
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def verified_pool(max_connections: int, *, num_pools: int) -> urllib3.PoolManager:
+    """How hub opens a urllib3 pool to a peer: HTTPS verified against certifi's bundle (the one requests and httpx
+    use), at most `max_connections` kept per host (more are opened when needed, not kept)."""
+    return urllib3.PoolManager(
+        num_pools=num_pools, maxsize=max_connections, block=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
+    )
 
 
 def read_capped(reply: urllib3.BaseHTTPResponse, limit: int) -> bytes:

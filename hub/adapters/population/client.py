@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import certifi
 import requests
 import urllib3
 import zeep
@@ -34,7 +33,7 @@ from hub.adapters.errors import (
     PeerUnavailable,
 )
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
-from hub.adapters.http import ReplyTooLarge, read_capped
+from hub.adapters.http import ReplyTooLarge, read_capped, verified_pool
 from hub.adapters.population.base import PEER, CitizenLookup
 
 TNS = "urn:vn:csdlqg:dancu:congdan:v1"
@@ -51,10 +50,7 @@ class PooledTransport(Transport):
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
         super().__init__(timeout=connect_timeout)
         self.session.trust_env = False  # no proxies or .netrc picked up from the environment
-        # HTTPS verified against the same CA bundle requests and httpx use (certifi), as the other adapters
-        self._pool = urllib3.PoolManager(
-            num_pools=4, maxsize=max_connections, block=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
-        )
+        self._pool = verified_pool(max_connections, num_pools=4)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._local = threading.local()
 
