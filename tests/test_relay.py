@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from hub.sandbox.common import ServerThread
 from hub.sync import jobs
 from tests.conftest import PORTAL_USER, Creds, Hub, HubFactory
 from tests.helpers import dossier, step
@@ -276,3 +278,94 @@ def test_rows_of_a_worker_that_died_after_claiming_are_delivered_once_after_its_
         late = [outbox.Outcome(c, "retry", error_code="x", error="x", retry_at=c.created_at) for c in doomed]
         assert outbox.record(s, late, []) == 0
     assert hub.wait_idle() == {"delivered": 9}
+
+
+def test_hub_killed_mid_delivery_resumes_at_once_when_restarted(
+    tmp_path: Path, creds: Creds, portal_server: ServerThread, portal: httpx.Client
+) -> None:
+    """Embedded mode, as a province runs it: `hub serve` is killed (-9) while deliveries are in flight at a slow
+    portal, then started again. The rows it had claimed go back in line at once — no other process was
+    delivering from its database — not after their 60 s lease; every event reaches the portal once, in order."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update(
+        HUB_VAR_DIR=str(tmp_path),
+        HUB_SECRET_KEY=creds.secret_key,
+        HUB_CLIENTS=json.dumps([{"name": "onestop", "api_key": creds.api_key, "agencies": ["000.00.17.*"]}]),
+        HUB_NATIONAL_PORTAL_URL=portal_server.url,
+        HUB_NATIONAL_PORTAL_USERNAME=PORTAL_USER,
+        HUB_NATIONAL_PORTAL_PASSWORD=creds.portal_password,
+        HUB_RELAY_LEASE_SECONDS="60",
+    )
+    hub_bin = str(Path(sys.executable).with_name("hub"))
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [hub_bin, "serve", "--port", str(port), "--no-sandbox"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{api}/healthz").status_code == 200:
+                    return proc
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "hub serve did not come up"
+            time.sleep(0.1)
+
+    def states(code: str) -> list[str]:
+        got = client.get(f"/v1/dossiers/{code}").json()
+        return [d["state"] for e in got["events"] for d in e["deliveries"]]
+
+    portal.post("/_sandbox/faults", json={"latency_ms": 3000}).raise_for_status()
+    proc = start()
+    try:
+        with httpx.Client(base_url=api, headers={"X-API-Key": creds.api_key}, timeout=10) as client:
+            codes = []
+            for i in range(1, 6):
+                d = dossier(700 + i, status=2)
+                assert client.post("/v1/dossiers", json=d).status_code == 202
+                codes.append(d["MaHoSo"])
+            for code in codes:
+                assert client.post(f"/v1/dossiers/{code}/progress", json=step(code, 4)).status_code == 202
+            deadline = time.monotonic() + 20
+            while not any("in_flight" in states(code) for code in codes):
+                assert time.monotonic() < deadline, "nothing was ever in flight"
+                time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        portal.post("/_sandbox/faults", json={"latency_ms": 0}).raise_for_status()
+        restarted = time.monotonic()
+        proc = start()
+        deadline = restarted + 20  # a third of the lease the killed process held
+        while not all(portal_history(portal, code) == [2, 4] for code in codes):
+            assert time.monotonic() < deadline, {code: portal_history(portal, code) for code in codes}
+            time.sleep(0.2)
+        assert set(applied_keys(portal).values()) == {1} and len(applied_keys(portal)) == 10
+        with httpx.Client(base_url=api, headers={"X-API-Key": creds.api_key}, timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while not all(set(states(code)) == {"delivered"} for code in codes):  # hub records the outcomes too
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

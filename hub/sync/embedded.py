@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from hub.sync.relay import Relay
 
 log = logging.getLogger("hub.worker")
+
+
+class Presence:
+    """Which processes deliver from this SQLite database now, known from a lock file beside it: each such process
+    holds a shared `flock` on it for as long as it lives, and the kernel lets go of it when the process dies,
+    kill -9 included. A process that starts and gets the lock exclusively is the only one: whatever the outbox
+    holds in flight was claimed by a process that is gone, and can go back in line at once instead of after its
+    lease (60 s by default) — so a hub restarted after a crash resumes delivering straight away.
+
+    SQLite only: its processes share one machine. On PostgreSQL workers on other machines hold leases, and those
+    run out as they do."""
+
+    def __init__(self, database: Path) -> None:
+        self._fd = os.open(f"{database}.workers.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def alone(self) -> bool:
+        """Take the lock exclusively if no other process holds it; then `join` (or `close`) must follow."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def join(self) -> None:
+        """Hold the lock shared from now on, beside any other delivering process."""
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        os.close(self._fd)  # lets go of the lock
 
 
 class EmbeddedWorker:

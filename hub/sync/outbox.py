@@ -95,6 +95,17 @@ def release_expired(session: Session) -> int:
     return int(session.connection().execute(RELEASE_EXPIRED, {"now": utcnow()}).rowcount)
 
 
+RELEASE_ALL = (
+    update(_OUTBOX).where(_OUTBOX.c.state == _IN_FLIGHT).values(state=PENDING, claim_token=None, lease_until=None)
+)
+
+
+def release_all(session: Session) -> int:
+    """Put every leased row back in line, leases running or not: only for a process that knows no other can hold
+    one (`hub.sync.embedded.Presence`). A late outcome from the old claim changes nothing (its token is gone)."""
+    return int(session.connection().execute(RELEASE_ALL).rowcount)
+
+
 def claim(session: Session, limit: int, lease_seconds: float, destinations: Sequence[str]) -> list[Claimed]:
     """Lease up to `limit` deliverable rows for `destinations`, oldest due first, in one round trip. The batch
     shares one claim token: recording an outcome is a compare-and-set on it, so a worker whose lease expired
