@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     # Relay.
     relay_batch_size: int = 64
     relay_concurrency: int = 16
-    relay_lease_seconds: float = 60.0
+    relay_lease_seconds: float = 20.0  # renewed while the batch is delivered: a dead worker's rows return within it
     relay_max_attempts: int = 25  # failures the peer reports for a message (500, error_code 99) before it is dead
     relay_give_up_after_hours: float = 72.0  # a peer that is down: messages wait this long before they are dead
     relay_backoff_base: float = 1.0

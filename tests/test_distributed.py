@@ -261,13 +261,11 @@ def test_worker_killed_mid_batch_loses_and_doubles_nothing(cluster: Cluster, por
     portal.post("/_sandbox/faults", json={"latency_ms": 15})
     victim = cluster.worker()
     wait_until(lambda: len(applied(portal)) >= 250, timeout=120)
-    in_flight_before = cluster.states().get("in_flight", 0)
     victim.kill9()
     assert len(applied(portal)) < 1000
     cluster.worker()
     cluster.wait_delivered(1000, timeout=180)
     assert_exactly_once_in_order(portal, codes)
-    assert in_flight_before >= 0  # recorded for the failure message above
 
 
 def test_portal_outage_of_30_seconds(cluster: Cluster, portal: httpx.Client) -> None:

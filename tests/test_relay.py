@@ -280,6 +280,39 @@ def test_rows_of_a_worker_that_died_after_claiming_are_delivered_once_after_its_
     assert hub.wait_idle() == {"delivered": 9}
 
 
+def test_a_batch_slower_than_its_lease_is_not_claimed_again_while_its_worker_lives(
+    hub_factory: HubFactory, portal: httpx.Client
+) -> None:
+    """Leases are short (a dead worker's rows come back within one), so a live worker renews those of the batch
+    it is still delivering: a second worker draining meanwhile takes none of them, and each event is sent once."""
+    import threading
+
+    from hub.sync.relay import Relay
+
+    lease = 0.4
+    hub = hub_factory(start_worker=False, relay_lease_seconds=lease, read_timeout=5.0)
+    codes = file_and_walk(hub, 3, [])
+    portal.post("/_sandbox/faults", json={"latency_ms": 4 * lease * 1000}).raise_for_status()  # each call
+    first = hub.runtime.relay
+    other = Relay(hub.runtime.sessions, first.deliverers, policy=first.policy, lease_seconds=lease)
+    slow = threading.Thread(target=first.drain_once)
+    slow.start()
+    taken = 0
+    try:
+        time.sleep(0.2)  # the first worker has claimed all three
+        while slow.is_alive():  # a session opened, then the deliveries: eight leases long
+            taken += other.drain_once()
+            time.sleep(0.05)
+    finally:
+        slow.join()
+        other.close()
+    assert taken == 0
+    sent = Counter(i["idempotency_key"] for i in portal.get("/_sandbox/received").json()["items"])
+    assert len(sent) == 3 and set(sent.values()) == {1}, sent
+    for code in codes:
+        assert portal_history(portal, code) == [2]
+
+
 def test_hub_killed_mid_delivery_resumes_at_once_when_restarted(
     tmp_path: Path, creds: Creds, portal_server: ServerThread, portal: httpx.Client
 ) -> None:

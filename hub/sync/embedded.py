@@ -20,7 +20,7 @@ class Presence:
     holds a shared `flock` on it for as long as it lives, and the kernel lets go of it when the process dies,
     kill -9 included. A process that starts and gets the lock exclusively is the only one: whatever the outbox
     holds in flight was claimed by a process that is gone, and can go back in line at once instead of after its
-    lease (60 s by default) — so a hub restarted after a crash resumes delivering straight away.
+    lease (HUB_RELAY_LEASE_SECONDS) — so a hub restarted after a crash resumes delivering straight away.
 
     SQLite only: its processes share one machine. On PostgreSQL workers on other machines hold leases, and those
     run out as they do."""

@@ -95,6 +95,19 @@ def release_expired(session: Session) -> int:
     return int(session.connection().execute(RELEASE_EXPIRED, {"now": utcnow()}).rowcount)
 
 
+RENEW = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.state == _IN_FLIGHT, _OUTBOX.c.claim_token.in_(bindparam("tokens", expanding=True)))
+    .values(lease_until=bindparam("until"))
+)
+
+
+def renew(session: Session, tokens: Sequence[str], lease_seconds: float) -> int:
+    """Extend the leases of the batches a live worker is still delivering; returns the rows renewed."""
+    until = utcnow() + timedelta(seconds=lease_seconds)
+    return int(session.connection().execute(RENEW, {"tokens": list(tokens), "until": until}).rowcount)
+
+
 RELEASE_ALL = (
     update(_OUTBOX).where(_OUTBOX.c.state == _IN_FLIGHT).values(state=PENDING, claim_token=None, lease_until=None)
 )

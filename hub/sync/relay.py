@@ -5,6 +5,7 @@ The same `Relay.drain_once` runs in the embedded worker thread and in the Celery
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,51 @@ Deliverer = Callable[[Claimed, ExchangeHook], Any]
 PEER_DOWN_PAUSE_CAP = 30.0  # seconds: a peer that was down is probed again at least this often
 
 
+class LeaseKeeper:
+    """Renews the leases of the batches this process is delivering, every third of a lease, from a thread of its
+    own: a batch that takes longer than its lease (a slow peer, a session renewal, many waves of deliveries) is
+    never claimed a second time while its worker lives, and the lease can stay short — when a worker dies, its
+    rows are back in line within one lease."""
+
+    def __init__(self, sessions: sessionmaker[Session], lease_seconds: float) -> None:
+        self._sessions = sessions
+        self._lease = lease_seconds
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0  # a Celery prefork child does not inherit its parent's thread: start one of its own
+
+    def hold(self, token: str) -> None:
+        with self._lock:
+            self._held.add(token)
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="hub-lease-keeper", daemon=True)
+                self._thread.start()
+
+    def release(self, token: str) -> None:
+        with self._lock:
+            self._held.discard(token)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._pid == os.getpid():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            with self._lock:
+                tokens = sorted(self._held)
+            if not tokens:
+                continue
+            try:
+                with self._sessions.begin() as session:
+                    outbox.renew(session, tokens, self._lease)
+            except Exception:  # the database is away: the batch's outcome cannot be written either
+                log.warning("could not renew delivery leases", exc_info=True)
+
+
 class Relay:
     def __init__(
         self,
@@ -53,9 +99,11 @@ class Relay:
         self._down_until: dict[str, float] = {}  # destination -> monotonic time until which it is not tried
         self._streak: dict[str, int] = {}  # destination -> consecutive batches that found it down
         self._swept = float("-inf")  # monotonic time expired leases were last released
+        self._leases = LeaseKeeper(sessions, lease_seconds)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._leases.close()
 
     def drain_once(self) -> int:
         """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed."""
@@ -73,6 +121,15 @@ class Relay:
             batch = outbox.claim(session, self.batch_size, self.lease_seconds, destinations)
         if not batch:
             return 0
+        token = batch[0].claim_token  # one per batch
+        self._leases.hold(token)
+        try:
+            self._deliver(batch)
+        finally:
+            self._leases.release(token)
+        return len(batch)
+
+    def _deliver(self, batch: list[Claimed]) -> None:
         down: dict[str, PeerError] = {}
         lock = threading.Lock()
         exchanges: list[dict[str, Any]] = []
@@ -140,7 +197,6 @@ class Relay:
                         "correlation_id": o.claimed.correlation_id,
                     },
                 )
-        return len(batch)
 
     def _record(self, outcomes: list[Outcome], exchanges: list[dict[str, Any]]) -> None:
         """Write the batch's outcomes. The database dropping the connection meanwhile (a restart, a fail-over)
