@@ -181,6 +181,20 @@ class Runtime:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         )
+        from hub.adapters.identity import CitizenTokens
+
+        issuer = settings.effective_citizen_idp_issuer
+        self.citizen_tokens: CitizenTokens | None = (
+            CitizenTokens(
+                issuer,
+                settings.citizen_idp_jwks_url or f"{issuer}/jwks.json",
+                settings.citizen_idp_audience,
+                settings.citizen_id_claim,
+                timeout=settings.connect_timeout + settings.read_timeout,
+            )
+            if issuer
+            else None
+        )
         from hub.adapters.payment import DvcPaymentClient
         from hub.services.payments import PaymentService
         from hub.signing.service import SignatureService

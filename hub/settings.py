@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     prefill_validity_hours: float = 24.0  # how long a pre-filled value from the population database is valid
     population_cache_seconds: float = 300.0  # replies are reused (encrypted, keyed by HMAC) this long; 0: off
 
+    # Citizens' sign-in (VNeID / the national portal's single sign-on, OpenID Connect): the ID tokens a citizen
+    # shows to GET /v1/citizens/me/data-usage.
+    citizen_idp_issuer: str = ""  # the provider's `iss`; empty -> the sandbox provider (dev only), else off
+    citizen_idp_jwks_url: str = ""  # where it publishes its signing keys; empty -> {issuer}/jwks.json
+    citizen_idp_audience: str = "hub"  # hub's client id at the provider: the tokens' `aud`
+    citizen_id_claim: str = "sub"  # the claim that carries the citizen's 12-digit personal ID
+
     # Signatures: trust anchors only from here (never the OS bundle); hub's own signing key.
     signing_trust_anchors: list[Path] = Field(default_factory=list)  # PEM files; dev: the sandbox PKI's roots
     signing_intermediates: list[Path] = Field(default_factory=list)
@@ -187,6 +194,12 @@ class Settings(BaseSettings):
     @property
     def effective_public_url(self) -> str:
         return (self.public_url or "http://127.0.0.1:8000").rstrip("/")
+
+    @property
+    def effective_citizen_idp_issuer(self) -> str:
+        if self.citizen_idp_issuer:
+            return self.citizen_idp_issuer.rstrip("/")
+        return f"http://{self.sandbox_host}:{self.sandbox_pki_port}/idp" if self.mode == "dev" else ""
 
     @property
     def effective_payment_dvc_url(self) -> str:

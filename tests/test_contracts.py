@@ -20,6 +20,7 @@ from hub.sandbox.common import ServerThread
 from hub.services.schemas import DossierIn, ProgressIn
 from tests.conftest import PORTAL_USER, Creds
 from tests.helpers import dossier, step
+from tests.pki_helpers import Trust
 
 ROOT = contracts.contracts_dir()
 
@@ -213,3 +214,19 @@ def test_every_exchange_is_reported_with_digests(mock_portal: Callable[..., Nati
     ops = [(r.operation, r.outcome, r.correlation_id) for r in seen]
     assert ops == [("auth", "ok", "corr-1"), ("TraCuuHoSo", "ok", "corr-1")]
     assert all(len(r.request_digest) == 64 and r.response_digest for r in seen)
+
+
+def test_the_sandbox_identity_provider_issues_what_hub_requires(trust: Trust) -> None:
+    """The sandbox IdP's discovery document points at its keys, and its ID tokens carry the claims the contract
+    (contracts/citizen_identity) says hub requires, signed with a published key."""
+    import jwt
+
+    discovery = httpx.get(f"{trust.server.url}/idp/.well-known/openid-configuration").json()
+    assert discovery["issuer"] == f"{trust.server.url}/idp"
+    keys = jwt.PyJWKClient(discovery["jwks_uri"])
+    token = httpx.post(f"{trust.server.url}/_sandbox/idp/token", json={"subject_id": "001099000001"}).json()["id_token"]
+    signing = keys.get_signing_key_from_jwt(token)
+    algorithms = discovery["id_token_signing_alg_values_supported"]
+    claims = jwt.decode(token, signing.key, algorithms=algorithms, audience="hub")
+    assert contracts.errors("citizen_identity/id_token.claims.schema.json", claims) == []
+    assert claims["iss"] == discovery["issuer"]

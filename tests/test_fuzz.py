@@ -57,6 +57,7 @@ def fuzzed_hub(
         payment_dvc_url=pay_server.url,
         payment_dvc_partner=PAY_PARTNER,
         payment_dvc_secret=SecretStr(PAY_SECRET),
+        citizen_idp_issuer=f"{trust.server.url}/idp",
     )
     settings_.clients.append(everything)
     runtime = Runtime(settings_, role="api", start_worker=True)

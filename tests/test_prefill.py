@@ -20,6 +20,7 @@ from sqlalchemy import select, text
 from hub.sandbox.common import ServerThread
 from hub.store.models import AccessLogEntry, Exchange
 from tests.conftest import OTHER_AGENCY, PURPOSE, Creds, Hub, HubFactory
+from tests.pki_helpers import Trust
 
 AGENCY = "000.00.17.H56"
 HUB_BIN = str(Path(sys.executable).with_name("hub"))
@@ -383,6 +384,116 @@ def test_citizens_data_usage_is_for_auditors_only(hub: Hub, people: httpx.Client
     got = hub.http.post("/v1/citizens/data-usage", json={"subject_id": someone["SoDinhDanh"]}, headers=auditor).json()
     assert [i["outcome"] for i in got["items"]] == ["allowed", "refused"]
     assert someone["SoDinhDanh"] not in json.dumps(got)
+
+
+def citizen_token(trust: Trust, subject_id: str, **claims: Any) -> str:
+    r = httpx.post(f"{trust.server.url}/_sandbox/idp/token", json={"subject_id": subject_id, **claims})
+    r.raise_for_status()
+    return str(r.json()["id_token"])
+
+
+def my_usage(hub: Hub, token: str | None) -> httpx.Response:
+    """As the citizen's browser or app calls it: no client system's API key, only the citizen's sign-in."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.get(f"{hub.server.url}/v1/citizens/me/data-usage", headers=headers, timeout=10)
+
+
+def test_a_signed_in_citizen_sees_who_used_their_data(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, trust: Trust
+) -> None:
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan", citizen_idp_issuer=f"{trust.server.url}/idp"
+    )
+    crowd = people.get("/_sandbox/people", params={"limit": 50}).json()["items"]
+    someone = crowd[0]
+
+    def linked(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return b["SoDinhDanh"] in json.dumps(a) or a["SoDinhDanh"] in json.dumps(b)
+
+    other = next(p for p in crowd[1:] if not linked(someone, p))  # a birth registration reads the spouse too
+    ask(hub, someone["SoDinhDanh"], purpose="marketing")
+    ask(hub, someone["SoDinhDanh"])
+    ask(hub, other["SoDinhDanh"])
+    r = my_usage(hub, citizen_token(trust, someone["SoDinhDanh"]))
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["count"] == 2 and [i["outcome"] for i in got["items"]] == ["allowed", "refused"]
+    allowed = got["items"][0]
+    assert allowed["agency"] == AGENCY and allowed["purpose"] == PURPOSE and allowed["procedure"] == KHAI_SINH
+    assert allowed["fields"] and allowed["officer"] == "cb-0042" and allowed["legal_basis"]
+    assert someone["SoDinhDanh"] not in r.text
+    theirs = my_usage(hub, citizen_token(trust, other["SoDinhDanh"])).json()
+    assert theirs["count"] == 1  # each citizen sees their own, nobody else's
+    assert my_usage(hub, citizen_token(trust, "001099000001")).json() == {"count": 0, "items": []}
+
+
+def test_tokens_not_issued_to_hub_by_the_provider_are_refused(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, trust: Trust, creds: Creds
+) -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan", citizen_idp_issuer=f"{trust.server.url}/idp"
+    )
+    someone = person(people)
+    ask(hub, someone["SoDinhDanh"])
+    good = citizen_token(trust, someone["SoDinhDanh"])
+    header = jwt.get_unverified_header(good)
+    claims = jwt.decode(good, options={"verify_signature": False})
+    jwks = httpx.get(f"{trust.server.url}/idp/jwks.json").json()
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def unsigned(alg_claims: dict[str, Any]) -> str:
+        head = json.dumps({"alg": "none", "kid": header["kid"]}).encode()
+        return f"{part(head)}.{part(json.dumps(alg_claims).encode())}."
+
+    def hmac_signed(alg_claims: dict[str, Any], secret: bytes) -> str:  # the algorithm-confusion attack
+        head = json.dumps({"alg": "HS256", "kid": header["kid"]}).encode()
+        signing_input = f"{part(head)}.{part(json.dumps(alg_claims).encode())}"
+        return f"{signing_input}.{part(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+
+    forged_key = ec.generate_private_key(ec.SECP256R1())
+    public_jwk = json.dumps(jwks["keys"][0]).encode()
+    cases = {
+        "no token": (None, "unauthenticated"),
+        "expired": (citizen_token(trust, someone["SoDinhDanh"], ttl_seconds=-300), "invalid_token"),
+        "for another application": (citizen_token(trust, someone["SoDinhDanh"], audience="other-app"), "invalid_token"),
+        "signed with another key": (
+            jwt.encode(claims, forged_key, algorithm="ES256", headers={"kid": header["kid"]}),
+            "invalid_token",
+        ),
+        "not signed (alg none)": (unsigned(claims), "invalid_token"),
+        "HMAC keyed with the provider's public key": (hmac_signed(claims, public_jwk), "invalid_token"),
+        "another issuer": (
+            jwt.encode({**claims, "iss": "https://evil.example/idp"}, forged_key, algorithm="ES256"),
+            "invalid_token",
+        ),
+        "no personal ID in it": (citizen_token(trust, "not-a-citizen"), "invalid_token"),
+        "a client system's API key": (creds.api_key, "invalid_token"),
+        "garbage": ("a.b.c", "invalid_token"),
+    }
+    for name, (token, code) in cases.items():
+        r = my_usage(hub, token)
+        assert r.status_code == 401, (name, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json") and r.json()["code"] == code, name
+        assert someone["SoDinhDanh"] not in r.text
+    assert my_usage(hub, good).json()["count"] == 1  # and the real one still works
+
+
+def test_an_unreachable_identity_provider_is_503_not_401(hub_factory: HubFactory, trust: Trust) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    hub = hub_factory(citizen_idp_issuer=f"http://127.0.0.1:{closed}/idp", connect_timeout=0.5)
+    r = my_usage(hub, citizen_token(trust, "001099000001"))
+    assert r.status_code == 503 and r.json()["code"] == "identity_provider_unavailable", r.text
 
 
 BOMB = b"""<?xml version="1.0"?>

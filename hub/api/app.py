@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from hub import __version__
+from hub.adapters.errors import PeerError
 from hub.api import problems
 from hub.api.middleware import BodyLimitAndCorrelation, ConsoleSessions, Inbound
 from hub.domain import identifiers
@@ -27,6 +29,7 @@ from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, SubjectIn
 from hub.services.schemas import DossierIn, EdocIn, ProgressIn
 from hub.settings import ClientSystem, Settings
+from hub.store import db
 
 IDEMPOTENCY_KEY_MAX = 200
 # What peers push to hub is recorded beside hub's own calls (exchanges): peer and operation by path.
@@ -38,6 +41,11 @@ API_KEY = APIKeyHeader(
     name="X-API-Key", scheme_name="ApiKey", description="the client system's API key", auto_error=False
 )
 BEARER = HTTPBearer(scheme_name="Bearer", description="the same API key, as a bearer token", auto_error=False)
+CITIZEN_TOKEN = HTTPBearer(
+    scheme_name="CitizenIdToken",
+    description="a citizen's ID token from the identity provider (VNeID / the national portal's sign-in)",
+    auto_error=False,
+)
 
 
 class SigningUnavailable(DomainError):
@@ -50,6 +58,13 @@ class SigningUnavailable(DomainError):
 class Unauthenticated(DomainError):
     code = "unauthenticated"
     status = 401
+
+
+class CitizenSignInUnavailable(DomainError):
+    """Citizens' sign-in is not configured, or the identity provider's keys cannot be fetched now."""
+
+    code = "citizen_sign_in_unavailable"
+    status = 503
 
 
 async def _client(  # async: no I/O here, so FastAPI runs it on the event loop, not through the threadpool
@@ -313,6 +328,37 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         identifiers.personal_id(body.subject_id)
         with rt().sessions() as s:
             items = list(rt().prefill.access_log.usage(s, rt().prefill.subject_hmac(body.subject_id)))
+        return {"count": len(items), "items": items}
+
+    @app.get(
+        "/v1/citizens/me/data-usage",
+        tags=["prefill"],
+        summary="Who used my data: for the citizen, signed in at VNeID / the national portal",
+        description="The bearer token is the citizen's ID token from the configured identity provider (OpenID "
+        "Connect: signature, issuer, audience and lifetime are checked; the personal ID is read from "
+        "`HUB_CITIZEN_ID_CLAIM`). Newest first: when, which agency and client system, which officer, for which "
+        "procedure and purpose, on what legal basis or consent, and which fields left hub.",
+    )
+    def my_data_usage(
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> dict[str, Any]:
+        tokens = rt().citizen_tokens
+        if tokens is None:
+            raise CitizenSignInUnavailable(
+                "citizens' sign-in is not configured (HUB_CITIZEN_IDP_ISSUER)", code="citizen_sign_in_unavailable"
+            )
+        if token is None:
+            raise Unauthenticated("send the ID token from your sign-in as a bearer token", code="unauthenticated")
+        try:
+            personal_id = tokens.personal_id(token.credentials)
+        except PeerError as exc:
+            raise CitizenSignInUnavailable(
+                "the identity provider could not be reached; try again shortly", code="identity_provider_unavailable"
+            ) from exc
+        with db.reading_session(rt().sessions) as s:
+            usage = rt().prefill.access_log.usage(s, rt().prefill.subject_hmac(personal_id))
+            items = list(itertools.islice(usage, limit))
         return {"count": len(items), "items": items}
 
     @app.post(

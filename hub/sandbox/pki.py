@@ -8,11 +8,17 @@ Leaves: citizen (RSA-2048, public CA), official (EC P-256, government CA), hub (
 hub's own signing key), and the bad ones: expired, not yet valid, revoked (listed in the CRL and answered
 "revoked" by OCSP), revoked_ocsp_only (only OCSP knows), wrong_usage (no digitalSignature/nonRepudiation),
 weak_rsa (RSA-1024), untrusted (a self-made CA nobody configured); and tsa (RSA-2048, government CA, extended
-key usage timeStamping only, critical)."""
+key usage timeStamping only, critical).
+
+Also the citizens' identity provider as hub sees it (VNeID / the national portal's single sign-on, an OpenID
+Connect provider): its discovery document and signing keys under /idp, an EC P-256 key made fresh each start,
+and POST /_sandbox/idp/token, which issues a citizen's ID token at once — in place of the provider's login pages,
+which are not hub's to drive."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -291,6 +297,7 @@ class TestPki:
 @dataclass
 class PkiState(PeerState):
     pki: TestPki | None = None
+    idp_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
     lock_: threading.Lock = field(default_factory=threading.Lock)
     crl_requests: int = 0
     ocsp_requests: int = 0
@@ -355,6 +362,60 @@ def create_app(state: PkiState | None = None) -> FastAPI:
         if item is None:
             return Response(b"unknown certificate", status_code=404)
         return Response(item.cert_pem(), media_type="application/x-pem-file")
+
+    idp_kid = uuid.uuid4().hex[:16]
+
+    def issuer(request: Request) -> str:  # fixed, as a real provider's is, whatever host name it was asked by
+        base = st.pki.base_url if st.pki is not None else str(request.base_url)
+        return f"{base.rstrip('/')}/idp"
+
+    @app.get("/idp/.well-known/openid-configuration")
+    def idp_discovery(request: Request) -> dict[str, Any]:
+        return {
+            "issuer": issuer(request),
+            "jwks_uri": f"{issuer(request)}/jwks.json",
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "subject_types_supported": ["public"],
+            "claims_supported": ["sub", "name", "iss", "aud", "exp", "iat"],
+        }
+
+    @app.get("/idp/jwks.json")
+    def idp_keys() -> dict[str, Any]:
+        import json
+
+        import jwt
+
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(st.idp_key.public_key()))
+        return {"keys": [{**jwk, "kid": idp_kid, "use": "sig", "alg": "ES256"}]}
+
+    @app.post("/_sandbox/idp/token")
+    async def idp_token(request: Request) -> Response:
+        """A citizen's ID token: {"subject_id": 12 digits, "name"?, "audience"? (default "hub"), "ttl_seconds"?
+        (default 600; negative for an expired one)}."""
+        import json
+        import time
+
+        import jwt
+
+        try:
+            body = await request.json()
+            subject = str(body["subject_id"])
+        except (ValueError, KeyError, TypeError):
+            return Response(b'{"error": "send {"subject_id": ...}"}', status_code=400, media_type="application/json")
+        now = int(time.time())
+        ttl = int(body.get("ttl_seconds", 600))
+        claims = {
+            "iss": issuer(request),
+            "aud": str(body.get("audience", "hub")),
+            "sub": subject,
+            "name": str(body.get("name", "")),
+            "iat": now if ttl > 0 else now + 2 * ttl,
+            "exp": now + ttl,
+            "auth_time": now,
+        }
+        token = jwt.encode(claims, st.idp_key, algorithm="ES256", headers={"kid": idp_kid})
+        payload = {"id_token": token, "token_type": "Bearer", "expires_in": ttl}
+        return Response(json.dumps(payload).encode(), media_type="application/json")
 
     @app.get("/_sandbox/pki/stats")
     def stats() -> dict[str, Any]:
