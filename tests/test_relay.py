@@ -313,39 +313,39 @@ def test_a_batch_slower_than_its_lease_is_not_claimed_again_while_its_worker_liv
         assert portal_history(portal, code) == [2]
 
 
-def test_hub_killed_mid_delivery_resumes_at_once_when_restarted(
-    tmp_path: Path, creds: Creds, portal_server: ServerThread, portal: httpx.Client
-) -> None:
-    """Embedded mode, as a province runs it: `hub serve` is killed (-9) while deliveries are in flight at a slow
-    portal, then started again. The rows it had claimed go back in line at once — no other process was
-    delivering from its database — not after their 60 s lease; every event reaches the portal once, in order."""
-    import json
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
+class Served:
+    """`hub serve` in a process of its own on a free port, as a province runs it (embedded worker; SQLite in
+    `var_dir` unless a database URL is given), started, killed with -9 and started again on the same data."""
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    api = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    env.update(
-        HUB_VAR_DIR=str(tmp_path),
-        HUB_SECRET_KEY=creds.secret_key,
-        HUB_CLIENTS=json.dumps([{"name": "onestop", "api_key": creds.api_key, "agencies": ["000.00.17.*"]}]),
-        HUB_NATIONAL_PORTAL_URL=portal_server.url,
-        HUB_NATIONAL_PORTAL_USERNAME=PORTAL_USER,
-        HUB_NATIONAL_PORTAL_PASSWORD=creds.portal_password,
-        HUB_RELAY_LEASE_SECONDS="60",
-    )
-    hub_bin = str(Path(sys.executable).with_name("hub"))
+    def __init__(self, var_dir: Path, creds: Creds, portal_url: str, **env: str) -> None:
+        import json
+        import os
+        import socket
+        import sys
 
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [hub_bin, "serve", "--port", str(port), "--no-sandbox"],
-            env=env,
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+        self.env.update(
+            HUB_VAR_DIR=str(var_dir),
+            HUB_SECRET_KEY=creds.secret_key,
+            HUB_CLIENTS=json.dumps([{"name": "onestop", "api_key": creds.api_key, "agencies": ["000.00.17.*"]}]),
+            HUB_NATIONAL_PORTAL_URL=portal_url,
+            HUB_NATIONAL_PORTAL_USERNAME=PORTAL_USER,
+            HUB_NATIONAL_PORTAL_PASSWORD=creds.portal_password,
+            **env,
+        )
+        self.bin = str(Path(sys.executable).with_name("hub"))
+        self.proc: Any = None
+
+    def start(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [self.bin, "serve", "--port", str(self.port), "--no-sandbox"],
+            env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -353,21 +353,49 @@ def test_hub_killed_mid_delivery_resumes_at_once_when_restarted(
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{api}/healthz").status_code == 200:
-                    return proc
+                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                    return
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, "hub serve did not come up"
+            assert self.proc.poll() is None and time.monotonic() < deadline, "hub serve did not come up"
             time.sleep(0.1)
+
+    def kill9(self) -> None:
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def test_hub_killed_mid_delivery_resumes_at_once_when_restarted(
+    tmp_path: Path, creds: Creds, portal_server: ServerThread, portal: httpx.Client
+) -> None:
+    """Embedded mode, as a province runs it: `hub serve` is killed (-9) while deliveries are in flight at a slow
+    portal, then started again. The rows it had claimed go back in line at once — no other process was
+    delivering from its database — not after their 60 s lease; every event reaches the portal once, in order."""
+    served = Served(tmp_path, creds, portal_server.url, HUB_RELAY_LEASE_SECONDS="60")
 
     def states(code: str) -> list[str]:
         got = client.get(f"/v1/dossiers/{code}").json()
         return [d["state"] for e in got["events"] for d in e["deliveries"]]
 
     portal.post("/_sandbox/faults", json={"latency_ms": 3000}).raise_for_status()
-    proc = start()
+    served.start()
     try:
-        with httpx.Client(base_url=api, headers={"X-API-Key": creds.api_key}, timeout=10) as client:
+        with httpx.Client(base_url=served.url, headers={"X-API-Key": creds.api_key}, timeout=10) as client:
             codes = []
             for i in range(1, 6):
                 d = dossier(700 + i, status=2)
@@ -379,26 +407,95 @@ def test_hub_killed_mid_delivery_resumes_at_once_when_restarted(
             while not any("in_flight" in states(code) for code in codes):
                 assert time.monotonic() < deadline, "nothing was ever in flight"
                 time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        served.kill9()
         portal.post("/_sandbox/faults", json={"latency_ms": 0}).raise_for_status()
         restarted = time.monotonic()
-        proc = start()
+        served.start()
         deadline = restarted + 20  # a third of the lease the killed process held
         while not all(portal_history(portal, code) == [2, 4] for code in codes):
             assert time.monotonic() < deadline, {code: portal_history(portal, code) for code in codes}
             time.sleep(0.2)
         assert set(applied_keys(portal).values()) == {1} and len(applied_keys(portal)) == 10
-        with httpx.Client(base_url=api, headers={"X-API-Key": creds.api_key}, timeout=10) as client:
+        with httpx.Client(base_url=served.url, headers={"X-API-Key": creds.api_key}, timeout=10) as client:
             deadline = time.monotonic() + 10
             while not all(set(states(code)) == {"delivered"} for code in codes):  # hub records the outcomes too
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        served.stop()
+
+
+def test_hub_killed_under_ingest_load_keeps_every_answered_request_and_takes_the_retries_once(
+    tmp_path: Path, creds: Creds, portal_server: ServerThread, portal: httpx.Client, backend: str,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
+    """One-stop systems keep posting while `hub serve` is killed (-9); each then sends again, with the same
+    Idempotency-Key, whatever got no answer, and goes on once hub is back. A 202 is never lost, a request is never
+    applied twice, nothing is half-written: every dossier reaches the portal with its statuses once, in order."""
+    import threading
+
+    env = {"HUB_DATABASE_URL": request.getfixturevalue("pg_url")} if backend == "postgresql" else {}
+    # on PostgreSQL the killed process's claims wait out their lease (other hosts may share the database)
+    served = Served(tmp_path, creds, portal_server.url, HUB_RELAY_LEASE_SECONDS="2", **env)
+    walk = [4, 5, 4, 9]
+    answered: dict[str, str] = {}  # Idempotency-Key -> event id of its 202
+    sent: dict[str, tuple[str, dict[str, Any]]] = {}  # Idempotency-Key -> the request
+    lock = threading.Lock()
+    down, back = threading.Event(), threading.Event()
+    retried: list[str] = []
+
+    def one_stop(first: int, count: int) -> None:
+        with httpx.Client(base_url=served.url, headers={"X-API-Key": creds.api_key}, timeout=10) as client:
+            for i in range(first, first + count):
+                d = dossier(i, status=2)
+                code = d["MaHoSo"]
+                steps = [("/v1/dossiers", d)] + [(f"/v1/dossiers/{code}/progress", step(code, s)) for s in walk]
+                for n, (path, body) in enumerate(steps):
+                    key = f"{code}/{n}"
+                    with lock:
+                        sent[key] = (path, body)
+                    while True:
+                        try:
+                            r = client.post(path, json=body, headers={"Idempotency-Key": key})
+                        except httpx.TransportError:
+                            down.wait()
+                            back.wait(60)  # hub is being restarted: send the same request again
+                            retried.append(key)
+                            continue
+                        assert r.status_code == 202, r.text
+                        with lock:
+                            assert answered.setdefault(key, r.json()["event_id"]) == r.json()["event_id"]
+                        break
+
+    served.start()
+    try:
+        clients = [threading.Thread(target=one_stop, args=(800 + 25 * k, 25)) for k in range(6)]
+        for c in clients:
+            c.start()
+        deadline = time.monotonic() + 60
+        while len(answered) < 100:
+            assert time.monotonic() < deadline, len(answered)
+            time.sleep(0.01)
+        served.kill9()
+        down.set()
+        before = dict(answered)
+        served.start()
+        back.set()
+        for c in clients:
+            c.join(timeout=120)
+        assert len(answered) == 6 * 25 * (1 + len(walk))
+        assert retried  # some requests were cut off by the kill, and sent again
+        with httpx.Client(base_url=served.url, headers={"X-API-Key": creds.api_key}, timeout=10) as client:
+            for key in list(before)[::7]:  # an answered request sent again: the same answer, nothing new
+                path, body = sent[key]
+                r = client.post(path, json=body, headers={"Idempotency-Key": key})
+                assert r.status_code == 202 and r.json()["event_id"] == before[key]
+        codes = sorted({key.rsplit("/", 1)[0] for key in answered})
+        deadline = time.monotonic() + 120
+        while not all(portal_history(portal, code) == [2, *walk] for code in codes):
+            assert time.monotonic() < deadline, [c for c in codes if portal_history(portal, c) != [2, *walk]][:5]
+            time.sleep(0.5)
+        assert set(applied_keys(portal).values()) == {1}
+        assert len(applied_keys(portal)) == len(answered)
+    finally:
+        served.stop()
