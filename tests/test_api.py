@@ -175,8 +175,10 @@ def test_authentication_and_agency_authorization(hub: Hub, creds: Creds) -> None
     assert_problem(basic, 401, "unauthenticated")  # not a scheme hub knows: no key sent
     # the docs (and generated clients) know both ways in: either scheme, not both
     spec = httpx.get(f"{hub.url}/openapi.json").json()
-    assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
+    assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer", "CitizenIdToken"}
     assert spec["paths"]["/v1/dossiers"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    # a citizen's own data: their ID token from the identity provider, never a client system's key
+    assert spec["paths"]["/v1/citizens/me/data-usage"]["get"]["security"] == [{"CitizenIdToken": []}]
     other = httpx.Client(base_url=hub.url, headers={"X-API-Key": creds.other_key})
     assert_problem(other.post("/v1/dossiers", json=dossier(11)), 403, "agency_not_allowed")
     assert_problem(other.get(f"/v1/dossiers/{d['MaHoSo']}"), 403, "agency_not_allowed")
