@@ -171,13 +171,13 @@ class Runtime:
         from datetime import timedelta
 
         from hub.adapters.population import PopulationClient
-        from hub.sandbox.population import wsdl_path
+        from hub.sandbox.contracts import contracts_dir  # not the population sandbox: it brings FastAPI and more
         from hub.services.population_cache import PopulationCache
         from hub.services.prefill import PrefillService
 
         self.population = PopulationClient(
             settings.effective_population_url,
-            wsdl=settings.population_wsdl or wsdl_path(),
+            wsdl=settings.population_wsdl or str(contracts_dir() / "population" / "population.wsdl"),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
+if TYPE_CHECKING:  # imported where used: `contracts_dir` alone (hub's start-up) needs neither
+    from jsonschema import Draft202012Validator
+    from referencing import Registry
 
 
 def contracts_dir() -> Path:
@@ -21,6 +22,8 @@ def contracts_dir() -> Path:
 
 @cache
 def _registry() -> tuple[Registry, dict[str, str]]:
+    from referencing import Registry, Resource
+
     registry: Registry = Registry()
     by_path: dict[str, str] = {}
     root = contracts_dir()
@@ -35,6 +38,8 @@ def _registry() -> tuple[Registry, dict[str, str]]:
 @cache
 def validator(name: str) -> Draft202012Validator:
     """A validator for `contracts/<name>` (e.g. "national_portal/service.request.schema.json")."""
+    from jsonschema import Draft202012Validator
+
     registry, by_path = _registry()
     schema = registry.contents(by_path[name])
     return Draft202012Validator(schema, registry=registry)
