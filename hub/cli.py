@@ -269,6 +269,23 @@ def _jobs_runtime() -> Any:
     return Runtime(_settings(), role="cli", start_worker=False)
 
 
+class _Store:
+    """Only hub's database, for the commands that read or repair the outbox: a full Runtime also builds every
+    peer's client (the register's WSDL, the trust anchors...), a second of start-up a command does not use."""
+
+    def __init__(self) -> None:
+        from hub.store import db
+
+        url = _settings().effective_database_url
+        self.engine = db.make_engine(url)
+        if url.startswith("sqlite"):
+            db.upgrade(url)  # embedded: the file is ours, keep it at head (as the Runtime does)
+        self.sessions = db.make_sessionmaker(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
 @jobs_cli.command("list")
 def jobs_list(
     state: Annotated[str | None, typer.Option(help="pending | in_flight | delivered | dead")] = None,
@@ -279,7 +296,7 @@ def jobs_list(
     """List outbox deliveries, newest first."""
     from hub.sync import jobs
 
-    rt = _jobs_runtime()
+    rt = _Store()
     try:
         with rt.sessions() as session:
             rows = jobs.list_jobs(session, state=state, dossier=dossier, limit=limit)
@@ -311,7 +328,7 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
     """Show one delivery with its message and the peer's last answer."""
     from hub.sync import jobs
 
-    rt = _jobs_runtime()
+    rt = _Store()
     try:
         with rt.sessions() as session:
             row = jobs.show_job(session, job_id)
@@ -336,7 +353,7 @@ def jobs_replay(
     if not ids and not all_dead and not dossier:
         err.print("[red]name dead-letter ids, or --dossier MaHoSo, or --all-dead[/red]")
         raise typer.Exit(2)
-    rt = _jobs_runtime()
+    rt = _Store()
     try:
         if all_dead and not ids and not dossier:
             result = {"replayed": 0, "not_dead": []}
@@ -385,7 +402,7 @@ def jobs_purge(
     if older_than_days < 0:
         err.print("[red]--older-than-days must be >= 0[/red]")
         raise typer.Exit(2)
-    rt = _jobs_runtime()
+    rt = _Store()
     purged = 0
     try:
         with rt.sessions() as session:
@@ -428,7 +445,7 @@ def peers_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     """Per peer: backlog, dead letters, oldest undelivered message, last success and failure."""
     from hub.sync import jobs
 
-    rt = _jobs_runtime()
+    rt = _Store()
     try:
         with rt.sessions() as session:
             rows = jobs.peers_status(session)
