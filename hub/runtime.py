@@ -444,7 +444,11 @@ class Runtime:
         path = db.sqlite_path(url)
         if path is None:
             return None
-        presence = Presence(path)
+        try:
+            presence = Presence(path)
+        except OSError as exc:  # a read-only directory: leases run out as on PostgreSQL
+            log.warning("cannot keep the delivery lock file beside the database: %s", exc)
+            return None
         try:
             if presence.alone():
                 with self.sessions.begin() as s:
@@ -455,6 +459,10 @@ class Runtime:
                         extra={"rows": released},
                     )
             presence.join()
+        except OSError as exc:  # a file system without flock (some network mounts): leases run out instead
+            presence.close()
+            log.warning("cannot lock the delivery lock file beside the database: %s", exc)
+            return None
         except BaseException:
             presence.close()
             raise

@@ -313,6 +313,29 @@ def test_a_batch_slower_than_its_lease_is_not_claimed_again_while_its_worker_liv
         assert portal_history(portal, code) == [2]
 
 
+def test_a_file_system_without_locks_does_not_stop_the_embedded_worker(
+    hub_factory: HubFactory, portal: httpx.Client, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """The delivery lock file beside the SQLite database may sit on a mount that refuses flock (ENOLCK): hub starts
+    all the same and delivers (a dead process's leases then simply run out)."""
+    import errno
+
+    from hub.sync import embedded
+
+    if backend != "sqlite":
+        pytest.skip("the lock file is kept beside a SQLite database only")
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(embedded.fcntl, "flock", no_locks)
+    hub = hub_factory()
+    codes = file_and_walk(hub, 2, [4])
+    assert hub.wait_idle() == {"delivered": 4}
+    for code in codes:
+        assert portal_history(portal, code) == [2, 4]
+
+
 class Served:
     """`hub serve` in a process of its own on a free port, as a province runs it (embedded worker; SQLite in
     `var_dir` unless a database URL is given), started, killed with -9 and started again on the same data."""
