@@ -74,6 +74,7 @@ def run_demo(count: int, out: Console) -> int:
             "sms_gateway_url": sms.url,
             "sms_api_key": SecretStr(sms_key),
             "signing_tsa_url": f"{trust.url}/pki/tsa",
+            "citizen_idp_issuer": f"{trust.url}/idp",
             "document_exchange_url": exchange.url,
             "document_exchange_api_key": SecretStr(exchange_key),
         }
@@ -113,7 +114,8 @@ def run_demo(count: int, out: Console) -> int:
         retried = control.get("/_sandbox/received", params={"outcome": "applied"}).json()["count"]
         out.print(f"portal applied {retried} messages; during the outage hub kept them and retried with backoff.")
         _notifications(out, sms.url)
-        _prefill(out, client, people.url)
+        citizen = _prefill(out, client, people.url)
+        _my_data(out, api.url, trust.url, citizen)
         _signed_document(out, client, codes[0], exchange.url)
         out.print(
             "Explore: [bold]hub serve[/bold] then open http://127.0.0.1:8000/docs (API) — "
@@ -151,7 +153,7 @@ def _notifications(out: Console, sms_url: str) -> None:
     out.print(table)
 
 
-def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) -> None:
+def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) -> str:
     """Once-only: a father asks to register his child's birth; hub fills the form from the population database."""
     father = next(
         p
@@ -178,6 +180,20 @@ def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) 
     out.print(table)
     out.print(f"left for the citizen (required): {', '.join(form['missing_required'])}")
     out.print("every read is in the hash-chained access log: [bold]hub audit usage <ID>[/bold], hub audit verify")
+    return str(father["SoDinhDanh"])
+
+
+def _my_data(out: Console, api_url: str, idp_url: str, personal_id: str) -> None:
+    """The citizen signs in at the identity provider (the sandbox's, in place of VNeID) and asks who used their
+    data."""
+    token = httpx.post(f"{idp_url}/_sandbox/idp/token", json={"subject_id": personal_id}).json()["id_token"]
+    r = httpx.get(f"{api_url}/v1/citizens/me/data-usage", headers={"Authorization": f"Bearer {token}"})
+    r.raise_for_status()
+    for use in r.json()["items"]:
+        out.print(
+            f"the citizen, signed in, sees: {use['at'][:19]} agency {use['agency']} ({use['client']}, officer "
+            f"{use['officer']}) read {len(use['fields'])} fields as {use['as']} for {use['purpose']} — {use['outcome']}"
+        )
 
 
 def _signed_document(out: Console, client: one_stop.OneStopClient, code: str, exchange_url: str) -> None:
