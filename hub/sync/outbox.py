@@ -95,9 +95,17 @@ def release_expired(session: Session) -> int:
     return int(session.connection().execute(RELEASE_EXPIRED, {"now": utcnow()}).rowcount)
 
 
+# Rows another transaction holds (the worker recording their outcomes at this moment) are skipped, not waited
+# for: a renewal never queues behind a record, so the two can never lock rows crosswise (a deadlock on PostgreSQL).
 RENEW = (
     update(_OUTBOX)
-    .where(_OUTBOX.c.state == _IN_FLIGHT, _OUTBOX.c.claim_token.in_(bindparam("tokens", expanding=True)))
+    .where(
+        _OUTBOX.c.id.in_(
+            select(_OUTBOX.c.id)
+            .where(_OUTBOX.c.state == _IN_FLIGHT, _OUTBOX.c.claim_token.in_(bindparam("tokens", expanding=True)))
+            .with_for_update(skip_locked=True)
+        )
+    )
     .values(lease_until=bindparam("until"))
 )
 
