@@ -112,12 +112,13 @@ class WalCheckpointer:
     A PASSIVE checkpoint waits for no reader or writer, and none waits for it; but under a steady stream of
     writes it never catches up with the log's end, and only a checkpoint that does lets the next writer start
     the log over. So once the log holds more than `restart_pages`, a RESTART checkpoint follows the passive one:
-    it holds writers back while it copies the few pages written since (and waits at most `wait` seconds for them,
-    else it is skipped). A process that writes (the API, the embedded worker) runs one; others rely on the
-    autocheckpoint."""
+    it holds writers back while it copies the few pages written since and waits — at most `wait` seconds — for
+    readers to leave the log. One that cannot finish (a long read: an audit verification, an export) is tried
+    again only after a pause that doubles up to a minute, so a long reader never makes writers wait again and
+    again. A process that writes (the API, the embedded worker) runs one; others rely on the autocheckpoint."""
 
     def __init__(
-        self, url: str, *, every: float = CHECKPOINT_EVERY_SECONDS, restart_pages: int = 2_000, wait: float = 0.2
+        self, url: str, *, every: float = CHECKPOINT_EVERY_SECONDS, restart_pages: int = 2_000, wait: float = 0.05
     ) -> None:
         path = sqlite_path(url)
         if path is None:
@@ -128,6 +129,8 @@ class WalCheckpointer:
         self._wait = wait
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-wal-checkpoint", daemon=True)
+        self._restart_after = 0.0  # monotonic time before which no RESTART is tried (after one came back busy)
+        self._busy_pause = 1.0
 
     def start(self) -> WalCheckpointer:
         self._thread.start()
@@ -139,15 +142,22 @@ class WalCheckpointer:
 
     def checkpoint(self, conn: sqlite3.Connection) -> None:
         """One round: copy back what the log holds; start it over once it has grown past `restart_pages`."""
-        if self._pragma(conn, "PASSIVE") > self._restart_pages:
-            self._pragma(conn, "RESTART")
+        _busy, log_pages = self._pragma(conn, "PASSIVE")
+        if log_pages <= self._restart_pages or time.monotonic() < self._restart_after:
+            return
+        busy, _ = self._pragma(conn, "RESTART")
+        if busy:
+            self._restart_after = time.monotonic() + self._busy_pause
+            self._busy_pause = min(self._busy_pause * 2, 60.0)
+        else:
+            self._busy_pause = 1.0
 
     @staticmethod
-    def _pragma(conn: sqlite3.Connection, mode: str) -> int:
-        """Returns the pages the log held."""
+    def _pragma(conn: sqlite3.Connection, mode: str) -> tuple[bool, int]:
+        """(whether a reader or writer kept it from finishing, the pages the log held)."""
         # fetchall: a statement left unfinished keeps a read snapshot open, and no writer could start the log over
-        ((_busy, log_pages, _copied),) = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-        return int(log_pages)
+        ((busy, log_pages, _copied),) = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        return bool(busy), int(log_pages)
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
