@@ -114,11 +114,12 @@ class WalCheckpointer:
     the log over. So once the log holds more than `restart_pages`, a RESTART checkpoint follows the passive one:
     it holds writers back while it copies the few pages written since and waits — at most `wait` seconds — for
     readers to leave the log. One that cannot finish (a long read: an audit verification, an export) is tried
-    again only after a pause that doubles up to a minute, so a long reader never makes writers wait again and
-    again. A process that writes (the API, the embedded worker) runs one; others rely on the autocheckpoint."""
+    again only after a pause that doubles from half a second up to a minute, so a long reader does not make
+    writers wait again and again. A process that writes (the API, the embedded worker) runs one; others rely on
+    the autocheckpoint."""
 
     def __init__(
-        self, url: str, *, every: float = CHECKPOINT_EVERY_SECONDS, restart_pages: int = 2_000, wait: float = 0.05
+        self, url: str, *, every: float = CHECKPOINT_EVERY_SECONDS, restart_pages: int = 2_000, wait: float = 0.2
     ) -> None:
         path = sqlite_path(url)
         if path is None:
@@ -130,7 +131,7 @@ class WalCheckpointer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-wal-checkpoint", daemon=True)
         self._restart_after = 0.0  # monotonic time before which no RESTART is tried (after one came back busy)
-        self._busy_pause = 1.0
+        self._busy_pause = 0.5
 
     def start(self) -> WalCheckpointer:
         self._thread.start()
@@ -150,7 +151,7 @@ class WalCheckpointer:
             self._restart_after = time.monotonic() + self._busy_pause
             self._busy_pause = min(self._busy_pause * 2, 60.0)
         else:
-            self._busy_pause = 1.0
+            self._busy_pause = 0.5
 
     @staticmethod
     def _pragma(conn: sqlite3.Connection, mode: str) -> tuple[bool, int]:
