@@ -280,6 +280,15 @@ def test_rows_of_a_worker_that_died_after_claiming_are_delivered_once_after_its_
     assert hub.wait_idle() == {"delivered": 9}
 
 
+def in_flight(hub: Hub) -> int:
+    from sqlalchemy import func, select
+
+    from hub.store.models import OutboxMessage
+
+    with hub.runtime.sessions() as s:
+        return int(s.scalar(select(func.count()).where(OutboxMessage.state == "in_flight")) or 0)
+
+
 def test_a_batch_slower_than_its_lease_is_not_claimed_again_while_its_worker_lives(
     hub_factory: HubFactory, portal: httpx.Client
 ) -> None:
@@ -289,18 +298,21 @@ def test_a_batch_slower_than_its_lease_is_not_claimed_again_while_its_worker_liv
 
     from hub.sync.relay import Relay
 
-    lease = 0.4
+    lease = 0.6
     hub = hub_factory(start_worker=False, relay_lease_seconds=lease, read_timeout=5.0)
     codes = file_and_walk(hub, 3, [])
-    portal.post("/_sandbox/faults", json={"latency_ms": 4 * lease * 1000}).raise_for_status()  # each call
+    portal.post("/_sandbox/faults", json={"latency_ms": 2.5 * lease * 1000}).raise_for_status()  # each call
     first = hub.runtime.relay
     other = Relay(hub.runtime.sessions, first.deliverers, policy=first.policy, lease_seconds=lease)
     slow = threading.Thread(target=first.drain_once)
     slow.start()
     taken = 0
     try:
-        time.sleep(0.2)  # the first worker has claimed all three
-        while slow.is_alive():  # a session opened, then the deliveries: eight leases long
+        deadline = time.monotonic() + 10
+        while in_flight(hub) < 3:  # the first worker has claimed all three
+            assert slow.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        while slow.is_alive():  # a session opened, then the deliveries: five leases long
             taken += other.drain_once()
             time.sleep(0.05)
     finally:

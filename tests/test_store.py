@@ -153,8 +153,8 @@ def test_a_long_reader_does_not_make_writers_wait_again_and_again(tmp_path: Path
         checkpointer.stop()
         reader.execute("COMMIT")
         reader.close()
-    # tried at about 0, 0.8 and 2.1 s: ~0.9 s of the 3; without the pause writers wait nearly all the time
-    assert held_back < 1.5, held_back
+    # tried at about 0, 0.8 and 2.1 s: ~0.9 s of the 3; without the pause writers wait nearly all the time (7.8 s)
+    assert held_back < 2.0, held_back
     engine.dispose()
 
 
