@@ -171,13 +171,13 @@ class Runtime:
         from datetime import timedelta
 
         from hub.adapters.population import PopulationClient
-        from hub.sandbox.contracts import contracts_dir  # not the population sandbox: it brings FastAPI and more
+        from hub.sandbox.contracts import population_wsdl  # not the population sandbox: it brings FastAPI and more
         from hub.services.population_cache import PopulationCache
         from hub.services.prefill import PrefillService
 
         self.population = PopulationClient(
             settings.effective_population_url,
-            wsdl=settings.population_wsdl or str(contracts_dir() / "population" / "population.wsdl"),
+            wsdl=settings.population_wsdl or population_wsdl(),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         )

@@ -20,6 +20,11 @@ def contracts_dir() -> Path:
     raise FileNotFoundError("contracts/ not found beside the hub package")
 
 
+def population_wsdl() -> str:
+    """The population database's WSDL (what hub's zeep client reads and the sandbox serves)."""
+    return str(contracts_dir() / "population" / "population.wsdl")
+
+
 @cache
 def _registry() -> tuple[Registry, dict[str, str]]:
     from referencing import Registry, Resource

@@ -43,8 +43,7 @@ class PopulationState(PeerState):
     population: Population = field(default_factory=Population)
 
 
-def wsdl_path() -> str:
-    return str(contracts.contracts_dir() / "population" / "population.wsdl")
+wsdl_path = contracts.population_wsdl
 
 
 def _parser() -> etree.XMLParser:
