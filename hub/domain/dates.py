@@ -13,7 +13,7 @@ NATIONAL_FORMAT = "%Y%m%d%H%M%S"
 
 def parse_national(value: str) -> datetime:
     """Parse `yyyyMMddHHmmss` (Vietnam local time) into an aware datetime."""
-    if not isinstance(value, str) or len(value) != 14 or not value.isdigit():
+    if not isinstance(value, str) or len(value) != 14 or not (value.isascii() and value.isdigit()):
         raise InvalidDate(f"date {value!r} is not in the format yyyyMMddHHmmss")
     try:
         naive = datetime.strptime(value, NATIONAL_FORMAT)  # noqa: DTZ007 - zone attached on the next line

@@ -218,7 +218,7 @@ def _format(kind: str, value: Any) -> str | None:
         return str(value)
     if kind == "date":
         text = str(value)
-        return f"{text[0:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else None
+        return f"{text[0:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isascii() and text.isdigit() else None
     if kind == "address":
         return str(value.get("ChiTiet")) if isinstance(value, dict) and value.get("ChiTiet") else None
     if kind == "sex":

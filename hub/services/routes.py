@@ -17,7 +17,7 @@ from hub.store.models import Route
 def _valid_pattern(pattern: str) -> str:
     stem = pattern[:-1] if pattern.endswith("*") else pattern
     if pattern == "*" or (
-        pattern.endswith("*") and stem and all(c.isdigit() or c in ".ABCDEFGHIJKLMNOPQRSTUVWXYZ" for c in stem)
+        pattern.endswith("*") and stem and all(c in "0123456789.ABCDEFGHIJKLMNOPQRSTUVWXYZ" for c in stem)
     ):
         return pattern
     if AGENCY_CODE_RE.match(pattern):
