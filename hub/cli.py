@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hub.settings import Settings, load_settings
+from hub.settings import DEV_CLIENT, Settings, load_settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="hub: integration hub for Vietnamese e-government")
 db_cli = typer.Typer(no_args_is_help=True, help="Database schema")
@@ -25,7 +25,7 @@ cli.add_typer(db_cli, name="db")
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(catalogue_cli, name="catalogue")
 out = Console() if sys.stdout.isatty() else Console(width=140)  # pipes and CI logs get full tables
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages unfolded: URLs, keys and paths stay whole to copy
 
 
 def _settings() -> Settings:
@@ -36,7 +36,7 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _dev_console_admin(settings: Settings) -> None:
+def _dev_console_admin(settings: Settings, base_url: str) -> None:
     """Dev mode with no console account yet: make `admin` (operator) with a generated password, and say it."""
     import secrets as secrets_
 
@@ -54,9 +54,17 @@ def _dev_console_admin(settings: Settings) -> None:
         if existing == 0:
             password = secrets_.token_urlsafe(12)
             operators.add("admin", password, "operator")
-            err.print(f"console: http://127.0.0.1:8000/ops  user admin, password {password} (dev mode; shown once)")
+            err.print(f"console: {base_url}/ops  user admin, password {password} (dev mode; shown once)")
     finally:
         engine.dispose()
+
+
+def _dev_api_key(settings: Settings) -> None:
+    """Dev mode with the generated client: say its API key, so that a newcomer can call the API at once."""
+    client = next((c for c in settings.clients if c.name == DEV_CLIENT), None)
+    if client is not None:
+        key = client.api_key.get_secret_value()
+        err.print(f"API: header X-API-Key: {key}  (dev client {DEV_CLIENT}, every agency; var/dev-secrets.json)")
 
 
 def _payment_partners(settings: Settings) -> dict[str, str]:
@@ -135,11 +143,12 @@ def serve(
         from hub.store import db
 
         db.upgrade(settings.effective_database_url)
+    base_url = f"http://{host}:{port}"
     if settings.mode == "dev":
-        _dev_console_admin(settings)
+        _dev_console_admin(settings, base_url)
+        _dev_api_key(settings)
     err.print(
-        f"hub on http://{host}:{port}  (API docs: http://{host}:{port}/docs)  "
-        f"mode={'embedded' if settings.embedded else 'distributed'}"
+        f"hub on {base_url}  (API docs: {base_url}/docs)  mode={'embedded' if settings.embedded else 'distributed'}"
     )
     try:
         uvicorn.run(

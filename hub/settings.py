@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRETS_FILE = "dev-secrets.json"
+DEV_CLIENT = "sandbox-onestop"  # the client system dev mode makes when none is configured
 
 
 class ClientSystem(BaseModel):
@@ -274,7 +275,7 @@ def load_settings(**overrides: object) -> Settings:
     if not settings.clients:
         update["clients"] = [
             ClientSystem(
-                name="sandbox-onestop",
+                name=DEV_CLIENT,
                 api_key=SecretStr(dev["client_api_key"]),
                 agencies=["*"],
                 roles=["onestop", "national_portal", "auditor"],

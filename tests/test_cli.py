@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,13 +166,9 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
     ports = {f"HUB_SANDBOX_{n}_PORT": str(free_port()) for n in names}
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    said = (tmp_path / "serve.err").open("w")
     proc = subprocess.Popen(
-        [HUB, "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env={**base, **ports},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        [HUB, "serve", "--port", str(port)], cwd=tmp_path, env={**base, **ports}, stdout=subprocess.DEVNULL, stderr=said
     )
     try:
         api = f"http://127.0.0.1:{port}"
@@ -184,7 +181,12 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "hub serve did not come up"
             time.sleep(0.2)
+        # what it printed is enough to start: the console's URL and account, the API key of the dev client
+        printed = (tmp_path / "serve.err").read_text()
+        assert re.search(rf"console: http://127\.0\.0\.1:{port}/ops +user admin, password \S+", printed), printed
         key = json.loads((tmp_path / "var" / "dev-secrets.json").read_text())["client_api_key"]
+        assert f"X-API-Key: {key}" in printed, printed
+        assert "alembic.runtime.plugins" not in printed
         d = dossier(41, status=2, Email="cong.dan@example.vn")
         r = httpx.post(f"{api}/v1/dossiers", json=d, headers={"X-API-Key": key, "Idempotency-Key": "serve-1"})
         assert r.status_code == 202, r.text
@@ -223,3 +225,4 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        said.close()
