@@ -149,6 +149,23 @@ def test_malformed_json_and_wrong_shapes(hub: Hub) -> None:
     assert_problem(hub.http.post("/v1/dossiers", content=huge_number, headers=headers), 400, "malformed_json")
 
 
+def test_a_body_not_sent_as_json_is_415_saying_so(hub: Hub) -> None:
+    """`curl -d` sends a form unless told otherwise: the client learns what to send, and nothing is written."""
+    body = json.dumps(step(dossier(12)["MaHoSo"], 4)).encode()
+    for media in ("application/x-www-form-urlencoded", "text/plain; charset=utf-8", "application/xml"):
+        r = hub.http.post("/v1/dossiers", content=json.dumps(dossier(12)).encode(), headers={"Content-Type": media})
+        assert_problem(r, 415, "unsupported_media_type")
+        assert "application/json" in r.json()["detail"] and media.split(";")[0] in r.json()["detail"]
+    r = hub.http.post(
+        f"/v1/dossiers/{dossier(12)['MaHoSo']}/progress", content=body, headers={"Content-Type": "text/plain"}
+    )
+    assert_problem(r, 415, "unsupported_media_type")
+    assert hub.http.get(f"/v1/dossiers/{dossier(12)['MaHoSo']}").status_code == 404
+    # JSON under its structured-syntax suffix is JSON
+    r = hub.http.post("/v1/dossiers", json=dossier(12), headers={"Content-Type": "application/vnd.dvc+json"})
+    assert r.status_code == 202, r.text
+
+
 def test_oversized_body_is_413(hub: Hub) -> None:
     d = dossier(9, GhiChu="x" * (hub.settings.max_body_bytes + 10))
     assert_problem(hub.http.post("/v1/dossiers", json=d), 413, "body_too_large")

@@ -64,6 +64,17 @@ def _clean(err: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _not_json(request: Request) -> str | None:
+    """The media type a body was sent as, when it is not JSON (curl's `-d` sends a form unless told otherwise);
+    FastAPI then hands the validator the raw bytes, whose complaint would say nothing useful."""
+    value = request.headers.get("content-type")
+    if not value:
+        return None  # FastAPI reads a body without a Content-Type as JSON
+    media = value.split(";", 1)[0].strip().lower()
+    main, _, sub = media.partition("/")
+    return None if main == "application" and (sub == "json" or sub.endswith("+json")) else media[:100]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
@@ -71,8 +82,16 @@ def install(app: FastAPI) -> None:
         return problem(exc.status, exc.code, exc.__class__.__name__, exc.detail, **extra)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [_clean(e) for e in exc.errors()]
+        media = _not_json(request)
+        if media is not None and any(e["loc"][:1] == ["body"] for e in errors):
+            return problem(
+                415,
+                "unsupported_media_type",
+                "Unsupported Media Type",
+                f"the body must be JSON sent with Content-Type: application/json, not {media}",
+            )
         if any(e["type"] == "json_invalid" for e in errors):
             return problem(400, "malformed_json", "Malformed JSON", "the request body is not valid JSON")
         code = "validation_error"
