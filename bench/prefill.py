@@ -178,6 +178,7 @@ def main() -> None:
                     "roles": ["onestop", "auditor"],
                     "prefill_procedures": ["*"],
                     "prefill_purposes": ["civil_status_registration"],
+                    "prefill_per_minute": None,  # no read quota: the benchmark reads far more than a client should
                 }
             ]
         )

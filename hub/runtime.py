@@ -20,6 +20,7 @@ from hub.adapters.one_stop import OneStopClient
 from hub.domain.identifiers import dossier_code
 from hub.services import routes
 from hub.services.dossiers import DOCUMENT_EXCHANGE, NATIONAL_PORTAL, ONE_STOP, DossierService
+from hub.services.quota import LocalQuota, Quota, RedisQuota
 from hub.settings import Settings
 from hub.store import db
 from hub.sync import outbox
@@ -233,6 +234,8 @@ class Runtime:
         )
 
         self.signatures = SignatureService(settings)
+        # how fast each client may read personal data: shared through Redis by every process in distributed mode
+        self.quota: Quota = LocalQuota() if settings.embedded else RedisQuota(settings.broker_url)
         self.prefill = PrefillService(
             self.sessions,
             self.population,
@@ -240,6 +243,7 @@ class Runtime:
             validity=timedelta(hours=settings.prefill_validity_hours),
             record_exchanges=self._record_exchanges,
             cache=PopulationCache(self.sessions, secret, timedelta(seconds=settings.population_cache_seconds)),
+            quota=self.quota,
         )
         if self.worker is not None:
             self.worker.start()  # after every service it may call exists
@@ -487,6 +491,7 @@ class Runtime:
             platform.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
+        self.quota.close()
         self.engine.dispose()
 
 

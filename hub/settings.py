@@ -32,6 +32,12 @@ class ClientSystem(BaseModel):
         default_factory=list, description="procedure codes (MaTTHC) it may pre-fill forms for; '*' for all"
     )
     prefill_purposes: list[str] = Field(default_factory=list, description="purposes it may read personal data for")
+    prefill_per_minute: int | None = Field(
+        default=600,
+        ge=1,
+        description="pre-fills it may make a minute (a token bucket holding a minute's worth; null: no limit): "
+        "bounds what a leaked key or a runaway integration can pull out of the population database",
+    )
 
     def may_prefill(self, procedure: str, purpose: str) -> bool:
         procedures_ok = "*" in self.prefill_procedures or procedure in self.prefill_procedures

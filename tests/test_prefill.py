@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select, text
 
 from hub.sandbox.common import ServerThread
+from hub.settings import ClientSystem
 from hub.store.models import AccessLogEntry, Exchange
 from tests.conftest import OTHER_AGENCY, PURPOSE, Creds, Hub, HubFactory
 from tests.pki_helpers import Trust
@@ -732,3 +733,81 @@ def ask_with(hub: Hub, subject_id: str, headers: dict[str, str]) -> httpx.Respon
         "requested_by": {"officer": "cb-0042", "agency": AGENCY},
     }
     return hub.http.post("/v1/prefill", json=body, headers=headers)
+
+
+def quota_clients(creds: Creds, name: str, per_minute: int) -> list[ClientSystem]:
+    """The test client with a read quota of `per_minute`, and the other client with the default one."""
+    from pydantic import SecretStr
+
+    return [
+        ClientSystem(
+            name=name,
+            api_key=SecretStr(creds.api_key),
+            agencies=["000.00.17.*"],
+            prefill_procedures=["*"],
+            prefill_purposes=[PURPOSE],
+            prefill_per_minute=per_minute,
+        ),
+        ClientSystem(
+            name="onestop-other",
+            api_key=SecretStr(creds.other_key),
+            agencies=[OTHER_AGENCY],
+            prefill_procedures=["1.004873"],
+            prefill_purposes=["marriage_registration"],
+        ),
+    ]
+
+
+def test_a_client_past_its_read_quota_is_refused_429_logged_and_kept_from_the_register(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, creds: Creds
+) -> None:
+    """A leaked key or a runaway integration cannot pull the population database out through hub: past its
+    pre-fills of the minute a client gets 429 with Retry-After, the register is not asked, the refusal is in the
+    access log; other clients read on."""
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan", clients=quota_clients(creds, "onestop-hcm", 3)
+    )
+    them = people.get("/_sandbox/people", params={"limit": 5}).json()["items"]
+    assert [ask(hub, p["SoDinhDanh"]).status_code for p in them[:3]] == [200, 200, 200]
+    asked = people.get("/_sandbox/received").json()["count"]
+    r = ask(hub, them[3]["SoDinhDanh"])
+    assert r.status_code == 429 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "rate_limited" and 15 <= int(r.headers["Retry-After"]) <= 20  # 1 read per 20 s
+    assert r.json()["retry_after"] == int(r.headers["Retry-After"])
+    assert people.get("/_sandbox/received").json()["count"] == asked  # the register was not asked
+    refused = [e for e in log_entries(hub) if e.outcome == "refused"]
+    assert len(refused) == 1 and "3 pre-fills of the minute" in (refused[0].reason or "")
+    other = hub.http.post(
+        "/v1/prefill",
+        headers={"X-API-Key": creds.other_key},
+        json={
+            "procedure": "1.004873",
+            "subject_id": them[4]["SoDinhDanh"],
+            "purpose": "marriage_registration",
+            "requested_by": {"officer": "cb-7", "agency": OTHER_AGENCY},
+        },
+    )
+    assert other.status_code == 200, other.text
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # distributed mode: PostgreSQL and Redis
+def test_the_read_quota_is_shared_by_every_hub_process_through_redis(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, creds: Creds
+) -> None:
+    """Distributed mode: two hub processes (API instances) on the same broker draw from one bucket per client; and
+    when Redis does not answer, reads go on (a broker outage does not stop citizens' forms)."""
+    import secrets as secrets_
+
+    name = f"onestop-q{secrets_.token_hex(4)}"  # a bucket of its own in the shared Redis
+    common = {
+        "population_url": f"{population_server.url}/ws/congdan",
+        "clients": quota_clients(creds, name, 3),
+        "broker_url": "redis://127.0.0.1:6379/0",
+        "start_worker": False,
+    }
+    one, two = hub_factory(**common), hub_factory(**common)
+    them = people.get("/_sandbox/people", params={"limit": 4}).json()["items"]
+    answers = [ask(h, p["SoDinhDanh"]).status_code for h, p in zip((one, two, one, two), them, strict=True)]
+    assert answers == [200, 200, 200, 429]
+    down = hub_factory(**{**common, "broker_url": "redis://127.0.0.1:1/0"})  # nothing listens there
+    assert ask(down, them[0]["SoDinhDanh"]).status_code == 200

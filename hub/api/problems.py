@@ -79,7 +79,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool | None)}
-        return problem(exc.status, exc.code, exc.__class__.__name__, exc.detail, **extra)
+        response = problem(exc.status, exc.code, exc.__class__.__name__, exc.detail, **extra)
+        if isinstance(extra.get("retry_after"), int):
+            response.headers["Retry-After"] = str(extra["retry_after"])
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

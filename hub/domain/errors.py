@@ -45,3 +45,10 @@ class Forbidden(DomainError):
 class Conflict(DomainError):
     code = "conflict"
     status = 409
+
+
+class TooManyRequests(DomainError):
+    """A client went past its quota; `retry_after` (whole seconds) says when it may try again."""
+
+    code = "rate_limited"
+    status = 429

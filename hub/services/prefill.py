@@ -25,10 +25,11 @@ from hub.adapters.exchange import ExchangeRecord
 from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.domain import identifiers
 from hub.domain.dates import utcnow
-from hub.domain.errors import DomainError, Forbidden, NotFound
+from hub.domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
 from hub.domain.privacy import subject_hmac
 from hub.services.audit import Access, AccessLog
 from hub.services.population_cache import PopulationCache
+from hub.services.quota import Quota, retry_after
 from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
 from hub.store.db import reading
@@ -246,8 +247,10 @@ class PrefillService:
         validity: timedelta,
         record_exchanges: Callable[[Session, Sequence[ExchangeRecord]], None] | None = None,
         cache: PopulationCache | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self.sessions = sessions
+        self.quota = quota
         self.population = population
         self._secret = secret_key
         self.validity = validity
@@ -323,8 +326,10 @@ class PrefillService:
         committed at the end, whatever the outcome, before anything is returned; if that write fails, nothing
         is. Concurrent requests share that commit (group commit: one chain lock and one flush per batch)."""
         journal = _Journal([], [])
+        limit, quota = client.prefill_per_minute, self.quota
+        wait = quota.take(client.name, limit) if quota is not None and limit is not None else None
         try:
-            return self._prefill(client, body, correlation_id, journal)
+            return self._prefill(client, body, correlation_id, journal, over_quota=wait)
         finally:
             if journal.accesses or journal.exchanges or journal.cache:
                 self._journals.submit(journal)
@@ -337,10 +342,12 @@ class PrefillService:
         import anyio.to_thread
 
         journal = _Journal([], [])
+        limit, quota = client.prefill_per_minute, self.quota
+        wait = await quota.take_async(client.name, limit) if quota is not None and limit is not None else None
         try:
             try:
-                return self._prefill(client, body, correlation_id, journal, blocking=False)
-            except _WouldBlock:
+                return self._prefill(client, body, correlation_id, journal, blocking=False, over_quota=wait)
+            except _WouldBlock:  # (not over the quota: that is decided before anything could block)
                 journal = _Journal([], [])
                 return await anyio.to_thread.run_sync(self._prefill, client, body, correlation_id, journal)
         finally:
@@ -363,9 +370,16 @@ class PrefillService:
         return [None] * len(journals)
 
     def _prefill(
-        self, client: ClientSystem, body: PrefillIn, correlation_id: str, journal: _Journal, blocking: bool = True
+        self,
+        client: ClientSystem,
+        body: PrefillIn,
+        correlation_id: str,
+        journal: _Journal,
+        blocking: bool = True,
+        over_quota: float | None = None,
     ) -> dict[str, Any]:
-        """`blocking=False`: raise _WouldBlock instead of doing I/O (a database read, a register look-up)."""
+        """`blocking=False`: raise _WouldBlock instead of doing I/O (a database read, a register look-up).
+        `over_quota`: the client has used up its reads for now (the seconds until it has one again)."""
         identifiers.personal_id(body.subject_id)
         template = templates().get(body.procedure)
         if template is None:
@@ -403,6 +417,13 @@ class PrefillService:
                 Forbidden(
                     f"client may not read personal data for procedure {body.procedure} and purpose {body.purpose!r}",
                     code="prefill_not_allowed",
+                )
+            )
+        if over_quota is not None:
+            raise refuse(
+                TooManyRequests(
+                    f"client {client.name} has made its {client.prefill_per_minute} pre-fills of the minute",
+                    retry_after=retry_after(over_quota),
                 )
             )
         documents_allowed = False

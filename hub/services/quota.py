@@ -1,0 +1,140 @@
+"""How fast a client system may read personal data: a token bucket per client, `per_minute` tokens a minute and at
+most a minute's worth saved up. It bounds what a leaked API key or a runaway integration can pull out of the
+population database (bulk harvesting) without getting in the way of citizens filling in forms.
+
+Embedded mode keeps the buckets in the process. Distributed mode keeps them in Redis (the broker), so every hub
+process on every machine draws from the same bucket; the update is one Lua script (atomic, Redis's own clock).
+When Redis does not answer, reads are let through — a broker outage must not stop citizens' forms — with a
+warning in the log, and Redis is not asked again for a few seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from typing import Any, Protocol
+
+log = logging.getLogger("hub.quota")
+
+# KEYS[1]: the bucket; ARGV: tokens per second, capacity. Returns {1, 0} when a token was taken, else {0, ms to wait}.
+TAKE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or capacity
+local at = tonumber(state[2]) or t
+tokens = math.min(capacity, tokens + math.max(0, t - at) * rate)
+local taken = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  taken = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(t))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
+if taken == 1 then return {1, 0} end
+return {0, math.ceil((1 - tokens) / rate * 1000)}
+"""
+KEY_PREFIX = "hub:quota:prefill:"
+
+
+class Quota(Protocol):
+    def take(self, client: str, per_minute: int) -> float | None:
+        """Take one read from the client's bucket: None if it may go on, else the seconds until it may."""
+        ...
+
+    async def take_async(self, client: str, per_minute: int) -> float | None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalQuota:
+    """The buckets of one process (embedded mode)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, monotonic time)
+
+    def take(self, client: str, per_minute: int) -> float | None:
+        rate, capacity = per_minute / 60.0, float(per_minute)
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(client, (capacity, now))
+            tokens = min(capacity, tokens + (now - at) * rate)
+            if tokens >= 1:
+                self._buckets[client] = (tokens - 1, now)
+                return None
+            self._buckets[client] = (tokens, now)
+            return (1 - tokens) / rate
+
+    async def take_async(self, client: str, per_minute: int) -> float | None:
+        return self.take(client, per_minute)
+
+    def close(self) -> None:
+        pass
+
+
+class RedisQuota:
+    """The buckets in Redis, shared by every hub process (distributed mode)."""
+
+    def __init__(self, url: str, *, timeout: float = 0.25, pause_after_failure: float = 5.0) -> None:
+        import redis
+
+        self._url = url
+        self._timeout = timeout
+        self._pause = pause_after_failure
+        self._sync = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._script = self._sync.register_script(TAKE)
+        self._async: dict[asyncio.AbstractEventLoop, tuple[Any, Any]] = {}  # a client per event loop
+        self._down_until = 0.0
+
+    def take(self, client: str, per_minute: int) -> float | None:
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            taken, wait_ms = self._script(keys=[KEY_PREFIX + client], args=[per_minute / 60.0, per_minute])
+        except Exception as exc:  # noqa: BLE001 - any Redis failure: let the read through, say so
+            self._failed(exc)
+            return None
+        return None if int(taken) == 1 else int(wait_ms) / 1000
+
+    async def take_async(self, client: str, per_minute: int) -> float | None:
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            script = self._async_script()
+            taken, wait_ms = await script(keys=[KEY_PREFIX + client], args=[per_minute / 60.0, per_minute])
+        except Exception as exc:  # noqa: BLE001 - as in take
+            self._failed(exc)
+            return None
+        return None if int(taken) == 1 else int(wait_ms) / 1000
+
+    def _async_script(self) -> Any:
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        found = self._async.get(loop)
+        if found is None:
+            conn = redis.asyncio.Redis.from_url(
+                self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+            )
+            found = self._async[loop] = (conn, conn.register_script(TAKE))
+        return found[1]
+
+    def _failed(self, exc: Exception) -> None:
+        self._down_until = time.monotonic() + self._pause
+        log.warning("read quota not checked (Redis did not answer; reads let through for %.0f s): %s", self._pause, exc)
+
+    def close(self) -> None:
+        self._sync.close()
+        for loop, (conn, _script) in self._async.items():
+            if loop.is_running():  # from another thread: the loop closes its own connection
+                asyncio.run_coroutine_threadsafe(conn.aclose(), loop)
+        self._async.clear()
+
+
+def retry_after(seconds: float) -> int:
+    """Whole seconds for a Retry-After header (never 0: the client would come straight back)."""
+    return max(1, math.ceil(seconds))
