@@ -62,9 +62,19 @@ def _dev_console_admin(settings: Settings, base_url: str) -> None:
 def _dev_api_key(settings: Settings) -> None:
     """Dev mode with the generated client: say its API key, so that a newcomer can call the API at once."""
     client = next((c for c in settings.clients if c.name == DEV_CLIENT), None)
-    if client is not None:
+    if client is not None and client.api_key is not None:
         key = client.api_key.get_secret_value()
         err.print(f"API: header X-API-Key: {key}  (dev client {DEV_CLIENT}, every agency; var/dev-secrets.json)")
+
+
+def _sandbox_oauth_clients(settings: Settings) -> dict[str, str]:
+    """The sandbox authorization server knows each client system with an oauth_client_id and an API key, the API
+    key as its client secret (dev only: a real server has its own registrations)."""
+    return {
+        c.oauth_client_id: c.api_key.get_secret_value()
+        for c in settings.clients
+        if c.oauth_client_id and c.api_key is not None
+    }
 
 
 def _payment_partners(settings: Settings) -> dict[str, str]:
@@ -125,6 +135,7 @@ def serve(
             payment_partners=_payment_partners(settings) if not settings.payment_dvc_url else None,
             notify_ports=_notify_ports(settings),
             edoc=_edoc_sandbox(settings),
+            oauth_clients=_sandbox_oauth_clients(settings),
         )
         err.print(
             f"sandbox peers: national portal {peers.national.url}, one-stop {peers.one_stop.url}, "
@@ -220,6 +231,7 @@ def sandbox(
         notify_ports=(settings.sandbox_smtp_port, settings.sandbox_sms_port),
         sms_key=settings.sms_api_key.get_secret_value() if settings.sms_api_key else None,
         edoc=(settings.sandbox_edoc_port, _edoc_key(settings)),
+        oauth_clients=_sandbox_oauth_clients(settings),
     )
     out.print(f"national portal sandbox: {peers.national.url}  (control: {peers.national.url}/_sandbox/docs)")
     out.print(f"one-stop sandbox:        {peers.one_stop.url}  (control: {peers.one_stop.url}/_sandbox/docs)")
@@ -227,6 +239,7 @@ def sandbox(
     if peers.pki is not None:
         out.print(f"test PKI (CRL, OCSP):    {peers.pki.url}  keys and certificates in {peers.pki_dir}")
         out.print(f"time-stamping (RFC 3161): {peers.pki.url}/pki/tsa")
+        out.print(f"identity provider:       {peers.pki.url}/idp  (OpenID Connect; client credentials at /idp/token)")
     if peers.payment is not None:
         out.print(f"DVC payment platform:    {peers.payment.url}  (pay pages under /pay/)")
     if peers.document_exchange is not None:
@@ -489,6 +502,53 @@ def peers_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
             p["last_error_code"] or "—",
         )
     out.print(table)
+
+
+clients_cli = typer.Typer(no_args_is_help=True, help="Client systems allowed to call /v1 (HUB_CLIENTS)")
+cli.add_typer(clients_cli, name="clients")
+
+
+@clients_cli.command("list")
+def clients_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The client systems as configured: how each authenticates (never the key itself), what it may do."""
+    settings = _settings()
+    rows = [
+        {
+            "name": c.name,
+            "api_key": c.api_key is not None,
+            "oauth_client_id": c.oauth_client_id,
+            "agencies": c.agencies,
+            "roles": c.roles,
+            "prefill_procedures": c.prefill_procedures,
+            "prefill_purposes": c.prefill_purposes,
+            "prefill_per_minute": c.prefill_per_minute,
+        }
+        for c in settings.clients
+    ]
+    if as_json:
+        out.print_json(json.dumps({"oauth_issuer": settings.effective_oauth_issuer or None, "clients": rows}))
+        return
+    table = Table(title=f"client systems ({settings.mode} mode)")
+    for column in ("name", "authenticates with", "agencies", "roles", "pre-fill (procedures / purposes)", "quota"):
+        table.add_column(column)
+    for c in settings.clients:
+        ways = (["API key"] if c.api_key is not None else []) + (
+            [f"OAuth {c.oauth_client_id}"] if c.oauth_client_id else []
+        )
+        prefill = f"{', '.join(c.prefill_procedures) or '-'} / {', '.join(c.prefill_purposes) or '-'}"
+        quota = f"{c.prefill_per_minute}/min" if c.prefill_per_minute else "none"
+        table.add_row(c.name, " + ".join(ways), ", ".join(c.agencies), ", ".join(c.roles), prefill, quota)
+    out.print(table)
+    if any(r["oauth_client_id"] for r in rows):
+        out.print(f"access tokens from: {settings.effective_oauth_issuer or '(HUB_OAUTH_ISSUER not set: not taken)'}")
+
+
+@clients_cli.command("new-key")
+def clients_new_key() -> None:
+    """A fresh random API key (32 URL-safe characters) to put in a client's HUB_CLIENTS entry."""
+    import secrets as secrets_
+
+    out.print(secrets_.token_urlsafe(24), soft_wrap=True)
 
 
 routes_cli = typer.Typer(no_args_is_help=True, help="Down-flow routing: agency code -> provincial one-stop system")

@@ -84,7 +84,8 @@ def run_demo(count: int, out: Console) -> int:
 
     runtime = Runtime(settings, role="api")
     api = ServerThread(create_app(settings, runtime)).start()
-    key = settings.clients[0].api_key.get_secret_value()
+    api_key = settings.clients[0].api_key  # the demo's own client, made with a key just above
+    key = api_key.get_secret_value() if api_key is not None else ""
     client = one_stop.OneStopClient(api.url, key)
     control = httpx.Client(base_url=portal.url, timeout=10)
     out.rule("[bold]hub demo[/bold] — embedded mode (SQLite + in-process worker), sandbox peers on loopback")

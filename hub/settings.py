@@ -21,7 +21,12 @@ class ClientSystem(BaseModel):
     """A system allowed to call /v1 (a provincial one-stop system, a portal), and the agencies it acts for."""
 
     name: str
-    api_key: SecretStr
+    api_key: SecretStr | None = Field(default=None, description="its API key (X-API-Key or Authorization: Bearer)")
+    oauth_client_id: str | None = Field(
+        default=None,
+        description="its client_id at the OAuth 2.0 authorization server (HUB_OAUTH_ISSUER): access tokens "
+        "issued to it by the client credentials grant authenticate it too, or instead of an API key",
+    )
     agencies: list[str] = Field(description="agency codes it may act for; a trailing '*' matches a prefix")
     roles: list[str] = Field(
         default_factory=lambda: ["onestop"],
@@ -38,6 +43,12 @@ class ClientSystem(BaseModel):
         description="pre-fills it may make a minute (a token bucket holding a minute's worth; null: no limit): "
         "bounds what a leaked key or a runaway integration can pull out of the population database",
     )
+
+    @model_validator(mode="after")
+    def _some_credential(self) -> ClientSystem:
+        if self.api_key is None and not self.oauth_client_id:
+            raise ValueError(f"client {self.name!r} needs an api_key or an oauth_client_id")
+        return self
 
     def may_prefill(self, procedure: str, purpose: str) -> bool:
         procedures_ok = "*" in self.prefill_procedures or procedure in self.prefill_procedures
@@ -85,6 +96,12 @@ class Settings(BaseSettings):
     citizen_idp_jwks_url: str = ""  # where it publishes its signing keys; empty -> {issuer}/jwks.json
     citizen_idp_audience: str = "hub"  # hub's client id at the provider: the tokens' `aud`
     citizen_id_claim: str = "sub"  # the claim that carries the citizen's 12-digit personal ID
+    # Client systems with OAuth 2.0 access tokens (client credentials grant) instead of, or beside, API keys: the
+    # authorization server they get tokens from (the province's API gateway / LGSP).
+    oauth_issuer: str = ""  # its `iss`; empty -> the sandbox's (dev only), else off
+    oauth_jwks_url: str = ""  # its signing keys; empty -> {issuer}/jwks.json
+    oauth_audience: str = "hub"  # hub as a resource server: the tokens' `aud`
+    oauth_client_claim: str = "client_id"  # RFC 9068; Keycloak-style servers put it in `azp`
 
     # Signatures: trust anchors only from here (never the OS bundle); hub's own signing key.
     signing_trust_anchors: list[Path] = Field(default_factory=list)  # PEM files; dev: the sandbox PKI's roots
@@ -167,7 +184,7 @@ class Settings(BaseSettings):
             problems.append("HUB_SECRET_KEY must be set to a random value of at least 32 characters")
         if not self.clients:
             problems.append("HUB_CLIENTS must list the client systems, each with its own API key")
-        if any(len(c.api_key.get_secret_value()) < 24 for c in self.clients):
+        if any(c.api_key is not None and len(c.api_key.get_secret_value()) < 24 for c in self.clients):
             problems.append("client API keys must be at least 24 characters")
         if self.national_portal_password is None or not self.national_portal_password.get_secret_value():
             problems.append("HUB_NATIONAL_PORTAL_PASSWORD must be set")
@@ -231,9 +248,20 @@ class Settings(BaseSettings):
         offered = hashlib.sha256(api_key.encode()).digest()
         found = None
         for client in self.clients:
+            if client.api_key is None:
+                continue
             if hmac.compare_digest(offered, hashlib.sha256(client.api_key.get_secret_value().encode()).digest()):
                 found = client
         return found
+
+    def client_for_oauth(self, client_id: str) -> ClientSystem | None:
+        return next((c for c in self.clients if c.oauth_client_id is not None and c.oauth_client_id == client_id), None)
+
+    @property
+    def effective_oauth_issuer(self) -> str:
+        if self.oauth_issuer:
+            return self.oauth_issuer.rstrip("/")
+        return f"http://{self.sandbox_host}:{self.sandbox_pki_port}/idp" if self.mode == "dev" else ""
 
 
 def _dev_secrets(var_dir: Path) -> dict[str, str]:
@@ -283,6 +311,7 @@ def load_settings(**overrides: object) -> Settings:
             ClientSystem(
                 name=DEV_CLIENT,
                 api_key=SecretStr(dev["client_api_key"]),
+                oauth_client_id=DEV_CLIENT,  # the sandbox authorization server's client (its secret: the API key)
                 agencies=["*"],
                 roles=["onestop", "national_portal", "auditor"],
                 prefill_procedures=["*"],

@@ -226,3 +226,28 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
         except subprocess.TimeoutExpired:
             proc.kill()
         said.close()
+
+
+def test_clients_list_shows_how_each_authenticates_never_the_key(tmp_path: Path) -> None:
+    made = run(["clients", "new-key"], tmp_path)
+    assert made.returncode == 0 and re.fullmatch(r"[A-Za-z0-9_-]{32}\n", made.stdout), made.stdout
+    key = made.stdout.strip()
+    clients = [
+        {"name": "motcua-hcm", "api_key": key, "agencies": ["000.00.17.*"], "prefill_per_minute": 120},
+        {"name": "lgsp-dn", "oauth_client_id": "dn-motcua", "agencies": ["000.00.23.*"], "prefill_per_minute": None},
+    ]
+    env = {"HUB_CLIENTS": json.dumps(clients), "HUB_OAUTH_ISSUER": "https://lgsp.example.gov.vn/oauth2"}
+    listed = run(["clients", "list", "--json"], tmp_path, env)
+    assert listed.returncode == 0, listed.stderr
+    shown = json.loads(listed.stdout)
+    assert shown["oauth_issuer"] == "https://lgsp.example.gov.vn/oauth2"
+    assert [(c["name"], c["api_key"], c["oauth_client_id"], c["prefill_per_minute"]) for c in shown["clients"]] == [
+        ("motcua-hcm", True, None, 120),
+        ("lgsp-dn", False, "dn-motcua", None),
+    ]
+    table = run(["clients", "list"], tmp_path, env)
+    assert "OAuth dn-motcua" in table.stdout and "120/min" in table.stdout
+    assert key not in listed.stdout + table.stdout + table.stderr
+    # a client with no way to authenticate is a configuration error, said plainly
+    bad = run(["clients", "list"], tmp_path, {"HUB_CLIENTS": json.dumps([{"name": "x", "agencies": ["*"]}])})
+    assert bad.returncode == 2 and "needs an api_key or an oauth_client_id" in bad.stderr

@@ -1,14 +1,18 @@
-"""Citizens' sign-in: the ID tokens of the identity provider citizens log in with (VNeID, or the national
-portal's single sign-on), which an OpenID Connect provider signs with keys it publishes as a JWK set.
+"""Tokens hub accepts from identity providers, verified with PyJWT against the keys the issuer publishes as a JWK
+set (fetched, cached, refetched at most every 30 s for an unknown key id), then its issuer, audience and lifetime.
+Only asymmetric algorithms are accepted: a token "signed" with `none` or with an HMAC keyed by a public key
+(algorithm confusion) is refused before any key is looked up.
 
-hub never sees a citizen's password: a citizen signs in at the provider (through the provincial portal's login
-page), and calls hub with the ID token it issued. hub checks the token's signature against the provider's
-published keys (fetched with PyJWT's JWK client, cached, refetched at most every 30 s for an unknown key id),
-its issuer, its audience (hub's client id at the provider) and its lifetime, and reads the citizen's 12-digit
-personal ID from the configured claim. Only asymmetric algorithms are accepted: a token "signed" with `none` or
-with an HMAC keyed by a public key (algorithm confusion) is refused before any key is looked up."""
+- Citizens' sign-in: the ID tokens of the identity provider citizens log in with (VNeID, or the national portal's
+  single sign-on, OpenID Connect). hub never sees a citizen's password: a citizen signs in at the provider and
+  calls hub with the ID token it issued; hub reads the 12-digit personal ID from the configured claim.
+- Client systems: OAuth 2.0 access tokens of the client credentials grant, from the authorization server the
+  province's systems already get tokens from (its API gateway / LGSP); hub reads the client_id and maps it to a
+  configured client system, whose agencies and roles then apply as for an API key."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
@@ -16,54 +20,128 @@ from hub.adapters.errors import PeerUnavailable
 from hub.domain import identifiers
 from hub.domain.errors import DomainError
 
+if TYPE_CHECKING:
+    from hub.settings import Settings
+
 ALGORITHMS = ["ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"]
 LEEWAY_SECONDS = 30  # clock skew between the provider and hub
 MAX_TOKEN_BYTES = 8192
 
 
-class InvalidCitizenToken(DomainError):
-    """The bearer token is not a valid ID token of the configured provider (signature, issuer, audience, lifetime,
-    or no personal ID in it)."""
+class InvalidToken(DomainError):
+    """The bearer token is not a valid token of the configured issuer (signature, issuer, audience, lifetime, type,
+    or the claim hub reads is missing or wrong)."""
 
     code = "invalid_token"
     status = 401
 
 
-class CitizenTokens:
-    def __init__(self, issuer: str, jwks_url: str, audience: str, id_claim: str, *, timeout: float) -> None:
+class _Verifier:
+    """Tokens of one issuer: signature against its published keys, then issuer, audience and lifetime."""
+
+    what = "token"
+    peer = "identity_provider"  # as the exchange record and errors name the issuer
+
+    def __init__(self, issuer: str, jwks_url: str, audience: str, *, timeout: float) -> None:
         self.issuer = issuer
         self.audience = audience
-        self.id_claim = id_claim
         self._keys = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=timeout, cooldown_duration=30)
 
-    def personal_id(self, token: str) -> str:
-        """The signed-in citizen's personal ID; raises InvalidCitizenToken, or PeerUnavailable when the provider's
-        keys cannot be fetched."""
+    def claims(self, token: str, required: list[str]) -> dict[str, Any]:
+        """The verified claims; raises InvalidToken, or PeerUnavailable when the issuer's keys cannot be fetched."""
         if len(token) > MAX_TOKEN_BYTES:
-            raise InvalidCitizenToken("the token is too large")
+            raise InvalidToken("the token is too large")
         try:
             header = jwt.get_unverified_header(token)
             if header.get("alg") not in ALGORITHMS:
-                raise InvalidCitizenToken(f"tokens signed with {header.get('alg')!r} are not accepted")
+                raise InvalidToken(f"tokens signed with {header.get('alg')!r} are not accepted")
+            self.check_header(header)
             key = self._keys.get_signing_key_from_jwt(token)
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
                 algorithms=ALGORITHMS,
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "iat", "iss", "aud", self.id_claim]},
+                options={"require": ["exp", "iat", "iss", "aud", *required]},
             )
         except jwt.PyJWKClientConnectionError as exc:
-            raise PeerUnavailable("identity_provider", f"its keys could not be fetched: {exc}") from exc
-        except jwt.PyJWKClientError as exc:  # no key with the token's key id (rotated away, or never the provider's)
-            raise InvalidCitizenToken(f"the token is not signed by a key of the identity provider: {exc}") from None
+            raise PeerUnavailable(self.peer, f"its keys could not be fetched: {exc}") from exc
+        except jwt.PyJWKClientError as exc:  # no key with the token's key id (rotated away, or never the issuer's)
+            raise InvalidToken(
+                f"the token is not signed by a key of the {self.peer.replace('_', ' ')}: {exc}"
+            ) from None
         except jwt.InvalidTokenError as exc:
-            raise InvalidCitizenToken(f"invalid ID token: {exc}") from None
-        personal_id = str(claims[self.id_claim])
+            raise InvalidToken(f"invalid {self.what}: {exc}") from None
+        return claims
+
+    def check_header(self, header: dict[str, Any]) -> None:
+        """Refuse a token whose header says it is of another kind."""
+
+
+class CitizenTokens(_Verifier):
+    what = "ID token"
+
+    def __init__(self, issuer: str, jwks_url: str, audience: str, id_claim: str, *, timeout: float) -> None:
+        super().__init__(issuer, jwks_url, audience, timeout=timeout)
+        self.id_claim = id_claim
+
+    def check_header(self, header: dict[str, Any]) -> None:
+        if "at+jwt" in str(header.get("typ") or "").lower():
+            raise InvalidToken("an access token is not an ID token")
+
+    def personal_id(self, token: str) -> str:
+        """The signed-in citizen's personal ID; raises InvalidToken, or PeerUnavailable when the provider's keys
+        cannot be fetched."""
+        personal_id = str(self.claims(token, [self.id_claim])[self.id_claim])
         try:
             identifiers.personal_id(personal_id)
         except DomainError:
-            raise InvalidCitizenToken(f"the token's {self.id_claim!r} claim is not a personal ID number") from None
+            raise InvalidToken(f"the token's {self.id_claim!r} claim is not a personal ID number") from None
         return personal_id
+
+
+class ClientTokens(_Verifier):
+    """OAuth 2.0 access tokens issued to client systems by the client credentials grant (RFC 6749 §4.4), as JWTs
+    (RFC 9068: `typ` at+jwt; many servers still say JWT): the province's API gateway or the national platform's
+    authorization server issues them, hub is the resource server named in `aud`."""
+
+    what = "access token"
+    peer = "authorization_server"
+
+    def __init__(self, issuer: str, jwks_url: str, audience: str, client_claim: str, *, timeout: float) -> None:
+        super().__init__(issuer, jwks_url, audience, timeout=timeout)
+        self.client_claim = client_claim
+
+    def check_header(self, header: dict[str, Any]) -> None:
+        typ = str(header.get("typ") or "JWT").lower()
+        if typ not in ("jwt", "at+jwt", "application/at+jwt"):
+            raise InvalidToken(f"a token of type {header.get('typ')!r} is not an access token")
+
+    def client_id(self, token: str) -> str:
+        """The client system's client_id at the authorization server."""
+        value = self.claims(token, [self.client_claim])[self.client_claim]
+        if not isinstance(value, str) or not value:
+            raise InvalidToken(f"the token's {self.client_claim!r} claim is not a client id")
+        return value
+
+
+def looks_like_jwt(value: str) -> bool:
+    """Three base64url parts, the first a JSON object: worth verifying as a token (an API key is not)."""
+    return value.startswith("eyJ") and value.count(".") == 2
+
+
+def client_tokens(settings: Settings) -> ClientTokens | None:
+    """The verifier of client systems' access tokens, when an authorization server is configured (dev: the
+    sandbox's) and some client system has an `oauth_client_id`."""
+    issuer = settings.effective_oauth_issuer
+    if not issuer or not any(c.oauth_client_id for c in settings.clients):
+        return None
+    return ClientTokens(
+        issuer,
+        settings.oauth_jwks_url or f"{issuer}/jwks.json",
+        settings.oauth_audience,
+        settings.oauth_client_claim,
+        timeout=settings.connect_timeout + settings.read_timeout,
+    )

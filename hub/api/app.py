@@ -19,6 +19,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from hub import __version__
 from hub.adapters.errors import PeerError
+from hub.adapters.identity import ClientTokens, InvalidToken, client_tokens, looks_like_jwt
 from hub.api import problems
 from hub.api.middleware import BodyLimitAndCorrelation, ConsoleSessions, Inbound
 from hub.domain import identifiers
@@ -40,7 +41,12 @@ log = logging.getLogger("hub.api")
 API_KEY = APIKeyHeader(
     name="X-API-Key", scheme_name="ApiKey", description="the client system's API key", auto_error=False
 )
-BEARER = HTTPBearer(scheme_name="Bearer", description="the same API key, as a bearer token", auto_error=False)
+BEARER = HTTPBearer(
+    scheme_name="Bearer",
+    description="the same API key as a bearer token, or an OAuth 2.0 access token (client credentials grant) from "
+    "the authorization server in HUB_OAUTH_ISSUER, for a client system with that `oauth_client_id`",
+    auto_error=False,
+)
 CITIZEN_TOKEN = HTTPBearer(
     scheme_name="CitizenIdToken",
     description="a citizen's ID token from the identity provider (VNeID / the national portal's sign-in)",
@@ -60,6 +66,13 @@ class Unauthenticated(DomainError):
     status = 401
 
 
+class AuthorizationServerUnavailable(DomainError):
+    """Access tokens cannot be checked now: the authorization server's keys cannot be fetched."""
+
+    code = "authorization_server_unavailable"
+    status = 503
+
+
 class CitizenSignInUnavailable(DomainError):
     """Citizens' sign-in is not configured, or the identity provider's keys cannot be fetched now."""
 
@@ -74,11 +87,29 @@ async def _client(  # async: no I/O here, so FastAPI runs it on the event loop, 
 ) -> ClientSystem:
     key = x_api_key or (bearer.credentials.strip() if bearer is not None else None)
     if not key:
-        raise Unauthenticated("send the client system's API key in X-API-Key", code="unauthenticated")
+        raise Unauthenticated(
+            "send the client system's API key in X-API-Key, or its access token as a bearer token",
+            code="unauthenticated",
+        )
     settings: Settings = request.app.state.settings
     found = settings.client_for_key(key)
-    if found is None:
+    if found is not None:
+        return found
+    tokens: ClientTokens | None = request.app.state.client_tokens
+    if bearer is None or tokens is None or not looks_like_jwt(key):
         raise Unauthenticated("unknown API key", code="invalid_api_key")
+    import anyio.to_thread
+
+    try:  # in a thread: the authorization server's keys may have to be fetched
+        client_id = await anyio.to_thread.run_sync(tokens.client_id, key)
+    except PeerError as exc:
+        raise AuthorizationServerUnavailable(
+            "the authorization server's keys could not be fetched; try again shortly",
+            code="authorization_server_unavailable",
+        ) from exc
+    found = settings.client_for_oauth(client_id)
+    if found is None:
+        raise InvalidToken(f"no client system is configured for client_id {client_id[:64]!r}")
     return found
 
 
@@ -128,6 +159,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.client_tokens = client_tokens(settings)
     problems.install(app)
 
     def rt() -> Runtime:

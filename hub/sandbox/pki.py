@@ -298,6 +298,7 @@ class TestPki:
 class PkiState(PeerState):
     pki: TestPki | None = None
     idp_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    oauth_clients: dict[str, str] = field(default_factory=dict)  # client_id -> client_secret (client credentials)
     lock_: threading.Lock = field(default_factory=threading.Lock)
     crl_requests: int = 0
     ocsp_requests: int = 0
@@ -376,8 +377,68 @@ def create_app(state: PkiState | None = None) -> FastAPI:
             "jwks_uri": f"{issuer(request)}/jwks.json",
             "id_token_signing_alg_values_supported": ["ES256"],
             "subject_types_supported": ["public"],
-            "claims_supported": ["sub", "name", "iss", "aud", "exp", "iat"],
+            "claims_supported": ["sub", "name", "iss", "aud", "exp", "iat", "client_id", "scope", "jti"],
+            "token_endpoint": f"{issuer(request)}/token",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         }
+
+    @app.post("/idp/token")
+    async def oauth_token(request: Request) -> Response:
+        """The client credentials grant (RFC 6749 §4.4): form-encoded `grant_type=client_credentials`, the client
+        authenticated by HTTP Basic or `client_id`/`client_secret` in the form; optional `audience` (default
+        "hub") and `scope`. The access token is a JWT (RFC 9068, typ at+jwt) valid 5 minutes."""
+        import base64
+        import binascii
+        import hmac
+        import json
+        import time
+        from urllib.parse import parse_qsl, unquote
+
+        import jwt
+
+        def error(status: int, code: str, description: str) -> Response:
+            body = json.dumps({"error": code, "error_description": description}).encode()
+            headers = {"WWW-Authenticate": 'Basic realm="sandbox"'} if status == 401 else None
+            return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+        form = dict(parse_qsl((await request.body())[:8192].decode("utf-8", "replace")))
+        client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+        basic = request.headers.get("authorization", "")
+        if basic.lower().startswith("basic "):
+            try:
+                pair = base64.b64decode(basic[6:].strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return error(401, "invalid_client", "malformed Basic credentials")
+            client_id, _, secret = (unquote(x) for x in pair.partition(":"))
+        if form.get("grant_type") != "client_credentials":
+            return error(400, "unsupported_grant_type", "only client_credentials is offered here")
+        known = st.oauth_clients.get(client_id)
+        if known is None or not hmac.compare_digest(known.encode(), secret.encode()):
+            return error(401, "invalid_client", "unknown client or wrong secret")
+        now = int(time.time())
+        claims = {
+            "iss": issuer(request),
+            "aud": form.get("audience", "hub"),
+            "sub": client_id,
+            "client_id": client_id,
+            "scope": form.get("scope", ""),
+            "iat": now,
+            "exp": now + 300,
+            "jti": uuid.uuid4().hex,
+        }
+        token = jwt.encode(claims, st.idp_key, algorithm="ES256", headers={"kid": idp_kid, "typ": "at+jwt"})
+        payload = {"access_token": token, "token_type": "Bearer", "expires_in": 300}
+        return Response(
+            json.dumps(payload).encode(), media_type="application/json", headers={"Cache-Control": "no-store"}
+        )
+
+    @app.post("/_sandbox/idp/clients")
+    async def register_client(request: Request) -> dict[str, str]:
+        """Register a client of the client credentials grant: {"client_id": ..., "client_secret": ...}."""
+        body = await request.json()
+        st.oauth_clients[str(body["client_id"])] = str(body["client_secret"])
+        return {"client_id": str(body["client_id"])}
 
     @app.get("/idp/jwks.json")
     def idp_keys() -> dict[str, Any]:

@@ -55,11 +55,13 @@ def start(
     sms_key: str | None = None,
     edoc: tuple[int, str] | None = None,
     population_size: int = 3000,
+    oauth_clients: dict[str, str] | None = None,
 ) -> Sandboxes:
     """Start the peers. With `pki_dir`, also the test PKI (fresh keys) with its CRL/OCSP endpoints; its roots,
     intermediates, leaf certificates and keys are written there as PEM files. With `notify_ports` (SMTP, SMS),
     also the SMTP sandbox and the SMS gateway (API key `sms_key`, or a fresh one). With `edoc` (port, API key) and
-    the test PKI, the document exchange platform, which trusts the PKI's roots."""
+    the test PKI, the document exchange platform, which trusts the PKI's roots. `oauth_clients` (client_id →
+    secret): the clients its authorization server issues access tokens to (client credentials grant)."""
     national = ServerThread(national_portal.create_app(credentials), host, national_port).start()
     onestop = ServerThread(one_stop.create_app(), host, one_stop_port).start()
     people = ServerThread(
@@ -70,7 +72,7 @@ def start(
     trust = None
     made: pki.TestPki | None = None
     if pki_dir is not None:
-        state = pki.PkiState()
+        state = pki.PkiState(oauth_clients=dict(oauth_clients or {}))
         trust = ServerThread(pki.create_app(state), host, pki_port).start()
         state.pki = pki.TestPki(trust.url)
         state.pki.write(pki_dir)
