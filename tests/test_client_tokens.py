@@ -159,3 +159,28 @@ def test_an_unreachable_authorization_server_is_503_not_401(
     token = grant(trust, client_id, secret).json()["access_token"]
     r = with_token(hub, token, "GET", "/v1/dossiers?overdue=true")
     assert r.status_code == 503 and r.json()["code"] == "authorization_server_unavailable", r.text
+
+
+@SQLITE
+def test_a_remembered_token_is_taken_until_it_expires_and_not_after(
+    hub_factory: HubFactory, trust: Trust, creds: Creds
+) -> None:
+    """hub remembers tokens it verified (a client sends the same one for minutes), never past their expiry."""
+    client_id, secret = oauth_client(trust)
+    hub = hub_for(hub_factory, trust, creds, client_id)
+    good = grant(trust, client_id, secret).json()["access_token"]
+    claims = jwt.decode(good, options={"verify_signature": False})
+    kid = jwt.get_unverified_header(good)["kid"]
+    now = int(time.time())
+    # expired 27 s ago: still inside the 30 s allowed for clock skew, for about 3 s more
+    short = jwt.encode({**claims, "exp": now - 27}, trust.state.idp_key, algorithm="ES256", headers={"kid": kid})
+    for _ in range(3):
+        assert with_token(hub, short, "GET", "/v1/dossiers?overdue=true").status_code == 200
+    time.sleep(max(0.0, now + 4 - time.time()))
+    r = with_token(hub, short, "GET", "/v1/dossiers?overdue=true")
+    assert r.status_code == 401 and r.json()["code"] == "invalid_token", r.text
+    # a long-lived one is remembered once verified (the next request costs a hash, not a verification)
+    tokens = hub.server.server.config.app.state.client_tokens
+    assert tokens.remembered(good) is None
+    assert with_token(hub, good, "GET", "/v1/dossiers?overdue=true").status_code == 200
+    assert tokens.remembered(good) == client_id and tokens.remembered(short) is None

@@ -100,8 +100,10 @@ async def _client(  # async: no I/O here, so FastAPI runs it on the event loop, 
         raise Unauthenticated("unknown API key", code="invalid_api_key")
     import anyio.to_thread
 
-    try:  # in a thread: the authorization server's keys may have to be fetched
-        client_id = await anyio.to_thread.run_sync(tokens.client_id, key)
+    try:  # a token seen before is remembered; a new one in a thread: the server's keys may have to be fetched
+        client_id = tokens.remembered(key)
+        if client_id is None:
+            client_id = await anyio.to_thread.run_sync(tokens.client_id, key)
     except PeerError as exc:
         raise AuthorizationServerUnavailable(
             "the authorization server's keys could not be fetched; try again shortly",
