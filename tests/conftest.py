@@ -142,32 +142,38 @@ def onestop_server() -> Iterator[ServerThread]:
     server.stop()
 
 
+def client_systems(creds: Creds) -> list[ClientSystem]:
+    """The client systems of the test hubs: a one-stop system of HCMC (every procedure, the test purpose), one of
+    another province (marriage registration only), and the national portal (pushes, audits)."""
+    return [
+        ClientSystem(
+            name="onestop-hcm",
+            api_key=SecretStr(creds.api_key),
+            agencies=["000.00.17.*"],
+            prefill_procedures=["*"],
+            prefill_purposes=[PURPOSE],
+        ),
+        ClientSystem(
+            name="onestop-other",
+            api_key=SecretStr(creds.other_key),
+            agencies=[OTHER_AGENCY],
+            prefill_procedures=["1.004873"],
+            prefill_purposes=["marriage_registration"],
+        ),
+        ClientSystem(
+            name="dvcqg",
+            api_key=SecretStr(creds.portal_key),
+            agencies=["*"],
+            roles=["national_portal", "auditor"],
+        ),
+    ]
+
+
 def make_settings(tmp: Path, creds: Creds, portal_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "var_dir": tmp,
         "secret_key": SecretStr(creds.secret_key),
-        "clients": [
-            ClientSystem(
-                name="onestop-hcm",
-                api_key=SecretStr(creds.api_key),
-                agencies=["000.00.17.*"],
-                prefill_procedures=["*"],
-                prefill_purposes=[PURPOSE],
-            ),
-            ClientSystem(
-                name="onestop-other",
-                api_key=SecretStr(creds.other_key),
-                agencies=[OTHER_AGENCY],
-                prefill_procedures=["1.004873"],
-                prefill_purposes=["marriage_registration"],
-            ),
-            ClientSystem(
-                name="dvcqg",
-                api_key=SecretStr(creds.portal_key),
-                agencies=["*"],
-                roles=["national_portal", "auditor"],
-            ),
-        ],
+        "clients": client_systems(creds),
         "national_portal_url": portal_url,
         "national_portal_username": PORTAL_USER,
         "national_portal_password": SecretStr(creds.portal_password),

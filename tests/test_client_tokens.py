@@ -11,6 +11,7 @@ import json
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -45,6 +46,21 @@ def hub_for(hub_factory: HubFactory, trust: Trust, creds: Creds, client_id: str,
     return hub_factory(clients=clients, oauth_issuer=f"{trust.server.url}/idp", **overrides)
 
 
+@dataclass
+class Motcua:
+    """A one-stop system registered at the sandbox authorization server, and a hub that knows it by client_id."""
+
+    hub: Hub
+    client_id: str
+    secret: str
+
+
+@pytest.fixture
+def motcua(hub_factory: HubFactory, trust: Trust, creds: Creds) -> Motcua:
+    client_id, secret = oauth_client(trust)
+    return Motcua(hub_for(hub_factory, trust, creds, client_id), client_id, secret)
+
+
 def grant(trust: Trust, client_id: str, secret: str, *, basic: bool = True, **form: str) -> httpx.Response:
     data = {"grant_type": "client_credentials", **form}
     if basic:
@@ -58,11 +74,8 @@ def with_token(hub: Hub, token: str, method: str, path: str, **kw: Any) -> httpx
 
 
 @SQLITE
-def test_a_client_with_an_access_token_files_for_its_agencies_only(
-    hub_factory: HubFactory, trust: Trust, creds: Creds
-) -> None:
-    client_id, secret = oauth_client(trust)
-    hub = hub_for(hub_factory, trust, creds, client_id)
+def test_a_client_with_an_access_token_files_for_its_agencies_only(motcua: Motcua, trust: Trust) -> None:
+    hub, client_id, secret = motcua.hub, motcua.client_id, motcua.secret
     for basic in (True, False):  # client_secret_basic and client_secret_post
         r = grant(trust, client_id, secret, basic=basic)
         assert r.status_code == 200 and r.headers["cache-control"] == "no-store", r.text
@@ -100,9 +113,8 @@ def test_the_sandbox_authorization_server_refuses_wrong_clients(trust: Trust) ->
 
 
 @SQLITE
-def test_tokens_hub_must_not_take_are_401_invalid_token(hub_factory: HubFactory, trust: Trust, creds: Creds) -> None:
-    client_id, secret = oauth_client(trust)
-    hub = hub_for(hub_factory, trust, creds, client_id)
+def test_tokens_hub_must_not_take_are_401_invalid_token(motcua: Motcua, trust: Trust) -> None:
+    hub, client_id, secret = motcua.hub, motcua.client_id, motcua.secret
     good = grant(trust, client_id, secret).json()["access_token"]
     header = jwt.get_unverified_header(good)
     claims = jwt.decode(good, options={"verify_signature": False})
@@ -162,12 +174,9 @@ def test_an_unreachable_authorization_server_is_503_not_401(
 
 
 @SQLITE
-def test_a_remembered_token_is_taken_until_it_expires_and_not_after(
-    hub_factory: HubFactory, trust: Trust, creds: Creds
-) -> None:
+def test_a_remembered_token_is_taken_until_it_expires_and_not_after(motcua: Motcua, trust: Trust) -> None:
     """hub remembers tokens it verified (a client sends the same one for minutes), never past their expiry."""
-    client_id, secret = oauth_client(trust)
-    hub = hub_for(hub_factory, trust, creds, client_id)
+    hub, client_id, secret = motcua.hub, motcua.client_id, motcua.secret
     good = grant(trust, client_id, secret).json()["access_token"]
     claims = jwt.decode(good, options={"verify_signature": False})
     kid = jwt.get_unverified_header(good)["kid"]

@@ -20,7 +20,7 @@ from sqlalchemy import select, text
 from hub.sandbox.common import ServerThread
 from hub.settings import ClientSystem
 from hub.store.models import AccessLogEntry, Exchange
-from tests.conftest import OTHER_AGENCY, PURPOSE, Creds, Hub, HubFactory
+from tests.conftest import OTHER_AGENCY, PURPOSE, Creds, Hub, HubFactory, client_systems
 from tests.pki_helpers import Trust
 
 AGENCY = "000.00.17.H56"
@@ -736,26 +736,9 @@ def ask_with(hub: Hub, subject_id: str, headers: dict[str, str]) -> httpx.Respon
 
 
 def quota_clients(creds: Creds, name: str, per_minute: int) -> list[ClientSystem]:
-    """The test client with a read quota of `per_minute`, and the other client with the default one."""
-    from pydantic import SecretStr
-
-    return [
-        ClientSystem(
-            name=name,
-            api_key=SecretStr(creds.api_key),
-            agencies=["000.00.17.*"],
-            prefill_procedures=["*"],
-            prefill_purposes=[PURPOSE],
-            prefill_per_minute=per_minute,
-        ),
-        ClientSystem(
-            name="onestop-other",
-            api_key=SecretStr(creds.other_key),
-            agencies=[OTHER_AGENCY],
-            prefill_procedures=["1.004873"],
-            prefill_purposes=["marriage_registration"],
-        ),
-    ]
+    """The test clients, the first renamed `name` with a read quota of `per_minute` (the others keep the default)."""
+    first, *others = client_systems(creds)
+    return [first.model_copy(update={"name": name, "prefill_per_minute": per_minute}), *others]
 
 
 def test_a_client_past_its_read_quota_is_refused_429_logged_and_kept_from_the_register(
