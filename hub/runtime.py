@@ -192,6 +192,7 @@ class Runtime:
                 settings.citizen_idp_audience,
                 settings.citizen_id_claim,
                 timeout=settings.connect_timeout + settings.read_timeout,
+                on_exchange=self.record_exchange,
             )
             if issuer
             else None
@@ -233,7 +234,7 @@ class Runtime:
             on_commit=self.wake,
         )
 
-        self.signatures = SignatureService(settings)
+        self.signatures = SignatureService(settings, on_exchange=self.record_exchange)
         # how fast each client may read personal data: shared through Redis by every process in distributed mode
         self.quota: Quota = LocalQuota() if settings.embedded else RedisQuota(settings.broker_url)
         self.prefill = PrefillService(
@@ -287,6 +288,16 @@ class Runtime:
         ok = all(v == "ok" for v in checks.values())
         maintenance = self.maintenance.on() if checks.get("database") == "ok" else None
         return {"status": "ok" if ok else "unavailable", "checks": checks, "peers": peers, "maintenance": maintenance}
+
+    def record_exchange(self, record: ExchangeRecord) -> None:
+        """An exchange made outside the relay and the pre-fill's journal — an issuer's key set, an OCSP or CRL
+        fetch, a time-stamp — written at once in a transaction of its own (never while one is open: these are made
+        before a request's transaction, or with none). A failure to write is logged, not raised."""
+        try:
+            with self.sessions.begin() as s:
+                self._record_exchanges(s, [record])
+        except Exception as exc:  # noqa: BLE001 - the exchange itself succeeded or failed on its own account
+            log.warning("exchange with %s not recorded: %s", record.peer, exc)
 
     @staticmethod
     def _record_exchanges(session: Session, records: Sequence[ExchangeRecord]) -> None:

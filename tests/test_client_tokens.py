@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from hub.sandbox import contracts
 from hub.settings import ClientSystem
 from tests.conftest import Creds, Hub, HubFactory
-from tests.helpers import dossier
+from tests.helpers import dossier, exchanges
 from tests.pki_helpers import Trust
 
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"])  # authentication does not depend on the database
@@ -84,6 +84,8 @@ def test_a_client_with_an_access_token_files_for_its_agencies_only(motcua: Motcu
     d = dossier(31)
     filed = with_token(hub, token, "POST", "/v1/dossiers", json=d)
     assert filed.status_code == 202, filed.text
+    # the authorization server's keys, fetched to check the first token, are in the exchange record
+    assert exchanges(hub, "authorization_server") == [("jwks", filed.headers["x-correlation-id"], "ok", None, True)]
     shown = with_token(hub, token, "GET", f"/v1/dossiers/{d['MaHoSo']}").json()
     assert shown["events"][0]["client"] == "motcua-oauth"  # recorded as the client system the token maps to
     elsewhere = dossier(32, MaHoSo="000.00.12.H29-241015-0032")
@@ -171,6 +173,8 @@ def test_an_unreachable_authorization_server_is_503_not_401(
     token = grant(trust, client_id, secret).json()["access_token"]
     r = with_token(hub, token, "GET", "/v1/dossiers?overdue=true")
     assert r.status_code == 503 and r.json()["code"] == "authorization_server_unavailable", r.text
+    cid = r.headers["x-correlation-id"]
+    assert exchanges(hub, "authorization_server") == [("jwks", cid, "retryable", "unreachable", False)]
 
 
 @SQLITE

@@ -18,7 +18,7 @@ from hub.sandbox.common import ServerThread
 from hub.sync import jobs
 from tests.api_helpers import assert_problem
 from tests.conftest import Hub, HubFactory
-from tests.helpers import dossier
+from tests.helpers import dossier, exchanges
 from tests.pki_helpers import Trust
 
 EDOC_KEY = "edoc-sandbox-key-0123456789"
@@ -76,6 +76,8 @@ def test_a_document_is_signed_time_stamped_and_delivered(signing_hub: Hub, excha
     assert hub.http.post("/v1/dossiers", json=d).status_code == 202
     r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc(), headers={"Idempotency-Key": "doc-1"})
     assert r.status_code == 202, r.text
+    # the time-stamp asked of the TSA is in the exchange record, under the request's correlation id
+    assert exchanges(hub, "tsa") == [("timestamp", r.headers["x-correlation-id"], "ok", None, True)]
     again = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc(), headers={"Idempotency-Key": "doc-1"})
     assert again.json() == r.json() and again.headers.get("Idempotent-Replayed") == "true"
     hub.wait_idle()

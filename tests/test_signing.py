@@ -25,6 +25,7 @@ from hub.signing.revocation import RevocationSource
 from hub.signing.sign import FileSigner, SigningError, sign_document
 from hub.signing.verify import Verifier
 from tests.conftest import Hub, HubFactory
+from tests.helpers import exchanges
 from tests.pki_helpers import Trust
 
 HUB_BIN = str(Path(sys.executable).with_name("hub"))
@@ -440,6 +441,13 @@ def test_api_verifies_and_reports(signing_hub: Hub, trust: Trust) -> None:
     r = signing_hub.http.post("/v1/signatures/verify", content=signed, headers={"Content-Type": "application/xml"})
     assert r.status_code == 200 and r.json()["indication"] == "TOTAL-PASSED"
     assert r.json()["signed_references"][0]["content"].count("Nguyễn Văn An") == 1
+    # the revocation evidence fetched for it is in the exchange record, under the request's correlation id
+    fetched = exchanges(signing_hub, "pki")
+    assert fetched and {op for op, *_ in fetched} <= {"ocsp", "crl"}, fetched
+    assert all(
+        cid == r.headers["x-correlation-id"] and outcome == "ok" and answered
+        for _, cid, outcome, _e, answered in fetched
+    )
     bad = signing_hub.http.post("/v1/signatures/verify", content=XXE, headers={"Content-Type": "application/xml"})
     assert bad.status_code == 200 and bad.json()["sub_indication"] == "FORMAT_FAILURE"
     metrics = signing_hub.http.get("/metrics").text

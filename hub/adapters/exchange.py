@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -24,3 +26,46 @@ ExchangeHook = Callable[[ExchangeRecord], None]
 
 def digest(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+class Exchange:
+    """One exchange being made (see `recorded`): say how it ended with `answered` or `failed`."""
+
+    def __init__(self) -> None:
+        self.response: bytes | None = None
+        self.outcome = "ok"
+        self.error_code: str | None = None
+
+    def answered(self, response: bytes) -> None:
+        self.response = response
+
+    def failed(self, error_code: str, *, retryable: bool, response: bytes | None = None) -> None:
+        self.outcome, self.error_code, self.response = ("retryable" if retryable else "permanent"), error_code, response
+
+
+@contextmanager
+def recorded(
+    hook: ExchangeHook | None, peer: str, operation: str, correlation_id: str, request: bytes
+) -> Iterator[Exchange]:
+    """Time an exchange made outside an adapter's own recording (a key set, an OCSP or CRL fetch, a time-stamp)
+    and report it to `hook` (if any) as it ends; an exception escaping the block is reported as unreachable."""
+    exchange, started = Exchange(), time.perf_counter()
+    try:
+        yield exchange
+    except Exception:
+        exchange.failed("unreachable", retryable=True)
+        raise
+    finally:
+        if hook is not None:
+            hook(
+                ExchangeRecord(
+                    peer,
+                    operation,
+                    correlation_id,
+                    hashlib.sha256(request).hexdigest(),
+                    digest(exchange.response),
+                    (time.perf_counter() - started) * 1000,
+                    exchange.outcome,
+                    exchange.error_code,
+                )
+            )

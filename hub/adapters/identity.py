@@ -13,6 +13,7 @@ Only asymmetric algorithms are accepted: a token "signed" with `none` or with an
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -21,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 import jwt
 
 from hub.adapters.errors import PeerUnavailable
+from hub.adapters.exchange import ExchangeHook, recorded
 from hub.domain import identifiers
 from hub.domain.errors import DomainError
+from hub.logs import correlation_id
 
 if TYPE_CHECKING:
     from hub.settings import Settings
@@ -30,6 +33,27 @@ if TYPE_CHECKING:
 ALGORITHMS = ["ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"]
 LEEWAY_SECONDS = 30  # clock skew between the provider and hub
 MAX_TOKEN_BYTES = 8192
+
+
+class _RecordedKeys(jwt.PyJWKClient):
+    """PyJWT's JWK client, each fetch of the key set reported for the exchange record."""
+
+    _hook: ExchangeHook | None = None
+    _peer = "identity_provider"
+
+    def reporting(self, hook: ExchangeHook | None, peer: str) -> _RecordedKeys:
+        self._hook, self._peer = hook, peer
+        return self
+
+    def fetch_data(self) -> Any:
+        with recorded(self._hook, self._peer, "jwks", correlation_id.get(), b"GET " + self.uri.encode()) as exchange:
+            try:
+                data = super().fetch_data()
+            except jwt.PyJWKClientConnectionError:
+                exchange.failed("unreachable", retryable=True)
+                raise
+            exchange.answered(json.dumps(data, sort_keys=True).encode())
+            return data
 
 
 class InvalidToken(DomainError):
@@ -46,10 +70,14 @@ class _Verifier:
     what = "token"
     peer = "identity_provider"  # as the exchange record and errors name the issuer
 
-    def __init__(self, issuer: str, jwks_url: str, audience: str, *, timeout: float) -> None:
+    def __init__(
+        self, issuer: str, jwks_url: str, audience: str, *, timeout: float, on_exchange: ExchangeHook | None = None
+    ) -> None:
         self.issuer = issuer
         self.audience = audience
-        self._keys = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=timeout, cooldown_duration=30)
+        self._keys = _RecordedKeys(
+            jwks_url, cache_keys=True, lifespan=300, timeout=timeout, cooldown_duration=30
+        ).reporting(on_exchange, self.peer)
 
     def claims(self, token: str, required: list[str]) -> dict[str, Any]:
         """The verified claims; raises InvalidToken, or PeerUnavailable when the issuer's keys cannot be fetched."""
@@ -87,8 +115,17 @@ class _Verifier:
 class CitizenTokens(_Verifier):
     what = "ID token"
 
-    def __init__(self, issuer: str, jwks_url: str, audience: str, id_claim: str, *, timeout: float) -> None:
-        super().__init__(issuer, jwks_url, audience, timeout=timeout)
+    def __init__(
+        self,
+        issuer: str,
+        jwks_url: str,
+        audience: str,
+        id_claim: str,
+        *,
+        timeout: float,
+        on_exchange: ExchangeHook | None = None,
+    ) -> None:
+        super().__init__(issuer, jwks_url, audience, timeout=timeout, on_exchange=on_exchange)
         self.id_claim = id_claim
 
     def check_header(self, header: dict[str, Any]) -> None:
@@ -116,8 +153,17 @@ class ClientTokens(_Verifier):
 
     CACHE_SIZE = 10_000
 
-    def __init__(self, issuer: str, jwks_url: str, audience: str, client_claim: str, *, timeout: float) -> None:
-        super().__init__(issuer, jwks_url, audience, timeout=timeout)
+    def __init__(
+        self,
+        issuer: str,
+        jwks_url: str,
+        audience: str,
+        client_claim: str,
+        *,
+        timeout: float,
+        on_exchange: ExchangeHook | None = None,
+    ) -> None:
+        super().__init__(issuer, jwks_url, audience, timeout=timeout, on_exchange=on_exchange)
         self.client_claim = client_claim
         # A client sends the same token until it expires: what was verified is remembered until its `exp` (at
         # most), keyed by the token's digest. Verifying costs ~1 ms (the key set rebuilt, the signature checked,
@@ -161,7 +207,7 @@ def looks_like_jwt(value: str) -> bool:
     return value.startswith("eyJ") and value.count(".") == 2
 
 
-def client_tokens(settings: Settings) -> ClientTokens | None:
+def client_tokens(settings: Settings, on_exchange: ExchangeHook | None = None) -> ClientTokens | None:
     """The verifier of client systems' access tokens, when an authorization server is configured (dev: the
     sandbox's) and some client system has an `oauth_client_id`."""
     issuer = settings.effective_oauth_issuer
@@ -173,4 +219,5 @@ def client_tokens(settings: Settings) -> ClientTokens | None:
         settings.oauth_audience,
         settings.oauth_client_claim,
         timeout=settings.connect_timeout + settings.read_timeout,
+        on_exchange=on_exchange,
     )

@@ -161,7 +161,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.client_tokens = client_tokens(settings)
+    app.state.client_tokens = client_tokens(settings, on_exchange=lambda record: rt().record_exchange(record))
     problems.install(app)
 
     def rt() -> Runtime:

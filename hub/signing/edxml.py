@@ -22,6 +22,7 @@ from typing import Any
 
 from lxml import etree
 
+from hub.adapters.exchange import ExchangeHook
 from hub.signing.report import Report
 from hub.signing.sign import Signer, sign_document
 from hub.signing.xml import parse_untrusted
@@ -159,10 +160,14 @@ def sign(
     sent_at: datetime,
     xades: bool = True,
     tsa_url: str | None = None,
+    tsa_timeout: float = 10.0,
+    on_exchange: ExchangeHook | None = None,
 ) -> bytes:
     """Build and sign an envelope as the sending agency (XAdES-B-B, or B-T with a TSA)."""
     envelope = build(header, attachments, sent_at=sent_at, signature_place=True)
-    return sign_document(envelope, signer, xades=xades, tsa_url=tsa_url)
+    return sign_document(
+        envelope, signer, xades=xades, tsa_url=tsa_url, tsa_timeout=tsa_timeout, on_exchange=on_exchange
+    )
 
 
 @dataclass

@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
+from hub.adapters.exchange import ExchangeHook, recorded
+from hub.logs import correlation_id
+
 MAX_EVIDENCE_BYTES = 5 * 1024 * 1024
 
 
@@ -73,7 +76,9 @@ class RevocationSource:
         max_cache_seconds: float = 3600.0,
         max_age_seconds: float = 7 * 86400.0,
         transport: httpx.BaseTransport | None = None,
+        on_exchange: ExchangeHook | None = None,
     ) -> None:
+        self._on_exchange = on_exchange  # each OCSP / CRL fetch, for the exchange record
         self._http = httpx.Client(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout), transport=transport, trust_env=False
         )
@@ -159,21 +164,28 @@ class RevocationSource:
 
     def _get(self, method: str, url: str, out: Collected, **kwargs: Any) -> bytes | None:
         self.fetches += 1
-        try:
-            with self._http.stream(method, url, **kwargs) as r:
-                if r.status_code != 200:
-                    out.problems.append(f"{url}: HTTP {r.status_code}")
-                    return None
-                data = b""
-                for chunk in r.iter_bytes():
-                    data += chunk
-                    if len(data) > MAX_EVIDENCE_BYTES:
-                        out.problems.append(f"{url}: reply larger than {MAX_EVIDENCE_BYTES} bytes")
+        sent = method.encode() + b" " + url.encode() + b"\n" + bytes(kwargs.get("content", b""))
+        operation = "ocsp" if method == "POST" else "crl"
+        with recorded(self._on_exchange, "pki", operation, correlation_id.get(), sent) as exchange:
+            try:
+                with self._http.stream(method, url, **kwargs) as r:
+                    if r.status_code != 200:
+                        out.problems.append(f"{url}: HTTP {r.status_code}")
+                        exchange.failed(f"http_{r.status_code}", retryable=r.status_code >= 500)
                         return None
-                return data
-        except httpx.HTTPError as exc:
-            out.problems.append(f"{url}: {exc.__class__.__name__}")
-            return None
+                    data = b""
+                    for chunk in r.iter_bytes():
+                        data += chunk
+                        if len(data) > MAX_EVIDENCE_BYTES:
+                            out.problems.append(f"{url}: reply larger than {MAX_EVIDENCE_BYTES} bytes")
+                            exchange.failed("reply_too_large", retryable=False)
+                            return None
+                    exchange.answered(data)
+                    return data
+            except httpx.HTTPError as exc:
+                out.problems.append(f"{url}: {exc.__class__.__name__}")
+                exchange.failed("unreachable", retryable=True)
+                return None
 
     def _ocsp(self, url: str, cert: x509.Certificate, issuer: x509.Certificate, out: Collected) -> Evidence | None:
         # SHA-1 here only identifies the certificate in the request (RFC 6960 CertID), as responders expect

@@ -11,6 +11,7 @@ from typing import Any
 
 from cryptography import x509
 
+from hub.adapters.exchange import ExchangeHook
 from hub.domain.errors import DomainError
 from hub.settings import Settings
 from hub.signing.report import Report
@@ -32,12 +33,14 @@ def _load(paths: list[Path]) -> list[x509.Certificate]:
 
 
 class SignatureService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, on_exchange: ExchangeHook | None = None) -> None:
         self.settings = settings
+        self._on_exchange = on_exchange  # OCSP / CRL fetches and time-stamp requests, for the exchange record
         self.revocation = RevocationSource(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             max_cache_seconds=settings.revocation_cache_seconds,
+            on_exchange=on_exchange,
         )
         self._verifier: Verifier | None = None
         self._signer: Signer | None = None
@@ -88,7 +91,15 @@ class SignatureService:
         """An edXML envelope signed as the agency (XAdES, B-T when a TSA is configured)."""
         from hub.signing import edxml
 
-        return edxml.sign(header, attachments, self.signer(), sent_at=sent_at, tsa_url=self.tsa_url())
+        return edxml.sign(
+            header,
+            attachments,
+            self.signer(),
+            sent_at=sent_at,
+            tsa_url=self.tsa_url(),
+            tsa_timeout=self.settings.read_timeout,
+            on_exchange=self._on_exchange,
+        )
 
     def tsa_url(self) -> str | None:
         """The configured TSA; in dev mode with the sandbox PKI, the sandbox's."""
@@ -105,4 +116,11 @@ class SignatureService:
     def sign(self, data: bytes, *, xades: bool = True, timestamp: bool = True) -> bytes:
         """Sign as the agency: XAdES-B-T when a TSA is configured (and `timestamp`), else XAdES-B-B / XMLDSig."""
         tsa = self.tsa_url() if xades and timestamp else None
-        return sign_document(data, self.signer(), xades=xades, tsa_url=tsa, tsa_timeout=self.settings.read_timeout)
+        return sign_document(
+            data,
+            self.signer(),
+            xades=xades,
+            tsa_url=tsa,
+            tsa_timeout=self.settings.read_timeout,
+            on_exchange=self._on_exchange,
+        )

@@ -19,6 +19,7 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.signer import XMLSigner
 from signxml.xades.xades import XAdESSigner
 
+from hub.adapters.exchange import ExchangeHook
 from hub.signing.timestamp import TimestampError, add_signature_timestamp
 from hub.signing.xml import parse_untrusted
 
@@ -96,9 +97,10 @@ def sign_document(
     signing_time: datetime | None = None,
     tsa_url: str | None = None,
     tsa_timeout: float = 10.0,
+    on_exchange: ExchangeHook | None = None,
 ) -> bytes:
     """Sign `data` (an XML document) enveloped; returns the signed document's bytes. With `tsa_url` (XAdES only),
-    the signature is time-stamped by that RFC 3161 authority: XAdES-B-T."""
+    the signature is time-stamped by that RFC 3161 authority: XAdES-B-T (the request reported to `on_exchange`)."""
     if tsa_url and not xades:
         raise SigningError("a signature time-stamp (XAdES-B-T) needs a XAdES signature")
     root = parse_untrusted(data)
@@ -123,7 +125,7 @@ def sign_document(
         if tsa_url:
             signature = signed if signed.tag == f"{{{DS_NS}}}Signature" else signed.find(f".//{{{DS_NS}}}Signature")
             try:
-                add_signature_timestamp(signature, tsa_url, timeout=tsa_timeout)
+                add_signature_timestamp(signature, tsa_url, timeout=tsa_timeout, on_exchange=on_exchange)
             except TimestampError as exc:
                 raise SigningError(str(exc), code=exc.code) from None
     else:

@@ -12,6 +12,8 @@ from typing import Any
 
 from lxml import etree
 
+from hub.adapters.exchange import ExchangeHook, recorded
+from hub.logs import correlation_id
 from hub.signing.xml import reparse
 
 DS = "http://www.w3.org/2000/09/xmldsig#"
@@ -44,8 +46,20 @@ def canonical(el: Any, algorithm: str) -> bytes:
     raise ValueError(f"canonicalization {algorithm!r} is not supported for time-stamps")
 
 
-def request_token(url: str, digest: bytes, *, timeout: float = 10.0) -> bytes:
-    """A time-stamp token (DER ContentInfo) over a SHA-256 `digest` from the TSA at `url`."""
+def request_token(url: str, digest: bytes, *, timeout: float = 10.0, on_exchange: ExchangeHook | None = None) -> bytes:
+    """A time-stamp token (DER ContentInfo) over a SHA-256 `digest` from the TSA at `url` (reported to
+    `on_exchange` for the exchange record)."""
+    with recorded(on_exchange, "tsa", "timestamp", correlation_id.get(), url.encode() + b"\n" + digest) as exchange:
+        try:
+            token = _request_token(url, digest, timeout)
+        except TimestampError as exc:
+            exchange.failed(exc.code, retryable=exc.code == "tsa_unavailable")
+            raise
+        exchange.answered(token)
+        return token
+
+
+def _request_token(url: str, digest: bytes, timeout: float) -> bytes:
     import requests
     from pyhanko.sign.general import SigningError as PyhankoSigningError
     from pyhanko.sign.timestamps.common_utils import TimestampRequestError
@@ -63,13 +77,16 @@ def request_token(url: str, digest: bytes, *, timeout: float = 10.0) -> bytes:
     return bytes(token.dump())
 
 
-def add_signature_timestamp(signature: Any, tsa_url: str, *, timeout: float = 10.0) -> None:
+def add_signature_timestamp(
+    signature: Any, tsa_url: str, *, timeout: float = 10.0, on_exchange: ExchangeHook | None = None
+) -> None:
     """Turn a XAdES-B-B signature (lxml ds:Signature) into XAdES-B-T: add a SignatureTimeStamp over its value."""
     value = signature.find("ds:SignatureValue", NS)
     properties = signature.find(".//xades:QualifyingProperties", NS)
     if value is None or properties is None:
         raise ValueError("a signature time-stamp needs a XAdES signature with a SignatureValue")
-    token = request_token(tsa_url, hashlib.sha256(canonical(value, EXC_C14N)).digest(), timeout=timeout)
+    digest = hashlib.sha256(canonical(value, EXC_C14N)).digest()
+    token = request_token(tsa_url, digest, timeout=timeout, on_exchange=on_exchange)
     unsigned = properties.find("xades:UnsignedProperties", NS)
     if unsigned is None:
         unsigned = etree.SubElement(properties, f"{{{XADES}}}UnsignedProperties")
