@@ -516,6 +516,7 @@ def clients_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
         {
             "name": c.name,
             "api_key": c.api_key is not None,
+            "next_api_key": c.next_api_key is not None,
             "oauth_client_id": c.oauth_client_id,
             "agencies": c.agencies,
             "roles": c.roles,
@@ -532,9 +533,8 @@ def clients_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     for column in ("name", "authenticates with", "agencies", "roles", "pre-fill (procedures / purposes)", "quota"):
         table.add_column(column)
     for c in settings.clients:
-        ways = (["API key"] if c.api_key is not None else []) + (
-            [f"OAuth {c.oauth_client_id}"] if c.oauth_client_id else []
-        )
+        keys = {0: [], 1: ["API key"], 2: ["API key (rotating: 2 taken)"]}[len(c.keys)]
+        ways = keys + ([f"OAuth {c.oauth_client_id}"] if c.oauth_client_id else [])
         prefill = f"{', '.join(c.prefill_procedures) or '-'} / {', '.join(c.prefill_purposes) or '-'}"
         quota = f"{c.prefill_per_minute}/min" if c.prefill_per_minute else "none"
         table.add_row(c.name, " + ".join(ways), ", ".join(c.agencies), ", ".join(c.roles), prefill, quota)

@@ -22,6 +22,11 @@ class ClientSystem(BaseModel):
 
     name: str
     api_key: SecretStr | None = Field(default=None, description="its API key (X-API-Key or Authorization: Bearer)")
+    next_api_key: SecretStr | None = Field(
+        default=None,
+        description="a second key taken beside `api_key` while the client changes over to it (key rotation: set "
+        "it, let the client switch, then make it the `api_key` and clear this)",
+    )
     oauth_client_id: str | None = Field(
         default=None,
         description="its client_id at the OAuth 2.0 authorization server (HUB_OAUTH_ISSUER): access tokens "
@@ -49,6 +54,11 @@ class ClientSystem(BaseModel):
         if self.api_key is None and not self.oauth_client_id:
             raise ValueError(f"client {self.name!r} needs an api_key or an oauth_client_id")
         return self
+
+    @property
+    def keys(self) -> list[SecretStr]:
+        """The API keys it may present: its key, and during a rotation the next one."""
+        return [k for k in (self.api_key, self.next_api_key) if k is not None]
 
     def may_prefill(self, procedure: str, purpose: str) -> bool:
         procedures_ok = "*" in self.prefill_procedures or procedure in self.prefill_procedures
@@ -184,7 +194,7 @@ class Settings(BaseSettings):
             problems.append("HUB_SECRET_KEY must be set to a random value of at least 32 characters")
         if not self.clients:
             problems.append("HUB_CLIENTS must list the client systems, each with its own API key")
-        if any(c.api_key is not None and len(c.api_key.get_secret_value()) < 24 for c in self.clients):
+        if any(len(key.get_secret_value()) < 24 for c in self.clients for key in c.keys):
             problems.append("client API keys must be at least 24 characters")
         if self.national_portal_password is None or not self.national_portal_password.get_secret_value():
             problems.append("HUB_NATIONAL_PORTAL_PASSWORD must be set")
@@ -248,10 +258,9 @@ class Settings(BaseSettings):
         offered = hashlib.sha256(api_key.encode()).digest()
         found = None
         for client in self.clients:
-            if client.api_key is None:
-                continue
-            if hmac.compare_digest(offered, hashlib.sha256(client.api_key.get_secret_value().encode()).digest()):
-                found = client
+            for key in client.keys:
+                if hmac.compare_digest(offered, hashlib.sha256(key.get_secret_value().encode()).digest()):
+                    found = client
         return found
 
     def client_for_oauth(self, client_id: str) -> ClientSystem | None:

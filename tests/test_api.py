@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, StatusEvent
@@ -204,6 +205,28 @@ def test_authentication_and_agency_authorization(hub: Hub, creds: Creds) -> None
     ok_other = other.post("/v1/dossiers", json=dossier(12, agency=OTHER_AGENCY))
     assert ok_other.status_code == 202
     assert rows(hub)["dossiers"] == 2
+
+
+def test_a_key_is_rotated_without_a_moment_refused(hub_factory: HubFactory, creds: Creds) -> None:
+    """During a rotation hub takes the client's key and its next one, as the same client; after it, the old one
+    is refused."""
+    import secrets
+
+    from tests.conftest import client_systems
+
+    new_key = secrets.token_urlsafe(24)
+    first, *others = client_systems(creds)
+    during = hub_factory(clients=[first.model_copy(update={"next_api_key": SecretStr(new_key)}), *others])
+    d = dossier(14)
+    for n, key in enumerate((creds.api_key, new_key)):
+        r = httpx.post(f"{during.url}/v1/dossiers", json=d, headers={"X-API-Key": key, "Idempotency-Key": f"k{n}"})
+        assert r.status_code == 202, r.text
+    events = httpx.get(f"{during.url}/v1/dossiers/{d['MaHoSo']}", headers={"X-API-Key": new_key}).json()["events"]
+    assert [e["client"] for e in events] == ["onestop-hcm", "onestop-hcm"]  # one client, whichever key
+    after = hub_factory(clients=[first.model_copy(update={"api_key": SecretStr(new_key)}), *others])
+    overdue = f"{after.url}/v1/dossiers?overdue=true"
+    assert httpx.get(overdue, headers={"X-API-Key": new_key}).status_code == 200
+    assert_problem(httpx.get(overdue, headers={"X-API-Key": creds.api_key}), 401, "invalid_api_key")
 
 
 def test_unknown_dossier_is_404(hub: Hub) -> None:

@@ -233,7 +233,13 @@ def test_clients_list_shows_how_each_authenticates_never_the_key(tmp_path: Path)
     assert made.returncode == 0 and re.fullmatch(r"[A-Za-z0-9_-]{32}\n", made.stdout), made.stdout
     key = made.stdout.strip()
     clients = [
-        {"name": "motcua-hcm", "api_key": key, "agencies": ["000.00.17.*"], "prefill_per_minute": 120},
+        {
+            "name": "motcua-hcm",
+            "api_key": key,
+            "next_api_key": key[::-1],
+            "agencies": ["000.00.17.*"],
+            "prefill_per_minute": 120,
+        },
         {"name": "lgsp-dn", "oauth_client_id": "dn-motcua", "agencies": ["000.00.23.*"], "prefill_per_minute": None},
     ]
     env = {"HUB_CLIENTS": json.dumps(clients), "HUB_OAUTH_ISSUER": "https://lgsp.example.gov.vn/oauth2"}
@@ -246,8 +252,9 @@ def test_clients_list_shows_how_each_authenticates_never_the_key(tmp_path: Path)
         ("lgsp-dn", False, "dn-motcua", None),
     ]
     table = run(["clients", "list"], tmp_path, env)
-    assert "OAuth dn-motcua" in table.stdout and "120/min" in table.stdout
-    assert key not in listed.stdout + table.stdout + table.stderr
+    assert "OAuth dn-motcua" in table.stdout and "120/min" in table.stdout and "rotating" in table.stdout
+    assert [c["next_api_key"] for c in shown["clients"]] == [True, False]
+    assert key not in listed.stdout + table.stdout + table.stderr and key[::-1] not in listed.stdout + table.stdout
     # a client with no way to authenticate is a configuration error, said plainly
     bad = run(["clients", "list"], tmp_path, {"HUB_CLIENTS": json.dumps([{"name": "x", "agencies": ["*"]}])})
     assert bad.returncode == 2 and "needs an api_key or an oauth_client_id" in bad.stderr
