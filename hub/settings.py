@@ -193,7 +193,7 @@ class Settings(BaseSettings):
         if self.secret_key is None or len(self.secret_key.get_secret_value()) < 32:
             problems.append("HUB_SECRET_KEY must be set to a random value of at least 32 characters")
         if not self.clients:
-            problems.append("HUB_CLIENTS must list the client systems, each with its own API key")
+            problems.append("HUB_CLIENTS must list the client systems, each with its own API key or OAuth client id")
         if any(len(key.get_secret_value()) < 24 for c in self.clients for key in c.keys):
             problems.append("client API keys must be at least 24 characters")
         if self.national_portal_password is None or not self.national_portal_password.get_secret_value():

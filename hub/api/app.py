@@ -80,7 +80,7 @@ class CitizenSignInUnavailable(DomainError):
     status = 503
 
 
-async def _client(  # async: no I/O here, so FastAPI runs it on the event loop, not through the threadpool
+async def _client(  # async: an API key costs no I/O, so FastAPI runs this on the event loop, not in the threadpool
     request: Request,
     x_api_key: Annotated[str | None, Security(API_KEY)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
