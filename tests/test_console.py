@@ -79,7 +79,8 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     assert "Sai tên đăng nhập hoặc mật khẩu" in page.locator("#error").inner_text()
     login(page, base, "tran.van.an")
     assert page.locator("h1").inner_text() == "Tổng quan"
-    assert "one_stop" in page.locator("#peers").inner_text()
+    peers = page.locator("#peers").inner_text()
+    assert "Hệ thống một cửa điện tử của tỉnh" in peers and "one_stop" in peers  # named in Vietnamese, and its id
     shot(page, "overview")
     # find the dossier and read its timeline
     page.click("text=Hồ sơ")
@@ -105,6 +106,7 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     # English on request
     page.click("#lang")
     assert page.locator("header").inner_text().count("Dead letters") == 1
+    assert "Provincial one-stop system" in page.locator("#timeline").inner_text()
     shot(page, "timeline-delivered-en")
     context.close()
 

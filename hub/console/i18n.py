@@ -134,5 +134,42 @@ TEXT: dict[str, dict[str, str]] = {
 }
 
 
+# The systems hub talks to, by the name the exchange record and the outbox use for them.
+PEERS: dict[str, dict[str, str]] = {
+    "vi": {
+        "national_portal": "Cổng Dịch vụ công quốc gia",
+        "one_stop": "Hệ thống một cửa điện tử của tỉnh",
+        "population": "CSDL quốc gia về dân cư",
+        "payment_dvc": "Nền tảng thanh toán trên Cổng DVC quốc gia",
+        "payment_vnpay": "Cổng thanh toán VNPay",
+        "document_exchange": "Trục liên thông văn bản",
+        "email": "Thư điện tử",
+        "sms": "Tin nhắn SMS",
+        "pki": "Kiểm tra chứng thư số (OCSP, CRL)",
+        "tsa": "Dịch vụ cấp dấu thời gian",
+        "identity_provider": "Định danh công dân (VNeID)",
+        "authorization_server": "Máy chủ cấp quyền (OAuth)",
+    },
+    "en": {
+        "national_portal": "National public-service portal",
+        "one_stop": "Provincial one-stop system",
+        "population": "National population database",
+        "payment_dvc": "DVC payment platform",
+        "payment_vnpay": "VNPay gateway",
+        "document_exchange": "Document exchange platform",
+        "email": "Email",
+        "sms": "SMS gateway",
+        "pki": "Certificate status (OCSP, CRL)",
+        "tsa": "Time-stamping authority",
+        "identity_provider": "Citizens' identity provider (VNeID)",
+        "authorization_server": "Authorization server (OAuth)",
+    },
+}
+
+
 def words(lang: str) -> dict[str, str]:
     return TEXT.get(lang, TEXT["vi"])
+
+
+def peer_names(lang: str) -> dict[str, str]:
+    return PEERS.get(lang, PEERS["vi"])

@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 
 from hub.console.auth import Operators
-from hub.console.i18n import words
+from hub.console.i18n import peer_names, words
 from hub.domain.dates import utcnow
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.services.dossiers import mask_id
@@ -82,6 +82,7 @@ def router(runtime: Any) -> APIRouter:
         base = {
             "lang": lang,
             "t": words(lang),
+            "peer_names": peer_names(lang),
             "user": request.session.get("user"),
             "role": request.session.get("role"),
             "csrf": csrf_of(request),
