@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -273,6 +274,42 @@ def db_upgrade(revision: str = "head") -> None:
     settings = _settings()
     db.upgrade(settings.effective_database_url, revision)
     out.print(f"database at {revision}")
+
+
+@db_cli.command("backup")
+def db_backup(
+    out_file: Annotated[Path, typer.Argument(help="the backup file to write (never overwritten)")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A consistent copy of the embedded SQLite database, taken while hub runs (writers are not held back); checked
+    before it is kept. PostgreSQL is backed up with its own tools (pg_dump, or base backups with WAL archiving)."""
+    from hub.store import db
+
+    settings = _settings()
+    url = settings.effective_database_url
+    if db.sqlite_path(url) is None:
+        err.print(
+            "[red]not a SQLite database:[/red] back PostgreSQL up with its own tools — `pg_dump --format=custom` "
+            "for a copy, base backups with WAL archiving for point-in-time recovery (docs/operations.md)"
+        )
+        raise typer.Exit(2)
+    try:
+        done = db.backup_sqlite(url, out_file)
+    except FileExistsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    except (sqlite3.Error, RuntimeError) as exc:
+        err.print(f"[red]backup failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        out.print_json(json.dumps(done))
+        return
+    out.print(
+        f"backup written: {done['file']} ({done['bytes']:,} bytes in {done['seconds']} s; integrity ok) — "
+        f"{done['dossiers']} dossiers, {done['status_events']} status events, {done['outbox']} outbox rows, "
+        f"{done['access_log']} access-log entries",
+        soft_wrap=True,
+    )
 
 
 def _progress(*, disable: bool) -> Any:

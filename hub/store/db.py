@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -229,3 +230,37 @@ def head_revision(url: str) -> str | None:
 
     head: str | None = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     return head
+
+
+def backup_sqlite(url: str, out: Path) -> dict[str, Any]:
+    """A consistent copy of a SQLite database taken while hub runs (`VACUUM INTO`: one read snapshot, which in WAL
+    mode holds no writer back; the copy is compacted), written beside `out` and renamed into place once checked
+    with `PRAGMA integrity_check`. Returns what was copied."""
+    source = sqlite_path(url)
+    if source is None:
+        raise ValueError("not a SQLite database file")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; backups are never overwritten")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.unlink(missing_ok=True)
+    started = time.monotonic()
+    conn = sqlite3.connect(source, timeout=30, isolation_level=None)
+    try:
+        conn.execute("VACUUM INTO ?", (str(partial),))
+    finally:
+        conn.close()
+    copy = sqlite3.connect(partial, isolation_level=None)
+    try:
+        ((check,),) = copy.execute("PRAGMA integrity_check").fetchall()
+        counts = {
+            table: int(copy.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])  # noqa: S608 - fixed names
+            for table in ("dossiers", "status_events", "outbox", "exchanges", "access_log")
+        }
+    finally:
+        copy.close()
+    if check != "ok":
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"the copy failed its integrity check: {check}")
+    os.replace(partial, out)
+    return {"file": str(out), "bytes": out.stat().st_size, "seconds": round(time.monotonic() - started, 2), **counts}
