@@ -167,6 +167,15 @@ def test_a_body_not_sent_as_json_is_415_saying_so(hub: Hub) -> None:
     assert r.status_code == 202, r.text
 
 
+def test_a_json_body_with_a_byte_order_mark_is_taken(hub: Hub) -> None:
+    """.NET's default UTF-8 writers put a BOM before the JSON; one-stop systems built on it are served all the same."""
+    d = dossier(15)
+    body = b"\xef\xbb\xbf" + json.dumps(d, ensure_ascii=False).encode()
+    r = hub.http.post("/v1/dossiers", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 202, r.text
+    assert hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["dossier"]["ChuHoSo"] == d["ChuHoSo"]
+
+
 def test_oversized_body_is_413(hub: Hub) -> None:
     d = dossier(9, GhiChu="x" * (hub.settings.max_body_bytes + 10))
     assert_problem(hub.http.post("/v1/dossiers", json=d), 413, "body_too_large")
