@@ -276,6 +276,35 @@ def db_upgrade(revision: str = "head") -> None:
     out.print(f"database at {revision}")
 
 
+@cli.command()
+def check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Ask every system hub depends on whether it answers as hub needs (before going live, after a change):
+    database schema, broker, the portal accepting hub's credentials, peers reachable, hub's own signature passing
+    its verifier, identity providers' keys. Exit 1 if any check fails."""
+    from hub.services import preflight
+
+    rt = _jobs_runtime()
+    try:
+        checks = preflight.run(rt)
+    finally:
+        rt.close()
+    failed = [c for c in checks if c.status == "fail"]
+    if as_json:
+        from dataclasses import asdict
+
+        out.print_json(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}))
+    else:
+        table = Table(title=f"hub check ({rt.settings.mode} mode)")
+        for column in ("check", "", "what was found", "ms"):
+            table.add_column(column)
+        marks = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]", "skip": "-"}
+        for c in checks:
+            table.add_row(c.name, marks[c.status], c.detail, f"{c.ms:.0f}")
+        out.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
 @db_cli.command("backup")
 def db_backup(
     out_file: Annotated[Path, typer.Argument(help="the backup file to write (never overwritten)")],

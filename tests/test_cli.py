@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hub.sandbox.common import ServerThread
 from tests.conftest import Creds, HubFactory
 from tests.helpers import dossier, step
+from tests.pki_helpers import Trust
 
 HUB = str(Path(sys.executable).with_name("hub"))
 
@@ -311,3 +313,54 @@ def test_db_backup_is_a_consistent_copy_taken_while_hub_writes(
     assert json.loads(restored.stdout)["totals"] == {"pending": report["outbox"]}
     pg = run(["db", "backup", str(tmp_path / "x.db")], tmp_path, {"HUB_DATABASE_URL": "postgresql+psycopg://h/db"})
     assert pg.returncode == 2 and "pg_dump" in pg.stderr
+
+
+def test_check_asks_every_system_and_says_what_fails(
+    tmp_path: Path,
+    creds: Creds,
+    portal_server: ServerThread,
+    population_server: ServerThread,
+    pay_server: ServerThread,
+    trust: Trust,
+) -> None:
+    import shutil
+
+    from tests.conftest import PAY_PARTNER, PAY_SECRET, PORTAL_USER
+
+    shutil.copytree(trust.dir, tmp_path / "var" / "sandbox-pki")  # the dev default: the sandbox PKI signs
+    env = {
+        "HUB_VAR_DIR": str(tmp_path / "var"),
+        "HUB_SECRET_KEY": creds.secret_key,
+        "HUB_NATIONAL_PORTAL_URL": portal_server.url,
+        "HUB_NATIONAL_PORTAL_USERNAME": PORTAL_USER,
+        "HUB_NATIONAL_PORTAL_PASSWORD": creds.portal_password,
+        "HUB_POPULATION_URL": f"{population_server.url}/ws/congdan",
+        "HUB_PAYMENT_DVC_URL": pay_server.url,
+        "HUB_PAYMENT_DVC_PARTNER": PAY_PARTNER,
+        "HUB_PAYMENT_DVC_SECRET": PAY_SECRET,
+        "HUB_DOCUMENT_EXCHANGE_URL": portal_server.url,  # reachability only
+        "HUB_SIGNING_TSA_URL": f"{trust.server.url}/pki/tsa",
+        "HUB_CITIZEN_IDP_ISSUER": f"{trust.server.url}/idp",
+        "HUB_OAUTH_ISSUER": f"{trust.server.url}/idp",
+    }
+    assert run(["db", "upgrade"], tmp_path, env).returncode == 0
+    good = run(["check", "--json"], tmp_path, env)
+    assert good.stdout.startswith("{"), good.stderr
+    report = json.loads(good.stdout)
+    assert good.returncode == 0 and report["ok"] is True, good.stdout
+    status = {c["name"]: (c["status"], c["detail"]) for c in report["checks"]}
+    assert {name for name, (state, _) in status.items() if state == "ok"} == {
+        "database", "national_portal", "population", "payment_dvc", "document_exchange", "signing",
+        "identity_provider", "authorization_server",
+    }  # fmt: skip
+    assert "XAdES-B-T" in status["signing"][1] and "signed in as hub-test" in status["national_portal"][1]
+    # a wrong portal password and a register that does not answer: each said, the rest still checked
+    bad = run(
+        ["check"],
+        tmp_path,
+        {**env, "HUB_NATIONAL_PORTAL_PASSWORD": "wrong-password", "HUB_POPULATION_URL": "http://127.0.0.1:9/ws"},
+    )
+    assert bad.returncode == 1, bad.stdout
+    lines = {line.split("│")[1].strip(): line for line in bad.stdout.splitlines() if line.count("│") >= 4}
+    assert "FAIL" in lines["national_portal"] and "peer_auth_failed" in lines["national_portal"]
+    assert "FAIL" in lines["population"] and " ok " in lines["signing"]

@@ -82,6 +82,12 @@ class NationalPortalClient:
 
     # -- session ---------------------------------------------------------------------------------------------
 
+    def sign_in(self, *, correlation_id: str, on_exchange: ExchangeHook | None = None) -> None:
+        """Sign in afresh (hub check: are hub's credentials accepted?); raises PeerAuthFailed if refused."""
+        with self._session_lock:
+            self._session = None
+        self._authenticate(None, correlation_id, on_exchange)
+
     def _authenticate(self, stale: str | None, correlation_id: str, on_exchange: ExchangeHook | None) -> str:
         with self._session_lock:
             if self._session is not None and self._session != stale:

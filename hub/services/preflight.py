@@ -1,0 +1,138 @@
+"""`hub check`: before going live (and after any change of configuration), ask every system hub depends on whether
+it answers as hub needs — the database at the schema's head, the broker, the national portal accepting hub's
+credentials, the other peers reachable, hub's signing key producing a signature its own verifier passes with the
+configured anchors and revocation, the identity providers' published keys. Each check says ok, warn or fail with
+what it found; nothing is written anywhere but the exchange record of the calls made."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from hub.adapters.errors import PeerError
+
+if TYPE_CHECKING:
+    from hub.runtime import Runtime
+
+CERT_WARN_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: str  # ok | warn | fail | skip
+    detail: str
+    ms: float = 0.0
+
+
+def _reachable(url: str, timeout: float) -> tuple[str, str]:
+    """Any HTTP answer means the system is there (hub's own calls prove the rest); no answer is a failure."""
+    try:
+        r = httpx.get(url, timeout=timeout, follow_redirects=False, trust_env=False)
+    except httpx.HTTPError as exc:
+        return "fail", f"{url}: no answer ({exc.__class__.__name__})"
+    return "ok", f"{url}: HTTP {r.status_code}"
+
+
+def run(rt: Runtime) -> list[Check]:
+    s = rt.settings
+    timeout = s.connect_timeout + s.read_timeout
+    correlation = f"preflight-{uuid.uuid4().hex[:12]}"
+    checks: list[Check] = []
+
+    def check(name: str, probe: Callable[[], tuple[str, str]]) -> None:
+        started = time.perf_counter()
+        try:
+            status, detail = probe()
+        except PeerError as exc:
+            status, detail = "fail", f"{exc.code}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a check reports what went wrong; it never stops the others
+            status, detail = "fail", f"{exc.__class__.__name__}: {exc}"
+        checks.append(Check(name, status, detail[:300], round((time.perf_counter() - started) * 1000, 1)))
+
+    def database() -> tuple[str, str]:
+        from hub.store import db
+
+        current, head = db.current_revision(rt.engine), db.head_revision(s.effective_database_url)
+        if current != head:
+            return "fail", f"schema at {current}, code expects {head}: run `hub db upgrade`"
+        return "ok", f"{rt.engine.dialect.name}, schema at {head}"
+
+    def broker() -> tuple[str, str]:
+        if s.embedded:
+            return "skip", "embedded mode: no broker"
+        import redis
+
+        redis.Redis.from_url(s.broker_url, socket_timeout=timeout, socket_connect_timeout=s.connect_timeout).ping()
+        return "ok", "Redis answers"
+
+    def portal() -> tuple[str, str]:
+        rt.portal.sign_in(correlation_id=correlation, on_exchange=rt.record_exchange)
+        return "ok", f"{s.effective_national_portal_url}: signed in as {s.national_portal_username}"
+
+    def signing() -> tuple[str, str]:
+        from hub.signing.sign import sign_document
+
+        signer = rt.signatures.signer()
+        cert = signer.certificate
+        left = cert.not_valid_after_utc - datetime.now(UTC)
+        document = b"<KiemTra><NoiDung>hub check</NoiDung></KiemTra>"
+        tsa = rt.signatures.tsa_url()
+        signed = sign_document(document, signer, xades=True, tsa_url=tsa, tsa_timeout=s.read_timeout)
+        report = rt.signatures.verify(signed)
+        subject = cert.subject.rfc4514_string()
+        if report.indication != "TOTAL-PASSED":
+            return "fail", f"{subject}: its own signature is {report.indication} {report.sub_indication or ''}"
+        form = "XAdES-B-T (time-stamped)" if tsa else "XAdES-B-B (no TSA configured)"
+        if left < timedelta(days=CERT_WARN_DAYS):
+            return "warn", f"{subject}: certificate expires in {left.days} days; signatures pass ({form})"
+        return "ok", f"{subject}: {form} signature passes with chain and revocation; valid {left.days} more days"
+
+    def smtp() -> tuple[str, str]:
+        if not s.smtp_host:
+            return "skip", "HUB_SMTP_HOST not set: no email to citizens"
+        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=timeout) as conn:
+            code, _ = conn.ehlo()
+        return ("ok" if 200 <= code < 300 else "fail"), f"{s.smtp_host}:{s.smtp_port}: EHLO {code}"
+
+    def keys(issuer: str) -> Callable[[], tuple[str, str]]:
+        def probe() -> tuple[str, str]:
+            r = httpx.get(f"{issuer}/jwks.json", timeout=timeout, trust_env=False)
+            found = len(r.json().get("keys", [])) if r.status_code == 200 else 0
+            return ("ok" if found else "fail"), f"{issuer}: HTTP {r.status_code}, {found} signing key(s)"
+
+        return probe
+
+    check("database", database)
+    check("broker", broker)
+    check("national_portal", portal)
+    check("population", lambda: _reachable(s.effective_population_url, timeout))
+    for name, url in _peer_urls(rt).items():
+        check(name, lambda url=url: _reachable(url, timeout))  # type: ignore[misc]
+    check("email", smtp)
+    check("signing", signing)
+    if rt.citizen_tokens is not None:
+        check("identity_provider", keys(rt.citizen_tokens.issuer))
+    if s.effective_oauth_issuer and any(c.oauth_client_id for c in s.clients):
+        check("authorization_server", keys(s.effective_oauth_issuer))
+    return checks
+
+
+def _peer_urls(rt: Runtime) -> dict[str, str]:
+    s = rt.settings
+    urls: dict[str, Any] = {
+        "payment_dvc": s.effective_payment_dvc_url if "dvc" in rt.payment_platforms else None,
+        "payment_vnpay": (s.payment_vnpay_api_url or s.payment_vnpay_pay_url)
+        if "vnpay" in rt.payment_platforms
+        else None,
+        "document_exchange": s.effective_document_exchange_url,
+        "sms": s.sms_gateway_url or None,
+    }
+    return {name: url for name, url in urls.items() if url}
