@@ -204,6 +204,11 @@ def test_authentication_and_agency_authorization(hub: Hub, creds: Creds) -> None
     spec = httpx.get(f"{hub.url}/openapi.json").json()
     assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer", "CitizenIdToken"}
     assert spec["paths"]["/v1/dossiers"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    # and what errors are: a Problem as application/problem+json, not FastAPI's default HTTPValidationError
+    refused = spec["paths"]["/v1/dossiers"]["post"]["responses"]
+    assert "422" not in refused and "HTTPValidationError" not in spec["components"]["schemas"]
+    assert refused["4XX"]["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+    assert spec["components"]["schemas"]["Problem"]["required"] == ["type", "title", "status", "code"]
     # a citizen's own data: their ID token from the identity provider, never a client system's key
     assert spec["paths"]["/v1/citizens/me/data-usage"]["get"]["security"] == [{"CitizenIdToken": []}]
     other = httpx.Client(base_url=hub.url, headers={"X-API-Key": creds.other_key})

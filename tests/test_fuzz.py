@@ -15,6 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 from pydantic import SecretStr
 from schemathesis.generation import GenerationMode
 
@@ -91,11 +92,18 @@ def api_schema(fuzzed_hub: str) -> Any:
     return schemathesis.openapi.from_url(f"{fuzzed_hub}/openapi.json")
 
 
+@pytest.fixture(scope="module")
+def problem_schema(fuzzed_hub: str) -> Any:
+    """What the served OpenAPI document says every 4xx/5xx of a /v1 operation is."""
+    spec = httpx.get(f"{fuzzed_hub}/openapi.json").json()
+    return spec["components"]["schemas"]["Problem"]
+
+
 @pytest.mark.parametrize(("label", "mode"), _cases(), ids=lambda v: v.value if isinstance(v, GenerationMode) else v)
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
 @given(data=st.data())
 def test_no_operation_answers_5xx_or_an_unstructured_error(
-    data: st.DataObject, label: str, mode: GenerationMode, api_schema: Any, fuzzed_hub: str
+    data: st.DataObject, label: str, mode: GenerationMode, api_schema: Any, problem_schema: Any, fuzzed_hub: str
 ) -> None:
     operation = api_schema.find_operation_by_label(label)
     case = data.draw(operation.as_strategy(generation_mode=mode))
@@ -108,6 +116,7 @@ def test_no_operation_answers_5xx_or_an_unstructured_error(
         body = response.json()
         assert isinstance(body.get("code"), str) and body["code"], where
         assert body.get("status") == response.status_code, where
+        assert list(Draft202012Validator(problem_schema).iter_errors(body)) == [], where  # as documented
 
 
 def test_the_fuzzed_schema_reaches_every_operation(fuzzed_hub: str) -> None:

@@ -163,6 +163,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.client_tokens = client_tokens(settings, on_exchange=lambda record: rt().record_exchange(record))
     problems.install(app)
+    problems.document(app)
 
     def rt() -> Runtime:
         return holder["rt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -131,3 +132,63 @@ def install(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "internal_error", "Internal error", "an unexpected error occurred; it has been logged")
+
+
+# What every error answer is, for the OpenAPI document: generated clients then parse hub's errors as they are.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An error (RFC 9457 problem details, application/problem+json). `code` is stable: branch on it.",
+    "type": "object",
+    "required": ["type", "title", "status", "code"],
+    "properties": {
+        "type": {"type": "string", "description": "https://hub.example/problems/{code}"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "description": "the HTTP status, repeated"},
+        "code": {"type": "string", "description": "stable machine-readable code, e.g. invalid_transition"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "for 422: each invalid part of the request",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+        "retry_after": {"type": "integer", "description": "for 429: seconds, as in the Retry-After header"},
+    },
+    "additionalProperties": True,
+}
+
+
+def document(app: FastAPI) -> None:
+    """Make the served OpenAPI document say what hub answers on errors: a Problem as application/problem+json for
+    any 4xx and 5xx of a /v1 operation, in place of FastAPI's default 422 `HTTPValidationError`, which hub never
+    sends."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = generate()  # FastAPI's, kept as app.openapi_schema: amended in place below
+        problem_ref = {"$ref": "#/components/schemas/Problem"}
+        answer = {"content": {PROBLEM: {"schema": problem_ref}}}
+        for path, operations in spec.get("paths", {}).items():
+            if not path.startswith("/v1/"):
+                continue
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                responses["4XX"] = {"description": "the request was refused (see `code`)", **answer}
+                responses["5XX"] = {"description": "hub or a system it depends on could not serve it now", **answer}
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            if unused not in json.dumps(spec["paths"]):
+                schemas.pop(unused, None)
+        schemas["Problem"] = PROBLEM_SCHEMA
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
