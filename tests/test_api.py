@@ -221,6 +221,25 @@ def test_authentication_and_agency_authorization(hub: Hub, creds: Creds) -> None
     assert rows(hub)["dossiers"] == 2
 
 
+def test_answers_are_what_the_openapi_document_says(hub: Hub) -> None:
+    """A client generated from /openapi.json parses hub's answers: 202s as `Accepted`, errors as `Problem`."""
+    from jsonschema import Draft202012Validator
+
+    spec = hub.http.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    accepted, problem = Draft202012Validator(schemas["Accepted"]), Draft202012Validator(schemas["Problem"])
+    assert schemas["Accepted"]["additionalProperties"] is False
+    d = dossier(16)
+    answers = [
+        hub.http.post("/v1/dossiers", json=d),
+        hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4)),
+    ]
+    for r in answers:
+        assert r.status_code == 202 and list(accepted.iter_errors(r.json())) == [], r.text
+    refused = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 1))
+    assert refused.status_code == 409 and list(problem.iter_errors(refused.json())) == [], refused.text
+
+
 def test_a_key_is_rotated_without_a_moment_refused(hub_factory: HubFactory, creds: Creds) -> None:
     """During a rotation hub takes the client's key and its next one, as the same client; after it, the old one
     is refused."""

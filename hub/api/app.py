@@ -28,7 +28,7 @@ from hub.logs import correlation_id
 from hub.runtime import Runtime
 from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, SubjectIn
-from hub.services.schemas import DossierIn, EdocIn, ProgressIn
+from hub.services.schemas import Accepted, DocumentAccepted, DossierIn, EdocIn, ProgressIn
 from hub.settings import ClientSystem, Settings
 from hub.store import db
 
@@ -205,6 +205,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post(
         "/v1/dossiers",
         status_code=202,
+        responses={202: {"model": Accepted}},
         tags=["dossiers"],
         summary="Create or update a dossier (DongBoHoSoMC shape); relayed to the national portal",
     )
@@ -217,6 +218,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post(
         "/v1/national/dossiers",
         status_code=202,
+        responses={202: {"model": Accepted}},
         tags=["down-flow"],
         summary="The national portal pushes a dossier filed there; relayed to the province's one-stop system",
     )
@@ -228,6 +230,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post(
         "/v1/dossiers/{code}/progress",
         status_code=202,
+        responses={202: {"model": Accepted}},
         tags=["dossiers"],
         summary="Add a processing step (CapNhatTienDoHoSoMC shape); relayed to the national portal",
     )
@@ -239,6 +242,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post(
         "/v1/dossiers/{code}/edocs",
         status_code=202,
+        responses={202: {"model": DocumentAccepted}},
         tags=["dossiers"],
         summary="Send a document of the dossier to other agencies: a signed edXML envelope (QCVN 102:2016)",
         description="hub builds the envelope (contracts/edxml/edxml.xsd) with the dossier's agency as sender, signs it "

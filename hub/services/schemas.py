@@ -176,3 +176,25 @@ class EdocIn(BaseModel):
     signer_name: str = Field(default="", max_length=200)
     signer_position: str = Field(default="", max_length=200)
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=20)
+
+
+class Accepted(BaseModel):
+    """The answer to an accepted status change (202): the event recorded, to be relayed in order. A repeat with the
+    same Idempotency-Key gets this same answer, with the header `Idempotent-Replayed: true`."""
+
+    model_config = ConfigDict(extra="forbid")  # documented exactly: additionalProperties false
+    event_id: str = Field(description="the status event's id (a UUID); the peer's idempotency key derives from it")
+    MaHoSo: str = Field(description="the dossier (mã hồ sơ)")
+    seq: int = Field(description="the event's place in the dossier's history, from 1")
+    TrangThaiHoSo: int = Field(description="the dossier's status after the event (1–10)")
+    previous_status: int | None = Field(description="its status before (null for a new dossier)")
+
+
+class DocumentAccepted(BaseModel):
+    """The answer to a document filed for other agencies (202): signed, queued for the exchange platform."""
+
+    model_config = ConfigDict(extra="forbid")
+    event_id: str
+    MaHoSo: str
+    document_id: str = Field(description="the edXML envelope's DocumentId")
+    seq: int = Field(description="the document's place among the dossier's documents, from 1")
