@@ -226,6 +226,15 @@ def test_documents_are_offered_only_with_a_live_consent(hub: Hub, people: httpx.
     ref = granted.json()["consent_ref"]
     reply = ask(hub, father["SoDinhDanh"], consent_ref=ref).json()
     assert [d["number"] for d in reply["documents"]] == ["12/2024/KH"] and reply["documents_offered"]
+    # the answer is what the OpenAPI document says it is (PrefillOut), for clients generated from it
+    from jsonschema import Draft202012Validator
+
+    spec = hub.http.get("/openapi.json").json()
+    documented = Draft202012Validator({"$ref": "#/components/schemas/PrefillOut", "components": spec["components"]})
+    assert list(documented.iter_errors(reply)) == []
+    assert spec["paths"]["/v1/prefill"]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PrefillOut"
+    }
     subject_entries = [e for e in log_entries(hub) if e.subject_role == "subject"]
     assert "documents:giay_chung_nhan_ket_hon" in subject_entries[-1].fields
     # another citizen cannot use this consent

@@ -27,7 +27,7 @@ from hub.domain.errors import DomainError, Forbidden
 from hub.logs import correlation_id
 from hub.runtime import Runtime
 from hub.services.payments import PaymentIn
-from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, SubjectIn
+from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, PrefillOut, SubjectIn
 from hub.services.schemas import Accepted, DocumentAccepted, DossierIn, EdocIn, ProgressIn
 from hub.settings import ClientSystem, Settings
 from hub.store import db
@@ -322,6 +322,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.post(
         "/v1/prefill",
+        responses={200: {"model": PrefillOut}},
         tags=["prefill"],
         summary="Pre-fill a procedure's e-form from the population database (once-only principle)",
         description="Each field carries `value`, `source` (system, record, request id), `fetched_at` and "

@@ -143,6 +143,52 @@ class PrefillIn(NulFree):
         return identifiers.procedure_code(value)
 
 
+class FieldSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    system: Literal["csdlqg_dan_cu"] = Field(description="the population database (CSDLQG về dân cư)")
+    record: Literal["subject", "spouse", "father", "mother"] = Field(description="whose record the value is from")
+    request_id: str = Field(description="MaYeuCau of the look-up (also in the access log)")
+    cached: bool = Field(description="served from hub's short-lived encrypted cache of the register's reply")
+
+
+class FilledField(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    label: str = Field(description="the field's label on the Vietnamese form")
+    type: str
+    required: bool
+    value: str | None = Field(description="null: not in the register; left for the citizen")
+    source: FieldSource | None = None
+    fetched_at: str | None = None
+    valid_until: str | None = None
+
+
+class OfferedDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    title: str
+    number: str
+    issuer: str
+    dossier_code: str | None
+    issued_at: str
+    valid_until: str | None
+    reference: str | None
+
+
+class PrefillOut(BaseModel):
+    """A procedure's e-form filled from the population database: each value with where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+    procedure: str
+    form: str
+    title: str
+    subject: str = Field(description="who the form's subject is (the applicant)")
+    fields: list[FilledField] = Field(description="only the form's fields leave hub (data minimisation)")
+    missing_required: list[str] = Field(description="required fields still empty: for the citizen to fill")
+    documents: list[OfferedDocument] = Field(description="earlier documents still valid, offered with a consent")
+    documents_offered: bool = Field(description="whether a live consent allowed offering documents")
+
+
 class SubjectIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     subject_id: str = Field(description="the citizen's 12-digit personal ID (in the body, never in a URL)")
