@@ -64,7 +64,7 @@ class InvalidToken(DomainError):
     status = 401
 
 
-class _Verifier:
+class TokenVerifier:
     """Tokens of one issuer: signature against its published keys, then issuer, audience and lifetime."""
 
     what = "token"
@@ -78,6 +78,15 @@ class _Verifier:
         self._keys = _RecordedKeys(
             jwks_url, cache_keys=True, lifespan=300, timeout=timeout, cooldown_duration=30
         ).reporting(on_exchange, self.peer)
+
+    def published_keys(self) -> int:
+        """Fetch the issuer's key set now (hub check); how many keys it publishes. Raises PeerUnavailable."""
+        try:
+            return len(self._keys.get_jwk_set(refresh=True).keys)
+        except jwt.PyJWKClientConnectionError as exc:
+            raise PeerUnavailable(self.peer, f"its keys could not be fetched: {exc}") from exc
+        except jwt.PyJWKClientError as exc:
+            raise PeerUnavailable(self.peer, f"its key set is not usable: {exc}") from exc
 
     def claims(self, token: str, required: list[str]) -> dict[str, Any]:
         """The verified claims; raises InvalidToken, or PeerUnavailable when the issuer's keys cannot be fetched."""
@@ -112,7 +121,7 @@ class _Verifier:
         """Refuse a token whose header says it is of another kind."""
 
 
-class CitizenTokens(_Verifier):
+class CitizenTokens(TokenVerifier):
     what = "ID token"
 
     def __init__(
@@ -143,7 +152,7 @@ class CitizenTokens(_Verifier):
         return personal_id
 
 
-class ClientTokens(_Verifier):
+class ClientTokens(TokenVerifier):
     """OAuth 2.0 access tokens issued to client systems by the client credentials grant (RFC 6749 §4.4), as JWTs
     (RFC 9068: `typ` at+jwt; many servers still say JWT): the province's API gateway or the national platform's
     authorization server issues them, hub is the resource server named in `aud`."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from hub.adapters.errors import PeerError
+from hub.adapters.identity import TokenVerifier, client_tokens
 
 if TYPE_CHECKING:
     from hub.runtime import Runtime
@@ -102,11 +103,10 @@ def run(rt: Runtime) -> list[Check]:
             code, _ = conn.ehlo()
         return ("ok" if 200 <= code < 300 else "fail"), f"{s.smtp_host}:{s.smtp_port}: EHLO {code}"
 
-    def keys(issuer: str) -> Callable[[], tuple[str, str]]:
-        def probe() -> tuple[str, str]:
-            r = httpx.get(f"{issuer}/jwks.json", timeout=timeout, trust_env=False)
-            found = len(r.json().get("keys", [])) if r.status_code == 200 else 0
-            return ("ok" if found else "fail"), f"{issuer}: HTTP {r.status_code}, {found} signing key(s)"
+    def keys(verifier: TokenVerifier) -> Callable[[], tuple[str, str]]:
+        def probe() -> tuple[str, str]:  # through the verifier's own key client: its URL, its exchange record
+            found = verifier.published_keys()
+            return ("ok" if found else "fail"), f"{verifier.issuer}: {found} signing key(s) published"
 
         return probe
 
@@ -119,9 +119,9 @@ def run(rt: Runtime) -> list[Check]:
     check("email", smtp)
     check("signing", signing)
     if rt.citizen_tokens is not None:
-        check("identity_provider", keys(rt.citizen_tokens.issuer))
-    if s.effective_oauth_issuer and any(c.oauth_client_id for c in s.clients):
-        check("authorization_server", keys(s.effective_oauth_issuer))
+        check("identity_provider", keys(rt.citizen_tokens))
+    if (access_tokens := client_tokens(s, rt.record_exchange)) is not None:
+        check("authorization_server", keys(access_tokens))
     return checks
 
 
