@@ -38,12 +38,9 @@ MAX_TOKEN_BYTES = 8192
 class _RecordedKeys(jwt.PyJWKClient):
     """PyJWT's JWK client, each fetch of the key set reported for the exchange record."""
 
-    _hook: ExchangeHook | None = None
-    _peer = "identity_provider"
-
-    def reporting(self, hook: ExchangeHook | None, peer: str) -> _RecordedKeys:
+    def __init__(self, uri: str, *, hook: ExchangeHook | None, peer: str, timeout: float) -> None:
+        super().__init__(uri, cache_keys=True, lifespan=300, timeout=timeout, cooldown_duration=30)
         self._hook, self._peer = hook, peer
-        return self
 
     def fetch_data(self) -> Any:
         with recorded(self._hook, self._peer, "jwks", correlation_id.get(), b"GET " + self.uri.encode()) as exchange:
@@ -75,9 +72,7 @@ class TokenVerifier:
     ) -> None:
         self.issuer = issuer
         self.audience = audience
-        self._keys = _RecordedKeys(
-            jwks_url, cache_keys=True, lifespan=300, timeout=timeout, cooldown_duration=30
-        ).reporting(on_exchange, self.peer)
+        self._keys = _RecordedKeys(jwks_url, hook=on_exchange, peer=self.peer, timeout=timeout)
 
     def published_keys(self) -> int:
         """Fetch the issuer's key set now (hub check); how many keys it publishes. Raises PeerUnavailable."""
