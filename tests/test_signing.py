@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 from lxml import etree
 
+from hub.adapters.exchange import ExchangeRecord
 from hub.sandbox import pki
 from hub.signing.report import Report
 from hub.signing.revocation import RevocationSource
@@ -282,10 +283,19 @@ def test_the_time_stamp_proves_the_signature_predates_a_later_revocation(trust: 
 
 def test_signing_says_when_the_tsa_is_down(trust: Trust) -> None:
     httpx.post(f"{trust.server.url}/_sandbox/faults", json={"outage_seconds": 5}).raise_for_status()
+    reported: list[ExchangeRecord] = []
     try:
         with pytest.raises(SigningError) as exc:
-            sign_document(DOC, trust.signer("citizen"), xades=True, tsa_url=tsa_url(trust), tsa_timeout=3)
+            sign_document(
+                DOC, trust.signer("citizen"), xades=True, tsa_url=tsa_url(trust), tsa_timeout=3,
+                on_exchange=reported.append,
+            )  # fmt: skip
         assert exc.value.code == "tsa_unavailable"
+        # the exchange record says how the request failed, in the TSA's own terms
+        [record] = reported
+        assert (record.peer, record.operation, record.outcome, record.error_code) == (
+            "tsa", "timestamp", "retryable", "tsa_unavailable"
+        )  # fmt: skip
     finally:
         httpx.post(f"{trust.server.url}/_sandbox/faults", json={"outage_seconds": 0}).raise_for_status()
     with pytest.raises(SigningError):

@@ -48,12 +48,14 @@ def recorded(
     hook: ExchangeHook | None, peer: str, operation: str, correlation_id: str, request: bytes
 ) -> Iterator[Exchange]:
     """Time an exchange made outside an adapter's own recording (a key set, an OCSP or CRL fetch, a time-stamp)
-    and report it to `hook` (if any) as it ends; an exception escaping the block is reported as unreachable."""
+    and report it to `hook` (if any) as it ends; an exception escaping the block, if the block did not say how the
+    exchange failed, is reported as unreachable."""
     exchange, started = Exchange(), time.perf_counter()
     try:
         yield exchange
     except Exception:
-        exchange.failed("unreachable", retryable=True)
+        if exchange.outcome == "ok":  # not already said by the block
+            exchange.failed("unreachable", retryable=True)
         raise
     finally:
         if hook is not None:
