@@ -354,6 +354,12 @@ def test_check_asks_every_system_and_says_what_fails(
         "identity_provider", "authorization_server",
     }  # fmt: skip
     assert "XAdES-B-T" in status["signing"][1] and "signed in as hub-test" in status["national_portal"][1]
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "var" / "hub.db") as made:  # what it asked is in the exchange record
+        asked = dict(made.execute("SELECT peer, correlation_id FROM exchanges").fetchall())
+    assert {"national_portal", "tsa", "identity_provider", "authorization_server"} <= set(asked), asked
+    assert len(set(asked.values())) == 1 and next(iter(asked.values())).startswith("preflight-"), asked
     # a wrong portal password and a register that does not answer: each said, the rest still checked
     bad = run(
         ["check"],

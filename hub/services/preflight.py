@@ -18,6 +18,7 @@ import httpx
 
 from hub.adapters.errors import PeerError
 from hub.adapters.identity import TokenVerifier, client_tokens
+from hub.logs import correlation_id
 
 if TYPE_CHECKING:
     from hub.runtime import Runtime
@@ -79,14 +80,10 @@ def run(rt: Runtime) -> list[Check]:
         return "ok", f"{s.effective_national_portal_url}: signed in as {s.national_portal_username}"
 
     def signing() -> tuple[str, str]:
-        from hub.signing.sign import sign_document
-
-        signer = rt.signatures.signer()
-        cert = signer.certificate
+        cert = rt.signatures.signer().certificate
         left = cert.not_valid_after_utc - datetime.now(UTC)
-        document = b"<KiemTra><NoiDung>hub check</NoiDung></KiemTra>"
         tsa = rt.signatures.tsa_url()
-        signed = sign_document(document, signer, xades=True, tsa_url=tsa, tsa_timeout=s.read_timeout)
+        signed = rt.signatures.sign(b"<KiemTra><NoiDung>hub check</NoiDung></KiemTra>")  # as hub signs for peers
         report = rt.signatures.verify(signed)
         subject = cert.subject.rfc4514_string()
         if report.indication != "TOTAL-PASSED":
@@ -110,18 +107,22 @@ def run(rt: Runtime) -> list[Check]:
 
         return probe
 
-    check("database", database)
-    check("broker", broker)
-    check("national_portal", portal)
-    check("population", lambda: _reachable(s.effective_population_url, timeout))
-    for name, url in _peer_urls(rt).items():
-        check(name, lambda url=url: _reachable(url, timeout))  # type: ignore[misc]
-    check("email", smtp)
-    check("signing", signing)
-    if rt.citizen_tokens is not None:
-        check("identity_provider", keys(rt.citizen_tokens))
-    if (access_tokens := client_tokens(s, rt.record_exchange)) is not None:
-        check("authorization_server", keys(access_tokens))
+    cid = correlation_id.set(correlation)  # the exchanges the checks make carry it
+    try:
+        check("database", database)
+        check("broker", broker)
+        check("national_portal", portal)
+        check("population", lambda: _reachable(s.effective_population_url, timeout))
+        for name, url in _peer_urls(rt).items():
+            check(name, lambda url=url: _reachable(url, timeout))  # type: ignore[misc]
+        check("email", smtp)
+        check("signing", signing)
+        if rt.citizen_tokens is not None:
+            check("identity_provider", keys(rt.citizen_tokens))
+        if (access_tokens := client_tokens(s, rt.record_exchange)) is not None:
+            check("authorization_server", keys(access_tokens))
+    finally:
+        correlation_id.reset(cid)
     return checks
 
 
