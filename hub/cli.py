@@ -327,7 +327,7 @@ def db_backup(
     except FileExistsError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    except (sqlite3.Error, RuntimeError) as exc:
+    except (sqlite3.Error, RuntimeError, OSError) as exc:
         err.print(f"[red]backup failed:[/red] {exc}")
         raise typer.Exit(1) from None
     if as_json:
