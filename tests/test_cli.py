@@ -174,6 +174,10 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
     proc = subprocess.Popen(
         [HUB, "serve", "--port", str(port)], cwd=tmp_path, env={**base, **ports}, stdout=subprocess.DEVNULL, stderr=said
     )
+
+    def log() -> str:  # what hub serve said, for a failure's message
+        return (tmp_path / "serve.err").read_text(errors="replace")[-4000:]
+
     try:
         api = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -183,14 +187,14 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, "hub serve did not come up"
+            assert proc.poll() is None and time.monotonic() < deadline, f"hub serve did not come up: {log()}"
             time.sleep(0.2)
         # what it printed is enough to start: the console's URL and account, the API key of the dev client
         printed = (tmp_path / "serve.err").read_text()
         assert re.search(rf"console: http://127\.0\.0\.1:{port}/ops +user admin, password \S+", printed), printed
         key = json.loads((tmp_path / "var" / "dev-secrets.json").read_text())["client_api_key"]
         assert f"X-API-Key: {key}" in printed, printed
-        assert "alembic.runtime.plugins" not in printed
+        assert "alembic.runtime.plugins" not in printed, printed
         d = dossier(41, status=2, Email="cong.dan@example.vn")
         r = httpx.post(f"{api}/v1/dossiers", json=d, headers={"X-API-Key": key, "Idempotency-Key": "serve-1"})
         assert r.status_code == 202, r.text
@@ -203,7 +207,7 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
             mails = httpx.get(f"{sms}/_sandbox/mail").json()["items"]
             if at_portal.status_code == 200 and texts and mails:
                 break
-            assert time.monotonic() < deadline, (at_portal.text, texts, mails)
+            assert time.monotonic() < deadline, (at_portal.text, texts, mails, log())
             time.sleep(0.2)
         assert [h["status"] for h in at_portal.json()["history"]] == [2]
         [text] = texts
@@ -220,7 +224,7 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
         exchange = f"http://127.0.0.1:{ports['HUB_SANDBOX_EDOC_PORT']}"
         deadline = time.monotonic() + 30
         while not (docs := httpx.get(f"{exchange}/_sandbox/documents").json()["items"]):
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, log()
             time.sleep(0.2)
         assert docs[0]["signature_format"] == "XAdES-B-T" and docs[0]["header"]["code"] == "12/CV-UBND"
     finally:
