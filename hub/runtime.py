@@ -290,14 +290,15 @@ class Runtime:
         return {"status": "ok" if ok else "unavailable", "checks": checks, "peers": peers, "maintenance": maintenance}
 
     def record_exchange(self, record: ExchangeRecord) -> None:
-        """An exchange made outside the relay and the pre-fill's journal — an issuer's key set, an OCSP or CRL
-        fetch, a time-stamp — written at once in a transaction of its own (never while one is open: these are made
-        before a request's transaction, or with none). A failure to write is logged, not raised."""
+        """An exchange made outside the relay and the pre-fill's journal — what a peer pushed in, an issuer's key
+        set, an OCSP or CRL fetch, a time-stamp — written at once in a transaction of its own (never while one is
+        open: these are made before a request's transaction, after its answer, or with none). A failure to write
+        is logged, not raised: the exchange itself succeeded or failed on its own account."""
         try:
             with self.sessions.begin() as s:
                 self._record_exchanges(s, [record])
-        except Exception as exc:  # noqa: BLE001 - the exchange itself succeeded or failed on its own account
-            log.warning("exchange with %s not recorded: %s", record.peer, exc)
+        except Exception:
+            log.exception("exchange with %s not recorded", record.peer, extra={"correlation_id": record.correlation_id})
 
     @staticmethod
     def _record_exchanges(session: Session, records: Sequence[ExchangeRecord]) -> None:

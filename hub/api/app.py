@@ -507,7 +507,6 @@ def record_inbound(rt: Runtime, req: Inbound) -> None:
     """Append what a peer pushed, and hub's answer (accepted, or rejected with the problem's code), to the
     exchange record; a rejection is also logged. Never raises: the answer has already gone."""
     from hub.adapters.exchange import ExchangeRecord, digest
-    from hub.sync.outbox import exchange_row, write_exchanges
 
     peer, operation = next(v for prefix, v in INBOUND.items() if req.path.startswith(prefix))
     error_code: str | None = None
@@ -530,8 +529,4 @@ def record_inbound(rt: Runtime, req: Inbound) -> None:
         "accepted" if req.status < 400 else "rejected",
         error_code,
     )
-    try:
-        with rt.sessions.begin() as s:
-            write_exchanges(s, [exchange_row(record)])
-    except Exception:  # the record must not turn an answered request into an error
-        log.exception("could not record an inbound push", extra={"correlation_id": req.correlation_id})
+    rt.record_exchange(record)  # never raises: the record must not turn an answered request into an error
