@@ -68,10 +68,19 @@ class TokenVerifier:
     peer = "identity_provider"  # as the exchange record and errors name the issuer
 
     def __init__(
-        self, issuer: str, jwks_url: str, audience: str, *, timeout: float, on_exchange: ExchangeHook | None = None
+        self,
+        issuer: str,
+        jwks_url: str,
+        audience: str,
+        claim: str,
+        *,
+        timeout: float,
+        on_exchange: ExchangeHook | None = None,
     ) -> None:
+        """`claim`: the claim hub reads (the citizen's personal ID, the client's id); required in every token."""
         self.issuer = issuer
         self.audience = audience
+        self.claim = claim
         self._keys = _RecordedKeys(jwks_url, hook=on_exchange, peer=self.peer, timeout=timeout)
 
     def published_keys(self) -> int:
@@ -83,7 +92,7 @@ class TokenVerifier:
         except jwt.PyJWKClientError as exc:
             raise PeerUnavailable(self.peer, f"its key set is not usable: {exc}") from exc
 
-    def claims(self, token: str, required: list[str]) -> dict[str, Any]:
+    def claims(self, token: str) -> dict[str, Any]:
         """The verified claims; raises InvalidToken, or PeerUnavailable when the issuer's keys cannot be fetched."""
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("the token is too large")
@@ -100,7 +109,7 @@ class TokenVerifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "iat", "iss", "aud", *required]},
+                options={"require": ["exp", "iat", "iss", "aud", self.claim]},
             )
         except jwt.PyJWKClientConnectionError as exc:
             raise PeerUnavailable(self.peer, f"its keys could not be fetched: {exc}") from exc
@@ -119,19 +128,6 @@ class TokenVerifier:
 class CitizenTokens(TokenVerifier):
     what = "ID token"
 
-    def __init__(
-        self,
-        issuer: str,
-        jwks_url: str,
-        audience: str,
-        id_claim: str,
-        *,
-        timeout: float,
-        on_exchange: ExchangeHook | None = None,
-    ) -> None:
-        super().__init__(issuer, jwks_url, audience, timeout=timeout, on_exchange=on_exchange)
-        self.id_claim = id_claim
-
     def check_header(self, header: dict[str, Any]) -> None:
         if "at+jwt" in str(header.get("typ") or "").lower():
             raise InvalidToken("an access token is not an ID token")
@@ -139,11 +135,11 @@ class CitizenTokens(TokenVerifier):
     def personal_id(self, token: str) -> str:
         """The signed-in citizen's personal ID; raises InvalidToken, or PeerUnavailable when the provider's keys
         cannot be fetched."""
-        personal_id = str(self.claims(token, [self.id_claim])[self.id_claim])
+        personal_id = str(self.claims(token)[self.claim])
         try:
             identifiers.personal_id(personal_id)
         except DomainError:
-            raise InvalidToken(f"the token's {self.id_claim!r} claim is not a personal ID number") from None
+            raise InvalidToken(f"the token's {self.claim!r} claim is not a personal ID number") from None
         return personal_id
 
 
@@ -157,18 +153,8 @@ class ClientTokens(TokenVerifier):
 
     CACHE_SIZE = 10_000
 
-    def __init__(
-        self,
-        issuer: str,
-        jwks_url: str,
-        audience: str,
-        client_claim: str,
-        *,
-        timeout: float,
-        on_exchange: ExchangeHook | None = None,
-    ) -> None:
-        super().__init__(issuer, jwks_url, audience, timeout=timeout, on_exchange=on_exchange)
-        self.client_claim = client_claim
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         # A client sends the same token until it expires: what was verified is remembered until its `exp` (at
         # most), keyed by the token's digest. Verifying costs ~1 ms (the key set rebuilt, the signature checked,
         # a worker thread); a remembered token costs a hash.
@@ -195,10 +181,10 @@ class ClientTokens(TokenVerifier):
 
     def client_id(self, token: str) -> str:
         """The client system's client_id at the authorization server."""
-        claims = self.claims(token, [self.client_claim])
-        value = claims[self.client_claim]
+        claims = self.claims(token)
+        value = claims[self.claim]
         if not isinstance(value, str) or not value:
-            raise InvalidToken(f"the token's {self.client_claim!r} claim is not a client id")
+            raise InvalidToken(f"the token's {self.claim!r} claim is not a client id")
         with self._lock:
             self._verified[hashlib.sha256(token.encode()).digest()] = (value, float(claims["exp"]))
             while len(self._verified) > self.CACHE_SIZE:
