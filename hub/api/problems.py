@@ -185,8 +185,9 @@ def document(app: FastAPI) -> None:
                 responses["4XX"] = {"description": "the request was refused (see `code`)", **answer}
                 responses["5XX"] = {"description": "hub or a system it depends on could not serve it now", **answer}
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        referenced = json.dumps(spec["paths"])  # what the console's own routes still point at stays
         for unused in ("HTTPValidationError", "ValidationError"):
-            if unused not in json.dumps(spec["paths"]):
+            if unused not in referenced:
                 schemas.pop(unused, None)
         schemas["Problem"] = PROBLEM_SCHEMA
         return spec
