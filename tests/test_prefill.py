@@ -5,6 +5,7 @@ on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import socket
 import subprocess
@@ -610,6 +611,47 @@ def test_replies_are_cached_encrypted_and_still_logged(hub: Hub, people: httpx.C
     third = ask(hub, father["SoDinhDanh"]).json()
     assert fields(third)["me.ho_ten"]["source"]["cached"] is False
     assert people.get("/_sandbox/received").json()["count"] > asked
+
+
+def test_reads_from_the_cache_and_from_the_register_make_one_chain(hub: Hub, people: httpx.Client) -> None:
+    """A pre-fill from the cache logs through prebuilt SQL on a pooled connection, one that asked the register
+    through the ORM session with its exchange records: both append to the same chain, which verifies whole, and
+    read back the same (time, fields)."""
+    someone = people.get("/_sandbox/people", params={"limit": 3}).json()["items"]
+    for p in someone:  # cold, warm, cold, warm, ...
+        assert ask(hub, p["SoDinhDanh"], "1.004873").status_code == 200
+        assert ask(hub, p["SoDinhDanh"], "1.004873").status_code == 200
+    entries = log_entries(hub)
+    assert [e.reason for e in entries] == [None, "served from the cache"] * 3
+    assert all(e.at.tzinfo is not None and e.fields and e.fields == sorted(e.fields) for e in entries)
+    assert entries[0].fields == entries[1].fields
+    assert all(b.prev_hash == a.chain_hash for a, b in itertools.pairwise(entries))
+    with hub.runtime.sessions() as s:
+        result = hub.runtime.prefill.access_log.verify(s)
+    assert result.intact and result.checked == 6
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_cached_read_whose_log_cannot_be_written_answers_503_and_leaks_nothing(
+    hub: Hub, people: httpx.Client, backend: str
+) -> None:
+    """The database drops hub's connections between two reads of a citizen: the second, from the cache, cannot
+    log its access, so it answers 503 `database_unavailable` without the form; the next one succeeds on a new
+    connection and the chain holds exactly the accesses that were answered."""
+    from tests.test_store import kill_connections
+
+    subject = person(people)["SoDinhDanh"]
+    assert ask(hub, subject, "1.004873").status_code == 200
+    assert kill_connections(hub.settings.database_url) >= 1
+    r = ask(hub, subject, "1.004873")
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "database_unavailable" and subject not in r.text and "fields" not in r.json()
+    again = ask(hub, subject, "1.004873")
+    assert again.status_code == 200 and fields(again.json())["nguoi_yeu_cau.ho_ten"]["source"]["cached"] is True
+    entries = log_entries(hub)
+    assert [e.reason for e in entries] == [None, "served from the cache"]
+    with hub.runtime.sessions() as s:
+        assert hub.runtime.prefill.access_log.verify(s).intact
 
 
 def test_a_request_half_in_the_cache_asks_the_register_once_and_logs_each_read_once(

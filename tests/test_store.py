@@ -179,7 +179,7 @@ def test_group_commit_writes_concurrent_items_each_once_and_isolates_a_bad_one(p
         time.sleep(0.01)  # a commit that takes a while, as a WAL flush does: others queue meanwhile
         return [f"wrote {name}" for name in items]
 
-    group: GroupCommit[str, str] = GroupCommit(sessions, write, order=lambda name: name)
+    group: GroupCommit[Session, str, str] = GroupCommit(sessions.begin, write, order=lambda name: name)
 
     def submit(i: int) -> str:
         started.wait()
@@ -224,7 +224,7 @@ def test_group_commit_from_coroutines_and_threads_at_once(pg_url: str) -> None:
         time.sleep(0.01)
         return [f"wrote {name}" for name in items]
 
-    group: GroupCommit[str, str] = GroupCommit(sessions, write, order=lambda name: name)
+    group: GroupCommit[Session, str, str] = GroupCommit(sessions.begin, write, order=lambda name: name)
 
     async def one(name: str) -> str:
         try:
@@ -284,7 +284,7 @@ def test_a_request_that_hangs_up_while_its_batch_waits_does_not_stall_the_others
             s.add(Flag(name=name, value="x", updated_by="test", updated_at=utcnow()))
         return [f"wrote {name}" for name in items]
 
-    group: GroupCommit[str, str] = GroupCommit(sessions, write)
+    group: GroupCommit[Session, str, str] = GroupCommit(sessions.begin, write)
 
     async def main() -> list[str]:
         first = asyncio.create_task(group.submit_async("gcc-first"))
@@ -319,7 +319,7 @@ def test_a_broken_batch_write_fails_its_waiters_instead_of_hanging_them(pg_url: 
         s.add(Flag(name="gcb-x", value="x", updated_by="test", updated_at=utcnow()))
         return []
 
-    group: GroupCommit[str, str] = GroupCommit(sessions, write)
+    group: GroupCommit[Session, str, str] = GroupCommit(sessions.begin, write)
     try:
         with pytest.raises(RuntimeError, match="0 results for 1 writes"):
             group.submit("a")

@@ -15,11 +15,18 @@ def parse_national(value: str) -> datetime:
     """Parse `yyyyMMddHHmmss` (Vietnam local time) into an aware datetime."""
     if not isinstance(value, str) or len(value) != 14 or not (value.isascii() and value.isdigit()):
         raise InvalidDate(f"date {value!r} is not in the format yyyyMMddHHmmss")
-    try:
-        naive = datetime.strptime(value, NATIONAL_FORMAT)  # noqa: DTZ007 - zone attached on the next line
+    try:  # fields by position (14 ASCII digits, checked above): strptime's parsing costs ~10x as much per call
+        return datetime(
+            int(value[0:4]),
+            int(value[4:6]),
+            int(value[6:8]),
+            int(value[8:10]),
+            int(value[10:12]),
+            int(value[12:14]),
+            tzinfo=VN_TZ,
+        )
     except ValueError:
         raise InvalidDate(f"date {value!r} is not a real date/time") from None
-    return naive.replace(tzinfo=VN_TZ)
 
 
 def format_national(moment: datetime) -> str:

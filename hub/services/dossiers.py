@@ -251,8 +251,8 @@ class DossierService:
         self._on_commit = on_commit
         self.notify_channels = tuple(notify_channels)  # email, sms: the citizen is told of status changes
         self.calendar = WorkingCalendar()
-        self._commands: GroupCommit[_Command, Answer] = GroupCommit(
-            sessions, self._run_commands, order=lambda c: c.code
+        self._commands: GroupCommit[Session, _Command, Answer] = GroupCommit(
+            sessions.begin, self._run_commands, order=lambda c: c.code
         )
 
     def subject_hmac(self, personal_id: str) -> str:

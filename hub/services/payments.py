@@ -138,8 +138,8 @@ class PaymentService:
         self.query_after = query_after
         self._on_commit = on_commit
         # confirmations arriving together are applied in one transaction (each still exactly once)
-        self._applies: GroupCommit[_Apply, tuple[str, str, str | None]] = GroupCommit(
-            sessions, self._apply_batch, order=lambda a: a.cb.reference
+        self._applies: GroupCommit[Session, _Apply, tuple[str, str, str | None]] = GroupCommit(
+            sessions.begin, self._apply_batch, order=lambda a: a.cb.reference
         )
 
     # -- create ----------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from hub.services.population_cache import PopulationCache
 from hub.services.quota import Quota, retry_after
 from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
-from hub.store.db import reading
+from hub.store import db
+from hub.store.db import RawTransaction, reading
 from hub.store.group_commit import GroupCommit
 from hub.store.models import Consent, Document
 
@@ -303,7 +304,13 @@ class PrefillService:
         self.access_log = AccessLog(secret_key)
         self._record_exchanges = record_exchanges
         self.cache = cache
-        self._journals: GroupCommit[_Journal, None] = GroupCommit(sessions, self._write_journals)
+        self._journals: GroupCommit[Session, _Journal, None] = GroupCommit(sessions.begin, self._write_journals)
+        # journals of access-log entries alone (a pre-fill from the cache, a refusal): the chain's statements as
+        # prebuilt SQL on a pooled connection, without SQLAlchemy's per-statement work (ADR 0018)
+        engine = sessions.kw["bind"]
+        self._accesses: GroupCommit[RawTransaction, _Journal, None] = GroupCommit(
+            lambda: db.raw_transaction(engine), self._write_accesses
+        )
 
     def subject_hmac(self, personal_id: str) -> str:
         return subject_hmac(self._secret, personal_id)
@@ -377,8 +384,10 @@ class PrefillService:
         try:
             return self._prefill(client, body, correlation_id, journal, over_quota=wait)
         finally:
-            if journal.accesses or journal.exchanges or journal.cache:
+            if journal.exchanges or journal.cache:
                 self._journals.submit(journal)
+            elif journal.accesses:
+                self._accesses.submit(journal)
 
     async def prefill_async(self, client: ClientSystem, body: PrefillIn, *, correlation_id: str) -> dict[str, Any]:
         """`prefill` for the API's event loop. A request that needs no I/O but its commit — every person in this
@@ -397,8 +406,10 @@ class PrefillService:
                 journal = _Journal([], [])
                 return await anyio.to_thread.run_sync(self._prefill, client, body, correlation_id, journal)
         finally:
-            if journal.accesses or journal.exchanges or journal.cache:
+            if journal.exchanges or journal.cache:
                 await self._journals.submit_async(journal)
+            elif journal.accesses:
+                await self._accesses.submit_async(journal)
 
     def _write_journals(self, s: Session, journals: Sequence[_Journal]) -> list[None]:
         exchanges = [record for j in journals for record in j.exchanges]
@@ -413,6 +424,10 @@ class PrefillService:
             self.cache.put_many(s, [(key, *latest[key]) for key in sorted(latest)])
         # last: the chain's lock is held from here to the commit, so batches queue on it as briefly as can be
         self.access_log.append(s, *(access for j in journals for access in j.accesses))
+        return [None] * len(journals)
+
+    def _write_accesses(self, tx: RawTransaction, journals: Sequence[_Journal]) -> list[None]:
+        self.access_log.append_raw(tx, *(access for j in journals for access in j.accesses))
         return [None] * len(journals)
 
     def _prefill(

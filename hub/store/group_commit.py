@@ -22,29 +22,30 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy.orm import Session, sessionmaker
-
+H = TypeVar("H")
 T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 
-class GroupCommit(Generic[T, R]):
+class GroupCommit(Generic[H, T, R]):
     def __init__(
         self,
-        sessions: sessionmaker[Session],
-        write: Callable[[Session, Sequence[T]], Sequence[R]],
+        begin: Callable[[], AbstractContextManager[H]],
+        write: Callable[[H, Sequence[T]], Sequence[R]],
         *,
         order: Callable[[T], Any] | None = None,
         max_batch: int = 200,
     ) -> None:
-        """`write(session, items)` does the items' work, in order, inside the given transaction (it must not
-        commit) and returns one result per item. `order`: a batch is sorted by this key first (stable: items
+        """`begin()` opens a transaction and commits it on leaving (a sessionmaker's `begin`, or `db.raw_transaction`
+        for a hot path); `write(handle, items)` does the items' work, in order, inside it (it must not commit) and
+        returns one result per item. `order`: a batch is sorted by this key first (stable: items
         with the same key keep the order they came in), so that two batches — in two processes — take row locks
         in the same order and never wait on each other crosswise."""
-        self._sessions = sessions
+        self._begin = begin
         self._write = write
         self._order = order
         self._max_batch = max_batch
@@ -108,8 +109,8 @@ class GroupCommit(Generic[T, R]):
             order = self._order
             batch = sorted(batch, key=lambda entry: order(entry[0]))
         try:
-            with self._sessions.begin() as s:
-                results = self._write(s, [item for item, _ in batch])
+            with self._begin() as handle:
+                results = self._write(handle, [item for item, _ in batch])
                 if len(results) != len(batch):  # a bug in `write`: roll back rather than answer anyone wrongly
                     raise RuntimeError(f"group commit: {len(results)} results for {len(batch)} writes")
         except BaseException as exc:
