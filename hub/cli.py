@@ -272,8 +272,8 @@ def db_upgrade(revision: str = "head") -> None:
     from hub.store import db
 
     settings = _settings()
-    db.upgrade(settings.effective_database_url, revision)
-    out.print(f"database at {revision}")
+    before, after = db.upgrade(settings.effective_database_url, revision)
+    out.print(f"database at {after}" + (f" (was {before or 'empty'})" if after != before else " (no change)"))
 
 
 @cli.command()

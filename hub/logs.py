@@ -37,5 +37,5 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "alembic.runtime.plugins"):
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "alembic.runtime.plugins", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -86,9 +86,12 @@ def test_jobs_list_show_and_replay(
 
 
 def test_db_upgrade_and_configuration_errors(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/x.db"
+    url = f"sqlite:///{tmp_path}/new/x.db"  # a directory that does not exist yet
     ok = run(["db", "upgrade"], tmp_path, {"HUB_DATABASE_URL": url})
-    assert ok.returncode == 0 and (tmp_path / "x.db").exists()
+    assert ok.returncode == 0 and (tmp_path / "new" / "x.db").exists()
+    assert "(was empty)" in ok.stdout and "Running upgrade" not in ok.stdout + ok.stderr  # one line, not a dozen
+    again = run(["db", "upgrade"], tmp_path, {"HUB_DATABASE_URL": url})
+    assert again.returncode == 0 and "(no change)" in again.stdout
     bad = run(["jobs", "list"], tmp_path, {"HUB_MODE": "production"})
     assert bad.returncode == 2 and "configuration error" in bad.stderr and "Traceback" not in bad.stderr
     no_broker = run(["worker"], tmp_path)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
@@ -303,11 +304,31 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Apply migrations up to `revision` (`hub db upgrade`)."""
+def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
+    """Apply migrations up to `revision` (`hub db upgrade`); returns the revisions before and after. One log line
+    when the schema changed (alembic's own lines, a dozen on a new database, are kept below INFO)."""
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
 
-    command.upgrade(alembic_config(url), revision)
+    def current(conn: Connection) -> str | None:
+        rev: str | None = MigrationContext.configure(conn).get_current_revision()
+        return rev
+
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            before = current(conn)
+        command.upgrade(alembic_config(url), revision)
+        with engine.connect() as conn:
+            after = current(conn)
+    finally:
+        engine.dispose()
+    if after != before:
+        log.info("database schema upgraded from %s to %s", before or "nothing", after)
+    return before, after
 
 
 def current_revision(engine: Engine) -> str | None:
