@@ -46,6 +46,7 @@ class Runtime:
             url, pool_size=pool, wal_autocheckpoint=db.WAL_AUTOCHECKPOINT_PAGES if background else 1000
         )
         self._checkpointer = db.WalCheckpointer(url).start() if background else None
+        self._inline = db.InlineWriter(self.engine, db.WAL_AUTOCHECKPOINT_PAGES) if background else None
         if url.startswith("sqlite") and role != "worker":
             db.upgrade(url)  # embedded mode: the file is ours, keep it at head
         self.sessions = db.make_sessionmaker(self.engine)
@@ -245,6 +246,7 @@ class Runtime:
             record_exchanges=self._record_exchanges,
             cache=PopulationCache(self.sessions, secret, timedelta(seconds=settings.population_cache_seconds)),
             quota=self.quota,
+            inline=self._inline,
         )
         if self.worker is not None:
             self.worker.start()  # after every service it may call exists
@@ -503,6 +505,8 @@ class Runtime:
             platform.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
+        if self._inline is not None:
+            self._inline.close()
         self.quota.close()
         self.engine.dispose()
 

@@ -631,6 +631,48 @@ def test_reads_from_the_cache_and_from_the_register_make_one_chain(hub: Hub, peo
     assert result.intact and result.checked == 6
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_cached_read_waits_for_another_writer_without_stopping_the_api(
+    hub: Hub, people: httpx.Client, backend: str
+) -> None:
+    """Embedded mode: a read from the cache logs its access on the event loop itself when SQLite's write lock is
+    free (ADR 0018). When another writer holds the lock — a `hub` command, a backup, the relay — the entry goes to
+    the group-commit thread, which waits for the lock: the pre-fill answers once its entry is committed, and the
+    API answers other requests meanwhile."""
+    import sqlite3
+    import threading
+    import time
+
+    from hub.store import db
+
+    subject = person(people)["SoDinhDanh"]
+    assert ask(hub, subject, "1.004873").status_code == 200  # now in the cache
+    path = db.sqlite_path(hub.settings.effective_database_url)
+    assert path is not None
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    replies: list[httpx.Response] = []
+    asking = threading.Thread(target=lambda: replies.append(ask(hub, subject, "1.004873")))
+    asking.start()
+    try:
+        time.sleep(0.5)
+        assert not replies  # its access is not on record yet, so its answer has not left
+        started = time.monotonic()
+        assert hub.http.get("/healthz").status_code == 200
+        assert time.monotonic() - started < 0.5  # the event loop was not waiting for the lock
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    asking.join(timeout=10)
+    assert replies and replies[0].status_code == 200, replies
+    assert fields(replies[0].json())["nguoi_yeu_cau.ho_ten"]["source"]["cached"] is True
+    assert [e.reason for e in log_entries(hub)] == [None, "served from the cache"]
+    assert ask(hub, subject, "1.004873").status_code == 200  # the lock is free again: on the loop
+    with hub.runtime.sessions() as s:
+        result = hub.runtime.prefill.access_log.verify(s)
+    assert result.intact and result.checked == 3
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_cached_read_whose_log_cannot_be_written_answers_503_and_leaks_nothing(
     hub: Hub, people: httpx.Client, backend: str

@@ -295,8 +295,11 @@ class PrefillService:
         record_exchanges: Callable[[Session, Sequence[ExchangeRecord]], None] | None = None,
         cache: PopulationCache | None = None,
         quota: Quota | None = None,
+        inline: db.InlineWriter | None = None,
     ) -> None:
+        """`inline`: on SQLite, the event loop appends a lone access entry itself when the write lock is free."""
         self.sessions = sessions
+        self._inline = inline
         self.quota = quota
         self.population = population
         self._secret = secret_key
@@ -408,8 +411,14 @@ class PrefillService:
         finally:
             if journal.exchanges or journal.cache:
                 await self._journals.submit_async(journal)
-            elif journal.accesses:
+            elif journal.accesses and not self._appended_inline(journal):
                 await self._accesses.submit_async(journal)
+
+    def _appended_inline(self, journal: _Journal) -> bool:
+        """Append the journal's entries on this thread if that shares no commit and waits for no one (ADR 0018)."""
+        if self._inline is None or not self._accesses.idle:
+            return False
+        return self._inline.try_write(lambda tx: self.access_log.append_raw(tx, *journal.accesses))
 
     def _write_journals(self, s: Session, journals: Sequence[_Journal]) -> list[None]:
         exchanges = [record for j in journals for record in j.exchanges]

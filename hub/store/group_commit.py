@@ -56,6 +56,11 @@ class GroupCommit(Generic[H, T, R]):
         self._committer: threading.Thread | None = None
         self._committer_lock = threading.Lock()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch being written: a write done elsewhere now would share no commit."""
+        return not self._queue and not self._leader.locked()
+
     def submit(self, item: T) -> R:
         """Return `item`'s result once it is committed; raise what writing it raised."""
         done: Future[R] = Future()
