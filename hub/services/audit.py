@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from hub.domain.dates import utcnow
 from hub.domain.privacy import derive_key
-from hub.store.db import Compiled, RawTransaction, bind_processors, compiled
+from hub.store.db import Compiled, Prebuilt, RawTransaction, compiled, prebuilt
 from hub.store.models import AccessLogEntry, table
 
 GENESIS = "0" * 64
@@ -69,20 +69,18 @@ ROW_KEYS = [*CHAINED, "prev_hash", "chain_hash"]
 
 @dataclass(frozen=True, slots=True)
 class _RawStatements:
-    """The append's statements compiled for one dialect, with the columns' bind processors."""
+    """The append's statements compiled for one dialect (the insert with the columns' bind processors)."""
 
     head: Compiled
     lock: Compiled | None
-    insert: Compiled
-    process: dict[str, Callable[[Any], Any]]
+    insert: Prebuilt
 
     @classmethod
     def build(cls, dialect: Any) -> _RawStatements:
         return cls(
             head=compiled(HEAD, dialect),
             lock=compiled(LOCK, dialect) if dialect.name == "postgresql" else None,
-            insert=compiled(INSERT, dialect, ROW_KEYS),
-            process={k: v for k, v in bind_processors(table(AccessLogEntry), dialect).items() if k in ROW_KEYS},
+            insert=prebuilt(INSERT, table(AccessLogEntry), dialect, ROW_KEYS),
         )
 
 
@@ -91,23 +89,11 @@ class AccessLog:
         self._key = derive_key(secret_key, "audit-chain")
         self._raw: dict[str, _RawStatements] = {}
 
-    def append(self, session: Session, *accesses: Access) -> list[str]:
+    def append(self, tx: RawTransaction, *accesses: Access) -> list[str]:
         """Add entries, in order, inside the caller's transaction; returns their chain hashes. On PostgreSQL the
         chain is serialized by a transaction-scoped advisory lock, taken here: append last in the transaction and
-        commit promptly (the lock is held until then). One read of the head and one multi-row insert per call."""
-        if not accesses:
-            return []
-        conn = session.connection()  # Core statements on the session's connection: no ORM machinery per call
-        if conn.dialect.name == "postgresql":
-            conn.execute(LOCK, {"id": ADVISORY_LOCK_ID})
-        rows = self._rows(conn.execute(HEAD).scalar() or GENESIS, accesses)
-        conn.execute(INSERT, rows)
-        return [r["chain_hash"] for r in rows]
-
-    def append_raw(self, tx: RawTransaction, *accesses: Access) -> list[str]:
-        """`append` in a RawTransaction (the same lock, head read and insert, as prebuilt SQL): for a batch of
-        accesses alone — a pre-fill answered from the cache — where SQLAlchemy's work per statement would cost
-        more than the database's."""
+        commit promptly (the lock is held until then). One read of the head and one multi-row insert per call, as
+        prebuilt SQL (ADR 0018: SQLAlchemy's work per statement cost more than the database's)."""
         if not accesses:
             return []
         raw = self._raw.get(tx.dialect.name)
@@ -117,11 +103,7 @@ class AccessLog:
             tx.execute(raw.lock.sql, raw.lock.params({"id": ADVISORY_LOCK_ID}))
         head = tx.execute(raw.head.sql, raw.head.params()).fetchall()
         rows = self._rows(head[0][0] if head else GENESIS, accesses)
-        process = raw.process
-        tx.executemany(
-            raw.insert.sql,
-            [raw.insert.params({k: process[k](v) if k in process else v for k, v in r.items()}) for r in rows],
-        )
+        raw.insert.executemany(tx, rows)
         return [r["chain_hash"] for r in rows]
 
     def _rows(self, prev_hash: str, accesses: Iterable[Access]) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
 from hub.domain.privacy import derive_key
-from hub.store.db import reading
+from hub.store.db import RawTransaction, prebuilt, reading
 from hub.store.models import PopulationCacheEntry, table
 
 TABLE = table(PopulationCacheEntry)
@@ -107,14 +107,14 @@ class PopulationCache:
         blob = nonce + self._aead.encrypt(nonce, json.dumps(record, ensure_ascii=False).encode(), key.encode())
         return {"key": key, "ciphertext": blob, "fetched_at": fetched_at, "expires_at": fetched_at + self.ttl}
 
-    def put_many(self, session: Session, entries: Sequence[tuple[str, dict[str, Any] | None, datetime]]) -> None:
+    def put_many(self, tx: RawTransaction, entries: Sequence[tuple[str, dict[str, Any] | None, datetime]]) -> None:
         """Keep replies inside the caller's transaction, in the order given (give them in key order, so that two
         transactions never lock rows crosswise). An upsert: two requests that fetched the same citizen at once
-        both succeed, the later reply wins. One executemany."""
+        both succeed, the later reply wins. One executemany, as prebuilt SQL."""
         if not self.enabled or not entries:
             return
         rows = [self.seal(key, record, fetched_at) for key, record, fetched_at in entries]
-        session.connection().execute(self._upsert(session.get_bind().dialect.name), rows)
+        prebuilt(self._upsert(tx.dialect.name), TABLE, tx.dialect, list(rows[0])).executemany(tx, rows)
         for row in rows:  # if this transaction rolls back, the copy is still a reply the register gave
             self._remember(row["key"], row["ciphertext"], row["fetched_at"], row["expires_at"])
 

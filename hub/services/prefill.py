@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import cache, cached_property
@@ -35,7 +35,7 @@ from hub.settings import ClientSystem
 from hub.store import db
 from hub.store.db import RawTransaction, reading
 from hub.store.group_commit import GroupCommit
-from hub.store.models import Consent, Document
+from hub.store.models import Consent, Document, Exchange, table
 
 SOURCE_SYSTEM = "csdlqg_dan_cu"  # the population database, as named in provenance
 RELATIVES = {"spouse": "VoChong", "father": "Cha", "mother": "Me"}
@@ -292,7 +292,7 @@ class PrefillService:
         *,
         secret_key: bytes,
         validity: timedelta,
-        record_exchanges: Callable[[Session, Sequence[ExchangeRecord]], None] | None = None,
+        record_exchanges: bool = True,
         cache: PopulationCache | None = None,
         quota: Quota | None = None,
         inline: db.InlineWriter | None = None,
@@ -307,10 +307,13 @@ class PrefillService:
         self.access_log = AccessLog(secret_key)
         self._record_exchanges = record_exchanges
         self.cache = cache
-        self._journals: GroupCommit[Session, _Journal, None] = GroupCommit(sessions.begin, self._write_journals)
-        # journals of access-log entries alone (a pre-fill from the cache, a refusal): the chain's statements as
-        # prebuilt SQL on a pooled connection, without SQLAlchemy's per-statement work (ADR 0018)
+        # journals are written as prebuilt SQL on a pooled connection, without SQLAlchemy's per-statement work
+        # (ADR 0018): those with exchange records and replies to cache (a register look-up) in one group commit,
+        # those of access-log entries alone (a pre-fill from the cache, a refusal) in another
         engine = sessions.kw["bind"]
+        self._journals: GroupCommit[RawTransaction, _Journal, None] = GroupCommit(
+            lambda: db.raw_transaction(engine), self._write_journals
+        )
         self._accesses: GroupCommit[RawTransaction, _Journal, None] = GroupCommit(
             lambda: db.raw_transaction(engine), self._write_accesses
         )
@@ -381,11 +384,17 @@ class PrefillService:
         """Fill the form. The access-log entries, exchange records and cached replies of the request are
         committed at the end, whatever the outcome, before anything is returned; if that write fails, nothing
         is. Concurrent requests share that commit (group commit: one chain lock and one flush per batch)."""
-        journal = _Journal([], [])
         limit, quota = client.prefill_per_minute, self.quota
         wait = quota.take(client.name, limit) if quota is not None and limit is not None else None
+        return self._prefill_recorded(client, body, correlation_id, wait)
+
+    def _prefill_recorded(
+        self, client: ClientSystem, body: PrefillIn, correlation_id: str, over_quota: float | None = None
+    ) -> dict[str, Any]:
+        """`_prefill`, its journal committed by this thread (or the batch it joins) before it returns or raises."""
+        journal = _Journal([], [])
         try:
-            return self._prefill(client, body, correlation_id, journal, over_quota=wait)
+            return self._prefill(client, body, correlation_id, journal, over_quota=over_quota)
         finally:
             if journal.exchanges or journal.cache:
                 self._journals.submit(journal)
@@ -395,8 +404,9 @@ class PrefillService:
     async def prefill_async(self, client: ClientSystem, body: PrefillIn, *, correlation_id: str) -> dict[str, Any]:
         """`prefill` for the API's event loop. A request that needs no I/O but its commit — every person in this
         process's cache, no consent to check — is answered on the loop, and waits for its commit without a
-        thread; any other is done again from the start in a worker thread (the register, the database), its
-        first attempt leaving nothing behind."""
+        thread; any other is done again from the start in a worker thread (the register, the database), which
+        also commits its journal (no hand-back to the loop and on to the committer thread), its first attempt
+        leaving nothing behind."""
         import anyio.to_thread
 
         journal = _Journal([], [])
@@ -407,7 +417,7 @@ class PrefillService:
                 return self._prefill(client, body, correlation_id, journal, blocking=False, over_quota=wait)
             except _WouldBlock:  # (not over the quota: that is decided before anything could block)
                 journal = _Journal([], [])
-                return await anyio.to_thread.run_sync(self._prefill, client, body, correlation_id, journal)
+                return await anyio.to_thread.run_sync(self._prefill_recorded, client, body, correlation_id)
         finally:
             if journal.exchanges or journal.cache:
                 await self._journals.submit_async(journal)
@@ -418,25 +428,27 @@ class PrefillService:
         """Append the journal's entries on this thread if that shares no commit and waits for no one (ADR 0018)."""
         if self._inline is None or not self._accesses.idle:
             return False
-        return self._inline.try_write(lambda tx: self.access_log.append_raw(tx, *journal.accesses))
+        return self._inline.try_write(lambda tx: self.access_log.append(tx, *journal.accesses))
 
-    def _write_journals(self, s: Session, journals: Sequence[_Journal]) -> list[None]:
-        exchanges = [record for j in journals for record in j.exchanges]
-        if self._record_exchanges is not None and exchanges:
-            self._record_exchanges(s, exchanges)
+    def _write_journals(self, tx: RawTransaction, journals: Sequence[_Journal]) -> list[None]:
+        from hub.sync.outbox import INSERT_EXCHANGE, exchange_row
+
+        exchanges = [exchange_row(record) for j in journals for record in j.exchanges]
+        if self._record_exchanges and exchanges:
+            db.prebuilt(INSERT_EXCHANGE, table(Exchange), tx.dialect, list(exchanges[0])).executemany(tx, exchanges)
         if self.cache is not None:
             latest: dict[str, tuple[dict[str, Any], datetime]] = {}
             for key, payload, fetched in (entry for j in journals for entry in j.cache):
                 if key not in latest or fetched >= latest[key][1]:
                     latest[key] = (payload, fetched)
             # in key order: two batches never lock rows crosswise
-            self.cache.put_many(s, [(key, *latest[key]) for key in sorted(latest)])
+            self.cache.put_many(tx, [(key, *latest[key]) for key in sorted(latest)])
         # last: the chain's lock is held from here to the commit, so batches queue on it as briefly as can be
-        self.access_log.append(s, *(access for j in journals for access in j.accesses))
+        self.access_log.append(tx, *(access for j in journals for access in j.accesses))
         return [None] * len(journals)
 
     def _write_accesses(self, tx: RawTransaction, journals: Sequence[_Journal]) -> list[None]:
-        self.access_log.append_raw(tx, *(access for j in journals for access in j.accesses))
+        self.access_log.append(tx, *(access for j in journals for access in j.accesses))
         return [None] * len(journals)
 
     def _prefill(

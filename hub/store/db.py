@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +245,36 @@ def bind_processors(table: Any, dialect: Any) -> dict[str, Callable[[Any], Any]]
         if process is not None:
             out[column.key] = process
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Prebuilt:
+    """A Core statement on one table compiled for a dialect, with its columns' bind processors: rows of Python
+    values in, the driver's parameters out."""
+
+    statement: Compiled
+    process: dict[str, Callable[[Any], Any]]
+
+    def params(self, values: dict[str, Any]) -> Any:
+        process = self.process
+        return self.statement.params({k: process[k](v) if k in process else v for k, v in values.items()})
+
+    def executemany(self, tx: RawTransaction, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            tx.executemany(self.statement.sql, [self.params(r) for r in rows])
+
+
+_PREBUILT: dict[tuple[int, str, tuple[str, ...]], Prebuilt] = {}
+
+
+def prebuilt(statement: Any, table: Any, dialect: Any, keys: Sequence[str]) -> Prebuilt:
+    """`statement` (an insert or upsert into `table`, with values for `keys`) compiled once per dialect."""
+    cache_key = (id(statement), dialect.name, tuple(keys))
+    found = _PREBUILT.get(cache_key)
+    if found is None:
+        process = {k: v for k, v in bind_processors(table, dialect).items() if k in keys}
+        found = _PREBUILT[cache_key] = Prebuilt(compiled(statement, dialect, list(keys)), process)
+    return found
 
 
 @contextmanager
