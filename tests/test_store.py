@@ -386,3 +386,21 @@ def test_migrations_build_exactly_the_schema_the_code_declares(kind: str, tmp_pa
     finally:
         if kind == "postgresql":
             drop_pg_database(url)
+
+
+def test_a_prebuilt_insert_needs_every_value_it_sends() -> None:
+    """Prebuilt SQL (ADR 0018) skips SQLAlchemy at run time, so a column default SQLAlchemy would compute per row
+    (a Python-side `default=`) cannot happen: such a statement is refused when built, not on its first row."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, insert
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.dialects.postgresql import psycopg as pg
+
+    t = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("a", String),
+              Column("made", DateTime, default=lambda: datetime.now(UTC)))  # fmt: skip
+    for dialect in (sqlite.dialect(), pg.dialect()):
+        with pytest.raises(ValueError, match="made"):
+            db.prebuilt(insert(t), t, dialect, ["a"])
+        sql = db.prebuilt(insert(t), t, dialect, ["a", "made"]).statement.sql
+        assert sql.startswith("INSERT INTO t (a, made)") and "RETURNING" not in sql

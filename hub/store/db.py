@@ -268,12 +268,21 @@ _PREBUILT: dict[tuple[int, str, tuple[str, ...]], Prebuilt] = {}
 
 
 def prebuilt(statement: Any, table: Any, dialect: Any, keys: Sequence[str]) -> Prebuilt:
-    """`statement` (an insert or upsert into `table`, with values for `keys`) compiled once per dialect."""
+    """`statement` (an insert or upsert into `table`, with values for `keys`) compiled once per dialect. A
+    statement that needs a value no key gives — a column's Python-side default, which SQLAlchemy would compute
+    per row — is refused here rather than failing on its first row."""
     cache_key = (id(statement), dialect.name, tuple(keys))
     found = _PREBUILT.get(cache_key)
     if found is None:
+        if hasattr(statement, "inline"):  # no RETURNING of the new key: nothing reads it (and executemany drops it)
+            statement = statement.inline()
+        built = compiled(statement, dialect, list(keys))
+        needed = set(built.positional or statement.compile(dialect=dialect, column_keys=list(keys)).params)
+        missing = needed - set(keys) - set(built.defaults)
+        if missing:
+            raise ValueError(f"prebuilt statement needs values no key gives: {sorted(missing)}")
         process = {k: v for k, v in bind_processors(table, dialect).items() if k in keys}
-        found = _PREBUILT[cache_key] = Prebuilt(compiled(statement, dialect, list(keys)), process)
+        found = _PREBUILT[cache_key] = Prebuilt(built, process)
     return found
 
 
