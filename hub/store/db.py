@@ -264,7 +264,8 @@ class Prebuilt:
             tx.executemany(self.statement.sql, [self.params(r) for r in rows])
 
 
-_PREBUILT: dict[tuple[int, str, tuple[str, ...]], Prebuilt] = {}
+# keyed by the statement's id, and holding the statement: while its entry lives, no other object takes that id
+_PREBUILT: dict[tuple[int, str, tuple[str, ...]], tuple[Any, Prebuilt]] = {}
 
 
 def prebuilt(statement: Any, table: Any, dialect: Any, keys: Sequence[str]) -> Prebuilt:
@@ -273,17 +274,18 @@ def prebuilt(statement: Any, table: Any, dialect: Any, keys: Sequence[str]) -> P
     per row — is refused here rather than failing on its first row."""
     cache_key = (id(statement), dialect.name, tuple(keys))
     found = _PREBUILT.get(cache_key)
-    if found is None:
-        if hasattr(statement, "inline"):  # no RETURNING of the new key: nothing reads it (and executemany drops it)
-            statement = statement.inline()
-        built = compiled(statement, dialect, list(keys))
-        needed = set(built.positional or statement.compile(dialect=dialect, column_keys=list(keys)).params)
-        missing = needed - set(keys) - set(built.defaults)
-        if missing:
-            raise ValueError(f"prebuilt statement needs values no key gives: {sorted(missing)}")
-        process = {k: v for k, v in bind_processors(table, dialect).items() if k in keys}
-        found = _PREBUILT[cache_key] = Prebuilt(built, process)
-    return found
+    if found is not None:
+        return found[1]
+    # no RETURNING of the new key: nothing reads it (and executemany drops it)
+    inline = statement.inline() if hasattr(statement, "inline") else statement
+    built = compiled(inline, dialect, list(keys))
+    needed = set(built.positional or inline.compile(dialect=dialect, column_keys=list(keys)).params)
+    missing = needed - set(keys) - set(built.defaults)
+    if missing:
+        raise ValueError(f"prebuilt statement needs values no key gives: {sorted(missing)}")
+    process = {k: v for k, v in bind_processors(table, dialect).items() if k in keys}
+    _PREBUILT[cache_key] = (statement, Prebuilt(built, process))
+    return _PREBUILT[cache_key][1]
 
 
 @contextmanager
