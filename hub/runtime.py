@@ -243,7 +243,6 @@ class Runtime:
             self.population,
             secret_key=secret,
             validity=timedelta(hours=settings.prefill_validity_hours),
-            record_exchanges=True,
             cache=PopulationCache(self.sessions, secret, timedelta(seconds=settings.population_cache_seconds)),
             quota=self.quota,
             inline=self._inline,

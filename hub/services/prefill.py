@@ -292,7 +292,6 @@ class PrefillService:
         *,
         secret_key: bytes,
         validity: timedelta,
-        record_exchanges: bool = True,
         cache: PopulationCache | None = None,
         quota: Quota | None = None,
         inline: db.InlineWriter | None = None,
@@ -305,7 +304,6 @@ class PrefillService:
         self._secret = secret_key
         self.validity = validity
         self.access_log = AccessLog(secret_key)
-        self._record_exchanges = record_exchanges
         self.cache = cache
         # journals are written as prebuilt SQL on a pooled connection, without SQLAlchemy's per-statement work
         # (ADR 0018): those with exchange records and replies to cache (a register look-up) in one group commit,
@@ -315,7 +313,7 @@ class PrefillService:
             lambda: db.raw_transaction(engine), self._write_journals
         )
         self._accesses: GroupCommit[RawTransaction, _Journal, None] = GroupCommit(
-            lambda: db.raw_transaction(engine), self._write_accesses
+            lambda: db.raw_transaction(engine), self._write_journals
         )
 
     def subject_hmac(self, personal_id: str) -> str:
@@ -396,10 +394,16 @@ class PrefillService:
         try:
             return self._prefill(client, body, correlation_id, journal, over_quota=over_quota)
         finally:
-            if journal.exchanges or journal.cache:
-                self._journals.submit(journal)
-            elif journal.accesses:
-                self._accesses.submit(journal)
+            group = self._group_for(journal)
+            if group is not None:
+                group.submit(journal)
+
+    def _group_for(self, journal: _Journal) -> GroupCommit[RawTransaction, _Journal, None] | None:
+        """Which group commit writes a journal: one with exchange records or replies to cache (a register
+        look-up), or one of access entries alone — the common kind, never behind the other's larger batches."""
+        if journal.exchanges or journal.cache:
+            return self._journals
+        return self._accesses if journal.accesses else None
 
     async def prefill_async(self, client: ClientSystem, body: PrefillIn, *, correlation_id: str) -> dict[str, Any]:
         """`prefill` for the API's event loop. A request that needs no I/O but its commit — every person in this
@@ -419,10 +423,9 @@ class PrefillService:
                 journal = _Journal([], [])
                 return await anyio.to_thread.run_sync(self._prefill_recorded, client, body, correlation_id)
         finally:
-            if journal.exchanges or journal.cache:
-                await self._journals.submit_async(journal)
-            elif journal.accesses and not self._appended_inline(journal):
-                await self._accesses.submit_async(journal)
+            group = self._group_for(journal)
+            if group is not None and not (group is self._accesses and self._appended_inline(journal)):
+                await group.submit_async(journal)
 
     def _appended_inline(self, journal: _Journal) -> bool:
         """Append the journal's entries on this thread if that shares no commit and waits for no one (ADR 0018)."""
@@ -434,7 +437,7 @@ class PrefillService:
         from hub.sync.outbox import INSERT_EXCHANGE, exchange_row
 
         exchanges = [exchange_row(record) for j in journals for record in j.exchanges]
-        if self._record_exchanges and exchanges:
+        if exchanges:
             db.prebuilt(INSERT_EXCHANGE, table(Exchange), tx.dialect, list(exchanges[0])).executemany(tx, exchanges)
         if self.cache is not None:
             latest: dict[str, tuple[dict[str, Any], datetime]] = {}
@@ -444,10 +447,6 @@ class PrefillService:
             # in key order: two batches never lock rows crosswise
             self.cache.put_many(tx, [(key, *latest[key]) for key in sorted(latest)])
         # last: the chain's lock is held from here to the commit, so batches queue on it as briefly as can be
-        self.access_log.append(tx, *(access for j in journals for access in j.accesses))
-        return [None] * len(journals)
-
-    def _write_accesses(self, tx: RawTransaction, journals: Sequence[_Journal]) -> list[None]:
         self.access_log.append(tx, *(access for j in journals for access in j.accesses))
         return [None] * len(journals)
 
