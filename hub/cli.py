@@ -7,6 +7,7 @@ import os
 import sqlite3
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -844,24 +845,46 @@ def _when(value: str | None) -> datetime | None:
 def audit_usage(
     subject_id: Annotated[str, typer.Argument(help="the citizen's 12-digit personal ID (not stored; matched by HMAC)")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    officer: Annotated[
+        str | None, typer.Option(help="who asks, for the access log (default: this account's user name)")
+    ] = None,
+    agency: Annotated[str | None, typer.Option(help="the agency code the inquiry is made for")] = None,
 ) -> None:
-    """Who used a citizen's data: every access, allowed or refused, newest first (an operator's export)."""
+    """Who used a citizen's data: every access, allowed or refused, newest first (an operator's export). The
+    inquiry is itself logged (purpose access_log_inquiry, client "cli") before anything is shown."""
+    import getpass
+
     from hub.domain import identifiers
     from hub.domain.errors import DomainError
     from hub.domain.privacy import subject_hmac
+    from hub.services.audit import ACCESS_LOG_INQUIRY, Access
     from hub.store import db
 
     try:
         identifiers.personal_id(subject_id)
+        if agency is not None:
+            identifiers.agency_code(agency)
     except DomainError as exc:
         err.print(f"[red]{exc.detail}[/red]")
         raise typer.Exit(2) from None
     settings = _settings()
     secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
     engine, log = _audit_runtime()
+    subject = subject_hmac(secret, subject_id)
     try:
         with db.make_sessionmaker(engine)() as session:
-            items = list(log.usage(session, subject_hmac(secret, subject_id)))
+            items = list(log.usage(session, subject))
+        entry = Access.inquiry(
+            ACCESS_LOG_INQUIRY,
+            client="cli",
+            agency=agency or "-",
+            officer=officer or getpass.getuser(),
+            subject=subject,
+            correlation_id=f"cli-{uuid.uuid4().hex[:12]}",
+            fields=["access_log"],
+        )
+        with db.raw_transaction(engine) as tx:
+            log.append(tx, entry)
     finally:
         engine.dispose()
     if as_json:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from hub.console.auth import Operators
 from hub.sandbox.common import ServerThread
@@ -186,6 +187,23 @@ def test_search_by_personal_id_and_replay_by_filter(console_hub: Hub, creds: Cre
     owner = str(d["SoGiayToChuHoSo"])
     page = operator.get("/ops/dossiers", params={"q": owner}).text
     assert d["MaHoSo"] in page and owner not in page  # matched by HMAC, shown masked, never echoed
+    # which dossiers a citizen has is their personal data: the search is in the access log, with who searched
+    from hub.store.models import AccessLogEntry
+
+    with hub.runtime.sessions() as s:
+        [entry] = s.scalars(
+            select(AccessLogEntry).where(AccessLogEntry.subject == hub.runtime.prefill.subject_hmac(owner))
+        )
+    assert (entry.client, entry.officer, entry.purpose, entry.outcome) == (
+        "console",
+        "tran.van.an",
+        "operator_search",
+        "allowed",
+    )
+    assert entry.fields == ["dossiers"] and entry.subject != owner  # the ID only as its HMAC
+    operator.get("/ops/dossiers", params={"q": d["MaHoSo"]})  # a search by MaHoSo reads no citizen's ID
+    with hub.runtime.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(AccessLogEntry)) == 1
     for n in (5, 6):  # two dead letters to the one-stop system (no route)
         pushed = dossier(n, status=1)
         assert (

@@ -364,13 +364,8 @@ def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, cr
         "HUB_DATABASE_URL": hub.settings.effective_database_url,
         "HUB_SECRET_KEY": creds.secret_key,
     }
-    ok = subprocess.run(
-        [HUB_BIN, "audit", "verify", "--json"], check=False, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["intact"] is True
     usage = subprocess.run(
-        [HUB_BIN, "audit", "usage", someone["SoDinhDanh"], "--json"],
+        [HUB_BIN, "audit", "usage", someone["SoDinhDanh"], "--json", "--officer", "tt-0007"],
         check=False,
         env=env,
         capture_output=True,
@@ -380,6 +375,14 @@ def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, cr
     assert usage.returncode == 0, usage.stderr
     [item] = json.loads(usage.stdout)
     assert item["client"] == "onestop-hcm" and item["outcome"] == "allowed" and item["purpose"] == PURPOSE
+    with hub.runtime.sessions() as s:  # the inquiry went into the log, a link of the same chain
+        [inquiry, _] = hub.runtime.prefill.access_log.usage(s, hub.runtime.prefill.subject_hmac(someone["SoDinhDanh"]))
+    assert (inquiry["client"], inquiry["officer"], inquiry["purpose"]) == ("cli", "tt-0007", "access_log_inquiry")
+    ok = subprocess.run(
+        [HUB_BIN, "audit", "verify", "--json"], check=False, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["intact"] is True
     # with another key the chain does not verify: the key, not the database, vouches for the log
     forged = subprocess.run(
         [HUB_BIN, "audit", "verify"],
@@ -398,9 +401,29 @@ def test_citizens_data_usage_is_for_auditors_only(hub: Hub, people: httpx.Client
     r = hub.http.post("/v1/citizens/data-usage", json={"subject_id": someone["SoDinhDanh"]})
     assert r.status_code == 403 and r.json()["code"] == "forbidden_role"
     auditor = {"X-API-Key": creds.portal_key}
-    got = hub.http.post("/v1/citizens/data-usage", json={"subject_id": someone["SoDinhDanh"]}, headers=auditor).json()
-    assert [i["outcome"] for i in got["items"]] == ["allowed", "refused"]
+    inquiry = {"subject_id": someone["SoDinhDanh"], "requested_by": {"officer": "tt-0007", "agency": AGENCY}}
+    got = hub.http.post("/v1/citizens/data-usage", json=inquiry, headers=auditor).json()
+    # an inquiry is a use of the citizen's data too: the refused one is there, newest first
+    assert [(i["purpose"], i["outcome"]) for i in got["items"]] == [
+        ("access_log_inquiry", "refused"),
+        (PURPOSE, "allowed"),
+        ("marketing", "refused"),
+    ]
+    assert got["items"][0]["client"] == "onestop-hcm" and got["items"][0]["fields"] == []
     assert someone["SoDinhDanh"] not in json.dumps(got)
+    again = hub.http.post("/v1/citizens/data-usage", json=inquiry, headers=auditor).json()
+    assert again["count"] == got["count"] + 1
+    last = again["items"][0]  # the auditor's own inquiry: who, for which agency, why, what they saw
+    assert (last["purpose"], last["outcome"], last["officer"], last["agency"], last["fields"]) == (
+        "access_log_inquiry",
+        "allowed",
+        "tt-0007",
+        AGENCY,
+        ["access_log"],
+    )
+    assert last["legal_basis"] and last["procedure"] == "-"
+    with hub.runtime.sessions() as s:
+        assert hub.runtime.prefill.access_log.verify(s).intact  # the inquiries are links of the same chain
 
 
 def citizen_token(trust: Trust, subject_id: str, **claims: Any) -> str:
@@ -442,6 +465,10 @@ def test_a_signed_in_citizen_sees_who_used_their_data(
     theirs = my_usage(hub, citizen_token(trust, other["SoDinhDanh"])).json()
     assert theirs["count"] == 1  # each citizen sees their own, nobody else's
     assert my_usage(hub, citizen_token(trust, "001099000001")).json() == {"count": 0, "items": []}
+    # each view is logged too: the next one shows the one before
+    seen = my_usage(hub, citizen_token(trust, someone["SoDinhDanh"])).json()
+    assert seen["count"] == 3
+    assert (seen["items"][0]["purpose"], seen["items"][0]["client"]) == ("data_subject_access", "citizen")
 
 
 def test_tokens_not_issued_to_hub_by_the_provider_are_refused(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import itertools
 import json
 import logging
 import time
@@ -23,15 +22,13 @@ from hub.adapters.errors import PeerError
 from hub.adapters.identity import ClientTokens, InvalidToken, client_tokens, looks_like_jwt
 from hub.api import problems
 from hub.api.middleware import BodyLimitAndCorrelation, ConsoleSessions, Inbound
-from hub.domain import identifiers
-from hub.domain.errors import DomainError, Forbidden
+from hub.domain.errors import DomainError
 from hub.logs import correlation_id
 from hub.runtime import Runtime
 from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, PrefillOut, SubjectIn
 from hub.services.schemas import Accepted, DocumentAccepted, DossierIn, EdocIn, ProgressIn
 from hub.settings import ClientSystem, Settings
-from hub.store import db
 
 IDEMPOTENCY_KEY_MAX = 200
 # What peers push to hub is recorded beside hub's own calls (exchanges): peer and operation by path.
@@ -370,13 +367,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "/v1/citizens/data-usage",
         tags=["prefill"],
         summary="Who used a citizen's data (auditor role: the citizen's portal account page, an inspector)",
+        description="Newest first. The inquiry is itself written to the access log (purpose `access_log_inquiry`, "
+        "allowed or refused, with `requested_by` when given) before the answer.",
     )
     def data_usage(body: SubjectIn, who: Client) -> dict[str, Any]:
-        if "auditor" not in who.roles:
-            raise Forbidden("this client may not read the access log", code="forbidden_role")
-        identifiers.personal_id(body.subject_id)
-        with rt().sessions() as s:
-            items = list(rt().prefill.access_log.usage(s, rt().prefill.subject_hmac(body.subject_id)))
+        items = rt().prefill.data_usage(who, body, correlation_id=correlation_id.get())
         return {"count": len(items), "items": items}
 
     @app.get(
@@ -405,9 +400,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             raise CitizenSignInUnavailable(
                 "the identity provider could not be reached; try again shortly", code="identity_provider_unavailable"
             ) from exc
-        with db.reading_session(rt().sessions) as s:
-            usage = rt().prefill.access_log.usage(s, rt().prefill.subject_hmac(personal_id))
-            items = list(itertools.islice(usage, limit))
+        items = rt().prefill.own_data_usage(personal_id, limit=limit, correlation_id=correlation_id.get())
         return {"count": len(items), "items": items}
 
     @app.post(

@@ -21,6 +21,8 @@ from hub.console.auth import Operators
 from hub.console.i18n import peer_names, words
 from hub.domain.dates import utcnow
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
+from hub.logs import correlation_id
+from hub.services.audit import OPERATOR_SEARCH, Access
 from hub.services.dossiers import mask_id
 from hub.store.models import Dossier, Exchange, JobRun, OutboxMessage, Payment, StatusEvent
 from hub.sync import jobs, outbox
@@ -199,6 +201,18 @@ def router(runtime: Any) -> APIRouter:
                     escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                     query = query.where(Dossier.code.like(f"{escaped}%", escape="\\"))
                 results = [_dossier_row(d) for d in s.scalars(query)]
+            if ID_RE.match(q):  # which dossiers a citizen has is their personal data: the search is logged
+                rt().prefill.record(
+                    Access.inquiry(
+                        OPERATOR_SEARCH,
+                        client="console",
+                        agency="-",
+                        officer=str(request.session.get("user")),
+                        subject=rt().prefill.subject_hmac(q),
+                        correlation_id=correlation_id.get(),
+                        fields=["dossiers"],
+                    )
+                )
         shown = mask_id(q) if ID_RE.match(q) else q  # a personal ID is never echoed back in full
         return render(request, "dossiers.html", page="dossiers", q=shown, results=results)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,20 @@ CHAINED = (
 )  # fmt: skip
 
 
+# Reads of personal data that are not pre-fills, each logged like one: learning whose data was used, or which
+# dossiers a personal ID has, is itself processing of that citizen's personal data.
+ACCESS_LOG_INQUIRY = "access_log_inquiry"  # an auditor (client with the auditor role, `hub audit usage`)
+DATA_SUBJECT_ACCESS = "data_subject_access"  # the citizen, signed in, reading who used their data
+OPERATOR_SEARCH = "operator_search"  # an operator's console search of dossiers by personal ID
+LEGAL_BASES = {
+    ACCESS_LOG_INQUIRY: "Luật Bảo vệ dữ liệu cá nhân 2025; Nghị định 13/2023/NĐ-CP: kiểm tra, giám sát việc xử lý "
+    "dữ liệu cá nhân (nhật ký truy cập)",
+    DATA_SUBJECT_ACCESS: "Luật Bảo vệ dữ liệu cá nhân 2025; Nghị định 13/2023/NĐ-CP: quyền được biết, quyền truy cập "
+    "của chủ thể dữ liệu",
+    OPERATOR_SEARCH: "Luật Dữ liệu 2024; Nghị định 13/2023/NĐ-CP: vận hành hệ thống, tra cứu hồ sơ theo số định danh",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Access:
     client: str
@@ -48,6 +63,39 @@ class Access:
     outcome: str
     reason: str | None = None
     fields: list[str] = field(default_factory=list)
+
+    @classmethod
+    def inquiry(
+        cls,
+        purpose: str,
+        *,
+        client: str,
+        agency: str,
+        officer: str,
+        subject: str,
+        correlation_id: str,
+        fields: list[str],
+        outcome: str = "allowed",
+        reason: str | None = None,
+    ) -> Access:
+        """An entry for a read that is not a pre-fill (`purpose`: one of LEGAL_BASES): no procedure, no request
+        to the register (its request id is hub's own), the legal basis the purpose's."""
+        return cls(
+            client=client[:64],
+            agency=agency[:32] or "-",
+            officer=officer[:100] or "-",
+            subject=subject,
+            subject_role="subject",
+            procedure="-",
+            purpose=purpose,
+            legal_basis=LEGAL_BASES[purpose][:200],
+            consent_ref=None,
+            request_id=uuid.uuid4().hex,
+            correlation_id=correlation_id[:64] or "-",
+            outcome=outcome,
+            reason=reason[:500] if reason else None,
+            fields=fields,
+        )
 
 
 def _canonical(values: dict[str, Any]) -> bytes:

@@ -7,6 +7,7 @@ is appended to the hash-chained access log, one entry per person whose data was 
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from hub.domain import identifiers
 from hub.domain.dates import utcnow
 from hub.domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
 from hub.domain.privacy import subject_hmac
-from hub.services.audit import Access, AccessLog
+from hub.services.audit import ACCESS_LOG_INQUIRY, DATA_SUBJECT_ACCESS, Access, AccessLog
 from hub.services.population_cache import PopulationCache
 from hub.services.quota import Quota, retry_after
 from hub.services.schemas import NulFree
@@ -190,9 +191,12 @@ class PrefillOut(BaseModel):
     documents_offered: bool = Field(description="whether a live consent allowed offering documents")
 
 
-class SubjectIn(BaseModel):
+class SubjectIn(NulFree):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     subject_id: str = Field(description="the citizen's 12-digit personal ID (in the body, never in a URL)")
+    requested_by: RequestedBy | None = Field(
+        default=None, description="the officer (inspector, data-protection officer) and agency behind the inquiry"
+    )
 
 
 class ConsentIn(NulFree):
@@ -404,6 +408,63 @@ class PrefillService:
         if journal.exchanges or journal.cache:
             return self._journals
         return self._accesses if journal.accesses else None
+
+    def record(self, *accesses: Access) -> None:
+        """Commit access-log entries of a read that is not a pre-fill (`Access.inquiry`) before the caller answers
+        — in the pre-fills' own group commit, so they share its chain lock and its flushes."""
+        if accesses:
+            self._accesses.submit(_Journal(list(accesses), []))
+
+    def data_usage(self, client: ClientSystem, body: SubjectIn, *, correlation_id: str) -> list[dict[str, Any]]:
+        """Who used a citizen's data, newest first, for a client with the auditor role. The inquiry is itself a
+        use of the citizen's data: it is logged, allowed or refused, before anything is answered."""
+        identifiers.personal_id(body.subject_id)
+        subject, by = self.subject_hmac(body.subject_id), body.requested_by
+
+        def entry(outcome: str, reason: str | None = None) -> Access:
+            return Access.inquiry(
+                ACCESS_LOG_INQUIRY,
+                client=client.name,
+                agency=by.agency if by else "-",
+                officer=by.officer if by else "-",
+                subject=subject,
+                correlation_id=correlation_id,
+                outcome=outcome,
+                reason=reason,
+                fields=["access_log"] if outcome == "allowed" else [],
+            )
+
+        refused: DomainError | None = None
+        if "auditor" not in client.roles:
+            refused = Forbidden("this client may not read the access log", code="forbidden_role")
+        elif by is not None and not client.may_act_for(by.agency):
+            refused = Forbidden(f"client may not act for agency {by.agency}", code="agency_not_allowed")
+        if refused is not None:
+            self.record(entry("refused", refused.detail))
+            raise refused
+        with db.reading_session(self.sessions) as s:
+            items = list(self.access_log.usage(s, subject))
+        self.record(entry("allowed"))
+        return items
+
+    def own_data_usage(self, personal_id: str, *, limit: int, correlation_id: str) -> list[dict[str, Any]]:
+        """The citizen's own view of who used their data (signed in: `personal_id` from their ID token), newest
+        first; the view is logged too, so the next one shows it."""
+        subject = self.subject_hmac(personal_id)
+        with db.reading_session(self.sessions) as s:
+            items = list(itertools.islice(self.access_log.usage(s, subject), limit))
+        self.record(
+            Access.inquiry(
+                DATA_SUBJECT_ACCESS,
+                client="citizen",
+                agency="-",
+                officer="self",
+                subject=subject,
+                correlation_id=correlation_id,
+                fields=["access_log"],
+            )
+        )
+        return items
 
     async def prefill_async(self, client: ClientSystem, body: PrefillIn, *, correlation_id: str) -> dict[str, Any]:
         """`prefill` for the API's event loop. A request that needs no I/O but its commit — every person in this
