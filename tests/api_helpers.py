@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -13,4 +14,5 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     body: dict[str, Any] = r.json()
     assert body["status"] == status and body["code"] == code, body
     assert body["title"] and body["type"].endswith(code)
+    assert not re.fullmatch(r"(?:[A-Z][a-z]+){2,}", body["title"]), body  # words for a reader, not a class name
     return body

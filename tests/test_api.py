@@ -264,9 +264,10 @@ def test_a_key_is_rotated_without_a_moment_refused(hub_factory: HubFactory, cred
 
 def test_unknown_dossier_is_404(hub: Hub) -> None:
     code = "000.00.17.H56-241015-9999"
-    assert_problem(hub.http.get(f"/v1/dossiers/{code}"), 404, "dossier_not_found")
+    assert assert_problem(hub.http.get(f"/v1/dossiers/{code}"), 404, "dossier_not_found")["title"] == "Not found"
     assert_problem(hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 4)), 404, "dossier_not_found")
-    assert_problem(hub.http.get("/v1/dossiers/not-a-code"), 422, "invalid_dossier_code")
+    bad = assert_problem(hub.http.get("/v1/dossiers/not-a-code"), 422, "invalid_dossier_code")
+    assert bad["title"] == "Invalid identifier"
     assert_problem(hub.http.get("/v1/nothing-here"), 404, "not_found")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -80,7 +81,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool | None)}
-        response = problem(exc.status, exc.code, exc.__class__.__name__, exc.detail, **extra)
+        title = exc.title or HTTPStatus(exc.status).phrase
+        response = problem(exc.status, exc.code, title, exc.detail, **extra)
         if isinstance(extra.get("retry_after"), int):
             response.headers["Retry-After"] = str(extra["retry_after"])
         return response
@@ -115,7 +117,11 @@ def install(app: FastAPI) -> None:
             "malformed_json" if exc.status_code == 400 else STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
         )
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return problem(exc.status_code, code, detail or code.replace("_", " "), detail)
+        try:
+            title = "Malformed JSON" if exc.status_code == 400 else HTTPStatus(exc.status_code).phrase
+        except ValueError:  # a status Python does not name
+            title = code.replace("_", " ")
+        return problem(exc.status_code, code, title, detail)
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:

@@ -8,6 +8,7 @@ class DomainError(Exception):
 
     code = "domain_error"
     status = 422
+    title: str | None = None  # problem+json's summary of the kind of problem; the HTTP status's phrase if None
 
     def __init__(self, detail: str, *, code: str | None = None, **extra: object) -> None:
         super().__init__(detail)
@@ -20,31 +21,37 @@ class DomainError(Exception):
 class InvalidIdentifier(DomainError):
     code = "invalid_identifier"
     status = 422
+    title = "Invalid identifier"
 
 
 class InvalidDate(DomainError):
     code = "invalid_date"
     status = 422
+    title = "Invalid date"
 
 
 class InvalidTransition(DomainError):
     code = "invalid_transition"
     status = 409
+    title = "Status transition not allowed"
 
 
 class NotFound(DomainError):
     code = "not_found"
     status = 404
+    title = "Not found"
 
 
 class Forbidden(DomainError):
     code = "forbidden"
     status = 403
+    title = "Forbidden"
 
 
 class Conflict(DomainError):
     code = "conflict"
     status = 409
+    title = "Conflict"
 
 
 class TooManyRequests(DomainError):
@@ -52,3 +59,4 @@ class TooManyRequests(DomainError):
 
     code = "rate_limited"
     status = 429
+    title = "Too many requests"
