@@ -121,6 +121,7 @@ def test_new_dossier_must_start_as_new_or_accepted(hub: Hub) -> None:
         (lambda d: d.update(MaTTHC="1001193"), "invalid_procedure_code"),
         (lambda d: d.update(NgayTiepNhan="2024-10-15"), "invalid_date"),
         (lambda d: d.update(NgayTiepNhan="20241399083000"), "invalid_date"),
+        (lambda d: d.update(NgayHenTra="00010101000000"), "invalid_date"),  # at +07:00, before UTC's year 1
         (lambda d: d.update(TrangThaiHoSo=11), "invalid_status"),
         (lambda d: d.pop("ChuHoSo"), "missing_field"),
         (lambda d: d.update(KenhThucHien="online"), "validation_error"),

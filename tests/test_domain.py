@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hub.domain import identifiers as ids
-from hub.domain.dates import format_national, parse_national
+from hub.domain.dates import format_national, instant, parse_national
 from hub.domain.errors import InvalidDate, InvalidIdentifier, InvalidTransition
 from hub.domain.status import INITIAL, TERMINAL, TRANSITIONS, DossierStatus, check_transition
 from hub.sandbox import contracts
@@ -81,11 +81,24 @@ def test_national_dates_are_vietnam_local_time() -> None:
     assert moment.astimezone(UTC) == datetime(2024, 10, 15, 1, 30, tzinfo=UTC)
     assert format_national(datetime(2024, 10, 14, 17, 0, tzinfo=UTC)) == "20241015000000"
     for bad in ("2024101508300", "20241315083000", "20240230083000", "2024-10-15T08", "20241015256000",
-                "２０２４１０１５０８３０００", "٢٠٢٤١٠١٥٠٨٣٠٠٠"):  # fmt: skip  # full-width and Arabic-Indic digits
+                "２０２４１０１５０８３０００", "٢٠٢٤١٠١٥٠٨٣٠٠٠",  # full-width and Arabic-Indic digits
+                "00010101000000", "18991231235959"):  # fmt: skip
         with pytest.raises(InvalidDate):
             parse_national(bad)
     with pytest.raises(InvalidDate):
         format_national(datetime(2024, 1, 1))
+    assert parse_national("99991231235959").astimezone(UTC).year == 9999  # "no end" as some systems write it
+
+
+def test_moments_sent_by_clients_carry_an_offset_and_fit_in_utc() -> None:
+    assert instant(datetime(2025, 1, 1, tzinfo=UTC)) == datetime(2025, 1, 1, tzinfo=UTC)
+    for bad in (
+        datetime(2025, 1, 1),  # naive: which zone?
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+        datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-12))),
+    ):
+        with pytest.raises(InvalidDate):
+            instant(bad)
 
 
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)))

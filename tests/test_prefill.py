@@ -225,6 +225,11 @@ def test_documents_are_offered_only_with_a_live_consent(hub: Hub, people: httpx.
 
     document("12/2024/KH", None)
     document("13/2020/KH", now - timedelta(days=1))  # no longer valid: never offered
+    for moment in ("2025-01-01T00:00:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00"):
+        # no offset (which zone?), or past what UTC holds: 422, nothing stored
+        consent = {"subject_id": father["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"], "expires_at": moment}
+        r = hub.http.post("/v1/consents", json=consent)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_date", r.text
     assert ask(hub, father["SoDinhDanh"]).json()["documents"] == []  # no consent, no documents
     granted = hub.http.post(
         "/v1/consents", json={"subject_id": father["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"]}

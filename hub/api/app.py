@@ -22,6 +22,7 @@ from hub.adapters.errors import PeerError
 from hub.adapters.identity import ClientTokens, InvalidToken, client_tokens, looks_like_jwt
 from hub.api import problems
 from hub.api.middleware import BodyLimitAndCorrelation, ConsoleSessions, Inbound
+from hub.domain.dates import instant
 from hub.domain.errors import DomainError
 from hub.logs import correlation_id
 from hub.runtime import Runtime
@@ -419,8 +420,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             datetime | None, Query(description="validate as of this time (ISO 8601 with offset), e.g. signing time")
         ] = None,
     ) -> dict[str, Any]:
-        if at is not None and at.tzinfo is None:
-            raise DomainError("`at` must carry a time zone offset", code="invalid_date")
+        if at is not None:
+            instant(at, "`at`")
         data = await request.body()
         with rt().signature_seconds.time():
             report = await run_in_threadpool(rt().signatures.verify, data, at=at)

@@ -15,6 +15,8 @@ def parse_national(value: str) -> datetime:
     """Parse `yyyyMMddHHmmss` (Vietnam local time) into an aware datetime."""
     if not isinstance(value, str) or len(value) != 14 or not (value.isascii() and value.isdigit()):
         raise InvalidDate(f"date {value!r} is not in the format yyyyMMddHHmmss")
+    if value < "1900":  # no record of the portal's is older; year 1 at +07:00 would not even convert to UTC
+        raise InvalidDate(f"date {value!r} is before 1900")
     try:  # fields by position (14 ASCII digits, checked above): strptime's parsing costs ~10x as much per call
         return datetime(
             int(value[0:4]),
@@ -34,6 +36,18 @@ def format_national(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise InvalidDate("refusing to format a naive datetime: its zone is unknown")
     return moment.astimezone(VN_TZ).strftime(NATIONAL_FORMAT)
+
+
+def instant(value: datetime, what: str = "datetimes") -> datetime:
+    """A moment a client sent (ISO 8601): it must carry its offset, and be one UTC can hold — 0001-01-01T00:00+14:00
+    and 9999-12-31T23:59-12:00 are not (converting them, as storing does, would overflow)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidDate(f"{what} must carry a time zone offset (e.g. +07:00)", code="invalid_date")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidDate(f"{value.isoformat()} is out of range", code="invalid_date") from None
+    return value
 
 
 def utcnow() -> datetime:

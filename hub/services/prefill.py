@@ -25,7 +25,7 @@ from hub.adapters.errors import PeerError
 from hub.adapters.exchange import ExchangeRecord
 from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.domain import identifiers
-from hub.domain.dates import utcnow
+from hub.domain.dates import instant, utcnow
 from hub.domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
 from hub.domain.privacy import subject_hmac
 from hub.services.audit import ACCESS_LOG_INQUIRY, DATA_SUBJECT_ACCESS, Access, AccessLog
@@ -283,9 +283,7 @@ def _format(kind: str, value: Any) -> str | None:
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise DomainError("datetimes must carry a time zone offset", code="invalid_date")
-    return value
+    return None if value is None else instant(value)
 
 
 class PrefillService:
