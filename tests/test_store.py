@@ -120,7 +120,8 @@ def test_sqlite_log_is_copied_back_and_started_over_off_the_request_path(tmp_pat
                 time.sleep(0.002)  # a steady stream, as requests make it: not one writer holding the lock back to back
     finally:
         checkpointer.stop()
-    assert largest < db.WAL_AUTOCHECKPOINT_PAGES, largest  # with passive checkpoints only, it reaches the backstop
+    assert largest < 4_000, largest  # with passive checkpoints only, it passes 20,000 pages
+    assert largest < db.WAL_AUTOCHECKPOINT_PAGES  # never near the backstop, whose checkpoint runs in a commit
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == rows
         assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
