@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     oauth_jwks_url: str = ""  # its signing keys; empty -> {issuer}/jwks.json
     oauth_audience: str = "hub"  # hub as a resource server: the tokens' `aud`
     oauth_client_claim: str = "client_id"  # RFC 9068; Keycloak-style servers put it in `azp`
+    # a token naming hub's scopes (hub:dossiers, hub:prefill…) may do only what they cover; with this, one naming
+    # none of them may do nothing (else it acts with the client system's configured permissions)
+    oauth_require_scopes: bool = False
 
     # Signatures: trust anchors only from here (never the OS bundle); hub's own signing key.
     signing_trust_anchors: list[Path] = Field(default_factory=list)  # PEM files; dev: the sandbox PKI's roots

@@ -204,7 +204,7 @@ def test_authentication_and_agency_authorization(hub: Hub, creds: Creds) -> None
     # the docs (and generated clients) know both ways in: either scheme, not both
     spec = httpx.get(f"{hub.url}/openapi.json").json()
     assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer", "CitizenIdToken"}
-    assert spec["paths"]["/v1/dossiers"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    assert spec["paths"]["/v1/dossiers"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": ["hub:dossiers"]}]
     # and what errors are: a Problem as application/problem+json, not FastAPI's default HTTPValidationError
     refused = spec["paths"]["/v1/dossiers"]["post"]["responses"]
     assert "422" not in refused and "HTTPValidationError" not in spec["components"]["schemas"]

@@ -196,4 +196,35 @@ def test_a_remembered_token_is_taken_until_it_expires_and_not_after(motcua: Motc
     tokens = hub.server.server.config.app.state.client_tokens
     assert tokens.remembered(good) is None
     assert with_token(hub, good, "GET", "/v1/dossiers?overdue=true").status_code == 200
-    assert tokens.remembered(good) == client_id and tokens.remembered(short) is None
+    assert tokens.remembered(good).client_id == client_id and tokens.remembered(short) is None
+
+
+@SQLITE
+def test_a_token_naming_hubs_scopes_may_do_only_what_they_cover(
+    hub_factory: HubFactory, trust: Trust, creds: Creds
+) -> None:
+    """The province's API gateway grants a system the scopes of the APIs it subscribed to: a token naming hub's
+    scopes is held to them (403 insufficient_scope, RFC 6750's WWW-Authenticate); one naming none of hub's
+    ("openid profile", as many servers add) acts with the client system's configured permissions — unless hub
+    requires scopes."""
+    client_id, secret = oauth_client(trust)
+    hub = hub_for(hub_factory, trust, creds, client_id)
+    d = dossier(41)
+    prefill_only = grant(trust, client_id, secret, scope="openid hub:prefill").json()["access_token"]
+    r = with_token(hub, prefill_only, "POST", "/v1/dossiers", json=d)
+    assert r.status_code == 403 and r.json()["code"] == "insufficient_scope", r.text
+    assert r.headers["www-authenticate"] == 'Bearer error="insufficient_scope", scope="hub:dossiers"'
+    assert with_token(hub, prefill_only, "GET", "/v1/dossiers?overdue=true").status_code == 403
+    assert hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").status_code == 404  # nothing was filed
+    both = grant(trust, client_id, secret, scope="hub:prefill hub:dossiers").json()["access_token"]
+    assert with_token(hub, both, "POST", "/v1/dossiers", json=d).status_code == 202
+    unscoped = grant(trust, client_id, secret, scope="openid profile").json()["access_token"]
+    assert with_token(hub, unscoped, "GET", f"/v1/dossiers/{d['MaHoSo']}").status_code == 200
+    assert hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").status_code == 200  # API keys carry no scopes
+    strict = hub_for(hub_factory, trust, creds, client_id, oauth_require_scopes=True)
+    r = with_token(strict, unscoped, "GET", "/v1/dossiers?overdue=true")
+    assert r.status_code == 403 and r.json()["code"] == "insufficient_scope"
+    assert with_token(strict, both, "GET", "/v1/dossiers?overdue=true").status_code == 200
+    # the OpenAPI document says which scope each operation needs
+    spec = hub.http.get("/openapi.json").json()
+    assert {"Bearer": ["hub:dossiers"]} in spec["paths"]["/v1/dossiers"]["post"]["security"]

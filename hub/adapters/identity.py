@@ -17,6 +17,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -158,11 +159,11 @@ class ClientTokens(TokenVerifier):
         # A client sends the same token until it expires: what was verified is remembered until its `exp` (at
         # most), keyed by the token's digest. Verifying costs ~1 ms (the key set rebuilt, the signature checked,
         # a worker thread); a remembered token costs a hash.
-        self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._verified: OrderedDict[bytes, tuple[Grant, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def remembered(self, token: str) -> str | None:
-        """The client_id of a token verified before and not yet expired, without verifying it again."""
+    def remembered(self, token: str) -> Grant | None:
+        """What a token verified before and not yet expired grants, without verifying it again."""
         digest = hashlib.sha256(token.encode()).digest()
         with self._lock:
             found = self._verified.get(digest)
@@ -179,17 +180,52 @@ class ClientTokens(TokenVerifier):
         if typ not in ("jwt", "at+jwt", "application/at+jwt"):
             raise InvalidToken(f"a token of type {header.get('typ')!r} is not an access token")
 
-    def client_id(self, token: str) -> str:
-        """The client system's client_id at the authorization server."""
+    def grant(self, token: str) -> Grant:
+        """Verify the token: the client system's client_id at the authorization server, and the scopes of hub's
+        it names (`scope`, space-separated, RFC 9068; or `scp`, a list, as some servers write it)."""
         claims = self.claims(token)
         value = claims[self.claim]
         if not isinstance(value, str) or not value:
             raise InvalidToken(f"the token's {self.claim!r} claim is not a client id")
+        granted = Grant(value, hub_scopes(claims))
         with self._lock:
-            self._verified[hashlib.sha256(token.encode()).digest()] = (value, float(claims["exp"]))
+            self._verified[hashlib.sha256(token.encode()).digest()] = (granted, float(claims["exp"]))
             while len(self._verified) > self.CACHE_SIZE:
                 self._verified.popitem(last=False)
-        return value
+        return granted
+
+    def client_id(self, token: str) -> str:
+        """The client system's client_id at the authorization server."""
+        return self.grant(token).client_id
+
+
+# What a client system's access token may be used for, when its authorization server says (the API gateway grants
+# a system the scopes of the APIs it subscribed to). A token naming none of them is not limited by scope (its
+# server knows nothing of hub's: "openid profile", "default"…) unless HUB_OAUTH_REQUIRE_SCOPES is set.
+SCOPES = {
+    "hub:dossiers": "file and update dossiers, read them (one-stop systems; the portal's push)",
+    "hub:prefill": "pre-fill e-forms from the population database; record consents and documents for reuse",
+    "hub:audit": "read who used a citizen's data (the access log)",
+    "hub:payments": "create fee payments and read them",
+    "hub:signatures": "have XML signatures verified",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    client_id: str
+    scopes: frozenset[str]  # hub's scopes the token names; empty: none of hub's
+
+
+def hub_scopes(claims: dict[str, Any]) -> frozenset[str]:
+    raw = claims.get("scope", claims.get("scp"))
+    if isinstance(raw, str):
+        names = raw.split()
+    elif isinstance(raw, list):
+        names = [x for x in raw if isinstance(x, str)]
+    else:
+        names = []
+    return frozenset(n for n in names if n in SCOPES)
 
 
 def looks_like_jwt(value: str) -> bool:

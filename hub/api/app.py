@@ -15,7 +15,7 @@ import pydantic_core
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 
 from hub import __version__
 from hub.adapters.errors import PeerError
@@ -73,6 +73,14 @@ class Unauthenticated(DomainError):
     status = 401
 
 
+class InsufficientScope(DomainError):
+    """An access token whose scopes do not cover the operation (RFC 6750 §3.1)."""
+
+    code = "insufficient_scope"
+    status = 403
+    title = "Insufficient scope"
+
+
 class AuthorizationServerUnavailable(DomainError):
     """Access tokens cannot be checked now: the authorization server's keys cannot be fetched."""
 
@@ -89,6 +97,7 @@ class CitizenSignInUnavailable(DomainError):
 
 async def _client(  # async: an API key costs no I/O, so FastAPI runs this on the event loop, not in the threadpool
     request: Request,
+    needed: SecurityScopes,
     x_api_key: Annotated[str | None, Security(API_KEY)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> ClientSystem:
@@ -108,17 +117,24 @@ async def _client(  # async: an API key costs no I/O, so FastAPI runs this on th
     import anyio.to_thread
 
     try:  # a token seen before is remembered; a new one in a thread: the server's keys may have to be fetched
-        client_id = tokens.remembered(key)
-        if client_id is None:
-            client_id = await anyio.to_thread.run_sync(tokens.client_id, key)
+        grant = tokens.remembered(key)
+        if grant is None:
+            grant = await anyio.to_thread.run_sync(tokens.grant, key)
     except PeerError as exc:
         raise AuthorizationServerUnavailable(
             "the authorization server's keys could not be fetched; try again shortly",
             code="authorization_server_unavailable",
         ) from exc
-    found = settings.client_for_oauth(client_id)
+    found = settings.client_for_oauth(grant.client_id)
     if found is None:
-        raise InvalidToken(f"no client system is configured for client_id {client_id[:64]!r}")
+        raise InvalidToken(f"no client system is configured for client_id {grant.client_id[:64]!r}")
+    missing = [s for s in needed.scopes if s not in grant.scopes]
+    if missing and (grant.scopes or settings.oauth_require_scopes):
+        raise InsufficientScope(
+            f"this access token's scopes do not include {' '.join(missing)}",
+            code="insufficient_scope",
+            scope=" ".join(needed.scopes),
+        )
     return found
 
 
@@ -130,7 +146,13 @@ async def _idempotency_key(
     return idempotency_key
 
 
-Client = Annotated[ClientSystem, Depends(_client)]
+# The client system calling, by its API key or access token, for an operation the named OAuth scope covers: a token
+# that names any of hub's scopes (adapters/identity.SCOPES) must name this one
+Dossiers = Annotated[ClientSystem, Security(_client, scopes=["hub:dossiers"])]
+Prefill = Annotated[ClientSystem, Security(_client, scopes=["hub:prefill"])]
+Audit = Annotated[ClientSystem, Security(_client, scopes=["hub:audit"])]
+Payments = Annotated[ClientSystem, Security(_client, scopes=["hub:payments"])]
+Signatures = Annotated[ClientSystem, Security(_client, scopes=["hub:signatures"])]
 IdemKey = Annotated[str | None, Depends(_idempotency_key)]
 
 
@@ -216,7 +238,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["dossiers"],
         summary="Create or update a dossier (DongBoHoSoMC shape); relayed to the national portal",
     )
-    async def sync_dossier(body: DossierIn, who: Client, key: IdemKey) -> JSONResponse:
+    async def sync_dossier(body: DossierIn, who: Dossiers, key: IdemKey) -> JSONResponse:
         # async: validation is CPU work and the commit is waited for without a thread (GroupCommit.submit_async)
         service = rt().dossiers
         command = service.sync_command(who, body, idempotency_key=key, correlation_id=correlation_id.get())
@@ -229,7 +251,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["down-flow"],
         summary="The national portal pushes a dossier filed there; relayed to the province's one-stop system",
     )
-    async def push_dossier(body: DossierIn, who: Client, key: IdemKey) -> JSONResponse:
+    async def push_dossier(body: DossierIn, who: Dossiers, key: IdemKey) -> JSONResponse:
         service = rt().dossiers
         command = service.push_command(who, body, idempotency_key=key, correlation_id=correlation_id.get())
         return answer(await service.run_async(command))
@@ -241,7 +263,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["dossiers"],
         summary="Add a processing step (CapNhatTienDoHoSoMC shape); relayed to the national portal",
     )
-    async def add_progress(code: str, body: ProgressIn, who: Client, key: IdemKey) -> JSONResponse:
+    async def add_progress(code: str, body: ProgressIn, who: Dossiers, key: IdemKey) -> JSONResponse:
         service = rt().dossiers
         command = service.progress_command(who, code, body, idempotency_key=key, correlation_id=correlation_id.get())
         return answer(await service.run_async(command))
@@ -257,7 +279,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "platform through the outbox (order per dossier, retries, dead letters). 503 `signing_not_configured` or "
         "`tsa_unavailable` when it cannot sign now.",
     )
-    def send_edoc(code: str, body: EdocIn, who: Client, key: IdemKey) -> JSONResponse:
+    def send_edoc(code: str, body: EdocIn, who: Dossiers, key: IdemKey) -> JSONResponse:
         import base64
 
         from hub.domain.dates import VN_TZ, utcnow
@@ -308,7 +330,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get("/v1/dossiers", tags=["dossiers"], summary="Dossiers past their appointment date (NgayHenTra)")
     def list_dossiers(
-        who: Client,
+        who: Dossiers,
         overdue: Annotated[bool, Query(description="only dossiers past NgayHenTra whose result is not ready")],
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
@@ -324,7 +346,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["dossiers"],
         summary="A dossier with its status history and the delivery state of each event",
     )
-    def get_dossier(code: str, who: Client) -> dict[str, Any]:
+    def get_dossier(code: str, who: Dossiers) -> dict[str, Any]:
         return rt().dossiers.get(who, code)
 
     @app.post(
@@ -337,7 +359,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "documents issued earlier and still valid are offered for reuse. Every access is written to the "
         "hash-chained access log.",
     )
-    async def prefill(body: PrefillIn, who: Client) -> JSONResponse:
+    async def prefill(body: PrefillIn, who: Prefill) -> JSONResponse:
         # async: a request served from this process's cache is answered on the event loop (see prefill_async)
         started, outcome = time.perf_counter(), "error"
         try:
@@ -351,15 +373,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             rt().prefill_seconds.labels(outcome).observe(time.perf_counter() - started)
 
     @app.post("/v1/consents", status_code=201, tags=["prefill"], summary="Record a citizen's consent to reuse data")
-    def grant_consent(body: ConsentIn, who: Client) -> dict[str, Any]:
+    def grant_consent(body: ConsentIn, who: Prefill) -> dict[str, Any]:
         return rt().prefill.grant_consent(who, body)
 
     @app.post("/v1/consents/{ref}/revoke", tags=["prefill"], summary="The citizen withdraws a consent")
-    def revoke_consent(ref: str, who: Client) -> dict[str, Any]:
+    def revoke_consent(ref: str, who: Prefill) -> dict[str, Any]:
         return rt().prefill.revoke_consent(who, ref)
 
     @app.post("/v1/documents", tags=["prefill"], summary="Index a document issued with a dossier, for reuse")
-    def register_document(body: DocumentIn, who: Client, response: Response) -> dict[str, Any]:
+    def register_document(body: DocumentIn, who: Prefill, response: Response) -> dict[str, Any]:
         result = rt().prefill.register_document(who, body)
         response.status_code = 201 if result["created"] else 200
         return result
@@ -371,7 +393,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="Newest first. The inquiry is itself written to the access log (purpose `access_log_inquiry`, "
         "allowed or refused, with `requested_by` when given) before the answer.",
     )
-    def data_usage(body: SubjectIn, who: Client) -> dict[str, Any]:
+    def data_usage(body: SubjectIn, who: Audit) -> dict[str, Any]:
         items = rt().prefill.data_usage(who, body, correlation_id=correlation_id.get())
         return {"count": len(items), "items": items}
 
@@ -415,7 +437,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     async def verify_signature(
         request: Request,
-        who: Client,
+        who: Signatures,
         at: Annotated[
             datetime | None, Query(description="validate as of this time (ISO 8601 with offset), e.g. signing time")
         ] = None,
@@ -436,14 +458,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="Idempotent per dossier and amount: asking again returns the same payment (200). Amounts are "
         "integer đồng, taken from the dossier's DanhSachLePhi and checked against the procedure's fees.",
     )
-    def create_payment(body: PaymentIn, who: Client, request: Request, response: Response) -> dict[str, Any]:
+    def create_payment(body: PaymentIn, who: Payments, request: Request, response: Response) -> dict[str, Any]:
         ip = request.client.host if request.client else "127.0.0.1"
         status, payment = rt().payments.create(who, body, client_ip=ip, correlation_id=correlation_id.get())
         response.status_code = status
         return payment
 
     @app.get("/v1/payments/{reference}", tags=["payments"], summary="A payment and its state")
-    def get_payment(reference: str, who: Client) -> dict[str, Any]:
+    def get_payment(reference: str, who: Payments) -> dict[str, Any]:
         return rt().payments.get(who, reference)
 
     @app.get(
@@ -452,7 +474,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         summary="The receipt (biên lai) of a paid payment, as the platform issued it (PDF)",
         response_class=Response,
     )
-    def payment_receipt(reference: str, who: Client) -> Response:
+    def payment_receipt(reference: str, who: Payments) -> Response:
         pdf = rt().payments.receipt(who, reference, correlation_id=correlation_id.get())
         return Response(pdf, media_type="application/pdf")
 

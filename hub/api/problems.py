@@ -85,6 +85,8 @@ def install(app: FastAPI) -> None:
         response = problem(exc.status, exc.code, title, exc.detail, **extra)
         if isinstance(extra.get("retry_after"), int):
             response.headers["Retry-After"] = str(extra["retry_after"])
+        if exc.code == "insufficient_scope" and isinstance(extra.get("scope"), str):  # RFC 6750 §3.1
+            response.headers["WWW-Authenticate"] = f'Bearer error="insufficient_scope", scope="{extra["scope"]}"'
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -173,7 +175,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 def document(app: FastAPI) -> None:
     """Make the served OpenAPI document say what hub answers on errors: a Problem as application/problem+json for
     any 4xx and 5xx of a /v1 operation, in place of FastAPI's default 422 `HTTPValidationError`, which hub never
-    sends."""
+    sends; and list an operation's OAuth scope under the bearer scheme only (an API key has none)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -190,6 +192,9 @@ def document(app: FastAPI) -> None:
                 responses.pop("422", None)
                 responses["4XX"] = {"description": "the request was refused (see `code`)", **answer}
                 responses["5XX"] = {"description": "hub or a system it depends on could not serve it now", **answer}
+                for requirement in operation.get("security", []):  # OAuth scopes are the bearer token's alone
+                    if "ApiKey" in requirement:
+                        requirement["ApiKey"] = []
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         referenced = json.dumps(spec["paths"])  # what the console's own routes still point at stays
         for unused in ("HTTPValidationError", "ValidationError"):

@@ -422,11 +422,12 @@ def create_app(state: PkiState | None = None) -> FastAPI:
             "aud": form.get("audience", "hub"),
             "sub": client_id,
             "client_id": client_id,
-            "scope": form.get("scope", ""),
             "iat": now,
             "exp": now + 300,
             "jti": uuid.uuid4().hex,
         }
+        if form.get("scope"):  # the scopes asked for (RFC 9068: no claim when none)
+            claims["scope"] = form["scope"]
         token = jwt.encode(claims, st.idp_key, algorithm="ES256", headers={"kid": idp_kid, "typ": "at+jwt"})
         payload = {"access_token": token, "token_type": "Bearer", "expires_in": 300}
         return Response(
