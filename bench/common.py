@@ -50,6 +50,14 @@ class Proc:
                 args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
             )
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the process has used so far (Linux /proc; 0.0 where there is none)."""
+        try:
+            fields = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.p.poll() is None:
             os.kill(self.p.pid, signal.SIGTERM)  # the main process shuts its children down itself

@@ -116,8 +116,12 @@ def ingest_vs_bare(env: dict[str, str], api_key: str, n: int, tmp: Path) -> tupl
         wait_http(f"http://127.0.0.1:{bare_port}/docs")
         loadgen(bare_port, "bare", api_key, requests=500, prefix=9)  # warm-up
         loadgen(hub_port, "ingest", api_key, requests=500, prefix=9)
+        used = bare.cpu_seconds()
         b = loadgen(bare_port, "bare", api_key, requests=n, prefix=1)
+        b["cpu_ms"] = (bare.cpu_seconds() - used) * 1000 / n
+        used = hub.cpu_seconds()
         h = loadgen(hub_port, "ingest", api_key, requests=n, prefix=1)
+        h["cpu_ms"] = (hub.cpu_seconds() - used) * 1000 / n  # where the ratio comes from: CPU per request
         return h, b
     finally:
         hub.stop()
@@ -209,6 +213,7 @@ def main() -> None:
         f"\ningest latency p50 {h['p50_ms']:.1f} ms p99 {h['p99_ms']:.1f} ms; bare p50 {b['p50_ms']:.1f} ms "
         f"p99 {b['p99_ms']:.1f} ms; statuses hub {h['statuses']} bare {b['statuses']}"
     )
+    print(f"CPU per request: hub {h['cpu_ms']:.2f} ms, bare {b['cpu_ms']:.2f} ms (one process each)")
     print(f"distributed: ingest {dist['ingest']['rps']:.0f} req/s; embedded: ingest {emb['ingest']['rps']:.0f} req/s")
 
 

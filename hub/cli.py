@@ -753,9 +753,13 @@ def audit_verify(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check the whole access log: any edited, inserted or removed entry breaks the chain. Exit 1 if broken.
-    With --file, check an exported file entry by entry (needs the same HUB_SECRET_KEY, not the database)."""
+    The heads hub noted outside the database (HUB_AUDIT_ANCHOR_FILE, every HUB_AUDIT_ANCHOR_INTERVAL s) must all
+    still be in it: that catches entries cut off the end too. With --file, check an exported file entry by entry
+    (needs the same HUB_SECRET_KEY, not the database)."""
+    from hub.services.audit import read_anchors
     from hub.store import db
 
+    noted = [] if file is not None else read_anchors(_settings().effective_audit_anchor_file)
     engine, log = _audit_runtime(database=file is None)
     if file is not None:
         try:
@@ -767,13 +771,20 @@ def audit_verify(
     else:
         try:
             with db.make_sessionmaker(engine)() as session:
-                result = log.verify(session, anchors=frozenset(anchor or []))
+                result = log.verify(session, anchors=frozenset([*(anchor or []), *(n["chain_hash"] for n in noted)]))
         finally:
             engine.dispose()
+    gone = [n for n in noted if n["chain_hash"] in result.missing_anchors]
     if as_json:
-        out.print_json(json.dumps(result.as_dict()))
+        out.print_json(
+            json.dumps({**result.as_dict(), "noted_heads": len(noted), "noted_heads_gone": [n["id"] for n in gone]})
+        )
     elif result.intact:
-        out.print(f"[green]intact[/green]: {result.checked} entries; head {result.head}")
+        checked = f"; {len(noted)} noted head(s) found" if noted else ""
+        out.print(f"[green]intact[/green]: {result.checked} entries; head {result.head}{checked}")
+    elif result.broken_at is None:
+        where = f" (entry {gone[0]['id']}, noted {gone[0].get('noted_at', '?')})" if gone else ""
+        out.print(f"[red]BROKEN[/red]: {result.problem}{where}; {result.checked} entries left")
     else:
         out.print(f"[red]BROKEN[/red] at entry {result.broken_at}: {result.problem} ({result.checked} good before it)")
     raise typer.Exit(0 if result.intact else 1)

@@ -114,6 +114,7 @@ class Runtime:
                         (settings.portal_poll_interval, self.poll_portal),
                         (settings.payment_check_interval, self.check_payments),
                         (settings.reconcile_interval, self.reconcile),
+                        (settings.audit_anchor_interval, self.anchor_audit_log),
                     ],
                 )
         else:
@@ -437,6 +438,21 @@ class Runtime:
             "check_payments",
             lambda: self.payments.check_pending(correlation_id=f"payments-check-{uuid.uuid4().hex[:12]}"),
         )
+
+    def anchor_audit_log(self) -> dict[str, int]:
+        """Note the access log's head outside the database (a scheduled job; `hub audit verify` checks the notes)."""
+        from hub.services import audit
+
+        def work() -> dict[str, int]:
+            with db.reading_session(self.sessions) as s:
+                noted = audit.anchor(s, self.settings.effective_audit_anchor_file)
+            if noted is None:
+                return {"anchored": 0}
+            # the same note in the log, which production ships to a log server out of the database's reach
+            log.info("access log head noted", extra={"audit_head_id": noted["id"], "audit_head": noted["chain_hash"]})
+            return {"anchored": 1, "head_id": noted["id"]}
+
+        return self._job("anchor_audit_log", work)
 
     def poll_portal(self) -> dict[str, int]:
         from hub.sync.polling import poll_portal

@@ -180,6 +180,14 @@ class Settings(BaseSettings):
     reconcile_concurrency: int = Field(default=8, ge=1, le=64)  # portal look-ups in flight during a reconciliation
     portal_poll_interval: float = 300.0  # seconds between polls of the portal for missed pushes; 0 disables
     worker_enabled: bool = True  # `hub serve` in embedded mode runs the in-process worker
+    # The access log's head (last entry's id and chain hash) is noted outside the database every this many seconds
+    # (0: never), in `audit_anchor_file` and the log: `hub audit verify` then finds entries cut off its end too.
+    audit_anchor_interval: float = 300.0
+    audit_anchor_file: Path | None = None  # empty -> var_dir/audit-anchors.jsonl
+
+    @property
+    def effective_audit_anchor_file(self) -> Path:
+        return self.audit_anchor_file or self.var_dir / "audit-anchors.jsonl"
 
     @field_validator("clients", mode="before")
     @classmethod

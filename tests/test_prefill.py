@@ -360,6 +360,53 @@ def test_access_log_is_append_only_and_tampering_is_detected(hub: Hub, people: h
         assert not log.verify(s, anchors=frozenset({good.head})).intact
 
 
+def test_entries_cut_off_the_end_are_found_by_the_heads_noted_outside_the_database(
+    hub: Hub, people: httpx.Client, creds: Creds, backend: str, tmp_path: Path
+) -> None:
+    """A hash chain alone cannot tell a log whose last entries were deleted from a shorter one: hub notes the head
+    outside the database (a scheduled job, in a file and the log), and `hub audit verify` requires every noted
+    head to be there."""
+    crowd = people.get("/_sandbox/people", params={"limit": 2}).json()["items"]
+    assert ask(hub, crowd[0]["SoDinhDanh"]).status_code == 200
+    assert hub.runtime.anchor_audit_log()["anchored"] == 1
+    assert hub.runtime.anchor_audit_log() == {"anchored": 0}  # nothing new: no second note
+    assert ask(hub, crowd[1]["SoDinhDanh"]).status_code == 200
+    assert hub.runtime.anchor_audit_log()["anchored"] == 1
+    notes = hub.settings.effective_audit_anchor_file.read_text().splitlines()
+    last = log_entries(hub)[-1]
+    assert len(notes) == 2 and json.loads(notes[-1])["chain_hash"] == last.chain_hash
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_DATABASE_URL": hub.settings.effective_database_url,
+        "HUB_SECRET_KEY": creds.secret_key,
+        "HUB_AUDIT_ANCHOR_FILE": str(hub.settings.effective_audit_anchor_file),
+    }
+
+    def verify() -> tuple[int, dict[str, Any]]:
+        done = subprocess.run(
+            [HUB_BIN, "audit", "verify", "--json"], check=False, env=env, capture_output=True, text=True, timeout=60
+        )
+        return done.returncode, json.loads(done.stdout)
+
+    code, report = verify()
+    assert code == 0 and report["intact"] and report["noted_heads"] == 2
+    # someone who can get past the guard deletes the last entry: the chain that is left is consistent, but short
+    past_the_guard = (
+        ["SET LOCAL session_replication_role = replica"]  # a superuser's way: triggers off for this transaction
+        if backend == "postgresql"
+        else ["DROP TRIGGER access_log_no_update", "DROP TRIGGER access_log_no_delete"]
+    )
+    with hub.runtime.engine.begin() as conn:
+        for statement in past_the_guard:
+            conn.execute(text(statement))
+        conn.execute(text("DELETE FROM access_log WHERE id = :id"), {"id": last.id})
+    with hub.runtime.sessions() as s:
+        assert hub.runtime.prefill.access_log.verify(s).intact  # what the chain alone can tell
+    code, report = verify()
+    assert code == 1 and not report["intact"] and report["noted_heads_gone"] == [last.id]
+
+
 def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, creds: Creds, tmp_path: Path) -> None:
     someone = person(people)
     assert ask(hub, someone["SoDinhDanh"]).status_code == 200

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select, text
@@ -177,7 +179,8 @@ class AccessLog:
             ).all()
             if not rows:
                 if missing:
-                    return VerifyResult(False, checked, None, "entries up to a noted head are gone", prev_hash)
+                    problem = "entries up to a noted head are gone (cut off the end, or the log replaced)"
+                    return VerifyResult(False, checked, None, problem, prev_hash, frozenset(missing))
                 return VerifyResult(True, checked, None, None, prev_hash)
             for row in rows:
                 values = {name: getattr(row, name) for name in CHAINED}
@@ -268,6 +271,54 @@ class AccessLog:
             }
 
 
+def head(session: Session) -> tuple[int, str, datetime] | None:
+    """The last entry's id, chain hash and time; None for an empty log."""
+    row = session.execute(
+        select(AccessLogEntry.id, AccessLogEntry.chain_hash, AccessLogEntry.at)
+        .order_by(AccessLogEntry.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (row.id, row.chain_hash, row.at)
+
+
+def anchor(session: Session, path: Path) -> dict[str, Any] | None:
+    """Note the chain's head in `path` (JSON lines, appended and synced), unless the last line there already holds
+    it; returns what was noted. A head noted outside the database is what catches entries cut off the chain's end:
+    someone who can delete rows (the triggers dropped) cannot reach this file — keep it on another volume, or ship
+    the log line it also makes to the log server."""
+    current = head(session)
+    if current is None:
+        return None
+    entry_id, chain_hash, at = current
+    noted = read_anchors(path)
+    if noted and noted[-1]["chain_hash"] == chain_hash:
+        return None
+    line = {"id": entry_id, "chain_hash": chain_hash, "at": at.isoformat(), "noted_at": utcnow().isoformat()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return line
+
+
+def read_anchors(path: Path) -> list[dict[str, Any]]:
+    """The heads noted in `path` (none if it does not exist); a line that is not a noted head is skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in text.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and isinstance(item.get("chain_hash"), str) and isinstance(item.get("id"), int):
+            found.append(item)
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     intact: bool
@@ -275,6 +326,7 @@ class VerifyResult:
     broken_at: int | None
     problem: str | None
     head: str  # the last good chain hash: note it somewhere else and pass it back as an anchor later
+    missing_anchors: frozenset[str] = frozenset()  # noted heads not found in the chain
 
     def as_dict(self) -> dict[str, Any]:
         return {

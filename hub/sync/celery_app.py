@@ -91,6 +91,13 @@ def reconcile_task() -> dict[str, Any]:
     return result
 
 
+@app.task(name="hub.anchor_audit_log", acks_late=True)
+def anchor_audit_log_task() -> dict[str, int]:
+    """Note the access log's head outside the database (in this worker's anchor file and log)."""
+    counts: dict[str, int] = runtime().anchor_audit_log()
+    return counts
+
+
 @app.task(name="hub.noop", acks_late=True)
 def noop() -> None:
     """Used by the benchmark as the broker's baseline."""
@@ -111,6 +118,7 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
         ("hub.poll_portal", settings.portal_poll_interval),
         ("hub.check_payments", settings.payment_check_interval),
         ("hub.reconcile", settings.reconcile_interval),
+        ("hub.anchor_audit_log", settings.audit_anchor_interval),
     ]
 
     def tick() -> None:
