@@ -361,6 +361,7 @@ def test_check_asks_every_system_and_says_what_fails(
         "identity_provider", "authorization_server",
     }  # fmt: skip
     assert "XAdES-B-T" in status["signing"][1] and "signed in as hub-test" in status["national_portal"][1]
+    assert status["access_log"][0] == "warn" and "database's volume" in status["access_log"][1]  # both under var/
     import sqlite3
 
     with sqlite3.connect(tmp_path / "var" / "hub.db") as made:  # what it asked is in the exchange record

@@ -6,6 +6,7 @@ what it found; nothing is written anywhere but the exchange record of the calls 
 
 from __future__ import annotations
 
+import os
 import smtplib
 import time
 import uuid
@@ -107,6 +108,25 @@ def run(rt: Runtime) -> list[Check]:
 
         return probe
 
+    def access_log() -> tuple[str, str]:
+        from hub.services.audit import read_anchors
+        from hub.store.db import sqlite_path
+
+        path = s.effective_audit_anchor_file
+        if s.audit_anchor_interval <= 0:
+            return "warn", "HUB_AUDIT_ANCHOR_INTERVAL is 0: entries cut off the log's end would go unnoticed"
+        existing = next(p for p in (path, *path.parents) if p.exists())  # the job creates missing folders
+        if not os.access(existing, os.W_OK):
+            return "fail", f"{path}: cannot be written ({existing} is not writable): the log's head is not noted"
+        noted = read_anchors(path)
+        said = f"{len(noted)} head(s) noted, the last at {noted[-1].get('noted_at')}" if noted else "no head noted yet"
+        database = sqlite_path(s.effective_database_url)
+        if database is not None:
+            beside = next(p for p in (database, *database.parents) if p.exists())
+            if os.stat(beside).st_dev == os.stat(existing).st_dev:
+                return "warn", f"{path}: on the database's volume (put it on another: HUB_AUDIT_ANCHOR_FILE); {said}"
+        return "ok", f"{path}: {said}"
+
     cid = correlation_id.set(correlation)  # the exchanges the checks make carry it
     try:
         check("database", database)
@@ -117,6 +137,7 @@ def run(rt: Runtime) -> list[Check]:
             check(name, lambda url=url: _reachable(url, timeout))  # type: ignore[misc]
         check("email", smtp)
         check("signing", signing)
+        check("access_log", access_log)
         if rt.citizen_tokens is not None:
             check("identity_provider", keys(rt.citizen_tokens))
         if (access_tokens := client_tokens(s, rt.record_exchange)) is not None:
