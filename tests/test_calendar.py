@@ -68,3 +68,6 @@ def test_overdue_dossiers_are_listed_for_the_clients_agencies(hub_factory: HubFa
     assert [i["MaHoSo"] for i in theirs["items"]] == [other["MaHoSo"]]
     assert_problem(hub.http.get("/v1/dossiers", params={"overdue": "false"}), 422, "unsupported_query")
     assert_problem(hub.http.get("/v1/dossiers", params={"overdue": "true", "limit": 0}), 422, "validation_error")
+    huge = {"overdue": "true", "offset": 10**20}  # past what a database takes as an offset: 422, not 500
+    assert_problem(hub.http.get("/v1/dossiers", params=huge), 422, "validation_error")
+    assert hub.http.get("/v1/dossiers", params={"overdue": "true", "offset": 2**31 - 1}).json()["items"] == []

@@ -333,7 +333,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         who: Dossiers,
         overdue: Annotated[bool, Query(description="only dossiers past NgayHenTra whose result is not ready")],
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # a database takes a 64-bit offset at most
     ) -> dict[str, Any]:
         if not overdue:
             raise DomainError(
