@@ -72,8 +72,9 @@ def test_jobs_list_show_and_replay(
     assert "portal_unknown_dossier" in table.stdout
     # refusals: nothing named, an id that is not a dead letter, an unknown id
     assert run(["jobs", "replay"], tmp_path, env).returncode == 2
-    refused = run(["jobs", "replay", "999999", "--json"], tmp_path, env)
-    assert refused.returncode == 1 and json.loads(refused.stdout) == {"replayed": 0, "not_dead": [999999]}
+    refused = run(["jobs", "replay", "999999", str(2**64), "--json"], tmp_path, env)
+    assert refused.returncode == 1 and json.loads(refused.stdout) == {"replayed": 0, "not_dead": [999999, 2**64]}
+    assert run(["jobs", "show", str(2**64)], tmp_path, env).returncode == 1  # past any key: unknown, no traceback
     assert run(["jobs", "show", "999999"], tmp_path, env).returncode == 1
     # the operator re-files the dossier at the portal, then replays: delivered
     hub.runtime.portal.call(

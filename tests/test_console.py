@@ -223,3 +223,8 @@ def test_search_by_personal_id_and_replay_by_filter(console_hub: Hub, creds: Cre
     )
     assert done.status_code == 303
     assert "Đã phát lại 2 thư chết" in operator.get("/ops/dead").text
+    for ids in ([str(10**30)], ["²"]):  # no row has such an id (nor can a driver take it): nothing replayed, no 500
+        odd = operator.post(
+            "/ops/dead/replay", data={"csrf": token.group(1), "scope": "selected", "ids": ids, "confirmed": "yes"}
+        )
+        assert odd.status_code == 303, odd.text

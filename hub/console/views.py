@@ -334,7 +334,7 @@ def router(runtime: Any) -> APIRouter:
         if scope == "filtered":
             ids = [row["id"] for row in dead_rows(destination, code, limit=None)[0]]
         else:
-            ids = [int(i) for i in data.get("ids") or [] if str(i).isdigit()]
+            ids = [int(i) for i in data.get("ids") or [] if str(i).isascii() and str(i).isdigit()]
         if not ids:
             request.session["flash"] = t["nothing_selected"]
             return RedirectResponse("/ops/dead", status_code=303)

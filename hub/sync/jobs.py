@@ -47,7 +47,12 @@ def totals(session: Session) -> dict[str, int]:
     return outbox.counts(session)
 
 
+MAX_ID = 2**63 - 1  # the largest key a BIGINT (or SQLite INTEGER) holds
+
+
 def show_job(session: Session, job_id: int) -> dict[str, Any] | None:
+    if not 0 < job_id <= MAX_ID:
+        return None
     found = session.execute(
         select(OutboxMessage, Dossier.code)
         .join(Dossier, Dossier.id == OutboxMessage.dossier_id)
@@ -70,10 +75,12 @@ def replay(
     """Replay dead letters. Ids that are not dead letters are reported, not touched."""
     not_dead: list[int] = []
     if ids:
+        possible = [i for i in ids if 0 < i <= MAX_ID]  # one past a 64-bit key names no row (and no driver takes it)
         found = dict(
-            session.execute(select(OutboxMessage.id, OutboxMessage.state).where(OutboxMessage.id.in_(ids))).all()
+            session.execute(select(OutboxMessage.id, OutboxMessage.state).where(OutboxMessage.id.in_(possible))).all()
         )
         not_dead = [i for i in ids if found.get(i) != outbox.DEAD]
+        ids = possible
     dossier_ids = None
     if dossier:
         dossier_ids = list(session.scalars(select(Dossier.id).where(Dossier.code == dossier)))
