@@ -194,10 +194,6 @@ class ClientTokens(TokenVerifier):
                 self._verified.popitem(last=False)
         return granted
 
-    def client_id(self, token: str) -> str:
-        """The client system's client_id at the authorization server."""
-        return self.grant(token).client_id
-
 
 # What a client system's access token may be used for, when its authorization server says (the API gateway grants
 # a system the scopes of the APIs it subscribed to). A token naming none of them is not limited by scope (its

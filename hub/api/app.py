@@ -80,6 +80,10 @@ class InsufficientScope(DomainError):
     status = 403
     title = "Insufficient scope"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{self.extra.get("scope", "")}"'}
+
 
 class AuthorizationServerUnavailable(DomainError):
     """Access tokens cannot be checked now: the authorization server's keys cannot be fetched."""

@@ -83,10 +83,7 @@ def install(app: FastAPI) -> None:
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool | None)}
         title = exc.title or HTTPStatus(exc.status).phrase
         response = problem(exc.status, exc.code, title, exc.detail, **extra)
-        if isinstance(extra.get("retry_after"), int):
-            response.headers["Retry-After"] = str(extra["retry_after"])
-        if exc.code == "insufficient_scope" and isinstance(extra.get("scope"), str):  # RFC 6750 §3.1
-            response.headers["WWW-Authenticate"] = f'Bearer error="insufficient_scope", scope="{extra["scope"]}"'
+        response.headers.update(exc.headers)
         return response
 
     @app.exception_handler(RequestValidationError)

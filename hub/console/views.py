@@ -192,28 +192,29 @@ def router(runtime: Any) -> APIRouter:
             return go
         q = q.strip()[:64]
         results = []
+        subject = rt().prefill.subject_hmac(q) if ID_RE.match(q) else None  # a personal ID, matched by its HMAC
         if q:
             with rt().sessions() as s:
                 query = select(Dossier).order_by(Dossier.updated_at.desc()).limit(50)
-                if ID_RE.match(q):
-                    query = query.where(Dossier.subject_hmac == rt().dossiers.subject_hmac(q))
+                if subject is not None:
+                    query = query.where(Dossier.subject_hmac == subject)
                 else:
                     escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                     query = query.where(Dossier.code.like(f"{escaped}%", escape="\\"))
                 results = [_dossier_row(d) for d in s.scalars(query)]
-            if ID_RE.match(q):  # which dossiers a citizen has is their personal data: the search is logged
-                rt().prefill.record(
-                    Access.inquiry(
-                        OPERATOR_SEARCH,
-                        client="console",
-                        agency="-",
-                        officer=str(request.session.get("user")),
-                        subject=rt().prefill.subject_hmac(q),
-                        correlation_id=correlation_id.get(),
-                        fields=["dossiers"],
-                    )
+        if subject is not None:  # which dossiers a citizen has is their personal data: the search is logged
+            rt().prefill.record(
+                Access.inquiry(
+                    OPERATOR_SEARCH,
+                    client="console",
+                    agency="-",
+                    officer=str(request.session.get("user")),
+                    subject=subject,
+                    correlation_id=correlation_id.get(),
+                    fields=["dossiers"],
                 )
-        shown = mask_id(q) if ID_RE.match(q) else q  # a personal ID is never echoed back in full
+            )
+        shown = mask_id(q) if subject is not None else q  # a personal ID is never echoed back in full
         return render(request, "dossiers.html", page="dossiers", q=shown, results=results)
 
     @r.get("/dossiers/{code}")

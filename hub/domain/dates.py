@@ -42,11 +42,11 @@ def instant(value: datetime, what: str = "datetimes") -> datetime:
     """A moment a client sent (ISO 8601): it must carry its offset, and be one UTC can hold — 0001-01-01T00:00+14:00
     and 9999-12-31T23:59-12:00 are not (converting them, as storing does, would overflow)."""
     if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidDate(f"{what} must carry a time zone offset (e.g. +07:00)", code="invalid_date")
+        raise InvalidDate(f"{what} must carry a time zone offset (e.g. +07:00)")
     try:
         value.astimezone(UTC)
     except OverflowError:
-        raise InvalidDate(f"{value.isoformat()} is out of range", code="invalid_date") from None
+        raise InvalidDate(f"{value.isoformat()} is out of range") from None
     return value
 
 

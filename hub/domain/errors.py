@@ -17,6 +17,11 @@ class DomainError(Exception):
             self.code = code
         self.extra = extra
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers its answer carries beside the problem (Retry-After, WWW-Authenticate…)."""
+        return {}
+
 
 class InvalidIdentifier(DomainError):
     code = "invalid_identifier"
@@ -60,3 +65,8 @@ class TooManyRequests(DomainError):
     code = "rate_limited"
     status = 429
     title = "Too many requests"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        seconds = self.extra.get("retry_after")
+        return {"Retry-After": str(seconds)} if isinstance(seconds, int) else {}
