@@ -4,6 +4,7 @@ history with delivery state, and problem+json for every kind of bad input (never
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -179,7 +180,9 @@ def test_a_json_body_with_a_byte_order_mark_is_taken(hub: Hub) -> None:
 
 def test_oversized_body_is_413(hub: Hub) -> None:
     d = dossier(9, GhiChu="x" * (hub.settings.max_body_bytes + 10))
-    assert_problem(hub.http.post("/v1/dossiers", json=d), 413, "body_too_large")
+    problem = assert_problem(hub.http.post("/v1/dossiers", json=d), 413, "body_too_large")
+    assert problem["title"] == HTTPStatus.REQUEST_ENTITY_TOO_LARGE.phrase  # the kind of problem; the limit is in detail
+    assert str(hub.settings.max_body_bytes) in problem["detail"]
     # also when the client streams without Content-Length
     big = json.dumps(d).encode()
     r = hub.http.post(
@@ -286,6 +289,10 @@ def test_openapi_and_health(hub: Hub) -> None:
     ready = hub.http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
     assert hub.http.get("/healthz").headers["x-correlation-id"]
+    # load balancers' and uptime monitors' probes may send HEAD: the status without the body
+    for path in ("/healthz", "/readyz"):
+        head = hub.http.head(path)
+        assert head.status_code == 200 and head.content == b"", path
     # how long hub itself took, for browsers' developer tools and for clients telling hub's time from the network's
     took = hub.http.post("/v1/dossiers", json=dossier(77)).headers["server-timing"]
     assert took.startswith("app;dur=") and float(took.split("=")[1]) > 0

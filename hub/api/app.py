@@ -509,11 +509,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         )
         return JSONResponse(answer, status_code=status)
 
-    @app.get("/healthz", tags=["health"], summary="Alive")
+    # HEAD too: load balancers' and uptime monitors' probes often send it
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"], summary="Alive")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/readyz", tags=["health"], summary="Ready: database and broker answer; each peer's last contact")
+    @app.api_route(
+        "/readyz",
+        methods=["GET", "HEAD"],
+        tags=["health"],
+        summary="Ready: database and broker answer; each peer's last contact",
+    )
     def readyz(response: Response) -> dict[str, Any]:
         readiness = rt().readiness()
         response.status_code = 200 if readiness["status"] == "ok" else 503

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,7 +23,7 @@ def _problem_bytes(status: int, code: str, detail: str) -> bytes:
     return json.dumps(
         {
             "type": f"https://hub.example/problems/{code}",
-            "title": detail,
+            "title": HTTPStatus(status).phrase,
             "status": status,
             "code": code,
             "detail": detail,
