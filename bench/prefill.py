@@ -16,6 +16,7 @@ every answer of the sandbox (its latency knob), for the bare look-ups and for hu
 
     .venv/bin/python bench/prefill.py [--requests 600] [--threads 8] [--latency-requests 300] [--warm-requests 3000]
                                       [--register-latency-ms 20] [--database sqlite|postgresql]
+                                      [--sqlite-synchronous full|normal]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import BIN, Proc, free_port, hub_env, pg_database, wait_http
 from hub.adapters.population import CitizenLookup, PopulationClient
 from hub.sandbox import population
+from hub.store import db
 
 
 def timed(n: int, threads: int, one: Callable[[int], None]) -> tuple[float, list[float]]:
@@ -61,14 +63,12 @@ def timed(n: int, threads: int, one: Callable[[int], None]) -> tuple[float, list
     return n / (time.perf_counter() - started), latencies
 
 
-def commit_floor(url: str, n: int) -> list[float]:
+def commit_floor(url: str, n: int, sqlite_synchronous: db.SqliteSync) -> list[float]:
     """What one durable write costs on this database and disk (a PostgreSQL commit waits for its WAL flush):
     every pre-fill commits its access-log entry before it answers, so no pre-fill answers faster than this."""
     from sqlalchemy import text
 
-    from hub.store import db
-
-    engine = db.make_engine(url)
+    engine = db.make_engine(url, sqlite_synchronous=sqlite_synchronous)
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE bench_commit (id INTEGER PRIMARY KEY, note VARCHAR(20))")
@@ -99,6 +99,12 @@ def main() -> None:
     )
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--register-latency-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=["full", "normal"],
+        default="full",
+        help="HUB_SQLITE_SYNCHRONOUS of hub (and of the floor): full syncs each commit to disk (ADR 0019)",
+    )
     args = parser.parse_args()
     remote_n = max(20, args.latency_requests // 3)
 
@@ -172,6 +178,7 @@ def main() -> None:
             HUB_POPULATION_URL=address,
             HUB_NATIONAL_PORTAL_URL=f"http://127.0.0.1:{ports['national']}",
             HUB_WORKER_ENABLED="false",
+            HUB_SQLITE_SYNCHRONOUS=args.sqlite_synchronous,
         )
         env["HUB_CLIENTS"] = json.dumps(
             [
@@ -263,7 +270,9 @@ def main() -> None:
         remote_cold_one = timed(remote_n, 1, one(list(reversed(remote_one))))[1]
         remote_cold_two = timed(remote_n, 1, two(list(reversed(remote_two))))[1]
         httpx.post(f"http://127.0.0.1:{ports['population']}/_sandbox/reset").raise_for_status()
-        floor = commit_floor(db_url or f"sqlite:///{(tmp / 'hub.db').as_posix()}", args.latency_requests)
+        floor = commit_floor(
+            db_url or f"sqlite:///{(tmp / 'hub.db').as_posix()}", args.latency_requests, args.sqlite_synchronous
+        )
         n = len(subjects)
         rate, lat = timed(n, args.threads, two(subjects))  # cold: every citizen for the first time
         warm_rate, warm_lat = timed(n, args.threads, two(subjects))  # warm: the same citizens again (cache)
@@ -279,7 +288,7 @@ def main() -> None:
         return round(statistics.median(values) * 1000, 2), round(pct(values, 0.99), 2)
 
     report: dict[str, Any] = {
-        "database": args.database,
+        "database": args.database + (f" (synchronous={args.sqlite_synchronous})" if not db_url else ""),
         "latency, one request at a time (p50/p99 ms)": f"cold {args.latency_requests}, warm {args.warm_requests}",
         "  bare zeep look-up": ms(base_one),
         "  prefill 1 look-up (1.004873) cold": ms(cold_one),

@@ -43,10 +43,17 @@ class Runtime:
         # SQLite: the write-ahead log is copied back off the request path (a commit that does it takes 10 ms)
         background = db.sqlite_path(url) is not None
         self.engine: Engine = db.make_engine(
-            url, pool_size=pool, wal_autocheckpoint=db.WAL_AUTOCHECKPOINT_PAGES if background else 1000
+            url,
+            pool_size=pool,
+            wal_autocheckpoint=db.WAL_AUTOCHECKPOINT_PAGES if background else 1000,
+            sqlite_synchronous=settings.sqlite_synchronous,
         )
         self._checkpointer = db.WalCheckpointer(url).start() if background else None
-        self._inline = db.InlineWriter(self.engine, db.WAL_AUTOCHECKPOINT_PAGES) if background else None
+        self._inline = (
+            db.InlineWriter(self.engine, db.WAL_AUTOCHECKPOINT_PAGES, settings.sqlite_synchronous)
+            if background
+            else None
+        )
         if url.startswith("sqlite") and role != "worker":
             db.upgrade(url)  # embedded mode: the file is ours, keep it at head
         self.sessions = db.make_sessionmaker(self.engine)

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     clients: list[ClientSystem] = Field(default_factory=list)
     max_body_bytes: int = 1_048_576
     db_pool_size: int = Field(default=20, ge=1, le=500)  # PostgreSQL connections kept open per process
+    # SQLite (embedded): "full" syncs every commit to disk, so what hub answered for survives a power cut;
+    # "normal" skips that fsync (~0.1–0.5 ms a commit) and a power cut may take the last commits back (ADR 0019)
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     # National portal (DVCQG) adapter.
     national_portal_url: str = ""  # empty -> the sandbox on loopback (dev only)

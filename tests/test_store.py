@@ -405,3 +405,32 @@ def test_a_prebuilt_insert_needs_every_value_it_sends() -> None:
             db.prebuilt(insert(t), t, dialect, ["a"])
         sql = db.prebuilt(insert(t), t, dialect, ["a", "made"]).statement.sql
         assert sql.startswith("INSERT INTO t (a, made)") and "RETURNING" not in sql
+
+
+def test_sqlite_commits_are_on_disk_before_they_return(tmp_path: Path) -> None:
+    """A 202, or an access-log entry committed before personal data leaves, must outlive a power cut, not only a
+    killed process: every connection hub writes SQLite through syncs the log at each commit (synchronous=FULL;
+    with NORMAL the last commits before a power cut may be gone though their answers went out)."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    engine = db.make_engine(url, wal_autocheckpoint=db.WAL_AUTOCHECKPOINT_PAGES)
+    seen: list[int] = []
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL
+        inline = db.InlineWriter(engine, db.WAL_AUTOCHECKPOINT_PAGES)  # the event loop's own writes (ADR 0018)
+        try:
+            assert inline.try_write(
+                lambda tx: (
+                    seen.append(tx.execute("PRAGMA synchronous").fetchone()[0])
+                    or tx.execute("INSERT INTO t VALUES (1)")
+                )
+            )
+        finally:
+            inline.close()
+        assert seen == [2]
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 1
+    finally:
+        engine.dispose()

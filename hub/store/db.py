@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 IDLE_PING_SECONDS = 5.0
+SqliteSync = Literal["full", "normal"]  # PRAGMA synchronous of hub's SQLite connections
 
 
 # A commit that finds this many pages in SQLite's write-ahead log copies them into the database file itself (and
@@ -45,17 +46,20 @@ def make_engine(
     pool_size: int = 20,
     idle_ping_seconds: float = IDLE_PING_SECONDS,
     wal_autocheckpoint: int = 1000,
+    sqlite_synchronous: SqliteSync = "full",
 ) -> Engine:
     """`pool_size` connections stay open: at least the requests and deliveries a process runs at once (the API's
     threadpool, the relay's concurrency), or the overflow is opened and closed on every use — a new PostgreSQL
     backend per request. A PostgreSQL connection idle longer than `idle_ping_seconds` is pinged before use.
-    `wal_autocheckpoint`: SQLite's, in pages (WAL_AUTOCHECKPOINT_PAGES where a WalCheckpointer runs)."""
+    `wal_autocheckpoint`: SQLite's, in pages (WAL_AUTOCHECKPOINT_PAGES where a WalCheckpointer runs).
+    `sqlite_synchronous`: "full", each commit on disk before it returns; "normal", a power cut (not a killed
+    process) may take the last commits back (ADR 0019)."""
     if url.startswith("sqlite"):
         path = sqlite_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        _sqlite_serialized_writes(engine, wal_autocheckpoint)
+        _sqlite_serialized_writes(engine, wal_autocheckpoint, sqlite_synchronous)
         return engine
     engine = create_engine(url, pool_size=pool_size, max_overflow=10)
     _ping_when_idle(engine, idle_ping_seconds)
@@ -86,23 +90,25 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise DisconnectionError("connection failed its ping")  # the pool opens another
 
 
-def _sqlite_settings(dbapi_connection: Any, wal_autocheckpoint: int, *, busy_ms: int) -> None:
+def _sqlite_settings(dbapi_connection: Any, wal_autocheckpoint: int, *, busy_ms: int, synchronous: SqliteSync) -> None:
     dbapi_connection.isolation_level = None  # let us emit BEGIN ourselves
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    # FULL (the default): a commit is on disk before it returns, as a PostgreSQL commit is — a 202 or an
+    # access-log entry committed before the answer survives a power cut, not only a killed process (ADR 0019)
+    cur.execute("PRAGMA synchronous=FULL" if synchronous == "full" else "PRAGMA synchronous=NORMAL")
     cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
     cur.close()
 
 
-def _sqlite_serialized_writes(engine: Engine, wal_autocheckpoint: int) -> None:
+def _sqlite_serialized_writes(engine: Engine, wal_autocheckpoint: int, synchronous: SqliteSync) -> None:
     """WAL + BEGIN IMMEDIATE: writers queue on the lock (busy timeout) instead of failing on upgrade."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        _sqlite_settings(dbapi_connection, wal_autocheckpoint, busy_ms=30_000)
+        _sqlite_settings(dbapi_connection, wal_autocheckpoint, busy_ms=30_000, synchronous=synchronous)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -336,19 +342,21 @@ class InlineWriter:
     """Small SQLite writes done by the calling thread itself — the API's event loop — when SQLite's write lock is
     free at that instant, else refused at once (the caller then queues the write for its group-commit thread).
 
-    An access-log entry costs SQLite ~0.15 ms (WAL, synchronous=NORMAL: no fsync at commit); handing it to a
-    thread and back costs as much again, plus the wait for the GIL and two wake-ups, which is most of a warm
-    pre-fill's tail. The lock is asked for without waiting (busy timeout 0), so the loop never blocks on another
-    writer; callers use it only while their group commit is idle, so under load writes still share commits.
+    An access-log entry costs SQLite ~0.15 ms, and its log's fsync about as much again (synchronous=FULL, ADR
+    0019); handing it to a thread and back costs as much again, plus the wait for the GIL and two wake-ups,
+    which is most of a warm pre-fill's tail. The lock is asked for without waiting (busy timeout 0), so the loop
+    never blocks on another writer; callers use it only while their group commit is idle, so under load writes
+    still share commits.
     One connection of its own, used by one thread at a time."""
 
-    def __init__(self, engine: Engine, wal_autocheckpoint: int) -> None:
+    def __init__(self, engine: Engine, wal_autocheckpoint: int, sqlite_synchronous: SqliteSync = "full") -> None:
         path = sqlite_path(str(engine.url))
         if path is None:
             raise ValueError("inline writes need a SQLite database file")
         self._path = path
         self._engine = engine
         self._wal_autocheckpoint = wal_autocheckpoint
+        self._synchronous: SqliteSync = sqlite_synchronous
         self._conn: sqlite3.Connection | None = None
 
     def try_write(self, write: Callable[[RawTransaction], object]) -> bool:
@@ -357,7 +365,7 @@ class InlineWriter:
         conn = self._conn
         if conn is None:
             conn = self._conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
-            _sqlite_settings(conn, self._wal_autocheckpoint, busy_ms=0)
+            _sqlite_settings(conn, self._wal_autocheckpoint, busy_ms=0, synchronous=self._synchronous)
         cursor = conn.cursor()
         try:
             try:
