@@ -360,6 +360,23 @@ def test_access_log_is_append_only_and_tampering_is_detected(hub: Hub, people: h
         assert not log.verify(s, anchors=frozenset({good.head})).intact
 
 
+def test_the_last_noted_head_is_read_from_the_files_end(tmp_path: Path) -> None:
+    """The heads file grows for years (a line every few minutes); the job reads its last head from the end. A line
+    torn by a crash while written, or a line that is not a head, is passed over for the last whole head."""
+    from hub.services.audit import last_anchor, read_anchors
+
+    path = tmp_path / "anchors.jsonl"
+    assert last_anchor(path) is None
+    heads = [{"id": i, "chain_hash": f"{i:064x}", "at": "2026-12-03T00:00:00+00:00"} for i in range(1, 3001)]
+    path.write_text("".join(json.dumps(h) + "\n" for h in heads), encoding="utf-8")
+    assert last_anchor(path) == heads[-1] == read_anchors(path)[-1]
+    with path.open("a", encoding="utf-8") as f:  # junk longer than one read from the end, then a torn line
+        f.write("\n".join(["not a head"] * 2000) + '\n{"id": 3001, "chain_h')
+    assert last_anchor(path) == heads[-1]
+    path.write_text("only junk\n", encoding="utf-8")
+    assert last_anchor(path) is None
+
+
 def test_entries_cut_off_the_end_are_found_by_the_heads_noted_outside_the_database(
     hub: Hub, people: httpx.Client, creds: Creds, backend: str, tmp_path: Path
 ) -> None:

@@ -290,8 +290,8 @@ def anchor(session: Session, path: Path) -> dict[str, Any] | None:
     if current is None:
         return None
     entry_id, chain_hash, at = current
-    noted = read_anchors(path)
-    if noted and noted[-1]["chain_hash"] == chain_hash:
+    last = last_anchor(path)
+    if last is not None and last["chain_hash"] == chain_hash:
         return None
     line = {"id": entry_id, "chain_hash": chain_hash, "at": at.isoformat(), "noted_at": utcnow().isoformat()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,15 +308,39 @@ def read_anchors(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
-    found = []
-    for line in text.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict) and isinstance(item.get("chain_hash"), str) and isinstance(item.get("id"), int):
-            found.append(item)
-    return found
+    return [item for item in map(_noted_head, text.splitlines()) if item is not None]
+
+
+def last_anchor(path: Path, tail: int = 4096) -> dict[str, Any] | None:
+    """The last head noted in `path`, read from the file's end: the job that notes heads runs every few minutes
+    for years, and the file only grows."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            while True:
+                f.seek(max(0, size - tail))
+                lines = f.read().decode("utf-8", errors="replace").splitlines()
+                if tail < size:
+                    lines = lines[1:]  # the first may be the end of a line cut by the seek
+                for line in reversed(lines):
+                    found = _noted_head(line)
+                    if found is not None:
+                        return found
+                if tail >= size:
+                    return None
+                tail *= 4  # only lines that are not noted heads in the tail: look further back
+    except FileNotFoundError:
+        return None
+
+
+def _noted_head(line: str) -> dict[str, Any] | None:
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(item, dict) and isinstance(item.get("chain_hash"), str) and isinstance(item.get("id"), int):
+        return item
+    return None
 
 
 @dataclass(frozen=True, slots=True)
