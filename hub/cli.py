@@ -756,6 +756,7 @@ def audit_verify(
     The heads hub noted outside the database (HUB_AUDIT_ANCHOR_FILE, every HUB_AUDIT_ANCHOR_INTERVAL s) must all
     still be in it: that catches entries cut off the end too. With --file, check an exported file entry by entry
     (needs the same HUB_SECRET_KEY, not the database)."""
+    from hub.adapters.http import parse_json
     from hub.services.audit import read_anchors
     from hub.store import db
 
@@ -764,7 +765,7 @@ def audit_verify(
     if file is not None:
         try:
             with file.open(encoding="utf-8") as lines:
-                result = log.check_export(json.loads(line) for line in lines if line.strip())
+                result = log.check_export(parse_json(line) for line in lines if line.strip())
         except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
             err.print(f"[red]cannot read {file}: {exc}[/red]")
             raise typer.Exit(2) from None

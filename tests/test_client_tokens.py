@@ -178,6 +178,46 @@ def test_an_unreachable_authorization_server_is_503_not_401(
 
 
 @SQLITE
+def test_an_authorization_server_whose_key_set_is_unusable_is_503_not_500(
+    hub_factory: HubFactory, trust: Trust, creds: Creds
+) -> None:
+    """The key-set URL answers, but not with keys hub can use — a proxy's HTML error page, JSON too deep to parse,
+    something that is not a JWK set, a set with no usable key: no token of the server can be checked, which is
+    the server's fault (503, retry later), not the client's token (401) and not hub's (500)."""
+    from fastapi import FastAPI, Response
+
+    from hub.sandbox.common import ServerThread
+
+    answers = [
+        b"<html><body>502 Bad Gateway</body></html>",
+        b"[" * 3000 + b"]" * 3000,
+        b"[]",
+        b'{"keys": "none"}',
+        b'{"keys": []}',
+        b'{"keys": [{"kty": "EC"}]}',
+    ]
+    served: list[bytes] = []
+    app = FastAPI()
+
+    @app.get("/jwks.json")
+    def keys() -> Response:
+        return Response(served[-1], media_type="application/json")
+
+    server = ServerThread(app).start()
+    try:
+        client_id, secret = oauth_client(trust)
+        hub = hub_for(hub_factory, trust, creds, client_id, oauth_jwks_url=f"{server.url}/jwks.json")
+        token = grant(trust, client_id, secret).json()["access_token"]
+        for answer in answers:
+            served.append(answer)
+            r = with_token(hub, token, "GET", "/v1/dossiers?overdue=true")
+            assert r.status_code == 503 and r.json()["code"] == "authorization_server_unavailable", (answer, r.text)
+            assert exchanges(hub, "authorization_server")[-1][2:4] == ("retryable", "peer_malformed_reply")
+    finally:
+        server.stop()
+
+
+@SQLITE
 def test_a_remembered_token_is_taken_until_it_expires_and_not_after(motcua: Motcua, trust: Trust) -> None:
     """hub remembers tokens it verified (a client sends the same one for minutes), never past their expiry."""
     hub, client_id, secret = motcua.hub, motcua.client_id, motcua.secret

@@ -71,6 +71,15 @@ def test_sandbox_answers_with_the_portal_error_codes(
         "/api/service", json={"session": "nope", "madonvi": "000.00.17.H56", "service": "TraCuuHoSo", "MaHoSo": "x"}
     ).json()
     assert no_session["error_code"] == 2
+    # a body nested deeper than the JSON parser recurses is invalid data like any other, never a 500
+    deep = b"[" * 5000 + b"]" * 5000
+    for path in ("/api/auth", "/api/service"):
+        r = portal.post(path, content=deep, headers={"Content-Type": "application/json", "dstcode": "000.00.17.H56"})
+        assert r.status_code == 200 and r.json()["error_code"] == 3, (path, r.text)
+    # and so is junk sent to the sandbox's control API: 400, not 500
+    r = portal.post("/_sandbox/faults", content=deep, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    assert portal.post("/_sandbox/faults", json={"latency_ms": "slow"}).status_code == 400
     client = _client(portal_server.url, creds.portal_password)
     with pytest.raises(PeerRejected) as invalid:
         client.call(

@@ -176,7 +176,8 @@ def test_unknown_reference_other_transaction_and_garbage(hub: Hub, platform: htt
     other = _signed_confirm(MaThamChieu=payment["reference"], MaGiaoDich="GDSOMETHINGELSE")
     assert hub.http.post(url, json=other).json()["MaLoi"] == "02"  # already paid by another transaction
     assert payment_of(hub, payment["reference"])["transaction_id"] != "GDSOMETHINGELSE"
-    for garbage in (b"{not json", b"[]", json.dumps({"MaXacThuc": "0" * 64}).encode(), b"x" * 20000):
+    too_deep = b'{"MaThamChieu": ' + b"[" * 3000 + b"]" * 3000 + b"}"  # 6 kB: past the JSON parser's recursion
+    for garbage in (b"{not json", b"[]", json.dumps({"MaXacThuc": "0" * 64}).encode(), b"x" * 20000, too_deep):
         r = hub.http.post(url, content=garbage, headers={"Content-Type": "application/json"})
         assert r.status_code == 200 and r.json()["MaLoi"] in ("97", "99")
     assert hub.http.post("/v1/payments/callbacks/nope", json={}).status_code == 404
@@ -241,6 +242,20 @@ def test_amounts_are_checked_against_the_catalogue(hub: Hub) -> None:
     r = hub.http.post("/v1/payments", json={"MaHoSo": code})
     assert r.status_code == 422 and r.json()["code"] == "fee_not_in_catalogue"
     assert create(hub, awaiting_payment(hub, 12))["amount"] == 8000  # 8,000 đ is the catalogue's fee
+
+
+def test_a_statement_line_breaking_the_contract_is_the_platforms_fault(hub: Hub, platform: httpx.Client) -> None:
+    """A signed statement whose line carries an impossible time: reconciliation stops with the platform's error
+    (503 payment_platform_unavailable, peer code peer_malformed_reply), not with an error of hub's own."""
+    from hub.services.payments import PlatformUnavailable
+
+    today = datetime.now(UTC) + timedelta(hours=7)
+    bad = {"MaGiaoDich": "GDBADTIME", "MaThamChieu": "HUBBAD", "SoTien": 5000, "MaTienTe": "VND",
+           "ThoiGianGD": today.strftime("%Y%m%d") + "996199"}  # fmt: skip
+    platform.post("/_sandbox/statement", json={"extra": [bad]}).raise_for_status()
+    with pytest.raises(PlatformUnavailable) as caught:
+        hub.runtime.payments.reconcile("dvc", today.date(), correlation_id="t")
+    assert caught.value.extra.get("peer_error") == "peer_malformed_reply"
 
 
 def test_reconciliation_reports_each_kind_of_drift(hub: Hub, platform: httpx.Client, tmp_path: Path) -> None:

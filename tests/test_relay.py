@@ -534,3 +534,38 @@ def test_hub_killed_under_ingest_load_keeps_every_answered_request_and_takes_the
         assert len(applied_keys(portal)) == len(answered)
     finally:
         served.stop()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"[" * 5000 + b"]" * 5000,  # 10 kB, deeper than the JSON parser recurses: RecursionError inside json.loads
+        b'{"error_code": ' + b"9" * 5000 + b"}",  # an integer longer than Python converts
+        b"\xff\xfe{}",
+    ],
+)
+def test_a_portal_reply_hub_cannot_parse_is_a_malformed_reply_not_a_bug(reply: bytes) -> None:
+    """Whatever the portal (or a proxy in front of it) answers, the adapter classifies it at the boundary: a
+    retryable `peer_malformed_reply` with its exchange recorded — never an unexpected error in the relay."""
+    from fastapi import FastAPI, Response
+
+    from hub.adapters.errors import PeerProtocolError
+    from hub.adapters.national_portal import NationalPortalClient
+
+    app = FastAPI()
+
+    @app.post("/api/auth")
+    def auth() -> Response:
+        return Response(reply, media_type="application/json")
+
+    server = ServerThread(app).start()
+    client = NationalPortalClient(server.url, username="u", password="p", dstcode="000.00.17.H56")
+    seen: list[Any] = []
+    try:
+        with pytest.raises(PeerProtocolError) as caught:
+            client.sign_in(correlation_id="c", on_exchange=seen.append)
+        assert caught.value.code == "peer_malformed_reply" and caught.value.retryable
+        assert [r.outcome for r in seen] == ["retryable"]
+    finally:
+        client.close()
+        server.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -40,6 +42,18 @@ class PeerProtocolError(PeerError):
     """The peer answered something that is not its contract (not JSON, missing fields)."""
 
     code = "peer_malformed_reply"
+
+
+@contextmanager
+def reply_parsed(peer: str, what: str) -> Iterator[None]:
+    """Reading fields out of a peer's reply: a field missing or of the wrong type, a number or a date that is
+    not one, is the peer breaking its contract (PeerProtocolError), not an error of hub's."""
+    from hub.domain.errors import DomainError  # an invalid date or identifier in the reply
+
+    try:
+        yield
+    except (AttributeError, KeyError, TypeError, ValueError, DomainError) as exc:
+        raise PeerProtocolError(peer, f"{what}: reply breaks the contract ({exc.__class__.__name__}: {exc})") from None
 
 
 class PeerAuthFailed(PeerError):

@@ -20,6 +20,15 @@ from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a peer's JSON reply is a few kB; anything this big is not a reply
 
 
+def parse_json(data: bytes | str) -> Any:
+    """`json.loads` for bytes from outside hub: a nesting too deep for the parser (CPython raises RecursionError
+    past ~1,000 levels, a 2 kB body) is malformed input like any other — ValueError, never an unhandled error."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 class ReplyTooLarge(Exception):
     pass
 
@@ -175,7 +184,7 @@ def post_bytes(
             text = response_bytes.decode("utf-8", errors="replace")[:2000]
             raise PeerRejected(peer, f"{operation}: HTTP {status}", code="peer_http_4xx", reply=text)
         try:
-            reply = json.loads(response_bytes)
+            reply = parse_json(response_bytes)
         except ValueError:
             raise PeerProtocolError(peer, f"{operation}: reply is not JSON") from None
         if not isinstance(reply, dict) or not isinstance(reply.get("error_code"), int):
@@ -216,7 +225,7 @@ def post_checked(
 def json_object(r: httpx.Response, *, peer: str, what: str) -> dict[str, Any]:
     """The reply's body as a JSON object, or PeerProtocolError."""
     try:
-        reply = r.json()
+        reply = parse_json(r.content)
     except ValueError:
         raise PeerProtocolError(peer, f"{what}: reply is not JSON") from None
     if not isinstance(reply, dict):

@@ -36,6 +36,11 @@ LEEWAY_SECONDS = 30  # clock skew between the provider and hub
 MAX_TOKEN_BYTES = 8192
 
 
+class KeySetUnusable(jwt.PyJWKClientError):
+    """The issuer's key-set URL answered, but not with a JWK set hub can use (an HTML error page, not JSON, no
+    usable key): no token of that issuer can be checked until it does — the issuer's fault, not the token's."""
+
+
 class _RecordedKeys(jwt.PyJWKClient):
     """PyJWT's JWK client, each fetch of the key set reported for the exchange record."""
 
@@ -50,8 +55,18 @@ class _RecordedKeys(jwt.PyJWKClient):
             except jwt.PyJWKClientConnectionError:
                 exchange.failed("unreachable", retryable=True)
                 raise
+            except (ValueError, RecursionError, jwt.PyJWKClientError, jwt.PyJWKSetError) as exc:
+                # not JSON (PyJWT lets the parser's errors through), not a JWK set, or no key it can use
+                exchange.failed("peer_malformed_reply", retryable=True)
+                raise KeySetUnusable(f"its key set is not usable ({exc.__class__.__name__}: {exc})") from None
             exchange.answered(json.dumps(data, sort_keys=True).encode())
             return data
+
+    def get_jwk_set(self, refresh: bool = False) -> jwt.PyJWKSet:
+        try:
+            return super().get_jwk_set(refresh)
+        except jwt.PyJWKSetError as exc:  # no key at all, or none this PyJWT can use
+            raise KeySetUnusable(f"its key set is not usable: {exc}") from None
 
 
 class InvalidToken(DomainError):
@@ -90,7 +105,7 @@ class TokenVerifier:
             return len(self._keys.get_jwk_set(refresh=True).keys)
         except jwt.PyJWKClientConnectionError as exc:
             raise PeerUnavailable(self.peer, f"its keys could not be fetched: {exc}") from exc
-        except jwt.PyJWKClientError as exc:
+        except jwt.PyJWKClientError as exc:  # KeySetUnusable among them
             raise PeerUnavailable(self.peer, f"its key set is not usable: {exc}") from exc
 
     def claims(self, token: str) -> dict[str, Any]:
@@ -114,6 +129,8 @@ class TokenVerifier:
             )
         except jwt.PyJWKClientConnectionError as exc:
             raise PeerUnavailable(self.peer, f"its keys could not be fetched: {exc}") from exc
+        except KeySetUnusable as exc:
+            raise PeerUnavailable(self.peer, str(exc)) from exc
         except jwt.PyJWKClientError as exc:  # no key with the token's key id (rotated away, or never the issuer's)
             raise InvalidToken(
                 f"the token is not signed by a key of the {self.peer.replace('_', ' ')}: {exc}"

@@ -81,7 +81,14 @@ async def apply_faults(state: PeerState) -> Response | None:
 
 
 def add_control_routes(app: FastAPI, state: PeerState, extra_reset: Any = None) -> None:
-    """GET /_sandbox/received, POST /_sandbox/faults, POST /_sandbox/reset."""
+    """GET /_sandbox/received, POST /_sandbox/faults, POST /_sandbox/reset. A request whose body the sandbox
+    cannot take (not JSON, nested too deeply, a field missing or of the wrong type) is answered 400, not 500."""
+
+    async def bad_input(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": "bad_request", "detail": f"{exc.__class__.__name__}: {exc}"[:300]}, 400)
+
+    for kind in (ValueError, KeyError, TypeError, RecursionError):
+        app.add_exception_handler(kind, bad_input)
 
     @app.get("/_sandbox/received")
     def received(operation: str | None = None, outcome: str | None = None, since: int = 0) -> dict[str, Any]:

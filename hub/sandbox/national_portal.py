@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from hub.adapters.http import parse_json
 from hub.sandbox import contracts
 from hub.sandbox.common import PeerState, add_control_routes, apply_faults
 
@@ -56,7 +57,7 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
 
     async def body_of(request: Request) -> Any:
         try:
-            return json.loads(await request.body())
+            return parse_json(await request.body())
         except (ValueError, UnicodeDecodeError, ClientDisconnect):  # a client that gave up is answered nothing
             return None
 

@@ -17,6 +17,7 @@ from aiosmtpd.controller import Controller
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from hub.adapters.http import parse_json
 from hub.sandbox import contracts
 from hub.sandbox.common import PeerState, add_control_routes, apply_faults
 
@@ -93,7 +94,7 @@ def create_sms_app(api_keys: set[str], state: SmsState | None = None, mail: Smtp
         if request.headers.get("X-API-Key") not in st.api_keys:
             return JSONResponse({"error_code": 1, "message": "API key không hợp lệ"}, status_code=401)
         try:
-            body = json.loads(await request.body())
+            body = parse_json(await request.body())
         except ValueError:
             body = None
         problems = ["not JSON"] if body is None else contracts.errors("sms_gateway/send.schema.json", body)

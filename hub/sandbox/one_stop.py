@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from hub.adapters.http import parse_json
 from hub.sandbox import contracts
 from hub.sandbox.common import PeerState, add_control_routes, apply_faults
 
@@ -39,7 +40,7 @@ def create_app(state: OneStopState | None = None) -> FastAPI:
             return fault
         key = request.headers.get("Idempotency-Key")
         try:
-            body = json.loads(await request.body())
+            body = parse_json(await request.body())
         except (ValueError, UnicodeDecodeError, ClientDisconnect):
             body = None
         problems = ["not JSON"] if body is None else contracts.errors(schema, body)

@@ -20,6 +20,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from hub.adapters.http import parse_json
 from hub.sandbox import contracts
 from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
 
@@ -115,8 +116,8 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
         if st.faults.outage_until > time.time():
             return JSONResponse({"MaLoi": "99", "MoTaLoi": "sandbox outage"}, status_code=503)
         try:
-            msg = await request.json()
-        except ValueError:
+            msg = parse_json(await request.body())
+        except (ValueError, UnicodeDecodeError):
             return JSONResponse({"MaLoi": "99", "MoTaLoi": "not JSON"}, status_code=400)
         kind = msg.get("LoaiBanTin") if isinstance(msg, dict) else None
         partner = str(msg.get("MaDoiTac", "")) if isinstance(msg, dict) else ""

@@ -334,8 +334,10 @@ def last_anchor(path: Path, tail: int = 4096) -> dict[str, Any] | None:
 
 
 def _noted_head(line: str) -> dict[str, Any] | None:
+    from hub.adapters.http import parse_json
+
     try:
-        item = json.loads(line)
+        item = parse_json(line)
     except ValueError:
         return None
     if isinstance(item, dict) and isinstance(item.get("chain_hash"), str) and isinstance(item.get("id"), int):

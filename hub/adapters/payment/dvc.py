@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from datetime import date, datetime
 from typing import Any
 
 import httpx
 
-from hub.adapters.errors import PeerProtocolError, PeerRejected, PeerUnavailable
-from hub.adapters.http import json_object, post_checked
+from hub.adapters.errors import PeerProtocolError, PeerRejected, PeerUnavailable, reply_parsed
+from hub.adapters.http import json_object, parse_json, post_checked
 from hub.adapters.payment.base import (
     Callback,
     CallbackRejected,
@@ -161,22 +160,24 @@ class DvcPaymentClient:
         lines = data.get("GiaoDich")
         if not isinstance(lines, list):
             raise PeerProtocolError(PEER, "statement: no GiaoDich list")
-        total = sum(int(x.get("SoTien", 0)) for x in lines)
+        with reply_parsed(PEER, "statement"):
+            total = sum(int(x.get("SoTien", 0)) for x in lines)
         expected = hashlib.sha256(
             f"{data.get('MaDoiTac')}|{data.get('Ngay')}|{len(lines)}|{total}|{self._secret}".encode()
         ).hexdigest()
         if not hmac.compare_digest(str(data.get("MaXacThuc", "")), expected):
             raise PeerProtocolError(PEER, "statement: MaXacThuc does not verify", code="payment_reply_forged")
-        return [
-            StatementLine(
-                str(x["MaGiaoDich"]),
-                str(x["MaThamChieu"]),
-                int(x["SoTien"]),
-                str(x["MaTienTe"]),
-                parse_national(x["ThoiGianGD"]),
-            )
-            for x in lines
-        ]
+        with reply_parsed(PEER, "statement"):
+            return [
+                StatementLine(
+                    str(x["MaGiaoDich"]),
+                    str(x["MaThamChieu"]),
+                    int(x["SoTien"]),
+                    str(x["MaTienTe"]),
+                    parse_national(x["ThoiGianGD"]),
+                )
+                for x in lines
+            ]
 
     # -- inbound ---------------------------------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class DvcPaymentClient:
         if len(body) > MAX_CALLBACK_BYTES:
             raise CallbackRejected("99", "callback too large")
         try:
-            msg = json.loads(body)
+            msg = parse_json(body)
         except (ValueError, UnicodeDecodeError):
             raise CallbackRejected("99", "callback is not JSON") from None
         if not isinstance(msg, dict):

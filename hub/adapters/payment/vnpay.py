@@ -14,7 +14,7 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from hub.adapters.errors import PeerProtocolError, PeerRejected, PeerUnavailable
+from hub.adapters.errors import PeerProtocolError, PeerRejected, PeerUnavailable, reply_parsed
 from hub.adapters.http import json_object, post_checked
 from hub.adapters.payment.base import Callback, CallbackRejected, Created, PaymentOrder, QueryResult, StatementLine
 from hub.domain.dates import format_national, parse_national, utcnow
@@ -172,21 +172,23 @@ class VnpayClient:
             raise PeerUnavailable(PEER, f"statement: {exc.__class__.__name__}") from None
         if r.status_code != 200:
             raise PeerUnavailable(PEER, f"statement: HTTP {r.status_code}")
-        data = r.json()
+        data = json_object(r, peer=PEER, what="statement")
         lines = data.get("transactions")
         if not isinstance(lines, list):
             raise PeerProtocolError(PEER, "statement: no transactions list")
-        total = sum(int(x.get("vnp_Amount", 0)) for x in lines)
+        with reply_parsed(PEER, "statement"):
+            total = sum(int(x.get("vnp_Amount", 0)) for x in lines)
         expected = pipe_sign([self.merchant, day.strftime("%Y%m%d"), str(len(lines)), str(total)], self._secret)
         if not hmac.compare_digest(str(data.get("vnp_SecureHash", "")), expected):
             raise PeerProtocolError(PEER, "statement: vnp_SecureHash does not verify", code="payment_reply_forged")
-        return [
-            StatementLine(
-                str(x["vnp_TransactionNo"]),
-                str(x["vnp_TxnRef"]),
-                int(x["vnp_Amount"]) // 100,
-                "VND",
-                parse_national(x["vnp_PayDate"]),
-            )
-            for x in lines
-        ]
+        with reply_parsed(PEER, "statement"):
+            return [
+                StatementLine(
+                    str(x["vnp_TransactionNo"]),
+                    str(x["vnp_TxnRef"]),
+                    int(x["vnp_Amount"]) // 100,
+                    "VND",
+                    parse_national(x["vnp_PayDate"]),
+                )
+                for x in lines
+            ]
