@@ -180,6 +180,9 @@ def test_unknown_reference_other_transaction_and_garbage(hub: Hub, platform: htt
     for garbage in (b"{not json", b"[]", json.dumps({"MaXacThuc": "0" * 64}).encode(), b"x" * 20000, too_deep):
         r = hub.http.post(url, content=garbage, headers={"Content-Type": "application/json"})
         assert r.status_code == 200 and r.json()["MaLoi"] in ("97", "99")
+    # signed, but with a transaction time that is no time: the platform's own "99" answer, not hub's problem+json
+    odd = hub.http.post(url, json=_signed_confirm(MaThamChieu=payment["reference"], ThoiGianGD="20261399250000"))
+    assert odd.status_code == 200 and odd.json()["MaLoi"] == "99", odd.text
     assert hub.http.post("/v1/payments/callbacks/nope", json={}).status_code == 404
 
 

@@ -151,3 +151,10 @@ def test_lost_ipn_is_settled_by_querydr_and_reconciled(hub: Hub, gateway: httpx.
     assert result["summary"]["matched"] == 1 and result["hub_total"] == result["platform_total"] == 2000
     unknown = hub.http.get("/v1/payments/callbacks/vnpay", params={"vnp_TxnRef": "X", "vnp_SecureHash": "0" * 128})
     assert unknown.json()["RspCode"] == "97"
+    # signed, but with a pay time that is no time: the gateway's own "99" answer, not hub's problem+json
+    from hub.adapters.payment.vnpay import sign
+
+    ipn = {"vnp_TmnCode": TMN, "vnp_TxnRef": payment["reference"], "vnp_Amount": "200000", "vnp_ResponseCode": "00",
+           "vnp_TransactionStatus": "00", "vnp_TransactionNo": "1", "vnp_PayDate": "20261399250000"}  # fmt: skip
+    odd = hub.http.get("/v1/payments/callbacks/vnpay", params={**ipn, "vnp_SecureHash": sign(ipn, SECRET)})
+    assert odd.status_code == 200 and odd.json()["RspCode"] == "99", odd.text

@@ -22,6 +22,7 @@ from hub.adapters.payment.base import (
     StatementLine,
 )
 from hub.domain.dates import format_national, parse_national, utcnow
+from hub.domain.errors import InvalidDate
 
 PEER = "payment_dvc"
 VERSION = "1.0.6"
@@ -136,12 +137,13 @@ class DvcPaymentClient:
         self._verified(reply, QUERY_REPLY_FIELDS, "QUERY")
         status = {"0": "pending", "1": "paid", "2": "failed"}.get(str(reply.get("TrangThaiGD")), "unknown")
         at = reply.get("ThoiGianGD")
-        return QueryResult(
-            status,
-            int(reply["SoTien"]) if isinstance(reply.get("SoTien"), int) else None,
-            reply.get("MaGiaoDich") or None,
-            parse_national(at) if isinstance(at, str) and at else None,
-        )
+        with reply_parsed(PEER, "QUERY"):
+            return QueryResult(
+                status,
+                int(reply["SoTien"]) if isinstance(reply.get("SoTien"), int) else None,
+                reply.get("MaGiaoDich") or None,
+                parse_national(at) if isinstance(at, str) and at else None,
+            )
 
     def receipt(self, reference: str, *, correlation_id: str) -> bytes:
         r = self._post("/api/payment", self._query_body("GET_BILL", reference), correlation_id)
@@ -211,7 +213,7 @@ class DvcPaymentClient:
                 at=at,
                 error_code=str(msg["MaLoi"]),
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, InvalidDate) as exc:
             raise CallbackRejected("99", f"malformed CONFIRM: {exc}") from None
 
     def answer(self, code: str, message: str) -> tuple[int, dict[str, Any]]:

@@ -18,6 +18,7 @@ from hub.adapters.errors import PeerProtocolError, PeerRejected, PeerUnavailable
 from hub.adapters.http import json_object, post_checked
 from hub.adapters.payment.base import Callback, CallbackRejected, Created, PaymentOrder, QueryResult, StatementLine
 from hub.domain.dates import format_national, parse_national, utcnow
+from hub.domain.errors import InvalidDate
 
 PEER = "payment_vnpay"
 VERSION = "2.1.0"
@@ -118,7 +119,7 @@ class VnpayClient:
                 at=parse_national(params["vnp_PayDate"]),
                 error_code=params.get("vnp_ResponseCode", ""),
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, InvalidDate) as exc:
             raise CallbackRejected("99", f"malformed IPN: {exc}") from None
 
     def answer(self, code: str, message: str) -> tuple[int, dict[str, Any]]:
@@ -151,14 +152,15 @@ class VnpayClient:
                 PEER, "querydr: reply's vnp_SecureHash does not verify", code="payment_reply_forged"
             )
         status = {"00": "paid", "01": "pending"}.get(str(reply.get("vnp_TransactionStatus")), "failed")
-        amount = int(reply["vnp_Amount"]) // 100 if str(reply.get("vnp_Amount", "")).isdigit() else None
         pay_date = str(reply.get("vnp_PayDate") or "")
-        return QueryResult(
-            status,
-            amount,
-            str(reply.get("vnp_TransactionNo") or "") or None,
-            parse_national(pay_date) if pay_date else None,
-        )
+        with reply_parsed(PEER, "querydr"):
+            amount = int(reply["vnp_Amount"]) // 100 if str(reply.get("vnp_Amount", "")).isdigit() else None
+            return QueryResult(
+                status,
+                amount,
+                str(reply.get("vnp_TransactionNo") or "") or None,
+                parse_national(pay_date) if pay_date else None,
+            )
 
     def receipt(self, reference: str, *, correlation_id: str) -> bytes:
         raise PeerRejected(PEER, "the gateway issues no receipt document", code="receipt_not_offered")
