@@ -113,3 +113,39 @@ def test_batches_and_concurrent_look_ups_give_the_same_verdicts_in_order(
     ]
     assert (result.checked, result.in_sync, result.errors) == (4, 1, 0)
     assert [d for d, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][0] == seen[-1][1] >= 4
+
+
+def test_a_portal_reply_that_breaks_the_contract_is_an_error_not_a_crash(drifted: tuple[Hub, list[str]]) -> None:
+    """The portal answers a look-up with a status that is no status, and lists entries that are not dossiers:
+    that dossier is counted as an error (as an unreachable look-up is), the junk entries are passed over, and the
+    run goes on to judge every other dossier."""
+    from typing import Any
+
+    from hub.sync.reconcile import reconcile, unknown_to_hub
+
+    hub, (in_sync, lost, behind, ahead, unknown) = drifted
+    real = hub.runtime.portal
+
+    class Garbling:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def look_up(self, code: str, *, correlation_id: str) -> dict[str, Any] | None:
+            seen = real.look_up(code, correlation_id=correlation_id)
+            return {**seen, "TrangThaiHoSo": "đang xử lý"} if seen is not None and code == in_sync else seen
+
+        def call(self, service: str, payload: dict[str, Any], **kw: Any) -> dict[str, Any]:
+            reply = real.call(service, payload, **kw)
+            if service == "TraCuuHoSoMoi":
+                reply = {**reply, "data": [*reply["data"], "junk", {"MaHoSo": "x", "TrangThaiHoSo": None}, 7]}
+            return reply
+
+    result = reconcile(hub.runtime.sessions, Garbling(), repair=False)  # type: ignore[arg-type]
+    assert (result.checked, result.in_sync, result.errors) == (4, 0, 1)
+    assert [(d.code, d.kind) for d in result.drift] == [
+        (lost, "missing_at_portal"),
+        (behind, "status_behind"),
+        (ahead, "status_ahead"),
+    ]
+    found = unknown_to_hub(hub.runtime.sessions, Garbling(), ["000.00.17.*"])  # type: ignore[arg-type]
+    assert [(d.code, d.kind) for d in found] == [(unknown, "unknown_to_hub")]

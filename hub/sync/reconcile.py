@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.adapters.errors import PeerError
+from hub.adapters.errors import PeerError, PeerProtocolError
 from hub.adapters.national_portal import NationalPortal
 from hub.domain.dates import utcnow
 from hub.domain.status import DossierStatus
@@ -86,9 +86,12 @@ def reconcile(
 
     def look_up(code: str) -> dict[str, Any] | PeerError | None:
         try:
-            return portal.look_up(code, correlation_id=f"reconcile-{code}")
+            seen = portal.look_up(code, correlation_id=f"reconcile-{code}")
         except PeerError as exc:
             return exc
+        if seen is not None and portal_status(seen) is None:  # counted as an error, as an unreadable reply is
+            return PeerProtocolError("national_portal", f"TraCuuHoSo {code}: TrangThaiHoSo is not a status")
+        return seen
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile") as pool:
         for start in range(0, total, batch):
@@ -140,21 +143,21 @@ def _judge(
             drift.repaired = _requeue(sessions, dossier_id, after_seq=0)
         result.drift.append(drift)
         return
-    portal_status = int(seen.get("TrangThaiHoSo", 0))
-    if portal_status == status:
+    at_portal = portal_status(seen)
+    if at_portal == status:
         result.in_sync += 1
         return
     history = [int(r.status) for r in rows]
-    if portal_status in history[:-1]:
+    if at_portal in history[:-1]:
         # the portal stopped at an earlier step: everything after its last occurrence goes again
-        last = max(i for i, st in enumerate(history[:-1]) if st == portal_status)
-        drift = Drift(code, "status_behind", status, portal_status, note=f"portal at step {last + 1} of {len(history)}")
+        last = max(i for i, st in enumerate(history[:-1]) if st == at_portal)
+        drift = Drift(code, "status_behind", status, at_portal, note=f"portal at step {last + 1} of {len(history)}")
         if repair:
             drift.repaired = _requeue(sessions, dossier_id, after_seq=int(rows[last].seq))
         result.drift.append(drift)
     else:
         result.drift.append(
-            Drift(code, "status_ahead", status, portal_status, note="changed at the portal: check by hand")
+            Drift(code, "status_ahead", status, at_portal, note="changed at the portal: check by hand")
         )
 
 
@@ -170,18 +173,27 @@ def unknown_to_hub(sessions: sessionmaker[Session], portal: NationalPortal, agen
         except PeerError:
             continue
         items = reply.get("data")
-        codes = [str(i.get("MaHoSo")) for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+        # entries that break the contract (not an object, no status) are passed over
+        listed = [i for i in items if isinstance(i, dict) and portal_status(i)] if isinstance(items, list) else []
+        codes = [str(i.get("MaHoSo")) for i in listed]
         if not codes:
             continue
         with sessions() as s:
             known = set(s.scalars(select(Dossier.code).where(Dossier.code.in_(codes))))
-        for item in items if isinstance(items, list) else []:
-            code = str(item.get("MaHoSo"))
+        for item, code in zip(listed, codes, strict=True):
             if code not in known:
-                found.append(
-                    Drift(code, "unknown_to_hub", 0, int(item.get("TrangThaiHoSo", 0)), note="not taken in yet")
-                )
+                found.append(Drift(code, "unknown_to_hub", 0, portal_status(item), note="not taken in yet"))
     return found
+
+
+def portal_status(seen: dict[str, Any]) -> int | None:
+    """The dossier's TrangThaiHoSo as the portal gave it (an integer 1–10, or its digits); None if it gave none."""
+    value = seen.get("TrangThaiHoSo")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 2:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10:
+        return value
+    return None
 
 
 def _requeue(sessions: sessionmaker[Session], dossier_id: int, *, after_seq: int) -> int:
