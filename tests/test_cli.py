@@ -357,7 +357,10 @@ def test_check_asks_every_system_and_says_what_fails(
     report = json.loads(good.stdout)
     assert good.returncode == 0 and report["ok"] is True, good.stdout
     status = {c["name"]: (c["status"], c["detail"]) for c in report["checks"]}
-    assert {name for name, (state, _) in status.items() if state == "ok"} == {
+    # commits are synced to disk, and how long the disk takes to sync is said (slow disks: a warning)
+    assert status["durability"][0] in ("ok", "warn") and "synchronous=full" in status["durability"][1]
+    assert "ms (median of 20)" in status["durability"][1]
+    assert {name for name, (state, _) in status.items() if state == "ok" and name != "durability"} == {
         "database", "national_portal", "population", "payment_dvc", "document_exchange", "signing",
         "identity_provider", "authorization_server",
     }  # fmt: skip
@@ -376,6 +379,10 @@ def test_check_asks_every_system_and_says_what_fails(
         {**env, "HUB_NATIONAL_PORTAL_PASSWORD": "wrong-password", "HUB_POPULATION_URL": "http://127.0.0.1:9/ws"},
     )
     assert bad.returncode == 1, bad.stdout
+    unsynced = run(["check", "--json"], tmp_path, {**env, "HUB_SQLITE_SYNCHRONOUS": "normal"})
+    durability = next(c for c in json.loads(unsynced.stdout)["checks"] if c["name"] == "durability")
+    assert durability["status"] == "warn" and "power cut" in durability["detail"]
+    assert not list((tmp_path / "var").glob(".hub-check-*"))  # the scratch file is gone
     lines = {line.split("│")[1].strip(): line for line in bad.stdout.splitlines() if line.count("│") >= 4}
     assert "FAIL" in lines["national_portal"] and "peer_auth_failed" in lines["national_portal"]
     assert "FAIL" in lines["population"] and " ok " in lines["signing"]

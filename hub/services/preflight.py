@@ -2,17 +2,21 @@
 it answers as hub needs — the database at the schema's head, the broker, the national portal accepting hub's
 credentials, the other peers reachable, hub's signing key producing a signature its own verifier passes with the
 configured anchors and revocation, the identity providers' published keys. Each check says ok, warn or fail with
-what it found; nothing is written anywhere but the exchange record of the calls made."""
+what it found; nothing is written anywhere but the exchange record of the calls made (and, to time the disk's
+fsync, a scratch file beside the SQLite database, removed at once)."""
 
 from __future__ import annotations
 
 import os
 import smtplib
+import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
     from hub.runtime import Runtime
 
 CERT_WARN_DAYS = 30
+SLOW_FSYNC_MS = 10.0  # a commit waits for one: past this, every answer that commits does too
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,22 @@ def _reachable(url: str, timeout: float) -> tuple[str, str]:
     except httpx.HTTPError as exc:
         return "fail", f"{url}: no answer ({exc.__class__.__name__})"
     return "ok", f"{url}: HTTP {r.status_code}"
+
+
+def _fsync_ms(folder: Path, rounds: int = 20) -> float:
+    """The median time to write a page and fsync it in `folder`, as a commit's log sync does."""
+    times = []
+    fd, name = tempfile.mkstemp(prefix=".hub-check-", dir=folder)
+    try:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return statistics.median(times)
 
 
 def run(rt: Runtime) -> list[Check]:
@@ -67,6 +88,26 @@ def run(rt: Runtime) -> list[Check]:
         if current != head:
             return "fail", f"schema at {current}, code expects {head}: run `hub db upgrade`"
         return "ok", f"{rt.engine.dialect.name}, schema at {head}"
+
+    def durability() -> tuple[str, str]:
+        from hub.store import db
+
+        path = db.sqlite_path(s.effective_database_url)
+        if path is None:
+            if rt.engine.dialect.name != "postgresql":
+                return "skip", f"{rt.engine.dialect.name}: not checked"
+            with rt.engine.connect() as conn:
+                value = str(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+            if value == "off":
+                return "warn", "PostgreSQL synchronous_commit=off: a database crash may take back commits hub answered"
+            return "ok", f"PostgreSQL synchronous_commit={value}: a commit is on disk before hub answers"
+        took = _fsync_ms(path.parent)
+        said = f"an fsync on {path.parent} takes {took:.2f} ms (median of 20)"
+        if s.sqlite_synchronous == "normal":
+            return "warn", f"HUB_SQLITE_SYNCHRONOUS=normal: a power cut may take back the last commits; {said}"
+        if took > SLOW_FSYNC_MS:
+            return "warn", f"each commit waits for the disk: {said} (ADR 0019)"
+        return "ok", f"SQLite synchronous=full: each commit on disk before hub answers; {said}"
 
     def broker() -> tuple[str, str]:
         if s.embedded:
@@ -130,6 +171,7 @@ def run(rt: Runtime) -> list[Check]:
     cid = correlation_id.set(correlation)  # the exchanges the checks make carry it
     try:
         check("database", database)
+        check("durability", durability)
         check("broker", broker)
         check("national_portal", portal)
         check("population", lambda: _reachable(s.effective_population_url, timeout))

@@ -156,9 +156,7 @@ def _judge(
             drift.repaired = _requeue(sessions, dossier_id, after_seq=int(rows[last].seq))
         result.drift.append(drift)
     else:
-        result.drift.append(
-            Drift(code, "status_ahead", status, at_portal, note="changed at the portal: check by hand")
-        )
+        result.drift.append(Drift(code, "status_ahead", status, at_portal, note="changed at the portal: check by hand"))
 
 
 def unknown_to_hub(sessions: sessionmaker[Session], portal: NationalPortal, agency_patterns: list[str]) -> list[Drift]:
