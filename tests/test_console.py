@@ -228,3 +228,31 @@ def test_search_by_personal_id_and_replay_by_filter(console_hub: Hub, creds: Cre
             "/ops/dead/replay", data={"csrf": token.group(1), "scope": "selected", "ids": ids, "confirmed": "yes"}
         )
         assert odd.status_code == 303, odd.text
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the docs do not depend on the database
+def test_api_docs_render_without_the_internet(hub_factory: HubFactory, browser: object, backend: str) -> None:
+    """Provincial networks often reach no CDN: /docs (Swagger UI) loads every file from hub itself and shows hub's
+    operations. Any request leaving the host is refused and would fail the test."""
+    hub = hub_factory()
+    base = hub.server.url
+    context = browser.new_context()  # type: ignore[attr-defined]
+    outside: list[str] = []
+
+    def only_hub(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if url.startswith(base):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            outside.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    context.route("**/*", only_hub)
+    page = context.new_page()
+    page.goto(f"{base}/docs")
+    # the operations, drawn by Swagger UI's script from hub's OpenAPI document
+    page.locator('[data-path="/v1/dossiers/{code}/progress"]').first.wait_for(timeout=15_000)
+    assert page.locator(".opblock").count() > 10
+    shot(page, "api-docs")
+    assert outside == []
+    context.close()

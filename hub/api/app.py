@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+from fastapi_offline import FastAPIOffline
 
 from hub import __version__
 from hub.adapters.errors import PeerError
@@ -186,7 +187,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             if owned:
                 holder.pop("rt").close()
 
-    app = FastAPI(
+    # FastAPI with its API docs (Swagger UI) served from hub itself, not from a CDN; no ReDoc page, whose sidebar
+    # fetches its logo from the internet (ADR 0020)
+    app = FastAPIOffline(
+        redoc_url=None,
         title="hub — integration hub for Vietnamese e-government",
         version=__version__,
         description="Relays dossiers and their status (TrangThaiHoSo) between provincial one-stop systems and the "
@@ -533,7 +537,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     def root(request: Request) -> dict[str, str]:
-        return {"service": "hub", "docs": str(request.url_for("swagger_ui_html"))}
+        return {"service": "hub", "docs": str(request.url_for("custom_swagger_ui_html"))}
 
     return app
 

@@ -12,6 +12,7 @@ from typing import Any
 from cryptography import x509
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from hub.sandbox.common import PeerState, add_control_routes, apply_faults
 from hub.signing import edxml
@@ -33,7 +34,7 @@ def create_app(anchors: list[x509.Certificate], api_keys: set[str], state: Excha
     st = state or ExchangeState()
     st.api_keys.update(api_keys)
     verifier = Verifier(anchors, revocation=RevocationSource(read_timeout=5))
-    app = FastAPI(title="Sandbox: document exchange platform (edXML)", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(title="Sandbox: document exchange platform (edXML)", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st, extra_reset=st.documents.clear)
 

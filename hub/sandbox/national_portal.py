@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.requests import ClientDisconnect
 
 from hub.adapters.http import parse_json
@@ -51,7 +52,7 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
     st.credentials.update(credentials)
     initial, transitions = _transitions()
     catalogue: list[dict[str, Any]] = contracts.load_json("national_portal/data/procedures.json")["data"]
-    app = FastAPI(title="Sandbox: national public-service portal (DVCQG)", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(title="Sandbox: national public-service portal (DVCQG)", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st, extra_reset=st.reset_data)
 

@@ -16,6 +16,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from hub.adapters.http import parse_json
 from hub.sandbox import contracts
@@ -82,7 +83,7 @@ def create_sms_app(api_keys: set[str], state: SmsState | None = None, mail: Smtp
     """The SMS gateway; with `mail`, it also shows what the SMTP sandbox received (`GET /_sandbox/mail`)."""
     st = state or SmsState()
     st.api_keys.update(api_keys)
-    app = FastAPI(title="Sandbox: SMS gateway", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(title="Sandbox: SMS gateway", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st, extra_reset=st.sent.clear)
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.requests import ClientDisconnect
 
 from hub.adapters.http import parse_json
@@ -30,7 +31,7 @@ class OneStopState(PeerState):
 
 def create_app(state: OneStopState | None = None) -> FastAPI:
     st = state or OneStopState()
-    app = FastAPI(title="Sandbox: provincial one-stop system", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(title="Sandbox: provincial one-stop system", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st, extra_reset=st.dossiers.clear)
 

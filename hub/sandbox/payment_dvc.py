@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from hub.adapters.http import parse_json
 from hub.sandbox import contracts
@@ -92,7 +93,7 @@ def _pdf(lines: list[str]) -> bytes:
 def create_app(partners: dict[str, str], state: PaymentState | None = None) -> FastAPI:
     st = state or PaymentState()
     st.partners.update(partners)
-    app = FastAPI(title="Sandbox: DVC payment platform", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(title="Sandbox: DVC payment platform", docs_url="/_sandbox/docs")
     app.state.peer = st
 
     def reset_extra() -> None:

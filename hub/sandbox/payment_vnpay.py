@@ -17,6 +17,7 @@ from urllib.parse import quote_plus
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
 
@@ -67,7 +68,7 @@ class VnpayState(PeerState):
 def create_app(merchants: dict[str, dict[str, str]], state: VnpayState | None = None) -> FastAPI:
     st = state or VnpayState()
     st.merchants.update(merchants)
-    app = FastAPI(title="Sandbox: VNPay-style gateway", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(title="Sandbox: VNPay-style gateway", docs_url="/_sandbox/docs")
     app.state.peer = st
 
     def reset_extra() -> None:

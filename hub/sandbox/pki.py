@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 
 from hub.sandbox.common import PeerState, add_control_routes
 
@@ -308,7 +309,7 @@ class PkiState(PeerState):
 def create_app(state: PkiState | None = None) -> FastAPI:
     """The CRL and OCSP endpoints. The PKI is attached to the state after the server knows its URL."""
     st = state or PkiState()
-    app = FastAPI(title="Sandbox: trust services (CRL, OCSP, time-stamping)", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(title="Sandbox: trust services (CRL, OCSP, time-stamping)", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from lxml import etree
 
 from hub.sandbox import contracts
@@ -97,7 +98,7 @@ def _append(parent: etree._Element, name: str, value: Any) -> None:
 
 def create_app(state: PopulationState | None = None) -> FastAPI:
     st = state or PopulationState()
-    app = FastAPI(title="Sandbox: population database (SOAP)", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(title="Sandbox: population database (SOAP)", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st)
     wsdl_template = open(wsdl_path(), encoding="utf-8").read()  # noqa: SIM115 - read once at start
