@@ -384,7 +384,11 @@ def jobs_list(
 ) -> None:
     """List outbox deliveries, newest first."""
     from hub.sync import jobs
+    from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
 
+    if state is not None and state not in (PENDING, IN_FLIGHT, DELIVERED, DEAD):
+        err.print(f"[red]--state must be one of {PENDING}, {IN_FLIGHT}, {DELIVERED}, {DEAD}[/red]")
+        raise typer.Exit(2)
     rt = _Store()
     try:
         with rt.sessions() as session:
@@ -822,7 +826,12 @@ def audit_export(
                 err.print(f"[red]the access log is BROKEN at entry {result.broken_at}: {result.problem}[/red]")
                 raise typer.Exit(1)
             entries = log.export(session, since=start, until=end, agency=agency, client=client)
-            with output.open("w", encoding="utf-8", newline="") as f:
+            try:
+                f = output.open("w", encoding="utf-8", newline="")
+            except OSError as exc:  # no such folder, not writable
+                err.print(f"[red]cannot write {output}: {exc.strerror or exc}[/red]")
+                raise typer.Exit(2) from None
+            with f:
                 if csv_format:
                     writer = csv.DictWriter(f, fieldnames=["id", *CHAINED, "prev_hash", "chain_hash"])
                     writer.writeheader()

@@ -70,6 +70,8 @@ def test_jobs_list_show_and_replay(
     assert json.loads(shown.stdout)["peer_reply"]["error_code"] == 5
     table = run(["jobs", "list"], tmp_path, env)
     assert "portal_unknown_dossier" in table.stdout
+    unknown_state = run(["jobs", "list", "--state", "failed"], tmp_path, env)  # not a state: said, not an empty list
+    assert unknown_state.returncode == 2 and "--state must be one of" in unknown_state.stderr
     # refusals: nothing named, an id that is not a dead letter, an unknown id
     assert run(["jobs", "replay"], tmp_path, env).returncode == 2
     refused = run(["jobs", "replay", "999999", str(2**64), "--json"], tmp_path, env)

@@ -919,6 +919,11 @@ def test_audit_export_for_an_inspection_is_checkable_later(
     garbage.write_text("[1, 2]\n", encoding="utf-8")
     assert hub_cli("verify", "--file", str(garbage)).returncode == 1  # not an exported entry: not intact
     assert hub_cli("export", "--out", str(tmp_path / "x.jsonl"), "--since", "yesterday").returncode == 2
+    nowhere = hub_cli("export", "--out", str(tmp_path / "no-such-folder" / "x.jsonl"))
+    assert nowhere.returncode == 2 and "cannot write" in nowhere.stderr and "Traceback" not in nowhere.stderr
+    garbage.write_bytes(b"[" * 3000 + b"]" * 3000 + b"\n")  # nested past the JSON parser's recursion
+    deep = hub_cli("verify", "--file", str(garbage))
+    assert deep.returncode == 2 and "Traceback" not in deep.stderr
     sheet = tmp_path / "agency.csv"
     assert hub_cli("export", "--out", str(sheet), "--agency", AGENCY, "--csv").returncode == 0
     rows = list(csv.DictReader(sheet.open(encoding="utf-8")))
