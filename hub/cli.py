@@ -1217,9 +1217,12 @@ def operators_add(
     ] = None,
 ) -> None:
     """Create a console account (the password is stored as an argon2 hash)."""
-    from hub.console.auth import Operators
+    from hub.console.auth import ROLES, Operators
     from hub.domain.errors import DomainError
 
+    if role not in ROLES:  # said before the password is asked for, not after
+        err.print(f"[red]role must be one of {', '.join(ROLES)}[/red]")
+        raise typer.Exit(2)
     password = (
         os.environ.get(password_env, "")
         if password_env

@@ -388,3 +388,14 @@ def test_check_asks_every_system_and_says_what_fails(
     lines = {line.split("│")[1].strip(): line for line in bad.stdout.splitlines() if line.count("│") >= 4}
     assert "FAIL" in lines["national_portal"] and "peer_auth_failed" in lines["national_portal"]
     assert "FAIL" in lines["population"] and " ok " in lines["signing"]
+
+
+def test_operators_add_says_what_is_wrong_before_asking_for_a_password(tmp_path: Path) -> None:
+    env = {"HUB_VAR_DIR": str(tmp_path / "var"), "OPERATOR_PASSWORD": "mật-khẩu-đủ-dài-2026"}
+    wrong_role = run(["operators", "add", "nguyen.van.a", "--role", "admin"], tmp_path, env)  # no prompt answered
+    assert wrong_role.returncode == 2 and "role must be one of viewer, operator" in wrong_role.stderr
+    made = run(["operators", "add", "nguyen.van.a", "--role", "operator", "--password-env", "OPERATOR_PASSWORD"],
+               tmp_path, env)  # fmt: skip
+    assert made.returncode == 0 and "nguyen.van.a (operator) created" in made.stdout, made.stderr
+    weak = run(["operators", "add", "tran.b", "--password-env", "SHORT"], tmp_path, {**env, "SHORT": "123"})
+    assert weak.returncode == 2 and "at least 10 characters" in weak.stderr
