@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     clients: list[ClientSystem] = Field(default_factory=list)
     max_body_bytes: int = 1_048_576
+    # the body of a document with its files — an edXML dispatch (attachments in base64), a signed XML document to
+    # verify (hub's XML parser takes up to 10 MiB) — may be larger than a JSON message
+    max_document_bytes: int = Field(default=10 * 1_048_576, ge=1_048_576)
     db_pool_size: int = Field(default=20, ge=1, le=500)  # PostgreSQL connections kept open per process
     # SQLite (embedded): "full" syncs every commit to disk, so what hub answered for survives a power cut;
     # "normal" skips that fsync (~0.1–0.5 ms a commit) and a power cut may take the last commits back (ADR 0019)

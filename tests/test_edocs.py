@@ -100,6 +100,35 @@ def test_a_document_is_signed_time_stamped_and_delivered(signing_hub: Hub, excha
     assert listed["platform_status"] == "01" and listed["to"][0]["id"] == "000.00.17.H29"
 
 
+def test_a_scanned_document_of_a_few_megabytes_goes_and_the_limit_is_said(
+    signing_hub: Hub, exchange: httpx.Client
+) -> None:
+    """A decision scanned to PDF is megabytes, past the 1 MiB limit of a JSON message: a dispatch with its files
+    has HUB_MAX_DOCUMENT_BYTES (10 MiB) — delivered whole, signed — and past that, 413 saying the limit."""
+    import hashlib
+    import os
+
+    hub = signing_hub
+    d = dossier(34, status=2)
+    hub.http.post("/v1/dossiers", json=d)
+    scan = b"%PDF-1.7\n" + os.urandom(3 * 1024 * 1024)  # 4 MiB in base64
+    body = edoc(attachments=[{"name": "quyet-dinh-scan.pdf", "data": base64.b64encode(scan).decode()}])
+    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=body, timeout=60)
+    assert r.status_code == 202, r.text[:300]
+    hub.wait_idle(timeout=60)
+    [doc] = exchange.get("/_sandbox/documents").json()["items"]
+    assert doc["signature_format"] == "XAdES-B-T"
+    [attached] = doc["header"]["attachments"]
+    assert attached["name"] == "quyet-dinh-scan.pdf" and attached["sha256"] == hashlib.sha256(scan).hexdigest()
+    too_big = edoc(attachments=[{"name": "x.pdf", "data": base64.b64encode(os.urandom(8 * 1024 * 1024)).decode()}])
+    problem = assert_problem(hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=too_big, timeout=60), 413,
+                             "body_too_large")  # fmt: skip
+    assert str(hub.settings.max_document_bytes) in problem["detail"]
+    # a JSON message keeps the smaller limit
+    huge = dossier(35, status=2, GhiChu="x" * (hub.settings.max_body_bytes + 1))
+    assert_problem(hub.http.post("/v1/dossiers", json=huge), 413, "body_too_large")
+
+
 def test_documents_wait_out_an_outage_and_go_in_order(signing_hub: Hub, exchange: httpx.Client) -> None:
     hub = signing_hub
     d = dossier(32, status=2)

@@ -466,6 +466,16 @@ def test_api_verifies_and_reports(signing_hub: Hub, trust: Trust) -> None:
     naive = signing_hub.http.post("/v1/signatures/verify?at=2026-01-01T00:00:00", content=signed)
     assert naive.status_code == 422 and naive.json()["code"] == "invalid_date"
     assert httpx.post(f"{signing_hub.server.url}/v1/signatures/verify", content=signed).status_code == 401
+    # a signed dossier carrying its files is megabytes: past a JSON message's 1 MiB, within the document limit
+    import base64
+    import os
+
+    scan = base64.b64encode(os.urandom(2 * 1024 * 1024)).decode()
+    big = DOC.replace(b"</HoSo>", f"<TepDinhKem>{scan}</TepDinhKem></HoSo>".encode())
+    heavy = sign_document(big, trust.signer("official"), xades=True)
+    assert len(heavy) > signing_hub.settings.max_body_bytes
+    r = signing_hub.http.post("/v1/signatures/verify", content=heavy, headers={"Content-Type": "application/xml"})
+    assert r.status_code == 200 and r.json()["indication"] == "TOTAL-PASSED", r.text[:300]
 
 
 def test_cli_signs_with_a_time_stamp(trust: Trust, tmp_path: Path) -> None:

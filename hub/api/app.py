@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,8 @@ from hub.settings import ClientSystem, Settings
 IDEMPOTENCY_KEY_MAX = 200
 # What peers push to hub is recorded beside hub's own calls (exchanges): peer and operation by path.
 INBOUND = {"/v1/national/": ("national_portal", "inbound.push_dossier")}
+# requests carrying documents with their files: HUB_MAX_DOCUMENT_BYTES instead of HUB_MAX_BODY_BYTES
+DOCUMENT_PATHS = re.compile(r"^/v1/(?:signatures/verify|dossiers/[^/]+/edocs)$")
 log = logging.getLogger("hub.api")
 # How a client system authenticates, as OpenAPI security schemes (either one): the docs' "Authorize" button, and
 # generated clients, then know it. auto_error=False: a missing or malformed key is hub's own 401 problem.
@@ -216,6 +219,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitAndCorrelation,
         max_body=settings.max_body_bytes,
+        max_document=settings.max_document_bytes,
+        document_paths=DOCUMENT_PATHS,
         observe=observe,
         inbound=inbound,
         inbound_prefixes=tuple(INBOUND),

@@ -51,9 +51,15 @@ class BodyLimitAndCorrelation:
         observe: Callable[[str, str, int, float], None] | None = None,
         inbound: Callable[[Inbound], Awaitable[None]] | None = None,
         inbound_prefixes: tuple[str, ...] = (),
+        max_document: int | None = None,
+        document_paths: re.Pattern[str] | None = None,
     ) -> None:
+        """`max_document`: the limit instead of `max_body` for paths `document_paths` matches (documents with
+        their files: an edXML dispatch's attachments, a signed XML document to verify)."""
         self.app = app
         self.max_body = max_body
+        self.max_document = max_document if max_document is not None else max_body
+        self.document_paths = document_paths
         self.observe = observe
         self.inbound = inbound
         self.inbound_prefixes = inbound_prefixes
@@ -68,10 +74,12 @@ class BodyLimitAndCorrelation:
         token = correlation_id.set(cid)
         record = self.inbound is not None and scope["path"].startswith(self.inbound_prefixes)
         started = time.perf_counter()
+        documents = self.document_paths is not None and self.document_paths.match(scope["path"]) is not None
+        limit = self.max_document if documents else self.max_body
         try:
             length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                await self._reject(scope, send, cid, record, started)
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                await self._reject(scope, send, cid, record, started, limit)
                 return
             # Read the body up to the limit before the app sees it (requests here are small JSON documents).
             chunks: list[bytes] = []
@@ -82,8 +90,8 @@ class BodyLimitAndCorrelation:
                     return
                 chunk = message.get("body", b"")
                 seen += len(chunk)
-                if seen > self.max_body:
-                    await self._reject(scope, send, cid, record, started)
+                if seen > limit:
+                    await self._reject(scope, send, cid, record, started, limit)
                     return
                 chunks.append(chunk)
                 if not message.get("more_body", False):
@@ -135,9 +143,9 @@ class BodyLimitAndCorrelation:
         if self.inbound is not None:
             await self.inbound(Inbound(scope["path"], cid, body, status, reply, time.perf_counter() - started))
 
-    async def _reject(self, scope: Scope, send: Send, cid: str, record: bool, started: float) -> None:
+    async def _reject(self, scope: Scope, send: Send, cid: str, record: bool, started: float, limit: int) -> None:
         """413 before the body is read; a peer's push is recorded with the very answer it gets."""
-        body = _problem_bytes(413, "body_too_large", f"request body larger than {self.max_body} bytes")
+        body = _problem_bytes(413, "body_too_large", f"request body larger than {limit} bytes")
         if record:
             await self._inbound(scope, cid, b"", 413, body, started)
         headers: list[Any] = [
