@@ -63,6 +63,11 @@ def test_repeated_idempotency_key_returns_same_answer_and_creates_nothing(hub: H
     assert again.status_code == 202 and again.json() == first.json()
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert rows(hub) == before
+    # a 202 says where to follow the dossier (RFC 9110), and the OpenAPI document says so too
+    assert first.headers["Location"] == again.headers["Location"] == f"/v1/dossiers/{d['MaHoSo']}"
+    assert hub.http.get(first.headers["Location"]).json()["MaHoSo"] == d["MaHoSo"]
+    spec = hub.http.get("/openapi.json").json()["paths"]["/v1/dossiers"]["post"]["responses"]["202"]
+    assert {"Location", "Idempotent-Replayed"} <= set(spec["headers"])
     s = step(d["MaHoSo"], 4)
     p1 = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=s, headers={"Idempotency-Key": "p"})
     p2 = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=s, headers={"Idempotency-Key": "p"})
@@ -284,6 +289,9 @@ def test_progress_for_another_dossier_in_body_is_refused(hub: Hub) -> None:
 
 def test_openapi_and_health(hub: Hub) -> None:
     spec = hub.http.get("/openapi.json").json()
+    # one operationId per operation: generated clients (openapi-generator, NSwag) fail on duplicates
+    ids = [op["operationId"] for item in spec["paths"].values() for op in item.values() if "operationId" in op]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
     assert "/v1/dossiers" in spec["paths"] and "/v1/dossiers/{code}/progress" in spec["paths"]
     assert hub.http.get("/healthz").json()["status"] == "ok"
     ready = hub.http.get("/readyz")

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import pydantic_core
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
@@ -36,6 +37,14 @@ from hub.settings import ClientSystem, Settings
 IDEMPOTENCY_KEY_MAX = 200
 # What peers push to hub is recorded beside hub's own calls (exchanges): peer and operation by path.
 INBOUND = {"/v1/national/": ("national_portal", "inbound.push_dossier")}
+# what a 202 says beside its body: where to follow the dossier (and whether it repeats an earlier answer)
+LOCATION = {
+    "Location": {"description": "the dossier: GET it for its events and their delivery", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "true when this repeats the answer to an earlier request with the same Idempotency-Key",
+        "schema": {"type": "string"},
+    },
+}
 # requests carrying documents with their files: HUB_MAX_DOCUMENT_BYTES instead of HUB_MAX_BODY_BYTES
 DOCUMENT_PATHS = re.compile(r"^/v1/(?:signatures/verify|dossiers/[^/]+/edocs)$")
 log = logging.getLogger("hub.api")
@@ -242,12 +251,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     def answer(a: Any) -> JSONResponse:
         headers = {"Idempotent-Replayed": "true"} if a.replayed else {}
+        if a.status_code == 202 and isinstance(a.body.get("MaHoSo"), str):
+            # RFC 9110 §15.3.3: a 202 points to where the request's progress can be followed
+            headers["Location"] = f"/v1/dossiers/{quote(a.body['MaHoSo'], safe='')}"
         return JSONResponse(a.body, status_code=a.status_code, headers=headers)
 
     @app.post(
         "/v1/dossiers",
         status_code=202,
-        responses={202: {"model": Accepted}},
+        responses={202: {"model": Accepted, "headers": LOCATION}},
         tags=["dossiers"],
         summary="Create or update a dossier (DongBoHoSoMC shape); relayed to the national portal",
     )
@@ -260,7 +272,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post(
         "/v1/national/dossiers",
         status_code=202,
-        responses={202: {"model": Accepted}},
+        responses={202: {"model": Accepted, "headers": LOCATION}},
         tags=["down-flow"],
         summary="The national portal pushes a dossier filed there; relayed to the province's one-stop system",
     )
@@ -272,7 +284,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post(
         "/v1/dossiers/{code}/progress",
         status_code=202,
-        responses={202: {"model": Accepted}},
+        responses={202: {"model": Accepted, "headers": LOCATION}},
         tags=["dossiers"],
         summary="Add a processing step (CapNhatTienDoHoSoMC shape); relayed to the national portal",
     )
@@ -284,7 +296,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post(
         "/v1/dossiers/{code}/edocs",
         status_code=202,
-        responses={202: {"model": DocumentAccepted}},
+        responses={202: {"model": DocumentAccepted, "headers": LOCATION}},
         tags=["dossiers"],
         summary="Send a document of the dossier to other agencies: a signed edXML envelope (QCVN 102:2016)",
         description="hub builds the envelope (contracts/edxml/edxml.xsd) with the dossier's agency as sender, signs it "
@@ -518,21 +530,20 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         )
         return JSONResponse(answer, status_code=status)
 
-    # HEAD too: load balancers' and uptime monitors' probes often send it
-    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"], summary="Alive")
+    @app.get("/healthz", tags=["health"], summary="Alive")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.api_route(
-        "/readyz",
-        methods=["GET", "HEAD"],
-        tags=["health"],
-        summary="Ready: database and broker answer; each peer's last contact",
-    )
+    @app.get("/readyz", tags=["health"], summary="Ready: database and broker answer; each peer's last contact")
     def readyz(response: Response) -> dict[str, Any]:
         readiness = rt().readiness()
         response.status_code = 200 if readiness["status"] == "ok" else 503
         return readiness
+
+    # HEAD too (load balancers' and uptime monitors' probes often send it), out of the OpenAPI document: one
+    # operation per path there, with one operationId, as generated clients need
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
