@@ -34,7 +34,7 @@ def create_app(anchors: list[x509.Certificate], api_keys: set[str], state: Excha
     st = state or ExchangeState()
     st.api_keys.update(api_keys)
     verifier = Verifier(anchors, revocation=RevocationSource(read_timeout=5))
-    app = FastAPIOffline(title="Sandbox: document exchange platform (edXML)", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(redoc_url=None, title="Sandbox: document exchange platform (edXML)", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st, extra_reset=st.documents.clear)
 

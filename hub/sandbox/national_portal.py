@@ -52,7 +52,9 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
     st.credentials.update(credentials)
     initial, transitions = _transitions()
     catalogue: list[dict[str, Any]] = contracts.load_json("national_portal/data/procedures.json")["data"]
-    app = FastAPIOffline(title="Sandbox: national public-service portal (DVCQG)", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(
+        redoc_url=None, title="Sandbox: national public-service portal (DVCQG)", docs_url="/_sandbox/docs"
+    )
     app.state.peer = st
     add_control_routes(app, st, extra_reset=st.reset_data)
 

@@ -83,7 +83,7 @@ def create_sms_app(api_keys: set[str], state: SmsState | None = None, mail: Smtp
     """The SMS gateway; with `mail`, it also shows what the SMTP sandbox received (`GET /_sandbox/mail`)."""
     st = state or SmsState()
     st.api_keys.update(api_keys)
-    app = FastAPIOffline(title="Sandbox: SMS gateway", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(redoc_url=None, title="Sandbox: SMS gateway", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st, extra_reset=st.sent.clear)
 

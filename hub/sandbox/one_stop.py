@@ -31,7 +31,7 @@ class OneStopState(PeerState):
 
 def create_app(state: OneStopState | None = None) -> FastAPI:
     st = state or OneStopState()
-    app = FastAPIOffline(title="Sandbox: provincial one-stop system", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(redoc_url=None, title="Sandbox: provincial one-stop system", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st, extra_reset=st.dossiers.clear)
 

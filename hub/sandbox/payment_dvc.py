@@ -93,7 +93,7 @@ def _pdf(lines: list[str]) -> bytes:
 def create_app(partners: dict[str, str], state: PaymentState | None = None) -> FastAPI:
     st = state or PaymentState()
     st.partners.update(partners)
-    app = FastAPIOffline(title="Sandbox: DVC payment platform", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(redoc_url=None, title="Sandbox: DVC payment platform", docs_url="/_sandbox/docs")
     app.state.peer = st
 
     def reset_extra() -> None:

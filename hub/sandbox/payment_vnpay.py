@@ -68,7 +68,7 @@ class VnpayState(PeerState):
 def create_app(merchants: dict[str, dict[str, str]], state: VnpayState | None = None) -> FastAPI:
     st = state or VnpayState()
     st.merchants.update(merchants)
-    app = FastAPIOffline(title="Sandbox: VNPay-style gateway", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(redoc_url=None, title="Sandbox: VNPay-style gateway", docs_url="/_sandbox/docs")
     app.state.peer = st
 
     def reset_extra() -> None:

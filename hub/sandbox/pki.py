@@ -309,7 +309,9 @@ class PkiState(PeerState):
 def create_app(state: PkiState | None = None) -> FastAPI:
     """The CRL and OCSP endpoints. The PKI is attached to the state after the server knows its URL."""
     st = state or PkiState()
-    app = FastAPIOffline(title="Sandbox: trust services (CRL, OCSP, time-stamping)", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(
+        redoc_url=None, title="Sandbox: trust services (CRL, OCSP, time-stamping)", docs_url="/_sandbox/docs"
+    )
     app.state.peer = st
     add_control_routes(app, st)
 

@@ -98,7 +98,7 @@ def _append(parent: etree._Element, name: str, value: Any) -> None:
 
 def create_app(state: PopulationState | None = None) -> FastAPI:
     st = state or PopulationState()
-    app = FastAPIOffline(title="Sandbox: population database (SOAP)", docs_url="/_sandbox/docs")
+    app = FastAPIOffline(redoc_url=None, title="Sandbox: population database (SOAP)", docs_url="/_sandbox/docs")
     app.state.peer = st
     add_control_routes(app, st)
     wsdl_template = open(wsdl_path(), encoding="utf-8").read()  # noqa: SIM115 - read once at start
