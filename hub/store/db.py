@@ -124,6 +124,9 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+ATTEMPT_SECONDS = 0.02  # a RESTART attempt's busy timeout: its first polls for the write lock are the dense ones
+
+
 class WalCheckpointer:
     """Copies SQLite's write-ahead log back into the database file from a thread of its own, a few times a second,
     so that no request's commit does it (SQLite's autocheckpoint runs inside the commit that crosses its limit).
@@ -131,11 +134,11 @@ class WalCheckpointer:
     A PASSIVE checkpoint waits for no reader or writer, and none waits for it; but under a steady stream of
     writes it never catches up with the log's end, and only a checkpoint that does lets the next writer start
     the log over. So once the log holds more than `restart_pages`, a RESTART checkpoint follows the passive one:
-    it holds writers back while it copies the few pages written since and waits — at most `wait` seconds — for
-    readers to leave the log. One that cannot finish (a long read: an audit verification, an export) is tried
-    again only after a pause that doubles from half a second up to a minute, so a long reader does not make
-    writers wait again and again. A process that writes (the API, the embedded worker) runs one; others rely on
-    the autocheckpoint."""
+    it holds writers back while it copies the few pages written since and waits for readers to leave the log —
+    in attempts of ATTEMPT_SECONDS, for at most `wait` seconds in all. One that cannot finish (a long read: an
+    audit verification, an export) is tried again only after a pause that doubles from half a second up to a
+    minute, so a long reader does not make writers wait again and again. A process that writes (the API, the
+    embedded worker) runs one; others rely on the autocheckpoint."""
 
     def __init__(
         self,
@@ -170,12 +173,20 @@ class WalCheckpointer:
         _busy, log_pages = self._pragma(conn, "PASSIVE")
         if log_pages <= self._restart_pages or time.monotonic() < self._restart_after:
             return
-        busy, _ = self._pragma(conn, "RESTART")
-        if busy:
-            self._restart_after = time.monotonic() + self._busy_pause
-            self._busy_pause = min(self._busy_pause * 2, 60.0)
-        else:
-            self._busy_pause = 0.5
+        # Short attempts, one after another, for up to `wait`: SQLite's busy handler polls for the write lock
+        # ever more sparsely (25–100 ms apart after the first few), and writers committing back to back — each
+        # holding the lock through its fsync — win it between polls; dense polls find the gap between two
+        # commits. An attempt that gets the lock but meets a reader holds writers back for one attempt only.
+        deadline = time.monotonic() + self._wait
+        while True:
+            busy, _ = self._pragma(conn, "RESTART")
+            if not busy:
+                self._busy_pause = 0.5
+                return
+            if time.monotonic() >= deadline:
+                break
+        self._restart_after = time.monotonic() + self._busy_pause
+        self._busy_pause = min(self._busy_pause * 2, 60.0)
 
     @staticmethod
     def _pragma(conn: sqlite3.Connection, mode: str) -> tuple[bool, int]:
@@ -189,7 +200,7 @@ class WalCheckpointer:
         while not self._stop.wait(self._every):
             try:
                 if conn is None:
-                    conn = sqlite3.connect(self._path, timeout=self._wait, isolation_level=None)
+                    conn = sqlite3.connect(self._path, timeout=min(self._wait, ATTEMPT_SECONDS), isolation_level=None)
                 self.checkpoint(conn)
             except sqlite3.Error as exc:  # a locked or vanished file: the autocheckpoint still bounds the log
                 log.debug("WAL checkpoint skipped: %s", exc)
