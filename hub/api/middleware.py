@@ -81,7 +81,7 @@ class BodyLimitAndCorrelation:
             if length is not None and (not length.isdigit() or int(length) > limit):
                 await self._reject(scope, send, cid, record, started, limit)
                 return
-            # Read the body up to the limit before the app sees it (requests here are small JSON documents).
+            # Read the body up to the limit before the app sees it (JSON messages; documents with their files).
             chunks: list[bytes] = []
             seen = 0
             while True:
