@@ -14,6 +14,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
+from hub.store.db import WalCheckpointer
 from hub.store.models import AccessLogEntry, Exchange, OutboxMessage, Payment, PaymentCallback
 
 DURATION_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -116,11 +117,35 @@ class StoreCollector(Collector):
         yield from (depth, oldest, exchanges, latency, reads, payments, callbacks, attempts, durations)
 
 
+class WalCollector(Collector):
+    """This process's SQLite write-ahead log (embedded mode): how long it is, and how its restarts went. A log
+    that keeps growing towards the autocheckpoint backstop (WAL_AUTOCHECKPOINT_PAGES) means the checkpointer
+    cannot start it over — a long reader, or writers that never leave it a gap — and commits will pay for it."""
+
+    def __init__(self, checkpointer: WalCheckpointer) -> None:
+        self.checkpointer = checkpointer
+
+    def collect(self) -> Iterator[Any]:
+        pages = GaugeMetricFamily("hub_sqlite_wal_pages", "Pages in SQLite's write-ahead log at the last check")
+        pages.add_metric([], float(self.checkpointer.log_pages))
+        restarts = CounterMetricFamily(
+            "hub_sqlite_wal_restarts",
+            "Rounds that tried to start the write-ahead log over, by outcome",
+            labels=["outcome"],
+        )
+        for outcome, n in self.checkpointer.restarts.items():
+            restarts.add_metric([outcome], float(n))
+        yield pages
+        yield restarts
+
+
 def make_registry(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], checkpointer: WalCheckpointer | None = None
 ) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))
+    if checkpointer is not None:
+        registry.register(WalCollector(checkpointer))
     requests = Histogram(
         "hub_http_request_duration_seconds",
         "API request duration",

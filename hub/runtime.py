@@ -264,7 +264,7 @@ class Runtime:
             self.signature_verifications,
             self.signature_seconds,
             self.prefill_seconds,
-        ) = make_registry(self.sessions)
+        ) = make_registry(self.sessions, self._checkpointer)
 
     def readiness(self) -> dict[str, Any]:
         """Database and broker reachable (they decide readiness); each peer's last exchange (informative)."""

@@ -121,6 +121,7 @@ def test_sqlite_log_is_copied_back_and_started_over_off_the_request_path(tmp_pat
     finally:
         checkpointer.stop()
     assert largest < 4_000, largest  # with passive checkpoints only, it passes 20,000 pages
+    assert checkpointer.restarts["ok"] > 0  # what /metrics reports (hub_sqlite_wal_restarts_total)
     assert largest < db.WAL_AUTOCHECKPOINT_PAGES  # never near the backstop, whose checkpoint runs in a commit
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == rows

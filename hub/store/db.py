@@ -159,6 +159,9 @@ class WalCheckpointer:
         self._thread = threading.Thread(target=self._run, name="hub-wal-checkpoint", daemon=True)
         self._restart_after = 0.0  # monotonic time before which no RESTART is tried (after one came back busy)
         self._busy_pause = 0.5
+        # for /metrics: the log's size at the last round, and how the rounds that tried to start it over ended
+        self.log_pages = 0
+        self.restarts = {"ok": 0, "busy": 0}
 
     def start(self) -> WalCheckpointer:
         self._thread.start()
@@ -171,6 +174,7 @@ class WalCheckpointer:
     def checkpoint(self, conn: sqlite3.Connection) -> None:
         """One round: copy back what the log holds; start it over once it has grown past `restart_pages`."""
         _busy, log_pages = self._pragma(conn, "PASSIVE")
+        self.log_pages = log_pages
         if log_pages <= self._restart_pages or time.monotonic() < self._restart_after:
             return
         # Short attempts, one after another, for up to `wait`: SQLite's busy handler polls for the write lock
@@ -182,9 +186,12 @@ class WalCheckpointer:
             busy, _ = self._pragma(conn, "RESTART")
             if not busy:
                 self._busy_pause = 0.5
+                self.restarts["ok"] += 1
+                self.log_pages = 0
                 return
             if time.monotonic() >= deadline:
                 break
+        self.restarts["busy"] += 1
         self._restart_after = time.monotonic() + self._busy_pause
         self._busy_pause = min(self._busy_pause * 2, 60.0)
 
