@@ -207,6 +207,40 @@ def test_signature_wrapping_is_defeated(trust: Trust, verifier: Verifier) -> Non
     assert all("999999999" not in (r.get("content") or "") for r in report.signed_references)
 
 
+def test_signatures_with_too_many_references_or_transforms_are_refused_before_any_digest(
+    trust: Trust, verifier: Verifier
+) -> None:
+    """Each reference is canonicalized and digested before the signer is judged: anyone's key could sign thousands
+    of references to a large document and cost minutes of CPU. Up to 30 references of up to 5 transforms are
+    checked ("secure validation", as Apache Santuario's); more is refused at once."""
+    from signxml import methods
+    from signxml.signer import XMLSigner
+
+    item = trust.pki.issued["citizen"]
+    chain = [item.cert, trust.pki.issued["public_ca"].cert]
+
+    def signed_parts(n: int) -> bytes:
+        doc = etree.fromstring(b'<Goi xmlns="urn:vn:hub:test"/>')
+        for i in range(n):
+            etree.SubElement(doc, "{urn:vn:hub:test}Phan", Id=f"p{i}").text = "x" * 1000
+        refs = [f"#p{i}" for i in range(n)]
+        return etree.tostring(
+            XMLSigner(method=methods.enveloped).sign(doc, key=item.key, cert=chain, reference_uri=refs)
+        )
+
+    assert verdict(verifier.verify(signed_parts(12))) == ("TOTAL-PASSED", None)  # a dossier's parts: fine
+    report = verifier.verify(signed_parts(31))  # refused before any digest, signer or revocation look-up
+    assert verdict(report) == ("TOTAL-FAILED", "FORMAT_FAILURE") and "31 references" in (report.detail or "")
+    assert report.signer is None and report.revocation == []
+    chained = etree.fromstring(sign_document(DOC, trust.signer("citizen")))
+    transforms = chained.find(".//{http://www.w3.org/2000/09/xmldsig#}Transforms")
+    for _ in range(6):
+        etree.SubElement(transforms, "{http://www.w3.org/2000/09/xmldsig#}Transform",
+                         Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#")  # fmt: skip
+    report = verifier.verify(etree.tostring(chained))
+    assert verdict(report) == ("TOTAL-FAILED", "FORMAT_FAILURE") and "transforms" in (report.detail or "")
+
+
 def test_large_documents_sign_and_verify(trust: Trust, verifier: Verifier) -> None:
     rows = "".join(f"<GiayTo><Ten>Bản sao giấy tờ số {i}</Ten><Trang>{i % 7}</Trang></GiayTo>" for i in range(4000))
     big = f'<HoSo xmlns="urn:vn:hub:test"><DanhSach>{rows}</DanhSach></HoSo>'.encode()

@@ -45,6 +45,11 @@ NS = {"ds": DS, "xades": XADES}
 WEAK = ("sha1", "md5", "sha224")
 MIN_RSA, MIN_EC = 2048, 256
 MAX_SIGNED_CONTENT = 256 * 1024  # bytes of signed content returned in a report
+# "Secure validation" (as Apache Santuario's): each reference is canonicalized and digested before the signer is
+# judged, so a signature by anyone's key with thousands of references to a 10 MiB document would cost minutes
+# of CPU. Documents, dossiers and edXML envelopes carry a handful.
+MAX_REFERENCES = 30
+MAX_TRANSFORMS = 5
 
 
 def load_certificates(pem_or_der: bytes) -> list[x509.Certificate]:
@@ -297,6 +302,13 @@ class Verifier:
         report.algorithms = {"signature": algorithm, "digests": digests}
         if not algorithm or not digests:
             return self._fail(report, "FORMAT_FAILURE", "SignedInfo lacks a SignatureMethod or a Reference")
+        references = signature.findall("ds:SignedInfo/ds:Reference", NS)
+        if len(references) > MAX_REFERENCES:
+            return self._fail(
+                report, "FORMAT_FAILURE", f"{len(references)} references: more than {MAX_REFERENCES} are not accepted"
+            )
+        if any(len(r.findall("ds:Transforms/ds:Transform", NS)) > MAX_TRANSFORMS for r in references):
+            return self._fail(report, "FORMAT_FAILURE", f"a reference with more than {MAX_TRANSFORMS} transforms")
         weak = [a for a in [algorithm, *digests] if any(w in a.lower().rsplit("#", 1)[-1] for w in WEAK)]
         if weak:
             return self._fail(report, "CRYPTO_CONSTRAINTS_FAILURE", f"weak algorithm refused by policy: {weak[0]}")
