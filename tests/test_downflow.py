@@ -119,6 +119,7 @@ def test_only_the_portal_may_push_and_routes_are_validated(hub_factory: HubFacto
         (httpx.Response(200, json={"error_code": 99, "message": "x"}), "onestop_error", True),
         (httpx.Response(200, text="<html/>"), "peer_malformed_reply", True),
         (httpx.Response(200, content=b"[" * 5000 + b"]" * 5000), "peer_malformed_reply", True),  # too deep to parse
+        (httpx.Response(200, content=b" " * (5 * 1024 * 1024)), "peer_malformed_reply", True),  # read up to 4 MiB only
         (httpx.Response(400, text="bad"), "peer_http_4xx", False),
     ],
 )
@@ -245,3 +246,34 @@ def test_the_synced_catalogue_decides_which_procedures_are_known(
         s.add(Procedure(code="2.000001", name="Other", limit_working_days=5, fees=[], data={}, synced_at=utcnow()))
     answer = push(portal, hub, creds, {**dossier(8, status=1), "MaTTHC": d["MaTTHC"]})
     assert answer["hub_status"] == 422 and answer["hub_reply"]["code"] == "unknown_procedure"
+
+
+def test_a_compressed_answer_is_read_and_an_endless_one_is_cut_off() -> None:
+    """A one-stop system behind a proxy that gzips its answers is understood; one whose answer does not end is read
+    only up to hub's cap (4 MiB of JSON), not into memory without bound."""
+    import gzip
+    import json
+
+    from hub.adapters.errors import PeerProtocolError
+    from hub.adapters.one_stop import OneStopClient
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/ok/"):
+            body = gzip.compress(json.dumps({"error_code": 0, "message": "Thành công"}).encode())
+            return httpx.Response(200, content=body, headers={"Content-Encoding": "gzip"})
+
+        def endless() -> Any:
+            while True:
+                yield b" " * 65536
+
+        return httpx.Response(200, content=endless())
+
+    client = OneStopClient(transport=httpx.MockTransport(answer))
+    seen: list[Any] = []
+    reply = client.deliver("http://onestop.test/ok", "status", {"MaHoSo": "x"}, idempotency_key="k",
+                           correlation_id="c", on_exchange=seen.append)  # fmt: skip
+    assert reply["error_code"] == 0
+    with pytest.raises(PeerProtocolError, match="larger than"):
+        client.deliver("http://onestop.test/endless", "status", {"MaHoSo": "x"}, idempotency_key="k",
+                       correlation_id="c", on_exchange=seen.append)  # fmt: skip
+    assert [r.outcome for r in seen] == ["ok", "retryable"]

@@ -18,6 +18,7 @@ from hub.adapters.errors import PeerError, PeerProtocolError, PeerRejected, Peer
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a peer's JSON reply is a few kB; anything this big is not a reply
+MAX_DOCUMENT_REPLY_BYTES = 32 * 1024 * 1024  # a reply that may be a document (a payment receipt's PDF)
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -78,6 +79,24 @@ def verified_pool(max_connections: int, *, num_pools: int) -> urllib3.PoolManage
     return urllib3.PoolManager(
         num_pools=num_pools, maxsize=max_connections, block=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
     )
+
+
+_TRANSFER_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+def post_capped(http: httpx.Client, url: str, limit: int, **request: Any) -> httpx.Response:
+    """`http.post`, its reply read only up to `limit` bytes (ReplyTooLarge past it): a peer that answers without
+    end — or with a gigabyte — costs hub no more memory than that."""
+    with http.stream("POST", url, **request) as streamed:
+        chunks, seen = [], 0
+        for chunk in streamed.iter_bytes():
+            seen += len(chunk)
+            if seen > limit:
+                raise ReplyTooLarge(f"reply larger than {limit} bytes")
+            chunks.append(chunk)
+        # the content is decoded already (gzip, br): its headers no longer describe how it travelled
+        kept = [(k, v) for k, v in streamed.headers.multi_items() if k.lower() not in _TRANSFER_HEADERS]
+        return httpx.Response(streamed.status_code, headers=kept, content=b"".join(chunks), request=streamed.request)
 
 
 def read_capped(reply: urllib3.BaseHTTPResponse, limit: int) -> bytes:
@@ -166,7 +185,7 @@ def post_bytes(
             if isinstance(http, PeerPool):
                 status, response_bytes = http.post(url, raw, sent)
             else:
-                response = http.post(url, content=raw, headers=sent)
+                response = post_capped(http, url, MAX_REPLY_BYTES, content=raw, headers=sent)
                 status, response_bytes = response.status_code, response.content
         except urllib3.exceptions.NewConnectionError as exc:  # refused: a ConnectTimeoutError subclass in urllib3
             raise PeerUnavailable(peer, f"{operation}: {exc.__class__.__name__}: {exc}") from None
@@ -208,11 +227,14 @@ def post_checked(
     and verifies the body): timeouts, refused connections, 502/503/504/408/429 → peer down; other 5xx → a
     retryable failure; 4xx → refused."""
     try:
-        r = http.post(path, json=body, headers={"X-Correlation-ID": correlation_id, **(headers or {})})
+        sent = {"X-Correlation-ID": correlation_id, **(headers or {})}
+        r = post_capped(http, path, MAX_DOCUMENT_REPLY_BYTES, json=body, headers=sent)
     except httpx.TimeoutException:
         raise PeerTimeout(peer, f"{path} timed out") from None
     except httpx.TransportError as exc:
         raise PeerUnavailable(peer, f"{path}: {exc.__class__.__name__}") from None
+    except ReplyTooLarge as exc:
+        raise PeerProtocolError(peer, f"{path}: {exc}") from None
     if r.status_code in (408, 429, 502, 503, 504):
         raise PeerUnavailable(peer, f"{path}: HTTP {r.status_code}", code="peer_http_unavailable")
     if r.status_code >= 500:
