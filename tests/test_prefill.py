@@ -540,6 +540,22 @@ def test_a_signed_in_citizen_sees_who_used_their_data(
     assert (seen["items"][0]["purpose"], seen["items"][0]["client"]) == ("data_subject_access", "citizen")
 
 
+def test_a_citizen_looping_on_their_data_usage_is_slowed_and_the_log_does_not_grow_with_it(
+    hub_factory: HubFactory, trust: Trust
+) -> None:
+    """Each view is an access-log entry: a script looping on it would grow the log without bound. Past
+    HUB_CITIZEN_VIEWS_PER_MINUTE views, 429 with Retry-After — nothing read, nothing logged; other citizens go on."""
+    hub = hub_factory(citizen_idp_issuer=f"{trust.server.url}/idp", citizen_views_per_minute=3)
+    mine, theirs = citizen_token(trust, "001099000011"), citizen_token(trust, "001099000012")
+    assert [my_usage(hub, mine).status_code for _ in range(3)] == [200, 200, 200]
+    refused = my_usage(hub, mine)
+    assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert my_usage(hub, theirs).status_code == 200
+    views = [e for e in log_entries(hub) if e.purpose == "data_subject_access"]
+    assert len(views) == 4  # three of mine and one of theirs: the refused view left no entry
+
+
 def test_tokens_not_issued_to_hub_by_the_provider_are_refused(
     hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, trust: Trust, creds: Creds
 ) -> None:

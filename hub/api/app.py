@@ -448,7 +448,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             raise CitizenSignInUnavailable(
                 "the identity provider could not be reached; try again shortly", code="identity_provider_unavailable"
             ) from exc
-        items = rt().prefill.own_data_usage(personal_id, limit=limit, correlation_id=correlation_id.get())
+        items = rt().prefill.own_data_usage(
+            personal_id, limit=limit, correlation_id=correlation_id.get(), per_minute=settings.citizen_views_per_minute
+        )
         return {"count": len(items), "items": items}
 
     @app.post(

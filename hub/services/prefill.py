@@ -445,10 +445,19 @@ class PrefillService:
         self.record(entry("allowed"))
         return items
 
-    def own_data_usage(self, personal_id: str, *, limit: int, correlation_id: str) -> list[dict[str, Any]]:
+    def own_data_usage(
+        self, personal_id: str, *, limit: int, correlation_id: str, per_minute: int | None = None
+    ) -> list[dict[str, Any]]:
         """The citizen's own view of who used their data (signed in: `personal_id` from their ID token), newest
-        first; the view is logged too, so the next one shows it."""
+        first; the view is logged too, so the next one shows it. Past `per_minute` views (a bucket per citizen,
+        keyed by the ID's HMAC): 429, nothing read and nothing logged."""
         subject = self.subject_hmac(personal_id)
+        if per_minute is not None and self.quota is not None:
+            wait = self.quota.take(f"citizen:{subject}", per_minute)
+            if wait is not None:
+                raise TooManyRequests(
+                    f"more than {per_minute} views of your data usage in a minute", retry_after=retry_after(wait)
+                )
         with db.reading_session(self.sessions) as s:
             items = list(itertools.islice(self.access_log.usage(s, subject), limit))
         self.record(
