@@ -62,12 +62,6 @@ class _RecordedKeys(jwt.PyJWKClient):
             exchange.answered(json.dumps(data, sort_keys=True).encode())
             return data
 
-    def get_jwk_set(self, refresh: bool = False) -> jwt.PyJWKSet:
-        try:
-            return super().get_jwk_set(refresh)
-        except jwt.PyJWKSetError as exc:  # no key at all, or none this PyJWT can use
-            raise KeySetUnusable(f"its key set is not usable: {exc}") from None
-
 
 class InvalidToken(DomainError):
     """The bearer token is not a valid token of the configured issuer (signature, issuer, audience, lifetime, type,
