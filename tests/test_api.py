@@ -83,6 +83,34 @@ def test_idempotency_key_reused_for_another_request_is_refused(hub: Hub) -> None
     assert rows(hub) == before
 
 
+def test_a_request_repeated_without_a_key_is_the_latest_change_again(hub: Hub) -> None:
+    """A one-stop system that retries after a lost answer but sends no Idempotency-Key: the repeat is answered
+    with the change it repeats and nothing is relayed twice — also after the dossier reached a final status,
+    where a second change would be refused."""
+    d = dossier(40)
+    code = d["MaHoSo"]
+    first = hub.http.post("/v1/dossiers", json=d)
+    again = hub.http.post("/v1/dossiers", json=d)
+    assert again.status_code == 202 and again.json() == first.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert rows(hub)["outbox"] == 1
+    steps = [step(code, 4), step(code, 5, "Yêu cầu bổ sung"), step(code, 4)]  # 4, 5, 4: no repeats among them
+    answers = [hub.http.post(f"/v1/dossiers/{code}/progress", json=s) for s in steps]
+    assert [a.json()["seq"] for a in answers] == [2, 3, 4]
+    repeat = hub.http.post(f"/v1/dossiers/{code}/progress", json=steps[2])
+    assert repeat.status_code == 202 and repeat.json() == answers[2].json()
+    done = step(code, 7, "Công dân rút hồ sơ")
+    withdrawn = hub.http.post(f"/v1/dossiers/{code}/progress", json=done)
+    assert withdrawn.status_code == 202
+    assert hub.http.post(f"/v1/dossiers/{code}/progress", json=done).json() == withdrawn.json()
+    history = hub.http.get(f"/v1/dossiers/{code}").json()["events"]
+    assert [e["TrangThaiHoSo"] for e in history] == [2, 4, 5, 4, 7]
+    assert rows(hub)["outbox"] == 5
+    # a changed message is a new change (and judged as one): here refused, the dossier being final
+    changed = hub.http.post(f"/v1/dossiers/{code}/progress", json={**done, "NoiDungXuLy": "khác"})
+    assert_problem(changed, 409, "invalid_transition")
+
+
 def test_status_history_in_order(hub: Hub) -> None:
     d = dossier(5)
     hub.http.post("/v1/dossiers", json=d)

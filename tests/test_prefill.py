@@ -880,7 +880,9 @@ def test_results_issued_with_dossiers_are_offered_for_reuse(hub: Hub, people: ht
     ref = hub.http.post(
         "/v1/consents", json={"subject_id": father["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"]}
     ).json()["consent_ref"]
-    offered = ask(hub, father["SoDinhDanh"], consent_ref=ref).json()["documents"]
+    answer = ask(hub, father["SoDinhDanh"], consent_ref=ref)
+    assert answer.status_code == 200, answer.text
+    offered = answer.json()["documents"]
     assert [(o["number"], o["dossier_code"]) for o in offered] == [("05/2020/KH", d["MaHoSo"])]
     assert offered[0]["reference"].endswith("05-2020-KH.pdf")
 

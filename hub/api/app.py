@@ -41,7 +41,8 @@ INBOUND = {"/v1/national/": ("national_portal", "inbound.push_dossier")}
 LOCATION = {
     "Location": {"description": "the dossier: GET it for its events and their delivery", "schema": {"type": "string"}},
     "Idempotent-Replayed": {
-        "description": "true when this repeats the answer to an earlier request with the same Idempotency-Key",
+        "description": "true when this repeats the answer to an earlier request with the same Idempotency-Key "
+        "(or, without a key, a repeat of the dossier's latest change: nothing new was written)",
         "schema": {"type": "string"},
     },
 }

@@ -34,6 +34,7 @@ NATIONAL_PORTAL = "national_portal"
 ONE_STOP = "one_stop"
 DOCUMENT_EXCHANGE = "document_exchange"  # signed edXML envelopes to other agencies
 SYNC, PROGRESS, DOWNFLOW = "dossier.sync", "dossier.progress", "dossier.downflow"
+REPEAT = "_repeat"  # in `apply`'s answer: the request was the dossier's latest change again (nothing written)
 DOSSIERS = table(Dossier)
 EVENTS = table(StatusEvent)
 OUTBOX = table(OutboxMessage)
@@ -63,6 +64,9 @@ INSERT_EVENT = insert(EVENTS).inline()  # inline: no RETURNING of the new id, no
 INSERT_OUTBOX = insert(OUTBOX).inline()
 INSERT_KEY = insert(KEYS).inline()
 SELECT_LIMIT = select(Procedure.limit_working_days).where(Procedure.code == bindparam("code"))
+SELECT_EVENT = select(
+    EVENTS.c.event_id, EVENTS.c.kind, EVENTS.c.status, EVENTS.c.previous_status, EVENTS.c.payload, EVENTS.c.client
+).where(EVENTS.c.dossier_id == bindparam("dossier_id"), EVENTS.c.seq == bindparam("seq"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,14 @@ class _Writes:
         self._events: list[dict[str, Any]] = []
         self._outbox: list[dict[str, Any]] = []
         self._new_keys: list[dict[str, Any]] = []
+        self._latest: dict[str, dict[str, Any]] = {}  # a dossier's event added in this batch, by code
+
+    def latest_event(self, code: str, row: _Row) -> dict[str, Any] | None:
+        """The dossier's latest event (`row`: the dossier as this transaction sees it), this batch's included."""
+        if code in self._latest:
+            return self._latest[code]
+        found = self.conn.execute(SELECT_EVENT, {"dossier_id": row.id, "seq": row.last_seq}).first()
+        return None if found is None else {"seq": row.last_seq, **found._asdict()}
 
     def lock(self, codes: Sequence[str]) -> None:
         """Read and lock these dossiers (absent ones are remembered as absent)."""
@@ -198,8 +210,9 @@ class _Writes:
         else:  # only the last state of a dossier changed twice in the batch is written
             self._updates[dossier_id] = {"dossier_id": dossier_id, **values}
 
-    def add_event(self, row: dict[str, Any]) -> None:
+    def add_event(self, code: str, row: dict[str, Any]) -> None:
         self._events.append(row)
+        self._latest[code] = row
 
     def add_outbox(self, rows: Sequence[dict[str, Any]]) -> None:
         self._outbox.extend(rows)
@@ -222,6 +235,7 @@ class _Writes:
             if rows:
                 conn.execute(statement, rows[0] if len(rows) == 1 else rows)  # one row: execute, not executemany
         self._new, self._updates, self._events, self._outbox, self._new_keys = {}, {}, [], [], []
+        self._latest = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +291,9 @@ class DossierService:
             data,
             idempotency_key,
             data["MaHoSo"],
-            lambda s, w: self.apply(s, client, data["MaHoSo"], "dossier.sync", data, correlation_id, writes=w),
+            lambda s, w: self.apply(
+                s, client, data["MaHoSo"], SYNC, data, correlation_id, writes=w, repeats=idempotency_key is None
+            ),
         )
 
     def push_from_portal(
@@ -392,7 +408,9 @@ class DossierService:
             data,
             idempotency_key,
             code,
-            lambda s, w: self.apply(s, client, code, "dossier.progress", data, correlation_id, writes=w),
+            lambda s, w: self.apply(
+                s, client, code, PROGRESS, data, correlation_id, writes=w, repeats=idempotency_key is None
+            ),
         )
 
     @staticmethod
@@ -470,6 +488,8 @@ class DossierService:
                     )
                 return Answer(status_code, response, replayed=True)
         body = c.work(session, writes)
+        if body.pop(REPEAT, False):
+            return Answer(202, body, replayed=True)
         if c.key is not None:
             writes.remember_key(c.client.name, c.key, c.request_hash, body)
         return Answer(202, body)
@@ -485,15 +505,18 @@ class DossierService:
         notify: str | None = None,
         locked: Any = None,
         writes: _Writes | None = None,
+        repeats: bool = False,
     ) -> dict[str, Any]:
         """The write path, in SQLAlchemy Core. `writes`: the batch this command belongs to (its writes are sent
         with the batch's); without one, they are sent before this returns. `locked`: the dossier's row as
-        SELECT_DOSSIER read it in this transaction, when the caller already did."""
+        SELECT_DOSSIER read it in this transaction, when the caller already did. `repeats`: a request without an
+        Idempotency-Key that is the dossier's latest change over again (same client, kind and message) is that
+        change's answer, marked `REPEAT`, and creates nothing (ADR 0021)."""
         if writes is None:
             own = _Writes(session.connection())
             if locked is not None:
                 own.know(code, locked)
-            result = self.apply(session, client, code, kind, data, correlation_id, notify, writes=own)
+            result = self.apply(session, client, code, kind, data, correlation_id, notify, writes=own, repeats=repeats)
             own.flush()
             return result
         parsed = dossier_code(code)
@@ -545,6 +568,17 @@ class DossierService:
                     "previous_status": int(previous),
                     "unchanged": True,
                 }
+            if repeats:
+                last = writes.latest_event(code, current)
+                if last is not None and (last["kind"], last["client"], last["payload"]) == (kind, client.name, data):
+                    return {
+                        "event_id": last["event_id"],
+                        "MaHoSo": code,
+                        "seq": last["seq"],
+                        "TrangThaiHoSo": last["status"],
+                        "previous_status": last["previous_status"],
+                        REPEAT: True,
+                    }
             check_transition(previous, new_status)
             if whole:
                 if data["MaTTHC"] != current.procedure_code:
@@ -567,6 +601,7 @@ class DossierService:
         writes.dossiers[code] = _Row(dossier_id, int(new_status), seq, procedure_code, stored)
         event_id = str(uuid.uuid4())
         writes.add_event(
+            code,
             {
                 "event_id": event_id,
                 "dossier_id": dossier_id,
@@ -578,7 +613,7 @@ class DossierService:
                 "client": client.name,
                 "correlation_id": correlation_id,
                 "created_at": now,
-            }
+            },
         )
         rows = []
         if kind == DOWNFLOW:
