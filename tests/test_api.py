@@ -152,6 +152,7 @@ def test_new_dossier_must_start_as_new_or_accepted(hub: Hub) -> None:
     [
         (lambda d: d.update(MaHoSo="000.00.17.H56-241399-0001"), "invalid_dossier_code"),
         (lambda d: d.update(MaHoSo="H56-241015-1"), "invalid_dossier_code"),
+        (lambda d: d.update(MaHoSo=d["MaHoSo"] + "\n"), "invalid_dossier_code"),  # would be another dossier
         (lambda d: d.update(MaTTHC="1001193"), "invalid_procedure_code"),
         (lambda d: d.update(NgayTiepNhan="2024-10-15"), "invalid_date"),
         (lambda d: d.update(NgayTiepNhan="20241399083000"), "invalid_date"),
@@ -171,6 +172,17 @@ def test_bad_dossier_fields_are_422_with_stable_code(hub: Hub, mutate: Any, code
     mutate(d)
     assert_problem(hub.http.post("/v1/dossiers", json=d), 422, code)
     assert rows(hub)["dossiers"] == 0
+
+
+def test_the_owners_id_is_kept_without_the_spaces_around_it(hub: Hub) -> None:
+    """The owner's ID number is a key (its HMAC finds the citizen's dossiers): a line end left by a form is no
+    part of it, nor of the phone the citizen's notices go to."""
+    d = dossier(41, SoGiayToChuHoSo=" 079195001234\n", SoDienThoai="0912345678 ")
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    with hub.runtime.sessions() as s:
+        stored = s.scalars(select(Dossier)).one()
+    assert stored.data["SoGiayToChuHoSo"] == "079195001234" and stored.data["SoDienThoai"] == "0912345678"
+    assert stored.subject_hmac == hub.runtime.dossiers.subject_hmac("079195001234")
 
 
 def test_malformed_json_and_wrong_shapes(hub: Hub) -> None:

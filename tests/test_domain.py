@@ -33,6 +33,7 @@ def test_dossier_code_parses_agency_date_and_sequence() -> None:
         "000.00.17.H56-241015-0000",
         "000.00.17.h56-241015-0001",
         "000.00.17.H56-241015-0001 ",
+        "000.00.17.H56-241015-0001\n",  # `$` alone would let a trailing newline through: another dossier
     ],
 )
 def test_dossier_code_rejects_malformed(bad: str) -> None:
@@ -44,10 +45,10 @@ def test_dossier_code_rejects_malformed(bad: str) -> None:
 def test_agency_and_procedure_codes() -> None:
     assert ids.agency_code("000.00.00.G22") == "000.00.00.G22"
     assert ids.procedure_code("1.001193") == "1.001193"
-    for bad in ("000.00.G22", "000.00.00.22", "000-00-00-G22"):
+    for bad in ("000.00.G22", "000.00.00.22", "000-00-00-G22", "000.00.00.G22\n"):
         with pytest.raises(InvalidIdentifier):
             ids.agency_code(bad)
-    for bad in ("1001193", "1.00119", "1.0011933", "a.001193"):
+    for bad in ("1001193", "1.00119", "1.0011933", "a.001193", "1.001193\n"):
         with pytest.raises(InvalidIdentifier):
             ids.procedure_code(bad)
 
@@ -61,7 +62,8 @@ def test_personal_id_structure_and_consistency() -> None:
         ids.personal_id("079195001234", birth_date=date(1996, 1, 1))
     with pytest.raises(InvalidIdentifier):
         ids.personal_id("079195001234", male=True)
-    for bad in ("07919500123", "0791950012345", "07919500123a", "999195001234", "079995001234"):
+    # a trailing newline would be another HMAC for the same citizen: their access log split in two
+    for bad in ("07919500123", "0791950012345", "07919500123a", "999195001234", "079995001234", "079195001234\n"):
         with pytest.raises(InvalidIdentifier):
             ids.personal_id(bad)
 

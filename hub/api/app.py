@@ -47,7 +47,7 @@ LOCATION = {
     },
 }
 # requests carrying documents with their files: HUB_MAX_DOCUMENT_BYTES instead of HUB_MAX_BODY_BYTES
-DOCUMENT_PATHS = re.compile(r"^/v1/(?:signatures/verify|dossiers/[^/]+/edocs)$")
+DOCUMENT_PATHS = re.compile(r"^/v1/(?:signatures/verify|dossiers/[^/]+/edocs)\Z")
 log = logging.getLogger("hub.api")
 # How a client system authenticates, as OpenAPI security schemes (either one): the docs' "Authorize" button, and
 # generated clients, then know it. auto_error=False: a missing or malformed key is hub's own 401 problem.

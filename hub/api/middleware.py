@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.logs import correlation_id
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 
 
 def _problem_bytes(status: int, code: str, detail: str) -> bytes:

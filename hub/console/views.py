@@ -29,7 +29,7 @@ from hub.sync import jobs, outbox
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 JOBS = ("poll_portal", "check_payments", "reconcile", "anchor_audit_log")
-ID_RE = re.compile(r"^[0-9]{12}$")
+ID_RE = re.compile(r"^[0-9]{12}\Z")
 
 
 class LoginLimiter:

@@ -12,14 +12,14 @@ from datetime import date
 from hub.domain.errors import InvalidIdentifier
 
 # Agency identifier code (mã định danh cơ quan): dotted groups, e.g. 000.00.00.G22, 000.00.17.H56.
-AGENCY_CODE_RE = re.compile(r"^[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.[A-Z][0-9]{2}$")
+AGENCY_CODE_RE = re.compile(r"^[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.[A-Z][0-9]{2}\Z")
 # Procedure code (MaTTHC): e.g. 1.001193, 2.000488.
-PROCEDURE_CODE_RE = re.compile(r"^[0-9]\.[0-9]{6}$")
+PROCEDURE_CODE_RE = re.compile(r"^[0-9]\.[0-9]{6}\Z")
 # Dossier code (MaHoSo): {agency}-{yyMMdd}-{nnnn}.
 DOSSIER_CODE_RE = re.compile(
-    r"^(?P<agency>[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.[A-Z][0-9]{2})-(?P<day>[0-9]{6})-(?P<seq>[0-9]{4})$"
+    r"^(?P<agency>[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.[A-Z][0-9]{2})-(?P<day>[0-9]{6})-(?P<seq>[0-9]{4})\Z"
 )
-CCCD_RE = re.compile(r"^[0-9]{12}$")
+CCCD_RE = re.compile(r"^[0-9]{12}\Z")
 
 # Province-of-birth codes that may appear in a CCCD (pre-2025 numbering, 63 provinces in use).
 CCCD_PROVINCE_CODES = frozenset(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from hub.domain import identifiers
 from hub.domain.dates import parse_national
@@ -62,6 +62,9 @@ class Fee(BaseModel):
     LoaiPhiLePhi: int | None = None
 
 
+Trimmed = Annotated[str, StringConstraints(strip_whitespace=True)]
+
+
 class DossierIn(BaseModel):
     """A dossier in the national portal's DongBoHoSoMC shape. Unknown fields are dropped, never forwarded."""
 
@@ -76,11 +79,14 @@ class DossierIn(BaseModel):
     TenLinhVuc: str | None = Field(default=None, max_length=500)
     KenhThucHien: int = Field(ge=1, le=3, description="1 in person, 2 online, 3 postal")
     ChuHoSo: str = Field(min_length=1, max_length=200)
-    SoGiayToChuHoSo: str | None = Field(default=None, max_length=20)
+    # The owner's ID number, phone and e-mail are matched and used as keys (the ID by its HMAC, for the citizen's
+    # own view and the console's search; the phone and address for notices): the spaces or line end a form left
+    # around them are no part of them.
+    SoGiayToChuHoSo: Trimmed | None = Field(default=None, max_length=20)
     LoaiDoiTuong: int = Field(ge=1, le=4, description="1 citizen, 2 business, 3 agency, 4 other")
     MaDoiTuong: str | None = Field(default=None, max_length=50)
-    Email: str | None = Field(default=None, max_length=200)
-    SoDienThoai: str | None = Field(default=None, max_length=20)
+    Email: Trimmed | None = Field(default=None, max_length=200)
+    SoDienThoai: Trimmed | None = Field(default=None, max_length=20)
     TrichYeuHoSo: str | None = Field(default=None, max_length=2000)
     NgayTiepNhan: NationalDate
     NgayHenTra: NationalDate | None = None
