@@ -39,6 +39,16 @@ def test_golden_messages_satisfy_the_schemas() -> None:
         assert contracts.errors("national_portal/reply.schema.json", example(name)) == []
 
 
+def test_a_pattern_ends_where_the_string_ends() -> None:
+    """JSON Schema's `$` is the end of the string (ECMA-262); Python's also matches before a final newline. The
+    sandboxes judge messages as the contract means: a code with a line end after it is not that code."""
+    good = example("progress.json")
+    assert contracts.errors("national_portal/progress.schema.json", good) == []
+    for field in ("MaHoSo", "ThoiDiemXuLy"):
+        found = contracts.errors("national_portal/progress.schema.json", {**good, field: good[field] + "\n"})
+        assert len(found) == 1 and found[0].startswith(f"{field}: "), found
+
+
 def test_hub_models_accept_golden_messages_and_emit_contract_shapes() -> None:
     d = DossierIn.model_validate(example("dossier.json")).national()
     assert d == example("dossier.json")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: `contracts_dir` alone (hub's start-up) needs neither
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, ValidationError
     from referencing import Registry
 
 
@@ -41,13 +43,44 @@ def _registry() -> tuple[Registry, dict[str, str]]:
 
 
 @cache
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """`pattern` as JSON Schema means it (ECMA-262): an unescaped `$` outside a class is the end of the string.
+    Python's `$` also matches before a final newline, so jsonschema's own `pattern` (re.search) lets
+    "000.00.17.H56\n" pass "^[0-9]{3}...[0-9]{2}$"."""
+    out, escaped, in_class = [], False, False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "[":
+            in_class = True
+        elif ch == "]":
+            in_class = False
+        elif ch == "$" and not in_class:
+            out.append(r"\Z")
+            continue
+        out.append(ch)
+    return re.compile("".join(out))
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    from jsonschema import ValidationError
+
+    if validator.is_type(instance, "string") and ecma_regex(pattern).search(instance) is None:
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@cache
 def validator(name: str) -> Draft202012Validator:
     """A validator for `contracts/<name>` (e.g. "national_portal/service.request.schema.json")."""
     from jsonschema import Draft202012Validator
+    from jsonschema.validators import extend
 
     registry, by_path = _registry()
     schema = registry.contents(by_path[name])
-    return Draft202012Validator(schema, registry=registry)
+    contract = extend(Draft202012Validator, {"pattern": _pattern})  # type: ignore[no-untyped-call]
+    return contract(schema, registry=registry)  # type: ignore[no-any-return]
 
 
 def errors(name: str, instance: Any) -> list[str]:
