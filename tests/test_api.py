@@ -185,6 +185,24 @@ def test_the_owners_id_is_kept_without_the_spaces_around_it(hub: Hub) -> None:
     assert stored.subject_hmac == hub.runtime.dossiers.subject_hmac("079195001234")
 
 
+def test_vietnamese_text_is_relayed_precomposed(hub: Hub) -> None:
+    """Text typed decomposed ("Nguyễn" as "Nguyê" + a combining tilde) is the same name in other bytes: hub keeps
+    and relays it precomposed (NFC, TCVN 6909:2001), so a retry of the same request in either form is one request."""
+    import unicodedata
+
+    name, doc = "Nguyễn Thị Hồng Nhung", "Giấy chứng sinh"
+    nfd = unicodedata.normalize("NFD", name)
+    assert nfd != name
+    d = dossier(42, ChuHoSo=nfd, TaiLieuNop=[{"TenTepDinhKem": unicodedata.normalize("NFD", doc)}])
+    first = hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": "nfd"})
+    assert first.status_code == 202
+    again = hub.http.post("/v1/dossiers", json={**d, "ChuHoSo": name}, headers={"Idempotency-Key": "nfd"})
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    with hub.runtime.sessions() as s:
+        payload = s.scalars(select(OutboxMessage)).one().payload["data"][0]
+    assert payload["ChuHoSo"] == name and payload["TaiLieuNop"][0]["TenTepDinhKem"] == doc
+
+
 def test_malformed_json_and_wrong_shapes(hub: Hub) -> None:
     headers = {"Content-Type": "application/json"}
     assert_problem(hub.http.post("/v1/dossiers", content=b'{"MaHoSo": ', headers=headers), 400, "malformed_json")

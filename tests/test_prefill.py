@@ -1017,3 +1017,33 @@ def test_the_read_quota_is_shared_by_every_hub_process_through_redis(
     assert answers == [200, 200, 200, 429]
     down = hub_factory(**{**common, "broker_url": "redis://127.0.0.1:1/0"})  # nothing listens there
     assert ask(down, them[0]["SoDinhDanh"]).status_code == 200
+
+
+def test_a_decomposed_name_is_asked_for_precomposed() -> None:
+    """The name matched against the register goes as TCVN 6909 writes it (NFC), however the portal typed it."""
+    import unicodedata
+
+    from hub.services.prefill import PrefillIn
+
+    asked = PrefillIn.model_validate(
+        {
+            "procedure": KHAI_SINH,
+            "subject_id": "079195001234",
+            "purpose": PURPOSE,
+            "requested_by": {"officer": unicodedata.normalize("NFD", "Lê Văn Tâm"), "agency": AGENCY},
+            "subject_name": unicodedata.normalize("NFD", "Trần Thị Ánh"),
+        }
+    )
+    assert asked.subject_name == "Trần Thị Ánh" and asked.requested_by.officer == "Lê Văn Tâm"
+    # and the officer's name, written into the access log, is refused with a NUL in it (PostgreSQL cannot store it)
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        PrefillIn.model_validate(
+            {
+                "procedure": KHAI_SINH,
+                "subject_id": "079195001234",
+                "purpose": PURPOSE,
+                "requested_by": {"officer": "cb\x00-1", "agency": AGENCY},
+            }
+        )

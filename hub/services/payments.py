@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -67,7 +67,7 @@ class PlatformUnavailable(DomainError):
     status = 503
 
 
-class FeeIn(BaseModel):
+class FeeIn(NulFree):
     model_config = ConfigDict(extra="forbid", strict=True)
     TenPhiLePhi: str = Field(min_length=1, max_length=300)
     MaPhiLePhi: str | None = Field(default=None, max_length=50)

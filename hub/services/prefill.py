@@ -118,7 +118,7 @@ def templates() -> dict[str, FormTemplate]:
 # -- requests ------------------------------------------------------------------------------------------------
 
 
-class RequestedBy(BaseModel):
+class RequestedBy(NulFree):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     officer: str = Field(min_length=1, max_length=100, description="officer or end user (MaCanBo) behind the call")
     agency: str = Field(description="agency code the request is made for", examples=["000.00.17.H56"])

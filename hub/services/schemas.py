@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -10,24 +11,49 @@ from hub.domain import identifiers
 from hub.domain.dates import parse_national
 
 
+def _text(item: str) -> str:
+    if "\x00" in item:
+        raise ValueError("strings must not contain the NUL character")
+    if item.isascii() or unicodedata.is_normalized("NFC", item):
+        return item
+    return unicodedata.normalize("NFC", item)
+
+
 def _reject_nul(value: Any) -> Any:
-    """PostgreSQL text and JSONB cannot hold U+0000; no legitimate field carries it: refuse it anywhere."""
+    """Every string of a request, however deep: refused if it holds U+0000 (PostgreSQL text and JSONB cannot hold
+    it; no legitimate field carries it), and put in Unicode NFC — precomposed, as TCVN 6909:2001 (mandatory for
+    state agencies' systems, Circular 39/2017/TT-BTTTT) writes Vietnamese. Text typed on some systems arrives
+    decomposed ("Nguyễn" as "Nguyê" + U+0303): the same name in other bytes, which the portal and the register
+    would take for another name. Containers are normalized in place, iteratively (no recursion limit)."""
+    if isinstance(value, str):
+        return _text(value)
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise ValueError("strings must not contain the NUL character")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+        if isinstance(item, dict):
+            for key, inner in list(item.items()):
+                if isinstance(inner, str):
+                    clean = _text(inner)
+                    if clean is not inner:
+                        item[key] = clean
+                elif isinstance(inner, dict | list):
+                    stack.append(inner)
+                if isinstance(key, str) and _text(key) is not key:
+                    item[_text(key)] = item.pop(key)
         elif isinstance(item, list):
-            stack.extend(item)
+            for i, inner in enumerate(item):
+                if isinstance(inner, str):
+                    clean = _text(inner)
+                    if clean is not inner:
+                        item[i] = clean
+                elif isinstance(inner, dict | list):
+                    stack.append(inner)
     return value
 
 
 class NulFree(BaseModel):
-    """Base of request models: every field, once validated, is refused if it holds the NUL character."""
+    """Base of request models: every field, once validated, is refused if it holds the NUL character, and its
+    text is put in NFC."""
 
     @field_validator("*", mode="after")
     @classmethod
