@@ -1047,3 +1047,27 @@ def test_a_decomposed_name_is_asked_for_precomposed() -> None:
                 "requested_by": {"officer": "cb\x00-1", "agency": AGENCY},
             }
         )
+
+
+def test_register_text_is_handed_on_precomposed(
+    hub: Hub, people: httpx.Client, population_server: ServerThread
+) -> None:
+    """A register whose records hold decomposed text (combining marks): the form gets each value in NFC, as the
+    portal and every other system are written (TCVN 6909:2001), not bytes that merely look the same."""
+    import copy
+    import unicodedata
+
+    person = married(people, "2")
+    records = population_server.server.config.app.state.peer.population.records
+    saved = copy.deepcopy(records[person["SoDinhDanh"]])
+    record = records[person["SoDinhDanh"]]
+    record["HoVaTen"]["Ten"] = unicodedata.normalize("NFD", "Ánh")
+    record["NoiOHienTai"]["ChiTiet"] = unicodedata.normalize("NFD", "12 Lê Lợi, Phường Bến Thành")
+    try:
+        r = ask(hub, person["SoDinhDanh"])
+        assert r.status_code == 200, r.text
+        got = fields(r.json())
+        assert got["nguoi_yeu_cau.ho_ten"]["value"].endswith(" Ánh")
+        assert got["nguoi_yeu_cau.noi_cu_tru"]["value"] == "12 Lê Lợi, Phường Bến Thành"
+    finally:
+        records[person["SoDinhDanh"]] = saved

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,12 @@ class ExchangeRecorder(Plugin):
 
 
 def _clean(value: Any) -> Any:
-    """zeep's objects as plain dicts and lists, without empty values."""
+    """zeep's objects as plain dicts and lists, without empty values, text in NFC (precomposed, TCVN 6909:2001:
+    what hub hands on is written one way, whichever way the register stored it)."""
+    if isinstance(value, str):
+        return (
+            value if value.isascii() or unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
+        )
     if isinstance(value, dict):
         cleaned = {k: _clean(v) for k, v in value.items()}
         return {k: v for k, v in cleaned.items() if v not in (None, "", {}, [])}
