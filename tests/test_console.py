@@ -256,3 +256,32 @@ def test_api_docs_render_without_the_internet(hub_factory: HubFactory, browser: 
     shot(page, "api-docs")
     assert outside == []
     context.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_timeline_reads_in_vietnam_time_and_words(
+    console_hub: Hub, creds: Creds, onestop_server: ServerThread, backend: str
+) -> None:
+    """Operators in Vietnam read times in UTC+7 as dd/mm/yyyy (the exact UTC instant kept in the markup), states
+    and event kinds in words beside their codes, and the peer's answer as the JSON it sent."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from hub.store.models import OutboxMessage, StatusEvent
+    from hub.sync import jobs
+
+    hub = console_hub
+    code = dead_letter(hub, creds)
+    hub.runtime.routes.add(code.split("-")[0], onestop_server.url)
+    with hub.runtime.sessions.begin() as s:
+        jobs.replay(s, ids=list(s.scalars(select(OutboxMessage.id))))
+    assert hub.wait_idle() == {"delivered": 1}
+    with hub.runtime.sessions() as s:
+        at = s.scalars(select(StatusEvent.created_at)).one().replace(tzinfo=UTC)
+    page = _logged_in(hub.server.url, "le.thi.xem").get(f"/ops/dossiers/{code}").text
+    local, exact = (at + timedelta(hours=7)).strftime("%d/%m/%Y %H:%M:%S"), at.isoformat(timespec="seconds")
+    assert f'<time datetime="{exact}" title="{exact}">{local}</time>' in page
+    assert "Hồ sơ nộp trên Cổng DVCQG" in page and "đã giao" in page and "<code>delivered</code>" in page
+    assert "&#34;error_code&#34;: 0" in page and "{&#39;" not in page  # JSON, not a Python dict's repr
+    assert datetime.now(UTC) - at < timedelta(minutes=5)

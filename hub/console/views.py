@@ -3,23 +3,25 @@ checked on every POST, roles checked on every action."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import threading
 import time
 from collections import deque
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlalchemy import func, select
 
 from hub.console.auth import Operators
 from hub.console.i18n import peer_names, words
-from hub.domain.dates import utcnow
+from hub.domain.dates import VN_TZ, utcnow
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services.audit import OPERATOR_SEARCH, Access
@@ -28,6 +30,28 @@ from hub.store.models import Dossier, Exchange, JobRun, OutboxMessage, Payment, 
 from hub.sync import jobs, outbox
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+def _when(value: datetime | str | None) -> Markup | str:
+    """A moment as operators in Vietnam read it — local time (UTC+7), dd/mm/yyyy HH:MM:SS — with the exact UTC
+    instant in the element's `datetime` and tooltip."""
+    if value is None or value == "":
+        return "—"
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    exact = moment.astimezone(UTC).isoformat(timespec="seconds")
+    local = moment.astimezone(VN_TZ).strftime("%d/%m/%Y %H:%M:%S")
+    return Markup('<time datetime="{0}" title="{0}">{1}</time>').format(exact, local)
+
+
+def _json(value: Any) -> str:
+    """A peer's reply as JSON (as it came), Vietnamese left readable; autoescaped where it is shown."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+templates.env.filters["when"] = _when
+templates.env.filters["json"] = _json
 JOBS = ("poll_portal", "check_payments", "reconcile", "anchor_audit_log")
 ID_RE = re.compile(r"^[0-9]{12}\Z")
 
@@ -243,7 +267,7 @@ def router(runtime: Any) -> APIRouter:
                 {
                     "seq": e.seq,
                     "kind": e.kind,
-                    "at": e.created_at.isoformat(timespec="seconds"),
+                    "at": e.created_at,
                     "status": e.status,
                     "status_name": VIETNAMESE_NAMES[DossierStatus(e.status)],
                     "deliveries": [
@@ -257,7 +281,7 @@ def router(runtime: Any) -> APIRouter:
                             "peer_reply": o.peer_reply,
                             "exchanges": [
                                 {
-                                    "at": x.at.isoformat(timespec="seconds"),
+                                    "at": x.at,
                                     "operation": x.operation,
                                     "outcome": x.outcome,
                                     "error_code": x.error_code,
