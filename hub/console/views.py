@@ -427,7 +427,7 @@ def _dossier_row(d: Dossier) -> dict[str, Any]:
         "status_name": VIETNAMESE_NAMES[DossierStatus(d.status)],
         "procedure": d.procedure_code,
         "owner": mask_id(d.data.get("SoGiayToChuHoSo")) or "—",
-        "updated": d.updated_at.isoformat(timespec="seconds"),
+        "updated": d.updated_at,
     }
 
 
