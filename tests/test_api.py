@@ -430,6 +430,29 @@ def test_one_batch_files_walks_and_repeats_in_order(hub: Hub, caplog: pytest.Log
     assert replay.json()["event_id"] == answers[2].body["event_id"]  # the key was stored with the batch
 
 
+def test_the_same_step_sent_at_once_without_a_key_is_one_change(hub: Hub) -> None:
+    """A one-stop system that fires the same step on several connections at once (no key): whether the copies share
+    a commit or not, the dossier gets one event and the portal one message."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = dossier(43)
+    code = d["MaHoSo"]
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    same = step(code, 4)
+    key = hub.http.headers["X-API-Key"]
+
+    def post(_: int) -> tuple[int, Any]:
+        with httpx.Client(base_url=str(hub.http.base_url), headers={"X-API-Key": key}) as c:
+            r = c.post(f"/v1/dossiers/{code}/progress", json=same)
+            return r.status_code, r.json().get("event_id")
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(post, range(12)))
+    assert {a[0] for a in answers} == {202} and len({a[1] for a in answers}) == 1
+    assert [e["TrangThaiHoSo"] for e in hub.http.get(f"/v1/dossiers/{code}").json()["events"]] == [2, 4]
+    assert rows(hub)["outbox"] == 2
+
+
 def test_concurrent_requests_share_commits_but_each_is_judged_alone(hub: Hub) -> None:
     """A burst from many connections: requests are committed together (group commit), yet a refused one leaves
     nothing behind, the accepted ones all land, each dossier's events keep their order, and the same key sent
