@@ -17,6 +17,7 @@ from hub.adapters.errors import PeerRejected
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.adapters.national_portal import NationalPortalClient
 from hub.adapters.one_stop import OneStopClient
+from hub.domain.calendar import WorkingCalendar
 from hub.domain.identifiers import dossier_code
 from hub.services import routes
 from hub.services.dossiers import DOCUMENT_EXCHANGE, NATIONAL_PORTAL, ONE_STOP, DossierService
@@ -172,7 +173,13 @@ class Runtime:
             else None
         )
         channels = tuple(name for name, on in (("email", self.email), ("sms", self.sms)) if on is not None)
-        self.dossiers = DossierService(self.sessions, secret_key=secret, on_commit=self.wake, notify_channels=channels)
+        self.dossiers = DossierService(
+            self.sessions,
+            secret_key=secret,
+            on_commit=self.wake,
+            notify_channels=channels,
+            calendar=WorkingCalendar(settings.calendar_days_off, settings.calendar_working_days),
+        )
         from hub.metrics import make_registry
         from hub.services.catalogue import Catalogue
 

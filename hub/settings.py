@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import secrets
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -103,6 +104,11 @@ class Settings(BaseSettings):
     # Population database (SOAP) adapter, for pre-filling forms.
     population_url: str = ""  # empty -> the sandbox on loopback (dev only)
     population_wsdl: Path | None = None  # empty -> contracts/population/population.wsdl shipped with hub
+    # Working days (NgayHenTra, overdue counts) follow Vietnam's official calendar — weekends, public holidays,
+    # the government's make-up working Saturdays — from the `holidays` package; a province adds its own days off
+    # and swapped working days here (JSON lists of YYYY-MM-DD), e.g. a swap decided after the package's release.
+    calendar_days_off: list[date] = Field(default_factory=list)
+    calendar_working_days: list[date] = Field(default_factory=list)
     prefill_validity_hours: float = 24.0  # how long a pre-filled value from the population database is valid
     population_cache_seconds: float = 300.0  # replies are reused (encrypted, keyed by HMAC) this long; 0: off
 

@@ -71,3 +71,13 @@ def test_overdue_dossiers_are_listed_for_the_clients_agencies(hub_factory: HubFa
     huge = {"overdue": "true", "offset": 10**20}  # past what a database takes as an offset: 422, not 500
     assert_problem(hub.http.get("/v1/dossiers", params=huge), 422, "validation_error")
     assert hub.http.get("/v1/dossiers", params={"overdue": "true", "offset": 2**31 - 1}).json()["items"] == []
+
+
+def test_make_up_working_saturdays_count() -> None:
+    """The government swaps days around holidays: Friday 2 May 2025 off, Saturday 26 April 2025 worked instead
+    (ngày làm bù). A due date counts the Saturday and skips the Friday."""
+    assert CAL.is_working_day(date(2025, 4, 26)) and not CAL.is_working_day(date(2025, 5, 2))
+    received = datetime(2025, 4, 25, 8, 0, tzinfo=VN_TZ)  # Friday
+    assert CAL.add_working_days(received, 1) == datetime(2025, 4, 26, 8, 0, tzinfo=VN_TZ)
+    # 26 Sat (worked), 28 Mon, 29 Tue; 30 Apr, 1 and 2 May off, 3-4 weekend; then Monday 5 May
+    assert CAL.add_working_days(received, 4) == datetime(2025, 5, 5, 8, 0, tzinfo=VN_TZ)

@@ -57,3 +57,20 @@ def test_appointment_date_is_derived_in_working_days_across_tet(hub_factory: Hub
     unknown.pop("NgayHenTra")
     hub.http.post("/v1/dossiers", json=unknown)
     assert "NgayHenTra" not in hub.http.get(f"/v1/dossiers/{unknown['MaHoSo']}").json()["dossier"]
+
+
+def test_a_provinces_own_days_off_move_the_appointment(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    """A province's own day off (HUB_CALENDAR_DAYS_OFF) and a swapped working Saturday (HUB_CALENDAR_WORKING_DAYS)
+    count in the appointment date hub derives."""
+    from datetime import date
+
+    hub: Hub = hub_factory(
+        start_worker=False, calendar_days_off=[date(2026, 2, 24)], calendar_working_days=[date(2026, 3, 7)]
+    )
+    hub.runtime.catalogue.sync(hub.runtime.portal, correlation_id="t")
+    d = dossier(1, MaTTHC="1.004873", TenTTHC="Cấp Giấy xác nhận tình trạng hôn nhân", NgayTiepNhan="20260213093000")
+    d.pop("NgayHenTra")
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    # three working days after Tết: 23 February, (24 off), 25, 26
+    assert hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["dossier"]["NgayHenTra"] == "20260226093000"
+    assert hub.runtime.dossiers.calendar.is_working_day(date(2026, 3, 7))  # a Saturday, worked

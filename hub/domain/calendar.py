@@ -20,11 +20,13 @@ class WorkingCalendar:
         self._extra_working = set(extra_working_days)
 
     def is_working_day(self, day: date) -> bool:
+        """Not a weekend or a public holiday — except the Saturdays the government makes working days in exchange
+        for a bridging day off (ngày làm bù: 26 April 2025 for Friday 2 May), which the package also knows."""
         if day in self._extra_working:
             return True
-        if day in self._extra_off or day.weekday() >= 5:
+        if day in self._extra_off:
             return False
-        return day not in self._holidays
+        return bool(self._holidays.is_working_day(day))
 
     def holiday_name(self, day: date) -> str | None:
         name = self._holidays.get(day)

@@ -258,13 +258,14 @@ class DossierService:
         destinations: Sequence[str] = (NATIONAL_PORTAL,),
         on_commit: Callable[[], None] = lambda: None,
         notify_channels: Sequence[str] = (),
+        calendar: WorkingCalendar | None = None,
     ) -> None:
         self.sessions = sessions
         self._secret = secret_key
         self.destinations = tuple(destinations)
         self._on_commit = on_commit
         self.notify_channels = tuple(notify_channels)  # email, sms: the citizen is told of status changes
-        self.calendar = WorkingCalendar()
+        self.calendar = calendar or WorkingCalendar()
         self._commands: GroupCommit[Session, _Command, Answer] = GroupCommit(
             sessions.begin, self._run_commands, order=lambda c: c.code
         )
