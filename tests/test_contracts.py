@@ -77,6 +77,10 @@ def test_sandbox_answers_with_the_portal_error_codes(
         "/api/auth", json={"username": PORTAL_USER, "password": "wrong"}, headers={"dstcode": "000.00.17.H56"}
     ).json()
     assert bad_login["error_code"] == 1
+    accented = portal.post(
+        "/api/auth", json={"username": PORTAL_USER, "password": "mật khẩu"}, headers={"dstcode": "000.00.17.H56"}
+    )
+    assert accented.status_code == 200 and accented.json()["error_code"] == 1  # a wrong password, not a 500
     no_session = portal.post(
         "/api/service", json={"session": "nope", "madonvi": "000.00.17.H56", "service": "TraCuuHoSo", "MaHoSo": "x"}
     ).json()

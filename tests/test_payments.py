@@ -177,7 +177,11 @@ def test_unknown_reference_other_transaction_and_garbage(hub: Hub, platform: htt
     assert hub.http.post(url, json=other).json()["MaLoi"] == "02"  # already paid by another transaction
     assert payment_of(hub, payment["reference"])["transaction_id"] != "GDSOMETHINGELSE"
     too_deep = b'{"MaThamChieu": ' + b"[" * 3000 + b"]" * 3000 + b"}"  # 6 kB: past the JSON parser's recursion
-    for garbage in (b"{not json", b"[]", json.dumps({"MaXacThuc": "0" * 64}).encode(), b"x" * 20000, too_deep):
+    # a code with non-ASCII characters (hmac.compare_digest refused the str: a 500) or a lone surrogate in a field
+    odd_code = json.dumps({**_signed_confirm(), "MaXacThuc": "é" * 64}).encode()
+    surrogate = json.dumps({**_signed_confirm(), "ThongTinGiaoDich": "\ud800"}).encode()
+    for garbage in (b"{not json", b"[]", json.dumps({"MaXacThuc": "0" * 64}).encode(), b"x" * 20000, too_deep,
+                    odd_code, surrogate):  # fmt: skip
         r = hub.http.post(url, content=garbage, headers={"Content-Type": "application/json"})
         assert r.status_code == 200 and r.json()["MaLoi"] in ("97", "99")
     # signed, but with a transaction time that is no time: the platform's own "99" answer, not hub's problem+json

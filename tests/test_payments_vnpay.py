@@ -151,6 +151,8 @@ def test_lost_ipn_is_settled_by_querydr_and_reconciled(hub: Hub, gateway: httpx.
     assert result["summary"]["matched"] == 1 and result["hub_total"] == result["platform_total"] == 2000
     unknown = hub.http.get("/v1/payments/callbacks/vnpay", params={"vnp_TxnRef": "X", "vnp_SecureHash": "0" * 128})
     assert unknown.json()["RspCode"] == "97"
+    accented = hub.http.get("/v1/payments/callbacks/vnpay", params={"vnp_TxnRef": "X", "vnp_SecureHash": "é" * 128})
+    assert accented.status_code == 200 and accented.json()["RspCode"] == "97", accented.text
     # signed, but with a pay time that is no time: the gateway's own "99" answer, not hub's problem+json
     from hub.adapters.payment.vnpay import sign
 

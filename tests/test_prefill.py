@@ -930,6 +930,11 @@ def test_audit_export_for_an_inspection_is_checkable_later(
     forged.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in edited), encoding="utf-8")
     caught = hub_cli("verify", "--file", str(forged), "--json")
     assert caught.returncode == 1 and json.loads(caught.stdout)["broken_at"] == edited[1]["id"]
+    edited[1]["purpose"] = json.loads(whole.read_text(encoding="utf-8").splitlines()[1])["purpose"]
+    edited[1]["chain_hash"] = "é" * 64  # a hash no hub wrote, with characters a digest never has: caught, no crash
+    forged.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in edited), encoding="utf-8")
+    caught = hub_cli("verify", "--file", str(forged), "--json")
+    assert caught.returncode == 1 and "Traceback" not in caught.stderr, caught.stderr
     assert hub_cli("verify", "--file", str(whole), key="y" * 40).returncode == 1
     garbage = tmp_path / "garbage.jsonl"
     garbage.write_bytes(b"\xff\xfe not json\n")

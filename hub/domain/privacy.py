@@ -14,3 +14,10 @@ def subject_hmac(secret: bytes, personal_id: str) -> str:
 def derive_key(secret: bytes, purpose: str) -> bytes:
     """A separate key per purpose (e.g. the audit chain), so one key's use never reveals another's."""
     return hmac.new(secret, f"hub/{purpose}".encode(), hashlib.sha256).digest()
+
+
+def same_text(given: str, expected: str) -> bool:
+    """Constant-time equality of a code or secret that came from outside with the one hub computed. Any text:
+    `hmac.compare_digest` refuses str with non-ASCII characters (TypeError) and `.encode()` a lone surrogate,
+    which a JSON body may carry ("\\ud800") — neither may turn a forged value into a crash."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from hub.adapters.http import parse_json
 from hub.sandbox import contracts
-from hub.sandbox.common import PeerState, add_control_routes, apply_faults
+from hub.sandbox.common import PeerState, add_control_routes, apply_faults, same_text
 
 OK = {"error_code": 0, "message": "Thành công"}
 
@@ -73,7 +73,7 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
         dstcode = request.headers.get("dstcode", "")
         if body is None or contracts.errors("national_portal/auth.request.schema.json", body):
             return JSONResponse(_reply(3, "Dữ liệu xác thực không hợp lệ"))
-        if not dstcode or not secrets.compare_digest(st.credentials.get(body["username"], "\0"), body["password"]):
+        if not dstcode or not same_text(st.credentials.get(body["username"], "\0"), body["password"]):
             st.record("auth", None, {"username": body["username"]}, "rejected", None)
             return JSONResponse(_reply(1, "Sai tên đăng nhập, mật khẩu hoặc mã đơn vị"))
         token = secrets.token_urlsafe(24)

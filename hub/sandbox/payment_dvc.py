@@ -6,7 +6,6 @@ receipt PDF, and a signed daily statement. Hashes follow the contracts' `x-hash-
 from __future__ import annotations
 
 import hashlib
-import hmac
 import html
 import threading
 import time
@@ -23,7 +22,7 @@ from fastapi_offline import FastAPIOffline
 
 from hub.adapters.http import parse_json
 from hub.sandbox import contracts
-from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
+from hub.sandbox.common import Faults, PeerState, add_control_routes, same_text, send_copies
 
 VN = timedelta(hours=7)
 
@@ -34,7 +33,7 @@ def _fields(name: str) -> list[str]:
 
 def _mac(msg: dict[str, Any], fields: list[str], secret: str) -> str:
     parts = ["" if msg.get(f) is None else str(msg.get(f)) for f in fields]
-    return hashlib.sha256("|".join([*parts, secret]).encode()).hexdigest()
+    return hashlib.sha256("|".join([*parts, secret]).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _now_national(shift: timedelta = timedelta(0)) -> str:
@@ -133,7 +132,7 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
             return JSONResponse({"MaLoi": "99", "MoTaLoi": "unknown LoaiBanTin"}, status_code=400)
         if problems:
             return JSONResponse({"MaLoi": "03", "MoTaLoi": "; ".join(problems)}, status_code=400)
-        if secret is None or not hmac.compare_digest(str(msg["MaXacThuc"]), _mac(msg, fields, secret)):
+        if secret is None or not same_text(str(msg["MaXacThuc"]), _mac(msg, fields, secret)):
             return JSONResponse({"MaLoi": "97", "MoTaLoi": "sai mã xác thực"}, status_code=400)
         ref = msg["MaThamChieu"]
         with st.plock:

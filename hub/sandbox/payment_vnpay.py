@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
-from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
+from hub.sandbox.common import Faults, PeerState, add_control_routes, same_text, send_copies
 
 QUERY_FIELDS = ["vnp_RequestId", "vnp_Version", "vnp_Command", "vnp_TmnCode", "vnp_TxnRef", "vnp_TransactionDate",
                 "vnp_CreateDate", "vnp_IpAddr", "vnp_OrderInfo"]  # fmt: skip
@@ -36,11 +36,11 @@ def _canonical(params: dict[str, str]) -> str:
 
 
 def _sign(params: dict[str, str], secret: str) -> str:
-    return hmac.new(secret.encode(), _canonical(params).encode(), hashlib.sha512).hexdigest()
+    return hmac.new(secret.encode(), _canonical(params).encode("utf-8", "surrogatepass"), hashlib.sha512).hexdigest()
 
 
 def _pipe(values: list[str], secret: str) -> str:
-    return hmac.new(secret.encode(), "|".join(values).encode(), hashlib.sha512).hexdigest()
+    return hmac.new(secret.encode(), "|".join(values).encode("utf-8", "surrogatepass"), hashlib.sha512).hexdigest()
 
 
 def _now(shift: timedelta = timedelta(0)) -> str:
@@ -89,9 +89,7 @@ def create_app(merchants: dict[str, dict[str, str]], state: VnpayState | None = 
         params = dict(request.query_params)
         tmn = params.get("vnp_TmnCode", "")
         merchant = st.merchants.get(tmn)
-        if merchant is None or not hmac.compare_digest(
-            params.get("vnp_SecureHash", ""), _sign(params, merchant["secret"])
-        ):
+        if merchant is None or not same_text(params.get("vnp_SecureHash", ""), _sign(params, merchant["secret"])):
             return HTMLResponse("<p id=result>Sai chữ ký (code 97)</p>", status_code=400)
         ref = params["vnp_TxnRef"]
         with st.vlock:
@@ -175,7 +173,7 @@ def create_app(merchants: dict[str, dict[str, str]], state: VnpayState | None = 
     async def querydr(request: Request) -> Response:
         body = await request.json()
         merchant = st.merchants.get(str(body.get("vnp_TmnCode", "")))
-        if merchant is None or not hmac.compare_digest(
+        if merchant is None or not same_text(
             str(body.get("vnp_SecureHash", "")), _pipe([str(body.get(f, "")) for f in QUERY_FIELDS], merchant["secret"])
         ):
             return JSONResponse({"vnp_ResponseCode": "97", "vnp_Message": "Invalid checksum"})

@@ -23,7 +23,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from hub.domain.dates import utcnow
-from hub.domain.privacy import derive_key
+from hub.domain.privacy import derive_key, same_text
 from hub.store.db import Compiled, Prebuilt, RawTransaction, compiled, prebuilt
 from hub.store.models import AccessLogEntry, table
 
@@ -187,7 +187,7 @@ class AccessLog:
                 if row.prev_hash != prev_hash:
                     problem = "an entry before this one was removed or altered"
                     return VerifyResult(False, checked, row.id, problem, prev_hash)
-                if not hmac.compare_digest(row.chain_hash, _link(self._key, prev_hash, values)):
+                if not same_text(row.chain_hash, _link(self._key, prev_hash, values)):
                     return VerifyResult(False, checked, row.id, "this entry was altered", prev_hash)
                 prev_hash, last_id = row.chain_hash, row.id
                 missing.discard(prev_hash)
@@ -243,7 +243,7 @@ class AccessLog:
                 return VerifyResult(False, checked, entry_id, "an entry before this one was altered", previous[1])
             if previous is None and entry_id == 1 and prev_hash != GENESIS:
                 return VerifyResult(False, checked, entry_id, "the first entry does not start the chain", GENESIS)
-            if not hmac.compare_digest(chain_hash, _link(self._key, prev_hash, values)):
+            if not same_text(chain_hash, _link(self._key, prev_hash, values)):
                 return VerifyResult(False, checked, entry_id, "this entry was altered", prev_hash)
             previous = (entry_id, chain_hash)
             checked += 1

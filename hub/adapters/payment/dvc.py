@@ -5,7 +5,6 @@ lists are the contracts' `x-hash-fields` (contracts/payment_dvc/). Replies are v
 from __future__ import annotations
 
 import hashlib
-import hmac
 from datetime import date, datetime
 from typing import Any
 
@@ -23,6 +22,7 @@ from hub.adapters.payment.base import (
 )
 from hub.domain.dates import format_national, parse_national, utcnow
 from hub.domain.errors import InvalidDate
+from hub.domain.privacy import same_text
 
 PEER = "payment_dvc"
 VERSION = "1.0.6"
@@ -39,7 +39,7 @@ MAX_CALLBACK_BYTES = 16 * 1024
 def mac(message: dict[str, Any], fields: list[str], secret: str) -> str:
     """SHA-256 hex of the fields' values joined with '|', then '|' and the partner secret."""
     parts = ["" if message.get(f) is None else str(message.get(f)) for f in fields]
-    return hashlib.sha256("|".join([*parts, secret]).encode()).hexdigest()
+    return hashlib.sha256("|".join([*parts, secret]).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class DvcPaymentClient:
@@ -78,7 +78,7 @@ class DvcPaymentClient:
 
     def _verified(self, reply: dict[str, Any], fields: list[str], path: str) -> dict[str, Any]:
         given = reply.get("MaXacThuc")
-        if not isinstance(given, str) or not hmac.compare_digest(given, mac(reply, fields, self._secret)):
+        if not isinstance(given, str) or not same_text(given, mac(reply, fields, self._secret)):
             raise PeerProtocolError(PEER, f"{path}: reply's MaXacThuc does not verify", code="payment_reply_forged")
         return reply
 
@@ -165,9 +165,11 @@ class DvcPaymentClient:
         with reply_parsed(PEER, "statement"):
             total = sum(int(x.get("SoTien", 0)) for x in lines)
         expected = hashlib.sha256(
-            f"{data.get('MaDoiTac')}|{data.get('Ngay')}|{len(lines)}|{total}|{self._secret}".encode()
+            f"{data.get('MaDoiTac')}|{data.get('Ngay')}|{len(lines)}|{total}|{self._secret}".encode(
+                "utf-8", "surrogatepass"
+            )
         ).hexdigest()
-        if not hmac.compare_digest(str(data.get("MaXacThuc", "")), expected):
+        if not same_text(str(data.get("MaXacThuc", "")), expected):
             raise PeerProtocolError(PEER, "statement: MaXacThuc does not verify", code="payment_reply_forged")
         with reply_parsed(PEER, "statement"):
             return [
@@ -193,7 +195,7 @@ class DvcPaymentClient:
         if not isinstance(msg, dict):
             raise CallbackRejected("99", "callback is not an object")
         given = msg.get("MaXacThuc")
-        if not isinstance(given, str) or not hmac.compare_digest(given, mac(msg, CONFIRM_FIELDS, self._secret)):
+        if not isinstance(given, str) or not same_text(given, mac(msg, CONFIRM_FIELDS, self._secret)):
             raise CallbackRejected("97", "MaXacThuc does not verify")
         # only now is anything in it trusted
         if msg.get("LoaiBanTin") != "CONFIRM" or msg.get("MaDoiTac") != self.partner:

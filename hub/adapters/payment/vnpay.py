@@ -19,6 +19,7 @@ from hub.adapters.http import json_object, post_checked
 from hub.adapters.payment.base import Callback, CallbackRejected, Created, PaymentOrder, QueryResult, StatementLine
 from hub.domain.dates import format_national, parse_national, utcnow
 from hub.domain.errors import InvalidDate
+from hub.domain.privacy import same_text
 
 PEER = "payment_vnpay"
 VERSION = "2.1.0"
@@ -40,11 +41,11 @@ def canonical(params: dict[str, str]) -> str:
 
 
 def sign(params: dict[str, str], secret: str) -> str:
-    return hmac.new(secret.encode(), canonical(params).encode(), hashlib.sha512).hexdigest()
+    return hmac.new(secret.encode(), canonical(params).encode("utf-8", "surrogatepass"), hashlib.sha512).hexdigest()
 
 
 def pipe_sign(values: list[str], secret: str) -> str:
-    return hmac.new(secret.encode(), "|".join(values).encode(), hashlib.sha512).hexdigest()
+    return hmac.new(secret.encode(), "|".join(values).encode("utf-8", "surrogatepass"), hashlib.sha512).hexdigest()
 
 
 class VnpayClient:
@@ -100,7 +101,7 @@ class VnpayClient:
     def parse_callback(self, body: bytes, content_type: str | None, query: dict[str, str]) -> Callback:
         params = {k: v for k, v in query.items() if k.startswith("vnp_")}
         given = params.get("vnp_SecureHash", "")
-        if not given or not hmac.compare_digest(given.lower(), sign(params, self._secret)):
+        if not given or not same_text(given.lower(), sign(params, self._secret)):
             raise CallbackRejected("97", "vnp_SecureHash does not verify")
         if params.get("vnp_TmnCode") != self.merchant:
             raise CallbackRejected("99", "IPN for another merchant")
@@ -147,7 +148,7 @@ class VnpayClient:
         if reply.get("vnp_ResponseCode") == "91":  # transaction not found
             return QueryResult("unknown", None, None, None)
         expected = pipe_sign([str(reply.get(f, "")) for f in QUERY_REPLY_FIELDS], self._secret)
-        if not hmac.compare_digest(str(reply.get("vnp_SecureHash", "")), expected):
+        if not same_text(str(reply.get("vnp_SecureHash", "")), expected):
             raise PeerProtocolError(
                 PEER, "querydr: reply's vnp_SecureHash does not verify", code="payment_reply_forged"
             )
@@ -181,7 +182,7 @@ class VnpayClient:
         with reply_parsed(PEER, "statement"):
             total = sum(int(x.get("vnp_Amount", 0)) for x in lines)
         expected = pipe_sign([self.merchant, day.strftime("%Y%m%d"), str(len(lines)), str(total)], self._secret)
-        if not hmac.compare_digest(str(data.get("vnp_SecureHash", "")), expected):
+        if not same_text(str(data.get("vnp_SecureHash", "")), expected):
             raise PeerProtocolError(PEER, "statement: vnp_SecureHash does not verify", code="payment_reply_forged")
         with reply_parsed(PEER, "statement"):
             return [
