@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from hub.console.auth import Operators
 from hub.console.i18n import peer_names, words
 from hub.domain.dates import VN_TZ, utcnow
+from hub.domain.privacy import same_text
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services.audit import OPERATOR_SEARCH, Access
@@ -133,7 +134,7 @@ def router(runtime: Any) -> APIRouter:
         token = request.session.get("csrf")
         given = str(data.get("csrf") or "")
         t = words(lang_of(request))
-        if not token or not secrets.compare_digest(given, str(token)):
+        if not token or not same_text(given, str(token)):
             return data, render(request, "message.html", status=403, heading=t["csrf"])
         if role is not None and request.session.get("role") != role:
             return data, render(request, "message.html", status=403, heading=t["forbidden"])

@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 
-from hub.sandbox.common import PeerState, add_control_routes
+from hub.sandbox.common import PeerState, add_control_routes, same_text
 
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -393,7 +393,6 @@ def create_app(state: PkiState | None = None) -> FastAPI:
         "hub") and `scope`. The access token is a JWT (RFC 9068, typ at+jwt) valid 5 minutes."""
         import base64
         import binascii
-        import hmac
         import json
         import time
         from urllib.parse import parse_qsl, unquote
@@ -417,7 +416,7 @@ def create_app(state: PkiState | None = None) -> FastAPI:
         if form.get("grant_type") != "client_credentials":
             return error(400, "unsupported_grant_type", "only client_credentials is offered here")
         known = st.oauth_clients.get(client_id)
-        if known is None or not hmac.compare_digest(known.encode(), secret.encode()):
+        if known is None or not same_text(known, secret):
             return error(401, "invalid_client", "unknown client or wrong secret")
         now = int(time.time())
         claims = {
