@@ -163,6 +163,8 @@ def test_new_dossier_must_start_as_new_or_accepted(hub: Hub) -> None:
         (lambda d: d.update(DanhSachLePhi=[{"TenPhiLePhi": "x", "Gia": 1.5}]), "validation_error"),
         (lambda d: d.update(ChuHoSo="Nguyễn\x00Văn A"), "validation_error"),  # PostgreSQL cannot store NUL
         (lambda d: d.update(TaiLieuNop=[{"TenTepDinhKem": "a\x00.pdf"}]), "validation_error"),
+        (lambda d: d.update(TaiLieuNop=[{"TenTepDinhKem": "a\ud800.pdf"}]), "validation_error"),  # JSON allows it
+        (lambda d: d.update(TaiLieuNop=[{"Ten\udc80": "a.pdf"}]), "validation_error"),
         (lambda d: d.update(TrangThaiHoSo=True), "invalid_status"),
         (lambda d: d.update(TrangThaiHoSo="2"), "invalid_status"),
     ],
@@ -170,7 +172,8 @@ def test_new_dossier_must_start_as_new_or_accepted(hub: Hub) -> None:
 def test_bad_dossier_fields_are_422_with_stable_code(hub: Hub, mutate: Any, code: str) -> None:
     d = dossier(8)
     mutate(d)
-    assert_problem(hub.http.post("/v1/dossiers", json=d), 422, code)
+    raw = json.dumps(d).encode()  # \u-escaped: as a client's JSON library sends a lone surrogate
+    assert_problem(hub.http.post("/v1/dossiers", content=raw, headers={"Content-Type": "application/json"}), 422, code)
     assert rows(hub)["dossiers"] == 0
 
 

@@ -14,17 +14,22 @@ from hub.domain.dates import parse_national
 def _text(item: str) -> str:
     if "\x00" in item:
         raise ValueError("strings must not contain the NUL character")
-    if item.isascii() or unicodedata.is_normalized("NFC", item):
+    if item.isascii():
         return item
-    return unicodedata.normalize("NFC", item)
+    try:
+        item.encode()
+    except UnicodeEncodeError:  # JSON lets "\ud800" through; no database or peer takes it as text
+        raise ValueError("strings must be Unicode text: an unpaired surrogate is not a character") from None
+    return item if unicodedata.is_normalized("NFC", item) else unicodedata.normalize("NFC", item)
 
 
 def _reject_nul(value: Any) -> Any:
-    """Every string of a request, however deep: refused if it holds U+0000 (PostgreSQL text and JSONB cannot hold
-    it; no legitimate field carries it), and put in Unicode NFC — precomposed, as TCVN 6909:2001 (mandatory for
-    state agencies' systems, Circular 39/2017/TT-BTTTT) writes Vietnamese. Text typed on some systems arrives
-    decomposed ("Nguyễn" as "Nguyê" + U+0303): the same name in other bytes, which the portal and the register
-    would take for another name. Containers are normalized in place, iteratively (no recursion limit)."""
+    """Every string of a request, however deep: refused if it holds U+0000 or an unpaired surrogate (PostgreSQL
+    text and JSONB cannot hold them; no legitimate field carries them), and put in Unicode NFC — precomposed, as
+    TCVN 6909:2001 (mandatory for state agencies' systems, Circular 39/2017/TT-BTTTT) writes Vietnamese. Text
+    typed on some systems arrives decomposed ("Nguyễn" as "Nguyê" + U+0303): the same name in other bytes, which
+    the portal and the register would take for another name. Containers are normalized in place, iteratively
+    (no recursion limit)."""
     if isinstance(value, str):
         return _text(value)
     stack = [value]
