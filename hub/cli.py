@@ -38,6 +38,34 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _schema_ready(settings: Settings) -> None:
+    """On a server database, refuse to start on a schema other than the code's: tables missing or older would
+    make every request and delivery fail with a traceback (hub migrates only its own embedded SQLite file; on
+    PostgreSQL `hub db upgrade` is the operator's step, once, whatever number of machines run hub). A database
+    that does not answer yet is no reason not to start: hub answers 503 and retries until it does."""
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        return
+    from sqlalchemy.exc import OperationalError
+
+    from hub.store import db
+
+    engine = db.make_engine(url, pool_size=1)
+    try:
+        current, head = db.current_revision(engine), db.head_revision(url)
+    except OperationalError as exc:
+        err.print(f"[yellow]database not reachable yet[/yellow] ({exc.orig.__class__.__name__}); starting anyway")
+        return
+    finally:
+        engine.dispose()
+    if current != head:
+        err.print(
+            f"[red]database schema at {current or 'nothing'}, this hub needs {head}:[/red] "
+            "run `hub db upgrade` (with this HUB_DATABASE_URL) first"
+        )
+        raise typer.Exit(2)
+
+
 def _dev_console_admin(settings: Settings, base_url: str) -> None:
     """Dev mode with no console account yet: make `admin` (operator) with a generated password, and say it."""
     import secrets as secrets_
@@ -50,8 +78,8 @@ def _dev_console_admin(settings: Settings, base_url: str) -> None:
         operators = Operators(db.make_sessionmaker(engine))
         try:
             existing = operators.count()
-        except Exception:  # noqa: BLE001 - a schema not yet upgraded: `hub db upgrade` comes first
-            err.print("console: no accounts table yet; run `hub db upgrade`, then `hub operators add`")
+        except Exception:  # noqa: BLE001 - the database not answering yet (the schema was checked before)
+            err.print("console: the database does not answer yet; `hub operators add` makes an account later")
             return
         if existing == 0:
             password = secrets_.token_urlsafe(12)
@@ -120,6 +148,7 @@ def serve(
 
     logs.configure()
     settings = _settings()
+    _schema_ready(settings)
     peers = None
     if sandbox and not settings.national_portal_url and settings.mode == "dev":
         from hub.sandbox import run
@@ -192,6 +221,7 @@ def worker(
     if settings.embedded:
         err.print("[red]HUB_BROKER_URL is not set:[/red] in the embedded default `hub serve` delivers by itself")
         raise typer.Exit(2)
+    _schema_ready(settings)
     logs.configure()
     from hub.sync.celery_app import app
 

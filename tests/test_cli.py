@@ -101,6 +101,30 @@ def test_db_upgrade_and_configuration_errors(tmp_path: Path) -> None:
     assert no_broker.returncode == 2 and "HUB_BROKER_URL" in no_broker.stderr
 
 
+def test_serve_and_worker_refuse_a_database_not_at_the_codes_schema(tmp_path: Path) -> None:
+    """On PostgreSQL hub never migrates by itself (the operator runs `hub db upgrade` once for all machines): on a
+    database not at its schema it says so and stops, instead of answering 500s and logging a traceback a second."""
+    import uuid
+
+    import psycopg
+
+    from tests.conftest import PG_ADMIN, PG_BASE, drop_pg_database
+
+    name = f"hub_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{PG_BASE.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    env = {"HUB_DATABASE_URL": url, "HUB_VAR_DIR": str(tmp_path), "HUB_BROKER_URL": "redis://127.0.0.1:6379/15"}
+    try:
+        for command in (["serve", "--no-sandbox", "--port", "1"], ["worker"]):
+            refused = run(command, tmp_path, env, timeout=60)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert "run `hub db upgrade`" in refused.stderr and "Traceback" not in refused.stderr
+        assert run(["db", "upgrade"], tmp_path, env).returncode == 0
+    finally:
+        drop_pg_database(url)
+
+
 def test_catalogue_sync_and_list(hub_factory: HubFactory, portal: httpx.Client, creds: Creds, tmp_path: Path) -> None:
     hub = hub_factory(start_worker=False)
     env = {

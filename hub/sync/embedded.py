@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError
+
 from hub.sync.relay import Relay
 
 log = logging.getLogger("hub.worker")
@@ -68,11 +70,25 @@ class EmbeddedWorker:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        unavailable_since: float | None = None  # the database not answering: said once a minute, not every tick
+        said = 0.0
         while not self._stop.is_set():
             claimed = 0
             try:
                 claimed = self.relay.drain()
-            except Exception:  # the database may be briefly unavailable; try again on the next tick
+                if unavailable_since is not None:
+                    log.warning(
+                        "embedded worker: database back, delivering again",
+                        extra={"unavailable_seconds": round(time.monotonic() - unavailable_since, 1)},
+                    )
+                    unavailable_since = None
+            except OperationalError as exc:  # down, restarting, unreachable: try again on the next tick
+                now = time.monotonic()
+                unavailable_since = unavailable_since or now
+                if now - said >= 60:
+                    said = now
+                    log.warning("embedded worker: database unavailable, retrying: %s", str(exc.orig).strip()[:300])
+            except Exception:
                 log.exception("embedded worker: drain failed")
             for every, job, due in self.periodic:  # scheduled jobs (portal polling), in this same thread
                 if time.monotonic() >= due[0]:
