@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+from sqlalchemy.exc import OperationalError
 
 from hub.settings import Settings, load_settings
 
@@ -57,6 +58,9 @@ def runtime() -> Any:
         return _runtime
 
 
+_db_warned = [-60.0]  # when this process last said the database was unavailable
+
+
 @app.task(name=DRAIN, bind=True, acks_late=True)
 def drain(self: Any) -> int:
     rt = runtime()
@@ -64,7 +68,13 @@ def drain(self: Any) -> int:
         rt.doorbell.answer()  # before the claim: what is committed from now on rings again
     except Exception as exc:  # noqa: BLE001 - Redis unreachable: the mark expires, the drain goes on
         log.warning("drain request mark not cleared: %s", exc)
-    claimed: int = rt.relay.drain_once()
+    try:
+        claimed: int = rt.relay.drain_once()
+    except OperationalError as exc:  # the database down or restarting: the next tick tries again, said once a minute
+        if time.monotonic() - _db_warned[0] >= 60:
+            _db_warned[0] = time.monotonic()
+            log.warning("drain: database unavailable, retrying: %s", str(exc.orig).strip()[:300])
+        return 0
     if claimed >= rt.relay.batch_size:
         self.app.send_task(DRAIN)  # more is due: keep going, and let other workers share it
     return claimed
