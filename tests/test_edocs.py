@@ -100,6 +100,27 @@ def test_a_document_is_signed_time_stamped_and_delivered(signing_hub: Hub, excha
     assert listed["platform_status"] == "01" and listed["to"][0]["id"] == "000.00.17.H29"
 
 
+def test_a_document_sent_again_without_a_key_goes_once(signing_hub: Hub, exchange: httpx.Client) -> None:
+    """A one-stop system that re-sends the same document after a lost answer, with no Idempotency-Key: answered
+    as the first (not signed, time-stamped or sent again); a different document, or the first one after it, goes."""
+    hub = signing_hub
+    d = dossier(32, status=2)
+    code = d["MaHoSo"]
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    first = hub.http.post(f"/v1/dossiers/{code}/edocs", json=edoc())
+    again = hub.http.post(f"/v1/dossiers/{code}/edocs", json=edoc())
+    assert first.status_code == again.status_code == 202 and again.json() == first.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert len(exchanges(hub, "tsa")) == 1  # signed and time-stamped once
+    other = hub.http.post(f"/v1/dossiers/{code}/edocs", json=edoc(code_number="58"))
+    assert other.status_code == 202 and other.json()["document_id"] != first.json()["document_id"]
+    hub.wait_idle()
+    sent = exchange.get("/_sandbox/documents").json()["items"]
+    assert [x["header"]["document_id"] for x in sent] == [first.json()["document_id"], other.json()["document_id"]]
+    listed = hub.http.get(f"/v1/dossiers/{code}").json()["documents"]
+    assert [x["document_id"] for x in listed] == [first.json()["document_id"], other.json()["document_id"]]
+
+
 def test_a_scanned_document_of_a_few_megabytes_goes_and_the_limit_is_said(
     signing_hub: Hub, exchange: httpx.Client
 ) -> None:

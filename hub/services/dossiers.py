@@ -104,6 +104,20 @@ def _outbox_row(
     }
 
 
+def _latest_document(session: Session, dossier_id: int, client: str, request_hash: str) -> dict[str, Any] | None:
+    """The answer to the dossier's latest document request, when it was this client's and this very request."""
+    row = session.execute(
+        select(OUTBOX.c.event_id, OUTBOX.c.seq, OUTBOX.c.payload, DOSSIERS.c.code)
+        .join(DOSSIERS, DOSSIERS.c.id == OUTBOX.c.dossier_id)
+        .where(OUTBOX.c.dossier_id == dossier_id, OUTBOX.c.destination == DOCUMENT_EXCHANGE)
+        .order_by(OUTBOX.c.seq.desc())
+        .limit(1)
+    ).first()
+    if row is None or (row.payload.get("client"), row.payload.get("request_hash")) != (client, request_hash):
+        return None
+    return {"event_id": row.event_id, "MaHoSo": row.code, "document_id": row.payload["document_id"], "seq": row.seq}
+
+
 def _due_at(data: dict[str, Any]) -> datetime | None:
     value = data.get("NgayHenTra")
     return parse_national(value) if value else None
@@ -340,22 +354,29 @@ class DossierService:
         parsed = dossier_code(code)
         if not client.may_act_for(parsed.agency):
             raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+        asked = self._command(client, "edoc", request, idempotency_key, code, lambda _s, _w: {}).request_hash
         with self.sessions() as s:
-            if s.execute(select(DOSSIERS.c.id).where(DOSSIERS.c.code == code)).first() is None:
+            found = s.execute(select(DOSSIERS.c.id).where(DOSSIERS.c.code == code)).first()
+            if found is None:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
             seen = (
                 s.execute(SELECT_KEY, {"client": client.name, "key": idempotency_key}).first()
                 if idempotency_key is not None
                 else None
             )
+            again = _latest_document(s, found.id, client.name, asked) if idempotency_key is None else None
         if seen is not None:  # a repeat is answered without signing (or time-stamping) again
             return self.run(self._command(client, "edoc", request, idempotency_key, code, lambda _s, _w: {}))
+        if again is not None:  # no key, but the dossier's latest document over again (ADR 0021): not sent twice
+            return Answer(202, again, replayed=True)
         document_id, envelope = sign(parsed.agency)
 
         def work(session: Session, _writes: _Writes) -> dict[str, Any]:
             current = session.execute(SELECT_DOSSIER, {"code": code}).first()  # locked: documents keep their order
             if current is None:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
+            if idempotency_key is None and (same := _latest_document(session, current.id, client.name, asked)):
+                return {**same, REPEAT: True}  # the same request, sent at once on another connection
             last = session.execute(
                 select(func.max(OUTBOX.c.seq)).where(
                     OUTBOX.c.dossier_id == current.id, OUTBOX.c.destination == DOCUMENT_EXCHANGE
@@ -369,7 +390,13 @@ class DossierService:
                 seq,
                 DOCUMENT_EXCHANGE,
                 "send_edoc",
-                {"document_id": document_id, "to": request["to"], "envelope": envelope.decode()},
+                {
+                    "document_id": document_id,
+                    "to": request["to"],
+                    "envelope": envelope.decode(),
+                    "client": client.name,
+                    "request_hash": asked,  # what a repeat without a key is recognised by
+                },
                 correlation_id,
                 utcnow(),
             )
