@@ -275,6 +275,8 @@ def test_the_timeline_reads_in_vietnam_time_and_words(
 
     hub = console_hub
     code = dead_letter(hub, creds)
+    dead = _logged_in(hub.server.url, "le.thi.xem").get("/ops/dead").text
+    assert "Xếp hàng lúc" in dead and '<small><time datetime="' in dead  # since when the letter has waited
     hub.runtime.routes.add(code.split("-")[0], onestop_server.url)
     with hub.runtime.sessions.begin() as s:
         jobs.replay(s, ids=list(s.scalars(select(OutboxMessage.id))))

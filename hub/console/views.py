@@ -324,6 +324,7 @@ def router(runtime: Any) -> APIRouter:
                     "last_error_code": m.last_error_code,
                     "last_error": (m.last_error or "")[:300],
                     "attempts": m.attempts,
+                    "queued_at": m.created_at,
                 }
                 for m, c in s.execute(q).all()
             ]
