@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -32,27 +33,25 @@ def _reject_nul(value: Any) -> Any:
     (no recursion limit)."""
     if isinstance(value, str):
         return _text(value)
-    stack = [value]
+    stack: list[Any] = [value]
     while stack:
         item = stack.pop()
+        slots: Iterable[tuple[Any, Any]]
         if isinstance(item, dict):
-            for key, inner in list(item.items()):
-                if isinstance(inner, str):
-                    clean = _text(inner)
-                    if clean is not inner:
-                        item[key] = clean
-                elif isinstance(inner, dict | list):
-                    stack.append(inner)
-                if isinstance(key, str) and _text(key) is not key:
-                    item[_text(key)] = item.pop(key)
+            for key in [k for k in item if isinstance(k, str) and _text(k) is not k]:
+                item[_text(key)] = item.pop(key)
+            slots = list(item.items())
         elif isinstance(item, list):
-            for i, inner in enumerate(item):
-                if isinstance(inner, str):
-                    clean = _text(inner)
-                    if clean is not inner:
-                        item[i] = clean
-                elif isinstance(inner, dict | list):
-                    stack.append(inner)
+            slots = enumerate(item)
+        else:
+            continue
+        for where, inner in slots:
+            if isinstance(inner, str):
+                clean = _text(inner)
+                if clean is not inner:
+                    item[where] = clean
+            elif isinstance(inner, dict | list):
+                stack.append(inner)
     return value
 
 
