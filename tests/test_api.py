@@ -230,6 +230,15 @@ def test_a_body_not_sent_as_json_is_415_saying_so(hub: Hub) -> None:
     )
     assert_problem(r, 415, "unsupported_media_type")
     assert hub.http.get(f"/v1/dossiers/{dossier(12)['MaHoSo']}").status_code == 404
+    # a compressed body is said to be one (it was "malformed JSON"), with what hub takes
+    import gzip
+
+    packed = gzip.compress(json.dumps(dossier(12)).encode())
+    r = hub.http.post(
+        "/v1/dossiers", content=packed, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
+    assert_problem(r, 415, "unsupported_content_encoding")
+    assert r.headers["accept-encoding"] == "identity" and "gzip" in r.json()["detail"]
     # JSON under its structured-syntax suffix is JSON
     r = hub.http.post("/v1/dossiers", json=dossier(12), headers={"Content-Type": "application/vnd.dvc+json"})
     assert r.status_code == 202, r.text

@@ -77,9 +77,14 @@ class BodyLimitAndCorrelation:
         documents = self.document_paths is not None and self.document_paths.match(scope["path"]) is not None
         limit = self.max_document if documents else self.max_body
         try:
+            coding = headers.get(b"content-encoding", b"identity").strip().lower()
+            if coding not in (b"", b"identity"):  # a compressed body: refused before it is read (RFC 9110 15.5.16)
+                detail = f"request bodies are taken uncompressed; Content-Encoding {coding.decode('latin-1')[:40]!r}"
+                await self._reject(scope, send, cid, record, started, 415, "unsupported_content_encoding", detail)
+                return
             length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > limit):
-                await self._reject(scope, send, cid, record, started, limit)
+                await self._too_large(scope, send, cid, record, started, limit)
                 return
             # Read the body up to the limit before the app sees it (JSON messages; documents with their files).
             chunks: list[bytes] = []
@@ -91,7 +96,7 @@ class BodyLimitAndCorrelation:
                 chunk = message.get("body", b"")
                 seen += len(chunk)
                 if seen > limit:
-                    await self._reject(scope, send, cid, record, started, limit)
+                    await self._too_large(scope, send, cid, record, started, limit)
                     return
                 chunks.append(chunk)
                 if not message.get("more_body", False):
@@ -143,17 +148,25 @@ class BodyLimitAndCorrelation:
         if self.inbound is not None:
             await self.inbound(Inbound(scope["path"], cid, body, status, reply, time.perf_counter() - started))
 
-    async def _reject(self, scope: Scope, send: Send, cid: str, record: bool, started: float, limit: int) -> None:
-        """413 before the body is read; a peer's push is recorded with the very answer it gets."""
-        body = _problem_bytes(413, "body_too_large", f"request body larger than {limit} bytes")
+    async def _too_large(self, scope: Scope, send: Send, cid: str, record: bool, started: float, limit: int) -> None:
+        detail = f"request body larger than {limit} bytes"
+        await self._reject(scope, send, cid, record, started, 413, "body_too_large", detail)
+
+    async def _reject(
+        self, scope: Scope, send: Send, cid: str, record: bool, started: float, status: int, code: str, detail: str
+    ) -> None:
+        """Refused before the body is read; a peer's push is recorded with the very answer it gets."""
+        body = _problem_bytes(status, code, detail)
         if record:
-            await self._inbound(scope, cid, b"", 413, body, started)
+            await self._inbound(scope, cid, b"", status, body, started)
         headers: list[Any] = [
             (b"content-type", b"application/problem+json"),
             (b"content-length", str(len(body)).encode()),
             (b"x-correlation-id", cid.encode()),
         ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        if status == 415:
+            headers.append((b"accept-encoding", b"identity"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
