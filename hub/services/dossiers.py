@@ -7,7 +7,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -354,7 +354,9 @@ class DossierService:
         parsed = dossier_code(code)
         if not client.may_act_for(parsed.agency):
             raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
-        asked = self._command(client, "edoc", request, idempotency_key, code, lambda _s, _w: {}).request_hash
+        # the request hashed once (its attachments may be megabytes): the key's record and a repeat are matched on it
+        replay = self._command(client, "edoc", request, idempotency_key, code, lambda _s, _w: {})
+        asked = replay.request_hash
         with self.sessions() as s:
             found = s.execute(select(DOSSIERS.c.id).where(DOSSIERS.c.code == code)).first()
             if found is None:
@@ -366,7 +368,7 @@ class DossierService:
             )
             again = _latest_document(s, found.id, client.name, asked) if idempotency_key is None else None
         if seen is not None:  # a repeat is answered without signing (or time-stamping) again
-            return self.run(self._command(client, "edoc", request, idempotency_key, code, lambda _s, _w: {}))
+            return self.run(replay)
         if again is not None:  # no key, but the dossier's latest document over again (ADR 0021): not sent twice
             return Answer(202, again, replayed=True)
         document_id, envelope = sign(parsed.agency)
@@ -403,7 +405,7 @@ class DossierService:
             session.execute(INSERT_OUTBOX, [row])
             return {"event_id": event_id, "MaHoSo": code, "document_id": document_id, "seq": seq}
 
-        return self.run(self._command(client, "edoc", request, idempotency_key, code, work))
+        return self.run(replace(replay, work=work))
 
     def add_progress(
         self,
