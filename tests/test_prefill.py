@@ -31,7 +31,9 @@ KHAI_SINH = "1.001193"
 
 @pytest.fixture
 def hub(hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client) -> Hub:
-    return hub_factory(population_url=f"{population_server.url}/ws/congdan", read_timeout=1.0)
+    # the suite's 2 s read timeout, not 1 s: the register is an in-process server beside hub's embedded worker on two
+    # cores, and a look-up stalled past the timeout is a 503 (suspected in one unexplained failure in a full run)
+    return hub_factory(population_url=f"{population_server.url}/ws/congdan")
 
 
 def person(people: httpx.Client, **filters: Any) -> dict[str, Any]:
