@@ -239,6 +239,8 @@ def test_a_body_not_sent_as_json_is_415_saying_so(hub: Hub) -> None:
     )
     assert_problem(r, 415, "unsupported_content_encoding")
     assert r.headers["accept-encoding"] == "identity" and "gzip" in r.json()["detail"]
+    misused = {"Content-Type": "application/json", "Content-Encoding": "UTF-8"}  # no compression: taken as before
+    assert hub.http.post("/v1/dossiers", content=json.dumps(dossier(13)).encode(), headers=misused).status_code == 202
     # JSON under its structured-syntax suffix is JSON
     r = hub.http.post("/v1/dossiers", json=dossier(12), headers={"Content-Type": "application/vnd.dvc+json"})
     assert r.status_code == 202, r.text

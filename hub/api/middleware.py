@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.logs import correlation_id
 
+COMPRESSED = frozenset({b"gzip", b"x-gzip", b"deflate", b"br", b"compress", b"x-compress", b"zstd"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 
 
@@ -77,8 +78,10 @@ class BodyLimitAndCorrelation:
         documents = self.document_paths is not None and self.document_paths.match(scope["path"]) is not None
         limit = self.max_document if documents else self.max_body
         try:
-            coding = headers.get(b"content-encoding", b"identity").strip().lower()
-            if coding not in (b"", b"identity"):  # a compressed body: refused before it is read (RFC 9110 15.5.16)
+            coding = headers.get(b"content-encoding", b"").strip().lower()
+            if coding and set(coding.replace(b" ", b"").split(b",")) & COMPRESSED:
+                # a compressed body: refused before it is read (RFC 9110 15.5.16); a misused "Content-Encoding:
+                # UTF-8", which some clients send, is no compression and passes to the parser as before
                 detail = f"request bodies are taken uncompressed; Content-Encoding {coding.decode('latin-1')[:40]!r}"
                 await self._reject(scope, send, cid, record, started, 415, "unsupported_content_encoding", detail)
                 return
