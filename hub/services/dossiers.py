@@ -104,18 +104,27 @@ def _outbox_row(
     }
 
 
-def _latest_document(session: Session, dossier_id: int, client: str, request_hash: str) -> dict[str, Any] | None:
-    """The answer to the dossier's latest document request, when it was this client's and this very request."""
+def _latest_document(
+    session: Session, code: str, dossier_id: int, client: str, request_hash: str
+) -> dict[str, Any] | None:
+    """The answer to the dossier's latest document request, when it was this client's and this very request. Only
+    the three fields are read, not the payload: it holds the signed envelope, attachments and all."""
+    payload = OUTBOX.c.payload
     row = session.execute(
-        select(OUTBOX.c.event_id, OUTBOX.c.seq, OUTBOX.c.payload, DOSSIERS.c.code)
-        .join(DOSSIERS, DOSSIERS.c.id == OUTBOX.c.dossier_id)
+        select(
+            OUTBOX.c.event_id,
+            OUTBOX.c.seq,
+            payload["document_id"].as_string(),
+            payload["client"].as_string(),
+            payload["request_hash"].as_string(),
+        )
         .where(OUTBOX.c.dossier_id == dossier_id, OUTBOX.c.destination == DOCUMENT_EXCHANGE)
         .order_by(OUTBOX.c.seq.desc())
         .limit(1)
     ).first()
-    if row is None or (row.payload.get("client"), row.payload.get("request_hash")) != (client, request_hash):
+    if row is None or (row[3], row[4]) != (client, request_hash):
         return None
-    return {"event_id": row.event_id, "MaHoSo": row.code, "document_id": row.payload["document_id"], "seq": row.seq}
+    return {"event_id": row.event_id, "MaHoSo": code, "document_id": row[2], "seq": row.seq}
 
 
 def _due_at(data: dict[str, Any]) -> datetime | None:
@@ -366,7 +375,7 @@ class DossierService:
                 if idempotency_key is not None
                 else None
             )
-            again = _latest_document(s, found.id, client.name, asked) if idempotency_key is None else None
+            again = _latest_document(s, code, found.id, client.name, asked) if idempotency_key is None else None
         if seen is not None:  # a repeat is answered without signing (or time-stamping) again
             return self.run(replay)
         if again is not None:  # no key, but the dossier's latest document over again (ADR 0021): not sent twice
@@ -377,7 +386,7 @@ class DossierService:
             current = session.execute(SELECT_DOSSIER, {"code": code}).first()  # locked: documents keep their order
             if current is None:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
-            if idempotency_key is None and (same := _latest_document(session, current.id, client.name, asked)):
+            if idempotency_key is None and (same := _latest_document(session, code, current.id, client.name, asked)):
                 return {**same, REPEAT: True}  # the same request, sent at once on another connection
             last = session.execute(
                 select(func.max(OUTBOX.c.seq)).where(
