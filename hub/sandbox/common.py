@@ -4,7 +4,6 @@ and running a server on loopback in a background thread."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import random
 import threading
 import time
@@ -59,11 +58,6 @@ class PeerState:
 
     def record(self, operation: str, key: str | None, body: Any, outcome: str, reply: Any) -> None:
         self.received.append(Received(time.time(), operation, key, body, outcome, reply))
-
-
-def same_text(given: str, expected: str) -> bool:
-    """Constant-time equality of text from a request with the expected value, whatever characters it holds."""
-    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 async def apply_faults(state: PeerState) -> Response | None:

@@ -19,8 +19,9 @@ from fastapi_offline import FastAPIOffline
 from starlette.requests import ClientDisconnect
 
 from hub.adapters.http import parse_json
+from hub.domain.privacy import same_text
 from hub.sandbox import contracts
-from hub.sandbox.common import PeerState, add_control_routes, apply_faults, same_text
+from hub.sandbox.common import PeerState, add_control_routes, apply_faults
 
 OK = {"error_code": 0, "message": "Thành công"}
 

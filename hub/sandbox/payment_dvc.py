@@ -21,8 +21,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
 from hub.adapters.http import parse_json
+from hub.domain.privacy import same_text
 from hub.sandbox import contracts
-from hub.sandbox.common import Faults, PeerState, add_control_routes, same_text, send_copies
+from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
 
 VN = timedelta(hours=7)
 

@@ -19,7 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
-from hub.sandbox.common import Faults, PeerState, add_control_routes, same_text, send_copies
+from hub.domain.privacy import same_text
+from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
 
 QUERY_FIELDS = ["vnp_RequestId", "vnp_Version", "vnp_Command", "vnp_TmnCode", "vnp_TxnRef", "vnp_TransactionDate",
                 "vnp_CreateDate", "vnp_IpAddr", "vnp_OrderInfo"]  # fmt: skip

@@ -33,7 +33,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 
-from hub.sandbox.common import PeerState, add_control_routes, same_text
+from hub.domain.privacy import same_text
+from hub.sandbox.common import PeerState, add_control_routes
 
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
