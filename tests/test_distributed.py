@@ -284,7 +284,7 @@ def test_portal_outage_of_30_seconds(cluster: Cluster, portal: httpx.Client) -> 
 def test_redis_restarted_mid_run_loses_nothing(cluster: Cluster, portal: httpx.Client) -> None:
     codes = cluster.post(30)  # 300 events
     portal.post("/_sandbox/faults", json={"latency_ms": 10})
-    cluster.worker()
+    worker = cluster.worker()
     wait_until(lambda: len(applied(portal)) >= 50, timeout=60)
     cluster.redis.kill()
     down = cluster.http.get("/readyz")
@@ -292,10 +292,39 @@ def test_redis_restarted_mid_run_loses_nothing(cluster: Cluster, portal: httpx.C
     more = cluster.post(10, first=31)  # ingest goes on without Redis
     time.sleep(2)
     cluster.redis.start()
+    for _ in range(4):  # and Redis drops again just after each reconnect, with drains in flight
+        goal = min(len(applied(portal)) + 10, 400)
+        wait_until(lambda goal=goal: len(applied(portal)) >= goal, timeout=60)
+        cluster.redis.kill()
+        time.sleep(0.3)
+        cluster.redis.start()
     cluster.wait_delivered(400, timeout=180)
     assert_exactly_once_in_order(portal, codes + more)
+    assert worker.proc is not None and worker.proc.poll() is None, cluster.trouble()  # still consuming
+    cluster.post(2, first=41)
+    cluster.wait_delivered(420, timeout=60)
     ready = cluster.http.get("/readyz").json()
     assert ready["status"] == "ok" and ready["peers"]["national_portal"]["last_ok"]
+
+
+def test_a_channel_whose_broker_connection_is_gone_fails_as_a_connection_error() -> None:
+    """The state kombu leaves when Redis drops again right after a reconnect: a channel with a message the pool
+    has not finished, on a transport that has let go of its connection. Closing it must be a connection error,
+    which kombu and Celery handle by reconnecting; kombu's own transport raised AttributeError there and the
+    worker stopped for good ("Unrecoverable error", celery/celery#10302)."""
+    from kombu import Connection
+
+    from hub.sync.broker import TRANSPORT
+
+    conn = Connection("redis://127.0.0.1:6379/0", transport=TRANSPORT)
+    channel = conn.default_channel
+    channel.qos._delivered["unfinished"] = object()
+    errors = conn.connection_errors
+    conn._do_close_transport()
+    with pytest.raises(errors):
+        channel.qos.restore_unacked()
+    conn.maybe_close_channel(channel)  # what kombu does with it: ignored as a connection error
+    assert channel.closed
 
 
 def test_scheduled_jobs_run_once_per_interval_across_workers() -> None:

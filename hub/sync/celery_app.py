@@ -14,6 +14,7 @@ from celery.signals import worker_process_shutdown, worker_ready, worker_shutdow
 from sqlalchemy.exc import OperationalError
 
 from hub.settings import Settings, load_settings
+from hub.sync.broker import TRANSPORT
 
 log = logging.getLogger("hub.celery")
 DRAIN = "hub.drain"
@@ -22,8 +23,8 @@ DRAIN = "hub.drain"
 def make_celery(settings: Settings) -> Celery:
     app = Celery("hub", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
     app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        broker_transport=TRANSPORT,  # kombu's Redis transport, surviving a broker that drops twice in a row
+        task_acks_late=False,  # a task carries no data: a lost one is asked for again by the ticker (ADR 0022)
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
@@ -61,7 +62,7 @@ def runtime() -> Any:
 _db_warned = [-60.0]  # when this process last said the database was unavailable
 
 
-@app.task(name=DRAIN, bind=True, acks_late=True)
+@app.task(name=DRAIN, bind=True)
 def drain(self: Any) -> int:
     rt = runtime()
     try:
@@ -80,35 +81,35 @@ def drain(self: Any) -> int:
     return claimed
 
 
-@app.task(name="hub.poll_portal", acks_late=True)
+@app.task(name="hub.poll_portal")
 def poll_portal_task() -> dict[str, int]:
     """The polling fallback of the down-flow (idempotent: a dossier known unchanged creates nothing)."""
     counts: dict[str, int] = runtime().poll_portal()
     return counts
 
 
-@app.task(name="hub.check_payments", acks_late=True)
+@app.task(name="hub.check_payments")
 def check_payments_task() -> dict[str, int]:
     """Settle pending payments whose callback is late or lost, by asking the platform (idempotent)."""
     counts: dict[str, int] = runtime().check_payments()
     return counts
 
 
-@app.task(name="hub.reconcile", acks_late=True)
+@app.task(name="hub.reconcile")
 def reconcile_task() -> dict[str, Any]:
     """Compare open dossiers with the portal and repair what is safe (re-enqueues are idempotent)."""
     result: dict[str, Any] = runtime().reconcile()
     return result
 
 
-@app.task(name="hub.anchor_audit_log", acks_late=True)
+@app.task(name="hub.anchor_audit_log")
 def anchor_audit_log_task() -> dict[str, int]:
     """Note the access log's head outside the database (in this worker's anchor file and log)."""
     counts: dict[str, int] = runtime().anchor_audit_log()
     return counts
 
 
-@app.task(name="hub.noop", acks_late=True)
+@app.task(name="hub.noop")
 def noop() -> None:
     """Used by the benchmark as the broker's baseline."""
 
