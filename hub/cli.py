@@ -213,6 +213,9 @@ def serve(
 def worker(
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
     pool: Annotated[str, typer.Option(help="prefork | threads | solo")] = "prefork",
+    name: Annotated[
+        str | None, typer.Option(help="node name, unique in the cluster (default: hub-PID@HOST); %h is the host")
+    ] = None,
 ) -> None:
     """Run a Celery worker (distributed mode; needs HUB_BROKER_URL)."""
     from hub import logs
@@ -233,6 +236,7 @@ def worker(
             f"--pool={pool}",
             "-Q",
             "hub",
+            f"--hostname={name or f'hub-{os.getpid()}@%h'}",  # two workers on one machine are two in the roster
             "--without-gossip",
             "--without-mingle",
         ]
@@ -557,6 +561,56 @@ def jobs_purge(
     else:
         extra = f"; {removed['exchanges']} exchange record(s), {removed['job_runs']} job run(s)" if history else ""
         out.print(f"purged {purged} outbox row(s){extra}")
+
+
+@cli.command("workers")
+def workers_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The workers delivering now: from the roster in Redis (distributed mode), or whether a `hub serve` process
+    delivers from this SQLite database (embedded). Exit 1 if none does."""
+    from hub.sync.workers import Roster, beat_ttl
+
+    settings = _settings()
+    if settings.embedded:
+        from hub.store import db
+        from hub.sync.embedded import Presence
+
+        path = db.sqlite_path(settings.effective_database_url)
+        if path is None or not path.exists():
+            err.print(f"[red]no database at {path}[/red]")
+            raise typer.Exit(1)
+        presence = Presence(path)
+        try:
+            delivering = not presence.alone()  # a `hub serve` that delivers holds the lock file shared
+        finally:
+            presence.close()
+        if as_json:
+            out.print_json(json.dumps({"mode": "embedded", "delivering": delivering, "database": str(path)}))
+        else:
+            out.print(
+                f"embedded: {'a hub serve process delivers' if delivering else 'no process delivers'} from {path}"
+                + (" (its worker thread: /readyz or the console's overview)" if delivering else "")
+            )
+        raise typer.Exit(0 if delivering else 1)
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.broker_url, socket_timeout=3, socket_connect_timeout=3)
+        seen = Roster(client, ttl=beat_ttl(settings.relay_poll_interval)).seen()
+    except redis.RedisError as exc:
+        err.print(f"[red]the broker does not answer:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        out.print_json(json.dumps([w.as_dict() for w in seen]))
+    else:
+        table = Table(title=f"workers ({len(seen)})")
+        for col in ("worker", "host", "pid", "processes", "last sign of life (s ago)", "last drain (s ago)"):
+            table.add_column(col)
+        for w in seen:
+            drained = "—" if w.last_drain_age_s is None else str(w.last_drain_age_s)
+            table.add_row(w.name, w.host, str(w.pid), str(w.processes), str(w.beat_age_s), drained)
+        out.print(table)
+    if not seen:
+        raise typer.Exit(1)
 
 
 peers_cli = typer.Typer(no_args_is_help=True, help="External systems hub talks to")

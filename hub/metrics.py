@@ -4,7 +4,7 @@ measured in-process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hub.domain.dates import utcnow
 from hub.store.db import WalCheckpointer
 from hub.store.models import AccessLogEntry, Exchange, OutboxMessage, Payment, PaymentCallback
+from hub.sync.workers import WorkerSeen
 
 DURATION_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -139,11 +140,39 @@ class WalCollector(Collector):
         yield restarts
 
 
+class WorkersCollector(Collector):
+    """The workers delivering now (hub.sync.workers): none alive, or one whose last drain grows old while the
+    ticker asks for one every poll interval, is an outage of the relay however healthy the API looks."""
+
+    def __init__(self, workers: Callable[[], list[WorkerSeen]]) -> None:
+        self.workers = workers
+
+    def collect(self) -> Iterator[Any]:
+        try:
+            seen = self.workers()
+        except Exception:  # noqa: BLE001 - Redis down: no figure rather than a wrong one (the scrape goes on)
+            return
+        alive = GaugeMetricFamily("hub_workers_alive", "Workers whose last sign of life has not expired")
+        alive.add_metric([], float(len(seen)))
+        yield alive
+        drained = GaugeMetricFamily(
+            "hub_worker_last_drain_age_seconds", "Seconds since a drain last started on each worker", labels=["worker"]
+        )
+        for w in seen:
+            if w.last_drain_age_s is not None:
+                drained.add_metric([w.name], w.last_drain_age_s)
+        yield drained
+
+
 def make_registry(
-    sessions: sessionmaker[Session], checkpointer: WalCheckpointer | None = None
+    sessions: sessionmaker[Session],
+    checkpointer: WalCheckpointer | None = None,
+    workers: Callable[[], list[WorkerSeen]] | None = None,
 ) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))
+    if workers is not None:
+        registry.register(WorkersCollector(workers))
     if checkpointer is not None:
         registry.register(WalCollector(checkpointer))
     requests = Histogram(

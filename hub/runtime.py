@@ -6,6 +6,9 @@ Roles: "api" (hub serve: ingest, and the embedded worker when no broker is confi
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +32,7 @@ from hub.sync.embedded import EmbeddedWorker, Presence
 from hub.sync.outbox import Claimed
 from hub.sync.relay import Relay
 from hub.sync.retry import RetryPolicy
+from hub.sync.workers import Roster, WorkerSeen, beat_ttl
 
 log = logging.getLogger("hub.runtime")
 
@@ -271,7 +275,21 @@ class Runtime:
             self.signature_verifications,
             self.signature_seconds,
             self.prefill_seconds,
-        ) = make_registry(self.sessions, self._checkpointer)
+        ) = make_registry(self.sessions, self._checkpointer, self.workers if role == "api" else None)
+
+    def workers(self) -> list[WorkerSeen]:
+        """The workers delivering now: this process's own thread in embedded mode (with `hub serve --workers N`,
+        each process has its own; this lists the one that answers), the roster in Redis otherwise (raises what
+        Redis raises)."""
+        if self.settings.embedded:
+            worker = self.worker
+            if worker is None or not worker.alive:
+                return []
+            last = worker.last_drain
+            drained = None if last is None else round(time.monotonic() - last, 1)
+            host = socket.gethostname()
+            return [WorkerSeen(f"embedded@{host}", host, os.getpid(), 1, 0.0, drained)]
+        return Roster(self.doorbell.redis, ttl=beat_ttl(self.settings.relay_poll_interval)).seen()
 
     def readiness(self) -> dict[str, Any]:
         """Database and broker reachable (they decide readiness); each peer's last exchange (informative)."""
@@ -303,7 +321,19 @@ class Runtime:
                 checks["broker"] = f"error: {exc.__class__.__name__}"
         ok = all(v == "ok" for v in checks.values())
         maintenance = self.maintenance.on() if checks.get("database") == "ok" else None
-        return {"status": "ok" if ok else "unavailable", "checks": checks, "peers": peers, "maintenance": maintenance}
+        workers: list[dict[str, Any]] | None = None  # informative, as the peers: the API is ready without them
+        if checks.get("broker", "ok") == "ok":
+            try:
+                workers = [w.as_dict() for w in self.workers()]
+            except Exception as exc:  # noqa: BLE001 - not known now; readiness is decided above
+                log.warning("workers not listed: %s", exc)
+        return {
+            "status": "ok" if ok else "unavailable",
+            "checks": checks,
+            "peers": peers,
+            "workers": workers,
+            "maintenance": maintenance,
+        }
 
     def record_exchange(self, record: ExchangeRecord) -> None:
         """An exchange made outside the relay and the pre-fill's journal — what a peer pushed in, an issuer's key

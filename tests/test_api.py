@@ -368,6 +368,7 @@ def test_openapi_and_health(hub: Hub) -> None:
     assert hub.http.get("/healthz").json()["status"] == "ok"
     ready = hub.http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["workers"] == []  # this hub runs no worker: ready to take requests, and operators see it
     assert hub.http.get("/healthz").headers["x-correlation-id"]
     # load balancers' and uptime monitors' probes may send HEAD: the status without the body
     for path in ("/healthz", "/readyz"):

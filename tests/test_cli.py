@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -257,6 +258,10 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
             assert time.monotonic() < deadline, log()
             time.sleep(0.2)
         assert docs[0]["signature_format"] == "XAdES-B-T" and docs[0]["header"]["code"] == "12/CV-UBND"
+        # operators see the worker delivering: in /readyz, and `hub workers` from the same directory
+        (worker,) = httpx.get(f"{api}/readyz").json()["workers"]
+        assert worker["name"].startswith("embedded@") and worker["pid"] == proc.pid, worker
+        assert workers(tmp_path, base) == (0, {"mode": "embedded", "delivering": True})
     finally:
         proc.terminate()
         try:
@@ -264,6 +269,14 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
         except subprocess.TimeoutExpired:
             proc.kill()
         said.close()
+    assert workers(tmp_path, base) == (1, {"mode": "embedded", "delivering": False})
+
+
+def workers(cwd: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """`hub workers --json`: its exit code and what it said."""
+    run = subprocess.run([HUB, "workers", "--json"], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    said = json.loads(run.stdout) if run.stdout.strip() else {"stderr": run.stderr}
+    return run.returncode, {k: v for k, v in said.items() if k != "database"}
 
 
 def test_clients_list_shows_how_each_authenticates_never_the_key(tmp_path: Path) -> None:

@@ -82,6 +82,7 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     assert page.locator("h1").inner_text() == "Tổng quan"
     peers = page.locator("#peers").inner_text()
     assert "Hệ thống một cửa điện tử của tỉnh" in peers and "one_stop" in peers  # named in Vietnamese, and its id
+    assert "embedded@" in page.locator("#workers").inner_text()  # the worker that delivers, with its last drain
     shot(page, "overview")
     # find the dossier and read its timeline
     page.click("text=Hồ sơ")

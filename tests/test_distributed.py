@@ -176,6 +176,10 @@ class Cluster:
                 assert r.status_code == 202, r.text
         return codes
 
+    def hub(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the `hub` CLI against this cluster."""
+        return subprocess.run([HUB_BIN, *args], check=False, env=self.env, capture_output=True, text=True, timeout=60)
+
     def states(self) -> dict[str, int]:
         with self.runtime.sessions() as s:
             return counts(s)
@@ -241,6 +245,8 @@ def test_a_burst_of_commits_asks_for_one_drain_at_a_time(cluster: Cluster, porta
     """Sixty commits while no worker runs leave one drain request in the broker, not one per commit; a commit
     made after a worker's drain has begun asks again; a worker then delivers everything."""
     queue = redis.Redis.from_url(cluster.redis.url)
+    assert cluster.http.get("/readyz").json()["workers"] == []  # none started yet: operators can see it
+    assert cluster.hub("workers").returncode == 1
     codes = cluster.post(6)  # 6 dossiers × 10 events
     wait_until(lambda: queue.llen("hub") >= 1, 5)
     time.sleep(0.3)  # longer than the wake-ups' coalescing: any further request would be there by now
@@ -248,10 +254,17 @@ def test_a_burst_of_commits_asks_for_one_drain_at_a_time(cluster: Cluster, porta
     cluster.runtime.doorbell.answer()  # what a worker's drain task does before it claims
     codes += cluster.post(1, first=50, walk=[])
     wait_until(lambda: queue.llen("hub") == 2, 5)
-    cluster.worker()
+    worker = cluster.worker()
     cluster.wait_delivered(61, timeout=60)
     keys = Counter(i["idempotency_key"] for i in applied(portal))
     assert len(keys) == 61 and set(keys.values()) == {1}
+    # the worker is listed, with its pool and a recent drain: in /readyz, `hub workers` and the metrics
+    assert worker.proc is not None
+    (seen,) = cluster.http.get("/readyz").json()["workers"]
+    assert seen["pid"] == worker.proc.pid and seen["processes"] == 2 and seen["last_drain_age_s"] < 5
+    listed = cluster.hub("workers", "--json")
+    assert listed.returncode == 0 and [w["pid"] for w in json.loads(listed.stdout)] == [worker.proc.pid]
+    assert "hub_workers_alive 1.0" in cluster.http.get("/metrics").text
     for code in codes[:6]:
         assert [h["status"] for h in portal.get(f"/_sandbox/dossiers/{code}").json()["history"]] == [2, *WALK]
 
@@ -263,9 +276,12 @@ def test_worker_killed_mid_batch_loses_and_doubles_nothing(cluster: Cluster, por
     wait_until(lambda: len(applied(portal)) >= 250, timeout=120)
     victim.kill9()
     assert len(applied(portal)) < 1000
-    cluster.worker()
+    successor = cluster.worker()
     cluster.wait_delivered(1000, timeout=180)
     assert_exactly_once_in_order(portal, codes)
+    # the killed worker said no goodbye: it drops out of the roster once its beat expires
+    assert successor.proc is not None
+    wait_until(lambda: [w["pid"] for w in cluster.http.get("/readyz").json()["workers"]] == [successor.proc.pid], 15)
 
 
 def test_portal_outage_of_30_seconds(cluster: Cluster, portal: httpx.Client) -> None:
@@ -325,6 +341,38 @@ def test_a_channel_whose_broker_connection_is_gone_fails_as_a_connection_error()
         channel.qos.restore_unacked()
     conn.maybe_close_channel(channel)  # what kombu does with it: ignored as a connection error
     assert channel.closed
+
+
+def test_the_roster_lists_the_workers_that_beat_and_when_they_last_drained() -> None:
+    """Real Redis: a beat lists a worker until it expires or the worker leaves; a drain's mark gives its age."""
+    import uuid
+
+    import redis
+
+    from hub.sync.workers import PREFIX, Roster, mark_drained
+
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    roster = Roster(client, ttl=0.6)
+    a, b = f"celery@a-{uuid.uuid4().hex}", f"celery@b-{uuid.uuid4().hex}"
+    mine = lambda: [w for w in roster.seen() if w.name in (a, b)]  # noqa: E731 - other tests' workers may beat too
+    try:
+        roster.beat(a, host="may-01", pid=101, processes=2)
+        roster.beat(b, host="may-02", pid=202, processes=4)
+        client.set(PREFIX + "junk", b"not json")  # another version's beat, or garbage: skipped, not an error
+        pipe = client.pipeline()
+        mark_drained(pipe, a)
+        pipe.execute()
+        seen = {w.name: w for w in mine()}
+        assert set(seen) == {a, b}
+        assert (seen[a].host, seen[a].pid, seen[a].processes) == ("may-01", 101, 2)
+        assert seen[a].last_drain_age_s is not None and seen[a].last_drain_age_s < 1
+        assert seen[b].last_drain_age_s is None and seen[b].beat_age_s < 0.5
+        roster.leave(b)
+        assert [w.name for w in mine()] == [a]
+        time.sleep(0.8)  # no beat for longer than the time-to-live: a worker killed with SIGKILL drops out
+        assert mine() == []
+    finally:
+        client.delete(PREFIX + a, PREFIX + b, PREFIX + a + ":drained", PREFIX + "junk")
 
 
 def test_scheduled_jobs_run_once_per_interval_across_workers() -> None:

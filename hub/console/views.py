@@ -4,6 +4,7 @@ checked on every POST, roles checked on every action."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import threading
@@ -29,6 +30,9 @@ from hub.services.audit import OPERATOR_SEARCH, Access
 from hub.services.dossiers import mask_id
 from hub.store.models import Dossier, Exchange, JobRun, OutboxMessage, Payment, StatusEvent
 from hub.sync import jobs, outbox
+from hub.sync.workers import WorkerSeen
+
+log = logging.getLogger("hub.console")
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
@@ -197,6 +201,11 @@ def router(runtime: Any) -> APIRouter:
                 ok = int(rows.pop("ok", 0))
                 hours.append((end, ok, int(sum(rows.values()))))
             payments_pending = s.scalar(select(func.count()).select_from(Payment).where(Payment.status == "pending"))
+        try:
+            workers: list[WorkerSeen] | None = rt().workers()
+        except Exception as exc:  # noqa: BLE001 - Redis down: the page still shows the rest
+            log.warning("console: workers not listed: %s", exc)
+            workers = None
         ok_total = sum(h[1] for h in hours)
         bad_total = sum(h[2] for h in hours)
         error_rate = 100.0 * bad_total / (ok_total + bad_total) if ok_total + bad_total else 0.0
@@ -209,6 +218,7 @@ def router(runtime: Any) -> APIRouter:
             chart=_chart(hours),
             error_rate=error_rate,
             payments_pending=payments_pending or 0,
+            workers=workers,
         )
 
     @r.get("/dossiers")

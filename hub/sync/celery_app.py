@@ -66,7 +66,7 @@ _db_warned = [-60.0]  # when this process last said the database was unavailable
 def drain(self: Any) -> int:
     rt = runtime()
     try:
-        rt.doorbell.answer()  # before the claim: what is committed from now on rings again
+        rt.doorbell.answer(self.request.hostname)  # before the claim: what is committed from now on rings again
     except Exception as exc:  # noqa: BLE001 - Redis unreachable: the mark expires, the drain goes on
         log.warning("drain request mark not cleared: %s", exc)
     try:
@@ -121,10 +121,16 @@ _ticker_stop = threading.Event()
 def _start_ticker(sender: Any = None, **_: Any) -> None:
     """Every poll interval, ask for a drain: retries come due and wake-ups may be lost with Redis."""
 
+    import os
+    import socket
+
     import redis
 
     from hub.sync import schedule
+    from hub.sync.workers import Roster, beat_ttl
 
+    name = str(getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}")
+    processes = int(getattr(getattr(sender, "controller", None), "concurrency", None) or 1)
     jobs = [
         ("hub.poll_portal", settings.portal_poll_interval),
         ("hub.check_payments", settings.payment_check_interval),
@@ -134,24 +140,35 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
 
     def tick() -> None:
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
-        due = {name: time.monotonic() + every for name, every in jobs}
+        roster = Roster(client, ttl=beat_ttl(settings.relay_poll_interval))
+        _leave.append(lambda: roster.leave(name))
+        due = {job: time.monotonic() + every for job, every in jobs}
         while not _ticker_stop.wait(settings.relay_poll_interval):
             try:
+                roster.beat(name, host=socket.gethostname(), pid=os.getpid(), processes=processes)
                 app.send_task(DRAIN)
-                for name, every in jobs:
-                    if every > 0 and time.monotonic() >= due[name]:
-                        due[name] = time.monotonic() + every
-                        if schedule.claim(client, name, every):  # one worker of the cluster per interval
-                            app.send_task(name)
+                for job, every in jobs:
+                    if every > 0 and time.monotonic() >= due[job]:
+                        due[job] = time.monotonic() + every
+                        if schedule.claim(client, job, every):  # one worker of the cluster per interval
+                            app.send_task(job)
             except Exception as exc:  # noqa: BLE001 - broker down: try again on the next tick
                 log.warning("ticker: broker unavailable: %s", exc)
 
     threading.Thread(target=tick, name="hub-ticker", daemon=True).start()
 
 
+_leave: list[Any] = []  # how this worker drops out of the roster when it stops
+
+
 @worker_shutdown.connect
 def _stop_ticker(**_: Any) -> None:
     _ticker_stop.set()
+    for leave in _leave:
+        try:
+            leave()
+        except Exception as exc:  # noqa: BLE001 - Redis down: the beat expires by itself
+            log.warning("worker not taken off the roster: %s", exc)
 
 
 @worker_process_shutdown.connect

@@ -56,6 +56,11 @@ class EmbeddedWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-embedded-worker", daemon=True)
+        self.last_drain: float | None = None  # time.monotonic() when a drain last started
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def start(self) -> EmbeddedWorker:
         self._thread.start()
@@ -74,6 +79,7 @@ class EmbeddedWorker:
         said = 0.0
         while not self._stop.is_set():
             claimed = 0
+            self.last_drain = time.monotonic()
             try:
                 claimed = self.relay.drain()
                 if unavailable_since is not None:

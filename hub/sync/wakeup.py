@@ -64,6 +64,11 @@ class Doorbell:
         self._send = send
         self._ttl_ms = int(ttl * 1000)
 
+    @property
+    def redis(self) -> Any:
+        """The Redis client it rings with (the workers' roster is read through it too)."""
+        return self._redis
+
     def ring(self) -> None:
         if self._send is None:
             raise RuntimeError("this doorbell only answers")
@@ -74,5 +79,14 @@ class Doorbell:
                 self._redis.delete(DRAIN_REQUESTED)  # not sent: the next commit must ring again
                 raise
 
-    def answer(self) -> None:
-        self._redis.delete(DRAIN_REQUESTED)
+    def answer(self, worker: str | None = None) -> None:
+        """`worker`: also mark, in the same round trip, that a drain started on it (hub.sync.workers)."""
+        if worker is None:
+            self._redis.delete(DRAIN_REQUESTED)
+            return
+        from hub.sync.workers import mark_drained
+
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(DRAIN_REQUESTED)
+        mark_drained(pipe, worker)
+        pipe.execute()

@@ -1,0 +1,92 @@
+"""Which workers are up and draining, for operators: `/readyz`, the console's overview, `hub workers`, metrics.
+
+A backlog that grows says something is wrong; this says what: no worker at all (none started, all crashed), or a
+worker that is up but has stopped taking tasks (a Celery consumer wedged after a broker outage — the worker's
+main process still beats, its last drain grows old while the ticker asks for one every poll interval).
+
+Distributed mode keeps it in Redis, next to the tasks: each worker's ticker sets `hub:worker:{name}` (host, pid,
+pool size) with a time-to-live of a few ticks, so a worker killed with SIGKILL drops out by itself; each drain task
+marks `hub:worker:{name}:drained` as it starts (in the round trip that answers the doorbell). Ages are read from
+the keys' remaining time-to-live, on Redis's clock: machines whose clocks disagree still agree on them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PREFIX = "hub:worker:"
+DRAINED = ":drained"
+DRAINED_TTL_S = 86_400  # a worker that has not drained for a day shows "—"
+
+
+@dataclass(frozen=True)
+class WorkerSeen:
+    name: str  # Celery's node name (celery@host), or "embedded@host"
+    host: str
+    pid: int
+    processes: int  # the pool's size: drains it can run at once
+    beat_age_s: float  # since its last sign of life
+    last_drain_age_s: float | None  # since a drain last started there; None: none in the last day
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def beat_ttl(poll_interval: float) -> float:
+    """How long a beat keeps a worker listed: a few ticks, and never less than 5 s (a busy machine's tick is late)."""
+    return max(5.0, 5 * poll_interval)
+
+
+class Roster:
+    def __init__(self, redis: Any, *, ttl: float) -> None:
+        self._redis = redis
+        self._ttl_ms = int(ttl * 1000)
+
+    def beat(self, name: str, *, host: str, pid: int, processes: int) -> None:
+        """A worker's ticker, every tick."""
+        value = json.dumps({"host": host, "pid": pid, "processes": processes})
+        self._redis.set(PREFIX + name, value, px=self._ttl_ms)
+
+    def leave(self, name: str) -> None:
+        """A worker shutting down cleanly drops out at once."""
+        self._redis.delete(PREFIX + name)
+
+    def seen(self) -> list[WorkerSeen]:
+        """The workers whose beat has not expired, by name."""
+        names = sorted(
+            key.decode()[len(PREFIX) :]
+            for key in self._redis.scan_iter(match=PREFIX + "*", count=500)
+            if not key.endswith(DRAINED.encode())
+        )
+        if not names:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.get(PREFIX + name)
+            pipe.pttl(PREFIX + name)
+            pipe.pttl(PREFIX + name + DRAINED)
+        replies = pipe.execute()
+        return list(_parse(names, replies, self._ttl_ms))
+
+
+def mark_drained(pipe: Any, name: str) -> None:
+    """Queue, on a pipeline, the mark that a drain started on worker `name`."""
+    pipe.set(PREFIX + name + DRAINED, b"1", ex=DRAINED_TTL_S)
+
+
+def _parse(names: list[str], replies: list[Any], ttl_ms: int) -> Iterable[WorkerSeen]:
+    for i, name in enumerate(names):
+        raw, beat_left, drain_left = replies[3 * i : 3 * i + 3]
+        if raw is None or beat_left is None or beat_left < 0:  # expired between the scan and the read
+            continue
+        try:
+            info = json.loads(raw)
+            host, pid, processes = str(info["host"]), int(info["pid"]), int(info["processes"])
+        except (ValueError, KeyError, TypeError):  # not a beat of this version: not shown rather than guessed
+            continue
+        drained = None
+        if drain_left is not None and drain_left >= 0:
+            drained = round(max(0.0, DRAINED_TTL_S - drain_left / 1000), 1)
+        yield WorkerSeen(name, host, pid, processes, round(max(0, ttl_ms - beat_left) / 1000, 1), drained)
