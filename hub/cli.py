@@ -52,7 +52,7 @@ def _schema_ready(settings: Settings) -> None:
 
     engine = db.make_engine(url, pool_size=1)
     try:
-        current, head = db.current_revision(engine), db.head_revision(url)
+        current, head = db.stored_revision(engine), db.code_head()
     except OperationalError as exc:
         err.print(f"[yellow]database not reachable yet[/yellow] ({exc.orig.__class__.__name__}); starting anyway")
         return

@@ -377,14 +377,17 @@ def test_migrations_build_exactly_the_schema_the_code_declares(kind: str, tmp_pa
 
     url = create_pg_database() if kind == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
     try:
-        db.upgrade(url)
+        assert db.upgrade(url)[1] == db.code_head()
         engine = db.make_engine(url)
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
             indexes = {ix["name"] for ix in sqlalchemy_inspect(conn).get_indexes("outbox")}
+        # the head every command's start-up checks without loading alembic is alembic's own, and is what it stored
+        assert db.code_head() == db.head_revision(url) == db.stored_revision(engine) == db.current_revision(engine)
         engine.dispose()
         assert diff == []
         assert {"ix_outbox_pending_due", "ix_outbox_undelivered"} <= indexes
+        assert db.upgrade(url) == (db.code_head(), db.code_head())  # at head: only read
     finally:
         if kind == "postgresql":
             drop_pg_database(url)
