@@ -220,27 +220,35 @@ def worker(
     """Run a Celery worker (distributed mode; needs HUB_BROKER_URL)."""
     from hub import logs
 
+    if pool not in ("prefork", "threads", "solo"):
+        err.print(f"[red]unknown pool {pool!r}:[/red] prefork, threads or solo")
+        raise typer.Exit(2)
     settings = _settings()
     if settings.embedded:
         err.print("[red]HUB_BROKER_URL is not set:[/red] in the embedded default `hub serve` delivers by itself")
         raise typer.Exit(2)
     _schema_ready(settings)
     logs.configure()
+    from celery.utils.nodenames import default_nodename, host_format
+
     from hub.sync.celery_app import app
 
-    app.worker_main(
-        [
-            "worker",
-            "--loglevel=INFO",
-            f"--concurrency={concurrency}",
-            f"--pool={pool}",
-            "-Q",
-            "hub",
-            f"--hostname={name or f'hub-{os.getpid()}@%h'}",  # two workers on one machine are two in the roster
-            "--without-gossip",
-            "--without-mingle",
-        ]
+    # Celery's own `worker` command, minus its exit code: `app.worker_main` drops it, and a worker that stopped on
+    # an error exited 0, which a supervisor's "restart on failure" takes for a clean stop
+    celery_worker = app.Worker(
+        hostname=host_format(default_nodename(name or f"hub-{os.getpid()}@%h")),  # unique: one roster entry each
+        pool_cls=pool,
+        concurrency=concurrency,
+        loglevel="INFO",
+        queues=["hub"],
+        without_gossip=True,
+        without_mingle=True,
     )
+    celery_worker.start()
+    code = int(celery_worker.exitcode or 0)
+    if code:
+        err.print(f"[red]the worker stopped on an error[/red] (exit {code}); its leased deliveries go back in line")
+    raise typer.Exit(code)
 
 
 @cli.command()

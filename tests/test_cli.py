@@ -126,6 +126,49 @@ def test_serve_and_worker_refuse_a_database_not_at_the_codes_schema(tmp_path: Pa
         drop_pg_database(url)
 
 
+WORKER_THAT_FAILS = """
+from celery import bootsteps
+
+from hub.cli import cli
+from hub.sync.celery_app import app
+
+
+class Broken(bootsteps.StartStopStep):  # what any error Celery cannot recover from does: the worker stops
+    requires = {"celery.worker.components:Pool"}
+
+    def start(self, parent):
+        raise RuntimeError("a step that fails")
+
+
+app.steps["worker"].add(Broken)
+cli(["worker", "--concurrency", "1"])
+"""
+
+
+def test_a_worker_that_stops_on_an_error_says_so_with_its_exit_code(tmp_path: Path) -> None:
+    """A supervisor restarts `hub worker` "on failure" by its exit code: Celery stopping on an error it cannot
+    recover from must not look like a clean stop (Celery's `worker_main` dropped the code: it exited 0)."""
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    url = create_pg_database()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HUB_")},
+        "HUB_DATABASE_URL": url,
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_BROKER_URL": "redis://127.0.0.1:6379/15",
+    }
+    try:
+        failed = subprocess.run(
+            [sys.executable, "-c", WORKER_THAT_FAILS], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+        assert "Unrecoverable error" in failed.stderr and "the worker stopped on an error" in failed.stderr
+        unknown = run(["worker", "--pool", "greenlets"], tmp_path, env)
+        assert unknown.returncode == 2 and "prefork, threads or solo" in unknown.stderr
+    finally:
+        drop_pg_database(url)
+
+
 def test_catalogue_sync_and_list(hub_factory: HubFactory, portal: httpx.Client, creds: Creds, tmp_path: Path) -> None:
     hub = hub_factory(start_worker=False)
     env = {
