@@ -349,7 +349,7 @@ def test_the_roster_lists_the_workers_that_beat_and_when_they_last_drained() -> 
 
     import redis
 
-    from hub.sync.workers import PREFIX, Roster, mark_drained
+    from hub.sync.workers import NAMES, PREFIX, Roster, mark_drained
 
     client = redis.Redis(host="127.0.0.1", port=6379)
     roster = Roster(client, ttl=0.6)
@@ -359,6 +359,7 @@ def test_the_roster_lists_the_workers_that_beat_and_when_they_last_drained() -> 
         roster.beat(a, host="may-01", pid=101, processes=2)
         roster.beat(b, host="may-02", pid=202, processes=4)
         client.set(PREFIX + "junk", b"not json")  # another version's beat, or garbage: skipped, not an error
+        client.sadd(NAMES, "junk")
         pipe = client.pipeline()
         mark_drained(pipe, a)
         pipe.execute()
@@ -371,8 +372,10 @@ def test_the_roster_lists_the_workers_that_beat_and_when_they_last_drained() -> 
         assert [w.name for w in mine()] == [a]
         time.sleep(0.8)  # no beat for longer than the time-to-live: a worker killed with SIGKILL drops out
         assert mine() == []
+        assert not {a.encode(), b"junk"} & client.smembers(NAMES)  # and is forgotten
     finally:
         client.delete(PREFIX + a, PREFIX + b, PREFIX + a + ":drained", PREFIX + "junk")
+        client.srem(NAMES, a, b, "junk")
 
 
 def test_scheduled_jobs_run_once_per_interval_across_workers() -> None:

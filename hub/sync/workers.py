@@ -5,7 +5,8 @@ worker that is up but has stopped taking tasks (a Celery consumer wedged after a
 main process still beats, its last drain grows old while the ticker asks for one every poll interval).
 
 Distributed mode keeps it in Redis, next to the tasks: each worker's ticker sets `hub:worker:{name}` (host, pid,
-pool size) with a time-to-live of a few ticks, so a worker killed with SIGKILL drops out by itself; each drain task
+pool size) with a time-to-live of a few ticks, so a worker killed with SIGKILL drops out by itself, and adds its
+name to the set `hub:workers` (read instead of scanning the keys); each drain task
 marks `hub:worker:{name}:drained` as it starts (in the round trip that answers the doorbell). Ages are read from
 the keys' remaining time-to-live, on Redis's clock: machines whose clocks disagree still agree on them."""
 
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 PREFIX = "hub:worker:"
+NAMES = "hub:workers"  # the set of names that have beaten; each one's own key says whether it still does
 DRAINED = ":drained"
 DRAINED_TTL_S = 86_400  # a worker that has not drained for a day shows "—"
 
@@ -45,21 +47,24 @@ class Roster:
         self._ttl_ms = int(ttl * 1000)
 
     def beat(self, name: str, *, host: str, pid: int, processes: int) -> None:
-        """A worker's ticker, every tick."""
+        """A worker's ticker, every tick (one round trip)."""
         value = json.dumps({"host": host, "pid": pid, "processes": processes})
-        self._redis.set(PREFIX + name, value, px=self._ttl_ms)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(PREFIX + name, value, px=self._ttl_ms)
+        pipe.sadd(NAMES, name)
+        pipe.execute()
 
     def leave(self, name: str) -> None:
         """A worker shutting down cleanly drops out at once."""
-        self._redis.delete(PREFIX + name)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(PREFIX + name)
+        pipe.srem(NAMES, name)
+        pipe.execute()
 
     def seen(self) -> list[WorkerSeen]:
-        """The workers whose beat has not expired, by name."""
-        names = sorted(
-            key.decode()[len(PREFIX) :]
-            for key in self._redis.scan_iter(match=PREFIX + "*", count=500)
-            if not key.endswith(DRAINED.encode())
-        )
+        """The workers whose beat has not expired, by name. Two round trips whatever else the Redis holds (no
+        SCAN of its keys: /readyz and metric scrapes ask often); names whose beat expired are forgotten here."""
+        names = sorted(n.decode() for n in self._redis.smembers(NAMES))
         if not names:
             return []
         pipe = self._redis.pipeline(transaction=False)
@@ -68,7 +73,11 @@ class Roster:
             pipe.pttl(PREFIX + name)
             pipe.pttl(PREFIX + name + DRAINED)
         replies = pipe.execute()
-        return list(_parse(names, replies, self._ttl_ms))
+        seen = list(_parse(names, replies, self._ttl_ms))
+        gone = set(names) - {w.name for w in seen}
+        if gone:
+            self._redis.srem(NAMES, *gone)  # a worker that beats again is added again
+        return seen
 
 
 def mark_drained(pipe: Any, name: str) -> None:
