@@ -39,3 +39,34 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "uvicorn.access", "alembic.runtime.plugins", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Outage:
+    """A dependency that stops answering (the database, the broker), as a log says it: once when it starts and
+    then once a minute while it lasts, and once when it is back — not on every retry of a loop that ticks each
+    second. Thread-safe enough for its use: one loop per instance."""
+
+    def __init__(self, logger: logging.Logger, what: str, *, every: float = 60.0) -> None:
+        self._log, self._what, self._every = logger, what, every
+        self._since: float | None = None
+        self._said = 0.0
+
+    def failed(self, reason: object) -> None:
+        import time
+
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        elif now - self._said < self._every:
+            return
+        self._said = now
+        self._log.warning("%s unavailable, retrying: %s", self._what, str(reason).strip()[:300])
+
+    def ok(self) -> None:
+        if self._since is not None:
+            import time
+
+            self._log.warning(
+                "%s back", self._what, extra={"unavailable_seconds": round(time.monotonic() - self._since, 1)}
+            )
+            self._since = None

@@ -569,3 +569,28 @@ def test_a_portal_reply_hub_cannot_parse_is_a_malformed_reply_not_a_bug(reply: b
     finally:
         client.close()
         server.stop()
+
+
+def test_an_outage_is_logged_when_it_starts_once_a_minute_while_it_lasts_and_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker's loop retries the database (or the broker) every tick; its log says so at the start, then once
+    per interval — not a line a second for an hour — and once when it is back."""
+    import logging
+
+    from hub.logs import Outage
+
+    logger = logging.getLogger("hub.test-outage")
+    outage = Outage(logger, "test: database", every=0.3)
+    with caplog.at_level(logging.WARNING, logger="hub.test-outage"):
+        outage.ok()  # nothing was wrong: nothing to say
+        for _ in range(20):
+            outage.failed(ConnectionRefusedError("connection refused"))
+        assert [r.getMessage() for r in caplog.records] == ["test: database unavailable, retrying: connection refused"]
+        time.sleep(0.35)
+        outage.failed("still refused")
+        outage.ok()
+        outage.ok()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[1:] == ["test: database unavailable, retrying: still refused", "test: database back"]
+    assert caplog.records[-1].unavailable_seconds >= 0.35  # type: ignore[attr-defined]

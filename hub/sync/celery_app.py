@@ -13,6 +13,7 @@ from celery import Celery
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
+from hub.logs import Outage
 from hub.settings import Settings, load_settings
 from hub.sync.broker import TRANSPORT
 
@@ -59,7 +60,7 @@ def runtime() -> Any:
         return _runtime
 
 
-_db_warned = [-60.0]  # when this process last said the database was unavailable
+_database = Outage(log, "drain: database")  # this pool process's view of it, said once a minute
 
 
 @app.task(name=DRAIN, bind=True)
@@ -71,11 +72,10 @@ def drain(self: Any) -> int:
         log.warning("drain request mark not cleared: %s", exc)
     try:
         claimed: int = rt.relay.drain_once()
-    except OperationalError as exc:  # the database down or restarting: the next tick tries again, said once a minute
-        if time.monotonic() - _db_warned[0] >= 60:
-            _db_warned[0] = time.monotonic()
-            log.warning("drain: database unavailable, retrying: %s", str(exc.orig).strip()[:300])
+    except OperationalError as exc:  # the database down or restarting: the next tick tries again
+        _database.failed(exc.orig)
         return 0
+    _database.ok()
     if claimed >= rt.relay.batch_size:
         self.app.send_task(DRAIN)  # more is due: keep going, and let other workers share it
     return claimed
@@ -143,6 +143,7 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
         roster = Roster(client, ttl=beat_ttl(settings.relay_poll_interval))
         _leave.append(lambda: roster.leave(name))
         due = {job: time.monotonic() + every for job, every in jobs}
+        broker = Outage(log, "ticker: broker")  # said once a minute while Redis is down, not on every tick
         while not _ticker_stop.wait(settings.relay_poll_interval):
             try:
                 roster.beat(name, host=socket.gethostname(), pid=os.getpid(), processes=processes)
@@ -152,8 +153,9 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
                         due[job] = time.monotonic() + every
                         if schedule.claim(client, job, every):  # one worker of the cluster per interval
                             app.send_task(job)
+                broker.ok()
             except Exception as exc:  # noqa: BLE001 - broker down: try again on the next tick
-                log.warning("ticker: broker unavailable: %s", exc)
+                broker.failed(exc)
 
     threading.Thread(target=tick, name="hub-ticker", daemon=True).start()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
+from hub.logs import Outage
 from hub.sync.relay import Relay
 
 log = logging.getLogger("hub.worker")
@@ -75,25 +76,15 @@ class EmbeddedWorker:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        unavailable_since: float | None = None  # the database not answering: said once a minute, not every tick
-        said = 0.0
+        database = Outage(log, "embedded worker: database")  # said once a minute, not on every tick
         while not self._stop.is_set():
             claimed = 0
             self.last_drain = time.monotonic()
             try:
                 claimed = self.relay.drain()
-                if unavailable_since is not None:
-                    log.warning(
-                        "embedded worker: database back, delivering again",
-                        extra={"unavailable_seconds": round(time.monotonic() - unavailable_since, 1)},
-                    )
-                    unavailable_since = None
+                database.ok()
             except OperationalError as exc:  # down, restarting, unreachable: try again on the next tick
-                now = time.monotonic()
-                unavailable_since = unavailable_since or now
-                if now - said >= 60:
-                    said = now
-                    log.warning("embedded worker: database unavailable, retrying: %s", str(exc.orig).strip()[:300])
+                database.failed(exc.orig)
             except Exception:
                 log.exception("embedded worker: drain failed")
             for every, job, due in self.periodic:  # scheduled jobs (portal polling), in this same thread
