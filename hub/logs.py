@@ -6,6 +6,7 @@ import contextvars
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,8 +53,6 @@ class Outage:
         self._said = 0.0
 
     def failed(self, reason: object) -> None:
-        import time
-
         now = time.monotonic()
         if self._since is None:
             self._since = now
@@ -64,8 +63,6 @@ class Outage:
 
     def ok(self) -> None:
         if self._since is not None:
-            import time
-
             self._log.warning(
                 "%s back", self._what, extra={"unavailable_seconds": round(time.monotonic() - self._since, 1)}
             )
