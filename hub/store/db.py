@@ -476,22 +476,10 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
         before = stored_revision(engine)
         if revision == "head" and before is not None and before == code_head():
             return before, before
-    finally:
-        engine.dispose()
-    from alembic import command
-    from alembic.runtime.migration import MigrationContext
+        from alembic import command
 
-    def current(conn: Connection) -> str | None:
-        rev: str | None = MigrationContext.configure(conn).get_current_revision()
-        return rev
-
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            before = current(conn)
         command.upgrade(alembic_config(url), revision)
-        with engine.connect() as conn:
-            after = current(conn)
+        after = stored_revision(engine)
     finally:
         engine.dispose()
     if after != before:

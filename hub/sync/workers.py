@@ -88,7 +88,7 @@ def mark_drained(pipe: Any, name: str) -> None:
 def _parse(names: list[str], replies: list[Any], ttl_ms: int) -> Iterable[WorkerSeen]:
     for i, name in enumerate(names):
         raw, beat_left, drain_left = replies[3 * i : 3 * i + 3]
-        if raw is None or beat_left is None or beat_left < 0:  # expired between the scan and the read
+        if raw is None or beat_left is None or beat_left < 0:  # expired, or left, after the set was read
             continue
         try:
             info = json.loads(raw)
