@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hub.domain.dates import utcnow
 from hub.store.db import WalCheckpointer
 from hub.store.models import AccessLogEntry, Exchange, OutboxMessage, Payment, PaymentCallback
+from hub.store.space import DiskSpace
 from hub.sync.workers import WorkerSeen
 
 DURATION_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -140,6 +141,26 @@ class WalCollector(Collector):
         yield restarts
 
 
+class DiskCollector(Collector):
+    """Room on the database's disk: free bytes on the SQLite file's volume (PostgreSQL's disk is its own
+    monitoring's), and writes this process had refused for want of it."""
+
+    def __init__(self, disk: DiskSpace) -> None:
+        self.disk = disk
+
+    def collect(self) -> Iterator[Any]:
+        free = self.disk.free_bytes()
+        if free is not None:
+            gauge = GaugeMetricFamily("hub_database_disk_free_bytes", "Free space on the SQLite database's volume")
+            gauge.add_metric([], float(free))
+            yield gauge
+        refused = CounterMetricFamily(
+            "hub_database_out_of_space_errors", "Requests whose writes the database refused: its disk was full"
+        )
+        refused.add_metric([], float(self.disk.errors))
+        yield refused
+
+
 class WorkersCollector(Collector):
     """The workers delivering now (hub.sync.workers): none alive, or one whose last drain grows old while the
     ticker asks for one every poll interval, is an outage of the relay however healthy the API looks."""
@@ -168,6 +189,7 @@ def make_registry(
     sessions: sessionmaker[Session],
     checkpointer: WalCheckpointer | None = None,
     workers: Callable[[], list[WorkerSeen]] | None = None,
+    disk: DiskSpace | None = None,
 ) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))
@@ -175,6 +197,8 @@ def make_registry(
         registry.register(WorkersCollector(workers))
     if checkpointer is not None:
         registry.register(WalCollector(checkpointer))
+    if disk is not None:
+        registry.register(DiskCollector(disk))
     requests = Histogram(
         "hub_http_request_duration_seconds",
         "API request duration",

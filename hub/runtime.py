@@ -27,6 +27,7 @@ from hub.services.dossiers import DOCUMENT_EXCHANGE, NATIONAL_PORTAL, ONE_STOP, 
 from hub.services.quota import LocalQuota, Quota, RedisQuota
 from hub.settings import Settings
 from hub.store import db
+from hub.store.space import MIB, DiskSpace
 from hub.sync import outbox
 from hub.sync.embedded import EmbeddedWorker, Presence
 from hub.sync.outbox import Claimed
@@ -62,6 +63,7 @@ class Runtime:
         if url.startswith("sqlite") and role != "worker":
             db.upgrade(url)  # embedded mode: the file is ours, keep it at head
         self.sessions = db.make_sessionmaker(self.engine)
+        self.disk = DiskSpace(db.sqlite_path(url), settings.disk_reserve_mb * MIB)
         password = settings.national_portal_password
         self.portal = NationalPortalClient(
             settings.effective_national_portal_url,
@@ -275,7 +277,7 @@ class Runtime:
             self.signature_verifications,
             self.signature_seconds,
             self.prefill_seconds,
-        ) = make_registry(self.sessions, self._checkpointer, self.workers if role == "api" else None)
+        ) = make_registry(self.sessions, self._checkpointer, self.workers if role == "api" else None, self.disk)
 
     def workers(self) -> list[WorkerSeen]:
         """The workers delivering now: this process's own thread in embedded mode (with `hub serve --workers N`,
@@ -292,7 +294,8 @@ class Runtime:
         return Roster(self.doorbell.redis, ttl=beat_ttl(self.settings.relay_poll_interval)).seen()
 
     def readiness(self) -> dict[str, Any]:
-        """Database and broker reachable (they decide readiness); each peer's last exchange (informative)."""
+        """Database and broker reachable and room on the database's disk (they decide readiness); each peer's last
+        exchange (informative)."""
         from sqlalchemy import func, select, text
 
         from hub.store.models import Exchange
@@ -311,6 +314,7 @@ class Runtime:
             checks["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; report its kind
             checks["database"] = f"error: {exc.__class__.__name__}"
+        checks["disk"] = self.disk.check()
         if not self.settings.embedded:
             try:
                 import redis

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # SQLite (embedded): "full" syncs every commit to disk, so what hub answered for survives a power cut;
     # "normal" skips that fsync (~0.1–0.5 ms a commit) and a power cut may take the last commits back (ADR 0019)
     sqlite_synchronous: Literal["full", "normal"] = "full"
+    # SQLite: free space kept on the database's volume; below it /readyz says "full" (the write-ahead log and the
+    # checkpoint that copies it back need room of their own)
+    disk_reserve_mb: int = Field(default=32, ge=0)
 
     # National portal (DVCQG) adapter.
     national_portal_url: str = ""  # empty -> the sandbox on loopback (dev only)

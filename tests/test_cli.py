@@ -442,7 +442,8 @@ def test_check_asks_every_system_and_says_what_fails(
     # commits are synced to disk, and how long the disk takes to sync is said (slow disks: a warning)
     assert status["durability"][0] in ("ok", "warn") and "synchronous=full" in status["durability"][1]
     assert "ms (median of 20)" in status["durability"][1]
-    assert {name for name, (state, _) in status.items() if state == "ok" and name != "durability"} == {
+    assert status["disk"][0] in ("ok", "warn") and "MiB free on the database's volume" in status["disk"][1]
+    assert {name for name, (state, _) in status.items() if state == "ok" and name not in ("durability", "disk")} == {
         "database", "national_portal", "population", "payment_dvc", "document_exchange", "signing",
         "identity_provider", "authorization_server",
     }  # fmt: skip
@@ -461,9 +462,14 @@ def test_check_asks_every_system_and_says_what_fails(
         {**env, "HUB_NATIONAL_PORTAL_PASSWORD": "wrong-password", "HUB_POPULATION_URL": "http://127.0.0.1:9/ws"},
     )
     assert bad.returncode == 1, bad.stdout
-    unsynced = run(["check", "--json"], tmp_path, {**env, "HUB_SQLITE_SYNCHRONOUS": "normal"})
-    durability = next(c for c in json.loads(unsynced.stdout)["checks"] if c["name"] == "durability")
-    assert durability["status"] == "warn" and "power cut" in durability["detail"]
+    # commits not synced, and a volume with less room than the reserve hub keeps (writes would be refused)
+    unsynced = run(
+        ["check", "--json"], tmp_path, {**env, "HUB_SQLITE_SYNCHRONOUS": "normal", "HUB_DISK_RESERVE_MB": "100000000"}
+    )
+    said = {c["name"]: c for c in json.loads(unsynced.stdout)["checks"]}
+    assert said["durability"]["status"] == "warn" and "power cut" in said["durability"]["detail"]
+    assert said["disk"]["status"] == "fail" and "below the reserve of 100000000 MiB" in said["disk"]["detail"]
+    assert unsynced.returncode == 1
     assert not list((tmp_path / "var").glob(".hub-check-*"))  # the scratch file is gone
     lines = {line.split("│")[1].strip(): line for line in bad.stdout.splitlines() if line.count("│") >= 4}
     assert "FAIL" in lines["national_portal"] and "peer_auth_failed" in lines["national_portal"]

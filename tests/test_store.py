@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import re
+import sqlite3
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy import inspect as sqlalchemy_inspect
 from sqlalchemy.orm import Session
 
+from hub.console.auth import Operators
 from hub.domain.dates import utcnow
 from hub.store import db
 from hub.store.group_commit import GroupCommit
 from hub.store.models import Flag
 from tests.api_helpers import assert_problem
 from tests.conftest import PG_ADMIN, HubFactory
+from tests.helpers import dossier
 
 
 def kill_connections(url: str) -> int:
@@ -438,3 +445,134 @@ def test_sqlite_commits_are_on_disk_before_they_return(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 1
     finally:
         engine.dispose()
+
+
+def test_a_log_grown_by_a_burst_gives_its_room_back_once_started_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst the checkpointer cannot keep up with grows SQLite's log; once it is started over, the file shrinks
+    back to the limit instead of keeping its high-water size on the disk for good."""
+    monkeypatch.setattr(db, "WAL_SIZE_LIMIT_BYTES", 1_048_576)
+    path = tmp_path / "d.db"
+    engine = db.make_engine(f"sqlite:///{path}", wal_autocheckpoint=db.WAL_AUTOCHECKPOINT_PAGES)
+    wal = Path(f"{path}-wal")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, data BLOB)")
+            for i in range(64):
+                conn.exec_driver_sql("INSERT INTO t (data) VALUES (?)", (bytes([i]) * 65_536,))
+        grown = wal.stat().st_size
+        assert grown > 4 * 1_048_576
+        checkpointer = db.WalCheckpointer(f"sqlite:///{path}", restart_pages=10)
+        conn2 = sqlite3.connect(path, isolation_level=None)
+        try:
+            checkpointer.checkpoint(conn2)
+            assert checkpointer.restarts["ok"] == 1
+        finally:
+            conn2.close()
+        with engine.begin() as conn:  # the next writer starts the log over, and cuts the file to the limit
+            conn.exec_driver_sql("INSERT INTO t (data) VALUES (x'00')")
+        assert wal.stat().st_size <= 1_048_576 < grown
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 65
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A volume of its own, 6 MiB: a disk that fills up for real (tmpfs; needs root, as CI runs here)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6M", "tmpfs", str(where)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small volume here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_full_disk_refuses_writes_as_storage_full_loses_nothing_and_recovers(
+    small_disk: Path, hub_factory: HubFactory, portal: Any, population_server: Any, people: Any, backend: str
+) -> None:
+    """The embedded database's disk fills up: each refused write is a 503 `storage_full` (nothing recorded, the
+    client sends it again later with its key), no personal data leaves without its access-log entry, /readyz and
+    /metrics say why, what was accepted before stays readable and is delivered; once room is made the same
+    requests are taken, each once."""
+    hub = hub_factory(var_dir=small_disk, disk_reserve_mb=1, population_url=f"{population_server.url}/ws/congdan")
+    citizen = people.get("/_sandbox/people", params={"limit": 1}).json()["items"][0]["SoDinhDanh"]
+    Operators(hub.runtime.sessions).add("tran.van.an", "mat-khau-dai-du-12", "viewer")
+    prefill = {
+        "procedure": "1.004873",
+        "subject_id": citizen,
+        "purpose": "civil_status_registration",
+        "requested_by": {"officer": "cb-0042", "agency": "000.00.17.H56"},
+    }
+    assert hub.http.get("/readyz").json()["checks"]["disk"] == "ok"
+    accepted: list[dict[str, Any]] = []
+    refused: list[tuple[str, dict[str, Any]]] = []
+    for i in range(1, 3000):
+        d = dossier(i)
+        r = hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": f"full-{i}"})
+        if r.status_code == 202:
+            accepted.append(d)
+            continue
+        body = assert_problem(r, 503, "storage_full")
+        assert r.headers["Retry-After"] and "nothing was recorded" in body["detail"]
+        refused.append((f"full-{i}", d))
+        if len(refused) == 5:
+            break
+    assert accepted and len(refused) == 5, "the volume never filled up"
+    read = hub.http.post("/v1/prefill", json=prefill)  # its access-log entry cannot be written: no data leaves
+    assert_problem(read, 503, "storage_full")
+    assert citizen not in read.text
+    ready = hub.http.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["disk"].startswith("full"), ready.text
+    metrics = hub.http.get("/metrics").text
+    assert "hub_database_out_of_space_errors_total 6.0" in metrics and "hub_database_disk_free_bytes" in metrics
+    console = httpx.Client(base_url=str(hub.http.base_url))  # an operator signs in (it writes nothing) and is told
+    csrf = re.search(r'name="csrf" value="([^"]+)"', console.get("/ops/login").text)
+    assert csrf is not None
+    form = {"csrf": csrf.group(1), "username": "tran.van.an", "password": "mat-khau-dai-du-12"}
+    assert console.post("/ops/login", data=form).status_code == 303
+    overview = console.get("/ops")
+    assert "Ổ đĩa của cơ sở dữ liệu đã đầy" in overview.text and 'id="disk-full"' in overview.text
+    for d in accepted[-3:]:  # reads go on
+        assert hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").status_code == 200
+    for _, d in refused:  # nothing half-written
+        assert_problem(hub.http.get(f"/v1/dossiers/{d['MaHoSo']}"), 404, "dossier_not_found")
+
+    subprocess.run(["mount", "-o", "remount,size=64M", str(small_disk)], check=True)  # room is made
+    assert hub.http.get("/readyz").status_code == 200
+    assert 'id="disk-full"' not in console.get("/ops").text
+    for key, d in refused:
+        assert hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": key}).status_code == 202
+        again = hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": key})
+        assert again.status_code == 202  # the same answer, applied once
+    assert hub.http.post("/v1/prefill", json=prefill).status_code == 200
+    hub.wait_idle(timeout=10)  # at once, not after the leases of the batches whose outcomes were refused
+    for d in accepted + [d for _, d in refused]:
+        history = portal.get(f"/_sandbox/dossiers/{d['MaHoSo']}").json()["history"]
+        assert [h["status"] for h in history] == [d["TrangThaiHoSo"]], d["MaHoSo"]
+
+
+def test_a_full_disk_is_told_apart_from_a_database_that_is_away() -> None:
+    """PostgreSQL's disk_full (53100) and SQLite's SQLITE_FULL are `storage_full`; a refused connection is not."""
+    import psycopg.errors
+    from sqlalchemy.exc import OperationalError
+
+    from hub.store.space import out_of_space
+
+    full = sqlite3.connect(":memory:")
+    full.execute("PRAGMA max_page_count=2")
+    full.execute("CREATE TABLE t (x)")
+    with pytest.raises(sqlite3.OperationalError) as sqlite_full:
+        full.execute("INSERT INTO t VALUES (randomblob(100000))")
+    assert out_of_space(OperationalError("INSERT", {}, sqlite_full.value))
+    assert out_of_space(OperationalError("INSERT", {}, psycopg.errors.DiskFull("could not extend file")))
+    assert not out_of_space(OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused")))
+    assert not out_of_space(OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")))

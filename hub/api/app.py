@@ -212,7 +212,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.client_tokens = client_tokens(settings, on_exchange=lambda record: rt().record_exchange(record))
-    problems.install(app)
+
+    def out_of_space() -> None:
+        if "rt" in holder:
+            holder["rt"].disk.note_full()
+
+    problems.install(app, on_out_of_space=out_of_space)
     problems.document(app)
 
     def rt() -> Runtime:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.domain.errors import DomainError
+from hub.store.space import out_of_space
 
 log = logging.getLogger("hub.api")
 PROBLEM = "application/problem+json"
@@ -77,7 +79,9 @@ def _not_json(request: Request) -> str | None:
     return None if main == "application" and (sub == "json" or sub.endswith("+json")) else media[:100]
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, on_out_of_space: Callable[[], None] | None = None) -> None:
+    """Hub's error answers. `on_out_of_space`: told when a write failed because the database's disk is full."""
+
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool | None)}
@@ -124,6 +128,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if out_of_space(exc):
+            # nothing was recorded (the transaction rolled back); the same request later, with its key, is taken
+            log.error("database out of disk space on %s %s: %s", request.method, request.url.path, exc.orig)
+            if on_out_of_space is not None:
+                on_out_of_space()
+            detail = (
+                "hub's database has no disk space left: nothing was recorded; send the request again later "
+                "(same Idempotency-Key)"
+            )
+            response = problem(503, "storage_full", "Storage full", detail)
+            response.headers["Retry-After"] = "30"
+            return response
         if exc.connection_invalidated or isinstance(exc, OperationalError):
             # the database went away (restart, network) or refuses connections: the client retries
             log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)

@@ -23,6 +23,8 @@ TEXT: dict[str, dict[str, str]] = {
         "beat_age": "Tín hiệu gần nhất (giây trước)",
         "drain_age": "Lần chuyển gần nhất (giây trước)",
         "no_workers": "Không có worker nào đang chạy: hồ sơ chờ, không được chuyển đi",
+        "disk_full": "Ổ đĩa của cơ sở dữ liệu đã đầy: hub không ghi được, yêu cầu gửi đến bị từ chối (503 storage_full)"
+        " — cần giải phóng dung lượng",
         "workers_unknown": "Không đọc được danh sách worker (Redis không trả lời)",
         "peer": "Hệ thống",
         "pending": "Đang chờ",
@@ -107,6 +109,8 @@ TEXT: dict[str, dict[str, str]] = {
         "beat_age": "Last sign of life (s ago)",
         "drain_age": "Last drain (s ago)",
         "no_workers": "No worker is running: dossiers wait and are not delivered",
+        "disk_full": "The database's disk is full: hub cannot write, incoming requests are refused (503 storage_full)"
+        " — make room on it",
         "workers_unknown": "The workers could not be listed (Redis does not answer)",
         "peer": "System",
         "pending": "Pending",

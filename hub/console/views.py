@@ -219,6 +219,7 @@ def router(runtime: Any) -> APIRouter:
             error_rate=error_rate,
             payments_pending=payments_pending or 0,
             workers=workers,
+            disk=None if (disk := rt().disk.check()) == "ok" else disk,
         )
 
     @r.get("/dossiers")

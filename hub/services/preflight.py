@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 CERT_WARN_DAYS = 30
 SLOW_FSYNC_MS = 10.0  # a commit waits for one: past this, every answer that commits does too
+LOW_DISK_BYTES = 1024 * 1_048_576  # the SQLite volume: warn below 1 GiB free
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,19 @@ def run(rt: Runtime) -> list[Check]:
             return "warn", f"each commit waits for the disk: {said} (ADR 0019)"
         return "ok", f"SQLite synchronous=full: each commit on disk before hub answers; {said}"
 
+    def disk() -> tuple[str, str]:
+        from hub.store.space import MIB
+
+        free = rt.disk.free_bytes()
+        if free is None:
+            return "skip", "PostgreSQL: its server's disk is its own monitoring's"
+        said = f"{free / MIB:,.0f} MiB free on the database's volume ({rt.disk.database_file})"
+        if free < rt.disk.reserve_bytes:
+            return "fail", f"{said}, below the reserve of {s.disk_reserve_mb} MiB: writes will be refused"
+        if free < LOW_DISK_BYTES:
+            return "warn", f"{said}: the access log and the outbox grow with every request (`hub jobs purge`)"
+        return "ok", said
+
     def broker() -> tuple[str, str]:
         if s.embedded:
             return "skip", "embedded mode: no broker"
@@ -172,6 +186,7 @@ def run(rt: Runtime) -> list[Check]:
     try:
         check("database", database)
         check("durability", durability)
+        check("disk", disk)
         check("broker", broker)
         check("national_portal", portal)
         check("population", lambda: _reachable(s.effective_population_url, timeout))

@@ -37,6 +37,10 @@ WAL_AUTOCHECKPOINT_PAGES = 40_000
 # and 2% of the time with writers held back (warm in-hub p999 10–11 ms, p99 1.3); at 16,000 (~64 MB of log)
 # one every 3–4 s (p999 1.5–2.2 ms, p99 1.0–1.1; same run length, same machine).
 WAL_RESTART_PAGES = 16_000
+# What of the log's file is kept once it has been started over: a burst the checkpointer could not keep up with
+# (a backlog delivered after an outage) may have grown it to the backstop's ~160 MB, which SQLite would otherwise
+# keep on disk for good — room a nearly full volume needs back
+WAL_SIZE_LIMIT_BYTES = WAL_RESTART_PAGES * 4096
 CHECKPOINT_EVERY_SECONDS = 0.25
 
 
@@ -100,6 +104,7 @@ def _sqlite_settings(dbapi_connection: Any, wal_autocheckpoint: int, *, busy_ms:
     cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
+    cur.execute(f"PRAGMA journal_size_limit={int(WAL_SIZE_LIMIT_BYTES)}")
     cur.close()
 
 

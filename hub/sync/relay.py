@@ -100,6 +100,9 @@ class Relay:
         self._streak: dict[str, int] = {}  # destination -> consecutive batches that found it down
         self._swept = float("-inf")  # monotonic time expired leases were last released
         self._leases = LeaseKeeper(sessions, lease_seconds)
+        # delivered batches whose outcomes the database refused: (claim token, outcomes, exchange rows)
+        self._held: list[tuple[str, list[Outcome], list[dict[str, Any]]]] = []
+        self._held_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -109,6 +112,7 @@ class Relay:
         """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed."""
         if self.paused():
             return 0
+        self._record_held()  # raises while the database still refuses writes: nothing new is claimed meanwhile
         now = time.monotonic()
         destinations = [d for d in self.deliverers if self._down_until.get(d, 0.0) <= now]
         if not destinations:
@@ -124,12 +128,24 @@ class Relay:
         token = batch[0].claim_token  # one per batch
         self._leases.hold(token)
         try:
-            self._deliver(batch)
-        finally:
+            outcomes, exchanges = self._deliver(batch)
+        except BaseException:
             self._leases.release(token)
+            raise
+        self._record(token, outcomes, exchanges)
+        for o in outcomes:
+            if o.kind == "dead":
+                log.warning(
+                    "dead letter",
+                    extra={
+                        "outbox_id": o.claimed.id,
+                        "error_code": o.error_code,
+                        "correlation_id": o.claimed.correlation_id,
+                    },
+                )
         return len(batch)
 
-    def _deliver(self, batch: list[Claimed]) -> None:
+    def _deliver(self, batch: list[Claimed]) -> tuple[list[Outcome], list[dict[str, Any]]]:
         down: dict[str, PeerError] = {}
         lock = threading.Lock()
         exchanges: list[dict[str, Any]] = []
@@ -186,22 +202,38 @@ class Relay:
             else:
                 self._streak.pop(destination, None)
             outcomes.extend(self._pool.map(deliver, rows[1:]))
-        self._record(outcomes, exchanges)
-        for o in outcomes:
-            if o.kind == "dead":
-                log.warning(
-                    "dead letter",
-                    extra={
-                        "outbox_id": o.claimed.id,
-                        "error_code": o.error_code,
-                        "correlation_id": o.claimed.correlation_id,
-                    },
-                )
+        return outcomes, exchanges
 
-    def _record(self, outcomes: list[Outcome], exchanges: list[dict[str, Any]]) -> None:
-        """Write the batch's outcomes. The database dropping the connection meanwhile (a restart, a fail-over)
-        does not send the batch round again after its lease: the pool has replaced its connections, so the
-        write is tried again at once (compare-and-set on the claim token: a repeat changes nothing)."""
+    def _record(self, token: str, outcomes: list[Outcome], exchanges: list[dict[str, Any]]) -> None:
+        """Write a delivered batch's outcomes and let its lease go. When the database refuses the write (down, its
+        disk full), the outcomes are held in memory with the lease and written first thing on the next drain — what
+        the peers acknowledged is recorded as soon as the database takes writes again, not sent a second time
+        after the lease runs out. A process that dies meanwhile leaves the lease to expire: sent again, once in
+        effect (the idempotency key)."""
+        try:
+            self._write(outcomes, exchanges)
+        except Exception:
+            with self._held_lock:
+                self._held.append((token, outcomes, exchanges))
+            raise
+        self._leases.release(token)
+
+    def _record_held(self) -> None:
+        with self._held_lock:
+            held, self._held = self._held, []
+        for i, (token, outcomes, exchanges) in enumerate(held):
+            try:
+                self._write(outcomes, exchanges)
+            except Exception:
+                with self._held_lock:
+                    self._held[:0] = held[i:]
+                raise
+            self._leases.release(token)
+            log.warning("outcomes held while the database refused writes are recorded", extra={"rows": len(outcomes)})
+
+    def _write(self, outcomes: list[Outcome], exchanges: list[dict[str, Any]]) -> None:
+        """The database dropping the connection meanwhile (a restart, a fail-over) is tried again at once: the pool
+        has replaced its connections (compare-and-set on the claim token: a repeat changes nothing)."""
         for attempt in range(1, 4):
             try:
                 with self.sessions.begin() as session:
