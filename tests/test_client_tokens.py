@@ -182,8 +182,9 @@ def test_an_authorization_server_whose_key_set_is_unusable_is_503_not_500(
     hub_factory: HubFactory, trust: Trust, creds: Creds
 ) -> None:
     """The key-set URL answers, but not with keys hub can use — a proxy's HTML error page, JSON too deep to parse,
-    something that is not a JWK set, a set with no usable key: no token of the server can be checked, which is
-    the server's fault (503, retry later), not the client's token (401) and not hub's (500)."""
+    something that is not a JWK set, a set with no usable key, its real keys padded to megabytes (hub reads a
+    key set up to 256 kB, not whatever a URL sends): no token of the server can be checked, which is the server's
+    fault (503, retry later), not the client's token (401) and not hub's (500)."""
     from fastapi import FastAPI, Response
 
     from hub.sandbox.common import ServerThread
@@ -195,6 +196,7 @@ def test_an_authorization_server_whose_key_set_is_unusable_is_503_not_500(
         b'{"keys": "none"}',
         b'{"keys": []}',
         b'{"keys": [{"kty": "EC"}]}',
+        httpx.get(f"{trust.server.url}/idp/jwks.json").content + b" " * 4_000_000,
     ]
     served: list[bytes] = []
     app = FastAPI()

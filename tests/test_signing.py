@@ -315,6 +315,31 @@ def test_the_time_stamp_proves_the_signature_predates_a_later_revocation(trust: 
         assert verdict(fresh.verify(late)) == ("TOTAL-FAILED", "REVOKED"), who
 
 
+def test_a_tsa_reply_padded_to_megabytes_is_not_read_whole(trust: Trust) -> None:
+    """A time-stamping authority (or a proxy before it) that answers with megabytes: hub reads a reply up to
+    256 kB and says the TSA could not be asked; it does not wait for, hold, or take what follows a real token."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from hub.sandbox.common import ServerThread
+
+    async def padded(request: Request) -> Response:
+        query = {"Content-Type": "application/timestamp-query"}
+        real = httpx.post(tsa_url(trust), content=await request.body(), headers=query)
+        return Response(real.content + b"\0" * 4_000_000, media_type="application/timestamp-reply")
+
+    app = Starlette(routes=[Route("/tsa", padded, methods=["POST"])])
+    server = ServerThread(app).start()
+    try:
+        with pytest.raises(SigningError) as exc:
+            sign_document(DOC, trust.signer("citizen"), xades=True, tsa_url=f"{server.url}/tsa", tsa_timeout=5)
+        assert exc.value.code == "tsa_unavailable" and "larger than" in str(exc.value)
+    finally:
+        server.stop()
+
+
 def test_signing_says_when_the_tsa_is_down(trust: Trust) -> None:
     httpx.post(f"{trust.server.url}/_sandbox/faults", json={"outage_seconds": 5}).raise_for_status()
     reported: list[ExchangeRecord] = []

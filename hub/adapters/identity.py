@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
+import urllib3
 
 from hub.adapters.errors import PeerUnavailable
 from hub.adapters.exchange import ExchangeHook, recorded
+from hub.adapters.http import ReplyTooLarge, parse_json, read_capped, verified_pool
 from hub.domain import identifiers
 from hub.domain.errors import DomainError
 from hub.logs import correlation_id
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 ALGORITHMS = ["ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"]
 LEEWAY_SECONDS = 30  # clock skew between the provider and hub
 MAX_TOKEN_BYTES = 8192
+MAX_KEY_SET_BYTES = 256 * 1024  # a JWK set is a few kB (one RSA-4096 key: ~1 kB)
 
 
 class KeySetUnusable(jwt.PyJWKClientError):
@@ -42,25 +45,56 @@ class KeySetUnusable(jwt.PyJWKClientError):
 
 
 class _RecordedKeys(jwt.PyJWKClient):
-    """PyJWT's JWK client, each fetch of the key set reported for the exchange record."""
+    """PyJWT's JWK client (its key cache, its refetch on an unknown key id at most every 30 s), the key set fetched
+    through a urllib3 pool with a cap on the reply — PyJWT reads whatever the URL sends, and a token's check waits
+    for it — and each fetch reported for the exchange record."""
 
     def __init__(self, uri: str, *, hook: ExchangeHook | None, peer: str, timeout: float) -> None:
         super().__init__(uri, cache_keys=True, lifespan=300, timeout=timeout, cooldown_duration=30)
         self._hook, self._peer = hook, peer
+        self._pool = verified_pool(2, num_pools=1)
+        self._timeouts = urllib3.Timeout(connect=timeout, read=timeout)
 
     def fetch_data(self) -> Any:
         with recorded(self._hook, self._peer, "jwks", correlation_id.get(), b"GET " + self.uri.encode()) as exchange:
             try:
-                data = super().fetch_data()
+                data = self._fetch()
             except jwt.PyJWKClientConnectionError:
                 exchange.failed("unreachable", retryable=True)
                 raise
-            except (ValueError, RecursionError, jwt.PyJWKClientError, jwt.PyJWKSetError) as exc:
+            except (ValueError, RecursionError, ReplyTooLarge, jwt.PyJWKClientError, jwt.PyJWKSetError) as exc:
                 # not JSON (PyJWT lets the parser's errors through), not a JWK set, or no key it can use
                 exchange.failed("peer_malformed_reply", retryable=True)
                 raise KeySetUnusable(f"its key set is not usable ({exc.__class__.__name__}: {exc})") from None
             exchange.answered(json.dumps(data, sort_keys=True).encode())
             return data
+
+    def _fetch(self) -> Any:
+        """What PyJWT's own fetch does — GET, no redirects followed, a JSON object required, the cache filled on
+        success — with the reply read up to MAX_KEY_SET_BYTES only."""
+        try:
+            reply = self._pool.request(
+                "GET",
+                self.uri,
+                headers=self.headers,
+                timeout=self._timeouts,
+                retries=False,
+                redirect=False,
+                preload_content=False,
+            )
+            status = reply.status
+            body = read_capped(reply, MAX_KEY_SET_BYTES)
+        except urllib3.exceptions.HTTPError as exc:
+            raise jwt.PyJWKClientConnectionError(f"Fail to fetch data from the url, err: {exc}") from exc
+        if not 200 <= status < 300:
+            raise jwt.PyJWKClientConnectionError(f"Fail to fetch data from the url, err: HTTP {status}")
+        data = parse_json(body)
+        if not isinstance(data, dict):
+            raise jwt.PyJWKClientError("The JWKS endpoint did not return a JSON object")
+        if self.jwk_set_cache is not None:
+            self.jwk_set_cache.put(data)
+        self._last_successful_fetch = time.monotonic()  # PyJWT's cooldown between refetches starts now
+        return data
 
 
 class InvalidToken(DomainError):

@@ -59,13 +59,46 @@ def request_token(url: str, digest: bytes, *, timeout: float = 10.0, on_exchange
         return token
 
 
+MAX_TSA_REPLY_BYTES = 256 * 1024  # a time-stamp reply with the TSA's certificates is a few kB
+
+
 def _request_token(url: str, digest: bytes, timeout: float) -> bytes:
     import requests
+    import urllib3
+    from asn1crypto import tsp
     from pyhanko.sign.general import SigningError as PyhankoSigningError
     from pyhanko.sign.timestamps.common_utils import TimestampRequestError
     from pyhanko.sign.timestamps.requests_client import RequestsHTTPTimeStamper
 
-    stamper = RequestsHTTPTimeStamper(url, timeout=timeout)  # type: ignore[no-untyped-call]
+    from hub.adapters.http import ReplyTooLarge, read_capped, verified_pool
+
+    class CappedTimeStamper(RequestsHTTPTimeStamper):
+        """pyHanko's RFC 3161 client (the request, the nonce, the reply's checks), the reply read through urllib3 up
+        to MAX_TSA_REPLY_BYTES: pyHanko's own reads whatever the TSA sends, while a signing request waits."""
+
+        async def async_request_tsa_response(self, req: tsp.TimeStampReq) -> tsp.TimeStampResp:
+            try:
+                reply = verified_pool(1, num_pools=1).request(
+                    "POST",
+                    self.url,
+                    body=req.dump(),
+                    headers=self.request_headers(),
+                    timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                    retries=False,
+                    redirect=False,
+                    preload_content=False,
+                )
+                content_type = reply.headers.get("Content-Type")
+                body = read_capped(reply, MAX_TSA_REPLY_BYTES)
+            except urllib3.exceptions.HTTPError as exc:
+                raise TimestampRequestError("Error in communication with timestamp server") from OSError(str(exc))
+            except ReplyTooLarge as exc:
+                raise TimestampRequestError(f"Timestamp server response is malformed: {exc}") from None
+            if content_type != "application/timestamp-reply":
+                raise TimestampRequestError(f"Timestamp server response is malformed (HTTP {reply.status})")
+            return tsp.TimeStampResp.load(body)
+
+    stamper = CappedTimeStamper(url, timeout=timeout)  # type: ignore[no-untyped-call]
     try:
         token = asyncio.run(stamper.async_timestamp(digest, "sha256"))
     except TimestampRequestError as exc:
