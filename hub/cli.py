@@ -22,7 +22,7 @@ from hub.settings import DEV_CLIENT, Settings, load_settings
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="hub: integration hub for Vietnamese e-government")
 db_cli = typer.Typer(no_args_is_help=True, help="Database schema")
 catalogue_cli = typer.Typer(no_args_is_help=True, help="Procedure catalogue (thủ tục hành chính)")
-jobs_cli = typer.Typer(no_args_is_help=True, help="Outbox deliveries (sync jobs): list, show, replay")
+jobs_cli = typer.Typer(no_args_is_help=True, help="Outbox deliveries (sync jobs): list, show, retry, replay")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(catalogue_cli, name="catalogue")
@@ -322,8 +322,8 @@ def db_upgrade(revision: str = "head") -> None:
 @cli.command()
 def check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Ask every system hub depends on whether it answers as hub needs (before going live, after a change):
-    database schema, broker, the portal accepting hub's credentials, peers reachable, hub's own signature passing
-    its verifier, identity providers' keys. Exit 1 if any check fails."""
+    database schema, commits synced and room on its disk, broker, the portal accepting hub's credentials, peers
+    reachable, hub's own signature passing its verifier, identity providers' keys. Exit 1 if any check fails."""
     from hub.services import preflight
 
     rt = _jobs_runtime()
@@ -514,6 +514,42 @@ def jobs_replay(
             + (f"; not dead letters: {result['not_dead']}" if result["not_dead"] else "")
         )
     if result["not_dead"] and not result["replayed"]:
+        raise typer.Exit(1)
+
+
+@jobs_cli.command("retry")
+def jobs_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="ids of waiting deliveries")] = None,
+    dossier: Annotated[str | None, typer.Option(help="the waiting deliveries of one MaHoSo")] = None,
+    destination: Annotated[
+        str | None, typer.Option(help="every waiting delivery to one peer (national_portal, one_stop, …)")
+    ] = None,
+    all_waiting: Annotated[bool, typer.Option("--all", help="every waiting delivery")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Deliver waiting messages now instead of after their backoff (up to HUB_RELAY_BACKOFF_CAP, 5 min) — once
+    a peer's problem is fixed. Attempts are kept; per-dossier order is kept. Dead letters: `replay`."""
+    from hub.sync import jobs
+
+    if not ids and not dossier and not destination and not all_waiting:
+        err.print("[red]name delivery ids, or --dossier MaHoSo, or --destination PEER, or --all[/red]")
+        raise typer.Exit(2)
+    rt = _Store()
+    try:
+        with rt.sessions.begin() as session:
+            result = jobs.retry(
+                session, ids=ids or None, dossier=dossier, destination=destination, all_waiting=all_waiting
+            )
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        out.print(
+            f"{result['retried']} waiting delivery(ies) due now; the workers take them at their next poll"
+            + (f"; not waiting: {result['not_waiting']}" if result["not_waiting"] else "")
+        )
+    if result["not_waiting"] and not result["retried"]:
         raise typer.Exit(1)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
+import httpx
+
 from hub.sandbox.one_stop import make_dossier, make_progress
-from tests.conftest import AGENCY, Hub
+from tests.conftest import AGENCY, Hub, HubFactory
 
 _rng = random.Random(42)
 
@@ -30,3 +33,18 @@ def exchanges(hub: Hub, peer: str) -> list[tuple[str, str, str, str | None, bool
     with hub.runtime.sessions() as s:
         rows = s.scalars(select(Exchange).where(Exchange.peer == peer).order_by(Exchange.id)).all()
         return [(r.operation, r.correlation_id, r.outcome, r.error_code, r.response_digest is not None) for r in rows]
+
+
+def waiting_out_a_backoff(hub_factory: HubFactory, portal: httpx.Client) -> tuple[Hub, dict[str, Any]]:
+    """A dossier whose first delivery the portal answered HTTP 500: it waits two minutes for its next attempt."""
+    portal.post("/_sandbox/faults", json={"storm_5xx": 1}).raise_for_status()
+    hub = hub_factory(relay_backoff_base=120.0, relay_backoff_cap=600.0)
+    d = dossier(7)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    deadline = time.monotonic() + 15
+    while True:
+        job = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["events"][0]["deliveries"][0]
+        if job["attempts"] == 1 and job["state"] == "pending":
+            return hub, d
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)

@@ -16,7 +16,7 @@ import pytest
 
 from hub.sandbox.common import ServerThread
 from tests.conftest import Creds, HubFactory
-from tests.helpers import dossier, step
+from tests.helpers import dossier, step, waiting_out_a_backoff
 from tests.pki_helpers import Trust
 
 HUB = str(Path(sys.executable).with_name("hub"))
@@ -87,6 +87,26 @@ def test_jobs_list_show_and_replay(
     assert json.loads(replayed.stdout) == {"replayed": 1, "not_dead": []}
     hub.runtime.wake()
     assert hub.wait_idle() == {"delivered": 2}
+
+
+def test_jobs_retry_sends_a_waiting_delivery_now(
+    hub_factory: HubFactory, portal: httpx.Client, tmp_path: Path, backend: str
+) -> None:
+    """The peer's problem is fixed: the operator sends what waits out its backoff now, attempts kept, instead of
+    waiting up to HUB_RELAY_BACKOFF_CAP."""
+    hub, d = waiting_out_a_backoff(hub_factory, portal)
+    env = {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+    assert run(["jobs", "retry"], tmp_path, env).returncode == 2  # nothing named
+    refused = run(["jobs", "retry", "999999", "--json"], tmp_path, env)
+    assert refused.returncode == 1 and json.loads(refused.stdout) == {"retried": 0, "not_waiting": [999999]}
+    retried = run(["jobs", "retry", "--dossier", d["MaHoSo"], "--json"], tmp_path, env)
+    assert json.loads(retried.stdout) == {"retried": 1, "not_waiting": []}, retried.stderr
+    assert hub.wait_idle(timeout=10) == {"delivered": 1}  # its next attempt was two minutes away
+    assert [h["status"] for h in portal.get(f"/_sandbox/dossiers/{d['MaHoSo']}").json()["history"]] == [2]
+    [job] = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["events"][0]["deliveries"]
+    assert job["attempts"] == 2
+    again = run(["jobs", "retry", "--destination", "national_portal", "--json"], tmp_path, env)
+    assert json.loads(again.stdout) == {"retried": 0, "not_waiting": []}  # nothing waits any more
 
 
 def test_db_upgrade_and_configuration_errors(tmp_path: Path) -> None:

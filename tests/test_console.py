@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from hub.console.auth import Operators
 from hub.sandbox.common import ServerThread
 from tests.conftest import Creds, Hub, HubFactory
-from tests.helpers import dossier
+from tests.helpers import dossier, waiting_out_a_backoff
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -179,6 +179,36 @@ def test_forged_forms_and_strangers_change_nothing(console_hub: Hub, creds: Cred
         assert token is not None
         last = attacker.post("/ops/login", data={"csrf": token.group(1), "username": "tran.van.an", "password": "no"})
     assert last.status_code == 429
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_an_operator_sends_a_peers_waiting_deliveries_now(
+    hub_factory: HubFactory, portal: httpx.Client, backend: str
+) -> None:
+    """A peer answered HTTP 500 and its delivery waits two minutes for the next attempt; its problem fixed, the
+    operator presses "Gửi lại ngay" on the overview's peer row and it goes at once. A viewer has no such button."""
+    hub, d = waiting_out_a_backoff(hub_factory, portal)
+    ops = Operators(hub.runtime.sessions)
+    ops.add("tran.van.an", PASSWORD, "operator")
+    ops.add("le.thi.xem", PASSWORD, "viewer")
+    viewer = _logged_in(hub.server.url, "le.thi.xem")
+    page = viewer.get("/ops").text
+    assert 'id="retry-national_portal"' not in page
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    refused = viewer.post("/ops/retry", data={"csrf": token.group(1), "destination": "national_portal"})
+    assert refused.status_code == 403
+    operator = _logged_in(hub.server.url, "tran.van.an")
+    page = operator.get("/ops").text
+    assert 'id="retry-national_portal"' in page and "Gửi lại ngay" in page
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    assert operator.post("/ops/retry", data={"destination": "national_portal"}).status_code == 403  # no token
+    sent = operator.post("/ops/retry", data={"csrf": token.group(1), "destination": "national_portal"})
+    assert sent.status_code == 303
+    assert "1 mục đang chờ sẽ được gửi ngay" in operator.get("/ops").text
+    assert hub.wait_idle(timeout=10) == {"delivered": 1}
+    assert [h["status"] for h in portal.get(f"/_sandbox/dossiers/{d['MaHoSo']}").json()["history"]] == [2]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

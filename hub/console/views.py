@@ -387,6 +387,21 @@ def router(runtime: Any) -> APIRouter:
         request.session["flash"] = t["replayed"].format(n=result["replayed"])
         return RedirectResponse("/ops/dead", status_code=303)
 
+    @r.post("/retry")
+    async def retry(request: Request) -> Response:
+        """A peer's waiting deliveries due now, instead of after their backoff (its problem is fixed)."""
+        if (go := user_or_login(request)) is not None:
+            return go
+        data, refused = await checked_form(request, role="operator")
+        if refused is not None:
+            return refused
+        destination = str(data.get("destination") or "")[:64]
+        with rt().sessions.begin() as s:
+            result = jobs.retry(s, destination=destination) if destination else {"retried": 0}
+        rt().wake()
+        request.session["flash"] = words(lang_of(request))["retried"].format(n=result["retried"])
+        return RedirectResponse("/ops", status_code=303)
+
     @r.post("/maintenance")
     async def maintenance(request: Request) -> Response:
         if (go := user_or_login(request)) is not None:

@@ -90,6 +90,33 @@ def replay(
     return {"replayed": n, "not_dead": not_dead}
 
 
+def retry(
+    session: Session,
+    *,
+    ids: Sequence[int] | None = None,
+    dossier: str | None = None,
+    destination: str | None = None,
+    all_waiting: bool = False,
+) -> dict[str, Any]:
+    """Deliver messages waiting out their backoff now. Ids that are not waiting (delivered, dead, in flight) are
+    reported, not touched."""
+    not_waiting: list[int] = []
+    if ids:
+        possible = [i for i in ids if 0 < i <= MAX_ID]
+        found = dict(
+            session.execute(select(OutboxMessage.id, OutboxMessage.state).where(OutboxMessage.id.in_(possible))).all()
+        )
+        not_waiting = [i for i in ids if found.get(i) != outbox.PENDING]
+        ids = possible
+    dossier_ids = None
+    if dossier:
+        dossier_ids = list(session.scalars(select(Dossier.id).where(Dossier.code == dossier)))
+    if not (ids or dossier_ids or destination or all_waiting):
+        return {"retried": 0, "not_waiting": not_waiting}
+    n = outbox.retry_now(session, ids=list(ids) if ids else None, destination=destination, dossier_ids=dossier_ids)
+    return {"retried": n, "not_waiting": not_waiting}
+
+
 def _purgeable(older_than_days: float) -> Any:
     from datetime import timedelta
 

@@ -275,6 +275,30 @@ def replay(
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+def retry_now(
+    session: Session,
+    ids: Sequence[int] | None = None,
+    *,
+    destination: str | None = None,
+    dossier_ids: Sequence[int] | None = None,
+) -> int:
+    """Make messages waiting out their backoff due now (attempts kept): once a peer's problem is fixed, an operator
+    need not wait up to `relay_backoff_cap`. Order is kept by the claim rule (a dossier's next event still waits
+    for the one before it)."""
+    now = utcnow()
+    cond = [OutboxMessage.state == PENDING, OutboxMessage.next_attempt_at > now]
+    if ids is not None:
+        cond.append(OutboxMessage.id.in_(ids))
+    if destination is not None:
+        cond.append(OutboxMessage.destination == destination)
+    if dossier_ids is not None:
+        cond.append(OutboxMessage.dossier_id.in_(dossier_ids))
+    result = session.execute(
+        update(OutboxMessage).where(*cond).values(next_attempt_at=now).execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)).all()
     return {state: int(n) for state, n in rows}
