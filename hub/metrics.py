@@ -1,10 +1,13 @@
 """Prometheus metrics. Delivery state is read from the database at scrape time (the outbox and the exchange
-record are shared by every process, so one API process reports the whole cluster); request latency is
-measured in-process."""
+record are shared by every process, so one API process reports the whole cluster) — the counters of append-only
+tables incrementally, the rows added since the last scrape (`Tally`); request latency is measured in-process."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -17,14 +20,78 @@ from hub.domain.dates import utcnow
 from hub.store.db import WalCheckpointer
 from hub.store.models import AccessLogEntry, Exchange, OutboxMessage, Payment, PaymentCallback
 from hub.store.space import DiskSpace
+from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
 from hub.sync.workers import WorkerSeen
 
 DURATION_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
+SETTLE_SECONDS = 60.0  # longer than any transaction that appends to an append-only table takes to commit
+
+
+class Tally:
+    """Running totals of an append-only table grouped by some of its columns, for a counter: each scrape reads the
+    rows added since the ones it has counted (a primary-key range), not the whole table — the exchange record
+    holds millions of rows, the access log and the payment callbacks are never purged (a full GROUP BY of 3
+    million exchanges took 0.9 s of the database's time at every scrape). Purging old rows no longer makes a
+    counter go down.
+
+    A row's id is drawn when it is inserted, and a transaction that drew a lower id may commit after one that drew
+    a higher: ids are taken as counted for good only once the largest id seen at a scrape is SETTLE_SECONDS old;
+    the rows above that mark are counted afresh at each scrape. (At a process's first scrape, rows still being
+    written that instant are not counted by it. SQLite reuses the ids of a table emptied to its last row: a
+    largest id below the mark starts the count of new rows over.)"""
+
+    def __init__(self, key: Any, labels: Sequence[Any], sums: Sequence[Any], settle: float = SETTLE_SECONDS) -> None:
+        self._key, self._labels, self._sums, self._settle = key, list(labels), list(sums), settle
+        self._settled: dict[tuple[Any, ...], list[float]] = {}
+        self._mark: int | None = None  # rows with ids up to this are in _settled
+        self._seen: deque[tuple[float, int]] = deque()  # (monotonic time, largest id then)
+        self._lock = threading.Lock()
+
+    def read(self, session: Session) -> dict[tuple[Any, ...], list[float]]:
+        """(label values) -> [count, *sums], every row of the table counted once."""
+        now = time.monotonic()
+        top = int(session.scalar(select(func.max(self._key))) or 0)
+        with self._lock:
+            if self._mark is None:
+                self._add(self._settled, session, 0, top)
+                self._mark = top
+            elif top < self._mark:  # emptied (purged to the last row) and SQLite is handing out its ids again
+                self._mark = 0
+                self._seen.clear()
+            else:
+                self._seen.append((now, top))
+                settled = None
+                while self._seen and self._seen[0][0] <= now - self._settle:
+                    settled = self._seen.popleft()[1]
+                if settled is not None and settled > self._mark:
+                    self._add(self._settled, session, self._mark, settled)
+                    self._mark = settled
+            totals = {k: list(v) for k, v in self._settled.items()}
+            mark = self._mark
+        self._add(totals, session, mark, None)
+        return totals
+
+    def _add(self, into: dict[tuple[Any, ...], list[float]], session: Session, above: int, upto: int | None) -> None:
+        where = [self._key > above] + ([self._key <= upto] if upto is not None else [])
+        query = select(*self._labels, func.count(), *(func.sum(c) for c in self._sums)).where(*where)
+        for row in session.execute(query.group_by(*self._labels)):
+            labels, values = tuple(row[: len(self._labels)]), [float(v or 0) for v in row[len(self._labels) :]]
+            into[labels] = [a + b for a, b in zip(into.get(labels, [0.0] * len(values)), values, strict=True)]
+
+
 class StoreCollector(Collector):
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        buckets = [case((Exchange.duration_ms <= b, 1), else_=0) for b in DURATION_BUCKETS_MS]
+        self.exchanges = Tally(
+            Exchange.id, [Exchange.peer, Exchange.operation, Exchange.outcome], [Exchange.duration_ms, *buckets]
+        )
+        self.reads = Tally(AccessLogEntry.id, [AccessLogEntry.outcome, AccessLogEntry.procedure], [])
+        self.callbacks = Tally(
+            PaymentCallback.id, [PaymentCallback.platform, PaymentCallback.verdict, PaymentCallback.answer_code], []
+        )
 
     def collect(self) -> Iterator[Any]:
         depth = GaugeMetricFamily(
@@ -45,39 +112,36 @@ class StoreCollector(Collector):
         )
         now = utcnow()
         with self.sessions() as s:
-            for state, dest, n in s.execute(
-                select(OutboxMessage.state, OutboxMessage.destination, func.count()).group_by(
-                    OutboxMessage.state, OutboxMessage.destination
-                )
-            ):
-                depth.add_metric([state, dest], float(n))
+            # one index-only scan per state (ix_outbox_state_destination), as `hub peers status` does
+            for state in (PENDING, IN_FLIGHT, DEAD, DELIVERED):
+                for dest, n in s.execute(
+                    select(OutboxMessage.destination, func.count())
+                    .where(OutboxMessage.state == state)
+                    .group_by(OutboxMessage.destination)
+                ):
+                    depth.add_metric([state, dest], float(n))
             for dest, first in s.execute(
                 select(OutboxMessage.destination, func.min(OutboxMessage.created_at))
-                .where(OutboxMessage.state.in_(("pending", "in_flight")))
+                .where(OutboxMessage.state.in_((PENDING, IN_FLIGHT)))
                 .group_by(OutboxMessage.destination)
             ):
                 if first is not None:
                     created = first if first.tzinfo else first.replace(tzinfo=now.tzinfo)
                     oldest.add_metric([dest], max(0.0, (now - created).total_seconds()))
-            for peer, op, outcome, n, avg in s.execute(
-                select(
-                    Exchange.peer, Exchange.operation, Exchange.outcome, func.count(), func.avg(Exchange.duration_ms)
-                ).group_by(Exchange.peer, Exchange.operation, Exchange.outcome)
-            ):
-                exchanges.add_metric([peer, op, outcome], float(n))
+            by_peer: dict[str, list[float]] = {}
+            for (peer, op, outcome), sums in sorted(self.exchanges.read(s).items()):
+                exchanges.add_metric([peer, op, outcome], sums[0])
                 if outcome == "ok":
-                    latency.add_metric([peer, op], float(avg or 0.0))
+                    latency.add_metric([peer, op], sums[1] / sums[0] if sums[0] else 0.0)
+                acc = by_peer.setdefault(peer, [0.0] * len(sums))
+                by_peer[peer] = [a + b for a, b in zip(acc, sums, strict=True)]
             reads = CounterMetricFamily(
                 "hub_personal_data_reads",
                 "Reads of personal data (pre-fill) by outcome, from the access log",
                 labels=["outcome", "procedure"],
             )
-            for outcome, procedure, n in s.execute(
-                select(AccessLogEntry.outcome, AccessLogEntry.procedure, func.count()).group_by(
-                    AccessLogEntry.outcome, AccessLogEntry.procedure
-                )
-            ):
-                reads.add_metric([outcome, procedure], float(n))
+            for (outcome, procedure), counted in sorted(self.reads.read(s).items()):
+                reads.add_metric([outcome, procedure], counted[0])
             payments = GaugeMetricFamily(
                 "hub_payments", "Payments by platform and status", labels=["platform", "status"]
             )
@@ -90,32 +154,25 @@ class StoreCollector(Collector):
                 "Payment platform callbacks by verdict and answer code",
                 labels=["platform", "verdict", "code"],
             )
-            for platform, verdict, code, n in s.execute(
-                select(
-                    PaymentCallback.platform, PaymentCallback.verdict, PaymentCallback.answer_code, func.count()
-                ).group_by(PaymentCallback.platform, PaymentCallback.verdict, PaymentCallback.answer_code)
-            ):
-                callbacks.add_metric([platform, verdict, code], float(n))
+            for (platform, verdict, code), counted in sorted(self.callbacks.read(s).items()):
+                callbacks.add_metric([platform, verdict, code], counted[0])
             attempts = GaugeMetricFamily(
                 "hub_outbox_attempts",
-                "Delivery attempts spent by outbox rows, by state and destination (retries show in pending/dead)",
+                "Delivery attempts spent by outbox rows not delivered yet, by state and destination",
                 labels=["state", "destination"],
             )
             for state, dest, total in s.execute(
-                select(OutboxMessage.state, OutboxMessage.destination, func.sum(OutboxMessage.attempts)).group_by(
-                    OutboxMessage.state, OutboxMessage.destination
-                )
+                select(OutboxMessage.state, OutboxMessage.destination, func.sum(OutboxMessage.attempts))
+                .where(OutboxMessage.state != DELIVERED)
+                .group_by(OutboxMessage.state, OutboxMessage.destination)
             ):
                 attempts.add_metric([state, dest], float(total or 0))
             durations = HistogramMetricFamily(
                 "hub_exchange_duration_ms", "Outbound exchange duration (ms) by peer", labels=["peer"]
             )
-            columns = [func.sum(case((Exchange.duration_ms <= b, 1), else_=0)) for b in DURATION_BUCKETS_MS]
-            for peer, n, total, *cumulative in s.execute(
-                select(Exchange.peer, func.count(), func.sum(Exchange.duration_ms), *columns).group_by(Exchange.peer)
-            ):
-                buckets = [(str(b), float(c or 0)) for b, c in zip(DURATION_BUCKETS_MS, cumulative, strict=True)]
-                durations.add_metric([peer], [*buckets, ("+Inf", float(n))], float(total or 0.0))
+            for peer, sums in sorted(by_peer.items()):
+                buckets = [(str(b), c) for b, c in zip(DURATION_BUCKETS_MS, sums[2:], strict=True)]
+                durations.add_metric([peer], [*buckets, ("+Inf", sums[0])], sums[1])
         yield from (depth, oldest, exchanges, latency, reads, payments, callbacks, attempts, durations)
 
 

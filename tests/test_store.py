@@ -576,3 +576,61 @@ def test_a_full_disk_is_told_apart_from_a_database_that_is_away() -> None:
     assert out_of_space(OperationalError("INSERT", {}, psycopg.errors.DiskFull("could not extend file")))
     assert not out_of_space(OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused")))
     assert not out_of_space(OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")))
+
+
+def test_counters_of_append_only_tables_count_each_row_once_read_the_new_ones_and_survive_a_purge(
+    hub_factory: HubFactory, backend: str
+) -> None:
+    """The exchange record's counters are read incrementally (the table holds millions of rows): every row counted
+    once — including one whose transaction drew its id before another's and committed after it — and purging old
+    rows does not make the counter go down."""
+    from hub.metrics import Tally
+    from hub.store.models import Exchange
+
+    hub = hub_factory(start_worker=False)
+    engine = hub.runtime.engine
+    tally = Tally(Exchange.id, [Exchange.peer, Exchange.outcome], [Exchange.duration_ms], settle=0.3)
+    insert = text(
+        "INSERT INTO exchanges (at, peer, operation, correlation_id, request_digest, duration_ms, outcome) "
+        "VALUES (:at, :peer, 'op', 'c', 'd', 2.0, :outcome)"
+    )
+
+    def add(conn: Any, peer: str = "national_portal", outcome: str = "ok") -> None:
+        conn.execute(insert, {"at": utcnow(), "peer": peer, "outcome": outcome})
+
+    def read() -> dict[tuple[Any, ...], list[float]]:
+        with hub.runtime.sessions() as s:
+            return tally.read(s)
+
+    with engine.begin() as conn:
+        for _ in range(5):
+            add(conn)
+        add(conn, outcome="retryable")
+    assert read() == {("national_portal", "ok"): [5.0, 10.0], ("national_portal", "retryable"): [1.0, 2.0]}
+    if backend == "postgresql":  # an id drawn first, committed last: counted once it commits
+        slow = engine.connect()
+        slow_tx = slow.begin()
+        add(slow, peer="sms")
+        with engine.begin() as conn:
+            add(conn, peer="sms")
+        assert read()[("sms", "ok")] == [1.0, 2.0]
+        slow_tx.commit()
+        slow.close()
+    else:
+        with engine.begin() as conn:
+            add(conn, peer="sms")
+            add(conn, peer="sms")
+    assert read()[("sms", "ok")] == [2.0, 4.0]
+    time.sleep(0.35)
+    assert read()[("sms", "ok")] == [2.0, 4.0]  # settled now
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM exchanges"))  # `hub jobs purge --history`
+    with engine.begin() as conn:
+        add(conn)
+    assert read() == {
+        ("national_portal", "ok"): [6.0, 12.0],
+        ("national_portal", "retryable"): [1.0, 2.0],
+        ("sms", "ok"): [2.0, 4.0],
+    }
+    metrics = hub.http.get("/metrics").text  # the collector's own tallies, from the rows there are now
+    assert 'hub_exchanges_total{operation="op",outcome="ok",peer="national_portal"} 1.0' in metrics

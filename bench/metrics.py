@@ -1,0 +1,99 @@
+"""Metrics scrape benchmark: what one Prometheus scrape of `/metrics` costs when the exchange record and the access
+log hold a month of a busy province (millions of rows; the access log is never purged), beside the same scrape
+with an empty history, in the same run. hub reads the counters of append-only tables incrementally (a Tally per
+table: the rows added since the last scrape), so the ratio stays near 1 after the process's first scrape, which
+counts everything once.
+
+    .venv/bin/python bench/metrics.py [--rows 2000000] [--scrapes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prometheus_client import generate_latest
+
+from bench.common import BIN, hub_env, pg_database
+from hub.metrics import make_registry
+from hub.store import db
+
+FILL = """
+INSERT INTO exchanges (at, peer, operation, correlation_id, outbox_id, request_digest, response_digest, duration_ms,
+                       outcome, error_code)
+SELECT now() - mod(g, 2592000) * interval '1 second',
+       (ARRAY['national_portal','one_stop','population','sms','payment_dvc'])[1 + mod(g, 5)],
+       (ARRAY['DongBoHoSoMC','CapNhatTienDoHoSoMC','TraCuuThongTinCongDan'])[1 + mod(g, 3)],
+       md5(g::text), g, md5(g::text), md5(g::text), mod(g, 50)::float,
+       CASE WHEN mod(g, 20) = 0 THEN 'retryable' ELSE 'ok' END, NULL
+FROM generate_series(1, :rows) g;
+ANALYZE exchanges;
+"""
+
+
+def scrapes(url: str, n: int, *, grow: int) -> tuple[float, list[float]]:
+    """(the first scrape's seconds, the next `n` scrapes' seconds); `grow` exchange rows added before each."""
+    engine = db.make_engine(url)
+    registry = make_registry(db.make_sessionmaker(engine))[0]
+    add = (
+        "INSERT INTO exchanges (at, peer, operation, correlation_id, request_digest, duration_ms, outcome) "
+        "SELECT now(), 'national_portal', 'CapNhatTienDoHoSoMC', 'c', 'd', 3.0, 'ok' FROM generate_series(1, %(n)s)"
+    )
+    try:
+        started = time.perf_counter()
+        generate_latest(registry)
+        first = time.perf_counter() - started
+        took = []
+        for _ in range(n):
+            with engine.begin() as conn:
+                conn.exec_driver_sql(add, {"n": grow})  # traffic between two scrapes
+            started = time.perf_counter()
+            generate_latest(registry)
+            took.append(time.perf_counter() - started)
+        return first, took
+    finally:
+        engine.dispose()
+
+
+def measure(rows: int, n: int, tmp: Path) -> tuple[float, list[float]]:
+    with pg_database() as url:
+        env, _ = hub_env(tmp, HUB_DATABASE_URL=url)
+        subprocess.run([str(BIN / "hub"), "db", "upgrade"], env=env, check=True, capture_output=True)
+        if rows:
+            engine = db.make_engine(url)
+            with engine.begin() as conn:
+                for statement in FILL.split(";"):
+                    if statement.strip():
+                        conn.exec_driver_sql(statement.replace(":rows", str(rows)))
+            engine.dispose()
+        return scrapes(url, n, grow=3000)  # ~200 exchanges/s between scrapes 15 s apart
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--scrapes", type=int, default=20)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as t:
+        _, empty = measure(0, args.scrapes, Path(t))
+        first, full = measure(args.rows, args.scrapes, Path(t))
+
+    def ms(values: list[float]) -> str:
+        return f"p50 {statistics.median(values) * 1000:.1f} ms, max {max(values) * 1000:.1f} ms"
+
+    print(f"/metrics scrape on PostgreSQL, {args.scrapes} scrapes, 3,000 exchanges added between two")
+    print(f"  empty history:                       {ms(empty)}")
+    print(f"  {args.rows:>9,} exchanges:                {ms(full)}")
+    print(f"  (that process's first scrape, which counts them all once: {first * 1000:.0f} ms)")
+    print(f"  ratio: {statistics.median(full) / statistics.median(empty):.2f}")
+
+
+if __name__ == "__main__":
+    main()
