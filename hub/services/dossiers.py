@@ -764,7 +764,9 @@ class DossierService:
         now = utcnow()
         cond = [
             Dossier.due_at < now,
-            Dossier.status.notin_([int(s) for s in (*TERMINAL, DossierStatus.PROCESSED)]),
+            # the statuses still open, listed (not "not in the closed ones"): a seek per status on
+            # ix_dossiers_status_due_at, where NOT IN read every dossier ever filed (70 ms at a million, 0.1 ms now)
+            Dossier.status.in_([int(s) for s in DossierStatus if s not in TERMINAL and s != DossierStatus.PROCESSED]),
         ]
         patterns: list[Any] = []
         for p in client.agencies:
