@@ -558,13 +558,15 @@ def jobs_purge(
     older_than_days: Annotated[float, typer.Option(help="only rows older than this many days")] = 30.0,
     yes: Annotated[bool, typer.Option("--yes", help="confirm: without it nothing is deleted")] = False,
     history: Annotated[
-        bool, typer.Option("--history", help="also the exchange records and job runs older than that")
+        bool,
+        typer.Option("--history", help="also the exchange records, job runs and remembered answers older than that"),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Delete old delivered outbox rows (dead letters never; status history kept). With --history, also the
-    exchange records (except those about messages still waiting or dead) and scheduled-job runs. The access log
-    of personal data and the payment callbacks are never purged: they are legal records."""
+    exchange records (except those about messages still waiting or dead), scheduled-job runs and the answers
+    remembered for Idempotency-Keys (a key re-sent after that is taken as new). The access log of personal data and
+    the payment callbacks are never purged: they are legal records."""
     from hub.sync import jobs
 
     if not yes:
@@ -587,15 +589,15 @@ def jobs_purge(
                 progress.update(task, advance=n)
                 if n == 0:
                     break
-            removed = {"exchanges": 0, "job_runs": 0}
+            removed = {"exchanges": 0, "job_runs": 0, "idempotency_keys": 0}
             if history:
-                task = progress.add_task("purging exchange records", total=None)
+                task = progress.add_task("purging exchange records and remembered answers", total=None)
                 while True:
                     with rt.sessions.begin() as session:
                         step = jobs.purge_history(session, older_than_days=older_than_days)
                     removed = {k: removed[k] + step[k] for k in removed}
-                    progress.update(task, advance=step["exchanges"])
-                    if step["exchanges"] == 0:
+                    progress.update(task, advance=step["exchanges"] + step["idempotency_keys"])
+                    if step["exchanges"] == 0 and step["idempotency_keys"] == 0:
                         break
     finally:
         rt.close()
@@ -603,7 +605,12 @@ def jobs_purge(
     if as_json:
         out.print_json(json.dumps(result))
     else:
-        extra = f"; {removed['exchanges']} exchange record(s), {removed['job_runs']} job run(s)" if history else ""
+        extra = (
+            f"; {removed['exchanges']} exchange record(s), {removed['job_runs']} job run(s), "
+            f"{removed['idempotency_keys']} remembered answer(s) to Idempotency-Keys"
+            if history
+            else ""
+        )
         out.print(f"purged {purged} outbox row(s){extra}")
 
 

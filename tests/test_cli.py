@@ -212,7 +212,7 @@ def test_catalogue_sync_and_list(hub_factory: HubFactory, portal: httpx.Client, 
 def test_peers_status_and_purge(hub_factory: HubFactory, portal: httpx.Client, tmp_path: Path) -> None:
     hub = hub_factory()
     d = dossier(1)
-    hub.http.post("/v1/dossiers", json=d)
+    hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": "purge-1"})
     hub.wait_idle()
     portal.post("/_sandbox/reset")
     hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4))  # refused: unknown there
@@ -233,7 +233,7 @@ def test_peers_status_and_purge(hub_factory: HubFactory, portal: httpx.Client, t
     # --history: old exchange records go too, except those about the dead letter (an operator needs them)
     history = json.loads(run(["jobs", "purge", "--older-than-days", "0", "--yes", "--history", "--json"], tmp_path,
                              env).stdout)  # fmt: skip
-    assert history["purged"] == 0 and history["exchanges"] >= 1
+    assert history["purged"] == 0 and history["exchanges"] >= 1 and history["idempotency_keys"] == 1
     from sqlalchemy import select
 
     from hub.store.models import Exchange, OutboxMessage

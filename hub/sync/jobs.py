@@ -147,15 +147,16 @@ def purge(session: Session, *, older_than_days: float, batch: int | None = None)
 
 
 def purge_history(session: Session, *, older_than_days: float, batch: int = 5000) -> dict[str, int]:
-    """Delete exchange records and scheduled-job runs older than the given age (at most `batch` exchanges per
-    call). Records of exchanges about messages still waiting or dead are kept: an operator needs them. The access
-    log of personal data and the payment callbacks are never purged here: they are legal records."""
+    """Delete exchange records, scheduled-job runs and the answers remembered for Idempotency-Keys older than the
+    given age (at most `batch` exchanges and keys per call). Records of exchanges about messages still waiting or
+    dead are kept: an operator needs them. The access log of personal data and the payment callbacks are never
+    purged here: they are legal records."""
     from datetime import timedelta
 
     from sqlalchemy import delete
 
     from hub.domain.dates import utcnow
-    from hub.store.models import Exchange, JobRun
+    from hub.store.models import Exchange, IdempotencyRecord, JobRun
 
     cutoff = utcnow() - timedelta(days=older_than_days)
     waiting = select(OutboxMessage.id).where(OutboxMessage.state != outbox.DELIVERED)
@@ -172,7 +173,24 @@ def purge_history(session: Session, *, older_than_days: float, batch: int = 5000
     runs = session.execute(
         delete(JobRun).where(JobRun.finished_at < cutoff).execution_options(synchronize_session=False)
     )
-    return {"exchanges": exchanges, "job_runs": int(runs.rowcount)}  # type: ignore[attr-defined]
+    # answers remembered for clients' Idempotency-Keys: a client re-sends within minutes or hours, not months;
+    # each holds the whole answer, one per request
+    keys = [
+        int(i)
+        for i in session.scalars(
+            select(IdempotencyRecord.id)
+            .where(IdempotencyRecord.created_at < cutoff)
+            .order_by(IdempotencyRecord.id)
+            .limit(batch)
+        )
+    ]
+    forgotten = 0
+    if keys:
+        gone = session.execute(
+            delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(keys)).execution_options(synchronize_session=False)
+        )
+        forgotten = int(gone.rowcount)  # type: ignore[attr-defined]
+    return {"exchanges": exchanges, "job_runs": int(runs.rowcount), "idempotency_keys": forgotten}  # type: ignore[attr-defined]
 
 
 KNOWN_PEERS = ("national_portal", "one_stop", "population", "payment_dvc", "document_exchange")
