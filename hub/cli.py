@@ -491,7 +491,7 @@ def jobs_replay(
     rt = _Store()
     try:
         if all_dead and not ids and not dossier:
-            result = {"replayed": 0, "not_dead": []}
+            result: dict[str, Any] = {"replayed": 0, "not_dead": []}
             with rt.sessions() as session:
                 dead = [row["id"] for row in jobs.list_jobs(session, state="dead", limit=1_000_000)]
             with _progress(disable=as_json) as progress:
@@ -506,15 +506,8 @@ def jobs_replay(
                 result = jobs.replay(session, ids=ids or None, dossier=dossier, all_dead=all_dead)
     finally:
         rt.close()
-    if as_json:
-        out.print_json(json.dumps(result))
-    else:
-        out.print(
-            f"replayed {result['replayed']} dead letter(s)"
-            + (f"; not dead letters: {result['not_dead']}" if result["not_dead"] else "")
-        )
-    if result["not_dead"] and not result["replayed"]:
-        raise typer.Exit(1)
+    said = f"replayed {result['replayed']} dead letter(s)"
+    _said(result, as_json, said, result["replayed"], "not dead letters", result["not_dead"])
 
 
 @jobs_cli.command("retry")
@@ -542,14 +535,17 @@ def jobs_retry(
             )
     finally:
         rt.close()
+    done = f"{result['retried']} waiting delivery(ies) due now; the workers take them at their next poll"
+    _said(result, as_json, done, result["retried"], "not waiting", result["not_waiting"])
+
+
+def _said(result: dict[str, Any], as_json: bool, done: str, count: int, missed: str, left: list[int]) -> None:
+    """What `jobs replay` / `jobs retry` did; exit 1 if it did nothing and some ids named rows it does not act on."""
     if as_json:
         out.print_json(json.dumps(result))
     else:
-        out.print(
-            f"{result['retried']} waiting delivery(ies) due now; the workers take them at their next poll"
-            + (f"; not waiting: {result['not_waiting']}" if result["not_waiting"] else "")
-        )
-    if result["not_waiting"] and not result["retried"]:
+        out.print(done + (f"; {missed}: {left}" if left else ""))
+    if left and not count:
         raise typer.Exit(1)
 
 

@@ -69,24 +69,30 @@ def show_job(session: Session, job_id: int) -> dict[str, Any] | None:
     }
 
 
-def replay(
-    session: Session, *, ids: Sequence[int] | None = None, dossier: str | None = None, all_dead: bool = False
-) -> dict[str, Any]:
-    """Replay dead letters. Ids that are not dead letters are reported, not touched."""
-    not_dead: list[int] = []
+def _chosen(
+    session: Session, ids: Sequence[int] | None, dossier: str | None, state: str
+) -> tuple[list[int] | None, list[int] | None, list[int]]:
+    """(the ids that can name a row, the dossier's ids, the ids given that are not in `state`)."""
+    elsewhere: list[int] = []
+    possible: list[int] | None = None
     if ids:
         possible = [i for i in ids if 0 < i <= MAX_ID]  # one past a 64-bit key names no row (and no driver takes it)
         found = dict(
             session.execute(select(OutboxMessage.id, OutboxMessage.state).where(OutboxMessage.id.in_(possible))).all()
         )
-        not_dead = [i for i in ids if found.get(i) != outbox.DEAD]
-        ids = possible
-    dossier_ids = None
-    if dossier:
-        dossier_ids = list(session.scalars(select(Dossier.id).where(Dossier.code == dossier)))
+        elsewhere = [i for i in ids if found.get(i) != state]
+    dossier_ids = list(session.scalars(select(Dossier.id).where(Dossier.code == dossier))) if dossier else None
+    return possible, dossier_ids, elsewhere
+
+
+def replay(
+    session: Session, *, ids: Sequence[int] | None = None, dossier: str | None = None, all_dead: bool = False
+) -> dict[str, Any]:
+    """Replay dead letters. Ids that are not dead letters are reported, not touched."""
+    ids, dossier_ids, not_dead = _chosen(session, ids, dossier, outbox.DEAD)
     if not (ids or dossier_ids or all_dead):
         return {"replayed": 0, "not_dead": not_dead}
-    n = outbox.replay(session, ids=list(ids) if ids else None, dossier_ids=dossier_ids)
+    n = outbox.replay(session, ids=ids or None, dossier_ids=dossier_ids)
     return {"replayed": n, "not_dead": not_dead}
 
 
@@ -100,20 +106,10 @@ def retry(
 ) -> dict[str, Any]:
     """Deliver messages waiting out their backoff now. Ids that are not waiting (delivered, dead, in flight) are
     reported, not touched."""
-    not_waiting: list[int] = []
-    if ids:
-        possible = [i for i in ids if 0 < i <= MAX_ID]
-        found = dict(
-            session.execute(select(OutboxMessage.id, OutboxMessage.state).where(OutboxMessage.id.in_(possible))).all()
-        )
-        not_waiting = [i for i in ids if found.get(i) != outbox.PENDING]
-        ids = possible
-    dossier_ids = None
-    if dossier:
-        dossier_ids = list(session.scalars(select(Dossier.id).where(Dossier.code == dossier)))
+    ids, dossier_ids, not_waiting = _chosen(session, ids, dossier, outbox.PENDING)
     if not (ids or dossier_ids or destination or all_waiting):
         return {"retried": 0, "not_waiting": not_waiting}
-    n = outbox.retry_now(session, ids=list(ids) if ids else None, destination=destination, dossier_ids=dossier_ids)
+    n = outbox.retry_now(session, ids=ids or None, destination=destination, dossier_ids=dossier_ids)
     return {"retried": n, "not_waiting": not_waiting}
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, literal_column, select, update
+from sqlalchemy import ColumnElement, bindparam, exists, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from hub.adapters.exchange import ExchangeRecord
@@ -251,6 +251,20 @@ def record(session: Session, outcomes: Sequence[Outcome], exchanges: Sequence[di
     return mine
 
 
+def _chosen(
+    ids: Sequence[int] | None, destination: str | None, dossier_ids: Sequence[int] | None
+) -> list[ColumnElement[bool]]:
+    """An operator's choice of rows: by id, destination and/or dossier (each None: any)."""
+    cond: list[ColumnElement[bool]] = []
+    if ids is not None:
+        cond.append(OutboxMessage.id.in_(ids))
+    if destination is not None:
+        cond.append(OutboxMessage.destination == destination)
+    if dossier_ids is not None:
+        cond.append(OutboxMessage.dossier_id.in_(dossier_ids))
+    return cond
+
+
 def replay(
     session: Session,
     ids: Sequence[int] | None = None,
@@ -259,16 +273,9 @@ def replay(
     dossier_ids: Sequence[int] | None = None,
 ) -> int:
     """Put dead letters back in line (attempts reset, due now). Order is kept by the claim rule."""
-    cond = [OutboxMessage.state == DEAD]
-    if ids is not None:
-        cond.append(OutboxMessage.id.in_(ids))
-    if destination is not None:
-        cond.append(OutboxMessage.destination == destination)
-    if dossier_ids is not None:
-        cond.append(OutboxMessage.dossier_id.in_(dossier_ids))
     result = session.execute(
         update(OutboxMessage)
-        .where(*cond)
+        .where(OutboxMessage.state == DEAD, *_chosen(ids, destination, dossier_ids))
         .values(state=PENDING, attempts=0, next_attempt_at=utcnow(), claim_token=None, lease_until=None)
         .execution_options(synchronize_session=False)
     )
@@ -286,15 +293,13 @@ def retry_now(
     need not wait up to `relay_backoff_cap`. Order is kept by the claim rule (a dossier's next event still waits
     for the one before it)."""
     now = utcnow()
-    cond = [OutboxMessage.state == PENDING, OutboxMessage.next_attempt_at > now]
-    if ids is not None:
-        cond.append(OutboxMessage.id.in_(ids))
-    if destination is not None:
-        cond.append(OutboxMessage.destination == destination)
-    if dossier_ids is not None:
-        cond.append(OutboxMessage.dossier_id.in_(dossier_ids))
     result = session.execute(
-        update(OutboxMessage).where(*cond).values(next_attempt_at=now).execution_options(synchronize_session=False)
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.state == PENDING, OutboxMessage.next_attempt_at > now, *_chosen(ids, destination, dossier_ids)
+        )
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
 
