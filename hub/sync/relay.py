@@ -133,16 +133,6 @@ class Relay:
             self._leases.release(token)
             raise
         self._record(token, outcomes, exchanges)
-        for o in outcomes:
-            if o.kind == "dead":
-                log.warning(
-                    "dead letter",
-                    extra={
-                        "outbox_id": o.claimed.id,
-                        "error_code": o.error_code,
-                        "correlation_id": o.claimed.correlation_id,
-                    },
-                )
         return len(batch)
 
     def _deliver(self, batch: list[Claimed]) -> tuple[list[Outcome], list[dict[str, Any]]]:
@@ -217,6 +207,7 @@ class Relay:
                 self._held.append((token, outcomes, exchanges))
             raise
         self._leases.release(token)
+        self._tell_dead(outcomes)
 
     def _record_held(self) -> None:
         with self._held_lock:
@@ -230,6 +221,20 @@ class Relay:
                 raise
             self._leases.release(token)
             log.warning("outcomes held while the database refused writes are recorded", extra={"rows": len(outcomes)})
+            self._tell_dead(outcomes)
+
+    @staticmethod
+    def _tell_dead(outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            if o.kind == "dead":
+                log.warning(
+                    "dead letter",
+                    extra={
+                        "outbox_id": o.claimed.id,
+                        "error_code": o.error_code,
+                        "correlation_id": o.claimed.correlation_id,
+                    },
+                )
 
     def _write(self, outcomes: list[Outcome], exchanges: list[dict[str, Any]]) -> None:
         """The database dropping the connection meanwhile (a restart, a fail-over) is tried again at once: the pool
