@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sqlalchemy import func, select
 from hub.console.auth import Operators
 from hub.sandbox.common import ServerThread
 from tests.conftest import Creds, Hub, HubFactory
-from tests.helpers import dossier, waiting_out_a_backoff
+from tests.helpers import dossier, step, waiting_out_a_backoff
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -209,6 +210,20 @@ def test_an_operator_sends_a_peers_waiting_deliveries_now(
     assert "1 mục đang chờ sẽ được gửi ngay" in operator.get("/ops").text
     assert hub.wait_idle(timeout=10) == {"delivered": 1}
     assert [h["status"] for h in portal.get(f"/_sandbox/dossiers/{d['MaHoSo']}").json()["history"]] == [2]
+    # from a dossier's timeline: its next attempt shown, and its own "Gửi lại ngay"
+    portal.post("/_sandbox/faults", json={"storm_5xx": 1}).raise_for_status()
+    progress = step(d["MaHoSo"], 4)
+    assert hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=progress).status_code == 202
+    timeline = f"/ops/dossiers/{d['MaHoSo']}"
+    deadline = time.monotonic() + 15
+    while 'id="retry-dossier"' not in (page := operator.get(timeline).text):
+        assert time.monotonic() < deadline, page
+        time.sleep(0.05)
+    assert "thử lại lúc" in page and 'id="retry-dossier"' not in viewer.get(timeline).text
+    sent = operator.post("/ops/retry", data={"csrf": token.group(1), "dossier": d["MaHoSo"]})
+    assert sent.status_code == 303 and sent.headers["location"] == timeline
+    assert hub.wait_idle(timeout=10) == {"delivered": 2}
+    assert [h["status"] for h in portal.get(f"/_sandbox/dossiers/{d['MaHoSo']}").json()["history"]] == [2, 4]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -13,6 +13,7 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -288,6 +289,7 @@ def router(runtime: Any) -> APIRouter:
                             "operation": o.operation,
                             "state": o.state,
                             "attempts": o.attempts,
+                            "next_attempt_at": o.next_attempt_at if o.state == outbox.PENDING else None,
                             "last_error_code": o.last_error_code,
                             "last_error": o.last_error,
                             "peer_reply": o.peer_reply,
@@ -308,7 +310,9 @@ def router(runtime: Any) -> APIRouter:
                 for e in events
             ]
             row = _dossier_row(d)
-        return render(request, "dossier.html", page="dossiers", d=row, events=timeline)
+            now = utcnow()
+            waiting = any(o.state == outbox.PENDING and o.next_attempt_at > now for o in rows)
+        return render(request, "dossier.html", page="dossiers", d=row, events=timeline, waiting=waiting)
 
     def dead_rows(destination: str, code: str, limit: int | None = 200) -> tuple[list[dict[str, Any]], int]:
         with rt().sessions() as s:
@@ -396,11 +400,15 @@ def router(runtime: Any) -> APIRouter:
         if refused is not None:
             return refused
         destination = str(data.get("destination") or "")[:64]
-        with rt().sessions.begin() as s:
-            result = jobs.retry(s, destination=destination) if destination else {"retried": 0}
+        code = str(data.get("dossier") or "")[:64]  # from a dossier's timeline: its waiting deliveries
+        result: dict[str, Any] = {"retried": 0}
+        if destination or code:
+            with rt().sessions.begin() as s:
+                result = jobs.retry(s, destination=destination or None, dossier=code or None)
         rt().wake()
         request.session["flash"] = words(lang_of(request))["retried"].format(n=result["retried"])
-        return RedirectResponse("/ops", status_code=303)
+        back = f"/ops/dossiers/{quote(code, safe='')}" if code else "/ops"
+        return RedirectResponse(back, status_code=303)
 
     @r.post("/maintenance")
     async def maintenance(request: Request) -> Response:
