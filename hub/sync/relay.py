@@ -110,9 +110,9 @@ class Relay:
 
     def drain_once(self) -> int:
         """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed."""
+        self._record_held()  # raises while the database still refuses writes: nothing new is claimed meanwhile
         if self.paused():
             return 0
-        self._record_held()  # raises while the database still refuses writes: nothing new is claimed meanwhile
         now = time.monotonic()
         destinations = [d for d in self.deliverers if self._down_until.get(d, 0.0) <= now]
         if not destinations:
