@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BIN, hub_env, pg_database
+from bench.common import hub_pg_database, p50_max
 from hub.store import db
 from hub.sync import outbox
 
@@ -55,15 +54,7 @@ def time_claims(url: str, batch: int, repeat: int) -> list[float]:
 
 
 def measure(waiting: int, batch: int, repeat: int, tmp: Path) -> list[float]:
-    with pg_database() as url:
-        env, _ = hub_env(tmp, HUB_DATABASE_URL=url)
-        subprocess.run([str(BIN / "hub"), "db", "upgrade"], env=env, check=True, capture_output=True)
-        engine = db.make_engine(url)
-        with engine.begin() as conn:
-            for statement in FILL.split(";"):
-                if statement.strip():
-                    conn.exec_driver_sql(statement.replace(":dossiers", str(max(1, waiting // 10))))
-        engine.dispose()
+    with hub_pg_database(tmp, FILL.replace(":dossiers", str(max(1, waiting // 10)))) as url:
         time_claims(url, batch, 3)  # warm the connection and the plan cache
         return time_claims(url, batch, repeat)
 
@@ -78,12 +69,9 @@ def main() -> None:
         small = measure(args.batch * 10, args.batch, args.repeat, Path(t))
         large = measure(args.backlog, args.batch, args.repeat, Path(t))
 
-    def ms(values: list[float]) -> str:
-        return f"p50 {statistics.median(values) * 1000:.2f} ms, max {max(values) * 1000:.2f} ms"
-
     print(f"relay claim of {args.batch} rows on PostgreSQL, {args.repeat} claims each (rolled back)")
-    print(f"  {args.batch * 10:>7} waiting (one batch of heads): {ms(small)}")
-    print(f"  {args.backlog:>7} waiting (after an outage):      {ms(large)}")
+    print(f"  {args.batch * 10:>7} waiting (one batch of heads): {p50_max(small)}")
+    print(f"  {args.backlog:>7} waiting (after an outage):      {p50_max(large)}")
     print(f"  ratio backlog / one batch: {statistics.median(large) / statistics.median(small):.2f}")
 
 

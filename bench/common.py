@@ -8,6 +8,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -79,6 +80,29 @@ def pg_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def hub_pg_database(tmp: Path, fill: str = "") -> Iterator[str]:
+    """A PostgreSQL database of its own at hub's schema (`hub db upgrade`), then `fill`'s statements run in it."""
+    from hub.store import db
+
+    with pg_database() as url:
+        env, _ = hub_env(tmp, HUB_DATABASE_URL=url)
+        subprocess.run([str(BIN / "hub"), "db", "upgrade"], env=env, check=True, capture_output=True)
+        if fill.strip():
+            engine = db.make_engine(url)
+            with engine.begin() as conn:
+                for statement in fill.split(";"):
+                    if statement.strip():
+                        conn.exec_driver_sql(statement)
+            engine.dispose()
+        yield url
+
+
+def p50_max(seconds: list[float], digits: int = 2) -> str:
+    """'p50 … ms, max … ms' of durations in seconds."""
+    return f"p50 {statistics.median(seconds) * 1000:.{digits}f} ms, max {max(seconds) * 1000:.{digits}f} ms"
 
 
 @contextmanager

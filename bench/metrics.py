@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prometheus_client import generate_latest
 
-from bench.common import BIN, hub_env, pg_database
+from bench.common import hub_pg_database, p50_max
 from hub.metrics import make_registry
 from hub.store import db
 
@@ -63,16 +62,7 @@ def scrapes(url: str, n: int, *, grow: int) -> tuple[float, list[float]]:
 
 
 def measure(rows: int, n: int, tmp: Path) -> tuple[float, list[float]]:
-    with pg_database() as url:
-        env, _ = hub_env(tmp, HUB_DATABASE_URL=url)
-        subprocess.run([str(BIN / "hub"), "db", "upgrade"], env=env, check=True, capture_output=True)
-        if rows:
-            engine = db.make_engine(url)
-            with engine.begin() as conn:
-                for statement in FILL.split(";"):
-                    if statement.strip():
-                        conn.exec_driver_sql(statement.replace(":rows", str(rows)))
-            engine.dispose()
+    with hub_pg_database(tmp, FILL.replace(":rows", str(rows)) if rows else "") as url:
         return scrapes(url, n, grow=3000)  # ~200 exchanges/s between scrapes 15 s apart
 
 
@@ -85,12 +75,9 @@ def main() -> None:
         _, empty = measure(0, args.scrapes, Path(t))
         first, full = measure(args.rows, args.scrapes, Path(t))
 
-    def ms(values: list[float]) -> str:
-        return f"p50 {statistics.median(values) * 1000:.1f} ms, max {max(values) * 1000:.1f} ms"
-
     print(f"/metrics scrape on PostgreSQL, {args.scrapes} scrapes, 3,000 exchanges added between two")
-    print(f"  empty history:                       {ms(empty)}")
-    print(f"  {args.rows:>9,} exchanges:                {ms(full)}")
+    print(f"  empty history:                       {p50_max(empty, 1)}")
+    print(f"  {args.rows:>9,} exchanges:                {p50_max(full, 1)}")
     print(f"  (that process's first scrape, which counts them all once: {first * 1000:.0f} ms)")
     print(f"  ratio: {statistics.median(full) / statistics.median(empty):.2f}")
 
