@@ -39,8 +39,9 @@ class Tally:
     A row's id is drawn when it is inserted, and a transaction that drew a lower id may commit after one that drew
     a higher: ids are taken as counted for good only once the largest id seen at a scrape is SETTLE_SECONDS old;
     the rows above that mark are counted afresh at each scrape. (At a process's first scrape, rows still being
-    written that instant are not counted by it. SQLite reuses the ids of a table emptied to its last row: a
-    largest id below the mark starts the count of new rows over.)"""
+    written that instant are not counted by it. A largest id below the mark — a table emptied to its last row,
+    whose ids SQLite then hands out again, or an older copy restored — starts the count over: a counter reset. A
+    row deleted within SETTLE_SECONDS of being written is not counted; purges take rows days old.)"""
 
     def __init__(self, key: Any, labels: Sequence[Any], sums: Sequence[Any], settle: float = SETTLE_SECONDS) -> None:
         self._key, self._labels, self._sums, self._settle = key, list(labels), list(sums), settle
@@ -54,12 +55,14 @@ class Tally:
         now = time.monotonic()
         top = int(session.scalar(select(func.max(self._key))) or 0)
         with self._lock:
+            if self._mark is not None and top < self._mark:
+                # ids went back: the table was emptied (SQLite then hands its ids out again) or an older copy
+                # restored — what was counted no longer says what is there: count again (a counter reset)
+                self._settled, self._mark = {}, None
+                self._seen.clear()
             if self._mark is None:
                 self._add(self._settled, session, 0, top)
                 self._mark = top
-            elif top < self._mark:  # emptied (purged to the last row) and SQLite is handing out its ids again
-                self._mark = 0
-                self._seen.clear()
             else:
                 self._seen.append((now, top))
                 settled = None
