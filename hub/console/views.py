@@ -401,10 +401,8 @@ def router(runtime: Any) -> APIRouter:
             return refused
         destination = str(data.get("destination") or "")[:64]
         code = str(data.get("dossier") or "")[:64]  # from a dossier's timeline: its waiting deliveries
-        result: dict[str, Any] = {"retried": 0}
-        if destination or code:
-            with rt().sessions.begin() as s:
-                result = jobs.retry(s, destination=destination or None, dossier=code or None)
+        with rt().sessions.begin() as s:  # neither given: nothing is chosen, nothing changes
+            result = jobs.retry(s, destination=destination or None, dossier=code or None)
         rt().wake()
         request.session["flash"] = words(lang_of(request))["retried"].format(n=result["retried"])
         back = f"/ops/dossiers/{quote(code, safe='')}" if code else "/ops"

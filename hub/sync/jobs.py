@@ -155,37 +155,25 @@ def purge_history(session: Session, *, older_than_days: float, batch: int = 5000
     from hub.store.models import Exchange, IdempotencyRecord, JobRun
 
     cutoff = utcnow() - timedelta(days=older_than_days)
+
+    def oldest(key: Any, *where: Any) -> int:
+        """Delete the `batch` oldest rows (by `key`, their primary key) that match; how many went."""
+        ids = [int(i) for i in session.scalars(select(key).where(*where).order_by(key).limit(batch))]
+        if not ids:
+            return 0
+        gone = session.execute(delete(key.table).where(key.in_(ids)).execution_options(synchronize_session=False))
+        return int(gone.rowcount)  # type: ignore[attr-defined]
+
     waiting = select(OutboxMessage.id).where(OutboxMessage.state != outbox.DELIVERED)
-    old = select(Exchange.id).where(
-        Exchange.at < cutoff, (Exchange.outbox_id.is_(None)) | (Exchange.outbox_id.not_in(waiting))
+    exchanges = oldest(
+        Exchange.id, Exchange.at < cutoff, (Exchange.outbox_id.is_(None)) | (Exchange.outbox_id.not_in(waiting))
     )
-    ids = [int(i) for i in session.scalars(old.order_by(Exchange.id).limit(batch))]
-    exchanges = 0
-    if ids:
-        result = session.execute(
-            delete(Exchange).where(Exchange.id.in_(ids)).execution_options(synchronize_session=False)
-        )
-        exchanges = int(result.rowcount)  # type: ignore[attr-defined]
     runs = session.execute(
         delete(JobRun).where(JobRun.finished_at < cutoff).execution_options(synchronize_session=False)
     )
     # answers remembered for clients' Idempotency-Keys: a client re-sends within minutes or hours, not months;
     # each holds the whole answer, one per request
-    keys = [
-        int(i)
-        for i in session.scalars(
-            select(IdempotencyRecord.id)
-            .where(IdempotencyRecord.created_at < cutoff)
-            .order_by(IdempotencyRecord.id)
-            .limit(batch)
-        )
-    ]
-    forgotten = 0
-    if keys:
-        gone = session.execute(
-            delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(keys)).execution_options(synchronize_session=False)
-        )
-        forgotten = int(gone.rowcount)  # type: ignore[attr-defined]
+    forgotten = oldest(IdempotencyRecord.id, IdempotencyRecord.created_at < cutoff)
     return {"exchanges": exchanges, "job_runs": int(runs.rowcount), "idempotency_keys": forgotten}  # type: ignore[attr-defined]
 
 
