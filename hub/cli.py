@@ -1322,11 +1322,22 @@ def payments_reconcile(
 
 
 @payments_cli.command("check")
-def payments_check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Ask the platform about pending payments whose callback is late, and settle what it reports."""
+def payments_check(
+    references: Annotated[
+        list[str] | None, typer.Argument(help="payment references (MaThamChieu) to ask about now, late or not")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Ask the platform about pending payments whose callback is late — or about the given ones, now — and settle
+    what it reports."""
     rt = _jobs_runtime()
     try:
-        counts = rt.check_payments()
+        if references:
+            counts = rt.payments.check_pending(
+                correlation_id=f"payments-check-{uuid.uuid4().hex[:12]}", references=references
+            )
+        else:
+            counts = rt.check_payments()
     finally:
         rt.close()
     if as_json:

@@ -335,3 +335,70 @@ def test_the_timeline_reads_in_vietnam_time_and_words(
     assert "Hồ sơ nộp trên Cổng DVCQG" in page and "đã giao" in page and "<code>delivered</code>" in page
     assert "&#34;error_code&#34;: 0" in page and "{&#39;" not in page  # JSON, not a Python dict's repr
     assert datetime.now(UTC) - at < timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_operator_settles_a_payment_whose_callback_was_lost(
+    hub_factory: HubFactory, browser: object, pay_server: ServerThread, platform: httpx.Client, backend: str
+) -> None:
+    """A citizen paid; the platform's confirmation never reached hub (and a forged one did). The dossier's page shows
+    the payment pending with the refused callback; the operator asks the platform now ('Tra cứu ngay') and the
+    payment is recorded, the dossier moves on. A viewer sees the payments but has no button, and cannot post."""
+    from tests.conftest import PAY_PARTNER, PAY_SECRET
+
+    hub = hub_factory(
+        payment_dvc_url=pay_server.url,
+        payment_dvc_partner=PAY_PARTNER,
+        payment_dvc_secret=PAY_SECRET,
+        payment_query_after_seconds=3600,  # the schedule would not ask for an hour
+    )
+    hub.runtime.payments.callback_url = lambda name: f"{hub.server.url}/v1/payments/callbacks/{name}"
+    ops = Operators(hub.runtime.sessions)
+    ops.add("tran.van.an", PASSWORD, "operator")
+    ops.add("le.thi.xem", PASSWORD, "viewer")
+    fees = [{"TenPhiLePhi": "Lệ phí cấp bản sao trích lục", "MaPhiLePhi": "LPTL", "HinhThucThu": 1, "Gia": 8000}]
+    d = dossier(31, MaTTHC="2.000635", TenTTHC="Cấp bản sao trích lục khai sinh", DanhSachLePhi=fees)
+    code = str(d["MaHoSo"])
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    for status in (4, 6):
+        assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status)).status_code == 202
+    payment = hub.http.post("/v1/payments", json={"MaHoSo": code}).json()
+    platform.post("/_sandbox/faults", json={"drop_callback": True})
+    httpx.post(payment["pay_url"])  # paid at the platform; its callback is lost
+    [forged] = platform.post(f"/_sandbox/callback/{payment['reference']}", json={"kind": "forged"}).json()["answers"]
+    [cheaper] = platform.post(f"/_sandbox/callback/{payment['reference']}", json={"amount_delta": -1000}).json()[
+        "answers"
+    ]
+    assert forged["body"]["MaLoi"] == "97" and cheaper["body"]["MaLoi"] == "04"
+    base = hub.server.url
+    context = browser.new_context(locale="vi-VN")  # type: ignore[attr-defined]
+    page = context.new_page()
+    login(page, base, "tran.van.an")
+    page.click("#payments-pending")  # from the overview's count
+    listed = page.locator("#payment-list").inner_text()
+    assert payment["reference"] in listed and "8.000\u00a0đ" in listed and "đang chờ thanh toán" in listed
+    refused = page.locator("#refused").inner_text()  # newest first; a forged one is not credited to any payment
+    assert refused.index("04") < refused.index("97 MaXacThuc does not verify") and payment["reference"] in refused
+    page.click(f"text={code}")
+    shown = page.locator("#payments").inner_text()
+    assert "đang chờ thanh toán" in shown and "bị từ chối" in shown and "04 amount 7000 VND differs" in shown
+    shot(page, "payment-pending")
+    page.click(".ask-platform")
+    flash = page.locator("#flash").inner_text()
+    assert flash == "Nền tảng xác nhận đã thanh toán: đã ghi nhận, hồ sơ được chuyển xử lý tiếp"
+    shown = page.locator("#payments").inner_text()
+    assert "đã thanh toán" in shown and "tra cứu" in shown and "GD" in shown  # settled by the query, its transaction
+    assert page.locator("#status").inner_text().startswith("4 ")
+    assert page.locator(".ask-platform").count() == 0  # nothing left to ask
+    shot(page, "payment-settled")
+    page.click("#lang")
+    assert "paid" in page.locator("#payments").inner_text()
+    context.close()
+    # a viewer reads, and cannot ask
+    viewer = _logged_in(base, "le.thi.xem")
+    html = viewer.get(f"/ops/dossiers/{code}").text
+    assert 'id="payments"' in html and "ask-platform" not in html
+    token = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert token is not None
+    refused = viewer.post("/ops/payments/check", data={"csrf": token.group(1), "reference": payment["reference"]})
+    assert refused.status_code == 403

@@ -210,6 +210,42 @@ def test_lost_callback_is_settled_by_querying(hub: Hub, platform: httpx.Client) 
     assert late["body"]["MaLoi"] == "00" and verdicts(hub)[-1] == ("duplicate", "00")
 
 
+def test_an_operator_asks_about_one_payment_now(hub: Hub, platform: httpx.Client, tmp_path: Path) -> None:
+    """A citizen says they paid; the callback never came and the scheduled check asked a moment ago (it waits a
+    minute before asking again). `hub payments check REF` asks about that payment now and settles it — and only
+    it: another pending payment is left to the schedule."""
+    code, other = awaiting_payment(hub, 1), awaiting_payment(hub, 2)
+    payment, untouched = create(hub, code), create(hub, other)
+    platform.post("/_sandbox/faults", json={"drop_callback": True})
+    assert hub.runtime.check_payments() == {"still_pending": 2}
+    httpx.post(payment["pay_url"])
+    httpx.post(untouched["pay_url"])
+    assert hub.runtime.check_payments() == {}  # both asked a moment ago: the schedule waits
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_DATABASE_URL": hub.settings.effective_database_url,
+        "HUB_SECRET_KEY": hub.settings.secret_key.get_secret_value() if hub.settings.secret_key else "",
+        "HUB_PAYMENT_DVC_URL": hub.settings.payment_dvc_url,
+        "HUB_PAYMENT_DVC_PARTNER": PARTNER,
+        "HUB_PAYMENT_DVC_SECRET": SECRET,
+        "HUB_NATIONAL_PORTAL_PASSWORD": "unused",
+    }
+    run = subprocess.run(
+        [HUB_BIN, "payments", "check", payment["reference"], "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"applied": 1}
+    settled = payment_of(hub, payment["reference"])
+    assert settled["status"] == "paid" and settled["settled_by"] == "query"
+    assert dossier_status(hub, code) == 4
+    assert payment_of(hub, untouched["reference"])["status"] == "pending" and dossier_status(hub, other) == 6
+    # asking again about a payment that is no longer pending asks nothing
+    again = hub.runtime.payments.check_pending(correlation_id="t", references=[payment["reference"], "HUBNOSUCH"])
+    assert again == {}
+
+
 def test_declined_payment_leaves_the_dossier_waiting_and_allows_a_new_one(hub: Hub, platform: httpx.Client) -> None:
     code = awaiting_payment(hub)
     payment = create(hub, code)
@@ -310,3 +346,13 @@ def test_reconciliation_reports_each_kind_of_drift(hub: Hub, platform: httpx.Cli
     assert run.returncode == 1, run.stderr  # drift found
     lines = run.stdout.strip().splitlines()
     assert lines[0] == "result,reference,transaction_id,hub_amount,platform_amount,note" and len(lines) == 5
+
+
+def test_a_payment_reference_carries_the_day_in_vietnam() -> None:
+    """MaThamChieu names the day as the province and the platform's statement count it: 01:00 on 5 December in
+    Hà Nội is 18:00 UTC on the 4th."""
+    from hub.services.payments import new_reference
+
+    reference = new_reference(datetime(2026, 12, 4, 18, 0, tzinfo=UTC))
+    assert reference.startswith("HUB261205") and len(reference) == 21
+    assert new_reference(datetime(2026, 12, 4, 16, 59, tzinfo=UTC)).startswith("HUB261204")

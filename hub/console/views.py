@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 
 from hub.console.auth import Operators
 from hub.console.i18n import peer_names, words
@@ -56,8 +57,17 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _money(amount: int | None, currency: str = "VND") -> str:
+    """An amount as read in Vietnam: 1.250.000 đ (a no-break space before the unit)."""
+    if amount is None:
+        return "—"
+    return f"{amount:,}".replace(",", ".") + ("\u00a0đ" if currency == "VND" else f"\u00a0{currency}")
+
+
 templates.env.filters["when"] = _when
 templates.env.filters["json"] = _json
+templates.env.filters["money"] = _money
+PAYMENT_STATES = ("pending", "paid", "failed")
 JOBS = ("poll_portal", "check_payments", "reconcile", "anchor_audit_log")
 ID_RE = re.compile(r"^[0-9]{12}\Z")
 
@@ -312,7 +322,48 @@ def router(runtime: Any) -> APIRouter:
             row = _dossier_row(d)
             now = utcnow()
             waiting = any(o.state == outbox.PENDING and o.next_attempt_at > now for o in rows)
-        return render(request, "dossier.html", page="dossiers", d=row, events=timeline, waiting=waiting)
+        payments = rt().payments.of_dossier(code)
+        return render(
+            request, "dossier.html", page="dossiers", d=row, events=timeline, waiting=waiting, payments=payments
+        )
+
+    @r.get("/payments")
+    def payments(request: Request, status: str = "pending") -> Response:
+        if (go := user_or_login(request)) is not None:
+            return go
+        state = status if status in PAYMENT_STATES else None
+        rows, counts = rt().payments.listing(state)
+        return render(
+            request, "payments.html", page="payments", rows=rows, counts=counts, chosen=state or "all",
+            states=PAYMENT_STATES, refused=rt().payments.refused_callbacks(),
+        )  # fmt: skip
+
+    @r.post("/payments/check")
+    async def check_payment(request: Request) -> Response:
+        """Ask the platform about one pending payment now (a citizen says they paid; the dossier has not moved)."""
+        if (go := user_or_login(request)) is not None:
+            return go
+        data, refused = await checked_form(request, role="operator")
+        if refused is not None:
+            return refused
+        reference = str(data.get("reference") or "")[:50]
+        code = str(data.get("dossier") or "")[:64]
+        counts: dict[str, int] = {}
+        if reference:
+            counts = await run_in_threadpool(
+                rt().payments.check_pending,
+                correlation_id=correlation_id.get() or f"console-{secrets.token_hex(6)}",
+                references=[reference],
+            )
+        log.info(
+            "payment queried from the console",
+            extra={"reference": reference, "operator": request.session.get("user"), "outcome": counts},
+        )
+        t = words(lang_of(request))
+        outcome = next((k for k, n in counts.items() if n), "nothing")
+        request.session["flash"] = t.get(f"checked:{outcome}", outcome)
+        back = f"/ops/dossiers/{quote(code, safe='')}" if code else "/ops/payments"
+        return RedirectResponse(back, status_code=303)
 
     def dead_rows(destination: str, code: str, limit: int | None = 200) -> tuple[list[dict[str, Any]], int]:
         with rt().sessions() as s:

@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -87,7 +87,8 @@ class PaymentIn(NulFree):
 
 
 def new_reference(now: datetime) -> str:
-    return f"HUB{now.strftime('%y%m%d')}{secrets.token_hex(6).upper()}"
+    """MaThamChieu: HUB, the day in Vietnam (as the dossier codes and the platform's statements have it), 12 hex."""
+    return f"HUB{now.astimezone(VN_TZ).strftime('%y%m%d')}{secrets.token_hex(6).upper()}"
 
 
 def view(p: Payment) -> dict[str, Any]:
@@ -104,6 +105,18 @@ def view(p: Payment) -> dict[str, Any]:
         "paid_at": p.paid_at.isoformat() if p.paid_at else None,
         "settled_by": p.settled_by,
         "created_at": p.created_at.isoformat(),
+    }
+
+
+def callback_view(c: PaymentCallback) -> dict[str, Any]:
+    return {
+        "at": c.at,
+        "platform": c.platform,
+        "reference": c.reference,
+        "transaction_id": c.transaction_id,
+        "verdict": c.verdict,
+        "answer_code": c.answer_code,
+        "reason": c.reason,
     }
 
 
@@ -394,18 +407,23 @@ class PaymentService:
 
     # -- late or lost callbacks ------------------------------------------------------------------------------
 
-    def check_pending(self, *, correlation_id: str, limit: int = 200) -> dict[str, int]:
-        """Query the platform for pending payments older than `query_after` (not checked in the last minute)."""
+    def check_pending(
+        self, *, correlation_id: str, limit: int = 200, references: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Query the platform for pending payments older than `query_after` (not checked in the last minute) — or,
+        `references` given (an operator asks), for those of them still pending, now."""
         now = utcnow()
         with self.sessions() as s:
-            due = s.execute(
-                select(Payment.reference, Payment.platform)
-                .where(
-                    Payment.status == "pending",
-                    Payment.pay_url.is_not(None),
+            if references is None:
+                when = [
                     Payment.created_at <= now - self.query_after,
                     or_(Payment.last_checked_at.is_(None), Payment.last_checked_at <= now - timedelta(minutes=1)),
-                )
+                ]
+            else:
+                when = [Payment.reference.in_(list(references)[:limit])]
+            due = s.execute(
+                select(Payment.reference, Payment.platform)
+                .where(Payment.status == "pending", Payment.pay_url.is_not(None), *when)
                 .order_by(Payment.created_at)
                 .limit(limit)
             ).all()
@@ -438,6 +456,54 @@ class PaymentService:
                 p = s.scalars(select(Payment).where(Payment.reference == reference)).one()
                 p.last_checked_at = utcnow()
         return dict(counts)
+
+    def of_dossier(self, code: str) -> list[dict[str, Any]]:
+        """A dossier's payments, newest first, each with the callbacks received for it (for the console)."""
+        with self.sessions() as s:
+            payments = s.scalars(
+                select(Payment).where(Payment.dossier_code == code).order_by(Payment.created_at.desc(), Payment.id)
+            ).all()
+            refs = [p.reference for p in payments]
+            heard: dict[str, list[dict[str, Any]]] = {}
+            if refs:
+                for c in s.scalars(
+                    select(PaymentCallback).where(PaymentCallback.reference.in_(refs)).order_by(PaymentCallback.id)
+                ):
+                    heard.setdefault(str(c.reference), []).append(callback_view(c))
+            return [
+                view(p) | {"last_checked_at": p.last_checked_at, "callbacks": heard.get(p.reference, [])}
+                for p in payments
+            ]
+
+    def listing(self, status: str | None, *, limit: int = 200) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Payments in a state (all: None), oldest pending first, others newest first; and the count per state."""
+        with self.sessions() as s:
+            counts = {
+                str(state): int(n)
+                for state, n in s.execute(select(Payment.status, func.count()).group_by(Payment.status)).all()
+            }
+            q = select(Payment)
+            if status is not None:
+                q = q.where(Payment.status == status)
+            order = Payment.created_at.asc() if status == "pending" else Payment.created_at.desc()
+            rows = [
+                view(p) | {"last_checked_at": p.last_checked_at}
+                for p in s.scalars(q.order_by(order, Payment.id).limit(limit))
+            ]
+        return rows, counts
+
+    def refused_callbacks(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest callbacks hub refused (forged, replayed, unknown, another amount): newest first."""
+        with self.sessions() as s:
+            return [
+                callback_view(c)
+                for c in s.scalars(
+                    select(PaymentCallback)
+                    .where(PaymentCallback.verdict == "rejected")
+                    .order_by(PaymentCallback.id.desc())
+                    .limit(limit)
+                )
+            ]
 
     # -- reconciliation --------------------------------------------------------------------------------------
 

@@ -317,6 +317,15 @@ class PaymentCallback(Base):
     """Append-only record of every callback a payment platform sent, and what hub answered."""
 
     __tablename__ = "payment_callbacks"
+    # the refused ones, newest first, for the console (few among many: a partial index of them alone)
+    __table_args__ = (
+        Index(
+            "ix_payment_callbacks_rejected",
+            "id",
+            postgresql_where=text("verdict = 'rejected'"),
+            sqlite_where=text("verdict = 'rejected'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
