@@ -619,7 +619,7 @@ def workers_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     settings = _settings()
     if settings.embedded:
         from hub.store import db
-        from hub.sync.embedded import Presence
+        from hub.sync.embedded import FileRoster, Presence
 
         path = db.sqlite_path(settings.effective_database_url)
         if path is None or not path.exists():
@@ -630,13 +630,15 @@ def workers_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
             delivering = not presence.alone()  # a `hub serve` that delivers holds the lock file shared
         finally:
             presence.close()
+        # each one's worker thread, from its note beside the database (`hub serve --workers N`: N)
+        noted = FileRoster(path, ttl=beat_ttl(settings.relay_poll_interval)).seen() if delivering else []
         if as_json:
-            out.print_json(json.dumps({"mode": "embedded", "delivering": delivering, "database": str(path)}))
+            said = {"mode": "embedded", "delivering": delivering, "database": str(path)}
+            out.print_json(json.dumps(said | {"workers": [w.as_dict() for w in noted]}))
         else:
-            out.print(
-                f"embedded: {'a hub serve process delivers' if delivering else 'no process delivers'} from {path}"
-                + (" (its worker thread: /readyz or the console's overview)" if delivering else "")
-            )
+            out.print(f"embedded: {'hub serve delivers' if delivering else 'no process delivers'} from {path}")
+            if noted:
+                _workers_table(noted)
         raise typer.Exit(0 if delivering else 1)
     import redis
 
@@ -649,15 +651,19 @@ def workers_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     if as_json:
         out.print_json(json.dumps([w.as_dict() for w in seen]))
     else:
-        table = Table(title=f"workers ({len(seen)})")
-        for col in ("worker", "host", "pid", "processes", "last sign of life (s ago)", "last drain (s ago)"):
-            table.add_column(col)
-        for w in seen:
-            drained = "—" if w.last_drain_age_s is None else str(w.last_drain_age_s)
-            table.add_row(w.name, w.host, str(w.pid), str(w.processes), str(w.beat_age_s), drained)
-        out.print(table)
+        _workers_table(seen)
     if not seen:
         raise typer.Exit(1)
+
+
+def _workers_table(seen: list[Any]) -> None:
+    table = Table(title=f"workers ({len(seen)})")
+    for col in ("worker", "host", "pid", "processes", "last sign of life (s ago)", "last drain (s ago)"):
+        table.add_column(col)
+    for w in seen:
+        drained = "—" if w.last_drain_age_s is None else str(w.last_drain_age_s)
+        table.add_row(w.name, w.host, str(w.pid), str(w.processes), str(w.beat_age_s), drained)
+    out.print(table)
 
 
 peers_cli = typer.Typer(no_args_is_help=True, help="External systems hub talks to")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from hub.settings import Settings
 from hub.store import db
 from hub.store.space import MIB, DiskSpace
 from hub.sync import outbox
-from hub.sync.embedded import EmbeddedWorker, Presence
+from hub.sync.embedded import EmbeddedWorker, FileRoster, Presence
 from hub.sync.outbox import Claimed
 from hub.sync.relay import Relay
 from hub.sync.retry import RetryPolicy
@@ -117,7 +116,11 @@ class Runtime:
         self._presence: Presence | None = None
         self._waker: Any = None
         self.doorbell: Any = None  # distributed mode: one drain request waiting at a time
+        self._roster: FileRoster | None = None  # embedded: every process's worker on this SQLite database
         if settings.embedded:
+            path = db.sqlite_path(url)
+            if path is not None:
+                self._roster = FileRoster(path, ttl=beat_ttl(settings.relay_poll_interval))
             run = settings.worker_enabled if start_worker is None else start_worker
             if run and role == "api":
                 self._presence = self._take_over(url)
@@ -130,6 +133,7 @@ class Runtime:
                         (settings.reconcile_interval, self.reconcile),
                         (settings.audit_anchor_interval, self.anchor_audit_log),
                     ],
+                    roster=self._roster,
                 )
         else:
             import redis
@@ -280,17 +284,16 @@ class Runtime:
         ) = make_registry(self.sessions, self._checkpointer, self.workers if role == "api" else None, self.disk)
 
     def workers(self) -> list[WorkerSeen]:
-        """The workers delivering now: this process's own thread in embedded mode (with `hub serve --workers N`,
-        each process has its own; this lists the one that answers), the roster in Redis otherwise (raises what
-        Redis raises)."""
+        """The workers delivering now: in embedded mode the worker thread of every `hub serve` process on this
+        SQLite database (`--workers N`: N), from their notes beside it — this process's own as it is now —, the
+        roster in Redis otherwise (raises what Redis raises)."""
         if self.settings.embedded:
             worker = self.worker
-            if worker is None or not worker.alive:
-                return []
-            last = worker.last_drain
-            drained = None if last is None else round(time.monotonic() - last, 1)
-            host = socket.gethostname()
-            return [WorkerSeen(f"embedded@{host}", host, os.getpid(), 1, 0.0, drained)]
+            own = [worker.seen()] if worker is not None and worker.alive else []
+            if self._roster is None:
+                return own
+            others = [w for w in self._roster.seen() if w.pid != os.getpid()]
+            return sorted(own + others, key=lambda w: w.pid)
         return Roster(self.doorbell.redis, ttl=beat_ttl(self.settings.relay_poll_interval)).seen()
 
     def readiness(self) -> dict[str, Any]:
@@ -384,7 +387,6 @@ class Runtime:
         """Run a send and report it as an exchange (digests only: the citizen's contact never leaves the outbox)."""
         import hashlib
         import json
-        import time
 
         from hub.adapters.errors import PeerError
 

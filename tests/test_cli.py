@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -324,7 +325,8 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
         # operators see the worker delivering: in /readyz, and `hub workers` from the same directory
         (worker,) = httpx.get(f"{api}/readyz").json()["workers"]
         assert worker["name"].startswith("embedded@") and worker["pid"] == proc.pid, worker
-        assert workers(tmp_path, base) == (0, {"mode": "embedded", "delivering": True})
+        noted = worker | {"beat_age_s": ANY, "last_drain_age_s": ANY}  # as /readyz said, a moment later
+        assert workers(tmp_path, base) == (0, {"mode": "embedded", "delivering": True, "workers": [noted]})
     finally:
         proc.terminate()
         try:
@@ -332,7 +334,56 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
         except subprocess.TimeoutExpired:
             proc.kill()
         said.close()
-    assert workers(tmp_path, base) == (1, {"mode": "embedded", "delivering": False})
+    assert workers(tmp_path, base) == (1, {"mode": "embedded", "delivering": False, "workers": []})
+
+
+def test_hub_serve_with_several_processes_lists_each_ones_worker(tmp_path: Path) -> None:
+    """`hub serve --workers 2` in embedded mode: each process delivers from the SQLite file with a worker thread
+    of its own. Whichever process answers /readyz lists both, as `hub workers` does; one killed (-9) drops out
+    within the roster's time-to-live."""
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env["HUB_NATIONAL_PORTAL_URL"] = "http://127.0.0.1:9"  # no peers needed here: nothing is filed
+    said = (tmp_path / "serve.err").open("w")
+    proc = subprocess.Popen(
+        [HUB, "serve", "--port", str(port), "--workers", "2", "--no-sandbox"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=said, start_new_session=True,
+    )  # fmt: skip
+
+    def listed() -> list[int]:
+        try:
+            return sorted(w["pid"] for w in httpx.get(f"http://127.0.0.1:{port}/readyz").json()["workers"])
+        except httpx.TransportError:
+            return []
+
+    try:
+        deadline = time.monotonic() + 60
+        while len(listed()) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.err").read_text()[-3000:]
+            time.sleep(0.3)
+        pids = listed()
+        assert len(set(pids)) == 2 and proc.pid not in pids  # the two server processes, not their supervisor
+        for _ in range(6):  # either process answers, each lists both
+            assert listed() == pids
+        code, shown = workers(tmp_path, env)
+        assert code == 0 and sorted(w["pid"] for w in shown["workers"]) == pids
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while pids[0] in listed() or pids[0] in [w["pid"] for w in workers(tmp_path, env)[1]["workers"]]:
+            assert time.monotonic() < deadline, "a killed worker is still listed"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        said.close()
 
 
 def workers(cwd: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:

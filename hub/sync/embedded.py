@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
 from hub.logs import Outage
 from hub.sync.relay import Relay
+from hub.sync.workers import WorkerSeen
 
 log = logging.getLogger("hub.worker")
+SWEEP_AFTER = 3600.0  # seconds: a note this old is of a process long gone, and is removed by whoever reads it
 
 
 class Presence:
@@ -47,9 +52,65 @@ class Presence:
         os.close(self._fd)  # lets go of the lock
 
 
+class FileRoster:
+    """The embedded workers delivering from one SQLite database — one per `hub serve` process, so N with
+    `--workers N` — each noting its sign of life once a second in a small file beside the database
+    (`hub.db.workers.d/<pid>.json`), as distributed workers do in Redis: one whose note is older than the
+    time-to-live (killed, frozen) drops out of the list; notes of processes long gone are swept by readers."""
+
+    def __init__(self, database: Path, *, ttl: float) -> None:
+        self.dir = Path(f"{database}.workers.d")
+        self.ttl = ttl
+
+    def beat(self, *, name: str, host: str, pid: int, last_drain: float | None) -> None:
+        """Note this worker alive now (`last_drain`: the wall-clock time a drain last started)."""
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        note = {"name": name, "host": host, "pid": pid, "beat": time.time(), "last_drain": last_drain}
+        part = self.dir / f".{pid}.part"
+        part.write_text(json.dumps(note))
+        os.replace(part, self.dir / f"{pid}.json")  # readers see the old note or the new one, never half of one
+
+    def leave(self, pid: int) -> None:
+        with suppress(OSError):
+            (self.dir / f"{pid}.json").unlink()
+
+    def seen(self) -> list[WorkerSeen]:
+        now = time.time()
+        found: list[WorkerSeen] = []
+        try:
+            notes = list(self.dir.glob("*.json"))
+        except OSError:
+            return found
+        for path in notes:
+            try:
+                note = json.loads(path.read_text())
+                age = now - float(note["beat"])
+                last = note.get("last_drain")
+                seen = WorkerSeen(
+                    str(note["name"]),
+                    str(note["host"]),
+                    int(note["pid"]),
+                    1,
+                    round(max(0.0, age), 1),
+                    None if last is None else round(max(0.0, now - float(last)), 1),
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # gone meanwhile, or not a note
+            if age > SWEEP_AFTER:
+                with suppress(OSError):
+                    path.unlink()
+            if age <= self.ttl:
+                found.append(seen)
+        return sorted(found, key=lambda w: w.pid)
+
+
 class EmbeddedWorker:
     def __init__(
-        self, relay: Relay, poll_interval: float = 1.0, periodic: list[tuple[float, Callable[[], object]]] | None = None
+        self,
+        relay: Relay,
+        poll_interval: float = 1.0,
+        periodic: list[tuple[float, Callable[[], object]]] | None = None,
+        roster: FileRoster | None = None,
     ) -> None:
         self.relay = relay
         self.poll_interval = poll_interval
@@ -58,6 +119,38 @@ class EmbeddedWorker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-embedded-worker", daemon=True)
         self.last_drain: float | None = None  # time.monotonic() when a drain last started
+        self.host = socket.gethostname()
+        self.name = f"embedded@{self.host}"
+        self.roster = roster
+        # its sign of life from a thread of its own: a long drain (a slow peer) is not a dead worker
+        self._beat = threading.Thread(target=self._beating, name="hub-embedded-beat", daemon=True)
+
+    def seen(self) -> WorkerSeen:
+        """This worker as a roster lists it."""
+        last = self.last_drain
+        drained = None if last is None else round(time.monotonic() - last, 1)
+        return WorkerSeen(self.name, self.host, os.getpid(), 1, 0.0, drained)
+
+    def _beating(self) -> None:
+        roster, failing = self.roster, False
+        if roster is None:
+            return
+        while self._thread.is_alive() and not self._stop.is_set():
+            last = self.last_drain
+            try:
+                roster.beat(
+                    name=self.name,
+                    host=self.host,
+                    pid=os.getpid(),
+                    last_drain=None if last is None else time.time() - (time.monotonic() - last),
+                )
+                failing = False
+            except OSError as exc:
+                if not failing:  # once, not every second
+                    log.warning("embedded worker: cannot note its sign of life beside the database: %s", exc)
+                failing = True
+            self._stop.wait(1.0)  # well inside the time-to-live (5 s at least)
+        roster.leave(os.getpid())
 
     @property
     def alive(self) -> bool:
@@ -65,6 +158,8 @@ class EmbeddedWorker:
 
     def start(self) -> EmbeddedWorker:
         self._thread.start()
+        if self.roster is not None:
+            self._beat.start()
         return self
 
     def wake(self) -> None:
@@ -74,6 +169,8 @@ class EmbeddedWorker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
+        if self._beat.is_alive():
+            self._beat.join(timeout=5)
 
     def _run(self) -> None:
         database = Outage(log, "embedded worker: database")  # said once a minute, not on every tick
