@@ -38,16 +38,19 @@ class Tally:
 
     A row's id is drawn when it is inserted, and a transaction that drew a lower id may commit after one that drew
     a higher: ids are taken as counted for good only once the largest id seen at a scrape is SETTLE_SECONDS old;
-    the rows above that mark are counted afresh at each scrape. (At a process's first scrape, rows still being
-    written that instant are not counted by it. A largest id below the mark — a table emptied to its last row,
-    whose ids SQLite then hands out again, or an older copy restored — starts the count over: a counter reset. A
-    row deleted within SETTLE_SECONDS of being written is not counted; purges take rows days old.)"""
+    the rows above that mark are counted afresh at each scrape. A process's first scrape counts the whole table,
+    and counts it again once SETTLE_SECONDS have passed — a row whose transaction was still open at the first count
+    is in the second —, keeping for each total the larger of the two (a purge meanwhile does not make a counter go
+    down). (A largest id below the mark — a table emptied to its last row, whose ids SQLite then hands out again,
+    or an older copy restored — starts the count over: a counter reset. A row deleted within SETTLE_SECONDS of
+    being written is not counted; purges take rows days old.)"""
 
     def __init__(self, key: Any, labels: Sequence[Any], sums: Sequence[Any], settle: float = SETTLE_SECONDS) -> None:
         self._key, self._labels, self._sums, self._settle = key, list(labels), list(sums), settle
         self._settled: dict[tuple[Any, ...], list[float]] = {}
         self._mark: int | None = None  # rows with ids up to this are in _settled
         self._seen: deque[tuple[float, int]] = deque()  # (monotonic time, largest id then)
+        self._recount_at: float | None = None  # when the first count is settled and is taken again
         self._lock = threading.Lock()
 
     def read(self, session: Session) -> dict[tuple[Any, ...], list[float]]:
@@ -63,6 +66,7 @@ class Tally:
             if self._mark is None:
                 self._add(self._settled, session, 0, top)
                 self._mark = top
+                self._recount_at = now + self._settle
             else:
                 self._seen.append((now, top))
                 settled = None
@@ -71,6 +75,14 @@ class Tally:
                 if settled is not None and settled > self._mark:
                     self._add(self._settled, session, self._mark, settled)
                     self._mark = settled
+                if self._recount_at is not None and now >= self._recount_at:
+                    # every id up to the mark is settled now, those of the first count included
+                    again: dict[tuple[Any, ...], list[float]] = {}
+                    self._add(again, session, 0, self._mark)
+                    for labels, values in again.items():
+                        had = self._settled.get(labels, [0.0] * len(values))
+                        self._settled[labels] = [max(a, b) for a, b in zip(had, values, strict=True)]
+                    self._recount_at = None
             totals = {k: list(v) for k, v in self._settled.items()}
             mark = self._mark
         self._add(totals, session, mark, None)

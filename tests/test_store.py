@@ -578,6 +578,43 @@ def test_a_full_disk_is_told_apart_from_a_database_that_is_away() -> None:
     assert not out_of_space(OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")))
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_row_still_being_written_at_a_processs_first_scrape_is_counted_once_it_commits(
+    hub_factory: HubFactory, backend: str
+) -> None:
+    """A process starts (or restarts) while deliveries are being recorded: its first scrape counts the table as it
+    is, a row whose transaction is open then — an id below the largest — commits a moment later, and the counter
+    has it once the first count is settled, and keeps it."""
+    from hub.metrics import Tally
+    from hub.store.models import Exchange
+
+    hub = hub_factory(start_worker=False)
+    engine = hub.runtime.engine
+    tally = Tally(Exchange.id, [Exchange.peer], [], settle=0.3)
+    insert = text(
+        "INSERT INTO exchanges (at, peer, operation, correlation_id, request_digest, duration_ms, outcome) "
+        "VALUES (:at, 'national_portal', 'op', 'c', 'd', 2.0, 'ok')"
+    )
+
+    def read() -> float:
+        with hub.runtime.sessions() as s:
+            return tally.read(s).get(("national_portal",), [0.0])[0]
+
+    slow = engine.connect()
+    slow_tx = slow.begin()
+    slow.execute(insert, {"at": utcnow()})  # draws the lower id
+    with engine.begin() as conn:
+        conn.execute(insert, {"at": utcnow()})
+        conn.execute(insert, {"at": utcnow()})
+    assert read() == 2.0  # the first scrape: the open transaction's row is not there yet
+    slow_tx.commit()
+    slow.close()
+    time.sleep(0.35)
+    assert read() == 3.0
+    time.sleep(0.35)
+    assert read() == 3.0
+
+
 def test_counters_of_append_only_tables_count_each_row_once_read_the_new_ones_and_survive_a_purge(
     hub_factory: HubFactory, backend: str
 ) -> None:
