@@ -1,5 +1,6 @@
 """`hub demo`: the whole up-flow on one machine — sandbox peers, hub in embedded mode, dossiers filed by the
-one-stop sandbox walked through their statuses, a short portal outage, and a summary of what arrived where."""
+one-stop sandbox walked through their statuses, a short portal outage, a fee paid online through the payment
+platform, and a summary of what arrived where."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from hub.sandbox.common import ServerThread
 from hub.settings import load_settings
 
 AGENCY = "000.00.17.H56"
+PAY = -1  # in a walk: the citizen pays the fee online, through hub and the payment platform (hub moves 6 → 4)
 # Each dossier's walk after filing: (status, what the officer did).
 WALKS: list[list[tuple[int, str]]] = [
     [(4, "Thẩm định hồ sơ"), (9, "Ký duyệt kết quả"), (10, "Trả kết quả cho công dân")],
@@ -31,7 +33,7 @@ WALKS: list[list[tuple[int, str]]] = [
         (10, "Trả kết quả qua bưu chính"),
     ],
     [(3, "Không được tiếp nhận: không thuộc thẩm quyền")],
-    [(4, "Thẩm định"), (6, "Yêu cầu nộp lệ phí"), (4, "Đã nộp lệ phí"), (9, "Ký duyệt")],
+    [(4, "Thẩm định"), (6, "Yêu cầu nộp lệ phí"), (PAY, "Công dân nộp lệ phí trực tuyến"), (9, "Ký duyệt")],
     [(4, "Thẩm định hồ sơ"), (9, "Ký duyệt")],
     [(7, "Công dân rút hồ sơ")],
 ]
@@ -65,6 +67,10 @@ def run_demo(count: int, out: Console) -> int:
     exchange_key = secrets.token_urlsafe(16)
     roots = [trust_state.pki.issued[r].cert for r in ("national_root", "gov_root")]
     exchange = ServerThread(document_exchange.create_app(roots, {exchange_key})).start()
+    from hub.sandbox import payment_dvc
+
+    pay_secret = secrets.token_urlsafe(32)
+    payments = ServerThread(payment_dvc.create_app({settings.payment_dvc_partner: pay_secret})).start()
     settings = settings.model_copy(
         update={
             "national_portal_url": portal.url,
@@ -77,6 +83,8 @@ def run_demo(count: int, out: Console) -> int:
             "citizen_idp_issuer": f"{trust.url}/idp",
             "document_exchange_url": exchange.url,
             "document_exchange_api_key": SecretStr(exchange_key),
+            "payment_dvc_url": payments.url,
+            "payment_dvc_secret": SecretStr(pay_secret),
         }
     )
     from hub.api.app import create_app
@@ -84,6 +92,8 @@ def run_demo(count: int, out: Console) -> int:
 
     runtime = Runtime(settings, role="api")
     api = ServerThread(create_app(settings, runtime)).start()
+    # the platform calls hub back on the port it got just now
+    runtime.payments.callback_url = lambda name: f"{api.url}/v1/payments/callbacks/{name}"
     api_key = settings.clients[0].api_key  # the demo's own client, made with a key just above
     key = api_key.get_secret_value() if api_key is not None else ""
     client = one_stop.OneStopClient(api.url, key)
@@ -99,7 +109,10 @@ def run_demo(count: int, out: Console) -> int:
         for i in range(count):
             walk = WALKS[i % len(WALKS)]
             start_status = 1 if walk[0][0] in (3, 7) else 2
-            dossier = one_stop.make_dossier(AGENCY, i + 1, rng, status=start_status, when=datetime.now(UTC))
+            fee = "2.000635" if any(status == PAY for status, _ in walk) else None  # a procedure with a fee
+            dossier = one_stop.make_dossier(
+                AGENCY, i + 1, rng, status=start_status, when=datetime.now(UTC), procedure=fee
+            )
             r = client.file(dossier, key=f"demo-file-{i}")
             r.raise_for_status()
             codes.append(dossier["MaHoSo"])
@@ -135,6 +148,7 @@ def run_demo(count: int, out: Console) -> int:
         smtp.stop()
         exchange.stop()
         trust.stop()
+        payments.stop()
 
 
 def _notifications(out: Console, sms_url: str) -> None:
@@ -238,9 +252,37 @@ def _step_all(
         if step >= len(walk):
             continue
         status, note = walk[step]
+        if status == PAY:
+            _pay(client, code, note, out)
+            continue
         r = client.progress(one_stop.make_progress(code, status, note), key=f"demo-{code}-{step}")
         mark = "[green]202[/green]" if r.status_code == 202 else f"[red]{r.status_code}[/red]"
         out.print(f"{mark}  {code}  → {status} {VIETNAMESE_NAMES[DossierStatus(status)]}: {note}")
+
+
+def _pay(client: one_stop.OneStopClient, code: str, note: str, out: Console) -> None:
+    """The citizen pays the fee: the one-stop asks hub for a payment, the citizen pays on the platform's page, the
+    platform's signed callback reaches hub, which credits it once and moves the dossier out of 6 by itself."""
+    r = client.http.post("/v1/payments", json={"MaHoSo": code}, headers={"Idempotency-Key": f"demo-pay-{code}"})
+    if r.status_code not in (200, 201):
+        out.print(f"[red]{r.status_code}[/red]  {code}  payment not created: {r.text[:200]}")
+        return
+    payment = r.json()
+    httpx.post(payment["pay_url"], timeout=10).raise_for_status()  # on the platform's pay page
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = client.http.get(f"/v1/payments/{payment['reference']}").json()
+        if state["status"] != "pending":
+            break
+        time.sleep(0.1)
+    amount = f"{payment['amount']:,}".replace(",", ".")
+    if state["status"] == "paid":
+        out.print(
+            f"[green]paid[/green] {code}  {note}: {amount} đồng, payment {payment['reference']}, platform transaction "
+            f"{state['transaction_id']} — its signed callback credited once; hub moved the dossier to 4 by itself"
+        )
+    else:
+        out.print(f"[red]{state['status']}[/red] {code}  payment {payment['reference']} of {amount} đồng")
 
 
 def _wait_delivered(client: one_stop.OneStopClient, codes: list[str], timeout: float) -> bool:

@@ -46,6 +46,7 @@ def test_demo_runs_end_to_end_on_a_fresh_directory(tmp_path: Path) -> None:
     assert "Không được tiếp nhận" in out and "Yêu cầu bổ sung" in out  # a refusal and a supplement request
     assert "Tin nhắn SMS gửi công dân" in out and "đã được tiếp nhận. Ngày hẹn trả kết quả" in out  # notifications
     assert "signed document 57/TLKS-UBND" in out and "XAdES-B-T" in out  # signed, time-stamped, accepted
+    assert "credited once; hub moved the dossier to 4 by itself" in out  # a fee paid through the payment platform
     assert "the citizen, signed in, sees" in out and "civil_status_registration" in out  # their data's uses
     assert "/docs" in out
     assert (tmp_path / "var" / "demo" / "hub.db").exists()

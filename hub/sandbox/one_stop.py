@@ -4,6 +4,7 @@ portal (`createdossierfromdvcqg`) and status changes, validated against contract
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -133,12 +134,31 @@ def _national(moment: datetime) -> str:
     return (moment.astimezone(UTC) + VN_OFFSET).strftime("%Y%m%d%H%M%S")
 
 
+@functools.cache
+def _catalogue_fees() -> dict[str, list[dict[str, Any]]]:
+    """Each procedure's fees as the portal's catalogue (the sandbox's, from contracts/) lists them."""
+    data = contracts.load_json("national_portal/data/procedures.json")["data"]
+    return {p["MaTTHC"]: list(p.get("PhiLePhi") or []) for p in data}
+
+
 def make_dossier(
-    agency: str, seq: int, rng: random.Random, *, status: int = 2, when: datetime | None = None
+    agency: str,
+    seq: int,
+    rng: random.Random,
+    *,
+    status: int = 2,
+    when: datetime | None = None,
+    procedure: str | None = None,
 ) -> dict[str, Any]:
-    """A realistic dossier as the one-stop system would file it (DongBoHoSoMC shape)."""
+    """A realistic dossier as the one-stop system would file it (DongBoHoSoMC shape), its fees (DanhSachLePhi) those
+    of the procedure in the portal's catalogue — which hub checks a payment against. `procedure`: a MaTTHC of
+    PROCEDURES (else one at random)."""
     when = when or datetime.now(UTC)
-    code, name, summary = rng.choice(PROCEDURES)
+    code, name, summary = next(p for p in PROCEDURES if p[0] == procedure) if procedure else rng.choice(PROCEDURES)
+    fees = [
+        {"TenPhiLePhi": f["TenPhiLePhi"], "MaPhiLePhi": f"LP{i + 1:02d}", "HinhThucThu": 1, "Gia": int(f["Gia"])}
+        for i, f in enumerate(_catalogue_fees().get(code, []))
+    ]
     owner = _name(rng)
     local_day = (when + VN_OFFSET).strftime("%y%m%d")
     century_sex = rng.choice("0123")
@@ -159,8 +179,8 @@ def make_dossier(
         "NgayHenTra": _national(when + timedelta(days=3)),
         "TrangThaiHoSo": status,
         "DonViXuLy": "UBND phường Bến Nghé",
-        "DanhSachLePhi": [{"TenPhiLePhi": "Lệ phí hộ tịch", "MaPhiLePhi": "LPHT", "HinhThucThu": 1, "Gia": 8000}],
-        "DuocThanhToanTrucTuyen": 1,
+        "DanhSachLePhi": fees,
+        "DuocThanhToanTrucTuyen": 1 if any(f["Gia"] for f in fees) else 0,
     }
 
 
