@@ -52,6 +52,7 @@ def test_demo_runs_end_to_end_on_a_fresh_directory(tmp_path: Path) -> None:
     assert (tmp_path / "var" / "demo" / "hub.db").exists()
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # the same statements on SQLite: jobs retry tests both
 def test_jobs_list_show_and_replay(
     hub_factory: HubFactory, portal: httpx.Client, creds: Creds, tmp_path: Path, backend: str
 ) -> None:
@@ -191,7 +192,10 @@ def test_a_worker_that_stops_on_an_error_says_so_with_its_exit_code(tmp_path: Pa
         drop_pg_database(url)
 
 
-def test_catalogue_sync_and_list(hub_factory: HubFactory, portal: httpx.Client, creds: Creds, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite"])  # ORM only: nothing that differs between the databases
+def test_catalogue_sync_and_list(
+    hub_factory: HubFactory, portal: httpx.Client, creds: Creds, tmp_path: Path, backend: str
+) -> None:
     hub = hub_factory(start_worker=False)
     env = {
         "HUB_DATABASE_URL": hub.settings.effective_database_url,
