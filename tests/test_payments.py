@@ -244,6 +244,10 @@ def test_an_operator_asks_about_one_payment_now(hub: Hub, platform: httpx.Client
     # asking again about a payment that is no longer pending asks nothing
     again = hub.runtime.payments.check_pending(correlation_id="t", references=[payment["reference"], "HUBNOSUCH"])
     assert again == {}
+    with hub.runtime.sessions.begin() as s:  # made at a platform hub is no longer configured for: said so
+        s.scalars(select(Payment).where(Payment.reference == untouched["reference"])).one().platform = "gone"
+    gone = hub.runtime.payments.check_pending(correlation_id="t", references=[untouched["reference"]])
+    assert gone == {"platform_not_configured": 1}
 
 
 def test_declined_payment_leaves_the_dossier_waiting_and_allows_a_new_one(hub: Hub, platform: httpx.Client) -> None:

@@ -430,7 +430,8 @@ class PaymentService:
         counts = Counter[str]()
         for reference, platform_name in due:
             platform = self.platforms.get(platform_name)
-            if platform is None:
+            if platform is None:  # made at a platform hub is no longer configured for: nobody to ask
+                counts["platform_not_configured"] += 1
                 continue
             try:
                 result = platform.query(reference, correlation_id=correlation_id)
