@@ -74,6 +74,20 @@ def verdicts(hub: Hub) -> list[tuple[str, str]]:
         return [(c.verdict, c.answer_code) for c in s.scalars(select(PaymentCallback).order_by(PaymentCallback.id))]
 
 
+def cli_env(hub: Hub, tmp_path: Path) -> dict[str, str]:
+    """The environment `hub payments …` runs in, beside this hub: its database, key and platform."""
+    return {
+        "PATH": str(Path(sys.executable).parent),
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_DATABASE_URL": hub.settings.effective_database_url,
+        "HUB_SECRET_KEY": hub.settings.secret_key.get_secret_value() if hub.settings.secret_key else "",
+        "HUB_PAYMENT_DVC_URL": hub.settings.payment_dvc_url,
+        "HUB_PAYMENT_DVC_PARTNER": PARTNER,
+        "HUB_PAYMENT_DVC_SECRET": SECRET,
+        "HUB_NATIONAL_PORTAL_PASSWORD": "unused",
+    }
+
+
 def create(hub: Hub, code: str) -> dict[str, Any]:
     r = hub.http.post("/v1/payments", json={"MaHoSo": code})
     assert r.status_code == 201, r.text
@@ -221,16 +235,7 @@ def test_an_operator_asks_about_one_payment_now(hub: Hub, platform: httpx.Client
     httpx.post(payment["pay_url"])
     httpx.post(untouched["pay_url"])
     assert hub.runtime.check_payments() == {}  # both asked a moment ago: the schedule waits
-    env = {
-        "PATH": str(Path(sys.executable).parent),
-        "HUB_VAR_DIR": str(tmp_path),
-        "HUB_DATABASE_URL": hub.settings.effective_database_url,
-        "HUB_SECRET_KEY": hub.settings.secret_key.get_secret_value() if hub.settings.secret_key else "",
-        "HUB_PAYMENT_DVC_URL": hub.settings.payment_dvc_url,
-        "HUB_PAYMENT_DVC_PARTNER": PARTNER,
-        "HUB_PAYMENT_DVC_SECRET": SECRET,
-        "HUB_NATIONAL_PORTAL_PASSWORD": "unused",
-    }
+    env = cli_env(hub, tmp_path)
     run = subprocess.run(
         [HUB_BIN, "payments", "check", payment["reference"], "--json"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
@@ -333,16 +338,7 @@ def test_reconciliation_reports_each_kind_of_drift(hub: Hub, platform: httpx.Cli
     assert by_kind["amount_mismatch"]["hub_amount"] == 8000 and by_kind["amount_mismatch"]["platform_amount"] == 7000
     assert by_kind["missing_at_hub"]["transaction_id"] == "GDNOTATHUB"
     # the same from the command line, as CSV for the finance office
-    env = {
-        "PATH": str(Path(sys.executable).parent),
-        "HUB_VAR_DIR": str(tmp_path),
-        "HUB_DATABASE_URL": hub.settings.effective_database_url,
-        "HUB_SECRET_KEY": hub.settings.secret_key.get_secret_value() if hub.settings.secret_key else "",
-        "HUB_PAYMENT_DVC_URL": hub.settings.payment_dvc_url,
-        "HUB_PAYMENT_DVC_PARTNER": PARTNER,
-        "HUB_PAYMENT_DVC_SECRET": SECRET,
-        "HUB_NATIONAL_PORTAL_PASSWORD": "unused",
-    }
+    env = cli_env(hub, tmp_path)
     run = subprocess.run(
         [HUB_BIN, "payments", "reconcile", "--date", today.date().isoformat(), "--format", "csv"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
