@@ -257,6 +257,7 @@ class Runtime:
             callback_url=lambda name: f"{settings.effective_public_url}/v1/payments/callbacks/{name}",
             callback_max_age=timedelta(hours=settings.payment_callback_max_age_hours),
             query_after=timedelta(seconds=settings.payment_query_after_seconds),
+            expire_after=timedelta(hours=settings.payment_expire_after_hours),
             on_commit=self.wake,
         )
 

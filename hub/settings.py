@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     payment_query_after_seconds: float = 900.0  # a pending payment without callback is queried after this
     payment_callback_max_age_hours: float = 48.0  # callbacks about older transactions are refused (replay)
     payment_check_interval: float = 60.0  # seconds between checks of pending payments; 0 disables
+    # a payment still not paid this long after it was made is given up as expired (its pay link abandoned); a new
+    # one can be made for the dossier, and a late confirmation of the old one is still credited
+    payment_expire_after_hours: float = Field(default=72.0, gt=0)
 
     # Sandbox peers (embedded default).
     sandbox_host: str = "127.0.0.1"

@@ -255,6 +255,52 @@ def test_an_operator_asks_about_one_payment_now(hub: Hub, platform: httpx.Client
     assert gone == {"platform_not_configured": 1}
 
 
+def test_abandoned_pay_links_neither_crowd_out_newer_payments_nor_wait_for_ever(
+    hub: Hub, platform: httpx.Client
+) -> None:
+    """Citizens open pay links and never pay. The scheduled check asks those asked longest ago first — one made
+    later is asked on the next run even when the run is full (here, 2 a run) — asks an old one only every 15
+    minutes, and gives a payment up as expired once it is unpaid past HUB_PAYMENT_EXPIRE_AFTER_HOURS: the
+    dossier can have a new one, and a confirmation of the old one arriving late is still credited."""
+    codes = [awaiting_payment(hub, n) for n in (1, 2, 3)]
+    first, second, late = (create(hub, code) for code in codes)
+    payments = hub.runtime.payments
+
+    def back(reference: str, **ago: timedelta) -> None:  # make a payment (or its last question) older
+        with hub.runtime.sessions.begin() as s:
+            p = s.scalars(select(Payment).where(Payment.reference == reference)).one()
+            for field, by in ago.items():
+                setattr(p, field, getattr(p, field) - by)
+
+    def asked() -> dict[str, datetime | None]:
+        with hub.runtime.sessions() as s:
+            return {p.reference: p.last_checked_at for p in s.scalars(select(Payment))}
+
+    for p in (first, second, late):
+        back(p["reference"], created_at=timedelta(hours=2))
+    back(late["reference"], created_at=-timedelta(minutes=1))  # made a minute after the others
+    assert payments.check_pending(correlation_id="t", limit=2) == {"still_pending": 2}
+    assert asked()[late["reference"]] is None  # the run was full
+    for p in (first, second):
+        back(p["reference"], last_checked_at=timedelta(minutes=16))  # due again
+    assert payments.check_pending(correlation_id="t", limit=2) == {"still_pending": 2}
+    assert asked()[late["reference"]] is not None  # never asked: first in line, before the older ones asked before
+    assert payments.check_pending(correlation_id="t", limit=2) == {"still_pending": 1}  # the one left over
+    assert payments.check_pending(correlation_id="t") == {}  # asked under 15 minutes ago, all of them
+    # three days on, still unpaid: given up
+    back(first["reference"], created_at=timedelta(hours=72), last_checked_at=timedelta(minutes=16))
+    assert payments.check_pending(correlation_id="t") == {"expired": 1}
+    assert payment_of(hub, first["reference"])["status"] == "expired" and dossier_status(hub, codes[0]) == 6
+    again = create(hub, codes[0])  # the dossier can have a new payment
+    assert again["reference"] != first["reference"] and again["status"] == "pending"
+    # the citizen had paid the old link after all: its confirmation is credited, the dossier moves on
+    platform.post("/_sandbox/faults", json={"drop_callback": True})
+    httpx.post(first["pay_url"])
+    [answer] = platform.post(f"/_sandbox/callback/{first['reference']}", json={}).json()["answers"]
+    assert answer["body"]["MaLoi"] == "00"
+    assert payment_of(hub, first["reference"])["status"] == "paid" and dossier_status(hub, codes[0]) == 4
+
+
 def test_declined_payment_leaves_the_dossier_waiting_and_allows_a_new_one(hub: Hub, platform: httpx.Client) -> None:
     code = awaiting_payment(hub)
     payment = create(hub, code)

@@ -106,6 +106,9 @@ TEXT: dict[str, dict[str, str]] = {
         "pay:pending": "đang chờ thanh toán",
         "pay:paid": "đã thanh toán",
         "pay:failed": "không thành công",
+        "pay:expired": "hết hạn, chưa thanh toán",
+        "checked:expired": "Nền tảng vẫn chưa ghi nhận thanh toán: đã quá hạn, khoản thanh toán hết hiệu lực"
+        " (có thể tạo khoản mới)",
         "verdict:applied": "đã ghi nhận",
         "verdict:duplicate": "trùng, đã có",
         "verdict:declined": "nền tảng báo thất bại",
@@ -232,6 +235,9 @@ TEXT: dict[str, dict[str, str]] = {
         "pay:pending": "pending",
         "pay:paid": "paid",
         "pay:failed": "failed",
+        "pay:expired": "expired unpaid",
+        "checked:expired": "Still not paid at the platform past its time: the payment is given up as expired (a new one"
+        " can be made)",
         "verdict:applied": "applied",
         "verdict:duplicate": "duplicate",
         "verdict:declined": "declined by the platform",

@@ -67,7 +67,7 @@ def _money(amount: int | None, currency: str = "VND") -> str:
 templates.env.filters["when"] = _when
 templates.env.filters["json"] = _json
 templates.env.filters["money"] = _money
-PAYMENT_STATES = ("pending", "paid", "failed")
+PAYMENT_STATES = ("pending", "paid", "failed", "expired")
 JOBS = ("poll_portal", "check_payments", "reconcile", "anchor_audit_log")
 ID_RE = re.compile(r"^[0-9]{12}\Z")
 

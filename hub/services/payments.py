@@ -10,7 +10,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -86,6 +86,10 @@ class PaymentIn(NulFree):
         return identifiers.dossier_code(value).value
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def new_reference(now: datetime) -> str:
     """MaThamChieu: HUB, the day in Vietnam (as the dossier codes and the platform's statements have it), 12 hex."""
     return f"HUB{now.astimezone(VN_TZ).strftime('%y%m%d')}{secrets.token_hex(6).upper()}"
@@ -140,6 +144,7 @@ class PaymentService:
         callback_url: Callable[[str], str],
         callback_max_age: timedelta,
         query_after: timedelta,
+        expire_after: timedelta = timedelta(hours=72),
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self.sessions = sessions
@@ -149,6 +154,7 @@ class PaymentService:
         self.callback_url = callback_url
         self.callback_max_age = callback_max_age
         self.query_after = query_after
+        self.expire_after = expire_after
         self._on_commit = on_commit
         # confirmations arriving together are applied in one transaction (each still exactly once)
         self._applies: GroupCommit[Session, _Apply, tuple[str, str, str | None]] = GroupCommit(
@@ -410,25 +416,33 @@ class PaymentService:
     def check_pending(
         self, *, correlation_id: str, limit: int = 200, references: Sequence[str] | None = None
     ) -> dict[str, int]:
-        """Query the platform for pending payments older than `query_after` (not checked in the last minute) — or,
-        `references` given (an operator asks), for those of them still pending, now."""
+        """Query the platform for pending payments older than `query_after` — each again a minute after its last
+        query in its first hour, every 15 minutes after that; those never asked or asked longest ago first, so
+        that abandoned pay links never crowd out a newer payment — or, `references` given (an operator asks),
+        for those of them still pending, now. A payment the platform still reports unpaid `expire_after` after it
+        was made is given up as `expired` (a new one can be made; a late confirmation is still credited)."""
         now = utcnow()
         with self.sessions() as s:
             if references is None:
+                young = Payment.created_at > now - timedelta(hours=1)
                 when = [
                     Payment.created_at <= now - self.query_after,
-                    or_(Payment.last_checked_at.is_(None), Payment.last_checked_at <= now - timedelta(minutes=1)),
+                    or_(
+                        Payment.last_checked_at.is_(None),
+                        and_(young, Payment.last_checked_at <= now - timedelta(minutes=1)),
+                        and_(~young, Payment.last_checked_at <= now - timedelta(minutes=15)),
+                    ),
                 ]
             else:
                 when = [Payment.reference.in_(list(references)[:limit])]
             due = s.execute(
-                select(Payment.reference, Payment.platform)
+                select(Payment.reference, Payment.platform, Payment.created_at)
                 .where(Payment.status == "pending", Payment.pay_url.is_not(None), *when)
-                .order_by(Payment.created_at)
+                .order_by(Payment.last_checked_at.asc().nulls_first(), Payment.created_at)
                 .limit(limit)
             ).all()
         counts = Counter[str]()
-        for reference, platform_name in due:
+        for reference, platform_name, created_at in due:
             platform = self.platforms.get(platform_name)
             if platform is None:  # made at a platform hub is no longer configured for: nobody to ask
                 counts["platform_not_configured"] += 1
@@ -452,7 +466,16 @@ class PaymentService:
                 verdict, _, _ = self._apply(platform_name, cb, "query", correlation_id, "query:" + reference)
                 counts[verdict] += 1
             else:
-                counts["still_pending"] += 1
+                expired = _aware(created_at) <= now - self.expire_after
+                counts["expired" if expired else "still_pending"] += 1
+                if expired:
+                    with self.sessions.begin() as s:  # only if nothing credited it meanwhile
+                        s.execute(
+                            update(PAYMENTS)
+                            .where(PAYMENTS.c.reference == reference, PAYMENTS.c.status == "pending")
+                            .values(status="expired", updated_at=utcnow())
+                        )
+                    log.info("payment expired unpaid", extra={"reference": reference, "platform": platform_name})
             with self.sessions.begin() as s:
                 p = s.scalars(select(Payment).where(Payment.reference == reference)).one()
                 p.last_checked_at = utcnow()

@@ -302,7 +302,7 @@ class Payment(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     fees: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
-    status: Mapped[str] = mapped_column(String(16))  # pending | paid | failed
+    status: Mapped[str] = mapped_column(String(16))  # pending | paid | failed | expired (abandoned, never paid)
     pay_url: Mapped[str | None] = mapped_column(Text)
     transaction_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     bank: Mapped[str | None] = mapped_column(String(20))
