@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
 from hub.store.db import WalCheckpointer
-from hub.store.models import AccessLogEntry, Exchange, OutboxMessage, Payment, PaymentCallback
+from hub.store.models import AccessLogEntry, Exchange, JobRun, OutboxMessage, Payment, PaymentCallback
 from hub.store.space import DiskSpace
 from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
 from hub.sync.workers import WorkerSeen
@@ -171,6 +171,21 @@ class StoreCollector(Collector):
             )
             for (platform, verdict, code), counted in sorted(self.callbacks.read(s).items()):
                 callbacks.add_metric([platform, verdict, code], counted[0])
+            drift = GaugeMetricFamily(
+                "hub_payment_reconciliation_drift",
+                "Lines of the last reconciled day's statement that differ from hub's ledger, by platform and kind",
+                labels=["platform", "result"],
+            )
+            last = s.scalars(  # the latest successful daily reconciliation (ix_job_runs_name_started)
+                select(JobRun)
+                .where(JobRun.name == "reconcile_payments", JobRun.outcome == "ok")
+                .order_by(JobRun.started_at.desc())
+                .limit(1)
+            ).first()
+            for key, n in sorted((last.detail if last is not None else {}).items()):
+                platform, _, result = key.partition(".")
+                if result and result != "matched" and isinstance(n, int):
+                    drift.add_metric([platform, result], float(n))
             attempts = GaugeMetricFamily(
                 "hub_outbox_attempts",
                 "Delivery attempts spent by outbox rows not delivered yet, by state and destination",
@@ -188,7 +203,7 @@ class StoreCollector(Collector):
             for peer, sums in sorted(by_peer.items()):
                 buckets = [(str(b), c) for b, c in zip(DURATION_BUCKETS_MS, sums[2:], strict=True)]
                 durations.add_metric([peer], [*buckets, ("+Inf", sums[0])], sums[1])
-        yield from (depth, oldest, exchanges, latency, reads, payments, callbacks, attempts, durations)
+        yield from (depth, oldest, exchanges, latency, reads, payments, callbacks, drift, attempts, durations)
 
 
 class WalCollector(Collector):

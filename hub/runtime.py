@@ -10,9 +10,10 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from hub.adapters.errors import PeerRejected
@@ -20,6 +21,7 @@ from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.adapters.national_portal import NationalPortalClient
 from hub.adapters.one_stop import OneStopClient
 from hub.domain.calendar import WorkingCalendar
+from hub.domain.errors import DomainError
 from hub.domain.identifiers import dossier_code
 from hub.services import routes
 from hub.services.dossiers import DOCUMENT_EXCHANGE, NATIONAL_PORTAL, ONE_STOP, DossierService
@@ -131,6 +133,7 @@ class Runtime:
                         (settings.portal_poll_interval, self.poll_portal),
                         (settings.payment_check_interval, self.check_payments),
                         (settings.reconcile_interval, self.reconcile),
+                        (settings.payment_reconcile_interval, self.reconcile_payments),
                         (settings.audit_anchor_interval, self.anchor_audit_log),
                     ],
                     roster=self._roster,
@@ -483,6 +486,53 @@ class Runtime:
             return result.as_dict()
 
         return self._job("reconcile", work)
+
+    def reconcile_payments(self, day: date | None = None) -> dict[str, Any]:
+        """Each platform's statement of a day (Vietnam time) against hub's paid payments. Scheduled: the previous
+        day, once, from HUB_PAYMENT_RECONCILE_HOUR on; the drift counts go in the job's run (the console's
+        sync-jobs page), the metrics (`hub_payment_reconciliation_drift`) and the log, the rows themselves to
+        `hub payments reconcile --date`. A platform that does not give its statement fails the run, which is
+        tried again at the next interval."""
+        from hub.domain.dates import VN_TZ, utcnow
+        from hub.store.models import JobRun
+
+        if day is None:
+            local = utcnow().astimezone(VN_TZ)
+            if local.hour < self.settings.payment_reconcile_hour:
+                return {}
+            day = local.date() - timedelta(days=1)
+            with self.sessions() as s:
+                last = s.scalars(
+                    select(JobRun)
+                    .where(JobRun.name == "reconcile_payments", JobRun.outcome == "ok")
+                    .order_by(JobRun.started_at.desc())
+                    .limit(1)
+                ).first()
+            if last is not None and last.detail.get("day") == day.isoformat():
+                return {}  # done for that day
+        when = day
+
+        def work() -> dict[str, Any]:
+            counts: dict[str, Any] = {"day": when.isoformat()}
+            failed = []
+            for name in sorted(self.payment_platforms):
+                try:
+                    result = self.payments.reconcile(name, when, correlation_id=f"payments-reconcile-{when}")
+                except DomainError as exc:
+                    failed.append(f"{name}: {exc.detail}")
+                    continue
+                counts |= {f"{name}.{kind}": n for kind, n in result["summary"].items()}
+                drift = {kind: n for kind, n in result["summary"].items() if kind != "matched" and n}
+                if drift:
+                    log.warning(
+                        "a payment platform's statement differs from hub's ledger",
+                        extra={"platform": name, "day": when.isoformat(), **drift},
+                    )
+            if failed:
+                raise RuntimeError("; ".join(failed))
+            return counts
+
+        return self._job("reconcile_payments", work)
 
     def check_payments(self) -> dict[str, int]:
         return self._job(

@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     # a payment still not paid this long after it was made is given up as expired (its pay link abandoned); a new
     # one can be made for the dossier, and a late confirmation of the old one is still credited
     payment_expire_after_hours: float = Field(default=72.0, gt=0)
+    # once a day, the previous day's statement of each platform against hub's ledger (a scheduled job): checked
+    # every interval (0 disables), taken from this hour of the day in Vietnam (the platforms publish after midnight)
+    payment_reconcile_interval: float = 3600.0
+    payment_reconcile_hour: int = Field(default=6, ge=0, le=23)
 
     # Sandbox peers (embedded default).
     sandbox_host: str = "127.0.0.1"

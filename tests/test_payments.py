@@ -392,6 +392,39 @@ def test_reconciliation_reports_each_kind_of_drift(hub: Hub, platform: httpx.Cli
     assert run.returncode == 1, run.stderr  # drift found
     lines = run.stdout.strip().splitlines()
     assert lines[0] == "result,reference,transaction_id,hub_amount,platform_amount,note" and len(lines) == 5
+    # the daily job: its counts in the job's run (the console's sync-jobs page) and in the metrics
+    counts = hub.runtime.reconcile_payments(today.date())
+    assert counts == {
+        "day": today.date().isoformat(), "dvc.matched": 1, "dvc.missing_at_hub": 1, "dvc.missing_at_platform": 1,
+        "dvc.amount_mismatch": 1,
+    }  # fmt: skip
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_payment_reconciliation_drift{platform="dvc",result="amount_mismatch"} 1.0' in metrics
+    assert 'result="matched"' not in metrics
+
+
+def test_the_previous_days_statement_is_reconciled_once_a_day(hub: Hub, platform: httpx.Client) -> None:
+    """Scheduled every hour: from HUB_PAYMENT_RECONCILE_HOUR (Vietnam time) on, the previous day is reconciled,
+    once; a platform that does not give its statement fails the run, and the next run tries again."""
+    from hub.store.models import JobRun
+
+    def runs() -> list[tuple[str, dict[str, Any]]]:
+        with hub.runtime.sessions() as s:
+            q = select(JobRun).where(JobRun.name == "reconcile_payments").order_by(JobRun.id)
+            return [(r.outcome, r.detail) for r in s.scalars(q)]
+
+    yesterday = ((datetime.now(UTC) + timedelta(hours=7)).date() - timedelta(days=1)).isoformat()
+    hub.runtime.settings = hub.runtime.settings.model_copy(update={"payment_reconcile_hour": 0})
+    platform.post("/_sandbox/faults", json={"outage_seconds": 60})
+    with pytest.raises(RuntimeError, match="dvc"):
+        hub.runtime.reconcile_payments()
+    platform.post("/_sandbox/faults", json={"outage_seconds": 0})
+    assert hub.runtime.reconcile_payments() == {
+        "day": yesterday, "dvc.matched": 0, "dvc.missing_at_hub": 0, "dvc.missing_at_platform": 0,
+        "dvc.amount_mismatch": 0,
+    }  # fmt: skip
+    assert hub.runtime.reconcile_payments() == {}  # done for that day
+    assert [(outcome, detail.get("day")) for outcome, detail in runs()] == [("error", None), ("ok", yesterday)]
 
 
 def test_a_payment_reference_carries_the_day_in_vietnam() -> None:

@@ -130,6 +130,7 @@ TEXT: dict[str, dict[str, str]] = {
         "job:poll_portal": "Hỏi Cổng DVCQG các hồ sơ mới nộp (dự phòng khi không nhận được)",
         "job:check_payments": "Tra cứu các thanh toán đang chờ",
         "job:reconcile": "Đối soát trạng thái hồ sơ với Cổng DVCQG",
+        "job:reconcile_payments": "Đối soát thanh toán ngày hôm trước với sao kê của nền tảng thanh toán",
         "job:anchor_audit_log": "Ghi mốc nhật ký truy cập dữ liệu cá nhân ra ngoài CSDL",
     },
     "en": {
@@ -259,6 +260,7 @@ TEXT: dict[str, dict[str, str]] = {
         "job:poll_portal": "Ask the national portal for newly filed dossiers (the fallback for lost pushes)",
         "job:check_payments": "Query pending payments",
         "job:reconcile": "Reconcile dossier statuses with the national portal",
+        "job:reconcile_payments": "Reconcile the previous day's payments with each platform's statement",
         "job:anchor_audit_log": "Note the personal-data access log's head outside the database",
     },
 }

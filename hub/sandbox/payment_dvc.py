@@ -187,6 +187,8 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
 
     @app.get("/api/statement")
     def statement(MaDoiTac: str, Ngay: str) -> Response:  # noqa: N803 - the contract's names
+        if st.faults.outage_until > time.time():
+            return JSONResponse({"MaLoi": "99", "MoTaLoi": "sandbox outage"}, status_code=503)
         secret = st.partners.get(MaDoiTac)
         if secret is None:
             return JSONResponse({"MaLoi": "97", "MoTaLoi": "đối tác không tồn tại"}, status_code=403)

@@ -102,6 +102,13 @@ def reconcile_task() -> dict[str, Any]:
     return result
 
 
+@app.task(name="hub.reconcile_payments")
+def reconcile_payments_task() -> dict[str, Any]:
+    """The previous day's statement of each payment platform against hub's ledger, once a day (read-only)."""
+    result: dict[str, Any] = runtime().reconcile_payments()
+    return result
+
+
 @app.task(name="hub.anchor_audit_log")
 def anchor_audit_log_task() -> dict[str, int]:
     """Note the access log's head outside the database (in this worker's anchor file and log)."""
@@ -135,6 +142,7 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
         ("hub.poll_portal", settings.portal_poll_interval),
         ("hub.check_payments", settings.payment_check_interval),
         ("hub.reconcile", settings.reconcile_interval),
+        ("hub.reconcile_payments", settings.payment_reconcile_interval),
         ("hub.anchor_audit_log", settings.audit_anchor_interval),
     ]
 
