@@ -10,7 +10,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -84,10 +84,6 @@ class PaymentIn(NulFree):
     @classmethod
     def _code(cls, value: str) -> str:
         return identifiers.dossier_code(value).value
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def new_reference(now: datetime) -> str:
@@ -452,6 +448,7 @@ class PaymentService:
             except PeerError:
                 counts["errors"] += 1
                 continue
+            expired = False
             if result.status in ("paid", "failed") and result.transaction_id and result.amount is not None:
                 cb = Callback(
                     reference=reference,
@@ -466,19 +463,18 @@ class PaymentService:
                 verdict, _, _ = self._apply(platform_name, cb, "query", correlation_id, "query:" + reference)
                 counts[verdict] += 1
             else:
-                expired = _aware(created_at) <= now - self.expire_after
+                expired = created_at <= now - self.expire_after  # (the store's datetimes are aware, in UTC)
                 counts["expired" if expired else "still_pending"] += 1
-                if expired:
-                    with self.sessions.begin() as s:  # only if nothing credited it meanwhile
-                        s.execute(
-                            update(PAYMENTS)
-                            .where(PAYMENTS.c.reference == reference, PAYMENTS.c.status == "pending")
-                            .values(status="expired", updated_at=utcnow())
-                        )
-                    log.info("payment expired unpaid", extra={"reference": reference, "platform": platform_name})
+            asked = utcnow()
             with self.sessions.begin() as s:
-                p = s.scalars(select(Payment).where(Payment.reference == reference)).one()
-                p.last_checked_at = utcnow()
+                if expired:  # only if nothing credited it meanwhile
+                    s.execute(
+                        update(PAYMENTS)
+                        .where(PAYMENTS.c.reference == reference, PAYMENTS.c.status == "pending")
+                        .values(status="expired", updated_at=asked)
+                    )
+                    log.info("payment expired unpaid", extra={"reference": reference, "platform": platform_name})
+                s.execute(update(PAYMENTS).where(PAYMENTS.c.reference == reference).values(last_checked_at=asked))
         return dict(counts)
 
     def of_dossier(self, code: str) -> list[dict[str, Any]]:
