@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
 from hub.store.db import WalCheckpointer
-from hub.store.models import AccessLogEntry, Exchange, JobRun, OutboxMessage, Payment, PaymentCallback
+from hub.store.models import AccessLogEntry, Exchange, OutboxMessage, Payment, PaymentCallback
 from hub.store.space import DiskSpace
+from hub.sync import jobs
 from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
 from hub.sync.workers import WorkerSeen
 
@@ -176,12 +177,7 @@ class StoreCollector(Collector):
                 "Lines of the last reconciled day's statement that differ from hub's ledger, by platform and kind",
                 labels=["platform", "result"],
             )
-            last = s.scalars(  # the latest successful daily reconciliation (ix_job_runs_name_started)
-                select(JobRun)
-                .where(JobRun.name == "reconcile_payments", JobRun.outcome == "ok")
-                .order_by(JobRun.started_at.desc())
-                .limit(1)
-            ).first()
+            last = jobs.last_run(s, "reconcile_payments", ok_only=True)
             for key, n in sorted((last.detail if last is not None else {}).items()):
                 platform, _, result = key.partition(".")
                 if result and result != "matched" and isinstance(n, int):

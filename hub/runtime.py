@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from hub.adapters.errors import PeerRejected
@@ -494,7 +494,7 @@ class Runtime:
         `hub payments reconcile --date`. A platform that does not give its statement fails the run, which is
         tried again at the next interval."""
         from hub.domain.dates import VN_TZ, utcnow
-        from hub.store.models import JobRun
+        from hub.sync import jobs
 
         if day is None:
             local = utcnow().astimezone(VN_TZ)
@@ -502,12 +502,7 @@ class Runtime:
                 return {}
             day = local.date() - timedelta(days=1)
             with self.sessions() as s:
-                last = s.scalars(
-                    select(JobRun)
-                    .where(JobRun.name == "reconcile_payments", JobRun.outcome == "ok")
-                    .order_by(JobRun.started_at.desc())
-                    .limit(1)
-                ).first()
+                last = jobs.last_run(s, "reconcile_payments", ok_only=True)
             if last is not None and last.detail.get("day") == day.isoformat():
                 return {}  # done for that day
         when = day

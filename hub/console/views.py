@@ -30,7 +30,7 @@ from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services.audit import OPERATOR_SEARCH, Access
 from hub.services.dossiers import mask_id
-from hub.store.models import Dossier, Exchange, JobRun, OutboxMessage, Payment, StatusEvent
+from hub.store.models import Dossier, Exchange, OutboxMessage, Payment, StatusEvent
 from hub.sync import jobs, outbox
 from hub.sync.workers import WorkerSeen
 
@@ -479,9 +479,7 @@ def router(runtime: Any) -> APIRouter:
         found = []
         with rt().sessions() as s:
             for name in JOBS:
-                run = s.scalars(
-                    select(JobRun).where(JobRun.name == name).order_by(JobRun.started_at.desc()).limit(1)
-                ).first()
+                run = jobs.last_run(s, name)
                 found.append(
                     {
                         "name": name,

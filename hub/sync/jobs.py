@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.store.models import Dossier, OutboxMessage
+from hub.store.models import Dossier, JobRun, OutboxMessage
 from hub.sync import outbox
 
 
@@ -243,3 +243,11 @@ def peers_status(session: Session) -> list[dict[str, Any]]:
             at, code = max(failures, key=lambda v: v[0])
             p["last_failure"], p["last_error_code"] = at.isoformat(), code
     return sorted(peers.values(), key=lambda p: p["peer"])
+
+
+def last_run(session: Session, name: str, *, ok_only: bool = False) -> JobRun | None:
+    """The latest run of a scheduled job (ix_job_runs_name_started), or of its successful runs."""
+    query = select(JobRun).where(JobRun.name == name)
+    if ok_only:
+        query = query.where(JobRun.outcome == "ok")
+    return session.scalars(query.order_by(JobRun.started_at.desc()).limit(1)).first()
