@@ -13,6 +13,27 @@ from typing import Any
 _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 # The id of the request (or of the message being delivered) that the current code works for.
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="-")
+# Where the current request's time went besides hub's own work (the register, the durable journal), in seconds by
+# part: the API reports it in its Server-Timing header beside `app`, the whole.
+timings: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("timings", default=None)
+
+
+class spent:  # noqa: N801 - used as a context manager, like a function
+    """`with spent("register"): ...` adds the block's time to the current request's part of that name."""
+
+    __slots__ = ("name", "started")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        parts = timings.get()
+        if parts is not None:
+            parts[self.name] = parts.get(self.name, 0.0) + time.perf_counter() - self.started
 
 
 class JsonFormatter(logging.Formatter):

@@ -120,6 +120,11 @@ def test_birth_registration_by_the_father_fills_the_mother_from_his_spouse(hub: 
     assert 'hub_personal_data_reads_total{outcome="allowed",procedure="1.001193"} 2.0' in metrics
     assert 'hub_prefill_seconds_count{outcome="ok"} 1.0' in metrics
     assert 'hub_exchange_duration_ms_count{peer="population"} 2.0' in metrics
+    # where the time went (Server-Timing): beside hub's whole, the register's two answers and the durable journal
+    timing = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+    assert set(timing) == {"app", "register", "journal"} and 0 < float(timing["register"]) < float(timing["app"])
+    again = ask(hub, father["SoDinhDanh"]).headers["server-timing"]  # from the cache: the register is not asked
+    assert again.startswith("app;dur=") and "register" not in again and ", journal;dur=" in again
 
 
 def test_birth_registration_by_the_mother_fills_her_own_side(hub: Hub, people: httpx.Client) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.logs import correlation_id
+from hub.logs import correlation_id, timings
 
 COMPRESSED = frozenset({b"gzip", b"x-gzip", b"deflate", b"br", b"compress", b"x-compress", b"zstd"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
@@ -73,6 +73,8 @@ class BodyLimitAndCorrelation:
         offered = headers.get(b"x-correlation-id", b"").decode("latin-1")
         cid = offered if _SAFE_ID.match(offered) else uuid.uuid4().hex
         token = correlation_id.set(cid)
+        parts: dict[str, float] = {}
+        timed = timings.set(parts)
         record = self.inbound is not None and scope["path"].startswith(self.inbound_prefixes)
         started = time.perf_counter()
         documents = self.document_paths is not None and self.document_paths.match(scope["path"]) is not None
@@ -122,11 +124,13 @@ class BodyLimitAndCorrelation:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                    took = f"app;dur={(time.perf_counter() - started) * 1000:.2f}".encode()  # W3C Server-Timing
+                    took = f"app;dur={(time.perf_counter() - started) * 1000:.2f}" + "".join(  # W3C Server-Timing
+                        f", {name};dur={seconds * 1000:.2f}" for name, seconds in parts.items()
+                    )
                     message["headers"] = [
                         *message.get("headers", []),
                         (b"x-correlation-id", cid.encode()),
-                        (b"server-timing", took),
+                        (b"server-timing", took.encode()),
                     ]
                 if record:  # a pushed request is recorded before its answer leaves (the answer is small)
                     held.append(message)
@@ -145,6 +149,7 @@ class BodyLimitAndCorrelation:
                 route = getattr(scope.get("route"), "path", "unmatched")
                 self.observe(scope["method"], route, status, time.perf_counter() - started)
         finally:
+            timings.reset(timed)
             correlation_id.reset(token)
 
     async def _inbound(self, scope: Scope, cid: str, body: bytes, status: int, reply: bytes, started: float) -> None:

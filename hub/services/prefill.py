@@ -28,6 +28,7 @@ from hub.domain import identifiers
 from hub.domain.dates import instant, utcnow
 from hub.domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
 from hub.domain.privacy import subject_hmac
+from hub.logs import spent
 from hub.services.audit import ACCESS_LOG_INQUIRY, DATA_SUBJECT_ACCESS, Access, AccessLog
 from hub.services.population_cache import PopulationCache
 from hub.services.quota import Quota, retry_after
@@ -398,7 +399,8 @@ class PrefillService:
         finally:
             group = self._group_for(journal)
             if group is not None:
-                group.submit(journal)
+                with spent("journal"):
+                    group.submit(journal)
 
     def _group_for(self, journal: _Journal) -> GroupCommit[RawTransaction, _Journal, None] | None:
         """Which group commit writes a journal: one with exchange records or replies to cache (a register
@@ -492,8 +494,10 @@ class PrefillService:
                 return await anyio.to_thread.run_sync(self._prefill_recorded, client, body, correlation_id)
         finally:
             group = self._group_for(journal)
-            if group is not None and not (group is self._accesses and self._appended_inline(journal)):
-                await group.submit_async(journal)
+            if group is not None:
+                with spent("journal"):  # the access log made durable (inline on the loop, or its group commit)
+                    if not (group is self._accesses and self._appended_inline(journal)):
+                        await group.submit_async(journal)
 
     def _appended_inline(self, journal: _Journal) -> bool:
         """Append the journal's entries on this thread if that shares no commit and waits for no one (ADR 0018)."""
@@ -722,7 +726,10 @@ class PrefillService:
             else None,
         )
         try:
-            record = self.population.look_up(query, correlation_id=correlation_id, on_exchange=journal.exchanges.append)
+            with spent("register"):  # the population database's own time, as hub waits for it
+                record = self.population.look_up(
+                    query, correlation_id=correlation_id, on_exchange=journal.exchanges.append
+                )
         except PeerError as exc:
             journal.accesses.append(access(role, who, request_id, "failed", exc.code, []))
             if optional:
