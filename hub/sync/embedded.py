@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
@@ -56,23 +57,44 @@ class FileRoster:
     """The embedded workers delivering from one SQLite database — one per `hub serve` process, so N with
     `--workers N` — each noting its sign of life once a second in a small file beside the database
     (`hub.db.workers.d/<pid>.json`), as distributed workers do in Redis: one whose note is older than the
-    time-to-live (killed, frozen) drops out of the list; notes of processes long gone are swept by readers."""
+    time-to-live (killed, frozen) drops out of the list; notes of processes long gone are swept by readers.
+
+    A note is written over itself, at a fixed size padded with blanks: after its first write it never takes more
+    room on the disk — it must not compete with the database for the last bytes of a full volume (ADR 0023)."""
+
+    NOTE_BYTES = 512
 
     def __init__(self, database: Path, *, ttl: float) -> None:
         self.dir = Path(f"{database}.workers.d")
         self.ttl = ttl
+        self._fd: int | None = None
+        self._size = self.NOTE_BYTES
 
     def beat(self, *, name: str, host: str, pid: int, last_drain: float | None) -> None:
         """Note this worker alive now (`last_drain`: the wall-clock time a drain last started)."""
-        self.dir.mkdir(mode=0o700, exist_ok=True)
         note = {"name": name, "host": host, "pid": pid, "beat": time.time(), "last_drain": last_drain}
-        part = self.dir / f".{pid}.part"
-        part.write_text(json.dumps(note))
-        os.replace(part, self.dir / f"{pid}.json")  # readers see the old note or the new one, never half of one
+        data = json.dumps(note).encode()
+        self._size = max(self._size, len(data))
+        if self._fd is None:
+            self.dir.mkdir(mode=0o700, exist_ok=True)
+            self._fd = os.open(self.dir / f"{pid}.json", os.O_RDWR | os.O_CREAT, 0o600)
+        os.pwrite(self._fd, data.ljust(self._size), 0)  # JSON allows the trailing blanks
 
     def leave(self, pid: int) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         with suppress(OSError):
             (self.dir / f"{pid}.json").unlink()
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
+        """A note; read again once if caught half-written (it is written over itself)."""
+        try:
+            note: dict[str, Any] = json.loads(path.read_bytes())
+        except ValueError:
+            note = json.loads(path.read_bytes())
+        return note
 
     def seen(self) -> list[WorkerSeen]:
         now = time.time()
@@ -83,7 +105,7 @@ class FileRoster:
             return found
         for path in notes:
             try:
-                note = json.loads(path.read_text())
+                note = self._read(path)
                 age = now - float(note["beat"])
                 last = note.get("last_drain")
                 seen = WorkerSeen(
