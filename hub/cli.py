@@ -848,6 +848,8 @@ def catalogue_sync(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
 @catalogue_cli.command("list")
 def catalogue_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The procedures hub knows, with their time limits and fees."""
+    from hub.domain.money import dong
+
     rt = _jobs_runtime()
     try:
         items = rt.catalogue.all()
@@ -860,7 +862,7 @@ def catalogue_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     for col in ("MaTTHC", "TenTTHC", "limit (working days)", "fees (đồng)"):
         table.add_column(col)
     for p in items:
-        fees = ", ".join(f"{f['Gia']:,}".replace(",", ".") for f in p["PhiLePhi"]) or "—"
+        fees = ", ".join(dong(f["Gia"]) for f in p["PhiLePhi"]) or "—"
         table.add_row(p["MaTTHC"], p["TenTTHC"], str(p["ThoiHanGiaiQuyet"]), fees)
     out.print(table)
 

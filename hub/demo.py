@@ -16,6 +16,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from hub.domain.money import dong
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.sandbox import national_portal, one_stop, population
 from hub.sandbox.common import ServerThread
@@ -275,7 +276,7 @@ def _pay(client: one_stop.OneStopClient, code: str, note: str, out: Console) -> 
         if state["status"] != "pending":
             break
         time.sleep(0.1)
-    amount = f"{payment['amount']:,}".replace(",", ".")
+    amount = dong(payment["amount"])
     if state["status"] == "paid":
         out.print(
             f"[green]paid[/green] {code}  {note}: {amount} đồng, payment {payment['reference']}, platform transaction "

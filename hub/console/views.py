@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from hub.console.auth import Operators
 from hub.console.i18n import peer_names, words
 from hub.domain.dates import VN_TZ, utcnow
+from hub.domain.money import dong
 from hub.domain.privacy import same_text
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
@@ -61,7 +62,7 @@ def _money(amount: int | None, currency: str = "VND") -> str:
     """An amount as read in Vietnam: 1.250.000 đ (a no-break space before the unit)."""
     if amount is None:
         return "—"
-    return f"{amount:,}".replace(",", ".") + ("\u00a0đ" if currency == "VND" else f"\u00a0{currency}")
+    return dong(amount) + ("\u00a0đ" if currency == "VND" else f"\u00a0{currency}")
 
 
 templates.env.filters["when"] = _when

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from hub.domain.dates import VN_TZ, parse_national
+from hub.domain.money import dong
 
 EMAIL, SMS = "email", "sms"
 BY_STATUS = {2: "received", 3: "refused", 5: "supplement", 6: "payment", 9: "result", 10: "result"}
@@ -38,7 +39,7 @@ def render(kind: str, data: dict[str, Any], note: str | None = None) -> tuple[st
     name = data.get("ChuHoSo") or "Ông/Bà"
     procedure = data.get("TenTTHC") or data.get("MaTTHC") or ""
     fees = sum(int(f.get("Gia", 0)) for f in data.get("DanhSachLePhi") or [] if isinstance(f.get("Gia"), int))
-    amount = f"{fees:,}".replace(",", ".")
+    amount = dong(fees)
     lines = {
         "received": (
             f"Hồ sơ {code} đã được tiếp nhận",

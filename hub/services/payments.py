@@ -24,6 +24,7 @@ from hub.adapters.payment.base import Callback, CallbackRejected, PaymentOrder, 
 from hub.domain import identifiers
 from hub.domain.dates import format_national, utcnow
 from hub.domain.errors import Conflict, DomainError, Forbidden, NotFound
+from hub.domain.money import dong
 from hub.domain.status import DossierStatus
 from hub.services.dossiers import SELECT_DOSSIER, DossierService
 from hub.services.schemas import NulFree
@@ -402,7 +403,7 @@ class PaymentService:
             "MaHoSo": code,
             "NguoiXuLy": "Hệ thống thanh toán",
             "ThoiDiemXuLy": format_national(now),
-            "NoiDungXuLy": f"Đã thanh toán {amount:,} đồng (mã giao dịch {transaction_id})".replace(",", "."),
+            "NoiDungXuLy": f"Đã thanh toán {dong(amount)} đồng (mã giao dịch {transaction_id})",
             "TrangThai": int(DossierStatus.PROCESSING),
         }
         self.dossiers.apply(s, SYSTEM, code, "dossier.progress", step, correlation_id, notify="paid", locked=dossier)
