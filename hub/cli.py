@@ -1275,9 +1275,13 @@ def payments_reconcile(
     day: Annotated[str, typer.Option("--date", help="the day to reconcile, YYYY-MM-DD (Vietnam time)")],
     platform: str = "dvc",
     output: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    repair: Annotated[
+        bool, typer.Option(help="credit a payment on the statement the platform confirms, hub had not (recovered)")
+    ] = True,
 ) -> None:
-    """hub's ledger against the platform's daily statement: matched, missing at hub, missing at the platform,
-    amount mismatch. Exit 1 when anything does not match."""
+    """hub's ledger against the platform's daily statement: matched, recovered (a payment whose confirmation never
+    reached hub, asked about at the platform and credited now), missing at hub, missing at the platform, amount
+    mismatch. Exit 1 when anything does not match."""
     import csv
     from datetime import date as date_
 
@@ -1297,7 +1301,7 @@ def payments_reconcile(
         from hub.domain.errors import DomainError
 
         try:
-            result = rt.payments.reconcile(platform, when, correlation_id=f"reconcile-{day}")
+            result = rt.payments.reconcile(platform, when, correlation_id=f"reconcile-{day}", repair=repair)
         except DomainError as exc:
             err.print(f"[red]{exc.detail}[/red]")
             raise typer.Exit(3) from None
@@ -1325,7 +1329,7 @@ def payments_reconcile(
                 str(r["platform_amount"] or "—"), r["note"] or "",
             )  # fmt: skip
         out.print(table)
-    clean = result["summary"]["matched"] == len(result["rows"])
+    clean = result["summary"]["matched"] + result["summary"]["recovered"] == len(result["rows"])
     raise typer.Exit(0 if clean else 1)
 
 

@@ -246,7 +246,7 @@ def test_an_operator_asks_about_one_payment_now(hub: Hub, platform: httpx.Client
     assert settled["status"] == "paid" and settled["settled_by"] == "query"
     assert dossier_status(hub, code) == 4
     assert payment_of(hub, untouched["reference"])["status"] == "pending" and dossier_status(hub, other) == 6
-    # asking again about a payment that is no longer pending asks nothing
+    # asking again about a payment that is already paid asks nothing
     again = hub.runtime.payments.check_pending(correlation_id="t", references=[payment["reference"], "HUBNOSUCH"])
     assert again == {}
     with hub.runtime.sessions.begin() as s:  # made at a platform hub is no longer configured for: said so
@@ -299,6 +299,55 @@ def test_abandoned_pay_links_neither_crowd_out_newer_payments_nor_wait_for_ever(
     [answer] = platform.post(f"/_sandbox/callback/{first['reference']}", json={}).json()["answers"]
     assert answer["body"]["MaLoi"] == "00"
     assert payment_of(hub, first["reference"])["status"] == "paid" and dossier_status(hub, codes[0]) == 4
+
+
+def test_a_paid_payment_hub_gave_up_on_is_recovered_by_the_operator_or_the_statement(
+    hub: Hub, platform: httpx.Client, tmp_path: Path
+) -> None:
+    """Two pay links given up as expired, then paid after all — and neither confirmation reaches hub. The scheduled
+    check no longer asks about them; an operator's question credits one, the day's reconciliation the other (asked
+    about at the platform on the statement's word, credited on its answer, reported as `recovered`): both dossiers
+    move on, and nothing is credited twice."""
+    codes = [awaiting_payment(hub, n) for n in (31, 32)]
+    payments = [create(hub, code) for code in codes]
+    with hub.runtime.sessions.begin() as s:
+        for p in s.scalars(select(Payment)):
+            p.created_at -= timedelta(hours=73)
+    assert hub.runtime.payments.check_pending(correlation_id="t") == {"expired": 2}
+    platform.post("/_sandbox/faults", json={"drop_callback": True})
+    for p in payments:
+        httpx.post(p["pay_url"]).raise_for_status()
+    assert hub.runtime.payments.check_pending(correlation_id="t") == {}  # given up: not asked on schedule
+    by_operator, by_statement = (p["reference"] for p in payments)
+    env = cli_env(hub, tmp_path)
+    run = subprocess.run(
+        [HUB_BIN, "payments", "check", by_operator, "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0 and json.loads(run.stdout) == {"applied": 1}, run.stderr
+    assert payment_of(hub, by_operator)["status"] == "paid" and dossier_status(hub, codes[0]) == 4
+    today = (datetime.now(UTC) + timedelta(hours=7)).date()
+    run = subprocess.run(
+        [HUB_BIN, "payments", "reconcile", "--date", today.isoformat(), "--format", "json", "--no-repair"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr  # drift: a paid line hub does not have as paid
+    report = json.loads(run.stdout)
+    assert report["summary"]["missing_at_hub"] == 1 and report["summary"]["matched"] == 1
+    [missing] = [r for r in report["rows"] if r["result"] == "missing_at_hub"]
+    assert missing["reference"] == by_statement and missing["note"] == f"hub has {by_statement} as expired"
+    assert payment_of(hub, by_statement)["status"] == "expired"  # a report credits nothing
+    counts = hub.runtime.reconcile_payments(today)
+    assert counts["dvc.recovered"] == 1 and counts["dvc.matched"] == 1 and counts["dvc.missing_at_hub"] == 0
+    settled = payment_of(hub, by_statement)
+    assert settled["status"] == "paid" and settled["settled_by"] == "query" and dossier_status(hub, codes[1]) == 4
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_payment_reconciliation_drift{platform="dvc",result="recovered"} 1.0' in metrics
+    again = hub.runtime.payments.reconcile("dvc", today, correlation_id="t")
+    assert again["summary"]["matched"] == 2 and again["summary"]["recovered"] == 0
+    with hub.runtime.sessions() as s:
+        applied = s.scalars(select(PaymentCallback.reference).where(PaymentCallback.verdict == "applied")).all()
+    assert sorted(applied) == sorted([by_operator, by_statement])
 
 
 def test_declined_payment_leaves_the_dossier_waiting_and_allows_a_new_one(hub: Hub, platform: httpx.Client) -> None:
@@ -377,7 +426,9 @@ def test_reconciliation_reports_each_kind_of_drift(hub: Hub, platform: httpx.Cli
     }
     platform.post("/_sandbox/statement", json=drift)
     result = hub.runtime.payments.reconcile("dvc", today.date(), correlation_id="t")
-    assert result["summary"] == {"matched": 1, "missing_at_hub": 1, "missing_at_platform": 1, "amount_mismatch": 1}
+    assert result["summary"] == {
+        "matched": 1, "recovered": 0, "missing_at_hub": 1, "missing_at_platform": 1, "amount_mismatch": 1
+    }  # fmt: skip
     by_kind = {r["result"]: r for r in result["rows"]}
     assert by_kind["matched"]["reference"] == refs[0]
     assert by_kind["missing_at_platform"]["reference"] == refs[1]
@@ -395,8 +446,8 @@ def test_reconciliation_reports_each_kind_of_drift(hub: Hub, platform: httpx.Cli
     # the daily job: its counts in the job's run (the console's sync-jobs page) and in the metrics
     counts = hub.runtime.reconcile_payments(today.date())
     assert counts == {
-        "day": today.date().isoformat(), "dvc.matched": 1, "dvc.missing_at_hub": 1, "dvc.missing_at_platform": 1,
-        "dvc.amount_mismatch": 1,
+        "day": today.date().isoformat(), "dvc.matched": 1, "dvc.recovered": 0, "dvc.missing_at_hub": 1,
+        "dvc.missing_at_platform": 1, "dvc.amount_mismatch": 1,
     }  # fmt: skip
     metrics = hub.http.get("/metrics").text
     assert 'hub_payment_reconciliation_drift{platform="dvc",result="amount_mismatch"} 1.0' in metrics
@@ -420,8 +471,8 @@ def test_the_previous_days_statement_is_reconciled_once_a_day(hub: Hub, platform
         hub.runtime.reconcile_payments()
     platform.post("/_sandbox/faults", json={"outage_seconds": 0})
     assert hub.runtime.reconcile_payments() == {
-        "day": yesterday, "dvc.matched": 0, "dvc.missing_at_hub": 0, "dvc.missing_at_platform": 0,
-        "dvc.amount_mismatch": 0,
+        "day": yesterday, "dvc.matched": 0, "dvc.recovered": 0, "dvc.missing_at_hub": 0,
+        "dvc.missing_at_platform": 0, "dvc.amount_mismatch": 0,
     }  # fmt: skip
     assert hub.runtime.reconcile_payments() == {}  # done for that day
     assert [(outcome, detail.get("day")) for outcome, detail in runs()] == [("error", None), ("ok", yesterday)]

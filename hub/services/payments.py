@@ -416,38 +416,46 @@ class PaymentService:
         """Query the platform for pending payments older than `query_after` — each again a minute after its last
         query in its first hour, every 15 minutes after that; those never asked or asked longest ago first, so
         that abandoned pay links never crowd out a newer payment — or, `references` given (an operator asks),
-        for those of them still pending, now. A payment the platform still reports unpaid `expire_after` after it
-        was made is given up as `expired` (a new one can be made; a late confirmation is still credited)."""
+        for those of them not yet paid (pending, or given up as expired), now. A payment the platform still
+        reports unpaid `expire_after` after it was made is given up as `expired` (a new one can be made; a late
+        confirmation is still credited)."""
+        now = utcnow()
+        if references is None:
+            young = Payment.created_at > now - timedelta(hours=1)
+            when = [
+                Payment.status == "pending",
+                Payment.created_at <= now - self.query_after,
+                or_(
+                    Payment.last_checked_at.is_(None),
+                    and_(young, Payment.last_checked_at <= now - timedelta(minutes=1)),
+                    and_(~young, Payment.last_checked_at <= now - timedelta(minutes=15)),
+                ),
+            ]
+        else:
+            when = [Payment.status.in_(("pending", "expired")), Payment.reference.in_(list(references)[:limit])]
+        return dict(Counter(verdict for _, verdict in self._ask(when, limit=limit, correlation_id=correlation_id)))
+
+    def _ask(self, when: Sequence[Any], *, limit: int, correlation_id: str) -> list[tuple[str, str]]:
+        """Ask the platform about each payment matching `when` (with a pay link) and settle what it reports, as a
+        confirmation arriving by query: (reference, what came of it) for each."""
         now = utcnow()
         with self.sessions() as s:
-            if references is None:
-                young = Payment.created_at > now - timedelta(hours=1)
-                when = [
-                    Payment.created_at <= now - self.query_after,
-                    or_(
-                        Payment.last_checked_at.is_(None),
-                        and_(young, Payment.last_checked_at <= now - timedelta(minutes=1)),
-                        and_(~young, Payment.last_checked_at <= now - timedelta(minutes=15)),
-                    ),
-                ]
-            else:
-                when = [Payment.reference.in_(list(references)[:limit])]
             due = s.execute(
                 select(Payment.reference, Payment.platform, Payment.created_at)
-                .where(Payment.status == "pending", Payment.pay_url.is_not(None), *when)
+                .where(Payment.pay_url.is_not(None), *when)
                 .order_by(Payment.last_checked_at.asc().nulls_first(), Payment.created_at)
                 .limit(limit)
             ).all()
-        counts = Counter[str]()
+        outcomes: list[tuple[str, str]] = []
         for reference, platform_name, created_at in due:
             platform = self.platforms.get(platform_name)
             if platform is None:  # made at a platform hub is no longer configured for: nobody to ask
-                counts["platform_not_configured"] += 1
+                outcomes.append((reference, "platform_not_configured"))
                 continue
             try:
                 result = platform.query(reference, correlation_id=correlation_id)
             except PeerError:
-                counts["errors"] += 1
+                outcomes.append((reference, "errors"))
                 continue
             expired = False
             if result.status in ("paid", "failed") and result.transaction_id and result.amount is not None:
@@ -462,21 +470,22 @@ class PaymentService:
                     error_code="00" if result.status == "paid" else "51",
                 )
                 verdict, _, _ = self._apply(platform_name, cb, "query", correlation_id, "query:" + reference)
-                counts[verdict] += 1
+                outcomes.append((reference, verdict))
             else:
                 expired = created_at <= now - self.expire_after  # (the store's datetimes are aware, in UTC)
-                counts["expired" if expired else "still_pending"] += 1
+                outcomes.append((reference, "expired" if expired else "still_pending"))
             asked = utcnow()
             with self.sessions.begin() as s:
                 if expired:  # only if nothing credited it meanwhile
-                    s.execute(
+                    done = s.execute(
                         update(PAYMENTS)
                         .where(PAYMENTS.c.reference == reference, PAYMENTS.c.status == "pending")
                         .values(status="expired", updated_at=asked)
                     )
-                    log.info("payment expired unpaid", extra={"reference": reference, "platform": platform_name})
+                    if done.rowcount:  # type: ignore[attr-defined]
+                        log.info("payment expired unpaid", extra={"reference": reference, "platform": platform_name})
                 s.execute(update(PAYMENTS).where(PAYMENTS.c.reference == reference).values(last_checked_at=asked))
-        return dict(counts)
+        return outcomes
 
     def of_dossier(self, code: str) -> list[dict[str, Any]]:
         """A dossier's payments, newest first, each with the callbacks received for it (for the console)."""
@@ -528,13 +537,30 @@ class PaymentService:
 
     # -- reconciliation --------------------------------------------------------------------------------------
 
-    def reconcile(self, platform_name: str, day: date, *, correlation_id: str) -> dict[str, Any]:
-        """Hub's ledger of payments paid on `day` (Vietnam time) against the platform's statement."""
+    def reconcile(self, platform_name: str, day: date, *, correlation_id: str, repair: bool = True) -> dict[str, Any]:
+        """Hub's ledger of payments paid on `day` (Vietnam time) against the platform's statement. A line for a
+        payment hub does not have as paid (its confirmation lost, and the payment given up as expired or never
+        asked about since) is, with `repair`, asked about at the platform and credited on its answer — the
+        dossier moves on — and reported as `recovered`; the statement alone credits nothing."""
         platform = self.platforms[platform_name]
         try:
             lines = platform.statement(day, correlation_id=correlation_id)
         except PeerError as exc:
             raise PlatformUnavailable("the payment platform did not give its statement", peer_error=exc.code) from None
+        recovered: set[str] = set()
+        if repair and lines:
+            unsettled = [
+                Payment.platform == platform_name,
+                Payment.status.in_(("pending", "expired", "failed")),
+                Payment.reference.in_(sorted({line.reference for line in lines})),
+            ]
+            asked = self._ask(unsettled, limit=len(lines), correlation_id=correlation_id)
+            recovered = {reference for reference, verdict in asked if verdict == "applied"}
+            if recovered:
+                log.warning(
+                    "payments credited from reconciliation: their confirmation never reached hub",
+                    extra={"platform": platform_name, "day": day.isoformat(), "references": sorted(recovered)},
+                )
         start = datetime(day.year, day.month, day.day, tzinfo=VN_TZ)
         with self.sessions() as s:
             ours = s.scalars(
@@ -562,6 +588,9 @@ class PaymentService:
                 rows.append(_row(kind, line.reference, txn, None, line.amount, note))
             elif mine.amount != line.amount:
                 rows.append(_row("amount_mismatch", mine.reference, txn, mine.amount, line.amount, None))
+            elif mine.reference in recovered:
+                note = "credited now: its confirmation had not reached hub; the platform confirms it paid"
+                rows.append(_row("recovered", mine.reference, txn, mine.amount, line.amount, note))
             else:
                 rows.append(_row("matched", mine.reference, txn, mine.amount, line.amount, None))
         for paid in sorted(ours, key=lambda p: p.reference):
@@ -574,7 +603,8 @@ class PaymentService:
             "platform": platform_name,
             "date": day.isoformat(),
             "summary": {
-                k: summary.get(k, 0) for k in ("matched", "missing_at_hub", "missing_at_platform", "amount_mismatch")
+                k: summary.get(k, 0)
+                for k in ("matched", "recovered", "missing_at_hub", "missing_at_platform", "amount_mismatch")
             },
             "hub_total": sum(p.amount for p in ours),
             "platform_total": sum(line.amount for line in lines),
