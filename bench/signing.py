@@ -117,6 +117,29 @@ def main() -> None:
         print(f"{label:8} {n:>8} | {hv:>12.0f} {hvf:>16.0f} {xv:>8.0f} {hv / xv:>6.2f} | {hs:>10.0f} {xs:>8.0f} "
               f"{hs / xs:>6.2f}")  # fmt: skip
     print(f"revocation fetches over the whole run: {source.fetches} (evidence cached until nextUpdate)")
+    token_rows(the_pki, tmp, args.seconds)
+
+
+def token_rows(the_pki: pki.TestPki, tmp: Path, seconds: float) -> None:
+    """Signing 5 KB with a key on a PKCS#11 token (SoftHSM: the token's own cost, without a USB bus or an HSM's
+    network) beside the same kind of key (RSA 2048, EC P-256) from a file, in the same run."""
+    from hub.sandbox.token import make_token
+    from hub.signing.pkcs11 import TokenSigner
+
+    try:
+        token = make_token(tmp / "token", the_pki)
+    except FileNotFoundError as exc:
+        print(f"token signing: skipped ({exc})")
+        return
+    data = document(5 * 1024)
+    print(f"\n{'5 KB, XMLDSig':22} | {'sign/s token':>12} {'sign/s file':>11} {'ratio':>6}")
+    for label, key, leaf in (("RSA 2048", "hub-rsa", "hub"), ("EC P-256", "hub-ec", "official")):
+        on_token = TokenSigner(token.config(key))
+        item, ca = the_pki.issued[leaf], the_pki.issued["gov_ca"]
+        in_file = FileSigner(item.key, item.cert, [ca.cert])
+        t = rate(lambda s=on_token: sign_document(data, s), seconds)
+        f = rate(lambda s=in_file: sign_document(data, s), seconds)
+        print(f"{label:22} | {t:>12.0f} {f:>11.0f} {t / f:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -1116,16 +1116,39 @@ def sign_verify(
     raise typer.Exit(report.exit_code)
 
 
-def _load_signer(key: Path | None, cert: Path | None, pkcs12: Path | None, password_env: str | None) -> Any:
+def _load_signer(
+    key: Path | None,
+    cert: Path | None,
+    pkcs12: Path | None,
+    password_env: str | None,
+    token: tuple[Path | None, str | None, str | None] = (None, None, None),
+) -> Any:
     from hub.signing.sign import FileSigner
 
-    password = os.environ.get(password_env, "").encode() or None if password_env else None
+    password = os.environ.get(password_env, "") if password_env else ""
+    module, token_label, key_label = token
+    if module is not None:
+        from hub.signing.pkcs11 import TokenConfig, TokenSigner
+        from hub.signing.verify import load_certificates
+
+        if not token_label or not key_label or not password:
+            err.print("[red]a token needs --token, --key-label and its PIN in --password-env[/red]")
+            raise typer.Exit(2)
+        given = load_certificates(cert.read_bytes()) if cert is not None else None
+        return TokenSigner(TokenConfig(module, token_label, key_label, password), given)
     if pkcs12 is not None:
-        return FileSigner.from_pkcs12(pkcs12, password)
+        return FileSigner.from_pkcs12(pkcs12, password.encode() or None)
     if key is not None and cert is not None:
-        return FileSigner.from_pem(key, cert, password)
-    err.print("[red]give --key and --cert, or --pkcs12[/red]")
+        return FileSigner.from_pem(key, cert, password.encode() or None)
+    err.print("[red]give --key and --cert, --pkcs12, or a token (--pkcs11-module, --token, --key-label)[/red]")
     raise typer.Exit(2)
+
+
+PKCS11_MODULE = typer.Option(
+    "--pkcs11-module", help="the token's PKCS#11 library (.so): sign with a key that never leaves the token"
+)
+TOKEN_LABEL = typer.Option("--token", help="the token's label")
+KEY_LABEL = typer.Option("--key-label", help="the private key's label on the token (its certificate is read there)")
 
 
 @sign_cli.command("sign")
@@ -1135,8 +1158,11 @@ def sign_sign(
     cert: Annotated[Path | None, typer.Option(help="certificate (PEM), the chain may follow it in the file")] = None,
     pkcs12: Annotated[Path | None, typer.Option(help="key and certificate in a PKCS#12 file")] = None,
     password_env: Annotated[
-        str | None, typer.Option(help="name of the environment variable holding the key's password")
+        str | None, typer.Option(help="name of the environment variable holding the key's password or token's PIN")
     ] = None,
+    pkcs11_module: Annotated[Path | None, PKCS11_MODULE] = None,
+    token: Annotated[str | None, TOKEN_LABEL] = None,
+    key_label: Annotated[str | None, KEY_LABEL] = None,
     xades: Annotated[bool, typer.Option(help="XAdES-B-B (signing time, signing certificate)")] = False,
     tsa: Annotated[
         str | None, typer.Option(help="RFC 3161 time-stamping authority URL: XAdES-B-T (implies --xades)")
@@ -1148,7 +1174,7 @@ def sign_sign(
     from hub.signing.sign import sign_document
 
     def make() -> bytes:
-        signer = _load_signer(key, cert, pkcs12, password_env)
+        signer = _load_signer(key, cert, pkcs12, password_env, (pkcs11_module, token, key_label))
         return sign_document(path.read_bytes(), signer, xades=xades or tsa is not None, tsa_url=tsa)
 
     _sign_and_write(make, out_path)
@@ -1181,7 +1207,12 @@ def sign_edxml(
     key: Annotated[Path | None, typer.Option(help="private key (PEM)")] = None,
     cert: Annotated[Path | None, typer.Option(help="certificate (PEM), the chain may follow it in the file")] = None,
     pkcs12: Annotated[Path | None, typer.Option(help="key and certificate in a PKCS#12 file")] = None,
-    password_env: Annotated[str | None, typer.Option(help="environment variable holding the key's password")] = None,
+    password_env: Annotated[
+        str | None, typer.Option(help="environment variable holding the key's password or token's PIN")
+    ] = None,
+    pkcs11_module: Annotated[Path | None, PKCS11_MODULE] = None,
+    token: Annotated[str | None, TOKEN_LABEL] = None,
+    key_label: Annotated[str | None, KEY_LABEL] = None,
     tsa: Annotated[str | None, typer.Option(help="RFC 3161 time-stamping authority URL (XAdES-B-T)")] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="where to write; default: stdout")] = None,
 ) -> None:
@@ -1215,7 +1246,7 @@ def sign_edxml(
             edxml.Attachment(p.name, mimetypes.guess_type(p.name)[0] or "application/octet-stream", p.read_bytes())
             for p in attach or []
         ]
-        signer = _load_signer(key, cert, pkcs12, password_env)
+        signer = _load_signer(key, cert, pkcs12, password_env, (pkcs11_module, token, key_label))
         return edxml.sign(header, files, signer, sent_at=datetime.now(UTC), tsa_url=tsa)
 
     _sign_and_write(make, out_path)

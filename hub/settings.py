@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     signing_cert: Path | None = None  # ... and its certificate (with the chain after it)
     signing_pkcs12: Path | None = None  # or both in a PKCS#12 file
     signing_key_password: SecretStr | None = None
+    # or a key that never leaves its token (an HSM, a CA's USB token): the token's PKCS#11 library, the token's
+    # label, the private key's label and the user PIN; the certificate is read from the token (or HUB_SIGNING_CERT)
+    signing_pkcs11_module: Path | None = None
+    signing_pkcs11_token: str = ""
+    signing_pkcs11_key: str = ""
+    signing_pkcs11_pin: SecretStr | None = None
     document_exchange_url: str = ""  # the inter-agency document exchange platform; dev: the sandbox on loopback
     document_exchange_api_key: SecretStr | None = None  # hub's key there (dev: generated into var/dev-secrets.json)
     signing_tsa_url: str = ""  # RFC 3161 TSA for XAdES-B-T; dev: the sandbox PKI's TSA when it is in use
@@ -220,6 +226,25 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value)
         return value
+
+    @model_validator(mode="after")
+    def _token_settings_together(self) -> Settings:
+        if self.signing_pkcs11_module is None:
+            return self
+        missing = [
+            name
+            for name, value in (
+                ("HUB_SIGNING_PKCS11_TOKEN", self.signing_pkcs11_token),
+                ("HUB_SIGNING_PKCS11_KEY", self.signing_pkcs11_key),
+                ("HUB_SIGNING_PKCS11_PIN", self.signing_pkcs11_pin and self.signing_pkcs11_pin.get_secret_value()),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError("HUB_SIGNING_PKCS11_MODULE needs " + ", ".join(missing))
+        if self.signing_key is not None or self.signing_pkcs12 is not None:
+            raise ValueError("give one signing key: a token (HUB_SIGNING_PKCS11_*) or a file (HUB_SIGNING_KEY/PKCS12)")
+        return self
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:

@@ -22,7 +22,7 @@ from hub.sandbox import national_portal, one_stop, payment_dvc, pki, population
 from hub.sandbox.common import ServerThread
 from hub.settings import ClientSystem, Settings
 from hub.store import db
-from tests.pki_helpers import Trust
+from tests.pki_helpers import Token, Trust
 
 PG_ADMIN = os.environ.get("HUB_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_BASE = PG_ADMIN.rsplit("/", 1)[0]
@@ -257,3 +257,9 @@ def trust(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust]:
     directory = state.pki.write(tmp_path_factory.mktemp("pki"))
     yield Trust(server, state, state.pki, directory)
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def token(tmp_path_factory: pytest.TempPathFactory, trust: Trust) -> Token:
+    """A SoftHSM token with keys made on it and their certificates from the sandbox PKI."""
+    return trust.token(tmp_path_factory.mktemp("token"))

@@ -8,6 +8,7 @@ from typing import Any
 
 from hub.sandbox import pki
 from hub.sandbox.common import ServerThread
+from hub.sandbox.token import SOFTHSM, Token, make_token
 from hub.signing.revocation import RevocationSource
 from hub.signing.sign import FileSigner
 from hub.signing.verify import Verifier
@@ -25,3 +26,9 @@ class Trust:
     def verifier(self, **kwargs: Any) -> Verifier:
         anchors = [self.pki.issued["national_root"].cert, self.pki.issued["gov_root"].cert]
         return Verifier(anchors, revocation=RevocationSource(read_timeout=2), **kwargs)
+
+    def token(self, directory: Path) -> Token:
+        return make_token(directory, self.pki)
+
+
+__all__ = ["SOFTHSM", "Token", "Trust"]

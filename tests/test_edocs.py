@@ -19,7 +19,7 @@ from hub.sync import jobs
 from tests.api_helpers import assert_problem
 from tests.conftest import Hub, HubFactory
 from tests.helpers import dossier, exchanges
-from tests.pki_helpers import Trust
+from tests.pki_helpers import Token, Trust
 
 EDOC_KEY = "edoc-sandbox-key-0123456789"
 PDF = b"%PDF-1.4\n% Trich luc khai sinh\n" + bytes(range(256)) * 8
@@ -182,6 +182,38 @@ def test_no_key_to_sign_with_is_a_503(hub_factory: HubFactory) -> None:
     d = dossier(34, status=2)
     hub.http.post("/v1/dossiers", json=d)
     assert_problem(hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc()), 503, "signing_not_configured")
+
+
+def test_an_agency_key_on_a_token_signs_what_goes_and_a_refused_pin_is_a_503(
+    hub_factory: HubFactory, trust: Trust, token: Token, exchange_server: ServerThread, exchange: httpx.Client
+) -> None:
+    """The agency's key in an HSM or on a USB token (PKCS#11): the envelope the platform receives is signed by
+    the token's key, with the certificate read from the token; with a PIN the token refuses, nothing is queued and
+    the answer says which (503 token_pin_refused)."""
+    from hub.sandbox.token import SOFTHSM
+
+    common = {
+        "signing_pkcs11_module": SOFTHSM,
+        "signing_pkcs11_token": token.label,
+        "signing_tsa_url": f"{trust.server.url}/pki/tsa",
+        "document_exchange_url": exchange_server.url,
+        "document_exchange_api_key": SecretStr(EDOC_KEY),
+    }
+    hub = hub_factory(**common, signing_pkcs11_key="hub-rsa", signing_pkcs11_pin=SecretStr(token.pin))
+    d = dossier(36, status=2)
+    hub.http.post("/v1/dossiers", json=d)
+    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc())
+    assert r.status_code == 202, r.text
+    hub.wait_idle()
+    [doc] = exchange.get("/_sandbox/documents").json()["items"]
+    assert doc["signature_format"] == "XAdES-B-T" and "khóa trên token" in doc["signer"]
+    common["signing_pkcs11_token"] = token.spare  # (this process is logged in to the first token)
+    refused = hub_factory(**common, signing_pkcs11_key="hub-rsa", signing_pkcs11_pin=SecretStr("x" + token.pin))
+    d = dossier(37, status=2)
+    refused.http.post("/v1/dossiers", json=d)
+    assert_problem(refused.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc()), 503, "token_pin_refused")
+    with refused.runtime.sessions() as s:
+        assert [j for j in jobs.list_jobs(s, dossier=d["MaHoSo"]) if j["destination"] == "document_exchange"] == []
 
 
 def test_the_platform_takes_signed_envelopes_only(trust: Trust, exchange: httpx.Client) -> None:

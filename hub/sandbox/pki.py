@@ -78,6 +78,7 @@ class TestPki:
     issued: dict[str, Issued] = field(default_factory=dict)
     revoked: dict[str, dict[int, datetime]] = field(default_factory=dict)  # CA -> serial -> revocation time
     ocsp_only_revoked: dict[str, dict[int, datetime]] = field(default_factory=dict)
+    certified: dict[str, dict[int, x509.Certificate]] = field(default_factory=dict)  # CA -> serial -> what it issued
 
     def __post_init__(self) -> None:
         n = self.now
@@ -170,6 +171,21 @@ class TestPki:
         not_after: datetime | None = None,
         usage: str = "signature",
     ) -> None:
+        cert = self.certify(cn, issuer, key.public_key(), not_before=not_before, not_after=not_after, usage=usage)
+        self.issued[name] = Issued(name, key, cert, issuer)
+
+    def certify(
+        self,
+        cn: str,
+        issuer: str,
+        public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
+        *,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        usage: str = "signature",
+    ) -> x509.Certificate:
+        """A certificate from CA `issuer` for a public key — also one whose private key this PKI never sees (a key
+        made on a token, as an agency's CA is asked for with a request)."""
         parent = self.issued[issuer]
         signing = usage in ("signature", "timestamping")
         purposes = (
@@ -181,7 +197,7 @@ class TestPki:
             x509.CertificateBuilder()
             .subject_name(_name(cn, "Công dân" if issuer == "public_ca" else "Cơ quan nhà nước"))
             .issuer_name(parent.cert.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before or self.now - timedelta(days=1))
             .not_valid_after(not_after or self.now + timedelta(days=730))
@@ -190,10 +206,11 @@ class TestPki:
                 x509.KeyUsage(signing, signing, not signing, False, False, False, False, False, False), critical=True
             )
             .add_extension(x509.ExtendedKeyUsage(purposes), critical=usage == "timestamping")  # RFC 3161 2.3
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         )
-        builder = self._pointers(builder, issuer, parent)
-        self.issued[name] = Issued(name, key, builder.sign(parent.key, hashes.SHA256()), issuer)
+        cert = self._pointers(builder, issuer, parent).sign(parent.key, hashes.SHA256())
+        self.certified.setdefault(issuer, {})[cert.serial_number] = cert  # its OCSP responder answers for it
+        return cert
 
     # -- what the endpoints answer ---------------------------------------------------------------------------
 
@@ -224,7 +241,7 @@ class TestPki:
             return ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST).public_bytes(
                 serialization.Encoding.DER
             )
-        cert = next(
+        cert = self.certified.get(ca, {}).get(req.serial_number) or next(
             (i.cert for i in self.issued.values() if i.issuer == ca and i.cert.serial_number == req.serial_number), None
         )
         if cert is None:

@@ -142,6 +142,8 @@ def run(rt: Runtime) -> list[Check]:
         signed = rt.signatures.sign(b"<KiemTra><NoiDung>hub check</NoiDung></KiemTra>")  # as hub signs for peers
         report = rt.signatures.verify(signed)
         subject = cert.subject.rfc4514_string()
+        if s.signing_pkcs11_module is not None:
+            subject += f" (key on token {s.signing_pkcs11_token!r})"
         if report.indication != "TOTAL-PASSED":
             return "fail", f"{subject}: its own signature is {report.indication} {report.sub_indication or ''}"
         form = "XAdES-B-T (time-stamped)" if tsa else "XAdES-B-B (no TSA configured)"

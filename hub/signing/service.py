@@ -77,14 +77,24 @@ class SignatureService:
             if self._signer is None:
                 s = self.settings
                 password = s.signing_key_password.get_secret_value().encode() if s.signing_key_password else None
-                if s.signing_pkcs12 is not None:
+                if s.signing_pkcs11_module is not None:
+                    from hub.signing.pkcs11 import TokenConfig, TokenSigner
+
+                    pin = s.signing_pkcs11_pin.get_secret_value() if s.signing_pkcs11_pin else ""
+                    config = TokenConfig(s.signing_pkcs11_module, s.signing_pkcs11_token, s.signing_pkcs11_key, pin)
+                    given = load_certificates(s.signing_cert.read_bytes()) if s.signing_cert is not None else None
+                    self._signer = TokenSigner(config, given)
+                elif s.signing_pkcs12 is not None:
                     self._signer = FileSigner.from_pkcs12(s.signing_pkcs12, password)
                 elif s.signing_key is not None and s.signing_cert is not None:
                     self._signer = FileSigner.from_pem(s.signing_key, s.signing_cert, password)
                 elif (sandbox := self._sandbox_dir()) is not None:
                     self._signer = FileSigner.from_pem(sandbox / "hub.key", sandbox / "hub-chain.pem")
                 else:
-                    raise NotConfigured("no signing key is configured (HUB_SIGNING_KEY/_CERT or HUB_SIGNING_PKCS12)")
+                    raise NotConfigured(
+                        "no signing key is configured (HUB_SIGNING_KEY/_CERT, HUB_SIGNING_PKCS12 or "
+                        "HUB_SIGNING_PKCS11_MODULE with its token)"
+                    )
             return self._signer
 
     def sign_edxml(self, header: Any, attachments: list[Any], *, sent_at: datetime) -> bytes:
@@ -109,6 +119,7 @@ class SignatureService:
             self._sandbox_dir() is not None
             and self.settings.signing_key is None
             and self.settings.signing_pkcs12 is None
+            and self.settings.signing_pkcs11_module is None
         ):
             return f"http://{self.settings.sandbox_host}:{self.settings.sandbox_pki_port}/pki/tsa"
         return None
