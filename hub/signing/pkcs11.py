@@ -136,6 +136,7 @@ class TokenSigner:
         login = self._login
         if self._which in _refused:
             raise SigningError(_refused[self._which], code="token_pin_refused")
+        lib = library(self.config.module)  # (in a forked child: initialised again, the parent's session dropped)
         if login.session is not None:
             if login.pin != self._which[2]:
                 raise SigningError(
@@ -143,7 +144,6 @@ class TokenSigner:
                     code="token_unavailable",
                 )
             return login.session
-        lib = library(self.config.module)
         try:
             token = lib.get_token(token_label=self.config.token_label)
         except pkcs11.NoSuchToken:
