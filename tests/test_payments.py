@@ -350,6 +350,51 @@ def test_a_paid_payment_hub_gave_up_on_is_recovered_by_the_operator_or_the_state
     assert sorted(applied) == sorted([by_operator, by_statement])
 
 
+def test_a_citizen_is_not_sent_to_pay_twice_and_paying_twice_is_flagged(hub: Hub, platform: httpx.Client) -> None:
+    """A pay link given up as expired, paid after all with its confirmation lost: asking for a new payment asks the
+    platform about the old one first and answers it, paid — no second link, the dossier moves on. When a citizen
+    does pay two links of one dossier, both are booked and the console says a refund is owed."""
+    import re
+
+    from hub.console.auth import Operators
+
+    def give_up(reference: str) -> None:
+        with hub.runtime.sessions.begin() as s:
+            p = s.scalars(select(Payment).where(Payment.reference == reference)).one()
+            p.created_at -= timedelta(hours=73)
+        assert hub.runtime.payments.check_pending(correlation_id="t", references=[reference]) == {"expired": 1}
+
+    code = awaiting_payment(hub, 41)
+    old = create(hub, code)
+    give_up(old["reference"])
+    platform.post("/_sandbox/faults", json={"drop_callback": True})
+    httpx.post(old["pay_url"]).raise_for_status()
+    again = hub.http.post("/v1/payments", json={"MaHoSo": code})
+    assert again.status_code == 200, again.text  # the old one, paid: not a new link
+    assert again.json()["reference"] == old["reference"] and again.json()["status"] == "paid"
+    assert dossier_status(hub, code) == 4
+    platform.post("/_sandbox/faults", json={"drop_callback": False})
+    # an old link still unpaid when the new one is made, then both paid
+    code = awaiting_payment(hub, 42)
+    first = create(hub, code)
+    give_up(first["reference"])
+    second = create(hub, code)
+    assert second["reference"] != first["reference"]
+    for p in (second, first):
+        httpx.post(p["pay_url"]).raise_for_status()
+    wait_for(lambda: payment_of(hub, first["reference"])["status"] == "paid")
+    assert payment_of(hub, second["reference"])["status"] == "paid" and dossier_status(hub, code) == 4
+    Operators(hub.runtime.sessions).add("ke.toan", "mat-khau-dai-du-12", "viewer")
+    console = httpx.Client(base_url=str(hub.http.base_url))
+    csrf = re.search(r'name="csrf" value="([^"]+)"', console.get("/ops/login").text)
+    assert csrf is not None
+    login = {"csrf": csrf.group(1), "username": "ke.toan", "password": "mat-khau-dai-du-12"}
+    assert console.post("/ops/login", data=login).status_code == 303
+    page = console.get(f"/ops/dossiers/{code}").text
+    assert 'id="paid-twice"' in page and "cần hoàn trả" in page
+    assert 'id="paid-twice"' not in console.get(f"/ops/dossiers/{awaiting_payment(hub, 43)}").text
+
+
 def test_declined_payment_leaves_the_dossier_waiting_and_allows_a_new_one(hub: Hub, platform: httpx.Client) -> None:
     code = awaiting_payment(hub)
     payment = create(hub, code)

@@ -92,6 +92,7 @@ TEXT: dict[str, dict[str, str]] = {
         "callbacks": "Thông báo kết quả từ nền tảng",
         "refused_callbacks": "Thông báo kết quả bị từ chối (giả mạo, phát lại, sai số tiền, không rõ mã)",
         "no_payments": "Hồ sơ chưa có thanh toán",
+        "paid_twice": "Hồ sơ đã được thanh toán nhiều lần: cần hoàn trả khoản thu thừa cho công dân",
         "ask_platform": "Tra cứu ngay",
         "ask_platform_hint": "Hỏi nền tảng thanh toán kết quả của giao dịch này ngay bây giờ (khi công dân báo đã nộp"
         " tiền mà hồ sơ chưa chuyển)",
@@ -222,6 +223,7 @@ TEXT: dict[str, dict[str, str]] = {
         "callbacks": "Callbacks from the platform",
         "refused_callbacks": "Refused callbacks (forged, replayed, other amount, unknown reference)",
         "no_payments": "No payment for this dossier",
+        "paid_twice": "This dossier was paid more than once: the citizen is owed a refund",
         "ask_platform": "Ask the platform now",
         "ask_platform_hint": "Ask the payment platform for this transaction's outcome now (when a citizen says they"
         " paid and the dossier has not moved on)",

@@ -171,6 +171,10 @@ class PaymentService:
         platform = self.platforms.get(platform_name)
         if platform is None:
             raise PlatformUnavailable(f"payment platform {platform_name!r} is not configured")
+        # a pay link given up as expired may have been paid after all (its confirmation lost): ask before making a
+        # new one, or the citizen is sent to pay twice
+        given_up = [Payment.dossier_code == code, Payment.status == "expired"]
+        self._ask(given_up, limit=5, correlation_id=correlation_id)
         with self.sessions.begin() as s:
             dossier = s.scalar(select(Dossier).where(Dossier.code == code).with_for_update())
             if dossier is None:
@@ -376,6 +380,18 @@ class PaymentService:
             ).first()
             if credited is not None:
                 self._move_on(s, credited.dossier_code, credited.amount, cb.transaction_id, now, correlation_id)
+                twice = s.scalars(
+                    select(Payment.reference).where(
+                        Payment.dossier_code == credited.dossier_code,
+                        Payment.status == "paid",
+                        Payment.reference != cb.reference,
+                    )
+                ).all()
+                if twice:  # booked (the money came), and said: the finance office owes the citizen a refund
+                    log.warning(
+                        "dossier paid twice: a refund is owed",
+                        extra={"dossier": credited.dossier_code, "reference": cb.reference, "also_paid": list(twice)},
+                    )
                 return done("applied", "00", None)
         # not credited: say why (unknown, already paid, other amount) or record the failure
         payment = s.execute(LOCK_PAYMENT, {"reference": cb.reference, "platform": platform}).first()
