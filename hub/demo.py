@@ -4,6 +4,7 @@ platform, and a summary of what arrived where."""
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import shutil
@@ -40,7 +41,25 @@ WALKS: list[list[tuple[int, str]]] = [
 ]
 
 
+class _DemoLog(logging.Handler):
+    """hub's warnings (a delivery failed, a peer is down) as lines of the demo's own, with what they are about."""
+
+    KEYS = ("destination", "peer", "error_code", "attempt", "pause_s")
+
+    def __init__(self, out: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        about = ", ".join(f"{k} {getattr(record, k)}" for k in self.KEYS if hasattr(record, k))
+        line = f"  · hub {record.levelname.lower()}: {record.getMessage()}" + (f" ({about})" if about else "")
+        self.out.print(line, style="dim", highlight=False, markup=False)
+
+
 def run_demo(count: int, out: Console) -> int:
+    root = logging.getLogger()
+    root.handlers[:] = [_DemoLog(out)]
+    root.setLevel(logging.WARNING)
     var = Path("var/demo")
     shutil.rmtree(var, ignore_errors=True)
     settings = load_settings(
