@@ -1167,15 +1167,46 @@ def sign_sign(
     tsa: Annotated[
         str | None, typer.Option(help="RFC 3161 time-stamping authority URL: XAdES-B-T (implies --xades)")
     ] = None,
+    long_term: Annotated[
+        bool,
+        typer.Option(
+            "--long-term",
+            help="XAdES-B-LT: carry the certificates and CRL/OCSP evidence of the signature's validation now "
+            "(needs --tsa and --trust; the signature must pass)",
+        ),
+    ] = False,
+    trust: Annotated[
+        list[Path] | None, typer.Option(help="trust anchor (PEM) to validate against for --long-term; repeat")
+    ] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="where to write; default: stdout")] = None,
 ) -> None:
     """Sign a document with exclusive C14N and RSA-SHA256 / ECDSA-SHA256 (XAdES: C14N 1.1). Exit 2 on a usage
-    error or a key that cannot sign, 4 when the time-stamping authority cannot be reached or refuses."""
-    from hub.signing.sign import sign_document
+    error or a key that cannot sign, 4 when the time-stamping authority cannot be reached or refuses, 3 when
+    --long-term finds the signature not validating now (no evidence to carry)."""
+    from hub.signing.sign import add_validation_data, sign_document
+
+    if long_term and (not tsa or not trust):
+        err.print("[red]--long-term needs --tsa (a time-stamp) and --trust (the anchors to validate against)[/red]")
+        raise typer.Exit(2)
 
     def make() -> bytes:
         signer = _load_signer(key, cert, pkcs12, password_env, (pkcs11_module, token, key_label))
-        return sign_document(path.read_bytes(), signer, xades=xades or tsa is not None, tsa_url=tsa)
+        signed = sign_document(path.read_bytes(), signer, xades=xades or tsa is not None, tsa_url=tsa)
+        if not long_term:
+            return signed
+        from hub.signing.revocation import RevocationSource
+        from hub.signing.verify import Verifier, load_certificates
+
+        source = RevocationSource()
+        try:
+            anchors = [c for p in trust or [] for c in load_certificates(p.read_bytes())]
+            certificates, crls, ocsps = Verifier(anchors, revocation=source).validation_data(signed)
+        except ValueError as exc:
+            err.print(f"[red]the signature does not validate now, so it cannot carry its validation data: {exc}[/red]")
+            raise typer.Exit(3) from None
+        finally:
+            source.close()
+        return add_validation_data(signed, certificates, crls, ocsps)
 
     _sign_and_write(make, out_path)
 

@@ -150,6 +150,8 @@ class Settings(BaseSettings):
     document_exchange_url: str = ""  # the inter-agency document exchange platform; dev: the sandbox on loopback
     document_exchange_api_key: SecretStr | None = None  # hub's key there (dev: generated into var/dev-secrets.json)
     signing_tsa_url: str = ""  # RFC 3161 TSA for XAdES-B-T; dev: the sandbox PKI's TSA when it is in use
+    # XAdES-B-LT: what hub signs carries the certificates and CRL/OCSP evidence of its validation (archives)
+    signing_long_term: bool = False
     revocation_cache_seconds: float = 3600.0  # CRL/OCSP evidence is reused until nextUpdate, at most this long
 
     # Citizen notifications (off until configured): email through SMTP, SMS through a gateway.

@@ -184,6 +184,28 @@ def test_no_key_to_sign_with_is_a_503(hub_factory: HubFactory) -> None:
     assert_problem(hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc()), 503, "signing_not_configured")
 
 
+def test_with_long_term_signing_what_goes_carries_its_validation_data(
+    hub_factory: HubFactory, trust: Trust, exchange_server: ServerThread, exchange: httpx.Client
+) -> None:
+    """HUB_SIGNING_LONG_TERM: the envelope is XAdES-B-LT — the receiving archive can validate it without the CA."""
+    hub = hub_factory(
+        signing_key=trust.dir / "official.key",
+        signing_cert=trust.dir / "official-chain.pem",
+        signing_tsa_url=f"{trust.server.url}/pki/tsa",
+        signing_long_term=True,
+        signing_trust_anchors=[trust.dir / "gov_root.pem"],  # its own signature is validated to gather the evidence
+        document_exchange_url=exchange_server.url,
+        document_exchange_api_key=SecretStr(EDOC_KEY),
+    )
+    d = dossier(38, status=2)
+    hub.http.post("/v1/dossiers", json=d)
+    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc())
+    assert r.status_code == 202, r.text
+    hub.wait_idle()
+    [doc] = exchange.get("/_sandbox/documents").json()["items"]
+    assert doc["signature_format"] == "XAdES-B-LT" and "Trần Thị Bình" in doc["signer"]
+
+
 def test_an_agency_key_on_a_token_signs_what_goes_and_a_refused_pin_is_a_503(
     hub_factory: HubFactory, trust: Trust, token: Token, exchange_server: ServerThread, exchange: httpx.Client
 ) -> None:

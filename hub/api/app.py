@@ -348,7 +348,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             except edxml.EdxmlError as exc:
                 raise DomainError(str(exc), code="invalid_edxml") from None
             except SigningError as exc:
-                if exc.code.startswith(("tsa_", "token_")):  # the TSA, or the key's token, did not serve
+                if exc.code.startswith(("tsa_", "token_", "validation_data")):  # the TSA, token or PKI did not serve
                     raise SigningUnavailable(str(exc), code=exc.code) from None
                 raise SigningUnavailable(str(exc), code="signing_key_unusable") from None
 

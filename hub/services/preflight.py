@@ -147,6 +147,8 @@ def run(rt: Runtime) -> list[Check]:
         if report.indication != "TOTAL-PASSED":
             return "fail", f"{subject}: its own signature is {report.indication} {report.sub_indication or ''}"
         form = "XAdES-B-T (time-stamped)" if tsa else "XAdES-B-B (no TSA configured)"
+        if tsa and s.signing_long_term:
+            form = "XAdES-B-LT (time-stamped, carrying its certificates and revocation evidence)"
         if left < timedelta(days=CERT_WARN_DAYS):
             return "warn", f"{subject}: certificate expires in {left.days} days; signatures pass ({form})"
         return "ok", f"{subject}: {form} signature passes with chain and revocation; valid {left.days} more days"

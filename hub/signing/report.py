@@ -31,7 +31,7 @@ class Report:
     indication: str
     sub_indication: str | None = None
     detail: str | None = None
-    signature_format: str | None = None  # XMLDSig | XAdES-B-B | XAdES-B-T
+    signature_format: str | None = None  # XMLDSig | XAdES-B-B | XAdES-B-T | XAdES-B-LT
     signer: dict[str, Any] | None = None
     chain: list[dict[str, Any]] = field(default_factory=list)
     signing_time: str | None = None  # claimed (xades:SigningTime)

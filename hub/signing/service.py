@@ -16,7 +16,7 @@ from hub.domain.errors import DomainError
 from hub.settings import Settings
 from hub.signing.report import Report
 from hub.signing.revocation import RevocationSource
-from hub.signing.sign import FileSigner, Signer, sign_document
+from hub.signing.sign import FileSigner, Signer, SigningError, add_validation_data, sign_document
 from hub.signing.verify import Verifier, load_certificates
 
 SANDBOX_PKI_DIR = "sandbox-pki"
@@ -101,15 +101,36 @@ class SignatureService:
         """An edXML envelope signed as the agency (XAdES, B-T when a TSA is configured)."""
         from hub.signing import edxml
 
-        return edxml.sign(
-            header,
-            attachments,
-            self.signer(),
-            sent_at=sent_at,
-            tsa_url=self.tsa_url(),
-            tsa_timeout=self.settings.read_timeout,
-            on_exchange=self._on_exchange,
+        return self._long_term(
+            edxml.sign(
+                header,
+                attachments,
+                self.signer(),
+                sent_at=sent_at,
+                tsa_url=self.tsa_url(),
+                tsa_timeout=self.settings.read_timeout,
+                on_exchange=self._on_exchange,
+            )
         )
+
+    def _long_term(self, signed: bytes) -> bytes:
+        """With HUB_SIGNING_LONG_TERM, a time-stamped signature is made XAdES-B-LT: it carries the certificates and
+        the revocation evidence of its validation now (which must pass), so it can be validated when the CA's
+        services cannot be reached."""
+        if not self.settings.signing_long_term:
+            return signed
+        if self.tsa_url() is None:
+            raise SigningError(
+                "a long-term signature (B-LT) needs a time-stamp: set HUB_SIGNING_TSA_URL", code="tsa_not_configured"
+            )
+        try:
+            certificates, crls, ocsps = self.verifier().validation_data(signed)
+        except ValueError as exc:
+            raise SigningError(
+                f"hub's signature does not validate now, so it cannot carry its validation data: {exc}",
+                code="validation_data_unavailable",
+            ) from None
+        return add_validation_data(signed, certificates, crls, ocsps)
 
     def tsa_url(self) -> str | None:
         """The configured TSA; in dev mode with the sandbox PKI, the sandbox's."""
@@ -127,7 +148,7 @@ class SignatureService:
     def sign(self, data: bytes, *, xades: bool = True, timestamp: bool = True) -> bytes:
         """Sign as the agency: XAdES-B-T when a TSA is configured (and `timestamp`), else XAdES-B-B / XMLDSig."""
         tsa = self.tsa_url() if xades and timestamp else None
-        return sign_document(
+        signed = sign_document(
             data,
             self.signer(),
             xades=xades,
@@ -135,3 +156,4 @@ class SignatureService:
             tsa_timeout=self.settings.read_timeout,
             on_exchange=self._on_exchange,
         )
+        return self._long_term(signed) if xades and timestamp else signed

@@ -143,3 +143,41 @@ class _XAdES(XAdESSigner):
     def add_signing_time(self, signed_signature_properties: Any, sig_root: Any, signing_settings: Any) -> None:
         el = etree.SubElement(signed_signature_properties, f"{{{XADES_NS}}}SigningTime", nsmap=self.namespaces)
         el.text = self._signing_time.isoformat(timespec="seconds")
+
+
+def add_validation_data(
+    signed: bytes, certificates: list[x509.Certificate], crls: list[bytes], ocsps: list[bytes]
+) -> bytes:
+    """Make a XAdES-B-T signature XAdES-B-LT: its unsigned signature properties get the certificates of the
+    signer's and the TSA's paths (CertificateValues) and the CRLs / OCSP responses that showed them unrevoked
+    (RevocationValues), so that it can be validated when those services are gone. Nothing signed changes."""
+    import base64
+
+    root = parse_untrusted(signed)
+    props = root.find(f".//{{{XADES_NS}}}UnsignedSignatureProperties")
+    if props is None or props.find(f"{{{XADES_NS}}}SignatureTimeStamp") is None:
+        raise SigningError("only a time-stamped XAdES signature (B-T) can carry validation data (B-LT)")
+
+    def el(parent: Any, name: str, text: str | None = None) -> Any:
+        node = etree.SubElement(parent, f"{{{XADES_NS}}}{name}")
+        if text is not None:
+            node.text = text
+        return node
+
+    values = el(props, "CertificateValues")
+    for cert in certificates:
+        el(
+            values,
+            "EncapsulatedX509Certificate",
+            base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode(),
+        )
+    revocation = el(props, "RevocationValues")
+    if crls:
+        crl_values = el(revocation, "CRLValues")
+        for crl in crls:
+            el(crl_values, "EncapsulatedCRLValue", base64.b64encode(crl).decode())
+    if ocsps:
+        ocsp_values = el(revocation, "OCSPValues")
+        for response in ocsps:
+            el(ocsp_values, "EncapsulatedOCSPValue", base64.b64encode(response).decode())
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))

@@ -1,4 +1,5 @@
-"""Verify an XML signature (enveloped or enveloping XMLDSig, XAdES B-B and B-T) and answer an ETSI-style report.
+"""Verify an XML signature (enveloped or enveloping XMLDSig, XAdES B-B, B-T and B-LT) and answer an ETSI-style
+report.
 
 Order, failed before indeterminate: parse with the hardened parser (FORMAT_FAILURE) → find the one signature and
 its signing certificate → cryptographic constraints of the policy (no SHA-1, RSA ≥ 2048, EC ≥ 256) → the
@@ -7,7 +8,9 @@ path to a **configured** trust anchor with key usage and revocation (pyhanko-cer
 evidence hub fetched and cached: NO_CERTIFICATE_CHAIN_FOUND, REVOKED, EXPIRED, NOT_YET_VALID, TRY_LATER). A XAdES-T
 signature time-stamp (RFC 3161) must cover the signature value and come from a trusted TSA; it is then the proof
 that the signature existed at that time, so a signer certificate that expired or was revoked later still passes.
-Callers receive only what the signature's references cover (signed_references), which defeats wrapping."""
+A XAdES-B-LT signature carries certificates and CRL/OCSP evidence (unsigned, so checked like fetched evidence): when
+no revocation status can be had now, the signer and the TSA are judged with it as of the time-stamp. Callers
+receive only what the signature's references cover (signed_references), which defeats wrapping."""
 
 from __future__ import annotations
 
@@ -50,6 +53,40 @@ MAX_SIGNED_CONTENT = 256 * 1024  # bytes of signed content returned in a report
 # over 9 MB: 4.4 s of CPU, linear). Documents, dossiers and edXML envelopes carry a handful.
 MAX_REFERENCES = 30
 MAX_TRANSFORMS = 5
+MAX_VALIDATION_VALUES = 40  # certificates, CRLs and OCSP responses a XAdES-B-LT signature may carry (each)
+
+
+@dataclass(frozen=True)
+class Carried:
+    """The validation data a XAdES-B-LT signature carries in its unsigned properties (CertificateValues,
+    RevocationValues): certificates for path building, CRLs and OCSP responses as revocation evidence. Unsigned, so
+    never trusted for itself — each item is checked as if it had been fetched (its own signature, its issuer)."""
+
+    certificates: tuple[x509.Certificate, ...] = ()
+    crls: tuple[bytes, ...] = ()
+    ocsps: tuple[bytes, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.certificates or self.crls or self.ocsps)
+
+
+def _carried_validation_data(signature: Any) -> Carried:
+    """Read CertificateValues / RevocationValues (ValueError when malformed or too many)."""
+
+    def values(path: str) -> list[bytes]:
+        found = signature.findall(path, NS)
+        if len(found) > MAX_VALIDATION_VALUES:
+            raise ValueError(f"more than {MAX_VALIDATION_VALUES} values in {path.rsplit('/', 1)[-1]}")
+        return [base64.b64decode("".join((e.text or "").split()), validate=True) for e in found]
+
+    props = ".//xades:UnsignedSignatureProperties"
+    certs = tuple(
+        x509.load_der_x509_certificate(der)
+        for der in values(f"{props}/xades:CertificateValues/xades:EncapsulatedX509Certificate")
+    )
+    crls = tuple(values(f"{props}/xades:RevocationValues/xades:CRLValues/xades:EncapsulatedCRLValue"))
+    ocsps = tuple(values(f"{props}/xades:RevocationValues/xades:OCSPValues/xades:EncapsulatedOCSPValue"))
+    return Carried(certs, crls, ocsps)
 
 
 def load_certificates(pem_or_der: bytes) -> list[x509.Certificate]:
@@ -246,6 +283,25 @@ class _XAdESVerifier(_StandaloneC14n, XAdESVerifier):
     pass
 
 
+def _token_parts(stamp: Any) -> tuple[Any, list[x509.Certificate], x509.Certificate | None]:
+    """An EncapsulatedTimeStamp's CMS SignedData, the certificates it carries and, among them, the TSA's."""
+    from asn1crypto import cms
+
+    der = base64.b64decode("".join((stamp.findtext("xades:EncapsulatedTimeStamp", "", NS)).split()), validate=True)
+    info = cms.ContentInfo.load(der)
+    if info["content_type"].native != "signed_data":
+        raise ValueError("the time-stamp token is not a CMS SignedData")
+    signed_data = info["content"]
+    embedded = [
+        x509.load_der_x509_certificate(c.chosen.dump())
+        for c in (signed_data["certificates"] or [])
+        if c.name == "certificate"
+    ]
+    sid = signed_data["signer_infos"][0]["sid"]
+    serial = sid.chosen["serial_number"].native if sid.name == "issuer_and_serial_number" else None
+    return signed_data, embedded, next((c for c in embedded if c.serial_number == serial), None)
+
+
 class Verifier:
     """Verification against configured trust anchors only (never the OS or certifi bundle)."""
 
@@ -291,6 +347,12 @@ class Verifier:
         fmt = "XAdES-B-B" if xades else "XMLDSig"
         if xades and signature.find(".//xades:SignatureTimeStamp", NS) is not None:
             fmt = "XAdES-B-T"
+        try:
+            lt = _carried_validation_data(signature) if fmt == "XAdES-B-T" else Carried()
+        except ValueError as exc:
+            return Report.failed("FORMAT_FAILURE", f"the signature's validation data: {exc}", validation_time=vt)
+        if lt:
+            fmt = "XAdES-B-LT"
         report = Report(indication="", signature_format=fmt, validation_time=vt)
         signing_time = signature.findtext(".//xades:SigningTime", namespaces=NS)
         report.signing_time = signing_time
@@ -359,20 +421,36 @@ class Verifier:
 
         # the signature time-stamp (XAdES-B-T): over exactly this signature value, by a trusted TSA
         stamped_at: datetime | None = None
-        if fmt == "XAdES-B-T":
-            ts_problem, stamped_at = self._timestamp(signature, at, report)
+        if fmt in ("XAdES-B-T", "XAdES-B-LT"):
+            ts_problem, stamped_at = self._timestamp(signature, at, report, lt)
             if ts_problem is not None:
                 return self._fail(report, *ts_problem)
 
         # the certificate path, key usage and revocation
-        chain_problem = self._path(leaf, carried, at, report)
+        carried = carried + [c for c in lt.certificates if c not in carried]
+        chain_problem = self._path(leaf, carried, at, report, lt=lt)
+        # XAdES-B-LT: the revocation status cannot be had now (a responder gone, a network cut off), but the
+        # signature carries the evidence it was made with: judge the signer as of the time-stamp with that alone,
+        # as an archive would years on
+        if (
+            chain_problem is not None
+            and chain_problem[0] == "TRY_LATER"
+            and lt
+            and stamped_at is not None
+            and self._path(leaf, carried, stamped_at, report, lt=lt, fetch=False) is None
+        ):
+            report.detail = (
+                "validated with the revocation evidence the signature carries, as of its time-stamp "
+                f"{stamped_at.isoformat()} (none could be fetched now)"
+            )
+            chain_problem = None
         if chain_problem is not None and chain_problem[0] in ("EXPIRED", "REVOKED") and stamped_at is not None:
             # the time-stamp proves the signature existed at `stamped_at`: judge the signer as of then (a
             # certificate that expired, or was revoked, after that time does not undo the signature)
             evidence = list(report.revocation)
             if (
                 not self._ocsp_revoked_by(leaf, carried, stamped_at)
-                and self._path(leaf, carried, stamped_at, report, crl_only=True) is None
+                and self._path(leaf, carried, stamped_at, report, crl_only=True, lt=lt) is None
             ):
                 report.detail = (
                     f"{chain_problem[0].lower()} at validation time, valid at the time-stamp {stamped_at.isoformat()}"
@@ -383,6 +461,37 @@ class Verifier:
             return self._fail(report, *chain_problem)
         report.indication = "TOTAL-PASSED"
         return report
+
+    def validation_data(self, data: bytes) -> tuple[list[x509.Certificate], list[bytes], list[bytes]]:
+        """What a XAdES-B-LT signature carries, for a time-stamped signature that passes now: the certificates of
+        the signer's path and of the TSA's, and the CRLs / OCSP responses that show them unrevoked (the ones this
+        validation used, from the revocation source's cache). ValueError when it does not pass."""
+        report = self.verify(data)
+        if report.indication != "TOTAL-PASSED":
+            raise ValueError(f"{report.sub_indication}: {report.detail}")
+        root = parse_untrusted(data)
+        signature = root if root.tag == f"{{{DS}}}Signature" else root.find(".//ds:Signature", NS)
+        carried = [
+            _load_carried(e.text or "") for e in signature.findall("ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS)
+        ]
+        leaf = self._leaf(carried)
+        stamp = signature.find(".//xades:SignatureTimeStamp", NS)
+        if leaf is None or stamp is None:
+            raise ValueError("a long-term signature needs a signing certificate and a signature time-stamp")
+        _, embedded, tsa = _token_parts(stamp)
+        paths = [self._build_path(leaf, carried), self._build_path(tsa or leaf, embedded)]
+        certificates: list[x509.Certificate] = []
+        crls: list[bytes] = []
+        ocsps: list[bytes] = []
+        for path in paths:
+            if path is None:
+                continue
+            certificates += [c for c in path if c not in certificates]
+            if self.revocation is not None:
+                collected = self.revocation.collect(path)
+                crls += [c for c in collected.crls if c not in crls]
+                ocsps += [o for o in collected.ocsps if o not in ocsps]
+        return certificates, crls + [c for c in self.extra_crls if c not in crls], ocsps
 
     def _ocsp_revoked_by(self, leaf: x509.Certificate, carried: list[x509.Certificate], when: datetime) -> bool:
         """Whether an OCSP answer (cached from this validation) dates a revocation of the path at or before
@@ -404,12 +513,11 @@ class Verifier:
         return False
 
     def _timestamp(
-        self, signature: Any, at: datetime | None, report: Report
+        self, signature: Any, at: datetime | None, report: Report, lt: Carried = Carried()
     ) -> tuple[tuple[str, str] | None, datetime | None]:
         """Validate the (first) SignatureTimeStamp: the token's imprint is the digest of the canonicalized
         SignatureValue, its CMS signature verifies, and the TSA's certificate (extended key usage timeStamping)
         chains to a configured anchor and is not revoked. Returns (problem, time stamped)."""
-        from asn1crypto import cms
         from pyhanko.sign.validation.generic_cms import validate_tst_signed_data
 
         stamp = signature.find(".//xades:SignatureTimeStamp", NS)
@@ -418,24 +526,13 @@ class Verifier:
         algorithm = method.get("Algorithm", C14N_10) if method is not None else C14N_10
         try:
             signed_value = canonical(value, algorithm)
-            der = base64.b64decode(
-                "".join((stamp.findtext("xades:EncapsulatedTimeStamp", "", NS)).split()), validate=True
-            )
-            info = cms.ContentInfo.load(der)
-            if info["content_type"].native != "signed_data":
-                raise ValueError("the time-stamp token is not a CMS SignedData")
-            signed_data = info["content"]
-            embedded = [
-                x509.load_der_x509_certificate(c.chosen.dump())
-                for c in (signed_data["certificates"] or [])
-                if c.name == "certificate"
-            ]
+            signed_data, embedded, tsa = _token_parts(stamp)
+            embedded += [c for c in lt.certificates if c not in embedded]
+            gen_time = signed_data["encap_content_info"]["content"].parsed["gen_time"].native
             signer_info = signed_data["signer_infos"][0]
-            sid = signer_info["sid"]
-            serial = sid.chosen["serial_number"].native if sid.name == "issuer_and_serial_number" else None
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             return ("FORMAT_FAILURE", f"signature time-stamp: not a readable RFC 3161 token ({exc})"), None
-        tsa = next((c for c in embedded if c.serial_number == serial), None) or self._leaf(embedded)
+        tsa = tsa or self._leaf(embedded)
         if tsa is None:
             return ("NO_CERTIFICATE_CHAIN_FOUND", "signature time-stamp: the token carries no TSA certificate"), None
         digest_name = signer_info["digest_algorithm"]["algorithm"].native
@@ -450,24 +547,38 @@ class Verifier:
             ), None
         collected = self.revocation.collect(path) if self.revocation is not None else None
         der_path = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in path]
-        context = ValidationContext(
-            trust_roots=self._anchors_asn1,
-            other_certs=der_path[1:],
-            moment=at,
-            crls=(collected.crls if collected else []) + self.extra_crls,
-            ocsps=collected.ocsps if collected else [],
-            revocation_mode="hard-fail",
-            retroactive_revinfo=at is not None,
-            time_tolerance=timedelta(seconds=1),
-        )
 
         def imprint(name: str) -> bytes:
             if name in WEAK:
                 raise ValueError(f"weak imprint digest {name}")
             return hashlib.new(name, signed_value).digest()
 
+        def validate(moment: datetime | None, fetched: bool) -> dict[str, Any]:
+            context = ValidationContext(
+                trust_roots=self._anchors_asn1,
+                other_certs=der_path[1:],
+                moment=moment,
+                crls=(collected.crls if collected and fetched else []) + self.extra_crls + list(lt.crls),
+                ocsps=(collected.ocsps if collected and fetched else []) + list(lt.ocsps),
+                revocation_mode="hard-fail",
+                retroactive_revinfo=moment is not None,
+                time_tolerance=timedelta(seconds=1),
+            )
+            found: dict[str, Any] = asyncio.run(validate_tst_signed_data(signed_data, context, imprint))
+            return found
+
         try:
-            status = asyncio.run(validate_tst_signed_data(signed_data, context, imprint))
+            status = validate(at, True)
+            trouble = status.get("trust_problem_indic")
+            # (pyHanko reports revocation information it could not find for a TSA as a chain constraint failure)
+            if (
+                lt
+                and trouble is not None
+                and getattr(trouble, "name", "") in ("TRY_LATER", "CHAIN_CONSTRAINTS_FAILURE")
+            ):
+                # XAdES-B-LT: the TSA's revocation status cannot be had now; judge it as of the time-stamp's
+                # own time with the evidence the signature carries
+                status = validate(gen_time, False)
         except ValueError as exc:
             return ("CRYPTO_CONSTRAINTS_FAILURE", f"signature time-stamp: {exc}"), None
         except Exception as exc:  # noqa: BLE001 - pyHanko's validation errors: a token we cannot accept
@@ -490,6 +601,10 @@ class Verifier:
                 if name in SUB_INDICATIONS and SUB_INDICATIONS[name] == INDETERMINATE
                 else "CHAIN_CONSTRAINTS_FAILURE"
             )
+            if sub == "CHAIN_CONSTRAINTS_FAILURE" and collected is not None and collected.problems:
+                # the TSA's revocation status could not be fetched: undecided for now, not a bad certificate
+                problems = "; ".join(collected.problems)
+                return ("TRY_LATER", f"signature time-stamp: the TSA's revocation status is unknown ({problems})"), None
             return (sub, f"signature time-stamp: the TSA's certificate is not acceptable ({name})"), None
         report.timestamp["status"] = "valid"
         return None, when
@@ -569,7 +684,10 @@ class Verifier:
         report: Report,
         *,
         crl_only: bool = False,
+        lt: Carried = Carried(),
+        fetch: bool = True,
     ) -> tuple[str, str] | None:
+        """`lt`: evidence the signature carries, beside what is fetched; `fetch=False`: that evidence alone."""
         path = self._build_path(leaf, carried)
         if path is None:
             return ("NO_CERTIFICATE_CHAIN_FOUND", "no path from the signing certificate to a configured trust anchor")
@@ -585,10 +703,21 @@ class Verifier:
             if hit is not None and hit[0] > time.monotonic():
                 report.revocation = [dict(r, cached=True) for r in hit[1]["revocation"]]
                 return hit[1]["problem"]  # type: ignore[no-any-return]
-        collected = self.revocation.collect(path, crl_only=crl_only) if self.revocation is not None else None
-        crls = (collected.crls if collected else []) + self.extra_crls
-        ocsps = collected.ocsps if collected else []
-        report.revocation = collected.used if collected else []
+        source = self.revocation if fetch else None
+        collected = source.collect(path, crl_only=crl_only) if source is not None else None
+        crls = (collected.crls if collected else []) + self.extra_crls + list(lt.crls)
+        ocsps = (collected.ocsps if collected else []) + ([] if crl_only else list(lt.ocsps))
+        report.revocation = (collected.used if collected else []) + (
+            [
+                {
+                    "certificate": "(validation data carried by the signature)",
+                    "source": "carried",
+                    "status": f"{len(lt.crls)} CRL(s), {len(lt.ocsps)} OCSP response(s)",
+                }
+            ]
+            if lt
+            else []
+        )
         problem = self._validate(path, crls, ocsps, at, collected.problems if collected else [])
         if at is None and (problem is None or problem[0] in ("REVOKED", "EXPIRED", "NOT_YET_VALID")):
             with self._lock:
