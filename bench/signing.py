@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,6 @@ def main() -> None:
         hub_s = rate(lambda data=data: sign_document(data, signer), args.seconds)
         xs_s = rate(xs_sign, args.seconds)
         rows.append((label, len(data), hub_v, hub_v_full, xs_v, hub_s, xs_s))
-    server.stop()
     source.close()
 
     print(f"{'document':8} {'bytes':>8} | {'verify/s hub':>12} {'(path each time)':>16} {'xmlsec':>8} {'ratio':>6} "
@@ -117,7 +117,34 @@ def main() -> None:
         print(f"{label:8} {n:>8} | {hv:>12.0f} {hvf:>16.0f} {xv:>8.0f} {hv / xv:>6.2f} | {hs:>10.0f} {xs:>8.0f} "
               f"{hs / xs:>6.2f}")  # fmt: skip
     print(f"revocation fetches over the whole run: {source.fetches} (evidence cached until nextUpdate)")
+    long_term_rows(state, the_pki, f"{server.url}/pki/tsa", args.seconds)
+    server.stop()
     token_rows(the_pki, tmp, args.seconds)
+
+
+def long_term_rows(state: pki.PkiState, the_pki: pki.TestPki, tsa: str, seconds: float) -> None:
+    """Verifying a XAdES-B-LT signature with the CA's services down (judged with the evidence it carries, as of its
+    time-stamp) beside verifying the same signature's B-T form with the services up (OCSP cached), same run."""
+    from hub.signing.sign import add_validation_data
+
+    official, gov_ca, gov_root = (the_pki.issued[n] for n in ("official", "gov_ca", "gov_root"))
+    signer = FileSigner(official.key, official.cert, [gov_ca.cert])
+    data = document(5 * 1024)
+    b_t = sign_document(data, signer, xades=True, tsa_url=tsa)
+    online = Verifier([gov_root.cert], revocation=RevocationSource())
+    b_lt = add_validation_data(b_t, *online.validation_data(b_t))
+    assert online.verify(b_t).indication == "TOTAL-PASSED"
+    state.faults.update({"outage_seconds": 3600})
+    offline = Verifier([gov_root.cert], revocation=RevocationSource(), path_cache_seconds=0)
+    later = datetime.now(UTC) + timedelta(days=3)  # what it carries is past its nextUpdate: judged as of the stamp
+    report = offline.verify(b_lt, at=later)
+    assert report.indication == "TOTAL-PASSED", report.detail
+    lt_rate = rate(lambda: offline.verify(b_lt, at=later), seconds)
+    state.faults.update({"outage_seconds": 0})
+    bt_rate = rate(lambda: online.verify(b_t), seconds)
+    print(f"\n{'5 KB, XAdES, time-stamped':26} | {'verify/s':>8} | beside")
+    print(f"{'B-LT, CA services down':26} | {lt_rate:>8.0f} | B-T with them up (cached OCSP) {bt_rate:.0f}/s: "
+          f"{lt_rate / bt_rate:.2f}; {len(b_lt) - len(b_t)} bytes of validation data")  # fmt: skip
 
 
 def token_rows(the_pki: pki.TestPki, tmp: Path, seconds: float) -> None:
