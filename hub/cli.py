@@ -1183,7 +1183,7 @@ def sign_sign(
     """Sign a document with exclusive C14N and RSA-SHA256 / ECDSA-SHA256 (XAdES: C14N 1.1). Exit 2 on a usage
     error or a key that cannot sign, 4 when the time-stamping authority cannot be reached or refuses, 3 when
     --long-term finds the signature not validating now (no evidence to carry)."""
-    from hub.signing.sign import add_validation_data, sign_document
+    from hub.signing.sign import sign_document
 
     if long_term and (not tsa or not trust):
         err.print("[red]--long-term needs --tsa (a time-stamp) and --trust (the anchors to validate against)[/red]")
@@ -1192,21 +1192,46 @@ def sign_sign(
     def make() -> bytes:
         signer = _load_signer(key, cert, pkcs12, password_env, (pkcs11_module, token, key_label))
         signed = sign_document(path.read_bytes(), signer, xades=xades or tsa is not None, tsa_url=tsa)
-        if not long_term:
-            return signed
-        from hub.signing.revocation import RevocationSource
-        from hub.signing.verify import Verifier, load_certificates
+        return _with_validation_data(signed, trust or []) if long_term else signed
 
-        source = RevocationSource()
-        try:
-            anchors = [c for p in trust or [] for c in load_certificates(p.read_bytes())]
-            certificates, crls, ocsps = Verifier(anchors, revocation=source).validation_data(signed)
-        except ValueError as exc:
-            err.print(f"[red]the signature does not validate now, so it cannot carry its validation data: {exc}[/red]")
-            raise typer.Exit(3) from None
-        finally:
-            source.close()
-        return add_validation_data(signed, certificates, crls, ocsps)
+    _sign_and_write(make, out_path)
+
+
+def _with_validation_data(signed: bytes, trust: list[Path]) -> bytes:
+    """XAdES-B-T → B-LT: validate now against `trust` and carry what was used; exit 3 if it does not pass."""
+    from hub.signing.revocation import RevocationSource
+    from hub.signing.sign import XADES_NS, add_validation_data
+    from hub.signing.verify import Verifier, load_certificates
+    from hub.signing.xml import parse_untrusted
+
+    if parse_untrusted(signed).find(f".//{{{XADES_NS}}}SignatureTimeStamp") is None:
+        err.print("[red]not a time-stamped XAdES signature (B-T): only one can carry its validation data[/red]")
+        raise typer.Exit(2)
+    source = RevocationSource()
+    try:
+        anchors = [c for p in trust for c in load_certificates(p.read_bytes())]
+        certificates, crls, ocsps = Verifier(anchors, revocation=source).validation_data(signed)
+    except ValueError as exc:
+        err.print(f"[red]the signature does not validate now, so it cannot carry its validation data: {exc}[/red]")
+        raise typer.Exit(3) from None
+    finally:
+        source.close()
+    return add_validation_data(signed, certificates, crls, ocsps)
+
+
+@sign_cli.command("extend")
+def sign_extend(
+    path: Annotated[Path, typer.Argument(help="a document with a time-stamped XAdES signature (B-T), anyone's")],
+    trust: Annotated[list[Path], typer.Option(help="trust anchor (PEM) of the signer and of the TSA; repeat")],
+    out_path: Annotated[Path | None, typer.Option("--out", help="where to write; default: stdout")] = None,
+) -> None:
+    """Make a time-stamped signature long-term (XAdES-B-LT), e.g. on taking a document into an archive: validate it
+    now and add the certificates and CRL/OCSP evidence used to its unsigned properties, so it can be validated when
+    the CA's services cannot be reached. Nothing signed changes. Exit 3 when it does not validate now (nothing
+    written), 2 on a usage error or a signature that is not a time-stamped XAdES one."""
+
+    def make() -> bytes:
+        return _with_validation_data(path.read_bytes(), trust)
 
     _sign_and_write(make, out_path)
 

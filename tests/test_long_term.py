@@ -136,3 +136,26 @@ def test_cli_makes_a_long_term_signature(trust: Trust, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert refused.returncode == 3 and "REVOKED" in refused.stderr and not (tmp_path / "no.xml").exists()
+
+
+def test_cli_extends_a_time_stamped_signature_someone_else_made(trust: Trust, tmp_path: Path) -> None:
+    """An archive takes in a B-T document (signed by a citizen, a public CA's certificate) and extends it to B-LT."""
+    d = trust.dir
+    b_t = tmp_path / "b-t.xml"
+    b_t.write_bytes(sign_document(DOC, trust.signer("citizen"), xades=True, tsa_url=tsa_url(trust)))
+    anchors = ["--trust", str(d / "national_root.pem"), "--trust", str(d / "gov_root.pem")]
+    out = tmp_path / "b-lt.xml"
+    run = subprocess.run(
+        [HUB_BIN, "sign", "extend", str(b_t), *anchors, "--out", str(out)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    trust.state.faults.update({"outage_seconds": 60})
+    report = trust.verifier().verify(out.read_bytes(), at=datetime.now(UTC) + timedelta(days=3))
+    assert verdict(report) == ("TOTAL-PASSED", None) and report.signature_format == "XAdES-B-LT", report.detail
+    plain = tmp_path / "b-b.xml"
+    plain.write_bytes(sign_document(DOC, trust.signer("citizen"), xades=True))
+    run = subprocess.run(
+        [HUB_BIN, "sign", "extend", str(plain), *anchors], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 2 and "not a time-stamped" in run.stderr
