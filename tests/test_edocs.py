@@ -184,6 +184,18 @@ def test_no_key_to_sign_with_is_a_503(hub_factory: HubFactory) -> None:
     assert_problem(hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc()), 503, "signing_not_configured")
 
 
+def send_one(hub: Hub, n: int, exchange: httpx.Client) -> dict[str, Any]:
+    """File dossier `n`, send a document for it, and return what the exchange platform received (the only one)."""
+    d = dossier(n, status=2)
+    hub.http.post("/v1/dossiers", json=d)
+    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc())
+    assert r.status_code == 202, r.text
+    hub.wait_idle()
+    [doc] = exchange.get("/_sandbox/documents").json()["items"]
+    received: dict[str, Any] = doc
+    return received
+
+
 def test_with_long_term_signing_what_goes_carries_its_validation_data(
     hub_factory: HubFactory, trust: Trust, exchange_server: ServerThread, exchange: httpx.Client
 ) -> None:
@@ -197,12 +209,7 @@ def test_with_long_term_signing_what_goes_carries_its_validation_data(
         document_exchange_url=exchange_server.url,
         document_exchange_api_key=SecretStr(EDOC_KEY),
     )
-    d = dossier(38, status=2)
-    hub.http.post("/v1/dossiers", json=d)
-    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc())
-    assert r.status_code == 202, r.text
-    hub.wait_idle()
-    [doc] = exchange.get("/_sandbox/documents").json()["items"]
+    doc = send_one(hub, 38, exchange)
     assert doc["signature_format"] == "XAdES-B-LT" and "Trần Thị Bình" in doc["signer"]
 
 
@@ -222,12 +229,7 @@ def test_an_agency_key_on_a_token_signs_what_goes_and_a_refused_pin_is_a_503(
         "document_exchange_api_key": SecretStr(EDOC_KEY),
     }
     hub = hub_factory(**common, signing_pkcs11_key="hub-rsa", signing_pkcs11_pin=SecretStr(token.pin))
-    d = dossier(36, status=2)
-    hub.http.post("/v1/dossiers", json=d)
-    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc())
-    assert r.status_code == 202, r.text
-    hub.wait_idle()
-    [doc] = exchange.get("/_sandbox/documents").json()["items"]
+    doc = send_one(hub, 36, exchange)
     assert doc["signature_format"] == "XAdES-B-T" and "khóa trên token" in doc["signer"]
     common["signing_pkcs11_token"] = token.spare  # (this process is logged in to the first token)
     refused = hub_factory(**common, signing_pkcs11_key="hub-rsa", signing_pkcs11_pin=SecretStr("x" + token.pin))

@@ -16,7 +16,7 @@ from lxml import etree
 from hub.signing.sign import SigningError, add_validation_data, sign_document
 from hub.signing.verify import Verifier
 from tests.pki_helpers import Trust
-from tests.test_signing import DOC, HUB_BIN, _xmlsec1, tsa_url, verdict
+from tests.test_signing import DOC, HUB_BIN, tsa_url, verdict, xmlsec1_verify
 
 XADES = "{http://uri.etsi.org/01903/v1.3.2#}"
 
@@ -99,12 +99,7 @@ def test_only_a_time_stamped_xades_signature_can_carry_validation_data(trust: Tr
 def test_xmlsec1_still_verifies_a_long_term_signature(trust: Trust, tmp_path: Path) -> None:
     path = tmp_path / "b-lt.xml"
     path.write_bytes(long_term(trust)[1])
-    d = trust.dir
-    result = subprocess.run(
-        [_xmlsec1(), "--verify", "--trusted-pem", str(d / "gov_root.pem"), "--untrusted-pem", str(d / "gov_ca.pem"),
-         "--id-attr:Id", "http://uri.etsi.org/01903/v1.3.2#:SignedProperties", str(path)],
-        check=False, capture_output=True, text=True,
-    )  # fmt: skip
+    result = xmlsec1_verify(path, trust.dir)
     assert result.returncode == 0, result.stderr
 
 

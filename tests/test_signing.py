@@ -385,6 +385,16 @@ def _xmlsec1() -> str:
     return XMLSEC1
 
 
+def xmlsec1_verify(path: Path, pki_dir: Path, *, xades: bool = True) -> subprocess.CompletedProcess[str]:
+    """xmlsec1 verifying a document hub signed as an agency: trusting the government root, the CA beside it."""
+    id_attr = ["--id-attr:Id", "http://uri.etsi.org/01903/v1.3.2#:SignedProperties"] if xades else []
+    return subprocess.run(
+        [_xmlsec1(), "--verify", "--trusted-pem", str(pki_dir / "gov_root.pem"), "--untrusted-pem",
+         str(pki_dir / "gov_ca.pem"), *id_attr, str(path)],
+        check=False, capture_output=True, text=True,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("c14n", [EXC, INCL])
 def test_documents_signed_by_xmlsec1_verify_in_hub(trust: Trust, verifier: Verifier, tmp_path: Path, c14n: str) -> None:
     template = tmp_path / "template.xml"

@@ -19,7 +19,7 @@ from hub.signing.service import SignatureService
 from hub.signing.sign import SigningError, sign_document
 from hub.signing.verify import Verifier
 from tests.pki_helpers import SOFTHSM, Token, Trust
-from tests.test_signing import DOC, HUB_BIN, _xmlsec1, tsa_url, verdict
+from tests.test_signing import DOC, HUB_BIN, tsa_url, verdict, xmlsec1_verify
 
 
 @pytest.fixture
@@ -53,12 +53,7 @@ def test_xmlsec1_verifies_what_a_token_signed(token: Token, trust: Trust, tmp_pa
     for key in ("hub-rsa", "hub-ec"):
         path = tmp_path / f"{key}.xml"
         path.write_bytes(sign_document(DOC, TokenSigner(token.config(key))))
-        d = trust.dir
-        result = subprocess.run(
-            [_xmlsec1(), "--verify", "--trusted-pem", str(d / "gov_root.pem"), "--untrusted-pem",
-             str(d / "gov_ca.pem"), str(path)],
-            check=False, capture_output=True, text=True,
-        )  # fmt: skip
+        result = xmlsec1_verify(path, trust.dir, xades=False)
         assert result.returncode == 0, (key, result.stderr)
 
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 
-from hub.signing.sign import SigningError
+from hub.signing.sign import HeldKey, SigningError
 
 _HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 _libraries: dict[str, tuple[int, Any]] = {}  # module path -> (the process that initialised it, pkcs11.lib)
@@ -79,7 +79,7 @@ class TokenConfig:
     pin: str = field(repr=False)
 
 
-class TokenSigner:
+class TokenSigner(HeldKey):
     """The `Signer` of a key on a PKCS#11 token. The certificate is read from the token (the one whose public key
     is the key's), with the token's CA certificates that issued it as the chain — or given (from a PEM file)."""
 
@@ -102,7 +102,7 @@ class TokenSigner:
                 for c in session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.CERTIFICATE})
             ]
         if self._key_type == pkcs11.KeyType.RSA:
-            self._key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = _TokenRSAKey(self)
+            self._key = _TokenRSAKey(self)
         elif self._key_type == pkcs11.KeyType.EC:
             self._key = _TokenECKey(self)
         else:
@@ -112,20 +112,6 @@ class TokenSigner:
         if isinstance(public, rsa.RSAPublicKey) and public.key_size < 2048:
             raise SigningError("RSA keys under 2048 bits are refused")
         self._prove()
-
-    # -- the Signer protocol ---------------------------------------------------------------------------------
-
-    @property
-    def key(self) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
-        return self._key
-
-    @property
-    def certificate(self) -> x509.Certificate:
-        return self._cert
-
-    @property
-    def chain(self) -> list[x509.Certificate]:
-        return self._chain
 
     # -- the token -------------------------------------------------------------------------------------------
 

@@ -49,19 +49,12 @@ class Signer(Protocol):
         ...
 
 
-class FileSigner:
-    """A key and certificate from PEM files, or both from a PKCS#12 file (password from configuration)."""
+class HeldKey:
+    """The `Signer` members over `_key`, `_cert` and `_chain`, which a signer sets up."""
 
-    def __init__(self, key: Any, certificate: x509.Certificate, chain: list[x509.Certificate] | None = None) -> None:
-        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-            raise SigningError("only RSA and EC keys can sign")
-        if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
-            raise SigningError("RSA keys under 2048 bits are refused")
-        if key.public_key() != certificate.public_key():
-            raise SigningError("the key does not belong to the certificate")
-        self._key = key
-        self._cert = certificate
-        self._chain = chain or []
+    _key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    _cert: x509.Certificate
+    _chain: list[x509.Certificate]
 
     @property
     def key(self) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
@@ -74,6 +67,21 @@ class FileSigner:
     @property
     def chain(self) -> list[x509.Certificate]:
         return self._chain
+
+
+class FileSigner(HeldKey):
+    """A key and certificate from PEM files, or both from a PKCS#12 file (password from configuration)."""
+
+    def __init__(self, key: Any, certificate: x509.Certificate, chain: list[x509.Certificate] | None = None) -> None:
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise SigningError("only RSA and EC keys can sign")
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
+            raise SigningError("RSA keys under 2048 bits are refused")
+        if key.public_key() != certificate.public_key():
+            raise SigningError("the key does not belong to the certificate")
+        self._key = key
+        self._cert = certificate
+        self._chain = chain or []
 
     @classmethod
     def from_pem(cls, key_path: Path, cert_path: Path, password: bytes | None = None) -> FileSigner:
