@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from lxml import etree
 
 from hub.signing.sign import SigningError, add_validation_data, sign_document
 from hub.signing.verify import Verifier
+from tests.api_helpers import assert_problem
+from tests.conftest import HubFactory
 from tests.pki_helpers import Trust
 from tests.test_signing import DOC, HUB_BIN, tsa_url, verdict, xmlsec1_verify
 
@@ -154,3 +158,26 @@ def test_cli_extends_a_time_stamped_signature_someone_else_made(trust: Trust, tm
         [HUB_BIN, "sign", "extend", str(plain), *anchors], capture_output=True, text=True, timeout=60, check=False
     )
     assert run.returncode == 2 and "not a time-stamped" in run.stderr
+
+
+def test_api_extends_a_signature_and_says_why_it_cannot(hub_factory: HubFactory, trust: Trust, tmp_path: Path) -> None:
+    """POST /v1/signatures/extend: a B-T document back as B-LT (application/xml); problems with stable codes."""
+    shutil.copytree(trust.dir, tmp_path / "sandbox-pki", dirs_exist_ok=True)  # the dev default: the sandbox PKI
+    hub = hub_factory()
+    xml = {"Content-Type": "application/xml"}
+
+    def extend(doc: bytes) -> httpx.Response:
+        return hub.http.post("/v1/signatures/extend", content=doc, headers=xml)
+
+    b_t = sign_document(DOC, trust.signer("citizen"), xades=True, tsa_url=tsa_url(trust))
+    r = extend(b_t)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml"), r.text
+    report = hub.http.post("/v1/signatures/verify", content=r.content, headers=xml).json()
+    assert report["signature_format"] == "XAdES-B-LT" and report["indication"] == "TOTAL-PASSED"
+    assert_problem(extend(sign_document(DOC, trust.signer("citizen"), xades=True)), 422, "not_time_stamped")
+    revoked = sign_document(DOC, trust.signer("revoked"), xades=True, tsa_url=tsa_url(trust))
+    assert assert_problem(extend(revoked), 422, "signature_not_valid")["sub_indication"] == "REVOKED"
+    assert_problem(extend(b"<not-signed/>"), 422, "signature_not_valid")
+    official = sign_document(DOC, trust.signer("official"), xades=True, tsa_url=tsa_url(trust))
+    trust.state.faults.update({"outage_seconds": 60})  # the CA's services down: this signer was never looked up
+    assert_problem(extend(official), 503, "revocation_unavailable")

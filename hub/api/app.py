@@ -47,7 +47,7 @@ LOCATION = {
     },
 }
 # requests carrying documents with their files: HUB_MAX_DOCUMENT_BYTES instead of HUB_MAX_BODY_BYTES
-DOCUMENT_PATHS = re.compile(r"^/v1/(?:signatures/verify|dossiers/[^/]+/edocs)\Z")
+DOCUMENT_PATHS = re.compile(r"^/v1/(?:signatures/(?:verify|extend)|dossiers/[^/]+/edocs)\Z")
 log = logging.getLogger("hub.api")
 # How a client system authenticates, as OpenAPI security schemes (either one): the docs' "Authorize" button, and
 # generated clients, then know it. auto_error=False: a missing or malformed key is hub's own 401 problem.
@@ -482,6 +482,34 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             report = await run_in_threadpool(rt().signatures.verify, data, at=at)
         rt().signature_verifications.labels(report.indication, report.sub_indication or "").inc()
         return report.as_dict()
+
+    @app.post(
+        "/v1/signatures/extend",
+        tags=["signatures"],
+        summary="Make a time-stamped XAdES signature long-term (XAdES-B-LT), e.g. on taking a document into an archive",
+        description="Send the signed XML (XAdES-B-T) as the body. hub validates it now and answers the same document "
+        "with the certificates and CRL/OCSP evidence used added to its unsigned properties, so it can be validated "
+        "when the CA's services cannot be reached; nothing signed changes. 422 `signature_not_valid` (with the "
+        "verdict) when it does not pass, 422 `not_time_stamped` when it has no signature time-stamp, 503 "
+        "`revocation_unavailable` when the revocation status cannot be had now.",
+        openapi_extra={"requestBody": {"content": {"application/xml": {"schema": {"type": "string"}}}}},
+        response_class=Response,
+        responses={200: {"content": {"application/xml": {"schema": {"type": "string"}}}}},
+    )
+    async def extend_signature(request: Request, who: Signatures) -> Response:
+        from hub.signing.verify import NotValidNow
+
+        data = await request.body()
+        try:
+            extended = await run_in_threadpool(rt().signatures.extend, data)
+        except NotValidNow as exc:
+            verdict = {"indication": exc.report.indication, "sub_indication": exc.report.sub_indication}
+            if not exc.time_stamped:
+                raise DomainError(str(exc), code="not_time_stamped", **verdict) from None
+            if exc.report.sub_indication == "TRY_LATER":
+                raise SigningUnavailable(str(exc), code="revocation_unavailable", **verdict) from None
+            raise DomainError(str(exc), code="signature_not_valid", **verdict) from None
+        return Response(extended, media_type="application/xml")
 
     @app.post(
         "/v1/payments",

@@ -113,6 +113,11 @@ class SignatureService:
             )
         )
 
+    def extend(self, signed: bytes) -> bytes:
+        """Anyone's time-stamped XAdES signature made XAdES-B-LT (NotValidNow when it does not pass now, or is not
+        time-stamped); one that is B-LT already gets the evidence of today's validation beside what it carries."""
+        return add_validation_data(signed, *self.verifier().validation_data(signed))
+
     def _long_term(self, signed: bytes) -> bytes:
         """With HUB_SIGNING_LONG_TERM, a time-stamped signature is made XAdES-B-LT: it carries the certificates and
         the revocation evidence of its validation now (which must pass), so it can be validated when the CA's

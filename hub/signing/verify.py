@@ -283,6 +283,15 @@ class _XAdESVerifier(_StandaloneC14n, XAdESVerifier):
     pass
 
 
+class NotValidNow(ValueError):
+    """A signature that cannot be made long-term: it does not pass now (`report` says why), or is not time-stamped."""
+
+    def __init__(self, report: Report, why: str | None = None) -> None:
+        super().__init__(why or f"{report.sub_indication}: {report.detail}")
+        self.report = report
+        self.time_stamped = why is None
+
+
 def _token_parts(stamp: Any) -> tuple[Any, list[x509.Certificate], x509.Certificate | None]:
     """An EncapsulatedTimeStamp's CMS SignedData, the certificates it carries and, among them, the TSA's."""
     from asn1crypto import cms
@@ -468,7 +477,9 @@ class Verifier:
         validation used, from the revocation source's cache). ValueError when it does not pass."""
         report = self.verify(data)
         if report.indication != "TOTAL-PASSED":
-            raise ValueError(f"{report.sub_indication}: {report.detail}")
+            raise NotValidNow(report)
+        if report.signature_format not in ("XAdES-B-T", "XAdES-B-LT"):
+            raise NotValidNow(report, "only a time-stamped XAdES signature (B-T) can carry its validation data")
         root = parse_untrusted(data)
         signature = root if root.tag == f"{{{DS}}}Signature" else root.find(".//ds:Signature", NS)
         carried = [
