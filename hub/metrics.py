@@ -8,8 +8,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -268,14 +270,48 @@ class WorkersCollector(Collector):
         yield drained
 
 
+class SigningCollector(Collector):
+    """hub's own signing key: whether it can sign (a token that refused the PIN or went away cannot), and how long
+    its certificate has left — an expired agency certificate stops every document hub sends, without an error
+    until the first one is refused."""
+
+    def __init__(self, certificate: Callable[[], x509.Certificate]) -> None:
+        self.certificate = certificate
+
+    def collect(self) -> Iterator[Any]:
+        from hub.signing.service import NotConfigured
+
+        usable = GaugeMetricFamily("hub_signing_key_usable", "1 when hub's signing key can sign, 0 when it cannot")
+        expiry = GaugeMetricFamily(
+            "hub_signing_certificate_expiry_seconds",
+            "Seconds until hub's signing certificate expires (negative: expired)",
+            labels=["subject"],
+        )
+        try:
+            cert = self.certificate()
+        except NotConfigured:
+            pass  # no key configured: the families, without a sample
+        except Exception:  # noqa: BLE001 - a key that cannot be loaded (file, token, PIN): said as such
+            usable.add_metric([], 0.0)
+        else:
+            usable.add_metric([], 1.0)
+            left = cert.not_valid_after_utc - datetime.now(UTC)
+            expiry.add_metric([cert.subject.rfc4514_string()], left.total_seconds())
+        yield usable
+        yield expiry
+
+
 def make_registry(
     sessions: sessionmaker[Session],
     checkpointer: WalCheckpointer | None = None,
     workers: Callable[[], list[WorkerSeen]] | None = None,
     disk: DiskSpace | None = None,
+    signing: Callable[[], x509.Certificate] | None = None,
 ) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))
+    if signing is not None:
+        registry.register(SigningCollector(signing))
     if workers is not None:
         registry.register(WorkersCollector(workers))
     if checkpointer is not None:

@@ -285,7 +285,13 @@ class Runtime:
             self.signature_verifications,
             self.signature_seconds,
             self.prefill_seconds,
-        ) = make_registry(self.sessions, self._checkpointer, self.workers if role == "api" else None, self.disk)
+        ) = make_registry(
+            self.sessions,
+            self._checkpointer,
+            self.workers if role == "api" else None,
+            self.disk,
+            (lambda: self.signatures.signer().certificate) if role == "api" else None,
+        )
 
     def workers(self) -> list[WorkerSeen]:
         """The workers delivering now: in embedded mode the worker thread of every `hub serve` process on this

@@ -4,6 +4,7 @@ them to the document exchange platform, which takes signed envelopes only."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -231,11 +232,17 @@ def test_an_agency_key_on_a_token_signs_what_goes_and_a_refused_pin_is_a_503(
     hub = hub_factory(**common, signing_pkcs11_key="hub-rsa", signing_pkcs11_pin=SecretStr(token.pin))
     doc = send_one(hub, 36, exchange)
     assert doc["signature_format"] == "XAdES-B-T" and "khóa trên token" in doc["signer"]
+    # the metrics say the key signs and how long its certificate has left (~730 days here)
+    metrics = hub.http.get("/metrics").text
+    assert "hub_signing_key_usable 1.0" in metrics
+    [left] = re.findall(r'hub_signing_certificate_expiry_seconds\{subject="[^"]*token[^"]*"\} (\S+)', metrics)
+    assert 728 * 86400 < float(left) < 730 * 86400
     common["signing_pkcs11_token"] = token.spare  # (this process is logged in to the first token)
     refused = hub_factory(**common, signing_pkcs11_key="hub-rsa", signing_pkcs11_pin=SecretStr("x" + token.pin))
     d = dossier(37, status=2)
     refused.http.post("/v1/dossiers", json=d)
     assert_problem(refused.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc()), 503, "token_pin_refused")
+    assert "hub_signing_key_usable 0.0" in refused.http.get("/metrics").text  # HubSigningKeyUnusable
     with refused.runtime.sessions() as s:
         assert [j for j in jobs.list_jobs(s, dossier=d["MaHoSo"]) if j["destination"] == "document_exchange"] == []
 
