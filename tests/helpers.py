@@ -48,3 +48,20 @@ def waiting_out_a_backoff(hub_factory: HubFactory, portal: httpx.Client) -> tupl
             return hub, d
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
+
+
+def console_as(hub: Hub, user: str, role: str) -> httpx.Client:
+    """An operator account of that role, signed in to hub's console (an HTTP client holding the session)."""
+    import re
+    import secrets
+
+    from hub.console.auth import Operators
+
+    password = secrets.token_urlsafe(16)
+    Operators(hub.runtime.sessions).add(user, password, role)
+    console = httpx.Client(base_url=str(hub.http.base_url))
+    csrf = re.search(r'name="csrf" value="([^"]+)"', console.get("/ops/login").text)
+    assert csrf is not None
+    login = {"csrf": csrf.group(1), "username": user, "password": password}
+    assert console.post("/ops/login", data=login).status_code == 303
+    return console

@@ -19,7 +19,7 @@ from hub.sandbox.common import ServerThread
 from hub.sync import jobs
 from tests.api_helpers import assert_problem
 from tests.conftest import Hub, HubFactory
-from tests.helpers import dossier, exchanges
+from tests.helpers import console_as, dossier, exchanges
 from tests.pki_helpers import Token, Trust
 
 EDOC_KEY = "edoc-sandbox-key-0123456789"
@@ -243,6 +243,8 @@ def test_an_agency_key_on_a_token_signs_what_goes_and_a_refused_pin_is_a_503(
     refused.http.post("/v1/dossiers", json=d)
     assert_problem(refused.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc()), 503, "token_pin_refused")
     assert "hub_signing_key_usable 0.0" in refused.http.get("/metrics").text  # HubSigningKeyUnusable
+    overview = console_as(refused, "tran.van.an", "viewer").get("/ops").text  # and the console's first page says it
+    assert 'id="signing-unusable"' in overview and "token_pin_refused" not in overview and "PIN" in overview
     with refused.runtime.sessions() as s:
         assert [j for j in jobs.list_jobs(s, dossier=d["MaHoSo"]) if j["destination"] == "document_exchange"] == []
 

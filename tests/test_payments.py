@@ -21,7 +21,7 @@ from hub.adapters.payment.dvc import CONFIRM_FIELDS, mac
 from hub.sandbox.common import ServerThread
 from hub.store.models import Payment, PaymentCallback, StatusEvent
 from tests.conftest import PAY_PARTNER, PAY_SECRET, Creds, Hub, HubFactory
-from tests.helpers import dossier, step
+from tests.helpers import console_as, dossier, step
 
 PARTNER, SECRET = PAY_PARTNER, PAY_SECRET
 HUB_BIN = str(Path(sys.executable).with_name("hub"))
@@ -354,9 +354,6 @@ def test_a_citizen_is_not_sent_to_pay_twice_and_paying_twice_is_flagged(hub: Hub
     """A pay link given up as expired, paid after all with its confirmation lost: asking for a new payment asks the
     platform about the old one first and answers it, paid — no second link, the dossier moves on. When a citizen
     does pay two links of one dossier, both are booked and the console says a refund is owed."""
-    import re
-
-    from hub.console.auth import Operators
 
     def give_up(reference: str) -> None:
         with hub.runtime.sessions.begin() as s:
@@ -384,12 +381,7 @@ def test_a_citizen_is_not_sent_to_pay_twice_and_paying_twice_is_flagged(hub: Hub
         httpx.post(p["pay_url"]).raise_for_status()
     wait_for(lambda: payment_of(hub, first["reference"])["status"] == "paid")
     assert payment_of(hub, second["reference"])["status"] == "paid" and dossier_status(hub, code) == 4
-    Operators(hub.runtime.sessions).add("ke.toan", "mat-khau-dai-du-12", "viewer")
-    console = httpx.Client(base_url=str(hub.http.base_url))
-    csrf = re.search(r'name="csrf" value="([^"]+)"', console.get("/ops/login").text)
-    assert csrf is not None
-    login = {"csrf": csrf.group(1), "username": "ke.toan", "password": "mat-khau-dai-du-12"}
-    assert console.post("/ops/login", data=login).status_code == 303
+    console = console_as(hub, "ke.toan", "viewer")
     page = console.get(f"/ops/dossiers/{code}").text
     assert 'id="paid-twice"' in page and "cần hoàn trả" in page
     assert 'id="paid-twice"' not in console.get(f"/ops/dossiers/{awaiting_payment(hub, 43)}").text

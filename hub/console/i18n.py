@@ -23,6 +23,9 @@ TEXT: dict[str, dict[str, str]] = {
         "beat_age": "Tín hiệu gần nhất (giây trước)",
         "drain_age": "Lần chuyển gần nhất (giây trước)",
         "no_workers": "Không có worker nào đang chạy: hồ sơ chờ, không được chuyển đi",
+        "signing_unusable": "Không dùng được khóa ký số của hub (tệp khóa, token hoặc mã PIN): "
+        "văn bản gửi cơ quan khác bị từ chối",
+        "signing_expiring": "Chứng thư số ký của hub còn {days} ngày là hết hạn: đề nghị CA cấp chứng thư mới",
         "disk_full": "Ổ đĩa của cơ sở dữ liệu đã đầy: hub không ghi được, yêu cầu gửi đến bị từ chối (503 storage_full)"
         " — cần giải phóng dung lượng",
         "workers_unknown": "Không đọc được danh sách worker (Redis không trả lời)",
@@ -154,6 +157,9 @@ TEXT: dict[str, dict[str, str]] = {
         "beat_age": "Last sign of life (s ago)",
         "drain_age": "Last drain (s ago)",
         "no_workers": "No worker is running: dossiers wait and are not delivered",
+        "signing_unusable": "hub cannot use its signing key (key file, token or PIN): "
+        "documents to other agencies are refused",
+        "signing_expiring": "hub's signing certificate expires in {days} days: ask the CA for a new one",
         "disk_full": "The database's disk is full: hub cannot write, incoming requests are refused (503 storage_full)"
         " — make room on it",
         "workers_unknown": "The workers could not be listed (Redis does not answer)",

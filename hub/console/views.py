@@ -218,6 +218,7 @@ def router(runtime: Any) -> APIRouter:
         except Exception as exc:  # noqa: BLE001 - Redis down: the page still shows the rest
             log.warning("console: workers not listed: %s", exc)
             workers = None
+        signing = _signing_state()
         ok_total = sum(h[1] for h in hours)
         bad_total = sum(h[2] for h in hours)
         error_rate = 100.0 * bad_total / (ok_total + bad_total) if ok_total + bad_total else 0.0
@@ -232,7 +233,22 @@ def router(runtime: Any) -> APIRouter:
             payments_pending=payments_pending or 0,
             workers=workers,
             disk=None if (disk := rt().disk.check()) == "ok" else disk,
+            signing=signing,
         )
+
+    def _signing_state() -> dict[str, Any] | None:
+        """hub's signing key, when something is wrong with it: it cannot sign, or its certificate expires within
+        30 days (None when all is well or no key is configured)."""
+        from hub.signing.service import NotConfigured
+
+        try:
+            cert = rt().signatures.signer().certificate
+        except NotConfigured:
+            return None
+        except Exception as exc:  # noqa: BLE001 - whatever stops the key (file, token, PIN) is what to show
+            return {"unusable": str(exc)[:300]}
+        days = (cert.not_valid_after_utc - utcnow()).days
+        return {"days": days, "subject": cert.subject.rfc4514_string()} if days < 30 else None
 
     @r.get("/dossiers")
     def dossiers(request: Request, q: str = "") -> Response:
