@@ -181,3 +181,16 @@ def test_api_extends_a_signature_and_says_why_it_cannot(hub_factory: HubFactory,
     official = sign_document(DOC, trust.signer("official"), xades=True, tsa_url=tsa_url(trust))
     trust.state.faults.update({"outage_seconds": 60})  # the CA's services down: this signer was never looked up
     assert_problem(extend(official), 503, "revocation_unavailable")
+
+
+def test_extending_again_adds_only_what_is_new(trust: Trust) -> None:
+    """Days on, an archive extends a B-LT signature again: the fresh evidence goes beside what it carried, once."""
+    _, b_lt = long_term(trust)
+    verifier = trust.verifier()
+    again = add_validation_data(b_lt, *verifier.validation_data(b_lt))
+    props = etree.fromstring(again).find(f".//{XADES}UnsignedSignatureProperties")
+    assert props is not None
+    assert len(props.findall(f"{XADES}CertificateValues")) == len(props.findall(f"{XADES}RevocationValues")) == 1
+    certs = [e.text for e in props.iter(f"{XADES}EncapsulatedX509Certificate")]
+    assert len(certs) == len(set(certs)) and again == add_validation_data(again, *verifier.validation_data(again))
+    assert verdict(offline(trust).verify(again)) == ("TOTAL-PASSED", None)

@@ -158,7 +158,8 @@ def add_validation_data(
 ) -> bytes:
     """Make a XAdES-B-T signature XAdES-B-LT: its unsigned signature properties get the certificates of the
     signer's and the TSA's paths (CertificateValues) and the CRLs / OCSP responses that showed them unrevoked
-    (RevocationValues), so that it can be validated when those services are gone. Nothing signed changes."""
+    (RevocationValues), so that it can be validated when those services are gone. Nothing signed changes. A
+    signature that carries some already keeps them, with what is new beside them (no value twice)."""
     import base64
 
     root = parse_untrusted(signed)
@@ -166,26 +167,23 @@ def add_validation_data(
     if props is None or props.find(f"{{{XADES_NS}}}SignatureTimeStamp") is None:
         raise SigningError("only a time-stamped XAdES signature (B-T) can carry validation data (B-LT)")
 
-    def el(parent: Any, name: str, text: str | None = None) -> Any:
-        node = etree.SubElement(parent, f"{{{XADES_NS}}}{name}")
-        if text is not None:
-            node.text = text
-        return node
+    def child(parent: Any, name: str) -> Any:  # the one already there (a signature extended before), or a new one
+        found = parent.find(f"{{{XADES_NS}}}{name}")
+        return found if found is not None else etree.SubElement(parent, f"{{{XADES_NS}}}{name}")
 
-    values = el(props, "CertificateValues")
-    for cert in certificates:
-        el(
-            values,
-            "EncapsulatedX509Certificate",
-            base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode(),
-        )
-    revocation = el(props, "RevocationValues")
+    def add(parent: Any, name: str, values: list[bytes]) -> None:
+        held = {"".join((e.text or "").split()) for e in parent.findall(f"{{{XADES_NS}}}{name}")}
+        for value in values:
+            text = base64.b64encode(value).decode()
+            if text not in held:
+                held.add(text)
+                etree.SubElement(parent, f"{{{XADES_NS}}}{name}").text = text
+
+    ders = [cert.public_bytes(serialization.Encoding.DER) for cert in certificates]
+    add(child(props, "CertificateValues"), "EncapsulatedX509Certificate", ders)
+    revocation = child(props, "RevocationValues")
     if crls:
-        crl_values = el(revocation, "CRLValues")
-        for crl in crls:
-            el(crl_values, "EncapsulatedCRLValue", base64.b64encode(crl).decode())
+        add(child(revocation, "CRLValues"), "EncapsulatedCRLValue", crls)
     if ocsps:
-        ocsp_values = el(revocation, "OCSPValues")
-        for response in ocsps:
-            el(ocsp_values, "EncapsulatedOCSPValue", base64.b64encode(response).decode())
+        add(child(revocation, "OCSPValues"), "EncapsulatedOCSPValue", ocsps)
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
