@@ -18,7 +18,7 @@ import pytest
 from hub.sandbox.common import ServerThread
 from tests.conftest import Creds, HubFactory
 from tests.helpers import dossier, step, waiting_out_a_backoff
-from tests.pki_helpers import Trust
+from tests.pki_helpers import Token, Trust
 
 HUB = str(Path(sys.executable).with_name("hub"))
 
@@ -556,6 +556,26 @@ def test_check_asks_every_system_and_says_what_fails(
     lines = {line.split("│")[1].strip(): line for line in bad.stdout.splitlines() if line.count("│") >= 4}
     assert "FAIL" in lines["national_portal"] and "peer_auth_failed" in lines["national_portal"]
     assert "FAIL" in lines["population"] and " ok " in lines["signing"]
+
+
+def test_check_signs_through_the_token_and_long_term_when_so_configured(
+    tmp_path: Path, trust: Trust, token: Token
+) -> None:
+    """The agency's key on a token, what hub signs long-term: `hub check` signs and verifies once that way."""
+    from hub.sandbox.token import SOFTHSM
+
+    env = {
+        "HUB_VAR_DIR": str(tmp_path / "var"),
+        "HUB_SIGNING_PKCS11_MODULE": str(SOFTHSM), "HUB_SIGNING_PKCS11_TOKEN": token.label,
+        "HUB_SIGNING_PKCS11_KEY": "hub-ec", "HUB_SIGNING_PKCS11_PIN": token.pin,
+        "HUB_SIGNING_TSA_URL": f"{trust.server.url}/pki/tsa", "HUB_SIGNING_LONG_TERM": "true",
+        "HUB_SIGNING_TRUST_ANCHORS": json.dumps([str(trust.dir / "gov_root.pem")]), **token.env(),
+    }  # fmt: skip
+    assert run(["db", "upgrade"], tmp_path, env).returncode == 0
+    checked = run(["check", "--json"], tmp_path, env)
+    signing = next(c for c in json.loads(checked.stdout)["checks"] if c["name"] == "signing")
+    assert signing["status"] == "ok", signing
+    assert "key on token 'hub-agency'" in signing["detail"] and "XAdES-B-LT" in signing["detail"]
 
 
 def test_operators_add_says_what_is_wrong_before_asking_for_a_password(tmp_path: Path) -> None:
