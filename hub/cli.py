@@ -612,8 +612,8 @@ def jobs_purge(
 
 @cli.command("workers")
 def workers_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The workers delivering now: from the roster in Redis (distributed mode), or whether a `hub serve` process
-    delivers from this SQLite database (embedded). Exit 1 if none does."""
+    """The workers delivering now: from the roster in Redis (distributed mode), or the worker of each `hub serve`
+    process on this SQLite database, from their notes beside it (embedded). Exit 1 if none does."""
     from hub.sync.workers import Roster, beat_ttl
 
     settings = _settings()
