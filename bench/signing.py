@@ -8,6 +8,7 @@ its key manager) and signing the same documents in the same run.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
@@ -63,6 +64,9 @@ def xmlsec_template(data: bytes) -> Any:
 
 
 def main() -> None:
+    import logging
+
+    logging.getLogger("pyhanko.sign.validation.generic_cms").setLevel(logging.ERROR)  # as hub.logs does
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
@@ -118,6 +122,7 @@ def main() -> None:
               f"{hs / xs:>6.2f}")  # fmt: skip
     print(f"revocation fetches over the whole run: {source.fetches} (evidence cached until nextUpdate)")
     long_term_rows(state, the_pki, f"{server.url}/pki/tsa", args.seconds)
+    pdf_rows(the_pki, args.seconds)
     server.stop()
     token_rows(the_pki, tmp, args.seconds)
 
@@ -145,6 +150,34 @@ def long_term_rows(state: pki.PkiState, the_pki: pki.TestPki, tsa: str, seconds:
     print(f"\n{'5 KB, XAdES, time-stamped':26} | {'verify/s':>8} | beside")
     print(f"{'B-LT, CA services down':26} | {lt_rate:>8.0f} | B-T with them up (cached OCSP) {bt_rate:.0f}/s: "
           f"{lt_rate / bt_rate:.2f}; {len(b_lt) - len(b_t)} bytes of validation data")  # fmt: skip
+
+
+def pdf_rows(the_pki: pki.TestPki, seconds: float) -> None:
+    """A signed PDF verified by hub (path to the anchor, OCSP evidence cached, pyHanko's difference analysis, the
+    report) beside pyHanko validating the same signature with the same evidence and no report, same run."""
+    import asyncio
+
+    from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign.validation import async_validate_pdf_signature
+
+    from hub.sandbox.pdf import sign_pdf_with
+    from hub.signing.pdf import _context, verify_pdf
+
+    signed = sign_pdf_with(the_pki, "official")
+    verifier = Verifier([the_pki.issued["gov_root"].cert], revocation=RevocationSource())
+    assert verify_pdf(verifier, signed).indication == "TOTAL-PASSED"
+    path = [the_pki.issued[n].cert for n in ("official", "gov_ca", "gov_root")]
+    assert verifier.revocation is not None
+    context = _context(verifier, path, verifier.revocation.collect(path), None)
+
+    def bare() -> None:
+        [sig] = PdfFileReader(io.BytesIO(signed)).embedded_signatures
+        assert asyncio.run(async_validate_pdf_signature(sig, signer_validation_context=context)).bottom_line
+
+    hub_rate = rate(lambda: verify_pdf(verifier, signed), seconds)
+    bare_rate = rate(bare, seconds)
+    print(f"\n{'PDF, PAdES-B-B':22} | {'verify/s hub':>12} {'pyHanko':>8} {'ratio':>6}")
+    print(f"{len(signed):>15} bytes | {hub_rate:>12.0f} {bare_rate:>8.0f} {hub_rate / bare_rate:>6.2f}")
 
 
 def token_rows(the_pki: pki.TestPki, tmp: Path, seconds: float) -> None:

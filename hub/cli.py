@@ -1067,7 +1067,7 @@ cli.add_typer(sign_cli, name="sign")
 
 @sign_cli.command("verify")
 def sign_verify(
-    path: Annotated[Path, typer.Argument(help="the signed XML document")],
+    path: Annotated[Path, typer.Argument(help="the signed XML document, or a signed PDF (PAdES)")],
     trust: Annotated[list[Path] | None, typer.Option(help="trust anchor (PEM); repeat for several")] = None,
     intermediate: Annotated[list[Path] | None, typer.Option(help="extra intermediate certificates (PEM)")] = None,
     crl: Annotated[list[Path] | None, typer.Option(help="a CRL file (DER or PEM) to use as evidence")] = None,
@@ -1105,7 +1105,10 @@ def sign_verify(
         raise typer.Exit(2) from None
     source = RevocationSource() if fetch else None
     try:
-        report = Verifier(anchors, intermediates=extra, revocation=source, extra_crls=crls).verify(data, at=when)
+        verifier = Verifier(anchors, intermediates=extra, revocation=source, extra_crls=crls)
+        from hub.signing.pdf import is_pdf, verify_pdf
+
+        report = verify_pdf(verifier, data, at=when) if is_pdf(data) else verifier.verify(data, at=when)
     finally:
         if source is not None:
             source.close()

@@ -462,11 +462,20 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post(
         "/v1/signatures/verify",
         tags=["signatures"],
-        summary="Verify the XML signature of a document (XMLDSig, XAdES): an ETSI EN 319 102-1 validation report",
-        description="Send the signed XML as the body (Content-Type application/xml). The answer is 200 with a "
+        summary="Verify the signature of a document (XMLDSig, XAdES; PAdES in a PDF): an ETSI EN 319 102-1 report",
+        description="Send the signed XML as the body (Content-Type application/xml), or a signed PDF "
+        "(application/pdf: every signature in it must pass, and nothing but further signatures may have changed it "
+        "after the first). The answer is 200 with a "
         "report whatever the verdict: `indication` TOTAL-PASSED, TOTAL-FAILED or INDETERMINATE, `sub_indication`, "
         "signer, chain, revocation evidence used, and `signed_references` — use only their content.",
-        openapi_extra={"requestBody": {"content": {"application/xml": {"schema": {"type": "string"}}}}},
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/xml": {"schema": {"type": "string"}},
+                    "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
     )
     async def verify_signature(
         request: Request,

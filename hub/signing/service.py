@@ -70,6 +70,11 @@ class SignatureService:
             return self._verifier
 
     def verify(self, data: bytes, *, at: datetime | None = None) -> Report:
+        """An XML document's signature, or a PDF's signatures (PAdES)."""
+        from hub.signing.pdf import is_pdf, verify_pdf
+
+        if is_pdf(data):
+            return verify_pdf(self.verifier(), data, at=at)
         return self.verifier().verify(data, at=at)
 
     def signer(self) -> Signer:
