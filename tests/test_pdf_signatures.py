@@ -98,3 +98,31 @@ def test_a_pdf_whose_streams_expand_without_bound_is_not_read(trust: Trust) -> N
     stream = b"9 0 obj <</Filter /FlateDecode>> stream\n" + bomb + b"\nendstream endobj\n%%EOF"
     report = verify_pdf(trust.verifier(), signed.replace(b"%%EOF", stream, 1))
     assert verdict(report) == ("TOTAL-FAILED", "FORMAT_FAILURE") and "expand past 64 MiB" in (report.detail or "")
+
+
+def test_a_scan_whose_images_expand_a_few_times_is_read(trust: Trust) -> None:
+    """A legitimate scan: a Flate image expanding ~3 times (noise compresses badly) — under the cap, verified."""
+    import os
+    import zlib
+
+    from pyhanko.pdf_utils import generic
+    from pyhanko.pdf_utils.writer import PdfFileWriter
+
+    noise = os.urandom(1 << 20)
+    w = PdfFileWriter()
+    image = generic.StreamObject(
+        {generic.NameObject("/Type"): generic.NameObject("/XObject"),
+         generic.NameObject("/Subtype"): generic.NameObject("/Image"),
+         generic.NameObject("/Filter"): generic.NameObject("/FlateDecode")},
+        encoded_data=zlib.compress(noise * 3, 1),  # 3 MiB of noise repeated: it expands about 3 times
+    )  # fmt: skip
+    size = [generic.NumberObject(n) for n in (0, 0, 595, 842)]
+    resources = generic.DictionaryObject({generic.NameObject("/XObject"): generic.DictionaryObject(
+        {generic.NameObject("/Scan"): w.add_object(image)})})  # fmt: skip
+    w.insert_page(generic.DictionaryObject({generic.NameObject("/Type"): generic.NameObject("/Page"),
+                                            generic.NameObject("/MediaBox"): generic.ArrayObject(size),
+                                            generic.NameObject("/Resources"): resources}))  # fmt: skip
+    out = io.BytesIO()
+    w.write(out)
+    signed = signed_pdf(trust, "official", pdf=out.getvalue())
+    assert len(signed) > 1 << 20 and verdict(verify_pdf(trust.verifier(), signed)) == ("TOTAL-PASSED", None)

@@ -23,14 +23,17 @@ from hub.signing.report import Report
 from hub.signing.verify import WEAK, Verifier, _describe, _weak_key
 
 MAX_SIGNATURES = 20
-MAX_EXPANDED = 64 * 1024 * 1024  # bytes all of a PDF's Flate streams may expand to (a few MB expanding to GBs: a bomb)
+# what all of a PDF's Flate streams may expand to: 64 MiB, or 32 times the file (a scan's Flate images expand 2-10
+# times; a bomb, a thousand)
+MAX_EXPANDED, MAX_RATIO = 64 * 1024 * 1024, 32
 _STREAM = re.compile(rb"stream\r?\n")
 
 
-def _expands_too_far(data: bytes) -> bool:
-    """Whether the file's compressed streams, all decoded, would pass MAX_EXPANDED: pyHanko decodes the object and
+def _expands_too_far(data: bytes) -> int | None:
+    """The cap, when the file's compressed streams, all decoded, would pass it: pyHanko decodes the object and
     cross-reference streams it reads, and a hostile PDF within the request's size limit can expand without bound.
-    Every `stream` is tried as Flate (a stream that is not stops its attempt at once), each decoder capped."""
+    Every `stream` is tried as Flate (one that is not stops its attempt at once); nothing decoded is kept."""
+    cap = max(MAX_EXPANDED, MAX_RATIO * len(data))
     total = 0
     for match in _STREAM.finditer(data):
         start = match.end()
@@ -40,15 +43,17 @@ def _expands_too_far(data: bytes) -> bool:
         decoder = zlib.decompressobj()
         chunk = data[start:end]
         try:
-            while chunk and total <= MAX_EXPANDED:
-                out = decoder.decompress(chunk, min(1 << 20, MAX_EXPANDED + 1 - total))  # 1 MiB at a time
+            while chunk and total <= cap and not decoder.eof:
+                out = decoder.decompress(chunk, min(1 << 20, cap + 1 - total))  # 1 MiB at a time
                 total += len(out)
+                if not out and decoder.unconsumed_tail == chunk:
+                    break  # no progress (what follows the stream's end)
                 chunk = decoder.unconsumed_tail
         except zlib.error:
             continue
-        if total > MAX_EXPANDED:
-            return True
-    return False
+        if total > cap:
+            return cap
+    return None
 
 
 def is_pdf(data: bytes) -> bool:
@@ -60,8 +65,8 @@ def verify_pdf(verifier: Verifier, data: bytes, *, at: datetime | None = None) -
     from pyhanko.pdf_utils.reader import PdfFileReader
 
     vt = (at or datetime.now(UTC)).isoformat()
-    if _expands_too_far(data):
-        detail = f"its compressed streams expand past {MAX_EXPANDED // (1024 * 1024)} MiB: not read"
+    if (cap := _expands_too_far(data)) is not None:
+        detail = f"its compressed streams expand past {cap // (1024 * 1024)} MiB: not read"
         return Report.failed("FORMAT_FAILURE", detail, validation_time=vt)
     try:
         signatures = list(PdfFileReader(BytesIO(data), strict=False).embedded_signatures)
