@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from hub.signing.report import Report
-from hub.signing.verify import WEAK, Verifier, _describe, _weak_key
+from hub.signing.verify import WEAK, Verifier, _describe, _weak_key, token_certificates
 
 MAX_SIGNATURES = 20
 # what all of a PDF's Flate streams may expand to: 64 MiB, or 32 times the file (a scan's Flate images expand 2-10
@@ -192,15 +192,8 @@ def _tsa_context(verifier: Verifier, signature: Any) -> Any:
     tokens = list(extract_tst_data_iter(signature.signer_info, signed=False))
     if not tokens:
         return None
-    signed_data = tokens[0]
-    certs = [
-        x509.load_der_x509_certificate(c.chosen.dump())
-        for c in (signed_data["certificates"] or [])
-        if c.name == "certificate"
-    ]
-    sid = signed_data["signer_infos"][0]["sid"]
-    serial = sid.chosen["serial_number"].native if sid.name == "issuer_and_serial_number" else None
-    tsa = next((c for c in certs if c.serial_number == serial), None) or verifier._leaf(certs)
+    certs, tsa = token_certificates(tokens[0])
+    tsa = tsa or verifier._leaf(certs)
     path = verifier._build_path(tsa, certs) if tsa is not None else None
     if path is None:
         return None

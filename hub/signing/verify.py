@@ -301,6 +301,11 @@ def _token_parts(stamp: Any) -> tuple[Any, list[x509.Certificate], x509.Certific
     if info["content_type"].native != "signed_data":
         raise ValueError("the time-stamp token is not a CMS SignedData")
     signed_data = info["content"]
+    return (signed_data, *token_certificates(signed_data))
+
+
+def token_certificates(signed_data: Any) -> tuple[list[x509.Certificate], x509.Certificate | None]:
+    """The certificates a time-stamp token's CMS SignedData carries and, among them, its signer's (the TSA's)."""
     embedded = [
         x509.load_der_x509_certificate(c.chosen.dump())
         for c in (signed_data["certificates"] or [])
@@ -308,7 +313,7 @@ def _token_parts(stamp: Any) -> tuple[Any, list[x509.Certificate], x509.Certific
     ]
     sid = signed_data["signer_infos"][0]["sid"]
     serial = sid.chosen["serial_number"].native if sid.name == "issuer_and_serial_number" else None
-    return signed_data, embedded, next((c for c in embedded if c.serial_number == serial), None)
+    return embedded, next((c for c in embedded if c.serial_number == serial), None)
 
 
 class Verifier:
