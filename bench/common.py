@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port for a server started in another process (below the ephemeral range: see the tests')."""
+    from tests.conftest import listen_port
+
+    return listen_port()
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:

@@ -32,6 +32,25 @@ OTHER_AGENCY = "000.00.12.H29"
 PURPOSE = "civil_status_registration"
 
 
+def listen_port() -> int:
+    """A loopback port for a server a test starts in another process. Taken below the kernel's ephemeral range
+    (ip_local_port_range starts at 32768): a port bound at 0 and let go could be taken by any process's outgoing
+    connection before the server binds it ("address already in use" — seen in CI); one down here, only by
+    another listener."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randrange(20000, 32700)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
+
 def create_pg_database() -> str:
     name = f"hub_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:

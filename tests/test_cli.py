@@ -260,13 +260,9 @@ def test_peers_status_and_purge(hub_factory: HubFactory, portal: httpx.Client, t
 def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(tmp_path: Path) -> None:
     """`hub serve` on a fresh directory: the sandboxes start with it (notifications included), a dossier posted
     reaches the national-portal sandbox and the citizen's SMS and email reach theirs."""
-    import socket
     import time
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+    from tests.conftest import listen_port as free_port
 
     names = ("NATIONAL", "ONESTOP", "POPULATION", "PKI", "PAYMENT", "SMTP", "SMS", "EDOC")
     base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
@@ -353,11 +349,10 @@ def test_hub_serve_with_several_processes_lists_each_ones_worker(tmp_path: Path)
     of its own. Whichever process answers /readyz lists both, as `hub workers` does; one killed (-9) drops out
     within the roster's time-to-live."""
     import signal
-    import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    from tests.conftest import listen_port
+
+    port = listen_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     env["HUB_NATIONAL_PORTAL_URL"] = "http://127.0.0.1:9"  # no peers needed here: nothing is filed
     said = (tmp_path / "serve.err").open("w")

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from hub.runtime import Runtime
 from hub.sandbox.common import ServerThread
 from hub.store.models import OutboxMessage
 from hub.sync.outbox import counts
-from tests.conftest import PORTAL_USER, Creds, create_pg_database, drop_pg_database, make_settings
+from tests.conftest import PORTAL_USER, Creds, create_pg_database, drop_pg_database, listen_port, make_settings
 from tests.helpers import dossier, step
 
 pytestmark = pytest.mark.slow
@@ -35,17 +34,11 @@ WALK = [4, 4, 5, 4, 6, 4, 4, 9, 10]  # after filing in status 2: ten events per 
 HUB_BIN = str(Path(sys.executable).with_name("hub"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     """A private redis-server for this test, so it can be killed and restarted without touching others."""
 
     def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
+        self.port = listen_port()
         self.dir = tmp
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -355,12 +355,11 @@ class Served:
     def __init__(self, var_dir: Path, creds: Creds, portal_url: str, **env: str) -> None:
         import json
         import os
-        import socket
         import sys
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        from tests.conftest import listen_port
+
+        self.port = listen_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
         self.env.update(
