@@ -61,8 +61,9 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "uvicorn.access", "alembic.runtime.plugins", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # pyHanko logs each certificate it could not validate, with a traceback; the validation report says it
-    logging.getLogger("pyhanko.sign.validation.generic_cms").setLevel(logging.ERROR)
+    # pyHanko logs each certificate it could not validate and each signature it skips, with a traceback; the
+    # validation report says it
+    logging.getLogger("pyhanko").setLevel(logging.ERROR)
 
 
 class Outage:

@@ -126,3 +126,56 @@ def test_a_scan_whose_images_expand_a_few_times_is_read(trust: Trust) -> None:
     w.write(out)
     signed = signed_pdf(trust, "official", pdf=out.getvalue())
     assert len(signed) > 1 << 20 and verdict(verify_pdf(trust.verifier(), signed)) == ("TOTAL-PASSED", None)
+
+
+def test_mutated_pdfs_are_judged_never_raised_on(trust: Trust) -> None:
+    """A seeded mutation run over a signed PDF (bytes changed, files cut short): every one gets a report — one of
+    them once raised out of path building (a certificate whose issuer did not parse) — and none whose signed bytes
+    changed passes."""
+    import random
+
+    signed = signed_pdf(trust, "official")
+    verifier = trust.verifier()
+    start, length = _signed_contents(signed)
+    rng = random.Random(20261204)
+    for i in range(200):
+        mutated = bytearray(signed)
+        if i % 2:  # anywhere in the file
+            positions = [rng.randrange(len(mutated)) for _ in range(rng.randint(1, 8))]
+            for pos in positions:
+                mutated[pos] = rng.randrange(256)
+        else:  # inside the signature's CMS blob (hex digits for hex digits): certificates, attributes, the value
+            used = start + len(signed[start : start + length].rstrip(b"0"))  # the DER, without the zero padding
+            positions = [rng.randrange(start, used) for _ in range(rng.randint(1, 4))]
+            for pos in positions:
+                mutated[pos] = rng.choice(b"0123456789abcdef")
+        if rng.random() < 0.2:
+            mutated = mutated[: rng.randrange(len(mutated))]
+        report = verify_pdf(verifier, bytes(mutated))  # never raises
+        outside_contents = any(not start <= p < start + length for p in positions)
+        if report.indication == "TOTAL-PASSED":
+            assert not outside_contents or bytes(mutated) == signed, positions
+
+
+def _signed_contents(pdf: bytes) -> tuple[int, int]:
+    """Where the signature's /Contents hex string lies (the only bytes a signature does not cover)."""
+    i = pdf.index(b"/Contents <") + len(b"/Contents <")
+    return i, pdf.index(b">", i) - i
+
+
+def test_a_certificate_that_does_not_parse_is_refused_when_read(trust: Trust) -> None:
+    """cryptography reads a certificate's fields when first asked: a PDF carrying a CA certificate whose issuer does
+    not parse is a FORMAT_FAILURE, not an exception from deep inside path building (a 500 at the API)."""
+    from cryptography.hazmat.primitives import serialization
+
+    signed = signed_pdf(trust, "official")
+    cert = trust.pki.issued["gov_ca"].cert  # carried beside the signer's, for path building
+    der = cert.public_bytes(serialization.Encoding.DER)
+    broken = bytearray(der)
+    issuer = cert.issuer.public_bytes()
+    broken[der.index(issuer) + issuer.index(b"\x0c")] = 0x01  # the issuer's first UTF8String becomes a BOOLEAN
+    case = next(c for c in (str.lower, str.upper) if c(der.hex()).encode() in signed)
+    hostile = signed.replace(case(der.hex()).encode(), case(bytes(broken).hex()).encode())
+    assert hostile != signed
+    report = verify_pdf(trust.verifier(), hostile)
+    assert verdict(report) == ("TOTAL-FAILED", "FORMAT_FAILURE") and "does not parse" in (report.detail or "")

@@ -595,3 +595,25 @@ def test_interop_vector_with_a_misapplied_enveloped_transform_fails() -> None:
     data = (VECTORS / "invalid_enveloped_transform.xml").read_bytes()
     report = Verifier([_vector_anchor(data)]).verify(data)
     assert report.indication == "TOTAL-FAILED"
+
+
+def test_a_carried_certificate_that_does_not_parse_is_a_format_failure(trust: Trust, verifier: Verifier) -> None:
+    """A CA certificate in KeyInfo whose issuer does not parse (cryptography reads fields when first asked): the
+    verdict is FORMAT_FAILURE, not an exception out of path building (a 500 at the API)."""
+    from cryptography.hazmat.primitives import serialization
+
+    signed = sign_document(DOC, trust.signer("official"))  # KeyInfo: the official's certificate, then gov_ca's
+    cert = trust.pki.issued["gov_ca"].cert
+    der = cert.public_bytes(serialization.Encoding.DER)
+    broken = bytearray(der)
+    issuer = cert.issuer.public_bytes()
+    broken[der.index(issuer) + issuer.index(b"\x0c")] = 0x01  # the issuer's first UTF8String becomes a BOOLEAN
+    tree = etree.fromstring(signed)
+    [carried] = [
+        e
+        for e in tree.iter("{http://www.w3.org/2000/09/xmldsig#}X509Certificate")
+        if base64.b64decode(e.text or "") == der
+    ]
+    carried.text = base64.b64encode(bytes(broken)).decode()
+    report = verifier.verify(etree.tostring(tree))
+    assert verdict(report) == ("TOTAL-FAILED", "FORMAT_FAILURE") and "not a certificate" in (report.detail or "")

@@ -81,8 +81,7 @@ def _carried_validation_data(signature: Any) -> Carried:
 
     props = ".//xades:UnsignedSignatureProperties"
     certs = tuple(
-        x509.load_der_x509_certificate(der)
-        for der in values(f"{props}/xades:CertificateValues/xades:EncapsulatedX509Certificate")
+        load_certificate(der) for der in values(f"{props}/xades:CertificateValues/xades:EncapsulatedX509Certificate")
     )
     crls = tuple(values(f"{props}/xades:RevocationValues/xades:CRLValues/xades:EncapsulatedCRLValue"))
     ocsps = tuple(values(f"{props}/xades:RevocationValues/xades:OCSPValues/xades:EncapsulatedOCSPValue"))
@@ -111,13 +110,28 @@ def _fingerprint(cert: x509.Certificate) -> bytes:
     return found
 
 
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A DER certificate from an untrusted document, every field a validation reads parsed now (cryptography parses
+    them when first read: a certificate whose issuer does not parse would raise deep inside path building).
+    ValueError if it is not a certificate."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        _ = (cert.issuer, cert.subject, cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc)
+        _ = (cert.public_key(), list(cert.extensions), cert.signature_hash_algorithm)
+    except (ValueError, TypeError, x509.UnsupportedGeneralNameType) as exc:
+        raise ValueError(f"a certificate that does not parse: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. UnsupportedAlgorithm: not a certificate hub can judge
+        raise ValueError(f"a certificate hub cannot read: {exc.__class__.__name__}: {exc}") from None
+    return cert
+
+
 def _load_carried(text: str) -> x509.Certificate:
     """An X509Certificate element's content as a certificate (ValueError if it is not one)."""
     found = _LOADED.get(text)
     if found is None:
         if len(_LOADED) > _CACHE_MAX:
             _LOADED.clear()
-        found = _LOADED[text] = x509.load_der_x509_certificate(base64.b64decode("".join(text.split())))
+        found = _LOADED[text] = load_certificate(base64.b64decode("".join(text.split())))
     return found
 
 
@@ -307,9 +321,7 @@ def _token_parts(stamp: Any) -> tuple[Any, list[x509.Certificate], x509.Certific
 def token_certificates(signed_data: Any) -> tuple[list[x509.Certificate], x509.Certificate | None]:
     """The certificates a time-stamp token's CMS SignedData carries and, among them, its signer's (the TSA's)."""
     embedded = [
-        x509.load_der_x509_certificate(c.chosen.dump())
-        for c in (signed_data["certificates"] or [])
-        if c.name == "certificate"
+        load_certificate(c.chosen.dump()) for c in (signed_data["certificates"] or []) if c.name == "certificate"
     ]
     sid = signed_data["signer_infos"][0]["sid"]
     serial = sid.chosen["serial_number"].native if sid.name == "issuer_and_serial_number" else None
