@@ -167,20 +167,13 @@ def _one(verifier: Verifier, signature: Any, at: datetime | None, report: Report
 
 
 def _context(verifier: Verifier, path: list[x509.Certificate], collected: Any, at: datetime | None) -> Any:
-    """A pyhanko-certvalidator context for `path`: the configured anchors, the evidence hub collected (no fetching
-    of its own: hub's revocation source caps, caches and records every fetch)."""
+    """The verifier's context for `path`, with the evidence hub collected for it (hub's revocation source caps,
+    caches and records every fetch; pyHanko fetches nothing)."""
     from asn1crypto import x509 as asn1_x509
-    from pyhanko_certvalidator import ValidationContext
 
-    return ValidationContext(
-        trust_roots=verifier._anchors_asn1,
-        other_certs=[asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in path[1:]],
-        moment=at,
-        crls=(collected.crls if collected else []) + verifier.extra_crls,
-        ocsps=collected.ocsps if collected else [],
-        revocation_mode="hard-fail",
-        retroactive_revinfo=at is not None,
-    )
+    others = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in path[1:]]
+    crls = (collected.crls if collected else []) + verifier.extra_crls
+    return verifier.context(others, crls, collected.ocsps if collected else [], at)
 
 
 def _tsa_context(verifier: Verifier, signature: Any) -> Any:

@@ -582,15 +582,11 @@ class Verifier:
             return hashlib.new(name, signed_value).digest()
 
         def validate(moment: datetime | None, fetched: bool) -> dict[str, Any]:
-            context = ValidationContext(
-                trust_roots=self._anchors_asn1,
-                other_certs=der_path[1:],
-                moment=moment,
-                crls=(collected.crls if collected and fetched else []) + self.extra_crls + list(lt.crls),
-                ocsps=(collected.ocsps if collected and fetched else []) + list(lt.ocsps),
-                revocation_mode="hard-fail",
-                retroactive_revinfo=moment is not None,
-                time_tolerance=timedelta(seconds=1),
+            context = self.context(
+                der_path[1:],
+                (collected.crls if collected and fetched else []) + self.extra_crls + list(lt.crls),
+                (collected.ocsps if collected and fetched else []) + list(lt.ocsps),
+                moment,
             )
             found: dict[str, Any] = asyncio.run(validate_tst_signed_data(signed_data, context, imprint))
             return found
@@ -755,6 +751,24 @@ class Verifier:
                 )
         return problem
 
+    def context(
+        self, others: Sequence[Any], crls: Sequence[bytes], ocsps: Sequence[bytes], at: datetime | None
+    ) -> ValidationContext:
+        """The pyhanko-certvalidator context of every validation hub makes: the configured anchors only, `others`
+        (asn1crypto certificates) for path building, the evidence hub gathered and no fetching of its own."""
+        return ValidationContext(
+            trust_roots=self._anchors_asn1,
+            other_certs=list(others),
+            moment=at,
+            crls=list(crls),
+            ocsps=list(ocsps),
+            revocation_mode="hard-fail",
+            # validating as of a past time with evidence fetched later: a later CRL/OCSP answer that does not list
+            # the certificate also speaks for the past (revocation is permanent; holds are not used by these CAs)
+            retroactive_revinfo=at is not None,
+            time_tolerance=timedelta(seconds=1),
+        )
+
     def _validate(
         self,
         path: list[x509.Certificate],
@@ -764,18 +778,7 @@ class Verifier:
         fetch_problems: list[str],
     ) -> tuple[str, str] | None:
         der = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in path]
-        context = ValidationContext(
-            trust_roots=self._anchors_asn1,
-            other_certs=der[1:],
-            moment=at,
-            crls=crls,
-            ocsps=ocsps,
-            revocation_mode="hard-fail",
-            # validating as of a past time with evidence fetched later: a later CRL/OCSP answer that does not list
-            # the certificate also speaks for the past (revocation is permanent; holds are not used by these CAs)
-            retroactive_revinfo=at is not None,
-            time_tolerance=timedelta(seconds=1),
-        )
+        context = self.context(der[1:], crls, ocsps, at)
         validator = CertificateValidator(der[0], der[1:-1], validation_context=context)
         try:
             asyncio.run(validator.async_validate_usage({"digital_signature"}))
