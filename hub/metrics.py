@@ -275,28 +275,23 @@ class SigningCollector(Collector):
     its certificate has left — an expired agency certificate stops every document hub sends, without an error
     until the first one is refused."""
 
-    def __init__(self, certificate: Callable[[], x509.Certificate]) -> None:
-        self.certificate = certificate
+    def __init__(self, key_state: Callable[[], tuple[x509.Certificate | None, str | None] | None]) -> None:
+        self.key_state = key_state  # SignatureService.key_state
 
     def collect(self) -> Iterator[Any]:
-        from hub.signing.service import NotConfigured
-
         usable = GaugeMetricFamily("hub_signing_key_usable", "1 when hub's signing key can sign, 0 when it cannot")
         expiry = GaugeMetricFamily(
             "hub_signing_certificate_expiry_seconds",
             "Seconds until hub's signing certificate expires (negative: expired)",
             labels=["subject"],
         )
-        try:
-            cert = self.certificate()
-        except NotConfigured:
-            pass  # no key configured: the families, without a sample
-        except Exception:  # noqa: BLE001 - a key that cannot be loaded (file, token, PIN): said as such
-            usable.add_metric([], 0.0)
-        else:
-            usable.add_metric([], 1.0)
-            left = cert.not_valid_after_utc - datetime.now(UTC)
-            expiry.add_metric([cert.subject.rfc4514_string()], left.total_seconds())
+        state = self.key_state()
+        if state is not None:  # (no key configured: the families, without a sample)
+            cert, _ = state
+            usable.add_metric([], 0.0 if cert is None else 1.0)
+            if cert is not None:
+                left = cert.not_valid_after_utc - datetime.now(UTC)
+                expiry.add_metric([cert.subject.rfc4514_string()], left.total_seconds())
         yield usable
         yield expiry
 
@@ -306,7 +301,7 @@ def make_registry(
     checkpointer: WalCheckpointer | None = None,
     workers: Callable[[], list[WorkerSeen]] | None = None,
     disk: DiskSpace | None = None,
-    signing: Callable[[], x509.Certificate] | None = None,
+    signing: Callable[[], tuple[x509.Certificate | None, str | None] | None] | None = None,
 ) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))

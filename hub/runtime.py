@@ -290,7 +290,7 @@ class Runtime:
             self._checkpointer,
             self.workers if role == "api" else None,
             self.disk,
-            (lambda: self.signatures.signer().certificate) if role == "api" else None,
+            self.signatures.key_state if role == "api" else None,
         )
 
     def workers(self) -> list[WorkerSeen]:

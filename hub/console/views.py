@@ -238,17 +238,17 @@ def router(runtime: Any) -> APIRouter:
 
     def _signing_state() -> dict[str, Any] | None:
         """hub's signing key, when something is wrong with it: it cannot sign, or its certificate expires within
-        30 days (None when all is well or no key is configured)."""
-        from hub.signing.service import NotConfigured
+        CERT_WARN_DAYS (None when all is well or no key is configured)."""
+        from hub.services.preflight import CERT_WARN_DAYS
 
-        try:
-            cert = rt().signatures.signer().certificate
-        except NotConfigured:
+        state = rt().signatures.key_state()
+        if state is None:
             return None
-        except Exception as exc:  # noqa: BLE001 - whatever stops the key (file, token, PIN) is what to show
-            return {"unusable": str(exc)[:300]}
+        cert, why = state
+        if cert is None:
+            return {"unusable": why}
         days = (cert.not_valid_after_utc - utcnow()).days
-        return {"days": days, "subject": cert.subject.rfc4514_string()} if days < 30 else None
+        return {"days": days, "subject": cert.subject.rfc4514_string()} if days < CERT_WARN_DAYS else None
 
     @r.get("/dossiers")
     def dossiers(request: Request, q: str = "") -> Response:

@@ -102,6 +102,16 @@ class SignatureService:
                     )
             return self._signer
 
+    def key_state(self) -> tuple[x509.Certificate | None, str | None] | None:
+        """hub's signing key as operators watch it (metrics, console): None when none is configured, (its
+        certificate, None) when it can sign, (None, why) when it cannot be loaded — file, token or PIN."""
+        try:
+            return self.signer().certificate, None
+        except NotConfigured:
+            return None
+        except Exception as exc:  # noqa: BLE001 - whatever stops the key is what to say
+            return None, str(exc)[:300]
+
     def sign_edxml(self, header: Any, attachments: list[Any], *, sent_at: datetime) -> bytes:
         """An edXML envelope signed as the agency (XAdES, B-T when a TSA is configured)."""
         from hub.signing import edxml
