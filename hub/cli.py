@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -134,6 +134,22 @@ def _notify_ports(settings: Settings) -> tuple[int, int] | None:
     return settings.sandbox_smtp_port, settings.sandbox_sms_port
 
 
+def _sandbox_ports_taken(exc: Exception, *, serving: bool) -> NoReturn:
+    """A sandbox port held by another process: say which, and what to do, instead of a traceback."""
+    err.print(f"[red]sandbox ports in use: {exc}[/red]")
+    if serving:
+        err.print(
+            "The sandbox peers seem to be running already (`hub sandbox`, or another `hub serve`): stop them, or "
+            "start hub on them with `hub serve --no-sandbox`. Other ports: HUB_SANDBOX_*_PORT."
+        )
+    else:
+        err.print(
+            "Another `hub sandbox` or `hub serve` seems to run them already: stop it, or choose other ports "
+            "(--national-port, --one-stop-port, --population-port, HUB_SANDBOX_*_PORT)."
+        )
+    raise typer.Exit(2)
+
+
 @cli.command()
 def serve(
     host: str = "127.0.0.1",
@@ -149,25 +165,33 @@ def serve(
     logs.configure()
     settings = _settings()
     _schema_ready(settings)
+    from hub.sandbox.common import PortsInUse, ports_in_use
+
+    if ports_in_use(host, {"hub": port}):
+        err.print(f"[red]{host}:{port} is in use[/red] — is another `hub serve` running? Choose one with --port.")
+        raise typer.Exit(2)
     peers = None
     if sandbox and not settings.national_portal_url and settings.mode == "dev":
         from hub.sandbox import run
 
-        peers = run.start(
-            settings.sandbox_host,
-            settings.sandbox_national_port,
-            settings.sandbox_onestop_port,
-            _sandbox_credentials(settings),
-            settings.sandbox_population_port if not settings.population_url else 0,
-            population_size=settings.sandbox_population_size,
-            pki_port=settings.sandbox_pki_port,
-            pki_dir=settings.var_dir / "sandbox-pki",
-            payment_port=settings.sandbox_payment_port,
-            payment_partners=_payment_partners(settings) if not settings.payment_dvc_url else None,
-            notify_ports=_notify_ports(settings),
-            edoc=_edoc_sandbox(settings),
-            oauth_clients=_sandbox_oauth_clients(settings),
-        )
+        try:
+            peers = run.start(
+                settings.sandbox_host,
+                settings.sandbox_national_port,
+                settings.sandbox_onestop_port,
+                _sandbox_credentials(settings),
+                settings.sandbox_population_port if not settings.population_url else 0,
+                population_size=settings.sandbox_population_size,
+                pki_port=settings.sandbox_pki_port,
+                pki_dir=settings.var_dir / "sandbox-pki",
+                payment_port=settings.sandbox_payment_port,
+                payment_partners=_payment_partners(settings) if not settings.payment_dvc_url else None,
+                notify_ports=_notify_ports(settings),
+                edoc=_edoc_sandbox(settings),
+                oauth_clients=_sandbox_oauth_clients(settings),
+            )
+        except PortsInUse as exc:
+            _sandbox_ports_taken(exc, serving=True)
         err.print(
             f"sandbox peers: national portal {peers.national.url}, one-stop {peers.one_stop.url}, "
             f"population database {peers.population.url}/ws/congdan"
@@ -259,24 +283,28 @@ def sandbox(
 ) -> None:
     """Run the sandbox peers (national portal, provincial one-stop, population database) on loopback."""
     from hub.sandbox import run
+    from hub.sandbox.common import PortsInUse
 
     settings = _settings()
-    peers = run.start(
-        settings.sandbox_host,
-        national_port or settings.sandbox_national_port,
-        one_stop_port or settings.sandbox_onestop_port,
-        _sandbox_credentials(settings),
-        population_port or settings.sandbox_population_port,
-        population_size=settings.sandbox_population_size,
-        pki_port=settings.sandbox_pki_port,
-        pki_dir=settings.var_dir / "sandbox-pki",
-        payment_port=settings.sandbox_payment_port,
-        payment_partners=_payment_partners(settings),
-        notify_ports=(settings.sandbox_smtp_port, settings.sandbox_sms_port),
-        sms_key=settings.sms_api_key.get_secret_value() if settings.sms_api_key else None,
-        edoc=(settings.sandbox_edoc_port, _edoc_key(settings)),
-        oauth_clients=_sandbox_oauth_clients(settings),
-    )
+    try:
+        peers = run.start(
+            settings.sandbox_host,
+            national_port or settings.sandbox_national_port,
+            one_stop_port or settings.sandbox_onestop_port,
+            _sandbox_credentials(settings),
+            population_port or settings.sandbox_population_port,
+            population_size=settings.sandbox_population_size,
+            pki_port=settings.sandbox_pki_port,
+            pki_dir=settings.var_dir / "sandbox-pki",
+            payment_port=settings.sandbox_payment_port,
+            payment_partners=_payment_partners(settings),
+            notify_ports=(settings.sandbox_smtp_port, settings.sandbox_sms_port),
+            sms_key=settings.sms_api_key.get_secret_value() if settings.sms_api_key else None,
+            edoc=(settings.sandbox_edoc_port, _edoc_key(settings)),
+            oauth_clients=_sandbox_oauth_clients(settings),
+        )
+    except PortsInUse as exc:
+        _sandbox_ports_taken(exc, serving=False)
     out.print(f"national portal sandbox: {peers.national.url}  (control: {peers.national.url}/_sandbox/docs)")
     out.print(f"one-stop sandbox:        {peers.one_stop.url}  (control: {peers.one_stop.url}/_sandbox/docs)")
     out.print(f"population sandbox:      {peers.population.url}/ws/congdan?wsdl  (SOAP)")
@@ -1446,6 +1474,34 @@ def payments_check(
         print(json.dumps(counts))
     else:
         out.print(counts or "nothing pending")
+
+
+edocs_cli = typer.Typer(no_args_is_help=True, help="Documents sent to other agencies (edXML): their receivers' status")
+cli.add_typer(edocs_cli, name="edocs")
+
+
+@edocs_cli.command("poll")
+def edocs_poll(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Take the receivers' status notices waiting at the document exchange now (the workers do it every
+    HUB_EDOC_STATUS_INTERVAL seconds): each verified, matched to the document hub sent, recorded, acknowledged."""
+    from hub.adapters.errors import PeerError
+    from hub.domain.errors import DomainError
+
+    rt = _jobs_runtime()
+    try:
+        counts = rt.poll_edoc_status()
+    except PeerError as exc:
+        err.print(f"[red]the document exchange platform did not answer as it should ({exc.code}): {exc}[/red]")
+        raise typer.Exit(1) from None
+    except DomainError as exc:  # e.g. no trust anchors to verify the notices with: they stay at the platform
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        rt.close()
+    if as_json:
+        print(json.dumps(counts))
+    else:
+        out.print(counts or "no status notice waiting")
 
 
 operators_cli = typer.Typer(no_args_is_help=True, help="Accounts of the operator console (/ops)")

@@ -86,7 +86,8 @@ def run_demo(count: int, out: Console) -> int:
     trust_state.pki.write(var / "sandbox-pki")
     exchange_key = secrets.token_urlsafe(16)
     roots = [trust_state.pki.issued[r].cert for r in ("national_root", "gov_root")]
-    exchange = ServerThread(document_exchange.create_app(roots, {exchange_key})).start()
+    notary = trust_state.pki.signer("receiver")
+    exchange = ServerThread(document_exchange.create_app(roots, {exchange_key}, notary=notary)).start()
     from hub.sandbox import payment_dvc
 
     pay_secret = secrets.token_urlsafe(32)
@@ -150,7 +151,7 @@ def run_demo(count: int, out: Console) -> int:
         _notifications(out, sms.url)
         citizen = _prefill(out, client, people.url)
         _my_data(out, api.url, trust.url, citizen)
-        _signed_document(out, client, codes[0], exchange.url)
+        _signed_document(out, client, codes[0], exchange.url, runtime)
         out.print(
             "Explore: [bold]hub serve[/bold] then open http://127.0.0.1:8000/docs (API) — "
             "[bold]hub jobs list[/bold] shows the outbox."
@@ -180,7 +181,8 @@ def _notifications(out: Console, sms_url: str) -> None:
         if len(items) >= 8:
             break
         time.sleep(0.2)
-    table = Table(title=f"Tin nhắn SMS gửi công dân (SMS sent to citizens): {len(items)}")
+    shown = f"{len(items)}, the first 8 shown" if len(items) > 8 else str(len(items))
+    table = Table(title=f"Tin nhắn SMS gửi công dân (SMS sent to citizens): {shown}")
     table.add_column("phone")
     table.add_column("message")
     for m in items[:8]:
@@ -231,8 +233,9 @@ def _my_data(out: Console, api_url: str, idp_url: str, personal_id: str) -> None
         )
 
 
-def _signed_document(out: Console, client: one_stop.OneStopClient, code: str, exchange_url: str) -> None:
-    """A document of the dossier for another agency: signed by hub as the agency, time-stamped, relayed."""
+def _signed_document(out: Console, client: one_stop.OneStopClient, code: str, exchange_url: str, runtime: Any) -> None:
+    """A document of the dossier for another agency: signed by hub as the agency, time-stamped, relayed; then
+    what the receiving agency said of it (its signed status notices, taken by hub from the platform)."""
     r = client.http.post(
         f"/v1/dossiers/{code}/edocs",
         json={
@@ -258,6 +261,16 @@ def _signed_document(out: Console, client: one_stop.OneStopClient, code: str, ex
         f"{doc['header']['to'][0]['name']}: edXML, {doc['signature_format']}, time-stamped {doc['timestamp']}, "
         "verified and accepted by the document exchange sandbox (it takes signed documents only)"
     )
+    document_id = doc["header"]["document_id"]
+    httpx.post(
+        f"{exchange_url}/_sandbox/documents/{document_id}/status",
+        json={"status": "03", "description": "Vào sổ văn bản đến", "staff": "Văn thư Công an phường"},
+    ).raise_for_status()
+    taken = runtime.poll_edoc_status()  # what the workers do every HUB_EDOC_STATUS_INTERVAL seconds
+    [sent] = client.http.get(f"/v1/dossiers/{code}").json()["documents"]
+    for receiver in sent.get("receivers", []):
+        said = ", ".join(f"{h['status']} {h['meaning_vi']}" for h in receiver["history"]) or "nothing yet"
+        out.print(f"{receiver['name']} reported (signed status notices, {taken.get('applied', 0)} taken): {said}")
 
 
 def _step_all(

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
 from hub.store.db import WalCheckpointer
-from hub.store.models import AccessLogEntry, Exchange, OutboxMessage, Payment, PaymentCallback
+from hub.store.models import AccessLogEntry, EdocNotice, Exchange, OutboxMessage, Payment, PaymentCallback
 from hub.store.space import DiskSpace
 from hub.sync import jobs
 from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
@@ -110,6 +110,7 @@ class StoreCollector(Collector):
         self.callbacks = Tally(
             PaymentCallback.id, [PaymentCallback.platform, PaymentCallback.verdict, PaymentCallback.answer_code], []
         )
+        self.notices = Tally(EdocNotice.id, [EdocNotice.verdict, EdocNotice.status], [])
 
     def collect(self) -> Iterator[Any]:
         depth = GaugeMetricFamily(
@@ -174,6 +175,13 @@ class StoreCollector(Collector):
             )
             for (platform, verdict, code), counted in sorted(self.callbacks.read(s).items()):
                 callbacks.add_metric([platform, verdict, code], counted[0])
+            notices = CounterMetricFamily(
+                "hub_edoc_status_notices",
+                "Status notices from the receivers of documents hub sent, by hub's verdict and the status they state",
+                labels=["verdict", "status"],
+            )
+            for (verdict, status), counted in sorted(self.notices.read(s).items(), key=str):
+                notices.add_metric([verdict, status or ""], counted[0])
             drift = GaugeMetricFamily(
                 "hub_payment_reconciliation_drift",
                 "Lines of the last reconciled day's statement that differ from hub's ledger, by platform and kind",
@@ -201,7 +209,7 @@ class StoreCollector(Collector):
             for peer, sums in sorted(by_peer.items()):
                 buckets = [(str(b), c) for b, c in zip(DURATION_BUCKETS_MS, sums[2:], strict=True)]
                 durations.add_metric([peer], [*buckets, ("+Inf", sums[0])], sums[1])
-        yield from (depth, oldest, exchanges, latency, reads, payments, callbacks, drift, attempts, durations)
+        yield from (depth, oldest, exchanges, latency, reads, payments, callbacks, notices, drift, attempts, durations)
 
 
 class WalCollector(Collector):

@@ -135,6 +135,7 @@ class Runtime:
                         (settings.reconcile_interval, self.reconcile),
                         (settings.payment_reconcile_interval, self.reconcile_payments),
                         (settings.audit_anchor_interval, self.anchor_audit_log),
+                        (settings.edoc_status_interval, self.poll_edoc_status),
                     ],
                     roster=self._roster,
                 )
@@ -265,6 +266,11 @@ class Runtime:
         )
 
         self.signatures = SignatureService(settings, on_exchange=self.record_exchange)
+        from hub.services.edocs import EdocStatus
+
+        self.edoc_status = EdocStatus(
+            self.sessions, self.document_exchange, self.signatures.verify, on_exchange=self.record_exchange
+        )
         # how fast each client may read personal data: shared through Redis by every process in distributed mode
         self.quota: Quota = LocalQuota() if settings.embedded else RedisQuota(settings.broker_url)
         self.prefill = PrefillService(
@@ -539,6 +545,16 @@ class Runtime:
         return self._job(
             "check_payments",
             lambda: self.payments.check_pending(correlation_id=f"payments-check-{uuid.uuid4().hex[:12]}"),
+        )
+
+    def poll_edoc_status(self) -> dict[str, int]:
+        """Take the receivers' status notices about the documents hub sent (a scheduled job; `hub edocs poll`).
+        Nothing to ask when no document exchange platform is configured (production)."""
+        if self.settings.mode == "production" and not self.settings.document_exchange_url:
+            return {}
+        return self._job(
+            "poll_edoc_status",
+            lambda: self.edoc_status.poll(correlation_id=f"edoc-status-{uuid.uuid4().hex[:12]}"),
         )
 
     def anchor_audit_log(self) -> dict[str, int]:

@@ -210,6 +210,7 @@ class Settings(BaseSettings):
     relay_backoff_cap: float = 300.0
     relay_poll_interval: float = 1.0
     reconcile_interval: float = 3600.0  # seconds between reconciliations with the portal; 0 disables
+    edoc_status_interval: float = 60.0  # seconds between polls for the receivers' status notices; 0 disables
     reconcile_concurrency: int = Field(default=8, ge=1, le=64)  # portal look-ups in flight during a reconciliation
     portal_poll_interval: float = 300.0  # seconds between polls of the portal for missed pushes; 0 disables
     worker_enabled: bool = True  # `hub serve` in embedded mode runs the in-process worker

@@ -19,9 +19,8 @@ class Trust:
         self.server, self.state, self.pki, self.dir = server, state, p, directory
 
     def signer(self, name: str) -> FileSigner:
-        item = self.pki.issued[name]
-        issuer = self.pki.issued[item.issuer or name]
-        return FileSigner(item.key, item.cert, [issuer.cert] if issuer.issuer else [])
+        signer: FileSigner = self.pki.signer(name)
+        return signer
 
     def verifier(self, **kwargs: Any) -> Verifier:
         anchors = [self.pki.issued["national_root"].cert, self.pki.issued["gov_root"].cert]

@@ -48,6 +48,7 @@ def test_demo_runs_end_to_end_on_a_fresh_directory(tmp_path: Path) -> None:
     assert "Không được tiếp nhận" in out and "Yêu cầu bổ sung" in out  # a refusal and a supplement request
     assert "Tin nhắn SMS gửi công dân" in out and "đã được tiếp nhận. Ngày hẹn trả kết quả" in out  # notifications
     assert "signed document 57/TLKS-UBND" in out and "XAdES-B-T" in out  # signed, time-stamped, accepted
+    assert "Công an phường Bến Nghé reported (signed status notices" in out and "03 Đã tiếp nhận" in out
     assert "credited once; hub moved the dossier to 4 by itself" in out  # a fee paid through the payment platform
     assert "the citizen, signed in, sees" in out and "civil_status_registration" in out  # their data's uses
     assert "/docs" in out
@@ -287,7 +288,7 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        if proc.poll() is None or "address already in use" not in log():
+        if proc.poll() is None or "in use" not in log():
             break
     try:
         assert proc.poll() is None and time.monotonic() < deadline, f"hub serve did not come up: {log()}"
@@ -342,6 +343,31 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
             proc.kill()
         said.close()
     assert workers(tmp_path, base) == (1, {"mode": "embedded", "delivering": False, "workers": []})
+
+
+def test_ports_held_by_another_process_are_named_not_a_traceback(tmp_path: Path) -> None:
+    """A newcomer who runs `hub sandbox` and then `hub serve` (whose default starts the sandboxes too), or starts
+    hub twice, is told which ports are taken and what to do — nothing starts half-way."""
+    import socket
+
+    from tests.conftest import listen_port
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        free = {f"HUB_SANDBOX_{n}_PORT": str(listen_port()) for n in ("ONESTOP", "POPULATION", "PKI", "PAYMENT")}
+        env = {**base, **free, "HUB_SANDBOX_NATIONAL_PORT": str(taken)}
+        serving = run(["serve", "--port", str(listen_port())], tmp_path, env)
+        assert serving.returncode == 2, serving.stderr
+        assert f"national portal 127.0.0.1:{taken}" in serving.stderr and "hub serve --no-sandbox" in serving.stderr
+        assert "Traceback" not in serving.stderr + serving.stdout
+        sandbox = run(["sandbox", "--national-port", str(taken)], tmp_path, env)
+        assert sandbox.returncode == 2 and f"national portal 127.0.0.1:{taken}" in sandbox.stderr, sandbox.stderr
+        twice = run(["serve", "--port", str(taken)], tmp_path, base)
+        assert twice.returncode == 2 and f"127.0.0.1:{taken} is in use" in twice.stderr, twice.stderr
+        assert "Traceback" not in sandbox.stderr + twice.stderr
 
 
 def test_hub_serve_with_several_processes_lists_each_ones_worker(tmp_path: Path) -> None:

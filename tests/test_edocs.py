@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +30,8 @@ PDF = b"%PDF-1.4\n% Trich luc khai sinh\n" + bytes(range(256)) * 8
 @pytest.fixture(scope="module")
 def exchange_server(trust: Trust) -> Iterator[ServerThread]:
     roots = [trust.pki.issued["national_root"].cert, trust.pki.issued["gov_root"].cert]
-    server = ServerThread(document_exchange.create_app(roots, {EDOC_KEY})).start()
+    app = document_exchange.create_app(roots, {EDOC_KEY}, notary=trust.signer("receiver"))
+    server = ServerThread(app).start()
     yield server
     server.stop()
 
@@ -50,6 +52,7 @@ def signing_hub(hub_factory: HubFactory, trust: Trust, exchange_server: ServerTh
         signing_tsa_url=f"{trust.server.url}/pki/tsa",
         document_exchange_url=exchange_server.url,
         document_exchange_api_key=SecretStr(EDOC_KEY),
+        signing_trust_anchors=[trust.dir / "national_root.pem", trust.dir / "gov_root.pem"],  # for the notices
     )
 
 
@@ -304,3 +307,199 @@ def test_in_production_no_exchange_platform_means_nothing_is_queued(hub_factory:
     assert_problem(r, 503, "document_exchange_not_configured")
     with hub.runtime.sessions() as s:
         assert [j for j in jobs.list_jobs(s) if j["destination"] == "document_exchange"] == []
+
+
+# -- what became of a document: the receivers' status notices --------------------------------------------------
+
+
+def contract_errors(name: str, reply: Any) -> list[str]:
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from hub.sandbox.contracts import contracts_dir
+
+    schema = json.loads((contracts_dir() / "document_exchange" / name).read_text(encoding="utf-8"))
+    return [e.message for e in Draft202012Validator(schema).iter_errors(reply)]
+
+
+def statuses_of(hub: Hub, code: str) -> list[tuple[str | None, list[str]]]:
+    """Per receiver of the dossier's first document: (latest status, every status reported, in order)."""
+    [doc] = hub.http.get(f"/v1/dossiers/{code}").json()["documents"]
+    return [(r["status"], [h["status"] for h in r["history"]]) for r in doc["receivers"]]
+
+
+def test_receivers_say_what_became_of_a_document_and_the_dossier_shows_it(
+    signing_hub: Hub, exchange: httpx.Client
+) -> None:
+    """The receiving agency's system says "01 arrived" when the document reaches it, then accepted, being handled,
+    done — each a notice signed by that agency. hub takes them from the platform, verifies and matches each to the
+    document it sent, and the dossier (API and console) shows where the document stands; each is taken once."""
+    hub = signing_hub
+    doc = send_one(hub, 36, exchange)
+    code, document_id = dossier(36)["MaHoSo"], doc["header"]["document_id"]
+    for status, said in (("03", "Vào sổ văn bản đến số 123"), ("05", "Chuyển cán bộ xử lý"), ("06", "Đã xử lý xong")):
+        made = exchange.post(f"/_sandbox/documents/{document_id}/status", json={"status": status, "description": said,
+                                                                                "staff": "Lê Văn Thư"})  # fmt: skip
+        assert made.status_code == 201, made.text
+    assert statuses_of(hub, code) == [(None, [])]  # nothing taken yet
+    waiting = exchange.post("/api/edoc/status/list", json={"limit": 10}, headers={"X-API-Key": EDOC_KEY}).json()
+    assert contract_errors("status_list.schema.json", waiting) == [] and len(waiting["items"]) == 4
+    assert hub.runtime.poll_edoc_status() == {"applied": 4}
+    assert hub.runtime.poll_edoc_status() == {}  # acknowledged: not offered again
+    assert statuses_of(hub, code) == [("06", ["01", "03", "05", "06"])]
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_edoc_status_notices_total{status="06",verdict="applied"} 1.0' in metrics
+    [receiver] = hub.http.get(f"/v1/dossiers/{code}").json()["documents"][0]["receivers"]
+    assert receiver["id"] == "000.00.17.H29" and receiver["final"] is True and receiver["meaning_vi"] == "Hoàn thành"
+    assert receiver["history"][1]["description"] == "Vào sổ văn bản đến số 123"
+    assert "Công an phường Bến Nghé" in receiver["history"][0]["signer"]  # who signed it, as verified
+    assert [x[0] for x in exchanges(hub, "document_exchange") if x[0].startswith("edoc_status")] == [
+        "edoc_status_list", "edoc_status_ack", "edoc_status_list"
+    ]  # fmt: skip
+    page = console_as(hub, "viewer36", "viewer").get(f"/ops/dossiers/{code}")
+    assert page.status_code == 200 and 'id="documents"' in page.text
+    assert "57/TLKS-UBND" in page.text and "Hoàn thành" in page.text and "<code>06</code>" in page.text
+
+
+def test_notices_that_do_not_hold_are_recorded_refused_and_never_applied(
+    signing_hub: Hub, exchange: httpx.Client, trust: Trust
+) -> None:
+    """What a broken or hostile platform may relay: a notice changed after signing, one signed by a key outside
+    the trust anchors, one about a document hub never sent, one from an agency the document did not go to, a
+    document instead of a notice, XML with a DTD, bytes that are not base64. Each is recorded with hub's verdict
+    (evidence for an operator) and acknowledged; none moves the document's status."""
+    from datetime import UTC, date, datetime
+
+    from sqlalchemy import select
+
+    from hub.signing import edxml
+    from hub.store.models import EdocNotice
+
+    hub = signing_hub
+    doc = send_one(hub, 37, exchange)
+    code, header = dossier(37)["MaHoSo"], doc["header"]
+    assert hub.runtime.poll_edoc_status() == {"applied": 1}  # its "01 arrived"
+
+    def notice(**changes: Any) -> edxml.StatusNotice:
+        base: dict[str, Any] = {
+            "sender": header["from"]["id"], "document_code": header["code"], "promulgation_date":
+            date.fromisoformat(header["promulgation_date"]), "document_id": header["document_id"],
+            "receiver": edxml.Organ("000.00.17.H29", "Công an phường Bến Nghé"), "status": "03",
+            "at": datetime.now(UTC),
+        }  # fmt: skip
+        return edxml.StatusNotice(**(base | changes))
+
+    receiver = trust.signer("receiver")
+    signed = edxml.sign_status(notice(), receiver)
+    forged = signed.replace(b"<edXML:StatusCode>03<", b"<edXML:StatusCode>06<")
+    assert forged != signed
+    outsider = edxml.sign_status(notice(status="06"), trust.signer("untrusted"))
+    unknown = edxml.sign_status(notice(document_id="not-a-document-hub-sent"), receiver)
+    stranger = edxml.sign_status(notice(receiver=edxml.Organ("000.00.17.H99", "Ai đó"), status="02"), receiver)
+    document = edxml.sign(
+        edxml.Header(sender=edxml.Organ("000.00.17.H29", "Công an"), receivers=[edxml.Organ("000.00.17.H56", "UBND")],
+                     code_number="9", code_notation="CV", place="HCM", promulgation_date=date(2026, 12, 1), type=2,
+                     type_name="Công văn", subject="Không phải thông báo"),
+        [], receiver, sent_at=datetime.now(UTC),
+    )  # fmt: skip
+    dtd = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>'
+    for body in (forged, outsider, unknown, stranger, document, dtd):
+        queued = exchange.post("/_sandbox/notices", json={"key": EDOC_KEY, "envelope": base64.b64encode(body).decode()})
+        assert queued.status_code == 201
+    exchange.post("/_sandbox/notices", json={"key": EDOC_KEY, "envelope": base64.b64encode(b"x").decode()})
+    exchange.post("/_sandbox/notices", json={"key": EDOC_KEY, "wire": "not base64 at all!"})  # sent as it is
+    counts = hub.runtime.poll_edoc_status()
+    assert counts == {"rejected": 6, "unknown_document": 1, "not_a_receiver": 1}, counts
+    assert hub.runtime.poll_edoc_status() == {}  # every one acknowledged
+    assert statuses_of(hub, code) == [("01", ["01"])]  # the forged "06" and the stranger's "02" moved nothing
+    with hub.runtime.sessions() as s:
+        kept = {n.verdict: n for n in s.scalars(select(EdocNotice).where(EdocNotice.verdict != "applied"))}
+        details = [n.detail or "" for n in s.scalars(select(EdocNotice).where(EdocNotice.verdict == "rejected"))]
+    assert kept["not_a_receiver"].receiver == "000.00.17.H99" and kept["not_a_receiver"].envelope == stranger
+    assert any("HASH_FAILURE" in d for d in details) and any("not base64" in d for d in details)
+    assert any("not a status notice" in d for d in details) and any("DTD" in d for d in details)
+
+
+def test_a_notice_is_taken_once_though_offered_again_and_kept_when_it_cannot_be_judged_now(
+    signing_hub: Hub, exchange: httpx.Client, trust: Trust, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The acknowledgement lost: the platform offers the same notices again — hub records each once. The CA's
+    revocation services down: a notice whose signature cannot be judged now is left at the platform (not recorded
+    as refused, not lost) and taken at the next poll once they answer."""
+    from sqlalchemy import func, select
+
+    from hub.adapters.errors import PeerUnavailable
+    from hub.store.models import EdocNotice
+
+    hub = signing_hub
+    doc = send_one(hub, 38, exchange)  # its "01 arrived" waits at the platform
+    trust.state.faults.update({"outage_seconds": 60})  # hub has never asked the CA about the receiver's certificate
+    try:
+        assert hub.runtime.poll_edoc_status() == {"later": 1}
+    finally:
+        trust.state.faults.update({"outage_seconds": 0})
+    code = dossier(38)["MaHoSo"]
+    assert statuses_of(hub, code) == [(None, [])]
+    client = hub.runtime.document_exchange
+    real_ack = client.acknowledge
+
+    def lost(ids: list[str], **kw: Any) -> int:
+        raise PeerUnavailable(
+            "document_exchange", "the acknowledgement's answer was lost", code="peer_http_unavailable"
+        )
+
+    monkeypatch.setattr(client, "acknowledge", lost)
+    with pytest.raises(PeerUnavailable):
+        hub.runtime.poll_edoc_status()
+    monkeypatch.setattr(client, "acknowledge", real_ack)
+    assert hub.runtime.poll_edoc_status() == {"duplicate": 1}  # offered again, taken before: acknowledged now
+    assert hub.runtime.poll_edoc_status() == {}
+    with hub.runtime.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(EdocNotice)) == 1
+    assert statuses_of(hub, code) == [("01", ["01"])]
+    assert doc["header"]["document_id"]
+
+
+def test_documents_sent_before_the_upgrade_get_their_notices_too(tmp_path: Path, trust: Trust) -> None:
+    """A province that sent documents with the previous version: the upgrade finds them in the outbox (sender,
+    receivers, number, subject read from the signed envelope), so their receivers' notices are matched."""
+    import json
+    from datetime import UTC, date, datetime
+
+    from sqlalchemy import create_engine, text
+
+    from hub.signing import edxml
+    from hub.store import db
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db.upgrade(url, "0012")
+    header = edxml.Header(
+        sender=edxml.Organ("000.00.17.H56", "UBND"), receivers=[edxml.Organ("000.00.17.H29", "Công an")],
+        code_number="12", code_notation="CV-UBND", place="HCM", promulgation_date=date(2026, 11, 30), type=2,
+        type_name="Công văn", subject="Gửi trước khi nâng cấp",
+    )  # fmt: skip
+    envelope = edxml.sign(header, [], trust.signer("official"), sent_at=datetime.now(UTC)).decode()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO dossiers (id, code, agency, procedure_code, status, last_seq, data, created_at, "
+                          "updated_at)"
+                          " VALUES (1, '000.00.17.H56-261130-0001', '000.00.17.H56', '1.001193', 2, 1, '{}', "
+                          "'2026-11-30 01:00:00', '2026-11-30 01:00:00')"))  # fmt: skip
+        payload = {"document_id": header.document_id, "to": [{"id": "000.00.17.H29", "name": "Công an"}],
+                   "envelope": envelope, "client": "c", "request_hash": "h"}  # fmt: skip
+        conn.execute(
+            text("INSERT INTO outbox (event_id, dossier_id, seq, destination, operation, payload, idempotency_key, "
+                 "correlation_id, state, attempts, next_attempt_at, created_at) VALUES ('e-1', 1, 1, "
+                 "'document_exchange', 'send_edoc', :p, 'k', 'c', 'delivered', 1, '2026-11-30 01:00:00', "
+                 "'2026-11-30 01:00:00')"),
+            {"p": json.dumps(payload)},
+        )  # fmt: skip
+    db.upgrade(url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT document_id, event_id, dossier_code, agency, code, subject FROM edocs_sent"))
+        assert row.all() == [
+            (header.document_id, "e-1", "000.00.17.H56-261130-0001", "000.00.17.H56", "12/CV-UBND",
+             "Gửi trước khi nâng cấp")
+        ]  # fmt: skip
+    engine.dispose()

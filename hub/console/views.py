@@ -339,10 +339,12 @@ def router(runtime: Any) -> APIRouter:
             row = _dossier_row(d)
             now = utcnow()
             waiting = any(o.state == outbox.PENDING and o.next_attempt_at > now for o in rows)
+            documents = _documents_sent(s, code, {o.event_id: o for o in rows})
         payments = rt().payments.of_dossier(code)
         return render(
-            request, "dossier.html", page="dossiers", d=row, events=timeline, waiting=waiting, payments=payments
-        )
+            request, "dossier.html", page="dossiers", d=row, events=timeline, waiting=waiting, payments=payments,
+            documents=documents,
+        )  # fmt: skip
 
     @r.get("/payments")
     def payments(request: Request, status: str = "pending") -> Response:
@@ -553,3 +555,27 @@ def _chart(hours: list[tuple[Any, int, int]]) -> dict[str, Any]:
             }
         )
     return {"width": width, "height": height, "bars": bars}
+
+
+def _documents_sent(s: Any, code: str, deliveries: dict[str, OutboxMessage]) -> list[dict[str, Any]]:
+    """The documents hub sent for the dossier, their delivery to the exchange platform, and what each receiver
+    reported of them since (status notices)."""
+    from hub.services.edocs import receivers_say
+    from hub.store.models import EdocSent
+
+    sent = list(s.scalars(select(EdocSent).where(EdocSent.dossier_code == code).order_by(EdocSent.id)))
+    said = receivers_say(s, [(x.document_id, x.receivers) for x in sent])
+    out = []
+    for x in sent:
+        o = deliveries.get(x.event_id)
+        out.append(
+            {
+                "code": x.code,
+                "subject": x.subject,
+                "filed_at": x.created_at,
+                "state": o.state if o is not None else None,
+                "last_error_code": o.last_error_code if o is not None else None,
+                "receivers": said.get(x.document_id, []),
+            }
+        )
+    return out

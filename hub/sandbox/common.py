@@ -4,7 +4,9 @@ and running a server on loopback in a background thread."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -117,6 +119,33 @@ def add_control_routes(app: FastAPI, state: PeerState, extra_reset: Any = None) 
             if extra_reset is not None:
                 extra_reset()
         return {"status": "reset"}
+
+
+class PortsInUse(Exception):
+    """Ports a server was asked to listen on that something else holds already (another `hub sandbox` or
+    `hub serve`, usually): said before anything starts, so nothing is left half-running."""
+
+    def __init__(self, host: str, taken: list[tuple[str, int]]) -> None:
+        self.host, self.taken = host, taken
+        super().__init__(", ".join(f"{name} {host}:{port}" for name, port in taken))
+
+
+def ports_in_use(host: str, wanted: dict[str, int]) -> list[tuple[str, int]]:
+    """Which of `wanted` (name → port; 0 = any, never taken) cannot be listened on now. The check binds as uvicorn
+    will (SO_REUSEADDR), so a port left in TIME_WAIT by a server that just stopped counts as free."""
+    taken: list[tuple[str, int]] = []
+    for name, port in wanted.items():
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                taken.append((name, port))
+    return taken
 
 
 class ServerThread:

@@ -92,6 +92,8 @@ class TestPki:
             "official", "Trần Thị Bình - UBND Phường Bến Thành", "gov_ca", ec.generate_private_key(ec.SECP256R1())
         )
         self._leaf("hub", "hub — Trung tâm tích hợp dữ liệu (sandbox)", "gov_ca", _rsa())
+        # the agency that receives documents hub sends, and signs its status notices about them
+        self._leaf("receiver", "Công an phường Bến Nghé (sandbox)", "gov_ca", ec.generate_private_key(ec.SECP256R1()))
         self._leaf("tsa", "Dịch vụ cấp dấu thời gian (sandbox)", "gov_ca", _rsa(), usage="timestamping")
         self._leaf("expired", "Lê Văn Hết Hạn", "public_ca", _rsa(), not_before=n - timedelta(days=400),
                    not_after=n - timedelta(days=30))  # fmt: skip
@@ -298,6 +300,14 @@ class TestPki:
             fixed_dt=datetime.now(UTC),
         )
         return bytes(stamper.request_tsa_response(req).dump())
+
+    def signer(self, name: str) -> Any:
+        """A `FileSigner` with the key and certificate of `name` (and its CA's certificate, under a root)."""
+        from hub.signing.sign import FileSigner
+
+        item = self.issued[name]
+        issuer = self.issued[item.issuer or name]
+        return FileSigner(item.key, item.cert, [issuer.cert] if issuer.issuer else [])
 
     def write(self, directory: Path) -> Path:
         """Keys and certificates as PEM files (for `hub sign` and xmlsec1), plus trust-anchor bundles."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub.sandbox import document_exchange, national_portal, one_stop, payment_dvc, pki, population
-from hub.sandbox.common import ServerThread
+from hub.sandbox.common import PortsInUse, ServerThread, ports_in_use
 from hub.sandbox.notify import SmtpSink, create_sms_app
 from hub.sandbox.population_data import Population
 
@@ -61,7 +61,20 @@ def start(
     intermediates, leaf certificates and keys are written there as PEM files. With `notify_ports` (SMTP, SMS),
     also the SMTP sandbox and the SMS gateway (API key `sms_key`, or a fresh one). With `edoc` (port, API key) and
     the test PKI, the document exchange platform, which trusts the PKI's roots. `oauth_clients` (client_id →
-    secret): the clients its authorization server issues access tokens to (client credentials grant)."""
+    secret): the clients its authorization server issues access tokens to (client credentials grant).
+    Raises `PortsInUse`, before starting any, when a fixed port asked for is held by another process."""
+    wanted = {"national portal": national_port, "one-stop": one_stop_port, "population database": population_port}
+    if pki_dir is not None:
+        wanted["test PKI"] = pki_port
+    if payment_partners:
+        wanted["payment platform"] = payment_port
+    if notify_ports is not None:
+        wanted |= {"SMTP": notify_ports[0], "SMS gateway": notify_ports[1]}
+    if edoc is not None and pki_dir is not None:
+        wanted["document exchange"] = edoc[0]
+    taken = ports_in_use(host, wanted)
+    if taken:
+        raise PortsInUse(host, taken)
     national = ServerThread(national_portal.create_app(credentials), host, national_port).start()
     onestop = ServerThread(one_stop.create_app(), host, one_stop_port).start()
     people = ServerThread(
@@ -90,6 +103,6 @@ def start(
     exchange = None
     if edoc is not None and made is not None:
         roots = [made.issued[r].cert for r in ("national_root", "gov_root")]
-        app = document_exchange.create_app(roots, {edoc[1]})
+        app = document_exchange.create_app(roots, {edoc[1]}, notary=made.signer("receiver"))
         exchange = ServerThread(app, host, edoc[0]).start()
     return Sandboxes(national, onestop, people, trust, pki_dir, pay, smtp, sms, sms_key, exchange)

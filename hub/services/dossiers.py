@@ -412,6 +412,16 @@ class DossierService:
                 utcnow(),
             )
             session.execute(INSERT_OUTBOX, [row])
+            from hub.services.edocs import record_sent
+
+            record_sent(
+                session,
+                document_id=document_id,
+                event_id=event_id,
+                dossier_code=code,
+                agency=parsed.agency,
+                request=request,
+            )
             return {"event_id": event_id, "MaHoSo": code, "document_id": document_id, "seq": seq}
 
         return self.run(replace(replay, work=work))
@@ -860,6 +870,12 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
                 "last_error": m.last_error,
             }
         )
+    if documents:  # what each receiver said became of them (their signed status notices)
+        from hub.services.edocs import receivers_say
+
+        said = receivers_say(session, [(d["document_id"], d["to"]) for d in documents])
+        for d in documents:
+            d["receivers"] = said.get(d["document_id"], [])
     data = dict(dossier.data)
     if "SoGiayToChuHoSo" in data:
         data["SoGiayToChuHoSo"] = mask_id(data["SoGiayToChuHoSo"])

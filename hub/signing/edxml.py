@@ -8,12 +8,17 @@ Layout (contracts/edxml/edxml.xsd):
       edXML:edXMLHeader: MessageHeader (From, To…, DocumentId, Code, PromulgationInfo, DocumentType, Subject…),
                          TraceHeaderList, ds:Signature
       edXML:edXMLBody: edXMLManifest (one Reference per attachment: ContentId, ContentType, AttachmentName)
-    AttachmentEncoded: Attachment (ContentId, AttachmentName, ContentType, ContentTransferEncoded = base64)"""
+    AttachmentEncoded: Attachment (ContentId, AttachmentName, ContentType, ContentTransferEncoded = base64)
+
+A status notice (what a receiving agency says became of a document: arrived, accepted, being handled, done, …) is
+the same envelope with a Status in edXMLHeader instead of the MessageHeader, no body, signed by the receiver.
+Its codes and their meanings: contracts/document_exchange/status_codes.json."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -194,6 +199,10 @@ def read(data: bytes, verify: Any) -> Received:
         report.detail = "a valid signature, but not over an edXML envelope (contracts/edxml/edxml.xsd)"
         return Received(report)
     msg = root.find("edXML:edXMLEnvelope/edXML:edXMLHeader/edXML:MessageHeader", NS)
+    if msg is None:
+        report.indication, report.sub_indication = "TOTAL-FAILED", "FORMAT_FAILURE"
+        report.detail = "a status notice, not a document (no MessageHeader)"
+        return Received(report)
 
     def text(path: str) -> str:
         return str(msg.findtext(path, default="", namespaces=NS))
@@ -239,3 +248,119 @@ def read(data: bytes, verify: Any) -> Received:
         for a in out
     ]
     return Received(report, header, out)
+
+
+# -- status notices ---------------------------------------------------------------------------------------------
+
+
+@cache
+def status_codes() -> dict[str, dict[str, Any]]:
+    """code -> {vi, en, final}: contracts/document_exchange/status_codes.json."""
+    from hub.sandbox.contracts import contracts_dir
+
+    data = json.loads((contracts_dir() / "document_exchange" / "status_codes.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in data.items() if not k.startswith("$")}
+
+
+@dataclass(frozen=True)
+class StatusNotice:
+    """What `receiver` says became of the document `document_id` that `sender` sent (its code and date)."""
+
+    sender: str  # agency code of the document's sender
+    document_code: str  # e.g. 57/TLKS-UBND
+    promulgation_date: date
+    document_id: str
+    receiver: Organ
+    status: str  # a code of contracts/document_exchange/status_codes.json
+    at: datetime  # when the receiver says it happened (aware)
+    description: str = ""
+    staff: str = ""
+    department: str = ""
+
+
+def build_status(notice: StatusNotice, *, signature_place: bool = False) -> bytes:
+    """The unsigned status envelope, checked against the contract."""
+    if notice.at.tzinfo is None:
+        raise EdxmlError("a status notice's time must say its offset")
+    root = etree.Element(f"{{{EDXML}}}edXML", nsmap={"edXML": EDXML})
+    head = _el(_el(root, "edXMLEnvelope"), "edXMLHeader")
+    status = _el(head, "Status")
+    about = _el(status, "ResponseFor")
+    _el(about, "OrganId", notice.sender)
+    _el(about, "Code", notice.document_code)
+    _el(about, "PromulgationDate", notice.promulgation_date.isoformat())
+    _el(about, "DocumentId", notice.document_id)
+    _organ(status, "From", notice.receiver)
+    if notice.staff or notice.department:
+        staff = _el(status, "StaffInfo")
+        if notice.department:
+            _el(staff, "Department", notice.department)
+        if notice.staff:
+            _el(staff, "Staff", notice.staff)
+    _el(status, "StatusCode", notice.status)
+    if notice.description:
+        _el(status, "Description", notice.description)
+    _el(status, "Timestamp", notice.at.isoformat(timespec="seconds"))
+    if signature_place:
+        etree.SubElement(head, f"{{{DS}}}Signature", Id="placeholder", nsmap={"ds": DS})
+    _check(root, signed=False)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def sign_status(notice: StatusNotice, signer: Signer, *, xades: bool = True) -> bytes:
+    """A status notice signed as the receiving agency (what the platform relays back to the sender)."""
+    return sign_document(build_status(notice, signature_place=True), signer, xades=xades)
+
+
+@dataclass
+class ReceivedStatus:
+    report: Report
+    notice: StatusNotice | None = None
+
+
+def read_status(data: bytes, verify: Any) -> ReceivedStatus:
+    """Verify a status notice (`verify`: bytes -> Report) and, only when its signature passed over the whole
+    envelope, return what it says. Otherwise the report alone says why."""
+    report: Report = verify(data)
+    if report.indication != "TOTAL-PASSED":
+        return ReceivedStatus(report)
+
+    def refuse(detail: str) -> ReceivedStatus:
+        report.indication, report.sub_indication, report.detail = "TOTAL-FAILED", "FORMAT_FAILURE", detail
+        return ReceivedStatus(report)
+
+    refs = report.signed_references
+    if len(refs) != 1 or refs[0].get("uri") != "" or refs[0].get("kind") != "document":
+        return refuse('a status notice must be signed as a whole (one reference, URI="")')
+    root = parse_untrusted(data)
+    if root.tag != f"{{{EDXML}}}edXML" or not schema().validate(root):
+        return refuse("a valid signature, but not over an edXML envelope (contracts/edxml/edxml.xsd)")
+    status = root.find("edXML:edXMLEnvelope/edXML:edXMLHeader/edXML:Status", NS)
+    if status is None:
+        return refuse("a document, not a status notice (no Status)")
+
+    def text(path: str) -> str:
+        return str(status.findtext(path, default="", namespaces=NS)).strip()
+
+    try:
+        at = datetime.fromisoformat(text("edXML:Timestamp"))
+        promulgated = date.fromisoformat(text("edXML:ResponseFor/edXML:PromulgationDate"))
+    except ValueError as exc:  # what XSD allows and Python does not read (years past 9999, a dated zone)
+        return refuse(f"a status notice's dates do not read: {exc}")
+    if at.tzinfo is None:  # a local time without its offset: Vietnam's (the national standard's habit)
+        from hub.domain.dates import VN_TZ
+
+        at = at.replace(tzinfo=VN_TZ)
+    notice = StatusNotice(
+        sender=text("edXML:ResponseFor/edXML:OrganId"),
+        document_code=text("edXML:ResponseFor/edXML:Code"),
+        promulgation_date=promulgated,
+        document_id=text("edXML:ResponseFor/edXML:DocumentId"),
+        receiver=Organ(text("edXML:From/edXML:OrganId"), text("edXML:From/edXML:OrganName")),
+        status=text("edXML:StatusCode"),
+        at=at,
+        description=text("edXML:Description"),
+        staff=text("edXML:StaffInfo/edXML:Staff"),
+        department=text("edXML:StaffInfo/edXML:Department"),
+    )
+    return ReceivedStatus(report, notice)

@@ -283,6 +283,45 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class EdocSent(Base):
+    """A document hub filed for other agencies through the document exchange (the outbox delivers it): what status
+    notices from its receivers are matched against."""
+
+    __tablename__ = "edocs_sent"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    document_id: Mapped[str] = mapped_column(String(64), unique=True)  # edXML DocumentId, hub's
+    event_id: Mapped[str] = mapped_column(String(36))  # its outbox row's
+    dossier_code: Mapped[str] = mapped_column(String(40), index=True)
+    agency: Mapped[str] = mapped_column(String(32))  # the sender
+    receivers: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)  # [{id, name}]
+    code: Mapped[str] = mapped_column(String(120))  # số/ký hiệu, e.g. 57/TLKS-UBND
+    subject: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EdocNotice(Base):
+    """Append-only record of every status notice the document exchange relayed, and hub's verdict on it: applied
+    (signed by a receiver of a document hub sent), or why not. The signed envelope is kept as evidence."""
+
+    __tablename__ = "edoc_notices"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    notice_id: Mapped[str] = mapped_column(String(64), unique=True)  # the platform's id: each taken once
+    document_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    receiver: Mapped[str | None] = mapped_column(String(32))  # agency code of the notice's author
+    receiver_name: Mapped[str | None] = mapped_column(String(500))
+    status: Mapped[str | None] = mapped_column(String(2))  # contracts/document_exchange/status_codes.json
+    description: Mapped[str | None] = mapped_column(Text)
+    staff: Mapped[str | None] = mapped_column(String(500))
+    stated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when the receiver says it happened
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    verdict: Mapped[str] = mapped_column(String(24))  # applied | unknown_document | not_a_receiver | rejected
+    detail: Mapped[str | None] = mapped_column(Text)
+    signer: Mapped[str | None] = mapped_column(String(500))
+    envelope: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
 class Payment(Base):
     """A fee payment for a dossier at a payment platform. Amounts are integer đồng. `transaction_id` (the
     platform's MaGiaoDich) is unique: a transaction is credited once, however often it is reported."""

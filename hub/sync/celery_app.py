@@ -109,6 +109,12 @@ def reconcile_payments_task() -> dict[str, Any]:
     return result
 
 
+@app.task(name="hub.poll_edoc_status")
+def poll_edoc_status_task() -> dict[str, int]:
+    counts: dict[str, int] = runtime().poll_edoc_status()
+    return counts
+
+
 @app.task(name="hub.anchor_audit_log")
 def anchor_audit_log_task() -> dict[str, int]:
     """Note the access log's head outside the database (in this worker's anchor file and log)."""
@@ -144,6 +150,7 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
         ("hub.reconcile", settings.reconcile_interval),
         ("hub.reconcile_payments", settings.payment_reconcile_interval),
         ("hub.anchor_audit_log", settings.audit_anchor_interval),
+        ("hub.poll_edoc_status", settings.edoc_status_interval),
     ]
 
     def tick() -> None:

@@ -1,6 +1,8 @@
 """Client of the document exchange platform (contracts/document_exchange): `POST /api/edoc/send` with a signed
 edXML envelope (contracts/edxml/edxml.xsd) as the body; the reply is JSON with an integer `error_code`. The
-platform requires every envelope signed by the sending agency and refuses the rest (codes 1–4, permanent)."""
+platform requires every envelope signed by the sending agency and refuses the rest (codes 1–4, permanent).
+Status notices from the receivers: `POST /api/edoc/status/list` gives those waiting, `POST /api/edoc/status/ack`
+takes them off the list (contracts/document_exchange/status_list.schema.json)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import httpx
 
 from hub.adapters.errors import PeerAuthFailed, PeerError, PeerRejected
 from hub.adapters.exchange import ExchangeHook
-from hub.adapters.http import post_bytes
+from hub.adapters.http import post_bytes, post_json
 
 PEER = "document_exchange"
 OK = 0
@@ -66,3 +68,50 @@ class DocumentExchangeClient:
         kind = PeerAuthFailed if code == 5 else PeerError if retryable else PeerRejected
         error = kind(PEER, message, code=stable, reply=exchange.reply)
         raise exchange.fail(error)
+
+    def _status_call(
+        self, path: str, body: dict[str, Any], operation: str, correlation_id: str, on_exchange: ExchangeHook | None
+    ) -> dict[str, Any]:
+        exchange = post_json(
+            self._http,
+            path,
+            body,
+            peer=PEER,
+            operation=operation,
+            correlation_id=correlation_id,
+            headers={"X-API-Key": self._api_key},
+            on_exchange=on_exchange,
+        )
+        code = exchange.reply["error_code"]
+        if code == OK:
+            exchange.report("ok", None)
+            return exchange.reply
+        stable, retryable = MEANING.get(code, ("edoc_error", True))
+        kind = PeerAuthFailed if code == 5 else PeerError if retryable else PeerRejected
+        raise exchange.fail(kind(PEER, f"{operation}: error_code {code}: {exchange.reply.get('message')}",
+                                 code=stable, reply=exchange.reply))  # fmt: skip
+
+    def statuses(
+        self, *, limit: int = 100, correlation_id: str, on_exchange: ExchangeHook | None = None
+    ) -> list[tuple[str, str]]:
+        """The status notices waiting for hub: (notice id, envelope as base64), oldest first. An item that is
+        not of that shape is returned with what it has (an empty id or envelope): the caller records it."""
+        reply = self._status_call("/api/edoc/status/list", {"limit": limit}, "edoc_status_list", correlation_id,
+                                  on_exchange)  # fmt: skip
+        items = reply.get("items")
+        if not isinstance(items, list):
+            return []
+        out: list[tuple[str, str]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            notice_id, envelope = item.get("id"), item.get("envelope")
+            out.append((notice_id if isinstance(notice_id, str) else "", envelope if isinstance(envelope, str) else ""))
+        return out
+
+    def acknowledge(self, ids: list[str], *, correlation_id: str, on_exchange: ExchangeHook | None = None) -> int:
+        """Take notices off the waiting list; how many the platform took."""
+        reply = self._status_call("/api/edoc/status/ack", {"ids": ids}, "edoc_status_ack", correlation_id,
+                                  on_exchange)  # fmt: skip
+        taken = reply.get("acknowledged")
+        return taken if isinstance(taken, int) else 0

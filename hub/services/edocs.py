@@ -1,0 +1,203 @@
+"""What became of the documents hub sent to other agencies: the receivers' status notices (edXML Status, signed by
+the receiving agency), taken from the document exchange platform, verified, matched to the document hub sent, and
+recorded — every one, applied or not, with hub's verdict — then acknowledged to the platform.
+
+A notice is taken once (by the platform's id, whatever it offers again); one whose signature cannot be judged now
+(the CA's revocation services unreachable: TRY_LATER) is left on the platform's list for the next poll rather than
+recorded as refused. Codes and meanings: contracts/document_exchange/status_codes.json."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.adapters.exchange import ExchangeHook
+from hub.domain.dates import utcnow
+from hub.signing import edxml
+from hub.signing.report import Report
+from hub.store.models import EdocNotice, EdocSent
+
+log = logging.getLogger(__name__)
+
+MAX_NOTICE_BYTES = 1024 * 1024  # a status notice is a few kB with its certificates
+APPLIED = "applied"
+
+
+def record_sent(
+    session: Session, *, document_id: str, event_id: str, dossier_code: str, agency: str, request: dict[str, Any]
+) -> None:
+    """In the transaction that puts a document in the outbox: what its receivers' notices will be matched to."""
+    session.execute(
+        insert(EdocSent),
+        [
+            {
+                "document_id": document_id,
+                "event_id": event_id,
+                "dossier_code": dossier_code,
+                "agency": agency,
+                "receivers": [{"id": t["id"], "name": t["name"]} for t in request["to"]],
+                "code": f"{request['code_number']}/{request['code_notation']}",
+                "subject": request["subject"],
+                "created_at": utcnow(),
+            }
+        ],
+    )
+
+
+class EdocStatus:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        exchange: Any,  # DocumentExchangeClient: statuses(), acknowledge()
+        verify: Callable[[bytes], Report],
+        *,
+        on_exchange: ExchangeHook | None = None,
+    ) -> None:
+        self.sessions, self.exchange, self.verify, self.on_exchange = sessions, exchange, verify, on_exchange
+
+    def poll(self, *, correlation_id: str, limit: int = 100, rounds: int = 20) -> dict[str, int]:
+        """Take the notices waiting at the platform: counts by verdict (`later`: left for the next poll;
+        `duplicate`: taken before; `unusable`: an item without an id, which cannot be acknowledged)."""
+        counts: Counter[str] = Counter()
+        for _ in range(rounds):
+            items = self.exchange.statuses(limit=limit, correlation_id=correlation_id, on_exchange=self.on_exchange)
+            taken: list[str] = []
+            for notice_id, encoded in items:
+                if not notice_id or len(notice_id) > 64:
+                    counts["unusable"] += 1
+                    continue
+                verdict = self._take(notice_id, encoded)
+                counts[verdict] += 1
+                if verdict != "later":
+                    taken.append(notice_id)
+            if taken:
+                self.exchange.acknowledge(taken, correlation_id=correlation_id, on_exchange=self.on_exchange)
+            if len(items) < limit or not taken:
+                break
+        if counts["unusable"]:
+            log.warning("the document exchange offered status notices without an id", extra=dict(counts))
+        return dict(counts)
+
+    def _take(self, notice_id: str, encoded: str) -> str:
+        with self.sessions() as s:
+            if s.scalar(select(EdocNotice.id).where(EdocNotice.notice_id == notice_id)) is not None:
+                return "duplicate"
+        row = self._judge(notice_id, encoded)
+        if row is None:
+            return "later"
+        try:
+            with self.sessions.begin() as s:
+                s.execute(insert(EdocNotice), [row])
+        except IntegrityError:  # taken at the same moment by another worker
+            return "duplicate"
+        fields = {"notice_id": notice_id, "document_id": row["document_id"], "edoc_status": row["status"]}
+        if row["verdict"] != APPLIED:
+            log.warning("a status notice was refused", extra=fields | {"verdict": row["verdict"]})
+        elif row["status"] == "02":
+            log.warning("a receiving agency refused a document hub sent", extra=fields | {"receiver": row["receiver"]})
+        else:
+            log.info("status notice applied", extra=fields)
+        return str(row["verdict"])
+
+    def _judge(self, notice_id: str, encoded: str) -> dict[str, Any] | None:
+        row: dict[str, Any] = {
+            "notice_id": notice_id,
+            "document_id": None,
+            "receiver": None,
+            "receiver_name": None,
+            "status": None,
+            "description": None,
+            "staff": None,
+            "stated_at": None,
+            "received_at": utcnow(),
+            "verdict": "rejected",
+            "detail": None,
+            "signer": None,
+            "envelope": None,
+        }
+        if len(encoded) > MAX_NOTICE_BYTES * 4 // 3 + 4:
+            return row | {"detail": f"larger than {MAX_NOTICE_BYTES} bytes"}
+        try:
+            data = base64.b64decode("".join(encoded.split()), validate=True)  # lines folded at 76 are fine
+        except (binascii.Error, ValueError):
+            return row | {"detail": "the envelope is not base64"}
+        row["envelope"] = data
+        received = edxml.read_status(data, self.verify)
+        report = received.report
+        row["signer"] = ((report.signer or {}).get("subject") or "")[:500] or None
+        if received.notice is None:
+            if report.indication == "INDETERMINATE" and report.sub_indication == "TRY_LATER":
+                return None  # the signature may well pass once the CA's services answer: asked again next poll
+            return row | {"detail": f"{report.indication}/{report.sub_indication}: {report.detail}"[:2000]}
+        n = received.notice
+        row |= {
+            "document_id": n.document_id[:64],
+            "receiver": n.receiver.id,
+            "receiver_name": n.receiver.name[:500],
+            "status": n.status,
+            "description": n.description or None,
+            "staff": ", ".join(x for x in (n.staff, n.department) if x)[:500] or None,
+            "stated_at": n.at,
+        }
+        with self.sessions() as s:
+            sent = s.scalar(select(EdocSent).where(EdocSent.document_id == n.document_id))
+        if sent is None or sent.agency != n.sender:
+            return row | {"verdict": "unknown_document", "detail": "hub sent no document with that id and sender"}
+        if n.receiver.id not in {r["id"] for r in sent.receivers}:
+            return row | {"verdict": "not_a_receiver", "detail": f"{n.receiver.id} was not sent the document"}
+        return row | {"verdict": APPLIED}
+
+
+def receivers_say(session: Session, documents: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, list[Any]]:
+    """For each (document id, its receivers [{id, name}]): per receiver, the latest status it reported (by the
+    time it gives) with every applied notice before it — what a dossier's page shows of its documents."""
+    codes = edxml.status_codes()
+    ids = [d for d, _ in documents]
+    notices = list(
+        session.scalars(
+            select(EdocNotice)
+            .where(EdocNotice.document_id.in_(ids), EdocNotice.verdict == APPLIED)
+            .order_by(EdocNotice.stated_at, EdocNotice.id)
+        )
+    ) if ids else []  # fmt: skip
+    out: dict[str, list[Any]] = {}
+    for document_id, receivers in documents:
+        said = []
+        for r in receivers:
+            history = [
+                {
+                    "status": n.status,
+                    "meaning": codes.get(n.status or "", {}).get("en"),
+                    "meaning_vi": codes.get(n.status or "", {}).get("vi"),
+                    "at": n.stated_at.isoformat() if n.stated_at else None,
+                    "description": n.description,
+                    "staff": n.staff,
+                    "signer": n.signer,
+                    "received_at": n.received_at.isoformat(),
+                }
+                for n in notices
+                if n.document_id == document_id and n.receiver == r.get("id")
+            ]
+            latest = history[-1] if history else {}
+            said.append(
+                {
+                    "id": r.get("id"),
+                    "name": r.get("name"),
+                    "status": latest.get("status"),
+                    "meaning": latest.get("meaning"),
+                    "meaning_vi": latest.get("meaning_vi"),
+                    "at": latest.get("at"),
+                    "final": bool(codes.get(latest.get("status") or "", {}).get("final")),
+                    "history": history,
+                }
+            )
+        out[document_id] = said
+    return out
