@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.adapters.exchange import ExchangeHook
 from hub.domain.dates import utcnow
+from hub.domain.errors import DomainError
 from hub.signing import edxml
 from hub.signing.report import Report
 from hub.store.models import EdocNotice, EdocSent
@@ -65,47 +66,92 @@ class EdocStatus:
 
     def poll(self, *, correlation_id: str, limit: int = 100, rounds: int = 20) -> dict[str, int]:
         """Take the notices waiting at the platform: counts by verdict (`later`: left for the next poll;
-        `duplicate`: taken before; `unusable`: an item without an id, which cannot be acknowledged)."""
+        `duplicate`: taken before; `unusable`: an item without an id, which cannot be acknowledged). Each list is
+        judged, then recorded in one transaction, then acknowledged."""
         counts: Counter[str] = Counter()
         for _ in range(rounds):
             items = self.exchange.statuses(limit=limit, correlation_id=correlation_id, on_exchange=self.on_exchange)
-            taken: list[str] = []
-            for notice_id, encoded in items:
-                if not notice_id or len(notice_id) > 64:
-                    counts["unusable"] += 1
-                    continue
-                verdict = self._take(notice_id, encoded)
-                counts[verdict] += 1
-                if verdict != "later":
+            usable = [(i, e) for i, e in items if i and len(i) <= 64]
+            counts["unusable"] += len(items) - len(usable)
+            with self.sessions() as s:
+                seen = set(
+                    s.scalars(select(EdocNotice.notice_id).where(EdocNotice.notice_id.in_([i for i, _ in usable])))
+                )
+            taken, rows = [], []
+            for notice_id, encoded in dict(usable).items():  # an id listed twice in one answer is judged once
+                if notice_id in seen:
+                    counts["duplicate"] += 1
                     taken.append(notice_id)
+                    continue
+                row = self._judge(notice_id, encoded)
+                if row is None:
+                    counts["later"] += 1
+                    continue
+                rows.append(row)
+                taken.append(notice_id)
+            self._match(rows)
+            for row in self._record(rows):
+                counts[row["verdict"]] += 1
             if taken:
                 self.exchange.acknowledge(taken, correlation_id=correlation_id, on_exchange=self.on_exchange)
             if len(items) < limit or not taken:
                 break
         if counts["unusable"]:
             log.warning("the document exchange offered status notices without an id", extra=dict(counts))
-        return dict(counts)
+        return {k: n for k, n in counts.items() if n}
 
-    def _take(self, notice_id: str, encoded: str) -> str:
+    def _match(self, rows: list[dict[str, Any]]) -> None:
+        """A verified notice counts only about a document hub sent, from one of that document's receivers."""
+        verified = [r for r in rows if r["verdict"] == APPLIED]
+        if not verified:
+            return
         with self.sessions() as s:
-            if s.scalar(select(EdocNotice.id).where(EdocNotice.notice_id == notice_id)) is not None:
-                return "duplicate"
-        row = self._judge(notice_id, encoded)
-        if row is None:
-            return "later"
+            sent = {
+                d.document_id: d
+                for d in s.scalars(
+                    select(EdocSent).where(EdocSent.document_id.in_({r["document_id"] for r in verified}))
+                )
+            }
+        for row in verified:
+            doc = sent.get(row["document_id"])
+            if doc is None or doc.agency != row.pop("_sender"):
+                row |= {"verdict": "unknown_document", "detail": "hub sent no document with that id and sender"}
+            elif row["receiver"] not in {r["id"] for r in doc.receivers}:
+                row |= {"verdict": "not_a_receiver", "detail": f"{row['receiver']} was not sent the document"}
+        for row in rows:
+            row.pop("_sender", None)
+
+    def _record(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write the judged notices (one transaction; one by one if another worker took some meanwhile) and say
+        what they were; those another worker took first are counted as duplicates."""
+        if not rows:
+            return []
         try:
             with self.sessions.begin() as s:
-                s.execute(insert(EdocNotice), [row])
-        except IntegrityError:  # taken at the same moment by another worker
-            return "duplicate"
-        fields = {"notice_id": notice_id, "document_id": row["document_id"], "edoc_status": row["status"]}
-        if row["verdict"] != APPLIED:
-            log.warning("a status notice was refused", extra=fields | {"verdict": row["verdict"]})
-        elif row["status"] == "02":
-            log.warning("a receiving agency refused a document hub sent", extra=fields | {"receiver": row["receiver"]})
-        else:
-            log.info("status notice applied", extra=fields)
-        return str(row["verdict"])
+                s.execute(insert(EdocNotice), rows)
+            written = rows
+        except IntegrityError:
+            written = []
+            for row in rows:
+                try:
+                    with self.sessions.begin() as s:
+                        s.execute(insert(EdocNotice), [row])
+                    written.append(row)
+                except IntegrityError:
+                    written.append(row | {"verdict": "duplicate"})
+        for row in written:
+            fields = {"notice_id": row["notice_id"], "document_id": row["document_id"], "edoc_status": row["status"]}
+            if row["verdict"] == "duplicate":
+                continue
+            if row["verdict"] != APPLIED:
+                log.warning("a status notice was refused", extra=fields | {"verdict": row["verdict"]})
+            elif row["status"] == "02":
+                log.warning(
+                    "a receiving agency refused a document hub sent", extra=fields | {"receiver": row["receiver"]}
+                )
+            else:
+                log.info("status notice applied", extra=fields)
+        return written
 
     def _judge(self, notice_id: str, encoded: str) -> dict[str, Any] | None:
         row: dict[str, Any] = {
@@ -130,7 +176,13 @@ class EdocStatus:
         except (binascii.Error, ValueError):
             return row | {"detail": "the envelope is not base64"}
         row["envelope"] = data
-        received = edxml.read_status(data, self.verify)
+        try:
+            received = edxml.read_status(data, self.verify)
+        except DomainError:  # hub cannot verify at all (no trust anchors): nothing taken, the notices wait
+            raise
+        except Exception as exc:  # one notice that breaks the reader must not block those after it
+            log.exception("a status notice could not be read", extra={"notice_id": notice_id})
+            return row | {"detail": f"could not be read: {exc.__class__.__name__}"}
         report = received.report
         row["signer"] = ((report.signer or {}).get("subject") or "")[:500] or None
         if received.notice is None:
@@ -147,13 +199,7 @@ class EdocStatus:
             "staff": ", ".join(x for x in (n.staff, n.department) if x)[:500] or None,
             "stated_at": n.at,
         }
-        with self.sessions() as s:
-            sent = s.scalar(select(EdocSent).where(EdocSent.document_id == n.document_id))
-        if sent is None or sent.agency != n.sender:
-            return row | {"verdict": "unknown_document", "detail": "hub sent no document with that id and sender"}
-        if n.receiver.id not in {r["id"] for r in sent.receivers}:
-            return row | {"verdict": "not_a_receiver", "detail": f"{n.receiver.id} was not sent the document"}
-        return row | {"verdict": APPLIED}
+        return row | {"verdict": APPLIED, "_sender": n.sender}  # verified; `_match` says whether it is about ours
 
 
 def receivers_say(session: Session, documents: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, list[Any]]:
