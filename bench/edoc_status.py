@@ -75,12 +75,13 @@ def main() -> None:
             with rt.sessions.begin() as s:
                 for i in range(n):
                     document_id = f"bench-document-{i:06d}"
-                    request = {"to": [to], "code_number": str(i), "code_notation": "CV-UBND", "subject": "bench"}
+                    request = {"to": [to], "code_number": str(i), "code_notation": "CV-UBND", "subject": "bench",
+                               "sender_name": "UBND"}  # fmt: skip
                     record_sent(s, document_id=document_id, event_id=f"bench-{i}", dossier_code=f"{sender}-261204-0001",
-                                agency=sender, request=request)  # fmt: skip
+                                agency=sender, promulgation_date="2026-12-04", request=request)  # fmt: skip
                     notice = edxml.StatusNotice(
                         sender=sender, document_code=f"{i}/CV-UBND", promulgation_date=date(2026, 12, 4),
-                        document_id=document_id, receiver=edxml.Organ(to["id"], to["name"]), status="03",
+                        document_id=document_id, author=edxml.Organ(to["id"], to["name"]), status="03",
                         at=datetime.now(UTC),
                     )  # fmt: skip
                     envelopes.append(edxml.sign_status(notice, receiver))

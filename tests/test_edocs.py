@@ -402,7 +402,7 @@ def test_notices_that_do_not_hold_are_recorded_refused_and_never_applied(
         base: dict[str, Any] = {
             "sender": header["from"]["id"], "document_code": header["code"], "promulgation_date":
             date.fromisoformat(header["promulgation_date"]), "document_id": header["document_id"],
-            "receiver": edxml.Organ("000.00.17.H29", "Công an phường Bến Nghé"), "status": "03",
+            "author": edxml.Organ("000.00.17.H29", "Công an phường Bến Nghé"), "status": "03",
             "at": datetime.now(UTC),
         }  # fmt: skip
         return edxml.StatusNotice(**(base | changes))
@@ -413,7 +413,7 @@ def test_notices_that_do_not_hold_are_recorded_refused_and_never_applied(
     assert forged != signed
     outsider = edxml.sign_status(notice(status="06"), trust.signer("untrusted"))
     unknown = edxml.sign_status(notice(document_id="not-a-document-hub-sent"), receiver)
-    stranger = edxml.sign_status(notice(receiver=edxml.Organ("000.00.17.H99", "Ai đó"), status="02"), receiver)
+    stranger = edxml.sign_status(notice(author=edxml.Organ("000.00.17.H99", "Ai đó"), status="02"), receiver)
     document = edxml.sign(
         edxml.Header(sender=edxml.Organ("000.00.17.H29", "Công an"), receivers=[edxml.Organ("000.00.17.H56", "UBND")],
                      code_number="9", code_notation="CV", place="HCM", promulgation_date=date(2026, 12, 1), type=2,
@@ -544,3 +544,48 @@ def test_a_notice_that_breaks_the_reader_does_not_hold_up_those_after_it(
     status = EdocStatus(hub.runtime.sessions, hub.runtime.document_exchange, verify)
     assert status.poll(correlation_id="t") == {"rejected": 1, "applied": 1}
     assert statuses_of(hub, dossier(39)["MaHoSo"]) == [("01", ["01"])]
+
+
+def test_a_document_sent_by_mistake_is_recalled_and_each_receiver_answers(
+    signing_hub: Hub, exchange: httpx.Client
+) -> None:
+    """An officer recalls a document (edXML 13, "Lấy lại"): hub signs the recall as the agency and sends it after
+    the document itself; a receiver still handling it agrees (15), one that has finished (06) refuses (16); the
+    dossier shows the recall and both answers. A second recall is refused; a document the dossier did not send is
+    not found."""
+    hub = signing_hub
+    d = dossier(40, status=2)
+    code = d["MaHoSo"]
+    hub.http.post("/v1/dossiers", json=d)
+    two = [{"id": "000.00.17.H29", "name": "Công an phường Bến Nghé"}, {"id": "000.00.17.H30", "name": "UBND quận"}]
+    sent = hub.http.post(f"/v1/dossiers/{code}/edocs", json=edoc(to=two))
+    assert sent.status_code == 202, sent.text
+    document_id = sent.json()["document_id"]
+    hub.wait_idle()
+    done = exchange.post(
+        f"/_sandbox/documents/{document_id}/status", json={"status": "06", "receiver": "000.00.17.H30"}
+    )
+    assert done.status_code == 201
+    reason = {"reason": "Gửi nhầm nơi nhận"}
+    r = hub.http.post(f"/v1/dossiers/{code}/edocs/{document_id}/recall", json=reason, headers={"Idempotency-Key": "r1"})
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "13" and r.json()["seq"] == 2  # after the document
+    again = hub.http.post(
+        f"/v1/dossiers/{code}/edocs/{document_id}/recall", json=reason, headers={"Idempotency-Key": "r1"}
+    )
+    assert again.json() == r.json() and again.headers.get("Idempotent-Replayed") == "true"
+    assert_problem(hub.http.post(f"/v1/dossiers/{code}/edocs/{document_id}/recall", json=reason), 409,
+                   "recall_already_requested")  # fmt: skip
+    assert_problem(hub.http.post(f"/v1/dossiers/{code}/edocs/not-sent/recall", json=reason), 404, "document_not_found")
+    assert_problem(hub.http.post(f"/v1/dossiers/{code}/edocs/{document_id}/recall", json={}), 422, "missing_field")
+    hub.wait_idle()
+    assert hub.runtime.poll_edoc_status() == {"applied": 5}  # 01 ×2, 06, then 15 and 16
+    [doc] = hub.http.get(f"/v1/dossiers/{code}").json()["documents"]
+    assert doc["recall"]["reason"] == "Gửi nhầm nơi nhận" and doc["recall"]["delivery"]["state"] == "delivered"
+    assert [(x["id"], x["status"]) for x in doc["receivers"]] == [("000.00.17.H29", "15"), ("000.00.17.H30", "16")]
+    assert doc["receivers"][0]["meaning"] == "recall or update agreed"
+    page = console_as(hub, "viewer40", "viewer").get(f"/ops/dossiers/{code}")
+    assert "Đã yêu cầu lấy lại" in page.text and "Gửi nhầm nơi nhận" in page.text
+    assert exchange.get("/_sandbox/recalls").json()["items"] == [
+        {"document_id": document_id, "reason": reason["reason"]}
+    ]

@@ -31,7 +31,7 @@ from hub.logs import correlation_id
 from hub.runtime import Runtime
 from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, PrefillOut, SubjectIn
-from hub.services.schemas import Accepted, DocumentAccepted, DossierIn, EdocIn, ProgressIn
+from hub.services.schemas import Accepted, DocumentAccepted, DossierIn, EdocIn, ProgressIn, RecallAccepted, RecallIn
 from hub.settings import ClientSystem, Settings
 
 IDEMPOTENCY_KEY_MAX = 200
@@ -323,7 +323,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 code="document_exchange_not_configured",
             )
 
-        def sign(agency: str) -> tuple[str, bytes]:
+        def sign(agency: str) -> tuple[str, bytes, str]:
             now = utcnow()
             header = edxml.Header(
                 sender=edxml.Organ(agency, body.sender_name),
@@ -344,7 +344,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 for a in body.attachments
             ]
             try:
-                return header.document_id, rt().signatures.sign_edxml(header, files, sent_at=now)
+                signed = rt().signatures.sign_edxml(header, files, sent_at=now)
+                return header.document_id, signed, header.promulgation_date.isoformat()
             except edxml.EdxmlError as exc:
                 raise DomainError(str(exc), code="invalid_edxml") from None
             except SigningError as exc:
@@ -356,6 +357,50 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return answer(
             rt().dossiers.send_document(
                 who, code, request, sign, idempotency_key=key, correlation_id=correlation_id.get()
+            )
+        )
+
+    @app.post(
+        "/v1/dossiers/{code}/edocs/{document_id}/recall",
+        status_code=202,
+        responses={202: {"model": RecallAccepted}},
+        tags=["dossiers"],
+        summary="Recall a document sent to other agencies (edXML status 13, Lấy lại)",
+        description="hub signs a status notice 13 as the dossier's agency and sends it to the document exchange "
+        "platform after the document itself; each receiver answers 15 (agreed) or 16 (refused), shown in the "
+        "dossier's `documents[].receivers`. Once per document: 409 `recall_already_requested`; 404 "
+        "`document_not_found` when the dossier sent no such document.",
+    )
+    def recall_edoc(code: str, document_id: str, body: RecallIn, who: Dossiers, key: IdemKey) -> JSONResponse:
+        from datetime import date
+
+        from hub.domain.dates import VN_TZ, utcnow
+        from hub.signing import edxml
+        from hub.signing.sign import SigningError
+
+        def sign(sent: dict[str, Any]) -> bytes:
+            notice = edxml.StatusNotice(
+                sender=sent["agency"],
+                document_code=sent["code"][:500],
+                promulgation_date=date.fromisoformat(sent["promulgation_date"]),
+                document_id=sent["document_id"],
+                author=edxml.Organ(sent["agency"], sent["sender_name"]),
+                status="13",
+                at=utcnow().astimezone(VN_TZ),
+                description=body.reason,
+            )
+            try:
+                return rt().signatures.sign(edxml.build_status(notice, signature_place=True))
+            except edxml.EdxmlError as exc:
+                raise DomainError(str(exc), code="invalid_edxml") from None
+            except SigningError as exc:
+                if exc.code.startswith(("tsa_", "token_", "validation_data")):
+                    raise SigningUnavailable(str(exc), code=exc.code) from None
+                raise SigningUnavailable(str(exc), code="signing_key_unusable") from None
+
+        return answer(
+            rt().dossiers.recall_document(
+                who, code, document_id, body.reason, sign, idempotency_key=key, correlation_id=correlation_id.get()
             )
         )
 

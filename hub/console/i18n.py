@@ -101,6 +101,7 @@ TEXT: dict[str, dict[str, str]] = {
         "doc_receivers": "Nơi nhận: trạng thái xử lý",
         "no_documents": "Hồ sơ chưa gửi văn bản nào",
         "not_reported": "chưa có thông báo",
+        "recall_requested": "Đã yêu cầu lấy lại",
         "paid_twice": "Hồ sơ đã được thanh toán nhiều lần: cần hoàn trả khoản thu thừa cho công dân",
         "ask_platform": "Tra cứu ngay",
         "ask_platform_hint": "Hỏi nền tảng thanh toán kết quả của giao dịch này ngay bây giờ (khi công dân báo đã nộp"
@@ -241,6 +242,7 @@ TEXT: dict[str, dict[str, str]] = {
         "doc_receivers": "Receivers: what they reported",
         "no_documents": "No document sent for this dossier",
         "not_reported": "nothing reported yet",
+        "recall_requested": "Recall requested",
         "paid_twice": "This dossier was paid more than once: the citizen is owed a refund",
         "ask_platform": "Ask the platform now",
         "ask_platform_hint": "Ask the payment platform for this transaction's outcome now (when a citizen says they"

@@ -565,9 +565,12 @@ def _documents_sent(s: Any, code: str, deliveries: dict[str, OutboxMessage]) -> 
 
     sent = list(s.scalars(select(EdocSent).where(EdocSent.dossier_code == code).order_by(EdocSent.id)))
     said = receivers_say(s, [(x.document_id, x.receivers) for x in sent])
+    recalls = {  # hub's recall of a document: its own delivery
+        o.payload.get("document_id"): o for o in deliveries.values() if o.operation == "send_edoc_status"
+    }
     out = []
     for x in sent:
-        o = deliveries.get(x.event_id)
+        o, r = deliveries.get(x.event_id), recalls.get(x.document_id)
         out.append(
             {
                 "code": x.code,
@@ -576,6 +579,9 @@ def _documents_sent(s: Any, code: str, deliveries: dict[str, OutboxMessage]) -> 
                 "state": o.state if o is not None else None,
                 "last_error_code": o.last_error_code if o is not None else None,
                 "receivers": said.get(x.document_id, []),
+                "recall": {"at": x.recall_requested_at, "reason": x.recall_reason, "state": r.state if r else None}
+                if x.recall_requested_at is not None
+                else None,
             }
         )
     return out

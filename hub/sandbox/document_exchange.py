@@ -43,6 +43,8 @@ class ExchangeState(PeerState):
     notices: list[dict[str, Any]] = field(default_factory=list)  # {id, key, envelope (bytes)}, oldest first
     acknowledged: set[str] = field(default_factory=set)
     notary: Signer | None = None  # the receivers' key: signs their status notices
+    last_status: dict[tuple[str, str], str] = field(default_factory=dict)  # (document id, receiver) -> code
+    recalls: list[dict[str, Any]] = field(default_factory=list)
     auto_arrived: bool = True  # each receiver says "01 Đã đến" when a document is accepted
 
     def queue(self, key: str, envelope: bytes, wire: str | None = None) -> str:
@@ -62,12 +64,15 @@ class ExchangeState(PeerState):
             document_code=header["code"],
             promulgation_date=date.fromisoformat(header["promulgation_date"]),
             document_id=header["document_id"],
-            receiver=edxml.Organ(receiver["id"], receiver["name"]),
+            author=edxml.Organ(receiver["id"], receiver["name"]),
             status=status,
             at=when,
             **more,
         )
-        return self.queue(document["key"], edxml.sign_status(notice, self.notary))
+        signed = edxml.sign_status(notice, self.notary)
+        with self.lock:
+            self.last_status[(header["document_id"], receiver["id"])] = status
+        return self.queue(document["key"], signed)
 
 
 def create_app(
@@ -88,6 +93,8 @@ def create_app(
         st.documents.clear()
         st.notices.clear()
         st.acknowledged.clear()
+        st.last_status.clear()
+        st.recalls.clear()
 
     add_control_routes(app, st, extra_reset=forget)
 
@@ -124,6 +131,8 @@ def create_app(
             return answer(3, f"not an edXML envelope: {exc}")
         if root.find(f".//{{{edxml.DS}}}Signature") is None:
             return answer(1, "văn bản chưa được ký số (the envelope is not signed)")
+        if root.find("edXML:edXMLEnvelope/edXML:edXMLHeader/edXML:Status", edxml.NS) is not None:
+            return await _judge_status(body, api_key)
         received = await run_in_threadpool(edxml.read, body, verifier.verify)
         report = received.report
         if received.header is None:
@@ -146,6 +155,37 @@ def create_app(
             for receiver in received.header["to"]:
                 await run_in_threadpool(st.notice, document, receiver, "01", description="Văn bản đã đến")
         return answer(0, "Đã tiếp nhận", status="01", document_id=received.header["document_id"], signer=signer)
+
+    async def _judge_status(body: bytes, api_key: str) -> dict[str, Any]:
+        """A status package from a sender: only a recall (13) of a document it sent, signed by it. Each receiver's
+        system answers at once: 15 (agreed), or 16 (refused) when it has finished with the document (06)."""
+        received = await run_in_threadpool(edxml.read_status, body, verifier.verify)
+        report, notice = received.report, received.notice
+        if notice is None:
+            code = 3 if report.sub_indication == "FORMAT_FAILURE" and report.signer is not None else 2
+            return answer(code, f"chữ ký số không hợp lệ: {report.indication}/{report.sub_indication}: {report.detail}")
+        with st.lock:
+            found = [
+                d for d in st.documents
+                if d["header"]["document_id"] == notice.document_id and d["key"] == api_key
+                and d["header"]["from"]["id"] == notice.sender == notice.author.id
+            ]  # fmt: skip
+        if not found:
+            return answer(4, f"unknown document {notice.document_id} from {notice.author.id}")
+        if notice.status != "13":
+            return answer(3, f"a sender may only recall (13) a document, not send status {notice.status}")
+        document = found[-1]
+        with st.lock:
+            st.recalls.append({"document_id": notice.document_id, "reason": notice.description})
+        for receiver in document["header"]["to"]:
+            done = st.last_status.get((notice.document_id, receiver["id"])) == "06"
+            answer_code, said = ("16", "Đã xử lý xong, không thể lấy lại") if done else ("15", "Đồng ý trả lại văn bản")
+            await run_in_threadpool(st.notice, document, receiver, answer_code, description=said)
+        return answer(0, "Đã tiếp nhận", status="13", document_id=notice.document_id)
+
+    @app.get("/_sandbox/recalls")
+    def recalls() -> dict[str, Any]:
+        return {"count": len(st.recalls), "items": st.recalls}
 
     @app.get("/_sandbox/documents")
     def documents() -> dict[str, Any]:

@@ -352,14 +352,15 @@ class DossierService:
         client: ClientSystem,
         code: str,
         request: dict[str, Any],
-        sign: Callable[[str], tuple[str, bytes]],
+        sign: Callable[[str], tuple[str, bytes, str]],
         *,
         idempotency_key: str | None,
         correlation_id: str,
     ) -> Answer:
         """File a document of dossier `code` for other agencies: `sign(agency)` builds and signs the edXML
-        envelope as that agency (done before the transaction: it may ask a time-stamping authority), and the
-        signed bytes go into the outbox to the document exchange, after the dossier's earlier documents."""
+        envelope as that agency — its DocumentId, the signed bytes and its promulgation date — before the
+        transaction (it may ask a time-stamping authority), and the signed bytes go into the outbox to the
+        document exchange, after the dossier's earlier documents."""
         parsed = dossier_code(code)
         if not client.may_act_for(parsed.agency):
             raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
@@ -380,7 +381,7 @@ class DossierService:
             return self.run(replay)
         if again is not None:  # no key, but the dossier's latest document over again (ADR 0021): not sent twice
             return Answer(202, again, replayed=True)
-        document_id, envelope = sign(parsed.agency)
+        document_id, envelope, promulgated = sign(parsed.agency)
 
         def work(session: Session, _writes: _Writes) -> dict[str, Any]:
             current = session.execute(SELECT_DOSSIER, {"code": code}).first()  # locked: documents keep their order
@@ -420,9 +421,83 @@ class DossierService:
                 event_id=event_id,
                 dossier_code=code,
                 agency=parsed.agency,
+                promulgation_date=promulgated,
                 request=request,
             )
             return {"event_id": event_id, "MaHoSo": code, "document_id": document_id, "seq": seq}
+
+        return self.run(replace(replay, work=work))
+
+    def recall_document(
+        self,
+        client: ClientSystem,
+        code: str,
+        document_id: str,
+        reason: str,
+        sign: Callable[[dict[str, Any]], bytes],
+        *,
+        idempotency_key: str | None,
+        correlation_id: str,
+    ) -> Answer:
+        """Ask the receivers of a document hub sent to give it back (edXML status 13, "Lấy lại"): `sign(sent)`
+        builds and signs the notice as the sending agency, and it goes to the document exchange in the outbox —
+        after the document itself, never before it. Each receiver answers 15 (agreed) or 16 (refused) in a status
+        notice of its own. Once per document: a second request is 409 `recall_already_requested`."""
+        from hub.store.models import EdocSent
+
+        parsed = dossier_code(code)
+        if not client.may_act_for(parsed.agency):
+            raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+        replay = self._command(client, "edoc_recall", {"document_id": document_id, "reason": reason},
+                               idempotency_key, code, lambda _s, _w: {})  # fmt: skip
+
+        def sent_one(s: Session) -> Any:
+            found = s.scalar(select(EdocSent).where(EdocSent.document_id == document_id, EdocSent.dossier_code == code))
+            if found is None:
+                raise NotFound(f"dossier {code} sent no document {document_id!r}", code="document_not_found")
+            return found
+
+        with reading_session(self.sessions) as s:
+            seen = (
+                s.execute(SELECT_KEY, {"client": client.name, "key": idempotency_key}).first()
+                if idempotency_key is not None
+                else None
+            )
+            sent = sent_one(s) if seen is None else None
+        if sent is None:  # a repeat of a key: the first answer (asked of the store, not signed again)
+            return self.run(replay)
+        if sent.recall_requested_at is not None:
+            raise Conflict(f"document {document_id} was recalled already", code="recall_already_requested")
+        about = {"document_id": sent.document_id, "code": sent.code, "promulgation_date": sent.promulgation_date,
+                 "agency": sent.agency, "sender_name": sent.sender_name}  # fmt: skip
+        envelope = sign(about)
+
+        def work(session: Session, _writes: _Writes) -> dict[str, Any]:
+            current = session.execute(SELECT_DOSSIER, {"code": code}).first()  # locked: the dossier's documents
+            if current is None:
+                raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
+            now = utcnow()
+            taken = session.execute(
+                update(EdocSent)
+                .where(EdocSent.document_id == document_id, EdocSent.recall_requested_at.is_(None))
+                .values(recall_requested_at=now, recall_reason=reason)
+                .returning(EdocSent.id)
+            ).first()
+            if taken is None:  # asked at the same moment on another connection
+                raise Conflict(f"document {document_id} was recalled already", code="recall_already_requested")
+            last = session.execute(
+                select(func.max(OUTBOX.c.seq)).where(
+                    OUTBOX.c.dossier_id == current.id, OUTBOX.c.destination == DOCUMENT_EXCHANGE
+                )
+            ).scalar()
+            seq = int(last or 0) + 1
+            event_id = str(uuid.uuid4())
+            payload = {"document_id": document_id, "status": "13", "envelope": envelope.decode(), "to": []}
+            row = _outbox_row(
+                event_id, current.id, seq, DOCUMENT_EXCHANGE, "send_edoc_status", payload, correlation_id, now
+            )
+            session.execute(INSERT_OUTBOX, [row])
+            return {"event_id": event_id, "MaHoSo": code, "document_id": document_id, "status": "13", "seq": seq}
 
         return self.run(replace(replay, work=work))
 
@@ -827,6 +902,7 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
     ).all()
     deliveries: dict[str, list[dict[str, Any]]] = {}
     documents: list[dict[str, Any]] = []
+    recalls: dict[str, dict[str, Any]] = {}  # document id -> the delivery of hub's recall of it
     heads = {  # a document's id and receivers, without its payload's signed envelope
         row[0]: (row[1], row[2])
         for row in session.execute(
@@ -841,6 +917,15 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
         .order_by(OutboxMessage.seq, OutboxMessage.destination)
         .options(defer(OutboxMessage.payload))  # a document's payload holds its whole signed envelope
     ):
+        if m.destination == DOCUMENT_EXCHANGE and m.operation == "send_edoc_status":  # a recall of one of them
+            recalls[heads[m.id][0]] = {
+                "outbox_id": m.id,
+                "state": m.state,
+                "attempts": m.attempts,
+                "delivered_at": m.delivered_at.isoformat() if m.delivered_at else None,
+                "last_error_code": m.last_error_code,
+            }
+            continue
         if m.destination == DOCUMENT_EXCHANGE:  # documents sent to other agencies (signed edXML)
             head = heads[m.id]
             documents.append(
@@ -874,8 +959,24 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
         from hub.services.edocs import receivers_say
 
         said = receivers_say(session, [(d["document_id"], d["to"]) for d in documents])
+        from hub.store.models import EdocSent
+
+        asked = select(EdocSent.document_id, EdocSent.recall_requested_at, EdocSent.recall_reason).where(
+            EdocSent.document_id.in_([d["document_id"] for d in documents]), EdocSent.recall_requested_at.is_not(None)
+        )
+        recalled = {row[0]: row for row in session.execute(asked)}
         for d in documents:
             d["receivers"] = said.get(d["document_id"], [])
+            r = recalled.get(d["document_id"])
+            d["recall"] = (
+                {
+                    "requested_at": r[1].isoformat() if r[1] else None,
+                    "reason": r[2],
+                    "delivery": recalls.get(d["document_id"]),
+                }
+                if r is not None
+                else None
+            )
     data = dict(dossier.data)
     if "SoGiayToChuHoSo" in data:
         data["SoGiayToChuHoSo"] = mask_id(data["SoGiayToChuHoSo"])

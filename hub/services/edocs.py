@@ -33,7 +33,14 @@ APPLIED = "applied"
 
 
 def record_sent(
-    session: Session, *, document_id: str, event_id: str, dossier_code: str, agency: str, request: dict[str, Any]
+    session: Session,
+    *,
+    document_id: str,
+    event_id: str,
+    dossier_code: str,
+    agency: str,
+    promulgation_date: str,
+    request: dict[str, Any],
 ) -> None:
     """In the transaction that puts a document in the outbox: what its receivers' notices will be matched to."""
     session.execute(
@@ -44,10 +51,14 @@ def record_sent(
                 "event_id": event_id,
                 "dossier_code": dossier_code,
                 "agency": agency,
+                "sender_name": request["sender_name"],
                 "receivers": [{"id": t["id"], "name": t["name"]} for t in request["to"]],
                 "code": f"{request['code_number']}/{request['code_notation']}",
+                "promulgation_date": promulgation_date,
                 "subject": request["subject"],
                 "created_at": utcnow(),
+                "recall_requested_at": None,
+                "recall_reason": None,
             }
         ],
     )
@@ -192,8 +203,8 @@ class EdocStatus:
         n = received.notice
         row |= {
             "document_id": n.document_id[:64],
-            "receiver": n.receiver.id,
-            "receiver_name": n.receiver.name[:500],
+            "receiver": n.author.id,
+            "receiver_name": n.author.name[:500],
             "status": n.status,
             "description": n.description or None,
             "staff": ", ".join(x for x in (n.staff, n.department) if x)[:500] or None,

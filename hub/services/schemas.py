@@ -226,6 +226,27 @@ class Accepted(BaseModel):
     previous_status: int | None = Field(description="its status before (null for a new dossier)")
 
 
+class RecallIn(BaseModel):
+    """Ask the receivers of a document to give it back (edXML status 13, "Lấy lại")."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    _no_nul = model_validator(mode="before")(_reject_nul)
+
+    reason: str = Field(min_length=1, max_length=2000, description="why, as the receivers will read it")
+
+
+class RecallAccepted(BaseModel):
+    """The answer to a recall (202): signed, queued for the exchange platform after the document itself."""
+
+    model_config = ConfigDict(extra="forbid")
+    event_id: str
+    MaHoSo: str
+    document_id: str
+    status: str = Field(description='"13": a recall')
+    seq: int
+
+
 class DocumentAccepted(BaseModel):
     """The answer to a document filed for other agencies (202): signed, queued for the exchange platform."""
 

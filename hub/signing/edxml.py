@@ -264,13 +264,14 @@ def status_codes() -> dict[str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class StatusNotice:
-    """What `receiver` says became of the document `document_id` that `sender` sent (its code and date)."""
+    """What `author` says of the document `document_id` that `sender` sent (its code and date): a receiver
+    telling what became of it, or the sender recalling it (13)."""
 
     sender: str  # agency code of the document's sender
     document_code: str  # e.g. 57/TLKS-UBND
     promulgation_date: date
     document_id: str
-    receiver: Organ
+    author: Organ  # From: who says it
     status: str  # a code of contracts/document_exchange/status_codes.json
     at: datetime  # when the receiver says it happened (aware)
     description: str = ""
@@ -290,7 +291,7 @@ def build_status(notice: StatusNotice, *, signature_place: bool = False) -> byte
     _el(about, "Code", notice.document_code)
     _el(about, "PromulgationDate", notice.promulgation_date.isoformat())
     _el(about, "DocumentId", notice.document_id)
-    _organ(status, "From", notice.receiver)
+    _organ(status, "From", notice.author)
     if notice.staff or notice.department:
         staff = _el(status, "StaffInfo")
         if notice.department:
@@ -308,7 +309,7 @@ def build_status(notice: StatusNotice, *, signature_place: bool = False) -> byte
 
 
 def sign_status(notice: StatusNotice, signer: Signer, *, xades: bool = True) -> bytes:
-    """A status notice signed as the receiving agency (what the platform relays back to the sender)."""
+    """A status notice signed as its author (a receiving agency; hub itself for a recall)."""
     return sign_document(build_status(notice, signature_place=True), signer, xades=xades)
 
 
@@ -356,7 +357,7 @@ def read_status(data: bytes, verify: Any) -> ReceivedStatus:
         document_code=text("edXML:ResponseFor/edXML:Code"),
         promulgation_date=promulgated,
         document_id=text("edXML:ResponseFor/edXML:DocumentId"),
-        receiver=Organ(text("edXML:From/edXML:OrganId"), text("edXML:From/edXML:OrganName")),
+        author=Organ(text("edXML:From/edXML:OrganId"), text("edXML:From/edXML:OrganName")),
         status=text("edXML:StatusCode"),
         at=at,
         description=text("edXML:Description"),

@@ -294,10 +294,14 @@ class EdocSent(Base):
     event_id: Mapped[str] = mapped_column(String(36))  # its outbox row's
     dossier_code: Mapped[str] = mapped_column(String(40), index=True)
     agency: Mapped[str] = mapped_column(String(32))  # the sender
+    sender_name: Mapped[str] = mapped_column(String(500))
     receivers: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)  # [{id, name}]
     code: Mapped[str] = mapped_column(String(120))  # số/ký hiệu, e.g. 57/TLKS-UBND
+    promulgation_date: Mapped[str] = mapped_column(String(10))  # ISO date, as in the envelope
     subject: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    recall_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # hub sent a recall (13)
+    recall_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class EdocNotice(Base):

@@ -35,10 +35,14 @@ def upgrade() -> None:
         sa.Column("event_id", sa.String(36), nullable=False),
         sa.Column("dossier_code", sa.String(40), nullable=False),
         sa.Column("agency", sa.String(32), nullable=False),
+        sa.Column("sender_name", sa.String(500), nullable=False),
         sa.Column("receivers", JSONType, nullable=False),
         sa.Column("code", sa.String(120), nullable=False),
+        sa.Column("promulgation_date", sa.String(10), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("recall_requested_at", UTCDateTime(), nullable=True),
+        sa.Column("recall_reason", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_edocs_sent"),
         sa.UniqueConstraint("document_id", name="uq_edocs_sent_document_id"),
     )
@@ -96,6 +100,8 @@ def _backfill(sent: Any) -> None:
                 "event_id": event_id,
                 "dossier_code": code,
                 "agency": msg.findtext("edXML:From/edXML:OrganId", "", NS),
+                "sender_name": msg.findtext("edXML:From/edXML:OrganName", "", NS),
+                "promulgation_date": msg.findtext("edXML:PromulgationInfo/edXML:PromulgationDate", "", NS),
                 "receivers": [
                     {"id": t.findtext("edXML:OrganId", "", NS), "name": t.findtext("edXML:OrganName", "", NS)}
                     for t in msg.findall("edXML:To", NS)
@@ -103,6 +109,8 @@ def _backfill(sent: Any) -> None:
                 "code": f"{number}/{notation}",
                 "subject": msg.findtext("edXML:Subject", "", NS),
                 "created_at": created_at if not isinstance(created_at, str) else _parse(created_at),
+                "recall_requested_at": None,
+                "recall_reason": None,
             }
         )
     if out:
