@@ -531,10 +531,14 @@ class PaymentService:
             q = select(Payment)
             if status is not None:
                 q = q.where(Payment.status == status)
-            order = Payment.created_at.asc() if status == "pending" else Payment.created_at.desc()
+            # oldest pending first, others newest first: both one walk of an index ((status|created_at), id)
+            order = (
+                (Payment.created_at.asc(), Payment.id.asc())
+                if status == "pending"
+                else (Payment.created_at.desc(), Payment.id.desc())
+            )
             rows = [
-                view(p) | {"last_checked_at": p.last_checked_at}
-                for p in s.scalars(q.order_by(order, Payment.id).limit(limit))
+                view(p) | {"last_checked_at": p.last_checked_at} for p in s.scalars(q.order_by(*order).limit(limit))
             ]
         return rows, counts
 

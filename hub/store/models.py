@@ -334,6 +334,7 @@ class Payment(Base):
     __table_args__ = (
         Index("ix_payments_dossier", "dossier_code"),
         Index("ix_payments_status_created", "status", "created_at"),
+        Index("ix_payments_created", "created_at", "id"),  # the console's list of every payment, newest first
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
