@@ -436,6 +436,9 @@ def test_notices_that_do_not_hold_are_recorded_refused_and_never_applied(
     assert kept["not_a_receiver"].receiver == "000.00.17.H99" and kept["not_a_receiver"].envelope == stranger
     assert any("HASH_FAILURE" in d for d in details) and any("not base64" in d for d in details)
     assert any("not a status notice" in d for d in details) and any("DTD" in d for d in details)
+    page = console_as(hub, "viewer37", "viewer").get("/ops/documents")  # where an operator sees them
+    assert page.status_code == 200 and 'id="refused-notices"' in page.text and "HASH_FAILURE" in page.text
+    assert "không phải nơi nhận của văn bản" in page.text and 'id="no-refused-documents"' in page.text
 
 
 def test_a_notice_is_taken_once_though_offered_again_and_kept_when_it_cannot_be_judged_now(
@@ -586,6 +589,9 @@ def test_a_document_sent_by_mistake_is_recalled_and_each_receiver_answers(
     assert doc["receivers"][0]["meaning"] == "recall or update agreed"
     page = console_as(hub, "viewer40", "viewer").get(f"/ops/dossiers/{code}")
     assert "Đã yêu cầu lấy lại" in page.text and "Gửi nhầm nơi nhận" in page.text
+    refused = console_as(hub, "operator40", "operator").get("/ops/documents?lang=en")
+    assert 'id="refused-documents"' in refused.text and f"/ops/dossiers/{code}" in refused.text
+    assert "recall or update refused" in refused.text and "UBND quận" in refused.text
     assert exchange.get("/_sandbox/recalls").json()["items"] == [
         {"document_id": document_id, "reason": reason["reason"]}
     ]

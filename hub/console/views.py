@@ -357,6 +357,21 @@ def router(runtime: Any) -> APIRouter:
             states=PAYMENT_STATES, refused=rt().payments.refused_callbacks(),
         )  # fmt: skip
 
+    @r.get("/documents")
+    def documents(request: Request) -> Response:
+        """Documents sent to other agencies that need a person: refused by a receiver (02), a recall refused (16);
+        and the status notices hub refused."""
+        if (go := user_or_login(request)) is not None:
+            return go
+        from hub.services.edocs import attention
+
+        with rt().sessions() as s:
+            seen = attention(s)
+        return render(
+            request, "documents.html", page="documents", refused_by_receivers=seen["refused_by_receivers"],
+            refused_notices=seen["refused_notices"],
+        )  # fmt: skip
+
     @r.post("/payments/check")
     async def check_payment(request: Request) -> Response:
         """Ask the platform about one pending payment now (a citizen says they paid; the dossier has not moved)."""

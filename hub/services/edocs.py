@@ -258,3 +258,47 @@ def receivers_say(session: Session, documents: list[tuple[str, list[dict[str, An
             )
         out[document_id] = said
     return out
+
+
+def attention(session: Session, *, limit: int = 100) -> dict[str, list[dict[str, Any]]]:
+    """What an operator looks at: documents a receiver refused (02) or would not give back (16), newest first, and
+    the notices hub refused (forged, unsigned, about documents it did not send, from agencies it did not send to)."""
+    codes = edxml.status_codes()
+    answers = session.execute(
+        select(EdocNotice, EdocSent)
+        .join(EdocSent, EdocSent.document_id == EdocNotice.document_id)
+        .where(EdocNotice.verdict == APPLIED, EdocNotice.status.in_(("02", "16")))
+        .order_by(EdocNotice.id.desc())
+        .limit(limit)
+    ).all()
+    refused_by_receivers = [
+        {
+            "dossier_code": sent.dossier_code,
+            "code": sent.code,
+            "subject": sent.subject,
+            "receiver": n.receiver,
+            "receiver_name": n.receiver_name,
+            "status": n.status,
+            "meaning_vi": codes.get(n.status or "", {}).get("vi"),
+            "meaning": codes.get(n.status or "", {}).get("en"),
+            "description": n.description,
+            "at": n.stated_at,
+        }
+        for n, sent in answers
+    ]
+    refused_notices = [
+        {
+            "notice_id": n.notice_id,
+            "received_at": n.received_at,
+            "verdict": n.verdict,
+            "detail": n.detail,
+            "signer": n.signer,
+            "receiver": n.receiver,
+            "document_id": n.document_id,
+            "status": n.status,
+        }
+        for n in session.scalars(
+            select(EdocNotice).where(EdocNotice.verdict != APPLIED).order_by(EdocNotice.id.desc()).limit(limit)
+        )
+    ]
+    return {"refused_by_receivers": refused_by_receivers, "refused_notices": refused_notices}
