@@ -524,11 +524,12 @@ def test_documents_sent_before_the_upgrade_get_their_notices_too(tmp_path: Path,
     engine.dispose()
 
 
-def test_a_notice_that_breaks_the_reader_does_not_hold_up_those_after_it(
+def test_a_notice_hub_fails_to_judge_is_kept_for_later_and_does_not_hold_up_the_others(
     signing_hub: Hub, exchange: httpx.Client
 ) -> None:
-    """The platform hands notices out oldest first: one that made hub's reader fail (a case nobody foresaw) would
-    be offered first for ever and nothing behind it taken. It is recorded as refused, and the next one applies."""
+    """hub's own reader failing on a notice (a case nobody foresaw, or hub's environment) is hub's fault, not the
+    notice's: it is neither refused for good nor acknowledged — judged again at the next poll — and the notices
+    after it in the same list are taken meanwhile."""
     from hub.services.edocs import EdocStatus
 
     hub = signing_hub
@@ -545,8 +546,10 @@ def test_a_notice_that_breaks_the_reader_does_not_hold_up_those_after_it(
         return hub.runtime.signatures.verify(data)
 
     status = EdocStatus(hub.runtime.sessions, hub.runtime.document_exchange, verify)
-    assert status.poll(correlation_id="t") == {"rejected": 1, "applied": 1}
+    assert status.poll(correlation_id="t") == {"later": 1, "applied": 1}
     assert statuses_of(hub, dossier(39)["MaHoSo"]) == [("01", ["01"])]
+    assert status.poll(correlation_id="t") == {"later": 1}  # still waiting at the platform, asked again
+    assert hub.runtime.poll_edoc_status() == {"rejected": 1}  # a reader that works: judged (not an edXML notice)
 
 
 def test_a_document_sent_by_mistake_is_recalled_and_each_receiver_answers(
@@ -595,3 +598,50 @@ def test_a_document_sent_by_mistake_is_recalled_and_each_receiver_answers(
     assert exchange.get("/_sandbox/recalls").json()["items"] == [
         {"document_id": document_id, "reason": reason["reason"]}
     ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_an_operator_goes_from_a_refused_document_to_its_dossier_in_a_browser(
+    signing_hub: Hub, exchange: httpx.Client, backend: str
+) -> None:
+    """The alert says a receiver refused a document: in the console (a real browser), the Documents page lists it,
+    its dossier's page shows who refused it and why; in English on request."""
+    from hub.console.auth import Operators
+    from tests.test_console import PASSWORD
+
+    hub = signing_hub
+    doc = send_one(hub, 41, exchange)
+    code = dossier(41)["MaHoSo"]
+    refused = {"status": "02", "description": "Không đúng thẩm quyền tiếp nhận"}
+    assert exchange.post(f"/_sandbox/documents/{doc['header']['document_id']}/status", json=refused).status_code == 201
+    assert hub.runtime.poll_edoc_status() == {"applied": 2}  # before the browser: Playwright runs a loop here
+    Operators(hub.runtime.sessions).add("pham.thi.doc", PASSWORD, "viewer")
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_console import CHROMIUM
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            look_around(b.new_page(), hub, code)
+        finally:
+            b.close()
+
+
+def look_around(page: Any, hub: Hub, code: str) -> None:
+    from tests.test_console import login, shot
+
+    try:
+        base = str(hub.http.base_url).rstrip("/")
+        login(page, base, "pham.thi.doc")
+        page.click("header >> text=Văn bản")
+        row = page.locator("#refused-documents tr", has_text=code)
+        assert "Từ chối tiếp nhận" in row.inner_text() and "Không đúng thẩm quyền" in row.inner_text()
+        shot(page, "documents-refused")
+        row.locator("a").click()
+        documents = page.locator("#documents")
+        assert "57/TLKS-UBND" in documents.inner_text() and "02 Từ chối tiếp nhận" in documents.inner_text()
+        page.click("#lang")
+        assert "02 refused by the receiver" in page.locator("#documents").inner_text()
+    finally:
+        page.close()

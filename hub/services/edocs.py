@@ -2,9 +2,10 @@
 the receiving agency), taken from the document exchange platform, verified, matched to the document hub sent, and
 recorded — every one, applied or not, with hub's verdict — then acknowledged to the platform.
 
-A notice is taken once (by the platform's id, whatever it offers again); one whose signature cannot be judged now
-(the CA's revocation services unreachable: TRY_LATER) is left on the platform's list for the next poll rather than
-recorded as refused. Codes and meanings: contracts/document_exchange/status_codes.json."""
+A notice is taken once (by the platform's id, whatever it offers again). One whose signature cannot be judged now
+(the CA's revocation services unreachable: TRY_LATER), or that hub itself failed to judge, is left on the
+platform's list for the next poll rather than recorded as refused; the others in the same list are taken meanwhile.
+Codes and meanings: contracts/document_exchange/status_codes.json."""
 
 from __future__ import annotations
 
@@ -191,9 +192,10 @@ class EdocStatus:
             received = edxml.read_status(data, self.verify)
         except DomainError:  # hub cannot verify at all (no trust anchors): nothing taken, the notices wait
             raise
-        except Exception as exc:  # one notice that breaks the reader must not block those after it
-            log.exception("a status notice could not be read", extra={"notice_id": notice_id})
-            return row | {"detail": f"could not be read: {exc.__class__.__name__}"}
+        except Exception:  # hub's own failure, not the notice's: judged again at the next poll, never refused for
+            # it; the notices after it in the list are taken meanwhile
+            log.exception("a status notice could not be judged now", extra={"notice_id": notice_id})
+            return None
         report = received.report
         row["signer"] = ((report.signer or {}).get("subject") or "")[:500] or None
         if received.notice is None:
