@@ -521,6 +521,10 @@ def test_check_asks_every_system_and_says_what_fails(
     from tests.conftest import PAY_PARTNER, PAY_SECRET, PORTAL_USER
 
     shutil.copytree(trust.dir, tmp_path / "var" / "sandbox-pki")  # the dev default: the sandbox PKI signs
+    from hub.sandbox import document_exchange
+
+    roots = [trust.pki.issued[r].cert for r in ("national_root", "gov_root")]
+    exchange = ServerThread(document_exchange.create_app(roots, {"edoc-check-key-0123456789"})).start()
     env = {
         "HUB_VAR_DIR": str(tmp_path / "var"),
         "HUB_SECRET_KEY": creds.secret_key,
@@ -531,7 +535,8 @@ def test_check_asks_every_system_and_says_what_fails(
         "HUB_PAYMENT_DVC_URL": pay_server.url,
         "HUB_PAYMENT_DVC_PARTNER": PAY_PARTNER,
         "HUB_PAYMENT_DVC_SECRET": PAY_SECRET,
-        "HUB_DOCUMENT_EXCHANGE_URL": portal_server.url,  # reachability only
+        "HUB_DOCUMENT_EXCHANGE_URL": exchange.url,
+        "HUB_DOCUMENT_EXCHANGE_API_KEY": "edoc-check-key-0123456789",
         "HUB_SIGNING_TSA_URL": f"{trust.server.url}/pki/tsa",
         "HUB_CITIZEN_IDP_ISSUER": f"{trust.server.url}/idp",
         "HUB_OAUTH_ISSUER": f"{trust.server.url}/idp",
@@ -551,6 +556,7 @@ def test_check_asks_every_system_and_says_what_fails(
         "identity_provider", "authorization_server",
     }  # fmt: skip
     assert "XAdES-B-T" in status["signing"][1] and "signed in as hub-test" in status["national_portal"][1]
+    assert "hub's key accepted; no status notice waiting" in status["document_exchange"][1]
     assert status["access_log"][0] == "warn" and "database's volume" in status["access_log"][1]  # both under var/
     import sqlite3
 
@@ -562,8 +568,10 @@ def test_check_asks_every_system_and_says_what_fails(
     bad = run(
         ["check"],
         tmp_path,
-        {**env, "HUB_NATIONAL_PORTAL_PASSWORD": "wrong-password", "HUB_POPULATION_URL": "http://127.0.0.1:9/ws"},
-    )
+        {**env, "HUB_NATIONAL_PORTAL_PASSWORD": "wrong-password", "HUB_POPULATION_URL": "http://127.0.0.1:9/ws",
+         "HUB_DOCUMENT_EXCHANGE_API_KEY": "not-the-platforms-key"},
+    )  # fmt: skip
+    exchange.stop()
     assert bad.returncode == 1, bad.stdout
     # commits not synced, and a volume with less room than the reserve hub keeps (writes would be refused)
     unsynced = run(
@@ -577,6 +585,7 @@ def test_check_asks_every_system_and_says_what_fails(
     lines = {line.split("│")[1].strip(): line for line in bad.stdout.splitlines() if line.count("│") >= 4}
     assert "FAIL" in lines["national_portal"] and "peer_auth_failed" in lines["national_portal"]
     assert "FAIL" in lines["population"] and " ok " in lines["signing"]
+    assert "FAIL" in lines["document_exchange"] and "edoc_auth_failed" in lines["document_exchange"]
 
 
 def test_check_signs_through_the_token_and_long_term_when_so_configured(

@@ -153,6 +153,16 @@ def run(rt: Runtime) -> list[Check]:
             return "warn", f"{subject}: certificate expires in {left.days} days; signatures pass ({form})"
         return "ok", f"{subject}: {form} signature passes with chain and revocation; valid {left.days} more days"
 
+    def document_exchange() -> tuple[str, str]:
+        """The platform takes hub's key (asked for the status notices waiting, none taken), and hub has anchors to
+        verify those notices with."""
+        if s.mode == "production" and not s.document_exchange_url:
+            return "skip", "HUB_DOCUMENT_EXCHANGE_URL not set: documents for other agencies are refused"
+        waiting = rt.document_exchange.statuses(limit=1, correlation_id=correlation, on_exchange=rt.record_exchange)
+        rt.signatures.verifier()  # no trust anchors: NotConfigured, said as the failure
+        notices = "status notices are waiting" if waiting else "no status notice waiting"
+        return "ok", f"{s.effective_document_exchange_url}: hub's key accepted; {notices}"
+
     def smtp() -> tuple[str, str]:
         if not s.smtp_host:
             return "skip", "HUB_SMTP_HOST not set: no email to citizens"
@@ -196,6 +206,7 @@ def run(rt: Runtime) -> list[Check]:
         check("population", lambda: _reachable(s.effective_population_url, timeout))
         for name, url in _peer_urls(rt).items():
             check(name, lambda url=url: _reachable(url, timeout))  # type: ignore[misc]
+        check("document_exchange", document_exchange)
         check("email", smtp)
         check("signing", signing)
         check("access_log", access_log)
@@ -215,7 +226,6 @@ def _peer_urls(rt: Runtime) -> dict[str, str]:
         "payment_vnpay": (s.payment_vnpay_api_url or s.payment_vnpay_pay_url)
         if "vnpay" in rt.payment_platforms
         else None,
-        "document_exchange": s.effective_document_exchange_url,
         "sms": s.sms_gateway_url or None,
     }
     return {name: url for name, url in urls.items() if url}
