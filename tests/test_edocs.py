@@ -481,47 +481,67 @@ def test_a_notice_is_taken_once_though_offered_again_and_kept_when_it_cannot_be_
     assert doc["header"]["document_id"]
 
 
-def test_documents_sent_before_the_upgrade_get_their_notices_too(tmp_path: Path, trust: Trust) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_documents_sent_before_the_upgrade_get_their_notices_too(tmp_path: Path, trust: Trust, kind: str) -> None:
     """A province that sent documents with the previous version: the upgrade finds them in the outbox (sender,
     receivers, number, subject read from the signed envelope), so their receivers' notices are matched."""
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    url = create_pg_database() if kind == "postgresql" else f"sqlite:///{tmp_path / 'old.db'}"
+    try:
+        sent_then_upgraded(url, trust)
+    finally:
+        if kind == "postgresql":
+            drop_pg_database(url)
+
+
+def sent_then_upgraded(url: str, trust: Trust) -> None:
     from datetime import UTC, date, datetime
 
-    from sqlalchemy import create_engine, text
+    from alembic import command
+    from sqlalchemy import text
 
     from hub.signing import edxml
     from hub.store import db
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
     db.upgrade(url, "0012")
+    command.downgrade(db.alembic_config(url), "0012")  # a database made at head goes back (the downgrades, too)
     header = edxml.Header(
-        sender=edxml.Organ("000.00.17.H56", "UBND"), receivers=[edxml.Organ("000.00.17.H29", "Công an")],
+        sender=edxml.Organ("000.00.17.H56", "UBND phường"), receivers=[edxml.Organ("000.00.17.H29", "Công an")],
         code_number="12", code_notation="CV-UBND", place="HCM", promulgation_date=date(2026, 11, 30), type=2,
         type_name="Công văn", subject="Gửi trước khi nâng cấp",
     )  # fmt: skip
     envelope = edxml.sign(header, [], trust.signer("official"), sent_at=datetime.now(UTC)).decode()
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("INSERT INTO dossiers (id, code, agency, procedure_code, status, last_seq, data, created_at, "
-                          "updated_at)"
-                          " VALUES (1, '000.00.17.H56-261130-0001', '000.00.17.H56', '1.001193', 2, 1, '{}', "
-                          "'2026-11-30 01:00:00', '2026-11-30 01:00:00')"))  # fmt: skip
-        payload = {"document_id": header.document_id, "to": [{"id": "000.00.17.H29", "name": "Công an"}],
-                   "envelope": envelope, "client": "c", "request_hash": "h"}  # fmt: skip
-        conn.execute(
-            text("INSERT INTO outbox (event_id, dossier_id, seq, destination, operation, payload, idempotency_key, "
-                 "correlation_id, state, attempts, next_attempt_at, created_at) VALUES ('e-1', 1, 1, "
-                 "'document_exchange', 'send_edoc', :p, 'k', 'c', 'delivered', 1, '2026-11-30 01:00:00', "
-                 "'2026-11-30 01:00:00')"),
-            {"p": json.dumps(payload)},
-        )  # fmt: skip
-    db.upgrade(url)
-    with engine.connect() as conn:
-        row = conn.execute(text("SELECT document_id, event_id, dossier_code, agency, code, subject FROM edocs_sent"))
-        assert row.all() == [
-            (header.document_id, "e-1", "000.00.17.H56-261130-0001", "000.00.17.H56", "12/CV-UBND",
-             "Gửi trước khi nâng cấp")
-        ]  # fmt: skip
-    engine.dispose()
+    payload = {"document_id": header.document_id, "to": [{"id": "000.00.17.H29", "name": "Công an"}],
+               "envelope": envelope, "client": "c", "request_hash": "h"}  # fmt: skip
+    as_json = "CAST(:p AS JSONB)" if url.startswith("postgresql") else ":p"
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO dossiers (id, code, agency, procedure_code, status, last_seq, data, created_at, "
+                "updated_at) VALUES (1, '000.00.17.H56-261130-0001', '000.00.17.H56', '1.001193', 2, 1, '{}', "
+                "'2026-11-30 01:00:00', '2026-11-30 01:00:00')"
+            ))  # fmt: skip
+            outbox = (
+                "INSERT INTO outbox (event_id, dossier_id, seq, destination, operation, payload, idempotency_key, "
+                "correlation_id, state, attempts, next_attempt_at, created_at) VALUES ('e-1', 1, 1, "
+                "'document_exchange', 'send_edoc', :p, 'k', 'c', 'delivered', 1, '2026-11-30 01:00:00', "
+                "'2026-11-30 01:00:00')"
+            )
+            conn.execute(text(outbox.replace(":p", as_json)), {"p": json.dumps(payload)})
+        db.upgrade(url)
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT document_id, event_id, dossier_code, agency, sender_name, code, promulgation_date, subject "
+                "FROM edocs_sent"
+            )).all()  # fmt: skip
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        (header.document_id, "e-1", "000.00.17.H56-261130-0001", "000.00.17.H56", "UBND phường", "12/CV-UBND",
+         "2026-11-30", "Gửi trước khi nâng cấp")
+    ]  # fmt: skip
 
 
 def test_a_notice_hub_fails_to_judge_is_kept_for_later_and_does_not_hold_up_the_others(
