@@ -193,19 +193,26 @@ def create_app(
 
     # -- status notices ------------------------------------------------------------------------------------------
 
-    @app.post("/api/edoc/status/list")
-    async def status_list(request: Request) -> Response:
+    async def caller(request: Request) -> tuple[Response | None, str, dict[str, Any]]:
+        """(an answer already — a fault, a refused key —, the caller's key, its JSON body or {})."""
         fault = await apply_faults(st)
         if fault is not None:
-            return fault
-        key = request.headers.get("X-API-Key")
+            return fault, "", {}
+        key = request.headers.get("X-API-Key", "")
         if key not in st.api_keys:
-            return JSONResponse(answer(5, "API key không hợp lệ"))
+            return JSONResponse(answer(5, "API key không hợp lệ")), key, {}
         try:
             asked = await request.json()
         except ValueError:
             asked = {}
-        limit = asked.get("limit", 100) if isinstance(asked, dict) else 100
+        return None, key, asked if isinstance(asked, dict) else {}
+
+    @app.post("/api/edoc/status/list")
+    async def status_list(request: Request) -> Response:
+        done, key, asked = await caller(request)
+        if done is not None:
+            return done
+        limit = asked.get("limit", 100)
         limit = max(1, min(limit if isinstance(limit, int) else 100, 500))
         with st.lock:
             waiting = [n for n in st.notices if n["key"] == key and n["id"] not in st.acknowledged][:limit]
@@ -216,17 +223,10 @@ def create_app(
 
     @app.post("/api/edoc/status/ack")
     async def status_ack(request: Request) -> Response:
-        fault = await apply_faults(st)
-        if fault is not None:
-            return fault
-        key = request.headers.get("X-API-Key")
-        if key not in st.api_keys:
-            return JSONResponse(answer(5, "API key không hợp lệ"))
-        try:
-            asked = await request.json()
-        except ValueError:
-            asked = {}
-        ids = asked.get("ids", []) if isinstance(asked, dict) else []
+        done, key, asked = await caller(request)
+        if done is not None:
+            return done
+        ids = asked.get("ids", [])
         ids = ids if isinstance(ids, list) else []
         with st.lock:
             mine = {n["id"] for n in st.notices if n["key"] == key}

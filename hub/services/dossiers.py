@@ -127,6 +127,16 @@ def _latest_document(
     return {"event_id": row.event_id, "MaHoSo": code, "document_id": row[2], "seq": row.seq}
 
 
+def _next_document_seq(session: Session, dossier_id: int) -> int:
+    """The place of the dossier's next message to the document exchange (documents and recalls in one order)."""
+    last = session.execute(
+        select(func.max(OUTBOX.c.seq)).where(
+            OUTBOX.c.dossier_id == dossier_id, OUTBOX.c.destination == DOCUMENT_EXCHANGE
+        )
+    ).scalar()
+    return int(last or 0) + 1
+
+
 def _due_at(data: dict[str, Any]) -> datetime | None:
     value = data.get("NgayHenTra")
     return parse_national(value) if value else None
@@ -389,12 +399,7 @@ class DossierService:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
             if idempotency_key is None and (same := _latest_document(session, code, current.id, client.name, asked)):
                 return {**same, REPEAT: True}  # the same request, sent at once on another connection
-            last = session.execute(
-                select(func.max(OUTBOX.c.seq)).where(
-                    OUTBOX.c.dossier_id == current.id, OUTBOX.c.destination == DOCUMENT_EXCHANGE
-                )
-            ).scalar()
-            seq = int(last or 0) + 1
+            seq = _next_document_seq(session, current.id)
             event_id = str(uuid.uuid4())
             row = _outbox_row(
                 event_id,
@@ -485,12 +490,7 @@ class DossierService:
             ).first()
             if taken is None:  # asked at the same moment on another connection
                 raise Conflict(f"document {document_id} was recalled already", code="recall_already_requested")
-            last = session.execute(
-                select(func.max(OUTBOX.c.seq)).where(
-                    OUTBOX.c.dossier_id == current.id, OUTBOX.c.destination == DOCUMENT_EXCHANGE
-                )
-            ).scalar()
-            seq = int(last or 0) + 1
+            seq = _next_document_seq(session, current.id)
             event_id = str(uuid.uuid4())
             payload = {"document_id": document_id, "status": "13", "envelope": envelope.decode(), "to": []}
             row = _outbox_row(

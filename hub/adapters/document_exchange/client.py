@@ -12,7 +12,7 @@ import httpx
 
 from hub.adapters.errors import PeerAuthFailed, PeerError, PeerRejected
 from hub.adapters.exchange import ExchangeHook
-from hub.adapters.http import post_bytes, post_json
+from hub.adapters.http import JsonExchange, post_bytes, post_json
 
 PEER = "document_exchange"
 OK = 0
@@ -59,15 +59,7 @@ class DocumentExchangeClient:
             headers={"X-API-Key": self._api_key, "Idempotency-Key": idempotency_key},
             on_exchange=on_exchange,
         )
-        code = exchange.reply["error_code"]
-        if code == OK:
-            exchange.report("ok", None)
-            return exchange.reply
-        stable, retryable = MEANING.get(code, ("edoc_error", False))
-        message = f"send_edoc: error_code {code}: {exchange.reply.get('message')}"
-        kind = PeerAuthFailed if code == 5 else PeerError if retryable else PeerRejected
-        error = kind(PEER, message, code=stable, reply=exchange.reply)
-        raise exchange.fail(error)
+        return _answered(exchange, "send_edoc", unknown_retryable=False)
 
     def _status_call(
         self, path: str, body: dict[str, Any], operation: str, correlation_id: str, on_exchange: ExchangeHook | None
@@ -82,14 +74,7 @@ class DocumentExchangeClient:
             headers={"X-API-Key": self._api_key},
             on_exchange=on_exchange,
         )
-        code = exchange.reply["error_code"]
-        if code == OK:
-            exchange.report("ok", None)
-            return exchange.reply
-        stable, retryable = MEANING.get(code, ("edoc_error", True))
-        kind = PeerAuthFailed if code == 5 else PeerError if retryable else PeerRejected
-        raise exchange.fail(kind(PEER, f"{operation}: error_code {code}: {exchange.reply.get('message')}",
-                                 code=stable, reply=exchange.reply))  # fmt: skip
+        return _answered(exchange, operation, unknown_retryable=True)
 
     def statuses(
         self, *, limit: int = 100, correlation_id: str, on_exchange: ExchangeHook | None = None
@@ -115,3 +100,16 @@ class DocumentExchangeClient:
                                   on_exchange)  # fmt: skip
         taken = reply.get("acknowledged")
         return taken if isinstance(taken, int) else 0
+
+
+def _answered(exchange: JsonExchange, operation: str, *, unknown_retryable: bool) -> dict[str, Any]:
+    """The reply when `error_code` is 0; otherwise the PeerError its code means (a refused key: the peer is down
+    for hub, deliveries wait; an unknown code: retryable or not as the caller says), the exchange recorded."""
+    code = exchange.reply["error_code"]
+    if code == OK:
+        exchange.report("ok", None)
+        return exchange.reply
+    stable, retryable = MEANING.get(code, ("edoc_error", unknown_retryable))
+    kind = PeerAuthFailed if code == 5 else PeerError if retryable else PeerRejected
+    message = f"{operation}: error_code {code}: {exchange.reply.get('message')}"
+    raise exchange.fail(kind(PEER, message, code=stable, reply=exchange.reply))
