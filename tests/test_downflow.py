@@ -119,7 +119,7 @@ def test_only_the_portal_may_push_and_routes_are_validated(hub_factory: HubFacto
         (httpx.Response(200, json={"error_code": 99, "message": "x"}), "onestop_error", True),
         (httpx.Response(200, text="<html/>"), "peer_malformed_reply", True),
         (httpx.Response(200, content=b"[" * 5000 + b"]" * 5000), "peer_malformed_reply", True),  # too deep to parse
-        (httpx.Response(200, content=b" " * (5 * 1024 * 1024)), "peer_malformed_reply", True),  # read up to 4 MiB only
+        (httpx.Response(200, content=b" " * (5 * 1024 * 1024)), "peer_reply_too_large", True),  # read up to 4 MiB only
         (httpx.Response(400, text="bad"), "peer_http_4xx", False),
     ],
 )

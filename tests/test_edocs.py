@@ -665,3 +665,16 @@ def look_around(page: Any, hub: Hub, code: str) -> None:
         assert "02 refused by the receiver" in page.locator("#documents").inner_text()
     finally:
         page.close()
+
+
+def test_a_list_of_notices_too_large_to_read_is_asked_again_for_fewer(signing_hub: Hub, exchange: httpx.Client) -> None:
+    """hub reads a peer's reply up to 4 MiB. Notices can be large (B-LT ones carry certificates and revocation
+    evidence): a list past the cap is asked again for half as many until it fits, and every notice is taken."""
+    hub = signing_hub
+    big = "A" * 100_000  # 100 kB of base64 each, 60 of them: 6 MB in one list of 100
+    for _ in range(60):
+        assert exchange.post("/_sandbox/notices", json={"key": EDOC_KEY, "wire": big}).status_code == 201
+    assert hub.runtime.poll_edoc_status() == {"rejected": 60}  # (zeros, not an edXML notice: judged and refused)
+    assert hub.runtime.poll_edoc_status() == {}  # all acknowledged
+    lists = [x for x in exchanges(hub, "document_exchange") if x[0] == "edoc_status_list"]
+    assert [x[3] for x in lists[:3]] == ["peer_reply_too_large", "peer_reply_too_large", None], lists

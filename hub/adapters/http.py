@@ -19,6 +19,7 @@ from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a peer's JSON reply is a few kB; anything this big is not a reply
 MAX_DOCUMENT_REPLY_BYTES = 32 * 1024 * 1024  # a reply that may be a document (a payment receipt's PDF)
+REPLY_TOO_LARGE = "peer_reply_too_large"  # a reply past the cap: the peer's contract broken, but said apart
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -194,7 +195,7 @@ def post_bytes(
         except (httpx.TransportError, urllib3.exceptions.HTTPError) as exc:
             raise PeerUnavailable(peer, f"{operation}: {exc.__class__.__name__}: {exc}") from None
         except ReplyTooLarge as exc:
-            raise PeerProtocolError(peer, f"{operation}: {exc}") from None
+            raise PeerProtocolError(peer, f"{operation}: {exc}", code=REPLY_TOO_LARGE) from None
         if status in (408, 429, 502, 503, 504):
             raise PeerUnavailable(peer, f"{operation}: HTTP {status}", code="peer_http_unavailable")
         if status >= 500:
@@ -234,7 +235,7 @@ def post_checked(
     except httpx.TransportError as exc:
         raise PeerUnavailable(peer, f"{path}: {exc.__class__.__name__}") from None
     except ReplyTooLarge as exc:
-        raise PeerProtocolError(peer, f"{path}: {exc}") from None
+        raise PeerProtocolError(peer, f"{path}: {exc}", code=REPLY_TOO_LARGE) from None
     if r.status_code in (408, 429, 502, 503, 504):
         raise PeerUnavailable(peer, f"{path}: HTTP {r.status_code}", code="peer_http_unavailable")
     if r.status_code >= 500:

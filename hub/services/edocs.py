@@ -20,7 +20,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.adapters.errors import PeerError
 from hub.adapters.exchange import ExchangeHook
+from hub.adapters.http import REPLY_TOO_LARGE
 from hub.domain.dates import utcnow
 from hub.domain.errors import DomainError
 from hub.signing import edxml
@@ -82,7 +84,7 @@ class EdocStatus:
         judged, then recorded in one transaction, then acknowledged."""
         counts: Counter[str] = Counter()
         for _ in range(rounds):
-            items = self.exchange.statuses(limit=limit, correlation_id=correlation_id, on_exchange=self.on_exchange)
+            items, limit = self._waiting(limit, correlation_id)
             usable = [(i, e) for i, e in items if i and len(i) <= 64]
             counts["unusable"] += len(items) - len(usable)
             with self.sessions() as s:
@@ -111,6 +113,19 @@ class EdocStatus:
         if counts["unusable"]:
             log.warning("the document exchange offered status notices without an id", extra=dict(counts))
         return {k: n for k, n in counts.items() if n}
+
+    def _waiting(self, limit: int, correlation_id: str) -> tuple[list[tuple[str, str]], int]:
+        """The notices waiting, at most `limit`; a list too large for hub to read (large notices: B-LT ones carry
+        their certificates and revocation evidence) is asked again for half as many, down to one."""
+        while True:
+            try:
+                return self.exchange.statuses(
+                    limit=limit, correlation_id=correlation_id, on_exchange=self.on_exchange
+                ), limit
+            except PeerError as exc:
+                if exc.code != REPLY_TOO_LARGE or limit == 1:
+                    raise
+                limit = max(1, limit // 2)
 
     def _match(self, rows: list[dict[str, Any]]) -> None:
         """A verified notice counts only about a document hub sent, from one of that document's receivers."""
