@@ -179,7 +179,7 @@ def mock_portal() -> Iterator[Callable[..., NationalPortalClient]]:
         (  # a reply far larger than any answer: refused before it is parsed
             lambda r: httpx.Response(200, content=b'{"error_code": 0, "pad": "' + b"x" * (5 << 20) + b'"}'),
             PeerProtocolError,
-            "peer_malformed_reply",
+            "peer_reply_too_large",
             True,
         ),
         (
