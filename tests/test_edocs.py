@@ -678,3 +678,31 @@ def test_a_list_of_notices_too_large_to_read_is_asked_again_for_fewer(signing_hu
     assert hub.runtime.poll_edoc_status() == {}  # all acknowledged
     lists = [x for x in exchanges(hub, "document_exchange") if x[0] == "edoc_status_list"]
     assert [x[3] for x in lists[:3]] == ["peer_reply_too_large", "peer_reply_too_large", None], lists
+
+
+def test_a_notice_left_for_later_is_judged_once_per_poll(signing_hub: Hub, exchange: httpx.Client) -> None:
+    """A notice that cannot be judged now stays at the head of the platform's list: the rounds of one poll take
+    the notices behind it without judging it again each time (each try may wait on a CA that does not answer)."""
+    from hub.services.edocs import EdocStatus
+
+    hub = signing_hub
+    doc = send_one(hub, 42, exchange)
+    for status in ("03", "05"):
+        exchange.post(f"/_sandbox/documents/{doc['header']['document_id']}/status", json={"status": status})
+    waiting = exchange.post("/api/edoc/status/list", json={}, headers={"X-API-Key": EDOC_KEY}).json()["items"]
+    exchange.post("/_sandbox/reset")
+    stuck = b"<not-yet/>"
+    for envelope in [base64.b64encode(stuck).decode()] + [w["envelope"] for w in waiting]:
+        exchange.post("/_sandbox/notices", json={"key": EDOC_KEY, "envelope": envelope})
+    tried: list[bytes] = []
+
+    def verify(data: bytes) -> Any:
+        tried.append(data)
+        if data == stuck:
+            raise RuntimeError("cannot be judged now")
+        return hub.runtime.signatures.verify(data)
+
+    status = EdocStatus(hub.runtime.sessions, hub.runtime.document_exchange, verify)
+    assert status.poll(correlation_id="t", limit=2) == {"later": 1, "applied": 3}  # three rounds of two
+    assert tried.count(stuck) == 1 and len(tried) == 4
+    assert statuses_of(hub, dossier(42)["MaHoSo"]) == [("05", ["01", "03", "05"])]

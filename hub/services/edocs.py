@@ -27,6 +27,7 @@ from hub.domain.dates import utcnow
 from hub.domain.errors import DomainError
 from hub.signing import edxml
 from hub.signing.report import Report
+from hub.store.db import reading_session
 from hub.store.models import EdocNotice, EdocSent
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,12 @@ class EdocStatus:
         `duplicate`: taken before; `unusable`: an item without an id, which cannot be acknowledged). Each list is
         judged, then recorded in one transaction, then acknowledged."""
         counts: Counter[str] = Counter()
+        deferred: set[str] = set()  # left for the next poll: not judged again in this one
         for _ in range(rounds):
             items, limit = self._waiting(limit, correlation_id)
-            usable = [(i, e) for i, e in items if i and len(i) <= 64]
-            counts["unusable"] += len(items) - len(usable)
-            with self.sessions() as s:
+            usable = [(i, e) for i, e in items if i and len(i) <= 64 and i not in deferred]
+            counts["unusable"] += sum(1 for i, _ in items if not i or len(i) > 64)
+            with reading_session(self.sessions) as s:
                 seen = set(
                     s.scalars(select(EdocNotice.notice_id).where(EdocNotice.notice_id.in_([i for i, _ in usable])))
                 )
@@ -100,6 +102,7 @@ class EdocStatus:
                 row = self._judge(notice_id, encoded)
                 if row is None:
                     counts["later"] += 1
+                    deferred.add(notice_id)
                     continue
                 rows.append(row)
                 taken.append(notice_id)
@@ -108,7 +111,7 @@ class EdocStatus:
                 counts[row["verdict"]] += 1
             if taken:
                 self.exchange.acknowledge(taken, correlation_id=correlation_id, on_exchange=self.on_exchange)
-            if len(items) < limit or not taken:
+            if len(items) < limit or not taken:  # all there was, or nothing but what waits for the next poll
                 break
         if counts["unusable"]:
             log.warning("the document exchange offered status notices without an id", extra=dict(counts))
@@ -132,7 +135,7 @@ class EdocStatus:
         verified = [r for r in rows if r["verdict"] == APPLIED]
         if not verified:
             return
-        with self.sessions() as s:
+        with reading_session(self.sessions) as s:
             sent = {
                 d.document_id: d
                 for d in s.scalars(
