@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, defer, sessionmaker
 from hub.domain.calendar import WorkingCalendar
 from hub.domain.dates import VN_TZ, format_national, parse_national, utcnow
 from hub.domain.errors import Conflict, DomainError, Forbidden, NotFound
-from hub.domain.identifiers import dossier_code
+from hub.domain.identifiers import DossierCode, dossier_code
 from hub.domain.privacy import subject_hmac
 from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus, check_transition, parse_status
 from hub.services import routes
@@ -125,6 +125,19 @@ def _latest_document(
     if row is None or (row[3], row[4]) != (client, request_hash):
         return None
     return {"event_id": row.event_id, "MaHoSo": code, "document_id": row[2], "seq": row.seq}
+
+
+def _acting_for(client: ClientSystem, code: str) -> DossierCode:
+    """The parsed MaHoSo, when `client` may act for its agency (403 `agency_not_allowed` otherwise)."""
+    parsed = dossier_code(code)
+    if not client.may_act_for(parsed.agency):
+        raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+    return parsed
+
+
+def _answered_before(session: Session, client: ClientSystem, key: str | None) -> bool:
+    """Whether `client` has had an answer for this Idempotency-Key (a repeat: the first answer is given again)."""
+    return key is not None and session.execute(SELECT_KEY, {"client": client.name, "key": key}).first() is not None
 
 
 def _next_document_seq(session: Session, dossier_id: int) -> int:
@@ -371,9 +384,7 @@ class DossierService:
         envelope as that agency — its DocumentId, the signed bytes and its promulgation date — before the
         transaction (it may ask a time-stamping authority), and the signed bytes go into the outbox to the
         document exchange, after the dossier's earlier documents."""
-        parsed = dossier_code(code)
-        if not client.may_act_for(parsed.agency):
-            raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+        parsed = _acting_for(client, code)
         # the request hashed once (its attachments may be megabytes): the key's record and a repeat are matched on it
         replay = self._command(client, "edoc", request, idempotency_key, code, lambda _s, _w: {})
         asked = replay.request_hash
@@ -381,13 +392,9 @@ class DossierService:
             found = s.execute(select(DOSSIERS.c.id).where(DOSSIERS.c.code == code)).first()
             if found is None:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
-            seen = (
-                s.execute(SELECT_KEY, {"client": client.name, "key": idempotency_key}).first()
-                if idempotency_key is not None
-                else None
-            )
+            seen = _answered_before(s, client, idempotency_key)
             again = _latest_document(s, code, found.id, client.name, asked) if idempotency_key is None else None
-        if seen is not None:  # a repeat is answered without signing (or time-stamping) again
+        if seen:  # a repeat is answered without signing (or time-stamping) again
             return self.run(replay)
         if again is not None:  # no key, but the dossier's latest document over again (ADR 0021): not sent twice
             return Answer(202, again, replayed=True)
@@ -450,9 +457,7 @@ class DossierService:
         notice of its own. Once per document: a second request is 409 `recall_already_requested`."""
         from hub.store.models import EdocSent
 
-        parsed = dossier_code(code)
-        if not client.may_act_for(parsed.agency):
-            raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+        _acting_for(client, code)
         replay = self._command(client, "edoc_recall", {"document_id": document_id, "reason": reason},
                                idempotency_key, code, lambda _s, _w: {})  # fmt: skip
 
@@ -463,12 +468,8 @@ class DossierService:
             return found
 
         with reading_session(self.sessions) as s:
-            seen = (
-                s.execute(SELECT_KEY, {"client": client.name, "key": idempotency_key}).first()
-                if idempotency_key is not None
-                else None
-            )
-            sent = sent_one(s) if seen is None else None
+            seen = _answered_before(s, client, idempotency_key)
+            sent = None if seen else sent_one(s)
         if sent is None:  # a repeat of a key: the first answer (asked of the store, not signed again)
             return self.run(replay)
         if sent.recall_requested_at is not None:
@@ -643,9 +644,7 @@ class DossierService:
             result = self.apply(session, client, code, kind, data, correlation_id, notify, writes=own, repeats=repeats)
             own.flush()
             return result
-        parsed = dossier_code(code)
-        if not client.may_act_for(parsed.agency):
-            raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+        parsed = _acting_for(client, code)
         whole = kind in (SYNC, DOWNFLOW)  # a whole dossier (DongBoHoSoMC shape), not a progress step
         new_status = parse_status(data["TrangThaiHoSo"] if whole else data["TrangThai"])
         conn = writes.conn
@@ -885,9 +884,7 @@ class DossierService:
         return {"total": int(total), "limit": limit, "offset": offset, "items": items}
 
     def get(self, client: ClientSystem, code: str) -> dict[str, Any]:
-        parsed = dossier_code(code)
-        if not client.may_act_for(parsed.agency):
-            raise Forbidden(f"client {client.name!r} may not act for agency {parsed.agency}", code="agency_not_allowed")
+        _acting_for(client, code)
         with reading_session(self.sessions) as session:
             dossier = session.scalar(select(Dossier).where(Dossier.code == code))
             if dossier is None:
