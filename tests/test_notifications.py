@@ -138,3 +138,57 @@ def test_a_payment_credited_notifies_the_citizen(
     texts = [m["message"] for m in sent_sms(sms_server)]
     assert texts[-1].startswith("Đã nhận thanh toán phí, lệ phí của hồ sơ")
     assert sum("cần nộp phí, lệ phí 8.000 đồng" in t for t in texts) == 1  # status 6 was notified, once
+
+
+def test_a_pay_link_given_up_unpaid_tells_the_citizen_to_pay_again_once(
+    hub_factory: HubFactory, sms_server: ServerThread, pay_server: ServerThread, portal: httpx.Client
+) -> None:
+    """A citizen opens the pay link and never pays: when hub gives the payment up as expired, the dossier's history
+    says so (its status unchanged, nothing sent to the portal) and the citizen is told, once, to pay again — but not
+    when the dossier no longer waits for a payment (paid at the counter, say)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from hub.store.models import Payment
+    from tests.conftest import PAY_PARTNER as PARTNER
+    from tests.conftest import PAY_SECRET as SECRET
+    from tests.test_payments import awaiting_payment, create, dossier_status, payment_of
+
+    httpx.post(f"{sms_server.url}/_sandbox/reset")
+    hub = hub_factory(
+        sms_gateway_url=sms_server.url, sms_api_key=SMS_KEY, payment_dvc_url=pay_server.url,
+        payment_dvc_partner=PARTNER, payment_dvc_secret=SECRET, payment_check_interval=0,
+    )  # fmt: skip
+    waiting, moved_on = awaiting_payment(hub, 51), awaiting_payment(hub, 52)
+    links = {code: create(hub, code)["reference"] for code in (waiting, moved_on)}
+    r = hub.http.post(f"/v1/dossiers/{moved_on}/progress", json=step(moved_on, 4, "Đã nộp lệ phí tại quầy"))
+    assert r.status_code == 202
+    hub.wait_idle()
+    before_sms = len(sent_sms(sms_server))
+    portal_before = portal.get("/_sandbox/received").json()["count"]
+    with hub.runtime.sessions.begin() as s:  # three days on, never paid
+        for p in s.scalars(select(Payment)):
+            p.created_at -= timedelta(hours=73)
+    assert hub.runtime.payments.check_pending(correlation_id="t") == {"expired": 2}
+    assert hub.runtime.payments.check_pending(correlation_id="t") == {}  # given up once
+    hub.wait_idle()
+    new = sent_sms(sms_server)[before_sms:]
+    assert [m["message"] for m in new] == [
+        f"Yêu cầu thanh toán phí, lệ phí 8.000 đồng của hồ sơ {waiting} đã hết hạn mà chưa được thanh toán. "
+        "Hồ sơ vẫn chờ nộp phí, lệ phí: vui lòng thanh toán lại trên Cổng Dịch vụ công."
+    ]
+    for code, status in ((waiting, 6), (moved_on, 4)):
+        assert payment_of(hub, links[code])["status"] == "expired" and dossier_status(hub, code) == status
+        last = hub.http.get(f"/v1/dossiers/{code}").json()["events"][-1]
+        assert last["kind"] == "payment.expired" and last["TrangThaiHoSo"] == last["previous_status"] == status
+        assert {d["destination"] for d in last["deliveries"]} == ({"sms"} if code == waiting else set())
+    assert portal.get("/_sandbox/received").json()["count"] == portal_before  # the portal is told nothing
+    # the dossier goes on as before: its next step is relayed and numbered after the expiry
+    r = hub.http.post(f"/v1/dossiers/{waiting}/progress", json=step(waiting, 4, "Đã nộp lệ phí tại quầy"))
+    assert r.status_code == 202
+    hub.wait_idle()
+    events = hub.http.get(f"/v1/dossiers/{waiting}").json()["events"]
+    assert [e["kind"] for e in events[-2:]] == ["payment.expired", "dossier.progress"]
+    assert events[-1]["seq"] == events[-2]["seq"] + 1
+    assert {d["state"] for d in events[-1]["deliveries"]} == {"delivered"}

@@ -34,6 +34,9 @@ NATIONAL_PORTAL = "national_portal"
 ONE_STOP = "one_stop"
 DOCUMENT_EXCHANGE = "document_exchange"  # signed edXML envelopes to other agencies
 SYNC, PROGRESS, DOWNFLOW = "dossier.sync", "dossier.progress", "dossier.downflow"
+# A fact in a dossier's history that is not a change of its status (not relayed to the portal): a pay link given
+# up unpaid
+PAYMENT_EXPIRED = "payment.expired"
 REPEAT = "_repeat"  # in `apply`'s answer: the request was the dossier's latest change again (nothing written)
 DOSSIERS = table(Dossier)
 EVENTS = table(StatusEvent)
@@ -801,6 +804,57 @@ class DossierService:
             "TrangThaiHoSo": int(new_status),
             "previous_status": None if previous is None else int(previous),
         }
+
+    def payment_expired(
+        self,
+        session: Session,
+        code: str,
+        dossier: Any,
+        *,
+        client: str,
+        reference: str,
+        amount: int,
+        tell_citizen: bool,
+        correlation_id: str,
+    ) -> str:
+        """A pay link given up unpaid, as an event of the dossier (`dossier`: its row as SELECT_DOSSIER read and
+        locked it in this transaction): its status does not change and nothing goes to the portal, but the history
+        says so, and — `tell_citizen` — the citizen is told to pay again, by the channels they can be reached on,
+        in the dossier's order of messages (after what they were told before, before what comes next). Returns
+        the event's id."""
+        now = utcnow()
+        seq = int(dossier.last_seq) + 1
+        event_id = str(uuid.uuid4())
+        writes = _Writes(session.connection())
+        writes.update_dossier(dossier.id, {"last_seq": seq, "updated_at": now})
+        writes.add_event(
+            code,
+            {
+                "event_id": event_id,
+                "dossier_id": dossier.id,
+                "seq": seq,
+                "kind": PAYMENT_EXPIRED,
+                "status": int(dossier.status),
+                "previous_status": int(dossier.status),
+                "payload": {"reference": reference, "amount": amount},
+                "client": client,
+                "correlation_id": correlation_id,
+                "created_at": now,
+            },
+        )
+        if tell_citizen and self.notify_channels:
+            from hub.services.notifications import outbox_payloads
+
+            writes.add_outbox(
+                [
+                    _outbox_row(event_id, dossier.id, seq, destination, operation, payload, correlation_id, now)
+                    for destination, operation, payload in outbox_payloads(
+                        "payment_expired", dossier.data, self.notify_channels, amount=amount
+                    )
+                ]
+            )
+        writes.flush()
+        return event_id
 
     def _index_documents(self, session: Session, code: str, agency: str, data: dict[str, Any], now: datetime) -> None:
         """Result documents issued with the dossier, indexed for reuse under the owner's ID (as an HMAC). Items

@@ -33,13 +33,14 @@ def kind_for(previous: int | None, new: int, override: str | None = None) -> str
     return BY_STATUS.get(new)
 
 
-def render(kind: str, data: dict[str, Any], note: str | None = None) -> tuple[str, str, str]:
-    """(email subject, email body, SMS text) in Vietnamese."""
+def render(kind: str, data: dict[str, Any], note: str | None = None, amount: int | None = None) -> tuple[str, str, str]:
+    """(email subject, email body, SMS text) in Vietnamese. `amount`: the sum asked, when not the dossier's fees."""
     code = data.get("MaHoSo", "")
     name = data.get("ChuHoSo") or "Ông/Bà"
     procedure = data.get("TenTTHC") or data.get("MaTTHC") or ""
-    fees = sum(int(f.get("Gia", 0)) for f in data.get("DanhSachLePhi") or [] if isinstance(f.get("Gia"), int))
-    amount = dong(fees)
+    if amount is None:
+        amount = sum(int(f.get("Gia", 0)) for f in data.get("DanhSachLePhi") or [] if isinstance(f.get("Gia"), int))
+    fees = dong(amount)
     lines = {
         "received": (
             f"Hồ sơ {code} đã được tiếp nhận",
@@ -55,7 +56,12 @@ def render(kind: str, data: dict[str, Any], note: str | None = None) -> tuple[st
         ),
         "payment": (
             f"Hồ sơ {code}: đề nghị nộp phí, lệ phí",
-            f"Hồ sơ {code} cần nộp phí, lệ phí {amount} đồng. Vui lòng thanh toán trực tuyến trên Cổng Dịch vụ công.",
+            f"Hồ sơ {code} cần nộp phí, lệ phí {fees} đồng. Vui lòng thanh toán trực tuyến trên Cổng Dịch vụ công.",
+        ),
+        "payment_expired": (
+            f"Hồ sơ {code}: yêu cầu thanh toán đã hết hạn",
+            f"Yêu cầu thanh toán phí, lệ phí {fees} đồng của hồ sơ {code} đã hết hạn mà chưa được thanh toán. "
+            "Hồ sơ vẫn chờ nộp phí, lệ phí: vui lòng thanh toán lại trên Cổng Dịch vụ công.",
         ),
         "paid": (
             f"Hồ sơ {code}: đã nhận thanh toán",
@@ -72,10 +78,10 @@ def render(kind: str, data: dict[str, Any], note: str | None = None) -> tuple[st
 
 
 def outbox_payloads(
-    kind: str, data: dict[str, Any], channels: tuple[str, ...], note: str | None = None
+    kind: str, data: dict[str, Any], channels: tuple[str, ...], note: str | None = None, amount: int | None = None
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """(destination, operation, payload) for each channel the citizen can be reached on."""
-    subject, body, sms = render(kind, data, note)
+    subject, body, sms = render(kind, data, note, amount)
     out: list[tuple[str, str, dict[str, Any]]] = []
     if EMAIL in channels and data.get("Email"):
         out.append((EMAIL, f"notify.{kind}", {"to": data["Email"], "subject": subject, "body": body}))

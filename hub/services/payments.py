@@ -457,13 +457,13 @@ class PaymentService:
         now = utcnow()
         with self.sessions() as s:
             due = s.execute(
-                select(Payment.reference, Payment.platform, Payment.created_at)
+                select(Payment.reference, Payment.platform, Payment.created_at, Payment.dossier_code, Payment.amount)
                 .where(Payment.pay_url.is_not(None), *when)
                 .order_by(Payment.last_checked_at.asc().nulls_first(), Payment.created_at)
                 .limit(limit)
             ).all()
         outcomes: list[tuple[str, str]] = []
-        for reference, platform_name, created_at in due:
+        for reference, platform_name, created_at, code, amount in due:
             platform = self.platforms.get(platform_name)
             if platform is None:  # made at a platform hub is no longer configured for: nobody to ask
                 outcomes.append((reference, "platform_not_configured"))
@@ -500,8 +500,31 @@ class PaymentService:
                     )
                     if done.rowcount:  # type: ignore[attr-defined]
                         log.info("payment expired unpaid", extra={"reference": reference, "platform": platform_name})
+                        self._expired(s, code, reference, amount, correlation_id)
                 s.execute(update(PAYMENTS).where(PAYMENTS.c.reference == reference).values(last_checked_at=asked))
         return outcomes
+
+    def _expired(self, s: Session, code: str, reference: str, amount: int, correlation_id: str) -> None:
+        """A payment just given up: said in its dossier's history, in the same transaction (once, as the change of
+        status is); the citizen is told to pay again only while the dossier still waits for a payment (6) and has
+        no other pay link open or paid."""
+        dossier = s.execute(SELECT_DOSSIER, {"code": code}).first()  # locked, after the payment: as callbacks do
+        if dossier is None:
+            return
+        other = s.scalar(
+            select(func.count())
+            .select_from(Payment)
+            .where(
+                Payment.dossier_code == code,
+                Payment.reference != reference,
+                Payment.status.in_(("pending", "paid")),
+            )
+        )
+        waiting = dossier.status == DossierStatus.PAYMENT_REQUESTED and not other
+        self.dossiers.payment_expired(
+            s, code, dossier, client=SYSTEM.name, reference=reference, amount=amount, tell_citizen=waiting,
+            correlation_id=correlation_id,
+        )  # fmt: skip
 
     def of_dossier(self, code: str) -> list[dict[str, Any]]:
         """A dossier's payments, newest first, each with the callbacks received for it (for the console)."""
