@@ -59,6 +59,10 @@ def fuzzed_hub(
         payment_dvc_partner=PAY_PARTNER,
         payment_dvc_secret=SecretStr(PAY_SECRET),
         citizen_idp_issuer=f"{trust.server.url}/idp",
+        # the documented examples reach a dossier that exists: a document of it is signed and time-stamped for real
+        signing_key=trust.dir / "official.key",
+        signing_cert=trust.dir / "official-chain.pem",
+        signing_tsa_url=f"{trust.server.url}/pki/tsa",
     )
     settings_.clients.append(everything)
     runtime = Runtime(settings_, role="api", start_worker=True)

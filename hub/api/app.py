@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import pydantic_core
-from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
@@ -23,7 +23,7 @@ from fastapi_offline import FastAPIOffline
 from hub import __version__
 from hub.adapters.errors import PeerError
 from hub.adapters.identity import ClientTokens, InvalidToken, client_tokens, looks_like_jwt
-from hub.api import problems
+from hub.api import examples, problems
 from hub.api.middleware import BodyLimitAndCorrelation, ConsoleSessions, Inbound
 from hub.domain.dates import instant
 from hub.domain.errors import DomainError
@@ -172,6 +172,8 @@ Audit = Annotated[ClientSystem, Security(_client, scopes=["hub:audit"])]
 Payments = Annotated[ClientSystem, Security(_client, scopes=["hub:payments"])]
 Signatures = Annotated[ClientSystem, Security(_client, scopes=["hub:signatures"])]
 IdemKey = Annotated[str | None, Depends(_idempotency_key)]
+# a dossier code in a path, with the documentation examples' dossier as its example
+DossierPath = Annotated[str, Path(examples=[examples.BIRTH], description="MaHoSo")]
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
@@ -269,7 +271,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["dossiers"],
         summary="Create or update a dossier (DongBoHoSoMC shape); relayed to the national portal",
     )
-    async def sync_dossier(body: DossierIn, who: Dossiers, key: IdemKey) -> JSONResponse:
+    async def sync_dossier(
+        body: Annotated[DossierIn, Body(openapi_examples=examples.dossier())], who: Dossiers, key: IdemKey
+    ) -> JSONResponse:
         # async: validation is CPU work and the commit is waited for without a thread (GroupCommit.submit_async)
         service = rt().dossiers
         command = service.sync_command(who, body, idempotency_key=key, correlation_id=correlation_id.get())
@@ -282,7 +286,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["down-flow"],
         summary="The national portal pushes a dossier filed there; relayed to the province's one-stop system",
     )
-    async def push_dossier(body: DossierIn, who: Dossiers, key: IdemKey) -> JSONResponse:
+    async def push_dossier(
+        body: Annotated[DossierIn, Body(openapi_examples=examples.filed_on_portal())], who: Dossiers, key: IdemKey
+    ) -> JSONResponse:
         service = rt().dossiers
         command = service.push_command(who, body, idempotency_key=key, correlation_id=correlation_id.get())
         return answer(await service.run_async(command))
@@ -294,7 +300,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["dossiers"],
         summary="Add a processing step (CapNhatTienDoHoSoMC shape); relayed to the national portal",
     )
-    async def add_progress(code: str, body: ProgressIn, who: Dossiers, key: IdemKey) -> JSONResponse:
+    async def add_progress(
+        code: DossierPath,
+        body: Annotated[ProgressIn, Body(openapi_examples=examples.progress())],
+        who: Dossiers,
+        key: IdemKey,
+    ) -> JSONResponse:
         service = rt().dossiers
         command = service.progress_command(who, code, body, idempotency_key=key, correlation_id=correlation_id.get())
         return answer(await service.run_async(command))
@@ -310,7 +321,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "platform through the outbox (order per dossier, retries, dead letters). 503 `signing_not_configured` or "
         "`tsa_unavailable` when it cannot sign now.",
     )
-    def send_edoc(code: str, body: EdocIn, who: Dossiers, key: IdemKey) -> JSONResponse:
+    def send_edoc(
+        code: DossierPath, body: Annotated[EdocIn, Body(openapi_examples=examples.EDOC)], who: Dossiers, key: IdemKey
+    ) -> JSONResponse:
         import base64
 
         from hub.domain.dates import VN_TZ, utcnow
@@ -371,7 +384,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "dossier's `documents[].receivers`. Once per document: 409 `recall_already_requested`; 404 "
         "`document_not_found` when the dossier sent no such document.",
     )
-    def recall_edoc(code: str, document_id: str, body: RecallIn, who: Dossiers, key: IdemKey) -> JSONResponse:
+    def recall_edoc(
+        code: DossierPath,
+        document_id: str,
+        body: Annotated[RecallIn, Body(openapi_examples=examples.RECALL)],
+        who: Dossiers,
+        key: IdemKey,
+    ) -> JSONResponse:
         from datetime import date
 
         from hub.domain.dates import VN_TZ, utcnow
@@ -435,7 +454,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "documents issued earlier and still valid are offered for reuse. Every access is written to the "
         "hash-chained access log.",
     )
-    async def prefill(body: PrefillIn, who: Prefill) -> JSONResponse:
+    async def prefill(
+        body: Annotated[PrefillIn, Body(openapi_examples=examples.PREFILL)], who: Prefill
+    ) -> JSONResponse:
         # async: a request served from this process's cache is answered on the event loop (see prefill_async)
         started, outcome = time.perf_counter(), "error"
         try:
@@ -449,7 +470,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             rt().prefill_seconds.labels(outcome).observe(time.perf_counter() - started)
 
     @app.post("/v1/consents", status_code=201, tags=["prefill"], summary="Record a citizen's consent to reuse data")
-    def grant_consent(body: ConsentIn, who: Prefill) -> dict[str, Any]:
+    def grant_consent(
+        body: Annotated[ConsentIn, Body(openapi_examples=examples.CONSENT)], who: Prefill
+    ) -> dict[str, Any]:
         return rt().prefill.grant_consent(who, body)
 
     @app.post("/v1/consents/{ref}/revoke", tags=["prefill"], summary="The citizen withdraws a consent")
@@ -457,7 +480,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return rt().prefill.revoke_consent(who, ref)
 
     @app.post("/v1/documents", tags=["prefill"], summary="Index a document issued with a dossier, for reuse")
-    def register_document(body: DocumentIn, who: Prefill, response: Response) -> dict[str, Any]:
+    def register_document(
+        body: Annotated[DocumentIn, Body(openapi_examples=examples.DOCUMENT)], who: Prefill, response: Response
+    ) -> dict[str, Any]:
         result = rt().prefill.register_document(who, body)
         response.status_code = 201 if result["created"] else 200
         return result
@@ -469,7 +494,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="Newest first. The inquiry is itself written to the access log (purpose `access_log_inquiry`, "
         "allowed or refused, with `requested_by` when given) before the answer.",
     )
-    def data_usage(body: SubjectIn, who: Audit) -> dict[str, Any]:
+    def data_usage(
+        body: Annotated[SubjectIn, Body(openapi_examples=examples.DATA_USAGE)], who: Audit
+    ) -> dict[str, Any]:
         items = rt().prefill.data_usage(who, body, correlation_id=correlation_id.get())
         return {"count": len(items), "items": items}
 
@@ -573,7 +600,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="Idempotent per dossier and amount: asking again returns the same payment (200). Amounts are "
         "integer đồng, taken from the dossier's DanhSachLePhi and checked against the procedure's fees.",
     )
-    def create_payment(body: PaymentIn, who: Payments, request: Request, response: Response) -> dict[str, Any]:
+    def create_payment(
+        body: Annotated[PaymentIn, Body(openapi_examples=examples.PAYMENT)],
+        who: Payments,
+        request: Request,
+        response: Response,
+    ) -> dict[str, Any]:
         ip = request.client.host if request.client else "127.0.0.1"
         status, payment = rt().payments.create(who, body, client_ip=ip, correlation_id=correlation_id.get())
         response.status_code = status

@@ -177,7 +177,7 @@ def create_app(
         document = found[-1]
         with st.lock:
             st.recalls.append({"document_id": notice.document_id, "reason": notice.description})
-        for receiver in document["header"]["to"]:
+        for receiver in document["header"]["to"] if st.notary is not None else []:  # no key: no receiver answers
             done = st.last_status.get((notice.document_id, receiver["id"])) == "06"
             answer_code, said = ("16", "Đã xử lý xong, không thể lấy lại") if done else ("15", "Đồng ý trả lại văn bản")
             await run_in_threadpool(st.notice, document, receiver, answer_code, description=said)

@@ -1,0 +1,109 @@
+"""The request examples of the API documentation (/docs, /openapi.json) are what an integrator copies first: every
+one of them, sent as written — in the story they tell, to a hub with its sandbox peers — is accepted, and the
+dossier they walk ends where they say (fee paid online, document sent and recalled)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from hub.sandbox import document_exchange
+from hub.sandbox.common import ServerThread
+from tests.conftest import PAY_PARTNER, PAY_SECRET, Creds, HubFactory
+from tests.pki_helpers import Trust
+
+EXCHANGE_KEY = secrets.token_urlsafe(16)
+
+# (method, path, example name, who sends it) in the order of the story; every documented example is in it
+STORY = [
+    ("post", "/v1/dossiers", "birth_registration", "onestop"),
+    ("post", "/v1/dossiers", "certified_extract", "onestop"),
+    ("post", "/v1/national/dossiers", "filed_online", "portal"),
+    ("post", "/v1/dossiers/{code}/progress", "processing", "onestop"),
+    ("post", "/v1/dossiers/{code}/progress", "supplement_requested", "onestop"),
+    ("post", "/v1/dossiers/{code}/progress", "processing_again", "onestop"),
+    ("post", "/v1/dossiers/{code}/progress", "fee_requested", "onestop"),
+    ("post", "/v1/payments", "extract_fee", "onestop"),
+    ("post", "/v1/prefill", "birth_registration", "onestop"),
+    ("post", "/v1/consents", "reuse_documents", "onestop"),
+    ("post", "/v1/documents", "marriage_certificate", "onestop"),
+    ("post", "/v1/citizens/data-usage", "inquiry", "portal"),
+    ("post", "/v1/dossiers/{code}/edocs", "extract_to_police", "onestop"),
+    ("post", "/v1/dossiers/{code}/edocs/{document_id}/recall", "sent_by_mistake", "onestop"),
+]
+
+
+@pytest.fixture(scope="module")
+def exchange_server(trust: Trust) -> Iterator[ServerThread]:
+    roots = [trust.pki.issued["national_root"].cert, trust.pki.issued["gov_root"].cert]
+    server = ServerThread(document_exchange.create_app(roots, {EXCHANGE_KEY}, notary=trust.signer("receiver"))).start()
+    yield server
+    server.stop()
+
+
+def documented(spec: dict[str, Any]) -> dict[tuple[str, str, str], Any]:
+    """(method, path, name) -> the example's value, for every request-body example the served schema has."""
+    found = {}
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            for name, example in content.get("examples", {}).items():
+                found[(method, path, name)] = example["value"]
+    return found
+
+
+def path_example(spec: dict[str, Any], method: str, path: str, name: str) -> str:
+    [param] = [p for p in spec["paths"][path][method]["parameters"] if p["name"] == name]
+    value: str = param["schema"]["examples"][0]
+    return value
+
+
+def test_every_documented_request_example_is_accepted_as_written(
+    hub_factory: HubFactory,
+    creds: Creds,
+    trust: Trust,
+    population_server: ServerThread,
+    pay_server: ServerThread,
+    exchange_server: ServerThread,
+    portal: httpx.Client,
+) -> None:
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan",
+        payment_dvc_url=pay_server.url,
+        payment_dvc_partner=PAY_PARTNER,
+        payment_dvc_secret=SecretStr(PAY_SECRET),
+        signing_key=trust.dir / "official.key",
+        signing_cert=trust.dir / "official-chain.pem",
+        document_exchange_url=exchange_server.url,
+        document_exchange_api_key=SecretStr(EXCHANGE_KEY),
+    )
+    spec = httpx.get(f"{hub.url}/openapi.json").json()
+    examples = documented(spec)
+    assert set(examples) == {(m, p, n) for m, p, n, _ in STORY}  # a new example joins the story, or this fails
+    keys = {"onestop": creds.api_key, "portal": creds.portal_key}
+    answers: dict[tuple[str, str], Any] = {}
+    for method, path, name, who in STORY:
+        body = examples[(method, path, name)]
+        url = path
+        if "{code}" in path:  # the step's own dossier, else the path's documented example
+            url = url.replace("{code}", body.get("MaHoSo") or path_example(spec, method, path, "code"))
+        if "{document_id}" in path:
+            sent = answers[("/v1/dossiers/{code}/edocs", "extract_to_police")]
+            url = url.replace("{document_id}", sent["document_id"])
+        r = httpx.request(method, f"{hub.url}{url}", json=body, headers={"X-API-Key": keys[who]}, timeout=30)
+        assert 200 <= r.status_code < 300, f"{method.upper()} {url} example {name!r}: {r.status_code} {r.text[:500]}"
+        answers[(path, name)] = r.json()
+    hub.wait_idle()
+    birth = hub.http.get(f"/v1/dossiers/{answers[('/v1/dossiers', 'birth_registration')]['MaHoSo']}").json()
+    assert [e["TrangThaiHoSo"] for e in birth["events"]] == [2, 4, 5, 4]
+    [document] = birth["documents"]
+    assert document["state"] == "delivered" and document["recall"] is not None
+    payment = answers[("/v1/payments", "extract_fee")]
+    assert payment["status"] == "pending" and payment["amount"] == 8000 and payment["pay_url"]
+    form = answers[("/v1/prefill", "birth_registration")]
+    assert {f["source"]["record"] for f in form["fields"] if f.get("source")} == {"subject", "spouse"}  # the mother too
