@@ -168,6 +168,25 @@ def test_an_outage_longer_than_the_attempt_budget_kills_nothing(hub_factory: Hub
         assert portal_history(portal, code) == [2, 4, 9]
 
 
+def test_a_portal_that_asks_to_wait_is_not_called_again_before_it_said(
+    hub_factory: HubFactory, portal: httpx.Client
+) -> None:
+    """The portal throttles hub (429 with Retry-After: 2): hub stays away for the two seconds it was told — not
+    probing every 50 ms as its own backoff would —, then delivers everything, in order, no attempt used up."""
+    hub = hub_factory(relay_max_attempts=2)
+    [warm] = file_and_walk(hub, 1, [])  # a session with the portal already held
+    hub.wait_idle()
+    portal.post("/_sandbox/faults", json={"rate_limit_seconds": 2})
+    asked_at = time.monotonic()
+    codes = file_and_walk(hub, 3, [4, 9], first_seq=2)
+    assert hub.wait_idle(timeout=30) == {"delivered": 10}
+    assert time.monotonic() - asked_at >= 1.9  # nothing went through before the portal said it would take calls
+    assert portal.get("/_sandbox/faults").json()["rate_limited"] == 1  # one call told to wait, none after it
+    for code in codes:
+        assert portal_history(portal, code) == [2, 4, 9]
+    assert portal_history(portal, warm) == [2]
+
+
 def test_unknown_ids_are_reported_not_replayed(hub_factory: HubFactory, portal: httpx.Client) -> None:
     hub = hub_factory()
     file_and_walk(hub, 1, [])
@@ -593,3 +612,27 @@ def test_an_outage_is_logged_when_it_starts_once_a_minute_while_it_lasts_and_whe
     said = [r.getMessage() for r in caplog.records]
     assert said[1:] == ["test: database unavailable, retrying: still refused", "test: database back"]
     assert caplog.records[-1].unavailable_seconds >= 0.35  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("0", 0.0),
+        ("99999999999999", 3600.0),  # a peer asking for days is asked again after an hour
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 60.0),  # an HTTP-date: a minute after "now" below
+        ("Wed, 21 Oct 2015 07:00:00 GMT", 0.0),  # already past
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_is_read_as_rfc_9110_writes_it(header: str | None, seconds: float | None) -> None:
+    from datetime import UTC, datetime
+
+    from hub.adapters.http import retry_after
+
+    assert retry_after(header, now=datetime(2015, 10, 21, 7, 27, tzinfo=UTC)) == seconds

@@ -16,14 +16,20 @@ class PeerError(Exception):
     # The peer itself is down or refuses us (unreachable, 502/503/504/429, timeout, credentials refused): not the
     # message's fault. The relay pauses the peer and such failures never use up a message's attempts.
     peer_down = False
+    # Seconds the peer asked hub to wait before calling again (its Retry-After, on a 429 or 503), when it said so
+    retry_after: float | None = None
 
-    def __init__(self, peer: str, detail: str, *, code: str | None = None, reply: Any = None) -> None:
+    def __init__(
+        self, peer: str, detail: str, *, code: str | None = None, reply: Any = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{peer}: {detail}")
         self.peer = peer
         self.detail = detail
         self.reply = reply
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class PeerUnavailable(PeerError):

@@ -4,10 +4,12 @@ transport and HTTP errors translated into PeerErrors, the reply required to be a
 
 from __future__ import annotations
 
+import email.utils
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import certifi
@@ -55,9 +57,9 @@ class PeerPool:
         self._pool = verified_pool(max_connections, num_pools=2)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
 
-    def post(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        """(HTTP status, body). Raises urllib3's errors (TimeoutError first among its HTTPErrors) and
-        ReplyTooLarge; `post_bytes` turns them into PeerErrors."""
+    def post(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+        """(HTTP status, body, its Retry-After header). Raises urllib3's errors (TimeoutError first among its
+        HTTPErrors) and ReplyTooLarge; `post_bytes` turns them into PeerErrors."""
         reply = self._pool.request(
             "POST",
             self.base_url + path,
@@ -68,10 +70,31 @@ class PeerPool:
             redirect=False,
             preload_content=False,
         )
-        return reply.status, read_capped(reply, MAX_REPLY_BYTES)
+        return reply.status, read_capped(reply, MAX_REPLY_BYTES), reply.headers.get("Retry-After")
 
     def close(self) -> None:
         self._pool.clear()
+
+
+MAX_RETRY_AFTER = 3600.0  # seconds: a peer asking for longer is asked again after an hour all the same
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """The wait a peer asks for in its Retry-After header (RFC 9110 §10.2.3: delta-seconds, or an HTTP-date), in
+    seconds within [0, MAX_RETRY_AFTER]; None when it says nothing hub can read."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER) if len(value) <= 10 else MAX_RETRY_AFTER
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT; a date without a zone is read as such
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def verified_pool(max_connections: int, *, num_pools: int) -> urllib3.PoolManager:
@@ -184,10 +207,11 @@ def post_bytes(
     try:
         try:
             if isinstance(http, PeerPool):
-                status, response_bytes = http.post(url, raw, sent)
+                status, response_bytes, wait = http.post(url, raw, sent)
             else:
                 response = post_capped(http, url, MAX_REPLY_BYTES, content=raw, headers=sent)
                 status, response_bytes = response.status_code, response.content
+                wait = response.headers.get("Retry-After")
         except urllib3.exceptions.NewConnectionError as exc:  # refused: a ConnectTimeoutError subclass in urllib3
             raise PeerUnavailable(peer, f"{operation}: {exc.__class__.__name__}: {exc}") from None
         except (httpx.TimeoutException, urllib3.exceptions.TimeoutError) as exc:
@@ -197,7 +221,9 @@ def post_bytes(
         except ReplyTooLarge as exc:
             raise PeerProtocolError(peer, f"{operation}: {exc}", code=REPLY_TOO_LARGE) from None
         if status in (408, 429, 502, 503, 504):
-            raise PeerUnavailable(peer, f"{operation}: HTTP {status}", code="peer_http_unavailable")
+            raise PeerUnavailable(
+                peer, f"{operation}: HTTP {status}", code="peer_http_unavailable", retry_after=retry_after(wait)
+            )
         if status >= 500:
             raise PeerError(peer, f"{operation}: HTTP {status}", code="peer_http_5xx")
         if status >= 400:
@@ -237,7 +263,12 @@ def post_checked(
     except ReplyTooLarge as exc:
         raise PeerProtocolError(peer, f"{path}: {exc}", code=REPLY_TOO_LARGE) from None
     if r.status_code in (408, 429, 502, 503, 504):
-        raise PeerUnavailable(peer, f"{path}: HTTP {r.status_code}", code="peer_http_unavailable")
+        raise PeerUnavailable(
+            peer,
+            f"{path}: HTTP {r.status_code}",
+            code="peer_http_unavailable",
+            retry_after=retry_after(r.headers.get("Retry-After")),
+        )
     if r.status_code >= 500:
         raise PeerError(peer, f"{path}: HTTP {r.status_code}", code="peer_http_5xx")
     if r.status_code >= 400:

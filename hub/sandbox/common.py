@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import random
 import socket
 import threading
@@ -32,11 +33,16 @@ class Faults:
     fail_after_apply_rate: float = 0.0  # fraction of calls applied but answered 500 (tests exactly-once)
     malformed_rate: float = 0.0  # fraction of replies that are not JSON
     session_ttl: float = 3600.0  # national portal: lifetime of a session
+    rate_limit_seconds: float = 0.0  # set: every call is answered 429 with Retry-After for this long from now
+    rate_limit_until: float = 0.0
+    rate_limited: int = 0  # calls answered 429 since the last reset (read it back with GET /_sandbox/faults)
 
     def update(self, changes: dict[str, Any]) -> None:
         for key, value in changes.items():
             if key == "outage_seconds":
                 self.outage_until = time.time() + float(value)
+            if key == "rate_limit_seconds":
+                self.rate_limit_until = time.time() + float(value)
             if hasattr(self, key):
                 setattr(self, key, type(getattr(self, key))(value))
 
@@ -69,6 +75,14 @@ async def apply_faults(state: PeerState) -> Response | None:
         await asyncio.sleep(f.latency_ms / 1000)
     if f.outage_until > time.time():
         return JSONResponse({"error_code": 99, "message": "sandbox outage"}, status_code=503)
+    if (left := f.rate_limit_until - time.time()) > 0:
+        with state.lock:
+            f.rate_limited += 1
+        return JSONResponse(
+            {"error_code": 99, "message": "sandbox rate limit"},
+            status_code=429,
+            headers={"Retry-After": str(math.ceil(left))},
+        )
     with state.lock:
         if f.storm_5xx > 0:
             f.storm_5xx -= 1

@@ -98,6 +98,7 @@ class Relay:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
         self._down_until: dict[str, float] = {}  # destination -> monotonic time until which it is not tried
         self._streak: dict[str, int] = {}  # destination -> consecutive batches that found it down
+        self._asked_until: dict[str, float] = {}  # destination -> monotonic time its Retry-After runs to
         self._swept = float("-inf")  # monotonic time expired leases were last released
         self._leases = LeaseKeeper(sessions, lease_seconds)
         # delivered batches whose outcomes the database refused: (claim token, outcomes, exchange rows)
@@ -184,13 +185,18 @@ class Relay:
             outcomes.append(deliver(rows[0]))
             if destination in down:
                 self._streak[destination] = self._streak.get(destination, 0) + 1
+                asked = down[destination].retry_after
+                if asked:  # the peer said when to come back (a rate limit, a maintenance window): not before
+                    self._asked_until[destination] = time.monotonic() + asked
                 pause = self._pause(destination)
                 self._down_until[destination] = time.monotonic() + pause.total_seconds()
                 log.warning(
-                    "peer down, pausing deliveries", extra={"peer": destination, "pause_s": pause.total_seconds()}
+                    "peer down, pausing deliveries",
+                    extra={"peer": destination, "pause_s": pause.total_seconds(), "retry_after_s": asked},
                 )
             else:
                 self._streak.pop(destination, None)
+                self._asked_until.pop(destination, None)
             outcomes.extend(self._pool.map(deliver, rows[1:]))
         return outcomes, exchanges
 
@@ -251,9 +257,12 @@ class Relay:
                 time.sleep(0.1 * attempt)
 
     def _pause(self, destination: str) -> timedelta:
+        """How long a peer found down is left alone: the backoff of its streak, or what it asked for (Retry-After)
+        if that is longer."""
         streak = max(1, self._streak.get(destination, 1))
         cap = min(self.policy.cap_seconds, PEER_DOWN_PAUSE_CAP)
-        return timedelta(seconds=min(cap, self.policy.base_seconds * 2.0 ** (streak - 1)))
+        asked = self._asked_until.get(destination, 0.0) - time.monotonic()
+        return timedelta(seconds=max(min(cap, self.policy.base_seconds * 2.0 ** (streak - 1)), asked))
 
     def _failed(self, c: Claimed, exc: PeerError) -> Outcome:
         attempts = c.attempts + 1
@@ -264,7 +273,9 @@ class Relay:
             give_up = not exc.retryable or self.policy.exhausted(attempts)
         if give_up:
             return Outcome(c, "dead", error_code=exc.code, error=exc.detail[:2000], reply=reply)
-        retry_at = utcnow() + timedelta(seconds=self.policy.delay(attempts))
+        # not before the peer said it would take calls again (its Retry-After), whichever worker takes it next
+        wait = max(self.policy.delay(attempts), exc.retry_after or 0.0)
+        retry_at = utcnow() + timedelta(seconds=wait)
         return Outcome(c, "retry", error_code=exc.code, error=exc.detail[:2000], reply=reply, retry_at=retry_at)
 
     def drain(self, max_batches: int | None = None) -> int:
