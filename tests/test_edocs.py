@@ -103,6 +103,16 @@ def test_a_document_is_signed_time_stamped_and_delivered(signing_hub: Hub, excha
     [listed] = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["documents"]
     assert listed["document_id"] == r.json()["document_id"] and listed["state"] == "delivered"
     assert listed["platform_status"] == "01" and listed["to"][0]["id"] == "000.00.17.H29"
+    assert listed["code"] == "57/TLKS-UBND" and listed["subject"] == edoc()["subject"]  # as filed
+    # delivered rows purged (`hub jobs purge`): the document is still the dossier's, as delivered, with its notices
+    from hub.sync import jobs
+
+    hub.runtime.poll_edoc_status()  # the receiver's "01 arrived"
+    with hub.runtime.sessions.begin() as s:
+        assert jobs.purge(s, older_than_days=-1)["purged"] >= 1  # the document's own row among them
+    [kept] = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["documents"]
+    assert kept["document_id"] == listed["document_id"] and kept["state"] == "delivered" and kept["outbox_id"] is None
+    assert [x["status"] for x in kept["receivers"]] == ["01"] and kept["code"] == listed["code"]
 
 
 def test_a_document_sent_again_without_a_key_goes_once(signing_hub: Hub, exchange: httpx.Client) -> None:

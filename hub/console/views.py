@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy import func, select
+from sqlalchemy.orm import defer
 from starlette.concurrency import run_in_threadpool
 
 from hub.console.auth import Operators
@@ -31,6 +32,7 @@ from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services.audit import OPERATOR_SEARCH, Access
 from hub.services.dossiers import mask_id
+from hub.services.edocs import documents_sent
 from hub.store.models import Dossier, Exchange, OutboxMessage, Payment, StatusEvent
 from hub.sync import jobs, outbox
 from hub.sync.workers import WorkerSeen
@@ -294,7 +296,9 @@ def router(runtime: Any) -> APIRouter:
             events = s.scalars(
                 select(StatusEvent).where(StatusEvent.dossier_id == d.id).order_by(StatusEvent.seq)
             ).all()
-            rows = s.scalars(select(OutboxMessage).where(OutboxMessage.dossier_id == d.id)).all()
+            rows = s.scalars(  # not their payloads: a document's holds its whole signed envelope
+                select(OutboxMessage).where(OutboxMessage.dossier_id == d.id).options(defer(OutboxMessage.payload))
+            ).all()
             by_event: dict[str, list[OutboxMessage]] = {}
             for o in rows:
                 by_event.setdefault(o.event_id, []).append(o)
@@ -339,7 +343,7 @@ def router(runtime: Any) -> APIRouter:
             row = _dossier_row(d)
             now = utcnow()
             waiting = any(o.state == outbox.PENDING and o.next_attempt_at > now for o in rows)
-            documents = _documents_sent(s, code, {o.event_id: o for o in rows})
+            documents = documents_sent(s, d.id, code)  # as the API gives them
         payments = rt().payments.of_dossier(code)
         return render(
             request, "dossier.html", page="dossiers", d=row, events=timeline, waiting=waiting, payments=payments,
@@ -570,33 +574,3 @@ def _chart(hours: list[tuple[Any, int, int]]) -> dict[str, Any]:
             }
         )
     return {"width": width, "height": height, "bars": bars}
-
-
-def _documents_sent(s: Any, code: str, deliveries: dict[str, OutboxMessage]) -> list[dict[str, Any]]:
-    """The documents hub sent for the dossier, their delivery to the exchange platform, and what each receiver
-    reported of them since (status notices)."""
-    from hub.services.edocs import receivers_say
-    from hub.store.models import EdocSent
-
-    sent = list(s.scalars(select(EdocSent).where(EdocSent.dossier_code == code).order_by(EdocSent.id)))
-    said = receivers_say(s, [(x.document_id, x.receivers) for x in sent])
-    recalls = {  # hub's recall of a document: its own delivery
-        o.payload.get("document_id"): o for o in deliveries.values() if o.operation == "send_edoc_status"
-    }
-    out = []
-    for x in sent:
-        o, r = deliveries.get(x.event_id), recalls.get(x.document_id)
-        out.append(
-            {
-                "code": x.code,
-                "subject": x.subject,
-                "filed_at": x.created_at,
-                "state": o.state if o is not None else None,
-                "last_error_code": o.last_error_code if o is not None else None,
-                "receivers": said.get(x.document_id, []),
-                "recall": {"at": x.recall_requested_at, "reason": x.recall_reason, "state": r.state if r else None}
-                if x.recall_requested_at is not None
-                else None,
-            }
-        )
-    return out

@@ -952,47 +952,12 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
         select(StatusEvent).where(StatusEvent.dossier_id == dossier.id).order_by(StatusEvent.seq)
     ).all()
     deliveries: dict[str, list[dict[str, Any]]] = {}
-    documents: list[dict[str, Any]] = []
-    recalls: dict[str, dict[str, Any]] = {}  # document id -> the delivery of hub's recall of it
-    heads = {  # a document's id and receivers, without its payload's signed envelope
-        row[0]: (row[1], row[2])
-        for row in session.execute(
-            select(
-                OutboxMessage.id, OutboxMessage.payload["document_id"].as_string(), OutboxMessage.payload["to"]
-            ).where(OutboxMessage.dossier_id == dossier.id, OutboxMessage.destination == DOCUMENT_EXCHANGE)
-        )
-    }
     for m in session.scalars(
         select(OutboxMessage)
-        .where(OutboxMessage.dossier_id == dossier.id)
+        .where(OutboxMessage.dossier_id == dossier.id, OutboxMessage.destination != DOCUMENT_EXCHANGE)
         .order_by(OutboxMessage.seq, OutboxMessage.destination)
-        .options(defer(OutboxMessage.payload))  # a document's payload holds its whole signed envelope
+        .options(defer(OutboxMessage.payload))
     ):
-        if m.destination == DOCUMENT_EXCHANGE and m.operation == "send_edoc_status":  # a recall of one of them
-            recalls[heads[m.id][0]] = {
-                "outbox_id": m.id,
-                "state": m.state,
-                "attempts": m.attempts,
-                "delivered_at": m.delivered_at.isoformat() if m.delivered_at else None,
-                "last_error_code": m.last_error_code,
-            }
-            continue
-        if m.destination == DOCUMENT_EXCHANGE:  # documents sent to other agencies (signed edXML)
-            head = heads[m.id]
-            documents.append(
-                {
-                    "document_id": head[0],
-                    "to": head[1],
-                    "seq": m.seq,
-                    "outbox_id": m.id,
-                    "state": m.state,
-                    "attempts": m.attempts,
-                    "delivered_at": m.delivered_at.isoformat() if m.delivered_at else None,
-                    "platform_status": (m.peer_reply or {}).get("status"),
-                    "last_error_code": m.last_error_code,
-                }
-            )
-            continue
         deliveries.setdefault(m.event_id, []).append(
             {
                 "outbox_id": m.id,
@@ -1006,28 +971,9 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
                 "last_error": m.last_error,
             }
         )
-    if documents:  # what each receiver said became of them (their signed status notices)
-        from hub.services.edocs import receivers_say
+    from hub.services.edocs import documents_sent
 
-        said = receivers_say(session, [(d["document_id"], d["to"]) for d in documents])
-        from hub.store.models import EdocSent
-
-        asked = select(EdocSent.document_id, EdocSent.recall_requested_at, EdocSent.recall_reason).where(
-            EdocSent.document_id.in_([d["document_id"] for d in documents]), EdocSent.recall_requested_at.is_not(None)
-        )
-        recalled = {row[0]: row for row in session.execute(asked)}
-        for d in documents:
-            d["receivers"] = said.get(d["document_id"], [])
-            r = recalled.get(d["document_id"])
-            d["recall"] = (
-                {
-                    "requested_at": r[1].isoformat() if r[1] else None,
-                    "reason": r[2],
-                    "delivery": recalls.get(d["document_id"]),
-                }
-                if r is not None
-                else None
-            )
+    documents = documents_sent(session, dossier.id, dossier.code)  # to other agencies, with what they said
     data = dict(dossier.data)
     if "SoGiayToChuHoSo" in data:
         data["SoGiayToChuHoSo"] = mask_id(data["SoGiayToChuHoSo"])

@@ -25,6 +25,7 @@ from hub.adapters.exchange import ExchangeHook
 from hub.adapters.http import REPLY_TOO_LARGE
 from hub.domain.dates import utcnow
 from hub.domain.errors import DomainError
+from hub.services.dossiers import DOCUMENT_EXCHANGE
 from hub.signing import edxml
 from hub.signing.report import Report
 from hub.store.db import reading_session
@@ -32,6 +33,7 @@ from hub.store.models import EdocNotice, EdocSent
 
 log = logging.getLogger(__name__)
 
+SEND_DOCUMENT, SEND_STATUS = "send_edoc", "send_edoc_status"  # its operations: a document, hub's recall of one
 MAX_NOTICE_BYTES = 1024 * 1024  # a status notice is a few kB with its certificates
 APPLIED = "applied"
 
@@ -231,6 +233,73 @@ class EdocStatus:
             "stated_at": n.at,
         }
         return row | {"verdict": APPLIED, "_sender": n.sender}  # verified; `_match` says whether it is about ours
+
+
+def documents_sent(session: Session, dossier_id: int, code: str) -> list[dict[str, Any]]:
+    """The documents hub sent for a dossier to other agencies, oldest first — what the API's dossier and the console's
+    dossier page both show: each as filed (`edocs_sent`, kept however old), its delivery to the exchange platform
+    (its outbox row; a delivered row purged since reads as delivered), the recall hub sent of it, and what each
+    receiver reported (their status notices)."""
+    from hub.store.models import OutboxMessage
+
+    sent = list(session.scalars(select(EdocSent).where(EdocSent.dossier_code == code).order_by(EdocSent.id)))
+    if not sent:
+        return []
+    rows = session.execute(
+        select(
+            OutboxMessage.id,
+            OutboxMessage.event_id,
+            OutboxMessage.operation,
+            OutboxMessage.seq,
+            OutboxMessage.state,
+            OutboxMessage.attempts,
+            OutboxMessage.delivered_at,
+            OutboxMessage.last_error_code,
+            OutboxMessage.peer_reply,
+            OutboxMessage.payload["document_id"].as_string().label("document_id"),  # not the signed envelope
+        ).where(OutboxMessage.dossier_id == dossier_id, OutboxMessage.destination == DOCUMENT_EXCHANGE)
+    ).all()
+    deliveries = {r.event_id: r for r in rows if r.operation == SEND_DOCUMENT}
+    recalls = {r.document_id: r for r in rows if r.operation == SEND_STATUS}
+    said = receivers_say(session, [(x.document_id, x.receivers) for x in sent])
+
+    def delivery(r: Any) -> dict[str, Any]:
+        if r is None:  # purged (`hub jobs purge` takes delivered rows only)
+            return {"outbox_id": None, "state": "delivered", "attempts": None, "delivered_at": None,
+                    "last_error_code": None}  # fmt: skip
+        return {
+            "outbox_id": r.id,
+            "state": r.state,
+            "attempts": r.attempts,
+            "delivered_at": r.delivered_at.isoformat() if r.delivered_at else None,
+            "last_error_code": r.last_error_code,
+        }
+
+    out = []
+    for x in sent:
+        d = deliveries.get(x.event_id)
+        out.append(
+            {
+                "document_id": x.document_id,
+                "code": x.code,
+                "subject": x.subject,
+                "promulgation_date": x.promulgation_date,
+                "filed_at": x.created_at.isoformat(),
+                "to": x.receivers,
+                "seq": d.seq if d is not None else None,
+                **delivery(d),
+                "platform_status": ((d.peer_reply if d is not None else None) or {}).get("status"),
+                "receivers": said.get(x.document_id, []),
+                "recall": {
+                    "requested_at": x.recall_requested_at.isoformat(),
+                    "reason": x.recall_reason,
+                    "delivery": delivery(recalls.get(x.document_id)),
+                }
+                if x.recall_requested_at is not None
+                else None,
+            }
+        )
+    return out
 
 
 def receivers_say(session: Session, documents: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, list[Any]]:
