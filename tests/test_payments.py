@@ -428,6 +428,18 @@ def test_amounts_are_checked_against_the_catalogue(hub: Hub) -> None:
     assert create(hub, awaiting_payment(hub, 12))["amount"] == 8000  # 8,000 đ is the catalogue's fee
 
 
+def test_a_platform_that_asks_to_wait_is_passed_on_to_the_client(hub: Hub, platform: httpx.Client) -> None:
+    """The platform throttles hub (429, Retry-After: 20): the one-stop system asking for a pay link gets 503 with the
+    same wait in Retry-After; once the platform takes calls again, the same request makes the payment."""
+    code = awaiting_payment(hub, 13)
+    platform.post("/_sandbox/faults", json={"rate_limit_seconds": 20})
+    r = hub.http.post("/v1/payments", json={"MaHoSo": code})
+    assert r.status_code == 503 and r.json()["code"] == "payment_platform_unavailable"
+    assert 19 <= int(r.headers["Retry-After"]) <= 20 and r.json()["retry_after"] == int(r.headers["Retry-After"])
+    platform.post("/_sandbox/faults", json={"rate_limit_seconds": 0})
+    assert create(hub, code)["status"] == "pending"
+
+
 def test_a_statement_line_breaking_the_contract_is_the_platforms_fault(hub: Hub, platform: httpx.Client) -> None:
     """A signed statement whose line carries an impossible time: reconciliation stops with the platform's error
     (503 payment_platform_unavailable, peer code peer_malformed_reply), not with an error of hub's own."""

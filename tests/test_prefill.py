@@ -293,6 +293,19 @@ def test_register_failures_are_503_problems_and_logged(
     assert exchange.outcome == "retryable" and exchange.correlation_id == entry.correlation_id
 
 
+def test_a_register_that_asks_to_wait_is_passed_on_to_the_client(hub: Hub, people: httpx.Client) -> None:
+    """The register throttles hub (429, Retry-After: 30): hub's 503 tells its client the same wait, in its own
+    Retry-After and in the problem, so the portal does not hammer hub (and through it the register) meanwhile."""
+    someone = person(people)
+    people.post("/_sandbox/faults", json={"rate_limit_seconds": 30})
+    r = ask(hub, someone["SoDinhDanh"])
+    assert r.status_code == 503 and r.json()["code"] == "population_unavailable"
+    assert 29 <= int(r.headers["Retry-After"]) <= 30 and r.json()["retry_after"] == int(r.headers["Retry-After"])
+    people.post("/_sandbox/faults", json={"rate_limit_seconds": 0})
+    r = ask(hub, someone["SoDinhDanh"])
+    assert r.status_code == 200 and "Retry-After" not in r.headers
+
+
 def test_a_register_that_refuses_connections_is_unavailable_not_slow(hub_factory: HubFactory) -> None:
     """Nothing listens where the register should be: 503, logged as `peer_unavailable` — not as a timeout
     (urllib3 makes a refused connection a subclass of its connect timeout; operators read the difference)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,3 +75,11 @@ class PeerRejected(PeerError):
 
     code = "peer_rejected"
     retryable = False
+
+
+def wait_asked(exc: PeerError) -> dict[str, Any]:
+    """`retry_after` (whole seconds, rounded up) for hub's own 503 when the peer behind it said how long to wait:
+    passed on to hub's client in its Retry-After (DomainError.headers). Empty when it did not say."""
+    if exc.retry_after is None:
+        return {}
+    return {"retry_after": max(1, math.ceil(exc.retry_after))}

@@ -179,7 +179,11 @@ PROBLEM_SCHEMA: dict[str, Any] = {
                 },
             },
         },
-        "retry_after": {"type": "integer", "description": "for 429: seconds, as in the Retry-After header"},
+        "retry_after": {
+            "type": "integer",
+            "description": "for 429, and for 503 when the peer behind hub said how long to wait: seconds, as in the "
+            "Retry-After header",
+        },
     },
     "additionalProperties": True,
 }

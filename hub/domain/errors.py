@@ -19,7 +19,11 @@ class DomainError(Exception):
 
     @property
     def headers(self) -> dict[str, str]:
-        """HTTP headers its answer carries beside the problem (Retry-After, WWW-Authenticate…)."""
+        """HTTP headers its answer carries beside the problem (Retry-After, WWW-Authenticate…): a 429 or 503 that
+        knows when to come back (`retry_after`, whole seconds) says so in Retry-After."""
+        seconds = self.extra.get("retry_after")
+        if self.status in (429, 503) and isinstance(seconds, int):
+            return {"Retry-After": str(seconds)}
         return {}
 
 
@@ -65,8 +69,3 @@ class TooManyRequests(DomainError):
     code = "rate_limited"
     status = 429
     title = "Too many requests"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        seconds = self.extra.get("retry_after")
-        return {"Retry-After": str(seconds)} if isinstance(seconds, int) else {}

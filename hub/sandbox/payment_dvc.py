@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import math
 import threading
 import time
 import unicodedata
@@ -116,6 +117,14 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
     async def api(request: Request) -> Response:
         if st.faults.outage_until > time.time():
             return JSONResponse({"MaLoi": "99", "MoTaLoi": "sandbox outage"}, status_code=503)
+        if (left := st.faults.rate_limit_until - time.time()) > 0:
+            with st.lock:
+                st.faults.rate_limited += 1
+            return JSONResponse(
+                {"MaLoi": "99", "MoTaLoi": "sandbox rate limit"},
+                status_code=429,
+                headers={"Retry-After": str(math.ceil(left))},
+            )
         try:
             msg = parse_json(await request.body())
         except (ValueError, UnicodeDecodeError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import random
 import time
 import unicodedata
@@ -128,6 +129,11 @@ def create_app(state: PopulationState | None = None) -> FastAPI:
             await asyncio.sleep(f.latency_ms / 1000)
         if f.outage_until > time.time():
             return Response(b"<html><body>503 Service Unavailable</body></html>", status_code=503)
+        if (left := f.rate_limit_until - time.time()) > 0:
+            with st.lock:
+                f.rate_limited += 1
+            page = b"<html><body>429 Too Many Requests</body></html>"
+            return Response(page, status_code=429, headers={"Retry-After": str(math.ceil(left))})
         if f.timeout_rate and random.random() < f.timeout_rate:
             await asyncio.sleep(f.hang_seconds)
         raw = await request.body()

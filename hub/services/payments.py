@@ -19,7 +19,7 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.adapters.errors import PeerError
+from hub.adapters.errors import PeerError, wait_asked
 from hub.adapters.payment.base import Callback, CallbackRejected, PaymentOrder, PaymentPlatform
 from hub.domain import identifiers
 from hub.domain.dates import format_national, utcnow
@@ -255,7 +255,9 @@ class PaymentService:
             created = platform.create(order, correlation_id=correlation_id)
         except PeerError as exc:
             raise PlatformUnavailable(
-                "the payment platform did not create the payment; retry the same request", peer_error=exc.code
+                "the payment platform did not create the payment; retry the same request",
+                peer_error=exc.code,
+                **wait_asked(exc),
             ) from None
         with self.sessions.begin() as s:
             payment = s.scalars(select(Payment).where(Payment.reference == reference)).one()
@@ -279,7 +281,9 @@ class PaymentService:
         except PeerError as exc:
             if exc.code == "receipt_not_offered":
                 raise Conflict("this payment platform issues no receipt document", code="receipt_not_offered") from None
-            raise PlatformUnavailable("the payment platform did not give the receipt", peer_error=exc.code) from None
+            raise PlatformUnavailable(
+                "the payment platform did not give the receipt", peer_error=exc.code, **wait_asked(exc)
+            ) from None
 
     # -- callbacks -------------------------------------------------------------------------------------------
 
@@ -589,7 +593,9 @@ class PaymentService:
         try:
             lines = platform.statement(day, correlation_id=correlation_id)
         except PeerError as exc:
-            raise PlatformUnavailable("the payment platform did not give its statement", peer_error=exc.code) from None
+            raise PlatformUnavailable(
+                "the payment platform did not give its statement", peer_error=exc.code, **wait_asked(exc)
+            ) from None
         recovered: set[str] = set()
         if repair and lines:
             unsettled = [

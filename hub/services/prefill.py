@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.adapters.errors import PeerError
+from hub.adapters.errors import PeerError, wait_asked
 from hub.adapters.exchange import ExchangeRecord
 from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.domain import identifiers
@@ -736,7 +736,7 @@ class PrefillService:
                 return None
             if exc.retryable:
                 raise PeerFailed(
-                    "the population database did not answer; try again later", peer_error=exc.code
+                    "the population database did not answer; try again later", peer_error=exc.code, **wait_asked(exc)
                 ) from None
             raise PeerRefused("the population database refused the request", peer_error=exc.code) from None
         if record is None:

@@ -34,7 +34,7 @@ from hub.adapters.errors import (
     PeerUnavailable,
 )
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
-from hub.adapters.http import ReplyTooLarge, read_capped, verified_pool
+from hub.adapters.http import ReplyTooLarge, read_capped, retry_after, verified_pool
 from hub.adapters.population.base import PEER, CitizenLookup
 
 TNS = "urn:vn:csdlqg:dancu:congdan:v1"
@@ -59,8 +59,14 @@ class PooledTransport(Transport):
     def last_status(self) -> int | None:
         return getattr(self._local, "status", None)
 
+    @property
+    def last_retry_after(self) -> str | None:
+        """The Retry-After header of this thread's last reply, if it had one."""
+        return getattr(self._local, "retry_after", None)
+
     def reset(self) -> None:
         self._local.status = None
+        self._local.retry_after = None
 
     def post(self, address: str, message: bytes, headers: dict[str, str]) -> requests.Response:
         reply = self._pool.request(
@@ -74,6 +80,7 @@ class PooledTransport(Transport):
             preload_content=False,
         )
         self._local.status = reply.status
+        self._local.retry_after = reply.headers.get("Retry-After")
         content = read_capped(reply, MAX_REPLY_BYTES)
         response = requests.Response()  # the shape zeep reads a reply from
         response.status_code = reply.status
@@ -180,6 +187,11 @@ class PopulationClient:
         report("ok", None)
         return reply
 
+    def _unavailable(self, status: int) -> PeerUnavailable:
+        """The register answered "not now" at the HTTP level, with how long to wait when it said (Retry-After)."""
+        wait = retry_after(self._transport.last_retry_after)
+        return PeerUnavailable(PEER, f"{OPERATION}: HTTP {status}", code="peer_http_unavailable", retry_after=wait)
+
     def _call(self, query: CitizenLookup) -> dict[str, Any] | None:
         try:
             result = self._service[OPERATION](
@@ -201,12 +213,12 @@ class PopulationClient:
         except zeep.exceptions.Fault as fault:
             status = self._transport.last_status
             if status in (408, 429, 502, 503, 504):  # a proxy's or server's "unavailable" page, not a SOAP Fault
-                raise PeerUnavailable(PEER, f"{OPERATION}: HTTP {status}", code="peer_http_unavailable") from None
+                raise self._unavailable(status) from None
             raise _translate_fault(fault) from None
         except zeep.exceptions.TransportError as exc:
             status = int(exc.status_code or 0)
             if status in (408, 429, 502, 503, 504):
-                raise PeerUnavailable(PEER, f"{OPERATION}: HTTP {status}", code="peer_http_unavailable") from None
+                raise self._unavailable(status) from None
             if 400 <= status < 500:
                 raise PeerRejected(PEER, f"{OPERATION}: HTTP {status}", code="peer_http_4xx") from None
             raise PeerError(PEER, f"{OPERATION}: HTTP {status}", code="peer_http_5xx") from None
