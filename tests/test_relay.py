@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hub.sandbox.common import ServerThread
 from hub.sync import jobs
@@ -636,3 +638,18 @@ def test_retry_after_is_read_as_rfc_9110_writes_it(header: str | None, seconds: 
     from hub.adapters.http import retry_after
 
     assert retry_after(header, now=datetime(2015, 10, 21, 7, 27, tzinfo=UTC)) == seconds
+
+
+@given(
+    st.text(max_size=60)
+    | st.from_regex(r"\A\s*[0-9]{1,30}\s*\Z")
+    | st.from_regex(
+        r"\A(Mon|Sun), [0-9]{1,2} (Jan|Feb|Dec) [0-9]{1,6} [0-9]{1,2}:[0-9]{2}:[0-9]{2} (GMT|\+0700|-9999)?\Z"
+    )
+)
+def test_retry_after_never_raises_and_stays_within_an_hour(header: str) -> None:
+    """Whatever a peer puts in Retry-After: a wait hub can use (0 to an hour), or nothing — never an error."""
+    from hub.adapters.http import MAX_RETRY_AFTER, retry_after
+
+    seconds = retry_after(header)
+    assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER
