@@ -107,3 +107,14 @@ def test_every_documented_request_example_is_accepted_as_written(
     assert payment["status"] == "pending" and payment["amount"] == 8000 and payment["pay_url"]
     form = answers[("/v1/prefill", "birth_registration")]
     assert {f["source"]["record"] for f in form["fields"] if f.get("source")} == {"subject", "spouse"}  # the mother too
+
+
+def test_the_served_openapi_document_is_valid_openapi_3_1(hub_factory: HubFactory) -> None:
+    """What a provincial team feeds its client generator (openapi-generator, NSwag…): a valid OpenAPI 3.1 document,
+    its examples and problem schema included."""
+    from openapi_spec_validator import validate
+
+    hub = hub_factory(start_worker=False)
+    spec = httpx.get(f"{hub.url}/openapi.json").json()
+    validate(spec)
+    assert spec["openapi"].startswith("3.1")
