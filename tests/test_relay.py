@@ -181,6 +181,12 @@ def test_a_portal_that_asks_to_wait_is_not_called_again_before_it_said(
     portal.post("/_sandbox/faults", json={"rate_limit_seconds": 2})
     asked_at = time.monotonic()
     codes = file_and_walk(hub, 3, [4, 9], first_seq=2)
+
+    def told() -> list[str]:  # what an operator reads meanwhile (hub jobs show, the console)
+        with hub.runtime.sessions() as s:
+            return [r["last_error"] or "" for r in jobs.list_jobs(s, limit=100) if r["state"] == "pending"]
+
+    _wait_for(lambda: any("HTTP 429 (asked to wait 2 s)" in e for e in told()), timeout=5)
     assert hub.wait_idle(timeout=30) == {"delivered": 10}
     assert time.monotonic() - asked_at >= 1.9  # nothing went through before the portal said it would take calls
     assert portal.get("/_sandbox/faults").json()["rate_limited"] == 1  # one call told to wait, none after it

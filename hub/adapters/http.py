@@ -97,6 +97,13 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+def unavailable(peer: str, what: str, wait: float | None) -> PeerUnavailable:
+    """A peer's "not now" at the HTTP level; the wait it asked for, if any, is in the error (the relay obeys it)
+    and in its text (what operators read in `hub jobs show` and on the console)."""
+    said = f"{what} (asked to wait {wait:.0f} s)" if wait is not None else what
+    return PeerUnavailable(peer, said, code="peer_http_unavailable", retry_after=wait)
+
+
 def verified_pool(max_connections: int, *, num_pools: int) -> urllib3.PoolManager:
     """How hub opens a urllib3 pool to a peer: HTTPS verified against certifi's bundle (the one requests and httpx
     use), at most `max_connections` kept per host (more are opened when needed, not kept)."""
@@ -221,9 +228,7 @@ def post_bytes(
         except ReplyTooLarge as exc:
             raise PeerProtocolError(peer, f"{operation}: {exc}", code=REPLY_TOO_LARGE) from None
         if status in (408, 429, 502, 503, 504):
-            raise PeerUnavailable(
-                peer, f"{operation}: HTTP {status}", code="peer_http_unavailable", retry_after=retry_after(wait)
-            )
+            raise unavailable(peer, f"{operation}: HTTP {status}", retry_after(wait))
         if status >= 500:
             raise PeerError(peer, f"{operation}: HTTP {status}", code="peer_http_5xx")
         if status >= 400:
@@ -263,12 +268,7 @@ def post_checked(
     except ReplyTooLarge as exc:
         raise PeerProtocolError(peer, f"{path}: {exc}", code=REPLY_TOO_LARGE) from None
     if r.status_code in (408, 429, 502, 503, 504):
-        raise PeerUnavailable(
-            peer,
-            f"{path}: HTTP {r.status_code}",
-            code="peer_http_unavailable",
-            retry_after=retry_after(r.headers.get("Retry-After")),
-        )
+        raise unavailable(peer, f"{path}: HTTP {r.status_code}", retry_after(r.headers.get("Retry-After")))
     if r.status_code >= 500:
         raise PeerError(peer, f"{path}: HTTP {r.status_code}", code="peer_http_5xx")
     if r.status_code >= 400:

@@ -34,7 +34,7 @@ from hub.adapters.errors import (
     PeerUnavailable,
 )
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
-from hub.adapters.http import ReplyTooLarge, read_capped, retry_after, verified_pool
+from hub.adapters.http import ReplyTooLarge, read_capped, retry_after, unavailable, verified_pool
 from hub.adapters.population.base import PEER, CitizenLookup
 
 TNS = "urn:vn:csdlqg:dancu:congdan:v1"
@@ -189,8 +189,7 @@ class PopulationClient:
 
     def _unavailable(self, status: int) -> PeerUnavailable:
         """The register answered "not now" at the HTTP level, with how long to wait when it said (Retry-After)."""
-        wait = retry_after(self._transport.last_retry_after)
-        return PeerUnavailable(PEER, f"{OPERATION}: HTTP {status}", code="peer_http_unavailable", retry_after=wait)
+        return unavailable(PEER, f"{OPERATION}: HTTP {status}", retry_after(self._transport.last_retry_after))
 
     def _call(self, query: CitizenLookup) -> dict[str, Any] | None:
         try:
