@@ -213,9 +213,7 @@ def serve(
     if settings.mode == "dev":
         _dev_console_admin(settings, base_url)
         _dev_api_key(settings)
-    err.print(
-        f"hub on {base_url}  (API docs: {base_url}/docs)  mode={'embedded' if settings.embedded else 'distributed'}"
-    )
+    err.print(f"hub on {base_url}" + (f"  (API docs: {base_url}/docs)" if settings.api_docs else ""))
     try:
         uvicorn.run(
             "hub.api.asgi:app_factory",

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # verify (hub's XML parser takes up to 10 MiB) — may be larger than a JSON message
     max_document_bytes: int = Field(default=10 * 1_048_576, ge=1_048_576)
     db_pool_size: int = Field(default=20, ge=1, le=500)  # PostgreSQL connections kept open per process
+    # the API's documentation (/docs, /openapi.json): integrators read it; a deployment whose security review wants
+    # no API description on the partners' network turns it off (both answer 404)
+    api_docs: bool = True
     # SQLite (embedded): "full" syncs every commit to disk, so what hub answered for survives a power cut;
     # "normal" skips that fsync (~0.1–0.5 ms a commit) and a power cut may take the last commits back (ADR 0019)
     sqlite_synchronous: Literal["full", "normal"] = "full"

@@ -118,3 +118,15 @@ def test_the_served_openapi_document_is_valid_openapi_3_1(hub_factory: HubFactor
     spec = httpx.get(f"{hub.url}/openapi.json").json()
     validate(spec)
     assert spec["openapi"].startswith("3.1")
+
+
+def test_api_docs_can_be_turned_off_and_the_api_still_answers(hub_factory: HubFactory) -> None:
+    """HUB_API_DOCS=false (a security review that wants no API description on the partners' network): /docs and
+    /openapi.json are 404 problems, the API itself answers as before."""
+    from tests.helpers import dossier
+
+    hub = hub_factory(api_docs=False, start_worker=False)
+    for path in ("/docs", "/openapi.json"):
+        r = hub.http.get(path)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), path
+    assert hub.http.post("/v1/dossiers", json=dossier(5)).status_code == 202

@@ -204,14 +204,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     # FastAPI with its API docs (Swagger UI) served from hub itself, not from a CDN; no ReDoc page, whose sidebar
     # fetches its logo from the internet (ADR 0020)
-    app = FastAPIOffline(
-        redoc_url=None,
-        title="hub — integration hub for Vietnamese e-government",
-        version=__version__,
-        description="Relays dossiers and their status (TrangThaiHoSo) between provincial one-stop systems and the "
+    about: dict[str, Any] = {
+        "title": "hub — integration hub for Vietnamese e-government",
+        "version": __version__,
+        "description": "Relays dossiers and their status (TrangThaiHoSo) between provincial one-stop systems and the "
         "national public-service portal (DVCQG). Errors are application/problem+json with a stable `code`.",
-        lifespan=lifespan,
-    )
+        "lifespan": lifespan,
+    }
+    if settings.api_docs:
+        app = FastAPIOffline(redoc_url=None, **about)
+    else:  # HUB_API_DOCS=false: no /docs, no /openapi.json
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **about)
     app.state.settings = settings
     app.state.client_tokens = client_tokens(settings, on_exchange=lambda record: rt().record_exchange(record))
 
