@@ -16,6 +16,13 @@ async def bare(request: Request) -> JSONResponse:
     return JSONResponse({"MaHoSo": body["MaHoSo"]}, status_code=202)
 
 
+@app.post("/bare-batch")
+async def bare_batch(request: Request) -> JSONResponse:
+    """The baseline of a batch (bench/relay.py): parse the same `data` array and answer how many it holds."""
+    body: Any = await request.json()
+    return JSONResponse({"accepted": len(body["data"])})
+
+
 @app.post("/bare-callback")
 async def bare_callback(request: Request) -> JSONResponse:
     """The baseline of bench/payments.py: parse the callback's JSON and answer the platform's "00"."""

@@ -6,6 +6,8 @@ Modes:
   push    every request pushes a new portal-filed dossier down (POST /v1/national/dossiers, status 1)
   bare    the same bodies to a bare FastAPI POST endpoint
   walk    dossiers filed and walked through 10 events each, in order per dossier
+  batch   every request files --batch new dossiers at once (POST /v1/dossiers/batch, DongBoHoSoMC's data array)
+  bare-batch  the same batches to a bare FastAPI POST endpoint
 """
 
 from __future__ import annotations
@@ -99,6 +101,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if args.mode == "push":
                 body["TrangThaiHoSo"] = 1  # filed on the portal, not yet received by the province
             plans[i % args.connections].append(request_bytes(host, path, body, f"b{args.prefix}-{i}", args.api_key))
+    elif args.mode in ("batch", "bare-batch"):
+        path = "/v1/dossiers/batch" if args.mode == "batch" else "/bare-batch"
+        for i in range(args.requests):
+            body = {"data": [dossier(i * args.batch + j, prefix=args.prefix) for j in range(args.batch)]}
+            plans[i % args.connections].append(request_bytes(host, path, body, f"B{args.prefix}-{i}", args.api_key))
     else:
         for n in range(args.dossiers):
             d = dossier(n, prefix=args.prefix)
@@ -146,7 +153,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--mode", choices=["ingest", "bare", "walk", "push"], required=True)
+    p.add_argument("--mode", choices=["ingest", "bare", "walk", "push", "batch", "bare-batch"], required=True)
+    p.add_argument("--batch", type=int, default=100, help="dossiers per request in the batch modes")
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--dossiers", type=int, default=500)
     p.add_argument("--connections", type=int, default=32)

@@ -506,3 +506,61 @@ def test_concurrent_requests_share_commits_but_each_is_judged_alone(hub: Hub) ->
     for code in codes:
         got = hub.http.get(f"/v1/dossiers/{code}").json()
         assert [e["seq"] for e in got["events"]] == list(range(1, len(got["events"]) + 1))
+
+
+def test_a_batch_takes_each_dossier_or_refuses_it_alone(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    """A one-stop system connects with its open dossiers in DongBoHoSoMC's `data` array: a malformed item, one of an
+    agency it may not act for and a refused transition are each answered with their own problem, at their place,
+    and change nothing; the rest are taken, a dossier's later change after its earlier one, and reach the portal."""
+    hub = hub_factory()
+    known = dossier(60, status=2)
+    assert hub.http.post("/v1/dossiers", json=known).status_code == 202
+    a, b = dossier(61, status=2), dossier(62, status=1)
+    items = [
+        a,
+        {**dossier(63), "MaHoSo": "not-a-code"},
+        dossier(64, agency=OTHER_AGENCY),
+        b,
+        {**a, "TrangThaiHoSo": 4},  # a's next change, in the same batch
+        {**known, "TrangThaiHoSo": 10},  # 2 -> 10 is not a transition
+    ]
+    r = hub.http.post("/v1/dossiers/batch", json={"isUpdating": False, "data": items})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert [x["status"] for x in answer["results"]] == [202, 422, 403, 202, 202, 409]
+    assert [x["index"] for x in answer["results"]] == list(range(6))
+    assert (answer["accepted"], answer["refused"]) == (3, 3)
+    codes = [x["problem"]["code"] for x in answer["results"] if x["status"] != 202]
+    assert codes == ["invalid_dossier_code", "agency_not_allowed", "invalid_transition"]
+    assert answer["results"][2]["MaHoSo"] == items[2]["MaHoSo"] and answer["results"][4]["TrangThaiHoSo"] == 4
+    got = hub.http.get(f"/v1/dossiers/{a['MaHoSo']}").json()
+    assert [e["TrangThaiHoSo"] for e in got["events"]] == [2, 4]
+    assert hub.http.get(f"/v1/dossiers/{known['MaHoSo']}").json()["TrangThaiHoSo"] == 2  # the refusal changed nothing
+    assert hub.wait_idle() == {"delivered": 4}
+    sent = [x["body"]["data"][0]["MaHoSo"] for x in portal.get("/_sandbox/received").json()["items"]]
+    assert sent.count(a["MaHoSo"]) == 2 and sent.count(b["MaHoSo"]) == 1
+
+
+def test_a_batch_sent_again_with_its_key_creates_nothing(hub: Hub) -> None:
+    items = [dossier(70 + i, status=2) for i in range(5)]
+    first = hub.http.post("/v1/dossiers/batch", json={"data": items}, headers={"Idempotency-Key": "open-1"})
+    again = hub.http.post("/v1/dossiers/batch", json={"data": items}, headers={"Idempotency-Key": "open-1"})
+    assert first.json()["accepted"] == again.json()["accepted"] == 5
+    assert [x["event_id"] for x in again.json()["results"]] == [x["event_id"] for x in first.json()["results"]]
+    assert all(x["replayed"] for x in again.json()["results"])
+    assert not any(x["replayed"] for x in first.json()["results"])
+    with hub.runtime.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(StatusEvent)) == 5
+    # the same key with other dossiers: each changed item is refused as a reused key, the same ones replayed
+    changed = [items[0], {**items[1], "TrangThaiHoSo": 4}]
+    mixed = hub.http.post("/v1/dossiers/batch", json={"data": changed}, headers={"Idempotency-Key": "open-1"})
+    assert [x["status"] for x in mixed.json()["results"]] == [202, 409]
+    assert mixed.json()["results"][1]["problem"]["code"] == "idempotency_key_reused"
+
+
+@pytest.mark.parametrize("data", [[], [{}] * 201, "not a list"])
+def test_a_batch_that_is_not_one_is_refused_whole(hub: Hub, data: Any) -> None:
+    r = hub.http.post("/v1/dossiers/batch", json={"data": data})
+    assert_problem(r, 422, r.json()["code"])
+    with hub.runtime.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Dossier)) == 0

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import pydantic
 import pydantic_core
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
@@ -31,7 +32,18 @@ from hub.logs import correlation_id
 from hub.runtime import Runtime
 from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, PrefillOut, SubjectIn
-from hub.services.schemas import Accepted, DocumentAccepted, DossierIn, EdocIn, ProgressIn, RecallAccepted, RecallIn
+from hub.services.schemas import (
+    MAX_BATCH,
+    Accepted,
+    BatchAccepted,
+    DocumentAccepted,
+    DossierBatchIn,
+    DossierIn,
+    EdocIn,
+    ProgressIn,
+    RecallAccepted,
+    RecallIn,
+)
 from hub.settings import ClientSystem, Settings
 
 IDEMPOTENCY_KEY_MAX = 200
@@ -281,6 +293,38 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         service = rt().dossiers
         command = service.sync_command(who, body, idempotency_key=key, correlation_id=correlation_id.get())
         return answer(await service.run_async(command))
+
+    @app.post(
+        "/v1/dossiers/batch",
+        responses={200: {"model": BatchAccepted}},
+        tags=["dossiers"],
+        summary="Create or update many dossiers at once (DongBoHoSoMC's `data` array): each taken or refused alone",
+        description=f"Up to {MAX_BATCH} dossiers, each as `POST /v1/dossiers` takes one — a one-stop system's open "
+        "dossiers when it first connects, or a re-sync. The answer (200) gives each item's outcome at its place: "
+        "202 with its event, or the problem that request alone would have got (422 for a malformed item, 403 for "
+        "an agency the client may not act for, 409 for a refused transition…); a refused item changes nothing and "
+        "holds no other back. A dossier's later change may follow its earlier one in the same batch. With an "
+        "Idempotency-Key the same batch sent again is answered as before and creates nothing.",
+    )
+    async def sync_dossiers(
+        body: Annotated[DossierBatchIn, Body(openapi_examples=examples.batch())], who: Dossiers, key: IdemKey
+    ) -> JSONResponse:
+        outcomes = await rt().dossiers.sync_many(
+            who, body.data, idempotency_key=key, correlation_id=correlation_id.get()
+        )
+        results: list[dict[str, Any]] = []
+        for index, (item, outcome) in enumerate(zip(body.data, outcomes, strict=True)):
+            named = item.get("MaHoSo") if isinstance(item.get("MaHoSo"), str) else None
+            if isinstance(outcome, DomainError):
+                refused = problems.domain_problem(outcome)
+                results.append({"index": index, "status": refused["status"], "MaHoSo": named, "problem": refused})
+            elif isinstance(outcome, pydantic.ValidationError):
+                refused = problems.validation_problem(outcome.errors())
+                results.append({"index": index, "status": 422, "MaHoSo": named, "problem": refused})
+            else:
+                results.append({"index": index, "status": 202, **outcome.body, "replayed": outcome.replayed})
+        accepted = sum(1 for r in results if r["status"] == 202)
+        return JSONResponse({"accepted": accepted, "refused": len(results) - accepted, "results": results})
 
     @app.post(
         "/v1/national/dossiers",

@@ -88,6 +88,24 @@ def progress() -> dict[str, dict[str, Any]]:
     }
 
 
+@cache
+def batch() -> dict[str, dict[str, Any]]:
+    base = _golden("dossier.json")
+    first = base | {"MaHoSo": "000.00.17.H56-241015-0010", "ChuHoSo": "Lê Thị Mai", "SoGiayToChuHoSo": "079192005678"}
+    second = base | {
+        "MaHoSo": "000.00.17.H56-241015-0011",
+        "ChuHoSo": "Phạm Văn Đức",
+        "SoGiayToChuHoSo": "079088002468",
+    }
+    return {
+        "open_dossiers": _example(
+            "Two open dossiers, as a one-stop system sends them when it first connects",
+            {"data": [first, second]},
+            "Each item is taken or refused on its own; the answer gives each one's outcome at its place.",
+        )
+    }
+
+
 PAYMENT = {"extract_fee": _example(f"The fee of dossier {EXTRACT} (in status 6)", {"MaHoSo": EXTRACT})}
 
 PREFILL = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -46,7 +46,8 @@ STATUS_CODES = {
 }
 
 
-def problem(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:
+def problem_body(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An RFC 9457 problem as a JSON object (the body of `problem`; an item's outcome in a batch's answer)."""
     body: dict[str, Any] = {
         "type": f"https://hub.example/problems/{code}",
         "title": title,
@@ -56,8 +57,34 @@ def problem(status: int, code: str, title: str, detail: str | None = None, **ext
     if detail:
         body["detail"] = detail
     body.update(extra)
+    return body
+
+
+def problem(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    body = problem_body(status, code, title, detail, **extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def domain_problem(exc: DomainError) -> dict[str, Any]:
+    """The problem a DomainError is answered with."""
+    extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool | None)}
+    return problem_body(exc.status, exc.code, exc.title or HTTPStatus(exc.status).phrase, exc.detail, **extra)
+
+
+def validation_problem(raw_errors: Sequence[Any]) -> dict[str, Any]:
+    """The 422 problem of a body that does not validate (pydantic's errors), with a field's own code when one
+    field is at fault (invalid_dossier_code, …), else validation_error / missing_field."""
+    errors = [_clean(e) for e in raw_errors]
+    code = "validation_error"
+    for e in errors:
+        field = next((p for p in reversed(e["loc"]) if p in FIELD_CODES), None)
+        if field is not None:
+            code = FIELD_CODES[field]
+            break
+    if all(e["type"] == "missing" for e in errors) and code == "validation_error":
+        code = "missing_field"
+    return problem_body(422, code, "Invalid request", f"{len(errors)} problem(s) in the request", errors=errors[:20])
 
 
 def _clean(err: dict[str, Any]) -> dict[str, Any]:
@@ -84,9 +111,8 @@ def install(app: FastAPI, *, on_out_of_space: Callable[[], None] | None = None) 
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
-        extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool | None)}
-        title = exc.title or HTTPStatus(exc.status).phrase
-        response = problem(exc.status, exc.code, title, exc.detail, **extra)
+        headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else {}
+        response = JSONResponse(domain_problem(exc), status_code=exc.status, media_type=PROBLEM, headers=headers)
         response.headers.update(exc.headers)
         return response
 
@@ -103,15 +129,7 @@ def install(app: FastAPI, *, on_out_of_space: Callable[[], None] | None = None) 
             )
         if any(e["type"] == "json_invalid" for e in errors):
             return problem(400, "malformed_json", "Malformed JSON", "the request body is not valid JSON")
-        code = "validation_error"
-        for e in errors:
-            field = next((p for p in reversed(e["loc"]) if p in FIELD_CODES), None)
-            if field is not None:
-                code = FIELD_CODES[field]
-                break
-        if all(e["type"] == "missing" for e in errors) and code == "validation_error":
-            code = "missing_field"
-        return problem(422, code, "Invalid request", f"{len(errors)} problem(s) in the request", errors=errors[:20])
+        return JSONResponse(validation_problem(exc.errors()), status_code=422, media_type=PROBLEM)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

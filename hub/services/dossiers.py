@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, sessionmaker
@@ -575,6 +576,43 @@ class DossierService:
                 continue
             return self._answered(answer)
         raise AssertionError("unreachable")
+
+    async def sync_many(
+        self,
+        client: ClientSystem,
+        items: Sequence[Any],
+        *,
+        idempotency_key: str | None,
+        correlation_id: str,
+    ) -> list[Answer | DomainError | ValidationError]:
+        """A batch of dossiers (DongBoHoSoMC's `data` array), each taken or refused on its own: what is wrong with
+        one item — its shape, its agency, its transition — refuses that item only. The items are queued in their
+        order (a dossier's later change after its earlier one) and share the group commit's transactions. With
+        an Idempotency-Key, each item is done once under a key of its own derived from it and its place, so the
+        same batch sent again is answered as before and creates nothing."""
+        import asyncio
+
+        outcomes: list[Answer | DomainError | ValidationError | None] = [None] * len(items)
+        runs: list[tuple[int, _Command]] = []
+        batch = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32] if idempotency_key is not None else None
+        for i, item in enumerate(items):
+            try:
+                body = DossierIn.model_validate(item)
+                _acting_for(client, body.MaHoSo)  # refused here, not by failing the transaction it would share
+                key = f"batch:{batch}:{i}" if batch is not None else None
+                runs.append((i, self.sync_command(client, body, idempotency_key=key, correlation_id=correlation_id)))
+            except (ValidationError, DomainError) as exc:
+                outcomes[i] = exc
+        done = await asyncio.gather(*(self.run_async(c) for _, c in runs), return_exceptions=True)
+        for (i, _), outcome in zip(runs, done, strict=True):
+            if isinstance(outcome, DomainError | Answer):
+                outcomes[i] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome  # not the item's fault (the database, a bug): the request fails as a whole
+        answered = [o for o in outcomes if o is not None]
+        if len(answered) != len(items):  # a bug: never answer an item in another's place
+            raise RuntimeError(f"batch: {len(answered)} outcomes for {len(items)} items")
+        return answered
 
     @staticmethod
     def _concurrent(attempt: int, exc: IntegrityError) -> None:

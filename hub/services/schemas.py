@@ -226,6 +226,50 @@ class Accepted(BaseModel):
     previous_status: int | None = Field(description="its status before (null for a new dossier)")
 
 
+MAX_BATCH = 200  # dossiers a batch may carry (about 1 KB each: within HUB_MAX_BODY_BYTES, 1 MiB)
+
+
+class DossierBatchIn(BaseModel):
+    """Many dossiers at once, in DongBoHoSoMC's own envelope (`data`: an array of dossiers) — what a one-stop system
+    sends when it first connects to hub with its open dossiers, or re-syncs after an outage of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description="the dossiers, each as POST /v1/dossiers takes one; each item is taken or refused on its own",
+        json_schema_extra={"items": {"$ref": "#/components/schemas/DossierIn"}},
+    )
+    isUpdating: bool | None = Field(  # noqa: N815 - the portal's own name
+        default=None, description="accepted for the portal's envelope, not needed: hub knows which dossiers are new"
+    )
+
+
+class BatchItem(BaseModel):
+    """One item's outcome, at its place in the batch: accepted (202, with what POST /v1/dossiers answers), or
+    refused with its problem (RFC 9457, the status and code that request alone would have got)."""
+
+    model_config = ConfigDict(extra="forbid")
+    index: int = Field(description="the item's place in `data`, from 0")
+    status: int = Field(description="202, or the problem's status (403, 409, 422, …)")
+    MaHoSo: str | None = Field(default=None, description="the dossier, when the item names one")
+    event_id: str | None = None
+    seq: int | None = None
+    TrangThaiHoSo: int | None = None
+    previous_status: int | None = None
+    replayed: bool | None = Field(default=None, description="true: the answer given before to the same item")
+    problem: dict[str, Any] | None = Field(default=None, description="why it was refused (problem+json)")
+
+
+class BatchAccepted(BaseModel):
+    """The batch's answer (200): how many items were accepted and refused, and each item's outcome in order."""
+
+    model_config = ConfigDict(extra="forbid")
+    accepted: int
+    refused: int
+    results: list[BatchItem]
+
+
 class RecallIn(BaseModel):
     """Ask the receivers of a document to give it back (edXML status 13, "Lấy lại")."""
 
