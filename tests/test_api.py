@@ -564,3 +564,28 @@ def test_a_batch_that_is_not_one_is_refused_whole(hub: Hub, data: Any) -> None:
     assert_problem(r, 422, r.json()["code"])
     with hub.runtime.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Dossier)) == 0
+
+
+def test_a_batch_of_steps_applies_each_dossiers_steps_in_order_and_refuses_alone(hub: Hub) -> None:
+    """A one-stop system catching up after its own outage: steps of several dossiers, each dossier's in order; a
+    step of an unknown dossier, a malformed one and a refused transition are refused each at its place."""
+    a, b = dossier(80, status=2), dossier(81, status=2)
+    for d in (a, b):
+        assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    items = [
+        step(a["MaHoSo"], 4),
+        step(b["MaHoSo"], 5, "Bổ sung tờ khai"),
+        step(dossier(82)["MaHoSo"], 4),  # never synced
+        {**step(a["MaHoSo"], 9), "TrangThai": "nine"},
+        step(a["MaHoSo"], 9),
+        step(b["MaHoSo"], 10),  # 5 -> 10 is not a transition
+    ]
+    r = hub.http.post("/v1/progress/batch", json={"data": items})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [202, 202, 404, 422, 202, 409]
+    assert [x["problem"]["code"] for x in results if x["status"] != 202] == [
+        "dossier_not_found", "invalid_status", "invalid_transition"
+    ]  # fmt: skip
+    assert [e["TrangThaiHoSo"] for e in hub.http.get(f"/v1/dossiers/{a['MaHoSo']}").json()["events"]] == [2, 4, 9]
+    assert hub.http.get(f"/v1/dossiers/{b['MaHoSo']}").json()["TrangThaiHoSo"] == 5

@@ -25,6 +25,7 @@ STORY = [
     ("post", "/v1/dossiers", "certified_extract", "onestop"),
     ("post", "/v1/dossiers/batch", "open_dossiers", "onestop"),
     ("post", "/v1/national/dossiers", "filed_online", "portal"),
+    ("post", "/v1/progress/batch", "catching_up", "onestop"),
     ("post", "/v1/dossiers/{code}/progress", "processing", "onestop"),
     ("post", "/v1/dossiers/{code}/progress", "supplement_requested", "onestop"),
     ("post", "/v1/dossiers/{code}/progress", "processing_again", "onestop"),
@@ -107,6 +108,7 @@ def test_every_documented_request_example_is_accepted_as_written(
     payment = answers[("/v1/payments", "extract_fee")]
     assert payment["status"] == "pending" and payment["amount"] == 8000 and payment["pay_url"]
     assert answers[("/v1/dossiers/batch", "open_dossiers")]["accepted"] == 2
+    assert answers[("/v1/progress/batch", "catching_up")]["accepted"] == 3
     form = answers[("/v1/prefill", "birth_registration")]
     assert {f["source"]["record"] for f in form["fields"] if f.get("source")} == {"subject", "spouse"}  # the mother too
 

@@ -40,6 +40,7 @@ from hub.services.schemas import (
     DossierBatchIn,
     DossierIn,
     EdocIn,
+    ProgressBatchIn,
     ProgressIn,
     RecallAccepted,
     RecallIn,
@@ -188,6 +189,23 @@ IdemKey = Annotated[str | None, Depends(_idempotency_key)]
 DossierPath = Annotated[str, Path(examples=[examples.BIRTH], description="MaHoSo")]
 
 
+def batch_answer(items: list[dict[str, Any]], outcomes: list[Any]) -> JSONResponse:
+    """A batch's answer (ADR 0030): each item's outcome at its place — 202 with its event, or its problem."""
+    results: list[dict[str, Any]] = []
+    for index, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
+        named = item.get("MaHoSo") if isinstance(item.get("MaHoSo"), str) else None
+        if isinstance(outcome, DomainError):
+            refused = problems.domain_problem(outcome)
+            results.append({"index": index, "status": refused["status"], "MaHoSo": named, "problem": refused})
+        elif isinstance(outcome, pydantic.ValidationError):
+            refused = problems.validation_problem(outcome.errors())
+            results.append({"index": index, "status": 422, "MaHoSo": named, "problem": refused})
+        else:
+            results.append({"index": index, "status": 202, **outcome.body, "replayed": outcome.replayed})
+    accepted = sum(1 for r in results if r["status"] == 202)
+    return JSONResponse({"accepted": accepted, "refused": len(results) - accepted, "results": results})
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. `runtime` may be given (tests, the demo); otherwise it is made at start-up."""
     holder: dict[str, Runtime] = {}
@@ -312,19 +330,23 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         outcomes = await rt().dossiers.sync_many(
             who, body.data, idempotency_key=key, correlation_id=correlation_id.get()
         )
-        results: list[dict[str, Any]] = []
-        for index, (item, outcome) in enumerate(zip(body.data, outcomes, strict=True)):
-            named = item.get("MaHoSo") if isinstance(item.get("MaHoSo"), str) else None
-            if isinstance(outcome, DomainError):
-                refused = problems.domain_problem(outcome)
-                results.append({"index": index, "status": refused["status"], "MaHoSo": named, "problem": refused})
-            elif isinstance(outcome, pydantic.ValidationError):
-                refused = problems.validation_problem(outcome.errors())
-                results.append({"index": index, "status": 422, "MaHoSo": named, "problem": refused})
-            else:
-                results.append({"index": index, "status": 202, **outcome.body, "replayed": outcome.replayed})
-        accepted = sum(1 for r in results if r["status"] == 202)
-        return JSONResponse({"accepted": accepted, "refused": len(results) - accepted, "results": results})
+        return batch_answer(body.data, outcomes)
+
+    @app.post(
+        "/v1/progress/batch",
+        responses={200: {"model": BatchAccepted}},
+        tags=["dossiers"],
+        summary="Add many processing steps at once (CapNhatTienDoHoSoMC's `data` array): each taken or refused alone",
+        description=f"Up to {MAX_BATCH} steps, each as `POST /v1/dossiers/{{MaHoSo}}/progress` takes one and naming "
+        "its dossier — a one-stop system catching up after an outage of its own. A dossier's steps are applied in "
+        "their order in `data`. Answered as `POST /v1/dossiers/batch` is: each item's outcome at its place.",
+    )
+    async def add_progress_many(
+        body: Annotated[ProgressBatchIn, Body(openapi_examples=examples.progress_batch())], who: Dossiers, key: IdemKey
+    ) -> JSONResponse:
+        service = rt().dossiers
+        outcomes = await service.progress_many(who, body.data, idempotency_key=key, correlation_id=correlation_id.get())
+        return batch_answer(body.data, outcomes)
 
     @app.post(
         "/v1/national/dossiers",

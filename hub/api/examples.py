@@ -106,6 +106,22 @@ def batch() -> dict[str, dict[str, Any]]:
     }
 
 
+@cache
+def progress_batch() -> dict[str, dict[str, Any]]:
+    step = _golden("progress.json")
+    opened = ("000.00.17.H56-241015-0010", "000.00.17.H56-241015-0011")  # the batch example's dossiers
+    steps = [step | {"MaHoSo": code} for code in opened] + [
+        step | {"MaHoSo": opened[0], "NoiDungXuLy": "Đã ký kết quả", "TrangThai": 9, "ThoiDiemXuLy": "20241016090000"}
+    ]
+    return {
+        "catching_up": _example(
+            "Three steps of two dossiers, as a one-stop system sends them after an outage of its own",
+            {"data": steps},
+            "A dossier's steps in their order; each item taken or refused on its own.",
+        )
+    }
+
+
 PAYMENT = {"extract_fee": _example(f"The fee of dossier {EXTRACT} (in status 6)", {"MaHoSo": EXTRACT})}
 
 PREFILL = {

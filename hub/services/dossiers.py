@@ -578,18 +578,41 @@ class DossierService:
         raise AssertionError("unreachable")
 
     async def sync_many(
-        self,
-        client: ClientSystem,
-        items: Sequence[Any],
-        *,
-        idempotency_key: str | None,
-        correlation_id: str,
+        self, client: ClientSystem, items: Sequence[Any], *, idempotency_key: str | None, correlation_id: str
     ) -> list[Answer | DomainError | ValidationError]:
-        """A batch of dossiers (DongBoHoSoMC's `data` array), each taken or refused on its own: what is wrong with
-        one item — its shape, its agency, its transition — refuses that item only. The items are queued in their
-        order (a dossier's later change after its earlier one) and share the group commit's transactions. With
-        an Idempotency-Key, each item is done once under a key of its own derived from it and its place, so the
-        same batch sent again is answered as before and creates nothing."""
+        """A batch of dossiers (DongBoHoSoMC's `data` array): see `_many`."""
+
+        def command(item: Any, key: str | None) -> _Command:
+            body = DossierIn.model_validate(item)
+            _acting_for(client, body.MaHoSo)  # refused here, not by failing the transaction it would share
+            return self.sync_command(client, body, idempotency_key=key, correlation_id=correlation_id)
+
+        return await self._many("sync", items, idempotency_key, command)
+
+    async def progress_many(
+        self, client: ClientSystem, items: Sequence[Any], *, idempotency_key: str | None, correlation_id: str
+    ) -> list[Answer | DomainError | ValidationError]:
+        """A batch of processing steps (CapNhatTienDoHoSoMC's `data` array), each naming its dossier: see `_many`."""
+
+        def command(item: Any, key: str | None) -> _Command:
+            step = ProgressIn.model_validate(item)
+            _acting_for(client, step.MaHoSo)
+            return self.progress_command(client, step.MaHoSo, step, idempotency_key=key, correlation_id=correlation_id)
+
+        return await self._many("progress", items, idempotency_key, command)
+
+    async def _many(
+        self,
+        kind: str,
+        items: Sequence[Any],
+        idempotency_key: str | None,
+        command: Callable[[Any, str | None], _Command],
+    ) -> list[Answer | DomainError | ValidationError]:
+        """Each item taken or refused on its own: what is wrong with one — its shape, its agency, its transition —
+        refuses that item only (its outcome at its place). The items are queued in their order (a dossier's later
+        change after its earlier one) and share the group commit's transactions. With an Idempotency-Key, each
+        item is done once under a key of its own derived from the batch's, its kind and its place, so the same
+        batch sent again is answered as before and creates nothing (ADR 0030)."""
         import asyncio
 
         outcomes: list[Answer | DomainError | ValidationError | None] = [None] * len(items)
@@ -597,10 +620,7 @@ class DossierService:
         batch = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32] if idempotency_key is not None else None
         for i, item in enumerate(items):
             try:
-                body = DossierIn.model_validate(item)
-                _acting_for(client, body.MaHoSo)  # refused here, not by failing the transaction it would share
-                key = f"batch:{batch}:{i}" if batch is not None else None
-                runs.append((i, self.sync_command(client, body, idempotency_key=key, correlation_id=correlation_id)))
+                runs.append((i, command(item, f"batch:{kind}:{batch}:{i}" if batch is not None else None)))
             except (ValidationError, DomainError) as exc:
                 outcomes[i] = exc
         done = await asyncio.gather(*(self.run_async(c) for _, c in runs), return_exceptions=True)

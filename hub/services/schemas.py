@@ -245,6 +245,19 @@ class DossierBatchIn(BaseModel):
     )
 
 
+class ProgressBatchIn(BaseModel):
+    """Many processing steps at once, in CapNhatTienDoHoSoMC's envelope (`data`: an array of steps, each naming its
+    dossier) — what a one-stop system sends when it catches up after an outage of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description="the steps, each as POST /v1/dossiers/{MaHoSo}/progress takes one; a dossier's steps in order",
+        json_schema_extra={"items": {"$ref": "#/components/schemas/ProgressIn"}},
+    )
+
+
 class BatchItem(BaseModel):
     """One item's outcome, at its place in the batch: accepted (202, with what POST /v1/dossiers answers), or
     refused with its problem (RFC 9457, the status and code that request alone would have got)."""
