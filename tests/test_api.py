@@ -589,3 +589,17 @@ def test_a_batch_of_steps_applies_each_dossiers_steps_in_order_and_refuses_alone
     ]  # fmt: skip
     assert [e["TrangThaiHoSo"] for e in hub.http.get(f"/v1/dossiers/{a['MaHoSo']}").json()["events"]] == [2, 4, 9]
     assert hub.http.get(f"/v1/dossiers/{b['MaHoSo']}").json()["TrangThaiHoSo"] == 5
+
+
+def test_a_batch_sent_again_without_a_key_creates_nothing_either(hub: Hub) -> None:
+    """A client that lost the answer to its batch (a timeout, hub killed mid-way) sends it again with no key: each
+    item that is its dossier's latest change over again is answered as before (ADR 0021), nothing is created."""
+    items = [dossier(90 + i, status=2) for i in range(4)]
+    items.append({**items[0], "TrangThaiHoSo": 4})
+    first = hub.http.post("/v1/dossiers/batch", json={"data": items}).json()
+    again = hub.http.post("/v1/dossiers/batch", json={"data": items[1:]}).json()  # the first item is no longer latest
+    assert first["accepted"] == 5 and again["accepted"] == 4
+    assert all(x["replayed"] for x in again["results"])
+    assert [x["event_id"] for x in again["results"]] == [x["event_id"] for x in first["results"][1:]]
+    with hub.runtime.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(StatusEvent)) == 5
