@@ -495,6 +495,7 @@ class PaymentService:
                 expired = created_at <= now - self.expire_after  # (the store's datetimes are aware, in UTC)
                 outcomes.append((reference, "expired" if expired else "still_pending"))
             asked = utcnow()
+            given_up = False
             with self.sessions.begin() as s:
                 if expired:  # only if nothing credited it meanwhile
                     done = s.execute(
@@ -504,17 +505,19 @@ class PaymentService:
                     )
                     if done.rowcount:  # type: ignore[attr-defined]
                         log.info("payment expired unpaid", extra={"reference": reference, "platform": platform_name})
-                        self._expired(s, code, reference, amount, correlation_id)
+                        given_up = self._expired(s, code, reference, amount, correlation_id)
                 s.execute(update(PAYMENTS).where(PAYMENTS.c.reference == reference).values(last_checked_at=asked))
+            if given_up:
+                self._on_commit()  # the citizen's message is in the outbox: the relay need not wait for its poll
         return outcomes
 
-    def _expired(self, s: Session, code: str, reference: str, amount: int, correlation_id: str) -> None:
+    def _expired(self, s: Session, code: str, reference: str, amount: int, correlation_id: str) -> bool:
         """A payment just given up: said in its dossier's history, in the same transaction (once, as the change of
         status is); the citizen is told to pay again only while the dossier still waits for a payment (6) and has
-        no other pay link open or paid."""
+        no other pay link open or paid. Whether anything was written."""
         dossier = s.execute(SELECT_DOSSIER, {"code": code}).first()  # locked, after the payment: as callbacks do
         if dossier is None:
-            return
+            return False
         other = s.scalar(
             select(func.count())
             .select_from(Payment)
@@ -529,6 +532,7 @@ class PaymentService:
             s, code, dossier, client=SYSTEM.name, reference=reference, amount=amount, tell_citizen=waiting,
             correlation_id=correlation_id,
         )  # fmt: skip
+        return True
 
     def of_dossier(self, code: str) -> list[dict[str, Any]]:
         """A dossier's payments, newest first, each with the callbacks received for it (for the console)."""
