@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pydantic
 import pydantic_core
-from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response, Security
+from fastapi import Body, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
@@ -169,14 +169,6 @@ async def _client(  # async: an API key costs no I/O, so FastAPI runs this on th
     return found
 
 
-async def _idempotency_key(
-    idempotency_key: Annotated[
-        str | None, Header(max_length=IDEMPOTENCY_KEY_MAX, description="repeat it to repeat a request safely")
-    ] = None,
-) -> str | None:
-    return idempotency_key
-
-
 # The client system calling, by its API key or access token, for an operation the named OAuth scope covers: a token
 # that names any of hub's scopes (adapters/identity.SCOPES) must name this one
 Dossiers = Annotated[ClientSystem, Security(_client, scopes=["hub:dossiers"])]
@@ -184,7 +176,11 @@ Prefill = Annotated[ClientSystem, Security(_client, scopes=["hub:prefill"])]
 Audit = Annotated[ClientSystem, Security(_client, scopes=["hub:audit"])]
 Payments = Annotated[ClientSystem, Security(_client, scopes=["hub:payments"])]
 Signatures = Annotated[ClientSystem, Security(_client, scopes=["hub:signatures"])]
-IdemKey = Annotated[str | None, Depends(_idempotency_key)]
+# read by the operation itself, not through a dependency of its own: one fewer for FastAPI to solve per request
+IdemKey = Annotated[
+    str | None,
+    Header(alias="idempotency-key", max_length=IDEMPOTENCY_KEY_MAX, description="repeat it to repeat a request safely"),
+]
 # a dossier code in a path, with the documentation examples' dossier as its example
 DossierPath = Annotated[str, Path(examples=[examples.BIRTH], description="MaHoSo")]
 
@@ -305,7 +301,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         summary="Create or update a dossier (DongBoHoSoMC shape); relayed to the national portal",
     )
     async def sync_dossier(
-        body: Annotated[DossierIn, Body(openapi_examples=examples.dossier())], who: Dossiers, key: IdemKey
+        body: Annotated[DossierIn, Body(openapi_examples=examples.dossier())], who: Dossiers, key: IdemKey = None
     ) -> JSONResponse:
         # async: validation is CPU work and the commit is waited for without a thread (GroupCommit.submit_async)
         service = rt().dossiers
@@ -325,7 +321,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "Idempotency-Key the same batch sent again is answered as before and creates nothing.",
     )
     async def sync_dossiers(
-        body: Annotated[DossierBatchIn, Body(openapi_examples=examples.batch())], who: Dossiers, key: IdemKey
+        body: Annotated[DossierBatchIn, Body(openapi_examples=examples.batch())], who: Dossiers, key: IdemKey = None
     ) -> JSONResponse:
         outcomes = await rt().dossiers.sync_many(
             who, body.data, idempotency_key=key, correlation_id=correlation_id.get()
@@ -342,7 +338,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "their order in `data`. Answered as `POST /v1/dossiers/batch` is: each item's outcome at its place.",
     )
     async def add_progress_many(
-        body: Annotated[ProgressBatchIn, Body(openapi_examples=examples.progress_batch())], who: Dossiers, key: IdemKey
+        body: Annotated[ProgressBatchIn, Body(openapi_examples=examples.progress_batch())],
+        who: Dossiers,
+        key: IdemKey = None,
     ) -> JSONResponse:
         service = rt().dossiers
         outcomes = await service.progress_many(who, body.data, idempotency_key=key, correlation_id=correlation_id.get())
@@ -356,7 +354,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         summary="The national portal pushes a dossier filed there; relayed to the province's one-stop system",
     )
     async def push_dossier(
-        body: Annotated[DossierIn, Body(openapi_examples=examples.filed_on_portal())], who: Dossiers, key: IdemKey
+        body: Annotated[DossierIn, Body(openapi_examples=examples.filed_on_portal())],
+        who: Dossiers,
+        key: IdemKey = None,
     ) -> JSONResponse:
         service = rt().dossiers
         command = service.push_command(who, body, idempotency_key=key, correlation_id=correlation_id.get())
@@ -373,7 +373,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         code: DossierPath,
         body: Annotated[ProgressIn, Body(openapi_examples=examples.progress())],
         who: Dossiers,
-        key: IdemKey,
+        key: IdemKey = None,
     ) -> JSONResponse:
         service = rt().dossiers
         command = service.progress_command(who, code, body, idempotency_key=key, correlation_id=correlation_id.get())
@@ -391,7 +391,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "`tsa_unavailable` when it cannot sign now.",
     )
     def send_edoc(
-        code: DossierPath, body: Annotated[EdocIn, Body(openapi_examples=examples.EDOC)], who: Dossiers, key: IdemKey
+        code: DossierPath,
+        body: Annotated[EdocIn, Body(openapi_examples=examples.EDOC)],
+        who: Dossiers,
+        key: IdemKey = None,
     ) -> JSONResponse:
         import base64
 
@@ -458,7 +461,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         document_id: str,
         body: Annotated[RecallIn, Body(openapi_examples=examples.RECALL)],
         who: Dossiers,
-        key: IdemKey,
+        key: IdemKey = None,
     ) -> JSONResponse:
         from datetime import date
 
