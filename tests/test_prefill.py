@@ -560,6 +560,45 @@ def test_a_signed_in_citizen_sees_who_used_their_data(
     assert (seen["items"][0]["purpose"], seen["items"][0]["client"]) == ("data_subject_access", "citizen")
 
 
+def test_a_signed_in_citizen_sees_their_consents_and_withdraws_one(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, trust: Trust
+) -> None:
+    """The data subject's right to withdraw consent (Decree 13/2023): signed in, a citizen lists the consents hub
+    holds for them and withdraws one; the client system's next pre-fill with it is refused. Nobody else's consent
+    can be seen or withdrawn (an unknown one and another's are answered alike)."""
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan", citizen_idp_issuer=f"{trust.server.url}/idp"
+    )
+    someone, other = person(people), "001099000021"
+    granted = hub.http.post(
+        "/v1/consents", json={"subject_id": someone["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"]}
+    ).json()
+    ref = granted["consent_ref"]
+    assert ask(hub, someone["SoDinhDanh"], consent_ref=ref).status_code == 200
+    mine, theirs = citizen_token(trust, someone["SoDinhDanh"]), citizen_token(trust, other)
+
+    def call(method: str, path: str, token: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return httpx.request(method, f"{hub.server.url}{path}", headers=headers, timeout=10)
+
+    listed = call("GET", "/v1/citizens/me/consents", mine).json()
+    assert listed["count"] == 1
+    assert {k: listed["items"][0][k] for k in ("consent_ref", "client", "purpose", "state")} == {
+        "consent_ref": ref, "client": "onestop-hcm", "purpose": PURPOSE, "state": "active"
+    }  # fmt: skip
+    assert call("GET", "/v1/citizens/me/consents", theirs).json() == {"count": 0, "items": []}
+    for token, code in ((theirs, 404), (None, 401)):  # another citizen's, or nobody signed in
+        assert call("POST", f"/v1/citizens/me/consents/{ref}/withdraw", token).status_code == code
+    assert call("POST", "/v1/citizens/me/consents/cs-nothing/withdraw", mine).json()["code"] == "unknown_consent"
+    withdrawn = call("POST", f"/v1/citizens/me/consents/{ref}/withdraw", mine)
+    assert withdrawn.status_code == 200 and withdrawn.json()["state"] == "withdrawn"
+    again = call("POST", f"/v1/citizens/me/consents/{ref}/withdraw", mine)
+    assert again.json()["revoked_at"] == withdrawn.json()["revoked_at"]  # once
+    assert call("GET", "/v1/citizens/me/consents", mine).json()["items"][0]["state"] == "withdrawn"
+    refused = ask(hub, someone["SoDinhDanh"], consent_ref=ref)
+    assert refused.status_code == 403 and refused.json()["code"] == "consent_revoked"
+
+
 def test_a_citizen_looping_on_their_data_usage_is_slowed_and_the_log_does_not_grow_with_it(
     hub_factory: HubFactory, trust: Trust
 ) -> None:

@@ -585,6 +585,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> dict[str, Any]:
+        items = rt().prefill.own_data_usage(
+            citizen(token), limit=limit, correlation_id=correlation_id.get(),
+            per_minute=settings.citizen_views_per_minute,
+        )  # fmt: skip
+        return {"count": len(items), "items": items}
+
+    def citizen(token: HTTPAuthorizationCredentials | None) -> str:
+        """The personal ID of the citizen signed in: their ID token, checked against the identity provider."""
         tokens = rt().citizen_tokens
         if tokens is None:
             raise CitizenSignInUnavailable(
@@ -593,15 +601,38 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if token is None:
             raise Unauthenticated("send the ID token from your sign-in as a bearer token", code="unauthenticated")
         try:
-            personal_id = tokens.personal_id(token.credentials)
+            return tokens.personal_id(token.credentials)
         except PeerError as exc:
             raise CitizenSignInUnavailable(
                 "the identity provider could not be reached; try again shortly", code="identity_provider_unavailable"
             ) from exc
-        items = rt().prefill.own_data_usage(
-            personal_id, limit=limit, correlation_id=correlation_id.get(), per_minute=settings.citizen_views_per_minute
-        )
+
+    @app.get(
+        "/v1/citizens/me/consents",
+        tags=["prefill"],
+        summary="My consents: for the citizen, signed in — who may reuse my documents, for what, until when",
+        description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). Newest first, "
+        "each `active`, `expired` or `withdrawn`.",
+    )
+    def my_consents(
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+    ) -> dict[str, Any]:
+        items = rt().prefill.consents_of(citizen(token))
         return {"count": len(items), "items": items}
+
+    @app.post(
+        "/v1/citizens/me/consents/{ref}/withdraw",
+        tags=["prefill"],
+        summary="I withdraw a consent: no pre-fill may use it from now on (the data subject's right)",
+        description="Only the citizen's own consents; another's, or one that does not exist, is 404 "
+        "`unknown_consent` alike. Withdrawing twice answers as the first time. The client system that collected the "
+        "consent sees it refused (`consent_revoked`) at its next use.",
+    )
+    def withdraw_my_consent(
+        ref: Annotated[str, Path(max_length=64)],
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+    ) -> dict[str, Any]:
+        return rt().prefill.withdraw_consent(citizen(token), ref)
 
     @app.post(
         "/v1/signatures/verify",

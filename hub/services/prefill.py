@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.domain import identifiers
 from hub.domain.dates import instant, utcnow
 from hub.domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
-from hub.domain.privacy import subject_hmac
+from hub.domain.privacy import same_text, subject_hmac
 from hub.logs import spent
 from hub.services.audit import ACCESS_LOG_INQUIRY, DATA_SUBJECT_ACCESS, Access, AccessLog
 from hub.services.population_cache import PopulationCache
@@ -39,6 +40,7 @@ from hub.store.db import RawTransaction, reading
 from hub.store.group_commit import GroupCommit
 from hub.store.models import Consent, Document, Exchange, table
 
+log = logging.getLogger(__name__)
 SOURCE_SYSTEM = "csdlqg_dan_cu"  # the population database, as named in provenance
 RELATIVES = {"spouse": "VoChong", "father": "Cha", "mother": "Me"}
 SEX = {"1": "Nam", "2": "Nữ"}
@@ -351,6 +353,49 @@ class PrefillService:
             if consent.revoked_at is None:
                 consent.revoked_at = utcnow()
             return {"consent_ref": ref, "revoked_at": consent.revoked_at.isoformat()}
+
+    def consents_of(self, personal_id: str) -> list[dict[str, Any]]:
+        """A citizen's consents, newest first, as the citizen sees them (signed in): who holds each, for what,
+        until when, and whether it still counts (active, expired, withdrawn)."""
+        now = utcnow()
+        with self.sessions() as s:
+            rows = s.scalars(
+                select(Consent)
+                .where(Consent.subject == self.subject_hmac(personal_id))
+                .order_by(Consent.granted_at.desc(), Consent.ref)
+            ).all()
+
+            def state(c: Consent) -> str:
+                if c.revoked_at is not None:
+                    return "withdrawn"
+                return "expired" if c.expires_at is not None and c.expires_at <= now else "active"
+
+            return [
+                {
+                    "consent_ref": c.ref,
+                    "client": c.client,
+                    "purpose": c.purpose,
+                    "scope": list(c.scope),
+                    "granted_at": c.granted_at.isoformat(),
+                    "expires_at": c.expires_at.isoformat() if c.expires_at else None,
+                    "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
+                    "state": state(c),
+                }
+                for c in rows
+            ]
+
+    def withdraw_consent(self, personal_id: str, ref: str) -> dict[str, Any]:
+        """The citizen withdraws one of their own consents (the data subject's right, Decree 13/2023 art. 12): from
+        now on no pre-fill may use it — checked at the moment of use, as a revocation by the client system is. A
+        consent of someone else's is answered as unknown, never confirmed."""
+        with self.sessions.begin() as s:
+            consent = s.get(Consent, ref)
+            if consent is None or not same_text(consent.subject, self.subject_hmac(personal_id)):
+                raise NotFound(f"you have no consent {ref[:80]!r}", code="unknown_consent")
+            if consent.revoked_at is None:
+                consent.revoked_at = utcnow()
+                log.info("consent withdrawn by the citizen", extra={"consent_ref": ref, "client": consent.client})
+            return {"consent_ref": ref, "revoked_at": consent.revoked_at.isoformat(), "state": "withdrawn"}
 
     def register_document(self, client: ClientSystem, body: DocumentIn) -> dict[str, Any]:
         identifiers.personal_id(body.holder_id)
