@@ -68,6 +68,17 @@ class PeerState:
         self.received.append(Received(time.time(), operation, key, body, outcome, reply))
 
 
+def rate_limited(state: PeerState) -> str | None:
+    """While the `rate_limit_seconds` knob runs: this call is counted as refused, and the Retry-After to answer it
+    with (whole seconds left, rounded up) is returned; None otherwise. Each sandbox words its own 429."""
+    left = state.faults.rate_limit_until - time.time()
+    if left <= 0:
+        return None
+    with state.lock:
+        state.faults.rate_limited += 1
+    return str(math.ceil(left))
+
+
 async def apply_faults(state: PeerState) -> Response | None:
     """Sleep or fail as the knobs say; None means go on and handle the call."""
     f = state.faults
@@ -75,13 +86,9 @@ async def apply_faults(state: PeerState) -> Response | None:
         await asyncio.sleep(f.latency_ms / 1000)
     if f.outage_until > time.time():
         return JSONResponse({"error_code": 99, "message": "sandbox outage"}, status_code=503)
-    if (left := f.rate_limit_until - time.time()) > 0:
-        with state.lock:
-            f.rate_limited += 1
+    if (wait := rate_limited(state)) is not None:
         return JSONResponse(
-            {"error_code": 99, "message": "sandbox rate limit"},
-            status_code=429,
-            headers={"Retry-After": str(math.ceil(left))},
+            {"error_code": 99, "message": "sandbox rate limit"}, status_code=429, headers={"Retry-After": wait}
         )
     with state.lock:
         if f.storm_5xx > 0:

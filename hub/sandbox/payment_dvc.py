@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import math
 import threading
 import time
 import unicodedata
@@ -24,7 +23,7 @@ from fastapi_offline import FastAPIOffline
 from hub.adapters.http import parse_json
 from hub.domain.privacy import same_text
 from hub.sandbox import contracts
-from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
+from hub.sandbox.common import Faults, PeerState, add_control_routes, rate_limited, send_copies
 
 VN = timedelta(hours=7)
 
@@ -117,13 +116,9 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
     async def api(request: Request) -> Response:
         if st.faults.outage_until > time.time():
             return JSONResponse({"MaLoi": "99", "MoTaLoi": "sandbox outage"}, status_code=503)
-        if (left := st.faults.rate_limit_until - time.time()) > 0:
-            with st.lock:
-                st.faults.rate_limited += 1
+        if (wait := rate_limited(st)) is not None:
             return JSONResponse(
-                {"MaLoi": "99", "MoTaLoi": "sandbox rate limit"},
-                status_code=429,
-                headers={"Retry-After": str(math.ceil(left))},
+                {"MaLoi": "99", "MoTaLoi": "sandbox rate limit"}, status_code=429, headers={"Retry-After": wait}
             )
         try:
             msg = parse_json(await request.body())

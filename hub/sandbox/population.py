@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import math
 import random
 import time
 import unicodedata
@@ -21,7 +20,7 @@ from fastapi_offline import FastAPIOffline
 from lxml import etree
 
 from hub.sandbox import contracts
-from hub.sandbox.common import Faults, PeerState, add_control_routes
+from hub.sandbox.common import Faults, PeerState, add_control_routes, rate_limited
 from hub.sandbox.population_data import Population
 
 TNS = "urn:vn:csdlqg:dancu:congdan:v1"
@@ -129,11 +128,9 @@ def create_app(state: PopulationState | None = None) -> FastAPI:
             await asyncio.sleep(f.latency_ms / 1000)
         if f.outage_until > time.time():
             return Response(b"<html><body>503 Service Unavailable</body></html>", status_code=503)
-        if (left := f.rate_limit_until - time.time()) > 0:
-            with st.lock:
-                f.rate_limited += 1
+        if (wait := rate_limited(st)) is not None:
             page = b"<html><body>429 Too Many Requests</body></html>"
-            return Response(page, status_code=429, headers={"Retry-After": str(math.ceil(left))})
+            return Response(page, status_code=429, headers={"Retry-After": wait})
         if f.timeout_rate and random.random() < f.timeout_rate:
             await asyncio.sleep(f.hang_seconds)
         raw = await request.body()
