@@ -34,6 +34,7 @@ from hub.sync.outbox import DEAD, PENDING
 NATIONAL_PORTAL = "national_portal"
 ONE_STOP = "one_stop"
 DOCUMENT_EXCHANGE = "document_exchange"  # signed edXML envelopes to other agencies
+SEND_DOCUMENT, SEND_STATUS = "send_edoc", "send_edoc_status"  # its operations: a document, hub's recall of one
 SYNC, PROGRESS, DOWNFLOW = "dossier.sync", "dossier.progress", "dossier.downflow"
 # A fact in a dossier's history that is not a change of its status (not relayed to the portal): a pay link given
 # up unpaid
@@ -417,7 +418,7 @@ class DossierService:
                 current.id,
                 seq,
                 DOCUMENT_EXCHANGE,
-                "send_edoc",
+                SEND_DOCUMENT,
                 {
                     "document_id": document_id,
                     "to": request["to"],
@@ -498,9 +499,7 @@ class DossierService:
             seq = _next_document_seq(session, current.id)
             event_id = str(uuid.uuid4())
             payload = {"document_id": document_id, "status": "13", "envelope": envelope.decode(), "to": []}
-            row = _outbox_row(
-                event_id, current.id, seq, DOCUMENT_EXCHANGE, "send_edoc_status", payload, correlation_id, now
-            )
+            row = _outbox_row(event_id, current.id, seq, DOCUMENT_EXCHANGE, SEND_STATUS, payload, correlation_id, now)
             session.execute(INSERT_OUTBOX, [row])
             return {"event_id": event_id, "MaHoSo": code, "document_id": document_id, "status": "13", "seq": seq}
 

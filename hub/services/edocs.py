@@ -25,7 +25,7 @@ from hub.adapters.exchange import ExchangeHook
 from hub.adapters.http import REPLY_TOO_LARGE
 from hub.domain.dates import utcnow
 from hub.domain.errors import DomainError
-from hub.services.dossiers import DOCUMENT_EXCHANGE
+from hub.services.dossiers import DOCUMENT_EXCHANGE, SEND_DOCUMENT, SEND_STATUS
 from hub.signing import edxml
 from hub.signing.report import Report
 from hub.store.db import reading_session
@@ -33,7 +33,6 @@ from hub.store.models import EdocNotice, EdocSent
 
 log = logging.getLogger(__name__)
 
-SEND_DOCUMENT, SEND_STATUS = "send_edoc", "send_edoc_status"  # its operations: a document, hub's recall of one
 MAX_NOTICE_BYTES = 1024 * 1024  # a status notice is a few kB with its certificates
 APPLIED = "applied"
 
