@@ -166,8 +166,7 @@ def loadgen(port: int, mode: str, api_key: str, **opts: Any) -> dict[str, Any]:
         str(port),
         "--mode",
         mode,
-        "--api-key",
-        api_key,
+        f"--api-key={api_key}",  # one argument: a random key may start with "-"
     ]
     for k, v in opts.items():
         args += [f"--{k.replace('_', '-')}", str(v)]

@@ -47,6 +47,11 @@ def test_a_pattern_ends_where_the_string_ends() -> None:
     for field in ("MaHoSo", "ThoiDiemXuLy"):
         found = contracts.errors("national_portal/progress.schema.json", {**good, field: good[field] + "\n"})
         assert len(found) == 1 and found[0].startswith(f"{field}: "), found
+    # the same through a $ref into another contract: a DongBoHoSoMC whose dossier code ends in a line end
+    message = example("DongBoHoSoMC.request.json")
+    message["data"][0]["MaHoSo"] += "\n"
+    found = contracts.errors("national_portal/service.request.schema.json", message)
+    assert len(found) == 1 and found[0].startswith("data/0/MaHoSo: "), found
 
 
 def test_hub_models_accept_golden_messages_and_emit_contract_shapes() -> None:
