@@ -2,7 +2,12 @@
 beside the drain rate of a no-op Celery task on the same broker in the same run; the same in embedded mode;
 and the ingest endpoint beside a bare FastAPI POST of the same body.
 
-    .venv/bin/python bench/relay.py [--events 5000]
+Both sides of the relay's ratio are throughput at saturation: the no-op drain has its whole queue waiting, and the
+end-to-end run offers hub enough load (the one-stop system's 64 connections, each walking its dossiers' events in
+order, one request at a time). With 16 connections the figure was the client's round trips, not hub's capacity —
+the same code measured 399–474 events/s at 16, 522 at 32, 629–653 at 64 and 660 at 128 (2026-12-06).
+
+    .venv/bin/python bench/relay.py [--events 5000] [--connections 64] [--api-workers 1]
 """
 
 from __future__ import annotations
@@ -57,7 +62,14 @@ def delivered(url: str) -> int:
 
 
 def end_to_end(
-    env: dict[str, str], api_key: str, db_url: str, dossiers: int, tmp: Path, workers: int, api_workers: int = 1
+    env: dict[str, str],
+    api_key: str,
+    db_url: str,
+    dossiers: int,
+    tmp: Path,
+    workers: int,
+    api_workers: int = 1,
+    connections: int = 64,
 ) -> dict[str, Any]:
     port = free_port()
     serve = [str(BIN / "hub"), "serve", "--no-sandbox", "--port", str(port), "--workers", str(api_workers)]
@@ -71,7 +83,7 @@ def end_to_end(
         total = dossiers * 10
         engine = create_engine(db_url)
         started = time.perf_counter()
-        load = loadgen(port, "walk", api_key, dossiers=dossiers, connections=16)
+        load = loadgen(port, "walk", api_key, dossiers=dossiers, connections=connections)
         with engine.connect() as c:
             while True:
                 n = int(c.execute(text("SELECT count(*) FROM outbox WHERE state = 'delivered'")).scalar_one())
@@ -142,6 +154,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--api-workers", type=int, default=1, help="uvicorn workers of `hub serve` in the distributed run")
+    ap.add_argument(
+        "--connections", type=int, default=64, help="the one-stop system's connections to hub (end to end runs)"
+    )
     args = ap.parse_args()
     dossiers = max(1, args.events // 10)
     rows: list[tuple[str, float, str, float, str]] = []
@@ -172,10 +187,20 @@ def main() -> None:
                 subprocess.run([str(BIN / "hub"), "db", "upgrade"], env=env, check=True, capture_output=True)
                 noop = noop_drain_rate(env, broker, args.events, tmp)
                 print(f"no-op Celery drain: {noop:.0f} tasks/s", flush=True)
-                dist = end_to_end(env, api_key, db_url, dossiers, tmp, workers=1, api_workers=args.api_workers)
+                dist = end_to_end(
+                    env,
+                    api_key,
+                    db_url,
+                    dossiers,
+                    tmp,
+                    workers=1,
+                    api_workers=args.api_workers,
+                    connections=args.connections,
+                )
                 rows.append(
                     (
-                        f"distributed relay (PostgreSQL + Celery/Redis, 1 worker × 2 procs, API × {args.api_workers})",
+                        f"distributed relay (PostgreSQL + Celery/Redis, 1 worker × 2 procs, API × {args.api_workers}, "
+                        f"{args.connections} conns)",
                         dist["events_per_s"],
                         "no-op Celery task drain",
                         noop,
@@ -186,10 +211,18 @@ def main() -> None:
                 httpx.post(f"http://127.0.0.1:{sandbox_port}/_sandbox/reset").raise_for_status()
                 emb_env = {**env, "HUB_BROKER_URL": "", "HUB_DATABASE_URL": f"sqlite:///{tmp}/embedded.db"}
                 subprocess.run([str(BIN / "hub"), "db", "upgrade"], env=emb_env, check=True, capture_output=True)
-                emb = end_to_end(emb_env, api_key, f"sqlite:///{tmp}/embedded.db", dossiers, tmp, workers=0)
+                emb = end_to_end(
+                    emb_env,
+                    api_key,
+                    f"sqlite:///{tmp}/embedded.db",
+                    dossiers,
+                    tmp,
+                    workers=0,
+                    connections=args.connections,
+                )
                 rows.append(
                     (
-                        "embedded relay (SQLite + in-process worker)",
+                        f"embedded relay (SQLite + in-process worker, {args.connections} conns)",
                         emb["events_per_s"],
                         "no-op Celery task drain",
                         noop,
@@ -225,9 +258,9 @@ def main() -> None:
             finally:
                 sandbox.stop()
     print(f"\nrelay benchmark — {args.events} events, 2-core machine, same-run baselines")
-    print(f"{'measure':<70} {'figure':>10} {'baseline':>10} {'ratio':>6}")
+    print(f"{'measure':<84} {'figure':>10} {'baseline':>10} {'ratio':>6}")
     for name, fig, base_name, base, unit in rows:
-        print(f"{name:<70} {fig:>10.0f} {base:>10.0f} {fig / base:>6.2f}  ({unit}; baseline: {base_name})")
+        print(f"{name:<84} {fig:>10.0f} {base:>10.0f} {fig / base:>6.2f}  ({unit}; baseline: {base_name})")
     print(
         f"\ningest latency p50 {h['p50_ms']:.1f} ms p99 {h['p99_ms']:.1f} ms; bare p50 {b['p50_ms']:.1f} ms "
         f"p99 {b['p99_ms']:.1f} ms; statuses hub {h['statuses']} bare {b['statuses']}"
