@@ -445,17 +445,17 @@ class _Store:
 
 @jobs_cli.command("list")
 def jobs_list(
-    state: Annotated[str | None, typer.Option(help="pending | in_flight | delivered | dead")] = None,
+    state: Annotated[str | None, typer.Option(help="pending | in_flight | delivered | dead | set_aside")] = None,
     dossier: Annotated[str | None, typer.Option(help="MaHoSo")] = None,
     limit: int = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
 ) -> None:
     """List outbox deliveries, newest first."""
     from hub.sync import jobs
-    from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
+    from hub.sync.outbox import STATES
 
-    if state is not None and state not in (PENDING, IN_FLIGHT, DELIVERED, DEAD):
-        err.print(f"[red]--state must be one of {PENDING}, {IN_FLIGHT}, {DELIVERED}, {DEAD}[/red]")
+    if state is not None and state not in STATES:
+        err.print(f"[red]--state must be one of {', '.join(STATES)}[/red]")
         raise typer.Exit(2)
     rt = _Store()
     try:
@@ -534,6 +534,42 @@ def jobs_replay(
         rt.close()
     said = f"replayed {result['replayed']} dead letter(s)"
     _said(result, as_json, said, result["replayed"], "not dead letters", result["not_dead"])
+
+
+@jobs_cli.command("set-aside")
+def jobs_set_aside(
+    ids: Annotated[list[int] | None, typer.Argument(help="dead-letter ids")] = None,
+    dossier: Annotated[str | None, typer.Option(help="the dead letters of one MaHoSo")] = None,
+    reason: Annotated[str, typer.Option(help="why they are not to be delivered (kept with them; required)")] = "",
+    by: Annotated[str | None, typer.Option(help="who decided (default: the user running this command)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Set dead letters aside: never delivered, and no longer holding back their dossier's later messages, which
+    then flow in their order. For a message the peer will never take and that must not be sent again (the portal
+    already has what it says; it was wrong and a corrected one follows). Who, when and why are kept with it.
+    Final: a message set aside is not replayed."""
+    import getpass
+
+    from hub.sync import jobs
+
+    if not ids and not dossier:
+        err.print("[red]name dead-letter ids, or --dossier MaHoSo[/red]")
+        raise typer.Exit(2)
+    if not reason.strip():
+        err.print("[red]--reason is required: say why these messages are not to be delivered[/red]")
+        raise typer.Exit(2)
+    if len(" ".join(reason.split())) > jobs.MAX_REASON:
+        err.print(f"[red]--reason is longer than {jobs.MAX_REASON} characters[/red]")
+        raise typer.Exit(2)
+    who = (by or "").strip() or f"cli:{getpass.getuser()}"
+    rt = _Store()
+    try:
+        with rt.sessions.begin() as session:
+            result = jobs.set_aside(session, ids=ids or None, dossier=dossier, by=who, reason=reason)
+    finally:
+        rt.close()
+    said = f"set {result['set_aside']} dead letter(s) aside; their dossiers' later messages go on"
+    _said(result, as_json, said, result["set_aside"], "not dead letters", result["not_dead"])
 
 
 @jobs_cli.command("retry")

@@ -23,7 +23,7 @@ from hub.store.db import WalCheckpointer
 from hub.store.models import AccessLogEntry, EdocNotice, Exchange, OutboxMessage, Payment, PaymentCallback
 from hub.store.space import DiskSpace
 from hub.sync import jobs
-from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
+from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING, SET_ASIDE
 from hub.sync.workers import WorkerSeen
 
 DURATION_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -147,7 +147,7 @@ class StoreCollector(Collector):
         now = utcnow()
         with self.sessions() as s:
             # one index-only scan per state (ix_outbox_state_destination), as `hub peers status` does
-            for state in (PENDING, IN_FLIGHT, DEAD, DELIVERED):
+            for state in (PENDING, IN_FLIGHT, DEAD, DELIVERED, SET_ASIDE):
                 for dest, n in s.execute(
                     select(OutboxMessage.destination, func.count())
                     .where(OutboxMessage.state == state)

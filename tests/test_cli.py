@@ -95,6 +95,33 @@ def test_jobs_list_show_and_replay(
     assert hub.wait_idle() == {"delivered": 2}
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the statements are the relay test's, on both databases
+def test_jobs_set_aside_asks_for_a_reason_and_says_who(
+    hub_factory: HubFactory, portal: httpx.Client, tmp_path: Path, backend: str
+) -> None:
+    """A dead letter the operator will not deliver: set aside from the command line, with the reason it must be
+    given, under the name of whoever ran it; the dossier's next message then goes."""
+    hub = hub_factory()
+    d = dossier(1)
+    hub.http.post("/v1/dossiers", json=d)
+    hub.wait_idle()
+    portal.post("/_sandbox/reset")  # the portal forgets the dossier: the next progress is refused (unknown)
+    hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4))
+    hub.wait_idle()
+    env = {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+    no_reason = run(["jobs", "set-aside", "--dossier", d["MaHoSo"]], tmp_path, env)
+    assert no_reason.returncode == 2 and "--reason is required" in no_reason.stderr
+    assert run(["jobs", "set-aside", "--reason", "x"], tmp_path, env).returncode == 2  # nothing named
+    done = run(
+        ["jobs", "set-aside", "--dossier", d["MaHoSo"], "--reason", "cổng đã xóa hồ sơ", "--json"], tmp_path, env
+    )
+    assert json.loads(done.stdout) == {"set_aside": 1, "not_dead": []}, done.stderr
+    listed = json.loads(run(["jobs", "list", "--state", "set_aside", "--json"], tmp_path, env).stdout)
+    [row] = listed["items"]
+    assert row["set_aside_reason"] == "cổng đã xóa hồ sơ" and row["set_aside_by"].startswith("cli:")
+    assert listed["totals"] == {"delivered": 1, "set_aside": 1}
+
+
 def test_jobs_retry_sends_a_waiting_delivery_now(
     hub_factory: HubFactory, portal: httpx.Client, tmp_path: Path, backend: str
 ) -> None:

@@ -115,6 +115,35 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
+def test_operator_sets_a_dead_letter_aside_with_a_reason(console_hub: Hub, creds: Creds, browser: object) -> None:
+    """A dead letter nobody will deliver: the operator sets it aside from the list, must say why, confirms; the
+    dossier's timeline then says who set it aside and why."""
+    hub = console_hub
+    code = dead_letter(hub, creds)
+    base = hub.server.url
+    context = browser.new_context(locale="vi-VN")  # type: ignore[attr-defined]
+    page = context.new_page()
+    login(page, base, "tran.van.an")
+    page.goto(f"{base}/ops/dead")
+    page.check("input[name=ids]")
+    page.click("#set-aside-selected")  # no reason given: refused, nothing changed
+    assert page.locator("#flash").inner_text().startswith("Cần ghi lý do")
+    page.check("input[name=ids]")
+    page.fill("#set-aside-reason", "Cơ quan đã ngừng tiếp nhận <qua hub>")
+    page.click("#set-aside-selected")
+    assert page.locator("h1").inner_text() == "Bỏ qua 1 thư chết?"
+    assert page.locator("#confirm-reason").inner_text() == "Cơ quan đã ngừng tiếp nhận <qua hub>"  # shown as text
+    page.click("#confirm")
+    assert page.locator("#flash").inner_text().startswith("Đã bỏ qua 1 thư chết")
+    assert hub.wait_idle() == {"set_aside": 1}
+    page.goto(f"{base}/ops/dossiers/{code}")
+    timeline = page.locator("#timeline").inner_text()
+    assert "đã bỏ qua" in timeline and "console:tran.van.an" in timeline and "<qua hub>" in timeline
+    shot(page, "timeline-set-aside")
+    context.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_viewer_sees_but_cannot_replay(console_hub: Hub, creds: Creds, browser: object, backend: str) -> None:
     hub = console_hub
     dead_letter(hub, creds)

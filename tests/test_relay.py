@@ -141,6 +141,45 @@ def test_permanent_rejection_is_a_dead_letter_that_holds_back_only_its_dossier(
     assert portal_history(portal, blocked) == [2, 4, 9]
 
 
+def test_a_dead_letter_set_aside_lets_its_dossier_go_on_and_is_never_sent(
+    hub_factory: HubFactory, portal: httpx.Client, officer: PortalOfficer
+) -> None:
+    """An officer at the portal asked for the fee (6) while the one-stop system asked for a supplement (5): the
+    portal refuses 6→5 for good, and the dead letter holds back the dossier's next step. The operator decides the
+    portal is right and sets the message aside, saying why: the next step (4, after the payment) goes, in order;
+    the message set aside is never sent, cannot be replayed, and says who set it aside and why."""
+    hub = hub_factory()
+    [code] = file_and_walk(hub, 1, [])
+    hub.wait_idle()
+    officer.call("CapNhatTienDoHoSoMC", {"data": [step(code, 6)]})
+    assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 5)).status_code == 202
+    assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 4)).status_code == 202
+    _wait_for(lambda: _states(hub).get("dead") == 1)
+    time.sleep(0.3)
+    assert _states(hub) == {"delivered": 1, "dead": 1, "pending": 1}  # the 4 waits behind the dead 5
+    with hub.runtime.sessions.begin() as s:
+        [dead] = jobs.list_jobs(s, state="dead")
+        with pytest.raises(ValueError, match="reason"):
+            jobs.set_aside(s, ids=[dead["id"]], by="ops:an", reason="  ")
+        assert jobs.set_aside(s, ids=[dead["id"], 999_999], by="ops:an", reason="portal đã yêu cầu nộp phí") == {
+            "set_aside": 1,
+            "not_dead": [999_999],
+        }
+    hub.runtime.wake()
+    assert hub.wait_idle() == {"delivered": 2, "set_aside": 1}
+    assert portal_history(portal, code) == [2, 6, 4]  # the 5 never reached the portal; the 4 followed the 6
+    with hub.runtime.sessions.begin() as s:
+        assert jobs.replay(s, ids=[dead["id"]]) == {"replayed": 0, "not_dead": [dead["id"]]}  # final
+        shown = jobs.show_job(s, dead["id"])
+    assert shown is not None and shown["state"] == "set_aside" and shown["set_aside_by"] == "ops:an"
+    assert shown["set_aside_reason"] == "portal đã yêu cầu nộp phí" and shown["last_error_code"]
+    events = hub.http.get(f"/v1/dossiers/{code}").json()["events"]
+    [aside] = events[1]["deliveries"]
+    assert aside["state"] == "set_aside" and aside["set_aside_by"] == "ops:an" and aside["set_aside_at"]
+    assert events[2]["deliveries"][0]["state"] == "delivered"
+    assert "set_aside" in hub.http.get("/metrics").text
+
+
 def test_retryable_failures_dead_letter_after_max_attempts(hub_factory: HubFactory, portal: httpx.Client) -> None:
     portal.post("/_sandbox/faults", json={"storm_5xx": 1000})  # the portal answers, with HTTP 500, every time
     hub = hub_factory(relay_max_attempts=3)

@@ -62,6 +62,16 @@ TEXT: dict[str, dict[str, str]] = {
         "confirm_replay": "Phát lại {n} thư chết?",
         "replayed": "Đã phát lại {n} thư chết",
         "nothing_selected": "Chưa chọn mục nào",
+        "set_aside_selected": "Bỏ qua các mục đã chọn",
+        "set_aside_help": (
+            "Bỏ qua: thư không bao giờ được gửi và không còn chặn các thư sau của hồ sơ — khi cổng đã có nội dung"
+            " này, hoặc thư sai và sẽ có thư đúng thay thế. Cần ghi lý do."
+        ),
+        "reason": "Lý do",
+        "reason_required": "Cần ghi lý do (tối đa {n} ký tự)",
+        "confirm_set_aside": "Bỏ qua {n} thư chết?",
+        "set_aside_final": "Không thể hoàn tác: thư đã bỏ qua không được phát lại, các thư sau của hồ sơ sẽ được gửi.",
+        "set_aside_done": "Đã bỏ qua {n} thư chết; các thư sau của hồ sơ tiếp tục được gửi",
         "retry_now": "Gửi lại ngay",
         "retry_now_hint": "Gửi ngay các hồ sơ đang chờ đến lượt thử lại (khi hệ thống nhận đã khắc phục sự cố)",
         "retried": "{n} mục đang chờ sẽ được gửi ngay",
@@ -149,6 +159,7 @@ TEXT: dict[str, dict[str, str]] = {
         "state:in_flight": "đang gửi",
         "state:delivered": "đã giao",
         "state:dead": "thư chết",
+        "state:set_aside": "đã bỏ qua",
         "kind:dossier.sync": "Đồng bộ hồ sơ",
         "kind:dossier.progress": "Cập nhật tiến độ",
         "kind:payment.expired": "Yêu cầu thanh toán hết hạn",
@@ -218,6 +229,16 @@ TEXT: dict[str, dict[str, str]] = {
         "confirm_replay": "Replay {n} dead letter(s)?",
         "replayed": "Replayed {n} dead letter(s)",
         "nothing_selected": "Nothing selected",
+        "set_aside_selected": "Set selected aside",
+        "set_aside_help": (
+            "Set aside: the message is never sent and no longer holds back its dossier's later messages — when the"
+            " portal already has what it says, or it is wrong and a corrected one follows. A reason is required."
+        ),
+        "reason": "Reason",
+        "reason_required": "A reason is required (at most {n} characters)",
+        "confirm_set_aside": "Set {n} dead letter(s) aside?",
+        "set_aside_final": "This cannot be undone: a message set aside is not replayed; its dossier's next ones go.",
+        "set_aside_done": "Set {n} dead letter(s) aside; their dossiers' later messages go on",
         "retry_now": "Retry now",
         "retry_now_hint": "Send the deliveries waiting for their next attempt now (once the peer's problem is fixed)",
         "retried": "{n} waiting delivery(ies) will be sent now",
@@ -305,6 +326,7 @@ TEXT: dict[str, dict[str, str]] = {
         "state:in_flight": "being sent",
         "state:delivered": "delivered",
         "state:dead": "dead letter",
+        "state:set_aside": "set aside",
         "kind:dossier.sync": "Dossier sync",
         "kind:dossier.progress": "Processing step",
         "kind:payment.expired": "Pay link expired unpaid",

@@ -324,6 +324,7 @@ def router(runtime: Any) -> APIRouter:
                             "last_error_code": o.last_error_code,
                             "last_error": o.last_error,
                             "peer_reply": o.peer_reply,
+                            "set_aside": outbox.set_aside_note(o) if o.state == outbox.SET_ASIDE else None,
                             "exchanges": [
                                 {
                                     "at": x.at,
@@ -472,12 +473,42 @@ def router(runtime: Any) -> APIRouter:
         if data.get("confirmed") != "yes":
             return render(
                 request, "confirm.html", page="dead", question=t["confirm_replay"].format(n=len(ids)),
-                scope="selected", ids=ids, destination=destination, code=code,
+                action="/ops/dead/replay", scope="selected", ids=ids, destination=destination, code=code,
             )  # fmt: skip
         with rt().sessions.begin() as s:
             result = jobs.replay(s, ids=ids)
         rt().wake()
         request.session["flash"] = t["replayed"].format(n=result["replayed"])
+        return RedirectResponse("/ops/dead", status_code=303)
+
+    @r.post("/dead/set-aside")
+    async def set_aside(request: Request) -> Response:
+        """Dead letters an operator decides not to deliver, with the reason: their dossiers' later messages go on."""
+        if (go := user_or_login(request)) is not None:
+            return go
+        data, refused = await checked_form(request, role="operator")
+        if refused is not None:
+            return refused
+        t = words(lang_of(request))
+        destination, code = str(data.get("destination") or ""), str(data.get("code") or "")
+        ids = [int(i) for i in data.get("ids") or [] if str(i).isascii() and str(i).isdigit()]
+        reason = " ".join(str(data.get("reason") or "").split())
+        if not ids:
+            request.session["flash"] = t["nothing_selected"]
+            return RedirectResponse("/ops/dead", status_code=303)
+        if not reason or len(reason) > jobs.MAX_REASON:
+            request.session["flash"] = t["reason_required"].format(n=jobs.MAX_REASON)
+            return RedirectResponse("/ops/dead", status_code=303)
+        if data.get("confirmed") != "yes":
+            return render(
+                request, "confirm.html", page="dead", question=t["confirm_set_aside"].format(n=len(ids)),
+                action="/ops/dead/set-aside", scope="selected", ids=ids, destination=destination, code=code,
+                reason=reason, note=t["set_aside_final"],
+            )  # fmt: skip
+        with rt().sessions.begin() as s:
+            result = jobs.set_aside(s, ids=ids, by=f"console:{request.session.get('user')}", reason=reason)
+        rt().wake()  # the dossiers' next messages are free to go
+        request.session["flash"] = t["set_aside_done"].format(n=result["set_aside"])
         return RedirectResponse("/ops/dead", status_code=303)
 
     @r.post("/retry")

@@ -29,7 +29,7 @@ from hub.settings import ClientSystem
 from hub.store.db import reading_session
 from hub.store.group_commit import GroupCommit
 from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, Procedure, StatusEvent, table
-from hub.sync.outbox import DEAD, PENDING
+from hub.sync.outbox import DEAD, PENDING, SET_ASIDE, set_aside_note
 
 NATIONAL_PORTAL = "national_portal"
 ONE_STOP = "one_stop"
@@ -1026,6 +1026,7 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
                 "delivered_at": m.delivered_at.isoformat() if m.delivered_at else None,
                 "last_error_code": m.last_error_code,
                 "last_error": m.last_error,
+                **(set_aside_note(m) if m.state == SET_ASIDE else {}),
             }
         )
     from hub.services.edocs import documents_sent

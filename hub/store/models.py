@@ -145,7 +145,7 @@ class OutboxMessage(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
     idempotency_key: Mapped[str] = mapped_column(String(80))
     correlation_id: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))  # pending | in_flight | delivered | dead
+    state: Mapped[str] = mapped_column(String(16))  # pending | in_flight | delivered | dead | set_aside
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -155,6 +155,10 @@ class OutboxMessage(Base):
     peer_reply: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # a dead letter an operator decided not to deliver (it no longer holds back its dossier's later messages)
+    set_aside_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    set_aside_by: Mapped[str | None] = mapped_column(String(64))
+    set_aside_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Exchange(Base):

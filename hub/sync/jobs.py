@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,8 @@ from sqlalchemy.orm import Session
 
 from hub.store.models import Dossier, JobRun, OutboxMessage
 from hub.sync import outbox
+
+log = logging.getLogger("hub.jobs")
 
 
 def _row(m: OutboxMessage, code: str) -> dict[str, Any]:
@@ -28,6 +31,7 @@ def _row(m: OutboxMessage, code: str) -> dict[str, Any]:
         "last_error_code": m.last_error_code,
         "last_error": m.last_error,
         "correlation_id": m.correlation_id,
+        **(outbox.set_aside_note(m) if m.state == outbox.SET_ASIDE else {}),
     }
 
 
@@ -94,6 +98,33 @@ def replay(
         return {"replayed": 0, "not_dead": not_dead}
     n = outbox.replay(session, ids=ids or None, dossier_ids=dossier_ids)
     return {"replayed": n, "not_dead": not_dead}
+
+
+MAX_REASON = 500
+
+
+def set_aside(
+    session: Session, *, ids: Sequence[int] | None = None, dossier: str | None = None, by: str, reason: str
+) -> dict[str, Any]:
+    """Set dead letters aside: an operator decided they are not to be delivered (the portal already has what they
+    say, or they are wrong and a corrected message follows) — who, when and why are kept with them, and their
+    dossier's later messages flow again, in order. `reason` is required. Ids that are not dead letters are
+    reported, not touched."""
+    reason = " ".join(reason.split())
+    if not reason:
+        raise ValueError("a reason is required to set a dead letter aside")
+    if len(reason) > MAX_REASON:
+        raise ValueError(f"the reason is longer than {MAX_REASON} characters")
+    ids, dossier_ids, not_dead = _chosen(session, ids, dossier, outbox.DEAD)
+    if not (ids or dossier_ids):
+        return {"set_aside": 0, "not_dead": not_dead}
+    n = outbox.set_aside(session, ids=ids or None, dossier_ids=dossier_ids, by=by, reason=reason)
+    if n:
+        log.warning(
+            "dead letters set aside",
+            extra={"rows": n, "ids": ids, "MaHoSo": dossier, "by": by, "reason": reason},
+        )
+    return {"set_aside": n, "not_dead": not_dead}
 
 
 def retry(

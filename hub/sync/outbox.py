@@ -1,9 +1,9 @@
 """Claiming due outbox rows under the per-dossier order rule, and recording the outcome of deliveries.
 
 Order rule: a row is deliverable only when every earlier row (lower seq) of the same dossier to the same
-destination is delivered. A dead letter therefore holds back the dossier's later events until it is replayed;
-other dossiers flow freely. Claims are leases: a worker that dies leaves rows whose lease expires and are
-claimed again (delivery is idempotent at the peer by the row's idempotency key).
+destination is delivered (or set aside by an operator). A dead letter therefore holds back the dossier's later
+events until it is replayed or set aside; other dossiers flow freely. Claims are leases: a worker that dies leaves
+rows whose lease expires and are claimed again (delivery is idempotent at the peer by the row's idempotency key).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from hub.domain.dates import utcnow
 from hub.store.models import Exchange, OutboxMessage, table
 
 PENDING, IN_FLIGHT, DELIVERED, DEAD = "pending", "in_flight", "delivered", "dead"
+SET_ASIDE = "set_aside"  # a dead letter an operator decided not to deliver: done with, for the order rule
+STATES = (PENDING, IN_FLIGHT, DELIVERED, DEAD, SET_ASIDE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ _EARLIER = _OUTBOX.alias("earlier")
 _PENDING: Any = literal_column(f"'{PENDING}'")
 _IN_FLIGHT: Any = literal_column(f"'{IN_FLIGHT}'")
 _DELIVERED: Any = literal_column(f"'{DELIVERED}'")
+_SET_ASIDE: Any = literal_column(f"'{SET_ASIDE}'")
 # The rows a worker may take: pending and due, in a destination it is delivering to, and first in line for their
 # dossier and destination (event n+1 never before n is acknowledged). Walked in due order on ix_outbox_pending_due,
 # each candidate's line probed on ix_outbox_undelivered: the cost is the batch's, not the backlog's.
@@ -56,7 +59,8 @@ _CLAIMABLE = (
             _EARLIER.c.dossier_id == _OUTBOX.c.dossier_id,
             _EARLIER.c.destination == _OUTBOX.c.destination,
             _EARLIER.c.seq < _OUTBOX.c.seq,
-            _EARLIER.c.state != _DELIVERED,
+            _EARLIER.c.state != _DELIVERED,  # as written: the term of ix_outbox_undelivered's predicate
+            _EARLIER.c.state != _SET_ASIDE,
         ),
     )
     .order_by(_OUTBOX.c.next_attempt_at, _OUTBOX.c.id)
@@ -280,6 +284,32 @@ def replay(
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def set_aside(
+    session: Session,
+    ids: Sequence[int] | None = None,
+    *,
+    dossier_ids: Sequence[int] | None = None,
+    by: str,
+    reason: str,
+) -> int:
+    """Dead letters an operator decided not to deliver: never sent, and no longer holding back their dossier's
+    later messages (which are then delivered in their order). Final: a row set aside is not replayed — its
+    dossier's later messages may have gone since. Returns how many rows were set aside."""
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.state == DEAD, *_chosen(ids, None, dossier_ids))
+        .values(state=SET_ASIDE, set_aside_at=utcnow(), set_aside_by=by[:64], set_aside_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def set_aside_note(m: OutboxMessage) -> dict[str, Any]:
+    """Who set a dead letter aside, when and why (for the API's, the CLI's and the console's views of a row)."""
+    at = m.set_aside_at.isoformat() if m.set_aside_at else None
+    return {"set_aside_at": at, "set_aside_by": m.set_aside_by, "set_aside_reason": m.set_aside_reason}
 
 
 def retry_now(
