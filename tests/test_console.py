@@ -140,6 +140,8 @@ def test_operator_sets_a_dead_letter_aside_with_a_reason(console_hub: Hub, creds
     timeline = page.locator("#timeline").inner_text()
     assert "đã bỏ qua" in timeline and "console:tran.van.an" in timeline and "<qua hub>" in timeline
     shot(page, "timeline-set-aside")
+    page.goto(f"{base}/ops")
+    assert page.locator("#set-aside-total").inner_text() == "1"  # counted apart from the dead letters
     context.close()
 
 

@@ -199,9 +199,7 @@ def router(runtime: Any) -> APIRouter:
         now = utcnow()
         with rt().sessions() as s:
             peers = jobs.peers_status(s)
-            totals = {
-                state: sum(int(p[state]) for p in peers) for state in ("pending", "in_flight", "dead", "delivered")
-            }
+            totals = {state: sum(int(p[state]) for p in peers) for state in outbox.STATES}
             hours = []
             for h in range(5, -1, -1):
                 start, end = now - timedelta(hours=h + 1), now - timedelta(hours=h)

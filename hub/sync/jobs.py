@@ -230,6 +230,7 @@ def peers_status(session: Session) -> list[dict[str, Any]]:
                 "in_flight": 0,
                 "dead": 0,
                 "delivered": 0,
+                "set_aside": 0,
                 "oldest_undelivered_s": None,
                 "last_ok": None,
                 "last_failure": None,
@@ -238,7 +239,7 @@ def peers_status(session: Session) -> list[dict[str, Any]]:
         )
 
     # one index-only scan per state on ix_outbox_state_destination (a GROUP BY over all states reads the table)
-    for state in (outbox.PENDING, outbox.IN_FLIGHT, outbox.DEAD, outbox.DELIVERED):
+    for state in outbox.STATES:
         for dest, n in session.execute(
             select(OutboxMessage.destination, func.count())
             .where(OutboxMessage.state == state)
