@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from hub.sandbox.common import ServerThread
-from tests.conftest import Creds, HubFactory
+from tests.conftest import Creds, Hub, HubFactory
 from tests.helpers import dossier, step, waiting_out_a_backoff
 from tests.pki_helpers import Token, Trust
 
@@ -55,10 +55,11 @@ def test_demo_runs_end_to_end_on_a_fresh_directory(tmp_path: Path) -> None:
     assert (tmp_path / "var" / "demo" / "hub.db").exists()
 
 
-@pytest.mark.parametrize("backend", ["postgresql"])  # the same statements on SQLite: jobs retry tests both
-def test_jobs_list_show_and_replay(
-    hub_factory: HubFactory, portal: httpx.Client, creds: Creds, tmp_path: Path, backend: str
-) -> None:
+def with_a_dead_letter(
+    hub_factory: HubFactory, portal: httpx.Client, tmp_path: Path
+) -> tuple[Hub, dict[str, Any], dict[str, str]]:
+    """A hub whose dossier's second message is a dead letter (the portal forgot the dossier: `portal_unknown_dossier`),
+    and the environment a command needs to reach its database."""
     hub = hub_factory()
     d = dossier(1)
     hub.http.post("/v1/dossiers", json=d)
@@ -66,7 +67,14 @@ def test_jobs_list_show_and_replay(
     portal.post("/_sandbox/reset")  # the portal forgets the dossier: the next progress is refused (unknown)
     hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4))
     hub.wait_idle()
-    env = {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+    return hub, d, {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # the same statements on SQLite: jobs retry tests both
+def test_jobs_list_show_and_replay(
+    hub_factory: HubFactory, portal: httpx.Client, creds: Creds, tmp_path: Path, backend: str
+) -> None:
+    hub, d, env = with_a_dead_letter(hub_factory, portal, tmp_path)
     listed = run(["jobs", "list", "--state", "dead", "--json"], tmp_path, env)
     assert listed.returncode == 0, listed.stderr
     data = json.loads(listed.stdout)
@@ -100,15 +108,8 @@ def test_jobs_set_aside_asks_for_a_reason_and_says_who(
     hub_factory: HubFactory, portal: httpx.Client, tmp_path: Path, backend: str
 ) -> None:
     """A dead letter the operator will not deliver: set aside from the command line, with the reason it must be
-    given, under the name of whoever ran it; the dossier's next message then goes."""
-    hub = hub_factory()
-    d = dossier(1)
-    hub.http.post("/v1/dossiers", json=d)
-    hub.wait_idle()
-    portal.post("/_sandbox/reset")  # the portal forgets the dossier: the next progress is refused (unknown)
-    hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4))
-    hub.wait_idle()
-    env = {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+    given, under the name of whoever ran it (what follows it is the relay test's)."""
+    _, d, env = with_a_dead_letter(hub_factory, portal, tmp_path)
     no_reason = run(["jobs", "set-aside", "--dossier", d["MaHoSo"]], tmp_path, env)
     assert no_reason.returncode == 2 and "--reason is required" in no_reason.stderr
     assert run(["jobs", "set-aside", "--reason", "x"], tmp_path, env).returncode == 2  # nothing named

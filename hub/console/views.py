@@ -451,6 +451,10 @@ def router(runtime: Any) -> APIRouter:
             destinations=destinations, codes=codes,
         )  # fmt: skip
 
+    def picked(data: dict[str, Any]) -> list[int]:
+        """The outbox ids ticked in a form (anything else sent as one is ignored)."""
+        return [int(i) for i in data.get("ids") or [] if str(i).isascii() and str(i).isdigit()]
+
     @r.post("/dead/replay")
     async def replay(request: Request) -> Response:
         if (go := user_or_login(request)) is not None:
@@ -461,10 +465,9 @@ def router(runtime: Any) -> APIRouter:
         t = words(lang_of(request))
         scope = str(data.get("scope") or "selected")
         destination, code = str(data.get("destination") or ""), str(data.get("code") or "")
-        if scope == "filtered":
-            ids = [row["id"] for row in dead_rows(destination, code, limit=None)[0]]
-        else:
-            ids = [int(i) for i in data.get("ids") or [] if str(i).isascii() and str(i).isdigit()]
+        ids = (
+            [row["id"] for row in dead_rows(destination, code, limit=None)[0]] if scope == "filtered" else picked(data)
+        )
         if not ids:
             request.session["flash"] = t["nothing_selected"]
             return RedirectResponse("/ops/dead", status_code=303)
@@ -489,7 +492,7 @@ def router(runtime: Any) -> APIRouter:
             return refused
         t = words(lang_of(request))
         destination, code = str(data.get("destination") or ""), str(data.get("code") or "")
-        ids = [int(i) for i in data.get("ids") or [] if str(i).isascii() and str(i).isdigit()]
+        ids = picked(data)
         reason = " ".join(str(data.get("reason") or "").split())
         if not ids:
             request.session["flash"] = t["nothing_selected"]
