@@ -441,6 +441,26 @@ def test_a_platform_that_asks_to_wait_is_passed_on_to_the_client(hub: Hub, platf
     assert create(hub, code)["status"] == "pending"
 
 
+def test_a_platform_down_or_throttling_is_asked_once_a_check_not_once_a_payment(
+    hub: Hub, platform: httpx.Client
+) -> None:
+    """The periodic check of pending payments, the platform throttling hub (429, Retry-After: 2): one call is told
+    to wait and the check's other payments are left for the next run — before, each of up to 200 payments was
+    asked (against a platform that times out, 10 s apiece); until the wait is over no run asks again; after it,
+    all are asked."""
+    refs = [create(hub, awaiting_payment(hub, 50 + i))["reference"] for i in range(3)]
+    platform.post("/_sandbox/faults", json={"rate_limit_seconds": 2})
+    try:
+        check = hub.runtime.payments.check_pending
+        assert check(correlation_id="t", references=refs) == {"errors": 1, "not_asked": 2}
+        assert check(correlation_id="t", references=refs) == {"not_asked": 3}  # the wait it asked for runs
+        assert platform.get("/_sandbox/faults").json()["rate_limited"] == 1
+        time.sleep(2.1)
+        assert check(correlation_id="t", references=refs) == {"still_pending": 3}
+    finally:
+        platform.post("/_sandbox/faults", json={"rate_limit_seconds": 0})
+
+
 def test_a_statement_line_breaking_the_contract_is_the_platforms_fault(hub: Hub, platform: httpx.Client) -> None:
     """A signed statement whose line carries an impossible time: reconciliation stops with the platform's error
     (503 payment_platform_unavailable, peer code peer_malformed_reply), not with an error of hub's own."""

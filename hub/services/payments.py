@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class PaymentService:
         self.query_after = query_after
         self.expire_after = expire_after
         self._on_commit = on_commit
+        # platform -> monotonic time until which it asked not to be called (its Retry-After): no query before
+        self._asked_until: dict[str, float] = {}
         # confirmations arriving together are applied in one transaction (each still exactly once)
         self._applies: GroupCommit[Session, _Apply, tuple[str, str, str | None]] = GroupCommit(
             sessions.begin, self._apply_batch, order=lambda a: a.cb.reference
@@ -438,7 +441,8 @@ class PaymentService:
         that abandoned pay links never crowd out a newer payment — or, `references` given (an operator asks),
         for those of them not yet paid (pending, or given up as expired), now. A payment the platform still
         reports unpaid `expire_after` after it was made is given up as `expired` (a new one can be made; a late
-        confirmation is still credited)."""
+        confirmation is still credited). A platform found down is asked once a run, not once a payment (its other
+        payments: `not_asked`), and not again before the end of a Retry-After it sent."""
         now = utcnow()
         if references is None:
             young = Payment.created_at > now - timedelta(hours=1)
@@ -467,15 +471,27 @@ class PaymentService:
                 .limit(limit)
             ).all()
         outcomes: list[tuple[str, str]] = []
+        down: set[str] = set()  # platforms found down in this run: the rest of their payments wait for the next
         for reference, platform_name, created_at, code, amount in due:
             platform = self.platforms.get(platform_name)
             if platform is None:  # made at a platform hub is no longer configured for: nobody to ask
                 outcomes.append((reference, "platform_not_configured"))
                 continue
+            if platform_name in down or self._asked_until.get(platform_name, 0.0) > time.monotonic():
+                outcomes.append((reference, "not_asked"))  # asked first next time (the least recently asked)
+                continue
             try:
                 result = platform.query(reference, correlation_id=correlation_id)
-            except PeerError:
+            except PeerError as exc:
                 outcomes.append((reference, "errors"))
+                if exc.peer_down:  # unreachable, timing out, or asking to wait: one call, not one per payment
+                    down.add(platform_name)
+                    if exc.retry_after:
+                        self._asked_until[platform_name] = time.monotonic() + exc.retry_after
+                    log.warning(
+                        "payment platform unavailable, its other payments are checked next time",
+                        extra={"platform": platform_name, "error_code": exc.code, "retry_after_s": exc.retry_after},
+                    )
                 continue
             expired = False
             if result.status in ("paid", "failed") and result.transaction_id and result.amount is not None:
