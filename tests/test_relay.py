@@ -178,6 +178,9 @@ def test_a_dead_letter_set_aside_lets_its_dossier_go_on_and_is_never_sent(
     assert aside["state"] == "set_aside" and aside["set_aside_by"] == "ops:an" and aside["set_aside_at"]
     assert events[2]["deliveries"][0]["state"] == "delivered"
     assert "set_aside" in hub.http.get("/metrics").text
+    # reconciliation counts the dossier as settled (nothing is on its way) and finds the portal where hub is
+    checked = hub.runtime.reconcile()
+    assert checked["in_sync"] == 1 and checked["in_progress"] == 0, checked
 
 
 def test_retryable_failures_dead_letter_after_max_attempts(hub_factory: HubFactory, portal: httpx.Client) -> None:

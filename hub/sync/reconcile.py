@@ -30,6 +30,7 @@ from hub.store.models import Dossier, OutboxMessage, StatusEvent
 from hub.sync import outbox
 
 TERMINAL = {int(DossierStatus.REFUSED), int(DossierStatus.WITHDRAWN), int(DossierStatus.STOPPED)}
+SETTLED = (outbox.DELIVERED, outbox.SET_ASIDE)
 
 
 @dataclass
@@ -107,7 +108,8 @@ def reconcile(
                     .order_by(OutboxMessage.dossier_id, OutboxMessage.seq)
                 ):
                     rows_of[r.dossier_id].append(r)
-            settled = [d for d in chunk if rows_of[d.id] and all(r.state == outbox.DELIVERED for r in rows_of[d.id])]
+            # settled: every message delivered or set aside by an operator (never to be sent: not awaited)
+            settled = [d for d in chunk if rows_of[d.id] and all(r.state in SETTLED for r in rows_of[d.id])]
             seen_of = dict(zip((d.id for d in settled), pool.map(look_up, [d.code for d in settled]), strict=True))
             for dossier_id, code, status in chunk:
                 done += 1
@@ -124,7 +126,8 @@ def reconcile(
                 if isinstance(seen, PeerError):
                     result.errors += 1
                     continue
-                _judge(sessions, result, dossier_id, code, status, rows, seen, repair)
+                sent = [r for r in rows if r.state == outbox.DELIVERED]  # what the portal was given
+                _judge(sessions, result, dossier_id, code, status, sent, seen, repair)
     return result
 
 
