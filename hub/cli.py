@@ -1642,7 +1642,8 @@ def reconcile_cmd(
     else:
         table = Table(
             title=f"checked {result['checked']}: in sync {result['in_sync']}, in progress {result['in_progress']}, "
-            f"errors {result['errors']}, repaired events {result['repaired_events']}"
+            f"errors {result['errors']}, not asked {result['not_asked']} (portal unavailable), "
+            f"repaired events {result['repaired_events']}"
         )
         for col in ("MaHoSo", "drift", "hub", "portal", "repaired", "note"):
             table.add_column(col)
@@ -1651,7 +1652,7 @@ def reconcile_cmd(
                           str(d["repaired"]), d["note"])  # fmt: skip
         out.print(table)
     needs_person = any(d["kind"] in ("status_ahead", "unknown_to_hub") for d in result["drift"])
-    raise typer.Exit(1 if needs_person or result["errors"] else 0)
+    raise typer.Exit(1 if needs_person or result["errors"] or result["not_asked"] else 0)
 
 
 def main() -> None:

@@ -149,3 +149,25 @@ def test_a_portal_reply_that_breaks_the_contract_is_an_error_not_a_crash(drifted
     ]
     found = unknown_to_hub(hub.runtime.sessions, Garbling(), ["000.00.17.*"])  # type: ignore[arg-type]
     assert [(d.code, d.kind) for d in found] == [(unknown, "unknown_to_hub")]
+
+
+def test_a_portal_down_is_asked_once_per_batch_not_once_per_dossier(
+    hub_factory: HubFactory, portal: httpx.Client
+) -> None:
+    """Reconciling while the portal throttles hub (429): the look-ups already in flight fail, the rest of the run
+    is not asked (before: every open dossier was — 10,000 of them, or 10 s apiece against a portal that times out),
+    and the run says so (exit 1 from the command)."""
+    hub = hub_factory()
+    file_and_walk(hub, 20, [4])
+    assert hub.wait_idle() == {"delivered": 40}
+    portal.post("/_sandbox/faults", json={"rate_limit_seconds": 30})
+    try:
+        result = hub.runtime.reconcile()
+        told_to_wait = portal.get("/_sandbox/faults").json()["rate_limited"]
+    finally:
+        portal.post("/_sandbox/faults", json={"rate_limit_seconds": 0})
+    concurrency = hub.settings.reconcile_concurrency
+    assert result["checked"] == 20 and result["errors"] + result["not_asked"] == 20, result
+    assert result["errors"] <= concurrency and result["not_asked"] >= 20 - concurrency
+    assert told_to_wait <= concurrency + 1  # the look-ups in flight when the first was told, and the listing
+    assert hub.runtime.reconcile()["in_sync"] == 20  # the portal back: all asked, all in sync

@@ -13,6 +13,8 @@ Events still pending or in flight are not drift: the relay is on its way."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.adapters.errors import PeerError, PeerProtocolError
+from hub.adapters.errors import PeerError, PeerProtocolError, PeerUnavailable
 from hub.adapters.national_portal import NationalPortal
 from hub.domain.dates import utcnow
 from hub.domain.status import DossierStatus
@@ -31,6 +33,9 @@ from hub.sync import outbox
 
 TERMINAL = {int(DossierStatus.REFUSED), int(DossierStatus.WITHDRAWN), int(DossierStatus.STOPPED)}
 SETTLED = (outbox.DELIVERED, outbox.SET_ASIDE)
+# what a look-up skipped because the portal was found down earlier in the run answers
+NOT_ASKED = PeerUnavailable("national_portal", "not asked: the portal was found unavailable earlier in this run")
+log = logging.getLogger("hub.reconcile")
 
 
 @dataclass
@@ -49,6 +54,7 @@ class ReconcileResult:
     in_sync: int = 0
     in_progress: int = 0
     errors: int = 0
+    not_asked: int = 0  # the portal was found down (or asked to wait) earlier in the run
     drift: list[Drift] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,6 +66,7 @@ class ReconcileResult:
             "in_sync": self.in_sync,
             "in_progress": self.in_progress,
             "errors": self.errors,
+            "not_asked": self.not_asked,
             "drift_by_kind": counts,
             "repaired_events": sum(d.repaired for d in self.drift),
             "drift": [d.__dict__ for d in self.drift],
@@ -87,10 +94,20 @@ def reconcile(
     total = len(open_dossiers)
     done = 0
 
+    down = threading.Event()  # the portal is unreachable, timing out or asking to wait: ask it no more this run
+
     def look_up(code: str) -> dict[str, Any] | PeerError | None:
+        if down.is_set():
+            return NOT_ASKED
         try:
             seen = portal.look_up(code, correlation_id=f"reconcile-{code}")
         except PeerError as exc:
+            if exc.peer_down and not down.is_set():
+                down.set()
+                log.warning(
+                    "national portal unavailable: the rest of this reconciliation is not asked",
+                    extra={"error_code": exc.code, "retry_after_s": exc.retry_after},
+                )
             return exc
         if seen is not None and portal_status(seen) is None:  # counted as an error, as an unreadable reply is
             return PeerProtocolError("national_portal", f"TraCuuHoSo {code}: TrangThaiHoSo is not a status")
@@ -123,6 +140,9 @@ def reconcile(
                     result.in_progress += 1  # events still pending or in flight: the relay is on its way
                     continue
                 seen = seen_of[dossier_id]
+                if seen is NOT_ASKED:
+                    result.not_asked += 1
+                    continue
                 if isinstance(seen, PeerError):
                     result.errors += 1
                     continue
