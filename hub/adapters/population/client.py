@@ -152,6 +152,8 @@ class PopulationClient:
         self._recorder = ExchangeRecorder()
         client = zeep.Client(str(wsdl), transport=transport, settings=settings, plugins=[self._recorder])
         self._service = client.create_service(BINDING, address)
+        # monotonic time until which the register asked not to be called (its Retry-After): calls fail at once
+        self._asked_until = 0.0
 
     def close(self) -> None:
         self._transport.close()
@@ -159,6 +161,14 @@ class PopulationClient:
     def look_up(
         self, query: CitizenLookup, *, correlation_id: str, on_exchange: ExchangeHook | None = None
     ) -> dict[str, Any] | None:
+        left = self._asked_until - time.monotonic()
+        if left > 0:  # the register said when to come back: not before (nothing is sent, no exchange to record)
+            raise PeerUnavailable(
+                PEER,
+                f"{OPERATION}: not called, the register asked to wait (another {left:.0f} s)",
+                code="peer_http_unavailable",
+                retry_after=left,
+            )
         self._recorder.reset()
         self._transport.reset()
         started = time.perf_counter()
@@ -183,6 +193,8 @@ class PopulationClient:
             reply = self._call(query)
         except PeerError as exc:
             report("retryable" if exc.retryable else "permanent", exc.code)
+            if exc.retry_after:
+                self._asked_until = max(self._asked_until, time.monotonic() + exc.retry_after)
             raise
         report("ok", None)
         return reply
