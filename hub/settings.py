@@ -156,6 +156,8 @@ class Settings(BaseSettings):
     # XAdES-B-LT: what hub signs carries the certificates and CRL/OCSP evidence of its validation (archives)
     signing_long_term: bool = False
     revocation_cache_seconds: float = 3600.0  # CRL/OCSP evidence is reused until nextUpdate, at most this long
+    # an OCSP responder / CRL server that did not answer is not asked again for this long (0: every time)
+    revocation_down_seconds: float = Field(default=15.0, ge=0.0, le=600.0)
 
     # Citizen notifications (off until configured): email through SMTP, SMS through a gateway.
     smtp_host: str = ""

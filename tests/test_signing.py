@@ -128,12 +128,24 @@ def test_revoked_by_crl_alone(trust: Trust) -> None:
 
 
 def test_unreachable_revocation_is_indeterminate_try_later(trust: Trust) -> None:
+    """The CA's OCSP responder and CRL server down: TRY_LATER. The verifications right after it do not ask them
+    again (each would wait out the timeouts of a responder that hangs) until `down_seconds` have passed."""
+    verifier = trust.verifier()
+    assert verifier.revocation is not None
+    verifier.revocation.down_seconds = 1.0
+    signed = sign_document(DOC, trust.signer("citizen"))
     trust.state.faults.update({"outage_seconds": 30})
     try:
-        report = trust.verifier().verify(sign_document(DOC, trust.signer("citizen")))
+        report = verifier.verify(signed)
+        fetched = verifier.revocation.fetches
+        again = verifier.verify(signed)
     finally:
         trust.state.faults.update({"outage_seconds": 0})
-    assert verdict(report) == ("INDETERMINATE", "TRY_LATER")
+    assert verdict(report) == verdict(again) == ("INDETERMINATE", "TRY_LATER")
+    assert fetched >= 1 and verifier.revocation.fetches == fetched  # not asked again
+    assert "did not answer a moment ago" in (again.detail or "")
+    time.sleep(1.1)
+    assert verdict(verifier.verify(signed)) == ("TOTAL-PASSED", None)  # back: asked again
 
 
 def test_weak_keys_are_refused_by_policy(trust: Trust, verifier: Verifier) -> None:

@@ -75,6 +75,7 @@ class RevocationSource:
         read_timeout: float = 5.0,
         max_cache_seconds: float = 3600.0,
         max_age_seconds: float = 7 * 86400.0,
+        down_seconds: float = 15.0,
         transport: httpx.BaseTransport | None = None,
         on_exchange: ExchangeHook | None = None,
     ) -> None:
@@ -84,6 +85,10 @@ class RevocationSource:
         )
         self.max_cache_seconds = max_cache_seconds
         self.max_age_seconds = max_age_seconds
+        # a responder that did not answer (unreachable, timing out, 5xx) is not asked again for `down_seconds`:
+        # during its outage each verification answers TRY_LATER at once instead of waiting out the timeouts again
+        self.down_seconds = down_seconds
+        self._down: dict[str, float] = {}  # url -> monotonic time until which it is not asked
         self._cache: dict[str, Evidence] = {}
         self._lock = threading.Lock()
         self.fetches = 0  # how many HTTP fetches were made (for reports and the benchmark)
@@ -163,6 +168,20 @@ class RevocationSource:
         return time.monotonic() + max(0.0, ttl)
 
     def _get(self, method: str, url: str, out: Collected, **kwargs: Any) -> bytes | None:
+        with self._lock:
+            left = self._down.get(url, 0.0) - time.monotonic()
+        if left > 0:
+            out.problems.append(f"{url}: did not answer a moment ago; not asked again for another {left:.0f} s")
+            return None
+        data, answered = self._fetch(method, url, out, **kwargs)
+        if not answered:
+            with self._lock:
+                self._down[url] = time.monotonic() + self.down_seconds
+        return data
+
+    def _fetch(self, method: str, url: str, out: Collected, **kwargs: Any) -> tuple[bytes | None, bool]:
+        """(the body of a 200 or None, whether the responder answered at all: not when unreachable, timing out or
+        answering HTTP 5xx/429)."""
         self.fetches += 1
         sent = method.encode() + b" " + url.encode() + b"\n" + bytes(kwargs.get("content", b""))
         operation = "ocsp" if method == "POST" else "crl"
@@ -172,20 +191,20 @@ class RevocationSource:
                     if r.status_code != 200:
                         out.problems.append(f"{url}: HTTP {r.status_code}")
                         exchange.failed(f"http_{r.status_code}", retryable=r.status_code >= 500)
-                        return None
+                        return None, not (r.status_code >= 500 or r.status_code == 429)
                     data = b""
                     for chunk in r.iter_bytes():
                         data += chunk
                         if len(data) > MAX_EVIDENCE_BYTES:
                             out.problems.append(f"{url}: reply larger than {MAX_EVIDENCE_BYTES} bytes")
                             exchange.failed("reply_too_large", retryable=False)
-                            return None
+                            return None, True
                     exchange.answered(data)
-                    return data
+                    return data, True
             except httpx.HTTPError as exc:
                 out.problems.append(f"{url}: {exc.__class__.__name__}")
                 exchange.failed("unreachable", retryable=True)
-                return None
+                return None, False
 
     def _ocsp(self, url: str, cert: x509.Certificate, issuer: x509.Certificate, out: Collected) -> Evidence | None:
         # SHA-1 here only identifies the certificate in the request (RFC 6960 CertID), as responders expect

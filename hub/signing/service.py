@@ -40,6 +40,7 @@ class SignatureService:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             max_cache_seconds=settings.revocation_cache_seconds,
+            down_seconds=settings.revocation_down_seconds,
             on_exchange=on_exchange,
         )
         self._verifier: Verifier | None = None
