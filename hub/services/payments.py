@@ -20,7 +20,7 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.adapters.errors import PeerError, wait_asked
+from hub.adapters.errors import PeerError, PeerUnavailable, wait_asked
 from hub.adapters.payment.base import Callback, CallbackRejected, PaymentOrder, PaymentPlatform
 from hub.domain import identifiers
 from hub.domain.dates import format_national, utcnow
@@ -255,8 +255,10 @@ class PaymentService:
             )
             reference = payment.reference
         try:
+            self._not_waiting(platform_name)
             created = platform.create(order, correlation_id=correlation_id)
         except PeerError as exc:
+            self._told(platform_name, exc)
             raise PlatformUnavailable(
                 "the payment platform did not create the payment; retry the same request",
                 peer_error=exc.code,
@@ -280,8 +282,10 @@ class PaymentService:
         if payment["status"] != "paid":
             raise Conflict("a receipt exists only for a paid payment", code="payment_not_paid")
         try:
+            self._not_waiting(payment["platform"])
             return self.platforms[payment["platform"]].receipt(reference, correlation_id=correlation_id)
         except PeerError as exc:
+            self._told(payment["platform"], exc)
             if exc.code == "receipt_not_offered":
                 raise Conflict("this payment platform issues no receipt document", code="receipt_not_offered") from None
             raise PlatformUnavailable(
@@ -431,6 +435,23 @@ class PaymentService:
         }
         self.dossiers.apply(s, SYSTEM, code, "dossier.progress", step, correlation_id, notify="paid", locked=dossier)
 
+    def _not_waiting(self, platform_name: str) -> None:
+        """Raise PeerUnavailable, without calling, while the platform's Retry-After runs (what is left of it)."""
+        left = self._asked_until.get(platform_name, 0.0) - time.monotonic()
+        if left > 0:
+            raise PeerUnavailable(
+                platform_name,
+                f"not called: the platform asked to wait (another {left:.0f} s)",
+                code="peer_http_unavailable",
+                retry_after=left,
+            )
+
+    def _told(self, platform_name: str, exc: PeerError) -> None:
+        """Remember a wait the platform asked for (Retry-After): no call to it before it is over."""
+        if exc.retry_after:
+            until = time.monotonic() + exc.retry_after
+            self._asked_until[platform_name] = max(self._asked_until.get(platform_name, 0.0), until)
+
     # -- late or lost callbacks ------------------------------------------------------------------------------
 
     def check_pending(
@@ -484,10 +505,9 @@ class PaymentService:
                 result = platform.query(reference, correlation_id=correlation_id)
             except PeerError as exc:
                 outcomes.append((reference, "errors"))
+                self._told(platform_name, exc)
                 if exc.peer_down:  # unreachable, timing out, or asking to wait: one call, not one per payment
                     down.add(platform_name)
-                    if exc.retry_after:
-                        self._asked_until[platform_name] = time.monotonic() + exc.retry_after
                     log.warning(
                         "payment platform unavailable, its other payments are checked next time",
                         extra={"platform": platform_name, "error_code": exc.code, "retry_after_s": exc.retry_after},
