@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -83,3 +84,29 @@ def wait_asked(exc: PeerError) -> dict[str, Any]:
     if exc.retry_after is None:
         return {}
     return {"retry_after": max(1, math.ceil(exc.retry_after))}
+
+
+class AskedToWait:
+    """The waits peers asked hub for (their Retry-After on a 429 or 503), by peer: no call to a peer before its
+    wait is over — the caller is answered at once with what is left of it (and passes that on: `wait_asked`)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}  # peer -> monotonic time its wait runs to
+
+    def left(self, peer: str) -> float:
+        """Seconds left of the peer's wait (0 or less: none)."""
+        return self._until.get(peer, 0.0) - time.monotonic()
+
+    def check(self, peer: str) -> None:
+        """Raise PeerUnavailable, without a call, while the peer's wait runs."""
+        left = self.left(peer)
+        if left > 0:
+            raise PeerUnavailable(
+                peer, f"not called: it asked to wait (another {left:.0f} s)", code="peer_http_unavailable",
+                retry_after=left,
+            )  # fmt: skip
+
+    def note(self, peer: str, exc: PeerError) -> None:
+        """Remember the wait `exc` carries, if any (a longer one already noted stands)."""
+        if exc.retry_after:
+            self._until[peer] = max(self._until.get(peer, 0.0), time.monotonic() + exc.retry_after)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.adapters.errors import PeerError, PeerUnavailable, wait_asked
+from hub.adapters.errors import AskedToWait, PeerError, wait_asked
 from hub.adapters.payment.base import Callback, CallbackRejected, PaymentOrder, PaymentPlatform
 from hub.domain import identifiers
 from hub.domain.dates import format_national, utcnow
@@ -154,8 +153,7 @@ class PaymentService:
         self.query_after = query_after
         self.expire_after = expire_after
         self._on_commit = on_commit
-        # platform -> monotonic time until which it asked not to be called (its Retry-After): no query before
-        self._asked_until: dict[str, float] = {}
+        self._waits = AskedToWait()  # platforms that asked hub to wait (Retry-After): not called before it is over
         # confirmations arriving together are applied in one transaction (each still exactly once)
         self._applies: GroupCommit[Session, _Apply, tuple[str, str, str | None]] = GroupCommit(
             sessions.begin, self._apply_batch, order=lambda a: a.cb.reference
@@ -255,10 +253,10 @@ class PaymentService:
             )
             reference = payment.reference
         try:
-            self._not_waiting(platform_name)
+            self._waits.check(platform_name)
             created = platform.create(order, correlation_id=correlation_id)
         except PeerError as exc:
-            self._told(platform_name, exc)
+            self._waits.note(platform_name, exc)
             raise PlatformUnavailable(
                 "the payment platform did not create the payment; retry the same request",
                 peer_error=exc.code,
@@ -282,10 +280,10 @@ class PaymentService:
         if payment["status"] != "paid":
             raise Conflict("a receipt exists only for a paid payment", code="payment_not_paid")
         try:
-            self._not_waiting(payment["platform"])
+            self._waits.check(payment["platform"])
             return self.platforms[payment["platform"]].receipt(reference, correlation_id=correlation_id)
         except PeerError as exc:
-            self._told(payment["platform"], exc)
+            self._waits.note(payment["platform"], exc)
             if exc.code == "receipt_not_offered":
                 raise Conflict("this payment platform issues no receipt document", code="receipt_not_offered") from None
             raise PlatformUnavailable(
@@ -435,23 +433,6 @@ class PaymentService:
         }
         self.dossiers.apply(s, SYSTEM, code, "dossier.progress", step, correlation_id, notify="paid", locked=dossier)
 
-    def _not_waiting(self, platform_name: str) -> None:
-        """Raise PeerUnavailable, without calling, while the platform's Retry-After runs (what is left of it)."""
-        left = self._asked_until.get(platform_name, 0.0) - time.monotonic()
-        if left > 0:
-            raise PeerUnavailable(
-                platform_name,
-                f"not called: the platform asked to wait (another {left:.0f} s)",
-                code="peer_http_unavailable",
-                retry_after=left,
-            )
-
-    def _told(self, platform_name: str, exc: PeerError) -> None:
-        """Remember a wait the platform asked for (Retry-After): no call to it before it is over."""
-        if exc.retry_after:
-            until = time.monotonic() + exc.retry_after
-            self._asked_until[platform_name] = max(self._asked_until.get(platform_name, 0.0), until)
-
     # -- late or lost callbacks ------------------------------------------------------------------------------
 
     def check_pending(
@@ -498,14 +479,14 @@ class PaymentService:
             if platform is None:  # made at a platform hub is no longer configured for: nobody to ask
                 outcomes.append((reference, "platform_not_configured"))
                 continue
-            if platform_name in down or self._asked_until.get(platform_name, 0.0) > time.monotonic():
+            if platform_name in down or self._waits.left(platform_name) > 0:
                 outcomes.append((reference, "not_asked"))  # asked first next time (the least recently asked)
                 continue
             try:
                 result = platform.query(reference, correlation_id=correlation_id)
             except PeerError as exc:
                 outcomes.append((reference, "errors"))
-                self._told(platform_name, exc)
+                self._waits.note(platform_name, exc)
                 if exc.peer_down:  # unreachable, timing out, or asking to wait: one call, not one per payment
                     down.add(platform_name)
                     log.warning(

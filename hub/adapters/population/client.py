@@ -26,6 +26,7 @@ from zeep.plugins import Plugin
 from zeep.transports import Transport
 
 from hub.adapters.errors import (
+    AskedToWait,
     PeerAuthFailed,
     PeerError,
     PeerProtocolError,
@@ -152,8 +153,7 @@ class PopulationClient:
         self._recorder = ExchangeRecorder()
         client = zeep.Client(str(wsdl), transport=transport, settings=settings, plugins=[self._recorder])
         self._service = client.create_service(BINDING, address)
-        # monotonic time until which the register asked not to be called (its Retry-After): calls fail at once
-        self._asked_until = 0.0
+        self._waits = AskedToWait()  # the register asked hub to wait (Retry-After): calls fail at once until then
 
     def close(self) -> None:
         self._transport.close()
@@ -161,14 +161,7 @@ class PopulationClient:
     def look_up(
         self, query: CitizenLookup, *, correlation_id: str, on_exchange: ExchangeHook | None = None
     ) -> dict[str, Any] | None:
-        left = self._asked_until - time.monotonic()
-        if left > 0:  # the register said when to come back: not before (nothing is sent, no exchange to record)
-            raise PeerUnavailable(
-                PEER,
-                f"{OPERATION}: not called, the register asked to wait (another {left:.0f} s)",
-                code="peer_http_unavailable",
-                retry_after=left,
-            )
+        self._waits.check(PEER)  # the register said when to come back: not before (nothing sent, nothing recorded)
         self._recorder.reset()
         self._transport.reset()
         started = time.perf_counter()
@@ -193,8 +186,7 @@ class PopulationClient:
             reply = self._call(query)
         except PeerError as exc:
             report("retryable" if exc.retryable else "permanent", exc.code)
-            if exc.retry_after:
-                self._asked_until = max(self._asked_until, time.monotonic() + exc.retry_after)
+            self._waits.note(PEER, exc)
             raise
         report("ok", None)
         return reply
