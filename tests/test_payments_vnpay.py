@@ -160,3 +160,27 @@ def test_lost_ipn_is_settled_by_querydr_and_reconciled(hub: Hub, gateway: httpx.
            "vnp_TransactionStatus": "00", "vnp_TransactionNo": "1", "vnp_PayDate": "20261399250000"}  # fmt: skip
     odd = hub.http.get("/v1/payments/callbacks/vnpay", params={**ipn, "vnp_SecureHash": sign(ipn, SECRET)})
     assert odd.status_code == 200 and odd.json()["RspCode"] == "99", odd.text
+
+
+def test_a_gateway_throttling_its_query_api_is_asked_once_until_its_wait_is_over(
+    hub: Hub, gateway: httpx.Client
+) -> None:
+    """The gateway's query API throttles hub (429, Retry-After: 2): the check of pending payments asks once, leaves
+    the others for later, and asks again only once the wait is over — then finds what was paid meanwhile."""
+    payments = [pay(hub, awaiting_payment(hub, 60 + i)) for i in range(3)]
+    gateway.post("/_sandbox/faults", json={"rate_limit_seconds": 2})
+    try:
+        refs = [p["reference"] for p in payments]
+        check = hub.runtime.payments.check_pending
+        assert check(correlation_id="t", references=refs) == {"errors": 1, "not_asked": 2}
+        assert check(correlation_id="t", references=refs) == {"not_asked": 3}
+        assert gateway.get("/_sandbox/faults").json()["rate_limited"] == 1
+    finally:
+        gateway.post("/_sandbox/faults", json={"rate_limit_seconds": 0})
+    gateway.post("/_sandbox/faults", json={"drop_callback": True})  # paid, its IPN lost: only a query finds it
+    try:
+        pay_at_gateway(gateway, payments[0])
+    finally:
+        gateway.post("/_sandbox/faults", json={"drop_callback": False})
+    time.sleep(2.1)
+    assert check(correlation_id="t", references=refs) == {"applied": 1, "still_pending": 2}

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
 from hub.domain.privacy import same_text
-from hub.sandbox.common import Faults, PeerState, add_control_routes, send_copies
+from hub.sandbox.common import Faults, PeerState, add_control_routes, apply_faults, send_copies
 
 QUERY_FIELDS = ["vnp_RequestId", "vnp_Version", "vnp_Command", "vnp_TmnCode", "vnp_TxnRef", "vnp_TransactionDate",
                 "vnp_CreateDate", "vnp_IpAddr", "vnp_OrderInfo"]  # fmt: skip
@@ -172,6 +172,9 @@ def create_app(merchants: dict[str, dict[str, str]], state: VnpayState | None = 
 
     @app.post("/merchant_webapi/api/transaction")
     async def querydr(request: Request) -> Response:
+        fault = await apply_faults(st)  # latency, outage, rate limit (429 + Retry-After), 5xx, hangs, garbage
+        if fault is not None:
+            return fault
         body = await request.json()
         merchant = st.merchants.get(str(body.get("vnp_TmnCode", "")))
         if merchant is None or not same_text(
@@ -202,7 +205,10 @@ def create_app(merchants: dict[str, dict[str, str]], state: VnpayState | None = 
         return JSONResponse(reply)
 
     @app.get("/merchant_webapi/statement")
-    def statement(vnp_TmnCode: str, date: str) -> Response:  # noqa: N803 - the gateway's names
+    async def statement(vnp_TmnCode: str, date: str) -> Response:  # noqa: N803 - the gateway's names
+        fault = await apply_faults(st)
+        if fault is not None:
+            return fault
         merchant = st.merchants.get(vnp_TmnCode)
         if merchant is None:
             return JSONResponse({"vnp_ResponseCode": "97"}, status_code=403)
