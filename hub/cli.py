@@ -561,7 +561,11 @@ def jobs_set_aside(
     if len(" ".join(reason.split())) > jobs.MAX_REASON:
         err.print(f"[red]--reason is longer than {jobs.MAX_REASON} characters[/red]")
         raise typer.Exit(2)
-    who = (by or "").strip() or f"cli:{getpass.getuser()}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name
+        user = str(os.getuid())
+    who = (by or "").strip() or f"cli:{user}"
     rt = _Store()
     try:
         with rt.sessions.begin() as session:
