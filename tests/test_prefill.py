@@ -622,6 +622,25 @@ def test_a_citizen_looping_on_their_data_usage_is_slowed_and_the_log_does_not_gr
     assert len(views) == 4  # three of mine and one of theirs: the refused view left no entry
 
 
+def test_a_citizen_looping_on_their_consents_shares_the_same_limit(hub_factory: HubFactory, trust: Trust) -> None:
+    """Listing and withdrawing consents count against the same per-citizen budget as the views of data usage: past
+    it, 429 with Retry-After and nothing read or written; other citizens go on."""
+    hub = hub_factory(citizen_idp_issuer=f"{trust.server.url}/idp", citizen_views_per_minute=3)
+    mine, theirs = citizen_token(trust, "001099000013"), citizen_token(trust, "001099000014")
+
+    def call(method: str, path: str, token: str) -> httpx.Response:
+        return httpx.request(method, f"{hub.server.url}{path}", headers={"Authorization": f"Bearer {token}"})
+
+    assert call("GET", "/v1/citizens/me/consents", mine).status_code == 200
+    assert my_usage(hub, mine).status_code == 200
+    assert call("POST", "/v1/citizens/me/consents/cs-none/withdraw", mine).status_code == 404  # counted too
+    for method, path in (("GET", "/v1/citizens/me/consents"), ("POST", "/v1/citizens/me/consents/cs-none/withdraw")):
+        refused = call(method, path, mine)
+        assert refused.status_code == 429 and refused.json()["code"] == "rate_limited", refused.text
+        assert int(refused.headers["Retry-After"]) >= 1
+    assert call("GET", "/v1/citizens/me/consents", theirs).status_code == 200
+
+
 def test_tokens_not_issued_to_hub_by_the_provider_are_refused(
     hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, trust: Trust, creds: Creds
 ) -> None:

@@ -622,7 +622,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     def my_consents(
         token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
     ) -> dict[str, Any]:
-        items = rt().prefill.consents_of(citizen(token))
+        items = rt().prefill.consents_of(citizen(token), per_minute=settings.citizen_views_per_minute)
         return {"count": len(items), "items": items}
 
     @app.post(
@@ -637,7 +637,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         ref: Annotated[str, Path(max_length=64)],
         token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
     ) -> dict[str, Any]:
-        return rt().prefill.withdraw_consent(citizen(token), ref)
+        return rt().prefill.withdraw_consent(citizen(token), ref, per_minute=settings.citizen_views_per_minute)
 
     @app.post(
         "/v1/signatures/verify",

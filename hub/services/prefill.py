@@ -354,9 +354,20 @@ class PrefillService:
                 consent.revoked_at = utcnow()
             return {"consent_ref": ref, "revoked_at": consent.revoked_at.isoformat()}
 
-    def consents_of(self, personal_id: str) -> list[dict[str, Any]]:
+    def _citizen_turn(self, subject: str, per_minute: int | None) -> None:
+        """One of a signed-in citizen's requests about their data (usage, consents, withdrawals): past `per_minute`
+        of them a minute (one bucket per citizen, keyed by the ID's HMAC), 429 — nothing read, nothing written."""
+        if per_minute is not None and self.quota is not None:
+            wait = self.quota.take(f"citizen:{subject}", per_minute)
+            if wait is not None:
+                raise TooManyRequests(
+                    f"more than {per_minute} requests about your data in a minute", retry_after=retry_after(wait)
+                )
+
+    def consents_of(self, personal_id: str, *, per_minute: int | None = None) -> list[dict[str, Any]]:
         """A citizen's consents, newest first, as the citizen sees them (signed in): who holds each, for what,
         until when, and whether it still counts (active, expired, withdrawn)."""
+        self._citizen_turn(self.subject_hmac(personal_id), per_minute)
         now = utcnow()
         with self.sessions() as s:
             rows = s.scalars(
@@ -384,10 +395,11 @@ class PrefillService:
                 for c in rows
             ]
 
-    def withdraw_consent(self, personal_id: str, ref: str) -> dict[str, Any]:
+    def withdraw_consent(self, personal_id: str, ref: str, *, per_minute: int | None = None) -> dict[str, Any]:
         """The citizen withdraws one of their own consents (the data subject's right, Decree 13/2023 art. 12): from
         now on no pre-fill may use it — checked at the moment of use, as a revocation by the client system is. A
         consent of someone else's is answered as unknown, never confirmed."""
+        self._citizen_turn(self.subject_hmac(personal_id), per_minute)
         with self.sessions.begin() as s:
             consent = s.get(Consent, ref)
             if consent is None or not same_text(consent.subject, self.subject_hmac(personal_id)):
@@ -499,12 +511,7 @@ class PrefillService:
         first; the view is logged too, so the next one shows it. Past `per_minute` views (a bucket per citizen,
         keyed by the ID's HMAC): 429, nothing read and nothing logged."""
         subject = self.subject_hmac(personal_id)
-        if per_minute is not None and self.quota is not None:
-            wait = self.quota.take(f"citizen:{subject}", per_minute)
-            if wait is not None:
-                raise TooManyRequests(
-                    f"more than {per_minute} views of your data usage in a minute", retry_after=retry_after(wait)
-                )
+        self._citizen_turn(subject, per_minute)
         with db.reading_session(self.sessions) as s:
             items = list(itertools.islice(self.access_log.usage(s, subject), limit))
         self.record(
