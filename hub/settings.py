@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     citizen_idp_jwks_url: str = ""  # where it publishes its signing keys; empty -> {issuer}/jwks.json
     citizen_idp_audience: str = "hub"  # hub's client id at the provider: the tokens' `aud`
     citizen_id_claim: str = "sub"  # the claim that carries the citizen's 12-digit personal ID
-    # views a citizen may make a minute: each is itself an access-log entry, so a script looping on it would
-    # grow the log without bound (a token bucket per citizen, as the clients' read quota)
+    # requests a citizen may make a minute about their data (views of its usage, which are access-log entries
+    # themselves, consent lists and withdrawals): a script looping on them would grow the log without bound (a
+    # token bucket per citizen, as the clients' read quota)
     citizen_views_per_minute: int = Field(default=30, ge=1)
     # Client systems with OAuth 2.0 access tokens (client credentials grant) instead of, or beside, API keys: the
     # authorization server they get tokens from (the province's API gateway / LGSP).
