@@ -146,6 +146,38 @@ def test_operator_sets_a_dead_letter_aside_with_a_reason(console_hub: Hub, creds
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_dossiers_dead_letter_is_repaired_from_its_own_page(console_hub: Hub, creds: Creds, browser: object) -> None:
+    """On the dossier's page the operator sees that a dead letter holds its later events back and sets it aside
+    there, with the reason and a confirmation, and is brought back to the dossier; a forged way back is ignored."""
+    hub = console_hub
+    code = dead_letter(hub, creds)
+    base = hub.server.url
+    context = browser.new_context(locale="vi-VN")  # type: ignore[attr-defined]
+    page = context.new_page()
+    login(page, base, "tran.van.an")
+    page.goto(f"{base}/ops/dossiers/{code}")
+    assert "1 thư chết đang chặn" in page.locator("#dossier-dead").inner_text()
+    page.click("#replay-dossier")  # replayed from here (still no route: it dies again), and back here
+    page.click("#confirm")
+    assert (
+        page.url.endswith(f"/ops/dossiers/{code}") and page.locator("#flash").inner_text() == "Đã phát lại 1 thư chết"
+    )
+    assert hub.wait_idle() == {"dead": 1}
+    page.reload()
+    page.evaluate("document.querySelector('#dossier-dead input[name=back]').value = '/ops/dossiers//evil.example'")
+    page.fill("#dossier-set-aside-reason", "Hồ sơ nộp nhầm cơ quan")
+    page.click("#set-aside-dossier")
+    assert page.locator("h1").inner_text() == "Bỏ qua 1 thư chết?"
+    page.click("#confirm")
+    assert page.url.endswith("/ops/dead")  # the forged way back was not followed
+    assert hub.wait_idle() == {"set_aside": 1}
+    page.goto(f"{base}/ops/dossiers/{code}")
+    assert page.locator("#dossier-dead").count() == 0  # nothing left to repair
+    assert "Hồ sơ nộp nhầm cơ quan" in page.locator("#timeline").inner_text()
+    context.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_viewer_sees_but_cannot_replay(console_hub: Hub, creds: Creds, browser: object, backend: str) -> None:
     hub = console_hub
     dead_letter(hub, creds)

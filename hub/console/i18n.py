@@ -63,6 +63,8 @@ TEXT: dict[str, dict[str, str]] = {
         "replayed": "Đã phát lại {n} thư chết",
         "nothing_selected": "Chưa chọn mục nào",
         "set_aside_selected": "Bỏ qua các mục đã chọn",
+        "set_aside": "Bỏ qua",
+        "dossier_dead": "{n} thư chết đang chặn các sự kiện sau của hồ sơ",
         "set_aside_help": (
             "Bỏ qua: thư không bao giờ được gửi và không còn chặn các thư sau của hồ sơ — khi cổng đã có nội dung"
             " này, hoặc thư sai và sẽ có thư đúng thay thế. Cần ghi lý do."
@@ -231,6 +233,8 @@ TEXT: dict[str, dict[str, str]] = {
         "replayed": "Replayed {n} dead letter(s)",
         "nothing_selected": "Nothing selected",
         "set_aside_selected": "Set selected aside",
+        "set_aside": "Set aside",
+        "dossier_dead": "{n} dead letter(s) holding back this dossier's later events",
         "set_aside_help": (
             "Set aside: the message is never sent and no longer holds back its dossier's later messages — when the"
             " portal already has what it says, or it is wrong and a corrected one follows. A reason is required."

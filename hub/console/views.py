@@ -342,11 +342,12 @@ def router(runtime: Any) -> APIRouter:
             row = _dossier_row(d)
             now = utcnow()
             waiting = any(o.state == outbox.PENDING and o.next_attempt_at > now for o in rows)
+            dead = [o.id for o in rows if o.state == outbox.DEAD]  # repaired from here too: replay or set aside
             documents = documents_sent(s, d.id, code)  # as the API gives them
         payments = rt().payments.of_dossier(code)
         return render(
             request, "dossier.html", page="dossiers", d=row, events=timeline, waiting=waiting, payments=payments,
-            documents=documents,
+            documents=documents, dead=dead,
         )  # fmt: skip
 
     @r.get("/payments")
@@ -455,6 +456,11 @@ def router(runtime: Any) -> APIRouter:
         """The outbox ids ticked in a form (anything else sent as one is ignored)."""
         return [int(i) for i in data.get("ids") or [] if str(i).isascii() and str(i).isdigit()]
 
+    def back_of(data: dict[str, Any]) -> str:
+        """Where a repair form came from: a dossier's page, or the dead-letter list (nothing else: no open redirect)."""
+        back = str(data.get("back") or "")
+        return back if back.startswith("/ops/dossiers/") and "//" not in back and "\\" not in back else "/ops/dead"
+
     @r.post("/dead/replay")
     async def replay(request: Request) -> Response:
         if (go := user_or_login(request)) is not None:
@@ -468,19 +474,20 @@ def router(runtime: Any) -> APIRouter:
         ids = (
             [row["id"] for row in dead_rows(destination, code, limit=None)[0]] if scope == "filtered" else picked(data)
         )
+        back = back_of(data)
         if not ids:
             request.session["flash"] = t["nothing_selected"]
-            return RedirectResponse("/ops/dead", status_code=303)
+            return RedirectResponse(back, status_code=303)
         if data.get("confirmed") != "yes":
             return render(
                 request, "confirm.html", page="dead", question=t["confirm_replay"].format(n=len(ids)),
-                action="/ops/dead/replay", scope="selected", ids=ids, destination=destination, code=code,
+                action="/ops/dead/replay", scope="selected", ids=ids, destination=destination, code=code, back=back,
             )  # fmt: skip
         with rt().sessions.begin() as s:
             result = jobs.replay(s, ids=ids)
         rt().wake()
         request.session["flash"] = t["replayed"].format(n=result["replayed"])
-        return RedirectResponse("/ops/dead", status_code=303)
+        return RedirectResponse(back, status_code=303)
 
     @r.post("/dead/set-aside")
     async def set_aside(request: Request) -> Response:
@@ -494,23 +501,24 @@ def router(runtime: Any) -> APIRouter:
         destination, code = str(data.get("destination") or ""), str(data.get("code") or "")
         ids = picked(data)
         reason = " ".join(str(data.get("reason") or "").split())
+        back = back_of(data)
         if not ids:
             request.session["flash"] = t["nothing_selected"]
-            return RedirectResponse("/ops/dead", status_code=303)
+            return RedirectResponse(back, status_code=303)
         if not reason or len(reason) > jobs.MAX_REASON:
             request.session["flash"] = t["reason_required"].format(n=jobs.MAX_REASON)
-            return RedirectResponse("/ops/dead", status_code=303)
+            return RedirectResponse(back, status_code=303)
         if data.get("confirmed") != "yes":
             return render(
                 request, "confirm.html", page="dead", question=t["confirm_set_aside"].format(n=len(ids)),
                 action="/ops/dead/set-aside", scope="selected", ids=ids, destination=destination, code=code,
-                reason=reason, note=t["set_aside_final"],
+                reason=reason, note=t["set_aside_final"], back=back,
             )  # fmt: skip
         with rt().sessions.begin() as s:
             result = jobs.set_aside(s, ids=ids, by=f"console:{request.session.get('user')}", reason=reason)
         rt().wake()  # the dossiers' next messages are free to go
         request.session["flash"] = t["set_aside_done"].format(n=result["set_aside"])
-        return RedirectResponse("/ops/dead", status_code=303)
+        return RedirectResponse(back, status_code=303)
 
     @r.post("/retry")
     async def retry(request: Request) -> Response:
