@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -114,16 +115,21 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     context.close()
 
 
+def operator_with_a_dead_letter(hub: Hub, creds: Creds, browser: object) -> tuple[str, str, Any, Any]:
+    """A dead letter, and an operator signed in to the console in Vietnamese: (MaHoSo, base URL, context, page)."""
+    code = dead_letter(hub, creds)
+    context = browser.new_context(locale="vi-VN")  # type: ignore[attr-defined]
+    page = context.new_page()
+    login(page, hub.server.url, "tran.van.an")
+    return code, hub.server.url, context, page
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_operator_sets_a_dead_letter_aside_with_a_reason(console_hub: Hub, creds: Creds, browser: object) -> None:
     """A dead letter nobody will deliver: the operator sets it aside from the list, must say why, confirms; the
     dossier's timeline then says who set it aside and why."""
     hub = console_hub
-    code = dead_letter(hub, creds)
-    base = hub.server.url
-    context = browser.new_context(locale="vi-VN")  # type: ignore[attr-defined]
-    page = context.new_page()
-    login(page, base, "tran.van.an")
+    code, base, context, page = operator_with_a_dead_letter(hub, creds, browser)
     page.goto(f"{base}/ops/dead")
     page.check("input[name=ids]")
     page.click("#set-aside-selected")  # no reason given: refused, nothing changed
@@ -150,11 +156,7 @@ def test_a_dossiers_dead_letter_is_repaired_from_its_own_page(console_hub: Hub, 
     """On the dossier's page the operator sees that a dead letter holds its later events back and sets it aside
     there, with the reason and a confirmation, and is brought back to the dossier; a forged way back is ignored."""
     hub = console_hub
-    code = dead_letter(hub, creds)
-    base = hub.server.url
-    context = browser.new_context(locale="vi-VN")  # type: ignore[attr-defined]
-    page = context.new_page()
-    login(page, base, "tran.van.an")
+    code, base, context, page = operator_with_a_dead_letter(hub, creds, browser)
     page.goto(f"{base}/ops/dossiers/{code}")
     assert "1 thư chết đang chặn" in page.locator("#dossier-dead").inner_text()
     page.click("#replay-dossier")  # replayed from here (still no route: it dies again), and back here
