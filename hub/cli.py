@@ -555,12 +555,11 @@ def jobs_set_aside(
     if not ids and not dossier:
         err.print("[red]name dead-letter ids, or --dossier MaHoSo[/red]")
         raise typer.Exit(2)
-    if not reason.strip():
-        err.print("[red]--reason is required: say why these messages are not to be delivered[/red]")
-        raise typer.Exit(2)
-    if len(" ".join(reason.split())) > jobs.MAX_REASON:
-        err.print(f"[red]--reason is longer than {jobs.MAX_REASON} characters[/red]")
-        raise typer.Exit(2)
+    try:
+        reason = jobs.clean_reason(reason)
+    except ValueError as exc:
+        err.print(f"[red]--reason is required, at most {jobs.MAX_REASON} characters: {exc}[/red]")
+        raise typer.Exit(2) from None
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # a container's uid with no name

@@ -500,12 +500,13 @@ def router(runtime: Any) -> APIRouter:
         t = words(lang_of(request))
         destination, code = str(data.get("destination") or ""), str(data.get("code") or "")
         ids = picked(data)
-        reason = " ".join(str(data.get("reason") or "").split())
         back = back_of(data)
         if not ids:
             request.session["flash"] = t["nothing_selected"]
             return RedirectResponse(back, status_code=303)
-        if not reason or len(reason) > jobs.MAX_REASON:
+        try:
+            reason = jobs.clean_reason(str(data.get("reason") or ""))
+        except ValueError:
             request.session["flash"] = t["reason_required"].format(n=jobs.MAX_REASON)
             return RedirectResponse(back, status_code=303)
         if data.get("confirmed") != "yes":

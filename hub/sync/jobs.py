@@ -103,6 +103,17 @@ def replay(
 MAX_REASON = 500
 
 
+def clean_reason(reason: str) -> str:
+    """An operator's reason for setting dead letters aside, as it is kept (runs of white space made one space);
+    ValueError when there is none or it is longer than MAX_REASON characters."""
+    reason = " ".join(reason.split())
+    if not reason:
+        raise ValueError("a reason is required to set a dead letter aside")
+    if len(reason) > MAX_REASON:
+        raise ValueError(f"the reason is longer than {MAX_REASON} characters")
+    return reason
+
+
 def set_aside(
     session: Session, *, ids: Sequence[int] | None = None, dossier: str | None = None, by: str, reason: str
 ) -> dict[str, Any]:
@@ -110,11 +121,7 @@ def set_aside(
     say, or they are wrong and a corrected message follows) — who, when and why are kept with them, and their
     dossier's later messages flow again, in order. `reason` is required. Ids that are not dead letters are
     reported, not touched."""
-    reason = " ".join(reason.split())
-    if not reason:
-        raise ValueError("a reason is required to set a dead letter aside")
-    if len(reason) > MAX_REASON:
-        raise ValueError(f"the reason is longer than {MAX_REASON} characters")
+    reason = clean_reason(reason)
     ids, dossier_ids, not_dead = _chosen(session, ids, dossier, outbox.DEAD)
     if not (ids or dossier_ids):
         return {"set_aside": 0, "not_dead": not_dead}
