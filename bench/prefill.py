@@ -207,6 +207,7 @@ def main() -> None:
         stack.callback(client.close)
 
         server_ms: list[float] = []
+        server_parts: list[dict[str, float]] = []  # Server-Timing parts of each answer: app (the whole), register, journal
 
         def post(procedure: str, subject_id: str) -> None:
             r = client.post(
@@ -219,8 +220,11 @@ def main() -> None:
                 },
             )
             assert r.status_code == 200, r.text
-            app = r.headers["server-timing"].split(",")[0]  # "app;dur=1.23": the whole, then the parts
-            server_ms.append(float(app.split("dur=")[1]))  # hub's own time (Server-Timing)
+            parts = {  # "app;dur=1.23, register;dur=0.9": the whole, then the parts
+                name.strip(): float(dur) for name, dur in (p.split(";dur=") for p in r.headers["server-timing"].split(","))
+            }
+            server_ms.append(parts["app"])  # hub's own time (Server-Timing)
+            server_parts.append(parts)
 
         raw_conn: list[http.client.HTTPConnection] = []
 
@@ -252,7 +256,9 @@ def main() -> None:
         for i in range(20):  # warm up hub's own code paths (imports, pools) on citizens not measured below
             post("1.004873", rest[-1 - i])
         # latency: one request at a time (what a citizen waits for); throughput: under --threads of load
+        server_parts.clear()
         cold_one = timed(args.latency_requests, 1, one(lat_one))[1]
+        cold_one_parts = list(server_parts)
         server_ms.clear()
         warm_one = timed(args.warm_requests, 1, one(lat_one))[1]
         warm_one_server = [v / 1000 for v in server_ms]
@@ -288,12 +294,16 @@ def main() -> None:
     def ms(values: list[float]) -> tuple[float, float]:
         return round(statistics.median(values) * 1000, 2), round(pct(values, 0.99), 2)
 
+    def part(name: str) -> float:  # the median, in ms, of one Server-Timing part of the cold one-look-up answers
+        return round(statistics.median(p.get(name, 0.0) for p in cold_one_parts), 2)
+
     report: dict[str, Any] = {
         "database": args.database + (f" (synchronous={args.sqlite_synchronous})" if not db_url else ""),
         "latency, one request at a time (p50/p99 ms)": f"cold {args.latency_requests}, warm {args.warm_requests}",
         "  bare zeep look-up": ms(base_one),
         "  prefill 1 look-up (1.004873) cold": ms(cold_one),
         "  cold p50 / bare p50": round(statistics.median(cold_one) / statistics.median(base_one), 2),
+        "    in hub, register, journal (p50 ms)": (part("app"), part("register"), part("journal")),
         "  prefill 1 look-up warm": ms(warm_one),
         "    of which in hub (Server-Timing)": ms(warm_one_server),
         "    the same through http.client": ms(warm_one_raw),
