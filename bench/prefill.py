@@ -207,7 +207,8 @@ def main() -> None:
         stack.callback(client.close)
 
         server_ms: list[float] = []
-        server_parts: list[dict[str, float]] = []  # Server-Timing parts of each answer: app (the whole), register, journal
+        # the Server-Timing parts of each answer: app (the whole), register, journal
+        server_parts: list[dict[str, float]] = []
 
         def post(procedure: str, subject_id: str) -> None:
             r = client.post(
@@ -221,7 +222,8 @@ def main() -> None:
             )
             assert r.status_code == 200, r.text
             parts = {  # "app;dur=1.23, register;dur=0.9": the whole, then the parts
-                name.strip(): float(dur) for name, dur in (p.split(";dur=") for p in r.headers["server-timing"].split(","))
+                name.strip(): float(dur)
+                for name, dur in (p.split(";dur=") for p in r.headers["server-timing"].split(","))
             }
             server_ms.append(parts["app"])  # hub's own time (Server-Timing)
             server_parts.append(parts)
