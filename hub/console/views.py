@@ -158,6 +158,13 @@ def router(runtime: Any) -> APIRouter:
             return data, render(request, "message.html", status=403, heading=t["forbidden"])
         return data, None
 
+    async def operator_form(request: Request) -> tuple[dict[str, Any], Response | None]:
+        """A repair form's data, or the answer instead of acting on it: to the sign-in page when nobody is signed
+        in, 403 when its CSRF token is wrong or the operator's role does not allow repairs."""
+        if (go := user_or_login(request)) is not None:
+            return {}, go
+        return await checked_form(request, role="operator")
+
     # -- login -----------------------------------------------------------------------------------------------
 
     @r.get("/login")
@@ -379,9 +386,7 @@ def router(runtime: Any) -> APIRouter:
     @r.post("/payments/check")
     async def check_payment(request: Request) -> Response:
         """Ask the platform about one pending payment now (a citizen says they paid; the dossier has not moved)."""
-        if (go := user_or_login(request)) is not None:
-            return go
-        data, refused = await checked_form(request, role="operator")
+        data, refused = await operator_form(request)
         if refused is not None:
             return refused
         reference = str(data.get("reference") or "")[:50]
@@ -463,9 +468,7 @@ def router(runtime: Any) -> APIRouter:
 
     @r.post("/dead/replay")
     async def replay(request: Request) -> Response:
-        if (go := user_or_login(request)) is not None:
-            return go
-        data, refused = await checked_form(request, role="operator")
+        data, refused = await operator_form(request)
         if refused is not None:
             return refused
         t = words(lang_of(request))
@@ -492,9 +495,7 @@ def router(runtime: Any) -> APIRouter:
     @r.post("/dead/set-aside")
     async def set_aside(request: Request) -> Response:
         """Dead letters an operator decides not to deliver, with the reason: their dossiers' later messages go on."""
-        if (go := user_or_login(request)) is not None:
-            return go
-        data, refused = await checked_form(request, role="operator")
+        data, refused = await operator_form(request)
         if refused is not None:
             return refused
         t = words(lang_of(request))
@@ -524,9 +525,7 @@ def router(runtime: Any) -> APIRouter:
     @r.post("/retry")
     async def retry(request: Request) -> Response:
         """A peer's waiting deliveries due now, instead of after their backoff (its problem is fixed)."""
-        if (go := user_or_login(request)) is not None:
-            return go
-        data, refused = await checked_form(request, role="operator")
+        data, refused = await operator_form(request)
         if refused is not None:
             return refused
         destination = str(data.get("destination") or "")[:64]
@@ -540,9 +539,7 @@ def router(runtime: Any) -> APIRouter:
 
     @r.post("/maintenance")
     async def maintenance(request: Request) -> Response:
-        if (go := user_or_login(request)) is not None:
-            return go
-        data, refused = await checked_form(request, role="operator")
+        data, refused = await operator_form(request)
         if refused is not None:
             return refused
         on = data.get("state") == "on"
