@@ -211,6 +211,60 @@ def test_bad_input_is_a_clear_problem(hub: Hub) -> None:
     assert hub.http.post("/v1/prefill", json={}, headers={"X-API-Key": "nope"}).status_code == 401
 
 
+def test_a_blank_form_says_what_a_prefill_fills_and_reads_no_one(hub: Hub, people: httpx.Client, creds: Creds) -> None:
+    """A portal renders the e-form before it has a citizen's ID (or for one who fills it by hand): the fields, their
+    labels and required marks, and where a pre-fill would take each from — no register call, no access-log entry."""
+    r = hub.http.get(f"/v1/forms/{KHAI_SINH}")
+    assert r.status_code == 200, r.text
+    form = r.json()
+    assert form["procedure"] == KHAI_SINH and form["title"] == "Tờ khai đăng ký khai sinh"
+    assert form["prefill_purposes"] == [PURPOSE]
+    by_name = {f["name"]: f for f in form["fields"]}
+    assert by_name["nguoi_yeu_cau.ho_ten"]["filled_from"] == [{"path": "subject.HoVaTen"}]
+    assert by_name["tre.ho_ten"] == {  # the child: the citizen writes it
+        "name": "tre.ho_ten", "label": by_name["tre.ho_ten"]["label"], "type": "name", "required": True,
+        "filled_from": [],
+    }  # fmt: skip
+    mother = by_name["me.ho_ten"]["filled_from"]  # the applicant if she is the mother, else the spouse
+    assert {"path": "subject.HoVaTen", "if": {"subject.GioiTinh": "2"}} in mother
+    assert any(src["path"].startswith("spouse.") for src in mother)
+    assert people.get("/_sandbox/received").json()["count"] == 0 and log_entries(hub) == []
+    assert r.headers["cache-control"] == "private, max-age=300"
+    # the portal asks again with the ETag: nothing changed, nothing sent again
+    again = hub.http.get(f"/v1/forms/{KHAI_SINH}", headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == r.headers["etag"]
+    assert hub.http.get(f"/v1/forms/{KHAI_SINH}", headers={"If-None-Match": '"other"'}).status_code == 200
+
+    # the same form as a pre-fill fills it: the same fields in the same order, and only those with a source filled
+    father = married(people, "1")
+    filled = ask(hub, father["SoDinhDanh"]).json()
+    assert [f["name"] for f in filled["fields"]] == list(by_name)
+    assert all(by_name[f["name"]]["filled_from"] for f in filled["fields"] if f["value"] is not None)
+    assert {n for n, f in by_name.items() if f["required"] and not f["filled_from"]} <= set(filled["missing_required"])
+
+    # another province's system: the form, but no purpose it may pre-fill it for; its own procedure listed with its
+    other = {"X-API-Key": creds.other_key}
+    assert hub.http.get(f"/v1/forms/{KHAI_SINH}", headers=other).json()["prefill_purposes"] == []
+    listed = {f["procedure"]: f for f in hub.http.get("/v1/forms", headers=other).json()}
+    assert listed["1.004873"]["prefill_purposes"] == ["marriage_registration"]
+    assert listed[KHAI_SINH]["prefill_purposes"] == [] and list(listed) == sorted(listed)
+    assert {"1.001193", "1.000656", "1.000894", "2.000635", "1.004873", "1.004837"} <= set(listed)
+
+
+def test_a_blank_form_of_a_bad_or_unknown_procedure_is_a_clear_problem(hub: Hub) -> None:
+    r = hub.http.get("/v1/forms/9.999999")
+    assert r.status_code == 404 and r.json()["code"] == "unknown_form"
+    assert r.headers["content-type"].startswith("application/problem+json")
+    r = hub.http.get("/v1/forms/khai-sinh")
+    assert r.status_code == 422 and r.json()["code"] == "invalid_procedure_code"
+    assert hub.http.get(f"/v1/forms/{KHAI_SINH}", headers={"X-API-Key": "nope"}).status_code == 401
+
+
+def test_answers_with_personal_data_are_kept_in_no_cache(hub: Hub, people: httpx.Client) -> None:
+    r = ask(hub, person(people)["SoDinhDanh"])
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+
+
 def test_documents_are_offered_only_with_a_live_consent(hub: Hub, people: httpx.Client, creds: Creds) -> None:
     father = married(people, "1")
     now = datetime.now(UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import re
@@ -30,8 +31,9 @@ from hub.domain.dates import instant
 from hub.domain.errors import DomainError
 from hub.logs import correlation_id
 from hub.runtime import Runtime
+from hub.services import prefill as prefill_forms
 from hub.services.payments import PaymentIn
-from hub.services.prefill import ConsentIn, DocumentIn, PrefillIn, PrefillOut, SubjectIn
+from hub.services.prefill import ConsentIn, DocumentIn, FormListed, FormOut, PrefillIn, PrefillOut, SubjectIn
 from hub.services.schemas import (
     MAX_BATCH,
     Accepted,
@@ -545,6 +547,39 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             raise
         finally:
             rt().prefill_seconds.labels(outcome).observe(time.perf_counter() - started)
+
+    def cacheable(request: Request, content: Any) -> Response:
+        """An answer without personal data that a portal may keep a few minutes, and ask again for with its ETag:
+        304 when nothing changed."""
+        body = pydantic_core.to_json(content)
+        tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        headers = {"ETag": tag, "Cache-Control": "private, max-age=300"}
+        asked = {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}
+        if tag in asked or "*" in asked:  # RFC 9110 13.1.2: weak comparison
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
+
+    @app.get(
+        "/v1/forms",
+        responses={200: {"model": list[FormListed]}},
+        tags=["prefill"],
+        summary="The procedures with an e-form, and what this client may pre-fill each for",
+    )
+    def list_forms(request: Request, who: Prefill) -> Response:
+        return cacheable(request, prefill_forms.forms(who))
+
+    @app.get(
+        "/v1/forms/{procedure}",
+        responses={200: {"model": FormOut}, 304: {"description": "unchanged since the ETag given in If-None-Match"}},
+        tags=["prefill"],
+        summary="A procedure's e-form, blank: its fields, labels, required marks, and where a pre-fill takes each from",
+        description="No personal data: nothing is read from the population database and nothing is logged. What a "
+        "portal renders before a pre-fill (or for a citizen who fills the form by hand). `prefill_purposes`: the "
+        "purposes this client may pre-fill it for. Answers carry an ETag; the same request with `If-None-Match` "
+        "gets 304 while the form is unchanged.",
+    )
+    def blank_form(procedure: str, request: Request, who: Prefill) -> Response:
+        return cacheable(request, prefill_forms.blank_form(who, procedure))
 
     @app.post("/v1/consents", status_code=201, tags=["prefill"], summary="Record a citizen's consent to reuse data")
     def grant_consent(

@@ -79,6 +79,7 @@ class BodyLimitAndCorrelation:
         started = time.perf_counter()
         documents = self.document_paths is not None and self.document_paths.match(scope["path"]) is not None
         limit = self.max_document if documents else self.max_body
+        private = scope["path"].startswith("/v1/")  # API answers: no copy in a shared cache unless one says so
         try:
             coding = headers.get(b"content-encoding", b"").strip().lower()
             if coding and set(coding.replace(b" ", b"").split(b",")) & COMPRESSED:
@@ -127,11 +128,14 @@ class BodyLimitAndCorrelation:
                     took = f"app;dur={(time.perf_counter() - started) * 1000:.2f}" + "".join(  # W3C Server-Timing
                         f", {name};dur={seconds * 1000:.2f}" for name, seconds in parts.items()
                     )
-                    message["headers"] = [
+                    headers = [
                         *message.get("headers", []),
                         (b"x-correlation-id", cid.encode()),
                         (b"server-timing", took.encode()),
                     ]
+                    if private and not any(k == b"cache-control" for k, _ in headers):
+                        headers.append((b"cache-control", b"no-store"))  # personal data: no cache keeps a copy
+                    message["headers"] = headers
                 if record:  # a pushed request is recorded before its answer leaves (the answer is small)
                     held.append(message)
                     if message["type"] == "http.response.body":

@@ -118,6 +118,93 @@ def templates() -> dict[str, FormTemplate]:
     return found
 
 
+# -- blank forms ---------------------------------------------------------------------------------------------
+
+
+class BlankField(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    label: str = Field(description="the field's label on the Vietnamese form")
+    type: str
+    required: bool
+    filled_from: list[SourceSpec] = Field(
+        description="where a pre-fill takes the value from, the first that holds one: a path in the population "
+        "record of the subject or of the person it links to (spouse, father, mother), under its condition (`if`); "
+        "empty: always left for the citizen"
+    )
+
+
+class FormOut(BaseModel):
+    """A procedure's e-form without anyone's data: what a portal renders before (or instead of) a pre-fill."""
+
+    model_config = ConfigDict(extra="forbid")
+    procedure: str
+    form: str
+    title: str
+    legal_basis: str
+    subject: str = Field(description="who the form's subject is (the applicant)")
+    fields: list[BlankField]
+    documents: list[DocumentSpec] = Field(description="earlier documents a pre-fill may offer for reuse (consent)")
+    prefill_purposes: list[str] = Field(
+        description="the purposes this client may pre-fill the form for (empty: it may not pre-fill it)"
+    )
+
+
+class FormListed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    procedure: str
+    form: str
+    title: str
+    prefill_purposes: list[str]
+
+
+def _purposes(client: ClientSystem, procedure: str) -> list[str]:
+    return [p for p in client.prefill_purposes if client.may_prefill(procedure, p)]
+
+
+def blank_form(client: ClientSystem, procedure: str) -> dict[str, Any]:
+    """The e-form of a procedure (MaTTHC) with its fields' sources and no personal data: nothing is read, nothing
+    is logged. 422 `invalid_procedure_code`, 404 `unknown_form`."""
+    template = templates().get(identifiers.procedure_code(procedure))
+    if template is None:
+        raise NotFound(f"no e-form template for procedure {procedure}", code="unknown_form")
+    return {
+        "procedure": procedure,
+        **_blank(template.form),
+        "prefill_purposes": _purposes(client, procedure),
+    }
+
+
+@cache
+def _blank(form: str) -> dict[str, Any]:
+    template = next(t for t in templates().values() if t.form == form)
+    return {
+        "form": template.form,
+        "title": template.title,
+        "legal_basis": template.legal_basis,
+        "subject": template.subject,
+        "fields": [
+            {
+                "name": f.name,
+                "label": f.label,
+                "type": f.type,
+                "required": f.required,
+                "filled_from": [s.model_dump(by_alias=True, exclude_defaults=True) for s in f.source],
+            }
+            for f in template.fields
+        ],
+        "documents": [d.model_dump() for d in template.documents],
+    }
+
+
+def forms(client: ClientSystem) -> list[dict[str, Any]]:
+    """Every procedure with an e-form, in code order, and what this client may pre-fill it for."""
+    return [
+        {"procedure": code, "form": t.form, "title": t.title, "prefill_purposes": _purposes(client, code)}
+        for code, t in sorted(templates().items())
+    ]
+
+
 # -- requests ------------------------------------------------------------------------------------------------
 
 
