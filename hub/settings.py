@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from datetime import date
 from pathlib import Path
@@ -128,6 +129,9 @@ class Settings(BaseSettings):
     # themselves, consent lists and withdrawals): a script looping on them would grow the log without bound (a
     # token bucket per citizen, as the clients' read quota)
     citizen_views_per_minute: int = Field(default=30, ge=1)
+    # the web origins (scheme://host[:port]) of the portal pages where citizens sign in, whose scripts may call
+    # /v1/citizens/me/* from the citizen's browser (CORS, bearer tokens, no cookies); empty: none may
+    citizen_cors_origins: list[str] = Field(default_factory=list)
     # Client systems with OAuth 2.0 access tokens (client credentials grant) instead of, or beside, API keys: the
     # authorization server they get tokens from (the province's API gateway / LGSP).
     oauth_issuer: str = ""  # its `iss`; empty -> the sandbox's (dev only), else off
@@ -228,6 +232,14 @@ class Settings(BaseSettings):
     @property
     def effective_audit_anchor_file(self) -> Path:
         return self.audit_anchor_file or self.var_dir / "audit-anchors.jsonl"
+
+    @field_validator("citizen_cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+                raise ValueError(f"{origin!r} is not a web origin like https://dichvucong.gov.vn (no path, no '*')")
+        return value
 
     @field_validator("clients", mode="before")
     @classmethod

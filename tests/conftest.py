@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,3 +283,28 @@ def trust(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust]:
 def token(tmp_path_factory: pytest.TempPathFactory, trust: Trust) -> Token:
     """A SoftHSM token with keys made on it and their certificates from the sandbox PKI."""
     return trust.token(tmp_path_factory.mktemp("token"))
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Playwright (Playwright's own browser download cannot work here). It runs
+    an event loop in the calling thread while open: hub code that starts one of its own (asyncio.run) must run
+    before, or in another thread."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium must be installed (.ci/run installs it)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as b:
+        yield b

@@ -647,16 +647,10 @@ def test_an_operator_goes_from_a_refused_document_to_its_dossier_in_a_browser(
     assert exchange.post(f"/_sandbox/documents/{doc['header']['document_id']}/status", json=refused).status_code == 201
     assert hub.runtime.poll_edoc_status() == {"applied": 2}  # before the browser: Playwright runs a loop here
     Operators(hub.runtime.sessions).add("pham.thi.doc", PASSWORD, "viewer")
-    from playwright.sync_api import sync_playwright
+    from tests.conftest import chromium
 
-    from tests.test_console import CHROMIUM
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            look_around(b.new_page(), hub, code)
-        finally:
-            b.close()
+    with chromium() as b:
+        look_around(b.new_page(), hub, code)
 
 
 def look_around(page: Any, hub: Hub, code: str) -> None:

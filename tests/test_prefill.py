@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select, text
 
 from hub.sandbox.common import ServerThread
-from hub.settings import ClientSystem
+from hub.settings import ClientSystem, Settings
 from hub.store.models import AccessLogEntry, Exchange
 from tests.conftest import OTHER_AGENCY, PURPOSE, Creds, Hub, HubFactory, client_systems
 from tests.pki_helpers import Trust
@@ -619,6 +619,82 @@ def test_a_signed_in_citizen_sees_who_used_their_data(
     seen = my_usage(hub, citizen_token(trust, someone["SoDinhDanh"])).json()
     assert seen["count"] == 3
     assert (seen["items"][0]["purpose"], seen["items"][0]["client"]) == ("data_subject_access", "citizen")
+
+
+FETCH = """async ([url, headers, method]) => {
+    try {
+        const r = await fetch(url, {method, headers});
+        return {status: r.status, body: await r.json(), correlation: r.headers.get("x-correlation-id")};
+    } catch (e) { return {blocked: String(e)}; }
+}"""
+
+
+def test_the_portal_page_where_citizens_sign_in_calls_hub_from_their_browser(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, trust: Trust, browser: Any
+) -> None:
+    """In Chromium: a script of the portal's page (an allowed origin) reads the citizen's data usage and withdraws a
+    consent with the ID token (CORS, preflighted); a page of any other origin is refused by the browser, and no page
+    may call the client systems' endpoints (their keys belong on servers)."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = "<!doctype html><title>Cổng dịch vụ công</title>".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    pages = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=pages.serve_forever, daemon=True).start()
+    portal = f"http://127.0.0.1:{pages.server_address[1]}"
+    try:
+        hub = hub_factory(
+            population_url=f"{population_server.url}/ws/congdan",
+            citizen_idp_issuer=f"{trust.server.url}/idp",
+            citizen_cors_origins=[portal],
+        )
+        someone = person(people)
+        ask(hub, someone["SoDinhDanh"])
+        ref = hub.http.post(
+            "/v1/consents", json={"subject_id": someone["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"]}
+        ).json()["consent_ref"]
+        bearer = {"Authorization": f"Bearer {citizen_token(trust, someone['SoDinhDanh'])}"}
+        base = str(hub.http.base_url).rstrip("/")
+        page = browser.new_page()
+        try:
+            page.goto(portal + "/")
+            usage = page.evaluate(FETCH, [f"{base}/v1/citizens/me/data-usage", bearer, "GET"])
+            assert usage["status"] == 200 and usage["body"]["items"][0]["outcome"] == "allowed", usage
+            assert usage["correlation"]  # exposed to the page's script: what the citizen quotes to the help desk
+            withdrawn = page.evaluate(FETCH, [f"{base}/v1/citizens/me/consents/{ref}/withdraw", bearer, "POST"])
+            assert withdrawn["status"] == 200, withdrawn
+            assert ask(hub, someone["SoDinhDanh"], consent_ref=ref).json()["code"] == "consent_revoked"
+            # a signed-out page still reads hub's answer (401, a problem) rather than a browser error
+            signed_out = page.evaluate(FETCH, [f"{base}/v1/citizens/me/consents", {}, "GET"])
+            assert signed_out["status"] == 401 and signed_out["body"]["code"]
+            # the client systems' endpoints: no CORS, whatever the page holds
+            key = {"X-API-Key": hub.http.headers["X-API-Key"]}
+            assert "blocked" in page.evaluate(FETCH, [f"{base}/v1/forms", key, "GET"])
+            # the same page served from another origin (localhost is not 127.0.0.1 to a browser)
+            page.goto(portal.replace("127.0.0.1", "localhost") + "/")
+            assert "blocked" in page.evaluate(FETCH, [f"{base}/v1/citizens/me/data-usage", bearer, "GET"])
+        finally:
+            page.close()
+    finally:
+        pages.shutdown()
+
+
+def test_a_cors_origin_must_be_an_origin() -> None:
+    for bad in ("*", "https://dichvucong.gov.vn/", "https://dichvucong.gov.vn/trang", "dichvucong.gov.vn"):
+        with pytest.raises(ValueError, match="not a web origin"):
+            Settings(citizen_cors_origins=[bad])
+    assert Settings(citizen_cors_origins=["https://dichvucong.gov.vn"]).citizen_cors_origins
 
 
 def test_a_signed_in_citizen_sees_their_consents_and_withdraws_one(

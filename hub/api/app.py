@@ -26,7 +26,7 @@ from hub import __version__
 from hub.adapters.errors import PeerError
 from hub.adapters.identity import ClientTokens, InvalidToken, client_tokens, looks_like_jwt
 from hub.api import examples, problems
-from hub.api.middleware import BodyLimitAndCorrelation, ConsoleSessions, Inbound
+from hub.api.middleware import BodyLimitAndCorrelation, CitizenCors, ConsoleSessions, Inbound
 from hub.domain.dates import instant
 from hub.domain.errors import DomainError
 from hub.logs import correlation_id
@@ -287,6 +287,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         https_only=settings.mode == "production",
     )
     app.include_router(console_router(rt))
+    if settings.citizen_cors_origins:
+        app.add_middleware(CitizenCors, prefix="/v1/citizens/me/", origins=settings.citizen_cors_origins)
 
     def answer(a: Any) -> JSONResponse:
         headers = {"Idempotent-Replayed": "true"} if a.replayed else {}

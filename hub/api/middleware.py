@@ -215,3 +215,29 @@ class ConsoleSessions:
             await self.sessions(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+class CitizenCors:
+    """CORS for the citizens' own endpoints only (`prefix`): the portal page where a citizen signed in calls them
+    from the browser with the ID token as bearer (no cookies, so no credentials mode). The client systems' endpoints
+    get no CORS headers: their keys belong on servers, never in a page."""
+
+    def __init__(self, app: ASGIApp, prefix: str, origins: list[str]) -> None:
+        from starlette.middleware.cors import CORSMiddleware
+
+        self.app = app
+        self.prefix = prefix
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Correlation-Id"],
+            expose_headers=["Retry-After", "X-Correlation-Id"],
+            max_age=600,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
