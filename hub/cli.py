@@ -268,6 +268,14 @@ def worker(
     )
     celery_worker.start()
     code = int(celery_worker.exitcode or 0)
+    from hub.sync.celery_app import stuck
+
+    if stuck.is_set():
+        err.print(
+            f"[red]the worker's consumer was stuck[/red] (no drain for {settings.worker_stuck_seconds:g} s): stopped "
+            "for its supervisor to start it again (exit 75)"
+        )
+        raise typer.Exit(75)
     if code:
         err.print(f"[red]the worker stopped on an error[/red] (exit {code}); its leased deliveries go back in line")
     raise typer.Exit(code)

@@ -224,6 +224,9 @@ class Settings(BaseSettings):
     reconcile_concurrency: int = Field(default=8, ge=1, le=64)  # portal look-ups in flight during a reconciliation
     portal_poll_interval: float = 300.0  # seconds between polls of the portal for missed pushes; 0 disables
     worker_enabled: bool = True  # `hub serve` in embedded mode runs the in-process worker
+    # a `hub worker` whose consumer has started no drain for this long, although its ticker asks for one every poll
+    # interval and its pool is not all busy, stops (exit 75) for its supervisor to start it again; 0: never
+    worker_stuck_seconds: float = Field(default=300.0, ge=0)
     # The access log's head (last entry's id and chain hash) is noted outside the database every this many seconds
     # (0: never), in `audit_anchor_file` and the log: `hub audit verify` then finds entries cut off its end too.
     audit_anchor_interval: float = 300.0

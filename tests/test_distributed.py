@@ -149,8 +149,8 @@ class Cluster:
         }
         self.workers: list[Worker] = []
 
-    def worker(self) -> Worker:
-        w = Worker(self.env, self.tmp / f"worker-{len(self.workers)}.log").start()
+    def worker(self, **env: str) -> Worker:
+        w = Worker({**self.env, **env}, self.tmp / f"worker-{len(self.workers)}.log").start()
         self.workers.append(w)
         return w
 
@@ -260,6 +260,54 @@ def test_a_burst_of_commits_asks_for_one_drain_at_a_time(cluster: Cluster, porta
     assert "hub_workers_alive 1.0" in cluster.http.get("/metrics").text
     for code in codes[:6]:
         assert [h["status"] for h in portal.get(f"/_sandbox/dossiers/{code}").json()["history"]] == [2, *WALK]
+
+
+def test_a_worker_whose_consumer_is_stuck_stops_for_its_supervisor(cluster: Cluster, portal: httpx.Client) -> None:
+    """The worker is up and beating, but its consumer takes no task (here: told by Celery's remote control to stop
+    consuming hub's queue — what a wedged consumer looks like from outside). Past HUB_WORKER_STUCK_SECONDS it stops
+    with exit 75, saying why, for its supervisor to start it again; an idle worker that is fine does not."""
+    from celery import Celery
+
+    from hub.sync.workers import Roster, beat_ttl
+
+    worker = cluster.worker(HUB_WORKER_STUCK_SECONDS="2")
+    assert worker.proc is not None
+    roster = Roster(redis.Redis.from_url(cluster.redis.url), ttl=beat_ttl(0.2))
+    wait_until(lambda: [w.last_drain_age_s is not None for w in roster.seen()] == [True], 30)
+    time.sleep(3)  # idle, longer than the limit: its ticker's drains keep it fresh
+    assert worker.proc.poll() is None, cluster.trouble()
+    (name,) = [w.name for w in roster.seen()]
+    control = Celery(broker=cluster.redis.url)
+    control.control.cancel_consumer("hub", destination=[name], reply=True, timeout=5)
+    try:
+        assert worker.proc.wait(timeout=30) == 75, cluster.trouble()
+    finally:
+        control.close()
+    log = worker.log.read_text(errors="replace")
+    assert "consumer stuck" in log and "exit 75" in log
+    # its supervisor starts it again: what came in meanwhile is delivered
+    codes = cluster.post(3, walk=[4])
+    cluster.worker()
+    cluster.wait_delivered(6, timeout=60)
+    assert_exactly_once_in_order(portal, codes, walk=[4])
+
+
+def test_the_consumer_watch_counts_only_an_idle_pool_with_the_broker_up() -> None:
+    from hub.sync.workers import ConsumerWatch
+
+    watch = ConsumerWatch(300, now=0)
+    assert not watch.beat(None, busy=False, now=200)  # no drain yet, not for long
+    assert watch.beat(None, busy=False, now=301)  # none since the worker started, 301 s ago
+    watch = ConsumerWatch(300, now=0)
+    assert not watch.beat(10, busy=False, now=400)  # a drain 10 s ago
+    assert not watch.beat(None, busy=False, now=500)  # Redis lost the mark (restarted): the last one seen counts
+    assert watch.beat(None, busy=False, now=700.1)
+    watch = ConsumerWatch(300, now=0)
+    assert not watch.beat(None, busy=True, now=1000)  # every pool process on a long task: not stuck
+    assert not watch.beat(None, busy=False, now=1200)
+    watch.broker_down(now=1250)  # the broker did not answer: the consumer reconnects after it, the clock restarts
+    assert not watch.beat(None, busy=False, now=1500) and watch.beat(None, busy=False, now=1551)
+    assert not ConsumerWatch(0, now=0).beat(None, busy=False, now=10**6)  # 0: never
 
 
 def test_worker_killed_mid_batch_loses_and_doubles_nothing(cluster: Cluster, portal: httpx.Client) -> None:

@@ -157,6 +157,8 @@ def noop() -> None:
 
 
 _ticker_stop = threading.Event()
+stuck = threading.Event()  # the ticker found this worker's consumer stuck and stopped the worker (`hub worker`: 75)
+COLD_AFTER_S = 60.0  # a warm shutdown that has not ended by then (the wedged consumer in it) is made a cold one
 
 
 @worker_ready.connect
@@ -164,12 +166,14 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
     """Every poll interval, ask for a drain: retries come due and wake-ups may be lost with Redis."""
 
     import os
+    import signal
     import socket
 
     import redis
+    from celery.worker import state as worker_state
 
     from hub.sync import schedule
-    from hub.sync.workers import Roster, beat_ttl
+    from hub.sync.workers import ConsumerWatch, Roster, beat_ttl
 
     name = str(getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}")
     processes = int(getattr(getattr(sender, "controller", None), "concurrency", None) or 1)
@@ -188,9 +192,14 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
         _leave.append(lambda: roster.leave(name))
         due = {job: time.monotonic() + every for job, every in jobs}
         broker = Outage(log, "ticker: broker")  # said once a minute while Redis is down, not on every tick
+        watch = ConsumerWatch(settings.worker_stuck_seconds, time.monotonic())
         while not _ticker_stop.wait(settings.relay_poll_interval):
             try:
-                roster.beat(name, host=socket.gethostname(), pid=os.getpid(), processes=processes)
+                drained = roster.beat(name, host=socket.gethostname(), pid=os.getpid(), processes=processes)
+                busy = len(worker_state.active_requests) >= processes
+                if watch.beat(drained, busy=busy, now=time.monotonic()):
+                    stop_stuck(drained)
+                    return
                 app.send_task(DRAIN)
                 for job, every in jobs:
                     if every > 0 and time.monotonic() >= due[job]:
@@ -200,6 +209,19 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
                 broker.ok()
             except Exception as exc:  # noqa: BLE001 - broker down: try again on the next tick
                 broker.failed(exc)
+                watch.broker_down(time.monotonic())
+
+    def stop_stuck(drained: float | None) -> None:
+        log.critical(
+            "consumer stuck: no drain started on this worker although asked every poll interval; stopping it for "
+            "its supervisor to start it again (its leased deliveries go back in line)",
+            extra={"worker": name, "last_drain_age_s": drained, "limit_s": settings.worker_stuck_seconds},
+        )
+        stuck.set()
+        os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown: running tasks end first
+        cold = threading.Timer(COLD_AFTER_S, os.kill, (os.getpid(), signal.SIGQUIT))
+        cold.daemon = True
+        cold.start()
 
     threading.Thread(target=tick, name="hub-ticker", daemon=True).start()
 

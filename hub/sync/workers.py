@@ -46,13 +46,16 @@ class Roster:
         self._redis = redis
         self._ttl_ms = int(ttl * 1000)
 
-    def beat(self, name: str, *, host: str, pid: int, processes: int) -> None:
-        """A worker's ticker, every tick (one round trip)."""
+    def beat(self, name: str, *, host: str, pid: int, processes: int) -> float | None:
+        """A worker's ticker, every tick (one round trip). Returns the seconds since a drain last started on that
+        worker (None: no mark, e.g. none yet, or Redis restarted since)."""
         value = json.dumps({"host": host, "pid": pid, "processes": processes})
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(PREFIX + name, value, px=self._ttl_ms)
         pipe.sadd(NAMES, name)
-        pipe.execute()
+        pipe.pttl(PREFIX + name + DRAINED)
+        drain_left = pipe.execute()[2]
+        return _drained_age(drain_left)
 
     def leave(self, name: str) -> None:
         """A worker shutting down cleanly drops out at once."""
@@ -95,7 +98,38 @@ def _parse(names: list[str], replies: list[Any], ttl_ms: int) -> Iterable[Worker
             host, pid, processes = str(info["host"]), int(info["pid"]), int(info["processes"])
         except (ValueError, KeyError, TypeError):  # not a beat of this version: not shown rather than guessed
             continue
-        drained = None
-        if drain_left is not None and drain_left >= 0:
-            drained = round(max(0.0, DRAINED_TTL_S - drain_left / 1000), 1)
+        drained = _drained_age(drain_left)
         yield WorkerSeen(name, host, pid, processes, round(max(0, ttl_ms - beat_left) / 1000, 1), drained)
+
+
+def _drained_age(drain_left_ms: int | None) -> float | None:
+    """The age of a drain mark from its remaining time-to-live (PTTL; negative: no such key)."""
+    if drain_left_ms is None or drain_left_ms < 0:
+        return None
+    return round(max(0.0, DRAINED_TTL_S - drain_left_ms / 1000), 1)
+
+
+class ConsumerWatch:
+    """Tells when a worker's consumer has stopped taking tasks although it is up: its ticker asks for a drain every
+    poll interval and its beats reach Redis, its pool runs nothing, and yet no drain has started on it for
+    `limit` seconds (the wedge of a Celery consumer after broker outages: the process lives on, delivers nothing).
+    Then the worker stops so that its supervisor starts it again (`hub worker` exits 75), rather than waiting for an
+    operator to read the alert.
+
+    A worker busy with long tasks (a reconciliation in every pool process) is not stuck; a broker that did not
+    answer resets the clock (the consumer reconnects after it), as does a mark that Redis lost (restarted)."""
+
+    def __init__(self, limit: float, now: float) -> None:
+        self.limit = limit
+        self.since = now  # when the consumer was last known to take tasks (or the watch's clock restarted)
+
+    def beat(self, drained_age: float | None, *, busy: bool, now: float) -> bool:
+        """One tick whose beat reached Redis: True when the consumer is stuck."""
+        if drained_age is not None:
+            self.since = max(self.since, now - drained_age)
+        if busy:
+            self.since = now
+        return self.limit > 0 and now - self.since > self.limit
+
+    def broker_down(self, now: float) -> None:
+        self.since = now
