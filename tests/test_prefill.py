@@ -325,6 +325,48 @@ def test_documents_are_offered_only_with_a_live_consent(hub: Hub, people: httpx.
     assert hub.http.post(f"/v1/consents/{ref}/revoke", headers=other_client).json()["code"] == "unknown_consent"
 
 
+def test_a_consent_withdrawn_while_the_register_is_asked_offers_no_document(hub: Hub, people: httpx.Client) -> None:
+    """The citizen withdraws the consent while hub waits for the population database (here 0.8 s a look-up, two
+    look-ups): the pre-fill is refused as if it had been withdrawn before — no document offered under it — and the
+    refusal is in the access log."""
+    import threading
+
+    father = married(people, "1")
+    registered = hub.http.post(
+        "/v1/documents",
+        json={
+            "holder_id": father["SoDinhDanh"], "kind": "giay_chung_nhan_ket_hon", "title": "Giấy chứng nhận kết hôn",
+            "number": "21/2024/KH", "issuer": AGENCY, "issued_at": "2024-05-01T08:00:00+07:00",
+            "reference": "https://onestop.example/docs/21",
+        },
+    )  # fmt: skip
+    assert registered.status_code == 201, registered.text
+    ref = hub.http.post(
+        "/v1/consents", json={"subject_id": father["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"]}
+    ).json()["consent_ref"]
+    people.post("/_sandbox/faults", json={"latency_ms": 800})
+    answers: list[httpx.Response] = []
+    asking = threading.Thread(target=lambda: answers.append(ask(hub, father["SoDinhDanh"], consent_ref=ref)))
+    asking.start()
+    wait_for = time.monotonic() + 5
+    while people.get("/_sandbox/received").json()["count"] == 0:  # the register has been asked
+        assert time.monotonic() < wait_for
+        time.sleep(0.02)
+    assert hub.http.post(f"/v1/consents/{ref}/revoke").status_code == 200
+    asking.join(10)
+    (answer,) = answers
+    assert answer.status_code == 403 and answer.json()["code"] == "consent_revoked", answer.text
+    assert "21/2024/KH" not in answer.text
+    last = log_entries(hub)[-1]
+    assert (last.outcome, last.consent_ref, last.fields) == ("refused", ref, [])
+    # the same request, the consent given again: the documents are offered (what the refusal held back)
+    people.post("/_sandbox/reset")
+    ref = hub.http.post(
+        "/v1/consents", json={"subject_id": father["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"]}
+    ).json()["consent_ref"]
+    assert [d["number"] for d in ask(hub, father["SoDinhDanh"], consent_ref=ref).json()["documents"]] == ["21/2024/KH"]
+
+
 @pytest.mark.parametrize(
     ("faults", "code"),
     [

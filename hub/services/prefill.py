@@ -794,7 +794,12 @@ class PrefillService:
             out_fields.append(item)
 
         documents: list[dict[str, Any]] = []
-        if documents_allowed and template.documents:
+        if documents_allowed and template.documents and body.consent_ref is not None:
+            # the consent again, now: one the citizen withdrew while the register was being asked (seconds; its
+            # timeout at worst) is refused as one withdrawn before would have been — no document is offered under it
+            problem = self._check_consent(body.consent_ref, subject, body.purpose)
+            if problem is not None:
+                raise refuse(problem)
             with self.sessions() as s:
                 documents = self._documents(s, subject, [d.kind for d in template.documents])
         for role, read in reads.items():
