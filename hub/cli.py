@@ -949,13 +949,13 @@ def _audit_runtime(*, database: bool = True) -> tuple[Any, Any]:
     from hub.store import db
 
     settings = _settings()
-    secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+    current, *previous = settings.secret_keys
     if not database:
-        return None, AccessLog(secret)
+        return None, AccessLog(current, previous)
     url = settings.effective_database_url
     if url.startswith("sqlite"):
         db.upgrade(url)
-    return db.make_engine(url), AccessLog(secret)
+    return db.make_engine(url), AccessLog(current, previous)
 
 
 @audit_cli.command("verify")
@@ -1089,7 +1089,7 @@ def audit_usage(
 
     from hub.domain import identifiers
     from hub.domain.errors import DomainError
-    from hub.domain.privacy import subject_hmac
+    from hub.domain.privacy import subject_hmacs
     from hub.services.audit import ACCESS_LOG_INQUIRY, Access
     from hub.store import db
 
@@ -1100,13 +1100,12 @@ def audit_usage(
     except DomainError as exc:
         err.print(f"[red]{exc.detail}[/red]")
         raise typer.Exit(2) from None
-    settings = _settings()
-    secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+    subjects = subject_hmacs(_settings().secret_keys, subject_id)  # entries from before a key rotation too
+    subject = subjects[0]
     engine, log = _audit_runtime()
-    subject = subject_hmac(secret, subject_id)
     try:
         with db.make_sessionmaker(engine)() as session:
-            items = list(log.usage(session, subject))
+            items = list(log.usage(session, subjects))
         entry = Access.inquiry(
             ACCESS_LOG_INQUIRY,
             client="cli",

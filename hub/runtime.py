@@ -281,6 +281,7 @@ class Runtime:
             cache=PopulationCache(self.sessions, secret, timedelta(seconds=settings.population_cache_seconds)),
             quota=self.quota,
             inline=self._inline,
+            previous_keys=settings.secret_keys[1:],
         )
         if self.worker is not None:
             self.worker.start()  # after every service it may call exists

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     broker_url: str = ""  # empty -> embedded in-process worker (no Redis needed)
     # Secrets: required in production; in dev mode generated once into var/dev-secrets.json (see load_settings).
     secret_key: SecretStr | None = None
+    # the secret keys before the current one, newest first (a rotation: the old key moves here): what hub wrote under
+    # them stays readable — the access log verifies, a citizen's history and consents are still found by their ID
+    previous_secret_keys: list[SecretStr] = Field(default_factory=list)
     clients: list[ClientSystem] = Field(default_factory=list)
     max_body_bytes: int = 1_048_576
     # the body of a document with its files — an edXML dispatch (attachments in base64), a signed XML document to
@@ -235,6 +238,23 @@ class Settings(BaseSettings):
     @property
     def effective_audit_anchor_file(self) -> Path:
         return self.audit_anchor_file or self.var_dir / "audit-anchors.jsonl"
+
+    @model_validator(mode="after")
+    def _previous_keys_are_previous(self) -> Settings:
+        current = self.secret_key.get_secret_value() if self.secret_key else None
+        seen: set[str] = set()
+        for key in self.previous_secret_keys:
+            value = key.get_secret_value()
+            if not value or value == current or value in seen:
+                raise ValueError("HUB_PREVIOUS_SECRET_KEYS lists a key twice, an empty one, or HUB_SECRET_KEY itself")
+            seen.add(value)
+        return self
+
+    @property
+    def secret_keys(self) -> list[bytes]:
+        """The secret keys, the current one first, then the previous ones (newest first)."""
+        current = self.secret_key.get_secret_value().encode() if self.secret_key else b""
+        return [current, *(k.get_secret_value().encode() for k in self.previous_secret_keys)]
 
     @field_validator("citizen_cors_origins")
     @classmethod

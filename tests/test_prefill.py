@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -568,7 +570,7 @@ def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, cr
     [item] = json.loads(usage.stdout)
     assert item["client"] == "onestop-hcm" and item["outcome"] == "allowed" and item["purpose"] == PURPOSE
     with hub.runtime.sessions() as s:  # the inquiry went into the log, a link of the same chain
-        [inquiry, _] = hub.runtime.prefill.access_log.usage(s, hub.runtime.prefill.subject_hmac(someone["SoDinhDanh"]))
+        [inquiry, _] = hub.runtime.prefill.access_log.usage(s, hub.runtime.prefill.subject_hmacs(someone["SoDinhDanh"]))
     assert (inquiry["client"], inquiry["officer"], inquiry["purpose"]) == ("cli", "tt-0007", "access_log_inquiry")
     ok = subprocess.run(
         [HUB_BIN, "audit", "verify", "--json"], check=False, env=env, capture_output=True, text=True, timeout=60
@@ -584,6 +586,114 @@ def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, cr
         timeout=60,
     )
     assert forged.returncode == 1
+
+
+@contextmanager
+def rotated(hub: Hub, new_key: str, previous: list[str]) -> Iterator[Hub]:
+    """The same hub after its operator rotated HUB_SECRET_KEY: the same database, the new key, the old ones in
+    HUB_PREVIOUS_SECRET_KEYS (its own server; no worker: the first one still delivers)."""
+    from pydantic import SecretStr
+
+    from hub.api.app import create_app
+    from hub.runtime import Runtime
+
+    settings = Settings(
+        **{
+            **hub.settings.model_dump(),
+            "secret_key": SecretStr(new_key),
+            "previous_secret_keys": [SecretStr(k) for k in previous],
+        }
+    )
+    runtime = Runtime(settings, role="api", start_worker=False)
+    server = ServerThread(create_app(settings, runtime)).start()
+    http = httpx.Client(base_url=server.url, headers=dict(hub.http.headers), timeout=10)
+    try:
+        yield Hub(settings, runtime, server, http)
+    finally:
+        http.close()
+        server.stop()
+        runtime.close()
+
+
+def test_a_rotated_secret_key_keeps_the_log_verifiable_and_the_citizens_history(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, creds: Creds, trust: Trust
+) -> None:
+    """The operator rotates HUB_SECRET_KEY (the old one to HUB_PREVIOUS_SECRET_KEYS): the access log still verifies
+    across the rotation, a citizen's history and consents from before are still found by their ID, and a consent
+    given before still offers the documents indexed before. An entry chained later under the retired key (what
+    someone holding the old key could forge) breaks the chain; without the old key the history is cut off."""
+    from hub.domain.dates import utcnow
+    from hub.domain.privacy import derive_key
+    from hub.services.audit import CHAINED, Access, AccessLog, _link
+    from hub.store import db
+
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan", citizen_idp_issuer=f"{trust.server.url}/idp"
+    )
+    father = married(people, "1")
+    hub.http.post(
+        "/v1/documents",
+        json={
+            "holder_id": father["SoDinhDanh"], "kind": "giay_chung_nhan_ket_hon", "title": "Giấy chứng nhận kết hôn",
+            "number": "31/2023/KH", "issuer": AGENCY, "issued_at": "2023-03-01T08:00:00+07:00",
+            "reference": "https://onestop.example/docs/31",
+        },
+    ).raise_for_status()  # fmt: skip
+    ref = hub.http.post(
+        "/v1/consents", json={"subject_id": father["SoDinhDanh"], "purpose": PURPOSE, "scope": ["documents"]}
+    ).json()["consent_ref"]
+    assert ask(hub, father["SoDinhDanh"], consent_ref=ref).status_code == 200
+    before = len(log_entries(hub))  # the father and his wife
+    old, new = creds.secret_key, "rotated-" + "k" * 40
+    with rotated(hub, new, [old]) as after:
+        reply = ask(after, father["SoDinhDanh"], consent_ref=ref)  # the consent and the document from before
+        assert reply.status_code == 200 and [d["number"] for d in reply.json()["documents"]] == ["31/2023/KH"]
+        auditor = {"X-API-Key": creds.portal_key}
+        usage = after.http.post("/v1/citizens/data-usage", json={"subject_id": father["SoDinhDanh"]}, headers=auditor)
+        prefills = [i for i in usage.json()["items"] if i["purpose"] == PURPOSE and i["as"] == "subject"]
+        assert len(prefills) == 2  # the one before the rotation and the one after
+        token = citizen_token(trust, father["SoDinhDanh"])
+        mine = httpx.get(f"{after.url}/v1/citizens/me/consents", headers={"Authorization": f"Bearer {token}"})
+        assert [c["consent_ref"] for c in mine.json()["items"]] == [ref]
+        engine = after.runtime.sessions.kw["bind"]
+        entries = len(log_entries(after))
+        with after.runtime.sessions() as s:
+            result = after.runtime.prefill.access_log.verify(s)
+            cut = AccessLog(new.encode()).verify(s)  # the old key dropped: the entries from before do not verify
+        assert result.intact and result.checked == entries > before, result
+        assert not cut.intact and cut.broken_at == 1
+        env = {
+            "PATH": str(Path(sys.executable).parent),
+            "HUB_VAR_DIR": str(after.settings.var_dir),
+            "HUB_DATABASE_URL": after.settings.effective_database_url,
+            "HUB_SECRET_KEY": new,
+            "HUB_PREVIOUS_SECRET_KEYS": json.dumps([old]),
+        }
+        cli = [HUB_BIN, "audit", "usage", father["SoDinhDanh"], "--json"]
+        listed = subprocess.run(cli, check=False, env=env, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert len([i for i in json.loads(listed.stdout) if i["purpose"] == PURPOSE and i["as"] == "subject"]) == 2
+        cli = [HUB_BIN, "audit", "verify", "--json"]
+        verified = subprocess.run(cli, check=False, env=env, capture_output=True, text=True, timeout=60)
+        assert verified.returncode == 0 and json.loads(verified.stdout)["intact"] is True, verified.stdout
+        # a process not restarted yet (a rolling restart) still chains under the old key: that holds, for a while
+        late = Access.inquiry(
+            "access_log_inquiry", client="x", agency="-", officer="x", subject="0" * 64, correlation_id="x", fields=[]
+        )
+        with db.raw_transaction(engine) as tx:
+            AccessLog(old.encode()).append(tx, late)
+        with after.runtime.sessions() as s:
+            assert after.runtime.prefill.access_log.verify(s).intact
+        # someone holding the retired key chains one more entry under it, twenty minutes after the rotation
+        with after.runtime.sessions.begin() as s:
+            last = s.scalars(select(AccessLogEntry).order_by(AccessLogEntry.id.desc()).limit(1)).one()
+            values = {name: getattr(late, name) for name in CHAINED if name != "at"}
+            values |= {"at": utcnow() + timedelta(minutes=20), "fields": []}
+            chained = _link(derive_key(old.encode(), "audit-chain"), last.chain_hash, values)
+            s.add(AccessLogEntry(**values, prev_hash=last.chain_hash, chain_hash=chained))
+        with after.runtime.sessions() as s:
+            broken = after.runtime.prefill.access_log.verify(s)
+        assert not broken.intact and broken.broken_at == len(log_entries(after)) and "retired" in str(broken.problem)
 
 
 def test_citizens_data_usage_is_for_auditors_only(hub: Hub, people: httpx.Client, creds: Creds) -> None:
@@ -730,6 +840,47 @@ def test_the_portal_page_where_citizens_sign_in_calls_hub_from_their_browser(
             page.close()
     finally:
         pages.shutdown()
+
+
+def test_entries_under_a_retired_key_hold_only_while_the_processes_switch() -> None:
+    """An exported log checked with the keyring (the current key, then the previous one): entries chained under the
+    old key may follow the first under the new one during a rolling restart (15 minutes), not later, and not dated
+    back before their predecessor."""
+    from datetime import datetime
+
+    from hub.domain.privacy import derive_key
+    from hub.services.audit import CHAINED, GENESIS, AccessLog, _link
+
+    old, new = b"o" * 40, b"n" * 40
+    t0 = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
+
+    def chain(*entries: tuple[bytes, int]) -> list[dict[str, Any]]:
+        items, prev = [], GENESIS
+        for i, (secret, minutes) in enumerate(entries, start=1):
+            values: dict[str, Any] = dict.fromkeys(CHAINED, "-")
+            values |= {"at": (t0 + timedelta(minutes=minutes)).isoformat(timespec="microseconds"), "fields": []}
+            values["consent_ref"] = values["reason"] = None
+            chained = _link(derive_key(secret, "audit-chain"), prev, values)
+            items.append({"id": i, **values, "prev_hash": prev, "chain_hash": chained})
+            prev = chained
+        return items
+
+    keyring = AccessLog(new, [old])
+    assert keyring.check_export(chain((old, 0), (new, 1), (old, 2), (new, 3))).intact  # a rolling restart
+    late = keyring.check_export(chain((old, 0), (new, 1), (new, 10), (old, 20)))
+    assert (late.intact, late.broken_at) == (False, 4) and "retired" in str(late.problem)
+    backdated = keyring.check_export(chain((old, 0), (new, 1), (new, 12), (old, 3)))
+    assert (backdated.intact, backdated.broken_at) == (False, 4)
+    assert not AccessLog(new).check_export(chain((old, 0), (new, 1))).intact  # the old key not given: cut off
+    assert AccessLog(old).check_export(chain((old, 0), (old, 1))).intact  # one key: as before
+
+
+def test_previous_secret_keys_are_other_keys() -> None:
+    for previous in (["k" * 40], ["o" * 40, "o" * 40], [""]):
+        with pytest.raises(ValueError, match="HUB_PREVIOUS_SECRET_KEYS"):
+            Settings(secret_key="k" * 40, previous_secret_keys=previous)
+    rotated = Settings(secret_key="k" * 40, previous_secret_keys=["o" * 40, "p" * 40])
+    assert rotated.secret_keys == [b"k" * 40, b"o" * 40, b"p" * 40]
 
 
 def test_a_cors_origin_must_be_an_origin() -> None:

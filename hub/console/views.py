@@ -263,12 +263,13 @@ def router(runtime: Any) -> APIRouter:
             return go
         q = q.strip()[:64]
         results = []
-        subject = rt().prefill.subject_hmac(q) if ID_RE.match(q) else None  # a personal ID, matched by its HMAC
+        subjects = rt().prefill.subject_hmacs(q) if ID_RE.match(q) else []  # a personal ID, matched by its HMACs
+        subject = subjects[0] if subjects else None
         if q:
             with rt().sessions() as s:
                 query = select(Dossier).order_by(Dossier.updated_at.desc()).limit(50)
                 if subject is not None:
-                    query = query.where(Dossier.subject_hmac == subject)
+                    query = query.where(Dossier.subject_hmac.in_(subjects))
                 else:
                     escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                     query = query.where(Dossier.code.like(f"{escaped}%", escape="\\"))

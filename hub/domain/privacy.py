@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 
 def subject_hmac(secret: bytes, personal_id: str) -> str:
     """HMAC-SHA256 of a personal ID under hub's secret key: the same citizen always maps to the same value."""
     return hmac.new(secret, personal_id.encode(), hashlib.sha256).hexdigest()
+
+
+def subject_hmacs(secrets: Sequence[bytes], personal_id: str) -> list[str]:
+    """The personal ID's HMAC under each of hub's secret keys (the current one first): what finds a citizen's
+    records written before a rotation of the key as well as after."""
+    return [subject_hmac(secret, personal_id) for secret in secrets]
 
 
 def derive_key(secret: bytes, purpose: str) -> bytes:

@@ -13,9 +13,9 @@ import hmac
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,13 @@ from hub.store.db import Compiled, Prebuilt, RawTransaction, compiled, prebuilt
 from hub.store.models import AccessLogEntry, table
 
 GENESIS = "0" * 64
+ALTERED = "this entry was altered"
+RETIRED = "this entry was chained under a key retired before an earlier entry's, outside a rotation"
+# while the processes switch to a new secret key one by one (a rolling restart), entries chained under the old one
+# may still follow the first under the new one, for this long; and no entry is dated earlier than its predecessor
+# by more than the machines' clocks may disagree
+ROTATION_GRACE = timedelta(minutes=15)
+CLOCK_SKEW = timedelta(minutes=5)
 ADVISORY_LOCK_ID = 0x4855_4241_5544  # "HUBAUD": serializes appends to the chain on PostgreSQL
 CHAINED = (
     "at", "client", "agency", "officer", "subject", "subject_role", "procedure", "purpose", "legal_basis",
@@ -135,9 +142,16 @@ class _RawStatements:
 
 
 class AccessLog:
-    def __init__(self, secret_key: bytes) -> None:
-        self._key = derive_key(secret_key, "audit-chain")
+    def __init__(self, secret_key: bytes, previous_keys: Sequence[bytes] = ()) -> None:
+        """`previous_keys`: hub's secret keys before this one, newest first. New entries are chained under the
+        current key; entries written before a rotation verify under the key they were written with, and along the
+        chain a key never follows a newer one (an entry forged later with a retired key does not pass)."""
+        self._keys = [derive_key(k, "audit-chain") for k in (secret_key, *previous_keys)]
+        self._key = self._keys[0]
         self._raw: dict[str, _RawStatements] = {}
+
+    def _walk(self) -> _KeyOrder:
+        return _KeyOrder(self._keys)
 
     def append(self, tx: RawTransaction, *accesses: Access) -> list[str]:
         """Add entries, in order, inside the caller's transaction; returns their chain hashes. On PostgreSQL the
@@ -171,7 +185,7 @@ class AccessLog:
         """Walk the whole chain in id order; report the first entry where it breaks (edited, deleted, inserted).
         `anchors`: heads noted earlier (`head` of a previous run); each must still be in the chain, which also
         catches entries cut off the end."""
-        checked, prev_hash, last_id = 0, GENESIS, 0
+        checked, prev_hash, last_id, keys = 0, GENESIS, 0, self._walk()
         missing = set(anchors)
         while True:
             rows = session.scalars(
@@ -187,8 +201,8 @@ class AccessLog:
                 if row.prev_hash != prev_hash:
                     problem = "an entry before this one was removed or altered"
                     return VerifyResult(False, checked, row.id, problem, prev_hash)
-                if not same_text(row.chain_hash, _link(self._key, prev_hash, values)):
-                    return VerifyResult(False, checked, row.id, "this entry was altered", prev_hash)
+                if (wrong := keys.judge(prev_hash, values, row.chain_hash, row.at)) is not None:
+                    return VerifyResult(False, checked, row.id, wrong, prev_hash)
                 prev_hash, last_id = row.chain_hash, row.id
                 missing.discard(prev_hash)
                 checked += 1
@@ -232,28 +246,31 @@ class AccessLog:
         """Check exported entries without the database: each entry's hash against its content and its
         predecessor's hash, and, where two entries are consecutive in the chain, that they link. A filtered
         export (one agency, one period) is checked entry by entry; a whole one, link by link from the first."""
-        checked, previous = 0, None
+        checked, previous, keys = 0, None, self._walk()
         for item in items:
             try:
                 values = {name: item[name] for name in CHAINED}
                 entry_id, prev_hash, chain_hash = int(item["id"]), str(item["prev_hash"]), str(item["chain_hash"])
+                at = datetime.fromisoformat(str(item["at"]))
             except (KeyError, TypeError, ValueError):
                 return VerifyResult(False, checked, None, "an exported entry lacks a chained field", "")
             if previous is not None and entry_id == previous[0] + 1 and prev_hash != previous[1]:
                 return VerifyResult(False, checked, entry_id, "an entry before this one was altered", previous[1])
             if previous is None and entry_id == 1 and prev_hash != GENESIS:
                 return VerifyResult(False, checked, entry_id, "the first entry does not start the chain", GENESIS)
-            if not same_text(chain_hash, _link(self._key, prev_hash, values)):
-                return VerifyResult(False, checked, entry_id, "this entry was altered", prev_hash)
+            if (wrong := keys.judge(prev_hash, values, chain_hash, at)) is not None:
+                return VerifyResult(False, checked, entry_id, wrong, prev_hash)
             previous = (entry_id, chain_hash)
             checked += 1
         return VerifyResult(True, checked, None, None, previous[1] if previous else GENESIS)
 
-    def usage(self, session: Session, subject: str) -> Iterator[dict[str, Any]]:
-        """Who used this citizen's data, newest first (what a citizen or an auditor is shown)."""
-        rows = session.scalars(
-            select(AccessLogEntry).where(AccessLogEntry.subject == subject).order_by(AccessLogEntry.id.desc())
-        )
+    def usage(self, session: Session, subjects: Sequence[str]) -> Iterator[dict[str, Any]]:
+        """Who used this citizen's data, newest first (what a citizen or an auditor is shown). `subjects`: the
+        personal ID's HMAC under each of hub's keys (`subject_hmacs`): entries from before a key rotation too."""
+        if isinstance(subjects, str):  # one HMAC, not a list of its characters
+            raise TypeError("usage() takes the list of a personal ID's HMACs (subject_hmacs)")
+        where = AccessLogEntry.subject.in_(subjects) if len(subjects) > 1 else AccessLogEntry.subject == subjects[0]
+        rows = session.scalars(select(AccessLogEntry).where(where).order_by(AccessLogEntry.id.desc()))
         for row in rows:
             yield {
                 "at": row.at.isoformat(),
@@ -269,6 +286,36 @@ class AccessLog:
                 "reason": row.reason,
                 "fields": row.fields,
             }
+
+
+class _KeyOrder:
+    """Which of hub's keys chained each entry along the chain (the current one first, then the previous ones, newest
+    first), and whether that key may be there: an entry chained under a key older than an earlier entry's is one
+    that someone holding a retired key could have forged — accepted only while the processes switched keys (within
+    ROTATION_GRACE of the first entry under the newer one) and not dated before its predecessor (beyond
+    CLOCK_SKEW). With one key, one HMAC per entry, as before."""
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        self.keys = keys
+        self.newest = len(keys)  # the newest key seen so far along the chain (its index); none yet
+        self.since: datetime | None = None  # when the chain first used it
+        self.prev_at: datetime | None = None
+
+    def judge(self, prev_hash: str, values: dict[str, Any], chain_hash: str, at: datetime) -> str | None:
+        """None if the entry holds; else what is wrong with it."""
+        index = next(
+            (i for i, key in enumerate(self.keys) if same_text(chain_hash, _link(key, prev_hash, values))), None
+        )
+        if index is None:
+            return ALTERED
+        if index < self.newest:
+            self.newest, self.since = index, at
+        elif index > self.newest and self.since is not None:
+            late = at > self.since + ROTATION_GRACE
+            if late or (self.prev_at is not None and at < self.prev_at - CLOCK_SKEW):
+                return RETIRED
+        self.prev_at = at
+        return None
 
 
 def head(session: Session) -> tuple[int, str, datetime] | None:

@@ -28,7 +28,7 @@ from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.domain import identifiers
 from hub.domain.dates import instant, utcnow
 from hub.domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
-from hub.domain.privacy import same_text, subject_hmac
+from hub.domain.privacy import same_text, subject_hmac, subject_hmacs
 from hub.logs import spent
 from hub.services.audit import ACCESS_LOG_INQUIRY, DATA_SUBJECT_ACCESS, Access, AccessLog
 from hub.services.population_cache import PopulationCache
@@ -387,15 +387,19 @@ class PrefillService:
         cache: PopulationCache | None = None,
         quota: Quota | None = None,
         inline: db.InlineWriter | None = None,
+        previous_keys: Sequence[bytes] = (),
     ) -> None:
-        """`inline`: on SQLite, the event loop appends a lone access entry itself when the write lock is free."""
+        """`inline`: on SQLite, the event loop appends a lone access entry itself when the write lock is free.
+        `previous_keys`: hub's secret keys before `secret_key` (a rotation), newest first: what was written under
+        them — consents, documents, access-log entries — is still found by the citizen's ID."""
         self.sessions = sessions
         self._inline = inline
         self.quota = quota
         self.population = population
         self._secret = secret_key
+        self._secrets = [secret_key, *previous_keys]
         self.validity = validity
-        self.access_log = AccessLog(secret_key)
+        self.access_log = AccessLog(secret_key, previous_keys)
         self.cache = cache
         # journals are written as prebuilt SQL on a pooled connection, without SQLAlchemy's per-statement work
         # (ADR 0018): those with exchange records and replies to cache (a register look-up) in one group commit,
@@ -409,7 +413,12 @@ class PrefillService:
         )
 
     def subject_hmac(self, personal_id: str) -> str:
+        """What hub writes for a citizen: the personal ID's HMAC under the current key."""
         return subject_hmac(self._secret, personal_id)
+
+    def subject_hmacs(self, personal_id: str) -> list[str]:
+        """What finds a citizen's records: the HMAC under each key, the current one first."""
+        return subject_hmacs(self._secrets, personal_id)
 
     # -- consents and documents -------------------------------------------------------------------------------
 
@@ -459,7 +468,7 @@ class PrefillService:
         with self.sessions() as s:
             rows = s.scalars(
                 select(Consent)
-                .where(Consent.subject == self.subject_hmac(personal_id))
+                .where(Consent.subject.in_(self.subject_hmacs(personal_id)))
                 .order_by(Consent.granted_at.desc(), Consent.ref)
             ).all()
 
@@ -489,7 +498,7 @@ class PrefillService:
         self._citizen_turn(self.subject_hmac(personal_id), per_minute)
         with self.sessions.begin() as s:
             consent = s.get(Consent, ref)
-            if consent is None or not same_text(consent.subject, self.subject_hmac(personal_id)):
+            if consent is None or not any(same_text(consent.subject, h) for h in self.subject_hmacs(personal_id)):
                 raise NotFound(f"you have no consent {ref[:80]!r}", code="unknown_consent")
             if consent.revoked_at is None:
                 consent.revoked_at = utcnow()
@@ -587,7 +596,7 @@ class PrefillService:
             self.record(entry("refused", refused.detail))
             raise refused
         with db.reading_session(self.sessions) as s:
-            items = list(self.access_log.usage(s, subject))
+            items = list(self.access_log.usage(s, self.subject_hmacs(body.subject_id)))
         self.record(entry("allowed"))
         return items
 
@@ -600,7 +609,7 @@ class PrefillService:
         subject = self.subject_hmac(personal_id)
         self._citizen_turn(subject, per_minute)
         with db.reading_session(self.sessions) as s:
-            items = list(itertools.islice(self.access_log.usage(s, subject), limit))
+            items = list(itertools.islice(self.access_log.usage(s, self.subject_hmacs(personal_id)), limit))
         self.record(
             Access.inquiry(
                 DATA_SUBJECT_ACCESS,
@@ -722,7 +731,7 @@ class PrefillService:
         if body.consent_ref is not None:
             if not blocking:
                 raise _WouldBlock
-            problem = self._check_consent(body.consent_ref, subject, body.purpose)
+            problem = self._check_consent(body.consent_ref, body.subject_id, body.purpose)
             if problem is not None:
                 raise refuse(problem)
             documents_allowed = True
@@ -797,11 +806,13 @@ class PrefillService:
         if documents_allowed and template.documents and body.consent_ref is not None:
             # the consent again, now: one the citizen withdrew while the register was being asked (seconds; its
             # timeout at worst) is refused as one withdrawn before would have been — no document is offered under it
-            problem = self._check_consent(body.consent_ref, subject, body.purpose)
+            problem = self._check_consent(body.consent_ref, body.subject_id, body.purpose)
             if problem is not None:
                 raise refuse(problem)
             with self.sessions() as s:
-                documents = self._documents(s, subject, [d.kind for d in template.documents])
+                documents = self._documents(
+                    s, self.subject_hmacs(body.subject_id), [d.kind for d in template.documents]
+                )
         for role, read in reads.items():
             offered = [f"documents:{d['kind']}" for d in documents] if role == "subject" else []
             journal.accesses.append(
@@ -895,10 +906,10 @@ class PrefillService:
             journal.cache.append((cache_key, {"record": record, "request_id": request_id}, fetched_at))
         return _Read(role, record, request_id, who, fetched_at)
 
-    def _check_consent(self, ref: str, subject: str, purpose: str) -> DomainError | None:
+    def _check_consent(self, ref: str, personal_id: str, purpose: str) -> DomainError | None:
         with reading(self.sessions.kw["bind"]) as conn:
             consent = conn.execute(select(Consent).where(Consent.ref == ref)).first()
-        if consent is None or consent.subject != subject:
+        if consent is None or consent.subject not in self.subject_hmacs(personal_id):
             return Forbidden("the consent reference is unknown for this citizen", code="consent_unknown")
         if consent.revoked_at is not None:
             return Forbidden("the citizen revoked this consent", code="consent_revoked")
@@ -909,11 +920,11 @@ class PrefillService:
         return None
 
     @staticmethod
-    def _documents(s: Session, subject: str, kinds: list[str]) -> list[dict[str, Any]]:
+    def _documents(s: Session, subjects: list[str], kinds: list[str]) -> list[dict[str, Any]]:
         now = utcnow()
         rows = s.scalars(
             select(Document)
-            .where(Document.subject == subject, Document.kind.in_(kinds))
+            .where(Document.subject.in_(subjects), Document.kind.in_(kinds))
             .order_by(Document.issued_at.desc())
         ).all()
         return [
