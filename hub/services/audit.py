@@ -143,15 +143,12 @@ class _RawStatements:
 
 class AccessLog:
     def __init__(self, secret_key: bytes, previous_keys: Sequence[bytes] = ()) -> None:
-        """`previous_keys`: hub's secret keys before this one, newest first. New entries are chained under the
-        current key; entries written before a rotation verify under the key they were written with, and along the
-        chain a key never follows a newer one (an entry forged later with a retired key does not pass)."""
+        """`previous_keys`: hub's secret keys before this one, newest first (ADR 0034). New entries are chained
+        under the current key; entries written before a rotation verify under the key they were written with, and an
+        older key may follow a newer one along the chain only while the processes switch (`_KeyOrder`)."""
         self._keys = [derive_key(k, "audit-chain") for k in (secret_key, *previous_keys)]
         self._key = self._keys[0]
         self._raw: dict[str, _RawStatements] = {}
-
-    def _walk(self) -> _KeyOrder:
-        return _KeyOrder(self._keys)
 
     def append(self, tx: RawTransaction, *accesses: Access) -> list[str]:
         """Add entries, in order, inside the caller's transaction; returns their chain hashes. On PostgreSQL the
@@ -185,7 +182,7 @@ class AccessLog:
         """Walk the whole chain in id order; report the first entry where it breaks (edited, deleted, inserted).
         `anchors`: heads noted earlier (`head` of a previous run); each must still be in the chain, which also
         catches entries cut off the end."""
-        checked, prev_hash, last_id, keys = 0, GENESIS, 0, self._walk()
+        checked, prev_hash, last_id, keys = 0, GENESIS, 0, _KeyOrder(self._keys)
         missing = set(anchors)
         while True:
             rows = session.scalars(
@@ -246,7 +243,7 @@ class AccessLog:
         """Check exported entries without the database: each entry's hash against its content and its
         predecessor's hash, and, where two entries are consecutive in the chain, that they link. A filtered
         export (one agency, one period) is checked entry by entry; a whole one, link by link from the first."""
-        checked, previous, keys = 0, None, self._walk()
+        checked, previous, keys = 0, None, _KeyOrder(self._keys)
         for item in items:
             try:
                 values = {name: item[name] for name in CHAINED}
