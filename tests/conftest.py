@@ -291,8 +291,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 @contextmanager
 def chromium() -> Iterator[Any]:
     """Debian's chromium, headless, driven by Playwright (Playwright's own browser download cannot work here). It runs
-    an event loop in the calling thread while open: hub code that starts one of its own (asyncio.run) must run
-    before, or in another thread."""
+    an event loop in the calling thread while open."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian's chromium must be installed (.ci/run installs it)"

@@ -645,7 +645,7 @@ def test_an_operator_goes_from_a_refused_document_to_its_dossier_in_a_browser(
     code = dossier(41)["MaHoSo"]
     refused = {"status": "02", "description": "Không đúng thẩm quyền tiếp nhận"}
     assert exchange.post(f"/_sandbox/documents/{doc['header']['document_id']}/status", json=refused).status_code == 201
-    assert hub.runtime.poll_edoc_status() == {"applied": 2}  # before the browser: Playwright runs a loop here
+    assert hub.runtime.poll_edoc_status() == {"applied": 2}
     Operators(hub.runtime.sessions).add("pham.thi.doc", PASSWORD, "viewer")
     from tests.conftest import chromium
 

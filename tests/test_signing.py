@@ -71,6 +71,22 @@ def test_good_signatures_pass_with_chain_and_revocation(
     assert "Nguyễn Văn An" in ref["content"] and "<ds:Signature" not in ref["content"]
 
 
+def test_a_signature_verifies_from_code_running_an_event_loop(trust: Trust, verifier: Verifier) -> None:
+    """An async caller (an ASGI handler that does not hand the work to a thread, a test driving a browser) calls the
+    verifier and the signer with a time-stamp: pyHanko's coroutines get a loop of their own instead of failing with
+    "asyncio.run() cannot be called from a running event loop"."""
+    import asyncio
+
+    async def caller() -> Report:
+        signed = sign_document(DOC, trust.signer("citizen"), xades=True, tsa_url=tsa_url(trust))
+        return verifier.verify(signed)
+
+    report = asyncio.run(caller())
+    assert verdict(report) == ("TOTAL-PASSED", None), report.detail
+    assert report.timestamp is not None and report.timestamp["status"] == "valid"
+    assert {r["status"] for r in report.revocation} == {"good"}
+
+
 def test_revocation_evidence_is_cached(trust: Trust, verifier: Verifier) -> None:
     signed = sign_document(DOC, trust.signer("citizen"))
     assert verifier.verify(signed).indication == "TOTAL-PASSED"

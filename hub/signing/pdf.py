@@ -9,7 +9,6 @@ anything else — a page turned or replaced, content added — is a HASH_FAILURE
 
 from __future__ import annotations
 
-import asyncio
 import re
 import zlib
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from hub.signing import aio
 from hub.signing.report import Report
 from hub.signing.verify import WEAK, Verifier, _describe, _weak_key, load_certificate, token_certificates
 
@@ -120,7 +120,7 @@ def _one(verifier: Verifier, signature: Any, at: datetime | None, report: Report
     report.revocation = collected.used if collected else []
     context = _context(verifier, path, collected, at)
     try:
-        status = asyncio.run(
+        status = aio.run(
             async_validate_pdf_signature(
                 signature,
                 signer_validation_context=context,

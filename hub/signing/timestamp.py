@@ -4,7 +4,6 @@ pyHanko's RFC 3161 client (nonce checked, status checked); tokens are validated 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import uuid
@@ -14,6 +13,7 @@ from lxml import etree
 
 from hub.adapters.exchange import ExchangeHook, recorded
 from hub.logs import correlation_id
+from hub.signing import aio
 from hub.signing.xml import reparse
 
 DS = "http://www.w3.org/2000/09/xmldsig#"
@@ -100,7 +100,7 @@ def _request_token(url: str, digest: bytes, timeout: float) -> bytes:
 
     stamper = CappedTimeStamper(url, timeout=timeout)  # type: ignore[no-untyped-call]
     try:
-        token = asyncio.run(stamper.async_timestamp(digest, "sha256"))
+        token = aio.run(stamper.async_timestamp(digest, "sha256"))
     except TimestampRequestError as exc:
         if isinstance(exc.__cause__, OSError) or "malformed" in str(exc):  # not reached, or answered no TSP reply
             raise TimestampError(f"the time-stamping authority could not be asked: {exc}", "tsa_unavailable") from None

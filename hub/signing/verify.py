@@ -14,7 +14,6 @@ receive only what the signature's references cover (signed_references), which de
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import threading
@@ -37,6 +36,7 @@ from signxml.util import _remove_sig
 from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 from signxml.xades.xades import XAdESSignatureConfiguration, XAdESVerifier
 
+from hub.signing import aio
 from hub.signing.report import INDETERMINATE, SUB_INDICATIONS, Report
 from hub.signing.revocation import RevocationSource
 from hub.signing.timestamp import C14N_10, canonical
@@ -588,7 +588,7 @@ class Verifier:
                 (collected.ocsps if collected and fetched else []) + list(lt.ocsps),
                 moment,
             )
-            found: dict[str, Any] = asyncio.run(validate_tst_signed_data(signed_data, context, imprint))
+            found: dict[str, Any] = aio.run(validate_tst_signed_data(signed_data, context, imprint))
             return found
 
         try:
@@ -781,7 +781,7 @@ class Verifier:
         context = self.context(der[1:], crls, ocsps, at)
         validator = CertificateValidator(der[0], der[1:-1], validation_context=context)
         try:
-            asyncio.run(validator.async_validate_usage({"digital_signature"}))
+            aio.run(validator.async_validate_usage({"digital_signature"}))
         except pv_errors.RevokedError as exc:
             return ("REVOKED", str(exc))
         except pv_errors.ExpiredError as exc:
