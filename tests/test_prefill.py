@@ -253,6 +253,44 @@ def test_a_blank_form_says_what_a_prefill_fills_and_reads_no_one(hub: Hub, peopl
     assert {"1.001193", "1.000656", "1.000894", "2.000635", "1.004873", "1.004837"} <= set(listed)
 
 
+def test_a_form_as_json_schema_checks_what_the_citizen_and_the_prefill_write(hub: Hub, people: httpx.Client) -> None:
+    """Each procedure's e-form as a JSON Schema (draft 2020-12): a valid schema; a pre-filled form's values satisfy it
+    but for the required fields left for the citizen; what a citizen types wrong (a date, an ID) does not."""
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    for procedure in [f["procedure"] for f in hub.http.get("/v1/forms").json()]:
+        r = hub.http.get(f"/v1/forms/{procedure}/schema")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/schema+json")
+        Draft202012Validator.check_schema(r.json())
+    schema = hub.http.get(f"/v1/forms/{KHAI_SINH}/schema").json()
+    assert schema["properties"]["nguoi_yeu_cau"]["properties"]["ho_ten"]["title"] == "Họ, chữ đệm, tên người yêu cầu"
+    validator = Draft202012Validator(schema, format_checker=FormatChecker())
+    filled = ask(hub, married(people, "1")["SoDinhDanh"]).json()
+    data: dict[str, Any] = {}
+    for f in filled["fields"]:
+        if f["value"] is not None:
+            *groups, leaf = f["name"].split(".")
+            node = data
+            for g in groups:
+                node = node.setdefault(g, {})
+            node[leaf] = f["value"]
+
+    # what the schema finds missing is what the pre-fill left for the citizen (a group left whole: the group)
+    absent = set()
+    for e in validator.iter_errors(data):
+        assert e.validator == "required", e.message  # nothing the pre-fill wrote is wrong
+        path = ".".join(map(str, e.absolute_path))
+        absent |= {f"{path}.{n}".lstrip(".") for n in e.validator_value if n not in e.instance}
+    left = set(filled["missing_required"])
+    assert all(any(m == a or m.startswith(a + ".") for m in left) for a in absent)
+    assert all(any(m == a or m.startswith(a + ".") for a in absent) for m in left)
+    wrong = json.loads(json.dumps(data))
+    wrong["nguoi_yeu_cau"]["ngay_sinh"], wrong["nguoi_yeu_cau"]["so_dinh_danh"] = "12/02/1962", "0010629384"
+    assert {tuple(e.absolute_path) for e in validator.iter_errors(wrong) if e.validator != "required"} == {
+        ("nguoi_yeu_cau", "ngay_sinh"), ("nguoi_yeu_cau", "so_dinh_danh")
+    }  # fmt: skip
+
+
 def test_a_blank_form_of_a_bad_or_unknown_procedure_is_a_clear_problem(hub: Hub) -> None:
     r = hub.http.get("/v1/forms/9.999999")
     assert r.status_code == 404 and r.json()["code"] == "unknown_form"

@@ -550,7 +550,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         finally:
             rt().prefill_seconds.labels(outcome).observe(time.perf_counter() - started)
 
-    def cacheable(request: Request, content: Any) -> Response:
+    def cacheable(request: Request, content: Any, media_type: str = "application/json") -> Response:
         """An answer without personal data that a portal may keep a few minutes, and ask again for with its ETag:
         304 when nothing changed."""
         body = pydantic_core.to_json(content)
@@ -559,7 +559,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         asked = {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}
         if tag in asked or "*" in asked:  # RFC 9110 13.1.2: weak comparison
             return Response(status_code=304, headers=headers)
-        return Response(body, media_type="application/json", headers=headers)
+        return Response(body, media_type=media_type, headers=headers)
 
     @app.get(
         "/v1/forms",
@@ -582,6 +582,22 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     def blank_form(procedure: str, request: Request, who: Prefill) -> Response:
         return cacheable(request, prefill_forms.blank_form(who, procedure))
+
+    @app.get(
+        "/v1/forms/{procedure}/schema",
+        responses={
+            200: {"content": {"application/schema+json": {}}, "description": "a JSON Schema, draft 2020-12"},
+            304: {"description": "unchanged since the ETag given in If-None-Match"},
+        },
+        tags=["prefill"],
+        summary="A procedure's e-form as a JSON Schema of the data it collects",
+        description="The fields as nested objects (`nguoi_yeu_cau.ho_ten` → `nguoi_yeu_cau` → `ho_ten`), each with "
+        "its Vietnamese label as `title` and its type (dates `YYYY-MM-DD`, personal IDs 12 digits, sex and marital "
+        "status as the words a pre-fill writes), required ones in `required`: what a portal renders and checks the "
+        "citizen's input with, using any JSON Schema tool. A pre-filled form's values satisfy it.",
+    )
+    def form_schema(procedure: str, request: Request, who: Prefill) -> Response:
+        return cacheable(request, prefill_forms.form_schema(procedure), media_type="application/schema+json")
 
     @app.post("/v1/consents", status_code=201, tags=["prefill"], summary="Record a citizen's consent to reuse data")
     def grant_consent(

@@ -197,6 +197,54 @@ def _blank(form: str) -> dict[str, Any]:
     }
 
 
+_VALUE_SCHEMAS: dict[str, dict[str, Any]] = {  # what a pre-fill writes in a field of each type, and a citizen may
+    "text": {"type": "string", "minLength": 1},
+    "name": {"type": "string", "minLength": 1},
+    "address": {"type": "string", "minLength": 1},
+    "nationality": {"type": "string", "minLength": 1},
+    "date": {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+    "sex": {"enum": list(SEX.values())},
+    "marital_status": {"enum": list(MARITAL.values())},
+    "personal_id": {"type": "string", "pattern": "^[0-9]{12}$"},
+}
+
+
+def form_schema(procedure: str) -> dict[str, Any]:
+    """The e-form of a procedure as a JSON Schema (draft 2020-12) of the data it collects: the dotted field names as
+    nested objects, each value's type with its Vietnamese label as `title`, the required ones `required`. A pre-filled
+    form's values satisfy it; a portal renders and checks the citizen's input with any JSON Schema tool.
+    422 `invalid_procedure_code`, 404 `unknown_form`."""
+    template = templates().get(identifiers.procedure_code(procedure))
+    if template is None:
+        raise NotFound(f"no e-form template for procedure {procedure}", code="unknown_form")
+    return _schema(template.form)
+
+
+@cache
+def _schema(form: str) -> dict[str, Any]:
+    template = next(t for t in templates().values() if t.form == form)
+    root: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:hub:form:{template.form}",
+        "title": template.title,
+        "description": template.legal_basis,
+        "type": "object",
+        "properties": {},
+    }
+    for spec in template.fields:
+        *groups, leaf = spec.name.split(".")
+        node, chain = root, [root]
+        for group in groups:
+            node = node["properties"].setdefault(group, {"type": "object", "properties": {}})
+            chain.append(node)
+        node["properties"][leaf] = {"title": spec.label, **_VALUE_SCHEMAS[spec.type]}
+        if spec.required:  # the field, and each group on its way, is required where it stands
+            for parent, name in zip(chain, [*groups, leaf], strict=True):
+                if name not in parent.setdefault("required", []):
+                    parent["required"].append(name)
+    return root
+
+
 def forms(client: ClientSystem) -> list[dict[str, Any]]:
     """Every procedure with an e-form, in code order, and what this client may pre-fill it for."""
     return [
