@@ -581,7 +581,7 @@ def test_check_asks_every_system_and_says_what_fails(
     assert status["disk"][0] in ("ok", "warn") and "MiB free on the database's volume" in status["disk"][1]
     assert {name for name, (state, _) in status.items() if state == "ok" and name not in ("durability", "disk")} == {
         "database", "national_portal", "population", "payment_dvc", "document_exchange", "signing",
-        "identity_provider", "authorization_server",
+        "identity_provider", "authorization_server", "access_log_key",
     }  # fmt: skip
     assert "XAdES-B-T" in status["signing"][1] and "signed in as hub-test" in status["national_portal"][1]
     assert "hub's key accepted; no status notice waiting" in status["document_exchange"][1]

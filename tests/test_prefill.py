@@ -684,6 +684,9 @@ def test_a_rotated_secret_key_keeps_the_log_verifiable_and_the_citizens_history(
     before = len(log_entries(hub))  # the father and his wife
     old, new = creds.secret_key, "rotated-" + "k" * 40
     with rotated(hub, new, [old]) as after:
+        with after.runtime.sessions() as s:  # what `hub check` says: the last entry under the previous key, or none
+            assert after.runtime.prefill.access_log.last_key(s) == 1
+            assert AccessLog(new.encode()).last_key(s) is None  # the old key left out: said before anything breaks
         reply = ask(after, father["SoDinhDanh"], consent_ref=ref)  # the consent and the document from before
         assert reply.status_code == 200 and [d["number"] for d in reply.json()["documents"]] == ["31/2023/KH"]
         auditor = {"X-API-Key": creds.portal_key}
@@ -699,6 +702,8 @@ def test_a_rotated_secret_key_keeps_the_log_verifiable_and_the_citizens_history(
             result = after.runtime.prefill.access_log.verify(s)
             cut = AccessLog(new.encode()).verify(s)  # the old key dropped: the entries from before do not verify
         assert result.intact and result.checked == entries > before, result
+        with after.runtime.sessions() as s:
+            assert after.runtime.prefill.access_log.last_key(s) == 0
         assert not cut.intact and cut.broken_at == 1
         env = {
             "PATH": str(Path(sys.executable).parent),

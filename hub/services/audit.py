@@ -204,6 +204,17 @@ class AccessLog:
                 missing.discard(prev_hash)
                 checked += 1
 
+    def last_key(self, session: Session) -> int | None:
+        """Which of hub's keys chained the log's last entry (0: the current one, 1: the newest previous one, …);
+        -1 for an empty log, None when none of them did (a rotated key left out of HUB_PREVIOUS_SECRET_KEYS, or an
+        edited entry)."""
+        row = session.scalars(select(AccessLogEntry).order_by(AccessLogEntry.id.desc()).limit(1)).first()
+        if row is None:
+            return -1
+        values = {name: getattr(row, name) for name in CHAINED}
+        found = (i for i, key in enumerate(self._keys) if same_text(row.chain_hash, _link(key, row.prev_hash, values)))
+        return next(found, None)
+
     def export(
         self,
         session: Session,

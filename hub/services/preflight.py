@@ -196,6 +196,20 @@ def run(rt: Runtime) -> list[Check]:
                 return "warn", f"{path}: on the database's volume (put it on another: HUB_AUDIT_ANCHOR_FILE); {said}"
         return "ok", f"{path}: {said}"
 
+    def access_log_key() -> tuple[str, str]:
+        with rt.sessions() as session:
+            key = rt.prefill.access_log.last_key(session)
+        if key is None:
+            return "fail", (
+                "the access log's last entry was not chained under HUB_SECRET_KEY nor any of HUB_PREVIOUS_SECRET_KEYS: "
+                "after a rotation, put the old key there (ADR 0034); else run `hub audit verify`"
+            )
+        if key == -1:
+            return "ok", "empty; new entries are chained under HUB_SECRET_KEY"
+        if key == 0:
+            return "ok", "the last entry is chained under HUB_SECRET_KEY"
+        return "ok", f"the last entry is chained under previous key #{key}: the next ones take HUB_SECRET_KEY"
+
     cid = correlation_id.set(correlation)  # the exchanges the checks make carry it
     try:
         check("database", database)
@@ -210,6 +224,7 @@ def run(rt: Runtime) -> list[Check]:
         check("email", smtp)
         check("signing", signing)
         check("access_log", access_log)
+        check("access_log_key", access_log_key)
         if rt.citizen_tokens is not None:
             check("identity_provider", keys(rt.citizen_tokens))
         if (access_tokens := client_tokens(s, rt.record_exchange)) is not None:
