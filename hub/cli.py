@@ -1048,7 +1048,7 @@ def audit_export(
                     writer = csv.DictWriter(f, fieldnames=["id", *CHAINED, "prev_hash", "chain_hash"])
                     writer.writeheader()
                     for item in entries:
-                        writer.writerow({**item, "fields": " ".join(item["fields"])})
+                        writer.writerow(_spreadsheet_safe({**item, "fields": " ".join(item["fields"])}))
                         written += 1
                 else:
                     for item in entries:
@@ -1059,6 +1059,16 @@ def audit_export(
     err.print(
         f"{written} entries written to {output}; the chain was intact ({result.checked} entries, head {result.head})"
     )
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _spreadsheet_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row for a spreadsheet: a text that a spreadsheet would run as a formula (an officer's name sent by a
+    client system as '=HYPERLINK(…)', a transaction id in a platform's statement) is written with a leading
+    apostrophe, as OWASP advises — read as text, shown as written."""
+    return {k: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v for k, v in row.items()}
 
 
 def _when(value: str | None) -> datetime | None:
@@ -1478,7 +1488,7 @@ def payments_reconcile(
             lineterminator="\n",
         )
         writer.writeheader()
-        writer.writerows(result["rows"])
+        writer.writerows(_spreadsheet_safe(row) for row in result["rows"])
     else:
         table = Table(
             title=f"{platform} {result['date']}: " + ", ".join(f"{k} {v}" for k, v in result["summary"].items())

