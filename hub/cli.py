@@ -15,7 +15,9 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.table import Table
+from rich.text import Text
 
 from hub.settings import DEV_CLIENT, Settings, load_settings
 
@@ -26,8 +28,27 @@ jobs_cli = typer.Typer(no_args_is_help=True, help="Outbox deliveries (sync jobs)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(catalogue_cli, name="catalogue")
-out = Console() if sys.stdout.isatty() else Console(width=140)  # pipes and CI logs get full tables
-err = Console(stderr=True, soft_wrap=True)  # messages unfolded: URLs, keys and paths stay whole to copy
+
+
+class _Console(Console):
+    """Rich's console, except that a message whose text is not valid markup — a "[/]" in an officer's name a client
+    system sent, in a peer's error message, in a file name — is printed as it is instead of raising MarkupError:
+    what others wrote never crashes a command. (Tables of such data take it as plain text: `_plain`.)"""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        try:
+            return super().render_str(text, **kwargs)
+        except MarkupError:
+            return super().render_str(text, **{**kwargs, "markup": False})
+
+
+def _plain(*values: object) -> list[Text]:
+    """Table cells shown as written: data is never read as Rich markup (styles, links, "[/]")."""
+    return [Text(str(v)) for v in values]
+
+
+out = _Console() if sys.stdout.isatty() else _Console(width=140)  # pipes and CI logs get full tables
+err = _Console(stderr=True, soft_wrap=True)  # messages unfolded: URLs, keys and paths stay whole to copy
 
 
 def _settings() -> Settings:
@@ -376,7 +397,7 @@ def check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             table.add_column(column)
         marks = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]", "skip": "-"}
         for c in checks:
-            table.add_row(c.name, marks[c.status], c.detail, f"{c.ms:.0f}")
+            table.add_row(*_plain(c.name), marks[c.status], *_plain(c.detail, f"{c.ms:.0f}"))
         out.print(table)
     if failed:
         raise typer.Exit(1)
@@ -480,14 +501,16 @@ def jobs_list(
         table.add_column(col)
     for r in rows:
         table.add_row(
-            str(r["id"]),
-            r["MaHoSo"],
-            str(r["seq"]),
-            r["destination"],
-            r["operation"],
-            r["state"],
-            str(r["attempts"]),
-            (r["last_error_code"] or "") + (": " + r["last_error"][:60] if r["last_error"] else ""),
+            *_plain(
+                str(r["id"]),
+                r["MaHoSo"],
+                str(r["seq"]),
+                r["destination"],
+                r["operation"],
+                r["state"],
+                str(r["attempts"]),
+                (r["last_error_code"] or "") + (": " + r["last_error"][:60] if r["last_error"] else ""),
+            )
         )
     out.print(table)
 
@@ -735,7 +758,7 @@ def _workers_table(seen: list[Any]) -> None:
         table.add_column(col)
     for w in seen:
         drained = "—" if w.last_drain_age_s is None else str(w.last_drain_age_s)
-        table.add_row(w.name, w.host, str(w.pid), str(w.processes), str(w.beat_age_s), drained)
+        table.add_row(*_plain(w.name, w.host, str(w.pid), str(w.processes), str(w.beat_age_s), drained))
     out.print(table)
 
 
@@ -772,15 +795,17 @@ def peers_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
         table.add_column(col)
     for p in rows:
         table.add_row(
-            p["peer"],
-            str(p["pending"]),
-            str(p["in_flight"]),
-            str(p["dead"]),
-            str(p["delivered"]),
-            str(p["oldest_undelivered_s"] or "—"),
-            p["last_ok"] or "—",
-            p["last_failure"] or "—",
-            p["last_error_code"] or "—",
+            *_plain(
+                p["peer"],
+                str(p["pending"]),
+                str(p["in_flight"]),
+                str(p["dead"]),
+                str(p["delivered"]),
+                str(p["oldest_undelivered_s"] or "—"),
+                p["last_ok"] or "—",
+                p["last_failure"] or "—",
+                p["last_error_code"] or "—",
+            )
         )
     out.print(table)
 
@@ -818,7 +843,7 @@ def clients_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
         ways = keys + ([f"OAuth {c.oauth_client_id}"] if c.oauth_client_id else [])
         prefill = f"{', '.join(c.prefill_procedures) or '-'} / {', '.join(c.prefill_purposes) or '-'}"
         quota = f"{c.prefill_per_minute}/min" if c.prefill_per_minute else "none"
-        table.add_row(c.name, " + ".join(ways), ", ".join(c.agencies), ", ".join(c.roles), prefill, quota)
+        table.add_row(*_plain(c.name, " + ".join(ways), ", ".join(c.agencies), ", ".join(c.roles), prefill, quota))
     out.print(table)
     if any(r["oauth_client_id"] for r in rows):
         out.print(f"access tokens from: {settings.effective_oauth_issuer or '(HUB_OAUTH_ISSUER not set: not taken)'}")
@@ -881,7 +906,7 @@ def routes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     table.add_column("agency")
     table.add_column("one-stop endpoint")
     for r in rows:
-        table.add_row(r["agency_pattern"], r["endpoint"])
+        table.add_row(*_plain(r["agency_pattern"], r["endpoint"]))
     out.print(table)
 
 
@@ -936,7 +961,7 @@ def catalogue_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
         table.add_column(col)
     for p in items:
         fees = ", ".join(dong(f["Gia"]) for f in p["PhiLePhi"]) or "—"
-        table.add_row(p["MaTTHC"], p["TenTTHC"], str(p["ThoiHanGiaiQuyet"]), fees)
+        table.add_row(*_plain(p["MaTTHC"], p["TenTTHC"], str(p["ThoiHanGiaiQuyet"]), fees))
     out.print(table)
 
 
@@ -1136,10 +1161,10 @@ def audit_usage(
     for col in ("at", "client", "agency", "officer", "as", "procedure", "purpose", "outcome", "fields"):
         table.add_column(col)
     for i in items:
-        table.add_row(
+        table.add_row(*_plain(
             i["at"], i["client"], i["agency"], i["officer"], i["as"], i["procedure"], i["purpose"],
             i["outcome"] + (f" ({i['reason']})" if i["reason"] else ""), ", ".join(i["fields"]) or "—",
-        )  # fmt: skip
+        ))  # fmt: skip
     out.print(table)
 
 
@@ -1496,10 +1521,10 @@ def payments_reconcile(
         for col in ("result", "reference", "transaction", "hub (đồng)", "platform (đồng)", "note"):
             table.add_column(col)
         for r in result["rows"]:
-            table.add_row(
+            table.add_row(*_plain(
                 r["result"], r["reference"], r["transaction_id"], str(r["hub_amount"] or "—"),
                 str(r["platform_amount"] or "—"), r["note"] or "",
-            )  # fmt: skip
+            ))  # fmt: skip
         out.print(table)
     clean = result["summary"]["matched"] + result["summary"]["recovered"] == len(result["rows"])
     raise typer.Exit(0 if clean else 1)
@@ -1609,7 +1634,7 @@ def operators_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     for col in ("username", "role", "disabled", "created_at"):
         table.add_column(col)
     for i in items:
-        table.add_row(str(i["username"]), str(i["role"]), str(i["disabled"]), str(i["created_at"]))
+        table.add_row(*_plain(str(i["username"]), str(i["role"]), str(i["disabled"]), str(i["created_at"])))
     out.print(table)
 
 
@@ -1668,8 +1693,8 @@ def reconcile_cmd(
         for col in ("MaHoSo", "drift", "hub", "portal", "repaired", "note"):
             table.add_column(col)
         for d in result["drift"]:
-            table.add_row(d["code"], d["kind"], str(d["hub_status"] or "—"), str(d["portal_status"] or "—"),
-                          str(d["repaired"]), d["note"])  # fmt: skip
+            table.add_row(*_plain(d["code"], d["kind"], str(d["hub_status"] or "—"), str(d["portal_status"] or "—"),
+                          str(d["repaired"]), d["note"]))  # fmt: skip
         out.print(table)
     needs_person = any(d["kind"] in ("status_ahead", "unknown_to_hub") for d in result["drift"])
     raise typer.Exit(1 if needs_person or result["errors"] or result["not_asked"] else 0)

@@ -610,6 +610,20 @@ def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, cr
     with hub.runtime.sessions() as s:  # the inquiry went into the log, a link of the same chain
         [inquiry, _] = hub.runtime.prefill.access_log.usage(s, hub.runtime.prefill.subject_hmacs(someone["SoDinhDanh"]))
     assert (inquiry["client"], inquiry["officer"], inquiry["purpose"]) == ("cli", "tt-0007", "access_log_inquiry")
+    # an officer's name that a terminal library would take for markup ("[/]" crashed the table) is shown as sent
+    odd = "[/][link=x]"
+    r = hub.http.post(
+        "/v1/prefill",
+        json={"procedure": KHAI_SINH, "subject_id": someone["SoDinhDanh"], "purpose": PURPOSE,
+              "requested_by": {"officer": odd, "agency": AGENCY}},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    table = subprocess.run(
+        [HUB_BIN, "audit", "usage", someone["SoDinhDanh"]], check=False, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert table.returncode == 0 and "Traceback" not in table.stderr, table.stderr
+    assert odd in table.stdout
     ok = subprocess.run(
         [HUB_BIN, "audit", "verify", "--json"], check=False, env=env, capture_output=True, text=True, timeout=60
     )
