@@ -118,6 +118,26 @@ def test_refusal_and_channels_the_citizen_has(hub: Hub, smtp: SmtpSink, sms_serv
     assert "không được tiếp nhận" in sms["message"] and "Không thuộc thẩm quyền" in sms["message"]
 
 
+def test_contacts_that_are_not_one_address_or_number_are_not_written_to(
+    hub: Hub, smtp: SmtpSink, sms_server: ServerThread
+) -> None:
+    """A one-stop system's data with a line break in the email (a second header: Bcc), a list of addresses, or a
+    phone number that is none: no mail to anyone it names, no SMS, no dead letter holding the dossier's later
+    notifications back — and the dossier reaches the portal. A number written with spaces is still texted."""
+    forged = dossier(3, status=1, Email="an@example.vn\r\nBcc: lo@attacker.example", SoDienThoai="09 1234 5678")
+    listed = dossier(4, status=1, Email="an@example.vn, lo@attacker.example", SoDienThoai="12345")
+    for d in (forged, listed):
+        assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+        assert hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 2)).status_code == 202
+    states = hub.wait_idle()
+    assert set(states) == {"delivered"}, states  # nothing dead, nothing waiting
+    assert smtp.messages == []
+    assert [m["phone"] for m in sent_sms(sms_server)] == ["0912345678"]  # the first dossier's, its spaces left out
+    with hub.runtime.sessions() as s:
+        kept = {(j["MaHoSo"], j["destination"]) for j in jobs.list_jobs(s, limit=100)}
+    assert (listed["MaHoSo"], "national_portal") in kept and not {k for k in kept if k[1] == "email"}
+
+
 def test_a_payment_credited_notifies_the_citizen(
     hub_factory: HubFactory, smtp: SmtpSink, sms_server: ServerThread, pay_server: ServerThread, platform: httpx.Client
 ) -> None:

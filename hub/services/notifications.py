@@ -4,12 +4,15 @@ message: once per event and channel, however often other deliveries of that even
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import datetime
 from typing import Any
 
 from hub.domain.dates import VN_TZ, parse_national
 from hub.domain.money import dong
 
+log = logging.getLogger("hub.notifications")
 EMAIL, SMS = "email", "sms"
 BY_STATUS = {2: "received", 3: "refused", 5: "supplement", 6: "payment", 9: "result", 10: "result"}
 
@@ -77,14 +80,45 @@ def render(kind: str, data: dict[str, Any], note: str | None = None, amount: int
     return subject, body, text[:612]
 
 
+def email_address(value: Any) -> str | None:
+    """The citizen's email address if it is one mailbox (local@dotted.domain: no second recipient after a comma, no
+    display name, no line break that would start another header); else None. An address the mail server would
+    refuse — or one that would add recipients — is not written to: its dead letter would hold the dossier's later
+    emails back."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or len(text) > 254 or any(c in text for c in ' \t\r\n,;<>"()[]\\'):
+        return None
+    local, at, domain = text.rpartition("@")
+    labels = domain.split(".")
+    if not at or not local or "@" in local or len(local) > 64 or len(labels) < 2 or not all(labels):
+        return None
+    return text
+
+
+def phone_number(value: Any) -> str | None:
+    """The citizen's mobile number as the SMS gateway takes it (0… or +84…, spaces, dots, dashes and brackets left
+    out; 84… read as +84…), or None when it is not one."""
+    digits = re.sub(r"[\s.\-()]", "", value) if isinstance(value, str) else ""
+    if re.fullmatch(r"84[0-9]{9,10}", digits):
+        digits = "+" + digits
+    return digits if re.fullmatch(r"(\+84|0)[0-9]{9,10}", digits) else None
+
+
 def outbox_payloads(
     kind: str, data: dict[str, Any], channels: tuple[str, ...], note: str | None = None, amount: int | None = None
 ) -> list[tuple[str, str, dict[str, Any]]]:
-    """(destination, operation, payload) for each channel the citizen can be reached on."""
+    """(destination, operation, payload) for each channel the citizen can be reached on: a contact that is not a
+    usable address or number is left out (said in the log, without it)."""
     subject, body, sms = render(kind, data, note, amount)
     out: list[tuple[str, str, dict[str, Any]]] = []
-    if EMAIL in channels and data.get("Email"):
-        out.append((EMAIL, f"notify.{kind}", {"to": data["Email"], "subject": subject, "body": body}))
-    if SMS in channels and data.get("SoDienThoai"):
-        out.append((SMS, f"notify.{kind}", {"to": data["SoDienThoai"], "message": sms}))
+    for channel, field, usable in ((EMAIL, "Email", email_address), (SMS, "SoDienThoai", phone_number)):
+        if channel not in channels or not data.get(field):
+            continue
+        to = usable(data[field])
+        if to is None:
+            log.info("citizen not notified: contact unusable", extra={"channel": channel, "MaHoSo": data.get("MaHoSo")})
+        elif channel == EMAIL:
+            out.append((EMAIL, f"notify.{kind}", {"to": to, "subject": subject, "body": body}))
+        else:
+            out.append((SMS, f"notify.{kind}", {"to": to, "message": sms}))
     return out

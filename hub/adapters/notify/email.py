@@ -24,7 +24,12 @@ class EmailSender:
     def send(self, to: str, subject: str, body: str, *, message_key: str) -> str:
         msg = EmailMessage()
         msg["From"] = self.sender
-        msg["To"] = to
+        try:
+            msg["To"] = to
+        except ValueError:  # a line break in it (another header after it): never sent, not worth retrying
+            raise PeerRejected(
+                PEER, "the recipient address is not one address", code="email_recipient_invalid"
+            ) from None
         msg["Subject"] = subject
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = make_msgid(idstring=message_key.replace(":", "."), domain="hub.local")
