@@ -1086,6 +1086,24 @@ def audit_export(
     )
 
 
+def _save_new(folder: Path, sent_name: str, fallback: str, data: bytes) -> Path:
+    """Write a file another agency sent into `folder` under its bare name — no path of the sender's is followed, no
+    control character kept — and never over a file already there (a second "x.pdf" becomes "x (2).pdf")."""
+    name = "".join(c for c in Path(sent_name.replace("\\", "/")).name if c.isprintable())[:200]
+    if name in ("", ".", ".."):
+        name = fallback
+    stem, suffix = Path(name).stem, Path(name).suffix
+    for n in range(1, 10_000):
+        path = folder / (name if n == 1 else f"{stem} ({n}){suffix}")
+        try:
+            with path.open("xb") as f:
+                f.write(data)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free name for {name} in {folder}")
+
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -1448,8 +1466,7 @@ def sign_edxml_read(
     if received.header is not None and save is not None:
         save.mkdir(parents=True, exist_ok=True)
         for i, a in enumerate(received.attachments, start=1):
-            name = Path(a.name.replace("\\", "/")).name  # the bare name: no path from the sender is followed
-            (save / (name if name not in ("", ".", "..") else f"attachment-{i}")).write_bytes(a.data)
+            _save_new(save, a.name, f"attachment-{i}", a.data)
     if output == "json":
         print(json.dumps({"report": received.report.as_dict(), "header": received.header}, ensure_ascii=False))
     else:

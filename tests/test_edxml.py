@@ -106,6 +106,16 @@ def test_xmlsec1_verifies_an_envelope_hub_signed(trust: Trust, tmp_path: Path) -
     assert result.returncode == 0, result.stderr
 
 
+def test_attachments_are_saved_under_their_bare_names_and_never_over_another(tmp_path: Path) -> None:
+    from hub.cli import _save_new
+
+    (tmp_path / "x.pdf").write_bytes(b"kept")
+    names = ["../x.pdf", "sub\\x.pdf", "/etc/x.pdf", "..", "a\tb.pdf"]
+    saved = [_save_new(tmp_path, n, f"attachment-{i}", n.encode()) for i, n in enumerate(names, start=1)]
+    assert [p.name for p in saved] == ["x (2).pdf", "x (3).pdf", "x (4).pdf", "attachment-4", "ab.pdf"]
+    assert all(p.parent == tmp_path for p in saved) and (tmp_path / "x.pdf").read_bytes() == b"kept"
+
+
 def test_cli_builds_signs_and_reads_an_envelope(trust: Trust, tmp_path: Path) -> None:
     d = trust.dir
     spec = {
@@ -134,6 +144,11 @@ def test_cli_builds_signs_and_reads_an_envelope(trust: Trust, tmp_path: Path) ->
     body = json.loads(read.stdout)
     assert body["header"]["code"] == "45/CV-UBND" and body["report"]["signature_format"] == "XAdES-B-T"
     assert (tmp_path / "in" / "cong-van.pdf").read_bytes() == PDF
+    # read again into the same folder: what is there is kept, the new copy gets a name of its own
+    again = subprocess.run(read.args, check=False, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["cong-van (2).pdf", "cong-van.pdf"]
+    assert (tmp_path / "in" / "cong-van (2).pdf").read_bytes() == PDF
     bad = dict(spec, promulgation_date="01/12/2026")
     (tmp_path / "bad.json").write_text(json.dumps(bad), encoding="utf-8")
     refused = subprocess.run(
