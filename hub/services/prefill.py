@@ -121,12 +121,17 @@ def templates() -> dict[str, FormTemplate]:
 # -- blank forms ---------------------------------------------------------------------------------------------
 
 
-class BlankField(BaseModel):
+class FormField(BaseModel):
+    """A field of an e-form as hub answers it: its name (dotted groups), label, type and required mark."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
     label: str = Field(description="the field's label on the Vietnamese form")
     type: str
     required: bool
+
+
+class BlankField(FormField):
     filled_from: list[SourceSpec] = Field(
         description="where a pre-fill takes the value from, the first that holds one: a path in the population "
         "record of the subject or of the person it links to (spouse, father, mother), under its condition (`if`); "
@@ -165,9 +170,7 @@ def _purposes(client: ClientSystem, procedure: str) -> list[str]:
 def blank_form(client: ClientSystem, procedure: str) -> dict[str, Any]:
     """The e-form of a procedure (MaTTHC) with its fields' sources and no personal data: nothing is read, nothing
     is logged. 422 `invalid_procedure_code`, 404 `unknown_form`."""
-    template = templates().get(identifiers.procedure_code(procedure))
-    if template is None:
-        raise NotFound(f"no e-form template for procedure {procedure}", code="unknown_form")
+    template = template_for(procedure)
     return {
         "procedure": procedure,
         **_blank(template.form),
@@ -214,9 +217,7 @@ def form_schema(procedure: str) -> dict[str, Any]:
     nested objects, each value's type with its Vietnamese label as `title`, the required ones `required`. A pre-filled
     form's values satisfy it; a portal renders and checks the citizen's input with any JSON Schema tool.
     422 `invalid_procedure_code`, 404 `unknown_form`."""
-    template = templates().get(identifiers.procedure_code(procedure))
-    if template is None:
-        raise NotFound(f"no e-form template for procedure {procedure}", code="unknown_form")
+    template = template_for(procedure)
     return _schema(template.form)
 
 
@@ -251,6 +252,14 @@ def forms(client: ClientSystem) -> list[dict[str, Any]]:
         {"procedure": code, "form": t.form, "title": t.title, "prefill_purposes": _purposes(client, code)}
         for code, t in sorted(templates().items())
     ]
+
+
+def template_for(procedure: str) -> FormTemplate:
+    """The form template of a procedure code (MaTTHC): 422 `invalid_procedure_code`, 404 `unknown_form`."""
+    template = templates().get(identifiers.procedure_code(procedure))
+    if template is None:
+        raise NotFound(f"no e-form template for procedure {procedure}", code="unknown_form")
+    return template
 
 
 # -- requests ------------------------------------------------------------------------------------------------
@@ -291,12 +300,7 @@ class FieldSource(BaseModel):
     cached: bool = Field(description="served from hub's short-lived encrypted cache of the register's reply")
 
 
-class FilledField(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    label: str = Field(description="the field's label on the Vietnamese form")
-    type: str
-    required: bool
+class FilledField(FormField):
     value: str | None = Field(description="null: not in the register; left for the citizen")
     source: FieldSource | None = None
     fetched_at: str | None = None
@@ -730,9 +734,7 @@ class PrefillService:
         """`blocking=False`: raise _WouldBlock instead of doing I/O (a database read, a register look-up).
         `over_quota`: the client has used up its reads for now (the seconds until it has one again)."""
         identifiers.personal_id(body.subject_id)
-        template = templates().get(body.procedure)
-        if template is None:
-            raise NotFound(f"no e-form template for procedure {body.procedure}", code="unknown_form")
+        template = template_for(body.procedure)
         subject = self.subject_hmac(body.subject_id)
 
         def access(role: str, who: str, request_id: str, outcome: str, reason: str | None, fields: list[str]) -> Access:
