@@ -448,6 +448,26 @@ def test_a_platform_that_asks_to_wait_is_passed_on_to_the_client(hub: Hub, platf
     assert create(hub, code)["status"] == "pending"
 
 
+@pytest.mark.parametrize("url", ["javascript:alert(document.cookie)", "data:text/html,<script>x</script>", "//x"])
+def test_a_pay_link_that_is_not_a_web_page_never_reaches_the_citizen(
+    hub: Hub, platform: httpx.Client, url: str
+) -> None:
+    """The platform answers INIT — correctly signed — with a link that is not a web address: the one-stop system
+    would put it in front of the citizen (a script run on its page). hub refuses it like a failed INIT (503, the
+    same request again later) and keeps no pay link; once the platform answers a web address, the same request
+    makes the payment."""
+    code = awaiting_payment(hub, 15)
+    platform.post("/_sandbox/faults", json={"pay_url": url})
+    try:
+        r = hub.http.post("/v1/payments", json={"MaHoSo": code})
+        assert r.status_code == 503 and r.json()["peer_error"] == "payment_pay_url_invalid", r.text
+        assert url not in r.text
+    finally:
+        platform.post("/_sandbox/faults", json={"pay_url": ""})
+    made = create(hub, code)
+    assert made["pay_url"].startswith("http://127.0.0.1:")
+
+
 def test_a_platform_down_or_throttling_is_asked_once_a_check_not_once_a_payment(
     hub: Hub, platform: httpx.Client
 ) -> None:

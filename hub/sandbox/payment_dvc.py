@@ -49,6 +49,7 @@ class PaymentFaults(Faults):
     forge_callback: bool = False  # send the CONFIRM with a wrong MaXacThuc
     amount_delta: int = 0  # add this to SoTien in the CONFIRM (and keep the hash valid)
     fail_payment: bool = False  # the bank declines: CONFIRM with MaLoi 51
+    pay_url: str = ""  # answer INIT with this UrlThanhToan (signed): a platform gone wrong, e.g. "javascript:…"
 
 
 @dataclass
@@ -158,7 +159,7 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
                         "transaction": None,
                         "paid_at": None,
                     }
-                url = f"{str(request.base_url).rstrip('/')}/pay/{ref}"
+                url = st.faults.pay_url or f"{str(request.base_url).rstrip('/')}/pay/{ref}"
                 return reply(partner, {"MaLoi": "00", "MoTaLoi": "Thành công", "MaDoiTac": partner,
                                        "MaThamChieu": ref, "UrlThanhToan": url}, reply_fields)  # fmt: skip
         if known is None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
@@ -19,7 +20,7 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.adapters.errors import AskedToWait, PeerError, wait_asked
+from hub.adapters.errors import AskedToWait, PeerError, PeerRejected, wait_asked
 from hub.adapters.payment.base import Callback, CallbackRejected, PaymentOrder, PaymentPlatform
 from hub.domain import identifiers
 from hub.domain.dates import format_national, utcnow
@@ -255,6 +256,11 @@ class PaymentService:
         try:
             self._waits.check(platform_name)
             created = platform.create(order, correlation_id=correlation_id)
+            url = urlsplit(created.pay_url)
+            if url.scheme not in ("https", "http") or not url.netloc:  # the citizen is sent there: a web page only
+                raise PeerRejected(
+                    platform_name, "the platform's pay link is not a web address", code="payment_pay_url_invalid"
+                )
         except PeerError as exc:
             self._waits.note(platform_name, exc)
             raise PlatformUnavailable(
