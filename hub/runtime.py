@@ -202,15 +202,20 @@ class Runtime:
         from datetime import timedelta
 
         from hub.adapters.population import PopulationClient
+
+        # peers' Retry-After told to one process holds for every process of the cluster (distributed mode)
+        from hub.adapters.waits import RedisWaits
         from hub.sandbox.contracts import population_wsdl  # not the population sandbox: it brings FastAPI and more
         from hub.services.population_cache import PopulationCache
         from hub.services.prefill import PrefillService
 
+        self.shared_waits: RedisWaits | None = None if settings.embedded else RedisWaits(settings.broker_url)
         self.population = PopulationClient(
             settings.effective_population_url,
             wsdl=settings.population_wsdl or population_wsdl(),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            shared_waits=self.shared_waits,
         )
         from hub.adapters.identity import CitizenTokens
 
@@ -263,6 +268,7 @@ class Runtime:
             query_after=timedelta(seconds=settings.payment_query_after_seconds),
             expire_after=timedelta(hours=settings.payment_expire_after_hours),
             on_commit=self.wake,
+            shared_waits=self.shared_waits,
         )
 
         self.signatures = SignatureService(settings, on_exchange=self.record_exchange)
@@ -642,6 +648,8 @@ class Runtime:
         if self._inline is not None:
             self._inline.close()
         self.quota.close()
+        if self.shared_waits is not None:
+            self.shared_waits.close()
         self.engine.dispose()
 
 

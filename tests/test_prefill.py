@@ -365,6 +365,58 @@ def test_documents_are_offered_only_with_a_live_consent(hub: Hub, people: httpx.
     assert hub.http.post(f"/v1/consents/{ref}/revoke", headers=other_client).json()["code"] == "unknown_consent"
 
 
+def test_a_registers_wait_told_to_one_process_holds_for_every_process(
+    population_server: ServerThread, people: httpx.Client
+) -> None:
+    """Distributed mode: two hub processes (two population clients, each with its own connection to the real Redis).
+    The register tells the first to wait (429, Retry-After: 3): the second does not call it before the wait is over
+    either — the register is told once, not once per process. Redis not answering changes nothing but that."""
+    import uuid
+
+    from hub.adapters.errors import PeerUnavailable
+    from hub.adapters.population import CitizenLookup, PopulationClient
+    from hub.adapters.waits import RedisWaits
+    from hub.sandbox import population
+
+    someone = person(people)["SoDinhDanh"]
+    url = "redis://127.0.0.1:6379/0"
+    address = f"{population_server.url}/ws/congdan"
+
+    def process(redis_url: str) -> tuple[PopulationClient, RedisWaits]:
+        waits = RedisWaits(redis_url)
+        return PopulationClient(address, wsdl=population.wsdl_path(), shared_waits=waits), waits
+
+    def lookup(client: PopulationClient) -> dict[str, Any] | None:
+        return client.look_up(CitizenLookup(someone, uuid.uuid4().hex, "cb-1", KHAI_SINH), correlation_id="t")
+
+    (first, w1), (second, w2) = process(url), process(url)
+    import redis
+
+    redis.Redis.from_url(url).delete("hub:wait:population")
+    people.post("/_sandbox/faults", json={"rate_limit_seconds": 3})
+    try:
+        with pytest.raises(PeerUnavailable) as told:
+            lookup(first)
+        assert told.value.retry_after and told.value.retry_after > 1
+        with pytest.raises(PeerUnavailable, match="asked to wait") as held:
+            lookup(second)
+        assert held.value.retry_after and 1 < held.value.retry_after <= 3
+        assert people.get("/_sandbox/faults").json()["rate_limited"] == 1  # the second process did not call
+        # a process whose Redis does not answer calls the register as before (and is told by it)
+        lonely, w3 = process("redis://127.0.0.1:9/0")
+        with pytest.raises(PeerUnavailable):
+            lookup(lonely)
+        assert people.get("/_sandbox/faults").json()["rate_limited"] == 2
+        lonely.close()
+        w3.close()
+    finally:
+        people.post("/_sandbox/faults", json={"rate_limit_seconds": 0})
+        redis.Redis.from_url(url).delete("hub:wait:population")
+    for client, waits in ((first, w1), (second, w2)):
+        client.close()
+        waits.close()
+
+
 def test_a_consent_withdrawn_while_the_register_is_asked_offers_no_document(hub: Hub, people: httpx.Client) -> None:
     """The citizen withdraws the consent while hub waits for the population database (here 0.8 s a look-up, two
     look-ups): the pre-fill is refused as if it had been withdrawn before — no document offered under it — and the

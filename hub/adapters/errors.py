@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 
 class PeerError(Exception):
@@ -86,16 +86,32 @@ def wait_asked(exc: PeerError) -> dict[str, Any]:
     return {"retry_after": max(1, math.ceil(exc.retry_after))}
 
 
+class SharedWaits(Protocol):
+    """Where the hub processes of a cluster tell each other a peer's wait (hub.adapters.waits.RedisWaits)."""
+
+    def left(self, peer: str) -> float | None:
+        """Seconds left of the wait another process noted; None: none (or the store did not answer)."""
+
+    def note(self, peer: str, seconds: float) -> None: ...
+
+
 class AskedToWait:
     """The waits peers asked hub for (their Retry-After on a 429 or 503), by peer: no call to a peer before its
-    wait is over — the caller is answered at once with what is left of it (and passes that on: `wait_asked`)."""
+    wait is over — the caller is answered at once with what is left of it (and passes that on: `wait_asked`).
+    `shared`: in distributed mode every hub process learns the wait from the first one told it, instead of each
+    calling the peer once more and being told again."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedWaits | None = None) -> None:
         self._until: dict[str, float] = {}  # peer -> monotonic time its wait runs to
+        self._shared = shared
 
     def left(self, peer: str) -> float:
         """Seconds left of the peer's wait (0 or less: none)."""
-        return self._until.get(peer, 0.0) - time.monotonic()
+        left = self._until.get(peer, 0.0) - time.monotonic()
+        if left <= 0 and self._shared is not None and (told := self._shared.left(peer)):
+            self._until[peer] = time.monotonic() + told  # no round trip to the store for the rest of it
+            return told
+        return left
 
     def check(self, peer: str) -> None:
         """Raise PeerUnavailable, without a call, while the peer's wait runs."""
@@ -110,3 +126,5 @@ class AskedToWait:
         """Remember the wait `exc` carries, if any (a longer one already noted stands)."""
         if exc.retry_after:
             self._until[peer] = max(self._until.get(peer, 0.0), time.monotonic() + exc.retry_after)
+            if self._shared is not None:
+                self._shared.note(peer, exc.retry_after)

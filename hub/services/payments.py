@@ -20,7 +20,7 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.adapters.errors import AskedToWait, PeerError, PeerRejected, wait_asked
+from hub.adapters.errors import AskedToWait, PeerError, PeerRejected, SharedWaits, wait_asked
 from hub.adapters.payment.base import Callback, CallbackRejected, PaymentOrder, PaymentPlatform
 from hub.domain import identifiers
 from hub.domain.dates import format_national, utcnow
@@ -144,6 +144,7 @@ class PaymentService:
         query_after: timedelta,
         expire_after: timedelta = timedelta(hours=72),
         on_commit: Callable[[], None] = lambda: None,
+        shared_waits: SharedWaits | None = None,
     ) -> None:
         self.sessions = sessions
         self.platforms = dict(platforms)
@@ -154,7 +155,8 @@ class PaymentService:
         self.query_after = query_after
         self.expire_after = expire_after
         self._on_commit = on_commit
-        self._waits = AskedToWait()  # platforms that asked hub to wait (Retry-After): not called before it is over
+        # platforms that asked hub to wait (Retry-After): not called before it is over, by any process of the cluster
+        self._waits = AskedToWait(shared_waits)
         # confirmations arriving together are applied in one transaction (each still exactly once)
         self._applies: GroupCommit[Session, _Apply, tuple[str, str, str | None]] = GroupCommit(
             sessions.begin, self._apply_batch, order=lambda a: a.cb.reference

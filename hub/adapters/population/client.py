@@ -33,6 +33,7 @@ from hub.adapters.errors import (
     PeerRejected,
     PeerTimeout,
     PeerUnavailable,
+    SharedWaits,
 )
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
 from hub.adapters.http import ReplyTooLarge, read_capped, retry_after, unavailable, verified_pool
@@ -142,7 +143,9 @@ class PopulationClient:
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         max_connections: int = 16,
+        shared_waits: SharedWaits | None = None,
     ) -> None:
+        """`shared_waits`: where the cluster's processes tell each other the register's Retry-After."""
         transport = PooledTransport(
             connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections
         )
@@ -153,7 +156,7 @@ class PopulationClient:
         self._recorder = ExchangeRecorder()
         client = zeep.Client(str(wsdl), transport=transport, settings=settings, plugins=[self._recorder])
         self._service = client.create_service(BINDING, address)
-        self._waits = AskedToWait()  # the register asked hub to wait (Retry-After): calls fail at once until then
+        self._waits = AskedToWait(shared_waits)  # the register asked hub to wait (Retry-After): fail at once until then
 
     def close(self) -> None:
         self._transport.close()
