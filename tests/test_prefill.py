@@ -303,6 +303,7 @@ def test_a_blank_form_of_a_bad_or_unknown_procedure_is_a_clear_problem(hub: Hub)
 def test_answers_with_personal_data_are_kept_in_no_cache(hub: Hub, people: httpx.Client) -> None:
     r = ask(hub, person(people)["SoDinhDanh"])
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+    assert r.headers["x-content-type-options"] == "nosniff"
 
 
 def test_documents_are_offered_only_with_a_live_consent(hub: Hub, people: httpx.Client, creds: Creds) -> None:

@@ -133,8 +133,10 @@ class BodyLimitAndCorrelation:
                         (b"x-correlation-id", cid.encode()),
                         (b"server-timing", took.encode()),
                     ]
-                    if private and not any(k == b"cache-control" for k, _ in headers):
-                        headers.append((b"cache-control", b"no-store"))  # personal data: no cache keeps a copy
+                    if private:
+                        if not any(k == b"cache-control" for k, _ in headers):
+                            headers.append((b"cache-control", b"no-store"))  # personal data: no cache keeps a copy
+                        headers.append((b"x-content-type-options", b"nosniff"))  # JSON is never run as a page
                     message["headers"] = headers
                 if record:  # a pushed request is recorded before its answer leaves (the answer is small)
                     held.append(message)
