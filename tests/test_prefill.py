@@ -1403,6 +1403,20 @@ def test_results_issued_with_dossiers_are_offered_for_reuse(hub: Hub, people: ht
     offered = answer.json()["documents"]
     assert [(o["number"], o["dossier_code"]) for o in offered] == [("05/2020/KH", d["MaHoSo"])]
     assert offered[0]["reference"].endswith("05-2020-KH.pdf")
+    # a result whose link would run a script in the portal's page: offered, pointing at its dossier instead
+    scripted = {**issued, "SoHieu": "06/2021/KH", "NgayCap": "20210105090000", "DuongDanTaiLieu": "java\tscript:x()"}
+    d2 = make(32, status=2, SoGiayToChuHoSo=father["SoDinhDanh"], DanhSachGiayToKetQua=[scripted])
+    assert hub.http.post("/v1/dossiers", json=d2).status_code == 202
+    links = {o["number"]: o["reference"] for o in ask(hub, father["SoDinhDanh"], consent_ref=ref).json()["documents"]}
+    assert links["06/2021/KH"] == f"dossier:{d2['MaHoSo']}"
+    # and one indexed directly with such a reference is refused, nothing stored
+    for bad in ("javascript:alert(1)", "JaVa\tScRipt:alert(1)", "data:text/html,<script>x</script>"):
+        r = hub.http.post(
+            "/v1/documents",
+            json={"holder_id": father["SoDinhDanh"], "kind": "giay_chung_nhan_ket_hon", "title": "x", "number": "07",
+                  "issuer": AGENCY, "issued_at": "2024-01-01T00:00:00+07:00", "reference": bad},
+        )  # fmt: skip
+        assert r.status_code == 422 and r.json()["code"] == "validation_error", r.text
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])  # the command line reads the log alike on both (13 runs of it)

@@ -113,3 +113,20 @@ def personal_id(value: str, *, birth_date: date | None = None, male: bool | None
     if year > date.today().year:  # noqa: DTZ011 - a calendar year, zone-insensitive within a day
         raise InvalidIdentifier("personal ID has a birth year in the future", code="invalid_personal_id")
     return PersonalId(value=value, province_code=province, male=is_male, birth_year=year)
+
+
+LINK_SCHEMES = ("", "http", "https", "urn", "dossier")  # "dossier:MaHoSo": a result kept with the dossier
+
+
+def usable_link(value: str) -> bool:
+    """Whether a document's reference may be handed on to a portal that shows it as a link: a web address, a URN,
+    `dossier:…`, or a plain identifier — never `javascript:`, `data:`, `file:`, however spaced or cased (browsers
+    drop tabs and line breaks inside a URL, so the scheme is read the same way)."""
+    from urllib.parse import urlsplit
+
+    cleaned = "".join(c for c in value if c.isprintable() and not c.isspace())
+    try:
+        scheme = urlsplit(cleaned).scheme.lower()
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        return False
+    return scheme in LINK_SCHEMES

@@ -946,7 +946,7 @@ class DossierService:
                     Document(
                         subject=subject, kind=kind[:64], title=str(item.get("TenGiayTo") or kind)[:300],
                         number=number[:100], issuer=issuer, dossier_code=code, issued_at=issued_at,
-                        valid_until=until, reference=str(item.get("DuongDanTaiLieu") or f"dossier:{code}")[:500],
+                        valid_until=until, reference=_reference(item.get("DuongDanTaiLieu"), code),
                         created_at=now,
                     )
                 )  # fmt: skip
@@ -1060,3 +1060,12 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
         ],
         "documents": documents,
     }
+
+
+def _reference(link: Any, code: str) -> str:
+    """Where a result document can be fetched, as a portal may show it: the dossier's link if it is a usable one,
+    else the dossier itself."""
+    from hub.domain.identifiers import usable_link
+
+    text = str(link or "")[:500]
+    return text if text and usable_link(text) else f"dossier:{code}"

@@ -359,12 +359,24 @@ class DocumentIn(NulFree):
     dossier_code: str | None = Field(default=None, description="MaHoSo of the dossier it was the result of")
     issued_at: datetime
     valid_until: datetime | None = None
-    reference: str = Field(min_length=1, max_length=500, description="where the document can be fetched")
+    reference: str = Field(
+        min_length=1,
+        max_length=500,
+        description="where the document can be fetched: an http(s) address, a URN, "
+        "`dossier:MaHoSo` or a plain identifier (portals show it to the citizen as a link)",
+    )
 
     @field_validator("issuer")
     @classmethod
     def _issuer(cls, value: str) -> str:
         return identifiers.agency_code(value)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        if not identifiers.usable_link(value):
+            raise ValueError("a reference is an http(s) address, a URN, dossier:MaHoSo or a plain identifier")
+        return value
 
 
 # -- the service ---------------------------------------------------------------------------------------------
