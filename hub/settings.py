@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -379,27 +380,61 @@ class Settings(BaseSettings):
 
 
 def _dev_secrets(var_dir: Path) -> dict[str, str]:
-    """Random secrets for a developer's machine, made once and kept in var/ (never in the code)."""
+    """Random secrets for a developer's machine, made once and kept in var/ (never in the code). The file appears
+    whole or not at all — written beside it, synced, then linked into place — so a crash while making it leaves
+    none (made again at the next start), and processes starting together (`hub serve --workers N`, a worker beside
+    it) all take the one that was linked first."""
     path = var_dir / DEV_SECRETS_FILE
-    if path.exists():
-        data: dict[str, str] = json.loads(path.read_text())
-        added = {k: secrets.token_urlsafe(32) for k in ("payment_dvc_secret", "document_exchange_key") if k not in data}
-        if added:  # a file made by an earlier version: add what is new
-            data.update(added)
-            path.write_text(json.dumps(data))
-        return data
-    var_dir.mkdir(parents=True, exist_ok=True)
-    data = {
-        "secret_key": secrets.token_urlsafe(32),
-        "client_api_key": secrets.token_urlsafe(24),
-        "national_portal_password": secrets.token_urlsafe(16),
-        "payment_dvc_secret": secrets.token_urlsafe(32),
-        "document_exchange_key": secrets.token_urlsafe(32),
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        data = {
+            "secret_key": secrets.token_urlsafe(32),
+            "client_api_key": secrets.token_urlsafe(24),
+            "national_portal_password": secrets.token_urlsafe(16),
+            "payment_dvc_secret": secrets.token_urlsafe(32),
+            "document_exchange_key": secrets.token_urlsafe(32),
+        }
+        _write_whole(path, data, replace=False)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("secret_key"), str):
+            raise ValueError("not an object with a secret_key")
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is damaged ({exc}): restore it from a backup — its secret_key chains this machine's access log "
+            "and finds its citizens' records — or, on a throw-away machine, remove it with the database beside it"
+        ) from None
+    # a file made by an earlier version: add what is new, derived from its secret key so that processes starting
+    # together add the same values
+    key = data["secret_key"].encode()
+    added = {
+        k: hmac.new(key, f"dev-secret/{k}".encode(), hashlib.sha256).hexdigest()
+        for k in ("payment_dvc_secret", "document_exchange_key")
+        if k not in data
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
+    if added:
+        data = {**data, **added}
+        _write_whole(path, data, replace=True)
     return data
+
+
+def _write_whole(path: Path, data: dict[str, str], *, replace: bool) -> None:
+    """Write `data` as `path`, whole or not at all (mode 0600). `replace=False`: if `path` exists meanwhile, the one
+    there stays (another process made it first)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            with contextlib.suppress(FileExistsError):  # another process linked its own first: that one stays
+                os.link(tmp, path)  # atomic
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_settings(**overrides: object) -> Settings:

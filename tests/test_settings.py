@@ -41,6 +41,45 @@ def test_dev_secrets_are_generated_once_private_and_random(tmp_path: Path) -> No
     assert other.secret_key.get_secret_value() != a.secret_key.get_secret_value()
 
 
+def test_processes_starting_together_on_a_fresh_machine_share_one_set_of_dev_secrets(tmp_path: Path) -> None:
+    """`hub serve --workers 4` and a `hub worker` on a fresh var/: each process makes the secrets it lacks at the
+    same moment. Every one of them must end up with the same keys (the API key one process printed must work on
+    the others), and none may read a file another is still writing."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        keys = pool.map(_dev_keys, [tmp_path] * 24)
+    assert len(set(keys)) == 1 and keys[0][0] and keys[0][1]
+    assert json.loads((tmp_path / "dev-secrets.json").read_text())["client_api_key"] == keys[0][1]
+    assert [p.name for p in tmp_path.iterdir()] == ["dev-secrets.json"]  # nothing half-written left beside it
+
+
+def _dev_keys(var_dir: Path) -> tuple[str, str]:
+    settings = load_settings(var_dir=var_dir)
+    assert settings.secret_key is not None and settings.clients[0].api_key is not None
+    return settings.secret_key.get_secret_value(), settings.clients[0].api_key.get_secret_value()
+
+
+def test_a_damaged_dev_secrets_file_is_said_plainly_and_secrets_from_an_earlier_version_are_completed(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "dev-secrets.json").write_text('{"secret_key": "abc')  # a crash of an earlier version mid-write
+    with pytest.raises(ValueError, match="is damaged"):
+        load_settings(var_dir=tmp_path)
+    hub = str(Path(sys.executable).with_name("hub"))
+    env = {"PATH": str(Path(sys.executable).parent), "HUB_VAR_DIR": str(tmp_path)}
+    said = subprocess.run([hub, "jobs", "list"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert said.returncode == 2 and "is damaged" in said.stderr and "Traceback" not in said.stderr
+    old = {"secret_key": "s" * 43, "client_api_key": "c" * 32, "national_portal_password": "p" * 22}
+    (tmp_path / "dev-secrets.json").write_text(json.dumps(old))
+    first, again = load_settings(var_dir=tmp_path), load_settings(var_dir=tmp_path)
+    assert first.payment_dvc_secret == again.payment_dvc_secret and first.payment_dvc_secret
+    assert json.loads((tmp_path / "dev-secrets.json").read_text())["secret_key"] == "s" * 43
+
+
 def test_production_refuses_missing_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HUB_MODE", "production")
     with pytest.raises(ValidationError) as exc:
