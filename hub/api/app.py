@@ -50,6 +50,9 @@ from hub.services.schemas import (
 from hub.settings import ClientSystem, Settings
 
 IDEMPOTENCY_KEY_MAX = 200
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "unchanged since the ETag given in If-None-Match"}
+}
 # What peers push to hub is recorded beside hub's own calls (exchanges): peer and operation by path.
 INBOUND = {"/v1/national/": ("national_portal", "inbound.push_dossier")}
 # what a 202 says beside its body: where to follow the dossier (and whether it repeats an earlier answer)
@@ -572,7 +575,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get(
         "/v1/forms/{procedure}",
-        responses={200: {"model": FormOut}, 304: {"description": "unchanged since the ETag given in If-None-Match"}},
+        responses={200: {"model": FormOut}, **NOT_MODIFIED},
         tags=["prefill"],
         summary="A procedure's e-form, blank: its fields, labels, required marks, and where a pre-fill takes each from",
         description="No personal data: nothing is read from the population database and nothing is logged. What a "
@@ -587,7 +590,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "/v1/forms/{procedure}/schema",
         responses={
             200: {"content": {"application/schema+json": {}}, "description": "a JSON Schema, draft 2020-12"},
-            304: {"description": "unchanged since the ETag given in If-None-Match"},
+            **NOT_MODIFIED,
         },
         tags=["prefill"],
         summary="A procedure's e-form as a JSON Schema of the data it collects",
