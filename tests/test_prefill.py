@@ -1207,7 +1207,7 @@ def test_cached_replies_are_shared_through_the_database_and_expire_everywhere(hu
 
     secret = hub.settings.secret_key.get_secret_value().encode() if hub.settings.secret_key else b""
     one, other = (PopulationCache(hub.runtime.sessions, secret, timedelta(seconds=1)) for _ in range(2))
-    key = one.key("001090000001", None, None)
+    key = one.key("001090000001", None, None, "onestop-hcm")
     with db.raw_transaction(hub.runtime.engine) as tx:
         one.put_many(tx, [(key, {"SoDinhDanh": "001090000001"}, utcnow())])
     assert (other.get(key) or ({}, None))[0] == {"SoDinhDanh": "001090000001"}  # read from the shared row
@@ -1248,6 +1248,33 @@ def test_replies_are_cached_encrypted_and_still_logged(hub: Hub, people: httpx.C
     third = ask(hub, father["SoDinhDanh"]).json()
     assert fields(third)["me.ho_ten"]["source"]["cached"] is False
     assert people.get("/_sandbox/received").json()["count"] > asked
+
+
+def test_a_clients_cache_tells_another_client_nothing(hub: Hub, people: httpx.Client, creds: Creds) -> None:
+    """Two client systems read the same citizen a moment apart: the second is not served from the first one's
+    cached reply — it would learn that someone read this citizen, when (`fetched_at`) and under which request id —
+    but from the register, as the first was; each client's own repeat is served from its own cache."""
+    someone = person(people)["SoDinhDanh"]
+
+    def read(key: str, agency: str, purpose: str) -> dict[str, Any]:
+        r = hub.http.post(
+            "/v1/prefill",
+            headers={"X-API-Key": key},
+            json={"procedure": "1.004873", "subject_id": someone, "purpose": purpose,
+                  "requested_by": {"officer": "cb-7", "agency": agency}},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        source: dict[str, Any] = next(f for f in r.json()["fields"] if f["value"] is not None)["source"]
+        return source
+
+    mine = read(creds.api_key, AGENCY, PURPOSE)
+    theirs = read(creds.other_key, OTHER_AGENCY, "marriage_registration")
+    assert (mine["cached"], theirs["cached"]) == (False, False) and theirs["request_id"] != mine["request_id"]
+    assert people.get("/_sandbox/received").json()["count"] == 2
+    again = read(creds.other_key, OTHER_AGENCY, "marriage_registration")
+    assert again["cached"] is True and again["request_id"] == theirs["request_id"]
+    assert read(creds.api_key, AGENCY, PURPOSE)["request_id"] == mine["request_id"]
+    assert people.get("/_sandbox/received").json()["count"] == 2
 
 
 def test_reads_from_the_cache_and_from_the_register_make_one_chain(hub: Hub, people: httpx.Client) -> None:

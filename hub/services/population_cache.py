@@ -70,8 +70,9 @@ class PopulationCache:
     def enabled(self) -> bool:
         return self.ttl.total_seconds() > 0
 
-    def key(self, personal_id: str, name: str | None, birth_date: str | None) -> str:
-        material = json.dumps([personal_id, (name or "").casefold(), birth_date or ""]).encode()
+    def key(self, personal_id: str, name: str | None, birth_date: str | None, client: str) -> str:
+        """The index of a reply: the question asked (ID, name, birth date) and the client system that asked it."""
+        material = json.dumps([personal_id, (name or "").casefold(), birth_date or "", client]).encode()
         return hmac.new(self._index_key, material, hashlib.sha256).hexdigest()
 
     def get(self, key: str, *, local_only: bool = False) -> tuple[dict[str, Any] | None, datetime] | None:

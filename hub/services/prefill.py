@@ -800,7 +800,7 @@ class PrefillService:
 
         reads: dict[str, _Read] = {}
         first = self._read(
-            body, "subject", body.subject_id, subject, correlation_id, access, journal, blocking=blocking
+            body, "subject", body.subject_id, subject, correlation_id, access, journal, client.name, blocking=blocking
         )
         reads["subject"] = first
         wanted = {src.person for f in template.fields for src in f.source if src.person != "subject"}
@@ -825,6 +825,7 @@ class PrefillService:
                 correlation_id,
                 access,
                 journal,
+                client.name,
                 optional=True,
                 blocking=blocking,
             )
@@ -917,13 +918,16 @@ class PrefillService:
         correlation_id: str,
         access: Any,
         journal: _Journal,
+        client: str,
         *,
         optional: bool = False,
         blocking: bool = True,
     ) -> Any:
         name = body.subject_name if role == "subject" else None
         birth = body.subject_birth_date.strftime("%Y%m%d") if role == "subject" and body.subject_birth_date else None
-        cache_key = self.cache.key(personal_id, name, birth) if self.cache is not None else None
+        # the cache is the client system's own: another client learns nothing from it (that someone read this
+        # citizen a minute ago, when, under which request id) and waits for the register as that one did
+        cache_key = self.cache.key(personal_id, name, birth, client) if self.cache is not None else None
         if self.cache is not None and cache_key is not None:
             hit = self.cache.get(cache_key, local_only=not blocking)
             cached = hit[0] if hit is not None else None
