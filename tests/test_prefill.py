@@ -297,6 +297,8 @@ def test_a_blank_form_of_a_bad_or_unknown_procedure_is_a_clear_problem(hub: Hub)
     assert r.headers["content-type"].startswith("application/problem+json")
     r = hub.http.get("/v1/forms/khai-sinh")
     assert r.status_code == 422 and r.json()["code"] == "invalid_procedure_code"
+    long = hub.http.get("/v1/forms/" + "1" * 5000)  # quoted, not echoed whole
+    assert long.status_code == 422 and len(long.content) < 1000 and "…" in long.json()["detail"]
     assert hub.http.get(f"/v1/forms/{KHAI_SINH}", headers={"X-API-Key": "nope"}).status_code == 401
 
 

@@ -31,16 +31,24 @@ CCCD_PROVINCE_CODES = frozenset(
 )  # fmt: skip
 
 
+def _shown(value: object) -> str:
+    """A wrong identifier as an error message quotes it: its first 80 characters (the message is not an echo)."""
+    text = repr(value[:80]) if isinstance(value, str) else repr(value)[:80]
+    return text + ("…" if isinstance(value, str) and len(value) > 80 else "")
+
+
 def agency_code(value: str) -> str:
     if not isinstance(value, str) or not AGENCY_CODE_RE.match(value):
-        raise InvalidIdentifier(f"agency code {value!r} is not of the form 000.00.00.X00", code="invalid_agency_code")
+        raise InvalidIdentifier(
+            f"agency code {_shown(value)} is not of the form 000.00.00.X00", code="invalid_agency_code"
+        )
     return value
 
 
 def procedure_code(value: str) -> str:
     if not isinstance(value, str) or not PROCEDURE_CODE_RE.match(value):
         raise InvalidIdentifier(
-            f"procedure code (MaTTHC) {value!r} is not of the form 1.001193", code="invalid_procedure_code"
+            f"procedure code (MaTTHC) {_shown(value)} is not of the form 1.001193", code="invalid_procedure_code"
         )
     return value
 
@@ -62,7 +70,7 @@ def dossier_code(value: str) -> DossierCode:
     m = DOSSIER_CODE_RE.match(value) if isinstance(value, str) else None
     if m is None:
         raise InvalidIdentifier(
-            f"dossier code (MaHoSo) {value!r} is not of the form {{agency}}-{{yyMMdd}}-{{nnnn}}",
+            f"dossier code (MaHoSo) {_shown(value)} is not of the form {{agency}}-{{yyMMdd}}-{{nnnn}}",
             code="invalid_dossier_code",
         )
     day = m.group("day")
@@ -70,11 +78,11 @@ def dossier_code(value: str) -> DossierCode:
         received = date(2000 + int(day[0:2]), int(day[2:4]), int(day[4:6]))
     except ValueError:
         raise InvalidIdentifier(
-            f"dossier code (MaHoSo) {value!r} has an impossible date", code="invalid_dossier_code"
+            f"dossier code (MaHoSo) {_shown(value)} has an impossible date", code="invalid_dossier_code"
         ) from None
     seq = int(m.group("seq"))
     if seq == 0:
-        raise InvalidIdentifier(f"dossier code (MaHoSo) {value!r} has sequence 0000", code="invalid_dossier_code")
+        raise InvalidIdentifier(f"dossier code (MaHoSo) {_shown(value)} has sequence 0000", code="invalid_dossier_code")
     return DossierCode(value=value, agency=m.group("agency"), received_on=received, daily_sequence=seq)
 
 
