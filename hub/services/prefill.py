@@ -170,17 +170,17 @@ def _purposes(client: ClientSystem, procedure: str) -> list[str]:
 def blank_form(client: ClientSystem, procedure: str) -> dict[str, Any]:
     """The e-form of a procedure (MaTTHC) with its fields' sources and no personal data: nothing is read, nothing
     is logged. 422 `invalid_procedure_code`, 404 `unknown_form`."""
-    template = template_for(procedure)
+    template_for(procedure)
     return {
         "procedure": procedure,
-        **_blank(template.form),
+        **_blank(procedure),
         "prefill_purposes": _purposes(client, procedure),
     }
 
 
 @cache
-def _blank(form: str) -> dict[str, Any]:
-    template = next(t for t in templates().values() if t.form == form)
+def _blank(procedure: str) -> dict[str, Any]:
+    template = templates()[procedure]
     return {
         "form": template.form,
         "title": template.title,
@@ -217,13 +217,13 @@ def form_schema(procedure: str) -> dict[str, Any]:
     nested objects, each value's type with its Vietnamese label as `title`, the required ones `required`. A pre-filled
     form's values satisfy it; a portal renders and checks the citizen's input with any JSON Schema tool.
     422 `invalid_procedure_code`, 404 `unknown_form`."""
-    template = template_for(procedure)
-    return _schema(template.form)
+    template_for(procedure)
+    return _schema(procedure)
 
 
 @cache
-def _schema(form: str) -> dict[str, Any]:
-    template = next(t for t in templates().values() if t.form == form)
+def _schema(procedure: str) -> dict[str, Any]:
+    template = templates()[procedure]
     root: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"urn:hub:form:{template.form}",
@@ -789,11 +789,12 @@ class PrefillService:
                     retry_after=retry_after(over_quota),
                 )
             )
-        documents_allowed = False
+        documents_allowed, subjects = False, [subject]
         if body.consent_ref is not None:
             if not blocking:
                 raise _WouldBlock
-            problem = self._check_consent(body.consent_ref, body.subject_id, body.purpose)
+            subjects = self.subject_hmacs(body.subject_id)  # the consent and documents may predate a key rotation
+            problem = self._check_consent(body.consent_ref, subjects, body.purpose)
             if problem is not None:
                 raise refuse(problem)
             documents_allowed = True
@@ -869,13 +870,11 @@ class PrefillService:
         if documents_allowed and template.documents and body.consent_ref is not None:
             # the consent again, now: one the citizen withdrew while the register was being asked (seconds; its
             # timeout at worst) is refused as one withdrawn before would have been — no document is offered under it
-            problem = self._check_consent(body.consent_ref, body.subject_id, body.purpose)
+            problem = self._check_consent(body.consent_ref, subjects, body.purpose)
             if problem is not None:
                 raise refuse(problem)
             with self.sessions() as s:
-                documents = self._documents(
-                    s, self.subject_hmacs(body.subject_id), [d.kind for d in template.documents]
-                )
+                documents = self._documents(s, subjects, [d.kind for d in template.documents])
         for role, read in reads.items():
             offered = [f"documents:{d['kind']}" for d in documents] if role == "subject" else []
             journal.accesses.append(
@@ -972,10 +971,10 @@ class PrefillService:
             journal.cache.append((cache_key, {"record": record, "request_id": request_id}, fetched_at))
         return _Read(role, record, request_id, who, fetched_at)
 
-    def _check_consent(self, ref: str, personal_id: str, purpose: str) -> DomainError | None:
+    def _check_consent(self, ref: str, subjects: list[str], purpose: str) -> DomainError | None:
         with reading(self.sessions.kw["bind"]) as conn:
             consent = conn.execute(select(Consent).where(Consent.ref == ref)).first()
-        if consent is None or consent.subject not in self.subject_hmacs(personal_id):
+        if consent is None or consent.subject not in subjects:
             return Forbidden("the consent reference is unknown for this citizen", code="consent_unknown")
         if consent.revoked_at is not None:
             return Forbidden("the citizen revoked this consent", code="consent_revoked")
