@@ -289,6 +289,11 @@ class Runtime:
             inline=self._inline,
             previous_keys=settings.secret_keys[1:],
         )
+        from hub.services.citizens import CitizenDossiers
+
+        self.citizen_dossiers = CitizenDossiers(
+            self.sessions, secret_keys=settings.secret_keys, calendar=self.dossiers.calendar, quota=self.quota
+        )
         if self.worker is not None:
             self.worker.start()  # after every service it may call exists
 

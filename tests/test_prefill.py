@@ -1058,8 +1058,8 @@ def test_a_citizen_looping_on_their_data_usage_is_slowed_and_the_log_does_not_gr
 
 
 def test_a_citizen_looping_on_their_consents_shares_the_same_limit(hub_factory: HubFactory, trust: Trust) -> None:
-    """Listing and withdrawing consents count against the same per-citizen budget as the views of data usage: past
-    it, 429 with Retry-After and nothing read or written; other citizens go on."""
+    """Listing and withdrawing consents, and looking up dossiers, count against the same per-citizen budget as the
+    views of data usage: past it, 429 with Retry-After and nothing read or written; other citizens go on."""
     hub = hub_factory(citizen_idp_issuer=f"{trust.server.url}/idp", citizen_views_per_minute=3)
     mine, theirs = citizen_token(trust, "001099000013"), citizen_token(trust, "001099000014")
 
@@ -1069,7 +1069,12 @@ def test_a_citizen_looping_on_their_consents_shares_the_same_limit(hub_factory: 
     assert call("GET", "/v1/citizens/me/consents", mine).status_code == 200
     assert my_usage(hub, mine).status_code == 200
     assert call("POST", "/v1/citizens/me/consents/cs-none/withdraw", mine).status_code == 404  # counted too
-    for method, path in (("GET", "/v1/citizens/me/consents"), ("POST", "/v1/citizens/me/consents/cs-none/withdraw")):
+    for method, path in (
+        ("GET", "/v1/citizens/me/consents"),
+        ("POST", "/v1/citizens/me/consents/cs-none/withdraw"),
+        ("GET", "/v1/citizens/me/dossiers"),  # their dossiers too
+        ("GET", "/v1/citizens/me/dossiers/000.00.17.H56-241015-0007"),
+    ):
         refused = call(method, path, mine)
         assert refused.status_code == 429 and refused.json()["code"] == "rate_limited", refused.text
         assert int(refused.headers["Retry-After"]) >= 1

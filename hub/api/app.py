@@ -695,6 +695,37 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         return rt().prefill.withdraw_consent(citizen(token), ref, per_minute=settings.citizen_views_per_minute)
 
+    @app.get(
+        "/v1/citizens/me/dossiers",
+        tags=["dossiers"],
+        summary="My dossiers: for the citizen, signed in — each one's status, appointment date, what it waits for",
+        description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). The dossiers "
+        "whose owner (SoGiayToChuHoSo) is the citizen, the latest changed first (`total`: how many in all): "
+        "procedure, agency, status (`TrangThaiHoSo`, its Vietnamese name and a stable `status_key`), received and "
+        "appointment dates (ISO 8601, Vietnam's time), working days late, and what it waits for from the citizen "
+        "(`supplement`, `payment` — with the pay link of the fee to pay —, `collection` of the result).",
+    )
+    def my_dossiers(
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        return rt().citizen_dossiers.dossiers(citizen(token), limit=limit, per_minute=settings.citizen_views_per_minute)
+
+    @app.get(
+        "/v1/citizens/me/dossiers/{code}",
+        tags=["dossiers"],
+        summary="One of my dossiers: its steps, fees, payments and results (tra cứu hồ sơ)",
+        description="As in the list, with the history the citizen can follow (each change of status, each "
+        "processing step: when, the handling unit, what was done), the fees, the payments (a pending one with its "
+        "pay link), and the results issued (title, number, dates, link). Another citizen's dossier and an unknown "
+        "code are answered alike: 404 `dossier_not_found`.",
+    )
+    def my_dossier(
+        code: Annotated[str, Path(max_length=64)],
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+    ) -> dict[str, Any]:
+        return rt().citizen_dossiers.dossier(citizen(token), code, per_minute=settings.citizen_views_per_minute)
+
     @app.post(
         "/v1/signatures/verify",
         tags=["signatures"],

@@ -324,6 +324,11 @@ class DossierService:
     def subject_hmac(self, personal_id: str) -> str:
         return subject_hmac(self._secret, personal_id)
 
+    def _owner_hmac(self, data: dict[str, Any]) -> str | None:
+        """The HMAC of the dossier owner's ID number (SoGiayToChuHoSo), by which their dossiers are found."""
+        owner = data.get("SoGiayToChuHoSo")
+        return self.subject_hmac(str(owner)) if owner else None
+
     # -- commands --------------------------------------------------------------------------------------------
 
     def sync_dossier(
@@ -720,7 +725,6 @@ class DossierService:
             if not whole:
                 raise NotFound(f"dossier {code} is unknown to hub: sync it first", code="dossier_not_found")
             check_transition(None, new_status)
-            owner_id = data.get("SoGiayToChuHoSo")
             seq = 1
             dossier_id: Any = writes.insert_dossier(
                 code,
@@ -729,7 +733,7 @@ class DossierService:
                     "procedure_code": data["MaTTHC"],
                     "status": int(new_status),
                     "last_seq": seq,
-                    "subject_hmac": self.subject_hmac(owner_id) if owner_id else None,
+                    "subject_hmac": self._owner_hmac(data),
                     "data": data,
                     "due_at": _due_at(data),
                     "created_at": now,
@@ -779,6 +783,9 @@ class DossierService:
                     "last_seq": seq,
                     "due_at": _due_at(stored),
                     "updated_at": now,
+                    # a corrected owner ID moves the dossier to its owner (the console's search, the citizen's own
+                    # view); under the current key after a rotation
+                    "subject_hmac": self._owner_hmac(stored),
                 },
             )
         writes.dossiers[code] = _Row(dossier_id, int(new_status), seq, procedure_code, stored)

@@ -32,7 +32,7 @@ from hub.domain.privacy import same_text, subject_hmac, subject_hmacs
 from hub.logs import spent
 from hub.services.audit import ACCESS_LOG_INQUIRY, DATA_SUBJECT_ACCESS, Access, AccessLog
 from hub.services.population_cache import PopulationCache
-from hub.services.quota import Quota, retry_after
+from hub.services.quota import Quota, citizen_turn, retry_after
 from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
 from hub.store import db
@@ -515,14 +515,7 @@ class PrefillService:
             return {"consent_ref": ref, "revoked_at": consent.revoked_at.isoformat()}
 
     def _citizen_turn(self, subject: str, per_minute: int | None) -> None:
-        """One of a signed-in citizen's requests about their data (usage, consents, withdrawals): past `per_minute`
-        of them a minute (one bucket per citizen, keyed by the ID's HMAC), 429 — nothing read, nothing written."""
-        if per_minute is not None and self.quota is not None:
-            wait = self.quota.take(f"citizen:{subject}", per_minute)
-            if wait is not None:
-                raise TooManyRequests(
-                    f"more than {per_minute} requests about your data in a minute", retry_after=retry_after(wait)
-                )
+        citizen_turn(self.quota, subject, per_minute)
 
     def consents_of(self, personal_id: str, *, per_minute: int | None = None) -> list[dict[str, Any]]:
         """A citizen's consents, newest first, as the citizen sees them (signed in): who holds each, for what,

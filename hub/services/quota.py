@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Any, Protocol
 
+from hub.domain.errors import TooManyRequests
+
 log = logging.getLogger("hub.quota")
 
 # KEYS[1]: the bucket; ARGV: tokens per second, capacity. Returns {1, 0} when a token was taken, else {0, ms to wait}.
@@ -133,6 +135,18 @@ class RedisQuota:
             if loop.is_running():  # from another thread: the loop closes its own connection
                 asyncio.run_coroutine_threadsafe(conn.aclose(), loop)
         self._async.clear()
+
+
+def citizen_turn(quota: Quota | None, subject: str, per_minute: int | None) -> None:
+    """One of a signed-in citizen's requests about their data (usage, consents, withdrawals, dossiers): past
+    `per_minute` of them a minute (one bucket per citizen, keyed by the ID's HMAC), 429 — nothing read, nothing
+    written."""
+    if per_minute is not None and quota is not None:
+        wait = quota.take(f"citizen:{subject}", per_minute)
+        if wait is not None:
+            raise TooManyRequests(
+                f"more than {per_minute} requests about your data in a minute", retry_after=retry_after(wait)
+            )
 
 
 def retry_after(seconds: float) -> int:

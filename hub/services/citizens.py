@@ -1,0 +1,205 @@
+"""What a citizen, signed in, sees of their own dossiers (tra cứu hồ sơ): the dossiers whose owner's ID number
+(SoGiayToChuHoSo) is theirs, each with its status, appointment date and whether it is late, what it waits for
+from them (documents to supplement, a fee to pay, with the pay link), its steps and its results.
+
+A dossier is the citizen's when its owner's ID HMAC (under any of hub's keys, ADR 0034) is one of theirs; another's
+dossier and an unknown code are answered alike (404), so a code cannot be probed. What the citizen sees is chosen,
+not the dossier as the agencies exchange it: no delivery state, no client system, no officer's name (the handling
+unit, what was done, and when), no contact details."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.domain.calendar import WorkingCalendar
+from hub.domain.dates import VN_TZ, parse_national, utcnow
+from hub.domain.errors import DomainError, NotFound
+from hub.domain.identifiers import usable_link
+from hub.domain.privacy import subject_hmacs
+from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus
+from hub.services.quota import Quota, citizen_turn
+from hub.store.db import reading_session
+from hub.store.models import Dossier, Payment, StatusEvent
+
+# what the dossier waits for from its owner, by its status
+WAITING_FOR = {
+    DossierStatus.SUPPLEMENT_REQUESTED: "supplement",  # documents to add
+    DossierStatus.PAYMENT_REQUESTED: "payment",  # a fee to pay
+    DossierStatus.PROCESSED: "collection",  # the result, ready to be collected or sent
+}
+KINDS = {"dossier.sync": "status", "dossier.downflow": "status", "dossier.progress": "step"}
+
+
+class CitizenDossiers:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        secret_keys: Sequence[bytes],
+        calendar: WorkingCalendar,
+        quota: Quota | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self._secrets = list(secret_keys)
+        self.calendar = calendar
+        self.quota = quota
+
+    def _subjects(self, personal_id: str, per_minute: int | None) -> list[str]:
+        subjects = subject_hmacs(self._secrets, personal_id)
+        citizen_turn(self.quota, subjects[0], per_minute)
+        return subjects
+
+    def dossiers(self, personal_id: str, *, limit: int = 50, per_minute: int | None = None) -> dict[str, Any]:
+        """The citizen's dossiers, the latest changed first (at most `limit`; `total` says how many there are)."""
+        from sqlalchemy import func
+
+        subjects = self._subjects(personal_id, per_minute)
+        mine = Dossier.subject_hmac.in_(subjects)
+        with reading_session(self.sessions) as s:
+            total = s.scalar(select(func.count()).select_from(Dossier).where(mine)) or 0
+            rows = s.scalars(
+                select(Dossier).where(mine).order_by(Dossier.updated_at.desc(), Dossier.id.desc()).limit(limit)
+            ).all()
+            pending = self._pending_payments(s, [d.code for d in rows])
+            today = utcnow().astimezone(VN_TZ).date()
+            items = [self._summary(d, today, pending.get(d.code)) for d in rows]
+        return {"total": int(total), "count": len(items), "items": items}
+
+    def dossier(self, personal_id: str, code: str, *, per_minute: int | None = None) -> dict[str, Any]:
+        """One of the citizen's dossiers in full: its summary, steps, fees, payments and results."""
+        subjects = self._subjects(personal_id, per_minute)
+        with reading_session(self.sessions) as s:
+            d = s.scalar(select(Dossier).where(Dossier.code == code[:64], Dossier.subject_hmac.in_(subjects)))
+            if d is None:
+                raise NotFound(f"you have no dossier {code[:80]!r}", code="dossier_not_found")
+            payments = s.scalars(
+                select(Payment).where(Payment.dossier_code == d.code).order_by(Payment.created_at, Payment.id)
+            ).all()
+            pending = next((p for p in reversed(payments) if p.status == "pending"), None)
+            today = utcnow().astimezone(VN_TZ).date()
+            events = s.scalars(select(StatusEvent).where(StatusEvent.dossier_id == d.id).order_by(StatusEvent.seq))
+            data = d.data
+            return {
+                **self._summary(d, today, pending),
+                "TrichYeuHoSo": data.get("TrichYeuHoSo"),
+                "KenhThucHien": data.get("KenhThucHien"),
+                "NgayKetThucXuLy": _date(data.get("NgayKetThucXuLy")),
+                "history": _history(events),
+                "fees": [
+                    {"name": f.get("TenPhiLePhi"), "amount": f.get("Gia")}
+                    for f in data.get("DanhSachLePhi") or []
+                    if isinstance(f, dict)
+                ],
+                "payments": [_payment(p) for p in payments],
+                "results": _results(data.get("DanhSachGiayToKetQua") or []),
+            }
+
+    @staticmethod
+    def _pending_payments(s: Session, codes: Sequence[str]) -> dict[str, Payment]:
+        if not codes:
+            return {}
+        latest: dict[str, Payment] = {}
+        for p in s.scalars(
+            select(Payment)
+            .where(Payment.dossier_code.in_(codes), Payment.status == "pending")
+            .order_by(Payment.created_at, Payment.id)
+        ):
+            latest[p.dossier_code] = p  # the newest pending one of a dossier
+        return latest
+
+    def _summary(self, d: Dossier, today: date, pending: Payment | None) -> dict[str, Any]:
+        status = DossierStatus(d.status)
+        data = d.data
+        late = None
+        if d.due_at is not None and status not in TERMINAL and status != DossierStatus.PROCESSED:
+            due = d.due_at.astimezone(VN_TZ).date()
+            late = self.calendar.working_days_between(due, today) if due < today else 0
+        waiting = WAITING_FOR.get(status)
+        return {
+            "MaHoSo": d.code,
+            "MaTTHC": d.procedure_code,
+            "TenTTHC": data.get("TenTTHC"),
+            "agency": d.agency,
+            "DonViXuLy": data.get("DonViXuLy"),
+            "TrangThaiHoSo": int(status),
+            "status_name": VIETNAMESE_NAMES[status],
+            "status_key": status.name.lower(),
+            "NgayTiepNhan": _date(data.get("NgayTiepNhan")),
+            "NgayHenTra": _date(data.get("NgayHenTra")),
+            "NgayTra": _date(data.get("NgayTra")),
+            "overdue_working_days": late,
+            "waiting_for": waiting,
+            "payment": None if waiting != "payment" or pending is None else _payment(pending),
+            "updated_at": d.updated_at.isoformat(),
+        }
+
+
+def _date(value: Any) -> str | None:
+    """A national date (yyyyMMddHHmmss, Vietnam's time) as ISO 8601 with its offset; None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_national(value).isoformat()
+    except (DomainError, ValueError):
+        return None
+
+
+def _history(events: Any) -> list[dict[str, Any]]:
+    """The steps the citizen can follow: each change of status, each processing step (its unit and what was done;
+    not the officer's name), a pay link given up. A correction of details that left the status as it was is left
+    out."""
+    out: list[dict[str, Any]] = []
+    for e in events:
+        kind = KINDS.get(e.kind)
+        payload = e.payload if isinstance(e.payload, dict) else {}
+        if kind == "status" and e.previous_status == e.status:
+            continue
+        item: dict[str, Any] = {
+            "at": e.created_at.isoformat(),
+            "kind": kind or e.kind.replace(".", "_"),
+            "TrangThaiHoSo": e.status,
+            "status_name": VIETNAMESE_NAMES[DossierStatus(e.status)],
+        }
+        if kind == "step":
+            item["at"] = _date(payload.get("ThoiDiemXuLy")) or item["at"]
+            item["unit"] = payload.get("PhongBanXuLy")
+            item["note"] = payload.get("NoiDungXuLy")
+        elif e.kind == "payment.expired":
+            item["amount"] = payload.get("amount")
+        out.append(item)
+    return out
+
+
+def _payment(p: Payment) -> dict[str, Any]:
+    return {
+        "reference": p.reference,
+        "amount": p.amount,
+        "currency": p.currency,
+        "state": p.status,
+        "created_at": p.created_at.isoformat(),
+        "paid_at": p.paid_at.isoformat() if p.paid_at else None,
+        "pay_url": p.pay_url if p.status == "pending" else None,
+    }
+
+
+def _results(items: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        link = item.get("DuongDanTaiLieu")
+        out.append(
+            {
+                "title": item.get("TenGiayTo") or item.get("LoaiGiayTo"),
+                "number": item.get("SoHieu"),
+                "issued_at": _date(item.get("NgayCap")),
+                "valid_until": _date(item.get("HieuLucDen")),
+                "link": link if isinstance(link, str) and usable_link(link) else None,
+            }
+        )
+    return out
