@@ -127,6 +127,7 @@ def run_demo(count: int, out: Console) -> int:
         rng = random.Random(20241015)
         codes: list[str] = []
         walks: dict[str, list[tuple[int, str]]] = {}
+        owners: dict[str, str] = {}
         for i in range(count):
             walk = WALKS[i % len(WALKS)]
             start_status = 1 if walk[0][0] in (3, 7) else 2
@@ -138,6 +139,7 @@ def run_demo(count: int, out: Console) -> int:
             r.raise_for_status()
             codes.append(dossier["MaHoSo"])
             walks[dossier["MaHoSo"]] = walk
+            owners[dossier["MaHoSo"]] = dossier["SoGiayToChuHoSo"]
             out.print(f"filed  {dossier['MaHoSo']}  {dossier['TenTTHC']}  → event {r.json()['event_id'][:8]}…")
         _step_all(client, codes, walks, 0, out)
         out.print("[yellow]injecting a 3-second national portal outage[/yellow]")
@@ -149,6 +151,8 @@ def run_demo(count: int, out: Console) -> int:
         retried = control.get("/_sandbox/received", params={"outcome": "applied"}).json()["count"]
         out.print(f"portal applied {retried} messages; during the outage hub kept them and retried with backoff.")
         _notifications(out, sms.url)
+        paid = next((c for c in codes if any(status == PAY for status, _ in walks[c])), codes[0])
+        _my_dossiers(out, api.url, trust.url, owners[paid])
         citizen = _prefill(out, client, people.url)
         _my_data(out, api.url, trust.url, citizen)
         _signed_document(out, client, codes[0], exchange.url, runtime)
@@ -230,6 +234,23 @@ def _my_data(out: Console, api_url: str, idp_url: str, personal_id: str) -> None
         out.print(
             f"the citizen, signed in, sees: {use['at'][:19]} agency {use['agency']} ({use['client']}, officer "
             f"{use['officer']}) read {len(use['fields'])} fields as {use['as']} for {use['purpose']} — {use['outcome']}"
+        )
+
+
+def _my_dossiers(out: Console, api_url: str, idp_url: str, personal_id: str) -> None:
+    """A dossier's owner signs in and looks their dossiers up (tra cứu hồ sơ), as a provincial portal's page would."""
+    token = httpx.post(f"{idp_url}/_sandbox/idp/token", json={"subject_id": personal_id}).json()["id_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    r = httpx.get(f"{api_url}/v1/citizens/me/dossiers", headers=auth)
+    r.raise_for_status()
+    for item in r.json()["items"]:
+        one = httpx.get(f"{api_url}/v1/citizens/me/dossiers/{item['MaHoSo']}", headers=auth).json()
+        paid = [p for p in one["payments"] if p["state"] == "paid"]
+        out.print(
+            f"its owner, signed in, looks it up: {item['MaHoSo']} {item['TenTTHC']} — {item['status_name']}, "
+            f"{len(one['history'])} steps"
+            + (f", fee {paid[0]['amount']:,} VND paid {paid[0]['paid_at'][:19]}" if paid else "")
+            + (f", waiting for {item['waiting_for']}" if item["waiting_for"] else "")
         )
 
 

@@ -89,6 +89,7 @@ def test_a_signed_in_citizen_follows_their_dossiers_and_pays_the_fee_asked(hub: 
         time.sleep(0.05)
     assert now["waiting_for"] is None and now["payment"] is None
     assert [(p["state"], p["pay_url"]) for p in now["payments"]] == [("paid", None)]
+    assert now["payments"][0]["paid_at"].endswith("+07:00") and now["updated_at"].endswith("+07:00")
 
     # another's dossier and one that does not exist are answered alike; nobody signed in: 401
     for code in (theirs["MaHoSo"], "000.00.17.H56-991231-9999"):

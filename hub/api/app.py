@@ -702,8 +702,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). The dossiers "
         "whose owner (SoGiayToChuHoSo) is the citizen, the latest changed first (`total`: how many in all): "
         "procedure, agency, status (`TrangThaiHoSo`, its Vietnamese name and a stable `status_key`), received and "
-        "appointment dates (ISO 8601, Vietnam's time), working days late, and what it waits for from the citizen "
-        "(`supplement`, `payment` — with the pay link of the fee to pay —, `collection` of the result).",
+        "appointment dates (every time ISO 8601 in Vietnam's time, +07:00), working days late, and what it waits "
+        "for from the citizen (`supplement`, `payment` — with the pay link of the fee to pay —, `collection` of "
+        "the result).",
     )
     def my_dossiers(
         token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,

@@ -10,7 +10,7 @@ unit, what was done, and when), no contact details."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -135,8 +135,13 @@ class CitizenDossiers:
             "overdue_working_days": late,
             "waiting_for": waiting,
             "payment": None if waiting != "payment" or pending is None else _payment(pending),
-            "updated_at": d.updated_at.isoformat(),
+            "updated_at": _local(d.updated_at),
         }
+
+
+def _local(moment: datetime) -> str:
+    """An instant as the citizen reads it: ISO 8601 in Vietnam's time (+07:00), as the national dates are."""
+    return moment.astimezone(VN_TZ).isoformat()
 
 
 def _date(value: Any) -> str | None:
@@ -160,7 +165,7 @@ def _history(events: Any) -> list[dict[str, Any]]:
         if kind == "status" and e.previous_status == e.status:
             continue
         item: dict[str, Any] = {
-            "at": e.created_at.isoformat(),
+            "at": _local(e.created_at),
             "kind": kind or e.kind.replace(".", "_"),
             "TrangThaiHoSo": e.status,
             "status_name": VIETNAMESE_NAMES[DossierStatus(e.status)],
@@ -181,8 +186,8 @@ def _payment(p: Payment) -> dict[str, Any]:
         "amount": p.amount,
         "currency": p.currency,
         "state": p.status,
-        "created_at": p.created_at.isoformat(),
-        "paid_at": p.paid_at.isoformat() if p.paid_at else None,
+        "created_at": _local(p.created_at),
+        "paid_at": _local(p.paid_at) if p.paid_at else None,
         "pay_url": p.pay_url if p.status == "pending" else None,
     }
 
