@@ -218,6 +218,24 @@ def test_malformed_json_and_wrong_shapes(hub: Hub) -> None:
     assert_problem(hub.http.post("/v1/dossiers", content=huge_number, headers=headers), 400, "malformed_json")
 
 
+def test_a_nul_in_the_url_is_400_not_a_database_error(hub: Hub) -> None:
+    """PostgreSQL takes no NUL in a string: a path parameter or query value holding one (`%00`) reached the query
+    and came back 500 (a payment's reference, a consent's). Now it is refused before anything runs."""
+    code = dossier(13)["MaHoSo"]
+    for method, path in (
+        ("GET", "/v1/payments/PAY%00X"),
+        ("GET", "/v1/payments/PAY%00X/receipt"),
+        ("POST", "/v1/consents/cs-%00/revoke"),
+        ("GET", f"/v1/dossiers/{code}%00"),
+        ("GET", "/v1/dossiers?overdue=true&limit=%00"),
+        ("GET", "/v1/forms?x=%00"),
+    ):
+        r = hub.http.request(method, path)
+        assert_problem(r, 400, "nul_in_url")
+        assert "%00" in r.json()["detail"]
+    assert hub.http.get("/v1/payments/PAY-none").json()["code"] == "payment_not_found"  # without one: as before
+
+
 def test_a_body_not_sent_as_json_is_415_saying_so(hub: Hub) -> None:
     """`curl -d` sends a form unless told otherwise: the client learns what to send, and nothing is written."""
     body = json.dumps(step(dossier(12)["MaHoSo"], 4)).encode()

@@ -18,6 +18,7 @@ from hub.logs import correlation_id, timings
 
 COMPRESSED = frozenset({b"gzip", b"x-gzip", b"deflate", b"br", b"compress", b"x-compress", b"zstd"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
+_NUL = re.compile(rb"%00|\x00")
 
 
 def _problem_bytes(status: int, code: str, detail: str) -> bytes:
@@ -81,6 +82,11 @@ class BodyLimitAndCorrelation:
         limit = self.max_document if documents else self.max_body
         private = scope["path"].startswith("/v1/")  # API answers: no copy in a shared cache unless one says so
         try:
+            if "\x00" in scope["path"] or _NUL.search(scope.get("query_string") or b""):
+                # no path or parameter of hub takes a NUL; PostgreSQL would refuse it in a query (a 500)
+                detail = "the URL holds a NUL character (%00): no path or parameter of hub takes one"
+                await self._reject(scope, send, cid, record, started, 400, "nul_in_url", detail)
+                return
             coding = headers.get(b"content-encoding", b"").strip().lower()
             if coding and set(coding.replace(b" ", b"").split(b",")) & COMPRESSED:
                 # a compressed body: refused before it is read (RFC 9110 15.5.16); a misused "Content-Encoding:
