@@ -40,6 +40,15 @@ def as_citizen(hub: Hub, token: str | None, path: str = "") -> httpx.Response:
     return httpx.get(f"{hub.server.url}/v1/citizens/me/dossiers{path}", headers=headers, timeout=10)
 
 
+def documented(hub: Hub, model: str, answer: dict[str, Any]) -> None:
+    """The answer is what the OpenAPI document says it is, for portals' clients generated from it."""
+    from jsonschema import Draft202012Validator
+
+    spec = hub.http.get("/openapi.json").json()
+    schema = Draft202012Validator({"$ref": f"#/components/schemas/{model}", "components": spec["components"]})
+    assert list(schema.iter_errors(answer)) == []
+
+
 def progress(hub: Hub, code: str, *statuses: int) -> None:
     for status in statuses:
         r = hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status, f"Chuyển sang bước {status}"))
@@ -73,6 +82,8 @@ def test_a_signed_in_citizen_follows_their_dossiers_and_pays_the_fee_asked(hub: 
     detail = as_citizen(hub, mine, f"/{extract['MaHoSo']}")
     assert detail.status_code == 200
     body = detail.json()
+    documented(hub, "CitizenDossier", body)
+    documented(hub, "CitizenDossierList", as_citizen(hub, mine).json())
     assert [(h["kind"], h["TrangThaiHoSo"]) for h in body["history"]] == [("status", 2), ("step", 4), ("step", 6)]
     assert (
         body["history"][2]["unit"] == "Bộ phận Tư pháp - Hộ tịch" and body["history"][2]["note"] == "Chuyển sang bước 6"
@@ -138,7 +149,9 @@ def test_late_dossiers_and_results_as_the_citizen_sees_them(hub: Hub, trust: Tru
     assert (
         items[done["MaHoSo"]]["waiting_for"] == "collection" and items[done["MaHoSo"]]["overdue_working_days"] is None
     )
-    shown = as_citizen(hub, mine, f"/{done['MaHoSo']}").json()["results"]
+    ready_detail = as_citizen(hub, mine, f"/{done['MaHoSo']}").json()
+    documented(hub, "CitizenDossier", ready_detail)
+    shown = ready_detail["results"]
     assert [(x["number"], x["link"]) for x in shown] == [
         ("TL-01", "https://motcua.example.gov.vn/kq/TL-01.pdf"), ("TL-02", None)
     ]  # fmt: skip

@@ -32,6 +32,7 @@ from hub.domain.errors import DomainError
 from hub.logs import correlation_id
 from hub.runtime import Runtime
 from hub.services import prefill as prefill_forms
+from hub.services.citizens import CitizenDossier, CitizenDossierList
 from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, FormListed, FormOut, PrefillIn, PrefillOut, SubjectIn
 from hub.services.schemas import (
@@ -697,6 +698,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get(
         "/v1/citizens/me/dossiers",
+        responses={200: {"model": CitizenDossierList}},
         tags=["dossiers"],
         summary="My dossiers: for the citizen, signed in — each one's status, appointment date, what it waits for",
         description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). The dossiers "
@@ -714,6 +716,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get(
         "/v1/citizens/me/dossiers/{code}",
+        responses={200: {"model": CitizenDossier}},
         tags=["dossiers"],
         summary="One of my dossiers: its steps, fees, payments and results (tra cứu hồ sơ)",
         description="As in the list, with the history the citizen can follow (each change of status, each "

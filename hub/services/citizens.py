@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +26,91 @@ from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus
 from hub.services.quota import Quota, citizen_turn
 from hub.store.db import reading_session
 from hub.store.models import Dossier, Payment, StatusEvent
+
+
+class CitizenPayment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reference: str
+    amount: int = Field(description="whole đồng")
+    currency: str
+    state: Literal["pending", "paid", "failed", "expired"]
+    created_at: str
+    paid_at: str | None
+    pay_url: str | None = Field(description="where to pay: while the payment is pending only")
+
+
+class CitizenDossierSummary(BaseModel):
+    """One of the citizen's dossiers in their list. Times: ISO 8601 in Vietnam's time (+07:00)."""
+
+    model_config = ConfigDict(extra="forbid")
+    MaHoSo: str
+    MaTTHC: str
+    TenTTHC: str | None
+    agency: str
+    DonViXuLy: str | None = Field(description="the unit handling it")
+    TrangThaiHoSo: int = Field(ge=1, le=10)
+    status_name: str = Field(description="the status's Vietnamese name, as the national portal shows it")
+    status_key: Literal[
+        "new", "accepted", "refused", "processing", "supplement_requested", "payment_requested", "withdrawn",
+        "stopped", "processed", "result_returned",
+    ]  # fmt: skip
+    NgayTiepNhan: str | None = Field(description="received")
+    NgayHenTra: str | None = Field(description="the appointment date for the result")
+    NgayTra: str | None = Field(description="the result returned")
+    overdue_working_days: int | None = Field(
+        description="working days past NgayHenTra (0: not late); None once the result is ready or the dossier closed"
+    )
+    waiting_for: Literal["supplement", "payment", "collection"] | None = Field(
+        description="what it waits for from the citizen: documents to supplement, a fee to pay, the result to collect"
+    )
+    payment: CitizenPayment | None = Field(description="the fee to pay, when it waits for a payment and one is made")
+    updated_at: str
+
+
+class CitizenDossierList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    total: int = Field(description="how many dossiers the citizen has")
+    count: int
+    items: list[CitizenDossierSummary]
+
+
+class CitizenStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at: str
+    kind: str = Field(description="`status` (a change of status), `step` (a processing step), `payment_expired`")
+    TrangThaiHoSo: int
+    status_name: str
+    unit: str | None = Field(default=None, description="a step's handling unit (PhongBanXuLy)")
+    note: str | None = Field(default=None, description="what was done (NoiDungXuLy)")
+    amount: int | None = Field(default=None, description="a pay link given up: its amount")
+
+
+class CitizenFee(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None
+    amount: int | None = Field(description="whole đồng")
+
+
+class CitizenResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str | None
+    number: str | None
+    issued_at: str | None
+    valid_until: str | None
+    link: str | None = Field(description="where to fetch it; only a web address, a URN or a plain identifier")
+
+
+class CitizenDossier(CitizenDossierSummary):
+    """One of the citizen's dossiers in full."""
+
+    TrichYeuHoSo: str | None = Field(description="the dossier's summary as filed")
+    KenhThucHien: int | None = Field(description="1 in person, 2 online, 3 postal")
+    NgayKetThucXuLy: str | None
+    history: list[CitizenStep]
+    fees: list[CitizenFee]
+    payments: list[CitizenPayment]
+    results: list[CitizenResult]
+
 
 # what the dossier waits for from its owner, by its status
 WAITING_FOR = {
@@ -86,12 +172,12 @@ class CitizenDossiers:
             data = d.data
             return {
                 **self._summary(d, today, pending),
-                "TrichYeuHoSo": data.get("TrichYeuHoSo"),
-                "KenhThucHien": data.get("KenhThucHien"),
+                "TrichYeuHoSo": _text(data.get("TrichYeuHoSo")),
+                "KenhThucHien": _number(data.get("KenhThucHien")),
                 "NgayKetThucXuLy": _date(data.get("NgayKetThucXuLy")),
                 "history": _history(events),
                 "fees": [
-                    {"name": f.get("TenPhiLePhi"), "amount": f.get("Gia")}
+                    {"name": _text(f.get("TenPhiLePhi")), "amount": _number(f.get("Gia"))}
                     for f in data.get("DanhSachLePhi") or []
                     if isinstance(f, dict)
                 ],
@@ -123,9 +209,9 @@ class CitizenDossiers:
         return {
             "MaHoSo": d.code,
             "MaTTHC": d.procedure_code,
-            "TenTTHC": data.get("TenTTHC"),
+            "TenTTHC": _text(data.get("TenTTHC")),
             "agency": d.agency,
-            "DonViXuLy": data.get("DonViXuLy"),
+            "DonViXuLy": _text(data.get("DonViXuLy")),
             "TrangThaiHoSo": int(status),
             "status_name": VIETNAMESE_NAMES[status],
             "status_key": status.name.lower(),
@@ -137,6 +223,15 @@ class CitizenDossiers:
             "payment": None if waiting != "payment" or pending is None else _payment(pending),
             "updated_at": _local(d.updated_at),
         }
+
+
+def _text(value: Any) -> str | None:
+    """A text field of the dossier as documented (a client system's free-form lists may hold anything)."""
+    return value if isinstance(value, str) else None
+
+
+def _number(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _local(moment: datetime) -> str:
@@ -172,10 +267,10 @@ def _history(events: Any) -> list[dict[str, Any]]:
         }
         if kind == "step":
             item["at"] = _date(payload.get("ThoiDiemXuLy")) or item["at"]
-            item["unit"] = payload.get("PhongBanXuLy")
-            item["note"] = payload.get("NoiDungXuLy")
+            item["unit"] = _text(payload.get("PhongBanXuLy"))
+            item["note"] = _text(payload.get("NoiDungXuLy"))
         elif e.kind == "payment.expired":
-            item["amount"] = payload.get("amount")
+            item["amount"] = _number(payload.get("amount"))
         out.append(item)
     return out
 
@@ -200,8 +295,8 @@ def _results(items: list[Any]) -> list[dict[str, Any]]:
         link = item.get("DuongDanTaiLieu")
         out.append(
             {
-                "title": item.get("TenGiayTo") or item.get("LoaiGiayTo"),
-                "number": item.get("SoHieu"),
+                "title": _text(item.get("TenGiayTo")) or _text(item.get("LoaiGiayTo")),
+                "number": _text(item.get("SoHieu")),
                 "issued_at": _date(item.get("NgayCap")),
                 "valid_until": _date(item.get("HieuLucDen")),
                 "link": link if isinstance(link, str) and usable_link(link) else None,
