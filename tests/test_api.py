@@ -4,6 +4,7 @@ history with delivery state, and problem+json for every kind of bad input (never
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -147,6 +148,12 @@ def test_new_dossier_must_start_as_new_or_accepted(hub: Hub) -> None:
     assert rows(hub)["dossiers"] == 0
 
 
+def _day_before(national: str) -> str:
+    from hub.domain.dates import format_national, parse_national
+
+    return format_national(parse_national(national) - timedelta(days=1))
+
+
 @pytest.mark.parametrize(
     ("mutate", "code"),
     [
@@ -157,6 +164,10 @@ def test_new_dossier_must_start_as_new_or_accepted(hub: Hub) -> None:
         (lambda d: d.update(NgayTiepNhan="2024-10-15"), "invalid_date"),
         (lambda d: d.update(NgayTiepNhan="20241399083000"), "invalid_date"),
         (lambda d: d.update(NgayHenTra="00010101000000"), "invalid_date"),  # at +07:00, before UTC's year 1
+        # an appointment (or result, or end of processing) a day before the dossier was received
+        (lambda d: d.update(NgayHenTra=_day_before(d["NgayTiepNhan"])), "date_before_receipt"),
+        (lambda d: d.update(NgayTra=f"{int(d['NgayTiepNhan'][:4]) - 1}0101080000"), "date_before_receipt"),
+        (lambda d: d.update(NgayKetThucXuLy="20000101000000"), "date_before_receipt"),
         (lambda d: d.update(TrangThaiHoSo=11), "invalid_status"),
         (lambda d: d.pop("ChuHoSo"), "missing_field"),
         (lambda d: d.update(KenhThucHien="online"), "validation_error"),

@@ -49,14 +49,15 @@ def test_deployment_can_add_days_off_and_make_up_days() -> None:
 def test_overdue_dossiers_are_listed_for_the_clients_agencies(hub_factory: HubFactory, creds: Creds) -> None:
     hub: Hub = hub_factory(start_worker=False)
     now = datetime.now(UTC)
-    late = dossier(1, NgayHenTra=format_national(now - timedelta(days=10)))
-    on_time = dossier(2, NgayHenTra=format_national(now + timedelta(days=10)))
-    done = dossier(3, NgayHenTra=format_national(now - timedelta(days=10)))
+    filed = format_national(now - timedelta(days=20))
+    late = dossier(1, NgayTiepNhan=filed, NgayHenTra=format_national(now - timedelta(days=10)))
+    on_time = dossier(2, NgayTiepNhan=filed, NgayHenTra=format_national(now + timedelta(days=10)))
+    done = dossier(3, NgayTiepNhan=filed, NgayHenTra=format_national(now - timedelta(days=10)))
     for d in (late, on_time, done):
         assert hub.http.post("/v1/dossiers", json=d).status_code == 202
     for s in (4, 9):
         hub.http.post(f"/v1/dossiers/{done['MaHoSo']}/progress", json=step(done["MaHoSo"], s))
-    other = dossier(4, agency=OTHER_AGENCY, NgayHenTra=format_national(now - timedelta(days=3)))
+    other = dossier(4, agency=OTHER_AGENCY, NgayTiepNhan=filed, NgayHenTra=format_national(now - timedelta(days=3)))
     other_client = {"X-API-Key": creds.other_key}
     assert hub.http.post("/v1/dossiers", json=other, headers=other_client).status_code == 202
     got = hub.http.get("/v1/dossiers", params={"overdue": "true"}).json()

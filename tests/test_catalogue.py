@@ -50,7 +50,7 @@ def test_appointment_date_is_derived_in_working_days_across_tet(hub_factory: Hub
         payload = s.scalars(select(OutboxMessage.payload)).one()
     assert payload["data"][0]["NgayHenTra"] == "20260225093000"
     # a given NgayHenTra is kept; an unknown procedure gets none
-    given = dossier(2, NgayHenTra="20260301080000")
+    given = dossier(2, NgayTiepNhan="20260213093000", NgayHenTra="20260301080000")
     hub.http.post("/v1/dossiers", json=given)
     assert hub.http.get(f"/v1/dossiers/{given['MaHoSo']}").json()["dossier"]["NgayHenTra"] == "20260301080000"
     unknown = dossier(3, MaTTHC="9.999999")

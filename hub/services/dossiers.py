@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, defer, sessionmaker
 
 from hub.domain.calendar import WorkingCalendar
 from hub.domain.dates import VN_TZ, format_national, parse_national, utcnow
-from hub.domain.errors import Conflict, DomainError, Forbidden, NotFound
+from hub.domain.errors import Conflict, DomainError, Forbidden, InvalidDate, NotFound
 from hub.domain.identifiers import DossierCode, dossier_code
 from hub.domain.privacy import subject_hmac
 from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus, check_transition, parse_status
@@ -342,6 +342,7 @@ class DossierService:
         self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
     ) -> _Command:
         data = dossier.national()
+        _dates_in_order(data)
         return self._command(
             client,
             "sync",
@@ -1008,6 +1009,27 @@ class DossierService:
             if dossier is None:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
             return describe(session, dossier)
+
+
+AFTER_RECEIPT = {
+    "NgayHenTra": "the appointment date for the result",
+    "NgayTra": "the date the result was returned",
+    "NgayKetThucXuLy": "the end of processing",
+}
+
+
+def _dates_in_order(data: dict[str, Any]) -> None:
+    """A one-stop system's dossier whose appointment (or result, or end of processing) falls on a day before it
+    was received: the citizen would be told a date already past, and the dossier counted late from its first day.
+    Refused, saying which date; compared by day (a system that keeps dates without the hour writes 000000)."""
+    received = str(data["NgayTiepNhan"])
+    for field, what in AFTER_RECEIPT.items():
+        value = data.get(field)
+        if value and str(value)[:8] < received[:8]:
+            raise InvalidDate(
+                f"{field} ({what}) {value} is a day before NgayTiepNhan (received) {received}",
+                code="date_before_receipt",
+            )
 
 
 def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
