@@ -156,3 +156,20 @@ def test_late_dossiers_and_results_as_the_citizen_sees_them(hub: Hub, trust: Tru
         ("TL-01", "https://motcua.example.gov.vn/kq/TL-01.pdf"), ("TL-02", None)
     ]  # fmt: skip
     assert shown[0]["issued_at"].endswith("+07:00")
+
+
+def test_a_dossier_waiting_for_a_supplement_says_what_was_asked(hub: Hub, trust: Trust) -> None:
+    """The citizen sees what to add in the agency's words (the step that asked), in the list and the dossier; once
+    the supplement is in and processing goes on, nothing is asked any more."""
+    d = dossier(7, SoGiayToChuHoSo=ME)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    wanted = "Yêu cầu bổ sung bản sao giấy chứng sinh có chứng thực"
+    r = hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 5, wanted))
+    assert r.status_code == 202
+    mine = citizen_token(trust, ME)
+    [listed] = as_citizen(hub, mine).json()["items"]
+    assert (listed["waiting_for"], listed["asked"]) == ("supplement", wanted)
+    assert as_citizen(hub, mine, f"/{d['MaHoSo']}").json()["asked"] == wanted
+    progress(hub, d["MaHoSo"], 4)
+    [now] = as_citizen(hub, mine).json()["items"]
+    assert (now["waiting_for"], now["asked"]) == (None, None)

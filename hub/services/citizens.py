@@ -64,6 +64,9 @@ class CitizenDossierSummary(BaseModel):
         description="what it waits for from the citizen: documents to supplement, a fee to pay, the result to collect"
     )
     payment: CitizenPayment | None = Field(description="the fee to pay, when it waits for a payment and one is made")
+    asked: str | None = Field(
+        description="when it waits for a supplement: what the agency asked for, in the words of the step that asked"
+    )
     updated_at: str
 
 
@@ -152,8 +155,9 @@ class CitizenDossiers:
                 select(Dossier).where(mine).order_by(Dossier.updated_at.desc(), Dossier.id.desc()).limit(limit)
             ).all()
             pending = self._pending_payments(s, [d.code for d in rows])
+            asked = self._asked(s, [d.id for d in rows if d.status == DossierStatus.SUPPLEMENT_REQUESTED])
             today = utcnow().astimezone(VN_TZ).date()
-            items = [self._summary(d, today, pending.get(d.code)) for d in rows]
+            items = [self._summary(d, today, pending.get(d.code), asked.get(d.id)) for d in rows]
         return {"total": int(total), "count": len(items), "items": items}
 
     def dossier(self, personal_id: str, code: str, *, per_minute: int | None = None) -> dict[str, Any]:
@@ -168,10 +172,13 @@ class CitizenDossiers:
             ).all()
             pending = next((p for p in reversed(payments) if p.status == "pending"), None)
             today = utcnow().astimezone(VN_TZ).date()
-            events = s.scalars(select(StatusEvent).where(StatusEvent.dossier_id == d.id).order_by(StatusEvent.seq))
+            events = s.scalars(
+                select(StatusEvent).where(StatusEvent.dossier_id == d.id).order_by(StatusEvent.seq)
+            ).all()
+            asked = _asked_in(events) if d.status == DossierStatus.SUPPLEMENT_REQUESTED else None
             data = d.data
             return {
-                **self._summary(d, today, pending),
+                **self._summary(d, today, pending, asked),
                 "TrichYeuHoSo": _text(data.get("TrichYeuHoSo")),
                 "KenhThucHien": _number(data.get("KenhThucHien")),
                 "NgayKetThucXuLy": _date(data.get("NgayKetThucXuLy")),
@@ -198,7 +205,22 @@ class CitizenDossiers:
             latest[p.dossier_code] = p  # the newest pending one of a dossier
         return latest
 
-    def _summary(self, d: Dossier, today: date, pending: Payment | None) -> dict[str, Any]:
+    @staticmethod
+    def _asked(s: Session, ids: Sequence[int]) -> dict[int, str]:
+        """For these dossiers waiting for a supplement: what the step that asked for it said, by dossier id."""
+        if not ids:
+            return {}
+        events = s.scalars(
+            select(StatusEvent)
+            .where(StatusEvent.dossier_id.in_(ids), StatusEvent.status == int(DossierStatus.SUPPLEMENT_REQUESTED))
+            .order_by(StatusEvent.dossier_id, StatusEvent.seq)
+        ).all()
+        by_dossier: dict[int, list[StatusEvent]] = {}
+        for e in events:
+            by_dossier.setdefault(e.dossier_id, []).append(e)
+        return {i: note for i, found in by_dossier.items() if (note := _asked_in(found)) is not None}
+
+    def _summary(self, d: Dossier, today: date, pending: Payment | None, asked: str | None) -> dict[str, Any]:
         status = DossierStatus(d.status)
         data = d.data
         late = None
@@ -221,8 +243,17 @@ class CitizenDossiers:
             "overdue_working_days": late,
             "waiting_for": waiting,
             "payment": None if waiting != "payment" or pending is None else _payment(pending),
+            "asked": asked if waiting == "supplement" else None,
             "updated_at": _local(d.updated_at),
         }
+
+
+def _asked_in(events: Sequence[StatusEvent]) -> str | None:
+    """What the latest processing step that asked for a supplement said (the documents to add), if one did."""
+    for e in reversed(events):
+        if e.kind == "dossier.progress" and e.status == DossierStatus.SUPPLEMENT_REQUESTED:
+            return _text(e.payload.get("NoiDungXuLy")) if isinstance(e.payload, dict) else None
+    return None
 
 
 def _text(value: Any) -> str | None:
