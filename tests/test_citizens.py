@@ -173,3 +173,33 @@ def test_a_dossier_waiting_for_a_supplement_says_what_was_asked(hub: Hub, trust:
     progress(hub, d["MaHoSo"], 4)
     [now] = as_citizen(hub, mine).json()["items"]
     assert (now["waiting_for"], now["asked"]) == (None, None)
+
+
+def test_a_signed_in_citizen_sees_the_documents_issued_to_them(hub: Hub, trust: Trust) -> None:
+    """The citizen's own store of results (once-only): those issued with their dossiers and those an agency
+    indexed, each saying whether it is still valid; nobody else's."""
+    d = dossier(8, SoGiayToChuHoSo=ME)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    progress(hub, d["MaHoSo"], 4)
+    issued = _national(datetime.now(UTC) - timedelta(days=1))
+    result = {"LoaiGiayTo": "trich_luc_khai_sinh", "TenGiayTo": "Trích lục khai sinh", "SoHieu": "TL-77",
+              "NgayCap": issued, "DuongDanTaiLieu": "javascript:alert(1)"}  # fmt: skip
+    assert hub.http.post("/v1/dossiers", json={**d, "TrangThaiHoSo": 9, "DanhSachGiayToKetQua": [result]}).is_success
+    expired = {
+        "holder_id": ME, "kind": "giay_xac_nhan_tinh_trang_hon_nhan", "title": "Giấy xác nhận tình trạng hôn nhân",
+        "number": "XN-01", "issuer": d["MaHoSo"].split("-")[0], "issued_at": "2025-01-02T09:00:00+07:00",
+        "valid_until": "2025-07-02T09:00:00+07:00", "reference": "https://motcua.example.gov.vn/kq/XN-01.pdf",
+    }  # fmt: skip
+    assert hub.http.post("/v1/documents", json=expired).status_code == 201
+    assert hub.http.post("/v1/documents", json={**expired, "holder_id": SOMEONE, "number": "XN-02"}).is_success
+    r = httpx.get(
+        f"{hub.server.url}/v1/citizens/me/documents", headers={"Authorization": f"Bearer {citizen_token(trust, ME)}"}
+    )
+    assert r.status_code == 200
+    body = r.json()
+    documented(hub, "CitizenDocumentList", body)
+    assert [(x["number"], x["valid"], x["reference"]) for x in body["items"]] == [
+        ("TL-77", True, f"dossier:{d['MaHoSo']}"),  # the unsafe link replaced by the dossier
+        ("XN-01", False, "https://motcua.example.gov.vn/kq/XN-01.pdf"),  # expired: no longer offered for reuse
+    ]
+    assert body["items"][0]["dossier_code"] == d["MaHoSo"] and body["items"][1]["valid_until"].endswith("+07:00")

@@ -32,7 +32,7 @@ from hub.domain.errors import DomainError
 from hub.logs import correlation_id
 from hub.runtime import Runtime
 from hub.services import prefill as prefill_forms
-from hub.services.citizens import CitizenDossier, CitizenDossierList
+from hub.services.citizens import CitizenDocumentList, CitizenDossier, CitizenDossierList
 from hub.services.payments import PaymentIn
 from hub.services.prefill import ConsentIn, DocumentIn, FormListed, FormOut, PrefillIn, PrefillOut, SubjectIn
 from hub.services.schemas import (
@@ -729,6 +729,21 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
     ) -> dict[str, Any]:
         return rt().citizen_dossiers.dossier(citizen(token), code, per_minute=settings.citizen_views_per_minute)
+
+    @app.get(
+        "/v1/citizens/me/documents",
+        responses={200: {"model": CitizenDocumentList}},
+        tags=["prefill"],
+        summary="My documents: for the citizen, signed in — the results issued to me that hub holds for reuse",
+        description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). The documents "
+        "issued to the citizen with their dossiers (extracts, certificates), the latest issued first, each with its "
+        "issuer, dates, where it can be fetched and whether it is still valid: what a pre-fill may offer for reuse "
+        "instead of a new upload, with the citizen's consent (the once-only principle).",
+    )
+    def my_documents(
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+    ) -> dict[str, Any]:
+        return rt().citizen_dossiers.documents(citizen(token), per_minute=settings.citizen_views_per_minute)
 
     @app.post(
         "/v1/signatures/verify",

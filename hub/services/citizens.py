@@ -25,7 +25,7 @@ from hub.domain.privacy import subject_hmacs
 from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus
 from hub.services.quota import Quota, citizen_turn
 from hub.store.db import reading_session
-from hub.store.models import Dossier, Payment, StatusEvent
+from hub.store.models import Document, Dossier, Payment, StatusEvent
 
 
 class CitizenPayment(BaseModel):
@@ -115,6 +115,25 @@ class CitizenDossier(CitizenDossierSummary):
     results: list[CitizenResult]
 
 
+class CitizenDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(description="e.g. giay_chung_nhan_ket_hon")
+    title: str
+    number: str
+    issuer: str = Field(description="the issuing agency's code")
+    dossier_code: str | None = Field(description="the dossier it was issued with")
+    issued_at: str
+    valid_until: str | None = Field(description="None: it does not expire")
+    valid: bool = Field(description="still valid now: what a pre-fill may offer for reuse, with the citizen's consent")
+    reference: str = Field(description="where it can be fetched")
+
+
+class CitizenDocumentList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    count: int
+    items: list[CitizenDocument]
+
+
 # what the dossier waits for from its owner, by its status
 WAITING_FOR = {
     DossierStatus.SUPPLEMENT_REQUESTED: "supplement",  # documents to add
@@ -191,6 +210,31 @@ class CitizenDossiers:
                 "payments": [_payment(p) for p in payments],
                 "results": _results(data.get("DanhSachGiayToKetQua") or []),
             }
+
+    def documents(self, personal_id: str, *, per_minute: int | None = None) -> dict[str, Any]:
+        """The documents issued to the citizen that hub holds for reuse (their results: extracts, certificates),
+        the latest issued first, each saying whether it is still valid — what a pre-fill may offer, with consent."""
+        subjects = self._subjects(personal_id, per_minute)
+        now = utcnow()
+        with reading_session(self.sessions) as s:
+            rows = s.scalars(
+                select(Document).where(Document.subject.in_(subjects)).order_by(Document.issued_at.desc(), Document.id)
+            ).all()
+            items = [
+                {
+                    "kind": d.kind,
+                    "title": d.title,
+                    "number": d.number,
+                    "issuer": d.issuer,
+                    "dossier_code": d.dossier_code,
+                    "issued_at": _local(d.issued_at),
+                    "valid_until": _local(d.valid_until) if d.valid_until else None,
+                    "valid": d.valid_until is None or d.valid_until > now,
+                    "reference": d.reference,
+                }
+                for d in rows
+            ]
+        return {"count": len(items), "items": items}
 
     @staticmethod
     def _pending_payments(s: Session, codes: Sequence[str]) -> dict[str, Payment]:
