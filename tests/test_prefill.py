@@ -1074,6 +1074,7 @@ def test_a_citizen_looping_on_their_consents_shares_the_same_limit(hub_factory: 
         ("POST", "/v1/citizens/me/consents/cs-none/withdraw"),
         ("GET", "/v1/citizens/me/dossiers"),  # their dossiers too
         ("GET", "/v1/citizens/me/dossiers/000.00.17.H56-241015-0007"),
+        ("GET", "/v1/citizens/me/documents"),
     ):
         refused = call(method, path, mine)
         assert refused.status_code == 429 and refused.json()["code"] == "rate_limited", refused.text
