@@ -241,6 +241,28 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "version": __version__,
         "description": "Relays dossiers and their status (TrangThaiHoSo) between provincial one-stop systems and the "
         "national public-service portal (DVCQG). Errors are application/problem+json with a stable `code`.",
+        "openapi_tags": [
+            {
+                "name": "dossiers",
+                "description": "The provincial one-stop system's dossiers and their progress, "
+                "relayed to the national portal in order, exactly once in effect (API key or access token)",
+            },
+            {"name": "down-flow", "description": "Dossiers filed on the national portal, relayed to the province"},
+            {
+                "name": "prefill",
+                "description": "E-forms pre-filled from the population database (once-only), "
+                "consents, documents for reuse, and who used a citizen's data (client systems)",
+            },
+            {
+                "name": "citizens",
+                "description": "For the citizen's own browser or app, signed in at VNeID / the "
+                "national portal (their ID token as the bearer token): their dossiers, documents, consents, and who "
+                "used their data",
+            },
+            {"name": "signatures", "description": "XML (XMLDSig, XAdES) and PDF (PAdES) signatures: verify, extend"},
+            {"name": "payments", "description": "Fee payments at the payment platform and its signed callbacks"},
+            {"name": "health", "description": "Liveness and readiness"},
+        ],
         "lifespan": lifespan,
     }
     if settings.api_docs:
@@ -636,7 +658,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get(
         "/v1/citizens/me/data-usage",
-        tags=["prefill"],
+        tags=["citizens"],
         summary="Who used my data: for the citizen, signed in at VNeID / the national portal",
         description="The bearer token is the citizen's ID token from the configured identity provider (OpenID "
         "Connect: signature, issuer, audience and lifetime are checked; the personal ID is read from "
@@ -671,7 +693,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get(
         "/v1/citizens/me/consents",
-        tags=["prefill"],
+        tags=["citizens"],
         summary="My consents: for the citizen, signed in — who may reuse my documents, for what, until when",
         description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). Newest first, "
         "each `active`, `expired` or `withdrawn`.",
@@ -684,7 +706,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.post(
         "/v1/citizens/me/consents/{ref}/withdraw",
-        tags=["prefill"],
+        tags=["citizens"],
         summary="I withdraw a consent: no pre-fill may use it from now on (the data subject's right)",
         description="Only the citizen's own consents; another's, or one that does not exist, is 404 "
         "`unknown_consent` alike. Withdrawing twice answers as the first time. The client system that collected the "
@@ -699,7 +721,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.get(
         "/v1/citizens/me/dossiers",
         responses={200: {"model": CitizenDossierList}},
-        tags=["dossiers"],
+        tags=["citizens"],
         summary="My dossiers: for the citizen, signed in — each one's status, appointment date, what it waits for",
         description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). The dossiers "
         "whose owner (SoGiayToChuHoSo) is the citizen, the latest changed first (`total`: how many in all): "
@@ -717,7 +739,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.get(
         "/v1/citizens/me/dossiers/{code}",
         responses={200: {"model": CitizenDossier}},
-        tags=["dossiers"],
+        tags=["citizens"],
         summary="One of my dossiers: its steps, fees, payments and results (tra cứu hồ sơ)",
         description="As in the list, with the history the citizen can follow (each change of status, each "
         "processing step: when, the handling unit, what was done), the fees, the payments (a pending one with its "
@@ -733,7 +755,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.get(
         "/v1/citizens/me/documents",
         responses={200: {"model": CitizenDocumentList}},
-        tags=["prefill"],
+        tags=["citizens"],
         summary="My documents: for the citizen, signed in — the results issued to me that hub holds for reuse",
         description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). The documents "
         "issued to the citizen with their dossiers (extracts, certificates), the latest issued first, each with its "
