@@ -1,7 +1,9 @@
 """Authentication benchmark: the same read (`GET /v1/dossiers/{MaHoSo}`) made with a client system's API key and
 with its OAuth 2.0 access token (client credentials grant, from the sandbox authorization server), in the same run
 against the same `hub serve`: latency one request at a time, and requests/s under --threads clients. The API key is
-the baseline; the ratio is what verifying the token's signature and claims costs.
+the baseline; the ratio is what verifying the token's signature and claims costs. With them, the dossier's owner
+reading it themselves (`GET /v1/citizens/me/dossiers/{MaHoSo}`) with their ID token from the sandbox identity
+provider: the token checked, the dossier found by the ID's HMAC, its history and payments read.
 
     .venv/bin/python bench/auth.py [--requests 2000] [--threads 8]
 """
@@ -70,6 +72,8 @@ def main() -> None:
             HUB_NATIONAL_PORTAL_URL=f"http://127.0.0.1:{free_port()}",
             HUB_WORKER_ENABLED="false",
             HUB_OAUTH_ISSUER=f"{authority.url}/idp",
+            HUB_CITIZEN_IDP_ISSUER=f"{authority.url}/idp",
+            HUB_CITIZEN_VIEWS_PER_MINUTE="100000000",  # the bench is one citizen reading in a loop
         )
         env["HUB_CLIENTS"] = json.dumps(
             [{"name": "bench", "api_key": key, "oauth_client_id": client_id, "agencies": ["*"]}]
@@ -88,6 +92,13 @@ def main() -> None:
         dossier = make_dossier("000.00.17.H56", 1, random.Random(1))
         assert by_key.post("/v1/dossiers", json=dossier).status_code == 202
         path = f"/v1/dossiers/{dossier['MaHoSo']}"
+        id_token = httpx.post(
+            f"{authority.url}/_sandbox/idp/token", json={"subject_id": dossier["SoGiayToChuHoSo"]}
+        ).json()["id_token"]
+        by_citizen = stack.enter_context(
+            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {id_token}"}, timeout=30)
+        )
+        own = f"/v1/citizens/me/dossiers/{dossier['MaHoSo']}"
 
         def with_key() -> None:
             assert by_key.get(path).status_code == 200
@@ -95,29 +106,41 @@ def main() -> None:
         def with_token() -> None:
             assert by_token.get(path).status_code == 200
 
-        for call in (with_key, with_token):  # warm up: connections, the server's keys fetched once
+        def as_owner() -> None:
+            assert by_citizen.get(own).status_code == 200
+
+        for call in (with_key, with_token, as_owner):  # warm up: connections, the server's keys fetched once
             latency(100, call)
         # in alternating rounds, so that the machine's drift over the run weighs on both alike
         key_took: list[float] = []
         token_took: list[float] = []
         key_rates: list[float] = []
         token_rates: list[float] = []
+        owner_took: list[float] = []
+        owner_rates: list[float] = []
         for _ in range(4):
             key_took += latency(args.requests // 4, with_key)
             token_took += latency(args.requests // 4, with_token)
+            owner_took += latency(args.requests // 4, as_owner)
             key_rates.append(rate(args.requests // 4, args.threads, with_key))
             token_rates.append(rate(args.requests // 4, args.threads, with_token))
-        key_lat, token_lat = p50_p99(key_took), p50_p99(token_took)
+            owner_rates.append(rate(args.requests // 4, args.threads, as_owner))
+        key_lat, token_lat, owner_lat = p50_p99(key_took), p50_p99(token_took), p50_p99(owner_took)
         key_rate, token_rate = statistics.median(key_rates), statistics.median(token_rates)
+        owner_rate = statistics.median(owner_rates)
     rows = [
         ("read a dossier, one request at a time (p50/p99 ms)", ""),
         ("  with the API key (baseline)", key_lat),
         ("  with an OAuth access token (ES256 JWT)", token_lat),
         ("  p50 ratio token / key", round(token_lat[0] / key_lat[0], 2)),
+        ("  its owner, with their ID token (ES256 JWT)", owner_lat),
+        ("  p50 ratio owner / key", round(owner_lat[0] / key_lat[0], 2)),
         (f"throughput, {args.threads} threads (req/s)", ""),
         ("  with the API key (baseline)", key_rate),
         ("  with an OAuth access token", token_rate),
         ("  ratio token / key", round(token_rate / key_rate, 2)),
+        ("  its owner, with their ID token", owner_rate),
+        ("  ratio owner / key", round(owner_rate / key_rate, 2)),
     ]
     for name, value in rows:
         print(f"{name:<55}{value}")
