@@ -65,6 +65,10 @@ class Runtime:
             db.upgrade(url)  # embedded mode: the file is ours, keep it at head
         self.sessions = db.make_sessionmaker(self.engine)
         self.disk = DiskSpace(db.sqlite_path(url), settings.disk_reserve_mb * MIB)
+        from hub.adapters.tls import context_for
+
+        # hub's HTTPS to its peers: certifi's CAs, the province's own (HUB_TLS_CA_FILE), its client certificate
+        self.tls = context_for(settings)
         password = settings.national_portal_password
         self.portal = NationalPortalClient(
             settings.effective_national_portal_url,
@@ -76,11 +80,13 @@ class Runtime:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             max_connections=max(settings.relay_concurrency, 4),
+            tls=self.tls,
         )
         self.one_stop = OneStopClient(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             max_connections=max(settings.relay_concurrency, 4),
+            tls=self.tls,
         )
         from hub.adapters.document_exchange import DocumentExchangeClient
 
@@ -90,6 +96,7 @@ class Runtime:
             api_key=exchange_key.get_secret_value() if exchange_key else "",
             connect_timeout=settings.connect_timeout,
             read_timeout=max(settings.read_timeout, 30.0),  # envelopes carry attachments
+            tls=self.tls,
         )
         from hub.sync.maintenance import Maintenance
 
@@ -171,6 +178,7 @@ class Runtime:
                 starttls=settings.smtp_starttls,
                 username=settings.smtp_username or None,
                 password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+                tls=self.tls,
             )
             if settings.smtp_host
             else None
@@ -182,6 +190,7 @@ class Runtime:
                 brandname=settings.sms_brandname,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
+                tls=self.tls,
             )
             if settings.sms_gateway_url
             else None
@@ -216,6 +225,7 @@ class Runtime:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             shared_waits=self.shared_waits,
+            tls=self.tls,
         )
         from hub.adapters.identity import CitizenTokens
 
@@ -228,6 +238,7 @@ class Runtime:
                 settings.citizen_id_claim,
                 timeout=settings.connect_timeout + settings.read_timeout,
                 on_exchange=self.record_exchange,
+                tls=self.tls,
             )
             if issuer
             else None
@@ -245,6 +256,7 @@ class Runtime:
                 secret=payment_secret,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
+                tls=self.tls,
             )
         if settings.payment_vnpay_pay_url and settings.payment_vnpay_secret is not None:
             from hub.adapters.payment.vnpay import VnpayClient
@@ -257,6 +269,7 @@ class Runtime:
                 return_url=f"{settings.effective_public_url}/v1/payments/return/vnpay",
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
+                tls=self.tls,
             )
         self.payments = PaymentService(
             self.sessions,

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     national_portal_dstcode: str = "000.00.17.H56"
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
+    # HTTPS to every peer (portal, register, one-stop systems, payment platforms, document exchange, SMS gateway,
+    # identity providers): CAs trusted besides certifi's bundle (PEM; e.g. the government's specialised CA), and
+    # hub's client certificate for peers that require mutual TLS (the key in its own file or after the chain)
+    tls_ca_file: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+    tls_client_key_password: SecretStr | None = None
 
     # Population database (SOAP) adapter, for pre-filling forms.
     population_url: str = ""  # empty -> the sandbox on loopback (dev only)
@@ -239,6 +246,19 @@ class Settings(BaseSettings):
     @property
     def effective_audit_anchor_file(self) -> Path:
         return self.audit_anchor_file or self.var_dir / "audit-anchors.jsonl"
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Settings:
+        if self.tls_client_key is not None and self.tls_client_cert is None:
+            raise ValueError("HUB_TLS_CLIENT_KEY is the key of HUB_TLS_CLIENT_CERT: set the certificate too")
+        for name, path in (
+            ("HUB_TLS_CA_FILE", self.tls_ca_file),
+            ("HUB_TLS_CLIENT_CERT", self.tls_client_cert),
+            ("HUB_TLS_CLIENT_KEY", self.tls_client_key),
+        ):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no file at {str(path)!r}")
+        return self
 
     @model_validator(mode="after")
     def _previous_keys_are_previous(self) -> Settings:

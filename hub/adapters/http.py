@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,10 +52,11 @@ class PeerPool:
         read_timeout: float,
         max_connections: int,
         headers: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers or {})
-        self._pool = verified_pool(max_connections, num_pools=2)
+        self._pool = verified_pool(max_connections, num_pools=2, tls=tls)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
 
     def post(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
@@ -104,9 +106,14 @@ def unavailable(peer: str, what: str, wait: float | None) -> PeerUnavailable:
     return PeerUnavailable(peer, said, code="peer_http_unavailable", retry_after=wait)
 
 
-def verified_pool(max_connections: int, *, num_pools: int) -> urllib3.PoolManager:
+def verified_pool(max_connections: int, *, num_pools: int, tls: ssl.SSLContext | None = None) -> urllib3.PoolManager:
     """How hub opens a urllib3 pool to a peer: HTTPS verified against certifi's bundle (the one requests and httpx
-    use), at most `max_connections` kept per host (more are opened when needed, not kept)."""
+    use) — or `tls`, hub's context with the province's CAs and client certificate (hub.adapters.tls) —, at most
+    `max_connections` kept per host (more are opened when needed, not kept)."""
+    if tls is not None:
+        return urllib3.PoolManager(
+            num_pools=num_pools, maxsize=max_connections, block=False, cert_reqs="CERT_REQUIRED", ssl_context=tls
+        )
     return urllib3.PoolManager(
         num_pools=num_pools, maxsize=max_connections, block=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
     )

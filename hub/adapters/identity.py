@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +27,7 @@ import urllib3
 from hub.adapters.errors import PeerUnavailable
 from hub.adapters.exchange import ExchangeHook, recorded
 from hub.adapters.http import ReplyTooLarge, parse_json, read_capped, verified_pool
+from hub.adapters.tls import context_for
 from hub.domain import identifiers
 from hub.domain.errors import DomainError
 from hub.logs import correlation_id
@@ -49,10 +51,12 @@ class _RecordedKeys(jwt.PyJWKClient):
     through a urllib3 pool with a cap on the reply — PyJWT reads whatever the URL sends, and a token's check waits
     for it — and each fetch reported for the exchange record."""
 
-    def __init__(self, uri: str, *, hook: ExchangeHook | None, peer: str, timeout: float) -> None:
+    def __init__(
+        self, uri: str, *, hook: ExchangeHook | None, peer: str, timeout: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         super().__init__(uri, cache_keys=True, lifespan=300, timeout=timeout, cooldown_duration=30)
         self._hook, self._peer = hook, peer
-        self._pool = verified_pool(2, num_pools=1)
+        self._pool = verified_pool(2, num_pools=1, tls=tls)
         self._timeouts = urllib3.Timeout(connect=timeout, read=timeout)
 
     def fetch_data(self) -> Any:
@@ -120,12 +124,13 @@ class TokenVerifier:
         *,
         timeout: float,
         on_exchange: ExchangeHook | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """`claim`: the claim hub reads (the citizen's personal ID, the client's id); required in every token."""
         self.issuer = issuer
         self.audience = audience
         self.claim = claim
-        self._keys = _RecordedKeys(jwks_url, hook=on_exchange, peer=self.peer, timeout=timeout)
+        self._keys = _RecordedKeys(jwks_url, hook=on_exchange, peer=self.peer, timeout=timeout, tls=tls)
 
     def published_keys(self) -> int:
         """Fetch the issuer's key set now (hub check); how many keys it publishes. Raises PeerUnavailable."""
@@ -287,4 +292,5 @@ def client_tokens(settings: Settings, on_exchange: ExchangeHook | None = None) -
         settings.oauth_client_claim,
         timeout=settings.connect_timeout + settings.read_timeout,
         on_exchange=on_exchange,
+        tls=context_for(settings),
     )

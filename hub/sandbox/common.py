@@ -172,11 +172,14 @@ def ports_in_use(host: str, wanted: dict[str, int]) -> list[tuple[str, int]]:
 class ServerThread:
     """A uvicorn server on loopback in a daemon thread (for `hub sandbox`, the demo and tests)."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **tls: Any) -> None:
+        """`tls`: uvicorn's ssl_* options (ssl_certfile, ssl_keyfile, ssl_ca_certs, ssl_cert_reqs): served over HTTPS,
+        as a peer on the government's network is, with mutual TLS when client certificates are required."""
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", **tls)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"sandbox-{port}")
         self.host = host
+        self.scheme = "https" if tls.get("ssl_certfile") else "http"
 
     def start(self, timeout: float = 10.0) -> ServerThread:
         self.thread.start()
@@ -194,7 +197,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def stop(self) -> None:
         self.server.should_exit = True

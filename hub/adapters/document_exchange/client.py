@@ -6,6 +6,7 @@ takes them off the list (contracts/document_exchange/status_list.schema.json).""
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -36,10 +37,14 @@ class DocumentExchangeClient:
         connect_timeout: float = 3.0,
         read_timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._api_key = api_key
         self._http = httpx.Client(
-            base_url=base_url, timeout=httpx.Timeout(read_timeout, connect=connect_timeout), transport=transport
+            base_url=base_url,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            transport=transport,
+            verify=tls if tls is not None else True,
         )
 
     def close(self) -> None:

@@ -3,6 +3,7 @@ errors classified at the boundary, every exchange reported."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from typing import Any
 
@@ -31,6 +32,7 @@ class NationalPortalClient:
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         max_connections: int = 32,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._username = username
         self._password = password
@@ -44,6 +46,7 @@ class NationalPortalClient:
             read_timeout=read_timeout,
             max_connections=max_connections,
             headers={"dstcode": dstcode},
+            tls=tls,
         )
         self._session: str | None = None
         self._session_lock = threading.Lock()

@@ -4,6 +4,7 @@ resend after a crash can be recognised), errors translated at the boundary."""
 from __future__ import annotations
 
 import smtplib
+import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
@@ -15,10 +16,11 @@ PEER = "email"
 class EmailSender:
     def __init__(
         self, host: str, port: int, *, sender: str, timeout: float = 10.0, starttls: bool = False,
-        username: str | None = None, password: str | None = None,
+        username: str | None = None, password: str | None = None, tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
         self.host, self.port, self.sender = host, port, sender
         self.timeout, self.starttls = timeout, starttls
+        self._tls = tls
         self._username, self._password = username, password
 
     def send(self, to: str, subject: str, body: str, *, message_key: str) -> str:
@@ -37,7 +39,7 @@ class EmailSender:
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
                 if self.starttls:
-                    smtp.starttls()
+                    smtp.starttls(context=self._tls or ssl.create_default_context())
                 if self._username:
                     smtp.login(self._username, self._password or "")
                 smtp.send_message(msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -14,7 +15,14 @@ PEER = "sms"
 
 class SmsClient:
     def __init__(
-        self, base_url: str, *, api_key: str, brandname: str, connect_timeout: float = 3.0, read_timeout: float = 10.0
+        self,
+        base_url: str,
+        *,
+        api_key: str,
+        brandname: str,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.brandname = brandname
         self._http = httpx.Client(
@@ -22,6 +30,7 @@ class SmsClient:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             headers={"X-API-Key": api_key},
             trust_env=False,
+            verify=tls if tls is not None else True,
         )
 
     def close(self) -> None:

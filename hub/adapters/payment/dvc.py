@@ -5,6 +5,7 @@ lists are the contracts' `x-hash-fields` (contracts/payment_dvc/). Replies are v
 from __future__ import annotations
 
 import hashlib
+import ssl
 from datetime import date, datetime
 from typing import Any
 
@@ -55,6 +56,7 @@ class DvcPaymentClient:
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.partner = partner
         self._secret = secret
@@ -63,6 +65,7 @@ class DvcPaymentClient:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             transport=transport,
             trust_env=False,
+            verify=tls if tls is not None else True,
         )
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ssl
 import uuid
 from datetime import date, timedelta
 from typing import Any
@@ -63,6 +64,7 @@ class VnpayClient:
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.pay_url = pay_url
         self.merchant = merchant
@@ -73,6 +75,7 @@ class VnpayClient:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             transport=transport,
             trust_env=False,
+            verify=tls if tls is not None else True,
         )
 
     def close(self) -> None:

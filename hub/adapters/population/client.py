@@ -9,6 +9,7 @@ urllib3's connection pool underneath it does the same HTTP for about a third of 
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 import unicodedata
@@ -50,10 +51,12 @@ class PooledTransport(Transport):
     a cap on the reply's size, and the HTTP status of the calling thread's last reply kept (zeep hides it when it
     raises a Fault). The WSDL is loaded by zeep's own machinery, from the local file."""
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, max_connections: int, tls: ssl.SSLContext | None = None
+    ) -> None:
         super().__init__(timeout=connect_timeout)
         self.session.trust_env = False  # no proxies or .netrc picked up from the environment
-        self._pool = verified_pool(max_connections, num_pools=4)
+        self._pool = verified_pool(max_connections, num_pools=4, tls=tls)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._local = threading.local()
 
@@ -144,10 +147,11 @@ class PopulationClient:
         read_timeout: float = 10.0,
         max_connections: int = 16,
         shared_waits: SharedWaits | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """`shared_waits`: where the cluster's processes tell each other the register's Retry-After."""
         transport = PooledTransport(
-            connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections
+            connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections, tls=tls
         )
         self._transport = transport
         settings = zeep.Settings(

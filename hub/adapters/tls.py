@@ -1,0 +1,58 @@
+"""How hub's HTTPS connections to its peers are checked and authenticated: against certifi's bundle (what requests
+and httpx trust) and, where a province configures them, the CAs of the networks its peers sit on (the government's
+specialised CA, a data-exchange platform's own: HUB_TLS_CA_FILE), presenting hub's client certificate to a peer
+that requires mutual TLS (HUB_TLS_CLIENT_CERT / HUB_TLS_CLIENT_KEY). One context, built at start-up, shared by every
+adapter; a file that does not load stops hub at start-up, saying which setting."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import certifi
+
+if TYPE_CHECKING:
+    from hub.settings import Settings
+
+
+class TlsSettingError(ValueError):
+    """A TLS file hub was told to use does not load (missing, unreadable, not PEM, a key that does not match)."""
+
+
+def client_context(
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    key_password: str | None = None,
+) -> ssl.SSLContext | None:
+    """The context for hub's outbound HTTPS, or None when nothing is configured (each client's default: certifi's
+    bundle, no client certificate). Peers' certificates and host names are always checked; TLS 1.2 at least."""
+    if ca_file is None and cert_file is None:
+        return None
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsSettingError(f"HUB_TLS_CA_FILE {str(ca_file)!r} does not load as PEM certificates: {exc}") from exc
+    if cert_file is not None:
+        try:
+            context.load_cert_chain(str(cert_file), str(key_file) if key_file else None, key_password)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsSettingError(
+                f"HUB_TLS_CLIENT_CERT {str(cert_file)!r} (key {str(key_file or cert_file)!r}) does not load as a "
+                f"certificate and its private key: {exc}"
+            ) from exc
+    return context
+
+
+def context_for(settings: Settings) -> ssl.SSLContext | None:
+    password = settings.tls_client_key_password
+    return client_context(
+        settings.tls_ca_file,
+        settings.tls_client_cert,
+        settings.tls_client_key,
+        password.get_secret_value() if password else None,
+    )
