@@ -548,8 +548,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "dossier's later events until an operator replays it) or `set_aside` (an operator decided it is not to be "
         "delivered: `set_aside_by`, `set_aside_at`, `set_aside_reason`; the later events go on).",
     )
-    def get_dossier(code: str, who: Dossiers) -> dict[str, Any]:
-        return rt().dossiers.get(who, code)
+    def get_dossier(code: str, who: Dossiers) -> JSONResponse:
+        return JSONResponse(rt().dossiers.get(who, code))  # JSON's own types already: no jsonable_encoder pass
 
     @app.post(
         "/v1/prefill",

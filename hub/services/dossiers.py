@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.calendar import WorkingCalendar
 from hub.domain.dates import VN_TZ, format_national, parse_national, utcnow
@@ -26,7 +26,7 @@ from hub.services import routes
 from hub.services.catalogue import known_procedure
 from hub.services.schemas import DossierIn, ProgressIn
 from hub.settings import ClientSystem
-from hub.store.db import reading_session
+from hub.store.db import reading, reading_session
 from hub.store.group_commit import GroupCommit
 from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, Procedure, StatusEvent, table
 from hub.sync.outbox import DEAD, PENDING, SET_ASIDE, set_aside_note
@@ -1004,11 +1004,11 @@ class DossierService:
 
     def get(self, client: ClientSystem, code: str) -> dict[str, Any]:
         _acting_for(client, code)
-        with reading_session(self.sessions) as session:
-            dossier = session.scalar(select(Dossier).where(Dossier.code == code))
+        with reading(self.sessions.kw["bind"]) as conn:
+            dossier = conn.execute(VIEW_DOSSIER, {"code": code}).first()
             if dossier is None:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")
-            return describe(session, dossier)
+            return describe(conn, dossier)
 
 
 AFTER_RECEIPT = {
@@ -1032,18 +1032,54 @@ def _dates_in_order(data: dict[str, Any]) -> None:
             )
 
 
-def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
-    """A dossier with its status history and the delivery state of each event (personal ID masked)."""
-    events = session.scalars(
-        select(StatusEvent).where(StatusEvent.dossier_id == dossier.id).order_by(StatusEvent.seq)
-    ).all()
+# A dossier's view, read with prebuilt statements: SQLAlchemy builds and caches each query once, not per request
+# (an ORM query cost ~150 µs a read on SQLite, most of it building the statement; the view is 4 of them).
+VIEW_DOSSIER = select(
+    DOSSIERS.c.id, DOSSIERS.c.code, DOSSIERS.c.agency, DOSSIERS.c.procedure_code, DOSSIERS.c.status,
+    DOSSIERS.c.data, DOSSIERS.c.updated_at,
+).where(DOSSIERS.c.code == bindparam("code"))  # fmt: skip
+VIEW_EVENTS = (
+    select(
+        EVENTS.c.event_id,
+        EVENTS.c.seq,
+        EVENTS.c.kind,
+        EVENTS.c.status,
+        EVENTS.c.previous_status,
+        EVENTS.c.created_at,
+        EVENTS.c.client,
+        EVENTS.c.correlation_id,
+    )
+    .where(EVENTS.c.dossier_id == bindparam("dossier_id"))
+    .order_by(EVENTS.c.seq)
+)
+VIEW_DELIVERIES = (
+    select(
+        OUTBOX.c.id,
+        OUTBOX.c.event_id,
+        OUTBOX.c.destination,
+        OUTBOX.c.operation,
+        OUTBOX.c.state,
+        OUTBOX.c.attempts,
+        OUTBOX.c.next_attempt_at,
+        OUTBOX.c.delivered_at,
+        OUTBOX.c.last_error_code,
+        OUTBOX.c.last_error,
+        OUTBOX.c.set_aside_at,
+        OUTBOX.c.set_aside_by,
+        OUTBOX.c.set_aside_reason,
+    )
+    .where(OUTBOX.c.dossier_id == bindparam("dossier_id"), OUTBOX.c.destination != DOCUMENT_EXCHANGE)
+    .order_by(OUTBOX.c.seq, OUTBOX.c.destination)
+)
+
+
+def describe(conn: Connection, dossier: Any) -> dict[str, Any]:
+    """A dossier (its row as VIEW_DOSSIER reads it) with its status history and the delivery state of each event
+    (personal ID masked)."""
+    from hub.services.edocs import HAS_DOCUMENTS, documents_sent
+
     deliveries: dict[str, list[dict[str, Any]]] = {}
-    for m in session.scalars(
-        select(OutboxMessage)
-        .where(OutboxMessage.dossier_id == dossier.id, OutboxMessage.destination != DOCUMENT_EXCHANGE)
-        .order_by(OutboxMessage.seq, OutboxMessage.destination)
-        .options(defer(OutboxMessage.payload))
-    ):
+    for m in conn.execute(VIEW_DELIVERIES, {"dossier_id": dossier.id}):
         deliveries.setdefault(m.event_id, []).append(
             {
                 "outbox_id": m.id,
@@ -1058,9 +1094,10 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
                 **(set_aside_note(m) if m.state == SET_ASIDE else {}),
             }
         )
-    from hub.services.edocs import documents_sent
-
-    documents = documents_sent(session, dossier.id, dossier.code)  # to other agencies, with what they said
+    documents: list[dict[str, Any]] = []
+    if conn.execute(HAS_DOCUMENTS, {"code": dossier.code}).first() is not None:
+        with Session(bind=conn) as session:  # to other agencies, with what they said
+            documents = documents_sent(session, dossier.id, dossier.code)
     data = dict(dossier.data)
     if "SoGiayToChuHoSo" in data:
         data["SoGiayToChuHoSo"] = mask_id(data["SoGiayToChuHoSo"])
@@ -1085,7 +1122,7 @@ def describe(session: Session, dossier: Dossier) -> dict[str, Any]:
                 "correlation_id": e.correlation_id,
                 "deliveries": deliveries.get(e.event_id, []),
             }
-            for e in events
+            for e in conn.execute(VIEW_EVENTS, {"dossier_id": dossier.id})
         ],
         "documents": documents,
     }

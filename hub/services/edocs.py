@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -232,6 +232,9 @@ class EdocStatus:
             "stated_at": n.at,
         }
         return row | {"verdict": APPLIED, "_sender": n.sender}  # verified; `_match` says whether it is about ours
+
+
+HAS_DOCUMENTS = select(EdocSent.id).where(EdocSent.dossier_code == bindparam("code")).limit(1)
 
 
 def documents_sent(session: Session, dossier_id: int, code: str) -> list[dict[str, Any]]:

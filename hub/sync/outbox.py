@@ -306,8 +306,9 @@ def set_aside(
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def set_aside_note(m: OutboxMessage) -> dict[str, Any]:
-    """Who set a dead letter aside, when and why (for the API's, the CLI's and the console's views of a row)."""
+def set_aside_note(m: Any) -> dict[str, Any]:
+    """Who set a dead letter aside, when and why (for the API's, the CLI's and the console's views of a row: an
+    OutboxMessage or a row read with its set_aside_* columns)."""
     at = m.set_aside_at.isoformat() if m.set_aside_at else None
     return {"set_aside_at": at, "set_aside_by": m.set_aside_by, "set_aside_reason": m.set_aside_reason}
 
