@@ -126,8 +126,8 @@ def main() -> None:
             token_rates.append(rate(args.requests // 4, args.threads, with_token))
             owner_rates.append(rate(args.requests // 4, args.threads, as_owner))
         key_lat, token_lat, owner_lat = p50_p99(key_took), p50_p99(token_took), p50_p99(owner_took)
-        key_rate, token_rate = statistics.median(key_rates), statistics.median(token_rates)
-        owner_rate = statistics.median(owner_rates)
+        key_rate, token_rate = round(statistics.median(key_rates), 1), round(statistics.median(token_rates), 1)
+        owner_rate = round(statistics.median(owner_rates), 1)
     rows = [
         ("read a dossier, one request at a time (p50/p99 ms)", ""),
         ("  with the API key (baseline)", key_lat),

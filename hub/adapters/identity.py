@@ -131,6 +131,33 @@ class TokenVerifier:
         self.audience = audience
         self.claim = claim
         self._keys = _RecordedKeys(jwks_url, hook=on_exchange, peer=self.peer, timeout=timeout, tls=tls)
+        # A caller sends the same token until it expires (a client system's access token, a citizen's ID token
+        # on each page of their portal): what a token was verified to say is remembered until its `exp` (at most),
+        # keyed by the token's digest. Verifying costs ~1 ms (the key set rebuilt, the signature checked); a
+        # remembered token costs a hash.
+        self._verified: OrderedDict[bytes, tuple[Any, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    CACHE_SIZE = 10_000
+
+    def remembered(self, token: str) -> Any | None:
+        """What a token verified before and not yet expired said, without verifying it again."""
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            found = self._verified.get(digest)
+            if found is None:
+                return None
+            if found[1] <= time.time():
+                del self._verified[digest]
+                return None
+            self._verified.move_to_end(digest)
+            return found[0]
+
+    def remember(self, token: str, value: Any, claims: dict[str, Any]) -> None:
+        with self._lock:
+            self._verified[hashlib.sha256(token.encode()).digest()] = (value, float(claims["exp"]))
+            while len(self._verified) > self.CACHE_SIZE:
+                self._verified.popitem(last=False)
 
     def published_keys(self) -> int:
         """Fetch the issuer's key set now (hub check); how many keys it publishes. Raises PeerUnavailable."""
@@ -186,11 +213,16 @@ class CitizenTokens(TokenVerifier):
     def personal_id(self, token: str) -> str:
         """The signed-in citizen's personal ID; raises InvalidToken, or PeerUnavailable when the provider's keys
         cannot be fetched."""
-        personal_id = str(self.claims(token)[self.claim])
+        found = self.remembered(token)
+        if found is not None:
+            return str(found)
+        claims = self.claims(token)
+        personal_id = str(claims[self.claim])
         try:
             identifiers.personal_id(personal_id)
         except DomainError:
             raise InvalidToken(f"the token's {self.claim!r} claim is not a personal ID number") from None
+        self.remember(token, personal_id, claims)
         return personal_id
 
 
@@ -202,28 +234,10 @@ class ClientTokens(TokenVerifier):
     what = "access token"
     peer = "authorization_server"
 
-    CACHE_SIZE = 10_000
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # A client sends the same token until it expires: what was verified is remembered until its `exp` (at
-        # most), keyed by the token's digest. Verifying costs ~1 ms (the key set rebuilt, the signature checked,
-        # a worker thread); a remembered token costs a hash.
-        self._verified: OrderedDict[bytes, tuple[Grant, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
     def remembered(self, token: str) -> Grant | None:
         """What a token verified before and not yet expired grants, without verifying it again."""
-        digest = hashlib.sha256(token.encode()).digest()
-        with self._lock:
-            found = self._verified.get(digest)
-            if found is None:
-                return None
-            if found[1] <= time.time():
-                del self._verified[digest]
-                return None
-            self._verified.move_to_end(digest)
-            return found[0]
+        found = super().remembered(token)
+        return found if isinstance(found, Grant) else None
 
     def check_header(self, header: dict[str, Any]) -> None:
         typ = str(header.get("typ") or "JWT").lower()
@@ -238,10 +252,7 @@ class ClientTokens(TokenVerifier):
         if not isinstance(value, str) or not value:
             raise InvalidToken(f"the token's {self.claim!r} claim is not a client id")
         granted = Grant(value, hub_scopes(claims))
-        with self._lock:
-            self._verified[hashlib.sha256(token.encode()).digest()] = (granted, float(claims["exp"]))
-            while len(self._verified) > self.CACHE_SIZE:
-                self._verified.popitem(last=False)
+        self.remember(token, granted, claims)
         return granted
 
 

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.calendar import WorkingCalendar
@@ -24,7 +24,7 @@ from hub.domain.identifiers import usable_link
 from hub.domain.privacy import subject_hmacs
 from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus
 from hub.services.quota import Quota, citizen_turn
-from hub.store.db import reading_session
+from hub.store.db import reading, reading_session
 from hub.store.models import Document, Dossier, Payment, StatusEvent
 
 
@@ -134,6 +134,48 @@ class CitizenDocumentList(BaseModel):
     items: list[CitizenDocument]
 
 
+# The citizen's reads, prebuilt: SQLAlchemy builds and caches each statement once, not on every request.
+_MINE = Dossier.subject_hmac.in_(bindparam("subjects", expanding=True))
+_DOSSIER_COLUMNS = (
+    Dossier.id, Dossier.code, Dossier.agency, Dossier.procedure_code, Dossier.status, Dossier.data, Dossier.due_at,
+    Dossier.updated_at,
+)  # fmt: skip
+COUNT_MINE = select(func.count()).select_from(Dossier).where(_MINE)
+MY_DOSSIERS = (
+    select(*_DOSSIER_COLUMNS)
+    .where(_MINE)
+    .order_by(Dossier.updated_at.desc(), Dossier.id.desc())
+    .limit(bindparam("limit"))
+)
+MY_DOSSIER = select(*_DOSSIER_COLUMNS).where(Dossier.code == bindparam("code"), _MINE)
+_PAYMENT_COLUMNS = (
+    Payment.dossier_code, Payment.reference, Payment.amount, Payment.currency, Payment.status, Payment.created_at,
+    Payment.paid_at, Payment.pay_url,
+)  # fmt: skip
+PAYMENTS_OF = (
+    select(*_PAYMENT_COLUMNS).where(Payment.dossier_code == bindparam("code")).order_by(Payment.created_at, Payment.id)
+)
+PENDING_OF = (
+    select(*_PAYMENT_COLUMNS)
+    .where(Payment.dossier_code.in_(bindparam("codes", expanding=True)), Payment.status == "pending")
+    .order_by(Payment.created_at, Payment.id)
+)
+EVENTS_OF = (
+    select(
+        StatusEvent.kind, StatusEvent.status, StatusEvent.previous_status, StatusEvent.created_at, StatusEvent.payload
+    )
+    .where(StatusEvent.dossier_id == bindparam("dossier_id"))
+    .order_by(StatusEvent.seq)
+)
+ASKED_OF = (
+    select(StatusEvent.dossier_id, StatusEvent.kind, StatusEvent.status, StatusEvent.payload)
+    .where(
+        StatusEvent.dossier_id.in_(bindparam("ids", expanding=True)),
+        StatusEvent.status == int(DossierStatus.SUPPLEMENT_REQUESTED),
+    )
+    .order_by(StatusEvent.dossier_id, StatusEvent.seq)
+)
+
 # what the dossier waits for from its owner, by its status
 WAITING_FOR = {
     DossierStatus.SUPPLEMENT_REQUESTED: "supplement",  # documents to add
@@ -153,6 +195,7 @@ class CitizenDossiers:
         quota: Quota | None = None,
     ) -> None:
         self.sessions = sessions
+        self.engine = sessions.kw["bind"]
         self._secrets = list(secret_keys)
         self.calendar = calendar
         self.quota = quota
@@ -164,52 +207,52 @@ class CitizenDossiers:
 
     def dossiers(self, personal_id: str, *, limit: int = 50, per_minute: int | None = None) -> dict[str, Any]:
         """The citizen's dossiers, the latest changed first (at most `limit`; `total` says how many there are)."""
-        from sqlalchemy import func
-
         subjects = self._subjects(personal_id, per_minute)
-        mine = Dossier.subject_hmac.in_(subjects)
-        with reading_session(self.sessions) as s:
-            total = s.scalar(select(func.count()).select_from(Dossier).where(mine)) or 0
-            rows = s.scalars(
-                select(Dossier).where(mine).order_by(Dossier.updated_at.desc(), Dossier.id.desc()).limit(limit)
-            ).all()
-            pending = self._pending_payments(s, [d.code for d in rows])
-            asked = self._asked(s, [d.id for d in rows if d.status == DossierStatus.SUPPLEMENT_REQUESTED])
-            today = utcnow().astimezone(VN_TZ).date()
-            items = [self._summary(d, today, pending.get(d.code), asked.get(d.id)) for d in rows]
+        with reading(self.engine) as conn:
+            total = conn.execute(COUNT_MINE, {"subjects": subjects}).scalar() or 0
+            rows = conn.execute(MY_DOSSIERS, {"subjects": subjects, "limit": limit}).all()
+            pending: dict[str, Any] = {}
+            if rows:
+                for p in conn.execute(PENDING_OF, {"codes": [d.code for d in rows]}):
+                    pending[p.dossier_code] = p  # the newest pending one of a dossier
+            waiting = [d.id for d in rows if d.status == DossierStatus.SUPPLEMENT_REQUESTED]
+            asked: dict[int, str] = {}
+            if waiting:
+                by_dossier: dict[int, list[Any]] = {}
+                for e in conn.execute(ASKED_OF, {"ids": waiting}):
+                    by_dossier.setdefault(e.dossier_id, []).append(e)
+                asked = {i: note for i, found in by_dossier.items() if (note := _asked_in(found)) is not None}
+        today = utcnow().astimezone(VN_TZ).date()
+        items = [self._summary(d, today, pending.get(d.code), asked.get(d.id)) for d in rows]
         return {"total": int(total), "count": len(items), "items": items}
 
     def dossier(self, personal_id: str, code: str, *, per_minute: int | None = None) -> dict[str, Any]:
         """One of the citizen's dossiers in full: its summary, steps, fees, payments and results."""
         subjects = self._subjects(personal_id, per_minute)
-        with reading_session(self.sessions) as s:
-            d = s.scalar(select(Dossier).where(Dossier.code == code[:64], Dossier.subject_hmac.in_(subjects)))
+        with reading(self.engine) as conn:
+            d = conn.execute(MY_DOSSIER, {"code": code[:64], "subjects": subjects}).first()
             if d is None:
                 raise NotFound(f"you have no dossier {code[:80]!r}", code="dossier_not_found")
-            payments = s.scalars(
-                select(Payment).where(Payment.dossier_code == d.code).order_by(Payment.created_at, Payment.id)
-            ).all()
-            pending = next((p for p in reversed(payments) if p.status == "pending"), None)
-            today = utcnow().astimezone(VN_TZ).date()
-            events = s.scalars(
-                select(StatusEvent).where(StatusEvent.dossier_id == d.id).order_by(StatusEvent.seq)
-            ).all()
-            asked = _asked_in(events) if d.status == DossierStatus.SUPPLEMENT_REQUESTED else None
-            data = d.data
-            return {
-                **self._summary(d, today, pending, asked),
-                "TrichYeuHoSo": _text(data.get("TrichYeuHoSo")),
-                "KenhThucHien": _number(data.get("KenhThucHien")),
-                "NgayKetThucXuLy": _date(data.get("NgayKetThucXuLy")),
-                "history": _history(events),
-                "fees": [
-                    {"name": _text(f.get("TenPhiLePhi")), "amount": _number(f.get("Gia"))}
-                    for f in data.get("DanhSachLePhi") or []
-                    if isinstance(f, dict)
-                ],
-                "payments": [_payment(p) for p in payments],
-                "results": _results(data.get("DanhSachGiayToKetQua") or []),
-            }
+            payments = conn.execute(PAYMENTS_OF, {"code": d.code}).all()
+            events = conn.execute(EVENTS_OF, {"dossier_id": d.id}).all()
+        pending = next((p for p in reversed(payments) if p.status == "pending"), None)
+        today = utcnow().astimezone(VN_TZ).date()
+        asked = _asked_in(events) if d.status == DossierStatus.SUPPLEMENT_REQUESTED else None
+        data = d.data
+        return {
+            **self._summary(d, today, pending, asked),
+            "TrichYeuHoSo": _text(data.get("TrichYeuHoSo")),
+            "KenhThucHien": _number(data.get("KenhThucHien")),
+            "NgayKetThucXuLy": _date(data.get("NgayKetThucXuLy")),
+            "history": _history(events),
+            "fees": [
+                {"name": _text(f.get("TenPhiLePhi")), "amount": _number(f.get("Gia"))}
+                for f in data.get("DanhSachLePhi") or []
+                if isinstance(f, dict)
+            ],
+            "payments": [_payment(p) for p in payments],
+            "results": _results(data.get("DanhSachGiayToKetQua") or []),
+        }
 
     def documents(self, personal_id: str, *, per_minute: int | None = None) -> dict[str, Any]:
         """The documents issued to the citizen that hub holds for reuse (their results: extracts, certificates),
@@ -236,35 +279,7 @@ class CitizenDossiers:
             ]
         return {"count": len(items), "items": items}
 
-    @staticmethod
-    def _pending_payments(s: Session, codes: Sequence[str]) -> dict[str, Payment]:
-        if not codes:
-            return {}
-        latest: dict[str, Payment] = {}
-        for p in s.scalars(
-            select(Payment)
-            .where(Payment.dossier_code.in_(codes), Payment.status == "pending")
-            .order_by(Payment.created_at, Payment.id)
-        ):
-            latest[p.dossier_code] = p  # the newest pending one of a dossier
-        return latest
-
-    @staticmethod
-    def _asked(s: Session, ids: Sequence[int]) -> dict[int, str]:
-        """For these dossiers waiting for a supplement: what the step that asked for it said, by dossier id."""
-        if not ids:
-            return {}
-        events = s.scalars(
-            select(StatusEvent)
-            .where(StatusEvent.dossier_id.in_(ids), StatusEvent.status == int(DossierStatus.SUPPLEMENT_REQUESTED))
-            .order_by(StatusEvent.dossier_id, StatusEvent.seq)
-        ).all()
-        by_dossier: dict[int, list[StatusEvent]] = {}
-        for e in events:
-            by_dossier.setdefault(e.dossier_id, []).append(e)
-        return {i: note for i, found in by_dossier.items() if (note := _asked_in(found)) is not None}
-
-    def _summary(self, d: Dossier, today: date, pending: Payment | None, asked: str | None) -> dict[str, Any]:
+    def _summary(self, d: Any, today: date, pending: Any, asked: str | None) -> dict[str, Any]:
         status = DossierStatus(d.status)
         data = d.data
         late = None
@@ -292,7 +307,7 @@ class CitizenDossiers:
         }
 
 
-def _asked_in(events: Sequence[StatusEvent]) -> str | None:
+def _asked_in(events: Sequence[Any]) -> str | None:
     """What the latest processing step that asked for a supplement said (the documents to add), if one did."""
     for e in reversed(events):
         if e.kind == "dossier.progress" and e.status == DossierStatus.SUPPLEMENT_REQUESTED:
@@ -350,7 +365,7 @@ def _history(events: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _payment(p: Payment) -> dict[str, Any]:
+def _payment(p: Any) -> dict[str, Any]:
     return {
         "reference": p.reference,
         "amount": p.amount,
