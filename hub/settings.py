@@ -258,6 +258,17 @@ class Settings(BaseSettings):
         ):
             if path is not None and not path.is_file():
                 raise ValueError(f"{name}: no file at {str(path)!r}")
+        from hub.adapters.tls import client_context
+
+        password = self.tls_client_key_password
+        # loaded once here, so that a file that is not PEM, or a key that is not the certificate's, stops every
+        # command at start-up with the setting's name, as any other wrong setting does
+        client_context(
+            self.tls_ca_file,
+            self.tls_client_cert,
+            self.tls_client_key,
+            password.get_secret_value() if password else None,
+        )
         return self
 
     @model_validator(mode="after")
