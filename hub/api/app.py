@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import pydantic
 import pydantic_core
-from fastapi import Body, FastAPI, Header, Path, Query, Request, Response, Security
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
@@ -24,7 +24,7 @@ from fastapi_offline import FastAPIOffline
 
 from hub import __version__
 from hub.adapters.errors import PeerError
-from hub.adapters.identity import ClientTokens, InvalidToken, client_tokens, looks_like_jwt
+from hub.adapters.identity import CitizenTokens, ClientTokens, InvalidToken, client_tokens, looks_like_jwt
 from hub.api import examples, problems
 from hub.api.middleware import BodyLimitAndCorrelation, CitizenCors, ConsoleSessions, Inbound
 from hub.domain.dates import instant
@@ -175,6 +175,34 @@ async def _client(  # async: an API key costs no I/O, so FastAPI runs this on th
     return found
 
 
+async def _citizen(
+    request: Request, token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None
+) -> str:
+    """The personal ID of the citizen signed in: their ID token, checked against the identity provider (a token
+    seen before is remembered until its `exp`; a new one in a thread: the provider's keys may have to be
+    fetched)."""
+    tokens: CitizenTokens | None = request.app.state.citizen_tokens()
+    if tokens is None:
+        raise CitizenSignInUnavailable(
+            "citizens' sign-in is not configured (HUB_CITIZEN_IDP_ISSUER)", code="citizen_sign_in_unavailable"
+        )
+    if token is None:
+        raise Unauthenticated("send the ID token from your sign-in as a bearer token", code="unauthenticated")
+    import anyio.to_thread
+
+    try:
+        found = tokens.remembered(token.credentials)
+        return (
+            str(found) if found is not None else await anyio.to_thread.run_sync(tokens.personal_id, token.credentials)
+        )
+    except PeerError as exc:
+        raise CitizenSignInUnavailable(
+            "the identity provider could not be reached; try again shortly", code="identity_provider_unavailable"
+        ) from exc
+
+
+# The signed-in citizen's personal ID, for the citizen's own operations (CitizenIdToken in the OpenAPI document)
+Citizen = Annotated[str, Depends(_citizen)]
 # The client system calling, by its API key or access token, for an operation the named OAuth scope covers: a token
 # that names any of hub's scopes (adapters/identity.SCOPES) must name this one
 Dossiers = Annotated[ClientSystem, Security(_client, scopes=["hub:dossiers"])]
@@ -271,6 +299,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **about)
     app.state.settings = settings
     app.state.client_tokens = client_tokens(settings, on_exchange=lambda record: rt().record_exchange(record))
+    app.state.citizen_tokens = lambda: rt().citizen_tokens
 
     def out_of_space() -> None:
         if "rt" in holder:
@@ -666,30 +695,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "procedure and purpose, on what legal basis or consent, and which fields left hub.",
     )
     def my_data_usage(
-        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+        me: Citizen,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> dict[str, Any]:
         items = rt().prefill.own_data_usage(
-            citizen(token), limit=limit, correlation_id=correlation_id.get(),
+            me, limit=limit, correlation_id=correlation_id.get(),
             per_minute=settings.citizen_views_per_minute,
         )  # fmt: skip
         return {"count": len(items), "items": items}
-
-    def citizen(token: HTTPAuthorizationCredentials | None) -> str:
-        """The personal ID of the citizen signed in: their ID token, checked against the identity provider."""
-        tokens = rt().citizen_tokens
-        if tokens is None:
-            raise CitizenSignInUnavailable(
-                "citizens' sign-in is not configured (HUB_CITIZEN_IDP_ISSUER)", code="citizen_sign_in_unavailable"
-            )
-        if token is None:
-            raise Unauthenticated("send the ID token from your sign-in as a bearer token", code="unauthenticated")
-        try:
-            return tokens.personal_id(token.credentials)
-        except PeerError as exc:
-            raise CitizenSignInUnavailable(
-                "the identity provider could not be reached; try again shortly", code="identity_provider_unavailable"
-            ) from exc
 
     @app.get(
         "/v1/citizens/me/consents",
@@ -699,9 +712,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "each `active`, `expired` or `withdrawn`.",
     )
     def my_consents(
-        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+        me: Citizen,
     ) -> dict[str, Any]:
-        items = rt().prefill.consents_of(citizen(token), per_minute=settings.citizen_views_per_minute)
+        items = rt().prefill.consents_of(me, per_minute=settings.citizen_views_per_minute)
         return {"count": len(items), "items": items}
 
     @app.post(
@@ -714,9 +727,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     def withdraw_my_consent(
         ref: Annotated[str, Path(max_length=64)],
-        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+        me: Citizen,
     ) -> dict[str, Any]:
-        return rt().prefill.withdraw_consent(citizen(token), ref, per_minute=settings.citizen_views_per_minute)
+        return rt().prefill.withdraw_consent(me, ref, per_minute=settings.citizen_views_per_minute)
 
     @app.get(
         "/v1/citizens/me/dossiers",
@@ -731,10 +744,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "the result).",
     )
     def my_dossiers(
-        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+        me: Citizen,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
-        return rt().citizen_dossiers.dossiers(citizen(token), limit=limit, per_minute=settings.citizen_views_per_minute)
+        return rt().citizen_dossiers.dossiers(me, limit=limit, per_minute=settings.citizen_views_per_minute)
 
     @app.get(
         "/v1/citizens/me/dossiers/{code}",
@@ -748,9 +761,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     def my_dossier(
         code: Annotated[str, Path(max_length=64)],
-        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+        me: Citizen,
     ) -> dict[str, Any]:
-        return rt().citizen_dossiers.dossier(citizen(token), code, per_minute=settings.citizen_views_per_minute)
+        return rt().citizen_dossiers.dossier(me, code, per_minute=settings.citizen_views_per_minute)
 
     @app.get(
         "/v1/citizens/me/documents",
@@ -763,9 +776,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "instead of a new upload, with the citizen's consent (the once-only principle).",
     )
     def my_documents(
-        token: Annotated[HTTPAuthorizationCredentials | None, Security(CITIZEN_TOKEN)] = None,
+        me: Citizen,
     ) -> dict[str, Any]:
-        return rt().citizen_dossiers.documents(citizen(token), per_minute=settings.citizen_views_per_minute)
+        return rt().citizen_dossiers.documents(me, per_minute=settings.citizen_views_per_minute)
 
     @app.post(
         "/v1/signatures/verify",
