@@ -154,7 +154,7 @@ def test_tls_files_that_do_not_load_stop_hub_saying_which(pki: Path, tmp_path: P
     garbage.write_text("not a certificate")
     with pytest.raises(TlsSettingError, match="HUB_TLS_CA_FILE"):
         client_context(garbage)
-    with pytest.raises(ValueError, match="HUB_TLS_CA_FILE .* does not load"):  # every command stops at start-up
+    with pytest.raises(ValueError, match=r"HUB_TLS_CA_FILE .* does not load"):  # every command stops at start-up
         Settings(tls_ca_file=garbage)
     with pytest.raises(TlsSettingError, match="HUB_TLS_CLIENT_CERT"):  # a key that is not the certificate's
         client_context(None, pki / "hub.pem", pki / "stranger.key")
