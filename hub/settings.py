@@ -9,11 +9,12 @@ import json
 import os
 import re
 import secrets
+import ssl
 from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRETS_FILE = "dev-secrets.json"
@@ -118,6 +119,7 @@ class Settings(BaseSettings):
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
     tls_client_key_password: SecretStr | None = None
+    _tls_context: ssl.SSLContext | None = PrivateAttr(default=None)  # built from the four above, once
 
     # Population database (SOAP) adapter, for pre-filling forms.
     population_url: str = ""  # empty -> the sandbox on loopback (dev only)
@@ -261,15 +263,20 @@ class Settings(BaseSettings):
         from hub.adapters.tls import client_context
 
         password = self.tls_client_key_password
-        # loaded once here, so that a file that is not PEM, or a key that is not the certificate's, stops every
-        # command at start-up with the setting's name, as any other wrong setting does
-        client_context(
+        # built once, here: a file that is not PEM, or a key that is not the certificate's, stops every command at
+        # start-up with the setting's name, as any other wrong setting does; every adapter then shares it
+        self._tls_context = client_context(
             self.tls_ca_file,
             self.tls_client_cert,
             self.tls_client_key,
             password.get_secret_value() if password else None,
         )
         return self
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The context of hub's HTTPS to its peers (hub.adapters.tls), or None: each client's default."""
+        return self._tls_context
 
     @model_validator(mode="after")
     def _previous_keys_are_previous(self) -> Settings:

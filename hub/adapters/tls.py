@@ -49,10 +49,5 @@ def client_context(
 
 
 def context_for(settings: Settings) -> ssl.SSLContext | None:
-    password = settings.tls_client_key_password
-    return client_context(
-        settings.tls_ca_file,
-        settings.tls_client_cert,
-        settings.tls_client_key,
-        password.get_secret_value() if password else None,
-    )
+    """The context the settings built when they were read (once per process)."""
+    return settings.tls_context
