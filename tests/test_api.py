@@ -555,15 +555,16 @@ def test_a_batch_takes_each_dossier_or_refuses_it_alone(hub_factory: HubFactory,
         b,
         {**a, "TrangThaiHoSo": 4},  # a's next change, in the same batch
         {**known, "TrangThaiHoSo": 10},  # 2 -> 10 is not a transition
+        {**dossier(65), "NgayHenTra": "20000101080000"},  # an appointment before it was received
     ]
     r = hub.http.post("/v1/dossiers/batch", json={"isUpdating": False, "data": items})
     assert r.status_code == 200, r.text
     answer = r.json()
-    assert [x["status"] for x in answer["results"]] == [202, 422, 403, 202, 202, 409]
-    assert [x["index"] for x in answer["results"]] == list(range(6))
-    assert (answer["accepted"], answer["refused"]) == (3, 3)
+    assert [x["status"] for x in answer["results"]] == [202, 422, 403, 202, 202, 409, 422]
+    assert [x["index"] for x in answer["results"]] == list(range(7))
+    assert (answer["accepted"], answer["refused"]) == (3, 4)
     codes = [x["problem"]["code"] for x in answer["results"] if x["status"] != 202]
-    assert codes == ["invalid_dossier_code", "agency_not_allowed", "invalid_transition"]
+    assert codes == ["invalid_dossier_code", "agency_not_allowed", "invalid_transition", "date_before_receipt"]
     assert answer["results"][2]["MaHoSo"] == items[2]["MaHoSo"] and answer["results"][4]["TrangThaiHoSo"] == 4
     got = hub.http.get(f"/v1/dossiers/{a['MaHoSo']}").json()
     assert [e["TrangThaiHoSo"] for e in got["events"]] == [2, 4]
