@@ -143,6 +143,15 @@ def test_a_peer_requiring_mutual_tls_on_a_private_ca(
     ]
     assert states == ["delivered"]
     assert _received(mtls_portal, pki) == start + 1
+    # `hub check` connects as the adapters do, and says until when hub's certificate holds (1 day here: renew it)
+    from hub.services import preflight
+
+    checks = {c.name: c for c in preflight.run(trusted.runtime)}
+    assert checks["national_portal"].status == "ok", checks["national_portal"]
+    assert (
+        checks["tls_client_certificate"].status == "warn"
+        and "CN=hub.tinh.gov.vn" in checks["tls_client_certificate"].detail
+    )
 
 
 def test_tls_files_that_do_not_load_stop_hub_saying_which(pki: Path, tmp_path: Path) -> None:
@@ -161,3 +170,10 @@ def test_tls_files_that_do_not_load_stop_hub_saying_which(pki: Path, tmp_path: P
     context = client_context(pki / "ca.pem", pki / "hub.pem", pki / "hub.key")
     assert context is not None and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert client_context() is None  # nothing set: each client's default (certifi's bundle)
+
+
+def test_hub_check_fails_an_expired_client_certificate(pki: Path) -> None:
+    from hub.services.preflight import _client_certificate
+
+    status, detail = _client_certificate(pki / "hub.pem", datetime.now(UTC) + timedelta(days=2))
+    assert status == "fail" and "expired" in detail and "refuse hub" in detail

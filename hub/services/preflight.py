@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import smtplib
+import ssl
 import statistics
 import tempfile
 import time
@@ -41,13 +42,31 @@ class Check:
     ms: float = 0.0
 
 
-def _reachable(url: str, timeout: float) -> tuple[str, str]:
-    """Any HTTP answer means the system is there (hub's own calls prove the rest); no answer is a failure."""
+def _reachable(url: str, timeout: float, tls: ssl.SSLContext | None = None) -> tuple[str, str]:
+    """Any HTTP answer means the system is there (hub's own calls prove the rest); no answer is a failure. Over
+    HTTPS as hub's adapters connect (`tls`: the province's CAs and hub's client certificate, ADR 0035)."""
     try:
-        r = httpx.get(url, timeout=timeout, follow_redirects=False, trust_env=False)
+        r = httpx.get(
+            url, timeout=timeout, follow_redirects=False, trust_env=False, verify=tls if tls is not None else True
+        )
     except httpx.HTTPError as exc:
-        return "fail", f"{url}: no answer ({exc.__class__.__name__})"
+        return "fail", f"{url}: no answer ({exc.__class__.__name__}: {str(exc)[:160]})"
     return "ok", f"{url}: HTTP {r.status_code}"
+
+
+def _client_certificate(path: Path, now: datetime) -> tuple[str, str]:
+    """hub's TLS client certificate (the first of HUB_TLS_CLIENT_CERT's chain): whom it names, until when. Peers
+    that require it refuse every connection once it has expired."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    subject = cert.subject.rfc4514_string()
+    left = cert.not_valid_after_utc - now
+    if left <= timedelta(0):
+        return "fail", f"{subject}: expired on {cert.not_valid_after_utc:%Y-%m-%d}: peers requiring it refuse hub"
+    if left < timedelta(days=CERT_WARN_DAYS):
+        return "warn", f"{subject}: expires in {left.days} days ({cert.not_valid_after_utc:%Y-%m-%d}): renew it"
+    return "ok", f"{subject}: valid {left.days} more days"
 
 
 def _fsync_ms(folder: Path, rounds: int = 20) -> float:
@@ -217,9 +236,11 @@ def run(rt: Runtime) -> list[Check]:
         check("disk", disk)
         check("broker", broker)
         check("national_portal", portal)
-        check("population", lambda: _reachable(s.effective_population_url, timeout))
+        if (client_cert := s.tls_client_cert) is not None:
+            check("tls_client_certificate", lambda: _client_certificate(client_cert, datetime.now(UTC)))
+        check("population", lambda: _reachable(s.effective_population_url, timeout, rt.tls))
         for name, url in _peer_urls(rt).items():
-            check(name, lambda url=url: _reachable(url, timeout))  # type: ignore[misc]
+            check(name, lambda url=url: _reachable(url, timeout, rt.tls))  # type: ignore[misc]
         check("document_exchange", document_exchange)
         check("email", smtp)
         check("signing", signing)
