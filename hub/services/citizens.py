@@ -24,7 +24,7 @@ from hub.domain.identifiers import usable_link
 from hub.domain.privacy import subject_hmacs
 from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus
 from hub.services.quota import Quota, citizen_turn
-from hub.store.db import reading, reading_session
+from hub.store.db import reading
 from hub.store.models import Document, Dossier, Payment, StatusEvent
 
 
@@ -176,6 +176,21 @@ ASKED_OF = (
     .order_by(StatusEvent.dossier_id, StatusEvent.seq)
 )
 
+MY_DOCUMENTS = (
+    select(
+        Document.kind,
+        Document.title,
+        Document.number,
+        Document.issuer,
+        Document.dossier_code,
+        Document.issued_at,
+        Document.valid_until,
+        Document.reference,
+    )
+    .where(Document.subject.in_(bindparam("subjects", expanding=True)))
+    .order_by(Document.issued_at.desc(), Document.id)
+)
+
 # what the dossier waits for from its owner, by its status
 WAITING_FOR = {
     DossierStatus.SUPPLEMENT_REQUESTED: "supplement",  # documents to add
@@ -259,24 +274,22 @@ class CitizenDossiers:
         the latest issued first, each saying whether it is still valid — what a pre-fill may offer, with consent."""
         subjects = self._subjects(personal_id, per_minute)
         now = utcnow()
-        with reading_session(self.sessions) as s:
-            rows = s.scalars(
-                select(Document).where(Document.subject.in_(subjects)).order_by(Document.issued_at.desc(), Document.id)
-            ).all()
-            items = [
-                {
-                    "kind": d.kind,
-                    "title": d.title,
-                    "number": d.number,
-                    "issuer": d.issuer,
-                    "dossier_code": d.dossier_code,
-                    "issued_at": _local(d.issued_at),
-                    "valid_until": _local(d.valid_until) if d.valid_until else None,
-                    "valid": d.valid_until is None or d.valid_until > now,
-                    "reference": d.reference,
-                }
-                for d in rows
-            ]
+        with reading(self.engine) as conn:
+            rows = conn.execute(MY_DOCUMENTS, {"subjects": subjects}).all()
+        items = [
+            {
+                "kind": d.kind,
+                "title": d.title,
+                "number": d.number,
+                "issuer": d.issuer,
+                "dossier_code": d.dossier_code,
+                "issued_at": _local(d.issued_at),
+                "valid_until": _local(d.valid_until) if d.valid_until else None,
+                "valid": d.valid_until is None or d.valid_until > now,
+                "reference": d.reference,
+            }
+            for d in rows
+        ]
         return {"count": len(items), "items": items}
 
     def _summary(self, d: Any, today: date, pending: Any, asked: str | None) -> dict[str, Any]:
