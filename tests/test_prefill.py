@@ -420,6 +420,37 @@ def test_a_registers_wait_told_to_one_process_holds_for_every_process(
         waits.close()
 
 
+def test_documents_and_consents_that_cannot_be_right_are_refused(hub: Hub) -> None:
+    """A consent that has expired already, a document valid until before it was issued or issued in the future,
+    and a document number its issuer gave to another citizen are each refused with their own code, nothing
+    stored; the same document registered again is answered as the first time."""
+    now = datetime.now(UTC)
+    mine, theirs = "079190000123", "079190000456"
+    past = {"subject_id": mine, "purpose": PURPOSE, "scope": ["documents"],
+            "expires_at": (now - timedelta(minutes=1)).isoformat()}  # fmt: skip
+    r = hub.http.post("/v1/consents", json=past)
+    assert r.status_code == 422 and r.json()["code"] == "consent_expires_in_past", r.text
+    doc = {"holder_id": mine, "kind": "giay_chung_nhan_ket_hon", "title": "Giấy chứng nhận kết hôn",
+           "number": "20/2024/KH", "issuer": AGENCY, "issued_at": (now - timedelta(days=30)).isoformat(),
+           "reference": "https://onestop.example/docs/20-2024-KH.pdf"}  # fmt: skip
+    for bad, code in (
+        ({"valid_until": (now - timedelta(days=31)).isoformat()}, "document_validity_invalid"),
+        ({"issued_at": (now + timedelta(days=2)).isoformat()}, "document_issued_in_future"),
+    ):
+        r = hub.http.post("/v1/documents", json={**doc, **bad})
+        assert r.status_code == 422 and r.json()["code"] == code, r.text
+    first = hub.http.post("/v1/documents", json=doc)
+    assert first.status_code == 201
+    again = hub.http.post("/v1/documents", json=doc)
+    assert again.status_code == 200 and again.json() == {"document_id": first.json()["document_id"], "created": False}
+    taken = hub.http.post("/v1/documents", json={**doc, "holder_id": theirs})
+    assert taken.status_code == 409 and taken.json()["code"] == "document_number_taken", taken.text
+    from hub.store.models import Consent, Document
+
+    with hub.runtime.sessions() as s:
+        assert s.query(Document).count() == 1 and s.query(Consent).count() == 0
+
+
 def test_a_consent_withdrawn_while_the_register_is_asked_offers_no_document(hub: Hub, people: httpx.Client) -> None:
     """The citizen withdraws the consent while hub waits for the population database (here 0.8 s a look-up, two
     look-ups): the pre-fill is refused as if it had been withdrawn before — no document offered under it — and the

@@ -27,7 +27,7 @@ from hub.adapters.exchange import ExchangeRecord
 from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.domain import identifiers
 from hub.domain.dates import instant, utcnow
-from hub.domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
+from hub.domain.errors import Conflict, DomainError, Forbidden, InvalidDate, NotFound, TooManyRequests
 from hub.domain.privacy import same_text, subject_hmac, subject_hmacs
 from hub.logs import spent
 from hub.services.audit import ACCESS_LOG_INQUIRY, DATA_SUBJECT_ACCESS, Access, AccessLog
@@ -440,6 +440,9 @@ def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else instant(value)
 
 
+ISSUE_CLOCK_SKEW = timedelta(hours=1)  # a document's issue time ahead of hub's clock by up to this is the clocks
+
+
 class PrefillService:
     def __init__(
         self,
@@ -489,6 +492,8 @@ class PrefillService:
     def grant_consent(self, client: ClientSystem, body: ConsentIn) -> dict[str, Any]:
         identifiers.personal_id(body.subject_id)
         expires = _aware(body.expires_at)
+        if expires is not None and expires <= utcnow():  # recorded, it would be refused at its first use
+            raise InvalidDate(f"expires_at {expires.isoformat()} has passed already", code="consent_expires_in_past")
         ref = f"cs-{uuid.uuid4().hex}"
         with self.sessions.begin() as s:
             s.add(
@@ -569,12 +574,26 @@ class PrefillService:
         if body.dossier_code is not None:
             identifiers.dossier_code(body.dossier_code)
         issued, valid_until = _aware(body.issued_at) or body.issued_at, _aware(body.valid_until)
+        if valid_until is not None and valid_until < issued:
+            raise InvalidDate(
+                f"valid_until {valid_until.isoformat()} is before issued_at {issued.isoformat()}",
+                code="document_validity_invalid",
+            )
+        if issued > utcnow() + ISSUE_CLOCK_SKEW:  # offered for reuse as issued, it would be a document to come
+            raise InvalidDate(f"issued_at {issued.isoformat()} is in the future", code="document_issued_in_future")
+        subject = self.subject_hmac(body.holder_id)
         with self.sessions.begin() as s:
             existing = s.scalar(select(Document).where(Document.issuer == body.issuer, Document.number == body.number))
             if existing is not None:
+                if not any(same_text(existing.subject, h) for h in self.subject_hmacs(body.holder_id)):
+                    # a number is its issuer's once: another citizen's document, or a typo in the number
+                    raise Conflict(
+                        f"{body.issuer} already issued a document numbered {body.number!r} to someone else",
+                        code="document_number_taken",
+                    )
                 return {"document_id": existing.id, "created": False}
             doc = Document(
-                subject=self.subject_hmac(body.holder_id),
+                subject=subject,
                 kind=body.kind,
                 title=body.title,
                 number=body.number,
