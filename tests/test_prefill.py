@@ -1072,6 +1072,44 @@ def test_a_signed_in_citizen_sees_their_consents_and_withdraws_one(
     assert refused.status_code == 403 and refused.json()["code"] == "consent_revoked"
 
 
+def test_a_signed_in_citizen_gives_a_client_system_their_consent_themselves(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, trust: Trust, creds: Creds
+) -> None:
+    """The consent as the citizen's own act (signed in at the identity provider), not a client system's word for
+    it: the client it names pre-fills with it and offers their documents; another client cannot use it; a client
+    that does not pre-fill for the purpose, or one hub does not know, is refused; the citizen sees it as theirs."""
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan", citizen_idp_issuer=f"{trust.server.url}/idp"
+    )
+    father = married(people, "1")
+    now = datetime.now(UTC)
+    document = {"holder_id": father["SoDinhDanh"], "kind": "giay_chung_nhan_ket_hon", "title": "Giấy chứng nhận",
+                "number": "30/2024/KH", "issuer": AGENCY, "issued_at": (now - timedelta(days=90)).isoformat(),
+                "reference": "https://onestop.example/docs/30-2024-KH.pdf"}  # fmt: skip
+    assert hub.http.post("/v1/documents", json=document).status_code == 201
+    bearer = {"Authorization": f"Bearer {citizen_token(trust, father['SoDinhDanh'])}"}
+
+    def give(**body: Any) -> httpx.Response:
+        consent = {"client": "onestop-hcm", "purpose": PURPOSE, "scope": ["documents"], **body}
+        return httpx.post(f"{hub.server.url}/v1/citizens/me/consents", json=consent, headers=bearer, timeout=10)
+
+    refused = give(purpose="marketing")
+    assert refused.status_code == 403 and refused.json()["code"] == "consent_purpose_not_allowed", refused.text
+    assert give(client="nobody").json()["code"] == "unknown_client"
+    assert httpx.post(f"{hub.server.url}/v1/citizens/me/consents", json={}).status_code == 401  # nobody signed in
+    given = give()
+    assert given.status_code == 201, given.text
+    ref = given.json()["consent_ref"]
+    reply = ask(hub, father["SoDinhDanh"], consent_ref=ref).json()
+    assert [d["number"] for d in reply["documents"]] == ["30/2024/KH"]
+    body = {"procedure": "1.004873", "subject_id": father["SoDinhDanh"], "purpose": "marriage_registration",
+            "consent_ref": ref, "requested_by": {"officer": "cb-0042", "agency": OTHER_AGENCY}}  # fmt: skip
+    other = hub.http.post("/v1/prefill", json=body, headers={"X-API-Key": creds.other_key})
+    assert other.status_code == 403 and other.json()["code"] == "consent_unknown", other.text  # onestop-hcm's only
+    mine = httpx.get(f"{hub.server.url}/v1/citizens/me/consents", headers=bearer).json()["items"]
+    assert [(c["consent_ref"], c["granted_by"], c["state"]) for c in mine] == [(ref, "citizen", "active")]
+
+
 def test_a_citizen_looping_on_their_data_usage_is_slowed_and_the_log_does_not_grow_with_it(
     hub_factory: HubFactory, trust: Trust
 ) -> None:

@@ -34,7 +34,16 @@ from hub.runtime import Runtime
 from hub.services import prefill as prefill_forms
 from hub.services.citizens import CitizenDocumentList, CitizenDossier, CitizenDossierList
 from hub.services.payments import PaymentIn
-from hub.services.prefill import ConsentIn, DocumentIn, FormListed, FormOut, PrefillIn, PrefillOut, SubjectIn
+from hub.services.prefill import (
+    CitizenConsentIn,
+    ConsentIn,
+    DocumentIn,
+    FormListed,
+    FormOut,
+    PrefillIn,
+    PrefillOut,
+    SubjectIn,
+)
 from hub.services.schemas import (
     MAX_BATCH,
     Accepted,
@@ -123,6 +132,14 @@ class AuthorizationServerUnavailable(DomainError):
 
     code = "authorization_server_unavailable"
     status = 503
+
+
+class UnknownClient(DomainError):
+    """A citizen named a client system hub does not know."""
+
+    code = "unknown_client"
+    status = 422
+    title = "Unknown client system"
 
 
 class CitizenSignInUnavailable(DomainError):
@@ -716,6 +733,23 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         items = rt().prefill.consents_of(me, per_minute=settings.citizen_views_per_minute)
         return {"count": len(items), "items": items}
+
+    @app.post(
+        "/v1/citizens/me/consents",
+        status_code=201,
+        tags=["citizens"],
+        summary="I give a client system my consent to reuse my documents, for a purpose (signed in)",
+        description="The bearer token is the citizen's ID token. The consent is the citizen's own act (recorded "
+        "as `granted_by: citizen`), not a client system's word for it: the portal's page asks the citizen and calls "
+        "this, then pre-fills with the answer's `consent_ref`. `client`: the client system's name, which must "
+        "pre-fill forms for `purpose` (else 403 `consent_purpose_not_allowed`); an unknown one is 422 "
+        "`unknown_client`. Withdrawn with `…/{ref}/withdraw`.",
+    )
+    def give_my_consent(me: Citizen, body: CitizenConsentIn) -> dict[str, Any]:
+        to = next((c for c in settings.clients if c.name == body.client), None)
+        if to is None:
+            raise UnknownClient(f"no client system is named {body.client[:64]!r}", code="unknown_client")
+        return rt().prefill.consent_of_citizen(me, to, body, per_minute=settings.citizen_views_per_minute)
 
     @app.post(
         "/v1/citizens/me/consents/{ref}/withdraw",

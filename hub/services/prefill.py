@@ -349,6 +349,14 @@ class ConsentIn(NulFree):
     expires_at: datetime | None = None
 
 
+class CitizenConsentIn(NulFree):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    client: str = Field(min_length=1, max_length=64, description="the client system given the consent (its name)")
+    purpose: str = Field(min_length=1, max_length=100)
+    scope: list[Literal["documents"]] = Field(min_length=1)
+    expires_at: datetime | None = None
+
+
 class DocumentIn(NulFree):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     holder_id: str = Field(description="personal ID of the citizen the document was issued to")
@@ -506,9 +514,41 @@ class PrefillService:
                     granted_at=utcnow(),
                     expires_at=expires,
                     revoked_at=None,
+                    granted_by="client",
                 )
             )
         return {"consent_ref": ref, "purpose": body.purpose, "scope": list(body.scope), "expires_at": expires}
+
+    def consent_of_citizen(
+        self, personal_id: str, to: ClientSystem, body: CitizenConsentIn, *, per_minute: int | None = None
+    ) -> dict[str, Any]:
+        """The citizen, signed in, gives a client system their consent themselves (the data subject's own act,
+        Decree 13/2023 art. 11: verifiable, not a client's word for it): `to` may then offer their documents for
+        `purpose`, with the consent's reference, until it expires or they withdraw it."""
+        self._citizen_turn(self.subject_hmac(personal_id), per_minute)
+        if body.purpose not in to.prefill_purposes:
+            raise Forbidden(
+                f"{to.name} does not pre-fill forms for {body.purpose!r}: a consent to it would never be used",
+                code="consent_purpose_not_allowed",
+            )
+        expires = _aware(body.expires_at)
+        if expires is not None and expires <= utcnow():
+            raise InvalidDate(f"expires_at {expires.isoformat()} has passed already", code="consent_expires_in_past")
+        ref = f"cs-{uuid.uuid4().hex}"
+        now = utcnow()
+        with self.sessions.begin() as s:
+            s.add(
+                Consent(
+                    ref=ref, subject=self.subject_hmac(personal_id), client=to.name, purpose=body.purpose,
+                    scope=list(body.scope), granted_at=now, expires_at=expires, revoked_at=None, granted_by="citizen",
+                )
+            )  # fmt: skip
+        log.info("consent given by the citizen", extra={"consent_ref": ref, "client": to.name})
+        return {
+            "consent_ref": ref, "client": to.name, "purpose": body.purpose, "scope": list(body.scope),
+            "granted_at": now.isoformat(), "expires_at": expires.isoformat() if expires else None,
+            "revoked_at": None, "state": "active", "granted_by": "citizen",
+        }  # fmt: skip
 
     def revoke_consent(self, client: ClientSystem, ref: str) -> dict[str, Any]:
         with self.sessions.begin() as s:
@@ -549,6 +589,7 @@ class PrefillService:
                     "expires_at": c.expires_at.isoformat() if c.expires_at else None,
                     "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
                     "state": state(c),
+                    "granted_by": c.granted_by or "client",
                 }
                 for c in rows
             ]
@@ -806,7 +847,7 @@ class PrefillService:
             if not blocking:
                 raise _WouldBlock
             subjects = self.subject_hmacs(body.subject_id)  # the consent and documents may predate a key rotation
-            problem = self._check_consent(body.consent_ref, subjects, body.purpose)
+            problem = self._check_consent(body.consent_ref, subjects, body.purpose, client.name)
             if problem is not None:
                 raise refuse(problem)
             documents_allowed = True
@@ -882,7 +923,7 @@ class PrefillService:
         if documents_allowed and template.documents and body.consent_ref is not None:
             # the consent again, now: one the citizen withdrew while the register was being asked (seconds; its
             # timeout at worst) is refused as one withdrawn before would have been — no document is offered under it
-            problem = self._check_consent(body.consent_ref, subjects, body.purpose)
+            problem = self._check_consent(body.consent_ref, subjects, body.purpose, client.name)
             if problem is not None:
                 raise refuse(problem)
             with self.sessions() as s:
@@ -983,10 +1024,12 @@ class PrefillService:
             journal.cache.append((cache_key, {"record": record, "request_id": request_id}, fetched_at))
         return _Read(role, record, request_id, who, fetched_at)
 
-    def _check_consent(self, ref: str, subjects: list[str], purpose: str) -> DomainError | None:
+    def _check_consent(self, ref: str, subjects: list[str], purpose: str, client: str) -> DomainError | None:
+        """Whether the consent lets `client` offer the citizen's documents for `purpose` now. A consent is given to
+        one client system (the one that collected it, or the one the citizen named): another cannot use it."""
         with reading(self.sessions.kw["bind"]) as conn:
             consent = conn.execute(select(Consent).where(Consent.ref == ref)).first()
-        if consent is None or consent.subject not in subjects:
+        if consent is None or consent.subject not in subjects or consent.client != client:
             return Forbidden("the consent reference is unknown for this citizen", code="consent_unknown")
         if consent.revoked_at is not None:
             return Forbidden("the citizen revoked this consent", code="consent_revoked")

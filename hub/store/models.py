@@ -249,8 +249,9 @@ class AccessLogEntry(Base):
 
 
 class Consent(Base):
-    """A citizen's consent, recorded by the client system that collected it: to reuse documents they submitted
-    before, for a purpose, until it expires or is revoked. Checked at the moment of use."""
+    """A citizen's consent to a client system: to reuse documents they submitted before, for a purpose, until it
+    expires or is revoked — recorded by the client system that collected it or by the citizen, signed in. Checked at
+    the moment of use."""
 
     __tablename__ = "consents"
     __table_args__ = (Index("ix_consents_subject", "subject"),)
@@ -263,6 +264,9 @@ class Consent(Base):
     granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # who recorded it: the client system that collected it ("client"; None on rows from before) or the citizen,
+    # signed in with their ID token ("citizen": the consent is their own act, not a client's word for it)
+    granted_by: Mapped[str | None] = mapped_column(String(16))
 
 
 class Document(Base):
