@@ -322,7 +322,7 @@ def test_authentication_and_agency_authorization(hub: Hub, creds: Creds) -> None
     # a citizen's own data: their ID token from the identity provider, never a client system's key
     assert spec["paths"]["/v1/citizens/me/data-usage"]["get"]["security"] == [{"CitizenIdToken": []}]
     mine = [op for path, ops in spec["paths"].items() if path.startswith("/v1/citizens/me/") for op in ops.values()]
-    assert len(mine) == 6  # data usage, consents (list, withdraw), dossiers (list, one), documents
+    assert len(mine) == 7  # data usage, consents (list, give, withdraw), dossiers (list, one), documents
     assert all(op["security"] == [{"CitizenIdToken": []}] and op["tags"] == ["citizens"] for op in mine)
     other = httpx.Client(base_url=hub.url, headers={"X-API-Key": creds.other_key})
     assert_problem(other.post("/v1/dossiers", json=dossier(11)), 403, "agency_not_allowed")
