@@ -448,6 +448,15 @@ def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else instant(value)
 
 
+def _expiry(value: datetime | None) -> datetime | None:
+    """A consent's expiry as given (aware), refused when it has passed already: recorded, the consent would be
+    refused at its first use."""
+    expires = _aware(value)
+    if expires is not None and expires <= utcnow():
+        raise InvalidDate(f"expires_at {expires.isoformat()} has passed already", code="consent_expires_in_past")
+    return expires
+
+
 ISSUE_CLOCK_SKEW = timedelta(hours=1)  # a document's issue time ahead of hub's clock by up to this is the clocks
 
 
@@ -499,9 +508,7 @@ class PrefillService:
 
     def grant_consent(self, client: ClientSystem, body: ConsentIn) -> dict[str, Any]:
         identifiers.personal_id(body.subject_id)
-        expires = _aware(body.expires_at)
-        if expires is not None and expires <= utcnow():  # recorded, it would be refused at its first use
-            raise InvalidDate(f"expires_at {expires.isoformat()} has passed already", code="consent_expires_in_past")
+        expires = _expiry(body.expires_at)
         ref = f"cs-{uuid.uuid4().hex}"
         with self.sessions.begin() as s:
             s.add(
@@ -531,9 +538,7 @@ class PrefillService:
                 f"{to.name} does not pre-fill forms for {body.purpose!r}: a consent to it would never be used",
                 code="consent_purpose_not_allowed",
             )
-        expires = _aware(body.expires_at)
-        if expires is not None and expires <= utcnow():
-            raise InvalidDate(f"expires_at {expires.isoformat()} has passed already", code="consent_expires_in_past")
+        expires = _expiry(body.expires_at)
         ref = f"cs-{uuid.uuid4().hex}"
         now = utcnow()
         with self.sessions.begin() as s:
