@@ -329,14 +329,15 @@ def test_rows_of_a_worker_that_died_after_claiming_are_delivered_once_after_its_
     from hub.services.dossiers import NATIONAL_PORTAL
     from hub.sync import outbox
 
-    hub = hub_factory(start_worker=False, relay_lease_seconds=0.4)
+    lease = 1.0  # long enough that the drain just after the claim runs within it on a loaded machine
+    hub = hub_factory(start_worker=False, relay_lease_seconds=lease)
     codes = file_and_walk(hub, 3, [4, 9])
     with hub.runtime.sessions.begin() as s:  # the doomed worker's claim: the first event of each dossier
-        doomed = outbox.claim(s, 50, 0.4, [NATIONAL_PORTAL])
+        doomed = outbox.claim(s, 50, lease, [NATIONAL_PORTAL])
     assert len(doomed) == 3
     relay = hub.runtime.relay
     assert relay.drain() == 0  # leased to the dead worker: nothing to take yet, nothing behind them either
-    time.sleep(0.5)  # the lease, and the relay's interval between releases of expired leases (lease / 4)
+    time.sleep(lease * 1.25)  # the lease, and the relay's interval between releases of expired leases (lease / 4)
     assert relay.drain() == 3  # the expired heads
     while relay.drain():
         pass
