@@ -26,7 +26,7 @@ from hub.store.group_commit import GroupCommit
 from hub.store.models import Flag
 from tests.api_helpers import assert_problem
 from tests.conftest import PG_ADMIN, HubFactory
-from tests.helpers import dossier
+from tests.helpers import dossier, step
 
 
 def kill_connections(url: str) -> int:
@@ -700,3 +700,35 @@ def test_counters_of_append_only_tables_count_each_row_once_read_the_new_ones_an
         assert read() == {("one_stop", "ok"): [1.0, 2.0]}
     metrics = hub.http.get("/metrics").text  # the collector's own tallies, from the rows there are now
     assert 'hub_exchanges_total{operation="op",outcome="ok",peer="one_stop"} 1.0' in metrics
+
+
+def test_a_dossier_read_while_its_next_status_commits_shows_one_moment(hub_factory: HubFactory, backend: str) -> None:
+    """The dossier's row, its events and their deliveries are three statements: a progress update committed between
+    them must not show status 4 beside a history that ends at 2 (or a history ending at 4 under status 2)."""
+    from sqlalchemy import event
+
+    from hub.services.dossiers import VIEW_DELIVERIES
+
+    hub = hub_factory(start_worker=False)
+    d = dossier(41)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    code = d["MaHoSo"]
+    deliveries_sql = str(VIEW_DELIVERIES.compile(hub.runtime.engine)).split("WHERE")[0]
+    landed: list[int] = []
+
+    def commit_between(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # after the dossier's row was read, before its deliveries and events are: another client's update lands
+        if statement.startswith(deliveries_sql) and not landed:
+            with httpx.Client(base_url=hub.server.url, headers=dict(hub.http.headers), timeout=10) as other:
+                landed.append(other.post(f"/v1/dossiers/{code}/progress", json=step(code, 4)).status_code)
+
+    event.listen(hub.runtime.engine, "before_cursor_execute", commit_between)
+    try:
+        view = hub.http.get(f"/v1/dossiers/{code}").json()
+    finally:
+        event.remove(hub.runtime.engine, "before_cursor_execute", commit_between)
+    assert landed == [202]
+    assert view["TrangThaiHoSo"] == 2 and [e["TrangThaiHoSo"] for e in view["events"]] == [2]
+    assert all(len(e["deliveries"]) >= 1 for e in view["events"])
+    after = hub.http.get(f"/v1/dossiers/{code}").json()  # and the next read sees the update whole
+    assert after["TrangThaiHoSo"] == 4 and [e["TrangThaiHoSo"] for e in after["events"]] == [2, 4]

@@ -223,7 +223,7 @@ class CitizenDossiers:
     def dossiers(self, personal_id: str, *, limit: int = 50, per_minute: int | None = None) -> dict[str, Any]:
         """The citizen's dossiers, the latest changed first (at most `limit`; `total` says how many there are)."""
         subjects = self._subjects(personal_id, per_minute)
-        with reading(self.engine) as conn:
+        with reading(self.engine, snapshot=True) as conn:
             total = conn.execute(COUNT_MINE, {"subjects": subjects}).scalar() or 0
             rows = conn.execute(MY_DOSSIERS, {"subjects": subjects, "limit": limit}).all()
             pending: dict[str, Any] = {}
@@ -244,7 +244,7 @@ class CitizenDossiers:
     def dossier(self, personal_id: str, code: str, *, per_minute: int | None = None) -> dict[str, Any]:
         """One of the citizen's dossiers in full: its summary, steps, fees, payments and results."""
         subjects = self._subjects(personal_id, per_minute)
-        with reading(self.engine) as conn:
+        with reading(self.engine, snapshot=True) as conn:
             d = conn.execute(MY_DOSSIER, {"code": code[:64], "subjects": subjects}).first()
             if d is None:
                 raise NotFound(f"you have no dossier {code[:80]!r}", code="dossier_not_found")

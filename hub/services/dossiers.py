@@ -979,7 +979,7 @@ class DossierService:
             patterns.append(Dossier.agency.startswith(p[:-1]) if p.endswith("*") else Dossier.agency == p)
         if patterns:
             cond.append(or_(*patterns))
-        with reading_session(self.sessions) as session:
+        with reading_session(self.sessions, snapshot=True) as session:
             total = session.scalar(select(func.count()).select_from(Dossier).where(*cond)) or 0
             rows = session.execute(
                 select(Dossier.code, Dossier.status, Dossier.due_at, Dossier.procedure_code)
@@ -1004,7 +1004,7 @@ class DossierService:
 
     def get(self, client: ClientSystem, code: str) -> dict[str, Any]:
         _acting_for(client, code)
-        with reading(self.sessions.kw["bind"]) as conn:
+        with reading(self.sessions.kw["bind"], snapshot=True) as conn:
             dossier = conn.execute(VIEW_DOSSIER, {"code": code}).first()
             if dossier is None:
                 raise NotFound(f"dossier {code} is unknown to hub", code="dossier_not_found")

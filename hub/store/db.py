@@ -224,13 +224,21 @@ class WalCheckpointer:
 
 
 @contextmanager
-def reading(engine: Engine) -> Iterator[Connection]:
+def reading(engine: Engine, *, snapshot: bool = False) -> Iterator[Connection]:
     """A connection for reads that need no transaction of their own (a cache look-up, a consent check). On
     PostgreSQL in autocommit: one round trip per statement, where a transaction would add a BEGIN and a ROLLBACK
-    (the two cost as much as the read). On SQLite a plain deferred BEGIN instead of the writers' BEGIN IMMEDIATE."""
+    (the two cost as much as the read). On SQLite a plain deferred BEGIN instead of the writers' BEGIN IMMEDIATE.
+
+    `snapshot`: the statements must see one moment — a dossier with its events and their deliveries read in
+    three statements, each in autocommit its own snapshot, could show status 5 beside a history that ends at 4
+    when a commit lands between them. On PostgreSQL a read-only REPEATABLE READ transaction then (never waits,
+    never makes a writer wait); SQLite's deferred BEGIN already holds one snapshot from the first read."""
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            conn.execution_options(isolation_level="AUTOCOMMIT")
+            if snapshot:
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            else:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
         else:
             conn.execution_options(hub_read_only=True)
         yield conn
@@ -428,9 +436,9 @@ def _quiet_rollback(conn: Any, dbapi_error: type[Exception]) -> None:
 
 
 @contextmanager
-def reading_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+def reading_session(sessions: sessionmaker[Session], *, snapshot: bool = False) -> Iterator[Session]:
     """An ORM session over `reading`'s connection: for views that only read (a dossier with its history)."""
-    with reading(sessions.kw["bind"]) as conn, Session(bind=conn) as session:
+    with reading(sessions.kw["bind"], snapshot=snapshot) as conn, Session(bind=conn) as session:
         yield session
 
 
