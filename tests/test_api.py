@@ -154,6 +154,12 @@ def _day_before(national: str) -> str:
     return format_national(parse_national(national) - timedelta(days=1))
 
 
+def _days_ahead(days: int) -> str:
+    from hub.domain.dates import format_national, utcnow
+
+    return format_national(utcnow() + timedelta(days=days))
+
+
 @pytest.mark.parametrize(
     ("mutate", "code"),
     [
@@ -168,6 +174,9 @@ def _day_before(national: str) -> str:
         (lambda d: d.update(NgayHenTra=_day_before(d["NgayTiepNhan"])), "date_before_receipt"),
         (lambda d: d.update(NgayTra=f"{int(d['NgayTiepNhan'][:4]) - 1}0101080000"), "date_before_receipt"),
         (lambda d: d.update(NgayKetThucXuLy="20000101000000"), "date_before_receipt"),
+        # received, or its result returned, in a year to come (2062 typed for 2026)
+        (lambda d: d.update(NgayTiepNhan="20620101080000", NgayHenTra="20620105080000"), "date_in_future"),
+        (lambda d: d.update(NgayTra=_days_ahead(2)), "date_in_future"),
         (lambda d: d.update(TrangThaiHoSo=11), "invalid_status"),
         (lambda d: d.pop("ChuHoSo"), "missing_field"),
         (lambda d: d.update(KenhThucHien="online"), "validation_error"),
@@ -186,6 +195,13 @@ def test_bad_dossier_fields_are_422_with_stable_code(hub: Hub, mutate: Any, code
     raw = json.dumps(d).encode()  # \u-escaped: as a client's JSON library sends a lone surrogate
     assert_problem(hub.http.post("/v1/dossiers", content=raw, headers={"Content-Type": "application/json"}), 422, code)
     assert rows(hub)["dossiers"] == 0
+
+
+def test_a_one_stop_clock_some_hours_ahead_is_not_refused(hub: Hub) -> None:
+    """Received "in the future" by hours is a clock ahead (or local time written as UTC): taken; a day and more is
+    not a clock."""
+    d = dossier(42, NgayTiepNhan=_days_ahead(0)[:8] + "235959", NgayHenTra=_days_ahead(5))
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
 
 
 def test_the_owners_id_is_kept_without_the_spaces_around_it(hub: Hub) -> None:

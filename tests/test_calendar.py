@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hub.domain.calendar import WorkingCalendar
 from hub.domain.dates import VN_TZ, format_national, parse_national
 from tests.api_helpers import assert_problem
@@ -44,6 +47,39 @@ def test_deployment_can_add_days_off_and_make_up_days() -> None:
     cal = WorkingCalendar(extra_days_off=[date(2026, 11, 23)], extra_working_days=[date(2026, 11, 28)])
     assert not cal.is_working_day(date(2026, 11, 23))
     assert cal.is_working_day(date(2026, 11, 28))
+
+
+def _counted_day_by_day(cal: WorkingCalendar, start: date, end: date) -> int:
+    if end < start:
+        return -_counted_day_by_day(cal, end, start)
+    return sum(cal.is_working_day(start + timedelta(days=i)) for i in range(1, (end - start).days + 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dates(min_value=date(1990, 1, 1), max_value=date(2040, 12, 31)),
+    st.integers(min_value=-800, max_value=800),
+)
+def test_working_days_between_counts_as_walking_the_days_would(start: date, span: int) -> None:
+    """The running yearly totals give the count a day-by-day walk gives: across year ends, leap days, Tết, the
+    deployment's own days off and make-up days, either way round."""
+    cal = WorkingCalendar(
+        extra_days_off=[date(2026, 11, 23), date(2000, 2, 29)], extra_working_days=[date(2026, 11, 28)]
+    )
+    end = start + timedelta(days=span)
+    assert cal.working_days_between(start, end) == _counted_day_by_day(cal, start, end)
+
+
+def test_a_dossier_due_decades_ago_is_counted_late_by_its_working_days(hub_factory: HubFactory) -> None:
+    """A dossier imported from an old register, due in 1999: its working days late are counted whole (once a day
+    at a time: a list of them took seconds)."""
+    hub: Hub = hub_factory(start_worker=False)
+    old = dossier(9, NgayTiepNhan="19990104080000", NgayHenTra="19990111080000")
+    assert hub.http.post("/v1/dossiers", json=old).status_code == 202
+    items = hub.http.get("/v1/dossiers", params={"overdue": "true"}).json()["items"]
+    today = datetime.now(VN_TZ).date()
+    assert [i["overdue_working_days"] for i in items] == [_counted_day_by_day(CAL, date(1999, 1, 11), today)]
+    assert items[0]["overdue_working_days"] > 6000
 
 
 def test_overdue_dossiers_are_listed_for_the_clients_agencies(hub_factory: HubFactory, creds: Creds) -> None:

@@ -18,6 +18,7 @@ class WorkingCalendar:
         self._holidays = holidays.country_holidays("VN")
         self._extra_off = set(extra_days_off)
         self._extra_working = set(extra_working_days)
+        self._years: dict[int, list[int]] = {}
 
     def is_working_day(self, day: date) -> bool:
         """Not a weekend or a public holiday — except the Saturdays the government makes working days in exchange
@@ -48,11 +49,26 @@ class WorkingCalendar:
         return local.replace(year=day.year, month=day.month, day=day.day)
 
     def working_days_between(self, start: date, end: date) -> int:
-        """Working days after `start` up to and including `end` (negative when end is before start)."""
+        """Working days after `start` up to and including `end` (negative when end is before start). Counted from
+        each year's running totals, built once a year is first asked for: a dossier due in 1990 answered in the
+        overdue list costs 37 look-ups, not the 13,000 days between (a list of them was seconds of CPU)."""
         if end < start:
             return -self.working_days_between(end, start)
-        n, day = 0, start
-        while day < end:
-            day += timedelta(days=1)
-            n += self.is_working_day(day)
-        return n
+        first, last = self._running(start.year), self._running(end.year)
+        since, until = start.timetuple().tm_yday, end.timetuple().tm_yday
+        if start.year == end.year:
+            return last[until] - first[since]
+        between = sum(self._running(y)[-1] for y in range(start.year + 1, end.year))
+        return first[-1] - first[since] + between + last[until]
+
+    def _running(self, year: int) -> list[int]:
+        """[0, working days in 1 Jan, … in 1 Jan – the day of the year given by the index]: built once a year."""
+        found = self._years.get(year)
+        if found is None:
+            found = [0]
+            day = date(year, 1, 1)
+            while day.year == year:
+                found.append(found[-1] + self.is_working_day(day))
+                day += timedelta(days=1)
+            self._years[year] = found
+        return found

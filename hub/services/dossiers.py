@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -1018,10 +1018,23 @@ AFTER_RECEIPT = {
 }
 
 
+# what has happened cannot be dated later than now: a clock a day ahead (or local time written twice over UTC) is
+# still taken, a year typed 2062 for 2026 is not
+HAPPENED = {"NgayTiepNhan": "received", "NgayTra": "the result returned"}
+CLOCK_SKEW = timedelta(days=1)
+
+
 def _dates_in_order(data: dict[str, Any]) -> None:
     """A one-stop system's dossier whose appointment (or result, or end of processing) falls on a day before it
     was received: the citizen would be told a date already past, and the dossier counted late from its first day.
-    Refused, saying which date; compared by day (a system that keeps dates without the hour writes 000000)."""
+    Refused, saying which date; compared by day (a system that keeps dates without the hour writes 000000).
+    A dossier received (or its result returned) in the future is refused too: the portal would show it filed on
+    a day to come, and every count of days from its receipt would be off."""
+    latest = format_national(utcnow() + CLOCK_SKEW)
+    for field, what in HAPPENED.items():
+        value = data.get(field)
+        if value and str(value) > latest:
+            raise InvalidDate(f"{field} ({what}) {value} is in the future", code="date_in_future")
     received = str(data["NgayTiepNhan"])
     for field, what in AFTER_RECEIPT.items():
         value = data.get(field)
