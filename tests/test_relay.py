@@ -677,6 +677,8 @@ def test_an_outage_is_logged_when_it_starts_once_a_minute_while_it_lasts_and_whe
         ("-5", None),
         ("1.5", None),
         ("soon", None),
+        ("²", None),  # a Latin-1 byte that str.isdigit takes for a digit
+        ("\u0663", None),  # an Arabic-Indic three: not RFC 9110's DIGIT
         ("", None),
         (None, None),
     ],

@@ -87,7 +87,7 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # RFC 9110's DIGIT: "²" is a digit to str.isdigit, not to float()
         return min(float(value), MAX_RETRY_AFTER) if len(value) <= 10 else MAX_RETRY_AFTER
     try:
         when = email.utils.parsedate_to_datetime(value)
