@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -67,8 +68,11 @@ class Runtime:
         self.disk = DiskSpace(db.sqlite_path(url), settings.disk_reserve_mb * MIB)
         from hub.adapters.tls import context_for
 
-        # hub's HTTPS to its peers: certifi's CAs, the province's own (HUB_TLS_CA_FILE), its client certificate
-        self.tls = context_for(settings)
+        # hub's HTTPS to its peers: certifi's CAs, the province's own (HUB_TLS_CA_FILE), its client certificate;
+        # a peer on a network of its own has its own (HUB_TLS_PEERS)
+        def tls(peer: str) -> ssl.SSLContext | None:
+            return context_for(settings, peer)
+
         password = settings.national_portal_password
         self.portal = NationalPortalClient(
             settings.effective_national_portal_url,
@@ -80,13 +84,13 @@ class Runtime:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             max_connections=max(settings.relay_concurrency, 4),
-            tls=self.tls,
+            tls=tls("national_portal"),
         )
         self.one_stop = OneStopClient(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             max_connections=max(settings.relay_concurrency, 4),
-            tls=self.tls,
+            tls=tls("one_stop"),
         )
         from hub.adapters.document_exchange import DocumentExchangeClient
 
@@ -96,7 +100,7 @@ class Runtime:
             api_key=exchange_key.get_secret_value() if exchange_key else "",
             connect_timeout=settings.connect_timeout,
             read_timeout=max(settings.read_timeout, 30.0),  # envelopes carry attachments
-            tls=self.tls,
+            tls=tls("document_exchange"),
         )
         from hub.sync.maintenance import Maintenance
 
@@ -178,7 +182,7 @@ class Runtime:
                 starttls=settings.smtp_starttls,
                 username=settings.smtp_username or None,
                 password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-                tls=self.tls,
+                tls=tls("email"),
             )
             if settings.smtp_host
             else None
@@ -190,7 +194,7 @@ class Runtime:
                 brandname=settings.sms_brandname,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
-                tls=self.tls,
+                tls=tls("sms"),
             )
             if settings.sms_gateway_url
             else None
@@ -225,7 +229,7 @@ class Runtime:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             shared_waits=self.shared_waits,
-            tls=self.tls,
+            tls=tls("population"),
         )
         from hub.adapters.identity import CitizenTokens
 
@@ -238,7 +242,7 @@ class Runtime:
                 settings.citizen_id_claim,
                 timeout=settings.connect_timeout + settings.read_timeout,
                 on_exchange=self.record_exchange,
-                tls=self.tls,
+                tls=tls("identity_provider"),
             )
             if issuer
             else None
@@ -256,7 +260,7 @@ class Runtime:
                 secret=payment_secret,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
-                tls=self.tls,
+                tls=tls("payment_dvc"),
             )
         if settings.payment_vnpay_pay_url and settings.payment_vnpay_secret is not None:
             from hub.adapters.payment.vnpay import VnpayClient
@@ -269,7 +273,7 @@ class Runtime:
                 return_url=f"{settings.effective_public_url}/v1/payments/return/vnpay",
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
-                tls=self.tls,
+                tls=tls("payment_vnpay"),
             )
         self.payments = PaymentService(
             self.sessions,

@@ -75,6 +75,42 @@ class ClientSystem(BaseModel):
         return False
 
 
+class PeerTls(BaseModel):
+    """A peer's TLS settings (HUB_TLS_PEERS__{PEER}__…), or the shared ones (HUB_TLS_…)."""
+
+    model_config = {"extra": "forbid"}
+
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    client_key_password: SecretStr | None = None
+
+    def over(self, shared: PeerTls) -> PeerTls:
+        """These settings where given, the shared ones where not; a client certificate goes with its own key."""
+        if self.client_cert is None and self.client_key is None:
+            mine = (shared.client_cert, shared.client_key, shared.client_key_password)
+        else:
+            mine = (self.client_cert, self.client_key, self.client_key_password)
+        return PeerTls(
+            ca_file=self.ca_file or shared.ca_file, client_cert=mine[0], client_key=mine[1], client_key_password=mine[2]
+        )
+
+    def files(self, peer: str | None) -> tuple[Path | None, Path | None, Path | None, str | None]:
+        """(CA file, client certificate, its key, the key's password), checked to be there: a missing one stops
+        start-up naming its setting."""
+        from hub.adapters.tls import setting_name
+
+        if self.client_key is not None and self.client_cert is None:
+            key, cert = setting_name(peer, "client_key"), setting_name(peer, "client_cert")
+            raise ValueError(f"{key} is the key of {cert}: set the certificate too")
+        for field in ("ca_file", "client_cert", "client_key"):
+            path = getattr(self, field)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{setting_name(peer, field)}: no file at {str(path)!r}")
+        password = self.client_key_password.get_secret_value() if self.client_key_password else None
+        return self.ca_file, self.client_cert, self.client_key, password
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore", env_nested_delimiter="__")
 
@@ -120,6 +156,10 @@ class Settings(BaseSettings):
     tls_client_key: Path | None = None
     tls_client_key_password: SecretStr | None = None
     _tls_context: ssl.SSLContext | None = PrivateAttr(default=None)  # built from the four above, once
+    # a peer's own, where its network differs (HUB_TLS_PEERS__POPULATION__CLIENT_CERT=...): a CA file it leaves
+    # out is the shared one; its client certificate, when it names one, replaces the shared one with its key
+    tls_peers: dict[str, PeerTls] = Field(default_factory=dict)
+    _tls_peer_contexts: dict[str, ssl.SSLContext | None] = PrivateAttr(default_factory=dict)
 
     # Population database (SOAP) adapter, for pre-filling forms.
     population_url: str = ""  # empty -> the sandbox on loopback (dev only)
@@ -251,32 +291,46 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls_files(self) -> Settings:
-        if self.tls_client_key is not None and self.tls_client_cert is None:
-            raise ValueError("HUB_TLS_CLIENT_KEY is the key of HUB_TLS_CLIENT_CERT: set the certificate too")
-        for name, path in (
-            ("HUB_TLS_CA_FILE", self.tls_ca_file),
-            ("HUB_TLS_CLIENT_CERT", self.tls_client_cert),
-            ("HUB_TLS_CLIENT_KEY", self.tls_client_key),
-        ):
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name}: no file at {str(path)!r}")
-        from hub.adapters.tls import client_context
+        from hub.adapters.tls import TLS_PEERS, client_context
 
-        password = self.tls_client_key_password
+        unknown = sorted(set(self.tls_peers) - set(TLS_PEERS))
+        if unknown:
+            raise ValueError(f"HUB_TLS_PEERS: no peer {', '.join(unknown)}; the peers are {', '.join(TLS_PEERS)}")
+        shared = PeerTls(
+            ca_file=self.tls_ca_file,
+            client_cert=self.tls_client_cert,
+            client_key=self.tls_client_key,
+            client_key_password=self.tls_client_key_password,
+        )
         # built once, here: a file that is not PEM, or a key that is not the certificate's, stops every command at
         # start-up with the setting's name, as any other wrong setting does; every adapter then shares it
-        self._tls_context = client_context(
-            self.tls_ca_file,
-            self.tls_client_cert,
-            self.tls_client_key,
-            password.get_secret_value() if password else None,
-        )
+        self._tls_context = client_context(*shared.files(None))
+        self._tls_peer_contexts = {
+            peer: client_context(*own.over(shared).files(peer), peer=peer) for peer, own in self.tls_peers.items()
+        }
         return self
+
+    def tls_client_cert_for(self, peer: str) -> Path | None:
+        """The client certificate hub presents to `peer` (its own, or the shared one), if any."""
+        own = self.tls_peers.get(peer)
+        if own is not None and own.client_cert is not None:
+            return own.client_cert
+        return self.tls_client_cert
 
     @property
     def tls_context(self) -> ssl.SSLContext | None:
         """The context of hub's HTTPS to its peers (hub.adapters.tls), or None: each client's default."""
         return self._tls_context
+
+    def tls_context_for(self, peer: str) -> ssl.SSLContext | None:
+        """`peer`'s own context where HUB_TLS_PEERS gives it one, else the shared one."""
+        return self._tls_peer_contexts.get(peer, self._tls_context)
+
+    def tls_client_certs(self) -> dict[str, Path]:
+        """Each client certificate hub presents, by whose it is ("" for the shared one), for `hub check`."""
+        certs = {"": self.tls_client_cert} if self.tls_client_cert is not None else {}
+        certs.update({peer: own.client_cert for peer, own in self.tls_peers.items() if own.client_cert is not None})
+        return {who: path for who, path in certs.items() if path is not None}
 
     @model_validator(mode="after")
     def _previous_keys_are_previous(self) -> Settings:

@@ -177,3 +177,73 @@ def test_hub_check_fails_an_expired_client_certificate(pki: Path) -> None:
 
     status, detail = _client_certificate(pki / "hub.pem", datetime.now(UTC) + timedelta(days=2))
     assert status == "fail" and "expired" in detail and "refuse hub" in detail
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_peer_on_a_network_of_its_own_gets_its_own_client_certificate(
+    hub_factory: HubFactory, mtls_portal: ServerThread, pki: Path, backend: str, tmp_path: Path
+) -> None:
+    """The shared client certificate is one the portal's network does not know (another platform's); the portal's
+    own (HUB_TLS_PEERS__NATIONAL_PORTAL__…) is the network's: the dossier goes, and `hub check` watches both."""
+    start = _received(mtls_portal, pki)
+    hub = hub_factory(
+        national_portal_url=mtls_portal.url,
+        tls_ca_file=pki / "ca.pem",
+        tls_client_cert=pki / "stranger.pem",
+        tls_client_key=pki / "stranger.key",
+        tls_peers={"national_portal": {"client_cert": pki / "hub.pem", "client_key": pki / "hub.key"}},
+        var_dir=tmp_path,
+    )
+    d = dossier(4)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    hub.wait_idle()
+    events = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["events"]
+    assert [x["state"] for e in events for x in e["deliveries"]] == ["delivered"]
+    assert _received(mtls_portal, pki) == start + 1
+    from hub.services import preflight
+
+    checks = {c.name: c for c in preflight.run(hub.runtime)}
+    assert "CN=not-hub" in checks["tls_client_certificate"].detail
+    assert "CN=hub.tinh.gov.vn" in checks["tls_client_certificate:national_portal"].detail
+
+
+def test_a_peers_own_tls_settings_come_from_the_environment_and_fall_back_to_the_shared_ones(
+    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HUB_TLS_CA_FILE", str(pki / "ca.pem"))
+    monkeypatch.setenv("HUB_TLS_PEERS__POPULATION__CLIENT_CERT", str(pki / "hub.pem"))
+    monkeypatch.setenv("HUB_TLS_PEERS__POPULATION__CLIENT_KEY", str(pki / "hub.key"))
+    monkeypatch.setenv("HUB_TLS_PEERS__PAYMENT_DVC__CA_FILE", str(pki / "other-ca.pem"))
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.tls_client_cert_for("population") == pki / "hub.pem" and s.tls_client_cert_for("payment_dvc") is None
+    shared, population, payment = (s.tls_context_for(p) for p in ("national_portal", "population", "payment_dvc"))
+    assert shared is s.tls_context and population is not shared and payment is not shared
+    # the population register's gateway: the shared CA (its own left out) and its own client certificate
+    issuers = lambda ctx: {dict(x[0] for x in c["subject"]).get("commonName") for c in ctx.get_ca_certs()}  # noqa: E731
+    assert "Test Government Network CA" in issuers(population)
+    assert "Someone Else's CA" in issuers(payment) and "Test Government Network CA" not in issuers(payment)
+    monkeypatch.setenv("HUB_TLS_PEERS__POPULATON__CA_FILE", str(pki / "ca.pem"))  # a typo is not ignored
+    with pytest.raises(ValueError, match="no peer populaton; the peers are national_portal"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.delenv("HUB_TLS_PEERS__POPULATON__CA_FILE")
+    monkeypatch.delenv("HUB_TLS_PEERS__POPULATION__CLIENT_CERT")
+    with pytest.raises(ValueError, match="HUB_TLS_PEERS__POPULATION__CLIENT_KEY is the key of"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    monkeypatch.delenv("HUB_TLS_PEERS__POPULATION__CLIENT_KEY")
+    monkeypatch.setenv("HUB_TLS_PEERS__SMS__CA_FILE", str(garbage))
+    with pytest.raises(ValueError, match=r"HUB_TLS_PEERS__SMS__CA_FILE .* does not load"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_hub_check_says_a_peer_that_hangs_up_may_want_a_client_certificate(
+    mtls_portal: ServerThread, pki: Path
+) -> None:
+    from hub.services.preflight import _reachable
+
+    trusting = client_context(pki / "ca.pem")
+    status, detail = _reachable(mtls_portal.url, 3.0, trusting, with_cert=False)
+    assert status == "fail" and "require hub's client certificate (HUB_TLS_CLIENT_CERT)" in detail
+    with_cert = client_context(pki / "ca.pem", pki / "hub.pem", pki / "hub.key")
+    assert _reachable(mtls_portal.url, 3.0, with_cert) == ("ok", f"{mtls_portal.url}: HTTP 404")

@@ -303,5 +303,5 @@ def client_tokens(settings: Settings, on_exchange: ExchangeHook | None = None) -
         settings.oauth_client_claim,
         timeout=settings.connect_timeout + settings.read_timeout,
         on_exchange=on_exchange,
-        tls=context_for(settings),
+        tls=context_for(settings, "authorization_server"),
     )

@@ -42,15 +42,23 @@ class Check:
     ms: float = 0.0
 
 
-def _reachable(url: str, timeout: float, tls: ssl.SSLContext | None = None) -> tuple[str, str]:
+def _reachable(
+    url: str, timeout: float, tls: ssl.SSLContext | None = None, *, with_cert: bool = True
+) -> tuple[str, str]:
     """Any HTTP answer means the system is there (hub's own calls prove the rest); no answer is a failure. Over
-    HTTPS as hub's adapters connect (`tls`: the province's CAs and hub's client certificate, ADR 0035)."""
+    HTTPS as hub's adapters connect (`tls`: the province's CAs and hub's client certificate, ADR 0035).
+    `with_cert`: whether hub presents a client certificate to this peer — an HTTPS peer that hangs up on a hub
+    presenting none most likely requires one (TLS 1.3 says so only by closing the connection)."""
     try:
         r = httpx.get(
             url, timeout=timeout, follow_redirects=False, trust_env=False, verify=tls if tls is not None else True
         )
     except httpx.HTTPError as exc:
-        return "fail", f"{url}: no answer ({exc.__class__.__name__}: {str(exc)[:160]})"
+        said = f"{url}: no answer ({exc.__class__.__name__}: {str(exc)[:160]})"
+        closed = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) or "certificate required" in str(exc)
+        if url.startswith("https:") and not with_cert and closed:
+            said += "; it hung up after the handshake: does it require hub's client certificate (HUB_TLS_CLIENT_CERT)?"
+        return "fail", said
     return "ok", f"{url}: HTTP {r.status_code}"
 
 
@@ -236,11 +244,12 @@ def run(rt: Runtime) -> list[Check]:
         check("disk", disk)
         check("broker", broker)
         check("national_portal", portal)
-        if (client_cert := s.tls_client_cert) is not None:
-            check("tls_client_certificate", lambda: _client_certificate(client_cert, datetime.now(UTC)))
-        check("population", lambda: _reachable(s.effective_population_url, timeout, rt.tls))
-        for name, url in _peer_urls(rt).items():
-            check(name, lambda url=url: _reachable(url, timeout, rt.tls))  # type: ignore[misc]
+        for whose, cert in s.tls_client_certs().items():  # the shared one, and each peer's own
+            name = f"tls_client_certificate:{whose}" if whose else "tls_client_certificate"
+            check(name, lambda cert=cert: _client_certificate(cert, datetime.now(UTC)))  # type: ignore[misc]
+        for name, url in {"population": s.effective_population_url, **_peer_urls(rt)}.items():
+            tls, with_cert = s.tls_context_for(name), s.tls_client_cert_for(name) is not None
+            check(name, lambda url=url, tls=tls, c=with_cert: _reachable(url, timeout, tls, with_cert=c))  # type: ignore[misc]
         check("document_exchange", document_exchange)
         check("email", smtp)
         check("signing", signing)
