@@ -540,8 +540,10 @@ def jobs_replay(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Put dead letters back in line; per-dossier order is kept."""
+    from hub.services.actions import cli_actor
     from hub.sync import jobs
 
+    who = cli_actor()
     if not ids and not all_dead and not dossier:
         err.print("[red]name dead-letter ids, or --dossier MaHoSo, or --all-dead[/red]")
         raise typer.Exit(2)
@@ -556,11 +558,11 @@ def jobs_replay(
                 for start in range(0, len(dead), 1000):
                     chunk = dead[start : start + 1000]
                     with rt.sessions.begin() as session:
-                        result["replayed"] += jobs.replay(session, ids=chunk)["replayed"]
+                        result["replayed"] += jobs.replay(session, by=who, ids=chunk, all_dead=True)["replayed"]
                     progress.update(task, advance=len(chunk))
         else:
             with rt.sessions.begin() as session:
-                result = jobs.replay(session, ids=ids or None, dossier=dossier, all_dead=all_dead)
+                result = jobs.replay(session, by=who, ids=ids or None, dossier=dossier, all_dead=all_dead)
     finally:
         rt.close()
     said = f"replayed {result['replayed']} dead letter(s)"
@@ -579,8 +581,7 @@ def jobs_set_aside(
     then flow in their order. For a message the peer will never take and that must not be sent again (the portal
     already has what it says; it was wrong and a corrected one follows). Who, when and why are kept with it.
     Final: a message set aside is not replayed."""
-    import getpass
-
+    from hub.services.actions import cli_actor
     from hub.sync import jobs
 
     if not ids and not dossier:
@@ -591,11 +592,7 @@ def jobs_set_aside(
     except ValueError as exc:
         err.print(f"[red]--reason is required, at most {jobs.MAX_REASON} characters: {exc}[/red]")
         raise typer.Exit(2) from None
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # a container's uid with no name
-        user = str(os.getuid())
-    who = (by or "").strip() or f"cli:{user}"
+    who = (by or "").strip() or cli_actor()
     rt = _Store()
     try:
         with rt.sessions.begin() as session:
@@ -618,6 +615,7 @@ def jobs_retry(
 ) -> None:
     """Deliver waiting messages now instead of after their backoff (up to HUB_RELAY_BACKOFF_CAP, 5 min) — once
     a peer's problem is fixed. Attempts are kept; per-dossier order is kept. Dead letters: `replay`."""
+    from hub.services.actions import cli_actor
     from hub.sync import jobs
 
     if not ids and not dossier and not destination and not all_waiting:
@@ -627,7 +625,12 @@ def jobs_retry(
     try:
         with rt.sessions.begin() as session:
             result = jobs.retry(
-                session, ids=ids or None, dossier=dossier, destination=destination, all_waiting=all_waiting
+                session,
+                by=cli_actor(),
+                ids=ids or None,
+                dossier=dossier,
+                destination=destination,
+                all_waiting=all_waiting,
             )
     finally:
         rt.close()
@@ -1626,13 +1629,45 @@ def operators_add(
     )
     rt = _jobs_runtime()
     try:
-        Operators(rt.sessions).add(username, password, role)
+        Operators(rt.sessions).add(username, password, role)  # recorded as cli:<the OS user>
     except DomainError as exc:
         err.print(f"[red]{exc.detail}[/red]")
         raise typer.Exit(2) from None
     finally:
         rt.close()
     out.print(f"operator {username} ({role}) created")
+
+
+@operators_cli.command("actions")
+def operators_actions(
+    actor: Annotated[str | None, typer.Option(help="one actor's: console:<user> or cli:<os user>")] = None,
+    action: Annotated[str | None, typer.Option(help="one kind: replay, retry, set_aside, sign_in_failed, …")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 200,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What operators did (replays, retries, dead letters set aside, maintenance, payments queried, accounts) and
+    their sign-ins, failed ones too — the latest first. The console shows the same at /ops/actions."""
+    from hub.services import actions
+
+    if action is not None and action not in actions.ACTIONS:
+        err.print(f"[red]--action is one of {', '.join(actions.ACTIONS)}[/red]")
+        raise typer.Exit(2)
+    rt = _Store()
+    try:
+        with rt.sessions() as session:
+            rows = actions.recent(session, actor=actor, action=action, limit=limit)
+    finally:
+        rt.close()
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table(title="operator actions (latest first)")
+    for col in ("at", "actor", "action", "target", "outcome"):
+        table.add_column(col)
+    for a in rows:
+        target, outcome = (json.dumps(a[k], ensure_ascii=False) for k in ("target", "outcome"))
+        table.add_row(*_plain(str(a["at"]), str(a["actor"]), str(a["action"]), target, outcome))
+    out.print(table)
 
 
 @operators_cli.command("list")
@@ -1664,10 +1699,12 @@ def maintenance(
     if action not in ("on", "off", "status"):
         err.print("[red]say on, off or status[/red]")
         raise typer.Exit(2)
+    from hub.services.actions import cli_actor
+
     rt = _jobs_runtime()
     try:
         if action != "status":
-            rt.maintenance.set(action == "on", by=f"cli:{os.environ.get('USER', 'unknown')}")
+            rt.maintenance.set(action == "on", by=cli_actor())
         status = rt.maintenance.status()
     finally:
         rt.close()

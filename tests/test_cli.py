@@ -138,6 +138,15 @@ def test_jobs_retry_sends_a_waiting_delivery_now(
     assert json.loads(retried.stdout) == {"retried": 1, "not_waiting": []}, retried.stderr
     assert hub.wait_idle(timeout=10) == {"delivered": 1}  # its next attempt was two minutes away
     assert [h["status"] for h in portal.get(f"/_sandbox/dossiers/{d['MaHoSo']}").json()["history"]] == [2]
+    # both, the one that did nothing too, are in the record of operators' actions under the OS user who ran them
+    from hub.services.actions import cli_actor
+
+    done = json.loads(run(["operators", "actions", "--action", "retry", "--json"], tmp_path, env).stdout)
+    assert [(a["actor"], a["target"], a["outcome"]) for a in done] == [
+        (cli_actor(), {"dossier": d["MaHoSo"]}, {"retried": 1, "not_waiting": []}),
+        (cli_actor(), {"ids": [999999]}, {"retried": 0, "not_waiting": [999999]}),
+    ]
+    assert run(["operators", "actions", "--action", "delete"], tmp_path, env).returncode == 2
     [job] = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["events"][0]["deliveries"]
     assert job["attempts"] == 2
     again = run(["jobs", "retry", "--destination", "national_portal", "--json"], tmp_path, env)

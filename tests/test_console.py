@@ -93,6 +93,12 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     assert hub.wait_idle() == {"delivered": 1}
     page.goto(f"{base}/ops/dossiers/{code}")
     assert "delivered" in page.locator("#timeline").inner_text()
+    # the replay is in the record of operators' actions: who, to what, what came of it
+    page.click("text=Nhật ký thao tác")
+    latest = page.locator("#actions tr").nth(1).inner_text()
+    assert "console:tran.van.an" in latest and "Phát lại thư chết" in latest and "replayed 1" in latest, latest
+    shot(page, "operator-actions")
+    page.goto(f"{base}/ops/dossiers/{code}")
     # English on request
     page.click("#lang")
     assert page.locator("header").inner_text().count("Dead letters") == 1
@@ -231,6 +237,25 @@ def test_forged_forms_and_strangers_change_nothing(console_hub: Hub, creds: Cred
         assert token is not None
         last = attacker.post("/ops/login", data={"csrf": token.group(1), "username": "tran.van.an", "password": "no"})
     assert last.status_code == 429
+    # all of it is in the record of operators' actions, the latest first; the forged replays, refused, are not
+    from hub.services import actions
+
+    with hub.runtime.sessions() as s:
+        done = [(a["actor"], a["action"], a["outcome"]) for a in actions.recent(s)]
+    failed = ("console:tran.van.an", "sign_in_failed", {"reason": "wrong_user_or_password"})
+    assert done == [
+        ("console:tran.van.an", "sign_in_failed", {"reason": "too_many_attempts"}),
+        *[failed] * 5,
+        ("console:tran.van.an", "maintenance_off", {}),
+        ("console:tran.van.an", "maintenance_on", {}),
+        ("console:tran.van.an", "sign_in", {"role": "operator"}),
+        (actions.cli_actor(), "operator_added", {}),  # the fixture's two accounts, made as `hub operators add` does
+        (actions.cli_actor(), "operator_added", {}),
+    ]
+    page = operator.get("/ops/actions", params={"action": "sign_in_failed"}).text
+    assert page.count("Đăng nhập không thành công <small>") == 6 and "Bật chế độ bảo trì <small>" not in page
+    assert "127.0.0.1" in operator.get("/ops/actions").text  # where each sign-in came from
+    assert stranger.get("/ops/actions").status_code == 303  # to the login page
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -376,7 +401,7 @@ def test_the_timeline_reads_in_vietnam_time_and_words(
     assert "Xếp hàng lúc" in dead and '<small><time datetime="' in dead  # since when the letter has waited
     hub.runtime.routes.add(code.split("-")[0], onestop_server.url)
     with hub.runtime.sessions.begin() as s:
-        jobs.replay(s, ids=list(s.scalars(select(OutboxMessage.id))))
+        jobs.replay(s, by="test", ids=list(s.scalars(select(OutboxMessage.id))))
     assert hub.wait_idle() == {"delivered": 1}
     with hub.runtime.sessions() as s:
         at = s.scalars(select(StatusEvent.created_at)).one().replace(tzinfo=UTC)

@@ -69,7 +69,7 @@ def test_unroutable_agency_is_a_dead_letter_with_its_reason(
     assert received(onestop) == []
     hub.runtime.routes.add(AGENCY, onestop_server.url)
     with hub.runtime.sessions.begin() as s:
-        assert jobs.replay(s, dossier=d["MaHoSo"])["replayed"] == 1
+        assert jobs.replay(s, by="test", dossier=d["MaHoSo"])["replayed"] == 1
     hub.runtime.wake()
     assert hub.wait_idle() == {"delivered": 1}
     assert [r["body"]["data"]["MaHoSo"] for r in received(onestop)] == [d["MaHoSo"]]

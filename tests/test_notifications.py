@@ -95,7 +95,7 @@ def test_status_changes_notify_once_in_vietnamese(
 
         s.execute(update(OutboxMessage).where(OutboxMessage.destination == "national_portal").values(state="dead"))
     with hub.runtime.sessions.begin() as s:
-        assert jobs.replay(s, all_dead=True)["replayed"] == 7
+        assert jobs.replay(s, by="test", all_dead=True)["replayed"] == 7
     hub.runtime.wake()
     hub.wait_idle()
     time.sleep(0.2)

@@ -22,7 +22,10 @@ class Operators:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
-    def add(self, username: str, password: str, role: str) -> None:
+    def add(self, username: str, password: str, role: str, *, by: str | None = None) -> None:
+        """A new account; recorded as `by`'s action (default: the OS user running the command)."""
+        from hub.services import actions
+
         if role not in ROLES:
             raise DomainError(f"role must be one of {', '.join(ROLES)}", code="invalid_role")
         if len(password) < 10:
@@ -41,6 +44,7 @@ class Operators:
                     created_at=utcnow(),
                 )
             )
+            actions.record(s, by or actions.cli_actor(), "operator_added", {"username": username, "role": role})
 
     def authenticate(self, username: str, password: str) -> str | None:
         """The operator's role if the password is right (and the account enabled), else None."""

@@ -172,6 +172,27 @@ TEXT: dict[str, dict[str, str]] = {
         "job:reconcile": "Đối soát trạng thái hồ sơ với Cổng DVCQG",
         "job:reconcile_payments": "Đối soát thanh toán ngày hôm trước với sao kê của nền tảng thanh toán",
         "job:anchor_audit_log": "Ghi mốc nhật ký truy cập dữ liệu cá nhân ra ngoài CSDL",
+        "actions": "Nhật ký thao tác",
+        "actions_title": "Nhật ký thao tác của cán bộ vận hành",
+        "actions_intro": "Mọi thao tác làm thay đổi việc đồng bộ (phát lại, gửi lại ngay, gác lại thư chết,"
+        " chế độ bảo trì, tra cứu thanh toán, tạo tài khoản) và mọi lần đăng nhập,"
+        " kể cả đăng nhập sai: ai, lúc nào, với cái gì,"
+        " kết quả ra sao. Chỉ ghi thêm, không sửa, không xóa.",
+        "actor": "Người thực hiện",
+        "action": "Thao tác",
+        "target": "Đối tượng",
+        "result": "Kết quả",
+        "no_actions": "Chưa có thao tác nào",
+        "action:replay": "Phát lại thư chết",
+        "action:retry": "Gửi lại ngay",
+        "action:set_aside": "Gác lại thư chết",
+        "action:maintenance_on": "Bật chế độ bảo trì",
+        "action:maintenance_off": "Tắt chế độ bảo trì",
+        "action:payment_check": "Tra cứu thanh toán",
+        "action:sign_in": "Đăng nhập",
+        "action:sign_in_failed": "Đăng nhập không thành công",
+        "action:sign_out": "Đăng xuất",
+        "action:operator_added": "Tạo tài khoản cán bộ vận hành",
     },
     "en": {
         "title": "Operator console",
@@ -342,6 +363,27 @@ TEXT: dict[str, dict[str, str]] = {
         "job:reconcile": "Reconcile dossier statuses with the national portal",
         "job:reconcile_payments": "Reconcile the previous day's payments with each platform's statement",
         "job:anchor_audit_log": "Note the personal-data access log's head outside the database",
+        "actions": "Operator actions",
+        "actions_title": "What operators did",
+        "actions_intro": "Every action that changes how hub syncs (replays, retries, dead letters set aside,"
+        " maintenance mode, payments queried, accounts created) and every sign-in,"
+        " failed ones too: who, when, to what, with what"
+        " result. Appended to only; never changed or deleted.",
+        "actor": "Who",
+        "action": "Action",
+        "target": "To what",
+        "result": "Result",
+        "no_actions": "No action yet",
+        "action:replay": "Dead letters replayed",
+        "action:retry": "Waiting deliveries sent now",
+        "action:set_aside": "Dead letters set aside",
+        "action:maintenance_on": "Maintenance mode on",
+        "action:maintenance_off": "Maintenance mode off",
+        "action:payment_check": "Payment queried",
+        "action:sign_in": "Signed in",
+        "action:sign_in_failed": "Sign-in refused",
+        "action:sign_out": "Signed out",
+        "action:operator_added": "Operator account created",
     },
 }
 

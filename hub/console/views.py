@@ -30,6 +30,7 @@ from hub.domain.money import dong
 from hub.domain.privacy import same_text
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
+from hub.services import actions
 from hub.services.audit import OPERATOR_SEARCH, Access
 from hub.services.dossiers import mask_id
 from hub.services.edocs import documents_sent
@@ -179,11 +180,14 @@ def router(runtime: Any) -> APIRouter:
         username, password = str(data.get("username") or "")[:64], str(data.get("password") or "")[:200]
         t = words(lang_of(request))
         if limiter.blocked(username):
+            await noted(request, f"console:{username}", "sign_in_failed", {"reason": "too_many_attempts"})
             return _with_error(render(request, "login.html", status=429), t["too_many"])
-        role = ops().authenticate(username, password)
+        role = await run_in_threadpool(ops().authenticate, username, password)
         if role is None:
             limiter.failed(username)
+            await noted(request, f"console:{username}", "sign_in_failed", {"reason": "wrong_user_or_password"})
             return _with_error(render(request, "login.html", status=401), t["bad_login"])
+        await noted(request, f"console:{username}", "sign_in", {"role": role})
         lang = request.session.get("lang", "vi")
         request.session.clear()  # a fresh session (and CSRF token) after login
         request.session.update({"user": username, "role": role, "lang": lang, "csrf": secrets.token_urlsafe(32)})
@@ -194,8 +198,29 @@ def router(runtime: Any) -> APIRouter:
         _, refused = await checked_form(request)
         if refused is not None:
             return refused
+        if user := request.session.get("user"):
+            await noted(request, f"console:{user}", "sign_out", {})
         request.session.clear()
         return RedirectResponse("/ops/login", status_code=303)
+
+    async def noted(request: Request, actor: str, action: str, outcome: dict[str, Any]) -> None:
+        """A sign-in, failed sign-in or sign-out kept in the record of operators' actions, with where it came
+        from (the address the proxy in front reports as the client's). Where it cannot be written (the database's
+        disk full, the database away) it goes to the log instead: an operator must still be able to sign in and
+        see what is wrong."""
+        where = {"address": request.client.host if request.client else None}
+
+        def write() -> None:
+            with rt().sessions.begin() as s:
+                actions.record(s, actor, action, where, outcome)
+
+        try:
+            await run_in_threadpool(write)
+        except Exception as exc:  # noqa: BLE001 — any failure to write: said in the log, the sign-in goes on
+            log.warning(
+                "operator action not recorded: %s", exc.__class__.__name__,
+                extra={"actor": actor, "action": action, "target": where, "outcome": outcome},
+            )  # fmt: skip
 
     # -- pages -----------------------------------------------------------------------------------------------
 
@@ -369,6 +394,18 @@ def router(runtime: Any) -> APIRouter:
             states=PAYMENT_STATES, refused=rt().payments.refused_callbacks(),
         )  # fmt: skip
 
+    @r.get("/actions")
+    def operator_actions(request: Request, actor: str = "", action: str = "") -> Response:
+        """What operators did, and their sign-ins (failed ones too): the latest first."""
+        if (go := user_or_login(request)) is not None:
+            return go
+        actor, action = actor[:64], action if action in actions.ACTIONS else ""
+        with rt().sessions() as s:
+            rows = actions.recent(s, actor=actor or None, action=action or None)
+        return render(
+            request, "actions.html", page="actions", rows=rows, actor=actor, action=action, kinds=actions.ACTIONS
+        )
+
     @r.get("/documents")
     def documents(request: Request) -> Response:
         """Documents sent to other agencies that need a person: refused by a receiver (02), a recall refused (16);
@@ -403,6 +440,13 @@ def router(runtime: Any) -> APIRouter:
             "payment queried from the console",
             extra={"reference": reference, "operator": request.session.get("user"), "outcome": counts},
         )
+
+        def write() -> None:
+            with rt().sessions.begin() as s:
+                target = {"reference": reference, **({"MaHoSo": code} if code else {})}
+                actions.record(s, f"console:{request.session.get('user')}", "payment_check", target, counts)
+
+        await run_in_threadpool(write)
         t = words(lang_of(request))
         outcome = next((k for k, n in counts.items() if n), "nothing")
         request.session["flash"] = t.get(f"checked:{outcome}", outcome)
@@ -488,7 +532,7 @@ def router(runtime: Any) -> APIRouter:
                 action="/ops/dead/replay", scope="selected", ids=ids, destination=destination, code=code, back=back,
             )  # fmt: skip
         with rt().sessions.begin() as s:
-            result = jobs.replay(s, ids=ids)
+            result = jobs.replay(s, by=f"console:{request.session.get('user')}", ids=ids)
         rt().wake()
         request.session["flash"] = t["replayed"].format(n=result["replayed"])
         return RedirectResponse(back, status_code=303)
@@ -532,7 +576,9 @@ def router(runtime: Any) -> APIRouter:
         destination = str(data.get("destination") or "")[:64]
         code = str(data.get("dossier") or "")[:64]  # from a dossier's timeline: its waiting deliveries
         with rt().sessions.begin() as s:  # neither given: nothing is chosen, nothing changes
-            result = jobs.retry(s, destination=destination or None, dossier=code or None)
+            result = jobs.retry(
+                s, by=f"console:{request.session.get('user')}", destination=destination or None, dossier=code or None
+            )
         rt().wake()
         request.session["flash"] = words(lang_of(request))["retried"].format(n=result["retried"])
         back = f"/ops/dossiers/{quote(code, safe='')}" if code else "/ops"

@@ -417,6 +417,22 @@ class JobRun(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType)
 
 
+class OperatorAction(Base):
+    """Append-only record of what operators did to hub (replays, retries, dead letters set aside, maintenance,
+    payments queried, operator accounts changed) and of their sign-ins, failed ones included: who, when, to what,
+    with what result — written in the transaction of the action itself."""
+
+    __tablename__ = "operator_actions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(64), index=True)  # console:<user>, cli:<os user>
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[dict[str, Any]] = mapped_column(JSONType)  # what it was done to (ids, MaHoSo, peer, reference)
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSONType)  # what came of it (rows replayed, …)
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+
+
 class Flag(Base):
     """Cluster-wide switches set by operators (e.g. maintenance: stop dispatching, keep accepting)."""
 

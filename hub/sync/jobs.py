@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hub.services import actions
 from hub.store.models import Dossier, JobRun, OutboxMessage
 from hub.sync import outbox
 
@@ -89,14 +90,24 @@ def _chosen(
     return possible, dossier_ids, elsewhere
 
 
+def _target(ids: Sequence[int] | None, **named: Any) -> dict[str, Any]:
+    """What an operator's action named, as its record keeps it (the rows' ids, a MaHoSo, a peer, "all")."""
+    return {**({"ids": list(ids)} if ids else {}), **{k: v for k, v in named.items() if v}}
+
+
 def replay(
-    session: Session, *, ids: Sequence[int] | None = None, dossier: str | None = None, all_dead: bool = False
+    session: Session,
+    *,
+    by: str,
+    ids: Sequence[int] | None = None,
+    dossier: str | None = None,
+    all_dead: bool = False,
 ) -> dict[str, Any]:
-    """Replay dead letters. Ids that are not dead letters are reported, not touched."""
+    """Replay dead letters. Ids that are not dead letters are reported, not touched. Recorded as `by`'s action."""
+    target = _target(ids, dossier=dossier, all_dead=all_dead)
     ids, dossier_ids, not_dead = _chosen(session, ids, dossier, outbox.DEAD)
-    if not (ids or dossier_ids or all_dead):
-        return {"replayed": 0, "not_dead": not_dead}
-    n = outbox.replay(session, ids=ids or None, dossier_ids=dossier_ids)
+    n = outbox.replay(session, ids=ids or None, dossier_ids=dossier_ids) if ids or dossier_ids or all_dead else 0
+    actions.record(session, by, "replay", target, {"replayed": n, "not_dead": not_dead})
     return {"replayed": n, "not_dead": not_dead}
 
 
@@ -122,10 +133,14 @@ def set_aside(
     dossier's later messages flow again, in order. `reason` is required. Ids that are not dead letters are
     reported, not touched."""
     reason = clean_reason(reason)
+    target = _target(ids, dossier=dossier, reason=reason)
     ids, dossier_ids, not_dead = _chosen(session, ids, dossier, outbox.DEAD)
-    if not (ids or dossier_ids):
-        return {"set_aside": 0, "not_dead": not_dead}
-    n = outbox.set_aside(session, ids=ids or None, dossier_ids=dossier_ids, by=by, reason=reason)
+    n = (
+        outbox.set_aside(session, ids=ids or None, dossier_ids=dossier_ids, by=by, reason=reason)
+        if ids or dossier_ids
+        else 0
+    )
+    actions.record(session, by, "set_aside", target, {"set_aside": n, "not_dead": not_dead})
     if n:
         log.warning(
             "dead letters set aside",
@@ -137,17 +152,20 @@ def set_aside(
 def retry(
     session: Session,
     *,
+    by: str,
     ids: Sequence[int] | None = None,
     dossier: str | None = None,
     destination: str | None = None,
     all_waiting: bool = False,
 ) -> dict[str, Any]:
     """Deliver messages waiting out their backoff now. Ids that are not waiting (delivered, dead, in flight) are
-    reported, not touched."""
+    reported, not touched. Recorded as `by`'s action."""
+    target = _target(ids, dossier=dossier, destination=destination, all_waiting=all_waiting)
     ids, dossier_ids, not_waiting = _chosen(session, ids, dossier, outbox.PENDING)
-    if not (ids or dossier_ids or destination or all_waiting):
-        return {"retried": 0, "not_waiting": not_waiting}
-    n = outbox.retry_now(session, ids=ids or None, destination=destination, dossier_ids=dossier_ids)
+    n = 0
+    if ids or dossier_ids or destination or all_waiting:
+        n = outbox.retry_now(session, ids=ids or None, destination=destination, dossier_ids=dossier_ids)
+    actions.record(session, by, "retry", target, {"retried": n, "not_waiting": not_waiting})
     return {"retried": n, "not_waiting": not_waiting}
 
 

@@ -54,5 +54,8 @@ class Maintenance:
                 s.add(Flag(name=NAME, value="on" if on else "off", updated_by=by[:64], updated_at=utcnow()))
             else:
                 flag.value, flag.updated_by, flag.updated_at = ("on" if on else "off"), by[:64], utcnow()
+            from hub.services import actions
+
+            actions.record(s, by, "maintenance_on" if on else "maintenance_off", {})
         with self._lock:
             self._cached = (0.0, on)
