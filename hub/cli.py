@@ -1638,6 +1638,56 @@ def operators_add(
     out.print(f"operator {username} ({role}) created")
 
 
+def _operator_change(username: str, change: Callable[[Any], None], done: str) -> None:
+    """Run one change to an account (hub.console.auth.Operators), saying what was done or why not."""
+    from hub.console.auth import Operators
+    from hub.domain.errors import DomainError
+
+    rt = _jobs_runtime()
+    try:
+        change(Operators(rt.sessions))
+    except DomainError as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1 if exc.code == "operator_not_found" else 2) from None
+    finally:
+        rt.close()
+    out.print(done)
+
+
+@operators_cli.command("disable")
+def operators_disable(username: str) -> None:
+    """The account signs in no more; its open console sessions end at their next request."""
+    _operator_change(username, lambda ops: ops.disable(username), f"operator {username} disabled")
+
+
+@operators_cli.command("enable")
+def operators_enable(username: str) -> None:
+    """A disabled account may sign in again (with its password as it was)."""
+    _operator_change(username, lambda ops: ops.enable(username), f"operator {username} enabled")
+
+
+@operators_cli.command("password")
+def operators_password(
+    username: str,
+    password_env: Annotated[
+        str | None, typer.Option(help="read the password from this environment variable instead of a prompt")
+    ] = None,
+) -> None:
+    """Set a new password (10+ characters); the account's open console sessions end."""
+    password = (
+        os.environ.get(password_env, "")
+        if password_env
+        else typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+    )
+    _operator_change(username, lambda ops: ops.set_password(username, password), f"operator {username}: password set")
+
+
+@operators_cli.command("role")
+def operators_role(username: str, role: Annotated[str, typer.Argument(help="viewer | operator")]) -> None:
+    """Change an account's role; its open console sessions take it at their next request."""
+    _operator_change(username, lambda ops: ops.set_role(username, role), f"operator {username} is now {role}")
+
+
 @operators_cli.command("actions")
 def operators_actions(
     actor: Annotated[str | None, typer.Option(help="one actor's: console:<user> or cli:<os user>")] = None,

@@ -655,3 +655,27 @@ def test_operators_add_says_what_is_wrong_before_asking_for_a_password(tmp_path:
     assert made.returncode == 0 and "nguyen.van.a (operator) created" in made.stdout, made.stderr
     weak = run(["operators", "add", "tran.b", "--password-env", "SHORT"], tmp_path, {**env, "SHORT": "123"})
     assert weak.returncode == 2 and "at least 10 characters" in weak.stderr
+    # the account's life: disabled, enabled, a new password, another role — each kept as the OS user's action
+    for args, said in [
+        (["disable", "nguyen.van.a"], "nguyen.van.a disabled"),
+        (["enable", "nguyen.van.a"], "nguyen.van.a enabled"),
+        (["password", "nguyen.van.a", "--password-env", "OPERATOR_PASSWORD"], "password set"),
+        (["role", "nguyen.van.a", "viewer"], "nguyen.van.a is now viewer"),
+    ]:
+        done = run(["operators", *args], tmp_path, env)
+        assert done.returncode == 0 and said in done.stdout, done.stderr
+    assert run(["operators", "disable", "nobody"], tmp_path, env).returncode == 1
+    assert run(["operators", "role", "nguyen.van.a", "admin"], tmp_path, env).returncode == 2
+    assert (
+        run(
+            ["operators", "password", "nguyen.van.a", "--password-env", "SHORT"], tmp_path, {**env, "SHORT": "1"}
+        ).returncode
+        == 2
+    )
+    listed = json.loads(run(["operators", "list", "--json"], tmp_path, env).stdout)
+    assert [(o["username"], o["role"], o["disabled"]) for o in listed] == [("nguyen.van.a", "viewer", False)]
+    kept = json.loads(run(["operators", "actions", "--json"], tmp_path, env).stdout)
+    assert [a["action"] for a in kept] == [
+        "operator_role_set", "operator_password_set", "operator_enabled", "operator_disabled", "operator_added"
+    ]  # fmt: skip
+    assert {a["target"]["username"] for a in kept} == {"nguyen.van.a"} and kept[0]["target"]["role"] == "viewer"

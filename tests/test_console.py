@@ -258,6 +258,48 @@ def test_forged_forms_and_strangers_change_nothing(console_hub: Hub, creds: Cred
     assert stranger.get("/ops/actions").status_code == 303  # to the login page
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_account_disabled_or_given_a_new_password_or_role_holds_in_open_sessions_at_once(
+    console_hub: Hub, creds: Creds, backend: str
+) -> None:
+    """An operator leaves, or their password leaked: the account is disabled, or given a new password, from the
+    command line — the console sessions they have open end at their next request, not hours later when the cookie
+    expires; a role taken away holds from the next request too."""
+    hub = console_hub
+    dead_letter(hub, creds)
+    ops = Operators(hub.runtime.sessions)
+    viewer = _logged_in(hub.server.url, "le.thi.xem")
+    assert viewer.get("/ops").status_code == 200
+    ops.disable("le.thi.xem")
+    assert viewer.get("/ops").headers["location"] == "/ops/login"  # ended
+    assert viewer.get("/ops/dead").status_code == 303  # and stays ended
+    with pytest.raises(AssertionError):
+        _logged_in(hub.server.url, "le.thi.xem")  # refused to sign in
+    ops.enable("le.thi.xem")
+    assert _logged_in(hub.server.url, "le.thi.xem").get("/ops").status_code == 200
+    # a new password ends the sessions opened with the old one
+    operator = _logged_in(hub.server.url, "tran.van.an")
+    ops.set_password("tran.van.an", "mật-khẩu-mới-2026-đủ-dài")
+    assert operator.get("/ops").status_code == 303
+    # a role taken away: the open session can no longer replay
+    again = httpx.Client(base_url=hub.server.url, follow_redirects=False)
+    token = re.search(r'name="csrf" value="([^"]+)"', again.get("/ops/login").text)
+    assert token is not None
+    form = {"csrf": token.group(1), "username": "tran.van.an", "password": "mật-khẩu-mới-2026-đủ-dài"}
+    assert again.post("/ops/login", data=form).status_code == 303
+    page = again.get("/ops/dead").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None and 'id="replay-selected"' in page
+    ops.set_role("tran.van.an", "viewer")
+    refused = again.post("/ops/dead/replay", data={"csrf": csrf.group(1), "ids": "1", "confirmed": "yes"})
+    assert refused.status_code == 403 and hub.wait_idle().get("dead") == 1
+    assert "(viewer)" in again.get("/ops").text
+    from hub.domain.errors import NotFound
+
+    with pytest.raises(NotFound, match=r"no operator 'khong\.co\.ai'"):
+        ops.disable("khong.co.ai")
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_an_operator_sends_a_peers_waiting_deliveries_now(
     hub_factory: HubFactory, portal: httpx.Client, backend: str

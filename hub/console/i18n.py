@@ -193,6 +193,10 @@ TEXT: dict[str, dict[str, str]] = {
         "action:sign_in_failed": "Đăng nhập không thành công",
         "action:sign_out": "Đăng xuất",
         "action:operator_added": "Tạo tài khoản cán bộ vận hành",
+        "action:operator_disabled": "Khóa tài khoản",
+        "action:operator_enabled": "Mở khóa tài khoản",
+        "action:operator_password_set": "Đặt lại mật khẩu",
+        "action:operator_role_set": "Đổi vai trò",
     },
     "en": {
         "title": "Operator console",
@@ -384,6 +388,10 @@ TEXT: dict[str, dict[str, str]] = {
         "action:sign_in_failed": "Sign-in refused",
         "action:sign_out": "Signed out",
         "action:operator_added": "Operator account created",
+        "action:operator_disabled": "Account disabled",
+        "action:operator_enabled": "Account enabled",
+        "action:operator_password_set": "Password set",
+        "action:operator_role_set": "Role changed",
     },
 }
 

@@ -143,8 +143,15 @@ def router(runtime: Any) -> APIRouter:
         return response
 
     def user_or_login(request: Request) -> Response | None:
-        if not request.session.get("user"):
+        """None when the session's operator may go on; else to the sign-in page. Asked of the database on every
+        request: an account disabled, or its password changed, ends its open sessions at once; a changed role
+        holds from the next request."""
+        user = request.session.get("user")
+        standing = ops().standing(str(user)) if user else None
+        if standing is None or not same_text(standing[1], str(request.session.get("pw") or "")):
+            request.session.clear()
             return RedirectResponse("/ops/login", status_code=303)
+        request.session["role"] = standing[0]
         return None
 
     async def checked_form(request: Request, *, role: str | None = None) -> tuple[dict[str, Any], Response | None]:
@@ -162,7 +169,7 @@ def router(runtime: Any) -> APIRouter:
     async def operator_form(request: Request) -> tuple[dict[str, Any], Response | None]:
         """A repair form's data, or the answer instead of acting on it: to the sign-in page when nobody is signed
         in, 403 when its CSRF token is wrong or the operator's role does not allow repairs."""
-        if (go := user_or_login(request)) is not None:
+        if (go := await run_in_threadpool(user_or_login, request)) is not None:
             return {}, go
         return await checked_form(request, role="operator")
 
@@ -188,9 +195,13 @@ def router(runtime: Any) -> APIRouter:
             await noted(request, f"console:{username}", "sign_in_failed", {"reason": "wrong_user_or_password"})
             return _with_error(render(request, "login.html", status=401), t["bad_login"])
         await noted(request, f"console:{username}", "sign_in", {"role": role})
+        standing = await run_in_threadpool(ops().standing, username)
         lang = request.session.get("lang", "vi")
         request.session.clear()  # a fresh session (and CSRF token) after login
-        request.session.update({"user": username, "role": role, "lang": lang, "csrf": secrets.token_urlsafe(32)})
+        request.session.update(
+            {"user": username, "role": role, "lang": lang, "csrf": secrets.token_urlsafe(32)}
+            | ({"pw": standing[1]} if standing else {})
+        )
         return RedirectResponse("/ops", status_code=303)
 
     @r.post("/logout")

@@ -29,6 +29,10 @@ ACTIONS = (
     "sign_in_failed",
     "sign_out",
     "operator_added",
+    "operator_disabled",
+    "operator_enabled",
+    "operator_password_set",
+    "operator_role_set",
 )
 INSERT_ACTION = insert(table(OperatorAction))
 
