@@ -20,7 +20,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
 from hub.store.db import WalCheckpointer
-from hub.store.models import AccessLogEntry, EdocNotice, Exchange, OutboxMessage, Payment, PaymentCallback
+from hub.store.models import (
+    AccessLogEntry,
+    EdocNotice,
+    Exchange,
+    OperatorAction,
+    OutboxMessage,
+    Payment,
+    PaymentCallback,
+)
 from hub.store.space import DiskSpace
 from hub.sync import jobs
 from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING, SET_ASIDE
@@ -112,6 +120,7 @@ class StoreCollector(Collector):
             PaymentCallback.id, [PaymentCallback.platform, PaymentCallback.verdict, PaymentCallback.answer_code], []
         )
         self.notices = Tally(EdocNotice.id, [EdocNotice.verdict, EdocNotice.status], [])
+        self.actions = Tally(OperatorAction.id, [OperatorAction.action], [])
         self._payments: tuple[float, list[tuple[str, str, int]]] | None = None  # (when counted, counts)
         self._payments_lock = threading.Lock()
 
@@ -197,6 +206,14 @@ class StoreCollector(Collector):
             )
             for (verdict, status), counted in sorted(self.notices.read(s).items(), key=str):
                 notices.add_metric([verdict, status or ""], counted[0])
+            operator_actions = CounterMetricFamily(
+                "hub_operator_actions",
+                "What operators did (replay, retry, set_aside, maintenance_on, …) and their console sign-ins, refused "
+                "ones included (sign_in_failed), from the record of operators' actions",
+                labels=["action"],
+            )
+            for (action,), counted in sorted(self.actions.read(s).items()):
+                operator_actions.add_metric([action], counted[0])
             drift = GaugeMetricFamily(
                 "hub_payment_reconciliation_drift",
                 "Lines of the last reconciled day's statement that differ from hub's ledger, by platform and kind",
@@ -224,7 +241,10 @@ class StoreCollector(Collector):
             for peer, sums in sorted(by_peer.items()):
                 buckets = [(str(b), c) for b, c in zip(DURATION_BUCKETS_MS, sums[2:], strict=True)]
                 durations.add_metric([peer], [*buckets, ("+Inf", sums[0])], sums[1])
-        yield from (depth, oldest, exchanges, latency, reads, payments, callbacks, notices, drift, attempts, durations)
+        yield from (
+            depth, oldest, exchanges, latency, reads, payments, callbacks, notices, operator_actions, drift, attempts,
+            durations,
+        )  # fmt: skip
 
 
 class WalCollector(Collector):
