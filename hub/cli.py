@@ -709,6 +709,50 @@ def jobs_purge(
         out.print(f"purged {purged} outbox row(s){extra}")
 
 
+dossiers_cli = typer.Typer(no_args_is_help=True, help="Dossiers held by hub: their personal data's retention")
+cli.add_typer(dossiers_cli, name="dossiers")
+
+
+@dossiers_cli.command("redact")
+def dossiers_redact(
+    closed_for_days: Annotated[
+        float, typer.Option(help="dossiers closed (3, 7, 8, 10) for longer than this many days", min=0)
+    ],
+    yes: Annotated[bool, typer.Option("--yes", help="confirm: without it nothing changes, the count is said")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Remove the personal data of closed dossiers past a retention period (Decree 13/2023): the owner's name, ID
+    number and contacts, the summary, notes and files' links — from the dossier, its events and its delivered
+    messages. Kept: MaHoSo, procedure, agency, dates, statuses, fees, each step's handler. A dossier with a message
+    still to deliver (waiting or dead) is left whole. Final. Scheduled by HUB_PERSONAL_DATA_RETENTION_DAYS."""
+    from hub.services import actions, retention
+
+    rt = _Store()
+    try:
+        if not yes:
+            with rt.sessions() as session:
+                n = retention.due(session, closed_for_days=closed_for_days)
+            err.print(f"[red]{n} dossier(s) would lose their personal data: repeat with --yes to do it[/red]")
+            raise typer.Exit(2)
+        with _progress(disable=as_json) as progress:
+            task = progress.add_task("removing personal data of closed dossiers", total=None)
+            totals = retention.redact_all(
+                rt.sessions,
+                closed_for_days,
+                by=actions.cli_actor(),
+                on_step=lambda step: progress.update(task, advance=step["dossiers"]),
+            )
+    finally:
+        rt.close()
+    if as_json:
+        print(json.dumps(totals))
+    else:
+        out.print(
+            f"{totals['dossiers']} dossier(s) lost their personal data ({totals['events']} event(s), "
+            f"{totals['messages']} delivered message(s))"
+        )
+
+
 @cli.command("workers")
 def workers_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The workers delivering now: from the roster in Redis (distributed mode), or the worker of each `hub serve`

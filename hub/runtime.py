@@ -27,6 +27,7 @@ from hub.domain.identifiers import dossier_code
 from hub.services import routes
 from hub.services.dossiers import DOCUMENT_EXCHANGE, NATIONAL_PORTAL, ONE_STOP, DossierService
 from hub.services.quota import LocalQuota, Quota, RedisQuota
+from hub.services.retention import redact_all
 from hub.settings import Settings
 from hub.store import db
 from hub.store.space import MIB, DiskSpace
@@ -147,6 +148,7 @@ class Runtime:
                         (settings.payment_reconcile_interval, self.reconcile_payments),
                         (settings.audit_anchor_interval, self.anchor_audit_log),
                         (settings.edoc_status_interval, self.poll_edoc_status),
+                        (settings.personal_data_retention_interval, self.remove_personal_data),
                     ],
                     roster=self._roster,
                 )
@@ -600,6 +602,14 @@ class Runtime:
             return {"anchored": 1, "head_id": noted["id"]}
 
         return self._job("anchor_audit_log", work)
+
+    def remove_personal_data(self) -> dict[str, int]:
+        """Closed dossiers past HUB_PERSONAL_DATA_RETENTION_DAYS lose their personal data (a scheduled job, off at
+        0; `hub dossiers redact` runs it by hand), in transactions of 500 dossiers."""
+        days = self.settings.personal_data_retention_days
+        if not days:
+            return {}
+        return self._job("remove_personal_data", lambda: redact_all(self.sessions, days))
 
     def poll_portal(self) -> dict[str, int]:
         from hub.sync.polling import poll_portal

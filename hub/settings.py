@@ -284,6 +284,11 @@ class Settings(BaseSettings):
     # (0: never), in `audit_anchor_file` and the log: `hub audit verify` then finds entries cut off its end too.
     audit_anchor_interval: float = 300.0
     audit_anchor_file: Path | None = None  # empty -> var_dir/audit-anchors.jsonl
+    # Closed dossiers (3, 7, 8, 10) lose their personal data once closed this many days, nothing of them left to
+    # deliver (hub.services.retention; Decree 13/2023): 0 keeps it (the province sets its retention period). Looked
+    # for every `personal_data_retention_interval` seconds.
+    personal_data_retention_days: float = Field(default=0.0, ge=0)
+    personal_data_retention_interval: float = 3600.0
 
     @property
     def effective_audit_anchor_file(self) -> Path:

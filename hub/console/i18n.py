@@ -172,6 +172,8 @@ TEXT: dict[str, dict[str, str]] = {
         "job:reconcile": "Đối soát trạng thái hồ sơ với Cổng DVCQG",
         "job:reconcile_payments": "Đối soát thanh toán ngày hôm trước với sao kê của nền tảng thanh toán",
         "job:anchor_audit_log": "Ghi mốc nhật ký truy cập dữ liệu cá nhân ra ngoài CSDL",
+        "job:remove_personal_data": "Xóa dữ liệu cá nhân của hồ sơ đã kết thúc quá thời hạn lưu trữ",
+        "action:personal_data_removed": "Xóa dữ liệu cá nhân hồ sơ đã kết thúc",
         "actions": "Nhật ký thao tác",
         "actions_title": "Nhật ký thao tác của cán bộ vận hành",
         "actions_intro": "Mọi thao tác làm thay đổi việc đồng bộ (phát lại, gửi lại ngay, gác lại thư chết,"
@@ -367,6 +369,8 @@ TEXT: dict[str, dict[str, str]] = {
         "job:reconcile": "Reconcile dossier statuses with the national portal",
         "job:reconcile_payments": "Reconcile the previous day's payments with each platform's statement",
         "job:anchor_audit_log": "Note the personal-data access log's head outside the database",
+        "job:remove_personal_data": "Remove the personal data of dossiers closed past the retention period",
+        "action:personal_data_removed": "Personal data of closed dossiers removed",
         "actions": "Operator actions",
         "actions_title": "What operators did",
         "actions_intro": "Every action that changes how hub syncs (replays, retries, dead letters set aside,"

@@ -72,7 +72,7 @@ templates.env.filters["when"] = _when
 templates.env.filters["json"] = _json
 templates.env.filters["money"] = _money
 PAYMENT_STATES = ("pending", "paid", "failed", "expired")
-JOBS = ("poll_portal", "check_payments", "reconcile", "reconcile_payments", "anchor_audit_log")
+JOBS = ("poll_portal", "check_payments", "reconcile", "reconcile_payments", "anchor_audit_log", "remove_personal_data")
 ID_RE = re.compile(r"^[0-9]{12}\Z")
 
 

@@ -33,6 +33,7 @@ ACTIONS = (
     "operator_enabled",
     "operator_password_set",
     "operator_role_set",
+    "personal_data_removed",
 )
 INSERT_ACTION = insert(table(OperatorAction))
 

@@ -1049,7 +1049,7 @@ def _dates_in_order(data: dict[str, Any]) -> None:
 # (an ORM query cost ~150 µs a read on SQLite, most of it building the statement; the view is 4 of them).
 VIEW_DOSSIER = select(
     DOSSIERS.c.id, DOSSIERS.c.code, DOSSIERS.c.agency, DOSSIERS.c.procedure_code, DOSSIERS.c.status,
-    DOSSIERS.c.data, DOSSIERS.c.updated_at,
+    DOSSIERS.c.data, DOSSIERS.c.updated_at, DOSSIERS.c.redacted_at,
 ).where(DOSSIERS.c.code == bindparam("code"))  # fmt: skip
 VIEW_EVENTS = (
     select(
@@ -1122,6 +1122,8 @@ def describe(conn: Connection, dossier: Any) -> dict[str, Any]:
         "TrangThaiHoSo": int(status),
         "status_name": VIETNAMESE_NAMES[status],
         "updated_at": dossier.updated_at.isoformat(),
+        # closed past the retention period: its personal data removed then (hub.services.retention)
+        "personal_data_removed_at": dossier.redacted_at.isoformat() if dossier.redacted_at else None,
         "dossier": data,
         "events": [
             {

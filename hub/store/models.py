@@ -88,6 +88,9 @@ class Dossier(Base):
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # NgayHenTra (appointment for the result)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # when its personal data was removed, closed past the retention period (hub.services.retention); a change
+    # after that (updated_at later) may have brought some again
+    redacted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class StatusEvent(Base):

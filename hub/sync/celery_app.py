@@ -151,6 +151,13 @@ def anchor_audit_log_task() -> dict[str, int]:
     return counts
 
 
+@app.task(name="hub.remove_personal_data")
+def remove_personal_data_task() -> dict[str, int]:
+    """Closed dossiers past the retention period lose their personal data (off unless configured)."""
+    counts: dict[str, int] = runtime().remove_personal_data()
+    return counts
+
+
 @app.task(name="hub.noop")
 def noop() -> None:
     """Used by the benchmark as the broker's baseline."""
@@ -184,6 +191,7 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
         ("hub.reconcile_payments", settings.payment_reconcile_interval),
         ("hub.anchor_audit_log", settings.audit_anchor_interval),
         ("hub.poll_edoc_status", settings.edoc_status_interval),
+        ("hub.remove_personal_data", settings.personal_data_retention_interval),
     ]
 
     def tick() -> None:

@@ -1,0 +1,135 @@
+"""Personal data of closed dossiers, removed once they have been closed for the retention period (Decree 13/2023 on
+personal data protection: kept no longer than its purpose needs). hub is not the dossier's system of record — the
+one-stop system and the national portal are —: it holds the owner's name, ID number, contacts, the summary and the
+files' links to relay them and to answer look-ups while the dossier is open. A dossier closed (refused 3,
+withdrawn 7, stopped 8, result returned 10) longer than the period, with nothing of it still to deliver, keeps what
+statistics and the status history need (MaHoSo, procedure, agency, channel, dates, statuses, fees, who handled each
+step) and loses the rest: in its row, in its events, in its delivered outbox messages (and their peers' replies).
+The citizen no longer finds it among their own (the owner's HMAC goes too). The access log of personal data and the
+payment records are legal records and stay."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.domain.dates import utcnow
+from hub.domain.status import TERMINAL
+from hub.store.models import Dossier, OutboxMessage, StatusEvent
+from hub.sync import outbox
+
+# the fields that say who the citizen is, how to reach them, or what their files hold (DongBoHoSoMC and
+# CapNhatTienDoHoSoMC), and those of the citizen's notices and of documents sent to other agencies
+PERSONAL = frozenset(
+    {
+        "ChuHoSo", "SoGiayToChuHoSo", "MaDoiTuong", "DinhDanhCHS", "Email", "SoDienThoai", "DiaChi",
+        "TrichYeuHoSo", "GhiChu", "ThongTinTra", "TaiLieuNop", "DanhSachGiayToKetQua", "DanhSachHoSoBoSung",
+        "NoiDungXuLy", "NoiDungYeuCau",
+        "to", "subject", "body", "message", "envelope",
+    }
+)  # fmt: skip
+
+
+def scrub(value: Any) -> Any:
+    """`value` without the PERSONAL keys, at any depth."""
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items() if k not in PERSONAL}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
+def _closed(cutoff: Any) -> list[Any]:
+    return [
+        Dossier.status.in_([int(s) for s in TERMINAL]),
+        Dossier.updated_at < cutoff,
+        or_(Dossier.redacted_at.is_(None), Dossier.redacted_at < Dossier.updated_at),
+    ]
+
+
+WAITING = (outbox.PENDING, outbox.IN_FLIGHT, outbox.DEAD)
+
+
+def due(session: Session, *, closed_for_days: float) -> int:
+    """How many dossiers `redact_closed` would take now."""
+    cutoff = utcnow() - timedelta(days=closed_for_days)
+    waiting = exists().where(OutboxMessage.dossier_id == Dossier.id, OutboxMessage.state.in_(WAITING))
+    return int(session.scalar(select(func.count()).select_from(Dossier).where(*_closed(cutoff), ~waiting)) or 0)
+
+
+def redact_closed(session: Session, *, closed_for_days: float, limit: int = 500) -> dict[str, int]:
+    """Remove the personal data of up to `limit` dossiers closed for longer than `closed_for_days`, not redacted
+    since their last change and with no message still to deliver (waiting, in flight or dead: an operator may need
+    it whole) — of their rows, their events and their delivered messages; how many rows of each changed. Each
+    dossier is locked and checked again first: a change taken meanwhile (it locks the dossier before writing its
+    messages) keeps it whole until the next run."""
+    cutoff = utcnow() - timedelta(days=closed_for_days)
+    waiting = exists().where(OutboxMessage.dossier_id == Dossier.id, OutboxMessage.state.in_(WAITING))
+    ids = list(session.scalars(select(Dossier.id).where(*_closed(cutoff), ~waiting).order_by(Dossier.id).limit(limit)))
+    if not ids:
+        return {"dossiers": 0, "events": 0, "messages": 0}
+    locked = session.scalars(
+        select(Dossier)
+        .where(Dossier.id.in_(ids))
+        .order_by(Dossier.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    still = set(
+        session.scalars(
+            select(OutboxMessage.dossier_id).where(OutboxMessage.dossier_id.in_(ids), OutboxMessage.state.in_(WAITING))
+        )
+    )
+    now = utcnow()
+    chosen = [
+        d
+        for d in locked
+        if d.status in TERMINAL and d.updated_at < cutoff and d.id not in still
+        and (d.redacted_at is None or d.redacted_at < d.updated_at)
+    ]  # fmt: skip
+    for d in chosen:
+        d.data, d.subject_hmac, d.redacted_at = scrub(d.data), None, now
+    ids = [d.id for d in chosen]
+    events = messages = 0
+    for e in session.execute(select(StatusEvent.id, StatusEvent.payload).where(StatusEvent.dossier_id.in_(ids))):
+        cleaned = scrub(e.payload)
+        if cleaned != e.payload:
+            session.execute(update(StatusEvent).where(StatusEvent.id == e.id).values(payload=cleaned))
+            events += 1
+    delivered = and_(OutboxMessage.dossier_id.in_(ids), OutboxMessage.state.in_((outbox.DELIVERED, outbox.SET_ASIDE)))
+    for m in session.execute(
+        select(OutboxMessage.id, OutboxMessage.payload, OutboxMessage.peer_reply).where(delivered)
+    ):
+        payload, reply = scrub(m.payload), scrub(m.peer_reply)
+        if payload != m.payload or reply != m.peer_reply:
+            session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == m.id).values(payload=payload, peer_reply=reply)
+            )
+            messages += 1
+    return {"dossiers": len(chosen), "events": events, "messages": messages}
+
+
+BATCH = 500
+
+
+def redact_all(
+    sessions: sessionmaker[Session], closed_for_days: float, *, by: str | None = None, on_step: Any = None
+) -> dict[str, int]:
+    """`redact_closed` in transactions of BATCH dossiers until none is left; `by` given (an operator's run), each
+    transaction is recorded as their action."""
+    from hub.services import actions
+
+    totals = {"dossiers": 0, "events": 0, "messages": 0}
+    while True:
+        with sessions.begin() as s:
+            step = redact_closed(s, closed_for_days=closed_for_days, limit=BATCH)
+            if by is not None and step["dossiers"]:
+                actions.record(s, by, "personal_data_removed", {"closed_for_days": closed_for_days}, step)
+        totals = {k: totals[k] + step[k] for k in totals}
+        if on_step is not None:
+            on_step(step)
+        if step["dossiers"] < BATCH:
+            return totals
