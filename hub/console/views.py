@@ -216,21 +216,25 @@ def router(runtime: Any) -> APIRouter:
 
     async def noted(request: Request, actor: str, action: str, outcome: dict[str, Any]) -> None:
         """A sign-in, failed sign-in or sign-out kept in the record of operators' actions, with where it came
-        from (the address the proxy in front reports as the client's). Where it cannot be written (the database's
-        disk full, the database away) it goes to the log instead: an operator must still be able to sign in and
-        see what is wrong."""
-        where = {"address": request.client.host if request.client else None}
+        from (the address the proxy in front reports as the client's)."""
+        await kept(actor, action, {"address": request.client.host if request.client else None}, outcome)
+
+    async def kept(actor: str, action: str, target: dict[str, Any], outcome: dict[str, Any]) -> None:
+        """An action whose effects are not one transaction of hub's (a sign-in, a payment asked of its platform),
+        kept in the record of operators' actions after it. Where it cannot be written (the database's disk full,
+        the database away) it goes to the log instead: an operator must still be able to sign in and see what is
+        wrong."""
 
         def write() -> None:
             with rt().sessions.begin() as s:
-                actions.record(s, actor, action, where, outcome)
+                actions.record(s, actor, action, target, outcome)
 
         try:
             await run_in_threadpool(write)
-        except Exception as exc:  # noqa: BLE001 — any failure to write: said in the log, the sign-in goes on
+        except Exception as exc:  # noqa: BLE001 — any failure to write: said in the log, the operator goes on
             log.warning(
                 "operator action not recorded: %s", exc.__class__.__name__,
-                extra={"actor": actor, "action": action, "target": where, "outcome": outcome},
+                extra={"actor": actor, "action": action, "target": target, "outcome": outcome},
             )  # fmt: skip
 
     # -- pages -----------------------------------------------------------------------------------------------
@@ -451,13 +455,8 @@ def router(runtime: Any) -> APIRouter:
             "payment queried from the console",
             extra={"reference": reference, "operator": request.session.get("user"), "outcome": counts},
         )
-
-        def write() -> None:
-            with rt().sessions.begin() as s:
-                target = {"reference": reference, **({"MaHoSo": code} if code else {})}
-                actions.record(s, f"console:{request.session.get('user')}", "payment_check", target, counts)
-
-        await run_in_threadpool(write)
+        target = {"reference": reference, **({"MaHoSo": code} if code else {})}
+        await kept(f"console:{request.session.get('user')}", "payment_check", target, dict(counts))
         t = words(lang_of(request))
         outcome = next((k for k, n in counts.items() if n), "nothing")
         request.session["flash"] = t.get(f"checked:{outcome}", outcome)
