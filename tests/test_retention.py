@@ -79,6 +79,10 @@ def test_closed_dossiers_past_the_retention_period_lose_their_personal_data(
     assert not {"ChuHoSo", "SoGiayToChuHoSo", "SoDienThoai", "TrichYeuHoSo"} & set(view["dossier"])
     with hub.runtime.sessions() as s:
         assert s.scalar(select(Dossier.subject_hmac).where(Dossier.code == closed["MaHoSo"])) is None
+    from tests.helpers import console_as
+
+    page = console_as(hub, "nguyen.thi.lan", "viewer").get(f"/ops/dossiers/{closed['MaHoSo']}").text
+    assert 'id="redacted"' in page and "Dữ liệu cá nhân đã được xóa" in page and owner not in page
     for left in (still_open, recent):  # open, or closed too recently: whole
         assert left["ChuHoSo"] in _stored_text(hub, left["MaHoSo"])
         assert hub.http.get(f"/v1/dossiers/{left['MaHoSo']}").json()["personal_data_removed_at"] is None

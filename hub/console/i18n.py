@@ -174,6 +174,7 @@ TEXT: dict[str, dict[str, str]] = {
         "job:anchor_audit_log": "Ghi mốc nhật ký truy cập dữ liệu cá nhân ra ngoài CSDL",
         "job:remove_personal_data": "Xóa dữ liệu cá nhân của hồ sơ đã kết thúc quá thời hạn lưu trữ",
         "action:personal_data_removed": "Xóa dữ liệu cá nhân hồ sơ đã kết thúc",
+        "personal_data_removed": "Dữ liệu cá nhân đã được xóa khi hết thời hạn lưu trữ, lúc",
         "actions": "Nhật ký thao tác",
         "actions_title": "Nhật ký thao tác của cán bộ vận hành",
         "actions_intro": "Mọi thao tác làm thay đổi việc đồng bộ (phát lại, gửi lại ngay, gác lại thư chết,"
@@ -371,6 +372,7 @@ TEXT: dict[str, dict[str, str]] = {
         "job:anchor_audit_log": "Note the personal-data access log's head outside the database",
         "job:remove_personal_data": "Remove the personal data of dossiers closed past the retention period",
         "action:personal_data_removed": "Personal data of closed dossiers removed",
+        "personal_data_removed": "Personal data removed at the end of the retention period, at",
         "actions": "Operator actions",
         "actions_title": "What operators did",
         "actions_intro": "Every action that changes how hub syncs (replays, retries, dead letters set aside,"

@@ -644,6 +644,7 @@ def _dossier_row(d: Dossier) -> dict[str, Any]:
         "procedure": d.procedure_code,
         "owner": mask_id(d.data.get("SoGiayToChuHoSo")) or "—",
         "updated": d.updated_at,
+        "redacted_at": d.redacted_at,
     }
 
 
