@@ -77,10 +77,12 @@ ID_RE = re.compile(r"^[0-9]{12}\Z")
 
 
 class LoginLimiter:
-    """At most 5 failed logins per user name per minute."""
+    """At most `limit` failed sign-ins per key (a user name; an address) per `window` seconds. Keys whose failures
+    are all older than the window are forgotten, and at most `max_keys` are remembered (the stalest dropped first):
+    a stranger sending made-up names cannot grow it without end."""
 
-    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
-        self.limit, self.window = limit, window
+    def __init__(self, limit: int = 5, window: float = 60.0, max_keys: int = 10_000) -> None:
+        self.limit, self.window, self.max_keys = limit, window, max_keys
         self._fails: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -90,16 +92,27 @@ class LoginLimiter:
             q = self._fails.get(key)
             while q and q[0] < now - self.window:
                 q.popleft()
+            if q is not None and not q:
+                del self._fails[key]
             return q is not None and len(q) >= self.limit
 
     def failed(self, key: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._fails.setdefault(key, deque()).append(time.monotonic())
+            if key not in self._fails and len(self._fails) >= self.max_keys:
+                stale = [k for k, q in self._fails.items() if not q or q[-1] < now - self.window]
+                for k in stale or [min(self._fails, key=lambda k: self._fails[k][-1])]:
+                    del self._fails[k]
+            self._fails.setdefault(key, deque()).append(now)
+
+    def __len__(self) -> int:
+        return len(self._fails)
 
 
 def router(runtime: Any) -> APIRouter:
     r = APIRouter(prefix="/ops", include_in_schema=False)
-    limiter = LoginLimiter()
+    limiter = LoginLimiter()  # 5 a minute per user name: one account's password guessed
+    by_address = LoginLimiter(limit=20)  # 20 a minute per address: one password tried on many names
     cache: dict[str, Operators] = {}
 
     def rt() -> Any:
@@ -186,12 +199,14 @@ def router(runtime: Any) -> APIRouter:
             return refused
         username, password = str(data.get("username") or "")[:64], str(data.get("password") or "")[:200]
         t = words(lang_of(request))
-        if limiter.blocked(username):
+        address = request.client.host if request.client else "-"
+        if limiter.blocked(username) or by_address.blocked(address):
             await noted(request, f"console:{username}", "sign_in_failed", {"reason": "too_many_attempts"})
             return _with_error(render(request, "login.html", status=429), t["too_many"])
         role = await run_in_threadpool(ops().authenticate, username, password)
         if role is None:
             limiter.failed(username)
+            by_address.failed(address)
             await noted(request, f"console:{username}", "sign_in_failed", {"reason": "wrong_user_or_password"})
             return _with_error(render(request, "login.html", status=401), t["bad_login"])
         await noted(request, f"console:{username}", "sign_in", {"role": role})
