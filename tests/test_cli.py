@@ -591,8 +591,9 @@ def test_check_asks_every_system_and_says_what_fails(
     assert status["disk"][0] in ("ok", "warn") and "MiB free on the database's volume" in status["disk"][1]
     assert {name for name, (state, _) in status.items() if state == "ok" and name not in ("durability", "disk")} == {
         "database", "national_portal", "population", "payment_dvc", "document_exchange", "signing",
-        "identity_provider", "authorization_server", "access_log_key",
+        "identity_provider", "authorization_server", "access_log_key", "personal_data_retention",
     }  # fmt: skip
+    assert "keep their personal data for ever" in status["personal_data_retention"][1]  # dev: said, not a warning
     assert "XAdES-B-T" in status["signing"][1] and "signed in as hub-test" in status["national_portal"][1]
     assert "hub's key accepted; no status notice waiting" in status["document_exchange"][1]
     assert status["access_log"][0] == "warn" and "database's volume" in status["access_log"][1]  # both under var/
@@ -617,6 +618,11 @@ def test_check_asks_every_system_and_says_what_fails(
     )
     said = {c["name"]: c for c in json.loads(unsynced.stdout)["checks"]}
     assert said["durability"]["status"] == "warn" and "power cut" in said["durability"]["detail"]
+    kept = run(["check", "--json"], tmp_path, {**env, "HUB_PERSONAL_DATA_RETENTION_DAYS": "1825"})
+    retention = {c["name"]: c for c in json.loads(kept.stdout)["checks"]}["personal_data_retention"]
+    assert (
+        retention["status"] == "ok" and "removed 1825 days after a dossier closes; 0 dossier(s)" in retention["detail"]
+    )
     assert said["disk"]["status"] == "fail" and "below the reserve of 100000000 MiB" in said["disk"]["detail"]
     assert unsynced.returncode == 1
     assert not list((tmp_path / "var").glob(".hub-check-*"))  # the scratch file is gone

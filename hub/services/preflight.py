@@ -237,6 +237,18 @@ def run(rt: Runtime) -> list[Check]:
             return "ok", "the last entry is chained under HUB_SECRET_KEY"
         return "ok", f"the last entry is chained under previous key #{key}: the next ones take HUB_SECRET_KEY"
 
+    def retention() -> tuple[str, str]:
+        """Whether closed dossiers' personal data goes after a retention period (ADR 0037), and how many wait."""
+        days = s.personal_data_retention_days
+        if not days:
+            said = "closed dossiers keep their personal data for ever (HUB_PERSONAL_DATA_RETENTION_DAYS not set)"
+            return ("warn" if s.mode == "production" else "ok"), said
+        from hub.services import retention as kept
+
+        with rt.sessions() as session:
+            due = kept.due(session, closed_for_days=days)
+        return "ok", f"removed {days:g} days after a dossier closes; {due} dossier(s) due at the next run"
+
     cid = correlation_id.set(correlation)  # the exchanges the checks make carry it
     try:
         check("database", database)
@@ -255,6 +267,7 @@ def run(rt: Runtime) -> list[Check]:
         check("signing", signing)
         check("access_log", access_log)
         check("access_log_key", access_log_key)
+        check("personal_data_retention", retention)
         if rt.citizen_tokens is not None:
             check("identity_provider", keys(rt.citizen_tokens))
         if (access_tokens := client_tokens(s, rt.record_exchange)) is not None:
