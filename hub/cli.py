@@ -1777,10 +1777,11 @@ def operators_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
         print(json.dumps(items))
         return
     table = Table(title="console operators")
-    for col in ("username", "role", "disabled", "created_at"):
+    for col in ("username", "role", "disabled", "created_at", "last_sign_in"):
         table.add_column(col)
     for i in items:
-        table.add_row(*_plain(str(i["username"]), str(i["role"]), str(i["disabled"]), str(i["created_at"])))
+        row = (i["username"], i["role"], i["disabled"], i["created_at"], i["last_sign_in"] or "never")
+        table.add_row(*_plain(*(str(v) for v in row)))
     out.print(table)
 
 

@@ -256,6 +256,8 @@ def test_forged_forms_and_strangers_change_nothing(console_hub: Hub, creds: Cred
     assert page.count("Đăng nhập không thành công <small>") == 6 and "Bật chế độ bảo trì <small>" not in page
     assert "127.0.0.1" in operator.get("/ops/actions").text  # where each sign-in came from
     assert stranger.get("/ops/actions").status_code == 303  # to the login page
+    seen = {o["username"]: o["last_sign_in"] for o in Operators(hub.runtime.sessions).list()}
+    assert seen["tran.van.an"] is not None and seen["le.thi.xem"] is None  # `hub operators list`: never signed in
     metrics = hub.http.get("/metrics").text  # for the alert on refused sign-ins (docs/ops/alerts.yml)
     assert 'hub_operator_actions_total{action="sign_in_failed"} 6.0' in metrics
     assert 'hub_operator_actions_total{action="maintenance_on"} 1.0' in metrics

@@ -8,7 +8,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
@@ -114,8 +114,25 @@ class Operators:
             return len(s.scalars(select(Operator.id)).all())
 
     def list(self) -> list[dict[str, object]]:
+        """Every account, with its last console sign-in (from the record of operators' actions): an account
+        nobody has used for months is one to disable."""
+        from hub.store.models import OperatorAction
+
         with self.sessions() as s:
+            last = dict(
+                s.execute(
+                    select(OperatorAction.actor, func.max(OperatorAction.at))
+                    .where(OperatorAction.action == "sign_in")
+                    .group_by(OperatorAction.actor)
+                ).all()
+            )
             return [
-                {"username": o.username, "role": o.role, "disabled": o.disabled, "created_at": o.created_at.isoformat()}
+                {
+                    "username": o.username,
+                    "role": o.role,
+                    "disabled": o.disabled,
+                    "created_at": o.created_at.isoformat(),
+                    "last_sign_in": seen.isoformat() if (seen := last.get(f"console:{o.username}")) else None,
+                }
                 for o in s.scalars(select(Operator).order_by(Operator.username))
             ]
