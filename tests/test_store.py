@@ -732,3 +732,22 @@ def test_a_dossier_read_while_its_next_status_commits_shows_one_moment(hub_facto
     assert all(len(e["deliveries"]) >= 1 for e in view["events"])
     after = hub.http.get(f"/v1/dossiers/{code}").json()  # and the next read sees the update whole
     assert after["TrangThaiHoSo"] == 4 and [e["TrangThaiHoSo"] for e in after["events"]] == [2, 4]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_database_error_never_carries_the_values_it_was_sent(kind: str, tmp_path: Path, request: Any) -> None:
+    """A statement that fails is logged with its error — never with its parameters, which hold citizens' names and
+    ID numbers (a dossier's JSON, a consent's subject)."""
+    from sqlalchemy.exc import DBAPIError
+
+    url = request.getfixturevalue("pg_url") if kind == "postgresql" else f"sqlite:///{tmp_path / 'hub.db'}"
+    engine = db.make_engine(url)
+    try:
+        with pytest.raises(DBAPIError) as failed, engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO no_such_table (owner) VALUES (:owner)"), {"owner": "Nguyễn Văn An 079195001234"}
+            )
+        said = str(failed.value)
+        assert "no_such_table" in said and "079195001234" not in said and "Nguyễn" not in said, said
+    finally:
+        engine.dispose()

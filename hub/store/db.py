@@ -62,10 +62,12 @@ def make_engine(
         path = sqlite_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
         _sqlite_serialized_writes(engine, wal_autocheckpoint, sqlite_synchronous)
         return engine
-    engine = create_engine(url, pool_size=pool_size, max_overflow=10)
+    # hide_parameters: a database error's message (logged, answered as a problem's code only) never carries the
+    # values it was sent — a dossier's JSON with the owner's name and ID number, a consent's subject
+    engine = create_engine(url, pool_size=pool_size, max_overflow=10, hide_parameters=True)
     _ping_when_idle(engine, idle_ping_seconds)
     return engine
 
