@@ -58,11 +58,11 @@ def test_the_sample_systemd_units_are_valid_units(tmp_path: Path) -> None:
     """systemd itself reads the units (unknown keys, bad values, a command that is not there are findings), the
     installed `hub` standing in for /opt/hub's."""
     hub = str(Path(sys.executable).with_name("hub"))
-    for unit in SYSTEMD.glob("*.service"):
+    for unit in [*SYSTEMD.glob("*.service"), *SYSTEMD.glob("*.timer")]:
         text = unit.read_text().replace("/opt/hub/.venv/bin/hub", hub)
         (tmp_path / unit.name.replace("@.", "@1.")).write_text(text)
-    units = sorted(str(p) for p in tmp_path.glob("*.service"))
-    assert len(units) == 3
+    units = sorted(str(p) for p in [*tmp_path.glob("*.service"), *tmp_path.glob("*.timer")])
+    assert len(units) == 5
     checked = subprocess.run(
         ["systemd-analyze", "verify", *units],
         check=False, capture_output=True, text=True, timeout=60,
@@ -75,7 +75,9 @@ def test_the_sample_units_run_hub_commands_with_options_it_has() -> None:
     """Each ExecStart is a `hub` command whose options the CLI takes (asked with --help after them: an option it
     does not know is an error, exit 2)."""
     starts = _exec_starts()
-    assert {unit for unit, _ in starts} == {"hub-serve.service", "hub-worker@.service", "hub-migrate.service"}
+    assert {unit for unit, _ in starts} == {
+        "hub-serve.service", "hub-worker@.service", "hub-migrate.service", "hub-purge.service"
+    }  # fmt: skip
     hub = str(Path(sys.executable).with_name("hub"))
     for unit, argv in starts:
         assert argv[0] == "/opt/hub/.venv/bin/hub", unit
