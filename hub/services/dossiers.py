@@ -787,6 +787,7 @@ class DossierService:
                     # a corrected owner ID moves the dossier to its owner (the console's search, the citizen's own
                     # view); under the current key after a rotation
                     "subject_hmac": self._owner_hmac(stored),
+                    "redacted_at": None,  # what came with this change is not redacted (hub.services.retention)
                 },
             )
         writes.dossiers[code] = _Row(dossier_id, int(new_status), seq, procedure_code, stored)
