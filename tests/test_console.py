@@ -325,6 +325,27 @@ def test_one_password_tried_on_many_names_from_one_address_is_slowed_down(consol
     assert sprayer.post("/ops/login", data=form).status_code == 429
 
 
+def test_sign_in_failures_are_counted_across_processes_through_redis() -> None:
+    """Two `hub serve` processes of a distributed deployment (two limiters on the same Redis): five failures for a
+    name, wherever they came in, block it in both; Redis away, each process's own count still blocks."""
+    import uuid
+
+    from hub.console.views import SharedLoginLimiter
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    one, two = (SharedLoginLimiter("redis://127.0.0.1:6379/0", prefix, 5) for _ in range(2))
+    for limiter in (one, two, one, two):
+        limiter.failed("tran.van.an")
+    assert not one.blocked("tran.van.an") and not two.blocked("tran.van.an")  # four so far
+    two.failed("tran.van.an")
+    assert one.blocked("tran.van.an") and two.blocked("tran.van.an") and not one.blocked("le.thi.xem")
+    away = SharedLoginLimiter("redis://127.0.0.1:9/0", prefix, 2)  # nothing listens there
+    away.failed("x")
+    assert not away.blocked("x")
+    away.failed("x")
+    assert away.blocked("x")
+
+
 def test_the_sign_in_limiter_forgets_and_stays_bounded() -> None:
     from hub.console.views import LoginLimiter
 

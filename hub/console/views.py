@@ -3,6 +3,7 @@ checked on every POST, roles checked on every action."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -109,11 +110,58 @@ class LoginLimiter:
         return len(self._fails)
 
 
+class SharedLoginLimiter:
+    """LoginLimiter's counts in Redis, shared by every `hub serve` process of a distributed deployment (each
+    process counting its own would let an attacker try `limit` times per process): a count per key and window
+    (INCR, expiring with its window), keyed by a SHA-256 of the name or address (neither kept in Redis as it is).
+    Redis away: the process's own counts hold meanwhile."""
+
+    def __init__(self, url: str, prefix: str, limit: int, window: float = 60.0) -> None:
+        import redis
+
+        self.limit, self.window, self._prefix = limit, window, prefix
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+        self._local = LoginLimiter(limit=limit, window=window)
+
+    def _key(self, key: str) -> str:
+        bucket = int(time.time() // self.window)
+        return f"hub:signin:{self._prefix}:{bucket}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+    def blocked(self, key: str) -> bool:
+        try:
+            return int(self._redis.get(self._key(key)) or 0) >= self.limit
+        except Exception as exc:  # noqa: BLE001 — Redis away: this process's counts
+            log.warning("sign-in limits counted in this process: Redis unavailable (%s)", exc.__class__.__name__)
+            return self._local.blocked(key)
+
+    def failed(self, key: str) -> None:
+        self._local.failed(key)
+        try:
+            pipe = self._redis.pipeline()
+            name = self._key(key)
+            pipe.incr(name)
+            pipe.expire(name, int(self.window) + 1)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 — as in blocked
+            log.warning("sign-in failure counted in this process only (%s)", exc.__class__.__name__)
+
+
 def router(runtime: Any) -> APIRouter:
     r = APIRouter(prefix="/ops", include_in_schema=False)
-    limiter = LoginLimiter()  # 5 a minute per user name: one account's password guessed
-    by_address = LoginLimiter(limit=20)  # 20 a minute per address: one password tried on many names
+    limits: dict[str, Any] = {}
     cache: dict[str, Operators] = {}
+
+    def limiters() -> tuple[Any, Any]:
+        """(per user name: 5 a minute, one account's password guessed; per address: 20 a minute, one password
+        tried on many names) — in Redis when hub is distributed, so that every process counts the same."""
+        if not limits:
+            url = rt().settings.broker_url
+            if url:
+                limits["name"] = SharedLoginLimiter(url, "name", 5)
+                limits["address"] = SharedLoginLimiter(url, "address", 20)
+            else:
+                limits["name"], limits["address"] = LoginLimiter(), LoginLimiter(limit=20)
+        return limits["name"], limits["address"]
 
     def rt() -> Any:
         return runtime()
@@ -200,13 +248,13 @@ def router(runtime: Any) -> APIRouter:
         username, password = str(data.get("username") or "")[:64], str(data.get("password") or "")[:200]
         t = words(lang_of(request))
         address = request.client.host if request.client else "-"
-        if limiter.blocked(username) or by_address.blocked(address):
+        limiter, by_address = limiters()
+        if await run_in_threadpool(lambda: limiter.blocked(username) or by_address.blocked(address)):
             await noted(request, f"console:{username}", "sign_in_failed", {"reason": "too_many_attempts"})
             return _with_error(render(request, "login.html", status=429), t["too_many"])
         role = await run_in_threadpool(ops().authenticate, username, password)
         if role is None:
-            limiter.failed(username)
-            by_address.failed(address)
+            await run_in_threadpool(lambda: (limiter.failed(username), by_address.failed(address)))
             await noted(request, f"console:{username}", "sign_in_failed", {"reason": "wrong_user_or_password"})
             return _with_error(render(request, "login.html", status=401), t["bad_login"])
         await noted(request, f"console:{username}", "sign_in", {"role": role})
