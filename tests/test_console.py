@@ -317,6 +317,18 @@ def test_one_password_tried_on_many_names_from_one_address_is_slowed_down(consol
         form = {"csrf": token.group(1), "username": f"can.bo.{i}", "password": "Matkhau@2026"}
         answers.append(sprayer.post("/ops/login", data=form).status_code)
     assert answers == [401] * 20 + [429] * 2
+    from hub.services import actions
+
+    with console_hub.runtime.sessions() as s:  # each failure kept; of the refused ones, the first a minute
+        reasons = [a["outcome"]["reason"] for a in actions.recent(s, action="sign_in_failed")]
+    assert reasons.count("wrong_user_or_password") == 20 and reasons.count("too_many_attempts") == 2  # two names
+    for _ in range(10):  # one name hammered on: refused each time, kept once
+        token = re.search(r'name="csrf" value="([^"]+)"', sprayer.get("/ops/login").text)
+        assert token is not None
+        form = {"csrf": token.group(1), "username": "can.bo.21", "password": "Matkhau@2026"}
+        assert sprayer.post("/ops/login", data=form).status_code == 429
+    with console_hub.runtime.sessions() as s:
+        assert len(actions.recent(s, action="sign_in_failed")) == 22
     # a real operator's right password from that address waits out the minute too (an address shared by everyone
     # behind one proxy: run it with forwarded addresses, see docs/operations.md)
     token = re.search(r'name="csrf" value="([^"]+)"', sprayer.get("/ops/login").text)

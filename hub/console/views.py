@@ -110,6 +110,30 @@ class LoginLimiter:
         return len(self._fails)
 
 
+class FirstInWindow:
+    """Whether something is the first of its key in `window` seconds: a sign-in refused as one of too many is kept
+    in the record of operators' actions once a minute, not once per request an attacker sends (each would be a row
+    written for nothing). At most `max_keys` remembered."""
+
+    def __init__(self, window: float = 60.0, max_keys: int = 10_000) -> None:
+        self.window, self.max_keys = window, max_keys
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def first(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._seen) >= self.max_keys:
+                self._seen = {k: t for k, t in self._seen.items() if t > now - self.window}
+                if len(self._seen) >= self.max_keys:
+                    self._seen.clear()
+            last = self._seen.get(key)
+            if last is not None and last > now - self.window:
+                return False
+            self._seen[key] = now
+            return True
+
+
 class SharedLoginLimiter:
     """LoginLimiter's counts in Redis, shared by every `hub serve` process of a distributed deployment (each
     process counting its own would let an attacker try `limit` times per process): a count per key and window
@@ -149,6 +173,7 @@ class SharedLoginLimiter:
 def router(runtime: Any) -> APIRouter:
     r = APIRouter(prefix="/ops", include_in_schema=False)
     limits: dict[str, Any] = {}
+    refusals = FirstInWindow()  # which blocked attempts are kept: the first of a name and address in a minute
     cache: dict[str, Operators] = {}
 
     def limiters() -> tuple[Any, Any]:
@@ -250,7 +275,8 @@ def router(runtime: Any) -> APIRouter:
         address = request.client.host if request.client else "-"
         limiter, by_address = limiters()
         if await run_in_threadpool(lambda: limiter.blocked(username) or by_address.blocked(address)):
-            await noted(request, f"console:{username}", "sign_in_failed", {"reason": "too_many_attempts"})
+            if refusals.first(f"{username}\n{address}"):  # one row a minute, not one per hammered request
+                await noted(request, f"console:{username}", "sign_in_failed", {"reason": "too_many_attempts"})
             return _with_error(render(request, "login.html", status=429), t["too_many"])
         role = await run_in_threadpool(ops().authenticate, username, password)
         if role is None:
