@@ -284,6 +284,8 @@ class Settings(BaseSettings):
     # (0: never), in `audit_anchor_file` and the log: `hub audit verify` then finds entries cut off its end too.
     audit_anchor_interval: float = 300.0
     audit_anchor_file: Path | None = None  # empty -> var_dir/audit-anchors.jsonl
+    # An operator's console session ends after this many minutes without a request (and after 8 hours in any case)
+    console_idle_minutes: float = Field(default=30.0, gt=0)
     # Closed dossiers (3, 7, 8, 10) lose their personal data once closed this many days, nothing of them left to
     # deliver (hub.services.retention; Decree 13/2023): 0 keeps it (the province sets its retention period). Looked
     # for every `personal_data_retention_interval` seconds.

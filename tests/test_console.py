@@ -337,6 +337,22 @@ def test_one_password_tried_on_many_names_from_one_address_is_slowed_down(consol
     assert sprayer.post("/ops/login", data=form).status_code == 429
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_console_left_idle_signs_out_and_one_in_use_does_not(
+    hub_factory: HubFactory, creds: Creds, backend: str
+) -> None:
+    """HUB_CONSOLE_IDLE_MINUTES (30; 3 s here): a console left open on an unattended screen asks for the password
+    again; one in use stays signed in (the 8-hour limit holds either way)."""
+    hub = hub_factory(console_idle_minutes=0.05, start_worker=False)
+    Operators(hub.runtime.sessions).add("tran.van.an", PASSWORD, "operator")
+    left, used = _logged_in(hub.server.url, "tran.van.an"), _logged_in(hub.server.url, "tran.van.an")
+    for _ in range(5):  # 5 s, one request a second
+        time.sleep(1.0)
+        assert used.get("/ops").status_code == 200
+    assert left.get("/ops").headers["location"] == "/ops/login"
+    assert used.get("/ops").status_code == 200
+
+
 def test_sign_in_failures_are_counted_across_processes_through_redis() -> None:
     """Two `hub serve` processes of a distributed deployment (two limiters on the same Redis): five failures for a
     name, wherever they came in, block it in both; Redis away, each process's own count still blocks."""

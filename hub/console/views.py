@@ -233,11 +233,14 @@ def router(runtime: Any) -> APIRouter:
         request: an account disabled, or its password changed, ends its open sessions at once; a changed role
         holds from the next request."""
         user = request.session.get("user")
+        now = time.time()
+        idle = now - float(request.session.get("seen") or 0)
         standing = ops().standing(str(user)) if user else None
-        if standing is None or not same_text(standing[1], str(request.session.get("pw") or "")):
+        stale = idle > rt().settings.console_idle_minutes * 60  # a console left open on an unattended screen
+        if standing is None or stale or not same_text(standing[1], str(request.session.get("pw") or "")):
             request.session.clear()
             return RedirectResponse("/ops/login", status_code=303)
-        request.session["role"] = standing[0]
+        request.session["role"], request.session["seen"] = standing[0], int(now)
         return None
 
     async def checked_form(request: Request, *, role: str | None = None) -> tuple[dict[str, Any], Response | None]:
@@ -288,7 +291,7 @@ def router(runtime: Any) -> APIRouter:
         lang = request.session.get("lang", "vi")
         request.session.clear()  # a fresh session (and CSRF token) after login
         request.session.update(
-            {"user": username, "role": role, "lang": lang, "csrf": secrets.token_urlsafe(32)}
+            {"user": username, "role": role, "lang": lang, "csrf": secrets.token_urlsafe(32), "seen": int(time.time())}
             | ({"pw": standing[1]} if standing else {})
         )
         return RedirectResponse("/ops", status_code=303)
