@@ -96,23 +96,25 @@ def redact_closed(session: Session, *, closed_for_days: float, limit: int = 500)
     for d in chosen:
         d.data, d.subject_hmac, d.redacted_at = scrub(d.data), None, now
     ids = [d.id for d in chosen]
-    events = messages = 0
-    for e in session.execute(select(StatusEvent.id, StatusEvent.payload).where(StatusEvent.dossier_id.in_(ids))):
-        cleaned = scrub(e.payload)
-        if cleaned != e.payload:
-            session.execute(update(StatusEvent).where(StatusEvent.id == e.id).values(payload=cleaned))
-            events += 1
+    # the rows that change, written by primary key in one batch a table (an UPDATE a row was 2.8 ms a dossier)
+    events = [
+        {"id": e.id, "payload": cleaned}
+        for e in session.execute(select(StatusEvent.id, StatusEvent.payload).where(StatusEvent.dossier_id.in_(ids)))
+        if (cleaned := scrub(e.payload)) != e.payload
+    ]
     delivered = and_(OutboxMessage.dossier_id.in_(ids), OutboxMessage.state.in_((outbox.DELIVERED, outbox.SET_ASIDE)))
+    messages = []
     for m in session.execute(
         select(OutboxMessage.id, OutboxMessage.payload, OutboxMessage.peer_reply).where(delivered)
     ):
         payload, reply = scrub(m.payload), scrub(m.peer_reply)
         if payload != m.payload or reply != m.peer_reply:
-            session.execute(
-                update(OutboxMessage).where(OutboxMessage.id == m.id).values(payload=payload, peer_reply=reply)
-            )
-            messages += 1
-    return {"dossiers": len(chosen), "events": events, "messages": messages}
+            messages.append({"id": m.id, "payload": payload, "peer_reply": reply})
+    if events:
+        session.execute(update(StatusEvent), events)
+    if messages:
+        session.execute(update(OutboxMessage), messages)
+    return {"dossiers": len(chosen), "events": len(events), "messages": len(messages)}
 
 
 BATCH = 500
