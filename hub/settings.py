@@ -336,8 +336,7 @@ class Settings(BaseSettings):
     def tls_client_certs(self) -> dict[str, Path]:
         """Each client certificate hub presents, by whose it is ("" for the shared one), for `hub check`."""
         certs = {"": self.tls_client_cert} if self.tls_client_cert is not None else {}
-        certs.update({peer: own.client_cert for peer, own in self.tls_peers.items() if own.client_cert is not None})
-        return {who: path for who, path in certs.items() if path is not None}
+        return certs | {peer: own.client_cert for peer, own in self.tls_peers.items() if own.client_cert is not None}
 
     @model_validator(mode="after")
     def _previous_keys_are_previous(self) -> Settings:

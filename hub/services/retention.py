@@ -47,19 +47,20 @@ def scrub(value: Any) -> Any:
 CLOSED = text(f"dossiers.status IN ({', '.join(str(int(s)) for s in sorted(TERMINAL))})")
 
 
-def _closed(cutoff: Any) -> list[Any]:
-    """Closed before `cutoff` and not redacted since (a change clears `redacted_at`: it may bring data again)."""
-    return [CLOSED, Dossier.redacted_at.is_(None), Dossier.updated_at < cutoff]
-
-
 WAITING = (outbox.PENDING, outbox.IN_FLIGHT, outbox.DEAD)
+
+
+def _closed(cutoff: Any) -> list[Any]:
+    """Closed before `cutoff`, not redacted since (a change clears `redacted_at`: it may bring data again), and
+    with no message still waiting, in flight or dead."""
+    waiting = exists().where(OutboxMessage.dossier_id == Dossier.id, OutboxMessage.state.in_(WAITING))
+    return [CLOSED, Dossier.redacted_at.is_(None), Dossier.updated_at < cutoff, ~waiting]
 
 
 def due(session: Session, *, closed_for_days: float) -> int:
     """How many dossiers `redact_closed` would take now."""
     cutoff = utcnow() - timedelta(days=closed_for_days)
-    waiting = exists().where(OutboxMessage.dossier_id == Dossier.id, OutboxMessage.state.in_(WAITING))
-    return int(session.scalar(select(func.count()).select_from(Dossier).where(*_closed(cutoff), ~waiting)) or 0)
+    return int(session.scalar(select(func.count()).select_from(Dossier).where(*_closed(cutoff))) or 0)
 
 
 def redact_closed(session: Session, *, closed_for_days: float, limit: int = 500) -> dict[str, int]:
@@ -69,10 +70,7 @@ def redact_closed(session: Session, *, closed_for_days: float, limit: int = 500)
     dossier is locked and checked again first: a change taken meanwhile (it locks the dossier before writing its
     messages) keeps it whole until the next run."""
     cutoff = utcnow() - timedelta(days=closed_for_days)
-    waiting = exists().where(OutboxMessage.dossier_id == Dossier.id, OutboxMessage.state.in_(WAITING))
-    ids = list(
-        session.scalars(select(Dossier.id).where(*_closed(cutoff), ~waiting).order_by(Dossier.updated_at).limit(limit))
-    )
+    ids = list(session.scalars(select(Dossier.id).where(*_closed(cutoff)).order_by(Dossier.updated_at).limit(limit)))
     if not ids:
         return {"dossiers": 0, "events": 0, "messages": 0}
     locked = session.scalars(
