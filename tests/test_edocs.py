@@ -19,7 +19,7 @@ from hub.adapters.errors import PeerError
 from hub.sandbox import document_exchange
 from hub.sandbox.common import ServerThread
 from hub.sync import jobs
-from tests.api_helpers import assert_problem
+from tests.api_helpers import as_documented, assert_problem
 from tests.conftest import Hub, HubFactory
 from tests.helpers import console_as, dossier, exchanges
 from tests.pki_helpers import Token, Trust
@@ -617,7 +617,9 @@ def test_a_document_sent_by_mistake_is_recalled_and_each_receiver_answers(
     assert_problem(hub.http.post(f"/v1/dossiers/{code}/edocs/{document_id}/recall", json={}), 422, "missing_field")
     hub.wait_idle()
     assert hub.runtime.poll_edoc_status() == {"applied": 5}  # 01 ×2, 06, then 15 and 16
-    [doc] = hub.http.get(f"/v1/dossiers/{code}").json()["documents"]
+    view = hub.http.get(f"/v1/dossiers/{code}")
+    as_documented(hub.http.get("/openapi.json").json(), "get", "/v1/dossiers/{code}", view)  # receivers, recall
+    [doc] = view.json()["documents"]
     assert doc["recall"]["reason"] == "Gửi nhầm nơi nhận" and doc["recall"]["delivery"]["state"] == "delivered"
     assert [(x["id"], x["status"]) for x in doc["receivers"]] == [("000.00.17.H29", "15"), ("000.00.17.H30", "16")]
     assert doc["receivers"][0]["meaning"] == "recall or update agreed"

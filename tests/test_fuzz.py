@@ -24,6 +24,7 @@ from hub.api.app import create_app
 from hub.runtime import Runtime
 from hub.sandbox.common import ServerThread
 from hub.settings import ClientSystem
+from tests.api_helpers import as_documented
 from tests.conftest import Creds, create_pg_database, drop_pg_database, make_settings
 from tests.pki_helpers import Trust
 
@@ -113,14 +114,20 @@ def api_schema(fuzzed_hub: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def problem_schema(fuzzed_hub: str) -> Any:
-    """What the served OpenAPI document says every 4xx/5xx of a /v1 operation is."""
-    spec = httpx.get(f"{fuzzed_hub}/openapi.json").json()
-    return spec["components"]["schemas"]["Problem"]
+def spec(fuzzed_hub: str) -> dict[str, Any]:
+    """The OpenAPI document hub serves: what every answer of a /v1 operation is documented to be."""
+    served: dict[str, Any] = httpx.get(f"{fuzzed_hub}/openapi.json").json()
+    return served
 
 
 def _fuzz(
-    data: st.DataObject, label: str, mode: GenerationMode, api_schema: Any, problem_schema: Any, url: str, bearer: str
+    data: st.DataObject,
+    label: str,
+    mode: GenerationMode,
+    api_schema: Any,
+    spec: dict[str, Any],
+    url: str,
+    bearer: str,
 ) -> None:
     operation = api_schema.find_operation_by_label(label)
     case = data.draw(operation.as_strategy(generation_mode=mode))
@@ -136,7 +143,10 @@ def _fuzz(
         body = response.json()
         assert isinstance(body.get("code"), str) and body["code"], where
         assert body.get("status") == response.status_code, where
-        assert list(Draft202012Validator(problem_schema).iter_errors(body)) == [], where  # as documented
+        problem = spec["components"]["schemas"]["Problem"]
+        assert list(Draft202012Validator(problem).iter_errors(body)) == [], where  # as documented
+    method, path = label.split(" ", 1)
+    as_documented(spec, method, path, response)  # what a client generated from the document reads
 
 
 FUZZ = {"deadline": None, "suppress_health_check": list(HealthCheck), "derandomize": True, "database": None}
@@ -154,11 +164,11 @@ def test_no_operation_answers_5xx_or_an_unstructured_error(
     label: str,
     mode: GenerationMode,
     api_schema: Any,
-    problem_schema: Any,
+    spec: dict[str, Any],
     fuzzed_hub: str,
     citizen_bearer: str,
 ) -> None:
-    _fuzz(data, label, mode, api_schema, problem_schema, fuzzed_hub, citizen_bearer)
+    _fuzz(data, label, mode, api_schema, spec, fuzzed_hub, citizen_bearer)
 
 
 @pytest.mark.parametrize("fuzzed_hub", ["postgresql"], indirect=True)
@@ -170,11 +180,11 @@ def test_no_operation_answers_5xx_on_postgresql_either(
     label: str,
     mode: GenerationMode,
     api_schema: Any,
-    problem_schema: Any,
+    spec: dict[str, Any],
     fuzzed_hub: str,
     citizen_bearer: str,
 ) -> None:
-    _fuzz(data, label, mode, api_schema, problem_schema, fuzzed_hub, citizen_bearer)
+    _fuzz(data, label, mode, api_schema, spec, fuzzed_hub, citizen_bearer)
 
 
 def test_the_fuzzed_schema_reaches_every_operation(fuzzed_hub: str) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from hub.adapters.payment.dvc import CONFIRM_FIELDS, mac
 from hub.sandbox.common import ServerThread
 from hub.store.models import Payment, PaymentCallback, StatusEvent
+from tests.api_helpers import as_documented
 from tests.conftest import PAY_PARTNER, PAY_SECRET, Creds, Hub, HubFactory
 from tests.helpers import console_as, dossier, step
 
@@ -182,7 +183,9 @@ def _signed_confirm(**fields: Any) -> dict[str, Any]:
 
 def test_unknown_reference_other_transaction_and_garbage(hub: Hub, platform: httpx.Client) -> None:
     url = "/v1/payments/callbacks/dvc"
-    assert hub.http.post(url, json=_signed_confirm()).json()["MaLoi"] == "01"
+    unknown = hub.http.post(url, json=_signed_confirm())
+    assert unknown.json()["MaLoi"] == "01"
+    as_documented(hub.http.get("/openapi.json").json(), "post", "/v1/payments/callbacks/{platform}", unknown)
     code = awaiting_payment(hub)
     payment = create(hub, code)
     httpx.post(payment["pay_url"])

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from hub.sandbox import payment_vnpay
 from hub.sandbox.common import ServerThread
 from hub.store.models import PaymentCallback
+from tests.api_helpers import as_documented
 from tests.conftest import Hub, HubFactory
 from tests.helpers import dossier, step
 
@@ -153,6 +154,7 @@ def test_lost_ipn_is_settled_by_querydr_and_reconciled(hub: Hub, gateway: httpx.
     assert unknown.json()["RspCode"] == "97"
     accented = hub.http.get("/v1/payments/callbacks/vnpay", params={"vnp_TxnRef": "X", "vnp_SecureHash": "é" * 128})
     assert accented.status_code == 200 and accented.json()["RspCode"] == "97", accented.text
+    as_documented(hub.http.get("/openapi.json").json(), "get", "/v1/payments/callbacks/{platform}", accented)
     # signed, but with a pay time that is no time: the gateway's own "99" answer, not hub's problem+json
     from hub.adapters.payment.vnpay import sign
 

@@ -13,6 +13,7 @@ import pytest
 
 from hub.sandbox.pdf import blank_pdf, sign_pdf_with
 from hub.signing.pdf import verify_pdf
+from tests.api_helpers import as_documented
 from tests.conftest import HubFactory
 from tests.pki_helpers import Trust
 from tests.test_signing import HUB_BIN, tsa_url, verdict
@@ -80,6 +81,7 @@ def test_the_api_and_the_cli_verify_a_pdf(hub_factory: HubFactory, trust: Trust,
     r = hub.http.post("/v1/signatures/verify", content=signed, headers={"Content-Type": "application/pdf"})
     assert r.status_code == 200 and r.json()["indication"] == "TOTAL-PASSED", r.text
     assert r.json()["signature_format"] == "PAdES-B-T"
+    as_documented(hub.http.get("/openapi.json").json(), "post", "/v1/signatures/verify", r)
     path = tmp_path / "trich-luc.pdf"
     path.write_bytes(signed)
     run = subprocess.run(

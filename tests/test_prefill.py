@@ -24,6 +24,7 @@ from sqlalchemy import select, text
 from hub.sandbox.common import ServerThread
 from hub.settings import ClientSystem, Settings
 from hub.store.models import AccessLogEntry, Exchange
+from tests.api_helpers import as_documented
 from tests.conftest import OTHER_AGENCY, PURPOSE, Creds, Hub, HubFactory, client_systems
 from tests.pki_helpers import Trust
 
@@ -1034,7 +1035,7 @@ def test_a_cors_origin_must_be_an_origin() -> None:
 
 
 def test_a_signed_in_citizen_sees_their_consents_and_withdraws_one(
-    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, trust: Trust
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, trust: Trust, creds: Creds
 ) -> None:
     """The data subject's right to withdraw consent (Decree 13/2023): signed in, a citizen lists the consents hub
     holds for them and withdraws one; the client system's next pre-fill with it is refused. Nobody else's consent
@@ -1054,7 +1055,17 @@ def test_a_signed_in_citizen_sees_their_consents_and_withdraws_one(
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         return httpx.request(method, f"{hub.server.url}{path}", headers=headers, timeout=10)
 
-    listed = call("GET", "/v1/citizens/me/consents", mine).json()
+    spec = hub.http.get("/openapi.json").json()
+    as_documented(
+        spec, "post", "/v1/consents", hub.http.post("/v1/consents", json={"subject_id": other, "purpose": PURPOSE})
+    )
+    listing = call("GET", "/v1/citizens/me/consents", mine)
+    as_documented(spec, "get", "/v1/citizens/me/consents", listing)
+    as_documented(spec, "get", "/v1/citizens/me/data-usage", call("GET", "/v1/citizens/me/data-usage", mine))
+    auditor = {"X-API-Key": creds.portal_key}
+    inquiry = hub.http.post("/v1/citizens/data-usage", json={"subject_id": someone["SoDinhDanh"]}, headers=auditor)
+    as_documented(spec, "post", "/v1/citizens/data-usage", inquiry)
+    listed = listing.json()
     assert listed["count"] == 1
     assert {k: listed["items"][0][k] for k in ("consent_ref", "client", "purpose", "state")} == {
         "consent_ref": ref, "client": "onestop-hcm", "purpose": PURPOSE, "state": "active"
@@ -1065,6 +1076,7 @@ def test_a_signed_in_citizen_sees_their_consents_and_withdraws_one(
     assert call("POST", "/v1/citizens/me/consents/cs-nothing/withdraw", mine).json()["code"] == "unknown_consent"
     withdrawn = call("POST", f"/v1/citizens/me/consents/{ref}/withdraw", mine)
     assert withdrawn.status_code == 200 and withdrawn.json()["state"] == "withdrawn"
+    as_documented(spec, "post", "/v1/citizens/me/consents/{ref}/withdraw", withdrawn)
     again = call("POST", f"/v1/citizens/me/consents/{ref}/withdraw", mine)
     assert again.json()["revoked_at"] == withdrawn.json()["revoked_at"]  # once
     assert call("GET", "/v1/citizens/me/consents", mine).json()["items"][0]["state"] == "withdrawn"
@@ -1099,6 +1111,7 @@ def test_a_signed_in_citizen_gives_a_client_system_their_consent_themselves(
     assert httpx.post(f"{hub.server.url}/v1/citizens/me/consents", json={}).status_code == 401  # nobody signed in
     given = give()
     assert given.status_code == 201, given.text
+    as_documented(hub.http.get("/openapi.json").json(), "post", "/v1/citizens/me/consents", given)
     ref = given.json()["consent_ref"]
     reply = ask(hub, father["SoDinhDanh"], consent_ref=ref).json()
     assert [d["number"] for d in reply["documents"]] == ["30/2024/KH"]

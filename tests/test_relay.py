@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from hub.sandbox.common import ServerThread
 from hub.sync import jobs
+from tests.api_helpers import as_documented
 from tests.conftest import PORTAL_USER, Creds, Hub, HubFactory
 from tests.helpers import dossier, step
 
@@ -173,7 +174,9 @@ def test_a_dead_letter_set_aside_lets_its_dossier_go_on_and_is_never_sent(
         shown = jobs.show_job(s, dead["id"])
     assert shown is not None and shown["state"] == "set_aside" and shown["set_aside_by"] == "ops:an"
     assert shown["set_aside_reason"] == "portal đã yêu cầu nộp phí" and shown["last_error_code"]
-    events = hub.http.get(f"/v1/dossiers/{code}").json()["events"]
+    view = hub.http.get(f"/v1/dossiers/{code}")
+    as_documented(hub.http.get("/openapi.json").json(), "get", "/v1/dossiers/{code}", view)  # set_aside_* included
+    events = view.json()["events"]
     [aside] = events[1]["deliveries"]
     assert aside["state"] == "set_aside" and aside["set_aside_by"] == "ops:an" and aside["set_aside_at"]
     assert events[2]["deliveries"][0]["state"] == "delivered"

@@ -25,7 +25,7 @@ from fastapi_offline import FastAPIOffline
 from hub import __version__
 from hub.adapters.errors import PeerError
 from hub.adapters.identity import CitizenTokens, ClientTokens, InvalidToken, client_tokens, looks_like_jwt
-from hub.api import examples, problems
+from hub.api import answers, examples, problems
 from hub.api.middleware import BodyLimitAndCorrelation, CitizenCors, ConsoleSessions, Inbound
 from hub.domain.dates import instant
 from hub.domain.errors import DomainError
@@ -571,7 +571,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             )
         )
 
-    @app.get("/v1/dossiers", tags=["dossiers"], summary="Dossiers past their appointment date (NgayHenTra)")
+    @app.get(
+        "/v1/dossiers",
+        responses={200: {"model": answers.OverdueList}},
+        tags=["dossiers"],
+        summary="Dossiers past their appointment date (NgayHenTra)",
+    )
     def list_dossiers(
         who: Dossiers,
         overdue: Annotated[bool, Query(description="only dossiers past NgayHenTra whose result is not ready")],
@@ -586,6 +591,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get(
         "/v1/dossiers/{code}",
+        responses={200: {"model": answers.DossierView}},
         tags=["dossiers"],
         summary="A dossier with its status history and the delivery state of each event",
         description="Each event lists its deliveries, one per destination, with `state`: `pending` (waiting for "
@@ -671,17 +677,37 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     def form_schema(procedure: str, request: Request, who: Prefill) -> Response:
         return cacheable(request, prefill_forms.form_schema(procedure), media_type="application/schema+json")
 
-    @app.post("/v1/consents", status_code=201, tags=["prefill"], summary="Record a citizen's consent to reuse data")
+    @app.post(
+        "/v1/consents",
+        status_code=201,
+        responses={201: {"model": answers.ConsentRecorded}},
+        tags=["prefill"],
+        summary="Record a citizen's consent to reuse data",
+    )
     def grant_consent(
         body: Annotated[ConsentIn, Body(openapi_examples=examples.CONSENT)], who: Prefill
     ) -> dict[str, Any]:
         return rt().prefill.grant_consent(who, body)
 
-    @app.post("/v1/consents/{ref}/revoke", tags=["prefill"], summary="The citizen withdraws a consent")
+    @app.post(
+        "/v1/consents/{ref}/revoke",
+        responses={200: {"model": answers.ConsentRevoked}},
+        tags=["prefill"],
+        summary="The citizen withdraws a consent",
+    )
     def revoke_consent(ref: str, who: Prefill) -> dict[str, Any]:
         return rt().prefill.revoke_consent(who, ref)
 
-    @app.post("/v1/documents", tags=["prefill"], summary="Index a document issued with a dossier, for reuse")
+    @app.post(
+        "/v1/documents",
+        status_code=201,
+        responses={
+            201: {"model": answers.DocumentIndexed, "description": "indexed"},
+            200: {"model": answers.DocumentIndexed, "description": "the issuer's document of that number, already"},
+        },
+        tags=["prefill"],
+        summary="Index a document issued with a dossier, for reuse",
+    )
     def register_document(
         body: Annotated[DocumentIn, Body(openapi_examples=examples.DOCUMENT)], who: Prefill, response: Response
     ) -> dict[str, Any]:
@@ -691,6 +717,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.post(
         "/v1/citizens/data-usage",
+        responses={200: {"model": answers.DataUsage}},
         tags=["prefill"],
         summary="Who used a citizen's data (auditor role: the citizen's portal account page, an inspector)",
         description="Newest first. The inquiry is itself written to the access log (purpose `access_log_inquiry`, "
@@ -704,6 +731,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get(
         "/v1/citizens/me/data-usage",
+        responses={200: {"model": answers.DataUsage}},
         tags=["citizens"],
         summary="Who used my data: for the citizen, signed in at VNeID / the national portal",
         description="The bearer token is the citizen's ID token from the configured identity provider (OpenID "
@@ -723,6 +751,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get(
         "/v1/citizens/me/consents",
+        responses={200: {"model": answers.CitizenConsentList}},
         tags=["citizens"],
         summary="My consents: for the citizen, signed in — who may reuse my documents, for what, until when",
         description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). Newest first, "
@@ -737,6 +766,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post(
         "/v1/citizens/me/consents",
         status_code=201,
+        responses={201: {"model": answers.CitizenConsent}},
         tags=["citizens"],
         summary="I give a client system my consent to reuse my documents, for a purpose (signed in)",
         description="The bearer token is the citizen's ID token. The consent is the citizen's own act (recorded "
@@ -753,6 +783,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.post(
         "/v1/citizens/me/consents/{ref}/withdraw",
+        responses={200: {"model": answers.ConsentWithdrawn}},
         tags=["citizens"],
         summary="I withdraw a consent: no pre-fill may use it from now on (the data subject's right)",
         description="Only the citizen's own consents; another's, or one that does not exist, is 404 "
@@ -816,6 +847,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.post(
         "/v1/signatures/verify",
+        responses={200: {"model": answers.VerificationReport}},
         tags=["signatures"],
         summary="Verify the signature of a document (XMLDSig, XAdES; PAdES in a PDF): an ETSI EN 319 102-1 report",
         description="Send the signed XML as the body (Content-Type application/xml), or a signed PDF "
@@ -879,6 +911,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "/v1/payments",
         tags=["payments"],
         status_code=201,
+        responses={
+            201: {"model": answers.PaymentView, "description": "created at the platform"},
+            200: {"model": answers.PaymentView, "description": "the dossier's payment of that amount, made before"},
+        },
         summary="Create the fee payment of a dossier in status 6 at its payment platform; answers the pay URL",
         description="Idempotent per dossier and amount: asking again returns the same payment (200). Amounts are "
         "integer đồng, taken from the dossier's DanhSachLePhi and checked against the procedure's fees.",
@@ -894,7 +930,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         response.status_code = status
         return payment
 
-    @app.get("/v1/payments/{reference}", tags=["payments"], summary="A payment and its state")
+    @app.get(
+        "/v1/payments/{reference}",
+        responses={200: {"model": answers.PaymentView}},
+        tags=["payments"],
+        summary="A payment and its state",
+    )
     def get_payment(reference: str, who: Payments) -> dict[str, Any]:
         return rt().payments.get(who, reference)
 
@@ -903,6 +944,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["payments"],
         summary="The receipt (biên lai) of a paid payment, as the platform issued it (PDF)",
         response_class=Response,
+        responses={200: {"content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}}},
     )
     def payment_receipt(reference: str, who: Payments) -> Response:
         pdf = rt().payments.receipt(who, reference, correlation_id=correlation_id.get())
@@ -912,12 +954,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "/v1/payments/callbacks/{platform}",
         tags=["payments"],
         operation_id="payment_callback_get",
+        responses={200: {"model": answers.DvcCallbackAnswer | answers.VnpayCallbackAnswer}},
         summary="A payment gateway's IPN sent as a GET (VNPay style); authenticated by its signature",
     )
     @app.post(
         "/v1/payments/callbacks/{platform}",
         tags=["payments"],
         operation_id="payment_callback_post",
+        responses={200: {"model": answers.DvcCallbackAnswer | answers.VnpayCallbackAnswer}},
         summary="The payment platform's confirmation (CONFIRM); authenticated by its signature",
         description="No API key: the message's own hash (MaXacThuc / vnp_SecureHash) is verified before anything "
         "else. The answer is the platform's own format and code (DVC: 00 confirmed, 01 unknown reference, 02 already "
@@ -935,11 +979,19 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         )
         return JSONResponse(answer, status_code=status)
 
-    @app.get("/healthz", tags=["health"], summary="Alive")
+    @app.get("/healthz", responses={200: {"model": answers.Health}}, tags=["health"], summary="Alive")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/readyz", tags=["health"], summary="Ready: database and broker answer; each peer's last contact")
+    @app.get(
+        "/readyz",
+        responses={
+            200: {"model": answers.Readiness},
+            503: {"model": answers.Readiness, "description": "not ready: `checks` says what is wrong"},
+        },
+        tags=["health"],
+        summary="Ready: database and broker answer; each peer's last contact",
+    )
     def readyz(response: Response) -> dict[str, Any]:
         readiness = rt().readiness()
         response.status_code = 200 if readiness["status"] == "ok" else 503

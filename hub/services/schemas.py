@@ -219,11 +219,19 @@ class Accepted(BaseModel):
     same Idempotency-Key gets this same answer, with the header `Idempotent-Replayed: true`."""
 
     model_config = ConfigDict(extra="forbid")  # documented exactly: additionalProperties false
-    event_id: str = Field(description="the status event's id (a UUID); the peer's idempotency key derives from it")
+    event_id: str | None = Field(
+        description="the status event's id (a UUID); the peer's idempotency key derives from it. Null only when "
+        "`unchanged`: nothing was recorded"
+    )
     MaHoSo: str = Field(description="the dossier (mã hồ sơ)")
-    seq: int = Field(description="the event's place in the dossier's history, from 1")
+    seq: int = Field(description="the event's place in the dossier's history, from 1 (when `unchanged`: its latest)")
     TrangThaiHoSo: int = Field(description="the dossier's status after the event (1–10)")
     previous_status: int | None = Field(description="its status before (null for a new dossier)")
+    unchanged: bool | None = Field(
+        default=None,
+        description="only in the national portal's push (`/v1/national/dossiers`), true when the dossier pushed is "
+        "the one hub holds, status and fields alike (a poll that found what a push brought): no event, nothing relayed",
+    )
 
 
 MAX_BATCH = 200  # dossiers a batch may carry (about 1 KB each: within HUB_MAX_BODY_BYTES, 1 MiB)
