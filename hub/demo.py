@@ -224,6 +224,13 @@ def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) 
     return str(father["SoDinhDanh"])
 
 
+def _vn(at: str) -> str:
+    """An answer's ISO 8601 time (UTC or Vietnam's, with its offset) as a reader in Vietnam reads it."""
+    from hub.domain.dates import VN_TZ
+
+    return datetime.fromisoformat(at).astimezone(VN_TZ).strftime("%d/%m/%Y %H:%M:%S")
+
+
 def _my_data(out: Console, api_url: str, idp_url: str, personal_id: str) -> None:
     """The citizen signs in at the identity provider (the sandbox's, in place of VNeID) and asks who used their
     data."""
@@ -232,7 +239,7 @@ def _my_data(out: Console, api_url: str, idp_url: str, personal_id: str) -> None
     r.raise_for_status()
     for use in r.json()["items"]:
         out.print(
-            f"the citizen, signed in, sees: {use['at'][:19]} agency {use['agency']} ({use['client']}, officer "
+            f"the citizen, signed in, sees: {_vn(use['at'])} agency {use['agency']} ({use['client']}, officer "
             f"{use['officer']}) read {len(use['fields'])} fields as {use['as']} for {use['purpose']} — {use['outcome']}"
         )
 
@@ -249,7 +256,7 @@ def _my_dossiers(out: Console, api_url: str, idp_url: str, personal_id: str) -> 
         out.print(
             f"its owner, signed in, looks it up: {item['MaHoSo']} {item['TenTTHC']} — {item['status_name']}, "
             f"{len(one['history'])} steps"
-            + (f", fee {paid[0]['amount']:,} VND paid {paid[0]['paid_at'][:19]}" if paid else "")
+            + (f", fee {paid[0]['amount']:,} VND paid {_vn(paid[0]['paid_at'])}" if paid else "")
             + (f", waiting for {item['waiting_for']}" if item["waiting_for"] else "")
         )
 
