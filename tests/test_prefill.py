@@ -1283,6 +1283,19 @@ def test_the_sandbox_refuses_hostile_requests_with_a_fault(people: httpx.Client,
     assert b"Fault" in r.content and b"root:" not in r.content
 
 
+def test_the_sandbox_answers_a_soap_1_2_client_with_a_version_mismatch(people: httpx.Client) -> None:
+    """The WSDL binds SOAP 1.1: a client set up for SOAP 1.2 (a Java or .NET stack's default) is told its envelope's
+    version is the problem (SOAP 1.1 §4.4.1), not that the operation does not exist."""
+    ns = "urn:vn:csdlqg:dancu:congdan:v1"
+    op = (f'<c:TraCuuThongTinCongDan xmlns:c="{ns}"><c:SoDinhDanh>001090000001</c:SoDinhDanh><c:MaYeuCau>r</c:MaYeuCau>'
+          f"<c:MaCanBo>cb</c:MaCanBo><c:MaDVC>{KHAI_SINH}</c:MaDVC></c:TraCuuThongTinCongDan>")  # fmt: skip
+    soap12 = f'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body>{op}</e:Body></e:Envelope>'
+    r = people.post("/ws/congdan", content=soap12, headers={"Content-Type": "application/soap+xml"})
+    assert r.status_code == 500 and b"<faultcode>soap:VersionMismatch</faultcode>" in r.content, r.text
+    bare = people.post("/ws/congdan", content=op, headers={"Content-Type": "text/xml"})  # no envelope at all
+    assert bare.status_code == 400 and b"<faultcode>soap:Client</faultcode>" in bare.content, bare.text
+
+
 def test_cached_replies_are_shared_through_the_database_and_expire_everywhere(hub: Hub) -> None:
     """Two processes' caches over one database: what one keeps, the other reads; each keeps its own copy in
     memory, which expires with the shared row."""

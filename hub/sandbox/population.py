@@ -142,6 +142,10 @@ def create_app(state: PopulationState | None = None) -> FastAPI:
             return soap_fault("Client", f"XML không hợp lệ: {exc}", "01", 400)
         if doc.getroottree().docinfo.doctype:
             return soap_fault("Client", "Không chấp nhận DTD", "01", 400)
+        if doc.tag != f"{{{SOAP_ENV}}}Envelope":  # SOAP 1.2's envelope (the binding is SOAP 1.1's), or no envelope
+            if etree.QName(doc).localname == "Envelope":
+                return soap_fault("VersionMismatch", "Chỉ nhận phong bì SOAP 1.1 (SOAP 1.1 only)", "01", 500)
+            return soap_fault("Client", "Không phải phong bì SOAP (not a SOAP envelope)", "01", 400)
         body = doc.find(f"{{{SOAP_ENV}}}Body")
         op = body[0] if body is not None and len(body) else None
         if op is None or op.tag != f"{{{TNS}}}TraCuuThongTinCongDan":
