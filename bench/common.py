@@ -172,4 +172,6 @@ def loadgen(port: int, mode: str, api_key: str, **opts: Any) -> dict[str, Any]:
         args += [f"--{k.replace('_', '-')}", str(v)]
     out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if any(not str(status).startswith("2") for status in result["statuses"]):  # a rate of refusals is no figure
+        raise RuntimeError(f"{mode} on :{port}: answers other than 2xx {result['statuses']}")
     return result

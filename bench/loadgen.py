@@ -25,7 +25,8 @@ AGENCY = "000.00.17.H56"
 
 
 def dossier(i: int, *, prefix: int = 0) -> dict[str, Any]:
-    day = date(2024, 1, 1) + timedelta(days=prefix * 400 + i // 9000)
+    # each prefix its own 400 days of codes, every one in the past (hub refuses a dossier received in the future)
+    day = date(2012, 1, 1) + timedelta(days=prefix * 400 + i // 9000)
     seq = i % 9000 + 1
     code = f"{AGENCY}-{day:%y%m%d}-{seq:04d}"
     return {
