@@ -358,7 +358,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         same_site="strict",
         https_only=settings.mode == "production",
     )
-    app.include_router(console_router(rt))
     if settings.citizen_cors_origins:
         app.add_middleware(CitizenCors, prefix="/v1/citizens/me/", origins=settings.citizen_cors_origins)
 
@@ -1012,6 +1011,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     def root(request: Request) -> dict[str, str]:
         return {"service": "hub", "docs": str(request.url_for("custom_swagger_ui_html"))}
 
+    # the operators' console last: a route is found by trying each in order, and the API's requests are the many
+    app.include_router(console_router(rt))
     return app
 
 
