@@ -14,7 +14,7 @@ import pytest
 from hub.sandbox.common import ServerThread
 from hub.sandbox.one_stop import _national
 from tests.conftest import PAY_PARTNER, PAY_SECRET, Hub, HubFactory
-from tests.helpers import console_as, dossier, step
+from tests.helpers import console_as, console_search, dossier, step
 from tests.pki_helpers import Trust
 from tests.test_prefill import citizen_token
 
@@ -124,8 +124,8 @@ def test_a_corrected_owner_id_moves_the_dossier_to_its_owner(hub: Hub, trust: Tr
     owner = as_citizen(hub, citizen_token(trust, CORRECTED)).json()
     assert [i["MaHoSo"] for i in owner["items"]] == [d["MaHoSo"]]
     operator = console_as(hub, "tran.van.an", "viewer")
-    assert d["MaHoSo"] in operator.get("/ops/dossiers", params={"q": CORRECTED}).text
-    assert d["MaHoSo"] not in operator.get("/ops/dossiers", params={"q": ME}).text
+    assert d["MaHoSo"] in console_search(operator, CORRECTED).text
+    assert d["MaHoSo"] not in console_search(operator, ME).text
 
 
 def test_late_dossiers_and_results_as_the_citizen_sees_them(hub: Hub, trust: Trust) -> None:

@@ -43,6 +43,8 @@ TEXT: dict[str, dict[str, str]] = {
         "search": "Tìm",
         "search_hint": "Mã hồ sơ (MaHoSo) hoặc số định danh cá nhân (12 số)",
         "no_results": "Không tìm thấy hồ sơ",
+        "id_in_url": "Số định danh cá nhân chỉ được tìm qua ô tìm kiếm, không đặt trong địa chỉ trang "
+        "(địa chỉ được lưu trong lịch sử trình duyệt và nhật ký máy chủ)",
         "status": "Trạng thái",
         "updated": "Cập nhật",
         "timeline": "Dòng thời gian",
@@ -241,6 +243,8 @@ TEXT: dict[str, dict[str, str]] = {
         "search": "Search",
         "search_hint": "Dossier code (MaHoSo) or personal ID (12 digits)",
         "no_results": "No dossier found",
+        "id_in_url": "A personal ID is searched through the search box, never put in the page's address "
+        "(addresses stay in the browser's history and in servers' logs)",
         "status": "Status",
         "updated": "Updated",
         "timeline": "Timeline",

@@ -389,10 +389,7 @@ def router(runtime: Any) -> APIRouter:
         days = (cert.not_valid_after_utc - utcnow()).days
         return {"days": days, "subject": cert.subject.rfc4514_string()} if days < CERT_WARN_DAYS else None
 
-    @r.get("/dossiers")
-    def dossiers(request: Request, q: str = "") -> Response:
-        if (go := user_or_login(request)) is not None:
-            return go
+    def dossier_search(request: Request, q: str) -> Response:
         q = q.strip()[:64]
         results = []
         subjects = rt().prefill.subject_hmacs(q) if ID_RE.match(q) else []  # a personal ID, matched by its HMACs
@@ -420,6 +417,26 @@ def router(runtime: Any) -> APIRouter:
             )
         shown = mask_id(q) if subject is not None else q  # a personal ID is never echoed back in full
         return render(request, "dossiers.html", page="dossiers", q=shown, results=results)
+
+    @r.get("/dossiers")
+    def dossiers(request: Request, q: str = "") -> Response:
+        """A search by MaHoSo (a link may carry it). A personal ID is searched through the form, sent as a POST:
+        in a URL it would stay in the browser's history and in any proxy's access log in front of hub."""
+        if (go := user_or_login(request)) is not None:
+            return go
+        if ID_RE.match(q.strip()):
+            t = words(lang_of(request))
+            return render(request, "dossiers.html", status=400, page="dossiers", q="", results=[], error=t["id_in_url"])
+        return dossier_search(request, q)
+
+    @r.post("/dossiers")
+    async def dossiers_searched(request: Request) -> Response:
+        if (go := await run_in_threadpool(user_or_login, request)) is not None:
+            return go
+        data, refused = await checked_form(request)
+        if refused is not None:
+            return refused
+        return await run_in_threadpool(dossier_search, request, str(data.get("q") or ""))
 
     @r.get("/dossiers/{code}")
     def dossier(request: Request, code: str) -> Response:
