@@ -1654,7 +1654,7 @@ cli.add_typer(operators_cli, name="operators")
 @operators_cli.command("add")
 def operators_add(
     username: str,
-    role: Annotated[str, typer.Option(help="viewer | operator")] = "viewer",
+    role: Annotated[str, typer.Option(help="viewer | operator | auditor")] = "viewer",
     password_env: Annotated[
         str | None, typer.Option(help="read the password from this environment variable instead of a prompt")
     ] = None,
@@ -1727,7 +1727,7 @@ def operators_password(
 
 
 @operators_cli.command("role")
-def operators_role(username: str, role: Annotated[str, typer.Argument(help="viewer | operator")]) -> None:
+def operators_role(username: str, role: Annotated[str, typer.Argument(help="viewer | operator | auditor")]) -> None:
     """Change an account's role; its open console sessions take it at their next request."""
     _operator_change(username, lambda ops: ops.set_role(username, role), f"operator {username} is now {role}")
 

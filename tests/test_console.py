@@ -610,3 +610,70 @@ def test_an_operator_settles_a_payment_whose_callback_was_lost(
     assert token is not None
     refused = viewer.post("/ops/payments/check", data={"csrf": token.group(1), "reference": payment["reference"]})
     assert refused.status_code == 403
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_auditor_sees_who_used_a_citizens_data_and_the_look_up_is_logged(
+    console_hub: Hub, creds: Creds, browser: object, backend: str
+) -> None:
+    """An inspector asks who read a citizen's data: an account with the auditor role looks it up on the console
+    (the ID and the grounds in a form, never in a URL) and sees every use, allowed or refused, newest first — and
+    its own look-up is in the access log, with its grounds, and among the operators' actions. Viewers and operators
+    are not shown the page; a bad ID or no grounds reads nothing and logs nothing."""
+    from hub.services.actions import recent
+    from hub.store.models import AccessLogEntry
+
+    hub = console_hub
+    d = dossier(9, status=2)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    citizen = str(d["SoGiayToChuHoSo"])
+    console_search(_logged_in(hub.server.url, "tran.van.an"), citizen)  # an operator's search: one use
+    refused = hub.http.post("/v1/citizens/data-usage", json={"subject_id": citizen})  # not an auditor: refused
+    assert refused.status_code == 403
+    Operators(hub.runtime.sessions).add("pham.kiem.tra", PASSWORD, "auditor")
+
+    def entries() -> list[AccessLogEntry]:
+        with hub.runtime.sessions() as s:
+            subject = AccessLogEntry.subject == hub.runtime.prefill.subject_hmac(citizen)
+            return list(s.scalars(select(AccessLogEntry).where(subject).order_by(AccessLogEntry.id)))
+
+    assert [e.outcome for e in entries()] == ["allowed", "refused"]
+    for user in ("le.thi.xem", "tran.van.an"):  # neither a viewer nor an operator reads the access log here
+        other = _logged_in(hub.server.url, user)
+        assert other.get("/ops/audit").status_code == 403 and "/ops/audit" not in other.get("/ops").text
+        token = re.search(r'name="csrf" value="([^"]+)"', other.get("/ops/dossiers").text)
+        assert token is not None
+        form = {"csrf": token.group(1), "subject_id": citizen, "reason": "thử"}
+        assert other.post("/ops/audit", data=form).status_code == 403
+    context = browser.new_context(locale="vi-VN")  # type: ignore[attr-defined]
+    page = context.new_page()
+    login(page, hub.server.url, "pham.kiem.tra")
+    page.click("#nav-audit")
+    assert page.locator("h1").inner_text() == "Ai đã dùng dữ liệu của công dân"
+    page.fill("#subject_id", "000000000000")  # no such province: refused before anything is read
+    page.fill("#reason", "Công văn 45/TTr-STTTT")
+    page.click("#look-up")
+    assert "12 chữ số hợp lệ" in page.locator("#error").inner_text()
+    page.fill("#subject_id", citizen)
+    page.fill("#reason", "")
+    page.evaluate("document.getElementById('reason').removeAttribute('required')")  # as a script would send it
+    page.click("#look-up")
+    assert "căn cứ" in page.locator("#error").inner_text()
+    assert len(entries()) == 2  # neither attempt read or logged anything
+    page.fill("#subject_id", citizen)
+    page.fill("#reason", "Công văn 45/TTr-STTTT")
+    page.click("#look-up")
+    assert page.url.endswith("/ops/audit")  # the ID went in the form's body, not in the address
+    table = page.locator("#audit").inner_text()
+    assert "tran.van.an" in table and "operator_search" in table and "Bị từ chối" in table, table
+    assert citizen not in page.content() and citizen[-3:] in page.locator("#audit-subject").inner_text()  # masked
+    shot(page, "audit")
+    context.close()
+    inquiry = entries()[-1]  # the look-up itself, with who and on what grounds
+    assert (inquiry.client, inquiry.officer, inquiry.purpose, inquiry.outcome, inquiry.reason) == (
+        "console", "pham.kiem.tra", "access_log_inquiry", "allowed", "Công văn 45/TTr-STTTT"
+    )  # fmt: skip
+    with hub.runtime.sessions() as s:
+        [viewed] = recent(s, action="access_log_viewed")
+    assert viewed["actor"] == "console:pham.kiem.tra" and viewed["outcome"] == {"entries": 2}
+    assert citizen not in str(viewed["target"]) and viewed["target"]["reason"] == "Công văn 45/TTr-STTTT"

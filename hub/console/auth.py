@@ -1,4 +1,5 @@
-"""Operator accounts: argon2 password hashes (argon2-cffi), roles viewer and operator."""
+"""Operator accounts: argon2 password hashes (argon2-cffi), roles viewer, operator (repairs) and auditor (the access
+log: who used a citizen's data)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hub.domain.dates import utcnow
 from hub.domain.errors import Conflict, DomainError, NotFound
 from hub.store.models import Operator
 
-ROLES = ("viewer", "operator")
+ROLES = ("viewer", "operator", "auditor")  # an auditor sees what a viewer sees, and the access log
 _hasher = PasswordHasher()
 _DUMMY = _hasher.hash("not-a-password")  # verified against on unknown users, so timing does not reveal them
 

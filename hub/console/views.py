@@ -4,6 +4,7 @@ checked on every POST, roles checked on every action."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -26,15 +27,18 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.console.auth import Operators
 from hub.console.i18n import peer_names, words
+from hub.domain import identifiers
 from hub.domain.dates import VN_TZ, utcnow
+from hub.domain.errors import DomainError
 from hub.domain.money import dong
 from hub.domain.privacy import same_text
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services import actions
-from hub.services.audit import OPERATOR_SEARCH, Access
+from hub.services.audit import ACCESS_LOG_INQUIRY, OPERATOR_SEARCH, Access
 from hub.services.dossiers import mask_id
 from hub.services.edocs import documents_sent
+from hub.store.db import reading_session
 from hub.store.models import Dossier, Exchange, OutboxMessage, Payment, StatusEvent
 from hub.sync import jobs, outbox
 from hub.sync.workers import WorkerSeen
@@ -75,6 +79,7 @@ templates.env.filters["money"] = _money
 PAYMENT_STATES = ("pending", "paid", "failed", "expired")
 JOBS = ("poll_portal", "check_payments", "reconcile", "reconcile_payments", "anchor_audit_log", "remove_personal_data")
 ID_RE = re.compile(r"^[0-9]{12}\Z")
+AUDIT_ROWS = 500  # the access log's entries about one citizen shown at most (the CLI's `hub audit usage` has all)
 
 
 class LoginLimiter:
@@ -437,6 +442,66 @@ def router(runtime: Any) -> APIRouter:
         if refused is not None:
             return refused
         return await run_in_threadpool(dossier_search, request, str(data.get("q") or ""))
+
+    # -- the access log, for an auditor ------------------------------------------------------------------------
+
+    def forbidden(request: Request) -> Response:
+        return render(request, "message.html", status=403, heading=words(lang_of(request))["forbidden"])
+
+    @r.get("/audit")
+    def audit_page(request: Request) -> Response:
+        """Who used a citizen's data — for an account with the auditor role (an inspector's request, a citizen's
+        complaint): the form; the ID is sent by POST, never in a URL."""
+        if (go := user_or_login(request)) is not None:
+            return go
+        if request.session.get("role") != "auditor":
+            return forbidden(request)
+        return render(request, "audit.html", page="audit", rows=None, subject=None, reason="")
+
+    @r.post("/audit")
+    async def audit_lookup(request: Request) -> Response:
+        if (go := await run_in_threadpool(user_or_login, request)) is not None:
+            return go
+        data, refused = await checked_form(request, role="auditor")
+        if refused is not None:
+            return refused
+        subject_id, reason = str(data.get("subject_id") or ""), str(data.get("reason") or "")
+        return await run_in_threadpool(audit_search, request, subject_id.strip(), " ".join(reason.split())[:500])
+
+    def audit_search(request: Request, subject_id: str, reason: str) -> Response:
+        """The citizen's entries in the access log, newest first. The look-up is itself an access to their data:
+        written to the access log (purpose access_log_inquiry, client `console`, the auditor as officer, their
+        stated grounds as its reason) and kept as the auditor's action before anything is shown."""
+        t = words(lang_of(request))
+
+        def again(error: str) -> Response:
+            return render(request, "audit.html", status=422, page="audit", rows=None, subject=None, reason=reason,
+                          error=error)  # fmt: skip
+
+        try:
+            identifiers.personal_id(subject_id)
+        except DomainError:
+            return again(t["audit_bad_id"])
+        if not reason:
+            return again(t["audit_reason_needed"])
+        user = str(request.session.get("user"))
+        subjects = rt().prefill.subject_hmacs(subject_id)  # entries from before a key rotation too
+        with reading_session(rt().sessions) as s:
+            rows = list(itertools.islice(rt().prefill.access_log.usage(s, subjects), AUDIT_ROWS + 1))
+        shown = mask_id(subject_id)
+        rt().prefill.record(
+            Access.inquiry(
+                ACCESS_LOG_INQUIRY, client="console", agency="-", officer=user, subject=subjects[0],
+                correlation_id=correlation_id.get(), fields=["access_log"], reason=reason,
+            )
+        )  # fmt: skip
+        with rt().sessions.begin() as s:
+            actions.record(s, f"console:{user}", "access_log_viewed", {"subject": shown, "reason": reason},
+                           {"entries": min(len(rows), AUDIT_ROWS)})  # fmt: skip
+        return render(
+            request, "audit.html", page="audit", rows=rows[:AUDIT_ROWS], more=len(rows) > AUDIT_ROWS, subject=shown,
+            reason=reason,
+        )  # fmt: skip
 
     @r.get("/dossiers/{code}")
     def dossier(request: Request, code: str) -> Response:

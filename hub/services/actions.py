@@ -34,6 +34,7 @@ ACTIONS = (
     "operator_password_set",
     "operator_role_set",
     "personal_data_removed",
+    "access_log_viewed",
 )
 INSERT_ACTION = insert(table(OperatorAction))
 
