@@ -1176,15 +1176,25 @@ def _when(value: str | None) -> datetime | None:
 
 @audit_cli.command("usage")
 def audit_usage(
-    subject_id: Annotated[str, typer.Argument(help="the citizen's 12-digit personal ID (not stored; matched by HMAC)")],
+    subject_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="the citizen's 12-digit personal ID (not stored; matched by HMAC). Leave it out to be asked for it, "
+            "or give it on standard input: on the command line it stays in the shell's history and shows in the "
+            "process list"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     officer: Annotated[
         str | None, typer.Option(help="who asks, for the access log (default: this account's user name)")
     ] = None,
     agency: Annotated[str | None, typer.Option(help="the agency code the inquiry is made for")] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="the grounds of the inquiry (a request letter, a complaint), kept in the log")
+    ] = None,
 ) -> None:
     """Who used a citizen's data: every access, allowed or refused, newest first (an operator's export). The
-    inquiry is itself logged (purpose access_log_inquiry, client "cli") before anything is shown."""
+    inquiry is itself logged (purpose access_log_inquiry, client "cli", with --reason) before anything is shown."""
     import getpass
 
     from hub.domain import identifiers
@@ -1193,6 +1203,11 @@ def audit_usage(
     from hub.services.audit import ACCESS_LOG_INQUIRY, Access
     from hub.store import db
 
+    if subject_id is None:
+        subject_id = typer.prompt("personal ID", err=True) if sys.stdin.isatty() else sys.stdin.readline()
+        subject_id = subject_id.strip()
+    else:
+        err.print("note: a personal ID on the command line stays in the shell's history; leave it out to be asked")
     try:
         identifiers.personal_id(subject_id)
         if agency is not None:
@@ -1214,6 +1229,7 @@ def audit_usage(
             subject=subject,
             correlation_id=f"cli-{uuid.uuid4().hex[:12]}",
             fields=["access_log"],
+            reason=" ".join(reason.split()) if reason else None,
         )
         with db.raw_transaction(engine) as tx:
             log.append(tx, entry)

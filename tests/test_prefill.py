@@ -683,8 +683,9 @@ def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, cr
         "HUB_DATABASE_URL": hub.settings.effective_database_url,
         "HUB_SECRET_KEY": creds.secret_key,
     }
-    usage = subprocess.run(
-        [HUB_BIN, "audit", "usage", someone["SoDinhDanh"], "--json", "--officer", "tt-0007"],
+    usage = subprocess.run(  # the ID on standard input: out of the shell's history and the process list
+        [HUB_BIN, "audit", "usage", "--json", "--officer", "tt-0007", "--reason", "Công văn 12/TTr"],
+        input=someone["SoDinhDanh"] + "\n",
         check=False,
         env=env,
         capture_output=True,
@@ -694,9 +695,11 @@ def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, cr
     assert usage.returncode == 0, usage.stderr
     [item] = json.loads(usage.stdout)
     assert item["client"] == "onestop-hcm" and item["outcome"] == "allowed" and item["purpose"] == PURPOSE
-    with hub.runtime.sessions() as s:  # the inquiry went into the log, a link of the same chain
+    with hub.runtime.sessions() as s:  # the inquiry went into the log, a link of the same chain, with its grounds
         [inquiry, _] = hub.runtime.prefill.access_log.usage(s, hub.runtime.prefill.subject_hmacs(someone["SoDinhDanh"]))
-    assert (inquiry["client"], inquiry["officer"], inquiry["purpose"]) == ("cli", "tt-0007", "access_log_inquiry")
+    assert (inquiry["client"], inquiry["officer"], inquiry["purpose"], inquiry["reason"]) == (
+        "cli", "tt-0007", "access_log_inquiry", "Công văn 12/TTr"
+    )  # fmt: skip
     # an officer's name that a terminal library would take for markup ("[/]" crashed the table) is shown as sent
     odd = "[/][link=x]"
     r = hub.http.post(
@@ -710,7 +713,7 @@ def test_audit_cli_verifies_and_exports_usage(hub: Hub, people: httpx.Client, cr
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert table.returncode == 0 and "Traceback" not in table.stderr, table.stderr
-    assert odd in table.stdout
+    assert odd in table.stdout and "stays in the shell's history" in table.stderr  # given on the command line
     ok = subprocess.run(
         [HUB_BIN, "audit", "verify", "--json"], check=False, env=env, capture_output=True, text=True, timeout=60
     )
