@@ -926,10 +926,11 @@ def poll(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 def routes_add(pattern: str, endpoint: str) -> None:
     """Route an agency code (or a prefix ending in '*') to a one-stop system's base URL."""
     from hub.domain.errors import DomainError
+    from hub.services.routes import Routes
 
-    rt = _jobs_runtime()
+    rt = _Store()
     try:
-        route = rt.routes.add(pattern, endpoint)
+        route = Routes(rt.sessions).add(pattern, endpoint)
     except DomainError as exc:
         err.print(f"[red]{exc.code}:[/red] {exc.detail}")
         raise typer.Exit(2) from None
@@ -941,9 +942,11 @@ def routes_add(pattern: str, endpoint: str) -> None:
 @routes_cli.command("list")
 def routes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The routing table."""
-    rt = _jobs_runtime()
+    from hub.services.routes import Routes
+
+    rt = _Store()
     try:
-        rows = rt.routes.all()
+        rows = Routes(rt.sessions).all()
     finally:
         rt.close()
     if as_json:
@@ -960,9 +963,11 @@ def routes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
 @routes_cli.command("remove")
 def routes_remove(pattern: str) -> None:
     """Remove a route (dossiers for that agency then dead-letter as unroutable until a route exists)."""
-    rt = _jobs_runtime()
+    from hub.services.routes import Routes
+
+    rt = _Store()
     try:
-        removed = rt.routes.remove(pattern)
+        removed = Routes(rt.sessions).remove(pattern)
     finally:
         rt.close()
     if not removed:
@@ -994,10 +999,11 @@ def catalogue_sync(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
 def catalogue_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The procedures hub knows, with their time limits and fees."""
     from hub.domain.money import dong
+    from hub.services.catalogue import Catalogue
 
-    rt = _jobs_runtime()
+    rt = _Store()
     try:
-        items = rt.catalogue.all()
+        items = Catalogue(rt.sessions).all()
     finally:
         rt.close()
     if as_json:
@@ -1687,7 +1693,7 @@ def operators_add(
         if password_env
         else typer.prompt("password", hide_input=True, confirmation_prompt=True)
     )
-    rt = _jobs_runtime()
+    rt = _Store()  # accounts live in the database: no peer's client needed
     try:
         Operators(rt.sessions).add(username, password, role)  # recorded as cli:<the OS user>
     except DomainError as exc:
@@ -1703,7 +1709,7 @@ def _operator_change(username: str, change: Callable[[Any], None], done: str) ->
     from hub.console.auth import Operators
     from hub.domain.errors import DomainError
 
-    rt = _jobs_runtime()
+    rt = _Store()  # accounts live in the database: no peer's client needed
     try:
         change(Operators(rt.sessions))
     except DomainError as exc:
@@ -1784,7 +1790,7 @@ def operators_actions(
 def operators_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     from hub.console.auth import Operators
 
-    rt = _jobs_runtime()
+    rt = _Store()  # accounts live in the database: no peer's client needed
     try:
         items = Operators(rt.sessions).list()
     finally:

@@ -220,7 +220,9 @@ def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) 
             table.add_row(f["label"], str(f["value"]), f["source"]["record"])
     out.print(table)
     out.print(f"left for the citizen (required): {', '.join(form['missing_required'])}")
-    out.print("every read is in the hash-chained access log: [bold]hub audit usage[/bold] (asks for the ID), hub audit verify")
+    out.print(
+        "every read is in the hash-chained access log: [bold]hub audit usage[/bold] (asks for the ID), hub audit verify"
+    )
     return str(father["SoDinhDanh"])
 
 

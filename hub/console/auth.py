@@ -4,6 +4,7 @@ log: who used a citizen's data)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from typing import Any
 
@@ -18,7 +19,13 @@ from hub.store.models import Operator
 
 ROLES = ("viewer", "operator", "auditor")  # an auditor sees what a viewer sees, and the access log
 _hasher = PasswordHasher()
-_DUMMY = _hasher.hash("not-a-password")  # verified against on unknown users, so timing does not reveal them
+
+
+@functools.cache
+def _dummy() -> str:
+    """A hash verified against on unknown users, so timing does not reveal them: made on the first sign-in, not on
+    import (an argon2 hash costs every process that imports this, a CLI command too, ~0.15 s)."""
+    return _hasher.hash("not-a-password")
 
 
 def _strong(password: str) -> None:
@@ -102,7 +109,7 @@ class Operators:
             op = s.scalar(select(Operator).where(Operator.username == username))
         if op is None or op.disabled:
             with contextlib.suppress(VerificationError):
-                _hasher.verify(_DUMMY, password)
+                _hasher.verify(_dummy(), password)
             return None
         try:
             _hasher.verify(op.password_hash, password)
