@@ -19,6 +19,7 @@ from rich.errors import MarkupError
 from rich.table import Table
 from rich.text import Text
 
+from hub.domain.spreadsheet import spreadsheet_safe
 from hub.settings import DEV_CLIENT, Settings, load_settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="hub: integration hub for Vietnamese e-government")
@@ -1126,7 +1127,7 @@ def audit_export(
                     writer = csv.DictWriter(f, fieldnames=["id", *CHAINED, "prev_hash", "chain_hash"])
                     writer.writeheader()
                     for item in entries:
-                        writer.writerow(_spreadsheet_safe({**item, "fields": " ".join(item["fields"])}))
+                        writer.writerow(spreadsheet_safe({**item, "fields": " ".join(item["fields"])}))
                         written += 1
                 else:
                     for item in entries:
@@ -1155,16 +1156,6 @@ def _save_new(folder: Path, sent_name: str, fallback: str, data: bytes) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free name for {name} in {folder}")
-
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _spreadsheet_safe(row: dict[str, Any]) -> dict[str, Any]:
-    """A CSV row for a spreadsheet: a text that a spreadsheet would run as a formula (an officer's name sent by a
-    client system as '=HYPERLINK(…)', a transaction id in a platform's statement) is written with a leading
-    apostrophe, as OWASP advises — read as text, shown as written."""
-    return {k: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v for k, v in row.items()}
 
 
 def _when(value: str | None) -> datetime | None:
@@ -1599,7 +1590,7 @@ def payments_reconcile(
             lineterminator="\n",
         )
         writer.writeheader()
-        writer.writerows(_spreadsheet_safe(row) for row in result["rows"])
+        writer.writerows(spreadsheet_safe(row) for row in result["rows"])
     else:
         table = Table(
             title=f"{platform} {result['date']}: " + ", ".join(f"{k} {v}" for k, v in result["summary"].items())

@@ -5,6 +5,8 @@ test-artifacts/."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import time
 from pathlib import Path
@@ -628,7 +630,9 @@ def test_an_auditor_sees_who_used_a_citizens_data_and_the_look_up_is_logged(
     assert hub.http.post("/v1/dossiers", json=d).status_code == 202
     citizen = str(d["SoGiayToChuHoSo"])
     console_search(_logged_in(hub.server.url, "tran.van.an"), citizen)  # an operator's search: one use
-    refused = hub.http.post("/v1/citizens/data-usage", json={"subject_id": citizen})  # not an auditor: refused
+    formula = '=HYPERLINK("http://x")'  # an officer's name a spreadsheet would run
+    inquiry_by = {"subject_id": citizen, "requested_by": {"agency": d["MaHoSo"].split("-")[0], "officer": formula}}
+    refused = hub.http.post("/v1/citizens/data-usage", json=inquiry_by)  # not an auditor: refused
     assert refused.status_code == 403
     Operators(hub.runtime.sessions).add("pham.kiem.tra", PASSWORD, "auditor")
 
@@ -677,3 +681,21 @@ def test_an_auditor_sees_who_used_a_citizens_data_and_the_look_up_is_logged(
         [viewed] = recent(s, action="access_log_viewed")
     assert viewed["actor"] == "console:pham.kiem.tra" and viewed["outcome"] == {"entries": 2}
     assert citizen not in str(viewed["target"]) and viewed["target"]["reason"] == "Công văn 45/TTr-STTTT"
+    # the inspector's copy: every entry as CSV (a spreadsheet reads its Vietnamese, runs none of its cells)
+    auditor = _logged_in(hub.server.url, "pham.kiem.tra")
+    token = re.search(r'name="csrf" value="([^"]+)"', auditor.get("/ops/audit").text)
+    assert token is not None
+    form = {"csrf": token.group(1), "subject_id": citizen, "reason": "Công văn 45/TTr-STTTT", "format": "csv"}
+    download = auditor.post("/ops/audit", data=form)
+    assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
+    assert (
+        "attachment" in download.headers["content-disposition"]
+        and citizen not in download.headers["content-disposition"]
+    )
+    text = download.content.decode("utf-8")
+    assert text.startswith("\ufeff") and citizen not in text
+    rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
+    assert [r["purpose"] for r in rows] == ["access_log_inquiry", "access_log_inquiry", "operator_search"]
+    assert rows[1]["officer"] == "'" + formula and rows[1]["outcome"] == "refused"
+    assert rows[0]["reason"] == "Công văn 45/TTr-STTTT" and rows[0]["officer"] == "pham.kiem.tra"
+    assert len(entries()) == 4  # the download is a look-up too, logged like the first

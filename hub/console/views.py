@@ -3,7 +3,9 @@ checked on every POST, roles checked on every action."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -32,6 +34,7 @@ from hub.domain.dates import VN_TZ, utcnow
 from hub.domain.errors import DomainError
 from hub.domain.money import dong
 from hub.domain.privacy import same_text
+from hub.domain.spreadsheet import spreadsheet_safe
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services import actions
@@ -79,6 +82,10 @@ templates.env.filters["money"] = _money
 PAYMENT_STATES = ("pending", "paid", "failed", "expired")
 JOBS = ("poll_portal", "check_payments", "reconcile", "reconcile_payments", "anchor_audit_log", "remove_personal_data")
 ID_RE = re.compile(r"^[0-9]{12}\Z")
+AUDIT_COLUMNS = [
+    "at", "client", "agency", "officer", "as", "procedure", "purpose", "legal_basis", "consent_ref", "outcome",
+    "reason", "fields",
+]  # fmt: skip
 AUDIT_ROWS = 500  # the access log's entries about one citizen shown at most (the CLI's `hub audit usage` has all)
 
 
@@ -466,9 +473,12 @@ def router(runtime: Any) -> APIRouter:
         if refused is not None:
             return refused
         subject_id, reason = str(data.get("subject_id") or ""), str(data.get("reason") or "")
-        return await run_in_threadpool(audit_search, request, subject_id.strip(), " ".join(reason.split())[:500])
+        as_csv = data.get("format") == "csv"
+        return await run_in_threadpool(
+            audit_search, request, subject_id.strip(), " ".join(reason.split())[:500], as_csv=as_csv
+        )
 
-    def audit_search(request: Request, subject_id: str, reason: str) -> Response:
+    def audit_search(request: Request, subject_id: str, reason: str, *, as_csv: bool = False) -> Response:
         """The citizen's entries in the access log, newest first. The look-up is itself an access to their data:
         written to the access log (purpose access_log_inquiry, client `console`, the auditor as officer, their
         stated grounds as its reason) and kept as the auditor's action before anything is shown."""
@@ -487,8 +497,9 @@ def router(runtime: Any) -> APIRouter:
         user = str(request.session.get("user"))
         subjects = rt().prefill.subject_hmacs(subject_id)  # entries from before a key rotation too
         with reading_session(rt().sessions) as s:
-            rows = list(itertools.islice(rt().prefill.access_log.usage(s, subjects), AUDIT_ROWS + 1))
-        shown = mask_id(subject_id)
+            found = rt().prefill.access_log.usage(s, subjects)
+            rows = list(found if as_csv else itertools.islice(found, AUDIT_ROWS + 1))  # a download has them all
+        shown = mask_id(subject_id) or ""
         rt().prefill.record(
             Access.inquiry(
                 ACCESS_LOG_INQUIRY, client="console", agency="-", officer=user, subject=subjects[0],
@@ -497,11 +508,29 @@ def router(runtime: Any) -> APIRouter:
         )  # fmt: skip
         with rt().sessions.begin() as s:
             actions.record(s, f"console:{user}", "access_log_viewed", {"subject": shown, "reason": reason},
-                           {"entries": min(len(rows), AUDIT_ROWS)})  # fmt: skip
+                           {"entries": len(rows) if as_csv else min(len(rows), AUDIT_ROWS),
+                            **({"format": "csv"} if as_csv else {})})  # fmt: skip
+        if as_csv:
+            return audit_csv(rows, shown)
         return render(
             request, "audit.html", page="audit", rows=rows[:AUDIT_ROWS], more=len(rows) > AUDIT_ROWS, subject=shown,
             reason=reason,
         )  # fmt: skip
+
+    def audit_csv(rows: list[dict[str, Any]], shown: str) -> Response:
+        """The citizen's entries as a CSV file for the inspector's reply: UTF-8 with a byte-order mark (a
+        spreadsheet then reads Vietnamese right), no cell a spreadsheet would run as a formula."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=AUDIT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(spreadsheet_safe({**row, "fields": " ".join(row["fields"])}))
+        name = f"truy-cap-du-lieu-{shown.replace('*', 'x')}-{utcnow().astimezone(VN_TZ):%Y%m%d-%H%M}.csv"
+        return Response(
+            "\ufeff" + buffer.getvalue(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+        )
 
     @r.get("/dossiers/{code}")
     def dossier(request: Request, code: str) -> Response:
