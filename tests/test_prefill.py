@@ -1064,10 +1064,15 @@ def test_a_signed_in_citizen_sees_their_consents_and_withdraws_one(
     )
     listing = call("GET", "/v1/citizens/me/consents", mine)
     as_documented(spec, "get", "/v1/citizens/me/consents", listing)
-    as_documented(spec, "get", "/v1/citizens/me/data-usage", call("GET", "/v1/citizens/me/data-usage", mine))
+    my_usage = call("GET", "/v1/citizens/me/data-usage", mine)
+    as_documented(spec, "get", "/v1/citizens/me/data-usage", my_usage)
+    # the citizen reads every time in Vietnam's, as in their dossiers; an auditor's answer keeps UTC
+    assert my_usage.json()["items"] and all(i["at"].endswith("+07:00") for i in my_usage.json()["items"])
+    assert listing.json()["items"][0]["granted_at"].endswith("+07:00")
     auditor = {"X-API-Key": creds.portal_key}
     inquiry = hub.http.post("/v1/citizens/data-usage", json={"subject_id": someone["SoDinhDanh"]}, headers=auditor)
     as_documented(spec, "post", "/v1/citizens/data-usage", inquiry)
+    assert inquiry.json()["items"][0]["at"].endswith("+00:00")
     listed = listing.json()
     assert listed["count"] == 1
     assert {k: listed["items"][0][k] for k in ("consent_ref", "client", "purpose", "state")} == {
@@ -1079,6 +1084,7 @@ def test_a_signed_in_citizen_sees_their_consents_and_withdraws_one(
     assert call("POST", "/v1/citizens/me/consents/cs-nothing/withdraw", mine).json()["code"] == "unknown_consent"
     withdrawn = call("POST", f"/v1/citizens/me/consents/{ref}/withdraw", mine)
     assert withdrawn.status_code == 200 and withdrawn.json()["state"] == "withdrawn"
+    assert withdrawn.json()["revoked_at"].endswith("+07:00")
     as_documented(spec, "post", "/v1/citizens/me/consents/{ref}/withdraw", withdrawn)
     again = call("POST", f"/v1/citizens/me/consents/{ref}/withdraw", mine)
     assert again.json()["revoked_at"] == withdrawn.json()["revoked_at"]  # once

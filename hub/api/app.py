@@ -736,7 +736,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="The bearer token is the citizen's ID token from the configured identity provider (OpenID "
         "Connect: signature, issuer, audience and lifetime are checked; the personal ID is read from "
         "`HUB_CITIZEN_ID_CLAIM`). Newest first: when, which agency and client system, which officer, for which "
-        "procedure and purpose, on what legal basis or consent, and which fields left hub.",
+        "procedure and purpose, on what legal basis or consent, and which fields left hub; times in Vietnam's time "
+        "(+07:00), as in the citizen's other views.",
     )
     def my_data_usage(
         me: Citizen,
@@ -754,7 +755,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["citizens"],
         summary="My consents: for the citizen, signed in — who may reuse my documents, for what, until when",
         description="The bearer token is the citizen's ID token (as for `/v1/citizens/me/data-usage`). Newest first, "
-        "each `active`, `expired` or `withdrawn`.",
+        "each `active`, `expired` or `withdrawn`; times in Vietnam's time (+07:00).",
     )
     def my_consents(
         me: Citizen,

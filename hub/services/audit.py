@@ -15,7 +15,7 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -272,16 +272,17 @@ class AccessLog:
             checked += 1
         return VerifyResult(True, checked, None, None, previous[1] if previous else GENESIS)
 
-    def usage(self, session: Session, subjects: Sequence[str]) -> Iterator[dict[str, Any]]:
+    def usage(self, session: Session, subjects: Sequence[str], *, tz: tzinfo = UTC) -> Iterator[dict[str, Any]]:
         """Who used this citizen's data, newest first (what a citizen or an auditor is shown). `subjects`: the
-        personal ID's HMAC under each of hub's keys (`subject_hmacs`): entries from before a key rotation too."""
+        personal ID's HMAC under each of hub's keys (`subject_hmacs`): entries from before a key rotation too.
+        `tz`: the times' offset (the citizen reads Vietnam's time, as in their other views)."""
         if isinstance(subjects, str):  # one HMAC, not a list of its characters
             raise TypeError("usage() takes the list of a personal ID's HMACs (subject_hmacs)")
         where = AccessLogEntry.subject.in_(subjects) if len(subjects) > 1 else AccessLogEntry.subject == subjects[0]
         rows = session.scalars(select(AccessLogEntry).where(where).order_by(AccessLogEntry.id.desc()))
         for row in rows:
             yield {
-                "at": row.at.isoformat(),
+                "at": row.at.astimezone(tz).isoformat(),
                 "client": row.client,
                 "agency": row.agency,
                 "officer": row.officer,

@@ -26,7 +26,7 @@ from hub.adapters.errors import PeerError, wait_asked
 from hub.adapters.exchange import ExchangeRecord
 from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.domain import identifiers
-from hub.domain.dates import instant, utcnow
+from hub.domain.dates import VN_TZ, instant, utcnow
 from hub.domain.errors import Conflict, DomainError, Forbidden, InvalidDate, NotFound, TooManyRequests
 from hub.domain.privacy import same_text, subject_hmac, subject_hmacs
 from hub.logs import spent
@@ -444,6 +444,11 @@ def _format(kind: str, value: Any) -> str | None:
     return str(value)
 
 
+def _local(moment: datetime | None) -> str | None:
+    """A time in the citizen's own views: ISO 8601 in Vietnam's time (+07:00), as their dossiers' are."""
+    return moment.astimezone(VN_TZ).isoformat() if moment is not None else None
+
+
 def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else instant(value)
 
@@ -551,8 +556,8 @@ class PrefillService:
         log.info("consent given by the citizen", extra={"consent_ref": ref, "client": to.name})
         return {
             "consent_ref": ref, "client": to.name, "purpose": body.purpose, "scope": list(body.scope),
-            "granted_at": now.isoformat(), "expires_at": expires.isoformat() if expires else None,
-            "revoked_at": None, "state": "active", "granted_by": "citizen",
+            "granted_at": _local(now), "expires_at": _local(expires), "revoked_at": None, "state": "active",
+            "granted_by": "citizen",
         }  # fmt: skip
 
     def revoke_consent(self, client: ClientSystem, ref: str) -> dict[str, Any]:
@@ -590,9 +595,9 @@ class PrefillService:
                     "client": c.client,
                     "purpose": c.purpose,
                     "scope": list(c.scope),
-                    "granted_at": c.granted_at.isoformat(),
-                    "expires_at": c.expires_at.isoformat() if c.expires_at else None,
-                    "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
+                    "granted_at": _local(c.granted_at),
+                    "expires_at": _local(c.expires_at),
+                    "revoked_at": _local(c.revoked_at),
                     "state": state(c),
                     "granted_by": c.granted_by or "client",
                 }
@@ -611,7 +616,7 @@ class PrefillService:
             if consent.revoked_at is None:
                 consent.revoked_at = utcnow()
                 log.info("consent withdrawn by the citizen", extra={"consent_ref": ref, "client": consent.client})
-            return {"consent_ref": ref, "revoked_at": consent.revoked_at.isoformat(), "state": "withdrawn"}
+            return {"consent_ref": ref, "revoked_at": _local(consent.revoked_at), "state": "withdrawn"}
 
     def register_document(self, client: ClientSystem, body: DocumentIn) -> dict[str, Any]:
         identifiers.personal_id(body.holder_id)
@@ -731,7 +736,8 @@ class PrefillService:
         subject = self.subject_hmac(personal_id)
         self._citizen_turn(subject, per_minute)
         with db.reading_session(self.sessions) as s:
-            items = list(itertools.islice(self.access_log.usage(s, self.subject_hmacs(personal_id)), limit))
+            found = self.access_log.usage(s, self.subject_hmacs(personal_id), tz=VN_TZ)  # as the citizen reads time
+            items = list(itertools.islice(found, limit))
         self.record(
             Access.inquiry(
                 DATA_SUBJECT_ACCESS,
