@@ -255,6 +255,10 @@ def router(runtime: Any) -> APIRouter:
         request.session["role"], request.session["seen"] = standing[0], int(now)
         return None
 
+    def forbidden(request: Request) -> Response:
+        """The answer to an operator whose role does not allow what they asked."""
+        return render(request, "message.html", status=403, heading=words(lang_of(request))["forbidden"])
+
     async def checked_form(request: Request, *, role: str | None = None) -> tuple[dict[str, Any], Response | None]:
         form = await request.form()
         data: dict[str, Any] = {k: form.getlist(k) if k == "ids" else form.get(k) for k in form}
@@ -264,7 +268,7 @@ def router(runtime: Any) -> APIRouter:
         if not token or not same_text(given, str(token)):
             return data, render(request, "message.html", status=403, heading=t["csrf"])
         if role is not None and request.session.get("role") != role:
-            return data, render(request, "message.html", status=403, heading=t["forbidden"])
+            return data, forbidden(request)
         return data, None
 
     async def operator_form(request: Request) -> tuple[dict[str, Any], Response | None]:
@@ -451,9 +455,6 @@ def router(runtime: Any) -> APIRouter:
         return await run_in_threadpool(dossier_search, request, str(data.get("q") or ""))
 
     # -- the access log, for an auditor ------------------------------------------------------------------------
-
-    def forbidden(request: Request) -> Response:
-        return render(request, "message.html", status=403, heading=words(lang_of(request))["forbidden"])
 
     @r.get("/audit")
     def audit_page(request: Request) -> Response:
