@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
 from zoneinfo import ZoneInfo
 
 from hub.domain.errors import InvalidDate
@@ -52,3 +53,12 @@ def instant(value: datetime, what: str = "datetimes") -> datetime:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def local_iso(moment: datetime) -> str: ...
+@overload
+def local_iso(moment: None) -> None: ...
+def local_iso(moment: datetime | None) -> str | None:
+    """An instant as a citizen reads it: ISO 8601 in Vietnam's time (+07:00), as the national dates are."""
+    return moment.astimezone(VN_TZ).isoformat() if moment is not None else None

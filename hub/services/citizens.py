@@ -10,7 +10,7 @@ unit, what was done, and when), no contact details."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.calendar import WorkingCalendar
-from hub.domain.dates import VN_TZ, parse_national, utcnow
+from hub.domain.dates import VN_TZ, local_iso, parse_national, utcnow
 from hub.domain.errors import DomainError, NotFound
 from hub.domain.identifiers import usable_link
 from hub.domain.privacy import subject_hmacs
@@ -283,8 +283,8 @@ class CitizenDossiers:
                 "number": d.number,
                 "issuer": d.issuer,
                 "dossier_code": d.dossier_code,
-                "issued_at": _local(d.issued_at),
-                "valid_until": _local(d.valid_until) if d.valid_until else None,
+                "issued_at": local_iso(d.issued_at),
+                "valid_until": local_iso(d.valid_until),
                 "valid": d.valid_until is None or d.valid_until > now,
                 "reference": d.reference,
             }
@@ -316,7 +316,7 @@ class CitizenDossiers:
             "waiting_for": waiting,
             "payment": None if waiting != "payment" or pending is None else _payment(pending),
             "asked": asked if waiting == "supplement" else None,
-            "updated_at": _local(d.updated_at),
+            "updated_at": local_iso(d.updated_at),
         }
 
 
@@ -335,11 +335,6 @@ def _text(value: Any) -> str | None:
 
 def _number(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _local(moment: datetime) -> str:
-    """An instant as the citizen reads it: ISO 8601 in Vietnam's time (+07:00), as the national dates are."""
-    return moment.astimezone(VN_TZ).isoformat()
 
 
 def _date(value: Any) -> str | None:
@@ -363,7 +358,7 @@ def _history(events: Any) -> list[dict[str, Any]]:
         if kind == "status" and e.previous_status == e.status:
             continue
         item: dict[str, Any] = {
-            "at": _local(e.created_at),
+            "at": local_iso(e.created_at),
             "kind": kind or e.kind.replace(".", "_"),
             "TrangThaiHoSo": e.status,
             "status_name": VIETNAMESE_NAMES[DossierStatus(e.status)],
@@ -384,8 +379,8 @@ def _payment(p: Any) -> dict[str, Any]:
         "amount": p.amount,
         "currency": p.currency,
         "state": p.status,
-        "created_at": _local(p.created_at),
-        "paid_at": _local(p.paid_at) if p.paid_at else None,
+        "created_at": local_iso(p.created_at),
+        "paid_at": local_iso(p.paid_at),
         "pay_url": p.pay_url if p.status == "pending" else None,
     }
 

@@ -26,7 +26,7 @@ from hub.adapters.errors import PeerError, wait_asked
 from hub.adapters.exchange import ExchangeRecord
 from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.domain import identifiers
-from hub.domain.dates import VN_TZ, instant, utcnow
+from hub.domain.dates import VN_TZ, instant, local_iso, utcnow
 from hub.domain.errors import Conflict, DomainError, Forbidden, InvalidDate, NotFound, TooManyRequests
 from hub.domain.privacy import same_text, subject_hmac, subject_hmacs
 from hub.logs import spent
@@ -444,11 +444,6 @@ def _format(kind: str, value: Any) -> str | None:
     return str(value)
 
 
-def _local(moment: datetime | None) -> str | None:
-    """A time in the citizen's own views: ISO 8601 in Vietnam's time (+07:00), as their dossiers' are."""
-    return moment.astimezone(VN_TZ).isoformat() if moment is not None else None
-
-
 def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else instant(value)
 
@@ -556,7 +551,7 @@ class PrefillService:
         log.info("consent given by the citizen", extra={"consent_ref": ref, "client": to.name})
         return {
             "consent_ref": ref, "client": to.name, "purpose": body.purpose, "scope": list(body.scope),
-            "granted_at": _local(now), "expires_at": _local(expires), "revoked_at": None, "state": "active",
+            "granted_at": local_iso(now), "expires_at": local_iso(expires), "revoked_at": None, "state": "active",
             "granted_by": "citizen",
         }  # fmt: skip
 
@@ -595,9 +590,9 @@ class PrefillService:
                     "client": c.client,
                     "purpose": c.purpose,
                     "scope": list(c.scope),
-                    "granted_at": _local(c.granted_at),
-                    "expires_at": _local(c.expires_at),
-                    "revoked_at": _local(c.revoked_at),
+                    "granted_at": local_iso(c.granted_at),
+                    "expires_at": local_iso(c.expires_at),
+                    "revoked_at": local_iso(c.revoked_at),
                     "state": state(c),
                     "granted_by": c.granted_by or "client",
                 }
@@ -616,7 +611,7 @@ class PrefillService:
             if consent.revoked_at is None:
                 consent.revoked_at = utcnow()
                 log.info("consent withdrawn by the citizen", extra={"consent_ref": ref, "client": consent.client})
-            return {"consent_ref": ref, "revoked_at": _local(consent.revoked_at), "state": "withdrawn"}
+            return {"consent_ref": ref, "revoked_at": local_iso(consent.revoked_at), "state": "withdrawn"}
 
     def register_document(self, client: ClientSystem, body: DocumentIn) -> dict[str, Any]:
         identifiers.personal_id(body.holder_id)
