@@ -80,15 +80,25 @@ def test_portal_pushes_while_the_province_is_down_arrive_in_order(
 ) -> None:
     hub = hub_factory()
     hub.runtime.routes.add("000.00.*", onestop_server.url)
-    onestop.post("/_sandbox/faults", json={"outage_seconds": 2})
+    onestop.post("/_sandbox/faults", json={"outage_seconds": 120})  # down until told otherwise below
     d = dossier(3, status=1)
     push(portal, hub, creds, d)
     push(portal, hub, creds, {**d, "TrangThaiHoSo": 7, "GhiChu": "Công dân rút hồ sơ"})  # withdrawn on the portal
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not any(j["attempts"] and j["last_error"] for j in _jobs(hub, d["MaHoSo"])):  # hub has tried and failed
+        assert time.monotonic() < deadline, _jobs(hub, d["MaHoSo"])
+        time.sleep(0.05)
     assert received(onestop) == []
+    assert {j["state"] for j in _jobs(hub, d["MaHoSo"])} <= {"pending", "in_flight"}  # kept, neither lost nor dead
+    onestop.post("/_sandbox/faults", json={"outage_seconds": 0})  # the province is back
     assert hub.wait_idle(timeout=30) == {"delivered": 2}
     ops = [(r["operation"], r["body"].get("TrangThaiHoSo")) for r in received(onestop)]
     assert ops == [("createdossierfromdvcqg", None), ("status", 7)]
+
+
+def _jobs(hub: Hub, code: str) -> list[dict[str, object]]:
+    with hub.runtime.sessions() as s:
+        return jobs.list_jobs(s, dossier=code)
 
 
 def test_only_the_portal_may_push_and_routes_are_validated(hub_factory: HubFactory, creds: Creds) -> None:

@@ -200,7 +200,7 @@ def test_retryable_failures_dead_letter_after_max_attempts(hub_factory: HubFacto
 def test_an_outage_longer_than_the_attempt_budget_kills_nothing(hub_factory: HubFactory, portal: httpx.Client) -> None:
     """A portal that is down (503) is not the messages' fault: however many probes it takes, nothing dies, and
     everything goes through, in order, once the portal is back."""
-    portal.post("/_sandbox/faults", json={"outage_seconds": 3})
+    portal.post("/_sandbox/faults", json={"outage_seconds": 120})  # down until told otherwise below
     hub = hub_factory(relay_max_attempts=2)
     codes = file_and_walk(hub, 3, [4, 9])
 
@@ -208,8 +208,10 @@ def test_an_outage_longer_than_the_attempt_budget_kills_nothing(hub_factory: Hub
         with hub.runtime.sessions() as s:
             return max(r["attempts"] for r in jobs.list_jobs(s, limit=100))
 
-    _wait_for(lambda: most_attempts() > 2, timeout=3)  # probed more often than the budget for message failures
+    _wait_for(lambda: most_attempts() > 2, timeout=15)  # probed more often than the budget for message failures
     assert _states(hub).get("dead", 0) == 0
+    assert portal_history(portal, codes[0]) == []
+    portal.post("/_sandbox/faults", json={"outage_seconds": 0})  # the portal is back
     assert hub.wait_idle(timeout=30) == {"delivered": 9}
     for code in codes:
         assert portal_history(portal, code) == [2, 4, 9]
