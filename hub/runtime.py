@@ -70,8 +70,8 @@ class Runtime:
         from hub.adapters.tls import context_for
 
         # hub's HTTPS to its peers: certifi's CAs, the province's own (HUB_TLS_CA_FILE), its client certificate;
-        # a peer on a network of its own has its own (HUB_TLS_PEERS)
-        def tls(peer: str) -> ssl.SSLContext | None:
+        # a peer on a network of its own has its own (HUB_TLS_PEERS); with none of these, one context for them all
+        def tls(peer: str) -> ssl.SSLContext:
             return context_for(settings, peer)
 
         password = settings.national_portal_password
@@ -184,7 +184,7 @@ class Runtime:
                 starttls=settings.smtp_starttls,
                 username=settings.smtp_username or None,
                 password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-                tls=tls("email"),
+                tls=settings.tls_context_for("email"),  # unset: STARTTLS checks against the system's CAs
             )
             if settings.smtp_host
             else None
