@@ -245,6 +245,22 @@ def test_malformed_json_and_wrong_shapes(hub: Hub) -> None:
     assert_problem(hub.http.post("/v1/dossiers", content=huge_number, headers=headers), 400, "malformed_json")
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_numbers_json_does_not_have_are_refused_not_relayed_as_null(hub: Hub, token: str) -> None:
+    """Python's parser takes NaN and Infinity (and reads 1e400 as infinity); RFC 8259 has no such numbers. In a
+    field hub keeps as sent (a submitted file's entry) one was stored and relayed to the portal as null, and the
+    client told 202: now the body is refused as not JSON, and nothing of it is kept."""
+    d = dossier(14, status=2, TaiLieuNop=[{"TepDinhKemId": "1", "TenTepDinhKem": "giay-chung-sinh.pdf", "Trang": 0}])
+    body = json.dumps(d).replace('"Trang": 0', f'"Trang": {token}').encode()
+    headers = {"Content-Type": "application/json"}
+    r = hub.http.post("/v1/dossiers", content=body, headers=headers)
+    assert_problem(r, 400, "malformed_json")
+    assert token.lstrip("-") in r.json()["detail"]
+    assert_problem(hub.http.get(f"/v1/dossiers/{d['MaHoSo']}"), 404, "dossier_not_found")
+    fixed = body.replace(token.encode(), b"3")
+    assert hub.http.post("/v1/dossiers", content=fixed, headers=headers).status_code == 202  # a number JSON has
+
+
 def test_a_nul_in_the_url_is_400_not_a_database_error(hub: Hub) -> None:
     """PostgreSQL takes no NUL in a string: a path parameter or query value holding one (`%00`) reached the query
     and came back 500 (a payment's reference, a consent's). Now it is refused before anything runs."""

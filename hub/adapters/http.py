@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -25,11 +26,24 @@ MAX_DOCUMENT_REPLY_BYTES = 32 * 1024 * 1024  # a reply that may be a document (a
 REPLY_TOO_LARGE = "peer_reply_too_large"  # a reply past the cap: the peer's contract broken, but said apart
 
 
+def _not_json(constant: str) -> Any:
+    raise json.JSONDecodeError(f"{constant} is not a JSON number (RFC 8259)", constant, 0)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise json.JSONDecodeError(f"{text[:40]} is past the range of a number (IEEE 754 double)", text, 0)
+    return value
+
+
 def parse_json(data: bytes | str) -> Any:
-    """`json.loads` for bytes from outside hub: a nesting too deep for the parser (CPython raises RecursionError
-    past ~1,000 levels, a 2 kB body) is malformed input like any other — ValueError, never an unhandled error."""
+    """`json.loads` for bytes from outside hub, as RFC 8259 has JSON: Python's parser takes NaN and Infinity (and
+    reads 1e400 as infinity), which hub would have stored and sent on as null — they are refused, as any malformed
+    input (json.JSONDecodeError, a ValueError). A nesting too deep for the parser (CPython raises RecursionError
+    past ~1,000 levels, a 2 kB body) is malformed input like any other: ValueError, never an unhandled error."""
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 

@@ -27,6 +27,7 @@ from hub.adapters.errors import PeerError
 from hub.adapters.identity import CitizenTokens, ClientTokens, InvalidToken, client_tokens, looks_like_jwt
 from hub.api import answers, examples, problems
 from hub.api.middleware import BodyLimitAndCorrelation, CitizenCors, ConsoleSessions, Inbound
+from hub.api.routing import JsonRoute
 from hub.domain.dates import instant
 from hub.domain.errors import DomainError
 from hub.logs import correlation_id
@@ -314,6 +315,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         app = FastAPIOffline(redoc_url=None, **about)
     else:  # HUB_API_DOCS=false: no /docs, no /openapi.json
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **about)
+    app.router.route_class = JsonRoute  # JSON bodies read as RFC 8259 has them (hub/api/routing.py)
     app.state.settings = settings
     app.state.client_tokens = client_tokens(settings, on_exchange=lambda record: rt().record_exchange(record))
     app.state.citizen_tokens = lambda: rt().citizen_tokens

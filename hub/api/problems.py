@@ -127,8 +127,12 @@ def install(app: FastAPI, *, on_out_of_space: Callable[[], None] | None = None) 
                 "Unsupported Media Type",
                 f"the body must be JSON sent with Content-Type: application/json, not {media}",
             )
-        if any(e["type"] == "json_invalid" for e in errors):
-            return problem(400, "malformed_json", "Malformed JSON", "the request body is not valid JSON")
+        invalid = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if invalid is not None:
+            said, at = (invalid.get("ctx") or {}).get("error"), invalid.get("loc", ())[1:2]
+            where = f" (at character {at[0]})" if at and isinstance(at[0], int) and at[0] else ""
+            why = f": {said}{where}" if said else ""
+            return problem(400, "malformed_json", "Malformed JSON", f"the request body is not valid JSON{why}")
         return JSONResponse(validation_problem(exc.errors()), status_code=422, media_type=PROBLEM)
 
     @app.exception_handler(StarletteHTTPException)
