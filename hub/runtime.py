@@ -33,6 +33,7 @@ from hub.store import db
 from hub.store.space import MIB, DiskSpace
 from hub.sync import outbox
 from hub.sync.embedded import EmbeddedWorker, FileRoster, Presence
+from hub.sync.jobs import JOB_NAMES
 from hub.sync.outbox import Claimed
 from hub.sync.relay import Relay
 from hub.sync.retry import RetryPolicy
@@ -127,6 +128,7 @@ class Runtime:
             paused=self.maintenance.on,
         )
         self.worker: EmbeddedWorker | None = None
+        self._celery: Any = None  # distributed mode, the API's: how it sends workers tasks
         self._presence: Presence | None = None
         self._waker: Any = None
         self.doorbell: Any = None  # distributed mode: one drain request waiting at a time
@@ -159,7 +161,7 @@ class Runtime:
 
             # the API rings (sends drain requests through its own Celery app); a worker only answers, inside the
             # worker's Celery app — a second app made there would become Celery's "current" one
-            celery = _celery_for(settings) if role == "api" else None
+            celery = self._celery = _celery_for(settings) if role == "api" else None
             self.doorbell = Doorbell(
                 redis.Redis.from_url(
                     settings.broker_url,
@@ -627,6 +629,27 @@ class Runtime:
             self.worker.wake()
         elif self._waker is not None:
             self._waker.wake()
+
+    def run_job_soon(self, name: str) -> bool:
+        """Have a worker run scheduled job `name` now, as its schedule would (an operator's "run now"; its run is
+        recorded as any other): embedded, in this process's worker thread after its current round, never beside
+        its own scheduled run; distributed, as the job's Celery task, for the first worker free. False when
+        nothing here can take it (the embedded worker off, a worker process, the broker unreachable)."""
+        if name not in JOB_NAMES:
+            raise ValueError(f"unknown job {name!r}")
+        if self.worker is not None:
+            return self.worker.run_soon(name)
+        if self._celery is None:
+            return False
+        from kombu.exceptions import KombuError
+        from redis.exceptions import RedisError
+
+        try:
+            self._celery.send_task(f"hub.{name}")
+        except (KombuError, RedisError, OSError) as exc:  # the broker down: the operator is told
+            log.warning("could not send job %s to the workers: %s", name, exc)
+            return False
+        return True
 
     def _take_over(self, url: str) -> Presence | None:
         """SQLite: if no other process delivers from this database, what is in flight was left by one that died

@@ -699,3 +699,52 @@ def test_an_auditor_sees_who_used_a_citizens_data_and_the_look_up_is_logged(
     assert rows[1]["officer"] == "'" + formula and rows[1]["outcome"] == "refused"
     assert rows[0]["reason"] == "Công văn 45/TTr-STTTT" and rows[0]["officer"] == "pham.kiem.tra"
     assert len(entries()) == 4  # the download is a look-up too, logged like the first
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_an_operator_runs_a_sync_job_now(
+    console_hub: Hub, creds: Creds, browser: object, portal: httpx.Client, onestop_server: ServerThread
+) -> None:
+    """A dossier filed at the portal whose push never came: rather than wait for the next poll (5 minutes), the
+    operator presses "Chạy ngay" on the sync-jobs page; the worker polls at once and the dossier goes on to the
+    province, the run shown on the page and kept as the operator's action. A viewer has no such button and is
+    refused; in maintenance mode the job is not run."""
+    hub = console_hub
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    lost = dossier(7, status=1)
+    portal.post("/_sandbox/file", json={"dossier": lost}).raise_for_status()
+    base = hub.server.url
+    viewer = _logged_in(base, "le.thi.xem")
+    page = viewer.get("/ops/jobs").text
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None and "Chạy ngay" not in page
+    assert viewer.post("/ops/jobs/poll_portal/run", data={"csrf": token.group(1)}).status_code == 403
+    context = browser.new_context()  # type: ignore[attr-defined]
+    tab = context.new_page()
+    login(tab, base, "tran.van.an")
+    tab.goto(f"{base}/ops/jobs")
+    assert tab.locator("#job-poll_portal").inner_text().count("chưa chạy") == 1
+    tab.click("#job-poll_portal button.run-now")
+    assert tab.locator("#flash").inner_text().startswith("Đã yêu cầu chạy ngay: Hỏi Cổng DVCQG")
+    deadline = time.monotonic() + 15
+    while "ok" not in tab.locator("#job-poll_portal").inner_text():
+        assert time.monotonic() < deadline, tab.locator("#job-poll_portal").inner_text()
+        time.sleep(0.1)
+        tab.reload()
+    assert '"new_events": 1' in tab.locator("#job-poll_portal").inner_text()
+    shot(tab, "job-run-now")
+    assert hub.wait_idle() == {"delivered": 1}  # on to the province's one-stop system
+    context.close()
+    operator = _logged_in(base, "tran.van.an")
+    token = re.search(r'name="csrf" value="([^"]+)"', operator.get("/ops/jobs").text)
+    assert token is not None
+    assert operator.post("/ops/jobs/poll_portal/run", data={}).status_code == 403  # no CSRF token
+    assert operator.post("/ops/jobs/drop_tables/run", data={"csrf": token.group(1)}).status_code == 404
+    hub.runtime.maintenance.set(True, by="test")
+    held = operator.post("/ops/jobs/reconcile/run", data={"csrf": token.group(1)}, follow_redirects=True)
+    assert "Đang bảo trì" in held.text
+    from hub.services import actions
+
+    with hub.runtime.sessions() as s:
+        runs = [(a["actor"], a["target"], a["outcome"]) for a in actions.recent(s) if a["action"] == "job_run"]
+    assert runs == [("console:tran.van.an", {"job": "poll_portal"}, {"queued": True})]  # the refused ones: none

@@ -80,7 +80,7 @@ templates.env.filters["when"] = _when
 templates.env.filters["json"] = _json
 templates.env.filters["money"] = _money
 PAYMENT_STATES = ("pending", "paid", "failed", "expired")
-JOBS = ("poll_portal", "check_payments", "reconcile", "reconcile_payments", "anchor_audit_log", "remove_personal_data")
+JOBS = jobs.JOB_NAMES
 ID_RE = re.compile(r"^[0-9]{12}\Z")
 AUDIT_COLUMNS = [
     "at", "client", "agency", "officer", "as", "procedure", "purpose", "legal_basis", "consent_ref", "outcome",
@@ -807,6 +807,26 @@ def router(runtime: Any) -> APIRouter:
         rt().maintenance.set(on, by=f"console:{request.session.get('user')}")
         if not on:
             rt().wake()
+        return RedirectResponse("/ops/jobs", status_code=303)
+
+    @r.post("/jobs/{name}/run")
+    async def run_job(request: Request, name: str) -> Response:
+        """A scheduled job run now rather than at its time (a portal back after an outage: reconcile at once), by
+        the worker, as its schedule runs it — its run recorded as any other, and shown on this page when done."""
+        _, refused = await operator_form(request)
+        if refused is not None:
+            return refused
+        t = words(lang_of(request))
+        if name not in JOBS:
+            return render(request, "message.html", status=404, heading=t["not_found"])
+        label = t.get(f"job:{name}", name)
+        if rt().maintenance.on():
+            request.session["flash"] = t["job_maintenance"].format(job=label)
+            return RedirectResponse("/ops/jobs", status_code=303)
+        queued = await run_in_threadpool(rt().run_job_soon, name)
+        with rt().sessions.begin() as s:
+            actions.record(s, f"console:{request.session.get('user')}", "job_run", {"job": name}, {"queued": queued})
+        request.session["flash"] = (t["job_queued"] if queued else t["job_not_queued"]).format(job=label)
         return RedirectResponse("/ops/jobs", status_code=303)
 
     @r.get("/jobs")

@@ -35,6 +35,7 @@ ACTIONS = (
     "operator_role_set",
     "personal_data_removed",
     "access_log_viewed",
+    "job_run",
 )
 INSERT_ACTION = insert(table(OperatorAction))
 

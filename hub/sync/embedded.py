@@ -137,6 +137,10 @@ class EmbeddedWorker:
         self.relay = relay
         self.poll_interval = poll_interval
         self.periodic = [(every, job, [time.monotonic() + every]) for every, job in (periodic or []) if every > 0]
+        # every job by its name, those off their schedule (interval 0) too: an operator may run any of them now
+        self.jobs: dict[str, Callable[[], object]] = {getattr(job, "__name__", ""): job for _, job in periodic or []}
+        self._asked: list[str] = []  # jobs an operator asked to run now, in the order asked
+        self._asked_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-embedded-worker", daemon=True)
@@ -187,6 +191,17 @@ class EmbeddedWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    def run_soon(self, name: str) -> bool:
+        """Run job `name` in this worker's thread after its current round — as on its schedule, never beside its
+        own scheduled run — once however often asked meanwhile. False if this worker has no such job."""
+        if name not in self.jobs:
+            return False
+        with self._asked_lock:
+            if name not in self._asked:
+                self._asked.append(name)
+        self._wake.set()
+        return True
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -213,6 +228,13 @@ class EmbeddedWorker:
                         job()
                     except Exception:
                         log.exception("embedded worker: scheduled job failed")
+            with self._asked_lock:
+                asked, self._asked = self._asked, []
+            for name in asked:  # asked by an operator: run now, in this same thread
+                try:
+                    self.jobs[name]()
+                except Exception:
+                    log.exception("embedded worker: job run on request failed")
             if claimed == 0:
                 self._wake.wait(self.poll_interval)
                 self._wake.clear()

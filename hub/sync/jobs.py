@@ -16,6 +16,18 @@ from hub.sync import outbox
 log = logging.getLogger("hub.jobs")
 
 
+# the scheduled jobs, by the names of their Runtime methods, their Celery tasks (hub.<name>) and their recorded runs
+JOB_NAMES = (
+    "poll_portal",
+    "check_payments",
+    "reconcile",
+    "reconcile_payments",
+    "poll_edoc_status",
+    "anchor_audit_log",
+    "remove_personal_data",
+)
+
+
 def _row(m: OutboxMessage, code: str) -> dict[str, Any]:
     return {
         "id": m.id,
