@@ -6,6 +6,7 @@ receipts, and reconciliation against the daily statement — on SQLite and Postg
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -375,6 +376,8 @@ def test_a_citizen_is_not_sent_to_pay_twice_and_paying_twice_is_flagged(hub: Hub
     assert dossier_status(hub, code) == 4
     platform.post("/_sandbox/faults", json={"drop_callback": False})
     # an old link still unpaid when the new one is made, then both paid
+    told = _Kept()
+    logging.getLogger("hub.payments").addHandler(told)
     code = awaiting_payment(hub, 42)
     first = create(hub, code)
     give_up(first["reference"])
@@ -389,6 +392,21 @@ def test_a_citizen_is_not_sent_to_pay_twice_and_paying_twice_is_flagged(hub: Hub
     page = console.get(f"/ops/dossiers/{code}").text
     assert 'id="paid-twice"' in page and "cần hoàn trả" in page
     assert 'id="paid-twice"' not in console.get(f"/ops/dossiers/{awaiting_payment(hub, 43)}").text
+    logging.getLogger("hub.payments").removeHandler(told)
+    [said] = [r for r in told.records if r.getMessage() == "dossier paid twice: a refund is owed"]
+    paid = {first["reference"], second["reference"]}  # the later credited says which one came before
+    assert said.dossier == code and {said.reference, *said.also_paid} == paid  # type: ignore[attr-defined]
+
+
+class _Kept(logging.Handler):
+    """The records a logger wrote (the tests' own; hub's log configuration may keep them from the root logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def test_declined_payment_leaves_the_dossier_waiting_and_allows_a_new_one(hub: Hub, platform: httpx.Client) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,10 +58,41 @@ CREDIT_PAYMENT = (
         PAYMENTS.c.amount == bindparam("want_amount"),
         PAYMENTS.c.currency == bindparam("want_currency"),
     )
-    .returning(PAYMENTS.c.amount, PAYMENTS.c.dossier_code)
+    .returning(
+        PAYMENTS.c.amount,
+        PAYMENTS.c.dossier_code,
+        # the dossier's other payments already paid (a citizen who paid twice), in the same round trip; written out
+        # because SQLAlchemy's SQLite compiler leaves RETURNING's columns unqualified, and the correlation with them
+        literal_column(
+            "(SELECT count(*) FROM payments AS other WHERE other.dossier_code = payments.dossier_code"
+            " AND other.status = 'paid' AND other.reference != payments.reference)"
+        ).label("also_paid"),
+    )
 )
 INSERT_CALLBACK = insert(CALLBACKS)
 SYSTEM = ClientSystem(name="hub-payments", api_key=SecretStr(secrets.token_urlsafe(24)), agencies=["*"])
+
+
+def _callback_row(
+    platform: str,
+    reference: str | None,
+    transaction: str | None,
+    verdict: str,
+    code: str,
+    reason: str | None,
+    digest: str,
+) -> dict[str, Any]:
+    """A callback's record (payment_callbacks): what came, hub's verdict and the answer it gave."""
+    return {
+        "at": utcnow(),
+        "platform": platform,
+        "reference": reference[:50] if reference else None,
+        "transaction_id": transaction[:64] if transaction else None,
+        "verdict": verdict,
+        "answer_code": code,
+        "reason": reason[:500] if reason else None,
+        "body_digest": digest,
+    }
 
 
 class PlatformUnavailable(DomainError):
@@ -331,23 +362,10 @@ class PaymentService:
         code: str,
         reason: str | None,
         digest: str,
-        session: Session | None = None,
     ) -> None:
-        row = {
-            "at": utcnow(),
-            "platform": platform,
-            "reference": reference[:50] if reference else None,
-            "transaction_id": transaction[:64] if transaction else None,
-            "verdict": verdict,
-            "answer_code": code,
-            "reason": reason[:500] if reason else None,
-            "body_digest": digest,
-        }
-        if session is not None:
-            session.execute(INSERT_CALLBACK, row)
-            return
+        """A callback refused before it could be applied, recorded in a transaction of its own."""
         with self.sessions.begin() as s:
-            s.execute(INSERT_CALLBACK, row)
+            s.execute(INSERT_CALLBACK, _callback_row(platform, reference, transaction, verdict, code, reason, digest))
 
     def _apply(
         self, platform: str, cb: Callback, source: str, correlation_id: str, digest: str
@@ -367,14 +385,26 @@ class PaymentService:
 
     def _apply_batch(self, s: Session, batch: Sequence[_Apply]) -> list[tuple[str, str, str | None]]:
         """Callbacks in one transaction, in order of their payment reference (GroupCommit's `order`); a later
-        callback for the same payment sees what an earlier one did, as if they came apart."""
-        return [self._apply_in(s, a.platform, a.cb, a.source, a.correlation_id, a.digest) for a in batch]
+        callback for the same payment sees what an earlier one did, as if they came apart. Their records are
+        written together at the end (one executemany: one round trip on PostgreSQL, not one a callback)."""
+        records: list[dict[str, Any]] = []
+        verdicts = [self._apply_in(s, a.platform, a.cb, a.source, a.correlation_id, a.digest, records) for a in batch]
+        if records:
+            s.execute(INSERT_CALLBACK, records)
+        return verdicts
 
     def _apply_in(
-        self, s: Session, platform: str, cb: Callback, source: str, correlation_id: str, digest: str
+        self,
+        s: Session,
+        platform: str,
+        cb: Callback,
+        source: str,
+        correlation_id: str,
+        digest: str,
+        records: list[dict[str, Any]],
     ) -> tuple[str, str, str | None]:
         def done(verdict: str, code: str, reason: str | None) -> tuple[str, str, str | None]:
-            self._record(platform, cb.reference, cb.transaction_id, verdict, code, reason, digest, session=s)
+            records.append(_callback_row(platform, cb.reference, cb.transaction_id, verdict, code, reason, digest))
             return verdict, code, reason
 
         now = utcnow()
@@ -397,14 +427,14 @@ class PaymentService:
             ).first()
             if credited is not None:
                 self._move_on(s, credited.dossier_code, credited.amount, cb.transaction_id, now, correlation_id)
-                twice = s.scalars(
-                    select(Payment.reference).where(
-                        Payment.dossier_code == credited.dossier_code,
-                        Payment.status == "paid",
-                        Payment.reference != cb.reference,
-                    )
-                ).all()
-                if twice:  # booked (the money came), and said: the finance office owes the citizen a refund
+                if credited.also_paid:  # booked (the money came), and said: the finance office owes a refund
+                    twice = s.scalars(
+                        select(Payment.reference).where(
+                            Payment.dossier_code == credited.dossier_code,
+                            Payment.status == "paid",
+                            Payment.reference != cb.reference,
+                        )
+                    ).all()
                     log.warning(
                         "dossier paid twice: a refund is owed",
                         extra={"dossier": credited.dossier_code, "reference": cb.reference, "also_paid": list(twice)},
