@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import certifi
 import httpx
 import urllib3
 
@@ -124,12 +123,14 @@ def verified_pool(max_connections: int, *, num_pools: int, tls: ssl.SSLContext |
     """How hub opens a urllib3 pool to a peer: HTTPS verified against certifi's bundle (the one requests and httpx
     use) — or `tls`, hub's context with the province's CAs and client certificate (hub.adapters.tls) —, at most
     `max_connections` kept per host (more are opened when needed, not kept)."""
-    if tls is not None:
-        return urllib3.PoolManager(
-            num_pools=num_pools, maxsize=max_connections, block=False, cert_reqs="CERT_REQUIRED", ssl_context=tls
-        )
+    from hub.adapters.tls import default_context
+
     return urllib3.PoolManager(
-        num_pools=num_pools, maxsize=max_connections, block=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
+        num_pools=num_pools,
+        maxsize=max_connections,
+        block=False,
+        cert_reqs="CERT_REQUIRED",
+        ssl_context=tls or default_context(),  # given only the bundle's path, urllib3 loads it at each connection
     )
 
 

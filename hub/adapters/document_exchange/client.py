@@ -45,6 +45,7 @@ class DocumentExchangeClient:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             transport=transport,
             verify=tls if tls is not None else True,
+            trust_env=False,  # as every peer's client: no proxy or CA bundle taken from the environment
         )
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ class OneStopClient:
     ) -> None:
         self._http = httpx.Client(
             verify=tls if tls is not None else True,
+            trust_env=False,  # as every peer's client: no proxy or CA bundle taken from the environment
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
