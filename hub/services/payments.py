@@ -342,30 +342,23 @@ class PaymentService:
         try:
             cb = platform.parse_callback(body, content_type, query)
         except CallbackRejected as exc:
-            self._record(platform_name, None, None, "rejected", exc.answer_code, exc.reason, digest)
+            self._record(_callback_row(platform_name, None, None, "rejected", exc.answer_code, exc.reason, digest))
             log.warning("payment callback rejected", extra={"platform": platform_name, "reason": exc.reason})
             return platform.answer(exc.answer_code, exc.reason)
         now = utcnow()
         if cb.at < now - self.callback_max_age or cb.at > now + timedelta(minutes=5):
             reason = f"transaction time {cb.at.isoformat()} is outside the accepted window (replay?)"
-            self._record(platform_name, cb.reference, cb.transaction_id, "rejected", "07", reason, digest)
+            self._record(
+                _callback_row(platform_name, cb.reference, cb.transaction_id, "rejected", "07", reason, digest)
+            )
             return platform.answer("07", reason)
         verdict, code, why = self._apply(platform_name, cb, "callback", correlation_id, digest)
         return platform.answer(code, why or verdict)
 
-    def _record(
-        self,
-        platform: str,
-        reference: str | None,
-        transaction: str | None,
-        verdict: str,
-        code: str,
-        reason: str | None,
-        digest: str,
-    ) -> None:
-        """A callback refused before it could be applied, recorded in a transaction of its own."""
+    def _record(self, row: dict[str, Any]) -> None:
+        """A callback refused before it could be applied (its `_callback_row`), recorded in a transaction of its own."""
         with self.sessions.begin() as s:
-            s.execute(INSERT_CALLBACK, _callback_row(platform, reference, transaction, verdict, code, reason, digest))
+            s.execute(INSERT_CALLBACK, row)
 
     def _apply(
         self, platform: str, cb: Callback, source: str, correlation_id: str, digest: str
@@ -379,7 +372,9 @@ class PaymentService:
             except IntegrityError:
                 if attempt == 2:  # the same transaction id credited to another payment: refuse it
                     reason = f"transaction {cb.transaction_id} is already credited to another payment"
-                    self._record(platform, cb.reference, cb.transaction_id, "rejected", "02", reason, digest)
+                    self._record(
+                        _callback_row(platform, cb.reference, cb.transaction_id, "rejected", "02", reason, digest)
+                    )
                     return "rejected", "02", reason
         raise AssertionError("unreachable")
 
