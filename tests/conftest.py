@@ -258,7 +258,7 @@ def _servers_stopping() -> Iterator[list[ServerThread]]:
     stopping: list[ServerThread] = []
     yield stopping
     for server in stopping:
-        server.thread.join(timeout=10)
+        server.stop()  # told already: this waits for it
 
 
 @pytest.fixture
