@@ -66,6 +66,9 @@ PLANS = {
     "timeline: events of a dossier": "SELECT * FROM status_events WHERE dossier_id = 5001 ORDER BY seq",
     "timeline: deliveries of a dossier": "SELECT * FROM outbox WHERE dossier_id = 5001",
     "search: by MaHoSo prefix": "SELECT * FROM dossiers WHERE code LIKE '000.00.17.H56-260101%' ORDER BY updated_at DESC LIMIT 50",
+    "list: latest changed": "SELECT * FROM dossiers ORDER BY updated_at DESC, id DESC LIMIT 51",
+    "list: with undelivered": "SELECT * FROM dossiers WHERE id IN (SELECT dossier_id FROM outbox WHERE state IN ('pending', 'in_flight', 'dead')) ORDER BY updated_at DESC, id DESC LIMIT 51",
+    "list: status 3": "SELECT * FROM dossiers WHERE status = 3 ORDER BY updated_at DESC, id DESC LIMIT 51",
 }  # fmt: skip
 
 
@@ -122,9 +125,18 @@ def main() -> None:
             "overview /ops": "/ops",
             "dead letters /ops/dead (200 of them)": "/ops/dead",
             "search /ops/dossiers?q=<prefix>": "/ops/dossiers?q=000.00.17.H56-260101",
+            "list /ops/dossiers (latest 50)": "/ops/dossiers",
+            "list, page 2": "/ops/dossiers?after=" + "{after}",
+            "list open ones": "/ops/dossiers?state=open",
+            "list with undelivered": "/ops/dossiers?state=undelivered",
+            "list status 3 (none)": "/ops/dossiers?state=3",
+            "list overdue": "/ops/dossiers?state=overdue",
             "timeline /ops/dossiers/<code>": f"/ops/dossiers/{code}",
             "sync jobs /ops/jobs": "/ops/jobs",
         }
+        cursor = re.search(r'after=([^"&]+)" id="next-page"', client.get("/ops/dossiers").text)
+        assert cursor is not None
+        pages = {name: path.replace("{after}", cursor.group(1)) for name, path in pages.items()}
         results = {name: timed(client, path, args.requests) for name, path in pages.items()}
         with psycopg.connect(dsn, autocommit=True) as conn:
             plans = {

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from hub.console.auth import Operators
 from hub.sandbox.common import ServerThread
-from tests.conftest import Creds, Hub, HubFactory
+from tests.conftest import AGENCY, Creds, Hub, HubFactory
 from tests.helpers import console_search, dossier, step, waiting_out_a_backoff
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -74,8 +74,12 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     assert "Hệ thống một cửa điện tử của tỉnh" in peers and "one_stop" in peers  # named in Vietnamese, and its id
     assert "embedded@" in page.locator("#workers").inner_text()  # the worker that delivers, with its last drain
     shot(page, "overview")
-    # find the dossier and read its timeline
+    # the dossiers with a message not delivered, then the dossier found by its code, and its timeline
     page.click("text=Hồ sơ")
+    page.select_option("#state", "undelivered")
+    page.click("#filter")
+    assert re.search(rf"{re.escape(code)}.*1 thư chết", page.locator("#results").inner_text(), re.S)
+    shot(page, "dossiers-undelivered")
     page.fill("#q", code)
     page.click("#search")
     page.click(f"text={code}")
@@ -748,3 +752,64 @@ def test_an_operator_runs_a_sync_job_now(
     with hub.runtime.sessions() as s:
         runs = [(a["actor"], a["target"], a["outcome"]) for a in actions.recent(s) if a["action"] == "job_run"]
     assert runs == [("console:tran.van.an", {"job": "poll_portal"}, {"queued": True})]  # the refused ones: none
+
+
+def test_operators_browse_the_dossiers_by_status_agency_and_procedure_a_page_at_a_time(
+    console_hub: Hub, creds: Creds, portal: httpx.Client, backend: str
+) -> None:
+    """The dossiers page lists what hub holds without a search: the latest changed first, fifty a page and a link
+    to the next (no dossier twice, none missed), filtered by status, the open ones, the overdue ones (most overdue
+    first), those with messages not delivered (how many, in which state), an agency's code or its start, a
+    procedure. Odd filters and cursors are the first page of everything, never a 500."""
+    hub = console_hub
+    items = [dossier(n, status=2) for n in range(10, 66)]
+    assert hub.http.post("/v1/dossiers/batch", json={"data": items}).status_code == 200
+    late = [dossier(80 + n, status=2, NgayTiepNhan=f"2024010{n}080000", NgayHenTra=f"2024011{n}080000") for n in (1, 2)]
+    for d in late:  # filed in 2024, due then, being processed
+        code = str(d["MaHoSo"])
+        assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+        assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 4)).status_code == 202
+    closed = dossier(90, status=1)  # filed online, then refused
+    assert hub.http.post("/v1/dossiers", json=closed).status_code == 202
+    refused = step(str(closed["MaHoSo"]), 3)
+    assert hub.http.post(f"/v1/dossiers/{closed['MaHoSo']}/progress", json=refused).status_code == 202
+    dead = dead_letter(hub, creds)  # pushed by the portal for an agency nobody routed: its message is dead
+    hub.wait_idle()
+    operator = _logged_in(hub.server.url, "tran.van.an")
+
+    def listed(**params: str) -> tuple[list[str], str | None, str]:
+        page = operator.get("/ops/dossiers", params=params)
+        assert page.status_code == 200, page.text
+        table = page.text.split('id="results"')[1].split("</table>")[0]
+        codes = re.findall(r'<a href="/ops/dossiers/[^"]+">([^<]+)</a>', table)
+        more = re.search(r'href="/ops/dossiers\?([^"]+)" id="next-page"', page.text)
+        return codes, (more.group(1).replace("&amp;", "&") if more else None), table
+
+    everything = {d["MaHoSo"] for d in [*items, *late, closed]} | {dead}
+    first, more, _ = listed()
+    assert len(first) == 50 and more is not None
+    assert first[0] == dead  # the latest changed first
+    second = operator.get(f"/ops/dossiers?{more}")
+    assert second.status_code == 200 and 'id="first-page"' in second.text and 'id="next-page"' not in second.text
+    rest = re.findall(r'<a href="/ops/dossiers/[^"]+">([^<]+)</a>', second.text.split('id="results"')[1])
+    assert set(first) | set(rest) == everything and len(first) + len(rest) == len(everything)
+
+    codes, _, table = listed(state="undelivered")
+    assert codes == [dead] and "1 thư chết" in table
+    codes, _, _ = listed(state="overdue")
+    assert codes == [late[0]["MaHoSo"], late[1]["MaHoSo"]]  # the most overdue first
+    codes, _, _ = listed(state="3")
+    assert codes == [closed["MaHoSo"]]
+    codes, more, _ = listed(state="open")
+    assert closed["MaHoSo"] not in codes and len(codes) == 50 and more is not None
+    assert set(listed(procedure=str(late[0]["MaTTHC"]))[0]) == {
+        d["MaHoSo"] for d in [*items, *late, closed] if d["MaTTHC"] == late[0]["MaTTHC"]
+    }
+    assert listed(agency=AGENCY[:9], state="4")[0] == [late[1]["MaHoSo"], late[0]["MaHoSo"]]
+    assert listed(agency="000.00.12")[0] == []  # another agency's code: none of these
+    assert listed(agency="%")[0] == []  # a wildcard is taken literally
+    for odd in ({"state": "99"}, {"after": "not-a-cursor"}, {"after": "2026-13-45~x"}, {"state": "<script>"}):
+        codes, more, _ = listed(**odd)
+        assert codes == first and more is not None, odd
+    english = operator.get("/ops/dossiers", params={"state": "undelivered", "lang": "en"})
+    assert "1 dead letter" in english.text and "With messages not delivered" in english.text

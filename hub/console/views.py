@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import defer
 from starlette.concurrency import run_in_threadpool
 
@@ -35,7 +35,7 @@ from hub.domain.errors import DomainError
 from hub.domain.money import dong
 from hub.domain.privacy import same_text
 from hub.domain.spreadsheet import spreadsheet_safe
-from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
+from hub.domain.status import NOT_READY, TERMINAL, VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services import actions
 from hub.services.audit import ACCESS_LOG_INQUIRY, OPERATOR_SEARCH, Access
@@ -416,8 +416,7 @@ def router(runtime: Any) -> APIRouter:
                 if subject is not None:
                     query = query.where(Dossier.subject_hmac.in_(subjects))
                 else:
-                    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                    query = query.where(Dossier.code.like(f"{escaped}%", escape="\\"))
+                    query = query.where(_starts_with(Dossier.code, q))
                 results = [_dossier_row(d) for d in s.scalars(query)]
         if subject is not None:  # which dossiers a citizen has is their personal data: the search is logged
             rt().prefill.record(
@@ -435,15 +434,31 @@ def router(runtime: Any) -> APIRouter:
         return render(request, "dossiers.html", page="dossiers", q=shown, results=results)
 
     @r.get("/dossiers")
-    def dossiers(request: Request, q: str = "") -> Response:
-        """A search by MaHoSo (a link may carry it). A personal ID is searched through the form, sent as a POST:
-        in a URL it would stay in the browser's history and in any proxy's access log in front of hub."""
+    def dossiers(
+        request: Request, q: str = "", state: str = "", agency: str = "", procedure: str = "", after: str = ""
+    ) -> Response:
+        """The dossiers hub knows, a page at a time — the latest changed first, or the most overdue first — filtered
+        by status, agency and procedure; or a search by MaHoSo (a link may carry it). A personal ID is searched
+        through the form, sent as a POST: in a URL it would stay in the browser's history and in any proxy's
+        access log in front of hub."""
         if (go := user_or_login(request)) is not None:
             return go
         if ID_RE.match(q.strip()):
             t = words(lang_of(request))
             return render(request, "dossiers.html", status=400, page="dossiers", q="", results=[], error=t["id_in_url"])
-        return dossier_search(request, q)
+        if q.strip():
+            return dossier_search(request, q)
+        chosen = Listing(
+            state=state if state in LIST_STATES else "",
+            agency=agency.strip()[:32],
+            procedure=procedure.strip()[:16],
+        )
+        with reading_session(rt().sessions, snapshot=True) as s:
+            rows, more = chosen.page(s, after[:80])
+        return render(
+            request, "dossiers.html", page="dossiers", q="", results=rows, listing=chosen, states=LIST_STATES,
+            names={str(int(k)): v for k, v in VIETNAMESE_NAMES.items()}, more=more, paged=bool(after),
+        )  # fmt: skip
 
     @r.post("/dossiers")
     async def dossiers_searched(request: Request) -> Response:
@@ -858,6 +873,92 @@ def _with_error(page: HTMLResponse, message: str) -> HTMLResponse:
     )
     page.headers["content-length"] = str(len(page.body))
     return page
+
+
+# the console's list of dossiers: all, the open ones, the overdue ones (most overdue first), those with messages
+# not delivered (waiting or dead), or one status
+LIST_STATES = ("", "open", "overdue", "undelivered", *(str(int(s)) for s in DossierStatus))
+UNDELIVERED = ("pending", "in_flight", "dead")
+PAGE = 50
+
+
+class Listing:
+    """One page of the console's dossier list: its filters, and the page after a cursor — the (sort key, id) of
+    the last row of the page before, so that each page is a seek on an index however deep it is (an OFFSET reads
+    and drops every row before it), and a dossier changed meanwhile is not shown twice on the way down."""
+
+    def __init__(self, *, state: str, agency: str, procedure: str) -> None:
+        self.state, self.agency, self.procedure = state, agency, procedure
+
+    @property
+    def by_due(self) -> bool:
+        return self.state == "overdue"
+
+    def query(self, **extra: str) -> str:
+        """The URL query of this listing (for the next page's link)."""
+        wanted = {"state": self.state, "agency": self.agency, "procedure": self.procedure, **extra}
+        return "&".join(f"{k}={quote(v, safe='')}" for k, v in wanted.items() if v)
+
+    def page(self, session: Any, after: str) -> tuple[list[dict[str, Any]], str | None]:
+        """(this page's rows, the cursor of the next page or None when this is the last)."""
+        key = Dossier.due_at if self.by_due else Dossier.updated_at
+        cond: list[Any] = []
+        if self.state == "open":
+            cond.append(Dossier.status.in_([int(s) for s in DossierStatus if s not in TERMINAL]))
+        elif self.state == "overdue":
+            cond += [Dossier.due_at < utcnow(), Dossier.status.in_([int(s) for s in sorted(NOT_READY)])]
+        elif self.state == "undelivered":
+            waiting = select(OutboxMessage.dossier_id).where(OutboxMessage.state.in_(UNDELIVERED))
+            cond.append(Dossier.id.in_(waiting))
+        elif self.state:
+            cond.append(Dossier.status == int(self.state))
+        if self.agency:
+            cond.append(_starts_with(Dossier.agency, self.agency))
+        if self.procedure:
+            cond.append(Dossier.procedure_code == self.procedure)
+        if (seek := _cursor(after)) is not None:
+            moment, last = seek
+            if self.by_due:  # ascending: the most overdue first
+                cond.append(or_(key > moment, and_(key == moment, Dossier.id > last)))
+            else:
+                cond.append(or_(key < moment, and_(key == moment, Dossier.id < last)))
+        order = (key.asc(), Dossier.id.asc()) if self.by_due else (key.desc(), Dossier.id.desc())
+        found = list(session.scalars(select(Dossier).where(*cond).order_by(*order).limit(PAGE + 1)))
+        more = len(found) > PAGE
+        found = found[:PAGE]
+        undelivered: dict[int, dict[str, int]] = {}
+        if found:
+            counted = session.execute(
+                select(OutboxMessage.dossier_id, OutboxMessage.state, func.count())
+                .where(OutboxMessage.dossier_id.in_([d.id for d in found]), OutboxMessage.state.in_(UNDELIVERED))
+                .group_by(OutboxMessage.dossier_id, OutboxMessage.state)
+            )
+            for dossier_id, st, n in counted:
+                undelivered.setdefault(dossier_id, {})[st] = n
+        rows = [_dossier_row(d) | {"due": d.due_at, "undelivered": undelivered.get(d.id, {})} for d in found]
+        if not more:
+            return rows, None
+        last_row = found[-1]
+        moment = last_row.due_at if self.by_due else last_row.updated_at
+        return rows, f"{moment.astimezone(UTC).isoformat() if moment else ''}~{last_row.id}"
+
+
+def _starts_with(column: Any, prefix: str) -> Any:
+    """`column LIKE 'prefix%'` with the prefix's own %, _ and \\ taken literally."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(f"{escaped}%", escape="\\")
+
+
+def _cursor(after: str) -> tuple[datetime, int] | None:
+    """A page cursor (`<ISO instant>~<id>`) read back; None for none or a malformed one (the first page)."""
+    moment, sep, last = after.partition("~")
+    if not sep:
+        return None
+    try:
+        when = datetime.fromisoformat(moment)
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)), int(last)
+    except ValueError:
+        return None
 
 
 def _dossier_row(d: Dossier) -> dict[str, Any]:

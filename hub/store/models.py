@@ -77,6 +77,7 @@ class Dossier(Base):
     __tablename__ = "dossiers"
     __table_args__ = (
         Index("ix_dossiers_status_due_at", "status", "due_at"),
+        Index("ix_dossiers_updated_at_id", "updated_at", "id"),  # the console's list, newest first, a page at a time
         # the closed ones not yet redacted, by their last change, for the retention job (hub.services.retention):
         # a change to an open dossier costs it nothing, and the redacted ones leave it
         Index(
