@@ -116,3 +116,36 @@ def test_the_scheduled_removal_leaves_a_dossier_with_a_message_still_to_deliver(
     with hub.runtime.sessions() as s:
         last: Any = s.scalars(select(JobRun).where(JobRun.name == "remove_personal_data")).one()
     assert last.outcome == "ok" and last.detail["dossiers"] == 1
+
+
+def test_a_note_copied_into_a_message_to_the_province_goes_too(
+    hub_factory: HubFactory, portal: httpx.Client, onestop_server: Any, creds: Any, backend: str
+) -> None:
+    """A dossier filed on the national portal, withdrawn there with a note naming someone: hub tells the one-stop
+    system with the note as the status message's content (`NoiDung`). Redaction keeps a list of what may stay, so
+    the note goes from that message as from the dossier — not only the fields known to be personal by name."""
+    from hub.services.retention import redact_closed
+
+    hub = hub_factory()
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    d = dossier(1, status=1, KenhThucHien=2)
+    note = "Công dân rút hồ sơ; liên hệ chị Phạm Thị Hoa 0903123456"
+    for pushed in (d, {**d, "TrangThaiHoSo": 7, "GhiChu": note}):
+        r = portal.post("/_sandbox/push", json={"hub_url": hub.url, "api_key": creds.portal_key, "dossier": pushed})
+        assert r.status_code == 200 and r.json()["hub_status"] == 202, r.text
+    hub.wait_idle()
+    code = str(d["MaHoSo"])
+    with hub.runtime.sessions() as s:
+        [told] = s.scalars(
+            select(OutboxMessage).where(OutboxMessage.operation == "status", OutboxMessage.state == "delivered")
+        )
+        assert told.payload["body"]["NoiDung"] == note
+    _closed_long_ago(hub, code, 400)
+    with hub.runtime.sessions.begin() as s:
+        assert redact_closed(s, closed_for_days=365)["dossiers"] == 1
+    gone = _stored_text(hub, code)
+    assert "0903123456" not in gone and "Phạm Thị Hoa" not in gone and d["ChuHoSo"] not in gone
+    with hub.runtime.sessions() as s:
+        kept = s.scalars(select(OutboxMessage).where(OutboxMessage.operation == "status")).one().payload
+    assert kept["body"] == {"MaHoSo": code, "TrangThaiHoSo": 7, "ThoiDiem": kept["body"]["ThoiDiem"]}
+    assert kept["endpoint"]  # where it went stays

@@ -4,7 +4,8 @@ one-stop system and the national portal are —: it holds the owner's name, ID n
 files' links to relay them and to answer look-ups while the dossier is open. A dossier closed (refused 3,
 withdrawn 7, stopped 8, result returned 10) longer than the period, with nothing of it still to deliver, keeps what
 statistics and the status history need (MaHoSo, procedure, agency, channel, dates, statuses, fees, who handled each
-step) and loses the rest: in its row, in its events, in its delivered outbox messages (and their peers' replies).
+step: `KEEP`) and loses everything else: in its row, in its events, in its delivered outbox messages (and their
+peers' replies).
 The citizen no longer finds it among their own (the owner's HMAC goes too). The access log of personal data and the
 payment records are legal records and stay."""
 
@@ -21,22 +22,31 @@ from hub.domain.status import TERMINAL
 from hub.store.models import Dossier, OutboxMessage, StatusEvent
 from hub.sync import outbox
 
-# the fields that say who the citizen is, how to reach them, or what their files hold (DongBoHoSoMC and
-# CapNhatTienDoHoSoMC), and those of the citizen's notices and of documents sent to other agencies
-PERSONAL = frozenset(
+# What a redacted dossier keeps, at any depth: the fields statistics and the status history need, none of which
+# says who the citizen is, how to reach them or what their files hold (DongBoHoSoMC, CapNhatTienDoHoSoMC, the
+# one-stop system's down-flow messages, the documents sent to other agencies, the peers' answers) — and nothing
+# else. A list of what to keep, not of what to remove: a field this list does not know (a one-stop system may send
+# more than the contract names, e.g. the person who filed on the owner's behalf) goes, with what it holds.
+KEEP = frozenset(
     {
-        "ChuHoSo", "SoGiayToChuHoSo", "MaDoiTuong", "DinhDanhCHS", "Email", "SoDienThoai", "DiaChi",
-        "TrichYeuHoSo", "GhiChu", "ThongTinTra", "TaiLieuNop", "DanhSachGiayToKetQua", "DanhSachHoSoBoSung",
-        "NoiDungXuLy", "NoiDungYeuCau",
-        "to", "subject", "body", "message", "envelope",
+        # the dossier: which, what procedure, which channel, when, its status, who handles it, its fees
+        "MaHoSo", "MaTTHC", "TenTTHC", "MaLinhVuc", "TenLinhVuc", "KenhThucHien", "LoaiDoiTuong", "NgayTiepNhan",
+        "NgayHenTra", "TrangThaiHoSo", "NgayTra", "HinhThuc", "NgayKetThucXuLy", "DonViXuLy", "DuocThanhToanTrucTuyen",
+        "DanhSachLePhi", "TenPhiLePhi", "MaPhiLePhi", "HinhThucThu", "Gia",
+        # a processing step: the officer, their title and department, when, the status
+        "NguoiXuLy", "ChucDanh", "ThoiDiemXuLy", "PhongBanXuLy", "TrangThai", "NgayBatDau", "NgayKetThucTheoQuyDinh",
+        "ThoiDiem",
+        # the messages' envelopes, and the peers' answers but their free text
+        "data", "isUpdating", "body", "endpoint", "client", "document_id", "request_hash", "error_code", "status",
+        "message_id", "signer",
     }
 )  # fmt: skip
 
 
 def scrub(value: Any) -> Any:
-    """`value` without the PERSONAL keys, at any depth."""
+    """`value` with only the KEEP keys, at any depth."""
     if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items() if k not in PERSONAL}
+        return {k: scrub(v) for k, v in value.items() if k in KEEP}
     if isinstance(value, list):
         return [scrub(v) for v in value]
     return value
