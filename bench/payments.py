@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,11 @@ def main() -> None:
         bodies: list[bytes] = []
         fees = [{"TenPhiLePhi": "Lệ phí", "Gia": 8000}]
         for i in range(n):
-            d = dossier(i + 1, DanhSachLePhi=fees)  # MaHoSo sequences are 4 digits: n <= 9999
+            d = dossier(i % 9999 + 1, DanhSachLePhi=fees)
+            if i >= 9999:  # MaHoSo sequences are 4 digits: past 9,999 the codes of the days before
+                agency, day, seq = str(d["MaHoSo"]).split("-")
+                earlier = date(2000 + int(day[:2]), int(day[2:4]), int(day[4:])) - timedelta(days=i // 9999)
+                d["MaHoSo"] = f"{agency}-{earlier:%y%m%d}-{seq}"
             seed.dossiers.sync_dossier(client, DossierIn.model_validate(d), idempotency_key=None, correlation_id="seed")
             for status in (4, 6):
                 seed.dossiers.add_progress(

@@ -811,5 +811,10 @@ def test_operators_browse_the_dossiers_by_status_agency_and_procedure_a_page_at_
     for odd in ({"state": "99"}, {"after": "not-a-cursor"}, {"after": "2026-13-45~x"}, {"state": "<script>"}):
         codes, more, _ = listed(**odd)
         assert codes == first and more is not None, odd
+    for beyond in ("9999-12-31T23:59:59-12:00~1", "0001-01-01T00:00:00+14:00~1", f"2026-01-01T00:00:00~{10**30}"):
+        page = operator.get("/ops/dossiers", params={"after": beyond})  # past any row, or no number a row can have
+        assert page.status_code == 200, (beyond, page.status_code)
+    searched = console_search(operator, "000.00\x00")  # a NUL, which no field takes (nor PostgreSQL): said so
+    assert searched.status_code == 400 and "ký tự NUL" in searched.text
     english = operator.get("/ops/dossiers", params={"state": "undelivered", "lang": "en"})
     assert "1 dead letter" in english.text and "With messages not delivered" in english.text

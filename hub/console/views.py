@@ -267,6 +267,8 @@ def router(runtime: Any) -> APIRouter:
         t = words(lang_of(request))
         if not token or not same_text(given, str(token)):
             return data, render(request, "message.html", status=403, heading=t["csrf"])
+        if any("\x00" in str(v) for k in form for v in form.getlist(k)):  # no field takes one; PostgreSQL refuses it
+            return data, render(request, "message.html", status=400, heading=t["nul_in_form"])
         if role is not None and request.session.get("role") != role:
             return data, forbidden(request)
         return data, None
@@ -956,9 +958,11 @@ def _cursor(after: str) -> tuple[datetime, int] | None:
         return None
     try:
         when = datetime.fromisoformat(moment)
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)), int(last)
-    except ValueError:
+        when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+        row = int(last)
+    except (ValueError, OverflowError):  # not an instant, or one past the calendar's ends once in UTC
         return None
+    return (when, row) if 0 <= row < 2**63 else None  # an id no row can have (BIGINT)
 
 
 def _dossier_row(d: Dossier) -> dict[str, Any]:
