@@ -19,9 +19,11 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
+from hub.services.dossiers import overdue_where
 from hub.store.db import WalCheckpointer
 from hub.store.models import (
     AccessLogEntry,
+    Dossier,
     EdocNotice,
     Exchange,
     OperatorAction,
@@ -235,6 +237,15 @@ class StoreCollector(Collector):
                 .group_by(OutboxMessage.state, OutboxMessage.destination)
             ):
                 attempts.add_metric([state, dest], float(total or 0))
+            overdue = GaugeMetricFamily(
+                "hub_dossiers_overdue",
+                "Dossiers past their appointment (NgayHenTra) whose result is not ready, by agency",
+                labels=["agency"],
+            )
+            for agency, n in s.execute(
+                select(Dossier.agency, func.count()).where(*overdue_where(now)).group_by(Dossier.agency)
+            ):
+                overdue.add_metric([agency], float(n))
             durations = HistogramMetricFamily(
                 "hub_exchange_duration_ms", "Outbound exchange duration (ms) by peer", labels=["peer"]
             )
@@ -243,7 +254,7 @@ class StoreCollector(Collector):
                 durations.add_metric([peer], [*buckets, ("+Inf", sums[0])], sums[1])
         yield from (
             depth, oldest, exchanges, latency, reads, payments, callbacks, notices, operator_actions, drift, attempts,
-            durations,
+            overdue, durations,
         )  # fmt: skip
 
 

@@ -776,6 +776,10 @@ def test_operators_browse_the_dossiers_by_status_agency_and_procedure_a_page_at_
     dead = dead_letter(hub, creds)  # pushed by the portal for an agency nobody routed: its message is dead
     hub.wait_idle()
     operator = _logged_in(hub.server.url, "tran.van.an")
+    overview = operator.get("/ops").text  # counted on the overview, each a link to its list
+    assert re.search(r'href="/ops/dossiers\?state=overdue" id="overdue" class="bad">Hồ sơ quá hạn: 2<', overview)
+    assert re.search(r'href="/ops/dossiers\?state=undelivered" id="undelivered">Hồ sơ còn thư chưa giao: 1<', overview)
+    assert f'hub_dossiers_overdue{{agency="{AGENCY}"}} 2.0' in hub.http.get("/metrics").text  # and for Prometheus
 
     def listed(**params: str) -> tuple[list[str], str | None, str]:
         page = operator.get("/ops/dossiers", params=params)

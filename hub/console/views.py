@@ -35,11 +35,11 @@ from hub.domain.errors import DomainError
 from hub.domain.money import dong
 from hub.domain.privacy import same_text
 from hub.domain.spreadsheet import spreadsheet_safe
-from hub.domain.status import NOT_READY, TERMINAL, VIETNAMESE_NAMES, DossierStatus
+from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services import actions
 from hub.services.audit import ACCESS_LOG_INQUIRY, OPERATOR_SEARCH, Access
-from hub.services.dossiers import mask_id
+from hub.services.dossiers import mask_id, overdue_where
 from hub.services.edocs import documents_sent
 from hub.store.db import reading_session
 from hub.store.models import Dossier, Exchange, OutboxMessage, Payment, StatusEvent
@@ -370,6 +370,10 @@ def router(runtime: Any) -> APIRouter:
                 ok = int(rows.pop("ok", 0))
                 hours.append((end, ok, int(sum(rows.values()))))
             payments_pending = s.scalar(select(func.count()).select_from(Payment).where(Payment.status == "pending"))
+            overdue = s.scalar(select(func.count()).select_from(Dossier).where(*overdue_where(now)))
+            undelivered = s.scalar(
+                select(func.count(OutboxMessage.dossier_id.distinct())).where(OutboxMessage.state.in_(UNDELIVERED))
+            )
         try:
             workers: list[WorkerSeen] | None = rt().workers()
         except Exception as exc:  # noqa: BLE001 - Redis down: the page still shows the rest
@@ -388,6 +392,8 @@ def router(runtime: Any) -> APIRouter:
             chart=_chart(hours),
             error_rate=error_rate,
             payments_pending=payments_pending or 0,
+            overdue=overdue or 0,
+            undelivered=undelivered or 0,
             workers=workers,
             disk=None if (disk := rt().disk.check()) == "ok" else disk,
             signing=signing,
@@ -908,7 +914,7 @@ class Listing:
         if self.state == "open":
             cond.append(Dossier.status.in_([int(s) for s in DossierStatus if s not in TERMINAL]))
         elif self.state == "overdue":
-            cond += [Dossier.due_at < utcnow(), Dossier.status.in_([int(s) for s in sorted(NOT_READY)])]
+            cond += overdue_where(utcnow())
         elif self.state == "undelivered":
             waiting = select(OutboxMessage.dossier_id).where(OutboxMessage.state.in_(UNDELIVERED))
             cond.append(Dossier.id.in_(waiting))

@@ -300,6 +300,13 @@ class _Command:
     work: Callable[[Session, _Writes], dict[str, Any]]
 
 
+def overdue_where(now: datetime) -> list[Any]:
+    """The conditions of a dossier overdue at `now`: past its appointment (NgayHenTra), its result not ready. The
+    statuses listed (not "not in the closed ones"): a seek per status on ix_dossiers_status_due_at, where NOT IN read
+    every dossier ever filed (70 ms at a million, 0.1 ms now)."""
+    return [Dossier.due_at < now, Dossier.status.in_([int(s) for s in sorted(NOT_READY)])]
+
+
 class DossierService:
     def __init__(
         self,
@@ -966,12 +973,7 @@ class DossierService:
     def overdue(self, client: ClientSystem, *, limit: int = 100, offset: int = 0) -> dict[str, Any]:
         """Dossiers past their appointment date (NgayHenTra) whose result is not ready, for the client's agencies."""
         now = utcnow()
-        cond = [
-            Dossier.due_at < now,
-            # the statuses still open, listed (not "not in the closed ones"): a seek per status on
-            # ix_dossiers_status_due_at, where NOT IN read every dossier ever filed (70 ms at a million, 0.1 ms now)
-            Dossier.status.in_([int(s) for s in sorted(NOT_READY)]),
-        ]
+        cond = overdue_where(now)
         patterns: list[Any] = []
         for p in client.agencies:
             if p == "*":
