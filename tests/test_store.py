@@ -751,3 +751,32 @@ def test_a_database_error_never_carries_the_values_it_was_sent(kind: str, tmp_pa
         assert "no_such_table" in said and "079195001234" not in said and "Nguyễn" not in said, said
     finally:
         engine.dispose()
+
+
+def test_a_sqlite_writer_waits_out_another_processes_write_lock_in_short_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer finds the write lock held (by another process, as with `hub serve --workers 2` on one SQLite
+    file): it waits — across many short waits — until the lock is free, then holds it; or, past the writers' wait,
+    fails as SQLite's own busy timeout would. Either way the connection's busy timeout is the long one again."""
+    path = tmp_path / "w.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    waiter = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    threading.Timer(0.3, lambda: holder.execute("COMMIT")).start()  # held through many of the waiter's short waits
+    db.begin_immediate(waiter.execute)
+    assert waiter.in_transaction
+    waiter.execute("INSERT INTO t VALUES (2)")
+    waiter.execute("COMMIT")
+    assert waiter.execute("PRAGMA busy_timeout").fetchone() == (db.WRITE_WAIT_MS,)
+    assert [r for (r,) in waiter.execute("SELECT x FROM t ORDER BY x")] == [1, 2]
+
+    monkeypatch.setattr(db, "WRITE_WAIT_MS", 200)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        db.begin_immediate(waiter.execute)
+    assert not waiter.in_transaction and waiter.execute("PRAGMA busy_timeout").fetchone() == (200,)
+    holder.execute("ROLLBACK")
