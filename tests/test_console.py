@@ -820,5 +820,23 @@ def test_operators_browse_the_dossiers_by_status_agency_and_procedure_a_page_at_
         assert page.status_code == 200, (beyond, page.status_code)
     searched = console_search(operator, "000.00\x00")  # a NUL, which no field takes (nor PostgreSQL): said so
     assert searched.status_code == 400 and "ký tự NUL" in searched.text
+    # the whole list as the filters choose it, for a spreadsheet: no personal data, Vietnam's time
+    download = operator.get("/ops/dossiers.csv", params={"state": "overdue"})
+    assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
+    assert download.headers["content-disposition"].startswith('attachment; filename="ho-so-overdue-')
+    assert download.content.startswith("\ufeff".encode())
+    header, *lines = list(csv.reader(io.StringIO(download.content.decode("utf-8-sig"))))
+    assert header == [
+        "MaHoSo", "TrangThaiHoSo", "Trạng thái", "MaTTHC", "Cơ quan", "NgayHenTra", "Cập nhật", "Chưa giao"
+    ]  # fmt: skip
+    assert [(row[0], row[1], row[2], row[4], row[5]) for row in lines] == [
+        (late[0]["MaHoSo"], "4", "Đang xử lý", AGENCY, "11/01/2024 08:00:00"),
+        (late[1]["MaHoSo"], "4", "Đang xử lý", AGENCY, "12/01/2024 08:00:00"),
+    ]
+    stranger = httpx.get(f"{hub.server.url}/ops/dossiers.csv", follow_redirects=False)
+    assert stranger.status_code == 303 and stranger.headers["location"] == "/ops/login"
+    every = operator.get("/ops/dossiers.csv").content.decode("utf-8-sig")
+    assert sorted(row[0] for row in list(csv.reader(io.StringIO(every)))[1:]) == sorted(everything)
+    assert "*" not in every and not any(d["ChuHoSo"] in every or d["SoGiayToChuHoSo"] in every for d in items)
     english = operator.get("/ops/dossiers", params={"state": "undelivered", "lang": "en"})
     assert "1 dead letter" in english.text and "With messages not delivered" in english.text
