@@ -464,11 +464,7 @@ def router(runtime: Any) -> APIRouter:
             return render(request, "dossiers.html", status=400, page="dossiers", q="", results=[], error=t["id_in_url"])
         if q.strip():
             return dossier_search(request, q)
-        chosen = Listing(
-            state=state if state in LIST_STATES else "",
-            agency=agency.strip()[:32],
-            procedure=procedure.strip()[:16],
-        )
+        chosen = Listing.of(state, agency, procedure)
         with reading_session(rt().sessions, snapshot=True) as s:
             rows, more = chosen.page(s, after[:80])
         return render(
@@ -483,9 +479,7 @@ def router(runtime: Any) -> APIRouter:
         data: not even the owner's masked ID. Written a thousand rows at a time, each a seek from the last."""
         if (go := user_or_login(request)) is not None:
             return go
-        chosen = Listing(
-            state=state if state in LIST_STATES else "", agency=agency.strip()[:32], procedure=procedure.strip()[:16]
-        )
+        chosen = Listing.of(state, agency, procedure)
         t = words(lang_of(request))
         header = ["MaHoSo", "TrangThaiHoSo", t["status"], "MaTTHC", t["audit_agency"], "NgayHenTra", t["updated"],
                   t["not_delivered"]]  # fmt: skip
@@ -951,6 +945,13 @@ class Listing:
 
     def __init__(self, *, state: str, agency: str, procedure: str) -> None:
         self.state, self.agency, self.procedure = state, agency, procedure
+
+    @classmethod
+    def of(cls, state: str, agency: str, procedure: str) -> Listing:
+        """The listing a request's parameters ask for: an unknown state is all of them, the texts cut to size."""
+        return cls(
+            state=state if state in LIST_STATES else "", agency=agency.strip()[:32], procedure=procedure.strip()[:16]
+        )
 
     @property
     def by_due(self) -> bool:
