@@ -126,17 +126,20 @@ def begin_immediate(execute: Callable[[str], Any]) -> None:
     `hub serve` processes on one database: p99 464 ms, against 70 ms in one). Each short wait starts the handler's
     polls over at a millisecond."""
     execute(f"PRAGMA busy_timeout={BEGIN_SLICE_MS}")
+    deadline = time.monotonic() + WRITE_WAIT_MS / 1000
     try:
-        deadline = time.monotonic() + WRITE_WAIT_MS / 1000
         while True:
             try:
                 execute("BEGIN IMMEDIATE")
-                return
+                break
             except sqlite3.OperationalError as exc:
                 if not _busy(exc) or time.monotonic() >= deadline:
                     raise
-    finally:
-        execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
+    except BaseException:
+        with suppress(sqlite3.Error):  # the first error is the one to tell (a broken connection fails this too)
+            execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
+        raise
+    execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
 
 
 def _sqlite_serialized_writes(engine: Engine, wal_autocheckpoint: int, synchronous: SqliteSync) -> None:
