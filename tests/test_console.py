@@ -800,7 +800,7 @@ def test_operators_browse_the_dossiers_by_status_agency_and_procedure_a_page_at_
     assert set(first) | set(rest) == everything and len(first) + len(rest) == len(everything)
 
     codes, _, table = listed(state="undelivered")
-    assert codes == [dead] and "1 thư chết" in table
+    assert codes == [dead] and "1 thư chết" in table and f"<td>{AGENCY}</td>" in table
     codes, _, _ = listed(state="overdue")
     assert codes == [late[0]["MaHoSo"], late[1]["MaHoSo"]]  # the most overdue first
     codes, _, _ = listed(state="3")
