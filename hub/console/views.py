@@ -36,7 +36,7 @@ from hub.domain.errors import DomainError
 from hub.domain.money import dong
 from hub.domain.privacy import same_text
 from hub.domain.spreadsheet import spreadsheet_safe
-from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus
+from hub.domain.status import OPEN, VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services import actions
 from hub.services.audit import ACCESS_LOG_INQUIRY, OPERATOR_SEARCH, Access
@@ -61,8 +61,7 @@ def _when(value: datetime | str | None) -> Markup | str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     exact = moment.astimezone(UTC).isoformat(timespec="seconds")
-    local = moment.astimezone(VN_TZ).strftime("%d/%m/%Y %H:%M:%S")
-    return Markup('<time datetime="{0}" title="{0}">{1}</time>').format(exact, local)
+    return Markup('<time datetime="{0}" title="{0}">{1}</time>').format(exact, _local(moment))
 
 
 def _local(value: datetime | None) -> str:
@@ -970,7 +969,7 @@ class Listing:
         key = Dossier.due_at if self.by_due else Dossier.updated_at
         cond: list[Any] = []
         if self.state == "open":
-            cond.append(Dossier.status.in_([int(s) for s in DossierStatus if s not in TERMINAL]))
+            cond.append(Dossier.status.in_([int(s) for s in sorted(OPEN)]))
         elif self.state == "overdue":
             cond += overdue_where(utcnow())
         elif self.state == "undelivered":

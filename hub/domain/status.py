@@ -41,8 +41,10 @@ S = DossierStatus
 # Statuses a dossier may start in when hub first learns of it (filed online = 1; accepted at the counter = 2).
 INITIAL: frozenset[DossierStatus] = frozenset({S.NEW, S.ACCEPTED})
 TERMINAL: frozenset[DossierStatus] = frozenset({S.REFUSED, S.WITHDRAWN, S.STOPPED, S.RESULT_RETURNED})
+# Statuses something may still follow: the dossier is open.
+OPEN: frozenset[DossierStatus] = frozenset(s for s in DossierStatus if s not in TERMINAL)
 # Statuses whose result is not ready yet: a dossier in one of them past its appointment (NgayHenTra) is overdue.
-NOT_READY: frozenset[DossierStatus] = frozenset(s for s in DossierStatus if s not in TERMINAL and s != S.PROCESSED)
+NOT_READY: frozenset[DossierStatus] = OPEN - {S.PROCESSED}
 
 # from -> the statuses it may move to. A non-terminal status may repeat: a progress update by another officer
 # (CapNhatTienDoHoSoMC) or corrected details (DongBoHoSoMC isUpdating) without a status change.

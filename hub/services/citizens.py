@@ -22,7 +22,7 @@ from hub.domain.dates import VN_TZ, local_iso, parse_national, utcnow
 from hub.domain.errors import DomainError, NotFound
 from hub.domain.identifiers import usable_link
 from hub.domain.privacy import subject_hmacs
-from hub.domain.status import TERMINAL, VIETNAMESE_NAMES, DossierStatus
+from hub.domain.status import NOT_READY, VIETNAMESE_NAMES, DossierStatus
 from hub.services.quota import Quota, citizen_turn
 from hub.store.db import reading
 from hub.store.models import Document, Dossier, Payment, StatusEvent
@@ -296,7 +296,7 @@ class CitizenDossiers:
         status = DossierStatus(d.status)
         data = d.data
         late = None
-        if d.due_at is not None and status not in TERMINAL and status != DossierStatus.PROCESSED:
+        if d.due_at is not None and status in NOT_READY:
             due = d.due_at.astimezone(VN_TZ).date()
             late = self.calendar.working_days_between(due, today) if due < today else 0
         waiting = WAITING_FOR.get(status)
