@@ -438,6 +438,26 @@ def test_openapi_and_health(hub: Hub) -> None:
     for path in ("/healthz", "/readyz"):
         head = hub.http.head(path)
         assert head.status_code == 200 and head.content == b"", path
+
+
+def test_head_answers_what_get_would_without_the_content(hub: Hub) -> None:
+    """RFC 9110 §9.3.2 for every resource, not only the probes: `curl -I`, link checkers and monitors ask with
+    HEAD; what they learn is what GET would say (status, type, length), the content left out."""
+    hub.http.post("/v1/dossiers", json=dossier(78))
+    code = dossier(78)["MaHoSo"]
+    for path in ("/metrics", "/docs", "/openapi.json", "/v1/forms", f"/v1/dossiers/{code}", "/ops/login", "/"):
+        got, head = hub.http.get(path), hub.http.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        if path != "/metrics":  # the metrics change between the two requests (the GET itself is counted)
+            assert head.headers["content-length"] == got.headers["content-length"], path
+    # what GET refuses HEAD refuses alike: an unknown dossier, a POST-only path
+    assert hub.http.head(f"/v1/dossiers/{dossier(79)['MaHoSo']}").status_code == 404
+    assert hub.http.head("/v1/prefill").status_code == 405
+    # and a 405 says which methods the resource takes (RFC 9110 §15.5.6), all of them
+    assert hub.http.delete("/v1/dossiers").headers["allow"] == "GET, HEAD, POST"
+    assert hub.http.get("/v1/prefill").headers["allow"] == "POST"
     # how long hub itself took, for browsers' developer tools and for clients telling hub's time from the network's
     took = hub.http.post("/v1/dossiers", json=dossier(77)).headers["server-timing"]
     assert took.startswith("app;dur=") and float(took.split("=")[1]) > 0

@@ -999,11 +999,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         response.status_code = 200 if readiness["status"] == "ok" else 503
         return readiness
 
-    # HEAD too (load balancers' and uptime monitors' probes often send it), out of the OpenAPI document: one
-    # operation per path there, with one operationId, as generated clients need
-    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
-        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
-
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -70,6 +70,11 @@ class BodyLimitAndCorrelation:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "HEAD":
+            # RFC 9110 §9.3.2: HEAD is GET without the content, for every resource (FastAPI's routes take only the
+            # methods they name; uptime monitors, load balancers and `curl -I` send HEAD)
+            scope = {**scope, "method": "GET"}
+            send = _headers_only(send)
         headers = dict(scope.get("headers") or [])
         offered = headers.get(b"x-correlation-id", b"").decode("latin-1")
         cid = offered if _SAFE_ID.match(offered) else uuid.uuid4().hex
@@ -188,6 +193,17 @@ class BodyLimitAndCorrelation:
             headers.append((b"accept-encoding", b"identity"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _headers_only(send: Send) -> Send:
+    """`send` for a HEAD request: the status and headers of the GET, its content left out."""
+
+    async def headers_only(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)}
+        await send(message)
+
+    return headers_only
 
 
 class ConsoleSessions:

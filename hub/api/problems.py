@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from hub.domain.errors import DomainError
 from hub.store.space import out_of_space
@@ -136,7 +137,7 @@ def install(app: FastAPI, *, on_out_of_space: Callable[[], None] | None = None) 
         return JSONResponse(validation_problem(exc.errors()), status_code=422, media_type=PROBLEM)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI answers 400 only when it cannot parse the body (too deep, too large a number...)
         code = (
             "malformed_json" if exc.status_code == 400 else STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
@@ -146,7 +147,10 @@ def install(app: FastAPI, *, on_out_of_space: Callable[[], None] | None = None) 
             title = "Malformed JSON" if exc.status_code == 400 else HTTPStatus(exc.status_code).phrase
         except ValueError:  # a status Python does not name
             title = code.replace("_", " ")
-        return problem(exc.status_code, code, title, detail)
+        response = problem(exc.status_code, code, title, detail)
+        if exc.status_code == 405:  # RFC 9110 §15.5.6: which methods the resource does take
+            response.headers["Allow"] = allowed_methods(request)
+        return response
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -243,3 +247,16 @@ def document(app: FastAPI) -> None:
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods of every route on the request's path (Starlette names only the first route's: GET and POST on
+    one path are two routes), and HEAD wherever GET is (hub answers HEAD as GET without the content)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))

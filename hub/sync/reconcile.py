@@ -31,7 +31,9 @@ from hub.services.dossiers import NATIONAL_PORTAL
 from hub.store.models import Dossier, OutboxMessage, StatusEvent
 from hub.sync import outbox
 
-TERMINAL = {int(DossierStatus.REFUSED), int(DossierStatus.WITHDRAWN), int(DossierStatus.STOPPED)}
+# the dossiers reconcile leaves alone. Not the domain's TERMINAL: a dossier whose result was returned (10) is
+# still compared, so that a portal left behind on that last step is brought up to date
+NOT_RECONCILED = {int(DossierStatus.REFUSED), int(DossierStatus.WITHDRAWN), int(DossierStatus.STOPPED)}
 SETTLED = (outbox.DELIVERED, outbox.SET_ASIDE)
 # what a look-up skipped because the portal was found down earlier in the run answers
 NOT_ASKED = PeerUnavailable("national_portal", "not asked: the portal was found unavailable earlier in this run")
@@ -88,7 +90,7 @@ def reconcile(
     result = ReconcileResult()
     with sessions() as s:
         # the open statuses by name: a seek per status on ix_dossiers_status_due_at (NOT IN read every dossier)
-        still_open = [int(st) for st in DossierStatus if st not in TERMINAL]
+        still_open = [int(st) for st in DossierStatus if st not in NOT_RECONCILED]
         q = select(Dossier.id, Dossier.code, Dossier.status).where(Dossier.status.in_(still_open)).order_by(Dossier.id)
         open_dossiers = s.execute(q).all()
     total = len(open_dossiers)
