@@ -142,6 +142,26 @@ def test_permanent_rejection_is_a_dead_letter_that_holds_back_only_its_dossier(
     assert portal_history(portal, blocked) == [2, 4, 9]
 
 
+def test_a_portal_writing_its_error_codes_as_strings_is_understood(
+    hub_factory: HubFactory, portal: httpx.Client, officer: PortalOfficer
+) -> None:
+    """Deployed portals answer `"error_code": "00"` (a one-stop system in the wild tests for that string): hub
+    reads the number it stands for — "00" delivered, "04" a refused transition, a dead letter as 4 would be —
+    instead of calling every reply malformed and retrying for ever."""
+    hub = hub_factory()
+    [moved, free] = file_and_walk(hub, 2, [])
+    hub.wait_idle()
+    officer.call("CapNhatTienDoHoSoMC", {"data": [step(moved, 8)]})  # stopped at the portal behind hub's back
+    portal.post("/_sandbox/faults", json={"string_error_codes": True, "session_ttl": 0.2})
+    time.sleep(0.3)  # hub's session has expired: "02" must be read as "sign in again", and the sign-in's "00"
+    for code in (moved, free):
+        hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 4))
+    _wait_for(lambda: _states(hub) == {"delivered": 3, "dead": 1})
+    assert portal_history(portal, free) == [2, 4]
+    got = hub.http.get(f"/v1/dossiers/{moved}").json()
+    assert got["events"][-1]["deliveries"][0]["last_error_code"] == "portal_invalid_transition"
+
+
 def test_a_dead_letter_set_aside_lets_its_dossier_go_on_and_is_never_sent(
     hub_factory: HubFactory, portal: httpx.Client, officer: PortalOfficer
 ) -> None:
@@ -618,6 +638,9 @@ def test_hub_killed_under_ingest_load_keeps_every_answered_request_and_takes_the
         b"[" * 5000 + b"]" * 5000,  # 10 kB, deeper than the JSON parser recurses: RecursionError inside json.loads
         b'{"error_code": ' + b"9" * 5000 + b"}",  # an integer longer than Python converts
         b"\xff\xfe{}",
+        b'{"error_code": true, "message": "ok"}',  # JSON's true is no error code, though Python's bool is an int
+        b'{"error_code": "OK", "message": "ok"}',
+        b'{"error_code": 1.5, "message": "ok"}',
     ],
 )
 def test_a_portal_reply_hub_cannot_parse_is_a_malformed_reply_not_a_bug(reply: bytes) -> None:

@@ -260,12 +260,28 @@ def post_bytes(
             reply = parse_json(response_bytes)
         except ValueError:
             raise PeerProtocolError(peer, f"{operation}: reply is not JSON") from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("error_code"), int):
+        code = error_code_of(reply)
+        if code is None:
             raise PeerProtocolError(peer, f"{operation}: reply has no integer error_code", reply=reply)
+        reply["error_code"] = code
     except PeerError as exc:
         report("retryable" if exc.retryable else "permanent", exc.code)
         raise
     return JsonExchange(reply, report)
+
+
+def error_code_of(reply: Any) -> int | None:
+    """A reply's `error_code` as the number it stands for: an integer, or the same written as a string of digits
+    ("00", "0", "04" — deployed portals and one-stop systems answer so: OpenCPS, for one, tests `"00"`); None when
+    there is none, or it is something else (true, 1.5, "OK")."""
+    if not isinstance(reply, dict):
+        return None
+    code = reply.get("error_code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    if isinstance(code, str) and 0 < len(code) <= 4 and code.isascii() and code.isdigit():
+        return int(code)
+    return None
 
 
 def post_checked(

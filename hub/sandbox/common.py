@@ -36,6 +36,7 @@ class Faults:
     rate_limit_seconds: float = 0.0  # set: every call is answered 429 with Retry-After for this long from now
     rate_limit_until: float = 0.0
     rate_limited: int = 0  # calls answered 429 since the last reset (read it back with GET /_sandbox/faults)
+    string_error_codes: bool = False  # replies' error_code written as two digits, "00", as deployed portals do
 
     def update(self, changes: dict[str, Any]) -> None:
         for key, value in changes.items():

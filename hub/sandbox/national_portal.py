@@ -59,6 +59,13 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
     app.state.peer = st
     add_control_routes(app, st, extra_reset=st.reset_data)
 
+    def answer(reply: dict[str, Any], status_code: int = 200) -> JSONResponse:
+        """A reply of the portal's API; with the knob `string_error_codes`, its error_code written as deployed
+        portals write it, two digits in a string ("00")."""
+        if st.faults.string_error_codes:
+            reply = {**reply, "error_code": f"{reply['error_code']:02d}"}
+        return JSONResponse(reply, status_code=status_code)
+
     async def body_of(request: Request) -> Any:
         try:
             return parse_json(await request.body())
@@ -73,13 +80,13 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
         body = await body_of(request)
         dstcode = request.headers.get("dstcode", "")
         if body is None or contracts.errors("national_portal/auth.request.schema.json", body):
-            return JSONResponse(_reply(3, "Dữ liệu xác thực không hợp lệ"))
+            return answer(_reply(3, "Dữ liệu xác thực không hợp lệ"))
         if not dstcode or not same_text(st.credentials.get(body["username"], "\0"), body["password"]):
             st.record("auth", None, {"username": body["username"]}, "rejected", None)
-            return JSONResponse(_reply(1, "Sai tên đăng nhập, mật khẩu hoặc mã đơn vị"))
+            return answer(_reply(1, "Sai tên đăng nhập, mật khẩu hoặc mã đơn vị"))
         token = secrets.token_urlsafe(24)
         st.sessions[token] = (time.time() + st.faults.session_ttl, dstcode)
-        return JSONResponse(_reply(0, "Thành công", session=token))
+        return answer(_reply(0, "Thành công", session=token))
 
     @app.post("/api/service")
     async def service(request: Request) -> Response:
@@ -90,18 +97,18 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
         key = request.headers.get("Idempotency-Key")
         if not isinstance(body, dict):
             st.record("?", key, None, "rejected", None)
-            return JSONResponse(_reply(3, "Thông điệp không phải JSON hợp lệ"))
+            return answer(_reply(3, "Thông điệp không phải JSON hợp lệ"))
         name = str(body.get("service", "?"))
         session = st.sessions.get(str(body.get("session", "")))
         if session is None or session[0] < time.time():
             reply = _reply(2, "Phiên làm việc không hợp lệ hoặc đã hết hạn")
             st.record(name, key, body, "rejected", reply)
-            return JSONResponse(reply)
+            return answer(reply)
         problems = contracts.errors("national_portal/service.request.schema.json", body)
         if problems:
             reply = _reply(3, "Dữ liệu không hợp lệ: " + "; ".join(problems))
             st.record(name, key, body, "rejected", reply)
-            return JSONResponse(reply)
+            return answer(reply)
         content = {k: v for k, v in body.items() if k != "session"}
         digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         with st.apply_lock:
@@ -110,9 +117,9 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
                 if seen_digest != digest:
                     reply = _reply(6, "Idempotency-Key đã được dùng cho một thông điệp khác")
                     st.record(name, key, body, "rejected", reply)
-                    return JSONResponse(reply)
+                    return answer(reply)
                 st.record(name, key, body, "duplicate", seen_reply)
-                return JSONResponse(seen_reply)
+                return answer(seen_reply)
             reply = handle(name, body, key)
             outcome = "applied" if reply["error_code"] == 0 else "rejected"
             if key is not None and outcome == "applied" and name != "TraCuuHoSo":
@@ -124,8 +131,8 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
             and f.fail_after_apply_rate
             and secrets.randbelow(10_000) < f.fail_after_apply_rate * 10_000
         ):
-            return JSONResponse(_reply(99, "sandbox: applied, then failed before answering"), status_code=500)
-        return JSONResponse(reply)
+            return answer(_reply(99, "sandbox: applied, then failed before answering"), status_code=500)
+        return answer(reply)
 
     def handle(name: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
         now = time.strftime("%Y%m%d%H%M%S", time.gmtime(time.time() + 7 * 3600))
