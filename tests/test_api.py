@@ -186,7 +186,11 @@ def _days_ahead(days: int) -> str:
         (lambda d: d.update(TaiLieuNop=[{"TenTepDinhKem": "a\ud800.pdf"}]), "validation_error"),  # JSON allows it
         (lambda d: d.update(TaiLieuNop=[{"Ten\udc80": "a.pdf"}]), "validation_error"),
         (lambda d: d.update(TrangThaiHoSo=True), "invalid_status"),
-        (lambda d: d.update(TrangThaiHoSo="2"), "invalid_status"),
+        # digits in a string are the number (what one-stop systems send): anything else written as text is not
+        (lambda d: d.update(TrangThaiHoSo="2.0"), "invalid_status"),
+        (lambda d: d.update(TrangThaiHoSo=" 2"), "invalid_status"),
+        (lambda d: d.update(TrangThaiHoSo=""), "invalid_status"),  # required: empty is not absent here
+        (lambda d: d.update(NgayTiepNhan=""), "invalid_date"),
     ],
 )
 def test_bad_dossier_fields_are_422_with_stable_code(hub: Hub, mutate: Any, code: str) -> None:
@@ -195,6 +199,51 @@ def test_bad_dossier_fields_are_422_with_stable_code(hub: Hub, mutate: Any, code
     raw = json.dumps(d).encode()  # \u-escaped: as a client's JSON library sends a lone surrogate
     assert_problem(hub.http.post("/v1/dossiers", content=raw, headers={"Content-Type": "application/json"}), 422, code)
     assert rows(hub)["dossiers"] == 0
+
+
+def test_a_message_as_one_stop_systems_in_service_write_it_is_taken_and_relayed_as_the_contract_says(
+    hub_factory: HubFactory, portal: httpx.Client
+) -> None:
+    """One-stop systems in service (OpenCPS, for one) write the portal's codes as strings ("2"), every optional
+    field they have no value for as "" (a return date not yet set), and fields of their own (Fax): hub takes the
+    dossier and its steps as the portal would, and relays them as the contract writes them — numbers as numbers,
+    no empty fields — which the portal's sandbox checks against the contract."""
+    hub = hub_factory()
+    d = dossier(9)
+    sent = {
+        **d,
+        "TrangThaiHoSo": "2",
+        "KenhThucHien": str(d["KenhThucHien"]),
+        "LoaiDoiTuong": "1",
+        "HinhThuc": "0",
+        "NgayTra": "",
+        "NgayKetThucXuLy": "",
+        "ThongTinTra": "",
+        "MaDoiTuong": "",
+        "GhiChu": "",
+        "Email": "",
+        "Fax": "",
+        "ThongTinKhac": "",
+        "TaiLieuNop": [],
+        "DanhSachLePhi": [{"TenPhiLePhi": "Lệ phí đăng ký", "Gia": "8000", "HinhThucThu": "", "LoaiPhiLePhi": "1"}],
+        "DanhSachTepDinhKemKhac": [],
+    }
+    r = hub.http.post("/v1/dossiers", json=sent)
+    assert r.status_code == 202, r.text
+    code = d["MaHoSo"]
+    blank = {"ChucDanh": "", "PhongBanXuLy": "", "NgayBatDau": "", "NgayKetThucTheoQuyDinh": ""}
+    r = hub.http.post(f"/v1/dossiers/{code}/progress", json={**step(code, 4), "TrangThai": "4", **blank})
+    assert r.status_code == 202, r.text
+    got = hub.http.get(f"/v1/dossiers/{code}").json()
+    assert got["TrangThaiHoSo"] == 4 and [e["TrangThaiHoSo"] for e in got["events"]] == [2, 4]
+    assert hub.wait_idle() == {"delivered": 2}
+    assert portal.get("/_sandbox/received", params={"outcome": "rejected"}).json()["count"] == 0
+    items = portal.get("/_sandbox/received").json()["items"]
+    [filed, stepped] = [x["body"]["data"][0] for x in items]
+    assert filed["TrangThaiHoSo"] == 2 and filed["LoaiDoiTuong"] == 1 and filed["HinhThuc"] == 0
+    assert filed["DanhSachLePhi"] == [{"TenPhiLePhi": "Lệ phí đăng ký", "Gia": 8000, "LoaiPhiLePhi": 1}]
+    assert not {"NgayTra", "NgayKetThucXuLy", "ThongTinTra", "GhiChu", "Email", "Fax", "ThongTinKhac"} & set(filed)
+    assert stepped["TrangThai"] == 4 and not set(blank) & set(stepped)
 
 
 def test_a_one_stop_clock_some_hours_ahead_is_not_refused(hub: Hub) -> None:

@@ -152,7 +152,7 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
                     return _reply(4, f"Trạng thái {known['status']} không được chuyển sang {item['TrangThaiHoSo']}")
             for item in items:
                 known = st.dossiers.setdefault(item["MaHoSo"], {"status": None, "history": [], "progress": []})
-                known["data"] = item
+                known["data"] = dict(item)  # a copy: what was received stays as it was received
                 known["status"] = item["TrangThaiHoSo"]
                 known["history"].append({"status": item["TrangThaiHoSo"], "at": now, "service": name, "key": key})
             return dict(OK)
@@ -236,7 +236,7 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
                     known["history"].append(
                         {"status": item["TrangThaiHoSo"], "at": item["NgayTiepNhan"], "service": "filed", "key": None}
                     )
-                known["data"] = item
+                known["data"] = dict(item)
                 known["status"] = item["TrangThaiHoSo"]
         async with httpx.AsyncClient(timeout=10) as client:
             r = await client.post(

@@ -6,7 +6,16 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from hub.domain import identifiers
 from hub.domain.dates import parse_national
@@ -74,6 +83,39 @@ def _dossier_code(value: str) -> str:
     return identifiers.dossier_code(value).value
 
 
+def _code(value: Any) -> Any:
+    """A code written as digits in a string ("2", "02") is that number: one-stop systems in service send the
+    portal's codes so (OpenCPS writes TrangThaiHoSo, LoaiDoiTuong and HinhThuc as strings), and the portal takes
+    them. Anything else — `true`, "2.0", " 2", "hai" — is left to strict validation, which refuses it."""
+    if isinstance(value, str) and 0 < len(value) <= 3 and value.isascii() and value.isdigit():
+        return int(value)
+    return value
+
+
+def _absent(value: Any) -> Any:
+    """An optional field sent empty ("", or only spaces) is a field not sent: one-stop systems write every field
+    of the message and leave the unknown ones "" (a return date not yet set, no fax). Left empty, an optional
+    date would be refused as a malformed date and an optional code as no number."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _optional_code(value: Any) -> Any:
+    return _code(_absent(value))
+
+
+def _amount(value: Any) -> Any:
+    """An amount in đồng written as digits in a string ("50000") is that number, as a code is (`_code`)."""
+    if isinstance(value, str) and 0 < len(value) <= 12 and value.isascii() and value.isdigit():
+        return int(value)
+    return value
+
+
+Code = Annotated[int, BeforeValidator(_code)]
+OptionalCode = Annotated[int | None, BeforeValidator(_optional_code)]
+Amount = Annotated[int, BeforeValidator(_amount)]
+
 NationalDate = Annotated[
     str, Field(pattern=r"^[0-9]{14}$", examples=["20241015083000"]), AfterValidator(_national_date)
 ]
@@ -81,65 +123,74 @@ DossierCodeStr = Annotated[
     str, Field(max_length=64, examples=["000.00.17.H56-241015-0007"]), AfterValidator(_dossier_code)
 ]
 ProcedureCodeStr = Annotated[str, Field(pattern=r"^[0-9]\.[0-9]{6}$", examples=["1.001193"])]
+OptionalDate = Annotated[NationalDate | None, BeforeValidator(_absent)]
+OptionalText = Annotated[str | None, BeforeValidator(_absent)]
 
 
 class Fee(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     TenPhiLePhi: str = Field(max_length=500)
-    MaPhiLePhi: str | None = Field(default=None, max_length=50)
-    HinhThucThu: int | None = None
-    Gia: int = Field(ge=0, le=10_000_000_000, description="amount in whole đồng (VND has no minor unit)")
-    LoaiPhiLePhi: int | None = None
+    MaPhiLePhi: OptionalText = Field(default=None, max_length=50)
+    HinhThucThu: OptionalCode = None
+    Gia: Amount = Field(ge=0, le=10_000_000_000, description="amount in whole đồng (VND has no minor unit)")
+    LoaiPhiLePhi: OptionalCode = None
 
 
 Trimmed = Annotated[str, StringConstraints(strip_whitespace=True)]
+OptionalTrimmed = Annotated[Trimmed | None, BeforeValidator(_absent)]
+Items = Annotated[list[dict[str, Any]] | None, BeforeValidator(_absent)]
 
 
 class DossierIn(BaseModel):
-    """A dossier in the national portal's DongBoHoSoMC shape. Unknown fields are dropped, never forwarded."""
+    """A dossier in the national portal's DongBoHoSoMC shape. Unknown fields are dropped, never forwarded. As the
+    portal reads them, a code or an amount may come as digits in a string ("2") and an optional field left empty
+    ("") is one not sent; hub relays the contract's form (numbers, no empty fields)."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)  # strict: `true` is not status 1, "2" is not 2
+    # strict: `true` is not status 1, nor 2.0 status 2; a code or an amount may come as digits in a string ("2"),
+    # and an optional field empty ("") is one not sent, as the portal reads them (`_code`, `_absent`)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     _no_nul = model_validator(mode="before")(_reject_nul)
 
     MaHoSo: DossierCodeStr
     MaTTHC: ProcedureCodeStr
     TenTTHC: str = Field(min_length=1, max_length=500)
-    MaLinhVuc: str | None = Field(default=None, max_length=50)
-    TenLinhVuc: str | None = Field(default=None, max_length=500)
-    KenhThucHien: int = Field(ge=1, le=3, description="1 in person, 2 online, 3 postal")
+    MaLinhVuc: OptionalText = Field(default=None, max_length=50)
+    TenLinhVuc: OptionalText = Field(default=None, max_length=500)
+    KenhThucHien: Code = Field(ge=1, le=3, description="1 in person, 2 online, 3 postal")
     ChuHoSo: str = Field(min_length=1, max_length=200)
     # The owner's ID number, phone and e-mail are matched and used as keys (the ID by its HMAC, for the citizen's
     # own view and the console's search; the phone and address for notices): the spaces or line end a form left
     # around them are no part of them.
-    SoGiayToChuHoSo: Trimmed | None = Field(default=None, max_length=20)
-    LoaiDoiTuong: int = Field(ge=1, le=4, description="1 citizen, 2 business, 3 agency, 4 other")
-    MaDoiTuong: str | None = Field(default=None, max_length=50)
-    Email: Trimmed | None = Field(default=None, max_length=200)
-    SoDienThoai: Trimmed | None = Field(default=None, max_length=20)
-    TrichYeuHoSo: str | None = Field(default=None, max_length=2000)
+    SoGiayToChuHoSo: OptionalTrimmed = Field(default=None, max_length=20)
+    LoaiDoiTuong: Code = Field(ge=1, le=4, description="1 citizen, 2 business, 3 agency, 4 other")
+    MaDoiTuong: OptionalText = Field(default=None, max_length=50)
+    Email: OptionalTrimmed = Field(default=None, max_length=200)
+    SoDienThoai: OptionalTrimmed = Field(default=None, max_length=20)
+    TrichYeuHoSo: OptionalText = Field(default=None, max_length=2000)
     NgayTiepNhan: NationalDate
-    NgayHenTra: NationalDate | None = None
-    TrangThaiHoSo: int = Field(ge=1, le=10)
-    NgayTra: NationalDate | None = None
-    ThongTinTra: str | None = Field(default=None, max_length=2000)
-    HinhThuc: int | None = Field(default=None, ge=0, le=3)
-    NgayKetThucXuLy: NationalDate | None = None
-    DonViXuLy: str | None = Field(default=None, max_length=500)
-    GhiChu: str | None = Field(default=None, max_length=2000)
-    TaiLieuNop: list[dict[str, Any]] | None = Field(default=None, max_length=200)
-    DanhSachLePhi: list[Fee] | None = Field(default=None, max_length=50)
-    DanhSachHoSoBoSung: list[dict[str, Any]] | None = Field(default=None, max_length=200)
-    DanhSachGiayToKetQua: list[dict[str, Any]] | None = Field(default=None, max_length=200)
-    DinhDanhCHS: list[dict[str, Any]] | None = Field(default=None, max_length=20)
-    DuocThanhToanTrucTuyen: int | None = Field(default=None, ge=0, le=2)
+    NgayHenTra: OptionalDate = None
+    TrangThaiHoSo: Code = Field(ge=1, le=10)
+    NgayTra: OptionalDate = None
+    ThongTinTra: OptionalText = Field(default=None, max_length=2000)
+    HinhThuc: OptionalCode = Field(default=None, ge=0, le=3)
+    NgayKetThucXuLy: OptionalDate = None
+    DonViXuLy: OptionalText = Field(default=None, max_length=500)
+    GhiChu: OptionalText = Field(default=None, max_length=2000)
+    TaiLieuNop: Items = Field(default=None, max_length=200)
+    DanhSachLePhi: Annotated[list[Fee] | None, BeforeValidator(_absent)] = Field(default=None, max_length=50)
+    DanhSachHoSoBoSung: Items = Field(default=None, max_length=200)
+    DanhSachGiayToKetQua: Items = Field(default=None, max_length=200)
+    DinhDanhCHS: Items = Field(default=None, max_length=20)
+    DuocThanhToanTrucTuyen: OptionalCode = Field(default=None, ge=0, le=2)
 
     def national(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
 
 
 class ProgressIn(BaseModel):
-    """One processing step in the CapNhatTienDoHoSoMC shape."""
+    """One processing step in the CapNhatTienDoHoSoMC shape (codes as digits in a string and empty optional
+    fields taken as for a dossier)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -147,13 +198,13 @@ class ProgressIn(BaseModel):
 
     MaHoSo: DossierCodeStr
     NguoiXuLy: str = Field(min_length=1, max_length=200)
-    ChucDanh: str | None = Field(default=None, max_length=200)
+    ChucDanh: OptionalText = Field(default=None, max_length=200)
     ThoiDiemXuLy: NationalDate
-    PhongBanXuLy: str | None = Field(default=None, max_length=500)
+    PhongBanXuLy: OptionalText = Field(default=None, max_length=500)
     NoiDungXuLy: str = Field(min_length=1, max_length=2000)
-    TrangThai: int = Field(ge=1, le=10)
-    NgayBatDau: NationalDate | None = None
-    NgayKetThucTheoQuyDinh: NationalDate | None = None
+    TrangThai: Code = Field(ge=1, le=10)
+    NgayBatDau: OptionalDate = None
+    NgayKetThucTheoQuyDinh: OptionalDate = None
 
     def national(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
