@@ -1009,6 +1009,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     def root(request: Request) -> dict[str, str]:
         return {"service": "hub", "docs": str(request.url_for("custom_swagger_ui_html"))}
 
+    # the national portal's own protocol, for one-stop systems written for the portal (ADR 0040)
+    from hub.api import dvcqg
+
+    app.include_router(dvcqg.router(rt, dvcqg.Sessions(settings)))
     # the operators' console last: a route is found by trying each in order, and the API's requests are the many
     app.include_router(console_router(rt))
     return app

@@ -1,0 +1,153 @@
+"""The national portal's own protocol, spoken by hub to one-stop systems written for the portal (ADR 0040).
+
+A one-stop system that already pushes its dossiers to DVCQG (`auth` with username and password for a session, then
+`service` calls DongBoHoSoMC / CapNhatTienDoHoSoMC / TraCuuHoSo with that session) is pointed at hub by changing
+its adapter URL to hub's `/dvcqg` — no code of its own changes. Its username is its client system's name in
+HUB_CLIENTS, its password that client's API key. Behind it, every item is what `POST /v1/dossiers/batch` and
+`POST /v1/progress/batch` make of it: validated, authorized for the client's agencies, relayed in order, exactly
+once in effect (a repeat without a key is the latest change again, ADR 0021).
+
+Replies are the portal's: HTTP 200 with `error_code` and `message` — written as two digits in a string ("00"), as
+the portal writes them and as one-stop systems in service test them (`"00".equals(...)`); readers that parse the
+number read 0 alike. A batch with items hub refused answers the first refusal's code (03 invalid data, 04 refused
+transition, 05 unknown dossier), naming each refused item; the other items were taken, and sending the whole batch
+again changes nothing for them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from starlette.concurrency import run_in_threadpool
+
+from hub.adapters.http import parse_json
+from hub.domain.errors import DomainError
+from hub.domain.privacy import derive_key, same_text
+from hub.logs import correlation_id
+from hub.services.schemas import MAX_BATCH
+from hub.settings import ClientSystem, Settings
+
+SESSION_SECONDS = 30 * 60  # a session lives half an hour; the portal's clients sign in again on "02"
+OK, AUTH_FAILED, SESSION_INVALID, INVALID_DATA, INVALID_TRANSITION, UNKNOWN_DOSSIER, INTERNAL = (
+    0, 1, 2, 3, 4, 5, 99,
+)  # fmt: skip
+# a refused item's problem status -> the portal's error_code
+BY_STATUS = {409: INVALID_TRANSITION, 404: UNKNOWN_DOSSIER, 503: INTERNAL}
+
+
+def reply(code: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error_code": f"{code:02d}", "message": message, **extra})
+
+
+def _fingerprint(key: str) -> str:
+    """What a session remembers of the key it was opened with: once that key is rotated out, its sessions close."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class Sessions:
+    """Sessions as signed, timed tokens (no state: any of hub's processes reads any session)."""
+
+    def __init__(self, settings: Settings) -> None:
+        secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+        self._settings = settings
+        self._serializer = URLSafeTimedSerializer(derive_key(secret, "dvcqg-session").hex(), salt="dvcqg")
+
+    def open(self, client: ClientSystem, key: str) -> str:
+        return self._serializer.dumps({"c": client.name, "k": _fingerprint(key)})
+
+    def client(self, token: object) -> ClientSystem | None:
+        if not isinstance(token, str) or not token or len(token) > 512:
+            return None
+        try:
+            held = self._serializer.loads(token, max_age=SESSION_SECONDS)
+        except (BadSignature, SignatureExpired):
+            return None
+        if not isinstance(held, dict):
+            return None
+        found = next((c for c in self._settings.clients if c.name == held.get("c")), None)
+        opened_with = str(held.get("k", ""))
+        if found is None or not any(same_text(opened_with, _fingerprint(k.get_secret_value())) for k in found.keys):
+            return None
+        return found
+
+
+def _refusals(items: list[Any], outcomes: list[Any]) -> list[tuple[int, int, str]]:
+    """(place, error_code, why) of each item hub refused."""
+    refused: list[tuple[int, int, str]] = []
+    for index, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
+        code = item.get("MaHoSo") if isinstance(item, dict) else None
+        named = code if isinstance(code, str) else "?"
+        if isinstance(outcome, DomainError):
+            why = f"[{index}] {named[:64]}: {outcome.code}: {str(outcome)[:300]}"
+            refused.append((index, BY_STATUS.get(outcome.status, INVALID_DATA), why))
+        elif isinstance(outcome, pydantic.ValidationError):
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in outcome.errors()[:5])
+            refused.append((index, INVALID_DATA, f"[{index}] {named[:64]}: invalid fields: {fields}"))
+    return refused
+
+
+def router(rt: Callable[[], Any], sessions: Sessions) -> APIRouter:
+    r = APIRouter(prefix="/dvcqg/api", include_in_schema=False)
+
+    @r.post("/auth")
+    async def auth(request: Request) -> JSONResponse:
+        body = _json(await request.body())
+        if not isinstance(body, dict) or not isinstance(body.get("username"), str):
+            return reply(INVALID_DATA, "Dữ liệu xác thực không hợp lệ (username, password)")
+        settings: Settings = request.app.state.settings
+        password = body.get("password")
+        found = settings.client_for_key(password) if isinstance(password, str) and password else None
+        if found is None or not isinstance(password, str) or not same_text(body["username"], found.name):
+            return reply(AUTH_FAILED, "Sai tên đăng nhập hoặc mật khẩu (wrong username or password)")
+        return reply(OK, "Thành công", session=sessions.open(found, password))
+
+    @r.post("/service")
+    async def service(request: Request) -> JSONResponse:
+        body = _json(await request.body())
+        if not isinstance(body, dict):
+            return reply(INVALID_DATA, "Thông điệp không phải JSON hợp lệ (not a JSON object)")
+        client = sessions.client(body.get("session"))
+        if client is None:
+            return reply(SESSION_INVALID, "Phiên làm việc không hợp lệ hoặc đã hết hạn (session invalid or expired)")
+        name = body.get("service")
+        dossiers = rt().dossiers
+        if name in ("DongBoHoSoMC", "CapNhatTienDoHoSoMC"):
+            items = body.get("data")
+            if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+                return reply(INVALID_DATA, f"data: từ 1 đến {MAX_BATCH} mục (1 to {MAX_BATCH} items)")
+            many = dossiers.sync_many if name == "DongBoHoSoMC" else dossiers.progress_many
+            outcomes = await many(client, items, idempotency_key=None, correlation_id=correlation_id.get())
+            refused = _refusals(items, outcomes)
+            if not refused:
+                return reply(OK, "Thành công")
+            taken = len(items) - len(refused)
+            message = (
+                f"{len(refused)}/{len(items)} mục không được nhận, {taken} mục đã được nhận "
+                f"({len(refused)} refused, {taken} taken): " + "; ".join(why for _, _, why in refused)
+            )
+            return reply(refused[0][1], message[:4000])
+        if name == "TraCuuHoSo":
+            code = body.get("MaHoSo", body.get("mahoso"))
+            if not isinstance(code, str):
+                return reply(INVALID_DATA, "MaHoSo: thiếu (missing)")
+            try:
+                view = await run_in_threadpool(dossiers.get, client, code)
+            except DomainError as exc:
+                return reply(BY_STATUS.get(exc.status, UNKNOWN_DOSSIER), f"Không tìm thấy hồ sơ {code[:64]}")
+            found = {**view["dossier"], "TrangThaiHoSo": view["TrangThaiHoSo"]}
+            return reply(OK, "Thành công", data=found)
+        return reply(INVALID_DATA, f"Dịch vụ {str(name)[:64]} không được hỗ trợ (unsupported service)")
+
+    return r
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return parse_json(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -1,0 +1,182 @@
+"""A one-stop system written for the national portal talks to hub as it talks to the portal (ADR 0040): `auth`
+for a session, then `service` calls, replies with the portal's `error_code` — pointed at hub by its adapter URL
+alone. What it sends reaches the portal as hub's own API would relay it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from hub.api import dvcqg
+from hub.sandbox import contracts
+from tests.conftest import OTHER_AGENCY, Creds, HubFactory
+from tests.helpers import dossier, step
+from tests.test_relay import applied_keys, portal_history
+
+CLIENT = "onestop-hcm"
+
+
+class PortalClient:
+    """What a one-stop system's DVCQG integration does (OpenCPS's, for one): sign in, keep the session, call."""
+
+    def __init__(self, http: httpx.Client, username: str, password: str) -> None:
+        self.http = http
+        self.username = username
+        self.password = password
+        self.session = ""
+
+    def sign_in(self) -> dict[str, Any]:
+        r = self.http.post("/dvcqg/api/auth", json={"username": self.username, "password": self.password})
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        if answer["error_code"] == "00":
+            self.session = answer["session"]
+        return answer
+
+    def call(self, service: str, **payload: Any) -> dict[str, Any]:
+        body = {"session": self.session, "madonvi": "000.00.17.H56", "service": service, **payload}
+        r = self.http.post("/dvcqg/api/service", json=body)
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+
+def as_one_stop_writes_it(d: dict[str, Any]) -> dict[str, Any]:
+    """A dossier as OpenCPS builds it: the portal's codes as strings, "" where it has no value, fields of its own."""
+    return {
+        **d,
+        "TrangThaiHoSo": str(d["TrangThaiHoSo"]),
+        "KenhThucHien": str(d["KenhThucHien"]),
+        "LoaiDoiTuong": str(d["LoaiDoiTuong"]),
+        "HinhThuc": "0",
+        "NgayTra": "",
+        "ThongTinTra": "",
+        "NgayKetThucXuLy": "",
+        "MaDoiTuong": "",
+        "Fax": "",
+        "ThongTinKhac": "",
+        "DanhSachTepDinhKemKhac": [],
+    }
+
+
+def test_a_one_stop_system_written_for_the_portal_files_walks_and_looks_up_through_hub(
+    hub_factory: HubFactory, portal: httpx.Client, creds: Creds
+) -> None:
+    hub = hub_factory()
+    one_stop = PortalClient(hub.http, CLIENT, creds.api_key)
+    signed = one_stop.sign_in()
+    assert signed["error_code"] == "00" and signed["session"]
+    d = dossier(11)
+    code = d["MaHoSo"]
+    assert one_stop.call("DongBoHoSoMC", isUpdating="False", data=[as_one_stop_writes_it(d)]) == {
+        "error_code": "00",
+        "message": "Thành công",
+    }
+    progress = {**step(code, 4), "TrangThai": "4", "ChucDanh": "", "PhongBanXuLy": "", "NgayBatDau": ""}
+    assert one_stop.call("CapNhatTienDoHoSoMC", data=[progress])["error_code"] == "00"
+    # the same message sent again (a one-stop system retries what it is unsure of): nothing new
+    assert one_stop.call("CapNhatTienDoHoSoMC", data=[progress])["error_code"] == "00"
+    assert hub.wait_idle() == {"delivered": 2}
+    assert portal_history(portal, code) == [2, 4]
+    assert set(applied_keys(portal).values()) == {1}
+    looked_up = one_stop.call("TraCuuHoSo", MaHoSo=code)
+    assert looked_up["error_code"] == "00" and looked_up["data"]["TrangThaiHoSo"] == 4
+    for answer in (signed, looked_up, one_stop.call("TraCuuHoSo", MaHoSo=7)):  # the portal's reply contract
+        assert contracts.errors("national_portal/reply.schema.json", answer) == []
+    assert looked_up["data"]["MaHoSo"] == code and looked_up["data"]["ChuHoSo"] == d["ChuHoSo"]
+    assert one_stop.call("TraCuuHoSo", mahoso=dossier(12)["MaHoSo"])["error_code"] == "05"  # unknown
+
+
+def test_a_batch_with_refused_items_says_which_and_takes_the_rest(hub_factory: HubFactory, creds: Creds) -> None:
+    hub = hub_factory()
+    one_stop = PortalClient(hub.http, CLIENT, creds.api_key)
+    one_stop.sign_in()
+    known = dossier(20, status=2)
+    assert one_stop.call("DongBoHoSoMC", isUpdating=False, data=[known])["error_code"] == "00"
+    good = dossier(21, status=2)
+    items = [
+        good,
+        {**known, "TrangThaiHoSo": 10},
+        {**dossier(22), "MaHoSo": "not-a-code"},
+        dossier(23, agency=OTHER_AGENCY),
+    ]
+    answer = one_stop.call("DongBoHoSoMC", isUpdating=True, data=items)
+    assert answer["error_code"] == "04"  # the first refusal's: 2 -> 10 is no transition
+    message = answer["message"]
+    assert "3/4" in message and "[1]" in message and "[2]" in message and "[3]" in message and "[0]" not in message
+    assert "invalid_transition" in message and "agency_not_allowed" in message
+    assert hub.http.get(f"/v1/dossiers/{good['MaHoSo']}").json()["TrangThaiHoSo"] == 2  # taken
+    assert hub.http.get(f"/v1/dossiers/{known['MaHoSo']}").json()["TrangThaiHoSo"] == 2  # unchanged
+    events = len(hub.http.get(f"/v1/dossiers/{good['MaHoSo']}").json()["events"])
+    assert one_stop.call("DongBoHoSoMC", isUpdating=True, data=items)["error_code"] == "04"  # sent again whole
+    assert len(hub.http.get(f"/v1/dossiers/{good['MaHoSo']}").json()["events"]) == events  # nothing new for it
+    only_bad = one_stop.call("CapNhatTienDoHoSoMC", data=[{**step(good["MaHoSo"], 4), "ThoiDiemXuLy": ""}])
+    assert only_bad["error_code"] == "03" and "ThoiDiemXuLy" in only_bad["message"]
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("onestop-hcm", "not-the-key"), ("onestop-other", None), ("", None), ("dvcqg-unknown", None)],
+)
+def test_a_sign_in_with_the_wrong_name_or_key_is_refused(
+    hub_factory: HubFactory, creds: Creds, username: str, password: str | None
+) -> None:
+    """The username is the client system's name and the password its API key: another client's key under this
+    name, or this key under another name, opens nothing."""
+    hub = hub_factory()
+    one_stop = PortalClient(hub.http, username, password or creds.api_key)
+    assert one_stop.sign_in()["error_code"] == "01"
+    assert one_stop.call("DongBoHoSoMC", isUpdating=False, data=[dossier(30)])["error_code"] == "02"
+
+
+def test_a_session_forged_expired_or_of_a_key_rotated_out_is_refused(
+    hub_factory: HubFactory, creds: Creds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = hub_factory()
+    one_stop = PortalClient(hub.http, CLIENT, creds.api_key)
+    one_stop.sign_in()
+    good = one_stop.session
+    for forged in (good[:-2] + ("AA" if not good.endswith("AA") else "BB"), "", "x" * 600, None, 42):
+        one_stop.session = forged  # type: ignore[assignment]
+        assert one_stop.call("TraCuuHoSo", MaHoSo=dossier(40)["MaHoSo"])["error_code"] == "02", forged
+    one_stop.session = good
+    assert one_stop.call("TraCuuHoSo", MaHoSo=dossier(40)["MaHoSo"])["error_code"] == "05"  # the session holds
+    monkeypatch.setattr(dvcqg, "SESSION_SECONDS", -1)  # half an hour later
+    assert one_stop.call("TraCuuHoSo", MaHoSo=dossier(40)["MaHoSo"])["error_code"] == "02"
+    monkeypatch.undo()
+    client = next(c for c in hub.settings.clients if c.name == CLIENT)
+    new_key = SecretStr("a-new-key-" + "k" * 20)
+    monkeypatch.setattr(client, "next_api_key", new_key)  # a rotation begins: both keys are taken
+    assert one_stop.call("TraCuuHoSo", MaHoSo=dossier(40)["MaHoSo"])["error_code"] == "05"  # still open
+    monkeypatch.setattr(client, "api_key", new_key)  # and ends: the old key is no more
+    monkeypatch.setattr(client, "next_api_key", None)
+    assert one_stop.call("TraCuuHoSo", MaHoSo=dossier(40)["MaHoSo"])["error_code"] == "02"
+    assert PortalClient(hub.http, CLIENT, creds.api_key).sign_in()["error_code"] == "01"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"service": "DongBoHoSoMC"}',  # no session
+        b"[" * 5000 + b"]" * 5000,
+    ],
+)
+def test_what_is_not_a_portal_message_gets_the_portals_answer_not_a_500(
+    hub_factory: HubFactory, creds: Creds, body: bytes
+) -> None:
+    hub = hub_factory()
+    for path in ("/dvcqg/api/auth", "/dvcqg/api/service"):
+        r = hub.http.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 200 and r.json()["error_code"] in ("02", "03"), (path, r.text)
+    one_stop = PortalClient(hub.http, CLIENT, creds.api_key)
+    one_stop.sign_in()
+    assert one_stop.call("LayDanhMucCoQuan")["error_code"] == "03"  # a service hub does not offer
+    assert one_stop.call("DongBoHoSoMC", isUpdating=False, data=[])["error_code"] == "03"
+    assert one_stop.call("DongBoHoSoMC", isUpdating=False, data="x")["error_code"] == "03"
+    assert one_stop.call("DongBoHoSoMC", isUpdating=False, data=[7])["error_code"] == "03"
+    assert one_stop.call("TraCuuHoSo", MaHoSo=["x"])["error_code"] == "03"
