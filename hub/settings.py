@@ -459,7 +459,7 @@ class Settings(BaseSettings):
 
     def client_for_key(self, api_key: str) -> ClientSystem | None:
         """Look a client up by API key, comparing digests in constant time."""
-        offered = hashlib.sha256(api_key.encode()).digest()
+        offered = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).digest()  # "\ud800" from JSON: no key
         found = None
         for client in self.clients:
             for key in client.keys:

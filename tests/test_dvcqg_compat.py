@@ -4,6 +4,7 @@ alone. What it sends reaches the portal as hub's own API would relay it."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -29,7 +30,8 @@ class PortalClient:
         self.session = ""
 
     def sign_in(self) -> dict[str, Any]:
-        r = self.http.post("/dvcqg/api/auth", json={"username": self.username, "password": self.password})
+        signing_in = json.dumps({"username": self.username, "password": self.password})  # \u-escaped, as Java's
+        r = self.http.post("/dvcqg/api/auth", content=signing_in, headers={"Content-Type": "application/json"})
         assert r.status_code == 200, r.text
         answer: dict[str, Any] = r.json()
         if answer["error_code"] == "00":
@@ -87,6 +89,7 @@ def test_a_one_stop_system_written_for_the_portal_files_walks_and_looks_up_throu
     for answer in (signed, looked_up, one_stop.call("TraCuuHoSo", MaHoSo=7)):  # the portal's reply contract
         assert contracts.errors("national_portal/reply.schema.json", answer) == []
     assert looked_up["data"]["MaHoSo"] == code and looked_up["data"]["ChuHoSo"] == d["ChuHoSo"]
+    assert looked_up["result"] == [looked_up["data"]]  # where one-stop systems read a look-up's answer
     assert one_stop.call("TraCuuHoSo", mahoso=dossier(12)["MaHoSo"])["error_code"] == "05"  # unknown
 
 
@@ -119,7 +122,14 @@ def test_a_batch_with_refused_items_says_which_and_takes_the_rest(hub_factory: H
 
 @pytest.mark.parametrize(
     ("username", "password"),
-    [("onestop-hcm", "not-the-key"), ("onestop-other", None), ("", None), ("dvcqg-unknown", None)],
+    [
+        ("onestop-hcm", "not-the-key"),
+        ("onestop-other", None),
+        ("", None),
+        ("dvcqg-unknown", None),
+        ("onestop-hcm", "\ud800"),  # a lone surrogate, which JSON lets through: no key, not a 500
+        ("onestop-hcm\ud800", None),
+    ],
 )
 def test_a_sign_in_with_the_wrong_name_or_key_is_refused(
     hub_factory: HubFactory, creds: Creds, username: str, password: str | None

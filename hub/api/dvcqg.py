@@ -138,9 +138,11 @@ def router(rt: Callable[[], Any], sessions: Sessions) -> APIRouter:
             try:
                 view = await run_in_threadpool(dossiers.get, client, code)
             except DomainError as exc:
-                return reply(BY_STATUS.get(exc.status, UNKNOWN_DOSSIER), f"Không tìm thấy hồ sơ {code[:64]}")
+                return reply(BY_STATUS.get(exc.status, UNKNOWN_DOSSIER), f"Không tìm thấy hồ sơ {code[:64]}", result=[])
             found = {**view["dossier"], "TrangThaiHoSo": view["TrangThaiHoSo"]}
-            return reply(OK, "Thành công", data=found)
+            # `result` too: the portal's look-ups answer in a `result` array, which one-stop systems read (OpenCPS
+            # decides from it whether a dossier is already at the portal)
+            return reply(OK, "Thành công", data=found, result=[found])
         return reply(INVALID_DATA, f"Dịch vụ {str(name)[:64]} không được hỗ trợ (unsupported service)")
 
     return r
