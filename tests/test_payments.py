@@ -125,6 +125,26 @@ def test_pay_and_the_dossier_moves_on_once(hub: Hub, platform: httpx.Client, por
     assert [a["body"]["MaLoi"] for a in answers] == ["00"]
 
 
+def test_a_platform_writing_amounts_as_text_is_credited(hub: Hub, platform: httpx.Client) -> None:
+    """The platform's partners write every value as a string (SoTien "8000"); a CONFIRM so written verifies (the
+    MAC is over the text) and is credited, and a QUERY so answered reads the amount — not "malformed" for ever."""
+    platform.post("/_sandbox/faults", json={"amounts_as_text": True})
+    code = awaiting_payment(hub)
+    payment = create(hub, code)
+    assert "Thanh toán thành công" in httpx.post(payment["pay_url"]).text
+    wait_for(lambda: payment_of(hub, payment["reference"])["status"] == "paid")
+    assert payment_of(hub, payment["reference"])["amount"] == 8000
+    assert verdicts(hub) == [("applied", "00")]
+    assert dossier_status(hub, code) == 4
+    # a wrong amount written as text is still a wrong amount
+    code2 = awaiting_payment(hub, 2)
+    other = create(hub, code2)
+    platform.post("/_sandbox/faults", json={"amount_delta": -1000})
+    httpx.post(other["pay_url"])
+    wait_for(lambda: len(verdicts(hub)) == 2)
+    assert verdicts(hub)[-1][0] != "applied" and payment_of(hub, other["reference"])["status"] != "paid"
+
+
 def test_fifty_concurrent_duplicate_callbacks_credit_once(hub: Hub, platform: httpx.Client) -> None:
     code = awaiting_payment(hub)
     payment = create(hub, code)

@@ -50,6 +50,7 @@ class PaymentFaults(Faults):
     amount_delta: int = 0  # add this to SoTien in the CONFIRM (and keep the hash valid)
     fail_payment: bool = False  # the bank declines: CONFIRM with MaLoi 51
     pay_url: str = ""  # answer INIT with this UrlThanhToan (signed): a platform gone wrong, e.g. "javascript:…"
+    amounts_as_text: bool = False  # SoTien written as a string ("8000") in CONFIRM and QUERY, as Java partners do
 
 
 @dataclass
@@ -184,7 +185,7 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
             "MaDoiTac": partner,
             "MaThamChieu": ref,
             "TrangThaiGD": status,
-            "SoTien": known["amount"],
+            "SoTien": str(known["amount"]) if st.faults.amounts_as_text else known["amount"],
             "MaGiaoDich": known["transaction"] or "",
             "ThoiGianGD": known["paid_at"] or "",
         }
@@ -253,6 +254,8 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
             "ThoiGianGD": at or p["paid_at"],
             "ThongTinGiaoDich": p["description"],
         }
+        if st.faults.amounts_as_text:
+            msg["SoTien"] = str(msg["SoTien"])
         msg["MaXacThuc"] = _mac(msg, confirm_fields, "not-the-secret" if forged else secret)
         return msg
 
@@ -285,7 +288,8 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
         at = {"old": _now_national(-timedelta(days=30)), "future": _now_national(timedelta(days=1))}.get(kind)
         msg = confirm_message(p, forged=kind == "forged", at=at)
         if order.get("amount_delta"):
-            msg["SoTien"] += int(order["amount_delta"])
+            changed = int(msg["SoTien"]) + int(order["amount_delta"])
+            msg["SoTien"] = str(changed) if isinstance(msg["SoTien"], str) else changed
             msg["MaXacThuc"] = _mac(msg, confirm_fields, st.partners[p["partner"]])
         if order.get("transaction"):
             msg["MaGiaoDich"] = str(order["transaction"])

@@ -37,6 +37,17 @@ QUERY_REPLY_FIELDS = ["MaLoi", "MaDoiTac", "MaThamChieu", "TrangThaiGD", "SoTien
 MAX_CALLBACK_BYTES = 16 * 1024
 
 
+def whole_dong(value: Any) -> int | None:
+    """An amount in đồng as the platform writes it: a JSON number, or the same in a string ("50000") — its
+    partners build messages with every value a string (INIT's SoTien is `String.valueOf(amount)` in one-stop
+    systems in service) and the MAC is over the text either way. None for anything else (true, 1.5, "5e4")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and 0 < len(value) <= 15 and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def mac(message: dict[str, Any], fields: list[str], secret: str) -> str:
     """SHA-256 hex of the fields' values joined with '|', then '|' and the partner secret."""
     parts = ["" if message.get(f) is None else str(message.get(f)) for f in fields]
@@ -143,7 +154,7 @@ class DvcPaymentClient:
         with reply_parsed(PEER, "QUERY"):
             return QueryResult(
                 status,
-                int(reply["SoTien"]) if isinstance(reply.get("SoTien"), int) else None,
+                whole_dong(reply.get("SoTien")),
                 reply.get("MaGiaoDich") or None,
                 parse_national(at) if isinstance(at, str) and at else None,
             )
@@ -204,9 +215,9 @@ class DvcPaymentClient:
         if msg.get("LoaiBanTin") != "CONFIRM" or msg.get("MaDoiTac") != self.partner:
             raise CallbackRejected("99", "not a CONFIRM for this partner")
         try:
-            amount = msg["SoTien"]
-            if not isinstance(amount, int) or isinstance(amount, bool):
-                raise ValueError("SoTien must be an integer number of đồng")
+            amount = whole_dong(msg["SoTien"])
+            if amount is None:
+                raise ValueError("SoTien must be a whole number of đồng")
             at = parse_national(str(msg["ThoiGianGD"]))
             return Callback(
                 reference=str(msg["MaThamChieu"]),
