@@ -93,6 +93,28 @@ def test_a_one_stop_system_written_for_the_portal_files_walks_and_looks_up_throu
     assert one_stop.call("TraCuuHoSo", mahoso=dossier(12)["MaHoSo"])["error_code"] == "05"  # unknown
 
 
+def test_a_one_stop_system_asks_for_a_procedure_as_it_does_before_pushing_a_dossier(
+    hub_factory: HubFactory, creds: Creds
+) -> None:
+    """OpenCPS asks LayThuTuc for the procedure's name and field (TENTTHC, LINHVUCTHUCHIEN[0].MALINHVUC) before it
+    builds a dossier; unanswered, it would push TenTTHC "" and have the dossier refused."""
+    hub = hub_factory()
+    hub.runtime.catalogue.sync(hub.runtime.portal, correlation_id="t")
+    one_stop = PortalClient(hub.http, CLIENT, creds.api_key)
+    one_stop.sign_in()
+    answer = one_stop.call("LayThuTuc", maTTHC="1.001193")
+    assert answer["error_code"] == "00" and answer["data"]["TenTTHC"] == "Đăng ký khai sinh"
+    [procedure] = answer["result"]
+    assert procedure["TENTTHC"] == "Đăng ký khai sinh" and procedure["MATTHC"] == "1.001193"
+    assert procedure["LINHVUCTHUCHIEN"] == [{"MALINHVUC": "HT", "TENLINHVUC": "Hộ tịch"}]
+    assert one_stop.call("LayThuTuc", maTTHC="9.999999") == {
+        "error_code": "05",
+        "message": "Không tìm thấy thủ tục 9.999999",
+        "result": [],
+    }
+    assert one_stop.call("LayThuTuc", maTTHC=["1.001193"])["error_code"] == "03"
+
+
 def test_a_batch_with_refused_items_says_which_and_takes_the_rest(hub_factory: HubFactory, creds: Creds) -> None:
     hub = hub_factory()
     one_stop = PortalClient(hub.http, CLIENT, creds.api_key)

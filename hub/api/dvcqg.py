@@ -1,8 +1,8 @@
 """The national portal's own protocol, spoken by hub to one-stop systems written for the portal (ADR 0040).
 
 A one-stop system that already pushes its dossiers to DVCQG (`auth` with username and password for a session, then
-`service` calls DongBoHoSoMC / CapNhatTienDoHoSoMC / TraCuuHoSo with that session) is pointed at hub by changing
-its adapter URL to hub's `/dvcqg` — no code of its own changes. Its username is its client system's name in
+`service` calls DongBoHoSoMC / CapNhatTienDoHoSoMC / TraCuuHoSo / LayThuTuc with that session) is pointed at hub
+by changing its adapter URL to hub's `/dvcqg` — no code of its own changes. Its username is its client system's name in
 HUB_CLIENTS, its password that client's API key. Behind it, every item is what `POST /v1/dossiers/batch` and
 `POST /v1/progress/batch` make of it: validated, authorized for the client's agencies, relayed in order, exactly
 once in effect (a repeat without a key is the latest change again, ADR 0021).
@@ -143,9 +143,31 @@ def router(rt: Callable[[], Any], sessions: Sessions) -> APIRouter:
             # `result` too: the portal's look-ups answer in a `result` array, which one-stop systems read (OpenCPS
             # decides from it whether a dossier is already at the portal)
             return reply(OK, "Thành công", data=found, result=[found])
+        if name == "LayThuTuc":
+            return await _procedure(rt, body)
         return reply(INVALID_DATA, f"Dịch vụ {str(name)[:64]} không được hỗ trợ (unsupported service)")
 
     return r
+
+
+async def _procedure(rt: Callable[[], Any], body: dict[str, Any]) -> JSONResponse:
+    """LayThuTuc from hub's catalogue (synced from the portal): one-stop systems ask it for a procedure's name and
+    field before they push a dossier (OpenCPS fills TenTTHC, MaLinhVuc and TenLinhVuc from it — and would send them
+    empty, to be refused, if it were not answered). In `data` as the catalogue holds it, and as the portal's
+    look-ups answer, the one item of `result` with the portal's upper-case names (TENTTHC, LINHVUCTHUCHIEN…)."""
+    code = body.get("maTTHC", body.get("MaTTHC"))
+    if not isinstance(code, str) or len(code) > 16:
+        return reply(INVALID_DATA, "maTTHC: thiếu (missing)", result=[])
+    found = await run_in_threadpool(rt().catalogue.get, code)
+    if found is None:
+        return reply(UNKNOWN_DOSSIER, f"Không tìm thấy thủ tục {code}", result=[])
+    data = await run_in_threadpool(rt().catalogue.entry, code)
+    portal = {
+        "MATTHC": code,
+        "TENTTHC": found["TenTTHC"],
+        "LINHVUCTHUCHIEN": [{"MALINHVUC": data.get("MaLinhVuc", ""), "TENLINHVUC": data.get("TenLinhVuc", "")}],
+    }
+    return reply(OK, "Thành công", data=data, result=[{**data, **portal}])
 
 
 def _json(raw: bytes) -> Any:

@@ -80,6 +80,12 @@ class Catalogue:
                 "synced_at": row.synced_at.isoformat(),
             }
 
+    def entry(self, code: str) -> dict[str, Any]:
+        """The procedure as the portal's catalogue gave it (its own fields: MaLinhVuc, TenLinhVuc, …); {} if unknown."""
+        with self.sessions() as s:
+            row = s.get(Procedure, code)
+            return dict(row.data) if row is not None and isinstance(row.data, dict) else {}
+
     def all(self) -> list[dict[str, Any]]:
         with self.sessions() as s:
             codes = list(s.scalars(select(Procedure.code).order_by(Procedure.code)))
