@@ -156,6 +156,7 @@ def run_demo(count: int, out: Console) -> int:
         citizen = _prefill(out, client, people.url)
         _my_data(out, api.url, trust.url, citizen)
         _signed_document(out, client, codes[0], exchange.url, runtime)
+        _portal_protocol(out, api.url, settings.clients[0].name, key, rng)
         out.print(
             "Explore: [bold]hub serve[/bold] then open http://127.0.0.1:8000/docs (API) — "
             "[bold]hub jobs list[/bold] shows the outbox."
@@ -224,6 +225,23 @@ def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) 
         "every read is in the hash-chained access log: [bold]hub audit usage[/bold] (asks for the ID), hub audit verify"
     )
     return str(father["SoDinhDanh"])
+
+
+def _portal_protocol(out: Console, api_url: str, client_name: str, key: str, rng: random.Random) -> None:
+    """A one-stop system written for the national portal (OpenCPS and the like) moves to hub by its adapter URL:
+    the portal's sign-in and DongBoHoSoMC, its codes written as strings, answered as the portal answers (ADR 0040)."""
+    d = one_stop.make_dossier(AGENCY, 90, rng, status=2, when=datetime.now(UTC))
+    item = {**d, "TrangThaiHoSo": "2", "LoaiDoiTuong": str(d["LoaiDoiTuong"]), "NgayTra": "", "ThongTinTra": ""}
+    with httpx.Client(base_url=f"{api_url}/dvcqg/api", timeout=10) as as_portal:
+        signed = as_portal.post("/auth", json={"username": client_name, "password": key}).json()
+        pushed = as_portal.post(
+            "/service",
+            json={"session": signed.get("session"), "madonvi": AGENCY, "service": "DongBoHoSoMC", "data": [item]},
+        ).json()
+    out.print(
+        f"a one-stop system written for the national portal, pointed at {api_url}/dvcqg: sign-in "
+        f"{signed['error_code']}, DongBoHoSoMC {pushed['error_code']} ({d['MaHoSo']}, its codes sent as strings)"
+    )
 
 
 def _vn(at: str) -> str:

@@ -52,6 +52,7 @@ def test_demo_runs_end_to_end_on_a_fresh_directory(tmp_path: Path) -> None:
     assert "credited once; hub moved the dossier to 4 by itself" in out  # a fee paid through the payment platform
     assert "the citizen, signed in, sees" in out and "civil_status_registration" in out  # their data's uses
     assert "its owner, signed in, looks it up" in out and "fee 8,000 VND" in out  # their own dossier, its fee paid
+    assert "sign-in 00, DongBoHoSoMC 00" in out  # a one-stop system written for the portal, through /dvcqg
     assert "/docs" in out
     assert (tmp_path / "var" / "demo" / "hub.db").exists()
 
