@@ -16,6 +16,7 @@ again changes nothing for them."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from hub.logs import correlation_id
 from hub.services.schemas import MAX_BATCH
 from hub.settings import ClientSystem, Settings
 
+log = logging.getLogger("hub.dvcqg")
 SESSION_SECONDS = 30 * 60  # a session lives half an hour; the portal's clients sign in again on "02"
 OK, AUTH_FAILED, SESSION_INVALID, INVALID_DATA, INVALID_TRANSITION, UNKNOWN_DOSSIER, INTERNAL = (
     0, 1, 2, 3, 4, 5, 99,
@@ -103,6 +105,8 @@ def router(rt: Callable[[], Any], sessions: Sessions) -> APIRouter:
         password = body.get("password")
         found = settings.client_for_key(password) if isinstance(password, str) and password else None
         if found is None or not isinstance(password, str) or not same_text(body["username"], found.name):
+            # for the operator whose one-stop system was set up with the wrong name or key (never the key itself)
+            log.warning("DVCQG-protocol sign-in refused", extra={"username": body["username"][:64]})
             return reply(AUTH_FAILED, "Sai tên đăng nhập hoặc mật khẩu (wrong username or password)")
         return reply(OK, "Thành công", session=sessions.open(found, password))
 
