@@ -40,7 +40,8 @@ class PortalClient:
 
     def call(self, service: str, **payload: Any) -> dict[str, Any]:
         body = {"session": self.session, "madonvi": "000.00.17.H56", "service": service, **payload}
-        r = self.http.post("/dvcqg/api/service", json=body)
+        sent = json.dumps(body)  # \u-escaped, as Java's JSON libraries write what is not ASCII
+        r = self.http.post("/dvcqg/api/service", content=sent, headers={"Content-Type": "application/json"})
         assert r.status_code == 200, r.text
         answer: dict[str, Any] = r.json()
         return answer
@@ -112,7 +113,8 @@ def test_a_one_stop_system_asks_for_a_procedure_as_it_does_before_pushing_a_doss
         "message": "Không tìm thấy thủ tục 9.999999",
         "result": [],
     }
-    assert one_stop.call("LayThuTuc", maTTHC=["1.001193"])["error_code"] == "03"
+    for malformed in (["1.001193"], "1.001193\x00", "1.00119\ud800", "", None):  # never reaching the database
+        assert one_stop.call("LayThuTuc", maTTHC=malformed)["error_code"] == "03", malformed
 
 
 def test_a_batch_with_refused_items_says_which_and_takes_the_rest(hub_factory: HubFactory, creds: Creds) -> None:

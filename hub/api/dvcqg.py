@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.adapters.http import parse_json
 from hub.domain.errors import DomainError
+from hub.domain.identifiers import procedure_code
 from hub.domain.privacy import derive_key, same_text
 from hub.logs import correlation_id
 from hub.services.schemas import MAX_BATCH
@@ -160,8 +161,8 @@ async def _procedure(rt: Callable[[], Any], body: dict[str, Any]) -> JSONRespons
     empty, to be refused, if it were not answered). In `data` as the catalogue holds it, and as the portal's
     look-ups answer, the one item of `result` with the portal's upper-case names (TENTTHC, LINHVUCTHUCHIEN…)."""
     code = body.get("maTTHC", body.get("MaTTHC"))
-    if not isinstance(code, str) or len(code) > 16:
-        return reply(INVALID_DATA, "maTTHC: thiếu (missing)", result=[])
+    if not isinstance(code, str) or not _procedure_code(code):  # checked before the database sees it (a NUL…)
+        return reply(INVALID_DATA, "maTTHC: thiếu hoặc sai (missing or malformed, e.g. 1.001193)", result=[])
     found = await run_in_threadpool(rt().catalogue.get, code)
     if found is None:
         return reply(UNKNOWN_DOSSIER, f"Không tìm thấy thủ tục {code}", result=[])
@@ -172,6 +173,14 @@ async def _procedure(rt: Callable[[], Any], body: dict[str, Any]) -> JSONRespons
         "LINHVUCTHUCHIEN": [{"MALINHVUC": data.get("MaLinhVuc", ""), "TENLINHVUC": data.get("TenLinhVuc", "")}],
     }
     return reply(OK, "Thành công", data=data, result=[{**data, **portal}])
+
+
+def _procedure_code(code: str) -> bool:
+    try:
+        procedure_code(code)
+    except DomainError:
+        return False
+    return True
 
 
 def _json(raw: bytes) -> Any:
