@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from hub.api import dvcqg
@@ -214,3 +216,44 @@ def test_what_is_not_a_portal_message_gets_the_portals_answer_not_a_500(
     assert one_stop.call("DongBoHoSoMC", isUpdating=False, data="x")["error_code"] == "03"
     assert one_stop.call("DongBoHoSoMC", isUpdating=False, data=[7])["error_code"] == "03"
     assert one_stop.call("TraCuuHoSo", MaHoSo=["x"])["error_code"] == "03"
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+# text as hostile as JSON lets it be: NUL, lone surrogates, codes one character off
+TEXT = st.sampled_from(["\x00", "\ud800", "1.001193\x00", "000.00.17.H56-261207-0001\x00", "9" * 40, ""]) | st.text(
+    alphabet=st.characters(codec=None), max_size=24
+)
+VALUE = JSON | TEXT
+ITEM = st.dictionaries(st.sampled_from(["MaHoSo", "TrangThaiHoSo", "TrangThai", "NgayTiepNhan"]) | TEXT, VALUE)
+MESSAGES = st.one_of(
+    st.tuples(st.just("LayThuTuc"), st.fixed_dictionaries({"maTTHC": VALUE})),
+    st.tuples(st.just("TraCuuHoSo"), st.fixed_dictionaries({"MaHoSo": VALUE})),
+    st.tuples(st.just("TraCuuHoSo"), st.fixed_dictionaries({"mahoso": VALUE})),
+    st.tuples(
+        st.sampled_from(["DongBoHoSoMC", "CapNhatTienDoHoSoMC"]),
+        st.fixed_dictionaries({"data": VALUE | st.lists(ITEM | VALUE, max_size=3)}),
+    ),
+    st.tuples(TEXT, st.dictionaries(TEXT, VALUE, max_size=3)),
+)
+
+
+def test_no_portal_message_gets_a_500_whatever_it_holds(hub_factory: HubFactory, creds: Creds) -> None:
+    """Hostile or broken messages from a client signed in: every answer is the portal's JSON reply (HTTP 200), never
+    a server error — a NUL or a lone surrogate in a code, numbers no database holds, shapes of every kind."""
+    hub = hub_factory()
+    one_stop = PortalClient(hub.http, CLIENT, creds.api_key)
+    one_stop.sign_in()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(message=MESSAGES)
+    def check(message: tuple[str, dict[str, Any]]) -> None:
+        service, fields = message
+        sent = {k: v for k, v in fields.items() if k not in ("service", "session", "self")}
+        answer = one_stop.call(service, **sent)
+        assert answer["error_code"] in {"00", "03", "04", "05"}, answer
+
+    check()

@@ -44,7 +44,10 @@ BY_STATUS = {409: INVALID_TRANSITION, 404: UNKNOWN_DOSSIER, 503: INTERNAL}
 
 
 def reply(code: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error_code": f"{code:02d}", "message": message, **extra})
+    """The portal's reply. Its message may quote what the client sent (a MaHoSo, a service's name): a lone
+    surrogate there, which JSON lets in, is written as its escape, never allowed to break the answer."""
+    shown = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error_code": f"{code:02d}", "message": shown, **extra})
 
 
 def _fingerprint(key: str) -> str:
