@@ -234,6 +234,7 @@ class Runtime:
             read_timeout=settings.read_timeout,
             shared_waits=self.shared_waits,
             tls=tls("population"),
+            integration=settings.population_integration_code,
         )
         from hub.adapters.identity import CitizenTokens
 

@@ -164,6 +164,7 @@ class Settings(BaseSettings):
     # Population database (SOAP) adapter, for pre-filling forms.
     population_url: str = ""  # empty -> the sandbox on loopback (dev only)
     population_wsdl: Path | None = None  # empty -> contracts/population/population.wsdl shipped with hub
+    population_integration_code: str = ""  # MaTichHop: the code the register's operator gives the integration
     # Working days (NgayHenTra, overdue counts) follow Vietnam's official calendar — weekends, public holidays,
     # the government's make-up working Saturdays — from the `holidays` package; a province adds its own days off
     # and swapped working days here (JSON lists of YYYY-MM-DD), e.g. a swap decided after the package's release.

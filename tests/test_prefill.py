@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select, text
+from starlette.requests import Request as StarletteRequest
 
 from hub.sandbox.common import ServerThread
 from hub.settings import ClientSystem, Settings
@@ -91,7 +92,7 @@ def test_birth_registration_by_the_father_fills_the_mother_from_his_spouse(hub: 
     got = fields(reply)
     assert reply["title"] == "Tờ khai đăng ký khai sinh"
     assert got["nguoi_yeu_cau.ho_ten"]["value"] == full_name(father)
-    born = father["NgayThangNamSinh"]
+    born = father["NgayThangNamSinh"]["NgayThangNam"]  # the register's {NgayThangNam, Nam}
     assert got["nguoi_yeu_cau.ngay_sinh"]["value"] == f"{born[:4]}-{born[4:6]}-{born[6:]}"
     assert got["nguoi_yeu_cau.noi_cu_tru"]["value"] == father["NoiOHienTai"]["ChiTiet"]
     assert got["cha.ho_ten"]["value"] == full_name(father)
@@ -1285,6 +1286,69 @@ def test_hostile_replies_are_refused_at_the_boundary(payload: bytes) -> None:
         server.stop()
 
 
+# A reply as the register sends it through a province's LGSP (the shape public integration code parses): the
+# collection itself in the Body, the citizen's birth year alone (the day not known), another citizen beside.
+AS_SEEN = """<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">
+  <soapenv:Header xmlns:dan="http://dancuquocgia.bca"/>
+  <soapenv:Body xmlns:dan="http://dancuquocgia.bca">
+    <ns1:CongdanCollection xmlns:ns1="http://www.mic.gov.vn/dancu/1.0">
+      <ns1:CongDan>
+        <ns1:SoDinhDanh>001090000001</ns1:SoDinhDanh>
+        <ns1:HoVaTen><ns1:Ho>Nguyễn</ns1:Ho><ns1:ChuDem>Văn</ns1:ChuDem><ns1:Ten>An</ns1:Ten></ns1:HoVaTen>
+        <ns1:GioiTinh>1</ns1:GioiTinh>
+        <ns1:NgayThangNamSinh><ns1:Nam>1990</ns1:Nam></ns1:NgayThangNamSinh>
+        <ns1:NoiOHienTai>
+          <ns1:MaTinhThanh>01</ns1:MaTinhThanh><ns1:ChiTiet>Số 1 Tràng Tiền</ns1:ChiTiet>
+        </ns1:NoiOHienTai>
+      </ns1:CongDan>
+      <ns1:CongDan><ns1:SoDinhDanh>001090000002</ns1:SoDinhDanh></ns1:CongDan>
+    </ns1:CongdanCollection>
+  </soapenv:Body>
+</soapenv:Envelope>""".encode()
+
+
+def test_a_reply_shaped_as_the_register_sends_it_is_read_and_a_year_alone_fills_no_date() -> None:
+    """The register's reply carries no wrapper and no MaYeuCau; its birth date may be the year alone. The adapter
+    takes the record of the ID it asked for (not another in the collection), and a date field is left to the
+    citizen rather than filled with a day that is not known."""
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+    from lxml import etree
+
+    from hub.adapters.population import CitizenLookup, PopulationClient
+    from hub.sandbox.population import wsdl_path
+    from hub.services.prefill import _format
+
+    seen: list[bytes] = []
+    app = FastAPI()
+
+    @app.post("/ws")
+    async def register(request: StarletteRequest) -> Response:
+        seen.append(await request.body())
+        return Response(AS_SEEN, media_type="text/xml; charset=utf-8")
+
+    server = ServerThread(app).start()
+    client = PopulationClient(f"{server.url}/ws", wsdl=wsdl_path(), read_timeout=2, integration="037")
+    try:
+        query = CitizenLookup("001090000001", "r1", "cb", KHAI_SINH, full_name="Nguyễn Văn An", birth_date="19900101")
+        record = client.look_up(query, correlation_id="c")
+    finally:
+        client.close()
+        server.stop()
+    assert record is not None and record["SoDinhDanh"] == "001090000001"
+    assert record["HoVaTen"] == {"Ho": "Nguyễn", "ChuDem": "Văn", "Ten": "An"}
+    assert record["NgayThangNamSinh"] == {"Nam": "1990"}
+    assert _format("date", record["NgayThangNamSinh"]) is None  # the day is not known: nothing invented
+    assert _format("date", {"NgayThangNam": "19900101", "Nam": "1990"}) == "1990-01-01"
+    # what hub sent, as the register takes it: its namespace, the integration's code, the birth date's element
+    sent = etree.fromstring(seen[0])
+    op = sent.find(".//{http://dancuquocgia.bca}TraCuuThongTinCongDan")
+    assert op is not None and op.findtext("{http://dancuquocgia.bca}MaTichHop") == "037"
+    born = op.find("{http://dancuquocgia.bca}NgayThangNamSinh")
+    assert born is not None and born.findtext("{http://dancuquocgia.bca}NgayThangNam") == "19900101"
+
+
 @pytest.mark.parametrize("payload", [BOMB, XXE, b"<unclosed", b"x" * 70_000])
 def test_the_sandbox_refuses_hostile_requests_with_a_fault(people: httpx.Client, payload: bytes) -> None:
     r = people.post("/ws/congdan", content=payload, headers={"Content-Type": "text/xml"})
@@ -1295,9 +1359,9 @@ def test_the_sandbox_refuses_hostile_requests_with_a_fault(people: httpx.Client,
 def test_the_sandbox_answers_a_soap_1_2_client_with_a_version_mismatch(people: httpx.Client) -> None:
     """The WSDL binds SOAP 1.1: a client set up for SOAP 1.2 (a Java or .NET stack's default) is told its envelope's
     version is the problem (SOAP 1.1 §4.4.1), not that the operation does not exist."""
-    ns = "urn:vn:csdlqg:dancu:congdan:v1"
-    op = (f'<c:TraCuuThongTinCongDan xmlns:c="{ns}"><c:SoDinhDanh>001090000001</c:SoDinhDanh><c:MaYeuCau>r</c:MaYeuCau>'
-          f"<c:MaCanBo>cb</c:MaCanBo><c:MaDVC>{KHAI_SINH}</c:MaDVC></c:TraCuuThongTinCongDan>")  # fmt: skip
+    ns = "http://dancuquocgia.bca"
+    op = (f'<c:TraCuuThongTinCongDan xmlns:c="{ns}"><c:MaYeuCau>r</c:MaYeuCau><c:MaDVC>{KHAI_SINH}</c:MaDVC>'
+          f"<c:MaCanBo>cb</c:MaCanBo><c:SoDinhDanh>001090000001</c:SoDinhDanh></c:TraCuuThongTinCongDan>")  # fmt: skip
     soap12 = f'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body>{op}</e:Body></e:Envelope>'
     r = people.post("/ws/congdan", content=soap12, headers={"Content-Type": "application/soap+xml"})
     assert r.status_code == 500 and b"<faultcode>soap:VersionMismatch</faultcode>" in r.content, r.text

@@ -23,7 +23,8 @@ from hub.sandbox import contracts
 from hub.sandbox.common import Faults, PeerState, add_control_routes, rate_limited
 from hub.sandbox.population_data import Population
 
-TNS = "urn:vn:csdlqg:dancu:congdan:v1"
+TNS = "http://dancuquocgia.bca"  # the request's (and the fault detail's) namespace
+DC = "http://www.mic.gov.vn/dancu/1.0"  # the reply's: CongdanCollection and the citizens in it
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
 XS = "http://www.w3.org/2001/XMLSchema"
@@ -56,9 +57,9 @@ def _parser() -> etree.XMLParser:
 @cache
 def _schema() -> etree.XMLSchema:
     wsdl = etree.parse(wsdl_path(), _parser())
-    schema_el = wsdl.find(f"{{{WSDL_NS}}}types/{{{XS}}}schema")
+    schema_el = wsdl.find(f"{{{WSDL_NS}}}types/{{{XS}}}schema[@targetNamespace='{TNS}']")
     if schema_el is None:
-        raise RuntimeError("the population WSDL has no schema")
+        raise RuntimeError("the population WSDL has no schema of the request")
     standalone = etree.Element(schema_el.tag, dict(schema_el.attrib), nsmap=schema_el.nsmap)  # keeps tns: in scope
     standalone.extend(copy.deepcopy(child) for child in schema_el)
     return etree.XMLSchema(standalone)
@@ -69,7 +70,7 @@ def _fold(text: str) -> str:
 
 
 def _envelope(body: etree._Element) -> bytes:
-    env = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soap": SOAP_ENV, "cd": TNS})
+    env = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soap": SOAP_ENV, "dan": TNS, "ns1": DC})
     etree.SubElement(env, f"{{{SOAP_ENV}}}Body").append(body)
     return bytes(etree.tostring(env, xml_declaration=True, encoding="utf-8"))
 
@@ -88,7 +89,7 @@ def soap_fault(code: str, message: str, error_code: str, status: int) -> Respons
 def _append(parent: etree._Element, name: str, value: Any) -> None:
     if value is None:
         return
-    el = etree.SubElement(parent, f"{{{TNS}}}{name}")
+    el = etree.SubElement(parent, f"{{{DC}}}{name}")
     if isinstance(value, dict):
         for k, v in value.items():
             _append(el, k, v)
@@ -153,7 +154,10 @@ def create_app(state: PopulationState | None = None) -> FastAPI:
         schema = _schema()
         if not schema.validate(op):
             return soap_fault("Client", f"Yêu cầu sai cấu trúc: {schema.error_log.last_error}", "01", 500)
-        req = {child.tag.split("}")[1]: (child.text or "") for child in op}
+        req = {etree.QName(child).localname: (child.text or "") for child in op}
+        born = op.find(f"{{{TNS}}}NgayThangNamSinh")  # the whole date, or the year alone
+        day = born.findtext(f"{{{TNS}}}NgayThangNam") if born is not None else None
+        year = born.findtext(f"{{{TNS}}}Nam") if born is not None else None
         if f.fault_rate and random.random() < f.fault_rate:
             st.record("TraCuuThongTinCongDan", req["MaYeuCau"], _summary(req), "fault", None)
             return soap_fault("Server", "Lỗi hệ thống (sandbox)", "99", 500)
@@ -169,11 +173,11 @@ def create_app(state: PopulationState | None = None) -> FastAPI:
             full = " ".join(p for p in (name["Ho"], name["ChuDem"], name["Ten"]) if p)
             if _fold(full) != _fold(req["HoVaTen"]):
                 record = None  # a partial match is no match: the three keys must agree
-        if record is not None and req.get("NgayThangNam") and req["NgayThangNam"] != record["NgayThangNamSinh"]:
+        recorded = (record.get("NgayThangNamSinh") or {}) if record is not None else {}
+        if (day and day != recorded.get("NgayThangNam")) or (year and year != recorded.get("Nam")):
             record = None
-        reply = etree.Element(f"{{{TNS}}}TraCuuThongTinCongDanResponse")
-        etree.SubElement(reply, f"{{{TNS}}}MaYeuCau").text = req["MaYeuCau"]
-        collection = etree.SubElement(reply, f"{{{TNS}}}CongdanCollection")
+        # the reply is CongdanCollection itself, as the register answers (no wrapper, no MaYeuCau echoed)
+        reply = collection = etree.Element(f"{{{DC}}}CongdanCollection")
         if record is not None:
             if f.partial_rate and random.random() < f.partial_rate:
                 dropped = set(random.sample(OPTIONAL_FIELDS, k=4))

@@ -207,7 +207,7 @@ class Population:
             "TonGiao": p.religion,
             "TinhTrangHonNhan": p.marital,
             "NhomMau": p.blood,
-            "NgayThangNamSinh": p.born.strftime("%Y%m%d"),
+            "NgayThangNamSinh": {"NgayThangNam": p.born.strftime("%Y%m%d"), "Nam": p.born.strftime("%Y")},
             # registered at birth in the old province (old codes remain in stored data)
             "NoiDangKyKhaiSinh": {
                 "MaTinhThanh": birth[0][1:],

@@ -431,7 +431,9 @@ def _format(kind: str, value: Any) -> str | None:
             return joined or None
         return str(value)
     if kind == "date":
-        text = str(value)
+        # the register writes a birth date as NgayThangNamSinh{NgayThangNam, Nam}: the whole date fills a date
+        # field, the year alone (the day not known) leaves it to the citizen
+        text = str(value.get("NgayThangNam") or "") if isinstance(value, dict) else str(value)
         return f"{text[0:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isascii() and text.isdigit() else None
     if kind == "address":
         return str(value.get("ChiTiet")) if isinstance(value, dict) and value.get("ChiTiet") else None

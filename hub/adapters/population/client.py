@@ -40,7 +40,7 @@ from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
 from hub.adapters.http import ReplyTooLarge, read_capped, retry_after, unavailable, verified_pool
 from hub.adapters.population.base import PEER, CitizenLookup
 
-TNS = "urn:vn:csdlqg:dancu:congdan:v1"
+TNS = "http://dancuquocgia.bca"  # the request's and the fault detail's namespace (contracts/population)
 BINDING = f"{{{TNS}}}CongDanBinding"
 OPERATION = "TraCuuThongTinCongDan"
 MAX_REPLY_BYTES = 2 * 1024 * 1024  # a citizen's record is a few kB; anything this big is not a reply
@@ -148,8 +148,10 @@ class PopulationClient:
         max_connections: int = 16,
         shared_waits: SharedWaits | None = None,
         tls: ssl.SSLContext | None = None,
+        integration: str | None = None,
     ) -> None:
-        """`shared_waits`: where the cluster's processes tell each other the register's Retry-After."""
+        """`shared_waits`: where the cluster's processes tell each other the register's Retry-After;
+        `integration`: MaTichHop, the code the register's operator gave this integration (sent when set)."""
         transport = PooledTransport(
             connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections, tls=tls
         )
@@ -160,6 +162,7 @@ class PopulationClient:
         self._recorder = ExchangeRecorder()
         client = zeep.Client(str(wsdl), transport=transport, settings=settings, plugins=[self._recorder])
         self._service = client.create_service(BINDING, address)
+        self._integration = integration or None
         self._waits = AskedToWait(shared_waits)  # the register asked hub to wait (Retry-After): fail at once until then
 
     def close(self) -> None:
@@ -205,12 +208,13 @@ class PopulationClient:
     def _call(self, query: CitizenLookup) -> dict[str, Any] | None:
         try:
             result = self._service[OPERATION](
-                HoVaTen=query.full_name,
-                SoDinhDanh=query.personal_id,
-                NgayThangNam=query.birth_date,
                 MaYeuCau=query.request_id,
-                MaCanBo=query.officer,
                 MaDVC=query.service,
+                MaTichHop=self._integration,
+                MaCanBo=query.officer,
+                SoDinhDanh=query.personal_id,
+                HoVaTen=query.full_name,
+                NgayThangNamSinh={"NgayThangNam": query.birth_date} if query.birth_date else None,
             )
         except urllib3.exceptions.NewConnectionError as exc:  # refused: a subclass of ConnectTimeoutError in urllib3
             raise PeerUnavailable(PEER, f"{OPERATION}: {exc.__class__.__name__}") from None
@@ -238,9 +242,10 @@ class PopulationClient:
             raise PeerProtocolError(PEER, f"{OPERATION}: reply is not well-formed XML: {exc}") from None
         except (zeep.exceptions.ValidationError, zeep.exceptions.Error) as exc:
             raise PeerProtocolError(PEER, f"{OPERATION}: reply breaks the contract: {exc}") from None
-        if result is None or result["MaYeuCau"] != query.request_id:
-            raise PeerProtocolError(PEER, f"{OPERATION}: reply is not for request {query.request_id}")
-        people = result["CongdanCollection"]["CongDan"] if result["CongdanCollection"] is not None else []
+        # the reply is CongdanCollection itself (no MaYeuCau echoed): only the records of the ID asked for are
+        # taken below, whatever else a confused register or proxy sent
+        # zeep hands a body element with one child over as that child's value: here the list of CongDan
+        people = result if isinstance(result, list) else [] if result is None else result["CongDan"]
         matches = [_clean(serialize_object(p, dict)) for p in people or []]
         matches = [m for m in matches if m.get("SoDinhDanh") == query.personal_id]
         if len(matches) > 1:
