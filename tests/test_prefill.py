@@ -562,6 +562,22 @@ def test_partial_records_leave_fields_for_the_citizen(
     assert fields(partial)["nguoi_yeu_cau.ho_ten"]["value"] == full_name(father)
 
 
+def test_a_citizen_whose_birth_day_the_register_does_not_know_gets_no_invented_date(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client
+) -> None:
+    """The register holds some citizens' birth year alone (NgayThangNamSinh{Nam}): their form's birth dates are
+    left for the citizen, listed as still to fill, not filled with a day the state does not know."""
+    hub = hub_factory(population_url=f"{population_server.url}/ws/congdan", population_cache_seconds=0)
+    father = married(people, "1")
+    complete = fields(ask(hub, father["SoDinhDanh"]).json())
+    assert complete["nguoi_yeu_cau.ngay_sinh"]["value"]
+    people.post("/_sandbox/faults", json={"year_only_rate": 1.0})
+    reply = ask(hub, father["SoDinhDanh"]).json()
+    got = fields(reply)
+    assert got["nguoi_yeu_cau.ngay_sinh"]["value"] is None and "nguoi_yeu_cau.ngay_sinh" in reply["missing_required"]
+    assert got["nguoi_yeu_cau.ho_ten"]["value"] == full_name(father)  # the rest of the record still fills the form
+
+
 def test_every_lookup_is_an_exchange_record_without_personal_data(hub: Hub, people: httpx.Client) -> None:
     father = married(people, "1")
     r = ask(hub, father["SoDinhDanh"])

@@ -37,6 +37,7 @@ OPTIONAL_FIELDS = ["SoCMND", "DanToc", "TonGiao", "NhomMau", "NoiDangKyKhaiSinh"
 class PopulationFaults(Faults):
     fault_rate: float = 0.0  # fraction of calls answered with a SOAP Server fault (HTTP 500)
     partial_rate: float = 0.0  # fraction of records returned with optional fields left out
+    year_only_rate: float = 0.0  # fraction of records whose birth date is the year alone (the day not known)
 
 
 @dataclass
@@ -182,6 +183,8 @@ def create_app(state: PopulationState | None = None) -> FastAPI:
             if f.partial_rate and random.random() < f.partial_rate:
                 dropped = set(random.sample(OPTIONAL_FIELDS, k=4))
                 record = {k: v for k, v in record.items() if k not in dropped}
+            if f.year_only_rate and random.random() < f.year_only_rate and record.get("NgayThangNamSinh"):
+                record = {**record, "NgayThangNamSinh": {"Nam": record["NgayThangNamSinh"]["Nam"]}}
             _append(collection, "CongDan", record)
         st.record(
             "TraCuuThongTinCongDan",
