@@ -231,7 +231,7 @@ def test_a_message_as_one_stop_systems_in_service_write_it_is_taken_and_relayed_
     r = hub.http.post("/v1/dossiers", json=sent)
     assert r.status_code == 202, r.text
     code = d["MaHoSo"]
-    blank = {"ChucDanh": "", "PhongBanXuLy": "", "NgayBatDau": "", "NgayKetThucTheoQuyDinh": ""}
+    blank = {"ChucDanh": "", "PhongBanXuLy": "", "NgayBatDau": "", "NgayKetThucTheoQuyDinh": "", "NoiDungXuLy": ""}
     r = hub.http.post(f"/v1/dossiers/{code}/progress", json={**step(code, 4), "TrangThai": "4", **blank})
     assert r.status_code == 202, r.text
     got = hub.http.get(f"/v1/dossiers/{code}").json()
@@ -243,7 +243,8 @@ def test_a_message_as_one_stop_systems_in_service_write_it_is_taken_and_relayed_
     assert filed["TrangThaiHoSo"] == 2 and filed["LoaiDoiTuong"] == 1 and filed["HinhThuc"] == 0
     assert filed["DanhSachLePhi"] == [{"TenPhiLePhi": "Lệ phí đăng ký", "Gia": 8000, "LoaiPhiLePhi": 1}]
     assert not {"NgayTra", "NgayKetThucXuLy", "ThongTinTra", "GhiChu", "Email", "Fax", "ThongTinKhac"} & set(filed)
-    assert stepped["TrangThai"] == 4 and not set(blank) & set(stepped)
+    assert stepped["TrangThai"] == 4 and not (set(blank) - {"NoiDungXuLy"}) & set(stepped)
+    assert stepped["NoiDungXuLy"] == "Đang xử lý"  # a step with no note is described by its status's name
 
 
 def test_a_one_stop_clock_some_hours_ahead_is_not_refused(hub: Hub) -> None:

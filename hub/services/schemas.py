@@ -19,6 +19,7 @@ from pydantic import (
 
 from hub.domain import identifiers
 from hub.domain.dates import parse_national
+from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 
 
 def _text(item: str) -> str:
@@ -201,10 +202,21 @@ class ProgressIn(BaseModel):
     ChucDanh: OptionalText = Field(default=None, max_length=200)
     ThoiDiemXuLy: NationalDate
     PhongBanXuLy: OptionalText = Field(default=None, max_length=500)
-    NoiDungXuLy: str = Field(min_length=1, max_length=2000)
+    NoiDungXuLy: OptionalText = Field(
+        default=None,
+        max_length=2000,
+        description="what was done; sent empty or left out (a one-stop step with no note), the status's official "
+        "name (e.g. Đang xử lý): the step still reaches the portal, described",
+    )
     TrangThai: Code = Field(ge=1, le=10)
     NgayBatDau: OptionalDate = None
     NgayKetThucTheoQuyDinh: OptionalDate = None
+
+    @model_validator(mode="after")
+    def _described(self) -> ProgressIn:
+        if self.NoiDungXuLy is None:  # OpenCPS sends its officer's note, "" when none was typed
+            self.NoiDungXuLy = VIETNAMESE_NAMES[DossierStatus(self.TrangThai)]
+        return self
 
     def national(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
