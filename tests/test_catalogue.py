@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from hub.sandbox import contracts
 from tests.conftest import Hub, HubFactory
@@ -28,6 +29,39 @@ def test_sync_stores_the_portals_catalogue(hub_factory: HubFactory, portal: http
     assert set(known) >= CIVIL_STATUS
     assert known["1.004873"]["ThoiHanGiaiQuyet"] == 3
     assert all(isinstance(f["Gia"], int) for p in known.values() for f in p["PhiLePhi"])
+
+
+def test_a_catalogue_written_as_the_portals_look_ups_write_it_is_taken_the_same(
+    hub_factory: HubFactory, portal: httpx.Client
+) -> None:
+    """The portal's look-ups answer in `result` with upper-case names, the time limit per channel and unit
+    (contracts/README.md): hub takes the limit counted in working days (not the online channel's hours), the
+    fees, the field — the same catalogue as from the contract's shape."""
+    hub = hub_factory()
+    assert hub.runtime.catalogue.sync(hub.runtime.portal, correlation_id="t") == {"stored": 16, "skipped": 0}
+    before = {p["MaTTHC"]: (p["TenTTHC"], p["ThoiHanGiaiQuyet"], p["PhiLePhi"]) for p in hub.runtime.catalogue.all()}
+    portal.post("/_sandbox/faults", json={"catalogue_as_portal": True})
+    assert hub.runtime.catalogue.sync(hub.runtime.portal, correlation_id="t") == {"stored": 16, "skipped": 0}
+    after = {p["MaTTHC"]: (p["TenTTHC"], p["ThoiHanGiaiQuyet"], p["PhiLePhi"]) for p in hub.runtime.catalogue.all()}
+    assert after == before
+    assert hub.runtime.catalogue.entry("1.001193")["MaLinhVuc"] == "HT"
+
+
+def test_a_portal_procedure_without_a_limit_in_working_days_is_skipped_not_guessed() -> None:
+    from hub.services.catalogue import as_contract
+
+    hours_only = {
+        "MATTHC": "1.001193",
+        "TENTTHC": "Đăng ký khai sinh",
+        "CACHTHUCTHUCHIEN": [{"KENH": 1, "THOIGIAN": [{"THOIGIANGIAIQUYET": 8, "DONVITINH": "Giờ"}]}],
+    }
+    with pytest.raises(KeyError):
+        as_contract(hours_only)
+    half_day = {**hours_only, "CACHTHUCTHUCHIEN": [{"KENH": "1", "THOIGIAN": [
+        {"THOIGIANGIAIQUYET": 0.5, "DONVITINH": "NGÀY LÀM VIỆC", "PHILEPHI": [{"SOTIEN": 8000.0, "MOTA": "Lệ phí"}]}
+    ]}]}  # fmt: skip
+    taken = as_contract(half_day)
+    assert taken["ThoiHanGiaiQuyet"] == 1 and taken["PhiLePhi"] == [{"TenPhiLePhi": "Lệ phí", "Gia": 8000}]
 
 
 def test_appointment_date_is_derived_in_working_days_across_tet(hub_factory: HubFactory, portal: httpx.Client) -> None:

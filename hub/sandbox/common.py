@@ -37,6 +37,7 @@ class Faults:
     rate_limit_until: float = 0.0
     rate_limited: int = 0  # calls answered 429 since the last reset (read it back with GET /_sandbox/faults)
     string_error_codes: bool = False  # replies' error_code written as two digits, "00", as deployed portals do
+    catalogue_as_portal: bool = False  # national portal: LayDanhSachTTHC in `result`, upper-case names (LayThuTuc's)
 
     def update(self, changes: dict[str, Any]) -> None:
         for key, value in changes.items():

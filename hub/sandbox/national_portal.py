@@ -42,6 +42,24 @@ class PortalState(PeerState):
         self.dossiers.clear()
 
 
+def _as_portal(p: dict[str, Any]) -> dict[str, Any]:
+    """A procedure as the portal's look-ups write it (upper-case names, the time limit and fees per channel), as
+    one-stop systems in service read it (contracts/README.md)."""
+    fees = [
+        {"MAPHILEPHI": f"LP{i + 1}", "SOTIEN": float(f["Gia"]), "DONVI": "Đồng", "MOTA": f["TenPhiLePhi"]}
+        for i, f in enumerate(p.get("PhiLePhi", []))
+    ]
+    timing = {"THOIGIANGIAIQUYET": p["ThoiHanGiaiQuyet"], "DONVITINH": "Ngày làm việc", "MOTA": "", "PHILEPHI": fees}
+    online = {**timing, "DONVITINH": "Giờ", "THOIGIANGIAIQUYET": 8 * p["ThoiHanGiaiQuyet"]}  # not working days
+    return {
+        "MATTHC": p["MaTTHC"],
+        "TENTTHC": p["TenTTHC"],
+        "LINHVUCTHUCHIEN": [{"MALINHVUC": p.get("MaLinhVuc", ""), "TENLINHVUC": p.get("TenLinhVuc", "")}],
+        "CACHTHUCTHUCHIEN": [{"KENH": 2, "THOIGIAN": [online]}, {"KENH": 1, "THOIGIAN": [timing]}],
+        "TRANGTHAI": 1,
+    }
+
+
 def _transitions() -> tuple[set[int], dict[int, set[int]]]:
     table = contracts.load_json("national_portal/trang_thai_transitions.json")
     return set(table["initial"]), {int(k): set(v) for k, v in table["transitions"].items()}
@@ -181,6 +199,8 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
                 data={**known["data"], "TrangThaiHoSo": known["status"], "TienDoXuLy": known["progress"]},
             )
         if name == "LayDanhSachTTHC":
+            if st.faults.catalogue_as_portal:
+                return _reply(0, "Thành công", result=[_as_portal(p) for p in catalogue])
             return _reply(0, "Thành công", data=catalogue)
         if name == "TraCuuHoSoMoi":
             # Dossiers filed on the portal for an agency (or a prefix ending in '*'): the polling fallback.

@@ -3,6 +3,8 @@ procedure's time limit in working days (for NgayHenTra) and its fees."""
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from functools import cache
 from typing import Any
 
@@ -33,6 +35,46 @@ def known_procedure(session: Session, code: str) -> bool:
     return code in shipped_codes()
 
 
+def _folded(text: object) -> str:
+    """Lower case without diacritics ("Ngày làm việc" -> "ngay lam viec"), to read a unit however it is written."""
+    decomposed = unicodedata.normalize("NFD", str(text).replace("đ", "d").replace("Đ", "D"))
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).casefold().split())
+
+
+def as_contract(item: dict[str, Any]) -> dict[str, Any]:
+    """A procedure as the portal's look-ups write it (upper-case names: MATTHC, TENTTHC, LINHVUCTHUCHIEN[],
+    CACHTHUCTHUCHIEN[].THOIGIAN[] with THOIGIANGIAIQUYET, DONVITINH and PHILEPHI[]) in this catalogue's shape. The
+    time limit is the first one counted in working days ("Ngày làm việc"), in-person channel (KENH 1) first, a part
+    day rounded up; a procedure with none is not taken (KeyError: skipped, as any entry breaking the contract) —
+    calendar days or hours are not working days, and an appointment date computed from them would be wrong."""
+    timings = [
+        (channel.get("KENH"), timing)
+        for channel in item.get("CACHTHUCTHUCHIEN") or []
+        if isinstance(channel, dict)
+        for timing in channel.get("THOIGIAN") or []
+        if isinstance(timing, dict) and "lam viec" in _folded(timing.get("DONVITINH", ""))
+    ]
+    timings.sort(key=lambda kt: str(kt[0]) != "1")  # the in-person channel's first, the order kept otherwise
+    if not timings:
+        raise KeyError("ThoiHanGiaiQuyet: no time limit in working days")
+    timing = timings[0][1]
+    fees = [
+        {"TenPhiLePhi": str(f.get("MOTA") or f.get("MAPHILEPHI") or "Phí, lệ phí"), "Gia": int(float(f["SOTIEN"]))}
+        for f in timing.get("PHILEPHI") or []
+        if isinstance(f, dict)
+    ]
+    field: Any = next(iter(item.get("LINHVUCTHUCHIEN") or []), {})
+    return {
+        **item,
+        "MaTTHC": item["MATTHC"],
+        "TenTTHC": item["TENTTHC"],
+        "MaLinhVuc": str(field.get("MALINHVUC", "")) if isinstance(field, dict) else "",
+        "TenLinhVuc": str(field.get("TENLINHVUC", "")) if isinstance(field, dict) else "",
+        "ThoiHanGiaiQuyet": math.ceil(float(timing["THOIGIANGIAIQUYET"])),
+        "PhiLePhi": fees,
+    }
+
+
 class Catalogue:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
@@ -42,12 +84,15 @@ class Catalogue:
         reply = portal.call("LayDanhSachTTHC", {}, idempotency_key=None, correlation_id=correlation_id)
         items = reply.get("data")
         if not isinstance(items, list):
+            items = reply.get("result")  # the portal's look-ups answer in `result`, with upper-case names
+        if not isinstance(items, list):
             items = []
         stored = skipped = 0
         now = utcnow()
         with self.sessions.begin() as s:
-            for item in items:
+            for given in items:
                 try:
+                    item = as_contract(given) if isinstance(given, dict) and "MATTHC" in given else given
                     code = procedure_code(item["MaTTHC"])
                     limit = int(item["ThoiHanGiaiQuyet"])
                     fees = [
