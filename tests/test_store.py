@@ -150,21 +150,21 @@ def test_a_long_reader_does_not_make_writers_wait_again_and_again(tmp_path: Path
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM t").fetchall()  # the snapshot is held until COMMIT
     checkpointer = db.WalCheckpointer(url, every=0.01, restart_pages=20, wait=0.3).start()
-    held_back = 0.0  # seconds commits spent waiting out a RESTART (0.3 s each)
+    held_back = 0  # commits that waited out a RESTART (0.3 s each)
     try:
         started = time.monotonic()
         while time.monotonic() - started < 3.0:
             t = time.perf_counter()
             with engine.begin() as conn:
                 conn.exec_driver_sql("INSERT INTO t (note) VALUES (?)", ("x" * 2000,))
-            took = time.perf_counter() - t
-            held_back += took if took > 0.1 else 0.0
+            held_back += time.perf_counter() - t >= 0.25
     finally:
         checkpointer.stop()
         reader.execute("COMMIT")
         reader.close()
-    # tried at about 0, 0.8 and 2.1 s: ~0.9 s of the 3; without the pause writers wait nearly all the time (7.8 s)
-    assert held_back < 2.0, held_back
+    # tried at about 0, 0.8 and 2.1 s: 3 commits held back; without the pause nearly every commit is (10 in 3 s).
+    # Counted, not summed: on a busy machine an ordinary commit may take a tenth of a second, never a RESTART's wait
+    assert held_back <= 5, held_back
     engine.dispose()
 
 
