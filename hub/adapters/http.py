@@ -19,6 +19,7 @@ import urllib3
 
 from hub.adapters.errors import PeerError, PeerProtocolError, PeerRejected, PeerTimeout, PeerUnavailable
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
+from hub.domain.numbers import whole_number
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a peer's JSON reply is a few kB; anything this big is not a reply
 MAX_DOCUMENT_REPLY_BYTES = 32 * 1024 * 1024  # a reply that may be a document (a payment receipt's PDF)
@@ -274,14 +275,7 @@ def error_code_of(reply: Any) -> int | None:
     """A reply's `error_code` as the number it stands for: an integer, or the same written as a string of digits
     ("00", "0", "04" — deployed portals and one-stop systems answer so: OpenCPS, for one, tests `"00"`); None when
     there is none, or it is something else (true, 1.5, "OK")."""
-    if not isinstance(reply, dict):
-        return None
-    code = reply.get("error_code")
-    if isinstance(code, int) and not isinstance(code, bool):
-        return code
-    if isinstance(code, str) and 0 < len(code) <= 4 and code.isascii() and code.isdigit():
-        return int(code)
-    return None
+    return whole_number(reply.get("error_code"), 4) if isinstance(reply, dict) else None
 
 
 def post_checked(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from pydantic import (
@@ -19,6 +19,7 @@ from pydantic import (
 
 from hub.domain import identifiers
 from hub.domain.dates import parse_national
+from hub.domain.numbers import whole_number
 from hub.domain.status import VIETNAMESE_NAMES, DossierStatus
 
 
@@ -84,13 +85,17 @@ def _dossier_code(value: str) -> str:
     return identifiers.dossier_code(value).value
 
 
-def _code(value: Any) -> Any:
-    """A code written as digits in a string ("2", "02") is that number: one-stop systems in service send the
-    portal's codes so (OpenCPS writes TrangThaiHoSo, LoaiDoiTuong and HinhThuc as strings), and the portal takes
-    them. Anything else — `true`, "2.0", " 2", "hai" — is left to strict validation, which refuses it."""
-    if isinstance(value, str) and 0 < len(value) <= 3 and value.isascii() and value.isdigit():
-        return int(value)
-    return value
+def _as_number(digits: int) -> Callable[[Any], Any]:
+    """A code or an amount written as digits in a string ("2", "02", "8000") is that number: one-stop systems in
+    service send the portal's codes so (OpenCPS writes TrangThaiHoSo, LoaiDoiTuong and HinhThuc as strings), and
+    the portal takes them. Anything else — `true`, "2.0", " 2", "hai" — is left to strict validation, which
+    refuses it."""
+
+    def read(value: Any) -> Any:
+        number = whole_number(value, digits) if isinstance(value, str) else None
+        return value if number is None else number
+
+    return read
 
 
 def _absent(value: Any) -> Any:
@@ -102,20 +107,11 @@ def _absent(value: Any) -> Any:
     return value
 
 
-def _optional_code(value: Any) -> Any:
-    return _code(_absent(value))
-
-
-def _amount(value: Any) -> Any:
-    """An amount in đồng written as digits in a string ("50000") is that number, as a code is (`_code`)."""
-    if isinstance(value, str) and 0 < len(value) <= 12 and value.isascii() and value.isdigit():
-        return int(value)
-    return value
-
+_code = _as_number(3)
 
 Code = Annotated[int, BeforeValidator(_code)]
-OptionalCode = Annotated[int | None, BeforeValidator(_optional_code)]
-Amount = Annotated[int, BeforeValidator(_amount)]
+OptionalCode = Annotated[int | None, BeforeValidator(lambda value: _code(_absent(value)))]
+Amount = Annotated[int, BeforeValidator(_as_number(12))]  # whole đồng
 
 NationalDate = Annotated[
     str, Field(pattern=r"^[0-9]{14}$", examples=["20241015083000"]), AfterValidator(_national_date)

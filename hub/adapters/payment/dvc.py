@@ -23,6 +23,7 @@ from hub.adapters.payment.base import (
 )
 from hub.domain.dates import format_national, parse_national, utcnow
 from hub.domain.errors import InvalidDate
+from hub.domain.numbers import whole_number
 from hub.domain.privacy import same_text
 
 PEER = "payment_dvc"
@@ -41,11 +42,7 @@ def whole_dong(value: Any) -> int | None:
     """An amount in đồng as the platform writes it: a JSON number, or the same in a string ("50000") — its
     partners build messages with every value a string (INIT's SoTien is `String.valueOf(amount)` in one-stop
     systems in service) and the MAC is over the text either way. None for anything else (true, 1.5, "5e4")."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and 0 < len(value) <= 15 and value.isascii() and value.isdigit():
-        return int(value)
-    return None
+    return whole_number(value, 15)
 
 
 def mac(message: dict[str, Any], fields: list[str], secret: str) -> str:
