@@ -166,13 +166,12 @@ async def _procedure(rt: Callable[[], Any], body: dict[str, Any]) -> JSONRespons
     code = body.get("maTTHC", body.get("MaTTHC"))
     if not isinstance(code, str) or not _procedure_code(code):  # checked before the database sees it (a NUL…)
         return reply(INVALID_DATA, "maTTHC: thiếu hoặc sai (missing or malformed, e.g. 1.001193)", result=[])
-    found = await run_in_threadpool(rt().catalogue.get, code)
-    if found is None:
-        return reply(UNKNOWN_DOSSIER, f"Không tìm thấy thủ tục {code}", result=[])
     data = await run_in_threadpool(rt().catalogue.entry, code)
+    if not data:
+        return reply(UNKNOWN_DOSSIER, f"Không tìm thấy thủ tục {code}", result=[])
     portal = {
         "MATTHC": code,
-        "TENTTHC": found["TenTTHC"],
+        "TENTTHC": data.get("TenTTHC", ""),
         "LINHVUCTHUCHIEN": [{"MALINHVUC": data.get("MaLinhVuc", ""), "TENLINHVUC": data.get("TenLinhVuc", "")}],
     }
     return reply(OK, "Thành công", data=data, result=[{**data, **portal}])
