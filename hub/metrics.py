@@ -356,7 +356,7 @@ def make_registry(
     workers: Callable[[], list[WorkerSeen]] | None = None,
     disk: DiskSpace | None = None,
     signing: Callable[[], tuple[x509.Certificate | None, str | None] | None] | None = None,
-) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram]:
+) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram, Counter]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))
     if signing is not None:
@@ -386,4 +386,9 @@ def make_registry(
         "hub_prefill_seconds", "Pre-fill request duration (population look-ups included)", ["outcome"],
         registry=registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     )  # fmt: skip
-    return registry, requests, verifications, verify_seconds, prefill_seconds
+    dvcqg_replies = Counter(
+        "hub_dvcqg_replies", "Replies to one-stop systems speaking the portal's protocol (/dvcqg), by service and "
+        "error_code (00 taken; 03, 04, 05 an item refused; 01, 02 sign-in or session)", ["service", "error_code"],
+        registry=registry,
+    )  # fmt: skip
+    return registry, requests, verifications, verify_seconds, prefill_seconds, dvcqg_replies

@@ -325,6 +325,7 @@ class Runtime:
             self.signature_verifications,
             self.signature_seconds,
             self.prefill_seconds,
+            self.dvcqg_replies,
         ) = make_registry(
             self.sessions,
             self._checkpointer,

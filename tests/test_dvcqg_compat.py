@@ -144,6 +144,11 @@ def test_a_batch_with_refused_items_says_which_and_takes_the_rest(hub_factory: H
     assert len(hub.http.get(f"/v1/dossiers/{good['MaHoSo']}").json()["events"]) == events  # nothing new for it
     only_bad = one_stop.call("CapNhatTienDoHoSoMC", data=[{**step(good["MaHoSo"], 4), "ThoiDiemXuLy": ""}])
     assert only_bad["error_code"] == "03" and "ThoiDiemXuLy" in only_bad["message"]
+    # HTTP said 200 to all of them: operators see the refusals in the metrics
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_dvcqg_replies_total{error_code="04",service="DongBoHoSoMC"} 2.0' in metrics
+    assert 'hub_dvcqg_replies_total{error_code="03",service="CapNhatTienDoHoSoMC"} 1.0' in metrics
+    assert 'hub_dvcqg_replies_total{error_code="00",service="auth"} 1.0' in metrics
 
 
 @pytest.mark.parametrize(

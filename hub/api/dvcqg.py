@@ -39,6 +39,7 @@ SESSION_SECONDS = 30 * 60  # a session lives half an hour; the portal's clients 
 OK, AUTH_FAILED, SESSION_INVALID, INVALID_DATA, INVALID_TRANSITION, UNKNOWN_DOSSIER, INTERNAL = (
     0, 1, 2, 3, 4, 5, 99,
 )  # fmt: skip
+SERVICES = frozenset({"auth", "DongBoHoSoMC", "CapNhatTienDoHoSoMC", "TraCuuHoSo", "LayThuTuc"})  # metric labels
 # a refused item's problem status -> the portal's error_code
 BY_STATUS = {409: INVALID_TRANSITION, 404: UNKNOWN_DOSSIER, 503: INTERNAL}
 
@@ -100,81 +101,94 @@ def _refusals(items: list[Any], outcomes: list[Any]) -> list[tuple[int, int, str
 def router(rt: Callable[[], Any], sessions: Sessions) -> APIRouter:
     r = APIRouter(prefix="/dvcqg/api", include_in_schema=False)
 
+    def answer(service: str, code: int, message: str, **extra: Any) -> JSONResponse:
+        """The reply, counted by service and error_code (hub_dvcqg_replies): HTTP says 200 to every one of them,
+        so this is where operators see a one-stop system's refused items or failed sign-ins."""
+        rt().dvcqg_replies.labels(service if service in SERVICES else "other", f"{code:02d}").inc()
+        return reply(code, message, **extra)
+
     @r.post("/auth")
     async def auth(request: Request) -> JSONResponse:
         body = _json(await request.body())
         if not isinstance(body, dict) or not isinstance(body.get("username"), str):
-            return reply(INVALID_DATA, "Dữ liệu xác thực không hợp lệ (username, password)")
+            return answer("auth", INVALID_DATA, "Dữ liệu xác thực không hợp lệ (username, password)")
         settings: Settings = request.app.state.settings
         password = body.get("password")
         found = settings.client_for_key(password) if isinstance(password, str) and password else None
         if found is None or not isinstance(password, str) or not same_text(body["username"], found.name):
             # for the operator whose one-stop system was set up with the wrong name or key (never the key itself)
             log.warning("DVCQG-protocol sign-in refused", extra={"username": body["username"][:64]})
-            return reply(AUTH_FAILED, "Sai tên đăng nhập hoặc mật khẩu (wrong username or password)")
-        return reply(OK, "Thành công", session=sessions.open(found, password))
+            return answer("auth", AUTH_FAILED, "Sai tên đăng nhập hoặc mật khẩu (wrong username or password)")
+        return answer("auth", OK, "Thành công", session=sessions.open(found, password))
 
     @r.post("/service")
     async def service(request: Request) -> JSONResponse:
         body = _json(await request.body())
         if not isinstance(body, dict):
-            return reply(INVALID_DATA, "Thông điệp không phải JSON hợp lệ (not a JSON object)")
+            return answer("other", INVALID_DATA, "Thông điệp không phải JSON hợp lệ (not a JSON object)")
+        name = body.get("service")
+        label = name if isinstance(name, str) else "other"
         client = sessions.client(body.get("session"))
         if client is None:
-            return reply(SESSION_INVALID, "Phiên làm việc không hợp lệ hoặc đã hết hạn (session invalid or expired)")
-        name = body.get("service")
+            return answer(
+                label, SESSION_INVALID, "Phiên làm việc không hợp lệ hoặc đã hết hạn (session invalid or expired)"
+            )
         dossiers = rt().dossiers
         if name in ("DongBoHoSoMC", "CapNhatTienDoHoSoMC"):
             items = body.get("data")
             if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
-                return reply(INVALID_DATA, f"data: từ 1 đến {MAX_BATCH} mục (1 to {MAX_BATCH} items)")
+                return answer(label, INVALID_DATA, f"data: từ 1 đến {MAX_BATCH} mục (1 to {MAX_BATCH} items)")
             many = dossiers.sync_many if name == "DongBoHoSoMC" else dossiers.progress_many
             outcomes = await many(client, items, idempotency_key=None, correlation_id=correlation_id.get())
             refused = _refusals(items, outcomes)
             if not refused:
-                return reply(OK, "Thành công")
+                return answer(label, OK, "Thành công")
             taken = len(items) - len(refused)
             message = (
                 f"{len(refused)}/{len(items)} mục không được nhận, {taken} mục đã được nhận "
                 f"({len(refused)} refused, {taken} taken): " + "; ".join(why for _, _, why in refused)
             )
-            return reply(refused[0][1], message[:4000])
+            return answer(label, refused[0][1], message[:4000])
         if name == "TraCuuHoSo":
             code = body.get("MaHoSo", body.get("mahoso"))
             if not isinstance(code, str):
-                return reply(INVALID_DATA, "MaHoSo: thiếu (missing)")
+                return answer(label, INVALID_DATA, "MaHoSo: thiếu (missing)")
             try:
                 view = await run_in_threadpool(dossiers.get, client, code)
             except DomainError as exc:
-                return reply(BY_STATUS.get(exc.status, UNKNOWN_DOSSIER), f"Không tìm thấy hồ sơ {code[:64]}", result=[])
+                return answer(
+                    label, BY_STATUS.get(exc.status, UNKNOWN_DOSSIER), f"Không tìm thấy hồ sơ {code[:64]}", result=[]
+                )
             found = {**view["dossier"], "TrangThaiHoSo": view["TrangThaiHoSo"]}
             # `result` too: the portal's look-ups answer in a `result` array, which one-stop systems read (OpenCPS
             # decides from it whether a dossier is already at the portal)
-            return reply(OK, "Thành công", data=found, result=[found])
+            return answer(label, OK, "Thành công", data=found, result=[found])
         if name == "LayThuTuc":
-            return await _procedure(rt, body)
-        return reply(INVALID_DATA, f"Dịch vụ {str(name)[:64]} không được hỗ trợ (unsupported service)")
+            return await _procedure(rt, body, answer)
+        return answer(label, INVALID_DATA, f"Dịch vụ {str(name)[:64]} không được hỗ trợ (unsupported service)")
 
     return r
 
 
-async def _procedure(rt: Callable[[], Any], body: dict[str, Any]) -> JSONResponse:
+async def _procedure(rt: Callable[[], Any], body: dict[str, Any], answer: Callable[..., JSONResponse]) -> JSONResponse:
     """LayThuTuc from hub's catalogue (synced from the portal): one-stop systems ask it for a procedure's name and
     field before they push a dossier (OpenCPS fills TenTTHC, MaLinhVuc and TenLinhVuc from it — and would send them
     empty, to be refused, if it were not answered). In `data` as the catalogue holds it, and as the portal's
     look-ups answer, the one item of `result` with the portal's upper-case names (TENTTHC, LINHVUCTHUCHIEN…)."""
     code = body.get("maTTHC", body.get("MaTTHC"))
     if not isinstance(code, str) or not _procedure_code(code):  # checked before the database sees it (a NUL…)
-        return reply(INVALID_DATA, "maTTHC: thiếu hoặc sai (missing or malformed, e.g. 1.001193)", result=[])
+        return answer(
+            "LayThuTuc", INVALID_DATA, "maTTHC: thiếu hoặc sai (missing or malformed, e.g. 1.001193)", result=[]
+        )
     data = await run_in_threadpool(rt().catalogue.entry, code)
     if not data:
-        return reply(UNKNOWN_DOSSIER, f"Không tìm thấy thủ tục {code}", result=[])
+        return answer("LayThuTuc", UNKNOWN_DOSSIER, f"Không tìm thấy thủ tục {code}", result=[])
     portal = {
         "MATTHC": code,
         "TENTTHC": data.get("TenTTHC", ""),
         "LINHVUCTHUCHIEN": [{"MALINHVUC": data.get("MaLinhVuc", ""), "TENLINHVUC": data.get("TenLinhVuc", "")}],
     }
-    return reply(OK, "Thành công", data=data, result=[{**data, **portal}])
+    return answer("LayThuTuc", OK, "Thành công", data=data, result=[{**data, **portal}])
 
 
 def _procedure_code(code: str) -> bool:
