@@ -219,6 +219,7 @@ class Runtime:
         from datetime import timedelta
 
         from hub.adapters.population import PopulationClient
+        from hub.adapters.population.client import Credentials
 
         # peers' Retry-After told to one process holds for every process of the cluster (distributed mode)
         from hub.adapters.waits import RedisWaits
@@ -235,6 +236,13 @@ class Runtime:
             shared_waits=self.shared_waits,
             tls=tls("population"),
             integration=settings.population_integration_code,
+            credentials=Credentials(
+                settings.population_username,
+                settings.population_secret.get_secret_value(),
+                settings.population_service_url or settings.effective_population_url,
+            )
+            if settings.population_username and settings.population_secret
+            else None,
         )
         from hub.adapters.identity import CitizenTokens
 

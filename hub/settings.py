@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     population_url: str = ""  # empty -> the sandbox on loopback (dev only)
     population_wsdl: Path | None = None  # empty -> contracts/population/population.wsdl shipped with hub
     population_integration_code: str = ""  # MaTichHop: the code the register's operator gives the integration
+    population_username: str = ""  # the register's sign-in (with population_secret): HTTP Basic, hashed per request
+    population_secret: SecretStr | None = None
+    population_service_url: str = ""  # the service URL the sign-in's hash starts with; empty: HUB_POPULATION_URL
     # Working days (NgayHenTra, overdue counts) follow Vietnam's official calendar — weekends, public holidays,
     # the government's make-up working Saturdays — from the `holidays` package; a province adds its own days off
     # and swapped working days here (JSON lists of YYYY-MM-DD), e.g. a swap decided after the package's release.

@@ -1365,6 +1365,54 @@ def test_a_reply_shaped_as_the_register_sends_it_is_read_and_a_year_alone_fills_
     assert born is not None and born.findtext("{http://dancuquocgia.bca}NgayThangNam") == "19900101"
 
 
+def test_hub_signs_in_to_a_register_that_requires_it_and_a_refusal_is_an_authorization_failure(
+    hub_factory: HubFactory,
+) -> None:
+    """The register (through the province's LGSP) takes a request signed in: HTTP Basic, the password SHA-256 of
+    the service URL, the username, the request's Unix time and the secret, that time in a `timestamp` header. hub
+    signs every look-up so; a wrong secret or an old signature is refused (401), which hub reports as the register
+    refusing its credentials — not as a citizen not found."""
+    import httpx as _httpx
+    from pydantic import SecretStr
+
+    from hub.adapters.errors import PeerAuthFailed
+    from hub.adapters.population import CitizenLookup, PopulationClient
+    from hub.adapters.population.client import Credentials, sign_in_headers
+    from hub.sandbox import population
+
+    state = population.PopulationState()
+    service_url = "https://lgsp.example.gov.vn/dancu"
+    server = ServerThread(population.create_app(state, credentials=("hub-hcm", "s3cret", service_url))).start()
+    url = f"{server.url}/ws/congdan"
+    sid = next(iter(state.population.records))
+    query = CitizenLookup(sid, "r1", "cb", KHAI_SINH)
+    signed = Credentials("hub-hcm", "s3cret", service_url)
+    try:
+        good = PopulationClient(url, wsdl=population.wsdl_path(), credentials=signed)
+        assert good.look_up(query, correlation_id="c")["SoDinhDanh"] == sid
+        good.close()
+        for wrong in (Credentials("hub-hcm", "not-it", service_url), Credentials("other", "s3cret", service_url), None):
+            client = PopulationClient(url, wsdl=population.wsdl_path(), credentials=wrong)
+            with pytest.raises(PeerAuthFailed) as refused:
+                client.look_up(query, correlation_id="c")
+            assert refused.value.code == "population_not_authorized"
+            client.close()
+        # a signature replayed ten minutes later is refused
+        stale = sign_in_headers("hub-hcm", "s3cret", service_url, int(time.time()) - 600)
+        r = _httpx.post(url, content=b"<x/>", headers={**stale, "Content-Type": "text/xml"})
+        assert r.status_code == 401
+        # and through hub: its settings sign every look-up in
+        hub = hub_factory(
+            population_url=url,
+            population_username="hub-hcm",
+            population_secret=SecretStr("s3cret"),
+            population_service_url=service_url,
+        )
+        assert ask(hub, sid).status_code == 200
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("payload", [BOMB, XXE, b"<unclosed", b"x" * 70_000])
 def test_the_sandbox_refuses_hostile_requests_with_a_fault(people: httpx.Client, payload: bytes) -> None:
     r = people.post("/ws/congdan", content=payload, headers={"Content-Type": "text/xml"})

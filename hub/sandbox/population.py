@@ -6,7 +6,10 @@ knobs: latency, SOAP Faults, outages, hangs past the client's timeout, malformed
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import hashlib
+import hmac
 import random
 import time
 import unicodedata
@@ -98,7 +101,26 @@ def _append(parent: etree._Element, name: str, value: Any) -> None:
         el.text = str(value)
 
 
-def create_app(state: PopulationState | None = None) -> FastAPI:
+def signed_in(request: Request, credentials: tuple[str, str, str]) -> bool:
+    """The register's sign-in (HTTP Basic, the password SHA-256 of service URL + username + Unix time + secret,
+    that time in a `timestamp` header), within five minutes of the sandbox's clock."""
+    username, secret, service_url = credentials
+    stamp = request.headers.get("timestamp", "")
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not stamp.isascii() or not stamp.isdigit() or abs(time.time() - int(stamp)) > 300:
+        return False
+    try:
+        user, _, proof = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    expected = hashlib.sha256(f"{service_url}{username}{stamp}{secret}".encode()).hexdigest()
+    return hmac.compare_digest(user.encode(), username.encode()) & hmac.compare_digest(
+        proof.encode(), expected.encode()
+    )
+
+
+def create_app(state: PopulationState | None = None, credentials: tuple[str, str, str] | None = None) -> FastAPI:
+    """`credentials`: (username, secret, service URL) the register requires every request to sign in with."""
     st = state or PopulationState()
     app = FastAPIOffline(redoc_url=None, title="Sandbox: population database (SOAP)", docs_url="/_sandbox/docs")
     app.state.peer = st
@@ -135,6 +157,8 @@ def create_app(state: PopulationState | None = None) -> FastAPI:
             return Response(page, status_code=429, headers={"Retry-After": wait})
         if f.timeout_rate and random.random() < f.timeout_rate:
             await asyncio.sleep(f.hang_seconds)
+        if credentials is not None and not signed_in(request, credentials):
+            return Response(b"401 Unauthorized", status_code=401, headers={"WWW-Authenticate": 'Basic realm="dancu"'})
         raw = await request.body()
         if len(raw) > MAX_REQUEST_BYTES:
             return soap_fault("Client", "Yêu cầu quá lớn", "01", 413)

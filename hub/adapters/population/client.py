@@ -9,10 +9,14 @@ urllib3's connection pool underneath it does the same HTTP for about a third of 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ssl
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +56,16 @@ class PooledTransport(Transport):
     raises a Fault). The WSDL is loaded by zeep's own machinery, from the local file."""
 
     def __init__(
-        self, *, connect_timeout: float, read_timeout: float, max_connections: int, tls: ssl.SSLContext | None = None
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int,
+        tls: ssl.SSLContext | None = None,
+        sign_in: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         super().__init__(timeout=connect_timeout)
+        self._sign_in = sign_in
         self.session.trust_env = False  # no proxies or .netrc picked up from the environment
         self._pool = verified_pool(max_connections, num_pools=4, tls=tls)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
@@ -78,7 +89,7 @@ class PooledTransport(Transport):
             "POST",
             address,
             body=message,
-            headers=headers,
+            headers={**headers, **self._sign_in()} if self._sign_in is not None else headers,
             timeout=self._timeout,
             retries=False,
             redirect=False,
@@ -97,6 +108,27 @@ class PooledTransport(Transport):
     def close(self) -> None:
         self._pool.clear()
         self.session.close()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The register's sign-in as integration code of systems in service sends it (contracts/README.md): HTTP Basic
+    with the username and, for password, SHA-256 (hex) of the service URL, the username, the request's Unix time
+    and the secret key, that time also in a `timestamp` header. Each request is signed at its own second, so a
+    captured one is refused once the register's window has passed; the secret itself never travels."""
+
+    username: str
+    secret: str
+    service_url: str
+
+    def headers(self) -> dict[str, str]:
+        return sign_in_headers(self.username, self.secret, self.service_url, int(time.time()))
+
+
+def sign_in_headers(username: str, secret: str, service_url: str, timestamp: int) -> dict[str, str]:
+    proof = hashlib.sha256(f"{service_url}{username}{timestamp}{secret}".encode()).hexdigest()
+    basic = base64.b64encode(f"{username}:{proof}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {basic}", "timestamp": str(timestamp)}
 
 
 class ExchangeRecorder(Plugin):
@@ -149,11 +181,17 @@ class PopulationClient:
         shared_waits: SharedWaits | None = None,
         tls: ssl.SSLContext | None = None,
         integration: str | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         """`shared_waits`: where the cluster's processes tell each other the register's Retry-After;
-        `integration`: MaTichHop, the code the register's operator gave this integration (sent when set)."""
+        `integration`: MaTichHop, the code the register's operator gave this integration (sent when set);
+        `credentials`: the register's sign-in, sent with every request (`Credentials.headers`)."""
         transport = PooledTransport(
-            connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections, tls=tls
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_connections=max_connections,
+            tls=tls,
+            sign_in=credentials.headers if credentials is not None else None,
         )
         self._transport = transport
         settings = zeep.Settings(
@@ -233,6 +271,8 @@ class PopulationClient:
             status = int(exc.status_code or 0)
             if status in (408, 429, 502, 503, 504):
                 raise self._unavailable(status) from None
+            if status in (401, 403):  # the register (or the LGSP before it) refused hub's sign-in
+                raise PeerAuthFailed(PEER, f"{OPERATION}: HTTP {status}", code="population_not_authorized") from None
             if 400 <= status < 500:
                 raise PeerRejected(PEER, f"{OPERATION}: HTTP {status}", code="peer_http_4xx") from None
             raise PeerError(PEER, f"{OPERATION}: HTTP {status}", code="peer_http_5xx") from None
