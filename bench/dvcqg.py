@@ -24,21 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BIN, Proc, free_port, hub_env, wait_http
 from bench.loadgen import dossier
+from tests.helpers import as_one_stop_writes_it
 
 CLIENT = "bench"
-
-
-def as_one_stop_writes_it(d: dict[str, Any]) -> dict[str, Any]:
-    """OpenCPS's item: codes as strings, "" where it has no value."""
-    return {
-        **d,
-        "TrangThaiHoSo": str(d["TrangThaiHoSo"]),
-        "KenhThucHien": str(d["KenhThucHien"]),
-        "LoaiDoiTuong": str(d["LoaiDoiTuong"]),
-        "NgayTra": "",
-        "ThongTinTra": "",
-        "MaDoiTuong": "",
-    }
 
 
 def rate(send: Any, batches: list[list[dict[str, Any]]], threads: int) -> float:

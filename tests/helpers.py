@@ -24,6 +24,24 @@ def step(code: str, status: int, note: str = "Xử lý hồ sơ") -> dict[str, A
     return make_progress(code, status, note)
 
 
+def as_one_stop_writes_it(d: dict[str, Any]) -> dict[str, Any]:
+    """A dossier as OpenCPS builds it: the portal's codes as strings, "" where it has no value, fields of its own."""
+    return {
+        **d,
+        "TrangThaiHoSo": str(d["TrangThaiHoSo"]),
+        "KenhThucHien": str(d["KenhThucHien"]),
+        "LoaiDoiTuong": str(d["LoaiDoiTuong"]),
+        "HinhThuc": "0",
+        "NgayTra": "",
+        "ThongTinTra": "",
+        "NgayKetThucXuLy": "",
+        "MaDoiTuong": "",
+        "Fax": "",
+        "ThongTinKhac": "",
+        "DanhSachTepDinhKemKhac": [],
+    }
+
+
 def exchanges(hub: Hub, peer: str) -> list[tuple[str, str, str, str | None, bool]]:
     """The exchange record's rows with `peer`: (operation, correlation id, outcome, error code, answer digested)."""
     from sqlalchemy import select

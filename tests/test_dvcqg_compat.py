@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from hub.api import dvcqg
 from hub.sandbox import contracts
 from tests.conftest import OTHER_AGENCY, Creds, HubFactory
-from tests.helpers import dossier, step
+from tests.helpers import as_one_stop_writes_it, dossier, step
 from tests.test_relay import applied_keys, portal_history
 
 CLIENT = "onestop-hcm"
@@ -47,24 +47,6 @@ class PortalClient:
         assert r.status_code == 200, r.text
         answer: dict[str, Any] = r.json()
         return answer
-
-
-def as_one_stop_writes_it(d: dict[str, Any]) -> dict[str, Any]:
-    """A dossier as OpenCPS builds it: the portal's codes as strings, "" where it has no value, fields of its own."""
-    return {
-        **d,
-        "TrangThaiHoSo": str(d["TrangThaiHoSo"]),
-        "KenhThucHien": str(d["KenhThucHien"]),
-        "LoaiDoiTuong": str(d["LoaiDoiTuong"]),
-        "HinhThuc": "0",
-        "NgayTra": "",
-        "ThongTinTra": "",
-        "NgayKetThucXuLy": "",
-        "MaDoiTuong": "",
-        "Fax": "",
-        "ThongTinKhac": "",
-        "DanhSachTepDinhKemKhac": [],
-    }
 
 
 def test_a_one_stop_system_written_for_the_portal_files_walks_and_looks_up_through_hub(
