@@ -76,16 +76,26 @@ class PeerPool:
     def post(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
         """(HTTP status, body, its Retry-After header). Raises urllib3's errors (TimeoutError first among its
         HTTPErrors) and ReplyTooLarge; `post_bytes` turns them into PeerErrors."""
-        reply = self._pool.request(
-            "POST",
-            self.base_url + path,
-            body=raw,
-            headers={**self._headers, **headers},
-            timeout=self._timeout,
-            retries=False,
-            redirect=False,
-            preload_content=False,
-        )
+        for attempt in (1, 2):
+            try:
+                reply = self._pool.request(
+                    "POST",
+                    self.base_url + path,
+                    body=raw,
+                    headers={**self._headers, **headers},
+                    timeout=self._timeout,
+                    retries=False,
+                    redirect=False,
+                    preload_content=False,
+                )
+                break
+            except urllib3.exceptions.ProtocolError:
+                # "closed without response": most often a kept-alive connection the peer closed (its idle timeout)
+                # just as hub reused it — the request never reached it. Once more, on a fresh connection; every
+                # POST hub makes to a peer is safe to repeat (a delivery carries its Idempotency-Key, a look-up
+                # or a sign-in changes nothing). A peer that drops the connection again is a peer down.
+                if attempt == 2:
+                    raise
         return reply.status, read_capped(reply, MAX_REPLY_BYTES), reply.headers.get("Retry-After")
 
     def close(self) -> None:

@@ -107,7 +107,9 @@ def reconcile(
             if exc.peer_down and not down.is_set():
                 down.set()
                 log.warning(
-                    "national portal unavailable: the rest of this reconciliation is not asked",
+                    "national portal unavailable (%s: %s): the rest of this reconciliation is not asked",
+                    exc.code,
+                    str(exc)[:200],
                     extra={"error_code": exc.code, "retry_after_s": exc.retry_after},
                 )
             return exc
