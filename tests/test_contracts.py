@@ -113,9 +113,25 @@ def test_sandbox_answers_with_the_portal_error_codes(
     with pytest.raises(PeerRejected) as reused:
         client.call("CapNhatTienDoHoSoMC", {"data": [step(d["MaHoSo"], 4)]}, idempotency_key="b", correlation_id="t")
     assert reused.value.code == "portal_idempotency_key_reused"
-    with pytest.raises(PeerRejected) as exists:
-        client.call("DongBoHoSoMC", {"isUpdating": False, "data": [d]}, idempotency_key="d", correlation_id="t")
-    assert exists.value.code == "portal_dossier_exists"
+    # a dossier sent as new that the portal has is 07, one sent as an update that it has not is 05: the adapter
+    # sends it once more the other way, under a key of its own (ADR 0041)
+    client.call("DongBoHoSoMC", {"isUpdating": False, "data": [d]}, idempotency_key="d", correlation_id="t")
+    unseen = dossier(2, status=4)  # a dossier in progress the portal has not seen: taken at its status
+    client.call("DongBoHoSoMC", {"isUpdating": True, "data": [unseen]}, idempotency_key="e", correlation_id="t")
+    tried = [
+        (r["idempotency_key"], r["body"]["isUpdating"], r["reply"]["error_code"])
+        for r in portal.get("/_sandbox/received", params={"operation": "DongBoHoSoMC"}).json()["items"]
+        if r["idempotency_key"][:1] in ("d", "e")
+    ]
+    assert tried == [("d", False, 7), ("d:isupdating=true", True, 0), ("e", True, 5), ("e:isupdating=false", False, 0)]
+    seen_unseen = client.look_up(unseen["MaHoSo"], correlation_id="t")
+    assert seen_unseen is not None and seen_unseen["TrangThaiHoSo"] == 4
+    with pytest.raises(PeerRejected) as refused:  # turned round once: what the portal says to that stands
+        client.call(
+            "DongBoHoSoMC", {"isUpdating": False, "data": [{**d, "TrangThaiHoSo": 10}]}, idempotency_key="f",
+            correlation_id="t",
+        )  # fmt: skip
+    assert refused.value.code == "portal_invalid_transition"
     seen = client.look_up(d["MaHoSo"], correlation_id="t")
     assert seen is not None and seen["TrangThaiHoSo"] == 2
     assert client.look_up("000.00.17.H56-241015-9999", correlation_id="t") is None

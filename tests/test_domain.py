@@ -138,6 +138,20 @@ def test_documented_transitions() -> None:
         check_transition(None, S.PROCESSING)
 
 
+@given(st.sampled_from(list(DossierStatus)), st.sampled_from(list(DossierStatus)))
+def test_a_dossier_taken_over_starts_anywhere_and_then_follows_the_table(
+    first: DossierStatus, then: DossierStatus
+) -> None:
+    """A dossier already in progress before hub (isUpdating) is taken at whatever status it is in; from there on
+    the table holds as for any other — taking over never opens a transition the table does not allow."""
+    check_transition(None, first, taken_over=True)
+    if then in TRANSITIONS[first]:
+        check_transition(first, then, taken_over=True)
+    else:
+        with pytest.raises(InvalidTransition):
+            check_transition(first, then, taken_over=True)
+
+
 @given(st.lists(st.sampled_from(list(DossierStatus)), max_size=30), st.sampled_from(sorted(INITIAL)))
 def test_any_walk_only_passes_through_allowed_transitions(walk: list[DossierStatus], start: DossierStatus) -> None:
     current = start

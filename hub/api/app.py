@@ -378,11 +378,25 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         summary="Create or update a dossier (DongBoHoSoMC shape); relayed to the national portal",
     )
     async def sync_dossier(
-        body: Annotated[DossierIn, Body(openapi_examples=examples.dossier())], who: Dossiers, key: IdemKey = None
+        body: Annotated[DossierIn, Body(openapi_examples=examples.dossier())],
+        who: Dossiers,
+        key: IdemKey = None,
+        updating: Annotated[
+            bool,
+            Query(
+                alias="isUpdating",
+                description="DongBoHoSoMC's isUpdating. true: the dossier was synced to the portal before, or filed "
+                "before the one-stop system was connected to hub — if hub has not seen it, it is taken over at "
+                "whatever status it is in (its history at hub starts there; `taken_over` in the answer) instead of "
+                "having to start in 1 or 2 (ADR 0041). A dossier hub knows follows the transition table either way",
+            ),
+        ] = False,
     ) -> JSONResponse:
         # async: validation is CPU work and the commit is waited for without a thread (GroupCommit.submit_async)
         service = rt().dossiers
-        command = service.sync_command(who, body, idempotency_key=key, correlation_id=correlation_id.get())
+        command = service.sync_command(
+            who, body, idempotency_key=key, correlation_id=correlation_id.get(), updating=updating
+        )
         return answer(await service.run_async(command))
 
     @app.post(
@@ -391,7 +405,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         tags=["dossiers"],
         summary="Create or update many dossiers at once (DongBoHoSoMC's `data` array): each taken or refused alone",
         description=f"Up to {MAX_BATCH} dossiers, each as `POST /v1/dossiers` takes one — a one-stop system's open "
-        "dossiers when it first connects, or a re-sync. The answer (200) gives each item's outcome at its place: "
+        "dossiers when it first connects (with `isUpdating: true`: those already in progress are taken over at "
+        "their status, ADR 0041), or a re-sync. The answer (200) gives each item's outcome at its place: "
         "202 with its event, or the problem that request alone would have got (422 for a malformed item, 403 for "
         "an agency the client may not act for, 409 for a refused transition…); a refused item changes nothing and "
         "holds no other back. A dossier's later change may follow its earlier one in the same batch. With an "
@@ -401,7 +416,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         body: Annotated[DossierBatchIn, Body(openapi_examples=examples.batch())], who: Dossiers, key: IdemKey = None
     ) -> JSONResponse:
         outcomes = await rt().dossiers.sync_many(
-            who, body.data, idempotency_key=key, correlation_id=correlation_id.get()
+            who, body.data, idempotency_key=key, correlation_id=correlation_id.get(), updating=bool(body.isUpdating)
         )
         return batch_answer(body.data, outcomes)
 

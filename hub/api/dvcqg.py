@@ -138,8 +138,18 @@ def router(rt: Callable[[], Any], sessions: Sessions) -> APIRouter:
             items = body.get("data")
             if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
                 return answer(label, INVALID_DATA, f"data: từ 1 đến {MAX_BATCH} mục (1 to {MAX_BATCH} items)")
-            many = dossiers.sync_many if name == "DongBoHoSoMC" else dossiers.progress_many
-            outcomes = await many(client, items, idempotency_key=None, correlation_id=correlation_id.get())
+            if name == "DongBoHoSoMC":
+                outcomes = await dossiers.sync_many(
+                    client,
+                    items,
+                    idempotency_key=None,
+                    correlation_id=correlation_id.get(),
+                    updating=_updating(body.get("isUpdating")),
+                )
+            else:
+                outcomes = await dossiers.progress_many(
+                    client, items, idempotency_key=None, correlation_id=correlation_id.get()
+                )
             refused = _refusals(items, outcomes)
             if not refused:
                 return answer(label, OK, "Thành công")
@@ -156,6 +166,8 @@ def router(rt: Callable[[], Any], sessions: Sessions) -> APIRouter:
             try:
                 view = await run_in_threadpool(dossiers.get, client, code)
             except DomainError as exc:
+                if exc.status == 404:  # (the client may act for its agency: refused before this otherwise)
+                    return await _at_portal(rt, code, lambda *a, **kw: answer(label, *a, **kw))
                 return answer(
                     label, BY_STATUS.get(exc.status, UNKNOWN_DOSSIER), f"Không tìm thấy hồ sơ {code[:64]}", result=[]
                 )
@@ -168,6 +180,39 @@ def router(rt: Callable[[], Any], sessions: Sessions) -> APIRouter:
         return answer(label, INVALID_DATA, f"Dịch vụ {str(name)[:64]} không được hỗ trợ (unsupported service)")
 
     return r
+
+
+async def _at_portal(rt: Callable[[], Any], code: str, answer: Callable[..., JSONResponse]) -> JSONResponse:
+    """TraCuuHoSo of a dossier hub does not hold, answered by the national portal: one synced there before hub was
+    put in between. One-stop systems decide from this look-up whether their next DongBoHoSoMC is an update
+    (OpenCPS: isUpdating "True" when `result` is not empty), and hub takes such a dossier over at its status
+    (ADR 0041) — answering "not found" would have them send it as new, at a status a new dossier cannot have."""
+    from hub.adapters.errors import PeerError
+
+    runtime, correlation = rt(), correlation_id.get()
+    try:
+        found = await run_in_threadpool(
+            lambda: runtime.portal.look_up(code, correlation_id=correlation, on_exchange=runtime.record_exchange)
+        )
+    except PeerError as exc:
+        log.warning("TraCuuHoSo: the national portal could not be asked (%s)", exc.code, extra={"MaHoSo": code[:64]})
+        return answer(
+            INTERNAL,
+            f"Không tra cứu được hồ sơ {code[:64]} tại Cổng DVCQG, thử lại sau (the national portal could not be "
+            f"asked: {exc.code}; try again later)",
+            result=[],
+        )
+    if found is None:
+        return answer(UNKNOWN_DOSSIER, f"Không tìm thấy hồ sơ {code[:64]}", result=[])
+    return answer(OK, "Thành công", data=found, result=[found])
+
+
+def _updating(value: Any) -> bool:
+    """DongBoHoSoMC's isUpdating as one-stop systems write it: JSON true, or "True" / "true" / "1" (OpenCPS writes
+    "True"/"False"); anything else — absent, false, "False", garbage — is not an update."""
+    if value is True or (type(value) is int and value == 1):
+        return True
+    return isinstance(value, str) and value.strip().lower() in ("true", "1")
 
 
 async def _procedure(rt: Callable[[], Any], body: dict[str, Any], answer: Callable[..., JSONResponse]) -> JSONResponse:

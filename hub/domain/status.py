@@ -38,7 +38,9 @@ VIETNAMESE_NAMES: dict[DossierStatus, str] = {
 }
 
 S = DossierStatus
-# Statuses a dossier may start in when hub first learns of it (filed online = 1; accepted at the counter = 2).
+# Statuses a dossier may start in when hub first learns of it (filed online = 1; accepted at the counter = 2). A
+# dossier already in progress before hub saw it (synced to the portal before hub, or a one-stop system connected
+# mid-way) is taken over at any status when its sender says so (DongBoHoSoMC's isUpdating: ADR 0041).
 INITIAL: frozenset[DossierStatus] = frozenset({S.NEW, S.ACCEPTED})
 TERMINAL: frozenset[DossierStatus] = frozenset({S.REFUSED, S.WITHDRAWN, S.STOPPED, S.RESULT_RETURNED})
 # Statuses something may still follow: the dossier is open.
@@ -77,12 +79,17 @@ def can_transition(current: DossierStatus, new: DossierStatus) -> bool:
     return new in TRANSITIONS[current]
 
 
-def check_transition(current: DossierStatus | None, new: DossierStatus) -> None:
-    """Raise InvalidTransition unless `current -> new` is allowed (`None` = hub has not seen the dossier)."""
+def check_transition(current: DossierStatus | None, new: DossierStatus, *, taken_over: bool = False) -> None:
+    """Raise InvalidTransition unless `current -> new` is allowed (`None` = hub has not seen the dossier).
+    `taken_over`: a dossier hub has not seen is already in progress (its sender says it was synced before,
+    isUpdating): hub's record of it starts at whatever status it is in (ADR 0041)."""
     if current is None:
-        if new not in INITIAL:
+        if new not in INITIAL and not taken_over:
             raise InvalidTransition(
-                f"a new dossier must start in status 1 or 2, not {int(new)}", code="invalid_initial_status"
+                f"a new dossier must start in status 1 or 2, not {int(new)}; one already in progress before hub "
+                "(synced to the portal before, or filed before its one-stop system was connected to hub) is taken "
+                "at its status when sent with isUpdating=true",
+                code="invalid_initial_status",
             )
         return
     if not can_transition(current, new):

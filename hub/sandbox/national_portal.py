@@ -60,16 +60,16 @@ def _as_portal(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _transitions() -> tuple[set[int], dict[int, set[int]]]:
+def _transitions() -> dict[int, set[int]]:
     table = contracts.load_json("national_portal/trang_thai_transitions.json")
-    return set(table["initial"]), {int(k): set(v) for k, v in table["transitions"].items()}
+    return {int(k): set(v) for k, v in table["transitions"].items()}
 
 
 def create_app(credentials: dict[str, str], state: PortalState | None = None) -> FastAPI:
     """`credentials`: username -> password accepted by /api/auth."""
     st = state or PortalState()
     st.credentials.update(credentials)
-    initial, transitions = _transitions()
+    transitions = _transitions()
     catalogue: list[dict[str, Any]] = contracts.load_json("national_portal/data/procedures.json")["data"]
     app = FastAPIOffline(
         redoc_url=None, title="Sandbox: national public-service portal (DVCQG)", docs_url="/_sandbox/docs"
@@ -157,13 +157,13 @@ def create_app(credentials: dict[str, str], state: PortalState | None = None) ->
         if name == "DongBoHoSoMC":
             items: list[dict[str, Any]] = body["data"]
             for item in items:
+                # a dossier the portal has not seen is taken at the status it is sent in (one-stop systems in
+                # service first sync a dossier at whatever status it has reached, ADR 0041); an update of one it
+                # has not seen is "not found", and a dossier sent as new that it has is "exists"
                 known = st.dossiers.get(item["MaHoSo"])
                 if known is None:
-                    if item["TrangThaiHoSo"] not in initial:
-                        return _reply(
-                            4,
-                            f"Hồ sơ mới phải ở trạng thái {sorted(initial)}, không phải {item['TrangThaiHoSo']}",
-                        )
+                    if body["isUpdating"]:
+                        return _reply(5, f"Không tìm thấy hồ sơ {item['MaHoSo']} để cập nhật")
                 elif not body["isUpdating"]:
                     return _reply(7, f"Hồ sơ {item['MaHoSo']} đã tồn tại")
                 elif item["TrangThaiHoSo"] not in transitions[known["status"]]:

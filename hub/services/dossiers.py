@@ -339,15 +339,31 @@ class DossierService:
     # -- commands --------------------------------------------------------------------------------------------
 
     def sync_dossier(
-        self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
+        self,
+        client: ClientSystem,
+        dossier: DossierIn,
+        *,
+        idempotency_key: str | None,
+        correlation_id: str,
+        updating: bool = False,
     ) -> Answer:
         return self.run(
-            self.sync_command(client, dossier, idempotency_key=idempotency_key, correlation_id=correlation_id)
+            self.sync_command(
+                client, dossier, idempotency_key=idempotency_key, correlation_id=correlation_id, updating=updating
+            )
         )
 
     def sync_command(
-        self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
+        self,
+        client: ClientSystem,
+        dossier: DossierIn,
+        *,
+        idempotency_key: str | None,
+        correlation_id: str,
+        updating: bool = False,
     ) -> _Command:
+        """`updating`: DongBoHoSoMC's isUpdating — the sender says the dossier was synced before (to the portal,
+        before hub): one hub has not seen is taken over at its status (ADR 0041)."""
         data = dossier.national()
         _dates_in_order(data)
         return self._command(
@@ -357,7 +373,15 @@ class DossierService:
             idempotency_key,
             data["MaHoSo"],
             lambda s, w: self.apply(
-                s, client, data["MaHoSo"], SYNC, data, correlation_id, writes=w, repeats=idempotency_key is None
+                s,
+                client,
+                data["MaHoSo"],
+                SYNC,
+                data,
+                correlation_id,
+                writes=w,
+                repeats=idempotency_key is None,
+                taken_over=updating,
             ),
         )
 
@@ -590,14 +614,22 @@ class DossierService:
         raise AssertionError("unreachable")
 
     async def sync_many(
-        self, client: ClientSystem, items: Sequence[Any], *, idempotency_key: str | None, correlation_id: str
+        self,
+        client: ClientSystem,
+        items: Sequence[Any],
+        *,
+        idempotency_key: str | None,
+        correlation_id: str,
+        updating: bool = False,
     ) -> list[Answer | DomainError | ValidationError]:
-        """A batch of dossiers (DongBoHoSoMC's `data` array): see `_many`."""
+        """A batch of dossiers (DongBoHoSoMC's `data` array, `updating` its isUpdating): see `_many`."""
 
         def command(item: Any, key: str | None) -> _Command:
             body = DossierIn.model_validate(item)
             _acting_for(client, body.MaHoSo)  # refused here, not by failing the transaction it would share
-            return self.sync_command(client, body, idempotency_key=key, correlation_id=correlation_id)
+            return self.sync_command(
+                client, body, idempotency_key=key, correlation_id=correlation_id, updating=updating
+            )
 
         return await self._many("sync", items, idempotency_key, command)
 
@@ -704,17 +736,22 @@ class DossierService:
         locked: Any = None,
         writes: _Writes | None = None,
         repeats: bool = False,
+        taken_over: bool = False,
     ) -> dict[str, Any]:
         """The write path, in SQLAlchemy Core. `writes`: the batch this command belongs to (its writes are sent
         with the batch's); without one, they are sent before this returns. `locked`: the dossier's row as
         SELECT_DOSSIER read it in this transaction, when the caller already did. `repeats`: a request without an
         Idempotency-Key that is the dossier's latest change over again (same client, kind and message) is that
-        change's answer, marked `REPEAT`, and creates nothing (ADR 0021)."""
+        change's answer, marked `REPEAT`, and creates nothing (ADR 0021). `taken_over`: the sender says the
+        dossier was synced before (isUpdating): if hub has not seen it, it is taken at its status (ADR 0041)."""
         if writes is None:
             own = _Writes(session.connection())
             if locked is not None:
                 own.know(code, locked)
-            result = self.apply(session, client, code, kind, data, correlation_id, notify, writes=own, repeats=repeats)
+            result = self.apply(
+                session, client, code, kind, data, correlation_id, notify, writes=own, repeats=repeats,
+                taken_over=taken_over,
+            )  # fmt: skip
             own.flush()
             return result
         parsed = _acting_for(client, code)
@@ -732,7 +769,7 @@ class DossierService:
         if current is None:
             if not whole:
                 raise NotFound(f"dossier {code} is unknown to hub: sync it first", code="dossier_not_found")
-            check_transition(None, new_status)
+            check_transition(None, new_status, taken_over=taken_over)
             seq = 1
             dossier_id: Any = writes.insert_dossier(
                 code,
@@ -849,7 +886,10 @@ class DossierService:
             rows.append(row)
         else:
             if kind == SYNC:
-                operation, payload = "DongBoHoSoMC", {"isUpdating": previous is not None, "data": [data]}
+                # a dossier taken over was synced to the portal before hub: an update there too (the portal
+                # client turns it into a first sync if the portal does not have it after all)
+                updating = previous is not None or taken_over
+                operation, payload = "DongBoHoSoMC", {"isUpdating": updating, "data": [data]}
             else:
                 operation, payload = "CapNhatTienDoHoSoMC", {"data": [data]}
             rows = [
@@ -876,7 +916,7 @@ class DossierService:
             "seq": seq,
             "TrangThaiHoSo": int(new_status),
             "previous_status": None if previous is None else int(previous),
-        }
+        } | ({"taken_over": True} if previous is None and taken_over else {})
 
     def payment_expired(
         self,

@@ -291,6 +291,11 @@ class Accepted(BaseModel):
         description="only in the national portal's push (`/v1/national/dossiers`), true when the dossier pushed is "
         "the one hub holds, status and fields alike (a poll that found what a push brought): no event, nothing relayed",
     )
+    taken_over: bool | None = Field(
+        default=None,
+        description="true when hub took over a dossier already in progress (sent with isUpdating=true, unknown to "
+        "hub): its history at hub starts at this status, and it is relayed to the portal as an update",
+    )
 
 
 MAX_BATCH = 200  # dossiers a batch may carry (about 1 KB each: within HUB_MAX_BODY_BYTES, 1 MiB)
@@ -308,7 +313,10 @@ class DossierBatchIn(BaseModel):
         json_schema_extra={"items": {"$ref": "#/components/schemas/DossierIn"}},
     )
     isUpdating: bool | None = Field(  # noqa: N815 - the portal's own name
-        default=None, description="accepted for the portal's envelope, not needed: hub knows which dossiers are new"
+        default=None,
+        description="true: these dossiers were synced to the portal before (or filed before the one-stop system was "
+        "connected to hub) — one hub has not seen is taken over at whatever status it is in, instead of having to "
+        "start in 1 or 2 (ADR 0041). Dossiers hub knows follow the transition table either way",
     )
 
 
@@ -338,6 +346,9 @@ class BatchItem(BaseModel):
     TrangThaiHoSo: int | None = None
     previous_status: int | None = None
     replayed: bool | None = Field(default=None, description="true: the answer given before to the same item")
+    taken_over: bool | None = Field(
+        default=None, description="true: a dossier in progress hub had not seen, taken over at its status (isUpdating)"
+    )
     problem: dict[str, Any] | None = Field(default=None, description="why it was refused (problem+json)")
 
 

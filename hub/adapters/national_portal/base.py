@@ -23,7 +23,9 @@ class NationalPortal(Protocol):
         raises a PeerError otherwise."""
         ...
 
-    def look_up(self, code: str, *, correlation_id: str) -> dict[str, Any] | None:
+    def look_up(
+        self, code: str, *, correlation_id: str, on_exchange: ExchangeHook | None = None
+    ) -> dict[str, Any] | None:
         """TraCuuHoSo: the portal's view of a dossier, or None if it does not know it."""
         ...
 

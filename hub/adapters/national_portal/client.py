@@ -121,23 +121,38 @@ class NationalPortalClient:
     ) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         session = self._session or self._authenticate(None, correlation_id, on_exchange)
-        for attempt in (1, 2):
+        renewed = flipped = False
+        while True:
             body = {"session": session, "madonvi": self.dstcode, "service": service, **payload}
             reply = self._post(self._service_path, body, service, correlation_id, headers, on_exchange)
             code = reply["error_code"]
             if code == codes.OK:
                 return reply
-            if code == codes.SESSION_INVALID and attempt == 1:
-                session = self._authenticate(session, correlation_id, on_exchange)
+            if code == codes.SESSION_INVALID:
+                if renewed:
+                    raise PeerError(PEER, f"{service}: session renewal did not help", code="portal_session_invalid")
+                session, renewed = self._authenticate(session, correlation_id, on_exchange), True
+                continue
+            other = None if flipped else _other_way(service, payload, code)
+            if other is not None:
+                # the portal knows the dossier when hub thought it new, or not when hub thought it known: the same
+                # dossier once more, the other way (under a key of its own, so that both stay exactly once)
+                payload, flipped = other, True
+                if idempotency_key:
+                    headers = {"Idempotency-Key": f"{idempotency_key}:isUpdating={other['isUpdating']}".lower()}
                 continue
             stable, retryable = codes.MEANING.get(code, ("portal_error", False))
             cls = PeerRejected if not retryable else PeerAuthFailed if code == codes.AUTH_FAILED else PeerError
             raise cls(PEER, f"{service}: error_code {code}: {reply.get('message')}", code=stable, reply=reply)
-        raise PeerError(PEER, f"{service}: session renewal did not help", code="portal_session_invalid")
 
-    def look_up(self, code: str, *, correlation_id: str) -> dict[str, Any] | None:
+    def look_up(
+        self, code: str, *, correlation_id: str, on_exchange: ExchangeHook | None = None
+    ) -> dict[str, Any] | None:
         try:
-            reply = self.call("TraCuuHoSo", {"MaHoSo": code}, idempotency_key=None, correlation_id=correlation_id)
+            reply = self.call(
+                "TraCuuHoSo", {"MaHoSo": code}, idempotency_key=None, correlation_id=correlation_id,
+                on_exchange=on_exchange,
+            )  # fmt: skip
         except PeerRejected as exc:
             if exc.code == "portal_unknown_dossier":
                 return None
@@ -146,3 +161,17 @@ class NationalPortalClient:
         if not isinstance(data, dict):
             raise PeerProtocolError(PEER, "TraCuuHoSo: reply has no data object", reply=reply)
         return data
+
+
+def _other_way(service: str, payload: dict[str, Any], code: int) -> dict[str, Any] | None:
+    """DongBoHoSoMC's `isUpdating` turned round when the portal's answer says it was wrong: "already exists" (07)
+    to a dossier sent as new — one synced before hub took it over, or sent by an earlier attempt whose answer was
+    lost (a portal without idempotency keys says so to the retry) — is sent as an update; "unknown dossier" (05) to
+    one sent as an update is sent as new. None for anything else."""
+    if service != "DongBoHoSoMC" or not isinstance(payload.get("isUpdating"), bool):
+        return None
+    if code == codes.ALREADY_EXISTS and payload["isUpdating"] is False:
+        return {**payload, "isUpdating": True}
+    if code == codes.UNKNOWN_DOSSIER and payload["isUpdating"] is True:
+        return {**payload, "isUpdating": False}
+    return None
