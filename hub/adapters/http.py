@@ -76,26 +76,9 @@ class PeerPool:
     def post(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
         """(HTTP status, body, its Retry-After header). Raises urllib3's errors (TimeoutError first among its
         HTTPErrors) and ReplyTooLarge; `post_bytes` turns them into PeerErrors."""
-        for attempt in (1, 2):
-            try:
-                reply = self._pool.request(
-                    "POST",
-                    self.base_url + path,
-                    body=raw,
-                    headers={**self._headers, **headers},
-                    timeout=self._timeout,
-                    retries=False,
-                    redirect=False,
-                    preload_content=False,
-                )
-                break
-            except urllib3.exceptions.ProtocolError:
-                # "closed without response": most often a kept-alive connection the peer closed (its idle timeout)
-                # just as hub reused it — the request never reached it. Once more, on a fresh connection; every
-                # POST hub makes to a peer is safe to repeat (a delivery carries its Idempotency-Key, a look-up
-                # or a sign-in changes nothing). A peer that drops the connection again is a peer down.
-                if attempt == 2:
-                    raise
+        reply = post_once_more_if_dropped(
+            self._pool, self.base_url + path, raw, lambda: {**self._headers, **headers}, self._timeout
+        )
         return reply.status, read_capped(reply, MAX_REPLY_BYTES), reply.headers.get("Retry-After")
 
     def close(self) -> None:
@@ -128,6 +111,37 @@ def unavailable(peer: str, what: str, wait: float | None) -> PeerUnavailable:
     and in its text (what operators read in `hub jobs show` and on the console)."""
     said = f"{what} (asked to wait {wait:.0f} s)" if wait is not None else what
     return PeerUnavailable(peer, said, code="peer_http_unavailable", retry_after=wait)
+
+
+def post_once_more_if_dropped(
+    pool: urllib3.PoolManager,
+    url: str,
+    body: bytes,
+    headers: Callable[[], dict[str, str]],
+    timeout: urllib3.Timeout,
+) -> urllib3.BaseHTTPResponse:
+    """A POST through one of hub's urllib3 pools (no retries, no redirects, the reply left to be read capped),
+    sent once more on a fresh connection if the first was dropped without an answer ("closed without response"):
+    most often a kept-alive connection the peer closed (its idle timeout) just as hub reused it — the request never
+    reached it. Every POST hub makes to a peer is safe to repeat (a delivery carries its Idempotency-Key, a look-up
+    or a sign-in changes nothing). `headers` is asked again for the second attempt (a signature of its own time).
+    A peer that drops the connection again is a peer down: urllib3's error is raised."""
+    for attempt in (1, 2):
+        try:
+            return pool.request(
+                "POST",
+                url,
+                body=body,
+                headers=headers(),
+                timeout=timeout,
+                retries=False,
+                redirect=False,
+                preload_content=False,
+            )
+        except urllib3.exceptions.ProtocolError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def verified_pool(max_connections: int, *, num_pools: int, tls: ssl.SSLContext | None = None) -> urllib3.PoolManager:

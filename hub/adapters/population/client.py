@@ -41,7 +41,14 @@ from hub.adapters.errors import (
     SharedWaits,
 )
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord, digest
-from hub.adapters.http import ReplyTooLarge, read_capped, retry_after, unavailable, verified_pool
+from hub.adapters.http import (
+    ReplyTooLarge,
+    post_once_more_if_dropped,
+    read_capped,
+    retry_after,
+    unavailable,
+    verified_pool,
+)
 from hub.adapters.population.base import PEER, CitizenLookup
 
 TNS = "http://dancuquocgia.bca"  # the request's and the fault detail's namespace (contracts/population)
@@ -51,7 +58,8 @@ MAX_REPLY_BYTES = 2 * 1024 * 1024  # a citizen's record is a few kB; anything th
 
 
 class PooledTransport(Transport):
-    """zeep's transport, posting through a urllib3 connection pool: no retries, no redirects, explicit timeouts,
+    """zeep's transport, posting through a urllib3 connection pool: no retries (but once on a connection dropped
+    before any answer, signed afresh: `post_once_more_if_dropped`), no redirects, explicit timeouts,
     a cap on the reply's size, and the HTTP status of the calling thread's last reply kept (zeep hides it when it
     raises a Fault). The WSDL is loaded by zeep's own machinery, from the local file."""
 
@@ -85,15 +93,13 @@ class PooledTransport(Transport):
         self._local.retry_after = None
 
     def post(self, address: str, message: bytes, headers: dict[str, str]) -> requests.Response:
-        reply = self._pool.request(
-            "POST",
+        sign_in = self._sign_in
+        reply = post_once_more_if_dropped(
+            self._pool,
             address,
-            body=message,
-            headers={**headers, **self._sign_in()} if self._sign_in is not None else headers,
-            timeout=self._timeout,
-            retries=False,
-            redirect=False,
-            preload_content=False,
+            message,
+            (lambda: {**headers, **sign_in()}) if sign_in is not None else (lambda: headers),
+            self._timeout,
         )
         self._local.status = reply.status
         self._local.retry_after = reply.headers.get("Retry-After")
