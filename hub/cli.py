@@ -984,7 +984,7 @@ def catalogue_sync(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
 
     rt = _jobs_runtime()
     try:
-        result = rt.catalogue.sync(rt.portal, correlation_id="cli-catalogue-sync")
+        result = rt.catalogue.sync(rt.portal, correlation_id="cli-catalogue-sync", on_exchange=rt.record_exchange)
     except PeerError as exc:
         err.print(f"[red]the portal did not answer the catalogue request:[/red] {exc.code}: {exc.detail}")
         raise typer.Exit(1) from None

@@ -121,7 +121,9 @@ def run_demo(count: int, out: Console) -> int:
     control = httpx.Client(base_url=portal.url, timeout=10)
     out.rule("[bold]hub demo[/bold] — embedded mode (SQLite + in-process worker), sandbox peers on loopback")
     out.print(f"national portal sandbox {portal.url} · one-stop sandbox {onestop.url} · hub {api.url}")
-    synced = runtime.catalogue.sync(runtime.portal, correlation_id="demo-catalogue")
+    synced = runtime.catalogue.sync(
+        runtime.portal, correlation_id="demo-catalogue", on_exchange=runtime.record_exchange
+    )
     out.print(f"procedure catalogue synced from the portal: {synced['stored']} procedures (time limits and fees)")
     try:
         rng = random.Random(20241015)
@@ -238,9 +240,20 @@ def _portal_protocol(out: Console, api_url: str, client_name: str, key: str, rng
             "/service",
             json={"session": signed.get("session"), "madonvi": AGENCY, "service": "DongBoHoSoMC", "data": [item]},
         ).json()
+        # a dossier it was already processing before it was pointed at hub, sent as an update (ADR 0041)
+        busy = one_stop.make_dossier(AGENCY, 91, rng, status=4, when=datetime.now(UTC))
+        taken = as_portal.post(
+            "/service",
+            json={
+                "session": signed.get("session"), "madonvi": AGENCY, "service": "DongBoHoSoMC", "isUpdating": "True",
+                "data": [{**busy, "TrangThaiHoSo": "4"}],
+            },
+        ).json()  # fmt: skip
     out.print(
         f"a one-stop system written for the national portal, pointed at {api_url}/dvcqg: sign-in "
-        f"{signed['error_code']}, DongBoHoSoMC {pushed['error_code']} ({d['MaHoSo']}, its codes sent as strings)"
+        f"{signed['error_code']}, DongBoHoSoMC {pushed['error_code']} ({d['MaHoSo']}, its codes sent as strings); "
+        f"one it was already processing, sent as an update, taken over at status 4: {taken['error_code']} "
+        f"({busy['MaHoSo']})"
     )
 
 

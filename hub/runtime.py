@@ -406,11 +406,21 @@ class Runtime:
         set, an OCSP or CRL fetch, a time-stamp — written at once in a transaction of its own (never while one is
         open: these are made before a request's transaction, after its answer, or with none). A failure to write
         is logged, not raised: the exchange itself succeeded or failed on its own account."""
+        self.record_exchanges([record])
+
+    def record_exchanges(self, records: Sequence[ExchangeRecord]) -> None:
+        """`record_exchange` for many at once (a reconciliation's look-ups, a batch at a time): one transaction."""
+        if not records:
+            return
         try:
             with self.sessions.begin() as s:
-                self._record_exchanges(s, [record])
+                self._record_exchanges(s, records)
         except Exception:
-            log.exception("exchange with %s not recorded", record.peer, extra={"correlation_id": record.correlation_id})
+            first = records[0]
+            log.exception(
+                "%d exchange(s) with %s not recorded", len(records), first.peer,
+                extra={"correlation_id": first.correlation_id},
+            )  # fmt: skip
 
     @staticmethod
     def _record_exchanges(session: Session, records: Sequence[ExchangeRecord]) -> None:
@@ -534,8 +544,12 @@ class Runtime:
                 repair=repair,
                 on_progress=on_progress,
                 concurrency=self.settings.reconcile_concurrency,
+                on_exchanges=self.record_exchanges,
             )
-            result.drift += unknown_to_hub(self.sessions, self.portal, [r["agency_pattern"] for r in self.routes.all()])
+            result.drift += unknown_to_hub(
+                self.sessions, self.portal, [r["agency_pattern"] for r in self.routes.all()],
+                on_exchange=self.record_exchange,
+            )  # fmt: skip
             if result.as_dict()["repaired_events"]:
                 self.wake()
             return result.as_dict()

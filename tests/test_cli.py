@@ -249,6 +249,9 @@ def test_catalogue_sync_and_list(
     synced = run(["catalogue", "sync", "--json"], tmp_path, env)
     assert synced.returncode == 0, synced.stderr
     assert json.loads(synced.stdout) == {"stored": 16, "skipped": 0}
+    from tests.test_downflow import outbound
+
+    assert ("LayDanhSachTTHC", "ok") in outbound(hub, "cli-catalogue-sync")  # on the record of outbound exchanges
     listed = json.loads(run(["catalogue", "list", "--json"], tmp_path, env).stdout)
     assert {p["MaTTHC"] for p in listed} >= {"1.001193", "1.000894"}
     table = run(["catalogue", "list"], tmp_path, env).stdout

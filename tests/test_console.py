@@ -858,3 +858,20 @@ def test_every_word_the_console_uses_is_there_in_vietnamese_and_english() -> Non
     used |= set(re.findall(r"\bt\[\"([a-z_:]+)\"\]", views))
     assert used - {"get"} <= set(TEXT["vi"]), sorted(used - {"get"} - set(TEXT["vi"]))
     assert all(TEXT[lang][key].strip() for lang in TEXT for key in TEXT[lang])
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_dossier_taken_over_mid_way_says_so_on_its_timeline(console_hub: Hub, backend: str) -> None:
+    """A dossier already in progress when its one-stop system was connected (isUpdating, ADR 0041) has a history
+    at hub that starts mid-way: its page says so, so that an operator does not look for the steps before it."""
+    hub = console_hub
+    taken = dossier(40, status=5)
+    assert hub.http.post("/v1/dossiers", params={"isUpdating": "true"}, json=taken).json()["taken_over"] is True
+    filed = dossier(41, status=2)
+    assert hub.http.post("/v1/dossiers", json=filed).status_code == 202
+    viewer = _logged_in(hub.server.url, "le.thi.xem")
+    page = viewer.get(f"/ops/dossiers/{taken['MaHoSo']}").text
+    assert 'class="taken-over">tiếp nhận giữa chừng' in page
+    assert "taken-over" not in viewer.get(f"/ops/dossiers/{filed['MaHoSo']}").text
+    english = viewer.get(f"/ops/dossiers/{taken['MaHoSo']}", params={"lang": "en"}).text
+    assert 'class="taken-over">taken over mid-way' in english

@@ -163,6 +163,7 @@ def test_polling_picks_up_a_lost_push_and_never_delivers_twice(
     push(portal, hub, creds, pushed)  # this one did arrive
     counts = hub.runtime.poll_portal()
     assert counts == {"seen": 2, "new_events": 1, "unchanged": 1, "invalid": 0, "errors": 0}
+    assert ("TraCuuHoSoMoi", "ok") in outbound(hub, "poll")  # on the record of outbound exchanges, as every one
     hub.wait_idle()
     assert sorted(r["body"]["data"]["MaHoSo"] for r in received(onestop)) == sorted([lost["MaHoSo"], pushed["MaHoSo"]])
     # polling again, and pushing again, change nothing
@@ -175,6 +176,21 @@ def test_polling_picks_up_a_lost_push_and_never_delivers_twice(
     assert hub.runtime.poll_portal()["new_events"] == 1
     hub.wait_idle()
     assert [(r["operation"], r["body"].get("TrangThaiHoSo")) for r in received(onestop)][-1] == ("status", 7)
+
+
+def outbound(hub: Hub, correlation_id: str) -> list[tuple[str, str]]:
+    """(operation, outcome) of the exchanges recorded under a correlation id, in order."""
+    from sqlalchemy import select
+
+    from hub.store.models import Exchange
+
+    with hub.runtime.sessions() as s:
+        rows = s.execute(
+            select(Exchange.operation, Exchange.outcome)
+            .where(Exchange.correlation_id == correlation_id)
+            .order_by(Exchange.id)
+        )
+        return [(r.operation, r.outcome) for r in rows]
 
 
 def inbound_records(hub: Hub) -> list[tuple[str, str | None]]:

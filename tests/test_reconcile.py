@@ -46,7 +46,8 @@ def _step(code: str, status: int) -> dict[str, object]:
 def test_each_kind_of_drift_is_reported_and_the_safe_ones_repaired(
     drifted: tuple[Hub, list[str]], portal: httpx.Client
 ) -> None:
-    hub, (_, lost, behind, ahead, unknown) = drifted
+    hub, codes = drifted
+    _, lost, behind, ahead, unknown = codes
     result = hub.runtime.reconcile()
     kinds = {d["code"]: d["kind"] for d in result["drift"]}
     assert kinds == {
@@ -64,6 +65,21 @@ def test_each_kind_of_drift_is_reported_and_the_safe_ones_repaired(
     again = hub.runtime.reconcile(repair=False)
     assert {d["code"]: d["kind"] for d in again["drift"]} == {ahead: "status_ahead", unknown: "unknown_to_hub"}
     assert again["in_sync"] == 3
+    # every question put to the portal is on the record of outbound exchanges, as the relay's deliveries are
+    from sqlalchemy import select
+
+    from hub.store.models import Exchange
+
+    with hub.runtime.sessions() as s:
+        asked = s.execute(
+            select(Exchange.operation, Exchange.correlation_id, Exchange.outcome).where(
+                Exchange.correlation_id.like("reconcile%")
+            )
+        ).all()
+    look_ups = sorted(c for op, c, _ in asked if op == "TraCuuHoSo")
+    assert look_ups == sorted(2 * [f"reconcile-{c}" for c in (lost, behind, ahead)] + [f"reconcile-{codes[0]}"] * 2)
+    assert [(op, outcome) for op, c, outcome in asked if c == "reconcile"] == 2 * [("TraCuuHoSoMoi", "ok")]
+    assert {outcome for op, c, outcome in asked if c == f"reconcile-{lost}"} == {"permanent", "ok"}
 
 
 def test_reconcile_from_the_command_line(drifted: tuple[Hub, list[str]], tmp_path: Path) -> None:
@@ -130,8 +146,8 @@ def test_a_portal_reply_that_breaks_the_contract_is_an_error_not_a_crash(drifted
         def __getattr__(self, name: str) -> Any:
             return getattr(real, name)
 
-        def look_up(self, code: str, *, correlation_id: str) -> dict[str, Any] | None:
-            seen = real.look_up(code, correlation_id=correlation_id)
+        def look_up(self, code: str, *, correlation_id: str, **kw: Any) -> dict[str, Any] | None:
+            seen = real.look_up(code, correlation_id=correlation_id, **kw)
             return {**seen, "TrangThaiHoSo": "đang xử lý"} if seen is not None and code == in_sync else seen
 
         def call(self, service: str, payload: dict[str, Any], **kw: Any) -> dict[str, Any]:

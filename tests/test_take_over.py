@@ -125,6 +125,8 @@ def test_a_one_stop_system_written_for_the_portal_goes_live_through_hub_with_dos
 
     looked_up = one_stop.call("TraCuuHoSo", mahoso=d["MaHoSo"])
     assert looked_up["error_code"] == "00" and looked_up["result"][0]["TrangThaiHoSo"] == 4  # the portal's copy
+    owner = looked_up["data"]["SoGiayToChuHoSo"]  # masked, as hub shows its own dossiers
+    assert owner == "*" * (len(d["SoGiayToChuHoSo"]) - 3) + d["SoGiayToChuHoSo"][-3:]
     has_sync = bool(looked_up["result"])
     sent = one_stop.call("DongBoHoSoMC", isUpdating="True" if has_sync else "False", data=[as_one_stop_writes_it(d)])
     assert sent == {"error_code": "00", "message": "Thành công"}

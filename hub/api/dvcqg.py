@@ -188,6 +188,7 @@ async def _at_portal(rt: Callable[[], Any], code: str, answer: Callable[..., JSO
     (OpenCPS: isUpdating "True" when `result` is not empty), and hub takes such a dossier over at its status
     (ADR 0041) — answering "not found" would have them send it as new, at a status a new dossier cannot have."""
     from hub.adapters.errors import PeerError
+    from hub.services.dossiers import masked
 
     runtime, correlation = rt(), correlation_id.get()
     try:
@@ -204,7 +205,8 @@ async def _at_portal(rt: Callable[[], Any], code: str, answer: Callable[..., JSO
         )
     if found is None:
         return answer(UNKNOWN_DOSSIER, f"Không tìm thấy hồ sơ {code[:64]}", result=[])
-    return answer(OK, "Thành công", data=found, result=[found])
+    shown = masked(found)  # as hub shows its own dossiers: the owner's ID masked
+    return answer(OK, "Thành công", data=shown, result=[shown])
 
 
 def _updating(value: Any) -> bool:

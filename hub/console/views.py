@@ -36,7 +36,7 @@ from hub.domain.errors import DomainError
 from hub.domain.money import dong
 from hub.domain.privacy import same_text
 from hub.domain.spreadsheet import spreadsheet_safe
-from hub.domain.status import OPEN, VIETNAMESE_NAMES, DossierStatus
+from hub.domain.status import INITIAL, OPEN, VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services import actions
 from hub.services.audit import ACCESS_LOG_INQUIRY, OPERATOR_SEARCH, Access
@@ -633,6 +633,8 @@ def router(runtime: Any) -> APIRouter:
                     "at": e.created_at,
                     "status": e.status,
                     "status_name": VIETNAMESE_NAMES[DossierStatus(e.status)],
+                    # a first event at a status no dossier is filed in: one taken over mid-way (ADR 0041)
+                    "taken_over": e.previous_status is None and e.status not in INITIAL,
                     "deliveries": [
                         {
                             "destination": o.destination,

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.adapters.exchange import ExchangeHook
 from hub.adapters.national_portal import NationalPortal
 from hub.domain.dates import utcnow
 from hub.domain.errors import DomainError
@@ -79,9 +80,13 @@ class Catalogue:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
-    def sync(self, portal: NationalPortal, *, correlation_id: str) -> dict[str, int]:
+    def sync(
+        self, portal: NationalPortal, *, correlation_id: str, on_exchange: ExchangeHook | None = None
+    ) -> dict[str, int]:
         """Fetch the portal's catalogue and upsert it. Entries that break the contract are counted, not stored."""
-        reply = portal.call("LayDanhSachTTHC", {}, idempotency_key=None, correlation_id=correlation_id)
+        reply = portal.call(
+            "LayDanhSachTTHC", {}, idempotency_key=None, correlation_id=correlation_id, on_exchange=on_exchange
+        )
         items = reply.get("data")
         if not isinstance(items, list):
             items = reply.get("result")  # the portal's look-ups answer in `result`, with upper-case names

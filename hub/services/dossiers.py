@@ -166,6 +166,14 @@ def mask_id(value: str | None) -> str | None:
     return "*" * max(0, len(value) - 3) + value[-3:]
 
 
+def masked(data: dict[str, Any]) -> dict[str, Any]:
+    """A dossier's fields as hub shows them to a client: the owner's ID number masked (its last three digits)."""
+    shown = dict(data)
+    if isinstance(shown.get("SoGiayToChuHoSo"), str):
+        shown["SoGiayToChuHoSo"] = mask_id(shown["SoGiayToChuHoSo"])
+    return shown
+
+
 @dataclass(slots=True)
 class _Row:
     """A dossier's row as the transaction sees it, its own writes included. `id` is a `_NewId` until the row,
@@ -1154,9 +1162,7 @@ def describe(conn: Connection, dossier: Any) -> dict[str, Any]:
     if conn.execute(HAS_DOCUMENTS, {"code": dossier.code}).first() is not None:
         with Session(bind=conn) as session:  # to other agencies, with what they said
             documents = documents_sent(session, dossier.id, dossier.code)
-    data = dict(dossier.data)
-    if "SoGiayToChuHoSo" in data:
-        data["SoGiayToChuHoSo"] = mask_id(data["SoGiayToChuHoSo"])
+    data = masked(dossier.data)
     status = DossierStatus(dossier.status)
     return {
         "MaHoSo": dossier.code,

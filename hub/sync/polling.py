@@ -29,6 +29,7 @@ def poll_portal(runtime: Any, *, since: str = "00000000000000") -> dict[str, int
                 {"MaCoQuan": route["agency_pattern"], "TuNgay": since},
                 idempotency_key=None,
                 correlation_id="poll",
+                on_exchange=runtime.record_exchange,
             )
         except PeerError as exc:
             counts["errors"] += 1

@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.adapters.errors import PeerError, PeerProtocolError, PeerUnavailable
+from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.adapters.national_portal import NationalPortal
 from hub.domain.dates import utcnow
 from hub.domain.status import DossierStatus
@@ -84,9 +85,11 @@ def reconcile(
     on_progress: Callable[[int, int], None] | None = None,
     batch: int = 500,
     concurrency: int = 8,
+    on_exchanges: Callable[[list[ExchangeRecord]], None] | None = None,
 ) -> ReconcileResult:
     """Dossiers are read `batch` at a time (one query for their outbox rows) and looked up at the portal
-    `concurrency` at a time; verdicts and repairs are made in dossier order."""
+    `concurrency` at a time; verdicts and repairs are made in dossier order. `on_exchanges`: where each batch's
+    exchanges with the portal are recorded, together (the append-only record of every outbound exchange)."""
     result = ReconcileResult()
     with sessions() as s:
         # the open statuses by name: a seek per status on ix_dossiers_status_due_at (NOT IN read every dossier)
@@ -97,12 +100,13 @@ def reconcile(
     done = 0
 
     down = threading.Event()  # the portal is unreachable, timing out or asking to wait: ask it no more this run
+    exchanges: list[ExchangeRecord] = []  # this batch's, appended from the look-up threads (list.append is atomic)
 
     def look_up(code: str) -> dict[str, Any] | PeerError | None:
         if down.is_set():
             return NOT_ASKED
         try:
-            seen = portal.look_up(code, correlation_id=f"reconcile-{code}")
+            seen = portal.look_up(code, correlation_id=f"reconcile-{code}", on_exchange=exchanges.append)
         except PeerError as exc:
             if exc.peer_down and not down.is_set():
                 down.set()
@@ -132,6 +136,9 @@ def reconcile(
             # settled: every message delivered or set aside by an operator (never to be sent: not awaited)
             settled = [d for d in chunk if rows_of[d.id] and all(r.state in SETTLED for r in rows_of[d.id])]
             seen_of = dict(zip((d.id for d in settled), pool.map(look_up, [d.code for d in settled]), strict=True))
+            if on_exchanges is not None and exchanges:
+                on_exchanges(list(exchanges))
+            exchanges.clear()
             for dossier_id, code, status in chunk:
                 done += 1
                 if on_progress is not None:
@@ -188,14 +195,20 @@ def _judge(
         result.drift.append(Drift(code, "status_ahead", status, at_portal, note="changed at the portal: check by hand"))
 
 
-def unknown_to_hub(sessions: sessionmaker[Session], portal: NationalPortal, agency_patterns: list[str]) -> list[Drift]:
+def unknown_to_hub(
+    sessions: sessionmaker[Session],
+    portal: NationalPortal,
+    agency_patterns: list[str],
+    *,
+    on_exchange: ExchangeHook | None = None,
+) -> list[Drift]:
     """Dossiers the portal lists for the routed agencies (TraCuuHoSoMoi) that hub does not know."""
     found: list[Drift] = []
     for pattern in agency_patterns:
         try:
             reply = portal.call(
                 "TraCuuHoSoMoi", {"MaCoQuan": pattern, "TuNgay": "00000000000000"}, idempotency_key=None,
-                correlation_id="reconcile",
+                correlation_id="reconcile", on_exchange=on_exchange,
             )  # fmt: skip
         except PeerError:
             continue
