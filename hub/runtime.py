@@ -240,9 +240,14 @@ class Runtime:
                 settings.population_username,
                 settings.population_secret.get_secret_value(),
                 settings.population_service_url or settings.effective_population_url,
+                millis=settings.population_timestamp_unit == "ms",
             )
             if settings.population_username and settings.population_secret
             else None,
+            headers={
+                **({"X-Road-Client": settings.population_x_road_client} if settings.population_x_road_client else {}),
+                **({"ApiKey": settings.population_api_key.get_secret_value()} if settings.population_api_key else {}),
+            },
         )
         from hub.adapters.identity import CitizenTokens
 

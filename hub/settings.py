@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     population_username: str = ""  # the register's sign-in (with population_secret): HTTP Basic, hashed per request
     population_secret: SecretStr | None = None
     population_service_url: str = ""  # the service URL the sign-in's hash starts with; empty: HUB_POPULATION_URL
+    population_timestamp_unit: Literal["s", "ms"] = "s"  # the sign-in's time: Unix seconds, or milliseconds
+    population_x_road_client: str = ""  # X-Road-Client: hub's subsystem on the data-exchange platform (NDXP)
+    population_api_key: SecretStr | None = None  # ApiKey header, when the platform's gateway issued one
     # Working days (NgayHenTra, overdue counts) follow Vietnam's official calendar — weekends, public holidays,
     # the government's make-up working Saturdays — from the `holidays` package; a province adds its own days off
     # and swapped working days here (JSON lists of YYYY-MM-DD), e.g. a swap decided after the package's release.

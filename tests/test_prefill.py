@@ -1337,17 +1337,23 @@ def test_a_reply_shaped_as_the_register_sends_it_is_read_and_a_year_alone_fills_
     from hub.services.prefill import _format
 
     seen: list[bytes] = []
+    headers: list[dict[str, str]] = []
     app = FastAPI()
 
     @app.post("/ws")
     async def register(request: StarletteRequest) -> Response:
         seen.append(await request.body())
+        headers.append(dict(request.headers))
         return Response(AS_SEEN, media_type="text/xml; charset=utf-8")
 
     server = ServerThread(app).start()
-    client = PopulationClient(f"{server.url}/ws", wsdl=wsdl_path(), read_timeout=2, integration="037")
+    on_ndxp = {"X-Road-Client": "VN/GOV/000.00.00.H29/HUB", "ApiKey": "k-123"}
+    client = PopulationClient(f"{server.url}/ws", wsdl=wsdl_path(), read_timeout=2, integration="037", headers=on_ndxp)
     try:
-        query = CitizenLookup("001090000001", "r1", "cb", KHAI_SINH, full_name="Nguyễn Văn An", birth_date="19900101")
+        query = CitizenLookup(
+            "001090000001", "r1", "cb", KHAI_SINH, full_name="Nguyễn Văn An", birth_date="19900101",
+            agency="000.00.17.H56",
+        )  # fmt: skip
         record = client.look_up(query, correlation_id="c")
     finally:
         client.close()
@@ -1363,6 +1369,10 @@ def test_a_reply_shaped_as_the_register_sends_it_is_read_and_a_year_alone_fills_
     assert op is not None and op.findtext("{http://dancuquocgia.bca}MaTichHop") == "037"
     born = op.find("{http://dancuquocgia.bca}NgayThangNamSinh")
     assert born is not None and born.findtext("{http://dancuquocgia.bca}NgayThangNam") == "19900101"
+    assert op.findtext("{http://dancuquocgia.bca}MaDonVi") == "000.00.17.H56"  # the agency the officer asks for
+    # as a newer integration sends it: an empty SOAPAction, hub's identifier on the data-exchange platform
+    assert headers[0]["soapaction"] == '""'
+    assert headers[0]["x-road-client"] == "VN/GOV/000.00.00.H29/HUB" and headers[0]["apikey"] == "k-123"
 
 
 @pytest.mark.parametrize("drops", [1, 2])
@@ -1430,6 +1440,8 @@ def test_hub_signs_in_to_a_register_that_requires_it_and_a_refusal_is_an_authori
     the service URL, the username, the request's Unix time and the secret, that time in a `timestamp` header. hub
     signs every look-up so; a wrong secret or an old signature is refused (401), which hub reports as the register
     refusing its credentials — not as a citizen not found."""
+    from dataclasses import replace
+
     import httpx as _httpx
     from pydantic import SecretStr
 
@@ -1455,16 +1467,22 @@ def test_hub_signs_in_to_a_register_that_requires_it_and_a_refusal_is_an_authori
                 client.look_up(query, correlation_id="c")
             assert refused.value.code == "population_not_authorized"
             client.close()
-        # a signature replayed ten minutes later is refused
-        stale = sign_in_headers("hub-hcm", "s3cret", service_url, int(time.time()) - 600)
-        r = _httpx.post(url, content=b"<x/>", headers={**stale, "Content-Type": "text/xml"})
-        assert r.status_code == 401
+        # the time in milliseconds, as a newer integration signs it, is taken alike
+        in_ms = PopulationClient(url, wsdl=population.wsdl_path(), credentials=replace(signed, millis=True))
+        assert in_ms.look_up(query, correlation_id="c")["SoDinhDanh"] == sid
+        in_ms.close()
+        # a signature replayed ten minutes later is refused, in seconds or in milliseconds
+        for stale_at in (int(time.time()) - 600, int(time.time() * 1000) - 600_000):
+            stale = sign_in_headers("hub-hcm", "s3cret", service_url, stale_at)
+            r = _httpx.post(url, content=b"<x/>", headers={**stale, "Content-Type": "text/xml"})
+            assert r.status_code == 401
         # and through hub: its settings sign every look-up in
         hub = hub_factory(
             population_url=url,
             population_username="hub-hcm",
             population_secret=SecretStr("s3cret"),
             population_service_url=service_url,
+            population_timestamp_unit="ms",
         )
         assert ask(hub, sid).status_code == 200
     finally:
@@ -1521,7 +1539,10 @@ def test_replies_are_cached_encrypted_and_still_logged(hub: Hub, people: httpx.C
 
     father = married(people, "1")
     first = ask(hub, father["SoDinhDanh"]).json()
-    asked = people.get("/_sandbox/received").json()["count"]
+    received = people.get("/_sandbox/received").json()
+    asked = received["count"]
+    # the register is told who asks: the officer, the agency they ask for, the procedure
+    assert received["items"][-1]["body"] == {"MaCanBo": "cb-0042", "MaDonVi": AGENCY, "MaDVC": KHAI_SINH}
     second = ask(hub, father["SoDinhDanh"]).json()
     assert people.get("/_sandbox/received").json()["count"] == asked  # the register was not asked again
     one, two = fields(first)["me.ho_ten"], fields(second)["me.ho_ten"]

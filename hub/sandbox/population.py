@@ -103,11 +103,15 @@ def _append(parent: etree._Element, name: str, value: Any) -> None:
 
 def signed_in(request: Request, credentials: tuple[str, str, str]) -> bool:
     """The register's sign-in (HTTP Basic, the password SHA-256 of service URL + username + Unix time + secret,
-    that time in a `timestamp` header), within five minutes of the sandbox's clock."""
+    that time in a `timestamp` header: seconds, or milliseconds as a newer integration writes it), within five
+    minutes of the sandbox's clock."""
     username, secret, service_url = credentials
     stamp = request.headers.get("timestamp", "")
     scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic" or not stamp.isascii() or not stamp.isdigit() or abs(time.time() - int(stamp)) > 300:
+    if scheme.lower() != "basic" or not stamp.isascii() or not stamp.isdigit() or len(stamp) > 16:
+        return False
+    seconds = int(stamp) / 1000 if len(stamp) >= 13 else int(stamp)  # 13 digits: milliseconds (from 2001 on)
+    if abs(time.time() - seconds) > 300:
         return False
     try:
         user, _, proof = base64.b64decode(encoded, validate=True).decode().partition(":")
@@ -223,5 +227,5 @@ def create_app(state: PopulationState | None = None, credentials: tuple[str, str
 
 
 def _summary(req: dict[str, str]) -> dict[str, str]:
-    """What the sandbox keeps of a request: who asked, for which service (never the ID itself)."""
-    return {"MaCanBo": req.get("MaCanBo", ""), "MaDVC": req.get("MaDVC", "")}
+    """What the sandbox keeps of a request: who asked, for which agency and service (never the ID itself)."""
+    return {"MaCanBo": req.get("MaCanBo", ""), "MaDonVi": req.get("MaDonVi", ""), "MaDVC": req.get("MaDVC", "")}

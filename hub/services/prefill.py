@@ -1005,6 +1005,7 @@ class PrefillService:
             birth_date=body.subject_birth_date.strftime("%Y%m%d")
             if role == "subject" and body.subject_birth_date
             else None,
+            agency=body.requested_by.agency,
         )
         try:
             with spent("register"):  # the population database's own time, as hub waits for it

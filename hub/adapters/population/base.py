@@ -12,7 +12,8 @@ PEER = "population"
 
 @dataclass(frozen=True, slots=True)
 class CitizenLookup:
-    """One request (TraCuuThongTinCongDan). `request_id` is MaYeuCau, `officer` MaCanBo, `service` MaDVC."""
+    """One request (TraCuuThongTinCongDan). `request_id` is MaYeuCau, `officer` MaCanBo, `service` MaDVC, `agency`
+    MaDonVi (the agency the officer asks for)."""
 
     personal_id: str
     request_id: str
@@ -20,6 +21,7 @@ class CitizenLookup:
     service: str
     full_name: str | None = None
     birth_date: str | None = None  # yyyyMMdd
+    agency: str | None = None
 
     def __repr__(self) -> str:  # never the ID in clear
         return f"CitizenLookup(request_id={self.request_id!r}, service={self.service!r})"

@@ -71,9 +71,11 @@ class PooledTransport(Transport):
         max_connections: int,
         tls: ssl.SSLContext | None = None,
         sign_in: Callable[[], dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(timeout=connect_timeout)
         self._sign_in = sign_in
+        self._headers = dict(headers or {})  # sent with every request as they are (X-Road-Client, ApiKey)
         self.session.trust_env = False  # no proxies or .netrc picked up from the environment
         self._pool = verified_pool(max_connections, num_pools=4, tls=tls)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
@@ -93,12 +95,12 @@ class PooledTransport(Transport):
         self._local.retry_after = None
 
     def post(self, address: str, message: bytes, headers: dict[str, str]) -> requests.Response:
-        sign_in = self._sign_in
+        sign_in, fixed = self._sign_in, {**headers, **self._headers}
         reply = post_once_more_if_dropped(
             self._pool,
             address,
             message,
-            (lambda: {**headers, **sign_in()}) if sign_in is not None else (lambda: headers),
+            (lambda: {**fixed, **sign_in()}) if sign_in is not None else (lambda: fixed),
             self._timeout,
         )
         self._local.status = reply.status
@@ -120,15 +122,18 @@ class PooledTransport(Transport):
 class Credentials:
     """The register's sign-in as integration code of systems in service sends it (contracts/README.md): HTTP Basic
     with the username and, for password, SHA-256 (hex) of the service URL, the username, the request's Unix time
-    and the secret key, that time also in a `timestamp` header. Each request is signed at its own second, so a
-    captured one is refused once the register's window has passed; the secret itself never travels."""
+    (seconds, or milliseconds: `millis`) and the secret key, that time also in a `timestamp` header. Each request
+    is signed at its own time, so a captured one is refused once the register's window has passed; the secret
+    itself never travels."""
 
     username: str
     secret: str
     service_url: str
+    millis: bool = False  # the time in milliseconds, as a newer integration writes it, not in seconds
 
     def headers(self) -> dict[str, str]:
-        return sign_in_headers(self.username, self.secret, self.service_url, int(time.time()))
+        now = int(time.time() * 1000) if self.millis else int(time.time())
+        return sign_in_headers(self.username, self.secret, self.service_url, now)
 
 
 def sign_in_headers(username: str, secret: str, service_url: str, timestamp: int) -> dict[str, str]:
@@ -188,16 +193,20 @@ class PopulationClient:
         tls: ssl.SSLContext | None = None,
         integration: str | None = None,
         credentials: Credentials | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """`shared_waits`: where the cluster's processes tell each other the register's Retry-After;
         `integration`: MaTichHop, the code the register's operator gave this integration (sent when set);
-        `credentials`: the register's sign-in, sent with every request (`Credentials.headers`)."""
+        `credentials`: the register's sign-in, sent with every request (`Credentials.headers`); `headers`: sent
+        with every request as they are — hub's `X-Road-Client` identifier on the national data-exchange
+        platform (NDXP, X-Road), an `ApiKey` its gateway issued."""
         transport = PooledTransport(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_connections=max_connections,
             tls=tls,
             sign_in=credentials.headers if credentials is not None else None,
+            headers=headers,
         )
         self._transport = transport
         settings = zeep.Settings(
@@ -256,6 +265,7 @@ class PopulationClient:
                 MaDVC=query.service,
                 MaTichHop=self._integration,
                 MaCanBo=query.officer,
+                MaDonVi=query.agency,
                 SoDinhDanh=query.personal_id,
                 HoVaTen=query.full_name,
                 NgayThangNamSinh={"NgayThangNam": query.birth_date} if query.birth_date else None,
