@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import random
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -93,3 +97,45 @@ def console_search(console: httpx.Client, q: str) -> httpx.Response:
     csrf = re.search(r'name="csrf" value="([^"]+)"', console.get("/ops/dossiers").text)
     assert csrf is not None
     return console.post("/ops/dossiers", data={"csrf": csrf.group(1), "q": q})
+
+
+@contextmanager
+def dropping_peer(drops: int, content_type: bytes, body: bytes) -> Iterator[tuple[str, list[bytes]]]:
+    """A peer on loopback that closes its first `drops` connections without a word once it has read the request
+    (as a kept-alive connection closed under its client ends), then answers `body`; it takes two connections at
+    most. Yields its base URL and the requests it read (head and body, whole)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def read_request(conn: socket.socket) -> bytes:
+        got = b""
+        while b"\r\n\r\n" not in got and (chunk := conn.recv(65536)):
+            got += chunk
+        head, _, rest = got.partition(b"\r\n\r\n")
+        sizes = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        length = int(sizes[0]) if sizes else 0
+        while len(rest) < length and (chunk := conn.recv(65536)):
+            rest += chunk
+        return head + b"\r\n\r\n" + rest
+
+    def serve() -> None:
+        for _ in range(2):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                requests.append(read_request(conn))
+                if len(requests) <= drops:
+                    continue  # closed without a response
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)  # fmt: skip
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", requests
+    finally:
+        listener.close()
+        server.join(timeout=5)

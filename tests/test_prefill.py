@@ -1380,55 +1380,27 @@ def test_a_connection_the_register_closes_without_answering_is_tried_once_more(d
     """A kept-alive connection the register (or the LGSP before it) closed as hub reused it ends "without
     response": the look-up never reached it. hub asks once more on a fresh connection, signed afresh; a register
     that drops it again is unavailable — a citizen's form is not refused for one stale socket."""
-    import threading
-
     from hub.adapters.errors import PeerUnavailable
     from hub.adapters.population import CitizenLookup, PopulationClient
     from hub.adapters.population.client import Credentials
     from hub.sandbox.population import wsdl_path
+    from tests.helpers import dropping_peer
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    requests: list[bytes] = []
-
-    def serve() -> None:
-        for _ in range(2):  # hub tries twice at most
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                got = b""
-                while not got.rstrip().endswith(b"Envelope>"):  # the whole request: headers, then the envelope
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    got += chunk
-                requests.append(got)
-                if len(requests) <= drops:
-                    continue  # closed without a response
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: "
-                             + str(len(AS_SEEN)).encode() + b"\r\nConnection: close\r\n\r\n" + AS_SEEN)  # fmt: skip
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    address = f"http://127.0.0.1:{port}/ws"
-    client = PopulationClient(
-        address, wsdl=wsdl_path(), read_timeout=3, credentials=Credentials("hub", "s3cret", address)
-    )
     query = CitizenLookup("001090000001", "r1", "cb", KHAI_SINH)
-    try:
-        if drops == 1:
-            record = client.look_up(query, correlation_id="c")
-            assert record is not None and record["SoDinhDanh"] == "001090000001"
-        else:
-            with pytest.raises(PeerUnavailable):
-                client.look_up(query, correlation_id="c")
-    finally:
-        client.close()
-        listener.close()
-        server.join(timeout=5)
+    with dropping_peer(drops, b"text/xml; charset=utf-8", AS_SEEN) as (url, requests):
+        address = f"{url}/ws"
+        client = PopulationClient(
+            address, wsdl=wsdl_path(), read_timeout=3, credentials=Credentials("hub", "s3cret", address)
+        )
+        try:
+            if drops == 1:
+                record = client.look_up(query, correlation_id="c")
+                assert record is not None and record["SoDinhDanh"] == "001090000001"
+            else:
+                with pytest.raises(PeerUnavailable):
+                    client.look_up(query, correlation_id="c")
+        finally:
+            client.close()
     assert len(requests) == 2  # twice, not more
     assert all(b"authorization: basic" in r.lower() and b"timestamp:" in r.lower() for r in requests)
 

@@ -638,46 +638,22 @@ def test_a_connection_the_portal_closes_without_answering_is_tried_once_more(dro
     request never reached the portal. hub sends it once more on a fresh connection (every POST it makes there is
     safe to repeat); a portal that drops it again is down (`PeerUnavailable`) — not a spurious outage for one
     stale socket, which made a reconciliation stop asking."""
-    import socket
-    import threading
-
     from hub.adapters.errors import PeerUnavailable
     from hub.adapters.national_portal import NationalPortalClient
+    from tests.helpers import dropping_peer
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    seen: list[int] = []
-
-    def serve() -> None:
-        for _ in range(2):  # hub tries twice at most
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                seen.append(1)
-                if len(seen) <= drops:
-                    continue  # closed without a response
-                body = b'{"error_code": 0, "message": "ok", "session": "s"}'
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)  # fmt: skip
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    client = NationalPortalClient(f"http://127.0.0.1:{port}", username="u", password="p", dstcode="000.00.17.H56")
-    try:
-        if drops == 1:
-            client.sign_in(correlation_id="c")  # the second attempt answered
-            assert len(seen) == 2
-        else:
-            with pytest.raises(PeerUnavailable):
-                client.sign_in(correlation_id="c")
-            assert len(seen) == 2  # tried twice, not more
-    finally:
-        client.close()
-        listener.close()
-        server.join(timeout=5)
+    answer = b'{"error_code": 0, "message": "ok", "session": "s"}'
+    with dropping_peer(drops, b"application/json", answer) as (url, seen):
+        client = NationalPortalClient(url, username="u", password="p", dstcode="000.00.17.H56")
+        try:
+            if drops == 1:
+                client.sign_in(correlation_id="c")  # the second attempt answered
+            else:
+                with pytest.raises(PeerUnavailable):
+                    client.sign_in(correlation_id="c")
+        finally:
+            client.close()
+    assert len(seen) == 2  # tried twice, not more
 
 
 @pytest.mark.parametrize(

@@ -347,18 +347,10 @@ class DossierService:
     # -- commands --------------------------------------------------------------------------------------------
 
     def sync_dossier(
-        self,
-        client: ClientSystem,
-        dossier: DossierIn,
-        *,
-        idempotency_key: str | None,
-        correlation_id: str,
-        updating: bool = False,
+        self, client: ClientSystem, dossier: DossierIn, *, idempotency_key: str | None, correlation_id: str
     ) -> Answer:
         return self.run(
-            self.sync_command(
-                client, dossier, idempotency_key=idempotency_key, correlation_id=correlation_id, updating=updating
-            )
+            self.sync_command(client, dossier, idempotency_key=idempotency_key, correlation_id=correlation_id)
         )
 
     def sync_command(
