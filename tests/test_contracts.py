@@ -132,6 +132,17 @@ def test_sandbox_answers_with_the_portal_error_codes(
             correlation_id="t",
         )  # fmt: skip
     assert refused.value.code == "portal_invalid_transition"
+    # a step applied, its answer lost, sent again to a portal that keeps no idempotency keys (here: a key the portal
+    # has not seen): it refuses to move the dossier to the status it holds — the adapter asks, and it is done
+    stopped = dossier(3)
+    client.call("DongBoHoSoMC", {"isUpdating": False, "data": [stopped]}, idempotency_key="g", correlation_id="t")
+    for attempt in ("h", "h-again"):
+        closed = client.call(
+            "CapNhatTienDoHoSoMC", {"data": [step(stopped["MaHoSo"], 8)]}, idempotency_key=attempt, correlation_id="t"
+        )
+    assert closed["error_code"] == 0 and closed["already_applied"] is True
+    history = portal.get(f"/_sandbox/dossiers/{stopped['MaHoSo']}").json()["history"]
+    assert [h["status"] for h in history] == [2, 8]  # applied once
     seen = client.look_up(d["MaHoSo"], correlation_id="t")
     assert seen is not None and seen["TrangThaiHoSo"] == 2
     assert client.look_up("000.00.17.H56-241015-9999", correlation_id="t") is None

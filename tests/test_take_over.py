@@ -149,3 +149,28 @@ def test_a_one_stop_system_written_for_the_portal_goes_live_through_hub_with_dos
     portal.post("/_sandbox/reset")
     other = one_stop.call("TraCuuHoSo", mahoso=dossier(8, agency=OTHER_AGENCY)["MaHoSo"])
     assert other["error_code"] != "00" and other["result"] == []
+
+
+def test_a_dossier_taken_over_at_the_status_the_portal_already_holds_it_at_is_delivered_not_dead(
+    hub_factory: HubFactory, portal: httpx.Client, officer: PortalOfficer
+) -> None:
+    """A result already returned (10) before go-live, at the portal too: the update hub relays would move it from 10
+    to 10, which the portal refuses as a transition. The portal holds what the message says — hub asks it
+    (TraCuuHoSo) and counts the delivery done, instead of a dead letter an operator would have to set aside."""
+    hub = hub_factory()
+    d = dossier(9, status=10)
+    officer.call("DongBoHoSoMC", {"isUpdating": False, "data": [{**d, "TrangThaiHoSo": 2}]})
+    for status in (4, 9, 10):
+        officer.call("CapNhatTienDoHoSoMC", {"data": [step(d["MaHoSo"], status)]})
+    assert hub.http.post("/v1/dossiers", params={"isUpdating": "true"}, json=d).status_code == 202
+    assert hub.wait_idle() == {"delivered": 1}
+    [delivery] = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}").json()["events"][0]["deliveries"]
+    assert delivery["state"] == "delivered"
+    assert portal_history(portal, d["MaHoSo"]) == [2, 4, 9, 10]  # nothing applied twice
+    with hub.runtime.sessions() as s:
+        from sqlalchemy import select
+
+        from hub.store.models import OutboxMessage
+
+        reply = s.scalars(select(OutboxMessage.peer_reply).where(OutboxMessage.id == delivery["outbox_id"])).one()
+    assert reply is not None and reply["already_applied"] is True and "already at status 10" in reply["message"]

@@ -17,6 +17,7 @@ from hub.adapters.exchange import ExchangeHook
 from hub.adapters.http import PeerPool, post_json
 from hub.adapters.national_portal import codes
 from hub.adapters.national_portal.base import PEER
+from hub.domain.numbers import whole_number
 
 
 class NationalPortalClient:
@@ -141,9 +142,39 @@ class NationalPortalClient:
                 if idempotency_key:
                     headers = {"Idempotency-Key": f"{idempotency_key}:isUpdating={other['isUpdating']}".lower()}
                 continue
+            if code == codes.INVALID_TRANSITION:
+                there = self._already_there(service, payload, correlation_id, on_exchange)
+                if there is not None:
+                    # the portal refused to move the dossier to the status it already holds it at: an earlier
+                    # attempt was applied and its answer lost (a portal that keeps no idempotency keys says so to
+                    # the retry), or the dossier was taken over at a status the portal has. Done, in effect.
+                    return {
+                        "error_code": codes.OK,
+                        "message": f"already at status {there} at the portal (it answered: {reply.get('message')})",
+                        "already_applied": True,
+                    }
             stable, retryable = codes.MEANING.get(code, ("portal_error", False))
             cls = PeerRejected if not retryable else PeerAuthFailed if code == codes.AUTH_FAILED else PeerError
             raise cls(PEER, f"{service}: error_code {code}: {reply.get('message')}", code=stable, reply=reply)
+
+    def _already_there(
+        self, service: str, payload: dict[str, Any], correlation_id: str, on_exchange: ExchangeHook | None
+    ) -> int | None:
+        """The status a refused DongBoHoSoMC or CapNhatTienDoHoSoMC of one dossier moves it to, if the portal
+        (asked with TraCuuHoSo) holds the dossier at exactly that status; None otherwise, or if it cannot say."""
+        items = payload.get("data")
+        if service not in ("DongBoHoSoMC", "CapNhatTienDoHoSoMC") or not isinstance(items, list) or len(items) != 1:
+            return None
+        item = items[0] if isinstance(items[0], dict) else {}
+        code, wanted = item.get("MaHoSo"), item.get("TrangThaiHoSo" if service == "DongBoHoSoMC" else "TrangThai")
+        if not isinstance(code, str) or not isinstance(wanted, int) or isinstance(wanted, bool):
+            return None
+        try:
+            seen = self.look_up(code, correlation_id=correlation_id, on_exchange=on_exchange)
+        except PeerError:
+            return None  # the refusal stands: an operator sees it
+        held = whole_number(seen.get("TrangThaiHoSo"), 2) if seen is not None else None
+        return wanted if held == wanted else None
 
     def look_up(
         self, code: str, *, correlation_id: str, on_exchange: ExchangeHook | None = None
