@@ -810,7 +810,7 @@ class DossierService:
                         "TrangThaiHoSo": last["status"],
                         "previous_status": last["previous_status"],
                         REPEAT: True,
-                    }
+                    } | ({"taken_over": True} if last["previous_status"] is None and taken_over else {})
             check_transition(previous, new_status)
             if whole:
                 if data["MaTTHC"] != current.procedure_code:
