@@ -1808,14 +1808,16 @@ def maintenance(
         err.print("[red]say on, off or status[/red]")
         raise typer.Exit(2)
     from hub.services.actions import cli_actor
+    from hub.sync.maintenance import Maintenance
 
-    rt = _jobs_runtime()
+    store = _Store()  # the flag is in the database, which every process reads within a second: no Runtime needed
     try:
+        flag = Maintenance(store.sessions)
         if action != "status":
-            rt.maintenance.set(action == "on", by=cli_actor())
-        status = rt.maintenance.status()
+            flag.set(action == "on", by=cli_actor())
+        status = flag.status()
     finally:
-        rt.close()
+        store.close()
     if as_json:
         print(json.dumps(status))
     else:

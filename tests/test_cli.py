@@ -689,3 +689,25 @@ def test_operators_add_says_what_is_wrong_before_asking_for_a_password(tmp_path:
         "operator_role_set", "operator_password_set", "operator_enabled", "operator_disabled", "operator_added"
     ]  # fmt: skip
     assert {a["target"]["username"] for a in kept} == {"nguyen.van.a"} and kept[0]["target"]["role"] == "viewer"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # as distributed mode has it: the flag shared by machines
+def test_maintenance_from_the_command_line_stops_a_running_hubs_worker(
+    hub_factory: HubFactory, tmp_path: Path, backend: str
+) -> None:
+    """`hub maintenance on` writes the flag every process reads within a second; `status` says who set it; `off`
+    resumes; anything else is a usage error."""
+    hub = hub_factory()
+    env = {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+    on = run(["maintenance", "on", "--json"], tmp_path, env)
+    assert on.returncode == 0, on.stderr
+    said = json.loads(on.stdout)
+    assert said["maintenance"] is True and said["by"] and said["since"]
+    deadline = time.monotonic() + 5
+    while not hub.runtime.maintenance.on():  # the running hub sees it within its cache's second
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert json.loads(run(["maintenance", "status", "--json"], tmp_path, env).stdout)["maintenance"] is True
+    assert run(["maintenance", "off"], tmp_path, env).returncode == 0
+    assert json.loads(run(["maintenance", "--json"], tmp_path, env).stdout)["maintenance"] is False
+    assert run(["maintenance", "sideways"], tmp_path, env).returncode == 2
