@@ -501,7 +501,7 @@ def test_a_consent_withdrawn_while_the_register_is_asked_offers_no_document(hub:
         ({"fault_rate": 1.0}, "population_unavailable"),
         ({"outage_seconds": 30}, "population_unavailable"),
         ({"malformed_rate": 1.0}, "population_unavailable"),
-        ({"timeout_rate": 1.0, "hang_seconds": 3}, "population_unavailable"),
+        ({"timeout_rate": 1.0, "hang_seconds": 8}, "population_unavailable"),  # past the tests' 5 s read timeout
     ],
 )
 def test_register_failures_are_503_problems_and_logged(
