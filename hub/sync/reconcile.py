@@ -27,6 +27,7 @@ from hub.adapters.errors import PeerError, PeerProtocolError, PeerUnavailable
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.adapters.national_portal import NationalPortal
 from hub.domain.dates import utcnow
+from hub.domain.numbers import whole_number
 from hub.domain.status import DossierStatus
 from hub.services.dossiers import NATIONAL_PORTAL
 from hub.store.models import Dossier, OutboxMessage, StatusEvent
@@ -228,12 +229,8 @@ def unknown_to_hub(
 
 def portal_status(seen: dict[str, Any]) -> int | None:
     """The dossier's TrangThaiHoSo as the portal gave it (an integer 1–10, or its digits); None if it gave none."""
-    value = seen.get("TrangThaiHoSo")
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 2:
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10:
-        return value
-    return None
+    value = whole_number(seen.get("TrangThaiHoSo"), 2)
+    return value if value is not None and 1 <= value <= 10 else None
 
 
 def _requeue(sessions: sessionmaker[Session], dossier_id: int, *, after_seq: int) -> int:
