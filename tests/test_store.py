@@ -780,3 +780,73 @@ def test_a_sqlite_writer_waits_out_another_processes_write_lock_in_short_waits(
         db.begin_immediate(waiter.execute)
     assert not waiter.in_transaction and waiter.execute("PRAGMA busy_timeout").fetchone() == (200,)
     holder.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_append_only_records_refuse_to_be_rewritten_at_the_database(kind: str, tmp_path: Path) -> None:
+    """A mistake — a bug, a statement typed by hand — cannot rewrite the records hub keeps as history: a status event
+    keeps its dossier, number, statuses and time (only its payload may change: the retention's removal of personal
+    data) and is never deleted; an exchange record is never changed (only purged, oldest first); payment callbacks,
+    documents' status notices and operator actions are neither changed nor deleted."""
+    from sqlalchemy import insert, update
+
+    from hub.store.models import Dossier, EdocNotice, Exchange, OperatorAction, PaymentCallback, StatusEvent, table
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    url = create_pg_database() if kind == "postgresql" else f"sqlite:///{tmp_path / 'a.db'}"
+    if kind == "sqlite":
+        db.upgrade(url)
+    engine = db.make_engine(url)
+    now = utcnow()
+    rows: dict[Any, dict[str, Any]] = {
+        Exchange: {"at": now, "peer": "national_portal", "operation": "DongBoHoSoMC", "correlation_id": "c",
+                   "request_digest": "d", "duration_ms": 1.0, "outcome": "ok"},
+        PaymentCallback: {"at": now, "platform": "dvc", "verdict": "applied", "answer_code": "00", "body_digest": "d"},
+        EdocNotice: {"notice_id": "n1", "received_at": now, "verdict": "applied"},
+        OperatorAction: {"at": now, "actor": "cli:root", "action": "replay", "target": {}, "outcome": {}},
+    }  # fmt: skip
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(table(Dossier)).values(
+                    id=1, code="000.00.17.H56-261207-0001", agency="000.00.17.H56", procedure_code="1.001193",
+                    status=2, last_seq=1, data={}, created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+            conn.execute(
+                insert(table(StatusEvent)).values(
+                    id=1, event_id="e1", dossier_id=1, seq=1, kind="dossier.sync", status=2, previous_status=None,
+                    payload={"ChuHoSo": "Nguyễn Văn An"}, client="c", correlation_id="c", created_at=now,
+                )
+            )  # fmt: skip
+            for model, values in rows.items():
+                conn.execute(insert(table(model)).values(id=1, **values))
+
+        def refused(statement: str) -> None:
+            with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+                conn.execute(text(statement))
+
+        refused("UPDATE status_events SET status = 10")
+        refused("UPDATE status_events SET seq = 2, payload = payload")
+        refused("DELETE FROM status_events")
+        refused("UPDATE exchanges SET outcome = 'permanent'")
+        for statement in (
+            "UPDATE payment_callbacks SET id = 2", "DELETE FROM payment_callbacks",
+            "UPDATE edoc_notices SET id = 2", "DELETE FROM edoc_notices",
+            "UPDATE operator_actions SET id = 2", "DELETE FROM operator_actions",
+        ):  # fmt: skip
+            refused(statement)
+        # what hub itself does: personal data removed from an event's payload, the oldest exchanges purged
+        with Session(engine) as session, session.begin():  # as hub.services.retention writes it
+            session.execute(update(StatusEvent), [{"id": 1, "payload": {}}])
+            session.execute(text("DELETE FROM exchanges WHERE id = 1"))
+        with engine.connect() as conn:
+            status, payload = conn.execute(select(table(StatusEvent).c.status, table(StatusEvent).c.payload)).one()
+            assert (status, payload) == (2, {})
+            assert conn.scalar(text("SELECT count(*) FROM exchanges")) == 0
+            for model in (PaymentCallback, EdocNotice, OperatorAction, StatusEvent):
+                assert conn.scalar(select(func.count()).select_from(table(model))) == 1
+    finally:
+        engine.dispose()
+        if kind == "postgresql":
+            drop_pg_database(url)
