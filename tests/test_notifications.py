@@ -106,6 +106,28 @@ def test_status_changes_notify_once_in_vietnamese(
         assert "nguyen.van.an@example.vn" not in text and d["SoDienThoai"] not in text
 
 
+def test_dossiers_taken_over_tell_their_citizens_nothing_until_they_move_on(
+    hub: Hub, smtp: SmtpSink, sms_server: ServerThread
+) -> None:
+    """Going live with dossiers in progress (ADR 0041): each reached its status before hub — received weeks ago,
+    a supplement asked for, a result already returned — and its citizen was told then, or not, by the one-stop
+    system. Hub tells them nothing again; from the next change on, it tells as for any dossier."""
+    batch = [dossier(40 + status, status=status, Email=f"cd{status}@example.vn") for status in (2, 5, 6, 9, 10)]
+    r = hub.http.post("/v1/dossiers/batch", json={"isUpdating": True, "data": batch})
+    assert r.status_code == 200 and all(i.get("taken_over") for i in r.json()["results"]), r.text
+    one = hub.http.post("/v1/dossiers", params={"isUpdating": "true"}, json=dossier(60, status=3, Email="x@example.vn"))
+    assert one.status_code == 202 and one.json()["taken_over"] is True, one.text
+    hub.wait_idle()
+    time.sleep(0.2)
+    assert smtp.messages == [] and sent_sms(sms_server) == []
+    code = batch[1]["MaHoSo"]  # the supplement came: processing again, then the fee asked for
+    for status, note in ((4, "Đã bổ sung"), (6, "Nộp lệ phí")):
+        assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status, note)).status_code == 202
+    hub.wait_idle()
+    assert [m["subject"] for m in smtp.messages] == [f"Hồ sơ {code}: đề nghị nộp phí, lệ phí"]
+    assert len(sent_sms(sms_server)) == 1
+
+
 def test_refusal_and_channels_the_citizen_has(hub: Hub, smtp: SmtpSink, sms_server: ServerThread) -> None:
     d = dossier(2, status=1)
     d.pop("Email", None)  # no email address: SMS only

@@ -896,7 +896,10 @@ class DossierService:
                 _outbox_row(event_id, dossier_id, seq, d, operation, payload, correlation_id, now)
                 for d in self.destinations
             ]
-        if self.notify_channels:
+        # A dossier taken over (ADR 0041) reached its status before hub: whether its citizen was told then is not
+        # hub's to know, and a go-live batch of thousands would tell them all again what they heard weeks ago —
+        # "received", "result ready" for a result already collected. Its next changes are told as any others.
+        if self.notify_channels and not (previous is None and taken_over):
             from hub.services.notifications import kind_for, outbox_payloads
 
             what = kind_for(None if previous is None else int(previous), int(new_status), notify)
