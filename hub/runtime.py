@@ -439,6 +439,8 @@ class Runtime:
 
         if self.email is None:
             raise Refused("email", "email is not configured (HUB_SMTP_HOST)", code="channel_not_configured")
+        if (stale := self._no_longer_asked(c)) is not None:
+            return stale
         return self._timed(
             "email", c, hook,
             lambda: self.email.send(c.payload["to"], c.payload["subject"], c.payload["body"],  # type: ignore[union-attr]
@@ -450,11 +452,30 @@ class Runtime:
 
         if self.sms is None:
             raise Refused("sms", "SMS is not configured (HUB_SMS_GATEWAY_URL)", code="channel_not_configured")
+        if (stale := self._no_longer_asked(c)) is not None:
+            return stale
         return self._timed(
             "sms", c, hook,
             lambda: self.sms.send(c.payload["to"], c.payload["message"], message_key=c.idempotency_key,  # type: ignore[union-attr]
                                   correlation_id=c.correlation_id),
         )  # fmt: skip
+
+    def _no_longer_asked(self, c: Claimed) -> dict[str, Any] | None:
+        """A notice asking the citizen for papers or a fee that the dossier no longer waits for is not sent: done
+        with, its reply saying why (hub.services.notifications.ASKING). None: send it."""
+        from hub.services.notifications import moved_on
+
+        status = moved_on(self.sessions, c.id, c.operation)
+        if status is None:
+            return None
+        log.info(
+            "citizen notice not sent: the dossier moved on",
+            extra={"outbox_id": c.id, "operation": c.operation, "status": status, "correlation_id": c.correlation_id},
+        )
+        return {
+            "not_sent": "moved_on",
+            "detail": f"not sent: the dossier left the status this notice asks for (now {status}) before it could go",
+        }
 
     @staticmethod
     def _timed(peer: str, c: Claimed, hook: ExchangeHook, send: Callable[[], Any]) -> Any:

@@ -128,6 +128,48 @@ def test_dossiers_taken_over_tell_their_citizens_nothing_until_they_move_on(
     assert len(sent_sms(sms_server)) == 1
 
 
+def test_a_notice_asking_for_what_the_dossier_no_longer_waits_for_is_not_sent(
+    hub: Hub, smtp: SmtpSink, sms_server: ServerThread
+) -> None:
+    """The SMS gateway is down while a dossier asks for papers and gets them, then asks for its fee and is paid:
+    when the gateway is back the citizen hears that the dossier was received — still true — but is not asked for
+    papers they brought or a fee they paid. A second fee asked for later is asked."""
+    httpx.post(f"{sms_server.url}/_sandbox/faults", json={"outage_seconds": 600})
+    d = dossier(70, status=2)
+    d.pop("Email", None)
+    code = d["MaHoSo"]
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    for status, note in ((5, "Bổ sung giấy chứng sinh"), (4, "Đã bổ sung"), (6, "Nộp lệ phí"), (4, "Đã nộp")):
+        assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status, note)).status_code == 202
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the portal has them all; the gateway has been tried and found down
+        view = hub.http.get(f"/v1/dossiers/{code}").json()
+        portal = [x for e in view["events"] for x in e["deliveries"] if x["destination"] == "national_portal"]
+        if all(x["state"] == "delivered" for x in portal) and len(portal) == 5:
+            break
+        time.sleep(0.05)
+    assert sent_sms(sms_server) == []
+    httpx.post(f"{sms_server.url}/_sandbox/faults", json={"outage_seconds": 0})
+    with hub.runtime.sessions.begin() as s:
+        jobs.retry(s, by="test", destination="sms")
+    hub.runtime.wake()
+    hub.wait_idle()
+    [received] = [m["message"] for m in sent_sms(sms_server)]
+    assert "đã được tiếp nhận" in received
+    view = hub.http.get(f"/v1/dossiers/{code}").json()
+    sms = {e["TrangThaiHoSo"]: x for e in view["events"] for x in e["deliveries"] if x["destination"] == "sms"}
+    assert set(sms) == {2, 5, 6} and all(x["state"] == "delivered" for x in sms.values())
+    with hub.runtime.sessions() as s:  # the reply on the dossier's page in the console
+        from hub.store.models import OutboxMessage
+
+        replies = {status: s.get(OutboxMessage, x["outbox_id"]).peer_reply for status, x in sms.items()}
+    assert replies[5]["not_sent"] == replies[6]["not_sent"] == "moved_on" and "not_sent" not in replies[2]
+    # the next fee asked for, the gateway up: asked
+    assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 6, "Phí bổ sung")).status_code == 202
+    hub.wait_idle()
+    assert "cần nộp phí, lệ phí" in sent_sms(sms_server)[-1]["message"] and len(sent_sms(sms_server)) == 2
+
+
 def test_refusal_and_channels_the_citizen_has(hub: Hub, smtp: SmtpSink, sms_server: ServerThread) -> None:
     d = dossier(2, status=1)
     d.pop("Email", None)  # no email address: SMS only

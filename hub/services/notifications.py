@@ -9,12 +9,35 @@ import re
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
 from hub.domain.dates import VN_TZ, parse_national
 from hub.domain.money import dong
 
 log = logging.getLogger("hub.notifications")
 EMAIL, SMS = "email", "sms"
 BY_STATUS = {2: "received", 3: "refused", 5: "supplement", 6: "payment", 9: "result", 10: "result"}
+# The notices that ask the citizen to act, and the status in which the dossier asks it: one still waiting to go
+# when the dossier has left that status (the papers came, the fee was paid — while the gateway was down, or before
+# an operator replayed its dead letter) is not sent. The others (received, refused, paid, result) stay true.
+ASKING = {"notify.supplement": 5, "notify.payment": 6, "notify.payment_expired": 6}
+_MOVED_ON = text(
+    "SELECT d.status FROM outbox o JOIN dossiers d ON d.id = o.dossier_id WHERE o.id = :id AND EXISTS "
+    "(SELECT 1 FROM status_events e WHERE e.dossier_id = o.dossier_id AND e.seq > o.seq AND e.status <> :asked)"
+)
+
+
+def moved_on(sessions: sessionmaker[Session], outbox_id: int, operation: str) -> int | None:
+    """The dossier's status now, if the notice (outbox row `outbox_id`) asks the citizen for something the dossier
+    has stopped asking since: a later event of the dossier left the status the notice was written in (and a
+    later return to it — a second fee — has a notice of its own). None: the notice is still true."""
+    asked = ASKING.get(operation)
+    if asked is None:
+        return None
+    with sessions() as s:
+        status: int | None = s.execute(_MOVED_ON, {"id": outbox_id, "asked": asked}).scalar()
+    return status
 
 
 def _day(value: Any) -> str:
