@@ -571,6 +571,7 @@ class Runtime:
                 on_progress=on_progress,
                 concurrency=self.settings.reconcile_concurrency,
                 on_exchanges=self.record_exchanges,
+                returned_days=self.settings.reconcile_returned_days,
             )
             result.drift += unknown_to_hub(
                 self.sessions, self.portal, [r["agency_pattern"] for r in self.routes.all()],

@@ -187,3 +187,34 @@ def test_a_portal_down_is_asked_once_per_batch_not_once_per_dossier(
     assert result["errors"] <= concurrency and result["not_asked"] >= 20 - concurrency
     assert told_to_wait <= concurrency + 1  # the look-ups in flight when the first was told, and the listing
     assert hub.runtime.reconcile()["in_sync"] == 20  # the portal back: all asked, all in sync
+
+
+def test_dossiers_whose_result_was_returned_are_compared_for_a_week_then_left_alone(
+    hub_factory: HubFactory, portal: httpx.Client
+) -> None:
+    """A province returns hundreds of thousands of results a year: each hourly run asked the portal about every one
+    of them, for ever. A dossier at 10 is compared for `HUB_RECONCILE_RETURNED_DAYS` (7) after — the portal left
+    behind on that last step is brought up to date — and not once its personal data has been removed (its messages
+    were scrubbed: they cannot go to the portal again)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from hub.domain.dates import utcnow
+    from hub.store.models import Dossier, Exchange
+
+    hub = hub_factory()
+    recent, old, redacted = file_and_walk(hub, 3, [4, 9, 10])
+    assert hub.wait_idle() == {"delivered": 12}
+    with hub.runtime.sessions.begin() as s:
+        s.execute(update(Dossier).where(Dossier.code == old).values(updated_at=utcnow() - timedelta(days=8)))
+        s.execute(update(Dossier).where(Dossier.code == redacted).values(redacted_at=utcnow()))
+    for code in (recent, old, redacted):
+        portal.post(f"/_sandbox/dossiers/{code}/restore", json={"status": 9})  # the portal lost the last step
+    result = hub.runtime.reconcile()
+    assert result["checked"] == 1 and [(d["code"], d["kind"]) for d in result["drift"]] == [(recent, "status_behind")]
+    assert hub.wait_idle() == {"delivered": 12}  # the last step went again
+    assert portal_history(portal, recent)[-1] == 10 and portal_history(portal, old)[-1] == 9
+    with hub.runtime.sessions() as s:
+        asked = set(s.scalars(select(Exchange.correlation_id).where(Exchange.operation == "TraCuuHoSo")))
+    assert asked == {f"reconcile-{recent}"}  # the others were not even asked about

@@ -1,5 +1,6 @@
-"""Reconciliation with the national portal: compare hub's view of every open up-flow dossier with the portal's
-(TraCuuHoSo), report drift per dossier, and repair what is safe.
+"""Reconciliation with the national portal: compare hub's view of every open up-flow dossier (and of those whose
+result was returned in the last `returned_days`) with the portal's (TraCuuHoSo), report drift per dossier, and
+repair what is safe.
 
 Kinds of drift:
 - missing_at_portal: hub delivered the dossier, the portal does not know it (lost on its side) → repair: put the
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -30,12 +32,16 @@ from hub.domain.dates import utcnow
 from hub.domain.numbers import whole_number
 from hub.domain.status import DossierStatus
 from hub.services.dossiers import NATIONAL_PORTAL
+from hub.services.retention import CLOSED
 from hub.store.models import Dossier, OutboxMessage, StatusEvent
 from hub.sync import outbox
 
 # the dossiers reconcile leaves alone. Not the domain's TERMINAL: a dossier whose result was returned (10) is
-# still compared, so that a portal left behind on that last step is brought up to date
+# still compared for `returned_days` after (RETURNED_LATELY), so that a portal left behind on that last step is
+# brought up to date — not for ever: a province closes hundreds of thousands a year, and every run would ask the
+# portal about each of them again
 NOT_RECONCILED = {int(DossierStatus.REFUSED), int(DossierStatus.WITHDRAWN), int(DossierStatus.STOPPED)}
+STILL_OPEN = [int(st) for st in DossierStatus if int(st) not in NOT_RECONCILED and st != DossierStatus.RESULT_RETURNED]
 SETTLED = (outbox.DELIVERED, outbox.SET_ASIDE)
 # what a look-up skipped because the portal was found down earlier in the run answers
 NOT_ASKED = PeerUnavailable("national_portal", "not asked: the portal was found unavailable earlier in this run")
@@ -87,16 +93,30 @@ def reconcile(
     batch: int = 500,
     concurrency: int = 8,
     on_exchanges: Callable[[list[ExchangeRecord]], None] | None = None,
+    returned_days: float = 7.0,
 ) -> ReconcileResult:
     """Dossiers are read `batch` at a time (one query for their outbox rows) and looked up at the portal
     `concurrency` at a time; verdicts and repairs are made in dossier order. `on_exchanges`: where each batch's
-    exchanges with the portal are recorded, together (the append-only record of every outbound exchange)."""
+    exchanges with the portal are recorded, together (the append-only record of every outbound exchange).
+    `returned_days`: how long after its result was returned (10) a dossier is still compared."""
     result = ReconcileResult()
+    columns = (Dossier.id, Dossier.code, Dossier.status)
     with sessions() as s:
         # the open statuses by name: a seek per status on ix_dossiers_status_due_at (NOT IN read every dossier)
-        still_open = [int(st) for st in DossierStatus if st not in NOT_RECONCILED]
-        q = select(Dossier.id, Dossier.code, Dossier.status).where(Dossier.status.in_(still_open)).order_by(Dossier.id)
-        open_dossiers = s.execute(q).all()
+        open_dossiers = list(s.execute(select(*columns).where(Dossier.status.in_(STILL_OPEN))))
+        if returned_days > 0:
+            # returned lately, its personal data not removed (what the portal was sent, scrubbed, cannot go again):
+            # on ix_dossiers_closed_updated_at, whose predicate CLOSED repeats — a change after 10 is none
+            since = utcnow() - timedelta(days=returned_days)
+            open_dossiers += s.execute(
+                select(*columns).where(
+                    CLOSED,
+                    Dossier.redacted_at.is_(None),
+                    Dossier.updated_at >= since,
+                    Dossier.status == int(DossierStatus.RESULT_RETURNED),
+                )
+            )
+    open_dossiers.sort(key=lambda d: d.id)
     total = len(open_dossiers)
     done = 0
 
