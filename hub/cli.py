@@ -910,11 +910,32 @@ cli.add_typer(routes_cli, name="routes")
 
 
 @cli.command()
-def poll(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def poll(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="ask for the dossiers filed since this day, YYYY-MM-DD (Vietnam time), instead of the last "
+            "HUB_PORTAL_POLL_DAYS: after pushes were lost for longer"
+        ),
+    ] = None,
+) -> None:
     """Ask the national portal once for dossiers filed for the routed agencies (the fallback for lost pushes)."""
+    from datetime import date as date_
+    from datetime import datetime as datetime_
+
+    from hub.domain.dates import VN_TZ
+
+    start = None
+    if since is not None:
+        try:
+            start = datetime_.combine(date_.fromisoformat(since), datetime_.min.time(), VN_TZ)
+        except ValueError:
+            err.print("[red]--since must be YYYY-MM-DD[/red]")
+            raise typer.Exit(2) from None
     rt = _jobs_runtime()
     try:
-        counts = rt.poll_portal()
+        counts = rt.poll_portal(start)
     finally:
         rt.close()
     if as_json:

@@ -11,7 +11,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -571,11 +571,11 @@ class Runtime:
                 on_progress=on_progress,
                 concurrency=self.settings.reconcile_concurrency,
                 on_exchanges=self.record_exchanges,
-                returned_days=self.settings.reconcile_returned_days,
+                returned_days=self.settings.reconcile_days,
             )
             result.drift += unknown_to_hub(
                 self.sessions, self.portal, [r["agency_pattern"] for r in self.routes.all()],
-                on_exchange=self.record_exchange,
+                on_exchange=self.record_exchange, days=self.settings.reconcile_days,
             )  # fmt: skip
             if result.as_dict()["repaired_events"]:
                 self.wake()
@@ -664,11 +664,13 @@ class Runtime:
             return {}
         return self._job("remove_personal_data", lambda: redact_all(self.sessions, days))
 
-    def poll_portal(self) -> dict[str, int]:
+    def poll_portal(self, since: datetime | None = None) -> dict[str, int]:
+        """Ask the portal for dossiers filed for the routed agencies (a scheduled job; `hub poll`): since `since`
+        (UTC), or as far back as hub.sync.polling says."""
         from hub.sync.polling import poll_portal
 
         def work() -> dict[str, int]:
-            counts = poll_portal(self)
+            counts = poll_portal(self, since=since)
             if counts["new_events"]:
                 self.wake()
             return counts

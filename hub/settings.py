@@ -282,10 +282,13 @@ class Settings(BaseSettings):
     reconcile_interval: float = 3600.0  # seconds between reconciliations with the portal; 0 disables
     edoc_status_interval: float = 60.0  # seconds between polls for the receivers' status notices; 0 disables
     reconcile_concurrency: int = Field(default=8, ge=1, le=64)  # portal look-ups in flight during a reconciliation
-    # a dossier whose result was returned (10) is compared this many days after, so that a portal left behind on that
-    # last step is brought up to date; then no more (each run would otherwise ask about every dossier ever closed)
-    reconcile_returned_days: float = Field(default=7.0, ge=0)
+    # how far back a reconciliation looks: a dossier whose result was returned (10) is compared this many days after,
+    # so that a portal left behind on that last step is brought up to date, and the portal's dossiers filed this
+    # many days back are listed (unknown_to_hub) — not for ever: each run would ask about every dossier ever closed
+    reconcile_days: float = Field(default=7.0, ge=0)
     portal_poll_interval: float = 300.0  # seconds between polls of the portal for missed pushes; 0 disables
+    # a poll asks for the dossiers filed at the portal this many days back (or back to the last answered poll)
+    portal_poll_days: float = Field(default=3.0, gt=0)
     worker_enabled: bool = True  # `hub serve` in embedded mode runs the in-process worker
     # a `hub worker` whose consumer has started no drain for this long, although its ticker asks for one every poll
     # interval and its pool is not all busy, stops (exit 75) for its supervisor to start it again; 0: never

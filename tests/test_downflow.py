@@ -178,6 +178,65 @@ def test_polling_picks_up_a_lost_push_and_never_delivers_twice(
     assert [(r["operation"], r["body"].get("TrangThaiHoSo")) for r in received(onestop)][-1] == ("status", 7)
 
 
+def test_polling_asks_for_a_window_of_filings_not_the_portals_whole_history(
+    hub_factory: HubFactory, portal: httpx.Client, onestop: httpx.Client, onestop_server: ServerThread, tmp_path: Any
+) -> None:
+    """Every five minutes the poll asked the portal for every dossier ever filed there for the province. It asks for
+    the last HUB_PORTAL_POLL_DAYS (3) — back to its last answered poll when hub was away longer, so an outage leaves
+    no gap — and `hub poll --since` reaches further by hand."""
+    import json
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from hub.domain.dates import VN_TZ, parse_national
+    from hub.sandbox.one_stop import make_dossier
+    from hub.store.models import Flag
+    from tests.test_cli import run
+
+    def asked_since() -> datetime:
+        calls = portal.get("/_sandbox/received", params={"operation": "TraCuuHoSoMoi"}).json()["items"]
+        return parse_national(calls[-1]["body"]["TuNgay"])
+
+    hub = hub_factory()
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    now = datetime.now(UTC)
+    recent = dossier(31, status=1)
+    old = make_dossier(AGENCY, 32, random.Random(3), status=1, when=now - timedelta(days=10))
+    for d in (recent, old):
+        portal.post("/_sandbox/file", json={"dossier": d}).raise_for_status()
+    counts = hub.runtime.poll_portal()
+    assert counts["seen"] == 1 and counts["new_events"] == 1  # the recent one; the old one was not even listed
+    assert abs(asked_since() - (now - timedelta(days=3))) < timedelta(minutes=1)
+    # hub was away for five days: its next poll goes back to its last answered one (less a margin), not three days
+    with hub.runtime.sessions.begin() as s:
+        away = (now - timedelta(days=5)).isoformat()
+        s.execute(update(Flag).where(Flag.name.like("poll_portal:%")).values(value=away))
+    assert hub.runtime.poll_portal() == {"seen": 1, "new_events": 0, "unchanged": 1, "invalid": 0, "errors": 0}
+    assert abs(asked_since() - (now - timedelta(days=5, minutes=10))) < timedelta(minutes=1)
+    assert abs(asked_since() - (now - timedelta(days=3))) > timedelta(days=1)
+    # an operator who learns that pushes were lost for weeks asks further back
+    settings = hub.settings
+    password = settings.national_portal_password.get_secret_value() if settings.national_portal_password else ""
+    env = {
+        "HUB_DATABASE_URL": settings.effective_database_url,
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_NATIONAL_PORTAL_URL": settings.national_portal_url,
+        "HUB_NATIONAL_PORTAL_USERNAME": settings.national_portal_username,
+        "HUB_NATIONAL_PORTAL_PASSWORD": password,
+    }
+    assert run(["poll", "--since", "last week"], tmp_path, env).returncode == 2
+    since = (now - timedelta(days=12)).astimezone(VN_TZ).date()
+    by_hand = run(["poll", "--json", "--since", since.isoformat()], tmp_path, env)
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert json.loads(by_hand.stdout) == {
+        "seen": 2, "new_events": 1, "unchanged": 1, "invalid": 0, "errors": 0,
+    }  # fmt: skip
+    hub.wait_idle()
+    assert {r["body"]["data"]["MaHoSo"] for r in received(onestop)} == {recent["MaHoSo"], old["MaHoSo"]}
+
+
 def outbound(hub: Hub, correlation_id: str) -> list[tuple[str, str]]:
     """(operation, outcome) of the exchanges recorded under a correlation id, in order."""
     from sqlalchemy import select

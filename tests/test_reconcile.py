@@ -193,7 +193,7 @@ def test_dossiers_whose_result_was_returned_are_compared_for_a_week_then_left_al
     hub_factory: HubFactory, portal: httpx.Client
 ) -> None:
     """A province returns hundreds of thousands of results a year: each hourly run asked the portal about every one
-    of them, for ever. A dossier at 10 is compared for `HUB_RECONCILE_RETURNED_DAYS` (7) after — the portal left
+    of them, for ever. A dossier at 10 is compared for `HUB_RECONCILE_DAYS` (7) after — the portal left
     behind on that last step is brought up to date — and not once its personal data has been removed (its messages
     were scrubbed: they cannot go to the portal again)."""
     from datetime import timedelta

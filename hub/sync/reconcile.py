@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hub.adapters.errors import PeerError, PeerProtocolError, PeerUnavailable
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.adapters.national_portal import NationalPortal
-from hub.domain.dates import utcnow
+from hub.domain.dates import format_national, utcnow
 from hub.domain.numbers import whole_number
 from hub.domain.status import DossierStatus
 from hub.services.dossiers import NATIONAL_PORTAL
@@ -222,13 +222,16 @@ def unknown_to_hub(
     agency_patterns: list[str],
     *,
     on_exchange: ExchangeHook | None = None,
+    days: float = 7.0,
 ) -> list[Drift]:
-    """Dossiers the portal lists for the routed agencies (TraCuuHoSoMoi) that hub does not know."""
+    """Dossiers the portal lists for the routed agencies (TraCuuHoSoMoi) as filed in the last `days` that hub does
+    not know (the portal's whole history, asked every run, would grow without end)."""
     found: list[Drift] = []
+    since = format_national(utcnow() - timedelta(days=days))
     for pattern in agency_patterns:
         try:
             reply = portal.call(
-                "TraCuuHoSoMoi", {"MaCoQuan": pattern, "TuNgay": "00000000000000"}, idempotency_key=None,
+                "TraCuuHoSoMoi", {"MaCoQuan": pattern, "TuNgay": since}, idempotency_key=None,
                 correlation_id="reconcile", on_exchange=on_exchange,
             )  # fmt: skip
         except PeerError:
