@@ -159,11 +159,13 @@ def test_a_notice_asking_for_what_the_dossier_no_longer_waits_for_is_not_sent(
     view = hub.http.get(f"/v1/dossiers/{code}").json()
     sms = {e["TrangThaiHoSo"]: x for e in view["events"] for x in e["deliveries"] if x["destination"] == "sms"}
     assert set(sms) == {2, 5, 6} and all(x["state"] == "delivered" for x in sms.values())
-    with hub.runtime.sessions() as s:  # the reply on the dossier's page in the console
-        from hub.store.models import OutboxMessage
+    assert sms[5]["not_sent"] == sms[6]["not_sent"] == "moved_on" and "not_sent" not in sms[2]
+    from hub.console.auth import Operators
+    from tests.test_console import PASSWORD, _logged_in
 
-        replies = {status: s.get(OutboxMessage, x["outbox_id"]).peer_reply for status, x in sms.items()}
-    assert replies[5]["not_sent"] == replies[6]["not_sent"] == "moved_on" and "not_sent" not in replies[2]
+    Operators(hub.runtime.sessions).add("le.thi.xem", PASSWORD, "viewer")
+    page = _logged_in(hub.server.url, "le.thi.xem").get(f"/ops/dossiers/{code}").text
+    assert page.count('class="not-sent">không gửi: hồ sơ đã sang bước khác') == 2  # on the operator's timeline
     # the next fee asked for, the gateway up: asked
     assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 6, "Phí bổ sung")).status_code == 202
     hub.wait_idle()

@@ -37,6 +37,11 @@ class Delivery(_Answer):
     set_aside_at: str | None = Field(default=None, description="only when set aside by an operator")
     set_aside_by: str | None = Field(default=None, description="only when set aside: who (console:<user>, cli:<user>)")
     set_aside_reason: str | None = Field(default=None, description="only when set aside: the operator's reason")
+    not_sent: Literal["moved_on"] | None = Field(
+        default=None,
+        description="only for a citizen's notice done with unsent: it asked for papers or a fee the dossier no "
+        "longer waited for when it could go (moved_on)",
+    )
 
 
 class DossierEvent(_Answer):

@@ -1126,6 +1126,7 @@ VIEW_DELIVERIES = (
         OUTBOX.c.set_aside_at,
         OUTBOX.c.set_aside_by,
         OUTBOX.c.set_aside_reason,
+        OUTBOX.c.peer_reply,
     )
     .where(OUTBOX.c.dossier_id == bindparam("dossier_id"), OUTBOX.c.destination != DOCUMENT_EXCHANGE)
     .order_by(OUTBOX.c.seq, OUTBOX.c.destination)
@@ -1151,6 +1152,12 @@ def describe(conn: Connection, dossier: Any) -> dict[str, Any]:
                 "last_error_code": m.last_error_code,
                 "last_error": m.last_error,
                 **(set_aside_note(m) if m.state == SET_ASIDE else {}),
+                # a citizen's notice done with unsent: what it asked for was no longer asked (hub.runtime)
+                **(
+                    {"not_sent": m.peer_reply["not_sent"]}
+                    if isinstance(m.peer_reply, dict) and "not_sent" in m.peer_reply
+                    else {}
+                ),
             }
         )
     documents: list[dict[str, Any]] = []
