@@ -418,6 +418,47 @@ def test_a_citizen_is_not_sent_to_pay_twice_and_paying_twice_is_flagged(hub: Hub
     assert said.dossier == code and {said.reference, *said.also_paid} == paid  # type: ignore[attr-defined]
 
 
+def test_a_payment_for_a_dossier_no_longer_waiting_for_one_is_noted_for_a_refund(
+    hub: Hub, platform: httpx.Client
+) -> None:
+    """The citizen withdraws the dossier (7) while its pay page is open, then pays: the platform took the money,
+    hub books it and the dossier stays withdrawn — and its history says a payment came it did not wait for, so
+    the agency sees that a refund may be owed (the console's timeline, the one-stop system's view of the dossier).
+    The citizen's own view shows the payment, not the agency's note."""
+    code = awaiting_payment(hub, 44)
+    pay = create(hub, code)
+    assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, 7, "Công dân rút hồ sơ")).status_code == 202
+    told = _Kept()
+    logging.getLogger("hub.payments").addHandler(told)
+    try:
+        httpx.post(pay["pay_url"]).raise_for_status()
+        wait_for(lambda: payment_of(hub, pay["reference"])["status"] == "paid")
+    finally:
+        logging.getLogger("hub.payments").removeHandler(told)
+    view = hub.http.get(f"/v1/dossiers/{code}").json()
+    assert view["TrangThaiHoSo"] == 7
+    last = view["events"][-1]
+    assert (last["kind"], last["TrangThaiHoSo"], last["deliveries"]) == ("payment.not_awaited", 7, [])
+    [said] = [r for r in told.records if "not waiting" in r.getMessage()]
+    assert said.reference == pay["reference"] and said.status == 7  # type: ignore[attr-defined]
+    page = console_as(hub, "ke.toan.2", "viewer").get(f"/ops/dossiers/{code}").text
+    assert "Nhận thanh toán khi hồ sơ không chờ nộp phí: xem xét hoàn trả" in page
+    from hub.services.citizens import _history
+    from hub.store.models import Dossier, StatusEvent
+
+    with hub.runtime.sessions() as s:
+        steps = _history(
+            s.scalars(select(StatusEvent).join(Dossier).where(Dossier.code == code).order_by(StatusEvent.seq)).all()
+        )
+    assert steps and all(step_["kind"] != "payment_not_awaited" for step_ in steps)  # the citizen's view
+    # a dossier that waited for it moves on, with no such note
+    waiting = awaiting_payment(hub, 45)
+    httpx.post(create(hub, waiting)["pay_url"]).raise_for_status()
+    wait_for(lambda: dossier_status(hub, waiting) == 4)
+    kinds = [e["kind"] for e in hub.http.get(f"/v1/dossiers/{waiting}").json()["events"]]
+    assert "payment.not_awaited" not in kinds
+
+
 class _Kept(logging.Handler):
     """The records a logger wrote (the tests' own; hub's log configuration may keep them from the root logger)."""
 

@@ -23,6 +23,7 @@ from hub.domain.errors import DomainError, NotFound
 from hub.domain.identifiers import usable_link
 from hub.domain.privacy import subject_hmacs
 from hub.domain.status import NOT_READY, VIETNAMESE_NAMES, DossierStatus
+from hub.services.dossiers import PAYMENT_NOT_AWAITED
 from hub.services.quota import Quota, citizen_turn
 from hub.store.db import reading
 from hub.store.models import Document, Dossier, Payment, StatusEvent
@@ -350,9 +351,11 @@ def _date(value: Any) -> str | None:
 def _history(events: Any) -> list[dict[str, Any]]:
     """The steps the citizen can follow: each change of status, each processing step (its unit and what was done;
     not the officer's name), a pay link given up. A correction of details that left the status as it was is left
-    out."""
+    out, as is the agency's own note of a payment it did not wait for (the citizen sees the payment itself)."""
     out: list[dict[str, Any]] = []
     for e in events:
+        if e.kind == PAYMENT_NOT_AWAITED:
+            continue
         kind = KINDS.get(e.kind)
         payload = e.payload if isinstance(e.payload, dict) else {}
         if kind == "status" and e.previous_status == e.status:

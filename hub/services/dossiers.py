@@ -36,9 +36,11 @@ ONE_STOP = "one_stop"
 DOCUMENT_EXCHANGE = "document_exchange"  # signed edXML envelopes to other agencies
 SEND_DOCUMENT, SEND_STATUS = "send_edoc", "send_edoc_status"  # its operations: a document, hub's recall of one
 SYNC, PROGRESS, DOWNFLOW = "dossier.sync", "dossier.progress", "dossier.downflow"
-# A fact in a dossier's history that is not a change of its status (not relayed to the portal): a pay link given
-# up unpaid
+# Facts in a dossier's history that are not a change of its status (not relayed to the portal): a pay link given
+# up unpaid; a payment credited while the dossier was not waiting for one (withdrawn, stopped, or moved on another
+# way meanwhile): a refund may be owed
 PAYMENT_EXPIRED = "payment.expired"
+PAYMENT_NOT_AWAITED = "payment.not_awaited"
 REPEAT = "_repeat"  # in `apply`'s answer: the request was the dossier's latest change again (nothing written)
 DOSSIERS = table(Dossier)
 EVENTS = table(StatusEvent)
@@ -938,25 +940,9 @@ class DossierService:
         says so, and — `tell_citizen` — the citizen is told to pay again, by the channels they can be reached on,
         in the dossier's order of messages (after what they were told before, before what comes next). Returns
         the event's id."""
-        now = utcnow()
-        seq = int(dossier.last_seq) + 1
-        event_id = str(uuid.uuid4())
-        writes = _Writes(session.connection())
-        writes.update_dossier(dossier.id, {"last_seq": seq, "updated_at": now})
-        writes.add_event(
-            code,
-            {
-                "event_id": event_id,
-                "dossier_id": dossier.id,
-                "seq": seq,
-                "kind": PAYMENT_EXPIRED,
-                "status": int(dossier.status),
-                "previous_status": int(dossier.status),
-                "payload": {"reference": reference, "amount": amount},
-                "client": client,
-                "correlation_id": correlation_id,
-                "created_at": now,
-            },
+        payload = {"reference": reference, "amount": amount}
+        event_id, seq, now, writes = self._fact(
+            session, code, dossier, PAYMENT_EXPIRED, payload, client, correlation_id
         )
         if tell_citizen and self.notify_channels:
             from hub.services.notifications import outbox_payloads
@@ -971,6 +957,50 @@ class DossierService:
             )
         writes.flush()
         return event_id
+
+    def payment_not_awaited(
+        self, session: Session, code: str, dossier: Any, payment: dict[str, Any], *, client: str, correlation_id: str
+    ) -> str:
+        """A payment credited while the dossier (its row locked in this transaction) was not waiting for one, as an
+        event of its history: its status does not change and nothing goes to the portal or the citizen, but the
+        agency sees on the dossier that a refund may be owed. Returns the event's id."""
+        event_id, *_, writes = self._fact(session, code, dossier, PAYMENT_NOT_AWAITED, payment, client, correlation_id)
+        writes.flush()
+        return event_id
+
+    def _fact(
+        self,
+        session: Session,
+        code: str,
+        dossier: Any,
+        kind: str,
+        payload: dict[str, Any],
+        client: str,
+        correlation_id: str,
+    ) -> tuple[str, int, datetime, _Writes]:
+        """An event of the dossier that keeps its status (`kind`: PAYMENT_EXPIRED…), its writes not yet flushed:
+        (event id, seq, its time, the writes, for messages of the event to join)."""
+        now = utcnow()
+        seq = int(dossier.last_seq) + 1
+        event_id = str(uuid.uuid4())
+        writes = _Writes(session.connection())
+        writes.update_dossier(dossier.id, {"last_seq": seq, "updated_at": now})
+        writes.add_event(
+            code,
+            {
+                "event_id": event_id,
+                "dossier_id": dossier.id,
+                "seq": seq,
+                "kind": kind,
+                "status": int(dossier.status),
+                "previous_status": int(dossier.status),
+                "payload": payload,
+                "client": client,
+                "correlation_id": correlation_id,
+                "created_at": now,
+            },
+        )
+        return event_id, seq, now, writes
 
     def _index_documents(self, session: Session, code: str, agency: str, data: dict[str, Any], now: datetime) -> None:
         """Result documents issued with the dossier, indexed for reuse under the owner's ID (as an HMAC). Items

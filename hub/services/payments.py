@@ -421,7 +421,9 @@ class PaymentService:
                 },
             ).first()
             if credited is not None:
-                self._move_on(s, credited.dossier_code, credited.amount, cb.transaction_id, now, correlation_id)
+                self._move_on(
+                    s, credited.dossier_code, cb.reference, credited.amount, cb.transaction_id, now, correlation_id
+                )
                 if credited.also_paid:  # booked (the money came), and said: the finance office owes a refund
                     twice = s.scalars(
                         select(Payment.reference).where(
@@ -451,11 +453,28 @@ class PaymentService:
         return done("declined", "00", f"the platform reports failure {cb.error_code}")
 
     def _move_on(
-        self, s: Session, code: str, amount: int, transaction_id: str, now: datetime, correlation_id: str
+        self,
+        s: Session,
+        code: str,
+        reference: str,
+        amount: int,
+        transaction_id: str,
+        now: datetime,
+        correlation_id: str,
     ) -> None:
-        """A credited dossier waiting for payment (6) goes back to processing (4), through the relay."""
+        """A credited dossier waiting for payment (6) goes back to processing (4), through the relay. One that was
+        not waiting for it (withdrawn or stopped meanwhile, paid already, moved on at the counter) keeps its status,
+        and its history says that a payment came it did not wait for: a refund may be owed."""
         dossier = s.execute(SELECT_DOSSIER, {"code": code}).first()  # locked: no one moves it meanwhile
-        if dossier is None or dossier.status != DossierStatus.PAYMENT_REQUESTED:
+        if dossier is None:
+            return
+        if dossier.status != DossierStatus.PAYMENT_REQUESTED:
+            fact = {"reference": reference, "amount": amount, "transaction_id": transaction_id}
+            self.dossiers.payment_not_awaited(s, code, dossier, fact, client=SYSTEM.name, correlation_id=correlation_id)
+            log.warning(
+                "payment credited for a dossier not waiting for one: a refund may be owed",
+                extra={"dossier": code, "reference": reference, "status": int(dossier.status)},
+            )
             return
         step = {
             "MaHoSo": code,
