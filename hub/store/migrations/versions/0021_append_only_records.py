@@ -12,7 +12,7 @@ still drop a trigger: the access log's hash chain is what detects that for perso
 
 Revision ID: 0021
 Revises: 0020
-Create Date: 2026-12-07
+Create Date: 2026-12-06
 """
 
 from __future__ import annotations
