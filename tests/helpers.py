@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -139,3 +140,17 @@ def dropping_peer(drops: int, content_type: bytes, body: bytes) -> Iterator[tupl
     finally:
         listener.close()
         server.join(timeout=5)
+
+
+def portal_cli_env(hub: Hub, var_dir: Path) -> dict[str, str]:
+    """The environment a `hub` command (`hub reconcile`, `hub poll`) runs in beside this hub: its database, and the
+    portal with its credentials."""
+    settings = hub.settings
+    password = settings.national_portal_password.get_secret_value() if settings.national_portal_password else ""
+    return {
+        "HUB_DATABASE_URL": settings.effective_database_url,
+        "HUB_VAR_DIR": str(var_dir),
+        "HUB_NATIONAL_PORTAL_URL": settings.national_portal_url,
+        "HUB_NATIONAL_PORTAL_USERNAME": settings.national_portal_username,
+        "HUB_NATIONAL_PORTAL_PASSWORD": password,
+    }

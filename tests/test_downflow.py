@@ -13,7 +13,7 @@ from hub.sandbox.common import ServerThread
 from hub.sync import jobs
 from tests.api_helpers import assert_problem
 from tests.conftest import AGENCY, Creds, Hub, HubFactory
-from tests.helpers import dossier, step
+from tests.helpers import dossier, portal_cli_env, step
 
 
 @pytest.fixture
@@ -217,15 +217,7 @@ def test_polling_asks_for_a_window_of_filings_not_the_portals_whole_history(
     assert abs(asked_since() - (now - timedelta(days=5, minutes=10))) < timedelta(minutes=1)
     assert abs(asked_since() - (now - timedelta(days=3))) > timedelta(days=1)
     # an operator who learns that pushes were lost for weeks asks further back
-    settings = hub.settings
-    password = settings.national_portal_password.get_secret_value() if settings.national_portal_password else ""
-    env = {
-        "HUB_DATABASE_URL": settings.effective_database_url,
-        "HUB_VAR_DIR": str(tmp_path),
-        "HUB_NATIONAL_PORTAL_URL": settings.national_portal_url,
-        "HUB_NATIONAL_PORTAL_USERNAME": settings.national_portal_username,
-        "HUB_NATIONAL_PORTAL_PASSWORD": password,
-    }
+    env = portal_cli_env(hub, tmp_path)
     assert run(["poll", "--since", "last week"], tmp_path, env).returncode == 2
     since = (now - timedelta(days=12)).astimezone(VN_TZ).date()
     by_hand = run(["poll", "--json", "--since", since.isoformat()], tmp_path, env)

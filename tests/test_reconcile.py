@@ -12,7 +12,7 @@ import pytest
 
 from hub.sandbox.common import ServerThread
 from tests.conftest import Creds, Hub, HubFactory
-from tests.helpers import dossier
+from tests.helpers import dossier, portal_cli_env
 from tests.test_cli import run
 from tests.test_relay import PortalOfficer, file_and_walk, portal_history
 
@@ -83,15 +83,7 @@ def test_each_kind_of_drift_is_reported_and_the_safe_ones_repaired(
 
 
 def test_reconcile_from_the_command_line(drifted: tuple[Hub, list[str]], tmp_path: Path) -> None:
-    settings = drifted[0].settings
-    password = settings.national_portal_password.get_secret_value() if settings.national_portal_password else ""
-    env = {
-        "HUB_DATABASE_URL": settings.effective_database_url,
-        "HUB_VAR_DIR": str(tmp_path),
-        "HUB_NATIONAL_PORTAL_URL": settings.national_portal_url,
-        "HUB_NATIONAL_PORTAL_USERNAME": settings.national_portal_username,
-        "HUB_NATIONAL_PORTAL_PASSWORD": password,
-    }
+    env = portal_cli_env(drifted[0], tmp_path)
     dry = run(["reconcile", "--no-repair", "--json"], tmp_path, env)
     assert dry.returncode == 1, dry.stderr  # drift that needs a person remains
     report = json.loads(dry.stdout)
