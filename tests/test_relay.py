@@ -758,3 +758,32 @@ def test_retry_after_never_raises_and_stays_within_an_hour(header: str) -> None:
 
     seconds = retry_after(header)
     assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER
+
+
+def test_a_long_scheduled_job_does_not_hold_deliveries_back(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    """In embedded mode the scheduled jobs ran in the worker's own thread, between two drains: a reconciliation
+    asking a slow portal about every open dossier (minutes, hourly) held every delivery back meanwhile. They run
+    in a thread of their own: statuses go on reaching the portal while one runs."""
+    import threading
+
+    from hub.sync.embedded import EmbeddedWorker
+
+    hub = hub_factory(start_worker=False)
+    running, done = threading.Event(), threading.Event()
+
+    def reconcile() -> None:  # as long as it takes
+        running.set()
+        done.wait(30)
+
+    worker = EmbeddedWorker(hub.runtime.relay, 0.05, [(0.01, reconcile)]).start()
+    try:
+        assert running.wait(5)
+        codes = file_and_walk(hub, 3, [4], first_seq=60)
+        deadline = time.monotonic() + 10
+        while any(portal_history(portal, c) != [2, 4] for c in codes):
+            assert time.monotonic() < deadline, [portal_history(portal, c) for c in codes]
+            time.sleep(0.05)
+        assert not done.is_set()  # delivered while the job was still running
+    finally:
+        done.set()
+        worker.stop()

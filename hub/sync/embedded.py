@@ -144,6 +144,10 @@ class EmbeddedWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-embedded-worker", daemon=True)
+        # the scheduled jobs in a thread of their own: a reconciliation asking a slow portal about every open dossier
+        # (minutes), a poll taking in a large listing, do not hold deliveries back meanwhile
+        self._jobs_wake = threading.Event()
+        self._jobs_thread = threading.Thread(target=self._run_jobs, name="hub-embedded-jobs", daemon=True)
         self.last_drain: float | None = None  # time.monotonic() when a drain last started
         self.host = socket.gethostname()
         self.name = f"embedded@{self.host}"
@@ -184,6 +188,8 @@ class EmbeddedWorker:
 
     def start(self) -> EmbeddedWorker:
         self._thread.start()
+        if self.jobs:
+            self._jobs_thread.start()
         if self.roster is not None:
             self._beat.start()
         return self
@@ -192,20 +198,24 @@ class EmbeddedWorker:
         self._wake.set()
 
     def run_soon(self, name: str) -> bool:
-        """Run job `name` in this worker's thread after its current round — as on its schedule, never beside its
-        own scheduled run — once however often asked meanwhile. False if this worker has no such job."""
+        """Run job `name` in this worker's jobs thread after the job running there, if any — as on its schedule,
+        never beside its own scheduled run — once however often asked meanwhile. False if this worker has no such
+        job."""
         if name not in self.jobs:
             return False
         with self._asked_lock:
             if name not in self._asked:
                 self._asked.append(name)
-        self._wake.set()
+        self._jobs_wake.set()
         return True
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._jobs_wake.set()
         self._thread.join(timeout=30)
+        if self._jobs_thread.is_alive():
+            self._jobs_thread.join(timeout=30)
         if self._beat.is_alive():
             self._beat.join(timeout=5)
 
@@ -221,7 +231,17 @@ class EmbeddedWorker:
                 database.failed(exc.orig)
             except Exception:
                 log.exception("embedded worker: drain failed")
-            for every, job, due in self.periodic:  # scheduled jobs (portal polling), in this same thread
+            if claimed == 0:
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+
+    def _run_jobs(self) -> None:
+        """The scheduled jobs (portal polling, reconciliation…) when due, and those an operator asked for, one at a
+        time, beside the deliveries."""
+        while not self._stop.is_set():
+            for every, job, due in self.periodic:
+                if self._stop.is_set():
+                    return
                 if time.monotonic() >= due[0]:
                     due[0] = time.monotonic() + every
                     try:
@@ -230,11 +250,10 @@ class EmbeddedWorker:
                         log.exception("embedded worker: scheduled job failed")
             with self._asked_lock:
                 asked, self._asked = self._asked, []
-            for name in asked:  # asked by an operator: run now, in this same thread
+            for name in asked:  # asked by an operator: run now
                 try:
                     self.jobs[name]()
                 except Exception:
                     log.exception("embedded worker: job run on request failed")
-            if claimed == 0:
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
+            self._jobs_wake.wait(self.poll_interval)
+            self._jobs_wake.clear()
