@@ -242,8 +242,10 @@ def unknown_to_hub(
         codes = [str(i.get("MaHoSo")) for i in listed]
         if not codes:
             continue
-        with sessions() as s:
-            known = set(s.scalars(select(Dossier.code).where(Dossier.code.in_(codes))))
+        known: set[str] = set()
+        with sessions() as s:  # a few hundred codes a query (a week of a province's filings, thousands in all)
+            for i in range(0, len(codes), 500):
+                known.update(s.scalars(select(Dossier.code).where(Dossier.code.in_(codes[i : i + 500]))))
         for item, code in zip(listed, codes, strict=True):
             if code not in known:
                 found.append(Drift(code, "unknown_to_hub", 0, portal_status(item), note="not taken in yet"))
