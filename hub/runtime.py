@@ -32,7 +32,7 @@ from hub.settings import Settings
 from hub.store import db
 from hub.store.space import MIB, DiskSpace
 from hub.sync import outbox
-from hub.sync.embedded import EmbeddedWorker, FileRoster, Presence
+from hub.sync.embedded import EmbeddedWorker, FileRoster, JobsLock, Presence
 from hub.sync.jobs import JOB_NAMES
 from hub.sync.outbox import Claimed
 from hub.sync.relay import Relay
@@ -153,6 +153,7 @@ class Runtime:
                         (settings.personal_data_retention_interval, self.remove_personal_data),
                     ],
                     roster=self._roster,
+                    jobs_lock=JobsLock(path) if path is not None else None,
                 )
         else:
             import redis

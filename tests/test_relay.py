@@ -787,3 +787,44 @@ def test_a_long_scheduled_job_does_not_hold_deliveries_back(hub_factory: HubFact
     finally:
         done.set()
         worker.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_one_process_on_a_sqlite_database_runs_the_scheduled_jobs_and_another_takes_over(
+    hub_factory: HubFactory, tmp_path: Path, backend: str
+) -> None:
+    """`hub serve --workers N` on SQLite: every process's worker ran every scheduled job, N reconciliations an hour
+    each asking the portal about every open dossier. The one holding the jobs lock beside the database runs them;
+    when it stops (or dies: the kernel lets go of its lock) another takes them on at its next round."""
+    import threading
+
+    from hub.sync.embedded import EmbeddedWorker, JobsLock
+
+    hub = hub_factory(start_worker=False)
+    ran: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def worker(name: str) -> EmbeddedWorker:
+        def poll_portal() -> None:
+            with lock:
+                ran[name] += 1
+
+        return EmbeddedWorker(hub.runtime.relay, 0.02, [(0.02, poll_portal)], jobs_lock=JobsLock(tmp_path / "hub.db"))
+
+    workers = {"a": worker("a").start(), "b": worker("b").start()}
+    try:
+        deadline = time.monotonic() + 10
+        while sum(ran.values()) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with lock:
+            assert len(ran) == 1, ran  # one of them, not both
+            [(leader, _)] = ran.items()
+        other = "b" if leader == "a" else "a"
+        workers.pop(leader).stop()
+        while ran[other] < 3:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.02)
+    finally:
+        for w in workers.values():
+            w.stop()

@@ -53,6 +53,41 @@ class Presence:
         os.close(self._fd)  # lets go of the lock
 
 
+class JobsLock:
+    """Which `hub serve` process on this SQLite database runs the scheduled jobs (polling, reconciliation, payment
+    checks…): the one holding an exclusive `flock` on a lock file beside it, taken when free and kept for the
+    process's life — the kernel lets go of it when the process dies, kill -9 included, and another takes it at its
+    next round. With `--workers N` they ran N times an interval, each asking the portal about every open dossier.
+    A file system without flock: every process runs them, as before."""
+
+    def __init__(self, database: Path) -> None:
+        self._path = f"{database}.jobs.lock"
+        self._fd: int | None = None
+        self._held = False
+
+    def held(self) -> bool:
+        """Whether this process runs the scheduled jobs now (taking the lock if it is free)."""
+        if self._held:
+            return True
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            log.warning("cannot lock %s (every process runs the scheduled jobs): %s", self._path, exc)
+            self._held = True
+            return True
+        self._held = True
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # lets go of the lock
+            self._fd, self._held = None, False
+
+
 class FileRoster:
     """The embedded workers delivering from one SQLite database — one per `hub serve` process, so N with
     `--workers N` — each noting its sign of life once a second in a small file beside the database
@@ -133,8 +168,10 @@ class EmbeddedWorker:
         poll_interval: float = 1.0,
         periodic: list[tuple[float, Callable[[], object]]] | None = None,
         roster: FileRoster | None = None,
+        jobs_lock: JobsLock | None = None,
     ) -> None:
         self.relay = relay
+        self.jobs_lock = jobs_lock  # None: this process runs the scheduled jobs (one process, or PostgreSQL)
         self.poll_interval = poll_interval
         self.periodic = [(every, job, [time.monotonic() + every]) for every, job in (periodic or []) if every > 0]
         # every job by its name, those off their schedule (interval 0) too: an operator may run any of them now
@@ -216,6 +253,8 @@ class EmbeddedWorker:
         self._thread.join(timeout=30)
         if self._jobs_thread.is_alive():
             self._jobs_thread.join(timeout=30)
+        if self.jobs_lock is not None:
+            self.jobs_lock.close()
         if self._beat.is_alive():
             self._beat.join(timeout=5)
 
@@ -239,7 +278,8 @@ class EmbeddedWorker:
         """The scheduled jobs (portal polling, reconciliation…) when due, and those an operator asked for, one at a
         time, beside the deliveries."""
         while not self._stop.is_set():
-            for every, job, due in self.periodic:
+            ours = self.jobs_lock is None or self.jobs_lock.held()  # another process on this database runs them
+            for every, job, due in self.periodic if ours else ():
                 if self._stop.is_set():
                     return
                 if time.monotonic() >= due[0]:
