@@ -26,6 +26,7 @@ from hub.store.models import (
     Dossier,
     EdocNotice,
     Exchange,
+    JobRun,
     OperatorAction,
     OutboxMessage,
     Payment,
@@ -270,6 +271,42 @@ class StoreCollector(Collector):
         )  # fmt: skip
 
 
+class JobsCollector(Collector):
+    """When each scheduled job last ran to its end without an error, beside how often it is scheduled: a job that
+    fails at every run (the portal refusing hub's credentials to the poll, the platform's statement unreadable) or
+    that no worker runs any more shows as an age growing past a few intervals (alert HubScheduledJobStale). A job
+    that has run but never succeeded is as old as its first run. One index seek a job (ix_job_runs_name_started)."""
+
+    def __init__(self, sessions: sessionmaker[Session], intervals: dict[str, float]) -> None:
+        self.sessions = sessions
+        self.intervals = intervals
+
+    def collect(self) -> Iterator[Any]:
+        every = GaugeMetricFamily(
+            "hub_scheduled_job_interval_seconds",
+            "How often each scheduled job runs (0: not scheduled)",
+            labels=["task"],
+        )
+        age = GaugeMetricFamily(
+            "hub_scheduled_job_last_success_age_seconds",
+            "Seconds since each scheduled job last ran without an error (since its first run, if it never did)",
+            labels=["task"],
+        )
+        now = utcnow()
+        with self.sessions() as s:
+            for task, interval in self.intervals.items():
+                every.add_metric([task], interval)
+                named = JobRun.name == task
+                last = s.scalar(select(func.max(JobRun.finished_at)).where(named, JobRun.outcome == "ok"))
+                if last is None:
+                    last = s.scalar(select(func.min(JobRun.started_at)).where(named))
+                if last is not None:
+                    at = last if last.tzinfo else last.replace(tzinfo=now.tzinfo)
+                    age.add_metric([task], max(0.0, (now - at).total_seconds()))
+        yield every
+        yield age
+
+
 class WalCollector(Collector):
     """This process's SQLite write-ahead log (embedded mode): how long it is, and how its restarts went. A log
     that keeps growing towards the autocheckpoint backstop (WAL_AUTOCHECKPOINT_PAGES) means the checkpointer
@@ -368,9 +405,12 @@ def make_registry(
     workers: Callable[[], list[WorkerSeen]] | None = None,
     disk: DiskSpace | None = None,
     signing: Callable[[], tuple[x509.Certificate | None, str | None] | None] | None = None,
+    scheduled: dict[str, float] | None = None,
 ) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram, Counter]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))
+    if scheduled is not None:
+        registry.register(JobsCollector(sessions, scheduled))
     if signing is not None:
         registry.register(SigningCollector(signing))
     if workers is not None:

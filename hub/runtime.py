@@ -33,7 +33,7 @@ from hub.store import db
 from hub.store.space import MIB, DiskSpace
 from hub.sync import outbox
 from hub.sync.embedded import EmbeddedWorker, FileRoster, JobsLock, Presence
-from hub.sync.jobs import JOB_NAMES
+from hub.sync.jobs import JOB_NAMES, intervals
 from hub.sync.outbox import Claimed
 from hub.sync.relay import Relay
 from hub.sync.retry import RetryPolicy
@@ -143,15 +143,7 @@ class Runtime:
                 self.worker = EmbeddedWorker(
                     self.relay,
                     settings.relay_poll_interval,
-                    [
-                        (settings.portal_poll_interval, self.poll_portal),
-                        (settings.payment_check_interval, self.check_payments),
-                        (settings.reconcile_interval, self.reconcile),
-                        (settings.payment_reconcile_interval, self.reconcile_payments),
-                        (settings.audit_anchor_interval, self.anchor_audit_log),
-                        (settings.edoc_status_interval, self.poll_edoc_status),
-                        (settings.personal_data_retention_interval, self.remove_personal_data),
-                    ],
+                    [(every, getattr(self, job)) for job, every in intervals(settings).items()],
                     roster=self._roster,
                     jobs_lock=JobsLock(path) if path is not None else None,
                 )
@@ -346,6 +338,7 @@ class Runtime:
             self.workers if role == "api" else None,
             self.disk,
             self.signatures.key_state if role == "api" else None,
+            intervals(self.settings),
         )
 
     def workers(self) -> list[WorkerSeen]:

@@ -523,6 +523,33 @@ def test_metrics_report_outbox_exchanges_and_requests(hub: Hub) -> None:
         assert "SoGiayTo" not in line and "MaHoSo" not in line
 
 
+def test_metrics_say_how_long_ago_each_scheduled_job_last_succeeded(hub: Hub) -> None:
+    """A job failing at every run, or no longer run by any worker, is seen from outside (alert
+    HubScheduledJobStale): the age of its last success beside its interval; one that never succeeded is as old as
+    its first run."""
+    import re
+    from datetime import timedelta
+
+    from hub.domain.dates import utcnow
+    from hub.store.models import JobRun
+
+    assert hub.runtime.anchor_audit_log() is not None  # a job that succeeds
+    failed_at = utcnow() - timedelta(hours=2)
+    with hub.runtime.sessions.begin() as s:  # as hub records a run whose work raised
+        s.add(JobRun(name="reconcile", started_at=failed_at, finished_at=failed_at, outcome="error", detail={}))
+    text = hub.http.get("/metrics").text
+
+    def sample(name: str, task: str) -> float | None:
+        found = re.search(rf'^{name}{{task="{task}"}} (\S+)$', text, re.MULTILINE)
+        return float(found.group(1)) if found else None
+
+    assert sample("hub_scheduled_job_interval_seconds", "reconcile") == hub.settings.reconcile_interval
+    assert sample("hub_scheduled_job_interval_seconds", "poll_portal") == hub.settings.portal_poll_interval
+    assert (sample("hub_scheduled_job_last_success_age_seconds", "anchor_audit_log") or 99) < 60
+    assert 7190 < (sample("hub_scheduled_job_last_success_age_seconds", "reconcile") or 0) < 7300
+    assert sample("hub_scheduled_job_last_success_age_seconds", "poll_edoc_status") is None  # never run here
+
+
 def test_one_batch_files_walks_and_repeats_in_order(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
     """Requests committed in one transaction (group commit) see each other as if they came one by one: a dossier
     filed and moved twice in the same batch ends in the last state with its events in order, each of its outbox

@@ -184,15 +184,9 @@ def _start_ticker(sender: Any = None, **_: Any) -> None:
 
     name = str(getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}")
     processes = int(getattr(getattr(sender, "controller", None), "concurrency", None) or 1)
-    jobs = [
-        ("hub.poll_portal", settings.portal_poll_interval),
-        ("hub.check_payments", settings.payment_check_interval),
-        ("hub.reconcile", settings.reconcile_interval),
-        ("hub.reconcile_payments", settings.payment_reconcile_interval),
-        ("hub.anchor_audit_log", settings.audit_anchor_interval),
-        ("hub.poll_edoc_status", settings.edoc_status_interval),
-        ("hub.remove_personal_data", settings.personal_data_retention_interval),
-    ]
+    from hub.sync.jobs import intervals
+
+    jobs = [(f"hub.{job}", every) for job, every in intervals(settings).items()]
 
     def tick() -> None:
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)

@@ -28,6 +28,20 @@ JOB_NAMES = (
 )
 
 
+def intervals(settings: Any) -> dict[str, float]:
+    """Each scheduled job's interval in seconds (0: not scheduled), by its name (JOB_NAMES): what the embedded
+    worker and the Celery workers' ticker run, and what the metrics judge a job's last success against."""
+    return {
+        "poll_portal": settings.portal_poll_interval,
+        "check_payments": settings.payment_check_interval,
+        "reconcile": settings.reconcile_interval,
+        "reconcile_payments": settings.payment_reconcile_interval,
+        "anchor_audit_log": settings.audit_anchor_interval,
+        "poll_edoc_status": settings.edoc_status_interval,
+        "remove_personal_data": settings.personal_data_retention_interval,
+    }
+
+
 def _row(m: OutboxMessage, code: str) -> dict[str, Any]:
     return {
         "id": m.id,
