@@ -91,7 +91,7 @@ def poll_portal(runtime: Any, *, since: datetime | None = None) -> dict[str, int
             counts["seen"] += 1
             try:
                 listed.append(DossierIn.model_validate(item))
-            except ValidationError as exc:
+            except (ValidationError, DomainError) as exc:
                 counts["invalid"] += 1
                 log.warning("poll: dossier not taken in", extra={"reason": exc.__class__.__name__})
         for i in range(0, len(listed), CHUNK):
