@@ -366,13 +366,49 @@ def demo(dossiers: Annotated[int, typer.Option(help="dossiers to file")] = 6) ->
 
 
 @db_cli.command("upgrade")
-def db_upgrade(revision: str = "head") -> None:
+def db_upgrade(
+    revision: str = "head",
+    grant: Annotated[
+        str | None,
+        typer.Option(help="then give this role hub's privileges on the tables, new ones included (`hub db grant`)"),
+    ] = None,
+) -> None:
     """Apply the schema migrations."""
     from hub.store import db
 
     settings = _settings()
     before, after = db.upgrade(settings.effective_database_url, revision)
     out.print(f"database at {after}" + (f" (was {before or 'empty'})" if after != before else " (no change)"))
+    if grant is not None:
+        db_grant(grant)
+
+
+@db_cli.command("grant")
+def db_grant(
+    role: Annotated[str, typer.Argument(help="the PostgreSQL role `hub serve` and `hub worker` connect as")],
+) -> None:
+    """Give ROLE what hub's processes need on its tables and no more (PostgreSQL; run as the tables' owner, with
+    its HUB_DATABASE_URL, after `hub db upgrade`): no DDL, no TRUNCATE, and on the records hub keeps as history only
+    what hub does to them (ADR 0044). Then connect `hub serve` and `hub worker` as ROLE."""
+    from hub.store import db, grants
+
+    settings = _settings()
+    if db.sqlite_path(settings.effective_database_url) is not None:
+        err.print("[red]SQLite has no roles: hub's file is protected by its permissions (docs/operations.md)[/red]")
+        raise typer.Exit(2)
+    if not grants.ROLE.fullmatch(role):
+        err.print(f"[red]{role!r} is not a role name (lower-case letters, digits and _)[/red]")
+        raise typer.Exit(2)
+    engine = db.make_engine(settings.effective_database_url)
+    try:
+        current, head = db.current_revision(engine), db.head_revision(settings.effective_database_url)
+        if current != head:
+            err.print(f"[red]schema at {current}, code expects {head}: run `hub db upgrade` first[/red]")
+            raise typer.Exit(2)
+        done = grants.grant(engine, role)
+    finally:
+        engine.dispose()
+    out.print(f"{len(done)} statements: {role} may now run hub on this database, and no more")
 
 
 @cli.command()

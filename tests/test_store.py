@@ -850,3 +850,74 @@ def test_append_only_records_refuse_to_be_rewritten_at_the_database(kind: str, t
         engine.dispose()
         if kind == "postgresql":
             drop_pg_database(url)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_hub_runs_under_a_role_that_may_write_as_hub_does_and_no_more(
+    hub_factory: HubFactory, tmp_path: Path, backend: str
+) -> None:
+    """`hub db grant ROLE`, run as the tables' owner, gives the role hub's processes connect as what hub does and
+    no more: it files, relays, logs a read of personal data, purges old exchange records and removes closed
+    dossiers' personal data — and cannot rewrite the access log or a dossier's history, delete a payment
+    callback, truncate a table or drop a trigger, even with a flaw in hub to exploit. `hub check` says which."""
+    import secrets
+
+    from hub.services import preflight, retention
+    from hub.services.audit import DATA_SUBJECT_ACCESS, Access
+    from hub.sync import jobs
+    from tests.conftest import create_pg_database, drop_pg_database
+    from tests.test_cli import run
+
+    owner_url = create_pg_database()
+    role = f"hub_app_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        as_owner = {"HUB_DATABASE_URL": owner_url}
+        assert run(["db", "grant", "x; DROP TABLE outbox"], tmp_path, as_owner).returncode == 2  # a name, no SQL
+        granted = run(["db", "grant", role], tmp_path, as_owner)
+        assert granted.returncode == 0, granted.stderr
+        again = run(["db", "upgrade", "--grant", role], tmp_path, as_owner)  # as the migration unit runs it
+        assert again.returncode == 0 and "no change" in again.stdout and f"{role} may now run hub" in again.stdout
+        app_url = owner_url.replace("://postgres@", f"://{role}@")
+        hub = hub_factory(database_url=app_url)
+        d = dossier(80, status=2)
+        code = d["MaHoSo"]
+        assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+        for status in (4, 9, 10):
+            assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status)).status_code == 202
+        assert hub.wait_idle() == {"delivered": 4}
+        hub.runtime.prefill.record(
+            Access.inquiry(DATA_SUBJECT_ACCESS, client="citizen", agency="-", officer="self", subject="s" * 64,
+                           correlation_id="c", fields=["access_log"])
+        )  # fmt: skip
+        with hub.runtime.sessions.begin() as s:
+            assert jobs.purge_history(s, older_than_days=0)["exchanges"] >= 4
+        assert retention.redact_all(hub.runtime.sessions, 0)["dossiers"] == 1
+        [said] = [c for c in preflight.run(hub.runtime) if c.name == "database_role"]
+        assert said.status == "ok" and role in said.detail
+        as_owner_hub = hub_factory()  # the tests' own: connected as the tables' owner
+        [warned] = [c for c in preflight.run(as_owner_hub.runtime) if c.name == "database_role"]
+        assert warned.status == "warn" and "hub db grant" in warned.detail
+        engine = hub.runtime.engine
+        for statement in (
+            "UPDATE access_log SET outcome = 'refused'",
+            "DELETE FROM access_log",
+            "UPDATE status_events SET status = 3",
+            "DELETE FROM payment_callbacks",
+            "TRUNCATE outbox",
+            "DROP TRIGGER access_log_append_only ON access_log",
+            "ALTER TABLE exchanges DISABLE TRIGGER ALL",
+        ):
+            with pytest.raises(Exception, match=r"permission denied|must be owner"), engine.begin() as conn:
+                conn.execute(text(statement))
+        owner = db.make_engine(owner_url)
+        try:
+            with owner.connect() as conn:
+                assert conn.scalar(text("SELECT count(*) FROM access_log")) == 1
+        finally:
+            owner.dispose()
+    finally:
+        drop_pg_database(owner_url)
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")

@@ -237,6 +237,21 @@ def run(rt: Runtime) -> list[Check]:
             return "ok", "the last entry is chained under HUB_SECRET_KEY"
         return "ok", f"the last entry is chained under previous key #{key}: the next ones take HUB_SECRET_KEY"
 
+    def database_role() -> tuple[str, str]:
+        """Whether hub's processes connect as a role that may rewrite its records (ADR 0044)."""
+        if rt.engine.dialect.name != "postgresql":
+            return "skip", f"{rt.engine.dialect.name}: no roles; the database file's permissions protect it"
+        from hub.store import grants
+
+        role, owner, rewrites = grants.connected_role(rt.engine)
+        if owner or rewrites:
+            said = "owns hub's tables" if owner else "may update the access log"
+            return "warn", (
+                f"hub connects as {role}, which {said}: a flaw in hub could rewrite its records and drop their "
+                "triggers; connect `hub serve` and `hub worker` as a role given `hub db grant ROLE`"
+            )
+        return "ok", f"hub connects as {role}: it may write as hub does, not alter or rewrite its records"
+
     def retention() -> tuple[str, str]:
         """Whether closed dossiers' personal data goes after a retention period (ADR 0037), and how many wait."""
         days = s.personal_data_retention_days
@@ -254,6 +269,7 @@ def run(rt: Runtime) -> list[Check]:
         check("database", database)
         check("durability", durability)
         check("disk", disk)
+        check("database_role", database_role)
         check("broker", broker)
         check("national_portal", portal)
         for whose, cert in s.tls_client_certs().items():  # the shared one, and each peer's own
