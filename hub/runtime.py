@@ -32,7 +32,7 @@ from hub.settings import Settings
 from hub.store import db
 from hub.store.space import MIB, DiskSpace
 from hub.sync import outbox
-from hub.sync.embedded import EmbeddedWorker, FileRoster, JobsLock, Presence
+from hub.sync.embedded import EmbeddedWorker, FileRoster, JobsLock, PgJobsLock, Presence
 from hub.sync.jobs import JOB_NAMES, intervals
 from hub.sync.outbox import Claimed
 from hub.sync.relay import Relay
@@ -145,7 +145,7 @@ class Runtime:
                     settings.relay_poll_interval,
                     [(every, getattr(self, job)) for job, every in intervals(settings).items()],
                     roster=self._roster,
-                    jobs_lock=JobsLock(path) if path is not None else None,
+                    jobs_lock=JobsLock(path) if path is not None else PgJobsLock(url),
                 )
         else:
             import redis

@@ -789,16 +789,16 @@ def test_a_long_scheduled_job_does_not_hold_deliveries_back(hub_factory: HubFact
         worker.stop()
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_one_process_on_a_sqlite_database_runs_the_scheduled_jobs_and_another_takes_over(
+def test_one_embedded_process_runs_the_scheduled_jobs_and_another_takes_over(
     hub_factory: HubFactory, tmp_path: Path, backend: str
 ) -> None:
-    """`hub serve --workers N` on SQLite: every process's worker ran every scheduled job, N reconciliations an hour
-    each asking the portal about every open dossier. The one holding the jobs lock beside the database runs them;
-    when it stops (or dies: the kernel lets go of its lock) another takes them on at its next round."""
+    """`hub serve --workers N` in embedded mode: every process's worker ran every scheduled job, N reconciliations
+    an hour each asking the portal about every open dossier. The one holding the jobs lock — a flock beside a SQLite
+    database, an advisory lock of a session of its own on PostgreSQL — runs them; when it stops (or dies: the
+    kernel or the database lets go of its lock) another takes them on at its next round."""
     import threading
 
-    from hub.sync.embedded import EmbeddedWorker, JobsLock
+    from hub.sync.embedded import EmbeddedWorker, JobsLock, PgJobsLock
 
     hub = hub_factory(start_worker=False)
     ran: Counter[str] = Counter()
@@ -809,7 +809,9 @@ def test_one_process_on_a_sqlite_database_runs_the_scheduled_jobs_and_another_ta
             with lock:
                 ran[name] += 1
 
-        return EmbeddedWorker(hub.runtime.relay, 0.02, [(0.02, poll_portal)], jobs_lock=JobsLock(tmp_path / "hub.db"))
+        url = hub.settings.effective_database_url
+        jobs_lock = JobsLock(tmp_path / "hub.db") if backend == "sqlite" else PgJobsLock(url)
+        return EmbeddedWorker(hub.runtime.relay, 0.02, [(0.02, poll_portal)], jobs_lock=jobs_lock)
 
     workers = {"a": worker("a").start(), "b": worker("b").start()}
     try:

@@ -88,6 +88,50 @@ class JobsLock:
             self._fd, self._held = None, False
 
 
+class PgJobsLock:
+    """JobsLock for embedded workers on PostgreSQL (no broker: `hub serve --workers N` on one or more machines): a
+    session-level advisory lock held by a connection of its own, for the process's life. PostgreSQL lets go of it
+    when that connection ends (the process dies, the database restarts); the connection is checked at each round
+    and, gone, the lock is tried again — so at most one process runs the jobs, and one always does."""
+
+    KEY = 0x4855_424A_4F42  # "HUBJOB"
+    TRY = f"SELECT pg_try_advisory_lock({KEY})"
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        self._engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        self._conn: Any = None
+        self._held = False
+
+    def held(self) -> bool:
+        from sqlalchemy import text
+
+        try:
+            if self._conn is None:
+                self._conn = self._engine.connect()
+            if self._held:
+                self._conn.execute(text("SELECT 1"))  # still the session that holds it
+                return True
+            self._held = bool(self._conn.execute(text(self.TRY)).scalar())
+            return self._held
+        except Exception as exc:  # noqa: BLE001 - the connection (and the lock with it) is gone: next round
+            log.warning("the scheduled jobs' lock: %s", exc.__class__.__name__)
+            self._drop()
+            return False
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with suppress(Exception):
+                self._conn.close()
+        self._conn, self._held = None, False
+
+    def close(self) -> None:
+        self._drop()  # the session ends: PostgreSQL lets go of the lock
+        self._engine.dispose()
+
+
 class FileRoster:
     """The embedded workers delivering from one SQLite database — one per `hub serve` process, so N with
     `--workers N` — each noting its sign of life once a second in a small file beside the database
@@ -168,10 +212,10 @@ class EmbeddedWorker:
         poll_interval: float = 1.0,
         periodic: list[tuple[float, Callable[[], object]]] | None = None,
         roster: FileRoster | None = None,
-        jobs_lock: JobsLock | None = None,
+        jobs_lock: JobsLock | PgJobsLock | None = None,
     ) -> None:
         self.relay = relay
-        self.jobs_lock = jobs_lock  # None: this process runs the scheduled jobs (one process, or PostgreSQL)
+        self.jobs_lock = jobs_lock  # None: this process runs the scheduled jobs
         self.poll_interval = poll_interval
         self.periodic = [(every, job, [time.monotonic() + every]) for every, job in (periodic or []) if every > 0]
         # every job by its name, those off their schedule (interval 0) too: an operator may run any of them now
