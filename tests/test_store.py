@@ -921,3 +921,26 @@ def test_hub_runs_under_a_role_that_may_write_as_hub_does_and_no_more(
         drop_pg_database(owner_url)
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_the_scheduled_jobs_lock_on_postgresql_is_taken_again_after_the_database_drops_it(pg_url: str) -> None:
+    """A database restart ends the session holding the jobs' advisory lock, and the lock with it: the holder sees
+    its connection gone at its next round (it does not run the jobs on a lock it no longer has), and takes the lock
+    again at the one after — unless another process took it meanwhile."""
+    from hub.sync.embedded import PgJobsLock
+
+    first, second = PgJobsLock(pg_url), PgJobsLock(pg_url)
+    try:
+        assert first.held() and not second.held()
+        assert kill_connections(pg_url) >= 2  # both sessions
+        assert not first.held() and not second.held()  # each finds its session gone: not held
+        deadline = time.monotonic() + 5
+        while not second.held():  # a new session; the old one's lock goes once PostgreSQL has ended it
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert not first.held()  # the other process was quicker
+        second.close()
+        assert first.held()
+    finally:
+        first.close()
+        second.close()

@@ -104,6 +104,7 @@ class PgJobsLock:
         self._engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         self._conn: Any = None
         self._held = False
+        self._outage = Outage(log, "embedded worker: the scheduled jobs' lock")  # once a minute, not each round
 
     def held(self) -> bool:
         from sqlalchemy import text
@@ -113,13 +114,14 @@ class PgJobsLock:
                 self._conn = self._engine.connect()
             if self._held:
                 self._conn.execute(text("SELECT 1"))  # still the session that holds it
-                return True
-            self._held = bool(self._conn.execute(text(self.TRY)).scalar())
-            return self._held
+            else:
+                self._held = bool(self._conn.execute(text(self.TRY)).scalar())
         except Exception as exc:  # noqa: BLE001 - the connection (and the lock with it) is gone: next round
-            log.warning("the scheduled jobs' lock: %s", exc.__class__.__name__)
+            self._outage.failed(exc.__class__.__name__)
             self._drop()
             return False
+        self._outage.ok()
+        return self._held
 
     def _drop(self) -> None:
         if self._conn is not None:
