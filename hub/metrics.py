@@ -296,10 +296,10 @@ class JobsCollector(Collector):
         with self.sessions() as s:
             for task, interval in self.intervals.items():
                 every.add_metric([task], interval)
-                named = JobRun.name == task
-                last = s.scalar(select(func.max(JobRun.finished_at)).where(named, JobRun.outcome == "ok"))
+                succeeded = jobs.last_run(s, task, ok_only=True)
+                last = succeeded.finished_at if succeeded is not None else None
                 if last is None:
-                    last = s.scalar(select(func.min(JobRun.started_at)).where(named))
+                    last = s.scalar(select(func.min(JobRun.started_at)).where(JobRun.name == task))
                 if last is not None:
                     at = last if last.tzinfo else last.replace(tzinfo=now.tzinfo)
                     age.add_metric([task], max(0.0, (now - at).total_seconds()))
