@@ -37,7 +37,7 @@ from hub.store.models import Dossier, OutboxMessage, StatusEvent
 from hub.sync import outbox
 
 # the dossiers reconcile leaves alone. Not the domain's TERMINAL: a dossier whose result was returned (10) is
-# still compared for `returned_days` after (RETURNED_LATELY), so that a portal left behind on that last step is
+# still compared for `returned_days` after (reconcile's second query), so that a portal left behind on that last step is
 # brought up to date — not for ever: a province closes hundreds of thousands a year, and every run would ask the
 # portal about each of them again
 NOT_RECONCILED = {int(DossierStatus.REFUSED), int(DossierStatus.WITHDRAWN), int(DossierStatus.STOPPED)}
