@@ -956,7 +956,8 @@ def poll(
         ),
     ] = None,
 ) -> None:
-    """Ask the national portal once for dossiers filed for the routed agencies (the fallback for lost pushes)."""
+    """Ask the national portal once for dossiers filed for the routed agencies (the fallback for lost pushes).
+    Exit 1 when the portal did not answer for a route."""
     from datetime import date as date_
     from datetime import datetime as datetime_
 
@@ -978,6 +979,8 @@ def poll(
         out.print_json(json.dumps(counts))
     else:
         out.print(", ".join(f"{k}: {v}" for k, v in counts.items()))
+    if counts.get("errors"):  # the portal did not answer for a route: its dossiers were not asked for
+        raise typer.Exit(1)
 
 
 @routes_cli.command("add")
@@ -1672,7 +1675,8 @@ def payments_check(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Ask the platform about pending payments whose callback is late — or about the given ones, now — and settle
-    what it reports."""
+    what it reports. Exit 1 when a platform did not answer (those payments are asked again at the next check).
+    """
     rt = _jobs_runtime()
     try:
         if references:
@@ -1687,6 +1691,8 @@ def payments_check(
         print(json.dumps(counts))
     else:
         out.print(counts or "nothing pending")
+    if counts.get("errors") or counts.get("not_asked"):  # a platform did not answer: those wait for the next run
+        raise typer.Exit(1)
 
 
 edocs_cli = typer.Typer(no_args_is_help=True, help="Documents sent to other agencies (edXML): their receivers' status")

@@ -33,7 +33,7 @@ from hub.store import db
 from hub.store.space import MIB, DiskSpace
 from hub.sync import outbox
 from hub.sync.embedded import EmbeddedWorker, FileRoster, JobsLock, PgJobsLock, Presence
-from hub.sync.jobs import JOB_NAMES, intervals
+from hub.sync.jobs import JOB_NAMES, UNANSWERED, intervals
 from hub.sync.outbox import Claimed
 from hub.sync.relay import Relay
 from hub.sync.retry import RetryPolicy
@@ -543,7 +543,13 @@ class Runtime:
             self._record_run(JobRun(name=name, started_at=started, finished_at=utcnow(), outcome="error",
                                     detail={"error": f"{exc.__class__.__name__}: {exc}"[:500]}))  # fmt: skip
             raise
-        self._record_run(JobRun(name=name, started_at=started, finished_at=utcnow(), outcome="ok", detail=result))
+        missed = {k: n for k in UNANSWERED if isinstance(n := result.get(k), int) and n > 0}
+        if missed:  # done as far as it could, but not a success: the console, the metrics and the alert say so
+            detail = {**result, "error": "a peer did not answer: " + ", ".join(f"{k} {n}" for k, n in missed.items())}
+            self._record_run(JobRun(name=name, started_at=started, finished_at=utcnow(), outcome="error",
+                                    detail=detail))  # fmt: skip
+        else:
+            self._record_run(JobRun(name=name, started_at=started, finished_at=utcnow(), outcome="ok", detail=result))
         return result
 
     def _record_run(self, run: Any) -> None:
@@ -567,9 +573,13 @@ class Runtime:
                 on_exchanges=self.record_exchanges,
                 returned_days=self.settings.reconcile_days,
             )
+
+            def unlisted(_: Exception) -> None:
+                result.errors += 1
+
             result.drift += unknown_to_hub(
                 self.sessions, self.portal, [r["agency_pattern"] for r in self.routes.all()],
-                on_exchange=self.record_exchange, days=self.settings.reconcile_days,
+                on_exchange=self.record_exchange, days=self.settings.reconcile_days, on_error=unlisted,
             )  # fmt: skip
             if result.as_dict()["repaired_events"]:
                 self.wake()

@@ -229,6 +229,49 @@ def test_polling_asks_for_a_window_of_filings_not_the_portals_whole_history(
     assert {r["body"]["data"]["MaHoSo"] for r in received(onestop)} == {recent["MaHoSo"], old["MaHoSo"]}
 
 
+def test_a_poll_the_portal_did_not_answer_is_a_failed_run_not_a_success(
+    hub_factory: HubFactory, portal: httpx.Client, onestop_server: ServerThread, tmp_path: Any
+) -> None:
+    """The portal down for an hour: every poll counted its error and was recorded as a success — the console's
+    sync-jobs page said "ok", hub_scheduled_job_last_success_age_seconds stayed low and HubScheduledJobStale never
+    fired. A poll the portal did not answer is a failed run (with what it counted), its route's window is not moved
+    on, and `hub poll` exits 1."""
+    from tests.test_cli import run
+
+    hub = hub_factory()
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    assert hub.runtime.poll_portal()["errors"] == 0
+    with hub.runtime.sessions() as s:
+        answered = jobs.last_run(s, "poll_portal", ok_only=True)
+        assert answered is not None and answered.outcome == "ok"
+    polled = last_polled(hub)
+    portal.post("/_sandbox/faults", json={"outage_seconds": 60}).raise_for_status()
+    try:
+        assert hub.runtime.poll_portal() == {"seen": 0, "new_events": 0, "unchanged": 0, "invalid": 0, "errors": 1}
+        with hub.runtime.sessions() as s:
+            failed = jobs.last_run(s, "poll_portal")
+            assert failed is not None and failed.outcome == "error"
+            assert failed.detail["errors"] == 1 and "did not answer" in failed.detail["error"]
+            still = jobs.last_run(s, "poll_portal", ok_only=True)
+            assert still is not None and still.id == answered.id  # the last success is still the one before
+        assert last_polled(hub) == polled  # the next answered poll goes back to before the outage
+        by_hand = run(["poll", "--json"], tmp_path, portal_cli_env(hub, tmp_path))
+        assert by_hand.returncode == 1 and '"errors": 1' in by_hand.stdout, by_hand.stdout + by_hand.stderr
+    finally:
+        portal.post("/_sandbox/faults", json={"outage_seconds": 0}).raise_for_status()
+    assert hub.runtime.poll_portal()["errors"] == 0
+    with hub.runtime.sessions() as s:
+        back = jobs.last_run(s, "poll_portal")
+        assert back is not None and back.outcome == "ok"
+    assert last_polled(hub) > polled
+
+
+def last_polled(hub: Hub) -> Any:
+    from hub.sync.polling import last_polled as noted
+
+    return noted(hub.runtime.sessions, "000.00.17.*")
+
+
 def outbound(hub: Hub, correlation_id: str) -> list[tuple[str, str]]:
     """(operation, outcome) of the exchanges recorded under a correlation id, in order."""
     from sqlalchemy import select

@@ -178,7 +178,18 @@ def test_a_portal_down_is_asked_once_per_batch_not_once_per_dossier(
     assert result["checked"] == 20 and result["errors"] + result["not_asked"] == 20, result
     assert result["errors"] <= concurrency and result["not_asked"] >= 20 - concurrency
     assert told_to_wait <= concurrency + 1  # the look-ups in flight when the first was told, and the listing
+    assert run_outcome(hub) == "error"  # not a success: the console and HubScheduledJobStale see it
     assert hub.runtime.reconcile()["in_sync"] == 20  # the portal back: all asked, all in sync
+    assert run_outcome(hub) == "ok"
+
+
+def run_outcome(hub: Hub) -> str:
+    from hub.sync import jobs
+
+    with hub.runtime.sessions() as s:
+        last = jobs.last_run(s, "reconcile")
+        assert last is not None
+        return last.outcome
 
 
 def test_dossiers_whose_result_was_returned_are_compared_for_a_week_then_left_alone(

@@ -27,6 +27,11 @@ JOB_NAMES = (
     "remove_personal_data",
 )
 
+# counts in a job's result that say a peer did not answer (errors) or was not asked once found down (not_asked):
+# the run did what it could but is recorded as an error, not a success (the portal down for an hour is a poll
+# that failed twelve times, for the console, hub_scheduled_job_last_success_age_seconds and its alert)
+UNANSWERED = ("errors", "not_asked")
+
 
 def intervals(settings: Any) -> dict[str, float]:
     """Each scheduled job's interval in seconds (0: not scheduled), by its name (JOB_NAMES): what the embedded

@@ -223,9 +223,11 @@ def unknown_to_hub(
     *,
     on_exchange: ExchangeHook | None = None,
     days: float = 7.0,
+    on_error: Callable[[PeerError], None] | None = None,
 ) -> list[Drift]:
     """Dossiers the portal lists for the routed agencies (TraCuuHoSoMoi) as filed in the last `days` that hub does
-    not know (the portal's whole history, asked every run, would grow without end)."""
+    not know (the portal's whole history, asked every run, would grow without end). A route the portal does not
+    list is passed to `on_error` (the run's errors) and the next route asked."""
     found: list[Drift] = []
     since = format_national(utcnow() - timedelta(days=days))
     for pattern in agency_patterns:
@@ -234,7 +236,13 @@ def unknown_to_hub(
                 "TraCuuHoSoMoi", {"MaCoQuan": pattern, "TuNgay": since}, idempotency_key=None,
                 correlation_id="reconcile", on_exchange=on_exchange,
             )  # fmt: skip
-        except PeerError:
+        except PeerError as exc:
+            log.warning(
+                "national portal did not list the dossiers filed for %s: %s", pattern, exc.code,
+                extra={"error_code": exc.code},
+            )  # fmt: skip
+            if on_error is not None:
+                on_error(exc)
             continue
         items = reply.get("data")
         # entries that break the contract (not an object, no status) are passed over
