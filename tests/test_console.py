@@ -157,7 +157,7 @@ def test_a_dossiers_dead_letter_is_repaired_from_its_own_page(console_hub: Hub, 
     hub = console_hub
     code, base, context, page = operator_with_a_dead_letter(hub, creds, browser)
     page.goto(f"{base}/ops/dossiers/{code}")
-    assert "1 thư chết đang chặn" in page.locator("#dossier-dead").inner_text()
+    assert "1 thư chết của hồ sơ: 1 thư đang chặn" in page.locator("#dossier-dead").inner_text()
     page.click("#replay-dossier")  # replayed from here (still no route: it dies again), and back here
     page.click("#confirm")
     assert (

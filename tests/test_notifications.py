@@ -169,6 +169,59 @@ def test_a_notice_asking_for_what_the_dossier_no_longer_waits_for_is_not_sent(
     assert "cần nộp phí, lệ phí" in sent_sms(sms_server)[-1]["message"] and len(sent_sms(sms_server)) == 2
 
 
+def test_a_notice_the_gateway_refuses_for_good_holds_back_no_later_notice(
+    hub: Hub, smtp: SmtpSink, sms_server: ServerThread
+) -> None:
+    """A brandname SMS gateway refuses a text that matches no template registered with the carriers — for good,
+    for that kind of notice only. Its dead letter held back every later SMS of the dossier: the citizen asked for
+    papers never heard that the fee was due, or that the result was ready, until an operator acted. A dead notice
+    holds none back (ADR 0045); the portal's own messages keep the strict order; the email went throughout; and the
+    dead letter, replayed once the template is registered, asks nothing the dossier no longer asks."""
+    httpx.post(f"{sms_server.url}/_sandbox/faults", json={"refuse_text": "cần bổ sung"})
+    try:
+        d = dossier(80, status=2, Email="tran.thi.binh@example.vn")
+        code = d["MaHoSo"]
+        assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+        for status, note in ((5, "Bổ sung giấy chứng sinh"), (4, "Đã bổ sung"), (6, "Nộp lệ phí"), (9, "Đã ký")):
+            assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status, note)).status_code == 202
+            states = hub.wait_idle()  # each tried before the next step (an asking notice after it would not be sent)
+        assert states == {"delivered": 5 + 4 + 3, "dead": 1}, states  # portal, email (2 5 6 9), SMS (2 6 9 | 5)
+        texts = [m["message"] for m in sent_sms(sms_server)]
+        assert len(texts) == 3 and "tiếp nhận" in texts[0] and "nộp phí" in texts[1] and "có kết quả" in texts[2]
+        assert len(smtp.messages) == 4
+        view = hub.http.get(f"/v1/dossiers/{code}").json()
+        [dead] = [x for e in view["events"] for x in e["deliveries"] if x["state"] == "dead"]
+        assert dead["destination"] == "sms" and dead["last_error_code"] == "sms_invalid"
+        page = console_as(hub, "pham.van.sua", "operator").get(f"/ops/dossiers/{code}").text
+        assert "1 thư chết của hồ sơ" in page and "thông báo cho công dân không chặn" in page
+        assert "đang chặn" not in page
+    finally:
+        httpx.post(f"{sms_server.url}/_sandbox/faults", json={"refuse_text": ""})
+    with hub.runtime.sessions.begin() as s:
+        assert jobs.replay(s, by="test", dossier=code)["replayed"] == 1
+    hub.runtime.wake()
+    assert hub.wait_idle() == {"delivered": 13}
+    assert len(sent_sms(sms_server)) == 3  # the papers were brought long ago: not asked for now
+    # the portal's messages: one dead holds the dossier's later ones back, as ever
+    other = dossier(81, status=2)
+    assert hub.http.post("/v1/dossiers", json=other).status_code == 202
+    hub.wait_idle()
+    with hub.runtime.sessions.begin() as s:
+        from sqlalchemy import update
+
+        from hub.store.models import OutboxMessage
+
+        s.execute(update(OutboxMessage).where(OutboxMessage.destination == "national_portal",
+                                              OutboxMessage.state == "delivered").values(state="dead"))  # fmt: skip
+    ocode = other["MaHoSo"]
+    assert hub.http.post(f"/v1/dossiers/{ocode}/progress", json=step(ocode, 4)).status_code == 202
+    time.sleep(0.5)
+    view = hub.http.get(f"/v1/dossiers/{ocode}").json()
+    assert [x["state"] for x in view["events"][-1]["deliveries"] if x["destination"] == "national_portal"] == [
+        "pending"
+    ]
+
+
 def test_refusal_and_channels_the_citizen_has(hub: Hub, smtp: SmtpSink, sms_server: ServerThread) -> None:
     d = dossier(2, status=1)
     d.pop("Email", None)  # no email address: SMS only

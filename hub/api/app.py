@@ -613,7 +613,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="Each event lists its deliveries, one per destination, with `state`: `pending` (waiting for "
         "its turn or its next attempt, `next_attempt_at`), `in_flight`, `delivered` (`delivered_at`), `dead` (the "
         "peer refused it for good or attempts ran out: `last_error_code`, `last_error`; it holds back the "
-        "dossier's later events until an operator replays it) or `set_aside` (an operator decided it is not to be "
+        "dossier's later events to that destination until an operator replays it — but for a citizen's notice, "
+        "`email` or `sms`, which holds none back) or `set_aside` (an operator decided it is not to be "
         "delivered: `set_aside_by`, `set_aside_at`, `set_aside_reason`; the later events go on).",
     )
     def get_dossier(code: str, who: Dossiers) -> JSONResponse:

@@ -66,7 +66,9 @@ TEXT: dict[str, dict[str, str]] = {
         "nothing_selected": "Chưa chọn mục nào",
         "set_aside_selected": "Bỏ qua các mục đã chọn",
         "set_aside": "Bỏ qua",
-        "dossier_dead": "{n} thư chết đang chặn các sự kiện sau của hồ sơ",
+        "dossier_dead": "{n} thư chết của hồ sơ",
+        "dossier_dead_holding": "{n} thư đang chặn các thư sau cùng nơi nhận",
+        "dossier_dead_notices": "thông báo cho công dân không chặn thông báo sau",
         "set_aside_help": (
             "Bỏ qua: thư không bao giờ được gửi và không còn chặn các thư sau của hồ sơ — khi cổng đã có nội dung"
             " này, hoặc thư sai và sẽ có thư đúng thay thế. Cần ghi lý do."
@@ -321,7 +323,9 @@ TEXT: dict[str, dict[str, str]] = {
         "nothing_selected": "Nothing selected",
         "set_aside_selected": "Set selected aside",
         "set_aside": "Set aside",
-        "dossier_dead": "{n} dead letter(s) holding back this dossier's later events",
+        "dossier_dead": "{n} dead letter(s) of this dossier",
+        "dossier_dead_holding": "{n} holding back the later messages to their destination",
+        "dossier_dead_notices": "a citizen's notice holds back no later notice",
         "set_aside_help": (
             "Set aside: the message is never sent and no longer holds back its dossier's later messages — when the"
             " portal already has what it says, or it is wrong and a corrected one follows. A reason is required."

@@ -666,11 +666,13 @@ def router(runtime: Any) -> APIRouter:
             now = utcnow()
             waiting = any(o.state == outbox.PENDING and o.next_attempt_at > now for o in rows)
             dead = [o.id for o in rows if o.state == outbox.DEAD]  # repaired from here too: replay or set aside
+            # those holding back the later messages to their destination (a citizen's notice holds none: ADR 0045)
+            holding = sum(1 for o in rows if o.state == outbox.DEAD and o.destination not in outbox.NOTICES)
             documents = documents_sent(s, d.id, code)  # as the API gives them
         payments = rt().payments.of_dossier(code)
         return render(
             request, "dossier.html", page="dossiers", d=row, events=timeline, waiting=waiting, payments=payments,
-            documents=documents, dead=dead,
+            documents=documents, dead=dead, holding=holding,
         )  # fmt: skip
 
     @r.get("/payments")

@@ -38,6 +38,9 @@ class Faults:
     rate_limited: int = 0  # calls answered 429 since the last reset (read it back with GET /_sandbox/faults)
     string_error_codes: bool = False  # replies' error_code written as two digits, "00", as deployed portals do
     catalogue_as_portal: bool = False  # national portal: LayDanhSachTTHC in `result`, upper-case names (LayThuTuc's)
+    # SMS gateway: texts containing this are refused for good (error_code 3), as a brandname gateway refuses a text
+    # that matches no template registered with the carriers
+    refuse_text: str = ""
 
     def update(self, changes: dict[str, Any]) -> None:
         for key, value in changes.items():

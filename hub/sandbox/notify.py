@@ -101,6 +101,10 @@ def create_sms_app(api_keys: set[str], state: SmsState | None = None, mail: Smtp
         problems = ["not JSON"] if body is None else contracts.errors("sms_gateway/send.schema.json", body)
         if problems:
             return JSONResponse({"error_code": 3, "message": "; ".join(problems)})
+        if st.faults.refuse_text and st.faults.refuse_text in str(body.get("message")):
+            reply = {"error_code": 3, "message": "Nội dung không khớp mẫu tin nhắn đã đăng ký"}
+            st.record("sms", request.headers.get("Idempotency-Key"), body, "rejected", reply)
+            return JSONResponse(reply)
         key = request.headers.get("Idempotency-Key")
         digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         with st.lock:

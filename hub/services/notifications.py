@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import VN_TZ, parse_national
 from hub.domain.money import dong
+from hub.sync.outbox import NOTICES
 
 log = logging.getLogger("hub.notifications")
-EMAIL, SMS = "email", "sms"
+EMAIL, SMS = NOTICES  # the outbox's destinations for them (a dead notice holds no later one back, ADR 0045)
 BY_STATUS = {2: "received", 3: "refused", 5: "supplement", 6: "payment", 9: "result", 10: "result"}
 # The notices that ask the citizen to act, and the status in which the dossier asks it: one still waiting to go
 # when the dossier has left that status (the papers came, the fee was paid — while the gateway was down, or before
@@ -106,8 +107,7 @@ def render(kind: str, data: dict[str, Any], note: str | None = None, amount: int
 def email_address(value: Any) -> str | None:
     """The citizen's email address if it is one mailbox (local@dotted.domain: no second recipient after a comma, no
     display name, no line break that would start another header); else None. An address the mail server would
-    refuse — or one that would add recipients — is not written to: its dead letter would hold the dossier's later
-    emails back."""
+    refuse — or one that would add recipients — is not written to: it would be a dead letter at every status."""
     text = value.strip() if isinstance(value, str) else ""
     if not text or len(text) > 254 or any(c in text for c in ' \t\r\n,;<>"()[]\\'):
         return None

@@ -2,7 +2,10 @@
 
 Order rule: a row is deliverable only when every earlier row (lower seq) of the same dossier to the same
 destination is delivered (or set aside by an operator). A dead letter therefore holds back the dossier's later
-events until it is replayed or set aside; other dossiers flow freely. Claims are leases: a worker that dies leaves
+events until it is replayed or set aside; other dossiers flow freely. Citizens' notices (email, SMS) are the
+exception (ADR 0045): each is a message of its own, so a dead one — a text the gateway refuses for good, a
+brandname template not registered for that kind — does not hold back the dossier's later notices on its channel
+(one still waiting or in flight does: they go in order). Claims are leases: a worker that dies leaves
 rows whose lease expires and are claimed again (delivery is idempotent at the peer by the row's idempotency key).
 """
 
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, exists, func, insert, literal_column, select, update
+from sqlalchemy import ColumnElement, bindparam, exists, func, insert, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from hub.adapters.exchange import ExchangeRecord
@@ -46,6 +49,10 @@ _PENDING: Any = literal_column(f"'{PENDING}'")
 _IN_FLIGHT: Any = literal_column(f"'{IN_FLIGHT}'")
 _DELIVERED: Any = literal_column(f"'{DELIVERED}'")
 _SET_ASIDE: Any = literal_column(f"'{SET_ASIDE}'")
+_DEAD: Any = literal_column(f"'{DEAD}'")
+# the destinations whose dead letters do not hold back later messages (hub.services.notifications' channels)
+NOTICES = ("email", "sms")
+_NOTICES: Any = [literal_column(f"'{d}'") for d in NOTICES]
 # The rows a worker may take: pending and due, in a destination it is delivering to, and first in line for their
 # dossier and destination (event n+1 never before n is acknowledged). Walked in due order on ix_outbox_pending_due,
 # each candidate's line probed on ix_outbox_undelivered: the cost is the batch's, not the backlog's.
@@ -61,6 +68,7 @@ _CLAIMABLE = (
             _EARLIER.c.seq < _OUTBOX.c.seq,
             _EARLIER.c.state != _DELIVERED,  # as written: the term of ix_outbox_undelivered's predicate
             _EARLIER.c.state != _SET_ASIDE,
+            or_(_EARLIER.c.state != _DEAD, _EARLIER.c.destination.not_in(_NOTICES)),
         ),
     )
     .order_by(_OUTBOX.c.next_attempt_at, _OUTBOX.c.id)
