@@ -399,6 +399,32 @@ class SigningCollector(Collector):
         yield expiry
 
 
+class BulkheadsCollector(Collector):
+    """The API's compartments per peer (ADR 0046): places, those in use, requests waiting for one, and those
+    refused for want of one — a peer slow or not answering shows here before its timeouts do."""
+
+    def __init__(self, state: Callable[[], dict[str, tuple[int, int, int, int]]]) -> None:
+        self.state = state  # Bulkheads.state
+
+    def collect(self) -> Iterator[Any]:
+        places = GaugeMetricFamily("hub_peer_places", "Requests of this process that may wait on the peer at once",
+                                   labels=["peer"])  # fmt: skip
+        in_use = GaugeMetricFamily("hub_peer_places_in_use", "Requests waiting on the peer now", labels=["peer"])
+        waiting = GaugeMetricFamily(
+            "hub_peer_places_awaited", "Requests waiting for a place to wait on the peer", labels=["peer"]
+        )
+        refused = CounterMetricFamily(
+            "hub_peer_busy_refusals", "Requests answered 503 peer_busy: no place to wait on the peer came free in time",
+            labels=["peer"],
+        )  # fmt: skip
+        for peer, (size, used, queued, no) in self.state().items():
+            places.add_metric([peer], size)
+            in_use.add_metric([peer], used)
+            waiting.add_metric([peer], queued)
+            refused.add_metric([peer], no)
+        yield from (places, in_use, waiting, refused)
+
+
 def make_registry(
     sessions: sessionmaker[Session],
     checkpointer: WalCheckpointer | None = None,
@@ -406,9 +432,12 @@ def make_registry(
     disk: DiskSpace | None = None,
     signing: Callable[[], tuple[x509.Certificate | None, str | None] | None] | None = None,
     scheduled: dict[str, float] | None = None,
+    bulkheads: Callable[[], dict[str, tuple[int, int, int, int]]] | None = None,
 ) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram, Counter]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions))
+    if bulkheads is not None:
+        registry.register(BulkheadsCollector(bulkheads))
     if scheduled is not None:
         registry.register(JobsCollector(sessions, scheduled))
     if signing is not None:

@@ -307,6 +307,10 @@ class Runtime:
         )
         # how fast each client may read personal data: shared through Redis by every process in distributed mode
         self.quota: Quota = LocalQuota() if settings.embedded else RedisQuota(settings.broker_url)
+        from hub.adapters.bulkheads import Bulkheads
+
+        # the API's waits on each peer, on threads of that peer's own (ADR 0046)
+        self.bulkheads = Bulkheads(settings.peer_concurrency, settings.peer_queue_seconds)
         self.prefill = PrefillService(
             self.sessions,
             self.population,
@@ -316,6 +320,7 @@ class Runtime:
             quota=self.quota,
             inline=self._inline,
             previous_keys=settings.secret_keys[1:],
+            bulkheads=self.bulkheads,
         )
         from hub.services.citizens import CitizenDossiers
 
@@ -339,6 +344,7 @@ class Runtime:
             self.disk,
             self.signatures.key_state if role == "api" else None,
             intervals(self.settings),
+            self.bulkheads.state if role == "api" else None,
         )
 
     def workers(self) -> list[WorkerSeen]:

@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     # verify (hub's XML parser takes up to 10 MiB) — may be larger than a JSON message
     max_document_bytes: int = Field(default=10 * 1_048_576, ge=1_048_576)
     db_pool_size: int = Field(default=20, ge=1, le=500)  # PostgreSQL connections kept open per process
+    # bulkheads (ADR 0046): requests of the API waiting on one peer (the population database for pre-fills, the
+    # portal for a one-stop system's look-up, a payment platform, a CA's revocation services or a TSA for
+    # signatures, an identity provider's keys) at most this many at once per process, on threads of their own; one
+    # more waits up to peer_queue_seconds for a place, then is answered 503 `peer_busy` — the rest of hub is not held
+    peer_concurrency: int = Field(default=16, ge=1, le=500)
+    peer_queue_seconds: float = Field(default=5.0, ge=0, le=300)
     # the API's documentation (/docs, /openapi.json): integrators read it; a deployment whose security review wants
     # no API description on the partners' network turns it off (both answer 404)
     api_docs: bool = True

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import pydantic
@@ -78,6 +79,8 @@ LOCATION = {
 # requests carrying documents with their files: HUB_MAX_DOCUMENT_BYTES instead of HUB_MAX_BODY_BYTES
 DOCUMENT_PATHS = re.compile(r"^/v1/(?:signatures/(?:verify|extend)|dossiers/[^/]+/edocs)\Z")
 log = logging.getLogger("hub.api")
+P = ParamSpec("P")
+T = TypeVar("T")
 # How a client system authenticates, as OpenAPI security schemes (either one): the docs' "Authorize" button, and
 # generated clients, then know it. auto_error=False: a missing or malformed key is hub's own 401 problem.
 API_KEY = APIKeyHeader(
@@ -169,12 +172,10 @@ async def _client(  # async: an API key costs no I/O, so FastAPI runs this on th
     tokens: ClientTokens | None = request.app.state.client_tokens
     if bearer is None or tokens is None or not looks_like_jwt(key):
         raise Unauthenticated("unknown API key", code="invalid_api_key")
-    import anyio.to_thread
-
     try:  # a token seen before is remembered; a new one in a thread: the server's keys may have to be fetched
         grant = tokens.remembered(key)
         if grant is None:
-            grant = await anyio.to_thread.run_sync(tokens.grant, key)
+            grant = await request.app.state.bulkheads().run(tokens.peer, tokens.grant, key)  # ADR 0046
     except PeerError as exc:
         raise AuthorizationServerUnavailable(
             "the authorization server's keys could not be fetched; try again shortly",
@@ -206,12 +207,12 @@ async def _citizen(
         )
     if token is None:
         raise Unauthenticated("send the ID token from your sign-in as a bearer token", code="unauthenticated")
-    import anyio.to_thread
-
     try:
         found = tokens.remembered(token.credentials)
         return (
-            str(found) if found is not None else await anyio.to_thread.run_sync(tokens.personal_id, token.credentials)
+            str(found)
+            if found is not None
+            else await request.app.state.bulkheads().run(tokens.peer, tokens.personal_id, token.credentials)
         )
     except PeerError as exc:
         raise CitizenSignInUnavailable(
@@ -319,6 +320,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.client_tokens = client_tokens(settings, on_exchange=lambda record: rt().record_exchange(record))
     app.state.citizen_tokens = lambda: rt().citizen_tokens
+    app.state.bulkheads = lambda: rt().bulkheads
 
     def out_of_space() -> None:
         if "rt" in holder:
@@ -329,6 +331,20 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     def rt() -> Runtime:
         return holder["rt"]
+
+    def waits_on(peer: str) -> Callable[[Callable[P, T]], Callable[P, Awaitable[T]]]:
+        """A blocking endpoint that waits on `peer` runs on the threads of that peer's compartment, not anyio's
+        shared threadpool (ADR 0046): FastAPI awaits it on the event loop, and a peer that hangs holds no other
+        request. (The endpoint's signature is read through the wrapper, as FastAPI reads any.)"""
+
+        def wrap(endpoint: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+            @functools.wraps(endpoint)
+            async def in_compartment(*args: P.args, **kwargs: P.kwargs) -> T:
+                return await rt().bulkheads.run(peer, endpoint, *args, **kwargs)
+
+            return in_compartment
+
+        return wrap
 
     def observe(method: str, route: str, status: int, seconds: float) -> None:
         if "rt" in holder:
@@ -482,6 +498,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "platform through the outbox (order per dossier, retries, dead letters). 503 `signing_not_configured` or "
         "`tsa_unavailable` when it cannot sign now.",
     )
+    @waits_on("tsa")
     def send_edoc(
         code: DossierPath,
         body: Annotated[EdocIn, Body(openapi_examples=examples.EDOC)],
@@ -548,6 +565,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         "dossier's `documents[].receivers`. Once per document: 409 `recall_already_requested`; 404 "
         "`document_not_found` when the dossier sent no such document.",
     )
+    @waits_on("tsa")
     def recall_edoc(
         code: DossierPath,
         document_id: str,
@@ -893,7 +911,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             instant(at, "`at`")
         data = await request.body()
         with rt().signature_seconds.time():
-            report = await run_in_threadpool(rt().signatures.verify, data, at=at)
+            report = await rt().bulkheads.run("revocation", rt().signatures.verify, data, at=at)
         rt().signature_verifications.labels(report.indication, report.sub_indication or "").inc()
         return report.as_dict()
 
@@ -915,7 +933,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
         data = await request.body()
         try:
-            extended = await run_in_threadpool(rt().signatures.extend, data)
+            extended = await rt().bulkheads.run("revocation", rt().signatures.extend, data)
         except NotValidNow as exc:
             verdict = {"indication": exc.report.indication, "sub_indication": exc.report.sub_indication}
             if not exc.time_stamped:
@@ -937,6 +955,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="Idempotent per dossier and amount: asking again returns the same payment (200). Amounts are "
         "integer đồng, taken from the dossier's DanhSachLePhi and checked against the procedure's fees.",
     )
+    @waits_on("payment")
     def create_payment(
         body: Annotated[PaymentIn, Body(openapi_examples=examples.PAYMENT)],
         who: Payments,
@@ -964,6 +983,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}}},
     )
+    @waits_on("payment")
     def payment_receipt(reference: str, who: Payments) -> Response:
         pdf = rt().payments.receipt(who, reference, correlation_id=correlation_id.get())
         return Response(pdf, media_type="application/pdf")
@@ -998,7 +1018,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return JSONResponse(answer, status_code=status)
 
     @app.get("/healthz", responses={200: {"model": answers.Health}}, tags=["health"], summary="Alive")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:  # on the event loop: alive whatever the threads wait on
         return {"status": "ok", "version": __version__}
 
     @app.get(

@@ -187,15 +187,17 @@ async def _at_portal(rt: Callable[[], Any], code: str, answer: Callable[..., JSO
     put in between. One-stop systems decide from this look-up whether their next DongBoHoSoMC is an update
     (OpenCPS: isUpdating "True" when `result` is not empty), and hub takes such a dossier over at its status
     (ADR 0041) — answering "not found" would have them send it as new, at a status a new dossier cannot have."""
+    from hub.adapters.bulkheads import PeerBusy
     from hub.adapters.errors import PeerError
     from hub.services.dossiers import masked
 
     runtime, correlation = rt(), correlation_id.get()
-    try:
-        found = await run_in_threadpool(
-            lambda: runtime.portal.look_up(code, correlation_id=correlation, on_exchange=runtime.record_exchange)
+    try:  # on the portal's own threads (ADR 0046): a portal that hangs holds no other request of hub's
+        found = await runtime.bulkheads.run(
+            "national_portal",
+            lambda: runtime.portal.look_up(code, correlation_id=correlation, on_exchange=runtime.record_exchange),
         )
-    except PeerError as exc:
+    except (PeerError, PeerBusy) as exc:
         log.warning("TraCuuHoSo: the national portal could not be asked (%s)", exc.code, extra={"MaHoSo": code[:64]})
         return answer(
             INTERNAL,

@@ -723,11 +723,17 @@ def router(runtime: Any) -> APIRouter:
         code = str(data.get("dossier") or "")[:64]
         counts: dict[str, int] = {}
         if reference:
-            counts = await run_in_threadpool(
-                rt().payments.check_pending,
-                correlation_id=correlation_id.get() or f"console-{secrets.token_hex(6)}",
-                references=[reference],
-            )
+            from hub.adapters.bulkheads import PeerBusy
+
+            try:  # on the payment platforms' own threads (ADR 0046)
+                counts = await rt().bulkheads.run(
+                    "payment",
+                    rt().payments.check_pending,
+                    correlation_id=correlation_id.get() or f"console-{secrets.token_hex(6)}",
+                    references=[reference],
+                )
+            except PeerBusy:
+                counts = {"peer_busy": 1}
         log.info(
             "payment queried from the console",
             extra={"reference": reference, "operator": request.session.get("user"), "outcome": counts},

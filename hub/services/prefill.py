@@ -22,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.adapters.bulkheads import Bulkheads, PeerBusy
 from hub.adapters.errors import PeerError, wait_asked
 from hub.adapters.exchange import ExchangeRecord
 from hub.adapters.population import CitizenLookup, PopulationDatabase
+from hub.adapters.population.base import PEER as POPULATION
 from hub.domain import identifiers
 from hub.domain.dates import VN_TZ, instant, local_iso, utcnow
 from hub.domain.errors import Conflict, DomainError, Forbidden, InvalidDate, NotFound, TooManyRequests
@@ -474,10 +476,14 @@ class PrefillService:
         quota: Quota | None = None,
         inline: db.InlineWriter | None = None,
         previous_keys: Sequence[bytes] = (),
+        bulkheads: Bulkheads | None = None,
     ) -> None:
         """`inline`: on SQLite, the event loop appends a lone access entry itself when the write lock is free.
         `previous_keys`: hub's secret keys before `secret_key` (a rotation), newest first: what was written under
-        them — consents, documents, access-log entries — is still found by the citizen's ID."""
+        them — consents, documents, access-log entries — is still found by the citizen's ID. `bulkheads`: where
+        the API's pre-fills that ask the register wait for it (the population's compartment, ADR 0046); without,
+        anyio's shared threadpool."""
+        self.bulkheads = bulkheads
         self.sessions = sessions
         self._inline = inline
         self.quota = quota
@@ -764,7 +770,13 @@ class PrefillService:
                 return self._prefill(client, body, correlation_id, journal, blocking=False, over_quota=wait)
             except _WouldBlock:  # (not over the quota: that is decided before anything could block)
                 journal = _Journal([], [])
-                return await anyio.to_thread.run_sync(self._prefill_recorded, client, body, correlation_id)
+                if self.bulkheads is None:
+                    return await anyio.to_thread.run_sync(self._prefill_recorded, client, body, correlation_id)
+                try:
+                    return await self.bulkheads.run(POPULATION, self._prefill_recorded, client, body, correlation_id)
+                except PeerBusy as busy:  # refused before anything was read: logged as refused, as any refusal
+                    journal = _Journal([], [])
+                    return self._prefill(client, body, correlation_id, journal, blocking=False, busy=busy)
         finally:
             group = self._group_for(journal)
             if group is not None:
@@ -803,9 +815,11 @@ class PrefillService:
         journal: _Journal,
         blocking: bool = True,
         over_quota: float | None = None,
+        busy: PeerBusy | None = None,
     ) -> dict[str, Any]:
         """`blocking=False`: raise _WouldBlock instead of doing I/O (a database read, a register look-up).
-        `over_quota`: the client has used up its reads for now (the seconds until it has one again)."""
+        `over_quota`: the client has used up its reads for now (the seconds until it has one again). `busy`: no
+        place came free to wait on the register (ADR 0046): refused as such."""
         identifiers.personal_id(body.subject_id)
         template = template_for(body.procedure)
         subject = self.subject_hmac(body.subject_id)
@@ -850,6 +864,8 @@ class PrefillService:
                     retry_after=retry_after(over_quota),
                 )
             )
+        if busy is not None:
+            raise refuse(busy)
         documents_allowed, subjects = False, [subject]
         if body.consent_ref is not None:
             if not blocking:

@@ -1,0 +1,131 @@
+"""Bulkheads (ADR 0046): a peer that stops answering holds the requests waiting on it, and no other request of
+hub's. Before, every such wait ran on anyio's shared threadpool: enough pre-fills waiting on a hung population
+database took every thread, and a dossier's view, /readyz or a one-stop system's look-up waited behind them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from hub.sandbox.common import ServerThread
+from tests.conftest import AGENCY, Creds, Hub, HubFactory
+from tests.helpers import dossier
+from tests.test_dvcqg_compat import CLIENT, PortalClient
+from tests.test_prefill import KHAI_SINH, PURPOSE, log_entries
+
+# more requests at once than anyio's shared threadpool has threads (40): without compartments they would hold all
+AT_ONCE = 48
+
+
+def in_parallel(hub: Hub, n: int, call: Any) -> tuple[list[tuple[float, httpx.Response]], threading.Event]:
+    """Start `n` calls (`call(client, i)`) on threads of their own; (finish time, answer) of each as they end, and
+    an event set once all have started."""
+    done: list[tuple[float, httpx.Response]] = []
+    started = threading.Event()
+    count = [0]
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=hub.server.url, headers=dict(hub.http.headers), timeout=30) as c:
+            with lock:
+                count[0] += 1
+                if count[0] == n:
+                    started.set()
+            r = call(c, i)
+            done.append((time.monotonic(), r))
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    done_all = threading.Event()
+
+    def join() -> None:
+        for t in threads:
+            t.join()
+        done_all.set()
+
+    threading.Thread(target=join, daemon=True).start()
+    started.wait(10)
+    return done, done_all
+
+
+def test_a_hung_population_database_holds_only_the_pre_fills_waiting_on_it(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client
+) -> None:
+    hub = hub_factory(population_url=f"{population_server.url}/ws/congdan", peer_concurrency=4, peer_queue_seconds=0.5)
+    d = dossier(1, status=1)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    ids = [p["SoDinhDanh"] for p in people.get("/_sandbox/people", params={"limit": AT_ONCE}).json()["items"]]
+    people.post("/_sandbox/faults", json={"latency_ms": 1500}).raise_for_status()
+    try:
+
+        def prefill(c: httpx.Client, i: int) -> httpx.Response:
+            body = {"procedure": KHAI_SINH, "subject_id": ids[i], "purpose": PURPOSE,
+                    "requested_by": {"officer": "cb-0042", "agency": AGENCY}}  # fmt: skip
+            return c.post("/v1/prefill", json=body)
+
+        answers, finished = in_parallel(hub, AT_ONCE, prefill)
+        time.sleep(0.2)  # every pre-fill is in hub: waiting on the register, or for a place to
+        others = [hub.http.get(f"/v1/dossiers/{d['MaHoSo']}"), hub.http.get("/readyz"), hub.http.get("/healthz")]
+        answered_others = time.monotonic()
+        assert [r.status_code for r in others] == [200, 200, 200], [r.text for r in others]
+        assert finished.wait(30)
+    finally:
+        people.post("/_sandbox/faults", json={"latency_ms": 0})
+    filled = [(at, r) for at, r in answers if r.status_code == 200]
+    busy = [r for _, r in answers if r.status_code != 200]
+    # the other requests did not wait for the register: answered before any pre-fill it answered
+    assert answered_others < min(at for at, _ in filled)
+    assert len(filled) == 4 and len(busy) == AT_ONCE - 4  # four places; the rest refused after half a second
+    for r in busy:
+        assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "peer_busy" and r.headers["Retry-After"] == "1"
+    # a refusal is an access like any other: in the access log, as refused, with nothing read
+    refused = [e for e in log_entries(hub) if e.outcome == "refused"]
+    assert len(refused) == AT_ONCE - 4 and all(e.fields == [] for e in refused)
+    metrics = hub.http.get("/metrics").text
+    assert f'hub_peer_busy_refusals_total{{peer="population"}} {AT_ONCE - 4}.0' in metrics
+    assert 'hub_peer_places{peer="population"} 4.0' in metrics
+    assert 'hub_peer_places_in_use{peer="population"} 0.0' in metrics  # all given back
+    # the register answering again, its places are there again
+    r = hub.http.post("/v1/prefill", json={"procedure": KHAI_SINH, "subject_id": ids[0], "purpose": PURPOSE,
+                                           "requested_by": {"officer": "cb-0042", "agency": AGENCY}})  # fmt: skip
+    assert r.status_code == 200, r.text
+
+
+def test_a_hung_portal_holds_only_the_look_ups_waiting_on_it(
+    hub_factory: HubFactory, portal: httpx.Client, creds: Creds
+) -> None:
+    """A one-stop system asks TraCuuHoSo about dossiers hub does not hold (at go-live, all of them): hub asks the
+    portal. With the portal hanging, those look-ups wait — in the portal's compartment; past its places they are
+    answered at once in the portal's protocol ("try again later"), and hub's own API answers meanwhile."""
+    hub = hub_factory(peer_concurrency=2, peer_queue_seconds=0.3)
+    one_stop = PortalClient(hub.http, CLIENT, creds.api_key)
+    assert one_stop.sign_in()["error_code"] == "00"
+    d = dossier(2, status=1)
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    portal.post("/_sandbox/faults", json={"latency_ms": 1500}).raise_for_status()
+    try:
+
+        def look_up(c: httpx.Client, i: int) -> httpx.Response:
+            body = {"session": one_stop.session, "madonvi": AGENCY, "service": "TraCuuHoSo",
+                    "MaHoSo": dossier(100 + i)["MaHoSo"]}  # fmt: skip
+            return c.post("/dvcqg/api/service", json=body)
+
+        answers, finished = in_parallel(hub, AT_ONCE, look_up)
+        time.sleep(0.2)
+        mine = hub.http.get(f"/v1/dossiers/{d['MaHoSo']}")
+        answered_mine = time.monotonic()
+        assert mine.status_code == 200
+        assert finished.wait(30)
+    finally:
+        portal.post("/_sandbox/faults", json={"latency_ms": 0})
+    codes = [r.json()["error_code"] for _, r in answers]
+    assert all(r.status_code == 200 for _, r in answers)  # the portal's protocol: its error_code, never a 5xx
+    asked = [at for at, r in answers if r.json()["error_code"] == "05"]  # the portal answered: not known there
+    assert len(asked) == 2 and codes.count("99") == AT_ONCE - 2, codes
+    assert answered_mine < min(asked)
+    assert all("thử lại sau" in r.json()["message"] for _, r in answers if r.json()["error_code"] == "99")
