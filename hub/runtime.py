@@ -124,6 +124,8 @@ class Runtime:
             ),
             batch_size=settings.relay_batch_size,
             concurrency=settings.relay_concurrency,
+            # each one-stop system of the routing table is a peer of its own: one down pauses only its deliveries
+            peers={ONE_STOP: one_stop_system},
             lease_seconds=settings.relay_lease_seconds,
             paused=self.maintenance.on,
         )
@@ -769,6 +771,13 @@ class Runtime:
         if self.shared_waits is not None:
             self.shared_waits.close()
         self.engine.dispose()
+
+
+def one_stop_system(c: Claimed) -> str:
+    """Which one-stop system a message goes to (the endpoint its route gave when it was filed; one filed
+    unroutable is resolved when delivered, and told apart by nothing but its destination)."""
+    endpoint = c.payload.get("endpoint")
+    return f"{ONE_STOP} {endpoint}" if isinstance(endpoint, str) else ONE_STOP
 
 
 def _celery_for(settings: Settings) -> Any:

@@ -229,6 +229,33 @@ def test_polling_asks_for_a_window_of_filings_not_the_portals_whole_history(
     assert {r["body"]["data"]["MaHoSo"] for r in received(onestop)} == {recent["MaHoSo"], old["MaHoSo"]}
 
 
+def test_a_one_stop_system_that_is_down_holds_back_no_other_one_stop_system(
+    hub_factory: HubFactory, portal: httpx.Client, onestop: httpx.Client, onestop_server: ServerThread, creds: Creds
+) -> None:
+    """Two one-stop systems in the routing table, one of them down (a district system in maintenance). Every
+    one-stop system was one peer to the relay: the first message of a batch found the down one, and the dossiers
+    bound for the other waited with it, pause after pause, for as long as it stayed down. Each system is a peer of
+    its own now: the other gets its dossiers, the down one is probed once a pause."""
+    from tests.conftest import OTHER_AGENCY, listen_port
+
+    hub = hub_factory()
+    down = f"http://127.0.0.1:{listen_port()}"  # nobody listens: connection refused
+    hub.runtime.routes.add(OTHER_AGENCY, down)
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    stuck = [dossier(90 + i, status=1, agency=OTHER_AGENCY) for i in range(3)]
+    bound = [dossier(95 + i, status=1) for i in range(3)]
+    for d in stuck + bound:  # those for the down system first in line
+        push(portal, hub, creds, d)
+    deadline = time.monotonic() + 15
+    while len(received(onestop)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(r["body"]["data"]["MaHoSo"] for r in received(onestop)) == sorted(d["MaHoSo"] for d in bound)
+    with hub.runtime.sessions() as s:
+        waiting = [j for d in stuck for j in jobs.list_jobs(s, dossier=d["MaHoSo"]) if j["destination"] == "one_stop"]
+    assert [j["state"] for j in waiting] == ["pending"] * 3  # waiting for their system: nothing lost, nothing dead
+    assert {j["last_error_code"] for j in waiting} <= {"peer_unavailable", None}  # probed, or not tried yet
+
+
 def test_a_poll_the_portal_did_not_answer_is_a_failed_run_not_a_success(
     hub_factory: HubFactory, portal: httpx.Client, onestop_server: ServerThread, tmp_path: Any
 ) -> None:

@@ -88,17 +88,22 @@ class Relay:
         concurrency: int = 16,
         lease_seconds: float = 60.0,
         paused: Callable[[], bool] = lambda: False,
+        peers: Mapping[str, Callable[[Claimed], str]] | None = None,
     ) -> None:
+        """`peers`: for a destination served by several systems (the one-stop systems of the routing table), which
+        one a message goes to — a peer found down is paused alone, its destination's other systems served."""
         self.sessions = sessions
         self.deliverers = dict(deliverers)
+        self.peers = dict(peers or {})
         self.policy = policy
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.paused = paused  # maintenance mode: claim nothing while it says so
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
-        self._down_until: dict[str, float] = {}  # destination -> monotonic time until which it is not tried
-        self._streak: dict[str, int] = {}  # destination -> consecutive batches that found it down
-        self._asked_until: dict[str, float] = {}  # destination -> monotonic time its Retry-After runs to
+        # by peer: a destination's name, or for one served by several systems (self.peers) the system's own
+        self._down_until: dict[str, float] = {}  # peer -> monotonic time until which it is not tried
+        self._streak: dict[str, int] = {}  # peer -> consecutive batches that found it down
+        self._asked_until: dict[str, float] = {}  # peer -> monotonic time its Retry-After runs to
         self._swept = float("-inf")  # monotonic time expired leases were last released
         self._leases = LeaseKeeper(sessions, lease_seconds)
         # delivered batches whose outcomes the database refused: (claim token, outcomes, exchange rows)
@@ -136,8 +141,13 @@ class Relay:
         self._record(token, outcomes, exchanges)
         return len(batch)
 
+    def peer_of(self, c: Claimed) -> str:
+        """The system a message goes to: its destination, or the one of its destination's systems it is routed to."""
+        which = self.peers.get(c.destination)
+        return c.destination if which is None else which(c)
+
     def _deliver(self, batch: list[Claimed]) -> tuple[list[Outcome], list[dict[str, Any]]]:
-        down: dict[str, PeerError] = {}
+        down: dict[str, PeerError] = {}  # peers found down in this batch
         lock = threading.Lock()
         exchanges: list[dict[str, Any]] = []
 
@@ -146,8 +156,9 @@ class Relay:
                 exchanges.append(exchange_row(rec, outbox_id))
 
         def deliver(c: Claimed) -> Outcome:
-            if c.destination in down:  # the peer is down: do not hammer it, release untried
-                return Outcome(c, "released", retry_at=utcnow() + self._pause(c.destination))
+            peer = self.peer_of(c)
+            if peer in down:  # the peer is down: do not hammer it, release untried
+                return Outcome(c, "released", retry_at=utcnow() + self._pause(peer))
             token = correlation_id.set(c.correlation_id)  # the request's id follows the message into the logs
             where = {
                 "outbox_id": c.id,
@@ -162,7 +173,7 @@ class Relay:
                 except PeerError as exc:
                     if exc.peer_down:
                         with lock:
-                            down.setdefault(c.destination, exc)
+                            down.setdefault(peer, exc)
                     log.warning("delivery failed", extra=where | {"error_code": exc.code})
                     return self._failed(c, exc)
                 except Exception as exc:  # a bug must not lose the message: retry it and say so loudly
@@ -175,28 +186,34 @@ class Relay:
             finally:
                 correlation_id.reset(token)
 
-        by_destination: dict[str, list[Claimed]] = {}
-        for c in batch:
-            by_destination.setdefault(c.destination, []).append(c)
+        by_peer: dict[str, list[Claimed]] = {}
         outcomes: list[Outcome] = []
-        for destination, rows in by_destination.items():
+        now = time.monotonic()
+        for c in batch:
+            peer = self.peer_of(c)
+            paused = self._down_until.get(peer, 0.0) - now
+            if paused > 0:  # one of a destination's systems, found down in an earlier batch: its pause runs
+                outcomes.append(Outcome(c, "released", retry_at=utcnow() + timedelta(seconds=paused)))
+                continue
+            by_peer.setdefault(peer, []).append(c)
+        for peer, rows in by_peer.items():
             # The first message probes the peer; only if it is up do the others go, concurrently. A peer that is
             # down costs one attempt of one message per pause, not one attempt of every message.
             outcomes.append(deliver(rows[0]))
-            if destination in down:
-                self._streak[destination] = self._streak.get(destination, 0) + 1
-                asked = down[destination].retry_after
+            if peer in down:
+                self._streak[peer] = self._streak.get(peer, 0) + 1
+                asked = down[peer].retry_after
                 if asked:  # the peer said when to come back (a rate limit, a maintenance window): not before
-                    self._asked_until[destination] = time.monotonic() + asked
-                pause = self._pause(destination)
-                self._down_until[destination] = time.monotonic() + pause.total_seconds()
+                    self._asked_until[peer] = time.monotonic() + asked
+                pause = self._pause(peer)
+                self._down_until[peer] = time.monotonic() + pause.total_seconds()
                 log.warning(
                     "peer down, pausing deliveries",
-                    extra={"peer": destination, "pause_s": pause.total_seconds(), "retry_after_s": asked},
+                    extra={"peer": peer, "pause_s": pause.total_seconds(), "retry_after_s": asked},
                 )
             else:
-                self._streak.pop(destination, None)
-                self._asked_until.pop(destination, None)
+                self._streak.pop(peer, None)
+                self._asked_until.pop(peer, None)
             outcomes.extend(self._pool.map(deliver, rows[1:]))
         return outcomes, exchanges
 
@@ -256,12 +273,12 @@ class Relay:
                 log.warning("recording deliveries: database connection lost, trying again", extra={"attempt": attempt})
                 time.sleep(0.1 * attempt)
 
-    def _pause(self, destination: str) -> timedelta:
+    def _pause(self, peer: str) -> timedelta:
         """How long a peer found down is left alone: the backoff of its streak, or what it asked for (Retry-After)
         if that is longer."""
-        streak = max(1, self._streak.get(destination, 1))
+        streak = max(1, self._streak.get(peer, 1))
         cap = min(self.policy.cap_seconds, PEER_DOWN_PAUSE_CAP)
-        asked = self._asked_until.get(destination, 0.0) - time.monotonic()
+        asked = self._asked_until.get(peer, 0.0) - time.monotonic()
         return timedelta(seconds=max(min(cap, self.policy.base_seconds * 2.0 ** (streak - 1)), asked))
 
     def _failed(self, c: Claimed, exc: PeerError) -> Outcome:
