@@ -3,7 +3,8 @@ log hold a month of a busy province (millions of rows; the access log is never p
 it (a quarter as many: payments are never purged either), beside the same scrape
 with an empty history, in the same run. hub reads the counters of append-only tables incrementally (a Tally per
 table: the rows added since the last scrape), so the ratio stays near 1 after the process's first scrape, which
-counts everything once.
+counts everything once. Also what `/readyz` reads of the exchange record (each peer's latest exchange), beside the
+GROUP BY it ran before.
 
     .venv/bin/python bench/metrics.py [--rows 2000000] [--scrapes 20]
 """
@@ -83,10 +84,34 @@ def recount(url: str) -> float:
         engine.dispose()
 
 
-def measure(rows: int, n: int, tmp: Path) -> tuple[float, list[float], float]:
+def peers_read(url: str, n: int) -> tuple[list[float], list[float]]:
+    """What `/readyz` and the console's peers page read of the exchange record — each peer's latest exchange by
+    outcome (hub.sync.jobs.latest_exchanges: index seeks) — beside the GROUP BY that /readyz ran before, `n` times
+    each."""
+    from sqlalchemy import text
+
+    from hub.sync.jobs import latest_exchanges
+
+    engine = db.make_engine(url)
+    seeks, scans = [], []
+    try:
+        with db.make_sessionmaker(engine)() as session:
+            for _ in range(n):
+                started = time.perf_counter()
+                latest_exchanges(session)
+                seeks.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                session.execute(text("SELECT peer, outcome, max(at) FROM exchanges GROUP BY peer, outcome")).all()
+                scans.append(time.perf_counter() - started)
+        return seeks, scans
+    finally:
+        engine.dispose()
+
+
+def measure(rows: int, n: int, tmp: Path) -> tuple[float, list[float], float, tuple[list[float], list[float]]]:
     with hub_pg_database(tmp, FILL.replace(":rows", str(rows)) if rows else "") as url:
         first, took = scrapes(url, n, grow=3000)  # ~200 exchanges/s between scrapes 15 s apart
-        return first, took, recount(url)
+        return first, took, recount(url), peers_read(url, n)
 
 
 def main() -> None:
@@ -95,8 +120,8 @@ def main() -> None:
     ap.add_argument("--scrapes", type=int, default=20)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as t:
-        _, empty, _ = measure(0, args.scrapes, Path(t))
-        first, full, payments = measure(args.rows, args.scrapes, Path(t))
+        _, empty, _, _ = measure(0, args.scrapes, Path(t))
+        first, full, payments, (seeks, scans) = measure(args.rows, args.scrapes, Path(t))
 
     print(f"/metrics scrape on PostgreSQL, {args.scrapes} scrapes, 3,000 exchanges added between two")
     print(f"  empty history:                       {p50_max(empty, 1)}")
@@ -104,6 +129,10 @@ def main() -> None:
     print(f"  (that process's first scrape, which counts them all once: {first * 1000:.0f} ms)")
     print(f"  ratio: {statistics.median(full) / statistics.median(empty):.2f}")
     print(f"  (payments by platform and status, counted again once a minute at most: {payments * 1000:.0f} ms)")
+    print(f"/readyz's read of each peer's latest exchanges, {args.rows:,} exchanges:")
+    print(f"  index seeks per peer and outcome (now): {p50_max(seeks, 1)}")
+    print(f"  GROUP BY peer, outcome (before):         {p50_max(scans, 1)}")
+    print(f"  ratio: {statistics.median(seeks) / statistics.median(scans):.3f}")
 
 
 if __name__ == "__main__":

@@ -365,21 +365,17 @@ class Runtime:
     def readiness(self) -> dict[str, Any]:
         """Database and broker reachable and room on the database's disk (they decide readiness); each peer's last
         exchange (informative)."""
-        from sqlalchemy import func, select, text
+        from sqlalchemy import text
 
-        from hub.store.models import Exchange
+        from hub.sync.jobs import latest_exchanges
 
         checks: dict[str, str] = {}
         peers: dict[str, Any] = {}
         try:
             with self.sessions() as s:
                 s.execute(text("SELECT 1"))
-                for peer, outcome, at in s.execute(
-                    select(Exchange.peer, Exchange.outcome, func.max(Exchange.at)).group_by(
-                        Exchange.peer, Exchange.outcome
-                    )
-                ):
-                    peers.setdefault(peer, {})[f"last_{outcome}"] = at.isoformat() if at else None
+                for peer, latest in latest_exchanges(s).items():  # index seeks: a probe every few seconds
+                    peers[peer] = {f"last_{outcome}": at.isoformat() for outcome, (at, _) in latest.items()}
             checks["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; report its kind
             checks["database"] = f"error: {exc.__class__.__name__}"

@@ -483,6 +483,17 @@ def test_openapi_and_health(hub: Hub) -> None:
     ready = hub.http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
     assert ready.json()["workers"] == []  # this hub runs no worker: ready to take requests, and operators see it
+    # each peer's latest exchange by outcome (informative), read by index seeks, not a scan of the whole record
+    from hub.domain.dates import utcnow
+    from hub.store.models import Exchange
+
+    with hub.runtime.sessions.begin() as s:
+        for peer, outcome in (("national_portal", "ok"), ("pki", "retryable"), ("national_portal", "permanent")):
+            s.add(Exchange(at=utcnow(), peer=peer, operation="x", correlation_id="c", request_digest="d",
+                           duration_ms=1.0, outcome=outcome))  # fmt: skip
+    peers = hub.http.get("/readyz").json()["peers"]
+    assert set(peers) == {"national_portal", "pki"}
+    assert set(peers["national_portal"]) == {"last_ok", "last_permanent"} and set(peers["pki"]) == {"last_retryable"}
     assert hub.http.get("/healthz").headers["x-correlation-id"]
     # load balancers' and uptime monitors' probes may send HEAD: the status without the body
     for path in ("/healthz", "/readyz"):
