@@ -130,7 +130,12 @@ class PgJobsLock:
         self._conn, self._held = None, False
 
     def close(self) -> None:
-        self._drop()  # the session ends: PostgreSQL lets go of the lock
+        if self._held and self._conn is not None:
+            from sqlalchemy import text
+
+            with suppress(Exception):  # let go now, not once PostgreSQL has ended the session: the next process
+                self._conn.execute(text(f"SELECT pg_advisory_unlock({self.KEY})"))  # takes it at its next round
+        self._drop()  # the session ends: PostgreSQL lets go of the lock (if it is still held)
         self._engine.dispose()
 
 
