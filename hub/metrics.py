@@ -114,9 +114,40 @@ class Tally:
             into[labels] = [a + b for a, b in zip(into.get(labels, [0.0] * len(values)), values, strict=True)]
 
 
+class HistoryCounts:
+    """Counts of history (HISTORY_COUNTS_SECONDS): the outbox's delivered rows by destination, payments by status —
+    asked of the database again only once that long has passed since they were last asked, whoever asks (the
+    metrics' scrapes, the console's overview)."""
+
+    def __init__(self) -> None:
+        self._counted: dict[str, tuple[float, list[tuple[str, str, int]]]] = {}  # name: (when counted, counts)
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, name: str, query: Any) -> list[tuple[str, str, int]]:
+        """(label, label, count) rows of `query`, known as `name`."""
+        with self._lock:
+            now = time.monotonic()
+            counted = self._counted.get(name)
+            if counted is None or now - counted[0] >= HISTORY_COUNTS_SECONDS:
+                counted = (now, [(str(a), str(b), int(n)) for a, b, n in session.execute(query)])
+                self._counted[name] = counted
+            return counted[1]
+
+    def outbox(self, session: Session, state: str) -> list[tuple[str, str, int]]:
+        """(state, destination, count) of the outbox's rows in `state`: one index-only scan of
+        ix_outbox_state_destination, at most every HISTORY_COUNTS_SECONDS."""
+        query = (
+            select(OutboxMessage.state, OutboxMessage.destination, func.count())
+            .where(OutboxMessage.state == state)
+            .group_by(OutboxMessage.state, OutboxMessage.destination)
+        )
+        return self.get(session, f"outbox:{state}", query)
+
+
 class StoreCollector(Collector):
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], history: HistoryCounts | None = None) -> None:
         self.sessions = sessions
+        self.history = history or HistoryCounts()
         buckets = [case((Exchange.duration_ms <= b, 1), else_=0) for b in DURATION_BUCKETS_MS]
         self.exchanges = Tally(
             Exchange.id, [Exchange.peer, Exchange.operation, Exchange.outcome], [Exchange.duration_ms, *buckets]
@@ -127,19 +158,6 @@ class StoreCollector(Collector):
         )
         self.notices = Tally(EdocNotice.id, [EdocNotice.verdict, EdocNotice.status], [])
         self.actions = Tally(OperatorAction.id, [OperatorAction.action], [])
-        self._history: dict[str, tuple[float, list[tuple[str, str, int]]]] = {}  # name: (when counted, counts)
-        self._history_lock = threading.Lock()
-
-    def _history_counts(self, session: Session, name: str, query: Any) -> list[tuple[str, str, int]]:
-        """(label, label, count) rows of `query`, a count of history (HISTORY_COUNTS_SECONDS): asked again only
-        once that long has passed since it was last asked."""
-        with self._history_lock:
-            now = time.monotonic()
-            counted = self._history.get(name)
-            if counted is None or now - counted[0] >= HISTORY_COUNTS_SECONDS:
-                counted = (now, [(str(a), str(b), int(n)) for a, b, n in session.execute(query)])
-                self._history[name] = counted
-            return counted[1]
 
     def collect(self) -> Iterator[Any]:
         depth = GaugeMetricFamily(
@@ -171,10 +189,7 @@ class StoreCollector(Collector):
                     .where(OutboxMessage.state == state)
                     .group_by(OutboxMessage.state, OutboxMessage.destination)
                 )
-                if state in (DELIVERED, SET_ASIDE):
-                    rows: Any = self._history_counts(s, f"outbox:{state}", query)
-                else:
-                    rows = s.execute(query)
+                rows: Any = self.history.outbox(s, state) if state in (DELIVERED, SET_ASIDE) else s.execute(query)
                 for _, dest, n in rows:
                     depth.add_metric([state, dest], float(n))
             for dest, first in s.execute(
@@ -205,7 +220,7 @@ class StoreCollector(Collector):
                 labels=["platform", "status"],
             )
             by = (Payment.platform, Payment.status)
-            for platform, status, n in self._history_counts(s, "payments", select(*by, func.count()).group_by(*by)):
+            for platform, status, n in self.history.get(s, "payments", select(*by, func.count()).group_by(*by)):
                 payments.add_metric([platform, status], float(n))
             callbacks = CounterMetricFamily(
                 "hub_payment_callbacks",
@@ -433,9 +448,10 @@ def make_registry(
     signing: Callable[[], tuple[x509.Certificate | None, str | None] | None] | None = None,
     scheduled: dict[str, float] | None = None,
     bulkheads: Callable[[], dict[str, tuple[int, int, int, int]]] | None = None,
+    history: HistoryCounts | None = None,
 ) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram, Counter]:
     registry = CollectorRegistry()
-    registry.register(StoreCollector(sessions))
+    registry.register(StoreCollector(sessions, history))
     if bulkheads is not None:
         registry.register(BulkheadsCollector(bulkheads))
     if scheduled is not None:

@@ -206,7 +206,10 @@ class Runtime:
             notify_channels=channels,
             calendar=WorkingCalendar(settings.calendar_days_off, settings.calendar_working_days),
         )
-        from hub.metrics import make_registry
+        from hub.metrics import HistoryCounts, make_registry
+
+        # counts of history (delivered rows: millions) taken at most once a minute, by the metrics and the console
+        self.history_counts = HistoryCounts()
         from hub.services.catalogue import Catalogue
 
         self.catalogue = Catalogue(self.sessions)
@@ -347,6 +350,7 @@ class Runtime:
             self.signatures.key_state if role == "api" else None,
             intervals(self.settings),
             self.bulkheads.state if role == "api" else None,
+            self.history_counts,
         )
 
     def workers(self) -> list[WorkerSeen]:

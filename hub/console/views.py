@@ -362,7 +362,7 @@ def router(runtime: Any) -> APIRouter:
             return go
         now = utcnow()
         with rt().sessions() as s:
-            peers = jobs.peers_status(s)
+            peers = jobs.peers_status(s, rt().history_counts)  # delivered: counted at most once a minute
             totals = {state: sum(int(p[state]) for p in peers) for state in outbox.STATES}
             hours = []
             for h in range(5, -1, -1):
