@@ -131,7 +131,7 @@ def main() -> None:
             "list with undelivered": "/ops/dossiers?state=undelivered",
             "list status 3 (none)": "/ops/dossiers?state=3",
             "list overdue": "/ops/dossiers?state=overdue",
-            "list as CSV, all 10,000": "/ops/dossiers.csv",
+            f"list as CSV, all {dossiers:,}": "/ops/dossiers.csv",
             "timeline /ops/dossiers/<code>": f"/ops/dossiers/{code}",
             "sync jobs /ops/jobs": "/ops/jobs",
         }
