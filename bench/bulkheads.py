@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BIN, Proc, free_port, hub_env, wait_http
+from bench.common import BIN, Proc, hub_env, sandbox_peers, wait_http
 from bench.loadgen import dossier
 
 
@@ -57,17 +57,8 @@ def main() -> None:
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        ports = {name: free_port() for name in ("national", "onestop", "population", "hub")}
-        sandbox_env, _ = hub_env(tmp / "sandbox")
-        sandbox = Proc(
-            [str(BIN / "hub"), "sandbox", "--national-port", str(ports["national"]), "--one-stop-port",
-             str(ports["onestop"]), "--population-port", str(ports["population"])],
-            sandbox_env,
-            tmp / "sandbox.log",
-        )  # fmt: skip
-        stack.callback(sandbox.stop)
+        ports = stack.enter_context(sandbox_peers(tmp))
         register = f"http://127.0.0.1:{ports['population']}"
-        wait_http(f"{register}/ws/congdan")
         people = httpx.get(f"{register}/_sandbox/people", params={"limit": 2000}).json()["items"]
         ids = [p["SoDinhDanh"] for p in people]
 

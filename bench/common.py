@@ -70,6 +70,26 @@ class Proc:
 
 
 @contextmanager
+def sandbox_peers(tmp: Path, **env: str) -> Iterator[dict[str, int]]:
+    """`hub sandbox` in a process of its own (the national portal, a one-stop system, the population database),
+    `env` added to its settings; yields the ports (national, onestop, population, and a free one for hub), the
+    register answering."""
+    ports = {name: free_port() for name in ("national", "onestop", "population", "hub")}
+    sandbox_env, _ = hub_env(tmp / "sandbox", **env)
+    sandbox = Proc(
+        [str(BIN / "hub"), "sandbox", "--national-port", str(ports["national"]), "--one-stop-port",
+         str(ports["onestop"]), "--population-port", str(ports["population"])],
+        sandbox_env,
+        tmp / "sandbox.log",
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{ports['population']}/ws/congdan")
+        yield ports
+    finally:
+        sandbox.stop()
+
+
+@contextmanager
 def pg_database() -> Iterator[str]:
     name = f"hub_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:

@@ -43,7 +43,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BIN, Proc, free_port, hub_env, pg_database, wait_http
+from bench.common import BIN, Proc, hub_env, pg_database, sandbox_peers, wait_http
 from hub.adapters.population import CitizenLookup, PopulationClient
 from hub.sandbox import population
 from hub.store import db
@@ -113,17 +113,8 @@ def main() -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         # the sandbox and hub each in their own process, as in a deployment (no shared GIL with the load)
-        ports = {name: free_port() for name in ("national", "onestop", "population", "hub")}
-        sandbox_env, _ = hub_env(tmp / "sandbox", HUB_SANDBOX_POPULATION_SIZE="12000")
-        sandbox = Proc(
-            [str(BIN / "hub"), "sandbox", "--national-port", str(ports["national"]), "--one-stop-port",
-             str(ports["onestop"]), "--population-port", str(ports["population"])],
-            sandbox_env,
-            tmp / "sandbox.log",
-        )  # fmt: skip
-        stack.callback(sandbox.stop)
+        ports = stack.enter_context(sandbox_peers(tmp, HUB_SANDBOX_POPULATION_SIZE="12000"))
         address = f"http://127.0.0.1:{ports['population']}/ws/congdan"
-        wait_http(address)
         people = httpx.get(
             f"http://127.0.0.1:{ports['population']}/_sandbox/people", params={"limit": 100_000, "married": True}
         ).json()["items"]
