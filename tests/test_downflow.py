@@ -256,6 +256,46 @@ def test_a_one_stop_system_that_is_down_holds_back_no_other_one_stop_system(
     assert {j["last_error_code"] for j in waiting} <= {"peer_unavailable", None}  # probed, or not tried yet
 
 
+def test_a_one_stop_system_that_hangs_holds_back_no_delivery_to_the_portal_in_the_same_batch(
+    hub_factory: HubFactory, portal: httpx.Client, creds: Creds
+) -> None:
+    """A one-stop system that takes the connection and never answers (a hung application server) costs its probe a
+    read timeout. The batch's peers were served one after the other: the portal's messages claimed with it waited
+    for that timeout, at every probe of the hung system. Each peer's part of a batch goes beside the others' now."""
+    import socket
+    import threading
+
+    from tests.conftest import OTHER_AGENCY
+    from tests.helpers import step
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(hung.accept()[0]) for _ in range(16)], daemon=True).start()
+    try:
+        hub = hub_factory(start_worker=False, read_timeout=2.5)
+        hub.runtime.routes.add(OTHER_AGENCY, f"http://127.0.0.1:{hung.getsockname()[1]}")
+        d = dossier(120, status=2)
+        assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+        assert hub.runtime.relay.drain() == 1  # filed at the portal: its next step is what the batch carries
+        push(portal, hub, creds, dossier(121, status=1, agency=OTHER_AGENCY))  # for the hung one-stop system
+        assert hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4)).status_code == 202
+        drained = threading.Thread(target=hub.runtime.relay.drain_once)
+        drained.start()
+        deadline = time.monotonic() + 10
+        while [h["status"] for h in portal.get(f"/_sandbox/dossiers/{d['MaHoSo']}").json()["history"]] != [2, 4]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert drained.is_alive()  # the portal has its step while the probe of the hung system still waits
+        drained.join(15)
+        assert not drained.is_alive()
+    finally:
+        hung.close()
+        for conn in held:
+            conn.close()
+
+
 def test_a_poll_the_portal_did_not_answer_is_a_failed_run_not_a_success(
     hub_factory: HubFactory, portal: httpx.Client, onestop_server: ServerThread, tmp_path: Any
 ) -> None:

@@ -30,6 +30,7 @@ log = logging.getLogger("hub.relay")
 Deliverer = Callable[[Claimed, ExchangeHook], Any]
 
 PEER_DOWN_PAUSE_CAP = 30.0  # seconds: a peer that was down is probed again at least this often
+PEER_GROUPS = 8  # peers of one batch delivered to side by side (the portal, one-stop systems, SMS, email…)
 
 
 class LeaseKeeper:
@@ -100,6 +101,9 @@ class Relay:
         self.lease_seconds = lease_seconds
         self.paused = paused  # maintenance mode: claim nothing while it says so
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
+        # each peer's part of a batch (its probe, then the rest) beside the others': a peer that hangs until its
+        # timeout holds its own messages, not the portal's in the same batch
+        self._peers_pool = ThreadPoolExecutor(max_workers=PEER_GROUPS, thread_name_prefix="relay-peer")
         # by peer: a destination's name, or for one served by several systems (self.peers) the system's own
         self._down_until: dict[str, float] = {}  # peer -> monotonic time until which it is not tried
         self._streak: dict[str, int] = {}  # peer -> consecutive batches that found it down
@@ -111,6 +115,7 @@ class Relay:
         self._held_lock = threading.Lock()
 
     def close(self) -> None:
+        self._peers_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self._leases.close()
 
@@ -196,10 +201,11 @@ class Relay:
                 outcomes.append(Outcome(c, "released", retry_at=utcnow() + timedelta(seconds=paused)))
                 continue
             by_peer.setdefault(peer, []).append(c)
-        for peer, rows in by_peer.items():
+
+        def to_peer(peer: str, rows: list[Claimed]) -> list[Outcome]:
             # The first message probes the peer; only if it is up do the others go, concurrently. A peer that is
             # down costs one attempt of one message per pause, not one attempt of every message.
-            outcomes.append(deliver(rows[0]))
+            done = [deliver(rows[0])]
             if peer in down:
                 self._streak[peer] = self._streak.get(peer, 0) + 1
                 asked = down[peer].retry_after
@@ -214,7 +220,15 @@ class Relay:
             else:
                 self._streak.pop(peer, None)
                 self._asked_until.pop(peer, None)
-            outcomes.extend(self._pool.map(deliver, rows[1:]))
+            done.extend(self._pool.map(deliver, rows[1:]))
+            return done
+
+        if len(by_peer) == 1:  # (the common batch: one peer, no hand-over to another thread)
+            [(peer, rows)] = by_peer.items()
+            outcomes.extend(to_peer(peer, rows))
+        else:
+            for done in self._peers_pool.map(lambda group: to_peer(*group), by_peer.items()):
+                outcomes.extend(done)
         return outcomes, exchanges
 
     def _record(self, token: str, outcomes: list[Outcome], exchanges: list[dict[str, Any]]) -> None:
