@@ -134,14 +134,18 @@ class HistoryCounts:
             return counted[1]
 
     def outbox(self, session: Session, state: str) -> list[tuple[str, str, int]]:
-        """(state, destination, count) of the outbox's rows in `state`: one index-only scan of
-        ix_outbox_state_destination, at most every HISTORY_COUNTS_SECONDS."""
-        query = (
-            select(OutboxMessage.state, OutboxMessage.destination, func.count())
-            .where(OutboxMessage.state == state)
-            .group_by(OutboxMessage.state, OutboxMessage.destination)
-        )
-        return self.get(session, f"outbox:{state}", query)
+        """`outbox_in(state)`'s rows, at most every HISTORY_COUNTS_SECONDS."""
+        return self.get(session, f"outbox:{state}", outbox_in(state))
+
+
+def outbox_in(state: str) -> Any:
+    """(state, destination, count) of the outbox's rows in `state`: one index-only scan of
+    ix_outbox_state_destination."""
+    return (
+        select(OutboxMessage.state, OutboxMessage.destination, func.count())
+        .where(OutboxMessage.state == state)
+        .group_by(OutboxMessage.state, OutboxMessage.destination)
+    )
 
 
 class StoreCollector(Collector):
@@ -184,12 +188,8 @@ class StoreCollector(Collector):
             # one index-only scan per state (ix_outbox_state_destination), as `hub peers status` does; the states
             # that are history (delivered, set aside) at most every HISTORY_COUNTS_SECONDS
             for state in (PENDING, IN_FLIGHT, DEAD, DELIVERED, SET_ASIDE):
-                query = (
-                    select(OutboxMessage.state, OutboxMessage.destination, func.count())
-                    .where(OutboxMessage.state == state)
-                    .group_by(OutboxMessage.state, OutboxMessage.destination)
-                )
-                rows: Any = self.history.outbox(s, state) if state in (DELIVERED, SET_ASIDE) else s.execute(query)
+                history = state in (DELIVERED, SET_ASIDE)
+                rows: Any = self.history.outbox(s, state) if history else s.execute(outbox_in(state))
                 for _, dest, n in rows:
                     depth.add_metric([state, dest], float(n))
             for dest, first in s.execute(

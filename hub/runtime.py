@@ -552,12 +552,11 @@ class Runtime:
                                     detail={"error": f"{exc.__class__.__name__}: {exc}"[:500]}))  # fmt: skip
             raise
         missed = {k: n for k in UNANSWERED if isinstance(n := result.get(k), int) and n > 0}
-        if missed:  # done as far as it could, but not a success: the console, the metrics and the alert say so
+        detail: dict[str, Any] = result  # done as far as it could but not a success if a peer did not answer: the
+        if missed:  # console, the metrics and the alert say so
             detail = {**result, "error": "a peer did not answer: " + ", ".join(f"{k} {n}" for k, n in missed.items())}
-            self._record_run(JobRun(name=name, started_at=started, finished_at=utcnow(), outcome="error",
-                                    detail=detail))  # fmt: skip
-        else:
-            self._record_run(JobRun(name=name, started_at=started, finished_at=utcnow(), outcome="ok", detail=result))
+        self._record_run(JobRun(name=name, started_at=started, finished_at=utcnow(),
+                                outcome="error" if missed else "ok", detail=detail))  # fmt: skip
         return result
 
     def _record_run(self, run: Any) -> None:
