@@ -667,7 +667,7 @@ def router(runtime: Any) -> APIRouter:
             waiting = any(o.state == outbox.PENDING and o.next_attempt_at > now for o in rows)
             dead = [o.id for o in rows if o.state == outbox.DEAD]  # repaired from here too: replay or set aside
             # those holding back the later messages to their destination (a citizen's notice holds none: ADR 0045)
-            holding = sum(1 for o in rows if o.state == outbox.DEAD and o.destination not in outbox.NOTICES)
+            holding = sum(1 for o in rows if o.state == outbox.DEAD and outbox.holds_back(o.state, o.destination))
             documents = documents_sent(s, d.id, code)  # as the API gives them
         payments = rt().payments.of_dossier(code)
         return render(

@@ -318,8 +318,9 @@ def peers_status(session: Session, history: HistoryCounts | None = None) -> list
     ):
         if first is not None:
             peer(dest)["oldest_undelivered_s"] = round((now - first).total_seconds(), 1)
-    exchanged = latest_exchanges(session, set(KNOWN_PEERS) | set(peers))
-    for name in sorted(set(KNOWN_PEERS) | set(peers)):
+    names = sorted(set(KNOWN_PEERS) | set(peers))
+    exchanged = latest_exchanges(session, names)
+    for name in names:
         latest = exchanged.get(name, {})
         if not latest and name not in peers:
             continue

@@ -53,6 +53,13 @@ _DEAD: Any = literal_column(f"'{DEAD}'")
 # the destinations whose dead letters do not hold back later messages (hub.services.notifications' channels)
 NOTICES = ("email", "sms")
 _NOTICES: Any = [literal_column(f"'{d}'") for d in NOTICES]
+
+
+def holds_back(state: str, destination: str) -> bool:
+    """Whether a row in `state` holds back its dossier's later rows to `destination` (the claim's rule, below)."""
+    return state not in (DELIVERED, SET_ASIDE) and not (state == DEAD and destination in NOTICES)
+
+
 # The rows a worker may take: pending and due, in a destination it is delivering to, and first in line for their
 # dossier and destination (event n+1 never before n is acknowledged). Walked in due order on ix_outbox_pending_due,
 # each candidate's line probed on ix_outbox_undelivered: the cost is the batch's, not the backlog's.
