@@ -18,6 +18,9 @@ from tests.test_prefill import KHAI_SINH, PURPOSE, log_entries
 
 # more requests at once than anyio's shared threadpool has threads (40): without compartments they would hold all
 AT_ONCE = 48
+# the hung peer's latency: far longer than the other requests take even on a loaded machine (48 client threads
+# share the test's process, and its GIL, with hub and the sandboxes; at 1.5 s a CI run once came within 0.3 s)
+HUNG_MS = 3000
 
 
 def in_parallel(hub: Hub, n: int, call: Any) -> tuple[list[tuple[float, httpx.Response]], threading.Event]:
@@ -59,7 +62,7 @@ def test_a_hung_population_database_holds_only_the_pre_fills_waiting_on_it(
     d = dossier(1, status=1)
     assert hub.http.post("/v1/dossiers", json=d).status_code == 202
     ids = [p["SoDinhDanh"] for p in people.get("/_sandbox/people", params={"limit": AT_ONCE}).json()["items"]]
-    people.post("/_sandbox/faults", json={"latency_ms": 1500}).raise_for_status()
+    people.post("/_sandbox/faults", json={"latency_ms": HUNG_MS}).raise_for_status()
     try:
 
         def prefill(c: httpx.Client, i: int) -> httpx.Response:
@@ -107,7 +110,7 @@ def test_a_hung_portal_holds_only_the_look_ups_waiting_on_it(
     assert one_stop.sign_in()["error_code"] == "00"
     d = dossier(2, status=1)
     assert hub.http.post("/v1/dossiers", json=d).status_code == 202
-    portal.post("/_sandbox/faults", json={"latency_ms": 1500}).raise_for_status()
+    portal.post("/_sandbox/faults", json={"latency_ms": HUNG_MS}).raise_for_status()
     try:
 
         def look_up(c: httpx.Client, i: int) -> httpx.Response:
