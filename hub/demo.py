@@ -199,11 +199,13 @@ def _notifications(out: Console, sms_url: str) -> None:
 
 def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) -> str:
     """Once-only: a father asks to register his child's birth; hub fills the form from the population database."""
-    father = next(
+    fathers = [
         p
         for p in httpx.get(f"{population_url}/_sandbox/people", params={"limit": 400, "married": True}).json()["items"]
         if p["GioiTinh"] == "1"
-    )
+    ]
+    # one whose residence the register still writes in the units before 1 July 2025, if there is one
+    father = next((p for p in fathers if (p.get("NoiOHienTai") or {}).get("MaQuanHuyen")), fathers[0])
     r = client.http.post(
         "/v1/prefill",
         json={
@@ -223,6 +225,14 @@ def _prefill(out: Console, client: one_stop.OneStopClient, population_url: str) 
             table.add_row(f["label"], str(f["value"]), f["source"]["record"])
     out.print(table)
     out.print(f"left for the citizen (required): {', '.join(form['missing_required'])}")
+    for f in form["fields"]:
+        units = f.get("administrative_units")
+        if units and units["recorded_before_reorganisation"]:
+            then = units.get("province_recorded")
+            out.print(
+                f"for the citizen to check: {f['label']} is written in the units before 1 July 2025"
+                f"{' (' + then['name'] + ')' if then else ''}; it is in {units['province']['name']} now"
+            )
     out.print(
         "every read is in the hash-chained access log: [bold]hub audit usage[/bold] (asks for the ID), hub audit verify"
     )

@@ -141,6 +141,35 @@ def test_birth_registration_by_the_mother_fills_her_own_side(hub: Hub, people: h
     assert got["cha.ho_ten"]["source"]["record"] == "spouse"
 
 
+def test_an_address_written_before_the_2025_reorganisation_is_kept_and_flagged(hub: Hub, people: httpx.Client) -> None:
+    """A residence the register still writes in the old units (Quảng Nam, a district) fills the field as the register
+    wrote it, and says it lies in Đà Nẵng now and is for the citizen to check; one in the current units says so."""
+    everyone = people.get("/_sandbox/people", params={"limit": 5000}).json()["items"]
+    old = next(p for p in everyone if p["NoiOHienTai"]["MaTinhThanh"] == "49" and p["NoiOHienTai"]["MaQuanHuyen"])
+    current = next(
+        p for p in everyone if p["NoiOHienTai"]["MaTinhThanh"] == "48" and not p["NoiOHienTai"]["MaQuanHuyen"]
+    )
+    r = ask(hub, old["SoDinhDanh"], "1.004873")
+    assert r.status_code == 200, r.text
+    as_documented(hub.http.get("/openapi.json").json(), "post", "/v1/prefill", r)  # as the document says
+    field = next(f for f in r.json()["fields"] if f["type"] == "address" and f["value"] is not None)
+    assert field["value"] == old["NoiOHienTai"]["ChiTiet"] and "Quảng Nam" in field["value"]  # never rewritten
+    assert field["administrative_units"] == {
+        "province": {"code": "48", "name": "Thành phố Đà Nẵng"},
+        "recorded_before_reorganisation": True,
+        "province_recorded": {"code": "49", "name": "Tỉnh Quảng Nam"},
+    }
+    r = ask(hub, current["SoDinhDanh"], "1.004873")
+    assert r.status_code == 200, r.text
+    field = next(f for f in r.json()["fields"] if f["type"] == "address" and f["value"] is not None)
+    assert field["administrative_units"] == {
+        "province": {"code": "48", "name": "Thành phố Đà Nẵng"},
+        "recorded_before_reorganisation": False,
+    }
+    # fields that are not addresses carry none
+    assert all("administrative_units" not in f for f in r.json()["fields"] if f["type"] != "address")
+
+
 def test_every_form_template_maps_only_fields_of_the_contract(hub: Hub) -> None:
     from lxml import etree
 

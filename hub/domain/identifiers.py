@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
+from hub.domain import provinces
 from hub.domain.errors import InvalidIdentifier
 
 # Agency identifier code (mã định danh cơ quan): dotted groups, e.g. 000.00.00.G22, 000.00.17.H56.
@@ -21,14 +22,9 @@ DOSSIER_CODE_RE = re.compile(
 )
 CCCD_RE = re.compile(r"^[0-9]{12}\Z")
 
-# Province-of-birth codes that may appear in a CCCD (pre-2025 numbering, 63 provinces in use).
-CCCD_PROVINCE_CODES = frozenset(
-    {
-        1, 2, 4, 6, 8, 10, 11, 12, 14, 15, 17, 19, 20, 22, 24, 25, 26, 27, 30, 31, 33, 34, 35, 36, 37, 38, 40,
-        42, 44, 45, 46, 48, 49, 51, 52, 54, 56, 58, 60, 62, 64, 66, 67, 68, 70, 72, 74, 75, 77, 79, 80, 82, 83,
-        84, 86, 87, 89, 91, 92, 93, 94, 95, 96,
-    }
-)  # fmt: skip
+# Province-of-birth codes that may appear in a CCCD: the 63 provinces before 1 July 2025 (the numbering a
+# personal ID keeps for life; `provinces.now_of` says where such a province is now).
+CCCD_PROVINCE_CODES = frozenset(int(code) for code in provinces.OLD)
 
 
 def _shown(value: object) -> str:

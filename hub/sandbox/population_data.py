@@ -1,6 +1,7 @@
 """A generated, reproducible population for the population-database sandbox: Vietnamese names with diacritics,
 personal IDs whose structure matches birth province, century, sex and year, addresses with the 2025 province
-codes (birth registrations keep the old ones), and family links (Cha father, Me mother, VoChong spouse).
+codes (birth registrations keep the old ones, and about three residences in ten are still written in the units
+before 1 July 2025), and family links (Cha father, Me mother, VoChong spouse).
 
 Self-contained on purpose: a sandbox knows the contract, never hub's internals."""
 
@@ -43,6 +44,25 @@ WARDS: dict[str, list[tuple[str, str]]] = {
     "31": [("11311", "Phường Hồng Bàng"), ("11329", "Phường Lê Chân")],
     "48": [("20194", "Phường Hải Châu"), ("20242", "Phường Thanh Khê")],
     "92": [("31117", "Phường Ninh Kiều"), ("31135", "Phường Cái Khế")],
+}
+# a district per old province, for the addresses recorded before 1 July 2025 (old 3-digit code -> district)
+DISTRICTS: dict[str, tuple[str, str]] = {
+    "001": ("001", "Quận Ba Đình"),
+    "079": ("760", "Quận 1"),
+    "074": ("718", "Thành phố Thủ Dầu Một"),
+    "077": ("747", "Thành phố Vũng Tàu"),
+    "031": ("303", "Quận Hồng Bàng"),
+    "030": ("288", "Thành phố Hải Dương"),
+    "048": ("492", "Quận Hải Châu"),
+    "049": ("502", "Thành phố Tam Kỳ"),
+    "092": ("916", "Quận Ninh Kiều"),
+    "094": ("941", "Thành phố Sóc Trăng"),
+    "036": ("356", "Thành phố Nam Định"),
+    "034": ("336", "Thành phố Thái Bình"),
+    "027": ("256", "Thành phố Bắc Ninh"),
+    "089": ("883", "Thành phố Long Xuyên"),
+    "087": ("866", "Thành phố Cao Lãnh"),
+    "083": ("829", "Thành phố Bến Tre"),
 }
 DEFAULT_WARDS = [("00001", "Phường Trung tâm"), ("00002", "Xã Đông"), ("00003", "Xã Tây")]
 STREETS = ["Lê Lợi", "Trần Hưng Đạo", "Nguyễn Huệ", "Hai Bà Trưng", "Lý Thường Kiệt", "Phan Chu Trinh",
@@ -188,6 +208,22 @@ class Population:
             "QuocGia": "VN",
         }
 
+    def _residence(self, p: Person) -> dict[str, Any]:
+        """Where a person lives. About three records in ten were written before 1 July 2025 and not updated since:
+        the old province's code and name, and a district (there are none since) — chosen by the ID's last digit, so
+        that the rest of the population is generated as before."""
+        home = p.home_province
+        if p.id[-1] not in "012":
+            return self._address(home[2], p.ward, p.street, home[3])
+        district = DISTRICTS.get(home[0], ("999", "Huyện Trung tâm"))
+        return {
+            "MaTinhThanh": home[0][1:],
+            "MaQuanHuyen": district[0],
+            "MaPhuongXa": p.ward[0],
+            "ChiTiet": f"{p.street}, {p.ward[1]}, {district[1]}, {home[1]}",
+            "QuocGia": "VN",
+        }
+
     def _record(self, p: Person, kept: set[str]) -> dict[str, Any]:
         def relative(r: Person | None) -> dict[str, Any] | None:
             if r is None or r.id not in kept:
@@ -195,7 +231,6 @@ class Population:
             return {"HoVaTen": r.full_name, "SoDinhDanh": r.id, "QuocTich": "VN"}
 
         birth = p.birth_province
-        home = p.home_province
         head = p.head if p.head is not None and p.head.id in kept else None
         relation = "Chủ hộ" if head is p else "Vợ" if head is not None and head.spouse is p else "Con"
         record: dict[str, Any] = {
@@ -217,8 +252,8 @@ class Population:
                 "QuocGia": "VN",
             },
             "QueQuan": self._address(birth[2], ("", "Quê quán"), "", birth[3]) | {"MaPhuongXa": ""},
-            "ThuongTru": self._address(home[2], p.ward, p.street, home[3]),
-            "NoiOHienTai": self._address(home[2], p.ward, p.street, home[3]),
+            "ThuongTru": self._residence(p),
+            "NoiOHienTai": self._residence(p),
             "QuocTich": "VN",
             "Cha": relative(p.father),
             "Me": relative(p.mother),

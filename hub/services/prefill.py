@@ -27,7 +27,7 @@ from hub.adapters.errors import PeerError, wait_asked
 from hub.adapters.exchange import ExchangeRecord
 from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.adapters.population.base import PEER as POPULATION
-from hub.domain import identifiers
+from hub.domain import identifiers, provinces
 from hub.domain.dates import VN_TZ, instant, local_iso, utcnow
 from hub.domain.errors import Conflict, DomainError, Forbidden, InvalidDate, NotFound, TooManyRequests
 from hub.domain.privacy import same_text, subject_hmac, subject_hmacs
@@ -302,11 +302,36 @@ class FieldSource(BaseModel):
     cached: bool = Field(description="served from hub's short-lived encrypted cache of the register's reply")
 
 
+class ProvinceRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(description="two digits, e.g. 48")
+    name: str = Field(description="e.g. Thành phố Đà Nẵng")
+
+
+class AdministrativeUnits(BaseModel):
+    """Where a filled address lies in the provinces since 1 July 2025 (Resolution 202/2025/QH15: 63 provinces became
+    34, districts abolished). The value stays as the register wrote it; a form should ask the citizen to check an
+    address written in the old units — its district and ward may no longer exist."""
+
+    model_config = ConfigDict(extra="forbid")
+    province: ProvinceRef = Field(description="the province the address is in now")
+    recorded_before_reorganisation: bool = Field(
+        description="the register wrote the address in the units before 1 July 2025 (it names a district, or a "
+        "province merged since): for the citizen to check and, where needed, correct"
+    )
+    province_recorded: ProvinceRef | None = Field(
+        default=None, description="the former province the register's address names, when it was merged into another"
+    )
+
+
 class FilledField(FormField):
     value: str | None = Field(description="null: not in the register; left for the citizen")
     source: FieldSource | None = None
     fetched_at: str | None = None
     valid_until: str | None = None
+    administrative_units: AdministrativeUnits | None = Field(
+        default=None, description="an address's province now, and whether the register wrote it in the old units"
+    )
 
 
 class OfferedDocument(BaseModel):
@@ -446,6 +471,20 @@ def _format(kind: str, value: Any) -> str | None:
     if kind == "nationality":
         return NATIONALITY.get(str(value), str(value))
     return str(value)
+
+
+def _units(address: Any) -> dict[str, Any] | None:
+    """An address's `AdministrativeUnits`, as the answer carries them; None when its province code is unknown."""
+    units = provinces.address_units(address)
+    if units is None:
+        return None
+    out: dict[str, Any] = {
+        "province": {"code": units.province.code, "name": units.province.title},
+        "recorded_before_reorganisation": units.recorded_before,
+    }
+    if (then := units.province_recorded) is not None:
+        out["province_recorded"] = {"code": then.code, "name": then.title}
+    return out
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -939,6 +978,8 @@ class PrefillService:
                     "cached": read.cached,
                 }
                 item["fetched_at"], item["valid_until"] = stamps[src.person]
+                if spec.type == "address" and (units := _units(_get(read.record, src.steps))) is not None:
+                    item["administrative_units"] = units
                 used[src.person].append(spec.name)
                 break
             out_fields.append(item)
