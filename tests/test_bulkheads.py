@@ -9,12 +9,13 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from hub.sandbox.common import ServerThread
 from tests.conftest import AGENCY, Creds, Hub, HubFactory
 from tests.helpers import dossier
 from tests.test_dvcqg_compat import CLIENT, PortalClient
-from tests.test_prefill import KHAI_SINH, PURPOSE, log_entries
+from tests.test_prefill import KHAI_SINH, PURPOSE, log_entries, quota_clients
 
 # more requests at once than anyio's shared threadpool has threads (40): without compartments they would hold all
 AT_ONCE = 48
@@ -132,3 +133,43 @@ def test_a_hung_portal_holds_only_the_look_ups_waiting_on_it(
     assert len(asked) == 2 and codes.count("99") == AT_ONCE - 2, codes
     assert answered_mine < min(asked)
     assert all("thử lại sau" in r.json()["message"] for _, r in answers if r.json()["error_code"] == "99")
+
+
+@pytest.mark.parametrize("buckets", ["process", "redis"])
+def test_a_pre_fill_refused_peer_busy_does_not_use_up_the_clients_read_quota(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client, creds: Creds, buckets: str
+) -> None:
+    """The read quota bounds what a client reads from the register. A pre-fill refused because the register's
+    compartment was full read nothing: its token goes back, and a client retrying through the register's overload
+    is not then refused 429 for reads it never made. In the process's buckets (embedded) and in Redis'
+    (distributed: a bucket of its own, named for this run, in the shared Redis)."""
+    import secrets
+
+    distributed = {"broker_url": "redis://127.0.0.1:6379/0", "start_worker": False} if buckets == "redis" else {}
+    name = f"onestop-q{secrets.token_hex(4)}" if buckets == "redis" else "onestop-hcm"
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan",
+        clients=quota_clients(creds, name, 3),
+        peer_concurrency=1,
+        peer_queue_seconds=0.3,
+        **distributed,
+    )
+    ids = [p["SoDinhDanh"] for p in people.get("/_sandbox/people", params={"limit": 6}).json()["items"]]
+    people.post("/_sandbox/faults", json={"latency_ms": 1000}).raise_for_status()  # (within the 2 s read timeout)
+    try:
+
+        def prefill(c: httpx.Client, i: int) -> httpx.Response:
+            return c.post("/v1/prefill", json=body(ids[i]))
+
+        answers, finished = in_parallel(hub, 3, prefill)
+        assert finished.wait(30)
+    finally:
+        people.post("/_sandbox/faults", json={"latency_ms": 0})
+    assert sorted(r.status_code for _, r in answers) == [200, 503, 503], [r.text for _, r in answers]
+    # one read of the three allowed a minute was made: two more are allowed, then the quota holds
+    assert [hub.http.post("/v1/prefill", json=body(i)).status_code for i in ids[3:6]] == [200, 200, 429]
+
+
+def body(subject_id: str) -> dict[str, Any]:
+    return {"procedure": KHAI_SINH, "subject_id": subject_id, "purpose": PURPOSE,
+            "requested_by": {"officer": "cb-0042", "agency": AGENCY}}  # fmt: skip

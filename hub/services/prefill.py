@@ -815,6 +815,8 @@ class PrefillService:
                     return await self.bulkheads.run(POPULATION, self._prefill_recorded, client, body, correlation_id)
                 except PeerBusy as busy:  # refused before anything was read: logged as refused, as any refusal
                     journal = _Journal([], [])
+                    if quota is not None and limit is not None and wait is None:  # nothing read: its token back
+                        await quota.give_back_async(client.name, limit)
                     return self._prefill(client, body, correlation_id, journal, blocking=False, busy=busy)
         finally:
             group = self._group_for(journal)

@@ -39,6 +39,12 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
 if taken == 1 then return {1, 0} end
 return {0, math.ceil((1 - tokens) / rate * 1000)}
 """
+# KEYS[1]: the bucket; ARGV[1]: its capacity. A token taken for a read that never reached the register, back.
+GIVE_BACK = """
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
+if tokens then redis.call('HSET', KEYS[1], 'tokens', tostring(math.min(tonumber(ARGV[1]), tokens + 1))) end
+return 0
+"""
 KEY_PREFIX = "hub:quota:prefill:"
 
 
@@ -48,6 +54,11 @@ class Quota(Protocol):
         ...
 
     async def take_async(self, client: str, per_minute: int) -> float | None: ...
+
+    async def give_back_async(self, client: str, per_minute: int) -> None:
+        """Put back the token a read took that was refused before it reached the register (its compartment full):
+        the quota bounds what is read, and a client retrying through a register's overload is not limited for it."""
+        ...
 
     def close(self) -> None: ...
 
@@ -74,6 +85,11 @@ class LocalQuota:
     async def take_async(self, client: str, per_minute: int) -> float | None:
         return self.take(client, per_minute)
 
+    async def give_back_async(self, client: str, per_minute: int) -> None:
+        with self._lock:
+            if (found := self._buckets.get(client)) is not None:
+                self._buckets[client] = (min(float(per_minute), found[0] + 1), found[1])
+
     def close(self) -> None:
         pass
 
@@ -89,7 +105,7 @@ class RedisQuota:
         self._pause = pause_after_failure
         self._sync = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._script = self._sync.register_script(TAKE)
-        self._async: dict[asyncio.AbstractEventLoop, tuple[Any, Any]] = {}  # a client per event loop
+        self._async: dict[asyncio.AbstractEventLoop, tuple[Any, Any, Any]] = {}  # a client per event loop
         self._down_until = 0.0
 
     def take(self, client: str, per_minute: int) -> float | None:
@@ -113,7 +129,18 @@ class RedisQuota:
             return None
         return None if int(taken) == 1 else int(wait_ms) / 1000
 
+    async def give_back_async(self, client: str, per_minute: int) -> None:
+        if time.monotonic() < self._down_until:
+            return
+        try:
+            await self._async_scripts()[2](keys=[KEY_PREFIX + client], args=[per_minute])
+        except Exception as exc:  # noqa: BLE001 - as in take: the token stays spent, nothing else
+            self._failed(exc)
+
     def _async_script(self) -> Any:
+        return self._async_scripts()[1]
+
+    def _async_scripts(self) -> tuple[Any, Any, Any]:
         import redis.asyncio
 
         loop = asyncio.get_running_loop()
@@ -122,8 +149,8 @@ class RedisQuota:
             conn = redis.asyncio.Redis.from_url(
                 self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
             )
-            found = self._async[loop] = (conn, conn.register_script(TAKE))
-        return found[1]
+            found = self._async[loop] = (conn, conn.register_script(TAKE), conn.register_script(GIVE_BACK))
+        return found
 
     def _failed(self, exc: Exception) -> None:
         self._down_until = time.monotonic() + self._pause
@@ -131,7 +158,7 @@ class RedisQuota:
 
     def close(self) -> None:
         self._sync.close()
-        for loop, (conn, _script) in self._async.items():
+        for loop, (conn, *_scripts) in self._async.items():
             if loop.is_running():  # from another thread: the loop closes its own connection
                 asyncio.run_coroutine_threadsafe(conn.aclose(), loop)
         self._async.clear()
