@@ -177,7 +177,8 @@ class StoreCollector(Collector):
         )
         exchanges = CounterMetricFamily(
             "hub_exchanges",
-            "Outbound exchanges by peer, operation and outcome",
+            "Outbound exchanges by peer, operation and outcome (ok; handled: a refusal its call answered itself — a "
+            "session renewed, a dossier sent the other way; retryable; permanent)",
             labels=["peer", "operation", "outcome"],
         )
         latency = GaugeMetricFamily(

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from hub.store.models import Exchange
 from tests.api_helpers import assert_problem
 from tests.conftest import OTHER_AGENCY, Creds, HubFactory
 from tests.helpers import as_one_stop_writes_it, dossier, step
@@ -92,6 +94,20 @@ def test_a_dossier_new_to_hub_but_known_to_the_portal_is_sent_there_as_an_update
     assert hub.wait_idle() == {"delivered": 1}
     assert _sent(portal, d["MaHoSo"]) == [(False, 0), (False, 7), (True, 0)]
     assert portal_history(portal, d["MaHoSo"]) == [2, 2]
+    # the "already exists" hub answered itself is on the record as handled, not as a failure: at go-live, when
+    # many dossiers go the wrong way first, the error rate (HubPeerErrors, the console's) does not count them
+    with hub.runtime.sessions() as s:
+        record = s.execute(
+            select(Exchange.operation, Exchange.outcome, Exchange.error_code)
+            .where(Exchange.peer == "national_portal", Exchange.operation == "DongBoHoSoMC")
+            .order_by(Exchange.id)
+        ).all()
+    assert [tuple(row) for row in record] == [
+        ("DongBoHoSoMC", "handled", "portal_dossier_exists"),
+        ("DongBoHoSoMC", "ok", None),
+    ]
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_exchanges_total{operation="DongBoHoSoMC",outcome="handled",peer="national_portal"} 1.0' in metrics
 
 
 def test_a_batch_marked_isupdating_takes_over_what_hub_has_not_seen(hub_factory: HubFactory) -> None:

@@ -17,7 +17,7 @@ class ExchangeRecord:
     request_digest: str
     response_digest: str | None
     duration_ms: float
-    outcome: str  # ok | retryable | permanent
+    outcome: str  # ok | handled (a refusal the same call answered itself) | retryable | permanent
     error_code: str | None = None
 
 

@@ -374,7 +374,7 @@ def router(runtime: Any) -> APIRouter:
                         .group_by(Exchange.outcome)
                     ).all()
                 )
-                ok = int(rows.pop("ok", 0))
+                ok = int(rows.pop("ok", 0)) + int(rows.pop("handled", 0))  # a refusal its call answered itself
                 hours.append((end, ok, int(sum(rows.values()))))
             payments_pending = s.scalar(select(func.count()).select_from(Payment).where(Payment.status == "pending"))
             overdue = s.scalar(select(func.count()).select_from(Dossier).where(*overdue_where(now)))

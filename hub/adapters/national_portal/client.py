@@ -14,7 +14,7 @@ from hub.adapters.errors import (
     PeerRejected,
 )
 from hub.adapters.exchange import ExchangeHook
-from hub.adapters.http import PeerPool, post_json
+from hub.adapters.http import JsonExchange, PeerPool, post_json
 from hub.adapters.national_portal import codes
 from hub.adapters.national_portal.base import PEER
 from hub.domain.numbers import whole_number
@@ -65,8 +65,9 @@ class NationalPortalClient:
         correlation_id: str,
         headers: dict[str, str],
         on_exchange: ExchangeHook | None,
-    ) -> dict[str, Any]:
-        exchange = post_json(
+    ) -> JsonExchange:
+        """POST to the portal; the caller reports the exchange (`_report`) once it knows what the answer meant."""
+        return post_json(
             self._http,
             path,
             body,
@@ -76,12 +77,19 @@ class NationalPortalClient:
             headers=headers,
             on_exchange=on_exchange,
         )
+
+    @staticmethod
+    def _report(exchange: JsonExchange, *, handled: bool = False) -> dict[str, Any]:
+        """Record an answered exchange: ok, a refusal (retryable or permanent, by its error_code), or `handled` — a
+        refusal the same call answered itself (an expired session renewed, a DongBoHoSoMC sent the other way), which
+        is the protocol working as meant, not a failure of the portal's (an error rate counts it as such at go-live,
+        when many dossiers are sent the wrong way first)."""
         code = exchange.reply["error_code"]
         if code == codes.OK:
             exchange.report("ok", None)
         else:
             stable, retryable = codes.MEANING.get(code, ("portal_error", False))
-            exchange.report("retryable" if retryable else "permanent", stable)
+            exchange.report("handled" if handled else "retryable" if retryable else "permanent", stable)
         return exchange.reply
 
     # -- session ---------------------------------------------------------------------------------------------
@@ -96,13 +104,15 @@ class NationalPortalClient:
         with self._session_lock:
             if self._session is not None and self._session != stale:
                 return self._session  # another thread renewed it meanwhile
-            reply = self._post(
-                self._auth_path,
-                {"username": self._username, "password": self._password},
-                "auth",
-                correlation_id,
-                {},
-                on_exchange,
+            reply = self._report(
+                self._post(
+                    self._auth_path,
+                    {"username": self._username, "password": self._password},
+                    "auth",
+                    correlation_id,
+                    {},
+                    on_exchange,
+                )
             )
             if reply["error_code"] != codes.OK or not isinstance(reply.get("session"), str):
                 raise PeerAuthFailed(PEER, f"authentication refused: {reply.get('message')}", reply=reply)
@@ -125,16 +135,19 @@ class NationalPortalClient:
         renewed = flipped = False
         while True:
             body = {"session": session, "madonvi": self.dstcode, "service": service, **payload}
-            reply = self._post(self._service_path, body, service, correlation_id, headers, on_exchange)
+            exchange = self._post(self._service_path, body, service, correlation_id, headers, on_exchange)
+            reply = exchange.reply
             code = reply["error_code"]
             if code == codes.OK:
-                return reply
+                return self._report(exchange)
             if code == codes.SESSION_INVALID:
+                self._report(exchange, handled=not renewed)
                 if renewed:
                     raise PeerError(PEER, f"{service}: session renewal did not help", code="portal_session_invalid")
                 session, renewed = self._authenticate(session, correlation_id, on_exchange), True
                 continue
             other = None if flipped else _other_way(service, payload, code)
+            self._report(exchange, handled=other is not None)
             if other is not None:
                 # the portal knows the dossier when hub thought it new, or not when hub thought it known: the same
                 # dossier once more, the other way (under a key of its own, so that both stay exactly once)
