@@ -548,6 +548,7 @@ def test_the_timeline_reads_in_vietnam_time_and_words(
     local, exact = (at + timedelta(hours=7)).strftime("%d/%m/%Y %H:%M:%S"), at.isoformat(timespec="seconds")
     assert f'<time datetime="{exact}" title="{exact}">{local}</time>' in page
     assert "Hồ sơ nộp trên Cổng DVCQG" in page and "đã giao" in page and "<code>delivered</code>" in page
+    assert '<span class="ok" title="ok">thành công</span>' in page  # the exchange's outcome: in words, its code kept
     assert "&#34;error_code&#34;: 0" in page and "{&#39;" not in page  # JSON, not a Python dict's repr
     assert datetime.now(UTC) - at < timedelta(minutes=5)
 
@@ -732,7 +733,7 @@ def test_an_operator_runs_a_sync_job_now(
     tab.click("#job-poll_portal button.run-now")
     assert tab.locator("#flash").inner_text().startswith("Đã yêu cầu chạy ngay: Hỏi Cổng DVCQG")
     deadline = time.monotonic() + 15
-    while "ok" not in tab.locator("#job-poll_portal").inner_text():
+    while "thành công" not in tab.locator("#job-poll_portal").inner_text():  # the run's outcome, in words
         assert time.monotonic() < deadline, tab.locator("#job-poll_portal").inner_text()
         time.sleep(0.1)
         tab.reload()
