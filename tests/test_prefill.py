@@ -204,6 +204,29 @@ def test_not_found_and_name_mismatch_are_404_and_logged(hub: Hub, people: httpx.
     assert outcomes[:2] == ["not_found", "not_found"] and "allowed" in outcomes
 
 
+def test_a_birth_date_given_is_matched_and_one_the_id_contradicts_is_refused_at_once(
+    hub: Hub, people: httpx.Client
+) -> None:
+    """The birth date, when the portal gives it, is matched by the register; one whose year is not the ID's (digits
+    5–6 are the birth year: a typo in one of the two) is a 422 at once, the register not asked and nothing logged
+    as a read."""
+    someone = person(people)
+    born = someone["NgayThangNamSinh"]["NgayThangNam"]
+    day = f"{born[:4]}-{born[4:6]}-{born[6:]}"
+    assert ask(hub, someone["SoDinhDanh"], subject_birth_date=day).status_code == 200
+    other_day = f"{born[:4]}-{born[4:6]}-{'02' if born[6:] == '01' else '01'}"
+    mismatch = ask(hub, someone["SoDinhDanh"], subject_birth_date=other_day)
+    assert mismatch.status_code == 404 and mismatch.json()["code"] == "subject_not_found"
+    asked = people.get("/_sandbox/received").json()["count"]
+    entries = len(log_entries(hub))
+    other_year = f"{int(born[:4]) - 1}-{born[4:6]}-01"
+    r = ask(hub, someone["SoDinhDanh"], subject_birth_date=other_year)
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "invalid_personal_id" and "birth year" in r.json()["detail"]
+    assert someone["SoDinhDanh"] not in r.text  # the ID is not echoed
+    assert people.get("/_sandbox/received").json()["count"] == asked and len(log_entries(hub)) == entries
+
+
 @pytest.mark.parametrize(
     ("who", "procedure", "purpose", "agency", "code"),
     [

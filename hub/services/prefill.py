@@ -861,7 +861,9 @@ class PrefillService:
         """`blocking=False`: raise _WouldBlock instead of doing I/O (a database read, a register look-up).
         `over_quota`: the client has used up its reads for now (the seconds until it has one again). `busy`: no
         place came free to wait on the register (ADR 0046): refused as such."""
-        identifiers.personal_id(body.subject_id)
+        # a birth date given whose year is not the ID's (its digits 5–6 are the birth year): one of the two is
+        # mistyped — said at once, the register not asked (it would only answer "no such person")
+        identifiers.personal_id(body.subject_id, birth_date=body.subject_birth_date)
         template = template_for(body.procedure)
         subject = self.subject_hmac(body.subject_id)
 
