@@ -522,6 +522,23 @@ def test_api_docs_render_without_the_internet(hub_factory: HubFactory, browser: 
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_overviews_error_rate_counts_failures_only(console_hub: Hub) -> None:
+    """The overview's error rate (six hours) is the share of exchanges that failed: a call refused or unanswered, a
+    push hub refused. A call whose refusal hub answered itself (a session renewed, a dossier sent the other way) and
+    a push from the portal hub accepted are no errors — with the portal pushing its dossiers down, every accepted
+    push used to count as one."""
+    from hub.adapters.exchange import ExchangeRecord
+
+    hub = console_hub
+    outcomes = ["ok", "handled", "accepted", "accepted", "retryable", "permanent", "rejected", "ok"]
+    hub.runtime.record_exchanges(
+        [ExchangeRecord("national_portal", "op", f"c{i}", "0" * 64, None, 5.0, o) for i, o in enumerate(outcomes)]
+    )
+    page = _logged_in(hub.server.url, "le.thi.xem").get("/ops").text
+    rate = re.search(r'<span id="error-rate">([0-9.]+)%</span>', page)
+    assert rate is not None and rate.group(1) == "37.5"  # 3 failures of 8
+
+
 def test_the_timeline_reads_in_vietnam_time_and_words(
     console_hub: Hub, creds: Creds, onestop_server: ServerThread, backend: str
 ) -> None:

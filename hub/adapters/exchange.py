@@ -17,11 +17,18 @@ class ExchangeRecord:
     request_digest: str
     response_digest: str | None
     duration_ms: float
-    outcome: str  # ok | handled (a refusal the same call answered itself) | retryable | permanent
+    outcome: str  # ok | handled (a refusal the same call answered itself) | retryable | permanent; inbound:
+    # accepted | rejected (SUCCEEDED says which are not failures)
     error_code: str | None = None
 
 
 ExchangeHook = Callable[[ExchangeRecord], None]
+
+# The outcomes in the exchange record that are not failures: hub's own calls that succeeded (ok) or whose refusal
+# the same call answered itself (handled), and a peer's push hub accepted (accepted; inbound). The failures: a call
+# that failed (retryable, permanent) and a push hub refused (rejected). An error rate (the console's, the
+# HubPeerErrors alert's) counts these as its successes, every other outcome as a failure.
+SUCCEEDED = ("ok", "handled", "accepted")
 
 
 def digest(data: bytes | None) -> str | None:

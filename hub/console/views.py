@@ -28,6 +28,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import defer
 from starlette.concurrency import run_in_threadpool
 
+from hub.adapters.exchange import SUCCEEDED
 from hub.console.auth import Operators
 from hub.console.i18n import peer_names, words
 from hub.domain import identifiers
@@ -86,6 +87,7 @@ def _money(amount: int | None, currency: str = "VND") -> str:
 templates.env.filters["when"] = _when
 templates.env.filters["json"] = _json
 templates.env.filters["money"] = _money
+templates.env.globals["succeeded"] = SUCCEEDED
 PAYMENT_STATES = ("pending", "paid", "failed", "expired")
 JOBS = jobs.JOB_NAMES
 ID_RE = re.compile(r"^[0-9]{12}\Z")
@@ -374,7 +376,7 @@ def router(runtime: Any) -> APIRouter:
                         .group_by(Exchange.outcome)
                     ).all()
                 )
-                ok = int(rows.pop("ok", 0)) + int(rows.pop("handled", 0))  # a refusal its call answered itself
+                ok = sum(int(rows.pop(outcome, 0)) for outcome in SUCCEEDED)  # (an accepted push is no error)
                 hours.append((end, ok, int(sum(rows.values()))))
             payments_pending = s.scalar(select(func.count()).select_from(Payment).where(Payment.status == "pending"))
             overdue = s.scalar(select(func.count()).select_from(Dossier).where(*overdue_where(now)))
