@@ -908,7 +908,11 @@ class PrefillService:
                 )
             )
         if busy is not None:
-            raise refuse(busy)
+            # not hub's refusal of this client (no authorization, quota or consent said no): the register could not
+            # be asked, as when it does not answer — logged as a failed access, with nothing read. A refusal counts
+            # towards HubPersonalDataRefused ("a misconfigured or probing client"); an overload has HubPeerBusy.
+            journal.accesses.append(access("subject", subject, "-", "failed", busy.code, []))
+            raise busy
         documents_allowed, subjects = False, [subject]
         if body.consent_ref is not None:
             if not blocking:
