@@ -107,6 +107,14 @@ def test_session_expiry_is_renewed_transparently(hub_factory: HubFactory, portal
     with hub.runtime.sessions() as s:
         assert all(r["attempts"] == 1 for r in jobs.list_jobs(s))  # renewal is not a failed attempt
     assert portal.get("/_sandbox/received", params={"outcome": "rejected"}).json()["count"] >= 1
+    # the expired session's refusal is on the record as handled by the call, not as a failure of the portal's
+    from sqlalchemy import select
+
+    from hub.store.models import Exchange
+
+    with hub.runtime.sessions() as s:
+        outcomes = Counter(s.scalars(select(Exchange.outcome).where(Exchange.peer == "national_portal")))
+    assert outcomes["handled"] >= 1 and outcomes["handled"] + outcomes["ok"] == sum(outcomes.values()), outcomes
 
 
 def test_permanent_rejection_is_a_dead_letter_that_holds_back_only_its_dossier(
