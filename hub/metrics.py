@@ -223,6 +223,17 @@ class StoreCollector(Collector):
             by = (Payment.platform, Payment.status)
             for platform, status, n in self.history.get(s, "payments", select(*by, func.count()).group_by(*by)):
                 payments.add_metric([platform, status], float(n))
+            paid = GaugeMetricFamily(
+                "hub_payments_paid",
+                "Paid payments by platform and how hub learned it: the platform's callback, or asking the platform "
+                "(`query`: its callback never came, or not in time) — only grows (counted at most every "
+                f"{HISTORY_COUNTS_SECONDS:.0f} s)",
+                labels=["platform", "settled_by"],
+            )
+            learned = (Payment.platform, Payment.settled_by)
+            paid_query = select(*learned, func.count()).where(Payment.status == "paid").group_by(*learned)
+            for platform, settled_by, n in self.history.get(s, "payments_paid", paid_query):
+                paid.add_metric([platform, settled_by], float(n))
             callbacks = CounterMetricFamily(
                 "hub_payment_callbacks",
                 "Payment platform callbacks by verdict and answer code",
@@ -282,8 +293,8 @@ class StoreCollector(Collector):
                 buckets = [(str(b), c) for b, c in zip(DURATION_BUCKETS_MS, sums[2:], strict=True)]
                 durations.add_metric([peer], [*buckets, ("+Inf", sums[0])], sums[1])
         yield from (
-            depth, oldest, exchanges, latency, reads, payments, callbacks, notices, operator_actions, drift, attempts,
-            overdue, durations,
+            depth, oldest, exchanges, latency, reads, payments, paid, callbacks, notices, operator_actions, drift,
+            attempts, overdue, durations,
         )  # fmt: skip
 
 

@@ -243,6 +243,10 @@ def test_lost_callback_is_settled_by_querying(hub: Hub, platform: httpx.Client) 
     settled = payment_of(hub, payment["reference"])
     assert settled["status"] == "paid" and settled["settled_by"] == "query"
     assert dossier_status(hub, code) == 4
+    # what HubPaymentCallbacksLost watches: payments found paid only by asking, beside those a callback settled
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_payments_paid{platform="dvc",settled_by="query"} 1.0' in metrics
+    assert 'settled_by="callback"' not in metrics
     # the late callback that finally arrives is a harmless duplicate
     [late] = platform.post(f"/_sandbox/callback/{payment['reference']}", json={}).json()["answers"]
     assert late["body"]["MaLoi"] == "00" and verdicts(hub)[-1] == ("duplicate", "00")
