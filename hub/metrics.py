@@ -26,6 +26,7 @@ from hub.store.models import (
     Dossier,
     EdocNotice,
     Exchange,
+    Flag,
     JobRun,
     OperatorAction,
     OutboxMessage,
@@ -34,6 +35,7 @@ from hub.store.models import (
 )
 from hub.store.space import DiskSpace
 from hub.sync import jobs
+from hub.sync.maintenance import NAME as MAINTENANCE
 from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING, SET_ASIDE
 from hub.sync.workers import WorkerSeen
 
@@ -177,12 +179,17 @@ class StoreCollector(Collector):
         )
         exchanges = CounterMetricFamily(
             "hub_exchanges",
-            "Outbound exchanges by peer, operation and outcome (ok; handled: a refusal its call answered itself — a "
-            "session renewed, a dossier sent the other way; retryable; permanent)",
+            "Exchanges by peer, operation and outcome: hub's calls (ok; handled: a refusal its call answered itself — "
+            "a session renewed, a dossier sent the other way; retryable; permanent) and a peer's pushes (accepted; "
+            "rejected)",
             labels=["peer", "operation", "outcome"],
         )
         latency = GaugeMetricFamily(
             "hub_exchange_duration_ms_avg", "Average outbound exchange duration", labels=["peer", "operation"]
+        )
+        maintenance = GaugeMetricFamily(
+            "hub_maintenance_on_seconds",
+            "Seconds maintenance mode has been on (0: off) — no worker dispatches meanwhile, the outbox fills",
         )
         now = utcnow()
         with self.sessions() as s:
@@ -201,6 +208,12 @@ class StoreCollector(Collector):
                 if first is not None:
                     created = first if first.tzinfo else first.replace(tzinfo=now.tzinfo)
                     oldest.add_metric([dest], max(0.0, (now - created).total_seconds()))
+            flag = s.get(Flag, MAINTENANCE)
+            if flag is not None and flag.value == "on":
+                since = flag.updated_at if flag.updated_at.tzinfo else flag.updated_at.replace(tzinfo=now.tzinfo)
+                maintenance.add_metric([], max(0.0, (now - since).total_seconds()))
+            else:
+                maintenance.add_metric([], 0.0)
             by_peer: dict[str, list[float]] = {}
             for (peer, op, outcome), sums in sorted(self.exchanges.read(s).items()):
                 exchanges.add_metric([peer, op, outcome], sums[0])
@@ -293,8 +306,8 @@ class StoreCollector(Collector):
                 buckets = [(str(b), c) for b, c in zip(DURATION_BUCKETS_MS, sums[2:], strict=True)]
                 durations.add_metric([peer], [*buckets, ("+Inf", sums[0])], sums[1])
         yield from (
-            depth, oldest, exchanges, latency, reads, payments, paid, callbacks, notices, operator_actions, drift,
-            attempts, overdue, durations,
+            depth, oldest, maintenance, exchanges, latency, reads, payments, paid, callbacks, notices,
+            operator_actions, drift, attempts, overdue, durations,
         )  # fmt: skip
 
 

@@ -3,6 +3,7 @@ session renewal, replay — on SQLite (embedded) and PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -321,9 +322,13 @@ def test_maintenance_mode_stops_dispatch_and_keeps_ingest(hub_factory: HubFactor
     assert _states(hub) == {"pending": 6}
     assert portal.get("/_sandbox/received").json()["count"] == 0
     assert hub.http.get("/readyz").json()["maintenance"] is True
+    # how long it has been on (HubMaintenanceLong; the backlog and stale-job alerts hold while it is on)
+    on_for = re.search(r"^hub_maintenance_on_seconds ([0-9.e+]+)$", hub.http.get("/metrics").text, re.MULTILINE)
+    assert on_for is not None and 1.0 <= float(on_for.group(1)) < 60
     hub.runtime.maintenance.set(False, by="test")
     hub.runtime.wake()
     assert hub.wait_idle() == {"delivered": 6}
+    assert "\nhub_maintenance_on_seconds 0.0\n" in hub.http.get("/metrics").text
     for code in codes:
         assert portal_history(portal, code) == [2, 4]
 
