@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from hub.adapters.exchange import INBOUND
 from hub.domain.dates import utcnow
 from hub.services.dossiers import overdue_where
 from hub.store.db import WalCheckpointer
@@ -219,6 +220,8 @@ class StoreCollector(Collector):
                 exchanges.add_metric([peer, op, outcome], sums[0])
                 if outcome == "ok":
                     latency.add_metric([peer, op], sums[1] / sums[0] if sums[0] else 0.0)
+                if outcome in INBOUND:  # how long hub took to answer a push: not the peer's latency
+                    continue
                 acc = by_peer.setdefault(peer, [0.0] * len(sums))
                 by_peer[peer] = [a + b for a, b in zip(acc, sums, strict=True)]
             reads = CounterMetricFamily(

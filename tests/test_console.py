@@ -537,6 +537,9 @@ def test_the_overviews_error_rate_counts_failures_only(console_hub: Hub) -> None
     page = _logged_in(hub.server.url, "le.thi.xem").get("/ops").text
     rate = re.search(r'<span id="error-rate">([0-9.]+)%</span>', page)
     assert rate is not None and rate.group(1) == "37.5"  # 3 failures of 8
+    # the peer's latency (hub_exchange_duration_ms) is of hub's calls: not how long hub took to answer a push
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_exchange_duration_ms_count{peer="national_portal"} 5.0' in metrics
 
 
 def test_the_timeline_reads_in_vietnam_time_and_words(

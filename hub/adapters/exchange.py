@@ -29,6 +29,7 @@ ExchangeHook = Callable[[ExchangeRecord], None]
 # that failed (retryable, permanent) and a push hub refused (rejected). An error rate (the console's, the
 # HubPeerErrors alert's) counts these as its successes, every other outcome as a failure.
 SUCCEEDED = ("ok", "handled", "accepted")
+INBOUND = ("accepted", "rejected")  # a peer's push hub answered: its duration is hub's, not the peer's
 
 
 def digest(data: bytes | None) -> str | None:
