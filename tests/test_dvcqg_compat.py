@@ -5,10 +5,12 @@ alone. What it sends reaches the portal as hub's own API would relay it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -76,6 +78,12 @@ def test_a_one_stop_system_written_for_the_portal_files_walks_and_looks_up_throu
     assert looked_up["data"]["MaHoSo"] == code and looked_up["data"]["ChuHoSo"] == d["ChuHoSo"]
     assert looked_up["result"] == [looked_up["data"]]  # where one-stop systems read a look-up's answer
     assert one_stop.call("TraCuuHoSo", mahoso=dossier(12)["MaHoSo"])["error_code"] == "05"  # unknown
+    # counted under the labels HubOneStopItemsRefused leaves out: a one-stop system asks so before each new dossier
+    metrics = hub.http.get("/metrics").text
+    assert 'hub_dvcqg_replies_total{error_code="05",service="TraCuuHoSo"} 1.0' in metrics
+    rules = yaml.safe_load((Path(__file__).resolve().parents[1] / "docs" / "ops" / "alerts.yml").read_text())
+    [refused] = [r["expr"] for g in rules["groups"] for r in g["rules"] if r["alert"] == "HubOneStopItemsRefused"]
+    assert 'service="TraCuuHoSo",error_code=~"03|04"' in refused and 'service!="TraCuuHoSo"' in refused
 
 
 def test_a_one_stop_system_asks_for_a_procedure_as_it_does_before_pushing_a_dossier(
