@@ -113,3 +113,26 @@ def test_the_sample_environment_file_names_real_settings_and_starts_in_productio
     )
     assert settings.mode == "production" and settings.effective_database_url.startswith("postgresql")
     assert settings.var_dir == Path("/var/lib/hub")  # where the units let hub write (StateDirectory=hub)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_dashboard_counts_what_the_database_says_once_however_many_processes_say_it(
+    hub_factory: HubFactory, backend: str
+) -> None:
+    """The series read from the database (the store's collector) are the same at every hub process Prometheus
+    scrapes: the dashboard takes one of them (max without instance) before it adds across labels — a plain sum
+    counted everything twice with two API instances."""
+    from hub.metrics import StoreCollector
+
+    hub = hub_factory()
+    from_database = {family.name for family in StoreCollector(hub.runtime.sessions).collect()}
+    assert {"hub_outbox_messages", "hub_exchanges", "hub_payments"} <= from_database
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    checked = 0
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used = {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in METRIC.findall(target["expr"])}
+            if used & from_database and "sum" in target["expr"]:
+                checked += 1
+                assert "max without (instance, job)" in target["expr"], (panel["title"], target["expr"])
+    assert checked >= 5
