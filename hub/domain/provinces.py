@@ -143,8 +143,10 @@ OLD: Mapping[str, Province] = _table("""
 96 | T  | Cà Mau
 """)
 
-# Each current province and the old ones merged into it (the first keeps its seat, hence the code, except where the
-# seat was in the other: Lào Cai 15, Bắc Ninh 24, Quảng Trị 44, Gia Lai 52, Tây Ninh 80, Đồng Tháp 82, An Giang 91).
+# Each current province and the old ones merged into it, first the one whose name it kept. Its code is that of the
+# province whose seat it kept: the same one, but for Lào Cai 15 (Yên Bái's seat), Bắc Ninh 24 (Bắc Giang's), Quảng
+# Trị 44 (Quảng Bình's), Gia Lai 52 (Bình Định's), Tây Ninh 80 (Long An's), Đồng Tháp 82 (Tiền Giang's) and An
+# Giang 91 (Kiên Giang's).
 _MERGED: dict[str, tuple[str, ...]] = {
     "08": ("08", "02"),
     "15": ("10", "15"),
