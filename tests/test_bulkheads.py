@@ -88,7 +88,7 @@ def test_a_hung_population_database_holds_only_the_pre_fills_waiting_on_it(
         assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
         assert r.json()["code"] == "peer_busy" and r.headers["Retry-After"] == "1"
     # each is an access like any other, in the access log with nothing read: as failed (the register could not be
-    # asked), not as refused — hub did not refuse the client (HubPersonalDataRefused would take it for a probe)
+    # asked), not as refused — hub did not refuse the client (HubPersonalDataRefusals would take it for a probe)
     entries = log_entries(hub)
     busy_ones = [e for e in entries if e.outcome == "failed" and e.reason == "peer_busy"]
     assert len(busy_ones) == AT_ONCE - 4 and all(e.fields == [] for e in busy_ones)

@@ -910,7 +910,7 @@ class PrefillService:
         if busy is not None:
             # not hub's refusal of this client (no authorization, quota or consent said no): the register could not
             # be asked, as when it does not answer — logged as a failed access, with nothing read. A refusal counts
-            # towards HubPersonalDataRefused ("a misconfigured or probing client"); an overload has HubPeerBusy.
+            # towards HubPersonalDataRefusals ("a misconfigured or probing client"); an overload has HubPeerBusy.
             journal.accesses.append(access("subject", subject, "-", "failed", busy.code, []))
             raise busy
         documents_allowed, subjects = False, [subject]
