@@ -27,7 +27,6 @@ from hub.store.models import (
     Dossier,
     EdocNotice,
     Exchange,
-    Flag,
     JobRun,
     OperatorAction,
     OutboxMessage,
@@ -36,7 +35,7 @@ from hub.store.models import (
 )
 from hub.store.space import DiskSpace
 from hub.sync import jobs
-from hub.sync.maintenance import NAME as MAINTENANCE
+from hub.sync.maintenance import on_since as maintenance_on_since
 from hub.sync.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING, SET_ASIDE
 from hub.sync.workers import WorkerSeen
 
@@ -209,9 +208,8 @@ class StoreCollector(Collector):
                 if first is not None:
                     created = first if first.tzinfo else first.replace(tzinfo=now.tzinfo)
                     oldest.add_metric([dest], max(0.0, (now - created).total_seconds()))
-            flag = s.get(Flag, MAINTENANCE)
-            if flag is not None and flag.value == "on":
-                since = flag.updated_at if flag.updated_at.tzinfo else flag.updated_at.replace(tzinfo=now.tzinfo)
+            if (since := maintenance_on_since(s)) is not None:
+                since = since if since.tzinfo else since.replace(tzinfo=now.tzinfo)
                 maintenance.add_metric([], max(0.0, (now - since).total_seconds()))
             else:
                 maintenance.add_metric([], 0.0)

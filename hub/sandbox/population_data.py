@@ -216,13 +216,7 @@ class Population:
         if p.id[-1] not in "012":
             return self._address(home[2], p.ward, p.street, home[3])
         district = DISTRICTS.get(home[0], ("999", "Huyện Trung tâm"))
-        return {
-            "MaTinhThanh": home[0][1:],
-            "MaQuanHuyen": district[0],
-            "MaPhuongXa": p.ward[0],
-            "ChiTiet": f"{p.street}, {p.ward[1]}, {district[1]}, {home[1]}",
-            "QuocGia": "VN",
-        }
+        return self._address(home[0][1:], p.ward, p.street, f"{district[1]}, {home[1]}") | {"MaQuanHuyen": district[0]}
 
     def _record(self, p: Person, kept: set[str]) -> dict[str, Any]:
         def relative(r: Person | None) -> dict[str, Any] | None:

@@ -975,7 +975,8 @@ class PrefillService:
                 read = reads.get(src.person)
                 if read is None or not self._condition_holds(src, reads):
                     continue
-                value = _format(spec.type, _get(read.record, src.steps))
+                raw = _get(read.record, src.steps)
+                value = _format(spec.type, raw)
                 if value is None:
                     continue
                 item["value"] = value
@@ -986,7 +987,7 @@ class PrefillService:
                     "cached": read.cached,
                 }
                 item["fetched_at"], item["valid_until"] = stamps[src.person]
-                if spec.type == "address" and (units := _units(_get(read.record, src.steps))) is not None:
+                if spec.type == "address" and (units := _units(raw)) is not None:
                     item["administrative_units"] = units
                 used[src.person].append(spec.name)
                 break

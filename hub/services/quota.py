@@ -122,7 +122,7 @@ class RedisQuota:
         if time.monotonic() < self._down_until:
             return None
         try:
-            script = self._async_script()
+            script = self._async_scripts()[1]
             taken, wait_ms = await script(keys=[KEY_PREFIX + client], args=[per_minute / 60.0, per_minute])
         except Exception as exc:  # noqa: BLE001 - as in take
             self._failed(exc)
@@ -136,9 +136,6 @@ class RedisQuota:
             await self._async_scripts()[2](keys=[KEY_PREFIX + client], args=[per_minute])
         except Exception as exc:  # noqa: BLE001 - as in take: the token stays spent, nothing else
             self._failed(exc)
-
-    def _async_script(self) -> Any:
-        return self._async_scripts()[1]
 
     def _async_scripts(self) -> tuple[Any, Any, Any]:
         import redis.asyncio

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +14,12 @@ from hub.domain.dates import utcnow
 from hub.store.models import Flag
 
 NAME = "maintenance"
+
+
+def on_since(session: Session) -> datetime | None:
+    """When maintenance mode was switched on, if it is on now (the flag as every process reads it)."""
+    flag = session.get(Flag, NAME)
+    return flag.updated_at if flag is not None and flag.value == "on" else None
 
 
 class Maintenance:
@@ -30,8 +37,7 @@ class Maintenance:
                 return value
         try:
             with self.sessions() as s:
-                flag = s.get(Flag, NAME)
-            value = flag is not None and flag.value == "on"
+                value = on_since(s) is not None
         except Exception:  # noqa: BLE001 - a database we cannot read: do not dispatch blindly either way; keep last
             return self._cached[1]
         with self._lock:
