@@ -532,6 +532,7 @@ def test_metrics_report_outbox_exchanges_and_requests(hub: Hub) -> None:
     assert 'hub_http_request_duration_seconds_count{method="POST",route="/v1/dossiers",status="202"} 1.0' in text
     for line in text.splitlines():
         assert "SoGiayTo" not in line and "MaHoSo" not in line
+        assert not line.split("{")[0].split(" ")[0].endswith("_created")  # no second series beside each counter
 
 
 def test_metrics_say_how_long_ago_each_scheduled_job_last_succeeded(hub: Hub) -> None:
