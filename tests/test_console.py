@@ -542,6 +542,56 @@ def test_the_overviews_error_rate_counts_failures_only(console_hub: Hub) -> None
     assert 'hub_exchange_duration_ms_count{peer="national_portal"} 5.0' in metrics
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_throughput_chart_counts_each_clock_hour_and_reads_a_past_hour_once(console_hub: Hub) -> None:
+    """The overview's bars are clock hours, labelled with the hour they began in Vietnam time, the last one the
+    hour under way: each holds the exchanges made in it, succeeded and failed. An hour long over is counted once by
+    a process and then kept — the exchange record only grows —, so a view reads only the hour under way."""
+    from datetime import timedelta
+
+    from sqlalchemy import event
+
+    from hub.console.views import HourlyExchanges
+    from hub.domain.dates import utcnow
+    from hub.store.models import Exchange
+
+    hub = console_hub
+    if utcnow().minute == 59 and utcnow().second > 50:
+        time.sleep(11)  # not across the turn of an hour
+    now = utcnow()
+    three_ago = now.replace(minute=30, second=0, microsecond=0) - timedelta(hours=3)
+    with hub.runtime.sessions.begin() as s:
+        made = [(three_ago, "ok"), (three_ago, "ok"), (three_ago, "permanent"), (now, "ok")]
+        for i, (at, outcome) in enumerate(made):
+            s.add(Exchange(at=at, peer="national_portal", operation="op", correlation_id=f"h{i}",
+                           request_digest="0" * 64, duration_ms=1.0, outcome=outcome))  # fmt: skip
+    page = _logged_in(hub.server.url, "le.thi.xem").get("/ops").text
+    label = (three_ago + timedelta(hours=7)).strftime("%H:00")
+    current = (now + timedelta(hours=7)).strftime("%H:00")
+    assert f"<title>{label}: 2 ok</title>" in page and f"<title>{label}: 1</title>" in page
+    assert f"<title>{current}: 1 ok</title>" in page
+    labels = re.findall(r'text-anchor="middle">([0-9:]+)</text>', page)
+    assert len(labels) == 6 and labels[-1] == current and labels[2] == label
+
+    hourly, statements = HourlyExchanges(), []
+
+    def seen(*args: Any) -> None:
+        if "FROM exchanges" in args[2]:
+            statements.append(args[2])
+
+    engine = hub.runtime.sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with hub.runtime.sessions() as s:
+            first = hourly.hours(s, now + timedelta(seconds=1))
+            read_first = len(statements)
+            again = hourly.hours(s, now + timedelta(seconds=6))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert first == again and first[2][1:] == (2, 1)
+    assert read_first == 6 and len(statements) - read_first in (1, 2)  # the hour under way (and the last, settling)
+
+
 def test_the_timeline_reads_in_vietnam_time_and_words(
     console_hub: Hub, creds: Creds, onestop_server: ServerThread, backend: str
 ) -> None:

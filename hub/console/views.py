@@ -196,6 +196,7 @@ def router(runtime: Any) -> APIRouter:
     limits: dict[str, Any] = {}
     refusals = FirstInWindow()  # which blocked attempts are kept: the first of a name and address in a minute
     cache: dict[str, Operators] = {}
+    hourly = HourlyExchanges()
 
     def limiters() -> tuple[Any, Any]:
         """(per user name: 5 a minute, one account's password guessed; per address: 20 a minute, one password
@@ -366,18 +367,7 @@ def router(runtime: Any) -> APIRouter:
         with rt().sessions() as s:
             peers = jobs.peers_status(s, rt().history_counts)  # delivered: counted at most once a minute
             totals = {state: sum(int(p[state]) for p in peers) for state in outbox.STATES}
-            hours = []
-            for h in range(5, -1, -1):
-                start, end = now - timedelta(hours=h + 1), now - timedelta(hours=h)
-                rows = dict(
-                    s.execute(
-                        select(Exchange.outcome, func.count())
-                        .where(Exchange.at >= start, Exchange.at < end)
-                        .group_by(Exchange.outcome)
-                    ).all()
-                )
-                ok = sum(int(rows.pop(outcome, 0)) for outcome in SUCCEEDED)  # (an accepted push is no error)
-                hours.append((end, ok, int(sum(rows.values()))))
+            hours = hourly.hours(s, now)
             payments_pending = s.scalar(select(func.count()).select_from(Payment).where(Payment.status == "pending"))
             overdue = s.scalar(select(func.count()).select_from(Dossier).where(*overdue_where(now)))
             undelivered = s.scalar(
@@ -1061,12 +1051,55 @@ def _dossier_row(d: Any, *, owner: bool = True) -> dict[str, Any]:
     }
 
 
+class HourlyExchanges:
+    """The overview's exchanges per clock hour — succeeded and failed — for the current hour and the five before
+    it. The exchange record only grows, so an hour that is over no longer changes once the exchanges made in it
+    are all written (SETTLE after its end: a reconciliation writes a batch of look-ups at once): it is counted once
+    by each process and kept; only the hour under way is counted at every view. Counting six sliding hours at
+    every view read every exchange of the last six hours — 0.2 s of the database's time with 50,000 an hour."""
+
+    SETTLE = timedelta(minutes=10)
+
+    def __init__(self) -> None:
+        self._done: dict[datetime, tuple[int, int]] = {}  # start of a settled hour -> (succeeded, failed)
+        self._lock = threading.Lock()
+
+    def hours(self, session: Any, now: datetime) -> list[tuple[datetime, int, int]]:
+        """(start of the hour, succeeded, failed), oldest first; the last hour is the one under way."""
+        current = now.replace(minute=0, second=0, microsecond=0)
+        out = []
+        for start in (current - timedelta(hours=h) for h in range(5, -1, -1)):
+            with self._lock:
+                kept = self._done.get(start)
+            if kept is None:
+                kept = self._count(session, start, min(start + timedelta(hours=1), now))
+                if start + timedelta(hours=1) + self.SETTLE <= now:
+                    with self._lock:
+                        self._done[start] = kept
+                        for old in [k for k in self._done if k < current - timedelta(hours=6)]:
+                            del self._done[old]
+            out.append((start, *kept))
+        return out
+
+    @staticmethod
+    def _count(session: Any, start: datetime, end: datetime) -> tuple[int, int]:
+        rows = dict(
+            session.execute(
+                select(Exchange.outcome, func.count())
+                .where(Exchange.at >= start, Exchange.at < end)
+                .group_by(Exchange.outcome)
+            ).all()
+        )
+        ok = sum(int(rows.pop(outcome, 0)) for outcome in SUCCEEDED)  # (an accepted push is no error)
+        return ok, int(sum(rows.values()))
+
+
 def _chart(hours: list[tuple[Any, int, int]]) -> dict[str, Any]:
     width, height, gap = 420, 120, 10
     bar_w = (width - gap * (len(hours) + 1)) / max(1, len(hours))
     top = max([ok + bad for _, ok, bad in hours] + [1])
     bars = []
-    for i, (end, ok, bad) in enumerate(hours):
+    for i, (start, ok, bad) in enumerate(hours):
         h_ok, h_bad = height * ok / top, height * bad / top
         x = gap + i * (bar_w + gap)
         bars.append(
@@ -1079,7 +1112,7 @@ def _chart(hours: list[tuple[Any, int, int]]) -> dict[str, Any]:
                 "h_bad": round(h_bad, 1),
                 "y_ok": round(height - h_ok, 1),
                 "y_bad": round(height - h_ok - h_bad, 1),
-                "label": (end + timedelta(hours=7)).strftime("%H:%M"),
+                "label": (start + timedelta(hours=7)).strftime("%H:%M"),  # the hour it began, Vietnam time
             }
         )
     return {"width": width, "height": height, "bars": bars}
