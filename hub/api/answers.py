@@ -156,6 +156,41 @@ class OverdueList(_Answer):
     items: list[OverdueDossier] = Field(description="the longest overdue first")
 
 
+class ResolutionFigures(_Answer):
+    """How an agency's dossiers of a procedure were resolved over the period (ADR 0048). `to_resolve` =
+    `carried_over` + `received` = `resolved` + `ended` + `in_progress`."""
+
+    carried_over: int = Field(description="received before the period, neither resolved nor ended before it")
+    received_online: int = Field(description="received in the period online (KenhThucHien 2)")
+    received_other: int = Field(description="received in the period in person or by post (KenhThucHien 1, 3)")
+    received: int = Field(description="received in the period")
+    to_resolve: int = Field(description="carried over and received")
+    resolved_early: int = Field(description="resolved on a day before the appointment's (NgayHenTra), or with none")
+    resolved_on_time: int = Field(description="resolved on the appointment's day")
+    resolved_late: int = Field(description="resolved on a day after the appointment's")
+    resolved: int = Field(description="resolved (status 9 or 10 first reached) in the period")
+    ended: int = Field(description="withdrawn by the citizen (7) or processing stopped (8) in the period")
+    in_progress_in_time: int = Field(description="still being resolved at the period's end, appointment not passed")
+    in_progress_overdue: int = Field(description="still being resolved at the period's end, appointment passed")
+    in_progress: int
+    on_time_rate: float | None = Field(description="percent of the resolved that were early or on time")
+    online_rate: float | None = Field(description="percent of the received that came online")
+
+
+class ResolutionLine(ResolutionFigures):
+    agency: str = Field(description="the agency's code (the MaHoSo's first part)")
+    MaTTHC: str
+
+
+class ResolutionReport(_Answer):
+    from_: str = Field(alias="from", description="the first day, Vietnam's calendar")
+    to: str = Field(description="the last day, included")
+    as_of: str = Field(description="the moment the figures hold for: the period's end, or now if it is not over")
+    lines: list[ResolutionLine] = Field(description="one a pair of agency and procedure, by agency then MaTTHC")
+    total: ResolutionFigures
+    unreadable: int = Field(description="dossiers left out, their NgayTiepNhan not a date")
+
+
 # -- consents, documents, access log ----------------------------------------------------------------------------
 
 

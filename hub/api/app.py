@@ -11,8 +11,8 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Annotated, Any, ParamSpec, TypeVar
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import pydantic
@@ -622,6 +622,47 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 "only overdue=true listings are offered; look a dossier up by its MaHoSo", code="unsupported_query"
             )
         return rt().dossiers.overdue(who, limit=limit, offset=offset)
+
+    @app.get(
+        "/v1/reports/resolution",
+        responses={
+            200: {
+                "model": answers.ResolutionReport,
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+                "description": "the report (JSON), or with `format=csv` its lines and a total line as CSV",
+            }
+        },
+        tags=["dossiers"],
+        summary="How procedures were resolved over a period: received, resolved on time or late, overdue",
+        description="Per agency and procedure (MaTTHC), over the days `from` to `to` (Vietnam's calendar), of the "
+        "dossiers of the agencies the client may act for (or of one, `agency`): dossiers carried over and received "
+        "(online, in person or by post), resolved before, on or after their appointment date (NgayHenTra), "
+        "withdrawn or stopped, and still being resolved at the period's end (within time, overdue) — the figures "
+        "of an agency's report on the resolution of administrative procedures (ADR 0048).",
+    )
+    def resolution_report(
+        who: Dossiers,
+        start: Annotated[date, Query(alias="from", description="the first day, YYYY-MM-DD")],
+        end: Annotated[date, Query(alias="to", description="the last day, included")],
+        agency: Annotated[str | None, Query(max_length=32, description="only this agency's dossiers")] = None,
+        format: Annotated[Literal["json", "csv"], Query(description="csv: the lines as a spreadsheet")] = "json",
+    ) -> Response:
+        from hub.domain.dates import utcnow
+        from hub.domain.errors import Forbidden
+        from hub.services import reports
+        from hub.store.db import reading_session
+
+        if agency is not None and not who.may_act_for(agency):
+            raise Forbidden(f"client {who.name!r} may not act for agency {agency}", code="agency_not_allowed")
+        with reading_session(rt().sessions, snapshot=True) as s:
+            report = reports.resolution(s, start, end, agencies=[agency] if agency else who.agencies, now=utcnow())
+        if format == "csv":
+            return Response(
+                reports.as_csv(report),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="resolution-{start}-{end}.csv"'},
+            )
+        return JSONResponse(report.as_dict())
 
     @app.get(
         "/v1/dossiers/{code}",

@@ -15,12 +15,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
@@ -899,6 +899,70 @@ def router(runtime: Any) -> APIRouter:
             actions.record(s, f"console:{request.session.get('user')}", "job_run", {"job": name}, {"queued": queued})
         request.session["flash"] = (t["job_queued"] if queued else t["job_not_queued"]).format(job=label)
         return RedirectResponse("/ops/jobs", status_code=303)
+
+    def _report(request: Request, start: str, end: str, agency: str) -> tuple[Any, str | None]:
+        """The report the form asks for (this month so far when it asks for none), or the words of what is wrong."""
+        from hub.services import reports
+
+        t = words(lang_of(request))
+        today = utcnow().astimezone(VN_TZ).date()
+        try:
+            first = date.fromisoformat(start[:10]) if start else today.replace(day=1)
+            last = date.fromisoformat(end[:10]) if end else today
+        except ValueError:
+            return (today.replace(day=1), today, agency), t["report_bad_dates"]
+        try:
+            with reading_session(rt().sessions, snapshot=True) as s:
+                report = reports.resolution(s, first, last, agencies=[agency or "*"], now=utcnow())
+        except DomainError:
+            return (first, last, agency), t["report_bad_period"]
+        return report, None
+
+    @r.get("/reports")
+    def resolution_report(
+        request: Request,
+        start: Annotated[str, Query(alias="from")] = "",
+        end: Annotated[str, Query(alias="to")] = "",
+        agency: str = "",
+    ) -> Response:
+        """How procedures were resolved over a period, per agency and procedure (ADR 0048): this month so far, or
+        the days the form chooses; an agency's code (or a prefix and *) narrows it."""
+        if (go := user_or_login(request)) is not None:
+            return go
+        agency = agency.strip()[:32]
+        report, problem = _report(request, start, end, agency)
+        if problem is not None:
+            first, last, _ = report
+            return render(request, "reports.html", status=400, page="reports", start=first, end=last, agency=agency,
+                          lines=[], total=None, as_of=None, error=problem)  # fmt: skip
+        lines = [(key, figures.as_dict()) for key, figures in sorted(report.lines.items())]
+        total = report.total().as_dict()
+        return render(request, "reports.html", page="reports", start=report.start, end=report.end, agency=agency,
+                      lines=lines, total=total, as_of=report.at, unreadable=report.unreadable)  # fmt: skip
+
+    @r.get("/reports.csv")
+    def resolution_report_csv(
+        request: Request,
+        start: Annotated[str, Query(alias="from")] = "",
+        end: Annotated[str, Query(alias="to")] = "",
+        agency: str = "",
+    ) -> Response:
+        """The same report as a CSV file (UTF-8 with a byte-order mark, for a spreadsheet)."""
+        from hub.services import reports
+
+        if (go := user_or_login(request)) is not None:
+            return go
+        report, problem = _report(request, start, end, agency.strip()[:32])
+        if problem is not None:
+            return Response(problem, status_code=400, media_type="text/plain; charset=utf-8")
+        return Response(
+            "\ufeff" + reports.as_csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="resolution-{report.start}-{report.end}.csv"',
+                "Cache-Control": "no-store",
+            },
+        )
 
     @r.get("/jobs")
     def sync_jobs(request: Request) -> Response:
