@@ -83,7 +83,10 @@ def main() -> None:
     args = ap.parse_args()
     first, last = date(2026, 8, 1), date(2026, 8, 31)  # a month in the middle: carried over, received, still open
     lo, hi = reports.period(first, last)
-    with tempfile.TemporaryDirectory() as t, hub_pg_database(Path(t), FILL.replace(":n", str(args.dossiers)).replace("%", "%%")) as url:
+    with (
+        tempfile.TemporaryDirectory() as t,
+        hub_pg_database(Path(t), FILL.replace(":n", str(args.dossiers)).replace("%", "%%")) as url,
+    ):
         engine = db.make_engine(url)
         sessions = db.make_sessionmaker(engine)
         hub_s, bare_s = [], []
@@ -107,10 +110,14 @@ def main() -> None:
     assert report.unreadable == 0
     h, b = statistics.median(hub_s), statistics.median(bare_s)
     read = total["to_resolve"]
-    print(f"report of {first} – {last} over {args.dossiers:,} dossiers (PostgreSQL; {read:,} counted, {len(rows)} lines; medians of {args.runs})")
+    print(
+        f"report of {first} – {last} over {args.dossiers:,} dossiers (PostgreSQL; {read:,} counted, {len(rows)} lines; medians of {args.runs})"
+    )
     print(f"  hub (reports.resolution, batches of {reports.BATCH}): {h * 1000:,.0f} ms")
     print(f"  one SQL statement, the same figures:        {b * 1000:,.0f} ms")
-    print(f"  ratio hub / SQL: {h / b:.2f}  (figures agree: {total['resolved']:,} resolved, {total['in_progress']:,} in progress)")
+    print(
+        f"  ratio hub / SQL: {h / b:.2f}  (figures agree: {total['resolved']:,} resolved, {total['in_progress']:,} in progress)"
+    )
 
 
 if __name__ == "__main__":
