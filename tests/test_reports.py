@@ -206,3 +206,22 @@ def test_an_operator_reads_the_report_in_the_console_and_downloads_it(
     page.goto(f"{hub.server.url}/ops/reports?from=2026-10-31&to=2026-10-01")
     assert "Kỳ báo cáo không hợp lệ" in page.locator("#error").inner_text()
     context.close()
+
+
+def test_reports_asked_for_together_beyond_the_few_are_told_to_come_back(hub: Hub) -> None:
+    """A report reads every dossier of its period: while as many as a process makes at once are being made, one
+    more is refused at once — 429 `reports_busy` with Retry-After — instead of taking another of the threads
+    every request is served on; once one is done, it is made."""
+    from hub.services import reports
+
+    held = [reports.slot() for _ in range(reports.AT_ONCE)]
+    for place in held:
+        place.__enter__()
+    try:
+        r = hub.http.get("/v1/reports/resolution", params=OCTOBER)
+        body = assert_problem(r, 429, "reports_busy")
+        assert r.headers["retry-after"] == "10" and "shortly" in body["detail"]
+    finally:
+        for place in held:
+            place.__exit__(None, None, None)
+    assert hub.http.get("/v1/reports/resolution", params=OCTOBER).status_code == 200

@@ -654,7 +654,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
         if agency is not None and not who.may_act_for(agency):
             raise Forbidden(f"client {who.name!r} may not act for agency {agency}", code="agency_not_allowed")
-        with reading_session(rt().sessions, snapshot=True) as s:
+        with reports.slot(), reading_session(rt().sessions, snapshot=True) as s:
             report = reports.resolution(s, start, end, agencies=[agency] if agency else who.agencies, now=utcnow())
         if format == "csv":
             return Response(

@@ -33,6 +33,7 @@ TEXT: dict[str, dict[str, str]] = {
         "report_total": "Tổng cộng",
         "report_bad_dates": "Ngày không hợp lệ: chọn ngày theo dạng YYYY-MM-DD",
         "report_bad_period": "Kỳ báo cáo không hợp lệ: ngày kết thúc trước ngày bắt đầu, hoặc dài quá 5 năm",
+        "report_busy": "Đang có báo cáo khác được lập; vui lòng thử lại sau ít giây",
         "report_note": "Tính từ hồ sơ hub chuyển: ngày tiếp nhận (NgayTiepNhan), kênh (KenhThucHien), ngày hẹn trả "
         "(NgayHenTra) mới nhất, thời điểm kết thúc xử lý (NgayKetThucXuLy hoặc thời điểm chuyển trạng thái 9/10). "
         "Hồ sơ không được tiếp nhận (3) và hồ sơ mới đăng ký chưa tiếp nhận (1) không tính (ADR 0048).",
@@ -327,6 +328,7 @@ TEXT: dict[str, dict[str, str]] = {
         "report_total": "Total",
         "report_bad_dates": "Not a date: choose days as YYYY-MM-DD",
         "report_bad_period": "Not a period: it ends before it starts, or is longer than five years",
+        "report_busy": "Other reports are being made; try again in a few seconds",
         "report_note": "From the dossiers hub relays: received date (NgayTiepNhan), channel (KenhThucHien), the "
         "latest appointment date (NgayHenTra), end of processing (NgayKetThucXuLy, or when status 9/10 was "
         "reached). Dossiers not received (3) and filed but not yet received (1) are not counted (ADR 0048).",

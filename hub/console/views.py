@@ -912,10 +912,10 @@ def router(runtime: Any) -> APIRouter:
         except ValueError:
             return (today.replace(day=1), today, agency), t["report_bad_dates"]
         try:
-            with reading_session(rt().sessions, snapshot=True) as s:
+            with reports.slot(), reading_session(rt().sessions, snapshot=True) as s:
                 report = reports.resolution(s, first, last, agencies=[agency or "*"], now=utcnow())
-        except DomainError:
-            return (first, last, agency), t["report_bad_period"]
+        except DomainError as exc:
+            return (first, last, agency), t["report_busy" if exc.code == "reports_busy" else "report_bad_period"]
         return report, None
 
     @r.get("/reports")
@@ -933,7 +933,8 @@ def router(runtime: Any) -> APIRouter:
         report, problem = _report(request, start, end, agency)
         if problem is not None:
             first, last, _ = report
-            return render(request, "reports.html", status=400, page="reports", start=first, end=last, agency=agency,
+            status = 429 if problem == words(lang_of(request))["report_busy"] else 400
+            return render(request, "reports.html", status=status, page="reports", start=first, end=last, agency=agency,
                           lines=[], total=None, as_of=None, error=problem)  # fmt: skip
         lines = [(key, figures.as_dict()) for key, figures in sorted(report.lines.items())]
         total = report.total().as_dict()
@@ -954,7 +955,8 @@ def router(runtime: Any) -> APIRouter:
             return go
         report, problem = _report(request, start, end, agency.strip()[:32])
         if problem is not None:
-            return Response(problem, status_code=400, media_type="text/plain; charset=utf-8")
+            status = 429 if problem == words(lang_of(request))["report_busy"] else 400
+            return Response(problem, status_code=status, media_type="text/plain; charset=utf-8")
         return Response(
             "\ufeff" + reports.as_csv(report),
             media_type="text/csv; charset=utf-8",

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -24,7 +26,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from hub.domain.dates import VN_TZ, parse_national
-from hub.domain.errors import DomainError, InvalidDate
+from hub.domain.errors import DomainError, InvalidDate, TooManyRequests
 from hub.domain.spreadsheet import spreadsheet_safe
 from hub.domain.status import OPEN
 from hub.domain.status import DossierStatus as S
@@ -37,6 +39,25 @@ ENDED = (int(S.WITHDRAWN), int(S.STOPPED))
 BATCH = 2000  # dossiers read at a time, their events with them
 CLOCK_SKEW = timedelta(minutes=10)  # a one-stop system's clock ahead of hub's
 NOT_RECEIVED = datetime.max.replace(tzinfo=VN_TZ)  # later than any period: counted in none
+
+
+# A report reads every dossier of its period (a quarter of a busy province: seconds): at most this many at once in a
+# process, so that reports asked for together cannot take every thread the API's requests are served on
+AT_ONCE = 2
+_slots = threading.BoundedSemaphore(AT_ONCE)
+
+
+@contextmanager
+def slot() -> Iterator[None]:
+    """A place for one report, or 429 `reports_busy` (Retry-After) when every place is taken."""
+    if not _slots.acquire(blocking=False):
+        raise TooManyRequests(
+            f"{AT_ONCE} reports are being made; ask again shortly", code="reports_busy", retry_after=10
+        )
+    try:
+        yield
+    finally:
+        _slots.release()
 
 
 @dataclass
