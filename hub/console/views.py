@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
@@ -919,17 +919,12 @@ def router(runtime: Any) -> APIRouter:
         return report, None
 
     @r.get("/reports")
-    def resolution_report(
-        request: Request,
-        start: Annotated[str, Query(alias="from")] = "",
-        end: Annotated[str, Query(alias="to")] = "",
-        agency: str = "",
-    ) -> Response:
+    def resolution_report(request: Request, asked: ReportQuery) -> Response:
         """How procedures were resolved over a period, per agency and procedure (ADR 0048): this month so far, or
         the days the form chooses; an agency's code (or a prefix and *) narrows it."""
         if (go := user_or_login(request)) is not None:
             return go
-        agency = agency.strip()[:32]
+        start, end, agency = asked
         report, problem = _report(request, start, end, agency)
         if problem is not None:
             first, last, _ = report
@@ -942,18 +937,13 @@ def router(runtime: Any) -> APIRouter:
                       lines=lines, total=total, as_of=report.at, unreadable=report.unreadable)  # fmt: skip
 
     @r.get("/reports.csv")
-    def resolution_report_csv(
-        request: Request,
-        start: Annotated[str, Query(alias="from")] = "",
-        end: Annotated[str, Query(alias="to")] = "",
-        agency: str = "",
-    ) -> Response:
+    def resolution_report_csv(request: Request, asked: ReportQuery) -> Response:
         """The same report as a CSV file (UTF-8 with a byte-order mark, for a spreadsheet)."""
         from hub.services import reports
 
         if (go := user_or_login(request)) is not None:
             return go
-        report, problem = _report(request, start, end, agency.strip()[:32])
+        report, problem = _report(request, *asked)
         if problem is not None:
             status = 429 if problem == words(lang_of(request))["report_busy"] else 400
             return Response(problem, status_code=status, media_type="text/plain; charset=utf-8")
@@ -985,6 +975,16 @@ def router(runtime: Any) -> APIRouter:
         return render(request, "jobs.html", page="jobs", jobs=found)
 
     return r
+
+
+def _report_query(
+    start: Annotated[str, Query(alias="from")] = "", end: Annotated[str, Query(alias="to")] = "", agency: str = ""
+) -> tuple[str, str, str]:
+    """The report form's days and agency, as sent (the agency trimmed to a code's length)."""
+    return start, end, agency.strip()[:32]
+
+
+ReportQuery = Annotated[tuple[str, str, str], Depends(_report_query)]
 
 
 def _with_error(page: HTMLResponse, message: str) -> HTMLResponse:
