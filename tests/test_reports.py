@@ -78,6 +78,9 @@ def test_october_as_an_agency_reports_it(hub: Hub, creds: Creds, tmp_path: Path)
     filed_only = dossier(10, status=1, MaTTHC=PROCEDURE, NgayTiepNhan="20261010080000", NgayHenTra="20261020160000")
     filed_only["KenhThucHien"] = 2  # filed online on 10 October, not received yet: not counted
     assert hub.http.post("/v1/dossiers", json=filed_only).status_code == 202
+    gave_up = dossier(12, status=1, MaTTHC=PROCEDURE, NgayTiepNhan="20261011080000", NgayHenTra="20261020160000")
+    assert hub.http.post("/v1/dossiers", json=gave_up).status_code == 202
+    moved(hub, str(gave_up["MaHoSo"]), 7, "20261012080000")  # withdrawn before anyone received it: not counted
     assert after and filed(hub, 11, "20261012", "20261020", 2, agency=OTHER_AGENCY, key=creds.portal_key)
 
     body = report(hub)

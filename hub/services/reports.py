@@ -38,6 +38,7 @@ RESOLVED = (int(S.PROCESSED), int(S.RESULT_RETURNED))
 ENDED = (int(S.WITHDRAWN), int(S.STOPPED))
 BATCH = 2000  # dossiers read at a time, their events with them
 CLOCK_SKEW = timedelta(minutes=10)  # a one-stop system's clock ahead of hub's
+NEVER_RECEIVED = 0  # (a key of a dossier's first steps: it left status 1 only to end)
 NOT_RECEIVED = datetime.max.replace(tzinfo=VN_TZ)  # later than any period: counted in none
 
 
@@ -181,7 +182,7 @@ def resolution(session: Session, start: date, end: date, *, agencies: Sequence[s
     report = Report(start, end, min(hi, now))
     cut = report.at
     for row, firsts in _candidates(session, lo, agencies):
-        received = _received(row)
+        received = _received(row) if NEVER_RECEIVED not in firsts else NOT_RECEIVED
         if received is None:
             report.unreadable += 1
             continue
@@ -264,17 +265,21 @@ def _candidates(
             return
         ids = [r.id for r in rows]
         firsts: dict[int, dict[int, tuple[datetime, Any]]] = {}
-        for dossier_id, status, at, stated in conn.execute(
+        for dossier_id, status, previous, at, stated in conn.execute(
             select(
                 StatusEvent.dossier_id,
                 StatusEvent.status,
+                StatusEvent.previous_status,
                 StatusEvent.created_at,
                 StatusEvent.payload["ThoiDiemXuLy"].as_string(),
             )
             .where(of_batch(ids), StatusEvent.status.in_([*RESOLVED, *ENDED]))
             .order_by(StatusEvent.dossier_id, StatusEvent.seq)
         ):
-            firsts.setdefault(dossier_id, {}).setdefault(int(status), (at, stated))  # the first of each status
+            seen = firsts.setdefault(dossier_id, {})
+            seen.setdefault(int(status), (at, stated))  # the first of each status
+            if previous == int(S.NEW) and int(status) in ENDED:
+                seen[NEVER_RECEIVED] = (at, None)  # withdrawn (or stopped) while newly filed: never received
         for r in rows:
             yield _Row(r), firsts.get(r.id, {})
         after = ids[-1]
