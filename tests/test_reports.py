@@ -81,27 +81,34 @@ def test_october_as_an_agency_reports_it(hub: Hub, creds: Creds, tmp_path: Path)
     gave_up = dossier(12, status=1, MaTTHC=PROCEDURE, NgayTiepNhan="20261011080000", NgayHenTra="20261020160000")
     assert hub.http.post("/v1/dossiers", json=gave_up).status_code == 202
     moved(hub, str(gave_up["MaHoSo"]), 7, "20261012080000")  # withdrawn before anyone received it: not counted
+    asked = dossier(13, status=1, MaTTHC=PROCEDURE, NgayTiepNhan="20261013080000", NgayHenTra="20261020160000")
+    assert hub.http.post("/v1/dossiers", json=asked).status_code == 202
+    moved(hub, str(asked["MaHoSo"]), 5, "20261013100000")  # papers asked for before it was received,
+    moved(hub, str(asked["MaHoSo"]), 7, "20261014100000")  # then withdrawn: never received, not counted
+    supplemented = filed(hub, 14, "20261014", "20261024", 1)  # received, papers asked for, then withdrawn
+    moved(hub, supplemented, 5, "20261015100000")
+    moved(hub, supplemented, 7, "20261016100000")
     assert after and filed(hub, 11, "20261012", "20261020", 2, agency=OTHER_AGENCY, key=creds.portal_key)
 
     body = report(hub)
     assert [(line["agency"], line["MaTTHC"]) for line in body["lines"]] == [(AGENCY, PROCEDURE)]  # its agencies only
     total = body["total"]
     assert {k: total[k] for k in ("carried_over", "received_online", "received_other", "received", "to_resolve")} == {
-        "carried_over": 1, "received_online": 3, "received_other": 3, "received": 6, "to_resolve": 7,
+        "carried_over": 1, "received_online": 3, "received_other": 4, "received": 7, "to_resolve": 8,
     }  # fmt: skip
     assert {k: total[k] for k in ("resolved_early", "resolved_on_time", "resolved_late", "resolved", "ended")} == {
-        "resolved_early": 1, "resolved_on_time": 1, "resolved_late": 1, "resolved": 3, "ended": 1,
+        "resolved_early": 1, "resolved_on_time": 1, "resolved_late": 1, "resolved": 3, "ended": 2,
     }  # fmt: skip
     assert (total["in_progress_in_time"], total["in_progress_overdue"], total["in_progress"]) == (1, 2, 3)
     assert total["to_resolve"] == total["resolved"] + total["ended"] + total["in_progress"]
-    assert total["on_time_rate"] == 66.67 and total["online_rate"] == 50.0
+    assert total["on_time_rate"] == 66.67 and total["online_rate"] == 42.86
     assert body["from"] == "2026-10-01" and body["as_of"] == "2026-11-01T00:00:00+07:00" and body["unreadable"] == 0
 
     # the national portal's client acts for every agency: both lines, and one agency's alone when it asks so
     portal = httpx.Client(base_url=hub.server.url, headers={"X-API-Key": creds.portal_key})
     every = portal.get("/v1/reports/resolution", params=OCTOBER).json()
     assert [line["agency"] for line in every["lines"]] == sorted([AGENCY, OTHER_AGENCY])
-    assert every["total"]["received"] == 7
+    assert every["total"]["received"] == 8
     other = portal.get("/v1/reports/resolution", params={**OCTOBER, "agency": OTHER_AGENCY}).json()
     assert [line["received_online"] for line in other["lines"]] == [1]
     assert_problem(
@@ -117,7 +124,7 @@ def test_october_as_an_agency_reports_it(hub: Hub, creds: Creds, tmp_path: Path)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert [(row["agency"], row["MaTTHC"], row["received"], row["resolved_late"]) for row in rows] == [
-        (AGENCY, PROCEDURE, "6", "1"), ("*", "*", "6", "1"),
+        (AGENCY, PROCEDURE, "7", "1"), ("*", "*", "7", "1"),
     ]  # fmt: skip
 
     # and from the command line, for an operator: the same figures, the agencies it names

@@ -38,7 +38,11 @@ RESOLVED = (int(S.PROCESSED), int(S.RESULT_RETURNED))
 ENDED = (int(S.WITHDRAWN), int(S.STOPPED))
 BATCH = 2000  # dossiers read at a time, their events with them
 CLOCK_SKEW = timedelta(minutes=10)  # a one-stop system's clock ahead of hub's
-NEVER_RECEIVED = 0  # (a key of a dossier's first steps: it left status 1 only to end)
+NEVER_RECEIVED = 0  # (a key of a dossier's first steps: it ended and no step says it was received before)
+# the statuses a dossier may end from before anyone received it (1 newly filed; 5 papers asked of a newly filed
+# one), and those that say it was received
+BEFORE_RECEIPT = (int(S.NEW), int(S.SUPPLEMENT_REQUESTED))
+RECEIVED_ONCE = (int(S.ACCEPTED), int(S.PROCESSING), int(S.PAYMENT_REQUESTED), *RESOLVED)
 NOT_RECEIVED = datetime.max.replace(tzinfo=VN_TZ)  # later than any period: counted in none
 
 
@@ -278,8 +282,19 @@ def _candidates(
         ):
             seen = firsts.setdefault(dossier_id, {})
             seen.setdefault(int(status), (at, stated))  # the first of each status
-            if previous == int(S.NEW) and int(status) in ENDED:
-                seen[NEVER_RECEIVED] = (at, None)  # withdrawn (or stopped) while newly filed: never received
+            if int(status) in ENDED and previous in BEFORE_RECEIPT:  # withdrawn or stopped while newly filed,
+                seen.setdefault(NEVER_RECEIVED, (at, None))  # or asked for papers: received before that?
+        unsure = [d for d, seen in firsts.items() if NEVER_RECEIVED in seen]
+        if unsure:  # a few: those that ended while newly filed or asked for papers
+            received = set(
+                conn.execute(
+                    select(StatusEvent.dossier_id)
+                    .where(StatusEvent.dossier_id.in_(unsure), StatusEvent.status.in_(RECEIVED_ONCE))
+                    .distinct()
+                ).scalars()
+            )
+            for d in received:
+                del firsts[d][NEVER_RECEIVED]
         for r in rows:
             yield _Row(r), firsts.get(r.id, {})
         after = ids[-1]
