@@ -152,6 +152,7 @@ def run_demo(count: int, out: Console) -> int:
         _summary(out, client, control, codes)
         retried = control.get("/_sandbox/received", params={"outcome": "applied"}).json()["count"]
         out.print(f"portal applied {retried} messages; during the outage hub kept them and retried with backoff.")
+        _report(out, client)
         _notifications(out, sms.url)
         paid = next((c for c in codes if any(status == PAY for status, _ in walks[c])), codes[0])
         _my_dossiers(out, api.url, trust.url, owners[paid])
@@ -177,6 +178,23 @@ def run_demo(count: int, out: Console) -> int:
         exchange.stop()
         trust.stop()
         payments.stop()
+
+
+def _report(out: Console, client: one_stop.OneStopClient) -> None:
+    """This month's report on procedures resolved, as the one-stop system (its agencies) reads it (ADR 0048)."""
+    from hub.domain.dates import VN_TZ
+
+    today = datetime.now(VN_TZ).date()
+    month = {"from": today.replace(day=1).isoformat(), "to": today.isoformat()}
+    r = client.http.get("/v1/reports/resolution", params=month)
+    r.raise_for_status()
+    t = r.json()["total"]
+    rate = "—" if t["on_time_rate"] is None else f"{t['on_time_rate']:.0f} % on time"
+    out.print(
+        f"this month's report on procedures resolved: {t['received']} received ({t['received_online']} online), "
+        f"{t['resolved']} resolved ({rate}), {t['ended']} withdrawn or stopped, {t['in_progress']} in progress — "
+        "[bold]hub dossiers report[/bold], or the console's Báo cáo giải quyết TTHC page"
+    )
 
 
 def _notifications(out: Console, sms_url: str) -> None:

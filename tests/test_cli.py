@@ -53,6 +53,9 @@ def test_demo_runs_end_to_end_on_a_fresh_directory(tmp_path: Path) -> None:
     assert "the citizen, signed in, sees" in out and "civil_status_registration" in out  # their data's uses
     assert "its owner, signed in, looks it up" in out and "fee 8,000 VND" in out  # their own dossier, its fee paid
     assert "sign-in 00, DongBoHoSoMC 00" in out  # a one-stop system written for the portal, through /dvcqg
+    # this month's report: the one refused (3) and the one withdrawn while newly filed (1 -> 7) were never received;
+    # the four others were, and are resolved (the demo's walks are seeded)
+    assert "report on procedures resolved: 4 received (2 online), 4 resolved (100 % on time), 0 withdrawn" in out
     assert "/docs" in out
     assert (tmp_path / "var" / "demo" / "hub.db").exists()
 
