@@ -209,10 +209,11 @@ def test_an_operator_reads_the_report_in_the_console_and_downloads_it(
         page.click("#download")
     data = Path(download.value.path()).read_bytes()
     assert data.startswith("\ufeff".encode())
-    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
-    assert [(row["agency"], row["resolved"], row["in_progress_overdue"]) for row in rows] == [
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))  # headed in the console's language
+    assert [(row["Cơ quan"], row["Đã giải quyết"], row["Đang giải quyết quá hạn"]) for row in rows] == [
         (AGENCY, "2", "1"), ("*", "2", "1"),
     ]  # fmt: skip
+    assert list(rows[0])[:5] == ["Từ ngày", "Đến ngày", "Cơ quan", "Mã TTHC", "Kỳ trước chuyển qua"]
     page.goto(f"{hub.server.url}/ops/reports?from=2026-10-31&to=2026-10-01")
     assert "Kỳ báo cáo không hợp lệ" in page.locator("#error").inner_text()
     context.close()

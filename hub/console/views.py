@@ -947,8 +947,10 @@ def router(runtime: Any) -> APIRouter:
         if problem is not None:
             status = 429 if problem == words(lang_of(request))["report_busy"] else 400
             return Response(problem, status_code=status, media_type="text/plain; charset=utf-8")
+        t = words(lang_of(request))
+        names = {key.removeprefix("col:"): label for key, label in t.items() if key.startswith("col:")}
         return Response(
-            "\ufeff" + reports.as_csv(report),
+            "\ufeff" + reports.as_csv(report, names),
             media_type="text/csv; charset=utf-8",
             headers={
                 "Content-Disposition": f'attachment; filename="resolution-{report.start}-{report.end}.csv"',

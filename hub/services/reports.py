@@ -139,20 +139,19 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def as_csv(report: Report) -> str:
-    """The report's lines, then a total line (agency and MaTTHC "*"), as CSV: one column a figure, as in the
-    JSON. Codes are the one-stop systems' own: written so that no spreadsheet runs one as a formula."""
+def as_csv(report: Report, names: dict[str, str] | None = None) -> str:
+    """The report's lines, then a total line (agency and MaTTHC "*"), as CSV: one column a figure, headed by its
+    name in the JSON, or by `names` (the console's words for a spreadsheet). Codes are the one-stop systems' own:
+    written so that no spreadsheet runs one as a formula."""
+    keys = ["from", "to", "agency", "MaTTHC", *COLUMNS]
     out = io.StringIO()
-    writer = csv.DictWriter(out, ["from", "to", "agency", "MaTTHC", *COLUMNS], lineterminator="\r\n")
-    writer.writeheader()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([(names or {}).get(k, k) for k in keys])
     head = {"from": report.start.isoformat(), "to": report.end.isoformat()}
-    for (agency, procedure), figures in sorted(report.lines.items()):
-        values = figures.as_dict()
-        writer.writerow(
-            spreadsheet_safe({**head, "agency": agency, "MaTTHC": procedure, **{c: values[c] for c in COLUMNS}})
-        )
-    total = report.total().as_dict()
-    writer.writerow({**head, "agency": "*", "MaTTHC": "*", **{c: total[c] for c in COLUMNS}})
+    lines = [(agency, procedure, figures.as_dict()) for (agency, procedure), figures in sorted(report.lines.items())]
+    for agency, procedure, values in [*lines, ("*", "*", report.total().as_dict())]:
+        row = spreadsheet_safe({**head, "agency": agency, "MaTTHC": procedure, **{c: values[c] for c in COLUMNS}})
+        writer.writerow(row[k] for k in keys)
     return out.getvalue()
 
 
