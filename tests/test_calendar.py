@@ -118,3 +118,29 @@ def test_make_up_working_saturdays_count() -> None:
     assert CAL.add_working_days(received, 1) == datetime(2025, 4, 26, 8, 0, tzinfo=VN_TZ)
     # 26 Sat (worked), 28 Mon, 29 Tue; 30 Apr, 1 and 2 May off, 3-4 weekend; then Monday 5 May
     assert CAL.add_working_days(received, 4) == datetime(2025, 5, 5, 8, 0, tzinfo=VN_TZ)
+
+
+def test_a_client_configured_with_no_agency_sees_no_dossier_overdue_nor_in_a_report(
+    hub_factory: HubFactory, creds: Creds
+) -> None:
+    """A client system given no agency (one that only pays fees, say) acts for none: the overdue list and the
+    report on procedures resolved are empty for it — not every agency's, as an empty list of patterns read."""
+    from pydantic import SecretStr
+
+    from hub.settings import ClientSystem
+    from tests.conftest import client_systems
+
+    nobody = ClientSystem(name="payments-only", api_key=SecretStr("k" * 32), agencies=[])
+    hub: Hub = hub_factory(start_worker=False, clients=[*client_systems(creds), nobody])
+    now = datetime.now(UTC)
+    late = dossier(1, NgayTiepNhan=format_national(now - timedelta(days=20)),
+                   NgayHenTra=format_national(now - timedelta(days=10)))  # fmt: skip
+    assert hub.http.post("/v1/dossiers", json=late).status_code == 202
+    assert hub.http.get("/v1/dossiers", params={"overdue": "true"}).json()["total"] == 1  # its own client sees it
+    headers = {"X-API-Key": "k" * 32}
+    assert hub.http.get("/v1/dossiers", params={"overdue": "true"}, headers=headers).json()["total"] == 0
+    today = now.astimezone(VN_TZ).date()
+    month = {"from": (today - timedelta(days=30)).isoformat(), "to": today.isoformat()}
+    report = hub.http.get("/v1/reports/resolution", params=month, headers=headers).json()
+    assert report["lines"] == [] and report["total"]["in_progress"] == 0
+    assert hub.http.get("/v1/reports/resolution", params=month).json()["total"]["in_progress_overdue"] == 1

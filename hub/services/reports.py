@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta
@@ -30,6 +30,7 @@ from hub.domain.errors import DomainError, InvalidDate, TooManyRequests
 from hub.domain.spreadsheet import spreadsheet_safe
 from hub.domain.status import OPEN
 from hub.domain.status import DossierStatus as S
+from hub.services.dossiers import agencies_where
 from hub.store.models import Dossier, StatusEvent
 
 MAX_DAYS = 366 * 5  # a report is of a month, a quarter, a year; five years bounds what one request reads
@@ -169,16 +170,6 @@ def period(start: date, end: date) -> tuple[datetime, datetime]:
     )
 
 
-def agency_filter(patterns: Iterable[str]) -> list[Any]:
-    """The conditions limiting dossiers to agency codes or prefixes (`000.00.17.*`; `*` for all): none for all."""
-    conds: list[Any] = []
-    for p in patterns:
-        if p == "*":
-            return []
-        conds.append(Dossier.agency.startswith(p[:-1], autoescape=True) if p.endswith("*") else Dossier.agency == p)
-    return [or_(*conds)] if conds else [Dossier.id < 0]  # no agency at all: nothing
-
-
 def resolution(session: Session, start: date, end: date, *, agencies: Sequence[str] = ("*",), now: datetime) -> Report:
     """The report for the days `start` to `end` (inclusive, Vietnam time) over the dossiers of `agencies`."""
     lo, hi = period(start, end)
@@ -236,7 +227,7 @@ def _candidates(
     time by id, each batch one query for the dossiers and one for their events."""
     where = [
         or_(Dossier.status.in_([int(s) for s in sorted(OPEN)]), Dossier.updated_at >= lo),
-        *agency_filter(agencies),
+        *agencies_where(agencies),
     ]
     where.append(Dossier.status.notin_([int(S.REFUSED)]))  # not received: no part of what was resolved
     columns = (
