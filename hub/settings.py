@@ -21,6 +21,11 @@ DEV_SECRETS_FILE = "dev-secrets.json"
 DEV_CLIENT = "sandbox-onestop"  # the client system dev mode makes when none is configured
 
 
+def agency_matches(pattern: str, agency: str) -> bool:
+    """An agency code against a configured pattern: the code itself, a prefix ending in `*`, or `*` for every one."""
+    return pattern in ("*", agency) or (pattern.endswith("*") and agency.startswith(pattern[:-1]))
+
+
 class ClientSystem(BaseModel):
     """A system allowed to call /v1 (a provincial one-stop system, a portal), and the agencies it acts for."""
 
@@ -69,10 +74,7 @@ class ClientSystem(BaseModel):
         return procedures_ok and purpose in self.prefill_purposes
 
     def may_act_for(self, agency: str) -> bool:
-        for pattern in self.agencies:
-            if pattern in ("*", agency) or (pattern.endswith("*") and agency.startswith(pattern[:-1])):
-                return True
-        return False
+        return any(agency_matches(pattern, agency) for pattern in self.agencies)
 
 
 class PeerTls(BaseModel):
@@ -463,10 +465,7 @@ class Settings(BaseSettings):
         return self.payment_dvc_url or f"http://{self.sandbox_host}:{self.sandbox_payment_port}"
 
     def payment_platform_for(self, agency: str) -> str:
-        for pattern, platform in self.payment_platforms.items():
-            if pattern in ("*", agency) or (pattern.endswith("*") and agency.startswith(pattern[:-1])):
-                return platform
-        return "dvc"
+        return next((p for pattern, p in self.payment_platforms.items() if agency_matches(pattern, agency)), "dvc")
 
     @property
     def effective_document_exchange_url(self) -> str:
