@@ -9,7 +9,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.api_helpers import assert_problem
@@ -32,16 +31,15 @@ def filed(hub: Hub, seq: int, received: str, due: str, channel: int, *, agency: 
         seq, agency=agency, MaTTHC=PROCEDURE, NgayTiepNhan=f"{received}080000", NgayHenTra=f"{due}160000",
         KenhThucHien=channel,
     )  # fmt: skip
-    http = hub.http if not key else httpx.Client(base_url=hub.server.url, headers={"X-API-Key": key})
-    r = http.post("/v1/dossiers", json=d)
+    r = hub.http.post("/v1/dossiers", json=d, headers={"X-API-Key": key} if key else None)
     assert r.status_code == 202, r.text
     return str(d["MaHoSo"])
 
 
 def moved(hub: Hub, code: str, status: int, at: str, *, key: str = "") -> None:
     """The dossier's one-stop system says it moved to `status` at `at` (ThoiDiemXuLy, yyyyMMddHHmmss)."""
-    http = hub.http if not key else httpx.Client(base_url=hub.server.url, headers={"X-API-Key": key})
-    r = http.post(f"/v1/dossiers/{code}/progress", json={**step(code, status), "ThoiDiemXuLy": at})
+    progress = {**step(code, status), "ThoiDiemXuLy": at}
+    r = hub.http.post(f"/v1/dossiers/{code}/progress", json=progress, headers={"X-API-Key": key} if key else None)
     assert r.status_code == 202, r.text
 
 
@@ -105,11 +103,11 @@ def test_october_as_an_agency_reports_it(hub: Hub, creds: Creds, tmp_path: Path)
     assert body["from"] == "2026-10-01" and body["as_of"] == "2026-11-01T00:00:00+07:00" and body["unreadable"] == 0
 
     # the national portal's client acts for every agency: both lines, and one agency's alone when it asks so
-    portal = httpx.Client(base_url=hub.server.url, headers={"X-API-Key": creds.portal_key})
-    every = portal.get("/v1/reports/resolution", params=OCTOBER).json()
+    portal = {"X-API-Key": creds.portal_key}
+    every = hub.http.get("/v1/reports/resolution", params=OCTOBER, headers=portal).json()
     assert [line["agency"] for line in every["lines"]] == sorted([AGENCY, OTHER_AGENCY])
     assert every["total"]["received"] == 8
-    other = portal.get("/v1/reports/resolution", params={**OCTOBER, "agency": OTHER_AGENCY}).json()
+    other = hub.http.get("/v1/reports/resolution", params={**OCTOBER, "agency": OTHER_AGENCY}, headers=portal).json()
     assert [line["received_online"] for line in other["lines"]] == [1]
     assert_problem(
         hub.http.get("/v1/reports/resolution", params={**OCTOBER, "agency": OTHER_AGENCY}), 403, "agency_not_allowed"
