@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,7 @@ def test_a_period_under_way_counts_until_now_and_what_hub_heard_when_no_time_was
     assert hub.http.post("/v1/dossiers", json={**d, "TrangThaiHoSo": 4}).status_code == 202
     body = hub.http.get("/v1/reports/resolution", params=month).json()
     assert body["total"]["in_progress_in_time"] == 1 and body["as_of"] < f"{today.isoformat()}T23:59:59+07:00"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+07:00", body["as_of"])  # now, to the second
     done = {**d, "TrangThaiHoSo": 9, "NgayKetThucXuLy": "29991230160000"}
     assert hub.http.post("/v1/dossiers", json=done).status_code == 202
     total = hub.http.get("/v1/reports/resolution", params=month).json()["total"]

@@ -123,7 +123,7 @@ class Report:
         return {
             "from": self.start.isoformat(),
             "to": self.end.isoformat(),
-            "as_of": self.at.astimezone(VN_TZ).isoformat(),
+            "as_of": self.at.astimezone(VN_TZ).isoformat(timespec="seconds"),
             "lines": [
                 {"agency": agency, "MaTTHC": procedure, **figures.as_dict()}
                 for (agency, procedure), figures in sorted(self.lines.items())
