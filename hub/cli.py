@@ -794,7 +794,7 @@ def dossiers_report(
     if output == "csv":
         sys.stdout.write(reports.as_csv(report))
         return
-    table = Table(title=f"resolution of procedures {first} – {last} (as of {report.as_dict()['as_of']})")
+    table = Table(title=f"resolution of procedures {first} – {last} (as of {report.as_of})")
     table.add_column("agency", no_wrap=True)
     table.add_column("MaTTHC", no_wrap=True)
     for head in ("carried over", "received (online)", "resolved", "early", "on time", "late", "withdrawn, stopped",

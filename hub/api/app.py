@@ -650,12 +650,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         from hub.domain.dates import utcnow
         from hub.domain.errors import Forbidden
         from hub.services import reports
-        from hub.store.db import reading_session
 
         if agency is not None and not who.may_act_for(agency):
             raise Forbidden(f"client {who.name!r} may not act for agency {agency}", code="agency_not_allowed")
-        with reports.slot(), reading_session(rt().sessions, snapshot=True) as s:
-            report = reports.resolution(s, start, end, agencies=[agency] if agency else who.agencies, now=utcnow())
+        report = reports.served(rt().sessions, start, end, agencies=[agency] if agency else who.agencies, now=utcnow())
         if format == "csv":
             return Response(
                 reports.as_csv(report),

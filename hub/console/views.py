@@ -900,8 +900,9 @@ def router(runtime: Any) -> APIRouter:
         request.session["flash"] = (t["job_queued"] if queued else t["job_not_queued"]).format(job=label)
         return RedirectResponse("/ops/jobs", status_code=303)
 
-    def _report(request: Request, start: str, end: str, agency: str) -> tuple[Any, str | None]:
-        """The report the form asks for (this month so far when it asks for none), or the words of what is wrong."""
+    def _report(request: Request, start: str, end: str, agency: str) -> tuple[date, date, Any, tuple[int, str] | None]:
+        """(first day, last day, the report the form asks for — this month so far when it asks for none —, None) or,
+        when it cannot be made, (…, None, (HTTP status, the words of what is wrong))."""
         from hub.services import reports
 
         t = words(lang_of(request))
@@ -910,13 +911,12 @@ def router(runtime: Any) -> APIRouter:
             first = date.fromisoformat(start[:10]) if start else today.replace(day=1)
             last = date.fromisoformat(end[:10]) if end else today
         except ValueError:
-            return (today.replace(day=1), today, agency), t["report_bad_dates"]
+            return today.replace(day=1), today, None, (400, t["report_bad_dates"])
         try:
-            with reports.slot(), reading_session(rt().sessions, snapshot=True) as s:
-                report = reports.resolution(s, first, last, agencies=[agency or "*"], now=utcnow())
+            return first, last, reports.served(rt().sessions, first, last, agencies=[agency or "*"], now=utcnow()), None
         except DomainError as exc:
-            return (first, last, agency), t["report_busy" if exc.code == "reports_busy" else "report_bad_period"]
-        return report, None
+            busy = exc.code == "reports_busy"
+            return first, last, None, (429, t["report_busy"]) if busy else (400, t["report_bad_period"])
 
     @r.get("/reports")
     def resolution_report(request: Request, asked: ReportQuery) -> Response:
@@ -925,35 +925,33 @@ def router(runtime: Any) -> APIRouter:
         if (go := user_or_login(request)) is not None:
             return go
         start, end, agency = asked
-        report, problem = _report(request, start, end, agency)
+        first, last, report, problem = _report(request, start, end, agency)
         if problem is not None:
-            first, last, _ = report
-            status = 429 if problem == words(lang_of(request))["report_busy"] else 400
-            return render(request, "reports.html", status=status, page="reports", start=first, end=last, agency=agency,
-                          lines=[], total=None, as_of=None, error=problem)  # fmt: skip
+            return render(request, "reports.html", status=problem[0], page="reports", start=first, end=last,
+                          agency=agency, lines=[], total=None, as_of=None, error=problem[1])  # fmt: skip
         lines = [(key, figures.as_dict()) for key, figures in sorted(report.lines.items())]
         total = report.total().as_dict()
-        return render(request, "reports.html", page="reports", start=report.start, end=report.end, agency=agency,
+        return render(request, "reports.html", page="reports", start=first, end=last, agency=agency,
                       lines=lines, total=total, as_of=report.at, unreadable=report.unreadable)  # fmt: skip
 
     @r.get("/reports.csv")
     def resolution_report_csv(request: Request, asked: ReportQuery) -> Response:
-        """The same report as a CSV file (UTF-8 with a byte-order mark, for a spreadsheet)."""
+        """The same report as a CSV file (UTF-8 with a byte-order mark, for a spreadsheet), headed in the console's
+        language."""
         from hub.services import reports
 
         if (go := user_or_login(request)) is not None:
             return go
-        report, problem = _report(request, *asked)
+        first, last, report, problem = _report(request, *asked)
         if problem is not None:
-            status = 429 if problem == words(lang_of(request))["report_busy"] else 400
-            return Response(problem, status_code=status, media_type="text/plain; charset=utf-8")
+            return Response(problem[1], status_code=problem[0], media_type="text/plain; charset=utf-8")
         t = words(lang_of(request))
         names = {key.removeprefix("col:"): label for key, label in t.items() if key.startswith("col:")}
         return Response(
             "\ufeff" + reports.as_csv(report, names),
             media_type="text/csv; charset=utf-8",
             headers={
-                "Content-Disposition": f'attachment; filename="resolution-{report.start}-{report.end}.csv"',
+                "Content-Disposition": f'attachment; filename="resolution-{first}-{last}.csv"',
                 "Cache-Control": "no-store",
             },
         )

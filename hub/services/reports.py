@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, any_, bindparam, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import VN_TZ, parse_national
 from hub.domain.errors import DomainError, InvalidDate, TooManyRequests
@@ -31,6 +31,7 @@ from hub.domain.spreadsheet import spreadsheet_safe
 from hub.domain.status import OPEN
 from hub.domain.status import DossierStatus as S
 from hub.services.dossiers import agencies_where
+from hub.store.db import reading_session
 from hub.store.models import Dossier, StatusEvent
 
 MAX_DAYS = 366 * 5  # a report is of a month, a quarter, a year; five years bounds what one request reads
@@ -119,11 +120,16 @@ class Report:
             total.add(figures)
         return total
 
+    @property
+    def as_of(self) -> str:
+        """The moment the figures hold for, in Vietnam's time, to the second."""
+        return self.at.astimezone(VN_TZ).isoformat(timespec="seconds")
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "from": self.start.isoformat(),
             "to": self.end.isoformat(),
-            "as_of": self.at.astimezone(VN_TZ).isoformat(timespec="seconds"),
+            "as_of": self.as_of,
             "lines": [
                 {"agency": agency, "MaTTHC": procedure, **figures.as_dict()}
                 for (agency, procedure), figures in sorted(self.lines.items())
@@ -168,6 +174,15 @@ def period(start: date, end: date) -> tuple[datetime, datetime]:
         datetime.combine(start, time(), tzinfo=VN_TZ),
         datetime.combine(end + timedelta(days=1), time(), tzinfo=VN_TZ),
     )
+
+
+def served(
+    sessions: sessionmaker[Session], start: date, end: date, *, agencies: Sequence[str], now: datetime
+) -> Report:
+    """`resolution` as a request to the API or the console makes it: in one of the process's few places (`slot`),
+    from one snapshot of the store."""
+    with slot(), reading_session(sessions, snapshot=True) as session:
+        return resolution(session, start, end, agencies=agencies, now=now)
 
 
 def resolution(session: Session, start: date, end: date, *, agencies: Sequence[str] = ("*",), now: datetime) -> Report:
