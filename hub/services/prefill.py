@@ -813,7 +813,7 @@ class PrefillService:
                     return await anyio.to_thread.run_sync(self._prefill_recorded, client, body, correlation_id)
                 try:
                     return await self.bulkheads.run(POPULATION, self._prefill_recorded, client, body, correlation_id)
-                except PeerBusy as busy:  # refused before anything was read: logged as refused, as any refusal
+                except PeerBusy as busy:  # nothing read: logged as failed (peer_busy), the register not asked
                     journal = _Journal([], [])
                     if quota is not None and limit is not None and wait is None:  # nothing read: its token back
                         await quota.give_back_async(client.name, limit)
