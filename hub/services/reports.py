@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, any_, bindparam, or_, select
+from sqlalchemy import BigInteger, DateTime, any_, bindparam, or_, select, type_coerce
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -204,7 +204,7 @@ def resolution(session: Session, start: date, end: date, *, agencies: Sequence[s
         figures = report.lines.setdefault((row.agency, row.procedure_code), Figures())
         if received < lo:
             figures.carried_over += 1
-        elif row.channel == ONLINE:
+        elif row.channel is not None and str(row.channel) == ONLINE:  # (SQLite reads a JSON number as one)
             figures.received_online += 1
         else:
             figures.received_other += 1
@@ -245,18 +245,25 @@ def _candidates(
         *agencies_where(agencies),
     ]
     where.append(Dossier.status.notin_([int(S.REFUSED)]))  # not received: no part of what was resolved
+    postgresql = session.get_bind().dialect.name == "postgresql"
+
+    def instant(column: Any) -> Any:
+        """PostgreSQL's timestamptz as psycopg reads it (aware: all the report needs), not put in UTC a value at a
+        time by the store's type (a tenth of the report's time); SQLite's naive UTC made aware by it."""
+        return type_coerce(column, DateTime(timezone=True)) if postgresql else column
+
     columns = (
         Dossier.id,
         Dossier.agency,
         Dossier.procedure_code,
         Dossier.status,
-        Dossier.due_at,
-        Dossier.created_at,
+        instant(Dossier.due_at).label("due_at"),
+        instant(Dossier.created_at).label("created_at"),
         Dossier.data["NgayTiepNhan"].as_string().label("received"),
         Dossier.data["KenhThucHien"].as_string().label("channel"),
-        Dossier.data["NgayKetThucXuLy"].as_string().label("finished_raw"),
+        Dossier.data["NgayKetThucXuLy"].as_string().label("finished"),
     )
-    if session.get_bind().dialect.name == "postgresql":  # one array parameter: psycopg parses a query of 2,000
+    if postgresql:  # one array parameter: psycopg parses a query of 2,000
         # placeholders afresh at every batch (a fifth of the report's time), PostgreSQL plans `= ANY` as `IN`
 
         def of_batch(ids: list[int]) -> Any:
@@ -279,12 +286,12 @@ def _candidates(
                 StatusEvent.dossier_id,
                 StatusEvent.status,
                 StatusEvent.previous_status,
-                StatusEvent.created_at,
+                instant(StatusEvent.created_at),
                 StatusEvent.payload["ThoiDiemXuLy"].as_string(),
             )
             .where(of_batch(ids), StatusEvent.status.in_([*RESOLVED, *ENDED]))
             .order_by(StatusEvent.dossier_id, StatusEvent.seq)
-        ):
+        ).all():
             seen = firsts.setdefault(dossier_id, {})
             seen.setdefault(int(status), (at, stated))  # the first of each status
             if int(status) in ENDED and previous in BEFORE_RECEIPT:  # withdrawn or stopped while newly filed,
@@ -300,20 +307,10 @@ def _candidates(
             )
             for d in received:
                 del firsts[d][NEVER_RECEIVED]
-        for r in rows:
-            yield _Row(r), firsts.get(r.id, {})
+        empty: dict[int, tuple[datetime, Any]] = {}
+        for r in rows:  # (the rows as read: `received`, `channel`, `finished` as sent, read only where needed)
+            yield r, firsts.get(r.id, empty)
         after = ids[-1]
-
-
-class _Row:
-    __slots__ = ("agency", "channel", "created_at", "due_at", "finished", "procedure_code", "received_raw", "status")
-
-    def __init__(self, r: Any) -> None:
-        self.agency, self.procedure_code, self.status = r.agency, r.procedure_code, r.status
-        self.due_at, self.created_at = r.due_at, r.created_at
-        self.received_raw = r.received
-        self.channel = str(r.channel) if r.channel is not None else None
-        self.finished = r.finished_raw  # NgayKetThucXuLy as sent: read only for a dossier that was resolved
 
 
 def _national(raw: Any) -> datetime | None:
@@ -325,14 +322,14 @@ def _national(raw: Any) -> datetime | None:
         return None
 
 
-def _received(row: _Row) -> datetime | None:
+def _received(row: Any) -> datetime | None:
     """When the dossier was received: its NgayTiepNhan (every dossier hub takes has one; without it, when hub first
     saw the dossier); None when it is not a date; NOT_RECEIVED for a dossier filed online (1, newly filed) that no
     officer has received yet."""
     if int(row.status) == int(S.NEW):
         return NOT_RECEIVED
-    if row.received_raw:
-        return _national(row.received_raw)
+    if row.received:
+        return _national(row.received)
     first: datetime = row.created_at
     return first
 
