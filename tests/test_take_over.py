@@ -157,6 +157,17 @@ def test_a_one_stop_system_written_for_the_portal_goes_live_through_hub_with_dos
         "message": f"Không tìm thấy hồ sơ {nowhere}",
         "result": [],
     }
+    # the portal's "not found" is an answer, not a failure of the portal's: a one-stop system going live asks it of
+    # every dossier it holds, and an error rate counting them would page operators about a portal that works
+    with hub.runtime.sessions() as s:
+        looked = s.execute(
+            select(Exchange.outcome, Exchange.error_code)
+            .where(Exchange.peer == "national_portal", Exchange.operation == "TraCuuHoSo")
+            .order_by(Exchange.id)
+        ).all()
+    assert [tuple(row) for row in looked] == [("ok", None), ("handled", "portal_unknown_dossier")]
+    metrics = hub.http.get("/metrics").text
+    assert 'outcome="permanent"' not in metrics and 'outcome="handled",peer="national_portal"} 1.0' in metrics
     # the portal down: not "not found" (which would have the dossier sent as new), but "try again"
     portal.post("/_sandbox/faults", json={"outage_seconds": 60})
     down = one_stop.call("TraCuuHoSo", mahoso=nowhere)

@@ -18,9 +18,10 @@ class NationalPortal(Protocol):
         idempotency_key: str | None,
         correlation_id: str,
         on_exchange: ExchangeHook | None = None,
+        answers: frozenset[int] = frozenset(),
     ) -> dict[str, Any]:
         """Call a service (DongBoHoSoMC, CapNhatTienDoHoSoMC, TraCuuHoSo...). Returns the reply on error_code 0;
-        raises a PeerError otherwise."""
+        raises a PeerError otherwise (`answers`: error codes that answer the question, recorded as handled)."""
         ...
 
     def look_up(

@@ -81,9 +81,9 @@ class NationalPortalClient:
     @staticmethod
     def _report(exchange: JsonExchange, *, handled: bool = False) -> dict[str, Any]:
         """Record an answered exchange: ok, a refusal (retryable or permanent, by its error_code), or `handled` — a
-        refusal the same call answered itself (an expired session renewed, a DongBoHoSoMC sent the other way), which
-        is the protocol working as meant, not a failure of the portal's (an error rate counts it as such at go-live,
-        when many dossiers are sent the wrong way first)."""
+        refusal the same call answered itself (an expired session renewed, a DongBoHoSoMC sent the other way, a
+        look-up's "unknown dossier"), which is the protocol working as meant, not a failure of the portal's (an
+        error rate counts it as such at go-live, when many dossiers are sent the wrong way first)."""
         code = exchange.reply["error_code"]
         if code == codes.OK:
             exchange.report("ok", None)
@@ -129,7 +129,11 @@ class NationalPortalClient:
         idempotency_key: str | None,
         correlation_id: str,
         on_exchange: ExchangeHook | None = None,
+        answers: frozenset[int] = frozenset(),
     ) -> dict[str, Any]:
+        """`service` with `payload`; the reply when error_code is 00, else raised as the error_code means.
+        `answers`: error codes that answer the question asked (TraCuuHoSo's "unknown dossier") — still raised, but
+        on the record as `handled`, not as a failure of the portal's."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         session = self._session or self._authenticate(None, correlation_id, on_exchange)
         renewed = flipped = False
@@ -147,7 +151,7 @@ class NationalPortalClient:
                 session, renewed = self._authenticate(session, correlation_id, on_exchange), True
                 continue
             other = None if flipped else _other_way(service, payload, code)
-            self._report(exchange, handled=other is not None)
+            self._report(exchange, handled=other is not None or code in answers)
             if other is not None:
                 # the portal knows the dossier when hub thought it new, or not when hub thought it known: the same
                 # dossier once more, the other way (under a key of its own, so that both stay exactly once)
@@ -193,9 +197,12 @@ class NationalPortalClient:
         self, code: str, *, correlation_id: str, on_exchange: ExchangeHook | None = None
     ) -> dict[str, Any] | None:
         try:
+            # "unknown dossier" is an answer: the reconciliation of a province going live, and one-stop systems
+            # deciding isUpdating through /dvcqg, ask about many dossiers the portal has never had — were each a
+            # failure on the record, the error rate (the console's, HubPeerErrors) would call a working portal failing
             reply = self.call(
                 "TraCuuHoSo", {"MaHoSo": code}, idempotency_key=None, correlation_id=correlation_id,
-                on_exchange=on_exchange,
+                on_exchange=on_exchange, answers=frozenset({codes.UNKNOWN_DOSSIER}),
             )  # fmt: skip
         except PeerRejected as exc:
             if exc.code == "portal_unknown_dossier":
