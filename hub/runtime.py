@@ -107,6 +107,16 @@ class Runtime:
         from hub.sync.maintenance import Maintenance
 
         self.maintenance = Maintenance(self.sessions)
+        # token buckets: how fast each client may read personal data, and deliveries may go to each peer — shared
+        # through Redis by every process in distributed mode
+        self.quota: Quota = LocalQuota() if settings.embedded else RedisQuota(settings.broker_url)
+        rates = None
+        if settings.peer_rate_limits:
+            from hub.sync.rates import PeerRates
+
+            # embedded: each `hub serve` process keeps its own buckets, and takes its share of each rate
+            share = (lambda: len(self.workers())) if settings.embedded else (lambda: 1)
+            rates = PeerRates(settings.peer_rate_limits, self.quota, share=share)
         self.relay = Relay(
             self.sessions,
             {
@@ -128,6 +138,7 @@ class Runtime:
             peers={ONE_STOP: one_stop_system},
             lease_seconds=settings.relay_lease_seconds,
             paused=self.maintenance.on,
+            rates=rates,
         )
         self.worker: EmbeddedWorker | None = None
         self._celery: Any = None  # distributed mode, the API's: how it sends workers tasks
@@ -310,8 +321,6 @@ class Runtime:
         self.edoc_status = EdocStatus(
             self.sessions, self.document_exchange, self.signatures.verify, on_exchange=self.record_exchange
         )
-        # how fast each client may read personal data: shared through Redis by every process in distributed mode
-        self.quota: Quota = LocalQuota() if settings.embedded else RedisQuota(settings.broker_url)
         from hub.adapters.bulkheads import Bulkheads
 
         # the API's waits on each peer, on threads of that peer's own (ADR 0046)

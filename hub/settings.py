@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRETS_FILE = "dev-secrets.json"
 DEV_CLIENT = "sandbox-onestop"  # the client system dev mode makes when none is configured
+# the destinations of the outbox, whose deliveries HUB_PEER_RATE_LIMITS may hold to a rate
+RATE_LIMITED = ("national_portal", "one_stop", "document_exchange", "sms", "email")
 
 
 def agency_matches(pattern: str, agency: str) -> bool:
@@ -287,6 +289,11 @@ class Settings(BaseSettings):
     relay_backoff_base: float = 1.0
     relay_backoff_cap: float = 300.0
     relay_poll_interval: float = 1.0
+    # how fast deliveries may go to each system of a destination, in messages a second, e.g. {"national_portal": 20}:
+    # the rate a portal's connection agreement or its gateway allows, held by every worker together (their shared
+    # bucket in Redis; in embedded mode, shared out between the `hub serve` processes); after an outage the backlog
+    # drains at this rate instead of all at once (ADR 0049). Unset: as fast as the workers go
+    peer_rate_limits: dict[str, float] = Field(default_factory=dict)
     reconcile_interval: float = 3600.0  # seconds between reconciliations with the portal; 0 disables
     edoc_status_interval: float = 60.0  # seconds between polls for the receivers' status notices; 0 disables
     reconcile_concurrency: int = Field(default=8, ge=1, le=64)  # portal look-ups in flight during a reconciliation
@@ -382,6 +389,17 @@ class Settings(BaseSettings):
         for origin in value:
             if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
                 raise ValueError(f"{origin!r} is not a web origin like https://dichvucong.gov.vn (no path, no '*')")
+        return value
+
+    @field_validator("peer_rate_limits")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for destination, rate in value.items():
+            if destination not in RATE_LIMITED:
+                known = ", ".join(RATE_LIMITED)
+                raise ValueError(f"{destination!r} is not a destination hub delivers to (one of {known})")
+            if not 0 < rate <= 100_000:
+                raise ValueError(f"{destination}: {rate} is not a rate (messages a second, more than 0)")
         return value
 
     @field_validator("clients", mode="before")

@@ -45,7 +45,19 @@ local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
 if tokens then redis.call('HSET', KEYS[1], 'tokens', tostring(math.min(tonumber(ARGV[1]), tokens + 1))) end
 return 0
 """
+# KEYS[1]: a pace's next free slot; ARGV: seconds between slots, the longest wait for one. Returns {1, ms until the
+# slot taken} or {0, ms until the next one is free} (not taken). Redis's clock: one for every machine.
+PACE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local interval, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2])
+local due = math.max(tonumber(redis.call('GET', KEYS[1])) or t, t)
+if due - t > max_wait then return {0, math.ceil((due - t) * 1000)} end
+redis.call('SET', KEYS[1], tostring(due + interval), 'PX', math.ceil((due - t + interval) * 1000) + 1000)
+return {1, math.ceil((due - t) * 1000)}
+"""
 KEY_PREFIX = "hub:quota:prefill:"
+RATE_PREFIX = "hub:rate:"  # the relay's paces, one per peer (hub.sync.rates)
 
 
 class Quota(Protocol):
@@ -54,6 +66,12 @@ class Quota(Protocol):
         ...
 
     async def take_async(self, client: str, per_minute: int) -> float | None: ...
+
+    def pace(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+        """The next slot of a pace of one every `interval` seconds (a generic cell rate: no two slots closer): (True,
+        seconds until it) when that is at most `max_wait` away — the slot is then taken —, else (False, seconds
+        until the next slot is free). The relay's pace towards a peer (hub.sync.rates)."""
+        ...
 
     async def give_back_async(self, client: str, per_minute: int) -> None:
         """Put back the token a read took that was refused before it reached the register (its compartment full):
@@ -69,17 +87,29 @@ class LocalQuota:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, monotonic time)
+        self._slots: dict[str, float] = {}  # pace -> monotonic time of its next free slot
 
     def take(self, client: str, per_minute: int) -> float | None:
-        rate, capacity = per_minute / 60.0, float(per_minute)
+        return self._take(client, per_minute / 60.0, float(per_minute))
+
+    def pace(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
         now = time.monotonic()
         with self._lock:
-            tokens, at = self._buckets.get(client, (capacity, now))
+            due = max(self._slots.get(key, now), now)  # the next free slot
+            if due - now > max_wait:
+                return False, due - now
+            self._slots[key] = due + interval
+            return True, due - now
+
+    def _take(self, key: str, rate: float, capacity: float) -> float | None:
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(key, (capacity, now))
             tokens = min(capacity, tokens + (now - at) * rate)
             if tokens >= 1:
-                self._buckets[client] = (tokens - 1, now)
+                self._buckets[key] = (tokens - 1, now)
                 return None
-            self._buckets[client] = (tokens, now)
+            self._buckets[key] = (tokens, now)
             return (1 - tokens) / rate
 
     async def take_async(self, client: str, per_minute: int) -> float | None:
@@ -105,14 +135,28 @@ class RedisQuota:
         self._pause = pause_after_failure
         self._sync = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._script = self._sync.register_script(TAKE)
+        self._pace = self._sync.register_script(PACE)
         self._async: dict[asyncio.AbstractEventLoop, tuple[Any, Any, Any]] = {}  # a client per event loop
         self._down_until = 0.0
 
     def take(self, client: str, per_minute: int) -> float | None:
+        return self._take(KEY_PREFIX + client, per_minute / 60.0, per_minute)
+
+    def pace(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+        if time.monotonic() < self._down_until:
+            return True, 0.0
+        try:
+            taken, wait_ms = self._pace(keys=[RATE_PREFIX + key], args=[interval, max_wait])
+        except Exception as exc:  # noqa: BLE001 - as in take: let the delivery go, say so
+            self._failed(exc)
+            return True, 0.0
+        return int(taken) == 1, int(wait_ms) / 1000
+
+    def _take(self, key: str, rate: float, capacity: float) -> float | None:
         if time.monotonic() < self._down_until:
             return None
         try:
-            taken, wait_ms = self._script(keys=[KEY_PREFIX + client], args=[per_minute / 60.0, per_minute])
+            taken, wait_ms = self._script(keys=[key], args=[rate, capacity])
         except Exception as exc:  # noqa: BLE001 - any Redis failure: let the read through, say so
             self._failed(exc)
             return None
@@ -151,7 +195,11 @@ class RedisQuota:
 
     def _failed(self, exc: Exception) -> None:
         self._down_until = time.monotonic() + self._pause
-        log.warning("read quota not checked (Redis did not answer; reads let through for %.0f s): %s", self._pause, exc)
+        log.warning(
+            "read quotas and delivery rates not checked (Redis did not answer; let through for %.0f s): %s",
+            self._pause,
+            exc,
+        )
 
     def close(self) -> None:
         self._sync.close()

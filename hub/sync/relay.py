@@ -22,6 +22,7 @@ from hub.domain.dates import utcnow
 from hub.logs import correlation_id
 from hub.sync import outbox
 from hub.sync.outbox import Claimed, Outcome, exchange_row
+from hub.sync.rates import PeerRates
 from hub.sync.retry import RetryPolicy
 
 log = logging.getLogger("hub.relay")
@@ -90,6 +91,7 @@ class Relay:
         lease_seconds: float = 60.0,
         paused: Callable[[], bool] = lambda: False,
         peers: Mapping[str, Callable[[Claimed], str]] | None = None,
+        rates: PeerRates | None = None,
     ) -> None:
         """`peers`: for a destination served by several systems (the one-stop systems of the routing table), which
         one a message goes to — a peer found down is paused alone, its destination's other systems served."""
@@ -100,6 +102,7 @@ class Relay:
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.paused = paused  # maintenance mode: claim nothing while it says so
+        self.rates = rates  # how fast messages may go to each peer (HUB_PEER_RATE_LIMITS; None: as fast as they can)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
         # each peer's part of a batch (its probe, then the rest) beside the others': a peer that hangs until its
         # timeout holds its own messages, not the portal's in the same batch
@@ -164,6 +167,10 @@ class Relay:
             peer = self.peer_of(c)
             if peer in down:  # the peer is down: do not hammer it, release untried
                 return Outcome(c, "released", retry_at=utcnow() + self._pause(peer))
+            if self.rates is not None:
+                later = self.rates.turn(c.destination, peer)
+                if later is not None:  # its turn is further off than a wait here: back in line, due then, untried
+                    return Outcome(c, "released", retry_at=utcnow() + timedelta(seconds=later))
             token = correlation_id.set(c.correlation_id)  # the request's id follows the message into the logs
             where = {
                 "outbox_id": c.id,

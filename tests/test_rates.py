@@ -1,0 +1,127 @@
+"""Deliveries held to a peer's agreed rate (HUB_PEER_RATE_LIMITS, ADR 0049): a backlog — after an outage, at a
+one-stop system's go-live — drains at the rate the national portal's gateway allows, not all at once, by every
+worker together; what waits for its turn is delivered later, once, in order, with no attempt counted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from hub.services.quota import LocalQuota, RedisQuota
+from hub.settings import Settings
+from hub.store.models import OutboxMessage
+from hub.sync.rates import PeerRates
+from tests.conftest import HubFactory
+from tests.helpers import dossier
+
+RATE = 10.0  # messages a second to the portal
+
+
+def closer_than_the_pace(times: list[float], rate: float, slack: float) -> list[tuple[int, int]]:
+    """The pairs (i, j) of receipt times between which more messages arrived than a pace of `rate` a second allows
+    (`slack`: seconds of jitter between hub's slot and the peer noting the message) — none when the pace was kept."""
+    return [
+        (i, j)
+        for i in range(len(times))
+        for j in range(i + 1, len(times))
+        if j - i > rate * (times[j] - times[i] + slack)
+    ]
+
+
+def test_a_backlog_drains_at_the_portals_rate_each_message_once_in_order_no_attempt_counted(
+    hub_factory: HubFactory, portal: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = hub_factory(peer_rate_limits={"national_portal": RATE})  # 45 messages: 4.5 s at least
+    # a one-stop system going live: 40 dossiers in one request, then a step for a few of them
+    items = [dossier(300 + i, status=2) for i in range(40)]
+    with caplog.at_level(logging.INFO, logger="hub.relay"):
+        r = hub.http.post("/v1/dossiers/batch", json={"data": items})
+        assert r.status_code == 200 and all(x["status"] == 202 for x in r.json()["results"]), r.text
+        steps = [(d["MaHoSo"], 4) for d in items[:5]]
+        for code, status in steps:
+            body = {"MaHoSo": code, "NguoiXuLy": "Lê Văn Tâm", "ThoiDiemXuLy": "20261207090000",
+                    "NoiDungXuLy": "Thẩm định", "TrangThai": status}  # fmt: skip
+            assert hub.http.post(f"/v1/dossiers/{code}/progress", json=body).status_code == 202
+        assert hub.wait_idle(timeout=60) == {"delivered": 45}
+    received = portal.get("/_sandbox/received", params={"limit": 1000}).json()["items"]
+    applied = [x for x in received if x["outcome"] == "applied"]
+    assert len(applied) == 45 and not [x for x in received if x["outcome"] != "applied"]
+    times = sorted(x["at"] for x in applied)
+    # never more than the pace allows in any stretch of time: one every tenth of a second
+    assert closer_than_the_pace(times, RATE, slack=0.25) == []
+    # each dossier once, its step after it
+    first = {}
+    for n, x in enumerate(sorted(applied, key=lambda x: x["at"])):
+        for item in x["body"]["data"]:
+            first.setdefault((item["MaHoSo"], x["operation"]), n)
+    assert len({code for code, _ in first}) == 40
+    assert all(first[(code, "DongBoHoSoMC")] < first[(code, "CapNhatTienDoHoSoMC")] for code, _ in steps)
+    # what waited its turn went back in line untried: one attempt each, the one that delivered it
+    with hub.runtime.sessions() as s:
+        attempts = s.scalars(select(OutboxMessage.attempts).where(OutboxMessage.destination == "national_portal"))
+        assert set(attempts) == {1}
+    # and the operators were told, once, why deliveries wait
+    held = [rec for rec in caplog.records if "held to 10 a second" in rec.getMessage()]
+    assert len(held) >= 1 and held[0].__dict__["peer"] == "national_portal"
+
+
+def test_workers_on_several_machines_share_one_rate_through_redis() -> None:
+    """Two workers (each its own Redis client, as on two machines) delivering to the same portal: together they
+    keep its pace, and each gets turns."""
+    peer = f"national_portal-test-{secrets.token_hex(4)}"
+    rates = [
+        PeerRates({"national_portal": RATE}, RedisQuota("redis://127.0.0.1:6379/0"), max_wait=0.02) for _ in range(2)
+    ]
+    passed: list[list[float]] = [[], []]
+    started = time.monotonic()
+    stop = started + 1.5
+
+    def work(n: int) -> None:
+        while time.monotonic() < stop:
+            if rates[n].turn("national_portal", peer) is None:
+                passed[n].append(time.monotonic())
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in rates:
+        r.buckets.close()
+    total = sorted(passed[0] + passed[1])
+    elapsed = total[-1] - started
+    assert len(total) <= RATE * elapsed + 1, (len(total), elapsed)  # one pace, not one each
+    assert closer_than_the_pace(total, RATE, slack=0.01) == []
+    assert passed[0] and passed[1]  # and each had turns
+
+
+def test_embedded_processes_take_their_share_of_the_rate() -> None:
+    """`hub serve --workers 2` in embedded mode: each process keeps a pace of its own (no Redis to share one) at
+    half the rate, so that together they keep to it."""
+    slept: list[float] = []
+    rates = PeerRates({"sms": 10}, LocalQuota(), share=lambda: 2, max_wait=0.5, sleep=slept.append)
+    assert [rates.turn("sms", "sms") for _ in range(3)] == [None] * 3  # the first now, then waiting their slot
+    assert slept == [pytest.approx(0.2, abs=0.02), pytest.approx(0.4, abs=0.02)]  # a fifth of a second apart
+    wait = rates.turn("sms", "sms")  # its slot 0.6 s away, past the 0.5 s it may wait: back in line
+    assert wait == pytest.approx(0.6, abs=0.02) and len(slept) == 2
+    assert rates.turn("national_portal", "national_portal") is None and len(slept) == 2  # no limit set: no wait
+
+
+def test_a_rate_limit_for_no_destination_or_no_rate_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValidationError, match="'national_portl' is not a destination hub delivers to"):
+        Settings(var_dir=tmp_path, peer_rate_limits={"national_portl": 20})
+    with pytest.raises(ValidationError, match="is not a rate"):
+        Settings(var_dir=tmp_path, peer_rate_limits={"national_portal": 0})
+    monkeypatch.setenv("HUB_PEER_RATE_LIMITS", json.dumps({"national_portal": 20, "sms": 2.5}))
+    assert Settings(var_dir=tmp_path).peer_rate_limits == {"national_portal": 20.0, "sms": 2.5}
