@@ -921,7 +921,7 @@ def peers_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     rt = _Store()
     try:
         with rt.sessions() as session:
-            rows = jobs.peers_status(session)
+            rows = jobs.peers_status(session, rate_limits=_settings().peer_rate_limits)
     finally:
         rt.close()
     if as_json:
@@ -935,11 +935,12 @@ def peers_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
         "dead",
         "delivered",
         "oldest undelivered (s)",
+        "rate limit (/s)",
         "last ok",
         "last failure",
         "last error",
     ):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "peer")  # the name whole, to be copied into `hub jobs` commands
     for p in rows:
         table.add_row(
             *_plain(
@@ -949,6 +950,7 @@ def peers_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
                 str(p["dead"]),
                 str(p["delivered"]),
                 str(p["oldest_undelivered_s"] or "—"),
+                format(p["rate_limit"], "g") if p["rate_limit"] is not None else "—",
                 p["last_ok"] or "—",
                 p["last_failure"] or "—",
                 p["last_error_code"] or "—",

@@ -16,12 +16,15 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from hub.console.auth import Operators
 from hub.services.quota import LocalQuota, RedisQuota
 from hub.settings import Settings
 from hub.store.models import OutboxMessage
+from hub.sync.jobs import peers_status
 from hub.sync.rates import PeerRates
 from tests.conftest import HubFactory
 from tests.helpers import dossier
+from tests.test_console import PASSWORD, _logged_in
 
 RATE = 10.0  # messages a second to the portal
 
@@ -72,6 +75,15 @@ def test_a_backlog_drains_at_the_portals_rate_each_message_once_in_order_no_atte
     # and the operators were told, once, why deliveries wait
     held = [rec for rec in caplog.records if "held to 10 a second" in rec.getMessage()]
     assert len(held) >= 1 and held[0].__dict__["peer"] == "national_portal"
+    # and see the rate beside the backlog: `hub peers status` and the console's peers table
+    with hub.runtime.sessions() as s:
+        rows = {p["peer"]: p for p in peers_status(s, rate_limits=hub.settings.peer_rate_limits)}
+    assert rows["national_portal"]["rate_limit"] == RATE
+    Operators(hub.runtime.sessions).add("tran.van.an", PASSWORD, "viewer")
+    console = _logged_in(hub.server.url, "tran.van.an")
+    page = console.get("/ops").text
+    console.close()
+    assert "Giới hạn (tin/giây)" in page and '<td class="rate-limit">10</td>' in page
 
 
 def test_workers_on_several_machines_share_one_rate_through_redis() -> None:

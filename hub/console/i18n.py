@@ -82,6 +82,9 @@ TEXT: dict[str, dict[str, str]] = {
         "delivered": "Đã giao",
         "counted_each_minute": "đếm lại tối đa mỗi phút một lần",
         "oldest": "Chờ lâu nhất (giây)",
+        "rate_limit": "Giới hạn (tin/giây)",
+        "rate_limit_hint": "Tốc độ gửi tối đa tới hệ thống này (HUB_PEER_RATE_LIMITS): tồn đọng sau sự cố được gửi "
+        "dần theo tốc độ này",
         "last_ok": "Thành công gần nhất",
         "last_failure": "Lỗi gần nhất",
         "last_error": "Mã lỗi",
@@ -396,6 +399,9 @@ TEXT: dict[str, dict[str, str]] = {
         "delivered": "Delivered",
         "counted_each_minute": "counted again at most once a minute",
         "oldest": "Oldest waiting (s)",
+        "rate_limit": "Rate limit (msg/s)",
+        "rate_limit_hint": "The most messages a second sent to this system (HUB_PEER_RATE_LIMITS): a backlog after an "
+        "outage drains at this rate",
         "last_ok": "Last success",
         "last_failure": "Last failure",
         "last_error": "Error code",

@@ -365,7 +365,8 @@ def router(runtime: Any) -> APIRouter:
             return go
         now = utcnow()
         with rt().sessions() as s:
-            peers = jobs.peers_status(s, rt().history_counts)  # delivered: counted at most once a minute
+            # delivered: counted at most once a minute
+            peers = jobs.peers_status(s, rt().history_counts, rt().settings.peer_rate_limits)
             totals = {state: sum(int(p[state]) for p in peers) for state in outbox.STATES}
             hours = hourly.hours(s, now)
             payments_pending = s.scalar(select(func.count()).select_from(Payment).where(Payment.status == "pending"))

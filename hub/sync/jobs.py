@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -271,10 +271,13 @@ def purge_history(session: Session, *, older_than_days: float, batch: int = 5000
 KNOWN_PEERS = ("national_portal", "one_stop", "population", "payment_dvc", "document_exchange")
 
 
-def peers_status(session: Session, history: HistoryCounts | None = None) -> list[dict[str, Any]]:
-    """Per peer: backlog, dead letters, oldest undelivered age, last success and last failure. `history`: where the
-    delivered rows (a month of a province's: millions, an index-only count of 0.25 s a million) are counted at
-    most once a minute — the console's overview; `hub peers status` counts them now."""
+def peers_status(
+    session: Session, history: HistoryCounts | None = None, rate_limits: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Per peer: backlog, dead letters, oldest undelivered age, last success and last failure, and the rate its
+    deliveries are held to (`rate_limits`: HUB_PEER_RATE_LIMITS; a backlog that drains slowly may be that rate).
+    `history`: where the delivered rows (a month of a province's: millions, an index-only count of 0.25 s a million)
+    are counted at most once a minute — the console's overview; `hub peers status` counts them now."""
     from sqlalchemy import func
 
     from hub.domain.dates import utcnow
@@ -296,6 +299,7 @@ def peers_status(session: Session, history: HistoryCounts | None = None) -> list
                 "last_ok": None,
                 "last_failure": None,
                 "last_error_code": None,
+                "rate_limit": (rate_limits or {}).get(name),  # messages a second, None: not limited
             },
         )
 
