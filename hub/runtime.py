@@ -575,6 +575,13 @@ class Runtime:
         except Exception:
             log.warning("could not record a job run", exc_info=True)
 
+    def _portal_pace(self) -> Callable[[], None] | None:
+        """The national portal's pace (HUB_PEER_RATE_LIMITS) for what else asks it in bulk, or None if it has none."""
+        rates = self.relay.rates
+        if rates is None or NATIONAL_PORTAL not in rates.limits:
+            return None
+        return lambda: rates.wait_turn(NATIONAL_PORTAL, NATIONAL_PORTAL)
+
     def reconcile(self, *, repair: bool = True, on_progress: Any = None) -> dict[str, Any]:
         """Compare open dossiers with the portal and repair what is safe (also a scheduled job)."""
         from hub.sync.reconcile import reconcile, unknown_to_hub
@@ -588,6 +595,7 @@ class Runtime:
                 concurrency=self.settings.reconcile_concurrency,
                 on_exchanges=self.record_exchanges,
                 returned_days=self.settings.reconcile_days,
+                pace=self._portal_pace(),
             )
 
             def unlisted(_: Exception) -> None:

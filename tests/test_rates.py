@@ -10,6 +10,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,9 +23,10 @@ from hub.settings import Settings
 from hub.store.models import OutboxMessage
 from hub.sync.jobs import peers_status
 from hub.sync.rates import PeerRates
-from tests.conftest import HubFactory
+from tests.conftest import AGENCY, Creds, HubFactory
 from tests.helpers import dossier
 from tests.test_console import PASSWORD, _logged_in
+from tests.test_dvcqg_compat import CLIENT, PortalClient
 
 RATE = 10.0  # messages a second to the portal
 
@@ -137,3 +139,48 @@ def test_a_rate_limit_for_no_destination_or_no_rate_is_refused_at_start(
         Settings(var_dir=tmp_path, peer_rate_limits={"national_portal": 0})
     monkeypatch.setenv("HUB_PEER_RATE_LIMITS", json.dumps({"national_portal": 20, "sms": 2.5}))
     assert Settings(var_dir=tmp_path).peer_rate_limits == {"national_portal": 20.0, "sms": 2.5}
+
+
+def test_a_reconciliation_asks_the_portal_in_its_rate_too(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    """The hourly reconciliation asks the portal about every open dossier — thousands in a province — and shares
+    the portal's pace with the deliveries, or it would be the burst the limit is there to prevent."""
+    hub = hub_factory(peer_rate_limits={"national_portal": 20})
+    items = [dossier(400 + i, status=2) for i in range(30)]
+    assert hub.http.post("/v1/dossiers/batch", json={"data": items}).status_code == 200
+    assert hub.wait_idle(timeout=60) == {"delivered": 30}
+    result = hub.runtime.reconcile(repair=False)
+    assert result["checked"] == 30 and result["in_sync"] == 30, result
+    received = portal.get("/_sandbox/received", params={"limit": 1000}).json()["items"]
+    asked = sorted(x["at"] for x in received if x["operation"] == "TraCuuHoSo")
+    assert len(asked) == 30
+    assert closer_than_the_pace(sorted(x["at"] for x in received), 20, slack=0.25) == []
+
+
+def test_a_one_stop_system_looking_up_through_dvcqg_is_told_to_try_again_past_the_portals_rate(
+    hub_factory: HubFactory, portal: httpx.Client, creds: Creds
+) -> None:
+    """A one-stop system going live asks TraCuuHoSo of every dossier it holds; those hub does not hold are asked of
+    the portal, in its rate: one whose turn is more than a second off is answered as the portal answers when busy
+    ("try again later", 99), not sent."""
+    hub = hub_factory(peer_rate_limits={"national_portal": 0.2})  # one every 5 s
+    one_stop = PortalClient(hub.http, CLIENT, creds.api_key)
+    assert one_stop.sign_in()["error_code"] == "00"
+    codes = [dossier(500 + i)["MaHoSo"] for i in range(6)]
+    clients = [httpx.Client(base_url=hub.server.url, timeout=30) for _ in codes]
+    answers: list[dict[str, Any]] = []
+
+    def look_up(i: int) -> None:
+        body = {"session": one_stop.session, "madonvi": AGENCY, "service": "TraCuuHoSo", "MaHoSo": codes[i]}
+        answers.append(clients[i].post("/dvcqg/api/service", json=body).json())
+
+    threads = [threading.Thread(target=look_up, args=(i,)) for i in range(len(codes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in clients:
+        c.close()
+    assert sorted(a["error_code"] for a in answers) == ["05"] + ["99"] * 5, answers  # asked once: not known there
+    assert all("thử lại sau" in a["message"] and a["result"] == [] for a in answers if a["error_code"] == "99")
+    asked = [x for x in portal.get("/_sandbox/received").json()["items"] if x["operation"] == "TraCuuHoSo"]
+    assert len(asked) == 1

@@ -57,6 +57,12 @@ class PeerRates:
             self._sleep(wait)
         return None
 
+    def wait_turn(self, destination: str, peer: str) -> None:
+        """Wait for a turn however far off it is: for the work in the background that asks a peer (a reconciliation's
+        look-ups), sharing its rate with the deliveries."""
+        while (wait := self.turn(destination, peer)) is not None:
+            self._sleep(wait)
+
     def _processes(self) -> int:
         now = time.monotonic()
         at, count = self._shared

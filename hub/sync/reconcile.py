@@ -94,10 +94,12 @@ def reconcile(
     concurrency: int = 8,
     on_exchanges: Callable[[list[ExchangeRecord]], None] | None = None,
     returned_days: float = 7.0,
+    pace: Callable[[], None] | None = None,
 ) -> ReconcileResult:
     """Dossiers are read `batch` at a time (one query for their outbox rows) and looked up at the portal
     `concurrency` at a time; verdicts and repairs are made in dossier order. `on_exchanges`: where each batch's
-    exchanges with the portal are recorded, together (the append-only record of every outbound exchange).
+    exchanges with the portal are recorded, together (the append-only record of every outbound exchange). `pace`:
+    waits for each look-up's turn in the portal's rate (HUB_PEER_RATE_LIMITS, shared with the deliveries; ADR 0049).
     `returned_days`: how long after its result was returned (10) a dossier is still compared."""
     result = ReconcileResult()
     columns = (Dossier.id, Dossier.code, Dossier.status)
@@ -126,6 +128,8 @@ def reconcile(
     def look_up(code: str) -> dict[str, Any] | PeerError | None:
         if down.is_set():
             return NOT_ASKED
+        if pace is not None:
+            pace()
         try:
             seen = portal.look_up(code, correlation_id=f"reconcile-{code}", on_exchange=exchanges.append)
         except PeerError as exc:
