@@ -21,6 +21,7 @@ from hub.adapters.errors import PeerRejected
 from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.adapters.national_portal import NationalPortalClient
 from hub.adapters.one_stop import OneStopClient
+from hub.adapters.population.base import PEER as POPULATION
 from hub.domain.calendar import WorkingCalendar
 from hub.domain.errors import DomainError
 from hub.domain.identifiers import dossier_code
@@ -35,6 +36,7 @@ from hub.sync import outbox
 from hub.sync.embedded import EmbeddedWorker, FileRoster, JobsLock, PgJobsLock, Presence
 from hub.sync.jobs import JOB_NAMES, UNANSWERED, intervals
 from hub.sync.outbox import Claimed
+from hub.sync.rates import PeerRates
 from hub.sync.relay import Relay
 from hub.sync.retry import RetryPolicy
 from hub.sync.workers import Roster, WorkerSeen, beat_ttl
@@ -110,10 +112,8 @@ class Runtime:
         # token buckets: how fast each client may read personal data, and deliveries may go to each peer — shared
         # through Redis by every process in distributed mode
         self.quota: Quota = LocalQuota() if settings.embedded else RedisQuota(settings.broker_url)
-        rates = None
+        rates: PeerRates | None = None
         if settings.peer_rate_limits:
-            from hub.sync.rates import PeerRates
-
             # embedded: each `hub serve` process keeps its own buckets, and takes its share of each rate
             share = (lambda: len(self.workers())) if settings.embedded else (lambda: 1)
             rates = PeerRates(settings.peer_rate_limits, self.quota, share=share)
@@ -335,6 +335,8 @@ class Runtime:
             inline=self._inline,
             previous_keys=settings.secret_keys[1:],
             bulkheads=self.bulkheads,
+            # the register's quota at the data-exchange platform, if one is set (ADR 0049)
+            pace=(lambda: rates.turn(POPULATION, POPULATION)) if rates and POPULATION in rates.limits else None,
         )
         from hub.services.citizens import CitizenDossiers
 

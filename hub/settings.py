@@ -19,8 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRETS_FILE = "dev-secrets.json"
 DEV_CLIENT = "sandbox-onestop"  # the client system dev mode makes when none is configured
-# the destinations of the outbox, whose deliveries HUB_PEER_RATE_LIMITS may hold to a rate
-RATE_LIMITED = ("national_portal", "one_stop", "document_exchange", "sms", "email")
+# the peers HUB_PEER_RATE_LIMITS may hold to a rate: the destinations of the outbox, and the population database
+RATE_LIMITED = ("national_portal", "one_stop", "document_exchange", "sms", "email", "population")
 
 
 def agency_matches(pattern: str, agency: str) -> bool:
@@ -397,7 +397,7 @@ class Settings(BaseSettings):
         for destination, rate in value.items():
             if destination not in RATE_LIMITED:
                 known = ", ".join(RATE_LIMITED)
-                raise ValueError(f"{destination!r} is not a destination hub delivers to (one of {known})")
+                raise ValueError(f"{destination!r} is not a peer hub holds to a rate (one of {known})")
             if not 0 < rate <= 100_000:
                 raise ValueError(f"{destination}: {rate} is not a rate (messages a second, more than 0)")
         return value

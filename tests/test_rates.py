@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from hub.console.auth import Operators
+from hub.sandbox.common import ServerThread
 from hub.services.quota import LocalQuota, RedisQuota
 from hub.settings import Settings
 from hub.store.models import OutboxMessage
@@ -27,6 +28,7 @@ from tests.conftest import AGENCY, Creds, HubFactory
 from tests.helpers import dossier
 from tests.test_console import PASSWORD, _logged_in
 from tests.test_dvcqg_compat import CLIENT, PortalClient
+from tests.test_prefill import PURPOSE, log_entries
 
 RATE = 10.0  # messages a second to the portal
 
@@ -130,10 +132,10 @@ def test_embedded_processes_take_their_share_of_the_rate() -> None:
     assert rates.turn("national_portal", "national_portal") is None and len(slept) == 2  # no limit set: no wait
 
 
-def test_a_rate_limit_for_no_destination_or_no_rate_is_refused_at_start(
+def test_a_rate_limit_for_no_known_peer_or_no_rate_is_refused_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(ValidationError, match="'national_portl' is not a destination hub delivers to"):
+    with pytest.raises(ValidationError, match="'national_portl' is not a peer hub holds to a rate"):
         Settings(var_dir=tmp_path, peer_rate_limits={"national_portl": 20})
     with pytest.raises(ValidationError, match="is not a rate"):
         Settings(var_dir=tmp_path, peer_rate_limits={"national_portal": 0})
@@ -184,3 +186,31 @@ def test_a_one_stop_system_looking_up_through_dvcqg_is_told_to_try_again_past_th
     assert all("thử lại sau" in a["message"] and a["result"] == [] for a in answers if a["error_code"] == "99")
     asked = [x for x in portal.get("/_sandbox/received").json()["items"] if x["operation"] == "TraCuuHoSo"]
     assert len(asked) == 1
+
+
+def test_pre_fills_keep_the_population_databases_rate(
+    hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client
+) -> None:
+    """The register's quota at the data-exchange platform: a cold pre-fill whose look-up's turn is more than a
+    second off is answered 503 with the wait as Retry-After, the register not asked, the access logged as failed
+    with nothing read — and a warm one (from the cache) needs no turn."""
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan", peer_rate_limits={"population": 0.2}
+    )  # one look-up every 5 s
+    ids = [p["SoDinhDanh"] for p in people.get("/_sandbox/people", params={"limit": 3}).json()["items"]]
+
+    def prefill(subject: str) -> httpx.Response:
+        body = {"procedure": "1.004873", "subject_id": subject, "purpose": PURPOSE,
+                "requested_by": {"officer": "cb-0042", "agency": AGENCY}}  # fmt: skip
+        return hub.http.post("/v1/prefill", json=body)
+
+    asked_before = people.get("/_sandbox/received").json()["count"]
+    first = prefill(ids[0])
+    assert first.status_code == 200, first.text
+    held = prefill(ids[1])
+    assert held.status_code == 503 and held.json()["code"] == "population_unavailable", held.text
+    assert 3 <= int(held.headers["Retry-After"]) <= 5
+    assert prefill(ids[0]).status_code == 200  # the first citizen again: from the cache, no turn needed
+    assert people.get("/_sandbox/received").json()["count"] == asked_before + 1  # the register asked once
+    failed = [e for e in log_entries(hub) if e.outcome == "failed"]
+    assert [(e.reason, e.fields) for e in failed] == [("peer_rate_limited", [])]
