@@ -109,12 +109,12 @@ class Runtime:
         from hub.sync.maintenance import Maintenance
 
         self.maintenance = Maintenance(self.sessions)
-        # token buckets: how fast each client may read personal data, and deliveries may go to each peer — shared
-        # through Redis by every process in distributed mode
+        # how fast each client may read personal data (token buckets), and messages may go to each peer (paces):
+        # shared through Redis by every process in distributed mode
         self.quota: Quota = LocalQuota() if settings.embedded else RedisQuota(settings.broker_url)
         rates: PeerRates | None = None
         if settings.peer_rate_limits:
-            # embedded: each `hub serve` process keeps its own buckets, and takes its share of each rate
+            # embedded: each `hub serve` process keeps its own paces, and takes its share of each rate
             share = (lambda: len(self.workers())) if settings.embedded else (lambda: 1)
             rates = PeerRates(settings.peer_rate_limits, self.quota, share=share)
         self.relay = Relay(

@@ -112,7 +112,7 @@ def test_workers_on_several_machines_share_one_rate_through_redis() -> None:
     for t in threads:
         t.join()
     for r in rates:
-        r.buckets.close()
+        r.paces.close()
     total = sorted(passed[0] + passed[1])
     elapsed = total[-1] - started
     assert len(total) <= RATE * elapsed + 1, (len(total), elapsed)  # one pace, not one each

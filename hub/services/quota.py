@@ -90,7 +90,16 @@ class LocalQuota:
         self._slots: dict[str, float] = {}  # pace -> monotonic time of its next free slot
 
     def take(self, client: str, per_minute: int) -> float | None:
-        return self._take(client, per_minute / 60.0, float(per_minute))
+        rate, capacity = per_minute / 60.0, float(per_minute)
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(client, (capacity, now))
+            tokens = min(capacity, tokens + (now - at) * rate)
+            if tokens >= 1:
+                self._buckets[client] = (tokens - 1, now)
+                return None
+            self._buckets[client] = (tokens, now)
+            return (1 - tokens) / rate
 
     def pace(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
         now = time.monotonic()
@@ -100,17 +109,6 @@ class LocalQuota:
                 return False, due - now
             self._slots[key] = due + interval
             return True, due - now
-
-    def _take(self, key: str, rate: float, capacity: float) -> float | None:
-        now = time.monotonic()
-        with self._lock:
-            tokens, at = self._buckets.get(key, (capacity, now))
-            tokens = min(capacity, tokens + (now - at) * rate)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                return None
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / rate
 
     async def take_async(self, client: str, per_minute: int) -> float | None:
         return self.take(client, per_minute)
@@ -140,7 +138,14 @@ class RedisQuota:
         self._down_until = 0.0
 
     def take(self, client: str, per_minute: int) -> float | None:
-        return self._take(KEY_PREFIX + client, per_minute / 60.0, per_minute)
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            taken, wait_ms = self._script(keys=[KEY_PREFIX + client], args=[per_minute / 60.0, per_minute])
+        except Exception as exc:  # noqa: BLE001 - any Redis failure: let the read through, say so
+            self._failed(exc)
+            return None
+        return None if int(taken) == 1 else int(wait_ms) / 1000
 
     def pace(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
         if time.monotonic() < self._down_until:
@@ -151,16 +156,6 @@ class RedisQuota:
             self._failed(exc)
             return True, 0.0
         return int(taken) == 1, int(wait_ms) / 1000
-
-    def _take(self, key: str, rate: float, capacity: float) -> float | None:
-        if time.monotonic() < self._down_until:
-            return None
-        try:
-            taken, wait_ms = self._script(keys=[key], args=[rate, capacity])
-        except Exception as exc:  # noqa: BLE001 - any Redis failure: let the read through, say so
-            self._failed(exc)
-            return None
-        return None if int(taken) == 1 else int(wait_ms) / 1000
 
     async def take_async(self, client: str, per_minute: int) -> float | None:
         if time.monotonic() < self._down_until:

@@ -25,16 +25,17 @@ class PeerRates:
     def __init__(
         self,
         limits: Mapping[str, float],
-        buckets: Quota,
+        paces: Quota,
         *,
         share: Callable[[], int] = lambda: 1,
         max_wait: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """`limits`: messages a second by destination, for each of its systems; `share`: how many processes take
-        from buckets of their own (embedded mode: the `hub serve` processes; 1 when the buckets are shared)."""
+        """`limits`: messages a second by destination, for each of its systems; `paces`: where the next free slot of
+        each peer is kept (Redis, or the process); `share`: how many processes keep paces of their own (embedded
+        mode: the `hub serve` processes; 1 when the paces are shared)."""
         self.limits = dict(limits)
-        self.buckets = buckets
+        self.paces = paces
         self.max_wait = max_wait
         self._share = share
         self._sleep = sleep
@@ -49,7 +50,7 @@ class PeerRates:
         limit = self.limits.get(destination)
         if limit is None:
             return None
-        taken, wait = self.buckets.pace(peer, self._processes() / limit, self.max_wait)
+        taken, wait = self.paces.pace(peer, self._processes() / limit, self.max_wait)
         if not taken:
             self._say(peer, limit)
             return wait
