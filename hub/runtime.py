@@ -336,7 +336,7 @@ class Runtime:
             previous_keys=settings.secret_keys[1:],
             bulkheads=self.bulkheads,
             # the register's quota at the data-exchange platform, if one is set (ADR 0049)
-            pace=(lambda: rates.turn(POPULATION, POPULATION)) if rates and POPULATION in rates.limits else None,
+            pace=(lambda: rates.admit(POPULATION, POPULATION)) if rates and POPULATION in rates.limits else None,
         )
         from hub.services.citizens import CitizenDossiers
 

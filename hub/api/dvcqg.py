@@ -188,7 +188,7 @@ async def _at_portal(rt: Callable[[], Any], code: str, answer: Callable[..., JSO
     (OpenCPS: isUpdating "True" when `result` is not empty), and hub takes such a dossier over at its status
     (ADR 0041) — answering "not found" would have them send it as new, at a status a new dossier cannot have."""
     from hub.adapters.bulkheads import PeerBusy
-    from hub.adapters.errors import PeerError, PeerUnavailable
+    from hub.adapters.errors import PeerError
     from hub.services.dossiers import masked
 
     runtime, correlation = rt(), correlation_id.get()
@@ -197,8 +197,8 @@ async def _at_portal(rt: Callable[[], Any], code: str, answer: Callable[..., JSO
     def ask() -> dict[str, Any] | None:
         # in the portal's rate (HUB_PEER_RATE_LIMITS, ADR 0049): a one-stop system going live asks this of every
         # dossier it holds; a turn more than a second off is "try again later", as a portal that is busy
-        if rates is not None and (later := rates.turn("national_portal", "national_portal")) is not None:
-            raise PeerUnavailable("national_portal", "held to its rate", code="peer_rate_limited", retry_after=later)
+        if rates is not None:
+            rates.admit("national_portal", "national_portal")
         seen: dict[str, Any] | None = runtime.portal.look_up(
             code, correlation_id=correlation, on_exchange=runtime.record_exchange
         )

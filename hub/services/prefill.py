@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.adapters.bulkheads import Bulkheads, PeerBusy
-from hub.adapters.errors import PeerError, PeerUnavailable, wait_asked
+from hub.adapters.errors import PeerError, wait_asked
 from hub.adapters.exchange import ExchangeRecord
 from hub.adapters.population import CitizenLookup, PopulationDatabase
 from hub.adapters.population.base import PEER as POPULATION
@@ -516,15 +516,15 @@ class PrefillService:
         inline: db.InlineWriter | None = None,
         previous_keys: Sequence[bytes] = (),
         bulkheads: Bulkheads | None = None,
-        pace: Callable[[], float | None] | None = None,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         """`inline`: on SQLite, the event loop appends a lone access entry itself when the write lock is free.
         `previous_keys`: hub's secret keys before `secret_key` (a rotation), newest first: what was written under
         them — consents, documents, access-log entries — is still found by the citizen's ID. `bulkheads`: where
         the API's pre-fills that ask the register wait for it (the population's compartment, ADR 0046); without,
-        anyio's shared threadpool. `pace`: a look-up's turn in the register's rate (HUB_PEER_RATE_LIMITS, ADR 0049):
-        None once it may go, else the seconds until it may — then it is not sent, and the pre-fill is answered 503
-        with that Retry-After."""
+        anyio's shared threadpool. `pace`: waits for a look-up's turn in the register's rate (HUB_PEER_RATE_LIMITS,
+        ADR 0049), or raises PeerUnavailable when it is too far off — the look-up not sent, the pre-fill answered 503
+        with that wait as Retry-After."""
         self.bulkheads = bulkheads
         self.pace = pace
         self.sessions = sessions
@@ -1078,10 +1078,8 @@ class PrefillService:
             agency=body.requested_by.agency,
         )
         try:
-            if self.pace is not None and (later := self.pace()) is not None:  # the register's quota: not now
-                raise PeerUnavailable(
-                    POPULATION, "held to its rate (HUB_PEER_RATE_LIMITS)", code="peer_rate_limited", retry_after=later
-                )
+            if self.pace is not None:  # the register's quota at the data-exchange platform
+                self.pace()
             with spent("register"):  # the population database's own time, as hub waits for it
                 record = self.population.look_up(
                     query, correlation_id=correlation_id, on_exchange=journal.exchanges.append

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from hub.adapters.errors import PeerUnavailable
 from hub.services.quota import Quota
 
 log = logging.getLogger("hub.relay")
@@ -57,6 +58,16 @@ class PeerRates:
         if wait > 0:
             self._sleep(wait)
         return None
+
+    def admit(self, destination: str, peer: str) -> None:
+        """A request's turn (waited for up to `max_wait`), or PeerUnavailable `peer_rate_limited` with the wait as
+        its Retry-After: for the API's requests that ask a peer, answered "try again later" past its rate."""
+        later = self.turn(destination, peer)
+        if later is not None:
+            raise PeerUnavailable(
+                peer, f"held to its rate (HUB_PEER_RATE_LIMITS: {self.limits[destination]:g} a second)",
+                code="peer_rate_limited", retry_after=later,
+            )  # fmt: skip
 
     def wait_turn(self, destination: str, peer: str) -> None:
         """Wait for a turn however far off it is: for the work in the background that asks a peer (a reconciliation's
