@@ -36,7 +36,7 @@ from hub.sync import outbox
 from hub.sync.embedded import EmbeddedWorker, FileRoster, JobsLock, PgJobsLock, Presence
 from hub.sync.jobs import JOB_NAMES, UNANSWERED, intervals
 from hub.sync.outbox import Claimed
-from hub.sync.rates import PeerRates
+from hub.sync.rates import FilePaces, PeerRates
 from hub.sync.relay import Relay
 from hub.sync.retry import RetryPolicy
 from hub.sync.workers import Roster, WorkerSeen, beat_ttl
@@ -113,10 +113,16 @@ class Runtime:
         # shared through Redis by every process in distributed mode
         self.quota: Quota = LocalQuota() if settings.embedded else RedisQuota(settings.broker_url)
         rates: PeerRates | None = None
+        self._paces: FilePaces | None = None
         if settings.peer_rate_limits:
-            # embedded: each `hub serve` process keeps its own paces, and takes its share of each rate
-            share = (lambda: len(self.workers())) if settings.embedded else (lambda: 1)
-            rates = PeerRates(settings.peer_rate_limits, self.quota, share=share)
+            limits, on_file = settings.peer_rate_limits, db.sqlite_path(url) if settings.embedded else None
+            if on_file is not None:  # embedded: one pace for the `hub serve` processes on this database
+                self._paces = FilePaces(on_file.with_name(on_file.name + ".paces"))
+                rates = PeerRates(limits, self._paces)
+            elif settings.embedded:  # on PostgreSQL with no broker: each process its own pace, at its share
+                rates = PeerRates(limits, self.quota, share=lambda: len(self.workers()))
+            else:
+                rates = PeerRates(limits, self.quota)  # in Redis, for the cluster
         self.relay = Relay(
             self.sessions,
             {
@@ -786,6 +792,8 @@ class Runtime:
         if self._inline is not None:
             self._inline.close()
         self.quota.close()
+        if self._paces is not None:
+            self._paces.close()
         if self.shared_waits is not None:
             self.shared_waits.close()
         self.engine.dispose()

@@ -290,9 +290,9 @@ class Settings(BaseSettings):
     relay_backoff_cap: float = 300.0
     relay_poll_interval: float = 1.0
     # how fast deliveries may go to each system of a destination, in messages a second, e.g. {"national_portal": 20}:
-    # the rate a portal's connection agreement or its gateway allows, held by every worker together (their shared
-    # bucket in Redis; in embedded mode, shared out between the `hub serve` processes); after an outage the backlog
-    # drains at this rate instead of all at once (ADR 0049). Unset: as fast as the workers go
+    # the rate a portal's connection agreement or its gateway allows, held by every worker together (one pace in
+    # Redis; in embedded mode, in a file beside the database); after an outage the backlog drains at this rate
+    # instead of all at once (ADR 0049). Unset: as fast as the workers go
     peer_rate_limits: dict[str, float] = Field(default_factory=dict)
     reconcile_interval: float = 3600.0  # seconds between reconciliations with the portal; 0 disables
     edoc_status_interval: float = 60.0  # seconds between polls for the receivers' status notices; 0 disables

@@ -23,7 +23,7 @@ from hub.services.quota import LocalQuota, RedisQuota
 from hub.settings import Settings
 from hub.store.models import OutboxMessage
 from hub.sync.jobs import peers_status
-from hub.sync.rates import PeerRates
+from hub.sync.rates import FilePaces, PeerRates
 from tests.conftest import AGENCY, Creds, HubFactory
 from tests.helpers import dossier
 from tests.test_console import PASSWORD, _logged_in
@@ -35,7 +35,8 @@ RATE = 10.0  # messages a second to the portal
 
 def closer_than_the_pace(times: list[float], rate: float, slack: float) -> list[tuple[int, int]]:
     """The pairs (i, j) of receipt times between which more messages arrived than a pace of `rate` a second allows
-    (`slack`: seconds of jitter between hub's slot and the peer noting the message) — none when the pace was kept."""
+    (`slack`: seconds of jitter between a slot and the time noted for it — a thread woken late, a peer noting a
+    message late on a loaded machine; an unpaced burst is far outside it) — none when the pace was kept."""
     return [
         (i, j)
         for i in range(len(times))
@@ -64,9 +65,9 @@ def test_a_backlog_drains_at_the_portals_rate_each_message_once_in_order_no_atte
     assert len(applied) == 45 and not [x for x in received if x["outcome"] != "applied"]
     times = sorted(x["at"] for x in applied)
     # never more than the pace allows in any stretch of time: one every tenth of a second
-    assert closer_than_the_pace(times, RATE, slack=0.25) == []
+    assert closer_than_the_pace(times, RATE, slack=0.5) == []
     # each dossier once, its step after it
-    first = {}
+    first: dict[tuple[str, str], int] = {}
     for n, x in enumerate(sorted(applied, key=lambda x: x["at"])):
         for item in x["body"]["data"]:
             first.setdefault((item["MaHoSo"], x["operation"]), n)
@@ -94,9 +95,8 @@ def test_workers_on_several_machines_share_one_rate_through_redis() -> None:
     """Two workers (each its own Redis client, as on two machines) delivering to the same portal: together they
     keep its pace, and each gets turns."""
     peer = f"national_portal-test-{secrets.token_hex(4)}"
-    rates = [
-        PeerRates({"national_portal": RATE}, RedisQuota("redis://127.0.0.1:6379/0"), max_wait=0.02) for _ in range(2)
-    ]
+    redis = [RedisQuota("redis://127.0.0.1:6379/0") for _ in range(2)]
+    rates = [PeerRates({"national_portal": RATE}, r, max_wait=0.02) for r in redis]
     passed: list[list[float]] = [[], []]
     started = time.monotonic()
     stop = started + 1.5
@@ -111,18 +111,50 @@ def test_workers_on_several_machines_share_one_rate_through_redis() -> None:
         t.start()
     for t in threads:
         t.join()
-    for r in rates:
-        r.paces.close()
+    for r in redis:
+        r.close()
     total = sorted(passed[0] + passed[1])
     elapsed = total[-1] - started
     assert len(total) <= RATE * elapsed + 1, (len(total), elapsed)  # one pace, not one each
-    assert closer_than_the_pace(total, RATE, slack=0.01) == []
+    assert closer_than_the_pace(total, RATE, slack=0.1) == []
     assert passed[0] and passed[1]  # and each had turns
 
 
-def test_embedded_processes_take_their_share_of_the_rate() -> None:
-    """`hub serve --workers 2` in embedded mode: each process keeps a pace of its own (no Redis to share one) at
-    half the rate, so that together they keep to it."""
+def test_hub_serve_processes_on_one_sqlite_database_keep_one_pace(tmp_path: Path) -> None:
+    """`hub serve --workers 2` in embedded mode: no Redis, but one machine — the processes keep one pace in a file
+    beside the database, under a lock (here two open files of it, as two processes hold), so that each delivers
+    whatever of the backlog it claimed and together they keep to the rate. A file cut short by a crash is taken as
+    empty."""
+    path = tmp_path / "hub.db.paces"
+    files = [FilePaces(path) for _ in range(2)]
+    rates = [PeerRates({"national_portal": RATE}, f, max_wait=0.02) for f in files]
+    passed: list[list[float]] = [[], []]
+    started = time.monotonic()
+    stop = started + 1.5
+
+    def work(n: int) -> None:
+        while time.monotonic() < stop:
+            if rates[n].turn("national_portal", "national_portal") is None:
+                passed[n].append(time.monotonic())
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = sorted(passed[0] + passed[1])
+    assert len(total) <= RATE * (total[-1] - started) + 1
+    assert closer_than_the_pace(total, RATE, slack=0.1) == []
+    assert passed[0] and passed[1] and len(total) >= RATE  # each had turns, and the pace was used
+    path.write_bytes(b'{"national_por')  # cut short
+    assert rates[0].turn("national_portal", "national_portal") is None
+    for f in files:
+        f.close()
+
+
+def test_embedded_processes_on_postgresql_take_their_share_of_the_rate() -> None:
+    """Embedded mode on PostgreSQL (no broker, and no file the processes are sure to share): each `hub serve`
+    process keeps a pace of its own at its share of the rate, so that together they keep to it."""
     slept: list[float] = []
     rates = PeerRates({"sms": 10}, LocalQuota(), share=lambda: 2, max_wait=0.5, sleep=slept.append)
     assert [rates.turn("sms", "sms") for _ in range(3)] == [None] * 3  # the first now, then waiting their slot
@@ -155,7 +187,7 @@ def test_a_reconciliation_asks_the_portal_in_its_rate_too(hub_factory: HubFactor
     received = portal.get("/_sandbox/received", params={"limit": 1000}).json()["items"]
     asked = sorted(x["at"] for x in received if x["operation"] == "TraCuuHoSo")
     assert len(asked) == 30
-    assert closer_than_the_pace(sorted(x["at"] for x in received), 20, slack=0.25) == []
+    assert closer_than_the_pace(sorted(x["at"] for x in received), 20, slack=0.5) == []
 
 
 def test_a_one_stop_system_looking_up_through_dvcqg_is_told_to_try_again_past_the_portals_rate(

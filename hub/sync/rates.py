@@ -1,7 +1,7 @@
 """The pace of deliveries to each peer (HUB_PEER_RATE_LIMITS, ADR 0049): one message every 1/rate seconds at most
 (a generic cell rate: slots, no two closer, so no second ever holds more than the rate and one), the slots shared
-by every worker — in Redis (the broker, its clock) in distributed mode, in the process in embedded mode, where each
-`hub serve` process takes its share of the rate.
+by every worker — in Redis (the broker, its clock) in distributed mode, in a small file beside the SQLite database
+in embedded mode (its `hub serve` processes share one machine, and its monotonic clock).
 
 A message whose slot comes within `max_wait` takes it and waits for it on its delivery thread (its batch's lease is
 renewed meanwhile); one whose slot is further off goes back in line untried, due when the pace frees up — no
@@ -9,32 +9,43 @@ attempt counted, its dossier's later messages still behind it — and the next c
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
 
 from hub.adapters.errors import PeerUnavailable
-from hub.services.quota import Quota
 
 log = logging.getLogger("hub.relay")
 
 SHARE_FOR = 5.0  # seconds a count of the processes sharing a rate is used before it is counted again
 
 
+class Paces(Protocol):
+    """Where the next free slot of each peer is kept: Redis (hub.services.quota.RedisQuota), a file beside the
+    SQLite database (FilePaces), or the process (LocalQuota)."""
+
+    def pace(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]: ...
+
+
 class PeerRates:
     def __init__(
         self,
         limits: Mapping[str, float],
-        paces: Quota,
+        paces: Paces,
         *,
         share: Callable[[], int] = lambda: 1,
         max_wait: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`limits`: messages a second by destination, for each of its systems; `paces`: where the next free slot of
-        each peer is kept (Redis, or the process); `share`: how many processes keep paces of their own (embedded
-        mode: the `hub serve` processes; 1 when the paces are shared)."""
+        each peer is kept; `share`: how many processes keep paces of their own, each taking its share of the rate
+        (embedded mode on PostgreSQL, no broker: the `hub serve` processes; 1 when the paces are shared)."""
         self.limits = dict(limits)
         self.paces = paces
         self.max_wait = max_wait
@@ -98,3 +109,54 @@ class PeerRates:
             limit,
             extra={"peer": peer, "rate": limit},
         )
+
+
+class FilePaces:
+    """The paces of the `hub serve` processes delivering from one SQLite database (embedded mode): each peer's next
+    free slot, in a small JSON file beside the database (`hub.db.paces`), read and written under an exclusive
+    `flock` — one pace for every process, as Redis keeps one for a cluster. Times are the machine's monotonic clock,
+    which every process on it shares. A file that cannot be read (cut short by a crash) is taken as empty: a
+    slot's worth of messages may go early once, nothing is lost."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # a flock is held by the open file, which this process's threads share
+        self._fd: int | None = None
+        self._pid = 0
+
+    def pace(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+        with self._lock:
+            fd = self._file()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                slots = self._read(fd)
+                now = time.monotonic()
+                due = max(float(slots.get(key, now)), now)  # the next free slot
+                if due - now > max_wait:
+                    return False, due - now
+                slots[key] = due + interval
+                data = json.dumps(slots).encode()
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+                return True, due - now
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # (a forked process opens its own)
+            self._fd, self._pid = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+        return self._fd
+
+    @staticmethod
+    def _read(fd: int) -> dict[str, float]:
+        raw = os.pread(fd, 65536, 0)
+        try:
+            slots = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return slots if isinstance(slots, dict) else {}
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
