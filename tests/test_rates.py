@@ -124,7 +124,7 @@ def test_hub_serve_processes_on_one_sqlite_database_keep_one_pace(tmp_path: Path
     """`hub serve --workers 2` in embedded mode: no Redis, but one machine — the processes keep one pace in a file
     beside the database, under a lock (here two open files of it, as two processes hold), so that each delivers
     whatever of the backlog it claimed and together they keep to the rate. A file cut short by a crash is taken as
-    empty."""
+    empty; one that cannot be opened lets messages through."""
     path = tmp_path / "hub.db.paces"
     files = [FilePaces(path) for _ in range(2)]
     rates = [PeerRates({"national_portal": RATE}, f, max_wait=0.02) for f in files]
@@ -148,6 +148,8 @@ def test_hub_serve_processes_on_one_sqlite_database_keep_one_pace(tmp_path: Path
     assert passed[0] and passed[1] and len(total) >= RATE  # each had turns, and the pace was used
     path.write_bytes(b'{"national_por')  # cut short
     assert rates[0].turn("national_portal", "national_portal") is None
+    # a file that cannot be had (its directory gone, the disk full): messages go, as when Redis does not answer
+    assert FilePaces(tmp_path / "gone" / "hub.db.paces").pace("national_portal", 10.0, 0) == (True, 0.0)
     for f in files:
         f.close()
 

@@ -123,11 +123,16 @@ class FilePaces:
         self._lock = threading.Lock()  # a flock is held by the open file, which this process's threads share
         self._fd: int | None = None
         self._pid = 0
+        self._said = float("-inf")
 
     def pace(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
         with self._lock:
-            fd = self._file()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fd = self._file()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:  # as when Redis does not answer: let the message go, say so
+                self._failed(exc)
+                return True, 0.0
             try:
                 slots = self._read(fd)
                 now = time.monotonic()
@@ -136,11 +141,20 @@ class FilePaces:
                     return False, due - now
                 slots[key] = due + interval
                 data = json.dumps(slots).encode()
-                os.pwrite(fd, data, 0)
-                os.ftruncate(fd, len(data))
+                try:
+                    os.pwrite(fd, data, 0)
+                    os.ftruncate(fd, len(data))
+                except OSError as exc:  # the disk full: the slot is taken all the same, not noted
+                    self._failed(exc)
                 return True, due - now
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _failed(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._said >= 60:  # once a minute, not once a message
+            self._said = now
+            log.warning("delivery rates not kept in %s (%s): messages let through", self.path, exc)
 
     def _file(self) -> int:
         if self._fd is None or self._pid != os.getpid():  # (a forked process opens its own)
