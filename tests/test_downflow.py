@@ -252,7 +252,9 @@ def test_a_one_stop_system_that_is_down_holds_back_no_other_one_stop_system(
     assert sorted(r["body"]["data"]["MaHoSo"] for r in received(onestop)) == sorted(d["MaHoSo"] for d in bound)
     with hub.runtime.sessions() as s:
         waiting = [j for d in stuck for j in jobs.list_jobs(s, dossier=d["MaHoSo"]) if j["destination"] == "one_stop"]
-    assert [j["state"] for j in waiting] == ["pending"] * 3  # waiting for their system: nothing lost, nothing dead
+    # waiting for their system: nothing lost, nothing dead (one may be in flight: the down system's probe, once a
+    # pause — a clean-clone CI run caught one so)
+    assert len(waiting) == 3 and {j["state"] for j in waiting} <= {"pending", "in_flight"}, waiting
     assert {j["last_error_code"] for j in waiting} <= {"peer_unavailable", None}  # probed, or not tried yet
 
 
