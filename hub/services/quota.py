@@ -60,6 +60,18 @@ KEY_PREFIX = "hub:quota:prefill:"
 RATE_PREFIX = "hub:rate:"  # the relay's paces, one per peer (hub.sync.rates)
 
 
+def take_slot(slots: dict[str, float], key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+    """`Quota.pace` on `slots` (each pace's next free slot, on the monotonic clock), which the caller holds alone
+    meanwhile: the slot taken and the next one noted when it is at most `max_wait` away. PACE does the same in
+    Redis."""
+    now = time.monotonic()
+    due = max(float(slots.get(key, now)), now)  # the next free slot
+    if due - now > max_wait:
+        return False, due - now
+    slots[key] = due + interval
+    return True, due - now
+
+
 class Quota(Protocol):
     def take(self, client: str, per_minute: int) -> float | None:
         """Take one read from the client's bucket: None if it may go on, else the seconds until it may."""
@@ -102,13 +114,8 @@ class LocalQuota:
             return (1 - tokens) / rate
 
     def pace(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
-        now = time.monotonic()
         with self._lock:
-            due = max(self._slots.get(key, now), now)  # the next free slot
-            if due - now > max_wait:
-                return False, due - now
-            self._slots[key] = due + interval
-            return True, due - now
+            return take_slot(self._slots, key, interval, max_wait)
 
     async def take_async(self, client: str, per_minute: int) -> float | None:
         return self.take(client, per_minute)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hub.adapters.errors import PeerUnavailable
+from hub.services.quota import take_slot
 
 log = logging.getLogger("hub.relay")
 
@@ -135,18 +136,16 @@ class FilePaces:
                 return True, 0.0
             try:
                 slots = self._read(fd)
-                now = time.monotonic()
-                due = max(float(slots.get(key, now)), now)  # the next free slot
-                if due - now > max_wait:
-                    return False, due - now
-                slots[key] = due + interval
+                taken, wait = take_slot(slots, key, interval, max_wait)
+                if not taken:
+                    return False, wait
                 data = json.dumps(slots).encode()
                 try:
                     os.pwrite(fd, data, 0)
                     os.ftruncate(fd, len(data))
                 except OSError as exc:  # the disk full: the slot is taken all the same, not noted
                     self._failed(exc)
-                return True, due - now
+                return True, wait
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
