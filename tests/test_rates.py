@@ -91,6 +91,35 @@ def test_a_backlog_drains_at_the_portals_rate_each_message_once_in_order_no_atte
     assert "Giới hạn (tin/giây)" in page and '<td class="rate-limit">10</td>' in page
 
 
+def test_a_worker_claims_of_a_paced_backlog_only_what_its_batch_can_deliver(
+    hub_factory: HubFactory, portal: httpx.Client
+) -> None:
+    """A batch (64) holds more than the portal's pace serves in a second (10): the worker claims what goes within
+    the second (11: the slot free now and ten more) and leaves the rest in line, not leased, written and put back
+    untried on every cycle; it drains on at once while the backlog lasts, and the rest go at the pace."""
+    hub = hub_factory(start_worker=False, peer_rate_limits={"national_portal": RATE})
+    items = [dossier(400 + i, status=2) for i in range(30)]
+    r = hub.http.post("/v1/dossiers/batch", json={"data": items})
+    assert r.status_code == 200 and all(x["status"] == 202 for x in r.json()["results"]), r.text
+    relay = hub.runtime.relay
+    assert relay.batch_size == 64
+    claimed, more = relay.drain_step()
+    assert (claimed, more) == (11, True)
+
+    def states() -> dict[str, int]:
+        with hub.runtime.sessions() as s:
+            rows = s.execute(select(OutboxMessage.state, OutboxMessage.attempts, OutboxMessage.claim_token)).all()
+        assert not [r for r in rows if r.state == "pending" and (r.attempts or r.claim_token)]
+        return {state: sum(1 for r in rows if r.state == state) for state in {r.state for r in rows}}
+
+    assert states() == {"delivered": 11, "pending": 19}  # the rest untouched: never leased, no attempt
+    assert relay.drain() == 19
+    assert states() == {"delivered": 30}
+    received = portal.get("/_sandbox/received", params={"limit": 1000}).json()["items"]
+    times = sorted(x["at"] for x in received if x["outcome"] == "applied")
+    assert len(times) == 30 and closer_than_the_pace(times, RATE, slack=0.5) == []
+
+
 def test_workers_on_several_machines_share_one_rate_through_redis() -> None:
     """Two workers (each its own Redis client, as on two machines) delivering to the same portal: together they
     keep its pace, and each gets turns."""

@@ -100,12 +100,13 @@ def drain(self: Any) -> int:
     except Exception as exc:  # noqa: BLE001 - Redis unreachable: the mark expires, the drain goes on
         log.warning("drain request mark not cleared: %s", exc)
     try:
-        claimed: int = rt.relay.drain_once()
+        step: tuple[int, bool] = rt.relay.drain_step()
     except OperationalError as exc:  # the database down or restarting: the next tick tries again
         _database.failed(exc.orig)
         return 0
     _database.ok()
-    if claimed >= rt.relay.batch_size:
+    claimed, more = step
+    if more:
         self.app.send_task(DRAIN)  # more is due: keep going, and let other workers share it
     return claimed
 

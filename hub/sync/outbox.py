@@ -146,14 +146,16 @@ def release_all(session: Session) -> int:
     return int(session.connection().execute(RELEASE_ALL).rowcount)
 
 
-def claim(session: Session, limit: int, lease_seconds: float, destinations: Sequence[str]) -> list[Claimed]:
+def claim(
+    session: Session, limit: int, lease_seconds: float, destinations: Sequence[str], *, token: str | None = None
+) -> list[Claimed]:
     """Lease up to `limit` deliverable rows for `destinations`, oldest due first, in one round trip. The batch
-    shares one claim token: recording an outcome is a compare-and-set on it, so a worker whose lease expired
-    (and whose rows another worker took) changes nothing."""
+    shares one claim token (`token`, to add rows to a batch claimed by an earlier call): recording an outcome is a
+    compare-and-set on it, so a worker whose lease expired (and whose rows another worker took) changes nothing."""
     if not destinations or limit <= 0:
         return []
     now = utcnow()
-    token = str(uuid.uuid4())
+    token = token or str(uuid.uuid4())
     returned = (
         session.connection()
         .execute(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -65,11 +66,21 @@ class PeerRates:
             return None
         taken, wait = self.paces.pace(peer, self._processes() / limit, self.max_wait)
         if not taken:
-            self._say(peer, limit)
+            self.held(destination, peer)
             return wait
         if wait > 0:
             self._sleep(wait)
         return None
+
+    def budget(self, destination: str) -> int | None:
+        """How many of `destination`'s messages one batch can deliver to one of its systems: those whose slots come
+        within `max_wait` (and the one free now). None for a destination whose pace is not limited. A worker claims
+        no more than this for a peer of one system (`hub.sync.relay.Relay`), instead of claiming a full batch and
+        putting most of it back in line untried."""
+        limit = self.limits.get(destination)
+        if limit is None:
+            return None
+        return math.ceil(limit / self._processes() * self.max_wait) + 1
 
     def admit(self, destination: str, peer: str) -> None:
         """A request's turn (waited for up to `max_wait`), or PeerUnavailable `peer_rate_limited` with the wait as
@@ -98,7 +109,9 @@ class PeerRates:
             self._shared = (now, count)
         return count
 
-    def _say(self, peer: str, limit: float) -> None:
+    def held(self, destination: str, peer: str) -> None:
+        """Tell the operators, once a minute per peer, that deliveries to `peer` wait for their turns."""
+        limit = self.limits[destination]
         now = time.monotonic()
         with self._lock:
             if now - self._said.get(peer, float("-inf")) < 60:

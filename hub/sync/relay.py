@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -124,22 +125,44 @@ class Relay:
 
     def drain_once(self) -> int:
         """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed."""
+        return self.drain_step()[0]
+
+    def drain_step(self) -> tuple[int, bool]:
+        """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed, and whether more
+        may be due at once (the batch was full, or a paced peer's part of it was): the caller drains again."""
         self._record_held()  # raises while the database still refuses writes: nothing new is claimed meanwhile
         if self.paused():
-            return 0
+            return 0, False
         now = time.monotonic()
         destinations = [d for d in self.deliverers if self._down_until.get(d, 0.0) <= now]
         if not destinations:
-            return 0
+            return 0, False
+        # A peer held to a pace (one system, HUB_PEER_RATE_LIMITS) gets what it can take in this batch, claimed
+        # first; the rest of the batch goes to the others. A full batch of it would go back in line mostly untried.
+        budgets = {d: n for d in destinations if d not in self.peers and (n := self._budget(d)) is not None}
+        token = str(uuid.uuid4())  # one per batch
+        full = False
         with self.sessions.begin() as session:
             if now - self._swept >= min(self.lease_seconds / 4, 5.0):  # now and then, not on every claim
                 self._swept = now
                 if released := outbox.release_expired(session):
                     log.warning("leases expired, rows back in line", extra={"rows": released})
-            batch = outbox.claim(session, self.batch_size, self.lease_seconds, destinations)
+            batch: list[Claimed] = []
+            for d, budget in budgets.items():
+                n = min(budget, self.batch_size - len(batch))
+                got = outbox.claim(session, n, self.lease_seconds, [d], token=token)
+                if len(got) >= n > 0:  # more of it is due than it takes in this batch
+                    full = True
+                    if self.rates is not None:
+                        self.rates.held(d, d)
+                batch.extend(got)
+            n = self.batch_size - len(batch)
+            rest = [d for d in destinations if d not in budgets]
+            got = outbox.claim(session, n, self.lease_seconds, rest, token=token)
+            full = full or len(got) >= n > 0 or n <= 0
+            batch.extend(got)
         if not batch:
-            return 0
-        token = batch[0].claim_token  # one per batch
+            return 0, False
         self._leases.hold(token)
         try:
             outcomes, exchanges = self._deliver(batch)
@@ -147,7 +170,16 @@ class Relay:
             self._leases.release(token)
             raise
         self._record(token, outcomes, exchanges)
-        return len(batch)
+        return len(batch), full
+
+    def _budget(self, destination: str) -> int | None:
+        if self.rates is None:
+            return None
+        try:
+            return self.rates.budget(destination)
+        except Exception:  # the count of processes sharing a rate is a refinement: claim a full batch
+            log.warning("could not size a paced destination's claim", exc_info=True)
+            return None
 
     def peer_of(self, c: Claimed) -> str:
         """The system a message goes to: its destination, or the one of its destination's systems it is routed to."""
@@ -320,9 +352,9 @@ class Relay:
         """Drain until nothing is due (or `max_batches`). Returns rows claimed."""
         total, batches = 0, 0
         while max_batches is None or batches < max_batches:
-            n = self.drain_once()
+            n, more = self.drain_step()
             total += n
             batches += 1
-            if n < self.batch_size:
+            if not more:
                 break
         return total
