@@ -28,6 +28,7 @@ from hub.store.models import OutboxMessage
 from hub.sync.outbox import counts
 from tests.conftest import PORTAL_USER, Creds, create_pg_database, drop_pg_database, listen_port, make_settings
 from tests.helpers import dossier, step
+from tests.test_rates import closer_than_the_pace
 
 pytestmark = pytest.mark.slow
 WALK = [4, 4, 5, 4, 6, 4, 4, 9, 10]  # after filing in status 2: ten events per dossier
@@ -347,6 +348,23 @@ def test_portal_outage_of_30_seconds(cluster: Cluster, portal: httpx.Client) -> 
     cluster.wait_delivered(200, timeout=90)
     assert time.monotonic() - started >= 30
     assert_exactly_once_in_order(portal, codes)
+
+
+def test_two_workers_keep_the_portals_pace_together(cluster: Cluster, portal: httpx.Client) -> None:
+    """HUB_PEER_RATE_LIMITS with two Celery workers (two processes each): a backlog of 60 reaches the portal at
+    its agreed rate however many workers share it — each message once, in order, one attempt each. The ticks are
+    slow (2 s) here: a worker whose paced claim came full drains on at once, not at the next tick."""
+    rate = {"HUB_PEER_RATE_LIMITS": json.dumps({"national_portal": 20}), "HUB_RELAY_POLL_INTERVAL": "2"}
+    codes = cluster.post(30, walk=[4])  # 60 events
+    for _ in range(2):
+        cluster.worker(**rate)
+    cluster.wait_delivered(60, timeout=60)
+    assert_exactly_once_in_order(portal, codes, walk=[4])
+    times = sorted(x["at"] for x in applied(portal))
+    assert closer_than_the_pace(times, 20, slack=0.5) == []
+    with cluster.runtime.sessions() as s:
+        assert set(s.scalars(select(OutboxMessage.attempts))) == {1}  # what waited its turn was not tried
+    print(f"60 messages at 20/s: {59 / (times[-1] - times[0]):.1f}/s from the first to the last")
 
 
 def test_redis_restarted_mid_run_loses_nothing(cluster: Cluster, portal: httpx.Client) -> None:
