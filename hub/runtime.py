@@ -583,7 +583,7 @@ class Runtime:
         except Exception:
             log.warning("could not record a job run", exc_info=True)
 
-    def _portal_pace(self) -> Callable[[], None] | None:
+    def portal_pace(self) -> Callable[[], None] | None:
         """The national portal's pace (HUB_PEER_RATE_LIMITS) for what else asks it in bulk, or None if it has none."""
         rates = self.relay.rates
         if rates is None or NATIONAL_PORTAL not in rates.limits:
@@ -603,7 +603,7 @@ class Runtime:
                 concurrency=self.settings.reconcile_concurrency,
                 on_exchanges=self.record_exchanges,
                 returned_days=self.settings.reconcile_days,
-                pace=self._portal_pace(),
+                pace=self.portal_pace(),
             )
 
             def unlisted(_: Exception) -> None:
@@ -612,6 +612,7 @@ class Runtime:
             result.drift += unknown_to_hub(
                 self.sessions, self.portal, [r["agency_pattern"] for r in self.routes.all()],
                 on_exchange=self.record_exchange, days=self.settings.reconcile_days, on_error=unlisted,
+                pace=self.portal_pace(),
             )  # fmt: skip
             if result.as_dict()["repaired_events"]:
                 self.wake()

@@ -202,6 +202,8 @@ def test_a_reconciliation_asks_the_portal_in_its_rate_too(hub_factory: HubFactor
     """The hourly reconciliation asks the portal about every open dossier — thousands in a province — and shares
     the portal's pace with the deliveries, or it would be the burst the limit is there to prevent."""
     hub = hub_factory(peer_rate_limits={"national_portal": 20})
+    for n in range(20, 35):  # and lists what each of fifteen routes filed there
+        hub.runtime.routes.add(f"000.00.{n}.*", "http://127.0.0.1:9/onestop")
     items = [dossier(400 + i, status=2) for i in range(30)]
     assert hub.http.post("/v1/dossiers/batch", json={"data": items}).status_code == 200
     assert hub.wait_idle(timeout=60) == {"delivered": 30}
@@ -209,8 +211,25 @@ def test_a_reconciliation_asks_the_portal_in_its_rate_too(hub_factory: HubFactor
     assert result["checked"] == 30 and result["in_sync"] == 30, result
     received = portal.get("/_sandbox/received", params={"limit": 1000}).json()["items"]
     asked = sorted(x["at"] for x in received if x["operation"] == "TraCuuHoSo")
-    assert len(asked) == 30
+    assert len(asked) == 30 and len([x for x in received if x["operation"] == "TraCuuHoSoMoi"]) == 15
     assert closer_than_the_pace(sorted(x["at"] for x in received), 20, slack=0.5) == []
+
+
+def test_polls_of_the_portal_keep_its_rate_beside_the_deliveries(hub_factory: HubFactory, portal: httpx.Client) -> None:
+    """The down-flow's polls (TraCuuHoSoMoi, one a route an interval, and the reconciliation's) are calls to the
+    portal like any other: they take turns in its pace with the deliveries going at the same time."""
+    hub = hub_factory(peer_rate_limits={"national_portal": RATE})
+    for province in ("000.00.18.*", "000.00.19.*", "000.00.20.*"):  # three routes: three calls a poll
+        hub.runtime.routes.add(province, "http://127.0.0.1:9/onestop")
+    items = [dossier(500 + i, status=2) for i in range(15)]
+    assert hub.http.post("/v1/dossiers/batch", json={"data": items}).status_code == 200
+    for _ in range(5):
+        assert hub.runtime.poll_portal()["errors"] == 0, "every route's poll answered"
+    assert hub.wait_idle(timeout=60) == {"delivered": 15}
+    received = portal.get("/_sandbox/received", params={"limit": 1000}).json()["items"]
+    polls = [x for x in received if x["operation"] == "TraCuuHoSoMoi"]
+    assert len(polls) == 15 and len(received) == 30
+    assert closer_than_the_pace(sorted(x["at"] for x in received), RATE, slack=0.5) == []
 
 
 def test_a_one_stop_system_looking_up_through_dvcqg_is_told_to_try_again_past_the_portals_rate(

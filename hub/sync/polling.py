@@ -66,6 +66,7 @@ def poll_portal(runtime: Any, *, since: datetime | None = None) -> dict[str, int
     counts = {"seen": 0, "new_events": 0, "unchanged": 0, "invalid": 0, "errors": 0}
     started = utcnow()
     window = started - timedelta(days=runtime.settings.portal_poll_days)
+    pace = runtime.portal_pace()  # the portal's agreed rate (HUB_PEER_RATE_LIMITS), shared with the deliveries
     for route in runtime.routes.all():
         pattern = route["agency_pattern"]
         if since is None:
@@ -73,6 +74,8 @@ def poll_portal(runtime: Any, *, since: datetime | None = None) -> dict[str, int
             start = window if last is None else min(window, last - OVERLAP)
         else:
             start = since
+        if pace is not None:
+            pace()
         try:
             reply = runtime.portal.call(
                 "TraCuuHoSoMoi",

@@ -228,13 +228,17 @@ def unknown_to_hub(
     on_exchange: ExchangeHook | None = None,
     days: float = 7.0,
     on_error: Callable[[PeerError], None] | None = None,
+    pace: Callable[[], None] | None = None,
 ) -> list[Drift]:
     """Dossiers the portal lists for the routed agencies (TraCuuHoSoMoi) as filed in the last `days` that hub does
     not know (the portal's whole history, asked every run, would grow without end). A route the portal does not
-    list is passed to `on_error` (the run's errors) and the next route asked."""
+    list is passed to `on_error` (the run's errors) and the next route asked. `pace`: waits for each call's turn
+    at the portal (HUB_PEER_RATE_LIMITS)."""
     found: list[Drift] = []
     since = format_national(utcnow() - timedelta(days=days))
     for pattern in agency_patterns:
+        if pace is not None:
+            pace()
         try:
             reply = portal.call(
                 "TraCuuHoSoMoi", {"MaCoQuan": pattern, "TuNgay": since}, idempotency_key=None,
