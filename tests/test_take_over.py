@@ -183,7 +183,9 @@ def test_a_dossier_taken_over_at_the_status_the_portal_already_holds_it_at_is_de
 ) -> None:
     """A result already returned (10) before go-live, at the portal too: the update hub relays would move it from 10
     to 10, which the portal refuses as a transition. The portal holds what the message says — hub asks it
-    (TraCuuHoSo) and counts the delivery done, instead of a dead letter an operator would have to set aside."""
+    (TraCuuHoSo) and counts the delivery done, instead of a dead letter an operator would have to set aside; and
+    the refusal it settled so is on the record as handled, not as a failure of the portal's (a go-live of a
+    province's closed dossiers would otherwise raise HubPeerErrors about a portal that works)."""
     hub = hub_factory()
     d = dossier(9, status=10)
     officer.call("DongBoHoSoMC", {"isUpdating": False, "data": [{**d, "TrangThaiHoSo": 2}]})
@@ -201,3 +203,15 @@ def test_a_dossier_taken_over_at_the_status_the_portal_already_holds_it_at_is_de
 
         reply = s.scalars(select(OutboxMessage.peer_reply).where(OutboxMessage.id == delivery["outbox_id"])).one()
     assert reply is not None and reply["already_applied"] is True and "already at status 10" in reply["message"]
+    with hub.runtime.sessions() as s:
+        record = s.execute(
+            select(Exchange.operation, Exchange.outcome, Exchange.error_code)
+            .where(Exchange.peer == "national_portal", Exchange.operation != "auth")
+            .order_by(Exchange.id)
+        ).all()
+    assert [tuple(row) for row in record] == [  # in the order they were made
+        ("DongBoHoSoMC", "handled", "portal_invalid_transition"),
+        ("TraCuuHoSo", "ok", None),
+    ]
+    metrics = hub.http.get("/metrics").text
+    assert 'outcome="permanent"' not in metrics

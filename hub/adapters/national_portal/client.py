@@ -13,7 +13,7 @@ from hub.adapters.errors import (
     PeerProtocolError,
     PeerRejected,
 )
-from hub.adapters.exchange import ExchangeHook
+from hub.adapters.exchange import ExchangeHook, ExchangeRecord
 from hub.adapters.http import JsonExchange, PeerPool, post_json
 from hub.adapters.national_portal import codes
 from hub.adapters.national_portal.base import PEER
@@ -151,16 +151,18 @@ class NationalPortalClient:
                 session, renewed = self._authenticate(session, correlation_id, on_exchange), True
                 continue
             other = None if flipped else _other_way(service, payload, code)
-            self._report(exchange, handled=other is not None or code in answers)
-            if other is not None:
-                # the portal knows the dossier when hub thought it new, or not when hub thought it known: the same
-                # dossier once more, the other way (under a key of its own, so that both stay exactly once)
-                payload, flipped = other, True
-                if idempotency_key:
-                    headers = {"Idempotency-Key": f"{idempotency_key}:isUpdating={other['isUpdating']}".lower()}
-                continue
-            if code == codes.INVALID_TRANSITION:
-                there = self._already_there(service, payload, correlation_id, on_exchange)
+            if code == codes.INVALID_TRANSITION and other is None:
+                # asked first whether the portal already holds the status; the refusal is on the record before
+                # the look-up's exchanges all the same, and as `handled` when the look-up settled it
+                asked: list[ExchangeRecord] = []
+                there = None
+                try:
+                    there = self._already_there(service, payload, correlation_id, asked.append)
+                finally:
+                    self._report(exchange, handled=there is not None or code in answers)
+                    if on_exchange is not None:
+                        for rec in asked:
+                            on_exchange(rec)
                 if there is not None:
                     # the portal refused to move the dossier to the status it already holds it at: an earlier
                     # attempt was applied and its answer lost (a portal that keeps no idempotency keys says so to
@@ -170,6 +172,15 @@ class NationalPortalClient:
                         "message": f"already at status {there} at the portal (it answered: {reply.get('message')})",
                         "already_applied": True,
                     }
+            else:
+                self._report(exchange, handled=other is not None or code in answers)
+            if other is not None:
+                # the portal knows the dossier when hub thought it new, or not when hub thought it known: the same
+                # dossier once more, the other way (under a key of its own, so that both stay exactly once)
+                payload, flipped = other, True
+                if idempotency_key:
+                    headers = {"Idempotency-Key": f"{idempotency_key}:isUpdating={other['isUpdating']}".lower()}
+                continue
             stable, retryable = codes.MEANING.get(code, ("portal_error", False))
             cls = PeerRejected if not retryable else PeerAuthFailed if code == codes.AUTH_FAILED else PeerError
             raise cls(PEER, f"{service}: error_code {code}: {reply.get('message')}", code=stable, reply=reply)
