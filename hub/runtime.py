@@ -142,6 +142,7 @@ class Runtime:
             concurrency=settings.relay_concurrency,
             # each one-stop system of the routing table is a peer of its own: one down pauses only its deliveries
             peers={ONE_STOP: one_stop_system},
+            systems={ONE_STOP: lambda: routes.Routes(self.sessions).systems()},
             lease_seconds=settings.relay_lease_seconds,
             paused=self.maintenance.on,
             rates=rates,

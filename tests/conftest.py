@@ -162,6 +162,14 @@ def onestop_server() -> Iterator[ServerThread]:
     server.stop()
 
 
+@pytest.fixture
+def onestop(onestop_server: ServerThread) -> Iterator[httpx.Client]:
+    """Control client of the one-stop system sandbox, reset before each test."""
+    with httpx.Client(base_url=onestop_server.url, timeout=10) as c:
+        c.post("/_sandbox/reset").raise_for_status()
+        yield c
+
+
 def client_systems(creds: Creds) -> list[ClientSystem]:
     """The client systems of the test hubs: a one-stop system of HCMC (every procedure, the test purpose), one of
     another province (marriage registration only), and the national portal (pushes, audits)."""

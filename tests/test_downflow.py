@@ -16,13 +16,6 @@ from tests.conftest import AGENCY, Creds, Hub, HubFactory
 from tests.helpers import dossier, portal_cli_env, step
 
 
-@pytest.fixture
-def onestop(onestop_server: ServerThread) -> httpx.Client:
-    c = httpx.Client(base_url=onestop_server.url, timeout=10)
-    c.post("/_sandbox/reset").raise_for_status()
-    return c
-
-
 def push(portal: httpx.Client, hub: Hub, creds: Creds, d: dict[str, Any]) -> dict[str, Any]:
     r = portal.post("/_sandbox/push", json={"hub_url": hub.url, "api_key": creds.portal_key, "dossier": d})
     assert r.status_code == 200, r.text

@@ -120,6 +120,27 @@ def test_a_worker_claims_of_a_paced_backlog_only_what_its_batch_can_deliver(
     assert len(times) == 30 and closer_than_the_pace(times, RATE, slack=0.5) == []
 
 
+def test_a_one_stop_systems_backlog_is_claimed_at_its_pace_too(
+    hub_factory: HubFactory, portal: httpx.Client, onestop: httpx.Client, onestop_server: ServerThread, creds: Creds
+) -> None:
+    """The dossiers the portal pushed while the province's one-stop system was away go down at the pace agreed with
+    it: a worker claims what that system takes within a second (each system of the routing table has a pace of its
+    own), and the rest stay in line."""
+    hub = hub_factory(start_worker=False, peer_rate_limits={"one_stop": 5})
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    for i in range(12):
+        r = portal.post(
+            "/_sandbox/push",
+            json={"hub_url": hub.url, "api_key": creds.portal_key, "dossier": dossier(600 + i, status=1)},
+        )
+        assert r.status_code == 200 and r.json()["hub_status"] == 202, r.text
+    assert hub.runtime.relay.drain_step() == (6, True)  # the slot free now and five more
+    assert hub.runtime.relay.drain() == 6
+    got = onestop.get("/_sandbox/received", params={"outcome": "applied"}).json()["items"]
+    assert len(got) == 12
+    assert closer_than_the_pace(sorted(x["at"] for x in got), 5, slack=0.5) == []
+
+
 def test_workers_on_several_machines_share_one_rate_through_redis() -> None:
     """Two workers (each its own Redis client, as on two machines) delivering to the same portal: together they
     keep its pace, and each gets turns."""

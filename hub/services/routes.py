@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, distinct, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.domain.dates import utcnow
@@ -63,6 +63,11 @@ class Routes:
     def remove(self, pattern: str) -> bool:
         with self.sessions.begin() as s:
             return bool(s.execute(delete(Route).where(Route.agency_pattern == pattern)).rowcount)  # type: ignore[attr-defined]
+
+    def systems(self) -> int:
+        """How many one-stop systems the table routes to (distinct endpoints)."""
+        with self.sessions() as s:
+            return int(s.scalar(select(func.count(distinct(Route.endpoint)))) or 0)
 
     def all(self) -> list[dict[str, Any]]:
         with self.sessions() as s:

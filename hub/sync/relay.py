@@ -32,6 +32,7 @@ log = logging.getLogger("hub.relay")
 Deliverer = Callable[[Claimed, ExchangeHook], Any]
 
 PEER_DOWN_PAUSE_CAP = 30.0  # seconds: a peer that was down is probed again at least this often
+SYSTEMS_FOR = 5.0  # seconds a count of a destination's systems is used before it is counted again
 PEER_GROUPS = 8  # peers of one batch delivered to side by side (the portal, one-stop systems, SMS, email…)
 
 
@@ -93,9 +94,11 @@ class Relay:
         paused: Callable[[], bool] = lambda: False,
         peers: Mapping[str, Callable[[Claimed], str]] | None = None,
         rates: PeerRates | None = None,
+        systems: Mapping[str, Callable[[], int]] | None = None,
     ) -> None:
         """`peers`: for a destination served by several systems (the one-stop systems of the routing table), which
-        one a message goes to — a peer found down is paused alone, its destination's other systems served."""
+        one a message goes to — a peer found down is paused alone, its destination's other systems served;
+        `systems`: how many systems such a destination has now (each keeps a pace of its own)."""
         self.sessions = sessions
         self.deliverers = dict(deliverers)
         self.peers = dict(peers or {})
@@ -104,6 +107,8 @@ class Relay:
         self.lease_seconds = lease_seconds
         self.paused = paused  # maintenance mode: claim nothing while it says so
         self.rates = rates  # how fast messages may go to each peer (HUB_PEER_RATE_LIMITS; None: as fast as they can)
+        self.systems = dict(systems or {})
+        self._counted: dict[str, tuple[float, int]] = {}  # destination -> (monotonic time counted, its systems)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
         # each peer's part of a batch (its probe, then the rest) beside the others': a peer that hangs until its
         # timeout holds its own messages, not the portal's in the same batch
@@ -137,9 +142,9 @@ class Relay:
         destinations = [d for d in self.deliverers if self._down_until.get(d, 0.0) <= now]
         if not destinations:
             return 0, False
-        # A peer held to a pace (one system, HUB_PEER_RATE_LIMITS) gets what it can take in this batch, claimed
+        # A destination held to a pace (HUB_PEER_RATE_LIMITS) gets what its systems can take in this batch, claimed
         # first; the rest of the batch goes to the others. A full batch of it would go back in line mostly untried.
-        budgets = {d: n for d in destinations if d not in self.peers and (n := self._budget(d)) is not None}
+        budgets = {d: n for d in destinations if (n := self._budget(d)) is not None}
         token = str(uuid.uuid4())  # one per batch
         full = False
         with self.sessions.begin() as session:
@@ -173,11 +178,25 @@ class Relay:
         return len(batch), full
 
     def _budget(self, destination: str) -> int | None:
-        if self.rates is None:
+        """How many of `destination`'s messages a batch can deliver at its pace: a system's share of the batch, times
+        its systems for one served by several (the one-stop systems; an upper bound when its messages go to some of
+        them only). None when it has no pace, or its systems cannot be counted."""
+        if self.rates is None or destination not in self.rates.limits:
             return None
         try:
-            return self.rates.budget(destination)
-        except Exception:  # the count of processes sharing a rate is a refinement: claim a full batch
+            budget = self.rates.budget(destination)
+            if budget is None or destination not in self.peers:
+                return budget
+            count = self.systems.get(destination)
+            if count is None:
+                return None
+            now = time.monotonic()
+            at, systems = self._counted.get(destination, (float("-inf"), 1))
+            if now - at >= SYSTEMS_FOR:
+                systems = max(1, count())
+                self._counted[destination] = (now, systems)
+            return budget * systems
+        except Exception:  # the claim's size is a refinement: claim a full batch
             log.warning("could not size a paced destination's claim", exc_info=True)
             return None
 
