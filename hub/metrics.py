@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -471,6 +471,24 @@ class BulkheadsCollector(Collector):
         yield from (places, in_use, waiting, refused)
 
 
+class RatesCollector(Collector):
+    """The rate each destination's systems are held to (HUB_PEER_RATE_LIMITS, ADR 0049): beside its backlog, how
+    long that takes to drain — a go-live's or an outage's backlog drains at this rate, however many workers run."""
+
+    def __init__(self, limits: Mapping[str, float]) -> None:
+        self.limits = dict(limits)
+
+    def collect(self) -> Iterator[Any]:
+        rate = GaugeMetricFamily(
+            "hub_peer_rate_limit_per_second",
+            "Messages a second deliveries to each system of the destination are held to (absent: no limit)",
+            labels=["destination"],
+        )
+        for destination, limit in sorted(self.limits.items()):
+            rate.add_metric([destination], limit)
+        yield rate
+
+
 def make_registry(
     sessions: sessionmaker[Session],
     checkpointer: WalCheckpointer | None = None,
@@ -480,9 +498,11 @@ def make_registry(
     scheduled: dict[str, float] | None = None,
     bulkheads: Callable[[], dict[str, tuple[int, int, int, int]]] | None = None,
     history: HistoryCounts | None = None,
+    rate_limits: Mapping[str, float] | None = None,
 ) -> tuple[CollectorRegistry, Histogram, Counter, Histogram, Histogram, Counter]:
     registry = CollectorRegistry()
     registry.register(StoreCollector(sessions, history))
+    registry.register(RatesCollector(rate_limits or {}))
     if bulkheads is not None:
         registry.register(BulkheadsCollector(bulkheads))
     if scheduled is not None:

@@ -369,6 +369,7 @@ class Runtime:
             intervals(self.settings),
             self.bulkheads.state if role == "api" else None,
             self.history_counts,
+            self.settings.peer_rate_limits,
         )
 
     def workers(self) -> list[WorkerSeen]:

@@ -84,6 +84,8 @@ def test_a_backlog_drains_at_the_portals_rate_each_message_once_in_order_no_atte
     with hub.runtime.sessions() as s:
         rows = {p["peer"]: p for p in peers_status(s, rate_limits=hub.settings.peer_rate_limits)}
     assert rows["national_portal"]["rate_limit"] == RATE
+    # and in the metrics, beside the backlog (the sample alert HubBacklogBeyondRate divides one by the other)
+    assert 'hub_peer_rate_limit_per_second{destination="national_portal"} 10.0' in hub.http.get("/metrics").text
     Operators(hub.runtime.sessions).add("tran.van.an", PASSWORD, "viewer")
     console = _logged_in(hub.server.url, "tran.van.an")
     page = console.get("/ops").text
