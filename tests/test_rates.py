@@ -9,6 +9,7 @@ import logging
 import secrets
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,28 @@ def test_a_worker_claims_of_a_paced_backlog_only_what_its_batch_can_deliver(
     received = portal.get("/_sandbox/received", params={"limit": 1000}).json()["items"]
     times = sorted(x["at"] for x in received if x["outcome"] == "applied")
     assert len(times) == 30 and closer_than_the_pace(times, RATE, slack=0.5) == []
+
+
+def test_a_worker_whose_turns_others_hold_puts_its_claim_back_once_not_in_a_loop(
+    hub_factory: HubFactory, portal: httpx.Client
+) -> None:
+    """Other workers hold the portal's pace for the next seconds (they claimed first): this worker's claim all
+    goes back in line untried, due when the pace frees up — and it does not claim again at once, which would claim
+    and put back the whole backlog in a loop of writes."""
+    hub = hub_factory(start_worker=False, peer_rate_limits={"national_portal": RATE})
+    items = [dossier(450 + i, status=2) for i in range(30)]
+    assert hub.http.post("/v1/dossiers/batch", json={"data": items}).status_code == 200
+    relay = hub.runtime.relay
+    assert relay.rates is not None
+    for _ in range(30):  # another worker's turns: three seconds of the pace
+        assert relay.rates.paces.pace("national_portal", 1 / RATE, 10.0)[0]
+    assert relay.drain_step() == (11, False)  # claimed, all put back: no more at once
+    with hub.runtime.sessions() as s:
+        rows = s.execute(select(OutboxMessage.state, OutboxMessage.attempts, OutboxMessage.next_attempt_at)).all()
+    assert {(r.state, r.attempts) for r in rows} == {("pending", 0)}
+    first = min(r.next_attempt_at for r in rows)  # those put back are due when the pace frees up, seconds on
+    assert len([r for r in rows if r.next_attempt_at > first + timedelta(seconds=1.5)]) == 11
+    assert portal.get("/_sandbox/received").json()["items"] == []
 
 
 def test_a_one_stop_systems_backlog_is_claimed_at_its_pace_too(

@@ -134,7 +134,8 @@ class Relay:
 
     def drain_step(self) -> tuple[int, bool]:
         """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed, and whether more
-        may be due at once (the batch was full, or a paced peer's part of it was): the caller drains again."""
+        may be due at once (the batch was full, or a paced peer's part of it was and went): the caller drains
+        again."""
         self._record_held()  # raises while the database still refuses writes: nothing new is claimed meanwhile
         if self.paused():
             return 0, False
@@ -146,7 +147,7 @@ class Relay:
         # first; the rest of the batch goes to the others. A full batch of it would go back in line mostly untried.
         budgets = {d: n for d in destinations if (n := self._budget(d)) is not None}
         token = str(uuid.uuid4())  # one per batch
-        full = False
+        paced_full: set[str] = set()  # paced destinations of which more is due than this batch took
         with self.sessions.begin() as session:
             if now - self._swept >= min(self.lease_seconds / 4, 5.0):  # now and then, not on every claim
                 self._swept = now
@@ -156,15 +157,15 @@ class Relay:
             for d, budget in budgets.items():
                 n = min(budget, self.batch_size - len(batch))
                 got = outbox.claim(session, n, self.lease_seconds, [d], token=token)
-                if len(got) >= n > 0:  # more of it is due than it takes in this batch
-                    full = True
+                if len(got) >= n > 0:
+                    paced_full.add(d)
                     if self.rates is not None:
                         self.rates.held(d, d)
                 batch.extend(got)
             n = self.batch_size - len(batch)
             rest = [d for d in destinations if d not in budgets]
             got = outbox.claim(session, n, self.lease_seconds, rest, token=token)
-            full = full or len(got) >= n > 0 or n <= 0
+            full = len(got) >= n > 0 or (n <= 0 and bool(rest))  # (the paced ones took the whole batch)
             batch.extend(got)
         if not batch:
             return 0, False
@@ -175,7 +176,10 @@ class Relay:
             self._leases.release(token)
             raise
         self._record(token, outcomes, exchanges)
-        return len(batch), full
+        # A paced destination whose every message went back in line (its pace taken by other workers for longer
+        # than a wait) is not claimed again at once: that would claim and put back its backlog in a loop.
+        went = {o.claimed.destination for o in outcomes if o.kind != "released"}
+        return len(batch), full or bool(paced_full & went)
 
     def _budget(self, destination: str) -> int | None:
         """How many of `destination`'s messages a batch can deliver at its pace: a system's share of the batch, times
