@@ -950,7 +950,9 @@ def peers_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
                 str(p["dead"]),
                 str(p["delivered"]),
                 str(p["oldest_undelivered_s"] or "—"),
-                format(p["rate_limit"], "g") if p["rate_limit"] is not None else "—",
+                (format(p["rate_limit"], "g") + (f" (≈{p['drain_s']:g} s)" if p["drain_s"] else ""))
+                if p["rate_limit"] is not None
+                else "—",
                 p["last_ok"] or "—",
                 p["last_failure"] or "—",
                 p["last_error_code"] or "—",

@@ -104,6 +104,15 @@ def test_a_worker_claims_of_a_paced_backlog_only_what_its_batch_can_deliver(
     items = [dossier(400 + i, status=2) for i in range(30)]
     r = hub.http.post("/v1/dossiers/batch", json={"data": items})
     assert r.status_code == 200 and all(x["status"] == 202 for x in r.json()["results"]), r.text
+    # the operators see how long the backlog takes at the rate: 30 messages at 10 a second
+    with hub.runtime.sessions() as s:
+        rows = {p["peer"]: p for p in peers_status(s, rate_limits=hub.settings.peer_rate_limits)}
+    assert rows["national_portal"]["drain_s"] == 3.0
+    Operators(hub.runtime.sessions).add("le.thi.binh", PASSWORD, "viewer")
+    console = _logged_in(hub.server.url, "le.thi.binh")
+    page = console.get("/ops").text
+    console.close()
+    assert '<td class="rate-limit">10 <small class="drain"' in page and "gửi hết sau ≈ 3 giây" in page
     relay = hub.runtime.relay
     assert relay.batch_size == 64
     claimed, more = relay.drain_step()

@@ -85,6 +85,10 @@ TEXT: dict[str, dict[str, str]] = {
         "rate_limit": "Giới hạn (tin/giây)",
         "rate_limit_hint": "Tốc độ gửi tối đa tới hệ thống này (HUB_PEER_RATE_LIMITS): tồn đọng sau sự cố được gửi "
         "dần theo tốc độ này",
+        "drain_in": "gửi hết sau ≈",
+        "drain_hint": "Thời gian để gửi hết tồn đọng hiện tại theo giới hạn tốc độ (với nhiều hệ thống một cửa, mỗi "
+        "hệ thống có giới hạn riêng: nhanh hơn con số này)",
+        "seconds_unit": "giây",
         "last_ok": "Thành công gần nhất",
         "last_failure": "Lỗi gần nhất",
         "last_error": "Mã lỗi",
@@ -402,6 +406,10 @@ TEXT: dict[str, dict[str, str]] = {
         "rate_limit": "Rate limit (msg/s)",
         "rate_limit_hint": "The most messages a second sent to this system (HUB_PEER_RATE_LIMITS): a backlog after an "
         "outage drains at this rate",
+        "drain_in": "drains in ≈",
+        "drain_hint": "How long the backlog now takes to go at the rate limit (with several one-stop systems, each has "
+        "the limit of its own: sooner than this)",
+        "seconds_unit": "s",
         "last_ok": "Last success",
         "last_failure": "Last failure",
         "last_error": "Error code",

@@ -275,7 +275,8 @@ def peers_status(
     session: Session, history: HistoryCounts | None = None, rate_limits: Mapping[str, float] | None = None
 ) -> list[dict[str, Any]]:
     """Per peer: backlog, dead letters, oldest undelivered age, last success and last failure, and the rate its
-    deliveries are held to (`rate_limits`: HUB_PEER_RATE_LIMITS; a backlog that drains slowly may be that rate).
+    deliveries are held to (`rate_limits`: HUB_PEER_RATE_LIMITS; a backlog that drains slowly may be that rate) with
+    the seconds its backlog takes at it (`drain_s`).
     `history`: where the delivered rows (a month of a province's: millions, an index-only count of 0.25 s a million)
     are counted at most once a minute — the console's overview; `hub peers status` counts them now."""
     from sqlalchemy import func
@@ -300,6 +301,7 @@ def peers_status(
                 "last_failure": None,
                 "last_error_code": None,
                 "rate_limit": (rate_limits or {}).get(name),  # messages a second, None: not limited
+                "drain_s": None,  # seconds the backlog takes at that rate (None: no limit, or no backlog)
             },
         )
 
@@ -322,6 +324,10 @@ def peers_status(
     ):
         if first is not None:
             peer(dest)["oldest_undelivered_s"] = round((now - first).total_seconds(), 1)
+    for p in peers.values():
+        backlog = p["pending"] + p["in_flight"]
+        if p["rate_limit"] and backlog:  # (each one-stop system its own rate: with several, sooner than this)
+            p["drain_s"] = round(backlog / p["rate_limit"], 1)
     names = sorted(set(KNOWN_PEERS) | set(peers))
     exchanged = latest_exchanges(session, names)
     for name in names:
