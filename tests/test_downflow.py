@@ -276,7 +276,7 @@ def test_a_one_stop_system_that_hangs_holds_back_no_delivery_to_the_portal_in_th
         assert hub.runtime.relay.drain() == 1  # filed at the portal: its next step is what the batch carries
         push(portal, hub, creds, dossier(121, status=1, agency=OTHER_AGENCY))  # for the hung one-stop system
         assert hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4)).status_code == 202
-        drained = threading.Thread(target=hub.runtime.relay.drain_once)
+        drained = threading.Thread(target=hub.runtime.relay.drain_step)
         drained.start()
         deadline = time.monotonic() + 10
         while [h["status"] for h in portal.get(f"/_sandbox/dossiers/{d['MaHoSo']}").json()["history"]] != [2, 4]:

@@ -414,7 +414,7 @@ def test_a_batch_slower_than_its_lease_is_not_claimed_again_while_its_worker_liv
     portal.post("/_sandbox/faults", json={"latency_ms": 1.5 * lease * 1000}).raise_for_status()  # each call
     first = hub.runtime.relay
     other = Relay(hub.runtime.sessions, first.deliverers, policy=first.policy, lease_seconds=lease)
-    slow = threading.Thread(target=first.drain_once)
+    slow = threading.Thread(target=first.drain_step)
     slow.start()
     taken = 0
     try:
@@ -423,7 +423,7 @@ def test_a_batch_slower_than_its_lease_is_not_claimed_again_while_its_worker_liv
             assert slow.is_alive() and time.monotonic() < deadline
             time.sleep(0.01)
         while slow.is_alive():  # a session opened, then the deliveries: three leases long
-            taken += other.drain_once()
+            taken += other.drain_step()[0]
             time.sleep(0.05)
     finally:
         slow.join()

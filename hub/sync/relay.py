@@ -1,6 +1,6 @@
 """Deliver claimed outbox rows to their destination's adapter and record what happened.
 
-The same `Relay.drain_once` runs in the embedded worker thread and in the Celery task."""
+The same `Relay.drain_step` runs in the embedded worker thread and in the Celery task."""
 
 from __future__ import annotations
 
@@ -127,10 +127,6 @@ class Relay:
         self._peers_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self._leases.close()
-
-    def drain_once(self) -> int:
-        """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed."""
-        return self.drain_step()[0]
 
     def drain_step(self) -> tuple[int, bool]:
         """Claim one batch, deliver it, record the outcomes. Returns how many rows were claimed, and whether more
