@@ -132,6 +132,28 @@ def test_a_worker_claims_of_a_paced_backlog_only_what_its_batch_can_deliver(
     assert len(times) == 30 and closer_than_the_pace(times, RATE, slack=0.5) == []
 
 
+def test_a_fast_paced_backlog_takes_at_most_half_of_each_batch(
+    hub_factory: HubFactory, portal: httpx.Client, onestop: httpx.Client, onestop_server: ServerThread, creds: Creds
+) -> None:
+    """A pace faster than a batch (100 a second, batches of 64) with a backlog behind it: the portal's messages are
+    claimed first but take at most half of each batch, so the dossiers the portal pushed down to the province
+    meanwhile go in the same batch, not after the whole backlog."""
+    hub = hub_factory(start_worker=False, peer_rate_limits={"national_portal": 100})
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    items = [dossier(800 + i, status=2) for i in range(80)]
+    assert hub.http.post("/v1/dossiers/batch", json={"data": items}).status_code == 200
+    for i in range(10):
+        r = portal.post(
+            "/_sandbox/push",
+            json={"hub_url": hub.url, "api_key": creds.portal_key, "dossier": dossier(900 + i, status=1)},
+        )
+        assert r.status_code == 200 and r.json()["hub_status"] == 202, r.text
+    assert hub.runtime.relay.drain_step() == (42, True)  # 32 of the portal's backlog, the 10 for the province
+    assert len(onestop.get("/_sandbox/received", params={"outcome": "applied"}).json()["items"]) == 10
+    pushed_up = portal.get("/_sandbox/received", params={"outcome": "applied", "operation": "DongBoHoSoMC"})
+    assert len(pushed_up.json()["items"]) == 32
+
+
 def test_a_worker_whose_turns_others_hold_puts_its_claim_back_once_not_in_a_loop(
     hub_factory: HubFactory, portal: httpx.Client
 ) -> None:

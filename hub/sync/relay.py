@@ -140,7 +140,8 @@ class Relay:
         if not destinations:
             return 0, False
         # A destination held to a pace (HUB_PEER_RATE_LIMITS) gets what its systems can take in this batch, claimed
-        # first; the rest of the batch goes to the others. A full batch of it would go back in line mostly untried.
+        # first, and at most half of it; the rest of the batch goes to the others. A full batch of it would go back
+        # in line mostly untried, and a fast pace would take every batch while its backlog lasts.
         budgets = {d: n for d in destinations if (n := self._budget(d)) is not None}
         token = str(uuid.uuid4())  # one per batch
         paced_full: set[str] = set()  # paced destinations of which more is due than this batch took
@@ -151,7 +152,7 @@ class Relay:
                     log.warning("leases expired, rows back in line", extra={"rows": released})
             batch: list[Claimed] = []
             for d, budget in budgets.items():
-                n = min(budget, self.batch_size - len(batch))
+                n = min(budget, self.batch_size - len(batch), max(1, self.batch_size // 2))
                 got = outbox.claim(session, n, self.lease_seconds, [d], token=token)
                 if len(got) >= n > 0:
                     paced_full.add(d)
@@ -161,7 +162,7 @@ class Relay:
             n = self.batch_size - len(batch)
             rest = [d for d in destinations if d not in budgets]
             got = outbox.claim(session, n, self.lease_seconds, rest, token=token)
-            full = len(got) >= n > 0 or (n <= 0 and bool(rest))  # (the paced ones took the whole batch)
+            full = len(got) >= n > 0
             batch.extend(got)
         if not batch:
             return 0, False
