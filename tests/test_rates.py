@@ -154,6 +154,27 @@ def test_a_fast_paced_backlog_takes_at_most_half_of_each_batch(
     assert len(pushed_up.json()["items"]) == 32
 
 
+def test_two_fast_paced_backlogs_take_a_third_of_each_batch_each(
+    hub_factory: HubFactory, portal: httpx.Client, onestop: httpx.Client, onestop_server: ServerThread, creds: Creds
+) -> None:
+    """Two destinations held to fast paces, both with backlogs: each gets an equal share of a batch (a third of 64),
+    the last third left to the others — neither paced backlog takes every batch while it lasts."""
+    hub = hub_factory(start_worker=False, peer_rate_limits={"national_portal": 100, "one_stop": 100})
+    hub.runtime.routes.add("000.00.17.*", onestop_server.url)
+    items = [dossier(820 + i, status=2) for i in range(40)]
+    assert hub.http.post("/v1/dossiers/batch", json={"data": items}).status_code == 200
+    for i in range(30):
+        r = portal.post(
+            "/_sandbox/push",
+            json={"hub_url": hub.url, "api_key": creds.portal_key, "dossier": dossier(920 + i, status=1)},
+        )
+        assert r.status_code == 200 and r.json()["hub_status"] == 202, r.text
+    assert hub.runtime.relay.drain_step() == (42, True)
+    assert len(onestop.get("/_sandbox/received", params={"outcome": "applied"}).json()["items"]) == 21
+    pushed_up = portal.get("/_sandbox/received", params={"outcome": "applied", "operation": "DongBoHoSoMC"})
+    assert len(pushed_up.json()["items"]) == 21
+
+
 def test_a_worker_whose_turns_others_hold_puts_its_claim_back_once_not_in_a_loop(
     hub_factory: HubFactory, portal: httpx.Client
 ) -> None:

@@ -140,9 +140,11 @@ class Relay:
         if not destinations:
             return 0, False
         # A destination held to a pace (HUB_PEER_RATE_LIMITS) gets what its systems can take in this batch, claimed
-        # first, and at most half of it; the rest of the batch goes to the others. A full batch of it would go back
-        # in line mostly untried, and a fast pace would take every batch while its backlog lasts.
+        # first, and at most an equal share of it (half with one paced destination, a third each with two…); the
+        # rest of the batch goes to the others. A full batch of it would go back in line mostly untried, and a fast
+        # pace would take every batch while its backlog lasts.
         budgets = {d: n for d in destinations if (n := self._budget(d)) is not None}
+        share = max(1, self.batch_size // (len(budgets) + 1))
         token = str(uuid.uuid4())  # one per batch
         paced_full: set[str] = set()  # paced destinations of which more is due than this batch took
         with self.sessions.begin() as session:
@@ -152,7 +154,7 @@ class Relay:
                     log.warning("leases expired, rows back in line", extra={"rows": released})
             batch: list[Claimed] = []
             for d, budget in budgets.items():
-                n = min(budget, self.batch_size - len(batch), max(1, self.batch_size // 2))
+                n = min(budget, self.batch_size - len(batch), share)
                 got = outbox.claim(session, n, self.lease_seconds, [d], token=token)
                 if len(got) >= n > 0:
                     paced_full.add(d)
