@@ -28,6 +28,7 @@ from hub.sync.rates import FilePaces, PeerRates
 from tests.conftest import AGENCY, Creds, HubFactory
 from tests.helpers import dossier
 from tests.test_console import PASSWORD, _logged_in
+from tests.test_downflow import push
 from tests.test_dvcqg_compat import CLIENT, PortalClient
 from tests.test_prefill import PURPOSE, log_entries
 
@@ -142,12 +143,8 @@ def test_a_fast_paced_backlog_takes_at_most_half_of_each_batch(
     hub.runtime.routes.add("000.00.17.*", onestop_server.url)
     items = [dossier(800 + i, status=2) for i in range(80)]
     assert hub.http.post("/v1/dossiers/batch", json={"data": items}).status_code == 200
-    for i in range(10):
-        r = portal.post(
-            "/_sandbox/push",
-            json={"hub_url": hub.url, "api_key": creds.portal_key, "dossier": dossier(900 + i, status=1)},
-        )
-        assert r.status_code == 200 and r.json()["hub_status"] == 202, r.text
+    for i in range(10):  # filed at the portal, pushed down to the province through hub
+        assert push(portal, hub, creds, dossier(900 + i, status=1))["hub_status"] == 202
     assert hub.runtime.relay.drain_step() == (42, True)  # 32 of the portal's backlog, the 10 for the province
     assert len(onestop.get("/_sandbox/received", params={"outcome": "applied"}).json()["items"]) == 10
     pushed_up = portal.get("/_sandbox/received", params={"outcome": "applied", "operation": "DongBoHoSoMC"})
@@ -163,12 +160,8 @@ def test_two_fast_paced_backlogs_take_a_third_of_each_batch_each(
     hub.runtime.routes.add("000.00.17.*", onestop_server.url)
     items = [dossier(820 + i, status=2) for i in range(40)]
     assert hub.http.post("/v1/dossiers/batch", json={"data": items}).status_code == 200
-    for i in range(30):
-        r = portal.post(
-            "/_sandbox/push",
-            json={"hub_url": hub.url, "api_key": creds.portal_key, "dossier": dossier(920 + i, status=1)},
-        )
-        assert r.status_code == 200 and r.json()["hub_status"] == 202, r.text
+    for i in range(30):  # filed at the portal, pushed down to the province through hub
+        assert push(portal, hub, creds, dossier(920 + i, status=1))["hub_status"] == 202
     assert hub.runtime.relay.drain_step() == (42, True)
     assert len(onestop.get("/_sandbox/received", params={"outcome": "applied"}).json()["items"]) == 21
     pushed_up = portal.get("/_sandbox/received", params={"outcome": "applied", "operation": "DongBoHoSoMC"})
@@ -205,12 +198,8 @@ def test_a_one_stop_systems_backlog_is_claimed_at_its_pace_too(
     own), and the rest stay in line."""
     hub = hub_factory(start_worker=False, peer_rate_limits={"one_stop": 5})
     hub.runtime.routes.add("000.00.17.*", onestop_server.url)
-    for i in range(12):
-        r = portal.post(
-            "/_sandbox/push",
-            json={"hub_url": hub.url, "api_key": creds.portal_key, "dossier": dossier(600 + i, status=1)},
-        )
-        assert r.status_code == 200 and r.json()["hub_status"] == 202, r.text
+    for i in range(12):  # filed at the portal, pushed down to the province through hub
+        assert push(portal, hub, creds, dossier(600 + i, status=1))["hub_status"] == 202
     assert hub.runtime.relay.drain_step() == (6, True)  # the slot free now and five more
     assert hub.runtime.relay.drain() == 6
     got = onestop.get("/_sandbox/received", params={"outcome": "applied"}).json()["items"]
