@@ -597,6 +597,7 @@ class Runtime:
         from hub.sync.reconcile import reconcile, unknown_to_hub
 
         def work() -> dict[str, Any]:
+            pace = self.portal_pace()  # its look-ups and its listing of each route's filings: one rate
             result = reconcile(
                 self.sessions,
                 self.portal,
@@ -605,7 +606,7 @@ class Runtime:
                 concurrency=self.settings.reconcile_concurrency,
                 on_exchanges=self.record_exchanges,
                 returned_days=self.settings.reconcile_days,
-                pace=self.portal_pace(),
+                pace=pace,
             )
 
             def unlisted(_: Exception) -> None:
@@ -614,7 +615,7 @@ class Runtime:
             result.drift += unknown_to_hub(
                 self.sessions, self.portal, [r["agency_pattern"] for r in self.routes.all()],
                 on_exchange=self.record_exchange, days=self.settings.reconcile_days, on_error=unlisted,
-                pace=self.portal_pace(),
+                pace=pace,
             )  # fmt: skip
             if result.as_dict()["repaired_events"]:
                 self.wake()

@@ -75,8 +75,8 @@ class PeerRates:
     def budget(self, destination: str) -> int | None:
         """How many of `destination`'s messages one batch can deliver to one of its systems: those whose slots come
         within `max_wait` (and the one free now). None for a destination whose pace is not limited. A worker claims
-        no more than this for a peer of one system (`hub.sync.relay.Relay`), instead of claiming a full batch and
-        putting most of it back in line untried."""
+        no more than this for each of the destination's systems (`hub.sync.relay.Relay`), instead of claiming a full
+        batch and putting most of it back in line untried."""
         limit = self.limits.get(destination)
         if limit is None:
             return None

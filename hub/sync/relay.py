@@ -184,7 +184,7 @@ class Relay:
         """How many of `destination`'s messages a batch can deliver at its pace: a system's share of the batch, times
         its systems for one served by several (the one-stop systems; an upper bound when its messages go to some of
         them only). None when it has no pace, or its systems cannot be counted."""
-        if self.rates is None or destination not in self.rates.limits:
+        if self.rates is None:
             return None
         try:
             budget = self.rates.budget(destination)
