@@ -76,13 +76,25 @@ def pg_url() -> Iterator[str]:
 
 
 def truncate_all(url: str) -> None:
-    """Every table the code declares (a new one cannot be forgotten here), emptied, its ids started over."""
+    """Every table the code declares (a new one cannot be forgotten here), emptied, its ids started over.
+
+    By DELETE with the triggers off (`session_replication_role = replica`: the append-only records' own triggers
+    and the foreign keys' alike; the test user is a superuser), not TRUNCATE: a test leaves a few rows, and a
+    TRUNCATE of every table gives each table and index a new file — 0.1–0.3 s a test hub, ~15 ms this way."""
     from hub.store.models import Base
 
-    engine = db.make_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"TRUNCATE {', '.join(t.name for t in Base.metadata.sorted_tables)} RESTART IDENTITY")
-    engine.dispose()
+    tables = [t.name for t in Base.metadata.sorted_tables]
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        with conn.transaction():
+            for name in tables:
+                conn.execute(f"DELETE FROM {name}")  # noqa: S608 (the model's own table names)
+            conn.execute(
+                "SELECT setval(s, 1, false) FROM (SELECT pg_get_serial_sequence(quote_ident(table_name), column_name)"
+                " AS s FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND table_name = ANY(%s)) AS serial WHERE s IS NOT NULL",
+                (tables,),
+            )
 
 
 @dataclass
