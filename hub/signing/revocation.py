@@ -20,6 +20,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
 from hub.adapters.exchange import ExchangeHook, recorded
+from hub.adapters.tls import default_context
 from hub.logs import correlation_id
 
 MAX_EVIDENCE_BYTES = 5 * 1024 * 1024
@@ -80,8 +81,13 @@ class RevocationSource:
         on_exchange: ExchangeHook | None = None,
     ) -> None:
         self._on_exchange = on_exchange  # each OCSP / CRL fetch, for the exchange record
+        # the process's one context for certifi's bundle (a CA's OCSP and CRL addresses are mostly http://; loading
+        # the bundle for a client of its own cost ~40 ms of every Runtime's start)
         self._http = httpx.Client(
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout), transport=transport, trust_env=False
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            transport=transport,
+            trust_env=False,
+            verify=default_context(),
         )
         self.max_cache_seconds = max_cache_seconds
         self.max_age_seconds = max_age_seconds
