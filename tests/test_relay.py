@@ -119,7 +119,7 @@ def test_session_expiry_is_renewed_transparently(hub_factory: HubFactory, portal
 
 
 def test_permanent_rejection_is_a_dead_letter_that_holds_back_only_its_dossier(
-    hub_factory: HubFactory, portal: httpx.Client, officer: PortalOfficer
+    hub_factory: HubFactory, portal: httpx.Client, officer: PortalOfficer, creds: Creds
 ) -> None:
     hub = hub_factory()
     [blocked, free] = file_and_walk(hub, 2, [])
@@ -141,6 +141,32 @@ def test_permanent_rejection_is_a_dead_letter_that_holds_back_only_its_dossier(
         dead = jobs.list_jobs(s, state="dead")
         shown = jobs.show_job(s, dead[0]["id"])
     assert shown is not None and shown["peer_reply"]["error_code"] == 4
+    # The one-stop system asks which of its dossiers have not reached the portal, to show its officers: the
+    # blocked one, with the dead letter's error and the message waiting behind it; the other is not listed.
+    listed = hub.http.get("/v1/dossiers", params={"delivery": "dead"})
+    as_documented(hub.http.get("/openapi.json").json(), "get", "/v1/dossiers", listed)
+    assert listed.json()["total"] == 1
+    [item] = listed.json()["items"]
+    assert item["MaHoSo"] == blocked and item["TrangThaiHoSo"] == 9
+    [to_portal] = item["deliveries"]
+    assert to_portal["destination"] == "national_portal" and (to_portal["waiting"], to_portal["dead"]) == (1, 1)
+    assert to_portal["last_error_code"] == "portal_invalid_transition" and to_portal["attempts"] == 1
+    for delivery in ("undelivered", "waiting"):  # the message in line behind the dead letter is waiting too
+        assert [i["MaHoSo"] for i in hub.http.get(f"/v1/dossiers?delivery={delivery}").json()["items"]] == [blocked]
+    assert hub.http.get("/v1/dossiers?delivery=dead&destination=sms").json() == {
+        "total": 0, "limit": 100, "offset": 0, "items": []
+    }  # fmt: skip
+    other = hub.http.get("/v1/dossiers?delivery=dead", headers={"X-API-Key": creds.other_key})
+    assert other.status_code == 200 and other.json()["total"] == 0  # another agency's client sees none of them
+    for query, code in [
+        ("delivery=lost", "validation_error"),
+        ("destination=national_portal", "unsupported_query"),
+        ("delivery=dead&overdue=true", "unsupported_query"),
+        ("delivery=dead&destination=Portal%20X", "validation_error"),
+        ("", "unsupported_query"),
+    ]:
+        refused = hub.http.get(f"/v1/dossiers?{query}")
+        assert refused.status_code == 422 and refused.json()["code"] == code, (query, refused.text)
     # The operator fixes the portal side and replays: the dossier's events now flow, in order.
     portal.post("/_sandbox/reset")
     officer.call("DongBoHoSoMC", {"isUpdating": False, "data": [{**dossier(1), "MaHoSo": blocked}]})
@@ -149,6 +175,7 @@ def test_permanent_rejection_is_a_dead_letter_that_holds_back_only_its_dossier(
     hub.runtime.wake()
     assert hub.wait_idle() == {"delivered": 6}
     assert portal_history(portal, blocked) == [2, 4, 9]
+    assert hub.http.get("/v1/dossiers?delivery=undelivered").json()["items"] == []  # synced: no longer listed
 
 
 def test_a_portal_writing_its_error_codes_as_strings_is_understood(
@@ -240,6 +267,15 @@ def test_an_outage_longer_than_the_attempt_budget_kills_nothing(hub_factory: Hub
     _wait_for(lambda: most_attempts() > 2, timeout=15)  # probed more often than the budget for message failures
     assert _states(hub).get("dead", 0) == 0
     assert portal_history(portal, codes[0]) == []
+    # what the one-stop system sees meanwhile: every dossier waiting, the first filed first, none dead
+    waiting = hub.http.get("/v1/dossiers?delivery=waiting&destination=national_portal").json()
+    assert waiting["total"] == 3 and [i["MaHoSo"] for i in waiting["items"]] == codes
+    assert all([(d["waiting"], d["dead"]) for d in i["deliveries"]] == [(3, 0)] for i in waiting["items"])
+    errors = [i["deliveries"][0]["last_error_code"] for i in waiting["items"]]  # a 503; or not tried: one probes
+    assert "peer_http_unavailable" in errors and set(errors) <= {"peer_http_unavailable", None}
+    page = hub.http.get("/v1/dossiers?delivery=undelivered&limit=1&offset=2").json()
+    assert page["total"] == 3 and [i["MaHoSo"] for i in page["items"]] == codes[2:]
+    assert hub.http.get("/v1/dossiers?delivery=dead").json()["total"] == 0
     portal.post("/_sandbox/faults", json={"outage_seconds": 0})  # the portal is back
     assert hub.wait_idle(timeout=30) == {"delivered": 9}
     for code in codes:

@@ -156,6 +156,30 @@ class OverdueList(_Answer):
     items: list[OverdueDossier] = Field(description="the longest overdue first")
 
 
+class Undelivered(_Answer):
+    destination: str = Field(description="national_portal, one_stop, email or sms")
+    waiting: int = Field(description="messages in line or waiting out a retry")
+    dead: int = Field(description="messages refused for good or out of attempts (an operator replays them)")
+    since: str = Field(description="when the first of them was written (ISO 8601, UTC)")
+    attempts: int = Field(description="the first one's attempts so far")
+    last_error_code: str | None = Field(description="the first one's last error, as a stable code")
+    last_error: str | None = Field(description="and in words (the peer's answer)")
+
+
+class UndeliveredDossier(_Answer):
+    MaHoSo: str
+    MaTTHC: str
+    TrangThaiHoSo: int
+    deliveries: list[Undelivered] = Field(description="per destination with messages not delivered")
+
+
+class UndeliveredList(_Answer):
+    total: int = Field(description="how many dossiers have messages in that state in all")
+    limit: int
+    offset: int
+    items: list[UndeliveredDossier] = Field(description="the longest waiting first")
+
+
 class ResolutionFigures(_Answer):
     """How an agency's dossiers of a procedure were resolved over the period (ADR 0048). `to_resolve` =
     `carried_over` + `received` = `resolved` + `ended` + `in_progress`."""

@@ -607,19 +607,44 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get(
         "/v1/dossiers",
-        responses={200: {"model": answers.OverdueList}},
+        responses={200: {"model": answers.OverdueList | answers.UndeliveredList}},
         tags=["dossiers"],
-        summary="Dossiers past their appointment date (NgayHenTra)",
+        summary="Dossiers past their appointment date (NgayHenTra), or with messages not delivered",
+        description="One listing a request, of the dossiers of the agencies the client may act for: `overdue=true`, "
+        "those past NgayHenTra whose result is not ready, the longest overdue first; or `delivery`, those with "
+        "messages hub has not delivered — `waiting` (in line, or waiting out a retry), `dead` (refused for good or "
+        "out of attempts: the dossier's later messages to that destination wait behind it until an operator "
+        "replays or sets it aside), `undelivered` (both) —, the longest waiting first, each with per destination "
+        "how many wait, how many are dead, since when and the first one's error (what a one-stop system shows its "
+        "officers as not synced to the national portal). `destination` narrows it to one (`national_portal`, "
+        "`one_stop`, `email`, `sms`).",
     )
     def list_dossiers(
         who: Dossiers,
-        overdue: Annotated[bool, Query(description="only dossiers past NgayHenTra whose result is not ready")],
+        overdue: Annotated[bool, Query(description="only dossiers past NgayHenTra whose result is not ready")] = False,
+        delivery: Annotated[
+            Literal["waiting", "dead", "undelivered"] | None,
+            Query(description="only dossiers with messages in that delivery state"),
+        ] = None,
+        destination: Annotated[
+            str | None,
+            Query(pattern=r"^[a-z_]{1,32}$", description="with `delivery`: only messages to this destination"),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # a database takes a 64-bit offset at most
     ) -> dict[str, Any]:
+        if overdue and delivery is not None:
+            raise DomainError("one listing at a time: overdue=true or delivery, not both", code="unsupported_query")
+        if destination is not None and delivery is None:
+            raise DomainError("destination narrows a delivery listing: give delivery too", code="unsupported_query")
+        if delivery is not None:
+            return rt().dossiers.undelivered(
+                who, delivery=delivery, destination=destination, limit=limit, offset=offset
+            )
         if not overdue:
             raise DomainError(
-                "only overdue=true listings are offered; look a dossier up by its MaHoSo", code="unsupported_query"
+                "a listing asks for overdue=true or delivery=waiting|dead|undelivered; look a dossier up by its MaHoSo",
+                code="unsupported_query",
             )
         return rt().dossiers.overdue(who, limit=limit, offset=offset)
 

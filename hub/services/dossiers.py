@@ -29,11 +29,13 @@ from hub.settings import ClientSystem
 from hub.store.db import reading, reading_session
 from hub.store.group_commit import GroupCommit
 from hub.store.models import Dossier, IdempotencyRecord, OutboxMessage, Procedure, StatusEvent, table
-from hub.sync.outbox import DEAD, PENDING, SET_ASIDE, set_aside_note
+from hub.sync.outbox import DEAD, IN_FLIGHT, PENDING, SET_ASIDE, set_aside_note
 
 NATIONAL_PORTAL = "national_portal"
 ONE_STOP = "one_stop"
 DOCUMENT_EXCHANGE = "document_exchange"  # signed edXML envelopes to other agencies
+# what a listing of dossiers with messages not delivered asks for (GET /v1/dossiers?delivery=…)
+UNDELIVERED_STATES = {"waiting": (PENDING, IN_FLIGHT), "dead": (DEAD,), "undelivered": (PENDING, IN_FLIGHT, DEAD)}
 SEND_DOCUMENT, SEND_STATUS = "send_edoc", "send_edoc_status"  # its operations: a document, hub's recall of one
 SYNC, PROGRESS, DOWNFLOW = "dossier.sync", "dossier.progress", "dossier.downflow"
 # Facts in a dossier's history that are not a change of its status (not relayed to the portal): a pay link given
@@ -1080,6 +1082,81 @@ class DossierService:
             if due is not None
         ]
         return {"total": int(total), "limit": limit, "offset": offset, "items": items}
+
+    def undelivered(
+        self,
+        client: ClientSystem,
+        *,
+        delivery: str,
+        destination: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """The client's dossiers with messages not delivered (`delivery`: `waiting` — in line or being sent —,
+        `dead` — refused for good or out of attempts, holding the dossier's later messages back —, or
+        `undelivered`, both), the longest waiting first: per destination, how many wait and how many are dead,
+        since when, and the error of the first of them (the one the rest wait behind). Documents to other agencies
+        are not counted here, as in a dossier's view (their receivers' answers are shown with them)."""
+        to = [OutboxMessage.destination != DOCUMENT_EXCHANGE]
+        if destination is not None:
+            to.append(OutboxMessage.destination == destination)
+        held = [*to, OutboxMessage.state.in_(UNDELIVERED_STATES["undelivered"])]  # what is shown of a dossier
+        since = (
+            select(OutboxMessage.dossier_id, func.min(OutboxMessage.created_at).label("since"))
+            .where(*to, OutboxMessage.state.in_(UNDELIVERED_STATES[delivery]))  # which dossiers are listed
+            .group_by(OutboxMessage.dossier_id)
+            .subquery()
+        )
+        cond = agencies_where(client.agencies)
+        with reading_session(self.sessions, snapshot=True) as session:
+            total = session.scalar(
+                select(func.count()).select_from(Dossier).join(since, since.c.dossier_id == Dossier.id).where(*cond)
+            )
+            rows = session.execute(
+                select(Dossier.id, Dossier.code, Dossier.procedure_code, Dossier.status)
+                .join(since, since.c.dossier_id == Dossier.id)
+                .where(*cond)
+                .order_by(since.c.since, Dossier.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            found: dict[int, dict[str, dict[str, Any]]] = {row.id: {} for row in rows}
+            messages = session.execute(
+                select(
+                    OutboxMessage.dossier_id,
+                    OutboxMessage.destination,
+                    OutboxMessage.state,
+                    OutboxMessage.created_at,
+                    OutboxMessage.attempts,
+                    OutboxMessage.last_error_code,
+                    OutboxMessage.last_error,
+                )
+                .where(OutboxMessage.dossier_id.in_(list(found)), *held)
+                .order_by(OutboxMessage.dossier_id, OutboxMessage.destination, OutboxMessage.seq)
+            )
+            for m in messages:
+                shown = found[m.dossier_id].get(m.destination)
+                if shown is None:  # the first in line to this destination: the one the others wait behind
+                    shown = found[m.dossier_id][m.destination] = {
+                        "destination": m.destination,
+                        "waiting": 0,
+                        "dead": 0,
+                        "since": m.created_at.isoformat(),
+                        "attempts": m.attempts,
+                        "last_error_code": m.last_error_code,
+                        "last_error": m.last_error,
+                    }
+                shown["dead" if m.state == DEAD else "waiting"] += 1
+        items = [
+            {
+                "MaHoSo": row.code,
+                "MaTTHC": row.procedure_code,
+                "TrangThaiHoSo": row.status,
+                "deliveries": list(found[row.id].values()),
+            }
+            for row in rows
+        ]
+        return {"total": int(total or 0), "limit": limit, "offset": offset, "items": items}
 
     def get(self, client: ClientSystem, code: str) -> dict[str, Any]:
         _acting_for(client, code)
