@@ -20,8 +20,10 @@ from tests.test_prefill import KHAI_SINH, PURPOSE, log_entries, quota_clients
 # more requests at once than anyio's shared threadpool has threads (40): without compartments they would hold all
 AT_ONCE = 48
 # the hung peer's latency: far longer than the other requests take even on a loaded machine (48 client threads
-# share the test's process, and its GIL, with hub and the sandboxes; at 1.5 s a CI run once came within 0.3 s)
-HUNG_MS = 3000
+# share the test's process, and its GIL, with hub and the sandboxes; at 1.5 s a CI run once came within 0.3 s, and
+# at 3 s one with three test processes on two cores took 3.1 s to answer the three others)
+HUNG_MS = 6000
+READ_TIMEOUT = 15.0  # hub waits the hung peer out (the tests' hubs give up after 5 s)
 
 
 def in_parallel(hub: Hub, n: int, call: Any) -> tuple[list[tuple[float, httpx.Response]], threading.Event]:
@@ -57,7 +59,12 @@ def in_parallel(hub: Hub, n: int, call: Any) -> tuple[list[tuple[float, httpx.Re
 def test_a_hung_population_database_holds_only_the_pre_fills_waiting_on_it(
     hub_factory: HubFactory, population_server: ServerThread, people: httpx.Client
 ) -> None:
-    hub = hub_factory(population_url=f"{population_server.url}/ws/congdan", peer_concurrency=4, peer_queue_seconds=0.5)
+    hub = hub_factory(
+        population_url=f"{population_server.url}/ws/congdan",
+        peer_concurrency=4,
+        peer_queue_seconds=0.5,
+        read_timeout=READ_TIMEOUT,
+    )
     d = dossier(1, status=1)
     assert hub.http.post("/v1/dossiers", json=d).status_code == 202
     ids = [p["SoDinhDanh"] for p in people.get("/_sandbox/people", params={"limit": AT_ONCE}).json()["items"]]
@@ -107,7 +114,7 @@ def test_a_hung_portal_holds_only_the_look_ups_waiting_on_it(
     """A one-stop system asks TraCuuHoSo about dossiers hub does not hold (at go-live, all of them): hub asks the
     portal. With the portal hanging, those look-ups wait — in the portal's compartment; past its places they are
     answered at once in the portal's protocol ("try again later"), and hub's own API answers meanwhile."""
-    hub = hub_factory(peer_concurrency=2, peer_queue_seconds=0.3)
+    hub = hub_factory(peer_concurrency=2, peer_queue_seconds=0.3, read_timeout=READ_TIMEOUT)
     one_stop = PortalClient(hub.http, CLIENT, creds.api_key)
     assert one_stop.sign_in()["error_code"] == "00"
     d = dossier(2, status=1)
