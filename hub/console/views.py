@@ -41,7 +41,7 @@ from hub.domain.status import INITIAL, OPEN, VIETNAMESE_NAMES, DossierStatus
 from hub.logs import correlation_id
 from hub.services import actions
 from hub.services.audit import ACCESS_LOG_INQUIRY, OPERATOR_SEARCH, Access
-from hub.services.dossiers import mask_id, overdue_where
+from hub.services.dossiers import UNDELIVERED_STATES, mask_id, overdue_where
 from hub.services.edocs import documents_sent
 from hub.store.db import reading_session
 from hub.store.models import Dossier, Exchange, OutboxMessage, Payment, StatusEvent
@@ -1001,7 +1001,7 @@ def _with_error(page: HTMLResponse, message: str) -> HTMLResponse:
 # the console's list of dossiers: all, the open ones, the overdue ones (most overdue first), those with messages
 # not delivered (waiting or dead), or one status
 LIST_STATES = ("", "open", "overdue", "undelivered", *(str(int(s)) for s in DossierStatus))
-UNDELIVERED = ("pending", "in_flight", "dead")
+UNDELIVERED = UNDELIVERED_STATES["undelivered"]  # as the API lists them (GET /v1/dossiers?delivery=…)
 PAGE = 50
 EXPORT_PAGE, EXPORT_ROWS = 1000, 200_000  # the CSV download: rows a query, and at most in all
 
