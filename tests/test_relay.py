@@ -298,7 +298,9 @@ def test_a_portal_that_asks_to_wait_is_not_called_again_before_it_said(
         with hub.runtime.sessions() as s:
             return [r["last_error"] or "" for r in jobs.list_jobs(s, limit=100) if r["state"] == "pending"]
 
-    _wait_for(lambda: any("HTTP 429 (asked to wait 2 s)" in e for e in told()), timeout=5)
+    # the sandbox asks for the whole seconds left of its 2 s window: 1 if filing took over a second on a busy machine
+    said = re.compile(r"HTTP 429 \(asked to wait [12] s\)")
+    _wait_for(lambda: any(said.search(e) for e in told()), timeout=5)
     assert hub.wait_idle(timeout=30) == {"delivered": 10}
     assert time.monotonic() - asked_at >= 1.9  # nothing went through before the portal said it would take calls
     assert portal.get("/_sandbox/faults").json()["rate_limited"] == 1  # one call told to wait, none after it
