@@ -7,13 +7,17 @@ from typing import Any
 
 import httpx
 
+from hub.api.problem_types import PROBLEM_TYPES
+
 
 def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     body: dict[str, Any] = r.json()
     assert body["status"] == status and body["code"] == code, body
-    assert body["title"] and body["type"].endswith(code)
+    assert body["title"] and body["type"] == f"/problems/{code}"
+    # the code is one the served catalogue explains (GET /problems/{code}), with this status among its own
+    assert code in PROBLEM_TYPES and status in PROBLEM_TYPES[code].statuses, (code, status)
     assert not re.fullmatch(r"(?:[A-Z][a-z]+){2,}", body["title"]), body  # words for a reader, not a class name
     return body
 

@@ -369,3 +369,27 @@ class Readiness(_Answer):
     peers: dict[str, dict[str, str | None]] = Field(description="each peer's last exchange by outcome (informative)")
     workers: list[WorkerSeen] | None = Field(description="the workers beating (informative); null when not known")
     maintenance: bool | None = Field(description="dispatch paused by an operator; null when not known")
+
+
+# -- problem types (GET /problems) ---------------------------------------------------------------------------------
+
+
+class ProblemTypeOut(_Answer):
+    """A problem type: what its `code` means and what the caller does about it (ADR 0050)."""
+
+    code: str
+    type: str = Field(description="/problems/{code}: the `type` a problem of this code carries")
+    statuses: list[int] = Field(description="the HTTP statuses it comes with")
+    title: str
+    meaning: str
+    remedy: Literal["fix_request", "retry_later", "authenticate", "ask_operators"] = Field(
+        description="fix_request: sent again unchanged it is refused again; retry_later: the same request later (same "
+        "Idempotency-Key, after Retry-After) can succeed; authenticate: send valid credentials; ask_operators: hub "
+        "is not set up for it yet"
+    )
+    retry: bool = Field(description="remedy is retry_later")
+    action: str = Field(description="what to do, in a sentence")
+
+
+class ProblemTypeList(_Answer):
+    items: list[ProblemTypeOut]

@@ -309,6 +309,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             {"name": "signatures", "description": "XML (XMLDSig, XAdES) and PDF (PAdES) signatures: verify, extend"},
             {"name": "payments", "description": "Fee payments at the payment platform and its signed callbacks"},
             {"name": "health", "description": "Liveness and readiness"},
+            {
+                "name": "problems",
+                "description": "What each error `code` means and what to do about it: where a problem's `type` points",
+            },
         ],
         "lifespan": lifespan,
     }
@@ -543,7 +547,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             except edxml.EdxmlError as exc:
                 raise DomainError(str(exc), code="invalid_edxml") from None
             except SigningError as exc:
-                if exc.code.startswith(("tsa_", "token_", "validation_data")):  # the TSA, token or PKI did not serve
+                if exc.passed_on:  # the TSA, token or PKI did not serve
                     raise SigningUnavailable(str(exc), code=exc.code) from None
                 raise SigningUnavailable(str(exc), code="signing_key_unusable") from None
 
@@ -595,7 +599,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             except edxml.EdxmlError as exc:
                 raise DomainError(str(exc), code="invalid_edxml") from None
             except SigningError as exc:
-                if exc.code.startswith(("tsa_", "token_", "validation_data")):
+                if exc.passed_on:
                     raise SigningUnavailable(str(exc), code=exc.code) from None
                 raise SigningUnavailable(str(exc), code="signing_key_unusable") from None
 
@@ -1109,6 +1113,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     def root(request: Request) -> dict[str, str]:
         return {"service": "hub", "docs": str(request.url_for("custom_swagger_ui_html"))}
 
+    # what each problem's `type` points at: the catalogue of hub's error codes (ADR 0050)
+    from hub.api import problem_pages
+
+    app.include_router(problem_pages.router())
     # the national portal's own protocol, for one-stop systems written for the portal (ADR 0040)
     from hub.api import dvcqg
 

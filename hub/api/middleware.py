@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hub.api.problem_types import type_uri
 from hub.logs import correlation_id, timings
 
 COMPRESSED = frozenset({b"gzip", b"x-gzip", b"deflate", b"br", b"compress", b"x-compress", b"zstd"})
@@ -24,7 +25,7 @@ _NUL = re.compile(rb"%00|\x00")
 def _problem_bytes(status: int, code: str, detail: str) -> bytes:
     return json.dumps(
         {
-            "type": f"https://hub.example/problems/{code}",
+            "type": type_uri(code),
             "title": HTTPStatus(status).phrase,
             "status": status,
             "code": code,

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from hub.api.problem_types import type_uri
 from hub.domain.errors import DomainError
 from hub.store.space import out_of_space
 
@@ -50,7 +51,7 @@ STATUS_CODES = {
 def problem_body(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> dict[str, Any]:
     """An RFC 9457 problem as a JSON object (the body of `problem`; an item's outcome in a batch's answer)."""
     body: dict[str, Any] = {
-        "type": f"https://hub.example/problems/{code}",
+        "type": type_uri(code),
         "title": title,
         "status": status,
         "code": code,
@@ -188,7 +189,11 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["type", "title", "status", "code"],
     "properties": {
-        "type": {"type": "string", "description": "https://hub.example/problems/{code}"},
+        "type": {
+            "type": "string",
+            "description": "/problems/{code}: a reference to hub's own page on the problem type (GET it: what the "
+            "code means and what to do), relative to hub's address and so the same on every deployment",
+        },
         "title": {"type": "string"},
         "status": {"type": "integer", "description": "the HTTP status, repeated"},
         "code": {"type": "string", "description": "stable machine-readable code, e.g. invalid_transition"},
@@ -217,7 +222,8 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 
 def document(app: FastAPI) -> None:
     """Make the served OpenAPI document say what hub answers on errors: a Problem as application/problem+json for
-    any 4xx and 5xx of a /v1 operation, in place of FastAPI's default 422 `HTTPValidationError`, which hub never
+    any 4xx and 5xx of a /v1 operation (and of the problem types' pages), in place of FastAPI's default 422
+    `HTTPValidationError`, which hub never
     sends; and list an operation's OAuth scope under the bearer scheme only (an API key has none)."""
     generate = app.openapi
 
@@ -228,7 +234,7 @@ def document(app: FastAPI) -> None:
         problem_ref = {"$ref": "#/components/schemas/Problem"}
         answer = {"content": {PROBLEM: {"schema": problem_ref}}}
         for path, operations in spec.get("paths", {}).items():
-            if not path.startswith("/v1/"):
+            if not path.startswith(("/v1/", "/problems")):
                 continue
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})

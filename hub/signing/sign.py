@@ -35,6 +35,15 @@ class SigningError(ValueError):
         super().__init__(detail)
         self.code = code
 
+    @property
+    def passed_on(self) -> bool:
+        """Whether a caller is told this error's own code: the TSA, the token or the PKI did not serve (503 with
+        it). Any other — the key itself cannot sign — is hub's key being unusable (`signing_key_unusable`)."""
+        return self.code.startswith(PASSED_ON)
+
+
+PASSED_ON = ("tsa_", "token_", "validation_data")  # SigningError codes an API answer names as they are
+
 
 class Signer(Protocol):
     @property
