@@ -157,3 +157,7 @@ def test_api_docs_can_be_turned_off_and_the_api_still_answers(hub_factory: HubFa
         r = hub.http.get(path)
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), path
     assert hub.http.post("/v1/dossiers", json=dossier(5)).status_code == 202
+    # hub's address itself (a load balancer's check, someone trying the URL) answers without a link to the docs
+    root = hub.http.get("/")
+    assert root.status_code == 200 and root.json()["service"] == "hub" and "docs" not in root.json(), root.text
+    assert hub.http.get(root.json()["problems"]).status_code == 200  # what its error codes mean stays published

@@ -1110,8 +1110,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return Response(generate_latest(rt().registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
-    def root(request: Request) -> dict[str, str]:
-        return {"service": "hub", "docs": str(request.url_for("custom_swagger_ui_html"))}
+    async def root(request: Request) -> dict[str, str]:
+        found = {"service": "hub", "version": __version__, "health": "/healthz", "problems": "/problems"}
+        if settings.api_docs:  # HUB_API_DOCS=false: there is no /docs to point at
+            found["docs"] = str(request.url_for("custom_swagger_ui_html"))
+        return found
 
     # what each problem's `type` points at: the catalogue of hub's error codes (ADR 0050)
     from hub.api import problem_pages
