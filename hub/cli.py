@@ -1392,7 +1392,7 @@ def sign_verify(
     from cryptography.hazmat.primitives import serialization
 
     from hub.signing.revocation import RevocationSource
-    from hub.signing.verify import Verifier, load_certificates
+    from hub.signing.verify import Verifier
 
     if output not in ("json", "text"):
         err.print("[red]--format must be json or text[/red]")
@@ -1402,8 +1402,8 @@ def sign_verify(
         raise typer.Exit(2)
     try:
         data = path.read_bytes()
-        anchors = [c for p in trust for c in load_certificates(p.read_bytes())]
-        extra = [c for p in intermediate or [] for c in load_certificates(p.read_bytes())]
+        anchors = _certificates(trust, "--trust")
+        extra = _certificates(intermediate, "--intermediate")
         crls = []
         for p in crl or []:
             raw = p.read_bytes()
@@ -1431,6 +1431,20 @@ def sign_verify(
     raise typer.Exit(report.exit_code)
 
 
+def _certificates(paths: list[Path] | None, option: str) -> list[Any]:
+    """The certificates in the files given to `option` (PEM, several a file, or DER); a file that holds none is a
+    usage error naming the file (ValueError), not the ASN.1 parser's complaint."""
+    from hub.signing.verify import load_certificates
+
+    found = []
+    for p in paths or []:
+        try:
+            found.extend(load_certificates(p.read_bytes()))
+        except ValueError:
+            raise ValueError(f"{option} {p}: not a certificate (PEM or DER)") from None
+    return found
+
+
 def _load_signer(
     key: Path | None,
     cert: Path | None,
@@ -1444,12 +1458,11 @@ def _load_signer(
     module, token_label, key_label = token
     if module is not None:
         from hub.signing.pkcs11 import TokenConfig, TokenSigner
-        from hub.signing.verify import load_certificates
 
         if not token_label or not key_label or not password:
             err.print("[red]a token needs --token, --key-label and its PIN in --password-env[/red]")
             raise typer.Exit(2)
-        given = load_certificates(cert.read_bytes()) if cert is not None else None
+        given = _certificates([cert], "--cert") if cert is not None else None
         return TokenSigner(TokenConfig(module, token_label, key_label, password), given)
     if pkcs12 is not None:
         return FileSigner.from_pkcs12(pkcs12, password.encode() or None)
@@ -1516,7 +1529,7 @@ def _with_validation_data(signed: bytes, trust: list[Path]) -> bytes:
     """XAdES-B-T → B-LT: validate now against `trust` and carry what was used; exit 3 if it does not pass."""
     from hub.signing.revocation import RevocationSource
     from hub.signing.sign import XADES_NS, add_validation_data
-    from hub.signing.verify import Verifier, load_certificates
+    from hub.signing.verify import Verifier
     from hub.signing.xml import parse_untrusted
 
     if parse_untrusted(signed).find(f".//{{{XADES_NS}}}SignatureTimeStamp") is None:
@@ -1524,7 +1537,7 @@ def _with_validation_data(signed: bytes, trust: list[Path]) -> bytes:
         raise typer.Exit(2)
     source = RevocationSource()
     try:
-        anchors = [c for p in trust for c in load_certificates(p.read_bytes())]
+        anchors = _certificates(trust, "--trust")
         certificates, crls, ocsps = Verifier(anchors, revocation=source).validation_data(signed)
     except ValueError as exc:
         err.print(f"[red]the signature does not validate now, so it cannot carry its validation data: {exc}[/red]")
@@ -1634,14 +1647,14 @@ def sign_edxml_read(
     passed and covers all of it. Exit codes as `hub sign verify`."""
     from hub.signing import edxml
     from hub.signing.revocation import RevocationSource
-    from hub.signing.verify import Verifier, load_certificates
+    from hub.signing.verify import Verifier
 
     if output not in ("json", "text") or not trust:
         err.print("[red]give at least one --trust PEM, and --format json or text[/red]")
         raise typer.Exit(2)
     try:
         data = path.read_bytes()
-        anchors = [c for p in trust for c in load_certificates(p.read_bytes())]
+        anchors = _certificates(trust, "--trust")
     except (OSError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

@@ -713,3 +713,27 @@ def test_a_notice_left_for_later_is_judged_once_per_poll(signing_hub: Hub, excha
     assert status.poll(correlation_id="t", limit=2) == {"later": 1, "applied": 3}  # three rounds of two
     assert tried.count(stuck) == 1 and len(tried) == 4
     assert statuses_of(hub, dossier(42)["MaHoSo"]) == [("05", ["01", "03", "05"])]
+
+
+def test_a_key_file_that_cannot_sign_is_a_503_that_names_the_file(
+    hub_factory: HubFactory, exchange_server: ServerThread, tmp_path: Path
+) -> None:
+    """HUB_SIGNING_KEY names a file that is not a key (a certificate put in its place, a broken copy) or is not
+    there at all: the document is refused with 503 `signing_key_unusable`, which names the file — not a 500 —,
+    nothing is queued, and the metric operators watch says the key cannot sign."""
+    garbage = tmp_path / "hub-key.pem"
+    garbage.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n", encoding="utf-8")
+    for n, key in enumerate((garbage, tmp_path / "no-such-key.pem")):
+        hub = hub_factory(
+            start_worker=False, signing_key=key, signing_cert=garbage,
+            document_exchange_url=exchange_server.url, document_exchange_api_key=SecretStr(EDOC_KEY),
+        )  # fmt: skip
+        d = dossier(40 + n, status=2)
+        hub.http.post("/v1/dossiers", json=d)
+        body = assert_problem(
+            hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/edocs", json=edoc()), 503, "signing_key_unusable"
+        )
+        assert str(key) in body["detail"], body
+        assert "hub_signing_key_usable 0.0" in hub.http.get("/metrics").text
+        with hub.runtime.sessions() as s:
+            assert [j for j in jobs.list_jobs(s, dossier=d["MaHoSo"]) if j["destination"] == "document_exchange"] == []

@@ -511,6 +511,15 @@ def test_cli_sign_and_verify_exit_codes(trust: Trust, tmp_path: Path) -> None:
     assert _cli("verify", str(tmp_path / "missing.xml"), *trust_args).returncode == 2
     assert _cli("verify", str(signed), *trust_args, "--at", "yesterday").returncode == 2
     assert _cli("verify", str(signed), *trust_args, "--format", "yaml").returncode == 2
+    # a file in the wrong place is named, not left to the parser's words: a document given as the anchor, a
+    # certificate given as the key
+    wrong_anchor = _cli("verify", str(signed), "--trust", str(doc))
+    assert wrong_anchor.returncode == 2 and f"--trust {doc}: not a certificate" in wrong_anchor.stderr
+    wrong_key = _cli("sign", str(doc), "--key", str(d / "official-chain.pem"), "--cert", str(d / "official-chain.pem"))
+    assert (
+        wrong_key.returncode == 2 and f"key file {d / 'official-chain.pem'}: not a PEM private key" in wrong_key.stderr
+    )
+    assert "Traceback" not in wrong_anchor.stderr + wrong_key.stderr
 
 
 def test_cli_verify_at_a_past_time(trust: Trust, tmp_path: Path) -> None:

@@ -88,7 +88,12 @@ class SignatureService:
 
                     pin = s.signing_pkcs11_pin.get_secret_value() if s.signing_pkcs11_pin else ""
                     config = TokenConfig(s.signing_pkcs11_module, s.signing_pkcs11_token, s.signing_pkcs11_key, pin)
-                    given = load_certificates(s.signing_cert.read_bytes()) if s.signing_cert is not None else None
+                    given = None
+                    if s.signing_cert is not None:
+                        try:
+                            given = load_certificates(s.signing_cert.read_bytes())
+                        except (OSError, ValueError):
+                            raise SigningError(f"certificate file {s.signing_cert}: not a certificate") from None
                     self._signer = TokenSigner(config, given)
                 elif s.signing_pkcs12 is not None:
                     self._signer = FileSigner.from_pkcs12(s.signing_pkcs12, password)

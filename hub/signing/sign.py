@@ -94,15 +94,31 @@ class FileSigner(HeldKey):
 
     @classmethod
     def from_pem(cls, key_path: Path, cert_path: Path, password: bytes | None = None) -> FileSigner:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=password)
-        certs = x509.load_pem_x509_certificates(cert_path.read_bytes())
+        """The key and certificate in PEM files; SigningError, naming the file, when one cannot be read as such."""
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=password)
+        except OSError as exc:
+            raise SigningError(f"key file {key_path}: {exc.strerror or exc}") from None
+        except (ValueError, TypeError):  # not a PEM key; encrypted and no or a wrong password; a password it needs not
+            raise SigningError(f"key file {key_path}: not a PEM private key, or its password is wrong") from None
+        try:
+            certs = x509.load_pem_x509_certificates(cert_path.read_bytes())
+        except OSError as exc:
+            raise SigningError(f"certificate file {cert_path}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise SigningError(f"certificate file {cert_path}: not a PEM certificate") from None
         return cls(key, certs[0], certs[1:])
 
     @classmethod
     def from_pkcs12(cls, path: Path, password: bytes | None) -> FileSigner:
-        key, cert, extra = pkcs12.load_key_and_certificates(path.read_bytes(), password)
+        try:
+            key, cert, extra = pkcs12.load_key_and_certificates(path.read_bytes(), password)
+        except OSError as exc:
+            raise SigningError(f"PKCS#12 file {path}: {exc.strerror or exc}") from None
+        except (ValueError, TypeError):
+            raise SigningError(f"PKCS#12 file {path}: not a PKCS#12 file, or its password is wrong") from None
         if key is None or cert is None:
-            raise SigningError("the PKCS#12 file holds no key and certificate")
+            raise SigningError(f"PKCS#12 file {path} holds no key and certificate")
         return cls(key, cert, list(extra))
 
 
