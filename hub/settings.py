@@ -345,6 +345,25 @@ class Settings(BaseSettings):
         }
         return self
 
+    @model_validator(mode="after")
+    def _signing_files(self) -> Settings:
+        """The trust anchors and intermediates load as certificates, or hub does not start: a wrong file named at
+        start-up with its setting, not a verification that fails later."""
+        for name, paths in (
+            ("HUB_SIGNING_TRUST_ANCHORS", self.signing_trust_anchors),
+            ("HUB_SIGNING_INTERMEDIATES", self.signing_intermediates),
+        ):
+            for path in paths:
+                from hub.signing.verify import load_certificates  # (signxml and lxml: only when there is a file)
+
+                try:
+                    load_certificates(path.read_bytes())
+                except OSError as exc:
+                    raise ValueError(f"{name} {str(path)!r}: {exc.strerror or exc}") from None
+                except ValueError:
+                    raise ValueError(f"{name} {str(path)!r} does not load as certificates (PEM or DER)") from None
+        return self
+
     def tls_client_cert_for(self, peer: str) -> Path | None:
         """The client certificate hub presents to `peer` (its own, or the shared one), if any."""
         own = self.tls_peers.get(peer)

@@ -25,6 +25,7 @@ from hub.signing.report import Report
 from hub.signing.revocation import RevocationSource
 from hub.signing.sign import FileSigner, SigningError, sign_document
 from hub.signing.verify import Verifier
+from tests.api_helpers import assert_problem
 from tests.conftest import Hub, HubFactory
 from tests.helpers import exchanges
 from tests.pki_helpers import Trust
@@ -654,3 +655,32 @@ def test_a_carried_certificate_that_does_not_parse_is_a_format_failure(trust: Tr
     carried.text = base64.b64encode(bytes(broken)).decode()
     report = verifier.verify(etree.tostring(tree))
     assert verdict(report) == ("TOTAL-FAILED", "FORMAT_FAILURE") and "not a certificate" in (report.detail or "")
+
+
+def test_trust_anchors_that_do_not_load_stop_hub_at_start_or_answer_503_later(
+    hub_factory: HubFactory, trust: Trust, tmp_path: Path
+) -> None:
+    """HUB_SIGNING_TRUST_ANCHORS (or _INTERMEDIATES) naming a file that holds no certificate, or none at all: hub
+    does not start, and says which setting and file. One changed after the start (a deploy that wrote the wrong
+    file): a verification is answered 503 `signing_not_configured` naming the file — not a 500."""
+    from pydantic import ValidationError
+
+    from hub.settings import Settings
+
+    junk = tmp_path / "anchors.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n", encoding="utf-8")
+    for setting, value, said in (
+        ("signing_trust_anchors", [junk], "HUB_SIGNING_TRUST_ANCHORS"),
+        ("signing_intermediates", [tmp_path / "missing.pem"], "HUB_SIGNING_INTERMEDIATES"),
+    ):
+        with pytest.raises(ValidationError, match=said) as refused:
+            Settings(var_dir=tmp_path, **{setting: value})
+        assert str(value[0]) in str(refused.value)
+    anchors = tmp_path / "national_root.pem"
+    shutil.copy(trust.dir / "national_root.pem", anchors)
+    hub = hub_factory(signing_trust_anchors=[anchors])
+    anchors.write_bytes(junk.read_bytes())  # before the first verification, which loads them
+    signed = sign_document(DOC, trust.signer("official"), xades=True)
+    r = hub.http.post("/v1/signatures/verify", content=signed, headers={"Content-Type": "application/xml"})
+    body = assert_problem(r, 503, "signing_not_configured")
+    assert str(anchors) in body["detail"]

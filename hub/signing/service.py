@@ -29,7 +29,19 @@ class NotConfigured(DomainError):
 
 
 def _load(paths: list[Path]) -> list[x509.Certificate]:
-    return [cert for p in paths for cert in load_certificates(p.read_bytes())]
+    """The certificates in `paths`; NotConfigured (a 503 that names the file) when one cannot be read as such —
+    the settings check them at start-up, so this is a file changed or removed since."""
+    found: list[x509.Certificate] = []
+    for p in paths:
+        try:
+            found.extend(load_certificates(p.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise NotConfigured(f"the trust anchors cannot be loaded: {p}: {_why(exc)}") from None
+    return found
+
+
+def _why(exc: Exception) -> str:
+    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else "not a certificate (PEM or DER)"
 
 
 class SignatureService:
