@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from hub.adapters.payment.dvc import CONFIRM_FIELDS, mac
 from hub.sandbox.common import ServerThread
 from hub.store.models import Payment, PaymentCallback, StatusEvent
-from tests.api_helpers import as_documented
+from tests.api_helpers import as_documented, assert_problem
 from tests.conftest import PAY_PARTNER, PAY_SECRET, Creds, Hub, HubFactory
 from tests.helpers import console_as, dossier, step
 
@@ -117,6 +117,14 @@ def test_pay_and_the_dossier_moves_on_once(hub: Hub, platform: httpx.Client, por
     receipt = hub.http.get(f"/v1/payments/{payment['reference']}/receipt")
     assert receipt.status_code == 200 and receipt.content.startswith(b"%PDF")
     assert receipt.headers["content-type"] == "application/pdf"
+    # the province moves its agencies to another platform (hub restarted without the DVC platform's settings):
+    # a receipt of the old one's payments is a 503 that says so, not a 500
+    dvc = hub.runtime.payments.platforms.pop("dvc")
+    gone = assert_problem(
+        hub.http.get(f"/v1/payments/{payment['reference']}/receipt"), 503, "payment_platform_unavailable"
+    )
+    assert "'dvc' is not configured" in gone["detail"]
+    hub.runtime.payments.platforms["dvc"] = dvc
     assert verdicts(hub) == [("applied", "00")]
     metrics = hub.http.get("/metrics").text
     assert 'hub_payment_callbacks_total{code="00",platform="dvc",verdict="applied"} 1.0' in metrics

@@ -318,9 +318,12 @@ class PaymentService:
         payment = self.get(client, reference)
         if payment["status"] != "paid":
             raise Conflict("a receipt exists only for a paid payment", code="payment_not_paid")
+        platform = self.platforms.get(payment["platform"])
+        if platform is None:  # made at a platform hub is no longer configured for: nobody to ask for the receipt
+            raise PlatformUnavailable(f"payment platform {payment['platform']!r} is not configured")
         try:
             self._waits.check(payment["platform"])
-            return self.platforms[payment["platform"]].receipt(reference, correlation_id=correlation_id)
+            return platform.receipt(reference, correlation_id=correlation_id)
         except PeerError as exc:
             self._waits.note(payment["platform"], exc)
             if exc.code == "receipt_not_offered":
