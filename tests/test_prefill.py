@@ -499,10 +499,25 @@ def test_documents_and_consents_that_cannot_be_right_are_refused(hub: Hub) -> No
     assert again.status_code == 200 and again.json() == {"document_id": first.json()["document_id"], "created": False}
     taken = hub.http.post("/v1/documents", json={**doc, "holder_id": theirs})
     assert taken.status_code == 409 and taken.json()["code"] == "document_number_taken", taken.text
+    # a one-stop system that sends the same new document on several connections at once (a retry after a timeout
+    # while the first still runs): one is created, every answer names it — none is a 500 of the unique key
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = {**doc, "number": "21/2024/KH"}
+
+    def send(_: int) -> httpx.Response:
+        with httpx.Client(base_url=hub.url, headers=dict(hub.http.headers), timeout=30) as c:
+            return c.post("/v1/documents", json=other)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(8)))
+    assert {r.status_code for r in answers} <= {200, 201}, [r.text for r in answers]
+    assert len({r.json()["document_id"] for r in answers}) == 1
+    assert [r.json()["created"] for r in answers].count(True) == 1
     from hub.store.models import Consent, Document
 
     with hub.runtime.sessions() as s:
-        assert s.query(Document).count() == 1 and s.query(Consent).count() == 0
+        assert s.query(Document).count() == 2 and s.query(Consent).count() == 0
 
 
 def test_a_consent_withdrawn_while_the_register_is_asked_offers_no_document(hub: Hub, people: httpx.Client) -> None:

@@ -592,6 +592,29 @@ def test_a_full_disk_is_told_apart_from_a_database_that_is_away() -> None:
     assert not out_of_space(OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")))
 
 
+def test_a_unique_key_written_twice_is_told_apart_from_other_refusals(pg_url: str, tmp_path: Path) -> None:
+    """What the API answers 409 `concurrent_update` (send it again) rather than a 500: the database's own unique
+    violation, on PostgreSQL (23505) and SQLite (UNIQUE, PRIMARY KEY) — not a NOT NULL refusal, which is a bug."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import IntegrityError
+
+    from hub.api.problems import duplicate
+
+    for url in (pg_url, f"sqlite:///{tmp_path / 'dup.db'}"):
+        engine = create_engine(url)
+        with engine.begin() as c:
+            c.execute(text("CREATE TABLE dup (id INTEGER PRIMARY KEY, k TEXT UNIQUE, v TEXT NOT NULL)"))
+            c.execute(text("INSERT INTO dup VALUES (1, 'a', 'x')"))
+        refusals = []
+        for statement in ("INSERT INTO dup VALUES (2, 'a', 'y')", "INSERT INTO dup VALUES (1, 'b', 'y')",
+                          "INSERT INTO dup VALUES (3, 'c', NULL)"):  # fmt: skip
+            with pytest.raises(IntegrityError) as refused, engine.begin() as c:
+                c.execute(text(statement))
+            refusals.append(duplicate(refused.value))
+        engine.dispose()
+        assert refusals == [True, True, False], url
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_row_still_being_written_at_a_processs_first_scrape_is_counted_once_it_commits(
     hub_factory: HubFactory, backend: str

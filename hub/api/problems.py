@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -21,6 +21,7 @@ from hub.store.space import out_of_space
 
 log = logging.getLogger("hub.api")
 PROBLEM = "application/problem+json"
+SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY = 2067, 1555  # sqlite3's extended result codes
 
 # The field an invalid value sits in decides the stable code (a bad MaHoSo is not just "validation").
 FIELD_CODES = {
@@ -167,6 +168,14 @@ def install(app: FastAPI, *, on_out_of_space: Callable[[], None] | None = None) 
             response = problem(503, "storage_full", "Storage full", detail)
             response.headers["Retry-After"] = "30"
             return response
+        if duplicate(exc):
+            # two requests wrote the same row at once and a service did not expect it (those that do answer the
+            # second as a repeat): this one changed nothing, and sent again it finds what the other wrote
+            log.warning("concurrent duplicate write on %s %s: %s", request.method, request.url.path, exc.orig)
+            detail = (
+                "a concurrent request wrote the same thing at the same moment; this one changed nothing: send it again"
+            )
+            return problem(409, "concurrent_update", "Conflict", detail)
         if exc.connection_invalidated or isinstance(exc, OperationalError):
             # the database went away (restart, network) or refuses connections: the client retries
             log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
@@ -180,6 +189,17 @@ def install(app: FastAPI, *, on_out_of_space: Callable[[], None] | None = None) 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "internal_error", "Internal error", "an unexpected error occurred; it has been logged")
+
+
+def duplicate(exc: DBAPIError) -> bool:
+    """Whether a database error is a unique key written twice: PostgreSQL's unique_violation (23505), SQLite's
+    UNIQUE or PRIMARY KEY constraint."""
+    if not isinstance(exc, IntegrityError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "23505":
+        return True
+    return getattr(orig, "sqlite_errorcode", None) in (SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY)
 
 
 # What every error answer is, for the OpenAPI document: generated clients then parse hub's errors as they are.

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.adapters.bulkheads import Bulkheads, PeerBusy
@@ -679,6 +680,14 @@ class PrefillService:
         if issued > utcnow() + ISSUE_CLOCK_SKEW:  # offered for reuse as issued, it would be a document to come
             raise InvalidDate(f"issued_at {issued.isoformat()} is in the future", code="document_issued_in_future")
         subject = self.subject_hmac(body.holder_id)
+        try:
+            return self._register_document(body, subject, issued, valid_until)
+        except IntegrityError:  # the same document registered by a request at the same moment: it is there now
+            return self._register_document(body, subject, issued, valid_until)
+
+    def _register_document(
+        self, body: DocumentIn, subject: str, issued: datetime, valid_until: datetime | None
+    ) -> dict[str, Any]:
         with self.sessions.begin() as s:
             existing = s.scalar(select(Document).where(Document.issuer == body.issuer, Document.number == body.number))
             if existing is not None:
