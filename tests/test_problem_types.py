@@ -14,8 +14,9 @@ from urllib.parse import urljoin
 import httpx
 
 import hub
+from hub.adapters.errors import PeerError
 from hub.api import problems
-from hub.api.problem_types import PROBLEM_TYPES, REMEDIES
+from hub.api.problem_types import PEER_ERRORS, PROBLEM_TYPES, REMEDIES
 from hub.domain.errors import DomainError
 from hub.signing.sign import PASSED_ON
 from tests.api_helpers import as_documented, assert_problem
@@ -85,6 +86,78 @@ def answered_codes() -> dict[str, set[int | None]]:
     return codes
 
 
+def recorded_peer_codes() -> dict[str, set[bool]]:
+    """Every code hub records of a failed call to another system, read from its source: the peer errors' own
+    codes and those they are raised with, and the tables that turn a peer's numeric error_code into one (with
+    their fallbacks). By code: whether hub tries again (the error's `retryable`), where the source says."""
+    _domain_errors()  # every module imported
+    classes: dict[str, type[PeerError]] = {}
+    todo: list[type[PeerError]] = [PeerError]
+    while todo:
+        cls = todo.pop()
+        classes[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    codes: dict[str, set[bool]] = {}
+    for cls in classes.values():
+        if isinstance(vars(cls).get("code"), str):
+            codes.setdefault(vars(cls)["code"], set()).add(cls.retryable)
+    for path in HUB.rglob("*.py"):
+        if "sandbox" in path.relative_to(HUB).parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = {
+            a.asname: a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names if a.asname
+        }
+        constants = {  # module-level NAME = "code"
+            t.id: n.value.value
+            for n in tree.body
+            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+            for t in n.targets
+            if isinstance(t, ast.Name)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+                name = aliases.get(name, name)
+                keyword = next((k.value for k in node.keywords if k.arg == "code"), None)
+                if name in classes and keyword is not None:
+                    code = _constant(keyword) or (constants.get(keyword.id) if isinstance(keyword, ast.Name) else None)
+                    if code is not None:
+                        codes.setdefault(code, set()).add(classes[name].retryable)
+                if (
+                    name == "get"
+                    and getattr(node.func, "value", None) is not None
+                    and "MEANING" in ast.unparse(node.func)
+                ):
+                    fallback = node.args[1] if len(node.args) > 1 else None
+                    if isinstance(fallback, ast.Tuple) and _constant(fallback.elts[0]):
+                        retried = fallback.elts[1]
+                        known = {retried.value} if isinstance(retried, ast.Constant) else {True, False}
+                        codes.setdefault(str(_constant(fallback.elts[0])), set()).update(known)
+    from hub.adapters.document_exchange.client import MEANING as EDOC
+    from hub.adapters.national_portal.codes import MEANING as PORTAL
+    from hub.adapters.one_stop.client import PERMANENT
+
+    for code, retried in [*PORTAL.values(), *EDOC.values()]:
+        codes.setdefault(code, set()).add(retried)
+    for code in PERMANENT.values():
+        codes.setdefault(code, set()).add(False)
+    return codes
+
+
+def test_the_peers_errors_are_each_explained_with_whether_hub_tries_again() -> None:
+    recorded = recorded_peer_codes()
+    assert len(recorded) > 40  # the scan found them
+    missing = sorted(set(recorded) - set(PEER_ERRORS))
+    assert not missing, f"peer error codes hub records and /peer-errors does not explain: {missing}"
+    stale = sorted(set(PEER_ERRORS) - set(recorded))
+    assert not stale, f"codes /peer-errors explains and hub never records: {stale}"
+    wrong = {c: r for c, r in recorded.items() if len(r) == 1 and PEER_ERRORS[c].retried not in r}
+    assert not wrong, f"`retried` says otherwise than the source: {wrong}"
+    for code, entry in PEER_ERRORS.items():
+        assert entry.meaning.endswith((".", ")")) and entry.action.endswith("."), code
+
+
 def test_the_catalogue_holds_every_code_hub_answers_with_and_no_other() -> None:
     answered = answered_codes()
     assert len(answered) > 80  # the scan found the codes (a scan that finds none would make this test hollow)
@@ -137,3 +210,12 @@ def test_a_problems_type_leads_to_what_it_means_and_what_to_do(hub_factory: HubF
         assert developer.get(urljoin(str(unknown.request.url), unknown.json()["type"])).json()["code"] == "not_found"
         hostile = developer.get(f"{hub.url}/problems/%3Cscript%3E", headers={"Accept": "text/html"})
         assert hostile.status_code == 404 and "<script>" not in hostile.text
+        # a delivery's last_error_code has its page too: what the portal's refusal means, and that hub will not
+        # send it again by itself
+        peer = developer.get(f"{hub.url}/peer-errors/portal_invalid_transition")
+        as_documented(spec, "GET", "/peer-errors/{code}", peer)
+        assert peer.json()["retried"] is False and peer.json()["peer"] == "national_portal"
+        listed_peers = developer.get(f"{hub.url}/peer-errors")
+        as_documented(spec, "GET", "/peer-errors", listed_peers)
+        assert {i["code"] for i in listed_peers.json()["items"]} == set(PEER_ERRORS)
+        assert_problem(developer.get(f"{hub.url}/peer-errors/invalid_transition"), 404, "not_found")  # not a peer's

@@ -32,7 +32,7 @@ class Delivery(_Answer):
     attempts: int
     next_attempt_at: str | None = Field(description="while pending: when it is tried next")
     delivered_at: str | None
-    last_error_code: str | None
+    last_error_code: str | None = Field(description="a stable code: GET /peer-errors/{code} says what it means")
     last_error: str | None
     set_aside_at: str | None = Field(default=None, description="only when set aside by an operator")
     set_aside_by: str | None = Field(default=None, description="only when set aside: who (console:<user>, cli:<user>)")
@@ -69,7 +69,7 @@ class DocumentDelivery(_Answer):
     state: DeliveryState
     attempts: int | None
     delivered_at: str | None
-    last_error_code: str | None
+    last_error_code: str | None = Field(description="a stable code: GET /peer-errors/{code} says what it means")
 
 
 class ReceiverNotice(_Answer):
@@ -162,7 +162,9 @@ class Undelivered(_Answer):
     dead: int = Field(description="messages refused for good or out of attempts (an operator replays them)")
     since: str = Field(description="when the first of them was written (ISO 8601, UTC)")
     attempts: int = Field(description="the first one's attempts so far")
-    last_error_code: str | None = Field(description="the first one's last error, as a stable code")
+    last_error_code: str | None = Field(
+        description="the first one's last error, as a stable code: GET /peer-errors/{code} says what it means"
+    )
     last_error: str | None = Field(description="and in words (the peer's answer)")
 
 
@@ -393,3 +395,21 @@ class ProblemTypeOut(_Answer):
 
 class ProblemTypeList(_Answer):
     items: list[ProblemTypeOut]
+
+
+class PeerErrorOut(_Answer):
+    """What another system's error, as hub records it, means (a delivery's `last_error_code`, a problem's
+    `peer_error`; ADR 0050)."""
+
+    code: str
+    peer: str = Field(description="the system it comes from (any: hub's adapters of every system)")
+    meaning: str
+    retried: bool = Field(
+        description="hub tries again by itself (a delivery waits); false: refused for good (a delivery is a dead "
+        "letter at once, replayed or set aside by an operator)"
+    )
+    action: str = Field(description="what to do, in a sentence")
+
+
+class PeerErrorList(_Answer):
+    items: list[PeerErrorOut]

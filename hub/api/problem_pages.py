@@ -1,6 +1,8 @@
 """`GET /problems` and `GET /problems/{code}`: the catalogue of hub's problem types (hub/api/problem_types.py), where
-each problem's `type` points. JSON for a program; a page for a browser (an integrator following the `type` of a
-problem they got). No credentials: it holds no data of anyone's, only what hub's answers mean (ADR 0050)."""
+each problem's `type` points; `GET /peer-errors` and `GET /peer-errors/{code}`: what the other systems' errors hub
+records mean (a delivery's `last_error_code`, a problem's `peer_error`). JSON for a program; a page for a browser
+(an integrator following the `type` of a problem they got). No credentials: they hold no data of anyone's, only
+what hub's answers mean (ADR 0050)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from hub.api.answers import ProblemTypeList, ProblemTypeOut
-from hub.api.problem_types import CODE, PROBLEM_TYPES, REMEDIES, ProblemType, lookup
+from hub.api.answers import PeerErrorList, PeerErrorOut, ProblemTypeList, ProblemTypeOut
+from hub.api.problem_types import CODE, PEER_ERRORS, PROBLEM_TYPES, REMEDIES, ProblemType, lookup
 from hub.api.problems import problem
 from hub.api.routing import JsonRoute
 
@@ -99,6 +101,49 @@ def router() -> APIRouter:
             return problem(404, "not_found", "Not found", "hub answers with no problem of this code: GET /problems")
         if _wants_html(request):
             return _page(f"hub — {code}", _entry_html(code, entry))
+        return JSONResponse(entry.as_json(code), headers=CACHE)
+
+    @r.get(
+        "/peer-errors",
+        summary="What the other systems' errors hub records mean: a delivery's last_error_code, a problem's peer_error",
+        response_model=PeerErrorList,
+        responses={200: HTML},
+    )
+    def peer_errors(request: Request) -> Response:
+        catalogue = sorted(PEER_ERRORS.items())
+        if _wants_html(request):
+            rows = "".join(
+                f'<tr><td><a href="/peer-errors/{escape(code)}"><code>{escape(code)}</code></a></td>'
+                f"<td>{escape(entry.peer)}</td><td>{escape(entry.meaning)}</td>"
+                f"<td>{'hub tries again' if entry.retried else 'refused for good'}</td></tr>"
+                for code, entry in catalogue
+            )
+            return _page(
+                "hub — the peers' errors",
+                "<h1>The peers' errors</h1><p>What hub records when a call to another system fails: a delivery's "
+                "<code>last_error_code</code>, a problem's <code>peer_error</code>.</p>"
+                f"<table><tr><th>code</th><th>system</th><th>meaning</th><th></th></tr>{rows}</table>",
+            )
+        return JSONResponse({"items": [entry.as_json(code) for code, entry in catalogue]}, headers=CACHE)
+
+    @r.get(
+        "/peer-errors/{code}",
+        summary="One of the peers' errors: what it means, whether hub tries again, what to do",
+        response_model=PeerErrorOut,
+        responses={200: HTML},
+    )
+    def peer_error(request: Request, code: Annotated[str, Path(examples=["portal_invalid_transition"])]) -> Response:
+        entry = PEER_ERRORS.get(code)
+        if entry is None:
+            return problem(404, "not_found", "Not found", "hub records no peer error of this code: GET /peer-errors")
+        if _wants_html(request):
+            then = "hub tries again by itself" if entry.retried else "the system refused it for good"
+            return _page(
+                f"hub — {code}",
+                f"<h1><code>{escape(code)}</code></h1><p>From: {escape(entry.peer)}. {escape(entry.meaning)} "
+                f"({then}).</p><p><strong>What to do:</strong> {escape(entry.action)}</p>"
+                '<p><a href="/peer-errors">All the peers\' errors</a>.</p>',
+            )
         return JSONResponse(entry.as_json(code), headers=CACHE)
 
     return r

@@ -315,3 +315,121 @@ def lookup(code: str) -> ProblemType | None:
     remedy: Remedy = RETRY if status >= 500 or status == 429 else FIX
     return ProblemType((status,), phrase, f"HTTP {status} ({phrase}), which no other code names.", remedy,
                        SAME_KEY if remedy == RETRY else CORRECT)  # fmt: skip
+
+
+# -- the peers' errors -------------------------------------------------------------------------------------------
+# What hub records of a call to another system that failed: a delivery's `last_error_code` (GET /v1/dossiers/
+# {MaHoSo}, GET /v1/dossiers?delivery=…, the console, `hub jobs`), a problem's `peer_error`, the exchange record.
+# Served at /peer-errors/{code}. `retried`: hub tries again by itself — a delivery waits (an outage uses up no
+# attempt, ADR 0006); otherwise the peer refused the message for good: the delivery is a dead letter at once, its
+# dossier's later messages wait behind it until an operator replays or sets it aside (ADR 0032).
+
+
+@dataclass(frozen=True, slots=True)
+class PeerErrorType:
+    peer: str  # the system it comes from ("any": hub's adapters of every peer)
+    meaning: str
+    retried: bool
+    action: str  # what an operator (or the client's officer) does
+
+    def as_json(self, code: str) -> dict[str, object]:
+        return {"code": code, "peer": self.peer, "meaning": self.meaning, "retried": self.retried,
+                "action": self.action}  # fmt: skip
+
+
+WAITS = "Nothing: hub tries again, with backoff, until the system answers (operators see it on the console)."
+DEAD = (
+    "The message is refused for good: correct the cause, then an operator replays it (hub jobs replay) or sets it "
+    "aside."
+)
+OPERATORS = "hub's operators must fix hub's configuration or credentials there; the messages wait meanwhile."
+
+PEER_ERRORS: dict[str, PeerErrorType] = {
+    # -- any system, as HTTP and as a connection ----------------------------------------------------------------
+    "peer_unavailable": PeerErrorType("any", "The system did not take the call: connection refused, 502/503/504 or "
+        "an outage.", True, WAITS),
+    "peer_http_unavailable": PeerErrorType("any", "The system answered 429 or 503 (busy, or asking hub to wait: "
+        "hub obeys its Retry-After).", True, WAITS),
+    "peer_timeout": PeerErrorType("any", "The system did not answer within hub's timeout; the call may have taken "
+        "effect, and the next attempt carries the same idempotency key.", True, WAITS),
+    "peer_rate_limited": PeerErrorType("any", "Not sent: the system's agreed pace (HUB_PEER_RATE_LIMITS) has no "
+        "slot free soon enough.", True, WAITS),
+    "peer_http_5xx": PeerErrorType("any", "The system answered with an HTTP 5xx error.", True, WAITS),
+    "peer_http_4xx": PeerErrorType("any", "The system refused the call with an HTTP 4xx status.", False, DEAD),
+    "peer_error": PeerErrorType("any", "The system reported a failure it may recover from.", True, WAITS),
+    "peer_rejected": PeerErrorType("any", "The system refused the message itself (its contract or a rule of "
+        "its own).", False, DEAD),
+    "peer_malformed_reply": PeerErrorType("any", "The system answered something that is not its contract (not JSON, "
+        "fields missing or of the wrong type).", True, WAITS),
+    "peer_reply_too_large": PeerErrorType("any", "The system's answer was larger than hub reads.", True, WAITS),
+    "peer_auth_failed": PeerErrorType("any", "The system refused hub's credentials.", True, OPERATORS),
+    "internal_error": PeerErrorType("any", "hub failed while delivering (logged with the message's id); the message "
+        "is kept and tried again.", True, "Give the operators the message's id from the log if it goes on."),
+    # -- the national public-service portal (DVCQG) --------------------------------------------------------------
+    "portal_auth_failed": PeerErrorType("national_portal", "The portal refused hub's user name, password or unit "
+        "code (dstcode).", True, OPERATORS),
+    "portal_session_invalid": PeerErrorType("national_portal", "The portal's session stayed invalid after hub signed "
+        "in again.", True, WAITS),
+    "portal_invalid_data": PeerErrorType("national_portal", "The portal found the message invalid (error_code 3): a "
+        "field it requires or a value it does not take.", False, DEAD),
+    "portal_invalid_transition": PeerErrorType("national_portal", "The portal refused the status change (error_code "
+        "4): it holds the dossier at a status from which this one is not allowed.", False,
+        "Compare the dossier at the portal (hub reconcile) with the one-stop system's; correct it there, then an "
+        "operator replays the message or sets it aside."),
+    "portal_unknown_dossier": PeerErrorType("national_portal", "The portal holds no dossier with this MaHoSo "
+        "(error_code 5).", False, DEAD),
+    "portal_idempotency_key_reused": PeerErrorType("national_portal", "The portal saw this idempotency key with "
+        "another message (error_code 6).", False, DEAD),
+    "portal_dossier_exists": PeerErrorType("national_portal", "The portal holds this dossier already (error_code "
+        "7) and hub could not send it as an update.", False, DEAD),
+    "portal_internal_error": PeerErrorType("national_portal", "The portal reported an internal error (error_code "
+        "99).", True, WAITS),
+    "portal_error": PeerErrorType("national_portal", "The portal answered an error_code hub does not know.", False,
+        DEAD),
+    # -- provincial one-stop systems (down-flow) -----------------------------------------------------------------
+    "onestop_invalid_data": PeerErrorType("one_stop", "The one-stop system found the dossier invalid.", False, DEAD),
+    "onestop_unknown_dossier": PeerErrorType("one_stop", "The one-stop system holds no such dossier.", False, DEAD),
+    "onestop_idempotency_key_reused": PeerErrorType("one_stop", "The one-stop system saw this idempotency key with "
+        "another message.", False, DEAD),
+    "onestop_error": PeerErrorType("one_stop", "The one-stop system reported another failure.", True, WAITS),
+    "unroutable_agency": PeerErrorType("one_stop", "No route names the one-stop system of the dossier's agency.",
+        False, "An operator adds the route (hub routes add), then replays the message."),
+    # -- the document exchange platform (edXML) ------------------------------------------------------------------
+    "edoc_not_signed": PeerErrorType("document_exchange", "The platform found the envelope unsigned.", False, DEAD),
+    "edoc_signature_invalid": PeerErrorType("document_exchange", "The platform did not accept the envelope's "
+        "signature (hub's key or certificate, or its chain).", False, DEAD),
+    "edoc_invalid_envelope": PeerErrorType("document_exchange", "The platform found the envelope malformed.", False,
+        DEAD),
+    "edoc_unknown_receiver": PeerErrorType("document_exchange", "The platform knows no agency of a receiver's "
+        "code.", False, DEAD),
+    "edoc_auth_failed": PeerErrorType("document_exchange", "The platform refused hub's key "
+        "(HUB_DOCUMENT_EXCHANGE_API_KEY).", True, OPERATORS),
+    "edoc_error": PeerErrorType("document_exchange", "The platform reported another failure.", True, WAITS),
+    # -- citizens' notifications -----------------------------------------------------------------------------------
+    "sms_invalid": PeerErrorType("sms", "The SMS gateway refused the message (a number or text it does not take).",
+        False, DEAD),
+    "sms_failed": PeerErrorType("sms", "The SMS gateway failed to take the message.", True, WAITS),
+    "email_recipient_invalid": PeerErrorType("email", "The address is not one an email can go to.", False, DEAD),
+    "email_recipient_refused": PeerErrorType("email", "The mail server refused the recipient.", False, DEAD),
+    "email_rejected": PeerErrorType("email", "The mail server refused the message.", False, DEAD),
+    "email_failed": PeerErrorType("email", "The mail server failed to take the message.", True, WAITS),
+    "channel_not_configured": PeerErrorType("any", "The notification's channel (HUB_SMTP_HOST, "
+        "HUB_SMS_GATEWAY_URL) is not configured: the notification is not sent.", False,
+        "The operators configure the channel, then replay the notification if it should still go."),
+    # -- the population database -----------------------------------------------------------------------------------
+    "population_not_authorized": PeerErrorType("population", "The population database refused hub's account or "
+        "signature.", True, OPERATORS),
+    "population_invalid_request": PeerErrorType("population", "The population database refused the request as "
+        "invalid.", False, "The pre-fill is refused (population_refused); the operators check hub's requests."),
+    "population_fault": PeerErrorType("population", "The population database answered a SOAP fault.", True, WAITS),
+    # -- payment platforms -------------------------------------------------------------------------------------------
+    "payment_init_refused": PeerErrorType("payment", "The payment platform refused to create the payment.", False,
+        "The payment is not made; `detail` and the exchange record say why."),
+    "payment_pay_url_invalid": PeerErrorType("payment", "The platform's pay link is not a web address.", False,
+        "The payment is not offered; the operators ask the platform."),
+    "payment_reply_forged": PeerErrorType("payment", "The platform's answer does not carry a valid MAC "
+        "(MaXacThuc, vnp_SecureHash): it is not taken.", True,
+        "The operators check the partner secret; nothing is credited on such an answer."),
+    "receipt_not_offered": PeerErrorType("payment", "This platform issues no receipt document.", False,
+        "Show the payment's details instead."),
+}  # fmt: skip

@@ -254,7 +254,7 @@ def document(app: FastAPI) -> None:
         problem_ref = {"$ref": "#/components/schemas/Problem"}
         answer = {"content": {PROBLEM: {"schema": problem_ref}}}
         for path, operations in spec.get("paths", {}).items():
-            if not path.startswith(("/v1/", "/problems")):
+            if not path.startswith(("/v1/", "/problems", "/peer-errors")):
                 continue
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
