@@ -8,7 +8,7 @@ import importlib
 import itertools
 import pkgutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 import httpx
@@ -25,15 +25,17 @@ from tests.helpers import dossier, step
 
 HUB = Path(hub.__file__).parent
 BUILDERS = {"problem", "problem_body", "_reject", "_problem_bytes"}  # (…, status, code, …): a problem built by hand
+E = TypeVar("E", bound=Exception)
 SIGNING = {"SigningError", "TimestampError"}  # their code reaches the answer when it is one hub passes on
 
 
-def _domain_errors() -> dict[str, type[DomainError]]:
+def _subclasses(base: type[E]) -> dict[str, type[E]]:
+    """`base` and every class derived from it anywhere in hub (but its sandboxes), by name."""
     for module in pkgutil.walk_packages(hub.__path__, "hub."):
         if ".sandbox" not in module.name:
             importlib.import_module(module.name)
-    found: dict[str, type[DomainError]] = {}
-    todo: list[type[DomainError]] = [DomainError]
+    found: dict[str, type[E]] = {}
+    todo: list[type[E]] = [base]
     while todo:
         cls = todo.pop()
         found[cls.__name__] = cls
@@ -49,7 +51,7 @@ def answered_codes() -> dict[str, set[int | None]]:
     """Every problem code hub's code can answer with, read from its source: the domain errors' own codes and those
     they are raised with, the signing errors' codes it passes on, the problems built by hand, and the codes the
     validation answers by field and by HTTP status. By code: the statuses it comes with, where the source says."""
-    errors = _domain_errors()
+    errors = _subclasses(DomainError)
     codes: dict[str, set[int | None]] = {}
 
     def add(code: str | None, status: int | None) -> None:
@@ -90,13 +92,7 @@ def recorded_peer_codes() -> dict[str, set[bool]]:
     """Every code hub records of a failed call to another system, read from its source: the peer errors' own
     codes and those they are raised with, and the tables that turn a peer's numeric error_code into one (with
     their fallbacks). By code: whether hub tries again (the error's `retryable`), where the source says."""
-    _domain_errors()  # every module imported
-    classes: dict[str, type[PeerError]] = {}
-    todo: list[type[PeerError]] = [PeerError]
-    while todo:
-        cls = todo.pop()
-        classes[cls.__name__] = cls
-        todo.extend(cls.__subclasses__())
+    classes = _subclasses(PeerError)
     codes: dict[str, set[bool]] = {}
     for cls in classes.values():
         if isinstance(vars(cls).get("code"), str):

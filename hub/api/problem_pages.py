@@ -7,7 +7,7 @@ what hub's answers mean (ADR 0050)."""
 from __future__ import annotations
 
 from html import escape
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -47,6 +47,18 @@ def _page(title: str, body: str) -> HTMLResponse:
     )
 
 
+def _table(path: str, title: str, intro: str, columns: list[str], rows: list[tuple[str, list[str]]]) -> HTMLResponse:
+    """A catalogue as a page: each code linked to its own page (`path`/code), then its cells."""
+    head = "".join(f"<th>{escape(c)}</th>" for c in ["code", *columns])
+    body = "".join(
+        f'<tr><td><a href="{path}/{escape(code)}"><code>{escape(code)}</code></a></td>'
+        + "".join(f"<td>{escape(cell)}</td>" for cell in cells)
+        + "</tr>"
+        for code, cells in rows
+    )
+    return _page(f"hub — {title}", f"<h1>{escape(title)}</h1>{intro}<table><tr>{head}</tr>{body}</table>")
+
+
 def _entry_html(code: str, entry: ProblemType) -> str:
     statuses = ", ".join(str(s) for s in entry.statuses)
     return (
@@ -71,21 +83,16 @@ def router() -> APIRouter:
     def problem_types(request: Request) -> Response:
         catalogue = sorted(PROBLEM_TYPES.items())
         if _wants_html(request):
-            rows = "".join(
-                f'<tr><td><a href="/problems/{escape(code)}"><code>{escape(code)}</code></a></td>'
-                f"<td>{', '.join(str(s) for s in entry.statuses)}</td><td>{escape(entry.meaning)}</td>"
-                f"<td>{escape(entry.remedy)}</td></tr>"
-                for code, entry in catalogue
-            )
             remedies = "".join(f"<li><code>{r}</code>: {escape(REMEDY_WORDS[r])}</li>" for r in REMEDIES)
-            return _page(
-                "hub — problem types",
-                "<h1>Problem types</h1><p>Every <code>code</code> hub's errors carry "
-                f"(<code>application/problem+json</code>, RFC 9457). <code>remedy</code>:</p><ul>{remedies}</ul>"
-                f"<table><tr><th>code</th><th>HTTP</th><th>meaning</th><th>remedy</th></tr>{rows}</table>",
+            return _table(
+                "/problems",
+                "Problem types",
+                "<p>Every <code>code</code> hub's errors carry (<code>application/problem+json</code>, RFC 9457). "
+                f"<code>remedy</code>:</p><ul>{remedies}</ul>",
+                ["HTTP", "meaning", "remedy"],
+                [(code, [", ".join(map(str, e.statuses)), e.meaning, e.remedy]) for code, e in catalogue],
             )
-        body: dict[str, Any] = {"items": [entry.as_json(code) for code, entry in catalogue]}
-        return JSONResponse(body, headers=CACHE)
+        return JSONResponse({"items": [entry.as_json(code) for code, entry in catalogue]}, headers=CACHE)
 
     @r.get(
         "/problems/{code}",
@@ -112,17 +119,16 @@ def router() -> APIRouter:
     def peer_errors(request: Request) -> Response:
         catalogue = sorted(PEER_ERRORS.items())
         if _wants_html(request):
-            rows = "".join(
-                f'<tr><td><a href="/peer-errors/{escape(code)}"><code>{escape(code)}</code></a></td>'
-                f"<td>{escape(entry.peer)}</td><td>{escape(entry.meaning)}</td>"
-                f"<td>{'hub tries again' if entry.retried else 'refused for good'}</td></tr>"
-                for code, entry in catalogue
-            )
-            return _page(
-                "hub — the peers' errors",
-                "<h1>The peers' errors</h1><p>What hub records when a call to another system fails: a delivery's "
-                "<code>last_error_code</code>, a problem's <code>peer_error</code>.</p>"
-                f"<table><tr><th>code</th><th>system</th><th>meaning</th><th></th></tr>{rows}</table>",
+            return _table(
+                "/peer-errors",
+                "The peers' errors",
+                "<p>What hub records when a call to another system fails: a delivery's <code>last_error_code</code>, "
+                "a problem's <code>peer_error</code>.</p>",
+                ["system", "meaning", ""],
+                [
+                    (code, [e.peer, e.meaning, "hub tries again" if e.retried else "refused for good"])
+                    for code, e in catalogue
+                ],
             )
         return JSONResponse({"items": [entry.as_json(code) for code, entry in catalogue]}, headers=CACHE)
 
