@@ -2009,4 +2009,26 @@ def reconcile_cmd(
 
 def main() -> None:
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
-    cli()
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        cli()
+    except DBAPIError as exc:  # a command that reads or writes the database, which cannot serve it: say why, plainly
+        sys.exit(_database_refused(exc))
+
+
+def _database_refused(exc: Exception) -> int:
+    """What an operator reads when the database does not answer or is not at hub's schema (exit 1), instead of a
+    traceback; the driver's own words (the server's address, the table missing) are kept, the statement not."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    lines = [line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip()]
+    said = (lines[0] if lines else exc.__class__.__name__)[:300]  # the driver's first line: not the statement
+    missing = "does not exist" in said or "no such table" in said or "no such column" in said
+    if missing and isinstance(exc, ProgrammingError | OperationalError):
+        err.print(f"[red]the database is not at hub's schema[/red] ({said}): run `hub db upgrade` first")
+    elif isinstance(exc, OperationalError):
+        err.print(f"[red]the database does not answer[/red]: {said}")
+    else:
+        err.print(f"[red]the database refused the command[/red]: {said}")
+    return 1

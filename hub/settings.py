@@ -472,6 +472,18 @@ class Settings(BaseSettings):
             raise ValueError("refusing to start in production mode: " + "; ".join(problems))
         return self
 
+    @field_validator("database_url")
+    @classmethod
+    def _a_store_hub_runs_on(cls, url: str) -> str:
+        """SQLite or PostgreSQL (through psycopg): another database is said at start-up, not as a missing driver."""
+        scheme = url.split(":", 1)[0].lower()
+        if url and not (scheme.split("+")[0] == "sqlite" or scheme in ("postgresql", "postgresql+psycopg")):
+            raise ValueError(
+                f"HUB_DATABASE_URL: hub stores in SQLite (sqlite:///FILE) or PostgreSQL (postgresql+psycopg://…), "
+                f"not {scheme!r}"
+            )
+        return url
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:

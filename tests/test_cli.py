@@ -168,6 +168,12 @@ def test_db_upgrade_and_configuration_errors(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "configuration error" in bad.stderr and "Traceback" not in bad.stderr
     no_broker = run(["worker"], tmp_path)
     assert no_broker.returncode == 2 and "HUB_BROKER_URL" in no_broker.stderr
+    # a database hub does not store in is said as such, not as a driver missing; one that does not answer, in a line
+    other = run(["jobs", "list"], tmp_path, {"HUB_DATABASE_URL": "mysql://hub@db/hub"})
+    assert other.returncode == 2 and "HUB_DATABASE_URL" in other.stderr and "Traceback" not in other.stderr
+    away = run(["jobs", "list"], tmp_path, {"HUB_DATABASE_URL": "postgresql+psycopg://hub@127.0.0.1:1/hub"})
+    assert away.returncode == 1 and "the database does not answer" in away.stderr, away.stderr
+    assert "Traceback" not in away.stderr
 
 
 def test_serve_and_worker_refuse_a_database_not_at_the_codes_schema(tmp_path: Path) -> None:
@@ -189,6 +195,11 @@ def test_serve_and_worker_refuse_a_database_not_at_the_codes_schema(tmp_path: Pa
             refused = run(command, tmp_path, env, timeout=60)
             assert refused.returncode == 2, refused.stdout + refused.stderr
             assert "run `hub db upgrade`" in refused.stderr and "Traceback" not in refused.stderr
+        # the operators' commands on that database say the same, each in a line, not a traceback of the query
+        for command in (["jobs", "list"], ["audit", "verify"], ["peers", "status"]):
+            said = run(command, tmp_path, env)
+            assert said.returncode == 1 and "not at hub's schema" in said.stderr, said.stdout + said.stderr
+            assert "run `hub db upgrade`" in said.stderr and "Traceback" not in said.stderr
         assert run(["db", "upgrade"], tmp_path, env).returncode == 0
     finally:
         drop_pg_database(url)
