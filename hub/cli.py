@@ -1572,8 +1572,8 @@ def _sign_and_write(make: Callable[[], bytes], out_path: Path | None) -> None:
 
     try:
         signed: bytes = make()
-    except SigningError as exc:
-        err.print(f"[red]{exc.__class__.__name__}: {exc}[/red]")
+    except SigningError as exc:  # its message names the file or the service at fault
+        err.print(f"[red]{exc}[/red]")
         raise typer.Exit(4 if exc.code.startswith("tsa_") else 2) from None
     except (OSError, ValueError, KeyError, TypeError, UnsafeXml) as exc:
         err.print(f"[red]{exc.__class__.__name__}: {exc}[/red]")
