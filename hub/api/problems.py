@@ -242,9 +242,9 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 
 def document(app: FastAPI) -> None:
     """Make the served OpenAPI document say what hub answers on errors: a Problem as application/problem+json for
-    any 4xx and 5xx of a /v1 operation (and of the problem types' pages), in place of FastAPI's default 422
-    `HTTPValidationError`, which hub never
-    sends; and list an operation's OAuth scope under the bearer scheme only (an API key has none)."""
+    any 4xx and 5xx of a /v1 operation (and of the catalogues' pages), in place of FastAPI's default 422
+    `HTTPValidationError`, which hub never sends; and list an operation's OAuth scope under the bearer scheme only
+    (an API key has none)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -36,7 +36,7 @@ def _load(paths: list[Path]) -> list[x509.Certificate]:
         try:
             found.extend(load_certificates(p.read_bytes()))
         except (OSError, ValueError) as exc:
-            raise NotConfigured(f"the trust anchors cannot be loaded: {p}: {_why(exc)}") from None
+            raise NotConfigured(f"the certificates to verify with cannot be loaded: {p}: {_why(exc)}") from None
     return found
 
 
