@@ -567,6 +567,12 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
         err.print(f"[red]no outbox row {job_id}[/red]")
         raise typer.Exit(1)
     out.print_json(json.dumps(row, ensure_ascii=False, default=str))
+    from hub.api.problem_types import PEER_ERRORS
+
+    explained = PEER_ERRORS.get(str(row.get("last_error_code")))
+    if explained is not None and not as_json:  # what the code means, as GET /peer-errors/{code} says it
+        then = "hub tries again by itself" if explained.retried else "refused for good"
+        out.print(f"{row['last_error_code']}: {explained.meaning} ({then}) {explained.action}", soft_wrap=True)
 
 
 @jobs_cli.command("replay")
