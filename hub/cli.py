@@ -572,7 +572,7 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
     explained = PEER_ERRORS.get(str(row.get("last_error_code")))
     if explained is not None and not as_json:  # what the code means, as GET /peer-errors/{code} says it
         then = "hub tries again by itself" if explained.retried else "refused for good"
-        out.print(f"{row['last_error_code']}: {explained.meaning} ({then}) {explained.action}", soft_wrap=True)
+        out.print(f"{row['last_error_code']} ({then}): {explained.meaning} {explained.action}", soft_wrap=True)
 
 
 @jobs_cli.command("replay")

@@ -89,8 +89,8 @@ def test_jobs_list_show_and_replay(
     shown = run(["jobs", "show", str(dead["id"]), "--json"], tmp_path, env)
     assert json.loads(shown.stdout)["peer_reply"]["error_code"] == 5
     explained = run(["jobs", "show", str(dead["id"])], tmp_path, env)  # what the code means, and what to do
-    assert "portal_unknown_dossier: The portal holds no dossier with this MaHoSo" in explained.stdout
-    assert "(refused for good)" in explained.stdout and "hub jobs replay" in explained.stdout
+    said = "portal_unknown_dossier (refused for good): The portal holds no dossier with this MaHoSo"
+    assert said in explained.stdout and "hub jobs replay" in explained.stdout, explained.stdout
     table = run(["jobs", "list"], tmp_path, env)
     assert "portal_unknown_dossier" in table.stdout
     unknown_state = run(["jobs", "list", "--state", "failed"], tmp_path, env)  # not a state: said, not an empty list

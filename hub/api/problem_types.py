@@ -338,10 +338,7 @@ class PeerErrorType:
 
 
 WAITS = "Nothing: hub tries again, with backoff, until the system answers (operators see it on the console)."
-DEAD = (
-    "The message is refused for good: correct the cause, then an operator replays it (hub jobs replay) or sets it "
-    "aside."
-)
+DEAD = "Correct the cause, then an operator replays the message (hub jobs replay) or sets it aside."
 OPERATORS = "hub's operators must fix hub's configuration or credentials there; the messages wait meanwhile."
 
 PEER_ERRORS: dict[str, PeerErrorType] = {
