@@ -571,8 +571,9 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
 
     explained = PEER_ERRORS.get(str(row.get("last_error_code")))
     if explained is not None and not as_json:  # what the code means, as GET /peer-errors/{code} says it
-        then = "hub tries again by itself" if explained.retried else "refused for good"
-        out.print(f"{row['last_error_code']} ({then}): {explained.meaning} {explained.action}", soft_wrap=True)
+        out.print(
+            f"{row['last_error_code']} ({explained.outcome}): {explained.meaning} {explained.action}", soft_wrap=True
+        )
 
 
 @jobs_cli.command("replay")
@@ -1440,15 +1441,12 @@ def sign_verify(
 def _certificates(paths: list[Path] | None, option: str) -> list[Any]:
     """The certificates in the files given to `option` (PEM, several a file, or DER); a file that holds none is a
     usage error naming the file (ValueError), not the ASN.1 parser's complaint."""
-    from hub.signing.verify import load_certificates
+    from hub.signing.verify import read_certificates
 
-    found = []
-    for p in paths or []:
-        try:
-            found.extend(load_certificates(p.read_bytes()))
-        except ValueError:
-            raise ValueError(f"{option} {p}: not a certificate (PEM or DER)") from None
-    return found
+    try:
+        return read_certificates(paths or [])
+    except ValueError as exc:
+        raise ValueError(f"{option} {exc}") from None
 
 
 def _load_signer(

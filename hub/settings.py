@@ -353,15 +353,13 @@ class Settings(BaseSettings):
             ("HUB_SIGNING_TRUST_ANCHORS", self.signing_trust_anchors),
             ("HUB_SIGNING_INTERMEDIATES", self.signing_intermediates),
         ):
-            for path in paths:
-                from hub.signing.verify import load_certificates  # (signxml and lxml: only when there is a file)
+            if paths:
+                from hub.signing.verify import read_certificates  # (signxml and lxml: only when there is a file)
 
                 try:
-                    load_certificates(path.read_bytes())
-                except OSError as exc:
-                    raise ValueError(f"{name} {str(path)!r}: {exc.strerror or exc}") from None
-                except ValueError:
-                    raise ValueError(f"{name} {str(path)!r} does not load as certificates (PEM or DER)") from None
+                    read_certificates(paths)
+                except ValueError as exc:
+                    raise ValueError(f"{name} {exc}") from None
         return self
 
     def tls_client_cert_for(self, peer: str) -> Path | None:

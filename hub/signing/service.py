@@ -17,7 +17,7 @@ from hub.settings import Settings
 from hub.signing.report import Report
 from hub.signing.revocation import RevocationSource
 from hub.signing.sign import FileSigner, Signer, SigningError, add_validation_data, sign_document
-from hub.signing.verify import Verifier, load_certificates
+from hub.signing.verify import Verifier, read_certificates
 
 SANDBOX_PKI_DIR = "sandbox-pki"
 SANDBOX_ANCHORS = ("national_root.pem", "gov_root.pem")
@@ -31,17 +31,10 @@ class NotConfigured(DomainError):
 def _load(paths: list[Path]) -> list[x509.Certificate]:
     """The certificates in `paths`; NotConfigured (a 503 that names the file) when one cannot be read as such —
     the settings check them at start-up, so this is a file changed or removed since."""
-    found: list[x509.Certificate] = []
-    for p in paths:
-        try:
-            found.extend(load_certificates(p.read_bytes()))
-        except (OSError, ValueError) as exc:
-            raise NotConfigured(f"the certificates to verify with cannot be loaded: {p}: {_why(exc)}") from None
-    return found
-
-
-def _why(exc: Exception) -> str:
-    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else "not a certificate (PEM or DER)"
+    try:
+        return read_certificates(paths)
+    except ValueError as exc:
+        raise NotConfigured(f"the certificates to verify with cannot be loaded: {exc}") from None
 
 
 class SignatureService:
@@ -103,9 +96,9 @@ class SignatureService:
                     given = None
                     if s.signing_cert is not None:
                         try:
-                            given = load_certificates(s.signing_cert.read_bytes())
-                        except (OSError, ValueError):
-                            raise SigningError(f"certificate file {s.signing_cert}: not a certificate") from None
+                            given = read_certificates([s.signing_cert])
+                        except ValueError as exc:
+                            raise SigningError(f"certificate file {exc}") from None
                     self._signer = TokenSigner(config, given)
                 elif s.signing_pkcs12 is not None:
                     self._signer = FileSigner.from_pkcs12(s.signing_pkcs12, password)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from asn1crypto import x509 as asn1_x509
@@ -92,6 +93,20 @@ def load_certificates(pem_or_der: bytes) -> list[x509.Certificate]:
     if b"-----BEGIN" in pem_or_der:
         return x509.load_pem_x509_certificates(pem_or_der)
     return [x509.load_der_x509_certificate(pem_or_der)]
+
+
+def read_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
+    """The certificates in the files `paths` (PEM, several a file, or DER); ValueError naming the file when one is
+    missing, unreadable or holds none — each caller says which setting or option named it."""
+    found: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            found.extend(load_certificates(path.read_bytes()))
+        except OSError as exc:
+            raise ValueError(f"{path}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise ValueError(f"{path}: not a certificate (PEM or DER)") from None
+    return found
 
 
 _DESCRIPTIONS: dict[bytes, dict[str, Any]] = {}
