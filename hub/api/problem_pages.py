@@ -125,10 +125,7 @@ def router() -> APIRouter:
                 "<p>What hub records when a call to another system fails: a delivery's <code>last_error_code</code>, "
                 "a problem's <code>peer_error</code>.</p>",
                 ["system", "meaning", ""],
-                [
-                    (code, [e.peer, e.meaning, "hub tries again" if e.retried else "refused for good"])
-                    for code, e in catalogue
-                ],
+                [(code, [e.peer, e.meaning, e.outcome]) for code, e in catalogue],
             )
         return JSONResponse({"items": [entry.as_json(code) for code, entry in catalogue]}, headers=CACHE)
 
@@ -143,11 +140,10 @@ def router() -> APIRouter:
         if entry is None:
             return problem(404, "not_found", "Not found", "hub records no peer error of this code: GET /peer-errors")
         if _wants_html(request):
-            then = "hub tries again by itself" if entry.retried else "the system refused it for good"
             return _page(
                 f"hub — {code}",
                 f"<h1><code>{escape(code)}</code></h1><p>From: {escape(entry.peer)}. {escape(entry.meaning)} "
-                f"({then}).</p><p><strong>What to do:</strong> {escape(entry.action)}</p>"
+                f"({entry.outcome}).</p><p><strong>What to do:</strong> {escape(entry.action)}</p>"
                 '<p><a href="/peer-errors">All the peers\' errors</a>.</p>',
             )
         return JSONResponse(entry.as_json(code), headers=CACHE)

@@ -332,6 +332,11 @@ class PeerErrorType:
     retried: bool
     action: str  # what an operator (or the client's officer) does
 
+    @property
+    def outcome(self) -> str:
+        """`retried` in words, as the pages and `hub jobs show` say it."""
+        return "hub tries again by itself" if self.retried else "refused for good"
+
     def as_json(self, code: str) -> dict[str, object]:
         return {"code": code, "peer": self.peer, "meaning": self.meaning, "retried": self.retried,
                 "action": self.action}  # fmt: skip
