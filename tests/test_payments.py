@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -521,6 +522,63 @@ def test_amounts_are_checked_against_the_catalogue(hub: Hub) -> None:
     r = hub.http.post("/v1/payments", json={"MaHoSo": code})
     assert r.status_code == 422 and r.json()["code"] == "fee_not_in_catalogue"
     assert create(hub, awaiting_payment(hub, 12))["amount"] == 8000  # 8,000 đ is the catalogue's fee
+
+
+def test_the_same_payment_asked_for_at_once_is_created_once(hub: Hub, platform: httpx.Client) -> None:
+    """A double click, or a one-stop system retrying after its own timeout: ten requests for one dossier's payment
+    at once while the platform takes 0.4 s to answer INIT. One asks the platform (201); the nine others wait for
+    its answer and give the same payment (200) — one INIT at the platform, one pay link."""
+    code = awaiting_payment(hub, 16)
+    platform.post("/_sandbox/faults", json={"latency_ms": 400})
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(lambda _: hub.http.post("/v1/payments", json={"MaHoSo": code}), range(10)))
+    finally:
+        platform.post("/_sandbox/faults", json={"latency_ms": 0})
+    assert sorted(r.status_code for r in answers) == [200] * 9 + [201], [r.text for r in answers]
+    assert len({(r.json()["reference"], r.json()["pay_url"]) for r in answers}) == 1
+    [made] = platform.get("/_sandbox/payments").json()["items"]
+    assert made["inits"] == 1
+
+
+def test_a_request_that_died_creating_a_payment_is_taken_over(
+    hub: Hub, platform: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hub stopped (or its thread died) between writing the payment and hearing the platform's INIT answer: the
+    payment is left claimed, with no pay link. Another request for it waits while the claim holds — a 503 with a
+    Retry-After when it holds too long — and, once it lapses, asks the platform itself with the same reference. A
+    failed INIT claims nothing: the client's retry asks again at once."""
+    from hub.services import payments
+
+    code = awaiting_payment(hub, 17)
+    platform.post("/_sandbox/faults", json={"outage_seconds": 30})
+    try:
+        assert_problem(hub.http.post("/v1/payments", json={"MaHoSo": code}), 503, "payment_platform_unavailable")
+    finally:
+        platform.post("/_sandbox/faults", json={"outage_seconds": 0})
+
+    def claim(seconds: float) -> str:
+        with hub.runtime.sessions.begin() as s:
+            p = s.scalars(select(Payment).where(Payment.dossier_code == code)).one()
+            assert p.pay_url is None
+            p.init_until = datetime.now(UTC) + timedelta(seconds=seconds)
+            return p.reference
+
+    with hub.runtime.sessions() as s:  # the failed INIT left no claim
+        assert s.scalars(select(Payment.init_until).where(Payment.dossier_code == code)).one() is None
+    monkeypatch.setattr(payments, "INIT_WAIT", 0.5)
+    claim(20)
+    held = assert_problem(hub.http.post("/v1/payments", json={"MaHoSo": code}), 503, "payment_platform_unavailable")
+    assert "another request" in held["detail"] and 1 <= int(held["retry_after"]) <= 20
+    assert platform.get("/_sandbox/payments").json()["items"] == []  # it did not ask the platform meanwhile
+    monkeypatch.setattr(payments, "INIT_WAIT", 15.0)
+    reference = claim(1)
+    started = time.monotonic()
+    made = create(hub, code)  # waits out the claim, then asks
+    assert time.monotonic() - started >= 0.5
+    assert made["reference"] == reference and made["pay_url"]
+    [at_platform] = platform.get("/_sandbox/payments").json()["items"]
+    assert at_platform["reference"] == reference and at_platform["inits"] == 1
 
 
 def test_a_platform_that_asks_to_wait_is_passed_on_to_the_client(hub: Hub, platform: httpx.Client) -> None:

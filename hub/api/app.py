@@ -1020,8 +1020,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             200: {"model": answers.PaymentView, "description": "the dossier's payment of that amount, made before"},
         },
         summary="Create the fee payment of a dossier in status 6 at its payment platform; answers the pay URL",
-        description="Idempotent per dossier and amount: asking again returns the same payment (200). Amounts are "
-        "integer đồng, taken from the dossier's DanhSachLePhi and checked against the procedure's fees.",
+        description="Idempotent per dossier and amount: asking again returns the same payment (200), also when "
+        "asked twice at once (one INIT at the platform; the other request waits for its answer, up to 15 s, then "
+        "503 with Retry-After). Amounts are integer đồng, taken from the dossier's DanhSachLePhi and checked "
+        "against the procedure's fees.",
     )
     @waits_on("payment")
     def create_payment(

@@ -159,7 +159,9 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
                         "description": msg["ThongTinGiaoDich"],
                         "transaction": None,
                         "paid_at": None,
+                        "inits": 0,  # INITs received for it: a partner creating one payment should send one
                     }
+                known["inits"] += 1
                 url = st.faults.pay_url or f"{str(request.base_url).rstrip('/')}/pay/{ref}"
                 return reply(partner, {"MaLoi": "00", "MoTaLoi": "Thành công", "MaDoiTac": partner,
                                        "MaThamChieu": ref, "UrlThanhToan": url}, reply_fields)  # fmt: skip

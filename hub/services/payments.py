@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,10 @@ from hub.store.models import Dossier, Payment, PaymentCallback, Procedure, table
 log = logging.getLogger("hub.payments")
 VN_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 MAX_FEE = 1_000_000_000  # đồng: a sanity bound, far above any administrative fee
+# How long a request asking the platform to create a payment (INIT) holds it: longer than the adapters let an INIT
+# take (connect 3 s + read 10 s); a request that died holding it is taken over after it.
+INIT_LEASE = timedelta(seconds=30)
+INIT_WAIT = 15.0  # seconds another request for the same payment waits for that INIT's answer before a 503
 PAYMENTS = table(Payment)
 CALLBACKS = table(PaymentCallback)
 # The callback path in prebuilt Core statements (as ingest): no ORM identity map or flush on the hot path.
@@ -154,6 +160,14 @@ def callback_view(c: PaymentCallback) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class _InFlight:
+    """Another request is asking the platform to create this payment, holding it until `until`."""
+
+    reference: str
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class _Apply:
     platform: str
     cb: Callback
@@ -210,6 +224,60 @@ class PaymentService:
         # new one, or the citizen is sent to pay twice
         given_up = [Payment.dossier_code == code, Payment.status == "expired"]
         self._ask(given_up, limit=5, correlation_id=correlation_id)
+        # the same request twice at once (a double click, a client's retry after its own timeout): one of them asks
+        # the platform; the other waits for that answer and gives the same payment (200) — one INIT, one pay link
+        waited_until = time.monotonic() + INIT_WAIT
+        while True:
+            claimed = self._claim(client, body, platform_name, client_ip)
+            if not isinstance(claimed, _InFlight):
+                break
+            if not self._await_init(claimed.reference, waited_until):
+                left = max(1, math.ceil((claimed.until - utcnow()).total_seconds()))
+                raise PlatformUnavailable(
+                    "another request is asking the payment platform to create this payment and has no answer yet; "
+                    "retry the same request",
+                    retry_after=min(left, math.ceil(INIT_WAIT)),
+                )
+        if isinstance(claimed, tuple):
+            return claimed
+        order = claimed
+        try:
+            self._waits.check(platform_name)
+            created = platform.create(order, correlation_id=correlation_id)
+            url = urlsplit(created.pay_url)
+            if url.scheme not in ("https", "http") or not url.netloc:  # the citizen is sent there: a web page only
+                raise PeerRejected(
+                    platform_name, "the platform's pay link is not a web address", code="payment_pay_url_invalid"
+                )
+        except BaseException as exc:
+            with self.sessions.begin() as s:  # no answer: a request waiting for this one asks the platform itself
+                s.execute(
+                    update(Payment)
+                    .where(Payment.reference == order.reference, Payment.pay_url.is_(None))
+                    .values(init_until=None)
+                )
+            if not isinstance(exc, PeerError):
+                raise
+            self._waits.note(platform_name, exc)
+            raise PlatformUnavailable(
+                "the payment platform did not create the payment; retry the same request",
+                peer_error=exc.code,
+                **wait_asked(exc),
+            ) from None
+        with self.sessions.begin() as s:
+            payment = s.scalars(select(Payment).where(Payment.reference == order.reference)).one()
+            payment.pay_url = created.pay_url
+            payment.init_until = None
+            payment.updated_at = utcnow()
+            return 201, view(payment)
+
+    def _claim(
+        self, client: ClientSystem, body: PaymentIn, platform_name: str, client_ip: str
+    ) -> tuple[int, dict[str, Any]] | PaymentOrder | _InFlight:
+        """Under the dossier's lock: the payment made before (200), another request's INIT still in flight, or the
+        order this request is now the one to send (the payment made — or taken over — and its INIT claimed)."""
+        code = body.MaHoSo
+        agency = identifiers.dossier_code(code).agency
         with self.sessions.begin() as s:
             dossier = s.scalar(select(Dossier).where(Dossier.code == code).with_for_update())
             if dossier is None:
@@ -233,10 +301,14 @@ class PaymentService:
             existing = s.scalars(
                 select(Payment).where(Payment.dossier_code == code, Payment.status.in_(("pending", "paid")))
             ).first()
+            now = utcnow()
             if existing is not None and existing.amount == amount:
                 if existing.pay_url is not None or existing.status == "paid":
                     return 200, view(existing)
-                payment = existing  # INIT failed before: try again with the same reference
+                if existing.init_until is not None and existing.init_until > now:
+                    return _InFlight(existing.reference, existing.init_until)
+                payment = existing  # INIT failed before, or its request died: ask again with the same reference
+                payment.init_until = now + INIT_LEASE
             elif existing is not None:
                 raise Conflict(
                     f"payment {existing.reference} for another amount is {existing.status}", code="payment_exists"
@@ -258,7 +330,6 @@ class PaymentService:
                             f"fee {stray[0]['SoTien']} đồng is not among the catalogue's fees for {procedure.code}",
                             code="fee_not_in_catalogue",
                         )
-                now = utcnow()
                 payment = Payment(
                     reference=new_reference(now),
                     dossier_code=code,
@@ -269,12 +340,13 @@ class PaymentService:
                     currency="VND",
                     fees=fees,
                     status="pending",
+                    init_until=now + INIT_LEASE,
                     created_at=now,
                     updated_at=now,
                 )
                 s.add(payment)
                 s.flush()
-            order = PaymentOrder(
+            return PaymentOrder(
                 reference=payment.reference,
                 amount=payment.amount,
                 dossier_code=code,
@@ -285,27 +357,23 @@ class PaymentService:
                 callback_url=self.callback_url(platform_name),
                 client_ip=client_ip,
             )
-            reference = payment.reference
-        try:
-            self._waits.check(platform_name)
-            created = platform.create(order, correlation_id=correlation_id)
-            url = urlsplit(created.pay_url)
-            if url.scheme not in ("https", "http") or not url.netloc:  # the citizen is sent there: a web page only
-                raise PeerRejected(
-                    platform_name, "the platform's pay link is not a web address", code="payment_pay_url_invalid"
-                )
-        except PeerError as exc:
-            self._waits.note(platform_name, exc)
-            raise PlatformUnavailable(
-                "the payment platform did not create the payment; retry the same request",
-                peer_error=exc.code,
-                **wait_asked(exc),
-            ) from None
-        with self.sessions.begin() as s:
-            payment = s.scalars(select(Payment).where(Payment.reference == reference)).one()
-            payment.pay_url = created.pay_url
-            payment.updated_at = utcnow()
-            return 201, view(payment)
+
+    def _await_init(self, reference: str, until: float) -> bool:
+        """Wait (till the monotonic `until`) for another request's INIT of `reference` to end — answered, failed or
+        lapsed; False when it is still in flight then."""
+        pause = 0.02
+        while time.monotonic() < until:
+            time.sleep(min(pause, max(0.0, until - time.monotonic())))
+            pause = min(pause * 2, 0.2)
+            with self.sessions() as s:
+                row = s.execute(
+                    select(Payment.pay_url, Payment.status, Payment.init_until).where(Payment.reference == reference)
+                ).one_or_none()
+            if row is None or row.pay_url is not None or row.status != "pending":
+                return True
+            if row.init_until is None or row.init_until <= utcnow():
+                return True
+        return False
 
     def get(self, client: ClientSystem, reference: str) -> dict[str, Any]:
         with self.sessions() as s:

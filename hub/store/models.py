@@ -370,6 +370,9 @@ class Payment(Base):
     fees: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16))  # pending | paid | failed | expired (abandoned, never paid)
     pay_url: Mapped[str | None] = mapped_column(Text)
+    # set while a request is asking the platform to create it (INIT): until then another request for it waits for
+    # that answer rather than send a second INIT; left set by a crash, it lapses and the next request asks again
+    init_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     transaction_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     bank: Mapped[str | None] = mapped_column(String(20))
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
