@@ -71,6 +71,7 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     assert "Sai tên đăng nhập hoặc mật khẩu" in page.locator("#error").inner_text()
     login(page, base, "tran.van.an")
     assert page.locator("h1").inner_text() == "Tổng quan"
+    assert page.title() == "Tổng quan — hub"  # each page's tab (and history entry) names it
     peers = page.locator("#peers").inner_text()
     assert "Hệ thống một cửa điện tử của tỉnh" in peers and "one_stop" in peers  # named in Vietnamese, and its id
     assert "embedded@" in page.locator("#workers").inner_text()  # the worker that delivers, with its last drain
@@ -84,6 +85,7 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     page.fill("#q", code)
     page.click("#search")
     page.click(f"text={code}")
+    assert page.title() == f"{code} — Hồ sơ — hub"  # tabs of several dossiers tell them apart
     timeline = page.locator("#timeline").inner_text()
     assert "dead" in timeline and "unroutable_agency" in timeline
     shot(page, "timeline-dead")
@@ -93,7 +95,7 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     assert code in page.locator("#dead").inner_text()
     page.check("input[name=ids]")
     page.click("#replay-selected")
-    assert page.locator("h1").inner_text() == "Phát lại 1 thư chết?"
+    assert page.locator("h1").inner_text() == "Phát lại 1 thư chết?" == page.title().removesuffix(" — hub")
     shot(page, "confirm-replay")
     page.click("#confirm")
     assert page.locator("#flash").inner_text() == "Đã phát lại 1 thư chết"
@@ -109,6 +111,7 @@ def test_operator_finds_a_dossier_and_replays_its_dead_letter(
     # English on request
     page.click("#lang")
     assert page.locator("header").inner_text().count("Dead letters") == 1
+    assert page.title() == f"{code} — Dossiers — hub"
     assert "Provincial one-stop system" in page.locator("#timeline").inner_text()
     shot(page, "timeline-delivered-en")
     context.close()
