@@ -5,6 +5,7 @@ test-artifacts/."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
@@ -16,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from hub.adapters.errors import PeerError
 from hub.console.auth import Operators
 from hub.sandbox.common import ServerThread
 from hub.store.models import Dossier
@@ -803,6 +805,9 @@ def test_an_operator_runs_a_sync_job_now(
     login(tab, base, "tran.van.an")
     tab.goto(f"{base}/ops/jobs")
     assert tab.locator("#job-poll_portal").inner_text().count("chưa chạy") == 1
+    # how often each job runs, in words (HUB_PORTAL_POLL_INTERVAL 300 s; the statement daily from 6 o'clock)
+    assert tab.locator("#job-poll_portal .schedule").inner_text() == "mỗi 5 phút"
+    assert tab.locator("#job-reconcile_payments .schedule").inner_text() == "hằng ngày, từ 6 giờ"
     tab.click("#job-poll_portal button.run-now")
     assert tab.locator("#flash").inner_text().startswith("Đã yêu cầu chạy ngay: Hỏi Cổng DVCQG")
     deadline = time.monotonic() + 15
@@ -813,6 +818,22 @@ def test_an_operator_runs_a_sync_job_now(
     assert '"new_events": 1' in tab.locator("#job-poll_portal").inner_text()
     shot(tab, "job-run-now")
     assert hub.wait_idle() == {"delivered": 1}  # on to the province's one-stop system
+    # the portal down at the next poll: the run failed, and the page says since when the job has not succeeded
+    succeeded_at = tab.locator("#job-poll_portal time").first.get_attribute("datetime")
+    portal.post("/_sandbox/faults", json={"outage_seconds": 30}).raise_for_status()
+    try:
+        with contextlib.suppress(PeerError):  # a failed run either way (raised, or done with errors counted)
+            hub.runtime.poll_portal()
+    finally:
+        portal.post("/_sandbox/faults", json={"outage_seconds": 0}).raise_for_status()
+    tab.reload()
+    row = tab.locator("#job-poll_portal")
+    assert "lỗi" in row.locator(".bad").inner_text()
+    assert row.locator(".last-ok").inner_text().startswith("thành công gần nhất: ")
+    assert row.locator(".last-ok time").get_attribute("datetime") == succeeded_at
+    tab.click("#lang")
+    assert tab.locator("#job-poll_portal .schedule").inner_text() == "every 5 minutes"
+    assert tab.locator("#job-poll_portal .last-ok").inner_text().startswith("last success: ")
     context.close()
     operator = _logged_in(base, "tran.van.an")
     token = re.search(r'name="csrf" value="([^"]+)"', operator.get("/ops/jobs").text)
