@@ -509,6 +509,47 @@ class _Store:
         self.engine.dispose()
 
 
+@jobs_cli.command("scheduled")
+def jobs_scheduled(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
+) -> None:
+    """The scheduled jobs (portal poll, payment checks, reconciliations, document notices, the access log's anchor,
+    retention): how often each runs, its last run and outcome, and when a failing one last succeeded — the
+    console's sync-jobs page. Exit 1 when a job's last run failed (for a monitoring script)."""
+    from hub.console.i18n import words
+    from hub.sync import jobs
+
+    rt = _Store()
+    try:
+        with rt.sessions() as session:
+            found = jobs.scheduled(session, _settings())
+    finally:
+        rt.close()
+    t = words("en")
+    for job in found:
+        job["schedule"] = jobs.schedule_words(job, t)
+    if as_json:
+        out.print_json(json.dumps({"items": found}))
+    else:
+        table = Table(title="scheduled jobs")
+        for col in ("job", "schedule", "last run", "outcome", "last success", "detail"):
+            table.add_column(col)
+        for job in found:
+            table.add_row(
+                *_plain(
+                    job["name"],
+                    job["schedule"],
+                    job["finished_at"] or "never",
+                    t.get(f"run:{job['outcome']}", job["outcome"]) if job["outcome"] else "—",
+                    (job["last_ok_at"] or "never") if job["failing"] else "",
+                    json.dumps(job["detail"], ensure_ascii=False)[:80] if job["detail"] else "",
+                )
+            )
+        out.print(table)
+    if any(job["failing"] for job in found):
+        raise typer.Exit(1)
+
+
 @jobs_cli.command("list")
 def jobs_list(
     state: Annotated[str | None, typer.Option(help="pending | in_flight | delivered | dead | set_aside")] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from unittest.mock import ANY
 import httpx
 import pytest
 
+from hub.adapters.errors import PeerError
 from hub.sandbox.common import ServerThread
 from tests.conftest import Creds, Hub, HubFactory
 from tests.helpers import dossier, step, waiting_out_a_backoff
@@ -73,6 +75,46 @@ def with_a_dead_letter(
     hub.http.post(f"/v1/dossiers/{d['MaHoSo']}/progress", json=step(d["MaHoSo"], 4))
     hub.wait_idle()
     return hub, d, {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+
+
+def test_jobs_scheduled_says_how_often_each_runs_and_since_when_a_failing_one_has_not_succeeded(
+    hub_factory: HubFactory, portal: httpx.Client, tmp_path: Path
+) -> None:
+    """`hub jobs scheduled`, the console's sync-jobs page for a shell or a monitoring script: each job's schedule
+    in words, its last run and outcome; the portal down at a poll, the poll is failing since its last success and
+    the command exits 1; the next poll that succeeds, 0."""
+    hub = hub_factory()
+    hub.runtime.routes.add("000.00.17.*", "http://127.0.0.1:9")  # an agency to poll the portal for
+    env = {
+        "HUB_DATABASE_URL": hub.settings.effective_database_url,
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_PORTAL_POLL_INTERVAL": "120",
+        "HUB_RECONCILE_INTERVAL": "0",
+    }
+    hub.runtime.poll_portal()
+    portal.post("/_sandbox/faults", json={"outage_seconds": 30}).raise_for_status()
+    try:
+        with contextlib.suppress(PeerError):  # a failed run either way (raised, or done with errors counted)
+            hub.runtime.poll_portal()
+    finally:
+        portal.post("/_sandbox/faults", json={"outage_seconds": 0}).raise_for_status()
+    listed = run(["jobs", "scheduled", "--json"], tmp_path, env)
+    assert listed.returncode == 1, listed.stderr  # a job is failing
+    jobs = {j["name"]: j for j in json.loads(listed.stdout)["items"]}
+    assert set(jobs) == {
+        "poll_portal", "check_payments", "reconcile", "reconcile_payments", "poll_edoc_status", "anchor_audit_log",
+        "remove_personal_data",
+    }  # fmt: skip
+    poll = jobs["poll_portal"]
+    assert (poll["schedule"], poll["outcome"], poll["failing"]) == ("every 2 minutes", "error", True)
+    assert poll["last_ok_at"] is not None and poll["last_ok_at"] <= poll["finished_at"]
+    assert jobs["reconcile"]["schedule"] == "not scheduled (runs when asked)"
+    assert jobs["reconcile_payments"]["schedule"] == "daily, from 6:00 Vietnam time"
+    assert (jobs["anchor_audit_log"]["finished_at"], jobs["anchor_audit_log"]["failing"]) == (None, False)
+    table = run(["jobs", "scheduled"], tmp_path, env)
+    assert table.returncode == 1 and re.search(r"poll_portal\s.*every 2 minutes.*failed", table.stdout), table.stdout
+    hub.runtime.poll_portal()  # the portal back
+    assert run(["jobs", "scheduled"], tmp_path, env).returncode == 0
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])  # the same statements on SQLite: jobs retry tests both

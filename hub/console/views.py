@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -961,48 +961,14 @@ def router(runtime: Any) -> APIRouter:
     def sync_jobs(request: Request) -> Response:
         if (go := user_or_login(request)) is not None:
             return go
-        found = []
-        settings = rt().settings
-        every = jobs.intervals(settings)
         t = words(lang_of(request))
         with rt().sessions() as s:
-            for name in JOBS:
-                run = jobs.last_run(s, name)
-                # after a failed run, when it last succeeded (how long what it keeps up to date has been stale)
-                ok = jobs.last_run(s, name, ok_only=True) if run is not None and run.outcome != "ok" else None
-                found.append(
-                    {
-                        "name": name,
-                        "schedule": _schedule(name, every[name], settings.payment_reconcile_hour, t),
-                        "at": run.finished_at.isoformat(timespec="seconds") if run else None,
-                        "outcome": run.outcome if run else None,
-                        "detail": run.detail if run else None,
-                        "failing": run is not None and run.outcome != "ok",
-                        "ok_at": ok.finished_at.isoformat(timespec="seconds") if ok else None,
-                    }
-                )
+            found = jobs.scheduled(s, rt().settings)
+        for job in found:
+            job["schedule"] = jobs.schedule_words(job, t)
         return render(request, "jobs.html", page="jobs", jobs=found)
 
     return r
-
-
-def _schedule(name: str, seconds: float, daily_hour: int, t: Mapping[str, str]) -> str:
-    """How often a scheduled job runs, in words: every N seconds/minutes/hours/days, daily from an hour (the
-    payment statement's reconciliation, HUB_PAYMENT_RECONCILE_HOUR), or not on a schedule (interval 0)."""
-    if seconds <= 0:
-        return t["not_scheduled"]
-    if name == "reconcile_payments":
-        return t["daily_from"].format(hour=daily_hour)
-    whole = round(seconds)
-    n: int | str = f"{seconds:g}"
-    unit = "second"
-    for name_, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        if whole >= size and whole % size == 0 and whole == seconds:
-            n, unit = whole // size, name_
-            break
-    if n == 1:
-        return t["every_one"].format(unit=t["unit:" + unit])
-    return t["every"].format(n=n, unit=t["units:" + unit])
 
 
 def _report_query(

@@ -51,6 +51,51 @@ def intervals(settings: Any) -> dict[str, float]:
     }
 
 
+def scheduled(session: Session, settings: Any) -> list[dict[str, Any]]:
+    """Each scheduled job (JOB_NAMES) with its interval in seconds (0: not scheduled; the payments' statement is
+    reconciled once a day from `daily_hour`), its last run — finished_at, outcome, detail — and, when that run
+    failed, when it last succeeded: what the console's sync-jobs page and `hub jobs scheduled` show."""
+    every = intervals(settings)
+    found = []
+    for name in JOB_NAMES:
+        run = last_run(session, name)
+        failing = run is not None and run.outcome != "ok"
+        ok = last_run(session, name, ok_only=True) if failing else run
+        found.append(
+            {
+                "name": name,
+                "interval_s": every[name],
+                "daily_hour": settings.payment_reconcile_hour if name == "reconcile_payments" else None,
+                "finished_at": run.finished_at.isoformat(timespec="seconds") if run else None,
+                "outcome": run.outcome if run else None,
+                "detail": run.detail if run else None,
+                "failing": failing,
+                "last_ok_at": ok.finished_at.isoformat(timespec="seconds") if ok else None,
+            }
+        )
+    return found
+
+
+def schedule_words(job: Mapping[str, Any], t: Mapping[str, str]) -> str:
+    """How often a scheduled job (a row of `scheduled`) runs, in the console's words `t`: every N seconds, minutes,
+    hours or days, daily from an hour, or not on a schedule (interval 0)."""
+    seconds = float(job["interval_s"])
+    if seconds <= 0:
+        return t["not_scheduled"]
+    if job.get("daily_hour") is not None:
+        return t["daily_from"].format(hour=job["daily_hour"])
+    whole = round(seconds)
+    n: int | str = f"{seconds:g}"
+    unit = "second"
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if whole >= size and whole % size == 0 and whole == seconds:
+            n, unit = whole // size, name
+            break
+    if n == 1:
+        return t["every_one"].format(unit=t["unit:" + unit])
+    return t["every"].format(n=n, unit=t["units:" + unit])
+
+
 def _row(m: OutboxMessage, code: str) -> dict[str, Any]:
     return {
         "id": m.id,
