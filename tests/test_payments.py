@@ -581,6 +581,34 @@ def test_a_request_that_died_creating_a_payment_is_taken_over(
     assert at_platform["reference"] == reference and at_platform["inits"] == 1
 
 
+def test_a_payment_whose_pay_link_never_came_is_given_up_like_an_abandoned_one(
+    hub: Hub, platform: httpx.Client
+) -> None:
+    """The platform down when a payment is made: hub keeps the payment, with no pay link, for the client's retry.
+    If no retry comes (the one-stop system gave up, the dossier was withdrawn), the scheduled check asks the
+    platform about it like any pending payment and gives it up as expired in time — it does not stay pending for
+    ever, on the console's count and in the metric. A payment whose INIT is in flight is not asked about."""
+    code = awaiting_payment(hub, 18)
+    platform.post("/_sandbox/faults", json={"outage_seconds": 30})
+    try:
+        assert_problem(hub.http.post("/v1/payments", json={"MaHoSo": code}), 503, "payment_platform_unavailable")
+    finally:
+        platform.post("/_sandbox/faults", json={"outage_seconds": 0})
+    with hub.runtime.sessions.begin() as s:
+        p = s.scalars(select(Payment).where(Payment.dossier_code == code)).one()
+        assert (p.status, p.pay_url) == ("pending", None)
+        p.created_at -= timedelta(hours=73)
+        p.init_until = datetime.now(UTC) + timedelta(seconds=20)  # a request on it now
+        reference = p.reference
+    assert hub.runtime.payments.check_pending(correlation_id="t") == {}
+    with hub.runtime.sessions.begin() as s:
+        s.scalars(select(Payment).where(Payment.reference == reference)).one().init_until = None
+    assert hub.runtime.payments.check_pending(correlation_id="t") == {"expired": 1}
+    assert payment_of(hub, reference)["status"] == "expired"
+    made = create(hub, code)  # the one-stop system asks again, later: a new payment, with its pay link
+    assert made["reference"] != reference and made["pay_url"]
+
+
 def test_a_platform_that_asks_to_wait_is_passed_on_to_the_client(hub: Hub, platform: httpx.Client) -> None:
     """The platform throttles hub (429, Retry-After: 3): the one-stop system asking for a pay link gets 503 with the
     same wait in Retry-After; another request meanwhile gets 503 at once with what is left of it, and the platform

@@ -585,13 +585,18 @@ class PaymentService:
         return dict(Counter(verdict for _, verdict in self._ask(when, limit=limit, correlation_id=correlation_id)))
 
     def _ask(self, when: Sequence[Any], *, limit: int, correlation_id: str) -> list[tuple[str, str]]:
-        """Ask the platform about each payment matching `when` (with a pay link) and settle what it reports, as a
-        confirmation arriving by query: (reference, what came of it) for each."""
+        """Ask the platform about each payment matching `when` and settle what it reports, as a confirmation
+        arriving by query: (reference, what came of it) for each. A payment whose INIT is in flight is left to the
+        request making it; one whose INIT failed (no pay link, no request on it) is asked about too — the platform
+        may have made it after all — and, never paid, given up in time like an abandoned pay link."""
         now = utcnow()
         with self.sessions() as s:
             due = s.execute(
                 select(Payment.reference, Payment.platform, Payment.created_at, Payment.dossier_code, Payment.amount)
-                .where(Payment.pay_url.is_not(None), *when)
+                .where(
+                    or_(Payment.pay_url.is_not(None), Payment.init_until.is_(None), Payment.init_until <= now),
+                    *when,
+                )
                 .order_by(Payment.last_checked_at.asc().nulls_first(), Payment.created_at)
                 .limit(limit)
             ).all()
