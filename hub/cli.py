@@ -1820,6 +1820,47 @@ def payments_check(
         raise typer.Exit(1)
 
 
+@payments_cli.command("give-up")
+def payments_give_up(
+    reference: Annotated[str, typer.Argument(help="the payment's reference (MaThamChieu)")],
+    reason: Annotated[str, typer.Option(help="why (kept with the operators' actions; required)")] = "",
+    by: Annotated[str | None, typer.Option(help="who decided (default: the user running this command)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Give a pending pay link up now, not after HUB_PAYMENT_EXPIRE_AFTER_HOURS (the fee was wrong and has been
+    corrected): the dossier's new payment can then be made. The platform is asked first — paid, it is credited
+    instead. Exit 1 when it was not given up (paid or declined at the platform, not pending, or the platform
+    did not answer)."""
+    from hub.domain.errors import DomainError
+    from hub.services.actions import cli_actor
+    from hub.sync import jobs
+
+    try:
+        reason = jobs.clean_reason(reason)
+    except ValueError as exc:
+        err.print(f"[red]--reason is required, at most {jobs.MAX_REASON} characters: {exc}[/red]")
+        raise typer.Exit(2) from None
+    who = (by or "").strip() or cli_actor()
+    rt = _jobs_runtime()
+    try:
+        result = rt.payments.give_up(
+            reference, by=who, reason=reason, correlation_id=f"payments-give-up-{uuid.uuid4().hex[:12]}"
+        )
+    except DomainError as exc:
+        err.print(f"[red]{exc.code}: {exc.detail}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        rt.close()
+    if as_json:
+        print(json.dumps(result))
+    elif result["given_up"]:
+        out.print(f"{reference} given up (expired): the dossier's new payment can be made")
+    else:
+        out.print(f"{reference} not given up: the platform says {result['platform_said']}")
+    if not result["given_up"]:
+        raise typer.Exit(1)
+
+
 edocs_cli = typer.Typer(no_args_is_help=True, help="Documents sent to other agencies (edXML): their receivers' status")
 cli.add_typer(edocs_cli, name="edocs")
 

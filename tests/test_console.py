@@ -952,6 +952,11 @@ def test_every_word_the_console_uses_is_there_in_vietnamese_and_english() -> Non
     views = (Path(__file__).resolve().parents[1] / "hub/console/views.py").read_text(encoding="utf-8")
     used |= set(re.findall(r"\bt\[\"([a-z_:]+)\"\]", views))
     assert used - {"get"} <= set(TEXT["vi"]), sorted(used - {"get"} - set(TEXT["vi"]))
+    from hub.services.actions import ACTIONS
+    from hub.sync.jobs import JOB_NAMES
+
+    # words looked up by a name made at run time: every operator action's, every scheduled job's
+    assert {f"action:{a}" for a in ACTIONS} | {f"job:{j}" for j in JOB_NAMES} <= set(TEXT["vi"])
     assert all(TEXT[lang][key].strip() for lang in TEXT for key in TEXT[lang])
 
 

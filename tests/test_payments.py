@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -290,6 +291,96 @@ def test_an_operator_asks_about_one_payment_now(hub: Hub, platform: httpx.Client
         s.scalars(select(Payment).where(Payment.reference == untouched["reference"])).one().platform = "gone"
     gone = hub.runtime.payments.check_pending(correlation_id="t", references=[untouched["reference"]])
     assert gone == {"platform_not_configured": 1}
+
+
+def test_an_operator_gives_up_a_pay_link_so_that_a_new_payment_can_be_made(
+    hub: Hub, platform: httpx.Client, tmp_path: Path
+) -> None:
+    """The fee on a pay link was wrong: until the link expires (72 h) the one-stop system cannot make the dossier's
+    payment for the corrected fee (409 payment_exists). `hub payments give-up REF --reason …` gives the link up
+    now — after asking the platform: a link the citizen paid meanwhile is credited instead, and one the platform
+    cannot be asked about is left as it is. Given up, the link is expired as an abandoned one is (the dossier's
+    history says so) and the operator's action is kept with the reason; the new payment is then made."""
+    env = cli_env(hub, tmp_path)
+
+    def give_up(reference: str, *more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [HUB_BIN, "payments", "give-up", reference, *more],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    d = dossier(19, MaTTHC="2.000635", TenTTHC="Cấp bản sao trích lục khai sinh", DanhSachLePhi=FEES)
+    code = d["MaHoSo"]
+    assert hub.http.post("/v1/dossiers", json=d).status_code == 202
+    for status in (4, 6):
+        assert hub.http.post(f"/v1/dossiers/{code}/progress", json=step(code, status)).status_code == 202
+    wrong = create(hub, code)
+    corrected_fee = {**d, "TrangThaiHoSo": 6, "DanhSachLePhi": [{**FEES[0], "Gia": 5000}]}  # the agency's correction
+    r = hub.http.post("/v1/dossiers", params={"isUpdating": "true"}, json=corrected_fee)
+    assert r.status_code == 202, r.text
+    assert_problem(hub.http.post("/v1/payments", json={"MaHoSo": code}), 409, "payment_exists")
+    assert give_up(wrong["reference"]).returncode == 2  # no reason: refused, nothing changed
+    platform.post("/_sandbox/faults", json={"outage_seconds": 30})
+    try:
+        down = give_up(wrong["reference"], "--reason", "sai lệ phí")
+    finally:
+        platform.post("/_sandbox/faults", json={"outage_seconds": 0})
+    assert down.returncode == 1 and "payment_platform_unavailable" in down.stderr, down.stderr
+    assert payment_of(hub, wrong["reference"])["status"] == "pending"  # the citizen may have paid: left as it is
+    done = give_up(wrong["reference"], "--reason", "sai lệ phí, đã sửa thành 5.000 đồng", "--by", "ke.toan", "--json")
+    assert done.returncode == 0, done.stderr
+    said = json.loads(done.stdout)
+    assert said == {"reference": wrong["reference"], "given_up": True, "platform_said": "still_pending"}
+    assert payment_of(hub, wrong["reference"])["status"] == "expired"
+    kinds = [e["kind"] for e in hub.http.get(f"/v1/dossiers/{code}").json()["events"]]
+    assert kinds[-1] == "payment.expired"
+    from hub.services import actions
+
+    with hub.runtime.sessions() as s:
+        [kept] = [a for a in actions.recent(s) if a["action"] == "payment_given_up"]
+    assert kept["actor"] == "ke.toan" and kept["target"]["reason"].startswith("sai lệ phí")
+    assert kept["outcome"] == {"given_up": True, "platform_said": "still_pending"}
+    again = give_up(wrong["reference"], "--reason", "again")
+    assert again.returncode == 1 and "payment_not_pending" in again.stderr
+    corrected = create(hub, code)
+    assert corrected["reference"] != wrong["reference"] and corrected["amount"] == 5000
+    # a link the citizen paid (its confirmation lost): credited, not given up
+    platform.post("/_sandbox/faults", json={"drop_callback": True})
+    httpx.post(corrected["pay_url"]).raise_for_status()
+    paid = give_up(corrected["reference"], "--reason", "nhầm", "--json")
+    assert paid.returncode == 1 and json.loads(paid.stdout)["platform_said"] == "applied"
+    assert payment_of(hub, corrected["reference"])["status"] == "paid" and dossier_status(hub, code) == 4
+
+
+def test_an_operator_gives_a_pay_link_up_from_the_console(hub: Hub, platform: httpx.Client) -> None:
+    """The same from the dossier's page in the console: a reason, a confirmation that says the platform is asked
+    first, then the link is given up and the page says so. A viewer has no such button and is refused."""
+    code = awaiting_payment(hub, 20)
+    pay = create(hub, code)
+    viewer = console_as(hub, "xem.thoi", "viewer")
+    page = viewer.get(f"/ops/dossiers/{code}").text
+    assert 'class="give-up"' not in page
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    form = {"csrf": token.group(1), "reference": pay["reference"], "dossier": code, "reason": "sai lệ phí"}
+    assert viewer.post("/ops/payments/give-up", data=form).status_code == 403
+    operator = console_as(hub, "ke.toan.3", "operator")
+    page = operator.get(f"/ops/dossiers/{code}").text
+    assert 'class="give-up"' in page and "Hủy link thanh toán" in page
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    form["csrf"] = token.group(1)
+    blank = operator.post("/ops/payments/give-up", data={**form, "reason": "  "}, follow_redirects=True)
+    assert "Cần ghi lý do" in blank.text and payment_of(hub, pay["reference"])["status"] == "pending"
+    asked = operator.post("/ops/payments/give-up", data=form)
+    assert asked.status_code == 200 and f"Hủy link thanh toán {pay['reference']}?" in asked.text
+    assert "hub hỏi nền tảng thanh toán trước" in asked.text
+    assert payment_of(hub, pay["reference"])["status"] == "pending"  # asked to confirm: nothing done yet
+    done = operator.post("/ops/payments/give-up", data={**form, "confirmed": "yes"}, follow_redirects=True)
+    assert str(done.url).endswith(f"/ops/dossiers/{code}") and "Đã hủy link thanh toán" in done.text
+    assert payment_of(hub, pay["reference"])["status"] == "expired"
+    again = operator.post("/ops/payments/give-up", data={**form, "confirmed": "yes"}, follow_redirects=True)
+    assert "Không hủy link thanh toán: khoản thanh toán không còn chờ" in again.text
 
 
 def test_abandoned_pay_links_neither_crowd_out_newer_payments_nor_wait_for_ever(

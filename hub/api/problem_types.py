@@ -263,7 +263,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "invalid_amount": ProblemType((422,), "Unprocessable Entity", "An amount is not a whole number of đồng.", FIX,
         CORRECT),
     "payment_exists": ProblemType((409,), "Conflict", "The dossier has a payment for another amount already.", FIX,
-        "Use that payment (GET /v1/payments/{reference}), or wait until it expires."),
+        "Use that payment (GET /v1/payments/{reference}), or wait until it expires — or, the fee corrected, have an "
+        "operator give its pay link up (hub payments give-up, or the console)."),
+    "payment_not_pending": ProblemType((409,), "Conflict", "Only a pending payment can be given up (it is paid, "
+        "failed or expired already, or being created right now).", FIX, "Look at the payment's state."),
     "payment_not_found": ProblemType((404,), "Not found", "No payment with this reference for the caller.", FIX,
         "Check the reference."),
     "payment_not_paid": ProblemType((409,), "Conflict", "A receipt exists only for a paid payment.", FIX,

@@ -330,6 +330,22 @@ TEXT: dict[str, dict[str, str]] = {
         "action:maintenance_on": "Bật chế độ bảo trì",
         "action:maintenance_off": "Tắt chế độ bảo trì",
         "action:payment_check": "Tra cứu thanh toán",
+        "action:payment_given_up": "Hủy link thanh toán",
+        "give_up": "Hủy link thanh toán",
+        "give_up_hint": (
+            "Hủy ngay link thanh toán đang chờ (ví dụ: lệ phí sai, đã sửa) để hệ thống một cửa tạo thanh toán mới;"
+            " hub hỏi nền tảng thanh toán trước"
+        ),
+        "confirm_give_up": "Hủy link thanh toán {reference}?",
+        "give_up_note": (
+            "hub hỏi nền tảng thanh toán trước: nếu công dân đã thanh toán, khoản này được ghi nhận, không hủy. Link"
+            " bị hủy như link quá hạn: nếu sau đó vẫn có thông báo đã thanh toán, hub vẫn ghi nhận và báo cần hoàn trả"
+            " nếu hồ sơ đã thanh toán lần khác."
+        ),
+        "given_up": "Đã hủy link thanh toán; hệ thống một cửa có thể tạo thanh toán mới cho hồ sơ",
+        "not_given_up": "Không hủy link thanh toán: {why}",
+        "give_up_not_pending": "khoản thanh toán không còn chờ (đã có kết quả, hoặc đang được tạo)",
+        "give_up_not_found": "không có khoản thanh toán này",
         "action:sign_in": "Đăng nhập",
         "action:sign_in_failed": "Đăng nhập không thành công",
         "action:sign_out": "Đăng xuất",
@@ -666,6 +682,22 @@ TEXT: dict[str, dict[str, str]] = {
         "action:maintenance_on": "Maintenance mode on",
         "action:maintenance_off": "Maintenance mode off",
         "action:payment_check": "Payment queried",
+        "action:payment_given_up": "Pay link given up",
+        "give_up": "Give the pay link up",
+        "give_up_hint": (
+            "Give the pending pay link up now (e.g. its fee was wrong and has been corrected) so that the one-stop"
+            " system can make a new payment; hub asks the payment platform first"
+        ),
+        "confirm_give_up": "Give pay link {reference} up?",
+        "give_up_note": (
+            "hub asks the payment platform first: if the citizen has paid, the payment is credited, not given up."
+            " The link is given up as an expired one is: a confirmation that still comes is credited, and a dossier"
+            " paid twice is flagged for a refund."
+        ),
+        "given_up": "Pay link given up; the one-stop system can make the dossier's new payment",
+        "not_given_up": "Pay link not given up: {why}",
+        "give_up_not_pending": "the payment is no longer pending (settled, or being created)",
+        "give_up_not_found": "no such payment",
         "action:sign_in": "Signed in",
         "action:sign_in_failed": "Sign-in refused",
         "action:sign_out": "Signed out",

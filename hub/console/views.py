@@ -739,6 +739,53 @@ def router(runtime: Any) -> APIRouter:
         back = f"/ops/dossiers/{quote(code, safe='')}" if code else "/ops/payments"
         return RedirectResponse(back, status_code=303)
 
+    @r.post("/payments/give-up")
+    async def give_up_payment(request: Request) -> Response:
+        """Give a pending pay link up now, with the reason (the fee was wrong and has been corrected), after a
+        confirmation; the platform is asked first (PaymentService.give_up)."""
+        data, refused = await operator_form(request)
+        if refused is not None:
+            return refused
+        t = words(lang_of(request))
+        reference = str(data.get("reference") or "")[:50]
+        code = str(data.get("dossier") or "")[:64]
+        back = f"/ops/dossiers/{quote(code, safe='')}" if code else "/ops/payments"
+        try:
+            reason = jobs.clean_reason(str(data.get("reason") or ""))
+        except ValueError:
+            request.session["flash"] = t["reason_required"].format(n=jobs.MAX_REASON)
+            return RedirectResponse(back, status_code=303)
+        if data.get("confirmed") != "yes":
+            return render(
+                request, "confirm.html", page="payments", question=t["confirm_give_up"].format(reference=reference),
+                action="/ops/payments/give-up", reason=reason, note=t["give_up_note"], back=back, ids=[],
+                hidden={"reference": reference, "dossier": code},
+            )  # fmt: skip
+        from hub.adapters.bulkheads import PeerBusy
+
+        try:  # the platform is asked first: on the payment platforms' own threads (ADR 0046)
+            result = await rt().bulkheads.run(
+                "payment",
+                rt().payments.give_up,
+                reference,
+                by=f"console:{request.session.get('user')}",
+                reason=reason,
+                correlation_id=correlation_id.get() or f"console-{secrets.token_hex(6)}",
+            )
+        except DomainError as exc:
+            why = {
+                "payment_platform_unavailable": t["checked:errors"],
+                "payment_not_pending": t["give_up_not_pending"],
+                "payment_not_found": t["give_up_not_found"],
+            }.get(str(exc.code), exc.detail)
+            request.session["flash"] = t["not_given_up"].format(why=why)
+        except PeerBusy:
+            request.session["flash"] = t["not_given_up"].format(why=t.get("checked:peer_busy", "peer_busy"))
+        else:
+            said = t.get(f"checked:{result['platform_said']}", result["platform_said"])
+            request.session["flash"] = t["given_up"] if result["given_up"] else t["not_given_up"].format(why=said)
+        return RedirectResponse(back, status_code=303)
+
     def dead_rows(destination: str, code: str, limit: int | None = 200) -> tuple[list[dict[str, Any]], int]:
         with rt().sessions() as s:
             cond = [OutboxMessage.state == outbox.DEAD]

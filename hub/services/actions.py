@@ -25,6 +25,7 @@ ACTIONS = (
     "maintenance_on",
     "maintenance_off",
     "payment_check",
+    "payment_given_up",
     "sign_in",
     "sign_in_failed",
     "sign_out",

@@ -29,6 +29,7 @@ from hub.domain.dates import format_national, utcnow
 from hub.domain.errors import Conflict, DomainError, Forbidden, NotFound
 from hub.domain.money import dong
 from hub.domain.status import DossierStatus
+from hub.services import actions
 from hub.services.dossiers import SELECT_DOSSIER, DossierService
 from hub.services.schemas import NulFree
 from hub.settings import ClientSystem
@@ -583,6 +584,54 @@ class PaymentService:
         else:
             when = [Payment.status.in_(("pending", "expired")), Payment.reference.in_(list(references)[:limit])]
         return dict(Counter(verdict for _, verdict in self._ask(when, limit=limit, correlation_id=correlation_id)))
+
+    def give_up(self, reference: str, *, by: str, reason: str, correlation_id: str) -> dict[str, Any]:
+        """An operator gives up a pending pay link now rather than after HUB_PAYMENT_EXPIRE_AFTER_HOURS — the fee was
+        wrong and has been corrected, the dossier must be paid another way: the one-stop system can then make the
+        dossier's new payment. The platform is asked first: a payment it reports paid is credited, not given up;
+        one it cannot be asked about is left as it is (the citizen may have paid). Given up, it is `expired` as
+        an abandoned link is (its dossier's history says so; a late confirmation is still credited, and a dossier
+        paid twice is flagged for a refund), and the operator's action is kept with the reason."""
+        with self.sessions() as s:
+            payment = s.scalars(select(Payment).where(Payment.reference == reference)).first()
+            if payment is None:
+                raise NotFound(f"no payment {reference!r}", code="payment_not_found")
+            status, code, amount, init_until = payment.status, payment.dossier_code, payment.amount, payment.init_until
+        if status != "pending":
+            raise Conflict(f"payment {reference} is {status}, not pending", code="payment_not_pending")
+        if init_until is not None and init_until > utcnow():
+            raise Conflict(
+                f"payment {reference} is being created at the platform right now; try again in a minute",
+                code="payment_not_pending",
+            )
+        pending = [Payment.reference == reference, Payment.status == "pending"]
+        asked = self._ask(pending, limit=1, correlation_id=correlation_id)
+        verdict = asked[0][1] if asked else "still_pending"  # none: settled meanwhile (the update below finds out)
+        if verdict in ("errors", "not_asked"):
+            raise PlatformUnavailable(
+                "the payment platform did not answer whether it was paid; nothing was given up, try again later"
+            )
+        if verdict not in ("still_pending", "expired", "platform_not_configured"):
+            return {"reference": reference, "given_up": False, "platform_said": verdict}  # paid or declined: settled
+        given_up = False
+        with self.sessions.begin() as s:
+            changed = 0
+            if verdict != "expired":  # (the check just gave it up itself: past HUB_PAYMENT_EXPIRE_AFTER_HOURS)
+                done = s.execute(
+                    update(PAYMENTS)
+                    .where(PAYMENTS.c.reference == reference, PAYMENTS.c.status == "pending")
+                    .values(status="expired", updated_at=utcnow())
+                )
+                changed = done.rowcount  # type: ignore[attr-defined]
+            if changed:
+                given_up = self._expired(s, code, reference, amount, correlation_id)
+            outcome = {"given_up": bool(changed) or verdict == "expired", "platform_said": verdict}
+            target = {"reference": reference, "MaHoSo": code, "reason": reason}
+            actions.record(s, by, "payment_given_up", target, outcome)
+        if given_up:
+            self._on_commit()
+        log.info("payment given up by an operator", extra={"reference": reference, "operator": by, "reason": reason})
+        return {"reference": reference, **outcome}
 
     def _ask(self, when: Sequence[Any], *, limit: int, correlation_id: str) -> list[tuple[str, str]]:
         """Ask the platform about each payment matching `when` and settle what it reports, as a confirmation
