@@ -938,6 +938,57 @@ def test_operators_browse_the_dossiers_by_status_agency_and_procedure_a_page_at_
     assert "1 dead letter" in english.text and "With messages not delivered" in english.text
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_every_page_hub_shows_a_browser_passes_an_accessibility_audit(
+    console_hub: Hub, creds: Creds, browser: object, backend: str
+) -> None:
+    """axe-core (Deque's WCAG 2.x rules, as browsers' accessibility tools run them) on every page of the console,
+    in Vietnamese and in English, as an operator and as an auditor, with something on each to show, and on the
+    pages that explain hub's error codes: a form control without a name, a header cell without text, a
+    low-contrast colour or a page without a language is a violation. An operator who works with a screen reader
+    or a magnifier must be able to do all the console offers. (The API docs are Swagger UI's own page.)"""
+    from axe_playwright_python.sync_playwright import Axe
+
+    hub = console_hub
+    code = dead_letter(hub, creds)
+    Operators(hub.runtime.sessions).add("pham.kiem.tra", PASSWORD, "auditor")
+    axe = Axe()
+    base = hub.server.url
+    found: dict[str, list[str]] = {}
+
+    def audit(page: Any, name: str) -> None:
+        result = axe.run(page)
+        for v in result.response["violations"]:
+            found.setdefault(name, []).append(f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}")
+
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    for path in ("/problems", "/problems/invalid_transition", "/peer-errors", "/peer-errors/portal_unknown_dossier"):
+        page.goto(f"{base}{path}")
+        audit(page, path)
+    page.goto(f"{base}/ops/login")
+    audit(page, "login")
+    login(page, base, "tran.van.an")
+    pages = ["", "/dossiers", "/dossiers?state=undelivered", f"/dossiers/{code}", "/dead", "/payments",
+             "/documents", "/jobs", "/reports", "/actions"]  # fmt: skip
+    for lang in ("vi", "en"):
+        for path in pages:
+            page.goto(f"{base}/ops{path}{'&' if '?' in path else '?'}lang={lang}")
+            audit(page, f"{path or '/'} ({lang})")
+    page.goto(f"{base}/ops/dead?lang=vi")
+    page.check("input[name=ids]")
+    page.click("#replay-selected")  # the confirmation
+    audit(page, "confirm replay")
+    context.close()
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    login(page, base, "pham.kiem.tra")
+    page.goto(f"{base}/ops/audit")
+    audit(page, "audit")
+    context.close()
+    assert not found, found
+
+
 def test_every_word_the_console_uses_is_there_in_vietnamese_and_english() -> None:
     """A word missing in one language shows as nothing on that language's page (Jinja's undefined is empty)."""
     import glob

@@ -42,7 +42,7 @@ def _wants_html(request: Request) -> bool:
 def _page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body>{body}</body></html>",
+        f"<style>{STYLE}</style></head><body><main>{body}</main></body></html>",
         headers=CACHE,
     )
 
@@ -124,7 +124,7 @@ def router() -> APIRouter:
                 "The peers' errors",
                 "<p>What hub records when a call to another system fails: a delivery's <code>last_error_code</code>, "
                 "a problem's <code>peer_error</code>.</p>",
-                ["system", "meaning", ""],
+                ["system", "meaning", "tried again?"],
                 [(code, [e.peer, e.meaning, e.outcome]) for code, e in catalogue],
             )
         return JSONResponse({"items": [entry.as_json(code) for code, entry in catalogue]}, headers=CACHE)
