@@ -746,7 +746,8 @@ class Runtime:
 
     def _take_over(self, url: str) -> Presence | None:
         """SQLite: if no other process delivers from this database, what is in flight was left by one that died
-        (kill -9, power cut): back in line now rather than after its lease."""
+        (kill -9, power cut): back in line now rather than after its lease — and so are the payments whose creation
+        it was asking the platform for (their INIT claims), which the client's retry then makes at once."""
         path = db.sqlite_path(url)
         if path is None:
             return None
@@ -757,12 +758,20 @@ class Runtime:
             return None
         try:
             if presence.alone():
+                from hub.services.payments import release_payment_claims
+
                 with self.sessions.begin() as s:
                     released = outbox.release_all(s)
+                    claims = release_payment_claims(s)
                 if released:
                     log.warning(
                         "deliveries left in flight by a process that stopped are back in line",
                         extra={"rows": released},
+                    )
+                if claims:
+                    log.warning(
+                        "payments a process that stopped was creating at their platform can be asked for again",
+                        extra={"payments": claims},
                     )
             presence.join()
         except OSError as exc:  # a file system without flock (some network mounts): leases run out instead

@@ -5,6 +5,7 @@ receipts, and reconciliation against the daily statement — on SQLite and Postg
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -698,6 +699,61 @@ def test_a_payment_whose_pay_link_never_came_is_given_up_like_an_abandoned_one(
     assert payment_of(hub, reference)["status"] == "expired"
     made = create(hub, code)  # the one-stop system asks again, later: a new payment, with its pay link
     assert made["reference"] != reference and made["pay_url"]
+
+
+def test_hub_killed_while_creating_a_payment_makes_it_at_once_when_restarted(
+    tmp_path: Path, creds: Creds, portal_server: ServerThread, pay_server: ServerThread, platform: httpx.Client
+) -> None:
+    """Embedded mode: `hub serve` is killed (-9) while the platform is slow to answer a payment's INIT — the payment
+    written and claimed, no pay link. Started again, no other process can be creating it: the claim is cleared,
+    and the one-stop system's retry makes the payment at once, with the same reference — not a wait for the dead
+    request's claim to lapse, then a 503."""
+    import sqlite3
+    import threading
+
+    from tests.test_relay import Served
+
+    served = Served(
+        tmp_path, creds, portal_server.url,
+        HUB_PAYMENT_DVC_URL=pay_server.url, HUB_PAYMENT_DVC_PARTNER=PARTNER, HUB_PAYMENT_DVC_SECRET=SECRET,
+    )  # fmt: skip
+
+    def claimed() -> list[tuple[str, str | None]]:
+        with contextlib.closing(sqlite3.connect(tmp_path / "hub.db")) as conn:
+            return list(conn.execute("SELECT reference, init_until FROM payments"))
+
+    served.start()
+    try:
+        with httpx.Client(base_url=served.url, headers={"X-API-Key": creds.api_key}, timeout=30) as client:
+            d = dossier(21, MaTTHC="2.000635", TenTTHC="Cấp bản sao trích lục khai sinh", DanhSachLePhi=FEES)
+            code = d["MaHoSo"]
+            assert client.post("/v1/dossiers", json=d).status_code == 202
+            for status in (4, 6):
+                assert client.post(f"/v1/dossiers/{code}/progress", json=step(code, status)).status_code == 202
+            platform.post("/_sandbox/faults", json={"latency_ms": 5000}).raise_for_status()
+
+            def ask() -> None:  # its answer never comes: hub is killed first
+                with (
+                    contextlib.suppress(httpx.TransportError),
+                    httpx.Client(base_url=served.url, headers={"X-API-Key": creds.api_key}, timeout=30) as own,
+                ):
+                    own.post("/v1/payments", json={"MaHoSo": code})
+
+            threading.Thread(target=ask, daemon=True).start()
+            wait_for(lambda: bool(claimed()) and claimed()[0][1] is not None)
+        [(reference, _)] = claimed()
+        served.kill9()
+        platform.post("/_sandbox/faults", json={"latency_ms": 0}).raise_for_status()
+        served.start()
+        assert claimed() == [(reference, None)]  # cleared at start-up
+        with httpx.Client(base_url=served.url, headers={"X-API-Key": creds.api_key}, timeout=30) as client:
+            started = time.monotonic()
+            again = client.post("/v1/payments", json={"MaHoSo": code})
+            assert again.status_code == 201, again.text
+            assert time.monotonic() - started < 5
+            assert again.json()["reference"] == reference and again.json()["pay_url"]
+    finally:
+        served.stop()
 
 
 def test_a_platform_that_asks_to_wait_is_passed_on_to_the_client(hub: Hub, platform: httpx.Client) -> None:

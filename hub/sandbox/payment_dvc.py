@@ -5,6 +5,7 @@ receipt PDF, and a signed daily statement. Hashes follow the contracts' `x-hash-
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html
 import threading
@@ -116,6 +117,8 @@ def create_app(partners: dict[str, str], state: PaymentState | None = None) -> F
 
     @app.post("/api/payment")
     async def api(request: Request) -> Response:
+        if st.faults.latency_ms:  # a slow platform: every call answered this much later
+            await asyncio.sleep(st.faults.latency_ms / 1000)
         if st.faults.outage_until > time.time():
             return JSONResponse({"MaLoi": "99", "MoTaLoi": "sandbox outage"}, status_code=503)
         if (wait := rate_limited(st)) is not None:
