@@ -195,3 +195,27 @@ def loadgen(port: int, mode: str, api_key: str, **opts: Any) -> dict[str, Any]:
     if any(not str(status).startswith("2") for status in result["statuses"]):  # a rate of refusals is no figure
         raise RuntimeError(f"{mode} on :{port}: answers other than 2xx {result['statuses']}")
     return result
+
+
+def seed_runtime(tmp: Path, db_url: str, secret_key: str, api_key: str) -> Any:
+    """hub's own services on the benchmark's database (at hub's schema), no worker, one client system `bench` for
+    every agency: for seeding dossiers as the API would write them. The caller closes it."""
+    from pydantic import SecretStr
+
+    from hub.runtime import Runtime
+    from hub.settings import ClientSystem, Settings
+
+    settings = Settings(
+        var_dir=tmp,
+        database_url=db_url,
+        secret_key=SecretStr(secret_key),
+        clients=[ClientSystem(name="bench", api_key=SecretStr(api_key), agencies=["*"])],
+        national_portal_password=SecretStr("unused"),
+        national_portal_url="http://127.0.0.1:9",
+        worker_enabled=False,
+    )
+    if db_url:
+        from hub.store import db
+
+        db.upgrade(db_url)
+    return Runtime(settings, role="api", start_worker=False)

@@ -22,15 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BIN, Proc, free_port, hub_env, pg_database, wait_http
+from bench.common import BIN, Proc, free_port, hub_env, pg_database, seed_runtime, wait_http
 from hub.adapters.payment.dvc import CONFIRM_FIELDS, mac
 from hub.domain.dates import utcnow
-from hub.runtime import Runtime
-from hub.settings import ClientSystem, Settings
 from hub.store.models import Payment
 from tests.helpers import dossier, step
 
@@ -83,21 +80,8 @@ def main() -> None:
             HUB_NATIONAL_PORTAL_URL="http://127.0.0.1:9",
         )
         # seed: n dossiers in status 6, each with a pending payment, through hub's own services
-        settings = Settings(
-            var_dir=tmp,
-            database_url=db_url,
-            secret_key=SecretStr(env["HUB_SECRET_KEY"]),
-            clients=[ClientSystem(name="bench", api_key=SecretStr(key), agencies=["*"])],
-            national_portal_password=SecretStr("unused"),
-            national_portal_url="http://127.0.0.1:9",
-            worker_enabled=False,
-        )
-        if db_url:
-            from hub.store import db
-
-            db.upgrade(db_url)
-        seed = Runtime(settings, role="api", start_worker=False)
-        client = settings.clients[0]
+        seed = seed_runtime(tmp, db_url, env["HUB_SECRET_KEY"], key)
+        client = seed.settings.clients[0]
         from hub.services.schemas import DossierIn, ProgressIn
 
         paid_at = (datetime.now(UTC) + timedelta(hours=7)).strftime("%Y%m%d%H%M%S")

@@ -492,6 +492,20 @@ def _jobs_runtime() -> Any:
     return Runtime(_settings(), role="cli", start_worker=False)
 
 
+def _reason_and_actor(reason: str, by: str | None) -> tuple[str, str]:
+    """An operator's decision from the command line: its reason, required (exit 2 without one), and who decided
+    (--by, or cli:<the user running the command>)."""
+    from hub.services.actions import cli_actor
+    from hub.sync import jobs
+
+    try:
+        cleaned = jobs.clean_reason(reason)
+    except ValueError as exc:
+        err.print(f"[red]--reason is required, at most {jobs.MAX_REASON} characters: {exc}[/red]")
+        raise typer.Exit(2) from None
+    return cleaned, (by or "").strip() or cli_actor()
+
+
 class _Store:
     """Only hub's database, for the commands that read or repair the outbox: a full Runtime also builds every
     peer's client (the register's WSDL, the trust anchors...), a second of start-up a command does not use."""
@@ -666,18 +680,12 @@ def jobs_set_aside(
     then flow in their order. For a message the peer will never take and that must not be sent again (the portal
     already has what it says; it was wrong and a corrected one follows). Who, when and why are kept with it.
     Final: a message set aside is not replayed."""
-    from hub.services.actions import cli_actor
     from hub.sync import jobs
 
     if not ids and not dossier:
         err.print("[red]name dead-letter ids, or --dossier MaHoSo[/red]")
         raise typer.Exit(2)
-    try:
-        reason = jobs.clean_reason(reason)
-    except ValueError as exc:
-        err.print(f"[red]--reason is required, at most {jobs.MAX_REASON} characters: {exc}[/red]")
-        raise typer.Exit(2) from None
-    who = (by or "").strip() or cli_actor()
+    reason, who = _reason_and_actor(reason, by)
     rt = _Store()
     try:
         with rt.sessions.begin() as session:
@@ -1832,15 +1840,8 @@ def payments_give_up(
     instead. Exit 1 when it was not given up (paid or declined at the platform, not pending, or the platform
     did not answer)."""
     from hub.domain.errors import DomainError
-    from hub.services.actions import cli_actor
-    from hub.sync import jobs
 
-    try:
-        reason = jobs.clean_reason(reason)
-    except ValueError as exc:
-        err.print(f"[red]--reason is required, at most {jobs.MAX_REASON} characters: {exc}[/red]")
-        raise typer.Exit(2) from None
-    who = (by or "").strip() or cli_actor()
+    reason, who = _reason_and_actor(reason, by)
     rt = _jobs_runtime()
     try:
         result = rt.payments.give_up(

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +154,21 @@ def portal_cli_env(hub: Hub, var_dir: Path) -> dict[str, str]:
         "HUB_NATIONAL_PORTAL_USERNAME": settings.national_portal_username,
         "HUB_NATIONAL_PORTAL_PASSWORD": password,
     }
+
+
+@contextmanager
+def outage(sandbox: httpx.Client, seconds: float = 30) -> Iterator[None]:
+    """A sandbox peer down for the block (every call answered 503, as its `outage_seconds` knob does), back after."""
+    sandbox.post("/_sandbox/faults", json={"outage_seconds": seconds}).raise_for_status()
+    try:
+        yield
+    finally:
+        sandbox.post("/_sandbox/faults", json={"outage_seconds": 0}).raise_for_status()
+
+
+def a_failed_poll(hub: Hub, portal: httpx.Client) -> None:
+    """The scheduled poll of the portal run while the portal is down: a failed run, recorded as such."""
+    from hub.adapters.errors import PeerError
+
+    with outage(portal), suppress(PeerError):  # failed either way: raised, or done with the errors counted
+        hub.runtime.poll_portal()

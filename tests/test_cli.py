@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -16,10 +15,9 @@ from unittest.mock import ANY
 import httpx
 import pytest
 
-from hub.adapters.errors import PeerError
 from hub.sandbox.common import ServerThread
 from tests.conftest import Creds, Hub, HubFactory
-from tests.helpers import dossier, step, waiting_out_a_backoff
+from tests.helpers import a_failed_poll, dossier, step, waiting_out_a_backoff
 from tests.pki_helpers import Token, Trust
 
 HUB = str(Path(sys.executable).with_name("hub"))
@@ -92,12 +90,7 @@ def test_jobs_scheduled_says_how_often_each_runs_and_since_when_a_failing_one_ha
         "HUB_RECONCILE_INTERVAL": "0",
     }
     hub.runtime.poll_portal()
-    portal.post("/_sandbox/faults", json={"outage_seconds": 30}).raise_for_status()
-    try:
-        with contextlib.suppress(PeerError):  # a failed run either way (raised, or done with errors counted)
-            hub.runtime.poll_portal()
-    finally:
-        portal.post("/_sandbox/faults", json={"outage_seconds": 0}).raise_for_status()
+    a_failed_poll(hub, portal)
     listed = run(["jobs", "scheduled", "--json"], tmp_path, env)
     assert listed.returncode == 1, listed.stderr  # a job is failing
     jobs = {j["name"]: j for j in json.loads(listed.stdout)["items"]}

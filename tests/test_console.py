@@ -5,7 +5,6 @@ test-artifacts/."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import re
@@ -17,12 +16,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from hub.adapters.errors import PeerError
 from hub.console.auth import Operators
 from hub.sandbox.common import ServerThread
 from hub.store.models import Dossier
 from tests.conftest import AGENCY, Creds, Hub, HubFactory
-from tests.helpers import console_search, dossier, step, waiting_out_a_backoff
+from tests.helpers import a_failed_poll, console_search, dossier, step, waiting_out_a_backoff
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 PASSWORD = "mật-khẩu-rất-dài-123"
@@ -820,12 +818,7 @@ def test_an_operator_runs_a_sync_job_now(
     assert hub.wait_idle() == {"delivered": 1}  # on to the province's one-stop system
     # the portal down at the next poll: the run failed, and the page says since when the job has not succeeded
     succeeded_at = tab.locator("#job-poll_portal time").first.get_attribute("datetime")
-    portal.post("/_sandbox/faults", json={"outage_seconds": 30}).raise_for_status()
-    try:
-        with contextlib.suppress(PeerError):  # a failed run either way (raised, or done with errors counted)
-            hub.runtime.poll_portal()
-    finally:
-        portal.post("/_sandbox/faults", json={"outage_seconds": 0}).raise_for_status()
+    a_failed_poll(hub, portal)
     tab.reload()
     row = tab.locator("#job-poll_portal")
     assert "lỗi" in row.locator(".bad").inner_text()

@@ -26,7 +26,7 @@ from hub.sandbox.common import ServerThread
 from hub.store.models import Payment, PaymentCallback, StatusEvent
 from tests.api_helpers import as_documented, assert_problem
 from tests.conftest import PAY_PARTNER, PAY_SECRET, Creds, Hub, HubFactory
-from tests.helpers import console_as, dossier, step
+from tests.helpers import console_as, dossier, outage, step
 
 PARTNER, SECRET = PAY_PARTNER, PAY_SECRET
 HUB_BIN = str(Path(sys.executable).with_name("hub"))
@@ -321,11 +321,8 @@ def test_an_operator_gives_up_a_pay_link_so_that_a_new_payment_can_be_made(
     assert r.status_code == 202, r.text
     assert_problem(hub.http.post("/v1/payments", json={"MaHoSo": code}), 409, "payment_exists")
     assert give_up(wrong["reference"]).returncode == 2  # no reason: refused, nothing changed
-    platform.post("/_sandbox/faults", json={"outage_seconds": 30})
-    try:
+    with outage(platform):
         down = give_up(wrong["reference"], "--reason", "sai lệ phí")
-    finally:
-        platform.post("/_sandbox/faults", json={"outage_seconds": 0})
     assert down.returncode == 1 and "payment_platform_unavailable" in down.stderr, down.stderr
     assert payment_of(hub, wrong["reference"])["status"] == "pending"  # the citizen may have paid: left as it is
     done = give_up(wrong["reference"], "--reason", "sai lệ phí, đã sửa thành 5.000 đồng", "--by", "ke.toan", "--json")
@@ -643,11 +640,8 @@ def test_a_request_that_died_creating_a_payment_is_taken_over(
     from hub.services import payments
 
     code = awaiting_payment(hub, 17)
-    platform.post("/_sandbox/faults", json={"outage_seconds": 30})
-    try:
+    with outage(platform):
         assert_problem(hub.http.post("/v1/payments", json={"MaHoSo": code}), 503, "payment_platform_unavailable")
-    finally:
-        platform.post("/_sandbox/faults", json={"outage_seconds": 0})
 
     def claim(seconds: float) -> str:
         with hub.runtime.sessions.begin() as s:
@@ -681,11 +675,8 @@ def test_a_payment_whose_pay_link_never_came_is_given_up_like_an_abandoned_one(
     platform about it like any pending payment and gives it up as expired in time — it does not stay pending for
     ever, on the console's count and in the metric. A payment whose INIT is in flight is not asked about."""
     code = awaiting_payment(hub, 18)
-    platform.post("/_sandbox/faults", json={"outage_seconds": 30})
-    try:
+    with outage(platform):
         assert_problem(hub.http.post("/v1/payments", json={"MaHoSo": code}), 503, "payment_platform_unavailable")
-    finally:
-        platform.post("/_sandbox/faults", json={"outage_seconds": 0})
     with hub.runtime.sessions.begin() as s:
         p = s.scalars(select(Payment).where(Payment.dossier_code == code)).one()
         assert (p.status, p.pay_url) == ("pending", None)

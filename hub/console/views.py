@@ -750,10 +750,8 @@ def router(runtime: Any) -> APIRouter:
         reference = str(data.get("reference") or "")[:50]
         code = str(data.get("dossier") or "")[:64]
         back = f"/ops/dossiers/{quote(code, safe='')}" if code else "/ops/payments"
-        try:
-            reason = jobs.clean_reason(str(data.get("reason") or ""))
-        except ValueError:
-            request.session["flash"] = t["reason_required"].format(n=jobs.MAX_REASON)
+        reason = reason_of(request, data, t)
+        if reason is None:
             return RedirectResponse(back, status_code=303)
         if data.get("confirmed") != "yes":
             return render(
@@ -839,6 +837,14 @@ def router(runtime: Any) -> APIRouter:
         """The outbox ids ticked in a form (anything else sent as one is ignored)."""
         return [int(i) for i in data.get("ids") or [] if str(i).isascii() and str(i).isdigit()]
 
+    def reason_of(request: Request, data: dict[str, Any], t: dict[str, str]) -> str | None:
+        """The reason an operator gave for a decision, or None (and the page says it is required)."""
+        try:
+            return jobs.clean_reason(str(data.get("reason") or ""))
+        except ValueError:
+            request.session["flash"] = t["reason_required"].format(n=jobs.MAX_REASON)
+            return None
+
     def back_of(data: dict[str, Any]) -> str:
         """Where a repair form came from: a dossier's page, or the dead-letter list (nothing else: no open redirect)."""
         back = str(data.get("back") or "")
@@ -883,10 +889,8 @@ def router(runtime: Any) -> APIRouter:
         if not ids:
             request.session["flash"] = t["nothing_selected"]
             return RedirectResponse(back, status_code=303)
-        try:
-            reason = jobs.clean_reason(str(data.get("reason") or ""))
-        except ValueError:
-            request.session["flash"] = t["reason_required"].format(n=jobs.MAX_REASON)
+        reason = reason_of(request, data, t)
+        if reason is None:
             return RedirectResponse(back, status_code=303)
         if data.get("confirmed") != "yes":
             return render(
