@@ -219,3 +219,17 @@ def seed_runtime(tmp: Path, db_url: str, secret_key: str, api_key: str) -> Any:
 
         db.upgrade(db_url)
     return Runtime(settings, role="api", start_worker=False)
+
+
+def awaiting_payment(seed: Any, d: dict[str, Any]) -> None:
+    """Dossier `d` filed and walked to status 6 (payment requested) through hub's own services (`seed_runtime`)."""
+    from hub.services.schemas import DossierIn, ProgressIn
+    from tests.helpers import step
+
+    client = seed.settings.clients[0]
+    seed.dossiers.sync_dossier(client, DossierIn.model_validate(d), idempotency_key=None, correlation_id="seed")
+    for status in (4, 6):
+        seed.dossiers.add_progress(
+            client, d["MaHoSo"], ProgressIn.model_validate(step(d["MaHoSo"], status)),
+            idempotency_key=None, correlation_id="seed",
+        )  # fmt: skip

@@ -30,10 +30,20 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BIN, Proc, free_port, hub_env, pg_database, sandbox_peers, seed_runtime, wait_http
+from bench.common import (
+    BIN,
+    Proc,
+    awaiting_payment,
+    free_port,
+    hub_env,
+    pg_database,
+    sandbox_peers,
+    seed_runtime,
+    wait_http,
+)
 from hub.adapters.payment.base import PaymentOrder
 from hub.adapters.payment.dvc import DvcPaymentClient
-from tests.helpers import dossier, step
+from tests.helpers import dossier
 
 PARTNER, SECRET = "HUB-BENCH", "bench-secret-" + "x" * 20
 FEES = [{"TenPhiLePhi": "Lệ phí cấp bản sao trích lục", "MaPhiLePhi": "LPTL", "Gia": 8000}]
@@ -96,18 +106,11 @@ def main() -> None:
         )
         # seed: dossiers in status 6 (payment requested), through hub's own services
         seed = seed_runtime(tmp, db_url, env["HUB_SECRET_KEY"], key)
-        client = seed.settings.clients[0]
-        from hub.services.schemas import DossierIn, ProgressIn
 
         codes: list[str] = []
         for i in range(n + pairs):
             d = dossier(i + 1, MaTTHC="2.000635", TenTTHC="Cấp bản sao trích lục khai sinh", DanhSachLePhi=FEES)
-            seed.dossiers.sync_dossier(client, DossierIn.model_validate(d), idempotency_key=None, correlation_id="seed")
-            for status in (4, 6):
-                seed.dossiers.add_progress(
-                    client, d["MaHoSo"], ProgressIn.model_validate(step(d["MaHoSo"], status)),
-                    idempotency_key=None, correlation_id="seed",
-                )  # fmt: skip
+            awaiting_payment(seed, d)
             codes.append(str(d["MaHoSo"]))
         seed.close()
         singles, doubled = codes[:n], codes[n:]

@@ -25,11 +25,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BIN, Proc, free_port, hub_env, pg_database, seed_runtime, wait_http
+from bench.common import BIN, Proc, awaiting_payment, free_port, hub_env, pg_database, seed_runtime, wait_http
 from hub.adapters.payment.dvc import CONFIRM_FIELDS, mac
 from hub.domain.dates import utcnow
 from hub.store.models import Payment
-from tests.helpers import dossier, step
+from tests.helpers import dossier
 
 PARTNER, SECRET = "HUB-BENCH", "bench-secret-" + "x" * 20
 
@@ -81,8 +81,6 @@ def main() -> None:
         )
         # seed: n dossiers in status 6, each with a pending payment, through hub's own services
         seed = seed_runtime(tmp, db_url, env["HUB_SECRET_KEY"], key)
-        client = seed.settings.clients[0]
-        from hub.services.schemas import DossierIn, ProgressIn
 
         paid_at = (datetime.now(UTC) + timedelta(hours=7)).strftime("%Y%m%d%H%M%S")
         bodies: list[bytes] = []
@@ -93,12 +91,7 @@ def main() -> None:
                 agency, day, seq = str(d["MaHoSo"]).split("-")
                 earlier = date(2000 + int(day[:2]), int(day[2:4]), int(day[4:])) - timedelta(days=i // 9999)
                 d["MaHoSo"] = f"{agency}-{earlier:%y%m%d}-{seq}"
-            seed.dossiers.sync_dossier(client, DossierIn.model_validate(d), idempotency_key=None, correlation_id="seed")
-            for status in (4, 6):
-                seed.dossiers.add_progress(
-                    client, d["MaHoSo"], ProgressIn.model_validate(step(d["MaHoSo"], status)),
-                    idempotency_key=None, correlation_id="seed",
-                )  # fmt: skip
+            awaiting_payment(seed, d)
             reference = f"HUBBENCH{i:08d}"
             now = utcnow()
             with seed.sessions.begin() as s:
