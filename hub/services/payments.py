@@ -622,19 +622,10 @@ class PaymentService:
             )
         if verdict not in ("still_pending", "expired", "platform_not_configured"):
             return {"reference": reference, "given_up": False, "platform_said": verdict}  # paid or declined: settled
-        given_up = False
         with self.sessions.begin() as s:
-            changed = 0
-            if verdict != "expired":  # (the check just gave it up itself: past HUB_PAYMENT_EXPIRE_AFTER_HOURS)
-                done = s.execute(
-                    update(PAYMENTS)
-                    .where(PAYMENTS.c.reference == reference, PAYMENTS.c.status == "pending")
-                    .values(status="expired", updated_at=utcnow())
-                )
-                changed = done.rowcount  # type: ignore[attr-defined]
-            if changed:
-                given_up = self._expired(s, code, reference, amount, correlation_id)
-            outcome = {"given_up": bool(changed) or verdict == "expired", "platform_said": verdict}
+            # (when the check just gave it up itself, past HUB_PAYMENT_EXPIRE_AFTER_HOURS, there is nothing to do)
+            given_up = verdict != "expired" and self._expire(s, code, reference, amount, correlation_id)
+            outcome = {"given_up": given_up or verdict == "expired", "platform_said": verdict}
             target = {"reference": reference, "MaHoSo": code, "reason": reason}
             actions.record(s, by, "payment_given_up", target, outcome)
         if given_up:
@@ -700,19 +691,23 @@ class PaymentService:
             asked = utcnow()
             given_up = False
             with self.sessions.begin() as s:
-                if expired:  # only if nothing credited it meanwhile
-                    done = s.execute(
-                        update(PAYMENTS)
-                        .where(PAYMENTS.c.reference == reference, PAYMENTS.c.status == "pending")
-                        .values(status="expired", updated_at=asked)
-                    )
-                    if done.rowcount:  # type: ignore[attr-defined]
-                        log.info("payment expired unpaid", extra={"reference": reference, "platform": platform_name})
-                        given_up = self._expired(s, code, reference, amount, correlation_id)
+                if expired and self._expire(s, code, reference, amount, correlation_id):
+                    log.info("payment expired unpaid", extra={"reference": reference, "platform": platform_name})
+                    given_up = True
                 s.execute(update(PAYMENTS).where(PAYMENTS.c.reference == reference).values(last_checked_at=asked))
             if given_up:
                 self._on_commit()  # the citizen's message is in the outbox: the relay need not wait for its poll
         return outcomes
+
+    def _expire(self, s: Session, code: str, reference: str, amount: int, correlation_id: str) -> bool:
+        """Give a pending payment up (`expired`), only if nothing credited it meanwhile, and say so in its dossier's
+        history (`_expired`), in `s`'s transaction. Whether anything was given up and written."""
+        done = s.execute(
+            update(PAYMENTS)
+            .where(PAYMENTS.c.reference == reference, PAYMENTS.c.status == "pending")
+            .values(status="expired", updated_at=utcnow())
+        )
+        return bool(done.rowcount) and self._expired(s, code, reference, amount, correlation_id)  # type: ignore[attr-defined]
 
     def _expired(self, s: Session, code: str, reference: str, amount: int, correlation_id: str) -> bool:
         """A payment just given up: said in its dossier's history, in the same transaction (once, as the change of
