@@ -529,7 +529,8 @@ def jobs_scheduled(
 ) -> None:
     """The scheduled jobs (portal poll, payment checks, reconciliations, document notices, the access log's anchor,
     retention): how often each runs, its last run and outcome, and when a failing one last succeeded — the
-    console's sync-jobs page. Exit 1 when a job's last run failed (for a monitoring script)."""
+    console's sync-jobs page. Exit 1 when a job's last run failed, or a scheduled job has not succeeded for three
+    of its intervals (stale: no worker runs it), for a monitoring script."""
     from hub.console.i18n import words
     from hub.sync import jobs
 
@@ -554,13 +555,14 @@ def jobs_scheduled(
                     job["name"],
                     job["schedule"],
                     job["finished_at"] or "never",
-                    t.get(f"run:{job['outcome']}", job["outcome"]) if job["outcome"] else "—",
+                    (t.get(f"run:{job['outcome']}", job["outcome"]) if job["outcome"] else "—")
+                    + (" (stale)" if job["stale"] else ""),
                     (job["last_ok_at"] or "never") if job["failing"] else "",
                     json.dumps(job["detail"], ensure_ascii=False)[:80] if job["detail"] else "",
                 )
             )
         out.print(table)
-    if any(job["failing"] for job in found):
+    if any(job["failing"] or job["stale"] for job in found):
         raise typer.Exit(1)
 
 

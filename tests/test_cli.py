@@ -80,7 +80,8 @@ def test_jobs_scheduled_says_how_often_each_runs_and_since_when_a_failing_one_ha
 ) -> None:
     """`hub jobs scheduled`, the console's sync-jobs page for a shell or a monitoring script: each job's schedule
     in words, its last run and outcome; the portal down at a poll, the poll is failing since its last success and
-    the command exits 1; the next poll that succeeds, 0."""
+    the command exits 1; the next poll that succeeds, 0; no success for three of its intervals (no worker runs
+    it), stale, 1 again."""
     hub = hub_factory()
     hub.runtime.routes.add("000.00.17.*", "http://127.0.0.1:9")  # an agency to poll the portal for
     env = {
@@ -108,6 +109,14 @@ def test_jobs_scheduled_says_how_often_each_runs_and_since_when_a_failing_one_ha
     assert table.returncode == 1 and re.search(r"poll_portal\s.*every 2 minutes.*failed", table.stdout), table.stdout
     hub.runtime.poll_portal()  # the portal back
     assert run(["jobs", "scheduled"], tmp_path, env).returncode == 0
+    # no worker runs the poll any more: three of its intervals without a success, it is stale
+    often = {**env, "HUB_PORTAL_POLL_INTERVAL": "0.5"}
+    time.sleep(1.6)
+    stale = run(["jobs", "scheduled", "--json"], tmp_path, often)
+    assert stale.returncode == 1
+    poll = {j["name"]: j for j in json.loads(stale.stdout)["items"]}["poll_portal"]
+    assert (poll["failing"], poll["stale"], poll["schedule"]) == (False, True, "every 0.5 seconds")
+    assert not any(j["stale"] for j in json.loads(stale.stdout)["items"] if j["name"] != "poll_portal")
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])  # the same statements on SQLite: jobs retry tests both

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import literal, select, text, union_all
 from sqlalchemy.orm import Session
 
+from hub.domain.dates import utcnow
 from hub.services import actions
 from hub.store.models import Dossier, JobRun, OutboxMessage
 from hub.sync import outbox
@@ -51,16 +52,24 @@ def intervals(settings: Any) -> dict[str, float]:
     }
 
 
+STALE_AFTER = 3  # intervals without a success after which a scheduled job is stale (as the alert judges it)
+
+
 def scheduled(session: Session, settings: Any) -> list[dict[str, Any]]:
     """Each scheduled job (JOB_NAMES) with its interval in seconds (0: not scheduled; the payments' statement is
     reconciled once a day from `daily_hour`), its last run — finished_at, outcome, detail — and, when that run
-    failed, when it last succeeded: what the console's sync-jobs page and `hub jobs scheduled` show."""
+    failed, when it last succeeded: what the console's sync-jobs page and `hub jobs scheduled` show. `stale`: a
+    scheduled job that has not succeeded for STALE_AFTER of its intervals (the alert HubScheduledJobStale's rule):
+    failing, or not run at all — no worker running it, or maintenance mode."""
     every = intervals(settings)
+    now = utcnow()
     found = []
     for name in JOB_NAMES:
         run = last_run(session, name)
         failing = run is not None and run.outcome != "ok"
         ok = last_run(session, name, ok_only=True) if failing else run
+        since = ok.finished_at if ok is not None else (run.started_at if run is not None else None)
+        stale = every[name] > 0 and since is not None and (now - since).total_seconds() > STALE_AFTER * every[name]
         found.append(
             {
                 "name": name,
@@ -71,6 +80,7 @@ def scheduled(session: Session, settings: Any) -> list[dict[str, Any]]:
                 "detail": run.detail if run else None,
                 "failing": failing,
                 "last_ok_at": ok.finished_at.isoformat(timespec="seconds") if ok else None,
+                "stale": stale,
             }
         )
     return found
@@ -252,8 +262,6 @@ def retry(
 def _purgeable(older_than_days: float) -> Any:
     from datetime import timedelta
 
-    from hub.domain.dates import utcnow
-
     cutoff = utcnow() - timedelta(days=older_than_days)
     return (OutboxMessage.state == outbox.DELIVERED) & (OutboxMessage.created_at < cutoff)
 
@@ -287,7 +295,6 @@ def purge_history(session: Session, *, older_than_days: float, batch: int = 5000
 
     from sqlalchemy import delete
 
-    from hub.domain.dates import utcnow
     from hub.store.models import Exchange, IdempotencyRecord, JobRun
 
     cutoff = utcnow() - timedelta(days=older_than_days)
@@ -325,8 +332,6 @@ def peers_status(
     `history`: where the delivered rows (a month of a province's: millions, an index-only count of 0.25 s a million)
     are counted at most once a minute — the console's overview; `hub peers status` counts them now."""
     from sqlalchemy import func
-
-    from hub.domain.dates import utcnow
 
     now = utcnow()
     peers: dict[str, dict[str, Any]] = {}
