@@ -688,6 +688,18 @@ def test_a_payment_whose_pay_link_never_came_is_given_up_like_an_abandoned_one(
         s.scalars(select(Payment).where(Payment.reference == reference)).one().init_until = None
     assert hub.runtime.payments.check_pending(correlation_id="t") == {"expired": 1}
     assert payment_of(hub, reference)["status"] == "expired"
+    # an operator can ask the platform about it from the console, as about any payment (it has no pay link)
+    operator = console_as(hub, "ke.toan.4", "operator")
+    page = operator.get(f"/ops/dossiers/{code}").text
+    assert f'name="reference" value="{reference}"><input type="hidden" name="dossier"' in page
+    assert 'class="ask-platform"' in page
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    asked = operator.post(
+        "/ops/payments/check", data={"csrf": token.group(1), "reference": reference, "dossier": code},
+        follow_redirects=True,
+    )  # fmt: skip
+    assert "Nền tảng vẫn chưa ghi nhận thanh toán" in asked.text
     made = create(hub, code)  # the one-stop system asks again, later: a new payment, with its pay link
     assert made["reference"] != reference and made["pay_url"]
 
