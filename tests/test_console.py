@@ -49,6 +49,14 @@ def shot(page: object, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"console-{name}.png"), full_page=True)  # type: ignore[attr-defined]
 
 
+def accessibility_violations(page: Any) -> list[str]:
+    """What axe-core (WCAG 2.x rules; ADR 0051) finds wrong on the page as it stands: rule, impact, first elements."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    found = Axe().run(page).response["violations"]
+    return [f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}" for v in found]
+
+
 def login(page: object, base: str, user: str, password: str = PASSWORD) -> None:
     page.goto(f"{base}/ops")  # type: ignore[attr-defined]
     page.fill("input[name=username]", user)  # type: ignore[attr-defined]
@@ -668,9 +676,11 @@ def test_an_operator_settles_a_payment_whose_callback_was_lost(
     assert payment["reference"] in listed and "8.000\u00a0đ" in listed and "đang chờ thanh toán" in listed
     refused = page.locator("#refused").inner_text()  # newest first; a forged one is not credited to any payment
     assert refused.index("04") < refused.index("97 MaXacThuc does not verify") and payment["reference"] in refused
+    assert accessibility_violations(page) == []  # the payments page, with refused callbacks
     page.click(f"text={code}")
     shown = page.locator("#payments").inner_text()
     assert "đang chờ thanh toán" in shown and "bị từ chối" in shown and "04 amount 7000 VND differs" in shown
+    assert accessibility_violations(page) == []  # a pending payment's forms: ask the platform, give the link up
     shot(page, "payment-pending")
     page.click(".ask-platform")
     flash = page.locator("#flash").inner_text()
@@ -940,19 +950,15 @@ def test_every_page_hub_shows_a_browser_passes_an_accessibility_audit(
     pages that explain hub's error codes: a form control without a name, a header cell without text, a
     low-contrast colour or a page without a language is a violation. An operator who works with a screen reader
     or a magnifier must be able to do all the console offers. (The API docs are Swagger UI's own page.)"""
-    from axe_playwright_python.sync_playwright import Axe
-
     hub = console_hub
     code = dead_letter(hub, creds)
     Operators(hub.runtime.sessions).add("pham.kiem.tra", PASSWORD, "auditor")
-    axe = Axe()
     base = hub.server.url
     found: dict[str, list[str]] = {}
 
     def audit(page: Any, name: str) -> None:
-        result = axe.run(page)
-        for v in result.response["violations"]:
-            found.setdefault(name, []).append(f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}")
+        if seen := accessibility_violations(page):
+            found[name] = seen
 
     context = browser.new_context()  # type: ignore[attr-defined]
     page = context.new_page()
