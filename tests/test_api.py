@@ -84,6 +84,31 @@ def test_idempotency_key_reused_for_another_request_is_refused(hub: Hub) -> None
     assert rows(hub) == before
 
 
+def test_an_empty_or_unprintable_idempotency_key_is_refused_and_spends_nothing(hub: Hub) -> None:
+    """A one-stop system whose template sends `Idempotency-Key:` with its variable missing: were the empty key
+    taken, the first dossier would use it up and every later one be refused as its reuse. It is refused at once,
+    as is a key of non-ASCII bytes (headers are ASCII; its bytes would be read as Latin-1) or of control
+    characters, and a key sent right afterwards works."""
+    before = rows(hub)
+    for key in (b"", "khóa".encode(), b"\xff\xfe", b"a" * 201):
+        r = hub.http.post("/v1/dossiers", json=dossier(5), headers={"Idempotency-Key": key})
+        assert_problem(r, 422, "invalid_idempotency_key")
+        assert r.json()["errors"][0]["loc"] == ["header", "idempotency-key"]
+    assert rows(hub) == before
+    d = dossier(5)
+    ok = [hub.http.post("/v1/dossiers", json=d, headers={"Idempotency-Key": b"a" * 200}) for _ in range(2)]
+    assert [r.status_code for r in ok] == [202, 202] and ok[0].json() == ok[1].json()
+    assert_problem(
+        hub.http.post("/v1/dossiers", json=dossier(6), headers={"Idempotency-Key": b"a" * 200}),
+        409,
+        "idempotency_key_reused",
+    )
+    # the OpenAPI document says what a key may be
+    spec = hub.http.get("/openapi.json").json()["paths"]["/v1/dossiers"]["post"]["parameters"]
+    key = next(p for p in spec if p["name"] == "idempotency-key")
+    assert key["schema"]["anyOf"][0]["pattern"] and key["schema"]["anyOf"][0]["maxLength"] == 200
+
+
 def test_a_request_repeated_without_a_key_is_the_latest_change_again(hub: Hub) -> None:
     """A one-stop system that retries after a lost answer but sends no Idempotency-Key: the repeat is answered
     with the change it repeats and nothing is relayed twice — also after the dossier reached a final status,

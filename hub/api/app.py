@@ -62,6 +62,10 @@ from hub.services.schemas import (
 from hub.settings import ClientSystem, Settings
 
 IDEMPOTENCY_KEY_MAX = 200
+# printable ASCII, at least one character once the server has trimmed the spaces around it: an empty header (a
+# client's template with its variable missing) would otherwise be one key "" shared by every later request, each
+# refused as a reuse of the first one's key
+IDEMPOTENCY_KEY_FORM = r"^[\x20-\x7e]+$"
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {"description": "unchanged since the ETag given in If-None-Match"}
 }
@@ -232,7 +236,12 @@ Signatures = Annotated[ClientSystem, Security(_client, scopes=["hub:signatures"]
 # read by the operation itself, not through a dependency of its own: one fewer for FastAPI to solve per request
 IdemKey = Annotated[
     str | None,
-    Header(alias="idempotency-key", max_length=IDEMPOTENCY_KEY_MAX, description="repeat it to repeat a request safely"),
+    Header(
+        alias="idempotency-key",
+        max_length=IDEMPOTENCY_KEY_MAX,
+        pattern=IDEMPOTENCY_KEY_FORM,
+        description="repeat it to repeat a request safely: 1 to 200 printable ASCII characters (a UUID, say)",
+    ),
 ]
 # a dossier code in a path, with the documentation examples' dossier as its example
 DossierPath = Annotated[str, Path(examples=[examples.BIRTH], description="MaHoSo")]

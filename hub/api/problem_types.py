@@ -156,6 +156,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "idempotency_key_reused": ProblemType((409,), "Conflict", "This Idempotency-Key was used for a different "
         "request; a key names one request, and repeating it repeats that request's answer.", FIX,
         "Use a new key for a new request; resend exactly the first request to get its answer."),
+    "invalid_idempotency_key": ProblemType((422,), "Invalid request", "The Idempotency-Key header is empty, longer "
+        "than 200 characters or holds characters other than printable ASCII; nothing was done.", FIX,
+        "Send a key of your own for each request (a UUID, say), the same one when you repeat that request."),
     # -- documents to other agencies (edXML) -------------------------------------------------------------------
     "invalid_edxml": ProblemType((422,), "Unprocessable Entity", "The document's envelope cannot be built as "
         "contracts/edxml/edxml.xsd requires (a field too long, a receiver code malformed…).", FIX, CORRECT),

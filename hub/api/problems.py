@@ -37,6 +37,7 @@ FIELD_CODES = {
     "ThoiDiemXuLy": "invalid_date",
     "NgayBatDau": "invalid_date",
     "NgayKetThucTheoQuyDinh": "invalid_date",
+    "idempotency-key": "invalid_idempotency_key",
 }
 STATUS_CODES = {
     401: "unauthenticated",
