@@ -400,6 +400,94 @@ def test_migrations_build_exactly_the_schema_the_code_declares(kind: str, tmp_pa
             drop_pg_database(url)
 
 
+# `hub db upgrade` (as every `hub serve` runs it at start) in a process of its own that is killed (SIGKILL: a crash, a
+# power cut) the moment SQLite is handed the statement starting with argv[3]
+_UPGRADE_KILLED_AT = """
+import os, signal, sys
+import sqlalchemy
+from sqlalchemy import event
+from hub.store import db
+made = sqlalchemy.create_engine
+def killing(*args, **kwargs):
+    engine = made(*args, **kwargs)
+    @event.listens_for(engine, "connect")
+    def _trace(dbapi_connection, _record):
+        def seen(sql):
+            if sql.lstrip().startswith(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)
+        dbapi_connection.set_trace_callback(seen)
+    return engine
+sqlalchemy.create_engine = db.create_engine = killing
+db.upgrade(sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize(
+    ("start", "to", "killed_at"),
+    [
+        # 0021 adds nine triggers, one statement each
+        ("0020", "0021", "CREATE TRIGGER edoc_notices_no_update"),
+        # 0009 rebuilds the payments table: a copy made, the rows copied into it, the old one dropped, the copy renamed
+        ("0008", "0009", "INSERT INTO _alembic_tmp_payments"),
+        ("0008", "0009", "ALTER TABLE _alembic_tmp_payments RENAME"),
+    ],
+)
+def test_an_upgrade_killed_half_way_leaves_the_database_as_it_was_and_is_run_again(
+    tmp_path: Path, start: str, to: str, killed_at: str
+) -> None:
+    """A province upgrades hub; the first `hub serve` migrates its SQLite database and the machine loses power
+    half-way. The schema is as it was before (not some of a migration's tables or triggers with the old revision,
+    on which the next start failed with "already exists"), every row is still there, and the next start upgrades."""
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    db.upgrade(url, start)
+    raw = sqlite3.connect(tmp_path / "hub.db")
+
+    def schema() -> list[tuple[str, str]]:
+        return raw.execute("SELECT type, name FROM sqlite_master ORDER BY type, name").fetchall()
+
+    payments = [c[1] for c in raw.execute("PRAGMA table_info(payments)") if c[3]]  # its NOT NULL columns
+    values = {
+        c: ("2026-12-07 00:00:00" if c.endswith("_at") else 1 if c in ("id", "amount") else f"v-{c}") for c in payments
+    }
+    with raw:
+        raw.execute(
+            f"INSERT INTO payments ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",  # noqa: S608 - its own column names
+            list(values.values()),
+        )
+    before = schema()
+    killed = subprocess.run(
+        [sys.executable, "-c", _UPGRADE_KILLED_AT, url, to, killed_at], check=False, capture_output=True, text=True
+    )
+    assert killed.returncode == -9, killed.stderr  # it got as far as that statement
+    assert schema() == before
+    assert db.stored_revision(db.make_engine(url)) == start
+    assert raw.execute("SELECT count(*) FROM payments").fetchone() == (1,)
+    assert db.upgrade(url) == (start, db.code_head())
+    assert raw.execute("SELECT reference FROM payments").fetchall() == [(values["reference"],)]
+    raw.close()
+
+
+def test_processes_starting_at_once_on_a_new_sqlite_database_all_start(tmp_path: Path) -> None:
+    """Several `hub serve` processes on one SQLite file, started together (by their supervisor, after a reboot):
+    each upgrades the database at start; the first builds the schema, the others wait for it and find nothing
+    left to do, instead of failing on tables another process had just made."""
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    code = "import sys; from hub.store import db; print(db.upgrade(sys.argv[1])[1])"
+    starting = [
+        subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    done = [p.communicate(timeout=60) for p in starting]
+    assert [(p.returncode, out.strip()) for p, (out, _) in zip(starting, done, strict=True)] == [
+        (0, db.code_head())
+    ] * 3, done
+    assert db.upgrade(url) == (db.code_head(), db.code_head())
+
+
 def test_a_prebuilt_insert_needs_every_value_it_sends() -> None:
     """Prebuilt SQL (ADR 0018) skips SQLAlchemy at run time, so a column default SQLAlchemy would compute per row
     (a Python-side `default=`) cannot happen: such a statement is refused when built, not on its first row."""

@@ -492,6 +492,28 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+def migrations_engine(url: str) -> Engine:
+    """The engine alembic migrates with. On SQLite, Python's driver runs DDL outside any transaction (it opens one
+    only before an INSERT, UPDATE or DELETE), so a migration killed half-way (a crash, a power cut, a full disk)
+    left its first tables or triggers in place and its revision not written: the next start failed on "already
+    exists" — or, in a table that alembic rebuilds (copy, drop the old, rename the copy), with the table gone. Here
+    the driver leaves transactions to us and every migration of the run goes into one BEGIN IMMEDIATE … COMMIT, as on
+    PostgreSQL (`transactional_ddl`, env.py): a killed upgrade leaves the schema as it found it, and a second process
+    upgrading at the same moment waits for the first, then finds nothing left to do."""
+    engine = create_engine(url, poolclass=NullPool)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # no implicit transactions: ours, below, hold the DDL too
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            begin_immediate(conn.connection.driver_connection.execute)
+
+    return engine
+
+
 def code_head() -> str:
     """The revision of the code's newest migration, read from the migrations' file names (`0001_…`, `0002_…`: one
     line of history, each file's revision its number; a test holds this to alembic's own head) — without

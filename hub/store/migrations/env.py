@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
 
+from hub.store.db import migrations_engine
 from hub.store.models import Base
 
 config = context.config
@@ -18,9 +18,13 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    connectable = create_engine(config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool)
+    connectable = migrations_engine(config.get_main_option("sqlalchemy.url") or "")
     with connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        # one transaction for the whole run on SQLite as on PostgreSQL (alembic takes SQLite's DDL to be outside
+        # transactions, which it is only with the driver's defaults; migrations_engine takes them away)
+        context.configure(
+            connection=connection, target_metadata=target_metadata, render_as_batch=True, transactional_ddl=True
+        )
         with context.begin_transaction():
             context.run_migrations()
 
