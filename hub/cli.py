@@ -414,8 +414,8 @@ def db_grant(
 @cli.command()
 def check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Ask every system hub depends on whether it answers as hub needs (before going live, after a change):
-    database schema, commits synced and room on its disk, broker, the portal accepting hub's credentials, peers
-    reachable, hub's own signature passing its verifier, identity providers' keys. Exit 1 if any check fails."""
+    database schema, commits synced and room on its disk, broker, the portal and the payment platforms accepting
+    hub's credentials, peers reachable, hub's own signature passing its verifier, identity providers' keys. Exit 1 if any check fails."""
     from hub.services import preflight
 
     rt = _jobs_runtime()

@@ -661,6 +661,7 @@ def test_check_asks_every_system_and_says_what_fails(
     assert "keep their personal data for ever" in status["personal_data_retention"][1]  # dev: said, not a warning
     assert "XAdES-B-T" in status["signing"][1] and "signed in as hub-test" in status["national_portal"][1]
     assert "hub's key accepted; no status notice waiting" in status["document_exchange"][1]
+    assert "hub's partner code and key accepted" in status["payment_dvc"][1]
     assert status["access_log"][0] == "warn" and "database's volume" in status["access_log"][1]  # both under var/
     import sqlite3
 
@@ -673,7 +674,8 @@ def test_check_asks_every_system_and_says_what_fails(
         ["check"],
         tmp_path,
         {**env, "HUB_NATIONAL_PORTAL_PASSWORD": "wrong-password", "HUB_POPULATION_URL": "http://127.0.0.1:9/ws",
-         "HUB_DOCUMENT_EXCHANGE_API_KEY": "not-the-platforms-key"},
+         "HUB_DOCUMENT_EXCHANGE_API_KEY": "not-the-platforms-key",
+         "HUB_PAYMENT_DVC_SECRET": "not-the-platforms-secret"},
     )  # fmt: skip
     exchange.stop()
     assert bad.returncode == 1, bad.stdout
@@ -695,6 +697,9 @@ def test_check_asks_every_system_and_says_what_fails(
     assert "FAIL" in lines["national_portal"] and "peer_auth_failed" in lines["national_portal"]
     assert "FAIL" in lines["population"] and " ok " in lines["signing"]
     assert "FAIL" in lines["document_exchange"] and "edoc_auth_failed" in lines["document_exchange"]
+    # a payment secret the platform does not hold is found now, not by the first citizen who pays
+    assert "FAIL" in lines["payment_dvc"] and "peer_auth_failed" in lines["payment_dvc"]
+    assert "HUB_PAYMENT_DVC_SECRET" in bad.stdout
 
 
 def test_check_signs_through_the_token_and_long_term_when_so_configured(

@@ -818,6 +818,31 @@ def test_a_platform_down_or_throttling_is_asked_once_a_check_not_once_a_payment(
         platform.post("/_sandbox/faults", json={"rate_limit_seconds": 0})
 
 
+def test_a_partner_secret_the_platform_does_not_hold_is_told_apart(
+    hub_factory: HubFactory, pay_server: ServerThread, platform: httpx.Client
+) -> None:
+    """A province whose HUB_PAYMENT_DVC_SECRET is not the one the platform holds: the platform refuses every
+    message's MaXacThuc (MaLoi 97). The client is answered 503 with peer_error `peer_auth_failed` — the operators'
+    to fix, as `/peer-errors/peer_auth_failed` says — not a refusal of the payment itself (`peer_http_4xx`), and the
+    scheduled check asks once for all its payments, not once a payment."""
+    h = hub_factory(
+        payment_dvc_url=pay_server.url,
+        payment_dvc_partner=PARTNER,
+        payment_dvc_secret="not-the-platforms-secret-0123",
+        payment_query_after_seconds=0,
+        payment_check_interval=0,
+    )
+    for n in (71, 72):
+        problem = assert_problem(h.http.post("/v1/payments", json={"MaHoSo": awaiting_payment(h, n)}), 503,
+                                 "payment_platform_unavailable")  # fmt: skip
+        assert problem["peer_error"] == "peer_auth_failed", problem
+    assert h.http.get("/peer-errors/peer_auth_failed").json()["retried"] is True
+    with h.runtime.sessions() as s:
+        refs = list(s.scalars(select(Payment.reference)))
+    assert len(refs) == 2 and platform.get("/_sandbox/payments").json()["items"] == []
+    assert h.runtime.payments.check_pending(correlation_id="t", references=refs) == {"errors": 1, "not_asked": 1}
+
+
 def test_a_statement_line_breaking_the_contract_is_the_platforms_fault(hub: Hub, platform: httpx.Client) -> None:
     """A signed statement whose line carries an impossible time: reconciliation stops with the platform's error
     (503 payment_platform_unavailable, peer code peer_malformed_reply), not with an error of hub's own."""

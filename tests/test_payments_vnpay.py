@@ -186,3 +186,19 @@ def test_a_gateway_throttling_its_query_api_is_asked_once_until_its_wait_is_over
         gateway.post("/_sandbox/faults", json={"drop_callback": False})
     time.sleep(2.1)
     assert check(correlation_id="t", references=refs) == {"applied": 1, "still_pending": 2}
+
+
+def test_a_key_the_gateway_does_not_hold_is_told_apart_and_asked_once(hub: Hub, gateway: httpx.Client) -> None:
+    """The gateway holds another key for hub's terminal (it was changed at the gateway's portal and not in hub's
+    settings): querydr answers 97 (invalid checksum), unsigned. That is said as hub's credentials refused —
+    the operators' to fix, naming the settings — not as a forged answer, and the check of pending payments asks once
+    for all of them."""
+    from hub.adapters.errors import PeerAuthFailed
+
+    payments = [pay(hub, awaiting_payment(hub, 80 + i)) for i in range(2)]
+    gateway.post("/_sandbox/merchants", json={"tmn": TMN, "secret": secrets.token_hex(16), "ipn_url": "http://x/"})
+    with pytest.raises(PeerAuthFailed) as refused:
+        hub.runtime.payment_platforms["vnpay"].query(payments[0]["reference"], correlation_id="t")
+    assert refused.value.code == "peer_auth_failed" and "HUB_PAYMENT_VNPAY_SECRET" in str(refused.value)
+    refs = [p["reference"] for p in payments]
+    assert hub.runtime.payments.check_pending(correlation_id="t", references=refs) == {"errors": 1, "not_asked": 1}

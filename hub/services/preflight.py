@@ -190,6 +190,19 @@ def run(rt: Runtime) -> list[Check]:
         notices = "status notices are waiting" if waiting else "no status notice waiting"
         return "ok", f"{s.effective_document_exchange_url}: hub's key accepted; {notices}"
 
+    def payment(platform: Any, url: str) -> Callable[[], tuple[str, str]]:
+        def probe() -> tuple[str, str]:
+            """The platform takes hub's partner code and key: asked about a payment hub never made (no payment is
+            made), it answers that it has none, where a wrong secret is refused (PeerAuthFailed, said as the
+            failure) — found before the first citizen's payment is, not by it."""
+            reference = f"HUBCHECK{uuid.uuid4().hex[:12].upper()}"
+            found = platform.query(reference, correlation_id=correlation)
+            if found.status != "unknown":
+                return "warn", f"{url}: asked about {reference}, which hub never made, it answered {found.status!r}"
+            return "ok", f"{url}: hub's partner code and key accepted (asked about a payment it has not got)"
+
+        return probe
+
     def smtp() -> tuple[str, str]:
         if not s.smtp_host:
             return "skip", "HUB_SMTP_HOST not set: no email to citizens"
@@ -276,6 +289,10 @@ def run(rt: Runtime) -> list[Check]:
             name = f"tls_client_certificate:{whose}" if whose else "tls_client_certificate"
             check(name, lambda cert=cert: _client_certificate(cert, datetime.now(UTC)))  # type: ignore[misc]
         for name, url in {"population": s.effective_population_url, **_peer_urls(rt)}.items():
+            platform = rt.payment_platforms.get(name.removeprefix("payment_")) if name.startswith("payment_") else None
+            if platform is not None and not (name == "payment_vnpay" and not s.payment_vnpay_api_url):
+                check(name, payment(platform, url))
+                continue
             tls, with_cert = s.tls_context_for(name), s.tls_client_cert_for(name) is not None
             check(name, lambda url=url, tls=tls, c=with_cert: _reachable(url, timeout, tls, with_cert=c))  # type: ignore[misc]
         check("document_exchange", document_exchange)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from hub.adapters.errors import PeerProtocolError, PeerRejected, PeerUnavailable, reply_parsed
+from hub.adapters.errors import PeerAuthFailed, PeerProtocolError, PeerRejected, PeerUnavailable, reply_parsed
 from hub.adapters.http import json_object, parse_json, post_checked
 from hub.adapters.payment.base import (
     Callback,
@@ -36,6 +36,18 @@ CONFIRM_FIELDS = ["LoaiBanTin", "MaLoi", "MaDoiTac", "MaThamChieu", "SoTien", "M
 QUERY_FIELDS = ["LoaiBanTin", "PhienBan", "MaDoiTac", "MaThamChieu", "ThoiGianGD"]
 QUERY_REPLY_FIELDS = ["MaLoi", "MaDoiTac", "MaThamChieu", "TrangThaiGD", "SoTien", "MaGiaoDich"]
 MAX_CALLBACK_BYTES = 16 * 1024
+
+
+REFUSED_MAC = "97"  # MaLoi: the message's MaXacThuc does not verify, or the partner is unknown to the platform
+
+
+def _said(text: Any) -> dict[str, Any]:
+    """A refusal's JSON object, or nothing (it may be HTML from a proxy, or cut off)."""
+    try:
+        said = parse_json(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    return said if isinstance(said, dict) else {}
 
 
 def whole_dong(value: Any) -> int | None:
@@ -82,7 +94,26 @@ class DvcPaymentClient:
     # -- outbound --------------------------------------------------------------------------------------------
 
     def _post(self, path: str, body: dict[str, Any], correlation_id: str) -> httpx.Response:
-        return post_checked(self._http, path, body, peer=PEER, correlation_id=correlation_id)
+        try:
+            r = post_checked(self._http, path, body, peer=PEER, correlation_id=correlation_id)
+        except PeerRejected as exc:
+            said = _said(exc.reply)
+            if said.get("MaLoi") == REFUSED_MAC:
+                raise self._refused(said) from None
+            raise
+        if r.headers.get("content-type", "").startswith("application/json"):
+            said = _said(r.text)
+            if said.get("MaLoi") == REFUSED_MAC:  # the same refusal, answered 200
+                raise self._refused(said)
+        return r
+
+    def _refused(self, said: dict[str, Any]) -> PeerAuthFailed:
+        return PeerAuthFailed(
+            PEER,
+            f"the platform refused hub's MaXacThuc (MaLoi 97 {str(said.get('MoTaLoi', ''))[:100]}): partner "
+            f"{self.partner!r} (HUB_PAYMENT_DVC_PARTNER) or HUB_PAYMENT_DVC_SECRET is not what the platform holds",
+            reply=said,
+        )
 
     def _json(self, r: httpx.Response, path: str) -> dict[str, Any]:
         return json_object(r, peer=PEER, what=path)

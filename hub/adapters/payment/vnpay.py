@@ -15,7 +15,7 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from hub.adapters.errors import PeerProtocolError, PeerRejected, PeerUnavailable, reply_parsed
+from hub.adapters.errors import PeerAuthFailed, PeerProtocolError, PeerRejected, PeerUnavailable, reply_parsed
 from hub.adapters.http import json_object, post_checked
 from hub.adapters.payment.base import Callback, CallbackRejected, Created, PaymentOrder, QueryResult, StatementLine
 from hub.domain.dates import format_national, parse_national, utcnow
@@ -150,6 +150,13 @@ class VnpayClient:
         reply = self._post("/merchant_webapi/api/transaction", body, correlation_id)
         if reply.get("vnp_ResponseCode") == "91":  # transaction not found
             return QueryResult("unknown", None, None, None)
+        if reply.get("vnp_ResponseCode") == "97":  # the request's checksum does not verify (it is not signed)
+            raise PeerAuthFailed(
+                PEER,
+                f"the gateway refused hub's vnp_SecureHash (97 {str(reply.get('vnp_Message', ''))[:100]}): merchant "
+                f"{self.merchant!r} (HUB_PAYMENT_VNPAY_MERCHANT) or HUB_PAYMENT_VNPAY_SECRET is not what it holds",
+                reply=reply,
+            )
         expected = pipe_sign([str(reply.get(f, "")) for f in QUERY_REPLY_FIELDS], self._secret)
         if not same_text(str(reply.get("vnp_SecureHash", "")), expected):
             raise PeerProtocolError(
