@@ -415,7 +415,8 @@ def db_grant(
 def check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Ask every system hub depends on whether it answers as hub needs (before going live, after a change):
     database schema, commits synced and room on its disk, broker, the portal and the payment platforms accepting
-    hub's credentials, peers reachable, hub's own signature passing its verifier, identity providers' keys. Exit 1 if any check fails."""
+    hub's credentials, peers and the routed one-stop systems reachable, hub's own signature passing its verifier,
+    identity providers' keys. Exit 1 if any check fails."""
     from hub.services import preflight
 
     rt = _jobs_runtime()

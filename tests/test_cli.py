@@ -617,6 +617,7 @@ def test_check_asks_every_system_and_says_what_fails(
     portal_server: ServerThread,
     population_server: ServerThread,
     pay_server: ServerThread,
+    onestop_server: ServerThread,
     trust: Trust,
 ) -> None:
     import shutil
@@ -645,6 +646,7 @@ def test_check_asks_every_system_and_says_what_fails(
         "HUB_OAUTH_ISSUER": f"{trust.server.url}/idp",
     }
     assert run(["db", "upgrade"], tmp_path, env).returncode == 0
+    assert run(["routes", "add", "000.00.17.*", onestop_server.url], tmp_path, env).returncode == 0
     good = run(["check", "--json"], tmp_path, env)
     assert good.stdout.startswith("{"), good.stderr
     report = json.loads(good.stdout)
@@ -655,13 +657,16 @@ def test_check_asks_every_system_and_says_what_fails(
     assert "ms (median of 20)" in status["durability"][1]
     assert status["disk"][0] in ("ok", "warn") and "MiB free on the database's volume" in status["disk"][1]
     assert {name for name, (state, _) in status.items() if state == "ok" and name not in ("durability", "disk")} == {
-        "database", "national_portal", "population", "payment_dvc", "document_exchange", "signing",
+        "database", "national_portal", "population", "payment_dvc", "document_exchange", "signing", "one_stop",
         "identity_provider", "authorization_server", "access_log_key", "personal_data_retention",
     }  # fmt: skip
     assert "keep their personal data for ever" in status["personal_data_retention"][1]  # dev: said, not a warning
     assert "XAdES-B-T" in status["signing"][1] and "signed in as hub-test" in status["national_portal"][1]
     assert "hub's key accepted; no status notice waiting" in status["document_exchange"][1]
     assert "hub's partner code and key accepted" in status["payment_dvc"][1]
+    assert status["one_stop"][1] == f"{onestop_server.url}: HTTP 404 (serves 000.00.17.*)"
+    # a route to a one-stop system that is not there (a mistyped address): found now, not by a dead letter
+    assert run(["routes", "add", "000.00.12.H29", "http://127.0.0.1:9"], tmp_path, env).returncode == 0
     assert status["access_log"][0] == "warn" and "database's volume" in status["access_log"][1]  # both under var/
     import sqlite3
 
@@ -700,6 +705,7 @@ def test_check_asks_every_system_and_says_what_fails(
     # a payment secret the platform does not hold is found now, not by the first citizen who pays
     assert "FAIL" in lines["payment_dvc"] and "peer_auth_failed" in lines["payment_dvc"]
     assert "HUB_PAYMENT_DVC_SECRET" in bad.stdout
+    assert " ok " in lines["one_stop:000.00.17.*"] and "FAIL" in lines["one_stop:000.00.12.H29"]
 
 
 def test_check_signs_through_the_token_and_long_term_when_so_configured(

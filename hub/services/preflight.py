@@ -295,6 +295,7 @@ def run(rt: Runtime) -> list[Check]:
                 continue
             tls, with_cert = s.tls_context_for(name), s.tls_client_cert_for(name) is not None
             check(name, lambda url=url, tls=tls, c=with_cert: _reachable(url, timeout, tls, with_cert=c))  # type: ignore[misc]
+        one_stop_systems(check, rt, timeout)
         check("document_exchange", document_exchange)
         check("email", smtp)
         check("signing", signing)
@@ -308,6 +309,30 @@ def run(rt: Runtime) -> list[Check]:
     finally:
         correlation_id.reset(cid)
     return checks
+
+
+def one_stop_systems(check: Callable[[str, Callable[[], tuple[str, str]]], None], rt: Runtime, timeout: float) -> None:
+    """The one-stop systems the down-flow routing table sends to (`hub routes`), each reached once, with the agency
+    codes it serves: a route to a mistyped address would otherwise be found by the first dossier filed at the
+    portal, as a dead letter."""
+    from hub.services.routes import Routes
+
+    served: dict[str, list[str]] = {}
+    for route in Routes(rt.sessions).all():
+        served.setdefault(route["endpoint"], []).append(route["agency_pattern"])
+    if not served:
+        check("one_stop", lambda: ("skip", "no down-flow route (`hub routes add AGENCY URL`): dossiers the national "
+                                   "portal passes on reach no one-stop system"))  # fmt: skip
+        return
+    s = rt.settings
+    tls, with_cert = s.tls_context_for("one_stop"), s.tls_client_cert_for("one_stop") is not None
+    for endpoint, patterns in served.items():
+
+        def probe(endpoint: str = endpoint, patterns: list[str] = patterns) -> tuple[str, str]:
+            status, detail = _reachable(endpoint, timeout, tls, with_cert=with_cert)
+            return status, f"{detail} (serves {', '.join(patterns)})"
+
+        check("one_stop" if len(served) == 1 else f"one_stop:{patterns[0]}", probe)
 
 
 def _peer_urls(rt: Runtime) -> dict[str, str]:
