@@ -469,23 +469,40 @@ def test_an_upgrade_killed_half_way_leaves_the_database_as_it_was_and_is_run_aga
     raw.close()
 
 
-def test_processes_starting_at_once_on_a_new_sqlite_database_all_start(tmp_path: Path) -> None:
-    """Several `hub serve` processes on one SQLite file, started together (by their supervisor, after a reboot):
-    each upgrades the database at start; the first builds the schema, the others wait for it and find nothing
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_processes_upgrading_a_new_database_at_once_all_succeed(kind: str, tmp_path: Path) -> None:
+    """Several `hub serve` processes on one SQLite file started together (by their supervisor, after a reboot),
+    each upgrading it as it starts; or replicas that each run `hub db upgrade` on the cluster's PostgreSQL before
+    starting (an orchestrator's init step). The first builds the schema, the others wait for it and find nothing
     left to do, instead of failing on tables another process had just made."""
     import sys
+    import uuid
 
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
-    code = "import sys; from hub.store import db; print(db.upgrade(sys.argv[1])[1])"
-    starting = [
-        subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(3)
-    ]
-    done = [p.communicate(timeout=60) for p in starting]
-    assert [(p.returncode, out.strip()) for p, (out, _) in zip(starting, done, strict=True)] == [
-        (0, db.code_head())
-    ] * 3, done
-    assert db.upgrade(url) == (db.code_head(), db.code_head())
+    from tests.conftest import PG_BASE, drop_pg_database
+
+    if kind == "postgresql":
+        name = f"hub_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = f"{PG_BASE.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    else:
+        url = f"sqlite:///{tmp_path / 'hub.db'}"
+    try:
+        code = "import sys; from hub.store import db; print(db.upgrade(sys.argv[1])[1])"
+        starting = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(3)
+        ]
+        done = [p.communicate(timeout=60) for p in starting]
+        assert [(p.returncode, out.strip()) for p, (out, _) in zip(starting, done, strict=True)] == [
+            (0, db.code_head())
+        ] * 3, done
+        assert db.upgrade(url) == (db.code_head(), db.code_head())
+    finally:
+        if kind == "postgresql":
+            drop_pg_database(url)
 
 
 def test_a_prebuilt_insert_needs_every_value_it_sends() -> None:

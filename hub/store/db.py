@@ -492,6 +492,9 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+UPGRADE_LOCK = 0x4855_424D_4947  # "HUBMIG": serializes schema upgrades on PostgreSQL (as audit.ADVISORY_LOCK_ID)
+
+
 def migrations_engine(url: str) -> Engine:
     """The engine alembic migrates with. On SQLite, Python's driver runs DDL outside any transaction (it opens one
     only before an INSERT, UPDATE or DELETE), so a migration killed half-way (a crash, a power cut, a full disk)
@@ -499,9 +502,17 @@ def migrations_engine(url: str) -> Engine:
     exists" — or, in a table that alembic rebuilds (copy, drop the old, rename the copy), with the table gone. Here
     the driver leaves transactions to us and every migration of the run goes into one BEGIN IMMEDIATE … COMMIT, as on
     PostgreSQL (`transactional_ddl`, env.py): a killed upgrade leaves the schema as it found it, and a second process
-    upgrading at the same moment waits for the first, then finds nothing left to do."""
+    upgrading at the same moment waits for the first, then finds nothing left to do. On PostgreSQL the run's
+    transaction first takes an advisory lock (held to its end) for the same wait: replicas that each run `hub db
+    upgrade` as they start (an orchestrator's init step) no longer fail on each other's tables."""
     engine = create_engine(url, poolclass=NullPool)
-    if url.startswith("sqlite"):
+    if engine.dialect.name == "postgresql":
+
+        @event.listens_for(engine, "begin")
+        def _on_pg_begin(conn: Any) -> None:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK})")
+
+    elif url.startswith("sqlite"):
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
