@@ -923,9 +923,12 @@ def workers_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         from hub.store import db
         from hub.sync.embedded import FileRoster, Presence
 
-        path = db.sqlite_path(settings.effective_database_url)
+        url = settings.effective_database_url
+        path = db.sqlite_path(url)
+        if path is None and url.startswith("postgresql"):
+            _embedded_on_postgresql(url, as_json)
         if path is None or not path.exists():
-            err.print(f"[red]no database at {path}[/red]")
+            err.print(f"[red]no database at {path}[/red]" if path else "[red]no SQLite database file[/red]")
             raise typer.Exit(1)
         presence = Presence(path)
         try:
@@ -956,6 +959,32 @@ def workers_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         _workers_table(seen)
     if not seen:
         raise typer.Exit(1)
+
+
+def _embedded_on_postgresql(url: str, as_json: bool) -> NoReturn:
+    """`hub workers` for `hub serve` processes delivering from PostgreSQL without a broker: each delivers from its
+    own worker thread, and the one that runs the scheduled jobs holds their lock (PgJobsLock) — seen in pg_locks."""
+    from sqlalchemy.exc import DBAPIError
+
+    from hub.sync.embedded import PgJobsLock
+
+    try:
+        holders = PgJobsLock.holders(url)
+    except DBAPIError as exc:
+        err.print(f"[red]the database does not answer:[/red] {exc.orig}")
+        raise typer.Exit(2) from None
+    if as_json:
+        out.print_json(json.dumps({"mode": "embedded", "delivering": bool(holders), "database": "postgresql",
+                                   "scheduled_jobs_run_by": holders}))  # fmt: skip
+    elif holders:
+        h = holders[0]
+        out.print(
+            f"embedded on PostgreSQL: hub serve delivers; its scheduled jobs run in the process of database session "
+            f"{h['pid']} (from {h['address'] or 'this machine'}, since {h['since']})"
+        )
+    else:
+        out.print("embedded on PostgreSQL: no process delivers (no hub serve holds the scheduled jobs' lock)")
+    raise typer.Exit(0 if holders else 1)
 
 
 def _workers_table(seen: list[Any]) -> None:

@@ -441,10 +441,12 @@ class Runtime:
         try:
             with self.sessions.begin() as s:
                 self._record_exchanges(s, records)
-        except Exception:
+        except Exception as exc:
             first = records[0]
-            log.exception(
-                "%d exchange(s) with %s not recorded", len(records), first.peer,
+            log.log(
+                logging.WARNING if db.unavailable(exc) else logging.ERROR,
+                "%d exchange(s) with %s not recorded: %s", len(records), first.peer, exc.__class__.__name__,
+                exc_info=not db.unavailable(exc),  # the database away: a line, not a traceback per exchange
                 extra={"correlation_id": first.correlation_id},
             )  # fmt: skip
 
@@ -582,8 +584,8 @@ class Runtime:
         try:
             with self.sessions.begin() as s:
                 s.add(run)
-        except Exception:
-            log.warning("could not record a job run", exc_info=True)
+        except Exception as exc:
+            log.warning("could not record a job run: %s", exc.__class__.__name__, exc_info=not db.unavailable(exc))
 
     def portal_pace(self) -> Callable[[], None] | None:
         """The national portal's pace (HUB_PEER_RATE_LIMITS) for what else asks it in bulk, or None if it has none."""

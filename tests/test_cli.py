@@ -448,6 +448,28 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
     assert workers(tmp_path, base) == (1, {"mode": "embedded", "delivering": False, "workers": []})
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # on SQLite: the test above
+def test_hub_workers_says_whether_a_hub_serve_delivers_from_postgresql_without_a_broker(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    """`hub serve` on PostgreSQL with no broker delivers from its own worker thread; the process that runs the
+    scheduled jobs holds their lock in the database. `hub workers` finds it there (it used to say "no database at
+    None"), and says when no process delivers, exiting 1 as for the other modes."""
+    hub = hub_factory()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HUB_")},
+           "HUB_DATABASE_URL": hub.settings.effective_database_url}  # fmt: skip
+    deadline = time.monotonic() + 15
+    while (found := workers(tmp_path, env))[0] != 0:  # the lock is taken at the worker's first round
+        assert time.monotonic() < deadline, found
+        time.sleep(0.2)
+    said = found[1]
+    assert said["mode"] == "embedded" and said["delivering"] is True, said
+    [holder] = said["scheduled_jobs_run_by"]
+    assert holder["pid"] > 0 and holder["since"]
+    hub.runtime.close()  # the process stops: its session ends, and the lock with it
+    assert workers(tmp_path, env) == (1, {"mode": "embedded", "delivering": False, "scheduled_jobs_run_by": []})
+
+
 def test_ports_held_by_another_process_are_named_not_a_traceback(tmp_path: Path) -> None:
     """A newcomer who runs `hub sandbox` and then `hub serve` (whose default starts the sandboxes too), or starts
     hub twice, is told which ports are taken and what to do — nothing starts half-way."""
@@ -783,3 +805,22 @@ def test_maintenance_from_the_command_line_stops_a_running_hubs_worker(
     assert run(["maintenance", "off"], tmp_path, env).returncode == 0
     assert json.loads(run(["maintenance", "--json"], tmp_path, env).stdout)["maintenance"] is False
     assert run(["maintenance", "sideways"], tmp_path, env).returncode == 2
+
+
+def test_commands_with_the_database_away_say_so_in_a_line_and_check_the_rest(tmp_path: Path) -> None:
+    """PostgreSQL stopped (or unreachable): each command says the database does not answer, in a line, with no
+    traceback for each exchange or job run it could not record; `hub check` still checks everything else and
+    lists the database's failure among them."""
+    away = {
+        "HUB_DATABASE_URL": "postgresql+psycopg://hub@127.0.0.1:1/hub",
+        "HUB_NATIONAL_PORTAL_URL": "http://127.0.0.1:9",
+    }
+    for args in (["payments", "check"], ["jobs", "list"], ["workers"]):
+        said = run(args, tmp_path, away)
+        assert said.returncode != 0 and "the database does not answer" in said.stderr, (args, said.stderr)
+        assert "Traceback" not in said.stderr + said.stdout, (args, said.stderr)
+    checked = run(["check", "--json"], tmp_path, away)
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
+    status = {c["name"]: c["status"] for c in json.loads(checked.stdout)["checks"]}
+    assert status["database"] == status["national_portal"] == status["one_stop"] == "fail", status
+    assert status["access_log"] == "ok"  # what needs no database is still checked

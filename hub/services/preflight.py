@@ -318,8 +318,13 @@ def one_stop_systems(check: Callable[[str, Callable[[], tuple[str, str]]], None]
     from hub.services.routes import Routes
 
     served: dict[str, list[str]] = {}
-    for route in Routes(rt.sessions).all():
-        served.setdefault(route["endpoint"], []).append(route["agency_pattern"])
+    try:
+        for route in Routes(rt.sessions).all():
+            served.setdefault(route["endpoint"], []).append(route["agency_pattern"])
+    except Exception as exc:  # noqa: BLE001 - the database does not answer: said by its own check, and here
+        said = f"the routing table could not be read ({exc.__class__.__name__})"
+        check("one_stop", lambda: ("fail", said))
+        return
     if not served:
         check("one_stop", lambda: ("skip", "no down-flow route (`hub routes add AGENCY URL`): dossiers the national "
                                    "portal passes on reach no one-stop system"))  # fmt: skip

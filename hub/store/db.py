@@ -492,6 +492,14 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether an error is the database not answering (stopped, restarting, unreachable, refusing connections) —
+    an outage to report in a line, where any other error is a fault to report with its traceback."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or isinstance(exc, OperationalError))
+
+
 UPGRADE_LOCK = 0x4855_424D_4947  # "HUBMIG": serializes schema upgrades on PostgreSQL (as audit.ADVISORY_LOCK_ID)
 
 

@@ -123,6 +123,33 @@ class PgJobsLock:
         self._outage.ok()
         return self._held
 
+    @classmethod
+    def holders(cls, url: str) -> list[dict[str, Any]]:
+        """The database sessions holding the lock now (`hub workers` on PostgreSQL without a broker): one while a
+        `hub serve` delivers from this database — its session's pid, the address it connects from (when the role
+        may see it) and since when."""
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    text(
+                        "SELECT l.pid, host(a.client_addr) AS address, a.backend_start FROM pg_locks l "
+                        "LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                        "AND l.classid::bigint = :high AND l.objid::bigint = :low AND l.objsubid = 1"
+                    ),
+                    {"high": cls.KEY >> 32, "low": cls.KEY & 0xFFFF_FFFF},
+                ).mappings()
+                return [
+                    {"pid": r["pid"], "address": r["address"],
+                     "since": r["backend_start"].isoformat(timespec="seconds") if r["backend_start"] else None}
+                    for r in rows
+                ]  # fmt: skip
+        finally:
+            engine.dispose()
+
     def _drop(self) -> None:
         if self._conn is not None:
             with suppress(Exception):
