@@ -2007,6 +2007,15 @@ def operators_role(username: str, role: Annotated[str, typer.Argument(help="view
     _operator_change(username, lambda ops: ops.set_role(username, role), f"operator {username} is now {role}")
 
 
+@operators_cli.command("reset-second-factor")
+def operators_reset_second_factor(username: str) -> None:
+    """Forget an account's second factor (its phone lost or replaced): its open console sessions end, and it sets up
+    a new one at its next sign-in (HUB_CONSOLE_SECOND_FACTOR)."""
+    _operator_change(
+        username, lambda ops: ops.reset_second_factor(username), f"operator {username}: second factor reset"
+    )
+
+
 @operators_cli.command("actions")
 def operators_actions(
     actor: Annotated[str | None, typer.Option(help="one actor's: console:<user> or cli:<os user>")] = None,
@@ -2052,10 +2061,11 @@ def operators_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
         print(json.dumps(items))
         return
     table = Table(title="console operators")
-    for col in ("username", "role", "disabled", "created_at", "last_sign_in"):
+    for col in ("username", "role", "disabled", "second factor", "created_at", "last_sign_in"):
         table.add_column(col)
     for i in items:
-        row = (i["username"], i["role"], i["disabled"], i["created_at"], i["last_sign_in"] or "never")
+        factor = "yes" if i["second_factor"] else "no"
+        row = (i["username"], i["role"], i["disabled"], factor, i["created_at"], i["last_sign_in"] or "never")
         table.add_row(*_plain(*(str(v) for v in row)))
     out.print(table)
 

@@ -314,6 +314,10 @@ class Settings(BaseSettings):
     audit_anchor_file: Path | None = None  # empty -> var_dir/audit-anchors.jsonl
     # An operator's console session ends after this many minutes without a request (and after 8 hours in any case)
     console_idle_minutes: float = Field(default=30.0, gt=0)
+    # Operators sign in to the console with a second factor — a code from an authenticator app (RFC 6238), enrolled
+    # at their first sign-in — on top of their password. Unset: required in production, not in dev mode. An account
+    # that has enrolled is asked for its code whatever this says (ADR 0053).
+    console_second_factor: bool | None = None
     # Closed dossiers (3, 7, 8, 10) lose their personal data once closed this many days, nothing of them left to
     # deliver (hub.services.retention; Decree 13/2023): 0 keeps it (the province sets its retention period). Looked
     # for every `personal_data_retention_interval` seconds.
@@ -393,6 +397,10 @@ class Settings(BaseSettings):
                 raise ValueError("HUB_PREVIOUS_SECRET_KEYS lists a key twice, an empty one, or HUB_SECRET_KEY itself")
             seen.add(value)
         return self
+
+    @property
+    def console_requires_second_factor(self) -> bool:
+        return self.console_second_factor if self.console_second_factor is not None else self.mode == "production"
 
     @property
     def secret_keys(self) -> list[bytes]:

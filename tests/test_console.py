@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from sqlalchemy import func, select
 
 from hub.console.auth import Operators
 from hub.sandbox.common import ServerThread
+from hub.services import actions
 from hub.store.models import Dossier
 from tests.conftest import AGENCY, Creds, Hub, HubFactory
 from tests.helpers import a_failed_poll, console_search, dossier, step, waiting_out_a_backoff
@@ -1025,3 +1029,118 @@ def test_a_dossier_taken_over_mid_way_says_so_on_its_timeline(console_hub: Hub, 
     assert "taken-over" not in viewer.get(f"/ops/dossiers/{filed['MaHoSo']}").text
     english = viewer.get(f"/ops/dossiers/{taken['MaHoSo']}", params={"lang": "en"}).text
     assert 'class="taken-over">taken over mid-way' in english
+
+
+def current_code(secret: str, ahead: int = 0) -> str:
+    """The code an authenticator app shows for `secret` now (`ahead` steps of 30 s later)."""
+    import pyotp
+
+    return pyotp.TOTP(secret.replace(" ", "")).at(time.time() + 30 * ahead)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_an_operator_sets_up_a_second_factor_and_then_signs_in_with_its_codes(
+    hub_factory: HubFactory, browser: object, backend: str
+) -> None:
+    """HUB_CONSOLE_SECOND_FACTOR (production's default): an operator's first sign-in, password right, shows a QR code
+    and the key to add to an authenticator app, and asks the app's code; a wrong code is refused, the right one
+    signs in. From then on every sign-in asks for the current code; a code already used is refused (one read over a
+    shoulder is no use), the next one signs in. The secret is not in the database in clear; both pages pass the
+    accessibility audit; the record of actions says what happened."""
+    hub = hub_factory(console_second_factor=True)
+    Operators(hub.runtime.sessions).add("tran.van.an", PASSWORD, "operator")
+    base = hub.server.url
+    context = browser.new_context(locale="vi-VN")  # type: ignore[attr-defined]
+    page = context.new_page()
+    login(page, base, "tran.van.an")
+    assert page.url.endswith("/ops/login/enroll") and page.locator("h1").inner_text() == "Thiết lập xác thực hai yếu tố"
+    assert page.locator("svg.qr").count() == 1 and not accessibility_violations(page)
+    shot(page, "second-factor-enrol")
+    secret = page.locator("#secret").inner_text().replace(" ", "")
+    assert len(secret) == 32
+    page.goto(f"{base}/ops/dossiers")  # half signed in: no page opens
+    assert page.url.endswith("/ops/login")
+    login(page, base, "tran.van.an")  # again: a new key to set up (the first was never confirmed)
+    secret = page.locator("#secret").inner_text().replace(" ", "")
+    page.fill("#code", str((int(current_code(secret)) + 1) % 1_000_000).zfill(6))
+    page.click("#verify")
+    assert "Mã xác thực không đúng" in page.locator("#error").inner_text()
+    page.fill("#code", current_code(secret))
+    page.click("#verify")
+    assert page.locator("h1").inner_text() == "Tổng quan"
+    with hub.runtime.sessions() as s:
+        from hub.store.models import Operator
+
+        stored = s.scalar(select(Operator.totp_secret).where(Operator.username == "tran.van.an"))
+    assert stored and secret not in stored and secret.lower() not in stored.lower()
+    page.click("text=Đăng xuất")
+    login(page, base, "tran.van.an")
+    assert page.url.endswith("/ops/login/code") and not accessibility_violations(page)
+    page.fill("#code", current_code(secret))  # the code it signed in with a moment ago
+    page.click("#verify")
+    assert "đã được dùng" in page.locator("#error").inner_text()
+    page.fill("#code", current_code(secret, ahead=1))  # the next one (the app's clock a little ahead is taken)
+    page.click("#verify")
+    assert page.locator("h1").inner_text() == "Tổng quan"
+    context.close()
+    with hub.runtime.sessions() as s:
+        done = [(a["action"], a["outcome"].get("reason") or a["outcome"].get("second_factor"))
+                for a in reversed(actions.recent(s, actor="console:tran.van.an"))]  # fmt: skip
+    assert done == [
+        ("sign_in_failed", "wrong_code"), ("second_factor_enrolled", None), ("sign_in", "totp"), ("sign_out", None),
+        ("sign_in_failed", "wrong_code"), ("sign_in", "totp"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_lost_phone_guessing_codes_and_a_rotated_key(hub_factory: HubFactory, creds: Creds, tmp_path: Path) -> None:
+    """Guessing codes is held to five a minute as passwords are; an operator whose phone is lost has the second
+    factor reset (`hub operators reset-second-factor`): the sessions open on it end, and the next sign-in sets up a
+    new one. After hub's secret key is rotated (the old one in HUB_PREVIOUS_SECRET_KEYS) the codes still work."""
+    from hub.console.auth import Operators as Accounts
+
+    hub = hub_factory(console_second_factor=True)
+    accounts = Accounts(hub.runtime.sessions, hub.settings.secret_keys)
+    accounts.add("tran.van.an", PASSWORD, "operator")
+    console = httpx.Client(base_url=hub.server.url)
+
+    def password_step(client: httpx.Client) -> httpx.Response:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/ops/login").text)
+        assert csrf is not None
+        return client.post("/ops/login", data={"csrf": csrf.group(1), "username": "tran.van.an", "password": PASSWORD})
+
+    def give(client: httpx.Client, path: str, code: str) -> httpx.Response:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get(path).text)
+        assert csrf is not None, client.get(path).text
+        return client.post(path, data={"csrf": csrf.group(1), "code": code})
+
+    assert password_step(console).headers["location"] == "/ops/login/enroll"
+    secret = re.sub(r"\s", "", re.search(r'id="secret">([^<]+)<', console.get("/ops/login/enroll").text).group(1))  # type: ignore[union-attr]
+    assert give(console, "/ops/login/enroll", current_code(secret)).headers["location"] == "/ops"
+    assert console.get("/ops").status_code == 200
+    # the phone is lost: reset from the server, the open session ends, the next sign-in sets up a new factor
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env |= {"HUB_DATABASE_URL": hub.settings.effective_database_url, "HUB_VAR_DIR": str(tmp_path)}
+    reset = subprocess.run(
+        [str(Path(sys.executable).with_name("hub")), "operators", "reset-second-factor", "tran.van.an"],
+        env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert reset.returncode == 0, reset.stderr
+    assert console.get("/ops").headers["location"] == "/ops/login"
+    fresh = httpx.Client(base_url=hub.server.url)
+    assert password_step(fresh).headers["location"] == "/ops/login/enroll"
+    secret = re.sub(r"\s", "", re.search(r'id="secret">([^<]+)<', fresh.get("/ops/login/enroll").text).group(1))  # type: ignore[union-attr]
+    assert give(fresh, "/ops/login/enroll", current_code(secret)).headers["location"] == "/ops"
+    # hub's secret key rotated: the factor sealed under the old one still opens
+    assert not Accounts(hub.runtime.sessions, [b"another-key-entirely-0123456789abcdefgh"]).check_code(
+        "tran.van.an", current_code(secret, ahead=1)
+    )  # a right code, but a key that never sealed the factor: nothing opens
+    rotated = Accounts(hub.runtime.sessions, [b"a-new-secret-key-of-hub-0123456789abcdef", *hub.settings.secret_keys])
+    assert rotated.check_code("tran.van.an", current_code(secret, ahead=1))
+    # someone with the password but not the phone: five guesses a minute, then refused without being checked
+    thief = httpx.Client(base_url=hub.server.url)
+    assert password_step(thief).headers["location"] == "/ops/login/code"
+    assert thief.get("/ops").headers["location"] == "/ops/login"  # half signed in opens no page (and starts over)
+    assert password_step(thief).headers["location"] == "/ops/login/code"
+    said = [give(thief, "/ops/login/code", f"{n:06d}").status_code for n in range(6)]
+    assert said[:5] == [401] * 5 and said[5] == 429, said

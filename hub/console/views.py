@@ -29,6 +29,7 @@ from sqlalchemy.orm import defer
 from starlette.concurrency import run_in_threadpool
 
 from hub.adapters.exchange import SUCCEEDED
+from hub.console import auth
 from hub.console.auth import Operators
 from hub.console.i18n import peer_names, words
 from hub.domain import identifiers
@@ -91,6 +92,8 @@ templates.env.globals["succeeded"] = SUCCEEDED
 PAYMENT_STATES = ("pending", "paid", "failed", "expired")
 JOBS = jobs.JOB_NAMES
 ID_RE = re.compile(r"^[0-9]{12}\Z")
+PENDING_SECONDS = 300  # a session whose password was right has this long to give the second factor's code
+SECOND_FACTOR_ISSUER = "hub"  # the account's label in the operator's authenticator app: "hub (tran.van.an)"
 AUDIT_COLUMNS = [
     "at", "client", "agency", "officer", "as", "procedure", "purpose", "legal_basis", "consent_ref", "outcome",
     "reason", "fields",
@@ -215,7 +218,7 @@ def router(runtime: Any) -> APIRouter:
 
     def ops() -> Operators:
         if "ops" not in cache:
-            cache["ops"] = Operators(rt().sessions)
+            cache["ops"] = Operators(rt().sessions, rt().settings.secret_keys)
         return cache["ops"]
 
     def lang_of(request: Request) -> str:
@@ -314,15 +317,121 @@ def router(runtime: Any) -> APIRouter:
             await run_in_threadpool(lambda: (limiter.failed(username), by_address.failed(address)))
             await noted(request, f"console:{username}", "sign_in_failed", {"reason": "wrong_user_or_password"})
             return _with_error(render(request, "login.html", status=401), t["bad_login"])
-        await noted(request, f"console:{username}", "sign_in", {"role": role})
+        enrolled = await run_in_threadpool(ops().has_second_factor, username)
+        if enrolled or rt().settings.console_requires_second_factor:
+            # the password is right; the session signs in once the code is (ADR 0053): until then it opens no page
+            lang = request.session.get("lang", "vi")
+            request.session.clear()
+            request.session.update({"pending": username, "pending_at": int(time.time()), "lang": lang,
+                                    "csrf": secrets.token_urlsafe(32)})  # fmt: skip
+            if enrolled:
+                return RedirectResponse("/ops/login/code", status_code=303)
+            sealed = auth.seal(rt().settings.secret_keys, username, auth.new_secret(), "enrolling")
+            request.session["enrolling"] = sealed  # the cookie is signed, not secret: the new secret goes sealed
+            return RedirectResponse("/ops/login/enroll", status_code=303)
+        return await signed_in(request, username, role, second_factor=False)
+
+    async def signed_in(request: Request, username: str, role: str, *, second_factor: bool) -> Response:
+        """A fresh session (and CSRF token) for the operator whose credentials were all right."""
+        await noted(
+            request,
+            f"console:{username}",
+            "sign_in",
+            {"role": role} | ({"second_factor": "totp"} if second_factor else {}),
+        )
         standing = await run_in_threadpool(ops().standing, username)
         lang = request.session.get("lang", "vi")
-        request.session.clear()  # a fresh session (and CSRF token) after login
+        request.session.clear()
         request.session.update(
             {"user": username, "role": role, "lang": lang, "csrf": secrets.token_urlsafe(32), "seen": int(time.time())}
             | ({"pw": standing[1]} if standing else {})
         )
         return RedirectResponse("/ops", status_code=303)
+
+    def pending_of(request: Request) -> str | None:
+        """The operator whose password this session gave and who has yet to give a code, for PENDING_SECONDS."""
+        user = request.session.get("pending")
+        if not isinstance(user, str) or time.time() - float(request.session.get("pending_at") or 0) > PENDING_SECONDS:
+            return None
+        return user
+
+    def enrolling_secret(request: Request, username: str) -> str | None:
+        sealed = request.session.get("enrolling")
+        return (
+            auth.unseal(rt().settings.secret_keys, username, sealed, "enrolling") if isinstance(sealed, str) else None
+        )
+
+    def enrol_page(request: Request, username: str, secret: str, status: int = 200) -> HTMLResponse:
+        import segno
+
+        uri = auth.provisioning_uri(secret, username, SECOND_FACTOR_ISSUER)
+        t = words(lang_of(request))
+        drawn = segno.make(uri, error="m").svg_inline(scale=4, title=t["second_factor_qr"], svgclass="qr")
+        qr = Markup(drawn)  # noqa: S704 - segno's SVG of hub's own address and words
+        grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+        return render(request, "login_enroll.html", status=status, page="second_factor", account=username,
+                      qr=qr, secret=grouped, issuer=SECOND_FACTOR_ISSUER)  # fmt: skip
+
+    @r.get("/login/code")
+    def code_page(request: Request) -> Response:
+        if pending_of(request) is None:
+            return RedirectResponse("/ops/login", status_code=303)
+        return render(request, "login_code.html", page="second_factor")
+
+    @r.post("/login/code")
+    async def code(request: Request) -> Response:
+        data, refused = await checked_form(request)
+        if refused is not None:
+            return refused
+        username = pending_of(request)
+        if username is None:
+            return RedirectResponse("/ops/login", status_code=303)
+        return await second_factor_given(request, username, str(data.get("code") or "")[:32], None)
+
+    @r.get("/login/enroll")
+    def enrol(request: Request) -> Response:
+        username = pending_of(request)
+        secret = enrolling_secret(request, username) if username else None
+        if username is None or secret is None:
+            return RedirectResponse("/ops/login", status_code=303)
+        return enrol_page(request, username, secret)
+
+    @r.post("/login/enroll")
+    async def enrolled(request: Request) -> Response:
+        data, refused = await checked_form(request)
+        if refused is not None:
+            return refused
+        username = pending_of(request)
+        secret = enrolling_secret(request, username) if username else None
+        if username is None or secret is None:
+            return RedirectResponse("/ops/login", status_code=303)
+        return await second_factor_given(request, username, str(data.get("code") or "")[:32], secret)
+
+    async def second_factor_given(request: Request, username: str, given: str, enrolling: str | None) -> Response:
+        """The code of a session whose password was right: checked against the account's second factor, or, when
+        `enrolling`, against the new secret its app has just read (kept as the account's if right)."""
+        t = words(lang_of(request))
+        limiter, by_address = limiters()
+        address = request.client.host if request.client else "-"
+
+        def again(status: int, said: str) -> Response:
+            page = enrol_page(request, username, enrolling, status) if enrolling else None
+            return _with_error(page or render(request, "login_code.html", status=status, page="second_factor"), said)
+
+        if await run_in_threadpool(lambda: limiter.blocked(username) or by_address.blocked(address)):
+            if refusals.first(f"{username}\n{address}"):
+                await noted(request, f"console:{username}", "sign_in_failed", {"reason": "too_many_attempts"})
+            return again(429, t["too_many"])
+        if enrolling:
+            right = await run_in_threadpool(ops().enroll, username, enrolling, given)
+        else:
+            right = await run_in_threadpool(ops().check_code, username, given)
+        standing = await run_in_threadpool(ops().standing, username) if right else None
+        if standing is None:
+            await run_in_threadpool(lambda: (limiter.failed(username), by_address.failed(address)))
+            await noted(request, f"console:{username}", "sign_in_failed", {"reason": "wrong_code"})
+            return again(401, t["bad_code"])
+        return await signed_in(request, username, standing[0], second_factor=True)
 
     @r.post("/logout")
     async def logout(request: Request) -> Response:

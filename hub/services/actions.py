@@ -34,6 +34,8 @@ ACTIONS = (
     "operator_enabled",
     "operator_password_set",
     "operator_role_set",
+    "operator_second_factor_reset",
+    "second_factor_enrolled",
     "personal_data_removed",
     "access_log_viewed",
     "job_run",

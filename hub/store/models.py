@@ -418,6 +418,10 @@ class Operator(Base):
     role: Mapped[str] = mapped_column(String(16))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # the second factor (RFC 6238): its secret encrypted under hub's secret key, None until enrolled; the last time
+    # step a code was taken for (a code is taken once)
+    totp_secret: Mapped[str | None] = mapped_column(Text, default=None)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class JobRun(Base):
