@@ -455,19 +455,24 @@ def test_hub_workers_says_whether_a_hub_serve_delivers_from_postgresql_without_a
     """`hub serve` on PostgreSQL with no broker delivers from its own worker thread; the process that runs the
     scheduled jobs holds their lock in the database. `hub workers` finds it there (it used to say "no database at
     None"), and says when no process delivers, exiting 1 as for the other modes."""
-    hub = hub_factory()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HUB_")},
-           "HUB_DATABASE_URL": hub.settings.effective_database_url}  # fmt: skip
-    deadline = time.monotonic() + 15
-    while (found := workers(tmp_path, env))[0] != 0:  # the lock is taken at the worker's first round
-        assert time.monotonic() < deadline, found
-        time.sleep(0.2)
-    said = found[1]
-    assert said["mode"] == "embedded" and said["delivering"] is True, said
-    [holder] = said["scheduled_jobs_run_by"]
-    assert holder["pid"] > 0 and holder["since"]
-    hub.runtime.close()  # the process stops: its session ends, and the lock with it
-    assert workers(tmp_path, env) == (1, {"mode": "embedded", "delivering": False, "scheduled_jobs_run_by": []})
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    own = create_pg_database()  # a database of its own: no other test's hub may hold the lock on it
+    try:
+        hub = hub_factory(database_url=own)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("HUB_")}, "HUB_DATABASE_URL": own}
+        deadline = time.monotonic() + 15
+        while (found := workers(tmp_path, env))[0] != 0:  # the lock is taken at the worker's first round
+            assert time.monotonic() < deadline, found
+            time.sleep(0.2)
+        said = found[1]
+        assert said["mode"] == "embedded" and said["delivering"] is True, said
+        [holder] = said["scheduled_jobs_run_by"]
+        assert holder["pid"] > 0 and holder["since"]
+        hub.runtime.close()  # the process stops: its session ends, and the lock with it
+        assert workers(tmp_path, env) == (1, {"mode": "embedded", "delivering": False, "scheduled_jobs_run_by": []})
+    finally:
+        drop_pg_database(own)
 
 
 def test_ports_held_by_another_process_are_named_not_a_traceback(tmp_path: Path) -> None:
@@ -686,6 +691,15 @@ def test_check_asks_every_system_and_says_what_fails(
     assert "XAdES-B-T" in status["signing"][1] and "signed in as hub-test" in status["national_portal"][1]
     assert "hub's key accepted; no status notice waiting" in status["document_exchange"][1]
     assert "hub's partner code and key accepted" in status["payment_dvc"][1]
+    assert status["console"] == ("warn", "no console account enabled (`hub operators add NAME --role operator`)")
+    added = run(["operators", "add", "tran.van.an", "--role", "operator", "--password-env", "PW"], tmp_path,
+                {**env, "PW": "mat-khau-dai-du-12"})  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    required = run(["check", "--json"], tmp_path, {**env, "HUB_CONSOLE_SECOND_FACTOR": "true"})
+    console = {c["name"]: c for c in json.loads(required.stdout)["checks"]}["console"]
+    assert console["status"] == "ok" and console["detail"] == (
+        "1 account(s) enabled, 0 with a second factor; required (the others set one up at their next sign-in)"
+    )
     assert status["one_stop"][1] == f"{onestop_server.url}: HTTP 404 (serves 000.00.17.*)"
     # a route to a one-stop system that is not there (a mistyped address): found now, not by a dead letter
     assert run(["routes", "add", "000.00.12.H29", "http://127.0.0.1:9"], tmp_path, env).returncode == 0

@@ -1051,6 +1051,29 @@ def test_hub_runs_under_a_role_that_may_write_as_hub_does_and_no_more(
             conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_closed_jobs_lock_is_not_taken_again(kind: str, pg_url: str, tmp_path: Path) -> None:
+    """hub stopping: its worker closes the scheduled jobs' lock once its jobs thread has stopped — or has not, after
+    30 s (a job waiting on a peer). That thread's next round must not take the lock again (a new database session,
+    the lock file reopened) and keep it, unseen, for the process's life: no other process would run the jobs."""
+    from hub.sync.embedded import JobsLock, PgJobsLock
+
+    lock: JobsLock | PgJobsLock
+    other: JobsLock | PgJobsLock
+    if kind == "postgresql":
+        lock, other = PgJobsLock(pg_url), PgJobsLock(pg_url)
+    else:
+        lock, other = JobsLock(tmp_path / "hub.db"), JobsLock(tmp_path / "hub.db")
+    try:
+        assert lock.held() and not other.held()
+        lock.close()
+        assert not lock.held()  # the jobs thread's round after the close
+        assert other.held()  # another process takes the jobs on
+    finally:
+        lock.close()
+        other.close()
+
+
 def test_the_scheduled_jobs_lock_on_postgresql_is_taken_again_after_the_database_drops_it(pg_url: str) -> None:
     """A database restart ends the session holding the jobs' advisory lock, and the lock with it: the holder sees
     its connection gone at its next round (it does not run the jobs on a lock it no longer has), and takes the lock

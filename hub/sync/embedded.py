@@ -64,9 +64,12 @@ class JobsLock:
         self._path = f"{database}.jobs.lock"
         self._fd: int | None = None
         self._held = False
+        self._closed = False  # closed: never taken again (a jobs thread still running must not reopen it)
 
     def held(self) -> bool:
         """Whether this process runs the scheduled jobs now (taking the lock if it is free)."""
+        if self._closed:
+            return False
         if self._held:
             return True
         try:
@@ -83,6 +86,7 @@ class JobsLock:
         return True
 
     def close(self) -> None:
+        self._closed = True
         if self._fd is not None:
             os.close(self._fd)  # lets go of the lock
             self._fd, self._held = None, False
@@ -104,11 +108,14 @@ class PgJobsLock:
         self._engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         self._conn: Any = None
         self._held = False
+        self._closed = False  # closed: never taken again (a jobs thread still running must not open a new session)
         self._outage = Outage(log, "embedded worker: the scheduled jobs' lock")  # once a minute, not each round
 
     def held(self) -> bool:
         from sqlalchemy import text
 
+        if self._closed:
+            return False
         try:
             if self._conn is None:
                 self._conn = self._engine.connect()
@@ -157,6 +164,7 @@ class PgJobsLock:
         self._conn, self._held = None, False
 
     def close(self) -> None:
+        self._closed = True
         if self._held and self._conn is not None:
             from sqlalchemy import text
 
