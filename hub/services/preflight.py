@@ -277,6 +277,22 @@ def run(rt: Runtime) -> list[Check]:
             due = kept.due(session, closed_for_days=days)
         return "ok", f"removed {days:g} days after a dossier closes; {due} dossier(s) due at the next run"
 
+    def console_accounts() -> tuple[str, str]:
+        """Who may sign in to the console and how (ADR 0053): a production console without a second factor, or
+        with no account at all, is said."""
+        from hub.console.auth import Operators
+
+        accounts = [a for a in Operators(rt.sessions).list() if not a["disabled"]]
+        with_factor = sum(1 for a in accounts if a["second_factor"])
+        if not accounts:
+            return "warn", "no console account enabled (`hub operators add NAME --role operator`)"
+        said = f"{len(accounts)} account(s) enabled, {with_factor} with a second factor"
+        if s.console_requires_second_factor:
+            return "ok", f"{said}; required (the others set one up at their next sign-in)"
+        if s.mode == "production":
+            return "warn", f"{said}; not required (HUB_CONSOLE_SECOND_FACTOR=false): a password alone opens it"
+        return "ok", f"{said}; not required (dev mode)"
+
     cid = correlation_id.set(correlation)  # the exchanges the checks make carry it
     try:
         check("database", database)
@@ -302,6 +318,7 @@ def run(rt: Runtime) -> list[Check]:
         check("access_log", access_log)
         check("access_log_key", access_log_key)
         check("personal_data_retention", retention)
+        check("console", console_accounts)
         if rt.citizen_tokens is not None:
             check("identity_provider", keys(rt.citizen_tokens))
         if (access_tokens := client_tokens(s, rt.record_exchange)) is not None:
