@@ -109,6 +109,27 @@ def test_an_empty_or_unprintable_idempotency_key_is_refused_and_spends_nothing(h
     assert key["schema"]["anyOf"][0]["pattern"] and key["schema"]["anyOf"][0]["maxLength"] == 200
 
 
+def test_reads_are_sent_compressed_to_clients_that_take_gzip_and_writes_are_not(hub: Hub) -> None:
+    """Over a province's links: what readers fetch (the OpenAPI document, /metrics, listings, CSV downloads) comes
+    gzip-compressed to a client that says it takes gzip, as it was to one that does not; a write's answer is never
+    compressed (small, and on the hot path). A compressed answer's ETag is weak, and still answers If-None-Match."""
+    spec = hub.http.get("/openapi.json", headers={"Accept-Encoding": "gzip"})
+    plain = hub.http.get("/openapi.json", headers={"Accept-Encoding": "identity"})
+    assert spec.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+    assert (
+        int(spec.headers["content-length"]) * 3 < int(plain.headers["content-length"]) and spec.json() == plain.json()
+    )
+    assert hub.http.get("/metrics", headers={"Accept-Encoding": "gzip"}).headers["content-encoding"] == "gzip"
+    written = hub.http.post("/v1/dossiers", json=dossier(61), headers={"Accept-Encoding": "gzip"})
+    assert written.status_code == 202 and "content-encoding" not in written.headers
+    form = hub.http.get("/v1/forms/1.001193", headers={"Accept-Encoding": "gzip"})
+    assert form.headers["content-encoding"] == "gzip" and form.headers["etag"].startswith('W/"')
+    again = hub.http.get(
+        "/v1/forms/1.001193", headers={"Accept-Encoding": "gzip", "If-None-Match": form.headers["etag"]}
+    )
+    assert again.status_code == 304
+
+
 def test_a_request_repeated_without_a_key_is_the_latest_change_again(hub: Hub) -> None:
     """A one-stop system that retries after a lost answer but sends no Idempotency-Key: the repeat is answered
     with the change it repeats and nothing is relayed twice — also after the dossier reached a final status,

@@ -27,7 +27,7 @@ from hub import __version__
 from hub.adapters.errors import PeerError
 from hub.adapters.identity import CitizenTokens, ClientTokens, InvalidToken, client_tokens, looks_like_jwt
 from hub.api import answers, examples, problems
-from hub.api.middleware import BodyLimitAndCorrelation, CitizenCors, ConsoleSessions, Inbound
+from hub.api.middleware import BodyLimitAndCorrelation, CitizenCors, CompressedReads, ConsoleSessions, Inbound
 from hub.api.routing import JsonRoute
 from hub.domain.dates import instant
 from hub.domain.errors import DomainError
@@ -391,6 +391,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     if settings.citizen_cors_origins:
         app.add_middleware(CitizenCors, prefix="/v1/citizens/me/", origins=settings.citizen_cors_origins)
+    app.add_middleware(CompressedReads)  # outermost: what it costs is not hub's own time in Server-Timing
 
     def answer(a: Any) -> JSONResponse:
         headers = {"Idempotent-Replayed": "true"} if a.replayed else {}
