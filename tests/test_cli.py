@@ -450,15 +450,18 @@ def test_serve_with_no_configuration_runs_the_whole_flow_against_its_sandboxes(t
 
 @pytest.mark.parametrize("backend", ["postgresql"])  # on SQLite: the test above
 def test_hub_workers_says_whether_a_hub_serve_delivers_from_postgresql_without_a_broker(
-    hub_factory: HubFactory, tmp_path: Path
+    hub_factory: HubFactory, tmp_path: Path, pg_url: str
 ) -> None:
     """`hub serve` on PostgreSQL with no broker delivers from its own worker thread; the process that runs the
     scheduled jobs holds their lock in the database. `hub workers` finds it there (it used to say "no database at
     None"), and says when no process delivers, exiting 1 as for the other modes."""
+    from hub.sync.embedded import PgJobsLock
     from tests.conftest import create_pg_database, drop_pg_database
 
-    own = create_pg_database()  # a database of its own: no other test's hub may hold the lock on it
+    own = create_pg_database()
+    elsewhere = PgJobsLock(pg_url)  # a hub on another database of the same server: its lock is not this one's
     try:
+        assert elsewhere.held()
         hub = hub_factory(database_url=own)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("HUB_")}, "HUB_DATABASE_URL": own}
         deadline = time.monotonic() + 15
@@ -472,6 +475,7 @@ def test_hub_workers_says_whether_a_hub_serve_delivers_from_postgresql_without_a
         hub.runtime.close()  # the process stops: its session ends, and the lock with it
         assert workers(tmp_path, env) == (1, {"mode": "embedded", "delivering": False, "scheduled_jobs_run_by": []})
     finally:
+        elsewhere.close()
         drop_pg_database(own)
 
 

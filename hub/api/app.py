@@ -367,6 +367,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if "rt" in holder:
             await run_in_threadpool(record_inbound, holder["rt"], req)
 
+    # inside the next one, which answers HEAD as GET without the content: HEAD then says what GET would (gzip, its
+    # length); compressing counts in hub's own time (Server-Timing)
+    app.add_middleware(CompressedReads)
     app.add_middleware(
         BodyLimitAndCorrelation,
         max_body=settings.max_body_bytes,
@@ -391,7 +394,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     if settings.citizen_cors_origins:
         app.add_middleware(CitizenCors, prefix="/v1/citizens/me/", origins=settings.citizen_cors_origins)
-    app.add_middleware(CompressedReads)  # outermost: what it costs is not hub's own time in Server-Timing
 
     def answer(a: Any) -> JSONResponse:
         headers = {"Idempotent-Replayed": "true"} if a.replayed else {}

@@ -273,9 +273,10 @@ class CompressedReads:
     """gzip (Starlette's GZipMiddleware) for what hub's readers fetch — GET and HEAD from a client that accepts
     it: dossier listings, the console's CSV downloads, /metrics (17 kB → 3.5 kB a scrape), the OpenAPI document
     (129 kB → 24 kB) — over a province's links. Writes and the pre-fill (POST) are not touched: their answers are
-    small and their latency is measured to the tenth of a millisecond. A strong ETag becomes weak on a compressed
-    answer (RFC 9110 §8.8.3: the validator of the identity representation is not the gzip one's); hub compares
-    If-None-Match weakly."""
+    small and their latency is measured to the tenth of a millisecond. HEAD reaches it as GET (BodyLimitAndCorrelation,
+    outside it, drops the content), so HEAD says what GET would. To a client that takes gzip, ETags are weak — on the
+    200 and on the 304 alike (RFC 9110 §8.8.3: the identity representation's strong validator is not the gzip one's);
+    hub compares If-None-Match weakly."""
 
     def __init__(self, app: ASGIApp, minimum_size: int = 1024) -> None:
         from starlette.middleware.gzip import GZipMiddleware
@@ -284,19 +285,19 @@ class CompressedReads:
         self.gzip = GZipMiddleware(app, minimum_size=minimum_size, compresslevel=6)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD") or not _accepts_gzip(scope):
+        if scope["type"] != "http" or scope["method"] != "GET" or not _accepts_gzip(scope):
             await self.app(scope, receive, send)
             return
 
-        async def weak_etag_when_encoded(message: Message) -> None:
+        async def weak_etag(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 etag = headers.get("etag")
-                if etag and headers.get("content-encoding") == "gzip" and not etag.startswith("W/"):
+                if etag and not etag.startswith("W/"):
                     headers["etag"] = f"W/{etag}"
             await send(message)
 
-        await self.gzip(scope, receive, weak_etag_when_encoded)
+        await self.gzip(scope, receive, weak_etag)
 
 
 def _accepts_gzip(scope: Scope) -> bool:

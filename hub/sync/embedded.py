@@ -132,7 +132,8 @@ class PgJobsLock:
 
     @classmethod
     def holders(cls, url: str) -> list[dict[str, Any]]:
-        """The database sessions holding the lock now (`hub workers` on PostgreSQL without a broker): one while a
+        """The sessions holding the lock on this database now (an advisory lock is per database: hubs on other
+        databases of the same server hold theirs) — `hub workers` on PostgreSQL without a broker: one while a
         `hub serve` delivers from this database — its session's pid, the address it connects from (when the role
         may see it) and since when."""
         from sqlalchemy import create_engine, text
@@ -145,6 +146,7 @@ class PgJobsLock:
                     text(
                         "SELECT l.pid, host(a.client_addr) AS address, a.backend_start FROM pg_locks l "
                         "LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                         "AND l.classid::bigint = :high AND l.objid::bigint = :low AND l.objsubid = 1"
                     ),
                     {"high": cls.KEY >> 32, "low": cls.KEY & 0xFFFF_FFFF},
