@@ -321,7 +321,8 @@ class JobsCollector(Collector):
     """When each scheduled job last ran to its end without an error, beside how often it is scheduled: a job that
     fails at every run (the portal refusing hub's credentials to the poll, the platform's statement unreadable) or
     that no worker runs any more shows as an age growing past a few intervals (alert HubScheduledJobStale). A job
-    that has run but never succeeded is as old as its first run. One index seek a job (ix_job_runs_name_started)."""
+    that has run but never succeeded is as old as its first run; one never run, as the first run of any job. One
+    index seek a job (ix_job_runs_name_started)."""
 
     def __init__(self, sessions: sessionmaker[Session], intervals: dict[str, float]) -> None:
         self.sessions = sessions
@@ -340,12 +341,15 @@ class JobsCollector(Collector):
         )
         now = utcnow()
         with self.sessions() as s:
+            scheduler_since = jobs.first_run(s)
             for task, interval in self.intervals.items():
                 every.add_metric([task], interval)
                 succeeded = jobs.last_run(s, task, ok_only=True)
                 last = succeeded.finished_at if succeeded is not None else None
                 if last is None:
                     last = s.scalar(select(func.min(JobRun.started_at)).where(JobRun.name == task))
+                if last is None:  # never run while others have: as old as the schedule (jobs.first_run)
+                    last = scheduler_since
                 if last is not None:
                     at = last if last.tzinfo else last.replace(tzinfo=now.tzinfo)
                     age.add_metric([task], max(0.0, (now - at).total_seconds()))

@@ -109,14 +109,21 @@ def test_jobs_scheduled_says_how_often_each_runs_and_since_when_a_failing_one_ha
     assert table.returncode == 1 and re.search(r"poll_portal\s.*every 2 minutes.*failed", table.stdout), table.stdout
     hub.runtime.poll_portal()  # the portal back
     assert run(["jobs", "scheduled"], tmp_path, env).returncode == 0
-    # no worker runs the poll any more: three of its intervals without a success, it is stale
-    often = {**env, "HUB_PORTAL_POLL_INTERVAL": "0.5"}
+    # no worker runs the poll any more: three of its intervals without a success, it is stale; so is a job that
+    # has never run while the schedule has (a job no worker knows, say): as old as the first run of any job
+    often = {**env, "HUB_PORTAL_POLL_INTERVAL": "0.5", "HUB_AUDIT_ANCHOR_INTERVAL": "0.5"}
     time.sleep(1.6)
     stale = run(["jobs", "scheduled", "--json"], tmp_path, often)
     assert stale.returncode == 1
-    poll = {j["name"]: j for j in json.loads(stale.stdout)["items"]}["poll_portal"]
+    items = {j["name"]: j for j in json.loads(stale.stdout)["items"]}
+    poll, anchor = items["poll_portal"], items["anchor_audit_log"]
     assert (poll["failing"], poll["stale"], poll["schedule"]) == (False, True, "every 0.5 seconds")
-    assert not any(j["stale"] for j in json.loads(stale.stdout)["items"] if j["name"] != "poll_portal")
+    assert (anchor["finished_at"], anchor["stale"]) == (None, True)
+    assert not any(j["stale"] for name, j in items.items() if name not in ("poll_portal", "anchor_audit_log"))
+    # the metric the alert HubScheduledJobStale judges has an age for it too (it had none, and never fired)
+    ages = re.findall(r'hub_scheduled_job_last_success_age_seconds\{task="anchor_audit_log"\} ([0-9.e+]+)',
+                      hub.http.get("/metrics").text)  # fmt: skip
+    assert ages and float(ages[0]) >= 1.6
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])  # the same statements on SQLite: jobs retry tests both

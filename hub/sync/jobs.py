@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import literal, select, text, union_all
+from sqlalchemy import func, literal, select, text, union_all
 from sqlalchemy.orm import Session
 
 from hub.domain.dates import utcnow
@@ -38,6 +38,14 @@ JOB_NAMES = (
 UNANSWERED = ("errors", "not_asked")
 
 
+def first_run(session: Session) -> datetime | None:
+    """When the first scheduled job on this database started: the workers have run the schedule since then, so a
+    scheduled job with no run of its own since is not being run (a job a release added that no worker knows yet, a
+    job whose worker skips it) — stale once three of its intervals have gone by, as one that fails."""
+    first: datetime | None = session.scalar(select(func.min(JobRun.started_at)))
+    return first
+
+
 def intervals(settings: Any) -> dict[str, float]:
     """Each scheduled job's interval in seconds (0: not scheduled), by its name (JOB_NAMES): what the embedded
     worker and the Celery workers' ticker run, and what the metrics judge a job's last success against."""
@@ -64,11 +72,13 @@ def scheduled(session: Session, settings: Any) -> list[dict[str, Any]]:
     every = intervals(settings)
     now = utcnow()
     found = []
+    scheduler_since = first_run(session)
     for name in JOB_NAMES:
         run = last_run(session, name)
         failing = run is not None and run.outcome != "ok"
         ok = last_run(session, name, ok_only=True) if failing else run
-        since = ok.finished_at if ok is not None else (run.started_at if run is not None else None)
+        # never succeeded: since its first run; never run, while other jobs have: since the first run of any
+        since = ok.finished_at if ok is not None else (run.started_at if run is not None else scheduler_since)
         stale = every[name] > 0 and since is not None and (now - since).total_seconds() > STALE_AFTER * every[name]
         found.append(
             {
