@@ -380,13 +380,7 @@ def router(runtime: Any) -> APIRouter:
 
     @r.post("/login/code")
     async def code(request: Request) -> Response:
-        data, refused = await checked_form(request)
-        if refused is not None:
-            return refused
-        username = pending_of(request)
-        if username is None:
-            return RedirectResponse("/ops/login", status_code=303)
-        return await second_factor_given(request, username, str(data.get("code") or "")[:32], None)
+        return await code_posted(request, enrolling=False)
 
     @r.get("/login/enroll")
     def enrol(request: Request) -> Response:
@@ -398,12 +392,17 @@ def router(runtime: Any) -> APIRouter:
 
     @r.post("/login/enroll")
     async def enrolled(request: Request) -> Response:
+        return await code_posted(request, enrolling=True)
+
+    async def code_posted(request: Request, *, enrolling: bool) -> Response:
+        """A code from a session whose password was right (CSRF-checked): for the account's second factor, or for
+        the new secret being set up; a session with neither starts over at the password."""
         data, refused = await checked_form(request)
         if refused is not None:
             return refused
         username = pending_of(request)
-        secret = enrolling_secret(request, username) if username else None
-        if username is None or secret is None:
+        secret = enrolling_secret(request, username) if username and enrolling else None
+        if username is None or (enrolling and secret is None):
             return RedirectResponse("/ops/login", status_code=303)
         return await second_factor_given(request, username, str(data.get("code") or "")[:32], secret)
 
