@@ -306,24 +306,16 @@ def router(runtime: Any) -> APIRouter:
             return refused
         username, password = str(data.get("username") or "")[:64], str(data.get("password") or "")[:200]
         t = words(lang_of(request))
-        address = request.client.host if request.client else "-"
-        limiter, by_address = limiters()
-        if await run_in_threadpool(lambda: limiter.blocked(username) or by_address.blocked(address)):
-            if refusals.first(f"{username}\n{address}"):  # one row a minute, not one per hammered request
-                await noted(request, f"console:{username}", "sign_in_failed", {"reason": "too_many_attempts"})
+        if await throttled(request, username):
             return _with_error(render(request, "login.html", status=429), t["too_many"])
         role = await run_in_threadpool(ops().authenticate, username, password)
         if role is None:
-            await run_in_threadpool(lambda: (limiter.failed(username), by_address.failed(address)))
-            await noted(request, f"console:{username}", "sign_in_failed", {"reason": "wrong_user_or_password"})
+            await failed_attempt(request, username, "wrong_user_or_password")
             return _with_error(render(request, "login.html", status=401), t["bad_login"])
         enrolled = await run_in_threadpool(ops().has_second_factor, username)
         if enrolled or rt().settings.console_requires_second_factor:
             # the password is right; the session signs in once the code is (ADR 0053): until then it opens no page
-            lang = request.session.get("lang", "vi")
-            request.session.clear()
-            request.session.update({"pending": username, "pending_at": int(time.time()), "lang": lang,
-                                    "csrf": secrets.token_urlsafe(32)})  # fmt: skip
+            fresh_session(request, pending=username, pending_at=int(time.time()))
             if enrolled:
                 return RedirectResponse("/ops/login/code", status_code=303)
             sealed = auth.seal(rt().settings.secret_keys, username, auth.new_secret(), "enrolling")
@@ -331,20 +323,38 @@ def router(runtime: Any) -> APIRouter:
             return RedirectResponse("/ops/login/enroll", status_code=303)
         return await signed_in(request, username, role, second_factor=False)
 
-    async def signed_in(request: Request, username: str, role: str, *, second_factor: bool) -> Response:
-        """A fresh session (and CSRF token) for the operator whose credentials were all right."""
-        await noted(
-            request,
-            f"console:{username}",
-            "sign_in",
-            {"role": role} | ({"second_factor": "totp"} if second_factor else {}),
-        )
-        standing = await run_in_threadpool(ops().standing, username)
+    async def throttled(request: Request, username: str) -> bool:
+        """Whether this user name or address has failed too often this minute (five a name, twenty an address):
+        the attempt is refused unchecked, and the first such refusal a minute is kept in the operators' actions."""
+        address = request.client.host if request.client else "-"
+        limiter, by_address = limiters()
+        if not await run_in_threadpool(lambda: limiter.blocked(username) or by_address.blocked(address)):
+            return False
+        if refusals.first(f"{username}\n{address}"):  # one row a minute, not one per hammered request
+            await noted(request, f"console:{username}", "sign_in_failed", {"reason": "too_many_attempts"})
+        return True
+
+    async def failed_attempt(request: Request, username: str, reason: str) -> None:
+        """A wrong password or code: counted against the name and the address, and kept."""
+        address = request.client.host if request.client else "-"
+        limiter, by_address = limiters()
+        await run_in_threadpool(lambda: (limiter.failed(username), by_address.failed(address)))
+        await noted(request, f"console:{username}", "sign_in_failed", {"reason": reason})
+
+    def fresh_session(request: Request, **values: Any) -> None:
+        """A new session (and CSRF token) at each step of signing in, the language kept: nothing of the session
+        before carries over."""
         lang = request.session.get("lang", "vi")
         request.session.clear()
-        request.session.update(
-            {"user": username, "role": role, "lang": lang, "csrf": secrets.token_urlsafe(32), "seen": int(time.time())}
-            | ({"pw": standing[1]} if standing else {})
+        request.session.update({"lang": lang, "csrf": secrets.token_urlsafe(32), **values})
+
+    async def signed_in(request: Request, username: str, role: str, *, second_factor: bool) -> Response:
+        """The operator whose credentials were all right, signed in."""
+        outcome = {"role": role} | ({"second_factor": "totp"} if second_factor else {})
+        await noted(request, f"console:{username}", "sign_in", outcome)
+        standing = await run_in_threadpool(ops().standing, username)
+        fresh_session(
+            request, user=username, role=role, seen=int(time.time()), **({"pw": standing[1]} if standing else {})
         )
         return RedirectResponse("/ops", status_code=303)
 
@@ -410,16 +420,12 @@ def router(runtime: Any) -> APIRouter:
         """The code of a session whose password was right: checked against the account's second factor, or, when
         `enrolling`, against the new secret its app has just read (kept as the account's if right)."""
         t = words(lang_of(request))
-        limiter, by_address = limiters()
-        address = request.client.host if request.client else "-"
 
         def again(status: int, said: str) -> Response:
             page = enrol_page(request, username, enrolling, status) if enrolling else None
             return _with_error(page or render(request, "login_code.html", status=status, page="second_factor"), said)
 
-        if await run_in_threadpool(lambda: limiter.blocked(username) or by_address.blocked(address)):
-            if refusals.first(f"{username}\n{address}"):
-                await noted(request, f"console:{username}", "sign_in_failed", {"reason": "too_many_attempts"})
+        if await throttled(request, username):
             return again(429, t["too_many"])
         if enrolling:
             right = await run_in_threadpool(ops().enroll, username, enrolling, given)
@@ -427,8 +433,7 @@ def router(runtime: Any) -> APIRouter:
             right = await run_in_threadpool(ops().check_code, username, given)
         standing = await run_in_threadpool(ops().standing, username) if right else None
         if standing is None:
-            await run_in_threadpool(lambda: (limiter.failed(username), by_address.failed(address)))
-            await noted(request, f"console:{username}", "sign_in_failed", {"reason": "wrong_code"})
+            await failed_attempt(request, username, "wrong_code")
             return again(401, t["bad_code"])
         return await signed_in(request, username, standing[0], second_factor=True)
 
