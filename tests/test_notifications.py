@@ -8,10 +8,12 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from hub.sandbox.common import ServerThread
 from hub.sandbox.notify import SmtpSink, create_sms_app
@@ -328,3 +330,44 @@ def test_a_pay_link_given_up_unpaid_tells_the_citizen_to_pay_again_once(
     assert [e["kind"] for e in events[-2:]] == ["payment.expired", "dossier.progress"]
     assert events[-1]["seq"] == events[-2]["seq"] + 1
     assert {d["state"] for d in events[-1]["deliveries"]} == {"delivered"}
+
+
+def test_a_mail_relay_refusing_hubs_credentials_holds_the_emails_and_hub_check_says_why(
+    hub_factory: HubFactory, sms_server: ServerThread, portal: httpx.Client, tmp_path: Path
+) -> None:
+    """The province's mail relay asks hub to sign in (AUTH) and refuses HUB_SMTP_PASSWORD (535): a citizen's email
+    waits for the settings to be put right — `peer_auth_failed`, not a dead letter for good (`email_rejected`, as
+    before) — and `hub check` says so, naming the settings, without sending anything. With the right password the
+    check says it signed in, and emails go."""
+    from hub.services import preflight
+    from hub.store.models import OutboxMessage
+
+    relay = SmtpSink(credentials={"motcua": "mat-khau-smtp-dung-1"}).start()
+    try:
+        smtp = {"smtp_host": relay.host, "smtp_port": relay.port, "smtp_sender": "motcua@hub.local",
+                "smtp_username": "motcua"}  # fmt: skip
+        wrong = hub_factory(**smtp, smtp_password="mat-khau-sai-0000")
+        d = dossier(70, status=2, Email="tran.thi.binh@example.vn")
+        assert wrong.http.post("/v1/dossiers", json=d).status_code == 202
+        deadline = time.monotonic() + 15
+        while True:
+            with wrong.runtime.sessions() as s:
+                mail = s.scalars(select(OutboxMessage).where(OutboxMessage.destination == "email")).first()
+            if mail is not None and mail.last_error_code:
+                break
+            assert time.monotonic() < deadline, "the email was never tried"
+            time.sleep(0.1)
+        assert mail.state in ("pending", "in_flight") and mail.last_error_code == "peer_auth_failed", mail.last_error
+        assert relay.messages == []
+        said = {c.name: c for c in preflight.run(wrong.runtime)}["email"]
+        assert said.status == "fail" and "peer_auth_failed" in said.detail and "HUB_SMTP_PASSWORD" in said.detail
+        right = hub_factory(**smtp, smtp_password="mat-khau-smtp-dung-1", var_dir=tmp_path / "right")
+        said = {c.name: c for c in preflight.run(right.runtime)}["email"]
+        assert (said.status, said.detail) == ("ok", f"{relay.host}:{relay.port}: signed in as motcua")
+        assert relay.messages == []  # the check sends nothing
+        other = dossier(71, status=2, Email="le.van.cuong@example.vn")
+        assert right.http.post("/v1/dossiers", json=other).status_code == 202
+        right.wait_idle()
+        assert [m["to"] for m in relay.messages] == [["le.van.cuong@example.vn"]]
+    finally:
+        relay.stop()

@@ -44,16 +44,29 @@ class _Inbox:
 
 
 class SmtpSink:
-    """A real SMTP server on 127.0.0.1 (any free port) that keeps every message it accepts."""
+    """A real SMTP server on 127.0.0.1 (any free port) that keeps every message it accepts. `credentials`: the
+    user names and passwords it takes (AUTH PLAIN/LOGIN, over plain loopback), and then it requires them, as a
+    province's mail relay does."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, credentials: dict[str, str] | None = None) -> None:
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs addresses at INFO
         if port == 0:
             with socket.socket() as s:
                 s.bind((host, 0))
                 port = int(s.getsockname()[1])
         self.inbox = _Inbox()
-        self.controller = Controller(self.inbox, hostname=host, port=port)
+        auth: dict[str, Any] = {}
+        if credentials is not None:
+            from aiosmtpd.smtp import AuthResult, LoginPassword
+
+            def authenticator(_server: Any, _session: Any, _envelope: Any, _mechanism: str, data: Any) -> Any:
+                ok = isinstance(data, LoginPassword) and secrets.compare_digest(
+                    credentials.get(data.login.decode(errors="replace"), "\0").encode(), bytes(data.password)
+                )
+                return AuthResult(success=ok, handled=False)
+
+            auth = {"authenticator": authenticator, "auth_required": True, "auth_require_tls": False}
+        self.controller = Controller(self.inbox, hostname=host, port=port, **auth)
         self.host, self.port = host, port
 
     def start(self) -> SmtpSink:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from hub.adapters.errors import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
+from hub.adapters.errors import PeerAuthFailed, PeerError, PeerRejected, PeerTimeout, PeerUnavailable
 
 PEER = "email"
 
@@ -36,15 +38,34 @@ class EmailSender:
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = make_msgid(idstring=message_key.replace(":", "."), domain="hub.local")
         msg.set_content(body, charset="utf-8")
+        with self._session() as smtp:
+            smtp.send_message(msg)
+        return str(msg["Message-ID"])
+
+    def check(self) -> str:
+        """Connect as a send does — STARTTLS when set, signed in when a user name is — and send nothing: what
+        `hub check` says of the relay. Raises as `send` would (PeerAuthFailed for credentials refused)."""
+        with self._session():
+            pass
+        how = " with STARTTLS" if self.starttls else ""
+        return f"{self.host}:{self.port}{how}: " + (f"signed in as {self._username}" if self._username else "connected")
+
+    @contextmanager
+    def _session(self) -> Iterator[smtplib.SMTP]:
+        """An SMTP session ready to send, its failures translated at the boundary."""
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
                 if self.starttls:
                     smtp.starttls(context=self._tls or ssl.create_default_context())
                 if self._username:
                     smtp.login(self._username, self._password or "")
-                smtp.send_message(msg)
+                yield smtp
         except TimeoutError:
             raise PeerTimeout(PEER, "SMTP timed out") from None
+        except smtplib.SMTPAuthenticationError as exc:  # the relay's configuration, not this message: it waits
+            raise PeerAuthFailed(
+                PEER, f"SMTP {exc.smtp_code}: the relay refused HUB_SMTP_USERNAME / HUB_SMTP_PASSWORD"
+            ) from None
         except smtplib.SMTPRecipientsRefused:
             raise PeerRejected(PEER, "the recipient address was refused", code="email_recipient_refused") from None
         except smtplib.SMTPResponseException as exc:
@@ -53,4 +74,3 @@ class EmailSender:
             raise PeerError(PEER, f"SMTP {exc.smtp_code}", code="email_failed") from None
         except (smtplib.SMTPException, OSError) as exc:
             raise PeerUnavailable(PEER, f"SMTP: {exc.__class__.__name__}") from None
-        return str(msg["Message-ID"])
