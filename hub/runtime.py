@@ -442,11 +442,11 @@ class Runtime:
             with self.sessions.begin() as s:
                 self._record_exchanges(s, records)
         except Exception as exc:
-            first = records[0]
+            first, away = records[0], db.unavailable(exc)
             log.log(
-                logging.WARNING if db.unavailable(exc) else logging.ERROR,
+                logging.WARNING if away else logging.ERROR,
                 "%d exchange(s) with %s not recorded: %s", len(records), first.peer, exc.__class__.__name__,
-                exc_info=not db.unavailable(exc),  # the database away: a line, not a traceback per exchange
+                exc_info=not away,  # the database away: a line, not a traceback per exchange
                 extra={"correlation_id": first.correlation_id},
             )  # fmt: skip
 

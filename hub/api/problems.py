@@ -11,12 +11,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from hub.api.problem_types import type_uri
 from hub.domain.errors import DomainError
+from hub.store.db import unavailable
 from hub.store.space import out_of_space
 
 log = logging.getLogger("hub.api")
@@ -177,7 +178,7 @@ def install(app: FastAPI, *, on_out_of_space: Callable[[], None] | None = None) 
                 "a concurrent request wrote the same thing at the same moment; this one changed nothing: send it again"
             )
             return problem(409, "concurrent_update", "Conflict", detail)
-        if exc.connection_invalidated or isinstance(exc, OperationalError):
+        if unavailable(exc):
             # the database went away (restart, network) or refuses connections: the client retries
             log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
             detail = "hub's database did not answer; the request may not have been recorded: retry it (same key)"

@@ -95,17 +95,12 @@ class DvcPaymentClient:
 
     def _post(self, path: str, body: dict[str, Any], correlation_id: str) -> httpx.Response:
         try:
-            r = post_checked(self._http, path, body, peer=PEER, correlation_id=correlation_id)
+            return post_checked(self._http, path, body, peer=PEER, correlation_id=correlation_id)
         except PeerRejected as exc:
             said = _said(exc.reply)
             if said.get("MaLoi") == REFUSED_MAC:
                 raise self._refused(said) from None
             raise
-        if r.headers.get("content-type", "").startswith("application/json"):
-            said = _said(r.text)
-            if said.get("MaLoi") == REFUSED_MAC:  # the same refusal, answered 200
-                raise self._refused(said)
-        return r
 
     def _refused(self, said: dict[str, Any]) -> PeerAuthFailed:
         return PeerAuthFailed(
@@ -116,7 +111,10 @@ class DvcPaymentClient:
         )
 
     def _json(self, r: httpx.Response, path: str) -> dict[str, Any]:
-        return json_object(r, peer=PEER, what=path)
+        reply = json_object(r, peer=PEER, what=path)
+        if reply.get("MaLoi") == REFUSED_MAC:  # the refusal of `_post`, answered 200
+            raise self._refused(reply)
+        return reply
 
     def _verified(self, reply: dict[str, Any], fields: list[str], path: str) -> dict[str, Any]:
         given = reply.get("MaXacThuc")
